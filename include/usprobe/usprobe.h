@@ -1,0 +1,99 @@
+/* usprobe: uprobes in user space for Linux x86-64.
+ *
+ * A probe names an instruction in an ELF file; every time a thread of this process executes it,
+ * the probe's handlers run with that thread's registers. usprobe patches the code in place with a
+ * jump to a per-site trampoline (or, where a jump cannot be placed safely, an int3), so that a hit
+ * costs nanoseconds, not the microsecond of a trap into the kernel.
+ *
+ *   static void on_malloc(usprobe_hit *hit, void *user) {
+ *     size_t n = usprobe_arg(hit, 0);          // malloc's size argument
+ *     ...
+ *   }
+ *   usprobe_consumer c = {on_malloc, NULL};
+ *   usprobe_link *link;
+ *   if (usprobe_attach("libc:malloc", &c, &link) < 0)
+ *     fprintf(stderr, "%s\n", usprobe_last_error());
+ *   ...
+ *   printf("%llu calls\n", (unsigned long long)usprobe_link_hits(link));
+ *   usprobe_detach(link);
+ *
+ * Locations:
+ *   "FILE:SYMBOL"       the first instruction of a function        "libc:malloc"
+ *   "FILE:SYMBOL+OFF"   OFF bytes into it (must start an insn)     "app:parse+0x12"
+ *   "FILE:0xOFF"        a file offset                              "/bin/true:0x2a40"
+ * FILE is a path, a short library name as mapped in this process ("libc", "libm", "libstdc++",
+ * "libfoo.so"), or "exe" for the main executable. IFUNC symbols (strlen, memcpy, ...) resolve to
+ * the implementation this process uses; usprobe_link_name() reports it.
+ *
+ * Handlers run on the thread that hit the probe, with that thread's registers. They must not
+ * throw. A handler that itself executes a probed instruction does not recurse: that hit is
+ * counted in usprobe_link_missed() of the probe it reached and its handlers are skipped.
+ * Entry handlers may change argument registers (usprobe_set_arg); the probed code sees the change.
+ *
+ * All functions are thread-safe. Functions returning int return 0 (or a count) on success and a
+ * negative errno on failure; usprobe_last_error() then holds this thread's detailed message. */
+#ifndef USPROBE_USPROBE_H
+#define USPROBE_USPROBE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct usprobe_link usprobe_link; /* one attachment; freed by usprobe_detach */
+typedef struct usprobe_hit usprobe_hit;   /* registers and probe identity of one hit */
+
+typedef struct usprobe_consumer {
+  void (*on_entry)(usprobe_hit *hit, void *user); /* may be NULL */
+  void *user;
+} usprobe_consumer;
+
+/* Attach one consumer to `location`. consumer NULL = built-in counter only. A second attach to a
+ * probed location reuses its patch; the patch goes when its last link is detached. */
+int usprobe_attach(const char *location, const usprobe_consumer *consumer, usprobe_link **link);
+
+/* Attach `n` locations with one round of patching. links[i] receives the link of locations[i], or
+ * NULL when it failed, with errors[i] (if errors is not NULL) its negative errno; the messages of
+ * failed locations are in usprobe_last_error(), one line each. Returns the number attached. */
+int usprobe_attach_batch(const char *const *locations, size_t n, const usprobe_consumer *consumer,
+                         usprobe_link **links, int *errors);
+
+/* Detach: when this returns, no handler of this link is running or will run. Frees the link. */
+int usprobe_detach(usprobe_link *link);
+/* Detach `n` links with one round of patching. Returns 0 or the first error. */
+int usprobe_detach_batch(usprobe_link *const *links, size_t n);
+
+uint64_t usprobe_link_hits(const usprobe_link *link);   /* hits seen by this link, all threads */
+uint64_t usprobe_link_missed(const usprobe_link *link); /* hits skipped (recursion), all threads */
+int usprobe_link_uses_int3(const usprobe_link *link);   /* 1 when the site took the int3 path */
+/* Why the site took the int3 path ("" on the jump path). */
+const char *usprobe_link_int3_reason(const usprobe_link *link);
+/* The resolved location, e.g. "libc.so.6:__strlen_avx2" or "app:parse+0x12". */
+const char *usprobe_link_name(const usprobe_link *link);
+
+/* Registers of a hit. */
+uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n); /* n = 0..5, System V order */
+void usprobe_set_arg(usprobe_hit *hit, unsigned n, uint64_t value);
+
+typedef enum usprobe_reg {
+  USPROBE_RAX, USPROBE_RBX, USPROBE_RCX, USPROBE_RDX, USPROBE_RSI, USPROBE_RDI, USPROBE_RBP,
+  USPROBE_RSP, USPROBE_R8, USPROBE_R9, USPROBE_R10, USPROBE_R11, USPROBE_R12, USPROBE_R13,
+  USPROBE_R14, USPROBE_R15, USPROBE_RIP, USPROBE_RFLAGS
+} usprobe_reg;
+uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg);
+uint64_t usprobe_hit_ip(const usprobe_hit *hit);    /* the probed instruction's address */
+uint64_t usprobe_hit_sp(const usprobe_hit *hit);    /* %rsp at the probed instruction */
+uint64_t usprobe_hit_flags(const usprobe_hit *hit); /* %rflags (not meaningful at a function entry) */
+/* At a function entry: the caller's return address, *(uint64_t *)sp. */
+uint64_t usprobe_hit_return_address(const usprobe_hit *hit);
+const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_name() */
+
+const char *usprobe_strerror(int err);  /* err: a negative errno returned above */
+const char *usprobe_last_error(void);   /* this thread's message for its last failed call */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* USPROBE_USPROBE_H */

@@ -1,0 +1,108 @@
+// CodeWriter: appends x86-64 machine code to a buffer that will live at a known address.
+// Function names spell the instruction they emit (put_jmp_rel32, put_push_reg), so a trampoline
+// template reads like its disassembly. Branch targets are absolute addresses; the writer knows
+// where each byte will sit (base + offset) and computes displacements itself.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace usprobe::x86 {
+
+// Register numbers as the hardware encodes them (ModRM.reg / REX.B).
+enum Reg : uint8_t {
+  RAX = 0, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15
+};
+
+class CodeWriter {
+ public:
+  explicit CodeWriter(uint64_t base) : base_(base) {}
+
+  uint64_t base() const { return base_; }
+  uint64_t pc() const { return base_ + buf_.size(); }  // address of the next byte
+  size_t size() const { return buf_.size(); }
+  const std::vector<uint8_t> &bytes() const { return buf_; }
+  std::vector<uint8_t> &bytes() { return buf_; }
+
+  static bool fits_rel32(uint64_t from_next, uint64_t target) {
+    int64_t d = static_cast<int64_t>(target - from_next);
+    return d >= std::numeric_limits<int32_t>::min() && d <= std::numeric_limits<int32_t>::max();
+  }
+
+  void put_u8(uint8_t b) { buf_.push_back(b); }
+  void put_bytes(const void *p, size_t n) {
+    auto *b = static_cast<const uint8_t *>(p);
+    buf_.insert(buf_.end(), b, b + n);
+  }
+  void put_u32(uint32_t v) { put_bytes(&v, 4); }
+  void put_u64(uint64_t v) { put_bytes(&v, 8); }
+  void patch_u32(size_t at, uint32_t v) { std::memcpy(&buf_[at], &v, 4); }
+
+  // jmp rel32 to target; the caller checks fits_rel32(pc() + 5, target).
+  void put_jmp_rel32(uint64_t target) {
+    put_u8(0xE9);
+    put_u32(static_cast<uint32_t>(target - (pc() + 4)));
+  }
+  // jmp *0(%rip); .quad target — reaches anywhere, 14 bytes, clobbers nothing.
+  void put_jmp_abs(uint64_t target) {
+    put_u8(0xFF), put_u8(0x25), put_u32(0);
+    put_u64(target);
+  }
+  // jmp rel32 when in range, otherwise the absolute form.
+  void put_jmp(uint64_t target) {
+    if (fits_rel32(pc() + 5, target))
+      put_jmp_rel32(target);
+    else
+      put_jmp_abs(target);
+  }
+  // jcc rel32 (cc = low nibble of the condition code, e.g. 0x4 for je).
+  void put_jcc_rel32(uint8_t cc, uint64_t target) {
+    put_u8(0x0F), put_u8(0x80 | (cc & 0xF));
+    put_u32(static_cast<uint32_t>(target - (pc() + 4)));
+  }
+  void put_push_reg(Reg r) {
+    if (r >= R8) put_u8(0x41);
+    put_u8(0x50 | (r & 7));
+  }
+  void put_pop_reg(Reg r) {
+    if (r >= R8) put_u8(0x41);
+    put_u8(0x58 | (r & 7));
+  }
+  // movabs $imm, %reg
+  void put_mov_reg_imm64(Reg r, uint64_t imm) {
+    put_u8(0x48 | (r >= R8 ? 1 : 0)), put_u8(0xB8 | (r & 7));
+    put_u64(imm);
+  }
+  // mov %src, %dst (64-bit)
+  void put_mov_reg_reg(Reg dst, Reg src) {
+    put_u8(0x48 | (src >= R8 ? 4 : 0) | (dst >= R8 ? 1 : 0)), put_u8(0x89);
+    put_u8(0xC0 | ((src & 7) << 3) | (dst & 7));
+  }
+  // lea disp32(%rsp), %rsp
+  void put_lea_rsp_rsp(int32_t disp) {
+    put_u8(0x48), put_u8(0x8D), put_u8(0xA4), put_u8(0x24);
+    put_u32(static_cast<uint32_t>(disp));
+  }
+  // lea disp32(%rsp), %reg
+  void put_lea_reg_rsp(Reg r, int32_t disp) {
+    put_u8(0x48 | (r >= R8 ? 4 : 0)), put_u8(0x8D), put_u8(0x84 | ((r & 7) << 3)), put_u8(0x24);
+    put_u32(static_cast<uint32_t>(disp));
+  }
+  void put_pushfq() { put_u8(0x9C); }
+  void put_popfq() { put_u8(0x9D); }
+  void put_ret() { put_u8(0xC3); }
+  void put_int3() { put_u8(0xCC); }
+  // call *%reg
+  void put_call_reg(Reg r) {
+    if (r >= R8) put_u8(0x41);
+    put_u8(0xFF), put_u8(0xD0 | (r & 7));
+  }
+
+ private:
+  uint64_t base_;
+  std::vector<uint8_t> buf_;
+};
+
+}  // namespace usprobe::x86

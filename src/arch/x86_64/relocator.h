@@ -1,0 +1,51 @@
+// The x86-64 decoder and relocator, on Zydis.
+//
+// scan_function() decodes a whole function once so that site analysis can ask the questions the
+// jump path depends on: where instructions start, which addresses direct branches reach, whether
+// the function jumps indirectly. relocate() moves whole instructions from their original address
+// to a new one so that each still reaches the same absolute targets (RIP-relative operands,
+// jcc/jmp rel8 and rel32, call, endbr64), or says why it cannot.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace usprobe::x86 {
+
+struct FunctionScan {
+  std::vector<uint32_t> boundaries;             // offsets (from the function start) where instructions start, ascending
+  std::vector<uint64_t> branch_targets;         // absolute targets of every direct jmp/jcc/call/loop/jrcxz in the function
+  bool has_indirect_jump = false;               // any `jmp reg` / `jmp [mem]` (jump tables, tail calls through pointers)
+  bool complete = true;                         // false when decoding stopped on bytes Zydis cannot decode
+
+  bool is_boundary(uint32_t off) const;         // binary search in boundaries
+};
+
+// Decode `code`, which is mapped at `runtime_addr`, linearly from its start to its end.
+FunctionScan scan_function(std::span<const uint8_t> code, uint64_t runtime_addr);
+
+// Length of the one instruction at the start of `code` (0 when it does not decode).
+size_t instruction_length(std::span<const uint8_t> code);
+
+struct Relocation {
+  std::vector<uint8_t> code;                         // relocated instructions, to be placed at dst_addr
+  size_t consumed = 0;                               // original bytes covered: whole instructions, >= min_len
+  std::vector<std::pair<uint32_t, uint32_t>> map;    // (original offset, relocated offset) of each instruction start
+  bool falls_through = true;                         // false when the last relocated instruction never falls through (ret, jmp): no jump back needed
+};
+
+// Relocate whole instructions from `src` (mapped at src_addr) until at least `min_len` bytes are
+// covered, for execution at `dst_addr`. Refuses (returns an Error whose message says which
+// instruction and why) when an instruction cannot keep its meaning at the new address:
+// a RIP-relative operand whose target is beyond +-2 GB of dst_addr, a `call` that is not the last
+// instruction covered (its return address would point into the patched window), loop/jrcxz/xbegin,
+// instructions that do not decode. Branches to targets within [src_addr, src_addr + consumed) are
+// refused too: the caller checks branch targets against the window before relocating.
+Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, size_t min_len,
+                            uint64_t dst_addr);
+
+}  // namespace usprobe::x86

@@ -1,0 +1,23 @@
+// Errors inside usprobe: std::expected<T, Error>. The C API turns an Error into a negative errno
+// plus a per-thread message (usprobe_last_error()).
+#pragma once
+
+#include <cerrno>
+#include <expected>
+#include <string>
+
+namespace usprobe {
+
+struct Error {
+  int code = EINVAL;     // a positive errno value
+  std::string message;  // one line naming the thing and the reason
+};
+
+template <class T>
+using Result = std::expected<T, Error>;
+
+inline std::unexpected<Error> fail(int code, std::string message) {
+  return std::unexpected(Error{code, std::move(message)});
+}
+
+}  // namespace usprobe

@@ -1,0 +1,75 @@
+// An ELF file opened with libelf: its functions (from .symtab and .dynsym), the mapping between
+// virtual addresses and file offsets, and its bytes. A probe's location is a file offset, as in
+// the kernel's uprobes, so everything here speaks in file offsets.
+#pragma once
+
+#include <sys/types.h>
+
+#include <compare>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+
+namespace usprobe::elf {
+
+// File identity: the device and inode of the file, as /proc/self/maps and stat() give them.
+struct FileId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  auto operator<=>(const FileId &) const = default;
+};
+
+struct Function {
+  std::string name;         // plain name, version suffix removed ("memcpy", not "memcpy@@GLIBC_2.14")
+  std::string version;      // "GLIBC_2.14" or empty
+  uint64_t vaddr = 0;       // st_value
+  uint64_t file_offset = 0; // where its first byte is in the file
+  uint64_t size = 0;        // st_size (bytes)
+  bool ifunc = false;       // STT_GNU_IFUNC: the symbol is a resolver, not the implementation
+};
+
+class ElfFile {
+ public:
+  // Opens and indexes `path`. Errors: no such file, not an ELF file, not x86-64.
+  static Result<std::shared_ptr<const ElfFile>> open(const std::string &path);
+  ~ElfFile();
+
+  const std::string &path() const;
+  FileId id() const;
+  bool is_static_executable() const;  // ET_EXEC with no PT_INTERP and no PT_DYNAMIC
+
+  // Every function with a nonzero size, from .symtab and .dynsym, one entry per (offset, name),
+  // sorted by file offset. Aliases at one offset are all listed.
+  const std::vector<Function> &functions() const;
+
+  // Find a function by name: plain ("memcpy") or versioned ("memcpy@@GLIBC_2.14",
+  // "memcpy@GLIBC_2.2.5"). A plain name with several versions picks the default (@@) one.
+  // Errors: "FILE: no function `mallok` (did you mean `malloc`?)",
+  //         "FILE: `environ` is a data symbol, not a function".
+  Result<Function> find_function(std::string_view name) const;
+
+  // The function whose [file_offset, file_offset+size) holds `file_offset`; nullptr if none.
+  // Where aliases overlap, the one with a global binding and the shortest name wins.
+  const Function *function_containing(uint64_t file_offset) const;
+
+  // Translation through the PT_LOAD program headers; nullopt when outside every segment.
+  std::optional<uint64_t> vaddr_to_offset(uint64_t vaddr) const;
+  std::optional<uint64_t> offset_to_vaddr(uint64_t file_offset) const;
+  bool offset_is_executable(uint64_t file_offset) const;  // inside a PF_X PT_LOAD
+
+  // `len` bytes of the file starting at `file_offset` (empty span if out of range).
+  std::span<const uint8_t> bytes(uint64_t file_offset, size_t len) const;
+
+ private:
+  ElfFile();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace usprobe::elf

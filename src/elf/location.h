@@ -1,0 +1,44 @@
+// From a location spec to (file identity, file offset) in this process.
+//
+//   "FILE:SYMBOL"      function entry        libc:malloc, /usr/lib/x86_64-linux-gnu/libc.so.6:free
+//   "FILE:SYMBOL+OFF"  inside a function     app:parse+0x12 (OFF decimal or 0x-hex)
+//   "FILE:0xOFF"       raw file offset       /bin/true:0x2a40
+//
+// FILE is a path (it contains a '/') or a short name of a library mapped in this process:
+// "libc" matches libc.so.6, "libm" libm.so.6, "libstdc++" libstdc++.so.6, "libfoo.so" itself;
+// "exe" (or "self") is the main executable. IFUNC symbols (libc's strlen, memcpy, ...) resolve to
+// the implementation this process uses (e.g. __strlen_avx2) and `symbol` reports it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "core/error.h"
+#include "elf/elf_file.h"
+
+namespace usprobe::elf {
+
+struct ResolvedLocation {
+  std::string spec;                       // as given
+  std::shared_ptr<const ElfFile> file;    // the opened ELF file
+  uint64_t file_offset = 0;               // the probed instruction
+  std::string symbol;                     // enclosing function's name after IFUNC resolution; empty if none
+  uint64_t func_offset = 0;               // enclosing function's first byte (file offset)
+  uint64_t func_size = 0;                 // 0 when no function encloses the offset
+  bool ifunc_resolved = false;            // symbol was an IFUNC and `symbol` is the chosen implementation
+
+  uint64_t offset_in_function() const { return file_offset - func_offset; }
+  std::string describe() const;           // "libc.so.6:__strlen_avx2+0x0" style, for messages
+};
+
+// Parse and resolve. Errors name the file and the thing: unknown file, non-ELF file, static
+// executable ("statically linked"), unknown symbol (with a suggestion), data symbol, offset outside
+// the file's executable segments.
+Result<ResolvedLocation> resolve_location(std::string_view spec);
+
+// Resolve FILE alone (a path or short name, as above) to the path of the ELF file.
+Result<std::string> resolve_file(std::string_view file);
+
+}  // namespace usprobe::elf

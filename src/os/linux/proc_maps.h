@@ -1,0 +1,26 @@
+// This process's mappings as /proc/self/maps lists them.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace usprobe::os {
+
+struct Mapping {
+  uint64_t start = 0, end = 0;  // [start, end)
+  bool read = false, write = false, exec = false, priv = false;
+  uint64_t offset = 0;          // file offset of `start`
+  dev_t dev = 0;                // makedev(major, minor) as in the maps line
+  ino_t ino = 0;
+  std::string path;             // may be empty or "[heap]", "[vdso]", ...
+};
+
+// Parse /proc/self/maps (or `maps_path`, for tests).
+Result<std::vector<Mapping>> read_mappings(const char *maps_path = "/proc/self/maps");
+
+}  // namespace usprobe::os
