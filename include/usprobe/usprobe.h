@@ -78,20 +78,36 @@ uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n); /* n = 0..5, System V 
 void usprobe_set_arg(usprobe_hit *hit, unsigned n, uint64_t value);
 
 typedef enum usprobe_reg {
-  USPROBE_RAX, USPROBE_RBX, USPROBE_RCX, USPROBE_RDX, USPROBE_RSI, USPROBE_RDI, USPROBE_RBP,
-  USPROBE_RSP, USPROBE_R8, USPROBE_R9, USPROBE_R10, USPROBE_R11, USPROBE_R12, USPROBE_R13,
-  USPROBE_R14, USPROBE_R15, USPROBE_RIP, USPROBE_RFLAGS
+  USPROBE_RAX,
+  USPROBE_RBX,
+  USPROBE_RCX,
+  USPROBE_RDX,
+  USPROBE_RSI,
+  USPROBE_RDI,
+  USPROBE_RBP,
+  USPROBE_RSP,
+  USPROBE_R8,
+  USPROBE_R9,
+  USPROBE_R10,
+  USPROBE_R11,
+  USPROBE_R12,
+  USPROBE_R13,
+  USPROBE_R14,
+  USPROBE_R15,
+  USPROBE_RIP,
+  USPROBE_RFLAGS
 } usprobe_reg;
 uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg);
-uint64_t usprobe_hit_ip(const usprobe_hit *hit);    /* the probed instruction's address */
-uint64_t usprobe_hit_sp(const usprobe_hit *hit);    /* %rsp at the probed instruction */
-uint64_t usprobe_hit_flags(const usprobe_hit *hit); /* %rflags (not meaningful at a function entry) */
+uint64_t usprobe_hit_ip(const usprobe_hit *hit); /* the probed instruction's address */
+uint64_t usprobe_hit_sp(const usprobe_hit *hit); /* %rsp at the probed instruction */
+uint64_t usprobe_hit_flags(
+    const usprobe_hit *hit); /* %rflags (not meaningful at a function entry) */
 /* At a function entry: the caller's return address, *(uint64_t *)sp. */
 uint64_t usprobe_hit_return_address(const usprobe_hit *hit);
 const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_name() */
 
-const char *usprobe_strerror(int err);  /* err: a negative errno returned above */
-const char *usprobe_last_error(void);   /* this thread's message for its last failed call */
+const char *usprobe_strerror(int err); /* err: a negative errno returned above */
+const char *usprobe_last_error(void);  /* this thread's message for its last failed call */
 
 #ifdef __cplusplus
 }

@@ -1,1 +1,116 @@
-// C API: filled in by the core.
+// The C API: thin wrappers over the registry that turn Errors into negative errnos plus a
+// per-thread message.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/counters.h"
+#include "core/probe.h"
+#include "core/registry.h"
+#include "usprobe/usprobe.h"
+
+#define USPROBE_API extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+thread_local std::string t_last_error;
+
+int report(const usprobe::Error &e) {
+  t_last_error = e.message;
+  return -(e.code > 0 ? e.code : EINVAL);
+}
+
+}  // namespace
+
+USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *consumer,
+                               usprobe_link **link) {
+  if (!location || !link) return report({EINVAL, "usprobe_attach: location and link are required"});
+  *link = nullptr;
+  std::string loc(location);
+  auto results = usprobe::registry::attach(std::span(&loc, 1), consumer);
+  if (!results[0]) return report(results[0].error());
+  *link = *results[0];
+  return 0;
+}
+
+USPROBE_API int usprobe_attach_batch(const char *const *locations, size_t n,
+                                     const usprobe_consumer *consumer, usprobe_link **links,
+                                     int *errors) {
+  if ((!locations || !links) && n > 0)
+    return report({EINVAL, "usprobe_attach_batch: locations and links are required"});
+  std::vector<std::string> locs(locations, locations + n);
+  auto results = usprobe::registry::attach(locs, consumer);
+  int attached = 0;
+  std::string messages;
+  for (size_t i = 0; i < n; ++i) {
+    links[i] = results[i] ? *results[i] : nullptr;
+    if (errors) errors[i] = results[i] ? 0 : -results[i].error().code;
+    if (results[i]) {
+      ++attached;
+    } else {
+      if (!messages.empty()) messages += '\n';
+      messages += results[i].error().message;
+    }
+  }
+  t_last_error = messages;
+  return attached;
+}
+
+USPROBE_API int usprobe_detach(usprobe_link *link) {
+  if (!link) return report({EINVAL, "usprobe_detach: link is NULL"});
+  auto ok = usprobe::registry::detach(std::span(&link, 1));
+  return ok ? 0 : report(ok.error());
+}
+
+USPROBE_API int usprobe_detach_batch(usprobe_link *const *links, size_t n) {
+  auto ok = usprobe::registry::detach(std::span(links, n));
+  return ok ? 0 : report(ok.error());
+}
+
+USPROBE_API uint64_t usprobe_link_hits(const usprobe_link *link) {
+  return link ? usprobe::counters::read(link->slot).hits : 0;
+}
+USPROBE_API uint64_t usprobe_link_missed(const usprobe_link *link) {
+  return link ? usprobe::counters::read(link->slot).missed : 0;
+}
+USPROBE_API int usprobe_link_uses_int3(const usprobe_link *link) {
+  return link && usprobe::registry::uses_int3(link) ? 1 : 0;
+}
+USPROBE_API const char *usprobe_link_int3_reason(const usprobe_link *link) {
+  return link ? usprobe::registry::int3_reason(link).c_str() : "";
+}
+USPROBE_API const char *usprobe_link_name(const usprobe_link *link) {
+  return link ? link->probe->name.c_str() : "";
+}
+
+USPROBE_API uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n) {
+  return usprobe::arch::arg(*hit->regs, n);
+}
+USPROBE_API void usprobe_set_arg(usprobe_hit *hit, unsigned n, uint64_t value) {
+  usprobe::arch::set_arg(*hit->regs, n, value);
+}
+USPROBE_API uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg) {
+  return usprobe::arch::reg(*hit->regs, reg);
+}
+USPROBE_API uint64_t usprobe_hit_ip(const usprobe_hit *hit) {
+  return usprobe::arch::reg(*hit->regs, USPROBE_RIP);
+}
+USPROBE_API uint64_t usprobe_hit_sp(const usprobe_hit *hit) {
+  return usprobe::arch::reg(*hit->regs, USPROBE_RSP);
+}
+USPROBE_API uint64_t usprobe_hit_flags(const usprobe_hit *hit) {
+  return usprobe::arch::reg(*hit->regs, USPROBE_RFLAGS);
+}
+USPROBE_API uint64_t usprobe_hit_return_address(const usprobe_hit *hit) {
+  return *reinterpret_cast<const uint64_t *>(usprobe_hit_sp(hit));
+}
+USPROBE_API const char *usprobe_hit_probe_name(const usprobe_hit *hit) {
+  return hit->probe->name.c_str();
+}
+
+USPROBE_API const char *usprobe_strerror(int err) {
+  return strerror(err < 0 ? -err : err);
+}
+USPROBE_API const char *usprobe_last_error(void) {
+  return t_last_error.c_str();
+}

@@ -9,7 +9,7 @@
 namespace usprobe {
 
 struct Error {
-  int code = EINVAL;     // a positive errno value
+  int code = EINVAL;    // a positive errno value
   std::string message;  // one line naming the thing and the reason
 };
 

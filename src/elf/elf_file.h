@@ -26,12 +26,14 @@ struct FileId {
 };
 
 struct Function {
-  std::string name;         // plain name, version suffix removed ("memcpy", not "memcpy@@GLIBC_2.14")
-  std::string version;      // "GLIBC_2.14" or empty
-  uint64_t vaddr = 0;       // st_value
-  uint64_t file_offset = 0; // where its first byte is in the file
-  uint64_t size = 0;        // st_size (bytes)
-  bool ifunc = false;       // STT_GNU_IFUNC: the symbol is a resolver, not the implementation
+  std::string name;     // plain name, version suffix removed ("memcpy", not "memcpy@@GLIBC_2.14")
+  std::string version;  // "GLIBC_2.14" or empty
+  uint64_t vaddr = 0;   // st_value
+  uint64_t file_offset = 0;     // where its first byte is in the file
+  uint64_t size = 0;            // st_size (bytes)
+  bool ifunc = false;           // STT_GNU_IFUNC: the symbol is a resolver, not the implementation
+  bool hidden_version = false;  // "name@VER": a version kept for old binaries, not the default
+  bool exported = false;        // listed in .dynsym, so the dynamic linker (dlsym) can find it
 };
 
 class ElfFile {
@@ -42,7 +44,10 @@ class ElfFile {
 
   const std::string &path() const;
   FileId id() const;
-  bool is_static_executable() const;  // ET_EXEC with no PT_INTERP and no PT_DYNAMIC
+  // An executable with no PT_INTERP: ET_EXEC (gcc -static) or ET_DYN flagged DF_1_PIE
+  // (gcc -static-pie). No dynamic linker ever runs in it, so nothing can load usprobe there.
+  // Shared libraries are not executables, even libc.so.6, which has a PT_INTERP so it can run.
+  bool is_static_executable() const;
 
   // Every function with a nonzero size, from .symtab and .dynsym, one entry per (offset, name),
   // sorted by file offset. Aliases at one offset are all listed.
@@ -55,7 +60,8 @@ class ElfFile {
   Result<Function> find_function(std::string_view name) const;
 
   // The function whose [file_offset, file_offset+size) holds `file_offset`; nullptr if none.
-  // Where aliases overlap, the one with a global binding and the shortest name wins.
+  // Where aliases overlap, the one with a global binding and the shortest name wins. (Where
+  // functions of different starts overlap, the innermost, the one starting last, wins first.)
   const Function *function_containing(uint64_t file_offset) const;
 
   // Translation through the PT_LOAD program headers; nullopt when outside every segment.
@@ -65,6 +71,14 @@ class ElfFile {
 
   // `len` bytes of the file starting at `file_offset` (empty span if out of range).
   std::span<const uint8_t> bytes(uint64_t file_offset, size_t len) const;
+
+  // The GNU build-id note in hex ("93ac61ec..."), empty when the file has none.
+  const std::string &build_id() const;
+
+  // Where .symtab came from: the file itself, or, for a stripped file, the separate debug file
+  // found through its build-id (/usr/lib/debug/.build-id/93/ac61....debug, as Debian's -dbg
+  // packages install them). Empty when neither has one: then only .dynsym is known.
+  const std::string &symtab_path() const;
 
  private:
   ElfFile();

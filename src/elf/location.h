@@ -21,16 +21,18 @@
 namespace usprobe::elf {
 
 struct ResolvedLocation {
-  std::string spec;                       // as given
-  std::shared_ptr<const ElfFile> file;    // the opened ELF file
-  uint64_t file_offset = 0;               // the probed instruction
-  std::string symbol;                     // enclosing function's name after IFUNC resolution; empty if none
-  uint64_t func_offset = 0;               // enclosing function's first byte (file offset)
-  uint64_t func_size = 0;                 // 0 when no function encloses the offset
-  bool ifunc_resolved = false;            // symbol was an IFUNC and `symbol` is the chosen implementation
+  std::string spec;                     // as given
+  std::shared_ptr<const ElfFile> file;  // the opened ELF file
+  uint64_t file_offset = 0;             // the probed instruction
+  std::string symbol;           // enclosing function's name after IFUNC resolution; empty if none
+  uint64_t func_offset = 0;     // enclosing function's first byte (file offset)
+  uint64_t func_size = 0;       // 0 when no function encloses the offset
+  bool ifunc_resolved = false;  // symbol was an IFUNC and `symbol` is the chosen implementation
 
   uint64_t offset_in_function() const { return file_offset - func_offset; }
-  std::string describe() const;           // "libc.so.6:__strlen_avx2+0x0" style, for messages
+  // For messages: "libc.so.6:__strlen_avx2", "libc.so.6:malloc+0x4", or "libc.so.6:0x1234"
+  // when no function encloses the offset.
+  std::string describe() const;
 };
 
 // Parse and resolve. Errors name the file and the thing: unknown file, non-ELF file, static
@@ -40,5 +42,11 @@ Result<ResolvedLocation> resolve_location(std::string_view spec);
 
 // Resolve FILE alone (a path or short name, as above) to the path of the ELF file.
 Result<std::string> resolve_file(std::string_view file);
+
+// Whether a short library name designates a file with this basename: the name itself, or the
+// name followed by ".so" or "-" ("libc" matches "libc.so.6" and "libc-2.31.so", not
+// "libcrypt.so.1"); a name that already ends in ".so" also matches its versioned files
+// ("libfoo.so" matches "libfoo.so.1").
+bool library_name_matches(std::string_view name, std::string_view basename);
 
 }  // namespace usprobe::elf

@@ -62,6 +62,44 @@ class CodeWriter {
     put_u8(0x0F), put_u8(0x80 | (cc & 0xF));
     put_u32(static_cast<uint32_t>(target - (pc() + 4)));
   }
+  // jcc rel8; the caller checks that target lies within -128..127 of pc() + 2.
+  void put_jcc_rel8(uint8_t cc, uint64_t target) {
+    put_u8(0x70 | (cc & 0xF));
+    put_u8(static_cast<uint8_t>(target - (pc() + 1)));
+  }
+  // jcc rel32 when in range, otherwise the inverted jcc rel8 over the 14-byte absolute jmp
+  // (condition codes come in pairs that differ in bit 0: je/jne, jb/jae, ...).
+  void put_jcc(uint8_t cc, uint64_t target) {
+    if (fits_rel32(pc() + 6, target)) {
+      put_jcc_rel32(cc, target);
+    } else {
+      put_jcc_rel8(cc ^ 1, pc() + 2 + 14);
+      put_jmp_abs(target);
+    }
+  }
+  // push $imm32 (the CPU sign-extends it to 64 bits)
+  void put_push_imm32(int32_t imm) {
+    put_u8(0x68);
+    put_u32(static_cast<uint32_t>(imm));
+  }
+  // movl $imm32, disp8(%rsp)
+  void put_movl_rsp_imm32(int8_t disp, uint32_t imm) {
+    put_u8(0xC7), put_u8(0x44), put_u8(0x24), put_u8(static_cast<uint8_t>(disp));
+    put_u32(imm);
+  }
+  // Pushes a 64-bit value without touching any register or flag: `push $imm32` when the value
+  // sign-extends from 32 bits, otherwise `lea -8(%rsp),%rsp; movl $lo,0(%rsp); movl $hi,4(%rsp)`
+  // (lea leaves the flags alone; a memory xchg would be locked and slow).
+  void put_push_imm64(uint64_t v) {
+    auto s = static_cast<int64_t>(v);
+    if (s >= std::numeric_limits<int32_t>::min() && s <= std::numeric_limits<int32_t>::max()) {
+      put_push_imm32(static_cast<int32_t>(s));
+      return;
+    }
+    put_lea_rsp_rsp(-8);
+    put_movl_rsp_imm32(0, static_cast<uint32_t>(v));
+    put_movl_rsp_imm32(4, static_cast<uint32_t>(v >> 32));
+  }
   void put_push_reg(Reg r) {
     if (r >= R8) put_u8(0x41);
     put_u8(0x50 | (r & 7));

@@ -26,6 +26,8 @@ struct FunctionScan {
 };
 
 // Decode `code`, which is mapped at `runtime_addr`, linearly from its start to its end.
+// branch_targets come sorted and without duplicates. Decoding stops, with complete = false, at the
+// first bytes that do not decode or at an instruction cut off by the end of `code`.
 FunctionScan scan_function(std::span<const uint8_t> code, uint64_t runtime_addr);
 
 // Length of the one instruction at the start of `code` (0 when it does not decode).
@@ -45,6 +47,19 @@ struct Relocation {
 // instruction covered (its return address would point into the patched window), loop/jrcxz/xbegin,
 // instructions that do not decode. Branches to targets within [src_addr, src_addr + consumed) are
 // refused too: the caller checks branch targets against the window before relocating.
+//
+// Refusals carry EINVAL, except a RIP-relative target out of reach, which carries ERANGE (a
+// trampoline nearer the site may succeed). Messages show the instruction in AT&T syntax and its
+// address: "`lea 0x2f3c(%rip), %rdi` at 0x7f..: RIP-relative target 0x.. is beyond +-2 GB of the
+// trampoline at 0x..".
+//
+// A call that is the last instruction covered (direct, through a register or through memory) is
+// emulated, not copied: the code pushes the ORIGINAL return address (src_addr + consumed) without
+// touching registers or flags, then jumps to the callee, so the callee returns to the original
+// code right after the window and falls_through is false. A copied call would return into the
+// trampoline, where the unwinder finds no CFI (C++ exceptions and handler stack traces would break
+// there). The price: processes running with CET shadow stacks cannot use this (the callee's ret
+// would not match the shadow stack).
 Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, size_t min_len,
                             uint64_t dst_addr);
 

@@ -1,0 +1,234 @@
+// Site analysis and trampolines for x86-64.
+//
+// Every site gets a trampoline, on either path: the jump path enters it by `jmp rel32` at the site,
+// the int3 path by the trap handler setting %rip to it. A trampoline:
+//
+//     lea -128(%rsp),%rsp          step over the red zone of the probed code
+//     pushfq; push %rax .. %r15    the Regs view (arch/x86_64/regs.h), the site's %rsp, the site
+//     mov %rsp,%rbx                %rbx keeps the view across the call (callee-saved)
+//     <save vector state>          entry flavour: xmm0-7 (arguments); instruction flavour: xsavec
+//     mov %rbx,%rdi; movabs $probe,%rsi; movabs $usprobe_dispatch,%rax; call *%rax
+//     <restore vector state>; mov %rbx,%rsp
+//     pop ...; popfq (entry flavour: flags are dead, skipped); lea 128(%rsp),%rsp
+//   window:
+//     <the displaced instructions, relocated>
+//     jmp site+length               (absent when the last one never falls through)
+//
+// Flavours: at a function entry the System V ABI says what is live: argument registers, %rax
+// (vararg count), %r10 (static chain), %r11, xmm0-7; flags and the other vector registers are
+// dead. Anywhere else everything is live, so the instruction flavour keeps the flags, clears DF
+// for the call (the ABI requires it) and saves the whole extended state with xsavec.
+#include <cpuid.h>
+
+#include <algorithm>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "arch/x86_64/code_writer.h"
+#include "arch/x86_64/regs.h"
+#include "arch/x86_64/relocator.h"
+#include "core/arch.h"
+#include "core/dispatch.h"
+#include "os/linux/code_memory.h"
+
+namespace usprobe::arch {
+namespace {
+
+constexpr size_t kJumpLength = 5;        // e9 rel32
+constexpr size_t kTrampolineSize = 512;  // prologue, epilogue, window (<= 5 insns) and jump back
+constexpr int32_t kRedZone = 128;
+
+struct XsaveInfo {
+  uint32_t size = 0;     // bytes of the xsave area for the enabled features
+  uint64_t mask = 0;     // XCR0 without AMX tile data (its 8 KB would be first-use-trapped anyway)
+  bool compact = false;  // xsavec available
+};
+
+const XsaveInfo &xsave_info() {
+  static const XsaveInfo info = [] {
+    XsaveInfo i;
+    unsigned a, b, c, d;
+    __cpuid_count(0xD, 0, a, b, c, d);
+    i.size = b;
+    uint32_t lo, hi;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    i.mask = ((uint64_t{hi} << 32) | lo) & ~(uint64_t{3} << 17);
+    __cpuid_count(0xD, 1, a, b, c, d);
+    i.compact = (a & 2) != 0;
+    return i;
+  }();
+  return info;
+}
+
+// movaps %xmmN,disp8(%rsp) / movaps disp8(%rsp),%xmmN, N < 8.
+void put_movaps_store(x86::CodeWriter &w, int n, int8_t disp) {
+  const uint8_t b[] = {0x0F, 0x29, static_cast<uint8_t>(0x44 | (n << 3)), 0x24,
+                       static_cast<uint8_t>(disp)};
+  w.put_bytes(b, sizeof b);
+}
+void put_movaps_load(x86::CodeWriter &w, int n, int8_t disp) {
+  const uint8_t b[] = {0x0F, 0x28, static_cast<uint8_t>(0x44 | (n << 3)), 0x24,
+                       static_cast<uint8_t>(disp)};
+  w.put_bytes(b, sizeof b);
+}
+void put_and_rsp_imm8(x86::CodeWriter &w, int8_t imm) {
+  const uint8_t b[] = {0x48, 0x83, 0xE4, static_cast<uint8_t>(imm)};
+  w.put_bytes(b, sizeof b);
+}
+void put_mov_eax_edx_mask(x86::CodeWriter &w, uint64_t mask) {
+  w.put_u8(0xB8), w.put_u32(static_cast<uint32_t>(mask));        // mov $lo,%eax
+  w.put_u8(0xBA), w.put_u32(static_cast<uint32_t>(mask >> 32));  // mov $hi,%edx
+}
+
+constexpr x86::Reg kPushOrder[] = {x86::RAX, x86::RCX, x86::RDX, x86::RBX, x86::RBP,
+                                   x86::RSI, x86::RDI, x86::R8,  x86::R9,  x86::R10,
+                                   x86::R11, x86::R12, x86::R13, x86::R14, x86::R15};
+
+// Everything up to the window. Returns nothing; the window follows at w.pc().
+void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry) {
+  w.put_lea_rsp_rsp(-kRedZone);
+  w.put_pushfq();
+  for (x86::Reg r : kPushOrder) w.put_push_reg(r);
+  // The site's %rsp: 15 GPRs + rflags + the red zone above us.
+  w.put_lea_reg_rsp(x86::RAX, 16 * 8 + kRedZone);
+  w.put_push_reg(x86::RAX);
+  w.put_mov_reg_imm64(x86::RAX, site);
+  w.put_push_reg(x86::RAX);
+  w.put_mov_reg_reg(x86::RBX, x86::RSP);  // %rbx = Regs*
+
+  if (entry) {
+    w.put_lea_rsp_rsp(-128);
+    put_and_rsp_imm8(w, -16);
+    for (int n = 0; n < 8; ++n) put_movaps_store(w, n, static_cast<int8_t>(16 * n));
+  } else {
+    const XsaveInfo &x = xsave_info();
+    w.put_lea_rsp_rsp(-static_cast<int32_t>(x.size + 64));
+    put_and_rsp_imm8(w, -64);
+    if (!x.compact) {
+      // Standard-form xsave leaves header bytes 8..63 as they were; xrstor wants them zero.
+      for (int off = 512 + 8; off < 512 + 64; off += 8) {
+        const uint8_t b[] = {0x48, 0xC7, 0x84, 0x24};  // movq $0,disp32(%rsp)
+        w.put_bytes(b, sizeof b);
+        w.put_u32(static_cast<uint32_t>(off));
+        w.put_u32(0);
+      }
+    }
+    put_mov_eax_edx_mask(w, x.mask);
+    const uint8_t save_c[] = {0x48, 0x0F, 0xC7, 0x24, 0x24};  // xsavec64 (%rsp)
+    const uint8_t save[] = {0x48, 0x0F, 0xAE, 0x24, 0x24};    // xsave64 (%rsp)
+    w.put_bytes(x.compact ? save_c : save, 5);
+    w.put_u8(0xFC);  // cld: the ABI wants DF clear at a call; popfq restores the probed code's
+  }
+
+  w.put_mov_reg_reg(x86::RDI, x86::RBX);
+  w.put_mov_reg_imm64(x86::RSI, reinterpret_cast<uint64_t>(probe));
+  w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&usprobe_dispatch));
+  w.put_call_reg(x86::RAX);
+
+  if (entry) {
+    for (int n = 0; n < 8; ++n) put_movaps_load(w, n, static_cast<int8_t>(16 * n));
+  } else {
+    put_mov_eax_edx_mask(w, xsave_info().mask);
+    const uint8_t rstor[] = {0x48, 0x0F, 0xAE, 0x2C, 0x24};  // xrstor64 (%rsp)
+    w.put_bytes(rstor, sizeof rstor);
+  }
+  w.put_mov_reg_reg(x86::RSP, x86::RBX);
+  w.put_lea_rsp_rsp(16);  // the site and %rsp slots: handlers cannot move them
+  for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);
+  if (entry)
+    w.put_lea_rsp_rsp(8);  // flags are dead at a function entry; popfq costs ~20 cycles
+  else
+    w.put_popfq();
+  w.put_lea_rsp_rsp(kRedZone);
+}
+
+// Why the jump path cannot be used at this site, or "" when it can (relocation still decides).
+std::string jump_refusal(const SiteRequest &req, const x86::FunctionScan &scan, uint64_t off) {
+  if (!req.bounds_known) return "no enclosing function bounds to check a 5-byte window against";
+  if (!scan.complete) return "the function does not decode completely";
+  if (off + kJumpLength > req.function.size())
+    return off == 0 ? fmt::format("the function is {} bytes, shorter than a 5-byte jump",
+                                  req.function.size())
+                    : "a 5-byte window would run past the function's end";
+  if (scan.has_indirect_jump && off != 0)
+    return "the function jumps indirectly and the site is not its entry";
+  return "";
+}
+
+}  // namespace
+
+uint8_t trap_byte() {
+  return 0xCC;
+}
+
+Result<SitePlan> prepare_site(const SiteRequest &req) {
+  const uint64_t off = req.site - req.function_addr;
+  x86::FunctionScan scan;
+  if (req.bounds_known) {
+    scan = x86::scan_function(req.function, req.function_addr);
+    bool decoded_past = !scan.boundaries.empty() && scan.boundaries.back() >= off;
+    if (!scan.is_boundary(static_cast<uint32_t>(off)) && (scan.complete || decoded_past))
+      return fail(EINVAL,
+                  fmt::format("{}: offset {:#x} is inside an instruction", req.describe, off));
+  }
+
+  SitePlan plan;
+  plan.function_entry = req.bounds_known && off == 0;
+  std::string refusal = req.force_int3 ? req.force_reason : jump_refusal(req, scan, off);
+
+  auto mem = os::alloc_code_near(req.site, kTrampolineSize);
+  if (!mem) return std::unexpected(mem.error());
+  x86::CodeWriter w(*mem);
+  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry);
+  const uint64_t window_copy = w.pc();
+  std::span<const uint8_t> from_site = req.function.subspan(off);
+
+  std::optional<x86::Relocation> rel;
+  if (refusal.empty()) {
+    auto r = x86::relocate(from_site, req.site, kJumpLength, window_copy);
+    if (!r) {
+      refusal = r.error().message;
+    } else {
+      // A branch into the window's interior would land in the middle of the jump.
+      for (uint64_t t : scan.branch_targets)
+        if (t > req.site && t < req.site + r->consumed) {
+          refusal = fmt::format("a branch in the function targets {:#x}, inside the 5-byte window",
+                                t - req.function_addr);
+          break;
+        }
+      if (refusal.empty()) rel = std::move(*r);
+    }
+  }
+  if (!rel) {
+    auto r = x86::relocate(from_site, req.site, 1, window_copy);
+    if (!r)
+      return fail(r.error().code,
+                  fmt::format("{}: cannot be probed: {}", req.describe, r.error().message));
+    rel = std::move(*r);
+    plan.int3_reason = refusal;
+  }
+  plan.jump = refusal.empty();
+
+  w.put_bytes(rel->code.data(), rel->code.size());
+  if (rel->falls_through) w.put_jmp(req.site + rel->consumed);
+  if (w.size() > kTrampolineSize)
+    return fail(E2BIG, fmt::format("{}: trampoline too large ({} bytes)", req.describe, w.size()));
+  if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
+
+  plan.trampoline = w.base();
+  plan.window_copy = window_copy;
+  plan.window_map = rel->map;
+  size_t patch_len = plan.jump ? kJumpLength : 1;
+  plan.original.assign(from_site.begin(), from_site.begin() + patch_len);
+  plan.patch.assign(patch_len, trap_byte());
+  if (plan.jump) {
+    x86::CodeWriter jw(req.site);
+    jw.put_jmp_rel32(plan.trampoline);
+    plan.patch = jw.bytes();
+  }
+  plan.window_length = static_cast<uint32_t>(rel->consumed);
+  return plan;
+}
+
+}  // namespace usprobe::arch

@@ -1,0 +1,83 @@
+// The one contract between the core and an architecture (implemented in src/arch/<arch>/).
+//
+// The core speaks in probes, sites and consumers; the architecture speaks in instructions. For a
+// site it decides between the jump path and the int3 path, relocates the instructions the patch
+// displaces, emits the site's trampoline, says which bytes make the patch, and owns the trap
+// handler and the register view of a hit.
+#pragma once
+
+#include <ucontext.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "usprobe/usprobe.h"
+
+namespace usprobe {
+struct Probe;
+}
+
+namespace usprobe::arch {
+
+// The registers of one hit as the trampoline saved them (layout: arch/<arch>/regs.h).
+struct Regs;
+uint64_t reg(const Regs &r, usprobe_reg which);
+uint64_t arg(const Regs &r, unsigned n);
+void set_arg(Regs &r, unsigned n, uint64_t value);
+
+struct SiteRequest {
+  uint64_t site = 0;                  // runtime address of the probed instruction
+  std::span<const uint8_t> function;  // the enclosing function's original bytes (from the file)
+  uint64_t function_addr = 0;         // runtime address of function[0]
+  bool bounds_known = false;          // false: `function` is just the bytes from the site on
+  const Probe *probe = nullptr;       // passed to dispatch by the trampoline
+  std::string describe;               // "libc.so.6:malloc", for messages
+  bool force_int3 = false;            // another probe's window is too close for a jump
+  std::string force_reason;
+};
+
+// A prepared site: its trampoline is written and executable; nothing at the site is changed yet.
+struct SitePlan {
+  bool jump = false;              // jump path; false: int3 path
+  std::string int3_reason;        // why not the jump path
+  bool function_entry = false;    // ABI-aware flavour
+  std::vector<uint8_t> original;  // the bytes the patch overwrites, as they are in the file
+  std::vector<uint8_t> patch;     // the patch: same length; patch[0] is the trap byte
+  uint64_t trampoline = 0;        // entry: save, dispatch, restore, window, jump back
+  uint64_t window_copy = 0;       // the relocated instructions inside the trampoline
+  uint32_t window_length = 0;     // original bytes relocated (whole instructions, >= patch)
+  std::vector<std::pair<uint32_t, uint32_t>> window_map;  // (site offset, window_copy offset)
+};
+
+// Decide the path, relocate, allocate and write the trampoline near the site. Errors: the offset is
+// inside an instruction; the instruction cannot be relocated even alone (then no probe can be
+// placed there); no memory within reach.
+Result<SitePlan> prepare_site(const SiteRequest &req);
+
+// The byte that makes a trap (x86: 0xCC, int3).
+uint8_t trap_byte();
+
+// Trap handling. `lookup(site)` returns the trampoline of the patched site at `site` or 0; it is
+// called from the signal handler and must be async-signal-safe. Traps that are not usprobe's go to
+// the handler the application had installed, or to the default action.
+Result<void> install_trap_handler(uint64_t (*lookup)(uint64_t site));
+
+// While a patch is half written, move a thread stopped inside a window to the same instruction in
+// the window's relocated copy. `windows` lists the sites being patched; called in a signal handler.
+struct WindowMove {
+  uint64_t site = 0;
+  uint32_t length = 0;  // bytes of original instructions the jump replaces
+  uint64_t window_copy = 0;
+  const std::pair<uint32_t, uint32_t> *map = nullptr;
+  size_t map_size = 0;
+};
+void move_out_of_windows(ucontext_t *uc, std::span<const WindowMove> windows);
+// True when an instruction pointer is not strictly inside any window (a thread there needs no
+// move).
+bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows);
+
+}  // namespace usprobe::arch

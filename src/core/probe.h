@@ -1,0 +1,68 @@
+// Probes, consumers and links (vocabulary: DESIGN.md).
+//
+// Lifetimes. A Probe and its Sites are never freed: a trampoline has the Probe's address built in,
+// and a thread may sit inside a trampoline (before or after its call to dispatch) for as long as
+// the scheduler leaves it there, with no read section to wait for. Nothing but looking at every
+// thread's registers could prove a trampoline idle, so instead a probe's trampolines stay valid
+// for the life of the process and are reused when the same location is probed again: memory grows
+// with the number of distinct locations ever probed, not with attach/detach cycles.
+// ConsumerArrays are immutable once published and freed after an RCU grace period (core/rcu.h).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/arch.h"
+#include "elf/elf_file.h"
+#include "usprobe/usprobe.h"
+
+namespace usprobe {
+
+struct ConsumerEntry {
+  uint32_t slot;  // counters (core/counters.h)
+  void (*on_entry)(usprobe_hit *, void *);
+  void *user;
+};
+
+// Immutable once published; replaced whole, old copies freed after a grace period.
+struct ConsumerArray {
+  uint32_t count = 0;
+  ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
+
+  static ConsumerArray *make(const std::vector<ConsumerEntry> &v);
+  static void destroy(const ConsumerArray *a);
+};
+
+struct Site {
+  uint64_t addr = 0;
+  arch::SitePlan plan;
+  bool patched = false;
+};
+
+struct Probe {
+  // Read by dispatch under an RCU read section (acquire pairs with the release in publish).
+  std::atomic<const ConsumerArray *> consumers{nullptr};
+
+  std::string name;  // "libc.so.6:malloc" (after IFUNC resolution)
+  elf::FileId file;
+  uint64_t file_offset = 0;
+  std::vector<std::unique_ptr<Site>> sites;  // one per executable mapping of the file
+  std::vector<usprobe_link *> links;         // guarded by the registry mutex
+};
+
+}  // namespace usprobe
+
+struct usprobe_link {
+  usprobe::Probe *probe = nullptr;
+  uint32_t slot = 0;
+  usprobe_consumer consumer{};
+};
+
+// What a handler receives: a view of the trampoline's saved registers and the probe hit.
+struct usprobe_hit {
+  usprobe::arch::Regs *regs;
+  const usprobe::Probe *probe;
+};

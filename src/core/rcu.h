@@ -1,0 +1,60 @@
+// usprobe's read-copy-update: the hit path reads shared state (consumer arrays, the site table)
+// with two plain stores to its own thread record and no fence; writers replace state, wait for a
+// grace period, then free the old state.
+//
+// Why not liburcu: its read side lives in another shared library, behind a PLT call and
+// global-dynamic TLS (__tls_get_addr), which the hit-path rules forbid; and its flavours either
+// need every thread registered up front (usprobe's threads are the application's) or take a lock
+// on a thread's first read. The algorithm is liburcu's urcu-memb with sys_membarrier, reduced:
+//
+//  reader:  word = (epoch << 8) | 1           (nested: word + 1; restored on exit)
+//           compiler barrier; read shared pointers; compiler barrier
+//           word = previous value
+//  writer:  publish the new pointer (release); epoch += 1; membarrier() (a full barrier on every
+//           running thread: it orders each reader's word store before its pointer loads, as
+//           a fence would, at the writer's cost instead of the reader's); then wait until every
+//           record is quiescent or in a read section that began at the new epoch; membarrier()
+//           again so that readers' last loads of old state precede the free.
+//
+// The single-word state makes the read side safe in signal handlers: a handler that interrupts a
+// read section nests on the same word and restores it before returning.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "core/thread_record.h"
+
+namespace usprobe::rcu {
+
+extern std::atomic<uint64_t> g_epoch;
+
+class ReadGuard {
+ public:
+  explicit ReadGuard(ThreadRecord *r) : r_(r) {
+    saved_ = r->rcu_word.load(std::memory_order_relaxed);
+    uint64_t word = saved_ ? saved_ + 1
+                           // Acquire: a reader that sees the new epoch also sees what was
+                           // published before it was bumped (pairs with synchronize()).
+                           : (g_epoch.load(std::memory_order_acquire) << 8) | 1;
+    r->rcu_word.store(word, std::memory_order_relaxed);
+    // Orders the word store before the section's loads; the writer's membarrier makes it a fence.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~ReadGuard() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // partner: the writer's second membarrier
+    r_->rcu_word.store(saved_, std::memory_order_relaxed);
+  }
+  ReadGuard(const ReadGuard &) = delete;
+  ReadGuard &operator=(const ReadGuard &) = delete;
+
+ private:
+  ThreadRecord *r_;
+  uint64_t saved_;
+};
+
+// Wait until every read section that may have seen state published before this call has ended.
+// Blocks; must not be called from a read section or a signal handler.
+void synchronize();
+
+}  // namespace usprobe::rcu

@@ -1,0 +1,313 @@
+#include "core/registry.h"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "core/counters.h"
+#include "core/patcher.h"
+#include "core/rcu.h"
+#include "core/site_table.h"
+#include "elf/location.h"
+#include "os/linux/membarrier.h"
+#include "os/linux/proc_maps.h"
+
+namespace usprobe {
+
+ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
+  void *mem = ::operator new(sizeof(ConsumerArray) + v.size() * sizeof(ConsumerEntry));
+  auto *a = new (mem) ConsumerArray;
+  a->count = static_cast<uint32_t>(v.size());
+  std::copy(v.begin(), v.end(), a->entries);
+  return a;
+}
+void ConsumerArray::destroy(const ConsumerArray *a) {
+  ::operator delete(const_cast<ConsumerArray *>(a));
+}
+
+namespace registry {
+namespace {
+
+using Key = std::pair<elf::FileId, uint64_t>;
+
+std::mutex g_mutex;  // guards everything below, probes' sites and links
+std::map<Key, std::unique_ptr<Probe>> g_probes;
+std::vector<std::unique_ptr<Site>> g_old_sites;  // sites of earlier mappings: trampolines live on
+const std::string kEmpty;
+
+Result<void> init() {
+  static Result<void> result = []() -> Result<void> {
+    if (auto ok = os::membarrier_init(); !ok) return ok;
+    return arch::install_trap_handler(site_table::lookup);
+  }();
+  return result;
+}
+
+// Replace a probe's consumer array; the old one goes to `garbage`.
+void publish(Probe *p, std::vector<ConsumerEntry> entries,
+             std::vector<std::function<void()>> &garbage) {
+  const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
+  // Release: dispatch's acquire load sees a fully built array.
+  const ConsumerArray *old = p->consumers.exchange(next, std::memory_order_acq_rel);
+  if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
+}
+
+std::vector<ConsumerEntry> entries_of(const Probe *p) {
+  std::vector<ConsumerEntry> v;
+  if (const ConsumerArray *a = p->consumers.load(std::memory_order_relaxed))
+    v.assign(a->entries, a->entries + a->count);
+  return v;
+}
+
+// Every site (patched or about to be) whose window overlaps [addr, addr + len).
+const Site *overlapping(uint64_t addr, uint64_t len, const std::vector<Site *> &pending) {
+  auto hit = [&](const Site *s) {
+    uint64_t slen = std::max<uint64_t>(s->plan.window_length, 1);
+    return s->addr < addr + len && addr < s->addr + slen;
+  };
+  for (const Site *s : pending)
+    if (hit(s)) return s;
+  for (auto &[key, p] : g_probes)
+    for (auto &s : p->sites)
+      if (s->patched && hit(s.get())) return s.get();
+  return nullptr;
+}
+
+std::string site_owner(const Site *s) {
+  for (auto &[key, p] : g_probes)
+    for (auto &x : p->sites)
+      if (x.get() == s) return p->name;
+  return fmt::format("{:#x}", s->addr);
+}
+
+// Make (or reuse) the sites of probe `p` for the current mappings. New sites go to `pending`.
+Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector<os::Mapping> &maps,
+                   std::vector<Site *> &pending) {
+  std::vector<uint64_t> addrs;
+  for (const auto &m : maps) {
+    if (!m.exec || m.dev != p->file.dev || m.ino != p->file.ino) continue;
+    if (loc.file_offset < m.offset || loc.file_offset >= m.offset + (m.end - m.start)) continue;
+    addrs.push_back(m.start + (loc.file_offset - m.offset));
+  }
+  if (addrs.empty())
+    return fail(ENOENT, fmt::format("{}: {} is not mapped executable in this process",
+                                    loc.describe(), loc.file->path()));
+
+  std::vector<uint64_t> have;
+  for (auto &s : p->sites) have.push_back(s->addr);
+  if (have != addrs) {
+    for (auto &s : p->sites) g_old_sites.push_back(std::move(s));
+    p->sites.clear();
+    for (uint64_t addr : addrs) {
+      arch::SiteRequest req;
+      req.site = addr;
+      req.bounds_known = loc.func_size > 0;
+      if (req.bounds_known) {
+        req.function = loc.file->bytes(loc.func_offset, loc.func_size);
+        req.function_addr = addr - loc.offset_in_function();
+      } else {
+        req.function = loc.file->bytes(loc.file_offset, 32);
+        req.function_addr = addr;
+      }
+      if (req.function.empty())
+        return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
+      req.probe = p;
+      req.describe = p->name;
+      if (const Site *o = overlapping(addr, 1, pending))
+        return fail(EBUSY, fmt::format("{}: inside the patched window of probe {}", p->name,
+                                       site_owner(o)));
+      auto plan = arch::prepare_site(req);
+      if (!plan) return std::unexpected(plan.error());
+      if (plan->jump && overlapping(addr, plan->window_length, pending)) {
+        req.force_int3 = true;
+        req.force_reason = "another probe's site lies within the 5-byte window";
+        plan = arch::prepare_site(req);
+        if (!plan) return std::unexpected(plan.error());
+      }
+      auto site = std::make_unique<Site>();
+      site->addr = addr;
+      site->plan = std::move(*plan);
+      p->sites.push_back(std::move(site));
+    }
+  }
+  for (auto &s : p->sites) {
+    // The patch overwrites exactly these bytes; they must be the file's. A debugger's breakpoint
+    // or a kernel uprobe's int3 (or another tool's patch) shows up as a difference.
+    const auto &orig = s->plan.original;
+    if (std::memcmp(reinterpret_cast<const void *>(s->addr), orig.data(), orig.size()) != 0)
+      return fail(EBUSY, fmt::format("{}: the code at {:#x} differs from the file (a breakpoint, "
+                                     "a kernel uprobe or another tool's patch is there)",
+                                     p->name, s->addr));
+    pending.push_back(s.get());
+  }
+  return {};
+}
+
+void run(std::vector<std::function<void()>> &garbage) {
+  for (auto &g : garbage) g();
+  garbage.clear();
+}
+
+}  // namespace
+
+std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
+                                           const usprobe_consumer *consumer) {
+  std::vector<Result<usprobe_link *>> out(locations.size(), nullptr);
+  if (auto ok = init(); !ok) {
+    for (auto &r : out) r = std::unexpected(ok.error());
+    return out;
+  }
+  std::vector<Result<elf::ResolvedLocation>> resolved;
+  resolved.reserve(locations.size());
+  for (const auto &l : locations) resolved.push_back(elf::resolve_location(l));
+
+  std::vector<std::function<void()>> garbage;
+  {
+    std::lock_guard lock(g_mutex);
+    counters::reclaim_dead_threads();
+    auto maps = os::read_mappings();
+    std::vector<Site *> pending;
+    std::map<Probe *, std::vector<ConsumerEntry>> added;
+    std::vector<std::pair<size_t, usprobe_link *>> made;
+
+    for (size_t i = 0; i < locations.size(); ++i) {
+      if (!resolved[i]) {
+        out[i] = std::unexpected(resolved[i].error());
+        continue;
+      }
+      if (!maps) {
+        out[i] = std::unexpected(maps.error());
+        continue;
+      }
+      const elf::ResolvedLocation &loc = *resolved[i];
+      Key key{loc.file->id(), loc.file_offset};
+      auto &slot_in_map = g_probes[key];
+      bool created = !slot_in_map;
+      if (created) {
+        slot_in_map = std::make_unique<Probe>();
+        slot_in_map->name = loc.describe();
+        slot_in_map->file = key.first;
+        slot_in_map->file_offset = key.second;
+      }
+      Probe *p = slot_in_map.get();
+      if (p->links.empty() && !added.count(p)) {
+        size_t before = pending.size();
+        if (auto ok = place(p, loc, *maps, pending); !ok) {
+          pending.resize(before);
+          if (created && p->sites.empty()) g_probes.erase(key);
+          out[i] = std::unexpected(ok.error());
+          continue;
+        }
+      }
+      auto slot = counters::alloc_slot();
+      if (!slot) {
+        out[i] = fail(ENOSPC, fmt::format("{}: too many consumers", p->name));
+        continue;
+      }
+      auto *link = new usprobe_link{p, *slot, consumer ? *consumer : usprobe_consumer{}};
+      added[p].push_back({*slot, link->consumer.on_entry, link->consumer.user});
+      made.emplace_back(i, link);
+    }
+
+    // Consumers first, so that hits are counted from the first patched byte on.
+    for (auto &[p, add] : added) {
+      auto entries = entries_of(p);
+      entries.insert(entries.end(), add.begin(), add.end());
+      publish(p, std::move(entries), garbage);
+    }
+    auto installed = patcher::install(pending);
+    for (auto &[i, link] : made) {
+      if (!installed) {
+        out[i] = std::unexpected(installed.error());
+        continue;
+      }
+      link->probe->links.push_back(link);
+      out[i] = link;
+    }
+    if (!installed) {
+      // Should not happen (writes to our own memory); undo what was published.
+      (void)patcher::remove(pending);
+      for (auto &[p, add] : added) {
+        auto entries = entries_of(p);
+        std::erase_if(entries, [&](const ConsumerEntry &e) {
+          return std::any_of(add.begin(), add.end(), [&](auto &a) { return a.slot == e.slot; });
+        });
+        publish(p, std::move(entries), garbage);
+      }
+      for (auto &[i, link] : made) {
+        uint32_t s = link->slot;
+        delete link;
+        garbage.emplace_back([s] { counters::free_slot(s); });
+      }
+    }
+    for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
+  }
+  if (!garbage.empty()) {
+    rcu::synchronize();
+    run(garbage);
+  }
+  return out;
+}
+
+Result<void> detach(std::span<usprobe_link *const> links) {
+  std::vector<std::function<void()>> garbage;
+  std::vector<usprobe_link *> gone;
+  Result<void> result;
+  {
+    std::lock_guard lock(g_mutex);
+    std::map<Probe *, std::vector<uint32_t>> removed;
+    for (usprobe_link *l : links) {
+      if (!l) continue;
+      auto &v = l->probe->links;
+      auto it = std::find(v.begin(), v.end(), l);
+      if (it == v.end()) {
+        result = fail(EINVAL, "detach: not an attached link");
+        continue;
+      }
+      v.erase(it);
+      removed[l->probe].push_back(l->slot);
+      gone.push_back(l);
+      uint32_t slot = l->slot;
+      garbage.emplace_back([slot] { counters::free_slot(slot); });
+    }
+    std::vector<Site *> unpatch;
+    for (auto &[p, slots] : removed) {
+      auto entries = entries_of(p);
+      std::erase_if(entries, [&](const ConsumerEntry &e) {
+        return std::find(slots.begin(), slots.end(), e.slot) != slots.end();
+      });
+      publish(p, std::move(entries), garbage);
+      if (p->links.empty())
+        for (auto &s : p->sites)
+          if (s->patched) unpatch.push_back(s.get());
+    }
+    if (auto ok = patcher::remove(unpatch); !ok) result = ok;
+    for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
+  }
+  // After this grace period no thread runs (or will run) a handler of the detached consumers.
+  rcu::synchronize();
+  run(garbage);
+  for (usprobe_link *l : gone) delete l;
+  return result;
+}
+
+bool uses_int3(const usprobe_link *link) {
+  std::lock_guard lock(g_mutex);
+  for (auto &s : link->probe->sites)
+    if (!s->plan.jump) return true;
+  return false;
+}
+
+const std::string &int3_reason(const usprobe_link *link) {
+  std::lock_guard lock(g_mutex);
+  for (auto &s : link->probe->sites)
+    if (!s->plan.jump) return s->plan.int3_reason;
+  return kEmpty;
+}
+
+}  // namespace registry
+}  // namespace usprobe

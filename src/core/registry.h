@@ -1,0 +1,24 @@
+// The probe registry: attach and detach transactions. Probes are keyed by location (file identity,
+// file offset), so a second consumer on a probed location reuses its patch, and the patch goes when
+// the last link is detached. Batches patch many sites with one round of syncs.
+#pragma once
+
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/probe.h"
+
+namespace usprobe::registry {
+
+// One result per location, in order. `consumer` may be null (built-in counter only).
+std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
+                                           const usprobe_consumer *consumer);
+// When this returns, no handler of these links runs or will run; the links are freed.
+Result<void> detach(std::span<usprobe_link *const> links);
+
+bool uses_int3(const usprobe_link *link);
+const std::string &int3_reason(const usprobe_link *link);
+
+}  // namespace usprobe::registry

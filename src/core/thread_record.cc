@@ -1,0 +1,77 @@
+#include "core/thread_record.h"
+
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <new>
+
+namespace usprobe {
+
+thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
+
+namespace {
+
+std::atomic<ThreadRecord *> g_records{nullptr};  // head of the list; pushes only (CAS)
+
+pid_t gettid_raw() {
+  return static_cast<pid_t>(syscall(SYS_gettid));
+}
+
+// After fork the child's only thread keeps its record but has a new thread id.
+void after_fork_in_child() {
+  if (ThreadRecord *r = t_record) r->tid.store(gettid_raw(), std::memory_order_relaxed);
+}
+
+__attribute__((constructor)) void install_atfork() {
+  pthread_atfork(nullptr, nullptr, after_fork_in_child);
+}
+
+ThreadRecord *new_record() {
+  static_assert(sizeof(ThreadRecord) <= 4096);
+  void *mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return nullptr;
+  // Counters: reserved, not committed; pages appear as slots are first used.
+  void *ctr = mmap(nullptr, sizeof(uint64_t) * 2 * kMaxConsumerSlots, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (ctr == MAP_FAILED) {
+    munmap(mem, 4096);
+    return nullptr;
+  }
+  auto *r = new (mem) ThreadRecord;
+  r->counters = static_cast<uint64_t *>(ctr);
+  return r;
+}
+
+}  // namespace
+
+ThreadRecord *all_records() {
+  return g_records.load(std::memory_order_acquire);
+}
+
+ThreadRecord *register_current_thread() {
+  pid_t self = gettid_raw();
+  // Reuse a record freed by reclaim_dead_threads().
+  for (ThreadRecord *r = all_records(); r; r = r->next) {
+    pid_t expected = 0;
+    if (r->tid.load(std::memory_order_relaxed) == 0 &&
+        r->tid.compare_exchange_strong(expected, self, std::memory_order_acquire)) {
+      t_record = r;
+      return r;
+    }
+  }
+  ThreadRecord *r = new_record();
+  if (!r) return nullptr;
+  r->tid.store(self, std::memory_order_relaxed);
+  ThreadRecord *head = g_records.load(std::memory_order_relaxed);
+  do {
+    r->next = head;
+    // Release: a walker that sees r also sees its initialised fields (pairs with all_records()).
+  } while (!g_records.compare_exchange_weak(head, r, std::memory_order_release,
+                                            std::memory_order_relaxed));
+  t_record = r;
+  return r;
+}
+
+}  // namespace usprobe

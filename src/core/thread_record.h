@@ -1,0 +1,60 @@
+// Per-thread state of the hit path: one ThreadRecord per thread that has hit a probe.
+//
+// A record holds the thread's RCU reader word (core/rcu.h), its dispatch depth (the recursion
+// guard) and its counters: one pair (hits, missed) per consumer slot, written only by the owning
+// thread and summed by readers of the counts. Nothing on the hit path writes memory that another
+// thread writes: that is what lets hits scale with threads.
+//
+// Records are never freed: they live in mmap'd memory on one list, so a writer can walk them
+// without locks, from any context. A record whose thread has died is folded into the retired totals
+// and reused (reclaim_dead_threads(), called by writers). A thread registers itself on its first
+// hit; that costs a few system calls once and is safe in a signal handler (mmap, CAS, no locks).
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+
+namespace usprobe {
+
+constexpr uint32_t kMaxConsumerSlots = 1u << 20;
+
+struct alignas(64) ThreadRecord {
+  // core/rcu.h: 0 when quiescent, else (epoch << 8) | nesting. Written only by the owner thread
+  // (including its signal handlers), read by grace-period waiters.
+  std::atomic<uint64_t> rcu_word{0};
+  // Dispatch depth of this thread: nonzero while a handler of this thread runs. Owner only.
+  std::atomic<uint32_t> depth{0};
+  // Thread id of the owner; 0 when the record is free. Set by the owner with a CAS from 0.
+  std::atomic<pid_t> tid{0};
+  // counters[2 * slot] = hits, counters[2 * slot + 1] = missed. Written by the owner only
+  // (relaxed load + relaxed store, no read-modify-write); summed by others with relaxed loads.
+  uint64_t *counters = nullptr;
+  ThreadRecord *next = nullptr;  // the list of all records; immutable once published
+};
+
+// Initial-exec TLS: one %fs-relative load on the hit path, never __tls_get_addr.
+extern thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec")));
+
+// Slow path of the first hit of a thread: take a free record or make one. Async-signal-safe.
+// Returns nullptr only when memory cannot be mapped (the hit is then not counted).
+ThreadRecord *register_current_thread();
+
+inline ThreadRecord *current_record() {
+  ThreadRecord *r = t_record;
+  if (__builtin_expect(r == nullptr, 0)) r = register_current_thread();
+  return r;
+}
+
+// The head of the list of all records (walk with ->next).
+ThreadRecord *all_records();
+
+// One-word increment of a per-thread counter: the owner is its only writer, so a relaxed load and
+// store suffice, and the word is never torn for readers on other threads.
+inline void bump(uint64_t &counter) {
+  std::atomic_ref<uint64_t> c(counter);
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+}  // namespace usprobe

@@ -1,0 +1,577 @@
+// ElfFile on libelf. Everything is read once, in open(): the PT_LOAD segments, the functions of
+// .symtab and .dynsym, the names of data symbols (for error messages) and the build-id. The libelf
+// handle is then closed; only our own read-only mapping of the file stays, for bytes(). An opened
+// ElfFile never changes afterwards, so any number of threads may share it.
+#include "elf/elf_file.h"
+
+#include <fcntl.h>
+#include <gelf.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace usprobe::elf {
+namespace {
+
+// libelf refuses every call until the caller has said which ELF version it speaks.
+void init_libelf() {
+  static const bool ok = elf_version(EV_CURRENT) != EV_NONE;
+  (void)ok;
+}
+
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  UniqueFd(const UniqueFd &) = delete;
+  UniqueFd &operator=(const UniqueFd &) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+class UniqueElf {
+ public:
+  explicit UniqueElf(Elf *e) : elf_(e) {}
+  ~UniqueElf() {
+    if (elf_) elf_end(elf_);
+  }
+  UniqueElf(const UniqueElf &) = delete;
+  UniqueElf &operator=(const UniqueElf &) = delete;
+  Elf *get() const { return elf_; }
+
+ private:
+  Elf *elf_;
+};
+
+struct Segment {
+  uint64_t vaddr = 0, offset = 0, filesz = 0;
+  bool exec = false;
+};
+
+// A function symbol as read, before .symtab and .dynsym are merged.
+struct RawFunction {
+  Function fn;
+  unsigned char bind = STB_LOCAL;
+};
+
+// Where several symbols name one address, the higher rank is the better name.
+int binding_rank(unsigned char bind) {
+  switch (bind) {
+    case STB_GLOBAL:
+      return 2;
+    case STB_WEAK:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+bool is_x86_64(Elf *e) {
+  GElf_Ehdr eh;
+  return gelf_getehdr(e, &eh) && eh.e_ident[EI_CLASS] == ELFCLASS64 &&
+         eh.e_ident[EI_DATA] == ELFDATA2LSB && eh.e_machine == EM_X86_64;
+}
+
+// The NT_GNU_BUILD_ID note of any SHT_NOTE section, in lower-case hex.
+std::string read_build_id(Elf *e) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (Elf_Scn *scn = elf_nextscn(e, nullptr); scn; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_NOTE) continue;
+    Elf_Data *data = elf_getdata(scn, nullptr);
+    if (!data || !data->d_buf) continue;
+    GElf_Nhdr nh;
+    size_t name_off = 0, desc_off = 0;
+    for (size_t off = 0; (off = gelf_getnote(data, off, &nh, &name_off, &desc_off)) > 0;) {
+      const char *base = static_cast<const char *>(data->d_buf);
+      if (nh.n_type != NT_GNU_BUILD_ID || nh.n_namesz != 4 ||
+          std::memcmp(base + name_off, "GNU", 4) != 0)
+        continue;
+      std::string hex;
+      for (size_t i = 0; i < nh.n_descsz; ++i) {
+        auto b = static_cast<uint8_t>(base[desc_off + i]);
+        hex += kHex[b >> 4];
+        hex += kHex[b & 15];
+      }
+      return hex;
+    }
+  }
+  return {};
+}
+
+Elf_Scn *find_section(Elf *e, uint32_t type) {
+  for (Elf_Scn *scn = elf_nextscn(e, nullptr); scn; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr sh;
+    if (gelf_getshdr(scn, &sh) && sh.sh_type == type) return scn;
+  }
+  return nullptr;
+}
+
+// Version names of .gnu.version_d by version index. The base entry (VER_FLG_BASE) names the
+// file itself, not a version, and symbols pointing at it are unversioned: it is left empty.
+std::vector<std::string> read_version_definitions(Elf *e) {
+  std::vector<std::string> names;
+  Elf_Scn *scn = find_section(e, SHT_GNU_verdef);
+  GElf_Shdr sh;
+  if (!scn || !gelf_getshdr(scn, &sh)) return names;
+  Elf_Data *data = elf_getdata(scn, nullptr);
+  if (!data) return names;
+  size_t off = 0;
+  for (size_t n = 0; n < sh.sh_info; ++n) {
+    GElf_Verdef vd;
+    GElf_Verdaux aux;
+    if (!gelf_getverdef(data, static_cast<int>(off), &vd)) break;
+    if (!(vd.vd_flags & VER_FLG_BASE) && vd.vd_cnt > 0 &&
+        gelf_getverdaux(data, static_cast<int>(off + vd.vd_aux), &aux)) {
+      const char *name = elf_strptr(e, sh.sh_link, aux.vda_name);
+      if (name) {
+        if (names.size() <= vd.vd_ndx) names.resize(vd.vd_ndx + 1u);
+        names[vd.vd_ndx] = name;
+      }
+    }
+    if (vd.vd_next == 0) break;
+    off += vd.vd_next;
+  }
+  return names;
+}
+
+}  // namespace
+
+struct ElfFile::Impl {
+  std::string path;
+  FileId id;
+  const uint8_t *map = nullptr;  // the whole file, PROT_READ, for bytes()
+  size_t size = 0;
+  bool is_static = false;
+  std::string build_id;
+  std::string symtab_path;
+  std::vector<Segment> loads;
+
+  std::vector<Function> functions;      // sorted by file offset, then name
+  std::vector<unsigned char> bindings;  // STB_* of functions[i]
+  std::vector<uint64_t> max_end;        // max(file_offset + size) over functions[0..i]
+  std::unordered_map<std::string, std::vector<uint32_t>> by_name;  // plain name -> indices
+  std::unordered_set<std::string> data_names;      // objects and TLS: "is a data symbol"
+  std::unordered_set<std::string> sizeless_names;  // functions with st_size 0: bounds unknown
+
+  ~Impl() {
+    if (map) ::munmap(const_cast<uint8_t *>(map), size);
+  }
+
+  std::optional<uint64_t> vaddr_to_offset(uint64_t vaddr) const {
+    for (const Segment &s : loads)
+      if (vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz) return s.offset + (vaddr - s.vaddr);
+    return std::nullopt;
+  }
+
+  void read_segments(Elf *e);
+  void read_symbols(Elf *e, Elf_Scn *scn, bool dynamic, std::vector<RawFunction> &out);
+  void read_separate_debug_symtab(std::vector<RawFunction> &out);
+  void index(std::vector<RawFunction> raw);
+  std::string suggest(std::string_view name) const;
+};
+
+void ElfFile::Impl::read_segments(Elf *e) {
+  GElf_Ehdr eh;
+  gelf_getehdr(e, &eh);
+  size_t n = 0;
+  if (elf_getphdrnum(e, &n) != 0) n = 0;
+  bool has_interp = false;
+  std::optional<GElf_Phdr> dynamic;
+  for (size_t i = 0; i < n; ++i) {
+    GElf_Phdr ph;
+    if (!gelf_getphdr(e, static_cast<int>(i), &ph)) continue;
+    if (ph.p_type == PT_LOAD)
+      loads.push_back({ph.p_vaddr, ph.p_offset, ph.p_filesz, (ph.p_flags & PF_X) != 0});
+    else if (ph.p_type == PT_INTERP)
+      has_interp = true;
+    else if (ph.p_type == PT_DYNAMIC)
+      dynamic = ph;
+  }
+  // DF_1_PIE tells a static-pie executable from a shared library: both are ET_DYN without a
+  // PT_INTERP (glibc's own libc.so.6 does have one, so that it can be run to print its version).
+  bool pie = false;
+  if (dynamic && dynamic->p_offset <= size && dynamic->p_filesz <= size - dynamic->p_offset) {
+    for (uint64_t off = 0; off + sizeof(Elf64_Dyn) <= dynamic->p_filesz; off += sizeof(Elf64_Dyn)) {
+      Elf64_Dyn d;
+      std::memcpy(&d, map + dynamic->p_offset + off, sizeof d);
+      if (d.d_tag == DT_NULL) break;
+      if (d.d_tag == DT_FLAGS_1 && (d.d_un.d_val & DF_1_PIE)) pie = true;
+    }
+  }
+  is_static = !has_interp && (eh.e_type == ET_EXEC || (eh.e_type == ET_DYN && pie));
+}
+
+void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
+                                 std::vector<RawFunction> &out) {
+  GElf_Shdr sh;
+  if (!gelf_getshdr(scn, &sh) || sh.sh_entsize == 0) return;
+  Elf_Data *data = elf_getdata(scn, nullptr);
+  if (!data) return;
+  size_t count = sh.sh_size / sh.sh_entsize;
+
+  // .dynsym carries versions out of line: .gnu.version holds one index per symbol, naming an
+  // entry of .gnu.version_d; bit 15 (VERSYM_HIDDEN) marks "name@VER" rather than "name@@VER".
+  Elf_Data *versym = nullptr;
+  std::vector<std::string> version_names;
+  if (dynamic) {
+    if (Elf_Scn *vs = find_section(e, SHT_GNU_versym)) versym = elf_getdata(vs, nullptr);
+    version_names = read_version_definitions(e);
+  }
+
+  for (size_t i = 1; i < count; ++i) {
+    GElf_Sym sym;
+    if (!gelf_getsym(data, static_cast<int>(i), &sym)) continue;
+    if (sym.st_shndx == SHN_UNDEF || sym.st_shndx == SHN_ABS) continue;
+    const char *cname = elf_strptr(e, sh.sh_link, sym.st_name);
+    if (!cname || !*cname) continue;
+    std::string name = cname, version;
+    bool hidden = false;
+    if (versym) {
+      GElf_Versym v;
+      if (gelf_getversym(versym, static_cast<int>(i), &v)) {
+        size_t ndx = v & 0x7fff;
+        hidden = (v & 0x8000) != 0;
+        if (ndx < version_names.size()) version = version_names[ndx];
+      }
+    } else if (size_t at = name.find('@'); at != std::string::npos && at > 0) {
+      // .symtab spells versions into the name: "memcpy@GLIBC_2.2.5", "memcpy@@GLIBC_2.14".
+      hidden = name.compare(at, 2, "@@") != 0;
+      version = name.substr(at + (hidden ? 1 : 2));
+      name.resize(at);
+    }
+    if (version.empty()) hidden = false;
+
+    unsigned char type = GELF_ST_TYPE(sym.st_info);
+    if (type == STT_OBJECT || type == STT_TLS || type == STT_COMMON) {
+      data_names.insert(std::move(name));
+      continue;
+    }
+    if (type != STT_FUNC && type != STT_GNU_IFUNC) continue;
+    if (sym.st_size == 0) {
+      sizeless_names.insert(std::move(name));
+      continue;
+    }
+    auto offset = vaddr_to_offset(sym.st_value);
+    if (!offset) continue;  // not in the file's loaded image: nothing there to probe
+    RawFunction r;
+    r.fn.name = std::move(name);
+    r.fn.version = std::move(version);
+    r.fn.vaddr = sym.st_value;
+    r.fn.file_offset = *offset;
+    r.fn.size = sym.st_size;
+    r.fn.ifunc = type == STT_GNU_IFUNC;
+    r.fn.hidden_version = hidden;
+    r.fn.exported = dynamic;
+    r.bind = GELF_ST_BIND(sym.st_info);
+    out.push_back(std::move(r));
+  }
+}
+
+// Debian strips .symtab from its libraries and ships it in -dbg packages as a file named by the
+// build-id. Without it, libc's IFUNC implementations (__strlen_avx2, ...) and every static
+// function would have no name. Its symbol values are the stripped file's addresses: the debug
+// file is the same link with the contents of the loaded sections removed.
+void ElfFile::Impl::read_separate_debug_symtab(std::vector<RawFunction> &out) {
+  if (build_id.size() < 4) return;
+  std::string debug_path =
+      "/usr/lib/debug/.build-id/" + build_id.substr(0, 2) + "/" + build_id.substr(2) + ".debug";
+  UniqueFd fd(::open(debug_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return;
+  UniqueElf e(elf_begin(fd.get(), ELF_C_READ_MMAP, nullptr));
+  if (!e.get() || elf_kind(e.get()) != ELF_K_ELF || !is_x86_64(e.get())) return;
+  if (read_build_id(e.get()) != build_id) return;  // a stale file left by another version
+  Elf_Scn *symtab = find_section(e.get(), SHT_SYMTAB);
+  if (!symtab) return;
+  read_symbols(e.get(), symtab, /*dynamic=*/false, out);
+  symtab_path = std::move(debug_path);
+}
+
+// Merge the two tables into one entry per (offset, name, version). .symtab repeats most of
+// .dynsym, often without the version ("malloc" beside .dynsym's "malloc@@GLIBC_2.2.5"), and may
+// hold a local unversioned alias of a versioned symbol (libc's local IFUNC "memcpy"): at one
+// offset, an unversioned name is dropped when a versioned one of the same name exists.
+void ElfFile::Impl::index(std::vector<RawFunction> raw) {
+  std::sort(raw.begin(), raw.end(), [](const RawFunction &a, const RawFunction &b) {
+    return std::tie(a.fn.file_offset, a.fn.name, a.fn.version) <
+           std::tie(b.fn.file_offset, b.fn.name, b.fn.version);
+  });
+  for (size_t i = 0; i < raw.size();) {
+    size_t j = i;
+    bool any_versioned = false;
+    while (j < raw.size() && raw[j].fn.file_offset == raw[i].fn.file_offset &&
+           raw[j].fn.name == raw[i].fn.name) {
+      any_versioned |= !raw[j].fn.version.empty();
+      ++j;
+    }
+    for (size_t k = i; k < j; ++k) {
+      RawFunction &r = raw[k];
+      if (any_versioned && r.fn.version.empty()) continue;
+      if (!functions.empty() && functions.back().file_offset == r.fn.file_offset &&
+          functions.back().name == r.fn.name && functions.back().version == r.fn.version) {
+        Function &kept = functions.back();  // the same symbol, seen in both tables
+        kept.exported |= r.fn.exported;
+        kept.ifunc |= r.fn.ifunc;
+        kept.size = std::max(kept.size, r.fn.size);
+        if (binding_rank(r.bind) > binding_rank(bindings.back())) bindings.back() = r.bind;
+        continue;
+      }
+      functions.push_back(std::move(r.fn));
+      bindings.push_back(r.bind);
+    }
+    i = j;
+  }
+  max_end.reserve(functions.size());
+  uint64_t end = 0;
+  for (size_t i = 0; i < functions.size(); ++i) {
+    end = std::max(end, functions[i].file_offset + functions[i].size);
+    max_end.push_back(end);
+    by_name[functions[i].name].push_back(static_cast<uint32_t>(i));
+  }
+}
+
+namespace {
+
+// Edit distance counting a swap of two neighbours as one edit (the "optimal string alignment"
+// variant of Damerau-Levenshtein: "prinft" is one edit from "printf") and ignoring case ("Malloc"
+// is "malloc", not "calloc"), or `limit + 1` as soon as it is known to exceed `limit`.
+size_t bounded_edit_distance(std::string_view a, std::string_view b, size_t limit) {
+  auto same = [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
+  };
+  if ((a.size() > b.size() ? a.size() - b.size() : b.size() - a.size()) > limit) return limit + 1;
+  std::vector<size_t> before(b.size() + 1), prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  size_t prev_min = 0;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    size_t row_min = cur[0];
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t subst = prev[j - 1] + (same(a[i - 1], b[j - 1]) ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, subst});
+      if (i > 1 && j > 1 && same(a[i - 1], b[j - 2]) && same(a[i - 2], b[j - 1]))
+        cur[j] = std::min(cur[j], before[j - 2] + 1);
+      row_min = std::min(row_min, cur[j]);
+    }
+    // Every cell of the next row is at least min(this row's minimum, the previous row's + 1)
+    // (a swap reaches two rows back), so once both are over the limit, the distance is too.
+    if (row_min > limit && prev_min >= limit) return limit + 1;
+    prev_min = row_min;
+    std::swap(before, prev);
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+}  // namespace
+
+// The nearest function name, if it is close enough to be a typo: one edit per four characters
+// of the name (at least one, at most three); more suggests unrelated names ("fstat" for
+// "_start"). Ties go to exported names, then to names
+// without a leading underscore (the public spelling), then alphabetically, so that the answer
+// does not depend on hash order.
+std::string ElfFile::Impl::suggest(std::string_view name) const {
+  size_t limit = std::clamp<size_t>(name.size() / 4, 1, 3);
+  std::string best;
+  auto key = [&](const std::string &n, size_t d) {
+    const std::vector<uint32_t> &indices = by_name.at(n);
+    bool exported = std::any_of(indices.begin(), indices.end(),
+                                [&](uint32_t i) { return functions[i].exported; });
+    return std::make_tuple(d, !exported, n.starts_with('_'), std::string_view(n));
+  };
+  size_t best_d = limit + 1;
+  for (const auto &[candidate, indices] : by_name) {
+    size_t d = bounded_edit_distance(name, candidate, std::min(limit, best_d));
+    if (d > limit) continue;  // (d == 0: differs only in case; never identical, or found)
+    if (best.empty() || key(candidate, d) < key(best, best_d)) {
+      best = candidate;
+      best_d = d;
+    }
+  }
+  return best;
+}
+
+ElfFile::ElfFile() : impl_(std::make_unique<Impl>()) {}
+ElfFile::~ElfFile() = default;
+
+Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string &path) {
+  init_libelf();
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    int err = errno;
+    if (err == ENOENT || err == ENOTDIR) return fail(ENOENT, path + ": no such file");
+    return fail(err, path + ": " + std::strerror(err));
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) {
+    int err = errno;
+    return fail(err, path + ": " + std::strerror(err));
+  }
+  if (S_ISDIR(st.st_mode)) return fail(EISDIR, path + ": is a directory");
+  if (!S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(Elf64_Ehdr)))
+    return fail(ENOEXEC, path + ": not an ELF file");
+
+  std::shared_ptr<ElfFile> file(new ElfFile());
+  Impl &im = *file->impl_;
+  im.path = path;
+  im.id = FileId{st.st_dev, st.st_ino};
+  im.size = static_cast<size_t>(st.st_size);
+  void *map = ::mmap(nullptr, im.size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+  if (map == MAP_FAILED) {
+    int err = errno;
+    return fail(err, path + ": cannot map the file: " + std::strerror(err));
+  }
+  im.map = static_cast<const uint8_t *>(map);
+  if (std::memcmp(im.map, ELFMAG, SELFMAG) != 0) return fail(ENOEXEC, path + ": not an ELF file");
+
+  // libelf maps the file itself (ELF_C_READ_MMAP) rather than reading our mapping through
+  // elf_memory(), which is allowed to write into the image it is given.
+  UniqueElf e(elf_begin(fd.get(), ELF_C_READ_MMAP, nullptr));
+  if (!e.get() || elf_kind(e.get()) != ELF_K_ELF) return fail(ENOEXEC, path + ": not an ELF file");
+  if (!is_x86_64(e.get())) return fail(ENOEXEC, path + ": not an x86-64 ELF file");
+
+  im.read_segments(e.get());
+  im.build_id = read_build_id(e.get());
+  std::vector<RawFunction> raw;
+  if (Elf_Scn *dynsym = find_section(e.get(), SHT_DYNSYM))
+    im.read_symbols(e.get(), dynsym, /*dynamic=*/true, raw);
+  if (Elf_Scn *symtab = find_section(e.get(), SHT_SYMTAB)) {
+    im.read_symbols(e.get(), symtab, /*dynamic=*/false, raw);
+    im.symtab_path = path;
+  } else {
+    im.read_separate_debug_symtab(raw);
+  }
+  im.index(std::move(raw));
+  return std::shared_ptr<const ElfFile>(std::move(file));
+}
+
+const std::string &ElfFile::path() const {
+  return impl_->path;
+}
+FileId ElfFile::id() const {
+  return impl_->id;
+}
+bool ElfFile::is_static_executable() const {
+  return impl_->is_static;
+}
+const std::vector<Function> &ElfFile::functions() const {
+  return impl_->functions;
+}
+const std::string &ElfFile::build_id() const {
+  return impl_->build_id;
+}
+const std::string &ElfFile::symtab_path() const {
+  return impl_->symtab_path;
+}
+
+Result<Function> ElfFile::find_function(std::string_view query) const {
+  const Impl &im = *impl_;
+  // "name", "name@VER" (that version, default or not) or "name@@VER" (only as the default).
+  std::string_view plain = query, version;
+  bool versioned = false, want_default = false;
+  if (size_t at = query.find('@'); at != std::string_view::npos && at > 0) {
+    versioned = true;
+    plain = query.substr(0, at);
+    version = query.substr(at + 1);
+    if (version.starts_with('@')) {
+      want_default = true;
+      version.remove_prefix(1);
+    }
+  }
+  std::string plain_name(plain);
+  if (auto it = im.by_name.find(plain_name); it != im.by_name.end()) {
+    // For a plain name: the default version (what a program linking today gets), then exported
+    // over local, then the stronger binding; the lowest offset settles the rest.
+    auto rank = [&](uint32_t i) {
+      const Function &f = im.functions[i];
+      return std::make_tuple(!f.hidden_version, f.exported, binding_rank(im.bindings[i]));
+    };
+    std::optional<uint32_t> best;
+    std::string known;
+    for (uint32_t i : it->second) {
+      const Function &f = im.functions[i];
+      known += (known.empty() ? "" : ", ") + (f.version.empty() ? "(none)" : f.version);
+      if (versioned && (f.version != version || (want_default && f.hidden_version))) continue;
+      if (!best || rank(i) > rank(*best)) best = i;
+    }
+    if (best) return im.functions[*best];
+    return fail(ENOENT, im.path + ": no function `" + std::string(query) + "` (`" + plain_name +
+                            "` has versions " + known + ")");
+  }
+  if (im.data_names.contains(plain_name))
+    return fail(EINVAL,
+                im.path + ": `" + std::string(query) + "` is a data symbol, not a function");
+  if (im.sizeless_names.contains(plain_name))
+    return fail(EINVAL, im.path + ": `" + std::string(query) +
+                            "` has no size in the symbol table, so its bounds are unknown; "
+                            "probe it by file offset");
+  std::string message = im.path + ": no function `" + std::string(query) + "`";
+  if (std::string near = im.suggest(plain); !near.empty())
+    message += " (did you mean `" + near + "`?)";
+  return fail(ENOENT, std::move(message));
+}
+
+const Function *ElfFile::function_containing(uint64_t file_offset) const {
+  const Impl &im = *impl_;
+  // Innermost first (the latest start), then the aliases' best name: global binding, default
+  // version, shortest, alphabetical.
+  auto key = [&](size_t i) {
+    const Function &f = im.functions[i];
+    return std::make_tuple(f.file_offset, binding_rank(im.bindings[i]), !f.hidden_version,
+                           -static_cast<int64_t>(f.name.size()));
+  };
+  auto better = [&](size_t a, size_t b) {
+    if (key(a) != key(b)) return key(a) > key(b);
+    return im.functions[a].name < im.functions[b].name;
+  };
+  auto it = std::upper_bound(im.functions.begin(), im.functions.end(), file_offset,
+                             [](uint64_t off, const Function &f) { return off < f.file_offset; });
+  std::optional<size_t> best;
+  // Walk back from the last function starting at or before the offset; max_end says when no
+  // earlier function can reach it any more.
+  for (size_t i = static_cast<size_t>(it - im.functions.begin()); i-- > 0;) {
+    if (im.max_end[i] <= file_offset) break;
+    const Function &f = im.functions[i];
+    if (file_offset - f.file_offset < f.size && (!best || better(i, *best))) best = i;
+  }
+  return best ? &im.functions[*best] : nullptr;
+}
+
+std::optional<uint64_t> ElfFile::vaddr_to_offset(uint64_t vaddr) const {
+  return impl_->vaddr_to_offset(vaddr);
+}
+
+std::optional<uint64_t> ElfFile::offset_to_vaddr(uint64_t file_offset) const {
+  for (const Segment &s : impl_->loads)
+    if (file_offset >= s.offset && file_offset - s.offset < s.filesz)
+      return s.vaddr + (file_offset - s.offset);
+  return std::nullopt;
+}
+
+bool ElfFile::offset_is_executable(uint64_t file_offset) const {
+  for (const Segment &s : impl_->loads)
+    if (s.exec && file_offset >= s.offset && file_offset - s.offset < s.filesz) return true;
+  return false;
+}
+
+// All `len` bytes or none: a caller decoding instructions must not mistake a short read for code.
+std::span<const uint8_t> ElfFile::bytes(uint64_t file_offset, size_t len) const {
+  const Impl &im = *impl_;
+  if (file_offset > im.size || len > im.size - file_offset) return {};
+  return {im.map + file_offset, len};
+}
+
+}  // namespace usprobe::elf

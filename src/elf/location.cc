@@ -1,0 +1,259 @@
+// Location specs: find the file (a path, "exe", or a library mapped in this process), open it,
+// and turn the symbol or offset into a file offset. An IFUNC symbol is asked of the dynamic
+// linker, which runs its resolver, so that the probe lands on the implementation this process
+// actually calls, not on the resolver that ran once at load time.
+#include "elf/location.h"
+
+#include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include "os/linux/proc_maps.h"
+
+namespace usprobe::elf {
+namespace {
+
+std::string hex(uint64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v, 16);
+  (void)ec;
+  return "0x" + std::string(buf, end);
+}
+
+std::string_view basename_of(std::string_view path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+// "0x1f" (hex) or "31" (decimal); the whole string must be the number.
+std::optional<uint64_t> parse_offset(std::string_view s) {
+  int base = 10;
+  if (s.starts_with("0x") || s.starts_with("0X")) {
+    s.remove_prefix(2);
+    base = 16;
+  }
+  uint64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+Result<std::string> self_exe() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf);
+  if (n < 0 || static_cast<size_t>(n) >= sizeof buf) {
+    int err = n < 0 ? errno : ENAMETOOLONG;
+    return fail(err, std::string("/proc/self/exe: ") + std::strerror(err));
+  }
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+// The name a user would type for `f`: a hidden (old) version keeps its "@VER", since the plain
+// name means the default version.
+std::string display_name(const Function &f) {
+  return f.hidden_version ? f.name + "@" + f.version : f.name;
+}
+
+struct Implementation {
+  std::shared_ptr<const ElfFile> file;
+  uint64_t file_offset = 0;
+};
+
+// Where the address `addr` of this process comes from: the mapped file and the offset in it.
+Result<Implementation> map_address_to_file(const std::shared_ptr<const ElfFile> &hint,
+                                           uint64_t addr, std::string_view what) {
+  auto maps = os::read_mappings();
+  if (!maps) return std::unexpected(maps.error());
+  for (const os::Mapping &m : *maps) {
+    if (addr < m.start || addr >= m.end) continue;
+    // glibc's time and gettimeofday are IFUNCs whose resolvers return the vDSO's functions:
+    // code that no file holds, so no location can name it.
+    if (m.path.empty() || m.path.front() != '/' || m.deleted)
+      return fail(ENOENT, hint->path() + ": `" + std::string(what) + "` resolves to " + hex(addr) +
+                              (m.path.empty() ? "" : " in " + m.path) +
+                              (m.deleted ? " (deleted)" : "") + ", which is not a mapped file");
+    Implementation impl;
+    impl.file_offset = addr - m.start + m.offset;
+    if (FileId{m.dev, m.ino} == hint->id() || m.path == hint->path()) {
+      impl.file = hint;
+    } else {
+      auto other = ElfFile::open(m.path);
+      if (!other) return std::unexpected(other.error());
+      impl.file = std::move(*other);
+    }
+    return impl;
+  }
+  return fail(ENOENT, hint->path() + ": `" + std::string(what) + "` resolves to " + hex(addr) +
+                          ", which is not mapped in this process");
+}
+
+// The implementation the dynamic linker chose for the IFUNC `f` of `file`. dlsym() on an IFUNC
+// symbol runs the resolver and returns its result, exactly what a call through the PLT reaches.
+// dlopen(RTLD_NOLOAD) hands out a handle only for an object already loaded; glibc recognises it
+// by name or by device and inode, so any path to the file works (a symlink, /lib vs /usr/lib).
+Result<Implementation> resolve_ifunc(const std::shared_ptr<const ElfFile> &file,
+                                     const Function &f) {
+  std::string what = display_name(f);
+  if (!f.exported)
+    return fail(ENOENT, file->path() + ": `" + what +
+                            "` is a local IFUNC, which the dynamic linker cannot resolve; probe "
+                            "one of its implementations by name");
+  void *handle = ::dlopen(file->path().c_str(), RTLD_NOLOAD | RTLD_LAZY);
+  if (!handle) {
+    // The main program is loaded by the kernel, not by the dynamic linker, which therefore does
+    // not know its file identity: dlopen(NULL) is its handle.
+    struct stat st;
+    if (::stat("/proc/self/exe", &st) == 0 && FileId{st.st_dev, st.st_ino} == file->id())
+      handle = ::dlopen(nullptr, RTLD_LAZY);
+  }
+  if (!handle)
+    return fail(ENOENT, file->path() + ": `" + what +
+                            "` is an IFUNC and the library is not loaded in this process");
+  // dlvsym for a versioned symbol: the hidden versions are only reachable that way.
+  void *addr = f.version.empty() ? ::dlsym(handle, f.name.c_str())
+                                 : ::dlvsym(handle, f.name.c_str(), f.version.c_str());
+  // The object stays loaded: RTLD_NOLOAD only took one more reference, given back here.
+  ::dlclose(handle);
+  if (!addr) return fail(ENOENT, file->path() + ": the dynamic linker cannot find `" + what + "`");
+  return map_address_to_file(file, reinterpret_cast<uintptr_t>(addr), what);
+}
+
+std::unexpected<Error> bad_spec(std::string_view spec) {
+  return fail(EINVAL, "bad location `" + std::string(spec) +
+                          "`: expected FILE:SYMBOL, FILE:SYMBOL+OFFSET or FILE:0xOFFSET");
+}
+
+}  // namespace
+
+bool library_name_matches(std::string_view name, std::string_view basename) {
+  if (name.empty() || !basename.starts_with(name)) return false;
+  std::string_view after = basename.substr(name.size());
+  return after.empty() || after.starts_with(".so") || after.starts_with('-') ||
+         (name.ends_with(".so") && after.starts_with('.'));
+}
+
+Result<std::string> resolve_file(std::string_view file) {
+  if (file.empty()) return fail(EINVAL, "empty file name");
+  if (file.find('/') != std::string_view::npos) {
+    std::string path(file);
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+      int err = errno;
+      if (err == ENOENT || err == ENOTDIR) return fail(ENOENT, path + ": no such file");
+      return fail(err, path + ": " + std::strerror(err));
+    }
+    return path;
+  }
+  if (file == "exe" || file == "self") return self_exe();
+  auto maps = os::read_mappings();
+  if (!maps) return std::unexpected(maps.error());
+  const os::Mapping *deleted = nullptr;
+  for (const os::Mapping &m : *maps) {
+    if (m.path.empty() || m.path.front() != '/') continue;
+    if (!library_name_matches(file, basename_of(m.path))) continue;
+    if (!m.deleted) return m.path;
+    deleted = &m;
+  }
+  // The file was replaced (a package upgrade) while mapped: whatever is at that path now has
+  // different offsets, so it must not be used in its place.
+  if (deleted)
+    return fail(ENOENT, std::string(file) + ": the mapped " + deleted->path +
+                            " has been deleted or replaced since it was loaded");
+  return fail(ENOENT, std::string(file) + ": no such library mapped in this process");
+}
+
+Result<ResolvedLocation> resolve_location(std::string_view spec) {
+  // Split at the last ':': FILE may contain ':' (rarely), a symbol or offset never does.
+  size_t colon = spec.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == spec.size())
+    return bad_spec(spec);
+  std::string_view file_part = spec.substr(0, colon), target = spec.substr(colon + 1);
+
+  std::optional<uint64_t> raw_offset;
+  std::string_view symbol = target;
+  uint64_t delta = 0;
+  if (target.starts_with("0x") || target.starts_with("0X")) {
+    raw_offset = parse_offset(target);
+    if (!raw_offset) return bad_spec(spec);
+  } else if (size_t plus = target.rfind('+'); plus != std::string_view::npos) {
+    auto off = parse_offset(target.substr(plus + 1));
+    symbol = target.substr(0, plus);
+    if (!off || symbol.empty()) return bad_spec(spec);
+    delta = *off;
+  }
+  if (!raw_offset && symbol.find_first_of(" \t\n") != std::string_view::npos) return bad_spec(spec);
+
+  auto path = resolve_file(file_part);
+  if (!path) return std::unexpected(path.error());
+  auto opened = ElfFile::open(*path);
+  if (!opened) return std::unexpected(opened.error());
+  std::shared_ptr<const ElfFile> file = std::move(*opened);
+  if (file->is_static_executable())
+    return fail(ENOEXEC, *path +
+                             ": statically linked; usprobe runs as a shared library inside the "
+                             "process, and no dynamic linker ever runs in a static executable");
+
+  ResolvedLocation loc;
+  loc.spec = std::string(spec);
+  if (raw_offset) {
+    if (!file->offset_is_executable(*raw_offset))
+      return fail(EINVAL,
+                  *path + ": offset " + hex(*raw_offset) + " is not in an executable segment");
+    loc.file = file;
+    loc.file_offset = *raw_offset;
+    loc.func_offset = *raw_offset;
+    if (const Function *f = file->function_containing(*raw_offset)) {
+      loc.symbol = display_name(*f);
+      loc.func_offset = f->file_offset;
+      loc.func_size = f->size;
+    }
+    return loc;
+  }
+
+  auto fn = file->find_function(symbol);
+  if (!fn) return std::unexpected(fn.error());
+  loc.file = file;
+  loc.symbol = display_name(*fn);
+  loc.func_offset = fn->file_offset;
+  loc.func_size = fn->size;
+  uint64_t entry = fn->file_offset;
+  if (fn->ifunc) {
+    auto impl = resolve_ifunc(file, *fn);
+    if (!impl) return std::unexpected(impl.error());
+    loc.file = impl->file;
+    loc.ifunc_resolved = true;
+    entry = impl->file_offset;
+    if (const Function *f = loc.file->function_containing(entry)) {
+      loc.symbol = display_name(*f);
+      loc.func_offset = f->file_offset;
+      loc.func_size = f->size;
+    } else {
+      // No symbol covers the implementation (a stripped library without its debug file): the
+      // offset is still right, only its name and bounds are unknown.
+      loc.symbol.clear();
+      loc.func_offset = entry;
+      loc.func_size = 0;
+    }
+  }
+  loc.file_offset = entry + delta;
+  if (loc.func_size != 0 && loc.file_offset - loc.func_offset >= loc.func_size)
+    return fail(EINVAL, loc.file->path() + ": offset " + hex(delta) + " is beyond the end of `" +
+                            loc.symbol + "`, which is " + hex(loc.func_size) + " bytes long");
+  if (!loc.file->offset_is_executable(loc.file_offset))
+    return fail(EINVAL, loc.file->path() + ": offset " + hex(loc.file_offset) +
+                            " is not in an executable segment");
+  return loc;
+}
+
+std::string ResolvedLocation::describe() const {
+  std::string base(basename_of(file ? file->path() : spec));
+  if (symbol.empty()) return base + ":" + hex(file_offset);
+  uint64_t off = offset_in_function();
+  return base + ":" + symbol + (off != 0 ? "+" + hex(off) : "");
+}
+
+}  // namespace usprobe::elf

@@ -1,0 +1,97 @@
+#include "os/linux/code_memory.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "os/linux/proc_maps.h"
+
+namespace usprobe::os {
+namespace {
+
+constexpr size_t kSlabSize = 64 * 1024;
+constexpr uint64_t kPage = 4096;
+
+struct Slab {
+  uint64_t start, used;
+};
+
+std::mutex g_mutex;
+std::vector<Slab> g_slabs;  // guarded by g_mutex
+
+bool within(uint64_t a, uint64_t b, uint64_t reach) {
+  return (a > b ? a - b : b - a) <= reach;
+}
+
+// Map a new slab in a free gap of the address space near `near`.
+Result<uint64_t> map_slab_near(uint64_t near, uint64_t reach) {
+  auto maps = read_mappings();
+  if (!maps) return std::unexpected(maps.error());
+  // Candidate addresses: just after and just before every mapping within reach, closest first.
+  std::vector<uint64_t> candidates;
+  for (const auto &m : *maps) {
+    candidates.push_back((m.end + kPage - 1) & ~(kPage - 1));
+    if (m.start >= kSlabSize) candidates.push_back((m.start - kSlabSize) & ~(kPage - 1));
+  }
+  std::sort(candidates.begin(), candidates.end(), [near](uint64_t a, uint64_t b) {
+    return (a > near ? a - near : near - a) < (b > near ? b - near : near - b);
+  });
+  for (uint64_t addr : candidates) {
+    if (!within(addr, near, reach) || !within(addr + kSlabSize, near, reach)) continue;
+    if (addr < 0x10000 || addr + kSlabSize > 0x7ffffffff000ull) continue;
+    void *p = mmap(reinterpret_cast<void *>(addr), kSlabSize, PROT_READ | PROT_EXEC,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == MAP_FAILED) continue;
+    if (reinterpret_cast<uint64_t>(p) != addr) {  // very old kernels ignore MAP_FIXED_NOREPLACE
+      munmap(p, kSlabSize);
+      continue;
+    }
+    return addr;
+  }
+  return fail(ENOMEM,
+              fmt::format("no free address space within 2 GB of {:#x} for a trampoline", near));
+}
+
+int mem_fd() {
+  static int fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+  return fd;
+}
+
+}  // namespace
+
+Result<uint64_t> alloc_code_near(uint64_t near, size_t size, uint64_t reach) {
+  size = (size + 15) & ~size_t{15};
+  if (size > kSlabSize) return fail(EINVAL, "trampoline too large");
+  std::lock_guard lock(g_mutex);
+  for (auto &s : g_slabs) {
+    if (s.used + size <= kSlabSize && within(s.start + s.used, near, reach) &&
+        within(s.start + s.used + size, near, reach)) {
+      uint64_t at = s.start + s.used;
+      s.used += size;
+      return at;
+    }
+  }
+  auto slab = map_slab_near(near, reach);
+  if (!slab) return slab;
+  g_slabs.push_back({*slab, size});
+  return *slab;
+}
+
+Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes) {
+  int fd = mem_fd();
+  if (fd < 0) return fail(errno, std::string("/proc/self/mem: ") + strerror(errno));
+  ssize_t n = pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(addr));
+  if (n != static_cast<ssize_t>(bytes.size()))
+    return fail(n < 0 ? errno : EIO,
+                fmt::format("writing {} bytes of code at {:#x}: {}", bytes.size(), addr,
+                            n < 0 ? strerror(errno) : "short write"));
+  return {};
+}
+
+}  // namespace usprobe::os

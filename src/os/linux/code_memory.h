@@ -1,0 +1,26 @@
+// Executable memory for trampolines, placed within +-2 GB of the code it serves so that a
+// 5-byte `jmp rel32` reaches it and RIP-relative operands of relocated instructions still reach
+// their targets; and the one way usprobe writes code: through /proc/self/mem.
+//
+// Writing through /proc/self/mem lets the kernel do the write with FOLL_FORCE: pages stay
+// read+execute the whole time, so page protections end as they were by construction, and no other
+// thread ever sees a writable code page.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "core/error.h"
+
+namespace usprobe::os {
+
+// `size` bytes of read+execute memory (16-byte aligned) whose every byte is within
+// `reach` bytes of `near`. Never freed: see core/probe.h on trampoline lifetime.
+Result<uint64_t> alloc_code_near(uint64_t near, size_t size,
+                                 uint64_t reach = (1ull << 31) - (1ull << 24));
+
+// Write `bytes` at `addr` in this process's memory, whatever the page protections.
+Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes);
+
+}  // namespace usprobe::os

@@ -1,0 +1,186 @@
+#include "os/linux/thread_round.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace usprobe::os {
+namespace {
+
+// The round in progress. Written by one round at a time (g_round_mutex); read by signal handlers.
+struct Round {
+  RoundFn fn = nullptr;
+  void *arg = nullptr;
+  pid_t *tids = nullptr;
+  std::atomic<int> *acked = nullptr;
+  size_t count = 0;
+};
+std::mutex g_round_mutex;
+Round g_round;
+// Static, so that a handler running late never touches freed memory.
+constexpr size_t kMaxThreads = 16384;
+pid_t g_tids[kMaxThreads];
+std::atomic<int> g_acked[kMaxThreads];
+// Non-null while a round runs. Release on publish pairs with the acquire in round_handler; a
+// handler that runs late (after its round gave up on it) sees nullptr or a later round, in which
+// it is either not listed or legitimately a member: fn is idempotent.
+std::atomic<Round *> g_active{nullptr};
+
+pid_t gettid_raw() {
+  return static_cast<pid_t>(syscall(SYS_gettid));
+}
+
+void round_handler(int, siginfo_t *, void *ctx) {
+  int saved_errno = errno;
+  Round *r = g_active.load(std::memory_order_acquire);
+  if (r) {
+    pid_t self = gettid_raw();
+    for (size_t i = 0; i < r->count; ++i) {
+      if (r->tids[i] != self) continue;
+      r->fn(static_cast<ucontext_t *>(ctx), r->arg);
+      r->acked[i].store(1, std::memory_order_release);  // pairs with the acquire in wait loop
+      break;
+    }
+  }
+  errno = saved_errno;
+}
+
+// Pick a real-time signal that the application leaves at its default, and install our handler.
+Result<int> install_handler() {
+  static std::once_flag once;
+  static Result<int> result = fail(EBUSY, "no free real-time signal for usprobe's thread round");
+  std::call_once(once, [] {
+    for (int sig = SIGRTMAX - 1; sig > SIGRTMIN + 4; --sig) {
+      struct sigaction old {};
+      if (sigaction(sig, nullptr, &old) != 0) continue;
+      if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler != SIG_DFL) continue;
+      if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction != nullptr) continue;
+      struct sigaction sa {};
+      sa.sa_sigaction = round_handler;
+      sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+      sigfillset(&sa.sa_mask);
+      if (sigaction(sig, &sa, nullptr) == 0) {
+        result = sig;
+        return;
+      }
+    }
+  });
+  return result;
+}
+
+std::vector<pid_t> list_threads() {
+  std::vector<pid_t> tids;
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return tids;
+  while (dirent *e = readdir(d))
+    if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids.push_back(atoi(e->d_name));
+  closedir(d);
+  return tids;
+}
+
+// The user-space pc of a thread blocked in a system call, or 0 when it is running (or unknown).
+uint64_t blocked_pc(pid_t tid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  if (strncmp(buf, "running", 7) == 0) return 0;
+  // "NR arg1 .. arg6 sp pc" or "-1 sp pc": the pc is the last field.
+  char *last = strrchr(buf, ' ');
+  if (!last) return 0;
+  return strtoull(last + 1, nullptr, 16);
+}
+
+}  // namespace
+
+Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, int timeout_ms) {
+  auto sig = install_handler();
+  if (!sig) return std::unexpected(sig.error());
+  std::lock_guard lock(g_round_mutex);
+
+  pid_t self = gettid_raw(), pid = getpid();
+  RoundResult res;
+  std::vector<pid_t> targets;
+  for (pid_t tid : list_threads()) {
+    if (tid == self) continue;
+    uint64_t pc = blocked_pc(tid);
+    if (pc != 0 && pc_is_safe(pc, arg)) {
+      ++res.blocked;
+      continue;
+    }
+    targets.push_back(tid);
+  }
+  if (targets.empty()) return res;
+  if (targets.size() > kMaxThreads) {
+    res.unreached = targets.size();
+    return res;
+  }
+
+  std::atomic<int> *acked = g_acked;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    g_tids[i] = targets[i];
+    acked[i].store(0, std::memory_order_relaxed);
+  }
+  g_round.fn = fn;
+  g_round.arg = arg;
+  g_round.tids = g_tids;
+  g_round.acked = g_acked;
+  g_round.count = targets.size();
+  g_active.store(&g_round, std::memory_order_release);  // pairs with round_handler's acquire
+
+  std::vector<bool> done(targets.size(), false);
+  for (size_t i = 0; i < targets.size(); ++i)
+    if (syscall(SYS_tgkill, pid, targets[i], *sig) != 0) done[i] = true;  // exited already
+
+  timespec start{};
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (unsigned spin = 0;; ++spin) {
+    size_t pending = 0;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      if (done[i]) continue;
+      if (acked[i].load(std::memory_order_acquire)) {
+        done[i] = true;
+        ++res.signalled;
+      } else if (syscall(SYS_tgkill, pid, targets[i], 0) != 0 && errno == ESRCH) {
+        done[i] = true;  // the thread exited: it is in no window
+      } else {
+        ++pending;
+      }
+    }
+    if (pending == 0) break;
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long elapsed_ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+    if (elapsed_ms > timeout_ms) {
+      res.unreached = pending;
+      break;
+    }
+    if (spin < 64) {
+      sched_yield();
+    } else {
+      timespec ts{0, 100 * 1000};
+      nanosleep(&ts, nullptr);
+    }
+  }
+  g_active.store(nullptr, std::memory_order_release);
+  return res;
+}
+
+}  // namespace usprobe::os
