@@ -54,6 +54,12 @@ typedef struct usprobe_consumer {
  * probed location reuses its patch; the patch goes when its last link is detached. */
 int usprobe_attach(const char *location, const usprobe_consumer *consumer, usprobe_link **link);
 
+/* Flags for usprobe_attach_ex. They apply when the location's patch is placed (its first link). */
+#define USPROBE_FORCE_INT3 0x1u /* use the int3 path even where a jump could be placed */
+
+int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer, unsigned flags,
+                      usprobe_link **link);
+
 /* Attach `n` locations with one round of patching. links[i] receives the link of locations[i], or
  * NULL when it failed, with errors[i] (if errors is not NULL) its negative errno; the messages of
  * failed locations are in usprobe_last_error(), one line each. Returns the number attached. */

@@ -22,15 +22,20 @@ int report(const usprobe::Error &e) {
 
 }  // namespace
 
-USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *consumer,
-                               usprobe_link **link) {
+USPROBE_API int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer,
+                                  unsigned flags, usprobe_link **link) {
   if (!location || !link) return report({EINVAL, "usprobe_attach: location and link are required"});
   *link = nullptr;
   std::string loc(location);
-  auto results = usprobe::registry::attach(std::span(&loc, 1), consumer);
+  auto results = usprobe::registry::attach(std::span(&loc, 1), consumer, flags);
   if (!results[0]) return report(results[0].error());
   *link = *results[0];
   return 0;
+}
+
+USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *consumer,
+                               usprobe_link **link) {
+  return usprobe_attach_ex(location, consumer, 0, link);
 }
 
 USPROBE_API int usprobe_attach_batch(const char *const *locations, size_t n,

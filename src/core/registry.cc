@@ -38,6 +38,7 @@ std::mutex g_mutex;  // guards everything below, probes' sites and links
 std::map<Key, std::unique_ptr<Probe>> g_probes;
 std::vector<std::unique_ptr<Site>> g_old_sites;  // sites of earlier mappings: trampolines live on
 const std::string kEmpty;
+const std::string kForced = "the int3 path was asked for (USPROBE_FORCE_INT3)";
 
 Result<void> init() {
   static Result<void> result = []() -> Result<void> {
@@ -97,9 +98,13 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
     return fail(ENOENT, fmt::format("{}: {} is not mapped executable in this process",
                                     loc.describe(), loc.file->path()));
 
+  const bool want_int3 = flags & USPROBE_FORCE_INT3;
   std::vector<uint64_t> have;
   for (auto &s : p->sites) have.push_back(s->addr);
-  if (have != addrs) {
+  bool path_differs = std::any_of(p->sites.begin(), p->sites.end(), [&](auto &s) {
+    return want_int3 ? s->plan.jump : !s->plan.int3_reason.empty() && s->plan.int3_reason == kForced;
+  });
+  if (have != addrs || path_differs) {
     for (auto &s : p->sites) g_old_sites.push_back(std::move(s));
     p->sites.clear();
     for (uint64_t addr : addrs) {
@@ -117,6 +122,8 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
         return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
       req.probe = p;
       req.describe = p->name;
+      req.force_int3 = want_int3;
+      req.force_reason = kForced;
       if (const Site *o = overlapping(addr, 1, pending))
         return fail(EBUSY, fmt::format("{}: inside the patched window of probe {}", p->name,
                                        site_owner(o)));
@@ -155,7 +162,7 @@ void run(std::vector<std::function<void()>> &garbage) {
 }  // namespace
 
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
-                                           const usprobe_consumer *consumer) {
+                                           const usprobe_consumer *consumer, unsigned flags) {
   std::vector<Result<usprobe_link *>> out(locations.size(), nullptr);
   if (auto ok = init(); !ok) {
     for (auto &r : out) r = std::unexpected(ok.error());
@@ -196,7 +203,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       Probe *p = slot_in_map.get();
       if (p->links.empty() && !added.count(p)) {
         size_t before = pending.size();
-        if (auto ok = place(p, loc, *maps, pending); !ok) {
+        if (auto ok = place(p, loc, *maps, flags, pending); !ok) {
           pending.resize(before);
           if (created && p->sites.empty()) g_probes.erase(key);
           out[i] = std::unexpected(ok.error());

@@ -14,7 +14,7 @@ namespace usprobe::registry {
 
 // One result per location, in order. `consumer` may be null (built-in counter only).
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
-                                           const usprobe_consumer *consumer);
+                                           const usprobe_consumer *consumer, unsigned flags = 0);
 // When this returns, no handler of these links runs or will run; the links are freed.
 Result<void> detach(std::span<usprobe_link *const> links);
 
