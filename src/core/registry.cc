@@ -87,7 +87,7 @@ std::string site_owner(const Site *s) {
 
 // Make (or reuse) the sites of probe `p` for the current mappings. New sites go to `pending`.
 Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector<os::Mapping> &maps,
-                   std::vector<Site *> &pending) {
+                   unsigned flags, std::vector<Site *> &pending) {
   std::vector<uint64_t> addrs;
   for (const auto &m : maps) {
     if (!m.exec || m.dev != p->file.dev || m.ino != p->file.ino) continue;
