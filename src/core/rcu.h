@@ -42,8 +42,10 @@ class ReadGuard {
     std::atomic_signal_fence(std::memory_order_seq_cst);
   }
   ~ReadGuard() {
-    std::atomic_signal_fence(std::memory_order_seq_cst);  // partner: the writer's second membarrier
-    r_->rcu_word.store(saved_, std::memory_order_relaxed);
+    // Release (a plain mov on x86): the section's loads happen before the word goes quiescent;
+    // pairs with the acquire load in synchronize(). The writer's second membarrier gives the same
+    // order on weaker machines; release is what lets ThreadSanitizer see it.
+    r_->rcu_word.store(saved_, std::memory_order_release);
   }
   ReadGuard(const ReadGuard &) = delete;
   ReadGuard &operator=(const ReadGuard &) = delete;

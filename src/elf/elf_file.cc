@@ -14,6 +14,8 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -424,12 +426,34 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string &path) {
   if (!S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(Elf64_Ehdr)))
     return fail(ENOEXEC, path + ": not an ELF file");
 
+  // Opened files are kept, keyed by identity and version, so that resolving a thousand symbols
+  // of one library indexes it once. A file rewritten in place gets a new key.
+  using Key = std::tuple<dev_t, ino_t, off_t, time_t, long>;
+  static std::mutex cache_mutex;
+  static std::map<Key, std::shared_ptr<const ElfFile>> cache;
+  const Key key{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+  {
+    std::lock_guard lock(cache_mutex);
+    if (auto it = cache.find(key); it != cache.end() && it->second->path() == path)
+      return it->second;
+  }
+  auto opened = open_uncached(path, fd.get(), st);
+  if (opened) {
+    std::lock_guard lock(cache_mutex);
+    if (cache.size() >= 64) cache.erase(cache.begin());
+    cache[key] = *opened;
+  }
+  return opened;
+}
+
+Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string &path, int fd_num,
+                                                              const struct stat &st) {
   std::shared_ptr<ElfFile> file(new ElfFile());
   Impl &im = *file->impl_;
   im.path = path;
   im.id = FileId{st.st_dev, st.st_ino};
   im.size = static_cast<size_t>(st.st_size);
-  void *map = ::mmap(nullptr, im.size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+  void *map = ::mmap(nullptr, im.size, PROT_READ, MAP_PRIVATE, fd_num, 0);
   if (map == MAP_FAILED) {
     int err = errno;
     return fail(err, path + ": cannot map the file: " + std::strerror(err));
@@ -439,7 +463,7 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string &path) {
 
   // libelf maps the file itself (ELF_C_READ_MMAP) rather than reading our mapping through
   // elf_memory(), which is allowed to write into the image it is given.
-  UniqueElf e(elf_begin(fd.get(), ELF_C_READ_MMAP, nullptr));
+  UniqueElf e(elf_begin(fd_num, ELF_C_READ_MMAP, nullptr));
   if (!e.get() || elf_kind(e.get()) != ELF_K_ELF) return fail(ENOEXEC, path + ": not an ELF file");
   if (!is_x86_64(e.get())) return fail(ENOEXEC, path + ": not an x86-64 ELF file");
 

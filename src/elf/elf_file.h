@@ -3,6 +3,7 @@
 // the kernel's uprobes, so everything here speaks in file offsets.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <compare>
@@ -82,6 +83,8 @@ class ElfFile {
 
  private:
   ElfFile();
+  static Result<std::shared_ptr<const ElfFile>> open_uncached(const std::string &path, int fd,
+                                                              const struct stat &st);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
