@@ -36,7 +36,12 @@ struct SiteRequest {
   bool bounds_known = false;          // false: `function` is just the bytes from the site on
   const Probe *probe = nullptr;       // passed to dispatch by the trampoline
   std::string describe;               // "libc.so.6:malloc", for messages
-  bool force_int3 = false;            // another probe's window is too close for a jump
+  // Direct branch targets anywhere in the file (file offsets, sorted; see branch_targets()), and
+  // the site's own file offset: a branch from another function into the window (hand-written
+  // assembly does this, e.g. glibc's mempcpy jumping into memcpy) forbids the jump path too.
+  const std::vector<uint64_t> *file_branch_targets = nullptr;
+  uint64_t site_file_offset = 0;
+  bool force_int3 = false;  // another probe's window is too close for a jump
   std::string force_reason;
 };
 
@@ -57,6 +62,10 @@ struct SitePlan {
 // inside an instruction; the instruction cannot be relocated even alone (then no probe can be
 // placed there); no memory within reach.
 Result<SitePlan> prepare_site(const SiteRequest &req);
+
+// Append to `out` the targets of every direct branch in `code`, an instruction stream that starts
+// at `base` (any coordinate system: the targets come out in the same one).
+void branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out);
 
 // The byte that makes a trap (x86: 0xCC, int3).
 uint8_t trap_byte();

@@ -85,6 +85,27 @@ std::string site_owner(const Site *s) {
   return fmt::format("{:#x}", s->addr);
 }
 
+// Direct branch targets of every function of a file, in file offsets, sorted; computed once per
+// file (about 40 ms for libc) and kept for the life of the process.
+std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>> g_branch_targets;
+
+const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
+  auto &slot = g_branch_targets[file.id()];
+  if (!slot) {
+    slot = std::make_unique<std::vector<uint64_t>>();
+    uint64_t last_offset = ~0ull;
+    for (const elf::Function &f : file.functions()) {
+      if (f.file_offset == last_offset) continue;  // aliases
+      last_offset = f.file_offset;
+      auto code = file.bytes(f.file_offset, f.size);
+      if (!code.empty()) arch::branch_targets(code, f.file_offset, *slot);
+    }
+    std::sort(slot->begin(), slot->end());
+    slot->erase(std::unique(slot->begin(), slot->end()), slot->end());
+  }
+  return slot.get();
+}
+
 // Make (or reuse) the sites of probe `p` for the current mappings. New sites go to `pending`.
 Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector<os::Mapping> &maps,
                    unsigned flags, std::vector<Site *> &pending) {
@@ -102,7 +123,8 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
   std::vector<uint64_t> have;
   for (auto &s : p->sites) have.push_back(s->addr);
   bool path_differs = std::any_of(p->sites.begin(), p->sites.end(), [&](auto &s) {
-    return want_int3 ? s->plan.jump : !s->plan.int3_reason.empty() && s->plan.int3_reason == kForced;
+    return want_int3 ? s->plan.jump
+                     : !s->plan.int3_reason.empty() && s->plan.int3_reason == kForced;
   });
   if (have != addrs || path_differs) {
     for (auto &s : p->sites) g_old_sites.push_back(std::move(s));
@@ -122,6 +144,8 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
         return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
       req.probe = p;
       req.describe = p->name;
+      req.file_branch_targets = file_branch_targets(*loc.file);
+      req.site_file_offset = loc.file_offset;
       req.force_int3 = want_int3;
       req.force_reason = kForced;
       if (const Site *o = overlapping(addr, 1, pending))

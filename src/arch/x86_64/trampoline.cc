@@ -158,6 +158,11 @@ std::string jump_refusal(const SiteRequest &req, const x86::FunctionScan &scan, 
 
 }  // namespace
 
+void branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out) {
+  x86::FunctionScan scan = x86::scan_function(code, base);
+  out.insert(out.end(), scan.branch_targets.begin(), scan.branch_targets.end());
+}
+
 uint8_t trap_byte() {
   return 0xCC;
 }
@@ -197,6 +202,15 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
                                 t - req.function_addr);
           break;
         }
+      if (refusal.empty() && req.file_branch_targets) {
+        const auto &ft = *req.file_branch_targets;
+        auto it = std::upper_bound(ft.begin(), ft.end(), req.site_file_offset);
+        if (it != ft.end() && *it < req.site_file_offset + r->consumed)
+          refusal = fmt::format(
+              "a branch elsewhere in the file targets +{:#x}, inside the 5-byte "
+              "window",
+              *it - req.site_file_offset);
+      }
       if (refusal.empty()) rel = std::move(*r);
     }
   }
