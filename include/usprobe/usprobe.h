@@ -112,6 +112,13 @@ uint64_t usprobe_hit_flags(
 uint64_t usprobe_hit_return_address(const usprobe_hit *hit);
 const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_name() */
 
+/* List the functions of an ELF file (a path, a short library name or "exe"), from .symtab and
+ * .dynsym, in file-offset order: cb(name, file_offset, size, user) for each. Returns the number
+ * listed or a negative errno. */
+typedef void (*usprobe_function_cb)(const char *name, uint64_t file_offset, uint64_t size,
+                                    void *user);
+int usprobe_list_functions(const char *file, usprobe_function_cb cb, void *user);
+
 const char *usprobe_strerror(int err); /* err: a negative errno returned above */
 const char *usprobe_last_error(void);  /* this thread's message for its last failed call */
 

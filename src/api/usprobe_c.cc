@@ -7,6 +7,8 @@
 #include "core/counters.h"
 #include "core/probe.h"
 #include "core/registry.h"
+#include "elf/elf_file.h"
+#include "elf/location.h"
 #include "usprobe/usprobe.h"
 
 #define USPROBE_API extern "C" __attribute__((visibility("default")))
@@ -111,6 +113,20 @@ USPROBE_API uint64_t usprobe_hit_return_address(const usprobe_hit *hit) {
 }
 USPROBE_API const char *usprobe_hit_probe_name(const usprobe_hit *hit) {
   return hit->probe->name.c_str();
+}
+
+USPROBE_API int usprobe_list_functions(const char *file, usprobe_function_cb cb, void *user) {
+  if (!file || !cb) return report({EINVAL, "usprobe_list_functions: file and cb are required"});
+  auto path = usprobe::elf::resolve_file(file);
+  if (!path) return report(path.error());
+  auto elf = usprobe::elf::ElfFile::open(*path);
+  if (!elf) return report(elf.error());
+  int n = 0;
+  for (const auto &f : (*elf)->functions()) {
+    cb(f.name.c_str(), f.file_offset, f.size, user);
+    ++n;
+  }
+  return n;
 }
 
 USPROBE_API const char *usprobe_strerror(int err) {

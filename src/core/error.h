@@ -6,12 +6,9 @@
 #include <expected>
 #include <string>
 
-namespace usprobe {
+#include "usprobe/error.hpp"
 
-struct Error {
-  int code = EINVAL;    // a positive errno value
-  std::string message;  // one line naming the thing and the reason
-};
+namespace usprobe {
 
 template <class T>
 using Result = std::expected<T, Error>;
