@@ -7,5 +7,11 @@ namespace usprobe {
 struct Probe;
 }
 
-// Called by trampolines with the saved registers and the site's probe (arch ABI: first two args).
-extern "C" void usprobe_dispatch(usprobe::arch::Regs *regs, const usprobe::Probe *probe);
+// Called by trampolines with the saved registers and the site's probe. `vector_saved` says whether
+// the trampoline saved the vector state; without it dispatch may only count (it is compiled with
+// -mgeneral-regs-only), so when it needs more (a callback to run, or this thread's first hit, which
+// calls into libc) it returns kDispatchNeedsVectorSave before doing anything, and the trampoline
+// saves the state and calls again. Otherwise it returns kDispatchDone.
+enum : int { kDispatchDone = 0, kDispatchNeedsVectorSave = 1 };
+extern "C" int usprobe_dispatch(usprobe::arch::Regs *regs, const usprobe::Probe *probe,
+                                int vector_saved);

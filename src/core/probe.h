@@ -30,7 +30,8 @@ struct ConsumerEntry {
 // Immutable once published; replaced whole, old copies freed after a grace period.
 struct ConsumerArray {
   uint32_t count = 0;
-  ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
+  bool has_callbacks = false;  // some entry has on_entry
+  ConsumerEntry entries[];     // NOLINT: flexible array member (GNU extension)
 
   static ConsumerArray *make(const std::vector<ConsumerEntry> &v);
   static void destroy(const ConsumerArray *a);
@@ -45,6 +46,11 @@ struct Site {
 struct Probe {
   // Read by dispatch under an RCU read section (acquire pairs with the release in publish).
   std::atomic<const ConsumerArray *> consumers{nullptr};
+  // Nonzero while some consumer has a callback. The trampoline tests it (at its absolute address)
+  // to decide whether to save vector state: the built-in counter needs none, because dispatch is
+  // built without vector registers (-mgeneral-regs-only). A stale read is harmless: dispatch
+  // asks for a retry with the state saved when it meets a callback without it.
+  std::atomic<uint8_t> has_callbacks{0};
 
   std::string name;  // "libc.so.6:malloc" (after IFUNC resolution)
   elf::FileId file;

@@ -33,10 +33,11 @@ class ReadGuard {
  public:
   explicit ReadGuard(ThreadRecord *r) : r_(r) {
     saved_ = r->rcu_word.load(std::memory_order_relaxed);
-    uint64_t word = saved_ ? saved_ + 1
-                           // Acquire: a reader that sees the new epoch also sees what was
-                           // published before it was bumped (pairs with synchronize()).
-                           : (g_epoch.load(std::memory_order_acquire) << 8) | 1;
+    uint64_t word = __builtin_expect(saved_ != 0, 0)
+                        ? saved_ + 1
+                        // Acquire: a reader that sees the new epoch also sees what was
+                        // published before it was bumped (pairs with synchronize()).
+                        : (g_epoch.load(std::memory_order_acquire) << 8) | 1;
     r->rcu_word.store(word, std::memory_order_relaxed);
     // Orders the word store before the section's loads; the writer's membarrier makes it a fence.
     std::atomic_signal_fence(std::memory_order_seq_cst);

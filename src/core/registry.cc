@@ -22,6 +22,7 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
   void *mem = ::operator new(sizeof(ConsumerArray) + v.size() * sizeof(ConsumerEntry));
   auto *a = new (mem) ConsumerArray;
   a->count = static_cast<uint32_t>(v.size());
+  a->has_callbacks = std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr; });
   std::copy(v.begin(), v.end(), a->entries);
   return a;
 }
@@ -52,8 +53,12 @@ Result<void> init() {
 void publish(Probe *p, std::vector<ConsumerEntry> entries,
              std::vector<std::function<void()>> &garbage) {
   const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
+  // The trampoline's hint first when callbacks arrive, last when they go; a trampoline that reads
+  // it stale is corrected by dispatch (kDispatchNeedsVectorSave).
+  if (next && next->has_callbacks) p->has_callbacks.store(1, std::memory_order_relaxed);
   // Release: dispatch's acquire load sees a fully built array.
   const ConsumerArray *old = p->consumers.exchange(next, std::memory_order_acq_rel);
+  if (!next || !next->has_callbacks) p->has_callbacks.store(0, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
 }
 

@@ -9,7 +9,7 @@
 
 namespace usprobe {
 
-thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 

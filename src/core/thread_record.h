@@ -35,7 +35,8 @@ struct alignas(64) ThreadRecord {
 };
 
 // Initial-exec TLS: one %fs-relative load on the hit path, never __tls_get_addr.
-extern thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec")));
+// constinit: no dynamic initialisation, so no TLS wrapper call on the hit path.
+extern constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec")));
 
 // Slow path of the first hit of a thread: take a free record or make one. Async-signal-safe.
 // Returns nullptr only when memory cannot be mapped (the hit is then not counted).

@@ -6,7 +6,8 @@
 //     lea -128(%rsp),%rsp          step over the red zone of the probed code
 //     pushfq; push %rax .. %r15    the Regs view (arch/x86_64/regs.h), the site's %rsp, the site
 //     mov %rsp,%rbx                %rbx keeps the view across the call (callee-saved)
-//     <save vector state>          entry flavour: xmm0-7 (arguments); instruction flavour: xsavec
+//     <save vector state>          entry flavour: x/y/zmm0-7 (arguments); instruction: xsavec
+//                                  (skipped while the probe has no callbacks: see below)
 //     mov %rbx,%rdi; movabs $probe,%rsi; movabs $usprobe_dispatch,%rax; call *%rax
 //     <restore vector state>; mov %rbx,%rsp
 //     pop ...; popfq (entry flavour: flags are dead, skipped); lea 128(%rsp),%rsp
@@ -30,6 +31,7 @@
 #include "arch/x86_64/relocator.h"
 #include "core/arch.h"
 #include "core/dispatch.h"
+#include "core/probe.h"
 #include "os/linux/code_memory.h"
 
 namespace usprobe::arch {
@@ -61,16 +63,54 @@ const XsaveInfo &xsave_info() {
   return info;
 }
 
-// movaps %xmmN,disp8(%rsp) / movaps disp8(%rsp),%xmmN, N < 8.
-void put_movaps_store(x86::CodeWriter &w, int n, int8_t disp) {
-  const uint8_t b[] = {0x0F, 0x29, static_cast<uint8_t>(0x44 | (n << 3)), 0x24,
-                       static_cast<uint8_t>(disp)};
-  w.put_bytes(b, sizeof b);
+// The width of the vector argument registers: at a function entry xmm0-7 may carry __m256 or
+// __m512 arguments, so their whole enabled width is live.
+enum class VecWidth { kXmm, kYmm, kZmm };
+VecWidth argument_width() {
+  const uint64_t xcr0 = xsave_info().mask;
+  if ((xcr0 & 0xE6) == 0xE6) return VecWidth::kZmm;  // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
+  if ((xcr0 & 0x6) == 0x6) return VecWidth::kYmm;
+  return VecWidth::kXmm;
 }
-void put_movaps_load(x86::CodeWriter &w, int n, int8_t disp) {
-  const uint8_t b[] = {0x0F, 0x28, static_cast<uint8_t>(0x44 | (n << 3)), 0x24,
-                       static_cast<uint8_t>(disp)};
-  w.put_bytes(b, sizeof b);
+size_t width_bytes(VecWidth v) {
+  return v == VecWidth::kZmm ? 64 : v == VecWidth::kYmm ? 32 : 16;
+}
+
+// Store (or load) vector register n < 8 at n * width(%rsp); %rsp is 64-byte aligned.
+void put_vec_move(x86::CodeWriter &w, VecWidth v, int n, bool store) {
+  const uint8_t modrm_disp32 = static_cast<uint8_t>(0x84 | (n << 3));
+  const uint32_t disp = static_cast<uint32_t>(n * width_bytes(v));
+  switch (v) {
+    case VecWidth::kZmm: {
+      // vmovdqu64 %zmmN,disp8*64(%rsp) / vmovdqu64 disp8*64(%rsp),%zmmN: EVEX.512.F3.0F.W1 7F/6F,
+      // disp8 compressed by 64.
+      const uint8_t b[] = {0x62,
+                           0xF1,
+                           0xFE,
+                           0x48,
+                           static_cast<uint8_t>(store ? 0x7F : 0x6F),
+                           static_cast<uint8_t>(0x44 | (n << 3)),
+                           0x24,
+                           static_cast<uint8_t>(n)};
+      w.put_bytes(b, sizeof b);
+      return;
+    }
+    case VecWidth::kYmm: {
+      // vmovdqu %ymmN,disp32(%rsp) / vmovdqu disp32(%rsp),%ymmN: VEX.256.F3.0F 7F/6F
+      const uint8_t b[] = {0xC5, 0xFE, static_cast<uint8_t>(store ? 0x7F : 0x6F), modrm_disp32,
+                           0x24};
+      w.put_bytes(b, sizeof b);
+      w.put_u32(disp);
+      return;
+    }
+    case VecWidth::kXmm: {
+      // movaps %xmmN,disp32(%rsp) / movaps disp32(%rsp),%xmmN: 0F 29/28
+      const uint8_t b[] = {0x0F, static_cast<uint8_t>(store ? 0x29 : 0x28), modrm_disp32, 0x24};
+      w.put_bytes(b, sizeof b);
+      w.put_u32(disp);
+      return;
+    }
+  }
 }
 void put_and_rsp_imm8(x86::CodeWriter &w, int8_t imm) {
   const uint8_t b[] = {0x48, 0x83, 0xE4, static_cast<uint8_t>(imm)};
@@ -85,7 +125,34 @@ constexpr x86::Reg kPushOrder[] = {x86::RAX, x86::RCX, x86::RDX, x86::RBX, x86::
                                    x86::RSI, x86::RDI, x86::R8,  x86::R9,  x86::R10,
                                    x86::R11, x86::R12, x86::R13, x86::R14, x86::R15};
 
-// Everything up to the window. Returns nothing; the window follows at w.pc().
+// Sanitizer runtimes behind dispatch's instrumentation use vector registers, so in those builds
+// every hit saves the vector state.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kDispatchIsGprOnly = false;
+#else
+constexpr bool kDispatchIsGprOnly = true;
+#endif
+
+void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved) {
+  w.put_mov_reg_reg(x86::RDI, x86::RBX);
+  w.put_mov_reg_imm64(x86::RSI, reinterpret_cast<uint64_t>(probe));
+  if (vector_saved) {
+    w.put_u8(0xBA), w.put_u32(1);  // mov $1,%edx
+  } else {
+    w.put_u8(0x31), w.put_u8(0xD2);  // xor %edx,%edx
+  }
+  w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&usprobe_dispatch));
+  w.put_call_reg(x86::RAX);
+}
+
+// Everything up to the window, which follows at w.pc().
+//
+//   save GPRs and flags (the Regs view); %rbx = Regs*; align the stack
+//   if (!probe->has_callbacks)                       fast path: the built-in counter needs no
+//     if (dispatch(regs, probe, 0) == done) goto restore   vector state (dispatch is GPR-only)
+//   save vector state; dispatch(regs, probe, 1); restore vector state
+// restore:
+//   restore GPRs (and flags)
 void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry) {
   w.put_lea_rsp_rsp(-kRedZone);
   w.put_pushfq();
@@ -95,44 +162,59 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   w.put_push_reg(x86::RAX);
   w.put_mov_reg_imm64(x86::RAX, site);
   w.put_push_reg(x86::RAX);
-  w.put_mov_reg_reg(x86::RBX, x86::RSP);  // %rbx = Regs*
+  w.put_mov_reg_reg(x86::RBX, x86::RSP);  // %rbx = Regs*, callee-saved across the calls
+  if (!entry) w.put_u8(0xFC);  // cld: the ABI wants DF clear at a call; popfq restores it
+  put_and_rsp_imm8(w, -16);
 
+  size_t to_restore = 0;
+  if (kDispatchIsGprOnly) {
+    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->has_callbacks));
+    w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
+    w.put_u8(0x0F), w.put_u8(0x85);                  // jne save (rel32, patched below)
+    size_t to_save = w.size();
+    w.put_u32(0);
+    put_call_dispatch(w, probe, false);
+    w.put_u8(0x85), w.put_u8(0xC0);  // test %eax,%eax
+    w.put_u8(0x0F), w.put_u8(0x84);  // je restore (rel32, patched below)
+    to_restore = w.size();
+    w.put_u32(0);
+    w.patch_u32(to_save, static_cast<uint32_t>(w.size() - (to_save + 4)));
+  }
+
+  // The saving path.
+  const VecWidth vw = argument_width();
   if (entry) {
-    w.put_lea_rsp_rsp(-128);
-    put_and_rsp_imm8(w, -16);
-    for (int n = 0; n < 8; ++n) put_movaps_store(w, n, static_cast<int8_t>(16 * n));
+    w.put_lea_rsp_rsp(-static_cast<int32_t>(8 * width_bytes(vw)));
+    put_and_rsp_imm8(w, -64);
+    for (int n = 0; n < 8; ++n) put_vec_move(w, vw, n, true);
   } else {
     const XsaveInfo &x = xsave_info();
     w.put_lea_rsp_rsp(-static_cast<int32_t>(x.size + 64));
     put_and_rsp_imm8(w, -64);
-    if (!x.compact) {
-      // Standard-form xsave leaves header bytes 8..63 as they were; xrstor wants them zero.
-      for (int off = 512 + 8; off < 512 + 64; off += 8) {
-        const uint8_t b[] = {0x48, 0xC7, 0x84, 0x24};  // movq $0,disp32(%rsp)
-        w.put_bytes(b, sizeof b);
-        w.put_u32(static_cast<uint32_t>(off));
-        w.put_u32(0);
-      }
+    // xrstor faults unless header bytes 16..63 are zero, and neither xsave nor xsavec writes
+    // them (xsavec writes bytes 0..15): clear the whole 64-byte header first.
+    for (int off = 512; off < 512 + 64; off += 8) {
+      const uint8_t b[] = {0x48, 0xC7, 0x84, 0x24};  // movq $0,disp32(%rsp)
+      w.put_bytes(b, sizeof b);
+      w.put_u32(static_cast<uint32_t>(off));
+      w.put_u32(0);
     }
     put_mov_eax_edx_mask(w, x.mask);
     const uint8_t save_c[] = {0x48, 0x0F, 0xC7, 0x24, 0x24};  // xsavec64 (%rsp)
     const uint8_t save[] = {0x48, 0x0F, 0xAE, 0x24, 0x24};    // xsave64 (%rsp)
     w.put_bytes(x.compact ? save_c : save, 5);
-    w.put_u8(0xFC);  // cld: the ABI wants DF clear at a call; popfq restores the probed code's
   }
-
-  w.put_mov_reg_reg(x86::RDI, x86::RBX);
-  w.put_mov_reg_imm64(x86::RSI, reinterpret_cast<uint64_t>(probe));
-  w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&usprobe_dispatch));
-  w.put_call_reg(x86::RAX);
-
+  put_call_dispatch(w, probe, true);
   if (entry) {
-    for (int n = 0; n < 8; ++n) put_movaps_load(w, n, static_cast<int8_t>(16 * n));
+    for (int n = 0; n < 8; ++n) put_vec_move(w, vw, n, false);
   } else {
     put_mov_eax_edx_mask(w, xsave_info().mask);
     const uint8_t rstor[] = {0x48, 0x0F, 0xAE, 0x2C, 0x24};  // xrstor64 (%rsp)
     w.put_bytes(rstor, sizeof rstor);
   }
+
+  if (kDispatchIsGprOnly)
+    w.patch_u32(to_restore, static_cast<uint32_t>(w.size() - (to_restore + 4)));
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);  // the site and %rsp slots: handlers cannot move them
   for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);

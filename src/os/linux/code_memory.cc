@@ -58,8 +58,16 @@ Result<uint64_t> map_slab_near(uint64_t near, uint64_t reach) {
               fmt::format("no free address space within 2 GB of {:#x} for a trampoline", near));
 }
 
+// /proc/self/mem, opened once per process: a descriptor inherited over fork() still names the
+// parent's memory, so a child opens its own. Callers hold the registry mutex.
 int mem_fd() {
-  static int fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+  static int fd = -1;
+  static pid_t owner = 0;
+  if (owner != getpid()) {
+    if (fd >= 0) close(fd);
+    fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+    owner = getpid();
+  }
   return fd;
 }
 

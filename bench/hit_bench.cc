@@ -1,0 +1,706 @@
+// usprobe_bench: what one probe hit costs, every path side by side in one run (DESIGN.md,
+// "Measuring"). Each benchmark is a loop calling a tiny function of libusprobe_targets.so through a
+// volatile function pointer; its time per iteration is the ns per call. Probes are attached once
+// per benchmark run (before the timed loop) and their counts checked after it.
+//
+//   raw_trap/own_handler       `int3; lea 1(%rdi),%rax; ret` with a do-nothing SA_SIGINFO SIGTRAP
+//                              handler of ours: the floor of any int3 scheme. Runs before usprobe
+//                              installs its own SIGTRAP handler (our handler is restored after).
+//   kernel_uprobe/tgt_counted  the kernel's uprobe on tgt_counted via perf_event_open (skipped,
+//                              with the reason, when the kernel refuses). Never at the same time as
+//                              a usprobe probe on that site.
+//   plain/tgt_counted          no probe: the baseline of the entry probes
+//   usprobe/entry_counter      entry probe on tgt_counted, built-in counter (consumer NULL)
+//   usprobe/entry_callback     entry probe on tgt_counted, a C callback summing usprobe_arg(hit, 0)
+//   plain/tgt_counted_mid      no probe: the baseline of the instruction probe
+//   usprobe/insn_counter       instruction-flavour probe at tgt_counted_mid+0x7, built-in counter
+//   usprobe/int3_entry_counter usprobe_attach_ex(USPROBE_FORCE_INT3) on tgt_counted, counter
+//   raw_trap/via_usprobe       the raw trap again, now that usprobe's handler sits in front of ours
+//                              and forwards it (not a usprobe site): the toll on foreign traps
+//
+// Each probe case is first tried in a forked child (1000 calls on a dirty stack): a case that
+// crashes or miscounts there is skipped here, with the reason, instead of killing the run.
+//
+// Then a table: median ns/call over the repetitions, ns added over the plain call, and the goals.
+// Our own flags (everything else goes to Google Benchmark):
+//   --out=FILE   also write the table there: JSON if FILE ends in .json, else markdown
+//   --wall       the table uses real time per call; by default it uses the thread's CPU time
+//                (user + kernel time of the calling thread, so traps count in full), which on a
+//                shared 2-core VM varies far less than wall time (cv ~1% vs ~7-10%)
+// Defaults unless given: --benchmark_repetitions=7 --benchmark_min_time=0.2.
+#include <benchmark/benchmark.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "targets/targets.h"
+#include "usprobe/usprobe.h"
+#ifdef USPROBE_BENCH_KERNEL_UPROBE
+#include "support/kernel_uprobe.h"
+#endif
+
+// The raw trap: same shape as tgt_counted (returns x + 1) with an int3 first. Hidden, so the
+// address is the code itself, never a PLT stub.
+extern "C" long bench_raw_trap(long x);
+asm(R"(
+  .text
+  .p2align 4
+  .globl bench_raw_trap
+  .hidden bench_raw_trap
+  .type bench_raw_trap, @function
+bench_raw_trap:
+  int3
+  lea 1(%rdi), %rax
+  ret
+  .size bench_raw_trap, .-bench_raw_trap
+)");
+
+namespace {
+
+using Fn = long (*)(long);
+
+constexpr const char *kLib = "libusprobe_targets.so";
+
+// ---- Problems found while running, repeated under the table -------------------------------------
+
+std::vector<std::string> g_warnings;
+const char *g_current = "";  // the benchmark running (State::name() is newer than 1.7.1)
+
+__attribute__((format(printf, 1, 2))) void warn(const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "WARNING: %s\n", buf);
+  if (std::find(g_warnings.begin(), g_warnings.end(), buf) == g_warnings.end())
+    g_warnings.emplace_back(buf);
+}
+
+// ---- The timed loop -----------------------------------------------------------------------------
+
+// One warm-up call (the thread's first hit registers it with usprobe: a few system calls), then
+// one call per iteration, each taking the previous result: f(1), f(2), ..., f(N). So a probe sees
+// N + 1 hits and its first arguments sum to 0 + 1 + ... + N.
+constexpr uint64_t kWarmup = 1;
+
+void call_loop(benchmark::State &state, Fn f) {
+  Fn volatile vf = f;
+  long x = vf(0);
+  for (auto _ : state) x = vf(x);
+  benchmark::DoNotOptimize(x);
+  if (static_cast<uint64_t>(x) != state.iterations() + kWarmup)
+    warn("%s: the probed function returned %ld, expected %" PRIu64, g_current, x,
+         static_cast<uint64_t>(state.iterations() + kWarmup));
+}
+
+void check_count(benchmark::State &state, const char *what, uint64_t got) {
+  uint64_t want = static_cast<uint64_t>(state.iterations()) + kWarmup;
+  state.counters["hits/call"] =
+      benchmark::Counter(static_cast<double>(got) / static_cast<double>(want));
+  if (got != want) warn("%s: %s %" PRIu64 " != calls %" PRIu64, g_current, what, got, want);
+}
+
+// ---- Raw trap -----------------------------------------------------------------------------------
+
+volatile uint64_t g_raw_traps = 0;
+
+void raw_trap_handler(int, siginfo_t *, void *) {
+  g_raw_traps = g_raw_traps + 1;  // an int3 leaves %rip after itself: returning continues
+}
+
+bool install_raw_trap_handler(struct sigaction *previous) {
+  struct sigaction sa {};
+  sa.sa_sigaction = raw_trap_handler;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  return sigaction(SIGTRAP, &sa, previous) == 0;
+}
+
+bool raw_trap_handler_is_current() {
+  struct sigaction cur {};
+  sigaction(SIGTRAP, nullptr, &cur);
+  return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == raw_trap_handler;
+}
+
+void BM_RawTrapOwnHandler(benchmark::State &state) {
+  struct sigaction previous {};
+  if (!install_raw_trap_handler(&previous)) {
+    state.SkipWithError("sigaction(SIGTRAP) failed");
+    return;
+  }
+  uint64_t before = g_raw_traps;
+  call_loop(state, bench_raw_trap);
+  check_count(state, "traps", g_raw_traps - before);
+  sigaction(SIGTRAP, &previous, nullptr);
+}
+
+// Before usprobe installs its SIGTRAP handler (at its first attach), put ours in place, so that
+// usprobe chains to it: raw_trap/via_usprobe then measures a foreign trap through usprobe's
+// handler. Our handler stays installed behind usprobe's for the rest of the process.
+bool g_chain_ready = false;
+
+void prepare_usprobe() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  struct sigaction previous {};
+  if (!install_raw_trap_handler(&previous)) return;
+  // Make usprobe initialise (and install its handler) now, whatever benchmark comes first.
+  usprobe_link *link = nullptr;
+  char loc[128];
+  std::snprintf(loc, sizeof loc, "%s:tgt_helper", kLib);
+  if (usprobe_attach(loc, nullptr, &link) != 0) {
+    warn("usprobe_attach(%s): %s", loc, usprobe_last_error());
+    return;
+  }
+  usprobe_detach(link);
+  // usprobe's handler is in front now, unless it had been installed before ours.
+  g_chain_ready = !raw_trap_handler_is_current();
+}
+
+void BM_RawTrapViaUsprobe(benchmark::State &state) {
+  prepare_usprobe();
+  if (!g_chain_ready) {
+    state.SkipWithError("usprobe's SIGTRAP handler does not chain to ours");
+    return;
+  }
+  uint64_t before = g_raw_traps;
+  call_loop(state, bench_raw_trap);
+  check_count(state, "traps", g_raw_traps - before);
+}
+
+// ---- Plain calls and usprobe probes -------------------------------------------------------------
+
+void BM_Plain(benchmark::State &state, Fn f) {
+  call_loop(state, f);
+}
+
+thread_local uint64_t t_arg_sum = 0;
+
+void sum_arg0(usprobe_hit *hit, void *) {
+  t_arg_sum += usprobe_arg(hit, 0);
+}
+
+struct ProbeCase {
+  std::string location;
+  Fn fn;
+  unsigned flags;
+  bool callback;
+  bool expect_int3;
+};
+
+// Scribble on the stack below the caller, so that whatever the trampoline reads there without
+// having written it first is garbage, not the zeroes of a fresh stack.
+__attribute__((noinline)) void dirty_stack() {
+  volatile unsigned char buf[16384];
+  for (size_t i = 0; i < sizeof buf; ++i) buf[i] = static_cast<unsigned char>(0xa5 ^ i);
+  asm volatile("" ::"r"(buf) : "memory");
+}
+
+// A probe that crashes the process would take the whole run, and its table, with it: each case
+// is tried first in a forked child (1000 calls on a dirty stack), and a case that crashes or
+// miscounts there is skipped here, with the reason. All children are forked at start-up, before
+// this process uses usprobe at all: usprobe keeps /proc/self/mem open once opened, and a child
+// writing through that inherited descriptor would patch this process, not itself.
+std::map<std::string, std::string> g_verdicts;  // case key -> "" (ok) or why it is skipped
+
+std::string case_key(const ProbeCase &pc) {
+  return pc.location + (pc.flags & USPROBE_FORCE_INT3 ? " (int3)" : "") +
+         (pc.callback ? " (callback)" : "");
+}
+
+void try_in_child(const ProbeCase &pc) {
+  std::string key = case_key(pc);
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    const struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    alarm(20);
+    usprobe_consumer consumer{sum_arg0, nullptr};
+    usprobe_link *link = nullptr;
+    if (usprobe_attach_ex(pc.location.c_str(), pc.callback ? &consumer : nullptr, pc.flags,
+                          &link) != 0)
+      _exit(3);
+    Fn volatile vf = pc.fn;
+    long x = 0;
+    for (int i = 0; i < 1000; ++i) {
+      dirty_stack();
+      x = vf(x);
+    }
+    uint64_t hits = usprobe_link_hits(link);
+    usprobe_detach(link);
+    _exit(x == 1000 && hits == 1000 ? 0 : 4);
+  }
+  std::string verdict;
+  int st = 0;
+  if (pid > 0 && waitpid(pid, &st, 0) == pid) {
+    if (WIFSIGNALED(st)) {
+      char b[256];
+      std::snprintf(b, sizeof b,
+                    "%s: 1000 calls with the probe in a forked child died of "
+                    "signal %d (%s); not run here",
+                    key.c_str(), WTERMSIG(st), strsignal(WTERMSIG(st)));
+      verdict = b;
+    } else if (WEXITSTATUS(st) == 4) {
+      verdict = key + ": wrong results or hit count in a forked check; not run here";
+    }
+    // Exit status 3 (attach failed): the benchmark reports usprobe's message itself.
+  }
+  if (!verdict.empty()) warn("%s", verdict.c_str());
+  g_verdicts[key] = verdict;
+}
+
+void BM_Probe(benchmark::State &state, const ProbeCase &pc) {
+  prepare_usprobe();
+  if (const std::string &why = g_verdicts[case_key(pc)]; !why.empty()) {
+    state.SkipWithError(why.c_str());
+    return;
+  }
+  usprobe_consumer consumer{sum_arg0, nullptr};
+  usprobe_link *link = nullptr;
+  int rc =
+      usprobe_attach_ex(pc.location.c_str(), pc.callback ? &consumer : nullptr, pc.flags, &link);
+  if (rc != 0) {
+    std::string why = "usprobe_attach_ex(" + pc.location + "): " + usprobe_last_error();
+    state.SkipWithError(why.c_str());
+    return;
+  }
+  if (usprobe_link_uses_int3(link) != (pc.expect_int3 ? 1 : 0))
+    warn("%s: the probe took the %s path (%s)", g_current,
+         usprobe_link_uses_int3(link) ? "int3" : "jump", usprobe_link_int3_reason(link));
+
+  t_arg_sum = 0;
+  call_loop(state, pc.fn);
+
+  check_count(state, "hits", usprobe_link_hits(link));
+  if (uint64_t missed = usprobe_link_missed(link))
+    warn("%s: %" PRIu64 " hits missed", g_current, missed);
+  if (pc.callback) {
+    uint64_t n = static_cast<uint64_t>(state.iterations());
+    if (t_arg_sum != n * (n + 1) / 2)
+      warn("%s: the callback summed %" PRIu64 ", expected %" PRIu64, g_current, t_arg_sum,
+           n * (n + 1) / 2);
+  }
+  usprobe_detach(link);
+}
+
+// ---- Kernel uprobe ------------------------------------------------------------------------------
+
+void BM_KernelUprobe(benchmark::State &state) {
+#ifdef USPROBE_BENCH_KERNEL_UPROBE
+  using usprobe::test::KernelUprobe;
+  auto where = usprobe::test::file_location_of(reinterpret_cast<const void *>(&tgt_counted));
+  if (!where) {
+    state.SkipWithError(("tgt_counted: " + where.error()).c_str());
+    return;
+  }
+  auto probe = KernelUprobe::open(where->path, where->offset);
+  if (!probe) {
+    state.SkipWithError(("kernel uprobe refused: " + probe.error()).c_str());
+    return;
+  }
+  call_loop(state, tgt_counted);
+  check_count(state, "kernel uprobe hits", probe->count());
+#else
+  state.SkipWithError("built without tests/support (kernel_uprobe.h)");
+#endif
+}
+
+// ---- Collecting the results ---------------------------------------------------------------------
+
+struct Result {
+  std::vector<double> ns;   // one per repetition
+  double median_agg = NAN;  // benchmark's own median aggregate, when only aggregates came
+  std::string error;
+  double median() const {
+    if (ns.empty()) return median_agg;
+    std::vector<double> v = ns;
+    std::sort(v.begin(), v.end());
+    size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  }
+  double min() const { return ns.empty() ? median_agg : *std::min_element(ns.begin(), ns.end()); }
+  double max() const { return ns.empty() ? median_agg : *std::max_element(ns.begin(), ns.end()); }
+};
+
+std::map<std::string, Result> g_results;
+bool g_wall = false;  // --wall: real time per call instead of the thread's CPU time
+
+// Console output as usual, but with repetitions only the aggregates are shown; every run is kept.
+class Collector : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run> &runs) override {
+    std::vector<Run> shown;
+    for (const Run &r : runs) {
+      Result &res = g_results[r.run_name.function_name];
+      double t = g_wall ? r.GetAdjustedRealTime() : r.GetAdjustedCPUTime();
+      double ns = t * 1e9 / benchmark::GetTimeUnitMultiplier(r.time_unit);
+      if (r.error_occurred) {
+        res.error = r.error_message;
+      } else if (r.run_type == Run::RT_Iteration) {
+        res.ns.push_back(ns);
+      } else if (r.aggregate_name == "median") {
+        res.median_agg = ns;
+      }
+      if (r.error_occurred || r.run_type == Run::RT_Aggregate || r.repetitions <= 1)
+        shown.push_back(r);
+    }
+    if (!shown.empty()) ConsoleReporter::ReportRuns(shown);
+  }
+};
+
+// ---- The table ----------------------------------------------------------------------------------
+
+struct Row {
+  std::string name;
+  std::string what;
+  std::string baseline;  // name of the row this one adds to ("" = none)
+};
+
+const std::vector<Row> kRows = {
+    {"plain/tgt_counted", "plain call of tgt_counted (no probe)", ""},
+    {"usprobe/entry_counter", "entry probe, built-in counter", "plain/tgt_counted"},
+    {"usprobe/entry_callback", "entry probe, C callback", "plain/tgt_counted"},
+    {"plain/tgt_counted_mid", "plain call of tgt_counted_mid (no probe)", ""},
+    {"usprobe/insn_counter", "instruction probe tgt_counted_mid+0x7, built-in counter",
+     "plain/tgt_counted_mid"},
+    {"raw_trap/own_handler", "raw int3 + SIGTRAP round trip (own handler only)",
+     "plain/tgt_counted"},
+    {"raw_trap/via_usprobe", "raw int3 + SIGTRAP, forwarded by usprobe's handler",
+     "plain/tgt_counted"},
+    {"usprobe/int3_entry_counter", "int3 path (USPROBE_FORCE_INT3) entry, built-in counter",
+     "plain/tgt_counted"},
+    {"kernel_uprobe/tgt_counted", "kernel uprobe (perf_event_open)", "plain/tgt_counted"},
+};
+
+struct Goal {
+  std::string name;
+  std::string unit;  // "ns" or "x"
+  double value = NAN;
+  bool at_most = true;  // goal: value <= limit (else >=)
+  double limit = 0;
+  std::string note;  // why there is no value
+  bool met() const { return !std::isnan(value) && (at_most ? value <= limit : value >= limit); }
+};
+
+double median_of(const std::string &name) {
+  auto it = g_results.find(name);
+  if (it == g_results.end() || !it->second.error.empty()) return NAN;
+  return it->second.median();
+}
+
+double added(const std::string &name, const std::string &base) {
+  return median_of(name) - median_of(base);
+}
+
+std::string why_missing(std::initializer_list<const char *> names) {
+  for (const char *n : names) {
+    auto it = g_results.find(n);
+    if (it == g_results.end()) return std::string(n) + " did not run";
+    if (!it->second.error.empty()) return std::string(n) + " skipped: " + it->second.error;
+  }
+  return "";
+}
+
+std::vector<Goal> goals() {
+  std::vector<Goal> g;
+  auto add = [&](std::string name, std::string unit, double v, bool at_most, double limit,
+                 std::initializer_list<const char *> inputs) {
+    Goal x{std::move(name), std::move(unit), v, at_most, limit, ""};
+    if (std::isnan(v)) x.note = why_missing(inputs);
+    g.push_back(std::move(x));
+  };
+  add("entry probe, built-in counter: ns added", "ns",
+      added("usprobe/entry_counter", "plain/tgt_counted"), true, 5,
+      {"usprobe/entry_counter", "plain/tgt_counted"});
+  add("entry probe, C callback: ns added", "ns",
+      added("usprobe/entry_callback", "plain/tgt_counted"), true, 10,
+      {"usprobe/entry_callback", "plain/tgt_counted"});
+  add("instruction probe, built-in counter: ns added", "ns",
+      added("usprobe/insn_counter", "plain/tgt_counted_mid"), true, 30,
+      {"usprobe/insn_counter", "plain/tgt_counted_mid"});
+  add("int3 path / raw int3+SIGTRAP (ns per call)", "x",
+      median_of("usprobe/int3_entry_counter") / median_of("raw_trap/own_handler"), true, 1.10,
+      {"usprobe/int3_entry_counter", "raw_trap/own_handler"});
+  // ns per hit = ns added over the plain call. A usprobe hit too cheap to measure (<= 0.1 ns
+  // after noise) is counted as 0.1 ns, which understates the ratio.
+  double kernel = added("kernel_uprobe/tgt_counted", "plain/tgt_counted");
+  double ours = added("usprobe/entry_counter", "plain/tgt_counted");
+  add("kernel uprobe / usprobe entry probe (ns per hit)", "x", kernel / std::max(ours, 0.1), false,
+      100, {"kernel_uprobe/tgt_counted", "usprobe/entry_counter", "plain/tgt_counted"});
+  return g;
+}
+
+std::string fmt_num(double v, int prec = 2) {
+  if (std::isnan(v)) return "-";
+  char b[64];
+  std::snprintf(b, sizeof b, "%.*f", prec, v);
+  return b;
+}
+
+std::string fmt_goal_value(const Goal &g) {
+  if (std::isnan(g.value)) return "n/a";
+  return g.unit == "x" ? fmt_num(g.value, g.value >= 100 ? 0 : 2) + "x" : fmt_num(g.value) + " ns";
+}
+
+std::string fmt_goal_limit(const Goal &g) {
+  std::string lim =
+      g.unit == "x" ? fmt_num(g.limit, g.limit >= 100 ? 0 : 2) + "x" : fmt_num(g.limit, 0) + " ns";
+  return (g.at_most ? "<= " : ">= ") + lim;
+}
+
+std::string status(const Goal &g) {
+  if (std::isnan(g.value)) return "n/a (" + g.note + ")";
+  return g.met() ? "met" : "MISSED";
+}
+
+std::string row_note(const Row &r) {
+  auto it = g_results.find(r.name);
+  if (it == g_results.end()) return "not run";
+  if (!it->second.error.empty()) return "skipped: " + it->second.error;
+  return "";
+}
+
+void print_table(std::FILE *out) {
+  std::fprintf(out, "\n%-28s %-56s %10s %10s %10s %10s\n", "benchmark", "what", "ns/call",
+               "added ns", "min", "max");
+  std::fprintf(out, "%s\n", std::string(129, '-').c_str());
+  for (const Row &r : kRows) {
+    std::string note = row_note(r);
+    if (note == "not run") continue;
+    if (!note.empty()) {
+      std::fprintf(out, "%-28s %-56s %s\n", r.name.c_str(), r.what.c_str(), note.c_str());
+      continue;
+    }
+    const Result &res = g_results[r.name];
+    double add = r.baseline.empty() ? NAN : added(r.name, r.baseline);
+    std::fprintf(out, "%-28s %-56s %10s %10s %10s %10s\n", r.name.c_str(), r.what.c_str(),
+                 fmt_num(res.median()).c_str(), fmt_num(add).c_str(), fmt_num(res.min()).c_str(),
+                 fmt_num(res.max()).c_str());
+  }
+  std::fprintf(out, "\n%-52s %12s %10s  %s\n", "goal", "value", "goal", "status");
+  std::fprintf(out, "%s\n", std::string(90, '-').c_str());
+  for (const Goal &g : goals())
+    std::fprintf(out, "%-52s %12s %10s  %s\n", g.name.c_str(), fmt_goal_value(g).c_str(),
+                 fmt_goal_limit(g).c_str(), status(g).c_str());
+  if (!g_warnings.empty()) {
+    std::fprintf(out, "\nwarnings:\n");
+    for (const auto &w : g_warnings) std::fprintf(out, "  %s\n", w.c_str());
+  }
+  std::fprintf(out,
+               "\n(ns/call: %s per call, median over repetitions; added: over the plain call "
+               "of the same function; ratios from this run only)\n",
+               g_wall ? "real time" : "thread CPU time");
+}
+
+std::string json_str(const std::string &s) {
+  std::string o = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += c;
+    }
+  }
+  return o + "\"";
+}
+
+std::string json_num(double v) {
+  return std::isnan(v) || std::isinf(v) ? "null" : fmt_num(v, 3);
+}
+
+bool write_out(const std::string &path) {
+  std::FILE *f = std::fopen(path.c_str(), "w");
+  if (!f) {
+    std::fprintf(stderr, "cannot write %s: %s\n", path.c_str(), std::strerror(errno));
+    return false;
+  }
+  bool json = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
+  auto gs = goals();
+  if (json) {
+    std::fprintf(f, "{\n  \"time\": %s,\n  \"benchmarks\": [\n",
+                 g_wall ? "\"real\"" : "\"thread_cpu\"");
+    bool first = true;
+    for (const Row &r : kRows) {
+      std::string note = row_note(r);
+      if (note == "not run") continue;
+      const Result &res = g_results[r.name];
+      bool ok = note.empty();
+      std::fprintf(f,
+                   "%s    {\"name\": %s, \"what\": %s, \"ns_per_call\": %s, \"added_ns\": %s, "
+                   "\"min_ns\": %s, \"max_ns\": %s, \"repetitions\": %zu, \"skipped\": %s}",
+                   first ? "" : ",\n", json_str(r.name).c_str(), json_str(r.what).c_str(),
+                   json_num(ok ? res.median() : NAN).c_str(),
+                   json_num(ok && !r.baseline.empty() ? added(r.name, r.baseline) : NAN).c_str(),
+                   json_num(ok ? res.min() : NAN).c_str(), json_num(ok ? res.max() : NAN).c_str(),
+                   res.ns.size(), ok ? "null" : json_str(res.error).c_str());
+      first = false;
+    }
+    std::fprintf(f, "\n  ],\n  \"goals\": [\n");
+    for (size_t i = 0; i < gs.size(); ++i) {
+      const Goal &g = gs[i];
+      std::fprintf(
+          f, "    {\"name\": %s, \"unit\": %s, \"value\": %s, \"goal\": %s, \"met\": %s%s%s}%s\n",
+          json_str(g.name).c_str(), json_str(g.unit).c_str(), json_num(g.value).c_str(),
+          json_str(fmt_goal_limit(g)).c_str(),
+          std::isnan(g.value) ? "null"
+          : g.met()           ? "true"
+                              : "false",
+          g.note.empty() ? "" : ", \"note\": ", g.note.empty() ? "" : json_str(g.note).c_str(),
+          i + 1 < gs.size() ? "," : "");
+    }
+    std::fprintf(f, "  ],\n  \"warnings\": [");
+    for (size_t i = 0; i < g_warnings.size(); ++i)
+      std::fprintf(f, "%s%s", i ? ", " : "", json_str(g_warnings[i]).c_str());
+    std::fprintf(f, "]\n}\n");
+  } else {
+    std::fprintf(f, "| benchmark | ns/call (median) | ns added | min | max |\n");
+    std::fprintf(f, "|---|---:|---:|---:|---:|\n");
+    for (const Row &r : kRows) {
+      std::string note = row_note(r);
+      if (note == "not run") continue;
+      if (!note.empty()) {
+        std::fprintf(f, "| %s | %s | | | |\n", r.what.c_str(), note.c_str());
+        continue;
+      }
+      const Result &res = g_results[r.name];
+      std::fprintf(f, "| %s | %s | %s | %s | %s |\n", r.what.c_str(), fmt_num(res.median()).c_str(),
+                   r.baseline.empty() ? "" : fmt_num(added(r.name, r.baseline)).c_str(),
+                   fmt_num(res.min()).c_str(), fmt_num(res.max()).c_str());
+    }
+    std::fprintf(f, "\n| goal | value | target | status |\n|---|---:|---:|---|\n");
+    for (const Goal &g : gs)
+      std::fprintf(f, "| %s | %s | %s | %s |\n", g.name.c_str(), fmt_goal_value(g).c_str(),
+                   fmt_goal_limit(g).c_str(), status(g).c_str());
+    std::fprintf(f,
+                 "\nns/call: %s per call, median over the repetitions of one run; ns added: "
+                 "over the plain call of the same function.\n",
+                 g_wall ? "real time" : "thread CPU time");
+    if (!g_warnings.empty()) {
+      std::fprintf(f, "\nWarnings:\n\n");
+      for (const auto &w : g_warnings) std::fprintf(f, "- %s\n", w.c_str());
+    }
+  }
+  std::fclose(f);
+  return true;
+}
+
+// Whether Google Benchmark's --benchmark_filter (a regex, "-" in front to negate) selects `name`.
+bool selected(const std::vector<std::string> &args, const std::string &name) {
+  std::string filter;
+  for (const auto &a : args)
+    if (a.rfind("--benchmark_filter=", 0) == 0) filter = a.substr(19);
+  if (filter.empty() || filter == "all") return true;
+  bool negate = filter[0] == '-';
+  if (negate) filter.erase(0, 1);
+  try {
+    return std::regex_search(name, std::regex(filter, std::regex::extended)) != negate;
+  } catch (const std::regex_error &) {
+    return true;
+  }
+}
+
+bool has_flag(const std::vector<std::string> &args, const char *prefix) {
+  return std::any_of(args.begin(), args.end(),
+                     [&](const std::string &a) { return a.rfind(prefix, 0) == 0; });
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  // Our flags out, defaults in, the rest to Google Benchmark.
+  std::string out_path;
+  std::vector<std::string> args{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--out=", 0) == 0) {
+      out_path = a.substr(6);
+    } else if (a == "--out" && i + 1 < argc) {
+      out_path = argv[++i];
+    } else if (a == "--wall") {
+      g_wall = true;
+    } else if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: %s [--out=FILE.md|FILE.json] [--wall] [Google Benchmark flags]\n"
+          "--wall: the table uses real time, not the thread's CPU time\n"
+          "defaults: --benchmark_repetitions=7 --benchmark_min_time=0.2\n\n",
+          argv[0]);
+      args.push_back(a);
+    } else {
+      args.push_back(a);
+    }
+  }
+  if (!has_flag(args, "--benchmark_repetitions")) args.emplace_back("--benchmark_repetitions=7");
+  if (!has_flag(args, "--benchmark_min_time")) args.emplace_back("--benchmark_min_time=0.2");
+  std::vector<char *> cargs;
+  for (auto &a : args) cargs.push_back(a.data());
+  cargs.push_back(nullptr);
+  int bargc = static_cast<int>(args.size());
+  benchmark::Initialize(&bargc, cargs.data());
+  if (benchmark::ReportUnrecognizedArguments(bargc, cargs.data())) return 1;
+
+  char mid[160];
+  std::snprintf(mid, sizeof mid, "%s:tgt_counted_mid+%#" PRIx64, kLib, tgt_counted_mid_site_offset);
+  const std::string entry = std::string(kLib) + ":tgt_counted";
+  static const ProbeCase kEntryCounter{entry, tgt_counted, 0, false, false};
+  static const ProbeCase kEntryCallback{entry, tgt_counted, 0, true, false};
+  static const ProbeCase kInsnCounter{mid, tgt_counted_mid, 0, false, false};
+  static const ProbeCase kInt3Counter{entry, tgt_counted, USPROBE_FORCE_INT3, false, true};
+
+  const std::pair<const char *, const ProbeCase *> kCases[] = {
+      {"usprobe/entry_counter", &kEntryCounter},
+      {"usprobe/entry_callback", &kEntryCallback},
+      {"usprobe/insn_counter", &kInsnCounter},
+      {"usprobe/int3_entry_counter", &kInt3Counter}};
+  for (const auto &[name, pc] : kCases)
+    if (selected(args, name)) try_in_child(*pc);
+
+  // Registration order is run order: the raw trap and the kernel uprobe come before usprobe's
+  // first attach (before its SIGTRAP handler, and while tgt_counted's page is the file's).
+  auto reg = [](const char *name, auto fn) {
+    benchmark::RegisterBenchmark(name, [name, fn](benchmark::State &state) {
+      g_current = name;
+      fn(state);
+    });
+  };
+  reg("raw_trap/own_handler", BM_RawTrapOwnHandler);
+  reg("kernel_uprobe/tgt_counted", BM_KernelUprobe);
+  reg("plain/tgt_counted", [](benchmark::State &s) { BM_Plain(s, tgt_counted); });
+  reg("usprobe/entry_counter", [](benchmark::State &s) { BM_Probe(s, kEntryCounter); });
+  reg("usprobe/entry_callback", [](benchmark::State &s) { BM_Probe(s, kEntryCallback); });
+  reg("plain/tgt_counted_mid", [](benchmark::State &s) { BM_Plain(s, tgt_counted_mid); });
+  reg("usprobe/insn_counter", [](benchmark::State &s) { BM_Probe(s, kInsnCounter); });
+  reg("usprobe/int3_entry_counter", [](benchmark::State &s) { BM_Probe(s, kInt3Counter); });
+  reg("raw_trap/via_usprobe", BM_RawTrapViaUsprobe);
+
+  Collector reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+
+  std::fflush(stdout);
+  print_table(stdout);
+  if (!out_path.empty()) {
+    if (!write_out(out_path)) return 1;
+    std::printf("table written to %s\n", out_path.c_str());
+  }
+  return 0;
+}
