@@ -40,6 +40,7 @@ struct ConsumerArray {
 struct Site {
   uint64_t addr = 0;
   arch::SitePlan plan;
+  bool forced_int3 = false;  // planned for the int3 path whatever analysis says
   bool patched = false;
 };
 
@@ -55,7 +56,8 @@ struct Probe {
   std::string name;  // "libc.so.6:malloc" (after IFUNC resolution)
   elf::FileId file;
   uint64_t file_offset = 0;
-  std::vector<std::unique_ptr<Site>> sites;  // one per executable mapping of the file
+  std::vector<Site *> sites;                 // chosen from plans: one per mapping of the file
+  std::vector<std::unique_ptr<Site>> plans;  // every plan made, kept with its trampoline
   std::vector<usprobe_link *> links;         // guarded by the registry mutex
 };
 

@@ -37,7 +37,6 @@ using Key = std::pair<elf::FileId, uint64_t>;
 
 std::mutex g_mutex;  // guards everything below, probes' sites and links
 std::map<Key, std::unique_ptr<Probe>> g_probes;
-std::vector<std::unique_ptr<Site>> g_old_sites;  // sites of earlier mappings: trampolines live on
 const std::string kEmpty;
 const std::string kForced = "the int3 path was asked for (USPROBE_FORCE_INT3)";
 
@@ -78,15 +77,15 @@ const Site *overlapping(uint64_t addr, uint64_t len, const std::vector<Site *> &
   for (const Site *s : pending)
     if (hit(s)) return s;
   for (auto &[key, p] : g_probes)
-    for (auto &s : p->sites)
-      if (s->patched && hit(s.get())) return s.get();
+    for (Site *s : p->sites)
+      if (s->patched && hit(s)) return s;
   return nullptr;
 }
 
 std::string site_owner(const Site *s) {
   for (auto &[key, p] : g_probes)
-    for (auto &x : p->sites)
-      if (x.get() == s) return p->name;
+    for (Site *x : p->sites)
+      if (x == s) return p->name;
   return fmt::format("{:#x}", s->addr);
 }
 
@@ -112,6 +111,41 @@ const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
 }
 
 // Make (or reuse) the sites of probe `p` for the current mappings. New sites go to `pending`.
+// The site plan of `p` at `addr` for one path (natural: whatever analysis chose; or a forced
+// int3), made once and kept: its trampoline stays valid for threads that may still be in it.
+Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t addr, bool forced) {
+  for (auto &s : p->plans)
+    if (s->addr == addr && s->forced_int3 == forced) return s.get();
+  arch::SiteRequest req;
+  req.site = addr;
+  req.bounds_known = loc.func_size > 0;
+  if (req.bounds_known) {
+    req.function = loc.file->bytes(loc.func_offset, loc.func_size);
+    req.function_addr = addr - loc.offset_in_function();
+  } else {
+    req.function = loc.file->bytes(loc.file_offset, 32);
+    req.function_addr = addr;
+  }
+  if (req.function.empty())
+    return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
+  req.probe = p;
+  req.describe = p->name;
+  req.file_branch_targets = file_branch_targets(*loc.file);
+  req.site_file_offset = loc.file_offset;
+  req.force_int3 = forced;
+  req.force_reason = kForced;
+  auto plan = arch::prepare_site(req);
+  if (!plan) return std::unexpected(plan.error());
+  auto site = std::make_unique<Site>();
+  site->addr = addr;
+  site->forced_int3 = forced;
+  site->plan = std::move(*plan);
+  p->plans.push_back(std::move(site));
+  return p->plans.back().get();
+}
+
+// Choose the sites of probe `p` for the current mappings (it has no links, so none is patched)
+// and check them against every other patched or pending site. Chosen sites go to `pending`.
 Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector<os::Mapping> &maps,
                    unsigned flags, std::vector<Site *> &pending) {
   std::vector<uint64_t> addrs;
@@ -124,53 +158,28 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
     return fail(ENOENT, fmt::format("{}: {} is not mapped executable in this process",
                                     loc.describe(), loc.file->path()));
 
-  const bool want_int3 = flags & USPROBE_FORCE_INT3;
-  std::vector<uint64_t> have;
-  for (auto &s : p->sites) have.push_back(s->addr);
-  bool path_differs = std::any_of(p->sites.begin(), p->sites.end(), [&](auto &s) {
-    return want_int3 ? s->plan.jump
-                     : !s->plan.int3_reason.empty() && s->plan.int3_reason == kForced;
-  });
-  if (have != addrs || path_differs) {
-    for (auto &s : p->sites) g_old_sites.push_back(std::move(s));
-    p->sites.clear();
-    for (uint64_t addr : addrs) {
-      arch::SiteRequest req;
-      req.site = addr;
-      req.bounds_known = loc.func_size > 0;
-      if (req.bounds_known) {
-        req.function = loc.file->bytes(loc.func_offset, loc.func_size);
-        req.function_addr = addr - loc.offset_in_function();
-      } else {
-        req.function = loc.file->bytes(loc.file_offset, 32);
-        req.function_addr = addr;
-      }
-      if (req.function.empty())
-        return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
-      req.probe = p;
-      req.describe = p->name;
-      req.file_branch_targets = file_branch_targets(*loc.file);
-      req.site_file_offset = loc.file_offset;
-      req.force_int3 = want_int3;
-      req.force_reason = kForced;
-      if (const Site *o = overlapping(addr, 1, pending))
-        return fail(EBUSY, fmt::format("{}: inside the patched window of probe {}", p->name,
-                                       site_owner(o)));
-      auto plan = arch::prepare_site(req);
-      if (!plan) return std::unexpected(plan.error());
-      if (plan->jump && overlapping(addr, plan->window_length, pending)) {
-        req.force_int3 = true;
-        req.force_reason = "another probe's site lies within the 5-byte window";
-        plan = arch::prepare_site(req);
-        if (!plan) return std::unexpected(plan.error());
-      }
-      auto site = std::make_unique<Site>();
-      site->addr = addr;
-      site->plan = std::move(*plan);
-      p->sites.push_back(std::move(site));
+  std::vector<Site *> chosen;
+  for (uint64_t addr : addrs) {
+    auto natural = plan_for(p, loc, addr, false);  // also checks the instruction boundary
+    if (!natural) return std::unexpected(natural.error());
+    if (const Site *o = overlapping(addr, 1, pending))
+      return fail(EBUSY,
+                  fmt::format("{}: inside the patched window of probe {}", p->name, site_owner(o)));
+    Site *site = *natural;
+    std::string reason;
+    if (site->plan.jump && (flags & USPROBE_FORCE_INT3))
+      reason = kForced;
+    else if (site->plan.jump && overlapping(addr, site->plan.window_length, pending))
+      reason = "another probe's site lies within the 5-byte window";
+    if (!reason.empty()) {
+      auto forced = plan_for(p, loc, addr, true);
+      if (!forced) return std::unexpected(forced.error());
+      site = *forced;
+      site->plan.int3_reason = reason;
     }
+    chosen.push_back(site);
   }
-  for (auto &s : p->sites) {
+  for (Site *s : chosen) {
     // The patch overwrites exactly these bytes; they must be the file's. A debugger's breakpoint
     // or a kernel uprobe's int3 (or another tool's patch) shows up as a difference.
     const auto &orig = s->plan.original;
@@ -178,8 +187,9 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
       return fail(EBUSY, fmt::format("{}: the code at {:#x} differs from the file (a breakpoint, "
                                      "a kernel uprobe or another tool's patch is there)",
                                      p->name, s->addr));
-    pending.push_back(s.get());
   }
+  p->sites = chosen;
+  pending.insert(pending.end(), chosen.begin(), chosen.end());
   return {};
 }
 
@@ -234,7 +244,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         size_t before = pending.size();
         if (auto ok = place(p, loc, *maps, flags, pending); !ok) {
           pending.resize(before);
-          if (created && p->sites.empty()) g_probes.erase(key);
+          if (created && p->plans.empty()) g_probes.erase(key);
           out[i] = std::unexpected(ok.error());
           continue;
         }
@@ -318,8 +328,8 @@ Result<void> detach(std::span<usprobe_link *const> links) {
       });
       publish(p, std::move(entries), garbage);
       if (p->links.empty())
-        for (auto &s : p->sites)
-          if (s->patched) unpatch.push_back(s.get());
+        for (Site *s : p->sites)
+          if (s->patched) unpatch.push_back(s);
     }
     if (auto ok = patcher::remove(unpatch); !ok) result = ok;
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
@@ -333,14 +343,14 @@ Result<void> detach(std::span<usprobe_link *const> links) {
 
 bool uses_int3(const usprobe_link *link) {
   std::lock_guard lock(g_mutex);
-  for (auto &s : link->probe->sites)
+  for (Site *s : link->probe->sites)
     if (!s->plan.jump) return true;
   return false;
 }
 
 const std::string &int3_reason(const usprobe_link *link) {
   std::lock_guard lock(g_mutex);
-  for (auto &s : link->probe->sites)
+  for (Site *s : link->probe->sites)
     if (!s->plan.jump) return s->plan.int3_reason;
   return kEmpty;
 }

@@ -453,12 +453,25 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
   im.path = path;
   im.id = FileId{st.st_dev, st.st_ino};
   im.size = static_cast<size_t>(st.st_size);
-  void *map = ::mmap(nullptr, im.size, PROT_READ, MAP_PRIVATE, fd_num, 0);
+  // The file's bytes are read into anonymous memory, not mapped: the kernel writes its uprobes'
+  // int3 into every mapping of a file that could execute, a read-only one included, and the
+  // bytes here are what "the file says" when usprobe checks a site for someone else's patch.
+  void *map = ::mmap(nullptr, im.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (map == MAP_FAILED) {
     int err = errno;
-    return fail(err, path + ": cannot map the file: " + std::strerror(err));
+    return fail(err, path + ": cannot read the file: " + std::strerror(err));
   }
   im.map = static_cast<const uint8_t *>(map);
+  for (size_t done = 0; done < im.size;) {
+    ssize_t n = ::pread(fd_num, static_cast<uint8_t *>(map) + done, im.size - done,
+                        static_cast<off_t>(done));
+    if (n <= 0) {
+      int err = n < 0 ? errno : EIO;
+      return fail(err, path + ": cannot read the file: " + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::mprotect(map, im.size, PROT_READ);
   if (std::memcmp(im.map, ELFMAG, SELFMAG) != 0) return fail(ENOEXEC, path + ": not an ELF file");
 
   // libelf maps the file itself (ELF_C_READ_MMAP) rather than reading our mapping through
