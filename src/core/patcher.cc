@@ -1,5 +1,7 @@
 #include "core/patcher.h"
 
+#include <signal.h>
+
 #include <fmt/format.h>
 
 #include "core/site_table.h"
@@ -34,6 +36,12 @@ bool round_pc_safe(uint64_t pc, void *arg) {
 
 Result<void> install(const std::vector<Site *> &sites) {
   if (sites.empty()) return {};
+  // Every patch starts with an int3, and a thread that executes an int3 while it blocks SIGTRAP
+  // is killed by the kernel (a blocked synchronous trap is fatal). Refuse rather than risk it.
+  if (auto blocking = os::threads_blocking(SIGTRAP); !blocking.empty())
+    return fail(EAGAIN, fmt::format("thread {} of this process blocks SIGTRAP, and placing a probe "
+                                    "needs an int3 (which would kill that thread); not patching",
+                                    blocking.front()));
   std::vector<std::pair<uint64_t, uint64_t>> entries;
   for (Site *s : sites) entries.emplace_back(s->addr, s->plan.trampoline);
   site_table::insert(entries);
@@ -78,7 +86,10 @@ Result<void> install(const std::vector<Site *> &sites) {
   return {};
 }
 
-Result<void> remove(const std::vector<Site *> &sites) {
+Result<void> remove(const std::vector<Site *> &all) {
+  std::vector<Site *> sites;
+  for (Site *s : all)
+    if (s->patched) sites.push_back(s);
   if (sites.empty()) return {};
   std::vector<Site *> jumps;
   std::vector<uint64_t> addrs;

@@ -7,6 +7,8 @@
 
 #include <new>
 
+#include "os/linux/raw_syscall.h"
+
 namespace usprobe {
 
 constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
@@ -16,7 +18,7 @@ namespace {
 std::atomic<ThreadRecord *> g_records{nullptr};  // head of the list; pushes only (CAS)
 
 pid_t gettid_raw() {
-  return static_cast<pid_t>(syscall(SYS_gettid));
+  return os::raw_gettid();
 }
 
 // After fork the child's only thread keeps its record but has a new thread id.
@@ -30,13 +32,15 @@ __attribute__((constructor)) void install_atfork() {
 
 ThreadRecord *new_record() {
   static_assert(sizeof(ThreadRecord) <= 4096);
-  void *mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) return nullptr;
+  // Raw system calls, not libc's: this runs inside whatever probed function a thread hit first,
+  // and that may be mmap itself.
+  void *mem = os::raw_mmap_anon(4096, PROT_READ | PROT_WRITE, 0);
+  if (!mem) return nullptr;
   // Counters: reserved, not committed; pages appear as slots are first used.
-  void *ctr = mmap(nullptr, sizeof(uint64_t) * 2 * kMaxConsumerSlots, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (ctr == MAP_FAILED) {
-    munmap(mem, 4096);
+  void *ctr = os::raw_mmap_anon(sizeof(uint64_t) * 2 * kMaxConsumerSlots, PROT_READ | PROT_WRITE,
+                                MAP_NORESERVE);
+  if (!ctr) {
+    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(mem), 4096);
     return nullptr;
   }
   auto *r = new (mem) ThreadRecord;

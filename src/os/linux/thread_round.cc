@@ -17,6 +17,8 @@
 
 #include <fmt/format.h>
 
+#include "os/linux/raw_syscall.h"
+
 namespace usprobe::os {
 namespace {
 
@@ -40,11 +42,11 @@ std::atomic<int> g_acked[kMaxThreads];
 std::atomic<Round *> g_active{nullptr};
 
 pid_t gettid_raw() {
-  return static_cast<pid_t>(syscall(SYS_gettid));
+  return os::raw_gettid();
 }
 
+// Calls nothing in libc (no errno, no syscall()): any libc function may be mid-patch right now.
 void round_handler(int, siginfo_t *, void *ctx) {
-  int saved_errno = errno;
   Round *r = g_active.load(std::memory_order_acquire);
   if (r) {
     pid_t self = gettid_raw();
@@ -55,7 +57,6 @@ void round_handler(int, siginfo_t *, void *ctx) {
       break;
     }
   }
-  errno = saved_errno;
 }
 
 // Pick a real-time signal that the application leaves at its default, and install our handler.
@@ -72,6 +73,9 @@ Result<int> install_handler() {
       sa.sa_sigaction = round_handler;
       sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
       sigfillset(&sa.sa_mask);
+      // A synchronous signal raised while blocked kills the process: the handler may run into a
+      // site's transient int3 (SIGTRAP), so those stay deliverable.
+      for (int sync : {SIGTRAP, SIGSEGV, SIGBUS, SIGILL, SIGFPE}) sigdelset(&sa.sa_mask, sync);
       if (sigaction(sig, &sa, nullptr) == 0) {
         result = sig;
         return;
@@ -109,6 +113,25 @@ uint64_t blocked_pc(pid_t tid) {
 }
 
 }  // namespace
+
+std::vector<int> threads_blocking(int sig) {
+  std::vector<int> out;
+  for (pid_t tid : list_threads()) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/status", tid);
+    FILE *f = fopen(path, "re");
+    if (!f) continue;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+      if (strncmp(line, "SigBlk:", 7) != 0) continue;
+      unsigned long long mask = strtoull(line + 7, nullptr, 16);
+      if (mask & (1ull << (sig - 1))) out.push_back(tid);
+      break;
+    }
+    fclose(f);
+  }
+  return out;
+}
 
 Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, int timeout_ms) {
   auto sig = install_handler();

@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/error.h"
 
@@ -30,6 +31,10 @@ struct RoundResult {
   size_t blocked = 0;    // threads in a system call at a safe pc, left alone
   size_t unreached = 0;  // threads that did not answer in time
 };
+
+// Threads of this process (the caller included) whose blocked-signal mask holds `sig`, from
+// /proc/self/task/*/status.
+std::vector<int> threads_blocking(int sig);
 
 Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg,
                                      int timeout_ms = 2000);

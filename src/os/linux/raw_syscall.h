@@ -1,0 +1,36 @@
+// System calls without libc: for code that may run inside a probed libc function (a thread's
+// first hit registers itself), where calling `syscall`, `mmap` or touching errno could hit a probe
+// again.
+#pragma once
+
+#include <sys/syscall.h>
+
+#include <cstdint>
+
+namespace usprobe::os {
+
+inline long raw_syscall6(long nr, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0,
+                         long a6 = 0) {
+  long ret;
+  register long r10 asm("r10") = a4;
+  register long r8 asm("r8") = a5;
+  register long r9 asm("r9") = a6;
+  asm volatile("syscall"
+               : "=a"(ret)
+               : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8), "r"(r9)
+               : "rcx", "r11", "memory");
+  return ret;  // -errno on failure
+}
+
+inline int raw_gettid() {
+  return static_cast<int>(raw_syscall6(SYS_gettid));
+}
+
+// mmap of anonymous private memory; nullptr on failure.
+inline void *raw_mmap_anon(size_t len, int prot, int extra_flags) {
+  long r = raw_syscall6(SYS_mmap, 0, static_cast<long>(len), prot,
+                        0x22 /*PRIVATE|ANONYMOUS*/ | extra_flags, -1, 0);
+  return r < 0 && r > -4096 ? nullptr : reinterpret_cast<void *>(r);
+}
+
+}  // namespace usprobe::os
