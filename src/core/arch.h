@@ -67,6 +67,9 @@ Result<SitePlan> prepare_site(const SiteRequest &req);
 // at `base` (any coordinate system: the targets come out in the same one).
 void branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out);
 
+// A spin-wait hint (x86: pause).
+void cpu_relax();
+
 // The byte that makes a trap (x86: 0xCC, int3).
 uint8_t trap_byte();
 

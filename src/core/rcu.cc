@@ -7,6 +7,7 @@
 
 #include <mutex>
 
+#include "core/arch.h"
 #include "os/linux/membarrier.h"
 
 namespace usprobe::rcu {
@@ -37,8 +38,10 @@ void synchronize() {
         pid_t tid = r->tid.load(std::memory_order_relaxed);
         if (tid == 0 || !thread_alive(tid)) break;
       }
-      if (spin < 128) {
-        sched_yield();
+      // Read sections last nanoseconds: spin briefly, then sleep (a reader preempted inside
+      // one needs its core back, which sched_yield does not reliably give it).
+      if (spin < 256) {
+        arch::cpu_relax();
       } else {
         timespec ts{0, 20 * 1000};
         nanosleep(&ts, nullptr);

@@ -52,6 +52,10 @@ uint64_t Regs::*const kArgs[6] = {&Regs::rdi, &Regs::rsi, &Regs::rdx,
                                   &Regs::rcx, &Regs::r8,  &Regs::r9};
 }  // namespace
 
+void cpu_relax() {
+  __builtin_ia32_pause();
+}
+
 uint64_t arg(const Regs &r, unsigned n) {
   return n < 6 ? r.*kArgs[n] : 0;
 }

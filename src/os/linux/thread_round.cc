@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -40,6 +41,10 @@ std::atomic<int> g_acked[kMaxThreads];
 // handler that runs late (after its round gave up on it) sees nullptr or a later round, in which
 // it is either not listed or legitimately a member: fn is idempotent.
 std::atomic<Round *> g_active{nullptr};
+// Bumped by each ack, and the futex the waiting patcher sleeps on.
+std::atomic<uint32_t> g_ack_count{0};
+static_assert(sizeof(g_ack_count) == sizeof(uint32_t) &&
+              std::atomic<uint32_t>::is_always_lock_free);
 
 pid_t gettid_raw() {
   return os::raw_gettid();
@@ -54,6 +59,8 @@ void round_handler(int, siginfo_t *, void *ctx) {
       if (r->tids[i] != self) continue;
       r->fn(static_cast<ucontext_t *>(ctx), r->arg);
       r->acked[i].store(1, std::memory_order_release);  // pairs with the acquire in wait loop
+      g_ack_count.fetch_add(1, std::memory_order_release);
+      os::raw_syscall6(SYS_futex, reinterpret_cast<long>(&g_ack_count), FUTEX_WAKE_PRIVATE, 1);
       break;
     }
   }
@@ -174,7 +181,10 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
 
   timespec start{};
   clock_gettime(CLOCK_MONOTONIC, &start);
-  for (unsigned spin = 0;; ++spin) {
+  for (;;) {
+    // Read the count before checking, so that an ack after the check changes it and the futex
+    // wait below returns at once instead of sleeping through it.
+    const uint32_t seen = g_ack_count.load(std::memory_order_acquire);
     size_t pending = 0;
     for (size_t i = 0; i < targets.size(); ++i) {
       if (done[i]) continue;
@@ -195,12 +205,12 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
       res.unreached = pending;
       break;
     }
-    if (spin < 64) {
-      sched_yield();
-    } else {
-      timespec ts{0, 100 * 1000};
-      nanosleep(&ts, nullptr);
-    }
+    // Sleep until a handler acks (it wakes us), or 1 ms to look for exited threads. Sleeping,
+    // unlike sched_yield, gets the patcher scheduled as soon as the round is complete even while
+    // other threads keep the cores busy.
+    timespec one_ms{0, 1000 * 1000};
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(&g_ack_count), FUTEX_WAIT_PRIVATE, seen,
+            &one_ms, nullptr, 0);
   }
   g_active.store(nullptr, std::memory_order_release);
   return res;
