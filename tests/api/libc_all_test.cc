@@ -44,9 +44,15 @@
 
 #include <gtest/gtest.h>
 
+#include "support/child_process.h"
 #include "usprobe/usprobe.h"
 
 namespace {
+constexpr const char *kChildEnv = "USPROBE_LIBC_ALL_CHILD";
+std::string run_in_child(const char *name, std::chrono::seconds limit) {
+  return usprobe::test::run_in_child(kChildEnv, name, limit);
+}
+using usprobe::test::strf;
 
 using Clock = std::chrono::steady_clock;
 
@@ -382,47 +388,6 @@ TEST(LibcAll, EveryExportedFunctionProbedAtOnceWhileTheProcessWorks) {
 // set; a static initializer at the end of the file runs the scenario and exits before GoogleTest
 // starts), so that a crash fails the test with the signal's name and nothing else.
 
-__attribute__((format(printf, 1, 2))) std::string strf(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  char buf[512];
-  std::vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return buf;
-}
-
-std::string run_in_child(const char *name, std::chrono::seconds limit) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  std::vector<std::string> env_strings;
-  for (char **e = environ; *e; ++e) env_strings.emplace_back(*e);
-  env_strings.push_back(std::string("USPROBE_LIBC_ALL_CHILD=") + name);
-  std::vector<char *> envp;
-  for (auto &e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  char self[] = "/proc/self/exe";
-  char *argv[] = {self, nullptr};
-  pid_t pid = 0;
-  if (int err = posix_spawn(&pid, self, nullptr, nullptr, argv, envp.data()); err != 0)
-    return strf("posix_spawn: %s", std::strerror(err));
-  const auto deadline = Clock::now() + limit;
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) != pid) {
-    if (Clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return strf("the child did not finish within %llds and was killed",
-                  static_cast<long long>(limit.count()));
-    }
-    usleep(10 * 1000);
-  }
-  if (WIFEXITED(status))
-    return WEXITSTATUS(status) == 0 ? ""
-                                    : strf("the child exited with status %d", WEXITSTATUS(status));
-  return strf("the child was killed by signal %d (%s)", WTERMSIG(status),
-              strsignal(WTERMSIG(status)));
-}
-
 // Probe one libc function, then let a new thread make its first probe hit by calling it.
 int first_hit_of_new_thread(const char *location, void (*call)()) {
   usprobe_link *link = nullptr;
@@ -496,25 +461,10 @@ TEST(LibcAll, AttachToErrnoLocationWhileAnotherThreadRuns) {
 
 // The child side of run_in_child(): runs before GoogleTest's main when the variable is set.
 namespace {
-const bool g_child_dispatched = [] {
-  const char *want = getenv("USPROBE_LIBC_ALL_CHILD");
-  if (!want) return false;
-  struct {
-    const char *name;
-    int (*body)();
-  } const kAll[] = {
-      {"first-hit-syscall", first_hit_with_syscall_probed},
-      {"first-hit-mmap", first_hit_with_mmap_probed},
-      {"errno-location-round", errno_location_while_a_thread_runs},
-  };
-  for (const auto &sc : kAll) {
-    if (std::strcmp(sc.name, want) != 0) continue;
-    int rc = sc.body();
-    std::fflush(stdout);
-    std::fflush(stderr);
-    _exit(rc);
-  }
-  std::fprintf(stderr, "no scenario %s\n", want);
-  _exit(2);
-}();
+const usprobe::test::Scenario kScenarios[] = {
+    {"first-hit-syscall", first_hit_with_syscall_probed},
+    {"first-hit-mmap", first_hit_with_mmap_probed},
+    {"errno-location-round", errno_location_while_a_thread_runs},
+};
+const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 }  // namespace

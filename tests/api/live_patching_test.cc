@@ -57,6 +57,7 @@
 
 #include <gtest/gtest.h>
 
+#include "support/child_process.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
 
@@ -79,18 +80,15 @@ lp_fault_in_window:
 extern "C" int lp_fault_in_window(const int *p);
 
 namespace {
+constexpr const char *kChildEnv = "USPROBE_LIVE_PATCHING_CHILD";
+std::string run_in_child(const char *name, std::chrono::seconds limit) {
+  return usprobe::test::run_in_child(kChildEnv, name, limit);
+}
+using usprobe::test::strf;
 
 using Clock = std::chrono::steady_clock;
 
 // printf-style formatting into a std::string (the tests link no formatting library).
-__attribute__((format(printf, 1, 2))) std::string strf(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  char buf[512];
-  std::vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return buf;
-}
 
 constexpr int kThreads = 3;
 
@@ -570,43 +568,7 @@ TEST(LivePatching, BatchAttachDetachOfSeveralFunctions) {
 // USPROBE_LIVE_PATCHING_CHILD=<name>, which a static initializer (at the end of this file) turns
 // into "run that scenario, exit with its status" before GoogleTest starts. A fresh process, not a
 // fork of this one: whatever this process did before (usprobe state included) cannot leak in.
-using Scenario = int (*)();
-struct NamedScenario {
-  const char *name;
-  Scenario body;
-};
-// Runs scenario `name` in a fresh process and says how it ended: "" when it exited with status 0.
-std::string run_in_child(const char *name, std::chrono::seconds limit) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  std::vector<std::string> env_strings;
-  for (char **e = environ; *e; ++e) env_strings.emplace_back(*e);
-  env_strings.push_back(std::string("USPROBE_LIVE_PATCHING_CHILD=") + name);
-  std::vector<char *> envp;
-  for (auto &e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  char self[] = "/proc/self/exe";
-  char *argv[] = {self, nullptr};
-  pid_t pid = 0;
-  if (int err = posix_spawn(&pid, self, nullptr, nullptr, argv, envp.data()); err != 0)
-    return strf("posix_spawn: %s", std::strerror(err));
-  const auto deadline = Clock::now() + limit;
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) != pid) {
-    if (Clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return strf("the child did not finish within %llds and was killed",
-                  static_cast<long long>(limit.count()));
-    }
-    usleep(10 * 1000);
-  }
-  if (WIFEXITED(status))
-    return WEXITSTATUS(status) == 0 ? ""
-                                    : strf("the child exited with status %d", WEXITSTATUS(status));
-  return strf("the child was killed by signal %d (%s)", WTERMSIG(status),
-              strsignal(WTERMSIG(status)));
-}
+// (tests/support/child_process.h; run_in_child() above names this file's variable.)
 
 // Leaves non-zero bytes in the 16 KiB of stack below the caller's frame, as a signal frame, a
 // deep call or any earlier work does in a real program.
@@ -956,27 +918,15 @@ TEST(LivePatching, ForkedChildPatchesItsOwnCodeNotItsParents) {
 
 // The child side of run_in_child(): runs before GoogleTest's main when the variable is set.
 namespace {
-const bool g_child_dispatched = [] {
-  const char *want = getenv("USPROBE_LIVE_PATCHING_CHILD");
-  if (!want) return false;
-  const NamedScenario kAll[] = {
-      {"dirty-stack-jump", [] { return probe_mid_site_over_dirty_stack(0); }},
-      {"dirty-stack-int3", [] { return probe_mid_site_over_dirty_stack(USPROBE_FORCE_INT3); }},
-      {"stopped-in-page-fault", stopped_in_page_fault},
-      {"stopped-in-spinning-handler", stopped_in_spinning_handler},
-      {"stopped-in-sleeping-handler", stopped_in_sleeping_handler},
-      {"stopped-with-signals-blocked", stopped_with_signals_blocked},
-      {"jump-callers-signals-blocked", jump_callers_with_signals_blocked},
-      {"int3-callers-signals-blocked", int3_callers_with_signals_blocked},
-  };
-  for (const NamedScenario &sc : kAll) {
-    if (std::strcmp(sc.name, want) != 0) continue;
-    int rc = sc.body();
-    std::fflush(stdout);
-    std::fflush(stderr);
-    _exit(rc);
-  }
-  std::fprintf(stderr, "no scenario %s\n", want);
-  _exit(2);
-}();
+const usprobe::test::Scenario kScenarios[] = {
+    {"dirty-stack-jump", [] { return probe_mid_site_over_dirty_stack(0); }},
+    {"dirty-stack-int3", [] { return probe_mid_site_over_dirty_stack(USPROBE_FORCE_INT3); }},
+    {"stopped-in-page-fault", stopped_in_page_fault},
+    {"stopped-in-spinning-handler", stopped_in_spinning_handler},
+    {"stopped-in-sleeping-handler", stopped_in_sleeping_handler},
+    {"stopped-with-signals-blocked", stopped_with_signals_blocked},
+    {"jump-callers-signals-blocked", jump_callers_with_signals_blocked},
+    {"int3-callers-signals-blocked", int3_callers_with_signals_blocked},
+};
+const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 }  // namespace
