@@ -87,7 +87,14 @@ struct WindowMove {
   const std::pair<uint32_t, uint32_t> *map = nullptr;
   size_t map_size = 0;
 };
-void move_out_of_windows(ucontext_t *uc, std::span<const WindowMove> windows);
+// Returns the interrupted stack pointer.
+uint64_t move_out_of_windows(ucontext_t *uc, std::span<const WindowMove> windows);
+// Scan `stack` (a copy of the memory at stack_addr, above a thread's stack pointer) for signal
+// frames whose saved instruction pointer lies strictly inside a window: a thread that will
+// sigreturn into the middle of a patch. Stale frames may be reported too; callers must only ever
+// become more careful on a report.
+bool signal_frame_in_windows(std::span<const uint8_t> stack, uint64_t stack_addr,
+                             std::span<const WindowMove> windows);
 // True when an instruction pointer is not strictly inside any window (a thread there needs no
 // move).
 bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows);

@@ -1,12 +1,16 @@
 #include "core/patcher.h"
 
 #include <signal.h>
+#include <time.h>
+
+#include <algorithm>
 
 #include <fmt/format.h>
 
 #include "core/site_table.h"
 #include "os/linux/code_memory.h"
 #include "os/linux/membarrier.h"
+#include "os/linux/proc_maps.h"
 #include "os/linux/thread_round.h"
 
 namespace usprobe::patcher {
@@ -24,9 +28,27 @@ Result<void> write_all(const std::vector<Site *> &sites, size_t from, size_t to,
   return {};
 }
 
-void round_move(ucontext_t *uc, void *arg) {
+uint64_t round_move(ucontext_t *uc, void *arg) {
   auto *moves = static_cast<std::vector<arch::WindowMove> *>(arg);
-  arch::move_out_of_windows(uc, *moves);
+  return arch::move_out_of_windows(uc, *moves);
+}
+
+// A thread interrupted inside a window by a signal whose handler is still running resumes from
+// the context saved in that handler's signal frame, which the round did not see (it saw the
+// handler). Look for such frames on every thread's stack, above where it stands now.
+bool some_thread_returns_into_a_window(const std::vector<uint64_t> &stack_pointers,
+                                       const std::vector<arch::WindowMove> &moves) {
+  constexpr size_t kScan = 64 * 1024;  // a handler's own frames, then its signal frame
+  auto maps = os::read_mappings();
+  for (uint64_t sp : stack_pointers) {
+    size_t len = kScan;
+    if (maps)
+      for (const auto &m : *maps)
+        if (sp >= m.start && sp < m.end) len = std::min<size_t>(kScan, m.end - sp);
+    auto stack = os::read_memory(sp, len);
+    if (arch::signal_frame_in_windows(stack, sp, moves)) return true;
+  }
+  return false;
 }
 bool round_pc_safe(uint64_t pc, void *arg) {
   return arch::pc_outside_windows(pc, *static_cast<std::vector<arch::WindowMove> *>(arg));
@@ -38,7 +60,18 @@ Result<void> install(const std::vector<Site *> &sites) {
   if (sites.empty()) return {};
   // Every patch starts with an int3, and a thread that executes an int3 while it blocks SIGTRAP
   // is killed by the kernel (a blocked synchronous trap is fatal). Refuse rather than risk it.
-  if (auto blocking = os::threads_blocking(SIGTRAP); !blocking.empty())
+  // glibc blocks every signal for a moment in pthread_create and while a thread exits, so only a
+  // thread that keeps SIGTRAP blocked across 20 ms of looking counts.
+  auto blocking = os::threads_blocking(SIGTRAP);
+  for (int tries = 0; !blocking.empty() && tries < 20; ++tries) {
+    timespec ms{0, 1000 * 1000};
+    nanosleep(&ms, nullptr);
+    auto again = os::threads_blocking(SIGTRAP);
+    std::erase_if(blocking, [&](int tid) {
+      return std::find(again.begin(), again.end(), tid) == again.end();
+    });
+  }
+  if (!blocking.empty())
     return fail(EAGAIN, fmt::format("thread {} of this process blocks SIGTRAP, and placing a probe "
                                     "needs an int3 (which would kill that thread); not patching",
                                     blocking.front()));
@@ -61,12 +94,17 @@ Result<void> install(const std::vector<Site *> &sites) {
       moves.push_back({s->addr, s->plan.window_length, s->plan.window_copy,
                        s->plan.window_map.data(), s->plan.window_map.size()});
     auto round = os::run_thread_round(round_move, round_pc_safe, &moves);
-    if (!round || round->unreached > 0) {
-      std::string why = round ? fmt::format(
-                                    "{} thread(s) did not answer usprobe's signal, so the "
-                                    "window could not be checked",
-                                    round->unreached)
-                              : round.error().message;
+    std::string why;
+    if (!round)
+      why = round.error().message;
+    else if (round->unreached > 0)
+      why = fmt::format(
+          "{} thread(s) did not answer usprobe's signal, so the window could not be "
+          "checked",
+          round->unreached);
+    else if (some_thread_returns_into_a_window(round->stack_pointers, moves))
+      why = "a thread's signal handler interrupted it inside the window and has not returned";
+    if (!why.empty()) {
       for (Site *s : jumps) {
         s->plan.jump = false;
         s->plan.int3_reason = why;

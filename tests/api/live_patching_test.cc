@@ -784,16 +784,15 @@ TEST(LivePatching, ThreadStoppedInWindowByPageFaultIsMovedByTheRound) {
   EXPECT_EQ(how, "");
 }
 
-// KNOWN LIMITATION, disabled until fixed: a thread interrupted inside a window by a signal whose
-// handler is still running when the jump is written. The round sees the handler's context, not
-// the interrupted one saved in the signal frame, so sigreturn resumes in the middle of the jump.
-// Fixing it means finding and rewriting outer signal frames (or refusing multi-instruction
-// windows while any thread is in a handler).
-TEST(LivePatching, DISABLED_ThreadStoppedInWindowBySpinningSignalHandlerSurvivesAttach) {
+// A thread interrupted inside a window by a signal whose handler is still running when the jump
+// is written: the round sees the handler's context, not the one saved in the signal frame that
+// sigreturn will resume, so the patcher looks for such frames on the thread's stack and keeps the
+// window's interior untouched (the int3 path) when it finds one.
+TEST(LivePatching, ThreadStoppedInWindowBySpinningSignalHandlerSurvivesAttach) {
   EXPECT_EQ(run_in_child("stopped-in-spinning-handler", std::chrono::seconds(30)), "");
 }
 
-TEST(LivePatching, DISABLED_ThreadStoppedInWindowBySleepingSignalHandlerSurvivesAttach) {
+TEST(LivePatching, ThreadStoppedInWindowBySleepingSignalHandlerSurvivesAttach) {
   EXPECT_EQ(run_in_child("stopped-in-sleeping-handler", std::chrono::seconds(30)), "");
 }
 

@@ -8,7 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <mutex>
 
 #include "core/arch.h"
@@ -85,17 +87,54 @@ bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows) {
   return true;
 }
 
-void move_out_of_windows(ucontext_t *uc, std::span<const WindowMove> windows) {
+uint64_t move_out_of_windows(ucontext_t *uc, std::span<const WindowMove> windows) {
   greg_t &rip = uc->uc_mcontext.gregs[REG_RIP];
   uint64_t pc = static_cast<uint64_t>(rip);
+  const auto sp = static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RSP]);
   for (const WindowMove &w : windows) {
     if (!(pc > w.site && pc < w.site + w.length)) continue;
     for (size_t i = 0; i < w.map_size; ++i)
       if (w.site + w.map[i].first == pc) {
         rip = static_cast<greg_t>(w.window_copy + w.map[i].second);
-        return;
+        return sp;
       }
   }
+  return sp;
+}
+
+bool signal_frame_in_windows(std::span<const uint8_t> stack, uint64_t stack_addr,
+                             std::span<const WindowMove> windows) {
+  // The kernel's x86-64 signal frame: the handler's return address (sa_restorer, glibc's
+  // __restore_rt), then the ucontext_t the thread resumes from. Our own handlers were installed
+  // through glibc, so their sa_restorer is the one every glibc-installed handler shares.
+  struct sigaction ours {};
+  if (sigaction(SIGTRAP, nullptr, &ours) != 0 || !ours.sa_restorer) return false;
+  const auto restorer = reinterpret_cast<uint64_t>(ours.sa_restorer);
+  // struct rt_sigframe { pretcode; struct ucontext uc; siginfo_t info; ... }: the kernel's
+  // ucontext is 304 bytes (flags, link, stack, 256-byte sigcontext, 8-byte sigmask); glibc's
+  // ucontext_t starts with the same fields, so gregs can be read through it.
+  constexpr size_t kKernelUcontext = 8 + 8 + 24 + 256 + 8;
+  const size_t need = 8 + std::max(sizeof(ucontext_t), kKernelUcontext + sizeof(siginfo_t));
+  for (size_t off = 0; off + need <= stack.size(); off += 8) {
+    uint64_t word;
+    std::memcpy(&word, stack.data() + off, 8);
+    if (word != restorer) continue;
+    ucontext_t uc;
+    std::memcpy(&uc, stack.data() + off + 8, sizeof uc);
+    const auto pc = static_cast<uint64_t>(uc.uc_mcontext.gregs[REG_RIP]);
+    const auto sp = static_cast<uint64_t>(uc.uc_mcontext.gregs[REG_RSP]);
+    if (sp <= stack_addr + off) continue;  // a frame's interrupted sp lies above the frame
+    if (pc_outside_windows(pc, windows)) continue;
+    // A trap on a site's (transient) int3 stops at site+1, inside the window; usprobe's own
+    // handler sends that thread to the trampoline, so the frame is harmless.
+    siginfo_t info;
+    std::memcpy(&info, stack.data() + off + 8 + kKernelUcontext, sizeof info);
+    bool our_trap = info.si_signo == SIGTRAP && info.si_code == SI_KERNEL &&
+                    std::any_of(windows.begin(), windows.end(),
+                                [pc](const WindowMove &w) { return pc == w.site + 1; });
+    if (!our_trap) return true;
+  }
+  return false;
 }
 
 }  // namespace usprobe::arch

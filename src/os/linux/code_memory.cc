@@ -91,6 +91,14 @@ Result<uint64_t> alloc_code_near(uint64_t near, size_t size, uint64_t reach) {
   return *slab;
 }
 
+std::vector<uint8_t> read_memory(uint64_t addr, size_t len) {
+  std::vector<uint8_t> out(len);
+  int fd = mem_fd();
+  ssize_t n = fd < 0 ? -1 : pread(fd, out.data(), len, static_cast<off_t>(addr));
+  out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return out;
+}
+
 Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes) {
   int fd = mem_fd();
   if (fd < 0) return fail(errno, std::string("/proc/self/mem: ") + strerror(errno));

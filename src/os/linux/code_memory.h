@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "core/error.h"
 
@@ -19,6 +20,10 @@ namespace usprobe::os {
 // `reach` bytes of `near`. Never freed: see core/probe.h on trampoline lifetime.
 Result<uint64_t> alloc_code_near(uint64_t near, size_t size,
                                  uint64_t reach = (1ull << 31) - (1ull << 24));
+
+// Read up to `len` bytes at `addr` of this process through /proc/self/mem: memory that may be
+// unmapped meanwhile (another thread's stack) reads short instead of faulting.
+std::vector<uint8_t> read_memory(uint64_t addr, size_t len);
 
 // Write `bytes` at `addr` in this process's memory, whatever the page protections.
 Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes);

@@ -37,6 +37,7 @@ Round g_round;
 constexpr size_t kMaxThreads = 16384;
 pid_t g_tids[kMaxThreads];
 std::atomic<int> g_acked[kMaxThreads];
+uint64_t g_sp[kMaxThreads];  // written by thread i's handler before its ack (release)
 // Non-null while a round runs. Release on publish pairs with the acquire in round_handler; a
 // handler that runs late (after its round gave up on it) sees nullptr or a later round, in which
 // it is either not listed or legitimately a member: fn is idempotent.
@@ -57,7 +58,7 @@ void round_handler(int, siginfo_t *, void *ctx) {
     pid_t self = gettid_raw();
     for (size_t i = 0; i < r->count; ++i) {
       if (r->tids[i] != self) continue;
-      r->fn(static_cast<ucontext_t *>(ctx), r->arg);
+      g_sp[i] = r->fn(static_cast<ucontext_t *>(ctx), r->arg);
       r->acked[i].store(1, std::memory_order_release);  // pairs with the acquire in wait loop
       g_ack_count.fetch_add(1, std::memory_order_release);
       os::raw_syscall6(SYS_futex, reinterpret_cast<long>(&g_ack_count), FUTEX_WAKE_PRIVATE, 1);
@@ -102,8 +103,9 @@ std::vector<pid_t> list_threads() {
   return tids;
 }
 
-// The user-space pc of a thread blocked in a system call, or 0 when it is running (or unknown).
-uint64_t blocked_pc(pid_t tid) {
+// The user-space pc (and sp) of a thread blocked in a system call; pc 0 when it is running (or
+// unknown).
+uint64_t blocked_pc(pid_t tid, uint64_t *sp) {
   char path[64], buf[256];
   snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -113,9 +115,11 @@ uint64_t blocked_pc(pid_t tid) {
   if (n <= 0) return 0;
   buf[n] = 0;
   if (strncmp(buf, "running", 7) == 0) return 0;
-  // "NR arg1 .. arg6 sp pc" or "-1 sp pc": the pc is the last field.
+  // "NR arg1 .. arg6 sp pc" or "-1 sp pc": the sp and pc are the last two fields.
   char *last = strrchr(buf, ' ');
   if (!last) return 0;
+  *last = 0;
+  if (char *prev = strrchr(buf, ' ')) *sp = strtoull(prev + 1, nullptr, 16);
   return strtoull(last + 1, nullptr, 16);
 }
 
@@ -150,9 +154,10 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
   std::vector<pid_t> targets;
   for (pid_t tid : list_threads()) {
     if (tid == self) continue;
-    uint64_t pc = blocked_pc(tid);
+    uint64_t sp = 0, pc = blocked_pc(tid, &sp);
     if (pc != 0 && pc_is_safe(pc, arg)) {
       ++res.blocked;
+      if (sp) res.stack_pointers.push_back(sp);
       continue;
     }
     targets.push_back(tid);
@@ -191,6 +196,7 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
       if (acked[i].load(std::memory_order_acquire)) {
         done[i] = true;
         ++res.signalled;
+        res.stack_pointers.push_back(g_sp[i]);
       } else if (syscall(SYS_tgkill, pid, targets[i], 0) != 0 && errno == ESRCH) {
         done[i] = true;  // the thread exited: it is in no window
       } else {

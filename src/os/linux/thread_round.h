@@ -23,13 +23,19 @@
 
 namespace usprobe::os {
 
-using RoundFn = void (*)(ucontext_t *uc, void *arg);  // async-signal-safe
+// Async-signal-safe. Returns the thread's interrupted stack pointer (the caller scans the stack
+// above it for signal frames: see RoundResult::stack_pointers).
+using RoundFn = uint64_t (*)(ucontext_t *uc, void *arg);
 using PcCheck = bool (*)(uint64_t pc, void *arg);  // true when a thread stopped at pc needs no fn
 
 struct RoundResult {
   size_t signalled = 0;  // threads that ran fn
   size_t blocked = 0;    // threads in a system call at a safe pc, left alone
   size_t unreached = 0;  // threads that did not answer in time
+  // The stack pointer of every thread looked at (signalled: as fn returned it; blocked: from
+  // /proc). A thread may be inside a signal handler whose frame, higher on its stack, holds the
+  // context it will return to: only the stack says where that is.
+  std::vector<uint64_t> stack_pointers;
 };
 
 // Threads of this process (the caller included) whose blocked-signal mask holds `sig`, from
