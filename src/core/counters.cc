@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/thread_record.h"
+#include "os/linux/raw_syscall.h"
 
 namespace usprobe::counters {
 namespace {
@@ -72,11 +73,10 @@ Totals read(uint32_t slot) {
 
 void reclaim_dead_threads() {
   std::lock_guard lock(g_mutex);
-  pid_t pid = getpid();
   for (ThreadRecord *r = all_records(); r; r = r->next) {
     pid_t tid = r->tid.load(std::memory_order_acquire);
     if (tid == 0) continue;
-    if (!(syscall(SYS_tgkill, pid, tid, 0) != 0 && errno == ESRCH)) continue;
+    if (!os::thread_exited(tid)) continue;
     for (uint32_t s = 0; s < g_next; ++s) {
       if (!g_in_use[s]) continue;
       g_retired[s].hits += load(r->counters[2 * s]);

@@ -9,6 +9,7 @@
 
 #include "core/arch.h"
 #include "os/linux/membarrier.h"
+#include "os/linux/raw_syscall.h"
 
 namespace usprobe::rcu {
 
@@ -17,9 +18,6 @@ std::atomic<uint64_t> g_epoch{1};
 namespace {
 std::mutex g_gp_mutex;
 
-bool thread_alive(pid_t tid) {
-  return !(syscall(SYS_tgkill, getpid(), tid, 0) != 0 && errno == ESRCH);
-}
 }  // namespace
 
 void synchronize() {
@@ -36,7 +34,7 @@ void synchronize() {
       // A thread that died inside a read section (killed from a handler) never ends it.
       if (spin % 1024 == 1023) {
         pid_t tid = r->tid.load(std::memory_order_relaxed);
-        if (tid == 0 || !thread_alive(tid)) break;
+        if (tid == 0 || os::thread_exited(tid)) break;
       }
       // Read sections last nanoseconds: spin briefly, then sleep (a reader preempted inside
       // one needs its core back, which sched_yield does not reliably give it).

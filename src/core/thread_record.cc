@@ -17,13 +17,9 @@ namespace {
 
 std::atomic<ThreadRecord *> g_records{nullptr};  // head of the list; pushes only (CAS)
 
-pid_t gettid_raw() {
-  return os::raw_gettid();
-}
-
 // After fork the child's only thread keeps its record but has a new thread id.
 void after_fork_in_child() {
-  if (ThreadRecord *r = t_record) r->tid.store(gettid_raw(), std::memory_order_relaxed);
+  if (ThreadRecord *r = t_record) r->tid.store(os::raw_gettid(), std::memory_order_relaxed);
 }
 
 __attribute__((constructor)) void install_atfork() {
@@ -55,7 +51,7 @@ ThreadRecord *all_records() {
 }
 
 ThreadRecord *register_current_thread() {
-  pid_t self = gettid_raw();
+  pid_t self = os::raw_gettid();
   // Reuse a record freed by reclaim_dead_threads().
   for (ThreadRecord *r = all_records(); r; r = r->next) {
     pid_t expected = 0;

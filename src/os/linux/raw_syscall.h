@@ -5,6 +5,7 @@
 
 #include <sys/syscall.h>
 
+#include <cerrno>
 #include <cstdint>
 
 namespace usprobe::os {
@@ -20,6 +21,11 @@ inline long raw_syscall6(long nr, long a1 = 0, long a2 = 0, long a3 = 0, long a4
                : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8), "r"(r9)
                : "rcx", "r11", "memory");
   return ret;  // -errno on failure
+}
+
+// True when thread `tid` of this process no longer exists (tgkill with signal 0: ESRCH).
+inline bool thread_exited(int tid) {
+  return raw_syscall6(SYS_tgkill, raw_syscall6(SYS_getpid), tid, 0) == -ESRCH;
 }
 
 inline int raw_gettid() {

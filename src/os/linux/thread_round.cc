@@ -47,15 +47,11 @@ std::atomic<uint32_t> g_ack_count{0};
 static_assert(sizeof(g_ack_count) == sizeof(uint32_t) &&
               std::atomic<uint32_t>::is_always_lock_free);
 
-pid_t gettid_raw() {
-  return os::raw_gettid();
-}
-
 // Calls nothing in libc (no errno, no syscall()): any libc function may be mid-patch right now.
 void round_handler(int, siginfo_t *, void *ctx) {
   Round *r = g_active.load(std::memory_order_acquire);
   if (r) {
-    pid_t self = gettid_raw();
+    pid_t self = os::raw_gettid();
     for (size_t i = 0; i < r->count; ++i) {
       if (r->tids[i] != self) continue;
       g_sp[i] = r->fn(static_cast<ucontext_t *>(ctx), r->arg);
@@ -149,7 +145,7 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
   if (!sig) return std::unexpected(sig.error());
   std::lock_guard lock(g_round_mutex);
 
-  pid_t self = gettid_raw(), pid = getpid();
+  pid_t self = os::raw_gettid(), pid = getpid();
   RoundResult res;
   std::vector<pid_t> targets;
   for (pid_t tid : list_threads()) {
@@ -197,7 +193,7 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
         done[i] = true;
         ++res.signalled;
         res.stack_pointers.push_back(g_sp[i]);
-      } else if (syscall(SYS_tgkill, pid, targets[i], 0) != 0 && errno == ESRCH) {
+      } else if (thread_exited(targets[i])) {
         done[i] = true;  // the thread exited: it is in no window
       } else {
         ++pending;
