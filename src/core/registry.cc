@@ -207,9 +207,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     for (auto &r : out) r = std::unexpected(ok.error());
     return out;
   }
-  std::vector<Result<elf::ResolvedLocation>> resolved;
-  resolved.reserve(locations.size());
-  for (const auto &l : locations) resolved.push_back(elf::resolve_location(l));
+  auto resolved = elf::resolve_locations(locations);
 
   std::vector<std::function<void()>> garbage;
   {

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <map>
 
 #include "os/linux/proc_maps.h"
 
@@ -166,7 +167,30 @@ Result<std::string> resolve_file(std::string_view file) {
   return fail(ENOENT, std::string(file) + ": no such library mapped in this process");
 }
 
-Result<ResolvedLocation> resolve_location(std::string_view spec) {
+namespace {
+
+// FILE parts already opened, by their spelling: a batch names one library thousands of times.
+using OpenedFiles = std::map<std::string, Result<std::shared_ptr<const ElfFile>>, std::less<>>;
+
+Result<std::shared_ptr<const ElfFile>> open_file_part(std::string_view file_part,
+                                                      OpenedFiles &opened_files) {
+  if (auto it = opened_files.find(file_part); it != opened_files.end()) return it->second;
+  auto result = [&]() -> Result<std::shared_ptr<const ElfFile>> {
+    auto path = resolve_file(file_part);
+    if (!path) return std::unexpected(path.error());
+    auto opened = ElfFile::open(*path);
+    if (!opened) return std::unexpected(opened.error());
+    if ((*opened)->is_static_executable())
+      return fail(ENOEXEC, *path +
+                               ": statically linked; usprobe runs as a shared library inside the "
+                               "process, and no dynamic linker ever runs in a static executable");
+    return std::move(*opened);
+  }();
+  opened_files.emplace(std::string(file_part), result);
+  return result;
+}
+
+Result<ResolvedLocation> resolve_one(std::string_view spec, OpenedFiles &opened_files) {
   // Split at the last ':': FILE may contain ':' (rarely), a symbol or offset never does.
   size_t colon = spec.rfind(':');
   if (colon == std::string_view::npos || colon == 0 || colon + 1 == spec.size())
@@ -187,22 +211,16 @@ Result<ResolvedLocation> resolve_location(std::string_view spec) {
   }
   if (!raw_offset && symbol.find_first_of(" \t\n") != std::string_view::npos) return bad_spec(spec);
 
-  auto path = resolve_file(file_part);
-  if (!path) return std::unexpected(path.error());
-  auto opened = ElfFile::open(*path);
+  auto opened = open_file_part(file_part, opened_files);
   if (!opened) return std::unexpected(opened.error());
   std::shared_ptr<const ElfFile> file = std::move(*opened);
-  if (file->is_static_executable())
-    return fail(ENOEXEC, *path +
-                             ": statically linked; usprobe runs as a shared library inside the "
-                             "process, and no dynamic linker ever runs in a static executable");
 
   ResolvedLocation loc;
   loc.spec = std::string(spec);
   if (raw_offset) {
     if (!file->offset_is_executable(*raw_offset))
-      return fail(EINVAL,
-                  *path + ": offset " + hex(*raw_offset) + " is not in an executable segment");
+      return fail(EINVAL, file->path() + ": offset " + hex(*raw_offset) +
+                              " is not in an executable segment");
     loc.file = file;
     loc.file_offset = *raw_offset;
     loc.func_offset = *raw_offset;
@@ -247,6 +265,21 @@ Result<ResolvedLocation> resolve_location(std::string_view spec) {
     return fail(EINVAL, loc.file->path() + ": offset " + hex(loc.file_offset) +
                             " is not in an executable segment");
   return loc;
+}
+
+}  // namespace
+
+Result<ResolvedLocation> resolve_location(std::string_view spec) {
+  OpenedFiles opened_files;
+  return resolve_one(spec, opened_files);
+}
+
+std::vector<Result<ResolvedLocation>> resolve_locations(std::span<const std::string> specs) {
+  OpenedFiles opened_files;
+  std::vector<Result<ResolvedLocation>> out;
+  out.reserve(specs.size());
+  for (const std::string &spec : specs) out.push_back(resolve_one(spec, opened_files));
+  return out;
 }
 
 std::string ResolvedLocation::describe() const {

@@ -12,8 +12,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/error.h"
 #include "elf/elf_file.h"
@@ -39,6 +41,8 @@ struct ResolvedLocation {
 // executable ("statically linked"), unknown symbol (with a suggestion), data symbol, offset outside
 // the file's executable segments.
 Result<ResolvedLocation> resolve_location(std::string_view spec);
+// The same for many specs, opening each distinct FILE once (one result per spec, in order).
+std::vector<Result<ResolvedLocation>> resolve_locations(std::span<const std::string> specs);
 
 // Resolve FILE alone (a path or short name, as above) to the path of the ELF file.
 Result<std::string> resolve_file(std::string_view file);

@@ -295,3 +295,28 @@ TEST(Location, IfuncOfALibraryFollowsWhetherItIsLoaded) {
 
 }  // namespace
 }  // namespace usprobe::elf
+
+namespace usprobe::elf {
+namespace {
+
+TEST(Location, BatchResolutionMatchesOneByOneIncludingErrors) {
+  const std::vector<std::string> specs = {"libc:malloc", "libc:free",          "libc:mallok",
+                                          "libc:strlen", "/no/such/file:main", "libc:free+0x1"};
+  auto batch = resolve_locations(specs);
+  ASSERT_EQ(batch.size(), specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto one = resolve_location(specs[i]);
+    ASSERT_EQ(batch[i].has_value(), one.has_value()) << specs[i];
+    if (one) {
+      EXPECT_EQ(batch[i]->file_offset, one->file_offset) << specs[i];
+      EXPECT_EQ(batch[i]->describe(), one->describe()) << specs[i];
+    } else {
+      EXPECT_EQ(batch[i].error().message, one.error().message) << specs[i];
+    }
+  }
+  EXPECT_FALSE(batch[2]) << "an unknown symbol fails alone, not the whole batch";
+  EXPECT_TRUE(batch[3]);
+}
+
+}  // namespace
+}  // namespace usprobe::elf
