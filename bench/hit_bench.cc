@@ -12,6 +12,8 @@
 //   plain/tgt_counted          no probe: the baseline of the entry probes
 //   usprobe/entry_counter      entry probe on tgt_counted, built-in counter (consumer NULL)
 //   usprobe/entry_callback     entry probe on tgt_counted, a C callback summing usprobe_arg(hit, 0)
+//   usprobe/entry_callback_gpr the same callback attached with USPROBE_GENERAL_REGS_ONLY (no vector
+//                              save; what the CLI's agent uses)
 //   plain/tgt_counted_mid      no probe: the baseline of the instruction probe
 //   usprobe/insn_counter       instruction-flavour probe at tgt_counted_mid+0x7, built-in counter
 //   usprobe/int3_entry_counter usprobe_attach_ex(USPROBE_FORCE_INT3) on tgt_counted, counter
@@ -190,7 +192,8 @@ void BM_Plain(benchmark::State &state, Fn f) {
 
 thread_local uint64_t t_arg_sum = 0;
 
-void sum_arg0(usprobe_hit *hit, void *) {
+// Built general-regs-only so that it may also be attached with USPROBE_GENERAL_REGS_ONLY.
+__attribute__((target("general-regs-only"))) void sum_arg0(usprobe_hit *hit, void *) {
   t_arg_sum += usprobe_arg(hit, 0);
 }
 
@@ -219,6 +222,7 @@ std::map<std::string, std::string> g_verdicts;  // case key -> "" (ok) or why it
 
 std::string case_key(const ProbeCase &pc) {
   return pc.location + (pc.flags & USPROBE_FORCE_INT3 ? " (int3)" : "") +
+         (pc.flags & USPROBE_GENERAL_REGS_ONLY ? " (general regs)" : "") +
          (pc.callback ? " (callback)" : "");
 }
 
@@ -375,6 +379,8 @@ const std::vector<Row> kRows = {
     {"plain/tgt_counted", "plain call of tgt_counted (no probe)", ""},
     {"usprobe/entry_counter", "entry probe, built-in counter", "plain/tgt_counted"},
     {"usprobe/entry_callback", "entry probe, C callback", "plain/tgt_counted"},
+    {"usprobe/entry_callback_gpr", "entry probe, C callback, USPROBE_GENERAL_REGS_ONLY",
+     "plain/tgt_counted"},
     {"plain/tgt_counted_mid", "plain call of tgt_counted_mid (no probe)", ""},
     {"usprobe/insn_counter", "instruction probe tgt_counted_mid+0x7, built-in counter",
      "plain/tgt_counted_mid"},
@@ -663,12 +669,15 @@ int main(int argc, char **argv) {
   const std::string entry = std::string(kLib) + ":tgt_counted";
   static const ProbeCase kEntryCounter{entry, tgt_counted, 0, false, false};
   static const ProbeCase kEntryCallback{entry, tgt_counted, 0, true, false};
+  static const ProbeCase kEntryCallbackGpr{entry, tgt_counted, USPROBE_GENERAL_REGS_ONLY, true,
+                                           false};
   static const ProbeCase kInsnCounter{mid, tgt_counted_mid, 0, false, false};
   static const ProbeCase kInt3Counter{entry, tgt_counted, USPROBE_FORCE_INT3, false, true};
 
   const std::pair<const char *, const ProbeCase *> kCases[] = {
       {"usprobe/entry_counter", &kEntryCounter},
       {"usprobe/entry_callback", &kEntryCallback},
+      {"usprobe/entry_callback_gpr", &kEntryCallbackGpr},
       {"usprobe/insn_counter", &kInsnCounter},
       {"usprobe/int3_entry_counter", &kInt3Counter}};
   for (const auto &[name, pc] : kCases)
@@ -687,6 +696,7 @@ int main(int argc, char **argv) {
   reg("plain/tgt_counted", [](benchmark::State &s) { BM_Plain(s, tgt_counted); });
   reg("usprobe/entry_counter", [](benchmark::State &s) { BM_Probe(s, kEntryCounter); });
   reg("usprobe/entry_callback", [](benchmark::State &s) { BM_Probe(s, kEntryCallback); });
+  reg("usprobe/entry_callback_gpr", [](benchmark::State &s) { BM_Probe(s, kEntryCallbackGpr); });
   reg("plain/tgt_counted_mid", [](benchmark::State &s) { BM_Plain(s, tgt_counted_mid); });
   reg("usprobe/insn_counter", [](benchmark::State &s) { BM_Probe(s, kInsnCounter); });
   reg("usprobe/int3_entry_counter", [](benchmark::State &s) { BM_Probe(s, kInt3Counter); });

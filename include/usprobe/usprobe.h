@@ -56,6 +56,10 @@ int usprobe_attach(const char *location, const usprobe_consumer *consumer, uspro
 
 /* Flags for usprobe_attach_ex. They apply when the location's patch is placed (its first link). */
 #define USPROBE_FORCE_INT3 0x1u /* use the int3 path even where a jump could be placed */
+/* The consumer's handlers use no vector, x87 or mask register (they are built with
+ * -mgeneral-regs-only and call nothing that is not): the trampoline may skip saving the vector
+ * state for them, as it does for the built-in counter. Applies per link. */
+#define USPROBE_GENERAL_REGS_ONLY 0x2u
 
 int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer, unsigned flags,
                       usprobe_link **link);
@@ -65,6 +69,12 @@ int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer, un
  * failed locations are in usprobe_last_error(), one line each. Returns the number attached. */
 int usprobe_attach_batch(const char *const *locations, size_t n, const usprobe_consumer *consumer,
                          usprobe_link **links, int *errors);
+
+/* As usprobe_attach_batch, with one consumer per location (consumers[i] for locations[i]; NULL
+ * means the built-in counter for all) and flags as for usprobe_attach_ex. */
+int usprobe_attach_batch_ex(const char *const *locations, size_t n,
+                            const usprobe_consumer *consumers, unsigned flags,
+                            usprobe_link **links, int *errors);
 
 /* Detach: when this returns, no handler of this link is running or will run. Frees the link. */
 int usprobe_detach(usprobe_link *link);

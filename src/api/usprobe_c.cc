@@ -29,7 +29,9 @@ USPROBE_API int usprobe_attach_ex(const char *location, const usprobe_consumer *
   if (!location || !link) return report({EINVAL, "usprobe_attach: location and link are required"});
   *link = nullptr;
   std::string loc(location);
-  auto results = usprobe::registry::attach(std::span(&loc, 1), consumer, flags);
+  std::span<const usprobe_consumer> consumers;
+  if (consumer) consumers = std::span(consumer, 1);
+  auto results = usprobe::registry::attach(std::span(&loc, 1), consumers, flags);
   if (!results[0]) return report(results[0].error());
   *link = *results[0];
   return 0;
@@ -40,13 +42,15 @@ USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *con
   return usprobe_attach_ex(location, consumer, 0, link);
 }
 
-USPROBE_API int usprobe_attach_batch(const char *const *locations, size_t n,
-                                     const usprobe_consumer *consumer, usprobe_link **links,
-                                     int *errors) {
+USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
+                                        const usprobe_consumer *consumers, unsigned flags,
+                                        usprobe_link **links, int *errors) {
   if ((!locations || !links) && n > 0)
     return report({EINVAL, "usprobe_attach_batch: locations and links are required"});
   std::vector<std::string> locs(locations, locations + n);
-  auto results = usprobe::registry::attach(locs, consumer);
+  std::span<const usprobe_consumer> per_location;
+  if (consumers) per_location = std::span(consumers, n);
+  auto results = usprobe::registry::attach(locs, per_location, flags);
   int attached = 0;
   std::string messages;
   for (size_t i = 0; i < n; ++i) {
@@ -61,6 +65,14 @@ USPROBE_API int usprobe_attach_batch(const char *const *locations, size_t n,
   }
   t_last_error = messages;
   return attached;
+}
+
+USPROBE_API int usprobe_attach_batch(const char *const *locations, size_t n,
+                                     const usprobe_consumer *consumer, usprobe_link **links,
+                                     int *errors) {
+  if (!consumer) return usprobe_attach_batch_ex(locations, n, nullptr, 0, links, errors);
+  std::vector<usprobe_consumer> same(n, *consumer);
+  return usprobe_attach_batch_ex(locations, n, same.data(), 0, links, errors);
 }
 
 USPROBE_API int usprobe_detach(usprobe_link *link) {

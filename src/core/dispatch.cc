@@ -43,7 +43,7 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
     rcu::ReadGuard guard(rec);
     // Acquire pairs with the release store that published the array (registry's publish()).
     if (const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire)) {
-      if (a->has_callbacks && !vector_saved) {
+      if (a->wants_vector_state && !vector_saved) {
         result = kDispatchNeedsVectorSave;  // nothing counted yet: the retry counts
       } else {
         for (uint32_t i = 0; i < a->count; ++i) bump(counters[2 * a->entries[i].slot]);

@@ -25,13 +25,15 @@ struct ConsumerEntry {
   uint32_t slot;  // counters (core/counters.h)
   void (*on_entry)(usprobe_hit *, void *);
   void *user;
+  bool wants_vector_state;  // on_entry may touch vector registers (not USPROBE_GENERAL_REGS_ONLY)
 };
 
 // Immutable once published; replaced whole, old copies freed after a grace period.
 struct ConsumerArray {
   uint32_t count = 0;
-  bool has_callbacks = false;  // some entry has on_entry
-  ConsumerEntry entries[];     // NOLINT: flexible array member (GNU extension)
+  bool has_callbacks = false;       // some entry has on_entry
+  bool wants_vector_state = false;  // some entry's on_entry may touch vector registers
+  ConsumerEntry entries[];          // NOLINT: flexible array member (GNU extension)
 
   static ConsumerArray *make(const std::vector<ConsumerEntry> &v);
   static void destroy(const ConsumerArray *a);
@@ -47,11 +49,12 @@ struct Site {
 struct Probe {
   // Read by dispatch under an RCU read section (acquire pairs with the release in publish).
   std::atomic<const ConsumerArray *> consumers{nullptr};
-  // Nonzero while some consumer has a callback. The trampoline tests it (at its absolute address)
-  // to decide whether to save vector state: the built-in counter needs none, because dispatch is
-  // built without vector registers (-mgeneral-regs-only). A stale read is harmless: dispatch
-  // asks for a retry with the state saved when it meets a callback without it.
-  std::atomic<uint8_t> has_callbacks{0};
+  // Nonzero while some consumer has a callback that may touch vector registers. The trampoline
+  // tests it (at its absolute address) to decide whether to save vector state: the built-in
+  // counter and USPROBE_GENERAL_REGS_ONLY callbacks need none, because dispatch is built without
+  // vector registers (-mgeneral-regs-only). A stale read is harmless: dispatch asks for a retry
+  // with the state saved when it meets a callback that wants it.
+  std::atomic<uint8_t> wants_vector_state{0};
 
   std::string name;  // "libc.so.6:malloc" (after IFUNC resolution)
   elf::FileId file;

@@ -23,6 +23,8 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
   auto *a = new (mem) ConsumerArray;
   a->count = static_cast<uint32_t>(v.size());
   a->has_callbacks = std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr; });
+  a->wants_vector_state = std::any_of(
+      v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr && e.wants_vector_state; });
   std::copy(v.begin(), v.end(), a->entries);
   return a;
 }
@@ -54,10 +56,10 @@ void publish(Probe *p, std::vector<ConsumerEntry> entries,
   const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
   // The trampoline's hint first when callbacks arrive, last when they go; a trampoline that reads
   // it stale is corrected by dispatch (kDispatchNeedsVectorSave).
-  if (next && next->has_callbacks) p->has_callbacks.store(1, std::memory_order_relaxed);
+  if (next && next->wants_vector_state) p->wants_vector_state.store(1, std::memory_order_relaxed);
   // Release: dispatch's acquire load sees a fully built array.
   const ConsumerArray *old = p->consumers.exchange(next, std::memory_order_acq_rel);
-  if (!next || !next->has_callbacks) p->has_callbacks.store(0, std::memory_order_relaxed);
+  if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
 }
 
@@ -201,8 +203,13 @@ void run(std::vector<std::function<void()>> &garbage) {
 }  // namespace
 
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
-                                           const usprobe_consumer *consumer, unsigned flags) {
+                                           std::span<const usprobe_consumer> consumers,
+                                           unsigned flags) {
   std::vector<Result<usprobe_link *>> out(locations.size(), nullptr);
+  auto consumer_of = [&](size_t i) {
+    if (consumers.empty()) return usprobe_consumer{};
+    return consumers.size() == locations.size() ? consumers[i] : consumers[0];
+  };
   if (auto ok = init(); !ok) {
     for (auto &r : out) r = std::unexpected(ok.error());
     return out;
@@ -252,8 +259,9 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         out[i] = fail(ENOSPC, fmt::format("{}: too many consumers", p->name));
         continue;
       }
-      auto *link = new usprobe_link{p, *slot, consumer ? *consumer : usprobe_consumer{}};
-      added[p].push_back({*slot, link->consumer.on_entry, link->consumer.user});
+      auto *link = new usprobe_link{p, *slot, consumer_of(i)};
+      added[p].push_back({*slot, link->consumer.on_entry, link->consumer.user,
+                          !(flags & USPROBE_GENERAL_REGS_ONLY)});
       made.emplace_back(i, link);
     }
 

@@ -12,9 +12,11 @@
 
 namespace usprobe::registry {
 
-// One result per location, in order. `consumer` may be null (built-in counter only).
+// One result per location, in order. `consumers`: empty (built-in counter only), one for every
+// location, or one per location. flags: USPROBE_FORCE_INT3, USPROBE_GENERAL_REGS_ONLY.
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
-                                           const usprobe_consumer *consumer, unsigned flags = 0);
+                                           std::span<const usprobe_consumer> consumers,
+                                           unsigned flags = 0);
 // When this returns, no handler of these links runs or will run; the links are freed.
 Result<void> detach(std::span<usprobe_link *const> links);
 

@@ -313,6 +313,27 @@ void handler_libc(usprobe_hit *, void *user) {
   note_call(user);
   dirty_with_libc();
 }
+// A USPROBE_GENERAL_REGS_ONLY handler: the trampoline saves no vector state for it, so it must
+// keep its promise (built general-regs-only); it still dirties every caller-saved GPR and the
+// flags.
+__attribute__((target("general-regs-only"))) void handler_gprs_only(usprobe_hit *, void *user) {
+  auto *s = static_cast<HandlerStats *>(user);
+  ++s->calls;
+  if (__builtin_ia32_readeflags_u64() & 0x400) ++s->df_set;
+  asm volatile(
+      "movabs $0xdeadbeefcafef00d, %%rax\n\t"
+      "movabs $0x0badc0de0badc0de, %%rcx\n\t"
+      "movabs $0x1111222233334444, %%rdx\n\t"
+      "movabs $0x5555666677778888, %%rsi\n\t"
+      "movabs $0x99990000aaaabbbb, %%rdi\n\t"
+      "movabs $0xccccddddeeeeffff, %%r8\n\t"
+      "movabs $0x0123456789abcdef, %%r9\n\t"
+      "movabs $0xfedcba9876543210, %%r10\n\t"
+      "movabs $0x8000000000000001, %%r11\n\t"
+      "xor %%eax, %%eax\n\t"  // ZF=1 PF=1, the others clear
+      ::
+          : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "cc", "memory");
+}
 void handler_all(usprobe_hit *, void *user) {
   note_call(user);
   dirty_with_libc();
@@ -325,6 +346,7 @@ struct Dirtier {
   const char *name;
   void (*fn)(usprobe_hit *, void *);
   bool (*supported)();
+  unsigned flags = 0;  // attach flags the handler asks for
 };
 bool always() {
   return true;
@@ -332,9 +354,13 @@ bool always() {
 // "counter_only" attaches no consumer (the built-in counter): the trampoline may then take a
 // path that saves less, since no handler runs.
 const Dirtier kDirtiers[] = {
-    {"counter_only", nullptr, always}, {"gprs_xmm_flags", handler_gprs, always},
-    {"ymm", handler_ymm, have_avx},    {"zmm_k", handler_zmm, have_avx512},
-    {"libc", handler_libc, always},    {"everything", handler_all, always},
+    {"counter_only", nullptr, always},
+    {"gprs_xmm_flags", handler_gprs, always},
+    {"ymm", handler_ymm, have_avx},
+    {"zmm_k", handler_zmm, have_avx512},
+    {"libc", handler_libc, always},
+    {"everything", handler_all, always},
+    {"gprs_only", handler_gprs_only, always, USPROBE_GENERAL_REGS_ONLY},
 };
 
 struct Path {
@@ -375,8 +401,8 @@ class Clobber : public ::testing::TestWithParam<std::tuple<Dirtier, Path>> {
   // Attach the dirtying handler at `where` on the parameter's path.
   void attach(const std::string &where) {
     consumer_ = {dirtier().fn, &stats_};
-    int rc =
-        usprobe_attach_ex(where.c_str(), dirtier().fn ? &consumer_ : nullptr, path().flags, &link_);
+    int rc = usprobe_attach_ex(where.c_str(), dirtier().fn ? &consumer_ : nullptr,
+                               path().flags | dirtier().flags, &link_);
     ASSERT_EQ(rc, 0) << where << ": " << usprobe_last_error();
     EXPECT_EQ(usprobe_link_uses_int3(link_), path().flags ? 1 : 0)
         << where << ": " << usprobe_link_int3_reason(link_);

@@ -517,6 +517,29 @@ TEST(ProbedTargets, SecondAttachInOneBatchSharesThePatch) {
   EXPECT_EQ(bytes_at(code(&tgt_counted)), before);
 }
 
+__attribute__((target("general-regs-only"))) void count_into(usprobe_hit *, void *user) {
+  ++*static_cast<uint64_t *>(user);
+}
+
+TEST(ProbedTargets, BatchWithOneConsumerPerLocationCallsEachItsOwn) {
+  const std::string counted = loc("tgt_counted"), other = loc("tgt_six_args");
+  const char *locations[] = {counted.c_str(), other.c_str()};
+  uint64_t counted_calls = 0, other_calls = 0;
+  const usprobe_consumer consumers[] = {{count_into, &counted_calls}, {count_into, &other_calls}};
+  usprobe_link *links[2] = {};
+  ASSERT_EQ(
+      usprobe_attach_batch_ex(locations, 2, consumers, USPROBE_GENERAL_REGS_ONLY, links, nullptr),
+      2)
+      << usprobe_last_error();
+  for (long i = 0; i < 7; ++i) ASSERT_EQ(tgt_counted(i), i + 1);
+  for (long i = 0; i < 3; ++i) ASSERT_EQ(tgt_six_args(i, 0, 0, 0, 0, 0), i);
+  EXPECT_EQ(counted_calls, 7u);
+  EXPECT_EQ(other_calls, 3u);
+  EXPECT_EQ(usprobe_link_hits(links[0]), 7u);
+  EXPECT_EQ(usprobe_link_hits(links[1]), 3u);
+  EXPECT_EQ(usprobe_detach_batch(links, 2), 0) << usprobe_last_error();
+}
+
 // ---- Recursion guard ----------------------------------------------------------------------------
 
 long (*volatile g_counted)(long) = tgt_counted;

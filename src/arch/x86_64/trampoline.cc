@@ -148,7 +148,7 @@ void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved
 // Everything up to the window, which follows at w.pc().
 //
 //   save GPRs and flags (the Regs view); %rbx = Regs*; align the stack
-//   if (!probe->has_callbacks)                       fast path: the built-in counter needs no
+//   if (!probe->wants_vector_state)             fast path: the built-in counter needs no
 //     if (dispatch(regs, probe, 0) == done) goto restore   vector state (dispatch is GPR-only)
 //   save vector state; dispatch(regs, probe, 1); restore vector state
 // restore:
@@ -168,7 +168,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
 
   size_t to_restore = 0;
   if (kDispatchIsGprOnly) {
-    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->has_callbacks));
+    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->wants_vector_state));
     w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
     w.put_u8(0x0F), w.put_u8(0x85);                  // jne save (rel32, patched below)
     size_t to_save = w.size();
