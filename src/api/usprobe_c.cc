@@ -1,5 +1,8 @@
 // The C API: thin wrappers over the registry that turn Errors into negative errnos plus a
 // per-thread message.
+#include <pthread.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -15,10 +18,27 @@
 
 namespace {
 
-thread_local std::string t_last_error;
+// The calling thread's last error message. Not a thread_local std::string: libc would register
+// its destructor with __cxa_thread_atexit and free that registration at exit() through free(),
+// after the CLI's agent stopped counting (a libc:free probe would count one call the program never
+// made). A pthread key's destructor frees the message of a thread that exits; the main thread's
+// lives until the process ends.
+std::string &last_error() {
+  static const pthread_key_t key = [] {
+    pthread_key_t k;
+    if (pthread_key_create(&k, [](void *p) { delete static_cast<std::string *>(p); }) != 0) abort();
+    return k;
+  }();
+  auto *s = static_cast<std::string *>(pthread_getspecific(key));
+  if (!s) {
+    s = new std::string;
+    pthread_setspecific(key, s);
+  }
+  return *s;
+}
 
 int report(const usprobe::Error &e) {
-  t_last_error = e.message;
+  last_error() = e.message;
   return -(e.code > 0 ? e.code : EINVAL);
 }
 
@@ -63,7 +83,7 @@ USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
       messages += results[i].error().message;
     }
   }
-  t_last_error = messages;
+  last_error() = messages;
   return attached;
 }
 
@@ -145,5 +165,5 @@ USPROBE_API const char *usprobe_strerror(int err) {
   return strerror(err < 0 ? -err : err);
 }
 USPROBE_API const char *usprobe_last_error(void) {
-  return t_last_error.c_str();
+  return last_error().c_str();
 }

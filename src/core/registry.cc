@@ -37,10 +37,24 @@ namespace {
 
 using Key = std::pair<elf::FileId, uint64_t>;
 
-std::mutex g_mutex;  // guards everything below, probes' sites and links
-std::map<Key, std::unique_ptr<Probe>> g_probes;
-const std::string kEmpty;
-const std::string kForced = "the int3 path was asked for (USPROBE_FORCE_INT3)";
+// Everything below is built on first use and never destroyed. Trampolines have their Probe's
+// address built in, and threads keep hitting patched sites until the process is gone: in exit
+// handlers, in static destructors, on other threads. A map destroyed by exit() would turn those
+// hits into use-after-free. Built on first use, not at load: the CLI's agent attaches from a
+// constructor that may run before this file's static initializers.
+std::mutex g_mutex;  // (constant-initialized) guards everything below, probes' sites and links
+std::map<Key, std::unique_ptr<Probe>> &probes() {
+  static auto *map = new std::map<Key, std::unique_ptr<Probe>>;
+  return *map;
+}
+const std::string &empty_reason() {
+  static const auto *s = new std::string;
+  return *s;
+}
+const std::string &forced_reason() {
+  static const auto *s = new std::string("the int3 path was asked for (USPROBE_FORCE_INT3)");
+  return *s;
+}
 
 Result<void> init() {
   static Result<void> result = []() -> Result<void> {
@@ -78,14 +92,14 @@ const Site *overlapping(uint64_t addr, uint64_t len, const std::vector<Site *> &
   };
   for (const Site *s : pending)
     if (hit(s)) return s;
-  for (auto &[key, p] : g_probes)
+  for (auto &[key, p] : probes())
     for (Site *s : p->sites)
       if (s->patched && hit(s)) return s;
   return nullptr;
 }
 
 std::string site_owner(const Site *s) {
-  for (auto &[key, p] : g_probes)
+  for (auto &[key, p] : probes())
     for (Site *x : p->sites)
       if (x == s) return p->name;
   return fmt::format("{:#x}", s->addr);
@@ -93,10 +107,9 @@ std::string site_owner(const Site *s) {
 
 // Direct branch targets of every function of a file, in file offsets, sorted; computed once per
 // file (about 40 ms for libc) and kept for the life of the process.
-std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>> g_branch_targets;
-
 const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
-  auto &slot = g_branch_targets[file.id()];
+  static auto *by_file = new std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>>;
+  auto &slot = (*by_file)[file.id()];
   if (!slot) {
     slot = std::make_unique<std::vector<uint64_t>>();
     uint64_t last_offset = ~0ull;
@@ -135,7 +148,7 @@ Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t add
   req.file_branch_targets = file_branch_targets(*loc.file);
   req.site_file_offset = loc.file_offset;
   req.force_int3 = forced;
-  req.force_reason = kForced;
+  req.force_reason = forced_reason();
   auto plan = arch::prepare_site(req);
   if (!plan) return std::unexpected(plan.error());
   auto site = std::make_unique<Site>();
@@ -170,7 +183,7 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
     Site *site = *natural;
     std::string reason;
     if (site->plan.jump && (flags & USPROBE_FORCE_INT3))
-      reason = kForced;
+      reason = forced_reason();
     else if (site->plan.jump && overlapping(addr, site->plan.window_length, pending))
       reason = "another probe's site lies within the 5-byte window";
     if (!reason.empty()) {
@@ -236,7 +249,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       }
       const elf::ResolvedLocation &loc = *resolved[i];
       Key key{loc.file->id(), loc.file_offset};
-      auto &slot_in_map = g_probes[key];
+      auto &slot_in_map = probes()[key];
       bool created = !slot_in_map;
       if (created) {
         slot_in_map = std::make_unique<Probe>();
@@ -249,7 +262,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         size_t before = pending.size();
         if (auto ok = place(p, loc, *maps, flags, pending); !ok) {
           pending.resize(before);
-          if (created && p->plans.empty()) g_probes.erase(key);
+          if (created && p->plans.empty()) probes().erase(key);
           out[i] = std::unexpected(ok.error());
           continue;
         }
@@ -358,7 +371,7 @@ const std::string &int3_reason(const usprobe_link *link) {
   std::lock_guard lock(g_mutex);
   for (Site *s : link->probe->sites)
     if (!s->plan.jump) return s->plan.int3_reason;
-  return kEmpty;
+  return empty_reason();
 }
 
 }  // namespace registry

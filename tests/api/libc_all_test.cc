@@ -441,6 +441,28 @@ int errno_location_while_a_thread_runs() {
   return attach_while_a_thread_runs("libc:__errno_location");
 }
 
+// Leave malloc and free probed and call exit(): exit handlers, static destructors (usprobe's own
+// included) and libc's teardown all run through the patched functions afterwards. The process
+// must still end with the status it asked for (it used to die of a use-after-free: the probe
+// registry was a static destroyed by exit() while its sites stayed patched).
+int exit_with_probes_attached() {
+  usprobe_link *links[2] = {};
+  const char *locations[] = {"libc:malloc", "libc:free"};
+  if (usprobe_attach_batch(locations, 2, nullptr, links, nullptr) != 2) {
+    std::fprintf(stderr, "attach: %s\n", usprobe_last_error());
+    return 1;
+  }
+  static std::string *kept = new std::string(1000, 'x');  // something for exit to free
+  std::atexit([] { std::free(std::malloc(64)); });
+  std::fflush(nullptr);
+  std::exit(kept->size() == 1000 ? 0 : 1);
+}
+
+TEST(LibcAll, ProcessExitsCleanlyWithProbesStillAttached) {
+  EXPECT_EQ(run_in_child("exit-attached", std::chrono::seconds(30)), "")
+      << "exit() with libc:malloc and libc:free still probed";
+}
+
 TEST(LibcAll, FirstHitOfNewThreadSurvivesProbedSyscall) {
   EXPECT_EQ(run_in_child("first-hit-syscall", std::chrono::seconds(30)), "")
       << "a thread's first hit registers it through libc's syscall(), which is probed here";
@@ -465,6 +487,7 @@ const usprobe::test::Scenario kScenarios[] = {
     {"first-hit-syscall", first_hit_with_syscall_probed},
     {"first-hit-mmap", first_hit_with_mmap_probed},
     {"errno-location-round", errno_location_while_a_thread_runs},
+    {"exit-attached", exit_with_probes_attached},
 };
 const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 }  // namespace
