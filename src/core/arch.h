@@ -53,6 +53,7 @@ struct SitePlan {
   std::vector<uint8_t> original;  // the bytes the patch overwrites, as they are in the file
   std::vector<uint8_t> patch;     // the patch: same length; patch[0] is the trap byte
   uint64_t trampoline = 0;        // entry: save, dispatch, restore, window, jump back
+  uint32_t trampoline_size = 0;   // bytes from `trampoline` on
   uint64_t window_copy = 0;       // the relocated instructions inside the trampoline
   uint32_t window_length = 0;     // original bytes relocated (whole instructions, >= patch)
   std::vector<std::pair<uint32_t, uint32_t>> window_map;  // (site offset, window_copy offset)
@@ -89,6 +90,8 @@ struct WindowMove {
 };
 // Returns the interrupted stack pointer.
 uint64_t move_out_of_windows(ucontext_t *uc, std::span<const WindowMove> windows);
+// The instruction pointer a signal interrupted.
+uint64_t interrupted_pc(const ucontext_t *uc);
 // Scan `stack` (a copy of the memory at stack_addr, above a thread's stack pointer) for signal
 // frames whose saved instruction pointer lies strictly inside a window: a thread that will
 // sigreturn into the middle of a patch. Stale frames may be reported too; callers must only ever

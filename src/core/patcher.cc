@@ -4,6 +4,8 @@
 #include <time.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 
 #include <fmt/format.h>
 
@@ -28,16 +30,42 @@ Result<void> write_all(const std::vector<Site *> &sites, size_t from, size_t to,
   return {};
 }
 
-uint64_t round_move(ucontext_t *uc, void *arg) {
-  auto *moves = static_cast<std::vector<arch::WindowMove> *>(arg);
-  return arch::move_out_of_windows(uc, *moves);
+using Range = std::pair<uint64_t, uint64_t>;  // [start, end)
+
+bool in_ranges(uint64_t x, const std::vector<Range> &ranges) {
+  return std::any_of(ranges.begin(), ranges.end(),
+                     [x](const Range &r) { return x >= r.first && x < r.second; });
 }
 
-// A thread interrupted inside a window by a signal whose handler is still running resumes from
-// the context saved in that handler's signal frame, which the round did not see (it saw the
-// handler). Look for such frames on every thread's stack, above where it stands now.
-bool some_thread_returns_into_a_window(const std::vector<uint64_t> &stack_pointers,
-                                       const std::vector<arch::WindowMove> &moves) {
+// What a thread round works with while jumps are being written.
+struct RoundContext {
+  std::vector<arch::WindowMove> moves;
+  std::vector<Range> stale;  // Site::stale_trampolines of every jump being written
+  // Set by a signalled thread that stopped inside one of `stale` (relaxed: read after the round,
+  // whose acknowledgements order it).
+  std::atomic<bool> thread_in_stale{false};
+};
+
+uint64_t round_move(ucontext_t *uc, void *arg) {
+  auto *c = static_cast<RoundContext *>(arg);
+  if (in_ranges(arch::interrupted_pc(uc), c->stale))
+    c->thread_in_stale.store(true, std::memory_order_relaxed);
+  return arch::move_out_of_windows(uc, c->moves);
+}
+bool round_pc_safe(uint64_t pc, void *arg) {
+  auto *c = static_cast<RoundContext *>(arg);
+  return arch::pc_outside_windows(pc, c->moves) && !in_ranges(pc, c->stale);
+}
+
+enum class StackFinding { kNothing, kSignalFrameIntoWindow, kReturnIntoStaleTrampoline };
+
+// What the threads' stacks hold, above where each stands now:
+// - a thread interrupted inside a window by a signal whose handler is still running resumes from
+//   the context saved in that handler's signal frame, which the round did not see (it saw the
+//   handler);
+// - a thread running a handler called from a stale trampoline (Site::stale_trampolines) has a
+//   return address into it. A stale word that merely looks like one only makes us wait.
+StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const RoundContext &c) {
   constexpr size_t kScan = 64 * 1024;  // a handler's own frames, then its signal frame
   auto maps = os::read_mappings();
   for (uint64_t sp : stack_pointers) {
@@ -46,12 +74,16 @@ bool some_thread_returns_into_a_window(const std::vector<uint64_t> &stack_pointe
       for (const auto &m : *maps)
         if (sp >= m.start && sp < m.end) len = std::min<size_t>(kScan, m.end - sp);
     auto stack = os::read_memory(sp, len);
-    if (arch::signal_frame_in_windows(stack, sp, moves)) return true;
+    if (arch::signal_frame_in_windows(stack, sp, c.moves))
+      return StackFinding::kSignalFrameIntoWindow;
+    if (!c.stale.empty())
+      for (size_t off = 0; off + 8 <= stack.size(); off += 8) {
+        uint64_t word;
+        std::memcpy(&word, stack.data() + off, 8);
+        if (in_ranges(word, c.stale)) return StackFinding::kReturnIntoStaleTrampoline;
+      }
   }
-  return false;
-}
-bool round_pc_safe(uint64_t pc, void *arg) {
-  return arch::pc_outside_windows(pc, *static_cast<std::vector<arch::WindowMove> *>(arg));
+  return StackFinding::kNothing;
 }
 
 }  // namespace
@@ -89,21 +121,46 @@ Result<void> install(const std::vector<Site *> &sites) {
     if (s->plan.jump) jumps.push_back(s);
   if (!jumps.empty()) {
     // No thread can enter a window now (its first byte traps), but one may be stopped inside it.
-    std::vector<arch::WindowMove> moves;
-    for (Site *s : jumps)
-      moves.push_back({s->addr, s->plan.window_length, s->plan.window_copy,
-                       s->plan.window_map.data(), s->plan.window_map.size()});
-    auto round = os::run_thread_round(round_move, round_pc_safe, &moves);
+    RoundContext ctx;
+    for (Site *s : jumps) {
+      ctx.moves.push_back({s->addr, s->plan.window_length, s->plan.window_copy,
+                           s->plan.window_map.data(), s->plan.window_map.size()});
+      ctx.stale.insert(ctx.stale.end(), s->stale_trampolines.begin(), s->stale_trampolines.end());
+    }
     std::string why;
-    if (!round)
-      why = round.error().message;
-    else if (round->unreached > 0)
-      why = fmt::format(
-          "{} thread(s) did not answer usprobe's signal, so the window could not be "
-          "checked",
-          round->unreached);
-    else if (some_thread_returns_into_a_window(round->stack_pointers, moves))
-      why = "a thread's signal handler interrupted it inside the window and has not returned";
+    // A thread inside a stale trampoline leaves it within a handler's run; wait for that (new
+    // threads cannot enter one: the site table already sends traps to the new trampoline), up to
+    // about 50 ms before settling for the int3 path.
+    for (int attempt = 0;; ++attempt) {
+      ctx.thread_in_stale.store(false, std::memory_order_relaxed);
+      auto round = os::run_thread_round(round_move, round_pc_safe, &ctx);
+      if (!round) {
+        why = round.error().message;
+        break;
+      }
+      if (round->unreached > 0) {
+        why = fmt::format(
+            "{} thread(s) did not answer usprobe's signal, so the window could not be checked",
+            round->unreached);
+        break;
+      }
+      StackFinding found = scan_stacks(round->stack_pointers, ctx);
+      if (found == StackFinding::kSignalFrameIntoWindow) {
+        why = "a thread's signal handler interrupted it inside the window and has not returned";
+        break;
+      }
+      bool stale = ctx.thread_in_stale.load(std::memory_order_relaxed) ||
+                   found == StackFinding::kReturnIntoStaleTrampoline;
+      if (!stale) break;
+      if (attempt == 200) {
+        why =
+            "a thread stayed inside the trampoline of this site's previous int3 patch, which "
+            "returns into the jump's window";
+        break;
+      }
+      timespec wait{0, 250 * 1000};
+      nanosleep(&wait, nullptr);
+    }
     if (!why.empty()) {
       for (Site *s : jumps) {
         s->plan.jump = false;

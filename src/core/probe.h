@@ -44,6 +44,12 @@ struct Site {
   arch::SitePlan plan;
   bool forced_int3 = false;  // planned for the int3 path whatever analysis says
   bool patched = false;
+  // [start, end) of the trampolines of this address's other plans that jump back to an address
+  // the jump patch overwrites (an int3 plan relocates one instruction; the jump covers five
+  // bytes). Filled when this site is chosen for a jump. A thread still inside one of them (even
+  // deep in a handler it called) would come back into the middle of the jump: the patcher waits
+  // for such threads to leave before writing the jump (core/patcher.cc).
+  std::vector<std::pair<uint64_t, uint64_t>> stale_trampolines;
 };
 
 struct Probe {

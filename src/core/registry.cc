@@ -192,6 +192,14 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
       site = *forced;
       site->plan.int3_reason = reason;
     }
+    site->stale_trampolines.clear();
+    if (site->plan.jump)
+      for (const auto &other : p->plans) {
+        const arch::SitePlan &o = other->plan;
+        uint64_t back = other->addr + o.window_length;
+        if (other.get() != site && other->addr == addr && back < addr + site->plan.patch.size())
+          site->stale_trampolines.emplace_back(o.trampoline, o.trampoline + o.trampoline_size);
+      }
     chosen.push_back(site);
   }
   for (Site *s : chosen) {

@@ -313,6 +313,7 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
 
   plan.trampoline = w.base();
+  plan.trampoline_size = static_cast<uint32_t>(w.size());
   plan.window_copy = window_copy;
   plan.window_map = rel->map;
   size_t patch_len = plan.jump ? kJumpLength : 1;

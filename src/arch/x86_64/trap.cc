@@ -81,6 +81,10 @@ Result<void> install_trap_handler(uint64_t (*lookup)(uint64_t)) {
   return result;
 }
 
+uint64_t interrupted_pc(const ucontext_t *uc) {
+  return static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RIP]);
+}
+
 bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows) {
   for (const WindowMove &w : windows)
     if (pc > w.site && pc < w.site + w.length) return false;
