@@ -1,0 +1,217 @@
+// libusprobe-agent.so: what the usprobe CLI preloads into the command it runs (agent/protocol.h).
+//
+// Before main, the constructor maps the region named by USPROBE_AGENT_FD, reads the plan and
+// attaches every probe in one batch, with the count or the trace handler (handlers.h) as the
+// consumer. From then on each thread of the process counts its hits into a slot of its own. The
+// agent follows the command: a forked child keeps the patched probes and counts into slots tagged
+// with its own pid (fork handlers below); an exec'd image loads the agent again through the
+// inherited environment and fd, and attaches again. At exit the engine's missed counts (hits it
+// skipped to avoid recursion) are added to the region. Probes are never detached: the process is
+// leaving, and its other threads may still be running.
+//
+// Nothing here writes to stdout: the command's output is the user's.
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <ctime>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "agent/agent_scope.h"
+#include "agent/fault_fixup.h"
+#include "agent/handlers.h"
+#include "agent/notices.h"
+#include "agent/plan.h"
+#include "agent/protocol.h"
+#include "agent/region.h"
+#include "agent/slots.h"
+#include "usprobe/usprobe.h"
+
+namespace usprobe::agent {
+namespace {
+
+// Set once by the constructor, never freed (the probes stay attached for the life of the process;
+// plain pointers, so that nothing is destroyed at exit while threads still count).
+usprobe_link **g_links = nullptr;  // by probe index; nullptr where the probe did not attach
+// The engine's missed count of each link when this process was forked: counted by the parent,
+// which reports it itself. Zero in the process that attached.
+uint64_t *g_missed_baseline = nullptr;
+uint64_t *g_missed_at_fork = nullptr;  // filled by before_fork, under g_fork_mutex
+std::mutex g_fork_mutex;               // one fork at a time fills g_missed_at_fork
+
+double ms_since(const timespec &t0) {
+  timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return static_cast<double>(t1.tv_sec - t0.tv_sec) * 1e3 +
+         static_cast<double>(t1.tv_nsec - t0.tv_nsec) / 1e6;
+}
+
+// Fork handlers. The flag is set by hand rather than by an AgentScope, because it spans the fork:
+// set in before_fork, cleared in after_fork_parent or after_fork_child.
+void before_fork() {
+  t_in_agent = true;
+  g_fork_mutex.lock();
+  for (uint32_t i = 0; i < g_region.probe_count; ++i)
+    g_missed_at_fork[i] = g_links[i] ? usprobe_link_missed(g_links[i]) : 0;
+}
+
+void after_fork_parent() {
+  g_fork_mutex.unlock();
+  t_in_agent = false;
+}
+
+// The child's only thread: its slot (the parent thread's, copied by fork) is not its own.
+void after_fork_child() {
+  g_region.pid = static_cast<int32_t>(getpid());
+  t_slot = nullptr;
+  for (uint32_t i = 0; i < g_region.probe_count; ++i) g_missed_baseline[i] = g_missed_at_fork[i];
+  g_fork_mutex.unlock();
+  t_in_agent = false;
+}
+
+// At exit: the engine's missed counts, less what the parent already reported, go into this
+// thread's slot. An atexit handler, not a destructor: destructors run after the engine's own static
+// objects (registered with __cxa_atexit before this) have been destroyed.
+//
+// This thread stops counting here for good. What runs after this handler is mostly the agent's
+// own teardown (the engine's static objects free thousands of blocks, which a libc:free probe
+// would otherwise report), and the command's .fini_array destructors, whose hits are lost with it.
+void add_engine_missed() {
+  t_in_agent = true;
+  SlotHeader *s = thread_slot();
+  std::atomic<uint64_t> *missed = slot_missed(s, g_region.probe_count);
+  for (uint32_t i = 0; i < g_region.probe_count; ++i) {
+    if (!g_links[i]) continue;
+    uint64_t m = usprobe_link_missed(g_links[i]);
+    if (m > g_missed_baseline[i]) slot_add(s, missed[i], m - g_missed_baseline[i]);
+  }
+}
+
+// Reads the plan and fills g_region's probe table. Returns the probes to attach, with the string
+// masks of count mode cleared.
+std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
+  const char *text = reinterpret_cast<const char *>(h) + h->plan_offset;
+  if (text[h->plan_size - 1] != '\0') return std::unexpected("the plan is not NUL-terminated");
+  auto plan = parse_plan(std::string_view(text, h->plan_size - 1), h->probe_count);
+  if (!plan) return plan;
+  // String masks matter in trace mode only.
+  bool strings = false;
+  for (PlannedProbe &p : *plan) {
+    if (h->mode != kModeTrace) p.string_mask = 0;
+    strings |= p.string_mask != 0;
+  }
+  if (strings && (h->string_size == 0 || h->string_size > (1u << 16)))
+    return std::unexpected(fmt::format("string_size {} with `%s` arguments", h->string_size));
+  auto *probes = new ProbeInfo[plan->size()];
+  for (size_t i = 0; i < plan->size(); ++i) {
+    uint32_t mask = (*plan)[i].string_mask;
+    auto size = event_size(static_cast<uint32_t>(__builtin_popcount(mask)), h->string_size);
+    probes[i] = {mask, static_cast<uint32_t>(size)};
+  }
+  g_region.probes = probes;
+  return plan;
+}
+
+// One batch for all probes; a notice for each that failed and one that sums up.
+void attach_all(const std::vector<PlannedProbe> &plan) {
+  size_t n = plan.size();
+  bool trace = g_region.mode == kModeTrace;
+  std::vector<const char *> locations(n);
+  std::vector<usprobe_consumer> consumers(n);
+  std::vector<int> errors(n);
+  for (size_t i = 0; i < n; ++i) {
+    locations[i] = plan[i].location.c_str();
+    consumers[i] = {trace ? trace_handler : count_handler,
+                    reinterpret_cast<void *>(static_cast<uintptr_t>(i))};
+  }
+  g_links = new usprobe_link *[n]();
+  timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int attached = usprobe_attach_batch_ex(locations.data(), n, consumers.data(),
+                                         USPROBE_GENERAL_REGS_ONLY, g_links, errors.data());
+  double ms = ms_since(t0);
+  if (attached < 0) {
+    report_error(fmt::format("attaching the probes failed: {}", usprobe_last_error()));
+    return;
+  }
+
+  // The engine's messages for the failed locations, one line each, in order.
+  std::string_view messages = usprobe_last_error();
+  int int3 = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (g_links[i]) {
+      int3 += usprobe_link_uses_int3(g_links[i]);
+      continue;
+    }
+    size_t eol = messages.find('\n');
+    std::string_view line = messages.substr(0, eol);
+    messages = eol == std::string_view::npos ? std::string_view() : messages.substr(eol + 1);
+    if (line.empty()) line = usprobe_strerror(errors[i]);
+    post_notice(kNoticeProbe, static_cast<int32_t>(i), line);
+  }
+  // Relaxed, as agents_started.
+  if (attached > 0) g_region.header->agents_attached.fetch_add(1, std::memory_order_relaxed);
+  std::string count = static_cast<size_t>(attached) == n ? fmt::format("{}", attached)
+                                                         : fmt::format("{} of {}", attached, n);
+  post_notice(kNoticeInfo, -1,
+              fmt::format("{} probes attached in {:.1f} ms ({} int3)", count, ms, int3));
+}
+
+// Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt
+// links the engine first for that). Any problem: one line on stderr (and a notice when the region
+// is mapped), and the process runs as if the agent were not there.
+__attribute__((constructor)) void agent_start() {
+  AgentScope scope;
+  const char *fd = getenv(kEnvFd);
+  if (!fd) {
+    report_error(fmt::format("{} is not set: this process is not probed", kEnvFd));
+    return;
+  }
+  auto header = map_region(fd, getenv(kEnvPath));
+  if (!header) {
+    report_error(header.error());
+    return;
+  }
+  Header *h = *header;
+  g_region.header = h;
+  g_region.pid = static_cast<int32_t>(getpid());
+  // Relaxed: a counter for the CLI's summary; nothing is published with it.
+  h->agents_started.fetch_add(1, std::memory_order_relaxed);
+
+  auto plan = load_plan(h);
+  if (!plan) {
+    report_error(plan.error());
+    return;
+  }
+  g_region.mode = h->mode;
+  g_region.probe_count = h->probe_count;
+  g_region.string_size = h->string_size;
+  g_region.max_slots = h->max_slots;
+  g_region.ring_size = h->ring_size;
+  g_region.overflow = slot_at(h, h->max_slots - 1);
+  g_missed_baseline = new uint64_t[h->probe_count]();
+  g_missed_at_fork = new uint64_t[h->probe_count]();
+
+  mark_exec_orphans(g_region.pid, static_cast<int32_t>(gettid()));
+  bool strings = false;
+  for (const PlannedProbe &p : *plan) strings |= p.string_mask != 0;
+  if (strings) {
+    if (auto ok = install_fault_fixup(); !ok) {
+      report_error(ok.error());
+      return;
+    }
+  }
+  if (int err = pthread_atfork(before_fork, after_fork_parent, after_fork_child); err != 0) {
+    report_error(fmt::format("pthread_atfork: {}", usprobe_strerror(-err)));
+    return;
+  }
+  attach_all(*plan);
+  atexit(add_engine_missed);
+}
+
+}  // namespace
+}  // namespace usprobe::agent

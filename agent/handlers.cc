@@ -1,0 +1,101 @@
+// The hit path. Nothing here may lock, allocate, make a system call (the first hit of a thread
+// excepted, see slots.cc), call libc, or touch a vector register. Every shared write goes to this
+// thread's own slot, except in the overflow slot, which threads share with fetch_add.
+#include "agent/handlers.h"
+
+#include <cstdint>
+
+#include "agent/agent_scope.h"
+#include "agent/region.h"
+#include "agent/safe_copy.h"
+#include "agent/slots.h"
+
+namespace usprobe::agent {
+
+constinit thread_local bool t_in_agent __attribute__((tls_model("initial-exec"))) = false;
+
+namespace {
+
+uint32_t probe_of(void *user) {
+  return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(user));
+}
+
+// Copies the string argument at `addr` into dst (string_size bytes). False when it could not be
+// read: dst then holds "". Null and low pointers (< 4096, never mapped) and addresses no user
+// mapping can have (>= 2^56, including non-canonical ones) are refused without trying.
+bool copy_string(char *dst, uint64_t addr, uint32_t string_size) {
+  if (addr < 4096 || addr >= (uint64_t{1} << 56)) {
+    dst[0] = '\0';
+    return false;
+  }
+  return usprobe_agent_safe_copy(dst, reinterpret_cast<const char *>(addr), string_size) >= 0;
+}
+
+}  // namespace
+
+// Must never lock, allocate, make a system call (but once per thread) or call libc.
+void count_handler(usprobe_hit *, void *user) {
+  if (t_in_agent) return;
+  SlotHeader *s = thread_slot();
+  slot_add(s, slot_hits(s)[probe_of(user)], 1);
+}
+
+// Must never lock, allocate, make a system call (but once per thread) or call libc.
+void trace_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) return;
+  uint32_t probe = probe_of(user);
+  SlotHeader *s = thread_slot();
+  const Region &r = g_region;
+  std::atomic<uint64_t> &hits = slot_hits(s)[probe];
+  std::atomic<uint64_t> &missed = slot_missed(s, r.probe_count)[probe];
+  if (__builtin_expect(s == r.overflow, 0)) {
+    // Its ring would have many producers: the overflow slot keeps exact counts, not events.
+    slot_add(s, hits, 1);
+    slot_add(s, missed, 1);
+    return;
+  }
+
+  const ProbeInfo &info = r.probes[probe];
+  uint64_t size = info.record_size;
+  uint64_t head = s->head.load(std::memory_order_relaxed);  // this thread is its only writer
+  // Acquire pairs with the CLI's tail.store(release): it has finished reading the space it freed
+  // before this thread writes over it.
+  uint64_t tail = s->tail.load(std::memory_order_acquire);
+  uint64_t pos = head % r.ring_size;
+  uint64_t to_end = r.ring_size - pos;
+  uint64_t pad = to_end < size ? to_end : 0;  // a record never wraps: pad to the end first
+  if (r.ring_size - (head - tail) < pad + size) {
+    slot_add(s, hits, 1);
+    slot_add(s, missed, 1);
+    return;
+  }
+  char *ring = ring_of(r.header, s);
+  if (pad) {
+    auto *p = reinterpret_cast<Event *>(ring + pos);
+    p->size = static_cast<uint32_t>(pad);
+    p->probe = kPadProbe;
+    head += pad;
+    pos = 0;
+  }
+
+  auto *e = reinterpret_cast<Event *>(ring + pos);
+  e->size = static_cast<uint32_t>(size);
+  e->probe = probe;
+  e->tsc = __builtin_ia32_rdtsc();
+  e->tid = s->tid;
+  uint32_t bad = 0;
+  for (unsigned n = 0; n < kMaxArgs; ++n) e->args[n] = usprobe_arg(hit, n);
+  char *str = reinterpret_cast<char *>(e + 1);
+  for (uint32_t mask = info.string_mask; mask != 0; mask &= mask - 1) {
+    unsigned n = static_cast<unsigned>(__builtin_ctz(mask));
+    if (!copy_string(str, e->args[n], r.string_size)) bad |= 1u << n;
+    str += r.string_size;
+  }
+  e->bad_strings = bad;
+  slot_add(s, hits, 1);
+  // Release pairs with the CLI's head.load(acquire): the padding and the record are written before
+  // it can read them.
+  s->head.store(head + size, std::memory_order_release);
+}
+
+}  // namespace usprobe::agent

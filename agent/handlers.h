@@ -1,0 +1,17 @@
+// The hit path: the consumers the agent attaches, one per probe, with the probe's index as `user`.
+// Both run on the thread that hit the probe, inside the engine's dispatch, and are built with
+// -mgeneral-regs-only (attached with USPROBE_GENERAL_REGS_ONLY: the trampoline does not save the
+// vector state for them).
+#pragma once
+
+#include "usprobe/usprobe.h"
+
+namespace usprobe::agent {
+
+// Count mode: hits[probe] += 1 in this thread's slot.
+void count_handler(usprobe_hit *hit, void *user);
+// Trace mode: an Event (time, thread, arguments, `%s` strings) in this thread's ring, and
+// hits[probe] += 1; when the ring is full the event is dropped and missed[probe] += 1.
+void trace_handler(usprobe_hit *hit, void *user);
+
+}  // namespace usprobe::agent

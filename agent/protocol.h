@@ -1,0 +1,161 @@
+// The shared-memory region between the usprobe CLI and the agent it loads into a command.
+//
+// The CLI creates a memfd (no file in /tmp), sizes it, writes the Header and the plan, and starts
+// the command with the fd inherited (not close-on-exec) and two environment variables:
+//   LD_PRELOAD=<path of libusprobe-agent.so>   (prepended to any LD_PRELOAD already there)
+//   USPROBE_AGENT_FD=<fd number>
+//   USPROBE_AGENT_REGION=/proc/<CLI pid>/fd/<fd number>   (when the fd was closed on the way)
+// Every process of the command (the command itself, its forked children, the images it execs)
+// maps the same region MAP_SHARED and writes its hits there; the CLI reads it while they run.
+//
+//   offset 0               Header
+//   header.plan_offset     the plan: NUL-terminated text, written once by the CLI before the start
+//   header.notice_offset   header.max_notices Notices (messages from the agent, e.g. a probe that
+//                          did not resolve after an exec)
+//   header.slot_offset     header.max_slots Slots, header.slot_stride bytes apart; the last one
+//                          (index max_slots - 1) is the shared overflow slot
+//
+// Plan text (lines end with '\n'):
+//   usprobe-plan 1
+//   <index>\t<string_mask>\t<location>
+//   ...
+// index: 0..probe_count-1, in order. string_mask: decimal; bit n set = argn is a `%s` argument
+// whose string the trace handler copies (trace mode only). location: what usprobe_attach takes,
+// with FILE an absolute path ("/usr/lib/x86_64-linux-gnu/libc.so.6:malloc", "/usr/bin/prog:0x1139",
+// "/usr/bin/prog:parse+0x12"); symbols are names, not offsets, so that IFUNCs resolve in the
+// process that runs them.
+//
+// Slots. A thread takes a slot on its first hit (compare-and-swap of state kSlotFree -> kSlotOwned,
+// then it writes pid and tid) and keeps it for its life; it alone writes the slot's counters and
+// its ring's head, with plain (relaxed load + relaxed store) increments: no atomic
+// read-modify-write on the hit path. A forked child starts with no slot (pthread_atfork), so every
+// count is tagged with the pid that made it. When no slot is free, hits go to the overflow slot
+// with atomic fetch_add (exact, slower; never lost). The CLI frees slots whose thread has exited
+// (tgkill(pid, tid, 0) fails with ESRCH) or that are kSlotOrphan (the agent marks the slot of the
+// thread that called exec when the new image starts): it drains the ring, folds the counters into
+// its totals, zeroes them, and stores kSlotFree with release order.
+//
+// Rings (trace mode; ring_size 0 in count mode): single producer (the slot's thread), single
+// consumer (the CLI). head and tail count bytes since the start and never wrap; the record at
+// head % ring_size is contiguous: when it would cross the end, the producer first writes a padding
+// record (probe = kPadProbe) up to the end. A record that does not fit in the free space
+// (ring_size - (head - tail)) is not written: the producer adds 1 to missed[probe] in its slot.
+// The producer publishes with head.store(release) after writing the record; the consumer reads
+// head with acquire, and releases the space with tail.store(release).
+//
+// Times are TSC ticks (rdtsc): the handlers make no system call. The CLI converts them to time
+// since it started the command by calibrating the TSC against CLOCK_MONOTONIC itself.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace usprobe::agent {
+
+inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
+inline constexpr uint32_t kVersion = 1;
+inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
+// "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
+// the inherited descriptor before running it (Python's subprocess closes every fd by default).
+inline constexpr const char *kEnvPath = "USPROBE_AGENT_REGION";
+inline constexpr const char *kPlanFirstLine = "usprobe-plan 1";
+
+enum Mode : uint32_t { kModeCount = 0, kModeTrace = 1 };
+
+enum SlotState : uint32_t { kSlotFree = 0, kSlotOwned = 1, kSlotOrphan = 2 };
+
+inline constexpr uint32_t kPadProbe = 0xffff'ffffu;
+inline constexpr uint32_t kMaxArgs = 6;
+
+struct Header {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t mode;  // Mode
+  uint64_t region_size;
+  uint32_t probe_count;
+  uint32_t string_size;  // bytes copied per `%s` argument, the NUL included (trace mode)
+  uint64_t plan_offset;
+  uint64_t plan_size;  // bytes, the NUL included
+  uint64_t notice_offset;
+  uint32_t max_notices;
+  uint32_t max_slots;
+  uint64_t slot_offset;
+  uint64_t slot_stride;  // SlotHeader, then hits[probe_count], missed[probe_count], then the ring
+  uint64_t ring_offset;  // within a slot
+  uint64_t ring_size;    // bytes, a multiple of 8; 0 in count mode
+  // Claimed with fetch_add by agents (not on the hit path); a notice is readable once its
+  // `ready` is nonzero. Notices past max_notices are counted here and dropped.
+  std::atomic<uint32_t> notice_cursor;
+  std::atomic<uint32_t> notices_dropped;
+  // Processes that loaded the agent (constructor) and that attached their probes, for the CLI's
+  // summary; incremented with fetch_add outside the hit path.
+  std::atomic<uint32_t> agents_started;
+  std::atomic<uint32_t> agents_attached;
+};
+
+enum NoticeKind : uint32_t {
+  kNoticeInfo = 0,   // informational, e.g. "attached 12 probes in 3.1 ms"
+  kNoticeProbe = 1,  // about probe `probe`: it was not placed (text says why)
+  kNoticeError = 2,  // the agent could not run at all in this process (text says why)
+};
+
+struct Notice {
+  std::atomic<uint32_t> ready;  // release-stored 1 when the rest is written
+  uint32_t kind;                // NoticeKind
+  int32_t pid;
+  int32_t probe;   // probe index, or -1
+  char text[496];  // NUL-terminated one-line message
+};
+static_assert(sizeof(Notice) == 512);
+
+struct SlotHeader {
+  std::atomic<uint32_t> state;  // SlotState
+  int32_t pid;
+  int32_t tid;
+  uint32_t reserved;
+  std::atomic<uint64_t> head;  // ring: bytes written (producer)
+  std::atomic<uint64_t> tail;  // ring: bytes consumed (CLI)
+  uint64_t pad[4];
+};
+static_assert(sizeof(SlotHeader) == 64);
+
+// A trace record: this header, then one string_size-byte NUL-terminated copy per set bit of the
+// probe's string_mask, lowest arg first. size is the whole record, a multiple of 8.
+struct Event {
+  uint32_t size;
+  uint32_t probe;  // index, or kPadProbe for padding (then only `size` is meaningful)
+  uint64_t tsc;
+  int32_t tid;
+  uint32_t bad_strings;  // bit n: argn's string could not be read (the copy holds "")
+  uint64_t args[kMaxArgs];
+};
+static_assert(sizeof(Event) == 72);
+
+inline std::atomic<uint64_t> *slot_hits(SlotHeader *s) {
+  return reinterpret_cast<std::atomic<uint64_t> *>(s + 1);
+}
+inline std::atomic<uint64_t> *slot_missed(SlotHeader *s, uint32_t probe_count) {
+  return slot_hits(s) + probe_count;
+}
+inline uint64_t event_size(uint32_t string_count, uint32_t string_size) {
+  return (sizeof(Event) + uint64_t{string_count} * string_size + 7) & ~uint64_t{7};
+}
+
+// Layout helpers, used by the CLI to size the region and by both sides to find things.
+inline uint64_t slot_stride_for(uint32_t probe_count, uint64_t ring_size) {
+  uint64_t counters = (sizeof(SlotHeader) + 16ull * probe_count + 63) & ~63ull;
+  return counters + ring_size;
+}
+inline SlotHeader *slot_at(Header *h, uint32_t i) {
+  return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(h) + h->slot_offset +
+                                        uint64_t{i} * h->slot_stride);
+}
+inline Notice *notice_at(Header *h, uint32_t i) {
+  return reinterpret_cast<Notice *>(reinterpret_cast<char *>(h) + h->notice_offset) + i;
+}
+inline char *ring_of(Header *h, SlotHeader *s) {
+  return reinterpret_cast<char *>(s) + h->ring_offset;
+}
+
+}  // namespace usprobe::agent

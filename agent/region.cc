@@ -1,0 +1,101 @@
+#include "agent/region.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace usprobe::agent {
+
+Region g_region;
+
+namespace {
+
+using u128 = unsigned __int128;
+
+// Every area the header describes lies inside the region, aligned for the atomics it holds.
+std::expected<void, std::string> check_layout(const Header &h) {
+  auto fail = [](std::string why) { return std::unexpected("bad region header: " + why); };
+  if (h.mode != kModeCount && h.mode != kModeTrace) return fail(fmt::format("mode {}", h.mode));
+  if (h.plan_size == 0 || u128{h.plan_offset} + h.plan_size > h.region_size)
+    return fail("the plan lies outside the region");
+  if (h.notice_offset % alignof(Notice) != 0 ||
+      u128{h.notice_offset} + u128{h.max_notices} * sizeof(Notice) > h.region_size)
+    return fail("the notices lie outside the region");
+  if (h.max_slots == 0) return fail("no slots");
+  if (h.slot_offset % alignof(SlotHeader) != 0 || h.slot_stride % alignof(SlotHeader) != 0 ||
+      u128{h.slot_offset} + u128{h.max_slots} * h.slot_stride > h.region_size)
+    return fail("the slots lie outside the region");
+  if (h.ring_offset % 8 != 0 || h.ring_size % 8 != 0 ||
+      h.ring_offset < sizeof(SlotHeader) + 16 * u128{h.probe_count} ||
+      u128{h.ring_offset} + h.ring_size > h.slot_stride)
+    return fail("a slot's counters and ring do not fit in its stride");
+  if (h.mode == kModeTrace && h.ring_size < sizeof(Event))
+    return fail(fmt::format("trace mode with a {}-byte ring", h.ring_size));
+  return {};
+}
+
+// The region behind an open descriptor; `where` names it in messages.
+std::expected<Header *, std::string> map_fd(int fd, const std::string &where) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    // Typically a parent process closed every descriptor but the standard ones before an exec.
+    return std::unexpected(where + ": " + strerror(err) +
+                           (err == EBADF ? " (closed before this program started)" : ""));
+  }
+  // Only a regular file can be our memfd; anything else (the command closed our fd and the number
+  // now names a pipe or socket) is left alone.
+  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < sizeof(Header))
+    return std::unexpected(where + ": not a usprobe region");
+  size_t length = static_cast<size_t>(st.st_size);
+  // Read-only until the header checks out, so that a file that merely reuses the number is never
+  // written; mprotect to read-write fails (EACCES) unless the descriptor allows writing.
+  void *mem = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
+  if (mem == MAP_FAILED) return std::unexpected(where + ": mmap: " + strerror(errno));
+  auto *h = static_cast<Header *>(mem);
+  auto refuse = [&](std::string why) -> std::expected<Header *, std::string> {
+    munmap(mem, length);
+    return std::unexpected(where + ": " + why);
+  };
+  if (h->magic != kMagic) return refuse("not a usprobe region (bad magic)");
+  if (h->version != kVersion)
+    return refuse(fmt::format("region version {}, this agent speaks {}", h->version, kVersion));
+  if (h->region_size < sizeof(Header) || h->region_size > length)
+    return refuse(
+        fmt::format("region_size {} but the file holds {} bytes", h->region_size, length));
+  if (auto ok = check_layout(*h); !ok) return refuse(ok.error());
+  if (mprotect(mem, length, PROT_READ | PROT_WRITE) != 0)
+    return refuse(std::string("mprotect: ") + strerror(errno));
+  return h;
+}
+
+}  // namespace
+
+std::expected<Header *, std::string> map_region(const char *fd_text, const char *path) {
+  auto where = fmt::format("{}={}", kEnvFd, fd_text);
+  int fd = -1;
+  const char *end = fd_text + strlen(fd_text);
+  if (auto [p, ec] = std::from_chars(fd_text, end, fd); ec != std::errc() || p != end || fd < 0)
+    return std::unexpected(where + ": not a file descriptor number");
+  auto mapped = map_fd(fd, where);
+  if (mapped || !path) return mapped;
+  // The inherited descriptor is gone: open the CLI's own through /proc. The mapping outlives the
+  // descriptor, which is closed again so that the command never sees a new one.
+  int own = open(path, O_RDWR | O_CLOEXEC);
+  if (own < 0) {
+    return std::unexpected(
+        fmt::format("{}, and {}={}: {}", mapped.error(), kEnvPath, path, strerror(errno)));
+  }
+  auto again = map_fd(own, fmt::format("{}={}", kEnvPath, path));
+  close(own);
+  return again;
+}
+
+}  // namespace usprobe::agent

@@ -1,0 +1,46 @@
+// The shared region (agent/protocol.h) as this process sees it: found through USPROBE_AGENT_FD,
+// checked, mapped, and the few numbers the hit path needs copied out of its header once.
+#pragma once
+
+#include <cstdint>
+#include <expected>
+#include <string>
+
+#include "agent/protocol.h"
+
+namespace usprobe::agent {
+
+// What the hit path needs to know about one probe, worked out once from the plan.
+struct ProbeInfo {
+  uint32_t string_mask;  // bit n: argn is a `%s` argument (trace mode)
+  uint32_t record_size;  // event_size(popcount(string_mask), string_size)
+};
+
+// Written by the constructor before any probe is attached, read-only afterwards (pid excepted, see
+// below). Handlers see the written values because attaching publishes a probe's consumers with a
+// release store that dispatch reads with acquire (src/core/registry.cc, publish()).
+struct Region {
+  Header *header = nullptr;
+  uint32_t mode = kModeCount;
+  uint32_t probe_count = 0;
+  uint32_t string_size = 0;
+  uint32_t max_slots = 0;
+  uint64_t ring_size = 0;
+  SlotHeader *overflow = nullptr;  // slot max_slots - 1, shared by threads that found none free
+  const ProbeInfo *probes = nullptr;
+  // This process's pid, so that claiming a slot needs no getpid(). Rewritten by the fork child
+  // handler, when the child has a single thread.
+  int32_t pid = 0;
+};
+
+extern Region g_region;
+
+// Maps the region named by the USPROBE_AGENT_FD value `fd_text` or, when that descriptor is not
+// (or no longer) the region, by the path in USPROBE_AGENT_REGION (`path`, may be null), after
+// checking that the header's magic, version and size match and that every area it describes lies
+// inside the region. Reads nothing but the header before those checks pass: an fd number reused
+// for some other file (the command closed ours) is never written to. The message names what was
+// wrong.
+std::expected<Header *, std::string> map_region(const char *fd_text, const char *path);
+
+}  // namespace usprobe::agent

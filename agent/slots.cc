@@ -1,0 +1,50 @@
+#include "agent/slots.h"
+
+#include "os/linux/raw_syscall.h"
+
+namespace usprobe::agent {
+
+constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec"))) = nullptr;
+
+// Runs once per thread, inside whatever probed function the thread hit first: no lock, no
+// allocation, no libc call. It makes one system call, a raw gettid (glibc has no call-free way to
+// learn the tid), which the hit path allows on a thread's first hit only, as the engine's dispatch
+// does when it registers a thread.
+SlotHeader *claim_slot() {
+  Header *h = g_region.header;
+  for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {
+    SlotHeader *s = slot_at(h, i);
+    uint32_t expected = kSlotFree;
+    if (s->state.load(std::memory_order_relaxed) != kSlotFree) continue;
+    // Acquire pairs with the CLI's release store of kSlotFree: its zeroing of the counters and its
+    // last tail store happen before this thread's first write to them.
+    if (!s->state.compare_exchange_strong(expected, kSlotOwned, std::memory_order_acquire,
+                                          std::memory_order_relaxed))
+      continue;
+    // After the CAS, as protocol.h orders it: the CLI may briefly see an owned slot whose pid and
+    // tid are still 0 (it zeroes them when it frees a slot) and leaves such a slot alone.
+    // Relaxed: nothing else is published with them.
+    std::atomic_ref<int32_t>(s->pid).store(g_region.pid, std::memory_order_relaxed);
+    std::atomic_ref<int32_t>(s->tid).store(os::raw_gettid(), std::memory_order_relaxed);
+    return s;
+  }
+  return g_region.overflow;
+}
+
+void mark_exec_orphans(int32_t pid, int32_t tid) {
+  Header *h = g_region.header;
+  for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {
+    SlotHeader *s = slot_at(h, i);
+    if (s->state.load(std::memory_order_acquire) != kSlotOwned) continue;
+    if (std::atomic_ref<int32_t>(s->pid).load(std::memory_order_relaxed) != pid ||
+        std::atomic_ref<int32_t>(s->tid).load(std::memory_order_relaxed) != tid)
+      continue;
+    // Release pairs with the CLI's acquire load of the state: the slot's counts, written by the
+    // previous image before its exec, are complete. A CAS, not a store: the CLI may be freeing it.
+    uint32_t expected = kSlotOwned;
+    s->state.compare_exchange_strong(expected, kSlotOrphan, std::memory_order_release,
+                                     std::memory_order_relaxed);
+  }
+}
+
+}  // namespace usprobe::agent

@@ -1,0 +1,44 @@
+// Slots: each thread that hits a probe writes its counts (and, in trace mode, its events) into a
+// slot of its own in the region (agent/protocol.h, "Slots").
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "agent/protocol.h"
+#include "agent/region.h"
+
+namespace usprobe::agent {
+
+// This thread's slot, or nullptr before its first hit. Initial-exec TLS: one %fs-relative load on
+// the hit path, never __tls_get_addr (the agent is preloaded, so its TLS is static). Reset in a
+// forked child, whose thread must take a slot tagged with the child's pid.
+extern constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec")));
+
+// The first hit of a thread: takes a free slot, or returns the overflow slot when none is free.
+// Runs on the hit path (compiled with -mgeneral-regs-only): no lock, no allocation, no libc; one
+// raw gettid system call (see slots.cc).
+SlotHeader *claim_slot();
+
+inline SlotHeader *thread_slot() {
+  SlotHeader *s = t_slot;
+  if (__builtin_expect(s == nullptr, 0)) t_slot = s = claim_slot();
+  return s;
+}
+
+// Adds n to a counter of slot s. The owner of a slot is its only writer: a relaxed load and store,
+// no read-modify-write (the CLI reads with relaxed loads and, once the thread is gone, zeroes it).
+// The overflow slot has many writers: fetch_add, so that no count is lost.
+inline void slot_add(SlotHeader *s, std::atomic<uint64_t> &counter, uint64_t n) {
+  if (__builtin_expect(s == g_region.overflow, 0))
+    counter.fetch_add(n, std::memory_order_relaxed);
+  else
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// After an exec: the slot of the thread that called exec (same pid, and the tid this thread now
+// has) still looks alive to the CLI, so it is marked kSlotOrphan for the CLI to drain and free.
+// Call before attaching, while no thread of this image owns a slot.
+void mark_exec_orphans(int32_t pid, int32_t tid);
+
+}  // namespace usprobe::agent

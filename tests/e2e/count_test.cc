@@ -1,0 +1,390 @@
+// `usprobe count`: real programs (tests/e2e/e2e_target.c) run under the CLI, and the reports
+// checked for exact counts, per-pid attribution across threads, fork and exec, the command's exit
+// status, SIGINT forwarding, interval and duration reports, the output file and every probe form.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Json;
+using e2e::Output;
+using e2e::run;
+
+// The JSON reports of a run (stdout first, then stderr: wherever the CLI writes them).
+std::vector<Json> reports_of(const Output &r) {
+  std::vector<Json> all = e2e::reports(r.out);
+  for (Json &j : e2e::reports(r.err)) all.push_back(std::move(j));
+  return all;
+}
+
+// The one report of a run without -i: it must be the total.
+Json only_total(const Output &r) {
+  std::vector<Json> all = reports_of(r);
+  EXPECT_EQ(all.size(), 1u) << r.describe();
+  if (all.empty()) return Json::object();
+  EXPECT_EQ(all.back().value("type", ""), "total") << all.back().dump();
+  return all.back();
+}
+
+uint64_t hits_of(const Json &report, std::string_view probe) {
+  auto p = e2e::probe_in(report, probe);
+  EXPECT_TRUE(p.has_value()) << "no probe " << probe << " in " << report.dump();
+  return p ? p->value("hits", uint64_t{~0ull}) : ~0ull;
+}
+
+// A probe's "pids" as pid -> hits.
+std::map<long, uint64_t> pids_of(const Json &report, std::string_view probe) {
+  std::map<long, uint64_t> pids;
+  auto p = e2e::probe_in(report, probe);
+  EXPECT_TRUE(p.has_value()) << "no probe " << probe << " in " << report.dump();
+  if (!p) return pids;
+  EXPECT_TRUE(p->contains("pids") && (*p)["pids"].is_object()) << p->dump();
+  if (!p->contains("pids") || !(*p)["pids"].is_object()) return pids;
+  for (auto &[key, value] : (*p)["pids"].items()) pids[std::stol(key)] = value.get<uint64_t>();
+  return pids;
+}
+
+std::string libc_path() {
+  for (const std::string &line : e2e::lines(e2e::read_file("/proc/self/maps"))) {
+    size_t slash = line.find('/');
+    if (slash != std::string::npos && line.find("/libc.so.6", slash) != std::string::npos)
+      return line.substr(slash);
+  }
+  return "";
+}
+
+// "FILE:SYMBOL" -> (realpath of FILE, SYMBOL).
+std::pair<std::string, std::string> split_location(const std::string &location) {
+  size_t colon = location.rfind(':');
+  if (colon == std::string::npos) return {"", location};
+  return {e2e::realpath_of(location.substr(0, colon)), location.substr(colon + 1)};
+}
+
+long pid_after(const std::string &out, const std::string &key) {
+  size_t at = out.find(key);
+  return at == std::string::npos ? -1 : std::stol(out.substr(at + key.size()));
+}
+
+TEST(CliCount, CountsEveryCallOfAFunctionOfTheCommand) {
+  Output r =
+      run({e2e::cli(), "count", "--json", "exe:e2e_work", "--", e2e::target(), "calls", "1000"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("calls 1000\n"), std::string::npos) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(total.value("exit_status", -1), 0) << total.dump();
+  EXPECT_GT(total.value("elapsed_s", 0.0), 0.0) << total.dump();
+  EXPECT_LE(total.value("elapsed_s", 1e9), r.seconds + 0.1) << total.dump();
+  ASSERT_EQ(total["probes"].size(), 1u) << total.dump();
+  const Json &p = total["probes"][0];
+  EXPECT_EQ(p.value("probe", ""), "exe:e2e_work");
+  EXPECT_EQ(split_location(p.value("location", "")),
+            std::make_pair(e2e::realpath_of(e2e::target()), std::string("e2e_work")))
+      << p.dump();
+  EXPECT_EQ(p.value("hits", 0u), 1000u) << p.dump();
+  EXPECT_EQ(p.value("missed", 1u), 0u) << p.dump();
+  auto pids = pids_of(total, "exe:e2e_work");
+  ASSERT_EQ(pids.size(), 1u) << p.dump();
+  EXPECT_GT(pids.begin()->first, 0);
+  EXPECT_EQ(pids.begin()->second, 1000u);
+}
+
+TEST(CliCount, ProbesWithoutHitsAreReportedAfterTheOthers) {
+  Output r = run({e2e::cli(), "count", "--json", "exe:e2e_greet", "exe:e2e_work", "--",
+                  e2e::target(), "calls", "10"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 2u) << total.dump();
+  EXPECT_EQ(total["probes"][0].value("probe", ""), "exe:e2e_work") << total.dump();
+  EXPECT_EQ(total["probes"][0].value("hits", 0u), 10u) << total.dump();
+  EXPECT_EQ(total["probes"][1].value("probe", ""), "exe:e2e_greet") << total.dump();
+  EXPECT_EQ(total["probes"][1].value("hits", 1u), 0u) << total.dump();
+  EXPECT_TRUE(pids_of(total, "exe:e2e_greet").empty()) << total.dump();
+}
+
+TEST(CliCount, CountsALibcFunctionByItsShortLibraryName) {
+  Output r =
+      run({e2e::cli(), "count", "--json", "libc:getppid", "--", e2e::target(), "libc", "250"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "libc:getppid"), 250u) << total.dump();
+  auto p = e2e::probe_in(total, "libc:getppid");
+  ASSERT_TRUE(p);
+  EXPECT_EQ(split_location(p->value("location", "")),
+            std::make_pair(e2e::realpath_of(libc_path()), std::string("getppid")))
+      << p->dump();
+}
+
+TEST(CliCount, ProbesOnMallocAndFreeLeaveTheCommandWorking) {
+  Output r = run({e2e::cli(), "count", "--json", "libc:malloc", "libc:free", "--", e2e::target(),
+                  "calls", "10"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out.substr(0, r.out.find('{')), "calls 10\n") << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(total.value("exit_status", -1), 0) << total.dump();
+  // printf allocates stdout's buffer.
+  EXPECT_GE(hits_of(total, "libc:malloc"), 1u) << total.dump();
+}
+
+TEST(CliCount, CountsCallsFromEveryThread) {
+  Output r = run(
+      {e2e::cli(), "count", "--json", "exe:e2e_work", "--", e2e::target(), "threads", "4", "2500"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("threads 4 x 2500\n"), std::string::npos) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 10000u) << total.dump();
+  auto pids = pids_of(total, "exe:e2e_work");
+  ASSERT_EQ(pids.size(), 1u) << total.dump();
+  EXPECT_EQ(pids.begin()->second, 10000u);
+}
+
+TEST(CliCount, CountsAForkedChildUnderItsOwnPid) {
+  Output r = run({e2e::cli(), "count", "--json", "--per-pid", "exe:e2e_work", "--", e2e::target(),
+                  "fork", "100", "200"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const long parent = pid_after(r.out, "parent="), child = pid_after(r.out, "child=");
+  ASSERT_GT(parent, 0) << r.describe();
+  ASSERT_GT(child, 0) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 300u) << total.dump();
+  EXPECT_EQ(pids_of(total, "exe:e2e_work"), (std::map<long, uint64_t>{{parent, 100}, {child, 200}}))
+      << total.dump();
+}
+
+TEST(CliCount, ProbesTheImageThatExecStarts) {
+  Output r = run(
+      {e2e::cli(), "count", "--json", "exe:e2e_work", "--", e2e::target(), "exec", "100", "200"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const long pid = pid_after(r.out, "exec pid=");
+  ASSERT_GT(pid, 0) << r.describe();
+  EXPECT_NE(r.out.find("calls 200\n"), std::string::npos) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 300u) << total.dump();
+  EXPECT_EQ(pids_of(total, "exe:e2e_work"), (std::map<long, uint64_t>{{pid, 300}})) << total.dump();
+}
+
+TEST(CliCount, AfterExecOfAnotherProgramAProbeThatNoLongerResolvesIsReportedOnce) {
+  Output r = run({e2e::cli(), "count", "--json", "exe:e2e_work", "libc:getppid", "--",
+                  e2e::target(), "exec-other", "5", e2e::other(), "7"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("other 7\n"), std::string::npos) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 5u) << total.dump();
+  EXPECT_EQ(hits_of(total, "libc:getppid"), 7u) << total.dump();
+  int mentions = 0;
+  for (const std::string &line : e2e::lines(r.err))
+    if (line.find("e2e_work") != std::string::npos && !e2e::starts_with(line, "{")) ++mentions;
+  EXPECT_EQ(mentions, 1) << "stderr should say once that exe:e2e_work no longer resolves\n"
+                         << r.describe();
+}
+
+TEST(CliCount, ExitStatusIsTheCommands) {
+  Output r = run({e2e::cli(), "count", "--json", "exe:e2e_work", "--", e2e::target(), "exit", "7"});
+  ASSERT_EQ(r.exit_code(), 7) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(total.value("exit_status", -1), 7) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 2u) << total.dump();
+
+  Output text = run({e2e::cli(), "count", "exe:e2e_work", "--", e2e::target(), "exit", "7"});
+  ASSERT_EQ(text.exit_code(), 7) << text.describe();
+  EXPECT_TRUE(std::regex_search(text.out + text.err,
+                                std::regex(R"(Total over [0-9]+\.[0-9]{3} s \(exit status 7\):)")))
+      << text.describe();
+}
+
+TEST(CliCount, ExitStatusIs128PlusTheSignalThatKilledTheCommand) {
+  Output r = run({e2e::cli(), "count", "--json", "exe:e2e_work", "--", e2e::target(), "raise",
+                  std::to_string(SIGTERM)});
+  ASSERT_EQ(r.exit_code(), 128 + SIGTERM) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(total.value("exit_status", -1), 128 + SIGTERM) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 2u) << total.dump();
+}
+
+TEST(CliCount, SigintIsForwardedToTheCommandAndTheReportPrinted) {
+  e2e::Process p(
+      {e2e::cli(), "count", "--json", "exe:e2e_work", "--", e2e::target(), "sleep", "30"});
+  ASSERT_TRUE(p.wait_for_stdout("sleeping\n", std::chrono::seconds(20)))
+      << "the command did not start under usprobe\n"
+      << p.finish(std::chrono::seconds(1)).describe();
+  const auto sent = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(p.pid(), SIGINT), 0);
+  Output r = p.finish(std::chrono::seconds(20));
+  const double after =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
+  ASSERT_FALSE(r.timed_out) << r.describe();
+  EXPECT_LT(after, 5.0) << "usprobe took that long to stop after SIGINT";
+  EXPECT_EQ(r.exit_code(), 128 + SIGINT) << r.describe();
+  EXPECT_EQ(r.out.find("slept"), std::string::npos) << "the command was not interrupted\n"
+                                                    << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 3u) << total.dump();
+  EXPECT_EQ(total.value("exit_status", -1), 128 + SIGINT) << total.dump();
+}
+
+TEST(CliCount, IntervalReportsComeWhileTheCommandRunsThenTheTotal) {
+  // 6 rounds of 100 calls, 150 ms apart: about 0.9 s, reported every 0.2 s.
+  Output r = run({e2e::cli(), "count", "--json", "-i", "0.2", "exe:e2e_work", "--", e2e::target(),
+                  "ticks", "6", "150"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> all = reports_of(r);
+  ASSERT_GE(all.size(), 3u) << r.describe();
+  uint64_t interval_sum = 0;
+  int intervals_with_hits = 0;
+  for (size_t i = 0; i + 1 < all.size(); ++i) {
+    EXPECT_EQ(all[i].value("type", ""), "interval") << all[i].dump();
+    EXPECT_GT(all[i].value("elapsed_s", 0.0), 0.0) << all[i].dump();
+    const uint64_t hits = hits_of(all[i], "exe:e2e_work");
+    interval_sum += hits;
+    intervals_with_hits += hits > 0;
+  }
+  EXPECT_GE(intervals_with_hits, 2) << r.describe();
+  const Json &total = all.back();
+  EXPECT_EQ(total.value("type", ""), "total") << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 600u) << total.dump();
+  // Interval reports count their own interval; the total counts everything.
+  EXPECT_LE(interval_sum, 600u) << r.describe();
+  EXPECT_GE(total.value("elapsed_s", 0.0), 0.85) << total.dump();
+}
+
+TEST(CliCount, DurationEndsTheCountAfterThatTime) {
+  Output r = run({e2e::cli(), "count", "--json", "-d", "0.5", "exe:e2e_work", "--", e2e::target(),
+                  "sleep", "30"},
+                 std::chrono::seconds(20));
+  ASSERT_FALSE(r.timed_out) << r.describe();
+  EXPECT_LT(r.seconds, 5.0) << r.describe();
+  std::vector<Json> all = reports_of(r);
+  ASSERT_FALSE(all.empty()) << r.describe();
+  const Json &total = all.back();
+  EXPECT_EQ(total.value("type", ""), "total") << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 3u) << total.dump();
+  EXPECT_GE(total.value("elapsed_s", 0.0), 0.45) << total.dump();
+  EXPECT_LT(total.value("elapsed_s", 1e9), 5.0) << total.dump();
+}
+
+TEST(CliCount, OutputFileGetsTheReportAndStdoutKeepsTheCommandsOutput) {
+  e2e::TempDir dir;
+  const std::string json_file = dir.file("report.json"), text_file = dir.file("report.txt");
+  Output r = run({e2e::cli(), "count", "--json", "-o", json_file, "exe:e2e_work", "--",
+                  e2e::target(), "calls", "50"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, "calls 50\n");
+  EXPECT_TRUE(e2e::reports(r.err).empty()) << r.describe();
+  std::vector<Json> in_file = e2e::reports(e2e::read_file(json_file));
+  ASSERT_EQ(in_file.size(), 1u) << e2e::read_file(json_file);
+  EXPECT_EQ(in_file[0].value("type", ""), "total");
+  EXPECT_EQ(hits_of(in_file[0], "exe:e2e_work"), 50u) << in_file[0].dump();
+
+  Output t = run(
+      {e2e::cli(), "count", "-o", text_file, "exe:e2e_work", "--", e2e::target(), "calls", "50"});
+  ASSERT_EQ(t.exit_code(), 0) << t.describe();
+  EXPECT_EQ(t.out, "calls 50\n");
+  const std::string text = e2e::read_file(text_file);
+  EXPECT_NE(text.find("Total over "), std::string::npos) << text;
+  EXPECT_EQ((t.out + t.err).find("Total over "), std::string::npos) << t.describe();
+}
+
+TEST(CliCount, TextReportHasAHeaderAndOneRowPerProbeByHits) {
+  Output r = run(
+      {e2e::cli(), "count", "exe:e2e_greet", "exe:e2e_work", "--", e2e::target(), "calls", "1000"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  // Wherever the CLI writes it, the report is a block of lines.
+  std::vector<std::string> all = e2e::lines(r.out);
+  for (const std::string &line : e2e::lines(r.err)) all.push_back(line);
+  const std::regex total_line(R"(^Total over [0-9]+\.[0-9]{3} s \(exit status 0\):$)");
+  size_t at = 0;
+  while (at < all.size() && !std::regex_match(all[at], total_line)) ++at;
+  ASSERT_LT(at, all.size()) << "no \"Total over N.NNN s (exit status 0):\" line\n" << r.describe();
+  ASSERT_LT(at + 3, all.size()) << r.describe();
+  EXPECT_EQ(e2e::words(all[at + 1]), (std::vector<std::string>{"PROBE", "HITS", "MISSED"}))
+      << r.describe();
+  EXPECT_EQ(e2e::words(all[at + 2]), (std::vector<std::string>{"exe:e2e_work", "1000", "0"}))
+      << r.describe();
+  EXPECT_EQ(e2e::words(all[at + 3]), (std::vector<std::string>{"exe:e2e_greet", "0", "0"}))
+      << r.describe();
+}
+
+TEST(CliCount, UprobePrefixIsAcceptedAndLeftOutOfTheName) {
+  Output r = run(
+      {e2e::cli(), "count", "--json", "uprobe:exe:e2e_work", "--", e2e::target(), "calls", "10"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 1u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 10u) << total.dump();
+}
+
+TEST(CliCount, GlobProbesEveryMatchingFunction) {
+  Output r = run({e2e::cli(), "count", "--json", "exe:e2e_*", "--", e2e::target(), "greet"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  std::set<std::string> names;
+  for (const Json &p : total["probes"]) names.insert(p.value("probe", ""));
+  EXPECT_EQ(names, (std::set<std::string>{"exe:e2e_work", "exe:e2e_greet", "exe:e2e_args"}))
+      << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_greet"), 5u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 0u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_args"), 0u) << total.dump();
+  ASSERT_FALSE(total["probes"].empty());
+  EXPECT_EQ(total["probes"][0].value("probe", ""), "exe:e2e_greet") << total.dump();
+}
+
+// The offset of e2e_work as `usprobe list --json` gives it, checked against src/elf.
+uint64_t listed_offset_of_e2e_work() {
+  Output r = run({e2e::cli(), "list", e2e::target(), "e2e_work", "--json"});
+  EXPECT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> all = e2e::json_lines(r.out);
+  EXPECT_EQ(all.size(), 1u) << r.describe();
+  if (all.size() != 1 || !all[0].contains("functions") || all[0]["functions"].size() != 1) {
+    ADD_FAILURE() << "unexpected list output\n" << r.describe();
+    return 0;
+  }
+  const uint64_t offset = all[0]["functions"][0].value("offset", uint64_t{0});
+  auto fn = e2e::function_in(e2e::target(), "e2e_work");
+  EXPECT_TRUE(fn.has_value());
+  if (fn) {
+    EXPECT_EQ(offset, fn->offset);
+  }
+  return offset;
+}
+
+TEST(CliCount, SymbolPlusZeroCountsLikeTheSymbol) {
+  Output r =
+      run({e2e::cli(), "count", "--json", "exe:e2e_work+0", "--", e2e::target(), "calls", "20"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 1u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work+0"), 20u) << total.dump();
+}
+
+TEST(CliCount, FileOffsetOfTheFunctionCountsLikeTheSymbol) {
+  const uint64_t offset = listed_offset_of_e2e_work();
+  ASSERT_NE(offset, 0u);
+  char spec[64];
+  std::snprintf(spec, sizeof spec, "exe:0x%llx", static_cast<unsigned long long>(offset));
+  Output r = run({e2e::cli(), "count", "--json", spec, "--", e2e::target(), "calls", "20"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 1u) << total.dump();
+  EXPECT_EQ(hits_of(total, spec), 20u) << total.dump();
+}
+
+TEST(CliCount, PathOfTheExecutableWorksLikeExe) {
+  const std::string spec = std::string(e2e::target()) + ":e2e_work";
+  Output r = run({e2e::cli(), "count", "--json", spec, "--", e2e::target(), "calls", "20"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 1u) << total.dump();
+  EXPECT_EQ(hits_of(total, spec), 20u) << total.dump();
+}
+
+}  // namespace

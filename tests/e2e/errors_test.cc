@@ -1,0 +1,125 @@
+// Requests the CLI must refuse before it starts the command: exit status 2, one line on stderr that
+// starts "usprobe: " and names what is wrong, and no sign of the command (it would have created a
+// marker file and printed "marker created").
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Output;
+
+enum class Command { kTarget, kStatic, kNotOnPath, kNoSuchPath };
+
+struct ErrorCase {
+  const char *name;
+  std::vector<std::string> request;  // subcommand, options and probes, before "--"
+  Command command;
+  std::string mentions;  // the stderr line must contain this
+};
+
+void PrintTo(const ErrorCase &c, std::ostream *os) {
+  *os << c.name;
+}
+
+class CliErrors : public testing::TestWithParam<ErrorCase> {};
+
+std::string NameOf(const testing::TestParamInfo<ErrorCase> &param) {
+  return param.param.name;
+}
+
+TEST_P(CliErrors, ExitTwoWithOneLineAndTheCommandNeverStarts) {
+  const ErrorCase &c = GetParam();
+  e2e::TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const std::string marker = dir.file("marker");
+  std::vector<std::string> argv = {e2e::cli()};
+  argv.insert(argv.end(), c.request.begin(), c.request.end());
+  argv.push_back("--");
+  switch (c.command) {
+    case Command::kTarget:
+      argv.insert(argv.end(), {e2e::target(), "marker", marker});
+      break;
+    case Command::kStatic:
+      argv.insert(argv.end(), {e2e::static_target(), "marker", marker});
+      break;
+    case Command::kNotOnPath:
+      argv.insert(argv.end(), {"usprobe-e2e-no-such-command", "marker", marker});
+      break;
+    case Command::kNoSuchPath:
+      argv.insert(argv.end(), {"/nonexistent/usprobe-e2e/prog", "marker", marker});
+      break;
+  }
+  Output r = e2e::run(argv);
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  std::vector<std::string> err = e2e::lines(r.err);
+  ASSERT_EQ(err.size(), 1u) << "one line on stderr\n" << r.describe();
+  EXPECT_TRUE(e2e::starts_with(err[0], "usprobe: ")) << err[0];
+  EXPECT_NE(err[0].find(c.mentions), std::string::npos)
+      << "the message should name \"" << c.mentions << "\": " << err[0];
+  EXPECT_FALSE(e2e::file_exists(marker)) << "the command ran\n" << r.describe();
+  EXPECT_EQ(r.out.find("marker created"), std::string::npos) << "the command ran\n" << r.describe();
+}
+
+const std::string kGreet = R"(exe:e2e_greet "%s %d", arg0, arg1)";
+
+INSTANTIATE_TEST_SUITE_P(
+    Count, CliErrors,
+    testing::Values(
+        ErrorCase{"BadOffset", {"count", "exe:e2e_work+zz"}, Command::kTarget, "zz"},
+        ErrorCase{"NoFile", {"count", "e2e_work"}, Command::kTarget, "e2e_work"},
+        ErrorCase{"UnknownLibrary", {"count", "libnosuch:foo"}, Command::kTarget, "libnosuch"},
+        ErrorCase{"UnknownPath",
+                  {"count", "/nonexistent/usprobe-e2e/libx.so:foo"},
+                  Command::kTarget,
+                  "/nonexistent/usprobe-e2e/libx.so"},
+        ErrorCase{"UnknownLibcSymbol", {"count", "libc:mallok"}, Command::kTarget, "mallok"},
+        ErrorCase{"UnknownExeSymbol", {"count", "exe:e2e_nosuch"}, Command::kTarget, "e2e_nosuch"},
+        ErrorCase{"OneBadProbeAmongGoodOnes",
+                  {"count", "libc:malloc", "libc:mallok", "exe:e2e_work"},
+                  Command::kTarget,
+                  "mallok"},
+        ErrorCase{
+            "GlobMatchesNothing", {"count", "libc:zzz_nomatch*"}, Command::kTarget, "zzz_nomatch"},
+        ErrorCase{"StaticCommand", {"count", "libc:malloc"}, Command::kStatic, "e2e_static"},
+        ErrorCase{"CommandNotFound",
+                  {"count", "libc:malloc"},
+                  Command::kNotOnPath,
+                  "usprobe-e2e-no-such-command"},
+        ErrorCase{"CommandPathDoesNotExist",
+                  {"count", "libc:malloc"},
+                  Command::kNoSuchPath,
+                  "/nonexistent/usprobe-e2e/prog"}),
+    NameOf);
+
+INSTANTIATE_TEST_SUITE_P(
+    Trace, CliErrors,
+    testing::Values(
+        ErrorCase{"UnknownSymbol",
+                  {"trace", R"(exe:e2e_nosuch "%d", arg0)"},
+                  Command::kTarget,
+                  "e2e_nosuch"},
+        ErrorCase{
+            "UnknownConversion", {"trace", R"(exe:e2e_greet "%q", arg0)"}, Command::kTarget, "%q"},
+        ErrorCase{
+            "NoSuchArgument", {"trace", R"(exe:e2e_greet "%d", arg9)"}, Command::kTarget, "arg9"},
+        ErrorCase{"TooFewArguments",
+                  {"trace", R"(exe:e2e_greet "%s %d", arg0)"},
+                  Command::kTarget,
+                  "usprobe: "},
+        ErrorCase{"UnterminatedFormat",
+                  {"trace", R"(exe:e2e_greet "%s, arg0)"},
+                  Command::kTarget,
+                  "usprobe: "},
+        ErrorCase{"StaticCommand", {"trace", kGreet}, Command::kStatic, "e2e_static"},
+        ErrorCase{"CommandNotFound",
+                  {"trace", kGreet},
+                  Command::kNotOnPath,
+                  "usprobe-e2e-no-such-command"}),
+    NameOf);
+
+}  // namespace

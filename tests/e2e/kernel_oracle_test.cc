@@ -1,0 +1,235 @@
+// The kernel as an oracle for the CLI: the same sqlite3 workload is run once under `usprobe count`
+// and once, separately, with the kernel's own uprobes (perf_event_open on the "uprobe" PMU) on the
+// same functions of the same files, counting for that run's process only. The counts must be
+// equal: a user who switches from perf or bpftrace to usprobe sees the same numbers.
+//
+// The library paths come from the dynamic linker itself (ldd of the command), the file offsets from
+// usprobe's ELF reader (src/elf), so the oracle does not depend on the CLI's answers; the test also
+// checks that the CLI resolved the short names (libsqlite3, libc) to those same files.
+//
+// These tests run alone (RUN_SERIAL, tests/e2e/CMakeLists.txt). Skipped, with the reason, where
+// perf_event_open is refused.
+#include <fcntl.h>
+#include <linux/perf_event.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Json;
+using e2e::Output;
+
+constexpr const char *kSqlite = "/usr/bin/sqlite3";
+
+struct KernelProbe {
+  std::string path;  // the ELF file
+  uint64_t offset;   // file offset of the probed instruction
+};
+
+struct KernelRun {
+  std::string skip;  // why the kernel's uprobes could not be used; empty when they were
+  std::vector<uint64_t> counts;
+  Output output;
+};
+
+std::string read_text(const std::string &path) {
+  std::string text = e2e::read_file(path);
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  return text;
+}
+
+// Runs argv in a child with one kernel uprobe per probe, counting for that child only. The child
+// waits on a pipe while the parent opens the events on it (disabled, enabled on exec), then execs.
+// Not inherited: for an inherited event the kernel reads attr.uprobe_path again at each clone, from
+// the memory of the process that clones, where after exec no such path exists. sqlite3 runs on one
+// thread and does not fork; neither does e2e_target in the modes used here.
+KernelRun run_with_kernel_uprobes(const std::vector<std::string> &argv,
+                                  const std::vector<KernelProbe> &probes) {
+  KernelRun result;
+  const std::string type_text = read_text("/sys/bus/event_source/devices/uprobe/type");
+  if (type_text.empty()) {
+    result.skip = "no uprobe PMU (/sys/bus/event_source/devices/uprobe/type)";
+    return result;
+  }
+  const uint32_t type = static_cast<uint32_t>(std::stoul(type_text));
+
+  e2e::TempDir dir;
+  const std::string out_file = dir.file("out"), err_file = dir.file("err");
+  std::vector<char *> args;
+  for (const std::string &a : argv) args.push_back(const_cast<char *>(a.c_str()));
+  args.push_back(nullptr);
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) {
+    result.skip = std::string("pipe2: ") + std::strerror(errno);
+    return result;
+  }
+  const pid_t child = fork();
+  if (child == 0) {
+    close(go[1]);
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+      _exit(126);
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(125);  // the parent gave up
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(go[0]);
+  std::vector<int> fds;
+  auto cleanup = [&] {
+    for (int fd : fds) close(fd);
+  };
+  for (const KernelProbe &p : probes) {
+    perf_event_attr attr;
+    std::memset(&attr, 0, sizeof attr);
+    attr.size = sizeof attr;
+    attr.type = type;
+    attr.uprobe_path = reinterpret_cast<uint64_t>(p.path.c_str());
+    attr.probe_offset = p.offset;
+    attr.disabled = 1;
+    attr.enable_on_exec = 1;
+    long fd = syscall(SYS_perf_event_open, &attr, child, -1, -1, PERF_FLAG_FD_CLOEXEC);
+    if (fd < 0) {
+      result.skip = "perf_event_open(uprobe " + p.path + ":" + std::to_string(p.offset) +
+                    "): " + std::strerror(errno);
+      close(go[1]);
+      waitpid(child, nullptr, 0);
+      cleanup();
+      return result;
+    }
+    fds.push_back(static_cast<int>(fd));
+  }
+  (void)!write(go[1], "x", 1);
+  close(go[1]);
+
+  const auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  while (waitpid(child, &status, WNOHANG) != child) {
+    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      result.output.timed_out = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  result.output.wait_status = status;
+  result.output.out = e2e::read_file(out_file);
+  result.output.err = e2e::read_file(err_file);
+  for (int fd : fds) {
+    uint64_t value = ~0ull;
+    if (read(fd, &value, sizeof value) != static_cast<ssize_t>(sizeof value)) value = ~0ull;
+    result.counts.push_back(value);
+  }
+  cleanup();
+  return result;
+}
+
+// The path the dynamic linker loads `soname` from for `program` (ldd's "soname => PATH (...)").
+std::string library_of(const std::string &program, const std::string &soname) {
+  Output r = e2e::run({"/usr/bin/ldd", program});
+  for (const std::string &line : e2e::lines(r.out)) {
+    auto w = e2e::words(line);
+    if (w.size() >= 3 && w[0] == soname && w[1] == "=>") return w[2];
+  }
+  return "";
+}
+
+struct Probe {
+  std::string spec;    // for the CLI: "libsqlite3:sqlite3_step"
+  std::string soname;  // for ldd: "libsqlite3.so.0"
+  std::string symbol;  // "sqlite3_step"
+};
+
+// Counts `probes` on `command` with the CLI and, in a separate run, with kernel uprobes; expects
+// equal counts, equal output, and the CLI's locations in the files the dynamic linker loads.
+void expect_counts_match_kernel(const std::vector<Probe> &probes,
+                                const std::vector<std::string> &command) {
+  std::vector<KernelProbe> kernel_probes;
+  for (const Probe &p : probes) {
+    const std::string path = library_of(command[0], p.soname);
+    ASSERT_FALSE(path.empty()) << "ldd " << command[0] << " shows no " << p.soname;
+    auto fn = e2e::function_in(path, p.symbol);
+    ASSERT_TRUE(fn) << path << " has no function " << p.symbol;
+    kernel_probes.push_back({path, fn->offset});
+  }
+  KernelRun kernel = run_with_kernel_uprobes(command, kernel_probes);
+  if (!kernel.skip.empty()) GTEST_SKIP() << kernel.skip;
+  ASSERT_EQ(kernel.output.exit_code(), 0) << kernel.output.describe();
+
+  e2e::TempDir dir;
+  const std::string file = dir.file("report.json");
+  std::vector<std::string> argv = {e2e::cli(), "count", "--json", "-o", file};
+  for (const Probe &p : probes) argv.push_back(p.spec);
+  argv.push_back("--");
+  argv.insert(argv.end(), command.begin(), command.end());
+  Output r = e2e::run(argv);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, kernel.output.out) << "stdout differs between the runs";
+  std::vector<Json> reports = e2e::reports(e2e::read_file(file));
+  ASSERT_EQ(reports.size(), 1u) << e2e::read_file(file);
+  const Json &total = reports[0];
+
+  for (size_t i = 0; i < probes.size(); ++i) {
+    auto p = e2e::probe_in(total, probes[i].spec);
+    ASSERT_TRUE(p) << probes[i].spec << " missing: " << total.dump();
+    const std::string location = p->value("location", "");
+    const size_t colon = location.rfind(':');
+    ASSERT_NE(colon, std::string::npos) << location;
+    EXPECT_EQ(e2e::realpath_of(location.substr(0, colon)), e2e::realpath_of(kernel_probes[i].path))
+        << probes[i].spec << " resolved to " << location;
+    EXPECT_EQ(p->value("hits", ~0ull), kernel.counts[i])
+        << probes[i].spec << ": usprobe (left) and the kernel's uprobe (right) disagree";
+    EXPECT_EQ(p->value("missed", 1u), 0u) << p->dump();
+    std::printf("  %-32s usprobe %10llu   kernel %10llu\n", probes[i].spec.c_str(),
+                static_cast<unsigned long long>(p->value("hits", ~0ull)),
+                static_cast<unsigned long long>(kernel.counts[i]));
+  }
+}
+
+std::vector<std::string> sqlite_workload() {
+  return {kSqlite, ":memory:", std::string(".read ") + e2e::workload_sql()};
+}
+
+TEST(CliKernelOracle, SqliteLibraryCallsMatchKernelUprobes) {
+  if (!e2e::file_exists(kSqlite)) GTEST_SKIP() << kSqlite << " is not installed (apt sqlite3)";
+  expect_counts_match_kernel(
+      {{"libsqlite3:sqlite3_step", "libsqlite3.so.0", "sqlite3_step"},
+       {"libsqlite3:sqlite3_prepare_v2", "libsqlite3.so.0", "sqlite3_prepare_v2"},
+       {"libsqlite3:sqlite3_finalize", "libsqlite3.so.0", "sqlite3_finalize"},
+       {"libsqlite3:sqlite3_column_text", "libsqlite3.so.0", "sqlite3_column_text"}},
+      sqlite_workload());
+}
+
+TEST(CliKernelOracle, SqliteMallocAndFreeMatchKernelUprobes) {
+  if (!e2e::file_exists(kSqlite)) GTEST_SKIP() << kSqlite << " is not installed (apt sqlite3)";
+  expect_counts_match_kernel(
+      {{"libc:malloc", "libc.so.6", "malloc"}, {"libc:free", "libc.so.6", "free"}},
+      sqlite_workload());
+}
+
+// A program that hardly allocates (printf's stdout buffer): every stray call is visible.
+TEST(CliKernelOracle, SmallProgramMallocAndFreeMatchKernelUprobes) {
+  expect_counts_match_kernel({{"libc:malloc", "libc.so.6", "malloc"},
+                              {"libc:free", "libc.so.6", "free"},
+                              {"libc:getppid", "libc.so.6", "getppid"}},
+                             {e2e::target(), "libc", "25"});
+}
+
+}  // namespace

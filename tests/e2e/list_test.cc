@@ -1,0 +1,86 @@
+// `usprobe list FILE [PATTERN] [--json]`: the functions of an ELF file with their file offsets and
+// sizes, checked against usprobe's own ELF reader (src/elf).
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Json;
+using e2e::Output;
+using e2e::run;
+
+std::string text_line(const std::string &name) {
+  auto fn = e2e::function_in(e2e::target(), name);
+  EXPECT_TRUE(fn.has_value()) << name;
+  if (!fn) return "";
+  char line[256];
+  std::snprintf(line, sizeof line, "0x%016llx %8llu  %s",
+                static_cast<unsigned long long>(fn->offset),
+                static_cast<unsigned long long>(fn->size), name.c_str());
+  return line;
+}
+
+TEST(CliList, TextGivesOffsetSizeAndNameSortedByOffset) {
+  Output r = run({e2e::cli(), "list", e2e::target(), "e2e_*"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<std::string> want = {text_line("e2e_work"), text_line("e2e_greet"),
+                                   text_line("e2e_args")};
+  std::sort(want.begin(), want.end());  // same width hex: text order is offset order
+  EXPECT_EQ(e2e::lines(r.out), want) << r.describe();
+}
+
+TEST(CliList, JsonGivesTheAbsolutePathAndTheFunctions) {
+  // A relative path on the command line; the report names the file absolutely.
+  // (With a slash in it: a bare name would be a short library name.)
+  std::string relative =
+      std::filesystem::relative(e2e::target(), std::filesystem::current_path()).string();
+  if (relative.find('/') == std::string::npos) relative = "./" + relative;
+  ASSERT_NE(relative.front(), '/');
+  Output r = run({e2e::cli(), "list", relative, "e2e_work", "--json"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> all = e2e::json_lines(r.out);
+  ASSERT_EQ(all.size(), 1u) << r.describe();
+  EXPECT_EQ(e2e::lines(r.out).size(), 1u) << "one line: " << r.describe();
+  auto fn = e2e::function_in(e2e::target(), "e2e_work");
+  ASSERT_TRUE(fn);
+  Json want = {{"file", e2e::realpath_of(e2e::target())},
+               {"functions", {{{"name", "e2e_work"}, {"offset", fn->offset}, {"size", fn->size}}}}};
+  EXPECT_EQ(all[0], want) << all[0].dump();
+}
+
+TEST(CliList, WithoutPatternListsEveryFunctionInOffsetOrder) {
+  Output r = run({e2e::cli(), "list", e2e::target(), "--json"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> all = e2e::json_lines(r.out);
+  ASSERT_EQ(all.size(), 1u) << r.describe();
+  ASSERT_TRUE(all[0].contains("functions") && all[0]["functions"].is_array()) << all[0].dump();
+  std::set<std::string> names;
+  uint64_t last = 0;
+  for (const Json &f : all[0]["functions"]) {
+    names.insert(f.value("name", ""));
+    const uint64_t offset = f.value("offset", uint64_t{0});
+    EXPECT_LE(last, offset) << f.dump();
+    last = offset;
+  }
+  for (const char *name : {"main", "e2e_work", "e2e_greet", "e2e_args"})
+    EXPECT_TRUE(names.count(name)) << name << " missing";
+}
+
+TEST(CliList, AFileThatDoesNotExistIsAnError) {
+  Output r = run({e2e::cli(), "list", "/nonexistent/usprobe-e2e/libnothing.so"});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  std::vector<std::string> err = e2e::lines(r.err);
+  ASSERT_EQ(err.size(), 1u) << r.describe();
+  EXPECT_TRUE(e2e::starts_with(err[0], "usprobe: ")) << err[0];
+  EXPECT_NE(err[0].find("/nonexistent/usprobe-e2e/libnothing.so"), std::string::npos) << err[0];
+}
+
+}  // namespace

@@ -1,0 +1,90 @@
+// Programs nobody wrote for usprobe: Debian's sqlite3 shell and python3, run under `usprobe count`
+// with probes on their libraries. Their output must be exactly that of a plain run, and the probes
+// must see calls. (kernel_oracle_test.cc checks sqlite3's counts against the kernel's uprobes.)
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Json;
+using e2e::Output;
+using e2e::run;
+
+constexpr const char *kSqlite = "/usr/bin/sqlite3";
+constexpr const char *kPython = "/usr/bin/python3";
+
+// Deterministic work that allocates and measures strings: the output is the same on every run.
+constexpr const char *kPythonProgram = R"(
+import hashlib, json
+words = ["w%d" % i for i in range(20000)]
+table = {w: len(w) for w in words}
+print(sum(table.values()), len(table))
+print(hashlib.sha256(" ".join(words).encode()).hexdigest())
+print(json.dumps(sorted(words[:5], reverse=True)))
+)";
+
+// Runs `command` plain, then under `usprobe count --json -o FILE probes...`; expects the same
+// stdout, stderr and exit status, and returns the total report.
+Json count_alongside_plain_run(const std::vector<std::string> &probes,
+                               const std::vector<std::string> &command) {
+  Output plain = run(command);
+  EXPECT_EQ(plain.exit_code(), 0) << plain.describe();
+  EXPECT_FALSE(plain.out.empty()) << plain.describe();
+  e2e::TempDir dir;
+  const std::string file = dir.file("report.json");
+  std::vector<std::string> argv = {e2e::cli(), "count", "--json", "-o", file};
+  argv.insert(argv.end(), probes.begin(), probes.end());
+  argv.push_back("--");
+  argv.insert(argv.end(), command.begin(), command.end());
+  Output probed = run(argv);
+  EXPECT_EQ(probed.exit_code(), 0) << probed.describe();
+  EXPECT_EQ(probed.out, plain.out) << "stdout differs from a plain run";
+  EXPECT_EQ(probed.err, plain.err) << "stderr differs from a plain run";
+  std::vector<Json> reports = e2e::reports(e2e::read_file(file));
+  EXPECT_EQ(reports.size(), 1u) << e2e::read_file(file);
+  if (reports.empty()) return Json::object();
+  EXPECT_EQ(reports.back().value("type", ""), "total");
+  EXPECT_EQ(reports.back().value("exit_status", -1), 0);
+  EXPECT_EQ(reports.back()["probes"].size(), probes.size()) << reports.back().dump();
+  return reports.back();
+}
+
+TEST(CliPrograms, SqliteRunsUnchangedAndItsLibraryCallsAreCounted) {
+  if (!e2e::file_exists(kSqlite)) GTEST_SKIP() << kSqlite << " is not installed (apt sqlite3)";
+  const std::vector<std::string> probes = {
+      "libsqlite3:sqlite3_step", "libsqlite3:sqlite3_prepare_v2", "libsqlite3:sqlite3_finalize",
+      "libc:malloc", "libc:free"};
+  Json total = count_alongside_plain_run(
+      probes, {kSqlite, ":memory:", std::string(".read ") + e2e::workload_sql()});
+  for (const std::string &name : probes) {
+    auto p = e2e::probe_in(total, name);
+    ASSERT_TRUE(p) << name << " missing: " << total.dump();
+    EXPECT_GT(p->value("hits", 0u), 0u) << p->dump();
+    EXPECT_EQ(p->value("missed", 1u), 0u) << p->dump();
+  }
+  // The shell prepares and finalizes each of the script's 15 statements; 49 rows come out, each
+  // one step, plus one final step per statement.
+  EXPECT_GE(e2e::probe_in(total, "libsqlite3:sqlite3_prepare_v2")->value("hits", 0u), 15u);
+  EXPECT_GE(e2e::probe_in(total, "libsqlite3:sqlite3_finalize")->value("hits", 0u), 15u);
+  EXPECT_GE(e2e::probe_in(total, "libsqlite3:sqlite3_step")->value("hits", 0u), 49u + 15u);
+}
+
+TEST(CliPrograms, PythonRunsUnchangedAndLibcCallsAreCounted) {
+  if (!e2e::file_exists(kPython)) GTEST_SKIP() << kPython << " is not installed (apt python3)";
+  const std::vector<std::string> probes = {"libc:malloc", "libc:free", "libc:strlen"};
+  Json total = count_alongside_plain_run(probes, {kPython, "-c", kPythonProgram});
+  for (const std::string &name : probes) {
+    auto p = e2e::probe_in(total, name);
+    ASSERT_TRUE(p) << name << " missing: " << total.dump();
+    EXPECT_GT(p->value("hits", 0u), 0u) << p->dump();
+    EXPECT_EQ(p->value("missed", 1u), 0u) << p->dump();
+  }
+  // 20,000 strings and a dict of them: far more than a thousand allocations.
+  EXPECT_GT(e2e::probe_in(total, "libc:malloc")->value("hits", 0u), 1000u) << total.dump();
+}
+
+}  // namespace

@@ -1,0 +1,246 @@
+// `usprobe trace`: the arguments of real calls, printed through BCC-style formats, as text and as
+// JSON; strings and integers exactly as the program passed them, in order; a bad string pointer
+// neither crashes the command nor shows garbage; events name the thread that made them.
+#include <cstdint>
+#include <map>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Json;
+using e2e::Output;
+using e2e::run;
+
+// One line of text output: "<time> <pid> <tid> <probe> <message>". Columns may be padded, so the
+// message is taken from its first non-blank character.
+struct Event {
+  std::string time;
+  long pid = 0, tid = 0;
+  std::string probe, message;
+};
+
+// The events and the header of the text output, from stdout (and stderr, wherever they are).
+struct TextTrace {
+  bool header = false;  // a line starting "TIME(s)" came before the first event
+  std::vector<Event> events;
+};
+
+TextTrace parse_text(const Output &r) {
+  static const std::regex event_line(
+      R"(^\s*([0-9]+\.[0-9]{6})\s+([0-9]+)\s+([0-9]+)\s+(\S+)\s*(.*)$)");
+  TextTrace trace;
+  for (const std::string *text : {&r.out, &r.err}) {
+    for (const std::string &line : e2e::lines(*text)) {
+      if (e2e::starts_with(line, "TIME(s)")) {
+        if (trace.events.empty()) trace.header = true;
+        continue;
+      }
+      std::smatch m;
+      if (!std::regex_match(line, m, event_line)) continue;
+      trace.events.push_back(Event{m[1], std::stol(m[2]), std::stol(m[3]), m[4], m[5]});
+    }
+  }
+  return trace;
+}
+
+std::string summary_line(size_t events) {
+  return "usprobe: " + std::to_string(events) + " events, 0 lost";
+}
+
+bool has_line(const std::string &text, const std::string &want) {
+  for (const std::string &line : e2e::lines(text))
+    if (line == want) return true;
+  return false;
+}
+
+// The %s rendering of a string that could not be read must not be bytes from anywhere: no other
+// call's string, nothing unprintable, nothing long.
+void expect_placeholder(const std::string &shown) {
+  EXPECT_LT(shown.size(), 40u) << shown;
+  for (char c : shown)
+    EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "unprintable byte in \"" << shown << '"';
+  for (const char *other : {"alice", "bob", "carol", "dave"})
+    EXPECT_EQ(shown.find(other), std::string::npos) << "stale string in \"" << shown << '"';
+}
+
+const char *kGreetOutput =
+    "hello alice 1\nhello bob 22\nhello carol -3\nhello (bad pointer) 4\nhello dave 5\n";
+
+TEST(CliTrace, TextShowsStringsAndIntegersAsCalledInOrder) {
+  Output r = run(
+      {e2e::cli(), "trace", R"(exe:e2e_greet "%s %d", arg0, arg1)", "--", e2e::target(), "greet"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  for (const std::string &line : e2e::lines(kGreetOutput))
+    EXPECT_TRUE(has_line(r.out, line)) << line << "\n" << r.describe();
+  TextTrace trace = parse_text(r);
+  EXPECT_TRUE(trace.header) << "no TIME(s) header before the events\n" << r.describe();
+  ASSERT_EQ(trace.events.size(), 5u) << r.describe();
+  const std::vector<std::string> want = {"alice 1", "bob 22", "carol -3", "", "dave 5"};
+  for (size_t i = 0; i < 5; ++i) {
+    const Event &e = trace.events[i];
+    EXPECT_EQ(e.probe, "exe:e2e_greet");
+    EXPECT_EQ(e.pid, trace.events[0].pid);
+    EXPECT_EQ(e.tid, e.pid) << "the main thread made every call";
+    if (i > 0) {
+      EXPECT_LE(std::stod(trace.events[i - 1].time), std::stod(e.time));
+    }
+    if (i == 3) {
+      // "<placeholder> 4", or "4" when the placeholder is empty.
+      ASSERT_TRUE(e.message.ends_with("4")) << e.message;
+      std::string shown = e.message.substr(0, e.message.size() - 1);
+      while (!shown.empty() && shown.back() == ' ') shown.pop_back();
+      expect_placeholder(shown);
+    } else {
+      EXPECT_EQ(e.message, want[i]);
+    }
+  }
+  EXPECT_TRUE(has_line(r.err, summary_line(5))) << r.describe();
+}
+
+TEST(CliTrace, JsonEventsCarryArgsAndMessage) {
+  e2e::TempDir dir;
+  const std::string file = dir.file("trace.json");
+  Output r = run({e2e::cli(), "trace", "--json", "-o", file, R"(exe:e2e_greet "%s %d", arg0, arg1)",
+                  "--", e2e::target(), "greet"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, kGreetOutput) << "the command's output must be unchanged";
+  EXPECT_TRUE(has_line(r.err, summary_line(5))) << r.describe();
+  std::vector<Json> events = e2e::json_lines(e2e::read_file(file));
+  ASSERT_EQ(events.size(), 5u) << e2e::read_file(file);
+  const std::vector<std::string> names = {"alice", "bob", "carol", "", "dave"};
+  const std::vector<int> numbers = {1, 22, -3, 4, 5};
+  double last_time = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const Json &e = events[i];
+    ASSERT_TRUE(e.is_object()) << e.dump();
+    EXPECT_EQ(e.value("probe", ""), "exe:e2e_greet") << e.dump();
+    ASSERT_TRUE(e.contains("time_s") && e["time_s"].is_number()) << e.dump();
+    EXPECT_GE(e["time_s"].get<double>(), last_time) << e.dump();
+    last_time = e["time_s"].get<double>();
+    ASSERT_TRUE(e.contains("pid") && e.contains("tid")) << e.dump();
+    EXPECT_EQ(e["pid"], events[0]["pid"]) << e.dump();
+    EXPECT_EQ(e["tid"], e["pid"]) << e.dump();
+    ASSERT_TRUE(e.contains("args") && e["args"].is_array() && e["args"].size() == 2) << e.dump();
+    ASSERT_TRUE(e["args"][0].is_string()) << "%s arguments are strings: " << e.dump();
+    ASSERT_TRUE(e["args"][1].is_number_integer()) << "%d arguments are numbers: " << e.dump();
+    EXPECT_EQ(e["args"][1].get<int>(), numbers[i]) << e.dump();
+    const std::string shown = e["args"][0].get<std::string>();
+    if (i == 3) {
+      expect_placeholder(shown);
+      EXPECT_EQ(e.value("message", ""), shown + " 4") << e.dump();
+    } else {
+      EXPECT_EQ(shown, names[i]) << e.dump();
+      EXPECT_EQ(e.value("message", ""), names[i] + " " + std::to_string(numbers[i])) << e.dump();
+    }
+  }
+}
+
+TEST(CliTrace, EveryConversionPrintsTheArgumentAsCProgramsWould) {
+  // e2e_args("xyz", -5, 3000000000u, -1234567890123L, 0xdeadbeefcafeUL, 'Q')
+  e2e::TempDir dir;
+  const std::string file = dir.file("trace.json");
+  Output r =
+      run({e2e::cli(), "trace", "--json", "-o", file,
+           R"(exe:e2e_args "s=%s i=%d u=%u l=%ld ul=%lu c=%c", arg0, arg1, arg2, arg3, arg4, arg5)",
+           "--", e2e::target(), "args"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> events = e2e::json_lines(e2e::read_file(file));
+  ASSERT_EQ(events.size(), 1u) << e2e::read_file(file) << r.describe();
+  EXPECT_EQ(events[0].value("message", ""),
+            "s=xyz i=-5 u=3000000000 l=-1234567890123 ul=244837814094590 c=Q")
+      << events[0].dump();
+  // %s and %c are JSON strings, the integer conversions numbers.
+  EXPECT_EQ(events[0]["args"], Json::parse(R"(["xyz", -5, 3000000000, -1234567890123,
+                                                244837814094590, "Q"])"))
+      << events[0].dump();
+}
+
+TEST(CliTrace, WidthsHexAndPointersFormatLikePrintf) {
+  Output r = run(
+      {e2e::cli(), "trace",
+       R"(exe:e2e_args "[%5s] [%4d] [%x] [%lx] [%p] [%3c]", arg0, arg1, arg2, arg4, arg4, arg5)",
+       "--", e2e::target(), "args"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  TextTrace trace = parse_text(r);
+  ASSERT_EQ(trace.events.size(), 1u) << r.describe();
+  EXPECT_EQ(trace.events[0].message,
+            "[  xyz] [  -5] [b2d05e00] [deadbeefcafe] [0xdeadbeefcafe] [  Q]")
+      << r.describe();
+  EXPECT_TRUE(has_line(r.err, summary_line(1))) << r.describe();
+}
+
+TEST(CliTrace, ABadStringPointerDoesNotCrashTheCommand) {
+  Output r =
+      run({e2e::cli(), "trace", R"(exe:e2e_greet "%s", arg0)", "--", e2e::target(), "greet"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_TRUE(has_line(r.out, "hello dave 5")) << "the command stopped at the bad pointer\n"
+                                               << r.describe();
+  TextTrace trace = parse_text(r);
+  ASSERT_EQ(trace.events.size(), 5u) << r.describe();
+  EXPECT_EQ(trace.events[2].message, "carol");
+  expect_placeholder(trace.events[3].message);
+  EXPECT_EQ(trace.events[4].message, "dave");
+}
+
+// Each thread's events carry the command's pid and that thread's own tid, and come in the order
+// the thread made the calls.
+void expect_threads(const std::vector<Event> &events, size_t threads, int calls) {
+  ASSERT_EQ(events.size(), threads * calls);
+  std::map<long, std::vector<int>> by_tid;
+  for (const Event &e : events) {
+    EXPECT_EQ(e.pid, events[0].pid);
+    EXPECT_NE(e.tid, e.pid) << "the main thread made no call";
+    by_tid[e.tid].push_back(std::stoi(e.message));
+  }
+  EXPECT_EQ(by_tid.size(), threads);
+  std::vector<int> in_order;
+  for (int i = 0; i < calls; ++i) in_order.push_back(i);
+  for (const auto &[tid, values] : by_tid) EXPECT_EQ(values, in_order) << "tid " << tid;
+}
+
+TEST(CliTrace, TextEventsCarryTheirThreadsPidAndTid) {
+  Output r = run({e2e::cli(), "trace", R"(exe:e2e_work "%d", arg0)", "--", e2e::target(), "threads",
+                  "4", "50"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  TextTrace trace = parse_text(r);
+  for (const Event &e : trace.events) EXPECT_EQ(e.probe, "exe:e2e_work");
+  expect_threads(trace.events, 4, 50);
+  EXPECT_TRUE(has_line(r.err, summary_line(200))) << r.describe();
+}
+
+TEST(CliTrace, JsonEventsCarryTheirThreadsPidAndTid) {
+  e2e::TempDir dir;
+  const std::string file = dir.file("trace.json");
+  Output r = run({e2e::cli(), "trace", "--json", "-o", file, R"(exe:e2e_work "%d", arg0)", "--",
+                  e2e::target(), "threads", "4", "50"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, "threads 4 x 50\n");
+  std::vector<Event> events;
+  for (const Json &j : e2e::json_lines(e2e::read_file(file))) {
+    ASSERT_TRUE(j.is_object() && j.contains("pid") && j.contains("tid") && j.contains("args"))
+        << j.dump();
+    ASSERT_EQ(j["args"].size(), 1u) << j.dump();
+    events.push_back(Event{"", j["pid"].get<long>(), j["tid"].get<long>(), j.value("probe", ""),
+                           std::to_string(j["args"][0].get<long>())});
+  }
+  expect_threads(events, 4, 50);
+  EXPECT_TRUE(has_line(r.err, summary_line(200))) << r.describe();
+}
+
+TEST(CliTrace, ProbeWithoutFormatPrintsOneLinePerCall) {
+  Output r = run({e2e::cli(), "trace", "exe:e2e_work", "--", e2e::target(), "calls", "3"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  TextTrace trace = parse_text(r);
+  ASSERT_EQ(trace.events.size(), 3u) << r.describe();
+  for (const Event &e : trace.events) EXPECT_EQ(e.probe, "exe:e2e_work");
+  EXPECT_TRUE(has_line(r.err, summary_line(3))) << r.describe();
+}
+
+}  // namespace

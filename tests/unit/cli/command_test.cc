@@ -1,0 +1,138 @@
+// The checks made before a command is started, the libraries its dynamic linker would load, and
+// the environment it gets.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "command.h"
+#include "launch.h"
+#include "library_finder.h"
+
+namespace usprobe::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string scratch_file(const std::string &name, const std::string &text, bool executable) {
+  std::string path =
+      fs::temp_directory_path() / ("usprobe-cli-test-" + std::to_string(getpid()) + "-" + name);
+  std::ofstream(path) << text;
+  ::chmod(path.c_str(), executable ? 0755 : 0644);
+  return path;
+}
+
+std::string error_of(const std::vector<std::string> &argv) {
+  auto c = check_command(argv);
+  EXPECT_FALSE(c.has_value()) << argv[0];
+  return c ? "" : c.error().message;
+}
+
+TEST(CheckCommand, FindsItInPathAndItsDynamicLinker) {
+  auto c = check_command({"true", "--version"});
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_TRUE(c->path.ends_with("/true")) << c->path;
+  EXPECT_EQ(c->argv[0], "true");
+  EXPECT_TRUE(c->elf.starts_with("/"));
+  EXPECT_NE(c->interp.find("ld-linux"), std::string::npos) << c->interp;
+}
+
+TEST(CheckCommand, ScriptRunsItsInterpreter) {
+  std::string script = scratch_file("script", "#!/bin/sh -e\necho hi\n", true);
+  auto c = check_command({script});
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->path, script);
+  char real[PATH_MAX];
+  ASSERT_NE(::realpath("/bin/sh", real), nullptr);
+  EXPECT_EQ(c->elf, real);
+  fs::remove(script);
+}
+
+TEST(CheckCommand, RefusalsNameTheFileAndTheReason) {
+  EXPECT_EQ(error_of({"no-such-command-42"}), "command 'no-such-command-42' not found in PATH");
+  EXPECT_EQ(error_of({"/no/such/file"}), "/no/such/file: no such file");
+  EXPECT_EQ(error_of({"/tmp"}), "/tmp: is a directory");
+  std::string plain = scratch_file("plain", "#!/bin/sh\n", false);
+  EXPECT_EQ(error_of({plain}), plain + ": not executable");
+  std::string text = scratch_file("text", "echo hi\n", true);
+  EXPECT_EQ(error_of({text}), text + ": neither an ELF executable nor a '#!' script");
+  std::string nested = scratch_file("nested", "#!" + plain + "\n", true);
+  ::chmod(plain.c_str(), 0755);
+  EXPECT_EQ(error_of({nested}), nested + ": its interpreter " + plain + " is not an ELF file");
+  for (const std::string &f : {plain, text, nested}) fs::remove(f);
+}
+
+TEST(CheckCommand, StaticExecutableIsRefused) {
+  if (std::system("gcc --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "no gcc";
+  std::string src = scratch_file("static.c", "int main(void) { return 0; }\n", false);
+  std::string bin = src + ".bin";
+  if (std::system(("gcc -static -o " + bin + " " + src + " >/dev/null 2>&1").c_str()) != 0)
+    GTEST_SKIP() << "no static libc";
+  EXPECT_EQ(error_of({bin}),
+            bin + " is statically linked: LD_PRELOAD cannot load usprobe's agent into it");
+  fs::remove(src);
+  fs::remove(bin);
+}
+
+TEST(LibraryFinder, ParsesTheDynamicLinkersList) {
+  auto libs = parse_ld_list(
+      "\tlinux-vdso.so.1 (0x00007ffc8a5f2000)\n"
+      "\tlibsqlite3.so.0 => /lib/x86_64-linux-gnu/libsqlite3.so.0 (0x00007f3a1c000000)\n"
+      "\tlibmissing.so.2 => not found\n"
+      "\t/lib64/ld-linux-x86-64.so.2 (0x00007f3a1c5b1000)\n");
+  ASSERT_EQ(libs.size(), 2u);
+  EXPECT_EQ(libs[0].name, "libsqlite3.so.0");
+  EXPECT_EQ(libs[0].path, "/lib/x86_64-linux-gnu/libsqlite3.so.0");
+  EXPECT_EQ(libs[1].name, "ld-linux-x86-64.so.2");
+  EXPECT_EQ(libs[1].path, "/lib64/ld-linux-x86-64.so.2");
+}
+
+TEST(LibraryFinder, ParsesTheCacheKeepingX8664Only) {
+  auto libs = parse_ldconfig(
+      "671 libs found in cache `/etc/ld.so.cache'\n"
+      "\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1\n"
+      "\tlibz.so.1 (libc6) => /lib32/libz.so.1\n"
+      "\tlibfoo.so (libc6,x86-64, OS ABI: Linux 3.2.0) => /usr/lib/libfoo.so\n");
+  ASSERT_EQ(libs.size(), 2u);
+  EXPECT_EQ(libs[0].name, "libz.so.1");
+  EXPECT_EQ(libs[0].path, "/lib/x86_64-linux-gnu/libz.so.1");
+  EXPECT_EQ(libs[1].path, "/usr/lib/libfoo.so");
+}
+
+TEST(LibraryFinder, ShortNamesResolveAsTheCommandsDynamicLinkerWould) {
+  auto c = check_command({"true"});
+  ASSERT_TRUE(c.has_value());
+  LibraryFinder finder = LibraryFinder::for_command(c->elf, c->interp);
+  auto libc = finder.find("libc");
+  ASSERT_TRUE(libc.has_value()) << libc.error().message;
+  EXPECT_TRUE(libc->ends_with("/libc.so.6")) << *libc;
+  EXPECT_EQ(*finder.find("exe"), c->elf);
+  // Not among true's libraries, but in the cache: one it could dlopen.
+  auto libm = finder.find("libm");
+  ASSERT_TRUE(libm.has_value()) << libm.error().message;
+  EXPECT_TRUE(libm->ends_with("/libm.so.6")) << *libm;
+  auto missing = finder.find("libdoesnotexist42");
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().message, "library 'libdoesnotexist42' not found for " + c->elf +
+                                         " (not a path, not among its libraries, not in the "
+                                         "ld.so cache)");
+}
+
+TEST(Launch, EnvironmentPreloadsTheAgentFirstAndNamesTheRegion) {
+  std::vector<std::string> env_text = {"PATH=/bin", "LD_PRELOAD=/lib/libother.so",
+                                       "USPROBE_AGENT_FD=99", "USPROBE_AGENT_REGION=/old"};
+  std::vector<char *> env;
+  for (std::string &s : env_text) env.push_back(s.data());
+  env.push_back(nullptr);
+  auto out = command_environment(env.data(), "/opt/libusprobe-agent.so", 7);
+  EXPECT_EQ(out, (std::vector<std::string>{
+                     "PATH=/bin", "LD_PRELOAD=/opt/libusprobe-agent.so:/lib/libother.so",
+                     "USPROBE_AGENT_FD=7",
+                     "USPROBE_AGENT_REGION=/proc/" + std::to_string(getpid()) + "/fd/7"}));
+}
+
+}  // namespace
+}  // namespace usprobe::cli

@@ -1,0 +1,129 @@
+// Trace specs: the probe, the quoted format and its arguments in one argument, checked when
+// parsed, and the messages rendered from the agent's records.
+#include "format.h"
+
+#include <gtest/gtest.h>
+
+namespace usprobe::cli {
+namespace {
+
+TraceSpec parsed(std::string_view text) {
+  auto spec = parse_trace_spec(text);
+  EXPECT_TRUE(spec.has_value()) << text << ": " << (spec ? "" : spec.error().message);
+  return spec.value_or(TraceSpec{});
+}
+
+std::string error_of(std::string_view text) {
+  auto spec = parse_trace_spec(text);
+  EXPECT_FALSE(spec.has_value()) << text;
+  return spec ? "" : spec.error().message;
+}
+
+TraceEvent event(std::initializer_list<uint64_t> args) {
+  TraceEvent e;
+  size_t i = 0;
+  for (uint64_t a : args) e.args[i++] = a;
+  return e;
+}
+
+TEST(TraceSpec, ProbeAlone) {
+  TraceSpec s = parsed("libc:malloc");
+  EXPECT_EQ(s.probe, "libc:malloc");
+  EXPECT_FALSE(s.format.has_value());
+  EXPECT_EQ(render_message(s.format, event({1})), "");
+  EXPECT_TRUE(render_args(s.format, event({1})).empty());
+}
+
+TEST(TraceSpec, FormatAndArguments) {
+  TraceSpec s = parsed(R"(exe:greet "%s has %d", arg0, arg1)");
+  EXPECT_EQ(s.probe, "exe:greet");
+  ASSERT_TRUE(s.format.has_value());
+  EXPECT_EQ(s.format->string_mask(), 1u);
+  TraceEvent e = event({0x1000, 3});
+  e.strings[0] = "alice";
+  EXPECT_EQ(render_message(s.format, e), "alice has 3");
+  EXPECT_EQ(render_args(s.format, e).dump(), R"(["alice",3])");
+}
+
+TEST(TraceSpec, SingleQuotesAndNoSpaceAfterCommas) {
+  TraceSpec s = parsed("libc:write 'fd=%d n=%lu',arg0,arg2");
+  ASSERT_TRUE(s.format.has_value());
+  EXPECT_EQ(s.format->conversions[1].arg, 2u);
+  EXPECT_EQ(render_message(s.format, event({1, 0, 12})), "fd=1 n=12");
+}
+
+TEST(TraceSpec, FormatWithoutArguments) {
+  TraceSpec s = parsed(R"(libc:free "freed 100%%")");
+  EXPECT_EQ(render_message(s.format, event({})), "freed 100%");
+}
+
+TEST(TraceSpec, StringMaskHasABitPerStringArgument) {
+  TraceSpec s = parsed(R"(exe:f "%s %d %s", arg2, arg0, arg5)");
+  EXPECT_EQ(s.format->string_mask(), (1u << 2) | (1u << 5));
+}
+
+TEST(Render, SignedIntIsTheLow32BitsSigned) {
+  TraceSpec s = parsed(R"(exe:f "%d %i", arg0, arg0)");
+  TraceEvent e = event({0xffff'ffff});  // -1 in a 32-bit register, zero-extended
+  EXPECT_EQ(render_message(s.format, e), "-1 -1");
+  EXPECT_EQ(render_args(s.format, e).dump(), "[-1,-1]");
+}
+
+TEST(Render, LongConversionsTakeAll64Bits) {
+  TraceSpec s = parsed(R"(exe:f "%ld %lld %lu %lx %llx", arg0, arg0, arg0, arg1, arg1)");
+  TraceEvent e = event({static_cast<uint64_t>(-5), 0x1'0000'0000});
+  EXPECT_EQ(render_message(s.format, e), "-5 -5 18446744073709551611 100000000 100000000");
+  EXPECT_EQ(render_args(s.format, e).dump(), "[-5,-5,18446744073709551611,4294967296,4294967296]");
+}
+
+TEST(Render, HexUnsignedPointerAndChar) {
+  TraceSpec s = parsed(R"(exe:f "%x %X %u %p %c", arg0, arg0, arg1, arg2, arg3)");
+  TraceEvent e = event({0x1'dead'beef, 0xffff'fffe, 0x7ffd'1234'5678, 'A'});
+  EXPECT_EQ(render_message(s.format, e), "deadbeef DEADBEEF 4294967294 0x7ffd12345678 A");
+  EXPECT_EQ(render_args(s.format, e).dump(),
+            R"([3735928559,3735928559,4294967294,140724908873336,"A"])");
+}
+
+TEST(Render, WidthsAndFlagsPassThrough) {
+  TraceSpec s =
+      parsed(R"(exe:f "[%5d][%-5d][%08x][%-8s][%8s][%.2s]", arg0, arg0, arg1, arg2, arg2, arg2)");
+  TraceEvent e = event({42, 0xbeef, 0x1000});
+  e.strings[2] = "abc";
+  EXPECT_EQ(render_message(s.format, e), "[   42][42   ][0000beef][abc     ][     abc][ab]");
+}
+
+TEST(Render, UnreadableStringShowsItsAddress) {
+  TraceSpec s = parsed(R"(exe:f "name=%s", arg1)");
+  TraceEvent e = event({0, 0x10});
+  e.bad_strings = 1u << 1;
+  EXPECT_EQ(render_message(s.format, e), "name=<bad 0x10>");
+  EXPECT_EQ(render_args(s.format, e).dump(), R"(["<bad 0x10>"])");
+}
+
+TEST(Render, EscapesInTheFormat) {
+  TraceSpec t = parsed(R"(exe:f "a\tb\"c\\ %d", arg0)");
+  EXPECT_EQ(render_message(t.format, event({7})), "a\tb\"c\\ 7");
+}
+
+TEST(TraceSpecErrors, ArgumentCountMustMatchConversions) {
+  EXPECT_EQ(error_of(R"(exe:greet "%s has %d", arg0)"),
+            R"(bad format in 'exe:greet "%s has %d", arg0': 2 conversions but 1 argument)");
+  EXPECT_EQ(error_of(R"(exe:greet "hi", arg0)"),
+            R"(bad format in 'exe:greet "hi", arg0': 0 conversions but 1 argument)");
+}
+
+TEST(TraceSpecErrors, UnknownConversionsAndArguments) {
+  EXPECT_NE(error_of(R"(exe:f "%q", arg0)").find("unknown conversion '%q'"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%ls", arg0)").find("unknown conversion '%ls'"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%*d", arg0)").find("unknown conversion"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%d", arg6)").find("'arg6' is not an argument"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%d", rdi)").find("'rdi' is not an argument"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%d", arg0,)").find("'' is not an argument"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%d)").find("no closing \" quote"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f %d, arg0)").find("expected a quoted format"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%d" arg0)").find("expected ','"), std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "50%", arg0)").find("incomplete conversion"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace usprobe::cli

@@ -1,0 +1,184 @@
+// Probe arguments: every spelling the CLI accepts, the ones it refuses, and how globs expand.
+#include "probe_spec.h"
+
+#include <gtest/gtest.h>
+
+#include "library_finder.h"
+
+namespace usprobe::cli {
+namespace {
+
+using Kind = ProbeSpec::Kind;
+
+ProbeSpec parsed(std::string_view text) {
+  auto spec = parse_probe(text);
+  EXPECT_TRUE(spec.has_value()) << text << ": " << (spec ? "" : spec.error().message);
+  return spec.value_or(ProbeSpec{});
+}
+
+TEST(ParseProbe, FileAndSymbol) {
+  ProbeSpec s = parsed("libc:malloc");
+  EXPECT_EQ(s.file, "libc");
+  EXPECT_EQ(s.target, "malloc");
+  EXPECT_EQ(s.kind, Kind::kSymbol);
+  EXPECT_EQ(s.symbol, "malloc");
+}
+
+TEST(ParseProbe, SymbolPlusDecimalAndHexOffset) {
+  ProbeSpec dec = parsed("exe:parse+18");
+  EXPECT_EQ(dec.kind, Kind::kSymbolOffset);
+  EXPECT_EQ(dec.symbol, "parse");
+  EXPECT_EQ(dec.offset, 18u);
+  ProbeSpec hex = parsed("exe:parse+0x12");
+  EXPECT_EQ(hex.kind, Kind::kSymbolOffset);
+  EXPECT_EQ(hex.offset, 0x12u);
+  EXPECT_EQ(hex.target, "parse+0x12");
+}
+
+TEST(ParseProbe, FileOffset) {
+  ProbeSpec s = parsed("/usr/bin/prog:0x1139");
+  EXPECT_EQ(s.kind, Kind::kOffset);
+  EXPECT_EQ(s.file, "/usr/bin/prog");
+  EXPECT_EQ(s.offset, 0x1139u);
+}
+
+TEST(ParseProbe, GlobOnlyInThePlainForm) {
+  EXPECT_EQ(parsed("libc:str*").kind, Kind::kGlob);
+  EXPECT_EQ(parsed("libc:mall?c").kind, Kind::kGlob);
+  EXPECT_EQ(parsed("libc:[mc]alloc").kind, Kind::kGlob);
+  EXPECT_FALSE(parse_probe("libc:str*+4").has_value());
+}
+
+TEST(ParseProbe, BpftraceUprobePrefixIsStripped) {
+  ProbeSpec s = parsed("uprobe:/lib/x86_64-linux-gnu/libc.so.6:malloc");
+  EXPECT_EQ(s.file, "/lib/x86_64-linux-gnu/libc.so.6");
+  EXPECT_EQ(s.symbol, "malloc");
+  EXPECT_EQ(s.text, "uprobe:/lib/x86_64-linux-gnu/libc.so.6:malloc");
+  EXPECT_EQ(parsed("uprobe:libc:free").file, "libc");
+}
+
+TEST(ParseProbe, SplitsAtTheLastColon) {
+  ProbeSpec s = parsed("/odd:dir/lib.so:fn");
+  EXPECT_EQ(s.file, "/odd:dir/lib.so");
+  EXPECT_EQ(s.symbol, "fn");
+}
+
+TEST(ParseProbe, VersionedSymbolIsAPlainSymbol) {
+  ProbeSpec s = parsed("libc:memcpy@GLIBC_2.2.5");
+  EXPECT_EQ(s.kind, Kind::kSymbol);
+  EXPECT_EQ(s.symbol, "memcpy@GLIBC_2.2.5");
+}
+
+TEST(ParseProbe, BadSpecsNameTheSpecAndTheForms) {
+  for (const char *bad : {"xyz", ":malloc", "libc:", "libc:0xzz", "libc:0x", "libc:f+", "libc:+4",
+                          "libc:f+4x", "libc:ma lloc", "uprobe:", ""}) {
+    auto spec = parse_probe(bad);
+    ASSERT_FALSE(spec.has_value()) << bad;
+    EXPECT_EQ(spec.error().message, std::string("bad probe '") + bad +
+                                        "': expected FILE:SYMBOL, FILE:SYMBOL+OFF or FILE:0xOFF");
+  }
+}
+
+elf::Function fn(std::string name, uint64_t offset, std::string version = "", bool hidden = false) {
+  elf::Function f;
+  f.name = std::move(name);
+  f.version = std::move(version);
+  f.hidden_version = hidden;
+  f.file_offset = offset;
+  f.size = 16;
+  return f;
+}
+
+TEST(ExpandGlob, OneMatchPerOffsetPreferringThePlainName) {
+  std::vector<elf::Function> fns = {fn("__libc_malloc", 0x100), fn("malloc", 0x100),
+                                    fn("__malloc", 0x100),      fn("__mallinfo", 0x200),
+                                    fn("__mallinfo2", 0x200),   fn("free", 0x300)};
+  auto m = expand_glob(fns, "*mall*");
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].name, "malloc");
+  EXPECT_EQ(m[0].offset, 0x100u);
+  // No alias without '_': the shortest.
+  EXPECT_EQ(m[1].name, "__mallinfo");
+  EXPECT_FALSE(m[0].by_offset);
+}
+
+TEST(ExpandGlob, NothingMatches) {
+  EXPECT_TRUE(expand_glob({fn("free", 1)}, "zzz*").empty());
+}
+
+TEST(ExpandGlob, HiddenVersionKeepsItsVersionAndDuplicateNamesGoByOffset) {
+  std::vector<elf::Function> fns = {fn("memcpy", 0x10, "GLIBC_2.14"),
+                                    fn("memcpy", 0x20, "GLIBC_2.2.5", true), fn("init", 0x30),
+                                    fn("init", 0x40)};
+  auto m = expand_glob(fns, "memcpy");
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].name, "memcpy");
+  EXPECT_EQ(m[1].name, "memcpy@GLIBC_2.2.5");
+  EXPECT_FALSE(m[0].by_offset);
+  auto inits = expand_glob(fns, "ini?");
+  ASSERT_EQ(inits.size(), 2u);
+  EXPECT_TRUE(inits[0].by_offset);
+  EXPECT_TRUE(inits[1].by_offset);
+}
+
+TEST(ResolveProbes, DisplayNamesKeepTheUsersFileAndLocationsAreAbsolute) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  std::vector<ProbeSpec> specs = {parsed("libc:malloc"), parsed("libc:free+0x4")};
+  auto probes = resolve_probes(specs, finder);
+  ASSERT_TRUE(probes.has_value()) << probes.error().message;
+  ASSERT_EQ(probes->size(), 2u);
+  EXPECT_EQ((*probes)[0].display, "libc:malloc");
+  EXPECT_TRUE((*probes)[0].location.starts_with("/")) << (*probes)[0].location;
+  EXPECT_TRUE((*probes)[0].location.ends_with("libc.so.6:malloc")) << (*probes)[0].location;
+  EXPECT_EQ((*probes)[1].display, "libc:free+0x4");
+  EXPECT_EQ((*probes)[1].spec_index, 1u);
+}
+
+TEST(ResolveProbes, GlobExpandsToNamedProbes) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  auto probes = resolve_probes({parsed("libc:strl*")}, finder);
+  ASSERT_TRUE(probes.has_value()) << probes.error().message;
+  bool strlen = false;
+  for (const Probe &p : *probes) {
+    EXPECT_TRUE(p.display.starts_with("libc:strl")) << p.display;
+    strlen |= p.display == "libc:strlen" && p.location.ends_with(":strlen");
+  }
+  EXPECT_TRUE(strlen);
+}
+
+TEST(ResolveProbes, GlobMatchingNothingIsAnError) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  auto probes = resolve_probes({parsed("libc:zzz*")}, finder);
+  ASSERT_FALSE(probes.has_value());
+  EXPECT_TRUE(probes.error().message.starts_with("no function in /")) << probes.error().message;
+  EXPECT_TRUE(probes.error().message.ends_with("libc.so.6 matches 'zzz*'"))
+      << probes.error().message;
+}
+
+TEST(ResolveProbes, UnknownSymbolSuggestsTheRightOne) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  auto probes = resolve_probes({parsed("libc:mallok")}, finder);
+  ASSERT_FALSE(probes.has_value());
+  EXPECT_NE(probes.error().message.find("no function `mallok` (did you mean `malloc`?)"),
+            std::string::npos)
+      << probes.error().message;
+}
+
+TEST(ResolveProbes, IfuncIsNamedNotResolvedHere) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  auto probes = resolve_probes({parsed("libc:strlen")}, finder);
+  ASSERT_TRUE(probes.has_value()) << probes.error().message;
+  // The command resolves it with its own CPU features: the plan carries the name.
+  EXPECT_TRUE((*probes)[0].location.ends_with("libc.so.6:strlen"));
+}
+
+TEST(ResolveProbes, UnknownLibraryIsAnError) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  auto probes = resolve_probes({parsed("libdoesnotexist42:f")}, finder);
+  ASSERT_FALSE(probes.has_value());
+  EXPECT_TRUE(probes.error().message.starts_with("library 'libdoesnotexist42' not found"))
+      << probes.error().message;
+}
+
+}  // namespace
+}  // namespace usprobe::cli

@@ -1,0 +1,237 @@
+// The CLI's side of the shared region, with the test playing the agent: it claims slots, counts
+// hits and writes trace records the way agent/protocol.h says, and the region must read back
+// exactly that, free the slots of dead threads without losing a count, and pass on notices.
+#include "region.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+namespace usprobe::cli {
+namespace {
+
+using namespace usprobe::agent;
+
+// What one agent thread does with its slot.
+struct FakeThread {
+  Header *h;
+  SlotHeader *s;
+
+  static FakeThread claim(Header *h, uint32_t index, int32_t pid, int32_t tid) {
+    SlotHeader *s = slot_at(h, index);
+    uint32_t expected = kSlotFree;
+    EXPECT_TRUE(s->state.compare_exchange_strong(expected, kSlotOwned));
+    s->pid = pid;
+    s->tid = tid;
+    return {h, s};
+  }
+  void hit(uint32_t probe, uint64_t n = 1) { slot_hits(s)[probe] += n; }
+  void miss(uint32_t probe) { slot_missed(s, h->probe_count)[probe] += 1; }
+
+  // A record with `strings` copied after the header; padding first when it would wrap.
+  void event(uint32_t probe, uint64_t tsc, std::initializer_list<uint64_t> args,
+             std::initializer_list<std::string> strings = {}, uint32_t bad = 0) {
+    uint64_t size = event_size(static_cast<uint32_t>(strings.size()), h->string_size);
+    uint64_t head = s->head.load();
+    uint64_t pos = head % h->ring_size;
+    char *ring = ring_of(h, s);
+    if (h->ring_size - pos < size) {
+      auto *pad = reinterpret_cast<Event *>(ring + pos);
+      pad->size = static_cast<uint32_t>(h->ring_size - pos);
+      pad->probe = kPadProbe;
+      head += h->ring_size - pos;
+      pos = 0;
+    }
+    ASSERT_LE(head + size - s->tail.load(), h->ring_size) << "ring full";
+    auto *e = reinterpret_cast<Event *>(ring + pos);
+    e->size = static_cast<uint32_t>(size);
+    e->probe = probe;
+    e->tsc = tsc;
+    e->tid = s->tid;
+    e->bad_strings = bad;
+    size_t i = 0;
+    for (uint64_t a : args) e->args[i++] = a;
+    char *str = reinterpret_cast<char *>(e + 1);
+    for (const std::string &text : strings) {
+      std::memset(str, 0, h->string_size);
+      std::memcpy(str, text.data(), std::min<size_t>(text.size(), h->string_size - 1));
+      str += h->string_size;
+    }
+    s->head.store(head + size, std::memory_order_release);
+  }
+};
+
+Region make_region(Mode mode, std::vector<PlanEntry> plan, uint64_t ring_size = 0) {
+  RegionConfig config;
+  config.mode = mode;
+  config.max_slots = 4;
+  config.max_notices = 4;
+  config.ring_size = ring_size;
+  auto region = Region::create(config, plan);
+  EXPECT_TRUE(region.has_value()) << region.error().message;
+  return std::move(*region);
+}
+
+const std::vector<PlanEntry> kPlan = {{"/usr/lib/libc.so.6:malloc", 0},
+                                      {"/usr/bin/prog:greet", 0b101}};
+
+TEST(Region, HeaderAndPlanAreWhatTheAgentExpects) {
+  Region region = make_region(kModeTrace, kPlan, 4096);
+  Header *h = region.header();
+  EXPECT_EQ(h->magic, kMagic);
+  EXPECT_EQ(h->version, kVersion);
+  EXPECT_EQ(h->mode, kModeTrace);
+  EXPECT_EQ(h->probe_count, 2u);
+  EXPECT_EQ(h->max_slots, 4u);
+  EXPECT_EQ(h->ring_size, 4096u);
+  EXPECT_EQ(h->slot_stride, slot_stride_for(2, 4096));
+  EXPECT_EQ(h->ring_offset + h->ring_size, h->slot_stride);
+  EXPECT_GE(h->region_size, h->slot_offset + 4 * h->slot_stride);
+  const char *plan = reinterpret_cast<const char *>(h) + h->plan_offset;
+  EXPECT_STREQ(plan,
+               "usprobe-plan 1\n"
+               "0\t0\t/usr/lib/libc.so.6:malloc\n"
+               "1\t5\t/usr/bin/prog:greet\n");
+  EXPECT_EQ(h->plan_size, std::strlen(plan) + 1);
+  // The command inherits it: not close-on-exec.
+  EXPECT_GE(region.fd(), 0);
+}
+
+TEST(Region, CountsSumLiveSlotsPerProcessAndTheOverflowSlotAsPidZero) {
+  Region region = make_region(kModeCount, kPlan);
+  Header *h = region.header();
+  FakeThread a = FakeThread::claim(h, 0, 100, 100), b = FakeThread::claim(h, 1, 100, 101),
+             c = FakeThread::claim(h, 2, 200, 200);
+  a.hit(0, 5);
+  b.hit(0, 2);
+  b.miss(0);
+  c.hit(1, 7);
+  slot_hits(slot_at(h, 3))[0] += 3;  // overflow: fetch_add, no owner
+  Counts counts = region.counts();
+  EXPECT_EQ(counts.at({100, 0}), (Count{7, 1}));
+  EXPECT_EQ(counts.at({200, 1}), (Count{7, 0}));
+  EXPECT_EQ(counts.at({0, 0}), (Count{3, 0}));
+  EXPECT_EQ(counts.size(), 3u);
+}
+
+TEST(Region, ReclaimFreesDeadThreadsSlotsAndKeepsTheirCounts) {
+  Region region = make_region(kModeCount, kPlan);
+  Header *h = region.header();
+  FakeThread dead = FakeThread::claim(h, 0, 100, 101), live = FakeThread::claim(h, 1, 100, 100);
+  dead.hit(0, 4);
+  live.hit(0, 1);
+  std::vector<TraceEvent> events;
+  region.reclaim(events, [](int32_t, int32_t tid) { return tid != 101; });
+  EXPECT_EQ(dead.s->state.load(), kSlotFree);
+  EXPECT_EQ(live.s->state.load(), kSlotOwned);
+  EXPECT_EQ(slot_hits(dead.s)[0].load(), 0u);
+  EXPECT_EQ(region.counts().at({100, 0}), (Count{5, 0}));
+
+  // The freed slot serves another thread; the folded count stays.
+  FakeThread next = FakeThread::claim(h, 0, 300, 300);
+  next.hit(0, 2);
+  Counts counts = region.counts();
+  EXPECT_EQ(counts.at({100, 0}), (Count{5, 0}));
+  EXPECT_EQ(counts.at({300, 0}), (Count{2, 0}));
+}
+
+TEST(Region, ReclaimFreesOrphanedSlotsOfAnExec) {
+  Region region = make_region(kModeCount, kPlan);
+  Header *h = region.header();
+  FakeThread before_exec = FakeThread::claim(h, 0, 100, 100);
+  before_exec.hit(1, 9);
+  before_exec.s->state.store(kSlotOrphan);  // what the new image's agent does
+  std::vector<TraceEvent> events;
+  region.reclaim(events, [](int32_t, int32_t) { return true; });  // same pid and tid live on
+  EXPECT_EQ(before_exec.s->state.load(), kSlotFree);
+  EXPECT_EQ(region.counts().at({100, 1}), (Count{9, 0}));
+}
+
+TEST(Region, SlotsWithoutIdsYetAreLeftAlone) {
+  Region region = make_region(kModeCount, kPlan);
+  Header *h = region.header();
+  FakeThread claiming = FakeThread::claim(h, 0, 0, 0);
+  std::vector<TraceEvent> events;
+  region.reclaim(events, [](int32_t, int32_t) { return false; });
+  EXPECT_EQ(claiming.s->state.load(), kSlotOwned);
+}
+
+TEST(Region, DrainCopiesRecordsWithTheirStringsAndSkipsPadding) {
+  Region region = make_region(kModeTrace, kPlan, 1024);
+  Header *h = region.header();
+  FakeThread t = FakeThread::claim(h, 0, 100, 101);
+  std::vector<TraceEvent> events;
+  // Fill and drain repeatedly so that records wrap around the ring's end (padding).
+  uint64_t tsc = 0;
+  for (int round = 0; round < 10; ++round) {
+    t.event(0, ++tsc, {16});
+    t.event(1, ++tsc, {0x1000, 2, 0x2000},
+            {"alice",
+             "a string longer than sixty-four bytes, "
+             "cut to fit the copy the agent makes"});
+    region.drain(events);
+  }
+  ASSERT_EQ(events.size(), 20u);
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].tsc, i + 1);
+  const TraceEvent &e = events[1];
+  EXPECT_EQ(e.pid, 100);
+  EXPECT_EQ(e.tid, 101);
+  EXPECT_EQ(e.probe, 1u);
+  EXPECT_EQ(e.args[1], 2u);
+  EXPECT_EQ(e.strings[0], "alice");
+  EXPECT_EQ(e.strings[2].size(), 63u);
+  EXPECT_TRUE(e.strings[1].empty());
+  EXPECT_EQ(t.s->tail.load(), t.s->head.load());
+}
+
+TEST(Region, ReclaimDrainsTheRingOfADeadThreadFirst) {
+  Region region = make_region(kModeTrace, kPlan, 1024);
+  FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
+  t.event(0, 1, {8});
+  t.hit(0);
+  std::vector<TraceEvent> events;
+  region.reclaim(events, [](int32_t, int32_t) { return false; });
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(t.s->state.load(), kSlotFree);
+  EXPECT_EQ(t.s->head.load(), 0u);  // a new owner starts with an empty ring
+  EXPECT_EQ(t.s->tail.load(), 0u);
+}
+
+TEST(Region, ACorruptRecordDoesNotStallTheRing) {
+  Region region = make_region(kModeTrace, kPlan, 1024);
+  FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
+  t.event(0, 1, {8});
+  reinterpret_cast<Event *>(ring_of(region.header(), t.s))->size = 0;
+  std::vector<TraceEvent> events;
+  region.drain(events);
+  EXPECT_TRUE(events.empty());
+  EXPECT_EQ(t.s->tail.load(), t.s->head.load());
+}
+
+TEST(Region, NoticesComeInOrderOnceReady) {
+  Region region = make_region(kModeCount, kPlan);
+  Header *h = region.header();
+  auto post = [&](uint32_t i, NoticeKind kind, int32_t probe, const char *text, bool ready) {
+    Notice *n = notice_at(h, i);
+    n->kind = kind;
+    n->pid = 42;
+    n->probe = probe;
+    std::strcpy(n->text, text);
+    if (ready) n->ready.store(1);
+  };
+  h->notice_cursor = 2;
+  post(0, kNoticeProbe, 1, "not mapped", true);
+  post(1, kNoticeInfo, -1, "attached", false);  // claimed, still being written
+  auto first = region.new_notices();
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].text, "not mapped");
+  EXPECT_EQ(first[0].probe, 1);
+  notice_at(h, 1)->ready.store(1);
+  auto second = region.new_notices();
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].kind, kNoticeInfo);
+  EXPECT_TRUE(region.new_notices().empty());
+}
+
+}  // namespace
+}  // namespace usprobe::cli

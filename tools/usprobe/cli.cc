@@ -1,0 +1,138 @@
+// The command line: subcommands and their options (CLI11), then the subcommand's run_*().
+//
+// Everything after the first "--" is the command to run, taken as it is: it is cut off before
+// CLI11 sees the rest, so the command's own options are never mistaken for usprobe's.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <string_view>
+
+#include "commands.h"
+
+namespace usprobe::cli {
+namespace {
+
+constexpr const char *kProbeHelp = R"(
+Probes (one argument each):
+  FILE:SYMBOL       entry of a function; SYMBOL may be a glob (libc:str*)
+  FILE:SYMBOL+OFF   OFF bytes into it (decimal or 0x hex)
+  FILE:0xOFF        a file offset
+  An optional "uprobe:" prefix (bpftrace's spelling) is ignored.
+FILE is a path, "exe" (the command itself) or a short library name (libc, libsqlite3,
+libm.so.6), found the way the command's dynamic linker finds it.)";
+
+constexpr const char *kTraceHelp = R"(
+Trace specs: a probe, then optionally a format and its arguments, in one argument:
+  'exe:greet "%s has %d", arg0, arg1'
+Conversions: %d %i %u %x %ld %lu %lx %lld %llu %llx %p %c %s %%, with C flags and widths.
+%s prints the string argN points to, copied when the probe is hit.)";
+
+void set_footer(CLI::App *sub, std::string_view extra) {
+  sub->footer(std::string(kProbeHelp) + std::string(extra) +
+              "\nThe command follows \"--\"; usprobe exits with its exit status.");
+}
+
+// CLI11's PositiveNumber prints the whole range of a double when it refuses a value.
+CLI::Validator seconds() {
+  return CLI::Validator(
+      [](std::string &value) -> std::string {
+        double v = 0;
+        try {
+          size_t used = 0;
+          v = std::stod(value, &used);
+          if (used != value.size()) v = 0;
+        } catch (const std::exception &) {
+        }
+        return v > 0 && v < 1e9 ? "" : "expected a number of seconds > 0, not '" + value + "'";
+      },
+      "SECONDS");
+}
+
+}  // namespace
+
+int run_cli(int argc, char **argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> command;
+  bool has_separator = false;
+  if (auto sep = std::find(args.begin(), args.end(), "--"); sep != args.end()) {
+    command.assign(sep + 1, args.end());
+    args.erase(sep, args.end());
+    has_separator = true;
+  }
+
+  CLI::App app("usprobe: uprobes in user space. Count or trace the calls a command makes.",
+               "usprobe");
+  app.set_version_flag("--version", "usprobe " USPROBE_VERSION);
+  app.require_subcommand(1);
+
+  ListOptions list;
+  CLI::App *list_cmd = app.add_subcommand("list", "List the functions of an ELF file");
+  list_cmd->add_option("FILE", list.file, "a path or a short library name (libc)")->required();
+  list_cmd->add_option("PATTERN", list.pattern, "a glob on function names (str*)");
+  list_cmd->add_flag("--json", list.json, "one JSON object");
+
+  CountOptions count;
+  CLI::App *count_cmd =
+      app.add_subcommand("count", "Count probe hits in a command: PROBE... -- COMMAND [ARGS...]");
+  count_cmd->add_option("PROBE", count.probes, "probes to count")->required();
+  count_cmd->add_option("-i,--interval", count.interval_s, "report every SECONDS")
+      ->check(seconds());
+  count_cmd
+      ->add_option("-d,--duration", count.duration_s,
+                   "interrupt the command (SIGINT) after SECONDS")
+      ->check(seconds());
+  count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
+  count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
+  count_cmd->add_flag("--per-pid", count.per_pid, "one row per process and probe");
+  count_cmd->add_flag("-v,--verbose", count.verbose, "print the agent's informational notices");
+  set_footer(count_cmd, "");
+
+  TraceOptions trace;
+  CLI::App *trace_cmd = app.add_subcommand(
+      "trace", "Print each probe hit in a command: PROBESPEC... -- COMMAND [ARGS...]");
+  trace_cmd->add_option("PROBESPEC", trace.probes, "probes with optional formats")->required();
+  trace_cmd->add_option("-o,--output", trace.output, "write events to FILE");
+  trace_cmd->add_flag("--json", trace.json, "events as JSON, one object per line");
+  trace_cmd->add_flag("-v,--verbose", trace.verbose, "print the agent's informational notices");
+  set_footer(trace_cmd, std::string("\n") + kTraceHelp);
+
+  // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
+  if (!args.empty() && args[0] != "list" && args[0] != "count" && args[0] != "trace" &&
+      args[0] != "-h" && args[0] != "--help" && args[0] != "--version") {
+    fmt::print(stderr, "usprobe: unknown {} '{}' (expected list, count or trace)\n",
+               args[0].starts_with('-') ? "option" : "subcommand", args[0]);
+    return 2;
+  }
+  std::vector<const char *> cli_argv{argv[0]};
+  for (const std::string &a : args) cli_argv.push_back(a.c_str());
+  try {
+    app.parse(static_cast<int>(cli_argv.size()), cli_argv.data());
+  } catch (const CLI::ParseError &e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    fmt::print(stderr, "usprobe: {} (see usprobe --help)\n", e.what());
+    return 2;
+  }
+
+  bool needs_command = count_cmd->parsed() || trace_cmd->parsed();
+  if (needs_command && command.empty()) {
+    fmt::print(stderr, "usprobe: {}: {} (usage: usprobe {} PROBE... -- COMMAND [ARGS...])\n",
+               count_cmd->parsed() ? "count" : "trace",
+               has_separator ? "no command after '--'" : "missing '--' and the command to run",
+               count_cmd->parsed() ? "count" : "trace");
+    return 2;
+  }
+  if (!needs_command && has_separator) {
+    fmt::print(stderr, "usprobe: list: unexpected '--' (it runs no command)\n");
+    return 2;
+  }
+  if (list_cmd->parsed()) return run_list(list);
+  if (count_cmd->parsed()) {
+    count.command = std::move(command);
+    return run_count(count);
+  }
+  trace.command = std::move(command);
+  return run_trace(trace);
+}
+
+}  // namespace usprobe::cli

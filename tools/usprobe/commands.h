@@ -1,0 +1,40 @@
+// The subcommands, one file each (list.cc, count.cc, trace.cc), behind one entry point (cli.cc)
+// that parses the command line. Each returns usprobe's exit status: 2 for its own errors,
+// otherwise the command's.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace usprobe::cli {
+
+struct ListOptions {
+  std::string file;
+  std::string pattern;  // "" = every function
+  bool json = false;
+};
+
+struct CountOptions {
+  std::vector<std::string> probes;
+  std::vector<std::string> command;
+  std::optional<double> interval_s, duration_s;
+  std::string output;  // "" = stdout
+  bool json = false, per_pid = false, verbose = false;
+};
+
+struct TraceOptions {
+  std::vector<std::string> probes;  // probe, then an optional format and its arguments
+  std::vector<std::string> command;
+  std::string output;
+  bool json = false, verbose = false;
+};
+
+int run_list(const ListOptions &options);
+int run_count(const CountOptions &options);
+int run_trace(const TraceOptions &options);
+
+// usprobe's main().
+int run_cli(int argc, char **argv);
+
+}  // namespace usprobe::cli

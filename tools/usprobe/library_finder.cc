@@ -1,0 +1,220 @@
+// The dynamic linker itself answers which libraries a command loads: `ld.so --list PROG` maps
+// them as it would for a run and prints where each came from, without running the program
+// (unlike ldd on old glibc, it executes nothing of PROG). Asking it, rather than re-implementing
+// its search, gets LD_LIBRARY_PATH, DT_RUNPATH, $ORIGIN and hwcaps subdirectories right.
+#include "library_finder.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+
+#include "elf/location.h"
+
+extern char **environ;
+
+namespace usprobe::cli {
+namespace {
+
+// Where a library the command may dlopen later is, when the ld.so cache does not know it.
+constexpr const char *kDefaultDirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"};
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
+  return s;
+}
+
+std::string_view basename_of(std::string_view path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+// "path (0x...)" -> "path": the load address printed after the path.
+std::string_view strip_address(std::string_view s) {
+  size_t paren = s.rfind(" (");
+  return paren == std::string_view::npos ? s : trim(s.substr(0, paren));
+}
+
+// Runs argv (argv[0] a path) with stdout captured and stderr discarded; nullopt when it could
+// not run or failed.
+std::optional<std::string> capture(const std::vector<std::string> &args) {
+  int pipefd[2];
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) return std::nullopt;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipefd[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+  std::vector<char *> argv;
+  for (const std::string &a : args) argv.push_back(const_cast<char *>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int err = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(pipefd[1]);
+  std::string out;
+  if (err == 0) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(pipefd[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+      if (n > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(pipefd[0]);
+  if (err != 0) return std::nullopt;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return std::nullopt;
+  return out;
+}
+
+bool is_elf_file(const std::string &path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char magic[4] = {};
+  bool elf = ::read(fd, magic, 4) == 4 && std::memcmp(magic,
+                                                      "\x7f"
+                                                      "ELF",
+                                                      4) == 0;
+  ::close(fd);
+  return elf;
+}
+
+std::string real_path(const std::string &path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+// A matching ELF file in the default directories: the shortest name first, so "libfoo" takes
+// libfoo.so.1 over libfoo.so.1.2.3 (the same file, usually) and a text libfoo.so (a linker
+// script, as libc.so is) is skipped.
+std::optional<std::string> from_default_dirs(std::string_view name) {
+  for (const char *dir : kDefaultDirs) {
+    std::vector<std::string> found;
+    if (DIR *d = ::opendir(dir)) {
+      while (dirent *e = ::readdir(d))
+        if (elf::library_name_matches(name, e->d_name)) found.emplace_back(e->d_name);
+      ::closedir(d);
+    }
+    std::sort(found.begin(), found.end(), [](const std::string &a, const std::string &b) {
+      return a.size() != b.size() ? a.size() < b.size() : a < b;
+    });
+    for (const std::string &f : found) {
+      std::string path = std::string(dir) + "/" + f;
+      if (is_elf_file(path)) return path;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> first_match(const std::vector<LibraryEntry> &entries,
+                                       std::string_view name) {
+  for (const LibraryEntry &e : entries)
+    if (elf::library_name_matches(name, e.name) ||
+        elf::library_name_matches(name, basename_of(e.path)))
+      return e.path;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::vector<LibraryEntry> parse_ld_list(std::string_view output) {
+  std::vector<LibraryEntry> out;
+  while (!output.empty()) {
+    size_t nl = output.find('\n');
+    std::string_view line = trim(output.substr(0, nl));
+    output = nl == std::string_view::npos ? std::string_view() : output.substr(nl + 1);
+    if (size_t arrow = line.find(" => "); arrow != std::string_view::npos) {
+      std::string_view path = strip_address(line.substr(arrow + 4));
+      // "libfoo.so.1 => not found": the command will not even start; nothing to probe there.
+      if (path.empty() || path.front() != '/') continue;
+      out.push_back({std::string(trim(line.substr(0, arrow))), std::string(path)});
+    } else if (line.starts_with(
+                   '/')) {  // the dynamic linker: "/lib64/ld-linux-x86-64.so.2 (0x...)"
+      std::string_view path = strip_address(line);
+      out.push_back({std::string(basename_of(path)), std::string(path)});
+    }
+  }
+  return out;
+}
+
+std::vector<LibraryEntry> parse_ldconfig(std::string_view output) {
+  std::vector<LibraryEntry> out;
+  while (!output.empty()) {
+    size_t nl = output.find('\n');
+    std::string_view line = trim(output.substr(0, nl));
+    output = nl == std::string_view::npos ? std::string_view() : output.substr(nl + 1);
+    size_t open = line.find(" ("), close = line.find(") => ");
+    if (open == std::string_view::npos || close == std::string_view::npos || close < open) continue;
+    std::string_view flags = line.substr(open + 2, close - open - 2);
+    if (flags.find("x86-64") == std::string_view::npos) continue;  // 32-bit and x32 libraries
+    out.push_back({std::string(line.substr(0, open)), std::string(trim(line.substr(close + 5)))});
+  }
+  return out;
+}
+
+LibraryFinder LibraryFinder::for_command(std::string exe, std::string interp) {
+  LibraryFinder f;
+  f.exe_ = std::move(exe);
+  f.interp_ = std::move(interp);
+  return f;
+}
+
+LibraryFinder LibraryFinder::for_listing() {
+  return LibraryFinder();
+}
+
+std::optional<std::string> LibraryFinder::from_command(std::string_view name) {
+  if (!command_libs_) {
+    auto out = capture({interp_, "--list", exe_});
+    command_libs_ = out ? parse_ld_list(*out) : std::vector<LibraryEntry>();
+  }
+  return first_match(*command_libs_, name);
+}
+
+std::optional<std::string> LibraryFinder::from_cache(std::string_view name) {
+  if (!cache_) {
+    std::optional<std::string> out;
+    for (const char *ldconfig : {"/sbin/ldconfig", "/usr/sbin/ldconfig"})
+      if (!out && ::access(ldconfig, X_OK) == 0) out = capture({ldconfig, "-p"});
+    cache_ = out ? parse_ldconfig(*out) : std::vector<LibraryEntry>();
+  }
+  return first_match(*cache_, name);
+}
+
+Result<std::string> LibraryFinder::find(std::string_view file) {
+  if (file.empty()) return fail(EINVAL, "empty file name");
+  std::optional<std::string> path;
+  if (file.find('/') != std::string_view::npos) {
+    auto found = elf::resolve_file(file);  // "path: no such file"
+    if (!found) return std::unexpected(found.error());
+    path = *found;
+  } else if (file == "exe" && !exe_.empty()) {
+    path = exe_;
+  } else if (!exe_.empty()) {
+    path = from_command(file);
+  } else if (auto mapped = elf::resolve_file(file)) {  // usprobe's own libraries, and "exe"
+    path = *mapped;
+  }
+  if (!path) path = from_cache(file);
+  if (!path) path = from_default_dirs(file);
+  if (!path) {
+    std::string where =
+        exe_.empty() ? std::string("not loaded by usprobe") : "not among its libraries";
+    return fail(ENOENT, "library '" + std::string(file) + "' not found" +
+                            (exe_.empty() ? "" : " for " + exe_) + " (not a path, " + where +
+                            ", not in the ld.so cache)");
+  }
+  return real_path(*path);
+}
+
+}  // namespace usprobe::cli

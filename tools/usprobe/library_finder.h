@@ -1,0 +1,53 @@
+// Which ELF file the FILE part of a probe names. A path is taken as it is; "exe" is the command;
+// a short library name ("libc", "libsqlite3", "libm.so.6") is looked up the way the command's
+// dynamic linker will find it, so the probe lands in the file the command really loads, with its
+// LD_LIBRARY_PATH, RUNPATH and all. A library it does not load at start (one it may dlopen later)
+// comes from the ld.so cache or the default directories.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+
+namespace usprobe::cli {
+
+// A library as the dynamic linker or the ld.so cache lists it.
+struct LibraryEntry {
+  std::string name;  // "libc.so.6"
+  std::string path;  // "/lib/x86_64-linux-gnu/libc.so.6"
+};
+
+// `ld.so --list PROG` output: "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" lines
+// (and the dynamic linker itself as "\t/lib64/ld-linux-x86-64.so.2 (0x...)"); names with no file
+// (the vDSO, "not found") are left out.
+std::vector<LibraryEntry> parse_ld_list(std::string_view output);
+// `ldconfig -p` output: "\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1"; only the
+// x86-64 entries.
+std::vector<LibraryEntry> parse_ldconfig(std::string_view output);
+
+class LibraryFinder {
+ public:
+  // For the probes of a command: "exe" is `exe`, the ELF file that runs (for a script, its
+  // interpreter), whose dynamic linker is `interp`.
+  static LibraryFinder for_command(std::string exe, std::string interp);
+  // For `usprobe list`: short names are looked up among the libraries mapped in usprobe itself.
+  static LibraryFinder for_listing();
+
+  // The absolute path, symbolic links resolved, of the file `file` names. Errors: "library
+  // 'libfoo' not found for /usr/bin/x (not a path, not among its libraries, not in the ld.so
+  // cache)", "./app: no such file".
+  Result<std::string> find(std::string_view file);
+
+ private:
+  LibraryFinder() = default;
+  std::optional<std::string> from_command(std::string_view name);
+  std::optional<std::string> from_cache(std::string_view name);
+
+  std::string exe_, interp_;                                       // empty for listing
+  std::optional<std::vector<LibraryEntry>> command_libs_, cache_;  // read on first use
+};
+
+}  // namespace usprobe::cli

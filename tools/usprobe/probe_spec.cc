@@ -1,0 +1,161 @@
+#include "probe_spec.h"
+
+#include <fmt/format.h>
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <charconv>
+#include <map>
+#include <set>
+
+#include "elf/location.h"
+#include "library_finder.h"
+
+namespace usprobe::cli {
+namespace {
+
+std::unexpected<Error> bad_probe(std::string_view text) {
+  return fail(EINVAL, fmt::format("bad probe '{}': expected FILE:SYMBOL, FILE:SYMBOL+OFF or "
+                                  "FILE:0xOFF",
+                                  text));
+}
+
+bool is_glob(std::string_view s) {
+  return s.find_first_of("*?[") != std::string_view::npos;
+}
+
+// "0x1f" (hex) or "31" (decimal); the whole string must be the number.
+std::optional<uint64_t> parse_number(std::string_view s) {
+  int base = 10;
+  if (s.starts_with("0x") || s.starts_with("0X")) {
+    s.remove_prefix(2);
+    base = 16;
+  }
+  uint64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// The name the engine's find_function takes for `f`: a hidden (old) version keeps its "@VER",
+// since the plain name means the default version.
+std::string callable_name(const elf::Function &f) {
+  return f.hidden_version ? f.name + "@" + f.version : f.name;
+}
+
+// Which of two aliases at one offset a user would rather read: "malloc" over "__libc_malloc".
+bool better_alias(const std::string &a, const std::string &b) {
+  bool a_plain = !a.starts_with('_'), b_plain = !b.starts_with('_');
+  if (a_plain != b_plain) return a_plain;
+  if (a.size() != b.size()) return a.size() < b.size();
+  return a < b;
+}
+
+}  // namespace
+
+Result<ProbeSpec> parse_probe(std::string_view text) {
+  ProbeSpec spec;
+  spec.text = std::string(text);
+  std::string_view s = text;
+  // bpftrace's spelling; kept when nothing but SYMBOL would follow, so that a library really
+  // called "uprobe" can still be named.
+  if (s.starts_with("uprobe:") && s.substr(7).find(':') != std::string_view::npos)
+    s.remove_prefix(7);
+  size_t colon = s.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == s.size())
+    return bad_probe(text);
+  spec.file = std::string(s.substr(0, colon));
+  std::string_view target = s.substr(colon + 1);
+  spec.target = std::string(target);
+  if (target.find_first_of(" \t\n\r\f\v") != std::string_view::npos) return bad_probe(text);
+
+  if (target.starts_with("0x") || target.starts_with("0X")) {
+    auto off = parse_number(target);
+    if (!off) return bad_probe(text);
+    spec.kind = ProbeSpec::Kind::kOffset;
+    spec.offset = *off;
+  } else if (size_t plus = target.find('+'); plus != std::string_view::npos) {
+    auto off = parse_number(target.substr(plus + 1));
+    std::string_view symbol = target.substr(0, plus);
+    // A glob with an offset would put a probe at an arbitrary byte of every match.
+    if (!off || symbol.empty() || is_glob(symbol)) return bad_probe(text);
+    spec.kind = ProbeSpec::Kind::kSymbolOffset;
+    spec.symbol = std::string(symbol);
+    spec.offset = *off;
+  } else {
+    spec.kind = is_glob(target) ? ProbeSpec::Kind::kGlob : ProbeSpec::Kind::kSymbol;
+    spec.symbol = std::string(target);
+  }
+  return spec;
+}
+
+std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
+                                   std::string_view pattern) {
+  std::string pat(pattern);
+  std::map<std::string, std::set<uint64_t>> offsets_of_name;
+  for (const elf::Function &f : functions) offsets_of_name[callable_name(f)].insert(f.file_offset);
+
+  std::map<uint64_t, std::string> best;  // offset -> chosen name
+  for (const elf::Function &f : functions) {
+    if (::fnmatch(pat.c_str(), f.name.c_str(), 0) != 0) continue;
+    std::string name = callable_name(f);
+    auto [it, inserted] = best.try_emplace(f.file_offset, name);
+    if (!inserted && better_alias(name, it->second)) it->second = name;
+  }
+  std::vector<GlobMatch> out;
+  out.reserve(best.size());
+  for (auto &[offset, name] : best) out.push_back({name, offset, offsets_of_name[name].size() > 1});
+  return out;
+}
+
+namespace {
+
+// Checks a non-glob location the way the engine will resolve it in the command.
+Result<void> check_location(const std::string &location, const std::string &path,
+                            const ProbeSpec &spec) {
+  auto resolved = elf::resolve_location(location);
+  if (resolved) return {};
+  if (spec.kind == ProbeSpec::Kind::kSymbol || spec.kind == ProbeSpec::Kind::kSymbolOffset) {
+    // The engine resolves an IFUNC (strlen, memcpy) by asking the dynamic linker of the process
+    // that has the library loaded, which fails here for a library usprobe itself does not load.
+    // The command will resolve it; here it is enough that the symbol exists.
+    auto file = elf::ElfFile::open(path);
+    if (file) {
+      auto fn = (*file)->find_function(spec.symbol);
+      if (fn && fn->ifunc) return {};
+    }
+  }
+  return std::unexpected(resolved.error());
+}
+
+}  // namespace
+
+Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
+                                          LibraryFinder &finder) {
+  std::vector<Probe> out;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const ProbeSpec &spec = specs[i];
+    auto path = finder.find(spec.file);
+    if (!path) return std::unexpected(path.error());
+    if (spec.kind != ProbeSpec::Kind::kGlob) {
+      std::string location = *path + ":" + spec.target;
+      if (auto ok = check_location(location, *path, spec); !ok) return std::unexpected(ok.error());
+      out.push_back({spec.file + ":" + spec.target, std::move(location), i});
+      continue;
+    }
+    auto file = elf::ElfFile::open(*path);
+    if (!file) return std::unexpected(file.error());
+    if ((*file)->is_static_executable())
+      return fail(ENOEXEC, *path + ": statically linked: usprobe's agent cannot be loaded there");
+    auto matches = expand_glob((*file)->functions(), spec.symbol);
+    if (matches.empty())
+      return fail(ENOENT, fmt::format("no function in {} matches '{}'", *path, spec.symbol));
+    for (const GlobMatch &m : matches) {
+      std::string target = m.by_offset ? fmt::format("{:#x}", m.offset) : m.name;
+      out.push_back({spec.file + ":" + m.name, *path + ":" + target, i});
+    }
+  }
+  return out;
+}
+
+}  // namespace usprobe::cli

@@ -1,0 +1,63 @@
+// Probe arguments as users write them ("libc:malloc", "uprobe:/usr/bin/app:parse+0x12",
+// "libc:str*") and their resolution into the plan the agent runs: absolute file paths, globs
+// expanded, every symbol and offset checked before the command starts.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+#include "elf/elf_file.h"
+
+namespace usprobe::cli {
+
+class LibraryFinder;
+
+// One probe argument, parsed but not resolved.
+struct ProbeSpec {
+  enum class Kind {
+    kSymbol,        // FILE:SYMBOL
+    kGlob,          // FILE:PATTERN (fnmatch over the file's functions)
+    kSymbolOffset,  // FILE:SYMBOL+OFF
+    kOffset,        // FILE:0xOFF (a file offset)
+  };
+  std::string text;    // as given, with any "uprobe:" prefix
+  std::string file;    // FILE as written: a path, "exe" or a short library name
+  std::string target;  // what follows the last ':', as written
+  Kind kind = Kind::kSymbol;
+  std::string symbol;   // kSymbol, kGlob (the pattern), kSymbolOffset
+  uint64_t offset = 0;  // kSymbolOffset: bytes into the function; kOffset: file offset
+};
+
+// Errors: "bad probe 'xyz': expected FILE:SYMBOL, FILE:SYMBOL+OFF or FILE:0xOFF".
+Result<ProbeSpec> parse_probe(std::string_view text);
+
+// A function a glob selected. `by_offset` is set when another function of the file has the same
+// name at a different offset (static functions of different sources): the name alone would send
+// the agent to the other one, so the plan names this one by its offset.
+struct GlobMatch {
+  std::string name;  // "memcpy", or "memcpy@GLIBC_2.2.5" for a hidden (old) version
+  uint64_t offset = 0;
+  bool by_offset = false;
+};
+
+// The functions whose names match `pattern`, one per file offset (aliases: the name not starting
+// with '_' if there is one, else the shortest), sorted by offset.
+std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
+                                   std::string_view pattern);
+
+// A resolved probe: one line of the plan.
+struct Probe {
+  std::string display;    // in reports: "libc:malloc", "exe:parse+0x12", "/usr/bin/app:0x1139"
+  std::string location;   // for the agent: "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
+  size_t spec_index = 0;  // which ProbeSpec it came from
+};
+
+// Resolves every spec (files through `finder`), expands globs and checks each symbol and offset
+// as the engine would. The first error is returned; nothing is half-resolved.
+Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
+                                          LibraryFinder &finder);
+
+}  // namespace usprobe::cli

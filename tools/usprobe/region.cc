@@ -1,0 +1,260 @@
+#include "region.h"
+
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <new>
+
+namespace usprobe::cli {
+namespace {
+
+using agent::Header;
+using agent::SlotHeader;
+
+constexpr uint64_t align_up(uint64_t v, uint64_t a) {
+  return (v + a - 1) & ~(a - 1);
+}
+
+// pid and tid are plain fields that the owning thread writes once after claiming its slot; read
+// them as relaxed atomics, since that thread may be writing them right now.
+int32_t load_relaxed(int32_t &field) {
+  return std::atomic_ref<int32_t>(field).load(std::memory_order_relaxed);
+}
+void store_relaxed(int32_t &field, int32_t v) {
+  std::atomic_ref<int32_t>(field).store(v, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+std::string plan_text(const std::vector<PlanEntry> &plan) {
+  std::string text = std::string(agent::kPlanFirstLine) + "\n";
+  for (size_t i = 0; i < plan.size(); ++i)
+    text += fmt::format("{}\t{}\t{}\n", i, plan[i].string_mask, plan[i].location);
+  return text;
+}
+
+bool thread_alive(int32_t pid, int32_t tid) {
+  return ::syscall(SYS_tgkill, pid, tid, 0) == 0 || errno != ESRCH;
+}
+
+Result<Region> Region::create(const RegionConfig &config, const std::vector<PlanEntry> &plan) {
+  if (config.max_slots < 2 || config.ring_size % 8 != 0)
+    return fail(EINVAL, "bad region configuration");
+  std::string text = plan_text(plan);
+  auto probe_count = static_cast<uint32_t>(plan.size());
+  uint64_t plan_offset = align_up(sizeof(Header), 64);
+  uint64_t notice_offset = align_up(plan_offset + text.size() + 1, 64);
+  uint64_t slot_offset = align_up(notice_offset + uint64_t{config.max_notices} * 512, 4096);
+  uint64_t stride = agent::slot_stride_for(probe_count, config.ring_size);
+  uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
+
+  // Not close-on-exec: the command inherits it (USPROBE_AGENT_FD), and so do its children.
+  int fd = ::memfd_create("usprobe", 0);
+  if (fd < 0) return fail(errno, fmt::format("memfd_create: {}", std::strerror(errno)));
+  // Sparse: the pages of slots and rings no thread uses are never allocated.
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    ::close(fd);
+    return fail(
+        err, fmt::format("cannot size the shared region ({} bytes): {}", size, std::strerror(err)));
+  }
+  void *map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) {
+    int err = errno;
+    ::close(fd);
+    return fail(err, fmt::format("cannot map the shared region: {}", std::strerror(err)));
+  }
+  auto *hdr = new (map) Header{};
+  hdr->magic = agent::kMagic;
+  hdr->version = agent::kVersion;
+  hdr->mode = config.mode;
+  hdr->region_size = size;
+  hdr->probe_count = probe_count;
+  hdr->string_size = config.string_size;
+  hdr->plan_offset = plan_offset;
+  hdr->plan_size = text.size() + 1;
+  hdr->notice_offset = notice_offset;
+  hdr->max_notices = config.max_notices;
+  hdr->max_slots = config.max_slots;
+  hdr->slot_offset = slot_offset;
+  hdr->slot_stride = stride;
+  hdr->ring_offset = stride - config.ring_size;
+  hdr->ring_size = config.ring_size;
+  std::memcpy(static_cast<char *>(map) + plan_offset, text.c_str(), text.size() + 1);
+  // No barrier needed for the agents: they map the region after fork and exec, which order
+  // these writes before anything they read.
+  std::vector<uint32_t> masks;
+  for (const PlanEntry &e : plan) masks.push_back(e.string_mask);
+  return Region(fd, hdr, std::move(masks));
+}
+
+Region::Region(int fd, Header *hdr, std::vector<uint32_t> masks)
+    : fd_(fd), hdr_(hdr), masks_(std::move(masks)) {}
+
+Region::Region(Region &&other) noexcept
+    : fd_(std::exchange(other.fd_, -1)),
+      hdr_(std::exchange(other.hdr_, nullptr)),
+      masks_(std::move(other.masks_)),
+      folded_(std::move(other.folded_)),
+      next_notice_(other.next_notice_) {}
+
+Region::~Region() {
+  if (hdr_) ::munmap(hdr_, hdr_->region_size);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+// Single consumer of the slot's ring (protocol.h): records in [tail, head) are complete.
+void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out) {
+  uint64_t ring_size = hdr_->ring_size;
+  if (ring_size == 0) return;
+  // Acquire: pairs with the producer's head.store(release) after it wrote the record, and so
+  // also makes the pid it wrote when it claimed the slot visible: read pid after head.
+  uint64_t head = slot->head.load(std::memory_order_acquire);
+  int32_t pid = overflow ? 0 : load_relaxed(slot->pid);
+  uint64_t tail = slot->tail.load(std::memory_order_relaxed);
+  const char *ring = agent::ring_of(hdr_, slot);
+  while (tail < head) {
+    uint64_t pos = tail % ring_size;
+    agent::Event ev;
+    uint32_t size = 0;
+    std::memcpy(&size, ring + pos, sizeof size);
+    // A record that breaks the format (a producer gone wrong) would otherwise stall the ring
+    // forever: skip everything published so far.
+    if (size < 8 || size % 8 != 0 || pos + size > ring_size || tail + size > head) {
+      tail = head;
+      break;
+    }
+    if (size >= sizeof ev) {
+      std::memcpy(&ev, ring + pos, sizeof ev);
+      if (ev.probe < masks_.size()) {
+        uint32_t mask = masks_[ev.probe];
+        uint32_t strings = static_cast<uint32_t>(std::popcount(mask));
+        if (size >= agent::event_size(strings, hdr_->string_size)) {
+          TraceEvent &e = out.emplace_back();
+          e.pid = pid;
+          e.tid = ev.tid;
+          e.probe = ev.probe;
+          e.tsc = ev.tsc;
+          e.bad_strings = ev.bad_strings;
+          std::copy(std::begin(ev.args), std::end(ev.args), e.args.begin());
+          const char *s = ring + pos + sizeof ev;
+          for (uint32_t arg = 0; arg < agent::kMaxArgs; ++arg) {
+            if (!(mask & (1u << arg))) continue;
+            e.strings[arg].assign(s, ::strnlen(s, hdr_->string_size));
+            s += hdr_->string_size;
+          }
+        }
+      }
+    }
+    tail += size;  // padding (kPadProbe) and unknown probes are skipped alike
+  }
+  // Release: the producer reads tail (acquire) before reusing the space we copied out of.
+  slot->tail.store(tail, std::memory_order_release);
+}
+
+void Region::drain(std::vector<TraceEvent> &out) {
+  if (hdr_->ring_size == 0) return;
+  for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
+    SlotHeader *slot = agent::slot_at(hdr_, i);
+    bool overflow = i == overflow_index();
+    if (!overflow && slot->state.load(std::memory_order_acquire) == agent::kSlotFree) continue;
+    drain_slot(slot, overflow, out);
+  }
+}
+
+void Region::reclaim(std::vector<TraceEvent> &out,
+                     const std::function<bool(int32_t, int32_t)> &alive) {
+  uint32_t n = hdr_->probe_count;
+  for (uint32_t i = 0; i < overflow_index(); ++i) {
+    SlotHeader *slot = agent::slot_at(hdr_, i);
+    uint32_t state = slot->state.load(std::memory_order_acquire);
+    if (state == agent::kSlotFree) continue;
+    int32_t pid = load_relaxed(slot->pid), tid = load_relaxed(slot->tid);
+    if (state != agent::kSlotOrphan) {
+      // pid 0: claimed a moment ago, its owner has not written its ids yet.
+      if (pid <= 0 || tid <= 0 || alive(pid, tid)) continue;
+    }
+    // Nobody writes this slot any more: its thread is gone, or exec replaced its image.
+    drain_slot(slot, false, out);
+    std::atomic<uint64_t> *hits = agent::slot_hits(slot);
+    std::atomic<uint64_t> *missed = agent::slot_missed(slot, n);
+    for (uint32_t p = 0; p < n; ++p) {
+      uint64_t h = hits[p].load(std::memory_order_relaxed);
+      uint64_t m = missed[p].load(std::memory_order_relaxed);
+      if (h == 0 && m == 0) continue;
+      Count &c = folded_[{pid, p}];
+      c.hits += h;
+      c.missed += m;
+      hits[p].store(0, std::memory_order_relaxed);
+      missed[p].store(0, std::memory_order_relaxed);
+    }
+    slot->head.store(0, std::memory_order_relaxed);
+    slot->tail.store(0, std::memory_order_relaxed);
+    store_relaxed(slot->pid, 0);
+    store_relaxed(slot->tid, 0);
+    // Release: pairs with the claiming thread's compare-and-swap, which then sees zeroed
+    // counters and an empty ring.
+    slot->state.store(agent::kSlotFree, std::memory_order_release);
+  }
+}
+
+Counts Region::counts() const {
+  Counts out = folded_;
+  uint32_t n = hdr_->probe_count;
+  for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
+    SlotHeader *slot = agent::slot_at(hdr_, i);
+    int32_t pid = 0;
+    if (i != overflow_index()) {
+      if (slot->state.load(std::memory_order_acquire) == agent::kSlotFree) continue;
+      pid = load_relaxed(slot->pid);
+      // Its owner has not written its pid yet; next time its counts go to the right process.
+      if (pid <= 0) continue;
+    }
+    std::atomic<uint64_t> *hits = agent::slot_hits(slot);
+    std::atomic<uint64_t> *missed = agent::slot_missed(slot, n);
+    for (uint32_t p = 0; p < n; ++p) {
+      uint64_t h = hits[p].load(std::memory_order_relaxed);
+      uint64_t m = missed[p].load(std::memory_order_relaxed);
+      if (h == 0 && m == 0) continue;
+      Count &c = out[{pid, p}];
+      c.hits += h;
+      c.missed += m;
+    }
+  }
+  return out;
+}
+
+std::vector<NoticeMessage> Region::new_notices() {
+  std::vector<NoticeMessage> out;
+  // Acquire: a claimed index may still be being written; its `ready` says when it is complete.
+  uint32_t claimed =
+      std::min(hdr_->notice_cursor.load(std::memory_order_acquire), hdr_->max_notices);
+  while (next_notice_ < claimed) {
+    agent::Notice *n = agent::notice_at(hdr_, next_notice_);
+    // Acquire: pairs with the agent's ready.store(1, release) after it wrote the text.
+    if (n->ready.load(std::memory_order_acquire) == 0) break;  // keep the order: next time
+    NoticeMessage &m = out.emplace_back();
+    m.kind = static_cast<agent::NoticeKind>(n->kind);
+    m.pid = n->pid;
+    m.probe = n->probe;
+    m.text.assign(n->text, ::strnlen(n->text, sizeof n->text));
+    ++next_notice_;
+  }
+  return out;
+}
+
+uint32_t Region::notices_dropped() const {
+  return hdr_->notices_dropped.load(std::memory_order_relaxed);
+}
+
+uint32_t Region::agents_started() const {
+  return hdr_->agents_started.load(std::memory_order_relaxed);
+}
+
+}  // namespace usprobe::cli

@@ -1,0 +1,101 @@
+// The CLI's side of the shared-memory region (agent/protocol.h): it creates the memfd, writes the
+// header and the plan, and while the command runs reads what the agents write: counters, trace
+// records and notices. It also frees the slots of threads that have exited, folding their
+// counters into its own totals first, so a command that runs through thousands of threads does
+// not run out of slots and no hit is lost on the way.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "agent/protocol.h"
+#include "core/error.h"
+
+namespace usprobe::cli {
+
+struct RegionConfig {
+  agent::Mode mode = agent::kModeCount;
+  uint32_t max_slots = 512;
+  uint32_t max_notices = 256;
+  uint32_t string_size = 64;
+  uint64_t ring_size = 0;  // per slot; 0 in count mode, a multiple of 8
+};
+
+struct PlanEntry {
+  std::string location;      // "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
+  uint32_t string_mask = 0;  // bit n: argn is copied as a string (trace mode)
+};
+
+// A trace record, copied out of a ring.
+struct TraceEvent {
+  int32_t pid = 0;  // the slot's; 0 for the shared overflow slot (unknown)
+  int32_t tid = 0;
+  uint32_t probe = 0;
+  uint64_t tsc = 0;
+  uint32_t bad_strings = 0;  // bit n: argn's string could not be read
+  std::array<uint64_t, agent::kMaxArgs> args{};
+  std::array<std::string, agent::kMaxArgs> strings;  // by argument number, for string_mask bits
+};
+
+struct Count {
+  uint64_t hits = 0;
+  uint64_t missed = 0;  // skipped by the engine (recursion) or, in trace mode, records dropped
+  bool operator==(const Count &) const = default;
+};
+// Per (pid, probe index); pid 0 is the overflow slot, whose hits come from unknown processes.
+using Counts = std::map<std::pair<int32_t, uint32_t>, Count>;
+
+struct NoticeMessage {
+  agent::NoticeKind kind = agent::kNoticeInfo;
+  int32_t pid = 0;
+  int32_t probe = -1;
+  std::string text;
+};
+
+// The plan text the agent parses (protocol.h: "usprobe-plan 1", then index, mask, location).
+std::string plan_text(const std::vector<PlanEntry> &plan);
+
+// Whether the thread `tid` of process `pid` still exists (tgkill with signal 0).
+bool thread_alive(int32_t pid, int32_t tid);
+
+class Region {
+ public:
+  static Result<Region> create(const RegionConfig &config, const std::vector<PlanEntry> &plan);
+  Region(Region &&other) noexcept;
+  Region &operator=(Region &&) = delete;
+  ~Region();
+
+  int fd() const { return fd_; }            // inherited by the command (not close-on-exec)
+  agent::Header *header() { return hdr_; }  // for tests that play the agent
+
+  // Appends the records written since the last call, every ring, unsorted.
+  void drain(std::vector<TraceEvent> &out);
+  // Frees the slots of threads that are gone (`alive` says) or orphaned by an exec: their ring is
+  // drained into `out` and their counters folded into the totals first.
+  void reclaim(std::vector<TraceEvent> &out,
+               const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
+  // Every count so far: folded from freed slots plus what live slots hold now.
+  Counts counts() const;
+  // Notices published since the last call, in order.
+  std::vector<NoticeMessage> new_notices();
+  uint32_t notices_dropped() const;
+  uint32_t agents_started() const;
+
+ private:
+  Region(int fd, agent::Header *hdr, std::vector<uint32_t> masks);
+  uint32_t overflow_index() const { return hdr_->max_slots - 1; }
+  void drain_slot(agent::SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out);
+
+  int fd_ = -1;
+  agent::Header *hdr_ = nullptr;
+  std::vector<uint32_t> masks_;  // string_mask by probe index
+  Counts folded_;
+  uint32_t next_notice_ = 0;
+};
+
+}  // namespace usprobe::cli

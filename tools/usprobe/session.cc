@@ -1,0 +1,77 @@
+#include "session.h"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "launch.h"
+#include "library_finder.h"
+
+namespace usprobe::cli {
+
+Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
+                                const std::vector<std::string> &command_argv) {
+  Session s;
+  auto command = check_command(command_argv);
+  if (!command) return std::unexpected(command.error());
+  s.command = std::move(*command);
+  LibraryFinder finder = LibraryFinder::for_command(s.command.elf, s.command.interp);
+  auto probes = resolve_probes(specs, finder);
+  if (!probes) return std::unexpected(probes.error());
+  s.probes = std::move(*probes);
+  auto agent = find_agent();
+  if (!agent) return std::unexpected(agent.error());
+  s.agent = std::move(*agent);
+  return s;
+}
+
+void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
+  for (const NoticeMessage &n : notices) {
+    switch (n.kind) {
+      case agent::kNoticeProbe: {
+        // Every process of the command says it again for the same probe: once is enough.
+        if (!reported_probes_.insert(n.probe).second) break;
+        std::string name = n.probe >= 0 && static_cast<size_t>(n.probe) < probes_.size()
+                               ? probes_[static_cast<size_t>(n.probe)].display
+                               : fmt::format("probe {}", n.probe);
+        fmt::print(stderr, "usprobe: pid {}: {} not placed: {}\n", n.pid, name, n.text);
+        break;
+      }
+      case agent::kNoticeInfo:
+        if (verbose_) fmt::print(stderr, "usprobe: pid {}: {}\n", n.pid, n.text);
+        break;
+      default:
+        fmt::print(stderr, "usprobe: pid {}: {}\n", n.pid, n.text);
+    }
+  }
+  std::fflush(stderr);
+}
+
+void NoticePrinter::finish(const Region &region) {
+  if (uint32_t dropped = region.notices_dropped())
+    fmt::print(stderr, "usprobe: {} more notices from the agent were dropped\n", dropped);
+  // Most often a set-user-ID program (the dynamic linker ignores LD_PRELOAD there) or one that
+  // replaced its environment before running anything else.
+  if (region.agents_started() == 0)
+    fmt::print(stderr,
+               "usprobe: warning: the agent never started in the command: nothing was probed\n");
+}
+
+Result<Output> Output::open(const std::string &path) {
+  if (path.empty()) return Output(stdout);
+  FILE *f = std::fopen(path.c_str(), "we");  // close-on-exec: the command does not need it
+  if (!f) return fail(errno, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  return Output(f);
+}
+
+Output::~Output() {
+  if (file_ && file_ != stdout) std::fclose(file_);
+}
+
+int report_error(const Error &error) {
+  fmt::print(stderr, "usprobe: {}\n", error.message);
+  return 2;
+}
+
+}  // namespace usprobe::cli

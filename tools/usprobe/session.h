@@ -1,0 +1,63 @@
+// What `count` and `trace` share: everything checked before the command starts (the command, the
+// probes, the agent), and the agent's notices printed while it runs.
+#pragma once
+
+#include <cstdio>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "command.h"
+#include "core/error.h"
+#include "probe_spec.h"
+#include "region.h"
+
+namespace usprobe::cli {
+
+struct Session {
+  Command command;
+  std::vector<Probe> probes;
+  std::string agent;  // absolute path of libusprobe-agent.so
+};
+
+// Checks the command, resolves the probes for it and finds the agent, in that order; the first
+// error is returned and nothing has been started.
+Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
+                                const std::vector<std::string> &command_argv);
+
+// Prints the agents' notices on stderr: "usprobe: pid N: <text>". A probe that could not be
+// placed is reported once, by the first process that says so; informational notices only when
+// verbose.
+class NoticePrinter {
+ public:
+  NoticePrinter(const std::vector<Probe> &probes, bool verbose)
+      : probes_(probes), verbose_(verbose) {}
+  void print(const std::vector<NoticeMessage> &notices);
+  // At the end: notices the region had no room for, and a command the agent never started in.
+  void finish(const Region &region);
+
+ private:
+  const std::vector<Probe> &probes_;
+  bool verbose_;
+  std::set<int32_t> reported_probes_;
+};
+
+// Where reports go: stdout, or the file of -o (created before the command starts).
+class Output {
+ public:
+  static Result<Output> open(const std::string &path);  // "" = stdout
+  Output(Output &&other) noexcept : file_(std::exchange(other.file_, nullptr)) {}
+  Output &operator=(Output &&) = delete;
+  ~Output();
+  FILE *file() const { return file_; }
+
+ private:
+  explicit Output(FILE *f) : file_(f) {}
+  FILE *file_ = nullptr;
+};
+
+// Prints "usprobe: <message>" on stderr and returns 2, usprobe's own failure status.
+int report_error(const Error &error);
+
+}  // namespace usprobe::cli
