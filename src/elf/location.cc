@@ -30,19 +30,6 @@ std::string_view basename_of(std::string_view path) {
   return slash == std::string_view::npos ? path : path.substr(slash + 1);
 }
 
-// "0x1f" (hex) or "31" (decimal); the whole string must be the number.
-std::optional<uint64_t> parse_offset(std::string_view s) {
-  int base = 10;
-  if (s.starts_with("0x") || s.starts_with("0X")) {
-    s.remove_prefix(2);
-    base = 16;
-  }
-  uint64_t v = 0;
-  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
-  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
-  return v;
-}
-
 Result<std::string> self_exe() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf);
@@ -287,6 +274,18 @@ std::string ResolvedLocation::describe() const {
   if (symbol.empty()) return base + ":" + hex(file_offset);
   uint64_t off = offset_in_function();
   return base + ":" + symbol + (off != 0 ? "+" + hex(off) : "");
+}
+
+std::optional<uint64_t> parse_offset(std::string_view s) {
+  int base = 10;
+  if (s.starts_with("0x") || s.starts_with("0X")) {
+    s.remove_prefix(2);
+    base = 16;
+  }
+  uint64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
+  return v;
 }
 
 }  // namespace usprobe::elf

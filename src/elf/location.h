@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -43,6 +44,10 @@ struct ResolvedLocation {
 Result<ResolvedLocation> resolve_location(std::string_view spec);
 // The same for many specs, opening each distinct FILE once (one result per spec, in order).
 std::vector<Result<ResolvedLocation>> resolve_locations(std::span<const std::string> specs);
+
+// An offset as locations spell it: "0x1f" (hex) or "31" (decimal); the whole string must be the
+// number.
+std::optional<uint64_t> parse_offset(std::string_view s);
 
 // Resolve FILE alone (a path or short name, as above) to the path of the ELF file.
 Result<std::string> resolve_file(std::string_view file);

@@ -24,19 +24,6 @@ bool is_glob(std::string_view s) {
   return s.find_first_of("*?[") != std::string_view::npos;
 }
 
-// "0x1f" (hex) or "31" (decimal); the whole string must be the number.
-std::optional<uint64_t> parse_number(std::string_view s) {
-  int base = 10;
-  if (s.starts_with("0x") || s.starts_with("0X")) {
-    s.remove_prefix(2);
-    base = 16;
-  }
-  uint64_t v = 0;
-  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
-  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
-  return v;
-}
-
 // The name the engine's find_function takes for `f`: a hidden (old) version keeps its "@VER",
 // since the plain name means the default version.
 std::string callable_name(const elf::Function &f) {
@@ -70,12 +57,12 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
   if (target.find_first_of(" \t\n\r\f\v") != std::string_view::npos) return bad_probe(text);
 
   if (target.starts_with("0x") || target.starts_with("0X")) {
-    auto off = parse_number(target);
+    auto off = elf::parse_offset(target);
     if (!off) return bad_probe(text);
     spec.kind = ProbeSpec::Kind::kOffset;
     spec.offset = *off;
   } else if (size_t plus = target.find('+'); plus != std::string_view::npos) {
-    auto off = parse_number(target.substr(plus + 1));
+    auto off = elf::parse_offset(target.substr(plus + 1));
     std::string_view symbol = target.substr(0, plus);
     // A glob with an offset would put a probe at an arbitrary byte of every match.
     if (!off || symbol.empty() || is_glob(symbol)) return bad_probe(text);

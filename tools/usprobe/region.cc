@@ -170,7 +170,6 @@ void Region::drain(std::vector<TraceEvent> &out) {
 
 void Region::reclaim(std::vector<TraceEvent> &out,
                      const std::function<bool(int32_t, int32_t)> &alive) {
-  uint32_t n = hdr_->probe_count;
   for (uint32_t i = 0; i < overflow_index(); ++i) {
     SlotHeader *slot = agent::slot_at(hdr_, i);
     uint32_t state = slot->state.load(std::memory_order_acquire);
@@ -182,18 +181,7 @@ void Region::reclaim(std::vector<TraceEvent> &out,
     }
     // Nobody writes this slot any more: its thread is gone, or exec replaced its image.
     drain_slot(slot, false, out);
-    std::atomic<uint64_t> *hits = agent::slot_hits(slot);
-    std::atomic<uint64_t> *missed = agent::slot_missed(slot, n);
-    for (uint32_t p = 0; p < n; ++p) {
-      uint64_t h = hits[p].load(std::memory_order_relaxed);
-      uint64_t m = missed[p].load(std::memory_order_relaxed);
-      if (h == 0 && m == 0) continue;
-      Count &c = folded_[{pid, p}];
-      c.hits += h;
-      c.missed += m;
-      hits[p].store(0, std::memory_order_relaxed);
-      missed[p].store(0, std::memory_order_relaxed);
-    }
+    add_counts(slot, pid, folded_, true);
     slot->head.store(0, std::memory_order_relaxed);
     slot->tail.store(0, std::memory_order_relaxed);
     store_relaxed(slot->pid, 0);
@@ -204,9 +192,27 @@ void Region::reclaim(std::vector<TraceEvent> &out,
   }
 }
 
+void Region::add_counts(SlotHeader *slot, int32_t pid, Counts &out, bool zero) const {
+  uint32_t n = hdr_->probe_count;
+  std::atomic<uint64_t> *hits = agent::slot_hits(slot);
+  std::atomic<uint64_t> *missed = agent::slot_missed(slot, n);
+  for (uint32_t p = 0; p < n; ++p) {
+    // Relaxed: a live slot's counts are a snapshot; a freed slot's writer is gone.
+    uint64_t h = hits[p].load(std::memory_order_relaxed);
+    uint64_t m = missed[p].load(std::memory_order_relaxed);
+    if (h == 0 && m == 0) continue;
+    Count &c = out[{pid, p}];
+    c.hits += h;
+    c.missed += m;
+    if (zero) {
+      hits[p].store(0, std::memory_order_relaxed);
+      missed[p].store(0, std::memory_order_relaxed);
+    }
+  }
+}
+
 Counts Region::counts() const {
   Counts out = folded_;
-  uint32_t n = hdr_->probe_count;
   for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
     SlotHeader *slot = agent::slot_at(hdr_, i);
     int32_t pid = 0;
@@ -216,16 +222,7 @@ Counts Region::counts() const {
       // Its owner has not written its pid yet; next time its counts go to the right process.
       if (pid <= 0) continue;
     }
-    std::atomic<uint64_t> *hits = agent::slot_hits(slot);
-    std::atomic<uint64_t> *missed = agent::slot_missed(slot, n);
-    for (uint32_t p = 0; p < n; ++p) {
-      uint64_t h = hits[p].load(std::memory_order_relaxed);
-      uint64_t m = missed[p].load(std::memory_order_relaxed);
-      if (h == 0 && m == 0) continue;
-      Count &c = out[{pid, p}];
-      c.hits += h;
-      c.missed += m;
-    }
+    add_counts(slot, pid, out, false);
   }
   return out;
 }

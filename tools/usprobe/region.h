@@ -90,6 +90,8 @@ class Region {
   Region(int fd, agent::Header *hdr, std::vector<uint32_t> masks);
   uint32_t overflow_index() const { return hdr_->max_slots - 1; }
   void drain_slot(agent::SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out);
+  // Adds a slot's counters to out[{pid, probe}]; `zero` also clears them (the slot is being freed).
+  void add_counts(agent::SlotHeader *slot, int32_t pid, Counts &out, bool zero) const;
 
   int fd_ = -1;
   agent::Header *hdr_ = nullptr;
