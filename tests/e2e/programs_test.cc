@@ -87,4 +87,25 @@ TEST(CliPrograms, PythonRunsUnchangedAndLibcCallsAreCounted) {
   EXPECT_GT(e2e::probe_in(total, "libc:malloc")->value("hits", 0u), 1000u) << total.dump();
 }
 
+// Python's subprocess closes every inherited descriptor but 0-2 before it execs the child, the
+// region's memfd included: the child's agent reopens the region through /proc/<usprobe>/fd/N
+// (USPROBE_AGENT_REGION) and its calls count under its own pid, with nothing on its stderr.
+TEST(CliPrograms, PythonSubprocessWhoseFdsWereClosedIsStillProbed) {
+  if (!e2e::file_exists(kPython)) GTEST_SKIP() << kPython << " is not installed (apt python3)";
+  constexpr const char *kParent = R"py(
+import os, subprocess, sys
+child = subprocess.run([sys.executable, "-c", "import os\nfor _ in range(7): os.getppid()"],
+                       capture_output=True, text=True, close_fds=True)
+print(child.returncode, repr(child.stdout), repr(child.stderr))
+)py";
+  Json total = count_alongside_plain_run({"libc:getppid"}, {kPython, "-c", kParent});
+  auto p = e2e::probe_in(total, "libc:getppid");
+  ASSERT_TRUE(p) << total.dump();
+  EXPECT_GE(p->value("hits", 0u), 7u) << p->dump();
+  // The child's 7 calls are under a pid of their own (the parent makes none of its own here).
+  bool child_counted = false;
+  for (const auto &[pid, hits] : (*p)["pids"].items()) child_counted |= hits.get<uint64_t>() == 7u;
+  EXPECT_TRUE(child_counted) << p->dump();
+}
+
 }  // namespace
