@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <ctime>
 #include <mutex>
@@ -91,6 +92,11 @@ void add_engine_missed() {
   }
 }
 
+// Whether any probe has `%s` arguments for the trace handler to copy.
+bool copies_strings(const std::vector<PlannedProbe> &plan) {
+  return std::ranges::any_of(plan, [](const PlannedProbe &p) { return p.string_mask != 0; });
+}
+
 // Reads the plan and fills g_region's probe table. Returns the probes to attach, with the string
 // masks of count mode cleared.
 std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
@@ -99,12 +105,9 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
   auto plan = parse_plan(std::string_view(text, h->plan_size - 1), h->probe_count);
   if (!plan) return plan;
   // String masks matter in trace mode only.
-  bool strings = false;
-  for (PlannedProbe &p : *plan) {
-    if (h->mode != kModeTrace) p.string_mask = 0;
-    strings |= p.string_mask != 0;
-  }
-  if (strings && (h->string_size == 0 || h->string_size > (1u << 16)))
+  if (h->mode != kModeTrace)
+    for (PlannedProbe &p : *plan) p.string_mask = 0;
+  if (copies_strings(*plan) && (h->string_size == 0 || h->string_size > (1u << 16)))
     return std::unexpected(fmt::format("string_size {} with `%s` arguments", h->string_size));
   auto *probes = new ProbeInfo[plan->size()];
   for (size_t i = 0; i < plan->size(); ++i) {
@@ -197,9 +200,7 @@ __attribute__((constructor)) void agent_start() {
   g_missed_at_fork = new uint64_t[h->probe_count]();
 
   mark_exec_orphans(g_region.pid, static_cast<int32_t>(gettid()));
-  bool strings = false;
-  for (const PlannedProbe &p : *plan) strings |= p.string_mask != 0;
-  if (strings) {
+  if (copies_strings(*plan)) {
     if (auto ok = install_fault_fixup(); !ok) {
       report_error(ok.error());
       return;

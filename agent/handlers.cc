@@ -64,9 +64,10 @@ void trace_handler(usprobe_hit *hit, void *user) {
   uint64_t pos = head % r.ring_size;
   uint64_t to_end = r.ring_size - pos;
   uint64_t pad = to_end < size ? to_end : 0;  // a record never wraps: pad to the end first
+  // From here on s is this thread's own slot (the overflow slot returned above).
   if (r.ring_size - (head - tail) < pad + size) {
-    slot_add(s, hits, 1);
-    slot_add(s, missed, 1);
+    owned_add(hits, 1);
+    owned_add(missed, 1);
     return;
   }
   char *ring = ring_of(r.header, s);
@@ -82,7 +83,7 @@ void trace_handler(usprobe_hit *hit, void *user) {
   e->size = static_cast<uint32_t>(size);
   e->probe = probe;
   e->tsc = __builtin_ia32_rdtsc();
-  e->tid = s->tid;
+  e->tid = s->tid.load(std::memory_order_relaxed);  // written by this thread
   uint32_t bad = 0;
   for (unsigned n = 0; n < kMaxArgs; ++n) e->args[n] = usprobe_arg(hit, n);
   char *str = reinterpret_cast<char *>(e + 1);
@@ -92,7 +93,7 @@ void trace_handler(usprobe_hit *hit, void *user) {
     str += r.string_size;
   }
   e->bad_strings = bad;
-  slot_add(s, hits, 1);
+  owned_add(hits, 1);
   // Release pairs with the CLI's head.load(acquire): the padding and the record are written before
   // it can read them.
   s->head.store(head + size, std::memory_order_release);

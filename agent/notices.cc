@@ -20,7 +20,7 @@ void post_notice(NoticeKind kind, int32_t probe, std::string_view text) {
   }
   Notice *n = notice_at(h, i);
   n->kind = kind;
-  n->pid = static_cast<int32_t>(getpid());
+  n->pid = g_region.pid;
   n->probe = probe;
   size_t len = std::min(text.size(), sizeof n->text - 1);
   std::copy_n(text.data(), len, n->text);

@@ -111,14 +111,17 @@ static_assert(sizeof(Notice) == 512);
 
 struct SlotHeader {
   std::atomic<uint32_t> state;  // SlotState
-  int32_t pid;
-  int32_t tid;
+  // Written by the owner right after it claims the slot, read by the CLI meanwhile: relaxed
+  // atomics (nothing is published with them; a slot whose pid is still 0 is left alone).
+  std::atomic<int32_t> pid;
+  std::atomic<int32_t> tid;
   uint32_t reserved;
   std::atomic<uint64_t> head;  // ring: bytes written (producer)
   std::atomic<uint64_t> tail;  // ring: bytes consumed (CLI)
   uint64_t pad[4];
 };
 static_assert(sizeof(SlotHeader) == 64);
+static_assert(std::atomic<int32_t>::is_always_lock_free);
 
 // A trace record: this header, then one string_size-byte NUL-terminated copy per set bit of the
 // probe's string_mask, lowest arg first. size is the whole record, a multiple of 8.
@@ -143,9 +146,12 @@ inline uint64_t event_size(uint32_t string_count, uint32_t string_size) {
 }
 
 // Layout helpers, used by the CLI to size the region and by both sides to find things.
+// Where a slot's counters (hits[probe_count], then missed[probe_count]) end.
+inline uint64_t slot_counters_end(uint32_t probe_count) {
+  return sizeof(SlotHeader) + 2 * sizeof(uint64_t) * uint64_t{probe_count};
+}
 inline uint64_t slot_stride_for(uint32_t probe_count, uint64_t ring_size) {
-  uint64_t counters = (sizeof(SlotHeader) + 16ull * probe_count + 63) & ~63ull;
-  return counters + ring_size;
+  return ((slot_counters_end(probe_count) + 63) & ~63ull) + ring_size;
 }
 inline SlotHeader *slot_at(Header *h, uint32_t i) {
   return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(h) + h->slot_offset +

@@ -33,7 +33,7 @@ std::expected<void, std::string> check_layout(const Header &h) {
       u128{h.slot_offset} + u128{h.max_slots} * h.slot_stride > h.region_size)
     return fail("the slots lie outside the region");
   if (h.ring_offset % 8 != 0 || h.ring_size % 8 != 0 ||
-      h.ring_offset < sizeof(SlotHeader) + 16 * u128{h.probe_count} ||
+      h.ring_offset < slot_counters_end(h.probe_count) ||
       u128{h.ring_offset} + h.ring_size > h.slot_stride)
     return fail("a slot's counters and ring do not fit in its stride");
   if (h.mode == kModeTrace && h.ring_size < sizeof(Event))

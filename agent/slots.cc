@@ -24,8 +24,8 @@ SlotHeader *claim_slot() {
     // After the CAS, as protocol.h orders it: the CLI may briefly see an owned slot whose pid and
     // tid are still 0 (it zeroes them when it frees a slot) and leaves such a slot alone.
     // Relaxed: nothing else is published with them.
-    std::atomic_ref<int32_t>(s->pid).store(g_region.pid, std::memory_order_relaxed);
-    std::atomic_ref<int32_t>(s->tid).store(os::raw_gettid(), std::memory_order_relaxed);
+    s->pid.store(g_region.pid, std::memory_order_relaxed);
+    s->tid.store(os::raw_gettid(), std::memory_order_relaxed);
     return s;
   }
   return g_region.overflow;
@@ -36,8 +36,8 @@ void mark_exec_orphans(int32_t pid, int32_t tid) {
   for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {
     SlotHeader *s = slot_at(h, i);
     if (s->state.load(std::memory_order_acquire) != kSlotOwned) continue;
-    if (std::atomic_ref<int32_t>(s->pid).load(std::memory_order_relaxed) != pid ||
-        std::atomic_ref<int32_t>(s->tid).load(std::memory_order_relaxed) != tid)
+    if (s->pid.load(std::memory_order_relaxed) != pid ||
+        s->tid.load(std::memory_order_relaxed) != tid)
       continue;
     // Release pairs with the CLI's acquire load of the state: the slot's counts, written by the
     // previous image before its exec, are complete. A CAS, not a store: the CLI may be freeing it.

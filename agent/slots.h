@@ -26,14 +26,20 @@ inline SlotHeader *thread_slot() {
   return s;
 }
 
-// Adds n to a counter of slot s. The owner of a slot is its only writer: a relaxed load and store,
-// no read-modify-write (the CLI reads with relaxed loads and, once the thread is gone, zeroes it).
-// The overflow slot has many writers: fetch_add, so that no count is lost.
+// Adds n to a counter of this thread's own slot, whose only writer it is: a relaxed load and
+// store, no read-modify-write (the CLI reads with relaxed loads and, once the thread is gone,
+// zeroes it).
+inline void owned_add(std::atomic<uint64_t> &counter, uint64_t n) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// Adds n to a counter of slot s, which may be the overflow slot. That one has many writers:
+// fetch_add, so that no count is lost.
 inline void slot_add(SlotHeader *s, std::atomic<uint64_t> &counter, uint64_t n) {
   if (__builtin_expect(s == g_region.overflow, 0))
     counter.fetch_add(n, std::memory_order_relaxed);
   else
-    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    owned_add(counter, n);
 }
 
 // After an exec: the slot of the thread that called exec (same pid, and the tid this thread now

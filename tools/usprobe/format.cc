@@ -52,7 +52,7 @@ std::string render_one(const Conversion &c, const TraceEvent &e) {
 Result<Conversion> parse_conversion(std::string_view text, std::string_view f, size_t &i) {
   size_t start = i++;
   auto at = [&](size_t k) { return k < f.size() ? f[k] : '\0'; };
-  while (std::string_view("-+ #0").find(at(i)) != std::string_view::npos && at(i) != '\0') ++i;
+  while (std::string_view("-+ #0").find(at(i)) != std::string_view::npos) ++i;
   while (std::isdigit(static_cast<unsigned char>(at(i)))) ++i;
   if (at(i) == '.') {
     ++i;

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "elf/elf_file.h"
 #include "library_finder.h"
+#include "probe_spec.h"
 #include "report.h"
 #include "session.h"
 
@@ -28,21 +29,18 @@ int run_list(const ListOptions &options) {
     return report_error(
         {ENOENT, fmt::format("no function in {} matches '{}'", *path, options.pattern)});
 
-  // The name a probe takes: a hidden (old) version keeps its "@VER".
-  auto name_of = [](const elf::Function &f) {
-    return f.hidden_version ? f.name + "@" + f.version : f.name;
-  };
   if (options.json) {
     nlohmann::ordered_json functions = nlohmann::ordered_json::array();
     for (const elf::Function *f : selected)
-      functions.push_back({{"name", name_of(*f)}, {"offset", f->file_offset}, {"size", f->size}});
+      functions.push_back(
+          {{"name", callable_name(*f)}, {"offset", f->file_offset}, {"size", f->size}});
     nlohmann::ordered_json j;
     j["file"] = *path;
     j["functions"] = std::move(functions);
     fmt::print("{}\n", dump_line(j));
   } else {
     for (const elf::Function *f : selected)
-      fmt::print("0x{:016x} {:>8}  {}\n", f->file_offset, f->size, name_of(*f));
+      fmt::print("0x{:016x} {:>8}  {}\n", f->file_offset, f->size, callable_name(*f));
   }
   return 0;
 }

@@ -24,12 +24,6 @@ bool is_glob(std::string_view s) {
   return s.find_first_of("*?[") != std::string_view::npos;
 }
 
-// The name the engine's find_function takes for `f`: a hidden (old) version keeps its "@VER",
-// since the plain name means the default version.
-std::string callable_name(const elf::Function &f) {
-  return f.hidden_version ? f.name + "@" + f.version : f.name;
-}
-
 // Which of two aliases at one offset a user would rather read: "malloc" over "__libc_malloc".
 bool better_alias(const std::string &a, const std::string &b) {
   bool a_plain = !a.starts_with('_'), b_plain = !b.starts_with('_');
@@ -39,6 +33,10 @@ bool better_alias(const std::string &a, const std::string &b) {
 }
 
 }  // namespace
+
+std::string callable_name(const elf::Function &f) {
+  return f.hidden_version ? f.name + "@" + f.version : f.name;
+}
 
 Result<ProbeSpec> parse_probe(std::string_view text) {
   ProbeSpec spec;

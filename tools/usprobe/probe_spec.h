@@ -31,6 +31,10 @@ struct ProbeSpec {
   uint64_t offset = 0;  // kSymbolOffset: bytes into the function; kOffset: file offset
 };
 
+// The name a probe (and the engine's find_function) takes for `f`: a hidden (old) version keeps
+// its "@VER", since the plain name means the default version.
+std::string callable_name(const elf::Function &f);
+
 // Errors: "bad probe 'xyz': expected FILE:SYMBOL, FILE:SYMBOL+OFF or FILE:0xOFF".
 Result<ProbeSpec> parse_probe(std::string_view text);
 

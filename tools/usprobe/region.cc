@@ -21,15 +21,6 @@ constexpr uint64_t align_up(uint64_t v, uint64_t a) {
   return (v + a - 1) & ~(a - 1);
 }
 
-// pid and tid are plain fields that the owning thread writes once after claiming its slot; read
-// them as relaxed atomics, since that thread may be writing them right now.
-int32_t load_relaxed(int32_t &field) {
-  return std::atomic_ref<int32_t>(field).load(std::memory_order_relaxed);
-}
-void store_relaxed(int32_t &field, int32_t v) {
-  std::atomic_ref<int32_t>(field).store(v, std::memory_order_relaxed);
-}
-
 }  // namespace
 
 std::string plan_text(const std::vector<PlanEntry> &plan) {
@@ -50,7 +41,8 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   auto probe_count = static_cast<uint32_t>(plan.size());
   uint64_t plan_offset = align_up(sizeof(Header), 64);
   uint64_t notice_offset = align_up(plan_offset + text.size() + 1, 64);
-  uint64_t slot_offset = align_up(notice_offset + uint64_t{config.max_notices} * 512, 4096);
+  uint64_t slot_offset =
+      align_up(notice_offset + uint64_t{config.max_notices} * sizeof(agent::Notice), 4096);
   uint64_t stride = agent::slot_stride_for(probe_count, config.ring_size);
   uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
 
@@ -116,43 +108,42 @@ void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent>
   // Acquire: pairs with the producer's head.store(release) after it wrote the record, and so
   // also makes the pid it wrote when it claimed the slot visible: read pid after head.
   uint64_t head = slot->head.load(std::memory_order_acquire);
-  int32_t pid = overflow ? 0 : load_relaxed(slot->pid);
+  int32_t pid = overflow ? 0 : slot->pid.load(std::memory_order_relaxed);
   uint64_t tail = slot->tail.load(std::memory_order_relaxed);
   const char *ring = agent::ring_of(hdr_, slot);
   while (tail < head) {
     uint64_t pos = tail % ring_size;
-    agent::Event ev;
+    const char *record = ring + pos;
     uint32_t size = 0;
-    std::memcpy(&size, ring + pos, sizeof size);
+    std::memcpy(&size, record, sizeof size);
     // A record that breaks the format (a producer gone wrong) would otherwise stall the ring
     // forever: skip everything published so far.
     if (size < 8 || size % 8 != 0 || pos + size > ring_size || tail + size > head) {
       tail = head;
       break;
     }
-    if (size >= sizeof ev) {
-      std::memcpy(&ev, ring + pos, sizeof ev);
-      if (ev.probe < masks_.size()) {
-        uint32_t mask = masks_[ev.probe];
-        uint32_t strings = static_cast<uint32_t>(std::popcount(mask));
-        if (size >= agent::event_size(strings, hdr_->string_size)) {
-          TraceEvent &e = out.emplace_back();
-          e.pid = pid;
-          e.tid = ev.tid;
-          e.probe = ev.probe;
-          e.tsc = ev.tsc;
-          e.bad_strings = ev.bad_strings;
-          std::copy(std::begin(ev.args), std::end(ev.args), e.args.begin());
-          const char *s = ring + pos + sizeof ev;
-          for (uint32_t arg = 0; arg < agent::kMaxArgs; ++arg) {
-            if (!(mask & (1u << arg))) continue;
-            e.strings[arg].assign(s, ::strnlen(s, hdr_->string_size));
-            s += hdr_->string_size;
-          }
-        }
-      }
+    tail += size;
+    // Padding (kPadProbe) and unknown or short records are skipped alike.
+    agent::Event ev;
+    if (size < sizeof ev) continue;
+    std::memcpy(&ev, record, sizeof ev);
+    if (ev.probe >= masks_.size()) continue;
+    uint32_t mask = masks_[ev.probe];
+    if (size < agent::event_size(static_cast<uint32_t>(std::popcount(mask)), hdr_->string_size))
+      continue;
+    TraceEvent &e = out.emplace_back();
+    e.pid = pid;
+    e.tid = ev.tid;
+    e.probe = ev.probe;
+    e.tsc = ev.tsc;
+    e.bad_strings = ev.bad_strings;
+    std::copy(std::begin(ev.args), std::end(ev.args), e.args.begin());
+    const char *s = record + sizeof ev;
+    for (uint32_t arg = 0; arg < agent::kMaxArgs; ++arg) {
+      if (!(mask & (1u << arg))) continue;
+      e.strings[arg].assign(s, ::strnlen(s, hdr_->string_size));
+      s += hdr_->string_size;
     }
-    tail += size;  // padding (kPadProbe) and unknown probes are skipped alike
   }
   // Release: the producer reads tail (acquire) before reusing the space we copied out of.
   slot->tail.store(tail, std::memory_order_release);
@@ -174,7 +165,8 @@ void Region::reclaim(std::vector<TraceEvent> &out,
     SlotHeader *slot = agent::slot_at(hdr_, i);
     uint32_t state = slot->state.load(std::memory_order_acquire);
     if (state == agent::kSlotFree) continue;
-    int32_t pid = load_relaxed(slot->pid), tid = load_relaxed(slot->tid);
+    int32_t pid = slot->pid.load(std::memory_order_relaxed),
+            tid = slot->tid.load(std::memory_order_relaxed);
     if (state != agent::kSlotOrphan) {
       // pid 0: claimed a moment ago, its owner has not written its ids yet.
       if (pid <= 0 || tid <= 0 || alive(pid, tid)) continue;
@@ -184,8 +176,8 @@ void Region::reclaim(std::vector<TraceEvent> &out,
     add_counts(slot, pid, folded_, true);
     slot->head.store(0, std::memory_order_relaxed);
     slot->tail.store(0, std::memory_order_relaxed);
-    store_relaxed(slot->pid, 0);
-    store_relaxed(slot->tid, 0);
+    slot->pid.store(0, std::memory_order_relaxed);
+    slot->tid.store(0, std::memory_order_relaxed);
     // Release: pairs with the claiming thread's compare-and-swap, which then sees zeroed
     // counters and an empty ring.
     slot->state.store(agent::kSlotFree, std::memory_order_release);
@@ -218,7 +210,7 @@ Counts Region::counts() const {
     int32_t pid = 0;
     if (i != overflow_index()) {
       if (slot->state.load(std::memory_order_acquire) == agent::kSlotFree) continue;
-      pid = load_relaxed(slot->pid);
+      pid = slot->pid.load(std::memory_order_relaxed);
       // Its owner has not written its pid yet; next time its counts go to the right process.
       if (pid <= 0) continue;
     }
