@@ -61,7 +61,7 @@ void trace_handler(usprobe_hit *hit, void *user) {
   // Acquire pairs with the CLI's tail.store(release): it has finished reading the space it freed
   // before this thread writes over it.
   uint64_t tail = s->tail.load(std::memory_order_acquire);
-  uint64_t pos = head % r.ring_size;
+  uint64_t pos = head & (r.ring_size - 1);  // a power of two (agent/region.cc checks)
   uint64_t to_end = r.ring_size - pos;
   uint64_t pad = to_end < size ? to_end : 0;  // a record never wraps: pad to the end first
   // From here on s is this thread's own slot (the overflow slot returned above).

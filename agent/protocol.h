@@ -37,8 +37,8 @@
 //
 // Rings (trace mode; ring_size 0 in count mode): single producer (the slot's thread), single
 // consumer (the CLI). head and tail count bytes since the start and never wrap; the record at
-// head % ring_size is contiguous: when it would cross the end, the producer first writes a padding
-// record (probe = kPadProbe) up to the end. A record that does not fit in the free space
+// head & (ring_size - 1) is contiguous: when it would cross the end, the producer first writes a
+// padding record (probe = kPadProbe) up to the end. A record that does not fit in the free space
 // (ring_size - (head - tail)) is not written: the producer adds 1 to missed[probe] in its slot.
 // The producer publishes with head.store(release) after writing the record; the consumer reads
 // head with acquire, and releases the space with tail.store(release).
@@ -83,7 +83,7 @@ struct Header {
   uint64_t slot_offset;
   uint64_t slot_stride;  // SlotHeader, then hits[probe_count], missed[probe_count], then the ring
   uint64_t ring_offset;  // within a slot
-  uint64_t ring_size;    // bytes, a multiple of 8; 0 in count mode
+  uint64_t ring_size;    // bytes, a power of two >= sizeof(Event); 0 in count mode
   // Claimed with fetch_add by agents (not on the hit path); a notice is readable once its
   // `ready` is nonzero. Notices past max_notices are counted here and dropped.
   std::atomic<uint32_t> notice_cursor;

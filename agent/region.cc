@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -36,8 +37,9 @@ std::expected<void, std::string> check_layout(const Header &h) {
       h.ring_offset < slot_counters_end(h.probe_count) ||
       u128{h.ring_offset} + h.ring_size > h.slot_stride)
     return fail("a slot's counters and ring do not fit in its stride");
-  if (h.mode == kModeTrace && h.ring_size < sizeof(Event))
-    return fail(fmt::format("trace mode with a {}-byte ring", h.ring_size));
+  if (h.mode == kModeTrace && (h.ring_size < sizeof(Event) || std::popcount(h.ring_size) != 1))
+    return fail(fmt::format(
+        "trace mode with a {}-byte ring (not a power of two that holds an event)", h.ring_size));
   return {};
 }
 

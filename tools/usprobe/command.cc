@@ -11,6 +11,8 @@
 #include <cstring>
 #include <optional>
 
+#include "paths.h"
+
 namespace usprobe::cli {
 namespace {
 
@@ -42,11 +44,6 @@ Result<void> check_executable(const std::string &path) {
   if (!S_ISREG(st.st_mode)) return fail(EACCES, path + ": not a regular file");
   if (::access(path.c_str(), X_OK) != 0) return fail(EACCES, path + ": not executable");
   return {};
-}
-
-std::string real_path(const std::string &path) {
-  char buf[PATH_MAX];
-  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
 }
 
 struct FileStart {
@@ -141,7 +138,7 @@ Result<Command> check_command(const std::vector<std::string> &argv) {
   if (interp->empty())
     return fail(ENOEXEC,
                 elf_path + " is statically linked: LD_PRELOAD cannot load usprobe's agent into it");
-  cmd.elf = real_path(elf_path);
+  cmd.elf = real_path(elf_path).value_or(elf_path);
   cmd.interp = *interp;
   return cmd;
 }

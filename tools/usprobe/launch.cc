@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "agent/protocol.h"
+#include "paths.h"
 
 extern char **environ;
 
@@ -20,12 +21,6 @@ namespace usprobe::cli {
 namespace {
 
 constexpr const char *kAgentName = "libusprobe-agent.so";
-
-std::optional<std::string> real_path(const std::string &path) {
-  char buf[PATH_MAX];
-  if (!::realpath(path.c_str(), buf)) return std::nullopt;
-  return std::string(buf);
-}
 
 bool readable(const std::string &path) {
   return ::access(path.c_str(), R_OK) == 0;

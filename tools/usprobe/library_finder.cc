@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "elf/location.h"
+#include "paths.h"
 
 extern char **environ;
 
@@ -87,11 +88,6 @@ bool is_elf_file(const std::string &path) {
                                                       4) == 0;
   ::close(fd);
   return elf;
-}
-
-std::string real_path(const std::string &path) {
-  char buf[PATH_MAX];
-  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
 }
 
 // A matching ELF file in the default directories: the shortest name first, so "libfoo" takes
@@ -214,7 +210,7 @@ Result<std::string> LibraryFinder::find(std::string_view file) {
                             (exe_.empty() ? "" : " for " + exe_) + " (not a path, " + where +
                             ", not in the ld.so cache)");
   }
-  return real_path(*path);
+  return real_path(*path).value_or(*path);
 }
 
 }  // namespace usprobe::cli

@@ -35,7 +35,8 @@ bool thread_alive(int32_t pid, int32_t tid) {
 }
 
 Result<Region> Region::create(const RegionConfig &config, const std::vector<PlanEntry> &plan) {
-  if (config.max_slots < 2 || config.ring_size % 8 != 0)
+  if (config.max_slots < 2 || (config.ring_size != 0 && (config.ring_size < sizeof(agent::Event) ||
+                                                         std::popcount(config.ring_size) != 1)))
     return fail(EINVAL, "bad region configuration");
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
@@ -112,7 +113,7 @@ void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent>
   uint64_t tail = slot->tail.load(std::memory_order_relaxed);
   const char *ring = agent::ring_of(hdr_, slot);
   while (tail < head) {
-    uint64_t pos = tail % ring_size;
+    uint64_t pos = tail & (ring_size - 1);
     const char *record = ring + pos;
     uint32_t size = 0;
     std::memcpy(&size, record, sizeof size);
