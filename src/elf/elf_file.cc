@@ -157,6 +157,7 @@ struct ElfFile::Impl {
   const uint8_t *map = nullptr;  // the whole file, PROT_READ, for bytes()
   size_t size = 0;
   bool is_static = false;
+  std::string interpreter;  // PT_INTERP's path; empty when none
   std::string build_id;
   std::string symtab_path;
   std::vector<Segment> loads;
@@ -197,9 +198,11 @@ void ElfFile::Impl::read_segments(Elf *e) {
     if (!gelf_getphdr(e, static_cast<int>(i), &ph)) continue;
     if (ph.p_type == PT_LOAD)
       loads.push_back({ph.p_vaddr, ph.p_offset, ph.p_filesz, (ph.p_flags & PF_X) != 0});
-    else if (ph.p_type == PT_INTERP)
+    else if (ph.p_type == PT_INTERP && ph.p_offset <= size && ph.p_filesz <= size - ph.p_offset) {
       has_interp = true;
-    else if (ph.p_type == PT_DYNAMIC)
+      const auto *text = reinterpret_cast<const char *>(map + ph.p_offset);
+      interpreter.assign(text, strnlen(text, ph.p_filesz));
+    } else if (ph.p_type == PT_DYNAMIC)
       dynamic = ph;
   }
   // DF_1_PIE tells a static-pie executable from a shared library: both are ET_DYN without a
@@ -503,6 +506,9 @@ FileId ElfFile::id() const {
 }
 bool ElfFile::is_static_executable() const {
   return impl_->is_static;
+}
+const std::string &ElfFile::interpreter() const {
+  return impl_->interpreter;
 }
 const std::vector<Function> &ElfFile::functions() const {
   return impl_->functions;

@@ -49,6 +49,9 @@ class ElfFile {
   // (gcc -static-pie). No dynamic linker ever runs in it, so nothing can load usprobe there.
   // Shared libraries are not executables, even libc.so.6, which has a PT_INTERP so it can run.
   bool is_static_executable() const;
+  // The program interpreter (PT_INTERP) an executable names, "/lib64/ld-linux-x86-64.so.2";
+  // empty when it has none.
+  const std::string &interpreter() const;
 
   // Every function with a nonzero size, from .symtab and .dynsym, one entry per (offset, name),
   // sorted by file offset. Aliases at one offset are all listed.

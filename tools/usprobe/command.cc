@@ -11,6 +11,7 @@
 #include <cstring>
 #include <optional>
 
+#include "elf/elf_file.h"
 #include "paths.h"
 
 namespace usprobe::cli {
@@ -74,35 +75,6 @@ Result<FileStart> read_start(const std::string &path) {
   return start;
 }
 
-// The PT_INTERP of an x86-64 ELF file; empty when it has none (statically linked).
-Result<std::string> read_interp(const std::string &path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(errno, path + ": " + std::strerror(errno));
-  auto done = [fd](Result<std::string> r) {
-    ::close(fd);
-    return r;
-  };
-  Elf64_Ehdr eh;
-  if (::pread(fd, &eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh) ||
-      eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64)
-    return done(fail(ENOEXEC, path + ": not an x86-64 ELF file"));
-  if (eh.e_type != ET_EXEC && eh.e_type != ET_DYN)
-    return done(fail(ENOEXEC, path + ": not an executable"));
-  for (unsigned i = 0; i < eh.e_phnum; ++i) {
-    Elf64_Phdr ph;
-    off_t at = static_cast<off_t>(eh.e_phoff + uint64_t{i} * eh.e_phentsize);
-    if (::pread(fd, &ph, sizeof ph, at) != static_cast<ssize_t>(sizeof ph)) break;
-    if (ph.p_type != PT_INTERP || ph.p_filesz == 0 || ph.p_filesz > PATH_MAX) continue;
-    std::string interp(ph.p_filesz, '\0');
-    if (::pread(fd, interp.data(), interp.size(), static_cast<off_t>(ph.p_offset)) !=
-        static_cast<ssize_t>(interp.size()))
-      return done(fail(EIO, path + ": cannot read its PT_INTERP"));
-    interp.resize(std::strlen(interp.c_str()));
-    return done(interp);
-  }
-  return done(std::string());
-}
-
 }  // namespace
 
 Result<Command> check_command(const std::vector<std::string> &argv) {
@@ -133,13 +105,15 @@ Result<Command> check_command(const std::vector<std::string> &argv) {
     if (!interp_start->elf)
       return fail(ENOEXEC, cmd.path + ": its interpreter " + elf_path + " is not an ELF file");
   }
-  auto interp = read_interp(elf_path);
-  if (!interp) return std::unexpected(interp.error());
-  if (interp->empty())
+  auto file = elf::ElfFile::open(elf_path);
+  if (!file) return std::unexpected(file.error());
+  if ((*file)->is_static_executable())
     return fail(ENOEXEC,
                 elf_path + " is statically linked: LD_PRELOAD cannot load usprobe's agent into it");
+  if ((*file)->interpreter().empty())
+    return fail(ENOEXEC, elf_path + ": not an executable (it names no program interpreter)");
   cmd.elf = real_path(elf_path).value_or(elf_path);
-  cmd.interp = *interp;
+  cmd.interp = (*file)->interpreter();
   return cmd;
 }
 

@@ -241,6 +241,7 @@ TEST(ElfFile, SharedLibraryAndPieAreNotStaticExecutables) {
   auto bin_true = ElfFile::open("/bin/true");
   ASSERT_TRUE(bin_true) << bin_true.error().message;
   EXPECT_FALSE((*bin_true)->is_static_executable());
+  EXPECT_EQ((*bin_true)->interpreter(), "/lib64/ld-linux-x86-64.so.2");
 }
 
 TEST(ElfFile, GccStaticProgramIsAStaticExecutable) {
@@ -250,6 +251,7 @@ TEST(ElfFile, GccStaticProgramIsAStaticExecutable) {
   auto f = ElfFile::open(exe);
   ASSERT_TRUE(f) << f.error().message;
   EXPECT_TRUE((*f)->is_static_executable());
+  EXPECT_EQ((*f)->interpreter(), "");
   EXPECT_TRUE((*f)->find_function("main"));
 }
 
