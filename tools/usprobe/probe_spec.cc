@@ -59,7 +59,7 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
     if (!off) return bad_probe(text);
     spec.kind = ProbeSpec::Kind::kOffset;
     spec.offset = *off;
-  } else if (size_t plus = target.find('+'); plus != std::string_view::npos) {
+  } else if (size_t plus = target.rfind('+'); plus != std::string_view::npos) {  // as src/elf
     auto off = elf::parse_offset(target.substr(plus + 1));
     std::string_view symbol = target.substr(0, plus);
     // A glob with an offset would put a probe at an arbitrary byte of every match.
