@@ -30,11 +30,13 @@ struct Printer {
   const TscClock &clock;
   FILE *out;
   uint64_t printed = 0;
+  size_t probe_width = 20;  // the longest probe name, at least 20: messages line up
 
   void header() {
+    for (const Probe &p : probes) probe_width = std::max(probe_width, p.display.size());
     if (!options.json)
-      fmt::print(out, "{:<11} {:<7} {:<7} {:<20} {}\n", "TIME(s)", "PID", "TID", "PROBE",
-                 "MESSAGE");
+      fmt::print(out, "{:<11} {:<7} {:<7} {:<{}} {}\n", "TIME(s)", "PID", "TID", "PROBE",
+                 probe_width, "MESSAGE");
     std::fflush(out);
   }
 
@@ -53,7 +55,8 @@ struct Printer {
       j["message"] = message;
       fmt::print(out, "{}\n", dump_line(j));
     } else {
-      fmt::print(out, "{:<11.6f} {:<7} {:<7} {:<20} {}\n", t, e.pid, e.tid, probe.display, message);
+      fmt::print(out, "{:<11.6f} {:<7} {:<7} {:<{}} {}\n", t, e.pid, e.tid, probe.display,
+                 probe_width, message);
     }
     ++printed;
   }
