@@ -129,7 +129,7 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   for (size_t i = 0; i < n; ++i) {
     locations[i] = plan[i].location.c_str();
     consumers[i] = {trace ? trace_handler : count_handler,
-                    reinterpret_cast<void *>(static_cast<uintptr_t>(i))};
+                    reinterpret_cast<void *>(static_cast<uintptr_t>(i)), nullptr};
   }
   g_links = new usprobe_link *[n]();
   timespec t0;

@@ -234,7 +234,7 @@ void try_in_child(const ProbeCase &pc) {
     const struct rlimit no_core = {0, 0};
     setrlimit(RLIMIT_CORE, &no_core);
     alarm(20);
-    usprobe_consumer consumer{sum_arg0, nullptr};
+    usprobe_consumer consumer{sum_arg0, nullptr, nullptr};
     usprobe_link *link = nullptr;
     if (usprobe_attach_ex(pc.location.c_str(), pc.callback ? &consumer : nullptr, pc.flags,
                           &link) != 0)
@@ -274,7 +274,7 @@ void BM_Probe(benchmark::State &state, const ProbeCase &pc) {
     state.SkipWithError(why.c_str());
     return;
   }
-  usprobe_consumer consumer{sum_arg0, nullptr};
+  usprobe_consumer consumer{sum_arg0, nullptr, nullptr};
   usprobe_link *link = nullptr;
   int rc =
       usprobe_attach_ex(pc.location.c_str(), pc.callback ? &consumer : nullptr, pc.flags, &link);

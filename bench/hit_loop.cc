@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
   }
 
   usprobe_link *link = nullptr;
-  usprobe_consumer consumer{sum_arg0, nullptr};
+  usprobe_consumer consumer{sum_arg0, nullptr, nullptr};
   if (loc && usprobe_attach_ex(loc, callback ? &consumer : nullptr, flags, &link) != 0) {
     std::fprintf(stderr, "usprobe_attach_ex(%s): %s\n", loc, usprobe_last_error());
     return 1;

@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
   int threads = argc > 1 ? atoi(argv[1]) : 4;
   usprobe_link *links[kNumProbes];
   int errors[kNumProbes];
-  usprobe_consumer malloc_sizes = {on_malloc, NULL};
+  usprobe_consumer malloc_sizes = {on_malloc, NULL, NULL};
 
   /* One batch: one round of code patching for all of them. Built-in counters only... */
   struct timespec t0, t1;

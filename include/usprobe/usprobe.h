@@ -21,6 +21,9 @@
  *   "FILE:SYMBOL"       the first instruction of a function        "libc:malloc"
  *   "FILE:SYMBOL+OFF"   OFF bytes into it (must start an insn)     "app:parse+0x12"
  *   "FILE:0xOFF"        a file offset                              "/bin/true:0x2a40"
+ * Prefixes, bpftrace's spelling: "uprobe:" (ignored) and "uretprobe:" (a function's entry only):
+ * with a NULL consumer, the built-in counter counts returns (usprobe_link_return_hits) instead of
+ * entries.
  * FILE is a path, a short library name as mapped in this process ("libc", "libm", "libstdc++",
  * "libfoo.so"), or "exe" for the main executable. IFUNC symbols (strlen, memcpy, ...) resolve to
  * the implementation this process uses; usprobe_link_name() reports it.
@@ -48,6 +51,11 @@ typedef struct usprobe_hit usprobe_hit;   /* registers and probe identity of one
 typedef struct usprobe_consumer {
   void (*on_entry)(usprobe_hit *hit, void *user); /* may be NULL */
   void *user;
+  /* Return probe: runs when the probed function returns to its caller, with the return registers
+   * (usprobe_retval). NULL: none. Only at a function's entry. A call is not seen returning when the
+   * thread already has `usprobe_set_return_depth()` calls pending (counted in missed), or when it
+   * leaves by longjmp (its instance is dropped when an outer probed function returns). */
+  void (*on_return)(usprobe_hit *hit, void *user);
 } usprobe_consumer;
 
 /* Attach one consumer to `location`. consumer NULL = built-in counter only. A second attach to a
@@ -83,6 +91,8 @@ int usprobe_detach_batch(usprobe_link *const *links, size_t n);
 
 uint64_t usprobe_link_hits(const usprobe_link *link);   /* hits seen by this link, all threads */
 uint64_t usprobe_link_missed(const usprobe_link *link); /* hits skipped (recursion), all threads */
+/* Returns seen by this link's return probe (on_return, or "uretprobe:" with a NULL consumer). */
+uint64_t usprobe_link_return_hits(const usprobe_link *link);
 int usprobe_link_uses_int3(const usprobe_link *link);   /* 1 when the site took the int3 path */
 /* Why the site took the int3 path ("" on the jump path). */
 const char *usprobe_link_int3_reason(const usprobe_link *link);
@@ -118,6 +128,18 @@ uint64_t usprobe_hit_ip(const usprobe_hit *hit); /* the probed instruction's add
 uint64_t usprobe_hit_sp(const usprobe_hit *hit); /* %rsp at the probed instruction */
 uint64_t usprobe_hit_flags(
     const usprobe_hit *hit); /* %rflags (not meaningful at a function entry) */
+/* In a return handler: the return value registers. */
+uint64_t usprobe_retval(const usprobe_hit *hit);      /* %rax */
+uint64_t usprobe_retval_high(const usprobe_hit *hit); /* %rdx (second word of a 16-byte struct) */
+double usprobe_retval_double(const usprobe_hit *hit); /* %xmm0's low double */
+/* Per-call session data: 16 bytes that an entry handler writes and the same consumer's return
+ * handler of that call reads back (zero at entry). NULL when the probe has no return probe. */
+uint64_t *usprobe_session(usprobe_hit *hit);
+/* In an entry handler: this consumer's return handler does not run for this call. */
+void usprobe_session_skip_return(usprobe_hit *hit);
+/* Pending returns a thread can hold (default 64, at most 1024); deeper calls run no return
+ * handler and count as missed. Takes effect for threads that have not hit a probe yet. */
+int usprobe_set_return_depth(unsigned depth);
 /* At a function entry: the caller's return address, *(uint64_t *)sp. */
 uint64_t usprobe_hit_return_address(const usprobe_hit *hit);
 const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_name() */

@@ -68,7 +68,7 @@ using Handler = void (*)(usprobe_hit *hit, void *user);
 
 inline std::expected<Link, Error> attach(const std::string &location, Handler on_entry = nullptr,
                                          void *user = nullptr, unsigned flags = 0) {
-  usprobe_consumer c{on_entry, user};
+  usprobe_consumer c{on_entry, user, nullptr};
   usprobe_link *raw = nullptr;
   int rc = usprobe_attach_ex(location.c_str(), on_entry ? &c : nullptr, flags, &raw);
   if (rc < 0) return std::unexpected(Error{-rc, usprobe_last_error()});

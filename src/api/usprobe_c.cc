@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "core/counters.h"
 #include "core/probe.h"
 #include "core/registry.h"
@@ -112,6 +114,9 @@ USPROBE_API uint64_t usprobe_link_hits(const usprobe_link *link) {
 USPROBE_API uint64_t usprobe_link_missed(const usprobe_link *link) {
   return link ? usprobe::counters::read(link->slot).missed : 0;
 }
+USPROBE_API uint64_t usprobe_link_return_hits(const usprobe_link *link) {
+  return link ? usprobe::counters::read(link->slot).returns : 0;
+}
 USPROBE_API int usprobe_link_uses_int3(const usprobe_link *link) {
   return link && usprobe::registry::uses_int3(link) ? 1 : 0;
 }
@@ -123,25 +128,53 @@ USPROBE_API const char *usprobe_link_name(const usprobe_link *link) {
 }
 
 USPROBE_API uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n) {
+  if (hit->returning) return 0;  // the argument registers are long gone at a return
   return usprobe::arch::arg(*hit->regs, n);
 }
 USPROBE_API void usprobe_set_arg(usprobe_hit *hit, unsigned n, uint64_t value) {
+  if (hit->returning) return;
   usprobe::arch::set_arg(*hit->regs, n, value);
 }
 USPROBE_API uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg) {
   return usprobe::arch::reg(*hit->regs, reg);
 }
 USPROBE_API uint64_t usprobe_hit_ip(const usprobe_hit *hit) {
+  if (hit->returning) return hit->returning->entry_ip;
   return usprobe::arch::reg(*hit->regs, USPROBE_RIP);
 }
 USPROBE_API uint64_t usprobe_hit_sp(const usprobe_hit *hit) {
+  if (hit->returning) return hit->returning->sp;  // the function's entry %rsp
   return usprobe::arch::reg(*hit->regs, USPROBE_RSP);
 }
 USPROBE_API uint64_t usprobe_hit_flags(const usprobe_hit *hit) {
   return usprobe::arch::reg(*hit->regs, USPROBE_RFLAGS);
 }
 USPROBE_API uint64_t usprobe_hit_return_address(const usprobe_hit *hit) {
+  if (hit->returning) return hit->returning->return_address;
   return *reinterpret_cast<const uint64_t *>(usprobe_hit_sp(hit));
+}
+USPROBE_API uint64_t usprobe_retval(const usprobe_hit *hit) {
+  return hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RAX) : 0;
+}
+USPROBE_API uint64_t usprobe_retval_high(const usprobe_hit *hit) {
+  return hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RDX) : 0;
+}
+USPROBE_API double usprobe_retval_double(const usprobe_hit *hit) {
+  if (!hit->returning || !hit->xsave) return __builtin_nan("");
+  return usprobe::arch::return_double(hit->xsave);
+}
+USPROBE_API uint64_t *usprobe_session(usprobe_hit *hit) {
+  return hit->session ? hit->session->data : nullptr;
+}
+USPROBE_API void usprobe_session_skip_return(usprobe_hit *hit) {
+  if (hit->session && !hit->returning) hit->session->skip = 1;
+}
+USPROBE_API int usprobe_set_return_depth(unsigned depth) {
+  if (depth == 0 || depth > usprobe::kMaxReturnDepth)
+    return report({EINVAL, fmt::format("usprobe_set_return_depth: {} is not in 1..{}", depth,
+                                       usprobe::kMaxReturnDepth)});
+  usprobe::g_return_depth.store(depth, std::memory_order_relaxed);
+  return 0;
 }
 USPROBE_API const char *usprobe_hit_probe_name(const usprobe_hit *hit) {
   return hit->probe->name.c_str();

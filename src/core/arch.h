@@ -29,6 +29,17 @@ uint64_t reg(const Regs &r, usprobe_reg which);
 uint64_t arg(const Regs &r, unsigned n);
 void set_arg(Regs &r, unsigned n, uint64_t value);
 
+// Return probes. At a function's entry: where its return address is on the stack.
+uint64_t *return_address_slot(const Regs &r);
+// In the return trampoline's view: where the return address was (the function's entry %rsp).
+uint64_t returned_from_sp(const Regs &r);
+// The floating-point return value in a saved vector state (the return trampoline's xsave area).
+double return_double(const void *xsave);
+// The code every hijacked return goes to (written once, kept for the life of the process): it
+// saves the return registers as a Regs view, calls usprobe_return_dispatch (core/dispatch.h),
+// restores them and jumps to the address dispatch returns.
+Result<uint64_t> make_return_trampoline();
+
 struct SiteRequest {
   uint64_t site = 0;                  // runtime address of the probed instruction
   std::span<const uint8_t> function;  // the enclosing function's original bytes (from the file)

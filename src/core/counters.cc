@@ -53,8 +53,7 @@ void free_slot(uint32_t slot) {
   // No thread writes this slot any more (the caller waited for a grace period), so zeroing it
   // everywhere leaves it clean for its next consumer.
   for (ThreadRecord *r = all_records(); r; r = r->next) {
-    zero(r->counters[2 * slot]);
-    zero(r->counters[2 * slot + 1]);
+    for (uint32_t w = 0; w < kCounterWords; ++w) zero(r->counters[kCounterWords * slot + w]);
   }
   g_retired[slot] = {};
   g_in_use[slot] = false;
@@ -65,8 +64,9 @@ Totals read(uint32_t slot) {
   std::lock_guard lock(g_mutex);
   Totals t = g_retired[slot];
   for (ThreadRecord *r = all_records(); r; r = r->next) {
-    t.hits += load(r->counters[2 * slot]);
-    t.missed += load(r->counters[2 * slot + 1]);
+    t.hits += load(r->counters[kCounterWords * slot + kHits]);
+    t.missed += load(r->counters[kCounterWords * slot + kMissed]);
+    t.returns += load(r->counters[kCounterWords * slot + kReturns]);
   }
   return t;
 }
@@ -79,11 +79,12 @@ void reclaim_dead_threads() {
     if (!os::thread_exited(tid)) continue;
     for (uint32_t s = 0; s < g_next; ++s) {
       if (!g_in_use[s]) continue;
-      g_retired[s].hits += load(r->counters[2 * s]);
-      g_retired[s].missed += load(r->counters[2 * s + 1]);
+      g_retired[s].hits += load(r->counters[kCounterWords * s + kHits]);
+      g_retired[s].missed += load(r->counters[kCounterWords * s + kMissed]);
+      g_retired[s].returns += load(r->counters[kCounterWords * s + kReturns]);
     }
     // Give the pages back; they read as zero when the record is reused.
-    madvise(r->counters, sizeof(uint64_t) * 2 * kMaxConsumerSlots, MADV_DONTNEED);
+    madvise(r->counters, sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots, MADV_DONTNEED);
     r->rcu_word.store(0, std::memory_order_relaxed);
     r->depth.store(0, std::memory_order_relaxed);
     // Release: the record is zeroed before another thread can claim it (its CAS acquires).

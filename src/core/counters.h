@@ -1,6 +1,6 @@
-// Consumer counter slots. Each consumer owns a slot; each thread record holds a (hits, missed)
-// pair per slot (core/thread_record.h). Counts are summed when read: the live threads' pairs plus
-// the retired totals of threads that have died.
+// Consumer counter slots. Each consumer owns a slot; each thread record holds kCounterWords words
+// per slot (core/thread_record.h): hits, missed, returns. Counts are summed when read: the live
+// threads' pairs plus the retired totals of threads that have died.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 namespace usprobe::counters {
 
 struct Totals {
-  uint64_t hits = 0, missed = 0;
+  uint64_t hits = 0, missed = 0, returns = 0;
 };
 
 // A fresh slot whose counters are zero in every record. nullopt when all slots are in use.

@@ -2,23 +2,138 @@
 
 #include "core/probe.h"
 #include "core/rcu.h"
+#include "core/return_stack.h"
 #include "core/thread_record.h"
+#include "os/linux/raw_syscall.h"
+
+#include <sys/syscall.h>
 
 using namespace usprobe;
 
+std::atomic<uint64_t> usprobe::g_return_trampoline{0};
+
+namespace {
+
+// The session of the consumer with counter slot `slot` in a return instance, or null.
+ReturnSession *session_of(ReturnInstance *inst, uint32_t slot) {
+  if (!inst) return nullptr;
+  for (uint32_t i = 0; i < inst->sessions; ++i)
+    if (inst->session[i].slot == slot) return &inst->session[i];
+  return nullptr;
+}
+
+bool has_slot(const ConsumerArray *a, uint32_t slot) {
+  for (uint32_t i = 0; i < a->count; ++i)
+    if (a->entries[i].slot == slot) return true;
+  return false;
+}
+
+// An instance whose call will never come back (longjmp left its frame, or the stack lost it):
+// its return probes count a miss, for the consumers still attached.
+void drop(uint64_t *counters, const ReturnInstance &inst) {
+  const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
+  if (!a) return;
+  for (uint32_t i = 0; i < inst.sessions; ++i)
+    if (!inst.session[i].skip && has_slot(a, inst.session[i].slot))
+      bump(counters[kCounterWords * inst.session[i].slot + kMissed]);
+}
+
+// Instances whose return address lived below `sp` (or at it, when `sp` is a new call's) belong to
+// frames that are gone: they were left without returning (longjmp). The kernel's uretprobes judge
+// liveness the same way; a thread that runs probed code on another stack (a signal handler on a
+// sigaltstack above its stack, a coroutine) breaks the rule (README, caveats).
+void drop_stale(ThreadRecord *rec, uint64_t sp, bool at_call) {
+  while (rec->return_top > 0 && (rec->returns[rec->return_top - 1].sp < sp ||
+                                 (at_call && rec->returns[rec->return_top - 1].sp == sp))) {
+    drop(rec->counters, rec->returns[rec->return_top - 1]);
+    --rec->return_top;
+  }
+}
+
+// The next instance of this thread's return stack, its sessions ready for the entry handlers;
+// null (each return probe counting a miss) when the stack is full.
+ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Regs *regs) {
+  drop_stale(rec, arch::reg(*regs, USPROBE_RSP), true);
+  if (rec->return_top == rec->return_depth) {
+    for (uint32_t i = 0; i < a->count; ++i)
+      if (a->entries[i].count_returns)
+        bump(rec->counters[kCounterWords * a->entries[i].slot + kMissed]);
+    return nullptr;
+  }
+  ReturnInstance *inst = &rec->returns[rec->return_top];
+  inst->sessions = 0;
+  for (uint32_t i = 0; i < a->count; ++i) {
+    const ConsumerEntry &c = a->entries[i];
+    if (!c.count_returns) continue;
+    if (inst->sessions == kMaxSessions) {
+      bump(rec->counters[kCounterWords * c.slot + kMissed]);
+      continue;
+    }
+    inst->session[inst->sessions++] = {c.slot, 0, {0, 0}};
+  }
+  return inst;
+}
+
+// Hijack the return: the instance is complete before it is pushed, and pushed before the return
+// address changes, so a signal handler on this thread never sees a half-made one.
+void finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, const Probe *probe) {
+  bool wanted = false;
+  for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
+  if (!wanted) return;
+  uint64_t *slot = arch::return_address_slot(*regs);
+  inst->return_address = *slot;
+  inst->sp = reinterpret_cast<uint64_t>(slot);
+  inst->entry_ip = arch::reg(*regs, USPROBE_RIP);
+  inst->probe = probe;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  ++rec->return_top;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  *slot = g_return_trampoline.load(std::memory_order_relaxed);
+}
+
 // Out of line: the indirect calls would otherwise make every hit save callee-saved registers.
-__attribute__((noinline)) static void run_callbacks(const ConsumerArray *a, arch::Regs *regs,
-                                                    const Probe *probe) {
+__attribute__((noinline)) void run_callbacks(const ConsumerArray *a, arch::Regs *regs,
+                                             const Probe *probe, ReturnInstance *inst) {
   usprobe_hit hit{regs, probe};
   for (uint32_t i = 0; i < a->count; ++i) {
     const ConsumerEntry &c = a->entries[i];
-    if (c.on_entry) c.on_entry(&hit, c.user);
+    if (!c.on_entry) continue;
+    hit.session = session_of(inst, c.slot);
+    c.on_entry(&hit, c.user);
+  }
+}
+
+__attribute__((noinline)) void run_return_callbacks(const ConsumerArray *a, arch::Regs *regs,
+                                                    ReturnInstance &inst, const void *xsave) {
+  usprobe_hit hit{regs, inst.probe, nullptr, &inst, xsave};
+  for (uint32_t i = 0; i < a->count; ++i) {
+    const ConsumerEntry &c = a->entries[i];
+    if (!c.on_return) continue;
+    hit.session = session_of(&inst, c.slot);
+    if (hit.session && !hit.session->skip) c.on_return(&hit, c.user);
+  }
+}
+
+}  // namespace
+
+// A handler (for the unwinder's entry points): no lock, allocation or system call either.
+void usprobe::restore_pending_returns(usprobe_hit *hit, void *) {
+  ThreadRecord *rec = t_record;  // set: this thread is running a handler
+  const uint64_t sp = arch::reg(*hit->regs, USPROBE_RSP);
+  const uint64_t trampoline = g_return_trampoline.load(std::memory_order_relaxed);
+  while (rec->return_top > 0) {
+    const ReturnInstance &inst = rec->returns[rec->return_top - 1];
+    auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
+    // A slot below the unwinder's own frame belongs to a frame that is gone (longjmp): leave it.
+    if (inst.sp > sp && *slot == trampoline) *slot = inst.return_address;
+    drop(rec->counters, inst);
+    --rec->return_top;
   }
 }
 
 // The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
 // which registers the thread), or write memory that another thread writes: every store below goes
-// to this thread's own record.
+// to this thread's own record (and, for a return probe, to its own stack).
 extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved) {
   ThreadRecord *rec = t_record;
   if (__builtin_expect(rec == nullptr, 0)) {
@@ -30,10 +145,12 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
 
   if (rec->depth.load(std::memory_order_relaxed) != 0) {
     // A hit while a handler of this thread runs (the handler, or a signal handler that interrupted
-    // it, executed a probed instruction): count it as missed and skip the consumers.
+    // it, executed a probed instruction): count it as missed and skip the consumers (and its
+    // return probes: the return is not hijacked).
     rcu::ReadGuard guard(rec);
     if (const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire))
-      for (uint32_t i = 0; i < a->count; ++i) bump(counters[2 * a->entries[i].slot + 1]);
+      for (uint32_t i = 0; i < a->count; ++i)
+        bump(counters[kCounterWords * a->entries[i].slot + kMissed]);
     return kDispatchDone;
   }
   int result = kDispatchDone;
@@ -46,12 +163,55 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
       if (a->wants_vector_state && !vector_saved) {
         result = kDispatchNeedsVectorSave;  // nothing counted yet: the retry counts
       } else {
-        for (uint32_t i = 0; i < a->count; ++i) bump(counters[2 * a->entries[i].slot]);
-        if (a->has_callbacks) run_callbacks(a, regs, probe);
+        for (uint32_t i = 0; i < a->count; ++i)
+          bump(counters[kCounterWords * a->entries[i].slot + kHits]);
+        ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
+        if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
+        if (inst) finish_return(rec, inst, regs, probe);
       }
     }
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
   rec->depth.store(0, std::memory_order_relaxed);
   return result;
+}
+
+// The return path, with the same rules. The thread has a record: it pushed the instance.
+extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *xsave) {
+  ThreadRecord *rec = t_record;
+  const uint64_t sp = arch::returned_from_sp(*regs);
+  drop_stale(rec, sp, false);
+  if (__builtin_expect(rec->return_top == 0 || rec->returns[rec->return_top - 1].sp != sp, 0)) {
+    // No instance for this return: the stack was switched under us (a coroutine) or corrupted.
+    // There is no address to go back to.
+    static const char kMessage[] =
+        "usprobe: a hijacked return has no return instance on this thread's stack; aborting\n";
+    os::raw_syscall6(SYS_write, 2, reinterpret_cast<long>(kMessage), sizeof kMessage - 1);
+    __builtin_trap();
+  }
+  ReturnInstance &inst = rec->returns[rec->return_top - 1];
+  const uint64_t original = inst.return_address;
+  if (rec->depth.load(std::memory_order_relaxed) == 0) {
+    rec->depth.store(1, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    {
+      rcu::ReadGuard guard(rec);
+      if (const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire)) {
+        if (a->return_wants_vector_state && !xsave) {
+          std::atomic_signal_fence(std::memory_order_seq_cst);
+          rec->depth.store(0, std::memory_order_relaxed);
+          return kDispatchNeedsVectorSave;  // nothing done yet: the retry does it
+        }
+        for (uint32_t i = 0; i < inst.sessions; ++i)
+          if (!inst.session[i].skip && has_slot(a, inst.session[i].slot))
+            bump(rec->counters[kCounterWords * inst.session[i].slot + kReturns]);
+        if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, xsave);
+      }
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    rec->depth.store(0, std::memory_order_relaxed);
+  }
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  --rec->return_top;
+  return original;
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/arch.h"
+#include "core/return_stack.h"
 #include "elf/elf_file.h"
 #include "usprobe/usprobe.h"
 
@@ -25,15 +26,20 @@ struct ConsumerEntry {
   uint32_t slot;  // counters (core/counters.h)
   void (*on_entry)(usprobe_hit *, void *);
   void *user;
-  bool wants_vector_state;  // on_entry may touch vector registers (not USPROBE_GENERAL_REGS_ONLY)
+  bool wants_vector_state;  // its handlers may touch vector registers (not GENERAL_REGS_ONLY)
+  void (*on_return)(usprobe_hit *, void *);
+  bool count_returns;  // a return probe: on_return set, or "uretprobe:" with the built-in counter
 };
 
 // Immutable once published; replaced whole, old copies freed after a grace period.
 struct ConsumerArray {
   uint32_t count = 0;
-  bool has_callbacks = false;       // some entry has on_entry
-  bool wants_vector_state = false;  // some entry's on_entry may touch vector registers
-  ConsumerEntry entries[];          // NOLINT: flexible array member (GNU extension)
+  bool has_callbacks = false;              // some entry has on_entry
+  bool wants_vector_state = false;         // some entry's on_entry may touch vector registers
+  bool has_returns = false;                // some entry is a return probe (count_returns)
+  bool has_return_callbacks = false;       // some entry has on_return
+  bool return_wants_vector_state = false;  // some on_return may touch vector registers
+  ConsumerEntry entries[];                 // NOLINT: flexible array member (GNU extension)
 
   static ConsumerArray *make(const std::vector<ConsumerEntry> &v);
   static void destroy(const ConsumerArray *a);
@@ -78,8 +84,13 @@ struct usprobe_link {
   usprobe_consumer consumer{};
 };
 
-// What a handler receives: a view of the trampoline's saved registers and the probe hit.
+// What a handler receives: a view of the trampoline's saved registers and the probe hit. At a
+// return, `regs` holds the return registers (%rax, %rdx) and `xsave` the vector state (where
+// usprobe_retval_double finds %xmm0), or null when the trampoline did not save it.
 struct usprobe_hit {
   usprobe::arch::Regs *regs;
   const usprobe::Probe *probe;
+  usprobe::ReturnSession *session = nullptr;           // this consumer's, or null
+  const usprobe::ReturnInstance *returning = nullptr;  // set in return handlers
+  const void *xsave = nullptr;
 };

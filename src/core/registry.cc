@@ -25,6 +25,11 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
   a->has_callbacks = std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr; });
   a->wants_vector_state = std::any_of(
       v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr && e.wants_vector_state; });
+  a->has_returns = std::any_of(v.begin(), v.end(), [](auto &e) { return e.count_returns; });
+  a->has_return_callbacks =
+      std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr; });
+  a->return_wants_vector_state = std::any_of(
+      v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr && e.wants_vector_state; });
   std::copy(v.begin(), v.end(), a->entries);
   return a;
 }
@@ -62,6 +67,38 @@ Result<void> init() {
     return arch::install_trap_handler(site_table::lookup);
   }();
   return result;
+}
+
+// The return trampoline, made by the first attach of a return probe (under g_mutex). Stored before
+// any consumer array that needs it is published: dispatch's acquire load of the array orders it.
+Result<void> ensure_return_trampoline() {
+  if (g_return_trampoline.load(std::memory_order_relaxed)) return {};
+  auto t = arch::make_return_trampoline();
+  if (!t) return std::unexpected(t.error());
+  g_return_trampoline.store(*t, std::memory_order_relaxed);
+  return {};
+}
+
+// Stack unwinders read return addresses: a hijacked one (the return trampoline's) ends their walk,
+// and a C++ exception thrown through a return-probed frame would terminate the program. Once
+// return probes exist, the unwinder's entry points of libgcc (the shared library, or a copy
+// linked into the executable) get an entry probe of ours that puts the thread's original return
+// addresses back first (return_stack.h: restore_pending_returns). Where the unwinder is not
+// mapped yet, nothing can be done before it is (README, caveats).
+void guard_unwinders() {
+  // Once; not std::call_once: the guards' own attach comes back here.
+  static std::atomic<bool> guarded{false};
+  if (guarded.exchange(true)) return;
+  {
+    const char *const kEntries[] = {"_Unwind_RaiseException", "_Unwind_Resume_or_Rethrow",
+                                    "_Unwind_ForcedUnwind", "_Unwind_Backtrace"};
+    std::vector<std::string> where;
+    for (const char *file : {"libgcc_s", "exe"})
+      for (const char *fn : kEntries) where.push_back(fmt::format("{}:{}", file, fn));
+    const usprobe_consumer guard{restore_pending_returns, nullptr, nullptr};
+    // Locations that do not resolve (no such library, no such function) are simply not guarded.
+    (void)attach(where, std::span(&guard, 1), USPROBE_GENERAL_REGS_ONLY);
+  }
 }
 
 // Replace a probe's consumer array; the old one goes to `garbage`.
@@ -235,7 +272,19 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     for (auto &r : out) r = std::unexpected(ok.error());
     return out;
   }
-  auto resolved = elf::resolve_locations(locations);
+  // bpftrace's prefixes: "uprobe:" says nothing more; "uretprobe:" makes the built-in counter
+  // count returns.
+  std::vector<std::string> specs(locations.begin(), locations.end());
+  std::vector<bool> uretprobe(specs.size(), false);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].starts_with("uretprobe:")) {
+      specs[i].erase(0, 10);
+      uretprobe[i] = true;
+    } else if (specs[i].starts_with("uprobe:")) {
+      specs[i].erase(0, 7);
+    }
+  }
+  auto resolved = elf::resolve_locations(specs);
 
   std::vector<std::function<void()>> garbage;
   {
@@ -256,6 +305,20 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         continue;
       }
       const elf::ResolvedLocation &loc = *resolved[i];
+      const usprobe_consumer consumer = consumer_of(i);
+      const bool returns = uretprobe[i] || consumer.on_return;
+      if (returns) {
+        if (loc.func_size == 0 || loc.offset_in_function() != 0) {
+          out[i] = fail(EINVAL, fmt::format("{}: a return probe needs a function's entry, and this "
+                                            "is not one",
+                                            loc.describe()));
+          continue;
+        }
+        if (auto ok = ensure_return_trampoline(); !ok) {
+          out[i] = std::unexpected(ok.error());
+          continue;
+        }
+      }
       Key key{loc.file->id(), loc.file_offset};
       auto &slot_in_map = probes()[key];
       bool created = !slot_in_map;
@@ -280,9 +343,9 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         out[i] = fail(ENOSPC, fmt::format("{}: too many consumers", p->name));
         continue;
       }
-      auto *link = new usprobe_link{p, *slot, consumer_of(i)};
-      added[p].push_back({*slot, link->consumer.on_entry, link->consumer.user,
-                          !(flags & USPROBE_GENERAL_REGS_ONLY)});
+      auto *link = new usprobe_link{p, *slot, consumer};
+      added[p].push_back({*slot, consumer.on_entry, consumer.user,
+                          !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns});
       made.emplace_back(i, link);
     }
 
@@ -323,6 +386,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     rcu::synchronize();
     run(garbage);
   }
+  if (g_return_trampoline.load(std::memory_order_relaxed)) guard_unwinders();
   return out;
 }
 

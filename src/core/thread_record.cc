@@ -7,11 +7,13 @@
 
 #include <new>
 
+#include "core/return_stack.h"
 #include "os/linux/raw_syscall.h"
 
 namespace usprobe {
 
 constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
+std::atomic<uint32_t> g_return_depth{kDefaultReturnDepth};
 
 namespace {
 
@@ -33,14 +35,27 @@ ThreadRecord *new_record() {
   void *mem = os::raw_mmap_anon(4096, PROT_READ | PROT_WRITE, 0);
   if (!mem) return nullptr;
   // Counters: reserved, not committed; pages appear as slots are first used.
-  void *ctr = os::raw_mmap_anon(sizeof(uint64_t) * 2 * kMaxConsumerSlots, PROT_READ | PROT_WRITE,
-                                MAP_NORESERVE);
+  void *ctr = os::raw_mmap_anon(sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots,
+                                PROT_READ | PROT_WRITE, MAP_NORESERVE);
   if (!ctr) {
+    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(mem), 4096);
+    return nullptr;
+  }
+  // The return stack: its depth is fixed for the record's life (usprobe_set_return_depth applies
+  // to records made afterwards).
+  uint32_t depth = g_return_depth.load(std::memory_order_relaxed);
+  void *ret =
+      os::raw_mmap_anon(sizeof(ReturnInstance) * depth, PROT_READ | PROT_WRITE, MAP_NORESERVE);
+  if (!ret) {
+    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(ctr),
+                     sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots);
     os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(mem), 4096);
     return nullptr;
   }
   auto *r = new (mem) ThreadRecord;
   r->counters = static_cast<uint64_t *>(ctr);
+  r->returns = static_cast<ReturnInstance *>(ret);
+  r->return_depth = depth;
   return r;
 }
 
@@ -57,6 +72,7 @@ ThreadRecord *register_current_thread() {
     pid_t expected = 0;
     if (r->tid.load(std::memory_order_relaxed) == 0 &&
         r->tid.compare_exchange_strong(expected, self, std::memory_order_acquire)) {
+      r->return_top = 0;  // the dead owner's pending returns will never come
       t_record = r;
       return r;
     }

@@ -19,6 +19,10 @@
 namespace usprobe {
 
 constexpr uint32_t kMaxConsumerSlots = 1u << 20;
+// counters[kCounterWords * slot + kHits / kMissed / kReturns]
+constexpr uint32_t kCounterWords = 4, kHits = 0, kMissed = 1, kReturns = 2;
+
+struct ReturnInstance;  // core/return_stack.h
 
 struct alignas(64) ThreadRecord {
   // core/rcu.h: 0 when quiescent, else (epoch << 8) | nesting. Written only by the owner thread
@@ -28,9 +32,14 @@ struct alignas(64) ThreadRecord {
   std::atomic<uint32_t> depth{0};
   // Thread id of the owner; 0 when the record is free. Set by the owner with a CAS from 0.
   std::atomic<pid_t> tid{0};
-  // counters[2 * slot] = hits, counters[2 * slot + 1] = missed. Written by the owner only
+  // counters[kCounterWords * slot + kHits, kMissed, kReturns]. Written by the owner only
   // (relaxed load + relaxed store, no read-modify-write); summed by others with relaxed loads.
   uint64_t *counters = nullptr;
+  // Pending return probes, a stack of return_depth instances (core/return_stack.h); entries
+  // [0, return_top) are live. Owner only; a record reused by a new thread starts empty.
+  ReturnInstance *returns = nullptr;
+  uint32_t return_top = 0;
+  uint32_t return_depth = 0;
   ThreadRecord *next = nullptr;  // the list of all records; immutable once published
 };
 

@@ -400,7 +400,7 @@ class Clobber : public ::testing::TestWithParam<std::tuple<Dirtier, Path>> {
 
   // Attach the dirtying handler at `where` on the parameter's path.
   void attach(const std::string &where) {
-    consumer_ = {dirtier().fn, &stats_};
+    consumer_ = {dirtier().fn, &stats_, nullptr};
     int rc = usprobe_attach_ex(where.c_str(), dirtier().fn ? &consumer_ : nullptr,
                                path().flags | dirtier().flags, &link_);
     ASSERT_EQ(rc, 0) << where << ": " << usprobe_last_error();
@@ -544,7 +544,7 @@ TEST(ClobberObserve, InstructionSiteRegistersAreTheProbedCodes) {
     // The dirtying consumer runs first: what the second one sees must not depend on it.
     HandlerStats stats;
     MidSeen seen;
-    usprobe_consumer dirty{handler_all, &stats}, observe{observe_mid, &seen};
+    usprobe_consumer dirty{handler_all, &stats, nullptr}, observe{observe_mid, &seen, nullptr};
     usprobe_link *first = nullptr, *second = nullptr;
     ASSERT_EQ(usprobe_attach_ex(where.c_str(), &dirty, p.flags, &first), 0) << usprobe_last_error();
     ASSERT_EQ(usprobe_attach(where.c_str(), &observe, &second), 0) << usprobe_last_error();
@@ -598,7 +598,7 @@ TEST(ClobberObserve, EntryRegistersAreTheCallers) {
     SCOPED_TRACE(p.name);
     HandlerStats stats;
     EntrySeen seen;
-    usprobe_consumer dirty{handler_all, &stats}, observe{observe_entry, &seen};
+    usprobe_consumer dirty{handler_all, &stats, nullptr}, observe{observe_entry, &seen, nullptr};
     usprobe_link *first = nullptr, *second = nullptr;
     ASSERT_EQ(usprobe_attach_ex(where.c_str(), &dirty, p.flags, &first), 0) << usprobe_last_error();
     ASSERT_EQ(usprobe_attach(where.c_str(), &observe, &second), 0) << usprobe_last_error();

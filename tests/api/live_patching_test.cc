@@ -388,7 +388,7 @@ void run_attach_detach_cycles(const Target &target, uint64_t max_cycles, Clock::
     const usprobe_consumer *cons = nullptr;
     if (with_callback) {
       cycles_state.push_back(std::make_unique<CallbackCycle>());
-      consumer = {on_counted_entry, cycles_state.back().get()};
+      consumer = {on_counted_entry, cycles_state.back().get(), nullptr};
       cons = &consumer;
     }
     const uint64_t s0 = callers.total(0);
@@ -587,7 +587,7 @@ void on_dirty_stack_hit(usprobe_hit *, void *) {
 int probe_mid_site_over_dirty_stack(unsigned flags) {
   const Target t = counted_mid_target();
   usprobe_link *link = nullptr;
-  const usprobe_consumer consumer{on_dirty_stack_hit, nullptr};
+  const usprobe_consumer consumer{on_dirty_stack_hit, nullptr, nullptr};
   if (usprobe_attach_ex(t.location.c_str(), &consumer, flags, &link) < 0) {
     std::fprintf(stderr, "attach %s: %s\n", t.location.c_str(), usprobe_last_error());
     return 3;

@@ -271,7 +271,7 @@ TEST_P(ProbedTarget, CountsExactlyKeepsResultsAndRestoresBytes) {
   CallbackCount cb;
   cb.expect_ip = reinterpret_cast<uint64_t>(c.fn);
   cb.expect_name = loc(c.name);
-  usprobe_consumer consumer{count_hit, &cb};
+  usprobe_consumer consumer{count_hit, &cb, nullptr};
   Link link;
   ASSERT_ATTACHED(link.attach(loc(c.name), callback ? &consumer : nullptr));
 
@@ -344,7 +344,7 @@ TEST(ProbedTargets, CountedMidSiteUsesTheJumpPathAndSeesRegisters) {
   for (bool callback : {false, true}) {
     SCOPED_TRACE(callback ? "callback" : "counter");
     MidSeen seen;
-    usprobe_consumer consumer{on_mid, &seen};
+    usprobe_consumer consumer{on_mid, &seen, nullptr};
     Link link;
     ASSERT_ATTACHED(link.attach(loc("tgt_counted_mid", tgt_counted_mid_site_offset),
                                 callback ? &consumer : nullptr));
@@ -418,7 +418,7 @@ TEST(ProbedTargets, HandlerSeesArgumentsIpReturnAddressAndName) {
   for (unsigned flags : {0u, unsigned{USPROBE_FORCE_INT3}}) {
     SCOPED_TRACE(flags ? "int3 path" : "jump path");
     SixSeen seen;
-    usprobe_consumer consumer{on_six, &seen};
+    usprobe_consumer consumer{on_six, &seen, nullptr};
     Link link;
     ASSERT_ATTACHED(link.attach(loc("tgt_six_args"), &consumer, flags));
     EXPECT_EQ(link.int3(), flags != 0) << link.reason();
@@ -454,7 +454,7 @@ void set_two_args(usprobe_hit *hit, void *) {
 TEST(ProbedTargets, SetArgChangesWhatTheFunctionComputes) {
   for (unsigned flags : {0u, unsigned{USPROBE_FORCE_INT3}}) {
     SCOPED_TRACE(flags ? "int3 path" : "jump path");
-    usprobe_consumer consumer{set_two_args, nullptr};
+    usprobe_consumer consumer{set_two_args, nullptr, nullptr};
     Link link;
     ASSERT_ATTACHED(link.attach(loc("tgt_six_args"), &consumer, flags));
     EXPECT_EQ(link.int3(), flags != 0) << link.reason();
@@ -474,7 +474,7 @@ TEST(ProbedTargets, TwoConsumersShareOnePatch) {
   CallbackCount cb;
   cb.expect_ip = reinterpret_cast<uint64_t>(&tgt_counted);
   cb.expect_name = loc("tgt_counted");
-  usprobe_consumer consumer{count_hit, &cb};
+  usprobe_consumer consumer{count_hit, &cb, nullptr};
 
   Link first, second;
   ASSERT_ATTACHED(first.attach(loc("tgt_counted")));
@@ -525,7 +525,8 @@ TEST(ProbedTargets, BatchWithOneConsumerPerLocationCallsEachItsOwn) {
   const std::string counted = loc("tgt_counted"), other = loc("tgt_six_args");
   const char *locations[] = {counted.c_str(), other.c_str()};
   uint64_t counted_calls = 0, other_calls = 0;
-  const usprobe_consumer consumers[] = {{count_into, &counted_calls}, {count_into, &other_calls}};
+  const usprobe_consumer consumers[] = {{count_into, &counted_calls, nullptr},
+                                        {count_into, &other_calls, nullptr}};
   usprobe_link *links[2] = {};
   ASSERT_EQ(
       usprobe_attach_batch_ex(locations, 2, consumers, USPROBE_GENERAL_REGS_ONLY, links, nullptr),
@@ -559,7 +560,7 @@ TEST(ProbedTargets, RecursionGuardCountsInnerHitsAsMissed) {
   for (unsigned flags : {0u, unsigned{USPROBE_FORCE_INT3}}) {
     SCOPED_TRACE(flags ? "int3 path" : "jump path");
     Reentry r;
-    usprobe_consumer consumer{call_counted_again, &r};
+    usprobe_consumer consumer{call_counted_again, &r, nullptr};
     Link link;
     ASSERT_ATTACHED(link.attach(loc("tgt_counted"), &consumer, flags));
     EXPECT_EQ(link.int3(), flags != 0) << link.reason();
@@ -577,11 +578,11 @@ void call_six_inside(usprobe_hit *, void *user) {
 
 TEST(ProbedTargets, HitOfAnotherProbeInsideAHandlerIsMissedThere) {
   uint64_t wrong = 0;
-  usprobe_consumer outer_consumer{call_six_inside, &wrong};
+  usprobe_consumer outer_consumer{call_six_inside, &wrong, nullptr};
   CallbackCount cb;
   cb.expect_ip = reinterpret_cast<uint64_t>(&tgt_six_args);
   cb.expect_name = loc("tgt_six_args");
-  usprobe_consumer inner_consumer{count_hit, &cb};
+  usprobe_consumer inner_consumer{count_hit, &cb, nullptr};
   Link outer, inner;
   ASSERT_ATTACHED(outer.attach(loc("tgt_counted"), &outer_consumer));
   ASSERT_ATTACHED(inner.attach(loc("tgt_six_args"), &inner_consumer));
@@ -837,7 +838,7 @@ TEST(ProbedTargets, FourThreadsCountExactly) {
                                 static_cast<std::atomic<uint64_t> *>(user)->fetch_add(
                                     1, std::memory_order_relaxed);
                               },
-                              &handled};
+                              &handled, nullptr};
     Link counter, callback;
     ASSERT_ATTACHED(counter.attach(loc("tgt_counted"), nullptr, run.flags));
     if (run.callback) ASSERT_ATTACHED(callback.attach(loc("tgt_counted"), &consumer));

@@ -1,5 +1,7 @@
 #include "arch/x86_64/regs.h"
 
+#include <cstring>
+
 #include "core/arch.h"
 
 namespace usprobe::arch {
@@ -61,6 +63,18 @@ uint64_t arg(const Regs &r, unsigned n) {
 }
 void set_arg(Regs &r, unsigned n, uint64_t value) {
   if (n < 6) r.*kArgs[n] = value;
+}
+
+uint64_t *return_address_slot(const Regs &r) {
+  return reinterpret_cast<uint64_t *>(r.rsp);  // at a function's first instruction
+}
+uint64_t returned_from_sp(const Regs &r) {
+  return r.rsp - 8;  // `ret` popped the return address from there
+}
+double return_double(const void *xsave) {
+  double d;
+  std::memcpy(&d, static_cast<const char *>(xsave) + 160, sizeof d);  // legacy area: xmm0
+  return d;
 }
 
 }  // namespace usprobe::arch

@@ -121,6 +121,32 @@ void put_mov_eax_edx_mask(x86::CodeWriter &w, uint64_t mask) {
   w.put_u8(0xBA), w.put_u32(static_cast<uint32_t>(mask >> 32));  // mov $hi,%edx
 }
 
+// Make room below %rsp and save the whole extended state there (%rsp ends 64-byte aligned and
+// points at the area). Clobbers %eax, %edx.
+void put_xsave(x86::CodeWriter &w) {
+  const XsaveInfo &x = xsave_info();
+  w.put_lea_rsp_rsp(-static_cast<int32_t>(x.size + 64));
+  put_and_rsp_imm8(w, -64);
+  // xrstor faults unless header bytes 16..63 are zero, and neither xsave nor xsavec writes
+  // them (xsavec writes bytes 0..15): clear the whole 64-byte header first.
+  for (int off = 512; off < 512 + 64; off += 8) {
+    const uint8_t b[] = {0x48, 0xC7, 0x84, 0x24};  // movq $0,disp32(%rsp)
+    w.put_bytes(b, sizeof b);
+    w.put_u32(static_cast<uint32_t>(off));
+    w.put_u32(0);
+  }
+  put_mov_eax_edx_mask(w, x.mask);
+  const uint8_t save_c[] = {0x48, 0x0F, 0xC7, 0x24, 0x24};  // xsavec64 (%rsp)
+  const uint8_t save[] = {0x48, 0x0F, 0xAE, 0x24, 0x24};    // xsave64 (%rsp)
+  w.put_bytes(x.compact ? save_c : save, 5);
+}
+// Restore what put_xsave saved at (%rsp). Clobbers %eax, %edx.
+void put_xrstor(x86::CodeWriter &w) {
+  put_mov_eax_edx_mask(w, xsave_info().mask);
+  const uint8_t rstor[] = {0x48, 0x0F, 0xAE, 0x2C, 0x24};  // xrstor64 (%rsp)
+  w.put_bytes(rstor, sizeof rstor);
+}
+
 constexpr x86::Reg kPushOrder[] = {x86::RAX, x86::RCX, x86::RDX, x86::RBX, x86::RBP,
                                    x86::RSI, x86::RDI, x86::R8,  x86::R9,  x86::R10,
                                    x86::R11, x86::R12, x86::R13, x86::R14, x86::R15};
@@ -188,29 +214,13 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     put_and_rsp_imm8(w, -64);
     for (int n = 0; n < 8; ++n) put_vec_move(w, vw, n, true);
   } else {
-    const XsaveInfo &x = xsave_info();
-    w.put_lea_rsp_rsp(-static_cast<int32_t>(x.size + 64));
-    put_and_rsp_imm8(w, -64);
-    // xrstor faults unless header bytes 16..63 are zero, and neither xsave nor xsavec writes
-    // them (xsavec writes bytes 0..15): clear the whole 64-byte header first.
-    for (int off = 512; off < 512 + 64; off += 8) {
-      const uint8_t b[] = {0x48, 0xC7, 0x84, 0x24};  // movq $0,disp32(%rsp)
-      w.put_bytes(b, sizeof b);
-      w.put_u32(static_cast<uint32_t>(off));
-      w.put_u32(0);
-    }
-    put_mov_eax_edx_mask(w, x.mask);
-    const uint8_t save_c[] = {0x48, 0x0F, 0xC7, 0x24, 0x24};  // xsavec64 (%rsp)
-    const uint8_t save[] = {0x48, 0x0F, 0xAE, 0x24, 0x24};    // xsave64 (%rsp)
-    w.put_bytes(x.compact ? save_c : save, 5);
+    put_xsave(w);
   }
   put_call_dispatch(w, probe, true);
   if (entry) {
     for (int n = 0; n < 8; ++n) put_vec_move(w, vw, n, false);
   } else {
-    put_mov_eax_edx_mask(w, xsave_info().mask);
-    const uint8_t rstor[] = {0x48, 0x0F, 0xAE, 0x2C, 0x24};  // xrstor64 (%rsp)
-    w.put_bytes(rstor, sizeof rstor);
+    put_xrstor(w);
   }
 
   if (kDispatchIsGprOnly)
@@ -326,6 +336,69 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   }
   plan.window_length = static_cast<uint32_t>(rel->consumed);
   return plan;
+}
+
+// The return trampoline. A hijacked `ret` lands here with the caller's %rsp and the return
+// registers live; every register is kept (callers built with -fipa-ra may rely on more than the
+// ABI promises):
+//
+//     push $0                      slot for the original return address
+//     pushfq; push %rax .. %r15    the Regs view, with the caller's %rsp and rip = 0
+//     mov %rsp,%rbx; and $-16,%rsp
+//     r = usprobe_return_dispatch(regs, NULL)        GPR-only: counters and GPR-only handlers
+//     if (r == needs vector state)
+//       xsavec; r = usprobe_return_dispatch(regs, area); xrstor
+//     mov r,slot; mov %rbx,%rsp; pop ...; popfq
+//     ret                          to the original return address
+Result<uint64_t> make_return_trampoline() {
+  auto mem =
+      os::alloc_code_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
+  if (!mem) return std::unexpected(mem.error());
+  x86::CodeWriter w(*mem);
+  const uint8_t push_zero[] = {0x6A, 0x00};  // push $0
+  w.put_bytes(push_zero, sizeof push_zero);
+  w.put_pushfq();
+  for (x86::Reg r : kPushOrder) w.put_push_reg(r);
+  w.put_lea_reg_rsp(x86::RAX, 17 * 8);  // the caller's %rsp: 15 GPRs, the flags, the slot
+  w.put_push_reg(x86::RAX);
+  w.put_bytes(push_zero, sizeof push_zero);  // Regs::rip
+  w.put_mov_reg_reg(x86::RBX, x86::RSP);
+  put_and_rsp_imm8(w, -16);
+  auto put_call = [&](bool with_area) {
+    w.put_mov_reg_reg(x86::RDI, x86::RBX);
+    if (with_area) {
+      w.put_mov_reg_reg(x86::RSI, x86::RSP);
+    } else {
+      w.put_u8(0x31), w.put_u8(0xF6);  // xor %esi,%esi
+    }
+    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&usprobe_return_dispatch));
+    w.put_call_reg(x86::RAX);
+  };
+  size_t to_done = 0;
+  if (kDispatchIsGprOnly) {
+    put_call(false);
+    const uint8_t cmp[] = {0x48, 0x83, 0xF8, kDispatchNeedsVectorSave};  // cmp $1,%rax
+    w.put_bytes(cmp, sizeof cmp);
+    w.put_u8(0x0F), w.put_u8(0x85);  // jne done (rel32, patched below)
+    to_done = w.size();
+    w.put_u32(0);
+  }
+  put_xsave(w);
+  put_call(true);
+  w.put_mov_reg_reg(x86::R12, x86::RAX);  // xrstor takes its mask in %edx:%eax; %r12 is restored
+  put_xrstor(w);
+  w.put_mov_reg_reg(x86::RAX, x86::R12);
+  if (kDispatchIsGprOnly) w.patch_u32(to_done, static_cast<uint32_t>(w.size() - (to_done + 4)));
+  const uint8_t store_slot[] = {0x48, 0x89, 0x83};  // mov %rax,disp32(%rbx)
+  w.put_bytes(store_slot, sizeof store_slot);
+  w.put_u32(18 * 8);  // above the Regs view: rip, rsp, 15 GPRs, flags
+  w.put_mov_reg_reg(x86::RSP, x86::RBX);
+  w.put_lea_rsp_rsp(16);
+  for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);
+  w.put_popfq();
+  w.put_u8(0xC3);  // ret
+  if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
+  return w.base();
 }
 
 }  // namespace usprobe::arch

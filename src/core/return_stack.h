@@ -1,0 +1,62 @@
+// Return probes (DESIGN.md, "Return probes"): each thread keeps a stack of the calls whose return
+// it is waiting for.
+//
+// At a probed function's entry, dispatch takes the next free instance on the thread's return
+// stack, lets the entry handlers fill their session data, then swaps the return address on the
+// stack for the return trampoline (arch::return_trampoline) and pushes the instance. When the
+// function returns, it "returns" into the trampoline, which calls usprobe_return_dispatch: that
+// pops the instance, runs the return handlers and hands back the original return address, where
+// the trampoline jumps.
+//
+// Instances are matched by stack pointer: an instance whose `sp` (where the return address lived)
+// lies below the current one belongs to a frame that was left without returning (longjmp,
+// siglongjmp): it is dropped, and its returns counted as missed, when a return or a new entry
+// passes it. A stack that is full leaves a call unhijacked; that call's return is counted as
+// missed. Nothing here allocates: the stack is mapped with the thread's record.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace usprobe {
+
+struct Probe;
+}
+struct usprobe_hit;
+namespace usprobe {
+
+constexpr uint32_t kDefaultReturnDepth = 64;
+constexpr uint32_t kMaxReturnDepth = 1024;
+// Consumers of one probe whose return handlers get session data; more than that run without.
+constexpr uint32_t kMaxSessions = 4;
+
+// What one consumer keeps from a call's entry to its return.
+struct ReturnSession {
+  uint32_t slot;  // the consumer's counter slot: identifies it at the return
+  uint32_t skip;  // nonzero: its entry handler declined the return (usprobe_session_skip_return)
+  uint64_t data[2];
+};
+
+struct ReturnInstance {
+  uint64_t return_address;  // the original one, restored when the call returns
+  uint64_t sp;              // where it lived on the stack (%rsp at the function's entry)
+  uint64_t entry_ip;        // the probed function's address, for usprobe_hit_ip
+  const Probe *probe;
+  uint32_t sessions;  // used entries of `session`
+  uint32_t reserved;
+  ReturnSession session[kMaxSessions];
+};
+
+// The depth a thread's return stack gets when the thread registers (usprobe_set_return_depth).
+extern std::atomic<uint32_t> g_return_depth;
+// An entry handler for the unwinder's entry points (registry.cc, guard_unwinders): puts back the
+// original return address of every pending return of this thread that is still on its stack, so
+// that the unwinder sees the real callers, and empties the thread's return stack. Those returns
+// are counted as missed.
+void restore_pending_returns(usprobe_hit *hit, void *user);
+
+// The return trampoline (arch::make_return_trampoline), set before the first return probe is
+// published; dispatch reads it relaxed (the consumer array's publication orders it).
+extern std::atomic<uint64_t> g_return_trampoline;
+
+}  // namespace usprobe
