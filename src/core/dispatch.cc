@@ -38,22 +38,38 @@ void drop(uint64_t *counters, const ReturnInstance &inst) {
       bump(counters[kCounterWords * inst.session[i].slot + kMissed]);
 }
 
-// Instances whose return address lived below `sp` (or at it, when `sp` is a new call's) belong to
-// frames that are gone: they were left without returning (longjmp). The kernel's uretprobes judge
-// liveness the same way; a thread that runs probed code on another stack (a signal handler on a
-// sigaltstack above its stack, a coroutine) breaks the rule (README, caveats).
-void drop_stale(ThreadRecord *rec, uint64_t sp, bool at_call) {
-  while (rec->return_top > 0 && (rec->returns[rec->return_top - 1].sp < sp ||
-                                 (at_call && rec->returns[rec->return_top - 1].sp == sp))) {
-    drop(rec->counters, rec->returns[rec->return_top - 1]);
-    --rec->return_top;
+// The newest instance whose return address lived at `sp`, or -1.
+int find_instance(const ThreadRecord *rec, uint32_t top, uint64_t sp) {
+  for (uint32_t i = top; i-- > 0;)
+    if (rec->returns[i].sp == sp) return static_cast<int>(i);
+  return -1;
+}
+
+// A full stack makes room the way the kernel's uretprobes judge liveness: an instance whose return
+// address lived below a new call's (or at it, unless the call is a tail call from that very frame,
+// whose slot still holds the trampoline) was left by longjmp. Only when full: a signal handler on
+// a sigaltstack above the thread's stack, or a coroutine, would break the rule (README).
+void make_room(ThreadRecord *rec, uint64_t sp, uint64_t trampoline) {
+  const bool tail_call = *reinterpret_cast<const uint64_t *>(sp) == trampoline;
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < rec->return_top; ++i) {
+    const ReturnInstance &inst = rec->returns[i];
+    if (inst.sp < sp || (inst.sp == sp && !tail_call)) {
+      drop(rec->counters, inst);
+    } else {
+      if (kept != i) rec->returns[kept] = inst;
+      ++kept;
+    }
   }
+  rec->return_top = kept;
 }
 
 // The next instance of this thread's return stack, its sessions ready for the entry handlers;
 // null (each return probe counting a miss) when the stack is full.
 ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Regs *regs) {
-  drop_stale(rec, arch::reg(*regs, USPROBE_RSP), true);
+  if (rec->return_top == rec->return_depth)
+    make_room(rec, arch::reg(*regs, USPROBE_RSP),
+              g_return_trampoline.load(std::memory_order_relaxed));
   if (rec->return_top == rec->return_depth) {
     for (uint32_t i = 0; i < a->count; ++i)
       if (a->entries[i].count_returns)
@@ -81,14 +97,24 @@ void finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, co
   for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
   if (!wanted) return;
   uint64_t *slot = arch::return_address_slot(*regs);
+  const uint64_t trampoline = g_return_trampoline.load(std::memory_order_relaxed);
   inst->return_address = *slot;
   inst->sp = reinterpret_cast<uint64_t>(slot);
+  inst->chained = 0;
+  if (*slot == trampoline) {
+    // A tail call from a function whose return is hijacked already: this call returns through the
+    // same slot. Chain it: it keeps the true return address, and both return together.
+    int prev = find_instance(rec, rec->return_top, inst->sp);
+    if (prev < 0) return;  // no instance owns the slot: leave it alone
+    inst->return_address = rec->returns[prev].return_address;
+    inst->chained = 1;
+  }
   inst->entry_ip = arch::reg(*regs, USPROBE_RIP);
   inst->probe = probe;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   ++rec->return_top;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  *slot = g_return_trampoline.load(std::memory_order_relaxed);
+  *slot = trampoline;
 }
 
 // Out of line: the indirect calls would otherwise make every hit save callee-saved registers.
@@ -180,38 +206,58 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
 extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *xsave) {
   ThreadRecord *rec = t_record;
   const uint64_t sp = arch::returned_from_sp(*regs);
-  drop_stale(rec, sp, false);
-  if (__builtin_expect(rec->return_top == 0 || rec->returns[rec->return_top - 1].sp != sp, 0)) {
-    // No instance for this return: the stack was switched under us (a coroutine) or corrupted.
-    // There is no address to go back to.
+  const int last = find_instance(rec, rec->return_top, sp);
+  if (__builtin_expect(last < 0, 0)) {
+    // No instance for this return: the stack was corrupted, or lost it (README, caveats). There
+    // is no address to go back to.
     static const char kMessage[] =
         "usprobe: a hijacked return has no return instance on this thread's stack; aborting\n";
     os::raw_syscall6(SYS_write, 2, reinterpret_cast<long>(kMessage), sizeof kMessage - 1);
     __builtin_trap();
   }
-  ReturnInstance &inst = rec->returns[rec->return_top - 1];
-  const uint64_t original = inst.return_address;
+  // Tail calls chain instances on one slot: they all return now, innermost first.
+  int first = last;
+  while (rec->returns[first].chained && first > 0 && rec->returns[first - 1].sp == sp) --first;
+  const uint64_t original = rec->returns[first].return_address;
   if (rec->depth.load(std::memory_order_relaxed) == 0) {
     rec->depth.store(1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);
+    bool need_vector = false;
     {
       rcu::ReadGuard guard(rec);
-      if (const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire)) {
-        if (a->return_wants_vector_state && !xsave) {
-          std::atomic_signal_fence(std::memory_order_seq_cst);
-          rec->depth.store(0, std::memory_order_relaxed);
-          return kDispatchNeedsVectorSave;  // nothing done yet: the retry does it
+      for (int i = last; i >= first && !xsave; --i)
+        if (const ConsumerArray *a =
+                rec->returns[i].probe->consumers.load(std::memory_order_acquire))
+          need_vector |= a->return_wants_vector_state;
+      if (!need_vector) {
+        for (int i = last; i >= first; --i) {
+          ReturnInstance &inst = rec->returns[i];
+          const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
+          if (!a) continue;
+          for (uint32_t k = 0; k < inst.sessions; ++k)
+            if (!inst.session[k].skip && has_slot(a, inst.session[k].slot))
+              bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
+          if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, xsave);
         }
-        for (uint32_t i = 0; i < inst.sessions; ++i)
-          if (!inst.session[i].skip && has_slot(a, inst.session[i].slot))
-            bump(rec->counters[kCounterWords * inst.session[i].slot + kReturns]);
-        if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, xsave);
       }
     }
     std::atomic_signal_fence(std::memory_order_seq_cst);
     rec->depth.store(0, std::memory_order_relaxed);
+    if (need_vector) return kDispatchNeedsVectorSave;  // nothing done yet: the retry does it
+  }
+  // Pop the chain. Newer instances whose return address lived below this frame were left by
+  // longjmp: dropped. Newer ones above it belong to another stack (a signal handler's on a
+  // sigaltstack, a coroutine's) and stay.
+  uint32_t kept = static_cast<uint32_t>(first);
+  for (uint32_t i = static_cast<uint32_t>(last) + 1; i < rec->return_top; ++i) {
+    const ReturnInstance &inst = rec->returns[i];
+    if (inst.sp < sp) {
+      drop(rec->counters, inst);
+    } else {
+      rec->returns[kept++] = inst;
+    }
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  --rec->return_top;
+  rec->return_top = kept;
   return original;
 }

@@ -43,7 +43,7 @@ struct ReturnInstance {
   uint64_t entry_ip;        // the probed function's address, for usprobe_hit_ip
   const Probe *probe;
   uint32_t sessions;  // used entries of `session`
-  uint32_t reserved;
+  uint32_t chained;   // a tail call's: returns together with the instance below it (same sp)
   ReturnSession session[kMaxSessions];
 };
 
