@@ -17,6 +17,12 @@
 //   plain/tgt_counted_mid      no probe: the baseline of the instruction probe
 //   usprobe/insn_counter       instruction-flavour probe at tgt_counted_mid+0x7, built-in counter
 //   usprobe/int3_entry_counter usprobe_attach_ex(USPROBE_FORCE_INT3) on tgt_counted, counter
+//   usprobe/return_counter     return probe on tgt_counted ("uretprobe:" prefix, consumer NULL):
+//                              the built-in counter counts returns
+//   usprobe/entry_return_session  entry and return probe on tgt_counted, plain C callbacks: the
+//                              entry handler stores rdtsc in usprobe_session(), the return handler
+//                              adds the cycles since to a sum
+//   kernel_uretprobe/tgt_counted  the kernel's uretprobe on tgt_counted via perf_event_open
 //   raw_trap/via_usprobe       the raw trap again, now that usprobe's handler sits in front of ours
 //                              and forwards it (not a usprobe site): the toll on foreign traps
 //
@@ -35,6 +41,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <x86intrin.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -108,9 +115,10 @@ void call_loop(benchmark::State &state, Fn f) {
          static_cast<uint64_t>(state.iterations() + kWarmup));
 }
 
-void check_count(benchmark::State &state, const char *what, uint64_t got) {
+void check_count(benchmark::State &state, const char *what, uint64_t got,
+                 const char *counter = "hits/call") {
   uint64_t want = static_cast<uint64_t>(state.iterations()) + kWarmup;
-  state.counters["hits/call"] =
+  state.counters[counter] =
       benchmark::Counter(static_cast<double>(got) / static_cast<double>(want));
   if (got != want) warn("%s: %s %" PRIu64 " != calls %" PRIu64, g_current, what, got, want);
 }
@@ -197,13 +205,49 @@ __attribute__((target("general-regs-only"))) void sum_arg0(usprobe_hit *hit, voi
   t_arg_sum += usprobe_arg(hit, 0);
 }
 
+// An entry handler that stamps the call with the TSC, and a return handler that adds the cycles
+// since: the shape of a latency histogram. Plain callbacks (they may use any register).
+thread_local uint64_t t_session_cycles = 0;
+thread_local uint64_t t_session_returns = 0;
+
+void session_stamp(usprobe_hit *hit, void *) {
+  if (uint64_t *s = usprobe_session(hit)) s[0] = __rdtsc();
+}
+void session_delta(usprobe_hit *hit, void *) {
+  if (uint64_t *s = usprobe_session(hit)) {
+    t_session_cycles += __rdtsc() - s[0];
+    ++t_session_returns;
+  }
+}
+
+// What a probe case sees returning: nothing (entry probes), returns only ("uretprobe:" with the
+// built-in counter) or both, through the session callbacks.
+enum class Returns { none, counter, session };
+
 struct ProbeCase {
   std::string location;
   Fn fn;
   unsigned flags;
   bool callback;
   bool expect_int3;
+  Returns returns = Returns::none;
 };
+
+const usprobe_consumer *consumer_of(const ProbeCase &pc) {
+  static const usprobe_consumer kSumArg0{sum_arg0, nullptr, nullptr};
+  static const usprobe_consumer kSession{session_stamp, nullptr, session_delta};
+  if (pc.returns == Returns::session) return &kSession;
+  return pc.callback ? &kSumArg0 : nullptr;
+}
+
+// Whether `calls` calls left the counts they should on `link`: entries in hits (except for a
+// returns-only probe, which counts returns instead), returns in return_hits.
+bool counts_right(const ProbeCase &pc, usprobe_link *link, uint64_t calls) {
+  bool ok = true;
+  if (pc.returns != Returns::counter) ok = ok && usprobe_link_hits(link) == calls;
+  if (pc.returns != Returns::none) ok = ok && usprobe_link_return_hits(link) == calls;
+  return ok;
+}
 
 // Scribble on the stack below the caller, so that whatever the trampoline reads there without
 // having written it first is garbage, not the zeroes of a fresh stack.
@@ -223,7 +267,7 @@ std::map<std::string, std::string> g_verdicts;  // case key -> "" (ok) or why it
 std::string case_key(const ProbeCase &pc) {
   return pc.location + (pc.flags & USPROBE_FORCE_INT3 ? " (int3)" : "") +
          (pc.flags & USPROBE_GENERAL_REGS_ONLY ? " (general regs)" : "") +
-         (pc.callback ? " (callback)" : "");
+         (pc.callback ? " (callback)" : "") + (pc.returns == Returns::session ? " (session)" : "");
 }
 
 void try_in_child(const ProbeCase &pc) {
@@ -234,20 +278,17 @@ void try_in_child(const ProbeCase &pc) {
     const struct rlimit no_core = {0, 0};
     setrlimit(RLIMIT_CORE, &no_core);
     alarm(20);
-    usprobe_consumer consumer{sum_arg0, nullptr, nullptr};
     usprobe_link *link = nullptr;
-    if (usprobe_attach_ex(pc.location.c_str(), pc.callback ? &consumer : nullptr, pc.flags,
-                          &link) != 0)
-      _exit(3);
+    if (usprobe_attach_ex(pc.location.c_str(), consumer_of(pc), pc.flags, &link) != 0) _exit(3);
     Fn volatile vf = pc.fn;
     long x = 0;
     for (int i = 0; i < 1000; ++i) {
       dirty_stack();
       x = vf(x);
     }
-    uint64_t hits = usprobe_link_hits(link);
+    bool counted = counts_right(pc, link, 1000);
     usprobe_detach(link);
-    _exit(x == 1000 && hits == 1000 ? 0 : 4);
+    _exit(x == 1000 && counted ? 0 : 4);
   }
   std::string verdict;
   int st = 0;
@@ -274,10 +315,8 @@ void BM_Probe(benchmark::State &state, const ProbeCase &pc) {
     state.SkipWithError(why.c_str());
     return;
   }
-  usprobe_consumer consumer{sum_arg0, nullptr, nullptr};
   usprobe_link *link = nullptr;
-  int rc =
-      usprobe_attach_ex(pc.location.c_str(), pc.callback ? &consumer : nullptr, pc.flags, &link);
+  int rc = usprobe_attach_ex(pc.location.c_str(), consumer_of(pc), pc.flags, &link);
   if (rc != 0) {
     std::string why = "usprobe_attach_ex(" + pc.location + "): " + usprobe_last_error();
     state.SkipWithError(why.c_str());
@@ -288,9 +327,19 @@ void BM_Probe(benchmark::State &state, const ProbeCase &pc) {
          usprobe_link_uses_int3(link) ? "int3" : "jump", usprobe_link_int3_reason(link));
 
   t_arg_sum = 0;
+  t_session_cycles = 0;
+  t_session_returns = 0;
   call_loop(state, pc.fn);
 
-  check_count(state, "hits", usprobe_link_hits(link));
+  if (pc.returns != Returns::counter) check_count(state, "hits", usprobe_link_hits(link));
+  if (pc.returns != Returns::none)
+    check_count(state, "returns", usprobe_link_return_hits(link), "returns/call");
+  if (pc.returns == Returns::session) {
+    check_count(state, "session returns", t_session_returns, "session returns/call");
+    state.counters["cycles/call"] =
+        benchmark::Counter(static_cast<double>(t_session_cycles) /
+                           static_cast<double>(std::max<uint64_t>(t_session_returns, 1)));
+  }
   if (uint64_t missed = usprobe_link_missed(link))
     warn("%s: %" PRIu64 " hits missed", g_current, missed);
   if (pc.callback) {
@@ -304,7 +353,8 @@ void BM_Probe(benchmark::State &state, const ProbeCase &pc) {
 
 // ---- Kernel uprobe ------------------------------------------------------------------------------
 
-void BM_KernelUprobe(benchmark::State &state) {
+// ret: the kernel's uretprobe (counts returns) instead of its uprobe.
+void BM_KernelUprobe(benchmark::State &state, bool ret) {
 #ifdef USPROBE_BENCH_KERNEL_UPROBE
   using usprobe::test::KernelUprobe;
   auto where = usprobe::test::file_location_of(reinterpret_cast<const void *>(&tgt_counted));
@@ -312,14 +362,16 @@ void BM_KernelUprobe(benchmark::State &state) {
     state.SkipWithError(("tgt_counted: " + where.error()).c_str());
     return;
   }
-  auto probe = KernelUprobe::open(where->path, where->offset);
+  auto probe = KernelUprobe::open(where->path, where->offset, ret);
   if (!probe) {
-    state.SkipWithError(("kernel uprobe refused: " + probe.error()).c_str());
+    state.SkipWithError(
+        ((ret ? "kernel uretprobe refused: " : "kernel uprobe refused: ") + probe.error()).c_str());
     return;
   }
   call_loop(state, tgt_counted);
-  check_count(state, "kernel uprobe hits", probe->count());
+  check_count(state, ret ? "kernel uretprobe hits" : "kernel uprobe hits", probe->count());
 #else
+  (void)ret;
   state.SkipWithError("built without tests/support (kernel_uprobe.h)");
 #endif
 }
@@ -391,6 +443,10 @@ const std::vector<Row> kRows = {
     {"usprobe/int3_entry_counter", "int3 path (USPROBE_FORCE_INT3) entry, built-in counter",
      "plain/tgt_counted"},
     {"kernel_uprobe/tgt_counted", "kernel uprobe (perf_event_open)", "plain/tgt_counted"},
+    {"usprobe/return_counter", "return probe (uretprobe:), built-in counter", "plain/tgt_counted"},
+    {"usprobe/entry_return_session", "entry + return probe, session: rdtsc delta",
+     "plain/tgt_counted"},
+    {"kernel_uretprobe/tgt_counted", "kernel uretprobe (perf_event_open)", "plain/tgt_counted"},
 };
 
 struct Goal {
@@ -448,6 +504,14 @@ std::vector<Goal> goals() {
   double ours = added("usprobe/entry_counter", "plain/tgt_counted");
   add("kernel uprobe / usprobe entry probe (ns per hit)", "x", kernel / std::max(ours, 0.1), false,
       100, {"kernel_uprobe/tgt_counted", "usprobe/entry_counter", "plain/tgt_counted"});
+  add("return probe, built-in counter: ns added", "ns",
+      added("usprobe/return_counter", "plain/tgt_counted"), true, 15,
+      {"usprobe/return_counter", "plain/tgt_counted"});
+  double kernel_ret = added("kernel_uretprobe/tgt_counted", "plain/tgt_counted");
+  double ours_ret = added("usprobe/return_counter", "plain/tgt_counted");
+  add("kernel uretprobe / usprobe return probe (ns per hit)", "x",
+      kernel_ret / std::max(ours_ret, 0.1), false, 80,
+      {"kernel_uretprobe/tgt_counted", "usprobe/return_counter", "plain/tgt_counted"});
   return g;
 }
 
@@ -673,13 +737,18 @@ int main(int argc, char **argv) {
                                            false};
   static const ProbeCase kInsnCounter{mid, tgt_counted_mid, 0, false, false};
   static const ProbeCase kInt3Counter{entry, tgt_counted, USPROBE_FORCE_INT3, false, true};
+  static const ProbeCase kReturnCounter{"uretprobe:" + entry, tgt_counted, 0, false, false,
+                                        Returns::counter};
+  static const ProbeCase kEntryReturnSession{entry, tgt_counted, 0, false, false, Returns::session};
 
   const std::pair<const char *, const ProbeCase *> kCases[] = {
       {"usprobe/entry_counter", &kEntryCounter},
       {"usprobe/entry_callback", &kEntryCallback},
       {"usprobe/entry_callback_gpr", &kEntryCallbackGpr},
       {"usprobe/insn_counter", &kInsnCounter},
-      {"usprobe/int3_entry_counter", &kInt3Counter}};
+      {"usprobe/int3_entry_counter", &kInt3Counter},
+      {"usprobe/return_counter", &kReturnCounter},
+      {"usprobe/entry_return_session", &kEntryReturnSession}};
   for (const auto &[name, pc] : kCases)
     if (selected(args, name)) try_in_child(*pc);
 
@@ -692,7 +761,8 @@ int main(int argc, char **argv) {
     });
   };
   reg("raw_trap/own_handler", BM_RawTrapOwnHandler);
-  reg("kernel_uprobe/tgt_counted", BM_KernelUprobe);
+  reg("kernel_uprobe/tgt_counted", [](benchmark::State &s) { BM_KernelUprobe(s, false); });
+  reg("kernel_uretprobe/tgt_counted", [](benchmark::State &s) { BM_KernelUprobe(s, true); });
   reg("plain/tgt_counted", [](benchmark::State &s) { BM_Plain(s, tgt_counted); });
   reg("usprobe/entry_counter", [](benchmark::State &s) { BM_Probe(s, kEntryCounter); });
   reg("usprobe/entry_callback", [](benchmark::State &s) { BM_Probe(s, kEntryCallback); });
@@ -700,6 +770,9 @@ int main(int argc, char **argv) {
   reg("plain/tgt_counted_mid", [](benchmark::State &s) { BM_Plain(s, tgt_counted_mid); });
   reg("usprobe/insn_counter", [](benchmark::State &s) { BM_Probe(s, kInsnCounter); });
   reg("usprobe/int3_entry_counter", [](benchmark::State &s) { BM_Probe(s, kInt3Counter); });
+  reg("usprobe/return_counter", [](benchmark::State &s) { BM_Probe(s, kReturnCounter); });
+  reg("usprobe/entry_return_session",
+      [](benchmark::State &s) { BM_Probe(s, kEntryReturnSession); });
   reg("raw_trap/via_usprobe", BM_RawTrapViaUsprobe);
 
   Collector reporter;

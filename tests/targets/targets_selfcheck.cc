@@ -1,19 +1,23 @@
 // Self-check of libusprobe_targets.so: every target, called without probes, gives its documented
 // result, has the documented bytes and ELF symbol bounds, and the clobber checkers report a clean
-// run as 0 (and a broken callee as broken). With the test support library, it also counts a
-// kernel uprobe on tgt_counted, or says why it cannot.
+// run as 0 (and a broken callee as broken); the compiled return-probe targets (ret_targets.h) give
+// theirs. With the test support library, it also counts a kernel uprobe on tgt_counted, and kernel
+// uprobes and uretprobes on ret_fib (the call counts that ret_targets.h states), or says why it
+// cannot.
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
 
 #include <bit>
 #include <cinttypes>
+#include <csetjmp>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
 #include <thread>
 
+#include "targets/ret_targets.h"
 #include "targets/targets.h"
 
 #if USPROBE_HAVE_TEST_SUPPORT
@@ -259,15 +263,70 @@ void check_kernel_uprobe() {
   std::printf("after a thread's 500 calls: %" PRIu64 " hits\n", entry->count());
   CHECK(entry->count() == 1500);
 }
+
+// The kernel's count of ret_fib's entries and returns: the number of calls ret_targets.h states.
+void check_kernel_uretprobe_on_ret_fib() {
+  using usprobe::test::KernelUprobe;
+  auto entry = KernelUprobe::open_at(reinterpret_cast<const void *>(&ret_fib));
+  auto ret = KernelUprobe::open_at(reinterpret_cast<const void *>(&ret_fib), /*ret=*/true);
+  if (!entry || !ret) {
+    std::printf("SKIP kernel uprobes on ret_fib: %s\n",
+                (!entry ? entry.error() : ret.error()).c_str());
+    return;
+  }
+  CHECK(ret_fib(20) == 6765);
+  std::printf("kernel uprobe on ret_fib(20): %" PRIu64 " entries, %" PRIu64 " returns\n",
+              entry->count(), ret->count());
+  CHECK(entry->count() == 21891);
+  CHECK(ret->count() == 21891);
+}
 #endif
+
+// Results of the compiled targets for return probes, as ret_targets.h documents them.
+__attribute__((noinline)) long ret_jump_odd(long n) {
+  jmp_buf env;
+  int v = setjmp(env);
+  if (v == 0) {
+    ret_jump_outer(&env, n);
+    return -1;
+  }
+  return v;
+}
+
+long plus_one(long x) {
+  return x + 1;
+}
+
+void check_ret_targets() {
+  CHECK(ret_fib(0) == 0);
+  CHECK(ret_fib(1) == 1);
+  CHECK(ret_fib(20) == 6765);
+  CHECK(ret_depth(1) == 1);
+  CHECK(ret_depth(100) == 100);
+  CHECK(ret_int(-5) == -14);
+  CHECK(ret_int(7) == 22);
+  char buf[16];
+  CHECK(ret_ptr(buf) == buf + 8);
+  CHECK(ret_leaf(41) == 42);
+  CHECK(ret_double(-3.0) == -7.5);
+  const ret_two p = ret_pair(10, 3);
+  CHECK(p.a == 13 && p.b == 7);
+  CHECK(ret_tail(20) == 41);
+  CHECK(ret_jump_odd(7) == 7);
+  jmp_buf unused;
+  CHECK(ret_jump_outer(&unused, 8) == 8 + 111);
+  CHECK(ret_call(plus_one, 5) == 7);
+}
 
 }  // namespace
 
 int main() {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // keep what was printed if a check crashes
   check_targets();
+  check_ret_targets();
 #if USPROBE_HAVE_TEST_SUPPORT
   check_kernel_uprobe();
+  check_kernel_uretprobe_on_ret_fib();
 #endif
   if (failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
