@@ -160,8 +160,8 @@ USPROBE_API uint64_t usprobe_retval_high(const usprobe_hit *hit) {
   return hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RDX) : 0;
 }
 USPROBE_API double usprobe_retval_double(const usprobe_hit *hit) {
-  if (!hit->returning || !hit->xsave) return __builtin_nan("");
-  return usprobe::arch::return_double(hit->xsave);
+  if (!hit->returning || !hit->vectors) return __builtin_nan("");
+  return usprobe::arch::return_double(hit->vectors);
 }
 USPROBE_API uint64_t *usprobe_session(usprobe_hit *hit) {
   return hit->session ? hit->session->data : nullptr;

@@ -33,8 +33,8 @@ void set_arg(Regs &r, unsigned n, uint64_t value);
 uint64_t *return_address_slot(const Regs &r);
 // In the return trampoline's view: where the return address was (the function's entry %rsp).
 uint64_t returned_from_sp(const Regs &r);
-// The floating-point return value in a saved vector state (the return trampoline's xsave area).
-double return_double(const void *xsave);
+// The floating-point return value in the vector registers the return trampoline saved.
+double return_double(const void *vectors);
 // The code every hijacked return goes to (written once, kept for the life of the process): it
 // saves the return registers as a Regs view, calls usprobe_return_dispatch (core/dispatch.h),
 // restores them and jumps to the address dispatch returns.

@@ -130,8 +130,8 @@ __attribute__((noinline)) void run_callbacks(const ConsumerArray *a, arch::Regs 
 }
 
 __attribute__((noinline)) void run_return_callbacks(const ConsumerArray *a, arch::Regs *regs,
-                                                    ReturnInstance &inst, const void *xsave) {
-  usprobe_hit hit{regs, inst.probe, nullptr, &inst, xsave};
+                                                    ReturnInstance &inst, const void *vectors) {
+  usprobe_hit hit{regs, inst.probe, nullptr, &inst, vectors};
   for (uint32_t i = 0; i < a->count; ++i) {
     const ConsumerEntry &c = a->entries[i];
     if (!c.on_return) continue;
@@ -203,7 +203,7 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
 }
 
 // The return path, with the same rules. The thread has a record: it pushed the instance.
-extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *xsave) {
+extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vectors) {
   ThreadRecord *rec = t_record;
   const uint64_t sp = arch::returned_from_sp(*regs);
   const int last = find_instance(rec, rec->return_top, sp);
@@ -225,7 +225,7 @@ extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *xsave)
     bool need_vector = false;
     {
       rcu::ReadGuard guard(rec);
-      for (int i = last; i >= first && !xsave; --i)
+      for (int i = last; i >= first && !vectors; --i)
         if (const ConsumerArray *a =
                 rec->returns[i].probe->consumers.load(std::memory_order_acquire))
           need_vector |= a->return_wants_vector_state;
@@ -237,7 +237,7 @@ extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *xsave)
           for (uint32_t k = 0; k < inst.sessions; ++k)
             if (!inst.session[k].skip && has_slot(a, inst.session[k].slot))
               bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
-          if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, xsave);
+          if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, vectors);
         }
       }
     }

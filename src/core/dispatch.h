@@ -19,5 +19,5 @@ extern "C" int usprobe_dispatch(usprobe::arch::Regs *regs, const usprobe::Probe 
 // Called by the return trampoline (arch::make_return_trampoline) with the return registers. Pops
 // this thread's return instance, runs the return handlers and returns the original return
 // address; or, like usprobe_dispatch, kDispatchNeedsVectorSave before doing anything when a
-// handler needs the vector state and `xsave` (the saved state) is null.
-extern "C" uint64_t usprobe_return_dispatch(usprobe::arch::Regs *regs, const void *xsave);
+// handler needs the vector state and `vectors` (the saved vector return registers) is null.
+extern "C" uint64_t usprobe_return_dispatch(usprobe::arch::Regs *regs, const void *vectors);

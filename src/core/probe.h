@@ -85,12 +85,12 @@ struct usprobe_link {
 };
 
 // What a handler receives: a view of the trampoline's saved registers and the probe hit. At a
-// return, `regs` holds the return registers (%rax, %rdx) and `xsave` the vector state (where
-// usprobe_retval_double finds %xmm0), or null when the trampoline did not save it.
+// return, `regs` holds the return registers (%rax, %rdx) and `vectors` the vector return registers
+// (usprobe_retval_double reads %xmm0 there), or null when the trampoline did not save them.
 struct usprobe_hit {
   usprobe::arch::Regs *regs;
   const usprobe::Probe *probe;
   usprobe::ReturnSession *session = nullptr;           // this consumer's, or null
   const usprobe::ReturnInstance *returning = nullptr;  // set in return handlers
-  const void *xsave = nullptr;
+  const void *vectors = nullptr;
 };

@@ -71,9 +71,9 @@ uint64_t *return_address_slot(const Regs &r) {
 uint64_t returned_from_sp(const Regs &r) {
   return r.rsp - 8;  // `ret` popped the return address from there
 }
-double return_double(const void *xsave) {
+double return_double(const void *vectors) {
   double d;
-  std::memcpy(&d, static_cast<const char *>(xsave) + 160, sizeof d);  // legacy area: xmm0
+  std::memcpy(&d, vectors, sizeof d);  // the return trampoline saved xmm0 first
   return d;
 }
 

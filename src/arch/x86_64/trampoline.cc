@@ -347,7 +347,7 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 //     mov %rsp,%rbx; and $-16,%rsp
 //     r = usprobe_return_dispatch(regs, NULL)        GPR-only: counters and GPR-only handlers
 //     if (r == needs vector state)
-//       xsavec; r = usprobe_return_dispatch(regs, area); xrstor
+//       save x/y/zmm0-1; r = usprobe_return_dispatch(regs, area); restore them
 //     mov r,slot; mov %rbx,%rsp; pop ...; popfq
 //     ret                          to the original return address
 Result<uint64_t> make_return_trampoline() {
@@ -383,11 +383,14 @@ Result<uint64_t> make_return_trampoline() {
     to_done = w.size();
     w.put_u32(0);
   }
-  put_xsave(w);
+  // The vector return registers, xmm0-1 at their full width (a __m512 comes back in zmm0); the
+  // others are dead at a return, as the entry flavour treats all but the argument registers.
+  const VecWidth vw = argument_width();
+  w.put_lea_rsp_rsp(-static_cast<int32_t>(2 * width_bytes(vw)));
+  put_and_rsp_imm8(w, -64);
+  for (int n = 0; n < 2; ++n) put_vec_move(w, vw, n, true);
   put_call(true);
-  w.put_mov_reg_reg(x86::R12, x86::RAX);  // xrstor takes its mask in %edx:%eax; %r12 is restored
-  put_xrstor(w);
-  w.put_mov_reg_reg(x86::RAX, x86::R12);
+  for (int n = 0; n < 2; ++n) put_vec_move(w, vw, n, false);
   if (kDispatchIsGprOnly) w.patch_u32(to_done, static_cast<uint32_t>(w.size() - (to_done + 4)));
   const uint8_t store_slot[] = {0x48, 0x89, 0x83};  // mov %rax,disp32(%rbx)
   w.put_bytes(store_slot, sizeof store_slot);
