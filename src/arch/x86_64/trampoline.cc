@@ -343,13 +343,13 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 // ABI promises):
 //
 //     push $0                      slot for the original return address
-//     pushfq; push %rax .. %r15    the Regs view, with the caller's %rsp and rip = 0
+//     lea -8(%rsp); push %rax..%r15  the Regs view (flags dead), the caller's %rsp, rip = 0
 //     mov %rsp,%rbx; and $-16,%rsp
 //     r = usprobe_return_dispatch(regs, NULL)        GPR-only: counters and GPR-only handlers
 //     if (r == needs vector state)
 //       save x/y/zmm0-1; r = usprobe_return_dispatch(regs, area); restore them
-//     mov r,slot; mov %rbx,%rsp; pop ...; popfq
-//     ret                          to the original return address
+//     mov r,slot; mov %rbx,%rsp; pop ...
+//     lea 16(%rsp),%rsp; jmp *-8(%rsp)   to the original return address
 Result<uint64_t> make_return_trampoline() {
   auto mem =
       os::alloc_code_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
@@ -357,7 +357,7 @@ Result<uint64_t> make_return_trampoline() {
   x86::CodeWriter w(*mem);
   const uint8_t push_zero[] = {0x6A, 0x00};  // push $0
   w.put_bytes(push_zero, sizeof push_zero);
-  w.put_pushfq();
+  w.put_lea_rsp_rsp(-8);  // Regs::rflags: the flags are dead at a return (popfq costs ~20 cycles)
   for (x86::Reg r : kPushOrder) w.put_push_reg(r);
   w.put_lea_reg_rsp(x86::RAX, 17 * 8);  // the caller's %rsp: 15 GPRs, the flags, the slot
   w.put_push_reg(x86::RAX);
@@ -398,8 +398,13 @@ Result<uint64_t> make_return_trampoline() {
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);
   for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);
-  w.put_popfq();
-  w.put_u8(0xC3);  // ret
+  // Back to the caller's %rsp, then jump through the slot, now 8 bytes below it: inside the red
+  // zone, which no signal frame overwrites. A `ret` here would mispredict every time (the return
+  // stack buffer's entry went to the probed function's own `ret`); an indirect jump is predicted
+  // by its target history.
+  w.put_lea_rsp_rsp(16);
+  const uint8_t jmp_slot[] = {0xFF, 0x64, 0x24, 0xF8};  // jmp *-8(%rsp)
+  w.put_bytes(jmp_slot, sizeof jmp_slot);
   if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
   return w.base();
 }
