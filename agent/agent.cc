@@ -128,8 +128,11 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   std::vector<int> errors(n);
   for (size_t i = 0; i < n; ++i) {
     locations[i] = plan[i].location.c_str();
-    consumers[i] = {trace ? trace_handler : count_handler,
-                    reinterpret_cast<void *>(static_cast<uintptr_t>(i)), nullptr};
+    void *index = reinterpret_cast<void *>(static_cast<uintptr_t>(i));
+    if (plan[i].location.starts_with("uretprobe:"))  // the CLI's spelling of a return probe
+      consumers[i] = {nullptr, index, trace ? trace_return_handler : count_handler};
+    else
+      consumers[i] = {trace ? trace_handler : count_handler, index, nullptr};
   }
   g_links = new usprobe_link *[n]();
   timespec t0;

@@ -40,10 +40,10 @@ void count_handler(usprobe_hit *, void *user) {
   slot_add(s, slot_hits(s)[probe_of(user)], 1);
 }
 
+namespace {
+
 // Must never lock, allocate, make a system call (but once per thread) or call libc.
-void trace_handler(usprobe_hit *hit, void *user) {
-  if (t_in_agent) return;
-  uint32_t probe = probe_of(user);
+void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
   SlotHeader *s = thread_slot();
   const Region &r = g_region;
   std::atomic<uint64_t> &hits = slot_hits(s)[probe];
@@ -85,7 +85,7 @@ void trace_handler(usprobe_hit *hit, void *user) {
   e->tsc = __builtin_ia32_rdtsc();
   e->tid = s->tid.load(std::memory_order_relaxed);  // written by this thread
   uint32_t bad = 0;
-  for (unsigned n = 0; n < kMaxArgs; ++n) e->args[n] = usprobe_arg(hit, n);
+  for (unsigned n = 0; n < kMaxArgs; ++n) e->args[n] = args[n];
   char *str = reinterpret_cast<char *>(e + 1);
   for (uint32_t mask = info.string_mask; mask != 0; mask &= mask - 1) {
     unsigned n = static_cast<unsigned>(__builtin_ctz(mask));
@@ -97,6 +97,22 @@ void trace_handler(usprobe_hit *hit, void *user) {
   // Release pairs with the CLI's head.load(acquire): the padding and the record are written before
   // it can read them.
   s->head.store(head + size, std::memory_order_release);
+}
+
+}  // namespace
+
+void trace_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) return;
+  uint64_t args[kMaxArgs];
+  for (unsigned n = 0; n < kMaxArgs; ++n) args[n] = usprobe_arg(hit, n);
+  record_event(probe_of(user), args);
+}
+
+void trace_return_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) return;
+  // The return value where arg0 would be (the CLI's `retval`), %rdx beside it.
+  uint64_t args[kMaxArgs] = {usprobe_retval(hit), usprobe_retval_high(hit)};
+  record_event(probe_of(user), args);
 }
 
 }  // namespace usprobe::agent

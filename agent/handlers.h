@@ -13,5 +13,7 @@ void count_handler(usprobe_hit *hit, void *user);
 // Trace mode: an Event (time, thread, arguments, `%s` strings) in this thread's ring, and
 // hits[probe] += 1; when the ring is full the event is dropped and missed[probe] += 1.
 void trace_handler(usprobe_hit *hit, void *user);
+// The same for a return probe, with the return value (%rax, %rdx) in place of arg0 and arg1.
+void trace_return_handler(usprobe_hit *hit, void *user);
 
 }  // namespace usprobe::agent

@@ -323,6 +323,16 @@ TEST(CliCount, UprobePrefixIsAcceptedAndLeftOutOfTheName) {
   EXPECT_EQ(hits_of(total, "exe:e2e_work"), 10u) << total.dump();
 }
 
+TEST(CliCount, UretprobePrefixCountsReturnsUnderItsOwnName) {
+  Output r = run({e2e::cli(), "count", "--json", "uretprobe:exe:e2e_work", "exe:e2e_work", "--",
+                  e2e::target(), "calls", "300"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 2u) << total.dump();
+  EXPECT_EQ(hits_of(total, "uretprobe:exe:e2e_work"), 300u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 300u) << total.dump();
+}
+
 TEST(CliCount, GlobProbesEveryMatchingFunction) {
   Output r = run({e2e::cli(), "count", "--json", "exe:e2e_*", "--", e2e::target(), "greet"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();

@@ -142,6 +142,29 @@ TEST(CliTrace, JsonEventsCarryArgsAndMessage) {
   }
 }
 
+TEST(CliTrace, ReturnProbePrintsEachReturnValue) {
+  // e2e_work(i) returns i + 1.
+  e2e::TempDir dir;
+  const std::string file = dir.file("trace.json");
+  Output r = run({e2e::cli(), "trace", "--json", "-o", file,
+                  R"(uretprobe:exe:e2e_work "got %d", retval)", "--", e2e::target(), "calls", "5"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> events = e2e::json_lines(e2e::read_file(file));
+  ASSERT_EQ(events.size(), 5u) << e2e::read_file(file) << r.describe();
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(events[i].value("probe", ""), "uretprobe:exe:e2e_work");
+    EXPECT_EQ(events[i].value("message", ""), "got " + std::to_string(i + 1)) << events[i].dump();
+  }
+}
+
+TEST(CliTrace, ArgumentsOfAReturnProbeAreRefused) {
+  Output r = run({e2e::cli(), "trace", R"(uretprobe:exe:e2e_work "%d", arg0)", "--", e2e::target(),
+                  "calls", "5"});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  EXPECT_NE(r.err.find("retval"), std::string::npos) << r.describe();
+  EXPECT_TRUE(r.out.empty()) << "the command ran: " << r.describe();
+}
+
 TEST(CliTrace, EveryConversionPrintsTheArgumentAsCProgramsWould) {
   // e2e_args("xyz", -5, 3000000000u, -1234567890123L, 0xdeadbeefcafeUL, 'Q')
   e2e::TempDir dir;

@@ -20,7 +20,9 @@ std::unexpected<Error> bad_format(std::string_view text, std::string_view why) {
   return fail(EINVAL, fmt::format("bad format in '{}': {}", text, why));
 }
 
+// As glibc's printf shows a null %s; any other unreadable pointer by its address.
 std::string bad_string(uint64_t address) {
+  if (address == 0) return "(null)";
   return fmt::format("<bad {:#x}>", address);
 }
 
@@ -141,9 +143,17 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
     while (true) {
       size_t comma = s.find(',');
       std::string_view arg = trim(s.substr(0, comma));
-      if (arg.size() != 4 || !arg.starts_with("arg") || arg[3] < '0' || arg[3] > '5')
-        return bad_format(text, fmt::format("'{}' is not an argument (arg0 to arg5)", arg));
-      args.push_back(static_cast<unsigned>(arg[3] - '0'));
+      const bool returning = spec.probe.starts_with("uretprobe:");
+      if (returning) {
+        // At a return the agent records the return value (%rax) where arg0 would be.
+        if (arg != "retval")
+          return bad_format(text, fmt::format("'{}' is not known at a return (retval is)", arg));
+        args.push_back(0);
+      } else {
+        if (arg.size() != 4 || !arg.starts_with("arg") || arg[3] < '0' || arg[3] > '5')
+          return bad_format(text, fmt::format("'{}' is not an argument (arg0 to arg5)", arg));
+        args.push_back(static_cast<unsigned>(arg[3] - '0'));
+      }
       if (comma == std::string_view::npos) break;
       s.remove_prefix(comma + 1);
     }

@@ -44,8 +44,12 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
   std::string_view s = text;
   // bpftrace's spelling; kept when nothing but SYMBOL would follow, so that a library really
   // called "uprobe" can still be named.
-  if (s.starts_with("uprobe:") && s.substr(7).find(':') != std::string_view::npos)
+  if (s.starts_with("uprobe:") && s.substr(7).find(':') != std::string_view::npos) {
     s.remove_prefix(7);
+  } else if (s.starts_with("uretprobe:") && s.substr(10).find(':') != std::string_view::npos) {
+    s.remove_prefix(10);
+    spec.returns = true;
+  }
   size_t colon = s.rfind(':');
   if (colon == std::string_view::npos || colon == 0 || colon + 1 == s.size())
     return bad_probe(text);
@@ -71,6 +75,10 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
     spec.kind = is_glob(target) ? ProbeSpec::Kind::kGlob : ProbeSpec::Kind::kSymbol;
     spec.symbol = std::string(target);
   }
+  if (spec.returns && spec.kind != ProbeSpec::Kind::kSymbol && spec.kind != ProbeSpec::Kind::kGlob)
+    return fail(
+        EINVAL,
+        fmt::format("bad probe '{}': a return probe takes a function, not an offset", text));
   return spec;
 }
 
@@ -120,12 +128,14 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
   std::vector<Probe> out;
   for (size_t i = 0; i < specs.size(); ++i) {
     const ProbeSpec &spec = specs[i];
+    // Return probes keep bpftrace's prefix in reports and pass it to the engine in the plan.
+    const std::string prefix = spec.returns ? "uretprobe:" : "";
     auto path = finder.find(spec.file);
     if (!path) return std::unexpected(path.error());
     if (spec.kind != ProbeSpec::Kind::kGlob) {
       std::string location = *path + ":" + spec.target;
       if (auto ok = check_location(location, *path, spec); !ok) return std::unexpected(ok.error());
-      out.push_back({spec.file + ":" + spec.target, std::move(location), i});
+      out.push_back({prefix + spec.file + ":" + spec.target, prefix + location, i});
       continue;
     }
     auto file = elf::ElfFile::open(*path);
@@ -137,7 +147,7 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
       return fail(ENOENT, fmt::format("no function in {} matches '{}'", *path, spec.symbol));
     for (const GlobMatch &m : matches) {
       std::string target = m.by_offset ? fmt::format("{:#x}", m.offset) : m.name;
-      out.push_back({spec.file + ":" + m.name, *path + ":" + target, i});
+      out.push_back({prefix + spec.file + ":" + m.name, prefix + *path + ":" + target, i});
     }
   }
   return out;

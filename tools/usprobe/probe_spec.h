@@ -27,8 +27,9 @@ struct ProbeSpec {
   std::string file;    // FILE as written: a path, "exe" or a short library name
   std::string target;  // what follows the last ':', as written
   Kind kind = Kind::kSymbol;
-  std::string symbol;   // kSymbol, kGlob (the pattern), kSymbolOffset
-  uint64_t offset = 0;  // kSymbolOffset: bytes into the function; kOffset: file offset
+  std::string symbol;    // kSymbol, kGlob (the pattern), kSymbolOffset
+  uint64_t offset = 0;   // kSymbolOffset: bytes into the function; kOffset: file offset
+  bool returns = false;  // "uretprobe:" (bpftrace's spelling): the function's returns
 };
 
 // The name a probe (and the engine's find_function) takes for `f`: a hidden (old) version keeps

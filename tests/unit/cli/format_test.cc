@@ -125,5 +125,14 @@ TEST(TraceSpecErrors, UnknownConversionsAndArguments) {
   EXPECT_NE(error_of(R"(exe:f "50%", arg0)").find("incomplete conversion"), std::string::npos);
 }
 
+TEST(TraceSpec, RetvalIsTheReturnProbesOnlyArgument) {
+  auto spec = parse_trace_spec(R"(uretprobe:libc:getenv "%s", retval)");
+  ASSERT_TRUE(spec) << spec.error().message;
+  ASSERT_TRUE(spec->format);
+  EXPECT_EQ(spec->format->string_mask(), 1u);  // the agent records the return value as arg0
+  EXPECT_FALSE(parse_trace_spec(R"(uretprobe:libc:getenv "%s", arg0)"));
+  EXPECT_FALSE(parse_trace_spec(R"(libc:getenv "%s", retval)"));
+}
+
 }  // namespace
 }  // namespace usprobe::cli

@@ -182,3 +182,27 @@ TEST(ResolveProbes, UnknownLibraryIsAnError) {
 
 }  // namespace
 }  // namespace usprobe::cli
+
+namespace usprobe::cli {
+namespace {
+
+TEST(ProbeSpec, UretprobePrefixMarksAReturnProbe) {
+  auto spec = parse_probe("uretprobe:libc:malloc");
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_TRUE(spec->returns);
+  EXPECT_EQ(spec->file, "libc");
+  EXPECT_EQ(spec->symbol, "malloc");
+  auto plain = parse_probe("uprobe:libc:malloc");
+  ASSERT_TRUE(plain);
+  EXPECT_FALSE(plain->returns);
+}
+
+TEST(ProbeSpec, ReturnProbeAtAnOffsetIsRefused) {
+  auto spec = parse_probe("uretprobe:libc:malloc+4");
+  ASSERT_FALSE(spec);
+  EXPECT_NE(spec.error().message.find("return probe"), std::string::npos) << spec.error().message;
+  EXPECT_FALSE(parse_probe("uretprobe:/bin/true:0x1000"));
+}
+
+}  // namespace
+}  // namespace usprobe::cli
