@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/thread_record.h"
+#include "os/linux/raw_syscall.h"
 
 namespace usprobe {
 namespace {
@@ -39,13 +40,25 @@ TEST(Counters, CountsOfExitedThreadsSurviveReclaim) {
   counters::free_slot(*slot);
 }
 
+// A thread that registers a record and exits; returns once the kernel says it is gone. join()
+// returns when the thread has cleared its tid, which the kernel does a moment before the thread
+// stops existing for tgkill: reclaiming in between would (rightly) leave its record alone.
+void register_and_exit() {
+  int tid = 0;
+  std::thread([&tid] {
+    current_record();
+    tid = os::raw_gettid();
+  }).join();
+  for (int i = 0; i < 1000 && !os::thread_exited(tid); ++i) std::this_thread::yield();
+}
+
 TEST(Counters, ReclaimedRecordsAreReusedByNewThreads) {
-  std::thread([] { current_record(); }).join();
+  register_and_exit();
   counters::reclaim_dead_threads();
   size_t before = 0;
   for (ThreadRecord *r = all_records(); r; r = r->next) ++before;
   for (int i = 0; i < 20; ++i) {
-    std::thread([] { current_record(); }).join();
+    register_and_exit();
     counters::reclaim_dead_threads();
   }
   size_t after = 0;
