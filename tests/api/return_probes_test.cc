@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
@@ -693,6 +694,40 @@ TEST(ReturnProbes, ExitInsideAProbedFunctionEndsTheProcessWithItsStatus) {
   EXPECT_EQ(run_in_child("exit-inside"), "the child exited with status 7");
 }
 
+// fork() inside a probed function, its return pending: both processes return through the return
+// trampoline with the right value, and each counts the return (the child's copy of the thread's
+// return stack is its own).
+long fork_and_wait(long x) {
+  pid_t pid = fork();
+  if (pid == 0) return x * 2;  // the child: returns through ret_call, then exits below
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status) == 0 ? x * 3 : -WEXITSTATUS(status);
+}
+
+int fork_pending() {
+  Counts counts;
+  const usprobe_consumer c = counting(&counts);
+  usprobe_link *link = attach_or_report(loc("ret_call"), &c);
+  if (!link) return 3;
+  const pid_t parent = getpid();
+  long r = ret_call(fork_and_wait, 5);  // ret_call returns fn(x) + 1
+  if (getpid() != parent) {
+    // The child: 5 * 2 + 1, and its one return counted in its own copy of the counters.
+    bool ok = r == 11 && counts.returns.load() == 1 && usprobe_link_return_hits(link) == 1;
+    std::_Exit(ok ? 0 : 9);
+  }
+  Checks ck;
+  ck.expect(r == 16, "the parent got %ld, expected 16 (the child failed if negative)", r);
+  ck.expect(counts.returns.load() == 1, "%" PRIu64 " returns", counts.returns.load());
+  usprobe_detach(link);
+  return ck.status();
+}
+
+TEST(ReturnProbes, ForkWithAReturnPendingReturnsCorrectlyInBothProcesses) {
+  EXPECT_EQ(run_in_child("fork-pending"), "");
+}
+
 // ---- Signals ------------------------------------------------------------------------------------
 
 std::atomic<long> g_handler_result{0};
@@ -953,6 +988,7 @@ const usprobe::test::Scenario kScenarios[] = {
     {"exception-through", exception_through},
     {"thread-exit-pending", thread_exit_pending},
     {"exit-inside", exit_inside},
+    {"fork-pending", fork_pending},
     {"signal-reentry", [] { return signal_reentry(AltStack::none); }},
     {"signal-altstack-below", [] { return signal_reentry(AltStack::below); }},
     {"signal-altstack-above", [] { return signal_reentry(AltStack::above); }},
