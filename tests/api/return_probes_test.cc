@@ -35,6 +35,7 @@
 #include <gtest/gtest.h>
 
 #include "support/child_process.h"
+#include "support/test_link.h"
 #include "targets/ret_targets.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
@@ -73,37 +74,7 @@ Bytes code_bytes(F *fn) {
   return b;
 }
 
-// One attachment, detached when it goes out of scope.
-class Link {
- public:
-  Link() = default;
-  Link(const Link &) = delete;
-  Link &operator=(const Link &) = delete;
-  ~Link() { detach(); }
-
-  int attach(const std::string &where, const usprobe_consumer *c = nullptr) {
-    detach();
-    return usprobe_attach(where.c_str(), c, &link_);
-  }
-  int detach() {
-    int r = link_ ? usprobe_detach(link_) : 0;
-    link_ = nullptr;
-    return r;
-  }
-  uint64_t hits() const { return usprobe_link_hits(link_); }
-  uint64_t missed() const { return usprobe_link_missed(link_); }
-  uint64_t return_hits() const { return usprobe_link_return_hits(link_); }
-
- private:
-  usprobe_link *link_ = nullptr;
-};
-
-#define ASSERT_ATTACHED(expr)                                                         \
-  do {                                                                                \
-    int attach_rc_ = (expr);                                                          \
-    ASSERT_EQ(attach_rc_, 0) << #expr << ": " << usprobe_strerror(attach_rc_) << ": " \
-                             << usprobe_last_error();                                 \
-  } while (0)
+using usprobe::test::Link;
 
 // ---- Handlers -----------------------------------------------------------------------------------
 

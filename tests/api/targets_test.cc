@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/test_link.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
 
@@ -54,40 +55,7 @@ std::string hex(const Bytes &b) {
   return s;
 }
 
-// One attachment, detached when it goes out of scope.
-class Link {
- public:
-  Link() = default;
-  Link(const Link &) = delete;
-  Link &operator=(const Link &) = delete;
-  ~Link() { detach(); }
-
-  int attach(const std::string &where, const usprobe_consumer *c = nullptr, unsigned flags = 0) {
-    detach();
-    return usprobe_attach_ex(where.c_str(), c, flags, &link_);
-  }
-  int detach() {
-    int r = link_ ? usprobe_detach(link_) : 0;
-    link_ = nullptr;
-    return r;
-  }
-  usprobe_link *get() const { return link_; }
-  uint64_t hits() const { return usprobe_link_hits(link_); }
-  uint64_t missed() const { return usprobe_link_missed(link_); }
-  bool int3() const { return usprobe_link_uses_int3(link_) == 1; }
-  std::string reason() const { return usprobe_link_int3_reason(link_); }
-  std::string name() const { return usprobe_link_name(link_); }
-
- private:
-  usprobe_link *link_ = nullptr;
-};
-
-#define ASSERT_ATTACHED(expr)                                                         \
-  do {                                                                                \
-    int attach_rc_ = (expr);                                                          \
-    ASSERT_EQ(attach_rc_, 0) << #expr << ": " << usprobe_strerror(attach_rc_) << ": " \
-                             << usprobe_last_error();                                 \
-  } while (0)
+using usprobe::test::Link;
 
 // ---- The tricky functions, one table ------------------------------------------------------------
 
