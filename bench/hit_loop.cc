@@ -10,7 +10,8 @@
 //
 // Modes: plain, entry (built-in counter), callback (C callback), int3 (USPROBE_FORCE_INT3; under
 // valgrind the trap is emulated, so only the user-space part counts), mid_plain, mid (instruction
-// probe at tgt_counted_mid+0x7).
+// probe at tgt_counted_mid+0x7), return (return probe, built-in counter: the entry hit that
+// hijacks the return plus the return trampoline).
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -42,7 +43,7 @@ extern "C" __attribute__((noinline)) long hit_loop(Fn f, long n) {
 
 int main(int argc, char **argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help")) {
-    std::fprintf(stderr, "usage: %s plain|entry|callback|int3|mid_plain|mid [N]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s plain|entry|callback|int3|mid_plain|mid|return [N]\n", argv[0]);
     return 2;
   }
   std::string mode = argv[1];
@@ -67,6 +68,8 @@ int main(int argc, char **argv) {
     fn = tgt_counted_mid;
   } else if (mode == "mid") {
     fn = tgt_counted_mid, loc = mid;
+  } else if (mode == "return") {
+    loc = "uretprobe:libusprobe_targets.so:tgt_counted";
   } else {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
     return 2;
@@ -82,7 +85,7 @@ int main(int argc, char **argv) {
   long x = hit_loop(fn, n);
   int rc = x == n ? 0 : 1;
   if (link) {
-    uint64_t hits = usprobe_link_hits(link);
+    uint64_t hits = mode == "return" ? usprobe_link_return_hits(link) : usprobe_link_hits(link);
     std::printf("%s: %s, %" PRIu64 " hits for %ld calls%s\n", mode.c_str(), usprobe_link_name(link),
                 hits, n + 1, usprobe_link_uses_int3(link) ? " (int3 path)" : "");
     if (hits != static_cast<uint64_t>(n) + 1) rc = 1;

@@ -29,10 +29,19 @@ uint64_t reg(const Regs &r, usprobe_reg which);
 uint64_t arg(const Regs &r, unsigned n);
 void set_arg(Regs &r, unsigned n, uint64_t value);
 
-// Return probes. At a function's entry: where its return address is on the stack.
-uint64_t *return_address_slot(const Regs &r);
-// In the return trampoline's view: where the return address was (the function's entry %rsp).
-uint64_t returned_from_sp(const Regs &r);
+}  // namespace usprobe::arch
+
+// The accessors every return probe uses twice, inline: arch_inline.h is the chosen
+// architecture's (CMake puts its directory on the include path). It defines
+//   uint64_t hit_ip(const Regs &r), hit_sp(const Regs &r)   the probed instruction, its %rsp
+//   uint64_t *return_address_slot(const Regs &r)  at a function's entry: where its return
+//                                                 address is on the stack
+//   uint64_t returned_from_sp(const Regs &r)      in the return trampoline's view: where the
+//                                                 return address was (the function's entry %rsp)
+#include "arch_inline.h"
+
+namespace usprobe::arch {
+
 // The floating-point return value in the vector registers the return trampoline saved.
 double return_double(const void *vectors);
 // The code every hijacked return goes to (written once, kept for the life of the process): it

@@ -64,38 +64,45 @@ void make_room(ThreadRecord *rec, uint64_t sp, uint64_t trampoline) {
   rec->return_top = kept;
 }
 
+// Return probes beyond the kMaxSessions an instance holds run without one: each counts a miss.
+__attribute__((noinline, cold)) void count_overflow_misses(ThreadRecord *rec,
+                                                           const ConsumerArray *a) {
+  uint32_t seen = 0;
+  for (uint32_t i = 0; i < a->count; ++i)
+    if (a->entries[i].count_returns && seen++ >= kMaxSessions)
+      bump(rec->counters[kCounterWords * a->entries[i].slot + kMissed]);
+}
+
 // The next instance of this thread's return stack, its sessions ready for the entry handlers;
 // null (each return probe counting a miss) when the stack is full.
 ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Regs *regs) {
-  if (rec->return_top == rec->return_depth)
-    make_room(rec, arch::reg(*regs, USPROBE_RSP),
+  if (__builtin_expect(rec->return_top == rec->return_depth, 0)) {
+    make_room(rec, arch::hit_sp(*regs),
               g_return_trampoline.load(std::memory_order_relaxed));
-  if (rec->return_top == rec->return_depth) {
-    for (uint32_t i = 0; i < a->count; ++i)
-      if (a->entries[i].count_returns)
-        bump(rec->counters[kCounterWords * a->entries[i].slot + kMissed]);
-    return nullptr;
-  }
-  ReturnInstance *inst = &rec->returns[rec->return_top];
-  inst->sessions = 0;
-  for (uint32_t i = 0; i < a->count; ++i) {
-    const ConsumerEntry &c = a->entries[i];
-    if (!c.count_returns) continue;
-    if (inst->sessions == kMaxSessions) {
-      bump(rec->counters[kCounterWords * c.slot + kMissed]);
-      continue;
+    if (rec->return_top == rec->return_depth) {
+      for (uint32_t i = 0; i < a->count; ++i)
+        if (a->entries[i].count_returns)
+          bump(rec->counters[kCounterWords * a->entries[i].slot + kMissed]);
+      return nullptr;
     }
-    inst->session[inst->sessions++] = {c.slot, 0, {0, 0}};
   }
+  if (__builtin_expect(a->return_overflow, 0)) count_overflow_misses(rec, a);
+  ReturnInstance *inst = &rec->returns[rec->return_top];
+  inst->array_id = a->id;
+  inst->sessions = a->return_sessions;
+  for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = a->return_template[i];
   return inst;
 }
 
 // Hijack the return: the instance is complete before it is pushed, and pushed before the return
 // address changes, so a signal handler on this thread never sees a half-made one.
-void finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, const Probe *probe) {
-  bool wanted = false;
-  for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
-  if (!wanted) return;
+void finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, const Probe *probe,
+                   bool entry_handlers_ran) {
+  if (entry_handlers_ran) {  // only they can decline (usprobe_session_skip_return)
+    bool wanted = false;
+    for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
+    if (!wanted) return;
+  }
   uint64_t *slot = arch::return_address_slot(*regs);
   const uint64_t trampoline = g_return_trampoline.load(std::memory_order_relaxed);
   inst->return_address = *slot;
@@ -109,7 +116,7 @@ void finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, co
     inst->return_address = rec->returns[prev].return_address;
     inst->chained = 1;
   }
-  inst->entry_ip = arch::reg(*regs, USPROBE_RIP);
+  inst->entry_ip = arch::hit_ip(*regs);
   inst->probe = probe;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   ++rec->return_top;
@@ -145,7 +152,7 @@ __attribute__((noinline)) void run_return_callbacks(const ConsumerArray *a, arch
 // A handler (for the unwinder's entry points): no lock, allocation or system call either.
 void usprobe::restore_pending_returns(usprobe_hit *hit, void *) {
   ThreadRecord *rec = t_record;  // set: this thread is running a handler
-  const uint64_t sp = arch::reg(*hit->regs, USPROBE_RSP);
+  const uint64_t sp = arch::hit_sp(*hit->regs);
   const uint64_t trampoline = g_return_trampoline.load(std::memory_order_relaxed);
   while (rec->return_top > 0) {
     const ReturnInstance &inst = rec->returns[rec->return_top - 1];
@@ -193,7 +200,7 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
           bump(counters[kCounterWords * a->entries[i].slot + kHits]);
         ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
         if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
-        if (inst) finish_return(rec, inst, regs, probe);
+        if (inst) finish_return(rec, inst, regs, probe, a->has_callbacks);
       }
     }
   }
@@ -202,10 +209,12 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
   return result;
 }
 
-// The return path, with the same rules. The thread has a record: it pushed the instance.
-extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vectors) {
-  ThreadRecord *rec = t_record;
-  const uint64_t sp = arch::returned_from_sp(*regs);
+namespace {
+
+// The return path in general: tail-call chains, instances that longjmp left above this one,
+// consumers attached or detached since the entry, return handlers.
+__attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs *regs,
+                                                  const void *vectors, uint64_t sp) {
   const int last = find_instance(rec, rec->return_top, sp);
   if (__builtin_expect(last < 0, 0)) {
     // No instance for this return: the stack was corrupted, or lost it (README, caveats). There
@@ -260,4 +269,42 @@ extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vector
   std::atomic_signal_fence(std::memory_order_seq_cst);
   rec->return_top = kept;
   return original;
+}
+
+}  // namespace
+
+// The return path, with the same rules. The thread has a record: it pushed the instance.
+extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vectors) {
+  ThreadRecord *rec = t_record;
+  const uint64_t sp = arch::returned_from_sp(*regs);
+  const uint32_t top = rec->return_top;
+  // The common case, kept short: the newest instance is this return's, alone on its slot, and its
+  // consumers are the ones its entry saw, with built-in counters only. No handler runs, so the
+  // recursion guard is not needed; a signal handler that interrupts this pushes and pops its own
+  // instances above `top` and leaves it as it was.
+  if (__builtin_expect(top != 0, 1)) {
+    ReturnInstance &inst = rec->returns[top - 1];
+    if (__builtin_expect(inst.sp == sp && !inst.chained &&
+                             rec->depth.load(std::memory_order_relaxed) == 0,
+                         1)) {
+      bool counted = false;
+      {
+        rcu::ReadGuard guard(rec);
+        const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
+        if (a && a->id == inst.array_id && !a->has_return_callbacks) {
+          for (uint32_t k = 0; k < inst.sessions; ++k)
+            if (!inst.session[k].skip)
+              bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
+          counted = true;
+        }
+      }
+      if (counted) {
+        const uint64_t original = inst.return_address;
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        rec->return_top = top - 1;
+        return original;
+      }
+    }
+  }
+  return return_general(rec, regs, vectors, sp);
 }

@@ -33,12 +33,22 @@ struct ConsumerEntry {
 
 // Immutable once published; replaced whole, old copies freed after a grace period.
 struct ConsumerArray {
+  // Unique for the life of the process (arrays are never reused under the same id): a return
+  // instance keeps the id of the array its entry saw, and its return, finding the same id, knows
+  // every session's consumer is still attached without searching the array.
+  uint64_t id = 0;
   uint32_t count = 0;
+  // The return instance's sessions as begin_return sets them up: one per return probe (the first
+  // kMaxSessions), in entry order. return_overflow: more return probes than that (they count
+  // misses).
+  uint32_t return_sessions = 0;
+  bool return_overflow = false;
   bool has_callbacks = false;              // some entry has on_entry
   bool wants_vector_state = false;         // some entry's on_entry may touch vector registers
   bool has_returns = false;                // some entry is a return probe (count_returns)
   bool has_return_callbacks = false;       // some entry has on_return
   bool return_wants_vector_state = false;  // some on_return may touch vector registers
+  ReturnSession return_template[kMaxSessions] = {};
   ConsumerEntry entries[];                 // NOLINT: flexible array member (GNU extension)
 
   static ConsumerArray *make(const std::vector<ConsumerEntry> &v);

@@ -30,6 +30,16 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
       std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr; });
   a->return_wants_vector_state = std::any_of(
       v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr && e.wants_vector_state; });
+  for (const ConsumerEntry &e : v) {
+    if (!e.count_returns) continue;
+    if (a->return_sessions == kMaxSessions) {
+      a->return_overflow = true;
+    } else {
+      a->return_template[a->return_sessions++] = {e.slot, 0, {0, 0}};
+    }
+  }
+  static std::atomic<uint64_t> next_id{1};
+  a->id = next_id.fetch_add(1, std::memory_order_relaxed);
   std::copy(v.begin(), v.end(), a->entries);
   return a;
 }

@@ -42,6 +42,7 @@ struct ReturnInstance {
   uint64_t sp;              // where it lived on the stack (%rsp at the function's entry)
   uint64_t entry_ip;        // the probed function's address, for usprobe_hit_ip
   const Probe *probe;
+  uint64_t array_id;  // the id of the probe's ConsumerArray at the entry
   uint32_t sessions;  // used entries of `session`
   uint32_t chained;   // a tail call's: returns together with the instance below it (same sp)
   ReturnSession session[kMaxSessions];

@@ -65,12 +65,6 @@ void set_arg(Regs &r, unsigned n, uint64_t value) {
   if (n < 6) r.*kArgs[n] = value;
 }
 
-uint64_t *return_address_slot(const Regs &r) {
-  return reinterpret_cast<uint64_t *>(r.rsp);  // at a function's first instruction
-}
-uint64_t returned_from_sp(const Regs &r) {
-  return r.rsp - 8;  // `ret` popped the return address from there
-}
 double return_double(const void *vectors) {
   double d;
   std::memcpy(&d, vectors, sizeof d);  // the return trampoline saved xmm0 first
