@@ -45,16 +45,16 @@ int find_instance(const ThreadRecord *rec, uint32_t top, uint64_t sp) {
   return -1;
 }
 
-// A full stack makes room the way the kernel's uretprobes judge liveness: an instance whose return
-// address lived below a new call's (or at it, unless the call is a tail call from that very frame,
-// whose slot still holds the trampoline) was left by longjmp. Only when full: a signal handler on
-// a sigaltstack above the thread's stack, or a coroutine, would break the rule (README).
+// A full stack makes room the way the kernel's uretprobes judge liveness: an instance of this
+// stack whose return address lived below a new call's (or at it, unless the call is a tail call
+// from that very frame, whose slot still holds the trampoline) was left by longjmp. Only when
+// full: a signal handler on a sigaltstack above the thread's stack would break the rule (README).
 void make_room(ThreadRecord *rec, uint64_t sp, uint64_t trampoline) {
   const bool tail_call = *reinterpret_cast<const uint64_t *>(sp) == trampoline;
   uint32_t kept = 0;
   for (uint32_t i = 0; i < rec->return_top; ++i) {
     const ReturnInstance &inst = rec->returns[i];
-    if (inst.sp < sp || (inst.sp == sp && !tail_call)) {
+    if (inst.stack_key == rec->stack_key && (inst.sp < sp || (inst.sp == sp && !tail_call))) {
       drop(rec->counters, inst);
     } else {
       if (kept != i) rec->returns[kept] = inst;
@@ -89,6 +89,7 @@ ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Re
   if (__builtin_expect(a->return_overflow, 0)) count_overflow_misses(rec, a);
   ReturnInstance *inst = &rec->returns[rec->return_top];
   inst->array_id = a->id;
+  inst->stack_key = rec->stack_key;
   inst->sessions = a->return_sessions;
   for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = a->return_template[i];
   return inst;
@@ -150,17 +151,39 @@ __attribute__((noinline)) void run_return_callbacks(const ConsumerArray *a, arch
 }  // namespace
 
 // A handler (for the unwinder's entry points): no lock, allocation or system call either.
+// Only the current stack's instances: the unwinder walks this stack, and a suspended coroutine's
+// calls will still return through their instances.
 void usprobe::restore_pending_returns(usprobe_hit *hit, void *) {
   ThreadRecord *rec = t_record;  // set: this thread is running a handler
   const uint64_t sp = arch::hit_sp(*hit->regs);
   const uint64_t trampoline = g_return_trampoline.load(std::memory_order_relaxed);
-  while (rec->return_top > 0) {
-    const ReturnInstance &inst = rec->returns[rec->return_top - 1];
+  uint32_t kept = rec->return_top;
+  for (uint32_t i = rec->return_top; i-- > 0;) {
+    const ReturnInstance &inst = rec->returns[i];
+    if (inst.stack_key != rec->stack_key) continue;
     auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
     // A slot below the unwinder's own frame belongs to a frame that is gone (longjmp): leave it.
     if (inst.sp > sp && *slot == trampoline) *slot = inst.return_address;
     drop(rec->counters, inst);
-    --rec->return_top;
+    --kept;
+    for (uint32_t j = i; j < kept; ++j) rec->returns[j] = rec->returns[j + 1];
+  }
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->return_top = kept;
+}
+
+// The thread switches stacks. The instances of the stack it leaves take that stack's new key (the
+// context it is saved in), so that they are found again when a later switch resumes it.
+void usprobe::note_context_switch(usprobe_hit *hit, void *user) {
+  ThreadRecord *rec = t_record;  // set: this thread is running a handler
+  if (user == kSwapContext) {
+    const uint64_t saved_in = arch::arg(*hit->regs, 0), resumed = arch::arg(*hit->regs, 1);
+    if (saved_in != rec->stack_key)
+      for (uint32_t i = 0; i < rec->return_top; ++i)
+        if (rec->returns[i].stack_key == rec->stack_key) rec->returns[i].stack_key = saved_in;
+    rec->stack_key = resumed;
+  } else {
+    rec->stack_key = arch::arg(*hit->regs, 0);
   }
 }
 
@@ -254,13 +277,13 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
     rec->depth.store(0, std::memory_order_relaxed);
     if (need_vector) return kDispatchNeedsVectorSave;  // nothing done yet: the retry does it
   }
-  // Pop the chain. Newer instances whose return address lived below this frame were left by
-  // longjmp: dropped. Newer ones above it belong to another stack (a signal handler's on a
-  // sigaltstack, a coroutine's) and stay.
+  // Pop the chain. Newer instances of this stack whose return address lived below this frame were
+  // left by longjmp: dropped. Newer ones above it belong to another stack (a signal handler's on a
+  // sigaltstack), as do those of another stack key (a suspended coroutine's), and stay.
   uint32_t kept = static_cast<uint32_t>(first);
   for (uint32_t i = static_cast<uint32_t>(last) + 1; i < rec->return_top; ++i) {
     const ReturnInstance &inst = rec->returns[i];
-    if (inst.sp < sp) {
+    if (inst.stack_key == rec->stack_key && inst.sp < sp) {
       drop(rec->counters, inst);
     } else {
       rec->returns[kept++] = inst;

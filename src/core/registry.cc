@@ -94,7 +94,8 @@ Result<void> ensure_return_trampoline() {
 // return probes exist, the unwinder's entry points of libgcc (the shared library, or a copy
 // linked into the executable) get an entry probe of ours that puts the thread's original return
 // addresses back first (return_stack.h: restore_pending_returns). Where the unwinder is not
-// mapped yet, nothing can be done before it is (README, caveats).
+// mapped yet, nothing can be done before it is (README, caveats). libc's context switches get one
+// too (note_context_switch).
 void guard_unwinders() {
   // Once; not std::call_once: the guards' own attach comes back here.
   static std::atomic<bool> guarded{false};
@@ -107,6 +108,14 @@ void guard_unwinders() {
       for (const char *fn : kEntries) where.push_back(fmt::format("{}:{}", file, fn));
     const usprobe_consumer guard{restore_pending_returns, nullptr, nullptr};
     // Locations that do not resolve (no such library, no such function) are simply not guarded.
+    (void)attach(where, std::span(&guard, 1), USPROBE_GENERAL_REGS_ONLY);
+  }
+  // Coroutines: calls pending on a stack the thread switched away from are not judged by the
+  // stack pointer of another (return_stack.h, "Stacks").
+  for (auto [fn, kind] : {std::pair{"libc:swapcontext", kSwapContext},
+                          std::pair{"libc:setcontext", kSetContext}}) {
+    const usprobe_consumer guard{note_context_switch, kind, nullptr};
+    const std::string where[] = {fn};
     (void)attach(where, std::span(&guard, 1), USPROBE_GENERAL_REGS_ONLY);
   }
 }

@@ -13,6 +13,16 @@
 // siglongjmp): it is dropped, and its returns counted as missed, when a return or a new entry
 // passes it. A stack that is full leaves a call unhijacked; that call's return is counted as
 // missed. Nothing here allocates: the stack is mapped with the thread's record.
+//
+// Stacks. That rule holds on one stack only. A thread that switches stacks (swapcontext-style
+// coroutines) has calls pending on several, and a suspended coroutine's frames may lie below the
+// current stack pointer while still alive. So each instance carries the key of the stack it was
+// made on (ThreadRecord::stack_key), and only instances of the current stack are judged by stack
+// pointer. The key follows libc's context switches: an entry probe on swapcontext(oucp, ucp)
+// (note_context_switch) gives the instances of the stack being left the key `oucp`, where that
+// stack's context is saved, and makes `ucp` current; setcontext(ucp) makes `ucp` current. A
+// thread starts on key 0. Stack switches that bypass libc (hand-written assembly) are not seen:
+// their instances are then judged as if on one stack (README, caveats).
 #pragma once
 
 #include <atomic>
@@ -43,6 +53,7 @@ struct ReturnInstance {
   uint64_t entry_ip;        // the probed function's address, for usprobe_hit_ip
   const Probe *probe;
   uint64_t array_id;  // the id of the probe's ConsumerArray at the entry
+  uint64_t stack_key;  // the thread's stack_key at the entry
   uint32_t sessions;  // used entries of `session`
   uint32_t chained;   // a tail call's: returns together with the instance below it (same sp)
   ReturnSession session[kMaxSessions];
@@ -55,6 +66,11 @@ extern std::atomic<uint32_t> g_return_depth;
 // that the unwinder sees the real callers, and empties the thread's return stack. Those returns
 // are counted as missed.
 void restore_pending_returns(usprobe_hit *hit, void *user);
+// An entry handler for libc's swapcontext (user: kSwapContext) and setcontext (kSetContext):
+// follows the thread's stack key (see "Stacks" above).
+inline void *const kSwapContext = reinterpret_cast<void *>(1);
+inline void *const kSetContext = reinterpret_cast<void *>(2);
+void note_context_switch(usprobe_hit *hit, void *user);
 
 // The return trampoline (arch::make_return_trampoline), set before the first return probe is
 // published; dispatch reads it relaxed (the consumer array's publication orders it).

@@ -73,6 +73,7 @@ ThreadRecord *register_current_thread() {
     if (r->tid.load(std::memory_order_relaxed) == 0 &&
         r->tid.compare_exchange_strong(expected, self, std::memory_order_acquire)) {
       r->return_top = 0;  // the dead owner's pending returns will never come
+      r->stack_key = 0;
       t_record = r;
       return r;
     }

@@ -40,6 +40,9 @@ struct alignas(64) ThreadRecord {
   ReturnInstance *returns = nullptr;
   uint32_t return_top = 0;
   uint32_t return_depth = 0;
+  // Which stack the thread runs on (return_stack.h, "Stacks"): 0 for its own, else the address of
+  // the ucontext_t it last switched to. Owner only.
+  uint64_t stack_key = 0;
   ThreadRecord *next = nullptr;  // the list of all records; immutable once published
 };
 

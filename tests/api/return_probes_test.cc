@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -799,6 +801,148 @@ TEST(ReturnProbes, SignalHandlerOnAnAlternateStackAboveTheThreadStack) {
   EXPECT_EQ(run_in_child("signal-altstack-above"), "");
 }
 
+// ---- Coroutines ---------------------------------------------------------------------------------
+
+// swapcontext coroutines: a thread with calls pending on several stacks. main calls ret_call, whose
+// body switches to a coroutine; the coroutine calls ret_call, whose body switches back; the outer
+// call returns while the inner one is still pending on the coroutine's stack (which may lie below
+// the thread's: the "left by longjmp" rule must not drop it), then the coroutine is resumed and
+// its call returns too.
+ucontext_t g_main_ctx, g_co_ctx;
+long g_co_result = 0;
+
+long co_yield_to_main(long x) {
+  swapcontext(&g_co_ctx, &g_main_ctx);
+  return x * 2;
+}
+long switch_to_coroutine(long x) {
+  swapcontext(&g_main_ctx, &g_co_ctx);
+  return x * 3;
+}
+void coroutine_body() {
+  g_co_result = ret_call(co_yield_to_main, 10);  // 10 * 2 + 1
+}
+
+struct CoStack {
+  size_t size = 256 * 1024;
+  void *base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ~CoStack() { munmap(base, size); }
+};
+
+int coroutine_rounds(Checks &ck, const CoStack &stack, usprobe_link *link, Counts &counts) {
+  constexpr long kRounds = 200;
+  long wrong = 0;
+  for (long i = 0; i < kRounds; ++i) {
+    getcontext(&g_co_ctx);
+    g_co_ctx.uc_stack.ss_sp = stack.base;
+    g_co_ctx.uc_stack.ss_size = stack.size;
+    g_co_ctx.uc_link = &g_main_ctx;
+    makecontext(&g_co_ctx, coroutine_body, 0);
+    g_co_result = 0;
+    if (ret_call(switch_to_coroutine, i) != 3 * i + 1) ++wrong;  // the coroutine's call pending
+    swapcontext(&g_main_ctx, &g_co_ctx);                          // it returns; the body ends
+    if (g_co_result != 21) ++wrong;
+  }
+  int local = 0;
+  std::printf("%ld rounds, coroutine stack at %p, this stack at %p: %" PRIu64 " entries, %" PRIu64
+              " returns, %" PRIu64 " missed\n",
+              kRounds, stack.base, static_cast<void *>(&local), counts.entries.load(),
+              counts.returns.load(), usprobe_link_missed(link));
+  ck.expect(wrong == 0, "%ld wrong results", wrong);
+  ck.expect(counts.entries.load() == 2 * kRounds, "%" PRIu64 " entries", counts.entries.load());
+  ck.expect(counts.returns.load() == 2 * kRounds, "%" PRIu64 " returns, expected %ld",
+            counts.returns.load(), 2 * kRounds);
+  ck.expect(usprobe_link_missed(link) == 0, "%" PRIu64 " missed", usprobe_link_missed(link));
+  return ck.status();
+}
+
+// where: the coroutine's stack below this thread's (main thread, stack mapped now) or above it (a
+// thread whose stack is mapped after the coroutine's).
+int coroutines(bool above) {
+  Checks ck;
+  Counts counts;
+  const usprobe_consumer c = counting(&counts);
+  usprobe_link *link = attach_or_report(loc("ret_call"), &c);
+  if (!link) return 3;
+  CoStack stack;
+  if (!above) {
+    coroutine_rounds(ck, stack, link, counts);
+  } else {
+    std::thread([&] { coroutine_rounds(ck, stack, link, counts); }).join();
+  }
+  usprobe_detach(link);
+  return ck.status();
+}
+
+TEST(ReturnProbes, CoroutineCallsPendingOnAStackBelowThisOneReturn) {
+  EXPECT_EQ(run_in_child("coroutine-below"), "");
+}
+TEST(ReturnProbes, CoroutineCallsPendingOnAStackAboveThisOneReturn) {
+  EXPECT_EQ(run_in_child("coroutine-above"), "");
+}
+
+// Eight coroutines, each suspended 13 probed calls deep: 104 pending calls on eight stacks. The
+// first 64 fill the return stack and all return when their coroutines resume; the other 40 are
+// missed, and none of the pending ones is taken for a frame left by longjmp.
+constexpr int kCoroutines = 8;
+constexpr long kCoDepth = 12;  // ret_call(co_recurse, 12) makes 13 calls of ret_call
+ucontext_t g_cos[kCoroutines];
+long g_co_results[kCoroutines];
+int g_current_co = 0;
+
+long co_recurse(long x) {
+  if (x == 0) {
+    swapcontext(&g_cos[g_current_co], &g_main_ctx);
+    return 0;
+  }
+  return ret_call(co_recurse, x - 1);
+}
+void co_deep_body() {
+  const int me = g_current_co;
+  g_co_results[me] = ret_call(co_recurse, kCoDepth);
+}
+
+int coroutines_fill() {
+  Checks ck;
+  Counts counts;
+  const usprobe_consumer c = counting(&counts);
+  usprobe_link *link = attach_or_report(loc("ret_call"), &c);
+  if (!link) return 3;
+  std::vector<std::unique_ptr<CoStack>> stacks;
+  for (int i = 0; i < kCoroutines; ++i) {
+    stacks.push_back(std::make_unique<CoStack>());
+    getcontext(&g_cos[i]);
+    g_cos[i].uc_stack.ss_sp = stacks.back()->base;
+    g_cos[i].uc_stack.ss_size = stacks.back()->size;
+    g_cos[i].uc_link = &g_main_ctx;
+    makecontext(&g_cos[i], co_deep_body, 0);
+    g_current_co = i;
+    swapcontext(&g_main_ctx, &g_cos[i]);  // runs until the bottom of its recursion
+  }
+  for (int i = 0; i < kCoroutines; ++i) {
+    g_current_co = i;
+    swapcontext(&g_main_ctx, &g_cos[i]);  // returns all the way up; the body ends
+  }
+  const uint64_t calls = kCoroutines * (kCoDepth + 1);
+  std::printf("%d coroutines %ld calls deep: %" PRIu64 " entries, %" PRIu64 " returns, %" PRIu64
+              " missed\n",
+              kCoroutines, kCoDepth + 1, counts.entries.load(), counts.returns.load(),
+              usprobe_link_missed(link));
+  for (int i = 0; i < kCoroutines; ++i)
+    ck.expect(g_co_results[i] == kCoDepth + 1, "coroutine %d: %ld", i, g_co_results[i]);
+  ck.expect(counts.entries.load() == calls, "%" PRIu64 " entries", counts.entries.load());
+  ck.expect(counts.returns.load() == 64, "%" PRIu64 " returns, expected 64",
+            counts.returns.load());
+  ck.expect(usprobe_link_missed(link) == calls - 64, "%" PRIu64 " missed, expected %" PRIu64,
+            usprobe_link_missed(link), calls - 64);
+  usprobe_detach(link);
+  return ck.status();
+}
+
+TEST(ReturnProbes, CoroutinesFillingTheReturnStackMissCallsAndLoseNone) {
+  EXPECT_EQ(run_in_child("coroutines-fill"), "");
+}
+
 // ---- Handlers that call probed functions ----------------------------------------------------
 
 std::atomic<long> g_leaf_from_handler{0};
@@ -964,6 +1108,9 @@ const usprobe::test::Scenario kScenarios[] = {
     {"signal-altstack-below", [] { return signal_reentry(AltStack::below); }},
     {"signal-altstack-above", [] { return signal_reentry(AltStack::above); }},
     {"handler-calls-probed", handler_calls_probed},
+    {"coroutine-below", [] { return coroutines(false); }},
+    {"coroutine-above", [] { return coroutines(true); }},
+    {"coroutines-fill", coroutines_fill},
     {"detach-pending-same-thread", detach_pending_same_thread},
     {"detach-pending-other-thread", detach_pending_other_thread},
 };
