@@ -119,8 +119,12 @@ bool parse_line(std::string_view line, Mapping &m) {
 Result<std::vector<Mapping>> read_mappings(const char *maps_path) {
   auto text = read_whole_file(maps_path);
   if (!text) return std::unexpected(text.error());
+  return parse_mappings(*text, maps_path);
+}
+
+Result<std::vector<Mapping>> parse_mappings(std::string_view text, std::string_view source) {
   std::vector<Mapping> out;
-  std::string_view rest = *text;
+  std::string_view rest = text;
   size_t line_no = 0;
   while (!rest.empty()) {
     size_t nl = rest.find('\n');
@@ -130,7 +134,7 @@ Result<std::vector<Mapping>> read_mappings(const char *maps_path) {
     if (line.empty()) continue;
     Mapping m;
     if (!parse_line(line, m))
-      return fail(EINVAL, std::string(maps_path) + ":" + std::to_string(line_no) +
+      return fail(EINVAL, std::string(source) + ":" + std::to_string(line_no) +
                               ": malformed mapping line `" + std::string(line) + "`");
     out.push_back(std::move(m));
   }

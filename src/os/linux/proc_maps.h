@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/error.h"
@@ -25,5 +26,7 @@ struct Mapping {
 // Parse /proc/self/maps (or `maps_path`, for tests). Errors: the file cannot be read, or a line
 // is not in the kernel's format ("start-end perms offset major:minor inode [path]").
 Result<std::vector<Mapping>> read_mappings(const char *maps_path = "/proc/self/maps");
+// The same from text already read; `source` names it in error messages.
+Result<std::vector<Mapping>> parse_mappings(std::string_view text, std::string_view source);
 
 }  // namespace usprobe::os
