@@ -1,7 +1,7 @@
 // libusprobe-agent.so: what the usprobe CLI preloads into the command it runs (agent/protocol.h).
 //
 // Before main, the constructor maps the region named by USPROBE_AGENT_FD, reads the plan and
-// attaches every probe in one batch, with the count or the trace handler (handlers.h) as the
+// attaches every probe in one batch, with the count, trace or latency handlers (handlers.h) as the
 // consumer. From then on each thread of the process counts its hits into a slot of its own. The
 // agent follows the command: a forked child keeps the patched probes and counts into slots tagged
 // with its own pid (fork handlers below); an exec'd image loads the agent again through the
@@ -129,7 +129,9 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   for (size_t i = 0; i < n; ++i) {
     locations[i] = plan[i].location.c_str();
     void *index = reinterpret_cast<void *>(static_cast<uintptr_t>(i));
-    if (plan[i].location.starts_with("uretprobe:"))  // the CLI's spelling of a return probe
+    if (g_region.mode == kModeLatency)  // function entries: the CLI plans nothing else
+      consumers[i] = {latency_entry_handler, index, latency_return_handler};
+    else if (plan[i].location.starts_with("uretprobe:"))  // the CLI's spelling of a return probe
       consumers[i] = {nullptr, index, trace ? trace_return_handler : count_handler};
     else
       consumers[i] = {trace ? trace_handler : count_handler, index, nullptr};
@@ -198,6 +200,8 @@ __attribute__((constructor)) void agent_start() {
   g_region.string_size = h->string_size;
   g_region.max_slots = h->max_slots;
   g_region.ring_size = h->ring_size;
+  g_region.hist_offset = h->hist_offset;
+  g_region.tsc_to_ns_mult = h->tsc_to_ns_mult;
   g_region.overflow = slot_at(h, h->max_slots - 1);
   g_missed_baseline = new uint64_t[h->probe_count]();
   g_missed_at_fork = new uint64_t[h->probe_count]();

@@ -115,4 +115,42 @@ void trace_return_handler(usprobe_hit *hit, void *user) {
   record_event(probe_of(user), args);
 }
 
+// Must never lock, allocate, make a system call (but once per thread) or call libc.
+void latency_entry_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) {
+    // The agent's own call: not the command's, and its return is not timed either.
+    usprobe_session_skip_return(hit);
+    return;
+  }
+  SlotHeader *s = thread_slot();
+  slot_add(s, slot_hits(s)[probe_of(user)], 1);
+  // Last, so that the handler's own work is not part of the call's time. The session is zero at
+  // entry (usprobe.h), and rdtsc never reads 0 on a running machine: the return handler takes a
+  // zero as "not timed".
+  if (uint64_t *session = usprobe_session(hit)) session[0] = __builtin_ia32_rdtsc();
+}
+
+// Must never lock, allocate, make a system call (but once per thread), call libc or use a floating
+// point register: the conversion to nanoseconds is a fixed-point multiply.
+void latency_return_handler(usprobe_hit *hit, void *user) {
+  uint64_t now = __builtin_ia32_rdtsc();  // first: the handler's own work is not the call's
+  if (t_in_agent) return;
+  const uint64_t *session = usprobe_session(hit);
+  if (!session || session[0] == 0) return;
+  // The TSCs of the cores are synchronised, but a thread that moved to another core may read one
+  // a few ticks behind: such a call took no time rather than 2^64 ticks.
+  uint64_t ticks = now > session[0] ? now - session[0] : 0;
+  const Region &r = g_region;
+  auto ns = static_cast<uint64_t>((static_cast<unsigned __int128>(ticks) * r.tsc_to_ns_mult) >>
+                                  kTscShift);
+  uint32_t probe = probe_of(user);
+  SlotHeader *s = thread_slot();
+  // returns first: the CLI reads a histogram only when its count is nonzero, so a thread that dies
+  // between these stores leaves a slot whose histogram the CLI still sees and zeroes.
+  slot_add(s, slot_returns(s, r.probe_count)[probe], 1);
+  LatencyHistogram &h = slot_histograms(s, r.hist_offset)[probe];
+  slot_add(s, h.sum_ns, ns);
+  slot_add(s, h.buckets[latency_bucket(ns)], 1);
+}
+
 }  // namespace usprobe::agent

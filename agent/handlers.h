@@ -16,4 +16,11 @@ void trace_handler(usprobe_hit *hit, void *user);
 // The same for a return probe, with the return value (%rax, %rdx) in place of arg0 and arg1.
 void trace_return_handler(usprobe_hit *hit, void *user);
 
+// Latency mode, at a function's entry: hits[probe] += 1, and the time (rdtsc) in the call's
+// session.
+void latency_entry_handler(usprobe_hit *hit, void *user);
+// Latency mode, at its return: the call's duration, in nanoseconds, into this thread's histogram of
+// the probe (protocol.h, "Latency mode").
+void latency_return_handler(usprobe_hit *hit, void *user);
+
 }  // namespace usprobe::agent

@@ -35,9 +35,27 @@
 // thread that called exec when the new image starts): it drains the ring, folds the counters into
 // its totals, zeroes them, and stores kSlotFree with release order.
 //
-// Rings (trace mode; ring_size 0 in count mode): single producer (the slot's thread), single
-// consumer (the CLI). head and tail count bytes since the start and never wrap; the record at
-// head & (ring_size - 1) is contiguous: when it would cross the end, the producer first writes a
+// Latency mode (histograms; ring_size 0). Each probe gets an entry handler that stores rdtsc in
+// the call's session (usprobe_session) and a return handler that adds the call's duration, in
+// nanoseconds, to this thread's slot: returns[probe] += 1, then histogram[probe].sum_ns += ns and
+// histogram[probe].buckets[latency_bucket(ns)] += 1, with the same owned increments as hits (the
+// overflow slot: fetch_add). hits[probe] counts entries; missed[probe] gets, at exit, the engine's
+// missed count (usprobe_link_missed: calls skipped as recursion and returns not seen, through
+// return-depth overflow, longjmp or an exception), as in count mode. returns[] sits with the other
+// counters so that the CLI reads a histogram (about a page each) only when its returns count is
+// nonzero, and never faults in the pages of histograms no thread touched. Ticks become nanoseconds
+// with integer math only: ns = (ticks * header.tsc_to_ns_mult) >> kTscShift, the multiplier
+// calibrated by the CLI against CLOCK_MONOTONIC (2^32 / ticks per ns).
+//
+// Buckets are log-linear: 8 sub-buckets per power of two of nanoseconds, so a bucket is at most
+// 1/8 of its lower bound wide (12.5%), and a percentile read from them is within about 6% of the
+// truth. Values 0..15 get a bucket each (index = value); from 16 on, a value whose highest set bit
+// is p (2^p <= v < 2^(p+1)) goes to 8 * (p - 2) + (the three bits below bit p). The 496 buckets
+// cover all of uint64_t; a bucket lies inside one power of two, so the CLI's log2 table is exact.
+//
+// Rings (trace mode; ring_size 0 in count and latency modes): single producer (the slot's thread),
+// single consumer (the CLI). head and tail count bytes since the start and never wrap; the record
+// at head & (ring_size - 1) is contiguous: when it would cross the end, the producer first writes a
 // padding record (probe = kPadProbe) up to the end. A record that does not fit in the free space
 // (ring_size - (head - tail)) is not written: the producer adds 1 to missed[probe] in its slot.
 // The producer publishes with head.store(release) after writing the record; the consumer reads
@@ -54,14 +72,14 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kVersion = 2;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
 inline constexpr const char *kEnvPath = "USPROBE_AGENT_REGION";
 inline constexpr const char *kPlanFirstLine = "usprobe-plan 1";
 
-enum Mode : uint32_t { kModeCount = 0, kModeTrace = 1 };
+enum Mode : uint32_t { kModeCount = 0, kModeTrace = 1, kModeLatency = 2 };
 
 enum SlotState : uint32_t { kSlotFree = 0, kSlotOwned = 1, kSlotOrphan = 2 };
 
@@ -81,9 +99,13 @@ struct Header {
   uint32_t max_notices;
   uint32_t max_slots;
   uint64_t slot_offset;
-  uint64_t slot_stride;  // SlotHeader, then hits[probe_count], missed[probe_count], then the ring
-  uint64_t ring_offset;  // within a slot
-  uint64_t ring_size;    // bytes, a power of two >= sizeof(Event); 0 in count mode
+  // SlotHeader, then hits[probe_count], missed[probe_count], (latency mode) returns[probe_count],
+  // then (latency mode) the histograms at hist_offset, then the ring at ring_offset.
+  uint64_t slot_stride;
+  uint64_t ring_offset;     // within a slot
+  uint64_t ring_size;       // bytes, a power of two >= sizeof(Event); 0 in count and latency modes
+  uint64_t hist_offset;     // within a slot: LatencyHistogram[probe_count] (latency mode; else 0)
+  uint64_t tsc_to_ns_mult;  // latency mode: ns = (ticks * tsc_to_ns_mult) >> kTscShift
   // Claimed with fetch_add by agents (not on the hit path); a notice is readable once its
   // `ready` is nonzero. Notices past max_notices are counted here and dropped.
   std::atomic<uint32_t> notice_cursor;
@@ -135,11 +157,49 @@ struct Event {
 };
 static_assert(sizeof(Event) == 72);
 
+// Latency buckets (see "Latency mode" above).
+inline constexpr uint32_t kLatencySubBits = 3;  // 2^3 = 8 sub-buckets per power of two
+inline constexpr uint32_t kLatencyBuckets = 8 * (63 - 2) + 8;  // up to the highest bit, 63
+inline constexpr uint32_t kTscShift = 32;
+
+// The bucket of a duration. On the hit path: no branch but the one for small values.
+constexpr uint32_t latency_bucket(uint64_t ns) {
+  if (ns < 16) return static_cast<uint32_t>(ns);
+  uint32_t p = 63u - static_cast<uint32_t>(__builtin_clzll(ns));
+  return 8 * (p - 2) + static_cast<uint32_t>((ns >> (p - kLatencySubBits)) & 7);
+}
+// The smallest duration in bucket i (i < kLatencyBuckets).
+constexpr uint64_t latency_bucket_low(uint32_t i) {
+  if (i < 16) return i;
+  uint32_t p = i / 8 + 2;
+  return (uint64_t{8} | (i % 8)) << (p - kLatencySubBits);
+}
+// The largest duration in bucket i (inclusive: the last bucket ends at UINT64_MAX).
+constexpr uint64_t latency_bucket_high(uint32_t i) {
+  return i + 1 < kLatencyBuckets ? latency_bucket_low(i + 1) - 1 : ~uint64_t{0};
+}
+
+static_assert(latency_bucket(15) == 15 && latency_bucket(16) == 16 && latency_bucket(17) == 16);
+static_assert(latency_bucket(~uint64_t{0}) == kLatencyBuckets - 1);
+static_assert(latency_bucket_low(kLatencyBuckets - 1) == uint64_t{15} << 60);
+
+// One probe's latencies in one slot: the sum and the buckets (the count is returns[probe]).
+struct LatencyHistogram {
+  std::atomic<uint64_t> sum_ns;
+  std::atomic<uint64_t> buckets[kLatencyBuckets];
+};
+
 inline std::atomic<uint64_t> *slot_hits(SlotHeader *s) {
   return reinterpret_cast<std::atomic<uint64_t> *>(s + 1);
 }
 inline std::atomic<uint64_t> *slot_missed(SlotHeader *s, uint32_t probe_count) {
   return slot_hits(s) + probe_count;
+}
+inline std::atomic<uint64_t> *slot_returns(SlotHeader *s, uint32_t probe_count) {
+  return slot_hits(s) + 2 * uint64_t{probe_count};
+}
+inline LatencyHistogram *slot_histograms(SlotHeader *s, uint64_t hist_offset) {
+  return reinterpret_cast<LatencyHistogram *>(reinterpret_cast<char *>(s) + hist_offset);
 }
 inline uint64_t event_size(uint32_t string_count, uint32_t string_size) {
   return (sizeof(Event) + uint64_t{string_count} * string_size + 7) & ~uint64_t{7};
@@ -152,6 +212,18 @@ inline uint64_t slot_counters_end(uint32_t probe_count) {
 }
 inline uint64_t slot_stride_for(uint32_t probe_count, uint64_t ring_size) {
   return ((slot_counters_end(probe_count) + 63) & ~63ull) + ring_size;
+}
+// Latency mode: hits, missed and returns, then the histograms (64-byte aligned), no ring.
+inline uint64_t latency_counters_end(uint32_t probe_count) {
+  return slot_counters_end(probe_count) + sizeof(uint64_t) * uint64_t{probe_count};
+}
+inline uint64_t latency_hist_offset(uint32_t probe_count) {
+  return (latency_counters_end(probe_count) + 63) & ~63ull;
+}
+inline uint64_t latency_stride_for(uint32_t probe_count) {
+  return (latency_hist_offset(probe_count) + sizeof(LatencyHistogram) * uint64_t{probe_count} +
+          63) &
+         ~63ull;
 }
 inline SlotHeader *slot_at(Header *h, uint32_t i) {
   return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(h) + h->slot_offset +

@@ -23,7 +23,8 @@ using u128 = unsigned __int128;
 // Every area the header describes lies inside the region, aligned for the atomics it holds.
 std::expected<void, std::string> check_layout(const Header &h) {
   auto fail = [](std::string why) { return std::unexpected("bad region header: " + why); };
-  if (h.mode != kModeCount && h.mode != kModeTrace) return fail(fmt::format("mode {}", h.mode));
+  if (h.mode != kModeCount && h.mode != kModeTrace && h.mode != kModeLatency)
+    return fail(fmt::format("mode {}", h.mode));
   if (h.plan_size == 0 || u128{h.plan_offset} + h.plan_size > h.region_size)
     return fail("the plan lies outside the region");
   if (h.notice_offset % alignof(Notice) != 0 ||
@@ -40,6 +41,14 @@ std::expected<void, std::string> check_layout(const Header &h) {
   if (h.mode == kModeTrace && (h.ring_size < sizeof(Event) || std::popcount(h.ring_size) != 1))
     return fail(fmt::format(
         "trace mode with a {}-byte ring (not a power of two that holds an event)", h.ring_size));
+  if (h.mode == kModeLatency) {
+    if (h.ring_size != 0) return fail("latency mode with a ring");
+    if (h.tsc_to_ns_mult == 0) return fail("latency mode without a TSC rate");
+    if (h.hist_offset % alignof(LatencyHistogram) != 0 ||
+        h.hist_offset < latency_counters_end(h.probe_count) ||
+        u128{h.hist_offset} + u128{h.probe_count} * sizeof(LatencyHistogram) > h.ring_offset)
+      return fail("a slot's histograms do not fit in its stride");
+  }
   return {};
 }
 

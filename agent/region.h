@@ -26,6 +26,8 @@ struct Region {
   uint32_t string_size = 0;
   uint32_t max_slots = 0;
   uint64_t ring_size = 0;
+  uint64_t hist_offset = 0;        // latency mode: where a slot's histograms start
+  uint64_t tsc_to_ns_mult = 0;     // latency mode: ns = (ticks * tsc_to_ns_mult) >> kTscShift
   SlotHeader *overflow = nullptr;  // slot max_slots - 1, shared by threads that found none free
   const ProbeInfo *probes = nullptr;
   // This process's pid, so that claiming a slot needs no getpid(). Rewritten by the fork child

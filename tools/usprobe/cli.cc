@@ -61,7 +61,7 @@ int run_cli(int argc, char **argv) {
     has_separator = true;
   }
 
-  CLI::App app("usprobe: uprobes in user space. Count or trace the calls a command makes.",
+  CLI::App app("usprobe: uprobes in user space. Count, trace or time the calls a command makes.",
                "usprobe");
   app.set_version_flag("--version", "usprobe " USPROBE_VERSION);
   app.require_subcommand(1);
@@ -97,10 +97,37 @@ int run_cli(int argc, char **argv) {
   trace_cmd->add_flag("-v,--verbose", trace.verbose, "print the agent's informational notices");
   set_footer(trace_cmd, std::string("\n") + kTraceHelp);
 
+  LatencyOptions latency;
+  CLI::App *latency_cmd = app.add_subcommand(
+      "latency", "Time the calls of functions in a command: PROBE... -- COMMAND [ARGS...]");
+  latency_cmd->add_option("PROBE", latency.probes, "functions to time (FILE:SYMBOL, globs allowed)")
+      ->required();
+  latency_cmd
+      ->add_option("-u,--unit", latency.unit, "unit of the text report: ns (default), us, ms")
+      ->check(CLI::IsMember({"ns", "us", "ms"}));
+  latency_cmd->add_option("-i,--interval", latency.interval_s, "report every SECONDS")
+      ->check(seconds());
+  latency_cmd
+      ->add_option("-d,--duration", latency.duration_s,
+                   "interrupt the command (SIGINT) after SECONDS")
+      ->check(seconds());
+  latency_cmd->add_option("-o,--output", latency.output, "write reports to FILE");
+  latency_cmd->add_flag("--json", latency.json,
+                        "one JSON object per probe per report, one per line");
+  latency_cmd->add_flag("-v,--verbose", latency.verbose, "print the agent's informational notices");
+  set_footer(latency_cmd,
+             "\n"
+             R"(
+Latency probes are function entries only (no +OFF, 0xOFF or uretprobe:): each call is timed
+from its entry to its return. Text reports draw a log2 table per function, then the count, mean,
+p50 and p99; calls whose return was not seen (return depth, longjmp, exceptions) are "missed".
+JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"low_ns",
+"high_ns","count"}]} per probe, high_ns inclusive.)");
+
   // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
   if (!args.empty() && args[0] != "list" && args[0] != "count" && args[0] != "trace" &&
-      args[0] != "-h" && args[0] != "--help" && args[0] != "--version") {
-    fmt::print(stderr, "usprobe: unknown {} '{}' (expected list, count or trace)\n",
+      args[0] != "latency" && args[0] != "-h" && args[0] != "--help" && args[0] != "--version") {
+    fmt::print(stderr, "usprobe: unknown {} '{}' (expected list, count, trace or latency)\n",
                args[0].starts_with('-') ? "option" : "subcommand", args[0]);
     return 2;
   }
@@ -114,12 +141,12 @@ int run_cli(int argc, char **argv) {
     return 2;
   }
 
-  bool needs_command = count_cmd->parsed() || trace_cmd->parsed();
+  bool needs_command = count_cmd->parsed() || trace_cmd->parsed() || latency_cmd->parsed();
   if (needs_command && command.empty()) {
-    fmt::print(stderr, "usprobe: {}: {} (usage: usprobe {} PROBE... -- COMMAND [ARGS...])\n",
-               count_cmd->parsed() ? "count" : "trace",
+    const char *name = count_cmd->parsed() ? "count" : trace_cmd->parsed() ? "trace" : "latency";
+    fmt::print(stderr, "usprobe: {}: {} (usage: usprobe {} PROBE... -- COMMAND [ARGS...])\n", name,
                has_separator ? "no command after '--'" : "missing '--' and the command to run",
-               count_cmd->parsed() ? "count" : "trace");
+               name);
     return 2;
   }
   if (!needs_command && has_separator) {
@@ -130,6 +157,10 @@ int run_cli(int argc, char **argv) {
   if (count_cmd->parsed()) {
     count.command = std::move(command);
     return run_count(count);
+  }
+  if (latency_cmd->parsed()) {
+    latency.command = std::move(command);
+    return run_latency(latency);
   }
   trace.command = std::move(command);
   return run_trace(trace);

@@ -1,5 +1,5 @@
-// The subcommands, one file each (list.cc, count.cc, trace.cc), behind one entry point (cli.cc)
-// that parses the command line. Each returns usprobe's exit status: 2 for its own errors,
+// The subcommands, one file each (list.cc, count.cc, trace.cc, latency.cc), behind one entry point
+// (cli.cc) that parses the command line. Each returns usprobe's exit status: 2 for its own errors,
 // otherwise the command's.
 #pragma once
 
@@ -30,9 +30,19 @@ struct TraceOptions {
   bool json = false, verbose = false;
 };
 
+struct LatencyOptions {
+  std::vector<std::string> probes;  // function entries: FILE:SYMBOL or FILE:GLOB
+  std::vector<std::string> command;
+  std::optional<double> interval_s, duration_s;
+  std::string unit = "ns";  // ns, us or ms: the text report's table and numbers
+  std::string output;       // "" = stdout
+  bool json = false, verbose = false;
+};
+
 int run_list(const ListOptions &options);
 int run_count(const CountOptions &options);
 int run_trace(const TraceOptions &options);
+int run_latency(const LatencyOptions &options);
 
 // usprobe's main().
 int run_cli(int argc, char **argv);

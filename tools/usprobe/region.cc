@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <new>
 
@@ -34,9 +35,18 @@ bool thread_alive(int32_t pid, int32_t tid) {
   return ::syscall(SYS_tgkill, pid, tid, 0) == 0 || errno != ESRCH;
 }
 
+uint64_t tsc_to_ns_mult(double ticks_per_ns) {
+  if (!(ticks_per_ns > 0)) return 0;
+  double mult = std::round(std::ldexp(1.0, agent::kTscShift) / ticks_per_ns);
+  return mult >= 1 && mult < 0x1p63 ? static_cast<uint64_t>(mult) : 0;
+}
+
 Result<Region> Region::create(const RegionConfig &config, const std::vector<PlanEntry> &plan) {
-  if (config.max_slots < 2 || (config.ring_size != 0 && (config.ring_size < sizeof(agent::Event) ||
-                                                         std::popcount(config.ring_size) != 1)))
+  bool latency = config.mode == agent::kModeLatency;
+  if (config.max_slots < 2 ||
+      (config.ring_size != 0 && (latency || config.ring_size < sizeof(agent::Event) ||
+                                 std::popcount(config.ring_size) != 1)) ||
+      (latency && config.tsc_to_ns_mult == 0))
     return fail(EINVAL, "bad region configuration");
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
@@ -44,7 +54,8 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   uint64_t notice_offset = align_up(plan_offset + text.size() + 1, 64);
   uint64_t slot_offset =
       align_up(notice_offset + uint64_t{config.max_notices} * sizeof(agent::Notice), 4096);
-  uint64_t stride = agent::slot_stride_for(probe_count, config.ring_size);
+  uint64_t stride = latency ? agent::latency_stride_for(probe_count)
+                            : agent::slot_stride_for(probe_count, config.ring_size);
   uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
 
   // Not close-on-exec: the command inherits it (USPROBE_AGENT_FD), and so do its children.
@@ -79,6 +90,8 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   hdr->slot_stride = stride;
   hdr->ring_offset = stride - config.ring_size;
   hdr->ring_size = config.ring_size;
+  hdr->hist_offset = latency ? agent::latency_hist_offset(probe_count) : 0;
+  hdr->tsc_to_ns_mult = latency ? config.tsc_to_ns_mult : 0;
   std::memcpy(static_cast<char *>(map) + plan_offset, text.c_str(), text.size() + 1);
   // No barrier needed for the agents: they map the region after fork and exec, which order
   // these writes before anything they read.
@@ -88,13 +101,16 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
 }
 
 Region::Region(int fd, Header *hdr, std::vector<uint32_t> masks)
-    : fd_(fd), hdr_(hdr), masks_(std::move(masks)) {}
+    : fd_(fd), hdr_(hdr), masks_(std::move(masks)) {
+  if (hdr_->mode == agent::kModeLatency) folded_histograms_.resize(hdr_->probe_count);
+}
 
 Region::Region(Region &&other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
       hdr_(std::exchange(other.hdr_, nullptr)),
       masks_(std::move(other.masks_)),
       folded_(std::move(other.folded_)),
+      folded_histograms_(std::move(other.folded_histograms_)),
       next_notice_(other.next_notice_) {}
 
 Region::~Region() {
@@ -175,6 +191,7 @@ void Region::reclaim(std::vector<TraceEvent> &out,
     // Nobody writes this slot any more: its thread is gone, or exec replaced its image.
     drain_slot(slot, false, out);
     add_counts(slot, pid, folded_, true);
+    if (hdr_->mode == agent::kModeLatency) add_histograms(slot, folded_histograms_, true);
     slot->head.store(0, std::memory_order_relaxed);
     slot->tail.store(0, std::memory_order_relaxed);
     slot->pid.store(0, std::memory_order_relaxed);
@@ -216,6 +233,43 @@ Counts Region::counts() const {
       if (pid <= 0) continue;
     }
     add_counts(slot, pid, out, false);
+  }
+  return out;
+}
+
+void Region::add_histograms(SlotHeader *slot, std::vector<Histogram> &out, bool zero) const {
+  uint32_t n = hdr_->probe_count;
+  std::atomic<uint64_t> *returns = agent::slot_returns(slot, n);
+  agent::LatencyHistogram *hists = agent::slot_histograms(slot, hdr_->hist_offset);
+  for (uint32_t p = 0; p < n && p < out.size(); ++p) {
+    // Relaxed, as in add_counts. A histogram whose returns count is 0 was never written (the agent
+    // stores returns first): it is not read, so its pages are never faulted in.
+    uint64_t count = returns[p].load(std::memory_order_relaxed);
+    if (count == 0) continue;
+    agent::LatencyHistogram &h = hists[p];
+    Histogram &o = out[p];
+    if (o.buckets.empty()) o.buckets.assign(agent::kLatencyBuckets, 0);
+    o.count += count;
+    o.sum_ns += h.sum_ns.load(std::memory_order_relaxed);
+    for (uint32_t b = 0; b < agent::kLatencyBuckets; ++b)
+      o.buckets[b] += h.buckets[b].load(std::memory_order_relaxed);
+    if (zero) {
+      returns[p].store(0, std::memory_order_relaxed);
+      h.sum_ns.store(0, std::memory_order_relaxed);
+      for (std::atomic<uint64_t> &b : h.buckets) b.store(0, std::memory_order_relaxed);
+    }
+  }
+}
+
+std::vector<Histogram> Region::histograms() const {
+  std::vector<Histogram> out = folded_histograms_;
+  if (hdr_->mode != agent::kModeLatency) return out;
+  for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
+    SlotHeader *slot = agent::slot_at(hdr_, i);
+    // Histograms are not by process: a slot whose owner has not written its pid yet counts too.
+    if (i != overflow_index() && slot->state.load(std::memory_order_acquire) == agent::kSlotFree)
+      continue;
+    add_histograms(slot, out, false);
   }
   return out;
 }

@@ -1,8 +1,8 @@
 // The CLI's side of the shared-memory region (agent/protocol.h): it creates the memfd, writes the
 // header and the plan, and while the command runs reads what the agents write: counters, trace
-// records and notices. It also frees the slots of threads that have exited, folding their
-// counters into its own totals first, so a command that runs through thousands of threads does
-// not run out of slots and no hit is lost on the way.
+// records, latency histograms and notices. It also frees the slots of threads that have exited,
+// folding their counters and histograms into its own totals first, so a command that runs through
+// thousands of threads does not run out of slots and no hit is lost on the way.
 #pragma once
 
 #include <array>
@@ -15,6 +15,7 @@
 
 #include "agent/protocol.h"
 #include "core/error.h"
+#include "histogram.h"
 
 namespace usprobe::cli {
 
@@ -23,8 +24,12 @@ struct RegionConfig {
   uint32_t max_slots = 512;
   uint32_t max_notices = 256;
   uint32_t string_size = 64;
-  uint64_t ring_size = 0;  // per slot; 0 in count mode, a multiple of 8
+  uint64_t ring_size = 0;       // per slot; 0 in count mode, a multiple of 8
+  uint64_t tsc_to_ns_mult = 0;  // latency mode (required): ns = (ticks * mult) >> kTscShift
 };
+
+// The fixed-point multiplier for RegionConfig::tsc_to_ns_mult: 2^kTscShift / ticks_per_ns.
+uint64_t tsc_to_ns_mult(double ticks_per_ns);
 
 struct PlanEntry {
   std::string location;      // "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
@@ -81,6 +86,8 @@ class Region {
                const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
   // Every count so far: folded from freed slots plus what live slots hold now.
   Counts counts() const;
+  // Latency mode: every probe's histogram so far (all processes), by probe index, the same way.
+  std::vector<Histogram> histograms() const;
   // Notices published since the last call, in order.
   std::vector<NoticeMessage> new_notices();
   uint32_t notices_dropped() const;
@@ -92,11 +99,14 @@ class Region {
   void drain_slot(agent::SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out);
   // Adds a slot's counters to out[{pid, probe}]; `zero` also clears them (the slot is being freed).
   void add_counts(agent::SlotHeader *slot, int32_t pid, Counts &out, bool zero) const;
+  // Latency mode: adds a slot's histograms to out[probe]; `zero` also clears them.
+  void add_histograms(agent::SlotHeader *slot, std::vector<Histogram> &out, bool zero) const;
 
   int fd_ = -1;
   agent::Header *hdr_ = nullptr;
   std::vector<uint32_t> masks_;  // string_mask by probe index
   Counts folded_;
+  std::vector<Histogram> folded_histograms_;  // latency mode, by probe index
   uint32_t next_notice_ = 0;
 };
 

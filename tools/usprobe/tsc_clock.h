@@ -18,6 +18,8 @@ class TscClock {
   void refine();
   // Seconds from time 0 to `tsc`.
   double seconds(uint64_t tsc) const;
+  // The measured rate (latency mode hands it to the agent as a fixed-point multiplier).
+  double ticks_per_ns() const { return ticks_per_ns_; }
 
  private:
   struct Sample {

@@ -1,0 +1,159 @@
+// `usprobe latency`: tests/e2e/latency_target.c run under the CLI. A function that sleeps 3 ms
+// must come out with its exact call count and its median in the log2 bucket that holds 3 ms; a
+// fast function called from threads that exit before the command must be counted exactly (their
+// slots are freed and their histograms folded on the way); the JSON must be well formed and the
+// command's exit status must pass through.
+#include <cstdint>
+#include <map>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Json;
+using e2e::Output;
+using e2e::run;
+
+const char *latency_target() {
+  return LATENCY_TARGET;
+}
+
+constexpr uint64_t k2To21 = uint64_t{1} << 21;  // 2.10 ms
+constexpr uint64_t k2To22 = uint64_t{1} << 22;  // 4.19 ms
+
+// The JSON lines of a run, by probe; every line that starts with '{' must parse and be one
+// probe's total.
+std::map<std::string, Json> totals_of(const Output &r) {
+  std::map<std::string, Json> out;
+  for (const Json &j : e2e::json_lines(r.out)) {
+    EXPECT_TRUE(j.is_object()) << j.dump();
+    if (!j.is_object()) continue;
+    EXPECT_EQ(j.value("type", ""), "total") << j.dump();
+    std::string probe = j.value("probe", "");
+    EXPECT_FALSE(out.contains(probe)) << "two lines for " << probe << "\n" << r.out;
+    out[probe] = j;
+  }
+  return out;
+}
+
+// Every field the CLI documents, with its type, and buckets that add up to the count.
+void expect_well_formed(const Json &p) {
+  for (const char *key : {"probe", "count", "avg_ns", "p50_ns", "p99_ns", "missed", "buckets"})
+    EXPECT_TRUE(p.contains(key)) << key << " missing in " << p.dump();
+  ASSERT_TRUE(p["count"].is_number_unsigned()) << p.dump();
+  ASSERT_TRUE(p["missed"].is_number_unsigned()) << p.dump();
+  ASSERT_TRUE(p["buckets"].is_array()) << p.dump();
+  const uint64_t count = p["count"].get<uint64_t>();
+  if (count == 0) {
+    EXPECT_TRUE(p["avg_ns"].is_null() && p["p50_ns"].is_null() && p["p99_ns"].is_null())
+        << p.dump();
+    EXPECT_TRUE(p["buckets"].empty()) << p.dump();
+    return;
+  }
+  for (const char *key : {"avg_ns", "p50_ns", "p99_ns"})
+    EXPECT_TRUE(p[key].is_number()) << key << " in " << p.dump();
+  EXPECT_LE(p["p50_ns"].get<double>(), p["p99_ns"].get<double>()) << p.dump();
+  uint64_t sum = 0, previous_high = 0;
+  bool first = true;
+  for (const Json &b : p["buckets"]) {
+    ASSERT_TRUE(b.is_object() && b["low_ns"].is_number_unsigned() &&
+                b["high_ns"].is_number_unsigned() && b["count"].is_number_unsigned())
+        << b.dump();
+    const uint64_t low = b["low_ns"].get<uint64_t>(), high = b["high_ns"].get<uint64_t>();
+    EXPECT_GT(b["count"].get<uint64_t>(), 0u) << "only non-empty buckets: " << p.dump();
+    // log2 buckets: 0..1, then 2^k .. 2^(k+1)-1, in increasing order.
+    EXPECT_TRUE((low == 0 && high == 1) ||
+                (low >= 2 && (low & (low - 1)) == 0 && high == 2 * low - 1))
+        << b.dump();
+    EXPECT_TRUE(first || low > previous_high) << p.dump();
+    first = false;
+    previous_high = high;
+    sum += b["count"].get<uint64_t>();
+  }
+  EXPECT_EQ(sum, count) << p.dump();
+}
+
+TEST(CliLatency, TimesASleepingFunctionAndCountsAFastOneExactly) {
+  Output r = run({e2e::cli(), "latency", "--json", "exe:latency_sleep", "exe:latency_fast", "--",
+                  latency_target(), "3", "20", "2500", "4"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("slept 20 fast 4 x 2500\n"), std::string::npos) << r.describe();
+  auto totals = totals_of(r);
+  ASSERT_EQ(totals.size(), 2u) << r.describe();
+
+  const Json &sleep = totals["exe:latency_sleep"];
+  expect_well_formed(sleep);
+  EXPECT_EQ(sleep.value("count", 0u), 20u) << sleep.dump();
+  EXPECT_EQ(sleep.value("missed", 1u), 0u) << sleep.dump();
+  // 3 ms, and the scheduler's slack: the median lies in the log2 bucket [2^21, 2^22) ns.
+  const double p50 = sleep.value("p50_ns", 0.0);
+  EXPECT_GE(p50, static_cast<double>(k2To21)) << sleep.dump();
+  EXPECT_LT(p50, static_cast<double>(k2To22)) << sleep.dump();
+  EXPECT_GE(sleep.value("avg_ns", 0.0), 3e6) << "nanosleep never returns early: " << sleep.dump();
+  bool p50_bucket = false;
+  for (const Json &b : sleep["buckets"])
+    if (b.value("low_ns", 0u) == k2To21 && b.value("high_ns", 0u) == k2To22 - 1)
+      p50_bucket = b.value("count", 0u) >= 10;
+  EXPECT_TRUE(p50_bucket) << "half the calls in [2^21, 2^22 - 1]: " << sleep.dump();
+
+  const Json &fast = totals["exe:latency_fast"];
+  expect_well_formed(fast);
+  EXPECT_EQ(fast.value("count", 0u), 10000u) << fast.dump();
+  EXPECT_EQ(fast.value("missed", 1u), 0u) << fast.dump();
+  EXPECT_LT(fast.value("p50_ns", 1e9), 1e6) << "a call that does nothing: " << fast.dump();
+}
+
+TEST(CliLatency, ExitStatusIsTheCommands) {
+  Output r = run({e2e::cli(), "latency", "--json", "exe:latency_fast", "--", latency_target(), "0",
+                  "0", "5", "1", "7"});
+  ASSERT_EQ(r.exit_code(), 7) << r.describe();
+  auto totals = totals_of(r);
+  ASSERT_EQ(totals.size(), 1u) << r.describe();
+  expect_well_formed(totals["exe:latency_fast"]);
+  EXPECT_EQ(totals["exe:latency_fast"].value("count", 0u), 5u) << r.describe();
+}
+
+TEST(CliLatency, TextReportDrawsTheTableInTheChosenUnit) {
+  Output r = run({e2e::cli(), "latency", "-u", "ms", "exe:latency_sleep", "exe:latency_fast", "--",
+                  latency_target(), "3", "10", "0", "0", "3"});
+  ASSERT_EQ(r.exit_code(), 3) << r.describe();
+  EXPECT_TRUE(
+      std::regex_search(r.out, std::regex(R"(Total over [0-9]+\.[0-9]{3} s \(exit status 3\):)")))
+      << r.describe();
+  EXPECT_NE(r.out.find("\nexe:latency_sleep\n"), std::string::npos) << r.describe();
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\n +msecs +: count +distribution\n)")))
+      << r.describe();
+  // 3 ms is in the row 2 -> 3 ms, drawn full width (a busy machine may push a call or two past
+  // 4 ms, into the next row).
+  std::smatch row;
+  ASSERT_TRUE(std::regex_search(r.out, row, std::regex(R"(\n +2 -> 3 +: ([0-9]+) +\|\*{40}\|\n)")))
+      << r.describe();
+  EXPECT_GE(std::stoi(row[1]), 6) << r.describe();
+  EXPECT_TRUE(std::regex_search(
+      r.out,
+      std::regex(R"(\ncount 10, avg [0-9]+\.[0-9]{6} ms, p50 3\.[0-9]{6} ms, p99 [0-9.]+ ms\n)")))
+      << r.describe();
+  EXPECT_NE(r.out.find("no calls: exe:latency_fast"), std::string::npos) << r.describe();
+}
+
+TEST(CliLatency, RefusesProbesThatAreNotFunctionEntries) {
+  for (const char *probe : {"exe:latency_fast+4", "exe:0x1139", "uretprobe:exe:latency_fast"}) {
+    Output r = run({e2e::cli(), "latency", probe, "--", latency_target(), "0", "0", "1", "1"});
+    EXPECT_EQ(r.exit_code(), 2) << probe << "\n" << r.describe();
+    std::vector<std::string> err = e2e::lines(r.err);
+    ASSERT_EQ(err.size(), 1u) << probe << "\n" << r.describe();
+    EXPECT_TRUE(e2e::starts_with(err[0], "usprobe: latency: ")) << err[0];
+    EXPECT_EQ(r.out.find("slept"), std::string::npos) << "the command ran\n" << r.describe();
+  }
+  Output r = run({e2e::cli(), "latency", "-u", "s", "exe:latency_fast", "--", latency_target(), "0",
+                  "0", "1", "1"});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  EXPECT_EQ(e2e::lines(r.err).size(), 1u) << r.describe();
+}
+
+}  // namespace
