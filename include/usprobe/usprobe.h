@@ -81,8 +81,8 @@ int usprobe_attach_batch(const char *const *locations, size_t n, const usprobe_c
 /* As usprobe_attach_batch, with one consumer per location (consumers[i] for locations[i]; NULL
  * means the built-in counter for all) and flags as for usprobe_attach_ex. */
 int usprobe_attach_batch_ex(const char *const *locations, size_t n,
-                            const usprobe_consumer *consumers, unsigned flags,
-                            usprobe_link **links, int *errors);
+                            const usprobe_consumer *consumers, unsigned flags, usprobe_link **links,
+                            int *errors);
 
 /* Detach: when this returns, no handler of this link is running or will run. Frees the link. */
 int usprobe_detach(usprobe_link *link);
@@ -93,7 +93,7 @@ uint64_t usprobe_link_hits(const usprobe_link *link);   /* hits seen by this lin
 uint64_t usprobe_link_missed(const usprobe_link *link); /* hits skipped (recursion), all threads */
 /* Returns seen by this link's return probe (on_return, or "uretprobe:" with a NULL consumer). */
 uint64_t usprobe_link_return_hits(const usprobe_link *link);
-int usprobe_link_uses_int3(const usprobe_link *link);   /* 1 when the site took the int3 path */
+int usprobe_link_uses_int3(const usprobe_link *link); /* 1 when the site took the int3 path */
 /* Why the site took the int3 path ("" on the jump path). */
 const char *usprobe_link_int3_reason(const usprobe_link *link);
 /* The resolved location, e.g. "libc.so.6:__strlen_avx2" or "app:parse+0x12". */
@@ -143,6 +143,35 @@ int usprobe_set_return_depth(unsigned depth);
 /* At a function entry: the caller's return address, *(uint64_t *)sp. */
 uint64_t usprobe_hit_return_address(const usprobe_hit *hit);
 const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_name() */
+
+/* The user stack at a hit, for a handler to record: ips[0] is the hit's instruction (in an entry
+ * handler, the probed instruction; in a return handler, the original return address the function
+ * returns to), then the return addresses of the callers, outermost last. Fills at most `max`
+ * entries and returns how many (at least 1), or -EINVAL for a NULL hit or ips, max 0 or an unknown
+ * flag (without a message in usprobe_last_error: a handler must not allocate). Call it only from a
+ * handler, with the hit it received. Where a pending return probe has replaced a caller's return
+ * address by usprobe's return trampoline, the stack shows the original address.
+ *
+ *   static void on_malloc(usprobe_hit *hit, void *user) {
+ *     uint64_t ips[32];
+ *     int n = usprobe_hit_stack(hit, ips, 32, 0);   // DWARF: full stacks without frame pointers
+ *     if (n > 0) record_stack(ips, n);
+ *   }
+ *
+ * Default: DWARF unwinding through .eh_frame (libunwind), which gives whole stacks through code
+ * built without frame pointers (most distributions' packages), falling back on frame pointers
+ * where a function has no unwind information; a few microseconds per stack. It may allocate and
+ * take the dynamic loader's lock on a thread's first walk (libunwind's caches), and finds unwind
+ * tables with dl_iterate_phdr (the loader's lock): not for handlers of probes inside malloc's or
+ * the dynamic loader's locked sections. libunwind (libunwind.so.8) is loaded, privately
+ * (RTLD_LOCAL, so that the C++ runtime keeps its own unwinder), by the first attach of the
+ * process; when it cannot be loaded, the default is the frame-pointer walk.
+ * USPROBE_STACK_FP: frame pointers only, the cheapest (tens of nanoseconds); stops at the first
+ * function built without them. It never allocates, locks or makes a system call, except the first
+ * time on a thread (reads /proc/self/maps for its stack's bounds), and never reads outside the
+ * thread's stack, whatever a broken chain holds. */
+#define USPROBE_STACK_FP 0x1u
+int usprobe_hit_stack(const usprobe_hit *hit, uint64_t *ips, size_t max, unsigned flags);
 
 /* List the functions of an ELF file (a path, a short library name or "exe"), from .symtab and
  * .dynsym, in file-offset order: cb(name, file_offset, size, user) for each. Returns the number

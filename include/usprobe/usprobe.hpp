@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <expected>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -65,6 +66,15 @@ class Link {
 };
 
 using Handler = void (*)(usprobe_hit *hit, void *user);
+
+// In a handler: the user stack at `hit` into `out` (usprobe_hit_stack; flags: USPROBE_STACK_FP or
+// 0). Returns the filled part of `out`, which holds at least the hit's address; empty on error (an
+// empty `out`, an unknown flag). Allocates nothing.
+inline std::span<uint64_t> hit_stack(const usprobe_hit *hit, std::span<uint64_t> out,
+                                     unsigned flags = 0) {
+  int n = out.empty() ? -EINVAL : usprobe_hit_stack(hit, out.data(), out.size(), flags);
+  return n < 0 ? std::span<uint64_t>() : out.first(static_cast<size_t>(n));
+}
 
 inline std::expected<Link, Error> attach(const std::string &location, Handler on_entry = nullptr,
                                          void *user = nullptr, unsigned flags = 0) {

@@ -12,6 +12,7 @@
 #include "core/counters.h"
 #include "core/probe.h"
 #include "core/registry.h"
+#include "core/stack.h"
 #include "elf/elf_file.h"
 #include "elf/location.h"
 #include "usprobe/usprobe.h"
@@ -48,6 +49,7 @@ int report(const usprobe::Error &e) {
 
 USPROBE_API int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer,
                                   unsigned flags, usprobe_link **link) {
+  usprobe::stack::load_unwinder();  // for usprobe_hit_stack; outside the hit path; once
   if (!location || !link) return report({EINVAL, "usprobe_attach: location and link are required"});
   *link = nullptr;
   std::string loc(location);
@@ -67,6 +69,7 @@ USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *con
 USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
                                         const usprobe_consumer *consumers, unsigned flags,
                                         usprobe_link **links, int *errors) {
+  usprobe::stack::load_unwinder();  // for usprobe_hit_stack; outside the hit path; once
   if ((!locations || !links) && n > 0)
     return report({EINVAL, "usprobe_attach_batch: locations and links are required"});
   std::vector<std::string> locs(locations, locations + n);
@@ -178,6 +181,11 @@ USPROBE_API int usprobe_set_return_depth(unsigned depth) {
 }
 USPROBE_API const char *usprobe_hit_probe_name(const usprobe_hit *hit) {
   return hit->probe->name.c_str();
+}
+// A handler's call: no allocation, so no message in last_error() either (core/stack.h).
+USPROBE_API int usprobe_hit_stack(const usprobe_hit *hit, uint64_t *ips, size_t max,
+                                  unsigned flags) {
+  return usprobe::stack::walk(hit, ips, max, flags);
 }
 
 USPROBE_API int usprobe_list_functions(const char *file, usprobe_function_cb cb, void *user) {

@@ -1,0 +1,371 @@
+// usprobe_hit_stack (core/stack.h): where a walk starts, the return trampoline taken out of its
+// frames, the bounds of the thread's stack, and libunwind driven through function pointers.
+#include "core/stack.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <string_view>
+
+#if USPROBE_HAVE_LIBUNWIND
+// The _UL (local-only) names: unw_step is _ULx86_64_step in libunwind.so.8. Only the header's
+// types, constants and names are used here; the library itself is dlopen'ed (core/stack.h).
+#define UNW_LOCAL_ONLY
+#include <libunwind.h>
+#endif
+
+#include "core/arch.h"
+#include "core/probe.h"
+#include "core/return_stack.h"
+#include "core/thread_record.h"
+#include "os/linux/raw_syscall.h"
+#include "usprobe/usprobe.h"
+
+namespace usprobe::stack {
+namespace {
+
+// ---- Where the walk starts ---------------------------------------------------------------------
+
+struct Start {
+  uint64_t ip;  // ips[0]
+  uint64_t sp;  // the stack pointer there; every frame of the walk lies above it
+  bool entry;   // at a function's first instruction: its return address is at sp
+};
+
+// Whether a probe sits on a function's first instruction, where the return address is still at the
+// stack pointer and the frame pointer is still the caller's. Its name says so, and the name is
+// immutable: elf::ResolvedLocation::describe() writes "FILE:SYMBOL" at an entry,
+// "FILE:SYMBOL+0xOFF" inside a function and "FILE:0xOFF" where no symbol covers the offset (treated
+// as not an entry).
+bool at_function_entry(const Probe &p) {
+  std::string_view name = p.name;
+  const size_t colon = name.rfind(':');
+  if (colon == std::string_view::npos) return false;
+  const std::string_view where = name.substr(colon + 1);
+  return !where.empty() && where.find('+') == std::string_view::npos && !where.starts_with("0x");
+}
+
+Start start_of(const usprobe_hit &hit) {
+  const uint64_t sp = arch::reg(*hit.regs, USPROBE_RSP);
+  // In a return handler the view is the caller's, just returned to: its %rsp and callee-saved
+  // registers, and rip 0; the caller resumes at the instance's original return address.
+  if (hit.returning) return {hit.returning->return_address, sp, false};
+  return {arch::reg(*hit.regs, USPROBE_RIP), sp, at_function_entry(*hit.probe)};
+}
+
+// ---- Return addresses the trampoline took over --------------------------------------------------
+
+// This thread's pending returns (it is running a handler: t_record is set and only it changes its
+// return stack).
+struct Pending {
+  const ThreadRecord *rec;
+  uint64_t trampoline;  // 0: no return probe was ever attached
+};
+
+Pending pending_returns() {
+  // Relaxed: set before the first return probe was published, which the consumer array's acquire
+  // load in dispatch (this handler's caller) ordered before us.
+  return {t_record, g_return_trampoline.load(std::memory_order_relaxed)};
+}
+
+// arch::ReturnFixup: the original return address of a slot that holds the trampoline, by the
+// newest instance that hijacked that very slot (chained tail calls share a slot and carry the same
+// original). 0 (end the walk) when no instance owns it: never report the trampoline.
+uint64_t original_return(const void *ctx, uint64_t slot, uint64_t value) {
+  const auto *p = static_cast<const Pending *>(ctx);
+  if (p->trampoline == 0 || value != p->trampoline) return value;
+  if (p->rec)
+    for (uint32_t i = p->rec->return_top; i-- > 0;)
+      if (p->rec->returns[i].sp == slot) return p->rec->returns[i].return_address;
+  return 0;
+}
+
+// ---- The bounds of the stack --------------------------------------------------------------------
+
+struct StackRange {
+  uint64_t lo = 0, hi = 0;  // [lo, hi): readable, and not unmapped while the thread lives
+};
+
+// The thread's own stack, once found: the frame-pointer walk of every later hit on that stack
+// costs no system call. Initial-exec and constinit, as t_record: no __tls_get_addr, no wrapper.
+constinit thread_local StackRange t_stack __attribute__((tls_model("initial-exec")));
+
+uint64_t parse_hex(const char *&p, const char *end) {
+  uint64_t v = 0;
+  for (; p < end; ++p) {
+    const char c = *p;
+    if (c >= '0' && c <= '9') {
+      v = v * 16 + static_cast<uint64_t>(c - '0');
+    } else if (c >= 'a' && c <= 'f') {
+      v = v * 16 + static_cast<uint64_t>(c - 'a' + 10);
+    } else {
+      break;
+    }
+  }
+  return v;
+}
+
+struct Mapping {
+  uint64_t start = 0, end = 0;
+  bool readable = false;
+  bool main_stack = false;  // "[stack]": the main thread's
+};
+
+// One line of /proc/self/maps, "start-end perms offset dev inode [path]"; `line` may be the start
+// of a line too long for the buffer (its path is then not "[stack]" anyway).
+Mapping parse_maps_line(const char *p, const char *end) {
+  Mapping m;
+  m.start = parse_hex(p, end);
+  if (p < end && *p == '-') ++p;
+  m.end = parse_hex(p, end);
+  if (p < end && *p == ' ') ++p;
+  m.readable = p < end && *p == 'r';
+  // Skip perms, offset, dev and inode, then the spaces before the path.
+  for (int field = 0; field < 4 && p < end; ++field) {
+    while (p < end && *p != ' ') ++p;
+    while (p < end && *p == ' ') ++p;
+  }
+  constexpr std::string_view kStack = "[stack]";
+  m.main_stack = std::string_view(p, static_cast<size_t>(end - p)) == kStack;
+  return m;
+}
+
+// The mapping of this process that contains `addr`, read from /proc/self/maps with raw system
+// calls into a buffer on this stack: no allocation, and no libc function a probe may sit on.
+bool find_mapping(uint64_t addr, Mapping &out) {
+  const long fd = os::raw_syscall6(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/maps"),
+                                   O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool found = false, done = false;
+  // Lines come sorted by address: stop at the one that holds addr, or at the first past it.
+  auto look = [&](const char *line, const char *end) {
+    const Mapping m = parse_maps_line(line, end);
+    if (m.start > addr) {
+      done = true;
+    } else if (addr < m.end) {
+      out = m;
+      found = m.readable;
+      done = true;
+    }
+  };
+  char buf[4096];
+  size_t have = 0;
+  bool rest_of_long_line = false;  // dropping the tail of a line longer than buf
+  while (!done) {
+    const long r = os::raw_syscall6(SYS_read, fd, reinterpret_cast<long>(buf + have),
+                                    static_cast<long>(sizeof buf - have));
+    if (r == -EINTR) continue;
+    if (r <= 0) break;  // the end (the kernel ends every line with a newline) or an error
+    have += static_cast<size_t>(r);
+    size_t begin = 0;
+    for (size_t i = 0; i < have && !done; ++i) {
+      if (buf[i] != '\n') continue;
+      if (!rest_of_long_line) look(buf + begin, buf + i);
+      rest_of_long_line = false;
+      begin = i + 1;
+    }
+    if (done) break;
+    if (begin == 0 && have == sizeof buf) {
+      // A line longer than the buffer (a long path): its start holds all that is needed.
+      if (!rest_of_long_line) look(buf, buf + have);
+      rest_of_long_line = true;
+      have = 0;
+    } else {
+      std::memmove(buf, buf + begin, have - begin);
+      have -= begin;
+    }
+  }
+  os::raw_syscall6(SYS_close, fd);
+  return found;
+}
+
+// The top of the readable stack above `sp`, for the frame-pointer walk's bounds. The thread's own
+// stack is remembered; another one (a sigaltstack, a coroutine's) is looked up on every walk,
+// since it may be unmapped and its addresses reused once the walk is over.
+bool stack_top(uint64_t sp, uint64_t &hi) {
+  if (sp >= t_stack.lo && sp < t_stack.hi) {
+    hi = t_stack.hi;
+    return true;
+  }
+  Mapping m;
+  if (!find_mapping(sp, m)) return false;
+  // glibc puts a thread's descriptor (pthread_self()) and its static TLS at the top of the
+  // thread's stack mapping, above every frame: when it lies there, the mapping is this thread's
+  // own stack, and the frames end below it. The main thread's stack is "[stack]".
+  const auto self = reinterpret_cast<uint64_t>(pthread_self());
+  const bool own_thread_stack = self > sp && self < m.end;
+  if (own_thread_stack) m.end = self;
+  if (own_thread_stack || m.main_stack) t_stack = {m.start, m.end};
+  hi = m.end;
+  return true;
+}
+
+// ---- The frame-pointer walk ---------------------------------------------------------------------
+
+// Never allocates, locks or makes a system call (but the thread's first, in stack_top).
+size_t frame_pointer_walk(const usprobe_hit &hit, const Start &s, const Pending &pending,
+                          uint64_t *ips, size_t max) {
+  size_t n = 1;  // ips[0] is the start
+  if (n < max && s.entry) {
+    // The function has not pushed a frame yet: its caller's return address is at the stack
+    // pointer, outside the chain, which starts at the caller's frame.
+    const uint64_t *slot = arch::return_address_slot(*hit.regs);
+    const uint64_t ret = original_return(&pending, reinterpret_cast<uint64_t>(slot), *slot);
+    if (ret == 0) return n;
+    ips[n++] = ret;
+  }
+  uint64_t hi = 0;
+  if (n < max && stack_top(s.sp, hi))
+    n += arch::frame_pointer_walk(arch::frame_pointer(*hit.regs), s.sp, hi, ips + n, max - n,
+                                  original_return, &pending);
+  return n;
+}
+
+// ---- The DWARF walk (libunwind) -----------------------------------------------------------------
+
+#if USPROBE_HAVE_LIBUNWIND
+
+#define USPROBE_STRINGIFY_(x) #x
+#define USPROBE_STRINGIFY(x) USPROBE_STRINGIFY_(x)  // unw_step -> "_ULx86_64_step"
+
+struct Unwinder {
+  decltype(&unw_init_local2) init_local2;
+  decltype(&unw_step) step;
+  decltype(&unw_get_reg) get_reg;
+};
+Unwinder g_unwinder_functions;
+// Release in load_unwinder, acquire in walk: a walk that sees the pointer sees the functions.
+std::atomic<const Unwinder *> g_unwinder{nullptr};
+
+// The pending returns whose slots this walk put back, one bit per return-stack index.
+struct Restored {
+  uint64_t bits[kMaxReturnDepth / 64] = {};
+};
+
+// Put the original return address back in every slot above the start of the walk that holds the
+// trampoline, newest instance first (a slot that a longjmp'ed-over instance also names belongs to
+// the newest), so that libunwind, which reads return addresses from the stack, sees the real
+// callers. restore_trampolines() undoes exactly this once the walk is over.
+//
+// Why writing to these slots is safe: they lie above the hit's stack pointer, in frames of callers
+// suspended below this handler; none of them can return (the only way through a slot) before the
+// handler does, and the trampoline is back by then. Only this thread uses its return stack and
+// those slots: another thread never touches them, and a signal handler that interrupts the walk
+// hijacks nothing (its hits are counted as missed: dispatch's depth guard) and returns into frames
+// below ours. If one jumps out over these frames (siglongjmp), the slots keep their original
+// addresses, which is what the unwinder guard (restore_pending_returns) would have left: those
+// calls return normally, their instances are dropped later, and their return probes don't run.
+// Instances are only read here. Stale slots (a frame left by longjmp) may hold anything, so memory
+// is read without AddressSanitizer's judgement, and written only where the trampoline was.
+__attribute__((no_sanitize("address"))) void restore_returns(const Pending &p, uint64_t sp,
+                                                             Restored &done) {
+  if (!p.rec || p.trampoline == 0) return;
+  for (uint32_t i = p.rec->return_top; i-- > 0;) {
+    const ReturnInstance &inst = p.rec->returns[i];
+    auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
+    if (inst.sp < sp || *slot != p.trampoline) continue;
+    *slot = inst.return_address;
+    done.bits[i / 64] |= uint64_t{1} << (i % 64);
+  }
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // before the walk reads them
+}
+
+__attribute__((no_sanitize("address"))) void restore_trampolines(const Pending &p,
+                                                                 const Restored &done) {
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // after the walk read them
+  if (!p.rec) return;
+  for (uint32_t i = 0; i < p.rec->return_top; ++i)
+    if (done.bits[i / 64] & (uint64_t{1} << (i % 64)))
+      *reinterpret_cast<uint64_t *>(p.rec->returns[i].sp) = p.trampoline;
+}
+
+// May allocate (libunwind's caches, its dynamic TLS on a thread's first walk), takes libunwind's
+// cache lock with signals masked, and the dynamic loader's lock to find unwind tables
+// (dl_iterate_phdr) for an address not in the cache.
+size_t dwarf_walk(const Unwinder &u, const usprobe_hit &hit, const Start &s, const Pending &pending,
+                  uint64_t *ips, size_t max) {
+  Restored restored;
+  restore_returns(pending, s.sp, restored);
+  ucontext_t uc;
+  arch::unwind_context(*hit.regs, s.ip, s.sp, &uc);
+  unw_cursor_t cursor;
+  size_t n = 1;  // ips[0] is the start
+  // UNW_INIT_SIGNAL_FRAME: the first ip is the next instruction to run, not a return address, so
+  // libunwind must not look up the instruction before it.
+  if (u.init_local2(&cursor, &uc, UNW_INIT_SIGNAL_FRAME) == 0) {
+    while (n < max && u.step(&cursor) > 0) {
+      unw_word_t ip = 0;
+      if (u.get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0) break;
+      if (ip == pending.trampoline) break;  // a slot no instance owns: never report it
+      ips[n++] = ip;
+    }
+  }
+  restore_trampolines(pending, restored);
+  return n;
+}
+
+#endif  // USPROBE_HAVE_LIBUNWIND
+
+}  // namespace
+
+bool load_unwinder() {
+#if USPROBE_HAVE_LIBUNWIND
+  static const bool loaded = [] {
+    // RTLD_LOCAL keeps its _Unwind_* out of the global scope; RTLD_NOW binds everything here,
+    // not lazily in a handler.
+    void *lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return false;
+    auto *init_local2 = dlsym(lib, USPROBE_STRINGIFY(unw_init_local2));
+    auto *step = dlsym(lib, USPROBE_STRINGIFY(unw_step));
+    auto *get_reg = dlsym(lib, USPROBE_STRINGIFY(unw_get_reg));
+    auto *set_caching_policy = dlsym(lib, USPROBE_STRINGIFY(unw_set_caching_policy));
+    auto *local_addr_space = dlsym(lib, USPROBE_STRINGIFY(unw_local_addr_space));
+    if (!init_local2 || !step || !get_reg || !set_caching_policy || !local_addr_space) {
+      dlclose(lib);
+      return false;
+    }
+    // Per-thread caches of unwind information, where libunwind was built with them
+    // (--enable-per-thread-cache): no lock per frame. Debian's libunwind8 is not, and turns this
+    // into its global cache, whose lock masks signals: two system calls per frame, most of the
+    // DWARF walk's cost (README draft). This also runs libunwind's one-time initialisation here
+    // rather than in a handler.
+    reinterpret_cast<decltype(&unw_set_caching_policy)>(set_caching_policy)(
+        *static_cast<unw_addr_space_t *>(local_addr_space), UNW_CACHE_PER_THREAD);
+    g_unwinder_functions = {reinterpret_cast<decltype(&unw_init_local2)>(init_local2),
+                            reinterpret_cast<decltype(&unw_step)>(step),
+                            reinterpret_cast<decltype(&unw_get_reg)>(get_reg)};
+    g_unwinder.store(&g_unwinder_functions, std::memory_order_release);
+    return true;
+  }();
+  return loaded;
+#else
+  return false;
+#endif
+}
+
+int walk(const usprobe_hit *hit, uint64_t *ips, size_t max, unsigned flags) {
+  if (!hit || !hit->regs || !ips || max == 0 || (flags & ~USPROBE_STACK_FP) != 0) return -EINVAL;
+  if (max > INT_MAX) max = INT_MAX;
+  const Start s = start_of(*hit);
+  const Pending pending = pending_returns();
+  ips[0] = s.ip;
+  size_t n = 1;
+  if (max > 1) {
+#if USPROBE_HAVE_LIBUNWIND
+    const Unwinder *u =
+        (flags & USPROBE_STACK_FP) ? nullptr : g_unwinder.load(std::memory_order_acquire);
+    if (u) n = dwarf_walk(*u, *hit, s, pending, ips, max);
+    if (n == 1)  // no libunwind, or it found nothing above the start
+#endif
+      n = frame_pointer_walk(*hit, s, pending, ips, max);
+  }
+  return static_cast<int>(n);
+}
+
+}  // namespace usprobe::stack
