@@ -44,9 +44,12 @@ namespace usprobe::arch {
 
 // The floating-point return value in the vector registers the return trampoline saved.
 double return_double(const void *vectors);
-// The code every hijacked return goes to (written once, kept for the life of the process): it
-// saves the return registers as a Regs view, calls usprobe_return_dispatch (core/dispatch.h),
-// restores them and jumps to the address dispatch returns.
+// Return probes. A function-entry trampoline has a landing: when dispatch takes the call's return
+// (kDispatchReturnProbe), the trampoline drops the return address and calls the function, so that
+// the function returns to the landing, which goes to the shared return code. That code (written
+// once, on the first function-entry trampoline, and kept for the life of the process) saves the
+// return registers as a Regs view, calls usprobe_return_dispatch (core/dispatch.h), restores them
+// and returns to the address dispatch returns.
 Result<uint64_t> make_return_trampoline();
 
 struct SiteRequest {

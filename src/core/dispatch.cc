@@ -47,10 +47,12 @@ int find_instance(const ThreadRecord *rec, uint32_t top, uint64_t sp) {
 
 // A full stack makes room the way the kernel's uretprobes judge liveness: an instance of this
 // stack whose return address lived below a new call's (or at it, unless the call is a tail call
-// from that very frame, whose slot still holds the trampoline) was left by longjmp. Only when
+// from that very frame, whose slot still holds that frame's landing) was left by longjmp. Only when
 // full: a signal handler on a sigaltstack above the thread's stack would break the rule (README).
-void make_room(ThreadRecord *rec, uint64_t sp, uint64_t trampoline) {
-  const bool tail_call = *reinterpret_cast<const uint64_t *>(sp) == trampoline;
+void make_room(ThreadRecord *rec, uint64_t sp) {
+  const int owner = find_instance(rec, rec->return_top, sp);
+  const bool tail_call =
+      owner >= 0 && *reinterpret_cast<const uint64_t *>(sp) == rec->returns[owner].landing;
   uint32_t kept = 0;
   for (uint32_t i = 0; i < rec->return_top; ++i) {
     const ReturnInstance &inst = rec->returns[i];
@@ -77,8 +79,7 @@ __attribute__((noinline, cold)) void count_overflow_misses(ThreadRecord *rec,
 // null (each return probe counting a miss) when the stack is full.
 ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Regs *regs) {
   if (__builtin_expect(rec->return_top == rec->return_depth, 0)) {
-    make_room(rec, arch::hit_sp(*regs),
-              g_return_trampoline.load(std::memory_order_relaxed));
+    make_room(rec, arch::hit_sp(*regs));
     if (rec->return_top == rec->return_depth) {
       for (uint32_t i = 0; i < a->count; ++i)
         if (a->entries[i].count_returns)
@@ -95,34 +96,27 @@ ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Re
   return inst;
 }
 
-// Hijack the return: the instance is complete before it is pushed, and pushed before the return
-// address changes, so a signal handler on this thread never sees a half-made one.
-void finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, const Probe *probe,
-                   bool entry_handlers_ran) {
+// Take the return: push the instance, complete, so that a signal handler on this thread never sees
+// a half-made one. The trampoline then calls the function from `landing` (arch.h), which replaces
+// the return address. A tail call from a function whose return is taken already finds its landing
+// in the slot: that is the address this call returns to, and the two return one after the other.
+// False when every consumer declined the return.
+bool finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, const Probe *probe,
+                   bool entry_handlers_ran, uint64_t landing) {
   if (entry_handlers_ran) {  // only they can decline (usprobe_session_skip_return)
     bool wanted = false;
     for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
-    if (!wanted) return;
+    if (!wanted) return false;
   }
   uint64_t *slot = arch::return_address_slot(*regs);
-  const uint64_t trampoline = g_return_trampoline.load(std::memory_order_relaxed);
   inst->return_address = *slot;
   inst->sp = reinterpret_cast<uint64_t>(slot);
-  inst->chained = 0;
-  if (*slot == trampoline) {
-    // A tail call from a function whose return is hijacked already: this call returns through the
-    // same slot. Chain it: it keeps the true return address, and both return together.
-    int prev = find_instance(rec, rec->return_top, inst->sp);
-    if (prev < 0) return;  // no instance owns the slot: leave it alone
-    inst->return_address = rec->returns[prev].return_address;
-    inst->chained = 1;
-  }
+  inst->landing = landing;
   inst->entry_ip = arch::hit_ip(*regs);
   inst->probe = probe;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   ++rec->return_top;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  *slot = trampoline;
+  return true;
 }
 
 // Out of line: the indirect calls would otherwise make every hit save callee-saved registers.
@@ -156,14 +150,13 @@ __attribute__((noinline)) void run_return_callbacks(const ConsumerArray *a, arch
 void usprobe::restore_pending_returns(usprobe_hit *hit, void *) {
   ThreadRecord *rec = t_record;  // set: this thread is running a handler
   const uint64_t sp = arch::hit_sp(*hit->regs);
-  const uint64_t trampoline = g_return_trampoline.load(std::memory_order_relaxed);
   uint32_t kept = rec->return_top;
   for (uint32_t i = rec->return_top; i-- > 0;) {
     const ReturnInstance &inst = rec->returns[i];
     if (inst.stack_key != rec->stack_key) continue;
     auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
     // A slot below the unwinder's own frame belongs to a frame that is gone (longjmp): leave it.
-    if (inst.sp > sp && *slot == trampoline) *slot = inst.return_address;
+    if (inst.sp > sp && *slot == inst.landing) *slot = inst.return_address;
     drop(rec->counters, inst);
     --kept;
     for (uint32_t j = i; j < kept; ++j) rec->returns[j] = rec->returns[j + 1];
@@ -190,7 +183,8 @@ void usprobe::note_context_switch(usprobe_hit *hit, void *user) {
 // The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
 // which registers the thread), or write memory that another thread writes: every store below goes
 // to this thread's own record (and, for a return probe, to its own stack).
-extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved) {
+extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved,
+                                uint64_t landing) {
   ThreadRecord *rec = t_record;
   if (__builtin_expect(rec == nullptr, 0)) {
     if (!vector_saved) return kDispatchNeedsVectorSave;  // registering calls into libc
@@ -223,7 +217,8 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
           bump(counters[kCounterWords * a->entries[i].slot + kHits]);
         ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
         if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
-        if (inst) finish_return(rec, inst, regs, probe, a->has_callbacks);
+        if (inst && finish_return(rec, inst, regs, probe, a->has_callbacks, landing))
+          result = kDispatchReturnProbe;
       }
     }
   }
@@ -247,29 +242,21 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
     os::raw_syscall6(SYS_write, 2, reinterpret_cast<long>(kMessage), sizeof kMessage - 1);
     __builtin_trap();
   }
-  // Tail calls chain instances on one slot: they all return now, innermost first.
-  int first = last;
-  while (rec->returns[first].chained && first > 0 && rec->returns[first - 1].sp == sp) --first;
-  const uint64_t original = rec->returns[first].return_address;
+  ReturnInstance &returning = rec->returns[last];
+  const uint64_t original = returning.return_address;
   if (rec->depth.load(std::memory_order_relaxed) == 0) {
     rec->depth.store(1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);
     bool need_vector = false;
     {
       rcu::ReadGuard guard(rec);
-      for (int i = last; i >= first && !vectors; --i)
-        if (const ConsumerArray *a =
-                rec->returns[i].probe->consumers.load(std::memory_order_acquire))
-          need_vector |= a->return_wants_vector_state;
-      if (!need_vector) {
-        for (int i = last; i >= first; --i) {
-          ReturnInstance &inst = rec->returns[i];
-          const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
-          if (!a) continue;
-          for (uint32_t k = 0; k < inst.sessions; ++k)
-            if (!inst.session[k].skip && has_slot(a, inst.session[k].slot))
-              bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
-          if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, vectors);
+      if (const ConsumerArray *a = returning.probe->consumers.load(std::memory_order_acquire)) {
+        need_vector = !vectors && a->return_wants_vector_state;
+        if (!need_vector) {
+          for (uint32_t k = 0; k < returning.sessions; ++k)
+            if (!returning.session[k].skip && has_slot(a, returning.session[k].slot))
+              bump(rec->counters[kCounterWords * returning.session[k].slot + kReturns]);
+          if (a->has_return_callbacks) run_return_callbacks(a, regs, returning, vectors);
         }
       }
     }
@@ -277,10 +264,10 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
     rec->depth.store(0, std::memory_order_relaxed);
     if (need_vector) return kDispatchNeedsVectorSave;  // nothing done yet: the retry does it
   }
-  // Pop the chain. Newer instances of this stack whose return address lived below this frame were
-  // left by longjmp: dropped. Newer ones above it belong to another stack (a signal handler's on a
+  // Pop it. Newer instances of this stack whose return address lived below this frame were left by
+  // longjmp: dropped. Newer ones above it belong to another stack (a signal handler's on a
   // sigaltstack), as do those of another stack key (a suspended coroutine's), and stay.
-  uint32_t kept = static_cast<uint32_t>(first);
+  uint32_t kept = static_cast<uint32_t>(last);
   for (uint32_t i = static_cast<uint32_t>(last) + 1; i < rec->return_top; ++i) {
     const ReturnInstance &inst = rec->returns[i];
     if (inst.stack_key == rec->stack_key && inst.sp < sp) {
@@ -307,9 +294,7 @@ extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vector
   // instances above `top` and leaves it as it was.
   if (__builtin_expect(top != 0, 1)) {
     ReturnInstance &inst = rec->returns[top - 1];
-    if (__builtin_expect(inst.sp == sp && !inst.chained &&
-                             rec->depth.load(std::memory_order_relaxed) == 0,
-                         1)) {
+    if (__builtin_expect(inst.sp == sp && rec->depth.load(std::memory_order_relaxed) == 0, 1)) {
       bool counted = false;
       {
         rcu::ReadGuard guard(rec);

@@ -12,11 +12,15 @@ struct Probe;
 // -mgeneral-regs-only), so when it needs more (a callback to run, or this thread's first hit, which
 // calls into libc) it returns kDispatchNeedsVectorSave before doing anything, and the trampoline
 // saves the state and calls again. Otherwise it returns kDispatchDone.
-enum : int { kDispatchDone = 0, kDispatchNeedsVectorSave = 1 };
+//
+// At a function's entry, `landing` is the trampoline's return point (arch.h, return probes): when
+// dispatch takes the call's return it returns kDispatchReturnProbe, and the trampoline calls the
+// function from there.
+enum : int { kDispatchDone = 0, kDispatchNeedsVectorSave = 1, kDispatchReturnProbe = 2 };
 extern "C" int usprobe_dispatch(usprobe::arch::Regs *regs, const usprobe::Probe *probe,
-                                int vector_saved);
+                                int vector_saved, uint64_t landing);
 
-// Called by the return trampoline (arch::make_return_trampoline) with the return registers. Pops
+// Called by the shared return code (arch::make_return_trampoline) with the return registers. Pops
 // this thread's return instance, runs the return handlers and returns the original return
 // address; or, like usprobe_dispatch, kDispatchNeedsVectorSave before doing anything when a
 // handler needs the vector state and `vectors` (the saved vector return registers) is null.

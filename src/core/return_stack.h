@@ -2,11 +2,12 @@
 // it is waiting for.
 //
 // At a probed function's entry, dispatch takes the next free instance on the thread's return
-// stack, lets the entry handlers fill their session data, then swaps the return address on the
-// stack for the return trampoline (arch::return_trampoline) and pushes the instance. When the
-// function returns, it "returns" into the trampoline, which calls usprobe_return_dispatch: that
-// pops the instance, runs the return handlers and hands back the original return address, where
-// the trampoline jumps.
+// stack, lets the entry handlers fill their session data, keeps the return address in it and
+// pushes it. The site's trampoline then calls the function instead of jumping to it, so that the
+// return address on the stack becomes the trampoline's landing (arch/x86_64/trampoline.cc), and
+// the CPU predicts both returns. When the function returns to the landing, the shared return code
+// calls usprobe_return_dispatch: that pops the instance, runs the return handlers and hands back
+// the original return address, where the return code returns.
 //
 // Instances are matched by stack pointer: an instance whose `sp` (where the return address lived)
 // lies below the current one belongs to a frame that was left without returning (longjmp,
@@ -55,7 +56,7 @@ struct ReturnInstance {
   uint64_t array_id;  // the id of the probe's ConsumerArray at the entry
   uint64_t stack_key;  // the thread's stack_key at the entry
   uint32_t sessions;  // used entries of `session`
-  uint32_t chained;   // a tail call's: returns together with the instance below it (same sp)
+  uint64_t landing;   // what the return address was replaced by: the trampoline's landing
   ReturnSession session[kMaxSessions];
 };
 
@@ -72,8 +73,8 @@ inline void *const kSwapContext = reinterpret_cast<void *>(1);
 inline void *const kSetContext = reinterpret_cast<void *>(2);
 void note_context_switch(usprobe_hit *hit, void *user);
 
-// The return trampoline (arch::make_return_trampoline), set before the first return probe is
-// published; dispatch reads it relaxed (the consumer array's publication orders it).
+// The shared return code (arch::make_return_trampoline), set before the first return probe is
+// published; nonzero once return probes have existed.
 extern std::atomic<uint64_t> g_return_trampoline;
 
 }  // namespace usprobe

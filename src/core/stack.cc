@@ -1,5 +1,5 @@
-// usprobe_hit_stack (core/stack.h): where a walk starts, the return trampoline taken out of its
-// frames, the bounds of the thread's stack, and libunwind driven through function pointers.
+// usprobe_hit_stack (core/stack.h): where a walk starts, the trampolines' landings taken out of
+// their frames, the bounds of the thread's stack, and libunwind driven through function pointers.
 #include "core/stack.h"
 
 #include <dlfcn.h>
@@ -59,31 +59,29 @@ Start start_of(const usprobe_hit &hit) {
   return {arch::reg(*hit.regs, USPROBE_RIP), sp, at_function_entry(*hit.probe)};
 }
 
-// ---- Return addresses the trampoline took over --------------------------------------------------
+// ---- Return addresses the trampolines took over -------------------------------------------------
 
 // This thread's pending returns (it is running a handler: t_record is set and only it changes its
-// return stack).
+// return stack). A pending return's slot holds its trampoline's landing (core/return_stack.h).
 struct Pending {
   const ThreadRecord *rec;
-  uint64_t trampoline;  // 0: no return probe was ever attached
 };
 
 Pending pending_returns() {
-  // Relaxed: set before the first return probe was published, which the consumer array's acquire
-  // load in dispatch (this handler's caller) ordered before us.
-  return {t_record, g_return_trampoline.load(std::memory_order_relaxed)};
+  return {t_record};
 }
 
-// arch::ReturnFixup: the original return address of a slot that holds the trampoline, by the
-// newest instance that hijacked that very slot (chained tail calls share a slot and carry the same
-// original). 0 (end the walk) when no instance owns it: never report the trampoline.
+// arch::ReturnFixup: the original return address of a slot that holds a pending return's landing,
+// newest instance first; a tail call's instance shares its caller's slot and returns to the
+// caller's landing, whose own instance, older, has the original.
 uint64_t original_return(const void *ctx, uint64_t slot, uint64_t value) {
   const auto *p = static_cast<const Pending *>(ctx);
-  if (p->trampoline == 0 || value != p->trampoline) return value;
   if (p->rec)
-    for (uint32_t i = p->rec->return_top; i-- > 0;)
-      if (p->rec->returns[i].sp == slot) return p->rec->returns[i].return_address;
-  return 0;
+    for (uint32_t i = p->rec->return_top; i-- > 0;) {
+      const ReturnInstance &inst = p->rec->returns[i];
+      if (inst.sp == slot && value == inst.landing) value = inst.return_address;
+    }
+  return value;
 }
 
 // ---- The bounds of the stack --------------------------------------------------------------------
@@ -248,28 +246,29 @@ struct Restored {
   uint64_t bits[kMaxReturnDepth / 64] = {};
 };
 
-// Put the original return address back in every slot above the start of the walk that holds the
-// trampoline, newest instance first (a slot that a longjmp'ed-over instance also names belongs to
-// the newest), so that libunwind, which reads return addresses from the stack, sees the real
-// callers. restore_trampolines() undoes exactly this once the walk is over.
+// Put the original return address back in every slot above the start of the walk that holds its
+// instance's landing, newest instance first (a tail call's instance shares its caller's slot and
+// gives back the caller's landing, which the caller's instance then replaces), so that libunwind,
+// which reads return addresses from the stack, sees the real callers. restore_trampolines()
+// undoes exactly this, oldest first, once the walk is over.
 //
 // Why writing to these slots is safe: they lie above the hit's stack pointer, in frames of callers
 // suspended below this handler; none of them can return (the only way through a slot) before the
-// handler does, and the trampoline is back by then. Only this thread uses its return stack and
+// handler does, and the landings are back by then. Only this thread uses its return stack and
 // those slots: another thread never touches them, and a signal handler that interrupts the walk
 // hijacks nothing (its hits are counted as missed: dispatch's depth guard) and returns into frames
 // below ours. If one jumps out over these frames (siglongjmp), the slots keep their original
 // addresses, which is what the unwinder guard (restore_pending_returns) would have left: those
 // calls return normally, their instances are dropped later, and their return probes don't run.
 // Instances are only read here. Stale slots (a frame left by longjmp) may hold anything, so memory
-// is read without AddressSanitizer's judgement, and written only where the trampoline was.
+// is read without AddressSanitizer's judgement, and written only where a landing was.
 __attribute__((no_sanitize("address"))) void restore_returns(const Pending &p, uint64_t sp,
                                                              Restored &done) {
-  if (!p.rec || p.trampoline == 0) return;
+  if (!p.rec) return;
   for (uint32_t i = p.rec->return_top; i-- > 0;) {
     const ReturnInstance &inst = p.rec->returns[i];
     auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
-    if (inst.sp < sp || *slot != p.trampoline) continue;
+    if (inst.sp < sp || *slot != inst.landing) continue;
     *slot = inst.return_address;
     done.bits[i / 64] |= uint64_t{1} << (i % 64);
   }
@@ -282,7 +281,7 @@ __attribute__((no_sanitize("address"))) void restore_trampolines(const Pending &
   if (!p.rec) return;
   for (uint32_t i = 0; i < p.rec->return_top; ++i)
     if (done.bits[i / 64] & (uint64_t{1} << (i % 64)))
-      *reinterpret_cast<uint64_t *>(p.rec->returns[i].sp) = p.trampoline;
+      *reinterpret_cast<uint64_t *>(p.rec->returns[i].sp) = p.rec->returns[i].landing;
 }
 
 // May allocate (libunwind's caches, its dynamic TLS on a thread's first walk), takes libunwind's
@@ -302,7 +301,6 @@ size_t dwarf_walk(const Unwinder &u, const usprobe_hit &hit, const Start &s, con
     while (n < max && u.step(&cursor) > 0) {
       unw_word_t ip = 0;
       if (u.get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0) break;
-      if (ip == pending.trampoline) break;  // a slot no instance owns: never report it
       ips[n++] = ip;
     }
   }

@@ -1,6 +1,6 @@
 // Stack traces for handlers (usprobe_hit_stack): the user stack at a hit, as the return addresses
-// of the callers, with the original return address wherever a pending return probe has put the
-// return trampoline in its place (DESIGN.md, "Return probes").
+// of the callers, with the original return address wherever a pending return probe has put its
+// trampoline's landing in its place (DESIGN.md, "Return probes").
 //
 // Two walkers. The frame-pointer walk follows the %rbp chain with no allocation, no lock and no
 // system call (but the first one on each thread, which reads /proc/self/maps once to learn the
@@ -41,7 +41,7 @@ namespace usprobe::arch {
 struct Regs;
 
 // Maps a return address read from its stack slot to the one to report: the original where the
-// slot holds the return trampoline, or 0 to end the walk (a trampoline no pending return owns).
+// slot holds a pending return's landing, or 0 to end the walk.
 using ReturnFixup = uint64_t (*)(const void *ctx, uint64_t slot, uint64_t value);
 
 // The frame pointer of the code that hit the probe.

@@ -173,29 +173,16 @@ TEST(HitStack, DwarfWalkOnAnotherThread) {
   expect_full_chain(c, kNoFp, stk_nofp_inner);
 }
 
-// usprobe's return trampoline, as a hijacked slot shows it: at stk_fp_inner's entry, %rbp is
-// stk_fp_middle's frame, whose return address slot is just above it.
-void read_caller_slot(usprobe_hit *hit, void *user) {
-  const uint64_t rbp = usprobe_hit_reg(hit, USPROBE_RBP);
-  *static_cast<uint64_t *>(user) = *reinterpret_cast<const uint64_t *>(rbp + 8);
-}
-uint64_t return_trampoline() {
-  uint64_t slot = 0;
-  usprobe_consumer consumer{read_caller_slot, &slot, nullptr};
-  Link middle, inner;
-  if (middle.attach(std::string("uretprobe:") + loc("stk_fp_middle")) != 0) return 0;
-  if (inner.attach(loc("stk_fp_inner"), &consumer) != 0) return 0;
-  stack_test_call(stk_fp_outer, kArg);
+// Whether an address lies in a loaded ELF object. A return address that a pending return probe
+// replaced points into usprobe's trampolines, in anonymous memory: no object has it.
+bool in_an_object(uint64_t ip) {
   Dl_info info{};
-  if (dladdr(reinterpret_cast<void *>(slot), &info) && info.dli_sname) return 0;  // not hijacked
-  return slot;
+  return dladdr(reinterpret_cast<void *>(ip), &info) != 0 && info.dli_fname != nullptr;
 }
 
 // Return probes on outer and middle are pending while inner's handler takes the stack: their
-// slots hold the trampoline, and the stack must show the callers anyway.
+// slots hold trampoline addresses, and the stack must show the callers anyway.
 void pending_returns_show_originals(const Chain &chain, unsigned flags) {
-  const uint64_t trampoline = return_trampoline();  // before this test's links count returns
-  ASSERT_NE(trampoline, 0u);
   Link outer, middle;
   ASSERT_ATTACHED(outer.attach(std::string("uretprobe:") + loc(chain.outer_name)));
   ASSERT_ATTACHED(middle.attach(std::string("uretprobe:") + loc(chain.middle_name)));
@@ -203,7 +190,7 @@ void pending_returns_show_originals(const Chain &chain, unsigned flags) {
   ASSERT_GE(c.n, 4);
   EXPECT_EQ(frames(c, 4, false), (std::vector<std::string>{chain.inner_name, chain.middle_name,
                                                            chain.outer_name, "stack_test_call"}));
-  for (int i = 0; i < c.n; ++i) EXPECT_NE(c.ips[i], trampoline) << "frame " << i;
+  for (int i = 0; i < c.n; ++i) EXPECT_TRUE(in_an_object(c.ips[i])) << "frame " << i;
   // The returns still went through their probes: the walk left the trampoline in place.
   EXPECT_EQ(outer.return_hits(), 1u);
   EXPECT_EQ(middle.return_hits(), 1u);

@@ -28,7 +28,7 @@ __attribute__((no_sanitize("address"))) size_t frame_pointer_walk(uint64_t fp, u
   while (n < max && hi >= 16 && fp >= lo && fp <= hi - 16 && fp % 8 == 0) {
     const auto *frame = reinterpret_cast<const uint64_t *>(fp);
     const uint64_t ret = fixup(ctx, fp + 8, frame[1]);
-    if (ret == 0) break;  // the outermost frame, or a trampoline nobody owns
+    if (ret == 0) break;  // the outermost frame
     ips[n++] = ret;
     const uint64_t next = frame[0];
     if (next <= fp) break;  // 0 ends the chain (_start, a thread's start); down or flat is broken

@@ -159,7 +159,8 @@ constexpr bool kDispatchIsGprOnly = false;
 constexpr bool kDispatchIsGprOnly = true;
 #endif
 
-void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved) {
+// Returns where the landing address (the fourth argument, %rcx) goes, to be patched in once known.
+size_t put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved) {
   w.put_mov_reg_reg(x86::RDI, x86::RBX);
   w.put_mov_reg_imm64(x86::RSI, reinterpret_cast<uint64_t>(probe));
   if (vector_saved) {
@@ -167,19 +168,42 @@ void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved
   } else {
     w.put_u8(0x31), w.put_u8(0xD2);  // xor %edx,%edx
   }
+  w.put_mov_reg_imm64(x86::RCX, 0);
+  const size_t landing_at = w.size() - 8;
   w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&usprobe_dispatch));
   w.put_call_reg(x86::RAX);
+  return landing_at;
+}
+void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
+  w.patch_u32(at, static_cast<uint32_t>(v));
+  w.patch_u32(at + 4, static_cast<uint32_t>(v >> 32));
 }
 
 // Everything up to the window, which follows at w.pc().
 //
 //   save GPRs and flags (the Regs view); %rbx = Regs*; align the stack
 //   if (!probe->wants_vector_state)             fast path: the built-in counter needs no
-//     if (dispatch(regs, probe, 0) == done) goto restore   vector state (dispatch is GPR-only)
-//   save vector state; dispatch(regs, probe, 1); restore vector state
+//     r = dispatch(regs, probe, 0, landing)     vector state (dispatch is GPR-only)
+//     if (r != needs vector state) goto restore
+//   save vector state; r = dispatch(regs, probe, 1, landing); restore vector state
 // restore:
 //   restore GPRs (and flags)
-void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry) {
+//
+// At a function entry, when dispatch took a return probe for this call (r = kDispatchReturnProbe,
+// kept in the Regs view's flags slot, dead there), the function is called rather than jumped to:
+//
+//     lea 8(%rsp),%rsp             drop the return address (dispatch kept it in the instance)
+//     call window                  the function runs; its `ret` comes back to the landing
+//   landing:
+//     jmp return_code              the shared return code (make_return_trampoline) runs the
+//                                  return probes and `ret`s to the original return address
+//
+// Both returns are then predicted by the CPU's return stack: the function's comes back to the
+// `call` that made it, and the return code's `ret` pops the caller's own entry. (Writing another
+// address over the return address instead costs a mispredicted `ret` on every return, about as
+// much as the rest of the return probe.)
+void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry,
+                                uint64_t return_code) {
   w.put_lea_rsp_rsp(-kRedZone);
   w.put_pushfq();
   for (x86::Reg r : kPushOrder) w.put_push_reg(r);
@@ -193,15 +217,17 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   put_and_rsp_imm8(w, -16);
 
   size_t to_restore = 0;
+  std::vector<size_t> landing_at;
   if (kDispatchIsGprOnly) {
     w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->wants_vector_state));
     w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
     w.put_u8(0x0F), w.put_u8(0x85);                  // jne save (rel32, patched below)
     size_t to_save = w.size();
     w.put_u32(0);
-    put_call_dispatch(w, probe, false);
-    w.put_u8(0x85), w.put_u8(0xC0);  // test %eax,%eax
-    w.put_u8(0x0F), w.put_u8(0x84);  // je restore (rel32, patched below)
+    landing_at.push_back(put_call_dispatch(w, probe, false));
+    const uint8_t cmp[] = {0x83, 0xF8, kDispatchNeedsVectorSave};  // cmp $1,%eax
+    w.put_bytes(cmp, sizeof cmp);
+    w.put_u8(0x0F), w.put_u8(0x85);  // jne restore (rel32, patched below)
     to_restore = w.size();
     w.put_u32(0);
     w.patch_u32(to_save, static_cast<uint32_t>(w.size() - (to_save + 4)));
@@ -216,7 +242,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   } else {
     put_xsave(w);
   }
-  put_call_dispatch(w, probe, true);
+  landing_at.push_back(put_call_dispatch(w, probe, true));
   if (entry) {
     for (int n = 0; n < 8; ++n) put_vec_move(w, vw, n, false);
   } else {
@@ -225,14 +251,36 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
 
   if (kDispatchIsGprOnly)
     w.patch_u32(to_restore, static_cast<uint32_t>(w.size() - (to_restore + 4)));
+  if (entry) {
+    const uint8_t keep_result[] = {0x48, 0x89, 0x83};  // mov %rax,disp32(%rbx): Regs::rflags
+    w.put_bytes(keep_result, sizeof keep_result);
+    w.put_u32(17 * 8);
+  }
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);  // the site and %rsp slots: handlers cannot move them
   for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);
-  if (entry)
-    w.put_lea_rsp_rsp(8);  // flags are dead at a function entry; popfq costs ~20 cycles
-  else
+  if (!entry) {
     w.put_popfq();
+    w.put_lea_rsp_rsp(kRedZone);
+    return;
+  }
+  // Flags are dead at a function entry (popfq costs ~20 cycles): the slot holds dispatch's result.
+  const uint8_t cmp_result[] = {0x48, 0x83, 0x3C, 0x24, kDispatchReturnProbe};  // cmpq $2,(%rsp)
+  w.put_bytes(cmp_result, sizeof cmp_result);
+  w.put_lea_rsp_rsp(8);
   w.put_lea_rsp_rsp(kRedZone);
+  w.put_u8(0x0F), w.put_u8(0x85);  // jne window (rel32, patched below)
+  const size_t to_window = w.size();
+  w.put_u32(0);
+  w.put_lea_rsp_rsp(8);  // the original return address: dispatch keeps it in the instance
+  w.put_u8(0xE8);        // call window (rel32, patched below)
+  const size_t call_window = w.size();
+  w.put_u32(0);
+  const uint64_t landing = w.pc();
+  w.put_jmp(return_code);
+  w.patch_u32(to_window, static_cast<uint32_t>(w.size() - (to_window + 4)));
+  w.patch_u32(call_window, static_cast<uint32_t>(w.size() - (call_window + 4)));
+  for (size_t at : landing_at) patch_u64(w, at, landing);
 }
 
 // Why the jump path cannot be used at this site, or "" when it can (relocation still decides).
@@ -274,10 +322,16 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   plan.function_entry = req.bounds_known && off == 0;
   std::string refusal = req.force_int3 ? req.force_reason : jump_refusal(req, scan, off);
 
+  uint64_t return_code = 0;
+  if (plan.function_entry) {
+    auto r = make_return_trampoline();
+    if (!r) return std::unexpected(r.error());
+    return_code = *r;
+  }
   auto mem = os::alloc_code_near(req.site, kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
   x86::CodeWriter w(*mem);
-  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry);
+  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
 
@@ -338,9 +392,9 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   return plan;
 }
 
-// The return trampoline. A hijacked `ret` lands here with the caller's %rsp and the return
-// registers live; every register is kept (callers built with -fipa-ra may rely on more than the
-// ABI promises):
+// The return code, shared by every function-entry trampoline: their landings jump here when the
+// probed function has returned, with the caller's %rsp and the return registers live; every
+// register is kept (callers built with -fipa-ra may rely on more than the ABI promises):
 //
 //     push $0                      slot for the original return address
 //     lea -8(%rsp); push %rax..%r15  the Regs view (flags dead), the caller's %rsp, rip = 0
@@ -349,8 +403,11 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 //     if (r == needs vector state)
 //       save x/y/zmm0-1; r = usprobe_return_dispatch(regs, area); restore them
 //     mov r,slot; mov %rbx,%rsp; pop ...
-//     lea 16(%rsp),%rsp; jmp *-8(%rsp)   to the original return address
+//     lea 8(%rsp),%rsp; ret         to the original return address
+// Made once, on the first function-entry trampoline, and kept for the life of the process.
 Result<uint64_t> make_return_trampoline() {
+  static uint64_t made = 0;  // callers hold the registry's lock
+  if (made) return made;
   auto mem =
       os::alloc_code_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
@@ -398,15 +455,14 @@ Result<uint64_t> make_return_trampoline() {
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);
   for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);
-  // Back to the caller's %rsp, then jump through the slot, now 8 bytes below it: inside the red
-  // zone, which no signal frame overwrites. A `ret` here would mispredict every time (the return
-  // stack buffer's entry went to the probed function's own `ret`); an indirect jump is predicted
-  // by its target history.
-  w.put_lea_rsp_rsp(16);
-  const uint8_t jmp_slot[] = {0xFF, 0x64, 0x24, 0xF8};  // jmp *-8(%rsp)
-  w.put_bytes(jmp_slot, sizeof jmp_slot);
+  // Skip the flags slot and return through the original address's slot: the return stack's top
+  // entry is the caller's own (the probed function's `ret` used the landing's), so this `ret` is
+  // predicted.
+  w.put_lea_rsp_rsp(8);
+  w.put_u8(0xC3);  // ret
   if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
-  return w.base();
+  made = w.base();
+  return made;
 }
 
 }  // namespace usprobe::arch
