@@ -79,6 +79,7 @@ struct Probe {
   std::atomic<uint8_t> wants_vector_state{0};
 
   std::string name;  // "libc.so.6:malloc" (after IFUNC resolution)
+  bool function_entry = false;  // the location is a function's first instruction (immutable)
   elf::FileId file;
   uint64_t file_offset = 0;
   std::vector<Site *> sites;                 // chosen from plans: one per mapping of the file

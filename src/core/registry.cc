@@ -346,6 +346,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         slot_in_map->name = loc.describe();
         slot_in_map->file = key.first;
         slot_in_map->file_offset = key.second;
+        slot_in_map->function_entry = loc.func_size != 0 && loc.offset_in_function() == 0;
       }
       Probe *p = slot_in_map.get();
       if (p->links.empty() && !added.count(p)) {

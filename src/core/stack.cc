@@ -38,25 +38,14 @@ struct Start {
   bool entry;   // at a function's first instruction: its return address is at sp
 };
 
-// Whether a probe sits on a function's first instruction, where the return address is still at the
-// stack pointer and the frame pointer is still the caller's. Its name says so, and the name is
-// immutable: elf::ResolvedLocation::describe() writes "FILE:SYMBOL" at an entry,
-// "FILE:SYMBOL+0xOFF" inside a function and "FILE:0xOFF" where no symbol covers the offset (treated
-// as not an entry).
-bool at_function_entry(const Probe &p) {
-  std::string_view name = p.name;
-  const size_t colon = name.rfind(':');
-  if (colon == std::string_view::npos) return false;
-  const std::string_view where = name.substr(colon + 1);
-  return !where.empty() && where.find('+') == std::string_view::npos && !where.starts_with("0x");
-}
-
 Start start_of(const usprobe_hit &hit) {
   const uint64_t sp = arch::reg(*hit.regs, USPROBE_RSP);
   // In a return handler the view is the caller's, just returned to: its %rsp and callee-saved
   // registers, and rip 0; the caller resumes at the instance's original return address.
   if (hit.returning) return {hit.returning->return_address, sp, false};
-  return {arch::reg(*hit.regs, USPROBE_RIP), sp, at_function_entry(*hit.probe)};
+  // At a function's first instruction the return address is still at the stack pointer and the
+  // frame pointer is still the caller's.
+  return {arch::reg(*hit.regs, USPROBE_RIP), sp, hit.probe->function_entry};
 }
 
 // ---- Return addresses the trampolines took over -------------------------------------------------

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cinttypes>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -155,6 +156,33 @@ TEST(HitStack, FramePointerWalkKeepsTheCallerAtAFunctionEntry) {
   // Without frame pointers the chain skips the functions that have none (outer here), but the
   // probed function's own caller is read from the stack pointer at the entry.
   Capture c = entry_stack(kNoFp, USPROBE_STACK_FP);
+  ASSERT_GE(c.n, 2);
+  EXPECT_EQ(frames(c, 2, false), (std::vector<std::string>{"stk_nofp_inner", "stk_nofp_middle"}));
+}
+
+// The same with the probe placed by file offset ("FILE:0xOFF"): still a function's entry.
+TEST(HitStack, FramePointerWalkKeepsTheCallerAtAnEntryNamedByFileOffset) {
+  struct Found {
+    uint64_t offset = 0;
+  } found;
+  ASSERT_GT(usprobe_list_functions(
+                kLib,
+                [](const char *name, uint64_t offset, uint64_t, void *user) {
+                  if (std::string(name) == "stk_nofp_inner")
+                    static_cast<Found *>(user)->offset = offset;
+                },
+                &found),
+            0);
+  ASSERT_NE(found.offset, 0u);
+  Capture c;
+  c.flags = USPROBE_STACK_FP;
+  usprobe_consumer consumer{take_stack, &c, nullptr};
+  Link inner;
+  char where[128];
+  std::snprintf(where, sizeof where, "%s:%#" PRIx64, kLib, found.offset);
+  ASSERT_ATTACHED(inner.attach(where, &consumer));
+  EXPECT_EQ(stack_test_call(stk_nofp_outer, kArg), kResult);
+  ASSERT_EQ(c.hits, 1);
   ASSERT_GE(c.n, 2);
   EXPECT_EQ(frames(c, 2, false), (std::vector<std::string>{"stk_nofp_inner", "stk_nofp_middle"}));
 }
