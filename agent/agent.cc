@@ -1,13 +1,15 @@
 // libusprobe-agent.so: what the usprobe CLI preloads into the command it runs (agent/protocol.h).
 //
 // Before main, the constructor maps the region named by USPROBE_AGENT_FD, reads the plan and
-// attaches every probe in one batch, with the count, trace or latency handlers (handlers.h) as the
-// consumer. From then on each thread of the process counts its hits into a slot of its own. The
-// agent follows the command: a forked child keeps the patched probes and counts into slots tagged
-// with its own pid (fork handlers below); an exec'd image loads the agent again through the
-// inherited environment and fd, and attaches again. At exit the engine's missed counts (hits it
-// skipped to avoid recursion) are added to the region. Probes are never detached: the process is
-// leaving, and its other threads may still be running.
+// attaches every probe in one batch, with the count, trace or latency handlers (handlers.h) or the
+// stacks handler (stack_handler.h) as the consumer. In stacks mode it also writes the process's
+// mappings into the region before attaching, and again at exit if they changed (maps.h). From then
+// on each thread of the process counts its hits into a slot of its own. The agent follows the
+// command: a forked child keeps the patched probes and counts into slots tagged with its own pid
+// (fork handlers below); an exec'd image loads the agent again through the inherited environment
+// and fd, and attaches again. At exit the engine's missed counts (hits it skipped to avoid
+// recursion) are added to the region. Probes are never detached: the process is leaving, and its
+// other threads may still be running.
 //
 // Nothing here writes to stdout: the command's output is the user's.
 #include <pthread.h>
@@ -25,11 +27,13 @@
 #include "agent/agent_scope.h"
 #include "agent/fault_fixup.h"
 #include "agent/handlers.h"
+#include "agent/maps.h"
 #include "agent/notices.h"
 #include "agent/plan.h"
 #include "agent/protocol.h"
 #include "agent/region.h"
 #include "agent/slots.h"
+#include "agent/stack_handler.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::agent {
@@ -83,6 +87,7 @@ void after_fork_child() {
 // would otherwise report), and the command's .fini_array destructors, whose hits are lost with it.
 void add_engine_missed() {
   t_in_agent = true;
+  post_maps(kMapsExit);  // stacks mode: a library loaded since the start names its addresses
   SlotHeader *s = thread_slot();
   std::atomic<uint64_t> *missed = slot_missed(s, g_region.probe_count);
   for (uint32_t i = 0; i < g_region.probe_count; ++i) {
@@ -123,13 +128,16 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
 void attach_all(const std::vector<PlannedProbe> &plan) {
   size_t n = plan.size();
   bool trace = g_region.mode == kModeTrace;
+  bool stacks = g_region.mode == kModeStacks;
   std::vector<const char *> locations(n);
   std::vector<usprobe_consumer> consumers(n);
   std::vector<int> errors(n);
   for (size_t i = 0; i < n; ++i) {
     locations[i] = plan[i].location.c_str();
     void *index = reinterpret_cast<void *>(static_cast<uintptr_t>(i));
-    if (g_region.mode == kModeLatency)  // function entries: the CLI plans nothing else
+    if (stacks)  // probed instructions: the CLI plans no return probe
+      consumers[i] = {stack_handler, index, nullptr};
+    else if (g_region.mode == kModeLatency)  // function entries: the CLI plans nothing else
       consumers[i] = {latency_entry_handler, index, latency_return_handler};
     else if (plan[i].location.starts_with("uretprobe:"))  // the CLI's spelling of a return probe
       consumers[i] = {nullptr, index, trace ? trace_return_handler : count_handler};
@@ -139,8 +147,11 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   g_links = new usprobe_link *[n]();
   timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  int attached = usprobe_attach_batch_ex(locations.data(), n, consumers.data(),
-                                         USPROBE_GENERAL_REGS_ONLY, g_links, errors.data());
+  // The stacks handler calls the unwinder, which may use any register: the trampoline saves the
+  // vector state for it. The other handlers are built with -mgeneral-regs-only.
+  unsigned flags = stacks ? 0u : unsigned{USPROBE_GENERAL_REGS_ONLY};
+  int attached =
+      usprobe_attach_batch_ex(locations.data(), n, consumers.data(), flags, g_links, errors.data());
   double ms = ms_since(t0);
   if (attached < 0) {
     report_error(fmt::format("attaching the probes failed: {}", usprobe_last_error()));
@@ -202,6 +213,7 @@ __attribute__((constructor)) void agent_start() {
   g_region.ring_size = h->ring_size;
   g_region.hist_offset = h->hist_offset;
   g_region.tsc_to_ns_mult = h->tsc_to_ns_mult;
+  g_region.stack_flags = h->stack_flags;
   g_region.overflow = slot_at(h, h->max_slots - 1);
   g_missed_baseline = new uint64_t[h->probe_count]();
   g_missed_at_fork = new uint64_t[h->probe_count]();
@@ -216,6 +228,11 @@ __attribute__((constructor)) void agent_start() {
   if (int err = pthread_atfork(before_fork, after_fork_parent, after_fork_child); err != 0) {
     report_error(fmt::format("pthread_atfork: {}", usprobe_strerror(-err)));
     return;
+  }
+  if (h->mode == kModeStacks) {
+    // Relaxed: only distinct numbers are needed; before any probe of this image is attached.
+    g_region.image = h->images.fetch_add(1, std::memory_order_relaxed) + 1;
+    post_maps(kMapsAttach);  // before any stack of this image can be recorded
   }
   attach_all(*plan);
   atexit(add_engine_missed);

@@ -7,6 +7,7 @@
 
 #include "agent/agent_scope.h"
 #include "agent/region.h"
+#include "agent/ring.h"
 #include "agent/safe_copy.h"
 #include "agent/slots.h"
 
@@ -57,29 +58,15 @@ void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
 
   const ProbeInfo &info = r.probes[probe];
   uint64_t size = info.record_size;
-  uint64_t head = s->head.load(std::memory_order_relaxed);  // this thread is its only writer
-  // Acquire pairs with the CLI's tail.store(release): it has finished reading the space it freed
-  // before this thread writes over it.
-  uint64_t tail = s->tail.load(std::memory_order_acquire);
-  uint64_t pos = head & (r.ring_size - 1);  // a power of two (agent/region.cc checks)
-  uint64_t to_end = r.ring_size - pos;
-  uint64_t pad = to_end < size ? to_end : 0;  // a record never wraps: pad to the end first
+  uint64_t next_head = 0;
   // From here on s is this thread's own slot (the overflow slot returned above).
-  if (r.ring_size - (head - tail) < pad + size) {
+  char *record = ring_reserve(s, size, &next_head);
+  if (!record) {
     owned_add(hits, 1);
     owned_add(missed, 1);
     return;
   }
-  char *ring = ring_of(r.header, s);
-  if (pad) {
-    auto *p = reinterpret_cast<Event *>(ring + pos);
-    p->size = static_cast<uint32_t>(pad);
-    p->probe = kPadProbe;
-    head += pad;
-    pos = 0;
-  }
-
-  auto *e = reinterpret_cast<Event *>(ring + pos);
+  auto *e = reinterpret_cast<Event *>(record);
   e->size = static_cast<uint32_t>(size);
   e->probe = probe;
   e->tsc = __builtin_ia32_rdtsc();
@@ -94,9 +81,7 @@ void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
   }
   e->bad_strings = bad;
   owned_add(hits, 1);
-  // Release pairs with the CLI's head.load(acquire): the padding and the record are written before
-  // it can read them.
-  s->head.store(head + size, std::memory_order_release);
+  ring_publish(s, next_head);
 }
 
 }  // namespace

@@ -14,6 +14,8 @@
 //                          did not resolve after an exec)
 //   header.slot_offset     header.max_slots Slots, header.slot_stride bytes apart; the last one
 //                          (index max_slots - 1) is the shared overflow slot
+//   header.maps_offset     (stacks mode) header.max_maps MapsEntry records, then
+//                          header.maps_text_size bytes of maps text (see "Stacks mode")
 //
 // Plan text (lines end with '\n'):
 //   usprobe-plan 1
@@ -53,13 +55,32 @@
 // is p (2^p <= v < 2^(p+1)) goes to 8 * (p - 2) + (the three bits below bit p). The 496 buckets
 // cover all of uint64_t; a bucket lies inside one power of two, so the CLI's log2 table is exact.
 //
-// Rings (trace mode; ring_size 0 in count and latency modes): single producer (the slot's thread),
-// single consumer (the CLI). head and tail count bytes since the start and never wrap; the record
-// at head & (ring_size - 1) is contiguous: when it would cross the end, the producer first writes a
-// padding record (probe = kPadProbe) up to the end. A record that does not fit in the free space
-// (ring_size - (head - tail)) is not written: the producer adds 1 to missed[probe] in its slot.
-// The producer publishes with head.store(release) after writing the record; the consumer reads
-// head with acquire, and releases the space with tail.store(release).
+// Rings (trace and stacks modes; ring_size 0 in count and latency modes): single producer (the
+// slot's thread), single consumer (the CLI). head and tail count bytes since the start and never
+// wrap; the record at head & (ring_size - 1) is contiguous: when it would cross the end, the
+// producer first writes a padding record (probe = kPadProbe) up to the end. A record that does not
+// fit in the free space (ring_size - (head - tail)) is not written: the producer adds 1 to
+// missed[probe] in its slot. The producer publishes with head.store(release) after writing the
+// record; the consumer reads head with acquire, and releases the space with tail.store(release).
+//
+// Stacks mode (the ring holds StackRecords). Each hit's handler takes the user stack with
+// usprobe_hit_stack (header.stack_flags: 0 for DWARF unwinding, USPROBE_STACK_FP for frame
+// pointers) into a local array of at most kMaxStackFrames addresses and writes a StackRecord into
+// its thread's ring, as trace mode writes an Event (same padding, same "full ring: missed[probe] +=
+// 1"; the overflow slot counts hits and misses but keeps no records). Its probes are attached
+// without USPROBE_GENERAL_REGS_ONLY: the unwinder may use any register.
+//
+// A stack is a list of addresses; naming them needs the mappings of the process that recorded it,
+// and a short-lived process is gone before the CLI could read its /proc/PID/maps. So every agent
+// instance (a process image: the constructor runs again after an exec) takes an image number
+// (header.images.fetch_add(1) + 1) that its stack records carry, and writes its own mappings into
+// the region: once before it attaches, and again at exit when they changed (a dlopen). A forked
+// child keeps its parent's image number, so the parent's mappings name its stacks when it left
+// none of its own (it called _exit). A MapsEntry is claimed with maps_cursor.fetch_add(1), its text
+// with maps_text_cursor.fetch_add(size); an entry whose text does not fit is posted with
+// text_size 0 and counted in maps_dropped (the CLI reads /proc/PID/maps instead while the process
+// lives). The text is /proc/self/maps with only the lines that name a file or [vdso]/[vsyscall]:
+// anonymous memory names nothing. Entries are written outside the hit path.
 //
 // Times are TSC ticks (rdtsc): the handlers make no system call. The CLI converts them to time
 // since it started the command by calibrating the TSC against CLOCK_MONOTONIC itself.
@@ -72,14 +93,14 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 2;
+inline constexpr uint32_t kVersion = 3;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
 inline constexpr const char *kEnvPath = "USPROBE_AGENT_REGION";
 inline constexpr const char *kPlanFirstLine = "usprobe-plan 1";
 
-enum Mode : uint32_t { kModeCount = 0, kModeTrace = 1, kModeLatency = 2 };
+enum Mode : uint32_t { kModeCount = 0, kModeTrace = 1, kModeLatency = 2, kModeStacks = 3 };
 
 enum SlotState : uint32_t { kSlotFree = 0, kSlotOwned = 1, kSlotOrphan = 2 };
 
@@ -114,6 +135,18 @@ struct Header {
   // summary; incremented with fetch_add outside the hit path.
   std::atomic<uint32_t> agents_started;
   std::atomic<uint32_t> agents_attached;
+  // Stacks mode (zero otherwise): the flags for usprobe_hit_stack, and the maps area.
+  uint32_t stack_flags;
+  uint32_t max_maps;          // MapsEntry records at maps_offset
+  uint64_t maps_offset;       // 64-byte aligned
+  uint64_t maps_text_offset;  // maps_text_size bytes of text, claimed with maps_text_cursor
+  uint64_t maps_text_size;
+  // Claimed with fetch_add by agents (outside the hit path); see "Stacks mode".
+  std::atomic<uint32_t> maps_cursor;
+  std::atomic<uint32_t> maps_dropped;  // entries that found no room, or text that found none
+  std::atomic<uint64_t> maps_text_cursor;
+  std::atomic<uint32_t> images;  // the last image number taken
+  uint32_t reserved;
 };
 
 enum NoticeKind : uint32_t {
@@ -156,6 +189,39 @@ struct Event {
   uint64_t args[kMaxArgs];
 };
 static_assert(sizeof(Event) == 72);
+
+// Stacks mode: a stack record, this header then `frames` addresses: ips[0] the probed instruction,
+// then return addresses, outermost last (usprobe_hit_stack). size = sizeof(StackRecord) + 8 *
+// frames.
+struct StackRecord {
+  uint32_t size;
+  uint32_t probe;  // index, or kPadProbe for padding (then only `size` is meaningful)
+  int32_t tid;
+  uint32_t frames;  // 1..kMaxStackFrames
+  uint32_t image;   // the recording agent's image number (see "Stacks mode")
+  uint32_t reserved;
+};
+static_assert(sizeof(StackRecord) == 24);
+inline constexpr uint32_t kMaxStackFrames = 127;
+inline constexpr uint64_t kMaxStackRecord = sizeof(StackRecord) + 8 * uint64_t{kMaxStackFrames};
+
+enum MapsKind : uint32_t {
+  kMapsAttach = 0,  // written by the constructor, before the probes were attached
+  kMapsExit = 1,    // written at exit, when the mappings changed since the last entry
+};
+
+// Stacks mode: one process image's mappings at one moment. The text (text_size bytes, no NUL) is at
+// maps_text_offset + text_offset.
+struct MapsEntry {
+  std::atomic<uint32_t> ready;  // release-stored 1 when the rest is written
+  uint32_t kind;                // MapsKind
+  int32_t pid;
+  uint32_t image;
+  uint64_t text_offset;
+  uint64_t text_size;  // 0 when the text found no room
+  char comm[16];       // /proc/self/comm: the process's name, NUL-terminated
+};
+static_assert(sizeof(MapsEntry) == 48);
 
 // Latency buckets (see "Latency mode" above).
 inline constexpr uint32_t kLatencySubBits = 3;  // 2^3 = 8 sub-buckets per power of two
@@ -234,6 +300,12 @@ inline Notice *notice_at(Header *h, uint32_t i) {
 }
 inline char *ring_of(Header *h, SlotHeader *s) {
   return reinterpret_cast<char *>(s) + h->ring_offset;
+}
+inline MapsEntry *maps_entry_at(Header *h, uint32_t i) {
+  return reinterpret_cast<MapsEntry *>(reinterpret_cast<char *>(h) + h->maps_offset) + i;
+}
+inline char *maps_text(Header *h) {
+  return reinterpret_cast<char *>(h) + h->maps_text_offset;
 }
 
 }  // namespace usprobe::agent

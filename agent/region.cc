@@ -12,6 +12,8 @@
 
 #include <fmt/format.h>
 
+#include "usprobe/usprobe.h"
+
 namespace usprobe::agent {
 
 Region g_region;
@@ -23,7 +25,8 @@ using u128 = unsigned __int128;
 // Every area the header describes lies inside the region, aligned for the atomics it holds.
 std::expected<void, std::string> check_layout(const Header &h) {
   auto fail = [](std::string why) { return std::unexpected("bad region header: " + why); };
-  if (h.mode != kModeCount && h.mode != kModeTrace && h.mode != kModeLatency)
+  if (h.mode != kModeCount && h.mode != kModeTrace && h.mode != kModeLatency &&
+      h.mode != kModeStacks)
     return fail(fmt::format("mode {}", h.mode));
   if (h.plan_size == 0 || u128{h.plan_offset} + h.plan_size > h.region_size)
     return fail("the plan lies outside the region");
@@ -41,6 +44,18 @@ std::expected<void, std::string> check_layout(const Header &h) {
   if (h.mode == kModeTrace && (h.ring_size < sizeof(Event) || std::popcount(h.ring_size) != 1))
     return fail(fmt::format(
         "trace mode with a {}-byte ring (not a power of two that holds an event)", h.ring_size));
+  if (h.mode == kModeStacks) {
+    if (h.ring_size < kMaxStackRecord || std::popcount(h.ring_size) != 1)
+      return fail(fmt::format(
+          "stacks mode with a {}-byte ring (not a power of two that holds a whole stack)",
+          h.ring_size));
+    if ((h.stack_flags & ~USPROBE_STACK_FP) != 0)
+      return fail(fmt::format("stack flags {:#x}", h.stack_flags));
+    if (h.max_maps == 0 || h.maps_offset % alignof(MapsEntry) != 0 ||
+        u128{h.maps_offset} + u128{h.max_maps} * sizeof(MapsEntry) > h.maps_text_offset ||
+        u128{h.maps_text_offset} + h.maps_text_size > h.region_size)
+      return fail("the maps area lies outside the region");
+  }
   if (h.mode == kModeLatency) {
     if (h.ring_size != 0) return fail("latency mode with a ring");
     if (h.tsc_to_ns_mult == 0) return fail("latency mode without a TSC rate");

@@ -30,6 +30,8 @@ struct Region {
   uint64_t tsc_to_ns_mult = 0;     // latency mode: ns = (ticks * tsc_to_ns_mult) >> kTscShift
   SlotHeader *overflow = nullptr;  // slot max_slots - 1, shared by threads that found none free
   const ProbeInfo *probes = nullptr;
+  uint32_t stack_flags = 0;  // stacks mode: for usprobe_hit_stack
+  uint32_t image = 0;        // stacks mode: this image's number, in every StackRecord
   // This process's pid, so that claiming a slot needs no getpid(). Rewritten by the fork child
   // handler, when the child has a single thread.
   int32_t pid = 0;

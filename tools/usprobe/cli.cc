@@ -61,8 +61,10 @@ int run_cli(int argc, char **argv) {
     has_separator = true;
   }
 
-  CLI::App app("usprobe: uprobes in user space. Count, trace or time the calls a command makes.",
-               "usprobe");
+  CLI::App app(
+      "usprobe: uprobes in user space. Count, trace, time or collect the stacks of the calls a "
+      "command makes.",
+      "usprobe");
   app.set_version_flag("--version", "usprobe " USPROBE_VERSION);
   app.require_subcommand(1);
 
@@ -124,10 +126,37 @@ p50 and p99; calls whose return was not seen (return depth, longjmp, exceptions)
 JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"low_ns",
 "high_ns","count"}]} per probe, high_ns inclusive.)");
 
+  StacksOptions stacks;
+  CLI::App *stacks_cmd = app.add_subcommand(
+      "stacks",
+      "Count the user stacks that reach probes in a command: PROBE... -- COMMAND [ARGS...]");
+  stacks_cmd->add_option("PROBE", stacks.probes, "probes whose stacks to count")->required();
+  stacks_cmd->add_flag("--fp", stacks.frame_pointers,
+                       "walk frame pointers only (cheaper; stops at code built without them)");
+  stacks_cmd
+      ->add_option("-d,--duration", stacks.duration_s,
+                   "interrupt the command (SIGINT) after SECONDS")
+      ->check(seconds());
+  stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
+  stacks_cmd->add_flag("--folded", stacks.folded,
+                       "folded stacks (comm;outermost;...;innermost COUNT), one per line");
+  stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE");
+  stacks_cmd->add_flag("-v,--verbose", stacks.verbose, "print the agent's informational notices");
+  set_footer(stacks_cmd,
+             "\n"
+             R"(
+Stacks are taken when a probe is hit, with DWARF unwinding (.eh_frame: works through code built
+without frame pointers) or, with --fp, frame pointers; at most 127 frames. The text report lists,
+per probe, each distinct stack innermost frame first, the process's name, then its count. Folded
+lines start with the process's name and, with several probes, end with the probe's name. Return
+probes (uretprobe:) are not supported.)");
+
   // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
   if (!args.empty() && args[0] != "list" && args[0] != "count" && args[0] != "trace" &&
-      args[0] != "latency" && args[0] != "-h" && args[0] != "--help" && args[0] != "--version") {
-    fmt::print(stderr, "usprobe: unknown {} '{}' (expected list, count, trace or latency)\n",
+      args[0] != "latency" && args[0] != "stacks" && args[0] != "-h" && args[0] != "--help" &&
+      args[0] != "--version") {
+    fmt::print(stderr,
+               "usprobe: unknown {} '{}' (expected list, count, trace, latency or stacks)\n",
                args[0].starts_with('-') ? "option" : "subcommand", args[0]);
     return 2;
   }
@@ -141,9 +170,13 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
     return 2;
   }
 
-  bool needs_command = count_cmd->parsed() || trace_cmd->parsed() || latency_cmd->parsed();
+  bool needs_command =
+      count_cmd->parsed() || trace_cmd->parsed() || latency_cmd->parsed() || stacks_cmd->parsed();
   if (needs_command && command.empty()) {
-    const char *name = count_cmd->parsed() ? "count" : trace_cmd->parsed() ? "trace" : "latency";
+    const char *name = count_cmd->parsed()     ? "count"
+                       : trace_cmd->parsed()   ? "trace"
+                       : latency_cmd->parsed() ? "latency"
+                                               : "stacks";
     fmt::print(stderr, "usprobe: {}: {} (usage: usprobe {} PROBE... -- COMMAND [ARGS...])\n", name,
                has_separator ? "no command after '--'" : "missing '--' and the command to run",
                name);
@@ -161,6 +194,10 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
   if (latency_cmd->parsed()) {
     latency.command = std::move(command);
     return run_latency(latency);
+  }
+  if (stacks_cmd->parsed()) {
+    stacks.command = std::move(command);
+    return run_stacks(stacks);
   }
   trace.command = std::move(command);
   return run_trace(trace);

@@ -43,10 +43,13 @@ uint64_t tsc_to_ns_mult(double ticks_per_ns) {
 
 Result<Region> Region::create(const RegionConfig &config, const std::vector<PlanEntry> &plan) {
   bool latency = config.mode == agent::kModeLatency;
+  bool stacks = config.mode == agent::kModeStacks;
   if (config.max_slots < 2 ||
       (config.ring_size != 0 && (latency || config.ring_size < sizeof(agent::Event) ||
                                  std::popcount(config.ring_size) != 1)) ||
-      (latency && config.tsc_to_ns_mult == 0))
+      (latency && config.tsc_to_ns_mult == 0) ||
+      (stacks && (config.ring_size < agent::kMaxStackRecord || config.max_maps == 0 ||
+                  config.maps_text_size == 0)))
     return fail(EINVAL, "bad region configuration");
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
@@ -57,6 +60,13 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   uint64_t stride = latency ? agent::latency_stride_for(probe_count)
                             : agent::slot_stride_for(probe_count, config.ring_size);
   uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
+  uint64_t maps_offset = 0, maps_text_offset = 0;
+  if (stacks) {
+    maps_offset = align_up(size, 64);
+    maps_text_offset =
+        align_up(maps_offset + uint64_t{config.max_maps} * sizeof(agent::MapsEntry), 4096);
+    size = maps_text_offset + config.maps_text_size;
+  }
 
   // Not close-on-exec: the command inherits it (USPROBE_AGENT_FD), and so do its children.
   int fd = ::memfd_create("usprobe", 0);
@@ -92,6 +102,13 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   hdr->ring_size = config.ring_size;
   hdr->hist_offset = latency ? agent::latency_hist_offset(probe_count) : 0;
   hdr->tsc_to_ns_mult = latency ? config.tsc_to_ns_mult : 0;
+  if (stacks) {
+    hdr->stack_flags = config.stack_flags;
+    hdr->max_maps = config.max_maps;
+    hdr->maps_offset = maps_offset;
+    hdr->maps_text_offset = maps_text_offset;
+    hdr->maps_text_size = config.maps_text_size;
+  }
   std::memcpy(static_cast<char *>(map) + plan_offset, text.c_str(), text.size() + 1);
   // No barrier needed for the agents: they map the region after fork and exec, which order
   // these writes before anything they read.
@@ -111,7 +128,9 @@ Region::Region(Region &&other) noexcept
       masks_(std::move(other.masks_)),
       folded_(std::move(other.folded_)),
       folded_histograms_(std::move(other.folded_histograms_)),
-      next_notice_(other.next_notice_) {}
+      next_notice_(other.next_notice_),
+      next_maps_(other.next_maps_),
+      pending_maps_(std::move(other.pending_maps_)) {}
 
 Region::~Region() {
   if (hdr_) ::munmap(hdr_, hdr_->region_size);
@@ -119,20 +138,20 @@ Region::~Region() {
 }
 
 // Single consumer of the slot's ring (protocol.h): records in [tail, head) are complete.
-void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out) {
+void Region::drain_ring(SlotHeader *slot,
+                        const std::function<void(const char *record, uint32_t size)> &record) {
   uint64_t ring_size = hdr_->ring_size;
   if (ring_size == 0) return;
   // Acquire: pairs with the producer's head.store(release) after it wrote the record, and so
-  // also makes the pid it wrote when it claimed the slot visible: read pid after head.
+  // also makes the pid it wrote when it claimed the slot visible: callers read pid after this.
   uint64_t head = slot->head.load(std::memory_order_acquire);
-  int32_t pid = overflow ? 0 : slot->pid.load(std::memory_order_relaxed);
   uint64_t tail = slot->tail.load(std::memory_order_relaxed);
   const char *ring = agent::ring_of(hdr_, slot);
   while (tail < head) {
     uint64_t pos = tail & (ring_size - 1);
-    const char *record = ring + pos;
-    uint32_t size = 0;
-    std::memcpy(&size, record, sizeof size);
+    const char *r = ring + pos;
+    uint32_t size = 0, probe = 0;
+    std::memcpy(&size, r, sizeof size);
     // A record that breaks the format (a producer gone wrong) would otherwise stall the ring
     // forever: skip everything published so far.
     if (size < 8 || size % 8 != 0 || pos + size > ring_size || tail + size > head) {
@@ -140,14 +159,25 @@ void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent>
       break;
     }
     tail += size;
-    // Padding (kPadProbe) and unknown or short records are skipped alike.
+    std::memcpy(&probe, r + sizeof size, sizeof probe);
+    if (probe != agent::kPadProbe) record(r, size);
+  }
+  // Release: the producer reads tail (acquire) before reusing the space we copied out of.
+  slot->tail.store(tail, std::memory_order_release);
+}
+
+void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out) {
+  int32_t pid = -1;  // read after drain_ring's acquire load of head, on the first record
+  drain_ring(slot, [&](const char *record, uint32_t size) {
+    // Unknown or short records are skipped.
     agent::Event ev;
-    if (size < sizeof ev) continue;
+    if (size < sizeof ev) return;
     std::memcpy(&ev, record, sizeof ev);
-    if (ev.probe >= masks_.size()) continue;
+    if (ev.probe >= masks_.size()) return;
     uint32_t mask = masks_[ev.probe];
     if (size < agent::event_size(static_cast<uint32_t>(std::popcount(mask)), hdr_->string_size))
-      continue;
+      return;
+    if (pid < 0) pid = overflow ? 0 : slot->pid.load(std::memory_order_relaxed);
     TraceEvent &e = out.emplace_back();
     e.pid = pid;
     e.tid = ev.tid;
@@ -161,12 +191,31 @@ void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent>
       e.strings[arg].assign(s, ::strnlen(s, hdr_->string_size));
       s += hdr_->string_size;
     }
-  }
-  // Release: the producer reads tail (acquire) before reusing the space we copied out of.
-  slot->tail.store(tail, std::memory_order_release);
+  });
 }
 
-void Region::drain(std::vector<TraceEvent> &out) {
+void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<StackEvent> &out) {
+  int32_t pid = -1;  // as above
+  drain_ring(slot, [&](const char *record, uint32_t size) {
+    agent::StackRecord rec;
+    if (size < sizeof rec) return;
+    std::memcpy(&rec, record, sizeof rec);
+    if (rec.probe >= masks_.size() || rec.frames == 0 || rec.frames > agent::kMaxStackFrames ||
+        size < sizeof rec + 8 * uint64_t{rec.frames})
+      return;
+    if (pid < 0) pid = overflow ? 0 : slot->pid.load(std::memory_order_relaxed);
+    StackEvent &e = out.emplace_back();
+    e.pid = pid;
+    e.tid = rec.tid;
+    e.probe = rec.probe;
+    e.image = rec.image;
+    e.ips.resize(rec.frames);
+    std::memcpy(e.ips.data(), record + sizeof rec, 8 * size_t{rec.frames});
+  });
+}
+
+template <typename Event>
+void Region::drain_all(std::vector<Event> &out) {
   if (hdr_->ring_size == 0) return;
   for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
     SlotHeader *slot = agent::slot_at(hdr_, i);
@@ -176,8 +225,17 @@ void Region::drain(std::vector<TraceEvent> &out) {
   }
 }
 
-void Region::reclaim(std::vector<TraceEvent> &out,
-                     const std::function<bool(int32_t, int32_t)> &alive) {
+void Region::drain(std::vector<TraceEvent> &out) {
+  if (hdr_->mode == agent::kModeTrace) drain_all(out);
+}
+
+void Region::drain(std::vector<StackEvent> &out) {
+  if (hdr_->mode == agent::kModeStacks) drain_all(out);
+}
+
+template <typename Event>
+void Region::reclaim_slots(std::vector<Event> &out,
+                           const std::function<bool(int32_t, int32_t)> &alive) {
   for (uint32_t i = 0; i < overflow_index(); ++i) {
     SlotHeader *slot = agent::slot_at(hdr_, i);
     uint32_t state = slot->state.load(std::memory_order_acquire);
@@ -200,6 +258,26 @@ void Region::reclaim(std::vector<TraceEvent> &out,
     // counters and an empty ring.
     slot->state.store(agent::kSlotFree, std::memory_order_release);
   }
+}
+
+void Region::reclaim(std::vector<TraceEvent> &out,
+                     const std::function<bool(int32_t, int32_t)> &alive) {
+  if (hdr_->mode == agent::kModeStacks) {
+    std::vector<StackEvent> dropped;  // the caller asked for trace records: there are none
+    reclaim_slots(dropped, alive);
+    return;
+  }
+  reclaim_slots(out, alive);
+}
+
+void Region::reclaim(std::vector<StackEvent> &out,
+                     const std::function<bool(int32_t, int32_t)> &alive) {
+  if (hdr_->mode != agent::kModeStacks) {
+    std::vector<TraceEvent> dropped;
+    reclaim_slots(dropped, alive);
+    return;
+  }
+  reclaim_slots(out, alive);
 }
 
 void Region::add_counts(SlotHeader *slot, int32_t pid, Counts &out, bool zero) const {
@@ -295,6 +373,35 @@ std::vector<NoticeMessage> Region::new_notices() {
 
 uint32_t Region::notices_dropped() const {
   return hdr_->notices_dropped.load(std::memory_order_relaxed);
+}
+
+std::vector<MapsMessage> Region::new_maps() {
+  std::vector<MapsMessage> out;
+  if (hdr_->mode != agent::kModeStacks) return out;
+  // Acquire: a claimed index may still be being written; its `ready` says when it is complete.
+  uint32_t claimed = std::min(hdr_->maps_cursor.load(std::memory_order_acquire), hdr_->max_maps);
+  for (; next_maps_ < claimed; ++next_maps_) pending_maps_.push_back(next_maps_);
+  // Unlike notices, order does not matter (each entry says which image it is), and an agent that
+  // died between claiming an entry and publishing it must not hide the entries after it.
+  std::erase_if(pending_maps_, [&](uint32_t i) {
+    agent::MapsEntry *e = agent::maps_entry_at(hdr_, i);
+    // Acquire: pairs with the agent's ready.store(1, release) after it wrote the entry and text.
+    if (e->ready.load(std::memory_order_acquire) == 0) return false;
+    MapsMessage &m = out.emplace_back();
+    m.kind = static_cast<agent::MapsKind>(e->kind);
+    m.pid = e->pid;
+    m.image = e->image;
+    m.comm.assign(e->comm, ::strnlen(e->comm, sizeof e->comm));
+    if (e->text_size > 0 && e->text_offset <= hdr_->maps_text_size &&
+        e->text_size <= hdr_->maps_text_size - e->text_offset)
+      m.text.assign(agent::maps_text(hdr_) + e->text_offset, e->text_size);
+    return true;
+  });
+  return out;
+}
+
+uint32_t Region::maps_dropped() const {
+  return hdr_->maps_dropped.load(std::memory_order_relaxed);
 }
 
 uint32_t Region::agents_started() const {

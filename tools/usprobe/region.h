@@ -1,8 +1,9 @@
 // The CLI's side of the shared-memory region (agent/protocol.h): it creates the memfd, writes the
 // header and the plan, and while the command runs reads what the agents write: counters, trace
-// records, latency histograms and notices. It also frees the slots of threads that have exited,
-// folding their counters and histograms into its own totals first, so a command that runs through
-// thousands of threads does not run out of slots and no hit is lost on the way.
+// records, stack records, process mappings (stacks mode), latency histograms and notices. It also
+// frees the slots of threads that have exited, folding their counters and histograms into its own
+// totals first, so a command that runs through thousands of threads does not run out of slots and
+// no hit is lost on the way.
 #pragma once
 
 #include <array>
@@ -26,6 +27,10 @@ struct RegionConfig {
   uint32_t string_size = 64;
   uint64_t ring_size = 0;       // per slot; 0 in count mode, a multiple of 8
   uint64_t tsc_to_ns_mult = 0;  // latency mode (required): ns = (ticks * mult) >> kTscShift
+  // Stacks mode (ring_size: a power of two >= agent::kMaxStackRecord):
+  uint32_t stack_flags = 0;     // for usprobe_hit_stack: 0 (DWARF) or USPROBE_STACK_FP
+  uint32_t max_maps = 4096;     // MapsEntry records
+  uint64_t maps_text_size = 0;  // bytes for their text (required)
 };
 
 // The fixed-point multiplier for RegionConfig::tsc_to_ns_mult: 2^kTscShift / ticks_per_ns.
@@ -45,6 +50,24 @@ struct TraceEvent {
   uint32_t bad_strings = 0;  // bit n: argn's string could not be read
   std::array<uint64_t, agent::kMaxArgs> args{};
   std::array<std::string, agent::kMaxArgs> strings;  // by argument number, for string_mask bits
+};
+
+// A stack record (stacks mode), copied out of a ring.
+struct StackEvent {
+  int32_t pid = 0;  // the slot's
+  int32_t tid = 0;
+  uint32_t probe = 0;
+  uint32_t image = 0;         // the recording agent's image number (protocol.h, "Stacks mode")
+  std::vector<uint64_t> ips;  // innermost first: the probed instruction, then return addresses
+};
+
+// A process image's mappings as its agent wrote them (stacks mode).
+struct MapsMessage {
+  agent::MapsKind kind = agent::kMapsAttach;
+  int32_t pid = 0;
+  uint32_t image = 0;
+  std::string comm;  // the process's name
+  std::string text;  // /proc/PID/maps lines that name files; "" when it found no room
 };
 
 struct Count {
@@ -78,11 +101,15 @@ class Region {
   int fd() const { return fd_; }            // inherited by the command (not close-on-exec)
   agent::Header *header() { return hdr_; }  // for tests that play the agent
 
-  // Appends the records written since the last call, every ring, unsorted.
+  // Appends the records written since the last call, every ring, unsorted: trace records in
+  // trace mode, stack records in stacks mode (the other kind's vector stays as it is).
   void drain(std::vector<TraceEvent> &out);
+  void drain(std::vector<StackEvent> &out);
   // Frees the slots of threads that are gone (`alive` says) or orphaned by an exec: their ring is
   // drained into `out` and their counters folded into the totals first.
   void reclaim(std::vector<TraceEvent> &out,
+               const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
+  void reclaim(std::vector<StackEvent> &out,
                const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
   // Every count so far: folded from freed slots plus what live slots hold now.
   Counts counts() const;
@@ -91,12 +118,25 @@ class Region {
   // Notices published since the last call, in order.
   std::vector<NoticeMessage> new_notices();
   uint32_t notices_dropped() const;
+  // Stacks mode: the mappings the agents published since the last call, in the order they became
+  // ready; and how many entries or texts found no room.
+  std::vector<MapsMessage> new_maps();
+  uint32_t maps_dropped() const;
   uint32_t agents_started() const;
 
  private:
   Region(int fd, agent::Header *hdr, std::vector<uint32_t> masks);
   uint32_t overflow_index() const { return hdr_->max_slots - 1; }
+  // Calls `record` for each record published in the slot's ring since the last call (padding and
+  // malformed records skipped), then frees their space.
+  void drain_ring(agent::SlotHeader *slot,
+                  const std::function<void(const char *record, uint32_t size)> &record);
   void drain_slot(agent::SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out);
+  void drain_slot(agent::SlotHeader *slot, bool overflow, std::vector<StackEvent> &out);
+  template <typename Event>
+  void drain_all(std::vector<Event> &out);
+  template <typename Event>
+  void reclaim_slots(std::vector<Event> &out, const std::function<bool(int32_t, int32_t)> &alive);
   // Adds a slot's counters to out[{pid, probe}]; `zero` also clears them (the slot is being freed).
   void add_counts(agent::SlotHeader *slot, int32_t pid, Counts &out, bool zero) const;
   // Latency mode: adds a slot's histograms to out[probe]; `zero` also clears them.
@@ -108,6 +148,8 @@ class Region {
   Counts folded_;
   std::vector<Histogram> folded_histograms_;  // latency mode, by probe index
   uint32_t next_notice_ = 0;
+  uint32_t next_maps_ = 0;              // entries below it were read or are pending
+  std::vector<uint32_t> pending_maps_;  // claimed entries not ready when last looked at
 };
 
 }  // namespace usprobe::cli

@@ -1,0 +1,80 @@
+#include "agent/maps.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <functional>
+#include <string>
+
+#include "agent/maps_lines.h"
+#include "agent/region.h"
+
+namespace usprobe::agent {
+namespace {
+
+// What this image wrote last (inherited by a forked child, whose mappings are its parent's).
+// Touched only by post_maps, which runs in the constructor and at exit, one thread at a time.
+size_t g_last_hash = 0;
+bool g_posted = false;
+
+// The whole of a /proc file ("" when it cannot be read). Such files report a size of 0: read until
+// the end.
+std::string read_proc_file(const char *path) {
+  std::string text;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buffer[16384];
+  for (;;) {
+    ssize_t n = read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  return text;
+}
+
+}  // namespace
+
+void post_maps(MapsKind kind) {
+  Header *h = g_region.header;
+  if (!h || h->mode != kModeStacks) return;
+  std::string text = naming_lines(read_proc_file("/proc/self/maps"));
+  size_t hash = std::hash<std::string>{}(text);
+  if (g_posted && hash == g_last_hash) return;
+  g_posted = true;
+  g_last_hash = hash;
+
+  // Relaxed: the cursors only hand out distinct indices and bytes; the entry is published by
+  // `ready`.
+  uint32_t i = h->maps_cursor.fetch_add(1, std::memory_order_relaxed);
+  if (i >= h->max_maps) {
+    h->maps_dropped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  MapsEntry *e = maps_entry_at(h, i);
+  e->kind = kind;
+  e->pid = g_region.pid;
+  e->image = g_region.image;
+  e->text_offset = 0;
+  e->text_size = 0;
+  uint64_t offset = h->maps_text_cursor.fetch_add(text.size(), std::memory_order_relaxed);
+  if (offset <= h->maps_text_size && text.size() <= h->maps_text_size - offset) {
+    std::copy(text.begin(), text.end(), maps_text(h) + offset);
+    e->text_offset = offset;
+    e->text_size = text.size();
+  } else {
+    h->maps_dropped.fetch_add(1, std::memory_order_relaxed);
+  }
+  std::string comm = read_proc_file("/proc/self/comm");
+  if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+  size_t len = std::min(comm.size(), sizeof e->comm - 1);
+  std::copy_n(comm.data(), len, e->comm);
+  e->comm[len] = '\0';
+  // Release pairs with the CLI's acquire load of `ready`: it sees the fields and the text.
+  e->ready.store(1, std::memory_order_release);
+}
+
+}  // namespace usprobe::agent

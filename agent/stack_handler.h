@@ -1,0 +1,15 @@
+// Stacks mode's consumer (agent/protocol.h, "Stacks mode"). Unlike the handlers of handlers.h it
+// is compiled normally and attached without USPROBE_GENERAL_REGS_ONLY: it calls the unwinder
+// (libunwind), which may use any register, so the trampoline must save the vector state for it.
+#pragma once
+
+#include "usprobe/usprobe.h"
+
+namespace usprobe::agent {
+
+// hits[probe] += 1, and the user stack at the hit (usprobe_hit_stack, at most kMaxStackFrames
+// addresses) as a StackRecord in this thread's ring; when the ring has no room for the deepest
+// stack, the stack is dropped and missed[probe] += 1.
+void stack_handler(usprobe_hit *hit, void *user);
+
+}  // namespace usprobe::agent

@@ -1,0 +1,154 @@
+// The region in stacks mode, with the test playing the agent (agent/protocol.h, "Stacks mode"):
+// stack records come back with their process, image and addresses, across the end of the ring and
+// from the slot of a thread that died; mappings entries come back once each, even when an earlier
+// entry is never published.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "region.h"
+
+namespace usprobe::cli {
+namespace {
+
+using namespace usprobe::agent;
+
+Region stacks_region(uint64_t ring_size = 4096) {
+  RegionConfig config;
+  config.mode = kModeStacks;
+  config.max_slots = 4;
+  config.max_notices = 4;
+  config.ring_size = ring_size;
+  config.max_maps = 4;
+  config.maps_text_size = 4096;
+  auto region = Region::create(config, {{"/usr/lib/libc.so.6:malloc", 0}, {"/bin/app:f", 0}});
+  EXPECT_TRUE(region.has_value()) << region.error().message;
+  return std::move(*region);
+}
+
+SlotHeader *claim(Header *h, uint32_t index, int32_t pid, int32_t tid) {
+  SlotHeader *s = slot_at(h, index);
+  uint32_t expected = kSlotFree;
+  EXPECT_TRUE(s->state.compare_exchange_strong(expected, kSlotOwned));
+  s->pid = pid;
+  s->tid = tid;
+  return s;
+}
+
+// As the agent's stack handler: padding to the end first when the record would not fit there.
+void write_stack(Header *h, SlotHeader *s, uint32_t probe, uint32_t image,
+                 const std::vector<uint64_t> &ips) {
+  uint64_t size = sizeof(StackRecord) + 8 * ips.size();
+  uint64_t head = s->head.load();
+  uint64_t pos = head % h->ring_size;
+  char *ring = ring_of(h, s);
+  if (h->ring_size - pos < size) {
+    auto *pad = reinterpret_cast<StackRecord *>(ring + pos);
+    pad->size = static_cast<uint32_t>(h->ring_size - pos);
+    pad->probe = kPadProbe;
+    head += h->ring_size - pos;
+    pos = 0;
+  }
+  ASSERT_LE(head + size - s->tail.load(), h->ring_size) << "ring full";
+  auto *r = reinterpret_cast<StackRecord *>(ring + pos);
+  r->size = static_cast<uint32_t>(size);
+  r->probe = probe;
+  r->tid = s->tid;
+  r->frames = static_cast<uint32_t>(ips.size());
+  r->image = image;
+  std::memcpy(r + 1, ips.data(), 8 * ips.size());
+  s->head.store(head + size, std::memory_order_release);
+}
+
+TEST(StacksRegion, HeaderDescribesTheMapsAreaInsideTheRegion) {
+  Region region = stacks_region();
+  Header *h = region.header();
+  EXPECT_EQ(h->mode, kModeStacks);
+  EXPECT_EQ(h->max_maps, 4u);
+  EXPECT_GE(h->maps_offset, h->slot_offset + uint64_t{h->max_slots} * h->slot_stride);
+  EXPECT_GE(h->maps_text_offset, h->maps_offset + 4 * sizeof(MapsEntry));
+  EXPECT_LE(h->maps_text_offset + h->maps_text_size, h->region_size);
+}
+
+TEST(StacksRegion, RefusesARingThatCannotHoldTheDeepestStack) {
+  RegionConfig config;
+  config.mode = kModeStacks;
+  config.ring_size = 512;
+  config.maps_text_size = 4096;
+  EXPECT_FALSE(Region::create(config, {{"/bin/app:f", 0}}).has_value());
+}
+
+TEST(StacksRegion, DrainsStacksAcrossTheEndOfTheRing) {
+  Region region = stacks_region(2048);
+  Header *h = region.header();
+  SlotHeader *s = claim(h, 0, 42, 43);
+  std::vector<StackEvent> out;
+  uint64_t expected = 0;
+  // 30 records of 24 + 8 * 20 bytes go round a 2048-byte ring several times.
+  for (uint32_t i = 0; i < 30; ++i) {
+    std::vector<uint64_t> ips(20);
+    for (size_t k = 0; k < ips.size(); ++k) ips[k] = 0x1000 * (i + 1) + k;
+    write_stack(h, s, i % 2, 5, ips);
+    region.drain(out);
+    ASSERT_EQ(out.size(), ++expected);
+    const StackEvent &e = out.back();
+    EXPECT_EQ(e.pid, 42);
+    EXPECT_EQ(e.tid, 43);
+    EXPECT_EQ(e.probe, i % 2);
+    EXPECT_EQ(e.image, 5u);
+    EXPECT_EQ(e.ips, ips);
+  }
+  // The trace-record overload reads nothing in stacks mode.
+  std::vector<TraceEvent> trace;
+  region.drain(trace);
+  EXPECT_TRUE(trace.empty());
+}
+
+TEST(StacksRegion, ReclaimDrainsTheStacksOfADeadThread) {
+  Region region = stacks_region();
+  Header *h = region.header();
+  SlotHeader *s = claim(h, 1, 7, 8);
+  write_stack(h, s, 1, 2, {0xa, 0xb, 0xc});
+  slot_hits(s)[1] = 1;
+  std::vector<StackEvent> out;
+  region.reclaim(out, [](int32_t, int32_t) { return false; });
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ips, (std::vector<uint64_t>{0xa, 0xb, 0xc}));
+  EXPECT_EQ(s->state.load(), kSlotFree);
+  EXPECT_EQ((region.counts()[{7, 1}].hits), 1u);
+}
+
+TEST(StacksRegion, MapsEntriesComeBackOnceEachInAnyOrder) {
+  Region region = stacks_region();
+  Header *h = region.header();
+  auto post = [&](uint32_t index, int32_t pid, uint32_t image, const std::string &text) {
+    MapsEntry *e = maps_entry_at(h, index);
+    uint64_t offset = h->maps_text_cursor.fetch_add(text.size());
+    std::memcpy(maps_text(h) + offset, text.data(), text.size());
+    e->kind = kMapsAttach;
+    e->pid = pid;
+    e->image = image;
+    e->text_offset = offset;
+    e->text_size = text.size();
+    std::strcpy(e->comm, "app");
+    e->ready.store(1, std::memory_order_release);
+  };
+  // Entry 0 is claimed but its agent never publishes it; entry 1 is published.
+  h->maps_cursor.store(2);
+  post(1, 10, 1, "1000-2000 r-xp 00000000 fe:01 1 /bin/app\n");
+  std::vector<MapsMessage> got = region.new_maps();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].pid, 10);
+  EXPECT_EQ(got[0].image, 1u);
+  EXPECT_EQ(got[0].comm, "app");
+  EXPECT_EQ(got[0].text, "1000-2000 r-xp 00000000 fe:01 1 /bin/app\n");
+  EXPECT_TRUE(region.new_maps().empty());
+  // Now entry 0 is published too: it comes back, entry 1 does not again.
+  post(0, 11, 2, "x");
+  got = region.new_maps();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].pid, 11);
+}
+
+}  // namespace
+}  // namespace usprobe::cli
