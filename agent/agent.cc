@@ -214,6 +214,9 @@ __attribute__((constructor)) void agent_start() {
   g_region.hist_offset = h->hist_offset;
   g_region.tsc_to_ns_mult = h->tsc_to_ns_mult;
   g_region.stack_flags = h->stack_flags;
+  g_region.table_offset = h->table_offset;
+  g_region.table_entries = h->table_entries;
+  g_region.table_arena_words = h->table_arena_words;
   g_region.overflow = slot_at(h, h->max_slots - 1);
   g_missed_baseline = new uint64_t[h->probe_count]();
   g_missed_at_fork = new uint64_t[h->probe_count]();

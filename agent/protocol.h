@@ -34,8 +34,9 @@
 // count is tagged with the pid that made it. When no slot is free, hits go to the overflow slot
 // with atomic fetch_add (exact, slower; never lost). The CLI frees slots whose thread has exited
 // (tgkill(pid, tid, 0) fails with ESRCH) or that are kSlotOrphan (the agent marks the slot of the
-// thread that called exec when the new image starts): it drains the ring, folds the counters into
-// its totals, zeroes them, and stores kSlotFree with release order.
+// thread that called exec when the new image starts): it drains the ring and (stacks mode) the
+// stack table, folds the counters into its totals, zeroes them, empties the table, and stores
+// kSlotFree with release order.
 //
 // Latency mode (histograms; ring_size 0). Each probe gets an entry handler that stores rdtsc in
 // the call's session (usprobe_session) and a return handler that adds the call's duration, in
@@ -63,12 +64,29 @@
 // missed[probe] in its slot. The producer publishes with head.store(release) after writing the
 // record; the consumer reads head with acquire, and releases the space with tail.store(release).
 //
-// Stacks mode (the ring holds StackRecords). Each hit's handler takes the user stack with
-// usprobe_hit_stack (header.stack_flags: 0 for DWARF unwinding, USPROBE_STACK_FP for frame
-// pointers) into a local array of at most kMaxStackFrames addresses and writes a StackRecord into
-// its thread's ring, as trace mode writes an Event (same padding, same "full ring: missed[probe] +=
-// 1"; the overflow slot counts hits and misses but keeps no records). Its probes are attached
-// without USPROBE_GENERAL_REGS_ONLY: the unwinder may use any register.
+// Stacks mode. Each hit's handler takes the user stack with usprobe_hit_stack (header.stack_flags:
+// 0 for DWARF unwinding, USPROBE_STACK_FP for frame pointers), at most kMaxStackFrames addresses,
+// into the scratch words of its slot's stack table (below), and counts it there, as a BPF stack
+// map would: a stack seen before costs one hash, one compare and one increment, and writes nothing
+// else. Only when the table (or its frame arena) is full does the stack go to the thread's ring as
+// a StackRecord, as trace mode writes an Event (same padding, same "full ring: missed[probe] +=
+// 1"). The overflow slot counts hits and misses but keeps no stacks (neither table nor records).
+// Its probes are attached without USPROBE_GENERAL_REGS_ONLY: the unwinder may use any register.
+//
+// Stack tables (stacks mode; a slot's area at header.table_offset, stack_table_bytes() long).
+// header.table_entries (a power of two, or 0 for no table) StackEntries, appended in order, each
+// naming its frames in the arena (header.table_arena_words addresses, taken in order); an
+// open-addressing index of 2 * table_entries buckets (entry + 1, 0 = empty; linear probing from
+// hash & (buckets - 1)) that only the owner reads; and kStackScratchWords scratch words for the
+// walk. The slot's thread alone writes it, with no atomic read-modify-write: a known stack's count
+// is a relaxed load + store; a new stack gets the next entry and arena words, its key and frames
+// written, then used.store(n + 1, release) publishes it, and only then is its bucket written. The
+// CLI reads used with acquire, each entry below it (immutable but its count) and its count with a
+// relaxed load, and adds what the counts grew by since it last looked to its totals. When it frees
+// the slot it reads the final counts, zeroes the buckets of the used entries (each entry records
+// its bucket), arena_used and used, and only then stores kSlotFree (release). Sizes chosen by the
+// CLI (tools/usprobe/stacks.cc): 4096 entries, 131072 arena words (1 MiB: 32 frames a stack on
+// average); the area is about 1.2 MiB a slot, of which only the pages a thread touches take memory.
 //
 // A stack is a list of addresses; naming them needs the mappings of the process that recorded it,
 // and a short-lived process is gone before the CLI could read its /proc/PID/maps. So every agent
@@ -93,7 +111,7 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 3;
+inline constexpr uint32_t kVersion = 4;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -146,6 +164,10 @@ struct Header {
   std::atomic<uint32_t> maps_dropped;  // entries that found no room, or text that found none
   std::atomic<uint64_t> maps_text_cursor;
   std::atomic<uint32_t> images;  // the last image number taken
+  // Stacks mode: each slot's stack table (see "Stack tables"); table_entries 0: no table.
+  uint32_t table_entries;      // a power of two, or 0
+  uint64_t table_offset;       // within a slot, 64-byte aligned
+  uint32_t table_arena_words;  // frame addresses the arena holds
   uint32_t reserved;
 };
 
@@ -204,6 +226,33 @@ struct StackRecord {
 static_assert(sizeof(StackRecord) == 24);
 inline constexpr uint32_t kMaxStackFrames = 127;
 inline constexpr uint64_t kMaxStackRecord = sizeof(StackRecord) + 8 * uint64_t{kMaxStackFrames};
+
+// Stacks mode: a slot's stack table, its header (see "Stack tables").
+struct StackTableHeader {
+  // Entries published. Owner: release store after writing the entry; CLI: acquire load; zeroed by
+  // the CLI when it frees the slot.
+  std::atomic<uint32_t> used;
+  // Arena words taken. Owner only (relaxed), zeroed by the CLI when it frees the slot.
+  std::atomic<uint32_t> arena_used;
+  uint32_t reserved[14];
+};
+static_assert(sizeof(StackTableHeader) == 64);
+
+// One distinct stack of a slot's table: (probe, image, frames) and how many hits took it. All but
+// count are written once, before the entry is published, and never change until the slot is freed.
+struct StackEntry {
+  std::atomic<uint64_t> count;  // owner: relaxed load + store; CLI: relaxed load
+  uint32_t hash;                // stack_hash() of the key
+  uint32_t bucket;              // its index bucket, for the CLI to clear
+  uint32_t probe;
+  uint32_t image;
+  uint32_t frames;        // 1..kMaxStackFrames
+  uint32_t arena_offset;  // its addresses: arena[arena_offset, arena_offset + frames)
+};
+static_assert(sizeof(StackEntry) == 32);
+
+// Where the walk writes a stack before it is counted: room for the deepest one.
+inline constexpr uint32_t kStackScratchWords = 128;
 
 enum MapsKind : uint32_t {
   kMapsAttach = 0,  // written by the constructor, before the probes were attached
@@ -290,6 +339,21 @@ inline uint64_t latency_stride_for(uint32_t probe_count) {
   return (latency_hist_offset(probe_count) + sizeof(LatencyHistogram) * uint64_t{probe_count} +
           63) &
          ~63ull;
+}
+// Stacks mode: a slot is SlotHeader, hits and missed, the stack table (64-byte aligned), then the
+// ring. The table: StackTableHeader, the scratch words, the entries, the index, the arena.
+inline uint64_t stack_table_offset(uint32_t probe_count) {
+  return (slot_counters_end(probe_count) + 63) & ~63ull;
+}
+inline uint64_t stack_table_bytes(uint32_t entries, uint32_t arena_words) {
+  uint64_t bytes = sizeof(StackTableHeader) + 8 * uint64_t{kStackScratchWords} +
+                   sizeof(StackEntry) * uint64_t{entries} + 2 * 4 * uint64_t{entries} +
+                   8 * uint64_t{arena_words};
+  return (bytes + 63) & ~63ull;
+}
+inline uint64_t stacks_stride_for(uint32_t probe_count, uint32_t entries, uint32_t arena_words,
+                                  uint64_t ring_size) {
+  return stack_table_offset(probe_count) + stack_table_bytes(entries, arena_words) + ring_size;
 }
 inline SlotHeader *slot_at(Header *h, uint32_t i) {
   return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(h) + h->slot_offset +

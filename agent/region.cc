@@ -51,6 +51,12 @@ std::expected<void, std::string> check_layout(const Header &h) {
           h.ring_size));
     if ((h.stack_flags & ~USPROBE_STACK_FP) != 0)
       return fail(fmt::format("stack flags {:#x}", h.stack_flags));
+    // The table lies between the counters and the ring; it always holds the walk's scratch words.
+    if (h.table_entries > (1u << 24) || (h.table_entries & (h.table_entries - 1)) != 0 ||
+        h.table_offset % 64 != 0 || h.table_offset < slot_counters_end(h.probe_count) ||
+        u128{h.table_offset} + stack_table_bytes(h.table_entries, h.table_arena_words) >
+            h.ring_offset)
+      return fail("a slot's stack table does not fit between its counters and its ring");
     if (h.max_maps == 0 || h.maps_offset % alignof(MapsEntry) != 0 ||
         u128{h.maps_offset} + u128{h.max_maps} * sizeof(MapsEntry) > h.maps_text_offset ||
         u128{h.maps_text_offset} + h.maps_text_size > h.region_size)

@@ -31,7 +31,11 @@ struct Region {
   SlotHeader *overflow = nullptr;  // slot max_slots - 1, shared by threads that found none free
   const ProbeInfo *probes = nullptr;
   uint32_t stack_flags = 0;  // stacks mode: for usprobe_hit_stack
-  uint32_t image = 0;        // stacks mode: this image's number, in every StackRecord
+  uint32_t image = 0;        // stacks mode: this image's number, in every stack it counts
+  // Stacks mode: each slot's stack table (protocol.h, "Stack tables").
+  uint64_t table_offset = 0;  // within a slot
+  uint32_t table_entries = 0;
+  uint32_t table_arena_words = 0;
   // This process's pid, so that claiming a slot needs no getpid(). Rewritten by the fork child
   // handler, when the child has a single thread.
   int32_t pid = 0;

@@ -8,8 +8,9 @@
 namespace usprobe::agent {
 
 // hits[probe] += 1, and the user stack at the hit (usprobe_hit_stack, at most kMaxStackFrames
-// addresses) as a StackRecord in this thread's ring; when the ring has no room for the deepest
-// stack, the stack is dropped and missed[probe] += 1.
+// addresses) counted in this thread's stack table (stack_table.h); a new stack that the full table
+// cannot take goes to this thread's ring as a StackRecord, and when the ring has no room either,
+// it is dropped and missed[probe] += 1.
 void stack_handler(usprobe_hit *hit, void *user);
 
 }  // namespace usprobe::agent

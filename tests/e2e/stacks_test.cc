@@ -3,7 +3,8 @@
 // out as one stack with its exact count and its frames, innermost first, in the text report, the
 // folded lines and the flame graph; and so must the stacks of a forked child that leaves no exit
 // handlers run, of an exec'd image, and of a frame-pointer build walked with --fp. C++ frames come
-// out demangled; the command's exit status passes through.
+// out demangled; the command's exit status passes through. Hot probes lose nothing: a million
+// stacks are counted in the agent's stack tables, exactly.
 #include <cstdint>
 #include <set>
 #include <string>
@@ -197,6 +198,30 @@ TEST(Stacks, FramePointerWalkWithoutFramePointersStillStartsAtTheProbe) {
     total += s.count;
   }
   EXPECT_EQ(total, 8u) << r.out;
+}
+
+// A hot probe: a frame-pointer walk takes about 20 ns, so a million hits in a few milliseconds
+// are far more records than a thread's ring holds between two drains. The agent counts repeated
+// stacks in the thread's stack table instead: every hit is counted, none is lost.
+TEST(Stacks, AMillionFramePointerStacksAreCountedExactlyWithNoneLost) {
+  Output r = run(
+      {e2e::cli(), "stacks", "--fp", "exe:shared_leaf", "--", stacks_target_fp(), "1000000", "0"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  TextReport report = parse_report(r.out);
+  ASSERT_EQ(report.stacks.size(), 1u) << r.out;
+  EXPECT_EQ(report.stacks[0].count, 1000000u) << r.out;
+  EXPECT_TRUE(starts_with_frames(report.stacks[0].frames, kPathA)) << r.out;
+  EXPECT_EQ(report.summary, "1000000 stacks, 1 distinct, 0 lost") << r.out;
+}
+
+// The same with DWARF unwinding, on both call paths.
+TEST(Stacks, TwoHundredThousandDwarfStacksAreCountedExactlyWithNoneLost) {
+  Output r =
+      run({e2e::cli(), "stacks", "exe:shared_leaf", "--", stacks_target(), "120000", "80000"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  TextReport report = parse_report(r.out);
+  expect_two_paths(report, 120000, 80000, r.out);
+  EXPECT_EQ(report.summary, "200000 stacks, 2 distinct, 0 lost") << r.out;
 }
 
 TEST(Stacks, ExitStatusPassesThrough) {

@@ -49,7 +49,8 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
                                  std::popcount(config.ring_size) != 1)) ||
       (latency && config.tsc_to_ns_mult == 0) ||
       (stacks && (config.ring_size < agent::kMaxStackRecord || config.max_maps == 0 ||
-                  config.maps_text_size == 0)))
+                  config.maps_text_size == 0 || config.table_entries > (1u << 24) ||
+                  std::popcount(config.table_entries) > 1)))
     return fail(EINVAL, "bad region configuration");
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
@@ -57,8 +58,10 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   uint64_t notice_offset = align_up(plan_offset + text.size() + 1, 64);
   uint64_t slot_offset =
       align_up(notice_offset + uint64_t{config.max_notices} * sizeof(agent::Notice), 4096);
-  uint64_t stride = latency ? agent::latency_stride_for(probe_count)
-                            : agent::slot_stride_for(probe_count, config.ring_size);
+  uint64_t stride = latency  ? agent::latency_stride_for(probe_count)
+                    : stacks ? agent::stacks_stride_for(probe_count, config.table_entries,
+                                                        config.table_arena_words, config.ring_size)
+                             : agent::slot_stride_for(probe_count, config.ring_size);
   uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
   uint64_t maps_offset = 0, maps_text_offset = 0;
   if (stacks) {
@@ -108,6 +111,9 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
     hdr->maps_offset = maps_offset;
     hdr->maps_text_offset = maps_text_offset;
     hdr->maps_text_size = config.maps_text_size;
+    hdr->table_entries = config.table_entries;
+    hdr->table_offset = agent::stack_table_offset(probe_count);
+    hdr->table_arena_words = config.table_arena_words;
   }
   std::memcpy(static_cast<char *>(map) + plan_offset, text.c_str(), text.size() + 1);
   // No barrier needed for the agents: they map the region after fork and exec, which order
@@ -120,6 +126,7 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
 Region::Region(int fd, Header *hdr, std::vector<uint32_t> masks)
     : fd_(fd), hdr_(hdr), masks_(std::move(masks)) {
   if (hdr_->mode == agent::kModeLatency) folded_histograms_.resize(hdr_->probe_count);
+  if (hdr_->mode == agent::kModeStacks) table_seen_.resize(hdr_->max_slots);
 }
 
 Region::Region(Region &&other) noexcept
@@ -130,7 +137,8 @@ Region::Region(Region &&other) noexcept
       folded_histograms_(std::move(other.folded_histograms_)),
       next_notice_(other.next_notice_),
       next_maps_(other.next_maps_),
-      pending_maps_(std::move(other.pending_maps_)) {}
+      pending_maps_(std::move(other.pending_maps_)),
+      table_seen_(std::move(other.table_seen_)) {}
 
 Region::~Region() {
   if (hdr_) ::munmap(hdr_, hdr_->region_size);
@@ -166,7 +174,9 @@ void Region::drain_ring(SlotHeader *slot,
   slot->tail.store(tail, std::memory_order_release);
 }
 
-void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out) {
+void Region::drain_slot(uint32_t index, std::vector<TraceEvent> &out) {
+  SlotHeader *slot = agent::slot_at(hdr_, index);
+  bool overflow = index == overflow_index();
   int32_t pid = -1;  // read after drain_ring's acquire load of head, on the first record
   drain_ring(slot, [&](const char *record, uint32_t size) {
     // Unknown or short records are skipped.
@@ -194,7 +204,9 @@ void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<TraceEvent>
   });
 }
 
-void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<StackEvent> &out) {
+void Region::drain_slot(uint32_t index, std::vector<StackEvent> &out) {
+  SlotHeader *slot = agent::slot_at(hdr_, index);
+  bool overflow = index == overflow_index();
   int32_t pid = -1;  // as above
   drain_ring(slot, [&](const char *record, uint32_t size) {
     agent::StackRecord rec;
@@ -212,6 +224,42 @@ void Region::drain_slot(SlotHeader *slot, bool overflow, std::vector<StackEvent>
     e.ips.resize(rec.frames);
     std::memcpy(e.ips.data(), record + sizeof rec, 8 * size_t{rec.frames});
   });
+  if (!overflow) drain_table(index, out);  // the overflow slot has no table
+}
+
+agent::StackTable Region::stack_table(uint32_t index) {
+  return agent::stack_table_view(
+      reinterpret_cast<char *>(agent::slot_at(hdr_, index)) + hdr_->table_offset,
+      hdr_->table_entries, hdr_->table_arena_words);
+}
+
+void Region::drain_table(uint32_t index, std::vector<StackEvent> &out) {
+  if (hdr_->table_entries == 0) return;
+  SlotHeader *slot = agent::slot_at(hdr_, index);
+  std::vector<uint64_t> &seen = table_seen_[index];
+  int32_t pid = -1, tid = -1;
+  agent::stack_table_read(
+      stack_table(index), hdr_->probe_count,
+      [&](uint32_t n, const agent::StackEntry &entry, uint64_t count, const uint64_t *ips) {
+        if (n >= seen.size()) seen.resize(n + 1, 0);
+        // A count only grows while the slot is owned; it starts again from 0 in a freed slot,
+        // whose `seen` is cleared with it.
+        if (count <= seen[n]) return;
+        // After stack_table_read's acquire load of `used`, which the owner stored after its pid
+        // and tid.
+        if (pid < 0) {
+          pid = slot->pid.load(std::memory_order_relaxed);
+          tid = slot->tid.load(std::memory_order_relaxed);
+        }
+        StackEvent &e = out.emplace_back();
+        e.pid = pid;
+        e.tid = tid;
+        e.probe = entry.probe;
+        e.image = entry.image;
+        e.ips.assign(ips, ips + entry.frames);
+        e.count = count - seen[n];
+        seen[n] = count;
+      });
 }
 
 template <typename Event>
@@ -221,7 +269,7 @@ void Region::drain_all(std::vector<Event> &out) {
     SlotHeader *slot = agent::slot_at(hdr_, i);
     bool overflow = i == overflow_index();
     if (!overflow && slot->state.load(std::memory_order_acquire) == agent::kSlotFree) continue;
-    drain_slot(slot, overflow, out);
+    drain_slot(i, out);
   }
 }
 
@@ -247,9 +295,15 @@ void Region::reclaim_slots(std::vector<Event> &out,
       if (pid <= 0 || tid <= 0 || alive(pid, tid)) continue;
     }
     // Nobody writes this slot any more: its thread is gone, or exec replaced its image.
-    drain_slot(slot, false, out);
+    drain_slot(i, out);
     add_counts(slot, pid, folded_, true);
     if (hdr_->mode == agent::kModeLatency) add_histograms(slot, folded_histograms_, true);
+    if (hdr_->mode == agent::kModeStacks) {
+      // Its final counts were drained just above (in stacks mode; reclaim's other overload drops
+      // them, as it drops the ring's records).
+      agent::stack_table_reset(stack_table(i));
+      table_seen_[i].clear();
+    }
     slot->head.store(0, std::memory_order_relaxed);
     slot->tail.store(0, std::memory_order_relaxed);
     slot->pid.store(0, std::memory_order_relaxed);

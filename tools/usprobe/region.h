@@ -1,9 +1,9 @@
 // The CLI's side of the shared-memory region (agent/protocol.h): it creates the memfd, writes the
 // header and the plan, and while the command runs reads what the agents write: counters, trace
-// records, stack records, process mappings (stacks mode), latency histograms and notices. It also
-// frees the slots of threads that have exited, folding their counters and histograms into its own
-// totals first, so a command that runs through thousands of threads does not run out of slots and
-// no hit is lost on the way.
+// records, stack records and stack tables, process mappings (stacks mode), latency histograms and
+// notices. It also frees the slots of threads that have exited, folding their counters, histograms
+// and stack tables into its own totals first, so a command that runs through thousands of threads
+// does not run out of slots and no hit is lost on the way.
 #pragma once
 
 #include <array>
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "agent/protocol.h"
+#include "agent/stack_table.h"
 #include "core/error.h"
 #include "histogram.h"
 
@@ -31,6 +32,10 @@ struct RegionConfig {
   uint32_t stack_flags = 0;     // for usprobe_hit_stack: 0 (DWARF) or USPROBE_STACK_FP
   uint32_t max_maps = 4096;     // MapsEntry records
   uint64_t maps_text_size = 0;  // bytes for their text (required)
+  // Each slot's stack table (protocol.h, "Stack tables"): entries (a power of two; 0 for none,
+  // every stack then goes through the ring) and the addresses its arena holds.
+  uint32_t table_entries = 0;
+  uint32_t table_arena_words = 0;
 };
 
 // The fixed-point multiplier for RegionConfig::tsc_to_ns_mult: 2^kTscShift / ticks_per_ns.
@@ -52,13 +57,15 @@ struct TraceEvent {
   std::array<std::string, agent::kMaxArgs> strings;  // by argument number, for string_mask bits
 };
 
-// A stack record (stacks mode), copied out of a ring.
+// Hits of one stack (stacks mode): a record copied out of a ring (count 1), or what a stack
+// table's entry counted since it was last read (count >= 1).
 struct StackEvent {
   int32_t pid = 0;  // the slot's
   int32_t tid = 0;
   uint32_t probe = 0;
   uint32_t image = 0;         // the recording agent's image number (protocol.h, "Stacks mode")
   std::vector<uint64_t> ips;  // innermost first: the probed instruction, then return addresses
+  uint64_t count = 1;         // hits of this stack
 };
 
 // A process image's mappings as its agent wrote them (stacks mode).
@@ -102,11 +109,14 @@ class Region {
   agent::Header *header() { return hdr_; }  // for tests that play the agent
 
   // Appends the records written since the last call, every ring, unsorted: trace records in
-  // trace mode, stack records in stacks mode (the other kind's vector stays as it is).
+  // trace mode, stack records in stacks mode (the other kind's vector stays as it is). In stacks
+  // mode also what each stack table counted since the last call: one event per entry whose count
+  // grew, with what it grew by (a new entry: its whole count), so that summing the counts of
+  // everything drained gives every hit counted so far, exactly once.
   void drain(std::vector<TraceEvent> &out);
   void drain(std::vector<StackEvent> &out);
-  // Frees the slots of threads that are gone (`alive` says) or orphaned by an exec: their ring is
-  // drained into `out` and their counters folded into the totals first.
+  // Frees the slots of threads that are gone (`alive` says) or orphaned by an exec: their ring and
+  // stack table are drained into `out` and their counters folded into the totals first.
   void reclaim(std::vector<TraceEvent> &out,
                const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
   void reclaim(std::vector<StackEvent> &out,
@@ -131,8 +141,12 @@ class Region {
   // malformed records skipped), then frees their space.
   void drain_ring(agent::SlotHeader *slot,
                   const std::function<void(const char *record, uint32_t size)> &record);
-  void drain_slot(agent::SlotHeader *slot, bool overflow, std::vector<TraceEvent> &out);
-  void drain_slot(agent::SlotHeader *slot, bool overflow, std::vector<StackEvent> &out);
+  void drain_slot(uint32_t index, std::vector<TraceEvent> &out);
+  void drain_slot(uint32_t index, std::vector<StackEvent> &out);
+  // Stacks mode: slot `index`'s stack table, a view of it in the region.
+  agent::StackTable stack_table(uint32_t index);
+  // Appends what slot `index`'s table counted since the last call (table_seen_).
+  void drain_table(uint32_t index, std::vector<StackEvent> &out);
   template <typename Event>
   void drain_all(std::vector<Event> &out);
   template <typename Event>
@@ -150,6 +164,9 @@ class Region {
   uint32_t next_notice_ = 0;
   uint32_t next_maps_ = 0;              // entries below it were read or are pending
   std::vector<uint32_t> pending_maps_;  // claimed entries not ready when last looked at
+  // Stacks mode, by slot: each table entry's count when it was last drained (cleared when the
+  // slot is freed).
+  std::vector<std::vector<uint64_t>> table_seen_;
 };
 
 }  // namespace usprobe::cli

@@ -3,12 +3,14 @@
 // counted, symbolized and demangled (BCC's stackcount), as text, as folded stacks or as an SVG
 // flame graph.
 //
-// The agent takes each hit's stack with usprobe_hit_stack (agent/stack_handler.cc) into its
-// thread's ring, tagged with its process image; it also writes its own mappings into the region
-// (agent/maps.h). Every tick the CLI drains the rings and counts the raw stacks by (process, image,
-// probe, addresses); a stack with an address that no mapping of its process covers makes it read
-// /proc/PID/maps while the process lives (a library loaded with dlopen). Names are given once, at
-// the end (image_maps.h), and stacks with the same names are one stack.
+// The agent takes each hit's stack with usprobe_hit_stack (agent/stack_handler.cc) and counts it
+// in its thread's stack table (agent/stack_table.h), tagged with its process image; a new stack
+// that a full table cannot take goes to the thread's ring. It also writes its own mappings into the
+// region (agent/maps.h). Every tick the CLI drains the rings and what the tables counted since the
+// last tick, and counts the raw stacks by (process, image, probe, addresses); a new stack with an
+// address that no mapping of its process covers makes it read /proc/PID/maps while the process
+// lives (a library loaded with dlopen). Names are given once, at the end (image_maps.h), and stacks
+// with the same names are one stack.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -32,9 +34,13 @@
 namespace usprobe::cli {
 namespace {
 
-// Each thread's ring holds 512 KiB: 2,500 stacks of 20 frames. A DWARF walk takes microseconds,
-// so at one drain every 20 ms a thread fills at most a fraction of it.
+// Each thread counts up to 4,096 distinct stacks in its table, whose arena holds 131,072 addresses
+// (32 a stack on average): a BPF stack map's job, in about 1.2 MiB a slot of which only what a
+// thread touches takes memory. Its ring (2 MiB: 11,000 stacks of 20 frames) takes the new stacks
+// that a full table cannot, and is drained every tick.
 constexpr std::chrono::milliseconds kTick{10};
+constexpr uint32_t kTableEntries = 4096;
+constexpr uint32_t kTableArenaWords = 131072;
 constexpr uint64_t kRingSize = 2 << 20;
 // Mappings written by the agents: a few KiB per process image (two when it loaded a library).
 // Sparse: only what is written takes memory.
@@ -88,7 +94,7 @@ class Collector {
     for (StackEvent &e : batch_) {
       auto [it, inserted] =
           raw_.try_emplace(RawKey{e.pid, e.image, e.probe, std::move(e.ips)}, uint64_t{0});
-      ++it->second;
+      it->second += e.count;
       if (inserted && !maps_.covers(e.pid, e.image, it->first.ips))
         unnamed.insert({e.pid, e.image});
     }
@@ -212,6 +218,8 @@ int run_stacks(const StacksOptions &options) {
   RegionConfig config;
   config.mode = agent::kModeStacks;
   config.ring_size = kRingSize;
+  config.table_entries = kTableEntries;
+  config.table_arena_words = kTableArenaWords;
   config.stack_flags = options.frame_pointers ? USPROBE_STACK_FP : 0;
   config.max_maps = kMaxMaps;
   config.maps_text_size = kMapsTextSize;
