@@ -158,18 +158,19 @@ const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_n
  *     if (n > 0) record_stack(ips, n);
  *   }
  *
- * Default: DWARF unwinding through .eh_frame (libunwind), which gives whole stacks through code
- * built without frame pointers (most distributions' packages), falling back on frame pointers
- * where a function has no unwind information; a few microseconds per stack. It may allocate and
- * take the dynamic loader's lock on a thread's first walk (libunwind's caches), and finds unwind
- * tables with dl_iterate_phdr (the loader's lock): not for handlers of probes inside malloc's or
- * the dynamic loader's locked sections. libunwind (libunwind.so.8) is loaded, privately
- * (RTLD_LOCAL, so that the C++ runtime keeps its own unwinder), by the first attach of the
- * process; when it cannot be loaded, the default is the frame-pointer walk.
+ * Default: DWARF unwinding by the code's own .eh_frame, which gives whole stacks through code
+ * built without frame pointers (most distributions' packages): usprobe's unwinder finds each
+ * frame's object with glibc's _dl_find_object, its FDE through .eh_frame_hdr, and runs its CFA
+ * program; rows are cached process-wide, so a stack of 16 frames costs a few hundred nanoseconds
+ * once its code has been seen (a return site met for the first time, about 0.2 us more). A frame
+ * without usable unwind information (JIT code) takes one frame-pointer step; signal frames are
+ * followed into the interrupted code.
  * USPROBE_STACK_FP: frame pointers only, the cheapest (tens of nanoseconds); stops at the first
- * function built without them. It never allocates, locks or makes a system call, except the first
- * time on a thread (reads /proc/self/maps for its stack's bounds), and never reads outside the
- * thread's stack, whatever a broken chain holds. */
+ * function built without them.
+ * Both walks are usable from any handler, including probes inside malloc, the dynamic loader and
+ * signal handlers: they never allocate, lock or make a system call, except the first time on a
+ * thread (reads /proc/self/maps for its stack's bounds), never read outside the thread's stack,
+ * whatever the stack or its registers hold, and read unwind tables only inside their object. */
 #define USPROBE_STACK_FP 0x1u
 int usprobe_hit_stack(const usprobe_hit *hit, uint64_t *ips, size_t max, unsigned flags);
 

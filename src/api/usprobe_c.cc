@@ -49,7 +49,6 @@ int report(const usprobe::Error &e) {
 
 USPROBE_API int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer,
                                   unsigned flags, usprobe_link **link) {
-  usprobe::stack::load_unwinder();  // for usprobe_hit_stack; outside the hit path; once
   if (!location || !link) return report({EINVAL, "usprobe_attach: location and link are required"});
   *link = nullptr;
   std::string loc(location);
@@ -69,7 +68,6 @@ USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *con
 USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
                                         const usprobe_consumer *consumers, unsigned flags,
                                         usprobe_link **links, int *errors) {
-  usprobe::stack::load_unwinder();  // for usprobe_hit_stack; outside the hit path; once
   if ((!locations || !links) && n > 0)
     return report({EINVAL, "usprobe_attach_batch: locations and links are required"});
   std::vector<std::string> locs(locations, locations + n);

@@ -1,24 +1,15 @@
 // usprobe_hit_stack (core/stack.h): where a walk starts, the trampolines' landings taken out of
-// their frames, the bounds of the thread's stack, and libunwind driven through function pointers.
+// their frames and the bounds of the thread's stack, for the architecture's two walkers.
 #include "core/stack.h"
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/syscall.h>
 
-#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstring>
 #include <string_view>
-
-#if USPROBE_HAVE_LIBUNWIND
-// The _UL (local-only) names: unw_step is _ULx86_64_step in libunwind.so.8. Only the header's
-// types, constants and names are used here; the library itself is dlopen'ed (core/stack.h).
-#define UNW_LOCAL_ONLY
-#include <libunwind.h>
-#endif
 
 #include "core/arch.h"
 #include "core/probe.h"
@@ -214,127 +205,18 @@ size_t frame_pointer_walk(const usprobe_hit &hit, const Start &s, const Pending 
   return n;
 }
 
-// ---- The DWARF walk (libunwind) -----------------------------------------------------------------
+// ---- The DWARF walk ----------------------------------------------------------------------------
 
-#if USPROBE_HAVE_LIBUNWIND
-
-#define USPROBE_STRINGIFY_(x) #x
-#define USPROBE_STRINGIFY(x) USPROBE_STRINGIFY_(x)  // unw_step -> "_ULx86_64_step"
-
-struct Unwinder {
-  decltype(&unw_init_local2) init_local2;
-  decltype(&unw_step) step;
-  decltype(&unw_get_reg) get_reg;
-};
-Unwinder g_unwinder_functions;
-// Release in load_unwinder, acquire in walk: a walk that sees the pointer sees the functions.
-std::atomic<const Unwinder *> g_unwinder{nullptr};
-
-// The pending returns whose slots this walk put back, one bit per return-stack index.
-struct Restored {
-  uint64_t bits[kMaxReturnDepth / 64] = {};
-};
-
-// Put the original return address back in every slot above the start of the walk that holds its
-// instance's landing, newest instance first (a tail call's instance shares its caller's slot and
-// gives back the caller's landing, which the caller's instance then replaces), so that libunwind,
-// which reads return addresses from the stack, sees the real callers. restore_trampolines()
-// undoes exactly this, oldest first, once the walk is over.
-//
-// Why writing to these slots is safe: they lie above the hit's stack pointer, in frames of callers
-// suspended below this handler; none of them can return (the only way through a slot) before the
-// handler does, and the landings are back by then. Only this thread uses its return stack and
-// those slots: another thread never touches them, and a signal handler that interrupts the walk
-// hijacks nothing (its hits are counted as missed: dispatch's depth guard) and returns into frames
-// below ours. If one jumps out over these frames (siglongjmp), the slots keep their original
-// addresses, which is what the unwinder guard (restore_pending_returns) would have left: those
-// calls return normally, their instances are dropped later, and their return probes don't run.
-// Instances are only read here. Stale slots (a frame left by longjmp) may hold anything, so memory
-// is read without AddressSanitizer's judgement, and written only where a landing was.
-__attribute__((no_sanitize("address"))) void restore_returns(const Pending &p, uint64_t sp,
-                                                             Restored &done) {
-  if (!p.rec) return;
-  for (uint32_t i = p.rec->return_top; i-- > 0;) {
-    const ReturnInstance &inst = p.rec->returns[i];
-    auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
-    if (inst.sp < sp || *slot != inst.landing) continue;
-    *slot = inst.return_address;
-    done.bits[i / 64] |= uint64_t{1} << (i % 64);
-  }
-  std::atomic_signal_fence(std::memory_order_seq_cst);  // before the walk reads them
+// Never allocates, locks or makes a system call (but the thread's first, in stack_top).
+size_t dwarf_walk(const usprobe_hit &hit, const Start &s, const Pending &pending, uint64_t *ips,
+                  size_t max) {
+  uint64_t hi = 0;
+  if (!stack_top(s.sp, hi)) return 1;
+  return 1 + arch::dwarf_walk({hit.regs, s.ip, s.sp, s.entry}, hi, ips + 1, max - 1,
+                              original_return, &pending);
 }
-
-__attribute__((no_sanitize("address"))) void restore_trampolines(const Pending &p,
-                                                                 const Restored &done) {
-  std::atomic_signal_fence(std::memory_order_seq_cst);  // after the walk read them
-  if (!p.rec) return;
-  for (uint32_t i = 0; i < p.rec->return_top; ++i)
-    if (done.bits[i / 64] & (uint64_t{1} << (i % 64)))
-      *reinterpret_cast<uint64_t *>(p.rec->returns[i].sp) = p.rec->returns[i].landing;
-}
-
-// May allocate (libunwind's caches, its dynamic TLS on a thread's first walk), takes libunwind's
-// cache lock with signals masked, and the dynamic loader's lock to find unwind tables
-// (dl_iterate_phdr) for an address not in the cache.
-size_t dwarf_walk(const Unwinder &u, const usprobe_hit &hit, const Start &s, const Pending &pending,
-                  uint64_t *ips, size_t max) {
-  Restored restored;
-  restore_returns(pending, s.sp, restored);
-  ucontext_t uc;
-  arch::unwind_context(*hit.regs, s.ip, s.sp, &uc);
-  unw_cursor_t cursor;
-  size_t n = 1;  // ips[0] is the start
-  // UNW_INIT_SIGNAL_FRAME: the first ip is the next instruction to run, not a return address, so
-  // libunwind must not look up the instruction before it.
-  if (u.init_local2(&cursor, &uc, UNW_INIT_SIGNAL_FRAME) == 0) {
-    while (n < max && u.step(&cursor) > 0) {
-      unw_word_t ip = 0;
-      if (u.get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0) break;
-      ips[n++] = ip;
-    }
-  }
-  restore_trampolines(pending, restored);
-  return n;
-}
-
-#endif  // USPROBE_HAVE_LIBUNWIND
 
 }  // namespace
-
-bool load_unwinder() {
-#if USPROBE_HAVE_LIBUNWIND
-  static const bool loaded = [] {
-    // RTLD_LOCAL keeps its _Unwind_* out of the global scope; RTLD_NOW binds everything here,
-    // not lazily in a handler.
-    void *lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
-    if (!lib) return false;
-    auto *init_local2 = dlsym(lib, USPROBE_STRINGIFY(unw_init_local2));
-    auto *step = dlsym(lib, USPROBE_STRINGIFY(unw_step));
-    auto *get_reg = dlsym(lib, USPROBE_STRINGIFY(unw_get_reg));
-    auto *set_caching_policy = dlsym(lib, USPROBE_STRINGIFY(unw_set_caching_policy));
-    auto *local_addr_space = dlsym(lib, USPROBE_STRINGIFY(unw_local_addr_space));
-    if (!init_local2 || !step || !get_reg || !set_caching_policy || !local_addr_space) {
-      dlclose(lib);
-      return false;
-    }
-    // Per-thread caches of unwind information, where libunwind was built with them
-    // (--enable-per-thread-cache): no lock per frame. Debian's libunwind8 is not, and turns this
-    // into its global cache, whose lock masks signals: two system calls per frame, most of the
-    // DWARF walk's cost (README draft). This also runs libunwind's one-time initialisation here
-    // rather than in a handler.
-    reinterpret_cast<decltype(&unw_set_caching_policy)>(set_caching_policy)(
-        *static_cast<unw_addr_space_t *>(local_addr_space), UNW_CACHE_PER_THREAD);
-    g_unwinder_functions = {reinterpret_cast<decltype(&unw_init_local2)>(init_local2),
-                            reinterpret_cast<decltype(&unw_step)>(step),
-                            reinterpret_cast<decltype(&unw_get_reg)>(get_reg)};
-    g_unwinder.store(&g_unwinder_functions, std::memory_order_release);
-    return true;
-  }();
-  return loaded;
-#else
-  return false;
-#endif
-}
 
 int walk(const usprobe_hit *hit, uint64_t *ips, size_t max, unsigned flags) {
   if (!hit || !hit->regs || !ips || max == 0 || (flags & ~USPROBE_STACK_FP) != 0) return -EINVAL;
@@ -344,13 +226,8 @@ int walk(const usprobe_hit *hit, uint64_t *ips, size_t max, unsigned flags) {
   ips[0] = s.ip;
   size_t n = 1;
   if (max > 1) {
-#if USPROBE_HAVE_LIBUNWIND
-    const Unwinder *u =
-        (flags & USPROBE_STACK_FP) ? nullptr : g_unwinder.load(std::memory_order_acquire);
-    if (u) n = dwarf_walk(*u, *hit, s, pending, ips, max);
-    if (n == 1)  // no libunwind, or it found nothing above the start
-#endif
-      n = frame_pointer_walk(*hit, s, pending, ips, max);
+    n = (flags & USPROBE_STACK_FP) ? frame_pointer_walk(*hit, s, pending, ips, max)
+                                   : dwarf_walk(*hit, s, pending, ips, max);
   }
   return static_cast<int>(n);
 }

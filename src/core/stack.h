@@ -2,20 +2,23 @@
 // of the callers, with the original return address wherever a pending return probe has put its
 // trampoline's landing in its place (DESIGN.md, "Return probes").
 //
-// Two walkers. The frame-pointer walk follows the %rbp chain with no allocation, no lock and no
-// system call (but the first one on each thread, which reads /proc/self/maps once to learn the
-// bounds of the thread's stack). The DWARF walk asks libunwind, which reads .eh_frame and so sees
-// through code built without frame pointers (all of Debian); it falls back on frame pointers where
-// no unwind information exists.
+// Two walkers, both without allocation, lock or system call (but the first walk on each thread,
+// which reads /proc/self/maps once to learn the bounds of the thread's stack), so both are usable
+// from any handler, inside malloc or the dynamic loader included:
 //
-// libunwind is loaded with dlopen(RTLD_LOCAL), never linked: libunwind.so.8 exports _Unwind_*
-// symbols that, linked normally, would take over the C++ runtime's (libgcc_s) for the whole
-// process, and libusprobe lives in arbitrary programs (the CLI's agent). load_unwinder() does it,
-// outside the hit path (the C API calls it on every attach; only the first one loads). Without
-// libunwind (not installed, or built without its header) the DWARF walk is the frame-pointer walk.
+// - The DWARF walk (the default) reads the code's own call frame information: the object holding
+//   a pc comes from glibc's _dl_find_object (lock-free), its FDE from a binary search of its
+//   .eh_frame_hdr, and the CFA program (core/cfi.h) says where the caller's return address and
+//   registers are. Rows are kept in a process-wide cache of sequence-checked entries, so a frame
+//   seen before costs a few loads. It sees through code built without frame pointers (all of
+//   Debian). A frame without usable CFI (JIT code, a PLT entry's CFA expression) takes one
+//   frame-pointer step instead.
+// - The frame-pointer walk (USPROBE_STACK_FP) follows the %rbp chain.
+//
+// Every read of the stack stays inside the thread's stack, above the hit's stack pointer; every
+// read of CFI stays inside the object _dl_find_object names. A walk stops at anything it cannot
+// trust (a CFA that does not go up the stack, a return address of 0, an unknown opcode).
 #pragma once
-
-#include <ucontext.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -24,10 +27,6 @@ struct usprobe_hit;
 
 namespace usprobe::stack {
 
-// Load libunwind for the DWARF walk, once per process; later calls return at once. May allocate
-// and take the dynamic loader's lock: never call it from a handler. True when it is loaded.
-bool load_unwinder();
-
 // usprobe_hit_stack: fill ips[0..max) with the stack at `hit` (a handler's hit, on the handler's
 // thread). Returns the number of frames or a negative errno. USPROBE_STACK_FP in flags: frame
 // pointers only.
@@ -35,7 +34,7 @@ int walk(const usprobe_hit *hit, uint64_t *ips, size_t max, unsigned flags);
 
 }  // namespace usprobe::stack
 
-// The architecture's half of the stack walk (src/arch/<arch>/stack_walk.cc).
+// The architecture's half of the stack walk (src/arch/<arch>/stack_walk.cc, dwarf_unwind.cc).
 namespace usprobe::arch {
 
 struct Regs;
@@ -54,8 +53,19 @@ uint64_t frame_pointer(const Regs &r);
 size_t frame_pointer_walk(uint64_t fp, uint64_t lo, uint64_t hi, uint64_t *ips, size_t max,
                           ReturnFixup fixup, const void *ctx);
 
-// A machine context for libunwind's local unwinder (unw_context_t is ucontext_t on x86-64): the
-// hit's general-purpose registers with the instruction pointer `ip` and stack pointer `sp`.
-void unwind_context(const Regs &r, uint64_t ip, uint64_t sp, ucontext_t *uc);
+// Where a DWARF walk starts: the hit's registers, with the instruction pointer `ip` (the next
+// instruction the code runs: looked up as it is, not as a return address) and stack pointer `sp`.
+// `entry`: ip is a function's first instruction, whose return address is at sp.
+struct WalkStart {
+  const Regs *regs;
+  uint64_t ip, sp;
+  bool entry;
+};
+
+// Unwind by the DWARF CFI of each frame's code, storing the callers' return addresses (through
+// `fixup`) in ips[0..max); returns how many. Stack reads stay inside [start.sp, hi). Never
+// allocates, locks or makes a system call; never faults.
+size_t dwarf_walk(const WalkStart &start, uint64_t hi, uint64_t *ips, size_t max, ReturnFixup fixup,
+                  const void *ctx);
 
 }  // namespace usprobe::arch

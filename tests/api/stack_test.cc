@@ -58,6 +58,12 @@ std::string loc(const char *symbol) {
 
 using usprobe::test::Link;
 
+// A per-thread count, for handlers on many threads.
+int &thread_local_matching() {
+  thread_local int count = 0;
+  return count;
+}
+
 // What one handler call saw.
 struct Capture {
   unsigned flags = 0;
@@ -145,6 +151,35 @@ TEST(HitStack, DwarfWalkReachesMain) {
   EXPECT_NE(std::find(names.begin(), names.end(), "main"), names.end())
       << "stack of " << c.n << " frames does not reach main";
   EXPECT_LT(c.n, 64) << "the walk did not end";
+}
+
+// Many threads walk at once: the DWARF walk's row cache is shared, and must give every thread the
+// same frames as a walk alone.
+void count_matching_stacks(usprobe_hit *hit, void *user) {
+  auto *expected = static_cast<const Capture *>(user);
+  uint64_t ips[64];
+  const int n = usprobe_hit_stack(hit, ips, 64, 0);
+  thread_local int matching = 0;
+  if (n >= 4 && std::equal(ips, ips + 4, expected->ips)) ++matching;  // to stack_test_call
+  thread_local_matching() = matching;
+}
+
+TEST(HitStack, DwarfWalkOnManyThreadsAtOnce) {
+  const Capture alone = entry_stack(kNoFp, 0);
+  ASSERT_GE(alone.n, 4);
+  usprobe_consumer consumer{count_matching_stacks, const_cast<Capture *>(&alone), nullptr};
+  Link inner;
+  ASSERT_ATTACHED(inner.attach(loc("stk_nofp_inner"), &consumer));
+  constexpr int kThreads = 8, kCalls = 2000;
+  std::vector<int> matched(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&matched, t] {
+      for (int i = 0; i < kCalls; ++i) stack_test_call(stk_nofp_outer, kArg);
+      matched[t] = thread_local_matching();
+    });
+  for (auto &t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(matched[t], kCalls) << "thread " << t;
 }
 
 TEST(HitStack, FramePointerWalkNamesEveryCallerWithFramePointers) {
