@@ -829,15 +829,21 @@ struct CoStack {
   ~CoStack() { munmap(base, size); }
 };
 
+// Out of line: getcontext returns twice, which would make every local of the caller suspect.
+__attribute__((noinline)) void make_coroutine(ucontext_t *ctx, const CoStack &stack,
+                                              void (*body)()) {
+  getcontext(ctx);
+  ctx->uc_stack.ss_sp = stack.base;
+  ctx->uc_stack.ss_size = stack.size;
+  ctx->uc_link = &g_main_ctx;
+  makecontext(ctx, body, 0);
+}
+
 int coroutine_rounds(Checks &ck, const CoStack &stack, usprobe_link *link, Counts &counts) {
   constexpr long kRounds = 200;
   long wrong = 0;
   for (long i = 0; i < kRounds; ++i) {
-    getcontext(&g_co_ctx);
-    g_co_ctx.uc_stack.ss_sp = stack.base;
-    g_co_ctx.uc_stack.ss_size = stack.size;
-    g_co_ctx.uc_link = &g_main_ctx;
-    makecontext(&g_co_ctx, coroutine_body, 0);
+    make_coroutine(&g_co_ctx, stack, coroutine_body);
     g_co_result = 0;
     if (ret_call(switch_to_coroutine, i) != 3 * i + 1) ++wrong;  // the coroutine's call pending
     swapcontext(&g_main_ctx, &g_co_ctx);                          // it returns; the body ends
@@ -911,11 +917,7 @@ int coroutines_fill() {
   std::vector<std::unique_ptr<CoStack>> stacks;
   for (int i = 0; i < kCoroutines; ++i) {
     stacks.push_back(std::make_unique<CoStack>());
-    getcontext(&g_cos[i]);
-    g_cos[i].uc_stack.ss_sp = stacks.back()->base;
-    g_cos[i].uc_stack.ss_size = stacks.back()->size;
-    g_cos[i].uc_link = &g_main_ctx;
-    makecontext(&g_cos[i], co_deep_body, 0);
+    make_coroutine(&g_cos[i], *stacks.back(), co_deep_body);
     g_current_co = i;
     swapcontext(&g_main_ctx, &g_cos[i]);  // runs until the bottom of its recursion
   }
