@@ -49,12 +49,7 @@ void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
   const Region &r = g_region;
   std::atomic<uint64_t> &hits = slot_hits(s)[probe];
   std::atomic<uint64_t> &missed = slot_missed(s, r.probe_count)[probe];
-  if (__builtin_expect(s == r.overflow, 0)) {
-    // Its ring would have many producers: the overflow slot keeps exact counts, not events.
-    slot_add(s, hits, 1);
-    slot_add(s, missed, 1);
-    return;
-  }
+  if (overflow_hit(s, hits, missed)) return;  // exact counts, no events
 
   const ProbeInfo &info = r.probes[probe];
   uint64_t size = info.record_size;

@@ -42,6 +42,17 @@ inline void slot_add(SlotHeader *s, std::atomic<uint64_t> &counter, uint64_t n) 
     owned_add(counter, n);
 }
 
+// For handlers that write more than counters (trace events, stacks), which the overflow slot's
+// many writers could not share: when s is the overflow slot, counts the hit and its loss there
+// (exactly, with fetch_add) and returns true; the handler then stops.
+inline bool overflow_hit(SlotHeader *s, std::atomic<uint64_t> &hits,
+                         std::atomic<uint64_t> &missed) {
+  if (__builtin_expect(s != g_region.overflow, 1)) return false;
+  hits.fetch_add(1, std::memory_order_relaxed);
+  missed.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 // After an exec: the slot of the thread that called exec (same pid, and the tid this thread now
 // has) still looks alive to the CLI, so it is marked kSlotOrphan for the CLI to drain and free.
 // Call before attaching, while no thread of this image owns a slot.

@@ -48,12 +48,7 @@ void stack_handler(usprobe_hit *hit, void *user) {
   const Region &r = g_region;
   std::atomic<uint64_t> &hits = slot_hits(s)[probe];
   std::atomic<uint64_t> &missed = slot_missed(s, r.probe_count)[probe];
-  if (__builtin_expect(s == r.overflow, 0)) {
-    // Its table and ring would have many writers: the overflow slot keeps exact counts, not stacks.
-    slot_add(s, hits, 1);
-    slot_add(s, missed, 1);
-    return;
-  }
+  if (overflow_hit(s, hits, missed)) return;  // exact counts, no stacks
   // From here on s is this thread's own slot. The walk writes into the table's scratch words, in
   // shared memory (no copy out of a local array, so no memcpy); a stack seen before is then only
   // a count in the table.

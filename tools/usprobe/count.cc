@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <ctime>
-#include <set>
 
 #include "commands.h"
 #include "launch.h"
@@ -50,19 +49,9 @@ struct Reporter {
 }  // namespace
 
 int run_count(const CountOptions &options) {
-  std::vector<ProbeSpec> specs;
-  for (const std::string &p : options.probes) {
-    auto spec = parse_probe(p);
-    if (!spec) return report_error(spec.error());
-    specs.push_back(std::move(*spec));
-  }
-  auto session = prepare_session(specs, options.command);
+  auto session = prepare_probes(options.probes, options.command);
   if (!session) return report_error(session.error());
-  // The same location named twice (libc:malloc and libc:mall*) is counted once.
-  std::vector<Probe> probes;
-  std::set<std::string> seen;
-  for (Probe &p : session->probes)
-    if (seen.insert(p.location).second) probes.push_back(std::move(p));
+  const std::vector<Probe> &probes = session->probes;
 
   auto output = Output::open(options.output);
   if (!output) return report_error(output.error());

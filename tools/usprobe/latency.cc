@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
-#include <set>
 #include <string_view>
 
 #include "commands.h"
@@ -142,22 +141,13 @@ int run_latency(const LatencyOptions &options) {
     return report_error(
         {EINVAL, fmt::format("latency: unknown unit '{}' (expected ns, us or ms)", options.unit)});
   std::vector<ProbeSpec> specs;
-  for (const std::string &p : options.probes) {
-    auto spec = parse_probe(p);
-    if (!spec) return report_error(spec.error());
-    if (auto ok = check_function_entry(*spec); !ok) return report_error(ok.error());
-    specs.push_back(std::move(*spec));
-  }
-  auto session = prepare_session(specs, options.command);
+  auto session = prepare_probes(options.probes, options.command, check_function_entry, &specs);
   if (!session) return report_error(session.error());
-  // The same function named twice (libc:malloc and libc:mall*) is timed once, and a glob's
-  // cold parts are left out.
+  // A glob's cold parts are left out: they are jumped into, never called.
   std::vector<Probe> probes;
-  std::set<std::string> seen;
-  for (Probe &p : session->probes) {
-    if (specs[p.spec_index].kind == ProbeSpec::Kind::kGlob && is_cold_part(p.display)) continue;
-    if (seen.insert(p.location).second) probes.push_back(std::move(p));
-  }
+  for (Probe &p : session->probes)
+    if (specs[p.spec_index].kind != ProbeSpec::Kind::kGlob || !is_cold_part(p.display))
+      probes.push_back(std::move(p));
   if (probes.empty())
     return report_error({ENOENT, "latency: the probes match only cold parts of functions"});
 

@@ -26,6 +26,29 @@ Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
   return s;
 }
 
+Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
+                               const std::vector<std::string> &command_argv,
+                               const std::function<Result<void>(const ProbeSpec &)> &check,
+                               std::vector<ProbeSpec> *specs_out) {
+  std::vector<ProbeSpec> specs;
+  for (const std::string &p : probe_args) {
+    auto spec = parse_probe(p);
+    if (!spec) return std::unexpected(spec.error());
+    if (check)
+      if (auto ok = check(*spec); !ok) return std::unexpected(ok.error());
+    specs.push_back(std::move(*spec));
+  }
+  auto session = prepare_session(specs, command_argv);
+  if (!session) return std::unexpected(session.error());
+  std::vector<Probe> unique;
+  std::set<std::string> seen;
+  for (Probe &p : session->probes)
+    if (seen.insert(p.location).second) unique.push_back(std::move(p));
+  session->probes = std::move(unique);
+  if (specs_out) *specs_out = std::move(specs);
+  return session;
+}
+
 void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
   for (const NoticeMessage &n : notices) {
     switch (n.kind) {

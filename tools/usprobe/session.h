@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <functional>
 #include <set>
 #include <string>
 #include <utility>
@@ -25,6 +26,15 @@ struct Session {
 // error is returned and nothing has been started.
 Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
                                 const std::vector<std::string> &command_argv);
+
+// The PROBE arguments of count, latency and stacks: parsed, each checked by `check` (when given:
+// a subcommand's own refusals), resolved for the command as prepare_session does, and each
+// location kept once (libc:malloc and libc:mall* name one). `specs`, when not null, receives the
+// parsed specs (Probe::spec_index points into them).
+Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
+                               const std::vector<std::string> &command_argv,
+                               const std::function<Result<void>(const ProbeSpec &)> &check = {},
+                               std::vector<ProbeSpec> *specs = nullptr);
 
 // Prints the agents' notices on stderr: "usprobe: pid N: <text>". A probe that could not be
 // placed is reported once, by the first process that says so; informational notices only when

@@ -186,23 +186,16 @@ std::string joined(const std::vector<std::string> &words) {
 }  // namespace
 
 int run_stacks(const StacksOptions &options) {
-  std::vector<ProbeSpec> specs;
-  for (const std::string &p : options.probes) {
-    auto spec = parse_probe(p);
-    if (!spec) return report_error(spec.error());
-    if (spec->returns)
-      return report_error({EINVAL, fmt::format("stacks: '{}': return probes are not supported "
-                                               "(name the function: its stack is taken at entry)",
-                                               spec->text)});
-    specs.push_back(std::move(*spec));
-  }
-  auto session = prepare_session(specs, options.command);
+  auto refuse_returns = [](const ProbeSpec &spec) -> Result<void> {
+    if (spec.returns)
+      return fail(EINVAL, fmt::format("stacks: '{}': return probes are not supported (name the "
+                                      "function: its stack is taken at entry)",
+                                      spec.text));
+    return {};
+  };
+  auto session = prepare_probes(options.probes, options.command, refuse_returns);
   if (!session) return report_error(session.error());
-  // The same location named twice (libc:malloc and libc:mall*) is probed once.
-  std::vector<Probe> probes;
-  std::set<std::string> seen;
-  for (Probe &p : session->probes)
-    if (seen.insert(p.location).second) probes.push_back(std::move(p));
+  const std::vector<Probe> &probes = session->probes;
 
   auto output = Output::open(options.output);
   if (!output) return report_error(output.error());

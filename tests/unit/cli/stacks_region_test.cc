@@ -7,33 +7,14 @@
 #include <cstring>
 
 #include "region.h"
+#include "stacks_region_support.h"
 
 namespace usprobe::cli {
 namespace {
 
 using namespace usprobe::agent;
-
-Region stacks_region(uint64_t ring_size = 4096) {
-  RegionConfig config;
-  config.mode = kModeStacks;
-  config.max_slots = 4;
-  config.max_notices = 4;
-  config.ring_size = ring_size;
-  config.max_maps = 4;
-  config.maps_text_size = 4096;
-  auto region = Region::create(config, {{"/usr/lib/libc.so.6:malloc", 0}, {"/bin/app:f", 0}});
-  EXPECT_TRUE(region.has_value()) << region.error().message;
-  return std::move(*region);
-}
-
-SlotHeader *claim(Header *h, uint32_t index, int32_t pid, int32_t tid) {
-  SlotHeader *s = slot_at(h, index);
-  uint32_t expected = kSlotFree;
-  EXPECT_TRUE(s->state.compare_exchange_strong(expected, kSlotOwned));
-  s->pid = pid;
-  s->tid = tid;
-  return s;
-}
+using test::claim;
+using test::stacks_region;
 
 // As the agent's stack handler: padding to the end first when the record would not fit there.
 void write_stack(Header *h, SlotHeader *s, uint32_t probe, uint32_t image,

@@ -9,34 +9,16 @@
 
 #include "agent/stack_table.h"
 #include "region.h"
+#include "stacks_region_support.h"
 
 namespace usprobe::cli {
 namespace {
 
 using namespace usprobe::agent;
+using test::claim;
 
 Region table_region(uint32_t entries = 8, uint32_t arena_words = 64) {
-  RegionConfig config;
-  config.mode = kModeStacks;
-  config.max_slots = 4;
-  config.max_notices = 4;
-  config.ring_size = 4096;
-  config.max_maps = 4;
-  config.maps_text_size = 4096;
-  config.table_entries = entries;
-  config.table_arena_words = arena_words;
-  auto region = Region::create(config, {{"/usr/lib/libc.so.6:malloc", 0}, {"/bin/app:f", 0}});
-  EXPECT_TRUE(region.has_value()) << region.error().message;
-  return std::move(*region);
-}
-
-SlotHeader *claim(Header *h, uint32_t index, int32_t pid, int32_t tid) {
-  SlotHeader *s = slot_at(h, index);
-  uint32_t expected = kSlotFree;
-  EXPECT_TRUE(s->state.compare_exchange_strong(expected, kSlotOwned));
-  s->pid = pid;
-  s->tid = tid;
-  return s;
+  return test::stacks_region(4096, entries, arena_words);
 }
 
 StackTable table_of(Header *h, SlotHeader *s) {
