@@ -137,6 +137,16 @@ class CodeWriter {
     if (r >= R8) put_u8(0x41);
     put_u8(0xFF), put_u8(0xD0 | (r & 7));
   }
+  // call target: rel32 when in range, otherwise through `scratch` (movabs; call *%scratch).
+  void put_call(uint64_t target, Reg scratch) {
+    if (fits_rel32(pc() + 5, target)) {
+      put_u8(0xE8);
+      put_u32(static_cast<uint32_t>(target - (pc() + 4)));
+    } else {
+      put_mov_reg_imm64(scratch, target);
+      put_call_reg(scratch);
+    }
+  }
 
  private:
   uint64_t base_;

@@ -5,10 +5,11 @@
 //
 //     lea -128(%rsp),%rsp          step over the red zone of the probed code
 //     pushfq; push %rax .. %r15    the Regs view (arch/x86_64/regs.h), the site's %rsp, the site
+//                                  (entry flavour: room for the flags, which are dead, no pushfq)
 //     mov %rsp,%rbx                %rbx keeps the view across the call (callee-saved)
 //     <save vector state>          entry flavour: x/y/zmm0-7 (arguments); instruction: xsavec
 //                                  (skipped while the probe has no callbacks: see below)
-//     mov %rbx,%rdi; movabs $probe,%rsi; movabs $usprobe_dispatch,%rax; call *%rax
+//     mov %rbx,%rdi; movabs $probe,%rsi; call usprobe_dispatch (rel32, or through %rax)
 //     <restore vector state>; mov %rbx,%rsp
 //     pop ...; popfq (entry flavour: flags are dead, skipped); lea 128(%rsp),%rsp
 //   window:
@@ -170,8 +171,7 @@ size_t put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_sav
   }
   w.put_mov_reg_imm64(x86::RCX, 0);
   const size_t landing_at = w.size() - 8;
-  w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&usprobe_dispatch));
-  w.put_call_reg(x86::RAX);
+  w.put_call(reinterpret_cast<uint64_t>(&usprobe_dispatch), x86::RAX);
   return landing_at;
 }
 void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
@@ -204,8 +204,14 @@ void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
 // much as the rest of the return probe.)
 void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry,
                                 uint64_t return_code) {
-  w.put_lea_rsp_rsp(-kRedZone);
-  w.put_pushfq();
+  if (entry) {
+    // Flags are dead at a function entry (usprobe_hit_flags says so): their slot is only made
+    // room for, and later holds dispatch's result. pushfq costs more than a store.
+    w.put_lea_rsp_rsp(-kRedZone - 8);
+  } else {
+    w.put_lea_rsp_rsp(-kRedZone);
+    w.put_pushfq();
+  }
   for (x86::Reg r : kPushOrder) w.put_push_reg(r);
   // The site's %rsp: 15 GPRs + rflags + the red zone above us.
   w.put_lea_reg_rsp(x86::RAX, 16 * 8 + kRedZone);
@@ -267,8 +273,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   // Flags are dead at a function entry (popfq costs ~20 cycles): the slot holds dispatch's result.
   const uint8_t cmp_result[] = {0x48, 0x83, 0x3C, 0x24, kDispatchReturnProbe};  // cmpq $2,(%rsp)
   w.put_bytes(cmp_result, sizeof cmp_result);
-  w.put_lea_rsp_rsp(8);
-  w.put_lea_rsp_rsp(kRedZone);
+  w.put_lea_rsp_rsp(8 + kRedZone);
   w.put_u8(0x0F), w.put_u8(0x85);  // jne window (rel32, patched below)
   const size_t to_window = w.size();
   w.put_u32(0);
@@ -396,8 +401,8 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 // probed function has returned, with the caller's %rsp and the return registers live; every
 // register is kept (callers built with -fipa-ra may rely on more than the ABI promises):
 //
-//     push $0                      slot for the original return address
-//     lea -8(%rsp); push %rax..%r15  the Regs view (flags dead), the caller's %rsp, rip = 0
+//     lea -16(%rsp)                slot for the original return address, and the flags (dead)
+//     push %rax..%r15               the Regs view, the caller's %rsp, rip = 0
 //     mov %rsp,%rbx; and $-16,%rsp
 //     r = usprobe_return_dispatch(regs, NULL)        GPR-only: counters and GPR-only handlers
 //     if (r == needs vector state)
@@ -412,9 +417,10 @@ Result<uint64_t> make_return_trampoline() {
       os::alloc_code_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
   x86::CodeWriter w(*mem);
+  // The slot for the original return address (written after the call), and Regs::rflags: the
+  // flags are dead at a return (popfq costs ~20 cycles).
+  w.put_lea_rsp_rsp(-16);
   const uint8_t push_zero[] = {0x6A, 0x00};  // push $0
-  w.put_bytes(push_zero, sizeof push_zero);
-  w.put_lea_rsp_rsp(-8);  // Regs::rflags: the flags are dead at a return (popfq costs ~20 cycles)
   for (x86::Reg r : kPushOrder) w.put_push_reg(r);
   w.put_lea_reg_rsp(x86::RAX, 17 * 8);  // the caller's %rsp: 15 GPRs, the flags, the slot
   w.put_push_reg(x86::RAX);
@@ -428,8 +434,7 @@ Result<uint64_t> make_return_trampoline() {
     } else {
       w.put_u8(0x31), w.put_u8(0xF6);  // xor %esi,%esi
     }
-    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&usprobe_return_dispatch));
-    w.put_call_reg(x86::RAX);
+    w.put_call(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), x86::RAX);
   };
   size_t to_done = 0;
   if (kDispatchIsGprOnly) {
