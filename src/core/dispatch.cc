@@ -66,6 +66,14 @@ void make_room(ThreadRecord *rec, uint64_t sp) {
   rec->return_top = kept;
 }
 
+// The next instance's sessions, as the consumer array has them ready.
+inline void init_sessions(const ThreadRecord *rec, const ConsumerArray *a, ReturnInstance *inst) {
+  inst->array_id = a->id;
+  inst->stack_key = rec->stack_key;
+  inst->sessions = a->return_sessions;
+  for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = a->return_template[i];
+}
+
 // Return probes beyond the kMaxSessions an instance holds run without one: each counts a miss.
 __attribute__((noinline, cold)) void count_overflow_misses(ThreadRecord *rec,
                                                            const ConsumerArray *a) {
@@ -89,11 +97,20 @@ ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Re
   }
   if (__builtin_expect(a->return_overflow, 0)) count_overflow_misses(rec, a);
   ReturnInstance *inst = &rec->returns[rec->return_top];
-  inst->array_id = a->id;
-  inst->stack_key = rec->stack_key;
-  inst->sessions = a->return_sessions;
-  for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = a->return_template[i];
+  init_sessions(rec, a, inst);
   return inst;
+}
+
+inline void push_instance(ThreadRecord *rec, ReturnInstance *inst, const arch::Regs *regs,
+                          const Probe *probe, uint64_t landing) {
+  const uint64_t *slot = arch::return_address_slot(*regs);
+  inst->return_address = *slot;
+  inst->sp = reinterpret_cast<uint64_t>(slot);
+  inst->landing = landing;
+  inst->entry_ip = arch::hit_ip(*regs);
+  inst->probe = probe;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  ++rec->return_top;
 }
 
 // Take the return: push the instance, complete, so that a signal handler on this thread never sees
@@ -108,14 +125,7 @@ bool finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, co
     for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
     if (!wanted) return false;
   }
-  uint64_t *slot = arch::return_address_slot(*regs);
-  inst->return_address = *slot;
-  inst->sp = reinterpret_cast<uint64_t>(slot);
-  inst->landing = landing;
-  inst->entry_ip = arch::hit_ip(*regs);
-  inst->probe = probe;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  ++rec->return_top;
+  push_instance(rec, inst, regs, probe, landing);
   return true;
 }
 
@@ -180,12 +190,13 @@ void usprobe::note_context_switch(usprobe_hit *hit, void *user) {
   }
 }
 
-// The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
-// which registers the thread), or write memory that another thread writes: every store below goes
-// to this thread's own record (and, for a return probe, to its own stack).
-extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved,
-                                uint64_t landing) {
-  ThreadRecord *rec = t_record;
+namespace {
+
+// The hit path in general (usprobe_dispatch has the common case): a thread's first hit, a hit
+// inside a handler, handlers to run, a full return stack.
+__attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *regs,
+                                               const Probe *probe, int vector_saved,
+                                               uint64_t landing) {
   if (__builtin_expect(rec == nullptr, 0)) {
     if (!vector_saved) return kDispatchNeedsVectorSave;  // registering calls into libc
     rec = register_current_thread();
@@ -225,6 +236,49 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
   std::atomic_signal_fence(std::memory_order_seq_cst);
   rec->depth.store(0, std::memory_order_relaxed);
   return result;
+}
+
+}  // namespace
+
+// The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
+// which registers the thread), or write memory that another thread writes: every store below goes
+// to this thread's own record (and, for a return probe, to its own stack).
+//
+// The common case is kept a leaf function (no call: no callee-saved register to save and
+// restore): a thread outside any handler, a probe whose consumers are built-in counters only
+// (entry counts, return counts), and room on the return stack. Everything else goes to
+// dispatch_general before anything is written.
+extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved,
+                                uint64_t landing) {
+  ThreadRecord *rec = t_record;
+  if (__builtin_expect(rec != nullptr && rec->depth.load(std::memory_order_relaxed) == 0, 1)) {
+    int result = -1;  // not handled here
+    rec->depth.store(1, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // a signal handler on this thread sees it
+    {
+      rcu::ReadGuard guard(rec);
+      const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
+      if (!a) {
+        result = kDispatchDone;
+      } else if (!a->has_callbacks && (!a->has_returns || (rec->return_top < rec->return_depth &&
+                                                           !a->return_overflow))) {
+        uint64_t *counters = rec->counters;
+        for (uint32_t i = 0; i < a->count; ++i)
+          bump(counters[kCounterWords * a->entries[i].slot + kHits]);
+        result = kDispatchDone;
+        if (a->has_returns) {
+          ReturnInstance *inst = &rec->returns[rec->return_top];
+          init_sessions(rec, a, inst);
+          push_instance(rec, inst, regs, probe, landing);
+          result = kDispatchReturnProbe;
+        }
+      }
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    rec->depth.store(0, std::memory_order_relaxed);
+    if (result >= 0) return result;
+  }
+  return dispatch_general(rec, regs, probe, vector_saved, landing);
 }
 
 namespace {
@@ -288,14 +342,16 @@ extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vector
   ThreadRecord *rec = t_record;
   const uint64_t sp = arch::returned_from_sp(*regs);
   const uint32_t top = rec->return_top;
-  // The common case, kept short: the newest instance is this return's, alone on its slot, and its
-  // consumers are the ones its entry saw, with built-in counters only. No handler runs, so the
-  // recursion guard is not needed; a signal handler that interrupts this pushes and pops its own
-  // instances above `top` and leaves it as it was.
+  // The common case, kept short: the newest instance is this return's, and its consumers are the
+  // ones its entry saw, with built-in counters only. The recursion guard is still set: a signal
+  // handler that interrupted a counter's load and store and counted the same return would lose a
+  // count. Such a handler pushes and pops its own instances above `top` and leaves it as it was.
   if (__builtin_expect(top != 0, 1)) {
     ReturnInstance &inst = rec->returns[top - 1];
     if (__builtin_expect(inst.sp == sp && rec->depth.load(std::memory_order_relaxed) == 0, 1)) {
       bool counted = false;
+      rec->depth.store(1, std::memory_order_relaxed);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
       {
         rcu::ReadGuard guard(rec);
         const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
@@ -306,6 +362,8 @@ extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vector
           counted = true;
         }
       }
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      rec->depth.store(0, std::memory_order_relaxed);
       if (counted) {
         const uint64_t original = inst.return_address;
         std::atomic_signal_fence(std::memory_order_seq_cst);
