@@ -54,7 +54,10 @@ typedef struct usprobe_consumer {
   /* Return probe: runs when the probed function returns to its caller, with the return registers
    * (usprobe_retval). NULL: none. Only at a function's entry. A call is not seen returning when the
    * thread already has `usprobe_set_return_depth()` calls pending (counted in missed), or when it
-   * leaves by longjmp (its instance is dropped when an outer probed function returns). */
+   * leaves by longjmp or a C++ exception (counted in missed). While the call runs, its return
+   * address on the stack is usprobe's (stacks taken with usprobe_hit_stack and by libgcc's
+   * unwinder show the original); calls pending on swapcontext coroutines' stacks are kept apart.
+   */
   void (*on_return)(usprobe_hit *hit, void *user);
 } usprobe_consumer;
 
@@ -150,7 +153,7 @@ const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_n
  * entries and returns how many (at least 1), or -EINVAL for a NULL hit or ips, max 0 or an unknown
  * flag (without a message in usprobe_last_error: a handler must not allocate). Call it only from a
  * handler, with the hit it received. Where a pending return probe has replaced a caller's return
- * address by usprobe's return trampoline, the stack shows the original address.
+ * address by its trampoline's, the stack shows the original address.
  *
  *   static void on_malloc(usprobe_hit *hit, void *user) {
  *     uint64_t ips[32];
