@@ -101,13 +101,13 @@ ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Re
   return inst;
 }
 
-inline void push_instance(ThreadRecord *rec, ReturnInstance *inst, const arch::Regs *regs,
-                          const Probe *probe, uint64_t landing) {
-  const uint64_t *slot = arch::return_address_slot(*regs);
+// `slot`: where the return address is; `ip`: the probed function.
+inline void push_instance(ThreadRecord *rec, ReturnInstance *inst, const uint64_t *slot,
+                          uint64_t ip, const Probe *probe, uint64_t landing) {
   inst->return_address = *slot;
   inst->sp = reinterpret_cast<uint64_t>(slot);
   inst->landing = landing;
-  inst->entry_ip = arch::hit_ip(*regs);
+  inst->entry_ip = ip;
   inst->probe = probe;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   ++rec->return_top;
@@ -125,7 +125,7 @@ bool finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, co
     for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
     if (!wanted) return false;
   }
-  push_instance(rec, inst, regs, probe, landing);
+  push_instance(rec, inst, arch::return_address_slot(*regs), arch::hit_ip(*regs), probe, landing);
   return true;
 }
 
@@ -240,45 +240,99 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
 
 }  // namespace
 
+namespace {
+
+// The common case of an entry hit: a thread outside any handler, a probe whose consumers are
+// built-in counters only (entry counts, return counts), and room on the return stack. Needs no
+// register but the return address's slot and the probed address, makes no call (the trampolines'
+// fast path calls it with only the caller-saved registers saved), and returns kDispatchFull,
+// having written nothing, for anything else.
+inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
+                          uint64_t landing) {
+  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+    return kDispatchFull;
+  int result = kDispatchFull;
+  rec->depth.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // a signal handler on this thread sees it
+  {
+    rcu::ReadGuard guard(rec);
+    const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
+    if (!a) {
+      result = kDispatchDone;
+    } else if (!a->has_callbacks &&
+               (!a->has_returns || (rec->return_top < rec->return_depth && !a->return_overflow))) {
+      uint64_t *counters = rec->counters;
+      for (uint32_t i = 0; i < a->count; ++i)
+        bump(counters[kCounterWords * a->entries[i].slot + kHits]);
+      result = kDispatchDone;
+      if (a->has_returns) {
+        ReturnInstance *inst = &rec->returns[rec->return_top];
+        init_sessions(rec, a, inst);
+        push_instance(rec, inst, slot, ip, probe, landing);
+        result = kDispatchReturnProbe;
+      }
+    }
+  }
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->depth.store(0, std::memory_order_relaxed);
+  return result;
+}
+
+// The common case of a return: the newest instance is this return's (its return address lived at
+// `slot`), and its consumers are the ones its entry saw, with built-in counters only. Returns the
+// original return address, or 0, having written nothing, for anything else. The recursion guard
+// is set: a signal handler that interrupted a counter's load and store and counted the same
+// return would lose a count. Such a handler pushes and pops its own instances above `top` and
+// leaves it as it was.
+inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot) {
+  const uint32_t top = rec->return_top;
+  if (__builtin_expect(top == 0, 0)) return 0;
+  ReturnInstance &inst = rec->returns[top - 1];
+  if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+    return 0;
+  bool counted = false;
+  rec->depth.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  {
+    rcu::ReadGuard guard(rec);
+    const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
+    if (a && a->id == inst.array_id && !a->has_return_callbacks) {
+      for (uint32_t k = 0; k < inst.sessions; ++k)
+        if (!inst.session[k].skip)
+          bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
+      counted = true;
+    }
+  }
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->depth.store(0, std::memory_order_relaxed);
+  if (!counted) return 0;
+  const uint64_t original = inst.return_address;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->return_top = top - 1;
+  return original;
+}
+
+}  // namespace
+
 // The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
 // which registers the thread), or write memory that another thread writes: every store below goes
 // to this thread's own record (and, for a return probe, to its own stack).
-//
-// The common case is kept a leaf function (no call: no callee-saved register to save and
-// restore): a thread outside any handler, a probe whose consumers are built-in counters only
-// (entry counts, return counts), and room on the return stack. Everything else goes to
-// dispatch_general before anything is written.
 extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved,
                                 uint64_t landing) {
   ThreadRecord *rec = t_record;
-  if (__builtin_expect(rec != nullptr && rec->depth.load(std::memory_order_relaxed) == 0, 1)) {
-    int result = -1;  // not handled here
-    rec->depth.store(1, std::memory_order_relaxed);
-    std::atomic_signal_fence(std::memory_order_seq_cst);  // a signal handler on this thread sees it
-    {
-      rcu::ReadGuard guard(rec);
-      const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
-      if (!a) {
-        result = kDispatchDone;
-      } else if (!a->has_callbacks && (!a->has_returns || (rec->return_top < rec->return_depth &&
-                                                           !a->return_overflow))) {
-        uint64_t *counters = rec->counters;
-        for (uint32_t i = 0; i < a->count; ++i)
-          bump(counters[kCounterWords * a->entries[i].slot + kHits]);
-        result = kDispatchDone;
-        if (a->has_returns) {
-          ReturnInstance *inst = &rec->returns[rec->return_top];
-          init_sessions(rec, a, inst);
-          push_instance(rec, inst, regs, probe, landing);
-          result = kDispatchReturnProbe;
-        }
-      }
-    }
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    rec->depth.store(0, std::memory_order_relaxed);
-    if (result >= 0) return result;
-  }
+  const int r =
+      entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs), landing);
+  if (__builtin_expect(r != kDispatchFull, 1)) return r;
   return dispatch_general(rec, regs, probe, vector_saved, landing);
+}
+
+extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,
+                                  uint64_t landing) {
+  return entry_counters(t_record, probe, slot, ip, landing);
+}
+
+extern "C" uint64_t usprobe_return_fast(uint64_t slot) {
+  return return_counters(t_record, slot);
 }
 
 namespace {
@@ -341,36 +395,7 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
 extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vectors) {
   ThreadRecord *rec = t_record;
   const uint64_t sp = arch::returned_from_sp(*regs);
-  const uint32_t top = rec->return_top;
-  // The common case, kept short: the newest instance is this return's, and its consumers are the
-  // ones its entry saw, with built-in counters only. The recursion guard is still set: a signal
-  // handler that interrupted a counter's load and store and counted the same return would lose a
-  // count. Such a handler pushes and pops its own instances above `top` and leaves it as it was.
-  if (__builtin_expect(top != 0, 1)) {
-    ReturnInstance &inst = rec->returns[top - 1];
-    if (__builtin_expect(inst.sp == sp && rec->depth.load(std::memory_order_relaxed) == 0, 1)) {
-      bool counted = false;
-      rec->depth.store(1, std::memory_order_relaxed);
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-      {
-        rcu::ReadGuard guard(rec);
-        const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
-        if (a && a->id == inst.array_id && !a->has_return_callbacks) {
-          for (uint32_t k = 0; k < inst.sessions; ++k)
-            if (!inst.session[k].skip)
-              bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
-          counted = true;
-        }
-      }
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-      rec->depth.store(0, std::memory_order_relaxed);
-      if (counted) {
-        const uint64_t original = inst.return_address;
-        std::atomic_signal_fence(std::memory_order_seq_cst);
-        rec->return_top = top - 1;
-        return original;
-      }
-    }
-  }
+  if (const uint64_t original = return_counters(rec, sp); __builtin_expect(original != 0, 1))
+    return original;
   return return_general(rec, regs, vectors, sp);
 }

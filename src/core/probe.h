@@ -49,7 +49,7 @@ struct ConsumerArray {
   bool has_return_callbacks = false;       // some entry has on_return
   bool return_wants_vector_state = false;  // some on_return may touch vector registers
   ReturnSession return_template[kMaxSessions] = {};
-  ConsumerEntry entries[];                 // NOLINT: flexible array member (GNU extension)
+  ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
 
   static ConsumerArray *make(const std::vector<ConsumerEntry> &v);
   static void destroy(const ConsumerArray *a);
@@ -77,8 +77,12 @@ struct Probe {
   // vector registers (-mgeneral-regs-only). A stale read is harmless: dispatch asks for a retry
   // with the state saved when it meets a callback that wants it.
   std::atomic<uint8_t> wants_vector_state{0};
+  // Nonzero while no consumer has an entry handler: the function-entry trampoline then tries
+  // usprobe_entry_fast first, saving only the caller-saved registers. A stale read is harmless:
+  // the fast path refuses (kDispatchFull) what it cannot do, and the full path does everything.
+  std::atomic<uint8_t> no_entry_handlers{0};
 
-  std::string name;  // "libc.so.6:malloc" (after IFUNC resolution)
+  std::string name;             // "libc.so.6:malloc" (after IFUNC resolution)
   bool function_entry = false;  // the location is a function's first instruction (immutable)
   elf::FileId file;
   uint64_t file_offset = 0;

@@ -130,6 +130,7 @@ void publish(Probe *p, std::vector<ConsumerEntry> entries,
   // Release: dispatch's acquire load sees a fully built array.
   const ConsumerArray *old = p->consumers.exchange(next, std::memory_order_acq_rel);
   if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
+  p->no_entry_handlers.store(!next || !next->has_callbacks, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
 }
 

@@ -439,6 +439,26 @@ TEST_P(Clobber, EntryFlavour) {
   expect_calls(2);
 }
 
+// (a') The same call returning through a return probe on the callee: its return handler dirties
+// as above (or, for counter_only, the built-in counter counts returns through the shortest
+// path), and the caller still finds its callee-saved registers, its frame and the return
+// registers (%rax, %rdx, %xmm0, %xmm1) as the callee left them.
+TEST_P(Clobber, ReturnFromEntryFlavour) {
+  const std::string where = loc(kLib, "tgt_entry_callee");
+  consumer_ = {nullptr, &stats_, dirtier().fn};
+  const unsigned flags = path().flags | dirtier().flags;
+  const int rc = dirtier().fn
+                     ? usprobe_attach_ex(where.c_str(), &consumer_, flags, &link_)
+                     : usprobe_attach_ex(("uretprobe:" + where).c_str(), nullptr, flags, &link_);
+  ASSERT_EQ(rc, 0) << where << ": " << usprobe_last_error();
+  uint64_t mask = tgt_call_with_canaries(tgt_entry_callee);
+  EXPECT_EQ(mask, 0u) << "tgt_call_with_canaries(tgt_entry_callee): " << describe(mask);
+  mask = tgt_call_with_canaries(tgt_entry_callee);
+  EXPECT_EQ(mask, 0u) << "second call: " << describe(mask);
+  EXPECT_EQ(usprobe_link_return_hits(link_), 2u);
+  EXPECT_EQ(stats_.calls, dirtier().fn ? 2u : 0u);
+}
+
 // (b) An instruction site: every GPR, flags, xmm0-15, the red zone and DF.
 TEST_P(Clobber, InstructionFlavour) {
   ASSERT_EQ(tgt_clobber_site_offset, uint64_t{TGT_CLOBBER_SITE_OFFSET});

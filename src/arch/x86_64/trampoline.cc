@@ -39,7 +39,7 @@ namespace usprobe::arch {
 namespace {
 
 constexpr size_t kJumpLength = 5;        // e9 rel32
-constexpr size_t kTrampolineSize = 512;  // prologue, epilogue, window (<= 5 insns) and jump back
+constexpr size_t kTrampolineSize = 768;  // fast path, prologue, epilogue, window and jump back
 constexpr int32_t kRedZone = 128;
 
 struct XsaveInfo {
@@ -151,6 +151,18 @@ void put_xrstor(x86::CodeWriter &w) {
 constexpr x86::Reg kPushOrder[] = {x86::RAX, x86::RCX, x86::RDX, x86::RBX, x86::RBP,
                                    x86::RSI, x86::RDI, x86::R8,  x86::R9,  x86::R10,
                                    x86::R11, x86::R12, x86::R13, x86::R14, x86::R15};
+// The registers a C function may change: what the fast paths save around usprobe_entry_fast and
+// usprobe_return_fast (callers built with -fipa-ra may rely on any of them being kept).
+constexpr x86::Reg kCallerSaved[] = {x86::RAX, x86::RCX, x86::RDX, x86::RSI, x86::RDI,
+                                     x86::R8,  x86::R9,  x86::R10, x86::R11};
+constexpr int32_t kCallerSavedBytes = 8 * std::size(kCallerSaved);
+
+void push_caller_saved(x86::CodeWriter &w, size_t from = 0) {
+  for (size_t i = from; i < std::size(kCallerSaved); ++i) w.put_push_reg(kCallerSaved[i]);
+}
+void pop_caller_saved(x86::CodeWriter &w, size_t down_to = 0) {
+  for (size_t i = std::size(kCallerSaved); i-- > down_to;) w.put_pop_reg(kCallerSaved[i]);
+}
 
 // Sanitizer runtimes behind dispatch's instrumentation use vector registers, so in those builds
 // every hit saves the vector state.
@@ -204,7 +216,55 @@ void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
 // much as the rest of the return probe.)
 void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry,
                                 uint64_t return_code) {
-  if (entry) {
+  std::vector<size_t> landing_at;
+  size_t fast_to_tail = 0;
+  if (entry && kDispatchIsGprOnly) {
+    // The fast path, for probes with built-in counters only (Probe::no_entry_handlers): no Regs
+    // view, only the caller-saved registers around usprobe_entry_fast, which needs none of the
+    // others and calls nothing.
+    //
+    //     lea -144(%rsp),%rsp        red zone, result slot (at site rsp - 136, where the full
+    //                                path keeps its result too), pad: the call below is aligned
+    //     push %rax; if (!probe->no_entry_handlers) goto full_a
+    //     push %rcx .. %r11
+    //     r = usprobe_entry_fast(probe, site rsp, site, landing)
+    //     if (r == kDispatchFull) goto full_b
+    //     mov r,result; pop %r11 .. %rax; lea 8(%rsp),%rsp; jmp tail
+    //   full_b: pop %r11 .. %rcx
+    //   full_a: pop %rax; lea 8(%rsp),%rsp; <the full path, which then goes on to tail>
+    w.put_lea_rsp_rsp(-kRedZone - 16);
+    w.put_push_reg(x86::RAX);
+    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->no_entry_handlers));
+    w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
+    w.put_u8(0x0F), w.put_u8(0x84);                  // je full_a (rel32, patched below)
+    const size_t to_full_a = w.size();
+    w.put_u32(0);
+    push_caller_saved(w, 1);
+    w.put_mov_reg_imm64(x86::RDI, reinterpret_cast<uint64_t>(probe));
+    w.put_lea_reg_rsp(x86::RSI, kCallerSavedBytes + kRedZone + 16);
+    w.put_mov_reg_imm64(x86::RDX, site);
+    w.put_mov_reg_imm64(x86::RCX, 0);
+    landing_at.push_back(w.size() - 8);
+    w.put_call(reinterpret_cast<uint64_t>(&usprobe_entry_fast), x86::RAX);
+    const uint8_t cmp_full[] = {0x83, 0xF8, kDispatchFull};  // cmp $3,%eax
+    w.put_bytes(cmp_full, sizeof cmp_full);
+    w.put_u8(0x0F), w.put_u8(0x84);  // je full_b (rel32, patched below)
+    const size_t to_full_b = w.size();
+    w.put_u32(0);
+    const uint8_t keep_result[] = {0x48, 0x89, 0x44, 0x24,  // mov %rax,disp8(%rsp)
+                                   static_cast<uint8_t>(kCallerSavedBytes + 8)};
+    w.put_bytes(keep_result, sizeof keep_result);
+    pop_caller_saved(w);
+    w.put_lea_rsp_rsp(8);
+    w.put_u8(0xE9);  // jmp tail (rel32, patched below)
+    fast_to_tail = w.size();
+    w.put_u32(0);
+    w.patch_u32(to_full_b, static_cast<uint32_t>(w.size() - (to_full_b + 4)));
+    pop_caller_saved(w, 1);
+    w.patch_u32(to_full_a, static_cast<uint32_t>(w.size() - (to_full_a + 4)));
+    w.put_pop_reg(x86::RAX);
+    w.put_lea_rsp_rsp(8);
+  } else if (entry) {
     // Flags are dead at a function entry (usprobe_hit_flags says so): their slot is only made
     // room for, and later holds dispatch's result. pushfq costs more than a store.
     w.put_lea_rsp_rsp(-kRedZone - 8);
@@ -223,7 +283,6 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   put_and_rsp_imm8(w, -16);
 
   size_t to_restore = 0;
-  std::vector<size_t> landing_at;
   if (kDispatchIsGprOnly) {
     w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->wants_vector_state));
     w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
@@ -271,6 +330,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     return;
   }
   // Flags are dead at a function entry (popfq costs ~20 cycles): the slot holds dispatch's result.
+  if (fast_to_tail) w.patch_u32(fast_to_tail, static_cast<uint32_t>(w.size() - (fast_to_tail + 4)));
   const uint8_t cmp_result[] = {0x48, 0x83, 0x3C, 0x24, kDispatchReturnProbe};  // cmpq $2,(%rsp)
   w.put_bytes(cmp_result, sizeof cmp_result);
   w.put_lea_rsp_rsp(8 + kRedZone);
@@ -399,7 +459,18 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 
 // The return code, shared by every function-entry trampoline: their landings jump here when the
 // probed function has returned, with the caller's %rsp and the return registers live; every
-// register is kept (callers built with -fipa-ra may rely on more than the ABI promises):
+// register is kept (callers built with -fipa-ra may rely on more than the ABI promises).
+//
+// First the fast path, for returns counted by built-in counters only: no Regs view, only the
+// caller-saved registers around usprobe_return_fast, which needs none of the others.
+//
+//     lea -24(%rsp),%rsp           slot for the original return address, pad, pad (aligned call)
+//     push %rax .. %r11
+//     r = usprobe_return_fast(caller's %rsp - 8)     the slot the return address was in
+//     if (r == 0) { pop %r11 .. %rax; lea 24(%rsp),%rsp; goto full }
+//     mov r,slot; pop %r11 .. %rax; lea 16(%rsp),%rsp; ret
+//
+// The full path:
 //
 //     lea -16(%rsp)                slot for the original return address, and the flags (dead)
 //     push %rax..%r15               the Regs view, the caller's %rsp, rip = 0
@@ -417,6 +488,25 @@ Result<uint64_t> make_return_trampoline() {
       os::alloc_code_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
   x86::CodeWriter w(*mem);
+  if (kDispatchIsGprOnly) {
+    w.put_lea_rsp_rsp(-24);
+    push_caller_saved(w);
+    w.put_lea_reg_rsp(x86::RDI, kCallerSavedBytes + 16);  // caller's %rsp - 8
+    w.put_call(reinterpret_cast<uint64_t>(&usprobe_return_fast), x86::RAX);
+    w.put_u8(0x48), w.put_u8(0x85), w.put_u8(0xC0);  // test %rax,%rax
+    w.put_u8(0x0F), w.put_u8(0x84);                  // je full (rel32, patched below)
+    const size_t to_full = w.size();
+    w.put_u32(0);
+    const uint8_t keep_original[] = {0x48, 0x89, 0x44, 0x24,  // mov %rax,disp8(%rsp)
+                                     static_cast<uint8_t>(kCallerSavedBytes + 16)};
+    w.put_bytes(keep_original, sizeof keep_original);
+    pop_caller_saved(w);
+    w.put_lea_rsp_rsp(16);
+    w.put_ret();
+    w.patch_u32(to_full, static_cast<uint32_t>(w.size() - (to_full + 4)));
+    pop_caller_saved(w);
+    w.put_lea_rsp_rsp(24);
+  }
   // The slot for the original return address (written after the call), and Regs::rflags: the
   // flags are dead at a return (popfq costs ~20 cycles).
   w.put_lea_rsp_rsp(-16);
