@@ -16,6 +16,11 @@
 //     <the displaced instructions, relocated>
 //     jmp site+length               (absent when the last one never falls through)
 //
+// A function-entry trampoline starts with a fast path for probes whose consumers are all built-in
+// counters: it saves only the caller-saved registers and calls usprobe_entry_fast, which needs no
+// Regs view; anything that needs more falls through to the full path above. The shared return
+// code (make_return_trampoline) has the same two paths.
+//
 // Flavours: at a function entry the System V ABI says what is live: argument registers, %rax
 // (vararg count), %r10 (static chain), %r11, xmm0-7; flags and the other vector registers are
 // dead. Anywhere else everything is live, so the instruction flavour keeps the flags, clears DF
