@@ -196,7 +196,7 @@ namespace {
 // inside a handler, handlers to run, a full return stack.
 __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *regs,
                                                const Probe *probe, int vector_saved,
-                                               uint64_t landing) {
+                                               uint64_t landing, uint64_t landing_counted) {
   if (__builtin_expect(rec == nullptr, 0)) {
     if (!vector_saved) return kDispatchNeedsVectorSave;  // registering calls into libc
     rec = register_current_thread();
@@ -228,8 +228,9 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
           bump(counters[kCounterWords * a->entries[i].slot + kHits]);
         ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
         if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
-        if (inst && finish_return(rec, inst, regs, probe, a->has_callbacks, landing))
-          result = kDispatchReturnProbe;
+        if (inst && finish_return(rec, inst, regs, probe, a->has_callbacks,
+                                  a->has_return_callbacks ? landing : landing_counted))
+          result = a->has_return_callbacks ? kDispatchReturnProbe : kDispatchReturnCounted;
       }
     }
   }
@@ -243,12 +244,13 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
 namespace {
 
 // The common case of an entry hit: a thread outside any handler, a probe whose consumers are
-// built-in counters only (entry counts, return counts), and room on the return stack. Needs no
+// built-in counters only (entry counts, return counts: the return is taken from
+// `landing_counted`), and room on the return stack. Needs no
 // register but the return address's slot and the probed address, makes no call (the trampolines'
 // fast path calls it with only the caller-saved registers saved), and returns kDispatchFull,
 // having written nothing, for anything else.
 inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
-                          uint64_t landing) {
+                          uint64_t landing_counted) {
   if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   int result = kDispatchFull;
@@ -259,7 +261,7 @@ inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t 
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
     if (!a) {
       result = kDispatchDone;
-    } else if (!a->has_callbacks &&
+    } else if (!a->has_callbacks && !a->has_return_callbacks &&
                (!a->has_returns || (rec->return_top < rec->return_depth && !a->return_overflow))) {
       uint64_t *counters = rec->counters;
       for (uint32_t i = 0; i < a->count; ++i)
@@ -268,8 +270,8 @@ inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t 
       if (a->has_returns) {
         ReturnInstance *inst = &rec->returns[rec->return_top];
         init_sessions(rec, a, inst);
-        push_instance(rec, inst, slot, ip, probe, landing);
-        result = kDispatchReturnProbe;
+        push_instance(rec, inst, slot, ip, probe, landing_counted);
+        result = kDispatchReturnCounted;
       }
     }
   }
@@ -318,17 +320,17 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot) {
 // which registers the thread), or write memory that another thread writes: every store below goes
 // to this thread's own record (and, for a return probe, to its own stack).
 extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved,
-                                uint64_t landing) {
+                                uint64_t landing, uint64_t landing_counted) {
   ThreadRecord *rec = t_record;
-  const int r =
-      entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs), landing);
+  const int r = entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
+                               landing_counted);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;
-  return dispatch_general(rec, regs, probe, vector_saved, landing);
+  return dispatch_general(rec, regs, probe, vector_saved, landing, landing_counted);
 }
 
 extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,
-                                  uint64_t landing) {
-  return entry_counters(t_record, probe, slot, ip, landing);
+                                  uint64_t landing_counted) {
+  return entry_counters(t_record, probe, slot, ip, landing_counted);
 }
 
 extern "C" uint64_t usprobe_return_fast(uint64_t slot) {

@@ -43,6 +43,13 @@
 namespace usprobe::arch {
 namespace {
 
+// The shared return code's two entries: `counted` tries usprobe_return_fast first (returns taken
+// by built-in counters only), `full` builds the Regs view for return handlers.
+struct ReturnCode {
+  uint64_t full = 0, counted = 0;
+};
+Result<ReturnCode> return_code_made();
+
 constexpr size_t kJumpLength = 5;        // e9 rel32
 constexpr size_t kTrampolineSize = 768;  // fast path, prologue, epilogue, window and jump back
 constexpr int32_t kRedZone = 128;
@@ -153,20 +160,25 @@ void put_xrstor(x86::CodeWriter &w) {
   w.put_bytes(rstor, sizeof rstor);
 }
 
-constexpr x86::Reg kPushOrder[] = {x86::RAX, x86::RCX, x86::RDX, x86::RBX, x86::RBP,
-                                   x86::RSI, x86::RDI, x86::R8,  x86::R9,  x86::R10,
-                                   x86::R11, x86::R12, x86::R13, x86::R14, x86::R15};
-// The registers a C function may change: what the fast paths save around usprobe_entry_fast and
-// usprobe_return_fast (callers built with -fipa-ra may rely on any of them being kept).
+// The Regs view's push order (regs.h): the registers a C function may change first, which is all
+// the fast paths save around usprobe_entry_fast and usprobe_return_fast (callers built with
+// -fipa-ra may rely on any of them being kept), then the ones it keeps.
 constexpr x86::Reg kCallerSaved[] = {x86::RAX, x86::RCX, x86::RDX, x86::RSI, x86::RDI,
                                      x86::R8,  x86::R9,  x86::R10, x86::R11};
+constexpr x86::Reg kCalleeSaved[] = {x86::RBX, x86::RBP, x86::R12, x86::R13, x86::R14, x86::R15};
 constexpr int32_t kCallerSavedBytes = 8 * std::size(kCallerSaved);
 
-void push_caller_saved(x86::CodeWriter &w, size_t from = 0) {
-  for (size_t i = from; i < std::size(kCallerSaved); ++i) w.put_push_reg(kCallerSaved[i]);
+void push_caller_saved(x86::CodeWriter &w) {
+  for (x86::Reg r : kCallerSaved) w.put_push_reg(r);
 }
-void pop_caller_saved(x86::CodeWriter &w, size_t down_to = 0) {
-  for (size_t i = std::size(kCallerSaved); i-- > down_to;) w.put_pop_reg(kCallerSaved[i]);
+void pop_caller_saved(x86::CodeWriter &w) {
+  for (size_t i = std::size(kCallerSaved); i-- > 0;) w.put_pop_reg(kCallerSaved[i]);
+}
+void push_callee_saved(x86::CodeWriter &w) {
+  for (x86::Reg r : kCalleeSaved) w.put_push_reg(r);
+}
+void pop_callee_saved(x86::CodeWriter &w) {
+  for (size_t i = std::size(kCalleeSaved); i-- > 0;) w.put_pop_reg(kCalleeSaved[i]);
 }
 
 // Sanitizer runtimes behind dispatch's instrumentation use vector registers, so in those builds
@@ -177,8 +189,14 @@ constexpr bool kDispatchIsGprOnly = false;
 constexpr bool kDispatchIsGprOnly = true;
 #endif
 
-// Returns where the landing address (the fourth argument, %rcx) goes, to be patched in once known.
-size_t put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved) {
+// Where the landing addresses go in the code, to be patched in once known.
+struct LandingPatches {
+  std::vector<size_t> full, counted;
+};
+
+// dispatch(regs, probe, vector_saved, landing, landing_counted), the landings patched in later.
+void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved,
+                       LandingPatches &patches) {
   w.put_mov_reg_reg(x86::RDI, x86::RBX);
   w.put_mov_reg_imm64(x86::RSI, reinterpret_cast<uint64_t>(probe));
   if (vector_saved) {
@@ -187,9 +205,10 @@ size_t put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_sav
     w.put_u8(0x31), w.put_u8(0xD2);  // xor %edx,%edx
   }
   w.put_mov_reg_imm64(x86::RCX, 0);
-  const size_t landing_at = w.size() - 8;
+  patches.full.push_back(w.size() - 8);
+  w.put_mov_reg_imm64(x86::R8, 0);
+  patches.counted.push_back(w.size() - 8);
   w.put_call(reinterpret_cast<uint64_t>(&usprobe_dispatch), x86::RAX);
-  return landing_at;
 }
 void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
   w.patch_u32(at, static_cast<uint32_t>(v));
@@ -220,56 +239,10 @@ void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
 // address over the return address instead costs a mispredicted `ret` on every return, about as
 // much as the rest of the return probe.)
 void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry,
-                                uint64_t return_code) {
-  std::vector<size_t> landing_at;
+                                const ReturnCode &return_code) {
+  LandingPatches landings;
   size_t fast_to_tail = 0;
-  if (entry && kDispatchIsGprOnly) {
-    // The fast path, for probes with built-in counters only (Probe::no_entry_handlers): no Regs
-    // view, only the caller-saved registers around usprobe_entry_fast, which needs none of the
-    // others and calls nothing.
-    //
-    //     lea -144(%rsp),%rsp        red zone, result slot (at site rsp - 136, where the full
-    //                                path keeps its result too), pad: the call below is aligned
-    //     push %rax; if (!probe->no_entry_handlers) goto full_a
-    //     push %rcx .. %r11
-    //     r = usprobe_entry_fast(probe, site rsp, site, landing)
-    //     if (r == kDispatchFull) goto full_b
-    //     mov r,result; pop %r11 .. %rax; lea 8(%rsp),%rsp; jmp tail
-    //   full_b: pop %r11 .. %rcx
-    //   full_a: pop %rax; lea 8(%rsp),%rsp; <the full path, which then goes on to tail>
-    w.put_lea_rsp_rsp(-kRedZone - 16);
-    w.put_push_reg(x86::RAX);
-    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->no_entry_handlers));
-    w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
-    w.put_u8(0x0F), w.put_u8(0x84);                  // je full_a (rel32, patched below)
-    const size_t to_full_a = w.size();
-    w.put_u32(0);
-    push_caller_saved(w, 1);
-    w.put_mov_reg_imm64(x86::RDI, reinterpret_cast<uint64_t>(probe));
-    w.put_lea_reg_rsp(x86::RSI, kCallerSavedBytes + kRedZone + 16);
-    w.put_mov_reg_imm64(x86::RDX, site);
-    w.put_mov_reg_imm64(x86::RCX, 0);
-    landing_at.push_back(w.size() - 8);
-    w.put_call(reinterpret_cast<uint64_t>(&usprobe_entry_fast), x86::RAX);
-    const uint8_t cmp_full[] = {0x83, 0xF8, kDispatchFull};  // cmp $3,%eax
-    w.put_bytes(cmp_full, sizeof cmp_full);
-    w.put_u8(0x0F), w.put_u8(0x84);  // je full_b (rel32, patched below)
-    const size_t to_full_b = w.size();
-    w.put_u32(0);
-    const uint8_t keep_result[] = {0x48, 0x89, 0x44, 0x24,  // mov %rax,disp8(%rsp)
-                                   static_cast<uint8_t>(kCallerSavedBytes + 8)};
-    w.put_bytes(keep_result, sizeof keep_result);
-    pop_caller_saved(w);
-    w.put_lea_rsp_rsp(8);
-    w.put_u8(0xE9);  // jmp tail (rel32, patched below)
-    fast_to_tail = w.size();
-    w.put_u32(0);
-    w.patch_u32(to_full_b, static_cast<uint32_t>(w.size() - (to_full_b + 4)));
-    pop_caller_saved(w, 1);
-    w.patch_u32(to_full_a, static_cast<uint32_t>(w.size() - (to_full_a + 4)));
-    w.put_pop_reg(x86::RAX);
-    w.put_lea_rsp_rsp(8);
-  } else if (entry) {
+  if (entry) {
     // Flags are dead at a function entry (usprobe_hit_flags says so): their slot is only made
     // room for, and later holds dispatch's result. pushfq costs more than a store.
     w.put_lea_rsp_rsp(-kRedZone - 8);
@@ -277,7 +250,45 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     w.put_lea_rsp_rsp(-kRedZone);
     w.put_pushfq();
   }
-  for (x86::Reg r : kPushOrder) w.put_push_reg(r);
+  push_caller_saved(w);
+  if (entry && kDispatchIsGprOnly) {
+    // The fast path, for probes with built-in counters only (Probe::no_entry_handlers): no more
+    // of a Regs view than the caller-saved registers just pushed, which is all usprobe_entry_fast
+    // can change (it keeps the others and calls nothing). The call is aligned: red zone, result
+    // slot and nine registers.
+    //
+    //     if (!probe->no_entry_handlers) goto full
+    //     r = usprobe_entry_fast(probe, site rsp, site, landing_counted)
+    //     if (r == kDispatchFull) goto full          nothing done; the saved registers are intact
+    //     mov r,result; pop %r11 .. %rax; jmp tail
+    //   full: <the rest of the Regs view, dispatch, ...; then tail>
+    w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->no_entry_handlers));
+    w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
+    w.put_u8(0x0F), w.put_u8(0x84);                  // je full (rel32, patched below)
+    const size_t to_full_a = w.size();
+    w.put_u32(0);
+    w.put_mov_reg_imm64(x86::RDI, reinterpret_cast<uint64_t>(probe));
+    w.put_lea_reg_rsp(x86::RSI, kCallerSavedBytes + kRedZone + 8);
+    w.put_mov_reg_imm64(x86::RDX, site);
+    w.put_mov_reg_imm64(x86::RCX, 0);
+    landings.counted.push_back(w.size() - 8);
+    w.put_call(reinterpret_cast<uint64_t>(&usprobe_entry_fast), x86::RAX);
+    const uint8_t cmp_full[] = {0x83, 0xF8, kDispatchFull};  // cmp $3,%eax
+    w.put_bytes(cmp_full, sizeof cmp_full);
+    w.put_u8(0x0F), w.put_u8(0x84);  // je full (rel32, patched below)
+    const size_t to_full_b = w.size();
+    w.put_u32(0);
+    const uint8_t keep_result[] = {0x48, 0x89, 0x44, 0x24,  // mov %rax,disp8(%rsp)
+                                   static_cast<uint8_t>(kCallerSavedBytes)};
+    w.put_bytes(keep_result, sizeof keep_result);
+    pop_caller_saved(w);
+    w.put_u8(0xE9);  // jmp tail (rel32, patched below)
+    fast_to_tail = w.size();
+    w.put_u32(0);
+    w.patch_u32(to_full_a, static_cast<uint32_t>(w.size() - (to_full_a + 4)));
+    w.patch_u32(to_full_b, static_cast<uint32_t>(w.size() - (to_full_b + 4)));
+  }
+  push_callee_saved(w);
   // The site's %rsp: 15 GPRs + rflags + the red zone above us.
   w.put_lea_reg_rsp(x86::RAX, 16 * 8 + kRedZone);
   w.put_push_reg(x86::RAX);
@@ -294,7 +305,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     w.put_u8(0x0F), w.put_u8(0x85);                  // jne save (rel32, patched below)
     size_t to_save = w.size();
     w.put_u32(0);
-    landing_at.push_back(put_call_dispatch(w, probe, false));
+    put_call_dispatch(w, probe, false, landings);
     const uint8_t cmp[] = {0x83, 0xF8, kDispatchNeedsVectorSave};  // cmp $1,%eax
     w.put_bytes(cmp, sizeof cmp);
     w.put_u8(0x0F), w.put_u8(0x85);  // jne restore (rel32, patched below)
@@ -312,7 +323,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   } else {
     put_xsave(w);
   }
-  landing_at.push_back(put_call_dispatch(w, probe, true));
+  put_call_dispatch(w, probe, true, landings);
   if (entry) {
     for (int n = 0; n < 8; ++n) put_vec_move(w, vw, n, false);
   } else {
@@ -328,7 +339,8 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   }
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);  // the site and %rsp slots: handlers cannot move them
-  for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);
+  pop_callee_saved(w);
+  pop_caller_saved(w);
   if (!entry) {
     w.put_popfq();
     w.put_lea_rsp_rsp(kRedZone);
@@ -336,21 +348,32 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   }
   // Flags are dead at a function entry (popfq costs ~20 cycles): the slot holds dispatch's result.
   if (fast_to_tail) w.patch_u32(fast_to_tail, static_cast<uint32_t>(w.size() - (fast_to_tail + 4)));
+  static_assert(kDispatchDone < kDispatchReturnProbe &&
+                kDispatchReturnCounted > kDispatchReturnProbe);
   const uint8_t cmp_result[] = {0x48, 0x83, 0x3C, 0x24, kDispatchReturnProbe};  // cmpq $2,(%rsp)
   w.put_bytes(cmp_result, sizeof cmp_result);
   w.put_lea_rsp_rsp(8 + kRedZone);
-  w.put_u8(0x0F), w.put_u8(0x85);  // jne window (rel32, patched below)
+  w.put_u8(0x0F), w.put_u8(0x82);  // jb window: no return taken (rel32, patched below)
   const size_t to_window = w.size();
   w.put_u32(0);
-  w.put_lea_rsp_rsp(8);  // the original return address: dispatch keeps it in the instance
-  w.put_u8(0xE8);        // call window (rel32, patched below)
-  const size_t call_window = w.size();
+  w.put_u8(0x0F), w.put_u8(0x85);  // jne counted: kDispatchReturnCounted (rel32, patched below)
+  const size_t to_counted = w.size();
   w.put_u32(0);
-  const uint64_t landing = w.pc();
-  w.put_jmp(return_code);
+  // Each landing is the return address of its own `call window`, and jumps to its return code.
+  std::vector<size_t> calls;
+  auto put_call_window = [&](uint64_t code, const std::vector<size_t> &patch_at) {
+    w.put_lea_rsp_rsp(8);  // the original return address: dispatch keeps it in the instance
+    w.put_u8(0xE8);        // call window (rel32, patched below)
+    calls.push_back(w.size());
+    w.put_u32(0);
+    for (size_t at : patch_at) patch_u64(w, at, w.pc());  // the landing
+    w.put_jmp(code);
+  };
+  put_call_window(return_code.full, landings.full);
+  w.patch_u32(to_counted, static_cast<uint32_t>(w.size() - (to_counted + 4)));
+  put_call_window(return_code.counted, landings.counted);
   w.patch_u32(to_window, static_cast<uint32_t>(w.size() - (to_window + 4)));
-  w.patch_u32(call_window, static_cast<uint32_t>(w.size() - (call_window + 4)));
-  for (size_t at : landing_at) patch_u64(w, at, landing);
+  for (size_t at : calls) w.patch_u32(at, static_cast<uint32_t>(w.size() - (at + 4)));
 }
 
 // Why the jump path cannot be used at this site, or "" when it can (relocation still decides).
@@ -392,9 +415,9 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   plan.function_entry = req.bounds_known && off == 0;
   std::string refusal = req.force_int3 ? req.force_reason : jump_refusal(req, scan, off);
 
-  uint64_t return_code = 0;
+  ReturnCode return_code;
   if (plan.function_entry) {
-    auto r = make_return_trampoline();
+    auto r = return_code_made();
     if (!r) return std::unexpected(r.error());
     return_code = *r;
   }
@@ -466,41 +489,53 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 // probed function has returned, with the caller's %rsp and the return registers live; every
 // register is kept (callers built with -fipa-ra may rely on more than the ABI promises).
 //
-// First the fast path, for returns counted by built-in counters only: no Regs view, only the
-// caller-saved registers around usprobe_return_fast, which needs none of the others.
+// Two entries, one per landing of the trampolines. `counted` first tries the fast path, for returns
+// counted by built-in counters only, with no more of a Regs view than the caller-saved registers
+// (usprobe_return_fast keeps the others):
 //
-//     lea -24(%rsp),%rsp           slot for the original return address, pad, pad (aligned call)
-//     push %rax .. %r11
+//   counted:
+//     lea -24(%rsp),%rsp           slot for the original return address, a pad (the call below
+//     push %rax .. %r11             is aligned), the flags slot (dead at a return)
 //     r = usprobe_return_fast(caller's %rsp - 8)     the slot the return address was in
-//     if (r == 0) { pop %r11 .. %rax; lea 24(%rsp),%rsp; goto full }
+//     if (r == 0) goto rest        nothing done
 //     mov r,slot; pop %r11 .. %rax; lea 16(%rsp),%rsp; ret
-//
-// The full path:
-//
-//     lea -16(%rsp)                slot for the original return address, and the flags (dead)
-//     push %rax..%r15               the Regs view, the caller's %rsp, rip = 0
+//   full:
+//     lea -24(%rsp),%rsp; push %rax .. %r11
+//   rest:
+//     push %rbx .. %r15             the rest of the Regs view, the caller's %rsp, rip = 0
 //     mov %rsp,%rbx; and $-16,%rsp
 //     r = usprobe_return_dispatch(regs, NULL)        GPR-only: counters and GPR-only handlers
 //     if (r == needs vector state)
 //       save x/y/zmm0-1; r = usprobe_return_dispatch(regs, area); restore them
 //     mov r,slot; mov %rbx,%rsp; pop ...
-//     lea 8(%rsp),%rsp; ret         to the original return address
+//     lea 16(%rsp),%rsp; ret        to the original return address
 // Made once, on the first function-entry trampoline, and kept for the life of the process.
 Result<uint64_t> make_return_trampoline() {
-  static uint64_t made = 0;  // callers hold the registry's lock
-  if (made) return made;
+  auto r = return_code_made();
+  if (!r) return std::unexpected(r.error());
+  return r->full;
+}
+
+namespace {
+
+Result<ReturnCode> return_code_made() {
+  static ReturnCode made;  // callers hold the registry's lock
+  if (made.full) return made;
   auto mem =
       os::alloc_code_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
   x86::CodeWriter w(*mem);
+  ReturnCode code;
+  size_t to_rest = 0;
   if (kDispatchIsGprOnly) {
+    code.counted = w.pc();
     w.put_lea_rsp_rsp(-24);
     push_caller_saved(w);
     w.put_lea_reg_rsp(x86::RDI, kCallerSavedBytes + 16);  // caller's %rsp - 8
     w.put_call(reinterpret_cast<uint64_t>(&usprobe_return_fast), x86::RAX);
     w.put_u8(0x48), w.put_u8(0x85), w.put_u8(0xC0);  // test %rax,%rax
-    w.put_u8(0x0F), w.put_u8(0x84);                  // je full (rel32, patched below)
-    const size_t to_full = w.size();
+    w.put_u8(0x0F), w.put_u8(0x84);                  // je rest (rel32, patched below)
+    to_rest = w.size();
     w.put_u32(0);
     const uint8_t keep_original[] = {0x48, 0x89, 0x44, 0x24,  // mov %rax,disp8(%rsp)
                                      static_cast<uint8_t>(kCallerSavedBytes + 16)};
@@ -508,17 +543,17 @@ Result<uint64_t> make_return_trampoline() {
     pop_caller_saved(w);
     w.put_lea_rsp_rsp(16);
     w.put_ret();
-    w.patch_u32(to_full, static_cast<uint32_t>(w.size() - (to_full + 4)));
-    pop_caller_saved(w);
-    w.put_lea_rsp_rsp(24);
   }
-  // The slot for the original return address (written after the call), and Regs::rflags: the
-  // flags are dead at a return (popfq costs ~20 cycles).
-  w.put_lea_rsp_rsp(-16);
-  const uint8_t push_zero[] = {0x6A, 0x00};  // push $0
-  for (x86::Reg r : kPushOrder) w.put_push_reg(r);
-  w.put_lea_reg_rsp(x86::RAX, 17 * 8);  // the caller's %rsp: 15 GPRs, the flags, the slot
+  code.full = w.pc();
+  if (!kDispatchIsGprOnly) code.counted = code.full;
+  w.put_lea_rsp_rsp(-24);
+  push_caller_saved(w);
+  if (to_rest) w.patch_u32(to_rest, static_cast<uint32_t>(w.size() - (to_rest + 4)));
+  push_callee_saved(w);
+  // The caller's %rsp: 15 GPRs, the flags slot, the pad, the original return address's slot.
+  w.put_lea_reg_rsp(x86::RAX, 18 * 8);
   w.put_push_reg(x86::RAX);
+  const uint8_t push_zero[] = {0x6A, 0x00};  // push $0
   w.put_bytes(push_zero, sizeof push_zero);  // Regs::rip
   w.put_mov_reg_reg(x86::RBX, x86::RSP);
   put_and_rsp_imm8(w, -16);
@@ -551,18 +586,20 @@ Result<uint64_t> make_return_trampoline() {
   if (kDispatchIsGprOnly) w.patch_u32(to_done, static_cast<uint32_t>(w.size() - (to_done + 4)));
   const uint8_t store_slot[] = {0x48, 0x89, 0x83};  // mov %rax,disp32(%rbx)
   w.put_bytes(store_slot, sizeof store_slot);
-  w.put_u32(18 * 8);  // above the Regs view: rip, rsp, 15 GPRs, flags
+  w.put_u32(19 * 8);  // above the Regs view (rip, rsp, 15 GPRs, flags) and the pad
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);
-  for (int i = std::size(kPushOrder) - 1; i >= 0; --i) w.put_pop_reg(kPushOrder[i]);
-  // Skip the flags slot and return through the original address's slot: the return stack's top
-  // entry is the caller's own (the probed function's `ret` used the landing's), so this `ret` is
-  // predicted.
-  w.put_lea_rsp_rsp(8);
+  pop_callee_saved(w);
+  pop_caller_saved(w);
+  // Skip the flags slot and the pad, and return through the original address's slot: the return
+  // stack's top entry is the caller's own (the probed function's `ret` used the landing's), so
+  // this `ret` is predicted.
+  w.put_lea_rsp_rsp(16);
   w.put_u8(0xC3);  // ret
   if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
-  made = w.base();
+  made = code;
   return made;
 }
 
+}  // namespace
 }  // namespace usprobe::arch
