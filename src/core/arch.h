@@ -44,12 +44,14 @@ namespace usprobe::arch {
 
 // The floating-point return value in the vector registers the return trampoline saved.
 double return_double(const void *vectors);
-// Return probes. A function-entry trampoline has a landing: when dispatch takes the call's return
-// (kDispatchReturnProbe), the trampoline drops the return address and calls the function, so that
-// the function returns to the landing, which goes to the shared return code. That code (written
-// once, on the first function-entry trampoline, and kept for the life of the process) saves the
-// return registers as a Regs view, calls usprobe_return_dispatch (core/dispatch.h), restores them
-// and returns to the address dispatch returns.
+// Return probes. A function-entry trampoline has two landings: when dispatch takes the call's
+// return (kDispatchReturnProbe, or kDispatchReturnCounted when only built-in counters count it),
+// the trampoline drops the return address and calls the function from the matching landing, so
+// that the function returns there and goes on to the shared return code. That code (written once,
+// on the first function-entry trampoline, and kept for the life of the process) saves the return
+// registers (the counted entry first tries usprobe_return_fast with the caller-saved ones only),
+// calls usprobe_return_dispatch (core/dispatch.h), restores them and returns to the address
+// dispatch returns. make_return_trampoline gives the full entry.
 Result<uint64_t> make_return_trampoline();
 
 struct SiteRequest {

@@ -53,10 +53,10 @@ struct ReturnInstance {
   uint64_t sp;              // where it lived on the stack (%rsp at the function's entry)
   uint64_t entry_ip;        // the probed function's address, for usprobe_hit_ip
   const Probe *probe;
-  uint64_t array_id;  // the id of the probe's ConsumerArray at the entry
+  uint64_t array_id;   // the id of the probe's ConsumerArray at the entry
   uint64_t stack_key;  // the thread's stack_key at the entry
-  uint32_t sessions;  // used entries of `session`
-  uint64_t landing;   // what the return address was replaced by: the trampoline's landing
+  uint32_t sessions;   // used entries of `session`
+  uint64_t landing;    // what the return address was replaced by: one of the trampoline's landings
   ReturnSession session[kMaxSessions];
 };
 
