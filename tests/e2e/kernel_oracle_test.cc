@@ -9,6 +9,7 @@
 //
 // These tests run alone (RUN_SERIAL, tests/e2e/CMakeLists.txt). Skipped, with the reason, where
 // perf_event_open is refused.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/perf_event.h>
 #include <poll.h>
@@ -20,6 +21,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +29,8 @@
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+#include "elf/elf_file.h"
+#include "support/kernel_uprobe.h"
 
 namespace {
 
@@ -230,6 +234,109 @@ TEST(CliKernelOracle, SmallProgramMallocAndFreeMatchKernelUprobes) {
                               {"libc:free", "libc.so.6", "free"},
                               {"libc:getppid", "libc.so.6", "getppid"}},
                              {e2e::target(), "libc", "25"});
+}
+
+// Where the dynamic linker of this process resolves `name` in the libc at `libc_path`: for an IFUNC
+// (memcpy, strlen) the implementation this CPU gets (__strlen_evex, ...). sqlite3, started from
+// here with the same libc, the same CPU and the same environment (GLIBC_TUNABLES), gets the same.
+std::expected<usprobe::test::FileLocation, std::string> resolved_in_libc(
+    const std::string &libc_path, const std::string &name) {
+  void *libc = dlopen(libc_path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (!libc) return std::unexpected(libc_path + " is not this process's libc: " + dlerror());
+  void *addr = dlsym(libc, name.c_str());
+  dlclose(libc);
+  if (!addr) return std::unexpected("dlsym(" + name + ") failed");
+  return usprobe::test::file_location_of(addr);
+}
+
+// `usprobe count 'libc:*'` puts a probe on every function of libc at once (thousands of them; a
+// few are refused with a notice, such as time, which the vDSO answers). sqlite3 must run as it does
+// alone, and a few of its busiest functions must still count what the kernel's uprobes count: the
+// allocator, the mutex sqlite3 takes around its memory statistics, and three IFUNCs, counted by the
+// kernel on the implementation the dynamic linker picked. Aliases at one offset are one probe under
+// one name (memcmp is reported as bcmp), and an IFUNC and its implementation are one site, so every
+// name the report gives that code must show the kernel's count.
+//
+// The functions are ones whose counts are the same on every run of this script. memcpy's are not
+// (they vary by a few from run to run); memset is left out because a kernel uprobe on its AVX-512
+// implementation, whose first instruction is `vpbroadcastb %esi,%zmm16`, kills sqlite3 with
+// SIGSEGV (Linux 6.18).
+TEST(CliKernelOracle, SqliteUnderAllOfLibcMatchesKernelUprobes) {
+  if (!e2e::file_exists(kSqlite)) GTEST_SKIP() << kSqlite << " is not installed (apt sqlite3)";
+  const std::vector<std::string> command = sqlite_workload();
+  const std::string libc = library_of(kSqlite, "libc.so.6");
+  ASSERT_FALSE(libc.empty()) << "ldd " << kSqlite << " shows no libc.so.6";
+  auto elf = usprobe::elf::ElfFile::open(libc);
+  ASSERT_TRUE(elf) << libc << ": " << elf.error().message;
+
+  const std::vector<std::string> functions = {"malloc", "free",   "pthread_mutex_lock",
+                                              "strlen", "strcmp", "memcmp"};
+  std::vector<KernelProbe> kernel_probes;
+  std::vector<std::string> runs_in;             // the implementation's name, for the printout
+  std::vector<std::set<std::string>> names_of;  // every report name of the code that runs
+  for (const std::string &name : functions) {
+    auto fn = (*elf)->find_function(name);
+    ASSERT_TRUE(fn) << fn.error().message;
+    auto where = resolved_in_libc(libc, name);
+    ASSERT_TRUE(where) << where.error();
+    ASSERT_EQ(e2e::realpath_of(where->path), e2e::realpath_of(libc)) << name;
+    EXPECT_EQ(fn->ifunc, where->offset != fn->file_offset) << name;
+    kernel_probes.push_back({libc, where->offset});
+    const usprobe::elf::Function *impl = (*elf)->function_containing(where->offset);
+    runs_in.push_back(impl ? impl->name : "?");
+    std::set<std::string> names;
+    for (const usprobe::elf::Function &f : (*elf)->functions()) {
+      if (f.file_offset != fn->file_offset && f.file_offset != where->offset) continue;
+      names.insert("libc:" + (f.hidden_version ? f.name + "@" + f.version : f.name));
+    }
+    names_of.push_back(std::move(names));
+  }
+  KernelRun kernel = run_with_kernel_uprobes(command, kernel_probes);
+  if (!kernel.skip.empty()) GTEST_SKIP() << kernel.skip;
+  ASSERT_EQ(kernel.output.exit_code(), 0) << kernel.output.describe();
+
+  Output plain = e2e::run(command);
+  ASSERT_EQ(plain.exit_code(), 0) << plain.describe();
+  EXPECT_FALSE(plain.out.empty()) << plain.describe();
+  e2e::TempDir dir;
+  const std::string file = dir.file("report.json");
+  std::vector<std::string> argv = {e2e::cli(), "count", "--json", "-o", file, "libc:*", "--"};
+  argv.insert(argv.end(), command.begin(), command.end());
+  Output r = e2e::run(argv);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, plain.out) << "stdout differs from a plain run";
+  EXPECT_EQ(kernel.output.out, plain.out) << "stdout differs between the plain and kernel runs";
+  // sqlite3 writes nothing to stderr here; all there is are usprobe's notices.
+  for (const std::string &line : e2e::lines(r.err))
+    EXPECT_TRUE(e2e::starts_with(line, "usprobe: ")) << line;
+  std::vector<Json> reports = e2e::reports(e2e::read_file(file));
+  ASSERT_EQ(reports.size(), 1u) << e2e::read_file(file);
+  const Json &total = reports[0];
+  EXPECT_EQ(total.value("exit_status", -1), 0);
+  ASSERT_GT(total["probes"].size(), 1000u) << "not all of libc was probed: " << r.err;
+  size_t missed = 0;
+  for (const Json &p : total["probes"]) missed += p.value("missed", 1u) != 0;
+  EXPECT_EQ(missed, 0u) << "probes that missed hits";
+
+  for (size_t i = 0; i < functions.size(); ++i) {
+    const std::string spec = "libc:" + functions[i];
+    std::string names_seen;
+    for (const Json &q : total["probes"]) {
+      const std::string name = q.value("probe", "");
+      if (!names_of[i].contains(name)) continue;
+      names_seen += names_seen.empty() ? name : " " + name;
+      const std::string location = q.value("location", "");
+      EXPECT_EQ(e2e::realpath_of(location.substr(0, location.rfind(':'))), e2e::realpath_of(libc))
+          << name << " resolved to " << location;
+      EXPECT_EQ(q.value("hits", ~0ull), kernel.counts[i])
+          << name << " (" << spec << " runs " << runs_in[i]
+          << "): usprobe (left) and the kernel's uprobe (right) disagree";
+    }
+    EXPECT_FALSE(names_seen.empty()) << spec << " is under no name in the report";
+    std::printf("  %-24s kernel %8llu   on %s; usprobe's names: %s\n", spec.c_str(),
+                static_cast<unsigned long long>(kernel.counts[i]), runs_in[i].c_str(),
+                names_seen.c_str());
+  }
 }
 
 }  // namespace
