@@ -141,18 +141,42 @@ std::vector<ConsumerEntry> entries_of(const Probe *p) {
   return v;
 }
 
-// Every site (patched or about to be) whose window overlaps [addr, addr + len).
-const Site *overlapping(uint64_t addr, uint64_t len, const std::vector<Site *> &pending) {
-  auto hit = [&](const Site *s) {
-    uint64_t slen = std::max<uint64_t>(s->plan.window_length, 1);
-    return s->addr < addr + len && addr < s->addr + slen;
-  };
-  for (const Site *s : pending)
-    if (hit(s)) return s;
-  for (auto &[key, p] : probes())
-    for (Site *s : p->sites)
-      if (s->patched && hit(s)) return s;
+// Sites by address: the patched ones (g_patched, kept by note_patched after every install and
+// remove), and a batch's pending ones. A window is at most kMaxWindow bytes (whole instructions
+// covering a 5-byte jump), so the sites that can overlap [addr, addr + len) start within
+// kMaxWindow below addr: a lookup costs a logarithm, not a scan of every probe (a batch of 10,000
+// probes would otherwise cost 10,000 scans of 10,000 sites).
+using SiteIndex = std::map<uint64_t, const Site *>;
+constexpr uint64_t kMaxWindow = 64;
+SiteIndex &g_patched() {  // guarded by g_mutex; never destroyed (see probes())
+  static auto *index = new SiteIndex;
+  return *index;
+}
+
+void note_patched(const std::vector<Site *> &sites) {
+  SiteIndex &index = g_patched();
+  for (const Site *s : sites) {
+    if (s->patched) {
+      index[s->addr] = s;
+    } else if (auto it = index.find(s->addr); it != index.end() && it->second == s) {
+      index.erase(it);
+    }
+  }
+}
+
+const Site *overlapping_in(const SiteIndex &index, uint64_t addr, uint64_t len) {
+  for (auto it = index.lower_bound(addr > kMaxWindow ? addr - kMaxWindow : 0);
+       it != index.end() && it->first < addr + len; ++it) {
+    const Site *s = it->second;
+    if (addr < s->addr + std::max<uint64_t>(s->plan.window_length, 1)) return s;
+  }
   return nullptr;
+}
+
+// Every site (patched or about to be) whose window overlaps [addr, addr + len).
+const Site *overlapping(uint64_t addr, uint64_t len, const SiteIndex &pending) {
+  if (const Site *s = overlapping_in(pending, addr, len)) return s;
+  return overlapping_in(g_patched(), addr, len);
 }
 
 std::string site_owner(const Site *s) {
@@ -219,7 +243,7 @@ Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t add
 // Choose the sites of probe `p` for the current mappings (it has no links, so none is patched)
 // and check them against every other patched or pending site. Chosen sites go to `pending`.
 Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector<os::Mapping> &maps,
-                   unsigned flags, std::vector<Site *> &pending) {
+                   unsigned flags, std::vector<Site *> &pending, SiteIndex &pending_index) {
   std::vector<uint64_t> addrs;
   for (const auto &m : maps) {
     if (!m.exec || m.dev != p->file.dev || m.ino != p->file.ino) continue;
@@ -234,14 +258,14 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
   for (uint64_t addr : addrs) {
     auto natural = plan_for(p, loc, addr, false);  // also checks the instruction boundary
     if (!natural) return std::unexpected(natural.error());
-    if (const Site *o = overlapping(addr, 1, pending))
+    if (const Site *o = overlapping(addr, 1, pending_index))
       return fail(EBUSY,
                   fmt::format("{}: inside the patched window of probe {}", p->name, site_owner(o)));
     Site *site = *natural;
     std::string reason;
     if (site->plan.jump && (flags & USPROBE_FORCE_INT3))
       reason = forced_reason();
-    else if (site->plan.jump && overlapping(addr, site->plan.window_length, pending))
+    else if (site->plan.jump && overlapping(addr, site->plan.window_length, pending_index))
       reason = "another probe's site lies within the 5-byte window";
     if (!reason.empty()) {
       auto forced = plan_for(p, loc, addr, true);
@@ -270,6 +294,7 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
   }
   p->sites = chosen;
   pending.insert(pending.end(), chosen.begin(), chosen.end());
+  for (Site *s : chosen) pending_index[s->addr] = s;
   return {};
 }
 
@@ -312,6 +337,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     counters::reclaim_dead_threads();
     auto maps = os::read_mappings();
     std::vector<Site *> pending;
+    SiteIndex pending_index;
     std::map<Probe *, std::vector<ConsumerEntry>> added;
     std::vector<std::pair<size_t, usprobe_link *>> made;
 
@@ -351,9 +377,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       }
       Probe *p = slot_in_map.get();
       if (p->links.empty() && !added.count(p)) {
-        size_t before = pending.size();
-        if (auto ok = place(p, loc, *maps, flags, pending); !ok) {
-          pending.resize(before);
+        if (auto ok = place(p, loc, *maps, flags, pending, pending_index); !ok) {
           if (created && p->plans.empty()) probes().erase(key);
           out[i] = std::unexpected(ok.error());
           continue;
@@ -377,6 +401,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       publish(p, std::move(entries), garbage);
     }
     auto installed = patcher::install(pending);
+    note_patched(pending);
     for (auto &[i, link] : made) {
       if (!installed) {
         out[i] = std::unexpected(installed.error());
@@ -388,6 +413,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     if (!installed) {
       // Should not happen (writes to our own memory); undo what was published.
       (void)patcher::remove(pending);
+      note_patched(pending);
       for (auto &[p, add] : added) {
         auto entries = entries_of(p);
         std::erase_if(entries, [&](const ConsumerEntry &e) {
@@ -444,6 +470,7 @@ Result<void> detach(std::span<usprobe_link *const> links) {
           if (s->patched) unpatch.push_back(s);
     }
     if (auto ok = patcher::remove(unpatch); !ok) result = ok;
+    note_patched(unpatch);
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
   }
   // After this grace period no thread runs (or will run) a handler of the detached consumers.
