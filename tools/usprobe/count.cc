@@ -1,11 +1,9 @@
 // usprobe count PROBE... [-i S] [-d S] [-o FILE] [--json] [--per-pid] -- COMMAND [ARGS...]:
 // how many times each probe was hit, by every process of the command, reported every interval
 // and once more, in total, when the command exits.
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include <chrono>
-#include <ctime>
 
 #include "commands.h"
 #include "launch.h"
@@ -31,16 +29,8 @@ struct Reporter {
     if (options.json) {
       fmt::print(out, "{}\n", dump_line(json_report(rows, elapsed_s, total, status)));
     } else {
-      if (total) {
-        fmt::print(out, "Total over {:.3f} s (exit status {}):\n", elapsed_s,
-                   status ? std::to_string(*status) : "unknown");
-      } else {
-        std::time_t now = std::time(nullptr);
-        std::tm local{};
-        ::localtime_r(&now, &local);
-        fmt::print(out, "[{:%H:%M:%S}]\n", local);
-      }
-      fmt::print(out, "{}", text_report(rows, options.per_pid));
+      fmt::print(out, "{}{}", report_heading(elapsed_s, total, status),
+                 text_report(rows, options.per_pid));
     }
     std::fflush(out);
   }
@@ -68,26 +58,12 @@ int run_count(const CountOptions &options) {
 
   NoticePrinter notices(probes, options.verbose);
   Reporter reporter{options, probes, output->file()};
-  std::vector<TraceEvent> no_events;  // count mode has no rings
-  Counts reported;                    // at the last interval report
-  auto tick = [&] {
-    region->reclaim(no_events);
-    notices.print(region->new_notices());
-  };
-  auto interval = [&] {
-    Counts now = region->counts();
-    double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - child->started).count();
-    reporter.print(subtract(now, reported), elapsed, false, std::nullopt);
-    reported = std::move(now);
-  };
-  ExitInfo exit =
-      supervisor.watch(*child, {kTick, options.duration_s, options.interval_s}, tick, interval);
-  // Grandchildren may still run: what they counted so far is in their live slots.
-  tick();
-  reporter.print(region->counts(), exit.elapsed_s, true, exit.status);
-  notices.finish(*region);
-  return exit.status.value_or(1);
+  return report_while_running(
+      supervisor, *child, *region, notices, {kTick, options.duration_s, options.interval_s},
+      Counts{}, [&] { return region->counts(); },
+      [&](const Counts &c, double elapsed, bool total, std::optional<int> status) {
+        reporter.print(c, elapsed, total, status);
+      });
 }
 
 }  // namespace usprobe::cli

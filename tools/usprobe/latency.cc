@@ -6,12 +6,10 @@
 // The agent times each call with rdtsc at the entry and at the return (agent/handlers.cc) and adds
 // the duration, converted to nanoseconds with the multiplier this file calibrates, to its thread's
 // histogram in the region; the CLI sums the histograms of all slots (region.h).
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <string_view>
 
 #include "commands.h"
@@ -104,15 +102,7 @@ struct Reporter {
       std::fflush(out);
       return;
     }
-    if (total) {
-      fmt::print(out, "Total over {:.3f} s (exit status {}):\n", elapsed_s,
-                 status ? std::to_string(*status) : "unknown");
-    } else {
-      std::time_t now = std::time(nullptr);
-      std::tm local{};
-      ::localtime_r(&now, &local);
-      fmt::print(out, "[{:%H:%M:%S}]\n", local);
-    }
+    fmt::print(out, "{}", report_heading(elapsed_s, total, status));
     std::vector<std::string> idle;
     for (const LatencyRow &r : rows) {
       if (r.histogram.count == 0 && r.missed == 0) {
@@ -176,26 +166,13 @@ int run_latency(const LatencyOptions &options) {
 
   NoticePrinter notices(probes, options.verbose);
   Reporter reporter{options, probes, *unit, output->file()};
-  std::vector<TraceEvent> no_events;  // latency mode has no rings
-  Snapshot reported{std::vector<Histogram>(probes.size()), std::vector<uint64_t>(probes.size())};
-  auto tick = [&] {
-    region->reclaim(no_events);
-    notices.print(region->new_notices());
-  };
-  auto interval = [&] {
-    Snapshot now = take(*region, probes.size());
-    double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - child->started).count();
-    reporter.print(subtract(now, reported), elapsed, false, std::nullopt);
-    reported = std::move(now);
-  };
-  ExitInfo exit =
-      supervisor.watch(*child, {kTick, options.duration_s, options.interval_s}, tick, interval);
-  // Grandchildren may still run: what they timed so far is in their live slots.
-  tick();
-  reporter.print(take(*region, probes.size()), exit.elapsed_s, true, exit.status);
-  notices.finish(*region);
-  return exit.status.value_or(1);
+  return report_while_running(
+      supervisor, *child, *region, notices, {kTick, options.duration_s, options.interval_s},
+      Snapshot{std::vector<Histogram>(probes.size()), std::vector<uint64_t>(probes.size())},
+      [&] { return take(*region, probes.size()); },
+      [&](const Snapshot &s, double elapsed, bool total, std::optional<int> status) {
+        reporter.print(s, elapsed, total, status);
+      });
 }
 
 }  // namespace usprobe::cli

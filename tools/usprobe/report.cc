@@ -1,6 +1,9 @@
 #include "report.h"
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
+
+#include <ctime>
 
 #include <algorithm>
 #include <cmath>
@@ -111,6 +114,16 @@ nlohmann::ordered_json json_report(const std::vector<ProbeTotal> &rows, double e
 
 std::string dump_line(const nlohmann::ordered_json &j) {
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+std::string report_heading(double elapsed_s, bool total, std::optional<int> status) {
+  if (total)
+    return fmt::format("Total over {:.3f} s (exit status {}):\n", elapsed_s,
+                       status ? std::to_string(*status) : "unknown");
+  std::time_t now = std::time(nullptr);
+  std::tm local{};
+  ::localtime_r(&now, &local);
+  return fmt::format("[{:%H:%M:%S}]\n", local);
 }
 
 }  // namespace usprobe::cli

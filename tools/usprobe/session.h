@@ -11,8 +11,10 @@
 
 #include "command.h"
 #include "core/error.h"
+#include "launch.h"
 #include "probe_spec.h"
 #include "region.h"
+#include "supervisor.h"
 
 namespace usprobe::cli {
 
@@ -66,6 +68,36 @@ class Output {
   explicit Output(FILE *f) : file_(f) {}
   FILE *file_ = nullptr;
 };
+
+// The run of count and latency, from the started command to its exit: every tick frees the slots
+// of threads that have exited and prints the agents' notices; every interval (-i) reports what
+// changed since the last report; at the end, the totals. `take()` reads a Snapshot from the
+// region, `subtract(a, b)` is what a holds beyond b, and `print(snapshot, elapsed_s, total,
+// status)` reports one. `reported` starts as an empty snapshot. Returns the command's exit status
+// (1 when it cannot be known).
+template <typename Snapshot, typename Take, typename Print>
+int report_while_running(Supervisor &supervisor, const Child &child, Region &region,
+                         NoticePrinter &notices, WatchOptions watch, Snapshot reported, Take take,
+                         Print print) {
+  std::vector<TraceEvent> no_events;  // these modes have no rings
+  auto tick = [&] {
+    region.reclaim(no_events);
+    notices.print(region.new_notices());
+  };
+  auto interval = [&] {
+    Snapshot now = take();
+    double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - child.started).count();
+    print(subtract(now, reported), elapsed, false, std::nullopt);
+    reported = std::move(now);
+  };
+  ExitInfo exit = supervisor.watch(child, watch, tick, interval);
+  // Grandchildren may still run: what they gathered so far is in their live slots.
+  tick();
+  print(take(), exit.elapsed_s, true, exit.status);
+  notices.finish(region);
+  return exit.status.value_or(1);
+}
 
 // Prints "usprobe: <message>" on stderr and returns 2, usprobe's own failure status.
 int report_error(const Error &error);
