@@ -17,6 +17,10 @@
 //   plain/tgt_counted_mid      no probe: the baseline of the instruction probe
 //   usprobe/insn_counter       instruction-flavour probe at tgt_counted_mid+0x7, built-in counter
 //   usprobe/int3_entry_counter usprobe_attach_ex(USPROBE_FORCE_INT3) on tgt_counted, counter
+//   usprobe/int3_under_remap   the same while another thread remaps without pause: it maps this
+//                              program's file executable, calls usprobe_notify_mapping(), unmaps
+//                              it, notifies again (each notification republishes the mapping
+//                              table the trap handler reads, and waits for a grace period)
 //   usprobe/return_counter     return probe on tgt_counted ("uretprobe:" prefix, consumer NULL):
 //                              the built-in counter counts returns
 //   usprobe/entry_return_session  entry and return probe on tgt_counted, plain C callbacks: the
@@ -37,13 +41,17 @@
 //                shared 2-core VM varies far less than wall time (cv ~1% vs ~7-10%)
 // Defaults unless given: --benchmark_repetitions=7 --benchmark_min_time=0.2.
 #include <benchmark/benchmark.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <x86intrin.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cinttypes>
 #include <cmath>
 #include <cstdarg>
@@ -52,6 +60,7 @@
 #include <map>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "targets/targets.h"
@@ -351,6 +360,41 @@ void BM_Probe(benchmark::State &state, const ProbeCase &pc) {
   usprobe_detach(link);
 }
 
+// The int3 path while the address space keeps changing: a writer thread maps this program's own
+// file (executable, so the mapping table lists it), notifies usprobe, unmaps it and notifies
+// again, for as long as the benchmark runs. Every notification publishes a new mapping table
+// under the sequence count the trap handler validates against. The file is not probed, so the
+// site table stays as it is: what is measured is the lookup racing the writer.
+void BM_Int3UnderRemap(benchmark::State &state, const ProbeCase &pc) {
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> remaps{0};
+  std::atomic<bool> started{false};
+  std::thread writer([&] {
+    started = true;
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    while (!stop.load(std::memory_order_relaxed)) {
+      void *m = mmap(nullptr, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0);
+      if (m == MAP_FAILED) break;
+      usprobe_notify_mapping();
+      munmap(m, 4096);
+      usprobe_notify_mapping();
+      remaps.fetch_add(1, std::memory_order_relaxed);
+    }
+    close(fd);
+  });
+  // A thread that has not run yet still has every signal blocked (pthread_create), and usprobe
+  // refuses to place an int3 while a thread blocks SIGTRAP.
+  while (!started.load()) std::this_thread::yield();
+  const auto start = std::chrono::steady_clock::now();
+  BM_Probe(state, pc);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stop = true;
+  writer.join();
+  state.counters["remaps/s"] = benchmark::Counter(static_cast<double>(remaps.load()) / secs);
+}
+
 // ---- Kernel uprobe ------------------------------------------------------------------------------
 
 // ret: the kernel's uretprobe (counts returns) instead of its uprobe.
@@ -442,6 +486,8 @@ const std::vector<Row> kRows = {
      "plain/tgt_counted"},
     {"usprobe/int3_entry_counter", "int3 path (USPROBE_FORCE_INT3) entry, built-in counter",
      "plain/tgt_counted"},
+    {"usprobe/int3_under_remap", "int3 path, another thread remapping and notifying throughout",
+     "plain/tgt_counted"},
     {"kernel_uprobe/tgt_counted", "kernel uprobe (perf_event_open)", "plain/tgt_counted"},
     {"usprobe/return_counter", "return probe (uretprobe:), built-in counter", "plain/tgt_counted"},
     {"usprobe/entry_return_session", "entry + return probe, session: rdtsc delta",
@@ -498,6 +544,9 @@ std::vector<Goal> goals() {
   add("int3 path / raw int3+SIGTRAP (ns per call)", "x",
       median_of("usprobe/int3_entry_counter") / median_of("raw_trap/own_handler"), true, 1.10,
       {"usprobe/int3_entry_counter", "raw_trap/own_handler"});
+  add("int3 path under a remapping writer / raw int3+SIGTRAP", "x",
+      median_of("usprobe/int3_under_remap") / median_of("raw_trap/own_handler"), true, 1.10,
+      {"usprobe/int3_under_remap", "raw_trap/own_handler"});
   // ns per hit = ns added over the plain call. A usprobe hit too cheap to measure (<= 0.1 ns
   // after noise) is counted as 0.1 ns, which understates the ratio.
   double kernel = added("kernel_uprobe/tgt_counted", "plain/tgt_counted");
@@ -770,6 +819,7 @@ int main(int argc, char **argv) {
   reg("plain/tgt_counted_mid", [](benchmark::State &s) { BM_Plain(s, tgt_counted_mid); });
   reg("usprobe/insn_counter", [](benchmark::State &s) { BM_Probe(s, kInsnCounter); });
   reg("usprobe/int3_entry_counter", [](benchmark::State &s) { BM_Probe(s, kInt3Counter); });
+  reg("usprobe/int3_under_remap", [](benchmark::State &s) { BM_Int3UnderRemap(s, kInt3Counter); });
   reg("usprobe/return_counter", [](benchmark::State &s) { BM_Probe(s, kReturnCounter); });
   reg("usprobe/entry_return_session",
       [](benchmark::State &s) { BM_Probe(s, kEntryReturnSession); });

@@ -101,6 +101,18 @@ int usprobe_link_uses_int3(const usprobe_link *link); /* 1 when the site took th
 const char *usprobe_link_int3_reason(const usprobe_link *link);
 /* The resolved location, e.g. "libc.so.6:__strlen_avx2" or "app:parse+0x12". */
 const char *usprobe_link_name(const usprobe_link *link);
+/* How many mappings of its file the link's probe is placed in now: 1 usually, 0 while the file is
+ * not mapped (a library named by path before the program dlopens it), 2 for a library loaded in two
+ * dlmopen namespaces. */
+int usprobe_link_sites(const usprobe_link *link);
+
+/* Probes follow the dynamic linker: a probe on a library that is not loaded yet (named by path)
+ * attaches with no site and is placed when dlopen maps the library, before dlopen returns; a
+ * dlclose that unmaps it takes its sites away, and a later dlopen places them again. Code mapped
+ * without the dynamic linker (mmap of an ELF file by a custom loader) is not seen by it: call this
+ * after mapping such code and after unmapping it (before its memory is reused). Returns 0 or a
+ * negative errno. */
+int usprobe_notify_mapping(void);
 
 /* Registers of a hit. */
 uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n); /* n = 0..5, System V order */

@@ -47,6 +47,8 @@ class Link {
   bool uses_int3() const { return usprobe_link_uses_int3(raw_) == 1; }
   std::string_view int3_reason() const { return usprobe_link_int3_reason(raw_); }
   std::string_view name() const { return usprobe_link_name(raw_); }
+  // Mappings the probe is placed in now (usprobe_link_sites).
+  int sites() const { return usprobe_link_sites(raw_); }
   usprobe_link *get() const { return raw_; }
   explicit operator bool() const { return raw_ != nullptr; }
 
@@ -83,6 +85,13 @@ inline std::expected<Link, Error> attach(const std::string &location, Handler on
   int rc = usprobe_attach_ex(location.c_str(), on_entry ? &c : nullptr, flags, &raw);
   if (rc < 0) return std::unexpected(Error{-rc, usprobe_last_error()});
   return Link(raw);
+}
+
+// After mapping or unmapping code without the dynamic linker (usprobe_notify_mapping).
+inline std::expected<void, Error> notify_mapping() {
+  int rc = usprobe_notify_mapping();
+  if (rc < 0) return std::unexpected(Error{-rc, usprobe_last_error()});
+  return {};
 }
 
 }  // namespace usprobe

@@ -127,6 +127,13 @@ USPROBE_API const char *usprobe_link_int3_reason(const usprobe_link *link) {
 USPROBE_API const char *usprobe_link_name(const usprobe_link *link) {
   return link ? link->probe->name.c_str() : "";
 }
+USPROBE_API int usprobe_link_sites(const usprobe_link *link) {
+  return link ? usprobe::registry::site_count(link) : 0;
+}
+USPROBE_API int usprobe_notify_mapping(void) {
+  auto ok = usprobe::registry::notify_mapping();
+  return ok ? 0 : report(ok.error());
+}
 
 USPROBE_API uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n) {
   if (hit->returning) return 0;  // the argument registers are long gone at a return

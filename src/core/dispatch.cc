@@ -204,10 +204,11 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
   }
   uint64_t *counters = rec->counters;
 
-  if (rec->depth.load(std::memory_order_relaxed) != 0) {
+  if (const uint32_t depth = rec->depth.load(std::memory_order_relaxed); depth != 0) {
     // A hit while a handler of this thread runs (the handler, or a signal handler that interrupted
     // it, executed a probed instruction): count it as missed and skip the consumers (and its
-    // return probes: the return is not hijacked).
+    // return probes: the return is not hijacked). usprobe's own calls are not the program's.
+    if (depth == kDepthInternal) return kDispatchDone;
     rcu::ReadGuard guard(rec);
     if (const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire))
       for (uint32_t i = 0; i < a->count; ++i)

@@ -26,7 +26,20 @@ void MappingTable::write_end() {
   mutex_.unlock();
 }
 
+MappingTable &MappingTable::process() {
+  static auto *table = new MappingTable;
+  return *table;
+}
+
 void MappingTable::replace(std::vector<os::Mapping> mappings) {
+  // No new reader can load the old table once it returns; wait out those that may have.
+  if (auto free_old = replace_later(std::move(mappings))) {
+    rcu::synchronize();
+    free_old();
+  }
+}
+
+std::function<void()> MappingTable::replace_later(std::vector<os::Mapping> mappings) {
   std::erase_if(mappings, [](const os::Mapping &m) { return m.ino == 0 || m.end <= m.start; });
   std::stable_sort(mappings.begin(), mappings.end(),
                    [](const os::Mapping &a, const os::Mapping &b) { return a.start < b.start; });
@@ -46,12 +59,8 @@ void MappingTable::replace(std::vector<os::Mapping> mappings) {
   // Release: pairs with the acquire in find(); a reader sees the Table complete.
   table_.store(t.release(), std::memory_order_release);
   write_end();
-
-  // No new reader can load `old` now; wait out those that may have, then free it.
-  if (old) {
-    rcu::synchronize();
-    delete old;
-  }
+  if (!old) return nullptr;
+  return [old] { delete old; };
 }
 
 Result<void> MappingTable::update_from_proc(const char *maps_path) {

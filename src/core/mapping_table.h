@@ -27,9 +27,10 @@
 //    reader answers from the Table it loaded (old or new, each a layout that really existed)
 //    instead of spinning forever or blocking on mutex_, which its own thread holds.
 //
-// The (mapping, probe) pair of the int3 path (not wired yet): the trap handler will take one
-// rcu::ReadGuard, s = read_begin(), find(addr) here -> location, look the location up in the probe
-// table, then read_retry(s) and retry on a change. Every writer that can change the answer for an
+// The (mapping, probe) pair of the int3 path (core/site_table.cc, lookup): the trap handler takes
+// one rcu::ReadGuard, s = read_begin(), find(addr) here -> location, looks the address up in the
+// site table, whose entry names the location its site was made for, then read_retry(s) and
+// retries on a change. Every writer that can change the answer for an
 // address -- a mapping replaced here, or probe sites added and removed for a mapping that appeared
 // or went away -- publishes between write_begin()/write_end() of this sequence count (or calls
 // replace(), which does). An unchanged count from read_begin() to read_retry() then means no such
@@ -46,6 +47,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -68,6 +70,10 @@ struct FileLocation {
 
 class MappingTable {
  public:
+  // This process's table, kept by the registry (core/registry.cc) and read by the int3 path;
+  // never destroyed (threads trap until the process is gone).
+  static MappingTable &process();
+
   // How often a reader retries when the sequence count moves before it answers from the table it
   // loaded anyway (see the comment at the top).
   static constexpr unsigned kReadRetries = 64;
@@ -84,6 +90,9 @@ class MappingTable {
   // anonymous ones, [heap], [stack], [vdso] are left out). Returns after the old table is freed.
   // Overlapping input keeps the lowest-starting mapping of each overlap.
   void replace(std::vector<os::Mapping> mappings);
+  // The same, for a writer that frees later: returns the old table's deleter, to run after a
+  // grace period that begins after this call (rcu::synchronize, or rcu::defer), or null.
+  [[nodiscard]] std::function<void()> replace_later(std::vector<os::Mapping> mappings);
   // replace() from /proc/self/maps (or `maps_path`, for tests).
   Result<void> update_from_proc(const char *maps_path = "/proc/self/maps");
   // For writers of other tables whose answers depend on the mappings (the probe table's sites):

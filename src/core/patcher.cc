@@ -107,8 +107,9 @@ Result<void> install(const std::vector<Site *> &sites) {
     return fail(EAGAIN, fmt::format("thread {} of this process blocks SIGTRAP, and placing a probe "
                                     "needs an int3 (which would kill that thread); not patching",
                                     blocking.front()));
-  std::vector<std::pair<uint64_t, uint64_t>> entries;
-  for (Site *s : sites) entries.emplace_back(s->addr, s->plan.trampoline);
+  std::vector<site_table::Entry> entries;
+  for (Site *s : sites)
+    entries.push_back({s->addr, s->plan.trampoline, s->file.dev, s->file.ino, s->file_offset});
   site_table::insert(entries);
 
   std::vector<uint8_t> trap(1, arch::trap_byte());

@@ -18,6 +18,7 @@
 #include "core/arch.h"
 #include "core/return_stack.h"
 #include "elf/elf_file.h"
+#include "elf/location.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe {
@@ -57,6 +58,8 @@ struct ConsumerArray {
 
 struct Site {
   uint64_t addr = 0;
+  elf::FileId file;  // the probe's location, mapped at `addr` when the site was made
+  uint64_t file_offset = 0;
   arch::SitePlan plan;
   bool forced_int3 = false;  // planned for the int3 path whatever analysis says
   bool patched = false;
@@ -86,6 +89,13 @@ struct Probe {
   bool function_entry = false;  // the location is a function's first instruction (immutable)
   elf::FileId file;
   uint64_t file_offset = 0;
+  // What the first attach resolved, kept to place sites in mappings of the file that appear later
+  // (dlopen, usprobe_notify_mapping), with that attach's flags (USPROBE_FORCE_INT3).
+  std::shared_ptr<const elf::ResolvedLocation> location;
+  unsigned place_flags = 0;
+  // Why the last placement in a new mapping failed (empty: it did not); the probe stays placed in
+  // the other mappings.
+  std::string follow_error;
   std::vector<Site *> sites;                 // chosen from plans: one per mapping of the file
   std::vector<std::unique_ptr<Site>> plans;  // every plan made, kept with its trampoline
   std::vector<usprobe_link *> links;         // guarded by the registry mutex

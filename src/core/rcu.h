@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "core/thread_record.h"
 
@@ -57,7 +58,19 @@ class ReadGuard {
 };
 
 // Wait until every read section that may have seen state published before this call has ended.
-// Blocks; must not be called from a read section or a signal handler.
+// Blocks; must not be called from a read section or a signal handler. Also frees what defer()
+// handed over before the call.
 void synchronize();
+
+// For writers that cannot wait (the dynamic linker's hook runs inside a read section of its own
+// thread, and a thread it would wait for may be blocked on the loader lock it holds): `free` runs
+// once every read section that was running when defer() was called has ended, from a later
+// reclaim() or synchronize(). Does not block (one membarrier). Unpublish the state first.
+void defer(std::function<void()> free);
+// Frees what defer() handed over and whose read sections have all ended; never waits. With
+// `self_quiescent`, the calling thread's own read section does not count: only for a caller that
+// holds no reference to any deferred state (the hook, which retired that state itself). Returns
+// how many deferred frees are still waiting.
+size_t reclaim(bool self_quiescent);
 
 }  // namespace usprobe::rcu

@@ -6,9 +6,12 @@
 #include <map>
 #include <mutex>
 
+#include <link.h>
+
 #include <fmt/format.h>
 
 #include "core/counters.h"
+#include "core/mapping_table.h"
 #include "core/patcher.h"
 #include "core/rcu.h"
 #include "core/site_table.h"
@@ -58,6 +61,19 @@ using Key = std::pair<elf::FileId, uint64_t>;
 // hits into use-after-free. Built on first use, not at load: the CLI's agent attaches from a
 // constructor that may run before this file's static initializers.
 std::mutex g_mutex;  // (constant-initialized) guards everything below, probes' sites and links
+// Whether this thread holds g_mutex: the dynamic linker's hook (on_loader_event) must not wait for
+// it on a thread that took it and then, somewhere below, made the dynamic linker load something.
+constinit thread_local bool t_holding = false;
+class Locked {
+ public:
+  Locked() : lock_(g_mutex) { t_holding = true; }
+  ~Locked() { t_holding = false; }
+  Locked(const Locked &) = delete;
+  Locked &operator=(const Locked &) = delete;
+
+ private:
+  std::lock_guard<std::mutex> lock_;
+};
 std::map<Key, std::unique_ptr<Probe>> &probes() {
   static auto *map = new std::map<Key, std::unique_ptr<Probe>>;
   return *map;
@@ -112,8 +128,8 @@ void guard_unwinders() {
   }
   // Coroutines: calls pending on a stack the thread switched away from are not judged by the
   // stack pointer of another (return_stack.h, "Stacks").
-  for (auto [fn, kind] : {std::pair{"libc:swapcontext", kSwapContext},
-                          std::pair{"libc:setcontext", kSetContext}}) {
+  for (auto [fn, kind] :
+       {std::pair{"libc:swapcontext", kSwapContext}, std::pair{"libc:setcontext", kSetContext}}) {
     const usprobe_consumer guard{note_context_switch, kind, nullptr};
     const std::string where[] = {fn};
     (void)attach(where, std::span(&guard, 1), USPROBE_GENERAL_REGS_ONLY);
@@ -234,26 +250,47 @@ Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t add
   if (!plan) return std::unexpected(plan.error());
   auto site = std::make_unique<Site>();
   site->addr = addr;
+  site->file = p->file;
+  site->file_offset = p->file_offset;
   site->forced_int3 = forced;
   site->plan = std::move(*plan);
   p->plans.push_back(std::move(site));
   return p->plans.back().get();
 }
 
-// Choose the sites of probe `p` for the current mappings (it has no links, so none is patched)
-// and check them against every other patched or pending site. Chosen sites go to `pending`.
-Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector<os::Mapping> &maps,
-                   unsigned flags, std::vector<Site *> &pending, SiteIndex &pending_index) {
-  std::vector<uint64_t> addrs;
-  for (const auto &m : maps) {
-    if (!m.exec || m.dev != p->file.dev || m.ino != p->file.ino) continue;
-    if (loc.file_offset < m.offset || loc.file_offset >= m.offset + (m.end - m.start)) continue;
-    addrs.push_back(m.start + (loc.file_offset - m.offset));
-  }
-  if (addrs.empty())
-    return fail(ENOENT, fmt::format("{}: {} is not mapped executable in this process",
-                                    loc.describe(), loc.file->path()));
+// The executable mappings of each file, from the mapping table's latest snapshot.
+using FileMappings = std::map<elf::FileId, std::vector<os::Mapping>>;
 
+// Read /proc/self/maps into the process's mapping table (the old table's deleter goes to
+// `garbage`) and group its executable file mappings by file.
+Result<FileMappings> refresh_mappings(std::vector<std::function<void()>> &garbage) {
+  auto maps = os::read_mappings();
+  if (!maps) return std::unexpected(maps.error());
+  FileMappings by_file;
+  for (const os::Mapping &m : *maps)
+    if (m.exec && m.ino != 0 && !m.deleted) by_file[{m.dev, m.ino}].push_back(m);
+  if (auto free_old = MappingTable::process().replace_later(std::move(*maps)))
+    garbage.push_back(std::move(free_old));
+  return by_file;
+}
+
+// Where probe `p` belongs now: one address per executable mapping of its file that holds its
+// offset (none while the file is not mapped; two for a library loaded in two namespaces).
+std::vector<uint64_t> wanted_addresses(const Probe *p, const FileMappings &by_file) {
+  std::vector<uint64_t> addrs;
+  auto it = by_file.find(p->file);
+  if (it == by_file.end()) return addrs;
+  for (const os::Mapping &m : it->second)
+    if (p->file_offset >= m.offset && p->file_offset < m.offset + (m.end - m.start))
+      addrs.push_back(m.start + (p->file_offset - m.offset));
+  return addrs;
+}
+
+// Choose the sites of probe `p` at `addrs` (addresses where its location is mapped and it has no
+// site yet) and check them against every other patched or pending site. The chosen sites are
+// appended to p->sites and to `pending`.
+Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector<uint64_t> &addrs,
+                   unsigned flags, std::vector<Site *> &pending, SiteIndex &pending_index) {
   std::vector<Site *> chosen;
   for (uint64_t addr : addrs) {
     auto natural = plan_for(p, loc, addr, false);  // also checks the instruction boundary
@@ -285,17 +322,191 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
   }
   for (Site *s : chosen) {
     // The patch overwrites exactly these bytes; they must be the file's. A debugger's breakpoint
-    // or a kernel uprobe's int3 (or another tool's patch) shows up as a difference.
+    // or a kernel uprobe's int3 (or another tool's patch) shows up as a difference. The mapping
+    // cannot go away meanwhile: the dynamic linker changes mappings only while the registry is
+    // locked for it (on_loader_event), and code mapped by hand is unmapped only after it is no
+    // longer probed or with a usprobe_notify_mapping() to follow (README).
     const auto &orig = s->plan.original;
     if (std::memcmp(reinterpret_cast<const void *>(s->addr), orig.data(), orig.size()) != 0)
       return fail(EBUSY, fmt::format("{}: the code at {:#x} differs from the file (a breakpoint, "
                                      "a kernel uprobe or another tool's patch is there)",
                                      p->name, s->addr));
   }
-  p->sites = chosen;
+  p->sites.insert(p->sites.end(), chosen.begin(), chosen.end());
   pending.insert(pending.end(), chosen.begin(), chosen.end());
   for (Site *s : chosen) pending_index[s->addr] = s;
   return {};
+}
+
+// Sites whose memory is gone (their library was unmapped) leave their probe without a write: the
+// site table and the index of patched sites forget them. Their trampolines stay (Lifetimes).
+void forget(const std::vector<Site *> &lost) {
+  if (lost.empty()) return;
+  std::vector<uint64_t> addrs;
+  for (Site *s : lost) {
+    s->patched = false;
+    addrs.push_back(s->addr);
+  }
+  for (auto &[key, p] : probes())
+    std::erase_if(p->sites,
+                  [&](Site *s) { return std::find(lost.begin(), lost.end(), s) != lost.end(); });
+  site_table::remove(addrs);
+  note_patched(lost);
+}
+
+// Bring every attached probe in line with the mappings (g_mutex held; blocks, but never waits for
+// a grace period: the dynamic linker's hook calls it from inside a read section). Sites of
+// mappings that went away are forgotten; mappings of a probed file that appeared get sites.
+// Placement problems are kept per probe (Probe::follow_error), not returned.
+Result<void> follow_locked(std::vector<std::function<void()>> &garbage) {
+  auto by_file = refresh_mappings(garbage);
+  if (!by_file) return std::unexpected(by_file.error());
+  std::vector<Site *> lost;
+  std::vector<std::pair<Probe *, std::vector<uint64_t>>> missing;
+  for (auto &[key, up] : probes()) {
+    Probe *p = up.get();
+    if (p->links.empty()) continue;
+    std::vector<uint64_t> wanted = wanted_addresses(p, *by_file);
+    std::vector<uint64_t> have;
+    for (Site *s : p->sites) {
+      if (std::find(wanted.begin(), wanted.end(), s->addr) != wanted.end())
+        have.push_back(s->addr);
+      else
+        lost.push_back(s);
+    }
+    std::erase_if(wanted,
+                  [&](uint64_t a) { return std::find(have.begin(), have.end(), a) != have.end(); });
+    if (!wanted.empty() && p->location) missing.emplace_back(p, std::move(wanted));
+  }
+  forget(lost);
+  std::vector<Site *> pending;
+  SiteIndex pending_index;
+  for (auto &[p, addrs] : missing) {
+    auto ok = place(p, *p->location, addrs, p->place_flags, pending, pending_index);
+    p->follow_error = ok ? std::string() : ok.error().message;
+  }
+  auto installed = patcher::install(pending);
+  if (!installed) {
+    (void)patcher::remove(pending);
+    for (auto &[p, addrs] : missing) {
+      std::erase_if(p->sites, [&](Site *s) { return !s->patched; });
+      p->follow_error = installed.error().message;
+    }
+  }
+  note_patched(pending);
+  for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
+  return {};
+}
+
+// --- Following the dynamic linker ---
+//
+// The dynamic linker calls the function at _r_debug.r_brk (_dl_debug_state, a lone `ret`) with
+// r_state = RT_ADD before it maps objects, RT_DELETE before it unmaps them, and RT_CONSISTENT once
+// the namespace is whole again: after a dlopen's objects are mapped and before they are relocated
+// and their initializers run, so before dlopen returns; after a dlclose's objects are gone.
+// Debuggers put a breakpoint there; usprobe puts an entry probe there (on_loader_event).
+//
+// At RT_ADD and RT_DELETE the hook takes the registry's mutex and keeps it until RT_CONSISTENT:
+// while the linker changes the address space, no attach or detach reads a mapping list that is
+// going stale or writes code that is being unmapped (or worse, writes a removed probe's bytes over
+// whatever was mapped in its place). At RT_CONSISTENT it brings every probe in line with the new
+// mappings (follow_locked) and lets go. Lock order: the linker's lock, then g_mutex. Nothing that
+// holds g_mutex calls into the dynamic linker (symbol resolution, IFUNCs and dlopen happen before
+// attach() takes it); where it would, on this thread, the hook stands aside (t_holding).
+
+// Set while this thread holds g_mutex on the linker's behalf, from RT_ADD/RT_DELETE until
+// RT_CONSISTENT.
+constinit thread_local bool t_loader_change = false;
+
+// Whether every link-map namespace is consistent (glibc >= 2.35 chains one r_debug per namespace
+// through r_next when r_version >= 2).
+bool loader_consistent() {
+  const r_debug *r = &_r_debug;
+  for (int guard = 0; guard < 64; ++guard) {
+    if (r->r_state != r_debug::RT_CONSISTENT) return false;
+    if (r->r_version < 2) break;
+    const r_debug_extended *next = reinterpret_cast<const r_debug_extended *>(r)->r_next;
+    if (!next || &next->base == &_r_debug) break;
+    r = &next->base;
+  }
+  return true;
+}
+
+// While usprobe's own work runs on this thread inside a handler, the probed functions it calls
+// (libc's, under `usprobe count 'libc:*'`) are not the program's calls: neither counted nor missed.
+class InternalWork {
+ public:
+  InternalWork() : rec_(current_record()) {
+    if (!rec_) return;
+    saved_ = rec_->depth.load(std::memory_order_relaxed);
+    rec_->depth.store(kDepthInternal, std::memory_order_relaxed);
+  }
+  ~InternalWork() {
+    if (rec_) rec_->depth.store(saved_, std::memory_order_relaxed);
+  }
+  InternalWork(const InternalWork &) = delete;
+  InternalWork &operator=(const InternalWork &) = delete;
+
+ private:
+  ThreadRecord *rec_;
+  uint32_t saved_ = 0;
+};
+
+void on_loader_event(usprobe_hit *, void *) {
+  InternalWork internal;
+  // This thread is inside the registry itself (it made the linker load something): nothing can be
+  // done here, and waiting for g_mutex would wait for ourselves.
+  if (t_holding && !t_loader_change) return;
+  if (!loader_consistent()) {
+    if (!t_loader_change) {
+      g_mutex.lock();
+      t_holding = t_loader_change = true;
+    }
+    return;
+  }
+  if (!t_loader_change) {
+    g_mutex.lock();
+    t_holding = true;
+  }
+  t_loader_change = false;
+  std::vector<std::function<void()>> garbage;
+  (void)follow_locked(garbage);
+  t_holding = false;
+  g_mutex.unlock();
+  // This thread is inside a read section (dispatch's) and other threads' read sections may wait
+  // for the linker's lock it holds: free later, without waiting (rcu::defer).
+  if (!garbage.empty())
+    rcu::defer([g = std::move(garbage)]() mutable {
+      for (auto &f : g) f();
+    });
+  rcu::reclaim(/*self_quiescent=*/true);
+}
+
+// Why probes cannot follow the dynamic linker in this process (empty when they can).
+std::string &loader_hook_error() {
+  static auto *s = new std::string("the dynamic linker's hook is not placed yet");
+  return *s;
+}
+
+// The entry probe on the linker's hook, placed by the first attach (before that attach's own
+// probes, so that no dlopen between the two is missed).
+void ensure_loader_hook() {
+  static std::atomic<bool> placed{false};
+  if (placed.exchange(true)) return;
+  const uint64_t brk = _r_debug.r_brk;
+  std::string where;
+  if (auto maps = os::read_mappings())
+    for (const os::Mapping &m : *maps)
+      if (brk >= m.start && brk < m.end && !m.path.empty() && m.path.front() == '/')
+        where = fmt::format("{}:{:#x}", m.path, brk - m.start + m.offset);
+  if (where.empty()) {
+    loader_hook_error() = fmt::format(
+        "the dynamic linker's debugger hook (_r_debug.r_brk = {:#x}) is in no mapped file", brk);
+    return;
+  }
+  const usprobe_consumer hook{on_loader_event, nullptr, nullptr};
+  auto r = attach(std::span(&where, 1), std::span(&hook, 1));
+  loader_hook_error() = r[0] ? std::string() : r[0].error().message;
 }
 
 void run(std::vector<std::function<void()>> &garbage) {
@@ -317,6 +528,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     for (auto &r : out) r = std::unexpected(ok.error());
     return out;
   }
+  ensure_loader_hook();
   // bpftrace's prefixes: "uprobe:" says nothing more; "uretprobe:" makes the built-in counter
   // count returns.
   std::vector<std::string> specs(locations.begin(), locations.end());
@@ -333,9 +545,9 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
 
   std::vector<std::function<void()>> garbage;
   {
-    std::lock_guard lock(g_mutex);
+    Locked lock;
     counters::reclaim_dead_threads();
-    auto maps = os::read_mappings();
+    auto maps = refresh_mappings(garbage);
     std::vector<Site *> pending;
     SiteIndex pending_index;
     std::map<Probe *, std::vector<ConsumerEntry>> added;
@@ -377,11 +589,26 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       }
       Probe *p = slot_in_map.get();
       if (p->links.empty() && !added.count(p)) {
-        if (auto ok = place(p, loc, *maps, flags, pending, pending_index); !ok) {
+        // A probe without links has no sites. Its file may not be mapped yet: it then waits for
+        // the dynamic linker (or usprobe_notify_mapping) to map it (follow_locked).
+        p->sites.clear();
+        p->follow_error.clear();
+        if (auto ok = place(p, loc, wanted_addresses(p, *maps), flags, pending, pending_index);
+            !ok) {
+          p->sites.clear();
           if (created && p->plans.empty()) probes().erase(key);
           out[i] = std::unexpected(ok.error());
           continue;
         }
+        if (p->sites.empty() && !loader_hook_error().empty()) {
+          if (created && p->plans.empty()) probes().erase(key);
+          out[i] = fail(ENOENT, fmt::format("{}: {} is not mapped in this process, and probes "
+                                            "cannot wait for it: {}",
+                                            loc.describe(), loc.file->path(), loader_hook_error()));
+          continue;
+        }
+        p->location = std::make_shared<const elf::ResolvedLocation>(loc);
+        p->place_flags = flags;
       }
       auto slot = counters::alloc_slot();
       if (!slot) {
@@ -442,7 +669,7 @@ Result<void> detach(std::span<usprobe_link *const> links) {
   std::vector<usprobe_link *> gone;
   Result<void> result;
   {
-    std::lock_guard lock(g_mutex);
+    Locked lock;
     std::map<Probe *, std::vector<uint32_t>> removed;
     for (usprobe_link *l : links) {
       if (!l) continue;
@@ -480,15 +707,34 @@ Result<void> detach(std::span<usprobe_link *const> links) {
   return result;
 }
 
+Result<void> notify_mapping() {
+  if (auto ok = init(); !ok) return ok;
+  std::vector<std::function<void()>> garbage;
+  Result<void> result;
+  {
+    Locked lock;
+    result = follow_locked(garbage);
+  }
+  rcu::synchronize();
+  run(garbage);
+  return result;
+}
+
+int site_count(const usprobe_link *link) {
+  Locked lock;
+  return static_cast<int>(std::count_if(link->probe->sites.begin(), link->probe->sites.end(),
+                                        [](const Site *s) { return s->patched; }));
+}
+
 bool uses_int3(const usprobe_link *link) {
-  std::lock_guard lock(g_mutex);
+  Locked lock;
   for (Site *s : link->probe->sites)
     if (!s->plan.jump) return true;
   return false;
 }
 
 const std::string &int3_reason(const usprobe_link *link) {
-  std::lock_guard lock(g_mutex);
+  Locked lock;
   for (Site *s : link->probe->sites)
     if (!s->plan.jump) return s->plan.int3_reason;
   return empty_reason();

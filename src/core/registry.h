@@ -20,6 +20,12 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
 // When this returns, no handler of these links runs or will run; the links are freed.
 Result<void> detach(std::span<usprobe_link *const> links);
 
+// Code was mapped or unmapped outside the dynamic linker: bring every probe in line with the
+// mappings (sites for new mappings of probed files, none for mappings that are gone).
+Result<void> notify_mapping();
+// How many mappings the link's probe is placed in now (0 while its file is not mapped).
+int site_count(const usprobe_link *link);
+
 bool uses_int3(const usprobe_link *link);
 const std::string &int3_reason(const usprobe_link *link);
 

@@ -1,18 +1,29 @@
-// The table of patched sites: site address -> trampoline. The trap handler reads it to send a
-// thread that hit an int3 (an int3-path site, or a jump site while its patch is half written) to
-// the site's trampoline. Readers take an RCU read section and never lock: they run in signal
-// handlers. Writers hold the registry mutex.
+// The table of patched sites: site address -> trampoline, and the file location the site was made
+// for. The trap handler reads it to send a thread that hit an int3 (an int3-path site, or a jump
+// site while its patch is half written) to the site's trampoline. Readers take an RCU read section
+// and never lock: they run in signal handlers. Writers hold the registry mutex.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <functional>
-#include <utility>
 #include <vector>
 
 namespace usprobe::site_table {
 
-// Writers (registry mutex held). Each publishes a new table and retires the old one.
-void insert(const std::vector<std::pair<uint64_t, uint64_t>> &site_to_trampoline);
+struct Entry {
+  uint64_t site = 0, trampoline = 0;
+  // Where the site lies in its file (the probe's location): a trap is sent to the trampoline only
+  // while the mapping table says this file and offset are mapped at `site`.
+  dev_t dev = 0;
+  ino_t ino = 0;
+  uint64_t file_offset = 0;
+};
+
+// Writers (registry mutex held). Each publishes a new table and retires the old one, inside a
+// write section of MappingTable::process() (see lookup()).
+void insert(const std::vector<Entry> &entries);
 void remove(const std::vector<uint64_t> &sites);
 // The tables retired so far, as deleters to run after an rcu::synchronize() that began after this
 // call (registry mutex held for the call, not for the deleters).

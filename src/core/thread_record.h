@@ -24,11 +24,15 @@ constexpr uint32_t kCounterWords = 4, kHits = 0, kMissed = 1, kReturns = 2;
 
 struct ReturnInstance;  // core/return_stack.h
 
+constexpr uint32_t kDepthInternal = 2;  // ThreadRecord::depth
+
 struct alignas(64) ThreadRecord {
   // core/rcu.h: 0 when quiescent, else (epoch << 8) | nesting. Written only by the owner thread
   // (including its signal handlers), read by grace-period waiters.
   std::atomic<uint64_t> rcu_word{0};
   // Dispatch depth of this thread: nonzero while a handler of this thread runs. Owner only.
+  // kDepthInternal while usprobe's own work runs in a handler (following the dynamic linker): hits
+  // there are not the program's, and are neither counted nor missed.
   std::atomic<uint32_t> depth{0};
   // Thread id of the owner; 0 when the record is free. Set by the owner with a CAS from 0.
   std::atomic<pid_t> tid{0};

@@ -128,5 +128,68 @@ TEST_F(Rcu, SignalHandlerNestsOnTheInterruptedSection) {
   sigaction(SIGUSR1, &old, nullptr);
 }
 
+// defer(): what a writer that cannot wait hands over is freed only once every read section that
+// was running at the hand-over has ended, by a later reclaim() (which never waits) or
+// synchronize().
+TEST_F(Rcu, DeferredFreeWaitsForReadersThatWereRunning) {
+  std::atomic<bool> in_section{false}, leave{false};
+  std::thread reader([&] {
+    ThreadRecord *rec = current_record();
+    rcu::ReadGuard g(rec);
+    in_section = true;
+    while (!leave.load()) std::this_thread::yield();
+  });
+  while (!in_section.load()) std::this_thread::yield();
+  std::atomic<int> freed{0};
+  rcu::defer([&] { freed.fetch_add(1); });
+  EXPECT_EQ(rcu::reclaim(false), 1u);  // the reader is still in its section: kept
+  EXPECT_EQ(freed.load(), 0);
+  leave = true;
+  reader.join();
+  EXPECT_EQ(rcu::reclaim(false), 0u);
+  EXPECT_EQ(freed.load(), 1);
+}
+
+TEST_F(Rcu, DeferredFreeDoesNotWaitForLaterReaders) {
+  std::atomic<bool> in_section{false}, leave{false};
+  std::atomic<int> freed{0};
+  rcu::defer([&] { freed.fetch_add(1); });
+  std::thread reader([&] {  // begins after the hand-over: cannot have seen the state
+    ThreadRecord *rec = current_record();
+    rcu::ReadGuard g(rec);
+    in_section = true;
+    while (!leave.load()) std::this_thread::yield();
+  });
+  while (!in_section.load()) std::this_thread::yield();
+  EXPECT_EQ(rcu::reclaim(false), 0u);
+  EXPECT_EQ(freed.load(), 1);
+  leave = true;
+  reader.join();
+}
+
+// The dynamic linker's hook defers from inside its own thread's read section: with
+// self_quiescent, that section does not hold the free back (it cannot reference the state).
+TEST_F(Rcu, ReclaimInsideOwnReadSectionWithSelfQuiescent) {
+  std::atomic<int> freed{0};
+  ThreadRecord *rec = current_record();
+  {
+    rcu::ReadGuard g(rec);
+    rcu::defer([&] { freed.fetch_add(1); });
+    EXPECT_EQ(rcu::reclaim(false), 1u);
+    EXPECT_EQ(freed.load(), 0);
+    EXPECT_EQ(rcu::reclaim(true), 0u);
+    EXPECT_EQ(freed.load(), 1);
+  }
+}
+
+TEST_F(Rcu, SynchronizeRunsDeferredFrees) {
+  std::atomic<int> freed{0};
+  rcu::defer([&] { freed.fetch_add(1); });
+  rcu::defer([&] { freed.fetch_add(1); });
+  rcu::synchronize();
+  EXPECT_EQ(freed.load(), 2);
+  EXPECT_EQ(rcu::reclaim(false), 0u);
+}
+
 }  // namespace
 }  // namespace usprobe
