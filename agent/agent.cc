@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -124,7 +125,10 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
   return plan;
 }
 
-// One batch for all probes; a notice for each that failed and one that sums up.
+// One batch for all probes; a notice for each that failed and one that sums up. A probe on a
+// library this process has not loaded (yet) attaches with no site: the engine places it when the
+// library is dlopened, so it is not a failure, and only the verbose summary counts it. (A probe
+// on a program this process does not run, exe:func after an exec of another, fails to attach.)
 void attach_all(const std::vector<PlannedProbe> &plan) {
   size_t n = plan.size();
   bool trace = g_region.mode == kModeTrace;
@@ -161,9 +165,15 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   // The engine's messages for the failed locations, one line each, in order.
   std::string_view messages = usprobe_last_error();
   int int3 = 0;
+  size_t placed = 0, waiting = 0;
   for (size_t i = 0; i < n; ++i) {
     if (g_links[i]) {
-      int3 += usprobe_link_uses_int3(g_links[i]);
+      if (usprobe_link_sites(g_links[i]) > 0) {
+        ++placed;
+        int3 += usprobe_link_uses_int3(g_links[i]);
+      } else {
+        ++waiting;
+      }
       continue;
     }
     size_t eol = messages.find('\n');
@@ -174,10 +184,14 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   }
   // Relaxed, as agents_started.
   if (attached > 0) g_region.header->agents_attached.fetch_add(1, std::memory_order_relaxed);
-  std::string count = static_cast<size_t>(attached) == n ? fmt::format("{}", attached)
-                                                         : fmt::format("{} of {}", attached, n);
+  std::string count = placed == n ? fmt::format("{}", placed) : fmt::format("{} of {}", placed, n);
   post_notice(kNoticeInfo, -1,
               fmt::format("{} probes attached in {:.1f} ms ({} int3)", count, ms, int3));
+  if (waiting > 0)
+    post_notice(kNoticeInfo, -1,
+                waiting == 1
+                    ? std::string("1 probe waits for its library to be loaded")
+                    : fmt::format("{} probes wait for their library to be loaded", waiting));
 }
 
 // Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt

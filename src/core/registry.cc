@@ -600,6 +600,13 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
           out[i] = std::unexpected(ok.error());
           continue;
         }
+        if (p->sites.empty() && loc.file->is_program()) {
+          if (created && p->plans.empty()) probes().erase(key);
+          out[i] = fail(ENOENT, fmt::format("{}: {} is a program this process does not run (only "
+                                            "a library can be loaded later)",
+                                            loc.describe(), loc.file->path()));
+          continue;
+        }
         if (p->sites.empty() && !loader_hook_error().empty()) {
           if (created && p->plans.empty()) probes().erase(key);
           out[i] = fail(ENOENT, fmt::format("{}: {} is not mapped in this process, and probes "

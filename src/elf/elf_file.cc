@@ -157,6 +157,7 @@ struct ElfFile::Impl {
   const uint8_t *map = nullptr;  // the whole file, PROT_READ, for bytes()
   size_t size = 0;
   bool is_static = false;
+  bool is_program = false;
   std::string interpreter;  // PT_INTERP's path; empty when none
   std::string build_id;
   std::string symtab_path;
@@ -216,7 +217,8 @@ void ElfFile::Impl::read_segments(Elf *e) {
       if (d.d_tag == DT_FLAGS_1 && (d.d_un.d_val & DF_1_PIE)) pie = true;
     }
   }
-  is_static = !has_interp && (eh.e_type == ET_EXEC || (eh.e_type == ET_DYN && pie));
+  is_program = eh.e_type == ET_EXEC || (eh.e_type == ET_DYN && pie);
+  is_static = !has_interp && is_program;
 }
 
 void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
@@ -506,6 +508,9 @@ FileId ElfFile::id() const {
 }
 bool ElfFile::is_static_executable() const {
   return impl_->is_static;
+}
+bool ElfFile::is_program() const {
+  return impl_->is_program;
 }
 const std::string &ElfFile::interpreter() const {
   return impl_->interpreter;

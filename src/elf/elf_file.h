@@ -49,6 +49,9 @@ class ElfFile {
   // (gcc -static-pie). No dynamic linker ever runs in it, so nothing can load usprobe there.
   // Shared libraries are not executables, even libc.so.6, which has a PT_INTERP so it can run.
   bool is_static_executable() const;
+  // A program (ET_EXEC, or ET_DYN flagged DF_1_PIE), static or not: the kernel maps it at exec,
+  // and the dynamic linker refuses to dlopen it. Not libc.so.6 (a library that can also run).
+  bool is_program() const;
   // The program interpreter (PT_INTERP) an executable names, "/lib64/ld-linux-x86-64.so.2";
   // empty when it has none.
   const std::string &interpreter() const;

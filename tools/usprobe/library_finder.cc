@@ -6,6 +6,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -16,6 +18,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "elf/location.h"
 #include "paths.h"
@@ -90,26 +93,80 @@ bool is_elf_file(const std::string &path) {
   return elf;
 }
 
-// A matching ELF file in the default directories: the shortest name first, so "libfoo" takes
-// libfoo.so.1 over libfoo.so.1.2.3 (the same file, usually) and a text libfoo.so (a linker
-// script, as libc.so is) is skipped.
-std::optional<std::string> from_default_dirs(std::string_view name) {
-  for (const char *dir : kDefaultDirs) {
-    std::vector<std::string> found;
-    if (DIR *d = ::opendir(dir)) {
-      while (dirent *e = ::readdir(d))
-        if (elf::library_name_matches(name, e->d_name)) found.emplace_back(e->d_name);
-      ::closedir(d);
-    }
-    std::sort(found.begin(), found.end(), [](const std::string &a, const std::string &b) {
-      return a.size() != b.size() ? a.size() < b.size() : a < b;
-    });
-    for (const std::string &f : found) {
-      std::string path = std::string(dir) + "/" + f;
-      if (is_elf_file(path)) return path;
-    }
+// A matching ELF file in `dir`: the shortest name first, so "libfoo" takes libfoo.so.1 over
+// libfoo.so.1.2.3 (the same file, usually) and a text libfoo.so (a linker script, as libc.so is)
+// is skipped.
+std::optional<std::string> from_dir(const std::string &dir, std::string_view name) {
+  std::vector<std::string> found;
+  if (DIR *d = ::opendir(dir.c_str())) {
+    while (dirent *e = ::readdir(d))
+      if (elf::library_name_matches(name, e->d_name)) found.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  std::sort(found.begin(), found.end(), [](const std::string &a, const std::string &b) {
+    return a.size() != b.size() ? a.size() < b.size() : a < b;
+  });
+  for (const std::string &f : found) {
+    std::string path = dir + "/" + f;
+    if (is_elf_file(path)) return path;
   }
   return std::nullopt;
+}
+
+std::optional<std::string> from_default_dirs(std::string_view name) {
+  for (const char *dir : kDefaultDirs)
+    if (auto path = from_dir(dir, name)) return path;
+  return std::nullopt;
+}
+
+// The DT_RPATH and DT_RUNPATH strings of the ELF file at `path` ("" when absent or unreadable).
+std::pair<std::string, std::string> rpath_and_runpath(const std::string &path) {
+  std::pair<std::string, std::string> out;
+  if (::elf_version(EV_CURRENT) == EV_NONE) return out;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  if (Elf *e = ::elf_begin(fd, ELF_C_READ, nullptr)) {
+    Elf_Scn *scn = nullptr;
+    while ((scn = ::elf_nextscn(e, scn)) != nullptr) {
+      GElf_Shdr sh;
+      if (!::gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNAMIC || sh.sh_entsize == 0) continue;
+      Elf_Data *data = ::elf_getdata(scn, nullptr);
+      if (!data) continue;
+      size_t n = sh.sh_size / sh.sh_entsize;
+      for (size_t i = 0; i < n; ++i) {
+        GElf_Dyn dyn;
+        if (!::gelf_getdyn(data, static_cast<int>(i), &dyn)) break;
+        if (dyn.d_tag != DT_RPATH && dyn.d_tag != DT_RUNPATH) continue;
+        const char *str = ::elf_strptr(e, sh.sh_link, dyn.d_un.d_val);
+        if (str) (dyn.d_tag == DT_RPATH ? out.first : out.second) = str;
+      }
+    }
+    ::elf_end(e);
+  }
+  ::close(fd);
+  return out;
+}
+
+// "a:b" split at any of `separators`; an empty element is kept as "".
+std::vector<std::string> split_list(std::string_view list, std::string_view separators) {
+  std::vector<std::string> out;
+  while (true) {
+    size_t at = list.find_first_of(separators);
+    out.emplace_back(list.substr(0, at));
+    if (at == std::string_view::npos) break;
+    list.remove_prefix(at + 1);
+  }
+  return out;
+}
+
+// $ORIGIN and ${ORIGIN} replaced with `origin`; an empty directory is the current one.
+std::string expand_origin(std::string dir, std::string_view origin) {
+  if (dir.empty()) return ".";
+  for (std::string_view token : {"${ORIGIN}", "$ORIGIN"}) {
+    size_t at;
+    while ((at = dir.find(token)) != std::string::npos) dir.replace(at, token.size(), origin);
+  }
+  return dir;
 }
 
 std::optional<std::string> first_match(const std::vector<LibraryEntry> &entries,
@@ -158,6 +215,22 @@ std::vector<LibraryEntry> parse_ldconfig(std::string_view output) {
   return out;
 }
 
+std::vector<std::string> dlopen_search_dirs(std::string_view rpath, std::string_view runpath,
+                                            std::string_view ld_library_path,
+                                            std::string_view origin) {
+  std::vector<std::string> out;
+  auto add = [&](std::string_view list, std::string_view separators) {
+    for (std::string &d : split_list(list, separators)) {
+      std::string dir = expand_origin(std::move(d), origin);
+      if (std::find(out.begin(), out.end(), dir) == out.end()) out.push_back(std::move(dir));
+    }
+  };
+  if (runpath.empty() && !rpath.empty()) add(rpath, ":");
+  if (!ld_library_path.empty()) add(ld_library_path, ":;");
+  if (!runpath.empty()) add(runpath, ":");
+  return out;
+}
+
 LibraryFinder LibraryFinder::for_command(std::string exe, std::string interp) {
   LibraryFinder f;
   f.exe_ = std::move(exe);
@@ -187,6 +260,19 @@ std::optional<std::string> LibraryFinder::from_cache(std::string_view name) {
   return first_match(*cache_, name);
 }
 
+std::optional<std::string> LibraryFinder::from_search_dirs(std::string_view name) {
+  if (!search_dirs_) {
+    auto [rpath, runpath] = rpath_and_runpath(exe_);
+    const char *ld_library_path = std::getenv("LD_LIBRARY_PATH");  // the command inherits it
+    std::string_view dir = exe_;
+    dir = dir.substr(0, std::min(dir.size(), dir.rfind('/')));
+    search_dirs_ = dlopen_search_dirs(rpath, runpath, ld_library_path ? ld_library_path : "", dir);
+  }
+  for (const std::string &dir : *search_dirs_)
+    if (auto path = from_dir(dir, name)) return path;
+  return std::nullopt;
+}
+
 Result<std::string> LibraryFinder::find(std::string_view file) {
   if (file.empty()) return fail(EINVAL, "empty file name");
   std::optional<std::string> path;
@@ -198,14 +284,15 @@ Result<std::string> LibraryFinder::find(std::string_view file) {
     path = exe_;
   } else if (!exe_.empty()) {
     path = from_command(file);
+    if (!path) path = from_search_dirs(file);          // a library it may dlopen
   } else if (auto mapped = elf::resolve_file(file)) {  // usprobe's own libraries, and "exe"
     path = *mapped;
   }
   if (!path) path = from_cache(file);
   if (!path) path = from_default_dirs(file);
   if (!path) {
-    std::string where =
-        exe_.empty() ? std::string("not loaded by usprobe") : "not among its libraries";
+    std::string where = exe_.empty() ? std::string("not loaded by usprobe")
+                                     : "not among its libraries, not in its library path";
     return fail(ENOENT, "library '" + std::string(file) + "' not found" +
                             (exe_.empty() ? "" : " for " + exe_) + " (not a path, " + where +
                             ", not in the ld.so cache)");

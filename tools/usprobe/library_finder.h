@@ -1,8 +1,10 @@
 // Which ELF file the FILE part of a probe names. A path is taken as it is; "exe" is the command;
 // a short library name ("libc", "libsqlite3", "libm.so.6") is looked up the way the command's
 // dynamic linker will find it, so the probe lands in the file the command really loads, with its
-// LD_LIBRARY_PATH, RUNPATH and all. A library it does not load at start (one it may dlopen later)
-// comes from the ld.so cache or the default directories.
+// LD_LIBRARY_PATH, RUNPATH and all. A library it does not load at start (one it may dlopen later,
+// which the agent probes when it does) is looked up where the command's dlopen would search: the
+// program's DT_RPATH, LD_LIBRARY_PATH, its DT_RUNPATH, then the ld.so cache and the default
+// directories.
 #pragma once
 
 #include <optional>
@@ -28,6 +30,15 @@ std::vector<LibraryEntry> parse_ld_list(std::string_view output);
 // x86-64 entries.
 std::vector<LibraryEntry> parse_ldconfig(std::string_view output);
 
+// The directories a dlopen() by the program searches before the ld.so cache, in order, given its
+// DT_RPATH and DT_RUNPATH strings ("" when absent) and LD_LIBRARY_PATH: DT_RPATH only when there
+// is no DT_RUNPATH, then LD_LIBRARY_PATH, then DT_RUNPATH. Lists split at ':' (LD_LIBRARY_PATH
+// also at ';'); an empty element is the current directory; $ORIGIN and ${ORIGIN} become `origin`
+// (the program's directory). Duplicates are kept once.
+std::vector<std::string> dlopen_search_dirs(std::string_view rpath, std::string_view runpath,
+                                            std::string_view ld_library_path,
+                                            std::string_view origin);
+
 class LibraryFinder {
  public:
   // For the probes of a command: "exe" is `exe`, the ELF file that runs (for a script, its
@@ -37,17 +48,19 @@ class LibraryFinder {
   static LibraryFinder for_listing();
 
   // The absolute path, symbolic links resolved, of the file `file` names. Errors: "library
-  // 'libfoo' not found for /usr/bin/x (not a path, not among its libraries, not in the ld.so
-  // cache)", "./app: no such file".
+  // 'libfoo' not found for /usr/bin/x (not a path, not among its libraries, not in its library
+  // path, not in the ld.so cache)", "./app: no such file".
   Result<std::string> find(std::string_view file);
 
  private:
   LibraryFinder() = default;
   std::optional<std::string> from_command(std::string_view name);
   std::optional<std::string> from_cache(std::string_view name);
+  std::optional<std::string> from_search_dirs(std::string_view name);
 
   std::string exe_, interp_;                                       // empty for listing
   std::optional<std::vector<LibraryEntry>> command_libs_, cache_;  // read on first use
+  std::optional<std::vector<std::string>> search_dirs_;            // dlopen_search_dirs for exe_
 };
 
 }  // namespace usprobe::cli

@@ -117,8 +117,19 @@ TEST(LibraryFinder, ShortNamesResolveAsTheCommandsDynamicLinkerWould) {
   auto missing = finder.find("libdoesnotexist42");
   ASSERT_FALSE(missing.has_value());
   EXPECT_EQ(missing.error().message, "library 'libdoesnotexist42' not found for " + c->elf +
-                                         " (not a path, not among its libraries, not in the "
-                                         "ld.so cache)");
+                                         " (not a path, not among its libraries, not in its "
+                                         "library path, not in the ld.so cache)");
+}
+
+TEST(LibraryFinder, DlopenSearchesRpathThenLdLibraryPathThenRunpath) {
+  // DT_RPATH counts only without DT_RUNPATH; $ORIGIN is the program's directory.
+  EXPECT_EQ(dlopen_search_dirs("$ORIGIN/../lib:/opt/r", "", "/ld1;/ld2:/opt/r", "/app/bin"),
+            (std::vector<std::string>{"/app/bin/../lib", "/opt/r", "/ld1", "/ld2"}));
+  EXPECT_EQ(dlopen_search_dirs("/ignored", "${ORIGIN}/lib", "/ld", "/app"),
+            (std::vector<std::string>{"/ld", "/app/lib"}));
+  // An empty element is the current directory.
+  EXPECT_EQ(dlopen_search_dirs("", "", ":/x", "/app"), (std::vector<std::string>{".", "/x"}));
+  EXPECT_TRUE(dlopen_search_dirs("", "", "", "/app").empty());
 }
 
 TEST(Launch, EnvironmentPreloadsTheAgentFirstAndNamesTheRegion) {

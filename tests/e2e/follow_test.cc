@@ -1,0 +1,131 @@
+// Probes on a library the command loads only after it started (tests/e2e/dlopen_target.c, which
+// is not linked with tests/e2e/dlopen_lib.c): the CLI resolves them although the command does not
+// link the library, the agent does not report them as failures, and the engine places them when
+// the command dlopens the library, removes them at dlclose and places them again at the next
+// dlopen, so that every call is counted.
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Json;
+using e2e::Output;
+using e2e::run;
+
+const char *dlopen_target() {
+  return DLOPEN_TARGET;
+}
+const char *dlopen_lib() {
+  return DLOPEN_LIB;
+}
+
+std::string lib_dir() {
+  std::string lib = e2e::realpath_of(dlopen_lib());
+  return lib.substr(0, lib.rfind('/'));
+}
+
+// The one total report of a run (stdout first, then stderr: wherever the CLI writes it).
+Json only_total(const Output &r) {
+  std::vector<Json> all = e2e::reports(r.out);
+  for (Json &j : e2e::reports(r.err)) all.push_back(std::move(j));
+  EXPECT_EQ(all.size(), 1u) << r.describe();
+  if (all.empty()) return Json::object();
+  EXPECT_EQ(all.back().value("type", ""), "total") << all.back().dump();
+  return all.back();
+}
+
+uint64_t hits_of(const Json &report, std::string_view probe) {
+  auto p = e2e::probe_in(report, probe);
+  EXPECT_TRUE(p.has_value()) << "no probe " << probe << " in " << report.dump();
+  return p ? p->value("hits", uint64_t{~0ull}) : ~0ull;
+}
+
+// The target ran its rounds, and the library really left the process at each dlclose (so that
+// the second round needed the probe placed again).
+void expect_rounds_ran(const Output &r, int k, int rounds) {
+  for (int i = 1; i <= rounds; ++i)
+    EXPECT_NE(r.out.find("round " + std::to_string(i) + " mapped=0\n"), std::string::npos)
+        << r.describe();
+  EXPECT_NE(r.out.find("calls " + std::to_string(k * rounds) + "\n"), std::string::npos)
+      << r.describe();
+}
+
+TEST(CliFollow, CountsEveryCallOfALibraryLoadedAfterStartAcrossDlcloseAndDlopen) {
+  const std::string probe = std::string(dlopen_lib()) + ":dlopen_lib_work";
+  const int k = 1000;
+  Output r =
+      run({e2e::cli(), "count", probe, "--", dlopen_target(), dlopen_lib(), std::to_string(k)});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  expect_rounds_ran(r, k, 2);
+  // The text report: the probe's row holds 2K hits and nothing is missed.
+  std::vector<std::string> all = e2e::lines(r.out);
+  for (const std::string &line : e2e::lines(r.err)) all.push_back(line);
+  const std::regex total_line(R"(^Total over [0-9]+\.[0-9]{3} s \(exit status 0\):$)");
+  size_t at = 0;
+  while (at < all.size() && !std::regex_match(all[at], total_line)) ++at;
+  ASSERT_LT(at + 2, all.size()) << r.describe();
+  EXPECT_EQ(e2e::words(all[at + 2]), (std::vector<std::string>{probe, std::to_string(2 * k), "0"}))
+      << r.describe();
+  // Waiting for the dlopen is not a failure.
+  EXPECT_EQ(r.err.find("not placed"), std::string::npos) << r.describe();
+}
+
+TEST(CliFollow, JsonCountsTheLoadedLibraryAndAProbeNeverHitStaysAtZero) {
+  const std::string work = std::string(dlopen_lib()) + ":dlopen_lib_work";
+  const std::string idle = std::string(dlopen_lib()) + ":dlopen_lib_idle";
+  Output r = run(
+      {e2e::cli(), "count", "--json", work, idle, "--", dlopen_target(), dlopen_lib(), "250", "3"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  expect_rounds_ran(r, 250, 3);
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, work), 750u) << total.dump();
+  EXPECT_EQ(hits_of(total, idle), 0u) << total.dump();
+  auto p = e2e::probe_in(total, work);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->value("missed", 1u), 0u) << p->dump();
+  EXPECT_EQ(p->value("location", ""), e2e::realpath_of(dlopen_lib()) + ":dlopen_lib_work")
+      << p->dump();
+  EXPECT_EQ(r.err.find("not placed"), std::string::npos) << r.describe();
+}
+
+TEST(CliFollow, VerboseSaysTheProbesWaitForTheirLibrary) {
+  const std::string work = std::string(dlopen_lib()) + ":dlopen_lib_work";
+  const std::string idle = std::string(dlopen_lib()) + ":dlopen_lib_idle";
+  Output r = run(
+      {e2e::cli(), "count", "-v", "--json", work, idle, "--", dlopen_target(), dlopen_lib(), "10"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.err.find("2 probes wait for their library to be loaded"), std::string::npos)
+      << r.describe();
+  EXPECT_EQ(r.err.find("not placed"), std::string::npos) << r.describe();
+  EXPECT_EQ(hits_of(only_total(r), work), 20u);
+}
+
+TEST(CliFollow, AShortNameFindsALibraryTheCommandMayLoadInItsLibraryPath) {
+  // The command does not link libdlopen_lib.so: the name is looked up in LD_LIBRARY_PATH, as the
+  // command's dlopen would.
+  Output r = run({"/usr/bin/env", "LD_LIBRARY_PATH=" + lib_dir(), e2e::cli(), "count", "--json",
+                  "libdlopen_lib:dlopen_lib_work", "--", dlopen_target(), dlopen_lib(), "40"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  expect_rounds_ran(r, 40, 2);
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "libdlopen_lib:dlopen_lib_work"), 80u) << total.dump();
+  auto p = e2e::probe_in(total, "libdlopen_lib:dlopen_lib_work");
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->value("location", ""), e2e::realpath_of(dlopen_lib()) + ":dlopen_lib_work")
+      << p->dump();
+}
+
+TEST(CliFollow, WithoutTheLibraryPathTheShortNameIsAnError) {
+  Output r = run({"/usr/bin/env", "-u", "LD_LIBRARY_PATH", e2e::cli(), "count",
+                  "libdlopen_lib:dlopen_lib_work", "--", dlopen_target(), dlopen_lib(), "1"});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  EXPECT_NE(r.err.find("library 'libdlopen_lib' not found"), std::string::npos) << r.describe();
+  EXPECT_EQ(r.out.find("calls"), std::string::npos) << "the command must not run\n" << r.describe();
+}
+
+}  // namespace
