@@ -27,8 +27,8 @@
 // Goal: with all CPUs busy, the per-thread rate of the usprobe entry and return counters is at
 // least 0.95 of their 1-thread rate.
 //
-// Batch. usprobe_attach_batch of 10,000 locations (bench_fn_0 .. bench_fn_9999 of
-// libusprobe_bench_many.so, bench/many_functions.S), each function called once and its count
+// Batch. usprobe_attach_batch of 10,000 locations (many_fn_0 .. many_fn_9999 of
+// libusprobe_many.so, tests/targets/many_functions.S), each function called once and its count
 // checked, then usprobe_detach_batch of the 10,000 links; wall time of each call, several rounds.
 // The first round also reads the library's symbol table; the goal (each at most 50 ms) is judged
 // on the median round, and the first and slowest rounds are printed beside it.
@@ -61,8 +61,8 @@
 #endif
 
 extern "C" {
-extern const uint64_t bench_many_count;
-extern long (*const bench_many_table[])(long);
+extern const uint64_t many_count;
+extern long (*const many_table[])(long);
 }
 
 namespace {
@@ -70,7 +70,7 @@ namespace {
 using Fn = long (*)(long);
 
 constexpr const char *kLib = "libusprobe_targets.so";
-constexpr const char *kManyLib = "libusprobe_bench_many.so";
+constexpr const char *kManyLib = "libusprobe_many.so";
 
 struct Options {
   int reps = 5;
@@ -398,11 +398,11 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 BatchResult run_batch() {
   BatchResult res;
-  size_t n = bench_many_count;
+  size_t n = many_count;
   std::vector<std::string> names(n);
   std::vector<const char *> locations(n);
   for (size_t i = 0; i < n; ++i) {
-    names[i] = std::string(kManyLib) + ":bench_fn_" + std::to_string(i);
+    names[i] = std::string(kManyLib) + ":many_fn_" + std::to_string(i);
     locations[i] = names[i].c_str();
   }
   std::vector<usprobe_link *> links(n);
@@ -423,9 +423,9 @@ BatchResult run_batch() {
     }
     // Each function once: each link must count exactly one hit.
     for (size_t i = 0; i < n; ++i) {
-      Fn volatile f = bench_many_table[i];
+      Fn volatile f = many_table[i];
       if (f(static_cast<long>(i)) != static_cast<long>(i) + 1 || usprobe_link_hits(links[i]) != 1) {
-        res.error = "bench_fn_" + std::to_string(i) + " miscounted after the batch attach";
+        res.error = "many_fn_" + std::to_string(i) + " miscounted after the batch attach";
         break;
       }
     }

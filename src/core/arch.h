@@ -88,6 +88,8 @@ struct SitePlan {
 // inside an instruction; the instruction cannot be relocated even alone (then no probe can be
 // placed there); no memory within reach.
 Result<SitePlan> prepare_site(const SiteRequest &req);
+// Free the plan's trampoline (core/retire.h says when no thread can be inside it).
+void release_trampoline(const SitePlan &plan);
 
 // Append to `out` the targets of every direct branch in `code`, an instruction stream that starts
 // at `base` (any coordinate system: the targets come out in the same one).
@@ -99,10 +101,14 @@ void cpu_relax();
 // The byte that makes a trap (x86: 0xCC, int3).
 uint8_t trap_byte();
 
-// Trap handling. `lookup(site)` returns the trampoline of the patched site at `site` or 0; it is
-// called from the signal handler and must be async-signal-safe. Traps that are not usprobe's go to
-// the handler the application had installed, or to the default action.
-Result<void> install_trap_handler(uint64_t (*lookup)(uint64_t site));
+// Trap handling. `redirect(site, pc)`: when `site` is a patched site, stores its trampoline's
+// address into *pc (the interrupted context's instruction pointer, 8 bytes) and returns true; it
+// is called from the signal handler and must be async-signal-safe. It stores inside its read
+// section, so that once a grace period has passed, every thread sent to a trampoline has that
+// address in its signal frame, where a retirement check sees it (core/retire.cc). Traps that are
+// not usprobe's go to the handler the application had installed, or to the default action.
+using TrapRedirect = bool (*)(uint64_t site, void *pc);
+Result<void> install_trap_handler(TrapRedirect redirect);
 
 // While a patch is half written, move a thread stopped inside a window to the same instruction in
 // the window's relocated copy. `windows` lists the sites being patched; called in a signal handler.

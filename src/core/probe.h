@@ -1,12 +1,12 @@
 // Probes, consumers and links (vocabulary: DESIGN.md).
 //
-// Lifetimes. A Probe and its Sites are never freed: a trampoline has the Probe's address built in,
-// and a thread may sit inside a trampoline (before or after its call to dispatch) for as long as
-// the scheduler leaves it there, with no read section to wait for. Nothing but looking at every
-// thread's registers could prove a trampoline idle, so instead a probe's trampolines stay valid
-// for the life of the process and are reused when the same location is probed again: memory grows
-// with the number of distinct locations ever probed, not with attach/detach cycles.
-// ConsumerArrays are immutable once published and freed after an RCU grace period (core/rcu.h).
+// Lifetimes. A trampoline has its Probe's address built in, and a thread may sit inside one (before
+// or after its call to dispatch) for as long as the scheduler leaves it there, with no read
+// section to wait for; a function entered through a return probe returns into one. So a Site's
+// trampoline, and a Probe with no links, are freed only once core/retire.h has shown that no
+// thread can use them; until then (and while the probe is attached) they are reused when the same
+// location is probed again. ConsumerArrays are immutable once published and freed after an RCU
+// grace period (core/rcu.h).
 #pragma once
 
 #include <atomic>
@@ -63,6 +63,9 @@ struct Site {
   arch::SitePlan plan;
   bool forced_int3 = false;  // planned for the int3 path whatever analysis says
   bool patched = false;
+  // The registry's unpatch count when this site was last unpatched (or forgotten with its mapping):
+  // its trampoline may be retired after a grace period that began after that (core/retire.h).
+  uint64_t idle_since = 0;
   // [start, end) of the trampolines of this address's other plans that jump back to an address
   // the jump patch overwrites (an int3 plan relocates one instruction; the jump covers five
   // bytes). Filled when this site is chosen for a jump. A thread still inside one of them (even

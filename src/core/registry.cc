@@ -14,6 +14,7 @@
 #include "core/mapping_table.h"
 #include "core/patcher.h"
 #include "core/rcu.h"
+#include "core/retire.h"
 #include "core/site_table.h"
 #include "elf/location.h"
 #include "os/linux/membarrier.h"
@@ -90,7 +91,7 @@ const std::string &forced_reason() {
 Result<void> init() {
   static Result<void> result = []() -> Result<void> {
     if (auto ok = os::membarrier_init(); !ok) return ok;
-    return arch::install_trap_handler(site_table::lookup);
+    return arch::install_trap_handler(site_table::redirect);
   }();
   return result;
 }
@@ -167,6 +168,14 @@ constexpr uint64_t kMaxWindow = 64;
 SiteIndex &g_patched() {  // guarded by g_mutex; never destroyed (see probes())
   static auto *index = new SiteIndex;
   return *index;
+}
+
+// Counts unpatches (guarded by g_mutex): Site::idle_since.
+uint64_t g_unpatch_gen = 0;
+
+void note_unpatched(const std::vector<Site *> &sites) {
+  for (Site *s : sites)
+    if (!s->patched) s->idle_since = ++g_unpatch_gen;
 }
 
 void note_patched(const std::vector<Site *> &sites) {
@@ -352,6 +361,7 @@ void forget(const std::vector<Site *> &lost) {
                   [&](Site *s) { return std::find(lost.begin(), lost.end(), s) != lost.end(); });
   site_table::remove(addrs);
   note_patched(lost);
+  note_unpatched(lost);
 }
 
 // Bring every attached probe in line with the mappings (g_mutex held; blocks, but never waits for
@@ -509,6 +519,36 @@ void ensure_loader_hook() {
   loader_hook_error() = r[0] ? std::string() : r[0].error().message;
 }
 
+// Free the trampolines unpatched up to `unpatched_before` (a grace period has passed since) that no
+// thread can still use (core/retire.h), and the probes left with no links and no trampolines.
+// Trampolines still in use stay for a later detach to try again.
+void retire_idle(uint64_t unpatched_before) {
+  Locked lock;
+  std::vector<std::pair<Probe *, Site *>> plans;
+  std::vector<retire::Range> code;
+  std::vector<const Probe *> unlinked;
+  for (auto &[key, p] : probes()) {
+    const bool linked = !p->links.empty();
+    for (auto &s : p->plans) {
+      if (s->patched || s->idle_since > unpatched_before) continue;
+      if (linked && std::find(p->sites.begin(), p->sites.end(), s.get()) != p->sites.end())
+        continue;
+      plans.emplace_back(p.get(), s.get());
+      code.emplace_back(s->plan.trampoline, s->plan.trampoline + s->plan.trampoline_size);
+    }
+    if (!linked) unlinked.push_back(p.get());
+  }
+  if (plans.empty() || !retire::idle(code, unlinked)) return;
+  for (auto &[p, s] : plans) {
+    arch::release_trampoline(s->plan);
+    std::erase(p->sites, s);
+    std::erase_if(p->plans, [s = s](const std::unique_ptr<Site> &x) { return x.get() == s; });
+  }
+  std::erase_if(probes(), [](const auto &kv) {
+    return kv.second->links.empty() && kv.second->plans.empty();
+  });
+}
+
 void run(std::vector<std::function<void()>> &garbage) {
   for (auto &g : garbage) g();
   garbage.clear();
@@ -648,6 +688,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       // Should not happen (writes to our own memory); undo what was published.
       (void)patcher::remove(pending);
       note_patched(pending);
+      note_unpatched(pending);
       for (auto &[p, add] : added) {
         auto entries = entries_of(p);
         std::erase_if(entries, [&](const ConsumerEntry &e) {
@@ -673,6 +714,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
 
 Result<void> detach(std::span<usprobe_link *const> links) {
   std::vector<std::function<void()>> garbage;
+  uint64_t unpatched_before = 0;
   std::vector<usprobe_link *> gone;
   Result<void> result;
   {
@@ -705,12 +747,15 @@ Result<void> detach(std::span<usprobe_link *const> links) {
     }
     if (auto ok = patcher::remove(unpatch); !ok) result = ok;
     note_patched(unpatch);
+    note_unpatched(unpatch);
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
+    unpatched_before = g_unpatch_gen;
   }
   // After this grace period no thread runs (or will run) a handler of the detached consumers.
   rcu::synchronize();
   run(garbage);
   for (usprobe_link *l : gone) delete l;
+  retire_idle(unpatched_before);
   return result;
 }
 
@@ -718,12 +763,15 @@ Result<void> notify_mapping() {
   if (auto ok = init(); !ok) return ok;
   std::vector<std::function<void()>> garbage;
   Result<void> result;
+  uint64_t unpatched_before = 0;
   {
     Locked lock;
     result = follow_locked(garbage);
+    unpatched_before = g_unpatch_gen;
   }
   rcu::synchronize();
   run(garbage);
+  retire_idle(unpatched_before);
   return result;
 }
 

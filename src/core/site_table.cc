@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <set>
 
 #include "core/arch.h"
@@ -79,10 +80,9 @@ std::vector<std::function<void()>> take_retired() {
 // site left behind by a library that was unmapped (and its address reused by another file) is
 // thereby never taken for a probe of the new file. When the count keeps moving (a signal handler
 // that interrupted the writer on its own thread), the last try's pair is judged the same way.
-uint64_t lookup(uint64_t addr) {
-  ThreadRecord *rec = current_record();
-  if (!rec) return 0;
-  rcu::ReadGuard guard(rec);
+namespace {
+
+uint64_t lookup_in_section(uint64_t addr) {
   const MappingTable &maps = MappingTable::process();
   for (unsigned attempt = 1;; ++attempt) {
     const uint64_t s = maps.read_begin();
@@ -98,6 +98,24 @@ uint64_t lookup(uint64_t addr) {
       return 0;
     return e->trampoline;
   }
+}
+
+}  // namespace
+
+uint64_t lookup(uint64_t addr) {
+  ThreadRecord *rec = current_record();
+  if (!rec) return 0;
+  rcu::ReadGuard guard(rec);
+  return lookup_in_section(addr);
+}
+
+bool redirect(uint64_t addr, void *pc) {
+  ThreadRecord *rec = current_record();
+  if (!rec) return false;
+  rcu::ReadGuard guard(rec);
+  const uint64_t trampoline = lookup_in_section(addr);
+  if (trampoline) std::memcpy(pc, &trampoline, sizeof trampoline);
+  return trampoline != 0;
 }
 
 }  // namespace usprobe::site_table

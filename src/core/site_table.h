@@ -31,5 +31,8 @@ std::vector<std::function<void()>> take_retired();
 
 // Async-signal-safe: the trampoline of the site at `addr`, or 0.
 uint64_t lookup(uint64_t addr);
+// Async-signal-safe (the trap handler's arch::TrapRedirect): when `addr` is a site, store its
+// trampoline into the 8 bytes at `pc` before the read section ends, and return true.
+bool redirect(uint64_t addr, void *pc);
 
 }  // namespace usprobe::site_table

@@ -400,6 +400,10 @@ uint8_t trap_byte() {
   return 0xCC;
 }
 
+void release_trampoline(const SitePlan &plan) {
+  if (plan.trampoline) os::free_code(plan.trampoline, kTrampolineSize);
+}
+
 Result<SitePlan> prepare_site(const SiteRequest &req) {
   const uint64_t off = req.site - req.function_addr;
   x86::FunctionScan scan;

@@ -18,7 +18,7 @@
 namespace usprobe::arch {
 namespace {
 
-uint64_t (*g_lookup)(uint64_t) = nullptr;
+TrapRedirect g_redirect = nullptr;
 struct sigaction g_previous;  // the application's SIGTRAP disposition when we installed ours
 
 void forward(int sig, siginfo_t *info, void *ctx) {
@@ -48,10 +48,8 @@ void on_sigtrap(int sig, siginfo_t *info, void *ctx) {
   // come from our sites.
   if (info->si_code == SI_KERNEL) {
     uint64_t site = static_cast<uint64_t>(rip) - 1;
-    if (uint64_t trampoline = g_lookup(site)) {
-      rip = static_cast<greg_t>(trampoline);
-      return;
-    }
+    static_assert(sizeof rip == 8);
+    if (g_redirect(site, &rip)) return;
     // Not a site (any more). If the byte is no longer an int3, the probe was removed while this
     // thread was trapping: run the original instruction.
     if (*reinterpret_cast<volatile uint8_t *>(site) != trap_byte()) {
@@ -64,11 +62,11 @@ void on_sigtrap(int sig, siginfo_t *info, void *ctx) {
 
 }  // namespace
 
-Result<void> install_trap_handler(uint64_t (*lookup)(uint64_t)) {
+Result<void> install_trap_handler(TrapRedirect redirect) {
   static std::once_flag once;
   static Result<void> result;
-  std::call_once(once, [lookup] {
-    g_lookup = lookup;
+  std::call_once(once, [redirect] {
+    g_redirect = redirect;
     struct sigaction sa {};
     sa.sa_sigaction = on_sigtrap;
     // SA_NODEFER: a handler of the application's that hits an int3 site while SIGTRAP is being

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "os/linux/proc_maps.h"
@@ -19,7 +20,10 @@ constexpr size_t kSlabSize = 64 * 1024;
 constexpr uint64_t kPage = 4096;
 
 struct Slab {
-  uint64_t start, used;
+  uint64_t start, used;  // [start, start + used) has been handed out at some time
+  size_t live = 0;       // blocks handed out and not freed
+  // Freed blocks, by size, for reuse: (address, size).
+  std::vector<std::pair<uint64_t, size_t>> free;
 };
 
 std::mutex g_mutex;
@@ -78,17 +82,46 @@ Result<uint64_t> alloc_code_near(uint64_t near, size_t size, uint64_t reach) {
   if (size > kSlabSize) return fail(EINVAL, "trampoline too large");
   std::lock_guard lock(g_mutex);
   for (auto &s : g_slabs) {
+    for (auto it = s.free.begin(); it != s.free.end(); ++it)
+      if (it->second == size && within(it->first, near, reach) &&
+          within(it->first + size, near, reach)) {
+        uint64_t at = it->first;
+        s.free.erase(it);
+        ++s.live;
+        return at;
+      }
     if (s.used + size <= kSlabSize && within(s.start + s.used, near, reach) &&
         within(s.start + s.used + size, near, reach)) {
       uint64_t at = s.start + s.used;
       s.used += size;
+      ++s.live;
       return at;
     }
   }
   auto slab = map_slab_near(near, reach);
   if (!slab) return slab;
-  g_slabs.push_back({*slab, size});
+  g_slabs.push_back({*slab, size, 1, {}});
   return *slab;
+}
+
+void free_code(uint64_t addr, size_t size) {
+  size = (size + 15) & ~size_t{15};
+  std::lock_guard lock(g_mutex);
+  for (auto it = g_slabs.begin(); it != g_slabs.end(); ++it) {
+    if (addr < it->start || addr >= it->start + kSlabSize) continue;
+    if (--it->live == 0) {
+      munmap(reinterpret_cast<void *>(it->start), kSlabSize);
+      g_slabs.erase(it);
+    } else {
+      it->free.emplace_back(addr, size);
+    }
+    return;
+  }
+}
+
+size_t code_memory_mapped() {
+  std::lock_guard lock(g_mutex);
+  return g_slabs.size() * kSlabSize;
 }
 
 std::vector<uint8_t> read_memory(uint64_t addr, size_t len) {

@@ -17,9 +17,14 @@
 namespace usprobe::os {
 
 // `size` bytes of read+execute memory (16-byte aligned) whose every byte is within
-// `reach` bytes of `near`. Never freed: see core/probe.h on trampoline lifetime.
+// `reach` bytes of `near`. Freed with free_code once no thread can run it (core/retire.h).
 Result<uint64_t> alloc_code_near(uint64_t near, size_t size,
                                  uint64_t reach = (1ull << 31) - (1ull << 24));
+// Give back what alloc_code_near(., size) returned. A block is reused for a later allocation of the
+// same size; a slab whose every block is free is unmapped.
+void free_code(uint64_t addr, size_t size);
+// Bytes of code memory mapped now (slabs), for tests of memory use.
+size_t code_memory_mapped();
 
 // Read up to `len` bytes at `addr` of this process through /proc/self/mem: memory that may be
 // unmapped meanwhile (another thread's stack) reads short instead of faulting.

@@ -1,0 +1,86 @@
+#include "core/retire.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "core/return_stack.h"
+#include "core/thread_record.h"
+#include "os/linux/code_memory.h"
+#include "os/linux/proc_maps.h"
+#include "os/linux/raw_syscall.h"
+#include "os/linux/thread_round.h"
+
+namespace usprobe::retire {
+namespace {
+
+bool in(uint64_t x, const std::vector<Range> &code) {
+  return std::any_of(code.begin(), code.end(),
+                     [x](const Range &r) { return x >= r.first && x < r.second; });
+}
+
+struct Round {
+  const std::vector<Range> *code;
+  std::atomic<bool> inside{false};  // a signalled thread stopped inside `code`
+};
+
+uint64_t look(ucontext_t *uc, void *arg) {
+  auto *r = static_cast<Round *>(arg);
+  if (in(static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RIP]), *r->code))
+    r->inside.store(true, std::memory_order_relaxed);
+  return static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RSP]);
+}
+bool outside(uint64_t pc, void *arg) {
+  return !in(pc, *static_cast<Round *>(arg)->code);
+}
+
+// Point 1. The records' return stacks are written by their owners only; a stale read can only
+// show an instance that is gone (the caller waits for nothing), never hide one pushed before the
+// grace period (the grace period's barriers order it before this read).
+bool return_stacks_clear(const std::vector<Range> &code, const std::vector<const Probe *> &probes) {
+  for (ThreadRecord *r = all_records(); r; r = r->next) {
+    const pid_t tid = r->tid.load(std::memory_order_acquire);
+    if (tid == 0 || os::thread_exited(tid)) continue;
+    const uint32_t top = std::atomic_ref<uint32_t>(r->return_top).load(std::memory_order_relaxed);
+    for (uint32_t i = 0; i < top && i < r->return_depth; ++i) {
+      const ReturnInstance &inst = r->returns[i];
+      const uint64_t landing =
+          std::atomic_ref<const uint64_t>(inst.landing).load(std::memory_order_relaxed);
+      const Probe *p =
+          std::atomic_ref<const Probe *const>(inst.probe).load(std::memory_order_relaxed);
+      if (in(landing, code) || std::find(probes.begin(), probes.end(), p) != probes.end())
+        return false;
+    }
+  }
+  return true;
+}
+
+// Point 3.
+bool stacks_clear(const std::vector<uint64_t> &stack_pointers, const std::vector<Range> &code) {
+  auto maps = os::read_mappings();
+  for (uint64_t sp : stack_pointers) {
+    size_t len = kStackScan;
+    if (maps)
+      for (const os::Mapping &m : *maps)
+        if (sp >= m.start && sp < m.end) len = std::min<size_t>(kStackScan, m.end - sp);
+    const std::vector<uint8_t> stack = os::read_memory(sp & ~uint64_t{7}, len);
+    for (size_t off = 0; off + 8 <= stack.size(); off += 8) {
+      uint64_t word;
+      std::memcpy(&word, stack.data() + off, 8);
+      if (in(word, code)) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+bool idle(const std::vector<Range> &code, const std::vector<const Probe *> &probes) {
+  if (!return_stacks_clear(code, probes)) return false;
+  Round round{&code};
+  auto r = os::run_thread_round(look, outside, &round);
+  if (!r || r->unreached > 0 || round.inside.load(std::memory_order_relaxed)) return false;
+  return stacks_clear(r->stack_pointers, code);
+}
+
+}  // namespace usprobe::retire
