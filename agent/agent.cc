@@ -250,6 +250,14 @@ __attribute__((constructor)) void agent_start() {
     // Relaxed: only distinct numbers are needed; before any probe of this image is attached.
     g_region.image = h->images.fetch_add(1, std::memory_order_relaxed) + 1;
     post_maps(kMapsAttach);  // before any stack of this image can be recorded
+    // A library loaded later, and unloaded before the process ends, is named from the mappings
+    // written right after its dlopen.
+    usprobe_on_mapping_change(
+        [](void *) {
+          AgentScope in_agent;
+          post_maps(kMapsChange);
+        },
+        nullptr);
   }
   attach_all(*plan);
   atexit(add_engine_missed);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <functional>
+#include <mutex>
 #include <string>
 
 #include "agent/maps_lines.h"
@@ -15,7 +16,9 @@ namespace usprobe::agent {
 namespace {
 
 // What this image wrote last (inherited by a forked child, whose mappings are its parent's).
-// Touched only by post_maps, which runs in the constructor and at exit, one thread at a time.
+// Guarded by g_mutex: post_maps runs in the constructor, after each dlopen and dlclose (on the
+// thread that made it) and at exit.
+std::mutex g_mutex;
 size_t g_last_hash = 0;
 bool g_posted = false;
 
@@ -41,6 +44,7 @@ std::string read_proc_file(const char *path) {
 void post_maps(MapsKind kind) {
   Header *h = g_region.header;
   if (!h || h->mode != kModeStacks) return;
+  std::lock_guard lock(g_mutex);
   std::string text = naming_lines(read_proc_file("/proc/self/maps"));
   size_t hash = std::hash<std::string>{}(text);
   if (g_posted && hash == g_last_hash) return;

@@ -257,6 +257,7 @@ inline constexpr uint32_t kStackScratchWords = 128;
 enum MapsKind : uint32_t {
   kMapsAttach = 0,  // written by the constructor, before the probes were attached
   kMapsExit = 1,    // written at exit, when the mappings changed since the last entry
+  kMapsChange = 2,  // written after a dlopen or dlclose (usprobe_on_mapping_change), when changed
 };
 
 // Stacks mode: one process image's mappings at one moment. The text (text_size bytes, no NUL) is at

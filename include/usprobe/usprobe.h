@@ -113,6 +113,12 @@ int usprobe_link_sites(const usprobe_link *link);
  * after mapping such code and after unmapping it (before its memory is reused). Returns 0 or a
  * negative errno. */
 int usprobe_notify_mapping(void);
+/* Call `fn(user)` after each change of the address space that usprobe followed (a dlopen, a
+ * dlclose, a usprobe_notify_mapping), once the probes are in line with it: on the thread that made
+ * the change, inside dlopen/dlclose for those (so `fn` must not load or unload libraries), and with
+ * the probed functions it calls neither counted nor missed. One listener; NULL removes it. A
+ * symbolizer that snapshots /proc/self/maps keeps names for libraries unloaded later. */
+int usprobe_on_mapping_change(void (*fn)(void *user), void *user);
 
 /* Registers of a hit. */
 uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n); /* n = 0..5, System V order */

@@ -130,6 +130,10 @@ USPROBE_API const char *usprobe_link_name(const usprobe_link *link) {
 USPROBE_API int usprobe_link_sites(const usprobe_link *link) {
   return link ? usprobe::registry::site_count(link) : 0;
 }
+USPROBE_API int usprobe_on_mapping_change(void (*fn)(void *user), void *user) {
+  usprobe::registry::set_mapping_listener(fn, user);
+  return 0;
+}
 USPROBE_API int usprobe_notify_mapping(void) {
   auto ok = usprobe::registry::notify_mapping();
   return ok ? 0 : report(ok.error());

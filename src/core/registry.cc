@@ -424,6 +424,14 @@ Result<void> follow_locked(std::vector<std::function<void()>> &garbage) {
 // holds g_mutex calls into the dynamic linker (symbol resolution, IFUNCs and dlopen happen before
 // attach() takes it); where it would, on this thread, the hook stands aside (t_holding).
 
+// usprobe_on_mapping_change's listener: the function and its argument, replaced together under
+// g_mutex and read under it (a copy is called after the lock is released).
+struct Listener {
+  void (*fn)(void *) = nullptr;
+  void *user = nullptr;
+};
+Listener g_listener;  // guarded by g_mutex
+
 // Set while this thread holds g_mutex on the linker's behalf, from RT_ADD/RT_DELETE until
 // RT_CONSISTENT.
 constinit thread_local bool t_loader_change = false;
@@ -446,7 +454,7 @@ bool loader_consistent() {
 // (libc's, under `usprobe count 'libc:*'`) are not the program's calls: neither counted nor missed.
 class InternalWork {
  public:
-  InternalWork() : rec_(current_record()) {
+  explicit InternalWork(ThreadRecord *rec = current_record()) : rec_(rec) {
     if (!rec_) return;
     saved_ = rec_->depth.load(std::memory_order_relaxed);
     rec_->depth.store(kDepthInternal, std::memory_order_relaxed);
@@ -481,8 +489,10 @@ void on_loader_event(usprobe_hit *, void *) {
   t_loader_change = false;
   std::vector<std::function<void()>> garbage;
   (void)follow_locked(garbage);
+  const Listener listener = g_listener;
   t_holding = false;
   g_mutex.unlock();
+  if (listener.fn) listener.fn(listener.user);
   // This thread is inside a read section (dispatch's) and other threads' read sections may wait
   // for the linker's lock it holds: free later, without waiting (rcu::defer).
   if (!garbage.empty())
@@ -764,15 +774,27 @@ Result<void> notify_mapping() {
   std::vector<std::function<void()>> garbage;
   Result<void> result;
   uint64_t unpatched_before = 0;
+  Listener listener;
   {
     Locked lock;
     result = follow_locked(garbage);
     unpatched_before = g_unpatch_gen;
+    listener = g_listener;
   }
   rcu::synchronize();
   run(garbage);
   retire_idle(unpatched_before);
+  if (listener.fn) {
+    ThreadRecord *rec = current_record();
+    InternalWork internal(rec);
+    listener.fn(listener.user);
+  }
   return result;
+}
+
+void set_mapping_listener(void (*fn)(void *), void *user) {
+  Locked lock;
+  g_listener = {fn, user};
 }
 
 int site_count(const usprobe_link *link) {

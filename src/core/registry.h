@@ -23,6 +23,8 @@ Result<void> detach(std::span<usprobe_link *const> links);
 // Code was mapped or unmapped outside the dynamic linker: bring every probe in line with the
 // mappings (sites for new mappings of probed files, none for mappings that are gone).
 Result<void> notify_mapping();
+// usprobe_on_mapping_change.
+void set_mapping_listener(void (*fn)(void *), void *user);
 // How many mappings the link's probe is placed in now (0 while its file is not mapped).
 int site_count(const usprobe_link *link);
 

@@ -447,6 +447,35 @@ TEST(FollowMmap, NotifyMapping) {
   EXPECT_EQ(usprobe_notify_mapping(), 0) << usprobe_last_error();
 }
 
+// usprobe_on_mapping_change: called after each dlopen and dlclose that changed the mappings, once
+// the probes are in line with them (the listener sees the site placed, then gone).
+std::vector<int> g_sites_seen;
+const usprobe::test::Link *g_listened = nullptr;
+
+TEST(FollowDlopen, MappingListenerRunsOnceTheProbesFollowed) {
+  ASSERT_FALSE(loaded(kLib)) << kLib << " is loaded already";
+  usprobe::test::Link add;
+  ASSERT_ATTACHED(add.attach(location(kLib, "follow_add")));
+  g_sites_seen.clear();
+  g_listened = &add;
+  ASSERT_EQ(usprobe_on_mapping_change([](void *) { g_sites_seen.push_back(sites(*g_listened)); },
+                                      nullptr),
+            0);
+  {
+    Lib lib(kLib);
+    ASSERT_TRUE(lib) << dlerror();
+    ASSERT_FALSE(g_sites_seen.empty()) << "no call after dlopen";
+    EXPECT_EQ(g_sites_seen.back(), 1);
+  }
+  ASSERT_FALSE(loaded(kLib));
+  ASSERT_GE(g_sites_seen.size(), 2u) << "no call after dlclose";
+  EXPECT_EQ(g_sites_seen.back(), 0);
+  const size_t calls = g_sites_seen.size();
+  EXPECT_EQ(usprobe_on_mapping_change(nullptr, nullptr), 0);
+  { Lib lib(kLib); }
+  EXPECT_EQ(g_sites_seen.size(), calls) << "called after it was removed";
+}
+
 TEST(FollowDlopen, CxxApi) {
   ASSERT_FALSE(loaded(kLib)) << kLib << " is loaded already";
   auto link = usprobe::attach(location(kLib, "follow_add"));

@@ -3,6 +3,7 @@
 // link the library, the agent does not report them as failures, and the engine places them when
 // the command dlopens the library, removes them at dlclose and places them again at the next
 // dlopen, so that every call is counted.
+#include <algorithm>
 #include <regex>
 #include <string>
 #include <vector>
@@ -126,6 +127,23 @@ TEST(CliFollow, WithoutTheLibraryPathTheShortNameIsAnError) {
   EXPECT_EQ(r.exit_code(), 2) << r.describe();
   EXPECT_NE(r.err.find("library 'libdlopen_lib' not found"), std::string::npos) << r.describe();
   EXPECT_EQ(r.out.find("calls"), std::string::npos) << "the command must not run\n" << r.describe();
+}
+
+// The library is unloaded before the command exits, so the mappings the agent writes at exit do
+// not hold it: its frames are named from the mappings written right after its dlopen (the engine's
+// mapping listener, usprobe_on_mapping_change).
+TEST(CliFollow, StacksNameTheFramesOfALibraryUnloadedBeforeExit) {
+  const std::string probe = std::string(dlopen_lib()) + ":dlopen_lib_work";
+  Output r = run({e2e::cli(), "stacks", probe, "--", dlopen_target(), dlopen_lib(), "5", "2"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  expect_rounds_ran(r, 5, 2);
+  EXPECT_NE(r.out.find(probe + ": 10 stacks, 1 distinct"), std::string::npos) << r.describe();
+  const std::vector<std::string> lines = e2e::lines(r.out);
+  auto first = std::find(lines.begin(), lines.end(), "    dlopen_lib_work");
+  ASSERT_NE(first, lines.end()) << r.describe();
+  ASSERT_NE(first + 1, lines.end());
+  EXPECT_EQ(first[1], "    main") << r.describe();
+  EXPECT_EQ(r.out.find("[unknown]"), std::string::npos) << r.describe();
 }
 
 }  // namespace
