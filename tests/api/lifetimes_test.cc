@@ -25,7 +25,8 @@
 #include <gtest/gtest.h>
 
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/allocator_interface.h>
+// From the sanitizer runtime (<sanitizer/allocator_interface.h>, which GCC 12 does not install).
+extern "C" size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
 
 #include "support/test_link.h"
