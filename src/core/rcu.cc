@@ -87,19 +87,24 @@ void synchronize() {
 }
 
 void defer(std::function<void()> free) {
-  // As synchronize() begins a grace period: readers that start after the membarrier carry an
-  // epoch >= target and cannot see the state, which the caller unpublished before this call.
+  // Begins a grace period as synchronize() does, without its barrier: a reader that loads the new
+  // epoch (acquire, pairs with this release) sees the state unpublished before it. The barrier
+  // that makes older readers' words visible is reclaim()'s first.
   uint64_t target = g_epoch.fetch_add(1, std::memory_order_acq_rel) + 1;
-  os::membarrier_memory_barrier();
   std::lock_guard lock(g_deferred_mutex);
   deferred().push_back({target, std::move(free)});
 }
 
+size_t pending() {
+  std::lock_guard lock(g_deferred_mutex);
+  return deferred().size();
+}
+
 size_t reclaim(bool self_quiescent) {
-  {
-    std::lock_guard lock(g_deferred_mutex);
-    if (deferred().empty()) return 0;
-  }
+  if (pending() == 0) return 0;
+  // As synchronize()'s first barrier: a reader that may still use deferred state has its word
+  // visible to the loads below.
+  os::membarrier_memory_barrier();
   ThreadRecord *self = self_quiescent ? t_record : nullptr;
   // Every target up to `done` is passed by every record: the oldest running read section's epoch
   // bounds it (a reader at epoch e began after every defer() whose target is <= e).
@@ -113,8 +118,7 @@ size_t reclaim(bool self_quiescent) {
   // Partner of the readers' second compiler barrier, as in synchronize().
   os::membarrier_memory_barrier();
   run_deferred(done);
-  std::lock_guard lock(g_deferred_mutex);
-  return deferred().size();
+  return pending();
 }
 
 }  // namespace usprobe::rcu

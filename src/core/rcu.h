@@ -65,12 +65,15 @@ void synchronize();
 // For writers that cannot wait (the dynamic linker's hook runs inside a read section of its own
 // thread, and a thread it would wait for may be blocked on the loader lock it holds): `free` runs
 // once every read section that was running when defer() was called has ended, from a later
-// reclaim() or synchronize(). Does not block (one membarrier). Unpublish the state first.
+// reclaim() or synchronize(). Does not block and makes no system call. Unpublish the state first.
 void defer(std::function<void()> free);
+// How many deferred frees wait.
+size_t pending();
 // Frees what defer() handed over and whose read sections have all ended; never waits. With
 // `self_quiescent`, the calling thread's own read section does not count: only for a caller that
-// holds no reference to any deferred state (the hook, which retired that state itself). Returns
-// how many deferred frees are still waiting.
+// holds no reference to any deferred state (the hook, which retired that state itself). Two
+// membarriers (interrupts for every running thread of the process): writers that defer often
+// call it once per batch. Returns how many deferred frees are still waiting.
 size_t reclaim(bool self_quiescent);
 
 }  // namespace usprobe::rcu

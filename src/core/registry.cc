@@ -408,6 +408,25 @@ Result<void> follow_locked(std::vector<std::function<void()>> &garbage) {
   return {};
 }
 
+void run(std::vector<std::function<void()>> &garbage) {
+  for (auto &g : garbage) g();
+  garbage.clear();
+}
+
+// Old tables and consumer arrays of a writer that promises nothing about when they go (attach, the
+// dynamic linker's hook, usprobe_notify_mapping): freed after a grace period, a batch at a time,
+// so that a program that loads libraries (or attaches) often does not interrupt every running
+// thread twice per change (rcu::reclaim's membarriers). Detach, whose caller is promised that no
+// handler runs once it returns, waits for its grace period instead.
+constexpr size_t kDeferredBatch = 32;
+void free_later(std::vector<std::function<void()>> garbage, bool self_quiescent) {
+  if (!garbage.empty())
+    rcu::defer([g = std::move(garbage)]() mutable {
+      for (auto &f : g) f();
+    });
+  if (rcu::pending() >= kDeferredBatch) rcu::reclaim(self_quiescent);
+}
+
 // --- Following the dynamic linker ---
 //
 // The dynamic linker calls the function at _r_debug.r_brk (_dl_debug_state, a lone `ret`) with
@@ -495,11 +514,7 @@ void on_loader_event(usprobe_hit *, void *) {
   if (listener.fn) listener.fn(listener.user);
   // This thread is inside a read section (dispatch's) and other threads' read sections may wait
   // for the linker's lock it holds: free later, without waiting (rcu::defer).
-  if (!garbage.empty())
-    rcu::defer([g = std::move(garbage)]() mutable {
-      for (auto &f : g) f();
-    });
-  rcu::reclaim(/*self_quiescent=*/true);
+  free_later(std::move(garbage), /*self_quiescent=*/true);
 }
 
 // Why probes cannot follow the dynamic linker in this process (empty when they can).
@@ -557,11 +572,6 @@ void retire_idle(uint64_t unpatched_before) {
   std::erase_if(probes(), [](const auto &kv) {
     return kv.second->links.empty() && kv.second->plans.empty();
   });
-}
-
-void run(std::vector<std::function<void()>> &garbage) {
-  for (auto &g : garbage) g();
-  garbage.clear();
 }
 
 }  // namespace
@@ -714,10 +724,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     }
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
   }
-  if (!garbage.empty()) {
-    rcu::synchronize();
-    run(garbage);
-  }
+  free_later(std::move(garbage), false);
   if (g_return_trampoline.load(std::memory_order_relaxed)) guard_unwinders();
   return out;
 }
@@ -773,17 +780,14 @@ Result<void> notify_mapping() {
   if (auto ok = init(); !ok) return ok;
   std::vector<std::function<void()>> garbage;
   Result<void> result;
-  uint64_t unpatched_before = 0;
   Listener listener;
   {
     Locked lock;
     result = follow_locked(garbage);
-    unpatched_before = g_unpatch_gen;
     listener = g_listener;
   }
-  rcu::synchronize();
-  run(garbage);
-  retire_idle(unpatched_before);
+  // The trampolines of sites whose mappings went away are retired by a later detach.
+  free_later(std::move(garbage), false);
   if (listener.fn) {
     ThreadRecord *rec = current_record();
     InternalWork internal(rec);
