@@ -18,16 +18,61 @@
 namespace usprobe::patcher {
 namespace {
 
+// One phase of a batch writes a piece of code at each site (an int3; the tail or the first byte
+// of a patch or of the original). Pieces that lie within kMergeGap bytes of each other go out in
+// one write through
+// /proc/self/mem, with the code between them written back as it is: each write costs a system
+// call and a page-table walk, and a batch of 10,000 sites in one library would otherwise make
+// 30,000 of them to install and as many to remove. Rewriting a byte with its own value changes
+// nothing a thread can execute, and nothing else writes this process's code meanwhile (the
+// registry mutex is held; DESIGN.md: never a kernel uprobe on the same code at once).
+constexpr uint64_t kMergeGap = 256;
+
+struct Piece {
+  uint64_t addr;
+  std::span<const uint8_t> data;
+};
+
+Result<void> write_pieces(std::vector<Piece> pieces) {
+  std::sort(pieces.begin(), pieces.end(),
+            [](const Piece &a, const Piece &b) { return a.addr < b.addr; });
+  std::vector<uint8_t> run;
+  for (size_t i = 0; i < pieces.size();) {
+    size_t j = i + 1;
+    uint64_t end = pieces[i].addr + pieces[i].data.size();
+    while (j < pieces.size() && pieces[j].addr >= end && pieces[j].addr <= end + kMergeGap) {
+      end = pieces[j].addr + pieces[j].data.size();
+      ++j;
+    }
+    const uint64_t start = pieces[i].addr;
+    run.assign(reinterpret_cast<const uint8_t *>(start), reinterpret_cast<const uint8_t *>(end));
+    for (size_t k = i; k < j; ++k)
+      std::copy(pieces[k].data.begin(), pieces[k].data.end(),
+                run.begin() + (pieces[k].addr - start));
+    if (auto ok = os::write_code(start, run); !ok) return ok;
+    i = j;
+  }
+  return {};
+}
+
+// Bytes [from, to) of each site's `bytes` (patch or original), at the site.
 Result<void> write_all(const std::vector<Site *> &sites, size_t from, size_t to,
                        const std::vector<uint8_t> arch::SitePlan::*bytes) {
+  std::vector<Piece> pieces;
   for (Site *s : sites) {
     const std::vector<uint8_t> &b = s->plan.*bytes;
     size_t end = std::min(to, b.size());
-    if (from >= end) continue;
-    auto ok = os::write_code(s->addr + from, std::span(b).subspan(from, end - from));
-    if (!ok) return ok;
+    if (from < end) pieces.push_back({s->addr + from, std::span(b).subspan(from, end - from)});
   }
-  return {};
+  return write_pieces(std::move(pieces));
+}
+
+// An int3 on the first byte of each site.
+Result<void> write_traps(const std::vector<Site *> &sites) {
+  static const uint8_t kTrap[1] = {0xCC};
+  std::vector<Piece> pieces;
+  for (Site *s : sites) pieces.push_back({s->addr, kTrap});
+  return write_pieces(std::move(pieces));
 }
 
 using Range = std::pair<uint64_t, uint64_t>;  // [start, end)
@@ -89,6 +134,8 @@ StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const Roun
 }  // namespace
 
 Result<void> install(const std::vector<Site *> &sites) {
+  // The batch's new trampolines (arch::prepare_site wrote them with os::write_code_later).
+  if (auto ok = os::flush_code(); !ok) return ok;
   if (sites.empty()) return {};
   // Every patch starts with an int3, and a thread that executes an int3 while it blocks SIGTRAP
   // is killed by the kernel (a blocked synchronous trap is fatal). Refuse rather than risk it.
@@ -112,9 +159,7 @@ Result<void> install(const std::vector<Site *> &sites) {
     entries.push_back({s->addr, s->plan.trampoline, s->file.dev, s->file.ino, s->file_offset});
   site_table::insert(entries);
 
-  std::vector<uint8_t> trap(1, arch::trap_byte());
-  for (Site *s : sites)
-    if (auto ok = os::write_code(s->addr, trap); !ok) return ok;
+  if (auto ok = write_traps(sites); !ok) return ok;
   os::membarrier_sync_core();
 
   std::vector<Site *> jumps;
@@ -194,9 +239,7 @@ Result<void> remove(const std::vector<Site *> &all) {
     if (s->plan.jump) jumps.push_back(s);
   }
   if (!jumps.empty()) {
-    std::vector<uint8_t> trap(1, arch::trap_byte());
-    for (Site *s : jumps)
-      if (auto ok = os::write_code(s->addr, trap); !ok) return ok;
+    if (auto ok = write_traps(jumps); !ok) return ok;
     os::membarrier_sync_core();
     if (auto ok = write_all(jumps, 1, SIZE_MAX, &arch::SitePlan::original); !ok) return ok;
     os::membarrier_sync_core();

@@ -427,7 +427,15 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   }
   auto mem = os::alloc_code_near(req.site, kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
+  // Given back unless the plan is made (nothing has run or can run it yet).
+  struct Unused {
+    uint64_t block;
+    ~Unused() {
+      if (block) os::free_code(block, kTrampolineSize);
+    }
+  } unused{*mem};
   x86::CodeWriter w(*mem);
+  w.bytes().reserve(kTrampolineSize);  // one allocation, not one per doubling
   emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
@@ -471,7 +479,9 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   if (rel->falls_through) w.put_jmp(req.site + rel->consumed);
   if (w.size() > kTrampolineSize)
     return fail(E2BIG, fmt::format("{}: trampoline too large ({} bytes)", req.describe, w.size()));
-  if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
+  // Written with the batch's other trampolines before any site is patched (patcher::install).
+  os::write_code_later(w.base(), w.bytes(), kTrampolineSize);
+  unused.block = 0;
 
   plan.trampoline = w.base();
   plan.trampoline_size = static_cast<uint32_t>(w.size());

@@ -1,11 +1,13 @@
 #include "os/linux/code_memory.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <utility>
@@ -28,13 +30,39 @@ struct Slab {
 
 std::mutex g_mutex;
 std::vector<Slab> g_slabs;  // guarded by g_mutex
+uint64_t g_last_slab = 0;   // the slab mapped last (guarded by g_mutex): the next one goes after it
+
+// write_code_later's runs, guarded by g_mutex: `bytes` go to `start`; the block after the last one
+// in the run starts at `next_block`.
+struct Run {
+  uint64_t start, next_block;
+  std::vector<uint8_t> bytes;
+};
+std::vector<Run> g_runs;
 
 bool within(uint64_t a, uint64_t b, uint64_t reach) {
   return (a > b ? a - b : b - a) <= reach;
 }
 
 // Map a new slab in a free gap of the address space near `near`.
+void *map_slab_at(uint64_t addr) {
+  void *p = mmap(reinterpret_cast<void *>(addr), kSlabSize, PROT_READ | PROT_EXEC,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  if (reinterpret_cast<uint64_t>(p) != addr) {  // very old kernels ignore MAP_FIXED_NOREPLACE
+    munmap(p, kSlabSize);
+    return nullptr;
+  }
+  return p;
+}
+
 Result<uint64_t> map_slab_near(uint64_t near, uint64_t reach) {
+  // A batch fills slab after slab near one library: first try right after the last one, which
+  // needs no look at the address space.
+  if (uint64_t next = g_last_slab + kSlabSize; g_last_slab && within(next, near, reach) &&
+                                               within(next + kSlabSize, near, reach) &&
+                                               next + kSlabSize <= 0x7ffffffff000ull)
+    if (map_slab_at(next)) return next;
   auto maps = read_mappings();
   if (!maps) return std::unexpected(maps.error());
   // Candidate addresses: just after and just before every mapping within reach, closest first.
@@ -49,30 +77,34 @@ Result<uint64_t> map_slab_near(uint64_t near, uint64_t reach) {
   for (uint64_t addr : candidates) {
     if (!within(addr, near, reach) || !within(addr + kSlabSize, near, reach)) continue;
     if (addr < 0x10000 || addr + kSlabSize > 0x7ffffffff000ull) continue;
-    void *p = mmap(reinterpret_cast<void *>(addr), kSlabSize, PROT_READ | PROT_EXEC,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (p == MAP_FAILED) continue;
-    if (reinterpret_cast<uint64_t>(p) != addr) {  // very old kernels ignore MAP_FIXED_NOREPLACE
-      munmap(p, kSlabSize);
-      continue;
-    }
-    return addr;
+    if (map_slab_at(addr)) return addr;
   }
   return fail(ENOMEM,
               fmt::format("no free address space within 2 GB of {:#x} for a trampoline", near));
 }
 
 // /proc/self/mem, opened once per process: a descriptor inherited over fork() still names the
-// parent's memory, so a child opens its own. Callers hold the registry mutex.
+// parent's memory, so a child opens its own (told by an atfork handler: getpid() is a system call,
+// and this runs once per write). Callers hold the registry mutex.
+std::atomic<bool> g_forked{false};
 int mem_fd() {
   static int fd = -1;
-  static pid_t owner = 0;
-  if (owner != getpid()) {
+  static const bool registered = pthread_atfork(nullptr, nullptr, [] {
+                                   g_forked.store(true, std::memory_order_relaxed);
+                                 }) == 0;
+  if (fd < 0 || g_forked.exchange(false, std::memory_order_relaxed) || !registered) {
     if (fd >= 0) close(fd);
     fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
-    owner = getpid();
   }
   return fd;
+}
+
+Result<void> flush_locked() {
+  std::vector<Run> runs = std::move(g_runs);
+  g_runs.clear();
+  for (const Run &r : runs)
+    if (auto ok = write_code(r.start, r.bytes); !ok) return ok;
+  return {};
 }
 
 }  // namespace
@@ -101,12 +133,31 @@ Result<uint64_t> alloc_code_near(uint64_t near, size_t size, uint64_t reach) {
   auto slab = map_slab_near(near, reach);
   if (!slab) return slab;
   g_slabs.push_back({*slab, size, 1, {}});
+  g_last_slab = *slab;
   return *slab;
+}
+
+void write_code_later(uint64_t addr, std::span<const uint8_t> bytes, size_t block_size) {
+  std::lock_guard lock(g_mutex);
+  if (!g_runs.empty() && g_runs.back().next_block == addr) {
+    Run &r = g_runs.back();
+    r.bytes.resize(addr - r.start, 0xcc);  // the previous block's unused tail: int3s
+    r.bytes.insert(r.bytes.end(), bytes.begin(), bytes.end());
+    r.next_block = addr + block_size;
+    return;
+  }
+  g_runs.push_back({addr, addr + block_size, std::vector<uint8_t>(bytes.begin(), bytes.end())});
+}
+
+Result<void> flush_code() {
+  std::lock_guard lock(g_mutex);
+  return flush_locked();
 }
 
 void free_code(uint64_t addr, size_t size) {
   size = (size + 15) & ~size_t{15};
   std::lock_guard lock(g_mutex);
+  (void)flush_locked();  // nothing pending may land in a block after it is freed
   for (auto it = g_slabs.begin(); it != g_slabs.end(); ++it) {
     if (addr < it->start || addr >= it->start + kSlabSize) continue;
     if (--it->live == 0) {

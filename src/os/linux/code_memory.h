@@ -33,4 +33,12 @@ std::vector<uint8_t> read_memory(uint64_t addr, size_t len);
 // Write `bytes` at `addr` in this process's memory, whatever the page protections.
 Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes);
 
+// Trampolines of a batch, written together: `bytes` go to `addr`, the start of a block of
+// `block_size` bytes from alloc_code_near, at the next flush_code(). Blocks that follow each other
+// in a slab go out in one write (the unused tail of each block filled with int3), so a batch of
+// 10,000 new trampolines costs a few hundred writes through /proc/self/mem instead of 10,000.
+// Nothing may run the code before flush_code() returns.
+void write_code_later(uint64_t addr, std::span<const uint8_t> bytes, size_t block_size);
+Result<void> flush_code();
+
 }  // namespace usprobe::os
