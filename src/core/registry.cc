@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include <link.h>
 
@@ -751,17 +752,32 @@ Result<void> detach(std::span<usprobe_link *const> links) {
       uint32_t slot = l->slot;
       garbage.emplace_back([slot] { counters::free_slot(slot); });
     }
-    std::vector<Site *> unpatch;
+    // A site whose mapping went away without a word to usprobe (code unmapped by hand, no
+    // usprobe_notify_mapping) is forgotten, not written: the original bytes would land on
+    // whatever is mapped there now. Where the same file is mapped again at the same place, the
+    // bytes written are the file's own.
+    std::optional<FileMappings> by_file;
+    if (std::any_of(removed.begin(), removed.end(),
+                    [](const auto &kv) { return kv.first->links.empty(); }))
+      if (auto m = refresh_mappings(garbage)) by_file = std::move(*m);
+    std::vector<Site *> unpatch, lost;
     for (auto &[p, slots] : removed) {
       auto entries = entries_of(p);
       std::erase_if(entries, [&](const ConsumerEntry &e) {
         return std::find(slots.begin(), slots.end(), e.slot) != slots.end();
       });
       publish(p, std::move(entries), garbage);
-      if (p->links.empty())
-        for (Site *s : p->sites)
-          if (s->patched) unpatch.push_back(s);
+      if (!p->links.empty()) continue;
+      const std::vector<uint64_t> mapped =
+          by_file ? wanted_addresses(p, *by_file) : std::vector<uint64_t>();
+      for (Site *s : p->sites) {
+        if (!s->patched) continue;
+        const bool there =
+            !by_file || std::find(mapped.begin(), mapped.end(), s->addr) != mapped.end();
+        (there ? unpatch : lost).push_back(s);
+      }
     }
+    forget(lost);
     if (auto ok = patcher::remove(unpatch); !ok) result = ok;
     note_patched(unpatch);
     note_unpatched(unpatch);

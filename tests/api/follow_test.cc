@@ -476,6 +476,34 @@ TEST(FollowDlopen, MappingListenerRunsOnceTheProbesFollowed) {
   EXPECT_EQ(g_sites_seen.size(), calls) << "called after it was removed";
 }
 
+// Code unmapped by hand without a notification, its address then reused by other memory: the
+// detach must not write the file's bytes back over what is there now.
+TEST(FollowMmap, DetachAfterAnUnannouncedUnmapLeavesTheNewMemoryAlone) {
+  ASSERT_FALSE(loaded(kLib)) << kLib << " is loaded already";
+  const FileFunction add_file = file_function(kLib, "follow_add");
+  ASSERT_NE(add_file.offset, 0u);
+  usprobe::test::Link add;
+  ASSERT_ATTACHED(add.attach(location(kLib, "follow_add")));
+  HandMapping map(kLib);
+  ASSERT_TRUE(map) << "mmap " << kLib << ": " << std::strerror(errno);
+  ASSERT_EQ(usprobe_notify_mapping(), 0) << usprobe_last_error();
+  ASSERT_EQ(sites(add), 1);
+  auto *site = map.at<uint8_t *>(add_file.offset);
+  auto *page = reinterpret_cast<uint8_t *>(reinterpret_cast<uintptr_t>(site) & ~uintptr_t{4095});
+
+  map.unmap();  // no usprobe_notify_mapping()
+  void *reused =
+      mmap(page, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  ASSERT_EQ(reused, page) << std::strerror(errno);
+  std::memset(page, 0x5a, 4096);
+  EXPECT_EQ(add.detach(), 0) << usprobe_last_error();
+  size_t changed = 0;
+  for (size_t i = 0; i < 4096; ++i) changed += page[i] != 0x5a;
+  EXPECT_EQ(changed, 0u) << "the detach wrote into memory that is no longer the library's";
+  munmap(page, 4096);
+  EXPECT_EQ(usprobe_notify_mapping(), 0) << usprobe_last_error();
+}
+
 TEST(FollowDlopen, CxxApi) {
   ASSERT_FALSE(loaded(kLib)) << kLib << " is loaded already";
   auto link = usprobe::attach(location(kLib, "follow_add"));
