@@ -51,6 +51,7 @@
 
 #include "support/child_process.h"
 #include "support/test_link.h"
+#include "support/watchdog.h"
 #include "usprobe/usprobe.h"
 #include "usprobe/usprobe.hpp"
 
@@ -523,34 +524,7 @@ TEST(FollowDlopen, CxxApi) {
 
 // --- DlopenDlcloseStress -----------------------------------------------------------------------
 
-// Aborts the process with a message when the test runs far past its budget (a hang in a patch
-// round, a grace period or the loader's lock), so that CI reports where it stuck.
-class Watchdog {
- public:
-  explicit Watchdog(const char *what, std::chrono::seconds limit = std::chrono::seconds(50))
-      : thread_([this, what, limit] {
-          std::unique_lock lock(mutex_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "watchdog: %s still running after %llds; aborting\n", what,
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mutex_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
+using usprobe::test::Watchdog;
 
 // A counter of completed calls, on its own cache line. Written by one thread only (a release store
 // of load + 1): a reader that sees a count also sees the hits of the calls it counts.

@@ -58,6 +58,7 @@
 #include <gtest/gtest.h>
 
 #include "support/child_process.h"
+#include "support/watchdog.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
 
@@ -92,34 +93,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kThreads = 3;
 
-// Aborts the process with a message when a test runs far past its budget (a hang in a patch round
-// or a grace period), so that CI reports where it stuck instead of timing out silently.
-class Watchdog {
- public:
-  explicit Watchdog(const char *what, std::chrono::seconds limit = std::chrono::seconds(50))
-      : thread_([this, what, limit] {
-          std::unique_lock lock(mutex_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "watchdog: %s still running after %llds; aborting\n", what,
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mutex_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
+using usprobe::test::Watchdog;
 
 // The first 16 bytes of a function, to check that detach restored them exactly.
 struct CodeCopy {

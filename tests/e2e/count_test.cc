@@ -17,31 +17,12 @@
 
 namespace {
 
+using e2e::hits_of;
 using e2e::Json;
+using e2e::only_total;
 using e2e::Output;
+using e2e::reports_of;
 using e2e::run;
-
-// The JSON reports of a run (stdout first, then stderr: wherever the CLI writes them).
-std::vector<Json> reports_of(const Output &r) {
-  std::vector<Json> all = e2e::reports(r.out);
-  for (Json &j : e2e::reports(r.err)) all.push_back(std::move(j));
-  return all;
-}
-
-// The one report of a run without -i: it must be the total.
-Json only_total(const Output &r) {
-  std::vector<Json> all = reports_of(r);
-  EXPECT_EQ(all.size(), 1u) << r.describe();
-  if (all.empty()) return Json::object();
-  EXPECT_EQ(all.back().value("type", ""), "total") << all.back().dump();
-  return all.back();
-}
-
-uint64_t hits_of(const Json &report, std::string_view probe) {
-  auto p = e2e::probe_in(report, probe);
-  EXPECT_TRUE(p.has_value()) << "no probe " << probe << " in " << report.dump();
-  return p ? p->value("hits", uint64_t{~0ull}) : ~0ull;
-}
 
 // A probe's "pids" as pid -> hits.
 std::map<long, uint64_t> pids_of(const Json &report, std::string_view probe) {

@@ -1,5 +1,7 @@
 #include "e2e_support.h"
 
+#include <gtest/gtest.h>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -256,6 +258,26 @@ std::optional<Json> probe_in(const Json &report, std::string_view name) {
   for (const Json &p : report["probes"])
     if (p.is_object() && p.value("probe", "") == name) return p;
   return std::nullopt;
+}
+
+std::vector<Json> reports_of(const Output &r) {
+  std::vector<Json> all = reports(r.out);
+  for (Json &j : reports(r.err)) all.push_back(std::move(j));
+  return all;
+}
+
+Json only_total(const Output &r) {
+  std::vector<Json> all = reports_of(r);
+  EXPECT_EQ(all.size(), 1u) << r.describe();
+  if (all.empty()) return Json::object();
+  EXPECT_EQ(all.back().value("type", ""), "total") << all.back().dump();
+  return all.back();
+}
+
+uint64_t hits_of(const Json &report, std::string_view name) {
+  auto p = probe_in(report, name);
+  EXPECT_TRUE(p.has_value()) << "no probe " << name << " in " << report.dump();
+  return p ? p->value("hits", uint64_t{~0ull}) : ~0ull;
 }
 
 std::optional<FunctionInfo> function_in(const std::string &path, const std::string &name) {

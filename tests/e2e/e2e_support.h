@@ -101,6 +101,13 @@ std::vector<Json> json_lines(std::string_view text);
 std::vector<Json> reports(std::string_view text);
 // The probe named `name` in a report's "probes" array; nullopt if absent.
 std::optional<Json> probe_in(const Json &report, std::string_view name);
+// The JSON reports of a run, stdout's then stderr's (wherever the CLI wrote them).
+std::vector<Json> reports_of(const Output &r);
+// The one report of a run without -i, which must be the total (a gtest failure otherwise; an
+// empty object when there is none).
+Json only_total(const Output &r);
+// The hits of probe `name` in a report (a gtest failure and ~0 when it is absent).
+uint64_t hits_of(const Json &report, std::string_view name);
 
 // The file offset and size of a function of an ELF file, read with usprobe's own ELF reader
 // (src/elf), independently of the CLI; nullopt if it has no such function.

@@ -14,7 +14,9 @@
 
 namespace {
 
+using e2e::hits_of;
 using e2e::Json;
+using e2e::only_total;
 using e2e::Output;
 using e2e::run;
 
@@ -28,22 +30,6 @@ const char *dlopen_lib() {
 std::string lib_dir() {
   std::string lib = e2e::realpath_of(dlopen_lib());
   return lib.substr(0, lib.rfind('/'));
-}
-
-// The one total report of a run (stdout first, then stderr: wherever the CLI writes it).
-Json only_total(const Output &r) {
-  std::vector<Json> all = e2e::reports(r.out);
-  for (Json &j : e2e::reports(r.err)) all.push_back(std::move(j));
-  EXPECT_EQ(all.size(), 1u) << r.describe();
-  if (all.empty()) return Json::object();
-  EXPECT_EQ(all.back().value("type", ""), "total") << all.back().dump();
-  return all.back();
-}
-
-uint64_t hits_of(const Json &report, std::string_view probe) {
-  auto p = e2e::probe_in(report, probe);
-  EXPECT_TRUE(p.has_value()) << "no probe " << probe << " in " << report.dump();
-  return p ? p->value("hits", uint64_t{~0ull}) : ~0ull;
 }
 
 // The target ran its rounds, and the library really left the process at each dlclose (so that
