@@ -474,7 +474,7 @@ bool loader_consistent() {
 // (libc's, under `usprobe count 'libc:*'`) are not the program's calls: neither counted nor missed.
 class InternalWork {
  public:
-  explicit InternalWork(ThreadRecord *rec = current_record()) : rec_(rec) {
+  InternalWork() : rec_(current_record()) {
     if (!rec_) return;
     saved_ = rec_->depth.load(std::memory_order_relaxed);
     rec_->depth.store(kDepthInternal, std::memory_order_relaxed);
@@ -805,8 +805,7 @@ Result<void> notify_mapping() {
   // The trampolines of sites whose mappings went away are retired by a later detach.
   free_later(std::move(garbage), false);
   if (listener.fn) {
-    ThreadRecord *rec = current_record();
-    InternalWork internal(rec);
+    InternalWork internal;
     listener.fn(listener.user);
   }
   return result;
