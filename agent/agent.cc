@@ -154,6 +154,10 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   // The stacks handler calls the unwinder, which may use any register: the trampoline saves the
   // vector state for it. The other handlers are built with -mgeneral-regs-only.
   unsigned flags = stacks ? 0u : unsigned{USPROBE_GENERAL_REGS_ONLY};
+  // USPROBE_FORCE_INT3=1 in the command's environment puts every probe on the int3 path: tests of
+  // that path on real programs, whatever jump the engine could place.
+  if (const char *force = getenv("USPROBE_FORCE_INT3"); force && std::string_view(force) == "1")
+    flags |= USPROBE_FORCE_INT3;
   int attached =
       usprobe_attach_batch_ex(locations.data(), n, consumers.data(), flags, g_links, errors.data());
   double ms = ms_since(t0);

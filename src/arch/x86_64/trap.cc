@@ -14,31 +14,53 @@
 #include <mutex>
 
 #include "core/arch.h"
+#include "os/linux/signal_guard.h"
 
 namespace usprobe::arch {
 namespace {
 
-TrapRedirect g_redirect = nullptr;
-struct sigaction g_previous;  // the application's SIGTRAP disposition when we installed ours
+std::atomic<TrapRedirect> g_redirect{nullptr};
 
-void forward(int sig, siginfo_t *info, void *ctx) {
-  const struct sigaction &p = g_previous;
-  if (p.sa_flags & SA_SIGINFO) {
-    if (p.sa_sigaction) p.sa_sigaction(sig, info, ctx);
-    return;
-  }
-  if (p.sa_handler == SIG_IGN) return;
-  if (p.sa_handler != SIG_DFL) {
-    p.sa_handler(sig);
-    return;
-  }
-  // Default action: terminate with SIGTRAP (and a core dump), as if usprobe were not here.
-  signal(SIGTRAP, SIG_DFL);
+// The kernel's own end for a SIGTRAP: terminate with a core dump, as if usprobe were not here.
+[[noreturn]] void die_of_sigtrap() {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  os::real_sigaction(SIGTRAP, &dfl, nullptr);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTRAP);
-  sigprocmask(SIG_UNBLOCK, &set, nullptr);
-  raise(SIGTRAP);
+  os::real_sigmask(SIG_UNBLOCK, &set, nullptr);
+  for (;;) raise(SIGTRAP);
+}
+
+// A trap that is not usprobe's goes where it would go without usprobe: to the disposition the
+// program set last (os/linux/signal_guard.h records it; the kernel's stays usprobe's handler).
+void forward(int sig, siginfo_t *info, void *ctx) {
+  // Sent by kill, tgkill or sigqueue (si_code <= 0), or raised by the CPU (an int3 of the
+  // program's own, a single step): the kernel forces a raised one whose signal is blocked or
+  // ignored to the default action, and keeps a sent one pending while it is blocked.
+  const bool sent = info->si_code <= 0;
+  const bool blocked = os::program_blocks(SIGTRAP);
+  if (sent && blocked) {
+    os::defer_sigtrap(info);  // sent again when the program unblocks SIGTRAP
+    return;
+  }
+  struct sigaction p;
+  os::program_sigtrap_action(&p);
+  if (p.sa_handler == SIG_IGN && sent) return;
+  if (p.sa_handler == SIG_DFL || p.sa_handler == SIG_IGN || blocked) die_of_sigtrap();
+  if (p.sa_flags & SA_RESETHAND) os::reset_program_sigtrap_action();
+  // The program's handler runs with its sa_mask blocked (usprobe's signals left out). SIGTRAP
+  // itself is not blocked meanwhile, as if SA_NODEFER: an int3 site may be hit in the handler.
+  sigset_t mask = p.sa_mask;
+  sigdelset(&mask, SIGTRAP);
+  os::strip_guarded(&mask);
+  os::real_sigmask(SIG_BLOCK, &mask, nullptr);
+  if (p.sa_flags & SA_SIGINFO)
+    p.sa_sigaction(sig, info, ctx);
+  else
+    p.sa_handler(sig);
 }
 
 void on_sigtrap(int sig, siginfo_t *info, void *ctx) {
@@ -46,10 +68,11 @@ void on_sigtrap(int sig, siginfo_t *info, void *ctx) {
   greg_t &rip = uc->uc_mcontext.gregs[REG_RIP];
   // An int3 trap reports the address after the int3 (SI_KERNEL); single-steps and kill() do not
   // come from our sites.
-  if (info->si_code == SI_KERNEL) {
+  TrapRedirect redirect = g_redirect.load(std::memory_order_acquire);
+  if (info->si_code == SI_KERNEL && redirect) {
     uint64_t site = static_cast<uint64_t>(rip) - 1;
     static_assert(sizeof rip == 8);
-    if (g_redirect(site, &rip)) return;
+    if (redirect(site, &rip)) return;
     // Not a site (any more). If the byte is no longer an int3, the probe was removed while this
     // thread was trapping: run the original instruction.
     if (*reinterpret_cast<volatile uint8_t *>(site) != trap_byte()) {
@@ -60,23 +83,38 @@ void on_sigtrap(int sig, siginfo_t *info, void *ctx) {
   forward(sig, info, ctx);
 }
 
-}  // namespace
-
-Result<void> install_trap_handler(TrapRedirect redirect) {
+// usprobe's SIGTRAP handler, installed when the library is loaded (before the program can block
+// SIGTRAP or set its own disposition, both of which the interposed calls then only record).
+Result<void> install() {
   static std::once_flag once;
   static Result<void> result;
-  std::call_once(once, [redirect] {
-    g_redirect = redirect;
+  std::call_once(once, [] {
     struct sigaction sa {};
     sa.sa_sigaction = on_sigtrap;
     // SA_NODEFER: a handler of the application's that hits an int3 site while SIGTRAP is being
     // handled must trap again, not be killed (a blocked synchronous SIGTRAP is fatal).
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGTRAP, &sa, &g_previous) != 0)
+    struct sigaction previous {};
+    if (os::real_sigaction(SIGTRAP, &sa, &previous) != 0) {
       result = fail(errno, std::string("sigaction(SIGTRAP): ") + strerror(errno));
+      return;
+    }
+    os::take_over_sigtrap(previous);
   });
   return result;
+}
+
+__attribute__((constructor)) void install_at_load() {
+  (void)install();
+}
+
+}  // namespace
+
+Result<void> install_trap_handler(TrapRedirect redirect) {
+  if (auto ok = install(); !ok) return ok;
+  g_redirect.store(redirect, std::memory_order_release);  // pairs with on_sigtrap's acquire
+  return {};
 }
 
 uint64_t interrupted_pc(const ucontext_t *uc) {
@@ -110,7 +148,7 @@ bool signal_frame_in_windows(std::span<const uint8_t> stack, uint64_t stack_addr
   // __restore_rt), then the ucontext_t the thread resumes from. Our own handlers were installed
   // through glibc, so their sa_restorer is the one every glibc-installed handler shares.
   struct sigaction ours {};
-  if (sigaction(SIGTRAP, nullptr, &ours) != 0 || !ours.sa_restorer) return false;
+  if (os::real_sigaction(SIGTRAP, nullptr, &ours) != 0 || !ours.sa_restorer) return false;
   const auto restorer = reinterpret_cast<uint64_t>(ours.sa_restorer);
   // struct rt_sigframe { pretcode; struct ucontext uc; siginfo_t info; ... }: the kernel's
   // ucontext is 304 bytes (flags, link, stack, 256-byte sigcontext, 8-byte sigmask); glibc's

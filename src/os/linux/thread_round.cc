@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "os/linux/raw_syscall.h"
+#include "os/linux/signal_guard.h"
 
 namespace usprobe::os {
 namespace {
@@ -63,30 +64,46 @@ void round_handler(int, siginfo_t *, void *ctx) {
   }
 }
 
-// Pick a real-time signal that the application leaves at its default, and install our handler.
+// The round's signal: a real-time signal that the application leaves at its default, with our
+// handler. Picked when the library is loaded, so that the interposed mask calls keep it unblocked
+// from the start (os/linux/signal_guard.h): a thread that blocks every signal still answers. If
+// the program later takes that signal for itself, the next round picks another one (which threads
+// that block everything then do block: they go unreached, and the patcher falls back).
+std::mutex g_pick_mutex;
+std::atomic<int> g_round_signal{0};
+
+void on_signal_taken(int sig) {
+  int expected = sig;
+  g_round_signal.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+}
+
 Result<int> install_handler() {
-  static std::once_flag once;
-  static Result<int> result = fail(EBUSY, "no free real-time signal for usprobe's thread round");
-  std::call_once(once, [] {
-    for (int sig = SIGRTMAX - 1; sig > SIGRTMIN + 4; --sig) {
-      struct sigaction old {};
-      if (sigaction(sig, nullptr, &old) != 0) continue;
-      if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler != SIG_DFL) continue;
-      if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction != nullptr) continue;
-      struct sigaction sa {};
-      sa.sa_sigaction = round_handler;
-      sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
-      sigfillset(&sa.sa_mask);
-      // A synchronous signal raised while blocked kills the process: the handler may run into a
-      // site's transient int3 (SIGTRAP), so those stay deliverable.
-      for (int sync : {SIGTRAP, SIGSEGV, SIGBUS, SIGILL, SIGFPE}) sigdelset(&sa.sa_mask, sync);
-      if (sigaction(sig, &sa, nullptr) == 0) {
-        result = sig;
-        return;
-      }
+  if (int sig = g_round_signal.load(std::memory_order_acquire)) return sig;
+  std::lock_guard lock(g_pick_mutex);
+  if (int sig = g_round_signal.load(std::memory_order_acquire)) return sig;
+  for (int sig = SIGRTMAX - 1; sig > SIGRTMIN + 4; --sig) {
+    struct sigaction old {};
+    if (real_sigaction(sig, nullptr, &old) != 0) continue;
+    if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler != SIG_DFL) continue;
+    if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction != nullptr) continue;
+    struct sigaction sa {};
+    sa.sa_sigaction = round_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigfillset(&sa.sa_mask);
+    // A synchronous signal raised while blocked kills the process: the handler may run into a
+    // site's transient int3 (SIGTRAP), so those stay deliverable.
+    for (int sync : {SIGTRAP, SIGSEGV, SIGBUS, SIGILL, SIGFPE}) sigdelset(&sa.sa_mask, sync);
+    if (real_sigaction(sig, &sa, nullptr) == 0) {
+      keep_unblocked(sig, on_signal_taken);
+      g_round_signal.store(sig, std::memory_order_release);  // pairs with the acquire loads
+      return sig;
     }
-  });
-  return result;
+  }
+  return fail(EBUSY, "no free real-time signal for usprobe's thread round");
+}
+
+__attribute__((constructor)) void install_at_load() {
+  (void)install_handler();
 }
 
 std::vector<pid_t> list_threads() {

@@ -1,0 +1,405 @@
+// The interposed signal calls: see signal_guard.h for what they do and what they cannot cover.
+//
+// Everything here may run in a signal handler, in any thread, while usprobe patches code: no lock,
+// no allocation; the per-thread state is initial-exec TLS; the program's SIGTRAP disposition is
+// published as immutable records. The calls forward to the next definitions (libc's, or a
+// sanitizer's interceptor), looked up once with dlsym(RTLD_NEXT).
+#include "os/linux/signal_guard.h"
+
+#include <dlfcn.h>
+#include <poll.h>
+#include <sys/select.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+
+#include "os/linux/raw_syscall.h"
+
+namespace usprobe::os {
+namespace {
+
+using SigactionFn = int (*)(int, const struct sigaction *, struct sigaction *);
+using SigmaskFn = int (*)(int, const sigset_t *, sigset_t *);
+using SigsuspendFn = int (*)(const sigset_t *);
+using SigpendingFn = int (*)(sigset_t *);
+using SigtimedwaitFn = int (*)(const sigset_t *, siginfo_t *, const struct timespec *);
+using SignalFn = sighandler_t (*)(int, sighandler_t);
+using PpollFn = int (*)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+using PselectFn = int (*)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
+                          const sigset_t *);
+
+// The next definition of `name`, looked up on first use (normally by the constructor below, before
+// the program runs; dlsym is not async-signal-safe, the loads after it are).
+template <typename Fn>
+Fn next(std::atomic<Fn> &slot, const char *name) {
+  Fn fn = slot.load(std::memory_order_acquire);  // pairs with the release below
+  if (!fn) {
+    fn = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, name));
+    slot.store(fn, std::memory_order_release);
+  }
+  return fn;
+}
+
+std::atomic<SigactionFn> g_sigaction{nullptr};
+std::atomic<SigmaskFn> g_pthread_sigmask{nullptr};
+std::atomic<SigsuspendFn> g_sigsuspend{nullptr};
+std::atomic<SigpendingFn> g_sigpending{nullptr};
+std::atomic<SigtimedwaitFn> g_sigtimedwait{nullptr};
+std::atomic<SignalFn> g_signal{nullptr};
+std::atomic<PpollFn> g_ppoll{nullptr};
+std::atomic<PselectFn> g_pselect{nullptr};
+
+__attribute__((constructor(101))) void resolve_all() {
+  next(g_sigaction, "sigaction");
+  next(g_pthread_sigmask, "pthread_sigmask");
+  next(g_sigsuspend, "sigsuspend");
+  next(g_sigpending, "sigpending");
+  next(g_sigtimedwait, "sigtimedwait");
+  next(g_signal, "signal");
+  next(g_ppoll, "ppoll");
+  next(g_pselect, "pselect");
+}
+
+constexpr uint64_t bit(int sig) {
+  return 1ull << (sig - 1);
+}
+// Guarded signals are all below 65: the first word of a sigset_t holds them.
+uint64_t &word(sigset_t &s) {
+  return s.__val[0];
+}
+uint64_t word(const sigset_t &s) {
+  return s.__val[0];
+}
+
+// The signals that the interposed calls never block. Only grows; acquire loads pair with the
+// release in keep_unblocked.
+std::atomic<uint64_t> g_guarded{0};
+// Per signal: the guarded signals the program put in its handler's sa_mask (given back in oldact).
+std::atomic<uint64_t> g_mask_asked[65];
+// Per guarded signal but SIGTRAP: whom to tell when the program takes it for itself.
+std::atomic<void (*)(int)> g_on_taken[65];
+
+// Per thread: the guarded signals this thread's program believes it blocks, and a SIGTRAP kept
+// pending for it (what was sent: code, sender, value).
+constinit thread_local uint64_t t_wanted __attribute__((tls_model("initial-exec"))) = 0;
+struct Pending {
+  bool set;
+  int code;
+  pid_t pid;
+  uid_t uid;
+  sigval value;
+};
+constinit thread_local Pending t_pending __attribute__((tls_model("initial-exec"))) = {};
+
+// The program's SIGTRAP dispositions: immutable once published, the current one named by index.
+// A reader copies a record while a writer fills another; one would have to be overwritten 15 times
+// during one copy for a reader to see a torn record.
+constexpr uint32_t kRecords = 16;
+struct sigaction g_records[kRecords];
+std::atomic<uint32_t> g_record_next{0};
+std::atomic<uint32_t> g_record_current{0};
+std::atomic<bool> g_sigtrap_taken{false};
+void (*g_restorer)() = nullptr;  // what glibc gives every handler it installs
+constexpr int kSaRestorer = 0x04000000;
+
+void publish(const struct sigaction &a) {
+  uint32_t i = (g_record_next.fetch_add(1, std::memory_order_relaxed) + 1) % kRecords;
+  g_records[i] = a;
+  g_record_current.store(i, std::memory_order_release);  // pairs with program_sigtrap_action
+}
+
+// The record of what the program asked for, as glibc's sigaction would give it back: the kernel
+// drops SIGKILL and SIGSTOP from sa_mask, glibc adds its restorer.
+void record(const struct sigaction &act) {
+  struct sigaction r = act;
+  sigdelset(&r.sa_mask, SIGKILL);
+  sigdelset(&r.sa_mask, SIGSTOP);
+  r.sa_flags |= kSaRestorer;
+  r.sa_restorer = g_restorer;
+  publish(r);
+}
+
+// Sends the kept SIGTRAP again, to this thread, as it was sent (rt_tgsigqueueinfo may give any
+// si_code within the own process). It is delivered as this system call returns.
+void deliver_pending() {
+  if (!t_pending.set) return;
+  t_pending.set = false;
+  siginfo_t info{};
+  info.si_signo = SIGTRAP;
+  info.si_code = t_pending.code;
+  info.si_pid = t_pending.pid;
+  info.si_uid = t_pending.uid;
+  info.si_value = t_pending.value;
+  raw_syscall6(SYS_rt_tgsigqueueinfo, raw_syscall6(SYS_getpid), raw_gettid(), SIGTRAP,
+               reinterpret_cast<long>(&info));
+}
+
+// pthread_sigmask with the guarded signals left out of what is blocked. Returns 0 or an errno.
+int guarded_sigmask(int how, const sigset_t *set, sigset_t *old) {
+  SigmaskFn real = next(g_pthread_sigmask, "pthread_sigmask");
+  const uint64_t guarded = g_guarded.load(std::memory_order_acquire);
+  if (!guarded) return real(how, set, old);
+  const uint64_t before = t_wanted;
+  uint64_t after = before;
+  sigset_t pass;
+  const sigset_t *p = set;
+  if (set) {
+    const uint64_t asked = word(*set) & guarded;
+    switch (how) {
+      case SIG_BLOCK:
+        after = before | asked;
+        break;
+      case SIG_UNBLOCK:
+        after = before & ~asked;
+        break;
+      case SIG_SETMASK:
+        after = asked;
+        break;
+      default:
+        return real(how, set, old);  // EINVAL
+    }
+    if (asked) {
+      pass = *set;
+      word(pass) &= ~guarded;
+      p = &pass;
+    }
+  }
+  t_wanted = before | after;  // a block holds from before the call returns
+  int rc = real(how, p, old);
+  if (rc != 0) {
+    t_wanted = before;
+    return rc;
+  }
+  if (old) word(*old) |= before;
+  t_wanted = after;
+  if (t_pending.set && !(after & bit(SIGTRAP))) deliver_pending();
+  return 0;
+}
+
+// The set to pass for a temporary mask (sigsuspend, ppoll, pselect): without guarded signals.
+const sigset_t *strip(const sigset_t *set, sigset_t &copy) {
+  const uint64_t guarded = g_guarded.load(std::memory_order_acquire);
+  if (!set || !(word(*set) & guarded)) return set;
+  copy = *set;
+  word(copy) &= ~guarded;
+  return &copy;
+}
+
+// Whether a sigwait-family call on `set` can take the kept SIGTRAP; if so fills `info`.
+bool take_pending(const sigset_t *set, siginfo_t *info) {
+  if (!t_pending.set || !set || !sigismember(set, SIGTRAP)) return false;
+  t_pending.set = false;
+  if (info) {
+    *info = siginfo_t{};
+    info->si_signo = SIGTRAP;
+    info->si_code = t_pending.code;
+    info->si_pid = t_pending.pid;
+    info->si_uid = t_pending.uid;
+    info->si_value = t_pending.value;
+  }
+  return true;
+}
+
+// sigaction, with guarded signals out of sa_mask and SIGTRAP's disposition recorded.
+int guarded_sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+  if (sig == SIGTRAP && g_sigtrap_taken.load(std::memory_order_acquire)) {
+    struct sigaction prev;
+    program_sigtrap_action(&prev);
+    if (act) record(*act);
+    if (old) *old = prev;
+    return 0;
+  }
+  SigactionFn real = next(g_sigaction, "sigaction");
+  const uint64_t guarded = g_guarded.load(std::memory_order_acquire);
+  if (sig < 1 || sig > 64 || !guarded) return real(sig, act, old);
+  struct sigaction pass;
+  const struct sigaction *p = act;
+  uint64_t asked = 0;
+  if (act) {
+    asked = word(act->sa_mask) & guarded;
+    if (asked) {
+      pass = *act;
+      word(pass.sa_mask) &= ~guarded;
+      p = &pass;
+    }
+  }
+  int rc = real(sig, p, old);
+  if (rc != 0) return rc;
+  // The program takes a guarded signal for itself (a handler, or SIG_IGN): usprobe lets it go.
+  if (act && (guarded & bit(sig)) && act->sa_handler != SIG_DFL) {
+    g_guarded.fetch_and(~bit(sig), std::memory_order_release);
+    if (auto *taken = g_on_taken[sig].load(std::memory_order_relaxed)) taken(sig);
+  }
+  uint64_t before = act ? g_mask_asked[sig].exchange(asked, std::memory_order_relaxed)
+                        : g_mask_asked[sig].load(std::memory_order_relaxed);
+  if (old) word(old->sa_mask) |= before;
+  return 0;
+}
+
+// signal() and friends through guarded_sigaction: BSD semantics (the signal itself blocked in
+// its handler, system calls restarted) or System V's (reset on delivery, not blocked).
+sighandler_t signal_via_sigaction(int sig, sighandler_t handler, bool sysv) {
+  if (handler == SIG_ERR || sig < 1 || sig >= NSIG) {
+    errno = EINVAL;
+    return SIG_ERR;
+  }
+  struct sigaction act {
+  }, old{};
+  act.sa_handler = handler;
+  sigemptyset(&act.sa_mask);
+  if (!sysv) sigaddset(&act.sa_mask, sig);
+  act.sa_flags = sysv ? SA_RESETHAND | SA_NODEFER : SA_RESTART;
+  if (guarded_sigaction(sig, &act, &old) < 0) return SIG_ERR;
+  return old.sa_handler;
+}
+
+// Whether signal() must go through guarded_sigaction: usprobe records or watches `sig`.
+bool watched(int sig) {
+  return sig >= 1 && sig <= 64 && (g_guarded.load(std::memory_order_acquire) & bit(sig));
+}
+
+}  // namespace
+
+int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+  return next(g_sigaction, "sigaction")(sig, act, old);
+}
+
+int real_sigmask(int how, const sigset_t *set, sigset_t *old) {
+  return next(g_pthread_sigmask, "pthread_sigmask")(how, set, old);
+}
+
+void strip_guarded(sigset_t *set) {
+  word(*set) &= ~g_guarded.load(std::memory_order_acquire);
+}
+
+void keep_unblocked(int sig, void (*on_taken)(int)) {
+  g_on_taken[sig].store(on_taken, std::memory_order_relaxed);
+  g_guarded.fetch_or(bit(sig), std::memory_order_release);  // pairs with the acquire loads
+}
+
+void take_over_sigtrap(const struct sigaction &previous) {
+  struct sigaction ours {};
+  real_sigaction(SIGTRAP, nullptr, &ours);
+  g_restorer = ours.sa_restorer;
+  g_records[0] = previous;
+  g_record_current.store(0, std::memory_order_release);
+  keep_unblocked(SIGTRAP);
+  g_sigtrap_taken.store(true, std::memory_order_release);  // pairs with guarded_sigaction
+}
+
+void program_sigtrap_action(struct sigaction *out) {
+  *out = g_records[g_record_current.load(std::memory_order_acquire)];  // pairs with publish
+}
+
+void reset_program_sigtrap_action() {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  record(dfl);
+}
+
+bool program_blocks(int sig) {
+  return (t_wanted & bit(sig)) != 0;
+}
+
+void defer_sigtrap(const siginfo_t *info) {
+  t_pending = {true, info->si_code, info->si_pid, info->si_uid, info->si_value};
+}
+
+}  // namespace usprobe::os
+
+// The interposed calls. Exported from libusprobe.so (and the agent), so that the program's calls,
+// and those of every library it loads, come here first.
+using namespace usprobe::os;
+
+#define USPROBE_EXPORT extern "C" __attribute__((visibility("default")))
+
+USPROBE_EXPORT int pthread_sigmask(int how, const sigset_t *set, sigset_t *old) noexcept {
+  return guarded_sigmask(how, set, old);
+}
+
+USPROBE_EXPORT int sigprocmask(int how, const sigset_t *set, sigset_t *old) noexcept {
+  int rc = guarded_sigmask(how, set, old);
+  if (rc == 0) return 0;
+  errno = rc;
+  return -1;
+}
+
+USPROBE_EXPORT int sigsuspend(const sigset_t *mask) {
+  SigsuspendFn real = next(g_sigsuspend, "sigsuspend");
+  const uint64_t guarded = g_guarded.load(std::memory_order_acquire);
+  if (!guarded) return real(mask);
+  const uint64_t before = t_wanted, during = word(*mask) & guarded;
+  // The kept SIGTRAP, unblocked for the wait, is delivered at once and ends it.
+  if (t_pending.set && !(during & bit(SIGTRAP))) {
+    deliver_pending();
+    errno = EINTR;
+    return -1;
+  }
+  sigset_t copy;
+  t_wanted = during;
+  int rc = real(strip(mask, copy));
+  int saved = errno;
+  t_wanted = before;
+  errno = saved;
+  return rc;
+}
+
+USPROBE_EXPORT int sigpending(sigset_t *set) noexcept {
+  int rc = next(g_sigpending, "sigpending")(set);
+  if (rc == 0 && t_pending.set) sigaddset(set, SIGTRAP);
+  return rc;
+}
+
+USPROBE_EXPORT int sigtimedwait(const sigset_t *set, siginfo_t *info,
+                                const struct timespec *timeout) {
+  if (take_pending(set, info)) return SIGTRAP;
+  return next(g_sigtimedwait, "sigtimedwait")(set, info, timeout);
+}
+
+USPROBE_EXPORT int sigwaitinfo(const sigset_t *set, siginfo_t *info) {
+  return sigtimedwait(set, info, nullptr);
+}
+
+USPROBE_EXPORT int sigwait(const sigset_t *set, int *sig) {
+  siginfo_t info;
+  int rc;
+  do rc = sigtimedwait(set, &info, nullptr);
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0) return errno;
+  *sig = rc;
+  return 0;
+}
+
+USPROBE_EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout,
+                         const sigset_t *mask) {
+  sigset_t copy;
+  return next(g_ppoll, "ppoll")(fds, n, timeout, strip(mask, copy));
+}
+
+USPROBE_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct timespec *timeout,
+                           const sigset_t *mask) {
+  sigset_t copy;
+  return next(g_pselect, "pselect")(n, r, w, e, timeout, strip(mask, copy));
+}
+
+USPROBE_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old) noexcept {
+  return guarded_sigaction(sig, act, old);
+}
+
+USPROBE_EXPORT sighandler_t signal(int sig, sighandler_t handler) noexcept {
+  // glibc's signal() calls its own sigaction internally: a signal usprobe watches must not go
+  // there. Others keep glibc's exact semantics (siginterrupt's flags).
+  if (watched(sig)) return signal_via_sigaction(sig, handler, false);
+  return next(g_signal, "signal")(sig, handler);
+}
+
+USPROBE_EXPORT sighandler_t bsd_signal(int sig, sighandler_t handler) noexcept {
+  return signal(sig, handler);
+}
+
+USPROBE_EXPORT sighandler_t sysv_signal(int sig, sighandler_t handler) noexcept {
+  return signal_via_sigaction(sig, handler, true);
+}

@@ -1,0 +1,71 @@
+// Keeping usprobe's signals deliverable while the program believes it blocked them, and keeping
+// usprobe's SIGTRAP handler in front of the program's.
+//
+// A thread that executes an int3 while it blocks SIGTRAP is killed by the kernel (force_sig resets
+// a blocked synchronous signal to its default action), and a thread that blocks the thread round's
+// signal cannot answer a round. Programs block every signal all the time: liblzma's workers,
+// util-linux's su/runuser while PAM unloads, servers that take their signals in one thread. So
+// libusprobe.so (and the agent) export the calls that change a thread's mask or a signal's
+// disposition, and forward them to the next definition (libc's) with usprobe's signals left out:
+//
+//  - the mask calls (sigprocmask, pthread_sigmask, sigsuspend, ppoll, pselect, epoll_pwait) never
+//    block a guarded signal; the program's wish is kept in a per-thread bit, which is what it
+//    reads back as its old mask;
+//  - sigaction leaves guarded signals out of every handler's sa_mask (and gives them back in
+//    oldact);
+//  - for SIGTRAP, sigaction/signal/bsd_signal/sysv_signal do not touch the kernel's disposition
+//    (usprobe's handler stays installed): they record the program's, which usprobe's handler
+//    applies to every trap that is not usprobe's (src/arch/x86_64/trap.cc);
+//  - a SIGTRAP sent (kill, raise, sigqueue) to a thread that "blocks" it stays pending in that
+//    thread (program_blocks, defer_signal) and is sent again when the program unblocks it; the
+//    sigwait family and sigpending see it.
+//
+// What cannot be interposed: glibc's internal calls go to its hidden aliases, not through these
+// symbols. pthread_create and posix_spawn block every signal with a raw rt_sigprocmask around
+// clone (the new thread runs glibc's start-up with everything blocked until it takes its
+// creator's mask, SIGTRAP unblocked); posix_spawn's child runs glibc's dup2/close/sigaction code
+// with everything blocked until the exec; a thread blocks everything in glibc's exit path; and
+// siglongjmp restores a saved mask without telling us (the saved mask is the real one, SIGTRAP
+// unblocked, so only the program's view can go stale). A probe on the int3 path placed on a libc
+// function that runs inside one of those windows (the functions glibc calls there, not the
+// program's) still kills that thread. A program that blocked SIGTRAP before this library was
+// loaded (a process usprobe attaches to later), or with a raw system call, is found by the
+// patcher's check (core/patcher.cc).
+#pragma once
+
+#include <signal.h>
+
+#include <cstdint>
+
+namespace usprobe::os {
+
+// libc's sigaction and pthread_sigmask (the next definitions after ours), for usprobe's own use.
+int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old);
+int real_sigmask(int how, const sigset_t *set, sigset_t *old);  // returns 0 or an errno
+
+// Removes the guarded signals from `set`. Async-signal-safe.
+void strip_guarded(sigset_t *set);
+
+// From now on `sig` is never blocked by the interposed calls (the thread round's signal), until
+// the program installs a disposition of its own for it: then `on_taken(sig)` is called and the
+// signal is the program's again.
+void keep_unblocked(int sig, void (*on_taken)(int) = nullptr);
+
+// From now on the program's sigaction calls on SIGTRAP are recorded, not applied; `previous` is
+// the disposition the kernel had when usprobe's handler took over (what the program reads back
+// first). Also keeps SIGTRAP unblocked.
+void take_over_sigtrap(const struct sigaction &previous);
+
+// The program's current SIGTRAP disposition, as it set it. Async-signal-safe.
+void program_sigtrap_action(struct sigaction *out);
+// SA_RESETHAND: the program's SIGTRAP disposition goes back to SIG_DFL. Async-signal-safe.
+void reset_program_sigtrap_action();
+
+// Whether the calling thread's program believes it blocks `sig`. Async-signal-safe.
+bool program_blocks(int sig);
+
+// Keeps an asynchronous SIGTRAP pending for the calling thread until its program unblocks it
+// (or takes it with sigwait). Async-signal-safe.
+void defer_sigtrap(const siginfo_t *info);
+
+}  // namespace usprobe::os

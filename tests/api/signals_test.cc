@@ -1,0 +1,309 @@
+// A program's signal masks and its own SIGTRAP disposition, where usprobe has int3s: int3-path
+// sites (here forced with USPROBE_FORCE_INT3) and the dynamic linker's hook on _r_debug.r_brk.
+//
+// The kernel kills a thread that executes an int3 while it blocks SIGTRAP, and a program's own
+// SIGTRAP handler installed over usprobe's would take over usprobe's traps. libusprobe.so keeps
+// SIGTRAP deliverable and its handler installed, while the program sees its mask and its
+// disposition as it set them and gets its own SIGTRAPs as without usprobe
+// (src/os/linux/signal_guard.h). Each scenario runs in a fresh process (some end by SIGTRAP).
+#include <dlfcn.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "support/child_process.h"
+#include "targets/targets.h"
+#include "usprobe/usprobe.h"
+
+namespace {
+
+constexpr const char *kChildEnv = "USPROBE_SIGNALS_CHILD";
+constexpr long kCalls = 1000;
+
+std::string run_in_child(const char *name) {
+  return usprobe::test::run_in_child(kChildEnv, name, std::chrono::seconds(30));
+}
+
+// The probe on tgt_counted, on the int3 path; nullptr (with a message) on failure.
+usprobe_link *attach_int3() {
+  usprobe_link *link = nullptr;
+  int rc =
+      usprobe_attach_ex("libusprobe_targets.so:tgt_counted", nullptr, USPROBE_FORCE_INT3, &link);
+  if (rc != 0) {
+    std::fprintf(stderr, "attach: %s\n", usprobe_last_error());
+    return nullptr;
+  }
+  if (!usprobe_link_uses_int3(link)) {
+    std::fprintf(stderr, "the probe is not on the int3 path\n");
+    return nullptr;
+  }
+  return link;
+}
+
+// Calls tgt_counted kCalls times; the number of wrong results.
+long call_counted() {
+  long wrong = 0;
+  for (long i = 0; i < kCalls; ++i) wrong += tgt_counted(i) != i + 1;
+  return wrong;
+}
+
+bool mask_has_sigtrap() {
+  sigset_t now;
+  pthread_sigmask(SIG_SETMASK, nullptr, &now);
+  return sigismember(&now, SIGTRAP);
+}
+
+// Whether the kernel really blocks SIGTRAP in this thread (SigBlk in /proc/thread-self/status).
+bool kernel_blocks_sigtrap() {
+  std::ifstream status("/proc/thread-self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.starts_with("SigBlk:"))
+      return (std::stoull(line.substr(7), nullptr, 16) >> (SIGTRAP - 1)) & 1;
+  return true;
+}
+
+// A thread created while its creator blocked every signal (sigprocmask), which blocks every signal
+// again itself (pthread_sigmask), calls a function with an int3 probe: every call is counted and
+// returns the right value, and the thread reads SIGTRAP back in its mask.
+int blocked_threads_are_counted() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  sigset_t all, old;
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, &old);
+  bool creator_sees_it = mask_has_sigtrap();
+  long wrong = -1;
+  bool thread_started_unblocked = false, thread_sees_it = false;
+  std::thread t([&] {
+    thread_started_unblocked = !kernel_blocks_sigtrap();
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    thread_sees_it = mask_has_sigtrap();
+    wrong = call_counted();
+  });
+  t.join();
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  const uint64_t hits = usprobe_link_hits(link);
+  std::printf(
+      "hits %llu of %ld calls, %ld wrong results; SIGTRAP in the masks read back: "
+      "creator %d, thread %d; the new thread started with SIGTRAP deliverable: %d\n",
+      static_cast<unsigned long long>(hits), kCalls, wrong, creator_sees_it, thread_sees_it,
+      thread_started_unblocked);
+  usprobe_detach(link);
+  return hits == kCalls && wrong == 0 && creator_sees_it && thread_sees_it && !mask_has_sigtrap() &&
+                 thread_started_unblocked
+             ? 0
+             : 1;
+}
+
+// dlopen with every signal blocked: the dynamic linker calls its debugger hook, which usprobe
+// probes with an int3 once anything is attached.
+int dlopen_with_signals_blocked() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  sigset_t all;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, nullptr);
+  void *lib = dlopen(FOLLOW_LIB, RTLD_NOW);
+  if (!lib) {
+    std::fprintf(stderr, "dlopen: %s\n", dlerror());
+    return 2;
+  }
+  dlclose(lib);
+  long wrong = call_counted();
+  std::printf("dlopen and dlclose with every signal blocked; %ld wrong results\n", wrong);
+  return wrong == 0 && usprobe_link_hits(link) == kCalls ? 0 : 1;
+}
+
+std::atomic<int> g_handled{0};
+std::atomic<int> g_handled_code{0};
+void on_trap(int sig, siginfo_t *info, void *) {
+  if (sig == SIGTRAP) g_handled.fetch_add(1);
+  g_handled_code.store(info->si_code);
+}
+
+// The program's own SIGTRAP handler, installed after usprobe's: it gets each of its raises once,
+// usprobe's int3s are not its business, and it reads back its own disposition.
+int own_handler_gets_own_traps() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  struct sigaction sa {
+  }, before{}, now{};
+  sa.sa_sigaction = on_trap;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTRAP, &sa, &before);
+  raise(SIGTRAP);
+  long wrong = call_counted();
+  raise(SIGTRAP);
+  raise(SIGTRAP);
+  wrong += call_counted();
+  sigaction(SIGTRAP, nullptr, &now);
+  const uint64_t hits = usprobe_link_hits(link);
+  std::printf(
+      "%d of 3 raises handled (si_code %d); hits %llu of %ld calls, %ld wrong; "
+      "disposition read back: %s, before: %s\n",
+      g_handled.load(), g_handled_code.load(), static_cast<unsigned long long>(hits), 2 * kCalls,
+      wrong, now.sa_sigaction == on_trap ? "the program's" : "another",
+      before.sa_handler == SIG_DFL ? "SIG_DFL" : "not SIG_DFL");
+  usprobe_detach(link);
+  return g_handled.load() == 3 && g_handled_code.load() == SI_TKILL && hits == 2 * kCalls &&
+                 wrong == 0 && now.sa_sigaction == on_trap && (now.sa_flags & SA_SIGINFO) &&
+                 before.sa_handler == SIG_DFL
+             ? 0
+             : 1;
+}
+
+// signal() and SA_RESETHAND: the handler runs once, then the disposition is SIG_DFL again.
+int reset_handler_runs_once() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  struct sigaction sa {
+  }, now{};
+  sa.sa_sigaction = on_trap;
+  sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTRAP, &sa, nullptr);
+  raise(SIGTRAP);
+  sigaction(SIGTRAP, nullptr, &now);
+  sighandler_t previous = signal(SIGTRAP, SIG_IGN);
+  raise(SIGTRAP);
+  long wrong = call_counted();
+  std::printf("%d handled; after it the disposition is %s; signal() returned %s\n",
+              g_handled.load(), now.sa_handler == SIG_DFL ? "SIG_DFL" : "not SIG_DFL",
+              previous == SIG_DFL ? "SIG_DFL" : "something else");
+  return g_handled.load() == 1 && now.sa_handler == SIG_DFL && previous == SIG_DFL && wrong == 0 &&
+                 usprobe_link_hits(link) == kCalls
+             ? 0
+             : 1;
+}
+
+// SIG_IGN: the program's raise is ignored, the probe still counts.
+int ignored_trap_is_ignored() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  signal(SIGTRAP, SIG_IGN);
+  raise(SIGTRAP);
+  long wrong = call_counted();
+  std::printf("raise(SIGTRAP) ignored; %ld wrong results\n", wrong);
+  return wrong == 0 && usprobe_link_hits(link) == kCalls ? 0 : 1;
+}
+
+// SIG_DFL set after a handler: the program's raise kills it with SIGTRAP, as without usprobe.
+int default_trap_kills() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  struct sigaction sa {};
+  sa.sa_sigaction = on_trap;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGTRAP, &sa, nullptr);
+  if (call_counted() != 0) return 1;
+  signal(SIGTRAP, SIG_DFL);
+  rlimit no_core{0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);  // the default action dumps core: not into the build tree
+  std::fflush(stdout);
+  raise(SIGTRAP);
+  return 0;  // not reached: the test expects death by SIGTRAP
+}
+
+// A SIGTRAP raised while the program blocks it stays pending (sigpending says so) while int3 sites
+// keep working, and reaches the program's handler when it unblocks SIGTRAP.
+int blocked_raise_waits_for_unblock() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  struct sigaction sa {};
+  sa.sa_sigaction = on_trap;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGTRAP, &sa, nullptr);
+  sigset_t trap;
+  sigemptyset(&trap);
+  sigaddset(&trap, SIGTRAP);
+  pthread_sigmask(SIG_BLOCK, &trap, nullptr);
+  raise(SIGTRAP);
+  const int while_blocked = g_handled.load();
+  long wrong = call_counted();
+  sigset_t pending;
+  sigpending(&pending);
+  const bool reported_pending = sigismember(&pending, SIGTRAP);
+  pthread_sigmask(SIG_UNBLOCK, &trap, nullptr);
+  const int after = g_handled.load();
+  std::printf("handled while blocked: %d, pending: %d, handled after the unblock: %d; %ld wrong\n",
+              while_blocked, reported_pending, after, wrong);
+  return while_blocked == 0 && reported_pending && after == 1 && wrong == 0 &&
+                 usprobe_link_hits(link) == kCalls && g_handled_code.load() == SI_TKILL
+             ? 0
+             : 1;
+}
+
+// A SIGTRAP kept pending for a thread that "blocks" it is taken by sigwaitinfo.
+int blocked_raise_is_taken_by_sigwait() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  sigset_t trap;
+  sigemptyset(&trap);
+  sigaddset(&trap, SIGTRAP);
+  sigprocmask(SIG_BLOCK, &trap, nullptr);
+  raise(SIGTRAP);
+  long wrong = call_counted();
+  siginfo_t info{};
+  timespec zero{};
+  int sig = sigtimedwait(&trap, &info, &zero);
+  std::printf("sigtimedwait: %d (si_code %d); %ld wrong\n", sig, info.si_code, wrong);
+  return sig == SIGTRAP && info.si_code == SI_TKILL && wrong == 0 ? 0 : 1;
+}
+
+const usprobe::test::Scenario kScenarios[] = {
+    {"blocked-threads", blocked_threads_are_counted},
+    {"dlopen-blocked", dlopen_with_signals_blocked},
+    {"own-handler", own_handler_gets_own_traps},
+    {"reset-handler", reset_handler_runs_once},
+    {"ignored", ignored_trap_is_ignored},
+    {"default-kills", default_trap_kills},
+    {"pending-until-unblock", blocked_raise_waits_for_unblock},
+    {"pending-sigwait", blocked_raise_is_taken_by_sigwait},
+};
+const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
+
+TEST(Signals, ThreadsBlockingEverySignalAreCountedOnTheInt3Path) {
+  EXPECT_EQ(run_in_child("blocked-threads"), "");
+}
+
+TEST(Signals, DlopenWithEverySignalBlockedSurvivesTheLinkerHook) {
+  EXPECT_EQ(run_in_child("dlopen-blocked"), "");
+}
+
+TEST(Signals, ProgramsOwnHandlerGetsItsOwnTrapsOnly) {
+  EXPECT_EQ(run_in_child("own-handler"), "");
+}
+
+TEST(Signals, ResetHandRunsTheProgramsHandlerOnce) {
+  EXPECT_EQ(run_in_child("reset-handler"), "");
+}
+
+TEST(Signals, IgnoredSigtrapIsIgnored) {
+  EXPECT_EQ(run_in_child("ignored"), "");
+}
+
+TEST(Signals, DefaultSigtrapKillsAsWithoutUsprobe) {
+  EXPECT_EQ(
+      run_in_child("default-kills"),
+      usprobe::test::strf("the child was killed by signal %d (%s)", SIGTRAP, strsignal(SIGTRAP)));
+}
+
+TEST(Signals, SigtrapRaisedWhileBlockedIsDeliveredAtUnblock) {
+  EXPECT_EQ(run_in_child("pending-until-unblock"), "");
+}
+
+TEST(Signals, SigtrapRaisedWhileBlockedIsTakenBySigwait) {
+  EXPECT_EQ(run_in_child("pending-sigwait"), "");
+}
+
+}  // namespace
