@@ -18,6 +18,11 @@
 //   exit K             2 calls, then exit(K)
 //   raise SIG          2 calls, then raise(SIG) with the default action
 //   marker FILE        creates FILE (the tests check that a refused command never ran)
+//   blocked-threads T N   T threads that block every signal (pthread_sigmask, as liblzma's
+//                      workers do) and make N calls each; the main thread blocks every signal
+//                      (sigprocmask) while it creates them
+//   raw-blocked N      blocks SIGTRAP with a raw rt_sigprocmask system call (which no library can
+//                      see), then N calls
 //
 // The same source is linked statically as e2e_static (a command the CLI must refuse).
 #define _GNU_SOURCE
@@ -28,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,7 +65,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: e2e_target calls N | threads T N | fork N M | exec N M | "
           "exec-other N PATH [ARG...] | greet | args | sleep S | ticks K MS | libc K | exit K | "
-          "raise SIG | marker FILE\n");
+          "raise SIG | marker FILE | blocked-threads T N | raw-blocked N\n");
   exit(64);
 }
 
@@ -92,6 +98,28 @@ static int run_threads(int nthreads, int n) {
     if (pthread_create(&threads[t], NULL, thread_main, (void *)(long)n) != 0) return 1;
   for (int t = 0; t < nthreads; ++t) pthread_join(threads[t], NULL);
   printf("threads %d x %d\n", nthreads, n);
+  return 0;
+}
+
+static void *blocked_thread_main(void *arg) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  work((int)(long)arg);
+  return NULL;
+}
+
+static int run_blocked_threads(int nthreads, int n) {
+  pthread_t threads[64];
+  if (nthreads < 1 || nthreads > 64) usage();
+  sigset_t all, old;
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, &old);
+  for (int t = 0; t < nthreads; ++t)
+    if (pthread_create(&threads[t], NULL, blocked_thread_main, (void *)(long)n) != 0) return 1;
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  for (int t = 0; t < nthreads; ++t) pthread_join(threads[t], NULL);
+  printf("blocked-threads %d x %d\n", nthreads, n);
   return 0;
 }
 
@@ -200,6 +228,14 @@ int main(int argc, char **argv) {
     signal(sig, SIG_DFL);
     raise(sig);
     return 1;
+  } else if (strcmp(mode, "blocked-threads") == 0 && argc == 4) {
+    return run_blocked_threads(number(argv[2]), number(argv[3]));
+  } else if (strcmp(mode, "raw-blocked") == 0 && argc == 3) {
+    int n = number(argv[2]);
+    unsigned long trap = 1ul << (SIGTRAP - 1);
+    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &trap, NULL, sizeof trap);
+    work(n);
+    printf("raw-blocked %d\n", n);
   } else if (strcmp(mode, "marker") == 0 && argc == 3) {
     int fd = open(argv[2], O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
     if (fd < 0) return 1;

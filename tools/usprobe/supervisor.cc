@@ -8,6 +8,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
+#include <cstdio>
+
+#include <fmt/format.h>
 
 namespace usprobe::cli {
 namespace {
@@ -28,6 +32,20 @@ std::optional<int> decode_status(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return std::nullopt;
+}
+
+// The command died of SIGTRAP. usprobe keeps SIGTRAP deliverable wherever a program blocks it
+// through libc (src/os/linux/signal_guard.h), and applies the program's own SIGTRAP disposition to
+// traps that are not usprobe's; what it cannot see is a mask set by a raw system call, or glibc's
+// own windows with every signal blocked (a thread's start and exit, posix_spawn's child), where
+// the kernel kills a thread that reaches an int3 site. Or the program raised SIGTRAP itself.
+void explain_sigtrap() {
+  fmt::print(stderr,
+             "usprobe: the command was killed by SIGTRAP: unless it raised that itself, a thread "
+             "reached an int3 probe site while it blocked SIGTRAP where usprobe cannot unblock it "
+             "(a raw system call, glibc's thread start or exit, posix_spawn); -v counts the "
+             "probes on the int3 path\n");
+  std::fflush(stderr);
 }
 
 }  // namespace
@@ -88,7 +106,10 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
     pid_t done = ::waitpid(child.pid, &status, WNOHANG);
     if (done == child.pid || (done < 0 && errno == ECHILD)) {
       info.elapsed_s = std::chrono::duration<double>(Clock::now() - child.started).count();
-      if (done == child.pid) info.status = decode_status(status);
+      if (done == child.pid) {
+        info.status = decode_status(status);
+        if (WIFSIGNALED(status) && WTERMSIG(status) == SIGTRAP) explain_sigtrap();
+      }
       break;
     }
     on_tick();
