@@ -138,9 +138,14 @@ Result<void> install(const std::vector<Site *> &sites) {
   if (auto ok = os::flush_code(); !ok) return ok;
   if (sites.empty()) return {};
   // Every patch starts with an int3, and a thread that executes an int3 while it blocks SIGTRAP
-  // is killed by the kernel (a blocked synchronous trap is fatal). Refuse rather than risk it.
-  // glibc blocks every signal for a moment in pthread_create and while a thread exits, so only a
-  // thread that keeps SIGTRAP blocked across 20 ms of looking counts.
+  // is killed by the kernel (a blocked synchronous trap is fatal). The interposed mask calls keep
+  // SIGTRAP unblocked for the program (os/linux/signal_guard.h), so a thread found blocking it
+  // here did so where usprobe could not see: before libusprobe was loaded into a running
+  // process, by a raw system call, or inside glibc (which blocks every signal for a moment in
+  // pthread_create and while a thread exits). Refuse rather than risk it; only a thread that
+  // keeps SIGTRAP blocked across 20 ms of looking counts. Threads created later start with
+  // SIGTRAP unblocked (they inherit the real mask), and their mask calls go through the
+  // interposer, so this check need not follow them.
   auto blocking = os::threads_blocking(SIGTRAP);
   for (int tries = 0; !blocking.empty() && tries < 20; ++tries) {
     timespec ms{0, 1000 * 1000};

@@ -260,6 +260,34 @@ int blocked_raise_is_taken_by_sigwait() {
   return sig == SIGTRAP && info.si_code == SI_TKILL && wrong == 0 ? 0 : 1;
 }
 
+// The System V calls, which glibc implements with its own sigaction and sigprocmask: sighold
+// "blocks" SIGTRAP (the int3 site still counts), sigset installs the program's handler without
+// taking the int3 path over.
+void on_trap_plain(int) {
+  g_handled.fetch_add(1);
+}
+// (Deprecated, which is why programs that still use them need this.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+int system_v_calls() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  sighold(SIGTRAP);
+  long wrong = call_counted();
+  const bool held = mask_has_sigtrap();
+  sigrelse(SIGTRAP);
+  sighandler_t previous = sigset(SIGTRAP, on_trap_plain);
+  raise(SIGTRAP);
+  wrong += call_counted();
+  std::printf("held: %d; sigset returned %s; %d handled; %ld wrong\n", held,
+              previous == SIG_DFL ? "SIG_DFL" : "something else", g_handled.load(), wrong);
+  return held && previous == SIG_DFL && g_handled.load() == 1 && wrong == 0 &&
+                 usprobe_link_hits(link) == 2 * kCalls
+             ? 0
+             : 1;
+}
+#pragma GCC diagnostic pop
+
 const usprobe::test::Scenario kScenarios[] = {
     {"blocked-threads", blocked_threads_are_counted},
     {"dlopen-blocked", dlopen_with_signals_blocked},
@@ -269,6 +297,7 @@ const usprobe::test::Scenario kScenarios[] = {
     {"default-kills", default_trap_kills},
     {"pending-until-unblock", blocked_raise_waits_for_unblock},
     {"pending-sigwait", blocked_raise_is_taken_by_sigwait},
+    {"system-v", system_v_calls},
 };
 const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 
@@ -304,6 +333,10 @@ TEST(Signals, SigtrapRaisedWhileBlockedIsDeliveredAtUnblock) {
 
 TEST(Signals, SigtrapRaisedWhileBlockedIsTakenBySigwait) {
   EXPECT_EQ(run_in_child("pending-sigwait"), "");
+}
+
+TEST(Signals, SystemVCallsKeepTheInt3PathWorking) {
+  EXPECT_EQ(run_in_child("system-v"), "");
 }
 
 }  // namespace

@@ -26,6 +26,7 @@ using SigsuspendFn = int (*)(const sigset_t *);
 using SigpendingFn = int (*)(sigset_t *);
 using SigtimedwaitFn = int (*)(const sigset_t *, siginfo_t *, const struct timespec *);
 using SignalFn = sighandler_t (*)(int, sighandler_t);
+using SigopFn = int (*)(int);
 using PpollFn = int (*)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
 using PselectFn = int (*)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
                           const sigset_t *);
@@ -48,6 +49,10 @@ std::atomic<SigsuspendFn> g_sigsuspend{nullptr};
 std::atomic<SigpendingFn> g_sigpending{nullptr};
 std::atomic<SigtimedwaitFn> g_sigtimedwait{nullptr};
 std::atomic<SignalFn> g_signal{nullptr};
+std::atomic<SignalFn> g_sigset{nullptr};
+std::atomic<SigopFn> g_sighold{nullptr};
+std::atomic<SigopFn> g_sigrelse{nullptr};
+std::atomic<SigopFn> g_sigignore{nullptr};
 std::atomic<PpollFn> g_ppoll{nullptr};
 std::atomic<PselectFn> g_pselect{nullptr};
 
@@ -58,6 +63,10 @@ __attribute__((constructor(101))) void resolve_all() {
   next(g_sigpending, "sigpending");
   next(g_sigtimedwait, "sigtimedwait");
   next(g_signal, "signal");
+  next(g_sigset, "sigset");
+  next(g_sighold, "sighold");
+  next(g_sigrelse, "sigrelse");
+  next(g_sigignore, "sigignore");
   next(g_ppoll, "ppoll");
   next(g_pselect, "pselect");
 }
@@ -402,4 +411,54 @@ USPROBE_EXPORT sighandler_t bsd_signal(int sig, sighandler_t handler) noexcept {
 
 USPROBE_EXPORT sighandler_t sysv_signal(int sig, sighandler_t handler) noexcept {
   return signal_via_sigaction(sig, handler, true);
+}
+
+// The System V calls (sigset, sighold, sigrelse, sigignore): glibc implements them with its own
+// sigaction and sigprocmask, so a watched signal must not reach them.
+
+// A mask change of `sig` alone; 0 or -1 with errno.
+static int mask_one(int how, int sig, sigset_t *old) {
+  sigset_t set;
+  sigemptyset(&set);
+  if (sigaddset(&set, sig) != 0) return -1;
+  int rc = guarded_sigmask(how, &set, old);
+  if (rc == 0) return 0;
+  errno = rc;
+  return -1;
+}
+
+USPROBE_EXPORT sighandler_t sigset(int sig, sighandler_t disp) noexcept {
+  if (!watched(sig)) return next(g_sigset, "sigset")(sig, disp);
+  sigset_t old;
+  struct sigaction oact {};
+  if (disp == SIG_HOLD) {
+    if (mask_one(SIG_BLOCK, sig, &old) != 0) return SIG_ERR;
+    if (sigismember(&old, sig)) return SIG_HOLD;
+    if (guarded_sigaction(sig, nullptr, &oact) != 0) return SIG_ERR;
+    return oact.sa_handler;
+  }
+  struct sigaction act {};
+  act.sa_handler = disp;
+  sigemptyset(&act.sa_mask);
+  if (guarded_sigaction(sig, &act, &oact) != 0) return SIG_ERR;
+  if (mask_one(SIG_UNBLOCK, sig, &old) != 0) return SIG_ERR;
+  return sigismember(&old, sig) ? SIG_HOLD : oact.sa_handler;
+}
+
+USPROBE_EXPORT int sighold(int sig) noexcept {
+  if (!watched(sig)) return next(g_sighold, "sighold")(sig);
+  return mask_one(SIG_BLOCK, sig, nullptr);
+}
+
+USPROBE_EXPORT int sigrelse(int sig) noexcept {
+  if (!watched(sig)) return next(g_sigrelse, "sigrelse")(sig);
+  return mask_one(SIG_UNBLOCK, sig, nullptr);
+}
+
+USPROBE_EXPORT int sigignore(int sig) noexcept {
+  if (!watched(sig)) return next(g_sigignore, "sigignore")(sig);
+  struct sigaction act {};
+  act.sa_handler = SIG_IGN;
+  sigemptyset(&act.sa_mask);
+  return guarded_sigaction(sig, &act, nullptr);
 }

@@ -8,14 +8,14 @@
 // libusprobe.so (and the agent) export the calls that change a thread's mask or a signal's
 // disposition, and forward them to the next definition (libc's) with usprobe's signals left out:
 //
-//  - the mask calls (sigprocmask, pthread_sigmask, sigsuspend, ppoll, pselect, epoll_pwait) never
-//    block a guarded signal; the program's wish is kept in a per-thread bit, which is what it
-//    reads back as its old mask;
+//  - the mask calls (sigprocmask, pthread_sigmask, sigsuspend, ppoll, pselect, and the System V
+//    sighold/sigrelse/sigset) never block a guarded signal; the program's wish is kept in a
+//    per-thread bit, which is what it reads back as its old mask;
 //  - sigaction leaves guarded signals out of every handler's sa_mask (and gives them back in
 //    oldact);
-//  - for SIGTRAP, sigaction/signal/bsd_signal/sysv_signal do not touch the kernel's disposition
-//    (usprobe's handler stays installed): they record the program's, which usprobe's handler
-//    applies to every trap that is not usprobe's (src/arch/x86_64/trap.cc);
+//  - for SIGTRAP, sigaction/signal/bsd_signal/sysv_signal/sigset/sigignore do not touch the
+//    kernel's disposition (usprobe's handler stays installed): they record the program's, which
+//    usprobe's handler applies to every trap that is not usprobe's (src/arch/x86_64/trap.cc);
 //  - a SIGTRAP sent (kill, raise, sigqueue) to a thread that "blocks" it stays pending in that
 //    thread (program_blocks, defer_signal) and is sent again when the program unblocks it; the
 //    sigwait family and sigpending see it.
@@ -26,11 +26,21 @@
 // creator's mask, SIGTRAP unblocked); posix_spawn's child runs glibc's dup2/close/sigaction code
 // with everything blocked until the exec; a thread blocks everything in glibc's exit path; and
 // siglongjmp restores a saved mask without telling us (the saved mask is the real one, SIGTRAP
-// unblocked, so only the program's view can go stale). A probe on the int3 path placed on a libc
+// unblocked, so only the program's view can go stale). Fortified programs call __ppoll_chk, and
+// epoll_pwait is not interposed: a handler that runs during such a wait with a mask holding
+// SIGTRAP and hits an int3 site is killed. A probe on the int3 path placed on a libc
 // function that runs inside one of those windows (the functions glibc calls there, not the
 // program's) still kills that thread. A program that blocked SIGTRAP before this library was
 // loaded (a process usprobe attaches to later), or with a raw system call, is found by the
 // patcher's check (core/patcher.cc).
+//
+// Where the program's view differs from what it would see without usprobe: a new thread starts
+// with the guarded signals really unblocked and its program's bit clear, so it reads back SIGTRAP
+// as unblocked even if its creator "blocked" it (the kernel would have copied the mask); the same
+// across exec. A SIGTRAP sent to the whole process is taken by whichever thread the kernel picks,
+// and kept pending there if that thread "blocks" it, where the kernel would have picked a thread
+// that does not. The program's SIGTRAP handler runs as if SA_NODEFER were set. API users who
+// dlopen libusprobe.so rather than link it get none of this: their calls go to libc first.
 #pragma once
 
 #include <signal.h>
