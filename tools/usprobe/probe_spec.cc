@@ -10,6 +10,7 @@
 
 #include "elf/location.h"
 #include "library_finder.h"
+#include "site_check.h"
 #include "symbolizer.h"
 
 namespace usprobe::cli {
@@ -256,11 +257,12 @@ std::vector<GlobMatch> match_demangled(const std::vector<elf::Function> &functio
 
 namespace {
 
-// Checks a non-glob location the way the engine will resolve it in the command.
+// Checks a non-glob location the way the engine will resolve it in the command, and its site
+// as the engine will place it there (site_check.h); the spec as written names it in errors.
 Result<void> check_location(const std::string &location, const std::string &path,
                             const ProbeSpec &spec) {
   auto resolved = elf::resolve_location(location);
-  if (resolved) return {};
+  if (resolved) return check_site(*resolved, spec.file + ":" + spec.target);
   if (spec.kind == ProbeSpec::Kind::kSymbol || spec.kind == ProbeSpec::Kind::kSymbolOffset) {
     // The engine resolves an IFUNC (strlen, memcpy) by asking the dynamic linker of the process
     // that has the library loaded, which fails here for a library usprobe itself does not load.
@@ -309,7 +311,10 @@ Result<std::vector<Probe>> resolve_demangled(const ProbeSpec &spec, const std::s
                              ? fmt::format("{}+{:#x}", m.name, offset)
                              : m.name;
     std::string location = path + ":" + target;
-    if (auto ok = elf::resolve_location(location); !ok) return std::unexpected(ok.error());
+    auto resolved = elf::resolve_location(location);
+    if (!resolved) return std::unexpected(resolved.error());
+    if (auto ok = check_site(*resolved, spec.file + ":" + spec.target); !ok)
+      return std::unexpected(ok.error());
     // The user's spelling when it names one function; each overload's own name otherwise.
     std::string shown = matches.size() == 1 ? spec.target : m.shown;
     out.push_back({prefix + spec.file + ":" + shown, prefix + location, index});

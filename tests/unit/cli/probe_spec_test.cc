@@ -197,14 +197,14 @@ TEST(ExpandGlob, HiddenVersionKeepsItsVersionAndDuplicateNamesGoByOffset) {
 
 TEST(ResolveProbes, DisplayNamesKeepTheUsersFileAndLocationsAreAbsolute) {
   LibraryFinder finder = LibraryFinder::for_listing();
-  std::vector<ProbeSpec> specs = {parsed("libc:malloc"), parsed("libc:free+0x4")};
+  std::vector<ProbeSpec> specs = {parsed("libc:malloc"), parsed("libc:free+0")};
   auto probes = resolve_probes(specs, finder);
   ASSERT_TRUE(probes.has_value()) << probes.error().message;
   ASSERT_EQ(probes->size(), 2u);
   EXPECT_EQ((*probes)[0].display, "libc:malloc");
   EXPECT_TRUE((*probes)[0].location.starts_with("/")) << (*probes)[0].location;
   EXPECT_TRUE((*probes)[0].location.ends_with("libc.so.6:malloc")) << (*probes)[0].location;
-  EXPECT_EQ((*probes)[1].display, "libc:free+0x4");
+  EXPECT_EQ((*probes)[1].display, "libc:free+0");
   EXPECT_EQ((*probes)[1].spec_index, 1u);
 }
 
