@@ -13,6 +13,7 @@
 //
 // Nothing here writes to stdout: the command's output is the user's.
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +36,7 @@
 #include "agent/region.h"
 #include "agent/slots.h"
 #include "agent/stack_handler.h"
+#include "elf/elf_file.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::agent {
@@ -125,6 +127,55 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
   return plan;
 }
 
+// Probes on a program this process does not run: after the command's child exec'd another
+// program, each exe: probe fails to attach in it. One notice for all of them, per program file,
+// instead of one per probe (`exe:*` would post thousands, crowding out every other notice).
+class OtherPrograms {
+ public:
+  // Takes probe `index` at `location` if its file is a program this process does not run.
+  bool add(size_t index, std::string_view location) {
+    if (location.starts_with("uretprobe:")) location.remove_prefix(10);
+    size_t colon = location.rfind(':');  // the target (a name or an offset) has no ':'
+    if (colon == std::string_view::npos) return false;
+    std::string file(location.substr(0, colon));
+    auto it = std::find_if(groups_.begin(), groups_.end(),
+                           [&](const Group &g) { return g.file == file; });
+    if (it == groups_.end()) {
+      if (!is_other_program(file)) return false;
+      it = groups_.insert(groups_.end(), Group{file, index, 0});
+    }
+    ++it->count;
+    return true;
+  }
+
+  void post() const {
+    if (groups_.empty()) return;
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    std::string_view own = n > 0 ? std::string_view(self, static_cast<size_t>(n)) : "?";
+    for (const Group &g : groups_)
+      post_notice(kNoticeOtherProgram, static_cast<int32_t>(g.first),
+                  fmt::format("{} {}", g.count, own));
+  }
+
+ private:
+  struct Group {
+    std::string file;
+    size_t first;
+    size_t count;
+  };
+
+  static bool is_other_program(const std::string &file) {
+    struct stat here, there;
+    if (stat("/proc/self/exe", &here) != 0 || stat(file.c_str(), &there) != 0) return false;
+    if (here.st_dev == there.st_dev && here.st_ino == there.st_ino) return false;
+    auto elf = elf::ElfFile::open(file);
+    return elf && (*elf)->is_program();
+  }
+
+  std::vector<Group> groups_;
+};
+
 // One batch for all probes; a notice for each that failed and one that sums up. A probe on a
 // library this process has not loaded (yet) attaches with no site: the engine places it when the
 // library is dlopened, so it is not a failure, and only the verbose summary counts it. (A probe
@@ -168,6 +219,7 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
 
   // The engine's messages for the failed locations, one line each, in order.
   std::string_view messages = usprobe_last_error();
+  OtherPrograms other_programs;
   int int3 = 0;
   size_t placed = 0, waiting = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -184,8 +236,10 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
     std::string_view line = messages.substr(0, eol);
     messages = eol == std::string_view::npos ? std::string_view() : messages.substr(eol + 1);
     if (line.empty()) line = usprobe_strerror(errors[i]);
-    post_notice(kNoticeProbe, static_cast<int32_t>(i), line);
+    if (!other_programs.add(i, plan[i].location))
+      post_notice(kNoticeProbe, static_cast<int32_t>(i), line);
   }
+  other_programs.post();
   // Relaxed, as agents_started.
   if (attached > 0) g_region.header->agents_attached.fetch_add(1, std::memory_order_relaxed);
   std::string count = placed == n ? fmt::format("{}", placed) : fmt::format("{} of {}", placed, n);

@@ -175,6 +175,10 @@ enum NoticeKind : uint32_t {
   kNoticeInfo = 0,   // informational, e.g. "attached 12 probes in 3.1 ms"
   kNoticeProbe = 1,  // about probe `probe`: it was not placed (text says why)
   kNoticeError = 2,  // the agent could not run at all in this process (text says why)
+  // Probes on a program this process does not run (exe: probes after the command's child exec'd
+  // another program): one notice for all of them per program file. `probe` is the first such
+  // probe; text is "<count> <path of the program this process runs>".
+  kNoticeOtherProgram = 3,
 };
 
 struct Notice {

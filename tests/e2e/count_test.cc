@@ -379,3 +379,46 @@ TEST(CliCount, PathOfTheExecutableWorksLikeExe) {
 }
 
 }  // namespace
+
+namespace {
+
+// C++ functions by their demangled names (tests/e2e/stacks_target_cc.cc): the overloads
+// stacks_demo::scale(int), 3 calls, and stacks_demo::scale(double), 2 calls.
+TEST(CliCount, ADemangledNameWithParametersProbesThatFunctionUnderTheUsersSpelling) {
+  Output r =
+      run({e2e::cli(), "count", "--json", "exe:stacks_demo::scale(int)", "--", STACKS_TARGET_CC});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 1u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:stacks_demo::scale(int)"), 3u) << total.dump();
+}
+
+TEST(CliCount, ADemangledNameWithoutParametersProbesEveryOverload) {
+  Output r =
+      run({e2e::cli(), "count", "--json", "uprobe:exe:stacks_demo::scale", "--", STACKS_TARGET_CC});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  ASSERT_EQ(total["probes"].size(), 2u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:stacks_demo::scale(int)"), 3u) << total.dump();
+  EXPECT_EQ(hits_of(total, "exe:stacks_demo::scale(double)"), 2u) << total.dump();
+}
+
+TEST(CliCount, AGlobOverCxxNamesReportsThemDemangledAndAMangledNameKeepsItsSpelling) {
+  Output r = run({e2e::cli(), "count", "exe:stacks_demo::*",
+                  "uretprobe:exe:_ZN11stacks_demo5scaleEd", "--", STACKS_TARGET_CC});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::map<std::string, uint64_t> rows;
+  for (const std::string &line : e2e::lines(r.out)) {
+    std::vector<std::string> w = e2e::words(line);
+    if (w.size() == 3 && (w[0].starts_with("exe:") || w[0].starts_with("uretprobe:")))
+      rows[w[0]] = std::stoull(w[1]);
+  }
+  EXPECT_EQ(rows, (std::map<std::string, uint64_t>{{"exe:stacks_demo::Parser::parse(int)", 4},
+                                                   {"exe:stacks_demo::scale(int)", 3},
+                                                   {"exe:stacks_demo::scale(double)", 2},
+                                                   {"exe:stacks_demo::run<int>(int)", 1},
+                                                   {"uretprobe:exe:_ZN11stacks_demo5scaleEd", 2}}))
+      << r.describe() << r.out;
+}
+
+}  // namespace

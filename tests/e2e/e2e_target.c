@@ -177,6 +177,20 @@ static int run_greet(void) {
   return 0;
 }
 
+// Sites the CLI refuses before it starts the command (errors_test.cc), in a function that is never
+// called: asm_sites+0x1 is inside the 5-byte mov, and the jrcxz at asm_sites+0x5 cannot be moved
+// into a trampoline (it reaches only 128 bytes).
+__asm__(
+    ".text\n"
+    ".globl asm_sites\n"
+    ".type asm_sites, @function\n"
+    "asm_sites:\n"
+    "  movl $1, %eax\n"
+    "  jrcxz 1f\n"
+    "1:\n"
+    "  ret\n"
+    ".size asm_sites, .-asm_sites\n");
+
 int main(int argc, char **argv) {
   if (argc < 2) usage();
   const char *mode = argv[1];

@@ -1,6 +1,7 @@
 // Requests the CLI must refuse before it starts the command: exit status 2, one line on stderr that
 // starts "usprobe: " and names what is wrong, and no sign of the command (it would have created a
 // marker file and printed "marker created").
+#include <cstdio>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -78,6 +79,24 @@ INSTANTIATE_TEST_SUITE_P(
                   Command::kTarget,
                   "/nonexistent/usprobe-e2e/libx.so"},
         ErrorCase{"UnknownLibcSymbol", {"count", "libc:mallok"}, Command::kTarget, "mallok"},
+        // What the engine would refuse in the command is found before it starts (e2e_target.c's
+        // asm_sites): not a "not placed" notice from a command that runs anyway.
+        ErrorCase{"OffsetInsideAnInstruction",
+                  {"count", "exe:asm_sites+0x1"},
+                  Command::kTarget,
+                  "exe:asm_sites+0x1: offset 0x1 is inside an instruction"},
+        ErrorCase{"DecimalOffsetInsideAnInstruction",
+                  {"count", "uprobe:exe:asm_sites+1"},
+                  Command::kTarget,
+                  "inside an instruction"},
+        ErrorCase{"InstructionThatCannotBeMoved",
+                  {"count", "exe:asm_sites+0x5"},
+                  Command::kTarget,
+                  "exe:asm_sites+0x5: cannot be probed: "},
+        ErrorCase{"ProcSelfExeIsUsprobeNotTheCommand",
+                  {"count", "/proc/self/exe:main"},
+                  Command::kTarget,
+                  "/proc/self/exe is usprobe's own program"},
         ErrorCase{"UnknownExeSymbol", {"count", "exe:e2e_nosuch"}, Command::kTarget, "e2e_nosuch"},
         ErrorCase{"OneBadProbeAmongGoodOnes",
                   {"count", "libc:malloc", "libc:mallok", "exe:e2e_work"},
@@ -121,5 +140,22 @@ INSTANTIATE_TEST_SUITE_P(
                   Command::kNotOnPath,
                   "usprobe-e2e-no-such-command"}),
     NameOf);
+
+// A raw file offset inside an instruction is refused as the symbol's is: the CLI decodes the
+// function around it (e2e_target.c's asm_sites, read with usprobe's ELF reader).
+TEST(CliErrorsRaw, FileOffsetInsideAnInstructionIsRefusedAndTheCommandNeverStarts) {
+  auto fn = e2e::function_in(e2e::target(), "asm_sites");
+  ASSERT_TRUE(fn.has_value());
+  e2e::TempDir dir;
+  const std::string marker = dir.file("marker");
+  char spec[64];
+  std::snprintf(spec, sizeof spec, "exe:%#llx", static_cast<unsigned long long>(fn->offset + 1));
+  Output r = e2e::run({e2e::cli(), "count", spec, "--", e2e::target(), "marker", marker});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  std::vector<std::string> err = e2e::lines(r.err);
+  ASSERT_EQ(err.size(), 1u) << r.describe();
+  EXPECT_EQ(err[0], std::string("usprobe: ") + spec + ": offset 0x1 is inside an instruction");
+  EXPECT_FALSE(e2e::file_exists(marker)) << "the command ran\n" << r.describe();
+}
 
 }  // namespace

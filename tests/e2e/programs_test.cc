@@ -1,6 +1,7 @@
 // Programs nobody wrote for usprobe: Debian's sqlite3 shell and python3, run under `usprobe count`
 // with probes on their libraries. Their output must be exactly that of a plain run, and the probes
 // must see calls. (kernel_oracle_test.cc checks sqlite3's counts against the kernel's uprobes.)
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -106,6 +107,35 @@ print(child.returncode, repr(child.stdout), repr(child.stderr))
   bool child_counted = false;
   for (const auto &[pid, hits] : (*p)["pids"].items()) child_counted |= hits.get<uint64_t>() == 7u;
   EXPECT_TRUE(child_counted) << p->dump();
+}
+
+// exe: probes are on python3's own file: a child that execs another program (os.system runs
+// dash, which runs true twice) cannot have them placed. One line per such process says so, not
+// one per probe (`exe:*` is some 1,500 of them), and python's own counts are what they are.
+TEST(CliPrograms, AChildThatExecsAnotherProgramGetsOneLineForAllItsExeProbes) {
+  if (!e2e::file_exists(kPython)) GTEST_SKIP() << kPython << " is not installed (apt python3)";
+  Output r = e2e::run({e2e::cli(), "count", "--json", "exe:*", "--", kPython, "-c",
+                       "import os; print(os.getpid()); os.system('/usr/bin/true; /usr/bin/true')"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const long python_pid = std::atol(r.out.c_str());
+  ASSERT_GT(python_pid, 0) << r.out;
+  int not_placed = 0;
+  for (const std::string &line : e2e::lines(r.err)) {
+    EXPECT_EQ(line.find("dropped"), std::string::npos) << line;
+    if (line.find("not placed") == std::string::npos) continue;
+    ++not_placed;
+    EXPECT_NE(line.find("other probes on "), std::string::npos) << line;
+    EXPECT_NE(line.find(": the process runs /usr/bin/"), std::string::npos) << line;
+  }
+  EXPECT_GE(not_placed, 1) << r.describe();
+  EXPECT_LE(not_placed, 3) << "one line for dash and one for each true at most\n" << r.describe();
+  Json total = e2e::only_total(r);
+  for (const char *name : {"exe:Py_BytesMain", "exe:Py_RunMain"}) {
+    auto p = e2e::probe_in(total, name);
+    ASSERT_TRUE(p) << name << " missing: " << total.dump();
+    EXPECT_EQ(p->value("hits", 0u), 1u) << p->dump();
+    EXPECT_EQ((*p)["pids"].value(std::to_string(python_pid), 0u), 1u) << p->dump();
+  }
 }
 
 }  // namespace

@@ -273,8 +273,24 @@ std::optional<std::string> LibraryFinder::from_search_dirs(std::string_view name
   return std::nullopt;
 }
 
+namespace {
+
+// "/proc/self/exe", "/proc/thread-self/exe", "/proc/<usprobe's pid>/exe": read by usprobe, these
+// name usprobe itself, never the command that a user who writes them means.
+bool names_own_exe(std::string_view file) {
+  if (!file.starts_with("/proc/") || !file.ends_with("/exe")) return false;
+  std::string_view who = file.substr(6, file.size() - 6 - 4);
+  return who == "self" || who == "thread-self" || who == std::to_string(::getpid());
+}
+
+}  // namespace
+
 Result<std::string> LibraryFinder::find(std::string_view file) {
   if (file.empty()) return fail(EINVAL, "empty file name");
+  if (!exe_.empty() && names_own_exe(file))
+    return fail(EINVAL, std::string(file) +
+                            " is usprobe's own program, not the command's: write 'exe' for the "
+                            "program the command runs");
   std::optional<std::string> path;
   if (file.find('/') != std::string_view::npos) {
     auto found = elf::resolve_file(file);  // "path: no such file"

@@ -46,12 +46,26 @@ struct GlobMatch {
   std::string name;  // "memcpy", or "memcpy@GLIBC_2.2.5" for a hidden (old) version
   uint64_t offset = 0;
   bool by_offset = false;
+  std::string shown;  // for reports: demangled ("ns::parse(int)"), else `name`
 };
 
-// The functions whose names match `pattern`, one per file offset (aliases: the name not starting
-// with '_' if there is one, else the shortest), sorted by offset.
+// The functions whose names, mangled or demangled, match `pattern`, one per file offset (aliases:
+// the name not starting with '_' if there is one, else the shortest), sorted by offset.
 std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
                                    std::string_view pattern);
+
+// The functions whose demangled C++ name is `name` (a template function's return type may be
+// left out, see below): the whole name ("ns::parse(int)", one
+// function), or, when `name` has no parameter list, the name without it ("ns::parse": every
+// overload, as bpftrace probes them). One per file offset, sorted by offset; C names never match.
+std::vector<GlobMatch> match_demangled(const std::vector<elf::Function> &functions,
+                                       std::string_view name);
+
+// A demangled name without a template function's return type ("void ns::run<int>(int)" ->
+// "ns::run<int>(int)"), and also without its parameter list and qualifiers ("ns::run<int>",
+// "ns::A::size() const" -> "ns::A::size").
+std::string_view without_return_type(std::string_view demangled);
+std::string_view without_parameters(std::string_view demangled);
 
 // A resolved probe: one line of the plan.
 struct Probe {

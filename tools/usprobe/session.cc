@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 
 #include "launch.h"
@@ -61,6 +62,9 @@ void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
         fmt::print(stderr, "usprobe: pid {}: {} not placed: {}\n", n.pid, name, n.text);
         break;
       }
+      case agent::kNoticeOtherProgram:
+        print_other_program(n);
+        break;
       case agent::kNoticeInfo:
         if (verbose_) fmt::print(stderr, "usprobe: pid {}: {}\n", n.pid, n.text);
         break;
@@ -71,7 +75,46 @@ void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
   std::fflush(stderr);
 }
 
+// "usprobe: pid 1234: exe:main and 255 other probes on /usr/bin/python3.11 not placed: the process
+// runs /usr/bin/true", or for one probe "usprobe: pid 1234: exe:main not placed: the process runs
+// /usr/bin/true, not /usr/bin/python3.11".
+void NoticePrinter::print_other_program(const NoticeMessage &n) {
+  if (other_program_lines_ >= kOtherProgramLines && !verbose_) {
+    ++other_program_hidden_;
+    return;
+  }
+  ++other_program_lines_;
+  std::string_view text = n.text;
+  size_t blank = text.find(' ');
+  std::string_view count = text.substr(0, blank);
+  std::string_view runs = blank == std::string_view::npos ? "?" : text.substr(blank + 1);
+  bool known = n.probe >= 0 && static_cast<size_t>(n.probe) < probes_.size();
+  std::string first =
+      known ? probes_[static_cast<size_t>(n.probe)].display : fmt::format("probe {}", n.probe);
+  std::string file = "another program";
+  if (known) {
+    std::string_view loc = probes_[static_cast<size_t>(n.probe)].location;
+    if (loc.starts_with("uretprobe:")) loc.remove_prefix(10);
+    file = std::string(loc.substr(0, loc.rfind(':')));
+  }
+  uint64_t others = 0;
+  std::from_chars(count.data(), count.data() + count.size(), others);
+  others = others > 0 ? others - 1 : 0;
+  if (others == 0)
+    fmt::print(stderr, "usprobe: pid {}: {} not placed: the process runs {}, not {}\n", n.pid,
+               first, runs, file);
+  else
+    fmt::print(stderr,
+               "usprobe: pid {}: {} and {} other probes on {} not placed: the process runs {}\n",
+               n.pid, first, others, file, runs);
+}
+
 void NoticePrinter::finish(const Region &region) {
+  if (other_program_hidden_ > 0)
+    fmt::print(stderr,
+               "usprobe: {} more processes ran another program than their probes' (their probes "
+               "were not placed; -v lists them)\n",
+               other_program_hidden_);
   if (uint32_t dropped = region.notices_dropped())
     fmt::print(stderr, "usprobe: {} more notices from the agent were dropped\n", dropped);
   // Most often a set-user-ID program (the dynamic linker ignores LD_PRELOAD there) or one that

@@ -39,10 +39,13 @@ Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
                                std::vector<ProbeSpec> *specs = nullptr);
 
 // Prints the agents' notices on stderr: "usprobe: pid N: <text>". A probe that could not be
-// placed is reported once, by the first process that says so; informational notices only when
+// placed is reported once, by the first process that says so; probes on a program that a process
+// does not run (exe: probes in a child that exec'd another program) in one line per process, for
+// the first kOtherProgramLines processes (all with verbose); informational notices only when
 // verbose.
 class NoticePrinter {
  public:
+  static constexpr unsigned kOtherProgramLines = 8;
   NoticePrinter(const std::vector<Probe> &probes, bool verbose)
       : probes_(probes), verbose_(verbose) {}
   void print(const std::vector<NoticeMessage> &notices);
@@ -50,9 +53,15 @@ class NoticePrinter {
   void finish(const Region &region);
 
  private:
+  void print_other_program(const NoticeMessage &n);
+
   const std::vector<Probe> &probes_;
   bool verbose_;
   std::set<int32_t> reported_probes_;
+  // Processes whose probes were on a program they did not run: the first few are named, the
+  // rest counted (a build or a shell script execs hundreds).
+  unsigned other_program_lines_ = 0;
+  unsigned other_program_hidden_ = 0;
 };
 
 // Where reports go: stdout, or the file of -o (created before the command starts).

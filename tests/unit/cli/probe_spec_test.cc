@@ -63,6 +63,80 @@ TEST(ParseProbe, SplitsAtTheLastColon) {
   EXPECT_EQ(s.symbol, "fn");
 }
 
+TEST(ParseProbe, DemangledCxxNamesStayWholeAfterTheFile) {
+  ProbeSpec s = parsed("exe:ns::func");
+  EXPECT_EQ(s.file, "exe");
+  EXPECT_EQ(s.kind, Kind::kSymbol);
+  EXPECT_EQ(s.symbol, "ns::func");
+  ProbeSpec params = parsed("/odd:dir/app:ns::A::func(int, char const*) const");
+  EXPECT_EQ(params.file, "/odd:dir/app");
+  EXPECT_EQ(params.kind, Kind::kSymbol);  // the '*' is a pointer, not a wildcard
+  EXPECT_EQ(params.symbol, "ns::A::func(int, char const*) const");
+  ProbeSpec tag = parsed("libstdc++:std::locale::name[abi:cxx11]() const");
+  EXPECT_EQ(tag.file, "libstdc++");
+  EXPECT_EQ(tag.kind, Kind::kSymbol);
+  ProbeSpec lambda = parsed("exe:main::{lambda(int)#1}::operator()(int) const");
+  EXPECT_EQ(lambda.file, "exe");
+  EXPECT_EQ(lambda.symbol, "main::{lambda(int)#1}::operator()(int) const");
+  ProbeSpec off = parsed("uretprobe:exe:ns::func");
+  EXPECT_TRUE(off.returns);
+  EXPECT_EQ(off.symbol, "ns::func");
+  ProbeSpec plus = parsed("uprobe:exe:ns::func(int)+0x10");
+  EXPECT_EQ(plus.file, "exe");
+  EXPECT_EQ(plus.kind, Kind::kSymbolOffset);
+  EXPECT_EQ(plus.symbol, "ns::func(int)");
+  EXPECT_EQ(plus.offset, 0x10u);
+  ProbeSpec op = parsed("exe:ns::operator+(ns::V, ns::V)");
+  EXPECT_EQ(op.kind, Kind::kSymbol);
+  EXPECT_EQ(parsed("exe:ns::operator*").kind, Kind::kSymbol);
+  EXPECT_EQ(parsed("exe:ns::operator[](unsigned long)").kind, Kind::kSymbol);
+  ProbeSpec glob = parsed("exe:ns::*");
+  EXPECT_EQ(glob.kind, Kind::kGlob);
+  EXPECT_EQ(glob.symbol, "ns::*");
+  EXPECT_FALSE(parse_probe("libc:ma lloc"));  // a blank outside a C++ name is a typo
+}
+
+TEST(DemangledNames, ReturnTypeAndParametersComeOff) {
+  EXPECT_EQ(without_return_type("void ns::run<int>(int)"), "ns::run<int>(int)");
+  EXPECT_EQ(without_parameters("void ns::run<int>(int)"), "ns::run<int>");
+  EXPECT_EQ(without_parameters("ns::A::size() const"), "ns::A::size");
+  EXPECT_EQ(without_parameters("ns::A::operator unsigned long() const"),
+            "ns::A::operator unsigned long");
+  EXPECT_EQ(without_parameters("std::map<int, int>::find(int const&)"), "std::map<int, int>::find");
+  EXPECT_EQ(without_parameters("(anonymous namespace)::f(int)"), "(anonymous namespace)::f");
+  EXPECT_EQ(without_parameters("plain"), "plain");
+}
+
+elf::Function named(std::string name, uint64_t offset) {
+  elf::Function f;
+  f.name = std::move(name);
+  f.file_offset = offset;
+  f.size = 16;
+  return f;
+}
+
+TEST(DemangledNames, OverloadsWithoutParametersAllMatchAndWithThemOne) {
+  std::vector<elf::Function> fns = {named("_ZN2ns5scaleEi", 0x10), named("_ZN2ns5scaleEd", 0x20),
+                                    named("_ZN2ns5scaleEi.cold", 0x90),
+                                    named("_ZN11stacks_demo3runIiEEvT_", 0x30),
+                                    named("scale", 0x40)};
+  auto both = match_demangled(fns, "ns::scale");
+  ASSERT_EQ(both.size(), 2u);
+  EXPECT_EQ(both[0].name, "_ZN2ns5scaleEi");
+  EXPECT_EQ(both[0].shown, "ns::scale(int)");
+  EXPECT_EQ(both[1].shown, "ns::scale(double)");
+  auto one = match_demangled(fns, "ns::scale(double)");
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].offset, 0x20u);
+  ASSERT_EQ(match_demangled(fns, "stacks_demo::run<int>").size(), 1u);
+  ASSERT_EQ(match_demangled(fns, "void stacks_demo::run<int>(int)").size(), 1u);
+  EXPECT_EQ(match_demangled(fns, "stacks_demo::run<int>")[0].shown, "stacks_demo::run<int>(int)");
+  EXPECT_TRUE(match_demangled(fns, "scale").empty());  // a C name is not a demangled one
+  auto glob = expand_glob(fns, "ns::*");
+  ASSERT_EQ(glob.size(), 3u);  // both overloads and the cold part
+  EXPECT_EQ(glob[0].shown, "ns::scale(int)");
+}
+
 TEST(ParseProbe, VersionedSymbolIsAPlainSymbol) {
   ProbeSpec s = parsed("libc:memcpy@GLIBC_2.2.5");
   EXPECT_EQ(s.kind, Kind::kSymbol);
@@ -123,14 +197,14 @@ TEST(ExpandGlob, HiddenVersionKeepsItsVersionAndDuplicateNamesGoByOffset) {
 
 TEST(ResolveProbes, DisplayNamesKeepTheUsersFileAndLocationsAreAbsolute) {
   LibraryFinder finder = LibraryFinder::for_listing();
-  std::vector<ProbeSpec> specs = {parsed("libc:malloc"), parsed("libc:free+0x4")};
+  std::vector<ProbeSpec> specs = {parsed("libc:malloc"), parsed("libc:free+0")};
   auto probes = resolve_probes(specs, finder);
   ASSERT_TRUE(probes.has_value()) << probes.error().message;
   ASSERT_EQ(probes->size(), 2u);
   EXPECT_EQ((*probes)[0].display, "libc:malloc");
   EXPECT_TRUE((*probes)[0].location.starts_with("/")) << (*probes)[0].location;
   EXPECT_TRUE((*probes)[0].location.ends_with("libc.so.6:malloc")) << (*probes)[0].location;
-  EXPECT_EQ((*probes)[1].display, "libc:free+0x4");
+  EXPECT_EQ((*probes)[1].display, "libc:free+0");
   EXPECT_EQ((*probes)[1].spec_index, 1u);
 }
 
