@@ -1,16 +1,57 @@
 #include "agent/slots.h"
 
+#include <sys/syscall.h>
+
 #include "os/linux/raw_syscall.h"
 
 namespace usprobe::agent {
 
 constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local int32_t t_vfork_parent __attribute__((tls_model("initial-exec"))) = 0;
+
+namespace {
+
+// The vfork child's slot and tid (slots.h). In the TLS it shares with its parent, which never
+// reads them: a second child of the same thread has another tid and takes a slot of its own.
+constinit thread_local SlotHeader *t_vfork_slot __attribute__((tls_model("initial-exec"))) =
+    nullptr;
+constinit thread_local int32_t t_vfork_tid __attribute__((tls_model("initial-exec"))) = 0;
+
+SlotHeader *claim_slot_as(int32_t pid, int32_t tid);
+
+}  // namespace
 
 // Runs once per thread, inside whatever probed function the thread hit first: no lock, no
 // allocation, no libc call. It makes one system call, a raw gettid (glibc has no call-free way to
 // learn the tid), which the hit path allows on a thread's first hit only, as the engine's dispatch
 // does when it registers a thread.
 SlotHeader *claim_slot() {
+  return claim_slot_as(g_region.pid, os::raw_gettid());
+}
+
+// The hit path while a vfork is under way (slots.h): one or two raw system calls a hit, in the
+// child (until it execs) and on the parent's first hit after it.
+SlotHeader *vfork_slot() {
+  int32_t tid = os::raw_gettid();
+  if (tid == t_vfork_parent) {
+    // The parent: its child has exec'd or exited (vfork suspends the parent until then).
+    t_vfork_parent = 0;
+    t_vfork_slot = nullptr;
+    t_vfork_tid = 0;
+    SlotHeader *s = t_slot;
+    if (!s) t_slot = s = claim_slot();
+    return s;
+  }
+  if (tid != t_vfork_tid || !t_vfork_slot) {
+    t_vfork_tid = tid;
+    t_vfork_slot = claim_slot_as(static_cast<int32_t>(os::raw_syscall6(SYS_getpid)), tid);
+  }
+  return t_vfork_slot;
+}
+
+namespace {
+
+SlotHeader *claim_slot_as(int32_t pid, int32_t tid) {
   Header *h = g_region.header;
   for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {
     SlotHeader *s = slot_at(h, i);
@@ -24,12 +65,14 @@ SlotHeader *claim_slot() {
     // After the CAS, as protocol.h orders it: the CLI may briefly see an owned slot whose pid and
     // tid are still 0 (it zeroes them when it frees a slot) and leaves such a slot alone.
     // Relaxed: nothing else is published with them.
-    s->pid.store(g_region.pid, std::memory_order_relaxed);
-    s->tid.store(os::raw_gettid(), std::memory_order_relaxed);
+    s->pid.store(pid, std::memory_order_relaxed);
+    s->tid.store(tid, std::memory_order_relaxed);
     return s;
   }
   return g_region.overflow;
 }
+
+}  // namespace
 
 void mark_exec_orphans(int32_t pid, int32_t tid) {
   Header *h = g_region.header;

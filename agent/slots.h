@@ -20,7 +20,18 @@ extern constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initi
 // raw gettid system call (see slots.cc).
 SlotHeader *claim_slot();
 
+// vfork and its kind. The child of vfork (and of posix_spawn, system and popen, which clone with
+// CLONE_VM | CLONE_VFORK) runs in its parent's memory, on the parent thread's TLS, until it execs
+// or exits: t_slot there is the parent's, and so would be the pid and tid of its hits. The agent
+// interposes those calls (vfork.cc), and each sets t_vfork_parent to the calling thread's tid
+// first. While it is set, a hit asks the kernel who it is (vfork_slot, in slots.cc): the child
+// gets a slot of its own (pid and tid its own), kept in t_vfork_slot; the parent, back after its
+// child exec'd or exited, clears it. Other hits pay one TLS load and a branch.
+extern constinit thread_local int32_t t_vfork_parent __attribute__((tls_model("initial-exec")));
+SlotHeader *vfork_slot();
+
 inline SlotHeader *thread_slot() {
+  if (__builtin_expect(t_vfork_parent != 0, 0)) return vfork_slot();
   SlotHeader *s = t_slot;
   if (__builtin_expect(s == nullptr, 0)) t_slot = s = claim_slot();
   return s;

@@ -117,20 +117,31 @@ inline bool stack_table_count(const StackTable &t, uint32_t probe, uint32_t imag
 
 // Calls fn(entry_number, entry, count, ips) for each published entry of a live or dead table, with
 // its count now (a relaxed load: a live owner may still be adding to it). Entries whose fields do
-// not make sense (a corrupted table) are skipped. Never writes.
-template <typename Fn>
-void stack_table_read(const StackTable &t, uint32_t probe_count, Fn &&fn) {
+// not make sense (a corrupted table) are skipped, and bad(entry_number) is called for each, and
+// bad(capacity) for a `used` larger than the table. Never writes.
+template <typename Fn, typename Bad>
+void stack_table_read(const StackTable &t, uint32_t probe_count, Fn &&fn, Bad &&bad) {
   if (t.capacity == 0) return;
   // Acquire pairs with the owner's used.store(release) in stack_table_count.
   uint32_t used = t.header->used.load(std::memory_order_acquire);
-  if (used > t.capacity) used = t.capacity;
+  if (used > t.capacity) {
+    bad(t.capacity);
+    used = t.capacity;
+  }
   for (uint32_t n = 0; n < used; ++n) {
     const StackEntry &e = t.entries[n];
     if (e.probe >= probe_count || e.frames == 0 || e.frames > kMaxStackFrames ||
-        e.arena_offset > t.arena_words || e.frames > t.arena_words - e.arena_offset)
+        e.arena_offset > t.arena_words || e.frames > t.arena_words - e.arena_offset) {
+      bad(n);
       continue;
+    }
     fn(n, e, e.count.load(std::memory_order_relaxed), t.arena + e.arena_offset);
   }
+}
+
+template <typename Fn>
+void stack_table_read(const StackTable &t, uint32_t probe_count, Fn &&fn) {
+  stack_table_read(t, probe_count, fn, [](uint32_t) {});
 }
 
 // Empties the table of a slot whose owner is gone, touching only what it used (the rest of the

@@ -4,9 +4,15 @@
 // CLI11 sees the rest, so the command's own options are never mistaken for usprobe's.
 #include <fmt/format.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <string_view>
+#include <system_error>
 
 #include "commands.h"
 
@@ -49,9 +55,39 @@ CLI::Validator seconds() {
       "SECONDS");
 }
 
+// A standard descriptor (0, 1, 2) that usprobe was started without is taken by /dev/null,
+// close-on-exec: nothing usprobe opens later (the shared region above all) can land on it, so the
+// command, which loses these at its exec, starts with exactly the descriptors it would have had
+// without usprobe, and usprobe's own writes to a closed stdout or stderr go nowhere.
+void hold_standard_descriptors() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1) continue;
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0) return;
+    if (null != fd) {  // a lower one was closed and taken in the meantime: cannot happen
+      ::close(null);
+      return;
+    }
+  }
+}
+
 }  // namespace
 
+int run_subcommand(int argc, char **argv);
+
 int run_cli(int argc, char **argv) {
+  hold_standard_descriptors();
+  try {
+    return run_subcommand(argc, argv);
+  } catch (const std::system_error &e) {
+    // fmt::print throws when a write fails. EPIPE: the reader of the output went away while the
+    // last report was written (supervisor.h): exit quietly, as a program killed by SIGPIPE would.
+    if (e.code().value() != EPIPE) throw;
+    return 128 + SIGPIPE;
+  }
+}
+
+int run_subcommand(int argc, char **argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::vector<std::string> command;
   bool has_separator = false;

@@ -59,8 +59,9 @@ int run_count(const CountOptions &options) {
   NoticePrinter notices(probes, options.verbose);
   Reporter reporter{options, probes, output->file()};
   return report_while_running(
-      supervisor, *child, *region, notices, {kTick, options.duration_s, options.interval_s},
-      Counts{}, [&] { return region->counts(); },
+      supervisor, *child, *region, notices,
+      {kTick, options.duration_s, options.interval_s, output->file()}, Counts{},
+      [&] { return region->counts(); },
       [&](const Counts &c, double elapsed, bool total, std::optional<int> status) {
         reporter.print(c, elapsed, total, status);
       });

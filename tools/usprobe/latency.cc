@@ -167,7 +167,8 @@ int run_latency(const LatencyOptions &options) {
   NoticePrinter notices(probes, options.verbose);
   Reporter reporter{options, probes, *unit, output->file()};
   return report_while_running(
-      supervisor, *child, *region, notices, {kTick, options.duration_s, options.interval_s},
+      supervisor, *child, *region, notices,
+      {kTick, options.duration_s, options.interval_s, output->file()},
       Snapshot{std::vector<Histogram>(probes.size()), std::vector<uint64_t>(probes.size())},
       [&] { return take(*region, probes.size()); },
       [&](const Snapshot &s, double elapsed, bool total, std::optional<int> status) {

@@ -30,7 +30,19 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
 
 // Forks and executes the command in usprobe's process group (it keeps the terminal), with
 // `child_mask` as its signal mask. Errors: the exec failed (with the reason).
+//
+// First it starts the watchdog: a process of its own (its own session, no terminal, nothing open
+// but a pipe whose other end only usprobe holds) that waits for usprobe to end. When usprobe
+// returns from main or calls exit, it dismisses the watchdog (atexit). When usprobe dies any other
+// way (SIGKILL, a crash), the pipe reads as closed without the dismissal, and the watchdog kills
+// (SIGKILL) every process that still has the shared region mapped, over and over until none is
+// left (a forking command), so that no process of the command is left running probed with
+// nobody reading what its probes write.
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
                      const sigset_t &child_mask);
+
+// The processes other than `self` that map the memfd of device `dev` and inode `ino` (from
+// /proc/PID/maps): the processes of the command, for the watchdog.
+std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self);
 
 }  // namespace usprobe::cli

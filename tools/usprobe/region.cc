@@ -1,5 +1,6 @@
 #include "region.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -22,6 +23,48 @@ constexpr uint64_t align_up(uint64_t v, uint64_t a) {
   return (v + a - 1) & ~(a - 1);
 }
 
+// No pid or tid is larger (PID_MAX_LIMIT on 64-bit Linux).
+constexpr int32_t kPidLimit = 4 * 1024 * 1024;
+
+bool id_in_range(int32_t id) {
+  return id >= 0 && id <= kPidLimit;
+}
+
+// Why a configuration is refused, naming the field: "bad region configuration: ring_size 100
+// (...)".
+Error bad_config(std::string_view field, uint64_t value, std::string_view rule) {
+  return Error{EINVAL, fmt::format("bad region configuration: {} {} ({})", field, value, rule)};
+}
+
+Result<void> check_config(const RegionConfig &config) {
+  bool latency = config.mode == agent::kModeLatency;
+  bool stacks = config.mode == agent::kModeStacks;
+  auto refuse = [](std::string_view field, uint64_t value, std::string_view rule) -> Result<void> {
+    return std::unexpected(bad_config(field, value, rule));
+  };
+  if (config.max_slots < 2)
+    return refuse("max_slots", config.max_slots, "at least 2: one for a thread, one for overflow");
+  if (latency && config.ring_size != 0)
+    return refuse("ring_size", config.ring_size, "latency mode has no ring");
+  if (config.ring_size != 0 &&
+      (config.ring_size < sizeof(agent::Event) || std::popcount(config.ring_size) != 1))
+    return refuse("ring_size", config.ring_size, "a power of two that holds an event, or 0");
+  if (latency && config.tsc_to_ns_mult == 0)
+    return refuse("tsc_to_ns_mult", 0, "latency mode needs the TSC rate");
+  if (stacks) {
+    if (config.ring_size < agent::kMaxStackRecord)
+      return refuse("ring_size", config.ring_size,
+                    fmt::format("stacks mode needs room for the deepest stack, {} bytes",
+                                agent::kMaxStackRecord));
+    if (config.max_maps == 0) return refuse("max_maps", 0, "stacks mode needs maps entries");
+    if (config.maps_text_size == 0)
+      return refuse("maps_text_size", 0, "stacks mode needs room for maps text");
+    if (config.table_entries > (1u << 24) || std::popcount(config.table_entries) > 1)
+      return refuse("table_entries", config.table_entries, "a power of two up to 2^24, or 0");
+  }
+  return {};
+}
+
 }  // namespace
 
 std::string plan_text(const std::vector<PlanEntry> &plan) {
@@ -42,16 +85,9 @@ uint64_t tsc_to_ns_mult(double ticks_per_ns) {
 }
 
 Result<Region> Region::create(const RegionConfig &config, const std::vector<PlanEntry> &plan) {
+  if (auto ok = check_config(config); !ok) return std::unexpected(ok.error());
   bool latency = config.mode == agent::kModeLatency;
   bool stacks = config.mode == agent::kModeStacks;
-  if (config.max_slots < 2 ||
-      (config.ring_size != 0 && (latency || config.ring_size < sizeof(agent::Event) ||
-                                 std::popcount(config.ring_size) != 1)) ||
-      (latency && config.tsc_to_ns_mult == 0) ||
-      (stacks && (config.ring_size < agent::kMaxStackRecord || config.max_maps == 0 ||
-                  config.maps_text_size == 0 || config.table_entries > (1u << 24) ||
-                  std::popcount(config.table_entries) > 1)))
-    return fail(EINVAL, "bad region configuration");
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
   uint64_t plan_offset = align_up(sizeof(Header), 64);
@@ -74,6 +110,15 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   // Not close-on-exec: the command inherits it (USPROBE_AGENT_FD), and so do its children.
   int fd = ::memfd_create("usprobe", 0);
   if (fd < 0) return fail(errno, fmt::format("memfd_create: {}", std::strerror(errno)));
+  // Never one of the standard descriptors (the CLI holds them, see cli.cc; this is for any other
+  // caller): a command started without stdin would find the region on its fd 0.
+  if (fd <= 2) {
+    int high = ::fcntl(fd, F_DUPFD, 3);
+    int err = errno;
+    ::close(fd);
+    if (high < 0) return fail(err, fmt::format("fcntl(F_DUPFD): {}", std::strerror(err)));
+    fd = high;
+  }
   // Sparse: the pages of slots and rings no thread uses are never allocated.
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int err = errno;
@@ -116,17 +161,39 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
     hdr->table_arena_words = config.table_arena_words;
   }
   std::memcpy(static_cast<char *>(map) + plan_offset, text.c_str(), text.size() + 1);
+  // What the CLI follows from now on: its own copy, not the header the command can rewrite.
+  RegionLayout layout;
+  layout.mode = config.mode;
+  layout.region_size = size;
+  layout.probe_count = probe_count;
+  layout.string_size = hdr->string_size;
+  layout.notice_offset = hdr->notice_offset;
+  layout.max_notices = hdr->max_notices;
+  layout.max_slots = hdr->max_slots;
+  layout.slot_offset = hdr->slot_offset;
+  layout.slot_stride = hdr->slot_stride;
+  layout.ring_offset = hdr->ring_offset;
+  layout.ring_size = hdr->ring_size;
+  layout.hist_offset = hdr->hist_offset;
+  layout.max_maps = hdr->max_maps;
+  layout.maps_offset = hdr->maps_offset;
+  layout.maps_text_offset = hdr->maps_text_offset;
+  layout.maps_text_size = hdr->maps_text_size;
+  layout.table_entries = hdr->table_entries;
+  layout.table_offset = hdr->table_offset;
+  layout.table_arena_words = hdr->table_arena_words;
   // No barrier needed for the agents: they map the region after fork and exec, which order
   // these writes before anything they read.
   std::vector<uint32_t> masks;
   for (const PlanEntry &e : plan) masks.push_back(e.string_mask);
-  return Region(fd, hdr, std::move(masks));
+  return Region(fd, hdr, layout, std::move(masks));
 }
 
-Region::Region(int fd, Header *hdr, std::vector<uint32_t> masks)
-    : fd_(fd), hdr_(hdr), masks_(std::move(masks)) {
-  if (hdr_->mode == agent::kModeLatency) folded_histograms_.resize(hdr_->probe_count);
-  if (hdr_->mode == agent::kModeStacks) table_seen_.resize(hdr_->max_slots);
+Region::Region(int fd, Header *hdr, const RegionLayout &layout, std::vector<uint32_t> masks)
+    : fd_(fd), hdr_(hdr), masks_(std::move(masks)), layout_(layout) {
+  if (layout_.mode == agent::kModeLatency) folded_histograms_.resize(layout_.probe_count);
+  if (layout_.mode == agent::kModeStacks) table_seen_.resize(layout_.max_slots);
+  bad_slots_.resize(layout_.max_slots);
 }
 
 Region::Region(Region &&other) noexcept
@@ -138,23 +205,48 @@ Region::Region(Region &&other) noexcept
       next_notice_(other.next_notice_),
       next_maps_(other.next_maps_),
       pending_maps_(std::move(other.pending_maps_)),
-      table_seen_(std::move(other.table_seen_)) {}
+      table_seen_(std::move(other.table_seen_)),
+      layout_(other.layout_),
+      corrupt_(other.corrupt_),
+      bad_slots_(std::move(other.bad_slots_)) {}
 
 Region::~Region() {
-  if (hdr_) ::munmap(hdr_, hdr_->region_size);
+  if (hdr_) ::munmap(hdr_, layout_.region_size);
   if (fd_ >= 0) ::close(fd_);
+}
+
+SlotHeader *Region::slot_at(uint32_t index) const {
+  return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(hdr_) + layout_.slot_offset +
+                                        uint64_t{index} * layout_.slot_stride);
+}
+
+bool Region::slot_sane(uint32_t index) const {
+  if (bad_slots_[index]) return false;
+  SlotHeader *slot = slot_at(index);
+  uint32_t state = slot->state.load(std::memory_order_relaxed);
+  if (state <= agent::kSlotOrphan && id_in_range(slot->pid.load(std::memory_order_relaxed)) &&
+      id_in_range(slot->tid.load(std::memory_order_relaxed)))
+    return true;
+  bad_slots_[index] = true;
+  ++corrupt_;
+  return false;
 }
 
 // Single consumer of the slot's ring (protocol.h): records in [tail, head) are complete.
 void Region::drain_ring(SlotHeader *slot,
-                        const std::function<void(const char *record, uint32_t size)> &record) {
-  uint64_t ring_size = hdr_->ring_size;
+                        const std::function<bool(const char *record, uint32_t size)> &record) {
+  uint64_t ring_size = layout_.ring_size;
   if (ring_size == 0) return;
   // Acquire: pairs with the producer's head.store(release) after it wrote the record, and so
   // also makes the pid it wrote when it claimed the slot visible: callers read pid after this.
   uint64_t head = slot->head.load(std::memory_order_acquire);
   uint64_t tail = slot->tail.load(std::memory_order_relaxed);
-  const char *ring = agent::ring_of(hdr_, slot);
+  const char *ring = reinterpret_cast<const char *>(slot) + layout_.ring_offset;
+  // More published than the ring holds, or a head behind the tail: not a producer's doing.
+  if (head < tail || head - tail > ring_size) {
+    ++corrupt_;
+    tail = head;
+  }
   while (tail < head) {
     uint64_t pos = tail & (ring_size - 1);
     const char *r = ring + pos;
@@ -163,30 +255,31 @@ void Region::drain_ring(SlotHeader *slot,
     // A record that breaks the format (a producer gone wrong) would otherwise stall the ring
     // forever: skip everything published so far.
     if (size < 8 || size % 8 != 0 || pos + size > ring_size || tail + size > head) {
+      ++corrupt_;
       tail = head;
       break;
     }
     tail += size;
     std::memcpy(&probe, r + sizeof size, sizeof probe);
-    if (probe != agent::kPadProbe) record(r, size);
+    if (probe != agent::kPadProbe && !record(r, size)) ++corrupt_;
   }
   // Release: the producer reads tail (acquire) before reusing the space we copied out of.
   slot->tail.store(tail, std::memory_order_release);
 }
 
 void Region::drain_slot(uint32_t index, std::vector<TraceEvent> &out) {
-  SlotHeader *slot = agent::slot_at(hdr_, index);
+  SlotHeader *slot = slot_at(index);
   bool overflow = index == overflow_index();
   int32_t pid = -1;  // read after drain_ring's acquire load of head, on the first record
   drain_ring(slot, [&](const char *record, uint32_t size) {
-    // Unknown or short records are skipped.
+    // Unknown or short records are skipped (and counted as corrupt).
     agent::Event ev;
-    if (size < sizeof ev) return;
+    if (size < sizeof ev) return false;
     std::memcpy(&ev, record, sizeof ev);
-    if (ev.probe >= masks_.size()) return;
+    if (ev.probe >= masks_.size()) return false;
     uint32_t mask = masks_[ev.probe];
-    if (size < agent::event_size(static_cast<uint32_t>(std::popcount(mask)), hdr_->string_size))
-      return;
+    if (size < agent::event_size(static_cast<uint32_t>(std::popcount(mask)), layout_.string_size))
+      return false;
     if (pid < 0) pid = overflow ? 0 : slot->pid.load(std::memory_order_relaxed);
     TraceEvent &e = out.emplace_back();
     e.pid = pid;
@@ -198,23 +291,24 @@ void Region::drain_slot(uint32_t index, std::vector<TraceEvent> &out) {
     const char *s = record + sizeof ev;
     for (uint32_t arg = 0; arg < agent::kMaxArgs; ++arg) {
       if (!(mask & (1u << arg))) continue;
-      e.strings[arg].assign(s, ::strnlen(s, hdr_->string_size));
-      s += hdr_->string_size;
+      e.strings[arg].assign(s, ::strnlen(s, layout_.string_size));
+      s += layout_.string_size;
     }
+    return true;
   });
 }
 
 void Region::drain_slot(uint32_t index, std::vector<StackEvent> &out) {
-  SlotHeader *slot = agent::slot_at(hdr_, index);
+  SlotHeader *slot = slot_at(index);
   bool overflow = index == overflow_index();
   int32_t pid = -1;  // as above
   drain_ring(slot, [&](const char *record, uint32_t size) {
     agent::StackRecord rec;
-    if (size < sizeof rec) return;
+    if (size < sizeof rec) return false;
     std::memcpy(&rec, record, sizeof rec);
     if (rec.probe >= masks_.size() || rec.frames == 0 || rec.frames > agent::kMaxStackFrames ||
         size < sizeof rec + 8 * uint64_t{rec.frames})
-      return;
+      return false;
     if (pid < 0) pid = overflow ? 0 : slot->pid.load(std::memory_order_relaxed);
     StackEvent &e = out.emplace_back();
     e.pid = pid;
@@ -223,28 +317,30 @@ void Region::drain_slot(uint32_t index, std::vector<StackEvent> &out) {
     e.image = rec.image;
     e.ips.resize(rec.frames);
     std::memcpy(e.ips.data(), record + sizeof rec, 8 * size_t{rec.frames});
+    return true;
   });
   if (!overflow) drain_table(index, out);  // the overflow slot has no table
 }
 
 agent::StackTable Region::stack_table(uint32_t index) {
-  return agent::stack_table_view(
-      reinterpret_cast<char *>(agent::slot_at(hdr_, index)) + hdr_->table_offset,
-      hdr_->table_entries, hdr_->table_arena_words);
+  return agent::stack_table_view(reinterpret_cast<char *>(slot_at(index)) + layout_.table_offset,
+                                 layout_.table_entries, layout_.table_arena_words);
 }
 
 void Region::drain_table(uint32_t index, std::vector<StackEvent> &out) {
-  if (hdr_->table_entries == 0) return;
-  SlotHeader *slot = agent::slot_at(hdr_, index);
+  if (layout_.table_entries == 0) return;
+  SlotHeader *slot = slot_at(index);
   std::vector<uint64_t> &seen = table_seen_[index];
+  // seen[n] of a corrupt entry (seen[table_entries]: a corrupt `used`), counted once.
+  constexpr uint64_t kCorrupt = ~uint64_t{0};
   int32_t pid = -1, tid = -1;
   agent::stack_table_read(
-      stack_table(index), hdr_->probe_count,
+      stack_table(index), layout_.probe_count,
       [&](uint32_t n, const agent::StackEntry &entry, uint64_t count, const uint64_t *ips) {
         if (n >= seen.size()) seen.resize(n + 1, 0);
         // A count only grows while the slot is owned; it starts again from 0 in a freed slot,
         // whose `seen` is cleared with it.
-        if (count <= seen[n]) return;
+        if (count <= seen[n] || seen[n] == kCorrupt) return;
         // After stack_table_read's acquire load of `used`, which the owner stored after its pid
         // and tid.
         if (pid < 0) {
@@ -259,33 +355,41 @@ void Region::drain_table(uint32_t index, std::vector<StackEvent> &out) {
         e.ips.assign(ips, ips + entry.frames);
         e.count = count - seen[n];
         seen[n] = count;
+      },
+      [&](uint32_t n) {
+        if (n >= seen.size()) seen.resize(n + 1, 0);
+        if (seen[n] != kCorrupt) ++corrupt_;
+        seen[n] = kCorrupt;
       });
 }
 
 template <typename Event>
 void Region::drain_all(std::vector<Event> &out) {
-  if (hdr_->ring_size == 0) return;
-  for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
-    SlotHeader *slot = agent::slot_at(hdr_, i);
+  if (layout_.ring_size == 0) return;
+  for (uint32_t i = 0; i < layout_.max_slots; ++i) {
+    SlotHeader *slot = slot_at(i);
     bool overflow = i == overflow_index();
-    if (!overflow && slot->state.load(std::memory_order_acquire) == agent::kSlotFree) continue;
+    if (!overflow &&
+        (!slot_sane(i) || slot->state.load(std::memory_order_acquire) == agent::kSlotFree))
+      continue;
     drain_slot(i, out);
   }
 }
 
 void Region::drain(std::vector<TraceEvent> &out) {
-  if (hdr_->mode == agent::kModeTrace) drain_all(out);
+  if (layout_.mode == agent::kModeTrace) drain_all(out);
 }
 
 void Region::drain(std::vector<StackEvent> &out) {
-  if (hdr_->mode == agent::kModeStacks) drain_all(out);
+  if (layout_.mode == agent::kModeStacks) drain_all(out);
 }
 
 template <typename Event>
 void Region::reclaim_slots(std::vector<Event> &out,
                            const std::function<bool(int32_t, int32_t)> &alive) {
   for (uint32_t i = 0; i < overflow_index(); ++i) {
-    SlotHeader *slot = agent::slot_at(hdr_, i);
+    SlotHeader *slot = slot_at(i);
+    if (!slot_sane(i)) continue;
     uint32_t state = slot->state.load(std::memory_order_acquire);
     if (state == agent::kSlotFree) continue;
     int32_t pid = slot->pid.load(std::memory_order_relaxed),
@@ -297,8 +401,8 @@ void Region::reclaim_slots(std::vector<Event> &out,
     // Nobody writes this slot any more: its thread is gone, or exec replaced its image.
     drain_slot(i, out);
     add_counts(slot, pid, folded_, true);
-    if (hdr_->mode == agent::kModeLatency) add_histograms(slot, folded_histograms_, true);
-    if (hdr_->mode == agent::kModeStacks) {
+    if (layout_.mode == agent::kModeLatency) add_histograms(slot, folded_histograms_, true);
+    if (layout_.mode == agent::kModeStacks) {
       // Its final counts were drained just above (in stacks mode; reclaim's other overload drops
       // them, as it drops the ring's records).
       agent::stack_table_reset(stack_table(i));
@@ -316,7 +420,7 @@ void Region::reclaim_slots(std::vector<Event> &out,
 
 void Region::reclaim(std::vector<TraceEvent> &out,
                      const std::function<bool(int32_t, int32_t)> &alive) {
-  if (hdr_->mode == agent::kModeStacks) {
+  if (layout_.mode == agent::kModeStacks) {
     std::vector<StackEvent> dropped;  // the caller asked for trace records: there are none
     reclaim_slots(dropped, alive);
     return;
@@ -326,7 +430,7 @@ void Region::reclaim(std::vector<TraceEvent> &out,
 
 void Region::reclaim(std::vector<StackEvent> &out,
                      const std::function<bool(int32_t, int32_t)> &alive) {
-  if (hdr_->mode != agent::kModeStacks) {
+  if (layout_.mode != agent::kModeStacks) {
     std::vector<TraceEvent> dropped;
     reclaim_slots(dropped, alive);
     return;
@@ -335,7 +439,7 @@ void Region::reclaim(std::vector<StackEvent> &out,
 }
 
 void Region::add_counts(SlotHeader *slot, int32_t pid, Counts &out, bool zero) const {
-  uint32_t n = hdr_->probe_count;
+  uint32_t n = layout_.probe_count;
   std::atomic<uint64_t> *hits = agent::slot_hits(slot);
   std::atomic<uint64_t> *missed = agent::slot_missed(slot, n);
   for (uint32_t p = 0; p < n; ++p) {
@@ -355,11 +459,12 @@ void Region::add_counts(SlotHeader *slot, int32_t pid, Counts &out, bool zero) c
 
 Counts Region::counts() const {
   Counts out = folded_;
-  for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
-    SlotHeader *slot = agent::slot_at(hdr_, i);
+  for (uint32_t i = 0; i < layout_.max_slots; ++i) {
+    SlotHeader *slot = slot_at(i);
     int32_t pid = 0;
     if (i != overflow_index()) {
-      if (slot->state.load(std::memory_order_acquire) == agent::kSlotFree) continue;
+      if (!slot_sane(i) || slot->state.load(std::memory_order_acquire) == agent::kSlotFree)
+        continue;
       pid = slot->pid.load(std::memory_order_relaxed);
       // Its owner has not written its pid yet; next time its counts go to the right process.
       if (pid <= 0) continue;
@@ -370,9 +475,9 @@ Counts Region::counts() const {
 }
 
 void Region::add_histograms(SlotHeader *slot, std::vector<Histogram> &out, bool zero) const {
-  uint32_t n = hdr_->probe_count;
+  uint32_t n = layout_.probe_count;
   std::atomic<uint64_t> *returns = agent::slot_returns(slot, n);
-  agent::LatencyHistogram *hists = agent::slot_histograms(slot, hdr_->hist_offset);
+  agent::LatencyHistogram *hists = agent::slot_histograms(slot, layout_.hist_offset);
   for (uint32_t p = 0; p < n && p < out.size(); ++p) {
     // Relaxed, as in add_counts. A histogram whose returns count is 0 was never written (the agent
     // stores returns first): it is not read, so its pages are never faulted in.
@@ -395,11 +500,12 @@ void Region::add_histograms(SlotHeader *slot, std::vector<Histogram> &out, bool 
 
 std::vector<Histogram> Region::histograms() const {
   std::vector<Histogram> out = folded_histograms_;
-  if (hdr_->mode != agent::kModeLatency) return out;
-  for (uint32_t i = 0; i < hdr_->max_slots; ++i) {
-    SlotHeader *slot = agent::slot_at(hdr_, i);
+  if (layout_.mode != agent::kModeLatency) return out;
+  for (uint32_t i = 0; i < layout_.max_slots; ++i) {
+    SlotHeader *slot = slot_at(i);
     // Histograms are not by process: a slot whose owner has not written its pid yet counts too.
-    if (i != overflow_index() && slot->state.load(std::memory_order_acquire) == agent::kSlotFree)
+    if (i != overflow_index() &&
+        (!slot_sane(i) || slot->state.load(std::memory_order_acquire) == agent::kSlotFree))
       continue;
     add_histograms(slot, out, false);
   }
@@ -410,17 +516,27 @@ std::vector<NoticeMessage> Region::new_notices() {
   std::vector<NoticeMessage> out;
   // Acquire: a claimed index may still be being written; its `ready` says when it is complete.
   uint32_t claimed =
-      std::min(hdr_->notice_cursor.load(std::memory_order_acquire), hdr_->max_notices);
+      std::min(hdr_->notice_cursor.load(std::memory_order_acquire), layout_.max_notices);
   while (next_notice_ < claimed) {
-    agent::Notice *n = agent::notice_at(hdr_, next_notice_);
+    agent::Notice *n =
+        reinterpret_cast<agent::Notice *>(reinterpret_cast<char *>(hdr_) + layout_.notice_offset) +
+        next_notice_;
     // Acquire: pairs with the agent's ready.store(1, release) after it wrote the text.
-    if (n->ready.load(std::memory_order_acquire) == 0) break;  // keep the order: next time
+    uint32_t ready = n->ready.load(std::memory_order_acquire);
+    if (ready == 0) break;  // keep the order: next time
+    ++next_notice_;
+    // What no agent writes: skipped, counted.
+    if (ready != 1 || n->kind > agent::kNoticeError || !id_in_range(n->pid) || n->probe < -1 ||
+        (n->probe >= 0 && static_cast<uint32_t>(n->probe) >= layout_.probe_count) ||
+        ::strnlen(n->text, sizeof n->text) == sizeof n->text) {
+      ++corrupt_;
+      continue;
+    }
     NoticeMessage &m = out.emplace_back();
     m.kind = static_cast<agent::NoticeKind>(n->kind);
     m.pid = n->pid;
     m.probe = n->probe;
     m.text.assign(n->text, ::strnlen(n->text, sizeof n->text));
-    ++next_notice_;
   }
   return out;
 }
@@ -431,24 +547,35 @@ uint32_t Region::notices_dropped() const {
 
 std::vector<MapsMessage> Region::new_maps() {
   std::vector<MapsMessage> out;
-  if (hdr_->mode != agent::kModeStacks) return out;
+  if (layout_.mode != agent::kModeStacks) return out;
   // Acquire: a claimed index may still be being written; its `ready` says when it is complete.
-  uint32_t claimed = std::min(hdr_->maps_cursor.load(std::memory_order_acquire), hdr_->max_maps);
+  uint32_t claimed = std::min(hdr_->maps_cursor.load(std::memory_order_acquire), layout_.max_maps);
+  auto *entries =
+      reinterpret_cast<agent::MapsEntry *>(reinterpret_cast<char *>(hdr_) + layout_.maps_offset);
+  const char *text = reinterpret_cast<const char *>(hdr_) + layout_.maps_text_offset;
   for (; next_maps_ < claimed; ++next_maps_) pending_maps_.push_back(next_maps_);
   // Unlike notices, order does not matter (each entry says which image it is), and an agent that
   // died between claiming an entry and publishing it must not hide the entries after it.
   std::erase_if(pending_maps_, [&](uint32_t i) {
-    agent::MapsEntry *e = agent::maps_entry_at(hdr_, i);
+    agent::MapsEntry *e = entries + i;
     // Acquire: pairs with the agent's ready.store(1, release) after it wrote the entry and text.
-    if (e->ready.load(std::memory_order_acquire) == 0) return false;
+    uint32_t ready = e->ready.load(std::memory_order_acquire);
+    if (ready == 0) return false;
+    // What no agent writes: skipped, counted. (A text that does not fit is one an agent can
+    // write: it is left out, as when it found no room.)
+    if (ready != 1 || e->kind > agent::kMapsChange || !id_in_range(e->pid) ||
+        ::strnlen(e->comm, sizeof e->comm) == sizeof e->comm) {
+      ++corrupt_;
+      return true;
+    }
     MapsMessage &m = out.emplace_back();
     m.kind = static_cast<agent::MapsKind>(e->kind);
     m.pid = e->pid;
     m.image = e->image;
     m.comm.assign(e->comm, ::strnlen(e->comm, sizeof e->comm));
-    if (e->text_size > 0 && e->text_offset <= hdr_->maps_text_size &&
-        e->text_size <= hdr_->maps_text_size - e->text_offset)
-      m.text.assign(agent::maps_text(hdr_) + e->text_offset, e->text_size);
+    if (e->text_size > 0 && e->text_offset <= layout_.maps_text_size &&
+        e->text_size <= layout_.maps_text_size - e->text_offset)
+      m.text.assign(text + e->text_offset, e->text_size);
     return true;
   });
   return out;

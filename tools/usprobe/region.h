@@ -98,6 +98,37 @@ std::string plan_text(const std::vector<PlanEntry> &plan);
 // Whether the thread `tid` of process `pid` still exists (tgkill with signal 0).
 bool thread_alive(int32_t pid, int32_t tid);
 
+// Where things are in the region, copied from the header when the CLI wrote it and never read
+// from the region again: any process of the command can map the region and rewrite the header, so
+// every offset, size and count the CLI follows comes from here (see Region).
+struct RegionLayout {
+  agent::Mode mode = agent::kModeCount;
+  uint64_t region_size = 0;
+  uint32_t probe_count = 0;
+  uint32_t string_size = 0;
+  uint64_t notice_offset = 0;
+  uint32_t max_notices = 0;
+  uint32_t max_slots = 0;
+  uint64_t slot_offset = 0;
+  uint64_t slot_stride = 0;
+  uint64_t ring_offset = 0;  // within a slot
+  uint64_t ring_size = 0;
+  uint64_t hist_offset = 0;  // within a slot
+  uint32_t max_maps = 0;
+  uint64_t maps_offset = 0;
+  uint64_t maps_text_offset = 0;
+  uint64_t maps_text_size = 0;
+  uint32_t table_entries = 0;
+  uint64_t table_offset = 0;  // within a slot
+  uint32_t table_arena_words = 0;
+};
+
+// The CLI reads what processes of the command write, and they may write anything: a slot whose
+// state is not one the protocol has, or whose ids are out of range, a ring whose head and tail are
+// further apart than the ring is long, a record that does not fit or names no probe, a stack table
+// entry that points outside its arena. None of these is followed: such a slot is left alone for
+// good, such a record or entry is skipped (a ring is skipped up to its head), and each is counted
+// once in corrupt(), which the commands report ("usprobe: N corrupt records ignored").
 class Region {
  public:
   static Result<Region> create(const RegionConfig &config, const std::vector<PlanEntry> &plan);
@@ -133,14 +164,23 @@ class Region {
   std::vector<MapsMessage> new_maps();
   uint32_t maps_dropped() const;
   uint32_t agents_started() const;
+  // Slots, ring records and stack table entries that broke the protocol and were ignored.
+  uint64_t corrupt() const { return corrupt_; }
+  const RegionLayout &layout() const { return layout_; }
 
  private:
-  Region(int fd, agent::Header *hdr, std::vector<uint32_t> masks);
-  uint32_t overflow_index() const { return hdr_->max_slots - 1; }
+  Region(int fd, agent::Header *hdr, const RegionLayout &layout, std::vector<uint32_t> masks);
+  uint32_t overflow_index() const { return layout_.max_slots - 1; }
+  agent::SlotHeader *slot_at(uint32_t index) const;
+  // Whether slot `index` can be read: its state is one the protocol has and its ids are in range
+  // (pid 0 and tid 0 while its owner has not written them yet). A slot that fails is counted in
+  // corrupt_ the first time and skipped from then on.
+  bool slot_sane(uint32_t index) const;
   // Calls `record` for each record published in the slot's ring since the last call (padding and
-  // malformed records skipped), then frees their space.
+  // malformed records skipped), then frees their space. `record` returns false for a record it
+  // cannot take (counted as corrupt).
   void drain_ring(agent::SlotHeader *slot,
-                  const std::function<void(const char *record, uint32_t size)> &record);
+                  const std::function<bool(const char *record, uint32_t size)> &record);
   void drain_slot(uint32_t index, std::vector<TraceEvent> &out);
   void drain_slot(uint32_t index, std::vector<StackEvent> &out);
   // Stacks mode: slot `index`'s stack table, a view of it in the region.
@@ -167,6 +207,10 @@ class Region {
   // Stacks mode, by slot: each table entry's count when it was last drained (cleared when the
   // slot is freed).
   std::vector<std::vector<uint64_t>> table_seen_;
+  RegionLayout layout_;
+  // Found by const readers too (counts(), histograms()): mutable.
+  mutable uint64_t corrupt_ = 0;
+  mutable std::vector<bool> bad_slots_;  // by slot: found corrupt, never read again
 };
 
 }  // namespace usprobe::cli

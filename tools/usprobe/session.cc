@@ -117,6 +117,13 @@ void NoticePrinter::finish(const Region &region) {
                other_program_hidden_);
   if (uint32_t dropped = region.notices_dropped())
     fmt::print(stderr, "usprobe: {} more notices from the agent were dropped\n", dropped);
+  // Something in the command wrote over the shared region: what broke the protocol was not read,
+  // and what was reported may lack what it held.
+  if (uint64_t corrupt = region.corrupt())
+    fmt::print(stderr,
+               "usprobe: {} corrupt records ignored (the shared region was written over; the "
+               "report may be incomplete)\n",
+               corrupt);
   // Most often a set-user-ID program (the dynamic linker ignores LD_PRELOAD there) or one that
   // replaced its environment before running anything else.
   if (region.agents_started() == 0)

@@ -229,7 +229,8 @@ int run_stacks(const StacksOptions &options) {
     collector.tick();
     notices.print(region->new_notices());
   };
-  ExitInfo exit = supervisor.watch(*child, {kTick, options.duration_s, std::nullopt}, tick, [] {});
+  ExitInfo exit = supervisor.watch(
+      *child, {kTick, options.duration_s, std::nullopt, output->file()}, tick, [] {});
   // Grandchildren may still run: what they recorded so far is in their rings.
   tick();
 

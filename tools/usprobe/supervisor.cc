@@ -1,5 +1,7 @@
 #include "supervisor.h"
 
+#include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -11,7 +13,7 @@
 #include <csignal>
 #include <cstdio>
 
-#include <fmt/format.h>
+#include <system_error>
 
 namespace usprobe::cli {
 namespace {
@@ -53,8 +55,7 @@ void explain_sigtrap() {
 Supervisor::Supervisor() {
   sigset_t block;
   sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGTERM);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE}) sigaddset(&block, sig);
   ::sigprocmask(SIG_BLOCK, &block, &old_mask_);
   signal_fd_ = ::signalfd(-1, &block, SFD_CLOEXEC | SFD_NONBLOCK);
   // waitpid must see the child's exit: an inherited SIG_IGN for SIGCHLD would reap it silently.
@@ -64,6 +65,22 @@ Supervisor::Supervisor() {
 Supervisor::~Supervisor() {
   if (signal_fd_ >= 0) ::close(signal_fd_);
   ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
+}
+
+bool Supervisor::drop_output(FILE *output) {
+  if (output_gone_ || !output) return false;
+  output_gone_ = true;
+  // What is still buffered goes nowhere, and so does everything written later: no write error,
+  // and no exception from fmt::print, for the rest of the run.
+  int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (null >= 0) {
+    ::dup2(null, ::fileno(output));  // dup2 clears close-on-exec on the copy: not inherited
+    ::close(null);
+  }
+  std::clearerr(output);
+  fmt::print(stderr, "usprobe: the output was closed: interrupting the command\n");
+  std::fflush(stderr);
+  return true;
 }
 
 ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
@@ -83,12 +100,27 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
     Clock::time_point wake = std::min({now + options.tick, stop_at, next_interval});
     auto wait =
         std::chrono::ceil<std::chrono::milliseconds>(std::max(wake - now, Clock::duration()));
-    pollfd fds[2] = {{signal_fd_, POLLIN, 0}, {pidfd, POLLIN, 0}};
-    ::poll(fds, pidfd >= 0 ? 2 : 1, static_cast<int>(wait.count()));
+    // The output is polled for nothing but errors: a pipe whose reader closed it reports POLLERR.
+    int output_fd = options.output && !output_gone_ ? ::fileno(options.output) : -1;
+    pollfd fds[3] = {{signal_fd_, POLLIN, 0}, {output_fd, 0, 0}, {pidfd, POLLIN, 0}};
+    ::poll(fds, pidfd >= 0 ? 3 : 2, static_cast<int>(wait.count()));
+    // As if the user had pressed Ctrl-C: the command is interrupted, then reported on.
+    auto output_closed = [&] {
+      if (!drop_output(options.output)) return;
+      ::kill(child.pid, interrupted ? SIGKILL : SIGINT);
+      interrupted = true;
+    };
+    if (output_fd >= 0 && (fds[1].revents & POLLERR)) output_closed();
 
     signalfd_siginfo si;
     while (signal_fd_ >= 0 &&
            ::read(signal_fd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+      if (si.ssi_signo == SIGPIPE) {
+        // A write to a pipe without a reader (it failed with EPIPE): the output's, or stderr's.
+        if (output_fd >= 0 && ::poll(&fds[1], 1, 0) == 1 && (fds[1].revents & POLLERR))
+          output_closed();
+        continue;
+      }
       if (si.ssi_signo == SIGINT && interrupted) {
         ::kill(child.pid, SIGKILL);
       } else if (si.ssi_code != SI_KERNEL) {
@@ -112,9 +144,19 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
       }
       break;
     }
-    on_tick();
+    // fmt::print throws when a write fails: a reader that left between the poll and the write.
+    auto guarded = [&](const std::function<void()> &report) {
+      try {
+        report();
+      } catch (const std::system_error &) {
+        pollfd out = {output_fd, 0, 0};
+        if (output_fd < 0 || ::poll(&out, 1, 0) != 1 || !(out.revents & POLLERR)) throw;
+        output_closed();
+      }
+    };
+    guarded(on_tick);
     if (next_interval != kNever && Clock::now() >= next_interval) {
-      on_interval();
+      guarded(on_interval);
       auto step = from_seconds(*options.interval_s);
       // A late report does not bring a burst of catch-up reports.
       while (next_interval <= Clock::now()) next_interval += step;

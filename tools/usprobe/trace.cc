@@ -115,7 +115,8 @@ int run_trace(const TraceOptions &options) {
     batch.clear();
     notices.print(region->new_notices());
   };
-  ExitInfo exit = supervisor.watch(*child, {kTick, std::nullopt, std::nullopt}, tick, [] {});
+  ExitInfo exit =
+      supervisor.watch(*child, {kTick, std::nullopt, std::nullopt, output->file()}, tick, [] {});
   tick();
 
   uint64_t lost = 0;  // records dropped on full rings, and hits the engine skipped

@@ -95,6 +95,13 @@ int mem_fd() {
   if (fd < 0 || g_forked.exchange(false, std::memory_order_relaxed) || !registered) {
     if (fd >= 0) close(fd);
     fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+    // Never on 0, 1 or 2: a program started with one of them closed (`prog 0<&-`) must find it
+    // closed, not reading or writing its own memory.
+    if (fd >= 0 && fd <= 2) {
+      int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+      close(fd);
+      fd = high;
+    }
   }
   return fd;
 }

@@ -1,7 +1,9 @@
 // The checks made before a command is started, the libraries its dynamic linker would load, and
 // the environment it gets.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -143,6 +145,34 @@ TEST(Launch, EnvironmentPreloadsTheAgentFirstAndNamesTheRegion) {
                      "PATH=/bin", "LD_PRELOAD=/opt/libusprobe-agent.so:/lib/libother.so",
                      "USPROBE_AGENT_FD=7",
                      "USPROBE_AGENT_REGION=/proc/" + std::to_string(getpid()) + "/fd/7"}));
+}
+
+// The watchdog's search (launch.h): the processes that map the region, found by its inode.
+TEST(Launch, ProcessesMappingFindsTheOnesThatMapTheMemfd) {
+  int fd = ::memfd_create("usprobe", 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 4096), 0);
+  void *map = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  struct stat st;
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_TRUE(processes_mapping(st.st_dev, st.st_ino, getpid()).empty());
+  EXPECT_EQ(processes_mapping(st.st_dev, st.st_ino, 0), std::vector<pid_t>{getpid()});
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  pid_t child = ::fork();
+  if (child == 0) {  // keeps the mapping until the pipe closes
+    char c;
+    ::close(go[1]);
+    [[maybe_unused]] ssize_t n = ::read(go[0], &c, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  EXPECT_EQ(processes_mapping(st.st_dev, st.st_ino, getpid()), std::vector<pid_t>{child});
+  ::close(go[1]);
+  ::waitpid(child, nullptr, 0);
+  ::munmap(map, 4096);
+  ::close(fd);
 }
 
 }  // namespace

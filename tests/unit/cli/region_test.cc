@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
+#include <random>
 
 namespace usprobe::cli {
 namespace {
@@ -231,6 +233,186 @@ TEST(Region, NoticesComeInOrderOnceReady) {
   ASSERT_EQ(second.size(), 1u);
   EXPECT_EQ(second[0].kind, kNoticeInfo);
   EXPECT_TRUE(region.new_notices().empty());
+}
+
+// What a process of the command can do to the header: the CLI never follows what it finds there.
+// Each field in turn is set to values that would send a reader that believed it far outside the
+// region; what the CLI reads back is what it would have read without the scribbling.
+TEST(RegionHostile, ScribbledHeaderFieldsAreNeverFollowed) {
+  struct Field {
+    const char *name;
+    std::function<void(Header *, uint64_t)> set;
+  };
+  std::vector<Field> fields = {
+      {"max_slots", [](Header *h, uint64_t v) { h->max_slots = static_cast<uint32_t>(v); }},
+      {"slot_stride", [](Header *h, uint64_t v) { h->slot_stride = v; }},
+      {"slot_offset", [](Header *h, uint64_t v) { h->slot_offset = v; }},
+      {"probe_count", [](Header *h, uint64_t v) { h->probe_count = static_cast<uint32_t>(v); }},
+      {"ring_offset", [](Header *h, uint64_t v) { h->ring_offset = v; }},
+      {"ring_size", [](Header *h, uint64_t v) { h->ring_size = v; }},
+      {"string_size", [](Header *h, uint64_t v) { h->string_size = static_cast<uint32_t>(v); }},
+      {"region_size", [](Header *h, uint64_t v) { h->region_size = v; }},
+      {"notice_offset", [](Header *h, uint64_t v) { h->notice_offset = v; }},
+      {"max_notices", [](Header *h, uint64_t v) { h->max_notices = static_cast<uint32_t>(v); }},
+      {"hist_offset", [](Header *h, uint64_t v) { h->hist_offset = v; }},
+      {"mode", [](Header *h, uint64_t v) { h->mode = static_cast<uint32_t>(v); }},
+  };
+  for (const Field &field : fields) {
+    for (uint64_t value : {uint64_t{0}, uint64_t{0xffff'ffff}, ~uint64_t{0}, uint64_t{1} << 40}) {
+      SCOPED_TRACE(::testing::Message() << field.name << " = " << value);
+      Region region = make_region(kModeTrace, kPlan, 1024);
+      Header *h = region.header();
+      FakeThread t = FakeThread::claim(h, 0, 100, 101);
+      t.event(1, 7, {1, 2, 3}, {"alice", "bob"});
+      t.hit(1, 3);
+      FakeThread dead = FakeThread::claim(h, 1, 200, 201);
+      dead.hit(0, 5);
+      h->notice_cursor = 1;
+      std::strcpy(notice_at(h, 0)->text, "hello");
+      notice_at(h, 0)->ready.store(1);
+      field.set(h, value);
+
+      std::vector<TraceEvent> events;
+      region.drain(events);
+      ASSERT_EQ(events.size(), 1u);
+      EXPECT_EQ(events[0].pid, 100);
+      EXPECT_EQ(events[0].strings[0], "alice");
+      EXPECT_EQ(events[0].strings[2], "bob");
+      region.reclaim(events, [](int32_t pid, int32_t) { return pid == 100; });
+      EXPECT_EQ(events.size(), 1u);
+      Counts counts = region.counts();
+      EXPECT_EQ((counts[{100, 1}].hits), 3u);
+      EXPECT_EQ((counts[{200, 0}].hits), 5u);
+      EXPECT_EQ(counts.size(), 2u);
+      auto notices = region.new_notices();
+      ASSERT_EQ(notices.size(), 1u);
+      EXPECT_EQ(notices[0].text, "hello");
+      EXPECT_EQ(region.corrupt(), 0u);
+    }  // ~Region unmaps what it mapped, not what region_size now says
+  }
+}
+
+TEST(RegionHostile, ARingPublishedBeyondItsLengthIsSkippedAndCountedOnce) {
+  Region region = make_region(kModeTrace, kPlan, 1024);
+  FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
+  t.event(0, 1, {8});
+  t.s->head.store(t.s->tail.load() + 1024 * 1000);  // more than the ring can hold
+  std::vector<TraceEvent> events;
+  region.drain(events);
+  region.drain(events);
+  EXPECT_TRUE(events.empty());
+  EXPECT_EQ(region.corrupt(), 1u);
+  EXPECT_EQ(t.s->tail.load(), t.s->head.load());
+  // A head behind the tail, too.
+  t.s->tail.store(t.s->head.load() + 64);
+  region.drain(events);
+  EXPECT_TRUE(events.empty());
+  EXPECT_EQ(region.corrupt(), 2u);
+  // From there on, records are read again.
+  t.event(0, 2, {8});
+  region.drain(events);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].tsc, 2u);
+}
+
+TEST(RegionHostile, RecordsThatNameNoProbeOrAreTooShortAreCounted) {
+  Region region = make_region(kModeTrace, kPlan, 1024);
+  FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
+  t.event(0, 1, {8});
+  t.event(0, 2, {8});
+  t.event(1, 3, {8}, {"a", "b"});
+  char *ring = ring_of(region.header(), t.s);
+  reinterpret_cast<Event *>(ring)->probe = 9;  // no such probe
+  // The third record's probe has two strings, the first has none: a record of the first's size
+  // with the third's probe is too short for its strings.
+  reinterpret_cast<Event *>(ring + sizeof(Event))->probe = 1;
+  std::vector<TraceEvent> events;
+  region.drain(events);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].tsc, 3u);
+  EXPECT_EQ(region.corrupt(), 2u);
+}
+
+TEST(RegionHostile, ASlotWithAnImpossibleStateOrIdIsLeftAloneAndCountedOnce) {
+  for (int variant = 0; variant < 4; ++variant) {
+    SCOPED_TRACE(variant);
+    Region region = make_region(kModeTrace, kPlan, 1024);
+    FakeThread good = FakeThread::claim(region.header(), 0, 100, 101);
+    good.hit(0, 2);
+    FakeThread bad = FakeThread::claim(region.header(), 1, 300, 301);
+    bad.hit(0, 1'000'000);
+    bad.event(0, 1, {8});
+    if (variant == 0) bad.s->state.store(7);
+    if (variant == 1) bad.s->pid.store(-300);
+    if (variant == 2) bad.s->tid.store(0x7fff'ffff);
+    if (variant == 3) bad.s->pid.store(5'000'000);
+    std::vector<TraceEvent> events;
+    for (int round = 0; round < 3; ++round) {
+      region.drain(events);
+      region.reclaim(events, [](int32_t, int32_t) { return true; });
+      Counts counts = region.counts();
+      EXPECT_EQ(counts.size(), 1u);
+      EXPECT_EQ((counts[{100, 0}].hits), 2u);
+    }
+    EXPECT_TRUE(events.empty());
+    EXPECT_EQ(region.corrupt(), 1u);
+  }
+}
+
+// Random bytes over random parts of the region, header and slots alike, many times over (a fixed
+// seed: the same bytes every run). The reader must not crash (the ASan build checks its reads),
+// and what it reports must be what the protocol can say: known probes, ids in range, strings no
+// longer than their copy.
+TEST(RegionHostile, RandomBytesNeverCrashTheReaderNorComeBackAsImpossibleData) {
+  std::mt19937_64 rng(12);
+  for (int round = 0; round < 300; ++round) {
+    SCOPED_TRACE(round);
+    Mode mode = round % 3 == 0 ? kModeCount : round % 3 == 1 ? kModeTrace : kModeLatency;
+    RegionConfig config;
+    config.mode = mode;
+    config.max_slots = 4;
+    config.max_notices = 4;
+    config.ring_size = mode == kModeTrace ? 1024 : 0;
+    config.tsc_to_ns_mult = 1u << 31;
+    auto created = Region::create(config, kPlan);
+    ASSERT_TRUE(created.has_value());
+    Region &region = *created;
+    Header *h = region.header();
+    const RegionLayout layout = region.layout();
+    FakeThread t = FakeThread::claim(h, 0, 100, 101);
+    t.hit(1, 4);
+    if (mode == kModeTrace) {
+      t.event(0, 1, {1});
+      t.event(1, 2, {1}, {"x", "y"});
+    }
+    auto *bytes = reinterpret_cast<unsigned char *>(h);
+    int scribbles = 1 + static_cast<int>(rng() % 8);
+    for (int k = 0; k < scribbles; ++k) {
+      // Half of them in the first 4 KiB (the header and the notices), half anywhere.
+      uint64_t span = rng() % 2 ? 4096 : layout.region_size;
+      uint64_t at = rng() % span;
+      uint64_t length = std::min<uint64_t>(1 + rng() % 256, layout.region_size - at);
+      for (uint64_t i = 0; i < length; ++i) bytes[at + i] = static_cast<unsigned char>(rng());
+    }
+    std::vector<TraceEvent> events;
+    region.drain(events);
+    region.reclaim(events, [&](int32_t, int32_t) { return rng() % 2 == 0; });
+    region.drain(events);
+    for (const TraceEvent &e : events) {
+      EXPECT_LT(e.probe, kPlan.size());
+      EXPECT_GE(e.pid, 0);
+      for (const std::string &str : e.strings) EXPECT_LT(str.size(), layout.string_size);
+    }
+    for (const auto &[key, count] : region.counts()) {
+      EXPECT_GE(key.first, 0);
+      EXPECT_LT(key.second, kPlan.size());
+    }
+    EXPECT_LE(region.histograms().size(), kPlan.size());
+    for (const NoticeMessage &n : region.new_notices()) EXPECT_LT(n.text.size(), 496u);
+    // The header's own idea of the layout changed; the region's did not.
+    EXPECT_EQ(region.layout().slot_offset, layout.slot_offset);
+    EXPECT_EQ(region.layout().region_size, layout.region_size);
+  }
 }
 
 }  // namespace

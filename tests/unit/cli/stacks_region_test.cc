@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <random>
+
+#include "agent/stack_table.h"
 
 #include "region.h"
 #include "stacks_region_support.h"
@@ -51,12 +54,60 @@ TEST(StacksRegion, HeaderDescribesTheMapsAreaInsideTheRegion) {
   EXPECT_LE(h->maps_text_offset + h->maps_text_size, h->region_size);
 }
 
-TEST(StacksRegion, RefusesARingThatCannotHoldTheDeepestStack) {
+// A configuration that every rule accepts; each refusal test breaks one field of it and checks
+// that the error names that field, so that no test passes because another rule refused.
+RegionConfig good_stacks_config() {
   RegionConfig config;
   config.mode = kModeStacks;
-  config.ring_size = 512;
+  config.ring_size = 2048;
   config.maps_text_size = 4096;
-  EXPECT_FALSE(Region::create(config, {{"/bin/app:f", 0}}).has_value());
+  return config;
+}
+
+std::string refusal(const RegionConfig &config) {
+  auto region = Region::create(config, {{"/bin/app:f", 0}});
+  return region ? "accepted" : region.error().message;
+}
+
+TEST(StacksRegion, TheBaseConfigurationOfTheRefusalTestsIsAccepted) {
+  EXPECT_EQ(refusal(good_stacks_config()), "accepted");
+}
+
+TEST(StacksRegion, RefusesARingThatCannotHoldTheDeepestStack) {
+  RegionConfig config = good_stacks_config();
+  config.ring_size = 512;
+  EXPECT_EQ(refusal(config),
+            "bad region configuration: ring_size 512 (stacks mode needs room for the deepest "
+            "stack, 1040 bytes)");
+}
+
+TEST(StacksRegion, RefusesARingThatIsNotAPowerOfTwo) {
+  RegionConfig config = good_stacks_config();
+  config.ring_size = 3000;
+  EXPECT_EQ(refusal(config),
+            "bad region configuration: ring_size 3000 (a power of two that holds an event, or 0)");
+}
+
+TEST(StacksRegion, RefusesNoMapsEntries) {
+  RegionConfig config = good_stacks_config();
+  config.max_maps = 0;
+  EXPECT_EQ(refusal(config),
+            "bad region configuration: max_maps 0 (stacks mode needs maps entries)");
+}
+
+TEST(StacksRegion, RefusesNoRoomForMapsText) {
+  RegionConfig config = good_stacks_config();
+  config.maps_text_size = 0;
+  EXPECT_EQ(refusal(config),
+            "bad region configuration: maps_text_size 0 (stacks mode needs room for maps text)");
+}
+
+TEST(StacksRegion, RefusesFewerThanTwoSlots) {
+  RegionConfig config = good_stacks_config();
+  config.max_slots = 1;
+  EXPECT_EQ(refusal(config),
+            "bad region configuration: max_slots 1 (at least 2: one for a thread, one for "
+            "overflow)");
 }
 
 TEST(StacksRegion, DrainsStacksAcrossTheEndOfTheRing) {
@@ -129,6 +180,71 @@ TEST(StacksRegion, MapsEntriesComeBackOnceEachInAnyOrder) {
   got = region.new_maps();
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].pid, 11);
+}
+
+// A stack record that breaks the format is skipped and counted; the ones around it come back.
+TEST(StacksRegionHostile, ImpossibleStackRecordsAreCountedNotRead) {
+  Region region = stacks_region();
+  Header *h = region.header();
+  SlotHeader *s = claim(h, 0, 42, 43);
+  write_stack(h, s, 0, 1, {0x1, 0x2});
+  write_stack(h, s, 0, 1, {0x3});
+  write_stack(h, s, 1, 1, {0x4});
+  char *ring = ring_of(h, s);
+  reinterpret_cast<StackRecord *>(ring)->frames = 200;  // more than a record can hold
+  reinterpret_cast<StackRecord *>(ring + sizeof(StackRecord) + 16)->probe = 5;  // no such probe
+  std::vector<StackEvent> out;
+  region.drain(out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ips, std::vector<uint64_t>{0x4});
+  EXPECT_EQ(region.corrupt(), 2u);
+}
+
+// As RegionHostile.RandomBytesNeverCrashTheReaderNorComeBackAsImpossibleData (region_test.cc), in
+// stacks mode, with stack tables and maps entries.
+TEST(StacksRegionHostile, RandomBytesNeverCrashTheReaderNorComeBackAsImpossibleData) {
+  std::mt19937_64 rng(34);
+  for (int round = 0; round < 200; ++round) {
+    SCOPED_TRACE(round);
+    Region region = stacks_region(2048, 8, 64);
+    Header *h = region.header();
+    const RegionLayout layout = region.layout();
+    SlotHeader *s = claim(h, 0, 42, 43);
+    write_stack(h, s, 0, 1, {0x1, 0x2});
+    StackTable table = stack_table_view(reinterpret_cast<char *>(s) + h->table_offset,
+                                        h->table_entries, h->table_arena_words);
+    uint64_t ips[] = {0x10, 0x20, 0x30};
+    stack_table_count(table, 1, 1, ips, 3);
+    h->maps_cursor.store(1);
+    maps_entry_at(h, 0)->text_size = 10;
+    maps_entry_at(h, 0)->ready.store(1);
+    auto *bytes = reinterpret_cast<unsigned char *>(h);
+    int scribbles = 1 + static_cast<int>(rng() % 8);
+    for (int k = 0; k < scribbles; ++k) {
+      // The header, the first slot (its ring and table), or anywhere.
+      uint64_t choice = rng() % 3;
+      uint64_t base = choice == 1 ? layout.slot_offset : 0;
+      uint64_t span = choice == 0 ? 4096 : choice == 1 ? layout.slot_stride : layout.region_size;
+      uint64_t at = base + rng() % span;
+      uint64_t length = std::min<uint64_t>(1 + rng() % 512, layout.region_size - at);
+      for (uint64_t i = 0; i < length; ++i) bytes[at + i] = static_cast<unsigned char>(rng());
+    }
+    std::vector<StackEvent> out;
+    region.drain(out);
+    region.reclaim(out, [&](int32_t, int32_t) { return rng() % 2 == 0; });
+    region.drain(out);
+    for (const StackEvent &e : out) {
+      EXPECT_LT(e.probe, 2u);
+      EXPECT_GE(e.pid, 0);
+      EXPECT_GE(e.ips.size(), 1u);
+      EXPECT_LE(e.ips.size(), kMaxStackFrames);
+    }
+    for (const MapsMessage &m : region.new_maps()) {
+      EXPECT_LE(m.text.size(), layout.maps_text_size);
+      EXPECT_LT(m.comm.size(), 16u);
+    }
+    for (const auto &[key, count] : region.counts()) EXPECT_LT(key.second, 2u);
+  }
 }
 
 }  // namespace

@@ -59,7 +59,38 @@ TEST(StacksTableRegion, RefusesATableSizeThatIsNotAPowerOfTwo) {
   config.maps_text_size = 4096;
   config.table_entries = 100;
   config.table_arena_words = 1000;
-  EXPECT_FALSE(Region::create(config, {{"/bin/app:f", 0}}).has_value());
+  auto region = Region::create(config, {{"/bin/app:f", 0}});
+  ASSERT_FALSE(region.has_value());
+  EXPECT_EQ(region.error().message,
+            "bad region configuration: table_entries 100 (a power of two up to 2^24, or 0)");
+  config.table_entries = 128;  // and with a power of two, the same configuration is accepted
+  EXPECT_TRUE(Region::create(config, {{"/bin/app:f", 0}}).has_value());
+}
+
+// A table entry that points outside its arena, or names no probe, and a `used` larger than the
+// table: each is skipped, counted once however often the table is read, and the sound entries
+// still come back.
+TEST(StacksTableRegion, ImpossibleEntriesAreCountedOnceAndSkipped) {
+  Region region = table_region();
+  Header *h = region.header();
+  SlotHeader *s = claim(h, 0, 42, 43);
+  ASSERT_TRUE(hit(h, s, 0, 1, {0x1}));
+  ASSERT_TRUE(hit(h, s, 0, 1, {0x2}));
+  ASSERT_TRUE(hit(h, s, 1, 1, {0x3}));
+  StackTable t = table_of(h, s);
+  t.entries[0].arena_offset = 1u << 30;
+  t.entries[1].probe = 77;
+  std::vector<StackEvent> out;
+  region.drain(out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ips, std::vector<uint64_t>{0x3});
+  EXPECT_EQ(region.corrupt(), 2u);
+  // More than the table's 8 entries: that, and the 5 entries never written (no frames), once.
+  t.header->used.store(1000);
+  region.drain(out);
+  region.drain(out);
+  EXPECT_EQ(out.size(), 1u);
+  EXPECT_EQ(region.corrupt(), 2u + 1u + 5u);
 }
 
 TEST(StacksTableRegion, EachDrainHandsBackWhatTheTableCountedSinceTheLastOne) {
