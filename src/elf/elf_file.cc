@@ -20,6 +20,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "elf/eh_frame.h"
+
 namespace usprobe::elf {
 namespace {
 
@@ -158,7 +160,7 @@ struct ElfFile::Impl {
   size_t size = 0;
   bool is_static = false;
   bool is_program = false;
-  std::string interpreter;  // PT_INTERP's path; empty when none
+  std::string interpreter;        // PT_INTERP's path; empty when none
   std::string build_id;
   std::string symtab_path;
   std::vector<Segment> loads;
@@ -169,6 +171,8 @@ struct ElfFile::Impl {
   std::unordered_map<std::string, std::vector<uint32_t>> by_name;  // plain name -> indices
   std::unordered_set<std::string> data_names;      // objects and TLS: "is a data symbol"
   std::unordered_set<std::string> sizeless_names;  // functions with st_size 0: bounds unknown
+  std::vector<CodeRange> unwind_ranges;            // .eh_frame's FDEs, sorted by file offset
+  std::vector<uint64_t> landing_pads;              // sorted, unique
 
   ~Impl() {
     if (map) ::munmap(const_cast<uint8_t *>(map), size);
@@ -184,6 +188,7 @@ struct ElfFile::Impl {
   void read_symbols(Elf *e, Elf_Scn *scn, bool dynamic, std::vector<RawFunction> &out);
   void read_separate_debug_symtab(std::vector<RawFunction> &out);
   void index(std::vector<RawFunction> raw);
+  void read_unwind_info(Elf *e);
   std::string suggest(std::string_view name) const;
 };
 
@@ -349,6 +354,36 @@ void ElfFile::Impl::index(std::vector<RawFunction> raw) {
   }
 }
 
+// .eh_frame is found by its section name (strip keeps section headers). Its FDEs give code
+// bounds; those with an LSDA give the landing pads. Everything is in virtual addresses until here.
+void ElfFile::Impl::read_unwind_info(Elf *e) {
+  size_t shstrndx = 0;
+  if (elf_getshdrstrndx(e, &shstrndx) != 0) return;
+  for (Elf_Scn *scn = elf_nextscn(e, nullptr); scn; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_PROGBITS) continue;
+    const char *name = elf_strptr(e, shstrndx, sh.sh_name);
+    if (!name || std::strcmp(name, ".eh_frame") != 0) continue;
+    if (sh.sh_offset > size || sh.sh_size > size - sh.sh_offset) return;
+    auto fdes = parse_eh_frame({map + sh.sh_offset, sh.sh_size}, sh.sh_addr);
+    for (const FrameDescription &fde : fdes) {
+      auto begin = vaddr_to_offset(fde.begin);
+      if (!begin) continue;
+      unwind_ranges.push_back({*begin, fde.size, fde.called});
+      if (fde.lsda == 0) continue;
+      auto lsda = vaddr_to_offset(fde.lsda);
+      if (!lsda || *lsda >= size) continue;  // (a segment may claim more than the file holds)
+      for (uint64_t pad : parse_lsda({map + *lsda, size - *lsda}, fde.lsda, fde.begin))
+        if (auto off = vaddr_to_offset(pad)) landing_pads.push_back(*off);
+    }
+    break;
+  }
+  std::sort(unwind_ranges.begin(), unwind_ranges.end(),
+            [](const CodeRange &a, const CodeRange &b) { return a.file_offset < b.file_offset; });
+  std::sort(landing_pads.begin(), landing_pads.end());
+  landing_pads.erase(std::unique(landing_pads.begin(), landing_pads.end()), landing_pads.end());
+}
+
 namespace {
 
 // Edit distance counting a swap of two neighbours as one edit (the "optimal string alignment"
@@ -497,6 +532,7 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
     im.read_separate_debug_symtab(raw);
   }
   im.index(std::move(raw));
+  im.read_unwind_info(e.get());
   return std::shared_ptr<const ElfFile>(std::move(file));
 }
 
@@ -596,6 +632,21 @@ const Function *ElfFile::function_containing(uint64_t file_offset) const {
     if (file_offset - f.file_offset < f.size && (!best || better(i, *best))) best = i;
   }
   return best ? &im.functions[*best] : nullptr;
+}
+
+std::optional<ElfFile::CodeRange> ElfFile::unwind_range_containing(uint64_t file_offset) const {
+  const auto &ranges = impl_->unwind_ranges;
+  // FDEs do not overlap: the last one starting at or before the offset is the only candidate.
+  auto it = std::upper_bound(ranges.begin(), ranges.end(), file_offset,
+                             [](uint64_t off, const CodeRange &r) { return off < r.file_offset; });
+  if (it == ranges.begin()) return std::nullopt;
+  --it;
+  if (file_offset - it->file_offset >= it->size) return std::nullopt;
+  return *it;
+}
+
+const std::vector<uint64_t> &ElfFile::landing_pads() const {
+  return impl_->landing_pads;
 }
 
 std::optional<uint64_t> ElfFile::vaddr_to_offset(uint64_t vaddr) const {

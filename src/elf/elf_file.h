@@ -1,4 +1,5 @@
-// An ELF file opened with libelf: its functions (from .symtab and .dynsym), the mapping between
+// An ELF file opened with libelf: its functions (from .symtab and .dynsym), what its unwind
+// information says (function bounds and landing pads, from .eh_frame), the mapping between
 // virtual addresses and file offsets, and its bytes. A probe's location is a file offset, as in
 // the kernel's uprobes, so everything here speaks in file offsets.
 #pragma once
@@ -70,6 +71,22 @@ class ElfFile {
   // Where aliases overlap, the one with a global binding and the shortest name wins. (Where
   // functions of different starts overlap, the innermost, the one starting last, wins first.)
   const Function *function_containing(uint64_t file_offset) const;
+
+  // Code bounds from .eh_frame, which a stripped file keeps: the FDE whose
+  // [file_offset, file_offset+size) holds `file_offset`; nullopt if none. An FDE covers one
+  // function, or one part of it (GCC puts a function's cold part in an FDE of its own).
+  struct CodeRange {
+    uint64_t file_offset = 0;
+    uint64_t size = 0;
+    bool called = true;  // its start is entered by a call (false: a cold part, jumped into)
+  };
+  std::optional<CodeRange> unwind_range_containing(uint64_t file_offset) const;
+
+  // Every landing pad of the file's LSDAs (.gcc_except_table, reached through the FDEs' 'L'
+  // augmentation), in file offsets, sorted, without repeats: where the unwinder resumes a frame
+  // to run a catch or a cleanup. Control reaches them from no branch instruction, yet they are
+  // branch targets all the same.
+  const std::vector<uint64_t> &landing_pads() const;
 
   // Translation through the PT_LOAD program headers; nullopt when outside every segment.
   std::optional<uint64_t> vaddr_to_offset(uint64_t vaddr) const;
