@@ -99,6 +99,12 @@ uint64_t usprobe_link_return_hits(const usprobe_link *link);
 int usprobe_link_uses_int3(const usprobe_link *link); /* 1 when the site took the int3 path */
 /* Why the site took the int3 path ("" on the jump path). */
 const char *usprobe_link_int3_reason(const usprobe_link *link);
+/* How the site is entered: "jump" (a jmp over whole instructions), "jump (one instruction)" (a jmp
+   over the probed instruction alone), "jump (punned)" (a jmp whose displacement borrows the
+   following instruction's bytes, left unchanged, and enters a small stub), or "int3" (see
+   usprobe_link_int3_reason); "" while the probe has no site. Lives as long as
+   usprobe_link_int3_reason's string. */
+const char *usprobe_link_path(const usprobe_link *link);
 /* The resolved location, e.g. "libc.so.6:__strlen_avx2" or "app:parse+0x12". */
 const char *usprobe_link_name(const usprobe_link *link);
 /* How many mappings of its file the link's probe is placed in now: 1 usually, 0 while the file is

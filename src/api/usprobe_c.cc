@@ -124,6 +124,9 @@ USPROBE_API int usprobe_link_uses_int3(const usprobe_link *link) {
 USPROBE_API const char *usprobe_link_int3_reason(const usprobe_link *link) {
   return link ? usprobe::registry::int3_reason(link).c_str() : "";
 }
+USPROBE_API const char *usprobe_link_path(const usprobe_link *link) {
+  return link ? usprobe::registry::path(link).c_str() : "";
+}
 USPROBE_API const char *usprobe_link_name(const usprobe_link *link) {
   return link ? link->probe->name.c_str() : "";
 }

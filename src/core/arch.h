@@ -66,14 +66,21 @@ struct SiteRequest {
   // assembly does this, e.g. glibc's mempcpy jumping into memcpy) forbids the jump path too.
   const std::vector<uint64_t> *file_branch_targets = nullptr;
   uint64_t site_file_offset = 0;
+  // The file's bytes right after the function, up to the next function's start (at most 8): a
+  // jump at the function's last short instruction may borrow them as its displacement's high
+  // bytes (instruction punning), since no other probe's patch can change them.
+  std::span<const uint8_t> after;
   bool force_int3 = false;  // another probe's window is too close for a jump
   std::string force_reason;
 };
 
 // A prepared site: its trampoline is written and executable; nothing at the site is changed yet.
 struct SitePlan {
-  bool jump = false;              // jump path; false: int3 path
-  std::string int3_reason;        // why not the jump path
+  bool jump = false;        // jump path; false: int3 path
+  std::string int3_reason;  // why not the jump path
+  // How the site is entered, for reports: "jump", "jump (one instruction)", "jump (punned)",
+  // "int3" (int3_reason says why).
+  std::string path;
   bool function_entry = false;    // ABI-aware flavour
   std::vector<uint8_t> original;  // the bytes the patch overwrites, as they are in the file
   std::vector<uint8_t> patch;     // the patch: same length; patch[0] is the trap byte
@@ -82,6 +89,15 @@ struct SitePlan {
   uint64_t window_copy = 0;       // the relocated instructions inside the trampoline
   uint32_t window_length = 0;     // original bytes relocated (whole instructions, >= patch)
   std::vector<std::pair<uint32_t, uint32_t>> window_map;  // (site offset, window_copy offset)
+  // Bytes from the site on whose values the patch relies: the written ones and, for a punned jump,
+  // the following bytes its displacement borrows (left as they are, so no other probe may change
+  // them). At least window_length on the jump path.
+  uint32_t footprint = 0;
+  // A small piece of code the patch enters first (a punned jump's target must lie in a range its
+  // borrowed bytes fix; the stub there jumps on to the trampoline). 0 when none. Released with the
+  // trampoline, under the same rules.
+  uint64_t stub = 0;
+  uint32_t stub_size = 0;
 };
 
 // Decide the path, relocate, allocate and write the trampoline near the site. Errors: the offset is

@@ -190,11 +190,17 @@ void note_patched(const std::vector<Site *> &sites) {
   }
 }
 
+// The bytes from a site on that its patch writes or relies on (a punned jump borrows the bytes
+// after its window): no other probe may write there.
+uint64_t footprint(const arch::SitePlan &plan) {
+  return std::max<uint64_t>({plan.window_length, plan.jump ? plan.footprint : 0, 1});
+}
+
 const Site *overlapping_in(const SiteIndex &index, uint64_t addr, uint64_t len) {
   for (auto it = index.lower_bound(addr > kMaxWindow ? addr - kMaxWindow : 0);
        it != index.end() && it->first < addr + len; ++it) {
     const Site *s = it->second;
-    if (addr < s->addr + std::max<uint64_t>(s->plan.window_length, 1)) return s;
+    if (addr < s->addr + footprint(s->plan)) return s;
   }
   return nullptr;
 }
@@ -234,6 +240,20 @@ const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
   return slot.get();
 }
 
+// The file's code bytes from `end` (a function's end) up to the next function's start, at most 8:
+// what a jump at the function's last instruction may borrow (arch.h, SiteRequest::after). Never
+// another function's bytes: a probe there would change them.
+std::span<const uint8_t> bytes_after(const elf::ElfFile &file, uint64_t end) {
+  const auto &fns = file.functions();
+  auto next = std::lower_bound(fns.begin(), fns.end(), end, [](const elf::Function &f, uint64_t o) {
+    return f.file_offset < o;
+  });
+  uint64_t n = 8;
+  if (next != fns.end()) n = std::min<uint64_t>(n, next->file_offset - end);
+  while (n > 0 && !file.offset_is_executable(end + n - 1)) --n;
+  return file.bytes(end, n);
+}
+
 // Make (or reuse) the sites of probe `p` for the current mappings. New sites go to `pending`.
 // The site plan of `p` at `addr` for one path (natural: whatever analysis chose; or a forced
 // int3), made once and kept: its trampoline stays valid for threads that may still be in it.
@@ -256,6 +276,7 @@ Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t add
   req.describe = p->name;
   req.file_branch_targets = file_branch_targets(*loc.file);
   req.site_file_offset = loc.file_offset;
+  if (req.bounds_known) req.after = bytes_after(*loc.file, loc.func_offset + loc.func_size);
   req.force_int3 = forced;
   req.force_reason = forced_reason();
   auto plan = arch::prepare_site(req);
@@ -314,7 +335,7 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
     std::string reason;
     if (site->plan.jump && (flags & USPROBE_FORCE_INT3))
       reason = forced_reason();
-    else if (site->plan.jump && overlapping(addr, site->plan.window_length, pending_index))
+    else if (site->plan.jump && overlapping(addr, footprint(site->plan), pending_index))
       reason = "another probe's site lies within the 5-byte window";
     if (!reason.empty()) {
       auto forced = plan_for(p, loc, addr, true);
@@ -563,6 +584,7 @@ void retire_idle(uint64_t unpatched_before) {
         continue;
       plans.emplace_back(p.get(), s.get());
       code.emplace_back(s->plan.trampoline, s->plan.trampoline + s->plan.trampoline_size);
+      if (s->plan.stub) code.emplace_back(s->plan.stub, s->plan.stub + s->plan.stub_size);
     }
     if (!linked) unlinked.push_back(p.get());
   }
@@ -829,6 +851,14 @@ bool uses_int3(const usprobe_link *link) {
   for (Site *s : link->probe->sites)
     if (!s->plan.jump) return true;
   return false;
+}
+
+const std::string &path(const usprobe_link *link) {
+  Locked lock;
+  for (Site *s : link->probe->sites)
+    if (!s->plan.jump) return s->plan.path;
+  for (Site *s : link->probe->sites) return s->plan.path;
+  return empty_reason();
 }
 
 const std::string &int3_reason(const usprobe_link *link) {

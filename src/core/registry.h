@@ -30,5 +30,8 @@ int site_count(const usprobe_link *link);
 
 bool uses_int3(const usprobe_link *link);
 const std::string &int3_reason(const usprobe_link *link);
+// How the link's probe is entered ("jump", "jump (punned)", ..., "int3"; core/arch.h,
+// SitePlan::path): an int3 site's when it has one, empty while it has no site.
+const std::string &path(const usprobe_link *link);
 
 }  // namespace usprobe::registry

@@ -68,6 +68,8 @@ struct Case {
   bool int3;           // the expected path
   const char *reason;  // a part of the int3 reason (nullptr: the jump path)
   CallFn call;
+  const char *path = "jump";  // usprobe_link_path
+  size_t written = 5;         // bytes the patch writes
 };
 
 // Results checked against the documented formulas in targets.h.
@@ -165,12 +167,15 @@ const Case kCases[] = {
     // widens the je to rel32, so the jump path is right here.
     {"tgt_jcc_in_window", reinterpret_cast<const void *>(&tgt_jcc_in_window), false, nullptr,
      call_jcc_in_window},
-    // The back edge targets entry+2, inside the window: int3, and the reason names the target.
-    {"tgt_loop_to_entry2", reinterpret_cast<const void *>(&tgt_loop_to_entry2), true, "0x2",
-     call_loop_to_entry2},
-    {"tgt_one_byte", reinterpret_cast<const void *>(&tgt_one_byte), true, "shorter", call_one_byte},
-    {"tgt_three_byte", reinterpret_cast<const void *>(&tgt_three_byte), true, "shorter",
-     call_three_byte},
+    // The back edge targets entry+2, inside a 5-byte window: a punned jump writes only the first
+    // instruction (2 bytes) and borrows the loop head's bytes, unchanged, as its displacement's.
+    {"tgt_loop_to_entry2", reinterpret_cast<const void *>(&tgt_loop_to_entry2), false, nullptr,
+     call_loop_to_entry2, "jump (punned)", 2},
+    // Shorter than a jump: punned over the padding after them (issue 12).
+    {"tgt_one_byte", reinterpret_cast<const void *>(&tgt_one_byte), false, nullptr, call_one_byte,
+     "jump (punned)", 1},
+    {"tgt_three_byte", reinterpret_cast<const void *>(&tgt_three_byte), false, nullptr,
+     call_three_byte, "jump (punned)", 2},
     {"tgt_xmm_args", reinterpret_cast<const void *>(&tgt_xmm_args), false, nullptr, call_xmm_args},
     {"tgt_mixed_args", reinterpret_cast<const void *>(&tgt_mixed_args), false, nullptr,
      call_mixed_args},
@@ -255,8 +260,13 @@ TEST_P(ProbedTarget, CountsExactlyKeepsResultsAndRestoresBytes) {
 
   const Bytes during = bytes_at(c.fn);
   EXPECT_NE(during, before) << c.name << ": nothing patched";
-  const size_t patch_len = c.int3 ? 1 : 5;
-  EXPECT_EQ(during[0], c.int3 ? 0xCC : 0xE9) << hex(during);
+  const size_t patch_len = c.int3 ? 1 : c.written;
+  EXPECT_EQ(usprobe_link_path(link.get()), std::string(c.int3 ? "int3" : c.path)) << c.name;
+  if (c.int3 || std::string(c.path) == "jump") {
+    EXPECT_EQ(during[0], c.int3 ? 0xCC : 0xE9) << hex(during);
+  } else {
+    EXPECT_NE(during[0], 0xCC) << hex(during);
+  }
   EXPECT_EQ(0, std::memcmp(during.data() + patch_len, before.data() + patch_len,
                            before.size() - patch_len))
       << c.name << ": bytes beyond the patch changed: " << hex(before) << " -> " << hex(during);
@@ -645,11 +655,12 @@ TEST(ProbedTargets, SiteAfterAProbedWindowCanBeProbed) {
   Link entry;
   ASSERT_ATTACHED(entry.attach(loc("tgt_counted")));
   for (long i = 0; i < 10; ++i) ASSERT_EQ(tgt_counted(i), i + 1);
-  // +8 (`pop %rbp; ret`) lies after the entry's window [0, 8): it can be probed, by int3 (only 2
-  // bytes are left in the function).
+  // +8 (`pop %rbp; ret`) lies after the entry's window [0, 8): it can be probed, by a punned jump
+  // over `pop %rbp` alone (only 2 bytes are left in the function; it borrows `ret` and the padding
+  // after the function).
   Link tail;
   ASSERT_ATTACHED(tail.attach(loc("tgt_counted", 8)));
-  EXPECT_TRUE(tail.int3());
+  EXPECT_FALSE(tail.int3()) << tail.reason();
   for (long i = 0; i < 10; ++i) ASSERT_EQ(tgt_counted(i), i + 1);
   EXPECT_EQ(entry.hits(), 20u);
   EXPECT_EQ(tail.hits(), 10u);

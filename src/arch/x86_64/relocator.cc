@@ -200,6 +200,14 @@ size_t instruction_length(std::span<const uint8_t> code) {
   return ins.length;
 }
 
+std::optional<DecodedJump> decode_jump(std::span<const uint8_t> code, uint64_t addr) {
+  Insn d;
+  if (!ZYAN_SUCCESS(decode(code, d)) || d.ins.mnemonic != ZYDIS_MNEMONIC_JMP) return std::nullopt;
+  const ZydisDecodedOperand *imm = relative_imm(d);
+  if (!imm) return std::nullopt;
+  return DecodedJump{d.ins.length, addr + d.ins.length + static_cast<uint64_t>(imm->imm.value.s)};
+}
+
 namespace {
 
 // Appends an instruction with a RIP-relative operand, its disp32 rewritten so that the absolute

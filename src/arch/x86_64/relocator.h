@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,6 +33,14 @@ FunctionScan scan_function(std::span<const uint8_t> code, uint64_t runtime_addr)
 
 // Length of the one instruction at the start of `code` (0 when it does not decode).
 size_t instruction_length(std::span<const uint8_t> code);
+
+// The direct jmp (rel8 or rel32, any prefixes) at the start of `code`, mapped at `addr`: its length
+// and target; nullopt when the bytes are not one.
+struct DecodedJump {
+  size_t length = 0;
+  uint64_t target = 0;
+};
+std::optional<DecodedJump> decode_jump(std::span<const uint8_t> code, uint64_t addr);
 
 struct Relocation {
   std::vector<uint8_t> code;                         // relocated instructions, to be placed at dst_addr

@@ -389,6 +389,80 @@ std::string jump_refusal(const SiteRequest &req, const x86::FunctionScan &scan, 
   return "";
 }
 
+// Instruction punning (E9Patch, PLDI 2020): a jmp rel32 over an instruction shorter than 5 bytes
+// writes the instruction's own bytes only (some prefixes, e9, the displacement's low bytes); the
+// displacement's high bytes are the bytes that follow, which stay as they are, so the following
+// instruction (and every other instruction start) remains valid for any branch into it. The jump's
+// target then lies in a range those borrowed bytes fix: a small stub there jumps on to the
+// trampoline. With p prefixes (p < length) the jump is p + 5 bytes long and borrows p + 5 - length
+// bytes; p = 0 (the widest range) is tried first.
+//
+//   length 3, `mov %rdi,%rax` (48 89 f8) followed by `cmp $0x20,%rdx` (48 83 fa 20):
+//     p = 0:  e9 LL HH | 48 83        jmp to next + 0x8348HHLL: a 64 KB range 2 GB ahead
+//     p = 1:  48 e9 LL | 48 83 fa     rex.W jmp to next + 0xfa8348LL: 256 bytes, 91 MB behind
+//     p = 2:  26 48 e9 | 48 83 fa 20  es rex.W jmp to next + 0x20fa8348: one address
+constexpr size_t kStubSize = 16;  // jmp rel32, or the 14-byte absolute jmp
+constexpr uint8_t kPunPrefixes[3][3] = {{0x48}, {0x26, 0x48}, {0x26, 0x36, 0x48}};
+
+struct Stub {
+  uint64_t addr = 0;
+  std::vector<uint8_t> code;
+};
+struct Pun {
+  std::vector<uint8_t> patch;  // the instruction's new bytes
+  uint32_t footprint = 0;      // written and borrowed bytes
+  Stub stub;
+};
+
+std::optional<Pun> punned_jump(uint64_t site, std::span<const uint8_t> insn,
+                               std::span<const uint8_t> following, uint64_t trampoline,
+                               std::string &why) {
+  const size_t len = insn.size();
+  why = "no byte follows it";
+  for (size_t p = 0; p < len; ++p) {
+    const size_t borrowed = p + kJumpLength - len, chosen = len - 1 - p;
+    if (following.size() < borrowed) {
+      why = fmt::format("{} byte(s) follow it in the function, the jump needs {}", following.size(),
+                        borrowed);
+      break;
+    }
+    uint32_t high = 0;
+    for (size_t i = 0; i < borrowed; ++i) high |= uint32_t{following[i]} << (8 * (chosen + i));
+    const uint64_t next = site + p + kJumpLength;
+    const uint64_t lo =
+        next + static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(high)));
+    const uint64_t width = uint64_t{1} << (8 * chosen);
+    auto at = os::alloc_code_within(lo, lo + width, kStubSize);
+    if (!at) {
+      why = fmt::format("no free memory at the {}-byte range {:#x} its borrowed bytes fix", width,
+                        lo);
+      continue;
+    }
+    Pun pun;
+    for (size_t i = 0; i < p; ++i) pun.patch.push_back(kPunPrefixes[p - 1][i]);
+    pun.patch.push_back(0xE9);
+    const uint64_t low = *at - lo;
+    for (size_t i = 0; i < chosen; ++i) pun.patch.push_back(static_cast<uint8_t>(low >> (8 * i)));
+    // What a thread will decode there: the patch, then the borrowed bytes.
+    std::vector<uint8_t> seen = pun.patch;
+    seen.insert(seen.end(), following.begin(), following.begin() + borrowed);
+    auto j = x86::decode_jump(seen, site);
+    if (!j || j->length != p + kJumpLength || j->target != *at) {
+      os::free_code_within(*at, kStubSize);
+      why = "the punned bytes do not decode as the jump";
+      continue;
+    }
+    x86::CodeWriter sw(*at);
+    sw.bytes().reserve(kStubSize);
+    sw.put_jmp(trampoline);
+    pun.stub.addr = *at;
+    pun.stub.code.swap(sw.bytes());
+    pun.footprint = static_cast<uint32_t>(p + kJumpLength);
+    return pun;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 void branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out) {
@@ -402,6 +476,7 @@ uint8_t trap_byte() {
 
 void release_trampoline(const SitePlan &plan) {
   if (plan.trampoline) os::free_code(plan.trampoline, kTrampolineSize);
+  if (plan.stub) os::free_code_within(plan.stub, plan.stub_size);
 }
 
 Result<SitePlan> prepare_site(const SiteRequest &req) {
@@ -465,36 +540,74 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
       if (refusal.empty()) rel = std::move(*r);
     }
   }
-  if (!rel) {
+  std::vector<uint8_t> patch;
+  Stub stub;
+  if (rel) {
+    plan.path = "jump";
+    plan.footprint = static_cast<uint32_t>(rel->consumed);
+  } else {
+    // The probed instruction alone: what the int3 path relocates, and what a jump that changes no
+    // other instruction start relocates too.
     auto r = x86::relocate(from_site, req.site, 1, window_copy);
     if (!r)
       return fail(r.error().code,
                   fmt::format("{}: cannot be probed: {}", req.describe, r.error().message));
     rel = std::move(*r);
-    plan.int3_reason = refusal;
+    const size_t len = rel->consumed;
+    // Any branch may land on the instruction's start, and on every other instruction start: a jump
+    // that writes only this instruction's bytes (and reads, unchanged, those after it) keeps every
+    // one of them. It needs the instruction's own bounds to be known.
+    const bool single =
+        !req.force_int3 && req.bounds_known && scan.is_boundary(static_cast<uint32_t>(off));
+    if (single && len >= kJumpLength) {
+      x86::CodeWriter jw(req.site);
+      jw.put_jmp_rel32(w.base());
+      patch = jw.bytes();
+      plan.path = "jump (one instruction)";
+      plan.footprint = static_cast<uint32_t>(len);
+    } else if (single) {
+      std::vector<uint8_t> following(from_site.begin() + len, from_site.end());
+      following.insert(following.end(), req.after.begin(), req.after.end());
+      std::string why;
+      if (auto pun = punned_jump(req.site, from_site.subspan(0, len), following, w.base(), why)) {
+        patch = std::move(pun->patch);
+        stub = pun->stub;
+        plan.path = "jump (punned)";
+        plan.footprint = pun->footprint;
+      } else {
+        refusal += "; a punned jump over the instruction alone: " + why;
+      }
+    }
+    if (patch.empty()) plan.int3_reason = refusal;
   }
-  plan.jump = refusal.empty();
+  plan.jump = plan.int3_reason.empty();
+  if (!plan.jump) plan.path = "int3";
 
   w.put_bytes(rel->code.data(), rel->code.size());
   if (rel->falls_through) w.put_jmp(req.site + rel->consumed);
-  if (w.size() > kTrampolineSize)
+  if (w.size() > kTrampolineSize) {
+    if (stub.addr) os::free_code_within(stub.addr, kStubSize);
     return fail(E2BIG, fmt::format("{}: trampoline too large ({} bytes)", req.describe, w.size()));
+  }
   // Written with the batch's other trampolines before any site is patched (patcher::install).
   os::write_code_later(w.base(), w.bytes(), kTrampolineSize);
+  if (stub.addr) os::write_code_later(stub.addr, stub.code, kStubSize);
   unused.block = 0;
 
   plan.trampoline = w.base();
   plan.trampoline_size = static_cast<uint32_t>(w.size());
   plan.window_copy = window_copy;
   plan.window_map = rel->map;
-  size_t patch_len = plan.jump ? kJumpLength : 1;
-  plan.original.assign(from_site.begin(), from_site.begin() + patch_len);
-  plan.patch.assign(patch_len, trap_byte());
-  if (plan.jump) {
+  plan.stub = stub.addr;
+  plan.stub_size = stub.addr ? static_cast<uint32_t>(kStubSize) : 0;
+  if (plan.jump && patch.empty()) {
     x86::CodeWriter jw(req.site);
     jw.put_jmp_rel32(plan.trampoline);
-    plan.patch = jw.bytes();
+    patch = jw.bytes();
   }
+  if (!plan.jump) patch.assign(1, trap_byte());
+  plan.original.assign(from_site.begin(), from_site.begin() + patch.size());
+  plan.patch = std::move(patch);
   plan.window_length = static_cast<uint32_t>(rel->consumed);
   return plan;
 }

@@ -3,12 +3,15 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -81,6 +84,37 @@ Result<uint64_t> map_slab_near(uint64_t near, uint64_t reach) {
   }
   return fail(ENOMEM,
               fmt::format("no free address space within 2 GB of {:#x} for a trampoline", near));
+}
+
+// Pages of constrained blocks (alloc_code_within), guarded by g_mutex: page -> the blocks handed
+// out in it, (address, size), sorted by address.
+std::map<uint64_t, std::vector<std::pair<uint64_t, size_t>>> g_constrained;
+constexpr uint64_t kUserTop = 0x7ffffffff000ull;
+
+uint64_t mmap_min_addr() {
+  static const uint64_t value = [] {
+    uint64_t v = 65536;
+    if (FILE *f = fopen("/proc/sys/vm/mmap_min_addr", "re")) {
+      unsigned long long x;
+      if (fscanf(f, "%llu", &x) == 1) v = x;
+      fclose(f);
+    }
+    return std::max<uint64_t>((v + kPage - 1) & ~(kPage - 1), kPage);
+  }();
+  return value;
+}
+
+// The lowest address a in [lo, hi) with [a, a + size) inside the page at `page` and clear of
+// `used`; 0 when none.
+uint64_t fit_in_page(uint64_t page, const std::vector<std::pair<uint64_t, size_t>> &used,
+                     uint64_t lo, uint64_t hi, size_t size) {
+  uint64_t a = std::max(lo, page);
+  for (const auto &[at, n] : used) {
+    if (a + size <= at) break;
+    a = std::max(a, at + n);
+  }
+  if (a >= hi || a + size > page + kPage) return 0;
+  return a;
 }
 
 // /proc/self/mem, opened once per process: a descriptor inherited over fork() still names the
@@ -174,6 +208,81 @@ void free_code(uint64_t addr, size_t size) {
       it->free.emplace_back(addr, size);
     }
     return;
+  }
+}
+
+Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size) {
+  if (size == 0 || size > 64) return fail(EINVAL, "constrained code block too large");
+  lo = std::max(lo, mmap_min_addr());
+  hi = std::min(hi, kUserTop - size);
+  if (lo >= hi || hi < lo) return fail(ENOMEM, "the range is outside user space");
+  std::lock_guard lock(g_mutex);
+  auto take = [&](uint64_t page, uint64_t a) {
+    auto &used = g_constrained[page];
+    used.emplace_back(a, size);
+    std::sort(used.begin(), used.end());
+    return a;
+  };
+  // Pages already mapped for other blocks first.
+  for (auto it = g_constrained.lower_bound((lo & ~(kPage - 1)));
+       it != g_constrained.end() && it->first < hi; ++it)
+    if (uint64_t a = fit_in_page(it->first, it->second, lo, hi, size)) return take(it->first, a);
+  // Then free pages of the range, found from the mappings. The main stack's growth room (its
+  // rlimit below it) counts as taken: a page there would stop the stack from growing.
+  auto maps = read_mappings();
+  if (!maps) return std::unexpected(maps.error());
+  std::vector<std::pair<uint64_t, uint64_t>> taken;
+  for (const auto &m : *maps) {
+    uint64_t start = m.start;
+    if (m.path == "[stack]") {
+      rlimit rl{};
+      uint64_t room = 8ull << 20;
+      if (getrlimit(RLIMIT_STACK, &rl) == 0)
+        room = rl.rlim_cur == RLIM_INFINITY ? 1ull << 30 : std::max<uint64_t>(room, rl.rlim_cur);
+      start = start > room ? start - room : 0;
+    }
+    taken.emplace_back(start & ~(kPage - 1), m.end);
+  }
+  std::sort(taken.begin(), taken.end());
+  auto is_taken = [&](uint64_t page) {
+    auto it = std::upper_bound(taken.begin(), taken.end(),
+                               std::pair<uint64_t, uint64_t>(page, ~uint64_t{0}));
+    // Ranges may overlap (the stack's room): look back over every earlier start.
+    for (auto j = taken.begin(); j != it; ++j)
+      if (page < j->second && page + kPage > j->first) return true;
+    return false;
+  };
+  for (uint64_t page = lo & ~(kPage - 1), tries = 0; page < hi && tries < 64; page += kPage) {
+    if (is_taken(page)) {
+      // Skip to the end of the mapping that holds it.
+      for (const auto &[b, e] : taken)
+        if (page >= b && page < e) page = std::max(page, ((e + kPage - 1) & ~(kPage - 1)) - kPage);
+      continue;
+    }
+    const uint64_t a = fit_in_page(page, {}, lo, hi, size);
+    if (!a) continue;
+    ++tries;
+    void *p = mmap(reinterpret_cast<void *>(page), kPage, PROT_READ | PROT_EXEC,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == MAP_FAILED) continue;
+    if (reinterpret_cast<uint64_t>(p) != page) {
+      munmap(p, kPage);
+      continue;
+    }
+    return take(page, a);
+  }
+  return fail(ENOMEM, fmt::format("no free address space in [{:#x}, {:#x})", lo, hi));
+}
+
+void free_code_within(uint64_t addr, size_t size) {
+  std::lock_guard lock(g_mutex);
+  (void)flush_locked();
+  auto it = g_constrained.find(addr & ~(kPage - 1));
+  if (it == g_constrained.end()) return;
+  std::erase(it->second, std::pair<uint64_t, size_t>(addr, size));
+  if (it->second.empty()) {
+    munmap(reinterpret_cast<void *>(it->first), kPage);
+    g_constrained.erase(it);
   }
 }
 

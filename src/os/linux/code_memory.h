@@ -23,6 +23,13 @@ Result<uint64_t> alloc_code_near(uint64_t near, size_t size,
 // Give back what alloc_code_near(., size) returned. A block is reused for a later allocation of the
 // same size; a slab whose every block is free is unmapped.
 void free_code(uint64_t addr, size_t size);
+// `size` bytes of read+execute memory (at most 64) starting at an address in [lo, hi): for code
+// whose address is constrained to a range (a punned jump's target). Pages are taken from free
+// address space (never below vm.mmap_min_addr or above user space) and shared between such
+// blocks; a range that holds only other mappings fails with ENOMEM. Freed with free_code_within.
+Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size);
+void free_code_within(uint64_t addr, size_t size);
+
 // Bytes of code memory mapped now (slabs), for tests of memory use.
 size_t code_memory_mapped();
 

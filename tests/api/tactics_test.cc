@@ -1,0 +1,279 @@
+// Jumps where a 5-byte window over whole instructions cannot stand (issue 12, item 1): a branch
+// target right after the probed instruction, a function that jumps indirectly through a table, a
+// 3-byte function. Each used to take the int3 path (and a thread that blocks SIGTRAP died there);
+// each now gets a jump that writes only the probed instruction's bytes (punned when it is shorter
+// than the jump: the displacement's high bytes are the next instruction's, unchanged). Counts are
+// exact, results unchanged, detach restores every byte, and live attach/detach under callers
+// running flat out keeps results exact.
+#include <pthread.h>
+#include <signal.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "support/watchdog.h"
+#include "usprobe/usprobe.h"
+
+// The targets, with exact bytes, in this executable ("exe:NAME").
+asm(R"(
+  .text
+  # tac_loop_head(n) -> max(n, 1): the loop's head is the second instruction, so a branch lands
+  # 2 bytes into any 5-byte window at the entry.
+  .globl tac_loop_head
+  .type tac_loop_head, @function
+  .p2align 4
+tac_loop_head:
+  xor %eax, %eax          # +0, 2 bytes
+1:
+  inc %rax                # +2, the loop's head
+  cmp %rdi, %rax
+  jb 1b
+  ret
+  .size tac_loop_head, .-tac_loop_head
+  int3; int3; int3; int3; int3; int3; int3; int3
+
+  # tac_switch(x) -> 10, x + 20, 2x, 7 for x = 0..3, -1 otherwise; plus 1 (the common tail).
+  # A jump table: the function jumps indirectly, so no site past its entry may cover another
+  # instruction start.
+  .globl tac_switch
+  .type tac_switch, @function
+  .p2align 4
+tac_switch:
+  cmp $3, %rdi
+  ja 5f
+  lea 9f(%rip), %rax
+  movslq (%rax,%rdi,4), %rcx
+  add %rcx, %rax
+  jmp *%rax
+  .globl tac_switch_case0
+tac_switch_case0:
+  mov $10, %eax           # 5 bytes: one-instruction jump
+  jmp 6f
+  .globl tac_switch_case1
+tac_switch_case1:
+  lea 20(%rdi), %eax      # 3 bytes: punned
+  jmp 6f
+2:
+  lea (%rdi,%rdi), %eax
+  jmp 6f
+3:
+  mov $7, %eax
+  jmp 6f
+5:
+  mov $-1, %eax
+  .globl tac_switch_tail
+tac_switch_tail:
+6:
+  add $1, %eax            # 3 bytes, every case's way out: punned over `ret` and the padding
+  ret
+  .size tac_switch, .-tac_switch
+  int3; int3; int3; int3; int3; int3; int3; int3
+  .section .rodata
+  .p2align 2
+9:
+  .long tac_switch_case0 - 9b, tac_switch_case1 - 9b, 2b - 9b, 3b - 9b
+  .text
+
+  # tac_tiny() -> 0: 3 bytes.
+  .globl tac_tiny
+  .type tac_tiny, @function
+  .p2align 4
+tac_tiny:
+  xor %eax, %eax
+  ret
+  .size tac_tiny, .-tac_tiny
+  int3; int3; int3; int3; int3; int3; int3; int3
+)");
+extern "C" {
+long tac_loop_head(long n);
+int tac_switch(long x);
+int tac_tiny();
+extern const char tac_switch_case0[], tac_switch_case1[], tac_switch_tail[];
+}
+
+namespace {
+
+using usprobe::test::Watchdog;
+
+long switch_value(long x) {
+  switch (x) {
+    case 0:
+      return 10 + 1;
+    case 1:
+      return x + 20 + 1;
+    case 2:
+      return 2 * x + 1;
+    case 3:
+      return 7 + 1;
+    default:
+      return -1 + 1;
+  }
+}
+
+std::string offset_of(const char *label) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "exe:tac_switch+%#" PRIxPTR,
+                reinterpret_cast<uintptr_t>(label) - reinterpret_cast<uintptr_t>(&tac_switch));
+  return buf;
+}
+
+// The bytes a patch may write or borrow: the function's first 16 and the 8 after its end.
+struct Bytes {
+  const uint8_t *at;
+  size_t n;
+  std::vector<uint8_t> copy;
+  Bytes(const void *p, size_t len)
+      : at(static_cast<const uint8_t *>(p)), n(len), copy(at, at + len) {}
+  bool intact() const { return std::memcmp(copy.data(), at, n) == 0; }
+};
+
+usprobe_link *attach(const std::string &where) {
+  usprobe_link *link = nullptr;
+  const int rc = usprobe_attach(where.c_str(), nullptr, &link);
+  EXPECT_EQ(rc, 0) << where << ": " << usprobe_last_error();
+  return link;
+}
+
+TEST(Tactics, BranchTargetAfterTheFirstInstructionGetsAJump) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  Bytes before(reinterpret_cast<const void *>(&tac_loop_head), 24);
+  usprobe_link *link = attach("exe:tac_loop_head");
+  ASSERT_NE(link, nullptr);
+  EXPECT_EQ(usprobe_link_uses_int3(link), 0) << usprobe_link_int3_reason(link);
+  EXPECT_STREQ(usprobe_link_path(link), "jump (punned)");
+  long sum = 0;
+  for (long i = 0; i < 1000; ++i) sum += tac_loop_head(i % 7);
+  EXPECT_EQ(sum, 1000 / 7 * (1 + 1 + 2 + 3 + 4 + 5 + 6) + (1 + 1 + 2 + 3 + 4 + 5));
+  EXPECT_EQ(usprobe_link_hits(link), 1000u);
+  EXPECT_EQ(usprobe_detach(link), 0);
+  EXPECT_TRUE(before.intact());
+}
+
+TEST(Tactics, JumpTableFunctionCountsEveryCase) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  Bytes before(reinterpret_cast<const void *>(&tac_switch), 64);
+  const std::string where[] = {offset_of(tac_switch_tail), offset_of(tac_switch_case0),
+                               offset_of(tac_switch_case1)};
+  const char *paths[] = {"jump (punned)", "jump (one instruction)", "jump (punned)"};
+  usprobe_link *links[3];
+  for (int i = 0; i < 3; ++i) {
+    links[i] = attach(where[i]);
+    ASSERT_NE(links[i], nullptr);
+    EXPECT_EQ(usprobe_link_uses_int3(links[i]), 0)
+        << where[i] << ": " << usprobe_link_int3_reason(links[i]);
+    EXPECT_STREQ(usprobe_link_path(links[i]), paths[i]) << where[i];
+  }
+  uint64_t per_case[5] = {};
+  for (long i = 0; i < 5000; ++i) {
+    const long x = i % 5 == 4 ? 99 : i % 5;
+    ASSERT_EQ(tac_switch(x), switch_value(x)) << x;
+    ++per_case[i % 5];
+  }
+  EXPECT_EQ(usprobe_link_hits(links[0]), 5000u);  // the tail: every call
+  EXPECT_EQ(usprobe_link_hits(links[1]), per_case[0]);
+  EXPECT_EQ(usprobe_link_hits(links[2]), per_case[1]);
+  EXPECT_EQ(usprobe_detach_batch(links, 3), 0);
+  EXPECT_TRUE(before.intact());
+}
+
+TEST(Tactics, ThreeByteFunctionGetsAJump) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  Bytes before(reinterpret_cast<const void *>(&tac_tiny), 11);  // its 3 bytes and 8 of padding
+  usprobe_link *link = attach("exe:tac_tiny");
+  ASSERT_NE(link, nullptr);
+  EXPECT_EQ(usprobe_link_uses_int3(link), 0) << usprobe_link_int3_reason(link);
+  EXPECT_STREQ(usprobe_link_path(link), "jump (punned)");
+  int sum = 0;
+  for (int i = 0; i < 1000; ++i) sum += tac_tiny();
+  EXPECT_EQ(sum, 0);
+  EXPECT_EQ(usprobe_link_hits(link), 1000u);
+  EXPECT_EQ(usprobe_detach(link), 0);
+  EXPECT_TRUE(before.intact());
+}
+
+// A thread that blocks SIGTRAP is killed by any int3 it runs: on a jump path it runs none.
+TEST(Tactics, ThreadBlockingSigtrapRunsPunnedSites) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  usprobe_link *links[2] = {attach("exe:tac_tiny"), attach(offset_of(tac_switch_tail))};
+  ASSERT_NE(links[0], nullptr);
+  ASSERT_NE(links[1], nullptr);
+  std::thread t([] {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    for (int i = 0; i < 100; ++i) {
+      (void)tac_tiny();
+      (void)tac_switch(i % 4);
+    }
+  });
+  t.join();
+  EXPECT_EQ(usprobe_link_hits(links[0]), 100u);
+  EXPECT_EQ(usprobe_link_hits(links[1]), 100u);
+  EXPECT_EQ(usprobe_detach_batch(links, 2), 0);
+}
+
+// Live attach and detach while threads call the punned sites flat out: every result exact, every
+// hit counted between attach and detach, nothing invented, every byte back after each detach.
+TEST(Tactics, LiveAttachDetachUnderLoad) {
+  Watchdog dog("LiveAttachDetachUnderLoad", std::chrono::seconds(120));
+  Bytes loop_bytes(reinterpret_cast<const void *>(&tac_loop_head), 24);
+  Bytes switch_bytes(reinterpret_cast<const void *>(&tac_switch), 64);
+  constexpr int kThreads = 3;
+  std::atomic<bool> stop{false}, wrong{false};
+  struct alignas(64) Done {
+    std::atomic<uint64_t> calls{0};
+  };
+  std::array<Done, kThreads> done;
+  std::vector<std::thread> callers;
+  for (int t = 0; t < kThreads; ++t)
+    callers.emplace_back([&, t] {
+      for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+        const long x = i % 5;
+        bool ok = tac_loop_head(x) == (x ? x : 1);
+        ok = ok && tac_switch(x) == switch_value(x);
+        if (!ok) wrong.store(true);
+        done[t].calls.store(done[t].calls.load(std::memory_order_relaxed) + 1,
+                            std::memory_order_release);
+      }
+    });
+  auto total = [&] {
+    uint64_t s = 0;
+    for (auto &d : done) s += d.calls.load(std::memory_order_acquire);
+    return s;
+  };
+  const std::string where[] = {"exe:tac_loop_head", offset_of(tac_switch_tail)};
+  const char *locs[] = {where[0].c_str(), where[1].c_str()};
+  for (int cycle = 0; cycle < 300 && !wrong.load(); ++cycle) {
+    const uint64_t s0 = total();
+    usprobe_link *links[2] = {};
+    ASSERT_EQ(usprobe_attach_batch(locs, 2, nullptr, links, nullptr), 2) << usprobe_last_error();
+    const uint64_t s1 = total();
+    std::this_thread::yield();
+    const uint64_t s2 = total();
+    const uint64_t h0 = usprobe_link_hits(links[0]), h1 = usprobe_link_hits(links[1]);
+    for (usprobe_link *l : links) ASSERT_EQ(usprobe_link_uses_int3(l), 0);
+    ASSERT_EQ(usprobe_detach_batch(links, 2), 0);
+    const uint64_t s3 = total();
+    // Each caller may have one call in flight at either end.
+    for (uint64_t h : {h0, h1}) {
+      EXPECT_GE(h + 2 * kThreads, s2 - s1) << "cycle " << cycle;
+      EXPECT_LE(h, s3 - s0 + 2 * kThreads) << "cycle " << cycle;
+    }
+    ASSERT_TRUE(loop_bytes.intact()) << "cycle " << cycle;
+    ASSERT_TRUE(switch_bytes.intact()) << "cycle " << cycle;
+  }
+  stop.store(true);
+  for (auto &t : callers) t.join();
+  EXPECT_FALSE(wrong.load()) << "a probed function returned a wrong value";
+}
+
+}  // namespace
