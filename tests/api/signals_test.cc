@@ -7,6 +7,7 @@
 // disposition as it set them and gets its own SIGTRAPs as without usprobe
 // (src/os/linux/signal_guard.h). Each scenario runs in a fresh process (some end by SIGTRAP).
 #include <dlfcn.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -102,6 +103,29 @@ int blocked_threads_are_counted() {
                  thread_started_unblocked
              ? 0
              : 1;
+}
+
+// A thread whose starting mask, set in its attributes, holds every signal (glibc applies it inside
+// pthread_create): counted too.
+int attr_mask_thread_is_counted() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  sigset_t all;
+  sigfillset(&all);
+  pthread_attr_setsigmask_np(&attr, &all);
+  static long wrong = -1;
+  pthread_t t;
+  if (pthread_create(
+          &t, &attr, [](void *) -> void * { return (wrong = call_counted()), nullptr; }, nullptr) !=
+      0)
+    return 2;
+  pthread_join(t, nullptr);
+  pthread_attr_destroy(&attr);
+  std::printf("hits %llu of %ld calls, %ld wrong results\n",
+              static_cast<unsigned long long>(usprobe_link_hits(link)), kCalls, wrong);
+  return usprobe_link_hits(link) == kCalls && wrong == 0 ? 0 : 1;
 }
 
 // dlopen with every signal blocked: the dynamic linker calls its debugger hook, which usprobe
@@ -291,6 +315,7 @@ int system_v_calls() {
 const usprobe::test::Scenario kScenarios[] = {
     {"blocked-threads", blocked_threads_are_counted},
     {"dlopen-blocked", dlopen_with_signals_blocked},
+    {"attr-mask", attr_mask_thread_is_counted},
     {"own-handler", own_handler_gets_own_traps},
     {"reset-handler", reset_handler_runs_once},
     {"ignored", ignored_trap_is_ignored},
@@ -303,6 +328,10 @@ const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, 
 
 TEST(Signals, ThreadsBlockingEverySignalAreCountedOnTheInt3Path) {
   EXPECT_EQ(run_in_child("blocked-threads"), "");
+}
+
+TEST(Signals, ThreadStartingWithEverySignalBlockedIsCounted) {
+  EXPECT_EQ(run_in_child("attr-mask"), "");
 }
 
 TEST(Signals, DlopenWithEverySignalBlockedSurvivesTheLinkerHook) {

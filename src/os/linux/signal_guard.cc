@@ -8,6 +8,7 @@
 
 #include <dlfcn.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/select.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -27,6 +28,7 @@ using SigpendingFn = int (*)(sigset_t *);
 using SigtimedwaitFn = int (*)(const sigset_t *, siginfo_t *, const struct timespec *);
 using SignalFn = sighandler_t (*)(int, sighandler_t);
 using SigopFn = int (*)(int);
+using AttrSigmaskFn = int (*)(pthread_attr_t *, const sigset_t *);
 using PpollFn = int (*)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
 using PselectFn = int (*)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
                           const sigset_t *);
@@ -53,6 +55,7 @@ std::atomic<SignalFn> g_sigset{nullptr};
 std::atomic<SigopFn> g_sighold{nullptr};
 std::atomic<SigopFn> g_sigrelse{nullptr};
 std::atomic<SigopFn> g_sigignore{nullptr};
+std::atomic<AttrSigmaskFn> g_attr_setsigmask{nullptr};
 std::atomic<PpollFn> g_ppoll{nullptr};
 std::atomic<PselectFn> g_pselect{nullptr};
 
@@ -67,6 +70,7 @@ __attribute__((constructor(101))) void resolve_all() {
   next(g_sighold, "sighold");
   next(g_sigrelse, "sigrelse");
   next(g_sigignore, "sigignore");
+  next(g_attr_setsigmask, "pthread_attr_setsigmask_np");
   next(g_ppoll, "ppoll");
   next(g_pselect, "pselect");
 }
@@ -392,6 +396,12 @@ USPROBE_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct 
                            const sigset_t *mask) {
   sigset_t copy;
   return next(g_pselect, "pselect")(n, r, w, e, timeout, strip(mask, copy));
+}
+
+// The mask a new thread starts with (glibc sets it itself, inside pthread_create).
+USPROBE_EXPORT int pthread_attr_setsigmask_np(pthread_attr_t *attr, const sigset_t *mask) {
+  sigset_t copy;
+  return next(g_attr_setsigmask, "pthread_attr_setsigmask_np")(attr, strip(mask, copy));
 }
 
 USPROBE_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old) noexcept {

@@ -8,8 +8,9 @@
 // libusprobe.so (and the agent) export the calls that change a thread's mask or a signal's
 // disposition, and forward them to the next definition (libc's) with usprobe's signals left out:
 //
-//  - the mask calls (sigprocmask, pthread_sigmask, sigsuspend, ppoll, pselect, and the System V
-//    sighold/sigrelse/sigset) never block a guarded signal; the program's wish is kept in a
+//  - the mask calls (sigprocmask, pthread_sigmask, sigsuspend, ppoll, pselect,
+//    pthread_attr_setsigmask_np, and the System V sighold/sigrelse/sigset) never block a guarded
+//    signal; the program's wish is kept in a
 //    per-thread bit, which is what it reads back as its old mask;
 //  - sigaction leaves guarded signals out of every handler's sa_mask (and gives them back in
 //    oldact);
