@@ -83,9 +83,10 @@ int blocked_threads_are_counted() {
   sigprocmask(SIG_SETMASK, &all, &old);
   bool creator_sees_it = mask_has_sigtrap();
   long wrong = -1;
-  bool thread_started_unblocked = false, thread_sees_it = false;
+  bool thread_started_unblocked = false, thread_sees_it = false, inherited = false;
   std::thread t([&] {
     thread_started_unblocked = !kernel_blocks_sigtrap();
+    inherited = mask_has_sigtrap();  // its creator's mask, as the program believes it is
     pthread_sigmask(SIG_BLOCK, &all, nullptr);
     thread_sees_it = mask_has_sigtrap();
     wrong = call_counted();
@@ -95,12 +96,13 @@ int blocked_threads_are_counted() {
   const uint64_t hits = usprobe_link_hits(link);
   std::printf(
       "hits %llu of %ld calls, %ld wrong results; SIGTRAP in the masks read back: "
-      "creator %d, thread %d; the new thread started with SIGTRAP deliverable: %d\n",
-      static_cast<unsigned long long>(hits), kCalls, wrong, creator_sees_it, thread_sees_it,
-      thread_started_unblocked);
+      "creator %d, thread at its start %d and after its own block %d; the new thread "
+      "started with SIGTRAP deliverable: %d\n",
+      static_cast<unsigned long long>(hits), kCalls, wrong, creator_sees_it, inherited,
+      thread_sees_it, thread_started_unblocked);
   usprobe_detach(link);
-  return hits == kCalls && wrong == 0 && creator_sees_it && thread_sees_it && !mask_has_sigtrap() &&
-                 thread_started_unblocked
+  return hits == kCalls && wrong == 0 && creator_sees_it && inherited && thread_sees_it &&
+                 !mask_has_sigtrap() && thread_started_unblocked
              ? 0
              : 1;
 }

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <new>
 
 #include "os/linux/raw_syscall.h"
 
@@ -29,6 +30,7 @@ using SigtimedwaitFn = int (*)(const sigset_t *, siginfo_t *, const struct times
 using SignalFn = sighandler_t (*)(int, sighandler_t);
 using SigopFn = int (*)(int);
 using AttrSigmaskFn = int (*)(pthread_attr_t *, const sigset_t *);
+using CreateFn = int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 using PpollFn = int (*)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
 using PselectFn = int (*)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
                           const sigset_t *);
@@ -56,6 +58,7 @@ std::atomic<SigopFn> g_sighold{nullptr};
 std::atomic<SigopFn> g_sigrelse{nullptr};
 std::atomic<SigopFn> g_sigignore{nullptr};
 std::atomic<AttrSigmaskFn> g_attr_setsigmask{nullptr};
+std::atomic<CreateFn> g_pthread_create{nullptr};
 std::atomic<PpollFn> g_ppoll{nullptr};
 std::atomic<PselectFn> g_pselect{nullptr};
 
@@ -71,6 +74,7 @@ __attribute__((constructor(101))) void resolve_all() {
   next(g_sigrelse, "sigrelse");
   next(g_sigignore, "sigignore");
   next(g_attr_setsigmask, "pthread_attr_setsigmask_np");
+  next(g_pthread_create, "pthread_create");
   next(g_ppoll, "ppoll");
   next(g_pselect, "pselect");
 }
@@ -396,6 +400,36 @@ USPROBE_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct 
                            const sigset_t *mask) {
   sigset_t copy;
   return next(g_pselect, "pselect")(n, r, w, e, timeout, strip(mask, copy));
+}
+
+// A new thread inherits its creator's mask: what the program believes it blocks comes along.
+struct Start {
+  void *(*fn)(void *);
+  void *arg;
+  uint64_t wanted;
+};
+
+void *start_with_wanted(void *p) {
+  Start s = *static_cast<Start *>(p);
+  delete static_cast<Start *>(p);
+  t_wanted = s.wanted;
+  return s.fn(s.arg);
+}
+
+// Only a creator that "blocks" a guarded signal pays for this (one allocation); a thread whose
+// attributes give it a mask of its own starts as the attributes say, with the guarded signals
+// out (pthread_attr_setsigmask_np below) and its bits clear.
+USPROBE_EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                                  void *(*fn)(void *), void *arg) noexcept {
+  CreateFn real = next(g_pthread_create, "pthread_create");
+  sigset_t own;
+  if (!t_wanted || (attr && pthread_attr_getsigmask_np(attr, &own) == 0))
+    return real(thread, attr, fn, arg);
+  auto *s = new (std::nothrow) Start{fn, arg, t_wanted};
+  if (!s) return EAGAIN;
+  int rc = real(thread, attr, start_with_wanted, s);
+  if (rc != 0) delete s;
+  return rc;
 }
 
 // The mask a new thread starts with (glibc sets it itself, inside pthread_create).
