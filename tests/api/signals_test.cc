@@ -286,6 +286,47 @@ int blocked_raise_is_taken_by_sigwait() {
   return sig == SIGTRAP && info.si_code == SI_TKILL && wrong == 0 ? 0 : 1;
 }
 
+// usprobe's thread round uses a real-time signal it picked when it was loaded. A program that
+// later takes that signal for itself gets it: the round moves to another one, and the program's
+// handler sees only its own signals.
+std::atomic<int> g_rt_handled{0};
+int round_signal_taken_by_program() {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) { g_rt_handled.fetch_add(1); };
+  sigemptyset(&sa.sa_mask);
+  const int sig = SIGRTMAX - 1;  // the first that usprobe tries
+  sigaction(sig, &sa, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<long> wrong{0}, calls{0};
+  std::thread caller([&] {
+    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      wrong += tgt_counted(i) != i + 1;
+      calls.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (calls.load() < 1000) std::this_thread::yield();
+  int attached = 0, int3 = 0;
+  for (int cycle = 0; cycle < 5; ++cycle) {
+    usprobe_link *link = nullptr;
+    if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) break;
+    ++attached;
+    int3 += usprobe_link_uses_int3(link);
+    usprobe_detach(link);
+  }
+  stop = true;
+  caller.join();
+  const int before_raise = g_rt_handled.load();
+  raise(sig);
+  std::printf(
+      "%d of 5 attaches (%d on the int3 path); the program's handler ran %d times before "
+      "its own raise and %d after; %ld wrong\n",
+      attached, int3, before_raise, g_rt_handled.load(), wrong.load());
+  return attached == 5 && int3 == 0 && before_raise == 0 && g_rt_handled.load() == 1 &&
+                 wrong.load() == 0
+             ? 0
+             : 1;
+}
+
 // The System V calls, which glibc implements with its own sigaction and sigprocmask: sighold
 // "blocks" SIGTRAP (the int3 site still counts), sigset installs the program's handler without
 // taking the int3 path over.
@@ -325,6 +366,7 @@ const usprobe::test::Scenario kScenarios[] = {
     {"pending-until-unblock", blocked_raise_waits_for_unblock},
     {"pending-sigwait", blocked_raise_is_taken_by_sigwait},
     {"system-v", system_v_calls},
+    {"round-signal-taken", round_signal_taken_by_program},
 };
 const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 
@@ -364,6 +406,10 @@ TEST(Signals, SigtrapRaisedWhileBlockedIsDeliveredAtUnblock) {
 
 TEST(Signals, SigtrapRaisedWhileBlockedIsTakenBySigwait) {
   EXPECT_EQ(run_in_child("pending-sigwait"), "");
+}
+
+TEST(Signals, ProgramTakingTheRoundSignalGetsItAndRoundsMoveOn) {
+  EXPECT_EQ(run_in_child("round-signal-taken"), "");
 }
 
 TEST(Signals, SystemVCallsKeepTheInt3PathWorking) {
