@@ -317,6 +317,17 @@ int round_signal_taken_by_program() {
   caller.join();
   const int before_raise = g_rt_handled.load();
   raise(sig);
+  // Back to the default, as programs that reset every signal do: the round may take it again.
+  signal(sig, SIG_DFL);
+  usprobe_link *link = nullptr;
+  stop = false;
+  std::thread again([&] {
+    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) wrong += tgt_counted(i) != i + 1;
+  });
+  if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) return 3;
+  usprobe_detach(link);
+  stop = true;
+  again.join();
   std::printf(
       "%d of 5 attaches (%d on the int3 path); the program's handler ran %d times before "
       "its own raise and %d after; %ld wrong\n",
@@ -325,6 +336,33 @@ int round_signal_taken_by_program() {
                  wrong.load() == 0
              ? 0
              : 1;
+}
+
+// A program that resets every signal to its default (daemons do), the round's included: the next
+// round installs its handler again instead of killing the process with the default action.
+int round_signal_reset_by_program() {
+  for (int sig = SIGRTMIN; sig <= SIGRTMAX; ++sig) signal(sig, SIG_DFL);
+  std::atomic<bool> stop{false};
+  std::atomic<long> wrong{0}, calls{0};
+  std::thread caller([&] {
+    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      wrong += tgt_counted(i) != i + 1;
+      calls.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (calls.load() < 1000) std::this_thread::yield();
+  int attached = 0, int3 = 0;
+  for (int cycle = 0; cycle < 5; ++cycle) {
+    usprobe_link *link = nullptr;
+    if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) break;
+    ++attached;
+    int3 += usprobe_link_uses_int3(link);
+    usprobe_detach(link);
+  }
+  stop = true;
+  caller.join();
+  std::printf("%d of 5 attaches (%d on the int3 path); %ld wrong\n", attached, int3, wrong.load());
+  return attached == 5 && int3 == 0 && wrong.load() == 0 ? 0 : 1;
 }
 
 // The System V calls, which glibc implements with its own sigaction and sigprocmask: sighold
@@ -367,6 +405,7 @@ const usprobe::test::Scenario kScenarios[] = {
     {"pending-sigwait", blocked_raise_is_taken_by_sigwait},
     {"system-v", system_v_calls},
     {"round-signal-taken", round_signal_taken_by_program},
+    {"round-signal-reset", round_signal_reset_by_program},
 };
 const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 
@@ -410,6 +449,10 @@ TEST(Signals, SigtrapRaisedWhileBlockedIsTakenBySigwait) {
 
 TEST(Signals, ProgramTakingTheRoundSignalGetsItAndRoundsMoveOn) {
   EXPECT_EQ(run_in_child("round-signal-taken"), "");
+}
+
+TEST(Signals, ProgramResettingEverySignalKeepsRoundsWorking) {
+  EXPECT_EQ(run_in_child("round-signal-reset"), "");
 }
 
 TEST(Signals, SystemVCallsKeepTheInt3PathWorking) {

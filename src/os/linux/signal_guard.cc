@@ -1,8 +1,9 @@
 // The interposed signal calls: see signal_guard.h for what they do and what they cannot cover.
 //
-// Everything here may run in a signal handler, in any thread, while usprobe patches code: no lock,
-// no allocation; the per-thread state is initial-exec TLS; the program's SIGTRAP disposition is
-// published as immutable records. The calls forward to the next definitions (libc's, or a
+// The mask and disposition calls may run in a signal handler, in any thread, while usprobe patches
+// code: no lock, no allocation; the per-thread state is initial-exec TLS; the program's SIGTRAP
+// disposition is published as immutable records. (pthread_create, not async-signal-safe itself,
+// allocates.) The calls forward to the next definitions (libc's, or a
 // sanitizer's interceptor), looked up once with dlsym(RTLD_NEXT).
 #include "os/linux/signal_guard.h"
 
@@ -37,6 +38,7 @@ using PselectFn = int (*)(int, fd_set *, fd_set *, fd_set *, const struct timesp
 
 // The next definition of `name`, looked up on first use (normally by the constructor below, before
 // the program runs; dlsym is not async-signal-safe, the loads after it are).
+// (Every name looked up exists in glibc; the System V calls are deprecated there but exported.)
 template <typename Fn>
 Fn next(std::atomic<Fn> &slot, const char *name) {
   Fn fn = slot.load(std::memory_order_acquire);  // pairs with the release below
@@ -90,8 +92,8 @@ uint64_t word(const sigset_t &s) {
   return s.__val[0];
 }
 
-// The signals that the interposed calls never block. Only grows; acquire loads pair with the
-// release in keep_unblocked.
+// The signals that the interposed calls never block. Acquire loads pair with the release in
+// keep_unblocked (and in guarded_sigaction, where the program takes one back).
 std::atomic<uint64_t> g_guarded{0};
 // Per signal: the guarded signals the program put in its handler's sa_mask (given back in oldact).
 std::atomic<uint64_t> g_mask_asked[65];
@@ -244,8 +246,9 @@ int guarded_sigaction(int sig, const struct sigaction *act, struct sigaction *ol
   }
   int rc = real(sig, p, old);
   if (rc != 0) return rc;
-  // The program takes a guarded signal for itself (a handler, or SIG_IGN): usprobe lets it go.
-  if (act && (guarded & bit(sig)) && act->sa_handler != SIG_DFL) {
+  // The program sets a disposition of its own for a guarded signal (any, SIG_DFL included: the
+  // kernel's now is not usprobe's handler): usprobe lets it go.
+  if (act && (guarded & bit(sig))) {
     g_guarded.fetch_and(~bit(sig), std::memory_order_release);
     if (auto *taken = g_on_taken[sig].load(std::memory_order_relaxed)) taken(sig);
   }
