@@ -122,7 +122,9 @@ uint8_t trap_byte();
 // is called from the signal handler and must be async-signal-safe. It stores inside its read
 // section, so that once a grace period has passed, every thread sent to a trampoline has that
 // address in its signal frame, where a retirement check sees it (core/retire.cc). Traps that are
-// not usprobe's go to the handler the application had installed, or to the default action.
+// not usprobe's go to the program's current SIGTRAP disposition, which the interposed sigaction
+// records (os/linux/signal_guard.h). The handler itself is installed when the library is loaded;
+// this call only connects `redirect`.
 using TrapRedirect = bool (*)(uint64_t site, void *pc);
 Result<void> install_trap_handler(TrapRedirect redirect);
 

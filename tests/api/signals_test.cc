@@ -7,6 +7,7 @@
 // disposition as it set them and gets its own SIGTRAPs as without usprobe
 // (src/os/linux/signal_guard.h). Each scenario runs in a fresh process (some end by SIGTRAP).
 #include <dlfcn.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -82,9 +83,10 @@ int blocked_threads_are_counted() {
   sigprocmask(SIG_SETMASK, &all, &old);
   bool creator_sees_it = mask_has_sigtrap();
   long wrong = -1;
-  bool thread_started_unblocked = false, thread_sees_it = false;
+  bool thread_started_unblocked = false, thread_sees_it = false, inherited = false;
   std::thread t([&] {
     thread_started_unblocked = !kernel_blocks_sigtrap();
+    inherited = mask_has_sigtrap();  // its creator's mask, as the program believes it is
     pthread_sigmask(SIG_BLOCK, &all, nullptr);
     thread_sees_it = mask_has_sigtrap();
     wrong = call_counted();
@@ -94,14 +96,38 @@ int blocked_threads_are_counted() {
   const uint64_t hits = usprobe_link_hits(link);
   std::printf(
       "hits %llu of %ld calls, %ld wrong results; SIGTRAP in the masks read back: "
-      "creator %d, thread %d; the new thread started with SIGTRAP deliverable: %d\n",
-      static_cast<unsigned long long>(hits), kCalls, wrong, creator_sees_it, thread_sees_it,
-      thread_started_unblocked);
+      "creator %d, thread at its start %d and after its own block %d; the new thread "
+      "started with SIGTRAP deliverable: %d\n",
+      static_cast<unsigned long long>(hits), kCalls, wrong, creator_sees_it, inherited,
+      thread_sees_it, thread_started_unblocked);
   usprobe_detach(link);
-  return hits == kCalls && wrong == 0 && creator_sees_it && thread_sees_it && !mask_has_sigtrap() &&
-                 thread_started_unblocked
+  return hits == kCalls && wrong == 0 && creator_sees_it && inherited && thread_sees_it &&
+                 !mask_has_sigtrap() && thread_started_unblocked
              ? 0
              : 1;
+}
+
+// A thread whose starting mask, set in its attributes, holds every signal (glibc applies it inside
+// pthread_create): counted too.
+int attr_mask_thread_is_counted() {
+  usprobe_link *link = attach_int3();
+  if (!link) return 2;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  sigset_t all;
+  sigfillset(&all);
+  pthread_attr_setsigmask_np(&attr, &all);
+  static long wrong = -1;
+  pthread_t t;
+  if (pthread_create(
+          &t, &attr, [](void *) -> void * { return (wrong = call_counted()), nullptr; }, nullptr) !=
+      0)
+    return 2;
+  pthread_join(t, nullptr);
+  pthread_attr_destroy(&attr);
+  std::printf("hits %llu of %ld calls, %ld wrong results\n",
+              static_cast<unsigned long long>(usprobe_link_hits(link)), kCalls, wrong);
+  return usprobe_link_hits(link) == kCalls && wrong == 0 ? 0 : 1;
 }
 
 // dlopen with every signal blocked: the dynamic linker calls its debugger hook, which usprobe
@@ -260,6 +286,85 @@ int blocked_raise_is_taken_by_sigwait() {
   return sig == SIGTRAP && info.si_code == SI_TKILL && wrong == 0 ? 0 : 1;
 }
 
+// usprobe's thread round uses a real-time signal it picked when it was loaded. A program that
+// later takes that signal for itself gets it: the round moves to another one, and the program's
+// handler sees only its own signals.
+std::atomic<int> g_rt_handled{0};
+int round_signal_taken_by_program() {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) { g_rt_handled.fetch_add(1); };
+  sigemptyset(&sa.sa_mask);
+  const int sig = SIGRTMAX - 1;  // the first that usprobe tries
+  sigaction(sig, &sa, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<long> wrong{0}, calls{0};
+  std::thread caller([&] {
+    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      wrong += tgt_counted(i) != i + 1;
+      calls.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (calls.load() < 1000) std::this_thread::yield();
+  int attached = 0, int3 = 0;
+  for (int cycle = 0; cycle < 5; ++cycle) {
+    usprobe_link *link = nullptr;
+    if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) break;
+    ++attached;
+    int3 += usprobe_link_uses_int3(link);
+    usprobe_detach(link);
+  }
+  stop = true;
+  caller.join();
+  const int before_raise = g_rt_handled.load();
+  raise(sig);
+  // Back to the default, as programs that reset every signal do: the round may take it again.
+  signal(sig, SIG_DFL);
+  usprobe_link *link = nullptr;
+  stop = false;
+  std::thread again([&] {
+    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) wrong += tgt_counted(i) != i + 1;
+  });
+  if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) return 3;
+  usprobe_detach(link);
+  stop = true;
+  again.join();
+  std::printf(
+      "%d of 5 attaches (%d on the int3 path); the program's handler ran %d times before "
+      "its own raise and %d after; %ld wrong\n",
+      attached, int3, before_raise, g_rt_handled.load(), wrong.load());
+  return attached == 5 && int3 == 0 && before_raise == 0 && g_rt_handled.load() == 1 &&
+                 wrong.load() == 0
+             ? 0
+             : 1;
+}
+
+// A program that resets every signal to its default (daemons do), the round's included: the next
+// round installs its handler again instead of killing the process with the default action.
+int round_signal_reset_by_program() {
+  for (int sig = SIGRTMIN; sig <= SIGRTMAX; ++sig) signal(sig, SIG_DFL);
+  std::atomic<bool> stop{false};
+  std::atomic<long> wrong{0}, calls{0};
+  std::thread caller([&] {
+    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      wrong += tgt_counted(i) != i + 1;
+      calls.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (calls.load() < 1000) std::this_thread::yield();
+  int attached = 0, int3 = 0;
+  for (int cycle = 0; cycle < 5; ++cycle) {
+    usprobe_link *link = nullptr;
+    if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) break;
+    ++attached;
+    int3 += usprobe_link_uses_int3(link);
+    usprobe_detach(link);
+  }
+  stop = true;
+  caller.join();
+  std::printf("%d of 5 attaches (%d on the int3 path); %ld wrong\n", attached, int3, wrong.load());
+  return attached == 5 && int3 == 0 && wrong.load() == 0 ? 0 : 1;
+}
+
 // The System V calls, which glibc implements with its own sigaction and sigprocmask: sighold
 // "blocks" SIGTRAP (the int3 site still counts), sigset installs the program's handler without
 // taking the int3 path over.
@@ -291,6 +396,7 @@ int system_v_calls() {
 const usprobe::test::Scenario kScenarios[] = {
     {"blocked-threads", blocked_threads_are_counted},
     {"dlopen-blocked", dlopen_with_signals_blocked},
+    {"attr-mask", attr_mask_thread_is_counted},
     {"own-handler", own_handler_gets_own_traps},
     {"reset-handler", reset_handler_runs_once},
     {"ignored", ignored_trap_is_ignored},
@@ -298,11 +404,17 @@ const usprobe::test::Scenario kScenarios[] = {
     {"pending-until-unblock", blocked_raise_waits_for_unblock},
     {"pending-sigwait", blocked_raise_is_taken_by_sigwait},
     {"system-v", system_v_calls},
+    {"round-signal-taken", round_signal_taken_by_program},
+    {"round-signal-reset", round_signal_reset_by_program},
 };
 const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 
 TEST(Signals, ThreadsBlockingEverySignalAreCountedOnTheInt3Path) {
   EXPECT_EQ(run_in_child("blocked-threads"), "");
+}
+
+TEST(Signals, ThreadStartingWithEverySignalBlockedIsCounted) {
+  EXPECT_EQ(run_in_child("attr-mask"), "");
 }
 
 TEST(Signals, DlopenWithEverySignalBlockedSurvivesTheLinkerHook) {
@@ -333,6 +445,14 @@ TEST(Signals, SigtrapRaisedWhileBlockedIsDeliveredAtUnblock) {
 
 TEST(Signals, SigtrapRaisedWhileBlockedIsTakenBySigwait) {
   EXPECT_EQ(run_in_child("pending-sigwait"), "");
+}
+
+TEST(Signals, ProgramTakingTheRoundSignalGetsItAndRoundsMoveOn) {
+  EXPECT_EQ(run_in_child("round-signal-taken"), "");
+}
+
+TEST(Signals, ProgramResettingEverySignalKeepsRoundsWorking) {
+  EXPECT_EQ(run_in_child("round-signal-reset"), "");
 }
 
 TEST(Signals, SystemVCallsKeepTheInt3PathWorking) {

@@ -21,11 +21,15 @@
 //   blocked-threads T N   T threads that block every signal (pthread_sigmask, as liblzma's
 //                      workers do) and make N calls each; the main thread blocks every signal
 //                      (sigprocmask) while it creates them
+//   own-trap N LIB     installs a SIGTRAP handler (as crash reporters do) and raises SIGTRAP 3
+//                      times, dlopens LIB, N calls; then ignores SIGTRAP, raises it, dlcloses LIB,
+//                      N calls; prints "own-trap handled H" (H: the handler's runs)
 //   raw-blocked N      blocks SIGTRAP with a raw rt_sigprocmask system call (which no library can
 //                      see), then N calls
 //
 // The same source is linked statically as e2e_static (a command the CLI must refuse).
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -65,7 +69,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: e2e_target calls N | threads T N | fork N M | exec N M | "
           "exec-other N PATH [ARG...] | greet | args | sleep S | ticks K MS | libc K | exit K | "
-          "raise SIG | marker FILE | blocked-threads T N | raw-blocked N\n");
+          "raise SIG | marker FILE | blocked-threads T N | own-trap N LIB | raw-blocked N\n");
   exit(64);
 }
 
@@ -120,6 +124,31 @@ static int run_blocked_threads(int nthreads, int n) {
   sigprocmask(SIG_SETMASK, &old, NULL);
   for (int t = 0; t < nthreads; ++t) pthread_join(threads[t], NULL);
   printf("blocked-threads %d x %d\n", nthreads, n);
+  return 0;
+}
+
+static volatile sig_atomic_t own_trap_handled;
+static void on_own_trap(int sig, siginfo_t *info, void *ctx) {
+  (void)ctx;
+  if (sig == SIGTRAP && info->si_code == SI_TKILL) ++own_trap_handled;
+}
+
+static int run_own_trap(int n, const char *lib) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_own_trap;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGTRAP, &sa, NULL) != 0) return 1;
+  for (int i = 0; i < 3; ++i) raise(SIGTRAP);
+  void *handle = dlopen(lib, RTLD_NOW);
+  if (!handle) return 2;
+  work(n);
+  signal(SIGTRAP, SIG_IGN);
+  raise(SIGTRAP);
+  dlclose(handle);
+  work(n);
+  printf("own-trap handled %d\n", (int)own_trap_handled);
   return 0;
 }
 
@@ -244,6 +273,8 @@ int main(int argc, char **argv) {
     return 1;
   } else if (strcmp(mode, "blocked-threads") == 0 && argc == 4) {
     return run_blocked_threads(number(argv[2]), number(argv[3]));
+  } else if (strcmp(mode, "own-trap") == 0 && argc == 4) {
+    return run_own_trap(number(argv[2]), argv[3]);
   } else if (strcmp(mode, "raw-blocked") == 0 && argc == 3) {
     int n = number(argv[2]);
     unsigned long trap = 1ul << (SIGTRAP - 1);

@@ -71,6 +71,17 @@ TEST(CliSignals, RunuserSurvivesTheLinkerHookWithEverySignalBlocked) {
   EXPECT_GT(hits_of(only_total(r), "libc:malloc"), 0u) << r.out;
 }
 
+// A program with its own SIGTRAP handler (crash reporters install one), which later ignores
+// SIGTRAP: it gets its own raises, each once, and the int3 sites and the dynamic linker's hook
+// (dlopen, dlclose) keep working.
+TEST(CliSignals, ProgramsOwnSigtrapHandlerDoesNotTakeOverTheInt3Path) {
+  auto r = run({"/usr/bin/env", kForceInt3, e2e::cli(), "count", "--json", "exe:e2e_work", "--",
+                e2e::target(), "own-trap", "500", DLOPEN_LIB});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("own-trap handled 3\n"), std::string::npos) << r.out;
+  EXPECT_EQ(hits_of(only_total(r), "exe:e2e_work"), 1000u) << r.out;
+}
+
 // What usprobe cannot see: SIGTRAP blocked by a raw system call. The thread dies at the int3, and
 // the CLI says why instead of ending silently.
 TEST(CliSignals, DeathBySigtrapIsExplained) {

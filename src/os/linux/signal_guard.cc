@@ -1,19 +1,22 @@
 // The interposed signal calls: see signal_guard.h for what they do and what they cannot cover.
 //
-// Everything here may run in a signal handler, in any thread, while usprobe patches code: no lock,
-// no allocation; the per-thread state is initial-exec TLS; the program's SIGTRAP disposition is
-// published as immutable records. The calls forward to the next definitions (libc's, or a
+// The mask and disposition calls may run in a signal handler, in any thread, while usprobe patches
+// code: no lock, no allocation; the per-thread state is initial-exec TLS; the program's SIGTRAP
+// disposition is published as immutable records. (pthread_create, not async-signal-safe itself,
+// allocates.) The calls forward to the next definitions (libc's, or a
 // sanitizer's interceptor), looked up once with dlsym(RTLD_NEXT).
 #include "os/linux/signal_guard.h"
 
 #include <dlfcn.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/select.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <new>
 
 #include "os/linux/raw_syscall.h"
 
@@ -27,12 +30,15 @@ using SigpendingFn = int (*)(sigset_t *);
 using SigtimedwaitFn = int (*)(const sigset_t *, siginfo_t *, const struct timespec *);
 using SignalFn = sighandler_t (*)(int, sighandler_t);
 using SigopFn = int (*)(int);
+using AttrSigmaskFn = int (*)(pthread_attr_t *, const sigset_t *);
+using CreateFn = int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 using PpollFn = int (*)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
 using PselectFn = int (*)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
                           const sigset_t *);
 
 // The next definition of `name`, looked up on first use (normally by the constructor below, before
 // the program runs; dlsym is not async-signal-safe, the loads after it are).
+// (Every name looked up exists in glibc; the System V calls are deprecated there but exported.)
 template <typename Fn>
 Fn next(std::atomic<Fn> &slot, const char *name) {
   Fn fn = slot.load(std::memory_order_acquire);  // pairs with the release below
@@ -53,6 +59,8 @@ std::atomic<SignalFn> g_sigset{nullptr};
 std::atomic<SigopFn> g_sighold{nullptr};
 std::atomic<SigopFn> g_sigrelse{nullptr};
 std::atomic<SigopFn> g_sigignore{nullptr};
+std::atomic<AttrSigmaskFn> g_attr_setsigmask{nullptr};
+std::atomic<CreateFn> g_pthread_create{nullptr};
 std::atomic<PpollFn> g_ppoll{nullptr};
 std::atomic<PselectFn> g_pselect{nullptr};
 
@@ -67,6 +75,8 @@ __attribute__((constructor(101))) void resolve_all() {
   next(g_sighold, "sighold");
   next(g_sigrelse, "sigrelse");
   next(g_sigignore, "sigignore");
+  next(g_attr_setsigmask, "pthread_attr_setsigmask_np");
+  next(g_pthread_create, "pthread_create");
   next(g_ppoll, "ppoll");
   next(g_pselect, "pselect");
 }
@@ -82,8 +92,8 @@ uint64_t word(const sigset_t &s) {
   return s.__val[0];
 }
 
-// The signals that the interposed calls never block. Only grows; acquire loads pair with the
-// release in keep_unblocked.
+// The signals that the interposed calls never block. Acquire loads pair with the release in
+// keep_unblocked (and in guarded_sigaction, where the program takes one back).
 std::atomic<uint64_t> g_guarded{0};
 // Per signal: the guarded signals the program put in its handler's sa_mask (given back in oldact).
 std::atomic<uint64_t> g_mask_asked[65];
@@ -236,8 +246,9 @@ int guarded_sigaction(int sig, const struct sigaction *act, struct sigaction *ol
   }
   int rc = real(sig, p, old);
   if (rc != 0) return rc;
-  // The program takes a guarded signal for itself (a handler, or SIG_IGN): usprobe lets it go.
-  if (act && (guarded & bit(sig)) && act->sa_handler != SIG_DFL) {
+  // The program sets a disposition of its own for a guarded signal (any, SIG_DFL included: the
+  // kernel's now is not usprobe's handler): usprobe lets it go.
+  if (act && (guarded & bit(sig))) {
     g_guarded.fetch_and(~bit(sig), std::memory_order_release);
     if (auto *taken = g_on_taken[sig].load(std::memory_order_relaxed)) taken(sig);
   }
@@ -392,6 +403,42 @@ USPROBE_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct 
                            const sigset_t *mask) {
   sigset_t copy;
   return next(g_pselect, "pselect")(n, r, w, e, timeout, strip(mask, copy));
+}
+
+// A new thread inherits its creator's mask: what the program believes it blocks comes along.
+struct Start {
+  void *(*fn)(void *);
+  void *arg;
+  uint64_t wanted;
+};
+
+void *start_with_wanted(void *p) {
+  Start s = *static_cast<Start *>(p);
+  delete static_cast<Start *>(p);
+  t_wanted = s.wanted;
+  return s.fn(s.arg);
+}
+
+// Only a creator that "blocks" a guarded signal pays for this (one allocation); a thread whose
+// attributes give it a mask of its own starts as the attributes say, with the guarded signals
+// out (pthread_attr_setsigmask_np below) and its bits clear.
+USPROBE_EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                                  void *(*fn)(void *), void *arg) noexcept {
+  CreateFn real = next(g_pthread_create, "pthread_create");
+  sigset_t own;
+  if (!t_wanted || (attr && pthread_attr_getsigmask_np(attr, &own) == 0))
+    return real(thread, attr, fn, arg);
+  auto *s = new (std::nothrow) Start{fn, arg, t_wanted};
+  if (!s) return EAGAIN;
+  int rc = real(thread, attr, start_with_wanted, s);
+  if (rc != 0) delete s;
+  return rc;
+}
+
+// The mask a new thread starts with (glibc sets it itself, inside pthread_create).
+USPROBE_EXPORT int pthread_attr_setsigmask_np(pthread_attr_t *attr, const sigset_t *mask) {
+  sigset_t copy;
+  return next(g_attr_setsigmask, "pthread_attr_setsigmask_np")(attr, strip(mask, copy));
 }
 
 USPROBE_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old) noexcept {

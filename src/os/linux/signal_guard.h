@@ -8,8 +8,9 @@
 // libusprobe.so (and the agent) export the calls that change a thread's mask or a signal's
 // disposition, and forward them to the next definition (libc's) with usprobe's signals left out:
 //
-//  - the mask calls (sigprocmask, pthread_sigmask, sigsuspend, ppoll, pselect, and the System V
-//    sighold/sigrelse/sigset) never block a guarded signal; the program's wish is kept in a
+//  - the mask calls (sigprocmask, pthread_sigmask, sigsuspend, ppoll, pselect,
+//    pthread_attr_setsigmask_np, and the System V sighold/sigrelse/sigset) never block a guarded
+//    signal; the program's wish is kept in a
 //    per-thread bit, which is what it reads back as its old mask;
 //  - sigaction leaves guarded signals out of every handler's sa_mask (and gives them back in
 //    oldact);
@@ -34,10 +35,12 @@
 // loaded (a process usprobe attaches to later), or with a raw system call, is found by the
 // patcher's check (core/patcher.cc).
 //
-// Where the program's view differs from what it would see without usprobe: a new thread starts
-// with the guarded signals really unblocked and its program's bit clear, so it reads back SIGTRAP
-// as unblocked even if its creator "blocked" it (the kernel would have copied the mask); the same
-// across exec. A SIGTRAP sent to the whole process is taken by whichever thread the kernel picks,
+// A new thread (pthread_create, also interposed) starts with the guarded signals really
+// unblocked and its creator's bits: it too believes it blocks what its creator "blocked".
+//
+// Where the program's view differs from what it would see without usprobe: a thread whose
+// attributes set its starting mask, and a process after exec, start with the bits clear (SIGTRAP
+// reads back unblocked). A SIGTRAP sent to the whole process is taken by whichever thread the kernel picks,
 // and kept pending there if that thread "blocks" it, where the kernel would have picked a thread
 // that does not. The program's SIGTRAP handler runs as if SA_NODEFER were set. API users who
 // dlopen libusprobe.so rather than link it get none of this: their calls go to libc first.
