@@ -133,6 +133,8 @@ class Region {
   std::vector<MapsMessage> new_maps();
   uint32_t maps_dropped() const;
   uint32_t agents_started() const;
+  // By probe index: whether the probe has had a site in some process of the command.
+  std::vector<bool> placed() const;
 
  private:
   Region(int fd, agent::Header *hdr, std::vector<uint32_t> masks);
