@@ -127,6 +127,17 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
   return plan;
 }
 
+// Marks in the region the probes placed in this process (placed_flags), for the CLI to tell a
+// library that no process loaded from one whose functions were not called.
+void mark_placed() {
+  if (!g_links) return;
+  std::atomic<uint8_t> *placed = placed_flags(g_region.header);
+  for (uint32_t i = 0; i < g_region.probe_count; ++i)
+    if (g_links[i] && placed[i].load(std::memory_order_relaxed) == 0 &&
+        usprobe_link_sites(g_links[i]) > 0)
+      placed[i].store(1, std::memory_order_relaxed);  // nothing is published with it
+}
+
 // Probes on a program this process does not run: after the command's child exec'd another
 // program, each exe: probe fails to attach in it. One notice for all of them, per program file,
 // instead of one per probe (`exe:*` would post thousands, crowding out every other notice).
@@ -308,16 +319,19 @@ __attribute__((constructor)) void agent_start() {
     // Relaxed: only distinct numbers are needed; before any probe of this image is attached.
     g_region.image = h->images.fetch_add(1, std::memory_order_relaxed) + 1;
     post_maps(kMapsAttach);  // before any stack of this image can be recorded
-    // A library loaded later, and unloaded before the process ends, is named from the mappings
-    // written right after its dlopen.
-    usprobe_on_mapping_change(
-        [](void *) {
-          AgentScope in_agent;
-          post_maps(kMapsChange);
-        },
-        nullptr);
   }
+  // After a dlopen: the probes on the library it loaded are placed now. And (stacks mode) a
+  // library loaded later, and unloaded before the process ends, is named from the mappings
+  // written right after its dlopen.
+  usprobe_on_mapping_change(
+      [](void *) {
+        AgentScope in_agent;
+        mark_placed();
+        if (g_region.mode == kModeStacks) post_maps(kMapsChange);
+      },
+      nullptr);
   attach_all(*plan);
+  mark_placed();
   atexit(add_engine_missed);
 }
 

@@ -10,6 +10,7 @@
 //
 //   offset 0               Header
 //   header.plan_offset     the plan: NUL-terminated text, written once by the CLI before the start
+//   header.placed_offset   header.probe_count bytes: which probes were ever placed (see Header)
 //   header.notice_offset   header.max_notices Notices (messages from the agent, e.g. a probe that
 //                          did not resolve after an exec)
 //   header.slot_offset     header.max_slots Slots, header.slot_stride bytes apart; the last one
@@ -111,7 +112,7 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 4;
+inline constexpr uint32_t kVersion = 5;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -169,6 +170,10 @@ struct Header {
   uint64_t table_offset;       // within a slot, 64-byte aligned
   uint32_t table_arena_words;  // frame addresses the arena holds
   uint32_t reserved;
+  // probe_count bytes: placed[i] is 1 once probe i has had a site in some process of the command.
+  // Agents store 1 (relaxed; never 0) after attaching and after each change of their mappings
+  // (a dlopen); the CLI reads them at the end, to say which libraries were never loaded.
+  uint64_t placed_offset;
 };
 
 enum NoticeKind : uint32_t {
@@ -364,6 +369,10 @@ inline SlotHeader *slot_at(Header *h, uint32_t i) {
   return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(h) + h->slot_offset +
                                         uint64_t{i} * h->slot_stride);
 }
+inline std::atomic<uint8_t> *placed_flags(Header *h) {
+  return reinterpret_cast<std::atomic<uint8_t> *>(reinterpret_cast<char *>(h) + h->placed_offset);
+}
+static_assert(sizeof(std::atomic<uint8_t>) == 1 && std::atomic<uint8_t>::is_always_lock_free);
 inline Notice *notice_at(Header *h, uint32_t i) {
   return reinterpret_cast<Notice *>(reinterpret_cast<char *>(h) + h->notice_offset) + i;
 }

@@ -30,6 +30,8 @@ std::expected<void, std::string> check_layout(const Header &h) {
     return fail(fmt::format("mode {}", h.mode));
   if (h.plan_size == 0 || u128{h.plan_offset} + h.plan_size > h.region_size)
     return fail("the plan lies outside the region");
+  if (u128{h.placed_offset} + h.probe_count > h.region_size)
+    return fail("the placed flags lie outside the region");
   if (h.notice_offset % alignof(Notice) != 0 ||
       u128{h.notice_offset} + u128{h.max_notices} * sizeof(Notice) > h.region_size)
     return fail("the notices lie outside the region");

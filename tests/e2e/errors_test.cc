@@ -84,7 +84,7 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"OffsetInsideAnInstruction",
                   {"count", "exe:asm_sites+0x1"},
                   Command::kTarget,
-                  "exe:asm_sites+0x1: offset 0x1 is inside an instruction"},
+                  "exe:asm_sites+0x1: offset 0x1 of asm_sites is inside an instruction"},
         ErrorCase{"DecimalOffsetInsideAnInstruction",
                   {"count", "uprobe:exe:asm_sites+1"},
                   Command::kTarget,
@@ -154,7 +154,8 @@ TEST(CliErrorsRaw, FileOffsetInsideAnInstructionIsRefusedAndTheCommandNeverStart
   EXPECT_EQ(r.exit_code(), 2) << r.describe();
   std::vector<std::string> err = e2e::lines(r.err);
   ASSERT_EQ(err.size(), 1u) << r.describe();
-  EXPECT_EQ(err[0], std::string("usprobe: ") + spec + ": offset 0x1 is inside an instruction");
+  EXPECT_EQ(err[0],
+            std::string("usprobe: ") + spec + ": offset 0x1 of asm_sites is inside an instruction");
   EXPECT_FALSE(e2e::file_exists(marker)) << "the command ran\n" << r.describe();
 }
 

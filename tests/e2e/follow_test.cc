@@ -132,4 +132,20 @@ TEST(CliFollow, StacksNameTheFramesOfALibraryUnloadedBeforeExit) {
   EXPECT_EQ(r.out.find("[unknown]"), std::string::npos) << r.describe();
 }
 
+// A library the command never loads: its probe's zero means "never there", not "never called",
+// and the report says so without -v; a library it loads late gets no such line.
+TEST(CliFollow, ALibraryTheCommandNeverLoadsIsSaidSoAfterTheReport) {
+  const std::string probe = std::string(dlopen_lib()) + ":dlopen_lib_work";
+  Output r = run({e2e::cli(), "count", probe, "exe:e2e_work", "--", e2e::target(), "calls", "3"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<std::string> err = e2e::lines(r.err);
+  ASSERT_EQ(err.size(), 1u) << r.describe();
+  EXPECT_EQ(err[0], "usprobe: " + e2e::realpath_of(dlopen_lib()) +
+                        " was never loaded by the command: " + probe + " was not placed");
+
+  Output loaded = run({e2e::cli(), "count", probe, "--", dlopen_target(), dlopen_lib(), "10"});
+  ASSERT_EQ(loaded.exit_code(), 0) << loaded.describe();
+  EXPECT_EQ(loaded.err.find("never loaded"), std::string::npos) << loaded.describe();
+}
+
 }  // namespace

@@ -83,4 +83,22 @@ TEST(CliList, AFileThatDoesNotExistIsAnError) {
   EXPECT_NE(err[0].find("/nonexistent/usprobe-e2e/libnothing.so"), std::string::npos) << err[0];
 }
 
+// A C++ function is listed by its mangled name, then its demangled one, and a pattern matches
+// either: both name it in a probe (tests/e2e/stacks_target_cc.cc's two stacks_demo::scale).
+TEST(CliList, CxxFunctionsShowTheirDemangledNamesAndPatternsMatchThem) {
+  Output r = run({e2e::cli(), "list", STACKS_TARGET_CC, "stacks_demo::scale*"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<std::string> rows = e2e::lines(r.out);
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  std::vector<std::string> names;
+  for (const std::string &row : rows) {
+    std::vector<std::string> w = e2e::words(row);
+    ASSERT_EQ(w.size(), 4u) << row;
+    names.push_back(w[2] + " " + w[3]);
+  }
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"_ZN11stacks_demo5scaleEi stacks_demo::scale(int)",
+                                      "_ZN11stacks_demo5scaleEd stacks_demo::scale(double)"}));
+}
+
 }  // namespace

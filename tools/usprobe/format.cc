@@ -126,7 +126,12 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
   TraceSpec spec;
   spec.text = std::string(text);
   std::string_view s = trim(text);
-  size_t blank = s.find_first_of(kBlanks);
+  // A demangled C++ name may hold blanks ("exe:ns::f(int, char) "%d", arg0"): with a quoted
+  // format, the probe is all that comes before it.
+  size_t quote = s.find_first_of("\"'");
+  size_t blank = quote == std::string_view::npos ? s.find_first_of(kBlanks)
+                                                 : s.substr(0, quote).find_last_not_of(kBlanks) + 1;
+  if (blank == 0) blank = s.find_first_of(kBlanks);  // nothing before the quote: as before
   spec.probe = std::string(s.substr(0, blank));
   if (blank == std::string_view::npos) return spec;
   s = trim(s.substr(blank));

@@ -1,4 +1,5 @@
-// usprobe list FILE [PATTERN] [--json]: the functions a probe can name in an ELF file.
+// usprobe list FILE [PATTERN] [--json]: the functions a probe can name in an ELF file. PATTERN
+// matches a C++ function's mangled or demangled name.
 #include <fmt/format.h>
 #include <fnmatch.h>
 
@@ -23,7 +24,9 @@ int run_list(const ListOptions &options) {
   // Already sorted by offset; aliases at one offset are all listed, as each can be probed.
   std::vector<const elf::Function *> selected;
   for (const elf::Function &f : (*file)->functions())
-    if (options.pattern.empty() || ::fnmatch(options.pattern.c_str(), f.name.c_str(), 0) == 0)
+    if (options.pattern.empty() || ::fnmatch(options.pattern.c_str(), f.name.c_str(), 0) == 0 ||
+        (f.name.starts_with("_Z") &&
+         ::fnmatch(options.pattern.c_str(), shown_name(f).c_str(), 0) == 0))
       selected.push_back(&f);
   if (selected.empty() && !options.pattern.empty())
     return report_error(
@@ -31,16 +34,23 @@ int run_list(const ListOptions &options) {
 
   if (options.json) {
     nlohmann::ordered_json functions = nlohmann::ordered_json::array();
-    for (const elf::Function *f : selected)
-      functions.push_back(
-          {{"name", callable_name(*f)}, {"offset", f->file_offset}, {"size", f->size}});
+    for (const elf::Function *f : selected) {
+      nlohmann::ordered_json entry = {
+          {"name", callable_name(*f)}, {"offset", f->file_offset}, {"size", f->size}};
+      if (f->name.starts_with("_Z")) entry["demangled"] = shown_name(*f);
+      functions.push_back(std::move(entry));
+    }
     nlohmann::ordered_json j;
     j["file"] = *path;
     j["functions"] = std::move(functions);
     fmt::print("{}\n", dump_line(j));
   } else {
-    for (const elf::Function *f : selected)
-      fmt::print("0x{:016x} {:>8}  {}\n", f->file_offset, f->size, callable_name(*f));
+    // A C++ function's demangled name follows its mangled one: either names it in a probe.
+    for (const elf::Function *f : selected) {
+      std::string name = callable_name(*f);
+      if (f->name.starts_with("_Z")) name += "  " + shown_name(*f);
+      fmt::print("0x{:016x} {:>8}  {}\n", f->file_offset, f->size, name);
+    }
   }
   return 0;
 }

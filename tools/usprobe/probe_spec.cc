@@ -101,6 +101,11 @@ std::string callable_name(const elf::Function &f) {
   return f.hidden_version ? f.name + "@" + f.version : f.name;
 }
 
+std::string shown_name(const elf::Function &f) {
+  std::string name(f.name.starts_with("_Z") ? without_return_type(demangle(f.name)) : f.name);
+  return f.hidden_version ? name + "@" + f.version : name;
+}
+
 Result<ProbeSpec> parse_probe(std::string_view text) {
   ProbeSpec spec;
   spec.text = std::string(text);
@@ -149,14 +154,6 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
 }
 
 namespace {
-
-// A function's name as reports show it: demangled ("ns::parse(int)"; a template function's
-// return type left out, so that the name reads, and can be given back, as a probe), with a hidden
-// version's "@VER" kept.
-std::string shown_name(const elf::Function &f) {
-  std::string name(f.name.starts_with("_Z") ? without_return_type(demangle(f.name)) : f.name);
-  return f.hidden_version ? name + "@" + f.version : name;
-}
 
 // Picks one function per offset among `functions` for which `selected(f, demangled name)` holds
 // (aliases: the better name), sorted by offset.

@@ -36,6 +36,11 @@ struct ProbeSpec {
 // its "@VER", since the plain name means the default version.
 std::string callable_name(const elf::Function &f);
 
+// A function's name as reports show it: demangled ("ns::parse(int)"; a template function's
+// return type left out, so that the name reads, and can be given back, as a probe), with a hidden
+// version's "@VER" kept.
+std::string shown_name(const elf::Function &f);
+
 // Errors: "bad probe 'xyz': expected FILE:SYMBOL, FILE:SYMBOL+OFF or FILE:0xOFF".
 Result<ProbeSpec> parse_probe(std::string_view text);
 

@@ -91,7 +91,8 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
   uint64_t plan_offset = align_up(sizeof(Header), 64);
-  uint64_t notice_offset = align_up(plan_offset + text.size() + 1, 64);
+  uint64_t placed_offset = align_up(plan_offset + text.size() + 1, 64);
+  uint64_t notice_offset = align_up(placed_offset + probe_count, 64);
   uint64_t slot_offset =
       align_up(notice_offset + uint64_t{config.max_notices} * sizeof(agent::Notice), 4096);
   uint64_t stride = latency  ? agent::latency_stride_for(probe_count)
@@ -141,6 +142,7 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   hdr->string_size = config.string_size;
   hdr->plan_offset = plan_offset;
   hdr->plan_size = text.size() + 1;
+  hdr->placed_offset = placed_offset;
   hdr->notice_offset = notice_offset;
   hdr->max_notices = config.max_notices;
   hdr->max_slots = config.max_slots;
@@ -167,6 +169,7 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   layout.region_size = size;
   layout.probe_count = probe_count;
   layout.string_size = hdr->string_size;
+  layout.placed_offset = hdr->placed_offset;
   layout.notice_offset = hdr->notice_offset;
   layout.max_notices = hdr->max_notices;
   layout.max_slots = hdr->max_slots;
@@ -583,6 +586,16 @@ std::vector<MapsMessage> Region::new_maps() {
 
 uint32_t Region::maps_dropped() const {
   return hdr_->maps_dropped.load(std::memory_order_relaxed);
+}
+
+std::vector<bool> Region::placed() const {
+  // The layout snapshot, never the header's fields: the command can rewrite those.
+  std::vector<bool> out(layout_.probe_count);
+  const auto *flags = reinterpret_cast<const std::atomic<uint8_t> *>(
+      reinterpret_cast<const char *>(hdr_) + layout_.placed_offset);
+  for (uint32_t i = 0; i < layout_.probe_count; ++i)
+    out[i] = flags[i].load(std::memory_order_relaxed) != 0;
+  return out;
 }
 
 uint32_t Region::agents_started() const {

@@ -106,6 +106,7 @@ struct RegionLayout {
   uint64_t region_size = 0;
   uint32_t probe_count = 0;
   uint32_t string_size = 0;
+  uint64_t placed_offset = 0;
   uint64_t notice_offset = 0;
   uint32_t max_notices = 0;
   uint32_t max_slots = 0;
@@ -167,6 +168,8 @@ class Region {
   // Slots, ring records and stack table entries that broke the protocol and were ignored.
   uint64_t corrupt() const { return corrupt_; }
   const RegionLayout &layout() const { return layout_; }
+  // By probe index: whether the probe has had a site in some process of the command.
+  std::vector<bool> placed() const;
 
  private:
   Region(int fd, agent::Header *hdr, const RegionLayout &layout, std::vector<uint32_t> masks);

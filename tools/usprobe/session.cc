@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <map>
 
 #include "launch.h"
 #include "library_finder.h"
@@ -50,6 +51,17 @@ Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
   return session;
 }
 
+namespace {
+
+// The file of a probe's location ("[uretprobe:]PATH:TARGET"; TARGET has no ':').
+std::string probe_file(const Probe &p) {
+  std::string_view loc = p.location;
+  if (loc.starts_with("uretprobe:")) loc.remove_prefix(10);
+  return std::string(loc.substr(0, loc.rfind(':')));
+}
+
+}  // namespace
+
 void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
   for (const NoticeMessage &n : notices) {
     switch (n.kind) {
@@ -91,12 +103,10 @@ void NoticePrinter::print_other_program(const NoticeMessage &n) {
   bool known = n.probe >= 0 && static_cast<size_t>(n.probe) < probes_.size();
   std::string first =
       known ? probes_[static_cast<size_t>(n.probe)].display : fmt::format("probe {}", n.probe);
-  std::string file = "another program";
-  if (known) {
-    std::string_view loc = probes_[static_cast<size_t>(n.probe)].location;
-    if (loc.starts_with("uretprobe:")) loc.remove_prefix(10);
-    file = std::string(loc.substr(0, loc.rfind(':')));
-  }
+  std::string file =
+      known ? probe_file(probes_[static_cast<size_t>(n.probe)]) : std::string("another program");
+  // The file's probes are left out of the "never loaded" lines: this line said why already.
+  other_program_files_.insert(file);
   uint64_t others = 0;
   std::from_chars(count.data(), count.data() + count.size(), others);
   others = others > 0 ? others - 1 : 0;
@@ -126,9 +136,30 @@ void NoticePrinter::finish(const Region &region) {
                corrupt);
   // Most often a set-user-ID program (the dynamic linker ignores LD_PRELOAD there) or one that
   // replaced its environment before running anything else.
-  if (region.agents_started() == 0)
+  if (region.agents_started() == 0) {
     fmt::print(stderr,
                "usprobe: warning: the agent never started in the command: nothing was probed\n");
+    return;
+  }
+  // A library no process of the command loaded: its probes' zeros mean "never there", not "never
+  // called". Probes whose failure was reported already are left out.
+  std::vector<bool> placed = region.placed();
+  std::map<std::string, std::vector<size_t>> never;  // file -> probe indices
+  for (size_t i = 0; i < probes_.size() && i < placed.size(); ++i) {
+    if (placed[i] || reported_probes_.count(static_cast<int32_t>(i))) continue;
+    std::string file = probe_file(probes_[i]);
+    if (!other_program_files_.count(file)) never[file].push_back(i);
+  }
+  for (const auto &[file, indices] : never) {
+    if (indices.size() == 1)
+      fmt::print(stderr, "usprobe: {} was never loaded by the command: {} was not placed\n", file,
+                 probes_[indices[0]].display);
+    else
+      fmt::print(stderr,
+                 "usprobe: {} was never loaded by the command: its {} probes ({}, ...) were not "
+                 "placed\n",
+                 file, indices.size(), probes_[indices[0]].display);
+  }
 }
 
 Result<Output> Output::open(const std::string &path) {

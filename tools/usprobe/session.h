@@ -62,6 +62,7 @@ class NoticePrinter {
   // rest counted (a build or a shell script execs hundreds).
   unsigned other_program_lines_ = 0;
   unsigned other_program_hidden_ = 0;
+  std::set<std::string> other_program_files_;  // the programs those processes did not run
 };
 
 // Where reports go: stdout, or the file of -o (created before the command starts).

@@ -22,7 +22,8 @@ Result<void> check_site(const elf::ResolvedLocation &loc, std::string_view name)
     x86::FunctionScan scan = x86::scan_function(code, loc.func_offset);
     bool decoded_past = !scan.boundaries.empty() && scan.boundaries.back() >= off;
     if (!scan.is_boundary(static_cast<uint32_t>(off)) && (scan.complete || decoded_past))
-      return fail(EINVAL, fmt::format("{}: offset {:#x} is inside an instruction", name, off));
+      return fail(EINVAL, fmt::format("{}: offset {:#x} of {} is inside an instruction", name, off,
+                                      loc.symbol.empty() ? "its function" : loc.symbol));
   }
   // Every site can take the int3 path if its one instruction can be moved into a trampoline.
   // Moved to its own address, so that only what no address can fix is refused here.

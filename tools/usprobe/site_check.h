@@ -11,7 +11,7 @@
 namespace usprobe::cli {
 
 // Errors, `name` being the probe as the user wrote it:
-//   "libc:malloc+0x1: offset 0x1 is inside an instruction"
+//   "libc:malloc+0x1: offset 0x1 of malloc is inside an instruction"
 //   "exe:f+0x8: cannot be probed: `loop 0x...` at 0x...: ..." (no instruction there can be moved)
 //   "exe:0x99999: offset is past the end of the file"
 // A RIP-relative operand that may be out of reach of a trampoline depends on where the command

@@ -45,6 +45,14 @@ TEST(TraceSpec, FormatAndArguments) {
   EXPECT_EQ(render_args(s.format, e).dump(), R"(["alice",3])");
 }
 
+TEST(TraceSpec, ADemangledProbeWithBlanksIsAllThatComesBeforeTheFormat) {
+  TraceSpec s = parsed(R"(exe:ns::scale(int, char const*) const "%d", arg1)");
+  EXPECT_EQ(s.probe, "exe:ns::scale(int, char const*) const");
+  ASSERT_TRUE(s.format.has_value());
+  EXPECT_EQ(s.format->conversions[0].arg, 1u);
+  EXPECT_EQ(parsed("exe:ns::scale(int)").probe, "exe:ns::scale(int)");
+}
+
 TEST(TraceSpec, SingleQuotesAndNoSpaceAfterCommas) {
   TraceSpec s = parsed("libc:write 'fd=%d n=%lu',arg0,arg2");
   ASSERT_TRUE(s.format.has_value());
