@@ -279,7 +279,7 @@ __attribute__((constructor)) void agent_start() {
     return;
   }
   Header *h = *header;
-  g_region.header = h;
+  take_layout(h);
   g_region.pid = static_cast<int32_t>(getpid());
   // Relaxed: a counter for the CLI's summary; nothing is published with it.
   h->agents_started.fetch_add(1, std::memory_order_relaxed);
@@ -300,7 +300,7 @@ __attribute__((constructor)) void agent_start() {
   g_region.table_offset = h->table_offset;
   g_region.table_entries = h->table_entries;
   g_region.table_arena_words = h->table_arena_words;
-  g_region.overflow = slot_at(h, h->max_slots - 1);
+  g_region.overflow = region_slot(g_region.max_slots - 1);
   g_missed_baseline = new uint64_t[h->probe_count]();
   g_missed_at_fork = new uint64_t[h->probe_count]();
 

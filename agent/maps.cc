@@ -43,7 +43,7 @@ std::string read_proc_file(const char *path) {
 
 void post_maps(MapsKind kind) {
   Header *h = g_region.header;
-  if (!h || h->mode != kModeStacks) return;
+  if (!h || g_region.mode != kModeStacks) return;
   std::lock_guard lock(g_mutex);
   std::string text = naming_lines(read_proc_file("/proc/self/maps"));
   size_t hash = std::hash<std::string>{}(text);
@@ -54,19 +54,21 @@ void post_maps(MapsKind kind) {
   // Relaxed: the cursors only hand out distinct indices and bytes; the entry is published by
   // `ready`.
   uint32_t i = h->maps_cursor.fetch_add(1, std::memory_order_relaxed);
-  if (i >= h->max_maps) {
+  if (i >= g_region.max_maps) {
     h->maps_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  MapsEntry *e = maps_entry_at(h, i);
+  MapsEntry *e =
+      reinterpret_cast<MapsEntry *>(reinterpret_cast<char *>(h) + g_region.maps_offset) + i;
   e->kind = kind;
   e->pid = g_region.pid;
   e->image = g_region.image;
   e->text_offset = 0;
   e->text_size = 0;
   uint64_t offset = h->maps_text_cursor.fetch_add(text.size(), std::memory_order_relaxed);
-  if (offset <= h->maps_text_size && text.size() <= h->maps_text_size - offset) {
-    std::copy(text.begin(), text.end(), maps_text(h) + offset);
+  if (offset <= g_region.maps_text_size && text.size() <= g_region.maps_text_size - offset) {
+    std::copy(text.begin(), text.end(),
+              reinterpret_cast<char *>(h) + g_region.maps_text_offset + offset);
     e->text_offset = offset;
     e->text_size = text.size();
   } else {

@@ -14,11 +14,11 @@ void post_notice(NoticeKind kind, int32_t probe, std::string_view text) {
   if (!h) return;
   // Relaxed: the cursor only hands out distinct indices; the notice is published by `ready`.
   uint32_t i = h->notice_cursor.fetch_add(1, std::memory_order_relaxed);
-  if (i >= h->max_notices) {
+  if (i >= g_region.max_notices) {
     h->notices_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  Notice *n = notice_at(h, i);
+  Notice *n = reinterpret_cast<Notice *>(reinterpret_cast<char *>(h) + g_region.notice_offset) + i;
   n->kind = kind;
   n->pid = g_region.pid;
   n->probe = probe;

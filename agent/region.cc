@@ -112,6 +112,19 @@ std::expected<Header *, std::string> map_fd(int fd, const std::string &where) {
 
 }  // namespace
 
+void take_layout(Header *h) {
+  g_region.header = h;
+  g_region.slot_offset = h->slot_offset;
+  g_region.slot_stride = h->slot_stride;
+  g_region.ring_offset = h->ring_offset;
+  g_region.notice_offset = h->notice_offset;
+  g_region.max_notices = h->max_notices;
+  g_region.max_maps = h->max_maps;
+  g_region.maps_offset = h->maps_offset;
+  g_region.maps_text_offset = h->maps_text_offset;
+  g_region.maps_text_size = h->maps_text_size;
+}
+
 std::expected<Header *, std::string> map_region(const char *fd_text, const char *path) {
   auto where = fmt::format("{}={}", kEnvFd, fd_text);
   int fd = -1;

@@ -39,9 +39,32 @@ struct Region {
   // This process's pid, so that claiming a slot needs no getpid(). Rewritten by the fork child
   // handler, when the child has a single thread.
   int32_t pid = 0;
+  // Where things are, copied from the header once it checked out (take_layout) and never read from
+  // it again: every process of the command can write the header, and a process that dropped its
+  // privileges must not be able to send the agent of one that kept them outside the region.
+  uint64_t slot_offset = 0;
+  uint64_t slot_stride = 0;
+  uint64_t ring_offset = 0;  // within a slot
+  uint64_t notice_offset = 0;
+  uint32_t max_notices = 0;
+  uint32_t max_maps = 0;  // stacks mode
+  uint64_t maps_offset = 0;
+  uint64_t maps_text_offset = 0;
+  uint64_t maps_text_size = 0;
 };
 
 extern Region g_region;
+
+// Sets g_region.header to `h` (mapped and checked by map_region) and copies where things are.
+void take_layout(Header *h);
+
+inline SlotHeader *region_slot(uint32_t i) {
+  return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(g_region.header) +
+                                        g_region.slot_offset + uint64_t{i} * g_region.slot_stride);
+}
+inline char *region_ring(SlotHeader *s) {
+  return reinterpret_cast<char *>(s) + g_region.ring_offset;
+}
 
 // Maps the region named by the USPROBE_AGENT_FD value `fd_text` or, when that descriptor is not
 // (or no longer) the region, by the path in USPROBE_AGENT_REGION (`path`, may be null), after

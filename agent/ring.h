@@ -25,7 +25,7 @@ inline char *ring_reserve(SlotHeader *s, uint64_t size, uint64_t *next_head) {
   uint64_t to_end = r.ring_size - pos;
   uint64_t pad = to_end < size ? to_end : 0;  // a record never wraps: pad to the end first
   if (r.ring_size - (head - tail) < pad + size) return nullptr;
-  char *ring = ring_of(r.header, s);
+  char *ring = region_ring(s);
   if (pad) {
     // Padding: only size and probe are read. Both records are published by the one head store.
     auto *p = reinterpret_cast<uint32_t *>(ring + pos);

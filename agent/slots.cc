@@ -52,9 +52,8 @@ SlotHeader *vfork_slot() {
 namespace {
 
 SlotHeader *claim_slot_as(int32_t pid, int32_t tid) {
-  Header *h = g_region.header;
   for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {
-    SlotHeader *s = slot_at(h, i);
+    SlotHeader *s = region_slot(i);
     uint32_t expected = kSlotFree;
     if (s->state.load(std::memory_order_relaxed) != kSlotFree) continue;
     // Acquire pairs with the CLI's release store of kSlotFree: its zeroing of the counters and its
@@ -75,9 +74,8 @@ SlotHeader *claim_slot_as(int32_t pid, int32_t tid) {
 }  // namespace
 
 void mark_exec_orphans(int32_t pid, int32_t tid) {
-  Header *h = g_region.header;
   for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {
-    SlotHeader *s = slot_at(h, i);
+    SlotHeader *s = region_slot(i);
     if (s->state.load(std::memory_order_acquire) != kSlotOwned) continue;
     if (s->pid.load(std::memory_order_relaxed) != pid ||
         s->tid.load(std::memory_order_relaxed) != tid)

@@ -77,13 +77,16 @@ inline bool stack_table_count(const StackTable &t, uint32_t probe, uint32_t imag
   for (uint32_t probes = 0; probes <= mask; ++probes, bucket = (bucket + 1) & mask) {
     uint32_t slot = t.index[bucket];
     // 0 is empty. An entry number above `used` cannot be (the bucket is written after its entry is
-    // published): it is taken as empty too.
-    if (slot == 0 || slot > used) {
+    // published): it is taken as empty too. So is one beyond the table: the region is shared with
+    // every process of the command, and one of them may have written over it (`used` included);
+    // nothing read from it sends this thread outside the table.
+    if (slot == 0 || slot > used || slot > t.capacity) {
       empty = true;
       break;
     }
     StackEntry &e = t.entries[slot - 1];
     if (e.hash != hash || e.probe != probe || e.image != image || e.frames != frames) continue;
+    if (e.arena_offset > t.arena_words || frames > t.arena_words - e.arena_offset) continue;
     const uint64_t *known = t.arena + e.arena_offset;
     uint32_t i = 0;
     while (i < frames && known[i] == ips[i]) ++i;

@@ -7,11 +7,15 @@
 //   scribble N          N calls of robust_work, then writes pseudo-random bytes over the first
 //                       4 KiB of usprobe's shared region (the header) and over 64 KiB of its slots,
 //                       found through /proc/self/maps; prints "scribbled"
+//   scribble-header N   N calls of robust_work, then pseudo-random bytes over the header only
+//                       (its first 4 KiB), then N calls in a new thread (which takes a new slot);
+//                       prints "done"
 //   pid-sleep S         3 calls, prints "pid PID" (flushed), sleeps S seconds, prints "slept"
 //   getpids N           N calls of getpid, then prints "pid PID" (for trace's pid column)
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,7 +61,13 @@ static int run_fds(void) {
   return 0;
 }
 
-static int run_scribble(int n) {
+static void *work_thread(void *arg) {
+  volatile int sink = 0;
+  for (int i = 0; i < *(int *)arg; ++i) sink += robust_work(i);
+  return NULL;
+}
+
+static int run_scribble(int n, int header_only) {
   volatile int sink = 0;
   for (int i = 0; i < n; ++i) sink += robust_work(i);
   FILE *maps = fopen("/proc/self/maps", "re");
@@ -83,6 +93,12 @@ static int run_scribble(int n) {
     x = x * 6364136223846793005ull + 1442695040888963407ull;
     region[i] = (unsigned char)(x >> 56);
   }
+  if (header_only) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, work_thread, &n) != 0 || pthread_join(t, NULL) != 0) return 1;
+    printf("done\n");
+    return 0;
+  }
   for (size_t i = slot_offset; i < slot_offset + 65536 && i < size; ++i) {
     x = x * 6364136223846793005ull + 1442695040888963407ull;
     region[i] = (unsigned char)(x >> 56);
@@ -93,7 +109,8 @@ static int run_scribble(int n) {
 
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "fds") == 0) return run_fds();
-  if (argc == 3 && strcmp(argv[1], "scribble") == 0) return run_scribble(number(argv[2]));
+  if (argc == 3 && strcmp(argv[1], "scribble") == 0) return run_scribble(number(argv[2]), 0);
+  if (argc == 3 && strcmp(argv[1], "scribble-header") == 0) return run_scribble(number(argv[2]), 1);
   if (argc == 3 && strcmp(argv[1], "pid-sleep") == 0) {
     for (int i = 0; i < 3; ++i) robust_work(i);
     printf("pid %d\n", (int)getpid());

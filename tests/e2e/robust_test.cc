@@ -53,6 +53,17 @@ TEST(RobustRegion, TraceSurvivesACommandThatScribblesOverTheRegion) {
   EXPECT_TRUE(contains(r.err, " events, ")) << r.describe();
 }
 
+// The agent, too, follows its own copy of the layout: a process that rewrote the header does not
+// send the agents of the command (its own, or a more privileged process's) outside the region. A
+// thread that starts after the header was written over claims its slot where the CLI reads it.
+TEST(RobustRegion, TheAgentFollowsItsOwnCopyOfTheLayout) {
+  Output r = run({e2e::cli(), "count", "--json", "exe:robust_work", "--", robust_target(),
+                  "scribble-header", "100"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_TRUE(contains(r.out, "done\n")) << r.describe();
+  EXPECT_EQ(hits_of(only_total(r), "exe:robust_work"), 200u) << r.describe();
+}
+
 // Item 10: `CMD 0<&-` under usprobe is `CMD 0<&-`: fd 0 stays closed, the region is not on it.
 std::vector<std::string> without_stdin(std::vector<std::string> argv) {
   argv.insert(argv.begin(), {"/bin/sh", "-c", "exec \"$@\" 0<&-", "sh"});

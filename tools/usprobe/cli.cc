@@ -81,8 +81,9 @@ int run_cli(int argc, char **argv) {
     return run_subcommand(argc, argv);
   } catch (const std::system_error &e) {
     // fmt::print throws when a write fails. EPIPE: the reader of the output went away while the
-    // last report was written (supervisor.h): exit quietly, as a program killed by SIGPIPE would.
-    if (e.code().value() != EPIPE) throw;
+    // last report was written (supervisor.h), EIO: the terminal hung up. Exit quietly, as a
+    // program killed by SIGPIPE would.
+    if (e.code().value() != EPIPE && e.code().value() != EIO) throw;
     return 128 + SIGPIPE;
   }
 }

@@ -67,17 +67,33 @@ Supervisor::~Supervisor() {
   ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
 }
 
-bool Supervisor::drop_output(FILE *output) {
-  if (output_gone_ || !output) return false;
-  output_gone_ = true;
-  // What is still buffered goes nowhere, and so does everything written later: no write error,
-  // and no exception from fmt::print, for the rest of the run.
+namespace {
+
+// Points `stream` at /dev/null: what is still buffered goes nowhere, and so does everything
+// written later, with no write error and no exception from fmt::print.
+void silence(FILE *stream) {
   int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
   if (null >= 0) {
-    ::dup2(null, ::fileno(output));  // dup2 clears close-on-exec on the copy: not inherited
+    ::dup2(null, ::fileno(stream));  // dup2 clears close-on-exec on the copy: not inherited
     ::close(null);
   }
-  std::clearerr(output);
+  std::clearerr(stream);
+}
+
+// Whether writes to `fd` can no longer arrive: a pipe without a reader (POLLERR), a terminal that
+// hung up (POLLHUP).
+bool dead_end(int fd) {
+  pollfd p = {fd, 0, 0};
+  return fd >= 0 && ::poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP)) != 0;
+}
+
+}  // namespace
+
+bool Supervisor::drop_output(FILE *output) {
+  if (dead_end(STDERR_FILENO)) silence(stderr);  // 2>&1 | head: stderr went with it
+  if (output_gone_ || !output) return false;
+  output_gone_ = true;
+  silence(output);
   fmt::print(stderr, "usprobe: the output was closed: interrupting the command\n");
   std::fflush(stderr);
   return true;
@@ -148,9 +164,9 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
     auto guarded = [&](const std::function<void()> &report) {
       try {
         report();
-      } catch (const std::system_error &) {
-        pollfd out = {output_fd, 0, 0};
-        if (output_fd < 0 || ::poll(&out, 1, 0) != 1 || !(out.revents & POLLERR)) throw;
+      } catch (const std::system_error &e) {
+        // EPIPE: a pipe without a reader; EIO: a terminal that hung up (with SIGHUP).
+        if (e.code().value() != EPIPE && e.code().value() != EIO) throw;
         output_closed();
       }
     };

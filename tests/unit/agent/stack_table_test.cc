@@ -161,6 +161,23 @@ TEST(StackTable, ReaderSkipsEntriesThatMakeNoSense) {
   EXPECT_TRUE(read_all(t, 2).empty());  // probe 5 >= 2 probes; entry 1's frames are corrupt
 }
 
+// The owner's side over a table another process of the command wrote over: an index and a
+// `used` beyond the table, an entry whose frames lie outside the arena. Nothing it reads sends it
+// outside the table (the ASan build checks), and it goes on counting.
+TEST(StackTable, OwnerStaysInsideATableWrittenOver) {
+  TableArea area(4, 64);
+  const StackTable &t = area.table();
+  ASSERT_TRUE(count(t, {1, 0, {7}}));
+  uint32_t bucket = t.entries[0].bucket;
+  t.entries[0].arena_offset = 1u << 30;  // the known stack's frames, far outside the arena
+  EXPECT_TRUE(count(t, {1, 0, {7}}));    // not found there: counted as a new entry
+  t.header->used.store(1u << 30);
+  for (uint32_t b = 0; b < 8; ++b) t.index[b] = 1u << 29;  // every bucket names a far entry
+  EXPECT_FALSE(count(t, {2, 0, {8}}));                     // no room (used says full): refused
+  t.index[bucket] = 0;
+  EXPECT_FALSE(count(t, {1, 0, {7}}));
+}
+
 TEST(StackTable, ResetEmptiesTheTableForTheNextOwner) {
   TableArea area(4, 64);
   const StackTable &t = area.table();

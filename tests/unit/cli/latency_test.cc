@@ -215,8 +215,18 @@ TEST(LatencyRegion, HeaderDescribesTheHistogramsAndTheRate) {
   EXPECT_EQ(h->slot_stride, latency_stride_for(2));
   // 2.5 ticks per ns: 1000 ticks are 400 ns.
   EXPECT_NEAR(static_cast<double>((1000 * h->tsc_to_ns_mult) >> kTscShift), 400.0, 1.0);
+  // The refusals name their field (the configuration above is accepted).
   config.tsc_to_ns_mult = 0;
-  EXPECT_FALSE(Region::create(config, {{"/bin/a:f", 0}}));
+  auto no_rate = Region::create(config, {{"/bin/a:f", 0}});
+  ASSERT_FALSE(no_rate);
+  EXPECT_EQ(no_rate.error().message,
+            "bad region configuration: tsc_to_ns_mult 0 (latency mode needs the TSC rate)");
+  config.tsc_to_ns_mult = tsc_to_ns_mult(2.5);
+  config.ring_size = 4096;
+  auto ring = Region::create(config, {{"/bin/a:f", 0}});
+  ASSERT_FALSE(ring);
+  EXPECT_EQ(ring.error().message,
+            "bad region configuration: ring_size 4096 (latency mode has no ring)");
 }
 
 TEST(LatencyRegion, ReclaimFoldsTheHistogramsOfExitedThreads) {
