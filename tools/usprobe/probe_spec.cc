@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <charconv>
 #include <map>
+#include <optional>
 #include <set>
 
+#include "arch/x86_64/relocator.h"
 #include "elf/location.h"
 #include "library_finder.h"
 
@@ -103,11 +105,16 @@ std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
 
 namespace {
 
-// Checks a non-glob location the way the engine will resolve it in the command.
-Result<void> check_location(const std::string &location, const std::string &path,
-                            const ProbeSpec &spec) {
+bool g_unsafe_offsets = false;
+
+// Checks a non-glob location the way the engine will resolve it in the command; the resolved
+// location when this process could resolve it (an IFUNC of a library the CLI does not load is
+// left to the command).
+Result<std::optional<elf::ResolvedLocation>> check_location(const std::string &location,
+                                                            const std::string &path,
+                                                            const ProbeSpec &spec) {
   auto resolved = elf::resolve_location(location);
-  if (resolved) return {};
+  if (resolved) return std::optional(std::move(*resolved));
   if (spec.kind == ProbeSpec::Kind::kSymbol || spec.kind == ProbeSpec::Kind::kSymbolOffset) {
     // The engine resolves an IFUNC (strlen, memcpy) by asking the dynamic linker of the process
     // that has the library loaded, which fails here for a library usprobe itself does not load.
@@ -115,13 +122,40 @@ Result<void> check_location(const std::string &location, const std::string &path
     auto file = elf::ElfFile::open(path);
     if (file) {
       auto fn = (*file)->find_function(spec.symbol);
-      if (fn && fn->ifunc) return {};
+      if (fn && fn->ifunc) return std::optional<elf::ResolvedLocation>();
     }
   }
   return std::unexpected(resolved.error());
 }
 
+// A raw offset must start an instruction: a probe in the middle of one would relocate its tail as
+// another instruction. The enclosing function (its symbol, or in a stripped file its FDE) is
+// decoded from its start; where nothing gives the bounds, only --unsafe lets the offset through.
+// (SYMBOL+OFF always has bounds, and the engine checks it.)
+Result<void> check_instruction_start(const elf::ResolvedLocation &loc, const ProbeSpec &spec) {
+  if (spec.kind != ProbeSpec::Kind::kOffset) return {};
+  const std::string name = spec.file + ":" + spec.target;
+  if (loc.func_size == 0) {
+    if (g_unsafe_offsets || loc.file->unwind_range_containing(loc.file_offset)) return {};
+    return fail(EINVAL, fmt::format("{}: no symbol or unwind information (.eh_frame) gives the "
+                                    "bounds of the code at offset {:#x}, so usprobe cannot check "
+                                    "that an instruction starts there; --unsafe probes it anyway",
+                                    name, loc.file_offset));
+  }
+  auto scan = x86::scan_function(loc.file->bytes(loc.func_offset, loc.func_size), loc.func_offset);
+  const uint64_t off = loc.offset_in_function();
+  bool decoded_past = !scan.boundaries.empty() && scan.boundaries.back() >= off;
+  if (!scan.is_boundary(static_cast<uint32_t>(off)) && (scan.complete || decoded_past))
+    return fail(EINVAL,
+                fmt::format("{}: offset {:#x} is inside an instruction", name, loc.file_offset));
+  return {};
+}
+
 }  // namespace
+
+void set_unsafe_offsets(bool unsafe) {
+  g_unsafe_offsets = unsafe;
+}
 
 Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
                                           LibraryFinder &finder) {
@@ -134,8 +168,13 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     if (!path) return std::unexpected(path.error());
     if (spec.kind != ProbeSpec::Kind::kGlob) {
       std::string location = *path + ":" + spec.target;
-      if (auto ok = check_location(location, *path, spec); !ok) return std::unexpected(ok.error());
-      out.push_back({prefix + spec.file + ":" + spec.target, prefix + location, i});
+      auto loc = check_location(location, *path, spec);
+      if (!loc) return std::unexpected(loc.error());
+      Probe probe{prefix + spec.file + ":" + spec.target, prefix + location, i};
+      if (*loc) {
+        if (auto ok = check_instruction_start(**loc, spec); !ok) return std::unexpected(ok.error());
+      }
+      out.push_back(std::move(probe));
       continue;
     }
     auto file = elf::ElfFile::open(*path);

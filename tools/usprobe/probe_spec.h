@@ -60,6 +60,10 @@ struct Probe {
   size_t spec_index = 0;  // which ProbeSpec it came from
 };
 
+// --unsafe: a raw offset whose instruction boundaries nothing can check (no symbol and no FDE
+// covers it) is probed as given instead of refused.
+void set_unsafe_offsets(bool unsafe);
+
 // Resolves every spec (files through `finder`), expands globs and checks each symbol and offset
 // as the engine would. The first error is returned; nothing is half-resolved.
 Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
