@@ -157,6 +157,14 @@ void set_unsafe_offsets(bool unsafe) {
   g_unsafe_offsets = unsafe;
 }
 
+Error entered_not_called(const Probe &probe) {
+  std::string name = probe.display;
+  if (name.starts_with("uretprobe:")) name.erase(0, 10);
+  return Error{EINVAL, fmt::format("{} is the program's entry point: it is entered, not called, so "
+                                   "it has no return to probe",
+                                   name)};
+}
+
 Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
                                           LibraryFinder &finder) {
   std::vector<Probe> out;
@@ -173,7 +181,9 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
       Probe probe{prefix + spec.file + ":" + spec.target, prefix + location, i};
       if (*loc) {
         if (auto ok = check_instruction_start(**loc, spec); !ok) return std::unexpected(ok.error());
+        probe.entry_point = (*loc)->file->entry_offset() == (*loc)->file_offset;
       }
+      if (probe.entry_point && spec.returns) return std::unexpected(entered_not_called(probe));
       out.push_back(std::move(probe));
       continue;
     }
@@ -182,6 +192,9 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     if ((*file)->is_static_executable())
       return fail(ENOEXEC, *path + ": statically linked: usprobe's agent cannot be loaded there");
     auto matches = expand_glob((*file)->functions(), spec.symbol);
+    // The entry point (_start) is entered, not called: a glob leaves it out, as it would be
+    // refused for latency and for return probes, and is of no interest counted (once).
+    std::erase_if(matches, [&](const GlobMatch &m) { return (*file)->entry_offset() == m.offset; });
     if (matches.empty())
       return fail(ENOENT, fmt::format("no function in {} matches '{}'", *path, spec.symbol));
     for (const GlobMatch &m : matches) {
