@@ -657,6 +657,14 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
                                             loc.describe()));
           continue;
         }
+        // The kernel enters the ELF entry point (_start) with argc at [rsp]: no return address to
+        // take, and taking argc for one would break the program.
+        if (loc.file->entry_offset() == loc.file_offset) {
+          out[i] = fail(EINVAL, fmt::format("{} is the file's entry point: it is entered, not "
+                                            "called, so it has no return to probe",
+                                            loc.describe()));
+          continue;
+        }
         if (auto ok = ensure_return_trampoline(); !ok) {
           out[i] = std::unexpected(ok.error());
           continue;

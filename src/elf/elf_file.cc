@@ -161,6 +161,7 @@ struct ElfFile::Impl {
   bool is_static = false;
   bool is_program = false;
   std::string interpreter;        // PT_INTERP's path; empty when none
+  std::optional<uint64_t> entry;  // e_entry as a file offset
   std::string build_id;
   std::string symtab_path;
   std::vector<Segment> loads;
@@ -223,6 +224,7 @@ void ElfFile::Impl::read_segments(Elf *e) {
     }
   }
   is_program = eh.e_type == ET_EXEC || (eh.e_type == ET_DYN && pie);
+  if (eh.e_entry != 0) entry = vaddr_to_offset(eh.e_entry);
   is_static = !has_interp && is_program;
 }
 
@@ -547,6 +549,9 @@ bool ElfFile::is_static_executable() const {
 }
 bool ElfFile::is_program() const {
   return impl_->is_program;
+}
+std::optional<uint64_t> ElfFile::entry_offset() const {
+  return impl_->entry;
 }
 const std::string &ElfFile::interpreter() const {
   return impl_->interpreter;

@@ -53,6 +53,11 @@ class ElfFile {
   // A program (ET_EXEC, or ET_DYN flagged DF_1_PIE), static or not: the kernel maps it at exec,
   // and the dynamic linker refuses to dlopen it. Not libc.so.6 (a library that can also run).
   bool is_program() const;
+  // Where the kernel (or, for the dynamic linker, the kernel through PT_INTERP) starts the file:
+  // e_entry as a file offset; nullopt when it has none (most libraries: e_entry 0). The code there
+  // (`_start`) is entered with the stack the kernel built, argc at [rsp], not called: it has no
+  // return address and never returns.
+  std::optional<uint64_t> entry_offset() const;
   // The program interpreter (PT_INTERP) an executable names, "/lib64/ld-linux-x86-64.so.2";
   // empty when it has none.
   const std::string &interpreter() const;

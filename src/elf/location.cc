@@ -110,6 +110,17 @@ Result<Implementation> resolve_ifunc(const std::shared_ptr<const ElfFile> &file,
   return map_address_to_file(file, reinterpret_cast<uintptr_t>(addr), what);
 }
 
+// Bounds for an offset that no symbol covers (a stripped file): the FDE around it. At the start
+// of an FDE that is not entered by a call (a cold part, jumped into with live registers) the bounds
+// are left unknown, so that the site is not taken for a function entry, whose trampoline assumes
+// the registers of a call.
+void use_unwind_bounds(ResolvedLocation &loc) {
+  auto range = loc.file->unwind_range_containing(loc.file_offset);
+  if (!range || (!range->called && range->file_offset == loc.file_offset)) return;
+  loc.func_offset = range->file_offset;
+  loc.func_size = range->size;
+}
+
 std::unexpected<Error> bad_spec(std::string_view spec) {
   return fail(EINVAL, "bad location `" + std::string(spec) +
                           "`: expected FILE:SYMBOL, FILE:SYMBOL+OFFSET or FILE:0xOFFSET");
@@ -215,6 +226,8 @@ Result<ResolvedLocation> resolve_one(std::string_view spec, OpenedFiles &opened_
       loc.symbol = display_name(*f);
       loc.func_offset = f->file_offset;
       loc.func_size = f->size;
+    } else {
+      use_unwind_bounds(loc);
     }
     return loc;
   }
@@ -238,10 +251,12 @@ Result<ResolvedLocation> resolve_one(std::string_view spec, OpenedFiles &opened_
       loc.func_size = f->size;
     } else {
       // No symbol covers the implementation (a stripped library without its debug file): the
-      // offset is still right, only its name and bounds are unknown.
+      // offset is still right, only its name is unknown, and its bounds come from .eh_frame.
       loc.symbol.clear();
       loc.func_offset = entry;
       loc.func_size = 0;
+      loc.file_offset = entry;
+      use_unwind_bounds(loc);
     }
   }
   loc.file_offset = entry + delta;

@@ -27,9 +27,11 @@ struct ResolvedLocation {
   std::string spec;                     // as given
   std::shared_ptr<const ElfFile> file;  // the opened ELF file
   uint64_t file_offset = 0;             // the probed instruction
-  std::string symbol;           // enclosing function's name after IFUNC resolution; empty if none
-  uint64_t func_offset = 0;     // enclosing function's first byte (file offset)
-  uint64_t func_size = 0;       // 0 when no function encloses the offset
+  std::string symbol;        // enclosing function's name after IFUNC resolution; empty if none
+  uint64_t func_offset = 0;  // enclosing function's first byte (file offset)
+  // Bounds from the symbol table, or in a stripped file from the FDE around the offset
+  // (.eh_frame); func_size is 0 when neither gives them.
+  uint64_t func_size = 0;
   bool ifunc_resolved = false;  // symbol was an IFUNC and `symbol` is the chosen implementation
 
   uint64_t offset_in_function() const { return file_offset - func_offset; }

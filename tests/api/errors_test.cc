@@ -123,6 +123,11 @@ TEST_F(Errors, BadSyntax) {
     expect_refused(bad, EINVAL, {"bad location"});
 }
 
+TEST_F(Errors, ReturnProbeOnTheProgramsEntryPoint) {
+  // _start is entered by the kernel with argc at [rsp], not called: it has no return address.
+  expect_refused("uretprobe:exe:_start", EINVAL, {"_start", "entered, not called"});
+}
+
 TEST_F(Errors, OffsetInsideAnInstruction) {
   // tgt_counted: +0 push %rbp (55); +1 mov %rsp,%rbp (48 89 e5); +4 lea: 0x2 and 0x3 are inside
   // the mov.

@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "commands.h"
+#include "probe_spec.h"
 
 namespace usprobe::cli {
 namespace {
@@ -188,6 +189,13 @@ per probe, each distinct stack innermost frame first, the process's name, then i
 lines start with the process's name and, with several probes, end with the probe's name. Return
 probes (uretprobe:) are not supported.)");
 
+  // bpftrace's name for "attach where I cannot check it is safe".
+  bool unsafe = false;
+  for (CLI::App *sub : {count_cmd, trace_cmd, latency_cmd, stacks_cmd})
+    sub->add_flag("--unsafe", unsafe,
+                  "probe a raw offset (FILE:0xOFF) even where no symbol or .eh_frame entry gives "
+                  "the bounds to check that an instruction starts there");
+
   // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
   if (!args.empty() && args[0] != "list" && args[0] != "count" && args[0] != "trace" &&
       args[0] != "latency" && args[0] != "stacks" && args[0] != "-h" && args[0] != "--help" &&
@@ -224,6 +232,7 @@ probes (uretprobe:) are not supported.)");
     return 2;
   }
   if (list_cmd->parsed()) return run_list(list);
+  set_unsafe_offsets(unsafe);
   if (count_cmd->parsed()) {
     count.command = std::move(command);
     return run_count(count);

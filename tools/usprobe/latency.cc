@@ -135,9 +135,16 @@ int run_latency(const LatencyOptions &options) {
   if (!session) return report_error(session.error());
   // A glob's cold parts are left out: they are jumped into, never called.
   std::vector<Probe> probes;
-  for (Probe &p : session->probes)
+  for (Probe &p : session->probes) {
+    // Timing needs the return: none at an entry point (a glob has left it out already).
+    if (p.entry_point) {
+      Error e = entered_not_called(p);
+      e.message = "latency: " + e.message;
+      return report_error(e);
+    }
     if (specs[p.spec_index].kind != ProbeSpec::Kind::kGlob || !is_cold_part(p.display))
       probes.push_back(std::move(p));
+  }
   if (probes.empty())
     return report_error({ENOENT, "latency: the probes match only cold parts of functions"});
 

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <charconv>
 #include <map>
+#include <optional>
 #include <set>
 
+#include "arch/x86_64/relocator.h"
 #include "elf/location.h"
 #include "library_finder.h"
 #include "site_check.h"
@@ -254,12 +256,16 @@ std::vector<GlobMatch> match_demangled(const std::vector<elf::Function> &functio
 
 namespace {
 
-// Checks a non-glob location the way the engine will resolve it in the command, and its site
-// as the engine will place it there (site_check.h); the spec as written names it in errors.
-Result<void> check_location(const std::string &location, const std::string &path,
-                            const ProbeSpec &spec) {
+bool g_unsafe_offsets = false;
+
+// Checks a non-glob location the way the engine will resolve it in the command; the resolved
+// location when this process could resolve it (an IFUNC of a library the CLI does not load is
+// left to the command).
+Result<std::optional<elf::ResolvedLocation>> check_location(const std::string &location,
+                                                            const std::string &path,
+                                                            const ProbeSpec &spec) {
   auto resolved = elf::resolve_location(location);
-  if (resolved) return check_site(*resolved, spec.file + ":" + spec.target);
+  if (resolved) return std::optional(std::move(*resolved));
   if (spec.kind == ProbeSpec::Kind::kSymbol || spec.kind == ProbeSpec::Kind::kSymbolOffset) {
     // The engine resolves an IFUNC (strlen, memcpy) by asking the dynamic linker of the process
     // that has the library loaded, which fails here for a library usprobe itself does not load.
@@ -267,7 +273,7 @@ Result<void> check_location(const std::string &location, const std::string &path
     auto file = elf::ElfFile::open(path);
     if (file) {
       auto fn = (*file)->find_function(spec.symbol);
-      if (fn && fn->ifunc) return {};
+      if (fn && fn->ifunc) return std::optional<elf::ResolvedLocation>();
     }
   }
   return std::unexpected(resolved.error());
@@ -319,7 +325,34 @@ Result<std::vector<Probe>> resolve_demangled(const ProbeSpec &spec, const std::s
   return out;
 }
 
+// A raw offset must start an instruction: a probe in the middle of one would relocate its tail as
+// another instruction. check_site decodes the enclosing function (its symbol, or in a stripped
+// file its FDE) from its start; where nothing gives the bounds, only --unsafe lets the offset
+// through. (SYMBOL+OFF always has bounds.)
+Result<void> check_instruction_start(const elf::ResolvedLocation &loc, const ProbeSpec &spec) {
+  const std::string name = spec.file + ":" + spec.target;
+  if (spec.kind == ProbeSpec::Kind::kOffset && loc.func_size == 0 && !g_unsafe_offsets &&
+      !loc.file->unwind_range_containing(loc.file_offset))
+    return fail(EINVAL, fmt::format("{}: no symbol or unwind information (.eh_frame) gives the "
+                                    "bounds of the code at offset {:#x}, so usprobe cannot check "
+                                    "that an instruction starts there; --unsafe probes it anyway",
+                                    name, loc.file_offset));
+  return check_site(loc, name);
+}
+
 }  // namespace
+
+void set_unsafe_offsets(bool unsafe) {
+  g_unsafe_offsets = unsafe;
+}
+
+Error entered_not_called(const Probe &probe) {
+  std::string name = probe.display;
+  if (name.starts_with("uretprobe:")) name.erase(0, 10);
+  return Error{EINVAL, fmt::format("{} is the program's entry point: it is entered, not called, so "
+                                   "it has no return to probe",
+                                   name)};
+}
 
 Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
                                           LibraryFinder &finder) {
@@ -338,8 +371,15 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     }
     if (spec.kind != ProbeSpec::Kind::kGlob) {
       std::string location = *path + ":" + spec.target;
-      if (auto ok = check_location(location, *path, spec); !ok) return std::unexpected(ok.error());
-      out.push_back({prefix + spec.file + ":" + spec.target, prefix + location, i});
+      auto loc = check_location(location, *path, spec);
+      if (!loc) return std::unexpected(loc.error());
+      Probe probe{prefix + spec.file + ":" + spec.target, prefix + location, i};
+      if (*loc) {
+        if (auto ok = check_instruction_start(**loc, spec); !ok) return std::unexpected(ok.error());
+        probe.entry_point = (*loc)->file->entry_offset() == (*loc)->file_offset;
+      }
+      if (probe.entry_point && spec.returns) return std::unexpected(entered_not_called(probe));
+      out.push_back(std::move(probe));
       continue;
     }
     auto file = elf::ElfFile::open(*path);
@@ -347,6 +387,9 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     if ((*file)->is_static_executable())
       return fail(ENOEXEC, *path + ": statically linked: usprobe's agent cannot be loaded there");
     auto matches = expand_glob((*file)->functions(), spec.symbol);
+    // The entry point (_start) is entered, not called: a glob leaves it out, as it would be
+    // refused for latency and for return probes, and is of no interest counted (once).
+    std::erase_if(matches, [&](const GlobMatch &m) { return (*file)->entry_offset() == m.offset; });
     if (matches.empty())
       return fail(ENOENT, fmt::format("no function in {} matches '{}'", *path, spec.symbol));
     for (const GlobMatch &m : matches) {

@@ -77,7 +77,19 @@ struct Probe {
   std::string display;    // in reports: "libc:malloc", "exe:parse+0x12", "/usr/bin/app:0x1139"
   std::string location;   // for the agent: "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
   size_t spec_index = 0;  // which ProbeSpec it came from
+  // The file's ELF entry point (_start): entered by the kernel with argc at [rsp], not called, so
+  // it has no return. Globs leave it out; only a spec naming it yields it.
+  bool entry_point = false;
 };
+
+// The error for a return probe (or a latency probe, which times returns) on an entry point:
+// "exe:_start is the program's entry point: it is entered, not called, so it has no return to
+// probe".
+Error entered_not_called(const Probe &probe);
+
+// --unsafe: a raw offset whose instruction boundaries nothing can check (no symbol and no FDE
+// covers it) is probed as given instead of refused.
+void set_unsafe_offsets(bool unsafe);
 
 // Resolves every spec (files through `finder`), expands globs and checks each symbol and offset
 // as the engine would. The first error is returned; nothing is half-resolved.

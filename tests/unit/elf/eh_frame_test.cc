@@ -8,12 +8,15 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "elf/elf_file.h"
+#include "elf/location.h"
 #include "elf_test_util.h"
 
 namespace usprobe::elf {
@@ -193,6 +196,35 @@ TEST(UnwindRanges, FdeBoundsAreTheSymbolsBounds) {
   EXPECT_EQ(range->file_offset, f->file_offset);
   EXPECT_EQ(range->size, f->size);
   EXPECT_FALSE((*file)->unwind_range_containing(0));  // the ELF header
+}
+
+constexpr char kTwoFunctions[] = R"(
+__attribute__((noipa)) long work(long x) { return x * 7 + 3; }
+__attribute__((noipa)) long more(long x) { return work(x) ^ (x << 3); }
+int main(int argc, char **argv) { (void)argv; return (int)more(argc); }
+)";
+
+TEST(UnwindRanges, StrippedProgramGetsItsFunctionBoundsFromEhFrame) {
+  REQUIRE_GCC();
+  std::string exe = build_with_gcc("fde_bounds", "-O2", kTwoFunctions);
+  ASSERT_FALSE(exe.empty());
+  std::string stripped = exe + "_stripped";
+  ASSERT_EQ(std::system(("strip -o " + stripped + " " + exe).c_str()), 0);
+  auto full = ElfFile::open(exe);
+  ASSERT_TRUE(full) << full.error().message;
+  for (const char *name : {"work", "more"}) {
+    auto fn = (*full)->find_function(name);
+    ASSERT_TRUE(fn) << fn.error().message;
+    // An offset one byte in: no symbol covers it in the stripped file, its FDE does.
+    char spec[64];
+    std::snprintf(spec, sizeof spec, ":0x%llx",
+                  static_cast<unsigned long long>(fn->file_offset + 1));
+    auto loc = resolve_location(stripped + spec);
+    ASSERT_TRUE(loc) << loc.error().message;
+    EXPECT_TRUE(loc->symbol.empty()) << loc->symbol;
+    EXPECT_EQ(loc->func_offset, fn->file_offset) << name;
+    EXPECT_EQ(loc->func_size, fn->size) << name;
+  }
 }
 
 }  // namespace
