@@ -310,12 +310,18 @@ void analyse(const Loaded &l, uint64_t func_offset, uint64_t func_size, uint64_t
   usprobe::arch::release_trampoline(*plan);
 }
 
-void print(const std::string &title, const Counts &c) {
+void print(const std::string &title, const Counts &c, double goal = 0) {
   size_t int3 = c.paths.count("int3") ? c.paths.at("int3") : 0;
   size_t jump = c.total - int3 - c.errors;
+
   fmt::print("{}: {} sites, {} jump ({:.2f}%), {} int3 ({:.2f}%), {} cannot be probed\n", title,
              c.total, jump, c.total ? 100.0 * jump / c.total : 0.0, int3,
              c.total ? 100.0 * int3 / c.total : 0.0, c.errors);
+  if (goal > 0) {
+    const double share = c.total ? 100.0 * jump / c.total : 0.0;
+    fmt::print("  goal: >= {}% of these on a jump: {:.2f}%, {}\n", goal, share,
+               share >= goal ? "met" : "MISSED");
+  }
   for (const auto &[path, n] : c.paths)
     if (path != "int3" && path != "cannot be probed") fmt::print("  {:>7}  {}\n", n, path);
   std::vector<std::pair<size_t, std::string>> r;
@@ -344,7 +350,7 @@ void entries(const std::vector<std::string> &files) {
     for (auto &[k, v] : c.paths) all.paths[k] += v;
     for (auto &[k, v] : c.reasons) all.reasons[k] += v;
   }
-  if (files.size() > 1) print("function entries, all files", all);
+  if (files.size() > 1) print("function entries, all files", all, 99.9);
 }
 
 void boundaries() {
@@ -368,7 +374,7 @@ void boundaries() {
       analyse(*libc, loc->func_offset, loc->func_size, loc->func_offset + off,
               fmt::format("{}+{:#x}", loc->symbol, off), c);
   }
-  print(fmt::format("instruction boundaries of {} hot libc functions", functions), c);
+  print(fmt::format("instruction boundaries of {} hot libc functions", functions), c, 95);
 }
 
 }  // namespace
