@@ -10,6 +10,7 @@
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdint>
@@ -219,6 +220,48 @@ TEST(Tactics, ThreadBlockingSigtrapRunsPunnedSites) {
   EXPECT_EQ(usprobe_link_hits(links[0]), 100u);
   EXPECT_EQ(usprobe_link_hits(links[1]), 100u);
   EXPECT_EQ(usprobe_detach_batch(links, 2), 0);
+}
+
+// A punned jump borrows the bytes after the instruction it writes: no other probe may write them
+// while it stands (the registry treats [site, site + 5) as the jump's), and a probe already there
+// keeps the punned one off them (it takes the int3 path instead).
+TEST(Tactics, BorrowedBytesStayAsTheyAre) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  const auto *code = reinterpret_cast<const uint8_t *>(&tac_loop_head);
+  Bytes before(code, 24);
+  usprobe_link *entry = attach("exe:tac_loop_head");
+  ASSERT_NE(entry, nullptr);
+  ASSERT_STREQ(usprobe_link_path(entry), "jump (punned)");
+  usprobe_link *head = nullptr;
+  EXPECT_EQ(usprobe_attach("exe:tac_loop_head+0x2", nullptr, &head), -EBUSY);
+  EXPECT_EQ(head, nullptr);
+  const std::string msg = usprobe_last_error();
+  EXPECT_NE(msg.find("tac_loop_head"), std::string::npos) << msg;
+  EXPECT_EQ(std::memcmp(code + 2, before.copy.data() + 2, 22), 0) << "borrowed bytes changed";
+  for (long i = 0; i < 100; ++i) ASSERT_EQ(tac_loop_head(i), i ? i : 1);
+  EXPECT_EQ(usprobe_link_hits(entry), 100u);
+  EXPECT_EQ(usprobe_detach(entry), 0);
+  EXPECT_TRUE(before.intact());
+
+  // The loop's head first (a plain jump over inc and cmp), then the entry: int3.
+  head = attach("exe:tac_loop_head+0x2");
+  ASSERT_NE(head, nullptr);
+  EXPECT_STREQ(usprobe_link_path(head), "jump");
+  entry = attach("exe:tac_loop_head");
+  ASSERT_NE(entry, nullptr);
+  EXPECT_STREQ(usprobe_link_path(entry), "int3");
+  EXPECT_NE(std::string(usprobe_link_int3_reason(entry)).find("window"), std::string::npos)
+      << usprobe_link_int3_reason(entry);
+  uint64_t loops = 0;
+  for (long i = 0; i < 100; ++i) {
+    ASSERT_EQ(tac_loop_head(i), i ? i : 1);
+    loops += i ? i : 1;
+  }
+  EXPECT_EQ(usprobe_link_hits(entry), 100u);
+  EXPECT_EQ(usprobe_link_hits(head), loops);
+  usprobe_link *both[] = {entry, head};
+  EXPECT_EQ(usprobe_detach_batch(both, 2), 0);
+  EXPECT_TRUE(before.intact());
 }
 
 // Live attach and detach while threads call the punned sites flat out: every result exact, every
