@@ -46,7 +46,8 @@ const char *const kDefaultFiles[] = {"libc.so.6", "libstdc++.so.6", "libsqlite3.
                                      "libcrypto.so.3", "/usr/bin/python3.11"};
 
 // Hot libc functions: the string and memory families, the allocator, stdio, sorting and search,
-// conversions, time, environment. 115 names.
+// conversions, time, environment, and a few with jump tables (fnmatch, strptime, sysconf,
+// confstr, vfwprintf, vfwscanf). 115 names.
 const char *const kHotFunctions[] = {"memcpy",
                                      "memmove",
                                      "memset",
@@ -85,7 +86,7 @@ const char *const kHotFunctions[] = {"memcpy",
                                      "strdup",
                                      "strndup",
                                      "wcslen",
-                                     "wcsnlen",
+                                     "vfwprintf",
                                      "wcscmp",
                                      "wcschr",
                                      "wcsrchr",
@@ -98,7 +99,7 @@ const char *const kHotFunctions[] = {"memcpy",
                                      "posix_memalign",
                                      "aligned_alloc",
                                      "malloc_usable_size",
-                                     "valloc",
+                                     "confstr",
                                      "printf",
                                      "fprintf",
                                      "sprintf",
@@ -127,7 +128,7 @@ const char *const kHotFunctions[] = {"memcpy",
                                      "fflush",
                                      "fseek",
                                      "ftell",
-                                     "rewind",
+                                     "vfwscanf",
                                      "setvbuf",
                                      "sscanf",
                                      "fscanf",
@@ -159,9 +160,9 @@ const char *const kHotFunctions[] = {"memcpy",
                                      "pthread_mutex_lock",
                                      "pthread_mutex_unlock",
                                      "pthread_once",
-                                     "memfrob",
-                                     "strverscmp",
-                                     "tolower"};
+                                     "fnmatch",
+                                     "strptime",
+                                     "sysconf"};
 
 struct Counts {
   size_t total = 0;
