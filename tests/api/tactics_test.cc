@@ -5,8 +5,10 @@
 // than the jump: the displacement's high bytes are the next instruction's, unchanged). Counts are
 // exact, results unchanged, detach restores every byte, and live attach/detach under callers
 // running flat out keeps results exact.
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -262,6 +264,32 @@ TEST(Tactics, BorrowedBytesStayAsTheyAre) {
   usprobe_link *both[] = {entry, head};
   EXPECT_EQ(usprobe_detach_batch(both, 2), 0);
   EXPECT_TRUE(before.intact());
+}
+
+// Code write through /proc/self/mem (what a debugger's breakpoint does).
+void poke(const void *at, uint8_t byte) {
+  const int fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, &byte, 1, static_cast<off_t>(reinterpret_cast<uintptr_t>(at))), 1);
+  close(fd);
+}
+
+// A breakpoint on a byte that a punned jump would borrow: its displacement would not be the one
+// computed from the file, so the probe is refused, as on a breakpoint in the bytes it writes.
+TEST(Tactics, BreakpointOnBorrowedBytesIsSeen) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  const auto *code = reinterpret_cast<const uint8_t *>(&tac_loop_head);
+  const uint8_t head = code[2];
+  poke(code + 2, 0xcc);
+  usprobe_link *link = nullptr;
+  EXPECT_EQ(usprobe_attach("exe:tac_loop_head", nullptr, &link), -EBUSY);
+  EXPECT_NE(std::string(usprobe_last_error()).find("differs from the file"), std::string::npos)
+      << usprobe_last_error();
+  poke(code + 2, head);
+  link = attach("exe:tac_loop_head");
+  ASSERT_NE(link, nullptr);
+  EXPECT_STREQ(usprobe_link_path(link), "jump (punned)");
+  EXPECT_EQ(usprobe_detach(link), 0);
 }
 
 // Live attach and detach while threads call the punned sites flat out: every result exact, every
