@@ -17,6 +17,11 @@
 //   plain/tgt_counted_mid      no probe: the baseline of the instruction probe
 //   usprobe/insn_counter       instruction-flavour probe at tgt_counted_mid+0x7, built-in counter
 //   usprobe/int3_entry_counter usprobe_attach_ex(USPROBE_FORCE_INT3) on tgt_counted, counter
+//   plain/bench_punned, usprobe/punned_entry_counter   an entry probe on a punned jump (its
+//                              displacement borrows the next instruction's bytes; the jump enters a
+//                              stub, which jumps on to the trampoline), built-in counter
+//   plain/bench_indirect, usprobe/one_insn_counter     an instruction probe whose jump covers the
+//                              probed instruction alone (the function jumps indirectly)
 //   raw_trap/under_remap       the raw trap (own handler, before usprobe) while another thread
 //                              maps this program's file executable and unmaps it, 2,000 times a
 //                              second: what such a writer costs any trapping thread
@@ -86,6 +91,45 @@ bench_raw_trap:
   lea 1(%rdi), %rax
   ret
   .size bench_raw_trap, .-bench_raw_trap
+)");
+
+// The jump paths that write only the probed instruction (issue 12), each x + 1 like tgt_counted:
+// bench_punned's entry window would cover the branch target at +3, so its 3-byte first
+// instruction gets a punned jump (which enters a stub that jumps on to the trampoline);
+// bench_indirect jumps indirectly, so its instruction at +9 (lea with a disp32, 7 bytes) gets a
+// jmp rel32 over that instruction alone. Their own plain calls are the baselines.
+extern "C" long bench_punned(long x);
+extern "C" long bench_indirect(long x);
+extern "C" const char bench_indirect_site[];
+asm(R"(
+  .text
+  .p2align 4
+  .globl bench_punned
+  .hidden bench_punned
+  .type bench_punned, @function
+bench_punned:
+  mov %rdi, %rax
+1:
+  add $1, %rax
+  ret
+  jmp 1b
+  .size bench_punned, .-bench_punned
+  int3; int3; int3; int3; int3; int3; int3; int3
+
+  .p2align 4
+  .globl bench_indirect
+  .hidden bench_indirect
+  .type bench_indirect, @function
+bench_indirect:
+  lea 2f(%rip), %rcx
+  jmp *%rcx
+2:
+  .globl bench_indirect_site
+  .hidden bench_indirect_site
+bench_indirect_site:
+  .byte 0x48, 0x8d, 0x87, 0x01, 0x00, 0x00, 0x00   # lea 0x1(%rdi),%rax with a disp32
+  ret
+  .size bench_indirect, .-bench_indirect
 )");
 
 namespace {
@@ -530,6 +574,12 @@ const std::vector<Row> kRows = {
     {"plain/tgt_counted_mid", "plain call of tgt_counted_mid (no probe)", ""},
     {"usprobe/insn_counter", "instruction probe tgt_counted_mid+0x7, built-in counter",
      "plain/tgt_counted_mid"},
+    {"plain/bench_punned", "plain call of bench_punned (no probe)", ""},
+    {"usprobe/punned_entry_counter", "entry probe, punned jump + stub, built-in counter",
+     "plain/bench_punned"},
+    {"plain/bench_indirect", "plain call of bench_indirect (no probe)", ""},
+    {"usprobe/one_insn_counter", "instruction probe, jump over one instruction, counter",
+     "plain/bench_indirect"},
     {"raw_trap/own_handler", "raw int3 + SIGTRAP round trip (own handler only)",
      "plain/tgt_counted"},
     {"raw_trap/via_usprobe", "raw int3 + SIGTRAP, forwarded by usprobe's handler",
@@ -840,6 +890,11 @@ int main(int argc, char **argv) {
                                            false};
   static const ProbeCase kInsnCounter{mid, tgt_counted_mid, 0, false, false};
   static const ProbeCase kInt3Counter{entry, tgt_counted, USPROBE_FORCE_INT3, false, true};
+  static const ProbeCase kPunnedCounter{"exe:bench_punned", bench_punned, 0, false, false};
+  char one_insn[160];
+  std::snprintf(one_insn, sizeof one_insn, "exe:bench_indirect+%#tx",
+                bench_indirect_site - reinterpret_cast<const char *>(&bench_indirect));
+  static const ProbeCase kOneInsnCounter{one_insn, bench_indirect, 0, false, false};
   static const ProbeCase kReturnCounter{"uretprobe:" + entry, tgt_counted, 0, false, false,
                                         Returns::counter};
   static const ProbeCase kEntryReturnSession{entry, tgt_counted, 0, false, false, Returns::session};
@@ -850,6 +905,8 @@ int main(int argc, char **argv) {
       {"usprobe/entry_callback_gpr", &kEntryCallbackGpr},
       {"usprobe/insn_counter", &kInsnCounter},
       {"usprobe/int3_entry_counter", &kInt3Counter},
+      {"usprobe/punned_entry_counter", &kPunnedCounter},
+      {"usprobe/one_insn_counter", &kOneInsnCounter},
       {"usprobe/return_counter", &kReturnCounter},
       {"usprobe/entry_return_session", &kEntryReturnSession}};
   for (const auto &[name, pc] : kCases)
@@ -874,6 +931,10 @@ int main(int argc, char **argv) {
   reg("plain/tgt_counted_mid", [](benchmark::State &s) { BM_Plain(s, tgt_counted_mid); });
   reg("usprobe/insn_counter", [](benchmark::State &s) { BM_Probe(s, kInsnCounter); });
   reg("usprobe/int3_entry_counter", [](benchmark::State &s) { BM_Probe(s, kInt3Counter); });
+  reg("plain/bench_punned", [](benchmark::State &s) { BM_Plain(s, bench_punned); });
+  reg("usprobe/punned_entry_counter", [](benchmark::State &s) { BM_Probe(s, kPunnedCounter); });
+  reg("plain/bench_indirect", [](benchmark::State &s) { BM_Plain(s, bench_indirect); });
+  reg("usprobe/one_insn_counter", [](benchmark::State &s) { BM_Probe(s, kOneInsnCounter); });
   reg("usprobe/int3_under_remap",
       [](benchmark::State &s) { BM_Int3UnderRemap(s, kInt3Counter, kRemapsPerSecond); });
   reg("usprobe/int3_under_remap_flat_out",

@@ -46,6 +46,8 @@ class Link {
   uint64_t missed() const { return usprobe_link_missed(raw_); }
   bool uses_int3() const { return usprobe_link_uses_int3(raw_) == 1; }
   std::string_view int3_reason() const { return usprobe_link_int3_reason(raw_); }
+  // "jump", "jump (one instruction)", "jump (punned)" or "int3" (usprobe_link_path).
+  std::string_view path() const { return usprobe_link_path(raw_); }
   std::string_view name() const { return usprobe_link_name(raw_); }
   // Mappings the probe is placed in now (usprobe_link_sites).
   int sites() const { return usprobe_link_sites(raw_); }

@@ -93,6 +93,9 @@ struct SitePlan {
   // the following bytes its displacement borrows (left as they are, so no other probe may change
   // them). At least window_length on the jump path.
   uint32_t footprint = 0;
+  // The bytes after `original` that the patch relies on (a punned jump's borrowed bytes), as they
+  // are in the file: they must be so in memory too when the patch is written.
+  std::vector<uint8_t> borrowed;
   // A small piece of code the patch enters first (a punned jump's target must lie in a range its
   // borrowed bytes fix; the stub there jumps on to the trampoline). 0 when none. Released with the
   // trampoline, under the same rules.

@@ -354,13 +354,17 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
     chosen.push_back(site);
   }
   for (Site *s : chosen) {
-    // The patch overwrites exactly these bytes; they must be the file's. A debugger's breakpoint
+    // The patch overwrites exactly these bytes (and relies on the borrowed ones after them); they
+    // must be the file's. A debugger's breakpoint
     // or a kernel uprobe's int3 (or another tool's patch) shows up as a difference. The mapping
     // cannot go away meanwhile: the dynamic linker changes mappings only while the registry is
     // locked for it (on_loader_event), and code mapped by hand is unmapped only after it is no
     // longer probed or with a usprobe_notify_mapping() to follow (README).
     const auto &orig = s->plan.original;
-    if (std::memcmp(reinterpret_cast<const void *>(s->addr), orig.data(), orig.size()) != 0)
+    const auto &borrowed = s->plan.jump ? s->plan.borrowed : std::vector<uint8_t>();
+    if (std::memcmp(reinterpret_cast<const void *>(s->addr), orig.data(), orig.size()) != 0 ||
+        std::memcmp(reinterpret_cast<const void *>(s->addr + orig.size()), borrowed.data(),
+                    borrowed.size()) != 0)
       return fail(EBUSY, fmt::format("{}: the code at {:#x} differs from the file (a breakpoint, "
                                      "a kernel uprobe or another tool's patch is there)",
                                      p->name, s->addr));

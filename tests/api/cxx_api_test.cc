@@ -17,6 +17,7 @@ TEST(CxxApi, LinkCountsAndDetachesWhenItGoesOutOfScope) {
     for (long i = 0; i < 100; ++i) EXPECT_EQ(tgt_counted(i), i + 1);
     EXPECT_EQ(link->hits(), 100u);
     EXPECT_FALSE(link->uses_int3()) << link->int3_reason();
+    EXPECT_EQ(link->path(), "jump");
     EXPECT_EQ(link->name(), "libusprobe_targets.so:tgt_counted");
     EXPECT_NE(std::memcmp(before, reinterpret_cast<const void *>(&tgt_counted), 5), 0);
   }

@@ -5,11 +5,14 @@
 // than the jump: the displacement's high bytes are the next instruction's, unchanged). Counts are
 // exact, results unchanged, detach restores every byte, and live attach/detach under callers
 // running flat out keeps results exact.
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdint>
@@ -219,6 +222,74 @@ TEST(Tactics, ThreadBlockingSigtrapRunsPunnedSites) {
   EXPECT_EQ(usprobe_link_hits(links[0]), 100u);
   EXPECT_EQ(usprobe_link_hits(links[1]), 100u);
   EXPECT_EQ(usprobe_detach_batch(links, 2), 0);
+}
+
+// A punned jump borrows the bytes after the instruction it writes: no other probe may write them
+// while it stands (the registry treats [site, site + 5) as the jump's), and a probe already there
+// keeps the punned one off them (it takes the int3 path instead).
+TEST(Tactics, BorrowedBytesStayAsTheyAre) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  const auto *code = reinterpret_cast<const uint8_t *>(&tac_loop_head);
+  Bytes before(code, 24);
+  usprobe_link *entry = attach("exe:tac_loop_head");
+  ASSERT_NE(entry, nullptr);
+  ASSERT_STREQ(usprobe_link_path(entry), "jump (punned)");
+  usprobe_link *head = nullptr;
+  EXPECT_EQ(usprobe_attach("exe:tac_loop_head+0x2", nullptr, &head), -EBUSY);
+  EXPECT_EQ(head, nullptr);
+  const std::string msg = usprobe_last_error();
+  EXPECT_NE(msg.find("tac_loop_head"), std::string::npos) << msg;
+  EXPECT_EQ(std::memcmp(code + 2, before.copy.data() + 2, 22), 0) << "borrowed bytes changed";
+  for (long i = 0; i < 100; ++i) ASSERT_EQ(tac_loop_head(i), i ? i : 1);
+  EXPECT_EQ(usprobe_link_hits(entry), 100u);
+  EXPECT_EQ(usprobe_detach(entry), 0);
+  EXPECT_TRUE(before.intact());
+
+  // The loop's head first (a plain jump over inc and cmp), then the entry: int3.
+  head = attach("exe:tac_loop_head+0x2");
+  ASSERT_NE(head, nullptr);
+  EXPECT_STREQ(usprobe_link_path(head), "jump");
+  entry = attach("exe:tac_loop_head");
+  ASSERT_NE(entry, nullptr);
+  EXPECT_STREQ(usprobe_link_path(entry), "int3");
+  EXPECT_NE(std::string(usprobe_link_int3_reason(entry)).find("window"), std::string::npos)
+      << usprobe_link_int3_reason(entry);
+  uint64_t loops = 0;
+  for (long i = 0; i < 100; ++i) {
+    ASSERT_EQ(tac_loop_head(i), i ? i : 1);
+    loops += i ? i : 1;
+  }
+  EXPECT_EQ(usprobe_link_hits(entry), 100u);
+  EXPECT_EQ(usprobe_link_hits(head), loops);
+  usprobe_link *both[] = {entry, head};
+  EXPECT_EQ(usprobe_detach_batch(both, 2), 0);
+  EXPECT_TRUE(before.intact());
+}
+
+// Code write through /proc/self/mem (what a debugger's breakpoint does).
+void poke(const void *at, uint8_t byte) {
+  const int fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, &byte, 1, static_cast<off_t>(reinterpret_cast<uintptr_t>(at))), 1);
+  close(fd);
+}
+
+// A breakpoint on a byte that a punned jump would borrow: its displacement would not be the one
+// computed from the file, so the probe is refused, as on a breakpoint in the bytes it writes.
+TEST(Tactics, BreakpointOnBorrowedBytesIsSeen) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  const auto *code = reinterpret_cast<const uint8_t *>(&tac_loop_head);
+  const uint8_t head = code[2];
+  poke(code + 2, 0xcc);
+  usprobe_link *link = nullptr;
+  EXPECT_EQ(usprobe_attach("exe:tac_loop_head", nullptr, &link), -EBUSY);
+  EXPECT_NE(std::string(usprobe_last_error()).find("differs from the file"), std::string::npos)
+      << usprobe_last_error();
+  poke(code + 2, head);
+  link = attach("exe:tac_loop_head");
+  ASSERT_NE(link, nullptr);
+  EXPECT_STREQ(usprobe_link_path(link), "jump (punned)");
+  EXPECT_EQ(usprobe_detach(link), 0);
 }
 
 // Live attach and detach while threads call the punned sites flat out: every result exact, every

@@ -572,6 +572,7 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
       if (auto pun = punned_jump(req.site, from_site.subspan(0, len), following, w.base(), why)) {
         patch = std::move(pun->patch);
         stub = pun->stub;
+        plan.borrowed.assign(following.begin(), following.begin() + (pun->footprint - len));
         plan.path = "jump (punned)";
         plan.footprint = pun->footprint;
       } else {

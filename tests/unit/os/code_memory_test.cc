@@ -1,0 +1,82 @@
+// alloc_code_within(): code memory at an address constrained to a range (a punned jump's target).
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include <gtest/gtest.h>
+
+#include "os/linux/code_memory.h"
+#include "os/linux/proc_maps.h"
+
+namespace usprobe::os {
+namespace {
+
+// A free stretch of address space: reserved, then given back.
+uint64_t free_range(size_t len) {
+  void *p = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  EXPECT_NE(p, MAP_FAILED);
+  munmap(p, len);
+  return reinterpret_cast<uint64_t>(p);
+}
+
+bool mapped(uint64_t addr) {
+  auto maps = read_mappings();
+  if (!maps) return false;
+  for (const auto &m : *maps)
+    if (addr >= m.start && addr < m.end) return true;
+  return false;
+}
+
+TEST(CodeMemoryWithin, PlacesBlocksInTheRangeAndSharesPages) {
+  const uint64_t base = free_range(1 << 20);
+  // A 256-byte range in the middle of a page.
+  const uint64_t lo = base + 0x40000 + 0x123, hi = lo + 256;
+  auto a = alloc_code_within(lo, hi, 16);
+  ASSERT_TRUE(a) << a.error().message;
+  EXPECT_GE(*a, lo);
+  EXPECT_LT(*a, hi);
+  auto b = alloc_code_within(lo, hi, 16);
+  ASSERT_TRUE(b) << b.error().message;
+  EXPECT_GE(*b, lo);
+  EXPECT_LT(*b, hi);
+  EXPECT_TRUE(*b >= *a + 16 || *b + 16 <= *a) << "blocks overlap";
+  EXPECT_EQ(*a & ~0xfffull, *b & ~0xfffull) << "one page for both";
+  EXPECT_TRUE(mapped(*a));
+  // Executable, and written through write_code.
+  const uint8_t ret[] = {0xc3};
+  ASSERT_TRUE(write_code(*a, ret));
+  reinterpret_cast<void (*)()> (*a)();
+  free_code_within(*a, 16);
+  EXPECT_TRUE(mapped(*b)) << "the page still holds a block";
+  free_code_within(*b, 16);
+  EXPECT_FALSE(mapped(*b)) << "the page is given back with its last block";
+}
+
+TEST(CodeMemoryWithin, ExactAddress) {
+  const uint64_t at = free_range(1 << 16) + 0x2345;
+  auto a = alloc_code_within(at, at + 1, 16);
+  ASSERT_TRUE(a) << a.error().message;
+  EXPECT_EQ(*a, at);
+  // The same address again: taken.
+  auto b = alloc_code_within(at, at + 1, 16);
+  EXPECT_FALSE(b);
+  free_code_within(*a, 16);
+}
+
+TEST(CodeMemoryWithin, NeverOverTakenMemoryOrOutsideUserSpace) {
+  void *p = mmap(nullptr, 1 << 16, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  const auto lo = reinterpret_cast<uint64_t>(p);
+  auto a = alloc_code_within(lo + 0x100, lo + 0x8000, 16);
+  EXPECT_FALSE(a) << "placed inside another mapping";
+  if (!a) {
+    EXPECT_EQ(a.error().code, ENOMEM);
+  }
+  munmap(p, 1 << 16);
+  EXPECT_FALSE(alloc_code_within(0, 0x1000, 16)) << "below mmap_min_addr";
+  EXPECT_FALSE(alloc_code_within(0x800000000000ull, 0x800000001000ull, 16)) << "kernel space";
+}
+
+}  // namespace
+}  // namespace usprobe::os
