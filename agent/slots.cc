@@ -1,10 +1,15 @@
 #include "agent/slots.h"
 
+#include <sys/syscall.h>
+
 #include "os/linux/raw_syscall.h"
 
 namespace usprobe::agent {
 
 constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local bool t_forking __attribute__((tls_model("initial-exec"))) = false;
+constinit thread_local SlotHeader *t_slot_at_fork __attribute__((tls_model("initial-exec"))) =
+    nullptr;
 
 // Runs once per thread, inside whatever probed function the thread hit first: no lock, no
 // allocation, no libc call. It makes one system call, a raw gettid (glibc has no call-free way to
@@ -29,6 +34,24 @@ SlotHeader *claim_slot() {
     return s;
   }
   return g_region.overflow;
+}
+
+SlotHeader *first_or_fork_slot() {
+  if (__builtin_expect(t_forking, 0)) {
+    // Not cached in t_slot: until the agent's parent or child handler runs, the next hit may be on
+    // the other side of the split. fork() itself costs far more than these system calls.
+    const auto pid = static_cast<int32_t>(os::raw_syscall6(SYS_getpid));
+    if (pid == g_region.pid) {
+      if (!t_slot_at_fork) t_slot_at_fork = claim_slot();
+      return t_slot_at_fork;
+    }
+    // The child, before the agent's child handler: its only thread. The slot its parent thread
+    // owned (t_slot_at_fork, copied by fork) is not its own.
+    g_region.pid = pid;
+    t_slot_at_fork = nullptr;
+    t_forking = false;
+  }
+  return t_slot = claim_slot();
 }
 
 void mark_exec_orphans(int32_t pid, int32_t tid) {
