@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <ctime>
 #include <mutex>
@@ -58,27 +59,49 @@ double ms_since(const timespec &t0) {
          static_cast<double>(t1.tv_nsec - t0.tv_nsec) / 1e6;
 }
 
-// Fork handlers. The flag is set by hand rather than by an AgentScope, because it spans the fork:
-// set in before_fork, cleared in after_fork_parent or after_fork_child.
+// Fork handlers. Only the agent's own work in them is the agent's (AgentScope): everything else
+// that runs inside fork() is the program's and is counted, on either side of the split: the
+// program's fork handlers (prepare handlers run in the reverse order of registration, parent and
+// child handlers in order, so those registered before the agent's constructor run between this
+// prepare handler and the parent or child handler, and the others outside), libc's own locking of
+// malloc and stdio around the split, and _Fork itself. Between the prepare handler and the parent
+// or child handler, hits find their slot through t_forking (slots.h).
 void before_fork() {
-  t_in_agent = true;
+  AgentScope scope;
   g_fork_mutex.lock();
   for (uint32_t i = 0; i < g_region.probe_count; ++i)
     g_missed_at_fork[i] = g_links[i] ? usprobe_link_missed(g_links[i]) : 0;
+  // In this order, so that a signal handler that hits a probe in between finds a usable slot.
+  t_slot_at_fork = t_slot;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  t_forking = true;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  t_slot = nullptr;
 }
 
 void after_fork_parent() {
+  AgentScope scope;
+  t_slot = t_slot_at_fork;  // or one that a hit inside fork() took
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  t_forking = false;
+  t_slot_at_fork = nullptr;
   g_fork_mutex.unlock();
-  t_in_agent = false;
 }
 
-// The child's only thread: its slot (the parent thread's, copied by fork) is not its own.
+// The child's only thread: its slot (the parent thread's, copied by fork) is not its own. A hit
+// between the split and here may already have taken one for the child (first_or_fork_slot).
 void after_fork_child() {
-  g_region.pid = static_cast<int32_t>(getpid());
-  t_slot = nullptr;
+  AgentScope scope;
+  const auto pid = static_cast<int32_t>(getpid());
+  if (g_region.pid != pid) {
+    g_region.pid = pid;
+    t_slot = nullptr;
+  }
+  t_slot_at_fork = nullptr;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  t_forking = false;
   for (uint32_t i = 0; i < g_region.probe_count; ++i) g_missed_baseline[i] = g_missed_at_fork[i];
   g_fork_mutex.unlock();
-  t_in_agent = false;
 }
 
 // At exit: the engine's missed counts, less what the parent already reported, go into this

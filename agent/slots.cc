@@ -7,6 +7,9 @@
 namespace usprobe::agent {
 
 constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local bool t_forking __attribute__((tls_model("initial-exec"))) = false;
+constinit thread_local SlotHeader *t_slot_at_fork __attribute__((tls_model("initial-exec"))) =
+    nullptr;
 constinit thread_local int32_t t_vfork_parent __attribute__((tls_model("initial-exec"))) = 0;
 
 namespace {
@@ -39,7 +42,7 @@ SlotHeader *vfork_slot() {
     t_vfork_slot = nullptr;
     t_vfork_tid = 0;
     SlotHeader *s = t_slot;
-    if (!s) t_slot = s = claim_slot();
+    if (!s) s = first_or_fork_slot();
     return s;
   }
   if (tid != t_vfork_tid || !t_vfork_slot) {
@@ -72,6 +75,24 @@ SlotHeader *claim_slot_as(int32_t pid, int32_t tid) {
 }
 
 }  // namespace
+
+SlotHeader *first_or_fork_slot() {
+  if (__builtin_expect(t_forking, 0)) {
+    // Not cached in t_slot: until the agent's parent or child handler runs, the next hit may be on
+    // the other side of the split. fork() itself costs far more than these system calls.
+    const auto pid = static_cast<int32_t>(os::raw_syscall6(SYS_getpid));
+    if (pid == g_region.pid) {
+      if (!t_slot_at_fork) t_slot_at_fork = claim_slot();
+      return t_slot_at_fork;
+    }
+    // The child, before the agent's child handler: its only thread. The slot its parent thread
+    // owned (t_slot_at_fork, copied by fork) is not its own.
+    g_region.pid = pid;
+    t_slot_at_fork = nullptr;
+    t_forking = false;
+  }
+  return t_slot = claim_slot();
+}
 
 void mark_exec_orphans(int32_t pid, int32_t tid) {
   for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {

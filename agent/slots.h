@@ -15,6 +15,15 @@ namespace usprobe::agent {
 // forked child, whose thread must take a slot tagged with the child's pid.
 extern constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec")));
 
+// Inside fork(): set on the forking thread by the agent's prepare handler and cleared by its
+// parent or child handler (agent.cc). The program's own work in between (its other fork handlers,
+// _Fork, libc's malloc and stdio locking around it) is counted like any other; but after the
+// split, the same thread-local state serves two processes, and a hit cannot tell which it is in
+// without asking the kernel. So in between, t_slot is null (every hit takes thread_slot's slow
+// path), the parent's slot waits in t_slot_at_fork, and each hit asks for its pid (fork_slot()).
+extern constinit thread_local bool t_forking __attribute__((tls_model("initial-exec")));
+extern constinit thread_local SlotHeader *t_slot_at_fork __attribute__((tls_model("initial-exec")));
+
 // The first hit of a thread: takes a free slot, or returns the overflow slot when none is free.
 // Runs on the hit path (compiled with -mgeneral-regs-only): no lock, no allocation, no libc; one
 // raw gettid system call (see slots.cc).
@@ -30,10 +39,15 @@ SlotHeader *claim_slot();
 extern constinit thread_local int32_t t_vfork_parent __attribute__((tls_model("initial-exec")));
 SlotHeader *vfork_slot();
 
+// thread_slot's slow path: a thread's first hit, or a hit inside fork() (t_forking), which also
+// makes a raw getpid system call: in the parent it counts into the parent's slot; in the child,
+// whose only thread this is, it tags the child's slots with the child's pid and takes one.
+SlotHeader *first_or_fork_slot();
+
 inline SlotHeader *thread_slot() {
   if (__builtin_expect(t_vfork_parent != 0, 0)) return vfork_slot();
   SlotHeader *s = t_slot;
-  if (__builtin_expect(s == nullptr, 0)) t_slot = s = claim_slot();
+  if (__builtin_expect(s == nullptr, 0)) s = first_or_fork_slot();
   return s;
 }
 

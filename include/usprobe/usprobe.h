@@ -34,7 +34,32 @@
  * Entry handlers may change argument registers (usprobe_set_arg); the probed code sees the change.
  *
  * All functions are thread-safe. Functions returning int return 0 (or a count) on success and a
- * negative errno on failure; usprobe_last_error() then holds this thread's detailed message. */
+ * negative errno on failure; usprobe_last_error() then holds this thread's detailed message.
+ * Arguments: a NULL pointer where one is required, an unknown flag bit or a link that is not
+ * attached gives -EINVAL (and attaches or detaches nothing); the accessors below answer 0, NULL
+ * or "" for a NULL link or hit. A link must not be used after it is detached (only
+ * usprobe_detach refuses it, with -EINVAL, as long as its memory is not reused by a newer link).
+ *
+ * Calls from a handler. A handler may call every accessor (usprobe_link_*, usprobe_hit_*, ...):
+ * they take no lock. It may attach (usprobe_attach*), which allocates memory and reads files (so
+ * not from a probe inside the allocator's locked code). Two kinds of call would wait for the
+ * calling thread itself, and are refused with -EDEADLK instead (usprobe_strerror says so, and
+ * usprobe_last_error why; the refusal allocates nothing), having done nothing:
+ *  - usprobe_detach and usprobe_detach_batch from any handler (or from a signal handler that
+ *    interrupted one): a detach returns only once no handler of its links runs, and the calling
+ *    handler is running. The detach is not deferred: detach after the handler has returned (for
+ *    example, set a flag in the handler and detach from the thread that reads it). The handler
+ *    itself continues normally, and the link stays attached and usable;
+ *  - usprobe_attach*, usprobe_detach*, usprobe_notify_mapping and usprobe_on_mapping_change from a
+ *    handler that runs while its thread is inside usprobe's registry (the handler of a probe that
+ *    an attach, a detach or usprobe's update after a dlopen reached on that thread).
+ * The C++ usprobe::Link (usprobe.hpp) follows the same rule: Link::detach() in a handler returns
+ * the error and keeps the link; destroying an attached Link in a handler leaves it attached.
+ *
+ * Strings: usprobe_link_name() and usprobe_link_int3_reason() return strings that stay valid and
+ * unchanged until the link is detached; usprobe_hit_probe_name() one that stays valid while the
+ * probe has a link; usprobe_last_error() one that stays valid until this thread's next call of
+ * usprobe; usprobe_strerror() a static string. */
 #ifndef USPROBE_USPROBE_H
 #define USPROBE_USPROBE_H
 
@@ -65,7 +90,8 @@ typedef struct usprobe_consumer {
  * probed location reuses its patch; the patch goes when its last link is detached. */
 int usprobe_attach(const char *location, const usprobe_consumer *consumer, usprobe_link **link);
 
-/* Flags for usprobe_attach_ex. They apply when the location's patch is placed (its first link). */
+/* Flags for usprobe_attach_ex. They apply when the location's patch is placed (its first link).
+ * Any other bit is refused (-EINVAL, the message names the unknown bits). */
 #define USPROBE_FORCE_INT3 0x1u /* use the int3 path even where a jump could be placed */
 /* The consumer's handlers use no vector, x87 or mask register (they are built with
  * -mgeneral-regs-only and call nothing that is not): the trampoline may skip saving the vector
@@ -77,7 +103,10 @@ int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer, un
 
 /* Attach `n` locations with one round of patching. links[i] receives the link of locations[i], or
  * NULL when it failed, with errors[i] (if errors is not NULL) its negative errno; the messages of
- * failed locations are in usprobe_last_error(), one line each. Returns the number attached. */
+ * failed locations are in usprobe_last_error(), one line each. Returns the number attached. A NULL
+ * locations[i] fails that location (-EINVAL). A negative errno instead of a count when the whole
+ * call is refused (NULL locations or links with n > 0, n > INT_MAX, an unknown flag, -EDEADLK):
+ * then every links[i] is NULL. */
 int usprobe_attach_batch(const char *const *locations, size_t n, const usprobe_consumer *consumer,
                          usprobe_link **links, int *errors);
 
@@ -87,9 +116,14 @@ int usprobe_attach_batch_ex(const char *const *locations, size_t n,
                             const usprobe_consumer *consumers, unsigned flags, usprobe_link **links,
                             int *errors);
 
-/* Detach: when this returns, no handler of this link is running or will run. Frees the link. */
+/* Detach: when this returns, no handler of this link is running or will run. Frees the link.
+ * -EINVAL for NULL or a link that is not attached; -EDEADLK, detaching nothing, when called from a
+ * handler (see "Calls from a handler" above). */
 int usprobe_detach(usprobe_link *link);
-/* Detach `n` links with one round of patching. Returns 0 or the first error. */
+/* Detach `n` links with one round of patching. NULL entries are skipped (a usprobe_attach_batch
+ * result can be passed as it is). Returns 0, or a negative errno having detached none of them:
+ * -EINVAL for links NULL with n > 0, a link that is not attached or one given twice; -EDEADLK as
+ * usprobe_detach. */
 int usprobe_detach_batch(usprobe_link *const *links, size_t n);
 
 uint64_t usprobe_link_hits(const usprobe_link *link);   /* hits seen by this link, all threads */
@@ -97,7 +131,9 @@ uint64_t usprobe_link_missed(const usprobe_link *link); /* hits skipped (recursi
 /* Returns seen by this link's return probe (on_return, or "uretprobe:" with a NULL consumer). */
 uint64_t usprobe_link_return_hits(const usprobe_link *link);
 int usprobe_link_uses_int3(const usprobe_link *link); /* 1 when the site took the int3 path */
-/* Why the site took the int3 path ("" on the jump path). */
+/* Why the site took the int3 path ("" on the jump path). The string stays valid and unchanged
+ * until the link is detached, whatever later dlopens do to the sites (a later call may return
+ * another string, when the reason changed). */
 const char *usprobe_link_int3_reason(const usprobe_link *link);
 /* How the site is entered: "jump" (a jmp over whole instructions), "jump (one instruction)" (a jmp
    over the probed instruction alone), "jump (punned)" (a jmp whose displacement borrows the
@@ -105,7 +141,8 @@ const char *usprobe_link_int3_reason(const usprobe_link *link);
    usprobe_link_int3_reason); "" while the probe has no site. Lives as long as
    usprobe_link_int3_reason's string. */
 const char *usprobe_link_path(const usprobe_link *link);
-/* The resolved location, e.g. "libc.so.6:__strlen_avx2" or "app:parse+0x12". */
+/* The resolved location, e.g. "libc.so.6:__strlen_avx2" or "app:parse+0x12". Valid until the link
+ * is detached. */
 const char *usprobe_link_name(const usprobe_link *link);
 /* How many mappings of its file the link's probe is placed in now: 1 usually, 0 while the file is
  * not mapped (a library named by path before the program dlopens it), 2 for a library loaded in two
@@ -121,7 +158,8 @@ int usprobe_link_sites(const usprobe_link *link);
 int usprobe_notify_mapping(void);
 /* Call `fn(user)` after each change of the address space that usprobe followed (a dlopen, a
  * dlclose, a usprobe_notify_mapping), once the probes are in line with it: on the thread that made
- * the change, inside dlopen/dlclose for those (so `fn` must not load or unload libraries), and with
+ * the change, inside dlopen/dlclose for those (so `fn` must not load or unload libraries, and a
+ * detach there is refused with -EDEADLK, as in a handler), and with
  * the probed functions it calls neither counted nor missed. One listener; NULL removes it. A
  * symbolizer that snapshots /proc/self/maps keeps names for libraries unloaded later. */
 int usprobe_on_mapping_change(void (*fn)(void *user), void *user);

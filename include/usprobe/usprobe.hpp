@@ -54,15 +54,21 @@ class Link {
   usprobe_link *get() const { return raw_; }
   explicit operator bool() const { return raw_ != nullptr; }
 
-  // Detach now; afterwards no handler of this link runs. Also done by the destructor.
+  // Detach now; afterwards no handler of this link runs. Also done by the destructor. In a handler
+  // it cannot be done (usprobe.h, "Calls from a handler"): the error is EDEADLK, and the Link stays
+  // attached, to be detached once the handler has returned.
   std::expected<void, Error> detach() {
     if (!raw_) return {};
-    int rc = usprobe_detach(std::exchange(raw_, nullptr));
+    int rc = usprobe_detach(raw_);
+    if (rc == -EDEADLK) return std::unexpected(Error{-rc, usprobe_last_error()});
+    raw_ = nullptr;
     if (rc < 0) return std::unexpected(Error{-rc, usprobe_last_error()});
     return {};
   }
 
  private:
+  // A Link destroyed in a handler leaves its link attached (usprobe_detach refuses, -EDEADLK):
+  // a destructor has no way to report that, so do not let an attached Link die in a handler.
   void reset() {
     if (raw_) usprobe_detach(std::exchange(raw_, nullptr));
   }

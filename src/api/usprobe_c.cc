@@ -2,6 +2,7 @@
 // per-thread message.
 #include <pthread.h>
 
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -40,17 +41,50 @@ std::string &last_error() {
   return *s;
 }
 
+// A fixed message for this thread's last error, set without allocating: the refusals that a
+// handler can meet (a call that would wait for itself, a NULL argument) must not call malloc, which
+// the handler may have interrupted. Takes precedence over last_error() until the next report.
+// Initial-exec TLS, as the hit path's: no __tls_get_addr (which may allocate in a dlopened
+// library).
+constinit thread_local const char *t_fixed_error __attribute__((tls_model("initial-exec"))) =
+    nullptr;
+
 int report(const usprobe::Error &e) {
+  t_fixed_error = nullptr;
   last_error() = e.message;
   return -(e.code > 0 ? e.code : EINVAL);
+}
+int report_fixed(int code, const char *message) {
+  t_fixed_error = message;
+  return -code;
+}
+void set_messages(std::string messages) {
+  t_fixed_error = nullptr;
+  last_error() = std::move(messages);
+}
+
+constexpr unsigned kKnownFlags = USPROBE_FORCE_INT3 | USPROBE_GENERAL_REGS_ONLY;
+
+// The checks every attach makes before it touches anything; 0 or a reported negative errno.
+int check_attach(const char *what, unsigned flags) {
+  if (flags & ~kKnownFlags)
+    return report(
+        {EINVAL,
+         fmt::format("{}: unknown flag bits {:#x} (the flags are "
+                     "USPROBE_FORCE_INT3 {:#x} and USPROBE_GENERAL_REGS_ONLY {:#x})",
+                     what, flags & ~kKnownFlags, USPROBE_FORCE_INT3, USPROBE_GENERAL_REGS_ONLY)});
+  if (const char *why = usprobe::registry::self_deadlock(false)) return report_fixed(EDEADLK, why);
+  return 0;
 }
 
 }  // namespace
 
 USPROBE_API int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer,
                                   unsigned flags, usprobe_link **link) {
-  if (!location || !link) return report({EINVAL, "usprobe_attach: location and link are required"});
+  if (!location || !link)
+    return report_fixed(EINVAL, "usprobe_attach: location and link are required");
   *link = nullptr;
+  if (int rc = check_attach("usprobe_attach_ex", flags); rc < 0) return rc;
   std::string loc(location);
   std::span<const usprobe_consumer> consumers;
   if (consumer) consumers = std::span(consumer, 1);
@@ -69,42 +103,71 @@ USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
                                         const usprobe_consumer *consumers, unsigned flags,
                                         usprobe_link **links, int *errors) {
   if ((!locations || !links) && n > 0)
-    return report({EINVAL, "usprobe_attach_batch: locations and links are required"});
-  std::vector<std::string> locs(locations, locations + n);
-  std::span<const usprobe_consumer> per_location;
-  if (consumers) per_location = std::span(consumers, n);
+    return report_fixed(EINVAL, "usprobe_attach_batch: locations and links are required");
+  if (n > INT_MAX)
+    return report(
+        {EINVAL, fmt::format("usprobe_attach_batch: {} locations, more than {}", n, INT_MAX)});
+  // A refusal of the whole call leaves every links[i] NULL and every errors[i] its errno.
+  auto refuse_all = [&](int rc) {
+    for (size_t i = 0; i < n; ++i) {
+      links[i] = nullptr;
+      if (errors) errors[i] = rc;
+    }
+    return rc;
+  };
+  if (int rc = check_attach("usprobe_attach_batch_ex", flags); rc < 0) return refuse_all(rc);
+  // NULL locations fail one by one; the others are attached together.
+  std::vector<std::string> locs;
+  std::vector<usprobe_consumer> per_location;
+  std::vector<size_t> index;  // locs[k] is locations[index[k]]
+  for (size_t i = 0; i < n; ++i) {
+    if (!locations[i]) continue;
+    locs.emplace_back(locations[i]);
+    if (consumers) per_location.push_back(consumers[i]);
+    index.push_back(i);
+  }
   auto results = usprobe::registry::attach(locs, per_location, flags);
+  std::vector<const usprobe::Result<usprobe_link *> *> result_of(n, nullptr);
+  for (size_t k = 0; k < index.size(); ++k) result_of[index[k]] = &results[k];
   int attached = 0;
   std::string messages;
   for (size_t i = 0; i < n; ++i) {
-    links[i] = results[i] ? *results[i] : nullptr;
-    if (errors) errors[i] = results[i] ? 0 : -results[i].error().code;
-    if (results[i]) {
+    const usprobe::Result<usprobe_link *> *r = result_of[i];
+    links[i] = r && *r ? **r : nullptr;
+    if (r && *r) {
       ++attached;
-    } else {
-      if (!messages.empty()) messages += '\n';
-      messages += results[i].error().message;
+      if (errors) errors[i] = 0;
+      continue;
     }
+    if (errors) errors[i] = r ? -r->error().code : -EINVAL;
+    if (!messages.empty()) messages += '\n';
+    messages +=
+        r ? r->error().message : fmt::format("usprobe_attach_batch: locations[{}] is NULL", i);
   }
-  last_error() = messages;
+  set_messages(std::move(messages));
   return attached;
 }
 
 USPROBE_API int usprobe_attach_batch(const char *const *locations, size_t n,
                                      const usprobe_consumer *consumer, usprobe_link **links,
                                      int *errors) {
-  if (!consumer) return usprobe_attach_batch_ex(locations, n, nullptr, 0, links, errors);
+  if (!consumer || !locations || !links || n > INT_MAX)  // the checks are usprobe_attach_batch_ex's
+    return usprobe_attach_batch_ex(locations, n, nullptr, 0, links, errors);
   std::vector<usprobe_consumer> same(n, *consumer);
   return usprobe_attach_batch_ex(locations, n, same.data(), 0, links, errors);
 }
 
 USPROBE_API int usprobe_detach(usprobe_link *link) {
-  if (!link) return report({EINVAL, "usprobe_detach: link is NULL"});
+  if (!link) return report_fixed(EINVAL, "usprobe_detach: link is NULL");
+  if (const char *why = usprobe::registry::self_deadlock(true)) return report_fixed(EDEADLK, why);
   auto ok = usprobe::registry::detach(std::span(&link, 1));
   return ok ? 0 : report(ok.error());
 }
 
 USPROBE_API int usprobe_detach_batch(usprobe_link *const *links, size_t n) {
+  if (!links && n > 0) return report_fixed(EINVAL, "usprobe_detach_batch: links is NULL");
+  if (n == 0) return 0;
+  if (const char *why = usprobe::registry::self_deadlock(true)) return report_fixed(EDEADLK, why);
   auto ok = usprobe::registry::detach(std::span(links, n));
   return ok ? 0 : report(ok.error());
 }
@@ -122,10 +185,10 @@ USPROBE_API int usprobe_link_uses_int3(const usprobe_link *link) {
   return link && usprobe::registry::uses_int3(link) ? 1 : 0;
 }
 USPROBE_API const char *usprobe_link_int3_reason(const usprobe_link *link) {
-  return link ? usprobe::registry::int3_reason(link).c_str() : "";
+  return link ? usprobe::registry::int3_reason(link) : "";
 }
 USPROBE_API const char *usprobe_link_path(const usprobe_link *link) {
-  return link ? usprobe::registry::path(link).c_str() : "";
+  return link ? usprobe::registry::path(link) : "";
 }
 USPROBE_API const char *usprobe_link_name(const usprobe_link *link) {
   return link ? link->probe->name.c_str() : "";
@@ -134,55 +197,60 @@ USPROBE_API int usprobe_link_sites(const usprobe_link *link) {
   return link ? usprobe::registry::site_count(link) : 0;
 }
 USPROBE_API int usprobe_on_mapping_change(void (*fn)(void *user), void *user) {
+  if (const char *why = usprobe::registry::self_deadlock(false)) return report_fixed(EDEADLK, why);
   usprobe::registry::set_mapping_listener(fn, user);
   return 0;
 }
 USPROBE_API int usprobe_notify_mapping(void) {
+  if (const char *why = usprobe::registry::self_deadlock(false)) return report_fixed(EDEADLK, why);
   auto ok = usprobe::registry::notify_mapping();
   return ok ? 0 : report(ok.error());
 }
 
 USPROBE_API uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n) {
-  if (hit->returning) return 0;  // the argument registers are long gone at a return
+  if (!hit || hit->returning) return 0;  // the argument registers are long gone at a return
   return usprobe::arch::arg(*hit->regs, n);
 }
 USPROBE_API void usprobe_set_arg(usprobe_hit *hit, unsigned n, uint64_t value) {
-  if (hit->returning) return;
+  if (!hit || hit->returning) return;
   usprobe::arch::set_arg(*hit->regs, n, value);
 }
 USPROBE_API uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg) {
-  return usprobe::arch::reg(*hit->regs, reg);
+  return hit ? usprobe::arch::reg(*hit->regs, reg) : 0;
 }
 USPROBE_API uint64_t usprobe_hit_ip(const usprobe_hit *hit) {
+  if (!hit) return 0;
   if (hit->returning) return hit->returning->entry_ip;
   return usprobe::arch::reg(*hit->regs, USPROBE_RIP);
 }
 USPROBE_API uint64_t usprobe_hit_sp(const usprobe_hit *hit) {
+  if (!hit) return 0;
   if (hit->returning) return hit->returning->sp;  // the function's entry %rsp
   return usprobe::arch::reg(*hit->regs, USPROBE_RSP);
 }
 USPROBE_API uint64_t usprobe_hit_flags(const usprobe_hit *hit) {
-  return usprobe::arch::reg(*hit->regs, USPROBE_RFLAGS);
+  return hit ? usprobe::arch::reg(*hit->regs, USPROBE_RFLAGS) : 0;
 }
 USPROBE_API uint64_t usprobe_hit_return_address(const usprobe_hit *hit) {
+  if (!hit) return 0;
   if (hit->returning) return hit->returning->return_address;
   return *reinterpret_cast<const uint64_t *>(usprobe_hit_sp(hit));
 }
 USPROBE_API uint64_t usprobe_retval(const usprobe_hit *hit) {
-  return hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RAX) : 0;
+  return hit && hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RAX) : 0;
 }
 USPROBE_API uint64_t usprobe_retval_high(const usprobe_hit *hit) {
-  return hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RDX) : 0;
+  return hit && hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RDX) : 0;
 }
 USPROBE_API double usprobe_retval_double(const usprobe_hit *hit) {
-  if (!hit->returning || !hit->vectors) return __builtin_nan("");
+  if (!hit || !hit->returning || !hit->vectors) return __builtin_nan("");
   return usprobe::arch::return_double(hit->vectors);
 }
 USPROBE_API uint64_t *usprobe_session(usprobe_hit *hit) {
-  return hit->session ? hit->session->data : nullptr;
+  return hit && hit->session ? hit->session->data : nullptr;
 }
 USPROBE_API void usprobe_session_skip_return(usprobe_hit *hit) {
-  if (hit->session && !hit->returning) hit->session->skip = 1;
+  if (hit && hit->session && !hit->returning) hit->session->skip = 1;
 }
 USPROBE_API int usprobe_set_return_depth(unsigned depth) {
   if (depth == 0 || depth > usprobe::kMaxReturnDepth)
@@ -192,7 +260,7 @@ USPROBE_API int usprobe_set_return_depth(unsigned depth) {
   return 0;
 }
 USPROBE_API const char *usprobe_hit_probe_name(const usprobe_hit *hit) {
-  return hit->probe->name.c_str();
+  return hit ? hit->probe->name.c_str() : "";
 }
 // A handler's call: no allocation, so no message in last_error() either (core/stack.h).
 USPROBE_API int usprobe_hit_stack(const usprobe_hit *hit, uint64_t *ips, size_t max,
@@ -215,8 +283,13 @@ USPROBE_API int usprobe_list_functions(const char *file, usprobe_function_cb cb,
 }
 
 USPROBE_API const char *usprobe_strerror(int err) {
+  if (err == -EDEADLK || err == EDEADLK)
+    return "Resource deadlock avoided (the call would wait for its own thread: made from a "
+           "handler; see usprobe_last_error)";
+  if (err == INT_MIN) return strerror(EINVAL);  // -INT_MIN does not exist; no errno is that large
   return strerror(err < 0 ? -err : err);
 }
 USPROBE_API const char *usprobe_last_error(void) {
+  if (const char *fixed = t_fixed_error) return fixed;
   return last_error().c_str();
 }

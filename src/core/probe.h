@@ -102,6 +102,20 @@ struct Probe {
   std::vector<Site *> sites;                 // chosen from plans: one per mapping of the file
   std::vector<std::unique_ptr<Site>> plans;  // every plan made, kept with its trampoline
   std::vector<usprobe_link *> links;         // guarded by the registry mutex
+
+  // What usprobe_link_sites, usprobe_link_uses_int3 and usprobe_link_int3_reason answer, kept up to
+  // date by the registry under its mutex whenever the sites change, and read without it: those
+  // calls take no lock, so a handler may make them, even on a thread that holds the mutex (a
+  // handler running inside an attach). Relaxed / release-acquire as noted at the stores.
+  std::atomic<int> placed_sites{0};
+  // Null while every site is on the jump path (or there is none); else why a site is not. Points
+  // into `reasons`, whose strings are immutable and live as long as the probe (so at least until
+  // its last link is detached): a pointer handed out stays valid however the sites change.
+  std::atomic<const std::string *> int3_reason{nullptr};
+  // How the probe is entered (SitePlan::path): an int3 site's when it has one, else its first
+  // site's; null while it has no site. Points into `reasons` too.
+  std::atomic<const std::string *> path{nullptr};
+  std::vector<std::unique_ptr<const std::string>> reasons;  // append-only; guarded by the mutex
 };
 
 }  // namespace usprobe

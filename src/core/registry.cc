@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <unordered_set>
 
 #include <link.h>
 
@@ -80,9 +81,12 @@ std::map<Key, std::unique_ptr<Probe>> &probes() {
   static auto *map = new std::map<Key, std::unique_ptr<Probe>>;
   return *map;
 }
-const std::string &empty_reason() {
-  static const auto *s = new std::string;
-  return *s;
+// Every link that attach() returned and detach() has not freed yet (guarded by g_mutex): detach
+// looks a link up here before it touches it, so a link detached twice, or a pointer that never was
+// one, is refused instead of followed.
+std::unordered_set<const usprobe_link *> &live_links() {
+  static auto *set = new std::unordered_set<const usprobe_link *>;
+  return *set;
 }
 const std::string &forced_reason() {
   static const auto *s = new std::string("the int3 path was asked for (USPROBE_FORCE_INT3)");
@@ -135,6 +139,36 @@ void guard_unwinders() {
     const usprobe_consumer guard{note_context_switch, kind, nullptr};
     const std::string where[] = {fn};
     (void)attach(where, std::span(&guard, 1), USPROBE_GENERAL_REGS_ONLY);
+  }
+}
+
+// Brings what the lock-free queries read (Probe::placed_sites, Probe::int3_reason) in line with
+// every probe's sites. Called by each writer before it lets go of g_mutex.
+void refresh_views() {
+  for (auto &[key, up] : probes()) {
+    Probe *p = up.get();
+    int placed = 0;
+    const std::string *why = nullptr, *path = nullptr;
+    for (const Site *s : p->sites) {
+      placed += s->patched ? 1 : 0;
+      if (!s->plan.jump && !why) why = &s->plan.int3_reason, path = &s->plan.path;
+      if (!path) path = &s->plan.path;
+    }
+    // Relaxed: a count read on its own; the queries promise nothing more.
+    p->placed_sites.store(placed, std::memory_order_relaxed);
+    // A plan's strings can be rewritten (a later placement that falls back to the int3 path), so
+    // the queries get the probe's own immutable copy, made once per distinct string.
+    auto intern = [p](const std::string *text) -> const std::string * {
+      if (!text) return nullptr;
+      for (const auto &r : p->reasons)
+        if (*r == *text) return r.get();
+      p->reasons.push_back(std::make_unique<const std::string>(*text));
+      return p->reasons.back().get();
+    };
+    // Release: pairs with the acquire loads in int3_reason() and path(), which then read a
+    // complete string.
+    p->int3_reason.store(intern(why), std::memory_order_release);
+    p->path.store(intern(path), std::memory_order_release);
   }
 }
 
@@ -433,6 +467,7 @@ Result<void> follow_locked(std::vector<std::function<void()>> &garbage) {
   }
   note_patched(pending);
   for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
+  refresh_views();
   return {};
 }
 
@@ -601,6 +636,7 @@ void retire_idle(uint64_t unpatched_before) {
   std::erase_if(probes(), [](const auto &kv) {
     return kv.second->links.empty() && kv.second->plans.empty();
   });
+  refresh_views();
 }
 
 }  // namespace
@@ -739,6 +775,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         continue;
       }
       link->probe->links.push_back(link);
+      live_links().insert(link);
       out[i] = link;
     }
     if (!installed) {
@@ -760,6 +797,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       }
     }
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
+    refresh_views();
   }
   free_later(std::move(garbage), false);
   if (g_return_trampoline.load(std::memory_order_relaxed)) guard_unwinders();
@@ -773,16 +811,28 @@ Result<void> detach(std::span<usprobe_link *const> links) {
   Result<void> result;
   {
     Locked lock;
+    // All or nothing: a batch with a link that is not attached (detached already, twice in the
+    // batch, or never returned by an attach) detaches none of them.
+    {
+      std::unordered_set<const usprobe_link *> seen;
+      for (usprobe_link *l : links) {
+        if (!l) continue;
+        if (!live_links().count(l))
+          return fail(EINVAL, fmt::format("usprobe_detach: {} is not an attached link (detached "
+                                          "already, or not returned by usprobe_attach)",
+                                          static_cast<const void *>(l)));
+        if (!seen.insert(l).second)
+          return fail(EINVAL, fmt::format("usprobe_detach_batch: link {} is in the batch twice",
+                                          static_cast<const void *>(l)));
+      }
+    }
     std::map<Probe *, std::vector<uint32_t>> removed;
     for (usprobe_link *l : links) {
       if (!l) continue;
+      live_links().erase(l);
       auto &v = l->probe->links;
       auto it = std::find(v.begin(), v.end(), l);
-      if (it == v.end()) {
-        result = fail(EINVAL, "detach: not an attached link");
-        continue;
-      }
-      v.erase(it);
+      if (it != v.end()) v.erase(it);
       removed[l->probe].push_back(l->slot);
       gone.push_back(l);
       uint32_t slot = l->slot;
@@ -818,6 +868,7 @@ Result<void> detach(std::span<usprobe_link *const> links) {
     note_patched(unpatch);
     note_unpatched(unpatch);
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
+    refresh_views();
     unpatched_before = g_unpatch_gen;
   }
   // After this grace period no thread runs (or will run) a handler of the detached consumers.
@@ -853,31 +904,36 @@ void set_mapping_listener(void (*fn)(void *), void *user) {
 }
 
 int site_count(const usprobe_link *link) {
-  Locked lock;
-  return static_cast<int>(std::count_if(link->probe->sites.begin(), link->probe->sites.end(),
-                                        [](const Site *s) { return s->patched; }));
+  return link->probe->placed_sites.load(std::memory_order_relaxed);
 }
 
 bool uses_int3(const usprobe_link *link) {
-  Locked lock;
-  for (Site *s : link->probe->sites)
-    if (!s->plan.jump) return true;
-  return false;
+  return link->probe->int3_reason.load(std::memory_order_acquire) != nullptr;
 }
 
-const std::string &path(const usprobe_link *link) {
-  Locked lock;
-  for (Site *s : link->probe->sites)
-    if (!s->plan.jump) return s->plan.path;
-  for (Site *s : link->probe->sites) return s->plan.path;
-  return empty_reason();
+const char *path(const usprobe_link *link) {
+  // Acquire: pairs with refresh_views()' release store.
+  const std::string *path = link->probe->path.load(std::memory_order_acquire);
+  return path ? path->c_str() : "";
 }
 
-const std::string &int3_reason(const usprobe_link *link) {
-  Locked lock;
-  for (Site *s : link->probe->sites)
-    if (!s->plan.jump) return s->plan.int3_reason;
-  return empty_reason();
+const char *int3_reason(const usprobe_link *link) {
+  // Acquire: pairs with refresh_views()' release store.
+  const std::string *why = link->probe->int3_reason.load(std::memory_order_acquire);
+  return why ? why->c_str() : "";
+}
+
+const char *self_deadlock(bool waits_for_readers) {
+  if (t_holding)
+    return "called on a thread that is inside usprobe's registry (from a handler that runs inside "
+           "an attach, a detach or a dlopen that usprobe follows), which would wait for itself; "
+           "call it after the handler returns";
+  const ThreadRecord *rec = t_record;
+  if (waits_for_readers && rec && rec->rcu_word.load(std::memory_order_relaxed) != 0)
+    return "called from a handler (or a signal handler that interrupted one): detaching waits "
+           "until no handler of the link runs, this one included, so it would wait for itself; "
+           "detach after the handler returns";
+  return nullptr;
 }
 
 }  // namespace registry

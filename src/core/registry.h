@@ -17,7 +17,8 @@ namespace usprobe::registry {
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
                                            std::span<const usprobe_consumer> consumers,
                                            unsigned flags = 0);
-// When this returns, no handler of these links runs or will run; the links are freed.
+// When this returns, no handler of these links runs or will run; the links are freed. Null entries
+// are skipped; a link that is not attached fails the whole batch (EINVAL), detaching none.
 Result<void> detach(std::span<usprobe_link *const> links);
 
 // Code was mapped or unmapped outside the dynamic linker: bring every probe in line with the
@@ -25,13 +26,23 @@ Result<void> detach(std::span<usprobe_link *const> links);
 Result<void> notify_mapping();
 // usprobe_on_mapping_change.
 void set_mapping_listener(void (*fn)(void *), void *user);
-// How many mappings the link's probe is placed in now (0 while its file is not mapped).
+// How many mappings the link's probe is placed in now (0 while its file is not mapped). No lock.
 int site_count(const usprobe_link *link);
 
+// These three take no lock (a handler may call them, even one that runs while this thread holds
+// the registry's mutex): they read what the writers publish (Probe::placed_sites, int3_reason).
 bool uses_int3(const usprobe_link *link);
-const std::string &int3_reason(const usprobe_link *link);
+// Lives as long as the link's probe, so at least until the link is detached.
+const char *int3_reason(const usprobe_link *link);
+
+// Why a registry call on this thread would wait for itself, or null when it would not: the thread
+// holds the registry's mutex (a handler running inside an attach, a detach or the dynamic linker's
+// hook), or, with `waits_for_readers` (detach waits for a grace period), it is inside a read
+// section (a handler, or a signal handler that interrupted one). A static string: no allocation.
+const char *self_deadlock(bool waits_for_readers);
 // How the link's probe is entered ("jump", "jump (punned)", ..., "int3"; core/arch.h,
-// SitePlan::path): an int3 site's when it has one, empty while it has no site.
-const std::string &path(const usprobe_link *link);
+// SitePlan::path): an int3 site's when it has one, "" while it has no site. Lives as long as the
+// link's probe.
+const char *path(const usprobe_link *link);
 
 }  // namespace usprobe::registry

@@ -11,7 +11,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
+#include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -23,8 +26,10 @@
 #include <vector>
 
 #include "support/kernel_uprobe.h"
+#include "support/watchdog.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
+#include "usprobe/usprobe.hpp"
 
 namespace {
 
@@ -432,6 +437,262 @@ TEST_F(Errors, LastErrorIsPerThread) {
   }).join();
   EXPECT_EQ(usprobe_last_error(), mine);
   EXPECT_NE(theirs.find("tgt_countd"), std::string::npos) << theirs;
+}
+
+TEST_F(Errors, UnknownFlagBitsAreRefused) {
+  const std::string msg = expect_refused(lib("tgt_counted"), EINVAL, {"unknown flag", "0x100"},
+                                         0x100u | USPROBE_FORCE_INT3);
+  // The known flags are named, so that the reader sees what was meant.
+  EXPECT_NE(msg.find("USPROBE_FORCE_INT3"), std::string::npos) << msg;
+
+  const char *locs[] = {"libusprobe_targets.so:tgt_counted", "libusprobe_targets.so:tgt_helper"};
+  usprobe_link *links[2] = {reinterpret_cast<usprobe_link *>(0x1),
+                            reinterpret_cast<usprobe_link *>(0x1)};
+  int errors[2] = {1, 1};
+  EXPECT_EQ(usprobe_attach_batch_ex(locs, 2, nullptr, 0x80000000u, links, errors), -EINVAL);
+  EXPECT_NE(std::string(usprobe_last_error()).find("0x80000000"), std::string::npos)
+      << usprobe_last_error();
+  EXPECT_EQ(links[0], nullptr);
+  EXPECT_EQ(links[1], nullptr);
+  EXPECT_EQ(errors[0], -EINVAL);
+  EXPECT_EQ(errors[1], -EINVAL);
+  EXPECT_TRUE(targets_text() == text_before_);
+}
+
+TEST_F(Errors, BatchArgumentsAreChecked) {
+  // No array where n says there are links: refused, not followed.
+  EXPECT_EQ(usprobe_detach_batch(nullptr, 3), -EINVAL);
+  EXPECT_NE(std::string(usprobe_last_error()).find("NULL"), std::string::npos)
+      << usprobe_last_error();
+  EXPECT_EQ(usprobe_detach_batch(nullptr, 0), 0);
+  usprobe_link *links[3] = {};
+  EXPECT_EQ(usprobe_attach_batch(nullptr, 3, nullptr, links, nullptr), -EINVAL);
+  const char *one[] = {"libusprobe_targets.so:tgt_counted"};
+  EXPECT_EQ(usprobe_attach_batch(one, 1, nullptr, nullptr, nullptr), -EINVAL);
+
+  // A NULL location fails alone; the others attach.
+  const char *locs[] = {"libusprobe_targets.so:tgt_counted", nullptr,
+                        "libusprobe_targets.so:tgt_helper"};
+  int errors[3] = {1, 1, 1};
+  const usprobe_consumer counter{nullptr, nullptr, nullptr};
+  EXPECT_EQ(usprobe_attach_batch(locs, 3, &counter, links, errors), 2) << usprobe_last_error();
+  EXPECT_NE(links[0], nullptr);
+  EXPECT_EQ(links[1], nullptr);
+  EXPECT_NE(links[2], nullptr);
+  EXPECT_EQ(errors[0], 0);
+  EXPECT_EQ(errors[1], -EINVAL);
+  EXPECT_EQ(errors[2], 0);
+  EXPECT_NE(std::string(usprobe_last_error()).find("locations[1] is NULL"), std::string::npos)
+      << usprobe_last_error();
+  EXPECT_EQ(tgt_counted(1), 2);
+  EXPECT_EQ(usprobe_link_hits(links[0]), 1u);
+
+  // A link twice in a batch: refused, and nothing is detached.
+  usprobe_link *twice[] = {links[0], links[2], links[0]};
+  EXPECT_EQ(usprobe_detach_batch(twice, 3), -EINVAL);
+  EXPECT_NE(std::string(usprobe_last_error()).find("twice"), std::string::npos)
+      << usprobe_last_error();
+  EXPECT_EQ(tgt_counted(1), 2);
+  EXPECT_EQ(usprobe_link_hits(links[0]), 2u) << "the refused batch detached the link";
+  // NULL entries are skipped: the batch's own result can be passed back as it is.
+  EXPECT_EQ(usprobe_detach_batch(links, 3), 0) << usprobe_last_error();
+  EXPECT_TRUE(targets_text() == text_before_);
+  EXPECT_TRUE(targets_work());
+}
+
+TEST_F(Errors, DetachingALinkTwiceIsRefused) {
+  usprobe_link *link = nullptr;
+  ASSERT_EQ(usprobe_attach(lib("tgt_counted").c_str(), nullptr, &link), 0) << usprobe_last_error();
+  ASSERT_EQ(usprobe_detach(link), 0) << usprobe_last_error();
+  // The link is freed: the second detach must find out without reading it (ASan would say).
+  EXPECT_EQ(usprobe_detach(link), -EINVAL);
+  EXPECT_NE(std::string(usprobe_last_error()).find("not an attached link"), std::string::npos)
+      << usprobe_last_error();
+  usprobe_link *batch[] = {link};
+  EXPECT_EQ(usprobe_detach_batch(batch, 1), -EINVAL);
+  EXPECT_TRUE(targets_text() == text_before_);
+  EXPECT_TRUE(targets_work());
+}
+
+TEST_F(Errors, HitAccessorsAnswerANullHit) {
+  EXPECT_EQ(usprobe_arg(nullptr, 0), 0u);
+  usprobe_set_arg(nullptr, 0, 1);
+  EXPECT_EQ(usprobe_hit_reg(nullptr, USPROBE_RAX), 0u);
+  EXPECT_EQ(usprobe_hit_ip(nullptr), 0u);
+  EXPECT_EQ(usprobe_hit_sp(nullptr), 0u);
+  EXPECT_EQ(usprobe_hit_flags(nullptr), 0u);
+  EXPECT_EQ(usprobe_hit_return_address(nullptr), 0u);
+  EXPECT_EQ(usprobe_retval(nullptr), 0u);
+  EXPECT_EQ(usprobe_retval_high(nullptr), 0u);
+  EXPECT_TRUE(std::isnan(usprobe_retval_double(nullptr)));
+  EXPECT_EQ(usprobe_session(nullptr), nullptr);
+  usprobe_session_skip_return(nullptr);
+  EXPECT_STREQ(usprobe_hit_probe_name(nullptr), "");
+  uint64_t ips[4];
+  EXPECT_EQ(usprobe_hit_stack(nullptr, ips, 4, 0), -EINVAL);
+  EXPECT_EQ(usprobe_link_sites(nullptr), 0);
+  EXPECT_EQ(usprobe_link_return_hits(nullptr), 0u);
+  EXPECT_EQ(usprobe_list_functions(nullptr, nullptr, nullptr), -EINVAL);
+  EXPECT_NE(usprobe_strerror(INT_MIN), nullptr);
+}
+
+// --- Calls from a handler (usprobe.h, "Calls from a handler") ---
+
+// A handler that detaches its own link: the detach would wait for a grace period that this very
+// handler holds open. It must be refused at once, and the program go on.
+struct SelfDetach {
+  usprobe_link *link = nullptr;
+  int calls = 0;
+  int detach_rc = 1, batch_rc = 1;
+  const char *why = nullptr;
+};
+
+void detach_own_link(usprobe_hit *, void *user) {
+  auto *s = static_cast<SelfDetach *>(user);
+  if (s->calls++ > 0) return;
+  s->detach_rc = usprobe_detach(s->link);
+  s->why = usprobe_last_error();  // a static string for this refusal
+  s->batch_rc = usprobe_detach_batch(&s->link, 1);
+}
+
+TEST_F(Errors, DetachInsideAHandlerIsRefusedWithEdeadlk) {
+  usprobe::test::Watchdog watchdog("usprobe_detach from a handler", std::chrono::seconds(30));
+  SelfDetach state;
+  const usprobe_consumer c{detach_own_link, &state, nullptr};
+  ASSERT_EQ(usprobe_attach(lib("tgt_counted").c_str(), &c, &state.link), 0) << usprobe_last_error();
+  EXPECT_EQ(tgt_counted(41), 42);  // returns: the handler was not stuck in the detach
+  EXPECT_EQ(state.detach_rc, -EDEADLK);
+  EXPECT_EQ(state.batch_rc, -EDEADLK);
+  ASSERT_NE(state.why, nullptr);
+  EXPECT_NE(std::string(state.why).find("handler"), std::string::npos) << state.why;
+  EXPECT_NE(std::string(usprobe_strerror(-EDEADLK)).find("handler"), std::string::npos)
+      << usprobe_strerror(-EDEADLK);
+  // The link is still attached and counts.
+  EXPECT_EQ(tgt_counted(1), 2);
+  EXPECT_EQ(usprobe_link_hits(state.link), 2u);
+  EXPECT_EQ(state.calls, 2);
+  // Once the handler has returned, it detaches as usual.
+  EXPECT_EQ(usprobe_detach(state.link), 0) << usprobe_last_error();
+  EXPECT_EQ(tgt_counted(1), 2);
+  EXPECT_EQ(state.calls, 2);
+  EXPECT_TRUE(targets_text() == text_before_);
+  EXPECT_TRUE(targets_work());
+}
+
+// The same through the C++ API: Link::detach() in a handler reports EDEADLK and keeps the link.
+struct CxxSelfDetach {
+  usprobe::Link link;
+  int code = 0;
+  bool attached_after = false;
+};
+
+void cxx_detach_own_link(usprobe_hit *, void *user) {
+  auto *s = static_cast<CxxSelfDetach *>(user);
+  if (s->code != 0) return;
+  auto r = s->link.detach();
+  s->code = r ? -1 : r.error().code;
+  s->attached_after = static_cast<bool>(s->link);
+}
+
+TEST_F(Errors, CxxLinkDetachInsideAHandlerKeepsTheLink) {
+  usprobe::test::Watchdog watchdog("Link::detach from a handler", std::chrono::seconds(30));
+  CxxSelfDetach state;
+  auto link = usprobe::attach(lib("tgt_counted"), cxx_detach_own_link, &state);
+  ASSERT_TRUE(link) << link.error().message;
+  state.link = std::move(*link);
+  EXPECT_EQ(tgt_counted(41), 42);
+  EXPECT_EQ(state.code, EDEADLK);
+  EXPECT_TRUE(state.attached_after);
+  EXPECT_EQ(state.link.hits(), 1u);
+  EXPECT_TRUE(state.link.detach());
+  EXPECT_TRUE(targets_text() == text_before_);
+}
+
+// A handler that runs while its thread is inside usprobe's registry: here a probe on getpid, which
+// an attach calls while it holds the registry's lock (the thread round that checks the other
+// threads before a jump is written; libc's, so a sanitizer's interceptors do not hide it).
+// Attaching from that handler would wait for the lock its own thread holds: refused with EDEADLK.
+// The queries take no lock and answer there too.
+struct NestedAttach {
+  usprobe_link *getpid_link = nullptr;
+  int attempts = 0, refused = 0, other = 0, other_rc = 0;
+  int wrong_sites = 0;
+  const char *why = nullptr;
+};
+thread_local NestedAttach *t_nested = nullptr;  // armed on the test's thread only
+
+void attach_from_getpid(usprobe_hit *, void *) {
+  NestedAttach *s = t_nested;
+  if (!s) return;
+  ++s->attempts;
+  if (usprobe_link_sites(s->getpid_link) != 1 || usprobe_link_uses_int3(s->getpid_link) < 0 ||
+      usprobe_link_int3_reason(s->getpid_link) == nullptr)
+    ++s->wrong_sites;
+  usprobe_link *l = nullptr;
+  const int rc = usprobe_attach("libusprobe_targets.so:tgt_helper", nullptr, &l);
+  if (rc == -EDEADLK) {
+    ++s->refused;
+    s->why = usprobe_last_error();
+  } else {
+    ++s->other;
+    s->other_rc = rc;
+    if (l) usprobe_detach(l);  // (refused too: a handler)
+  }
+}
+
+TEST_F(Errors, AttachFromAHandlerInsideAnAttachIsRefusedWithEdeadlk) {
+  usprobe::test::Watchdog watchdog("usprobe_attach from a handler inside an attach",
+                                   std::chrono::seconds(40));
+  NestedAttach state;
+  const usprobe_consumer c{attach_from_getpid, nullptr, nullptr};
+  ASSERT_EQ(usprobe_attach("libc:getpid", &c, &state.getpid_link), 0) << usprobe_last_error();
+  usprobe_link *outer = nullptr;
+  t_nested = &state;
+  const int rc = usprobe_attach(lib("tgt_counted").c_str(), nullptr, &outer);
+  t_nested = nullptr;
+  EXPECT_EQ(rc, 0) << usprobe_last_error();
+  EXPECT_GT(state.attempts, 0) << "the attach did not call getpid";
+  EXPECT_EQ(state.refused, state.attempts);
+  EXPECT_EQ(state.other, 0) << usprobe_strerror(state.other_rc);
+  EXPECT_EQ(state.wrong_sites, 0);
+  if (state.why) {
+    EXPECT_NE(std::string(state.why).find("inside usprobe's registry"), std::string::npos)
+        << state.why;
+  }
+  EXPECT_EQ(usprobe_detach(state.getpid_link), 0) << usprobe_last_error();
+  EXPECT_EQ(tgt_counted(1), 2);
+  EXPECT_EQ(usprobe_link_hits(outer), 1u);
+  EXPECT_EQ(usprobe_detach(outer), 0) << usprobe_last_error();
+  EXPECT_TRUE(targets_text() == text_before_);
+  EXPECT_TRUE(targets_work());
+}
+
+// Outside the registry, a handler may attach: the new probe counts from then on.
+struct AttachInHandler {
+  usprobe_link *attached = nullptr;
+  int rc = 1;
+};
+
+void attach_tgt_helper(usprobe_hit *, void *user) {
+  auto *s = static_cast<AttachInHandler *>(user);
+  if (s->rc == 1) s->rc = usprobe_attach("libusprobe_targets.so:tgt_helper", nullptr, &s->attached);
+}
+
+TEST_F(Errors, AttachFromAHandlerWorks) {
+  usprobe::test::Watchdog watchdog("usprobe_attach from a handler", std::chrono::seconds(30));
+  AttachInHandler state;
+  const usprobe_consumer c{attach_tgt_helper, &state, nullptr};
+  usprobe_link *link = nullptr;
+  ASSERT_EQ(usprobe_attach(lib("tgt_counted").c_str(), &c, &link), 0) << usprobe_last_error();
+  EXPECT_EQ(tgt_counted(41), 42);
+  EXPECT_EQ(state.rc, 0) << usprobe_last_error();
+  ASSERT_NE(state.attached, nullptr);
+  EXPECT_EQ(tgt_helper(2), 13);
+  EXPECT_EQ(usprobe_link_hits(state.attached), 1u);
+  usprobe_link *both[] = {link, state.attached};
+  EXPECT_EQ(usprobe_detach_batch(both, 2), 0) << usprobe_last_error();
+  EXPECT_TRUE(targets_text() == text_before_);
+  EXPECT_TRUE(targets_work());
 }
 
 }  // namespace

@@ -455,6 +455,38 @@ TEST(FollowMmap, NotifyMapping) {
 std::vector<int> g_sites_seen;
 const usprobe::test::Link *g_listened = nullptr;
 
+// usprobe_link_int3_reason's string stays valid and unchanged until the link is detached: the site
+// it described going away with its library (dlclose), and the trampoline of that site being
+// retired by a later detach, do not take the string with them.
+TEST(FollowDlopen, Int3ReasonLivesUntilTheLinkIsDetached) {
+  ASSERT_FALSE(loaded(kLib)) << kLib << " is loaded already";
+  usprobe::test::Link tiny;
+  ASSERT_ATTACHED(tiny.attach(location(kLib, "follow_tiny")));
+  Lib lib(kLib);
+  ASSERT_TRUE(lib) << dlerror();
+  ASSERT_EQ(usprobe_link_uses_int3(tiny.get()), 1) << "4 bytes take no jump";
+  const char *reason = usprobe_link_int3_reason(tiny.get());
+  const std::string copy = reason;
+  ASSERT_FALSE(copy.empty());
+  lib.close();
+  ASSERT_FALSE(loaded(kLib)) << "something else holds the library: dlclose did not unmap it";
+  EXPECT_EQ(sites(tiny), 0);
+  // A detach retires the trampolines of sites that are gone (the dlclosed one among them).
+  {
+    usprobe::test::Link other;
+    ASSERT_ATTACHED(other.attach("libc:getpgrp"));
+    EXPECT_EQ(other.detach(), 0) << usprobe_last_error();
+  }
+  EXPECT_EQ(std::string(reason), copy) << "the string changed while the link was attached";
+  // And through another dlopen, where the probe is placed anew.
+  Lib again(kLib);
+  ASSERT_TRUE(again) << dlerror();
+  EXPECT_EQ(sites(tiny), 1);
+  EXPECT_EQ(std::string(reason), copy);
+  EXPECT_EQ(std::string(usprobe_link_int3_reason(tiny.get())), copy);
+  again.close();
+}
+
 TEST(FollowDlopen, MappingListenerRunsOnceTheProbesFollowed) {
   ASSERT_FALSE(loaded(kLib)) << kLib << " is loaded already";
   usprobe::test::Link add;

@@ -142,6 +142,57 @@ TEST(CliCount, CountsAForkedChildUnderItsOwnPid) {
       << total.dump();
 }
 
+// Calls made inside fork() are the program's: _Fork itself, and the program's fork handlers, also
+// those that run between the agent's own prepare handler and its parent or child handler (the
+// "early" ones of fork_target.c, registered before the agent's constructor). Only the agent's own
+// work in its handlers is left out. The program counts its handlers' calls itself (the children's
+// in shared memory) and prints them: usprobe must count exactly as many, each child's under the
+// child's pid.
+TEST(CliCount, CountsTheCallsMadeInsideFork) {
+#ifndef FORK_TARGET
+#error "FORK_TARGET comes from tests/e2e/CMakeLists.txt"
+#endif
+  // libc's own fork work around the split, in a program that has had threads: malloc's locks
+  // (named by libc6-dbg's symbols, which scripts/setup installs).
+  const char *probes[] = {"libc:_Fork",
+                          "libc:__malloc_fork_lock_parent",
+                          "libc:__malloc_fork_unlock_parent",
+                          "libc:__malloc_fork_unlock_child",
+                          "exe:early_prepare",
+                          "exe:early_parent",
+                          "exe:early_child",
+                          "exe:late_prepare",
+                          "exe:late_parent",
+                          "exe:late_child"};
+  std::vector<std::string> argv = {e2e::cli(), "count", "--json", "--per-pid"};
+  argv.insert(argv.end(), std::begin(probes), std::end(probes));
+  argv.insert(argv.end(), {"--", FORK_TARGET, "6"});
+  Output r = run(argv);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const std::string expected_line =
+      "forks=6 early_prepare=6 early_parent=6 early_child=6 late_prepare=6 late_parent=6 "
+      "late_child=6\n";
+  ASSERT_NE(r.out.find(expected_line), std::string::npos)
+      << "the program's own counts of its fork handlers: " << r.describe() << r.out;
+  Json total = only_total(r);
+  for (const char *probe : probes)
+    EXPECT_EQ(hits_of(total, probe), 6u) << probe << ": " << total.dump();
+  // The parent's handlers and _Fork are the parent's; each child ran its child handlers once.
+  for (const char *probe :
+       {"libc:_Fork", "libc:__malloc_fork_lock_parent", "libc:__malloc_fork_unlock_parent",
+        "exe:early_prepare", "exe:early_parent", "exe:late_prepare", "exe:late_parent"})
+    EXPECT_EQ(pids_of(total, probe).size(), 1u) << probe << ": " << total.dump();
+  for (const char *probe :
+       {"libc:__malloc_fork_unlock_child", "exe:early_child", "exe:late_child"}) {
+    auto pids = pids_of(total, probe);
+    EXPECT_EQ(pids.size(), 6u) << probe << ": " << total.dump();
+    for (auto &[pid, hits] : pids) EXPECT_EQ(hits, 1u) << probe << " in pid " << pid;
+    for (auto &[parent, hits] : pids_of(total, "libc:_Fork"))
+      EXPECT_EQ(pids.count(parent), 0u)
+          << probe << ": a child's call counted under the parent's pid";
+  }
+}
+
 TEST(CliCount, ProbesTheImageThatExecStarts) {
   Output r = run(
       {e2e::cli(), "count", "--json", "exe:e2e_work", "--", e2e::target(), "exec", "100", "200"});

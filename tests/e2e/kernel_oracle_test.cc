@@ -157,7 +157,7 @@ std::string library_of(const std::string &program, const std::string &soname) {
 
 struct Probe {
   std::string spec;    // for the CLI: "libsqlite3:sqlite3_step"
-  std::string soname;  // for ldd: "libsqlite3.so.0"
+  std::string soname;  // for ldd: "libsqlite3.so.0"; empty: the command's own executable
   std::string symbol;  // "sqlite3_step"
 };
 
@@ -167,7 +167,8 @@ void expect_counts_match_kernel(const std::vector<Probe> &probes,
                                 const std::vector<std::string> &command) {
   std::vector<KernelProbe> kernel_probes;
   for (const Probe &p : probes) {
-    const std::string path = library_of(command[0], p.soname);
+    const std::string path =
+        p.soname.empty() ? e2e::realpath_of(command[0]) : library_of(command[0], p.soname);
     ASSERT_FALSE(path.empty()) << "ldd " << command[0] << " shows no " << p.soname;
     auto fn = e2e::function_in(path, p.symbol);
     ASSERT_TRUE(fn) << path << " has no function " << p.symbol;
@@ -234,6 +235,21 @@ TEST(CliKernelOracle, SmallProgramMallocAndFreeMatchKernelUprobes) {
                               {"libc:free", "libc.so.6", "free"},
                               {"libc:getppid", "libc.so.6", "getppid"}},
                              {e2e::target(), "libc", "25"});
+}
+
+// Calls made inside fork() (tests/e2e/fork_target.c): _Fork, libc's malloc locking around the
+// split, and the program's fork handlers that run between the agent's own prepare and parent
+// handlers. The kernel counts the parent process only (its events are not inherited), so only
+// functions that the parent alone calls are compared here; count_test.cc checks the children's.
+TEST(CliKernelOracle, CallsInsideForkMatchKernelUprobes) {
+  expect_counts_match_kernel(
+      {{"libc:_Fork", "libc.so.6", "_Fork"},
+       {"libc:__malloc_fork_lock_parent", "libc.so.6", "__malloc_fork_lock_parent"},
+       {"libc:__malloc_fork_unlock_parent", "libc.so.6", "__malloc_fork_unlock_parent"},
+       {"exe:early_prepare", "", "early_prepare"},
+       {"exe:early_parent", "", "early_parent"},
+       {"exe:late_parent", "", "late_parent"}},
+      {FORK_TARGET, "6"});
 }
 
 // Where the dynamic linker of this process resolves `name` in the libc at `libc_path`: for an IFUNC

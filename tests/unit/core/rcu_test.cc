@@ -74,17 +74,41 @@ TEST_F(Rcu, GracePeriodWaitsForAReaderThatBeganBefore) {
   reader.join();
 }
 
+// A grace period waits for the read sections that began before it, and for no other: not for a
+// thread that is quiescent (it has a record and reads nothing), and not for a section that began
+// at the grace period's own epoch, however long that section lasts. Which record synchronize()
+// looks at first is not up to the test, so the late reader's word is set as a ReadGuard sets it
+// when it begins just after synchronize() has bumped the epoch: at the next epoch. The reader stays
+// inside until synchronize() has returned or, if synchronize() waits for it, gives up after 20 s:
+// the test then fails instead of hanging.
 TEST_F(Rcu, GracePeriodDoesNotWaitForQuiescentOrLaterReaders) {
-  std::atomic<bool> stop{false};
-  std::thread reader([&] {
-    ThreadRecord *rec = current_record();
-    while (!stop) {
-      rcu::ReadGuard g(rec);  // short sections, back to back: each begins at a newer epoch
-    }
+  std::atomic<bool> late_in{false}, synced{false}, late_saw_sync_inside{false};
+  std::atomic<bool> quiescent_ready{false}, quiescent_stop{false};
+  std::thread quiescent([&] {
+    (void)current_record();
+    quiescent_ready = true;
+    while (!quiescent_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   });
-  for (int i = 0; i < 100; ++i) rcu::synchronize();  // would hang if it waited for every section
-  stop = true;
-  reader.join();
+  const uint64_t next_epoch = rcu::g_epoch.load() + 1;  // the one synchronize() will start
+  std::thread late([&] {
+    ThreadRecord *rec = current_record();
+    rec->rcu_word.store((next_epoch << 8) | 1);
+    late_in = true;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!synced.load() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    late_saw_sync_inside = synced.load();
+    rec->rcu_word.store(0);
+  });
+  while (!late_in.load() || !quiescent_ready.load()) std::this_thread::yield();
+  rcu::synchronize();
+  synced = true;
+  late.join();
+  quiescent_stop = true;
+  quiescent.join();
+  ASSERT_EQ(rcu::g_epoch.load(), next_epoch) << "something else began a grace period meanwhile";
+  EXPECT_TRUE(late_saw_sync_inside.load())
+      << "synchronize() waited for a read section that began at its own epoch";
 }
 
 TEST_F(Rcu, ReadSectionsNestAndRestoreTheWord) {
