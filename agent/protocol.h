@@ -111,7 +111,7 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 4;
+inline constexpr uint32_t kVersion = 5;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -207,10 +207,14 @@ struct Event {
   uint32_t probe;  // index, or kPadProbe for padding (then only `size` is meaningful)
   uint64_t tsc;
   int32_t tid;
-  uint32_t bad_strings;  // bit n: argn's string could not be read (the copy holds "")
+  // Bit n: argn's string could not be read (the copy holds ""). Bit kStringCutShift + n: argn's
+  // string was longer than the copy, which holds its first string_size - 1 bytes.
+  uint32_t bad_strings;
   uint64_t args[kMaxArgs];
 };
 static_assert(sizeof(Event) == 72);
+inline constexpr uint32_t kStringBadMask = (1u << kMaxArgs) - 1;
+inline constexpr uint32_t kStringCutShift = 8;
 
 // Stacks mode: a stack record, this header then `frames` addresses: ips[0] the probed instruction,
 // then return addresses, outermost last (usprobe_hit_stack). size = sizeof(StackRecord) + 8 *
