@@ -73,6 +73,35 @@ void append_string(fmt::memory_buffer &out, const Conversion &c, const TraceEven
 // first: %d of 0xffffffff is -1.
 void append_one(fmt::memory_buffer &out, const Conversion &c, const TraceEvent &e) {
   uint64_t v = e.args[c.arg];
+  if (c.plain) {
+    // No flag, width or precision: what printf prints, without parsing the spec per event.
+    switch (c.type) {
+      case 'd':
+      case 'i': {
+        fmt::format_int text(c.wide ? static_cast<int64_t>(v) : int64_t{static_cast<int32_t>(v)});
+        out.append(text.data(), text.data() + text.size());
+        return;
+      }
+      case 'u': {
+        fmt::format_int text(c.wide ? v : uint64_t{static_cast<uint32_t>(v)});
+        out.append(text.data(), text.data() + text.size());
+        return;
+      }
+      case 'x':
+      case 'X': {
+        if (!c.wide) v = static_cast<uint32_t>(v);
+        const char *digits = c.type == 'x' ? "0123456789abcdef" : "0123456789ABCDEF";
+        char text[16];
+        char *p = text + sizeof text;
+        do {
+          *--p = digits[v & 15];
+          v >>= 4;
+        } while (v != 0);
+        out.append(p, text + sizeof text);
+        return;
+      }
+    }
+  }
   std::string text;
   switch (c.type) {
     case 'd':
@@ -150,6 +179,8 @@ Result<Conversion> parse_conversion(std::string_view text, std::string_view f, s
     return bad_format(text, fmt::format("unknown conversion '{}'", f.substr(start, i - start)));
   c.type = type;
   c.spec = std::string(f.substr(start, i - start));
+  // "%d", "%lx", ...: nothing between '%' and the length and type letters.
+  c.plain = c.spec.find_first_of("-+ #0123456789.") == std::string::npos;
   return c;
 }
 

@@ -37,6 +37,7 @@ struct Conversion {
   bool left = false;   // the '-' flag
   unsigned width = 0;  // 0: none
   int precision = -1;  // -1: none
+  bool plain = false;  // no flag, width or precision: d i u x X take a fast path
 };
 
 struct Format {

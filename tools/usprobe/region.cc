@@ -201,6 +201,15 @@ uint64_t TraceBatch::tsc(size_t i) const {
   return t;
 }
 
+TraceBatch::Head TraceBatch::head(size_t i) const {
+  const Ref &ref = refs_[i];
+  Head h{0, ref.pid, 0, 0};
+  std::memcpy(&h.tsc, ref.record + offsetof(agent::Event, tsc), sizeof h.tsc);
+  std::memcpy(&h.tid, ref.record + offsetof(agent::Event, tid), sizeof h.tid);
+  std::memcpy(&h.probe, ref.record + offsetof(agent::Event, probe), sizeof h.probe);
+  return h;
+}
+
 TraceEvent TraceBatch::event(size_t i) const {
   const Ref &ref = refs_[i];
   agent::Event ev;

@@ -77,6 +77,13 @@ class TraceBatch {
   size_t size() const { return refs_.size(); }
   bool empty() const { return refs_.empty(); }
   uint64_t tsc(size_t i) const;
+  // What every line shows of record i, without taking the rest apart.
+  struct Head {
+    uint64_t tsc;
+    int32_t pid, tid;
+    uint32_t probe;
+  };
+  Head head(size_t i) const;
   // Record i, taken apart; its strings point into this batch.
   TraceEvent event(size_t i) const;
   // Bytes held by copies since the last clear().

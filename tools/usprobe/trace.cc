@@ -66,6 +66,8 @@ class Printer {
   size_t probe_width = 20;                 // the longest probe name, at least 20: messages line up
   fmt::memory_buffer line;                 // what has been formatted and not written yet
   std::vector<std::string> probe_columns;  // by probe index
+  std::string ids;                         // the pid and tid columns of ids_pid, ids_tid
+  int32_t ids_pid = 0, ids_tid = 0;
 
   void header() {
     for (const Probe &p : probes) probe_width = std::max(probe_width, p.display.size());
@@ -82,13 +84,6 @@ class Printer {
     size_t at = line.size();
     line.resize(at + n);
     std::memset(line.data() + at, ' ', n);
-  }
-
-  // "{:<width} " of an integer.
-  void append_int(int64_t v, size_t width) {
-    fmt::format_int text(v);
-    line.append(text.data(), text.data() + text.size());
-    append_blanks(text.size() < width ? width - text.size() + 1 : 1);
   }
 
   // "%-11.6f " of the time in seconds, with integer arithmetic (as fast as it is exact here).
@@ -109,10 +104,14 @@ class Printer {
     append_blanks(n < 11 ? 11 - n + 1 : 1);
   }
 
-  void print(const TraceEvent &e) {
-    const Probe &probe = probes[e.probe];
+  // Record i of the batch. The text of a probe without a format needs only the record's head;
+  // the pid and tid columns are formatted again only when the thread changes.
+  void print(const TraceBatch &batch, size_t i) {
+    TraceBatch::Head h = batch.head(i);
+    const Probe &probe = probes[h.probe];
     const std::optional<Format> &format = specs[probe.spec_index].format;
     if (options.json) {
+      TraceEvent e = batch.event(i);
       nlohmann::ordered_json j;
       j["time_s"] = std::round(clock.seconds(e.tsc) * 1e6) / 1e6;
       j["pid"] = e.pid;
@@ -124,11 +123,15 @@ class Printer {
       line.append(std::string_view(text));
       line.push_back('\n');
     } else {
-      append_time(e.tsc);
-      append_int(e.pid, 7);
-      append_int(e.tid, 7);
-      line.append(std::string_view(probe_columns[e.probe]));
-      append_message(line, format, e);
+      append_time(h.tsc);
+      if (h.pid != ids_pid || h.tid != ids_tid || ids.empty()) {
+        ids_pid = h.pid;
+        ids_tid = h.tid;
+        ids = fmt::format("{:<7} {:<7} ", h.pid, h.tid);
+      }
+      line.append(std::string_view(ids));
+      line.append(std::string_view(probe_columns[h.probe]));
+      if (format) append_message(line, format, batch.event(i));
       line.push_back('\n');
     }
     ++printed;
@@ -246,7 +249,7 @@ int run_trace(const TraceOptions &options) {
     while (!batch.empty()) {
       order_by_time(batch, order);
       for (size_t i = 0; i < order.size(); ++i) {
-        printer.print(batch.event(order[i].second));
+        printer.print(batch, order[i].second);
         if ((i + 1) % kDrainEvery == 0) drain_into(next);
       }
       batch.clear();
