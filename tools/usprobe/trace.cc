@@ -241,28 +241,35 @@ int run_trace(const TraceOptions &options) {
   auto drain_into = [&](TraceBatch &into) {
     if (batch.bytes() + next.bytes() < kMaxBacklog) region->drain(into);
   };
-  auto tick = [&] {
+  // While the command runs, the rings are drained again and again as a batch is printed; at the
+  // end (`last`), once, and everything drained is printed: a process that outlives the command and
+  // keeps hitting probes cannot keep usprobe running.
+  auto tick = [&](bool last) {
     auto until = std::chrono::steady_clock::now() + kMaxTickWork;
     clock.refine();
-    drain_into(batch);
+    if (last)
+      region->drain(batch);
+    else
+      drain_into(batch);
     region->reclaim(batch);  // a dead thread's last records: always taken
     while (!batch.empty()) {
       order_by_time(batch, order);
       for (size_t i = 0; i < order.size(); ++i) {
         printer.print(batch, order[i].second);
-        if ((i + 1) % kDrainEvery == 0) drain_into(next);
+        if (!last && (i + 1) % kDrainEvery == 0) drain_into(next);
       }
       batch.clear();
       std::swap(batch, next);
+      if (last) continue;
       drain_into(batch);
       if (std::chrono::steady_clock::now() >= until) break;  // the rest at the next tick
     }
     printer.write();
     notices.print(region->new_notices());
   };
-  ExitInfo exit = supervisor.watch(*child, {kTick, std::nullopt, std::nullopt}, tick, [] {});
-  do tick();
-  while (!batch.empty());
+  ExitInfo exit = supervisor.watch(
+      *child, {kTick, std::nullopt, std::nullopt}, [&] { tick(false); }, [] {});
+  tick(true);
 
   uint64_t lost = 0;  // records dropped on full rings, and hits the engine skipped
   for (const auto &[key, c] : region->counts()) lost += c.missed;
