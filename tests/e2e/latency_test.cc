@@ -125,12 +125,12 @@ TEST(CliLatency, TextReportDrawsTheTableInTheChosenUnit) {
   EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\n +msecs +: count +distribution\n)")))
       << r.describe();
   // 3 ms is in the row 2 -> 3 ms; a busy machine can push calls into later rows, never earlier
-  // ones: the table starts at that row and its counts add up to the 10 calls.
+  // ones: the table starts at that row or a later one, and its counts add up to the 10 calls.
   std::smatch row;
   ASSERT_TRUE(std::regex_search(r.out, row,
                                 std::regex(R"(\n +msecs +: count +distribution\n +([0-9]+) -> )")))
       << r.describe();
-  EXPECT_EQ(row[1], "2") << "the first row is 2 -> 3 ms\n" << r.describe();
+  EXPECT_GE(std::stoi(row[1]), 2) << "no row below 2 -> 3 ms\n" << r.describe();
   int calls = 0;
   const std::regex counted(R"(\n +[0-9]+ -> [0-9]+ +: ([0-9]+) +\|)");
   for (std::sregex_iterator it(r.out.begin(), r.out.end(), counted), end; it != end; ++it)
