@@ -21,15 +21,24 @@ uint32_t probe_of(void *user) {
   return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(user));
 }
 
-// Copies the string argument at `addr` into dst (string_size bytes). False when it could not be
-// read: dst then holds "". Null and low pointers (< 4096, never mapped) and addresses no user
-// mapping can have (>= 2^56, including non-canonical ones) are refused without trying.
-bool copy_string(char *dst, uint64_t addr, uint32_t string_size) {
+enum class Copy { kWhole, kCut, kBad };
+
+// Copies the string argument at `addr` into dst (string_size bytes). kBad when it could not be
+// read: dst then holds "". kCut when it is longer than the copy (the byte after the copy is not
+// its end). Null and low pointers (< 4096, never mapped) and addresses no user mapping can have
+// (>= 2^56, including non-canonical ones) are refused without trying.
+Copy copy_string(char *dst, uint64_t addr, uint32_t string_size) {
   if (addr < 4096 || addr >= (uint64_t{1} << 56)) {
     dst[0] = '\0';
-    return false;
+    return Copy::kBad;
   }
-  return usprobe_agent_safe_copy(dst, reinterpret_cast<const char *>(addr), string_size) >= 0;
+  const char *src = reinterpret_cast<const char *>(addr);
+  long n = usprobe_agent_safe_copy(dst, src, string_size);
+  if (n < 0) return Copy::kBad;
+  if (static_cast<uint64_t>(n) + 1 < string_size) return Copy::kWhole;
+  // The copy is full: one more byte says whether the string goes on. Unreadable: it ended there.
+  char next[2];
+  return usprobe_agent_safe_copy(next, src + n, sizeof next) == 1 ? Copy::kCut : Copy::kWhole;
 }
 
 }  // namespace
@@ -71,7 +80,16 @@ void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
   char *str = reinterpret_cast<char *>(e + 1);
   for (uint32_t mask = info.string_mask; mask != 0; mask &= mask - 1) {
     unsigned n = static_cast<unsigned>(__builtin_ctz(mask));
-    if (!copy_string(str, e->args[n], r.string_size)) bad |= 1u << n;
+    switch (copy_string(str, e->args[n], r.string_size)) {
+      case Copy::kWhole:
+        break;
+      case Copy::kCut:
+        bad |= 1u << (kStringCutShift + n);
+        break;
+      case Copy::kBad:
+        bad |= 1u << n;
+        break;
+    }
     str += r.string_size;
   }
   e->bad_strings = bad;

@@ -216,10 +216,14 @@ struct Event {
   uint32_t probe;  // index, or kPadProbe for padding (then only `size` is meaningful)
   uint64_t tsc;
   int32_t tid;
-  uint32_t bad_strings;  // bit n: argn's string could not be read (the copy holds "")
+  // Bit n: argn's string could not be read (the copy holds ""). Bit kStringCutShift + n: argn's
+  // string was longer than the copy, which holds its first string_size - 1 bytes.
+  uint32_t bad_strings;
   uint64_t args[kMaxArgs];
 };
 static_assert(sizeof(Event) == 72);
+inline constexpr uint32_t kStringBadMask = (1u << kMaxArgs) - 1;
+inline constexpr uint32_t kStringCutShift = 8;
 
 // Stacks mode: a stack record, this header then `frames` addresses: ips[0] the probed instruction,
 // then return addresses, outermost last (usprobe_hit_stack). size = sizeof(StackRecord) + 8 *

@@ -2,6 +2,8 @@
 // JSON; strings and integers exactly as the program passed them, in order; a bad string pointer
 // neither crashes the command nor shows garbage; events name the thread that made them.
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <regex>
 #include <set>
@@ -264,6 +266,149 @@ TEST(CliTrace, ProbeWithoutFormatPrintsOneLinePerCall) {
   ASSERT_EQ(trace.events.size(), 3u) << r.describe();
   for (const Event &e : trace.events) EXPECT_EQ(e.probe, "exe:e2e_work");
   EXPECT_TRUE(has_line(r.err, summary_line(3))) << r.describe();
+}
+
+// Rates and buffers
+// --------------------------------------------------------------------------------
+
+const char *trace_target() {
+  return TRACE_TARGET;
+}
+
+// The events of a text trace written to a file, taken apart without a regex (there are many):
+// by tid, the messages in the order printed.
+std::map<long, std::vector<std::string>> messages_by_tid(const std::string &path, size_t &events) {
+  std::map<long, std::vector<std::string>> by_tid;
+  std::ifstream in(path);
+  std::string line;
+  events = 0;
+  while (std::getline(in, line)) {
+    if (e2e::starts_with(line, "TIME(s)")) continue;
+    // TIME PID TID PROBE MESSAGE
+    std::vector<std::string> fields;
+    size_t at = 0;
+    while (fields.size() < 5) {
+      size_t b = line.find_first_not_of(' ', at);
+      if (b == std::string::npos) break;
+      size_t e = fields.size() == 4 ? line.size() : line.find(' ', b);
+      if (e == std::string::npos) e = line.size();
+      fields.push_back(line.substr(b, e - b));
+      at = e;
+    }
+    if (fields.size() != 5) continue;
+    by_tid[std::atol(fields[2].c_str())].push_back(fields[4]);
+    ++events;
+  }
+  return by_tid;
+}
+
+TEST(CliTrace, BufferSizeOptionTakesAMillionCallsOfATightLoopWhole) {
+  // A tight loop hits the probe tens of millions of times a second, faster than any reader: with a
+  // buffer that holds all of them, none may be lost, however late the CLI gets to run.
+  Output r = run({e2e::cli(), "trace", "--buffer-size", "128M", "-o", "/dev/null", "exe:e2e_work",
+                  "--", e2e::target(), "calls", "1000000"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, "calls 1000000\n");
+  EXPECT_TRUE(has_line(r.err, summary_line(1000000))) << r.describe();
+}
+
+TEST(CliTrace, DefaultBuffersLoseNothingAtHalfAMillionCallsASecondPerThread) {
+  // 2 threads x 200,000 calls at 500,000 a second each: 14.4 MB of records per thread, which the
+  // default buffer holds whole even if the CLI never ran before the command ended (so the result
+  // does not depend on the machine's load). The old 256 KiB buffers lost most of them.
+  e2e::TempDir dir;
+  const std::string file = dir.file("trace.txt");
+  Output r = run({e2e::cli(), "trace", "-o", file, R"(exe:trace_work "%ld", arg0)", "--",
+                  trace_target(), "loop", "2", "200000", "500000"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_TRUE(has_line(r.err, summary_line(400000))) << r.describe();
+  size_t events = 0;
+  auto by_tid = messages_by_tid(file, events);
+  EXPECT_EQ(events, 400000u);
+  ASSERT_EQ(by_tid.size(), 2u);
+  for (const auto &[tid, messages] : by_tid) {
+    ASSERT_EQ(messages.size(), 200000u) << "tid " << tid;
+    for (size_t i = 0; i < messages.size(); ++i)
+      if (messages[i] != std::to_string(i)) {
+        ADD_FAILURE() << "tid " << tid << ": event " << i << " is \"" << messages[i] << '"';
+        break;
+      }
+  }
+}
+
+TEST(CliTrace, DemoWorkloadTracesEveryMallocThatCountSees) {
+  const char *sqlite = "/usr/bin/sqlite3";
+  if (!e2e::file_exists(sqlite)) GTEST_SKIP() << sqlite << " is not installed (apt sqlite3)";
+  const std::vector<std::string> command = {sqlite, ":memory:", std::string(".read ") + DEMO_SQL};
+  std::vector<std::string> count = {e2e::cli(), "count", "--json", "libc:malloc", "--"};
+  count.insert(count.end(), command.begin(), command.end());
+  Output counted = run(count);
+  ASSERT_EQ(counted.exit_code(), 0) << counted.describe();
+  uint64_t hits = e2e::hits_of(e2e::only_total(counted), "libc:malloc");
+  ASSERT_GT(hits, 1000u) << counted.describe();
+
+  std::vector<std::string> trace = {e2e::cli(), "trace", "-o", "/dev/null", "libc:malloc", "--"};
+  trace.insert(trace.end(), command.begin(), command.end());
+  Output traced = run(trace);
+  ASSERT_EQ(traced.exit_code(), 0) << traced.describe();
+  EXPECT_TRUE(has_line(traced.err, summary_line(hits))) << "count saw " << hits << " calls\n"
+                                                        << traced.describe();
+}
+
+// Strings ----------------------------------------------------------------------------------------
+
+std::string traced_name(const std::string &name, std::vector<std::string> options = {}) {
+  std::vector<std::string> argv = {e2e::cli(), "trace"};
+  argv.insert(argv.end(), options.begin(), options.end());
+  for (const char *a : {R"(exe:trace_name "[%s]", arg0)", "--", trace_target(), "name"})
+    argv.push_back(a);
+  argv.push_back(name);
+  Output r = run(argv);
+  EXPECT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_TRUE(has_line(r.err, summary_line(1))) << r.describe();
+  TextTrace trace = parse_text(r);
+  if (trace.events.size() != 1) {
+    ADD_FAILURE() << r.describe();
+    return "";
+  }
+  return trace.events[0].message;
+}
+
+TEST(CliTrace, ALongStringEndsInAMarkerAndStrlenKeepsMore) {
+  std::string name;
+  for (int i = 0; i < 10; ++i) name += "0123456789";  // 100 bytes
+  // Cut at 63 bytes (the default), and said so.
+  EXPECT_EQ(traced_name(name), "[" + name.substr(0, 63) + "...]");
+  // 63 bytes exactly: whole, no marker.
+  EXPECT_EQ(traced_name(name.substr(0, 63)), "[" + name.substr(0, 63) + "]");
+  EXPECT_EQ(traced_name(name, {"--strlen", "100"}), "[" + name + "]");
+  EXPECT_EQ(traced_name(name, {"--strlen", "99"}), "[" + name.substr(0, 99) + "...]");
+}
+
+TEST(CliTrace, BadBufferSizeStrlenAndWidthsAreRefusedBeforeTheCommandStarts) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--buffer-size", "1K"}, {"--buffer-size", "2G"}, {"--buffer-size", "lots"},
+      {"-b", "16Q"},           {"--strlen", "0"},       {"--strlen", "5000"},
+  };
+  for (const std::vector<std::string> &options : bad) {
+    std::vector<std::string> argv = {e2e::cli(), "trace"};
+    argv.insert(argv.end(), options.begin(), options.end());
+    for (const char *a : {"exe:trace_name", "--", trace_target(), "name", "x"}) argv.push_back(a);
+    Output r = run(argv);
+    EXPECT_EQ(r.exit_code(), 2) << options[0] << " " << options[1] << "\n" << r.describe();
+    EXPECT_EQ(e2e::lines(r.err).size(), 1u) << r.describe();
+    EXPECT_NE(r.err.find(options[0]), std::string::npos) << "names the option\n" << r.describe();
+    EXPECT_TRUE(r.out.empty()) << "the command ran: " << r.describe();
+  }
+  Output r = run({e2e::cli(), "trace", R"(exe:trace_name "%.2147483648s", arg0)", "--",
+                  trace_target(), "name", "x"});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  EXPECT_EQ(e2e::lines(r.err),
+            std::vector<std::string>{
+                R"(usprobe: bad format in 'exe:trace_name "%.2147483648s", arg0': precision )"
+                R"(2147483648 in '%.2147483648s' is over the limit of 4096)"})
+      << r.describe();
+  EXPECT_TRUE(r.out.empty()) << "the command ran: " << r.describe();
 }
 
 }  // namespace

@@ -32,8 +32,11 @@ libm.so.6), found the way the command's dynamic linker finds it.)";
 constexpr const char *kTraceHelp = R"(
 Trace specs: a probe, then optionally a format and its arguments, in one argument:
   'exe:greet "%s has %d", arg0, arg1'
-Conversions: %d %i %u %x %ld %lu %lx %lld %llu %llx %p %c %s %%, with C flags and widths.
-%s prints the string argN points to, copied when the probe is hit.)";
+Conversions: %d %i %u %x %ld %lu %lx %lld %llu %llx %p %c %s %%, with C flags, widths and
+precisions (up to 4096). %s prints the string argN points to, copied when the probe is hit: its
+first 63 bytes (--strlen), then "..." when it is longer; an unreadable one prints (null) or
+<bad 0xADDR>. Each thread of the command writes its events into a buffer of its own (-b): an
+event that finds it full is lost, and the count of lost events ends the run.)";
 
 void set_footer(CLI::App *sub, std::string_view extra) {
   sub->footer(std::string(kProbeHelp) + std::string(extra) +
@@ -70,6 +73,30 @@ void hold_standard_descriptors() {
       return;
     }
   }
+}
+
+// --buffer-size: bytes, with an optional K, M or G (powers of 1024; "KiB" and "MB" read the same).
+CLI::Validator buffer_size(uint64_t &out) {
+  return CLI::Validator(
+      [&out](std::string &value) -> std::string {
+        std::string_view v = value;
+        size_t digits = 0;
+        while (digits < v.size() && digits < 12 && v[digits] >= '0' && v[digits] <= '9') ++digits;
+        uint64_t n = 0;
+        for (size_t i = 0; i < digits; ++i) n = n * 10 + static_cast<uint64_t>(v[i] - '0');
+        std::string unit(v.substr(digits));
+        for (char &c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        if (unit.ends_with("IB")) unit.erase(unit.size() - 2);
+        if (unit.ends_with("B")) unit.pop_back();
+        int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : -1;
+        bool ok = digits > 0 && digits < 12 && shift >= 0;
+        if (ok) n <<= shift;
+        if (!ok || n < kMinRingSize || n > kMaxRingSize)
+          return "expected a size from 64K to 1G (bytes, or with K, M or G), not '" + value + "'";
+        out = n;
+        return "";
+      },
+      "SIZE");
 }
 
 }  // namespace
@@ -135,6 +162,15 @@ int run_subcommand(int argc, char **argv) {
   trace_cmd->add_option("-o,--output", trace.output, "write events to FILE");
   trace_cmd->add_flag("--json", trace.json, "events as JSON, one object per line");
   trace_cmd->add_flag("-v,--verbose", trace.verbose, "print the agent's informational notices");
+  std::string buffer_text;
+  trace_cmd
+      ->add_option("-b,--buffer-size", buffer_text,
+                   "each thread's buffer (default 16M, rounded up to a power of two)")
+      ->check(buffer_size(trace.buffer_size));
+  trace_cmd
+      ->add_option("--strlen", trace.strlen,
+                   "bytes of each %s string to keep (default 63; longer ones end in \"...\")")
+      ->check(CLI::Range(1u, kMaxStrlen));
   set_footer(trace_cmd, std::string("\n") + kTraceHelp);
 
   LatencyOptions latency;

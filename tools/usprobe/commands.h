@@ -3,6 +3,7 @@
 // own errors, otherwise the command's.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,11 +24,21 @@ struct CountOptions {
   bool json = false, per_pid = false, verbose = false;
 };
 
+// trace: each thread's ring (trace.cc says how it was sized), and how much of a %s string the
+// agent copies (bpftrace's default str() keeps 63 bytes too).
+inline constexpr uint64_t kDefaultRingSize = uint64_t{16} << 20;
+inline constexpr uint64_t kMinRingSize = uint64_t{64} << 10;
+inline constexpr uint64_t kMaxRingSize = uint64_t{1} << 30;
+inline constexpr uint32_t kDefaultStrlen = 63;
+inline constexpr uint32_t kMaxStrlen = 4095;
+
 struct TraceOptions {
   std::vector<std::string> probes;  // probe, then an optional format and its arguments
   std::vector<std::string> command;
   std::string output;
   bool json = false, verbose = false;
+  uint64_t buffer_size = 0;          // --buffer-size: bytes per thread (0: kDefaultRingSize)
+  uint32_t strlen = kDefaultStrlen;  // --strlen: bytes of a %s string kept, its NUL not counted
 };
 
 struct LatencyOptions {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/printf.h>
 
+#include <algorithm>
 #include <cctype>
 
 namespace usprobe::cli {
@@ -26,41 +27,145 @@ std::string bad_string(uint64_t address) {
   return fmt::format("<bad {:#x}>", address);
 }
 
-// One conversion, rendered through fmt's printf so that flags, width and precision mean what
-// they mean in C. Values are cut to the conversion's size first: %d of 0xffffffff is -1.
-std::string render_one(const Conversion &c, const TraceEvent &e) {
+// Pads `text` with blanks to the conversion's width: on the left, or on the right with '-'.
+void append_padded(fmt::memory_buffer &out, const Conversion &c, std::string_view text) {
+  size_t pad = c.width > text.size() ? c.width - text.size() : 0;
+  constexpr std::string_view kBlanks64 =
+      "                                                                ";
+  auto blanks = [&] {
+    for (size_t left = pad; left > 0;) {
+      size_t n = std::min(left, kBlanks64.size());
+      out.append(kBlanks64.substr(0, n));
+      left -= n;
+    }
+  };
+  if (!c.left) blanks();
+  out.append(text);
+  if (c.left) blanks();
+}
+
+// A %s: the copied string, cut by the precision as in C, then kCutMarker when the agent's copy
+// stopped before the string's end; an unreadable one as its placeholder, whole. Then the width.
+void append_string(fmt::memory_buffer &out, const Conversion &c, const TraceEvent &e) {
+  uint32_t bit = 1u << c.arg;
+  if (e.bad_strings & bit) {
+    append_padded(out, c, bad_string(e.args[c.arg]));
+    return;
+  }
+  std::string_view s = e.strings[c.arg];
+  bool cut = (e.cut_strings & bit) != 0;
+  if (c.precision >= 0 && static_cast<size_t>(c.precision) < s.size()) {
+    s = s.substr(0, static_cast<size_t>(c.precision));
+    cut = false;  // the user asked for fewer bytes than were copied
+  }
+  if (!cut) {
+    append_padded(out, c, s);
+    return;
+  }
+  std::string marked;
+  marked.reserve(s.size() + kCutMarker.size());
+  marked.append(s).append(kCutMarker);
+  append_padded(out, c, marked);
+}
+
+// One conversion. Strings are padded here; the others are rendered through fmt's printf so that
+// flags, width and precision mean what they mean in C. Values are cut to the conversion's size
+// first: %d of 0xffffffff is -1.
+void append_one(fmt::memory_buffer &out, const Conversion &c, const TraceEvent &e) {
   uint64_t v = e.args[c.arg];
+  if (c.plain) {
+    // No flag, width or precision: what printf prints, without parsing the spec per event.
+    switch (c.type) {
+      case 'd':
+      case 'i': {
+        fmt::format_int text(c.wide ? static_cast<int64_t>(v) : int64_t{static_cast<int32_t>(v)});
+        out.append(text.data(), text.data() + text.size());
+        return;
+      }
+      case 'u': {
+        fmt::format_int text(c.wide ? v : uint64_t{static_cast<uint32_t>(v)});
+        out.append(text.data(), text.data() + text.size());
+        return;
+      }
+      case 'x':
+      case 'X': {
+        if (!c.wide) v = static_cast<uint32_t>(v);
+        const char *digits = c.type == 'x' ? "0123456789abcdef" : "0123456789ABCDEF";
+        char text[16];
+        char *p = text + sizeof text;
+        do {
+          *--p = digits[v & 15];
+          v >>= 4;
+        } while (v != 0);
+        out.append(p, text + sizeof text);
+        return;
+      }
+    }
+  }
+  std::string text;
   switch (c.type) {
     case 'd':
     case 'i':
-      return c.wide ? fmt::sprintf(c.spec, static_cast<int64_t>(v))
+      text = c.wide ? fmt::sprintf(c.spec, static_cast<int64_t>(v))
                     : fmt::sprintf(c.spec, static_cast<int32_t>(v));
+      break;
     case 'u':
     case 'x':
     case 'X':
-      return c.wide ? fmt::sprintf(c.spec, v) : fmt::sprintf(c.spec, static_cast<uint32_t>(v));
+      text = c.wide ? fmt::sprintf(c.spec, v) : fmt::sprintf(c.spec, static_cast<uint32_t>(v));
+      break;
     case 'p':
-      return fmt::sprintf(c.spec, reinterpret_cast<const void *>(static_cast<uintptr_t>(v)));
+      text = fmt::sprintf(c.spec, reinterpret_cast<const void *>(static_cast<uintptr_t>(v)));
+      break;
     case 'c':
-      return fmt::sprintf(c.spec, static_cast<char>(v));
+      text = fmt::sprintf(c.spec, static_cast<char>(v));
+      break;
     case 's':
-      if (e.bad_strings & (1u << c.arg)) return bad_string(v);
-      return fmt::sprintf(c.spec, e.strings[c.arg]);
+      append_string(out, c, e);
+      return;
   }
-  return {};
+  out.append(std::string_view(text));
+}
+
+// The width or precision at f[i] (i is advanced past its digits; none: 0), refused beyond
+// kMaxFieldWidth. `start` is where the conversion starts, for the message.
+Result<unsigned> parse_field(std::string_view text, std::string_view f, size_t &i, size_t start,
+                             std::string_view what) {
+  size_t begin = i;
+  while (i < f.size() && std::isdigit(static_cast<unsigned char>(f[i]))) ++i;
+  std::string_view digits = f.substr(begin, i - begin);
+  uint64_t value = 0;
+  for (char d : digits) {
+    value = value * 10 + static_cast<unsigned>(d - '0');
+    if (value > kMaxFieldWidth) {
+      // Name the whole conversion: up to its type letter.
+      size_t end = f.find_first_of("diuxXpcs", i);
+      end = end == std::string_view::npos ? f.size() : end + 1;
+      return bad_format(text, fmt::format("{} {} in '{}' is over the limit of {}", what, digits,
+                                          f.substr(start, end - start), kMaxFieldWidth));
+    }
+  }
+  return static_cast<unsigned>(value);
 }
 
 // Parses the conversion starting at fmt[i] == '%'; advances i past it.
 Result<Conversion> parse_conversion(std::string_view text, std::string_view f, size_t &i) {
   size_t start = i++;
   auto at = [&](size_t k) { return k < f.size() ? f[k] : '\0'; };
-  while (std::string_view("-+ #0").find(at(i)) != std::string_view::npos) ++i;
-  while (std::isdigit(static_cast<unsigned char>(at(i)))) ++i;
+  Conversion c;
+  while (std::string_view("-+ #0").find(at(i)) != std::string_view::npos) {
+    if (at(i) == '-') c.left = true;
+    ++i;
+  }
+  auto width = parse_field(text, f, i, start, "width");
+  if (!width) return std::unexpected(width.error());
+  c.width = *width;
   if (at(i) == '.') {
     ++i;
-    while (std::isdigit(static_cast<unsigned char>(at(i)))) ++i;
+    auto precision = parse_field(text, f, i, start, "precision");
+    if (!precision) return std::unexpected(precision.error());
+    c.precision = static_cast<int>(*precision);  // "%.s": 0, as in C
   }
-  Conversion c;
   if (at(i) == 'l') {
     c.wide = true;
     if (at(++i) == 'l') ++i;
@@ -74,6 +179,8 @@ Result<Conversion> parse_conversion(std::string_view text, std::string_view f, s
     return bad_format(text, fmt::format("unknown conversion '{}'", f.substr(start, i - start)));
   c.type = type;
   c.spec = std::string(f.substr(start, i - start));
+  // "%d", "%lx", ...: nothing between '%' and the length and type letters.
+  c.plain = c.spec.find_first_of("-+ #0123456789.") == std::string::npos;
   return c;
 }
 
@@ -191,9 +298,10 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
   for (size_t k = 0; k < args.size(); ++k) f.conversions[k].arg = args[k];
   // fmt's printf refuses a few flag and type pairs that C accepts; find out now, not per event.
   TraceEvent probe_event;
+  fmt::memory_buffer scratch;
   for (const Conversion &c : f.conversions) {
     try {
-      (void)render_one(c, probe_event);
+      append_one(scratch, c, probe_event);
     } catch (const fmt::format_error &e) {
       return bad_format(text, fmt::format("'{}': {}", c.spec, e.what()));
     }
@@ -202,21 +310,26 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
   return spec;
 }
 
-std::string render_message(const std::optional<Format> &format, const TraceEvent &event) {
-  if (!format) return {};
-  std::string out;
+void append_message(fmt::memory_buffer &out, const std::optional<Format> &format,
+                    const TraceEvent &event) {
+  if (!format) return;
   for (const Format::Piece &p : format->pieces) {
     if (p.conversion < 0) {
-      out += p.text;
+      out.append(std::string_view(p.text));
       continue;
     }
     try {
-      out += render_one(format->conversions[static_cast<size_t>(p.conversion)], event);
+      append_one(out, format->conversions[static_cast<size_t>(p.conversion)], event);
     } catch (const fmt::format_error &) {
-      out += "<?>";  // checked at parse time; never worth losing the whole trace over
+      out.append(std::string_view("<?>"));  // checked at parse time; never worth losing the trace
     }
   }
-  return out;
+}
+
+std::string render_message(const std::optional<Format> &format, const TraceEvent &event) {
+  fmt::memory_buffer out;
+  append_message(out, format, event);
+  return fmt::to_string(out);
 }
 
 nlohmann::ordered_json render_args(const std::optional<Format> &format, const TraceEvent &event) {
@@ -247,7 +360,12 @@ nlohmann::ordered_json render_args(const std::optional<Format> &format, const Tr
         args.push_back(std::string(1, static_cast<char>(v)));
         break;
       case 's':
-        args.push_back((event.bad_strings & (1u << c.arg)) ? bad_string(v) : event.strings[c.arg]);
+        if (event.bad_strings & (1u << c.arg))
+          args.push_back(bad_string(v));
+        else if (event.cut_strings & (1u << c.arg))
+          args.push_back(std::string(event.strings[c.arg]) + std::string(kCutMarker));
+        else
+          args.push_back(std::string(event.strings[c.arg]));
         break;
     }
   }

@@ -10,6 +10,7 @@
 #include <bit>
 #include <cerrno>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <new>
 
@@ -270,35 +271,133 @@ void Region::drain_ring(SlotHeader *slot,
   slot->tail.store(tail, std::memory_order_release);
 }
 
-void Region::drain_slot(uint32_t index, std::vector<TraceEvent> &out) {
-  SlotHeader *slot = slot_at(index);
-  bool overflow = index == overflow_index();
-  int32_t pid = -1;  // read after drain_ring's acquire load of head, on the first record
-  drain_ring(slot, [&](const char *record, uint32_t size) {
-    // Unknown or short records are skipped (and counted as corrupt).
-    agent::Event ev;
-    if (size < sizeof ev) return false;
-    std::memcpy(&ev, record, sizeof ev);
-    if (ev.probe >= masks_.size()) return false;
-    uint32_t mask = masks_[ev.probe];
-    if (size < agent::event_size(static_cast<uint32_t>(std::popcount(mask)), layout_.string_size))
-      return false;
-    if (pid < 0) pid = overflow ? 0 : slot->pid.load(std::memory_order_relaxed);
-    TraceEvent &e = out.emplace_back();
-    e.pid = pid;
-    e.tid = ev.tid;
-    e.probe = ev.probe;
-    e.tsc = ev.tsc;
-    e.bad_strings = ev.bad_strings;
-    std::copy(std::begin(ev.args), std::end(ev.args), e.args.begin());
-    const char *s = record + sizeof ev;
-    for (uint32_t arg = 0; arg < agent::kMaxArgs; ++arg) {
-      if (!(mask & (1u << arg))) continue;
-      e.strings[arg].assign(s, ::strnlen(s, layout_.string_size));
-      s += layout_.string_size;
+char *TraceBatch::storage(size_t n) {
+  // Chunks of at least 4 MiB: one drain of a busy ring fits in one, and a quiet one shares it.
+  constexpr size_t kChunk = 4 << 20;
+  for (; current_ < chunks_.size(); ++current_) {
+    Chunk &c = chunks_[current_];
+    if (c.size - c.used >= n) {
+      char *p = c.data.get() + c.used;
+      c.used += n;
+      bytes_ += n;
+      return p;
     }
-    return true;
-  });
+  }
+  Chunk &c = chunks_.emplace_back();
+  c.size = std::max(n, kChunk);
+  c.data.reset(new char[c.size]);
+  c.used = n;
+  bytes_ += n;
+  return c.data.get();
+}
+
+uint64_t TraceBatch::tsc(size_t i) const {
+  uint64_t t = 0;
+  std::memcpy(&t, refs_[i].record + offsetof(agent::Event, tsc), sizeof t);
+  return t;
+}
+
+TraceBatch::Head TraceBatch::head(size_t i) const {
+  const Ref &ref = refs_[i];
+  Head h{0, ref.pid, 0, 0};
+  std::memcpy(&h.tsc, ref.record + offsetof(agent::Event, tsc), sizeof h.tsc);
+  std::memcpy(&h.tid, ref.record + offsetof(agent::Event, tid), sizeof h.tid);
+  std::memcpy(&h.probe, ref.record + offsetof(agent::Event, probe), sizeof h.probe);
+  return h;
+}
+
+TraceEvent TraceBatch::event(size_t i) const {
+  const Ref &ref = refs_[i];
+  agent::Event ev;
+  std::memcpy(&ev, ref.record, sizeof ev);
+  TraceEvent e;
+  e.pid = ref.pid;
+  e.tid = ev.tid;
+  e.probe = ev.probe;
+  e.tsc = ev.tsc;
+  e.bad_strings = ev.bad_strings & agent::kStringBadMask;
+  e.cut_strings = (ev.bad_strings >> agent::kStringCutShift) & agent::kStringBadMask;
+  std::copy(std::begin(ev.args), std::end(ev.args), e.args.begin());
+  const char *s = ref.record + sizeof ev;
+  for (uint32_t m = ref.string_mask; m != 0; m &= m - 1) {
+    auto arg = static_cast<unsigned>(std::countr_zero(m));
+    e.strings[arg] = std::string_view(s, ::strnlen(s, string_size));
+    s += string_size;
+  }
+  return e;
+}
+
+void TraceBatch::clear() {
+  refs_.clear();
+  // Keep up to 64 MiB for the next drains: a steady trace reuses them, a burst gives back the rest.
+  constexpr size_t kKeep = 64 << 20;
+  size_t kept = 0, n = 0;
+  for (; n < chunks_.size() && kept + chunks_[n].size <= kKeep; ++n) {
+    kept += chunks_[n].size;
+    chunks_[n].used = 0;
+  }
+  chunks_.resize(n);
+  current_ = 0;
+  bytes_ = 0;
+}
+
+void Region::drain_slot(uint32_t index, TraceBatch &out) {
+  uint64_t ring_size = layout_.ring_size;
+  if (ring_size == 0) return;
+  SlotHeader *slot = slot_at(index);
+  // Acquire: pairs with the producer's head.store(release) after it wrote the record, and so also
+  // makes the pid it wrote when it claimed the slot visible: pid is read after this.
+  uint64_t head = slot->head.load(std::memory_order_acquire);
+  uint64_t tail = slot->tail.load(std::memory_order_relaxed);
+  if (head == tail) return;
+  if (head < tail || head - tail > ring_size) {
+    // Not what a producer writes: drop everything, or the ring stalls forever.
+    ++corrupt_;
+    slot->tail.store(head, std::memory_order_release);
+    return;
+  }
+  // One copy (two where the bytes wrap around the ring's end), then the space goes back to the
+  // producer at once: it waits for nothing while the records are taken apart, and what the command
+  // writes into the ring meanwhile cannot change what is checked below.
+  uint64_t n = head - tail;
+  uint64_t pos = tail & (ring_size - 1);
+  uint64_t first = std::min(n, ring_size - pos);
+  char *copy = out.storage(n);
+  const char *ring = reinterpret_cast<const char *>(slot) + layout_.ring_offset;
+  std::memcpy(copy, ring + pos, first);
+  std::memcpy(copy + first, ring, n - first);
+  // Release: the producer reads tail (acquire) before reusing the space we copied out of.
+  slot->tail.store(head, std::memory_order_release);
+
+  int32_t pid = index == overflow_index() ? 0 : slot->pid.load(std::memory_order_relaxed);
+  const uint32_t string_size = layout_.string_size;
+  out.string_size = string_size;
+  for (uint64_t at = 0; at < n;) {
+    const char *r = copy + at;
+    uint32_t size = 0;
+    std::memcpy(&size, r, sizeof size);
+    // A record that breaks the format (a producer gone wrong): skip the rest of this copy.
+    if (size < 8 || size % 8 != 0 || ((pos + at) & (ring_size - 1)) + size > ring_size ||
+        size > n - at) {
+      ++corrupt_;
+      break;
+    }
+    at += size;
+    uint32_t probe = 0;
+    std::memcpy(&probe, r + offsetof(agent::Event, probe), sizeof probe);
+    // Padding (which may be short) is skipped; unknown and short records too, counted as corrupt.
+    if (probe == agent::kPadProbe) continue;
+    if (size < sizeof(agent::Event) || probe >= masks_.size()) {
+      ++corrupt_;
+      continue;
+    }
+    uint32_t mask = masks_[probe];
+    if (size < agent::event_size(static_cast<uint32_t>(std::popcount(mask)), string_size)) {
+      ++corrupt_;
+      continue;
+    }
+    out.add({r, pid, mask});
+  }
 }
 
 void Region::drain_slot(uint32_t index, std::vector<StackEvent> &out) {
@@ -366,8 +465,8 @@ void Region::drain_table(uint32_t index, std::vector<StackEvent> &out) {
       });
 }
 
-template <typename Event>
-void Region::drain_all(std::vector<Event> &out) {
+template <typename Out>
+void Region::drain_all(Out &out) {
   if (layout_.ring_size == 0) return;
   for (uint32_t i = 0; i < layout_.max_slots; ++i) {
     SlotHeader *slot = slot_at(i);
@@ -379,7 +478,7 @@ void Region::drain_all(std::vector<Event> &out) {
   }
 }
 
-void Region::drain(std::vector<TraceEvent> &out) {
+void Region::drain(TraceBatch &out) {
   if (layout_.mode == agent::kModeTrace) drain_all(out);
 }
 
@@ -387,9 +486,8 @@ void Region::drain(std::vector<StackEvent> &out) {
   if (layout_.mode == agent::kModeStacks) drain_all(out);
 }
 
-template <typename Event>
-void Region::reclaim_slots(std::vector<Event> &out,
-                           const std::function<bool(int32_t, int32_t)> &alive) {
+template <typename Out>
+void Region::reclaim_slots(Out &out, const std::function<bool(int32_t, int32_t)> &alive) {
   for (uint32_t i = 0; i < overflow_index(); ++i) {
     SlotHeader *slot = slot_at(i);
     if (!slot_sane(i)) continue;
@@ -421,8 +519,7 @@ void Region::reclaim_slots(std::vector<Event> &out,
   }
 }
 
-void Region::reclaim(std::vector<TraceEvent> &out,
-                     const std::function<bool(int32_t, int32_t)> &alive) {
+void Region::reclaim(TraceBatch &out, const std::function<bool(int32_t, int32_t)> &alive) {
   if (layout_.mode == agent::kModeStacks) {
     std::vector<StackEvent> dropped;  // the caller asked for trace records: there are none
     reclaim_slots(dropped, alive);
@@ -434,7 +531,7 @@ void Region::reclaim(std::vector<TraceEvent> &out,
 void Region::reclaim(std::vector<StackEvent> &out,
                      const std::function<bool(int32_t, int32_t)> &alive) {
   if (layout_.mode != agent::kModeStacks) {
-    std::vector<TraceEvent> dropped;
+    TraceBatch dropped;
     reclaim_slots(dropped, alive);
     return;
   }

@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -46,15 +48,62 @@ struct PlanEntry {
   uint32_t string_mask = 0;  // bit n: argn is copied as a string (trace mode)
 };
 
-// A trace record, copied out of a ring.
+// A trace record, copied out of a ring. Its strings are views into the TraceBatch that holds it.
 struct TraceEvent {
   int32_t pid = 0;  // the slot's; 0 for the shared overflow slot (unknown)
   int32_t tid = 0;
   uint32_t probe = 0;
-  uint64_t tsc = 0;
   uint32_t bad_strings = 0;  // bit n: argn's string could not be read
+  uint64_t tsc = 0;
   std::array<uint64_t, agent::kMaxArgs> args{};
-  std::array<std::string, agent::kMaxArgs> strings;  // by argument number, for string_mask bits
+  uint32_t cut_strings = 0;  // bit n: argn's string was longer than the copy (cut short)
+  std::array<std::string_view, agent::kMaxArgs>
+      strings;  // by argument number, for string_mask bits
+};
+
+// Trace records drained from the rings, in drain order: the bytes copied out of the rings, and
+// where each record lies in them. Draining copies a ring's new bytes in one go and gives the ring's
+// space back at once; a record is taken apart only when it is printed (event()). clear() keeps the
+// memory for the next drain (up to a limit), so a steady trace allocates nothing.
+class TraceBatch {
+ public:
+  // A record in the copied bytes (checked when it was drained), and the pid of its slot.
+  struct Ref {
+    const char *record;
+    int32_t pid;
+    uint32_t string_mask;
+  };
+
+  size_t size() const { return refs_.size(); }
+  bool empty() const { return refs_.empty(); }
+  uint64_t tsc(size_t i) const;
+  // What every line shows of record i, without taking the rest apart.
+  struct Head {
+    uint64_t tsc;
+    int32_t pid, tid;
+    uint32_t probe;
+  };
+  Head head(size_t i) const;
+  // Record i, taken apart; its strings point into this batch.
+  TraceEvent event(size_t i) const;
+  // Bytes held by copies since the last clear().
+  size_t bytes() const { return bytes_; }
+  void clear();
+
+  // For Region::drain: room for n bytes that lives until clear(); a record found in it.
+  char *storage(size_t n);
+  void add(const Ref &ref) { refs_.push_back(ref); }
+  uint32_t string_size = 0;
+
+ private:
+  struct Chunk {
+    std::unique_ptr<char[]> data;
+    size_t size = 0, used = 0;
+  };
+  std::vector<Ref> refs_;
+  std::vector<Chunk> chunks_;
+  size_t current_ = 0;  // the chunk storage() takes from
+  size_t bytes_ = 0;
 };
 
 // Hits of one stack (stacks mode): a record copied out of a ring (count 1), or what a stack
@@ -145,12 +194,11 @@ class Region {
   // mode also what each stack table counted since the last call: one event per entry whose count
   // grew, with what it grew by (a new entry: its whole count), so that summing the counts of
   // everything drained gives every hit counted so far, exactly once.
-  void drain(std::vector<TraceEvent> &out);
+  void drain(TraceBatch &out);
   void drain(std::vector<StackEvent> &out);
   // Frees the slots of threads that are gone (`alive` says) or orphaned by an exec: their ring and
   // stack table are drained into `out` and their counters folded into the totals first.
-  void reclaim(std::vector<TraceEvent> &out,
-               const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
+  void reclaim(TraceBatch &out, const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
   void reclaim(std::vector<StackEvent> &out,
                const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
   // Every count so far: folded from freed slots plus what live slots hold now.
@@ -184,16 +232,17 @@ class Region {
   // cannot take (counted as corrupt).
   void drain_ring(agent::SlotHeader *slot,
                   const std::function<bool(const char *record, uint32_t size)> &record);
-  void drain_slot(uint32_t index, std::vector<TraceEvent> &out);
+  // Trace mode: copies the slot's new bytes out in one go, frees them, then takes the copy apart.
+  void drain_slot(uint32_t index, TraceBatch &out);
   void drain_slot(uint32_t index, std::vector<StackEvent> &out);
   // Stacks mode: slot `index`'s stack table, a view of it in the region.
   agent::StackTable stack_table(uint32_t index);
   // Appends what slot `index`'s table counted since the last call (table_seen_).
   void drain_table(uint32_t index, std::vector<StackEvent> &out);
-  template <typename Event>
-  void drain_all(std::vector<Event> &out);
-  template <typename Event>
-  void reclaim_slots(std::vector<Event> &out, const std::function<bool(int32_t, int32_t)> &alive);
+  template <typename Out>
+  void drain_all(Out &out);
+  template <typename Out>
+  void reclaim_slots(Out &out, const std::function<bool(int32_t, int32_t)> &alive);
   // Adds a slot's counters to out[{pid, probe}]; `zero` also clears them (the slot is being freed).
   void add_counts(agent::SlotHeader *slot, int32_t pid, Counts &out, bool zero) const;
   // Latency mode: adds a slot's histograms to out[probe]; `zero` also clears them.

@@ -89,7 +89,7 @@ template <typename Snapshot, typename Take, typename Print>
 int report_while_running(Supervisor &supervisor, const Child &child, Region &region,
                          NoticePrinter &notices, WatchOptions watch, Snapshot reported, Take take,
                          Print print) {
-  std::vector<TraceEvent> no_events;  // these modes have no rings
+  TraceBatch no_events;  // these modes have no rings
   auto tick = [&] {
     region.reclaim(no_events);
     notices.print(region.new_notices());

@@ -142,5 +142,45 @@ TEST(TraceSpec, RetvalIsTheReturnProbesOnlyArgument) {
   EXPECT_FALSE(parse_trace_spec(R"(libc:getenv "%s", retval)"));
 }
 
+TEST(Render, AStringLongerThanTheCopyEndsInTheMarker) {
+  TraceSpec s = parsed(R"(exe:f "[%s] [%-8s] [%8s] [%.2s] [%.3s]", arg0, arg0, arg0, arg0, arg0)");
+  TraceEvent e = event({0x1000});
+  e.strings[0] = "abc";  // what the agent copied of a longer string
+  e.cut_strings = 1u << 0;
+  // The precision cuts as in C, and a string cut by it needs no marker; the width pads the whole.
+  EXPECT_EQ(render_message(s.format, e), "[abc...] [abc...  ] [  abc...] [ab] [abc...]");
+  EXPECT_EQ(render_args(s.format, e).dump(), R"(["abc...","abc...","abc...","abc...","abc..."])");
+  e.cut_strings = 0;
+  EXPECT_EQ(render_message(s.format, e), "[abc] [abc     ] [     abc] [ab] [abc]");
+}
+
+TEST(Render, WidthsApplyToPlaceholdersAsToStrings) {
+  TraceSpec s = parsed(R"(exe:f "[%8s] [%-12s] [%.2s]", arg0, arg1, arg1)");
+  TraceEvent e = event({0, 0x10});
+  e.bad_strings = (1u << 0) | (1u << 1);
+  // Padded like any string; never cut by a precision into something that could be a real value.
+  EXPECT_EQ(render_message(s.format, e), "[  (null)] [<bad 0x10>  ] [<bad 0x10>]");
+}
+
+TEST(TraceSpecErrors, WidthsAndPrecisionsBeyondTheLimitAreRefused) {
+  EXPECT_EQ(error_of(R"(exe:f "%.2147483648s", arg0)"),
+            R"(bad format in 'exe:f "%.2147483648s", arg0': precision 2147483648 in )"
+            R"('%.2147483648s' is over the limit of 4096)");
+  EXPECT_EQ(error_of(R"(exe:f "a %-4097d b", arg0)"),
+            R"(bad format in 'exe:f "a %-4097d b", arg0': width 4097 in '%-4097d' is over the )"
+            R"(limit of 4096)");
+  EXPECT_NE(error_of(R"(exe:f "%99999999999999999999x", arg0)").find("width 99999999999999999999"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"(exe:f "%.5000lu", arg0)").find("precision 5000 in '%.5000lu'"),
+            std::string::npos);
+  // The limit itself is fine, and so is "%.s" (precision 0, as in C).
+  TraceSpec s = parsed(R"(exe:f "%4096d|%.4096s|%.s|", arg0, arg1, arg1)");
+  TraceEvent e = event({7, 0x1000});
+  e.strings[1] = "xyz";
+  std::string m = render_message(s.format, e);
+  EXPECT_EQ(m.size(), 4096u + 6);
+  EXPECT_TRUE(m.ends_with("7|xyz||")) << m.substr(4090);
+}
+
 }  // namespace
 }  // namespace usprobe::cli

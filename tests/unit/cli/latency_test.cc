@@ -242,7 +242,7 @@ TEST(LatencyRegion, ReclaimFoldsTheHistogramsOfExitedThreads) {
   time_call(h, dead, 0, 3'000'000);
   time_call(h, live, 0, 500);
   time_call(h, slot_at(h, 3), 1, 40);  // the overflow slot
-  std::vector<TraceEvent> no_events;
+  TraceBatch no_events;
   region->reclaim(no_events, [](int32_t, int32_t tid) { return tid != 101; });
   EXPECT_EQ(dead->state.load(), kSlotFree);
   EXPECT_EQ(slot_returns(dead, 2)[0].load(), 0u);

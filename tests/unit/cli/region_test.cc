@@ -122,8 +122,8 @@ TEST(Region, ReclaimFreesDeadThreadsSlotsAndKeepsTheirCounts) {
   FakeThread dead = FakeThread::claim(h, 0, 100, 101), live = FakeThread::claim(h, 1, 100, 100);
   dead.hit(0, 4);
   live.hit(0, 1);
-  std::vector<TraceEvent> events;
-  region.reclaim(events, [](int32_t, int32_t tid) { return tid != 101; });
+  TraceBatch batch;
+  region.reclaim(batch, [](int32_t, int32_t tid) { return tid != 101; });
   EXPECT_EQ(dead.s->state.load(), kSlotFree);
   EXPECT_EQ(live.s->state.load(), kSlotOwned);
   EXPECT_EQ(slot_hits(dead.s)[0].load(), 0u);
@@ -143,8 +143,8 @@ TEST(Region, ReclaimFreesOrphanedSlotsOfAnExec) {
   FakeThread before_exec = FakeThread::claim(h, 0, 100, 100);
   before_exec.hit(1, 9);
   before_exec.s->state.store(kSlotOrphan);  // what the new image's agent does
-  std::vector<TraceEvent> events;
-  region.reclaim(events, [](int32_t, int32_t) { return true; });  // same pid and tid live on
+  TraceBatch batch;
+  region.reclaim(batch, [](int32_t, int32_t) { return true; });  // same pid and tid live on
   EXPECT_EQ(before_exec.s->state.load(), kSlotFree);
   EXPECT_EQ(region.counts().at({100, 1}), (Count{9, 0}));
 }
@@ -153,8 +153,8 @@ TEST(Region, SlotsWithoutIdsYetAreLeftAlone) {
   Region region = make_region(kModeCount, kPlan);
   Header *h = region.header();
   FakeThread claiming = FakeThread::claim(h, 0, 0, 0);
-  std::vector<TraceEvent> events;
-  region.reclaim(events, [](int32_t, int32_t) { return false; });
+  TraceBatch batch;
+  region.reclaim(batch, [](int32_t, int32_t) { return false; });
   EXPECT_EQ(claiming.s->state.load(), kSlotOwned);
 }
 
@@ -162,7 +162,7 @@ TEST(Region, DrainCopiesRecordsWithTheirStringsAndSkipsPadding) {
   Region region = make_region(kModeTrace, kPlan, 1024);
   Header *h = region.header();
   FakeThread t = FakeThread::claim(h, 0, 100, 101);
-  std::vector<TraceEvent> events;
+  TraceBatch batch;
   // Fill and drain repeatedly so that records wrap around the ring's end (padding).
   uint64_t tsc = 0;
   for (int round = 0; round < 10; ++round) {
@@ -171,11 +171,11 @@ TEST(Region, DrainCopiesRecordsWithTheirStringsAndSkipsPadding) {
             {"alice",
              "a string longer than sixty-four bytes, "
              "cut to fit the copy the agent makes"});
-    region.drain(events);
+    region.drain(batch);
   }
-  ASSERT_EQ(events.size(), 20u);
-  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].tsc, i + 1);
-  const TraceEvent &e = events[1];
+  ASSERT_EQ(batch.size(), 20u);
+  for (size_t i = 0; i < batch.size(); ++i) EXPECT_EQ(batch.event(i).tsc, i + 1);
+  const TraceEvent e = batch.event(1);
   EXPECT_EQ(e.pid, 100);
   EXPECT_EQ(e.tid, 101);
   EXPECT_EQ(e.probe, 1u);
@@ -186,14 +186,28 @@ TEST(Region, DrainCopiesRecordsWithTheirStringsAndSkipsPadding) {
   EXPECT_EQ(t.s->tail.load(), t.s->head.load());
 }
 
+TEST(Region, DrainPassesOnWhichStringsWereCut) {
+  Region region = make_region(kModeTrace, kPlan, 1024);
+  FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
+  // arg0 cut (longer than the copy), arg2 unreadable.
+  t.event(1, 1, {0x1000, 2, 0x10}, {"the first 63 bytes", ""}, (1u << kStringCutShift) | (1u << 2));
+  TraceBatch batch;
+  region.drain(batch);
+  ASSERT_EQ(batch.size(), 1u);
+  TraceEvent e = batch.event(0);
+  EXPECT_EQ(e.strings[0], "the first 63 bytes");
+  EXPECT_EQ(e.cut_strings, 1u << 0);
+  EXPECT_EQ(e.bad_strings, 1u << 2);
+}
+
 TEST(Region, ReclaimDrainsTheRingOfADeadThreadFirst) {
   Region region = make_region(kModeTrace, kPlan, 1024);
   FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
   t.event(0, 1, {8});
   t.hit(0);
-  std::vector<TraceEvent> events;
-  region.reclaim(events, [](int32_t, int32_t) { return false; });
-  ASSERT_EQ(events.size(), 1u);
+  TraceBatch batch;
+  region.reclaim(batch, [](int32_t, int32_t) { return false; });
+  ASSERT_EQ(batch.size(), 1u);
   EXPECT_EQ(t.s->state.load(), kSlotFree);
   EXPECT_EQ(t.s->head.load(), 0u);  // a new owner starts with an empty ring
   EXPECT_EQ(t.s->tail.load(), 0u);
@@ -204,9 +218,9 @@ TEST(Region, ACorruptRecordDoesNotStallTheRing) {
   FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
   t.event(0, 1, {8});
   reinterpret_cast<Event *>(ring_of(region.header(), t.s))->size = 0;
-  std::vector<TraceEvent> events;
-  region.drain(events);
-  EXPECT_TRUE(events.empty());
+  TraceBatch batch;
+  region.drain(batch);
+  EXPECT_TRUE(batch.empty());
   EXPECT_EQ(t.s->tail.load(), t.s->head.load());
 }
 

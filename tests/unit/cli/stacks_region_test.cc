@@ -131,7 +131,7 @@ TEST(StacksRegion, DrainsStacksAcrossTheEndOfTheRing) {
     EXPECT_EQ(e.ips, ips);
   }
   // The trace-record overload reads nothing in stacks mode.
-  std::vector<TraceEvent> trace;
+  TraceBatch trace;
   region.drain(trace);
   EXPECT_TRUE(trace.empty());
 }
