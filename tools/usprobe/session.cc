@@ -91,11 +91,6 @@ void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
 // runs /usr/bin/true", or for one probe "usprobe: pid 1234: exe:main not placed: the process runs
 // /usr/bin/true, not /usr/bin/python3.11".
 void NoticePrinter::print_other_program(const NoticeMessage &n) {
-  if (other_program_lines_ >= kOtherProgramLines && !verbose_) {
-    ++other_program_hidden_;
-    return;
-  }
-  ++other_program_lines_;
   std::string_view text = n.text;
   size_t blank = text.find(' ');
   std::string_view count = text.substr(0, blank);
@@ -107,6 +102,12 @@ void NoticePrinter::print_other_program(const NoticeMessage &n) {
       known ? probe_file(probes_[static_cast<size_t>(n.probe)]) : std::string("another program");
   // The file's probes are left out of the "never loaded" lines: this line said why already.
   other_program_files_.insert(file);
+  // Once for each program that ran instead (every `true` of a shell script would say the same);
+  // the other processes are counted at the end.
+  if (!other_programs_seen_.insert({file, std::string(runs)}).second && !verbose_) {
+    ++other_program_hidden_;
+    return;
+  }
   uint64_t others = 0;
   std::from_chars(count.data(), count.data() + count.size(), others);
   others = others > 0 ? others - 1 : 0;
@@ -122,8 +123,8 @@ void NoticePrinter::print_other_program(const NoticeMessage &n) {
 void NoticePrinter::finish(const Region &region) {
   if (other_program_hidden_ > 0)
     fmt::print(stderr,
-               "usprobe: {} more processes ran another program than their probes' (their probes "
-               "were not placed; -v lists them)\n",
+               "usprobe: {} more processes ran one of those programs: their probes were not "
+               "placed either (-v lists them)\n",
                other_program_hidden_);
   if (uint32_t dropped = region.notices_dropped())
     fmt::print(stderr, "usprobe: {} more notices from the agent were dropped\n", dropped);

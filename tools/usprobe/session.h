@@ -40,12 +40,11 @@ Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
 
 // Prints the agents' notices on stderr: "usprobe: pid N: <text>". A probe that could not be
 // placed is reported once, by the first process that says so; probes on a program that a process
-// does not run (exe: probes in a child that exec'd another program) in one line per process, for
-// the first kOtherProgramLines processes (all with verbose); informational notices only when
-// verbose.
+// does not run (exe: probes in a child that exec'd another program) in one line for all of them,
+// by the first process that runs each other program (every process with verbose), the others
+// counted at the end; informational notices only when verbose.
 class NoticePrinter {
  public:
-  static constexpr unsigned kOtherProgramLines = 8;
   NoticePrinter(const std::vector<Probe> &probes, bool verbose)
       : probes_(probes), verbose_(verbose) {}
   void print(const std::vector<NoticeMessage> &notices);
@@ -58,9 +57,9 @@ class NoticePrinter {
   const std::vector<Probe> &probes_;
   bool verbose_;
   std::set<int32_t> reported_probes_;
-  // Processes whose probes were on a program they did not run: the first few are named, the
-  // rest counted (a build or a shell script execs hundreds).
-  unsigned other_program_lines_ = 0;
+  // Processes whose probes were on a program they did not run: one line for each pair of (probed
+  // program, program that ran), the other processes counted (a shell script execs hundreds).
+  std::set<std::pair<std::string, std::string>> other_programs_seen_;
   unsigned other_program_hidden_ = 0;
   std::set<std::string> other_program_files_;  // the programs those processes did not run
 };
