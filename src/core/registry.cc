@@ -252,9 +252,10 @@ std::string site_owner(const Site *s) {
   return fmt::format("{:#x}", s->addr);
 }
 
-// Direct branch targets of every function of a file, and its landing pads (where the unwinder
-// resumes a frame: a branch target that no instruction names), in file offsets, sorted; computed
-// once per file (about 40 ms for libc) and kept for the life of the process.
+// Direct branch targets of every function of a file (from its symbols and its FDEs), and its
+// landing pads (where the unwinder resumes a frame: a branch target that no instruction names),
+// in file offsets, sorted; computed once per file (about 40 ms for libc) and kept for the life of
+// the process.
 const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
   static auto *by_file = new std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>>;
   auto &slot = (*by_file)[file.id()];
@@ -266,6 +267,13 @@ const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
       last_offset = f.file_offset;
       auto code = file.bytes(f.file_offset, f.size);
       if (!code.empty()) arch::branch_targets(code, f.file_offset, *slot);
+    }
+    // Code that no symbol names (a stripped file's static functions and cold parts) is known by
+    // its FDE: its branches land in named code too, and its own sites get bounds from the FDE.
+    for (const elf::ElfFile::CodeRange &r : file.unwind_ranges()) {
+      if (file.function_containing(r.file_offset)) continue;
+      auto code = file.bytes(r.file_offset, r.size);
+      if (!code.empty()) arch::branch_targets(code, r.file_offset, *slot);
     }
     slot->insert(slot->end(), file.landing_pads().begin(), file.landing_pads().end());
     std::sort(slot->begin(), slot->end());

@@ -215,14 +215,6 @@ std::vector<FrameDescription> parse_eh_frame(std::span<const uint8_t> section, u
             }
             if (aug_length <= next - c.pos()) c.seek(aug_end);
           }
-          // The call frame instructions: DW_CFA_nop (0) is nothing; an advance (0x40-0x7f,
-          // advance_loc1/2/4 = 0x02-0x04) ends the rules that hold at `begin`.
-          while (c.ok() && c.pos() < next) {
-            auto op = c.fixed<uint8_t>();
-            if (op == 0) continue;
-            fde.called = (op & 0xc0) == 0x40 || (op >= 0x02 && op <= 0x04);
-            break;
-          }
           if (fde.size != 0) out.push_back(fde);
         }
       }

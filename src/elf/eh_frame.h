@@ -22,15 +22,11 @@
 
 namespace usprobe::elf {
 
-// One FDE, in virtual addresses. lsda is 0 when the FDE has none. `called`: at `begin` the frame
-// is the CIE's initial one (no instruction of the FDE applies before its first advance), as at a
-// function entered by a call; a function's cold part, jumped into with a frame already built,
-// starts with rules of its own.
+// One FDE, in virtual addresses. lsda is 0 when the FDE has none.
 struct FrameDescription {
   uint64_t begin = 0;
   uint64_t size = 0;
   uint64_t lsda = 0;
-  bool called = true;
 };
 
 // The FDEs of an .eh_frame section whose first byte is at virtual address `vaddr`. A malformed

@@ -371,7 +371,7 @@ void ElfFile::Impl::read_unwind_info(Elf *e) {
     for (const FrameDescription &fde : fdes) {
       auto begin = vaddr_to_offset(fde.begin);
       if (!begin) continue;
-      unwind_ranges.push_back({*begin, fde.size, fde.called});
+      unwind_ranges.push_back({*begin, fde.size});
       if (fde.lsda == 0) continue;
       auto lsda = vaddr_to_offset(fde.lsda);
       if (!lsda || *lsda >= size) continue;  // (a segment may claim more than the file holds)
@@ -648,6 +648,10 @@ std::optional<ElfFile::CodeRange> ElfFile::unwind_range_containing(uint64_t file
   --it;
   if (file_offset - it->file_offset >= it->size) return std::nullopt;
   return *it;
+}
+
+const std::vector<ElfFile::CodeRange> &ElfFile::unwind_ranges() const {
+  return impl_->unwind_ranges;
 }
 
 const std::vector<uint64_t> &ElfFile::landing_pads() const {

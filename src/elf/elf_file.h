@@ -83,9 +83,10 @@ class ElfFile {
   struct CodeRange {
     uint64_t file_offset = 0;
     uint64_t size = 0;
-    bool called = true;  // its start is entered by a call (false: a cold part, jumped into)
   };
   std::optional<CodeRange> unwind_range_containing(uint64_t file_offset) const;
+  // Every FDE's range, sorted by file offset.
+  const std::vector<CodeRange> &unwind_ranges() const;
 
   // Every landing pad of the file's LSDAs (.gcc_except_table, reached through the FDEs' 'L'
   // augmentation), in file offsets, sorted, without repeats: where the unwinder resumes a frame

@@ -110,13 +110,14 @@ Result<Implementation> resolve_ifunc(const std::shared_ptr<const ElfFile> &file,
   return map_address_to_file(file, reinterpret_cast<uintptr_t>(addr), what);
 }
 
-// Bounds for an offset that no symbol covers (a stripped file): the FDE around it. At the start
-// of an FDE that is not entered by a call (a cold part, jumped into with live registers) the bounds
-// are left unknown, so that the site is not taken for a function entry, whose trampoline assumes
-// the registers of a call.
+// Bounds for an offset that no symbol covers (a stripped file): the FDE around it. At an FDE's
+// first byte the bounds stay unknown: it may be a function's cold part, jumped into with live
+// registers, and a site at a function's start gets the function-entry trampoline, which assumes
+// the registers of a call. (Nothing there needs the bounds: it starts an instruction, and nothing
+// before it can be in a window.)
 void use_unwind_bounds(ResolvedLocation &loc) {
   auto range = loc.file->unwind_range_containing(loc.file_offset);
-  if (!range || (!range->called && range->file_offset == loc.file_offset)) return;
+  if (!range || range->file_offset == loc.file_offset) return;
   loc.func_offset = range->file_offset;
   loc.func_size = range->size;
 }

@@ -196,6 +196,13 @@ TEST(UnwindRanges, FdeBoundsAreTheSymbolsBounds) {
   EXPECT_EQ(range->file_offset, f->file_offset);
   EXPECT_EQ(range->size, f->size);
   EXPECT_FALSE((*file)->unwind_range_containing(0));  // the ELF header
+  const auto &all = (*file)->unwind_ranges();
+  EXPECT_TRUE(std::is_sorted(all.begin(), all.end(), [](const auto &a, const auto &b) {
+    return a.file_offset < b.file_offset;
+  }));
+  EXPECT_TRUE(std::any_of(all.begin(), all.end(), [&](const auto &r) {
+    return r.file_offset == f->file_offset && r.size == f->size;
+  }));
 }
 
 constexpr char kTwoFunctions[] = R"(
@@ -224,6 +231,11 @@ TEST(UnwindRanges, StrippedProgramGetsItsFunctionBoundsFromEhFrame) {
     EXPECT_TRUE(loc->symbol.empty()) << loc->symbol;
     EXPECT_EQ(loc->func_offset, fn->file_offset) << name;
     EXPECT_EQ(loc->func_size, fn->size) << name;
+    // At the FDE's first byte the bounds stay unknown (it could be a cold part, not an entry).
+    std::snprintf(spec, sizeof spec, ":0x%llx", static_cast<unsigned long long>(fn->file_offset));
+    auto start = resolve_location(stripped + spec);
+    ASSERT_TRUE(start) << start.error().message;
+    EXPECT_EQ(start->func_size, 0u) << name;
   }
 }
 
