@@ -120,7 +120,7 @@ void NoticePrinter::print_other_program(const NoticeMessage &n) {
                n.pid, first, others, file, runs);
 }
 
-void NoticePrinter::finish(const Region &region) {
+void NoticePrinter::finish(const Region &region, const ExitInfo &exit) {
   if (other_program_hidden_ > 0)
     fmt::print(stderr,
                "usprobe: {} more processes ran one of those programs: their probes were not "
@@ -143,7 +143,9 @@ void NoticePrinter::finish(const Region &region) {
     return;
   }
   // A library no process of the command loaded: its probes' zeros mean "never there", not "never
-  // called". Probes whose failure was reported already are left out.
+  // called". Probes whose failure was reported already are left out. An interrupted command may
+  // not have got as far as loading it (or as the agent's placing anything): nothing is said then.
+  if (exit.interrupted) return;
   std::vector<bool> placed = region.placed();
   std::map<std::string, std::vector<size_t>> never;  // file -> probe indices
   for (size_t i = 0; i < probes_.size() && i < placed.size(); ++i) {

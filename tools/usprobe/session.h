@@ -49,7 +49,7 @@ class NoticePrinter {
       : probes_(probes), verbose_(verbose) {}
   void print(const std::vector<NoticeMessage> &notices);
   // At the end: notices the region had no room for, and a command the agent never started in.
-  void finish(const Region &region);
+  void finish(const Region &region, const ExitInfo &exit);
 
  private:
   void print_other_program(const NoticeMessage &n);
@@ -104,7 +104,7 @@ int report_while_running(Supervisor &supervisor, const Child &child, Region &reg
   // Grandchildren may still run: what they gathered so far is in their live slots.
   tick();
   print(take(), exit.elapsed_s, true, exit.status);
-  notices.finish(region);
+  notices.finish(region, exit);
   return exit.status.value_or(1);
 }
 

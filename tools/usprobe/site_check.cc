@@ -21,9 +21,14 @@ Result<void> check_site(const elf::ResolvedLocation &loc, std::string_view name)
     // decodes past the offset) is refused.
     x86::FunctionScan scan = x86::scan_function(code, loc.func_offset);
     bool decoded_past = !scan.boundaries.empty() && scan.boundaries.back() >= off;
-    if (!scan.is_boundary(static_cast<uint32_t>(off)) && (scan.complete || decoded_past))
+    if (!scan.is_boundary(static_cast<uint32_t>(off)) && (scan.complete || decoded_past)) {
+      // In the user's terms: an offset into the named function, or a file offset.
+      if (loc.symbol.empty())
+        return fail(EINVAL, fmt::format("{}: offset {:#x} is inside an instruction", name,
+                                        loc.file_offset));
       return fail(EINVAL, fmt::format("{}: offset {:#x} of {} is inside an instruction", name, off,
-                                      loc.symbol.empty() ? "its function" : loc.symbol));
+                                      loc.symbol));
+    }
   }
   // Every site can take the int3 path if its one instruction can be moved into a trampoline.
   // Moved to its own address, so that only what no address can fix is refused here.

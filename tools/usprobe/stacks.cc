@@ -266,7 +266,7 @@ int run_stacks(const StacksOptions &options) {
   if (uint32_t dropped = region->maps_dropped())
     fmt::print(stderr, "usprobe: {} mapping snapshots found no room: some frames may be unnamed\n",
                dropped);
-  notices.finish(*region);
+  notices.finish(*region, exit);
   return exit.status.value_or(1);
 }
 

@@ -154,6 +154,7 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
     pid_t done = ::waitpid(child.pid, &status, WNOHANG);
     if (done == child.pid || (done < 0 && errno == ECHILD)) {
       info.elapsed_s = std::chrono::duration<double>(Clock::now() - child.started).count();
+      info.interrupted = interrupted;
       if (done == child.pid) {
         info.status = decode_status(status);
         if (WIFSIGNALED(status) && WTERMSIG(status) == SIGTRAP) explain_sigtrap();

@@ -35,6 +35,7 @@ struct WatchOptions {
 struct ExitInfo {
   std::optional<int> status;  // exit code, or 128 + signal; nullopt when it cannot be known
   double elapsed_s = 0;       // from the start of the command to its exit
+  bool interrupted = false;   // usprobe interrupted it (a signal, -d, its output closed)
 };
 
 class Supervisor {

@@ -274,7 +274,7 @@ int run_trace(const TraceOptions &options) {
   uint64_t lost = 0;  // records dropped on full rings, and hits the engine skipped
   for (const auto &[key, c] : region->counts()) lost += c.missed;
   fmt::print(stderr, "usprobe: {} events, {} lost\n", printer.printed, lost);
-  notices.finish(*region);
+  notices.finish(*region, exit);
   return exit.status.value_or(1);
 }
 

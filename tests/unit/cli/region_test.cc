@@ -286,12 +286,12 @@ TEST(RegionHostile, ScribbledHeaderFieldsAreNeverFollowed) {
       notice_at(h, 0)->ready.store(1);
       field.set(h, value);
 
-      std::vector<TraceEvent> events;
+      TraceBatch events;
       region.drain(events);
       ASSERT_EQ(events.size(), 1u);
-      EXPECT_EQ(events[0].pid, 100);
-      EXPECT_EQ(events[0].strings[0], "alice");
-      EXPECT_EQ(events[0].strings[2], "bob");
+      EXPECT_EQ(events.event(0).pid, 100);
+      EXPECT_EQ(events.event(0).strings[0], "alice");
+      EXPECT_EQ(events.event(0).strings[2], "bob");
       region.reclaim(events, [](int32_t pid, int32_t) { return pid == 100; });
       EXPECT_EQ(events.size(), 1u);
       Counts counts = region.counts();
@@ -311,7 +311,7 @@ TEST(RegionHostile, ARingPublishedBeyondItsLengthIsSkippedAndCountedOnce) {
   FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
   t.event(0, 1, {8});
   t.s->head.store(t.s->tail.load() + 1024 * 1000);  // more than the ring can hold
-  std::vector<TraceEvent> events;
+  TraceBatch events;
   region.drain(events);
   region.drain(events);
   EXPECT_TRUE(events.empty());
@@ -326,7 +326,7 @@ TEST(RegionHostile, ARingPublishedBeyondItsLengthIsSkippedAndCountedOnce) {
   t.event(0, 2, {8});
   region.drain(events);
   ASSERT_EQ(events.size(), 1u);
-  EXPECT_EQ(events[0].tsc, 2u);
+  EXPECT_EQ(events.event(0).tsc, 2u);
 }
 
 TEST(RegionHostile, RecordsThatNameNoProbeOrAreTooShortAreCounted) {
@@ -340,10 +340,10 @@ TEST(RegionHostile, RecordsThatNameNoProbeOrAreTooShortAreCounted) {
   // The third record's probe has two strings, the first has none: a record of the first's size
   // with the third's probe is too short for its strings.
   reinterpret_cast<Event *>(ring + sizeof(Event))->probe = 1;
-  std::vector<TraceEvent> events;
+  TraceBatch events;
   region.drain(events);
   ASSERT_EQ(events.size(), 1u);
-  EXPECT_EQ(events[0].tsc, 3u);
+  EXPECT_EQ(events.event(0).tsc, 3u);
   EXPECT_EQ(region.corrupt(), 2u);
 }
 
@@ -360,7 +360,7 @@ TEST(RegionHostile, ASlotWithAnImpossibleStateOrIdIsLeftAloneAndCountedOnce) {
     if (variant == 1) bad.s->pid.store(-300);
     if (variant == 2) bad.s->tid.store(0x7fff'ffff);
     if (variant == 3) bad.s->pid.store(5'000'000);
-    std::vector<TraceEvent> events;
+    TraceBatch events;
     for (int round = 0; round < 3; ++round) {
       region.drain(events);
       region.reclaim(events, [](int32_t, int32_t) { return true; });
@@ -408,14 +408,15 @@ TEST(RegionHostile, RandomBytesNeverCrashTheReaderNorComeBackAsImpossibleData) {
       uint64_t length = std::min<uint64_t>(1 + rng() % 256, layout.region_size - at);
       for (uint64_t i = 0; i < length; ++i) bytes[at + i] = static_cast<unsigned char>(rng());
     }
-    std::vector<TraceEvent> events;
+    TraceBatch events;
     region.drain(events);
     region.reclaim(events, [&](int32_t, int32_t) { return rng() % 2 == 0; });
     region.drain(events);
-    for (const TraceEvent &e : events) {
+    for (size_t i = 0; i < events.size(); ++i) {
+      const TraceEvent e = events.event(i);
       EXPECT_LT(e.probe, kPlan.size());
       EXPECT_GE(e.pid, 0);
-      for (const std::string &str : e.strings) EXPECT_LT(str.size(), layout.string_size);
+      for (const auto &str : e.strings) EXPECT_LT(str.size(), layout.string_size);
     }
     for (const auto &[key, count] : region.counts()) {
       EXPECT_GE(key.first, 0);
