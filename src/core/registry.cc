@@ -405,8 +405,8 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
     const auto &orig = s->plan.original;
     const auto &borrowed = s->plan.jump ? s->plan.borrowed : std::vector<uint8_t>();
     if (std::memcmp(reinterpret_cast<const void *>(s->addr), orig.data(), orig.size()) != 0 ||
-        std::memcmp(reinterpret_cast<const void *>(s->addr + orig.size()), borrowed.data(),
-                    borrowed.size()) != 0)
+        (!borrowed.empty() && std::memcmp(reinterpret_cast<const void *>(s->addr + orig.size()),
+                                          borrowed.data(), borrowed.size()) != 0))
       return fail(EBUSY, fmt::format("{}: the code at {:#x} differs from the file (a breakpoint, "
                                      "a kernel uprobe or another tool's patch is there)",
                                      p->name, s->addr));
