@@ -364,9 +364,10 @@ TEST(LibcAll, EveryExportedFunctionProbedAtOnceWhileTheProcessWorks) {
   EXPECT_EQ(thread_work.errors, 0) << "libc gave wrong results on a new thread while probed";
   EXPECT_EQ(detach_rc, 0) << detach_error;
   ASSERT_GT(attached, 0);
-  // Function entries: the jump path for at least 95% of them (DESIGN.md).
-  EXPECT_GE(jump * 100, (jump + int3) * 95)
-      << jump << " jump, " << int3 << " int3: under 95% of function entries on the jump path";
+  // Function entries: the jump path for at least 99.9% of them (DESIGN.md; punned jumps and jumps
+  // over one instruction take what a 5-byte window cannot).
+  EXPECT_GE(jump * 1000, (jump + int3) * 999)
+      << jump << " jump, " << int3 << " int3: under 99.9% of function entries on the jump path";
   for (const char *n : {"malloc", "free", "strlen", "snprintf", "qsort", "pthread_create"}) {
     SCOPED_TRACE(n);
     EXPECT_TRUE(hits_by_name.count(n)) << "not attached";

@@ -626,7 +626,8 @@ std::vector<NoticeMessage> Region::new_notices() {
     if (ready == 0) break;  // keep the order: next time
     ++next_notice_;
     // What no agent writes: skipped, counted.
-    if (ready != 1 || n->kind > agent::kNoticeOtherProgram || !id_in_range(n->pid) || n->probe < -1 ||
+    if (ready != 1 || n->kind > agent::kNoticeOtherProgram || !id_in_range(n->pid) ||
+        n->probe < -1 ||
         (n->probe >= 0 && static_cast<uint32_t>(n->probe) >= layout_.probe_count) ||
         ::strnlen(n->text, sizeof n->text) == sizeof n->text) {
       ++corrupt_;

@@ -40,10 +40,11 @@
 //
 // Where the program's view differs from what it would see without usprobe: a thread whose
 // attributes set its starting mask, and a process after exec, start with the bits clear (SIGTRAP
-// reads back unblocked). A SIGTRAP sent to the whole process is taken by whichever thread the kernel picks,
-// and kept pending there if that thread "blocks" it, where the kernel would have picked a thread
-// that does not. The program's SIGTRAP handler runs as if SA_NODEFER were set. API users who
-// dlopen libusprobe.so rather than link it get none of this: their calls go to libc first.
+// reads back unblocked). A SIGTRAP sent to the whole process is taken by whichever thread the
+// kernel picks, and kept pending there if that thread "blocks" it, where the kernel would have
+// picked a thread that does not. The program's SIGTRAP handler runs as if SA_NODEFER were set. API
+// users who dlopen libusprobe.so rather than link it get none of this: their calls go to libc
+// first.
 #pragma once
 
 #include <signal.h>
