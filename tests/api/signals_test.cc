@@ -286,6 +286,36 @@ int blocked_raise_is_taken_by_sigwait() {
   return sig == SIGTRAP && info.si_code == SI_TKILL && wrong == 0 ? 0 : 1;
 }
 
+// Five attach/detach cycles of tgt_counted while a thread calls it flat out: how many attached,
+// how many of those took the int3 path, and how many calls returned a wrong result.
+struct Cycles {
+  int attached = 0, int3 = 0;
+  long wrong = 0;
+};
+Cycles attach_cycles_while_called() {
+  std::atomic<bool> stop{false};
+  std::atomic<long> wrong{0}, calls{0};
+  std::thread caller([&] {
+    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      wrong += tgt_counted(i) != i + 1;
+      calls.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (calls.load() < 1000) std::this_thread::yield();
+  Cycles c;
+  for (int cycle = 0; cycle < 5; ++cycle) {
+    usprobe_link *link = nullptr;
+    if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) break;
+    ++c.attached;
+    c.int3 += usprobe_link_uses_int3(link);
+    usprobe_detach(link);
+  }
+  stop = true;
+  caller.join();
+  c.wrong = wrong.load();
+  return c;
+}
+
 // usprobe's thread round uses a real-time signal it picked when it was loaded. A program that
 // later takes that signal for itself gets it: the round moves to another one, and the program's
 // handler sees only its own signals.
@@ -296,43 +326,27 @@ int round_signal_taken_by_program() {
   sigemptyset(&sa.sa_mask);
   const int sig = SIGRTMAX - 1;  // the first that usprobe tries
   sigaction(sig, &sa, nullptr);
-  std::atomic<bool> stop{false};
-  std::atomic<long> wrong{0}, calls{0};
-  std::thread caller([&] {
-    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
-      wrong += tgt_counted(i) != i + 1;
-      calls.fetch_add(1, std::memory_order_relaxed);
-    }
-  });
-  while (calls.load() < 1000) std::this_thread::yield();
-  int attached = 0, int3 = 0;
-  for (int cycle = 0; cycle < 5; ++cycle) {
-    usprobe_link *link = nullptr;
-    if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) break;
-    ++attached;
-    int3 += usprobe_link_uses_int3(link);
-    usprobe_detach(link);
-  }
-  stop = true;
-  caller.join();
+  const Cycles c = attach_cycles_while_called();
   const int before_raise = g_rt_handled.load();
   raise(sig);
   // Back to the default, as programs that reset every signal do: the round may take it again.
   signal(sig, SIG_DFL);
   usprobe_link *link = nullptr;
-  stop = false;
+  std::atomic<bool> stop{false};
+  std::atomic<long> wrong{c.wrong};
   std::thread again([&] {
     for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) wrong += tgt_counted(i) != i + 1;
   });
-  if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) return 3;
-  usprobe_detach(link);
+  const bool reattached = usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) == 0;
+  if (reattached) usprobe_detach(link);
   stop = true;
   again.join();
+  if (!reattached) return 3;
   std::printf(
       "%d of 5 attaches (%d on the int3 path); the program's handler ran %d times before "
       "its own raise and %d after; %ld wrong\n",
-      attached, int3, before_raise, g_rt_handled.load(), wrong.load());
-  return attached == 5 && int3 == 0 && before_raise == 0 && g_rt_handled.load() == 1 &&
+      c.attached, c.int3, before_raise, g_rt_handled.load(), wrong.load());
+  return c.attached == 5 && c.int3 == 0 && before_raise == 0 && g_rt_handled.load() == 1 &&
                  wrong.load() == 0
              ? 0
              : 1;
@@ -342,27 +356,9 @@ int round_signal_taken_by_program() {
 // round installs its handler again instead of killing the process with the default action.
 int round_signal_reset_by_program() {
   for (int sig = SIGRTMIN; sig <= SIGRTMAX; ++sig) signal(sig, SIG_DFL);
-  std::atomic<bool> stop{false};
-  std::atomic<long> wrong{0}, calls{0};
-  std::thread caller([&] {
-    for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
-      wrong += tgt_counted(i) != i + 1;
-      calls.fetch_add(1, std::memory_order_relaxed);
-    }
-  });
-  while (calls.load() < 1000) std::this_thread::yield();
-  int attached = 0, int3 = 0;
-  for (int cycle = 0; cycle < 5; ++cycle) {
-    usprobe_link *link = nullptr;
-    if (usprobe_attach("libusprobe_targets.so:tgt_counted", nullptr, &link) != 0) break;
-    ++attached;
-    int3 += usprobe_link_uses_int3(link);
-    usprobe_detach(link);
-  }
-  stop = true;
-  caller.join();
-  std::printf("%d of 5 attaches (%d on the int3 path); %ld wrong\n", attached, int3, wrong.load());
-  return attached == 5 && int3 == 0 && wrong.load() == 0 ? 0 : 1;
+  const Cycles c = attach_cycles_while_called();
+  std::printf("%d of 5 attaches (%d on the int3 path); %ld wrong\n", c.attached, c.int3, c.wrong);
+  return c.attached == 5 && c.int3 == 0 && c.wrong == 0 ? 0 : 1;
 }
 
 // The System V calls, which glibc implements with its own sigaction and sigprocmask: sighold
