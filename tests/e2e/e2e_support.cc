@@ -227,6 +227,14 @@ bool starts_with(std::string_view s, std::string_view prefix) {
   return s.starts_with(prefix);
 }
 
+void expect_refused(const Output &r, const std::string &mentions, const std::string &ran_marker) {
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  std::vector<std::string> err = lines(r.err);
+  ASSERT_EQ(err.size(), 1u) << r.describe();
+  EXPECT_NE(err[0].find(mentions), std::string::npos) << err[0];
+  EXPECT_EQ(r.out.find(ran_marker), std::string::npos) << "the command ran\n" << r.describe();
+}
+
 std::string realpath_of(const std::string &path) {
   char *resolved = ::realpath(path.c_str(), nullptr);
   if (!resolved) return "";

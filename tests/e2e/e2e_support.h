@@ -94,6 +94,10 @@ std::vector<std::string> words(std::string_view line);  // split at runs of blan
 bool starts_with(std::string_view s, std::string_view prefix);
 std::string realpath_of(const std::string &path);  // "" when it does not resolve
 
+// A probe refused before the command started: exit status 2, one line on stderr that contains
+// `mentions`, and no `ran_marker` (what the command prints when it runs) on stdout.
+void expect_refused(const Output &r, const std::string &mentions, const std::string &ran_marker);
+
 // Every line of `text` that starts with '{', parsed as JSON; a line that does not parse becomes a
 // JSON string holding "unparsable: <line>" so that tests fail on it with its text.
 std::vector<Json> json_lines(std::string_view text);
