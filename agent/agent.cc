@@ -1,4 +1,5 @@
-// libusprobe-agent.so: what the usprobe CLI preloads into the command it runs (agent/protocol.h).
+// libusprobe-agent.so: what the usprobe CLI preloads into the command it runs
+// (protocol/protocol.h).
 //
 // Before main, the constructor maps the region named by USPROBE_AGENT_FD, reads the plan and
 // attaches every probe in one batch, with the count, trace or latency handlers (handlers.h) or the
@@ -33,11 +34,11 @@
 #include "agent/maps.h"
 #include "agent/notices.h"
 #include "agent/plan.h"
-#include "agent/protocol.h"
 #include "agent/region.h"
 #include "agent/slots.h"
 #include "agent/stack_handler.h"
 #include "elf/elf_file.h"
+#include "protocol/protocol.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::agent {

@@ -9,8 +9,8 @@
 #include <mutex>
 #include <string>
 
-#include "agent/maps_lines.h"
 #include "agent/region.h"
+#include "protocol/maps_lines.h"
 
 namespace usprobe::agent {
 namespace {

@@ -1,4 +1,4 @@
-// Messages from the agent to the CLI: Notices in the region (agent/protocol.h), and a line on
+// Messages from the agent to the CLI: Notices in the region (protocol/protocol.h), and a line on
 // stderr when the CLI may not be able to read them. Never stdout: the command's output is the
 // user's.
 #pragma once
@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "agent/protocol.h"
+#include "protocol/protocol.h"
 
 namespace usprobe::agent {
 

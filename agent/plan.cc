@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-#include "agent/protocol.h"
+#include "protocol/protocol.h"
 
 namespace usprobe::agent {
 namespace {

@@ -1,4 +1,4 @@
-// The plan: the probes the CLI asks for, as text in the region (agent/protocol.h, "Plan text").
+// The plan: the probes the CLI asks for, as text in the region (protocol/protocol.h, "Plan text").
 #pragma once
 
 #include <cstdint>

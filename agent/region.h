@@ -1,4 +1,4 @@
-// The shared region (agent/protocol.h) as this process sees it: found through USPROBE_AGENT_FD,
+// The shared region (protocol/protocol.h) as this process sees it: found through USPROBE_AGENT_FD,
 // checked, mapped, and the few numbers the hit path needs copied out of its header once.
 #pragma once
 
@@ -6,7 +6,7 @@
 #include <expected>
 #include <string>
 
-#include "agent/protocol.h"
+#include "protocol/protocol.h"
 
 namespace usprobe::agent {
 

@@ -1,12 +1,12 @@
-// A thread's ring (agent/protocol.h, "Rings"): room for one record, and its publication. Used by
+// A thread's ring (protocol/protocol.h, "Rings"): room for one record, and its publication. Used by
 // the trace and stacks handlers, on the hit path: no lock, no allocation, no system call, no libc.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 
-#include "agent/protocol.h"
 #include "agent/region.h"
+#include "protocol/protocol.h"
 
 namespace usprobe::agent {
 

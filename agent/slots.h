@@ -1,12 +1,12 @@
 // Slots: each thread that hits a probe writes its counts (and, in trace mode, its events) into a
-// slot of its own in the region (agent/protocol.h, "Slots").
+// slot of its own in the region (protocol/protocol.h, "Slots").
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 
-#include "agent/protocol.h"
 #include "agent/region.h"
+#include "protocol/protocol.h"
 
 namespace usprobe::agent {
 

@@ -12,7 +12,7 @@
 #include "agent/region.h"
 #include "agent/ring.h"
 #include "agent/slots.h"
-#include "agent/stack_table.h"
+#include "protocol/stack_table.h"
 
 namespace usprobe::agent {
 

@@ -1,8 +1,8 @@
-// A slot's stack table (agent/stack_table.h) on its own: one owner counting stacks, a reader
+// A slot's stack table (protocol/stack_table.h) on its own: one owner counting stacks, a reader
 // seeing only whole entries and counts that only grow, a full table or arena refusing new stacks
 // while still counting known ones, and a reset that leaves nothing behind. Pure data-structure
 // tests, fit for ThreadSanitizer (suite StackTable).
-#include "agent/stack_table.h"
+#include "protocol/stack_table.h"
 
 #include <gtest/gtest.h>
 

@@ -10,9 +10,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "command.h"
-#include "launch.h"
-#include "library_finder.h"
+#include "resolve/library_finder.h"
+#include "target/command.h"
+#include "target/launch.h"
 
 namespace usprobe::cli {
 namespace {

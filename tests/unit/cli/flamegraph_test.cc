@@ -1,7 +1,7 @@
 // Folded stacks and the SVG flame graph: the folded lines flame graph tools read, and an SVG that
 // is well-formed XML, draws every frame that is wide enough exactly as wide as its share, and
 // escapes every name.
-#include "flamegraph.h"
+#include "output/flamegraph.h"
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>

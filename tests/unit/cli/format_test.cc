@@ -1,6 +1,6 @@
 // Trace specs: the probe, the quoted format and its arguments in one argument, checked when
 // parsed, and the messages rendered from the agent's records.
-#include "format.h"
+#include "output/format.h"
 
 #include <gtest/gtest.h>
 

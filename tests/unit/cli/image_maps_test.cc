@@ -1,7 +1,7 @@
-// Naming recorded stacks after their processes are gone (tools/usprobe/image_maps.h): which
+// Naming recorded stacks after their processes are gone (tools/usprobe/resolve/image_maps.h): which
 // snapshot of mappings names an address of which process image, and one symbolizer over "file
 // space" naming the same function the same way in processes that loaded it at different addresses.
-#include "image_maps.h"
+#include "resolve/image_maps.h"
 
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-#include "agent/maps_lines.h"
+#include "protocol/maps_lines.h"
 
 extern "C" [[gnu::noinline, gnu::used]] int usprobe_image_maps_test_leaf(int x) {
   asm volatile("" : "+r"(x));

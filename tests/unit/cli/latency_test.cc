@@ -1,5 +1,5 @@
 // usprobe latency's arithmetic and reports: the log-linear buckets the agent fills
-// (agent/protocol.h), the percentiles and log2 rows the CLI reads from them (histogram.h), the
+// (protocol/protocol.h), the percentiles and log2 rows the CLI reads from them (histogram.h), the
 // text and JSON it prints (latency_report.h), and the region's folding of the histograms of
 // threads that have exited (region.h), with the test playing the agent.
 #include <gtest/gtest.h>
@@ -11,10 +11,10 @@
 #include <random>
 #include <vector>
 
-#include "agent/protocol.h"
-#include "histogram.h"
-#include "latency_report.h"
-#include "region.h"
+#include "output/histogram.h"
+#include "output/latency_report.h"
+#include "protocol/protocol.h"
+#include "session/region.h"
 
 namespace usprobe::cli {
 namespace {

@@ -1,9 +1,9 @@
 // Probe arguments: every spelling the CLI accepts, the ones it refuses, and how globs expand.
-#include "probe_spec.h"
+#include "resolve/probe_spec.h"
 
 #include <gtest/gtest.h>
 
-#include "library_finder.h"
+#include "resolve/library_finder.h"
 
 namespace usprobe::cli {
 namespace {

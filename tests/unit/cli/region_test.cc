@@ -1,7 +1,7 @@
 // The CLI's side of the shared region, with the test playing the agent: it claims slots, counts
-// hits and writes trace records the way agent/protocol.h says, and the region must read back
+// hits and writes trace records the way protocol/protocol.h says, and the region must read back
 // exactly that, free the slots of dead threads without losing a count, and pass on notices.
-#include "region.h"
+#include "session/region.h"
 
 #include <gtest/gtest.h>
 

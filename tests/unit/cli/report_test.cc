@@ -1,6 +1,6 @@
 // Count reports: what people read (a table sorted by hits) and what programs parse (one JSON
 // object per report, every probe present).
-#include "report.h"
+#include "output/report.h"
 
 #include <gtest/gtest.h>
 

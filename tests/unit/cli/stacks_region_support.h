@@ -1,10 +1,10 @@
 // What the stacks-mode region tests share: a small region, and claiming a slot as an agent thread
-// does (agent/protocol.h, "Slots").
+// does (protocol/protocol.h, "Slots").
 #pragma once
 
 #include <gtest/gtest.h>
 
-#include "region.h"
+#include "session/region.h"
 
 namespace usprobe::cli::test {
 

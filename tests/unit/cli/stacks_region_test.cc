@@ -1,4 +1,4 @@
-// The region in stacks mode, with the test playing the agent (agent/protocol.h, "Stacks mode"):
+// The region in stacks mode, with the test playing the agent (protocol/protocol.h, "Stacks mode"):
 // stack records come back with their process, image and addresses, across the end of the ring and
 // from the slot of a thread that died; mappings entries come back once each, even when an earlier
 // entry is never published.
@@ -7,9 +7,9 @@
 #include <cstring>
 #include <random>
 
-#include "agent/stack_table.h"
+#include "protocol/stack_table.h"
 
-#include "region.h"
+#include "session/region.h"
 #include "stacks_region_support.h"
 
 namespace usprobe::cli {

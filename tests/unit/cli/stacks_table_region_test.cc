@@ -1,5 +1,5 @@
-// The region's stack tables (agent/protocol.h, "Stack tables"), with the test playing the agent
-// through agent/stack_table.h: each drain hands back what each table counted since the last one,
+// The region's stack tables (protocol/protocol.h, "Stack tables"), with the test playing the agent
+// through protocol/stack_table.h: each drain hands back what each table counted since the last one,
 // exactly once; freeing a slot folds its final counts and leaves an empty table for the next
 // thread; a full table sends new stacks to the ring.
 #include <gtest/gtest.h>
@@ -7,8 +7,8 @@
 #include <map>
 #include <tuple>
 
-#include "agent/stack_table.h"
-#include "region.h"
+#include "protocol/stack_table.h"
+#include "session/region.h"
 #include "stacks_region_support.h"
 
 namespace usprobe::cli {

@@ -1,6 +1,6 @@
 // The symbolizer on hand-written maps text (which mappings can name an address, and how) and on
 // this test binary itself: addresses of functions defined here must come back as their names.
-#include "symbolizer.h"
+#include "resolve/symbolizer.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

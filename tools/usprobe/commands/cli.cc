@@ -1,0 +1,288 @@
+// The command line: subcommands and their options (CLI11), then the subcommand's run_*().
+//
+// Everything after the first "--" is the command to run, taken as it is: it is cut off before
+// CLI11 sees the rest, so the command's own options are never mistaken for usprobe's.
+#include <fmt/format.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cerrno>
+#include <string_view>
+#include <system_error>
+
+#include "commands/commands.h"
+#include "resolve/probe_spec.h"
+
+namespace usprobe::cli {
+namespace {
+
+constexpr const char *kProbeHelp = R"(
+Probes (one argument each):
+  FILE:SYMBOL       entry of a function; SYMBOL may be a glob (libc:str*)
+  FILE:SYMBOL+OFF   OFF bytes into it (decimal or 0x hex)
+  FILE:0xOFF        a file offset
+  An optional "uprobe:" prefix (bpftrace's spelling) is ignored.
+FILE is a path, "exe" (the command itself) or a short library name (libc, libsqlite3,
+libm.so.6), found the way the command's dynamic linker finds it.)";
+
+constexpr const char *kTraceHelp = R"(
+Trace specs: a probe, then optionally a format and its arguments, in one argument:
+  'exe:greet "%s has %d", arg0, arg1'
+Conversions: %d %i %u %x %ld %lu %lx %lld %llu %llx %p %c %s %%, with C flags, widths and
+precisions (up to 4096). %s prints the string argN points to, copied when the probe is hit: its
+first 63 bytes (--strlen), then "..." when it is longer; an unreadable one prints (null) or
+<bad 0xADDR>. Each thread of the command writes its events into a buffer of its own (-b): an
+event that finds it full is lost, and the count of lost events ends the run.)";
+
+void set_footer(CLI::App *sub, std::string_view extra) {
+  sub->footer(std::string(kProbeHelp) + std::string(extra) +
+              "\nThe command follows \"--\"; usprobe exits with its exit status.");
+}
+
+// CLI11's PositiveNumber prints the whole range of a double when it refuses a value.
+CLI::Validator seconds() {
+  return CLI::Validator(
+      [](std::string &value) -> std::string {
+        double v = 0;
+        try {
+          size_t used = 0;
+          v = std::stod(value, &used);
+          if (used != value.size()) v = 0;
+        } catch (const std::exception &) {
+        }
+        return v > 0 && v < 1e9 ? "" : "expected a number of seconds > 0, not '" + value + "'";
+      },
+      "SECONDS");
+}
+
+// A standard descriptor (0, 1, 2) that usprobe was started without is taken by /dev/null,
+// close-on-exec: nothing usprobe opens later (the shared region above all) can land on it, so the
+// command, which loses these at its exec, starts with exactly the descriptors it would have had
+// without usprobe, and usprobe's own writes to a closed stdout or stderr go nowhere.
+void hold_standard_descriptors() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1) continue;
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0) return;
+    if (null != fd) {  // a lower one was closed and taken in the meantime: cannot happen
+      ::close(null);
+      return;
+    }
+  }
+}
+
+// --buffer-size: bytes, with an optional K, M or G (powers of 1024; "KiB" and "MB" read the same).
+CLI::Validator buffer_size(uint64_t &out) {
+  return CLI::Validator(
+      [&out](std::string &value) -> std::string {
+        std::string_view v = value;
+        size_t digits = 0;
+        while (digits < v.size() && digits < 12 && v[digits] >= '0' && v[digits] <= '9') ++digits;
+        uint64_t n = 0;
+        for (size_t i = 0; i < digits; ++i) n = n * 10 + static_cast<uint64_t>(v[i] - '0');
+        std::string unit(v.substr(digits));
+        for (char &c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        if (unit.ends_with("IB")) unit.erase(unit.size() - 2);
+        if (unit.ends_with("B")) unit.pop_back();
+        int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : -1;
+        bool ok = digits > 0 && digits < 12 && shift >= 0;
+        if (ok) n <<= shift;
+        if (!ok || n < kMinRingSize || n > kMaxRingSize)
+          return "expected a size from 64K to 1G (bytes, or with K, M or G), not '" + value + "'";
+        out = n;
+        return "";
+      },
+      "SIZE");
+}
+
+}  // namespace
+
+int run_subcommand(int argc, char **argv);
+
+int run_cli(int argc, char **argv) {
+  hold_standard_descriptors();
+  try {
+    return run_subcommand(argc, argv);
+  } catch (const std::system_error &e) {
+    // fmt::print throws when a write fails. EPIPE: the reader of the output went away while the
+    // last report was written (supervisor.h), EIO: the terminal hung up. Exit quietly, as a
+    // program killed by SIGPIPE would.
+    if (e.code().value() != EPIPE && e.code().value() != EIO) throw;
+    return 128 + SIGPIPE;
+  }
+}
+
+int run_subcommand(int argc, char **argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> command;
+  bool has_separator = false;
+  if (auto sep = std::find(args.begin(), args.end(), "--"); sep != args.end()) {
+    command.assign(sep + 1, args.end());
+    args.erase(sep, args.end());
+    has_separator = true;
+  }
+
+  CLI::App app(
+      "usprobe: uprobes in user space. Count, trace, time or collect the stacks of the calls a "
+      "command makes.",
+      "usprobe");
+  app.set_version_flag("--version", "usprobe " USPROBE_VERSION);
+  app.require_subcommand(1);
+
+  ListOptions list;
+  CLI::App *list_cmd = app.add_subcommand("list", "List the functions of an ELF file");
+  list_cmd->add_option("FILE", list.file, "a path or a short library name (libc)")->required();
+  list_cmd->add_option("PATTERN", list.pattern, "a glob on function names (str*)");
+  list_cmd->add_flag("--json", list.json, "one JSON object");
+
+  CountOptions count;
+  CLI::App *count_cmd =
+      app.add_subcommand("count", "Count probe hits in a command: PROBE... -- COMMAND [ARGS...]");
+  count_cmd->add_option("PROBE", count.probes, "probes to count")->required();
+  count_cmd->add_option("-i,--interval", count.interval_s, "report every SECONDS")
+      ->check(seconds());
+  count_cmd
+      ->add_option("-d,--duration", count.duration_s,
+                   "interrupt the command (SIGINT) after SECONDS")
+      ->check(seconds());
+  count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
+  count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
+  count_cmd->add_flag("--per-pid", count.per_pid, "one row per process and probe");
+  count_cmd->add_flag("-v,--verbose", count.verbose, "print the agent's informational notices");
+  set_footer(count_cmd, "");
+
+  TraceOptions trace;
+  CLI::App *trace_cmd = app.add_subcommand(
+      "trace", "Print each probe hit in a command: PROBESPEC... -- COMMAND [ARGS...]");
+  trace_cmd->add_option("PROBESPEC", trace.probes, "probes with optional formats")->required();
+  trace_cmd->add_option("-o,--output", trace.output, "write events to FILE");
+  trace_cmd->add_flag("--json", trace.json, "events as JSON, one object per line");
+  trace_cmd->add_flag("-v,--verbose", trace.verbose, "print the agent's informational notices");
+  std::string buffer_text;
+  trace_cmd
+      ->add_option("-b,--buffer-size", buffer_text,
+                   "each thread's buffer (default 16M, rounded up to a power of two)")
+      ->check(buffer_size(trace.buffer_size));
+  trace_cmd
+      ->add_option("--strlen", trace.strlen,
+                   "bytes of each %s string to keep (default 63; longer ones end in \"...\")")
+      ->check(CLI::Range(1u, kMaxStrlen));
+  set_footer(trace_cmd, std::string("\n") + kTraceHelp);
+
+  LatencyOptions latency;
+  CLI::App *latency_cmd = app.add_subcommand(
+      "latency", "Time the calls of functions in a command: PROBE... -- COMMAND [ARGS...]");
+  latency_cmd->add_option("PROBE", latency.probes, "functions to time (FILE:SYMBOL, globs allowed)")
+      ->required();
+  latency_cmd
+      ->add_option("-u,--unit", latency.unit, "unit of the text report: ns (default), us, ms")
+      ->check(CLI::IsMember({"ns", "us", "ms"}));
+  latency_cmd->add_option("-i,--interval", latency.interval_s, "report every SECONDS")
+      ->check(seconds());
+  latency_cmd
+      ->add_option("-d,--duration", latency.duration_s,
+                   "interrupt the command (SIGINT) after SECONDS")
+      ->check(seconds());
+  latency_cmd->add_option("-o,--output", latency.output, "write reports to FILE");
+  latency_cmd->add_flag("--json", latency.json,
+                        "one JSON object per probe per report, one per line");
+  latency_cmd->add_flag("-v,--verbose", latency.verbose, "print the agent's informational notices");
+  set_footer(latency_cmd,
+             "\n"
+             R"(
+Latency probes are function entries only (no +OFF, 0xOFF or uretprobe:): each call is timed
+from its entry to its return. Text reports draw a log2 table per function, then the count, mean,
+p50 and p99; calls whose return was not seen (return depth, longjmp, exceptions) are "missed".
+JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"low_ns",
+"high_ns","count"}]} per probe, high_ns inclusive.)");
+
+  StacksOptions stacks;
+  CLI::App *stacks_cmd = app.add_subcommand(
+      "stacks",
+      "Count the user stacks that reach probes in a command: PROBE... -- COMMAND [ARGS...]");
+  stacks_cmd->add_option("PROBE", stacks.probes, "probes whose stacks to count")->required();
+  stacks_cmd->add_flag("--fp", stacks.frame_pointers,
+                       "walk frame pointers only (cheaper; stops at code built without them)");
+  stacks_cmd
+      ->add_option("-d,--duration", stacks.duration_s,
+                   "interrupt the command (SIGINT) after SECONDS")
+      ->check(seconds());
+  stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
+  stacks_cmd->add_flag("--folded", stacks.folded,
+                       "folded stacks (comm;outermost;...;innermost COUNT), one per line");
+  stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE");
+  stacks_cmd->add_flag("-v,--verbose", stacks.verbose, "print the agent's informational notices");
+  set_footer(stacks_cmd,
+             "\n"
+             R"(
+Stacks are taken when a probe is hit, with DWARF unwinding (.eh_frame: works through code built
+without frame pointers) or, with --fp, frame pointers; at most 127 frames. The text report lists,
+per probe, each distinct stack innermost frame first, the process's name, then its count. Folded
+lines start with the process's name and, with several probes, end with the probe's name. Return
+probes (uretprobe:) are not supported.)");
+
+  // bpftrace's name for "attach where I cannot check it is safe".
+  bool unsafe = false;
+  for (CLI::App *sub : {count_cmd, trace_cmd, latency_cmd, stacks_cmd})
+    sub->add_flag("--unsafe", unsafe,
+                  "probe a raw offset (FILE:0xOFF) even where no symbol or .eh_frame entry gives "
+                  "the bounds to check that an instruction starts there");
+
+  // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
+  if (!args.empty() && args[0] != "list" && args[0] != "count" && args[0] != "trace" &&
+      args[0] != "latency" && args[0] != "stacks" && args[0] != "-h" && args[0] != "--help" &&
+      args[0] != "--version") {
+    fmt::print(stderr,
+               "usprobe: unknown {} '{}' (expected list, count, trace, latency or stacks)\n",
+               args[0].starts_with('-') ? "option" : "subcommand", args[0]);
+    return 2;
+  }
+  std::vector<const char *> cli_argv{argv[0]};
+  for (const std::string &a : args) cli_argv.push_back(a.c_str());
+  try {
+    app.parse(static_cast<int>(cli_argv.size()), cli_argv.data());
+  } catch (const CLI::ParseError &e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    fmt::print(stderr, "usprobe: {} (see usprobe --help)\n", e.what());
+    return 2;
+  }
+
+  bool needs_command =
+      count_cmd->parsed() || trace_cmd->parsed() || latency_cmd->parsed() || stacks_cmd->parsed();
+  if (needs_command && command.empty()) {
+    const char *name = count_cmd->parsed()     ? "count"
+                       : trace_cmd->parsed()   ? "trace"
+                       : latency_cmd->parsed() ? "latency"
+                                               : "stacks";
+    fmt::print(stderr, "usprobe: {}: {} (usage: usprobe {} PROBE... -- COMMAND [ARGS...])\n", name,
+               has_separator ? "no command after '--'" : "missing '--' and the command to run",
+               name);
+    return 2;
+  }
+  if (!needs_command && has_separator) {
+    fmt::print(stderr, "usprobe: list: unexpected '--' (it runs no command)\n");
+    return 2;
+  }
+  if (list_cmd->parsed()) return run_list(list);
+  set_unsafe_offsets(unsafe);
+  if (count_cmd->parsed()) {
+    count.command = std::move(command);
+    return run_count(count);
+  }
+  if (latency_cmd->parsed()) {
+    latency.command = std::move(command);
+    return run_latency(latency);
+  }
+  if (stacks_cmd->parsed()) {
+    stacks.command = std::move(command);
+    return run_stacks(stacks);
+  }
+  trace.command = std::move(command);
+  return run_trace(trace);
+}
+
+}  // namespace usprobe::cli

@@ -1,0 +1,186 @@
+// usprobe latency PROBE... [-u ns|us|ms] [-i S] [-d S] [-o FILE] [--json] -- COMMAND [ARGS...]:
+// how long each call of the probed functions took, by every process of the command, as a
+// histogram with its mean and percentiles (BCC's funclatency), reported every interval and once
+// more, in total, when the command exits.
+//
+// The agent times each call with rdtsc at the entry and at the return (agent/handlers.cc) and adds
+// the duration, converted to nanoseconds with the multiplier this file calibrates, to its thread's
+// histogram in the region; the CLI sums the histograms of all slots (region.h).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <string_view>
+
+#include "commands/commands.h"
+#include "output/latency_report.h"
+#include "output/report.h"
+#include "session/region.h"
+#include "session/session.h"
+#include "session/supervisor.h"
+#include "session/tsc_clock.h"
+#include "target/launch.h"
+
+namespace usprobe::cli {
+namespace {
+
+// As count: slots of exited threads are freed twenty times a second.
+constexpr std::chrono::milliseconds kTick{50};
+// A slot holds about 4 KiB of histogram per probe; the region is sparse, but a glob over a large
+// library would still map gigabytes. Past this size there are fewer slots, and the threads that
+// find none free share the overflow slot (exact, a little slower).
+constexpr uint64_t kMaxRegionBytes = uint64_t{4} << 30;
+constexpr uint32_t kMaxSlots = 512, kMinSlots = 16;
+// In the text report, probes that saw no call are named on one line, this many at most.
+constexpr size_t kMaxIdleNamed = 10;
+
+std::optional<Unit> parse_unit(const std::string &text) {
+  if (text == "ns") return Unit::kNs;
+  if (text == "us") return Unit::kUs;
+  if (text == "ms") return Unit::kMs;
+  return std::nullopt;
+}
+
+// Latency is measured between a function's entry and its return: no offsets, no return probes.
+Result<void> check_function_entry(const ProbeSpec &spec) {
+  if (spec.returns)
+    return fail(EINVAL, fmt::format("latency: '{}': name the function, not its return "
+                                    "(latency probes its entry and its returns)",
+                                    spec.text));
+  if (spec.kind != ProbeSpec::Kind::kSymbol && spec.kind != ProbeSpec::Kind::kGlob)
+    return fail(EINVAL, fmt::format("latency: '{}' is not a function entry (expected FILE:SYMBOL "
+                                    "or FILE:GLOB)",
+                                    spec.text));
+  return {};
+}
+
+// "f.cold", "f.cold.3": code GCC moved out of f, entered by a jump from f, not by a call. It has
+// no return of its own to time.
+bool is_cold_part(std::string_view name) {
+  size_t dot = name.rfind(".cold");
+  if (dot == std::string_view::npos) return false;
+  std::string_view rest = name.substr(dot + 5);
+  return rest.empty() || (rest.size() > 1 && rest[0] == '.' &&
+                          rest.find_first_not_of("0123456789", 1) == std::string_view::npos);
+}
+
+struct Snapshot {
+  std::vector<Histogram> histograms;  // by probe index
+  std::vector<uint64_t> missed;       // by probe index
+};
+
+Snapshot take(const Region &region, size_t probe_count) {
+  Snapshot s{region.histograms(), std::vector<uint64_t>(probe_count, 0)};
+  s.histograms.resize(probe_count);
+  for (const auto &[key, c] : region.counts())
+    if (key.second < probe_count) s.missed[key.second] += c.missed;
+  return s;
+}
+
+Snapshot subtract(const Snapshot &now, const Snapshot &before) {
+  Snapshot d = now;
+  for (size_t i = 0; i < d.histograms.size() && i < before.histograms.size(); ++i) {
+    d.histograms[i] = cli::subtract(now.histograms[i], before.histograms[i]);
+    d.missed[i] = now.missed[i] > before.missed[i] ? now.missed[i] - before.missed[i] : 0;
+  }
+  return d;
+}
+
+struct Reporter {
+  const LatencyOptions &options;
+  const std::vector<Probe> &probes;
+  Unit unit;
+  FILE *out;
+
+  void print(const Snapshot &s, double elapsed_s, bool total, std::optional<int> status) {
+    std::vector<LatencyRow> rows;
+    for (size_t i = 0; i < probes.size(); ++i)
+      rows.push_back({probes[i].display, s.histograms[i], s.missed[i]});
+    if (options.json) {
+      for (const LatencyRow &r : rows)
+        fmt::print(out, "{}\n", dump_line(latency_json(r, total ? "total" : "interval")));
+      std::fflush(out);
+      return;
+    }
+    fmt::print(out, "{}", report_heading(elapsed_s, total, status));
+    std::vector<std::string> idle;
+    for (const LatencyRow &r : rows) {
+      if (r.histogram.count == 0 && r.missed == 0) {
+        idle.push_back(r.probe);
+        continue;
+      }
+      fmt::print(out, "\n{}", latency_text(r, unit));
+    }
+    if (!idle.empty()) {
+      std::string names;
+      for (size_t i = 0; i < idle.size() && i < kMaxIdleNamed; ++i)
+        names += (i ? ", " : "") + idle[i];
+      if (idle.size() > kMaxIdleNamed)
+        names += fmt::format(" and {} more", idle.size() - kMaxIdleNamed);
+      fmt::print(out, "\nno calls: {}\n", names);
+    }
+    std::fflush(out);
+  }
+};
+
+}  // namespace
+
+int run_latency(const LatencyOptions &options) {
+  auto unit = parse_unit(options.unit);
+  if (!unit)
+    return report_error(
+        {EINVAL, fmt::format("latency: unknown unit '{}' (expected ns, us or ms)", options.unit)});
+  std::vector<ProbeSpec> specs;
+  auto session = prepare_probes(options.probes, options.command, check_function_entry, &specs);
+  if (!session) return report_error(session.error());
+  // A glob's cold parts are left out: they are jumped into, never called.
+  std::vector<Probe> probes;
+  for (Probe &p : session->probes) {
+    // Timing needs the return: none at an entry point (a glob has left it out already).
+    if (p.entry_point) {
+      Error e = entered_not_called(p);
+      e.message = "latency: " + e.message;
+      return report_error(e);
+    }
+    if (specs[p.spec_index].kind != ProbeSpec::Kind::kGlob || !is_cold_part(p.display))
+      probes.push_back(std::move(p));
+  }
+  if (probes.empty())
+    return report_error({ENOENT, "latency: the probes match only cold parts of functions"});
+
+  auto output = Output::open(options.output);
+  if (!output) return report_error(output.error());
+  std::vector<PlanEntry> plan;
+  for (const Probe &p : probes) plan.push_back({p.location, 0});
+
+  TscClock clock;
+  clock.calibrate();
+  RegionConfig config;
+  config.mode = agent::kModeLatency;
+  config.tsc_to_ns_mult = tsc_to_ns_mult(clock.ticks_per_ns());
+  if (config.tsc_to_ns_mult == 0)
+    return report_error({EINVAL, fmt::format("latency: cannot use the TSC ({} ticks per ns)",
+                                             clock.ticks_per_ns())});
+  uint64_t stride = agent::latency_stride_for(static_cast<uint32_t>(plan.size()));
+  config.max_slots =
+      static_cast<uint32_t>(std::clamp<uint64_t>(kMaxRegionBytes / stride, kMinSlots, kMaxSlots));
+  auto region = Region::create(config, plan);
+  if (!region) return report_error(region.error());
+
+  Supervisor supervisor;
+  auto child = launch(session->command, session->agent, region->fd(), supervisor.child_mask());
+  if (!child) return report_error(child.error());
+
+  NoticePrinter notices(probes, options.verbose);
+  Reporter reporter{options, probes, *unit, output->file()};
+  return report_while_running(
+      supervisor, *child, *region, notices,
+      {kTick, options.duration_s, options.interval_s, output->file()},
+      Snapshot{std::vector<Histogram>(probes.size()), std::vector<uint64_t>(probes.size())},
+      [&] { return take(*region, probes.size()); },
+      [&](const Snapshot &s, double elapsed, bool total, std::optional<int> status) {
+        reporter.print(s, elapsed, total, status);
+      });
+}
+
+}  // namespace usprobe::cli

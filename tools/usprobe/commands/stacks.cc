@@ -1,0 +1,273 @@
+// usprobe stacks PROBE... [--fp] [-d S] [-o FILE] [--folded] [--svg FILE] [-v] -- COMMAND:
+// the distinct user stacks that reach the probed instructions in every process of the command,
+// counted, symbolized and demangled (BCC's stackcount), as text, as folded stacks or as an SVG
+// flame graph.
+//
+// The agent takes each hit's stack with usprobe_hit_stack (agent/stack_handler.cc) and counts it
+// in its thread's stack table (protocol/stack_table.h), tagged with its process image; a new stack
+// that a full table cannot take goes to the thread's ring. It also writes its own mappings into the
+// region (agent/maps.h). Every tick the CLI drains the rings and what the tables counted since the
+// last tick, and counts the raw stacks by (process, image, probe, addresses); a new stack with an
+// address that no mapping of its process covers makes it read /proc/PID/maps while the process
+// lives (a library loaded with dlopen). Names are given once, at the end (image_maps.h), and stacks
+// with the same names are one stack.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include "commands/commands.h"
+#include "output/flamegraph.h"
+#include "protocol/maps_lines.h"
+#include "resolve/image_maps.h"
+#include "session/region.h"
+#include "session/session.h"
+#include "session/supervisor.h"
+#include "target/launch.h"
+#include "usprobe/usprobe.h"
+
+namespace usprobe::cli {
+namespace {
+
+// Each thread counts up to 4,096 distinct stacks in its table, whose arena holds 131,072 addresses
+// (32 a stack on average): a BPF stack map's job, in about 1.2 MiB a slot of which only what a
+// thread touches takes memory. Its ring (2 MiB: 11,000 stacks of 20 frames) takes the new stacks
+// that a full table cannot, and is drained every tick.
+constexpr std::chrono::milliseconds kTick{10};
+constexpr uint32_t kTableEntries = 4096;
+constexpr uint32_t kTableArenaWords = 131072;
+constexpr uint64_t kRingSize = 2 << 20;
+// Mappings written by the agents: a few KiB per process image (two when it loaded a library).
+// Sparse: only what is written takes memory.
+constexpr uint64_t kMapsTextSize = uint64_t{64} << 20;
+constexpr uint32_t kMaxMaps = 16384;
+// The flame graph's subtitle shows the command, cut to this many characters.
+constexpr size_t kMaxSubtitle = 160;
+
+struct RawKey {
+  int32_t pid;
+  uint32_t image;
+  uint32_t probe;
+  std::vector<uint64_t> ips;
+  auto operator<=>(const RawKey &) const = default;
+};
+
+// A stack as reported: names, innermost first.
+struct NamedKey {
+  uint32_t probe;
+  std::string comm;
+  std::vector<std::string> frames;
+  auto operator<=>(const NamedKey &) const = default;
+};
+
+struct NamedStack {
+  NamedKey key;
+  uint64_t count = 0;
+};
+
+// The text of /proc/PID/maps's naming lines; nullopt when the process is gone.
+std::optional<std::string> read_live_maps(int32_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/maps", pid));
+  if (!in) return std::nullopt;
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in.good() && !in.eof()) return std::nullopt;
+  return agent::naming_lines(text.str());
+}
+
+// Counts the raw stacks as they are drained, and keeps every image's mappings.
+class Collector {
+ public:
+  explicit Collector(Region &region) : region_(region) {}
+
+  void tick() {
+    region_.drain(batch_);
+    region_.reclaim(batch_);
+    // After the drain: the mappings of an image are written before its first stack.
+    for (const MapsMessage &m : region_.new_maps()) maps_.add(m.pid, m.image, m.comm, m.text);
+    std::set<std::pair<int32_t, uint32_t>> unnamed;
+    for (StackEvent &e : batch_) {
+      auto [it, inserted] =
+          raw_.try_emplace(RawKey{e.pid, e.image, e.probe, std::move(e.ips)}, uint64_t{0});
+      it->second += e.count;
+      if (inserted && !maps_.covers(e.pid, e.image, it->first.ips))
+        unnamed.insert({e.pid, e.image});
+    }
+    batch_.clear();
+    // What /proc/PID/maps shows now is the newest image's mappings only.
+    for (const auto &[pid, image] : unnamed) {
+      if (maps_.latest_image(pid) != image) continue;
+      if (auto text = read_live_maps(pid)) maps_.add_live(pid, image, *text);
+    }
+  }
+
+  // The stacks by their names, most frequent first within each probe.
+  std::vector<NamedStack> named() const {
+    std::vector<RawStack> raws;
+    for (const auto &[key, count] : raw_) raws.push_back({key.pid, key.image, key.ips});
+    StackNamer namer(maps_, raws);
+    std::map<NamedKey, uint64_t> merged;
+    size_t i = 0;
+    for (const auto &[key, count] : raw_) {
+      NamedKey named{key.probe, maps_.comm(key.pid, key.image), {}};
+      for (const Frame &f : namer.name(raws[i++])) named.frames.push_back(f.name());
+      if (named.comm.empty()) named.comm = "[unknown]";
+      merged[std::move(named)] += count;
+    }
+    std::vector<NamedStack> out;
+    for (auto &[key, count] : merged) out.push_back({key, count});
+    std::stable_sort(out.begin(), out.end(), [](const NamedStack &a, const NamedStack &b) {
+      return std::tie(a.key.probe, b.count) < std::tie(b.key.probe, a.count);
+    });
+    return out;
+  }
+
+ private:
+  Region &region_;
+  std::vector<StackEvent> batch_;
+  std::map<RawKey, uint64_t> raw_;
+  ImageMaps maps_;
+};
+
+struct Totals {
+  uint64_t stacks = 0, distinct = 0, lost = 0;
+  std::string summary() const {
+    return fmt::format("{} stacks, {} distinct, {} lost", stacks, distinct, lost);
+  }
+};
+
+// stackcount's layout: per probe, each stack innermost frame first, its process's name, its
+// count; a blank line between stacks.
+void print_text(FILE *out, const std::vector<Probe> &probes, const std::vector<NamedStack> &stacks,
+                const Totals &totals) {
+  for (uint32_t p = 0; p < probes.size(); ++p) {
+    uint64_t count = 0, distinct = 0;
+    for (const NamedStack &s : stacks)
+      if (s.key.probe == p) count += s.count, ++distinct;
+    fmt::print(out, "{}: {} stacks, {} distinct\n", probes[p].display, count, distinct);
+    for (const NamedStack &s : stacks) {
+      if (s.key.probe != p) continue;
+      fmt::print(out, "\n");
+      for (const std::string &f : s.key.frames) fmt::print(out, "    {}\n", f);
+      fmt::print(out, "    - {}\n", s.key.comm);
+      fmt::print(out, "        {}\n", s.count);
+    }
+    fmt::print(out, "\n");
+  }
+  fmt::print(out, "{}\n", totals.summary());
+}
+
+// Outermost first, as folded stacks and flame graphs have them: the process's name, the frames,
+// and the probe when there are several (they would otherwise be mixed in one tree).
+std::vector<CountedStack> counted(const std::vector<Probe> &probes,
+                                  const std::vector<NamedStack> &stacks) {
+  std::vector<CountedStack> out;
+  for (const NamedStack &s : stacks) {
+    CountedStack &c = out.emplace_back();
+    c.frames.push_back(s.key.comm);
+    c.frames.insert(c.frames.end(), s.key.frames.rbegin(), s.key.frames.rend());
+    if (probes.size() > 1) c.frames.push_back(probes[s.key.probe].display);
+    c.count = s.count;
+  }
+  return out;
+}
+
+std::string joined(const std::vector<std::string> &words) {
+  std::string out;
+  for (const std::string &w : words) out += (out.empty() ? "" : " ") + w;
+  return out;
+}
+
+}  // namespace
+
+int run_stacks(const StacksOptions &options) {
+  auto refuse_returns = [](const ProbeSpec &spec) -> Result<void> {
+    if (spec.returns)
+      return fail(EINVAL, fmt::format("stacks: '{}': return probes are not supported (name the "
+                                      "function: its stack is taken at entry)",
+                                      spec.text));
+    return {};
+  };
+  auto session = prepare_probes(options.probes, options.command, refuse_returns);
+  if (!session) return report_error(session.error());
+  const std::vector<Probe> &probes = session->probes;
+
+  auto output = Output::open(options.output);
+  if (!output) return report_error(output.error());
+  // Created before the command starts, so that a bad path is reported before anything runs.
+  std::optional<Output> svg;
+  if (!options.svg.empty()) {
+    auto opened = Output::open(options.svg);
+    if (!opened) return report_error(opened.error());
+    svg.emplace(std::move(*opened));
+  }
+  std::vector<PlanEntry> plan;
+  for (const Probe &p : probes) plan.push_back({p.location, 0});
+  RegionConfig config;
+  config.mode = agent::kModeStacks;
+  config.ring_size = kRingSize;
+  config.table_entries = kTableEntries;
+  config.table_arena_words = kTableArenaWords;
+  config.stack_flags = options.frame_pointers ? USPROBE_STACK_FP : 0;
+  config.max_maps = kMaxMaps;
+  config.maps_text_size = kMapsTextSize;
+  auto region = Region::create(config, plan);
+  if (!region) return report_error(region.error());
+
+  Supervisor supervisor;
+  auto child = launch(session->command, session->agent, region->fd(), supervisor.child_mask());
+  if (!child) return report_error(child.error());
+
+  NoticePrinter notices(probes, options.verbose);
+  Collector collector(*region);
+  auto tick = [&] {
+    collector.tick();
+    notices.print(region->new_notices());
+  };
+  ExitInfo exit = supervisor.watch(
+      *child, {kTick, options.duration_s, std::nullopt, output->file()}, tick, [] {});
+  // Grandchildren may still run: what they recorded so far is in their rings.
+  tick();
+
+  std::vector<NamedStack> stacks = collector.named();
+  Totals totals;
+  totals.distinct = stacks.size();
+  for (const NamedStack &s : stacks) totals.stacks += s.count;
+  for (const auto &[key, c] : region->counts()) totals.lost += c.missed;
+  std::vector<CountedStack> folded_input = counted(probes, stacks);
+  FILE *out = output->file();
+  if (options.folded) {
+    for (const std::string &line : fold(folded_input)) fmt::print(out, "{}\n", line);
+  } else {
+    print_text(out, probes, stacks, totals);
+  }
+  std::fflush(out);
+  if (svg) {
+    std::vector<std::string> names;
+    for (const Probe &p : probes) names.push_back(p.display);
+    FlameGraphOptions graph;
+    graph.title = "usprobe stacks " + joined(names);
+    graph.subtitle = joined(session->command.argv);
+    if (graph.subtitle.size() > kMaxSubtitle)
+      graph.subtitle = graph.subtitle.substr(0, kMaxSubtitle - 3) + "...";
+    std::string document = render_flame_graph(build_flame_tree(folded_input), graph);
+    if (std::fwrite(document.data(), 1, document.size(), svg->file()) != document.size() ||
+        std::fflush(svg->file()) != 0)
+      return report_error({EIO, fmt::format("cannot write {}", options.svg)});
+  }
+  // The text report ends with the summary; folded stacks are for programs, the summary is not.
+  if (options.folded) fmt::print(stderr, "usprobe: {}\n", totals.summary());
+  if (svg) fmt::print(stderr, "usprobe: flame graph written to {}\n", options.svg);
+  if (uint32_t dropped = region->maps_dropped())
+    fmt::print(stderr, "usprobe: {} mapping snapshots found no room: some frames may be unnamed\n",
+               dropped);
+  notices.finish(*region, exit);
+  return exit.status.value_or(1);
+}
+
+}  // namespace usprobe::cli

@@ -1,0 +1,403 @@
+#include "resolve/probe_spec.h"
+
+#include <fmt/format.h>
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <charconv>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "arch/x86_64/relocator.h"
+#include "elf/location.h"
+#include "resolve/library_finder.h"
+#include "resolve/site_check.h"
+#include "resolve/symbolizer.h"
+
+namespace usprobe::cli {
+namespace {
+
+std::unexpected<Error> bad_probe(std::string_view text) {
+  return fail(EINVAL, fmt::format("bad probe '{}': expected FILE:SYMBOL, FILE:SYMBOL+OFF or "
+                                  "FILE:0xOFF",
+                                  text));
+}
+
+// Whether `s` ends with the keyword "operator" (an operator's name follows it).
+bool ends_with_operator(std::string_view s) {
+  return s.ends_with("operator") || s.ends_with("operator-") || s.ends_with("operator->");
+}
+
+// A pattern has a '*', '?' or '[' as a wildcard. In a demangled C++ name they are also plain
+// characters: a pointer in a parameter list ("f(char const*)"), an operator ("operator*",
+// "operator[]"), an ABI tag ("name[abi:cxx11]"). Those do not make a glob.
+bool is_glob(std::string_view s) {
+  int parens = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '(') {
+      ++parens;
+    } else if (c == ')') {
+      parens = std::max(parens - 1, 0);
+    } else if ((c == '*' || c == '?' || c == '[') && parens == 0) {
+      if (ends_with_operator(s.substr(0, i))) continue;
+      if (c == '[' && s.substr(i).starts_with("[abi:")) continue;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Where FILE ends: at the last ':' that is neither half of a "::" nor inside (), [] or {}, so
+// that a demangled C++ name ("ns::parse(int)", "f[abi:cxx11]()", "{lambda()#1}::operator()")
+// stays whole after it, and a path with ':' in it ("/odd:dir/lib.so:fn") stays whole before it.
+size_t file_colon(std::string_view s) {
+  int depth = 0;
+  for (size_t i = s.size(); i-- > 0;) {
+    char c = s[i];
+    if (c == ')' || c == ']' || c == '}') {
+      ++depth;
+    } else if (c == '(' || c == '[' || c == '{') {
+      depth = std::max(depth - 1, 0);
+    } else if (c == ':' && depth == 0) {
+      if (i > 0 && s[i - 1] == ':') {  // "::" of a qualified name
+        --i;
+        continue;
+      }
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// A C++ name may hold blanks ("f(int, char)", "operator new", "unsigned long"): they are allowed
+// where the target is one (it has a "::" or a parameter list); elsewhere a blank is a typo.
+bool blanks_allowed(std::string_view target) {
+  return target.find("::") != std::string_view::npos || target.find('(') != std::string_view::npos;
+}
+
+// "SYMBOL+OFF": the '+' that starts an offset (decimal or 0x-hex). "operator+" and
+// "operator+=(...)" have a '+' that is part of the name.
+size_t offset_plus(std::string_view target) {
+  size_t plus = target.rfind('+');
+  if (plus == std::string_view::npos) return plus;
+  std::string_view after = target.substr(plus + 1);
+  if (ends_with_operator(target.substr(0, plus)) || target.substr(0, plus).ends_with('+'))
+    return std::string_view::npos;
+  if (after.find_first_of("()=,<> ") != std::string_view::npos) return std::string_view::npos;
+  return plus;
+}
+
+// Which of two aliases at one offset a user would rather read: "malloc" over "__libc_malloc".
+bool better_alias(const std::string &a, const std::string &b) {
+  bool a_plain = !a.starts_with('_'), b_plain = !b.starts_with('_');
+  if (a_plain != b_plain) return a_plain;
+  if (a.size() != b.size()) return a.size() < b.size();
+  return a < b;
+}
+
+}  // namespace
+
+std::string callable_name(const elf::Function &f) {
+  return f.hidden_version ? f.name + "@" + f.version : f.name;
+}
+
+std::string shown_name(const elf::Function &f) {
+  std::string name(f.name.starts_with("_Z") ? without_return_type(demangle(f.name)) : f.name);
+  return f.hidden_version ? name + "@" + f.version : name;
+}
+
+Result<ProbeSpec> parse_probe(std::string_view text) {
+  ProbeSpec spec;
+  spec.text = std::string(text);
+  std::string_view s = text;
+  // bpftrace's spelling; kept when nothing but SYMBOL would follow, so that a library really
+  // called "uprobe" can still be named.
+  if (s.starts_with("uprobe:") && file_colon(s.substr(7)) != std::string_view::npos) {
+    s.remove_prefix(7);
+  } else if (s.starts_with("uretprobe:") && file_colon(s.substr(10)) != std::string_view::npos) {
+    s.remove_prefix(10);
+    spec.returns = true;
+  }
+  size_t colon = file_colon(s);
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == s.size())
+    return bad_probe(text);
+  spec.file = std::string(s.substr(0, colon));
+  std::string_view target = s.substr(colon + 1);
+  spec.target = std::string(target);
+  if (target.find_first_of("\t\n\r\f\v") != std::string_view::npos || target.starts_with(' ') ||
+      target.ends_with(' ') ||
+      (target.find(' ') != std::string_view::npos && !blanks_allowed(target)))
+    return bad_probe(text);
+
+  if (target.starts_with("0x") || target.starts_with("0X")) {
+    auto off = elf::parse_offset(target);
+    if (!off) return bad_probe(text);
+    spec.kind = ProbeSpec::Kind::kOffset;
+    spec.offset = *off;
+  } else if (size_t plus = offset_plus(target); plus != std::string_view::npos) {
+    auto off = elf::parse_offset(target.substr(plus + 1));
+    std::string_view symbol = target.substr(0, plus);
+    // A glob with an offset would put a probe at an arbitrary byte of every match.
+    if (!off || symbol.empty() || is_glob(symbol)) return bad_probe(text);
+    spec.kind = ProbeSpec::Kind::kSymbolOffset;
+    spec.symbol = std::string(symbol);
+    spec.offset = *off;
+  } else {
+    spec.kind = is_glob(target) ? ProbeSpec::Kind::kGlob : ProbeSpec::Kind::kSymbol;
+    spec.symbol = std::string(target);
+  }
+  if (spec.returns && spec.kind != ProbeSpec::Kind::kSymbol && spec.kind != ProbeSpec::Kind::kGlob)
+    return fail(
+        EINVAL,
+        fmt::format("bad probe '{}': a return probe takes a function, not an offset", text));
+  return spec;
+}
+
+namespace {
+
+// Picks one function per offset among `functions` for which `selected(f, demangled name)` holds
+// (aliases: the better name), sorted by offset.
+template <typename Selected>
+std::vector<GlobMatch> select_functions(const std::vector<elf::Function> &functions,
+                                        Selected selected) {
+  std::map<std::string, std::set<uint64_t>> offsets_of_name;
+  for (const elf::Function &f : functions) offsets_of_name[callable_name(f)].insert(f.file_offset);
+
+  std::map<uint64_t, const elf::Function *> best;  // offset -> chosen function
+  for (const elf::Function &f : functions) {
+    // Only a C++ name is demangled: __cxa_demangle would read a plain "i" as "int".
+    std::string demangled = f.name.starts_with("_Z") ? demangle(f.name) : f.name;
+    if (!selected(f, demangled)) continue;
+    auto [it, inserted] = best.try_emplace(f.file_offset, &f);
+    if (!inserted && better_alias(callable_name(f), callable_name(*it->second))) it->second = &f;
+  }
+  std::vector<GlobMatch> out;
+  out.reserve(best.size());
+  for (auto &[offset, f] : best) {
+    std::string name = callable_name(*f);
+    bool by_offset = offsets_of_name[name].size() > 1;
+    out.push_back({std::move(name), offset, by_offset, shown_name(*f)});
+  }
+  return out;
+}
+
+}  // namespace
+
+namespace {
+
+// Where, in a demangled name, the name proper starts (after a template function's return type)
+// and where its parameter list starts (npos when it has none).
+std::pair<size_t, size_t> demangled_parts(std::string_view demangled) {
+  // The parameter list is the last parenthesised group; what follows it is a qualifier
+  // (" const", " &&") or a clone's " [clone .cold]".
+  size_t close = demangled.rfind(')');
+  if (close == std::string_view::npos) return {0, std::string_view::npos};
+  int depth = 0;
+  for (size_t i = close + 1; i-- > 0;) {
+    if (demangled[i] == ')') {
+      ++depth;
+    } else if (demangled[i] == '(' && --depth == 0) {
+      std::string_view name = demangled.substr(0, i);
+      // A template function's return type comes first ("void ns::run<int>(int)"): the name is
+      // what follows the last blank outside <...> and (...), unless an operator's name has blanks
+      // ("ns::A::operator int", "operator new").
+      if (name.find("operator") != std::string_view::npos) return {0, i};
+      int nested = 0;  // inside <...> or (...): "(anonymous namespace)::f"
+      for (size_t j = name.size(); j-- > 0;) {
+        if (name[j] == '>' || name[j] == ')')
+          ++nested;
+        else if ((name[j] == '<' || name[j] == '(') && nested > 0)
+          --nested;
+        else if (name[j] == ' ' && nested == 0)
+          return {j + 1, i};
+      }
+      return {0, i};
+    }
+  }
+  return {0, std::string_view::npos};
+}
+
+}  // namespace
+
+std::string_view without_return_type(std::string_view demangled) {
+  return demangled.substr(demangled_parts(demangled).first);
+}
+
+std::string_view without_parameters(std::string_view demangled) {
+  auto [start, params] = demangled_parts(demangled);
+  return demangled.substr(start, params == std::string_view::npos ? params : params - start);
+}
+
+std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
+                                   std::string_view pattern) {
+  std::string pat(pattern);
+  return select_functions(functions, [&](const elf::Function &f, const std::string &demangled) {
+    if (::fnmatch(pat.c_str(), f.name.c_str(), 0) == 0) return true;
+    if (demangled == f.name) return false;
+    std::string name(without_return_type(demangled));
+    return ::fnmatch(pat.c_str(), name.c_str(), 0) == 0;
+  });
+}
+
+std::vector<GlobMatch> match_demangled(const std::vector<elf::Function> &functions,
+                                       std::string_view name) {
+  bool with_parameters = name.find('(') != std::string_view::npos;
+  return select_functions(functions, [&](const elf::Function &f, const std::string &demangled) {
+    if (f.hidden_version || demangled == f.name) return false;  // not a C++ name
+    if (demangled == name || without_return_type(demangled) == name) return true;
+    // Without a parameter list the name means every overload, as in bpftrace; a clone (a
+    // function's cold part, "f(int) [clone .cold]") is not one.
+    return !with_parameters && demangled.find(" [clone ") == std::string::npos &&
+           without_parameters(demangled) == name;
+  });
+}
+
+namespace {
+
+bool g_unsafe_offsets = false;
+
+// Checks a non-glob location the way the engine will resolve it in the command; the resolved
+// location when this process could resolve it (an IFUNC of a library the CLI does not load is
+// left to the command).
+Result<std::optional<elf::ResolvedLocation>> check_location(const std::string &location,
+                                                            const std::string &path,
+                                                            const ProbeSpec &spec) {
+  auto resolved = elf::resolve_location(location);
+  if (resolved) return std::optional(std::move(*resolved));
+  if (spec.kind == ProbeSpec::Kind::kSymbol || spec.kind == ProbeSpec::Kind::kSymbolOffset) {
+    // The engine resolves an IFUNC (strlen, memcpy) by asking the dynamic linker of the process
+    // that has the library loaded, which fails here for a library usprobe itself does not load.
+    // The command will resolve it; here it is enough that the symbol exists.
+    auto file = elf::ElfFile::open(path);
+    if (file) {
+      auto fn = (*file)->find_function(spec.symbol);
+      if (fn && fn->ifunc) return std::optional<elf::ResolvedLocation>();
+    }
+  }
+  return std::unexpected(resolved.error());
+}
+
+// A FILE:SYMBOL or FILE:SYMBOL+OFF whose SYMBOL is no name of the file but a demangled C++ one:
+// its probes (several for an overloaded name without parameters), each checked as any other.
+// Empty when SYMBOL is a name of the file (or the spec is another kind): resolved as usual.
+Result<std::vector<Probe>> resolve_demangled(const ProbeSpec &spec, const std::string &path,
+                                             size_t index) {
+  std::vector<Probe> out;
+  if (spec.kind != ProbeSpec::Kind::kSymbol && spec.kind != ProbeSpec::Kind::kSymbolOffset)
+    return out;
+  auto file = elf::ElfFile::open(path);
+  if (!file) return out;  // resolved as usual, which says why
+  auto found = (*file)->find_function(spec.symbol);
+  if (found) return out;
+  auto matches = match_demangled((*file)->functions(), spec.symbol);
+  if (matches.empty()) {
+    bool cxx =
+        spec.symbol.find("::") != std::string::npos || spec.symbol.find('(') != std::string::npos;
+    if (!cxx) return out;  // the usual error, with its suggestion
+    return fail(ENOENT, fmt::format("{}: no function `{}`, by its mangled or demangled C++ name",
+                                    path, spec.symbol));
+  }
+  if (spec.kind == ProbeSpec::Kind::kSymbolOffset && matches.size() > 1) {
+    std::string names;
+    for (const GlobMatch &m : matches) names += (names.empty() ? "" : ", ") + m.shown;
+    return fail(EINVAL, fmt::format("bad probe '{}': `{}` names {} functions ({}): give the "
+                                    "parameters of one",
+                                    spec.text, spec.symbol, matches.size(), names));
+  }
+  const std::string prefix = spec.returns ? "uretprobe:" : "";
+  const uint64_t offset = spec.kind == ProbeSpec::Kind::kSymbolOffset ? spec.offset : 0;
+  for (const GlobMatch &m : matches) {
+    std::string target = m.by_offset ? fmt::format("{:#x}", m.offset + offset)
+                         : offset != 0 || spec.kind == ProbeSpec::Kind::kSymbolOffset
+                             ? fmt::format("{}+{:#x}", m.name, offset)
+                             : m.name;
+    std::string location = path + ":" + target;
+    auto resolved = elf::resolve_location(location);
+    if (!resolved) return std::unexpected(resolved.error());
+    if (auto ok = check_site(*resolved, spec.file + ":" + spec.target); !ok)
+      return std::unexpected(ok.error());
+    // The user's spelling when it names one function; each overload's own name otherwise.
+    std::string shown = matches.size() == 1 ? spec.target : m.shown;
+    out.push_back({prefix + spec.file + ":" + shown, prefix + location, index});
+  }
+  return out;
+}
+
+// A raw offset must start an instruction: a probe in the middle of one would relocate its tail as
+// another instruction. check_site decodes the enclosing function (its symbol, or in a stripped
+// file its FDE) from its start; where nothing gives the bounds, only --unsafe lets the offset
+// through. (SYMBOL+OFF always has bounds.)
+Result<void> check_instruction_start(const elf::ResolvedLocation &loc, const ProbeSpec &spec) {
+  const std::string name = spec.file + ":" + spec.target;
+  if (spec.kind == ProbeSpec::Kind::kOffset && loc.func_size == 0 && !g_unsafe_offsets &&
+      !loc.file->unwind_range_containing(loc.file_offset))
+    return fail(EINVAL, fmt::format("{}: no symbol or unwind information (.eh_frame) gives the "
+                                    "bounds of the code at offset {:#x}, so usprobe cannot check "
+                                    "that an instruction starts there; --unsafe probes it anyway",
+                                    name, loc.file_offset));
+  return check_site(loc, name);
+}
+
+}  // namespace
+
+void set_unsafe_offsets(bool unsafe) {
+  g_unsafe_offsets = unsafe;
+}
+
+Error entered_not_called(const Probe &probe) {
+  std::string name = probe.display;
+  if (name.starts_with("uretprobe:")) name.erase(0, 10);
+  return Error{EINVAL, fmt::format("{} is the program's entry point: it is entered, not called, so "
+                                   "it has no return to probe",
+                                   name)};
+}
+
+Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
+                                          LibraryFinder &finder) {
+  std::vector<Probe> out;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const ProbeSpec &spec = specs[i];
+    // Return probes keep bpftrace's prefix in reports and pass it to the engine in the plan.
+    const std::string prefix = spec.returns ? "uretprobe:" : "";
+    auto path = finder.find(spec.file);
+    if (!path) return std::unexpected(path.error());
+    auto by_demangled = resolve_demangled(spec, *path, i);
+    if (!by_demangled) return std::unexpected(by_demangled.error());
+    if (!by_demangled->empty()) {
+      out.insert(out.end(), by_demangled->begin(), by_demangled->end());
+      continue;
+    }
+    if (spec.kind != ProbeSpec::Kind::kGlob) {
+      std::string location = *path + ":" + spec.target;
+      auto loc = check_location(location, *path, spec);
+      if (!loc) return std::unexpected(loc.error());
+      Probe probe{prefix + spec.file + ":" + spec.target, prefix + location, i};
+      if (*loc) {
+        if (auto ok = check_instruction_start(**loc, spec); !ok) return std::unexpected(ok.error());
+        probe.entry_point = (*loc)->file->entry_offset() == (*loc)->file_offset;
+      }
+      if (probe.entry_point && spec.returns) return std::unexpected(entered_not_called(probe));
+      out.push_back(std::move(probe));
+      continue;
+    }
+    auto file = elf::ElfFile::open(*path);
+    if (!file) return std::unexpected(file.error());
+    if ((*file)->is_static_executable())
+      return fail(ENOEXEC, *path + ": statically linked: usprobe's agent cannot be loaded there");
+    auto matches = expand_glob((*file)->functions(), spec.symbol);
+    // The entry point (_start) is entered, not called: a glob leaves it out, as it would be
+    // refused for latency and for return probes, and is of no interest counted (once).
+    std::erase_if(matches, [&](const GlobMatch &m) { return (*file)->entry_offset() == m.offset; });
+    if (matches.empty())
+      return fail(ENOENT, fmt::format("no function in {} matches '{}'", *path, spec.symbol));
+    for (const GlobMatch &m : matches) {
+      std::string target = m.by_offset ? fmt::format("{:#x}", m.offset) : m.name;
+      out.push_back({prefix + spec.file + ":" + m.shown, prefix + *path + ":" + target, i});
+    }
+  }
+  return out;
+}
+
+}  // namespace usprobe::cli

@@ -1,0 +1,184 @@
+#include "session/session.h"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <map>
+
+#include "resolve/library_finder.h"
+#include "target/launch.h"
+
+namespace usprobe::cli {
+
+Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
+                                const std::vector<std::string> &command_argv) {
+  Session s;
+  auto command = check_command(command_argv);
+  if (!command) return std::unexpected(command.error());
+  s.command = std::move(*command);
+  LibraryFinder finder = LibraryFinder::for_command(s.command.elf, s.command.interp);
+  auto probes = resolve_probes(specs, finder);
+  if (!probes) return std::unexpected(probes.error());
+  s.probes = std::move(*probes);
+  auto agent = find_agent();
+  if (!agent) return std::unexpected(agent.error());
+  s.agent = std::move(*agent);
+  return s;
+}
+
+Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
+                               const std::vector<std::string> &command_argv,
+                               const std::function<Result<void>(const ProbeSpec &)> &check,
+                               std::vector<ProbeSpec> *specs_out) {
+  std::vector<ProbeSpec> specs;
+  for (const std::string &p : probe_args) {
+    auto spec = parse_probe(p);
+    if (!spec) return std::unexpected(spec.error());
+    if (check)
+      if (auto ok = check(*spec); !ok) return std::unexpected(ok.error());
+    specs.push_back(std::move(*spec));
+  }
+  auto session = prepare_session(specs, command_argv);
+  if (!session) return std::unexpected(session.error());
+  std::vector<Probe> unique;
+  std::set<std::string> seen;
+  for (Probe &p : session->probes)
+    if (seen.insert(p.location).second) unique.push_back(std::move(p));
+  session->probes = std::move(unique);
+  if (specs_out) *specs_out = std::move(specs);
+  return session;
+}
+
+namespace {
+
+// The file of a probe's location ("[uretprobe:]PATH:TARGET"; TARGET has no ':').
+std::string probe_file(const Probe &p) {
+  std::string_view loc = p.location;
+  if (loc.starts_with("uretprobe:")) loc.remove_prefix(10);
+  return std::string(loc.substr(0, loc.rfind(':')));
+}
+
+}  // namespace
+
+void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
+  for (const NoticeMessage &n : notices) {
+    switch (n.kind) {
+      case agent::kNoticeProbe: {
+        // Every process of the command says it again for the same probe: once is enough.
+        if (!reported_probes_.insert(n.probe).second) break;
+        std::string name = n.probe >= 0 && static_cast<size_t>(n.probe) < probes_.size()
+                               ? probes_[static_cast<size_t>(n.probe)].display
+                               : fmt::format("probe {}", n.probe);
+        fmt::print(stderr, "usprobe: pid {}: {} not placed: {}\n", n.pid, name, n.text);
+        break;
+      }
+      case agent::kNoticeOtherProgram:
+        print_other_program(n);
+        break;
+      case agent::kNoticeInfo:
+        if (verbose_) fmt::print(stderr, "usprobe: pid {}: {}\n", n.pid, n.text);
+        break;
+      default:
+        fmt::print(stderr, "usprobe: pid {}: {}\n", n.pid, n.text);
+    }
+  }
+  std::fflush(stderr);
+}
+
+// "usprobe: pid 1234: exe:main and 255 other probes on /usr/bin/python3.11 not placed: the process
+// runs /usr/bin/true", or for one probe "usprobe: pid 1234: exe:main not placed: the process runs
+// /usr/bin/true, not /usr/bin/python3.11".
+void NoticePrinter::print_other_program(const NoticeMessage &n) {
+  std::string_view text = n.text;
+  size_t blank = text.find(' ');
+  std::string_view count = text.substr(0, blank);
+  std::string_view runs = blank == std::string_view::npos ? "?" : text.substr(blank + 1);
+  bool known = n.probe >= 0 && static_cast<size_t>(n.probe) < probes_.size();
+  std::string first =
+      known ? probes_[static_cast<size_t>(n.probe)].display : fmt::format("probe {}", n.probe);
+  std::string file =
+      known ? probe_file(probes_[static_cast<size_t>(n.probe)]) : std::string("another program");
+  // The file's probes are left out of the "never loaded" lines: this line said why already.
+  other_program_files_.insert(file);
+  // Once for each program that ran instead (every `true` of a shell script would say the same);
+  // the other processes are counted at the end.
+  if (!other_programs_seen_.insert({file, std::string(runs)}).second && !verbose_) {
+    ++other_program_hidden_;
+    return;
+  }
+  uint64_t others = 0;
+  std::from_chars(count.data(), count.data() + count.size(), others);
+  others = others > 0 ? others - 1 : 0;
+  if (others == 0)
+    fmt::print(stderr, "usprobe: pid {}: {} not placed: the process runs {}, not {}\n", n.pid,
+               first, runs, file);
+  else
+    fmt::print(stderr,
+               "usprobe: pid {}: {} and {} other probes on {} not placed: the process runs {}\n",
+               n.pid, first, others, file, runs);
+}
+
+void NoticePrinter::finish(const Region &region, const ExitInfo &exit) {
+  if (other_program_hidden_ > 0)
+    fmt::print(stderr,
+               "usprobe: {} more processes ran one of those programs: their probes were not "
+               "placed either (-v lists them)\n",
+               other_program_hidden_);
+  if (uint32_t dropped = region.notices_dropped())
+    fmt::print(stderr, "usprobe: {} more notices from the agent were dropped\n", dropped);
+  // Something in the command wrote over the shared region: what broke the protocol was not read,
+  // and what was reported may lack what it held.
+  if (uint64_t corrupt = region.corrupt())
+    fmt::print(stderr,
+               "usprobe: {} corrupt records ignored (the shared region was written over; the "
+               "report may be incomplete)\n",
+               corrupt);
+  // Most often a set-user-ID program (the dynamic linker ignores LD_PRELOAD there) or one that
+  // replaced its environment before running anything else.
+  if (region.agents_started() == 0) {
+    fmt::print(stderr,
+               "usprobe: warning: the agent never started in the command: nothing was probed\n");
+    return;
+  }
+  // A library no process of the command loaded: its probes' zeros mean "never there", not "never
+  // called". Probes whose failure was reported already are left out. An interrupted command may
+  // not have got as far as loading it (or as the agent's placing anything): nothing is said then.
+  if (exit.interrupted) return;
+  std::vector<bool> placed = region.placed();
+  std::map<std::string, std::vector<size_t>> never;  // file -> probe indices
+  for (size_t i = 0; i < probes_.size() && i < placed.size(); ++i) {
+    if (placed[i] || reported_probes_.count(static_cast<int32_t>(i))) continue;
+    std::string file = probe_file(probes_[i]);
+    if (!other_program_files_.count(file)) never[file].push_back(i);
+  }
+  for (const auto &[file, indices] : never) {
+    if (indices.size() == 1)
+      fmt::print(stderr, "usprobe: {} was never loaded by the command: {} was not placed\n", file,
+                 probes_[indices[0]].display);
+    else
+      fmt::print(stderr,
+                 "usprobe: {} was never loaded by the command: its {} probes ({}, ...) were not "
+                 "placed\n",
+                 file, indices.size(), probes_[indices[0]].display);
+  }
+}
+
+Result<Output> Output::open(const std::string &path) {
+  if (path.empty()) return Output(stdout);
+  FILE *f = std::fopen(path.c_str(), "we");  // close-on-exec: the command does not need it
+  if (!f) return fail(errno, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  return Output(f);
+}
+
+Output::~Output() {
+  if (file_ && file_ != stdout) std::fclose(file_);
+}
+
+int report_error(const Error &error) {
+  fmt::print(stderr, "usprobe: {}\n", error.message);
+  return 2;
+}
+
+}  // namespace usprobe::cli

@@ -1,0 +1,70 @@
+// Watching the command while it runs: usprobe wakes every tick to read the region, every
+// interval to report, and when the command exits or a signal arrives.
+//
+// Signals. The command shares usprobe's process group, so Ctrl-C at the terminal reaches both:
+// usprobe does not forward a signal the kernel sent (si_code SI_KERNEL), the command has its own.
+// A SIGINT, SIGTERM, SIGHUP or SIGQUIT sent to usprobe alone (kill) is forwarded. Either way
+// usprobe keeps running until the command exits, to report what was gathered; a second SIGINT
+// kills the command (SIGKILL) for the user who does not want to wait.
+//
+// The output. When the reports go to a pipe whose reader is gone (`usprobe trace ... | head -3`),
+// usprobe stops writing them (the output is pointed at /dev/null), prints one line on stderr,
+// and ends the session as after a SIGINT: the command gets SIGINT, usprobe waits for it and
+// exits with its status. SIGPIPE is blocked in usprobe (a write to such a pipe fails with EPIPE
+// instead of killing it); the command starts with usprobe's original signal mask, as always.
+#pragma once
+
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <optional>
+
+#include "target/launch.h"
+
+namespace usprobe::cli {
+
+struct WatchOptions {
+  std::chrono::milliseconds tick{100};
+  std::optional<double> duration_s;  // -d: SIGINT to the command after this long
+  std::optional<double> interval_s;  // -i: on_interval this often
+  FILE *output = nullptr;            // where the reports go: watched for a reader that went away
+};
+
+struct ExitInfo {
+  std::optional<int> status;  // exit code, or 128 + signal; nullopt when it cannot be known
+  double elapsed_s = 0;       // from the start of the command to its exit
+  bool interrupted = false;   // usprobe interrupted it (a signal, -d, its output closed)
+};
+
+class Supervisor {
+ public:
+  // Blocks SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGPIPE from now on: they are read from a
+  // signalfd, so none is lost between starting the command and watching it.
+  Supervisor();
+  ~Supervisor();
+  Supervisor(const Supervisor &) = delete;
+  Supervisor &operator=(const Supervisor &) = delete;
+
+  // The signal mask the command must start with (usprobe's own, before the blocking).
+  const sigset_t &child_mask() const { return old_mask_; }
+  // Whether the output's reader went away during watch().
+  bool output_gone() const { return output_gone_; }
+
+  // Until the direct child exits: on_tick every tick, on_interval every interval. Grandchildren
+  // are not waited for. A write to options.output that fails because its reader is gone (in
+  // on_tick or on_interval) ends the session as described above.
+  ExitInfo watch(const Child &child, const WatchOptions &options,
+                 const std::function<void()> &on_tick, const std::function<void()> &on_interval);
+
+ private:
+  // The reader of `output` is gone: from now on it writes to /dev/null. True when it was.
+  bool drop_output(FILE *output);
+
+  sigset_t old_mask_;
+  int signal_fd_ = -1;
+  bool output_gone_ = false;
+};
+
+}  // namespace usprobe::cli

@@ -1,0 +1,214 @@
+#include "target/launch.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "protocol/protocol.h"
+#include "resolve/paths.h"
+
+extern char **environ;
+
+namespace usprobe::cli {
+namespace {
+
+constexpr const char *kAgentName = "libusprobe-agent.so";
+
+bool readable(const std::string &path) {
+  return ::access(path.c_str(), R_OK) == 0;
+}
+
+// The write end of the watchdog's pipe (launch.h); -1 when none was started.
+int g_watchdog_fd = -1;
+
+void dismiss_watchdog() {
+  if (g_watchdog_fd < 0) return;
+  char done = 'd';
+  [[maybe_unused]] ssize_t n = ::write(g_watchdog_fd, &done, 1);
+  ::close(g_watchdog_fd);
+  g_watchdog_fd = -1;
+}
+
+// The watchdog's life, in the forked process: it never returns.
+[[noreturn]] void watchdog(int pipe_fd, dev_t dev, ino_t ino) {
+  ::setsid();  // neither the terminal's signals nor the e2e tests' process-group kills reach it
+  // Nothing of usprobe's stays open in it (a pipe it held would keep a reader of usprobe's output
+  // waiting): /dev/null on 0-2, the pipe on 3, the rest closed.
+  int null = ::open("/dev/null", O_RDWR);
+  for (int fd = 0; fd <= 2; ++fd)
+    if (null >= 0 && null != fd) ::dup2(null, fd);
+  if (pipe_fd != 3) {
+    ::dup2(pipe_fd, 3);
+    pipe_fd = 3;
+  }
+  if (::syscall(SYS_close_range, 4u, ~0u, 0u) != 0)
+    for (int fd = 4; fd < 4096; ++fd) ::close(fd);
+  sigset_t all;
+  sigfillset(&all);
+  ::sigprocmask(SIG_BLOCK, &all, nullptr);  // only SIGKILL ends it
+  char c = 0;
+  ssize_t n;
+  while ((n = ::read(pipe_fd, &c, 1)) < 0 && errno == EINTR) {
+  }
+  if (n == 1) ::_exit(0);  // dismissed: usprobe ended as it should
+  pid_t self = ::getpid();
+  for (int round = 0; round < 500; ++round) {
+    std::vector<pid_t> left = processes_mapping(dev, ino, self);
+    if (left.empty()) break;
+    for (pid_t pid : left) ::kill(pid, SIGKILL);
+    ::usleep(10'000);
+  }
+  ::_exit(0);
+}
+
+// Starts the watchdog (launch.h) for the region behind `region_fd`, once per usprobe.
+void start_watchdog(int region_fd) {
+  if (g_watchdog_fd >= 0) return;
+  struct stat st;
+  if (::fstat(region_fd, &st) != 0) return;
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return;
+  std::fflush(nullptr);  // nothing buffered is written twice
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(p[0]);
+    ::close(p[1]);
+    return;
+  }
+  if (pid == 0) {
+    ::close(p[1]);
+    watchdog(p[0], st.st_dev, st.st_ino);
+  }
+  ::close(p[0]);
+  g_watchdog_fd = p[1];
+  std::atexit(dismiss_watchdog);
+}
+
+}  // namespace
+
+std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self) {
+  std::vector<pid_t> out;
+  DIR *proc = ::opendir("/proc");
+  if (!proc) return out;
+  // A maps line: address perms offset major:minor inode, blanks, pathname (a memfd's /memfd:NAME).
+  std::string device = fmt::format(" {:02x}:{:02x} {} ", major(dev), minor(dev), ino);
+  while (dirent *d = ::readdir(proc)) {
+    char *end = nullptr;
+    long pid = std::strtol(d->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0' || pid == self) continue;
+    std::ifstream maps(fmt::format("/proc/{}/maps", pid));
+    std::string line;
+    while (std::getline(maps, line)) {
+      if (line.find(device) == std::string::npos || line.find(" /memfd:") == std::string::npos)
+        continue;
+      out.push_back(static_cast<pid_t>(pid));
+      break;
+    }
+  }
+  ::closedir(proc);
+  return out;
+}
+
+Result<std::string> find_agent() {
+  std::vector<std::string> candidates;
+  if (const char *env = std::getenv("USPROBE_AGENT"); env && *env) {
+    candidates.push_back(env);  // set on purpose: no other place is tried
+  } else {
+    if (auto self = real_path("/proc/self/exe")) {
+      std::string dir = self->substr(0, self->rfind('/'));
+      candidates.push_back(dir + "/" + kAgentName);                          // the build tree
+      candidates.push_back(dir + "/../lib/x86_64-linux-gnu/" + kAgentName);  // Debian layout
+    }
+    candidates.push_back(std::string(USPROBE_INSTALL_LIBDIR) + "/" + kAgentName);
+  }
+  std::string looked;
+  for (const std::string &c : candidates) {
+    if (readable(c))
+      if (auto abs = real_path(c)) return *abs;  // LD_PRELOAD wants it absolute
+    looked += (looked.empty() ? "" : ", ") + c;
+  }
+  return fail(ENOENT, "agent library not found (looked in " + looked + ")");
+}
+
+std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd) {
+  std::string preload = agent;
+  std::vector<std::string> out;
+  for (char **e = env; e && *e; ++e) {
+    std::string_view var(*e);
+    if (var.starts_with("LD_PRELOAD=")) {
+      std::string_view old = var.substr(11);
+      if (!old.empty()) preload += ":" + std::string(old);
+      continue;
+    }
+    if (var.starts_with(std::string(agent::kEnvFd) + "=")) continue;
+    if (var.starts_with(std::string(agent::kEnvPath) + "=")) continue;
+    out.emplace_back(var);
+  }
+  out.push_back("LD_PRELOAD=" + preload);
+  out.push_back(std::string(agent::kEnvFd) + "=" + std::to_string(region_fd));
+  out.push_back(fmt::format("{}=/proc/{}/fd/{}", agent::kEnvPath, getpid(), region_fd));
+  return out;
+}
+
+Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
+                     const sigset_t &child_mask) {
+  // Everything the child needs is built before fork: between fork and exec it may only make
+  // async-signal-safe calls.
+  std::vector<std::string> env = command_environment(environ, agent, region_fd);
+  std::vector<char *> envp, argv;
+  for (std::string &e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  for (const std::string &a : command.argv) argv.push_back(const_cast<char *>(a.c_str()));
+  argv.push_back(nullptr);
+  // The exec's failure comes back through this pipe; its close-on-exec end reads as EOF when the
+  // exec succeeded.
+  start_watchdog(region_fd);
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0)
+    return fail(errno, std::string("pipe: ") + std::strerror(errno));
+
+  Child child;
+  child.started = std::chrono::steady_clock::now();
+  child.pid = ::fork();
+  if (child.pid < 0) {
+    int err = errno;
+    ::close(report[0]);
+    ::close(report[1]);
+    return fail(err, std::string("fork: ") + std::strerror(err));
+  }
+  if (child.pid == 0) {
+    ::close(report[0]);
+    ::sigprocmask(SIG_SETMASK, &child_mask, nullptr);
+    ::execve(command.path.c_str(), argv.data(), envp.data());
+    int err = errno;
+    [[maybe_unused]] ssize_t n = ::write(report[1], &err, sizeof err);
+    ::_exit(127);
+  }
+  ::close(report[1]);
+  int err = 0;
+  ssize_t n;
+  while ((n = ::read(report[0], &err, sizeof err)) < 0 && errno == EINTR) {
+  }
+  ::close(report[0]);
+  if (n == static_cast<ssize_t>(sizeof err)) {
+    while (::waitpid(child.pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    return fail(err, "cannot execute " + command.path + ": " + std::strerror(err));
+  }
+  return child;
+}
+
+}  // namespace usprobe::cli

@@ -1,0 +1,48 @@
+// Starting the command with usprobe's agent in it: LD_PRELOAD loads libusprobe-agent.so into the
+// command (and into everything it runs that inherits the environment), and USPROBE_AGENT_FD names
+// the inherited shared-memory region that holds the plan and receives the counts.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "target/command.h"
+
+namespace usprobe::cli {
+
+// libusprobe-agent.so: $USPROBE_AGENT, else beside the usprobe executable, else in the library
+// directory of its installation. Error: "agent library not found (looked in A, B, C)".
+Result<std::string> find_agent();
+
+struct Child {
+  pid_t pid = -1;
+  std::chrono::steady_clock::time_point started;
+};
+
+// The environment the command gets: `env` with LD_PRELOAD=<agent>[:<old LD_PRELOAD>] and
+// USPROBE_AGENT_FD=<fd>.
+std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd);
+
+// Forks and executes the command in usprobe's process group (it keeps the terminal), with
+// `child_mask` as its signal mask. Errors: the exec failed (with the reason).
+//
+// First it starts the watchdog: a process of its own (its own session, no terminal, nothing open
+// but a pipe whose other end only usprobe holds) that waits for usprobe to end. When usprobe
+// returns from main or calls exit, it dismisses the watchdog (atexit). When usprobe dies any other
+// way (SIGKILL, a crash), the pipe reads as closed without the dismissal, and the watchdog kills
+// (SIGKILL) every process that still has the shared region mapped, over and over until none is
+// left (a forking command), so that no process of the command is left running probed with
+// nobody reading what its probes write.
+Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
+                     const sigset_t &child_mask);
+
+// The processes other than `self` that map the memfd of device `dev` and inode `ino` (from
+// /proc/PID/maps): the processes of the command, for the watchdog.
+std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self);
+
+}  // namespace usprobe::cli
