@@ -1,0 +1,61 @@
+// Attaching to a running process: how the CLI hands a session to the agent it injects.
+//
+// The CLI (tools/usprobe/target/) seizes one thread of the target with ptrace and, by remote system
+// calls in it, has the target create everything the session needs, so that nothing has to cross
+// from the CLI's mount or pid namespace into the target's:
+//   - a memfd for the agent (named kAgentMemfdName), which the CLI fills through
+//     /proc/PID/fd/N; the target loads it as "/proc/self/fd/N";
+//   - a memfd for the shared region (named kRegionMemfdName), which the CLI opens through
+//     /proc/PID/fd/N, sizes and fills with the Header and plan (protocol.h) before the agent runs;
+//   - a pipe (close-on-exec): the CLI opens its write end through /proc/PID/fd/W and the target
+//     closes its own, so the CLI holds the only write end. The session ends when that write end
+//     is closed: by the CLI at the end of the session, or by the kernel when the CLI dies.
+// Then, in the seized thread, one remote call: pthread_create() of a small bootstrap (an
+// AttachBlock in the target's memory, target/bootstrap.c) and the thread is released. The
+// bootstrap's thread, not the seized one, loads the agent with the target's own dlopen() (a thread
+// interrupted while it held the loader or malloc lock carries on and releases it) and calls
+//
+//   int usprobe_agent_attach(int region_fd, int control_fd, char *message, size_t size);
+//
+// which maps the region, attaches the plan's probes in one batch on the running process, starts a
+// watcher thread that reads control_fd, and returns 0; or refuses with a negative errno and a
+// one-line reason in `message` (NUL-terminated): -EBUSY when another session holds this process
+// ("pid N is probed by another usprobe session"), -EPROTO for a region it cannot use. On a refusal
+// it closes region_fd and control_fd, and the process is as it was. Per-probe failures are notices
+// in the region, as in a launched command.
+//
+// When control_fd reads end of file, the watcher detaches every probe of the session (the
+// engine's live patching: the original bytes are back, no thread is left in a trampoline), adds
+// the engine's missed counts to the region, marks the process's ProcessRecord kProcessDetached,
+// unmaps the region and closes control_fd. The agent stays loaded, dormant: a later session finds
+// it in /proc/PID/maps (kAgentMemfdName) and calls usprobe_agent_attach again at its address,
+// without a second dlopen. A child forked during the session inherits the session (its probes, a
+// watcher of its own on the inherited control_fd, a ProcessRecord); an exec ends it for that
+// process (the new image has no agent).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace usprobe::agent {
+
+inline constexpr const char *kAgentMemfdName = "usprobe-agent";
+inline constexpr const char *kRegionMemfdName = "usprobe-region";
+inline constexpr const char *kAttachSymbol = "usprobe_agent_attach";
+
+using AttachFunction = int (*)(int region_fd, int control_fd, char *message, unsigned long size);
+
+// The process records of a session (Header::process_offset, Header::max_processes of them): one
+// per process that carries the session's probes (the target, and children it forks). An agent
+// claims a free record (compare-and-swap of pid 0 -> its pid) when its probes are attached, with
+// state kProcessAttached, and stores kProcessDetached (release) once they are all removed. The CLI
+// waits, at the end of a session, until every record whose process is alive says detached.
+inline constexpr uint32_t kProcessAttached = 1;
+inline constexpr uint32_t kProcessDetached = 2;
+
+struct ProcessRecord {
+  std::atomic<int32_t> pid;
+  std::atomic<uint32_t> state;
+};
+
+}  // namespace usprobe::agent
