@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
+#include <limits>
 #include <string_view>
 #include <system_error>
 
@@ -27,7 +28,8 @@ Probes (one argument each):
   FILE:0xOFF        a file offset
   An optional "uprobe:" prefix (bpftrace's spelling) is ignored.
 FILE is a path, "exe" (the command itself) or a short library name (libc, libsqlite3,
-libm.so.6), found the way the command's dynamic linker finds it.)";
+libm.so.6), found the way the command's dynamic linker finds it (with -p: among the libraries
+the process has loaded, and paths as the process sees them, in its mount namespace).)";
 
 constexpr const char *kTraceHelp = R"(
 Trace specs: a probe, then optionally a format and its arguments, in one argument:
@@ -38,9 +40,15 @@ first 63 bytes (--strlen), then "..." when it is longer; an unreadable one print
 <bad 0xADDR>. Each thread of the command writes its events into a buffer of its own (-b): an
 event that finds it full is lost, and the count of lost events ends the run.)";
 
+constexpr const char *kDurationHelp =
+    "stop after SECONDS: the command gets SIGINT; an attached session ends";
+
 void set_footer(CLI::App *sub, std::string_view extra) {
-  sub->footer(std::string(kProbeHelp) + std::string(extra) +
-              "\nThe command follows \"--\"; usprobe exits with its exit status.");
+  sub->footer(
+      std::string(kProbeHelp) + std::string(extra) +
+      "\nThe command follows \"--\"; usprobe exits with its exit status. With -p PID (once\n"
+      "or more) usprobe attaches to running processes instead, and removes its probes\n"
+      "from them when the session ends: on Ctrl-C, at -d, or when the last one exits.");
 }
 
 // CLI11's PositiveNumber prints the whole range of a double when it refuses a value.
@@ -145,10 +153,7 @@ int run_subcommand(int argc, char **argv) {
   count_cmd->add_option("PROBE", count.probes, "probes to count")->required();
   count_cmd->add_option("-i,--interval", count.interval_s, "report every SECONDS")
       ->check(seconds());
-  count_cmd
-      ->add_option("-d,--duration", count.duration_s,
-                   "interrupt the command (SIGINT) after SECONDS")
-      ->check(seconds());
+  count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)->check(seconds());
   count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
   count_cmd->add_flag("--per-pid", count.per_pid, "one row per process and probe");
@@ -183,10 +188,7 @@ int run_subcommand(int argc, char **argv) {
       ->check(CLI::IsMember({"ns", "us", "ms"}));
   latency_cmd->add_option("-i,--interval", latency.interval_s, "report every SECONDS")
       ->check(seconds());
-  latency_cmd
-      ->add_option("-d,--duration", latency.duration_s,
-                   "interrupt the command (SIGINT) after SECONDS")
-      ->check(seconds());
+  latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)->check(seconds());
   latency_cmd->add_option("-o,--output", latency.output, "write reports to FILE");
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
@@ -207,10 +209,7 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
   stacks_cmd->add_option("PROBE", stacks.probes, "probes whose stacks to count")->required();
   stacks_cmd->add_flag("--fp", stacks.frame_pointers,
                        "walk frame pointers only (cheaper; stops at code built without them)");
-  stacks_cmd
-      ->add_option("-d,--duration", stacks.duration_s,
-                   "interrupt the command (SIGINT) after SECONDS")
-      ->check(seconds());
+  stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)->check(seconds());
   stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
   stacks_cmd->add_flag("--folded", stacks.folded,
                        "folded stacks (comm;outermost;...;innermost COUNT), one per line");
@@ -224,6 +223,17 @@ without frame pointers) or, with --fp, frame pointers; at most 127 frames. The t
 per probe, each distinct stack innermost frame first, the process's name, then its count. Folded
 lines start with the process's name and, with several probes, end with the probe's name. Return
 probes (uretprobe:) are not supported.)");
+
+  trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)->check(seconds());
+  for (auto [sub, pids] :
+       {std::pair{count_cmd, &count.pids}, std::pair{trace_cmd, &trace.pids},
+        std::pair{latency_cmd, &latency.pids}, std::pair{stacks_cmd, &stacks.pids}})
+    sub->add_option("-p,--pid", *pids,
+                    "attach to the running process PID instead of starting a command (may be "
+                    "given several times)")
+        ->check(CLI::Range(1, std::numeric_limits<pid_t>::max()))
+        ->type_name("PID")
+        ->allow_extra_args(false);
 
   // bpftrace's name for "attach where I cannot check it is safe".
   bool unsafe = false;
@@ -253,16 +263,32 @@ probes (uretprobe:) are not supported.)");
 
   bool needs_command =
       count_cmd->parsed() || trace_cmd->parsed() || latency_cmd->parsed() || stacks_cmd->parsed();
-  if (needs_command && command.empty()) {
-    const char *name = count_cmd->parsed()     ? "count"
-                       : trace_cmd->parsed()   ? "trace"
-                       : latency_cmd->parsed() ? "latency"
-                                               : "stacks";
-    fmt::print(stderr, "usprobe: {}: {} (usage: usprobe {} PROBE... -- COMMAND [ARGS...])\n", name,
-               has_separator ? "no command after '--'" : "missing '--' and the command to run",
-               name);
+  const char *name = count_cmd->parsed()     ? "count"
+                     : trace_cmd->parsed()   ? "trace"
+                     : latency_cmd->parsed() ? "latency"
+                                             : "stacks";
+  std::vector<pid_t> &pids = count_cmd->parsed()     ? count.pids
+                             : trace_cmd->parsed()   ? trace.pids
+                             : latency_cmd->parsed() ? latency.pids
+                                                     : stacks.pids;
+  if (needs_command && !pids.empty() && has_separator) {
+    fmt::print(stderr,
+               "usprobe: {}: -p and a command after '--' exclude each other: attach to running "
+               "processes or start a command (usage: usprobe {} PROBE... -p PID | -- COMMAND "
+               "[ARGS...])\n",
+               name, name);
     return 2;
   }
+  if (needs_command && pids.empty() && command.empty()) {
+    fmt::print(
+        stderr, "usprobe: {}: {} (usage: usprobe {} PROBE... -- COMMAND [ARGS...], or -p PID)\n",
+        name, has_separator ? "no command after '--'" : "missing '--' and the command to run",
+        name);
+    return 2;
+  }
+  // -p 42 -p 42 is one process.
+  std::sort(pids.begin(), pids.end());
+  pids.erase(std::unique(pids.begin(), pids.end()), pids.end());
   if (!needs_command && has_separator) {
     fmt::print(stderr, "usprobe: list: unexpected '--' (it runs no command)\n");
     return 2;

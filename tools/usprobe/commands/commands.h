@@ -1,7 +1,10 @@
 // The subcommands, one file each (list.cc, count.cc, trace.cc, latency.cc, stacks.cc), behind one
-// entry point (cli.cc) that parses the command line. Each returns usprobe's exit status: 2 for its
-// own errors, otherwise the command's.
+// entry point (cli.cc) that parses the command line. Each probes a command it starts (COMMAND after
+// "--") or running processes (-p PID) and returns usprobe's exit status: 2 for its own errors,
+// otherwise the command's (0 for an attached session).
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <optional>
@@ -19,6 +22,7 @@ struct ListOptions {
 struct CountOptions {
   std::vector<std::string> probes;
   std::vector<std::string> command;
+  std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> interval_s, duration_s;
   std::string output;  // "" = stdout
   bool json = false, per_pid = false, verbose = false;
@@ -35,6 +39,8 @@ inline constexpr uint32_t kMaxStrlen = 4095;
 struct TraceOptions {
   std::vector<std::string> probes;  // probe, then an optional format and its arguments
   std::vector<std::string> command;
+  std::vector<pid_t> pids;  // -p: attach to these running processes instead
+  std::optional<double> duration_s;
   std::string output;
   bool json = false, verbose = false;
   uint64_t buffer_size = 0;          // --buffer-size: bytes per thread (0: kDefaultRingSize)
@@ -44,6 +50,7 @@ struct TraceOptions {
 struct LatencyOptions {
   std::vector<std::string> probes;  // function entries: FILE:SYMBOL or FILE:GLOB
   std::vector<std::string> command;
+  std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> interval_s, duration_s;
   std::string unit = "ns";  // ns, us or ms: the text report's table and numbers
   std::string output;       // "" = stdout
@@ -53,6 +60,7 @@ struct LatencyOptions {
 struct StacksOptions {
   std::vector<std::string> probes;  // FILE:SYMBOL, FILE:GLOB, FILE:SYMBOL+OFF, FILE:0xOFF
   std::vector<std::string> command;
+  std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> duration_s;
   std::string output;  // "" = stdout: the text report, or the folded stacks
   std::string svg;     // "" = none: where the flame graph goes

@@ -10,7 +10,6 @@
 #include "session/region.h"
 #include "session/session.h"
 #include "session/supervisor.h"
-#include "target/launch.h"
 
 namespace usprobe::cli {
 namespace {
@@ -24,12 +23,12 @@ struct Reporter {
   const std::vector<Probe> &probes;
   FILE *out;
 
-  void print(const Counts &counts, double elapsed_s, bool total, std::optional<int> status) {
+  void print(const Counts &counts, double elapsed_s, bool total, const ExitInfo &exit) {
     std::vector<ProbeTotal> rows = tally(probes, counts);
     if (options.json) {
-      fmt::print(out, "{}\n", dump_line(json_report(rows, elapsed_s, total, status)));
+      fmt::print(out, "{}\n", dump_line(json_report(rows, elapsed_s, total, exit.status)));
     } else {
-      fmt::print(out, "{}{}", report_heading(elapsed_s, total, status),
+      fmt::print(out, "{}{}", report_heading(elapsed_s, total, exit.ending),
                  text_report(rows, options.per_pid));
     }
     std::fflush(out);
@@ -39,7 +38,7 @@ struct Reporter {
 }  // namespace
 
 int run_count(const CountOptions &options) {
-  auto session = prepare_probes(options.probes, options.command);
+  auto session = prepare_probes(options.probes, {options.command, options.pids});
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
 
@@ -49,21 +48,19 @@ int run_count(const CountOptions &options) {
   for (const Probe &p : probes) plan.push_back({p.location, 0});
   RegionConfig config;
   config.mode = agent::kModeCount;
-  auto region = Region::create(config, plan);
-  if (!region) return report_error(region.error());
-
   Supervisor supervisor;
-  auto child = launch(session->command, session->agent, region->fd(), supervisor.child_mask());
-  if (!child) return report_error(child.error());
+  Target &target = *session->target;
+  auto region = target.start(config, plan, session->agent, supervisor);
+  if (!region) return report_error(region.error());
 
   NoticePrinter notices(probes, options.verbose);
   Reporter reporter{options, probes, output->file()};
   return report_while_running(
-      supervisor, *child, *region, notices,
+      supervisor, target, **region, notices,
       {kTick, options.duration_s, options.interval_s, output->file()}, Counts{},
-      [&] { return region->counts(); },
-      [&](const Counts &c, double elapsed, bool total, std::optional<int> status) {
-        reporter.print(c, elapsed, total, status);
+      [&] { return (*region)->counts(); },
+      [&](const Counts &c, double elapsed, bool total, const ExitInfo &exit) {
+        reporter.print(c, elapsed, total, exit);
       });
 }
 

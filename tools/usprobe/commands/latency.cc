@@ -19,7 +19,6 @@
 #include "session/session.h"
 #include "session/supervisor.h"
 #include "session/tsc_clock.h"
-#include "target/launch.h"
 
 namespace usprobe::cli {
 namespace {
@@ -92,7 +91,7 @@ struct Reporter {
   Unit unit;
   FILE *out;
 
-  void print(const Snapshot &s, double elapsed_s, bool total, std::optional<int> status) {
+  void print(const Snapshot &s, double elapsed_s, bool total, const ExitInfo &exit) {
     std::vector<LatencyRow> rows;
     for (size_t i = 0; i < probes.size(); ++i)
       rows.push_back({probes[i].display, s.histograms[i], s.missed[i]});
@@ -102,7 +101,7 @@ struct Reporter {
       std::fflush(out);
       return;
     }
-    fmt::print(out, "{}", report_heading(elapsed_s, total, status));
+    fmt::print(out, "{}", report_heading(elapsed_s, total, exit.ending));
     std::vector<std::string> idle;
     for (const LatencyRow &r : rows) {
       if (r.histogram.count == 0 && r.missed == 0) {
@@ -131,7 +130,8 @@ int run_latency(const LatencyOptions &options) {
     return report_error(
         {EINVAL, fmt::format("latency: unknown unit '{}' (expected ns, us or ms)", options.unit)});
   std::vector<ProbeSpec> specs;
-  auto session = prepare_probes(options.probes, options.command, check_function_entry, &specs);
+  auto session =
+      prepare_probes(options.probes, {options.command, options.pids}, check_function_entry, &specs);
   if (!session) return report_error(session.error());
   // A glob's cold parts are left out: they are jumped into, never called.
   std::vector<Probe> probes;
@@ -164,22 +164,20 @@ int run_latency(const LatencyOptions &options) {
   uint64_t stride = agent::latency_stride_for(static_cast<uint32_t>(plan.size()));
   config.max_slots =
       static_cast<uint32_t>(std::clamp<uint64_t>(kMaxRegionBytes / stride, kMinSlots, kMaxSlots));
-  auto region = Region::create(config, plan);
-  if (!region) return report_error(region.error());
-
   Supervisor supervisor;
-  auto child = launch(session->command, session->agent, region->fd(), supervisor.child_mask());
-  if (!child) return report_error(child.error());
+  Target &target = *session->target;
+  auto region = target.start(config, plan, session->agent, supervisor);
+  if (!region) return report_error(region.error());
 
   NoticePrinter notices(probes, options.verbose);
   Reporter reporter{options, probes, *unit, output->file()};
   return report_while_running(
-      supervisor, *child, *region, notices,
+      supervisor, target, **region, notices,
       {kTick, options.duration_s, options.interval_s, output->file()},
       Snapshot{std::vector<Histogram>(probes.size()), std::vector<uint64_t>(probes.size())},
-      [&] { return take(*region, probes.size()); },
-      [&](const Snapshot &s, double elapsed, bool total, std::optional<int> status) {
-        reporter.print(s, elapsed, total, status);
+      [&] { return take(**region, probes.size()); },
+      [&](const Snapshot &s, double elapsed, bool total, const ExitInfo &exit) {
+        reporter.print(s, elapsed, total, exit);
       });
 }
 

@@ -28,7 +28,6 @@
 #include "session/region.h"
 #include "session/session.h"
 #include "session/supervisor.h"
-#include "target/launch.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::cli {
@@ -193,7 +192,7 @@ int run_stacks(const StacksOptions &options) {
                                       spec.text));
     return {};
   };
-  auto session = prepare_probes(options.probes, options.command, refuse_returns);
+  auto session = prepare_probes(options.probes, {options.command, options.pids}, refuse_returns);
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
 
@@ -216,12 +215,11 @@ int run_stacks(const StacksOptions &options) {
   config.stack_flags = options.frame_pointers ? USPROBE_STACK_FP : 0;
   config.max_maps = kMaxMaps;
   config.maps_text_size = kMapsTextSize;
-  auto region = Region::create(config, plan);
-  if (!region) return report_error(region.error());
-
   Supervisor supervisor;
-  auto child = launch(session->command, session->agent, region->fd(), supervisor.child_mask());
-  if (!child) return report_error(child.error());
+  Target &target = *session->target;
+  auto started = target.start(config, plan, session->agent, supervisor);
+  if (!started) return report_error(started.error());
+  Region *region = *started;
 
   NoticePrinter notices(probes, options.verbose);
   Collector collector(*region);
@@ -229,8 +227,8 @@ int run_stacks(const StacksOptions &options) {
     collector.tick();
     notices.print(region->new_notices());
   };
-  ExitInfo exit = supervisor.watch(
-      *child, {kTick, options.duration_s, std::nullopt, output->file()}, tick, [] {});
+  ExitInfo exit = target.watch(
+      supervisor, {kTick, options.duration_s, std::nullopt, output->file()}, tick, [] {});
   // Grandchildren may still run: what they recorded so far is in their rings.
   tick();
 
@@ -252,7 +250,7 @@ int run_stacks(const StacksOptions &options) {
     for (const Probe &p : probes) names.push_back(p.display);
     FlameGraphOptions graph;
     graph.title = "usprobe stacks " + joined(names);
-    graph.subtitle = joined(session->command.argv);
+    graph.subtitle = target.description();
     if (graph.subtitle.size() > kMaxSubtitle)
       graph.subtitle = graph.subtitle.substr(0, kMaxSubtitle - 3) + "...";
     std::string document = render_flame_graph(build_flame_tree(folded_input), graph);
@@ -266,8 +264,8 @@ int run_stacks(const StacksOptions &options) {
   if (uint32_t dropped = region->maps_dropped())
     fmt::print(stderr, "usprobe: {} mapping snapshots found no room: some frames may be unnamed\n",
                dropped);
-  notices.finish(*region, exit);
-  return exit.status.value_or(1);
+  notices.finish(*region, exit, target.noun());
+  return exit_status(target, exit);
 }
 
 }  // namespace usprobe::cli

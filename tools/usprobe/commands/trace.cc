@@ -35,7 +35,6 @@
 #include "session/session.h"
 #include "session/supervisor.h"
 #include "session/tsc_clock.h"
-#include "target/launch.h"
 
 namespace usprobe::cli {
 namespace {
@@ -207,7 +206,7 @@ int run_trace(const TraceOptions &options) {
     trace_specs.push_back(std::move(*trace_spec));
     specs.push_back(std::move(*spec));
   }
-  auto session = prepare_session(specs, options.command);
+  auto session = prepare_session(specs, {options.command, options.pids});
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
   auto output = Output::open(options.output);
@@ -222,17 +221,16 @@ int run_trace(const TraceOptions &options) {
   config.mode = agent::kModeTrace;
   config.ring_size = ring_size_for(options.buffer_size);
   config.string_size = options.strlen + 1;
-  auto region = Region::create(config, plan);
-  if (!region) return report_error(region.error());
-
   TscClock clock;
   clock.calibrate();
   Supervisor supervisor;
   Printer printer(options, probes, trace_specs, clock, output->file());
+  Target &target = *session->target;
   printer.header();
   clock.mark_start();
-  auto child = launch(session->command, session->agent, region->fd(), supervisor.child_mask());
-  if (!child) return report_error(child.error());
+  auto started = target.start(config, plan, session->agent, supervisor);
+  if (!started) return report_error(started.error());
+  Region *region = *started;
 
   NoticePrinter notices(probes, options.verbose);
   // Drained and not printed yet (`batch`), drained while `batch` was being printed (`next`).
@@ -267,15 +265,16 @@ int run_trace(const TraceOptions &options) {
     printer.write();
     notices.print(region->new_notices());
   };
-  ExitInfo exit = supervisor.watch(
-      *child, {kTick, std::nullopt, std::nullopt, output->file()}, [&] { tick(false); }, [] {});
+  ExitInfo exit = target.watch(
+      supervisor, {kTick, options.duration_s, std::nullopt, output->file()}, [&] { tick(false); },
+      [] {});
   tick(true);
 
   uint64_t lost = 0;  // records dropped on full rings, and hits the engine skipped
   for (const auto &[key, c] : region->counts()) lost += c.missed;
   fmt::print(stderr, "usprobe: {} events, {} lost\n", printer.printed, lost);
-  notices.finish(*region, exit);
-  return exit.status.value_or(1);
+  notices.finish(*region, exit, target.noun());
+  return exit_status(target, exit);
 }
 
 }  // namespace usprobe::cli

@@ -116,10 +116,8 @@ std::string dump_line(const nlohmann::ordered_json &j) {
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
-std::string report_heading(double elapsed_s, bool total, std::optional<int> status) {
-  if (total)
-    return fmt::format("Total over {:.3f} s (exit status {}):\n", elapsed_s,
-                       status ? std::to_string(*status) : "unknown");
+std::string report_heading(double elapsed_s, bool total, std::string_view ending) {
+  if (total) return fmt::format("Total over {:.3f} s ({}):\n", elapsed_s, ending);
   std::time_t now = std::time(nullptr);
   std::tm local{};
   ::localtime_r(&now, &local);

@@ -34,7 +34,7 @@ std::string text_report(const std::vector<ProbeTotal> &rows, bool per_pid);
 
 // The first line of a text report: "[HH:MM:SS]" (local time) for an interval, "Total over S s
 // (exit status N):" at the end.
-std::string report_heading(double elapsed_s, bool total, std::optional<int> status);
+std::string report_heading(double elapsed_s, bool total, std::string_view ending);
 
 // {"type":"interval"|"total","elapsed_s":1.234,"exit_status":0,"probes":[{"probe":..,
 // "location":..,"hits":N,"missed":M,"pids":{"1234":N}}]}; exit_status only in a total (null when

@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gelf.h>
 #include <libelf.h>
 #include <spawn.h>
@@ -18,6 +19,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <utility>
 
 #include "elf/location.h"
@@ -242,6 +244,78 @@ LibraryFinder LibraryFinder::for_listing() {
   return LibraryFinder();
 }
 
+LibraryFinder LibraryFinder::for_process(pid_t pid) {
+  LibraryFinder f;
+  f.pid_ = pid;
+  // Another mount namespace (a container): its files are reached through its root. In ours the
+  // paths are used as they are, so that reports show them plainly.
+  char mine[64] = {}, theirs[64] = {};
+  std::string ns = fmt::format("/proc/{}/ns/mnt", pid);
+  if (::readlink("/proc/self/ns/mnt", mine, sizeof mine - 1) < 0 ||
+      ::readlink(ns.c_str(), theirs, sizeof theirs - 1) < 0 || std::string_view(mine) != theirs)
+    f.root_ = fmt::format("/proc/{}/root", pid);
+  char exe[4096];
+  ssize_t n = ::readlink(fmt::format("/proc/{}/exe", pid).c_str(), exe, sizeof exe - 1);
+  if (n > 0) {
+    std::string_view path(exe, static_cast<size_t>(n));
+    // An executable replaced since the process started (a package upgrade) is no longer a file
+    // that a probe can name.
+    if (path.ends_with(" (deleted)"))
+      f.exe_problem_ = fmt::format("pid {} runs {}, which was deleted or replaced since it started",
+                                   pid, path.substr(0, path.size() - 10));
+    else
+      f.exe_ = std::string(path);
+  } else {
+    f.exe_problem_ = fmt::format("cannot read /proc/{}/exe: {}", pid, std::strerror(errno));
+  }
+  // Mapped files, in the order of the maps: the program, then its libraries as they were loaded.
+  std::ifstream maps(fmt::format("/proc/{}/maps", pid));
+  std::string line;
+  while (std::getline(maps, line)) {
+    size_t slash = line.find(" /");
+    if (slash == std::string::npos || line.ends_with(" (deleted)")) continue;
+    std::string path = line.substr(slash + 1);
+    if (std::any_of(f.mapped_.begin(), f.mapped_.end(),
+                    [&](const LibraryEntry &e) { return e.path == path; }))
+      continue;
+    f.mapped_.push_back({std::string(basename_of(path)), path});
+  }
+  return f;
+}
+
+std::string LibraryFinder::target_location(const std::string &location) const {
+  if (root_.empty()) return location;
+  std::string_view prefix = location.starts_with("uretprobe:") ? "uretprobe:" : "";
+  std::string_view rest = std::string_view(location).substr(prefix.size());
+  if (!rest.starts_with(root_)) return location;
+  return std::string(prefix) + std::string(rest.substr(root_.size()));
+}
+
+Result<std::string> LibraryFinder::find_in_process(std::string_view file) {
+  if (file == "exe") {
+    if (exe_.empty()) return fail(ENOENT, exe_problem_);
+    return exe_;
+  }
+  if (file.find('/') != std::string_view::npos) {
+    if (!file.starts_with('/'))
+      return fail(EINVAL, fmt::format("{}: a relative path; give the file's absolute path as pid "
+                                      "{} sees it",
+                                      file, pid_));
+    std::string path(file);
+    if (::access(host_path(path).c_str(), R_OK) != 0)
+      return fail(errno, fmt::format("{}: {} (in pid {}'s mount namespace)", file,
+                                     std::strerror(errno), pid_));
+    // In our own namespace the real path, as for a command; in another one the kernel would
+    // follow an absolute symbolic link from our root, not the process's: the path as it is.
+    if (root_.empty()) return real_path(path).value_or(path);
+    return path;
+  }
+  if (auto path = first_match(mapped_, file)) return *path;
+  return fail(ENOENT, fmt::format("library '{}' is not loaded in pid {} (give its path to probe it "
+                                  "when the process loads it)",
+                                  file, pid_));
+}
+
 std::optional<std::string> LibraryFinder::from_command(std::string_view name) {
   if (!command_libs_) {
     auto out = capture({interp_, "--list", exe_});
@@ -287,6 +361,7 @@ bool names_own_exe(std::string_view file) {
 
 Result<std::string> LibraryFinder::find(std::string_view file) {
   if (file.empty()) return fail(EINVAL, "empty file name");
+  if (pid_ > 0) return find_in_process(file);
   if (!exe_.empty() && names_own_exe(file))
     return fail(EINVAL, std::string(file) +
                             " is usprobe's own program, not the command's: write 'exe' for the "

@@ -7,6 +7,8 @@
 // directories.
 #pragma once
 
+#include <sys/types.h>
+
 #include <optional>
 #include <string>
 #include <string_view>
@@ -46,6 +48,16 @@ class LibraryFinder {
   static LibraryFinder for_command(std::string exe, std::string interp);
   // For `usprobe list`: short names are looked up among the libraries mapped in usprobe itself.
   static LibraryFinder for_listing();
+  // For the probes of a running process (-p): "exe" is the program it runs, a short name one of
+  // the libraries it has mapped now, a path is as the process sees it, in its mount namespace.
+  // Paths returned are the process's; host_path() turns one into a path usprobe can open.
+  static LibraryFinder for_process(pid_t pid);
+
+  // A path that find() returned, as usprobe opens it: the same path, or for a process in another
+  // mount namespace, the path through its root (/proc/PID/root/...).
+  std::string host_path(const std::string &path) const { return root_ + path; }
+  // A location ("[uretprobe:]PATH:TARGET") whose PATH host_path() made, with the process's path.
+  std::string target_location(const std::string &location) const;
 
   // The absolute path, symbolic links resolved, of the file `file` names. Errors: "library
   // 'libfoo' not found for /usr/bin/x (not a path, not among its libraries, not in its library
@@ -58,7 +70,13 @@ class LibraryFinder {
   std::optional<std::string> from_cache(std::string_view name);
   std::optional<std::string> from_search_dirs(std::string_view name);
 
-  std::string exe_, interp_;                                       // empty for listing
+  Result<std::string> find_in_process(std::string_view file);
+
+  std::string exe_, interp_;          // empty for listing
+  pid_t pid_ = 0;                     // for_process: the process, its root when it is not ours,
+  std::string root_;                  // its mapped files (the kernel's paths, so no symbolic
+  std::vector<LibraryEntry> mapped_;  // links), and why exe_ is empty when it is
+  std::string exe_problem_;
   std::optional<std::vector<LibraryEntry>> command_libs_, cache_;  // read on first use
   std::optional<std::vector<std::string>> search_dirs_;            // dlopen_search_dirs for exe_
 };

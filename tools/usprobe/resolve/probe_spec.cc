@@ -361,12 +361,21 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     const ProbeSpec &spec = specs[i];
     // Return probes keep bpftrace's prefix in reports and pass it to the engine in the plan.
     const std::string prefix = spec.returns ? "uretprobe:" : "";
-    auto path = finder.find(spec.file);
-    if (!path) return std::unexpected(path.error());
+    auto found = finder.find(spec.file);
+    if (!found) return std::unexpected(found.error());
+    // Checked through the path usprobe opens; the plan gets the path the process sees.
+    const std::string host = finder.host_path(*found);
+    const std::string *path = &host;
+    const size_t first = out.size();
+    auto as_seen = [&] {
+      for (size_t k = first; k < out.size(); ++k)
+        out[k].location = finder.target_location(out[k].location);
+    };
     auto by_demangled = resolve_demangled(spec, *path, i);
     if (!by_demangled) return std::unexpected(by_demangled.error());
     if (!by_demangled->empty()) {
       out.insert(out.end(), by_demangled->begin(), by_demangled->end());
+      as_seen();
       continue;
     }
     if (spec.kind != ProbeSpec::Kind::kGlob) {
@@ -380,6 +389,7 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
       }
       if (probe.entry_point && spec.returns) return std::unexpected(entered_not_called(probe));
       out.push_back(std::move(probe));
+      as_seen();
       continue;
     }
     auto file = elf::ElfFile::open(*path);
@@ -396,6 +406,7 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
       std::string target = m.by_offset ? fmt::format("{:#x}", m.offset) : m.name;
       out.push_back({prefix + spec.file + ":" + m.shown, prefix + *path + ":" + target, i});
     }
+    as_seen();
   }
   return out;
 }

@@ -12,13 +12,13 @@
 
 namespace usprobe::cli {
 
-Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
-                                const std::vector<std::string> &command_argv) {
+Result<Session> prepare_session(const std::vector<ProbeSpec> &specs, const TargetRequest &request) {
   Session s;
-  auto command = check_command(command_argv);
-  if (!command) return std::unexpected(command.error());
-  s.command = std::move(*command);
-  LibraryFinder finder = LibraryFinder::for_command(s.command.elf, s.command.interp);
+  auto target =
+      request.pids.empty() ? Target::launched(request.command) : Target::attached(request.pids);
+  if (!target) return std::unexpected(target.error());
+  s.target = std::move(*target);
+  LibraryFinder finder = s.target->finder();
   auto probes = resolve_probes(specs, finder);
   if (!probes) return std::unexpected(probes.error());
   s.probes = std::move(*probes);
@@ -29,7 +29,7 @@ Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
 }
 
 Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
-                               const std::vector<std::string> &command_argv,
+                               const TargetRequest &request,
                                const std::function<Result<void>(const ProbeSpec &)> &check,
                                std::vector<ProbeSpec> *specs_out) {
   std::vector<ProbeSpec> specs;
@@ -40,7 +40,7 @@ Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
       if (auto ok = check(*spec); !ok) return std::unexpected(ok.error());
     specs.push_back(std::move(*spec));
   }
-  auto session = prepare_session(specs, command_argv);
+  auto session = prepare_session(specs, request);
   if (!session) return std::unexpected(session.error());
   std::vector<Probe> unique;
   std::set<std::string> seen;
@@ -120,7 +120,7 @@ void NoticePrinter::print_other_program(const NoticeMessage &n) {
                n.pid, first, others, file, runs);
 }
 
-void NoticePrinter::finish(const Region &region, const ExitInfo &exit) {
+void NoticePrinter::finish(const Region &region, const ExitInfo &exit, const std::string &noun) {
   if (other_program_hidden_ > 0)
     fmt::print(stderr,
                "usprobe: {} more processes ran one of those programs: their probes were not "
@@ -138,8 +138,8 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit) {
   // Most often a set-user-ID program (the dynamic linker ignores LD_PRELOAD there) or one that
   // replaced its environment before running anything else.
   if (region.agents_started() == 0) {
-    fmt::print(stderr,
-               "usprobe: warning: the agent never started in the command: nothing was probed\n");
+    fmt::print(stderr, "usprobe: warning: the agent never started in {}: nothing was probed\n",
+               noun);
     return;
   }
   // A library no process of the command loaded: its probes' zeros mean "never there", not "never
@@ -155,13 +155,13 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit) {
   }
   for (const auto &[file, indices] : never) {
     if (indices.size() == 1)
-      fmt::print(stderr, "usprobe: {} was never loaded by the command: {} was not placed\n", file,
+      fmt::print(stderr, "usprobe: {} was never loaded by {}: {} was not placed\n", file, noun,
                  probes_[indices[0]].display);
     else
       fmt::print(stderr,
-                 "usprobe: {} was never loaded by the command: its {} probes ({}, ...) were not "
+                 "usprobe: {} was never loaded by {}: its {} probes ({}, ...) were not "
                  "placed\n",
-                 file, indices.size(), probes_[indices[0]].display);
+                 file, noun, indices.size(), probes_[indices[0]].display);
   }
 }
 
@@ -174,6 +174,10 @@ Result<Output> Output::open(const std::string &path) {
 
 Output::~Output() {
   if (file_ && file_ != stdout) std::fclose(file_);
+}
+
+int exit_status(const Target &target, const ExitInfo &exit) {
+  return target.is_attached() ? 0 : exit.status.value_or(1);
 }
 
 int report_error(const Error &error) {

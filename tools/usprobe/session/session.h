@@ -1,5 +1,6 @@
-// What `count` and `trace` share: everything checked before the command starts (the command, the
-// probes, the agent), and the agent's notices printed while it runs.
+// What the commands share: everything checked before the session starts (the command or the
+// processes to attach to, the probes, the agent), the agent's notices printed while it runs, and
+// the run of count and latency.
 #pragma once
 
 #include <cstdio>
@@ -13,28 +14,33 @@
 #include "resolve/probe_spec.h"
 #include "session/region.h"
 #include "session/supervisor.h"
-#include "target/command.h"
-#include "target/launch.h"
+#include "target/target.h"
 
 namespace usprobe::cli {
 
+// What the session probes: the command to start (COMMAND after "--") or the running processes to
+// attach to (-p PID, one or more); the command line gives one or the other.
+struct TargetRequest {
+  std::vector<std::string> command;
+  std::vector<pid_t> pids;
+};
+
 struct Session {
-  Command command;
+  std::unique_ptr<Target> target;
   std::vector<Probe> probes;
   std::string agent;  // absolute path of libusprobe-agent.so
 };
 
-// Checks the command, resolves the probes for it and finds the agent, in that order; the first
+// Checks the target, resolves the probes for it and finds the agent, in that order; the first
 // error is returned and nothing has been started.
-Result<Session> prepare_session(const std::vector<ProbeSpec> &specs,
-                                const std::vector<std::string> &command_argv);
+Result<Session> prepare_session(const std::vector<ProbeSpec> &specs, const TargetRequest &request);
 
 // The PROBE arguments of count, latency and stacks: parsed, each checked by `check` (when given:
 // a subcommand's own refusals), resolved for the command as prepare_session does, and each
 // location kept once (libc:malloc and libc:mall* name one). `specs`, when not null, receives the
 // parsed specs (Probe::spec_index points into them).
 Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
-                               const std::vector<std::string> &command_argv,
+                               const TargetRequest &request,
                                const std::function<Result<void>(const ProbeSpec &)> &check = {},
                                std::vector<ProbeSpec> *specs = nullptr);
 
@@ -49,7 +55,8 @@ class NoticePrinter {
       : probes_(probes), verbose_(verbose) {}
   void print(const std::vector<NoticeMessage> &notices);
   // At the end: notices the region had no room for, and a command the agent never started in.
-  void finish(const Region &region, const ExitInfo &exit);
+  // `noun` names the target in those lines ("the command", "pid 1234").
+  void finish(const Region &region, const ExitInfo &exit, const std::string &noun = "the command");
 
  private:
   void print_other_program(const NoticeMessage &n);
@@ -78,14 +85,18 @@ class Output {
   FILE *file_ = nullptr;
 };
 
-// The run of count and latency, from the started command to its exit: every tick frees the slots
-// of threads that have exited and prints the agents' notices; every interval (-i) reports what
-// changed since the last report; at the end, the totals. `take()` reads a Snapshot from the
+// usprobe's exit status at the end of a session: a launched command's (1 when it cannot be
+// known); 0 for an attached session, which ends the way the user asked.
+int exit_status(const Target &target, const ExitInfo &exit);
+
+// The run of count and latency, from the start of the session to its end: every tick frees the
+// slots of threads that have exited and prints the agents' notices; every interval (-i) reports
+// what changed since the last report; at the end, the totals. `take()` reads a Snapshot from the
 // region, `subtract(a, b)` is what a holds beyond b, and `print(snapshot, elapsed_s, total,
-// status)` reports one. `reported` starts as an empty snapshot. Returns the command's exit status
-// (1 when it cannot be known).
+// ending)` reports one. `reported` starts as an empty snapshot. Returns usprobe's exit status: a
+// launched command's (1 when it cannot be known), 0 for an attached session.
 template <typename Snapshot, typename Take, typename Print>
-int report_while_running(Supervisor &supervisor, const Child &child, Region &region,
+int report_while_running(Supervisor &supervisor, Target &target, Region &region,
                          NoticePrinter &notices, WatchOptions watch, Snapshot reported, Take take,
                          Print print) {
   TraceBatch no_events;  // these modes have no rings
@@ -96,16 +107,16 @@ int report_while_running(Supervisor &supervisor, const Child &child, Region &reg
   auto interval = [&] {
     Snapshot now = take();
     double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - child.started).count();
-    print(subtract(now, reported), elapsed, false, std::nullopt);
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - target.started()).count();
+    print(subtract(now, reported), elapsed, false, ExitInfo{});
     reported = std::move(now);
   };
-  ExitInfo exit = supervisor.watch(child, watch, tick, interval);
+  ExitInfo exit = target.watch(supervisor, watch, tick, interval);
   // Grandchildren may still run: what they gathered so far is in their live slots.
   tick();
-  print(take(), exit.elapsed_s, true, exit.status);
-  notices.finish(region, exit);
-  return exit.status.value_or(1);
+  print(take(), exit.elapsed_s, true, exit);
+  notices.finish(region, exit, target.noun());
+  return exit_status(target, exit);
 }
 
 // Prints "usprobe: <message>" on stderr and returns 2, usprobe's own failure status.

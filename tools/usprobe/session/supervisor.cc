@@ -4,8 +4,6 @@
 #include <fmt/format.h>
 #include <poll.h>
 #include <sys/signalfd.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,32 +20,6 @@ using Clock = std::chrono::steady_clock;
 
 std::chrono::nanoseconds from_seconds(double s) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
-}
-
-// A pidfd becomes readable when the process exits, which wakes poll at once instead of at the
-// next tick. Without one (kernels before 5.3) the tick alone notices the exit.
-int open_pidfd(pid_t pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-}
-
-std::optional<int> decode_status(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return std::nullopt;
-}
-
-// The command died of SIGTRAP. usprobe keeps SIGTRAP deliverable wherever a program blocks it
-// through libc (src/os/linux/signal_guard.h), and applies the program's own SIGTRAP disposition to
-// traps that are not usprobe's; what it cannot see is a mask set by a raw system call, or glibc's
-// own windows with every signal blocked (a thread's start and exit, posix_spawn's child), where
-// the kernel kills a thread that reaches an int3 site. Or the program raised SIGTRAP itself.
-void explain_sigtrap() {
-  fmt::print(stderr,
-             "usprobe: the command was killed by SIGTRAP: unless it raised that itself, a thread "
-             "reached an int3 probe site while it blocked SIGTRAP where usprobe cannot unblock it "
-             "(a raw system call, glibc's thread start or exit, posix_spawn); -v counts the "
-             "probes on the int3 path\n");
-  std::fflush(stderr);
 }
 
 }  // namespace
@@ -89,27 +61,30 @@ bool dead_end(int fd) {
 
 }  // namespace
 
-bool Supervisor::drop_output(FILE *output) {
+bool Supervisor::drop_output(FILE *output, std::string_view consequence) {
   if (dead_end(STDERR_FILENO)) silence(stderr);  // 2>&1 | head: stderr went with it
   if (output_gone_ || !output) return false;
   output_gone_ = true;
   silence(output);
-  fmt::print(stderr, "usprobe: the output was closed: interrupting the command\n");
+  fmt::print(stderr, "usprobe: the output was closed: {}\n", consequence);
   std::fflush(stderr);
   return true;
 }
 
-ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
+ExitInfo Supervisor::watch(const Watched &watched, const WatchOptions &options,
                            const std::function<void()> &on_tick,
                            const std::function<void()> &on_interval) {
-  int pidfd = open_pidfd(child.pid);
   // time_point::max(): never (no -d, no -i).
   constexpr Clock::time_point kNever = Clock::time_point::max();
   Clock::time_point stop_at = kNever, next_interval = kNever;
-  if (options.duration_s) stop_at = child.started + from_seconds(*options.duration_s);
-  if (options.interval_s) next_interval = child.started + from_seconds(*options.interval_s);
+  if (options.duration_s) stop_at = watched.started + from_seconds(*options.duration_s);
+  if (options.interval_s) next_interval = watched.started + from_seconds(*options.interval_s);
   bool interrupted = false;
   ExitInfo info;
+  auto interrupt = [&](int sig, bool from_kernel) {
+    watched.interrupt(sig, from_kernel, interrupted);
+    interrupted = true;  // from now on as after Ctrl-C
+  };
 
   while (true) {
     Clock::time_point now = Clock::now();
@@ -118,13 +93,13 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
         std::chrono::ceil<std::chrono::milliseconds>(std::max(wake - now, Clock::duration()));
     // The output is polled for nothing but errors: a pipe whose reader closed it reports POLLERR.
     int output_fd = options.output && !output_gone_ ? ::fileno(options.output) : -1;
-    pollfd fds[3] = {{signal_fd_, POLLIN, 0}, {output_fd, 0, 0}, {pidfd, POLLIN, 0}};
-    ::poll(fds, pidfd >= 0 ? 3 : 2, static_cast<int>(wait.count()));
-    // As if the user had pressed Ctrl-C: the command is interrupted, then reported on.
+    std::vector<pollfd> fds = {{signal_fd_, POLLIN, 0}, {output_fd, 0, 0}};
+    for (int fd : watched.wake_fds)
+      if (fd >= 0) fds.push_back({fd, POLLIN, 0});
+    ::poll(fds.data(), fds.size(), static_cast<int>(wait.count()));
+    // As if the user had pressed Ctrl-C: the session is interrupted, then reported on.
     auto output_closed = [&] {
-      if (!drop_output(options.output)) return;
-      ::kill(child.pid, interrupted ? SIGKILL : SIGINT);
-      interrupted = true;
+      if (drop_output(options.output, watched.output_closed)) interrupt(SIGINT, false);
     };
     if (output_fd >= 0 && (fds[1].revents & POLLERR)) output_closed();
 
@@ -137,28 +112,16 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
           output_closed();
         continue;
       }
-      if (si.ssi_signo == SIGINT && interrupted) {
-        ::kill(child.pid, SIGKILL);
-      } else if (si.ssi_code != SI_KERNEL) {
-        ::kill(child.pid, static_cast<int>(si.ssi_signo));  // the terminal's went to it already
-      }
-      interrupted = true;
+      interrupt(static_cast<int>(si.ssi_signo), si.ssi_code == SI_KERNEL);
     }
     if (stop_at != kNever && Clock::now() >= stop_at) {
       stop_at = kNever;
-      ::kill(child.pid, SIGINT);
-      interrupted = true;  // from now on as after Ctrl-C: a SIGINT to usprobe kills the command
+      interrupt(SIGINT, false);
     }
 
-    int status = 0;
-    pid_t done = ::waitpid(child.pid, &status, WNOHANG);
-    if (done == child.pid || (done < 0 && errno == ECHILD)) {
-      info.elapsed_s = std::chrono::duration<double>(Clock::now() - child.started).count();
+    if (watched.ended(info)) {
+      info.elapsed_s = std::chrono::duration<double>(Clock::now() - watched.started).count();
       info.interrupted = interrupted;
-      if (done == child.pid) {
-        info.status = decode_status(status);
-        if (WIFSIGNALED(status) && WTERMSIG(status) == SIGTRAP) explain_sigtrap();
-      }
       break;
     }
     // fmt::print throws when a write fails: a reader that left between the poll and the write.
@@ -179,7 +142,6 @@ ExitInfo Supervisor::watch(const Child &child, const WatchOptions &options,
       while (next_interval <= Clock::now()) next_interval += step;
     }
   }
-  if (pidfd >= 0) ::close(pidfd);
   return info;
 }
 

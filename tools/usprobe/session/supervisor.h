@@ -1,5 +1,7 @@
-// Watching the command while it runs: usprobe wakes every tick to read the region, every
-// interval to report, and when the command exits or a signal arrives.
+// Watching the session while it runs: usprobe wakes every tick to read the region, every
+// interval to report, and when a watched process exits or a signal arrives. What a signal does and
+// when the session is over is the target's (target/target.h): a launched command is interrupted
+// and waited for, as described below; an attached session just ends.
 //
 // Signals. The command shares usprobe's process group, so Ctrl-C at the terminal reaches both:
 // usprobe does not forward a signal the kernel sent (si_code SI_KERNEL), the command has its own.
@@ -21,7 +23,9 @@
 #include <functional>
 #include <optional>
 
-#include "target/launch.h"
+#include <string>
+#include <string_view>
+#include <vector>
 
 namespace usprobe::cli {
 
@@ -36,6 +40,25 @@ struct ExitInfo {
   std::optional<int> status;  // exit code, or 128 + signal; nullopt when it cannot be known
   double elapsed_s = 0;       // from the start of the command to its exit
   bool interrupted = false;   // usprobe interrupted it (a signal, -d, its output closed)
+  // How the session ended, for the total's heading: "exit status 0", "pid 1234 exited",
+  // "detached from pid 1234".
+  std::string ending;
+};
+
+// What the supervisor watches (target/target.h fills it in).
+struct Watched {
+  std::chrono::steady_clock::time_point started;
+  // Readable when a watched process exits (pidfds): they wake the wait at once instead of at the
+  // next tick.
+  std::vector<int> wake_fds;
+  // usprobe was asked to stop: `sig` (SIGINT for -d and for an output that was closed) sent by
+  // `from_kernel` (the terminal's, which reached a launched command's group too) or by a process;
+  // `again` when this is not the first time.
+  std::function<void(int sig, bool from_kernel, bool again)> interrupt;
+  // Whether the session is over; if so fills `info` but for elapsed_s and interrupted.
+  std::function<bool(ExitInfo &info)> ended;
+  // What a closed output leads to, for the line that says so: "interrupting the command".
+  std::string output_closed;
 };
 
 class Supervisor {
@@ -52,15 +75,15 @@ class Supervisor {
   // Whether the output's reader went away during watch().
   bool output_gone() const { return output_gone_; }
 
-  // Until the direct child exits: on_tick every tick, on_interval every interval. Grandchildren
-  // are not waited for. A write to options.output that fails because its reader is gone (in
-  // on_tick or on_interval) ends the session as described above.
-  ExitInfo watch(const Child &child, const WatchOptions &options,
+  // Until `watched` says the session is over: on_tick every tick, on_interval every interval.
+  // A write to options.output that fails because its reader is gone (in on_tick or on_interval)
+  // interrupts the session as described above.
+  ExitInfo watch(const Watched &watched, const WatchOptions &options,
                  const std::function<void()> &on_tick, const std::function<void()> &on_interval);
 
  private:
   // The reader of `output` is gone: from now on it writes to /dev/null. True when it was.
-  bool drop_output(FILE *output);
+  bool drop_output(FILE *output, std::string_view consequence);
 
   sigset_t old_mask_;
   int signal_fd_ = -1;

@@ -1,0 +1,175 @@
+// A long-running process for `usprobe ... -p PID` (attach_test.cc): threads caught in the middle of
+// what servers do when a probe arrives, and a main thread that calls the probed function exactly as
+// often as it is told.
+//
+//   attach_target CONTROL_FIFO READ_FIFO
+//
+// Threads: one in nanosleep (50 ms at a time; a sleep that ends early or with EINTR is counted),
+// one in read() on READ_FIFO (an EINTR is counted), one in a futex wait (an EINTR is counted), one
+// calling attach_spin() as fast as it can, and one that blocks every signal (pthread_sigmask) and
+// sleeps. The main thread prints
+//   ready pid=PID driven=0xADDR bytes=HEX32
+// (attach_driven's address and its first 16 code bytes, before anything is probed), then reads
+// lines from CONTROL_FIFO:
+//   call N    calls attach_driven N times, then prints "called N"
+//   fork N    forks a child that calls attach_driven N times, prints "child PID called N" and stays
+//             alive (pause) until it is killed
+//   quit      stops the threads and prints "eintr=E short=S reads=R spins>0=B", then exits 0
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static atomic_int g_stop;
+static atomic_int g_eintr, g_short;
+static atomic_long g_reads, g_spins;
+static uint32_t g_futex;  // 0 = wait; the main thread stores 1 and wakes at quit
+static const char *g_read_fifo;
+static volatile long g_sink;
+
+__attribute__((noinline, used)) long attach_driven(long x) {
+  g_sink += x;
+  __asm__ volatile("" ::: "memory");
+  return g_sink;
+}
+
+__attribute__((noinline, used)) long attach_spin(long x) {
+  g_sink ^= x;
+  __asm__ volatile("" ::: "memory");
+  return g_sink;
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void *sleeper(void *arg) {
+  (void)arg;
+  while (!atomic_load(&g_stop)) {
+    struct timespec want = {0, 50 * 1000 * 1000};
+    double t0 = now_s();
+    int rc = nanosleep(&want, NULL);
+    if (rc != 0 && errno == EINTR) atomic_fetch_add(&g_eintr, 1);
+    if (now_s() - t0 < 0.0499) atomic_fetch_add(&g_short, 1);
+  }
+  return NULL;
+}
+
+static void *reader(void *arg) {
+  (void)arg;
+  int fd = open(g_read_fifo, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NULL;
+  char buf[256];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0) {
+      atomic_fetch_add(&g_reads, n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      atomic_fetch_add(&g_eintr, 1);
+      continue;
+    }
+    break;  // end of file: the test closed its end at quit
+  }
+  close(fd);
+  return NULL;
+}
+
+static void *futex_waiter(void *arg) {
+  (void)arg;
+  while (__atomic_load_n(&g_futex, __ATOMIC_ACQUIRE) == 0) {
+    long rc = syscall(SYS_futex, &g_futex, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    if (rc != 0 && errno == EINTR) atomic_fetch_add(&g_eintr, 1);
+  }
+  return NULL;
+}
+
+static void *spinner(void *arg) {
+  (void)arg;
+  long i = 0;
+  while (!atomic_load(&g_stop)) {
+    attach_spin(++i);
+    atomic_store_explicit(&g_spins, i, memory_order_relaxed);
+  }
+  return NULL;
+}
+
+static void *blocker(void *arg) {
+  (void)arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  while (!atomic_load(&g_stop)) {
+    struct timespec want = {0, 20 * 1000 * 1000};
+    nanosleep(&want, NULL);
+  }
+  return NULL;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: attach_target CONTROL_FIFO READ_FIFO\n");
+    return 2;
+  }
+  g_read_fifo = argv[2];
+  int blocks = getenv("ATTACH_TARGET_BLOCKER") != NULL;
+  pthread_t threads[5];
+  int n = 0;
+  pthread_create(&threads[n++], NULL, sleeper, NULL);
+  pthread_create(&threads[n++], NULL, reader, NULL);
+  pthread_create(&threads[n++], NULL, futex_waiter, NULL);
+  pthread_create(&threads[n++], NULL, spinner, NULL);
+  if (blocks) pthread_create(&threads[n++], NULL, blocker, NULL);
+
+  const unsigned char *code = (const unsigned char *)(uintptr_t)&attach_driven;
+  printf("ready pid=%d driven=%p bytes=", (int)getpid(), (void *)code);
+  for (int i = 0; i < 16; ++i) printf("%02x", code[i]);
+  printf("\n");
+  fflush(stdout);
+
+  FILE *control = fopen(argv[1], "re");
+  if (!control) {
+    perror(argv[1]);
+    return 1;
+  }
+  char line[128];
+  while (fgets(line, sizeof line, control)) {
+    long count = 0;
+    if (sscanf(line, "call %ld", &count) == 1) {
+      for (long i = 0; i < count; ++i) attach_driven(i);
+      printf("called %ld\n", count);
+    } else if (sscanf(line, "fork %ld", &count) == 1) {
+      fflush(stdout);
+      pid_t pid = fork();
+      if (pid == 0) {
+        for (long i = 0; i < count; ++i) attach_driven(i);
+        printf("child %d called %ld\n", (int)getpid(), count);
+        fflush(stdout);
+        for (;;) pause();
+      }
+    } else if (strncmp(line, "quit", 4) == 0) {
+      break;
+    }
+    fflush(stdout);
+  }
+  atomic_store(&g_stop, 1);
+  __atomic_store_n(&g_futex, 1, __ATOMIC_RELEASE);
+  syscall(SYS_futex, &g_futex, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  for (int i = 0; i < n; ++i) pthread_join(threads[i], NULL);
+  printf("eintr=%d short=%d reads=%ld spins>0=%d\n", atomic_load(&g_eintr),
+         atomic_load(&g_short), atomic_load(&g_reads), atomic_load(&g_spins) > 0);
+  return 0;
+}

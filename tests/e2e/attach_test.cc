@@ -1,0 +1,166 @@
+// `usprobe COMMAND -p PID`: attaching to a process that runs already (attach_target.c), counting
+// exactly what it does from the moment the probe is in place, and leaving it as it was found: the
+// original code bytes back, in it and in the child it forked during the session, no system call
+// of any of its threads interrupted, and a second session working as the first did.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include "e2e_support.h"
+
+namespace {
+
+using namespace e2e;
+
+// attach_driven's address and its first 16 bytes before anything was probed (hex), as the target
+// read them itself.
+struct Driven {
+  uint64_t address = 0;
+  std::string bytes;
+};
+
+// The target, with its two FIFOs: the control lines it reads, and the pipe its reader thread
+// blocks on. The FIFOs' write ends are held here; closing the read FIFO's at quit ends that thread.
+class AttachTarget {
+ public:
+  explicit AttachTarget(const TempDir &dir, const std::string &program = ATTACH_TARGET)
+      : control_path_(dir.file("control")), read_path_(dir.file("read")) {
+    ::mkfifo(control_path_.c_str(), 0600);
+    ::mkfifo(read_path_.c_str(), 0600);
+    process_ =
+        std::make_unique<Process>(std::vector<std::string>{program, control_path_, read_path_});
+    // Opening a FIFO for writing waits for its reader: the target opens both at its start.
+    read_ = ::open(read_path_.c_str(), O_WRONLY | O_CLOEXEC);
+    if (!process_->wait_for_stdout("\n", 10s)) return;
+    std::smatch m;
+    const std::string &out = process_->out_so_far();
+    if (std::regex_search(out, m, std::regex(R"(driven=0x([0-9a-f]+) bytes=([0-9a-f]{32}))"))) {
+      driven_.address = std::stoull(m[1].str(), nullptr, 16);
+      driven_.bytes = m[2].str();
+    }
+    control_ = ::open(control_path_.c_str(), O_WRONLY | O_CLOEXEC);
+  }
+  ~AttachTarget() {
+    if (control_ >= 0) ::close(control_);
+    if (read_ >= 0) ::close(read_);
+  }
+
+  bool ready() const { return driven_.address != 0 && control_ >= 0 && read_ >= 0; }
+  pid_t pid() const { return process_->pid(); }
+  const Driven &driven() const { return driven_; }
+  Process &process() { return *process_; }
+
+  void send(const std::string &line) {
+    std::string text = line + "\n";
+    ASSERT_EQ(::write(control_, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  }
+  void poke() { ASSERT_EQ(::write(read_, "x", 1), 1); }
+  // Stops the target: its last line says whether any of its threads saw EINTR or slept short.
+  Output quit() {
+    send("quit");
+    ::close(read_);
+    read_ = -1;
+    return process_->finish(30s);
+  }
+
+ private:
+  std::string control_path_, read_path_;
+  std::unique_ptr<Process> process_;
+  int control_ = -1, read_ = -1;
+  Driven driven_;
+};
+
+// 16 code bytes of `pid` at `address`, as hex, read through /proc/PID/mem ("" when unreadable).
+std::string code_bytes(pid_t pid, uint64_t address) {
+  int fd = ::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  unsigned char buf[16];
+  ssize_t n = ::pread(fd, buf, sizeof buf, static_cast<off_t>(address));
+  ::close(fd);
+  if (n != sizeof buf) return "";
+  std::string hex;
+  char two[3];
+  for (unsigned char b : buf) {
+    std::snprintf(two, sizeof two, "%02x", b);
+    hex += two;
+  }
+  return hex;
+}
+
+// Waits until the code at the driven function differs from the original (the probe is in place),
+// while the CLI still runs.
+bool wait_patched(pid_t pid, const Driven &d, Process &cli, std::chrono::milliseconds limit) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    std::string now = code_bytes(pid, d.address);
+    if (!now.empty() && now != d.bytes) return true;
+    if (::kill(cli.pid(), 0) != 0) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+
+// Ends a session as Ctrl-C would (SIGINT to the CLI alone) and collects its output.
+Output end_session(Process &cli) {
+  ::kill(cli.pid(), SIGINT);
+  return cli.finish(30s);
+}
+
+// The pid of the child the target forked, from its "child PID called N" line.
+pid_t child_pid(const std::string &out) {
+  std::smatch m;
+  if (!std::regex_search(out, m, std::regex(R"(child ([0-9]+) called)"))) return -1;
+  return static_cast<pid_t>(std::stol(m[1].str()));
+}
+
+TEST(Attach, CountsExactlyAndLeavesTheProcessAndItsChildAsTheyWere) {
+  TempDir dir;
+  AttachTarget target(dir);
+  ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
+  const Driven &d = target.driven();
+  pid_t child = -1;
+  // Two sessions, one after the other, on the same process: the second finds the process as the
+  // first left it.
+  for (int session = 1; session <= 2; ++session) {
+    SCOPED_TRACE("session " + std::to_string(session));
+    const int calls = session == 1 ? 1000 : 600;
+    Process usprobe({cli(), "count", "--json", "-p", std::to_string(target.pid()),
+                     "exe:attach_driven", "exe:attach_spin"});
+    ASSERT_TRUE(wait_patched(target.pid(), d, usprobe, 20s)) << end_session(usprobe).describe();
+    target.poke();  // the reader thread's read() returns once, mid-session
+    target.send("call " + std::to_string(calls));
+    ASSERT_TRUE(target.process().wait_for_stdout("called " + std::to_string(calls), 10s));
+    if (session == 1) {
+      target.send("fork 250");
+      ASSERT_TRUE(target.process().wait_for_stdout("called 250", 10s));
+      child = child_pid(target.process().out_so_far());
+      ASSERT_GT(child, 0);
+      EXPECT_NE(code_bytes(child, d.address), d.bytes) << "the child carries the probe";
+    }
+    Output r = end_session(usprobe);
+    ASSERT_EQ(r.exit_code(), 0) << r.describe();
+    Json total = only_total(r);
+    EXPECT_EQ(hits_of(total, "exe:attach_driven"), session == 1 ? 1250u : 600u) << r.out;
+    EXPECT_GT(hits_of(total, "exe:attach_spin"), 0u) << r.out;
+    // Every process that carried the probes has its original code again, and still runs.
+    EXPECT_EQ(code_bytes(target.pid(), d.address), d.bytes);
+    if (session == 1) {
+      EXPECT_EQ(code_bytes(child, d.address), d.bytes) << "the child forked during the session";
+      EXPECT_EQ(::kill(child, 0), 0);
+    }
+  }
+  if (child > 0) ::kill(child, SIGKILL);
+  Output last = target.quit();
+  ASSERT_EQ(last.exit_code(), 0) << last.describe();
+  EXPECT_NE(last.out.find("eintr=0 short=0 reads=2 spins>0=1"), std::string::npos) << last.out;
+}
+
+}  // namespace
