@@ -16,8 +16,9 @@
 /* Where the bootstrap stopped (AttachBlock.stage). */
 #define USPROBE_STAGE_DLOPEN 1 /* dlopen() failed: message holds dlerror() */
 #define USPROBE_STAGE_DLSYM 2  /* the agent has no usprobe_agent_attach: message holds dlerror() */
-#define USPROBE_STAGE_ATTACH 3 /* usprobe_agent_attach returned `result` (0, or -errno + message) \
-                                */
+#define USPROBE_STAGE_ATTACH                                           \
+  3 /* usprobe_agent_attach returned `result` (0, or -errno + message) \
+     */
 
 struct AttachBlock {
   /* Filled in by the CLI: addresses in the target. `attach` is the loaded agent's

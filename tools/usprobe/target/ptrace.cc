@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -39,6 +40,10 @@ Result<std::unique_ptr<SeizedThread>> SeizedThread::seize(pid_t pid, pid_t tid,
   if (ptrace_request(PTRACE_SEIZE, tid, 0, 0) != 0) {
     int e = errno;
     if (e == ESRCH) return fail(ESRCH, fmt::format("pid {}: no such process", pid));
+    if (e == EPERM)
+      return fail(e, fmt::format("pid {}: ptrace: not permitted (another user's process, "
+                                 "kernel.yama.ptrace_scope, or a process that is not dumpable)",
+                                 pid));
     return fail(e, fmt::format("pid {}: ptrace: {}", pid, errno_text(e)));
   }
   t->attached_ = true;
@@ -63,7 +68,7 @@ Result<std::unique_ptr<SeizedThread>> SeizedThread::seize(pid_t pid, pid_t tid,
     if (ptrace_request(PTRACE_GETSIGINFO, tid, 0, reinterpret_cast<uint64_t>(&info)) == 0)
       t->pending_.push_back(info);
     if (ptrace_request(PTRACE_CONT, tid, 0, 0) != 0)
-      return fail(errno, fmt::format("pid {}: ptrace: {}", pid, errno_text(errno)));
+      return std::unexpected(t->ptrace_error("ptrace"));
   }
   t->stop_ = Stop::kEvent;
   t->stopped_at_ = Clock::now();
@@ -77,8 +82,10 @@ SeizedThread::~SeizedThread() {
 }
 
 Result<int> SeizedThread::wait_stop(Clock::time_point deadline) {
-  // Polled, so that a stop that never comes ends in a timeout; the interval grows to 1 ms.
-  auto interval = std::chrono::microseconds(10);
+  // Polled, so that a stop that never comes ends in a timeout. The interval grows to 100 us, which
+  // the thread's stop time is counted in, then, after 100 ms of waiting, to 1 ms.
+  auto interval = std::chrono::microseconds(5);
+  auto patient = Clock::now() + std::chrono::milliseconds(100);
   for (;;) {
     int status = 0;
     pid_t r = ::waitpid(tid_, &status, __WALL | WNOHANG);
@@ -97,13 +104,25 @@ Result<int> SeizedThread::wait_stop(Clock::time_point deadline) {
     }
     if (Clock::now() >= deadline) return fail(ETIMEDOUT, "timed out");
     std::this_thread::sleep_for(interval);
-    interval = std::min(interval * 2, std::chrono::microseconds(1000));
+    auto cap = std::chrono::microseconds(Clock::now() < patient ? 100 : 1000);
+    interval = std::min(interval * 2, cap);
   }
+}
+
+Error SeizedThread::ptrace_error(const char *what) {
+  int e = errno;
+  // ptrace answers ESRCH for a tracee that is not in a stop: it is only asked while the thread is
+  // stopped, so the thread has died (the process was killed, or exec'd in another thread).
+  if (e == ESRCH) {
+    gone_ = true;
+    return Error{ESRCH, fmt::format("pid {} exited during the attach", pid_)};
+  }
+  return Error{e, fmt::format("pid {}: {}: {}", pid_, what, errno_text(e))};
 }
 
 Result<void> SeizedThread::save() {
   if (ptrace_request(PTRACE_GETREGS, tid_, 0, reinterpret_cast<uint64_t>(&regs_)) != 0)
-    return fail(errno, fmt::format("pid {}: reading registers: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("reading registers"));
   xstate_.assign(kXstateMax, 0);
   iovec iov{xstate_.data(), xstate_.size()};
   xstate_type_ = NT_X86_XSTATE;
@@ -112,39 +131,38 @@ Result<void> SeizedThread::save() {
     xstate_type_ = NT_PRFPREG;
     iov = {xstate_.data(), xstate_.size()};
     if (ptrace_request(PTRACE_GETREGSET, tid_, NT_PRFPREG, reinterpret_cast<uint64_t>(&iov)) != 0)
-      return fail(errno, fmt::format("pid {}: reading FP registers: {}", pid_, errno_text(errno)));
+      return std::unexpected(ptrace_error("reading FP registers"));
   }
   xstate_.resize(iov.iov_len);
   if (ptrace_request(PTRACE_GETSIGMASK, tid_, sizeof sigmask_,
                      reinterpret_cast<uint64_t>(&sigmask_)) != 0)
-    return fail(errno, fmt::format("pid {}: reading the signal mask: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("reading the signal mask"));
   saved_ = true;
   // Everything blocked but the two signals that end a single step and a remote call.
   uint64_t held = ~0ull & ~(1ull << (SIGTRAP - 1)) & ~(1ull << (SIGSEGV - 1));
   dirty_ = true;
   if (ptrace_request(PTRACE_SETSIGMASK, tid_, sizeof held, reinterpret_cast<uint64_t>(&held)) != 0)
-    return fail(errno, fmt::format("pid {}: setting the signal mask: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("setting the signal mask"));
   return {};
 }
 
 Result<void> SeizedThread::set_regs(const user_regs_struct &regs) {
   dirty_ = true;
   if (ptrace_request(PTRACE_SETREGS, tid_, 0, reinterpret_cast<uint64_t>(&regs)) != 0)
-    return fail(errno, fmt::format("pid {}: setting registers: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("setting registers"));
   return {};
 }
 
 Result<void> SeizedThread::restore() {
   if (!saved_ || gone_) return {};
   if (ptrace_request(PTRACE_SETREGS, tid_, 0, reinterpret_cast<uint64_t>(&regs_)) != 0)
-    return fail(errno, fmt::format("pid {}: restoring registers: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("restoring registers"));
   iovec iov{xstate_.data(), xstate_.size()};
   if (ptrace_request(PTRACE_SETREGSET, tid_, xstate_type_, reinterpret_cast<uint64_t>(&iov)) != 0)
-    return fail(errno, fmt::format("pid {}: restoring FP registers: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("restoring FP registers"));
   if (ptrace_request(PTRACE_SETSIGMASK, tid_, sizeof sigmask_,
                      reinterpret_cast<uint64_t>(&sigmask_)) != 0)
-    return fail(errno,
-                fmt::format("pid {}: restoring the signal mask: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("restoring the signal mask"));
   dirty_ = false;
   return {};
 }
@@ -153,11 +171,8 @@ Result<user_regs_struct> SeizedThread::run_until(int request, int expected,
                                                  Clock::time_point deadline) {
   int deliver = 0;
   for (;;) {
-    if (ptrace_request(request, tid_, 0, deliver) != 0) {
-      int e = errno;
-      if (e == ESRCH) gone_ = true;
-      return fail(e, fmt::format("pid {}: ptrace: {}", pid_, errno_text(e)));
-    }
+    if (ptrace_request(request, tid_, 0, deliver) != 0)
+      return std::unexpected(ptrace_error("ptrace"));
     auto status = wait_stop(deadline);
     if (!status) return std::unexpected(status.error());
     if ((*status >> 16) != 0) {  // an event stop (interrupt, group stop): carry on
@@ -167,12 +182,12 @@ Result<user_regs_struct> SeizedThread::run_until(int request, int expected,
     stop_ = Stop::kSignal;
     siginfo_t info{};
     if (ptrace_request(PTRACE_GETSIGINFO, tid_, 0, reinterpret_cast<uint64_t>(&info)) != 0)
-      return fail(errno, fmt::format("pid {}: ptrace: {}", pid_, errno_text(errno)));
+      return std::unexpected(ptrace_error("ptrace"));
     // The kernel's own SIGTRAP or SIGSEGV (si_code > 0) is ours; one sent by kill() is not.
     if (info.si_signo == expected && info.si_code > 0) {
       user_regs_struct regs{};
       if (ptrace_request(PTRACE_GETREGS, tid_, 0, reinterpret_cast<uint64_t>(&regs)) != 0)
-        return fail(errno, fmt::format("pid {}: reading registers: {}", pid_, errno_text(errno)));
+        return std::unexpected(ptrace_error("reading registers"));
       return regs;
     }
     pending_.push_back(info);  // handed back at release()
@@ -246,7 +261,7 @@ Result<uint64_t> SeizedThread::call(uint64_t function, std::array<uint64_t, 6> a
 
 Result<void> SeizedThread::interrupt_and_wait(Clock::time_point deadline) {
   if (ptrace_request(PTRACE_INTERRUPT, tid_, 0, 0) != 0)
-    return fail(errno, fmt::format("pid {}: ptrace interrupt: {}", pid_, errno_text(errno)));
+    return std::unexpected(ptrace_error("ptrace interrupt"));
   for (;;) {
     auto status = wait_stop(deadline);
     if (!status) return std::unexpected(status.error());
@@ -259,7 +274,7 @@ Result<void> SeizedThread::interrupt_and_wait(Clock::time_point deadline) {
         !(info.si_code > 0 && (info.si_signo == SIGTRAP || info.si_signo == SIGSEGV)))
       pending_.push_back(info);
     if (ptrace_request(PTRACE_CONT, tid_, 0, 0) != 0)
-      return fail(errno, fmt::format("pid {}: ptrace: {}", pid_, errno_text(errno)));
+      return std::unexpected(ptrace_error("ptrace"));
   }
 }
 
@@ -293,30 +308,47 @@ double SeizedThread::stopped_ms() const {
   return std::chrono::duration<double, std::milli>(end - stopped_at_).count();
 }
 
-Result<void> read_memory(pid_t pid, uint64_t address, std::span<uint8_t> out) {
-  int fd = ::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return fail(errno, fmt::format("pid {}: /proc/{}/mem: {}", pid, pid, errno_text(errno)));
-  ssize_t n = ::pread(fd, out.data(), out.size(), static_cast<off_t>(address));
+namespace {
+
+// Whether pid is still a live process (not gone, not a zombie).
+bool alive(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = std::fopen(path, "re");
+  if (!f) return false;
+  char buf[512] = {0};
+  size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  const char *close = std::strrchr(buf, ')');
+  return n > 0 && close && close[1] == ' ' && close[2] != 'Z' && close[2] != 'X';
+}
+
+// /proc/PID/mem at `address`, read or written; a process that died meanwhile says so.
+Result<void> access_memory(pid_t pid, uint64_t address, void *data, size_t size, bool write) {
+  int fd =
+      ::open(fmt::format("/proc/{}/mem", pid).c_str(), (write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  ssize_t n = -1;
   int e = errno;
-  ::close(fd);
-  if (n != static_cast<ssize_t>(out.size()))
-    return fail(n < 0 ? e : EIO, fmt::format("pid {}: reading {:#x}: {}", pid, address,
-                                             errno_text(n < 0 ? e : EIO)));
-  return {};
+  if (fd >= 0) {
+    n = write ? ::pwrite(fd, data, size, static_cast<off_t>(address))
+              : ::pread(fd, data, size, static_cast<off_t>(address));
+    e = n < 0 ? errno : EIO;
+    ::close(fd);
+  }
+  if (n == static_cast<ssize_t>(size)) return {};
+  if (!alive(pid)) return fail(ESRCH, fmt::format("pid {} exited during the attach", pid));
+  return fail(e, fmt::format("pid {}: {} {:#x}: {}", pid, write ? "writing" : "reading", address,
+                             errno_text(e)));
+}
+
+}  // namespace
+
+Result<void> read_memory(pid_t pid, uint64_t address, std::span<uint8_t> out) {
+  return access_memory(pid, address, out.data(), out.size(), false);
 }
 
 Result<void> write_memory(pid_t pid, uint64_t address, std::span<const uint8_t> data) {
-  int fd = ::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0)
-    return fail(errno, fmt::format("pid {}: /proc/{}/mem: {}", pid, pid, errno_text(errno)));
-  ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(address));
-  int e = errno;
-  ::close(fd);
-  if (n != static_cast<ssize_t>(data.size()))
-    return fail(n < 0 ? e : EIO, fmt::format("pid {}: writing {:#x}: {}", pid, address,
-                                             errno_text(n < 0 ? e : EIO)));
-  return {};
+  return access_memory(pid, address, const_cast<uint8_t *>(data.data()), data.size(), true);
 }
 
 }  // namespace usprobe::cli

@@ -82,6 +82,8 @@ class SeizedThread {
   Result<void> interrupt_and_wait(std::chrono::steady_clock::time_point deadline);
   Result<int> wait_stop(std::chrono::steady_clock::time_point deadline);
   Result<void> set_regs(const user_regs_struct &regs);
+  // The error for a failed ptrace request (errno): "pid N exited during the attach" for ESRCH.
+  Error ptrace_error(const char *what);
 
   pid_t pid_;
   pid_t tid_;
