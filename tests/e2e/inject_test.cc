@@ -25,7 +25,9 @@
 #include <vector>
 
 #include "e2e_support.h"
+#include "elf/elf_file.h"
 #include "target/inject.h"
+#include "target/ptrace.h"
 
 namespace usprobe::cli {
 namespace {
@@ -403,6 +405,46 @@ TEST(Inject, WorksInAnotherMountNamespaceThatCannotSeeTheAgent) {
   ::close(injected->region_fd);
   ::close(injected->control_fd);
   EXPECT_EQ(target.line(), "session 1 ended");
+}
+
+}  // namespace
+}  // namespace usprobe::cli
+
+namespace usprobe::cli {
+namespace {
+
+// A remote call that never returns (pause(), every signal blocked) is interrupted after its
+// timeout and abandoned: the thread goes back into its nanosleep, which still sleeps its full time.
+TEST(Inject, CallThatDoesNotReturnIsAbandonedAndTheThreadCarriesOn) {
+  Process target({INJECT_TARGET});
+  Tids tids = parse_ready(target.line());
+  wait_in_syscall(target.pid(), tids.sleeper, SYS_clock_nanosleep);
+  auto point = check_attachable(target.pid());
+  ASSERT_TRUE(point) << point.error().message;
+  auto libc = elf::ElfFile::open(fmt::format("/proc/{}/root{}", target.pid(), point->libc_path));
+  ASSERT_TRUE(libc) << libc.error().message;
+  auto pause_fn = (*libc)->find_function("pause");
+  ASSERT_TRUE(pause_fn);
+  auto thread = SeizedThread::seize(target.pid(), tids.sleeper, 2000ms);
+  ASSERT_TRUE(thread) << thread.error().message;
+  ASSERT_TRUE((*thread)->save());
+  auto called = (*thread)->call(point->libc_bias + pause_fn->vaddr, {}, 200ms);
+  ASSERT_FALSE(called);
+  EXPECT_EQ(called.error().code, ETIMEDOUT);
+  EXPECT_NE(called.error().message.find("did not return within 200 ms"), std::string::npos)
+      << called.error().message;
+  EXPECT_TRUE((*thread)->restore());
+  EXPECT_TRUE((*thread)->release());
+  thread->reset();
+  target.write_stdin("x\n");
+  int status = 0;
+  std::string out = target.rest(&status);
+  unsigned slept = 0;
+  auto at = out.find("nanosleep rc=0 errno=0 slept_ms=");
+  ASSERT_NE(at, std::string::npos) << out;
+  std::sscanf(out.c_str() + at, "nanosleep rc=0 errno=0 slept_ms=%u", &slept);
+  EXPECT_GE(slept, 3000u);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
 }
 
 }  // namespace

@@ -15,7 +15,7 @@
 //   auto point = check_attachable(pid);               // refusals that touch nothing
 //   if (!point) return point.error();
 //   auto injected = inject_agent(*point, agent_path, [&](int region_fd) {
-//     return Region::create_on(region_fd, config, plan);  // sized and filled before the agent runs
+//     return fill_the_region(region_fd);  // Region::create on that fd, before the agent runs
 //   });
 //   ... session ...; ::close(injected->control_fd);  // ends the session in the target
 #pragma once
