@@ -1,0 +1,189 @@
+// Running processes that usprobe attaches to (target.h): every refusal is decided before any of
+// them is touched; then the agent is injected into each (inject.h), and at the end of the session
+// every process that carries the session's probes removes them (protocol/attach.h).
+#include <fmt/format.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <fstream>
+#include <optional>
+#include <thread>
+
+#include "protocol/attach.h"
+#include "target/inject.h"
+#include "target/target.h"
+
+namespace usprobe::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How long the processes get, once the session is over, to say that their probes are removed: a
+// detach is a few milliseconds, but a process under load (or stopped by a debugger) may need more.
+constexpr std::chrono::seconds kDetachWait{10};
+
+// Whether `pid` is still a running process: not gone, not a zombie (whose probes went with its
+// memory).
+bool running(pid_t pid) {
+  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  size_t paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
+         line[paren + 2] != 'X';
+}
+
+std::string pid_list(const std::vector<pid_t> &pids) {
+  std::string out;
+  for (pid_t p : pids) out += (out.empty() ? "" : ", ") + std::to_string(p);
+  return out;
+}
+
+struct Process {
+  AttachPoint point;
+  std::string program;  // what it runs, for the description
+  Injected injected;
+  int pidfd = -1;
+  bool exited = false;
+};
+
+class AttachedTarget final : public Target {
+ public:
+  explicit AttachedTarget(std::vector<Process> processes) : processes_(std::move(processes)) {}
+  ~AttachedTarget() override {
+    end_session();
+    for (Process &p : processes_)
+      if (p.pidfd >= 0) ::close(p.pidfd);
+  }
+
+  // Probes resolve against the first process: the others must run the same program and map the
+  // same libraries for them to be placed (each agent says which it could not place).
+  LibraryFinder finder() const override {
+    return LibraryFinder::for_process(processes_.front().point.pid);
+  }
+  std::string noun() const override {
+    return processes_.size() == 1 ? fmt::format("pid {}", processes_.front().point.pid)
+                                  : "pids " + pid_list(pids());
+  }
+  std::string description() const override {
+    std::string out;
+    for (const Process &p : processes_)
+      out += fmt::format("{}pid {} ({})", out.empty() ? "" : ", ", p.point.pid, p.program);
+    return out;
+  }
+  bool is_attached() const override { return true; }
+
+  Result<Region *> start(const RegionConfig &config, const std::vector<PlanEntry> &plan,
+                         const std::string &agent, Supervisor &) override {
+    if (processes_.size() > 1)
+      return fail(ENOTSUP,
+                  "several -p: one region shared by several attached processes is not "
+                  "supported yet");
+    Process &p = processes_.front();
+    auto injected = inject_agent(p.point, agent, [&](int fd) -> Result<void> {
+      auto region = Region::create(config, plan, fd);
+      if (!region) return std::unexpected(region.error());
+      region_.emplace(std::move(*region));
+      return {};
+    });
+    if (!injected) {
+      region_.reset();
+      return std::unexpected(injected.error());
+    }
+    p.injected = *injected;
+    p.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, p.point.pid, 0));
+    started_ = Clock::now();
+    return &*region_;
+  }
+
+  // Any of SIGINT, SIGTERM, SIGHUP, SIGQUIT, -d, or a closed output ends the session; so does the
+  // exit of the last target. The processes are not signalled: they are not usprobe's.
+  ExitInfo watch(Supervisor &supervisor, const WatchOptions &options,
+                 const std::function<void()> &on_tick,
+                 const std::function<void()> &on_interval) override {
+    bool stop = false;
+    Watched watched;
+    watched.started = started_;
+    for (const Process &p : processes_) watched.wake_fds.push_back(p.pidfd);
+    watched.output_closed = "ending the session";
+    watched.interrupt = [&](int, bool, bool) { stop = true; };
+    watched.ended = [&](ExitInfo &) {
+      for (Process &p : processes_) p.exited = p.exited || !running(p.point.pid);
+      return stop || std::all_of(processes_.begin(), processes_.end(),
+                                 [](const Process &p) { return p.exited; });
+    };
+    ExitInfo exit = supervisor.watch(watched, options, on_tick, on_interval);
+    // Ended on request, the processes ran all along: what never loaded a library was not cut short.
+    exit.interrupted = false;
+    std::vector<pid_t> gone, left;
+    for (const Process &p : processes_) (p.exited ? gone : left).push_back(p.point.pid);
+    end_session();
+    if (left.empty())
+      exit.ending = fmt::format("{} {} exited", gone.size() == 1 ? "pid" : "pids", pid_list(gone));
+    else
+      exit.ending =
+          fmt::format("detached from {} {}", left.size() == 1 ? "pid" : "pids", pid_list(left));
+    return exit;
+  }
+
+  Clock::time_point started() const override { return started_; }
+
+ private:
+  std::vector<pid_t> pids() const {
+    std::vector<pid_t> out;
+    for (const Process &p : processes_) out.push_back(p.point.pid);
+    return out;
+  }
+
+  // Closes the session's pipes (every process that carries the probes reads end of file) and
+  // waits until every one of them that still runs has removed its probes; a process that does not
+  // say so in time is named.
+  void end_session() {
+    bool any = false;
+    for (Process &p : processes_)
+      if (p.injected.control_fd >= 0) {
+        ::close(std::exchange(p.injected.control_fd, -1));
+        any = true;
+      }
+    if (!any || !region_) return;
+    auto deadline = Clock::now() + kDetachWait;
+    std::vector<pid_t> waiting;
+    while (true) {
+      waiting.clear();
+      for (const ProcessState &r : region_->processes())
+        if (r.state != agent::kProcessDetached && running(r.pid)) waiting.push_back(r.pid);
+      if (waiting.empty() || Clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    for (pid_t pid : waiting)
+      fmt::print(stderr,
+                 "usprobe: pid {} did not confirm within {} s that its probes are removed\n", pid,
+                 kDetachWait.count());
+  }
+
+  std::vector<Process> processes_;
+  std::optional<Region> region_;
+  Clock::time_point started_ = Clock::now();
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Target>> Target::attached(const std::vector<pid_t> &pids) {
+  std::vector<Process> processes;
+  for (pid_t pid : pids) {
+    auto point = check_attachable(pid);
+    if (!point) return std::unexpected(point.error());
+    Process p;
+    p.point = std::move(*point);
+    char exe[4096];
+    ssize_t n = ::readlink(fmt::format("/proc/{}/exe", pid).c_str(), exe, sizeof exe - 1);
+    p.program = n > 0 ? std::string(exe, static_cast<size_t>(n)) : "?";
+    processes.push_back(std::move(p));
+  }
+  return std::make_unique<AttachedTarget>(std::move(processes));
+}
+
+}  // namespace usprobe::cli
