@@ -625,6 +625,17 @@ extern "C" __attribute__((visibility("default"))) int usprobe_agent_attach(int r
   SessionLock lock;
   if (g_active.load(std::memory_order_relaxed) || g_exiting)
     return refuse(EBUSY, fmt::format("pid {} is probed by another usprobe session", getpid()));
+  // Another copy of the agent in the global scope (preloaded by a usprobe command that launched
+  // this process) has an engine of its own: two engines patching the same code would break it.
+  // Told apart by the object that defines the symbol (&usprobe_agent_attach itself would resolve
+  // to the first definition, theirs).
+  Dl_info mine{}, theirs{};
+  if (void *other = dlsym(RTLD_DEFAULT, kAttachSymbol);
+      other && dladdr(reinterpret_cast<void *>(&watch), &mine) != 0 &&
+      dladdr(other, &theirs) != 0 && mine.dli_fbase != theirs.dli_fbase)
+    return refuse(EBUSY, fmt::format("pid {} is probed by another usprobe session (it was started "
+                                     "by usprobe, whose agent it carries)",
+                                     getpid()));
   auto mapping = map_region_fd(region_fd, fmt::format("region fd {}", region_fd));
   if (!mapping) return refuse(EPROTO, mapping.error());
   if (mapping->header->max_processes == 0) {

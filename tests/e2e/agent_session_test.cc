@@ -81,7 +81,10 @@ std::string proc_fd(int fd) {
 // process group (its forked child too) at the end.
 class Target {
  public:
-  Target(int region_fd, int control_fd) {
+  // `agent`: the agent the target loads; `preload`: one preloaded as well (no USPROBE_AGENT_FD:
+  // dormant), or null.
+  Target(int region_fd, int control_fd, const char *agent = AGENT_PATH,
+         const char *preload = nullptr) {
     Pipe in, out;
     pid_ = ::fork();
     if (pid_ == 0) {
@@ -92,7 +95,8 @@ class Target {
       int region = ::fcntl(region_fd, F_DUPFD, 100), control = ::fcntl(control_fd, F_DUPFD, 100);
       ::dup2(region, 10);
       ::dup2(control, 11);
-      ::execl(AGENT_SESSION_TARGET, AGENT_SESSION_TARGET, AGENT_PATH, "10", "11", nullptr);
+      if (preload) ::setenv("LD_PRELOAD", preload, 1);
+      ::execl(AGENT_SESSION_TARGET, AGENT_SESSION_TARGET, agent, "10", "11", nullptr);
       ::_exit(127);
     }
     ::setpgid(pid_, pid_);
@@ -194,6 +198,16 @@ uint64_t hits(const Region &region, pid_t pid, uint32_t probe) {
   return it == counts.end() ? 0 : it->second.hits;
 }
 
+// Waits until probe `probe` has hits of process `pid`: a thread that runs on its own (the spinner)
+// may not have been scheduled yet on a busy machine.
+uint64_t wait_hits(const Region &region, pid_t pid, uint32_t probe) {
+  auto deadline = std::chrono::steady_clock::now() + kLimit;
+  uint64_t n = 0;
+  while ((n = hits(region, pid, probe)) == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  return n;
+}
+
 TEST(AgentSession, AttachCountForkDetachAndAgain) {
   Region first = make_region();
   Pipe control;
@@ -218,7 +232,7 @@ TEST(AgentSession, AttachCountForkDetachAndAgain) {
             (std::vector<ProcessEntry>{{pid, usprobe::agent::kProcessAttached}}));
   ASSERT_EQ(target.command("calls 1000"), "calls 1000");
   EXPECT_EQ(hits(first, pid, 0), 1000u);
-  EXPECT_GT(hits(first, pid, 1), 0u);  // the spinning thread, patched under its feet
+  EXPECT_GT(wait_hits(first, pid, 1), 0u);  // the spinning thread, patched under its feet
 
   // A second session while this one is active: refused, its descriptors closed, and this one goes
   // on counting.
@@ -278,7 +292,7 @@ TEST(AgentSession, AttachCountForkDetachAndAgain) {
   EXPECT_TRUE(unpatched(child, work));  // not part of this session
   ASSERT_EQ(target.command("calls 700"), "calls 700");
   EXPECT_EQ(hits(second, pid, 0), 700u);
-  EXPECT_GT(hits(second, pid, 1), 0u);
+  EXPECT_GT(wait_hits(second, pid, 1), 0u);
   EXPECT_EQ(hits(first, pid, 0), 1500u);
   EXPECT_EQ(second.processes(),
             (std::vector<ProcessEntry>{{pid, usprobe::agent::kProcessAttached}}));
@@ -291,6 +305,37 @@ TEST(AgentSession, AttachCountForkDetachAndAgain) {
   EXPECT_EQ(hits(second, pid, 0), 700u);
   EXPECT_EQ(first.corrupt(), 0u);
   EXPECT_EQ(second.corrupt(), 0u);
+}
+
+// A process that carries another copy of the agent (preloaded by a usprobe that launched it) is
+// refused: two engines would patch the same code.
+TEST(AgentSession, AProcessWithAnotherCopyOfTheAgentIsRefused) {
+  e2e::TempDir dir;
+  std::string copy = dir.file("libusprobe-agent-copy.so");
+  {
+    std::string bytes = e2e::read_file(AGENT_PATH);
+    ASSERT_FALSE(bytes.empty());
+    FILE *f = std::fopen(copy.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+    std::fclose(f);
+  }
+  Region region = make_region();
+  Pipe control;
+  Target target(region.fd(), control.read, copy.c_str(), AGENT_PATH);
+  control.close_read();
+  std::string ready = target.line();
+  unsigned long work_address = 0, spin_address = 0;
+  int pid = 0;
+  ASSERT_EQ(std::sscanf(ready.c_str(), "ready %d %lx %lx", &pid, &work_address, &spin_address), 3)
+      << ready;
+  Function work = function("session_work", work_address);
+  EXPECT_EQ(target.command("attach 10 11"),
+            fmt::format("attach {} 1 pid {} is probed by another usprobe session (it was started "
+                        "by usprobe, whose agent it carries)",
+                        -EBUSY, pid));
+  EXPECT_TRUE(unpatched(pid, work));
+  EXPECT_TRUE(region.processes().empty());
 }
 
 }  // namespace

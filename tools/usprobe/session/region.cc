@@ -356,7 +356,8 @@ TraceEvent TraceBatch::event(size_t i) const {
   const char *s = ref.record + sizeof ev;
   for (uint32_t m = ref.string_mask; m != 0; m &= m - 1) {
     auto arg = static_cast<unsigned>(std::countr_zero(m));
-    e.strings[arg] = std::string_view(s, ::strnlen(s, string_size));
+    // A copy ends with its NUL within string_size bytes; one without (written over) is cut there.
+    e.strings[arg] = std::string_view(s, ::strnlen(s, string_size > 0 ? string_size - 1 : 0));
     s += string_size;
   }
   return e;
