@@ -655,8 +655,9 @@ extern "C" __attribute__((visibility("default"))) int usprobe_agent_attach(int r
   if (err != 0) {
     std::string why = g_record ? fmt::format("cannot start the watcher thread: {}", strerror(err))
                                : std::string("no free process record in the region");
+    g_control_fd = -1;  // refuse closes it (forget_session must not close it first)
     if (!stop_session()) {
-      // The probes stay, with their region and their control pipe: nothing to close here.
+      // The probes stay, with their region: nothing to close here.
       say(why);
       return -err;
     }
