@@ -1,25 +1,44 @@
-// libusprobe-agent.so: what the usprobe CLI preloads into the command it runs
-// (protocol/protocol.h).
+// libusprobe-agent.so: what the usprobe CLI loads into the processes it probes
+// (protocol/protocol.h, protocol/attach.h).
 //
-// Before main, the constructor maps the region named by USPROBE_AGENT_FD, reads the plan and
-// attaches every probe in one batch, with the count, trace or latency handlers (handlers.h) or the
-// stacks handler (stack_handler.h) as the consumer. In stacks mode it also writes the process's
-// mappings into the region before attaching, and again at exit if they changed (maps.h). From then
-// on each thread of the process counts its hits into a slot of its own. The agent follows the
-// command: a forked child keeps the patched probes and counts into slots tagged with its own pid
-// (fork handlers below); an exec'd image loads the agent again through the inherited environment
-// and fd, and attaches again. At exit the engine's missed counts (hits it skipped to avoid
-// recursion) are added to the region. Probes are never detached: the process is leaving, and its
-// other threads may still be running.
+// A session starts in one of two ways, through one sequence (start_session):
+//  - launched: the CLI preloads the agent into the command it runs; before main, the constructor
+//    maps the region named by USPROBE_AGENT_FD and starts the session, for the life of the
+//    process;
+//  - attached (usprobe -p): the CLI's injector dlopens the agent into a running process and calls
+//    usprobe_agent_attach (protocol/attach.h), which maps the region it is given and starts the
+//    session on the live process. A watcher thread reads the control pipe; at its end of file the
+//    session ends (end_session): every probe is detached, the region unmapped, and the agent stays
+//    loaded, dormant, for a later session. Without USPROBE_AGENT_FD the constructor does nothing.
+//
+// Starting reads the plan and attaches every probe in one batch, with the count, trace or latency
+// handlers (handlers.h) or the stacks handler (stack_handler.h) as the consumer. In stacks mode it
+// also writes the process's mappings into the region before attaching, and again at exit if they
+// changed (maps.h). From then on each thread of the process counts its hits into a slot of its
+// own. The agent follows the process: a forked child keeps the patched probes and counts into
+// slots tagged with its own pid (fork handlers below; attached, it also claims a ProcessRecord and
+// watches the control pipe itself); an exec'd image loads the agent again through the inherited
+// environment and fd, and attaches again (launched only: an attached session ends at an exec). At
+// exit the engine's missed counts (hits it skipped to avoid recursion) are added to the region.
+// Probes are never detached at exit: the process is leaving, and its other threads may still be
+// running.
+//
+// What is once per process (the fork handlers, the exit handler, the engine's mapping listener,
+// the fault fixup) is registered by the first session and does nothing while none is active.
 //
 // Nothing here writes to stdout: the command's output is the user's.
+#include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <string>
@@ -38,20 +57,53 @@
 #include "agent/slots.h"
 #include "agent/stack_handler.h"
 #include "elf/elf_file.h"
+#include "os/linux/signal_guard.h"
+#include "protocol/attach.h"
 #include "protocol/protocol.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::agent {
 namespace {
 
-// Set once by the constructor, never freed (the probes stay attached for the life of the process;
-// plain pointers, so that nothing is destroyed at exit while threads still count).
+// A session's state. Written under g_session_mutex by the start and end of a session, with no
+// handler running (before the probes are attached, after they are detached).
 usprobe_link **g_links = nullptr;  // by probe index; nullptr where the probe did not attach
 // The engine's missed count of each link when this process was forked: counted by the parent,
 // which reports it itself. Zero in the process that attached.
 uint64_t *g_missed_baseline = nullptr;
-uint64_t *g_missed_at_fork = nullptr;  // filled by before_fork, under g_fork_mutex
-std::mutex g_fork_mutex;               // one fork at a time fills g_missed_at_fork
+uint64_t *g_missed_at_fork = nullptr;  // filled by before_fork, under g_session_mutex
+
+// Held by the start and the end of a session, and from the fork prepare handler to the parent or
+// child handler: one fork at a time fills g_missed_at_fork, and no session starts or ends inside
+// fork(), so each side of the split sees a whole session or none.
+std::mutex g_session_mutex;
+// Whether a session is active: set by its start (before the probes are attached), cleared by its
+// end (before they are detached). Written under g_session_mutex; atomic because the mapping
+// listener of a launched session reads it without the lock.
+std::atomic<bool> g_active{false};
+// The session of this process came through usprobe_agent_attach: it ends when control_fd says so.
+bool g_attached = false;            // under g_session_mutex
+int g_control_fd = -1;              // attached: the read end of the CLI's pipe
+ProcessRecord *g_record = nullptr;  // attached: this process's record, in the region
+bool g_exiting = false;  // under g_session_mutex: exit() has begun, the session is left as it is
+// The constructor started a session: it lasts as long as the process, so that nothing of it ever
+// needs the lock to be read (the mapping listener).
+std::atomic<bool> g_launched{false};
+// Set on the thread that holds g_session_mutex for a start or an end, which may itself make the
+// engine call the mapping listener (a dlopen while attaching).
+constinit thread_local bool t_session_owner = false;
+
+// g_session_mutex, held by a session's start or end on this thread.
+class SessionLock {
+ public:
+  SessionLock() : lock_(g_session_mutex) { t_session_owner = true; }
+  ~SessionLock() { t_session_owner = false; }
+  SessionLock(const SessionLock &) = delete;
+  SessionLock &operator=(const SessionLock &) = delete;
+
+ private:
+  std::lock_guard<std::mutex> lock_;
+};
 
 double ms_since(const timespec &t0) {
   timespec t1;
@@ -60,20 +112,26 @@ double ms_since(const timespec &t0) {
          static_cast<double>(t1.tv_nsec - t0.tv_nsec) / 1e6;
 }
 
+int start_watcher();
+ProcessRecord *claim_record();
+
 // Fork handlers. Only the agent's own work in them is the agent's (AgentScope): everything else
 // that runs inside fork() is the program's and is counted, on either side of the split: the
 // program's fork handlers (prepare handlers run in the reverse order of registration, parent and
-// child handlers in order, so those registered before the agent's constructor run between this
-// prepare handler and the parent or child handler, and the others outside), libc's own locking of
-// malloc and stdio around the split, and _Fork itself. Between the prepare handler and the parent
-// or child handler, hits find their slot through t_forking (slots.h).
+// child handlers in order, so those registered before the agent's run between this prepare handler
+// and the parent or child handler, and the others outside), libc's own locking of malloc and stdio
+// around the split, and _Fork itself. Between the prepare handler and the parent or child handler,
+// hits find their slot through t_forking (slots.h). While no session is active they do nothing
+// but hold the lock (no handler runs then).
 void before_fork() {
   AgentScope scope;
-  g_fork_mutex.lock();
+  g_session_mutex.lock();
+  if (!g_active.load(std::memory_order_relaxed)) return;
   for (uint32_t i = 0; i < g_region.probe_count; ++i)
     g_missed_at_fork[i] = g_links[i] ? usprobe_link_missed(g_links[i]) : 0;
-  // In this order, so that a signal handler that hits a probe in between finds a usable slot.
-  t_slot_at_fork = t_slot;
+  // In this order, so that a signal handler that hits a probe in between finds a usable slot. A
+  // slot of an earlier session (t_slot_session) is not this session's: a hit takes a new one.
+  t_slot_at_fork = thread_slot_current() ? t_slot : nullptr;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   t_forking = true;
   std::atomic_signal_fence(std::memory_order_seq_cst);
@@ -82,39 +140,48 @@ void before_fork() {
 
 void after_fork_parent() {
   AgentScope scope;
-  t_slot = t_slot_at_fork;  // or one that a hit inside fork() took
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_forking = false;
-  t_slot_at_fork = nullptr;
-  g_fork_mutex.unlock();
+  if (g_active.load(std::memory_order_relaxed)) {
+    t_slot = t_slot_at_fork;  // or one that a hit inside fork() took, in this session
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    t_forking = false;
+    t_slot_at_fork = nullptr;
+  }
+  g_session_mutex.unlock();
 }
 
 // The child's only thread: its slot (the parent thread's, copied by fork) is not its own. A hit
 // between the split and here may already have taken one for the child (first_or_fork_slot).
+// Attached, the child carries the session's probes (the engine's state was copied with the rest
+// of memory): it claims a ProcessRecord and watches the inherited control pipe itself, whose end
+// of file reaches every reader when the CLI's write end closes.
 void after_fork_child() {
   AgentScope scope;
-  const auto pid = static_cast<int32_t>(getpid());
-  if (g_region.pid != pid) {
-    g_region.pid = pid;
-    t_slot = nullptr;
+  if (g_active.load(std::memory_order_relaxed)) {
+    const auto pid = static_cast<int32_t>(getpid());
+    if (g_region.pid != pid) {
+      g_region.pid = pid;
+      t_slot = nullptr;
+    }
+    t_slot_at_fork = nullptr;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    t_forking = false;
+    for (uint32_t i = 0; i < g_region.probe_count; ++i) g_missed_baseline[i] = g_missed_at_fork[i];
+    if (g_attached) {
+      g_record = claim_record();
+      if (!g_record)
+        post_notice(kNoticeInfo, -1,
+                    "no process record left: usprobe does not wait for this child at the end");
+      if (int err = start_watcher(); err != 0)
+        post_notice(kNoticeError, -1,
+                    fmt::format("cannot start the watcher thread: {}: this child keeps its probes",
+                                strerror(err)));
+    }
   }
-  t_slot_at_fork = nullptr;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_forking = false;
-  for (uint32_t i = 0; i < g_region.probe_count; ++i) g_missed_baseline[i] = g_missed_at_fork[i];
-  g_fork_mutex.unlock();
+  g_session_mutex.unlock();
 }
 
-// At exit: the engine's missed counts, less what the parent already reported, go into this
-// thread's slot. An atexit handler, not a destructor: destructors run after the engine's own static
-// objects (registered with __cxa_atexit before this) have been destroyed.
-//
-// This thread stops counting here for good. What runs after this handler is mostly the agent's
-// own teardown (the engine's static objects free thousands of blocks, which a libc:free probe
-// would otherwise report), and the command's .fini_array destructors, whose hits are lost with it.
+// The engine's missed counts, less what the parent already reported, into this thread's slot.
 void add_engine_missed() {
-  t_in_agent = true;
-  post_maps(kMapsExit);  // stacks mode: a library loaded since the start names its addresses
   SlotHeader *s = thread_slot();
   std::atomic<uint64_t> *missed = slot_missed(s, g_region.probe_count);
   for (uint32_t i = 0; i < g_region.probe_count; ++i) {
@@ -122,6 +189,32 @@ void add_engine_missed() {
     uint64_t m = usprobe_link_missed(g_links[i]);
     if (m > g_missed_baseline[i]) slot_add(s, missed[i], m - g_missed_baseline[i]);
   }
+}
+
+// At exit: the engine's missed counts go into this thread's slot. An atexit handler, not a
+// destructor: destructors run after the engine's own static objects (registered with __cxa_atexit
+// before this) have been destroyed.
+//
+// This thread stops counting here for good. What runs after this handler is mostly the agent's
+// own teardown (the engine's static objects free thousands of blocks, which a libc:free probe
+// would otherwise report), and the command's .fini_array destructors, whose hits are lost with it.
+// An attached session is left as it is from here on (g_exiting): the engine is about to be
+// destroyed, and the process is leaving with its probes.
+void at_exit() {
+  t_in_agent = true;
+  auto finish = [] {
+    post_maps(kMapsExit);  // stacks mode: a library loaded since the start names its addresses
+    add_engine_missed();
+  };
+  // A launched session never ends: nothing to wait for (and no lock that an interrupted fork
+  // handler of this thread could hold).
+  if (g_launched.load(std::memory_order_relaxed)) {
+    finish();
+    return;
+  }
+  std::lock_guard lock(g_session_mutex);
+  g_exiting = true;
+  if (g_active.load(std::memory_order_relaxed)) finish();
 }
 
 // Whether any probe has `%s` arguments for the trace handler to copy.
@@ -215,7 +308,13 @@ class OtherPrograms {
 // library this process has not loaded (yet) attaches with no site: the engine places it when the
 // library is dlopened, so it is not a failure, and only the verbose summary counts it. (A probe
 // on a program this process does not run, exe:func after an exec of another, fails to attach.)
-void attach_all(const std::vector<PlannedProbe> &plan) {
+// A session that could not start: the errno for usprobe_agent_attach and the reason.
+struct Failure {
+  int error;
+  std::string message;
+};
+
+std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   size_t n = plan.size();
   bool trace = g_region.mode == kModeTrace;
   bool stacks = g_region.mode == kModeStacks;
@@ -247,10 +346,9 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
   int attached =
       usprobe_attach_batch_ex(locations.data(), n, consumers.data(), flags, g_links, errors.data());
   double ms = ms_since(t0);
-  if (attached < 0) {
-    report_error(fmt::format("attaching the probes failed: {}", usprobe_last_error()));
-    return;
-  }
+  if (attached < 0)
+    return std::unexpected(
+        Failure{-attached, fmt::format("attaching the probes failed: {}", usprobe_last_error())});
 
   // The engine's messages for the failed locations, one line each, in order.
   std::string_view messages = usprobe_last_error();
@@ -285,34 +383,80 @@ void attach_all(const std::vector<PlannedProbe> &plan) {
                 waiting == 1
                     ? std::string("1 probe waits for its library to be loaded")
                     : fmt::format("{} probes wait for their library to be loaded", waiting));
+  return {};
 }
 
-// Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt
-// links the engine first for that). Any problem: one line on stderr (and a notice when the region
-// is mapped), and the process runs as if the agent were not there.
-__attribute__((constructor)) void agent_start() {
-  AgentScope scope;
-  const char *fd = getenv(kEnvFd);
-  if (!fd) {
-    report_error(fmt::format("{} is not set: this process is not probed", kEnvFd));
+// The engine's mapping listener (registered once): after a dlopen, the probes on the library it
+// loaded are placed now; and (stacks mode) a library loaded later, and unloaded before the process
+// ends, is named from the mappings written right after its dlopen. It runs inside the engine's
+// handler of the dynamic linker's hook, so it must never wait for the start or end of a session,
+// which wait for handlers to finish: it only tries the lock, and when a start holds it the start
+// marks what was placed itself, after attaching.
+void on_mapping_change(void *) {
+  AgentScope in_agent;
+  auto mark = [] {
+    if (!g_active.load(std::memory_order_relaxed)) return;
+    mark_placed();
+    if (g_region.mode == kModeStacks) post_maps(kMapsChange);
+  };
+  // A launched session never ends; and the thread that starts or ends one holds the lock already.
+  if (g_launched.load(std::memory_order_relaxed) || t_session_owner) {
+    mark();
     return;
   }
-  auto header = map_region(fd, getenv(kEnvPath));
-  if (!header) {
-    report_error(header.error());
-    return;
+  std::unique_lock lock(g_session_mutex, std::try_to_lock);
+  if (lock.owns_lock()) mark();
+}
+
+// What is registered once per process, by the first session that needs it, and does nothing while
+// no session is active. Under g_session_mutex.
+std::expected<void, Failure> install_once(bool fault_fixup) {
+  static bool fixup_installed = false;
+  static bool registered = false;
+  if (fault_fixup && !fixup_installed) {
+    if (auto ok = install_fault_fixup(); !ok) return std::unexpected(Failure{EINVAL, ok.error()});
+    fixup_installed = true;
   }
-  Header *h = *header;
-  take_layout(h);
+  if (!registered) {
+    if (int err = pthread_atfork(before_fork, after_fork_parent, after_fork_child); err != 0)
+      return std::unexpected(
+          Failure{err, fmt::format("pthread_atfork: {}", usprobe_strerror(-err))});
+    usprobe_on_mapping_change(on_mapping_change, nullptr);
+    registered = true;
+  }
+  return {};
+}
+
+// Frees what a session allocated, unmaps its region and closes its control pipe. Only once no
+// handler of it can run.
+void forget_session() {
+  delete[] g_links;  // the links themselves were freed by usprobe_detach_batch
+  delete[] g_missed_baseline;
+  delete[] g_missed_at_fork;
+  g_links = nullptr;
+  g_missed_baseline = g_missed_at_fork = nullptr;
+  g_record = nullptr;
+  g_attached = false;
+  drop_region();
+  if (g_control_fd >= 0) close(g_control_fd);
+  g_control_fd = -1;
+}
+
+// The start of a session, launched or attached, with g_session_mutex held and the region mapped
+// and checked. On failure nothing is attached and the region is still g_region's: the launched
+// path posts the reason there, the attached one unmaps it (forget_session).
+std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
+  Header *h = m.header;
+  // A new number before anything of this session is used: threads' slots of an earlier session
+  // (attach mode) are stale from here on (slots.h).
+  ++g_region.session;
+  take_layout(m);
   g_region.pid = static_cast<int32_t>(getpid());
   // Relaxed: a counter for the CLI's summary; nothing is published with it.
   h->agents_started.fetch_add(1, std::memory_order_relaxed);
 
   auto plan = load_plan(h);
-  if (!plan) {
-    report_error(plan.error());
-    return;
-  }
+  if (!plan) return std::unexpected(Failure{EPROTO, plan.error()});
   g_region.mode = h->mode;
   g_region.probe_count = h->probe_count;
   g_region.string_size = h->string_size;
@@ -329,35 +473,196 @@ __attribute__((constructor)) void agent_start() {
   g_missed_at_fork = new uint64_t[h->probe_count]();
 
   mark_exec_orphans(g_region.pid, static_cast<int32_t>(gettid()));
-  if (copies_strings(*plan)) {
-    if (auto ok = install_fault_fixup(); !ok) {
-      report_error(ok.error());
-      return;
-    }
-  }
-  if (int err = pthread_atfork(before_fork, after_fork_parent, after_fork_child); err != 0) {
-    report_error(fmt::format("pthread_atfork: {}", usprobe_strerror(-err)));
-    return;
-  }
+  if (auto ok = install_once(copies_strings(*plan)); !ok) return ok;
   if (h->mode == kModeStacks) {
     // Relaxed: only distinct numbers are needed; before any probe of this image is attached.
     g_region.image = h->images.fetch_add(1, std::memory_order_relaxed) + 1;
     post_maps(kMapsAttach);  // before any stack of this image can be recorded
   }
-  // After a dlopen: the probes on the library it loaded are placed now. And (stacks mode) a
-  // library loaded later, and unloaded before the process ends, is named from the mappings
-  // written right after its dlopen.
-  usprobe_on_mapping_change(
-      [](void *) {
-        AgentScope in_agent;
-        mark_placed();
-        if (g_region.mode == kModeStacks) post_maps(kMapsChange);
-      },
-      nullptr);
-  attach_all(*plan);
+  g_attached = attached;
+  if (!attached) g_launched.store(true, std::memory_order_relaxed);
+  g_active.store(true, std::memory_order_relaxed);
+  if (auto ok = attach_all(*plan); !ok) {
+    g_active.store(false, std::memory_order_relaxed);
+    return ok;
+  }
   mark_placed();
-  atexit(add_engine_missed);
+  // A library that another thread loaded while this one attached (its listener found the lock
+  // taken): named now.
+  if (attached && h->mode == kModeStacks) post_maps(kMapsChange);
+  // Once, after the first attach: the engine's statics that attaching constructs are destroyed
+  // after this handler runs (exit handlers run in the reverse order of their registration).
+  static bool exit_registered = false;
+  if (!exit_registered) {
+    atexit(at_exit);
+    exit_registered = true;
+  }
+  return {};
+}
+
+// Claims a free ProcessRecord for this process (protocol/attach.h); nullptr when none is left.
+ProcessRecord *claim_record() {
+  auto *records = reinterpret_cast<ProcessRecord *>(reinterpret_cast<char *>(g_region.header) +
+                                                    g_region.process_offset);
+  for (uint32_t i = 0; i < g_region.max_processes; ++i) {
+    ProcessRecord &r = records[i];
+    int32_t expected = 0;
+    // Relaxed: the pid only hands out distinct records; the state publishes.
+    if (r.pid.load(std::memory_order_relaxed) != 0 ||
+        !r.pid.compare_exchange_strong(expected, g_region.pid, std::memory_order_relaxed))
+      continue;
+    r.state.store(kProcessAttached, std::memory_order_release);
+    return &r;
+  }
+  return nullptr;
+}
+
+// Ends the attached session of this process, with g_session_mutex held: the engine's missed
+// counts into the region, every probe detached, the record marked, the region unmapped and the
+// control pipe closed. False when the engine could not detach: the probes then stay, and so does
+// everything their handlers use (the session stays active).
+bool stop_session() {
+  // Now: detaching frees the links. Hits skipped between here and the detach are not counted.
+  add_engine_missed();
+  g_active.store(false, std::memory_order_relaxed);
+  if (usprobe_detach_batch(g_links, g_region.probe_count) < 0) {
+    g_active.store(true, std::memory_order_relaxed);
+    post_notice(kNoticeError, -1,
+                fmt::format("detaching the probes failed: {}", usprobe_last_error()));
+    return false;
+  }
+  // usprobe_detach_batch returns only once no handler of these links runs or will run (and no
+  // thread is left in a trampoline): from here on nothing but this thread touches the region, and
+  // unmapping it is safe. Release: the CLI reads the state with acquire, and then sees every count
+  // this process wrote.
+  if (g_record) g_record->state.store(kProcessDetached, std::memory_order_release);
+  forget_session();
+  return true;
+}
+
+// The watcher's thread: it waits for the end of file on the control pipe (the CLI closed its
+// write end, or died), then ends the session. The CLI writes nothing: any bytes are ignored.
+void *watch(void *arg) {
+  AgentScope in_agent;  // the whole thread is the agent's
+  // Signals sent to the process are the program's, for its own threads (usprobe's own stay
+  // unblocked: the engine's thread rounds need every thread).
+  sigset_t all;
+  sigfillset(&all);
+  os::strip_guarded(&all);
+  os::real_sigmask(SIG_SETMASK, &all, nullptr);
+  const int fd = static_cast<int>(reinterpret_cast<intptr_t>(arg));
+  char buffer[64];
+  for (;;) {
+    ssize_t n = read(fd, buffer, sizeof buffer);
+    if (n > 0 || (n < 0 && errno == EINTR)) continue;
+    break;  // end of file, or the descriptor is gone (the program closed it): the end either way
+  }
+  SessionLock lock;
+  // g_exiting: the process is leaving with its probes, and the engine is being destroyed.
+  if (g_active.load(std::memory_order_relaxed) && g_attached && !g_exiting) stop_session();
+  return nullptr;
+}
+
+// Starts this process's watcher, with g_session_mutex held. 0 or an errno.
+int start_watcher() {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t thread;
+  int err = pthread_create(&thread, &attr, watch,
+                           reinterpret_cast<void *>(static_cast<intptr_t>(g_control_fd)));
+  pthread_attr_destroy(&attr);
+  if (err == 0) pthread_setname_np(thread, "usprobe-watch");
+  return err;
+}
+
+// Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt
+// links the engine first for that). A launched command: any problem is one line on stderr (and a
+// notice when the region is mapped), and the process runs as if the agent were not there.
+// Without USPROBE_AGENT_FD the agent was loaded some other way, normally by usprobe -p's injector,
+// which starts a session with usprobe_agent_attach: it stays silent and dormant until then.
+__attribute__((constructor)) void agent_start() {
+  AgentScope scope;
+  const char *fd = getenv(kEnvFd);
+  if (!fd) return;
+  auto mapping = map_region(fd, getenv(kEnvPath));
+  if (!mapping) {
+    report_error(mapping.error());
+    return;
+  }
+  SessionLock lock;
+  if (auto ok = start_session(*mapping, false); !ok) report_error(ok.error().message);
 }
 
 }  // namespace
 }  // namespace usprobe::agent
+
+// protocol/attach.h. Runs on a thread of the injector's (not the program's), while the program's
+// threads run.
+extern "C" __attribute__((visibility("default"))) int usprobe_agent_attach(int region_fd,
+                                                                           int control_fd,
+                                                                           char *message,
+                                                                           unsigned long size) {
+  using namespace usprobe::agent;
+  static_assert(std::is_same_v<decltype(&usprobe_agent_attach), AttachFunction>);
+  AgentScope in_agent;
+  auto say = [&](std::string_view why) {
+    if (!message || size == 0) return;
+    size_t n = std::min<size_t>(why.size(), size - 1);
+    std::memcpy(message, why.data(), n);
+    message[n] = '\0';
+  };
+  auto refuse = [&](int err, std::string_view why) {
+    say(why);
+    if (region_fd >= 0) close(region_fd);
+    if (control_fd >= 0) close(control_fd);
+    return -err;
+  };
+  say("");
+  if (region_fd < 0 || control_fd < 0)
+    return refuse(EBADF,
+                  fmt::format("bad descriptors: region {}, control {}", region_fd, control_fd));
+  SessionLock lock;
+  if (g_active.load(std::memory_order_relaxed) || g_exiting)
+    return refuse(EBUSY, fmt::format("pid {} is probed by another usprobe session", getpid()));
+  // Another copy of the agent in the global scope (preloaded by a usprobe command that launched
+  // this process) has an engine of its own: two engines patching the same code would break it.
+  // Told apart by the object that defines the symbol (&usprobe_agent_attach itself would resolve
+  // to the first definition, theirs).
+  Dl_info mine{}, theirs{};
+  if (void *other = dlsym(RTLD_DEFAULT, kAttachSymbol);
+      other && dladdr(reinterpret_cast<void *>(&watch), &mine) != 0 &&
+      dladdr(other, &theirs) != 0 && mine.dli_fbase != theirs.dli_fbase)
+    return refuse(EBUSY, fmt::format("pid {} is probed by another usprobe session (it was started "
+                                     "by usprobe, whose agent it carries)",
+                                     getpid()));
+  auto mapping = map_region_fd(region_fd, fmt::format("region fd {}", region_fd));
+  if (!mapping) return refuse(EPROTO, mapping.error());
+  if (mapping->header->max_processes == 0) {
+    munmap(mapping->header, mapping->length);
+    return refuse(EPROTO, fmt::format("region fd {}: no process records", region_fd));
+  }
+  g_control_fd = control_fd;
+  auto fail = [&](int err, std::string_view why) {
+    g_control_fd = -1;  // refuse closes it
+    forget_session();
+    return refuse(err, why);
+  };
+  if (auto ok = start_session(*mapping, true); !ok)
+    return fail(ok.error().error, ok.error().message);
+  g_record = claim_record();
+  int err = g_record ? start_watcher() : EPROTO;
+  if (err != 0) {
+    std::string why = g_record ? fmt::format("cannot start the watcher thread: {}", strerror(err))
+                               : std::string("no free process record in the region");
+    g_control_fd = -1;  // refuse closes it (forget_session must not close it first)
+    if (!stop_session()) {
+      // The probes stay, with their region: nothing to close here.
+      say(why);
+      return -err;
+    }
+    return refuse(err, why);
+  }
+  close(region_fd);  // the mapping stays
+  return 0;
+}

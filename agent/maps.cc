@@ -21,6 +21,7 @@ namespace {
 std::mutex g_mutex;
 size_t g_last_hash = 0;
 bool g_posted = false;
+uint32_t g_posted_session = 0;  // a later session (attach mode) has a region of its own
 
 // The whole of a /proc file ("" when it cannot be read). Such files report a size of 0: read until
 // the end.
@@ -47,8 +48,9 @@ void post_maps(MapsKind kind) {
   std::lock_guard lock(g_mutex);
   std::string text = naming_lines(read_proc_file("/proc/self/maps"));
   size_t hash = std::hash<std::string>{}(text);
-  if (g_posted && hash == g_last_hash) return;
+  if (g_posted && g_posted_session == g_region.session && hash == g_last_hash) return;
   g_posted = true;
+  g_posted_session = g_region.session;
   g_last_hash = hash;
 
   // Relaxed: the cursors only hand out distinct indices and bytes; the entry is published by

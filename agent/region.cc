@@ -64,6 +64,9 @@ std::expected<void, std::string> check_layout(const Header &h) {
         u128{h.maps_text_offset} + h.maps_text_size > h.region_size)
       return fail("the maps area lies outside the region");
   }
+  if (h.process_offset % alignof(ProcessRecord) != 0 ||
+      u128{h.process_offset} + u128{h.max_processes} * sizeof(ProcessRecord) > h.region_size)
+    return fail("the process records lie outside the region");
   if (h.mode == kModeLatency) {
     if (h.ring_size != 0) return fail("latency mode with a ring");
     if (h.tsc_to_ns_mult == 0) return fail("latency mode without a TSC rate");
@@ -75,8 +78,9 @@ std::expected<void, std::string> check_layout(const Header &h) {
   return {};
 }
 
-// The region behind an open descriptor; `where` names it in messages.
-std::expected<Header *, std::string> map_fd(int fd, const std::string &where) {
+}  // namespace
+
+std::expected<Mapping, std::string> map_region_fd(int fd, const std::string &where) {
   struct stat st;
   if (fstat(fd, &st) != 0) {
     int err = errno;
@@ -94,7 +98,7 @@ std::expected<Header *, std::string> map_fd(int fd, const std::string &where) {
   void *mem = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
   if (mem == MAP_FAILED) return std::unexpected(where + ": mmap: " + strerror(errno));
   auto *h = static_cast<Header *>(mem);
-  auto refuse = [&](std::string why) -> std::expected<Header *, std::string> {
+  auto refuse = [&](std::string why) -> std::expected<Mapping, std::string> {
     munmap(mem, length);
     return std::unexpected(where + ": " + why);
   };
@@ -107,13 +111,13 @@ std::expected<Header *, std::string> map_fd(int fd, const std::string &where) {
   if (auto ok = check_layout(*h); !ok) return refuse(ok.error());
   if (mprotect(mem, length, PROT_READ | PROT_WRITE) != 0)
     return refuse(std::string("mprotect: ") + strerror(errno));
-  return h;
+  return Mapping{h, length};
 }
 
-}  // namespace
-
-void take_layout(Header *h) {
+void take_layout(const Mapping &m) {
+  Header *h = m.header;
   g_region.header = h;
+  g_region.mapped_length = m.length;
   g_region.slot_offset = h->slot_offset;
   g_region.slot_stride = h->slot_stride;
   g_region.ring_offset = h->ring_offset;
@@ -123,15 +127,25 @@ void take_layout(Header *h) {
   g_region.maps_offset = h->maps_offset;
   g_region.maps_text_offset = h->maps_text_offset;
   g_region.maps_text_size = h->maps_text_size;
+  g_region.process_offset = h->process_offset;
+  g_region.max_processes = h->max_processes;
 }
 
-std::expected<Header *, std::string> map_region(const char *fd_text, const char *path) {
+void drop_region() {
+  if (g_region.header) munmap(g_region.header, g_region.mapped_length);
+  delete[] g_region.probes;
+  uint32_t session = g_region.session;
+  g_region = Region{};
+  g_region.session = session;
+}
+
+std::expected<Mapping, std::string> map_region(const char *fd_text, const char *path) {
   auto where = fmt::format("{}={}", kEnvFd, fd_text);
   int fd = -1;
   const char *end = fd_text + strlen(fd_text);
   if (auto [p, ec] = std::from_chars(fd_text, end, fd); ec != std::errc() || p != end || fd < 0)
     return std::unexpected(where + ": not a file descriptor number");
-  auto mapped = map_fd(fd, where);
+  auto mapped = map_region_fd(fd, where);
   if (mapped || !path) return mapped;
   // The inherited descriptor is gone: open the CLI's own through /proc. The mapping outlives the
   // descriptor, which is closed again so that the command never sees a new one.
@@ -140,7 +154,7 @@ std::expected<Header *, std::string> map_region(const char *fd_text, const char 
     return std::unexpected(
         fmt::format("{}, and {}={}: {}", mapped.error(), kEnvPath, path, strerror(errno)));
   }
-  auto again = map_fd(own, fmt::format("{}={}", kEnvPath, path));
+  auto again = map_region_fd(own, fmt::format("{}={}", kEnvPath, path));
   close(own);
   return again;
 }

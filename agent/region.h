@@ -2,6 +2,7 @@
 // checked, mapped, and the few numbers the hit path needs copied out of its header once.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <expected>
 #include <string>
@@ -16,11 +17,17 @@ struct ProbeInfo {
   uint32_t record_size;  // event_size(popcount(string_mask), string_size)
 };
 
-// Written by the constructor before any probe is attached, read-only afterwards (pid excepted, see
-// below). Handlers see the written values because attaching publishes a probe's consumers with a
-// release store that dispatch reads with acquire (src/core/registry.cc, publish()).
+// Written by the start of a session (agent.cc) before any probe is attached, read-only afterwards
+// (pid excepted, see below). Handlers see the written values because attaching publishes a probe's
+// consumers with a release store that dispatch reads with acquire (src/core/registry.cc,
+// publish()). A session on a running process (attach mode) ends: its probes are detached, which
+// returns only once no handler runs, and only then is this reset for the next session.
 struct Region {
+  // Which session this is: 1 for the first, one more for each session after it (never reset).
+  // The hit path compares it with the session of the thread's cached slot (slots.h).
+  uint32_t session = 0;
   Header *header = nullptr;
+  size_t mapped_length = 0;  // of the mapping at header
   uint32_t mode = kModeCount;
   uint32_t probe_count = 0;
   uint32_t string_size = 0;
@@ -51,12 +58,24 @@ struct Region {
   uint64_t maps_offset = 0;
   uint64_t maps_text_offset = 0;
   uint64_t maps_text_size = 0;
+  uint64_t process_offset = 0;  // attach mode: the ProcessRecords
+  uint32_t max_processes = 0;
 };
 
 extern Region g_region;
 
-// Sets g_region.header to `h` (mapped and checked by map_region) and copies where things are.
-void take_layout(Header *h);
+// A region mapped and checked (map_region), not yet taken.
+struct Mapping {
+  Header *header = nullptr;
+  size_t length = 0;
+};
+
+// Sets g_region.header to the mapping's and copies where things are.
+void take_layout(const Mapping &m);
+
+// Unmaps the region and resets g_region for the next session (its session number stays). Only
+// once no handler can run (every probe detached).
+void drop_region();
 
 inline SlotHeader *region_slot(uint32_t i) {
   return reinterpret_cast<SlotHeader *>(reinterpret_cast<char *>(g_region.header) +
@@ -72,6 +91,10 @@ inline char *region_ring(SlotHeader *s) {
 // inside the region. Reads nothing but the header before those checks pass: an fd number reused
 // for some other file (the command closed ours) is never written to. The message names what was
 // wrong.
-std::expected<Header *, std::string> map_region(const char *fd_text, const char *path);
+std::expected<Mapping, std::string> map_region(const char *fd_text, const char *path);
+
+// The same checks for the region behind `fd` (attach mode: the memfd the CLI filled); `where`
+// names it in messages. The mapping outlives the descriptor.
+std::expected<Mapping, std::string> map_region_fd(int fd, const std::string &where);
 
 }  // namespace usprobe::agent

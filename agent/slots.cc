@@ -7,6 +7,7 @@
 namespace usprobe::agent {
 
 constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local uint32_t t_slot_session __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local bool t_forking __attribute__((tls_model("initial-exec"))) = false;
 constinit thread_local SlotHeader *t_slot_at_fork __attribute__((tls_model("initial-exec"))) =
     nullptr;
@@ -19,6 +20,7 @@ namespace {
 constinit thread_local SlotHeader *t_vfork_slot __attribute__((tls_model("initial-exec"))) =
     nullptr;
 constinit thread_local int32_t t_vfork_tid __attribute__((tls_model("initial-exec"))) = 0;
+constinit thread_local uint32_t t_vfork_session __attribute__((tls_model("initial-exec"))) = 0;
 
 SlotHeader *claim_slot_as(int32_t pid, int32_t tid);
 
@@ -41,12 +43,11 @@ SlotHeader *vfork_slot() {
     t_vfork_parent = 0;
     t_vfork_slot = nullptr;
     t_vfork_tid = 0;
-    SlotHeader *s = t_slot;
-    if (!s) s = first_or_fork_slot();
-    return s;
+    return thread_slot_current() ? t_slot : first_or_fork_slot();
   }
-  if (tid != t_vfork_tid || !t_vfork_slot) {
+  if (tid != t_vfork_tid || !t_vfork_slot || t_vfork_session != g_region.session) {
     t_vfork_tid = tid;
+    t_vfork_session = g_region.session;
     t_vfork_slot = claim_slot_as(static_cast<int32_t>(os::raw_syscall6(SYS_getpid)), tid);
   }
   return t_vfork_slot;
@@ -82,7 +83,12 @@ SlotHeader *first_or_fork_slot() {
     // the other side of the split. fork() itself costs far more than these system calls.
     const auto pid = static_cast<int32_t>(os::raw_syscall6(SYS_getpid));
     if (pid == g_region.pid) {
-      if (!t_slot_at_fork) t_slot_at_fork = claim_slot();
+      // A session cannot start or end inside fork() (the agent's fork handlers hold its session
+      // lock), and before_fork left a stale slot out of t_slot_at_fork.
+      if (!t_slot_at_fork) {
+        t_slot_at_fork = claim_slot();
+        t_slot_session = g_region.session;
+      }
       return t_slot_at_fork;
     }
     // The child, before the agent's child handler: its only thread. The slot its parent thread
@@ -91,6 +97,7 @@ SlotHeader *first_or_fork_slot() {
     t_slot_at_fork = nullptr;
     t_forking = false;
   }
+  t_slot_session = g_region.session;
   return t_slot = claim_slot();
 }
 

@@ -11,9 +11,16 @@
 namespace usprobe::agent {
 
 // This thread's slot, or nullptr before its first hit. Initial-exec TLS: one %fs-relative load on
-// the hit path, never __tls_get_addr (the agent is preloaded, so its TLS is static). Reset in a
-// forked child, whose thread must take a slot tagged with the child's pid.
+// the hit path, never __tls_get_addr (the agent is preloaded, or dlopened early enough to get
+// static TLS from the loader's surplus). Reset in a forked child, whose thread must take a slot
+// tagged with the child's pid.
 extern constinit thread_local SlotHeader *t_slot __attribute__((tls_model("initial-exec")));
+// The session (g_region.session) whose region holds t_slot (and t_slot_at_fork). In attach mode a
+// session ends, its region is unmapped and a later session maps another: a thread's slot from an
+// earlier session points into memory that is gone, and nothing can reach into every thread's TLS
+// to clear it. So the hit path compares the numbers (a load and a compare, no lock, no
+// read-modify-write) and a thread whose slot is stale takes a new one on the slow path.
+extern constinit thread_local uint32_t t_slot_session __attribute__((tls_model("initial-exec")));
 
 // Inside fork(): set on the forking thread by the agent's prepare handler and cleared by its
 // parent or child handler (agent.cc). The program's own work in between (its other fork handlers,
@@ -39,15 +46,22 @@ SlotHeader *claim_slot();
 extern constinit thread_local int32_t t_vfork_parent __attribute__((tls_model("initial-exec")));
 SlotHeader *vfork_slot();
 
-// thread_slot's slow path: a thread's first hit, or a hit inside fork() (t_forking), which also
-// makes a raw getpid system call: in the parent it counts into the parent's slot; in the child,
-// whose only thread this is, it tags the child's slots with the child's pid and takes one.
+// thread_slot's slow path: a thread's first hit in this session, or a hit inside fork()
+// (t_forking), which also makes a raw getpid system call: in the parent it counts into the parent's
+// slot; in the child, whose only thread this is, it tags the child's slots with the child's pid and
+// takes one.
 SlotHeader *first_or_fork_slot();
+
+// Whether t_slot is a slot of the current session's region.
+inline bool thread_slot_current() {
+  return t_slot != nullptr && t_slot_session == g_region.session;
+}
 
 inline SlotHeader *thread_slot() {
   if (__builtin_expect(t_vfork_parent != 0, 0)) return vfork_slot();
   SlotHeader *s = t_slot;
-  if (__builtin_expect(s == nullptr, 0)) s = first_or_fork_slot();
+  if (__builtin_expect(s == nullptr || t_slot_session != g_region.session, 0))
+    s = first_or_fork_slot();
   return s;
 }
 

@@ -17,12 +17,16 @@
 //
 //   int usprobe_agent_attach(int region_fd, int control_fd, char *message, size_t size);
 //
-// which maps the region, attaches the plan's probes in one batch on the running process, starts a
-// watcher thread that reads control_fd, and returns 0; or refuses with a negative errno and a
+// which maps the region, attaches the plan's probes in one batch on the running process, claims a
+// ProcessRecord, starts a watcher thread that reads control_fd, closes region_fd (the mapping
+// stays; control_fd is the watcher's) and returns 0; or refuses with a negative errno and a
 // one-line reason in `message` (NUL-terminated): -EBUSY when another session holds this process
-// ("pid N is probed by another usprobe session"), -EPROTO for a region it cannot use. On a refusal
-// it closes region_fd and control_fd, and the process is as it was. Per-probe failures are notices
-// in the region, as in a launched command.
+// ("pid N is probed by another usprobe session"; also when the process carries another copy of
+// the agent, preloaded by a usprobe that launched it), -EPROTO for a region it cannot use (bad
+// header, plan or layout, or no process records), another errno when the engine refuses the whole
+// batch. On a refusal it closes region_fd and control_fd, and the process is as it was. Per-probe
+// failures are notices in the region, as in a launched command. The agent's constructor does
+// nothing when USPROBE_AGENT_FD is not set: it is silent until this call.
 //
 // When control_fd reads end of file, the watcher detaches every probe of the session (the
 // engine's live patching: the original bytes are back, no thread is left in a trampoline), adds
@@ -31,7 +35,10 @@
 // it in /proc/PID/maps (kAgentMemfdName) and calls usprobe_agent_attach again at its address,
 // without a second dlopen. A child forked during the session inherits the session (its probes, a
 // watcher of its own on the inherited control_fd, a ProcessRecord); an exec ends it for that
-// process (the new image has no agent).
+// process (the new image has no agent) but not its record, which stays kProcessAttached while the
+// pid lives: the CLI tells such a process by its /proc/PID/maps, which no longer map the region.
+// Any bytes written to the pipe are ignored. A process that exits during the session just exits
+// (its probes go with it; its record names a dead pid).
 #pragma once
 
 #include <atomic>
@@ -47,9 +54,14 @@ using AttachFunction = int (*)(int region_fd, int control_fd, char *message, uns
 
 // The process records of a session (Header::process_offset, Header::max_processes of them): one
 // per process that carries the session's probes (the target, and children it forks). An agent
-// claims a free record (compare-and-swap of pid 0 -> its pid) when its probes are attached, with
-// state kProcessAttached, and stores kProcessDetached (release) once they are all removed. The CLI
-// waits, at the end of a session, until every record whose process is alive says detached.
+// claims a free record (compare-and-swap of pid 0 -> its pid) when its probes are attached, then
+// stores state kProcessAttached (release; a record whose state is still 0 is being claimed), and
+// stores kProcessDetached (release) once they are all removed and its last counts written. The
+// CLI waits, at the end of a session, until every record whose process is alive says detached. A
+// child claims its record in the agent's fork handler, before fork() returns in it: a child forked
+// just as the CLI closed its end may claim one after the CLI last looked (its watcher still reads
+// the end of file and detaches). A child that finds no free record keeps the session without one
+// (a notice says so).
 inline constexpr uint32_t kProcessAttached = 1;
 inline constexpr uint32_t kProcessDetached = 2;
 

@@ -7,6 +7,9 @@
 //   USPROBE_AGENT_REGION=/proc/<CLI pid>/fd/<fd number>   (when the fd was closed on the way)
 // Every process of the command (the command itself, its forked children, the images it execs)
 // maps the same region MAP_SHARED and writes its hits there; the CLI reads it while they run.
+// A running process (usprobe -p) gets the region another way: the CLI has the target create the
+// memfd, fills it the same way, and hands it to the agent it injects (protocol/attach.h); the
+// processes of such a session claim the ProcessRecords below.
 //
 //   offset 0               Header
 //   header.plan_offset     the plan: NUL-terminated text, written once by the CLI before the start
@@ -17,6 +20,8 @@
 //                          (index max_slots - 1) is the shared overflow slot
 //   header.maps_offset     (stacks mode) header.max_maps MapsEntry records, then
 //                          header.maps_text_size bytes of maps text (see "Stacks mode")
+//   header.process_offset  header.max_processes ProcessRecords (protocol/attach.h): one per process
+//                          that carries the probes of a session on a running process (usprobe -p)
 //
 // Plan text (lines end with '\n'):
 //   usprobe-plan 1
@@ -110,10 +115,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "protocol/attach.h"
+
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 5;
+inline constexpr uint32_t kVersion = 6;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -175,6 +182,12 @@ struct Header {
   // Agents store 1 (relaxed; never 0) after attaching and after each change of their mappings
   // (a dlopen); the CLI reads them at the end, to say which libraries were never loaded.
   uint64_t placed_offset;
+  // Attach mode (protocol/attach.h): max_processes ProcessRecords at process_offset (8-byte
+  // aligned), written by agents outside the hit path. The CLI may leave room for none (0) in a
+  // region for a launched command, whose agents never claim one.
+  uint64_t process_offset;
+  uint32_t max_processes;
+  uint32_t reserved2;
 };
 
 enum NoticeKind : uint32_t {
@@ -384,6 +397,10 @@ inline Notice *notice_at(Header *h, uint32_t i) {
 inline char *ring_of(Header *h, SlotHeader *s) {
   return reinterpret_cast<char *>(s) + h->ring_offset;
 }
+inline ProcessRecord *process_at(Header *h, uint32_t i) {
+  return reinterpret_cast<ProcessRecord *>(reinterpret_cast<char *>(h) + h->process_offset) + i;
+}
+static_assert(sizeof(ProcessRecord) == 8 && std::atomic<int32_t>::is_always_lock_free);
 inline MapsEntry *maps_entry_at(Header *h, uint32_t i) {
   return reinterpret_cast<MapsEntry *>(reinterpret_cast<char *>(h) + h->maps_offset) + i;
 }

@@ -3,6 +3,11 @@
 // exactly that, free the slots of dead threads without losing a count, and pass on notices.
 #include "session/region.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -252,6 +257,71 @@ TEST(Region, NoticesComeInOrderOnceReady) {
 // What a process of the command can do to the header: the CLI never follows what it finds there.
 // Each field in turn is set to values that would send a reader that believed it far outside the
 // region; what the CLI reads back is what it would have read without the scribbling.
+// Attach mode: the target made the memfd; the CLI sizes and fills it, and the agent claims records.
+TEST(Region, FillsAGivenMemfdAndReadsTheProcessRecords) {
+  int fd = ::memfd_create("usprobe-region", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  RegionConfig config;
+  config.max_slots = 4;
+  config.max_processes = 3;
+  auto created = Region::create(config, kPlan, fd);
+  ASSERT_TRUE(created.has_value()) << created.error().message;
+  Region region = std::move(*created);
+  EXPECT_EQ(region.fd(), fd);
+  Header *h = region.header();
+  struct stat st;
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), h->region_size);
+  EXPECT_EQ(h->max_processes, 3u);
+  EXPECT_EQ(h->process_offset % alignof(ProcessRecord), 0u);
+  EXPECT_LE(h->process_offset + 3 * sizeof(ProcessRecord), h->region_size);
+  EXPECT_GE(h->process_offset, h->slot_offset + 4 * h->slot_stride);
+  EXPECT_TRUE(region.processes().empty());
+
+  process_at(h, 0)->pid = 100;
+  process_at(h, 0)->state = kProcessAttached;
+  process_at(h, 2)->pid = 200;  // claimed, its state not stored yet
+  EXPECT_EQ(region.processes(), (std::vector<ProcessEntry>{{100, kProcessAttached}, {200, 0}}));
+  process_at(h, 0)->state.store(kProcessDetached, std::memory_order_release);
+  process_at(h, 2)->state = kProcessAttached;
+  EXPECT_EQ(region.processes(),
+            (std::vector<ProcessEntry>{{100, kProcessDetached}, {200, kProcessAttached}}));
+  EXPECT_EQ(region.corrupt(), 0u);
+}
+
+TEST(Region, RefusesAGivenFileThatIsNotEmpty) {
+  int fd = ::memfd_create("usprobe-region", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 4096), 0);
+  auto created = Region::create(RegionConfig{}, kPlan, fd);
+  ASSERT_FALSE(created.has_value());
+  EXPECT_NE(created.error().message.find("not an empty regular file"), std::string::npos)
+      << created.error().message;
+  EXPECT_EQ(::fcntl(fd, F_GETFD), -1) << "the descriptor was taken, and closed";
+}
+
+TEST(RegionHostile, ProcessRecordsNoAgentWritesAreLeftOutAndCountedOnce) {
+  RegionConfig config;
+  config.max_slots = 4;
+  config.max_processes = 4;
+  auto created = Region::create(config, kPlan);
+  ASSERT_TRUE(created.has_value());
+  Region region = std::move(*created);
+  Header *h = region.header();
+  process_at(h, 0)->pid = -5;
+  process_at(h, 1)->pid = 300;
+  process_at(h, 1)->state = 77;
+  process_at(h, 2)->pid = 0x7fff'ffff;
+  process_at(h, 3)->pid = 400;
+  process_at(h, 3)->state = kProcessAttached;
+  // The records as the CLI laid them out, whatever the header now says.
+  h->max_processes = 1'000'000;
+  h->process_offset = ~uint64_t{0} - 4;
+  EXPECT_EQ(region.processes(), (std::vector<ProcessEntry>{{400, kProcessAttached}}));
+  EXPECT_EQ(region.processes(), (std::vector<ProcessEntry>{{400, kProcessAttached}}));
+  EXPECT_EQ(region.corrupt(), 3u);
+}
+
 TEST(RegionHostile, ScribbledHeaderFieldsAreNeverFollowed) {
   struct Field {
     const char *name;
@@ -270,6 +340,8 @@ TEST(RegionHostile, ScribbledHeaderFieldsAreNeverFollowed) {
       {"max_notices", [](Header *h, uint64_t v) { h->max_notices = static_cast<uint32_t>(v); }},
       {"hist_offset", [](Header *h, uint64_t v) { h->hist_offset = v; }},
       {"mode", [](Header *h, uint64_t v) { h->mode = static_cast<uint32_t>(v); }},
+      {"process_offset", [](Header *h, uint64_t v) { h->process_offset = v; }},
+      {"max_processes", [](Header *h, uint64_t v) { h->max_processes = static_cast<uint32_t>(v); }},
   };
   for (const Field &field : fields) {
     for (uint64_t value : {uint64_t{0}, uint64_t{0xffff'ffff}, ~uint64_t{0}, uint64_t{1} << 40}) {

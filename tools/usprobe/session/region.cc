@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -87,6 +88,40 @@ uint64_t tsc_to_ns_mult(double ticks_per_ns) {
 
 Result<Region> Region::create(const RegionConfig &config, const std::vector<PlanEntry> &plan) {
   if (auto ok = check_config(config); !ok) return std::unexpected(ok.error());
+  // Not close-on-exec: the command inherits it (USPROBE_AGENT_FD), and so do its children.
+  int fd = ::memfd_create("usprobe", 0);
+  if (fd < 0) return fail(errno, fmt::format("memfd_create: {}", std::strerror(errno)));
+  // Never one of the standard descriptors (the CLI holds them, see cli.cc; this is for any other
+  // caller): a command started without stdin would find the region on its fd 0.
+  if (fd <= 2) {
+    int high = ::fcntl(fd, F_DUPFD, 3);
+    int err = errno;
+    ::close(fd);
+    if (high < 0) return fail(err, fmt::format("fcntl(F_DUPFD): {}", std::strerror(err)));
+    fd = high;
+  }
+  return create(config, plan, fd);
+}
+
+Result<Region> Region::create(const RegionConfig &config, const std::vector<PlanEntry> &plan,
+                              int fd) {
+  if (auto ok = check_config(config); !ok) {
+    ::close(fd);
+    return std::unexpected(ok.error());
+  }
+  // A file that already holds something (or is not one at all) is not ours to fill.
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return fail(err, fmt::format("the shared region's file: {}", std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size != 0) {
+    ::close(fd);
+    return fail(EINVAL, fmt::format("the shared region's file is not an empty regular file ({})",
+                                    S_ISREG(st.st_mode) ? fmt::format("{} bytes", st.st_size)
+                                                        : std::string("not a file")));
+  }
   bool latency = config.mode == agent::kModeLatency;
   bool stacks = config.mode == agent::kModeStacks;
   std::string text = plan_text(plan);
@@ -108,19 +143,12 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
         align_up(maps_offset + uint64_t{config.max_maps} * sizeof(agent::MapsEntry), 4096);
     size = maps_text_offset + config.maps_text_size;
   }
-
-  // Not close-on-exec: the command inherits it (USPROBE_AGENT_FD), and so do its children.
-  int fd = ::memfd_create("usprobe", 0);
-  if (fd < 0) return fail(errno, fmt::format("memfd_create: {}", std::strerror(errno)));
-  // Never one of the standard descriptors (the CLI holds them, see cli.cc; this is for any other
-  // caller): a command started without stdin would find the region on its fd 0.
-  if (fd <= 2) {
-    int high = ::fcntl(fd, F_DUPFD, 3);
-    int err = errno;
-    ::close(fd);
-    if (high < 0) return fail(err, fmt::format("fcntl(F_DUPFD): {}", std::strerror(err)));
-    fd = high;
+  uint64_t process_offset = 0;
+  if (config.max_processes > 0) {
+    process_offset = align_up(size, 64);
+    size = process_offset + uint64_t{config.max_processes} * sizeof(agent::ProcessRecord);
   }
+
   // Sparse: the pages of slots and rings no thread uses are never allocated.
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int err = errno;
@@ -163,6 +191,8 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
     hdr->table_offset = agent::stack_table_offset(probe_count);
     hdr->table_arena_words = config.table_arena_words;
   }
+  hdr->process_offset = process_offset;
+  hdr->max_processes = config.max_processes;
   std::memcpy(static_cast<char *>(map) + plan_offset, text.c_str(), text.size() + 1);
   // What the CLI follows from now on: its own copy, not the header the command can rewrite.
   RegionLayout layout;
@@ -186,8 +216,11 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   layout.table_entries = hdr->table_entries;
   layout.table_offset = hdr->table_offset;
   layout.table_arena_words = hdr->table_arena_words;
-  // No barrier needed for the agents: they map the region after fork and exec, which order
-  // these writes before anything they read.
+  layout.process_offset = hdr->process_offset;
+  layout.max_processes = hdr->max_processes;
+  // No barrier needed for the agents: they map the region after fork and exec (or, attached, after
+  // the CLI has written it and made the remote call that hands it over), which order these writes
+  // before anything they read.
   std::vector<uint32_t> masks;
   for (const PlanEntry &e : plan) masks.push_back(e.string_mask);
   return Region(fd, hdr, layout, std::move(masks));
@@ -198,6 +231,7 @@ Region::Region(int fd, Header *hdr, const RegionLayout &layout, std::vector<uint
   if (layout_.mode == agent::kModeLatency) folded_histograms_.resize(layout_.probe_count);
   if (layout_.mode == agent::kModeStacks) table_seen_.resize(layout_.max_slots);
   bad_slots_.resize(layout_.max_slots);
+  bad_processes_.resize(layout_.max_processes);
 }
 
 Region::Region(Region &&other) noexcept
@@ -212,7 +246,8 @@ Region::Region(Region &&other) noexcept
       table_seen_(std::move(other.table_seen_)),
       layout_(other.layout_),
       corrupt_(other.corrupt_),
-      bad_slots_(std::move(other.bad_slots_)) {}
+      bad_slots_(std::move(other.bad_slots_)),
+      bad_processes_(std::move(other.bad_processes_)) {}
 
 Region::~Region() {
   if (hdr_) ::munmap(hdr_, layout_.region_size);
@@ -321,7 +356,8 @@ TraceEvent TraceBatch::event(size_t i) const {
   const char *s = ref.record + sizeof ev;
   for (uint32_t m = ref.string_mask; m != 0; m &= m - 1) {
     auto arg = static_cast<unsigned>(std::countr_zero(m));
-    e.strings[arg] = std::string_view(s, ::strnlen(s, string_size));
+    // A copy ends with its NUL within string_size bytes; one without (written over) is cut there.
+    e.strings[arg] = std::string_view(s, ::strnlen(s, string_size > 0 ? string_size - 1 : 0));
     s += string_size;
   }
   return e;
@@ -693,6 +729,29 @@ std::vector<bool> Region::placed() const {
       reinterpret_cast<const char *>(hdr_) + layout_.placed_offset);
   for (uint32_t i = 0; i < layout_.probe_count; ++i)
     out[i] = flags[i].load(std::memory_order_relaxed) != 0;
+  return out;
+}
+
+std::vector<ProcessEntry> Region::processes() const {
+  std::vector<ProcessEntry> out;
+  // The layout snapshot, never the header's fields: the target can rewrite those.
+  auto *records = reinterpret_cast<agent::ProcessRecord *>(reinterpret_cast<char *>(hdr_) +
+                                                           layout_.process_offset);
+  for (uint32_t i = 0; i < layout_.max_processes; ++i) {
+    int32_t pid = records[i].pid.load(std::memory_order_relaxed);
+    if (pid == 0) continue;  // free
+    // Acquire: pairs with the agent's release store of kProcessDetached, made once its probes were
+    // all removed and its last counts written.
+    uint32_t state = records[i].state.load(std::memory_order_acquire);
+    // What no agent writes: skipped, counted once. State 0: claimed a moment ago, its agent has
+    // not stored kProcessAttached yet.
+    if (!id_in_range(pid) || state > agent::kProcessDetached) {
+      if (!bad_processes_[i]) ++corrupt_;
+      bad_processes_[i] = true;
+      continue;
+    }
+    out.push_back({pid, state});
+  }
   return out;
 }
 

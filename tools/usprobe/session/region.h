@@ -38,6 +38,9 @@ struct RegionConfig {
   // every stack then goes through the ring) and the addresses its arena holds.
   uint32_t table_entries = 0;
   uint32_t table_arena_words = 0;
+  // ProcessRecords (protocol/attach.h): one per process of a session on a running process. A
+  // launched command's agents claim none.
+  uint32_t max_processes = 256;
 };
 
 // The fixed-point multiplier for RegionConfig::tsc_to_ns_mult: 2^kTscShift / ticks_per_ns.
@@ -171,6 +174,15 @@ struct RegionLayout {
   uint32_t table_entries = 0;
   uint64_t table_offset = 0;  // within a slot
   uint32_t table_arena_words = 0;
+  uint64_t process_offset = 0;
+  uint32_t max_processes = 0;
+};
+
+// A process that carries a session's probes (attach mode), as its ProcessRecord says.
+struct ProcessEntry {
+  int32_t pid = 0;
+  uint32_t state = 0;  // agent::kProcessAttached, kProcessDetached, or 0 while being claimed
+  bool operator==(const ProcessEntry &) const = default;
 };
 
 // The CLI reads what processes of the command write, and they may write anything: a slot whose
@@ -181,7 +193,12 @@ struct RegionLayout {
 // once in corrupt(), which the commands report ("usprobe: N corrupt records ignored").
 class Region {
  public:
+  // Makes a memfd of its own (not close-on-exec, for a command to inherit).
   static Result<Region> create(const RegionConfig &config, const std::vector<PlanEntry> &plan);
+  // Sizes and fills `fd`, an empty memfd that the target created (attach mode: protocol/attach.h).
+  // Takes the descriptor: it is closed with the Region, or at once when this fails.
+  static Result<Region> create(const RegionConfig &config, const std::vector<PlanEntry> &plan,
+                               int fd);
   Region(Region &&other) noexcept;
   Region &operator=(Region &&) = delete;
   ~Region();
@@ -218,6 +235,9 @@ class Region {
   const RegionLayout &layout() const { return layout_; }
   // By probe index: whether the probe has had a site in some process of the command.
   std::vector<bool> placed() const;
+  // Attach mode: the claimed ProcessRecords, in record order. A record whose pid or state no agent
+  // writes is left out and counted in corrupt() (once).
+  std::vector<ProcessEntry> processes() const;
 
  private:
   Region(int fd, agent::Header *hdr, const RegionLayout &layout, std::vector<uint32_t> masks);
@@ -262,7 +282,8 @@ class Region {
   RegionLayout layout_;
   // Found by const readers too (counts(), histograms()): mutable.
   mutable uint64_t corrupt_ = 0;
-  mutable std::vector<bool> bad_slots_;  // by slot: found corrupt, never read again
+  mutable std::vector<bool> bad_slots_;      // by slot: found corrupt, never read again
+  mutable std::vector<bool> bad_processes_;  // by process record: found corrupt
 };
 
 }  // namespace usprobe::cli
