@@ -25,6 +25,7 @@ using namespace e2e;
 
 constexpr const char *kBin = "/usr/lib/postgresql/15/bin";
 constexpr const char *kPort = "5497";
+constexpr const char *kRunuser = "/usr/sbin/runuser";
 
 std::string bin(const char *tool) {
   return std::string(kBin) + "/" + tool;
@@ -32,7 +33,7 @@ std::string bin(const char *tool) {
 
 // Runs `argv` as the postgres user.
 Output as_postgres(std::vector<std::string> argv, std::chrono::milliseconds limit = 120s) {
-  argv.insert(argv.begin(), {"runuser", "-u", "postgres", "--"});
+  argv.insert(argv.begin(), {kRunuser, "-u", "postgres", "--"});
   return run(argv, limit);
 }
 
@@ -75,7 +76,7 @@ class Server {
     }
     // Its log on its stderr, which the Process captures.
     server_ = std::make_unique<Process>(std::vector<std::string>{
-        "runuser", "-u", "postgres", "--", bin("postgres"), "-D", data(), "-k", dir_.path(), "-p",
+        kRunuser, "-u", "postgres", "--", bin("postgres"), "-D", data(), "-k", dir_.path(), "-p",
         kPort, "-c", "listen_addresses=", "-c", "fsync=off", "-c", "logging_collector=off"});
     for (int i = 0; i < 500 && postmaster_ <= 0; ++i) {
       std::this_thread::sleep_for(20ms);
@@ -166,6 +167,9 @@ TEST(AttachPostgres, CountsABackendsStatementsExactlyAndPgbenchRunsClean) {
   // transactions of 7 statements (BEGIN, 3 UPDATE, SELECT, INSERT, END) in simple mode.
   ASSERT_TRUE(probe->contains("pids")) << probe->dump();
   EXPECT_EQ((*probe)["pids"].value(backend, 0u), 6u) << probe->dump();
+  int clients = 0;
+  for (const auto &[pid, hits] : (*probe)["pids"].items()) clients += hits.get<uint64_t>() == 1750;
+  EXPECT_EQ(clients, 4) << probe->dump();
   EXPECT_GE(probe->value("hits", 0u), 6u + 4u * 250u * 7u) << probe->dump();
 
   Output log = server.stop();

@@ -6,7 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fcntl.h>
+
 #include <cerrno>
+#include <cstring>
 #include <csignal>
 #include <fstream>
 #include <optional>
@@ -84,7 +87,10 @@ class AttachedTarget final : public Target {
                   "supported yet");
     Process &p = processes_.front();
     auto injected = inject_agent(p.point, agent, [&](int fd) -> Result<void> {
-      auto region = Region::create(config, plan, fd);
+      // The injector keeps its descriptor (and closes it on failure); the region holds a copy.
+      int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+      if (copy < 0) return fail(errno, fmt::format("dup: {}", std::strerror(errno)));
+      auto region = Region::create(config, plan, copy);
       if (!region) return std::unexpected(region.error());
       region_.emplace(std::move(*region));
       return {};
@@ -94,6 +100,7 @@ class AttachedTarget final : public Target {
       return std::unexpected(injected.error());
     }
     p.injected = *injected;
+    ::close(std::exchange(p.injected.region_fd, -1));
     p.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, p.point.pid, 0));
     started_ = Clock::now();
     return &*region_;
@@ -153,7 +160,7 @@ class AttachedTarget final : public Target {
     std::vector<pid_t> waiting;
     while (true) {
       waiting.clear();
-      for (const ProcessState &r : region_->processes())
+      for (const ProcessEntry &r : region_->processes())
         if (r.state != agent::kProcessDetached && running(r.pid)) waiting.push_back(r.pid);
       if (waiting.empty() || Clock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
