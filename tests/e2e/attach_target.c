@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -31,6 +32,7 @@
 #include <unistd.h>
 
 static atomic_int g_stop;
+static atomic_int g_started;  // threads that are running their own code (their masks set)
 static atomic_int g_eintr, g_short;
 static atomic_long g_reads, g_spins;
 static uint32_t g_futex;  // 0 = wait; the main thread stores 1 and wakes at quit
@@ -57,6 +59,7 @@ static double now_s(void) {
 
 static void *sleeper(void *arg) {
   (void)arg;
+  atomic_fetch_add(&g_started, 1);
   while (!atomic_load(&g_stop)) {
     struct timespec want = {0, 50 * 1000 * 1000};
     double t0 = now_s();
@@ -69,6 +72,7 @@ static void *sleeper(void *arg) {
 
 static void *reader(void *arg) {
   (void)arg;
+  atomic_fetch_add(&g_started, 1);
   int fd = open(g_read_fifo, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return NULL;
   char buf[256];
@@ -90,6 +94,7 @@ static void *reader(void *arg) {
 
 static void *futex_waiter(void *arg) {
   (void)arg;
+  atomic_fetch_add(&g_started, 1);
   while (__atomic_load_n(&g_futex, __ATOMIC_ACQUIRE) == 0) {
     long rc = syscall(SYS_futex, &g_futex, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
     if (rc != 0 && errno == EINTR) atomic_fetch_add(&g_eintr, 1);
@@ -99,6 +104,7 @@ static void *futex_waiter(void *arg) {
 
 static void *spinner(void *arg) {
   (void)arg;
+  atomic_fetch_add(&g_started, 1);
   long i = 0;
   while (!atomic_load(&g_stop)) {
     attach_spin(++i);
@@ -112,6 +118,7 @@ static void *blocker(void *arg) {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
+  atomic_fetch_add(&g_started, 1);
   while (!atomic_load(&g_stop)) {
     struct timespec want = {0, 20 * 1000 * 1000};
     nanosleep(&want, NULL);
@@ -134,6 +141,9 @@ int main(int argc, char **argv) {
   pthread_create(&threads[n++], NULL, spinner, NULL);
   if (blocks) pthread_create(&threads[n++], NULL, blocker, NULL);
 
+  // The ready line says every thread is where it will be: glibc blocks every signal in a new
+  // thread until it runs its own code.
+  while (atomic_load(&g_started) < n) sched_yield();
   const unsigned char *code = (const unsigned char *)(uintptr_t)&attach_driven;
   printf("ready pid=%d driven=%p bytes=", (int)getpid(), (void *)code);
   for (int i = 0; i < 16; ++i) printf("%02x", code[i]);
@@ -169,7 +179,7 @@ int main(int argc, char **argv) {
   __atomic_store_n(&g_futex, 1, __ATOMIC_RELEASE);
   syscall(SYS_futex, &g_futex, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
   for (int i = 0; i < n; ++i) pthread_join(threads[i], NULL);
-  printf("eintr=%d short=%d reads=%ld spins>0=%d\n", atomic_load(&g_eintr),
-         atomic_load(&g_short), atomic_load(&g_reads), atomic_load(&g_spins) > 0);
+  printf("eintr=%d short=%d reads=%ld spins>0=%d\n", atomic_load(&g_eintr), atomic_load(&g_short),
+         atomic_load(&g_reads), atomic_load(&g_spins) > 0);
   return 0;
 }

@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <regex>
 #include <string>
@@ -121,9 +123,28 @@ pid_t child_pid(const std::string &out) {
   return static_cast<pid_t>(std::stol(m[1].str()));
 }
 
-TEST(Attach, CountsExactlyAndLeavesTheProcessAndItsChildAsTheyWere) {
+// Threads of the target that block SIGTRAP, from /proc/PID/task/*/status.
+std::vector<std::string> threads_blocking_sigtrap(pid_t pid) {
+  std::vector<std::string> out;
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto &entry : std::filesystem::directory_iterator(task)) {
+    for (const std::string &line : lines(read_file(entry.path().string() + "/status")))
+      if (starts_with(line, "SigBlk:") &&
+          (std::stoull(line.substr(7), nullptr, 16) & (1ull << (SIGTRAP - 1))))
+        out.push_back(entry.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Two sessions on one attach_target (with a thread that blocks every signal when `blocker`).
+void attach_twice(bool blocker) {
   TempDir dir;
+  if (blocker) ::setenv("ATTACH_TARGET_BLOCKER", "1", 1);
   AttachTarget target(dir);
+  ::unsetenv("ATTACH_TARGET_BLOCKER");
+  const std::vector<std::string> blocking = threads_blocking_sigtrap(target.pid());
+  EXPECT_EQ(blocking.size(), blocker ? 1u : 0u);
   ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
   const Driven &d = target.driven();
   pid_t child = -1;
@@ -156,11 +177,24 @@ TEST(Attach, CountsExactlyAndLeavesTheProcessAndItsChildAsTheyWere) {
       EXPECT_EQ(code_bytes(child, d.address), d.bytes) << "the child forked during the session";
       EXPECT_EQ(::kill(child, 0), 0);
     }
+    // usprobe unblocked SIGTRAP in the blocking thread for the session: blocked again.
+    EXPECT_EQ(threads_blocking_sigtrap(target.pid()), blocking);
   }
   if (child > 0) ::kill(child, SIGKILL);
   Output last = target.quit();
   ASSERT_EQ(last.exit_code(), 0) << last.describe();
   EXPECT_NE(last.out.find("eintr=0 short=0 reads=2 spins>0=1"), std::string::npos) << last.out;
+}
+
+TEST(Attach, CountsExactlyAndLeavesTheProcessAndItsChildAsTheyWere) {
+  attach_twice(false);
+}
+
+// A thread that blocks every signal can neither answer the engine's signal round nor survive an
+// int3: usprobe unblocks SIGTRAP in it through ptrace for the session, and the round leaves it
+// alone while it sleeps in a system call.
+TEST(Attach, AThreadThatBlocksEverySignalIsProbedAround) {
+  attach_twice(true);
 }
 
 }  // namespace

@@ -136,6 +136,22 @@ uint64_t blocked_pc(pid_t tid, uint64_t *sp) {
   return strtoull(last + 1, nullptr, 16);
 }
 
+// Whether thread `tid` has `sig` in its blocked mask (from its /proc status); false when unknown.
+bool thread_blocks(pid_t tid, int sig) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/self/task/%d/status", tid);
+  FILE *f = fopen(path, "re");
+  if (!f) return false;
+  bool blocks = false;
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, "SigBlk:", 7) != 0) continue;
+    blocks = (strtoull(line + 7, nullptr, 16) & (1ull << (sig - 1))) != 0;
+    break;
+  }
+  fclose(f);
+  return blocks;
+}
+
 }  // namespace
 
 std::vector<int> threads_blocking(int sig) {
@@ -193,9 +209,17 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
   g_round.count = targets.size();
   g_active.store(&g_round, std::memory_order_release);  // pairs with round_handler's acquire
 
-  std::vector<bool> done(targets.size(), false);
-  for (size_t i = 0; i < targets.size(); ++i)
-    if (syscall(SYS_tgkill, pid, targets[i], *sig) != 0) done[i] = true;  // exited already
+  // A thread that blocks the round's signal (it blocked it before usprobe was loaded into a
+  // running process, or by a raw system call) would never answer: it is not signalled (a queued
+  // real-time signal per round would pile up), only looked at again and again below, until it
+  // is seen in a system call at a safe pc.
+  std::vector<bool> done(targets.size(), false), polled(targets.size(), false);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (thread_blocks(targets[i], *sig))
+      polled[i] = true;
+    else if (syscall(SYS_tgkill, pid, targets[i], *sig) != 0)
+      done[i] = true;  // exited already
+  }
 
   timespec start{};
   clock_gettime(CLOCK_MONOTONIC, &start);
@@ -212,6 +236,14 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
         res.stack_pointers.push_back(g_sp[i]);
       } else if (thread_exited(targets[i])) {
         done[i] = true;  // the thread exited: it is in no window
+      } else if (uint64_t sp = 0, pc = polled[i] ? blocked_pc(targets[i], &sp) : 0;
+                 pc != 0 && pc_is_safe(pc, arg)) {
+        // In a system call, outside every window: it returns to that pc, and from there it
+        // cannot get inside a window any more (each window's first byte traps by now, and
+        // nothing jumps into a window's middle).
+        done[i] = true;
+        ++res.blocked;
+        if (sp) res.stack_pointers.push_back(sp);
       } else {
         ++pending;
       }

@@ -5,18 +5,19 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <fcntl.h>
+#include <algorithm>
 
 #include <cerrno>
-#include <cstring>
 #include <csignal>
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <thread>
 
 #include "protocol/attach.h"
 #include "target/inject.h"
+#include "target/signal_masks.h"
 #include "target/target.h"
 
 namespace usprobe::cli {
@@ -51,6 +52,7 @@ struct Process {
   Injected injected;
   int pidfd = -1;
   bool exited = false;
+  std::vector<pid_t> sigtrap_unblocked;  // its threads that blocked SIGTRAP (signal_masks.h)
 };
 
 class AttachedTarget final : public Target {
@@ -86,6 +88,10 @@ class AttachedTarget final : public Target {
                   "several -p: one region shared by several attached processes is not "
                   "supported yet");
     Process &p = processes_.front();
+    // Threads that block SIGTRAP could not be patched around (signal_masks.h).
+    auto unblocked = unblock_sigtrap(p.point.pid);
+    if (!unblocked) return std::unexpected(unblocked.error());
+    p.sigtrap_unblocked = std::move(*unblocked);
     auto injected = inject_agent(p.point, agent, [&](int fd) -> Result<void> {
       // The injector keeps its descriptor (and closes it on failure); the region holds a copy.
       int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
@@ -97,6 +103,7 @@ class AttachedTarget final : public Target {
     });
     if (!injected) {
       region_.reset();
+      block_sigtrap_again(p.point.pid, std::exchange(p.sigtrap_unblocked, {}));
       return std::unexpected(injected.error());
     }
     p.injected = *injected;
@@ -169,6 +176,12 @@ class AttachedTarget final : public Target {
       fmt::print(stderr,
                  "usprobe: pid {} did not confirm within {} s that its probes are removed\n", pid,
                  kDetachWait.count());
+    // No int3 of the session is left where the process's probes are removed: the threads that
+    // blocked SIGTRAP block it again.
+    for (Process &p : processes_)
+      if (!p.sigtrap_unblocked.empty() &&
+          std::find(waiting.begin(), waiting.end(), p.point.pid) == waiting.end())
+        block_sigtrap_again(p.point.pid, std::exchange(p.sigtrap_unblocked, {}));
   }
 
   std::vector<Process> processes_;

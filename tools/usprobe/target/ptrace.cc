@@ -146,6 +146,19 @@ Result<void> SeizedThread::save() {
   return {};
 }
 
+Result<uint64_t> SeizedThread::signal_mask() {
+  uint64_t mask = 0;
+  if (ptrace_request(PTRACE_GETSIGMASK, tid_, sizeof mask, reinterpret_cast<uint64_t>(&mask)) != 0)
+    return std::unexpected(ptrace_error("reading the signal mask"));
+  return mask;
+}
+
+Result<void> SeizedThread::set_signal_mask(uint64_t mask) {
+  if (ptrace_request(PTRACE_SETSIGMASK, tid_, sizeof mask, reinterpret_cast<uint64_t>(&mask)) != 0)
+    return std::unexpected(ptrace_error("setting the signal mask"));
+  return {};
+}
+
 Result<void> SeizedThread::set_regs(const user_regs_struct &regs) {
   dirty_ = true;
   if (ptrace_request(PTRACE_SETREGS, tid_, 0, reinterpret_cast<uint64_t>(&regs)) != 0)

@@ -66,6 +66,11 @@ class SeizedThread {
   Result<uint64_t> call(uint64_t function, std::array<uint64_t, 6> args,
                         std::chrono::milliseconds timeout);
 
+  // The thread's signal mask (bit n - 1 for signal n), and setting it: for a thread that is only
+  // seized, not save()d, whose mask is all there is to change (signal_masks.h).
+  Result<uint64_t> signal_mask();
+  Result<void> set_signal_mask(uint64_t mask);
+
   // Detaches, handing back the signals kept while the thread was held.
   Result<void> release();
 
