@@ -68,6 +68,13 @@ void sleep_us(long us) {
 }
 
 std::vector<pid_t> g_children;  // started and not yet reaped
+std::string g_dir;              // the temporary folder, removed at the end, also by die()
+
+void remove_dir() {
+  if (g_dir.empty()) return;
+  for (const char *name : {"/stderr", "/report.json"}) std::remove((g_dir + name).c_str());
+  ::rmdir(g_dir.c_str());
+}
 
 void reap(pid_t pid) {
   g_children.erase(std::remove(g_children.begin(), g_children.end(), pid), g_children.end());
@@ -90,6 +97,7 @@ void kill_all() {
   va_end(args);
   std::fprintf(stderr, "\n");
   kill_all();
+  remove_dir();
   std::exit(1);
 }
 
@@ -102,8 +110,12 @@ std::string read_text(const std::string &path) {
 
 std::string last_lines(const std::string &text, int n) {
   size_t at = text.size();
-  for (int i = 0; i <= n && at != std::string::npos && at > 0; ++i) at = text.rfind('\n', at - 1);
-  return at == std::string::npos ? text : text.substr(at + 1);
+  for (int i = 0; i <= n; ++i) {
+    if (at == 0) return text;
+    at = text.rfind('\n', at - 1);
+    if (at == std::string::npos) return text;
+  }
+  return text.substr(at + 1);
 }
 
 // A process this benchmark started: with pipes on its stdin and stdout when it is driven.
@@ -507,7 +519,8 @@ int main(int argc, char **argv) {
 
   char dir_template[] = "/tmp/usprobe-attach-bench.XXXXXX";
   if (!::mkdtemp(dir_template)) die("mkdtemp: %s", std::strerror(errno));
-  const std::string dir = dir_template, err_path = dir + "/stderr", report = dir + "/report.json";
+  g_dir = dir_template;
+  const std::string err_path = g_dir + "/stderr", report = g_dir + "/report.json";
 
   // 1 and 2: each run on fresh processes, as a user's first attach finds them: one probe, then
   // one probe again (the agent stays loaded, dormant, between sessions: protocol/attach.h), then
@@ -655,9 +668,7 @@ int main(int argc, char **argv) {
               (a / l >= 0.9 && a / l <= 1.1) ? "met" : "MISSED");
 
   quit(t);
-  std::remove(err_path.c_str());
-  std::remove(report.c_str());
-  ::rmdir(dir.c_str());
   kill_all();
+  remove_dir();
   return 0;
 }
