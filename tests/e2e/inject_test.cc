@@ -267,6 +267,10 @@ TEST(Inject, ExistingRegionIsHandedToASecondProcess) {
   auto handed = inject_agent(*other, FAKE_AGENT_A, created->region_fd);
   ASSERT_TRUE(handed) << handed.error().message;
   EXPECT_EQ(handed->region_fd, -1);
+  std::printf(
+      "created: attach_ms %.3f longest_stop_ms %.3f; handed: attach_ms %.3f "
+      "longest_stop_ms %.3f\n",
+      created->attach_ms, created->longest_stop_ms, handed->attach_ms, handed->longest_stop_ms);
   EXPECT_EQ(marker_of(created->region_fd), fmt::format("attached 1 by {} build a", second.pid()));
   ::close(handed->control_fd);
   EXPECT_EQ(second.line(), "session 1 ended");
