@@ -7,6 +7,11 @@
 //     /proc/PID/fd/N; the target loads it as "/proc/self/fd/N";
 //   - a memfd for the shared region (named kRegionMemfdName), which the CLI opens through
 //     /proc/PID/fd/N, sizes and fills with the Header and plan (protocol.h) before the agent runs;
+//     or, in a session of several processes (-p given several times), every process after the
+//     first is handed the first one's region instead: a socketpair it creates, one end taken by
+//     the CLI with pidfd_getfd, the region's descriptor sent with SCM_RIGHTS and received by a
+//     recvmsg in the target. Its agent claims a ProcessRecord and slots there as a forked child's
+//     does, and counts into the same region;
 //   - a pipe (close-on-exec): the CLI opens its write end through /proc/PID/fd/W and the target
 //     closes its own, so the CLI holds the only write end. The session ends when that write end
 //     is closed: by the CLI at the end of the session, or by the kernel when the CLI dies.

@@ -3,14 +3,18 @@
 // original code bytes back, in it and in the child it forked during the session, no system call
 // of any of its threads interrupted, and a second session working as the first did.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <regex>
 #include <string>
@@ -195,6 +199,87 @@ TEST(Attach, CountsExactlyAndLeavesTheProcessAndItsChildAsTheyWere) {
 // alone while it sleeps in a system call.
 TEST(Attach, AThreadThatBlocksEverySignalIsProbedAround) {
   attach_twice(true);
+}
+
+// The hits of `probe` per pid in a --per-pid report.
+std::map<long, uint64_t> per_pid(const Json &report, std::string_view probe) {
+  std::map<long, uint64_t> out;
+  auto p = probe_in(report, probe);
+  if (!p || !p->contains("pids")) return out;
+  for (const auto &[pid, hits] : (*p)["pids"].items()) out[std::stol(pid)] = hits.get<uint64_t>();
+  return out;
+}
+
+// Two processes in one session (-p twice): one region, each process's calls counted under its
+// pid, exactly, and both left with their original code.
+TEST(Attach, SeveralProcessesShareOneSession) {
+  TempDir dir_a, dir_b;
+  AttachTarget a(dir_a), b(dir_b);
+  ASSERT_TRUE(a.ready()) << a.process().finish(1s).describe();
+  ASSERT_TRUE(b.ready()) << b.process().finish(1s).describe();
+  Process usprobe({cli(), "count", "--json", "--per-pid", "-p", std::to_string(a.pid()), "-p",
+                   std::to_string(b.pid()), "exe:attach_driven"});
+  ASSERT_TRUE(wait_patched(a.pid(), a.driven(), usprobe, 20s)) << end_session(usprobe).describe();
+  ASSERT_TRUE(wait_patched(b.pid(), b.driven(), usprobe, 20s)) << end_session(usprobe).describe();
+  a.send("call 700");
+  b.send("call 300");
+  ASSERT_TRUE(a.process().wait_for_stdout("called 700", 10s));
+  ASSERT_TRUE(b.process().wait_for_stdout("called 300", 10s));
+  Output r = end_session(usprobe);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  Json total = only_total(r);
+  EXPECT_EQ(hits_of(total, "exe:attach_driven"), 1000u) << r.out;
+  EXPECT_EQ(per_pid(total, "exe:attach_driven"),
+            (std::map<long, uint64_t>{{a.pid(), 700}, {b.pid(), 300}}))
+      << r.out;
+  EXPECT_EQ(code_bytes(a.pid(), a.driven().address), a.driven().bytes);
+  EXPECT_EQ(code_bytes(b.pid(), b.driven().address), b.driven().bytes);
+  for (AttachTarget *t : {&a, &b}) {
+    Output last = t->quit();
+    ASSERT_EQ(last.exit_code(), 0) << last.describe();
+    EXPECT_NE(last.out.find("eintr=0 short=0"), std::string::npos) << last.out;
+  }
+}
+
+// The second process cannot be attached (it may open no descriptor: its RLIMIT_NOFILE is below
+// the ones it has open): the error names it, and the first, attached already, is left as it was.
+TEST(Attach, AFailureWithTheSecondProcessDetachesTheFirst) {
+  TempDir dir_a, dir_b;
+  AttachTarget a(dir_a), b(dir_b);
+  ASSERT_TRUE(a.ready()) << a.process().finish(1s).describe();
+  ASSERT_TRUE(b.ready()) << b.process().finish(1s).describe();
+  rlimit before{};
+  ASSERT_EQ(::prlimit(b.pid(), RLIMIT_NOFILE, nullptr, &before), 0);
+  rlimit none{3, before.rlim_max};  // the soft limit: no capability needed to raise it again
+  ASSERT_EQ(::prlimit(b.pid(), RLIMIT_NOFILE, &none, nullptr), 0);
+  Output r = run({cli(), "count", "--json", "-p", std::to_string(a.pid()), "-p",
+                  std::to_string(b.pid()), "exe:attach_driven"},
+                 60s);
+  ASSERT_EQ(::prlimit(b.pid(), RLIMIT_NOFILE, &before, nullptr), 0)
+      << std::strerror(errno) << r.describe() << b.process().finish(1s).describe();
+  EXPECT_NE(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.err.find(fmt::format("pid {} (attach_target)", b.pid())), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Too many open files"), std::string::npos) << r.err;
+  // The first process was attached (the agent stays loaded, dormant) and detached (its region is
+  // unmapped, its code is back); the second was never patched.
+  std::string maps_a = read_file("/proc/" + std::to_string(a.pid()) + "/maps");
+  EXPECT_NE(maps_a.find("memfd:usprobe-agent"), std::string::npos) << maps_a;
+  EXPECT_EQ(maps_a.find("memfd:usprobe-region"), std::string::npos) << maps_a;
+  EXPECT_EQ(code_bytes(a.pid(), a.driven().address), a.driven().bytes);
+  EXPECT_EQ(code_bytes(b.pid(), b.driven().address), b.driven().bytes);
+  // And a session on it works as before.
+  Process usprobe({cli(), "count", "--json", "-p", std::to_string(a.pid()), "exe:attach_driven"});
+  ASSERT_TRUE(wait_patched(a.pid(), a.driven(), usprobe, 20s)) << end_session(usprobe).describe();
+  a.send("call 5");
+  ASSERT_TRUE(a.process().wait_for_stdout("called 5", 10s));
+  Output again = end_session(usprobe);
+  ASSERT_EQ(again.exit_code(), 0) << again.describe();
+  EXPECT_EQ(hits_of(only_total(again), "exe:attach_driven"), 5u) << again.out;
+  for (AttachTarget *t : {&a, &b}) {
+    Output last = t->quit();
+    ASSERT_EQ(last.exit_code(), 0) << last.describe();
+    EXPECT_NE(last.out.find("eintr=0 short=0"), std::string::npos) << last.out;
+  }
 }
 
 }  // namespace

@@ -250,6 +250,42 @@ TEST(Inject, ThreadsInSystemCallsCarryOnAndTheSecondAttachFindsTheLoadedAgent) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
+// A second process handed the region of the first (several -p, one session): the fake agent in
+// the second writes its marker into the first's region, and nothing of the passing is left in it.
+TEST(Inject, ExistingRegionIsHandedToASecondProcess) {
+  Process first({INJECT_TARGET}), second({INJECT_TARGET});
+  parse_ready(first.line());
+  parse_ready(second.line());
+  auto point = check_attachable(first.pid());
+  ASSERT_TRUE(point) << point.error().message;
+  auto created = inject_agent(*point, FAKE_AGENT_A, command("ok"));
+  ASSERT_TRUE(created) << created.error().message;
+  EXPECT_EQ(marker_of(created->region_fd), fmt::format("attached 1 by {} build a", first.pid()));
+
+  auto other = check_attachable(second.pid());
+  ASSERT_TRUE(other) << other.error().message;
+  auto handed = inject_agent(*other, FAKE_AGENT_A, created->region_fd);
+  ASSERT_TRUE(handed) << handed.error().message;
+  EXPECT_EQ(handed->region_fd, -1);
+  std::printf(
+      "created: attach_ms %.3f longest_stop_ms %.3f; handed: attach_ms %.3f "
+      "longest_stop_ms %.3f\n",
+      created->attach_ms, created->longest_stop_ms, handed->attach_ms, handed->longest_stop_ms);
+  EXPECT_EQ(marker_of(created->region_fd), fmt::format("attached 1 by {} build a", second.pid()));
+  ::close(handed->control_fd);
+  EXPECT_EQ(second.line(), "session 1 ended");
+  // The fake agent closed the region it was handed; the socketpair went with the injection.
+  EXPECT_EQ(settled_leftovers(second.pid()), std::vector<std::string>{});
+  for (const auto &e :
+       std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", second.pid())))
+    EXPECT_EQ(std::filesystem::read_symlink(e.path()).string().find("socket:"), std::string::npos)
+        << e.path();
+  ::close(created->region_fd);
+  ::close(created->control_fd);
+  EXPECT_EQ(first.line(), "session 1 ended");
+  EXPECT_TRUE(second.running());
+}
+
 TEST(Inject, AgentRefusalCarriesItsMessageAndTheSessionDescriptorsGo) {
   Process target({INJECT_TARGET});
   parse_ready(target.line());

@@ -230,7 +230,7 @@ probes (uretprobe:) are not supported.)");
         std::pair{latency_cmd, &latency.pids}, std::pair{stacks_cmd, &stacks.pids}})
     sub->add_option("-p,--pid", *pids,
                     "attach to the running process PID instead of starting a command (may be "
-                    "given several times)")
+                    "given several times: one session probes them all)")
         ->check(CLI::Range(1, std::numeric_limits<pid_t>::max()))
         ->type_name("PID")
         ->allow_extra_args(false);

@@ -1,6 +1,7 @@
 // Running processes that usprobe attaches to (target.h): every refusal is decided before any of
-// them is touched; then the agent is injected into each (inject.h), and at the end of the session
-// every process that carries the session's probes removes them (protocol/attach.h).
+// them is touched; then the agent is injected into each (inject.h), all of them sharing one region
+// (the first creates it, the others are handed it), and at the end of the session every process
+// that carries the session's probes removes them (protocol/attach.h).
 #include <fmt/format.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <fcntl.h>
 #include <algorithm>
 
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -81,34 +83,45 @@ class AttachedTarget final : public Target {
   }
   bool is_attached() const override { return true; }
 
+  // The first process creates the region (its memfd is the target's, filled by the CLI before
+  // its agent runs); each other one is handed that region (inject.h), so that every agent of the
+  // session counts into it. A failed injection ends the session in the processes done so far.
   Result<Region *> start(const RegionConfig &config, const std::vector<PlanEntry> &plan,
                          const std::string &agent, Supervisor &) override {
-    if (processes_.size() > 1)
-      return fail(ENOTSUP,
-                  "several -p: one region shared by several attached processes is not "
-                  "supported yet");
-    Process &p = processes_.front();
-    // Threads that block SIGTRAP could not be patched around (signal_masks.h).
-    auto unblocked = unblock_sigtrap(p.point.pid);
-    if (!unblocked) return std::unexpected(unblocked.error());
-    p.sigtrap_unblocked = std::move(*unblocked);
-    auto injected = inject_agent(p.point, agent, [&](int fd) -> Result<void> {
-      // The injector keeps its descriptor (and closes it on failure); the region holds a copy.
-      int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
-      if (copy < 0) return fail(errno, fmt::format("dup: {}", std::strerror(errno)));
-      auto region = Region::create(config, plan, copy);
-      if (!region) return std::unexpected(region.error());
-      region_.emplace(std::move(*region));
-      return {};
-    });
-    if (!injected) {
-      region_.reset();
-      block_sigtrap_again(p.point.pid, std::exchange(p.sigtrap_unblocked, {}));
-      return std::unexpected(injected.error());
+    for (Process &p : processes_) {
+      // Threads that block SIGTRAP could not be patched around (signal_masks.h).
+      auto unblocked = unblock_sigtrap(p.point.pid);
+      if (!unblocked) {
+        end_session();  // the processes attached before this one
+        region_.reset();
+        return std::unexpected(named(p.point.pid, unblocked.error()));
+      }
+      p.sigtrap_unblocked = std::move(*unblocked);
+      auto injected =
+          !region_
+              ? inject_agent(p.point, agent,
+                             [&](int fd) -> Result<void> {
+                               // The injector keeps its descriptor (and closes it on
+                               // failure); the region holds a copy.
+                               int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                               if (copy < 0)
+                                 return fail(errno, fmt::format("dup: {}", std::strerror(errno)));
+                               auto region = Region::create(config, plan, copy);
+                               if (!region) return std::unexpected(region.error());
+                               region_.emplace(std::move(*region));
+                               return {};
+                             })
+              : inject_agent(p.point, agent, region_->fd());
+      if (!injected) {
+        block_sigtrap_again(p.point.pid, std::exchange(p.sigtrap_unblocked, {}));
+        end_session();  // the processes attached before this one
+        region_.reset();
+        return std::unexpected(named(p.point.pid, injected.error()));
+      }
+      p.injected = *injected;
+      if (p.injected.region_fd >= 0) ::close(std::exchange(p.injected.region_fd, -1));
+      p.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, p.point.pid, 0));
     }
-    p.injected = *injected;
-    ::close(std::exchange(p.injected.region_fd, -1));
-    p.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, p.point.pid, 0));
     started_ = Clock::now();
     return &*region_;
   }
@@ -146,6 +159,20 @@ class AttachedTarget final : public Target {
   Clock::time_point started() const override { return started_; }
 
  private:
+  // An injection's error, naming the process when there are several and it does not already.
+  Error named(pid_t pid, Error error) const {
+    if (processes_.size() < 2) return error;
+    const std::string name = fmt::format("pid {}", pid);
+    for (size_t at = error.message.find(name); at != std::string::npos;
+         at = error.message.find(name, at + 1)) {
+      size_t after = at + name.size();
+      if (after == error.message.size() || !std::isdigit(uint8_t(error.message[after])))
+        return error;
+    }
+    error.message = fmt::format("{}: {}", name, error.message);
+    return error;
+  }
+
   std::vector<pid_t> pids() const {
     std::vector<pid_t> out;
     for (const Process &p : processes_) out.push_back(p.point.pid);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -409,6 +410,14 @@ class Injection {
   }
   const std::string &who() const { return who_; }
 
+  // Hands the CLI's descriptor `mine` to the target, as a descriptor of its own (close-on-exec;
+  // closed again on failure), whatever its mount and pid namespaces: the target creates a
+  // socketpair, the CLI takes one end with pidfd_getfd (which holding ptrace allows) and sends
+  // `mine` over it with SCM_RIGHTS, and the target receives it with recvmsg into `scratch`, a
+  // Passing in its memory. The socketpair is closed in both, whatever happens. `what` names the
+  // descriptor in messages.
+  Result<int> give_fd(int mine, uint64_t scratch, const char *what);
+
  private:
   const AttachPoint &point_;
   SeizedThread &thread_;
@@ -424,17 +433,125 @@ Result<std::string> read_file(const std::string &path) {
   return s.str();
 }
 
+// What Injection::give_fd needs in the target's memory: recvmsg's arguments (pointers into the
+// target's copy of this struct) and the socketpair's descriptors.
+struct Passing {
+  int32_t sockets[2];
+  char byte;
+  iovec iov;
+  msghdr message;
+  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))];
+};
+
 struct Scratch {  // after the AttachBlock in its page
   char agent_name[32];
   char region_name[32];
   int32_t pipe_fds[2];
+  Passing passing;
 };
+
+Result<int> Injection::give_fd(int mine, uint64_t scratch, const char *what) {
+  auto failed = [&](int code, const std::string &why) -> Result<int> {
+    return fail(code, fmt::format("{}: handing it {}: {}", who_, what, why));
+  };
+  auto pair =
+      syscall("socketpair", SYS_socketpair,
+              {AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, scratch + offsetof(Passing, sockets)});
+  if (!pair) return std::unexpected(pair.error());
+  int32_t sockets[2];
+  if (auto r = read_memory(point_.pid, scratch + offsetof(Passing, sockets),
+                           {reinterpret_cast<uint8_t *>(sockets), sizeof sockets});
+      !r)
+    return std::unexpected(r.error());
+  // The socketpair is the target's only for the length of this call.
+  int pidfd = -1, sender = -1;
+  struct Cleanup {
+    Injection &self;
+    const int32_t (&sockets)[2];
+    int &pidfd, &sender;
+    ~Cleanup() {
+      for (int32_t fd : sockets)
+        (void)self.thread_.syscall(self.point_.syscall_insn, SYS_close, {uint64_t(fd)});
+      if (sender >= 0) ::close(sender);
+      if (pidfd >= 0) ::close(pidfd);
+    }
+  } cleanup{*this, sockets, pidfd, sender};
+
+  pidfd = static_cast<int>(::syscall(SYS_pidfd_open, point_.pid, 0));
+  if (pidfd < 0) return failed(errno, fmt::format("pidfd_open: {}", std::strerror(errno)));
+  sender = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, sockets[0], 0));
+  if (sender < 0)
+    return failed(errno, fmt::format("pidfd_getfd: {}{}", std::strerror(errno),
+                                     errno == ENOSYS ? " (Linux 5.6 or later is needed)" : ""));
+
+  // Sent first, so that the target's recvmsg finds it and does not block.
+  char byte = 'r';
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  cmsghdr *c = CMSG_FIRSTHDR(&message);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &mine, sizeof mine);
+  if (::sendmsg(sender, &message, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
+    return failed(errno, fmt::format("sendmsg: {}", std::strerror(errno)));
+
+  // recvmsg's arguments in the target: every pointer is an address there.
+  Passing passing{};
+  std::memcpy(passing.sockets, sockets, sizeof sockets);
+  passing.iov.iov_base = reinterpret_cast<void *>(scratch + offsetof(Passing, byte));
+  passing.iov.iov_len = 1;
+  passing.message.msg_iov = reinterpret_cast<iovec *>(scratch + offsetof(Passing, iov));
+  passing.message.msg_iovlen = 1;
+  passing.message.msg_control = reinterpret_cast<void *>(scratch + offsetof(Passing, control));
+  passing.message.msg_controllen = sizeof passing.control;
+  if (auto w = write_memory(point_.pid, scratch,
+                            {reinterpret_cast<const uint8_t *>(&passing), sizeof passing});
+      !w)
+    return std::unexpected(w.error());
+  auto received = syscall("recvmsg", SYS_recvmsg,
+                          {uint64_t(sockets[1]), scratch + offsetof(Passing, message),
+                           MSG_DONTWAIT | MSG_CMSG_CLOEXEC});
+  if (!received) return std::unexpected(received.error());
+  Passing back{};
+  if (auto r = read_memory(point_.pid, scratch, {reinterpret_cast<uint8_t *>(&back), sizeof back});
+      !r)
+    return std::unexpected(r.error());
+  // What the kernel wrote, checked as untrusted: the control buffer is read here, at its copy.
+  if (*received != 1 || (back.message.msg_flags & MSG_CTRUNC) ||
+      back.message.msg_controllen < CMSG_LEN(sizeof(int)) ||
+      back.message.msg_controllen > sizeof back.control)
+    return failed(EPROTO, fmt::format("recvmsg in the target received {} bytes and {} bytes of "
+                                      "control data{} instead of one descriptor",
+                                      *received, back.message.msg_controllen,
+                                      back.message.msg_flags & MSG_CTRUNC
+                                          ? " (truncated: no descriptor left, RLIMIT_NOFILE?)"
+                                          : ""));
+  cmsghdr header;
+  std::memcpy(&header, back.control, sizeof header);
+  int fd = -1;
+  std::memcpy(&fd, back.control + CMSG_LEN(0), sizeof fd);
+  if (header.cmsg_level != SOL_SOCKET || header.cmsg_type != SCM_RIGHTS ||
+      header.cmsg_len != CMSG_LEN(sizeof(int)) || fd < 0)
+    return failed(EPROTO, "recvmsg in the target received no descriptor");
+  own_fd(fd);
+  return fd;
+}
 
 }  // namespace
 
-Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent_path,
-                              const std::function<Result<void>(int region_fd)> &fill_region,
-                              const InjectOptions &options) {
+namespace {
+
+// Both forms of inject_agent: with fill_region, the target creates the region memfd; else it is
+// handed `given_region` (the CLI's descriptor).
+Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
+                        const std::function<Result<void>(int region_fd)> *fill_region,
+                        int given_region, const InjectOptions &options) {
   const std::string who = fmt::format("pid {} ({})", point.pid, point.comm);
 
   // The agent: its build-id against the one loaded already, if any.
@@ -522,15 +639,22 @@ Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent
       std::snprintf(block.agent_path, sizeof block.agent_path, "/proc/self/fd/%d", block.agent_fd);
     }
 
-    auto region =
-        injection.syscall("memfd_create", SYS_memfd_create,
-                          {scratch_address + offsetof(Scratch, region_name), MFD_CLOEXEC});
-    if (!region) return std::unexpected(region.error());
-    injection.own_fd(static_cast<int>(*region));
-    block.region_fd = static_cast<int32_t>(*region);
-    auto mine_region = injection.open_fd(block.region_fd, O_RDWR);
-    if (!mine_region) return std::unexpected(mine_region.error());
-    region_fd = *mine_region;
+    if (fill_region) {
+      auto region =
+          injection.syscall("memfd_create", SYS_memfd_create,
+                            {scratch_address + offsetof(Scratch, region_name), MFD_CLOEXEC});
+      if (!region) return std::unexpected(region.error());
+      injection.own_fd(static_cast<int>(*region));
+      block.region_fd = static_cast<int32_t>(*region);
+      auto mine_region = injection.open_fd(block.region_fd, O_RDWR);
+      if (!mine_region) return std::unexpected(mine_region.error());
+      region_fd = *mine_region;
+    } else {
+      auto given = injection.give_fd(given_region, scratch_address + offsetof(Scratch, passing),
+                                     "the session's region");
+      if (!given) return std::unexpected(given.error());
+      block.region_fd = static_cast<int32_t>(*given);
+    }
 
     if (auto p = injection.syscall("pipe2", SYS_pipe2,
                                    {scratch_address + offsetof(Scratch, pipe_fds), O_CLOEXEC});
@@ -553,7 +677,8 @@ Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent
     if (auto c = injection.syscall("close", SYS_close, {uint64_t(fds[1])}); !c)
       return std::unexpected(c.error());
 
-    if (auto f = fill_region(region_fd); !f) return std::unexpected(f.error());
+    if (fill_region)
+      if (auto f = (*fill_region)(region_fd); !f) return std::unexpected(f.error());
 
     if (auto w = write_memory(point.pid, code, {kBootstrapCode, kBootstrapCodeSize}); !w)
       return std::unexpected(w.error());
@@ -678,6 +803,22 @@ Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent
   out.attach_ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
   out.longest_stop_ms = stop_ms;
   return out;
+}
+
+}  // namespace
+
+Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent_path,
+                              const std::function<Result<void>(int region_fd)> &fill_region,
+                              const InjectOptions &options) {
+  return inject(point, agent_path, &fill_region, -1, options);
+}
+
+Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent_path,
+                              int region_fd, const InjectOptions &options) {
+  if (region_fd < 0)
+    return fail(EBADF,
+                fmt::format("pid {}: no region to hand it (descriptor {})", point.pid, region_fd));
+  return inject(point, agent_path, nullptr, region_fd, options);
 }
 
 }  // namespace usprobe::cli

@@ -3,9 +3,10 @@
 // check_attachable() decides, from /proc and the target's libc alone, whether the process can be
 // attached to, and finds what the injection needs in it. inject_agent() then seizes one thread
 // (target/ptrace.h) and, by remote system calls in it, has the target create the agent memfd
-// (which the CLI fills), the region memfd (which the CLI sizes and fills through fill_region) and
-// the session pipe; it copies the bootstrap (target/bootstrap.c) and its AttachBlock into a page
-// the target maps, starts the bootstrap with a remote pthread_create, puts the thread back as it
+// (which the CLI fills), the region memfd (which the CLI sizes and fills through fill_region; or
+// it hands the target the region of a session that holds other processes already) and the session
+// pipe; it copies the bootstrap (target/bootstrap.c) and its AttachBlock into a page the target
+// maps, starts the bootstrap with a remote pthread_create, puts the thread back as it
 // was and lets it go. The bootstrap's thread loads the agent with the target's own dlopen and calls
 // usprobe_agent_attach; the CLI waits for its answer in the block.
 //
@@ -57,7 +58,9 @@ struct AttachPoint {
 Result<AttachPoint> check_attachable(pid_t pid);
 
 struct Injected {
-  int region_fd = -1;    // the CLI's descriptor of the region memfd that the target created
+  // The CLI's descriptor of the region memfd that the target created; -1 when the region was
+  // handed to the target (the second inject_agent).
+  int region_fd = -1;
   int control_fd = -1;   // the CLI's write end of the session pipe: closing it ends the session
   double attach_ms = 0;  // from seize to the agent's answer
   double longest_stop_ms = 0;  // how long the seized thread was held stopped
@@ -81,5 +84,14 @@ struct InjectOptions {
 Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent_path,
                               const std::function<Result<void>(int region_fd)> &fill_region,
                               const InjectOptions &options = {});
+
+// The same, for a session whose region exists already (several processes, one region): the
+// target creates no region memfd but is handed `region_fd`, the CLI's descriptor of the region,
+// filled already. The descriptor crosses namespaces as a message: the target creates a
+// socketpair, the CLI takes one end with pidfd_getfd (Linux 5.6; holding ptrace allows it) and
+// sends region_fd with SCM_RIGHTS, the target receives it with recvmsg; the socketpair is closed
+// in both. The caller keeps region_fd. Errors and undoing as above.
+Result<Injected> inject_agent(const AttachPoint &point, const std::string &agent_path,
+                              int region_fd, const InjectOptions &options = {});
 
 }  // namespace usprobe::cli

@@ -7,7 +7,9 @@
 //   launched  fork + exec with LD_PRELOAD (launch.h); the session ends when the command exits
 //             (Ctrl-C and -d interrupt the command, which then exits); usprobe exits with its
 //             status. The probes are never removed: the processes are ending.
-//   attached  ptrace injection (inject.h) into each PID; the session ends on Ctrl-C/SIGTERM, at -d,
+//   attached  ptrace injection (inject.h) into each PID, one after the other, all of them sharing
+//             one region (counts are tagged with their pid); a PID that cannot be attached ends
+//             the session in those attached before it. The session ends on Ctrl-C/SIGTERM, at -d,
 //             or when the last target exits; then every process that carries the session's probes
 //             (the targets and the children they forked meanwhile) removes them and says so
 //             through the region, and usprobe exits with 0. The processes keep running.
@@ -51,8 +53,9 @@ class Target {
 
   // Creates the region with `config` and `plan` and gets the agent going in every process, with
   // `agent` (libusprobe-agent.so). Launched: the region, then the command. Attached: for each pid,
-  // the injection (which has the target create the region's memfd). On error nothing is left
-  // probed. The region lives as long as the target.
+  // the injection: the first has the target create the region's memfd, the others are handed that
+  // region. On error nothing is left probed, and the error names the pid. The region lives as long
+  // as the target.
   virtual Result<Region *> start(const RegionConfig &config, const std::vector<PlanEntry> &plan,
                                  const std::string &agent, Supervisor &supervisor) = 0;
 
