@@ -54,6 +54,7 @@ int run_count(const CountOptions &options) {
   if (!region) return report_error(region.error());
 
   NoticePrinter notices(probes, options.verbose);
+  notices.info(target.notes());
   Reporter reporter{options, probes, output->file()};
   return report_while_running(
       supervisor, target, **region, notices,

@@ -170,6 +170,7 @@ int run_latency(const LatencyOptions &options) {
   if (!region) return report_error(region.error());
 
   NoticePrinter notices(probes, options.verbose);
+  notices.info(target.notes());
   Reporter reporter{options, probes, *unit, output->file()};
   return report_while_running(
       supervisor, target, **region, notices,

@@ -222,6 +222,7 @@ int run_stacks(const StacksOptions &options) {
   Region *region = *started;
 
   NoticePrinter notices(probes, options.verbose);
+  notices.info(target.notes());
   Collector collector(*region);
   auto tick = [&] {
     collector.tick();

@@ -233,6 +233,7 @@ int run_trace(const TraceOptions &options) {
   Region *region = *started;
 
   NoticePrinter notices(probes, options.verbose);
+  notices.info(target.notes());
   // Drained and not printed yet (`batch`), drained while `batch` was being printed (`next`).
   TraceBatch batch, next;
   std::vector<std::pair<uint64_t, uint32_t>> order;

@@ -62,6 +62,12 @@ std::string probe_file(const Probe &p) {
 
 }  // namespace
 
+void NoticePrinter::info(const std::vector<std::string> &lines) {
+  if (!verbose_) return;
+  for (const std::string &line : lines) fmt::print(stderr, "usprobe: {}\n", line);
+  std::fflush(stderr);
+}
+
 void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
   for (const NoticeMessage &n : notices) {
     switch (n.kind) {

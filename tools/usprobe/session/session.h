@@ -54,6 +54,8 @@ class NoticePrinter {
   NoticePrinter(const std::vector<Probe> &probes, bool verbose)
       : probes_(probes), verbose_(verbose) {}
   void print(const std::vector<NoticeMessage> &notices);
+  // usprobe's own informational lines (Target::notes()), with verbose: "usprobe: <line>".
+  void info(const std::vector<std::string> &lines);
   // At the end: notices the region had no room for, and a command the agent never started in.
   // `noun` names the target in those lines ("the command", "pid 1234").
   void finish(const Region &region, const ExitInfo &exit, const std::string &noun = "the command");

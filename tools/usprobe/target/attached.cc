@@ -158,6 +158,20 @@ class AttachedTarget final : public Target {
 
   Clock::time_point started() const override { return started_; }
 
+  std::vector<std::string> notes() const override {
+    std::vector<std::string> out;
+    for (const Process &p : processes_) {
+      std::string line =
+          fmt::format("pid {}: agent injected in {:.1f} ms, thread {} held {:.1f} ms", p.point.pid,
+                      p.injected.attach_ms, p.point.tid, p.injected.longest_stop_ms);
+      if (!p.sigtrap_unblocked.empty())
+        line += fmt::format("; SIGTRAP unblocked in {} thread(s) for the session",
+                            p.sigtrap_unblocked.size());
+      out.push_back(std::move(line));
+    }
+    return out;
+  }
+
  private:
   // An injection's error, naming the process when there are several and it does not already.
   Error named(pid_t pid, Error error) const {
