@@ -212,7 +212,7 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
   // A thread that blocks the round's signal (it blocked it before usprobe was loaded into a
   // running process, or by a raw system call) would never answer: it is not signalled (a queued
   // real-time signal per round would pile up), only looked at again and again below, until it
-  // is seen in a system call at a safe pc.
+  // is seen in a system call at a safe pc, or no longer blocking the signal.
   std::vector<bool> done(targets.size(), false), polled(targets.size(), false);
   for (size_t i = 0; i < targets.size(); ++i) {
     if (thread_blocks(targets[i], *sig))
@@ -245,6 +245,16 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
         ++res.blocked;
         if (sp) res.stack_pointers.push_back(sp);
       } else {
+        // A thread seen blocking the signal may only have been inside a handler then (a
+        // handler runs with its sa_mask: the previous round's, finishing after its ack): once it
+        // no longer blocks it, it is signalled after all.
+        if (polled[i] && !thread_blocks(targets[i], *sig)) {
+          polled[i] = false;
+          if (syscall(SYS_tgkill, pid, targets[i], *sig) != 0) {
+            done[i] = true;
+            continue;
+          }
+        }
         ++pending;
       }
     }
