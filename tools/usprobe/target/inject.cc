@@ -269,7 +269,8 @@ Result<AttachPoint> check_attachable(pid_t pid) {
   if (auto exe = elf::ElfFile::open(fmt::format("/proc/{}/exe", pid));
       exe && (*exe)->is_static_executable())
     return fail(ENOEXEC, fmt::format("{} runs a statically linked program ({}): it has no dynamic "
-                                     "linker, so usprobe's agent cannot be loaded into it",
+                                     "linker, so usprobe's agent cannot be loaded into it; only "
+                                     "dynamically linked programs can be probed",
                                      who, exe_link));
 
   const os::Mapping *libc = nullptr;
