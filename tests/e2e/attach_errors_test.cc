@@ -8,9 +8,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <regex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -59,6 +62,16 @@ std::vector<std::string> count_cmd(pid_t pid, std::vector<std::string> extra = {
   std::vector<std::string> argv = {cli(), "count", "-p", pid_text(pid), "exe:attach_driven"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
+}
+
+// The inodes of the attached sessions' regions that `pid` maps (/memfd:usprobe-region).
+std::set<std::string> region_inodes(pid_t pid) {
+  std::set<std::string> out;
+  for (const std::string &line : lines(read_file("/proc/" + pid_text(pid) + "/maps"))) {
+    std::vector<std::string> w = words(line);
+    if (w.size() >= 6 && w[5] == "/memfd:usprobe-region") out.insert(w[4]);
+  }
+  return out;
 }
 
 // The build directory (where the CLI and its agent are).
@@ -169,14 +182,13 @@ TEST(AttachRefused, ASecondSessionNamesTheFirstUsprobe) {
   const Driven &d = target.driven();
   Process first({cli(), "count", "--json", "-p", pid_text(target.pid()), "exe:attach_driven"});
   ASSERT_TRUE(wait_patched(target.pid(), d, first, 20s)) << end_session(first).describe();
-  const std::string patched = code_bytes(target.pid(), d.address);
   Output second = run(count_cmd(target.pid()), 20s);
   expect_refusal(
       second, target.pid(),
       {"is probed by another usprobe session (usprobe pid " + pid_text(first.pid()) + ")",
        "end that session first"});
-  // The first session goes on, as it was: its patch, and every call counted.
-  EXPECT_EQ(code_bytes(target.pid(), d.address), patched);
+  // The first session goes on, as it was: its probe in place, and every call counted.
+  EXPECT_NE(code_bytes(target.pid(), d.address), d.bytes);
   ASSERT_TRUE(target.call(123));
   Output r = end_session(first);
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
@@ -325,14 +337,49 @@ TEST(AttachEnds, UsprobeKilledLeavesTheProcessUnpatchedAndFreeForAnotherSession)
   }
   // The agent reads the end of the session's pipe and removes the probes itself.
   EXPECT_TRUE(wait_restored(target.pid(), d, 10s)) << code_bytes(target.pid(), d.address);
-  ASSERT_TRUE(target.call(60));
-  // Nothing of the killed session holds the process: a new one attaches and counts exactly.
+  // Nothing of the killed session holds the process: a new one, started at once (while the agent
+  // may still be unmapping the old region), attaches and counts exactly.
   Process again({cli(), "count", "--json", "-p", pid_text(target.pid()), "exe:attach_driven"});
   ASSERT_TRUE(wait_patched(target.pid(), d, again, 20s)) << end_session(again).describe();
   ASSERT_TRUE(target.call(70));
   Output r = end_session(again);
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   EXPECT_EQ(hits_of(only_total(r), "exe:attach_driven"), 70u) << r.out;
+  expect_untouched(target);
+  expect_runs_on(target, 10);
+}
+
+TEST(AttachEnds, ASessionStartedRightAfterAKilledOneWaitsForItsProbesToGo) {
+  TempDir dir;
+  AttachTarget target(dir);
+  ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
+  const Driven &d = target.driven();
+  Process killed(count_cmd(target.pid()));
+  ASSERT_TRUE(wait_patched(target.pid(), d, killed, 20s)) << end_session(killed).describe();
+  std::set<std::string> old_region = region_inodes(target.pid());
+  ASSERT_EQ(old_region.size(), 1u);
+  ::kill(killed.pid(), SIGKILL);
+  // Dead (its memory released), not yet reaped.
+  for (int i = 0; i < 2000 && !exited(killed); ++i) std::this_thread::sleep_for(1ms);
+  // At once: the killed session's agent is still removing its probes and its region. The new
+  // session is not refused for it ("probed by another usprobe session" with no usprobe left).
+  Process again({cli(), "count", "--json", "-p", pid_text(target.pid()), "exe:attach_driven"});
+  killed.finish(10s);
+  // The new session's probe is in place once the old region is gone (the agent unmaps it after
+  // removing the old probe), a new one is mapped, and the code is patched.
+  bool in_place = false;
+  for (auto until = std::chrono::steady_clock::now() + 20s;
+       !in_place && std::chrono::steady_clock::now() < until && !exited(again);) {
+    std::set<std::string> now = region_inodes(target.pid());
+    in_place =
+        now.size() == 1 && now != old_region && code_bytes(target.pid(), d.address) != d.bytes;
+    if (!in_place) std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_TRUE(in_place) << end_session(again).describe();
+  ASSERT_TRUE(target.call(90));
+  Output r = end_session(again);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(hits_of(only_total(r), "exe:attach_driven"), 90u) << r.out;
   expect_untouched(target);
   expect_runs_on(target, 10);
 }
@@ -377,9 +424,17 @@ TEST(AttachBlockedSignals, ProbesAreRefusedWithTheReasonAndNothingIsPatched) {
   const Driven &d = target.driven();
   Process usprobe({cli(), "count", "-d", "1.5", "-p", pid_text(target.pid()), "exe:attach_driven",
                    "exe:attach_spin"});
-  // The target keeps working through the session, and its code is never touched.
+  // The target keeps working through the session, and its code is never touched: looked at until
+  // usprobe exits (WNOWAIT: it is reaped by finish).
   ASSERT_TRUE(target.call(20));
-  EXPECT_EQ(code_bytes(target.pid(), d.address), d.bytes);
+  int looks = 0, changed = 0;
+  for (auto until = std::chrono::steady_clock::now() + 20s;
+       std::chrono::steady_clock::now() < until; ++looks) {
+    if (exited(usprobe)) break;
+    changed += code_bytes(target.pid(), d.address) != d.bytes;
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(changed, 0) << "of " << looks << " looks at attach_driven's code";
   Output r = usprobe.finish(30s);
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   // One line per probe, naming it, the thread and the reason.

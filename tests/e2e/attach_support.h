@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -132,6 +133,13 @@ inline std::string code_bytes(pid_t pid, uint64_t address) {
   return hex;
 }
 
+// Whether `p` has exited (left for finish() to reap: WNOWAIT).
+inline bool exited(Process &p) {
+  siginfo_t info{};
+  return ::waitid(P_PID, static_cast<id_t>(p.pid()), &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+         info.si_pid != 0;
+}
+
 // Waits until the code at the driven function differs from the original (the probe is in place),
 // while the CLI still runs.
 inline bool wait_patched(pid_t pid, const Driven &d, Process &cli,
@@ -140,7 +148,7 @@ inline bool wait_patched(pid_t pid, const Driven &d, Process &cli,
   while (std::chrono::steady_clock::now() < until) {
     std::string now = code_bytes(pid, d.address);
     if (!now.empty() && now != d.bytes) return true;
-    if (::kill(cli.pid(), 0) != 0) return false;
+    if (exited(cli)) return false;
     std::this_thread::sleep_for(5ms);
   }
   return false;

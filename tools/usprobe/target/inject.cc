@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <filesystem>
@@ -35,6 +36,9 @@ using Clock = std::chrono::steady_clock;
 constexpr uint64_t kPage = 4096;
 constexpr unsigned kPfKthread = 0x00200000;  // PF_KTHREAD in /proc/PID/stat's flags
 constexpr int kCapSysPtrace = 19;
+// How long a process may take to remove the probes of a session whose usprobe was killed (the
+// agent sees its pipe's end of file) before a new session is refused.
+constexpr std::chrono::seconds kEndedSessionWait{3};
 
 uint64_t page_up(uint64_t n) {
   return (n + kPage - 1) & ~(kPage - 1);
@@ -256,11 +260,39 @@ Result<AttachPoint> check_attachable(pid_t pid) {
 
   // A session holds the process: it maps a region memfd (attached: usprobe-region; launched:
   // the CLI's "usprobe").
-  for (const os::Mapping &m : *maps)
-    if (m.path == std::string("/memfd:") + agent::kRegionMemfdName || m.path == "/memfd:usprobe")
+  const std::string attached_region = std::string("/memfd:") + agent::kRegionMemfdName;
+  auto region_of = [&](const std::vector<os::Mapping> &ms) -> std::optional<os::Mapping> {
+    for (const os::Mapping &m : ms)
+      if (m.path == attached_region || m.path == "/memfd:usprobe") return m;
+    return std::nullopt;
+  };
+  if (auto region = region_of(*maps)) {
+    std::string holder = region_holder(pid, *region);
+    // An attached session's region that no usprobe maps is one whose usprobe is gone (killed):
+    // the agent (in this process and in the children it forked meanwhile, which may map it too)
+    // has read the end of its pipe and is removing the probes, and unmaps the region last. That
+    // takes milliseconds; wait for it (bounded) rather than refuse.
+    if (!holder.starts_with(" (usprobe pid") && region->path == attached_region) {
+      auto until = std::chrono::steady_clock::now() + kEndedSessionWait;
+      while (region && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        auto again = os::read_mappings(fmt::format("/proc/{}/maps", pid).c_str());
+        if (!again)
+          return fail(again.error().code, fmt::format("{}: {}", who, again.error().message));
+        maps = std::move(again);
+        region = region_of(*maps);
+      }
+      if (region)
+        return fail(EBUSY, fmt::format("{} still carries the probes of a usprobe session whose "
+                                       "usprobe has exited: its agent did not remove them within "
+                                       "{} s; try again later",
+                                       who, kEndedSessionWait.count()));
+    } else {
       return fail(EBUSY, fmt::format("{} is probed by another usprobe session{}: end that session "
                                      "first",
-                                     who, region_holder(pid, m)));
+                                     who, holder));
+    }
+  }
 
   std::string exe_link(4096, '\0');
   ssize_t n =
