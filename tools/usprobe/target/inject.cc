@@ -111,15 +111,18 @@ char thread_state(pid_t pid, pid_t tid) {
   return close == std::string::npos || close + 2 >= stat.size() ? '?' : stat[close + 2];
 }
 
-bool is_descendant(pid_t pid) {
-  pid_t self = ::getpid();
+bool descends_from(pid_t pid, pid_t ancestor) {
   for (int depth = 0; pid > 1 && depth < 1024; depth++) {
     auto s = read_status(pid);
     if (!s) return false;
-    if (s->ppid == self) return true;
+    if (s->ppid == ancestor) return true;
     pid = s->ppid;
   }
   return false;
+}
+
+bool is_descendant(pid_t pid) {
+  return descends_from(pid, ::getpid());
 }
 
 int yama_scope() {
@@ -163,6 +166,14 @@ Result<std::shared_ptr<const elf::ElfFile>> open_mapped(pid_t pid,
     if (m.path == path)
       return elf::ElfFile::open(fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, m.start, m.end));
   return fail(ENOENT, fmt::format("pid {}: {} is not mapped", pid, path));
+}
+
+// Whether a process other than `pid` and the children it forked maps `region`: the usprobe of a
+// live session (or whatever stands in for it).
+bool region_held(pid_t pid, const os::Mapping &region) {
+  for (pid_t p : processes_mapping(region.dev, region.ino, ::getpid()))
+    if (p != pid && !descends_from(p, pid)) return true;
+  return false;
 }
 
 // The usprobe process that holds the region memfd the target maps, for the message.
@@ -267,12 +278,11 @@ Result<AttachPoint> check_attachable(pid_t pid) {
     return std::nullopt;
   };
   if (auto region = region_of(*maps)) {
-    std::string holder = region_holder(pid, *region);
-    // An attached session's region that no usprobe maps is one whose usprobe is gone (killed):
-    // the agent (in this process and in the children it forked meanwhile, which may map it too)
-    // has read the end of its pipe and is removing the probes, and unmaps the region last. That
-    // takes milliseconds; wait for it (bounded) rather than refuse.
-    if (!holder.starts_with(" (usprobe pid") && region->path == attached_region) {
+    // An attached session's region that only this process (and the children it forked during the
+    // session) maps is one whose usprobe is gone (killed): the agent has read the end of its pipe
+    // and is removing the probes, and unmaps the region last. That takes milliseconds; wait for
+    // it (bounded) rather than refuse.
+    if (region->path == attached_region && !region_held(pid, *region)) {
       auto until = std::chrono::steady_clock::now() + kEndedSessionWait;
       while (region && std::chrono::steady_clock::now() < until) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -290,7 +300,7 @@ Result<AttachPoint> check_attachable(pid_t pid) {
     } else {
       return fail(EBUSY, fmt::format("{} is probed by another usprobe session{}: end that session "
                                      "first",
-                                     who, holder));
+                                     who, region_holder(pid, *region)));
     }
   }
 
