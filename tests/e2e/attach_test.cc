@@ -20,105 +20,12 @@
 #include <string>
 #include <thread>
 
+#include "attach_support.h"
 #include "e2e_support.h"
 
 namespace {
 
 using namespace e2e;
-
-// attach_driven's address and its first 16 bytes before anything was probed (hex), as the target
-// read them itself.
-struct Driven {
-  uint64_t address = 0;
-  std::string bytes;
-};
-
-// The target, with its two FIFOs: the control lines it reads, and the pipe its reader thread
-// blocks on. The FIFOs' write ends are held here; closing the read FIFO's at quit ends that thread.
-class AttachTarget {
- public:
-  explicit AttachTarget(const TempDir &dir, const std::string &program = ATTACH_TARGET)
-      : control_path_(dir.file("control")), read_path_(dir.file("read")) {
-    ::mkfifo(control_path_.c_str(), 0600);
-    ::mkfifo(read_path_.c_str(), 0600);
-    process_ =
-        std::make_unique<Process>(std::vector<std::string>{program, control_path_, read_path_});
-    // Opening a FIFO for writing waits for its reader: the target opens both at its start.
-    read_ = ::open(read_path_.c_str(), O_WRONLY | O_CLOEXEC);
-    if (!process_->wait_for_stdout("\n", 10s)) return;
-    std::smatch m;
-    const std::string &out = process_->out_so_far();
-    if (std::regex_search(out, m, std::regex(R"(driven=0x([0-9a-f]+) bytes=([0-9a-f]{32}))"))) {
-      driven_.address = std::stoull(m[1].str(), nullptr, 16);
-      driven_.bytes = m[2].str();
-    }
-    control_ = ::open(control_path_.c_str(), O_WRONLY | O_CLOEXEC);
-  }
-  ~AttachTarget() {
-    if (control_ >= 0) ::close(control_);
-    if (read_ >= 0) ::close(read_);
-  }
-
-  bool ready() const { return driven_.address != 0 && control_ >= 0 && read_ >= 0; }
-  pid_t pid() const { return process_->pid(); }
-  const Driven &driven() const { return driven_; }
-  Process &process() { return *process_; }
-
-  void send(const std::string &line) {
-    std::string text = line + "\n";
-    ASSERT_EQ(::write(control_, text.data(), text.size()), static_cast<ssize_t>(text.size()));
-  }
-  void poke() { ASSERT_EQ(::write(read_, "x", 1), 1); }
-  // Stops the target: its last line says whether any of its threads saw EINTR or slept short.
-  Output quit() {
-    send("quit");
-    ::close(read_);
-    read_ = -1;
-    return process_->finish(30s);
-  }
-
- private:
-  std::string control_path_, read_path_;
-  std::unique_ptr<Process> process_;
-  int control_ = -1, read_ = -1;
-  Driven driven_;
-};
-
-// 16 code bytes of `pid` at `address`, as hex, read through /proc/PID/mem ("" when unreadable).
-std::string code_bytes(pid_t pid, uint64_t address) {
-  int fd = ::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return "";
-  unsigned char buf[16];
-  ssize_t n = ::pread(fd, buf, sizeof buf, static_cast<off_t>(address));
-  ::close(fd);
-  if (n != sizeof buf) return "";
-  std::string hex;
-  char two[3];
-  for (unsigned char b : buf) {
-    std::snprintf(two, sizeof two, "%02x", b);
-    hex += two;
-  }
-  return hex;
-}
-
-// Waits until the code at the driven function differs from the original (the probe is in place),
-// while the CLI still runs.
-bool wait_patched(pid_t pid, const Driven &d, Process &cli, std::chrono::milliseconds limit) {
-  auto until = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < until) {
-    std::string now = code_bytes(pid, d.address);
-    if (!now.empty() && now != d.bytes) return true;
-    if (::kill(cli.pid(), 0) != 0) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return false;
-}
-
-// Ends a session as Ctrl-C would (SIGINT to the CLI alone) and collects its output.
-Output end_session(Process &cli) {
-  ::kill(cli.pid(), SIGINT);
-  return cli.finish(30s);
-}
 
 // The pid of the child the target forked, from its "child PID called N" line.
 pid_t child_pid(const std::string &out) {

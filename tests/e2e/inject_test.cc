@@ -419,10 +419,12 @@ TEST(Inject, RefusesAStaticExecutable) {
   Process target({e2e::static_target(), "sleep", "30"});
   ASSERT_EQ(target.line(), "sleeping");
   auto r = check_attachable(target.pid());
-  EXPECT_EQ(error_of(r),
-            fmt::format("pid {} (e2e_static) runs a statically linked program ({}): it has no "
-                        "dynamic linker, so usprobe's agent cannot be loaded into it",
-                        target.pid(), e2e::realpath_of(e2e::static_target())));
+  EXPECT_EQ(
+      error_of(r),
+      fmt::format("pid {} (e2e_static) runs a statically linked program ({}): it has no "
+                  "dynamic linker, so usprobe's agent cannot be loaded into it; only dynamically "
+                  "linked programs can be probed",
+                  target.pid(), e2e::realpath_of(e2e::static_target())));
   EXPECT_TRUE(target.running());
 }
 

@@ -272,11 +272,14 @@ probes (uretprobe:) are not supported.)");
                              : latency_cmd->parsed() ? latency.pids
                                                      : stacks.pids;
   if (needs_command && !pids.empty() && has_separator) {
+    std::string given;
+    for (pid_t p : pids) given += fmt::format("{}-p {}", given.empty() ? "" : " ", p);
     fmt::print(stderr,
-               "usprobe: {}: -p and a command after '--' exclude each other: attach to running "
-               "processes or start a command (usage: usprobe {} PROBE... -p PID | -- COMMAND "
-               "[ARGS...])\n",
-               name, name);
+               "usprobe: {}: {} and a command after '--'{} exclude each other: attach to running "
+               "processes or start a command, not both (usage: usprobe {} PROBE... -p PID | -- "
+               "COMMAND [ARGS...])\n",
+               name, given, command.empty() ? std::string() : fmt::format(" ({})", command.front()),
+               name);
     return 2;
   }
   if (needs_command && pids.empty() && command.empty()) {

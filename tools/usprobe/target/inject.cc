@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <filesystem>
@@ -36,6 +37,9 @@ using Clock = std::chrono::steady_clock;
 constexpr uint64_t kPage = 4096;
 constexpr unsigned kPfKthread = 0x00200000;  // PF_KTHREAD in /proc/PID/stat's flags
 constexpr int kCapSysPtrace = 19;
+// How long a process may take to remove the probes of a session whose usprobe was killed (the
+// agent sees its pipe's end of file) before a new session is refused.
+constexpr std::chrono::seconds kEndedSessionWait{3};
 
 uint64_t page_up(uint64_t n) {
   return (n + kPage - 1) & ~(kPage - 1);
@@ -108,15 +112,18 @@ char thread_state(pid_t pid, pid_t tid) {
   return close == std::string::npos || close + 2 >= stat.size() ? '?' : stat[close + 2];
 }
 
-bool is_descendant(pid_t pid) {
-  pid_t self = ::getpid();
+bool descends_from(pid_t pid, pid_t ancestor) {
   for (int depth = 0; pid > 1 && depth < 1024; depth++) {
     auto s = read_status(pid);
     if (!s) return false;
-    if (s->ppid == self) return true;
+    if (s->ppid == ancestor) return true;
     pid = s->ppid;
   }
   return false;
+}
+
+bool is_descendant(pid_t pid) {
+  return descends_from(pid, ::getpid());
 }
 
 int yama_scope() {
@@ -160,6 +167,14 @@ Result<std::shared_ptr<const elf::ElfFile>> open_mapped(pid_t pid,
     if (m.path == path)
       return elf::ElfFile::open(fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, m.start, m.end));
   return fail(ENOENT, fmt::format("pid {}: {} is not mapped", pid, path));
+}
+
+// Whether a process other than `pid` and the children it forked maps `region`: the usprobe of a
+// live session (or whatever stands in for it).
+bool region_held(pid_t pid, const os::Mapping &region) {
+  for (pid_t p : processes_mapping(region.dev, region.ino, ::getpid()))
+    if (p != pid && !descends_from(p, pid)) return true;
+  return false;
 }
 
 // The usprobe process that holds the region memfd the target maps, for the message.
@@ -257,11 +272,38 @@ Result<AttachPoint> check_attachable(pid_t pid) {
 
   // A session holds the process: it maps a region memfd (attached: usprobe-region; launched:
   // the CLI's "usprobe").
-  for (const os::Mapping &m : *maps)
-    if (m.path == std::string("/memfd:") + agent::kRegionMemfdName || m.path == "/memfd:usprobe")
+  const std::string attached_region = std::string("/memfd:") + agent::kRegionMemfdName;
+  auto region_of = [&](const std::vector<os::Mapping> &ms) -> std::optional<os::Mapping> {
+    for (const os::Mapping &m : ms)
+      if (m.path == attached_region || m.path == "/memfd:usprobe") return m;
+    return std::nullopt;
+  };
+  if (auto region = region_of(*maps)) {
+    // An attached session's region that only this process (and the children it forked during the
+    // session) maps is one whose usprobe is gone (killed): the agent has read the end of its pipe
+    // and is removing the probes, and unmaps the region last. That takes milliseconds; wait for
+    // it (bounded) rather than refuse.
+    if (region->path == attached_region && !region_held(pid, *region)) {
+      auto until = std::chrono::steady_clock::now() + kEndedSessionWait;
+      while (region && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        auto again = os::read_mappings(fmt::format("/proc/{}/maps", pid).c_str());
+        if (!again)
+          return fail(again.error().code, fmt::format("{}: {}", who, again.error().message));
+        maps = std::move(again);
+        region = region_of(*maps);
+      }
+      if (region)
+        return fail(EBUSY, fmt::format("{} still carries the probes of a usprobe session whose "
+                                       "usprobe has exited: its agent did not remove them within "
+                                       "{} s; try again later",
+                                       who, kEndedSessionWait.count()));
+    } else {
       return fail(EBUSY, fmt::format("{} is probed by another usprobe session{}: end that session "
                                      "first",
-                                     who, region_holder(pid, m)));
+                                     who, region_holder(pid, *region)));
+    }
+  }
 
   std::string exe_link(4096, '\0');
   ssize_t n =
@@ -270,7 +312,8 @@ Result<AttachPoint> check_attachable(pid_t pid) {
   if (auto exe = elf::ElfFile::open(fmt::format("/proc/{}/exe", pid));
       exe && (*exe)->is_static_executable())
     return fail(ENOEXEC, fmt::format("{} runs a statically linked program ({}): it has no dynamic "
-                                     "linker, so usprobe's agent cannot be loaded into it",
+                                     "linker, so usprobe's agent cannot be loaded into it; only "
+                                     "dynamically linked programs can be probed",
                                      who, exe_link));
 
   const os::Mapping *libc = nullptr;

@@ -54,7 +54,9 @@ struct AttachPoint {
 // the reason and what would allow it: no such process; usprobe itself; a zombie or a kernel
 // thread; a stopped process; ptrace not allowed (another user's process without CAP_SYS_PTRACE,
 // kernel.yama.ptrace_scope, a process that is not dumpable); already traced (by whom); a static
-// executable; a libc without dlopen (glibc before 2.34); another usprobe session holds it.
+// executable; a libc without dlopen (glibc before 2.34); another usprobe session holds it (the
+// region of a session whose usprobe was killed, which the agent is removing, is waited for first,
+// up to 3 s).
 Result<AttachPoint> check_attachable(pid_t pid);
 
 struct Injected {
