@@ -415,47 +415,4 @@ TEST(AttachEnds, IntervalReportsWhileAttachedAddUpToTheTotal) {
   expect_runs_on(target, 10);
 }
 
-// --- A thread that blocks every signal --------------------------------------------------------
-
-TEST(AttachBlockedSignals, ProbesAreRefusedWithTheReasonAndNothingIsPatched) {
-  TempDir dir;
-  AttachTarget target(dir, ATTACH_TARGET, {"/usr/bin/env", "ATTACH_TARGET_BLOCKER=1"});
-  ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
-  const Driven &d = target.driven();
-  Process usprobe({cli(), "count", "-d", "1.5", "-p", pid_text(target.pid()), "exe:attach_driven",
-                   "exe:attach_spin"});
-  // The target keeps working through the session, and its code is never touched: looked at until
-  // usprobe exits (WNOWAIT: it is reaped by finish).
-  ASSERT_TRUE(target.call(20));
-  int looks = 0, changed = 0;
-  for (auto until = std::chrono::steady_clock::now() + 20s;
-       std::chrono::steady_clock::now() < until; ++looks) {
-    if (exited(usprobe)) break;
-    changed += code_bytes(target.pid(), d.address) != d.bytes;
-    std::this_thread::sleep_for(5ms);
-  }
-  EXPECT_EQ(changed, 0) << "of " << looks << " looks at attach_driven's code";
-  Output r = usprobe.finish(30s);
-  ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  // One line per probe, naming it, the thread and the reason.
-  std::vector<std::string> err = lines(r.err);
-  ASSERT_EQ(err.size(), 2u) << r.describe();
-  for (const std::string probe : {"exe:attach_driven", "exe:attach_spin"}) {
-    SCOPED_TRACE(probe);
-    bool found = false;
-    for (const std::string &line : err)
-      if (line.starts_with("usprobe: pid " + pid_text(target.pid()) + ": " + probe +
-                           " not placed: thread ") &&
-          line.find("blocks SIGTRAP") != std::string::npos)
-        found = true;
-    EXPECT_TRUE(found) << r.describe();
-  }
-  EXPECT_TRUE(std::regex_search(r.out, std::regex("\nexe:attach_driven +0 +0\n"))) << r.out;
-  expect_untouched(target);
-  ASSERT_TRUE(target.call(30));
-  Output last = target.quit();
-  ASSERT_EQ(last.exit_code(), 0) << last.describe();
-  EXPECT_NE(last.out.find("eintr=0 short=0"), std::string::npos) << last.out;
-}
-
 }  // namespace
