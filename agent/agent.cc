@@ -58,6 +58,7 @@
 #include "agent/stack_handler.h"
 #include "elf/elf_file.h"
 #include "os/linux/signal_guard.h"
+#include "os/linux/thread_round.h"
 #include "protocol/attach.h"
 #include "protocol/protocol.h"
 #include "usprobe/usprobe.h"
@@ -596,6 +597,14 @@ __attribute__((constructor)) void agent_start() {
 
 }  // namespace
 }  // namespace usprobe::agent
+
+// protocol/attach.h: the thread round's signal, its handler installed, for the CLI to unblock in
+// the threads that block it before the attach.
+extern "C" __attribute__((visibility("default"))) int usprobe_agent_prepare() {
+  usprobe::agent::AgentScope scope;
+  auto sig = usprobe::os::round_signal();
+  return sig ? *sig : -sig.error().code;
+}
 
 // protocol/attach.h. Runs on a thread of the injector's (not the program's), while the program's
 // threads run.

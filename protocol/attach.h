@@ -54,6 +54,12 @@ namespace usprobe::agent {
 inline constexpr const char *kAgentMemfdName = "usprobe-agent";
 inline constexpr const char *kRegionMemfdName = "usprobe-region";
 inline constexpr const char *kAttachSymbol = "usprobe_agent_attach";
+// int usprobe_agent_prepare(void): called by the bootstrap after the load and before the attach;
+// installs the engine's thread-round handler and returns its signal (or a negative errno). The
+// CLI, which holds ptrace, unblocks that signal and SIGTRAP in the threads of the target that block
+// them (a thread that blocks SIGTRAP dies at an int3; one that blocks the round's signal cannot
+// answer a round), for the session, before it lets the bootstrap go on to the attach.
+inline constexpr const char *kPrepareSymbol = "usprobe_agent_prepare";
 
 using AttachFunction = int (*)(int region_fd, int control_fd, char *message, unsigned long size);
 

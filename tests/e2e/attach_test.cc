@@ -34,17 +34,23 @@ pid_t child_pid(const std::string &out) {
   return static_cast<pid_t>(std::stol(m[1].str()));
 }
 
-// Threads of the target that block SIGTRAP, from /proc/PID/task/*/status.
-std::vector<std::string> threads_blocking_sigtrap(pid_t pid) {
-  std::vector<std::string> out;
+// The signal mask (SigBlk) of every thread of the target, by tid, from /proc/PID/task/*/status.
+std::map<std::string, uint64_t> thread_masks(pid_t pid) {
+  std::map<std::string, uint64_t> out;
   std::string task = "/proc/" + std::to_string(pid) + "/task";
-  for (const auto &entry : std::filesystem::directory_iterator(task)) {
+  for (const auto &entry : std::filesystem::directory_iterator(task))
     for (const std::string &line : lines(read_file(entry.path().string() + "/status")))
-      if (starts_with(line, "SigBlk:") &&
-          (std::stoull(line.substr(7), nullptr, 16) & (1ull << (SIGTRAP - 1))))
-        out.push_back(entry.path().filename().string());
-  }
-  std::sort(out.begin(), out.end());
+      if (starts_with(line, "SigBlk:"))
+        out[entry.path().filename().string()] = std::stoull(line.substr(7), nullptr, 16);
+  return out;
+}
+
+// The masks of the threads in `before`, as they are now in `pid` (threads the agent added left
+// out).
+std::map<std::string, uint64_t> masks_of(pid_t pid, const std::map<std::string, uint64_t> &before) {
+  std::map<std::string, uint64_t> now = thread_masks(pid), out;
+  for (const auto &[tid, mask] : before)
+    if (now.count(tid)) out[tid] = now[tid];
   return out;
 }
 
@@ -54,8 +60,10 @@ void attach_twice(bool blocker) {
   if (blocker) ::setenv("ATTACH_TARGET_BLOCKER", "1", 1);
   AttachTarget target(dir);
   ::unsetenv("ATTACH_TARGET_BLOCKER");
-  const std::vector<std::string> blocking = threads_blocking_sigtrap(target.pid());
-  EXPECT_EQ(blocking.size(), blocker ? 1u : 0u);
+  const std::map<std::string, uint64_t> masks = thread_masks(target.pid());
+  EXPECT_EQ(std::count_if(masks.begin(), masks.end(),
+                          [](const auto &m) { return (m.second & (1ull << (SIGTRAP - 1))) != 0; }),
+            blocker ? 1 : 0);
   ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
   const Driven &d = target.driven();
   pid_t child = -1;
@@ -88,8 +96,9 @@ void attach_twice(bool blocker) {
       EXPECT_EQ(code_bytes(child, d.address), d.bytes) << "the child forked during the session";
       EXPECT_EQ(::kill(child, 0), 0);
     }
-    // usprobe unblocked SIGTRAP in the blocking thread for the session: blocked again.
-    EXPECT_EQ(threads_blocking_sigtrap(target.pid()), blocking);
+    // usprobe unblocked SIGTRAP and its round's signal in the blocking thread for the session:
+    // every thread's mask is what it was.
+    EXPECT_EQ(masks_of(target.pid(), masks), masks);
   }
   if (child > 0) ::kill(child, SIGKILL);
   Output last = target.quit();

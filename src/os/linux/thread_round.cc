@@ -173,6 +173,10 @@ std::vector<int> threads_blocking(int sig) {
   return out;
 }
 
+Result<int> round_signal() {
+  return install_handler();
+}
+
 Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, int timeout_ms) {
   auto sig = install_handler();
   if (!sig) return std::unexpected(sig.error());

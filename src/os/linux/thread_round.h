@@ -42,6 +42,11 @@ struct RoundResult {
 // /proc/self/task/*/status.
 std::vector<int> threads_blocking(int sig);
 
+// The round's signal, its handler installed (the first call picks it: a real-time signal the
+// program leaves at its default). For an injector that must make it deliverable in threads that
+// block it (protocol/attach.h).
+Result<int> round_signal();
+
 Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg,
                                      int timeout_ms = 2000);
 

@@ -53,6 +53,17 @@ struct AttachBlock {
   uint32_t done;
   /* Set to 1 by the CLI once it has read the answer; the bootstrap then unmaps `mapping`. */
   uint32_t ack;
+  /* Before the attach: the agent's usprobe_agent_prepare (its address when the agent is loaded
+   * already, else 0 and found by dlsym under prepare_symbol) gives the round's signal, which the
+   * bootstrap stores in round_signal (0 when the agent has no such function) before it sets
+   * `prepared` (release). It then waits, boundedly, for the CLI to set `go`: meanwhile the CLI
+   * makes SIGTRAP and that signal deliverable in the threads that block them. */
+  uint64_t prepare; /* int (*)(void) */
+  char prepare_symbol[USPROBE_ATTACH_SYMBOL_SIZE];
+  int32_t round_signal;
+  uint32_t prepared;
+  uint32_t go;
+  uint32_t pad;
 };
 
 #endif

@@ -54,7 +54,7 @@ struct Process {
   Injected injected;
   int pidfd = -1;
   bool exited = false;
-  std::vector<pid_t> sigtrap_unblocked;  // its threads that blocked SIGTRAP (signal_masks.h)
+  std::vector<MaskChange> unblocked;  // signals taken out of its threads' masks (signal_masks.h)
 };
 
 class AttachedTarget final : public Target {
@@ -89,31 +89,31 @@ class AttachedTarget final : public Target {
   Result<Region *> start(const RegionConfig &config, const std::vector<PlanEntry> &plan,
                          const std::string &agent, Supervisor &) override {
     for (Process &p : processes_) {
-      // Threads that block SIGTRAP could not be patched around (signal_masks.h).
-      auto unblocked = unblock_sigtrap(p.point.pid);
-      if (!unblocked) {
-        end_session();  // the processes attached before this one
-        region_.reset();
-        return std::unexpected(named(p.point.pid, unblocked.error()));
-      }
-      p.sigtrap_unblocked = std::move(*unblocked);
+      // Threads that block SIGTRAP or the round's signal could not be patched around: they are
+      // unblocked once the agent is loaded, before it attaches (signal_masks.h).
+      InjectOptions options;
+      options.on_prepared = [&p](int round_signal) {
+        uint64_t signals = signal_bit(SIGTRAP) | (round_signal > 0 ? signal_bit(round_signal) : 0);
+        if (auto changes = unblock_signals(p.point.pid, signals)) p.unblocked = std::move(*changes);
+      };
       auto injected =
-          !region_
-              ? inject_agent(p.point, agent,
-                             [&](int fd) -> Result<void> {
-                               // The injector keeps its descriptor (and closes it on
-                               // failure); the region holds a copy.
-                               int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
-                               if (copy < 0)
-                                 return fail(errno, fmt::format("dup: {}", std::strerror(errno)));
-                               auto region = Region::create(config, plan, copy);
-                               if (!region) return std::unexpected(region.error());
-                               region_.emplace(std::move(*region));
-                               return {};
-                             })
-              : inject_agent(p.point, agent, region_->fd());
+          !region_ ? inject_agent(
+                         p.point, agent,
+                         [&](int fd) -> Result<void> {
+                           // The injector keeps its descriptor (and closes it on
+                           // failure); the region holds a copy.
+                           int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                           if (copy < 0)
+                             return fail(errno, fmt::format("dup: {}", std::strerror(errno)));
+                           auto region = Region::create(config, plan, copy);
+                           if (!region) return std::unexpected(region.error());
+                           region_.emplace(std::move(*region));
+                           return {};
+                         },
+                         options)
+                   : inject_agent(p.point, agent, region_->fd(), options);
       if (!injected) {
-        block_sigtrap_again(p.point.pid, std::exchange(p.sigtrap_unblocked, {}));
+        block_again(p.point.pid, std::exchange(p.unblocked, {}));
         end_session();  // the processes attached before this one
         region_.reset();
         return std::unexpected(named(p.point.pid, injected.error()));
@@ -164,9 +164,11 @@ class AttachedTarget final : public Target {
       std::string line =
           fmt::format("pid {}: agent injected in {:.1f} ms, thread {} held {:.1f} ms", p.point.pid,
                       p.injected.attach_ms, p.point.tid, p.injected.longest_stop_ms);
-      if (!p.sigtrap_unblocked.empty())
-        line += fmt::format("; SIGTRAP unblocked in {} thread(s) for the session",
-                            p.sigtrap_unblocked.size());
+      if (!p.unblocked.empty())
+        line += fmt::format(
+            "; SIGTRAP and the round's signal unblocked in {} thread(s) for the "
+            "session",
+            p.unblocked.size());
       out.push_back(std::move(line));
     }
     return out;
@@ -217,12 +219,12 @@ class AttachedTarget final : public Target {
       fmt::print(stderr,
                  "usprobe: pid {} did not confirm within {} s that its probes are removed\n", pid,
                  kDetachWait.count());
-    // No int3 of the session is left where the process's probes are removed: the threads that
-    // blocked SIGTRAP block it again.
+    // No int3 of the session is left, and no round will come, where the process's probes are
+    // removed: the threads that blocked SIGTRAP or the round's signal block them again.
     for (Process &p : processes_)
-      if (!p.sigtrap_unblocked.empty() &&
+      if (!p.unblocked.empty() &&
           std::find(waiting.begin(), waiting.end(), p.point.pid) == waiting.end())
-        block_sigtrap_again(p.point.pid, std::exchange(p.sigtrap_unblocked, {}));
+        block_again(p.point.pid, std::exchange(p.unblocked, {}));
   }
 
   std::vector<Process> processes_;

@@ -39,6 +39,7 @@ typedef void *(*dlopen_fn)(const char *, int);
 typedef void *(*dlsym_fn)(void *, const char *);
 typedef char *(*dlerror_fn)(void);
 typedef int (*attach_fn)(int, int, char *, unsigned long);
+typedef int (*prepare_fn)(void);
 typedef int (*close_fn)(int);
 typedef int (*nanosleep_fn)(const void *, void *);
 typedef uint64_t (*pthread_self_fn)(void);
@@ -60,6 +61,7 @@ __attribute__((used, noinline, noclone)) static void usprobe_bootstrap_main(stru
   ((pthread_detach_fn)b->pthread_detach)(((pthread_self_fn)b->pthread_self)());
 
   attach_fn attach = (attach_fn)b->attach;
+  prepare_fn prepare = (prepare_fn)b->prepare;
   if (!attach) {
     void *handle = ((dlopen_fn)b->dlopen)(b->agent_path, BOOTSTRAP_RTLD_NOW);
     /* Loaded or not, the memfd is no longer needed: the mapping keeps the agent's pages. */
@@ -69,6 +71,7 @@ __attribute__((used, noinline, noclone)) static void usprobe_bootstrap_main(stru
       copy_error(b);
     } else {
       attach = (attach_fn)((dlsym_fn)b->dlsym)(handle, b->symbol);
+      prepare = (prepare_fn)((dlsym_fn)b->dlsym)(handle, b->prepare_symbol);
       if (!attach) {
         b->stage = USPROBE_STAGE_DLSYM;
         copy_error(b);
@@ -81,6 +84,12 @@ __attribute__((used, noinline, noclone)) static void usprobe_bootstrap_main(stru
     }
   }
   if (attach) {
+    /* The round's signal for the CLI, which unblocks it (and SIGTRAP) in the threads that block
+     * them before it says go. */
+    b->round_signal = prepare ? prepare() : 0;
+    __atomic_store_n(&b->prepared, 1, __ATOMIC_RELEASE);
+    for (uint32_t i = 0; i < b->max_polls && !__atomic_load_n(&b->go, __ATOMIC_ACQUIRE); i++)
+      ((nanosleep_fn)b->nanosleep)(&b->poll_sec, 0);
     b->stage = USPROBE_STAGE_ATTACH;
     b->result = attach(b->region_fd, b->control_fd, b->message, sizeof b->message);
   }

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -390,6 +391,8 @@ Result<AttachPoint> check_attachable(pid_t pid) {
     auto agent_bias = load_bias(*maps, m.path, **agent);
     auto attach = (*agent)->find_function(agent::kAttachSymbol);
     if (agent_bias && attach) point.agent_attach = *agent_bias + attach->vaddr;
+    auto prepare = (*agent)->find_function(agent::kPrepareSymbol);
+    if (agent_bias && prepare) point.agent_prepare = *agent_bias + prepare->vaddr;
     break;
   }
 
@@ -733,6 +736,7 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
     block.dlsym = point.dlsym;
     block.dlerror = point.dlerror;
     block.attach = loaded ? point.agent_attach : 0;
+    block.prepare = loaded ? point.agent_prepare : 0;
     block.close = point.close;
     block.nanosleep = point.nanosleep;
     block.munmap = point.munmap;
@@ -744,6 +748,7 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
     block.poll_ns = 1000000;  // 1 ms, for at most 30 s
     block.max_polls = 30000;
     std::snprintf(block.symbol, sizeof block.symbol, "%s", agent::kAttachSymbol);
+    std::snprintf(block.prepare_symbol, sizeof block.prepare_symbol, "%s", agent::kPrepareSymbol);
     if (auto w = write_memory(point.pid, block_address,
                               {reinterpret_cast<const uint8_t *>(&block), sizeof block});
         !w)
@@ -790,10 +795,29 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
     (void)write_memory(point.pid, block_address + offsetof(AttachBlock, ack),
                        {reinterpret_cast<const uint8_t *>(&ack), sizeof ack});
   };
+  const uint32_t go = 1;
+  bool prepared = false;
   for (;;) {
     uint32_t done = 0;
     auto r = read_memory(point.pid, block_address + offsetof(AttachBlock, done),
                          {reinterpret_cast<uint8_t *>(&done), sizeof done});
+    // The agent is loaded and waits for `go` (attach_block.h): its round's signal to the caller.
+    uint32_t ready = 0;
+    if (r && !prepared && done != 1 &&
+        read_memory(point.pid, block_address + offsetof(AttachBlock, prepared),
+                    {reinterpret_cast<uint8_t *>(&ready), sizeof ready}) &&
+        ready == 1) {
+      prepared = true;
+      int32_t round_signal = 0;
+      (void)read_memory(point.pid, block_address + offsetof(AttachBlock, round_signal),
+                        {reinterpret_cast<uint8_t *>(&round_signal), sizeof round_signal});
+      // Untrusted: a real-time signal or nothing.
+      if (round_signal < SIGRTMIN || round_signal > SIGRTMAX) round_signal = 0;
+      if (options.on_prepared) options.on_prepared(round_signal);
+      (void)write_memory(point.pid, block_address + offsetof(AttachBlock, go),
+                         {reinterpret_cast<const uint8_t *>(&go), sizeof go});
+      continue;
+    }
     if (!r) {
       close_mine();
       if (::kill(point.pid, 0) != 0 || !read_status(point.pid) ||

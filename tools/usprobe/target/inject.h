@@ -46,6 +46,7 @@ struct AttachPoint {
   // The agent a previous session loaded (it stays, dormant): its usprobe_agent_attach and its
   // build-id; 0 and empty when none is loaded.
   uint64_t agent_attach = 0;
+  uint64_t agent_prepare = 0;  // its usprobe_agent_prepare (0: dlsym'd, or an agent without one)
   std::string agent_build_id;
   std::string agent_mapping;  // its maps path ("/memfd:usprobe-agent (deleted)"), for messages
 };
@@ -73,6 +74,11 @@ struct InjectOptions {
   // (pthread_create) may take before it is abandoned.
   std::chrono::milliseconds answer_timeout{10000};
   std::chrono::milliseconds call_timeout{2000};
+  // Called once the agent is loaded and before it attaches anything, with the signal of its
+  // thread round (usprobe_agent_prepare, protocol/attach.h; 0 when unknown): the caller makes it
+  // and SIGTRAP deliverable in the threads that block them (signal_masks.h). The agent attaches
+  // when this returns.
+  std::function<void(int round_signal)> on_prepared;
 };
 
 // Seizes a thread, has the target create the agent memfd (skipped when the agent is loaded

@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fmt/format.h>
-#include <signal.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -14,7 +13,6 @@
 namespace usprobe::cli {
 namespace {
 
-constexpr uint64_t kTrapBit = uint64_t{1} << (SIGTRAP - 1);
 constexpr std::chrono::milliseconds kSeizeTimeout{2000};
 
 // The SigBlk mask of thread `tid`; nullopt when it is gone.
@@ -26,27 +24,27 @@ std::optional<uint64_t> blocked_mask(pid_t pid, pid_t tid) {
   return std::nullopt;
 }
 
-// Seizes `tid` and, if its mask has SIGTRAP as `blocked` says it should not, flips that bit.
-// True when the mask was changed; false when there was nothing to change or the thread is gone.
-Result<bool> flip(pid_t pid, pid_t tid, bool block) {
+// Seizes `tid` and takes `remove` out of its mask, or puts `add` into it; the signals that changed
+// (0 when none did, or the thread is gone).
+Result<uint64_t> change(pid_t pid, pid_t tid, uint64_t remove, uint64_t add) {
   auto thread = SeizedThread::seize(pid, tid, kSeizeTimeout);
   if (!thread) {
-    if (thread.error().code == ESRCH) return false;  // it exited meanwhile
+    if (thread.error().code == ESRCH) return 0;  // it exited meanwhile
     return std::unexpected(thread.error());
   }
   auto mask = (*thread)->signal_mask();
   if (!mask) return std::unexpected(mask.error());
-  bool has = (*mask & kTrapBit) != 0;
-  if (has == block) return false;
-  if (auto ok = (*thread)->set_signal_mask(block ? *mask | kTrapBit : *mask & ~kTrapBit); !ok)
+  uint64_t changed = (*mask & remove) | (~*mask & add);
+  if (changed == 0) return 0;  // released by the destructor
+  if (auto ok = (*thread)->set_signal_mask((*mask & ~remove) | add); !ok)
     return std::unexpected(ok.error());
   if (auto ok = (*thread)->release(); !ok) return std::unexpected(ok.error());
-  return true;
+  return changed;
 }
 
 }  // namespace
 
-std::vector<pid_t> threads_blocking_sigtrap(pid_t pid) {
+std::vector<pid_t> threads_blocking(pid_t pid, uint64_t signals) {
   std::vector<pid_t> out;
   DIR *dir = ::opendir(fmt::format("/proc/{}/task", pid).c_str());
   if (!dir) return out;
@@ -55,30 +53,30 @@ std::vector<pid_t> threads_blocking_sigtrap(pid_t pid) {
     long tid = std::strtol(e->d_name, &end, 10);
     if (tid <= 0 || *end != '\0') continue;
     auto mask = blocked_mask(pid, static_cast<pid_t>(tid));
-    if (mask && (*mask & kTrapBit)) out.push_back(static_cast<pid_t>(tid));
+    if (mask && (*mask & signals)) out.push_back(static_cast<pid_t>(tid));
   }
   ::closedir(dir);
   return out;
 }
 
-Result<std::vector<pid_t>> unblock_sigtrap(pid_t pid) {
-  std::vector<pid_t> changed;
-  for (pid_t tid : threads_blocking_sigtrap(pid)) {
-    auto flipped = flip(pid, tid, false);
-    if (!flipped) {
-      block_sigtrap_again(pid, changed);
-      return std::unexpected(flipped.error());
+Result<std::vector<MaskChange>> unblock_signals(pid_t pid, uint64_t signals) {
+  std::vector<MaskChange> changes;
+  for (pid_t tid : threads_blocking(pid, signals)) {
+    auto changed = change(pid, tid, signals, 0);
+    if (!changed) {
+      block_again(pid, changes);
+      return std::unexpected(changed.error());
     }
-    if (*flipped) changed.push_back(tid);
+    if (*changed) changes.push_back({tid, *changed});
   }
-  return changed;
+  return changes;
 }
 
-size_t block_sigtrap_again(pid_t pid, const std::vector<pid_t> &tids) {
+size_t block_again(pid_t pid, const std::vector<MaskChange> &changes) {
   size_t n = 0;
-  for (pid_t tid : tids) {
-    auto flipped = flip(pid, tid, true);
-    if (flipped && *flipped) ++n;
+  for (const MaskChange &c : changes) {
+    auto changed = change(pid, c.tid, 0, c.signals);
+    if (changed && *changed) ++n;
   }
   return n;
 }

@@ -1,40 +1,60 @@
-// Threads of an attached process that block SIGTRAP.
+// Threads of an attached process that block the signals the engine needs.
 //
 // The engine writes an int3 on the first byte of every site it patches, for a moment (the
 // cross-modifying-code protocol), and leaves one where no jump can stand; a thread that executes
-// an int3 while it blocks SIGTRAP is killed by the kernel. In a launched command the agent keeps
-// SIGTRAP unblocked from the start (it interposes the program's mask calls,
+// an int3 while it blocks SIGTRAP is killed by the kernel. And before it writes a jump it runs a
+// thread round: every thread that runs user code gets the round's signal and answers from its
+// handler, so that none is left stopped inside a patch window; a thread that blocks that signal
+// cannot answer, and the batch falls back to int3 sites. In a launched command the agent keeps
+// both signals unblocked from the start (it interposes the program's mask calls,
 // src/os/linux/signal_guard.h) and the program never knows. A running process may have threads
-// that block it already (a server's workers often block every signal, leaving them to one thread);
-// the engine then refuses to patch. usprobe holds ptrace here, so it unblocks SIGTRAP in those
-// threads for the session (PTRACE_SETSIGMASK on each, seized for a moment) and blocks it again at
-// the end, once every probe is removed. SIGTRAP is only ever raised by an int3 (the engine's: it
-// handles them and passes any other to the program's own disposition) or sent on purpose, so the
-// program sees nothing else change; the other signals it blocks stay blocked, and no system call of
-// the thread is interrupted (a seized thread resumes its call as ptrace.h says).
+// that block them already (liblzma's workers and many servers' block every signal, leaving them
+// to one thread). usprobe holds ptrace here: once the agent is loaded and has said which signal
+// its round uses (usprobe_agent_prepare, protocol/attach.h), and before it attaches, usprobe
+// unblocks SIGTRAP and that signal in those threads (PTRACE_SETSIGMASK, each thread seized for a
+// moment; a system call it was in restarts as ptrace.h says), and blocks them again at the end of
+// the session, once every probe is removed.
 //
-// What stays: a thread that blocks SIGTRAP again during the session by its own mask call (the agent
-// injected into a running process cannot interpose libc's calls) and then reaches an int3.
+// What the program may notice: SIGTRAP is only raised by an int3 (the engine's: it handles its
+// own and passes any other to the program's disposition) or sent on purpose; the round's signal is
+// a real-time signal the program leaves at its default, which only the engine sends, to threads
+// it sees running user code (not to a thread sleeping in a system call, whose sleep it would cut
+// short). Every other signal stays as the program set it.
+//
+// What stays: a thread that blocks SIGTRAP again during the session by its own mask call (an
+// agent injected into a running process cannot interpose libc's calls) and then reaches an int3.
 #pragma once
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "core/error.h"
 
 namespace usprobe::cli {
 
-// Threads of `pid` whose mask holds SIGTRAP, from /proc/PID/task/*/status.
-std::vector<pid_t> threads_blocking_sigtrap(pid_t pid);
+// Signals as a mask: bit n - 1 for signal n (as /proc's SigBlk and PTRACE_SETSIGMASK have them).
+inline uint64_t signal_bit(int sig) {
+  return uint64_t{1} << (sig - 1);
+}
 
-// Unblocks SIGTRAP in every thread of `pid` that blocks it; the threads changed. On an error the
-// ones changed so far are changed back. Errors: as SeizedThread::seize (a thread that exits in the
-// meantime is no error).
-Result<std::vector<pid_t>> unblock_sigtrap(pid_t pid);
+// A thread whose mask usprobe changed, and the signals it took out of it.
+struct MaskChange {
+  pid_t tid = 0;
+  uint64_t signals = 0;
+};
 
-// Blocks SIGTRAP again in those of `tids` that still run (best effort: a thread that exited, or one
-// that cannot be seized now, is left; the number of threads changed back is returned).
-size_t block_sigtrap_again(pid_t pid, const std::vector<pid_t> &tids);
+// Threads of `pid` whose mask holds any of `signals`, from /proc/PID/task/*/status.
+std::vector<pid_t> threads_blocking(pid_t pid, uint64_t signals);
+
+// Takes `signals` out of the mask of every thread of `pid` that blocks any of them; what it
+// changed. On an error the changes made so far are undone. Errors: as SeizedThread::seize (a
+// thread that exits meanwhile is no error).
+Result<std::vector<MaskChange>> unblock_signals(pid_t pid, uint64_t signals);
+
+// Puts back what `changes` took out, in the threads that still run (best effort: a thread that
+// exited, or one that cannot be seized now, is left). The number of threads changed back.
+size_t block_again(pid_t pid, const std::vector<MaskChange> &changes);
 
 }  // namespace usprobe::cli
