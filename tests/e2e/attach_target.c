@@ -6,8 +6,9 @@
 //
 // Threads: one in nanosleep (50 ms at a time; a sleep that ends early or with EINTR is counted),
 // one in read() on READ_FIFO (an EINTR is counted), one in a futex wait (an EINTR is counted), one
-// calling attach_spin() as fast as it can, and one that blocks every signal (pthread_sigmask) and
-// sleeps. The main thread prints
+// calling attach_spin() as fast as it can, and, with ATTACH_TARGET_BLOCKER in the environment, one
+// that blocks every signal (pthread_sigmask) and sleeps (or, with ATTACH_TARGET_BLOCKER=spin, calls
+// attach_spin without pause, as liblzma's compressing workers run). The main thread prints
 //   ready pid=PID driven=0xADDR bytes=HEX32
 // (attach_driven's address and its first 16 code bytes, before anything is probed), then reads
 // lines from CONTROL_FIFO:
@@ -113,13 +114,20 @@ static void *spinner(void *arg) {
   return NULL;
 }
 
+// With every signal blocked: sleeps, or (ATTACH_TARGET_BLOCKER=spin) calls attach_spin without
+// pause, as liblzma's compressing workers run.
 static void *blocker(void *arg) {
-  (void)arg;
+  int spin = arg != NULL;
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
   atomic_fetch_add(&g_started, 1);
+  long i = 0;
   while (!atomic_load(&g_stop)) {
+    if (spin) {
+      attach_spin(++i);
+      continue;
+    }
     struct timespec want = {0, 20 * 1000 * 1000};
     nanosleep(&want, NULL);
   }
@@ -132,14 +140,15 @@ int main(int argc, char **argv) {
     return 2;
   }
   g_read_fifo = argv[2];
-  int blocks = getenv("ATTACH_TARGET_BLOCKER") != NULL;
+  const char *blocks = getenv("ATTACH_TARGET_BLOCKER");
   pthread_t threads[5];
   int n = 0;
   pthread_create(&threads[n++], NULL, sleeper, NULL);
   pthread_create(&threads[n++], NULL, reader, NULL);
   pthread_create(&threads[n++], NULL, futex_waiter, NULL);
   pthread_create(&threads[n++], NULL, spinner, NULL);
-  if (blocks) pthread_create(&threads[n++], NULL, blocker, NULL);
+  if (blocks)
+    pthread_create(&threads[n++], NULL, blocker, strcmp(blocks, "spin") == 0 ? (void *)1 : NULL);
 
   // The ready line says every thread is where it will be: glibc blocks every signal in a new
   // thread until it runs its own code.
