@@ -302,6 +302,34 @@ TEST(AttachEnds, DurationDetachesAndSaysSo) {
   expect_runs_on(target, 10);
 }
 
+// A child forked during the session that execs another program carries no probe any more (its
+// new image has no agent) and never says it removed them: the session's end does not wait for it.
+TEST(AttachEnds, AChildThatExecedIsNotWaitedFor) {
+  TempDir dir;
+  AttachTarget target(dir);
+  ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
+  Process usprobe(count_cmd(target.pid()));
+  ASSERT_TRUE(wait_patched(target.pid(), target.driven(), usprobe, 20s))
+      << end_session(usprobe).describe();
+  target.send("exec");
+  ASSERT_TRUE(target.process().wait_for_stdout("exec'd ", 10s));
+  std::smatch m;
+  const std::string out = target.process().out_so_far();
+  ASSERT_TRUE(std::regex_search(out, m, std::regex("exec'd ([0-9]+)"))) << out;
+  pid_t child = static_cast<pid_t>(std::stol(m[1].str()));
+  // The child's agent ran its fork handler (a record of its own) before the exec.
+  for (int i = 0; i < 500 && read_file("/proc/" + pid_text(child) + "/comm") != "sleep\n"; ++i)
+    std::this_thread::sleep_for(2ms);
+  ASSERT_TRUE(target.call(40));
+  Output r = end_session(usprobe);
+  ::kill(child, SIGKILL);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.err.find("did not confirm"), std::string::npos) << r.describe();
+  EXPECT_NE(r.out.find("detached from pid " + pid_text(target.pid())), std::string::npos) << r.out;
+  expect_untouched(target);
+  expect_runs_on(target, 10);
+}
+
 TEST(AttachEnds, TheProcessExitingEndsTheSession) {
   TempDir dir;
   AttachTarget target(dir);

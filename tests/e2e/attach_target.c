@@ -15,6 +15,7 @@
 //   call N    calls attach_driven N times, then prints "called N"
 //   fork N    forks a child that calls attach_driven N times, prints "child PID called N" and stays
 //             alive (pause) until it is killed
+//   exec      forks a child that execs /bin/sleep 30, then prints "exec'd PID"
 //   quit      stops the threads and prints "eintr=E short=S reads=R spins>0=B", then exits 0
 #define _GNU_SOURCE
 #include <errno.h>
@@ -179,6 +180,14 @@ int main(int argc, char **argv) {
         fflush(stdout);
         for (;;) pause();
       }
+    } else if (strncmp(line, "exec", 4) == 0) {
+      fflush(stdout);
+      pid_t pid = fork();
+      if (pid == 0) {
+        execl("/bin/sleep", "sleep", "30", (char *)NULL);
+        _exit(127);
+      }
+      printf("exec'd %d\n", (int)pid);
     } else if (strncmp(line, "quit", 4) == 0) {
       break;
     }

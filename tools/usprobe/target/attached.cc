@@ -2,13 +2,13 @@
 // them is touched; then the agent is injected into each (inject.h), all of them sharing one region
 // (the first creates it, the others are handed it), and at the end of the session every process
 // that carries the session's probes removes them (protocol/attach.h).
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <fcntl.h>
 #include <algorithm>
-
 #include <cctype>
 #include <cerrno>
 #include <csignal>
@@ -19,6 +19,7 @@
 
 #include "protocol/attach.h"
 #include "target/inject.h"
+#include "target/launch.h"
 #include "target/signal_masks.h"
 #include "target/target.h"
 
@@ -207,11 +208,17 @@ class AttachedTarget final : public Target {
       }
     if (!any || !region_) return;
     auto deadline = Clock::now() + kDetachWait;
+    // A process that exec'd during the session (or exited) has no probes of it left, and never
+    // says detached: it no longer maps the region.
+    struct stat region {};
+    ::fstat(region_->fd(), &region);
     std::vector<pid_t> waiting;
     while (true) {
       waiting.clear();
       for (const ProcessEntry &r : region_->processes())
-        if (r.state != agent::kProcessDetached && running(r.pid)) waiting.push_back(r.pid);
+        if (r.state != agent::kProcessDetached && running(r.pid) &&
+            maps_memfd(r.pid, region.st_dev, region.st_ino))
+          waiting.push_back(r.pid);
       if (waiting.empty() || Clock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }

@@ -99,24 +99,26 @@ void start_watchdog(int region_fd) {
 
 }  // namespace
 
+bool maps_memfd(pid_t pid, dev_t dev, ino_t ino) {
+  // A maps line: address perms offset major:minor inode, blanks, pathname (a memfd's /memfd:NAME).
+  std::string device = fmt::format(" {:02x}:{:02x} {} ", major(dev), minor(dev), ino);
+  std::ifstream maps(fmt::format("/proc/{}/maps", pid));
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find(device) != std::string::npos && line.find(" /memfd:") != std::string::npos)
+      return true;
+  return false;
+}
+
 std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self) {
   std::vector<pid_t> out;
   DIR *proc = ::opendir("/proc");
   if (!proc) return out;
-  // A maps line: address perms offset major:minor inode, blanks, pathname (a memfd's /memfd:NAME).
-  std::string device = fmt::format(" {:02x}:{:02x} {} ", major(dev), minor(dev), ino);
   while (dirent *d = ::readdir(proc)) {
     char *end = nullptr;
     long pid = std::strtol(d->d_name, &end, 10);
     if (pid <= 0 || *end != '\0' || pid == self) continue;
-    std::ifstream maps(fmt::format("/proc/{}/maps", pid));
-    std::string line;
-    while (std::getline(maps, line)) {
-      if (line.find(device) == std::string::npos || line.find(" /memfd:") == std::string::npos)
-        continue;
-      out.push_back(static_cast<pid_t>(pid));
-      break;
-    }
+    if (maps_memfd(static_cast<pid_t>(pid), dev, ino)) out.push_back(static_cast<pid_t>(pid));
   }
   ::closedir(proc);
   return out;

@@ -44,5 +44,7 @@ Result<Child> launch(const Command &command, const std::string &agent, int regio
 // The processes other than `self` that map the memfd of device `dev` and inode `ino` (from
 // /proc/PID/maps): the processes of the command, for the watchdog.
 std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self);
+// Whether process `pid` maps that memfd.
+bool maps_memfd(pid_t pid, dev_t dev, ino_t ino);
 
 }  // namespace usprobe::cli

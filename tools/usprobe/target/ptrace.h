@@ -42,8 +42,9 @@ namespace usprobe::cli {
 class SeizedThread {
  public:
   // Seizes thread `tid` of process `pid` and waits (up to `timeout`) for it to stop.
-  // Errors: "pid N: ptrace: Operation not permitted", "pid N exited during the attach",
-  // "pid N: thread T did not stop within 2000 ms (uninterruptible sleep?)".
+  // Errors: "pid N: no such process", "pid N: ptrace: not permitted (another user's process,
+  // kernel.yama.ptrace_scope, or a process that is not dumpable)", "pid N exited during the
+  // attach", "pid N: thread T did not stop within 2000 ms (in an uninterruptible sleep?)".
   static Result<std::unique_ptr<SeizedThread>> seize(pid_t pid, pid_t tid,
                                                      std::chrono::milliseconds timeout);
   // Releases the thread if release() was not called (after restore(), if save() was).
