@@ -249,11 +249,7 @@ LibraryFinder LibraryFinder::for_process(pid_t pid) {
   f.pid_ = pid;
   // Another mount namespace (a container): its files are reached through its root. In ours the
   // paths are used as they are, so that reports show them plainly.
-  char mine[64] = {}, theirs[64] = {};
-  std::string ns = fmt::format("/proc/{}/ns/mnt", pid);
-  if (::readlink("/proc/self/ns/mnt", mine, sizeof mine - 1) < 0 ||
-      ::readlink(ns.c_str(), theirs, sizeof theirs - 1) < 0 || std::string_view(mine) != theirs)
-    f.root_ = fmt::format("/proc/{}/root", pid);
+  f.root_ = process_root(pid);
   char exe[4096];
   ssize_t n = ::readlink(fmt::format("/proc/{}/exe", pid).c_str(), exe, sizeof exe - 1);
   if (n > 0) {

@@ -24,6 +24,7 @@
 #include "elf/elf_file.h"
 #include "os/linux/proc_maps.h"
 #include "protocol/attach.h"
+#include "resolve/paths.h"
 #include "target/attach_block.h"
 #include "target/bootstrap_code.h"
 #include "target/launch.h"
@@ -157,13 +158,15 @@ std::optional<uint64_t> load_bias(const std::vector<os::Mapping> &maps, const st
   return std::nullopt;
 }
 
-// The file behind a mapping of the target, opened as the target sees it: through its root (its
-// mount namespace), else through map_files (a deleted file, a memfd).
+// The file behind a mapping of the target, opened as the target sees it: by its path, through the
+// target's root when that is not ours (process_root), else through map_files (a deleted file, a
+// memfd). By the same path as the probes' resolution opens it, so that a library both need (libc)
+// is indexed once.
 Result<std::shared_ptr<const elf::ElfFile>> open_mapped(pid_t pid,
                                                         const std::vector<os::Mapping> &maps,
                                                         const std::string &path) {
   if (path.starts_with("/") && !path.starts_with("/memfd:"))
-    if (auto f = elf::ElfFile::open(fmt::format("/proc/{}/root{}", pid, path))) return f;
+    if (auto f = elf::ElfFile::open(process_root(pid) + path)) return f;
   for (const os::Mapping &m : maps)
     if (m.path == path)
       return elf::ElfFile::open(fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, m.start, m.end));
