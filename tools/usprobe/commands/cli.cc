@@ -17,6 +17,7 @@
 
 #include "commands/commands.h"
 #include "resolve/probe_spec.h"
+#include "resolve/symbolizer.h"
 
 namespace usprobe::cli {
 namespace {
@@ -156,7 +157,14 @@ int run_subcommand(int argc, char **argv) {
   count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)->check(seconds());
   count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
-  count_cmd->add_flag("--per-pid", count.per_pid, "one row per process and probe");
+  count_cmd->add_flag("--per-pid", count.per_pid,
+                      "one row per process and probe, with the process's PID and name");
+  count_cmd->add_flag("--all", count.all, "also the rows of probes that were not hit");
+  count_cmd->add_option("--top", count.top, "only the N busiest rows")
+      ->check(CLI::Range(size_t{1}, std::numeric_limits<size_t>::max()))
+      ->type_name("N");
+  count_cmd->add_flag("-T,--timestamp", count.timestamps,
+                      "an HH:MM:SS line before each report (funccount -T)");
   count_cmd->add_flag("-v,--verbose", count.verbose, "print the agent's informational notices");
   set_footer(count_cmd, "");
 
@@ -183,9 +191,17 @@ int run_subcommand(int argc, char **argv) {
       "latency", "Time the calls of functions in a command: PROBE... -- COMMAND [ARGS...]");
   latency_cmd->add_option("PROBE", latency.probes, "functions to time (FILE:SYMBOL, globs allowed)")
       ->required();
-  latency_cmd
-      ->add_option("-u,--unit", latency.unit, "unit of the text report: ns (default), us, ms")
+  latency_cmd->add_option("--unit", latency.unit, "unit of the text report: ns (default), us, ms")
       ->check(CLI::IsMember({"ns", "us", "ms"}));
+  // funclatency's -u and -m: flags; -m wins over -u, as in funclatency, and both over --unit.
+  latency_cmd->add_flag_callback(
+      "-u,--microseconds", [&latency] { latency.unit = "us"; }, "microseconds (--unit us)");
+  latency_cmd->add_flag_callback(
+      "-m,--milliseconds", [&latency] { latency.unit = "ms"; }, "milliseconds (--unit ms)");
+  latency_cmd->add_flag("-F,--function", latency.per_function,
+                        "a histogram per function (default: one for all of them, as funclatency)");
+  latency_cmd->add_flag("-T,--timestamp", latency.timestamps,
+                        "an HH:MM:SS line before each report");
   latency_cmd->add_option("-i,--interval", latency.interval_s, "report every SECONDS")
       ->check(seconds());
   latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)->check(seconds());
@@ -197,10 +213,11 @@ int run_subcommand(int argc, char **argv) {
              "\n"
              R"(
 Latency probes are function entries only (no +OFF, 0xOFF or uretprobe:): each call is timed
-from its entry to its return. Text reports draw a log2 table per function, then the count, mean,
-p50 and p99; calls whose return was not seen (return depth, longjmp, exceptions) are "missed".
-JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"low_ns",
-"high_ns","count"}]} per probe, high_ns inclusive.)");
+from its entry to its return. Text reports draw one log2 table for all the functions (with -F,
+one per function), then the count, mean, p50 and p99; calls whose return was not seen (return
+depth, longjmp, exceptions) are "missed". JSON: {"probe","aliases","type","count","avg_ns",
+"p50_ns","p99_ns","missed","buckets":[{"low_ns","high_ns","count"}]} per function, high_ns
+inclusive.)");
 
   StacksOptions stacks;
   CLI::App *stacks_cmd = app.add_subcommand(
@@ -211,7 +228,15 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
                        "walk frame pointers only (cheaper; stops at code built without them)");
   stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)->check(seconds());
   stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
-  stacks_cmd->add_flag("--folded", stacks.folded,
+  stacks_cmd
+      ->add_option("-i,--interval", stacks.interval_s,
+                   "report the stacks of every SECONDS, then those of the whole run")
+      ->check(seconds());
+  stacks_cmd->add_option("--top", stacks.top, "only the N most frequent stacks of each probe")
+      ->check(CLI::Range(size_t{1}, std::numeric_limits<size_t>::max()))
+      ->type_name("N");
+  stacks_cmd->add_flag("-P,--per-pid", stacks.per_pid, "one list of stacks per process");
+  stacks_cmd->add_flag("-f,--folded", stacks.folded,
                        "folded stacks (comm;outermost;...;innermost COUNT), one per line");
   stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE");
   stacks_cmd->add_flag("-v,--verbose", stacks.verbose, "print the agent's informational notices");
@@ -220,9 +245,9 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
              R"(
 Stacks are taken when a probe is hit, with DWARF unwinding (.eh_frame: works through code built
 without frame pointers) or, with --fp, frame pointers; at most 127 frames. The text report lists,
-per probe, each distinct stack innermost frame first, the process's name, then its count. Folded
-lines start with the process's name and, with several probes, end with the probe's name. Return
-probes (uretprobe:) are not supported.)");
+per probe, each distinct stack innermost frame first, the process's name (with -P, comm-PID),
+then its count. Folded lines start with the process's name and, with several probes, end with
+the probe's name. Return probes (uretprobe:) are not supported.)");
 
   trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)->check(seconds());
   for (auto [sub, pids] :
@@ -241,6 +266,10 @@ probes (uretprobe:) are not supported.)");
     sub->add_flag("--unsafe", unsafe,
                   "probe a raw offset (FILE:0xOFF) even where no symbol or .eh_frame entry gives "
                   "the bounds to check that an instruction starts there");
+
+  bool no_demangle = false;
+  for (CLI::App *sub : {count_cmd, latency_cmd, stacks_cmd})
+    sub->add_flag("--no-demangle", no_demangle, "C++ names as the ELF file spells them (mangled)");
 
   // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
   if (!args.empty() && args[0] != "list" && args[0] != "count" && args[0] != "trace" &&
@@ -298,6 +327,7 @@ probes (uretprobe:) are not supported.)");
   }
   if (list_cmd->parsed()) return run_list(list);
   set_unsafe_offsets(unsafe);
+  set_demangle_names(!no_demangle);
   if (count_cmd->parsed()) {
     count.command = std::move(command);
     return run_count(count);
