@@ -42,8 +42,11 @@ std::map<std::string, Json> totals_of(const Output &r) {
 
 // Every field the CLI documents, with its type, and buckets that add up to the count.
 void expect_well_formed(const Json &p) {
-  for (const char *key : {"probe", "count", "avg_ns", "p50_ns", "p99_ns", "missed", "buckets"})
+  for (const char *key : {"probe", "aliases", "count", "avg_ns", "p50_ns", "p99_ns", "missed",
+                          "buckets", "elapsed_s", "timestamp"})
     EXPECT_TRUE(p.contains(key)) << key << " missing in " << p.dump();
+  EXPECT_TRUE(p["aliases"].is_array()) << p.dump();
+  EXPECT_TRUE(p["timestamp"].is_number()) << p.dump();
   ASSERT_TRUE(p["count"].is_number_unsigned()) << p.dump();
   ASSERT_TRUE(p["missed"].is_number_unsigned()) << p.dump();
   ASSERT_TRUE(p["buckets"].is_array()) << p.dump();

@@ -216,8 +216,8 @@ Latency probes are function entries only (no +OFF, 0xOFF or uretprobe:): each ca
 from its entry to its return. Text reports draw one log2 table for all the functions (with -F,
 one per function), then the count, mean, p50 and p99; calls whose return was not seen (return
 depth, longjmp, exceptions) are "missed". JSON: {"probe","aliases","type","count","avg_ns",
-"p50_ns","p99_ns","missed","buckets":[{"low_ns","high_ns","count"}]} per function, high_ns
-inclusive.)");
+"p50_ns","p99_ns","missed","buckets":[{"low_ns","high_ns","count"}],"elapsed_s","timestamp"}
+per function, high_ns inclusive.)");
 
   StacksOptions stacks;
   CLI::App *stacks_cmd = app.add_subcommand(

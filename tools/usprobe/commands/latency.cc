@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string_view>
 
 #include "commands/commands.h"
@@ -106,8 +107,16 @@ struct Reporter {
     for (size_t i = 0; i < probes.size(); ++i)
       rows.push_back({probes[i].display, s.histograms[i], s.missed[i], probes[i].aliases});
     if (options.json) {
-      for (const LatencyRow &r : rows)
-        fmt::print(out, "{}\n", dump_line(latency_json(r, total ? "total" : "interval")));
+      // When the report was taken, as count's reports say it.
+      const double now =
+          std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+              .count();
+      for (const LatencyRow &r : rows) {
+        nlohmann::ordered_json j = latency_json(r, total ? "total" : "interval");
+        j["elapsed_s"] = std::round(elapsed_s * 1000.0) / 1000.0;
+        j["timestamp"] = std::round(now * 1000.0) / 1000.0;
+        fmt::print(out, "{}\n", dump_line(j));
+      }
       std::fflush(out);
       return;
     }
