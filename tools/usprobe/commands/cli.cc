@@ -68,6 +68,20 @@ CLI::Validator seconds() {
       "SECONDS");
 }
 
+// --top N: a whole number from 1 to 999999999 (CLI11's Range would print the whole range of
+// size_t).
+CLI::Validator positive_count() {
+  return CLI::Validator(
+      [](std::string &value) -> std::string {
+        bool digits = !value.empty() && value.size() < 10 &&
+                      value.find_first_not_of("0123456789") == std::string::npos;
+        return digits && std::stoul(value) > 0
+                   ? ""
+                   : "expected a whole number from 1 to 999999999, not '" + value + "'";
+      },
+      "N");
+}
+
 // A standard descriptor (0, 1, 2) that usprobe was started without is taken by /dev/null,
 // close-on-exec: nothing usprobe opens later (the shared region above all) can land on it, so the
 // command, which loses these at its exec, starts with exactly the descriptors it would have had
@@ -161,7 +175,7 @@ int run_subcommand(int argc, char **argv) {
                       "one row per process and probe, with the process's PID and name");
   count_cmd->add_flag("--all", count.all, "also the rows of probes that were not hit");
   count_cmd->add_option("--top", count.top, "only the N busiest rows")
-      ->check(CLI::Range(size_t{1}, std::numeric_limits<size_t>::max()))
+      ->check(positive_count())
       ->type_name("N");
   count_cmd->add_flag("-T,--timestamp", count.timestamps,
                       "an HH:MM:SS line before each report (funccount -T)");
@@ -233,7 +247,7 @@ per function, high_ns inclusive.)");
                    "report the stacks of every SECONDS, then those of the whole run")
       ->check(seconds());
   stacks_cmd->add_option("--top", stacks.top, "only the N most frequent stacks of each probe")
-      ->check(CLI::Range(size_t{1}, std::numeric_limits<size_t>::max()))
+      ->check(positive_count())
       ->type_name("N");
   stacks_cmd->add_flag("-P,--per-pid", stacks.per_pid, "one list of stacks per process");
   stacks_cmd->add_flag("-f,--folded", stacks.folded,
