@@ -4,6 +4,7 @@
 // otherwise the command's (0 for an attached session).
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -24,7 +25,12 @@ struct CountOptions {
   std::vector<std::string> command;
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> interval_s, duration_s;
-  std::string output;  // "" = stdout
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
   bool json = false, per_pid = false, verbose = false;
 };
 
@@ -41,7 +47,12 @@ struct TraceOptions {
   std::vector<std::string> command;
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> duration_s;
-  std::string output;
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
   bool json = false, verbose = false;
   uint64_t buffer_size = 0;          // --buffer-size: bytes per thread (0: kDefaultRingSize)
   uint32_t strlen = kDefaultStrlen;  // --strlen: bytes of a %s string kept, its NUL not counted
@@ -53,7 +64,12 @@ struct LatencyOptions {
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> interval_s, duration_s;
   std::string unit = "ns";  // ns, us or ms: the text report's table and numbers
-  std::string output;       // "" = stdout
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
   bool json = false, verbose = false;
 };
 
@@ -62,8 +78,13 @@ struct StacksOptions {
   std::vector<std::string> command;
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> duration_s;
-  std::string output;  // "" = stdout: the text report, or the folded stacks
-  std::string svg;     // "" = none: where the flame graph goes
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
+  std::string svg;           // "" = none: where the flame graph goes
   bool frame_pointers = false, folded = false, verbose = false;
 };
 

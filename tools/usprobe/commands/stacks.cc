@@ -192,16 +192,17 @@ int run_stacks(const StacksOptions &options) {
                                       spec.text));
     return {};
   };
-  auto session = prepare_probes(options.probes, {options.command, options.pids}, refuse_returns);
+  auto session =
+      prepare_probes(options.probes, {options.command, options.pids, options.comm}, refuse_returns);
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
 
-  auto output = Output::open(options.output);
+  auto output = Output::open(options.output, options.cmd_output, *session->target);
   if (!output) return report_error(output.error());
   // Created before the command starts, so that a bad path is reported before anything runs.
   std::optional<Output> svg;
   if (!options.svg.empty()) {
-    auto opened = Output::open(options.svg);
+    auto opened = Output::create(options.svg);
     if (!opened) return report_error(opened.error());
     svg.emplace(std::move(*opened));
   }
@@ -209,6 +210,7 @@ int run_stacks(const StacksOptions &options) {
   for (const Probe &p : probes) plan.push_back({p.location, 0});
   RegionConfig config;
   config.mode = agent::kModeStacks;
+  config.comm = options.comm;
   config.ring_size = kRingSize;
   config.table_entries = kTableEntries;
   config.table_arena_words = kTableArenaWords;
@@ -229,7 +231,8 @@ int run_stacks(const StacksOptions &options) {
     notices.print(region->new_notices());
   };
   ExitInfo exit = target.watch(
-      supervisor, {kTick, options.duration_s, std::nullopt, output->file()}, tick, [] {});
+      supervisor, {kTick, options.duration_s, std::nullopt, output->file(), options.stop_signal},
+      tick, [] {});
   // Grandchildren may still run: what they recorded so far is in their rings.
   tick();
 

@@ -166,7 +166,7 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
 }
 
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
-                     const sigset_t &child_mask) {
+                     const sigset_t &child_mask, int stdout_fd) {
   // Everything the child needs is built before fork: between fork and exec it may only make
   // async-signal-safe calls.
   std::vector<std::string> env = command_environment(environ, agent, region_fd);
@@ -194,6 +194,12 @@ Result<Child> launch(const Command &command, const std::string &agent, int regio
   if (child.pid == 0) {
     ::close(report[0]);
     ::sigprocmask(SIG_SETMASK, &child_mask, nullptr);
+    // dup2 leaves the copy without close-on-exec: the command keeps it.
+    if (stdout_fd >= 0 && stdout_fd != STDOUT_FILENO && ::dup2(stdout_fd, STDOUT_FILENO) < 0) {
+      int err = errno;
+      [[maybe_unused]] ssize_t n = ::write(report[1], &err, sizeof err);
+      ::_exit(127);
+    }
     ::execve(command.path.c_str(), argv.data(), envp.data());
     int err = errno;
     [[maybe_unused]] ssize_t n = ::write(report[1], &err, sizeof err);
