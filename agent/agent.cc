@@ -23,6 +23,9 @@
 // Probes are never detached at exit: the process is leaving, and its other threads may still be
 // running.
 //
+// usprobe -n (the region's comm_filter): a launched process whose name does not match starts no
+// session at all, so it places no probe and pays nothing per call; its exec'd images decide again.
+//
 // What is once per process (the fork handlers, the exit handler, the engine's mapping listener,
 // the fault fixup) is registered by the first session and does nothing while none is active.
 //

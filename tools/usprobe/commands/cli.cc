@@ -45,7 +45,11 @@ constexpr const char *kDurationHelp =
     "stop after SECONDS: the command gets SIGINT (--signal), and SIGKILL if it is still there "
     "1 s later; an attached session ends";
 
+constexpr const char *kOutputHelp =
+    "write the report to FILE (-: stdout; default: stderr with a command, stdout with -p)";
+
 constexpr const char *kStreamsHelp = R"(
+
 Where output goes: with a command, the report goes to stderr (or to -o FILE) and the command's
 own stdout, stdin and stderr are left as they are: nothing mixes with what it prints. -o - puts
 the report on stdout, and the command's stdout then goes to stderr, or to --cmd-output FILE
@@ -84,7 +88,7 @@ CLI::Validator signal_number() {
           }
         return "expected a signal name or number (INT, SIGTERM, 15), not '" + value + "'";
       },
-      "SIG");
+      "");
 }
 
 // CLI11's PositiveNumber prints the whole range of a double when it refuses a value.
@@ -190,7 +194,7 @@ int run_subcommand(int argc, char **argv) {
   count_cmd->add_option("-i,--interval", count.interval_s, "report every SECONDS")
       ->check(seconds());
   count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)->check(seconds());
-  count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
+  count_cmd->add_option("-o,--output", count.output, kOutputHelp);
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
   count_cmd->add_flag("--per-pid", count.per_pid, "one row per process and probe");
   count_cmd->add_flag("-v,--verbose", count.verbose, "print the agent's informational notices");
@@ -200,7 +204,7 @@ int run_subcommand(int argc, char **argv) {
   CLI::App *trace_cmd = app.add_subcommand(
       "trace", "Print each probe hit in a command: PROBESPEC... -- COMMAND [ARGS...]");
   trace_cmd->add_option("PROBESPEC", trace.probes, "probes with optional formats")->required();
-  trace_cmd->add_option("-o,--output", trace.output, "write events to FILE");
+  trace_cmd->add_option("-o,--output", trace.output, kOutputHelp);
   trace_cmd->add_flag("--json", trace.json, "events as JSON, one object per line");
   trace_cmd->add_flag("-v,--verbose", trace.verbose, "print the agent's informational notices");
   std::string buffer_text;
@@ -225,7 +229,7 @@ int run_subcommand(int argc, char **argv) {
   latency_cmd->add_option("-i,--interval", latency.interval_s, "report every SECONDS")
       ->check(seconds());
   latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)->check(seconds());
-  latency_cmd->add_option("-o,--output", latency.output, "write reports to FILE");
+  latency_cmd->add_option("-o,--output", latency.output, kOutputHelp);
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
   latency_cmd->add_flag("-v,--verbose", latency.verbose, "print the agent's informational notices");
@@ -246,7 +250,7 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
   stacks_cmd->add_flag("--fp", stacks.frame_pointers,
                        "walk frame pointers only (cheaper; stops at code built without them)");
   stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)->check(seconds());
-  stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
+  stacks_cmd->add_option("-o,--output", stacks.output, kOutputHelp);
   stacks_cmd->add_flag("--folded", stacks.folded,
                        "folded stacks (comm;outermost;...;innermost COUNT), one per line");
   stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE");
