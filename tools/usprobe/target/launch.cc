@@ -33,6 +33,7 @@ bool readable(const std::string &path) {
 
 // The write end of the watchdog's pipe (launch.h); -1 when none was started.
 int g_watchdog_fd = -1;
+pid_t g_watchdog_pid = -1;
 
 void dismiss_watchdog() {
   if (g_watchdog_fd < 0) return;
@@ -94,6 +95,7 @@ void start_watchdog(int region_fd) {
   }
   ::close(p[0]);
   g_watchdog_fd = p[1];
+  g_watchdog_pid = pid;
   std::atexit(dismiss_watchdog);
 }
 
@@ -122,6 +124,13 @@ std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self) {
   }
   ::closedir(proc);
   return out;
+}
+
+void kill_command_processes(int region_fd) {
+  struct stat st;
+  if (::fstat(region_fd, &st) != 0) return;
+  for (pid_t pid : processes_mapping(st.st_dev, st.st_ino, ::getpid()))
+    if (pid != g_watchdog_pid) ::kill(pid, SIGKILL);
 }
 
 Result<std::string> find_agent() {

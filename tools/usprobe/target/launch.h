@@ -45,6 +45,9 @@ Result<Child> launch(const Command &command, const std::string &agent, int regio
 // The processes other than `self` that map the memfd of device `dev` and inode `ino` (from
 // /proc/PID/maps): the processes of the command, for the watchdog.
 std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self);
+// Kills (SIGKILL) every process of the command that maps the region behind `region_fd`: usprobe's
+// own watchdog, which maps it too (forked after the region was made), is left alone.
+void kill_command_processes(int region_fd);
 // Whether process `pid` maps that memfd.
 bool maps_memfd(pid_t pid, dev_t dev, ino_t ino);
 

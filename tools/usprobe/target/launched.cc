@@ -1,7 +1,6 @@
 // A command that usprobe starts (target.h): the region first, then the command with the agent
 // preloaded (launch.h), watched until it exits.
 #include <fmt/format.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -104,9 +103,7 @@ class LaunchedTarget final : public Target {
       bool killed = ::kill(child_.pid, SIGKILL) == 0;
       // And the processes of the command that carry its probes (children that ignore the signal
       // too, a shell's running command): the run ends here, as the watchdog would end it.
-      struct stat st;
-      if (::fstat(region_->fd(), &st) == 0)
-        for (pid_t pid : processes_mapping(st.st_dev, st.st_ino, ::getpid())) ::kill(pid, SIGKILL);
+      kill_command_processes(region_->fd());
       return killed;
     };
     watched.ended = [&](ExitInfo &info) {
