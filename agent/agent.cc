@@ -23,6 +23,9 @@
 // Probes are never detached at exit: the process is leaving, and its other threads may still be
 // running.
 //
+// usprobe -n (the region's comm_filter): a launched process whose name does not match starts no
+// session at all, so it places no probe and pays nothing per call; its exec'd images decide again.
+//
 // What is once per process (the fork handlers, the exit handler, the engine's mapping listener,
 // the fault fixup) is registered by the first session and does nothing while none is active.
 //
@@ -31,6 +34,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -577,6 +581,16 @@ int start_watcher() {
   return err;
 }
 
+// Whether this process's name (its comm, which the kernel sets at exec to the program's file name,
+// cut to 15 bytes) contains the region's comm_filter; true when there is none.
+bool name_matches(const Header &h) {
+  std::string_view filter(h.comm_filter, strnlen(h.comm_filter, sizeof h.comm_filter));
+  if (filter.empty()) return true;
+  char comm[17] = {};
+  if (prctl(PR_GET_NAME, comm) != 0) return true;  // cannot tell: probed, as without -n
+  return std::string_view(comm).find(filter) != std::string_view::npos;
+}
+
 // Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt
 // links the engine first for that). A launched command: any problem is one line on stderr (and a
 // notice when the region is mapped), and the process runs as if the agent were not there.
@@ -589,6 +603,14 @@ __attribute__((constructor)) void agent_start() {
   auto mapping = map_region(fd, getenv(kEnvPath));
   if (!mapping) {
     report_error(mapping.error());
+    return;
+  }
+  // usprobe -n: a process of another name takes no part (protocol.h, comm_filter). Its children
+  // inherit the fd and the environment, and an exec'd image decides again with its new name.
+  if (!name_matches(*mapping->header)) {
+    // Relaxed: a counter for the CLI's summary; nothing is published with it.
+    mapping->header->agents_filtered.fetch_add(1, std::memory_order_relaxed);
+    munmap(mapping->header, mapping->length);
     return;
   }
   SessionLock lock;

@@ -187,7 +187,14 @@ struct Header {
   // region for a launched command, whose agents never claim one.
   uint64_t process_offset;
   uint32_t max_processes;
-  uint32_t reserved2;
+  // Processes whose name did not match comm_filter: their agent started no session (relaxed
+  // fetch_add, outside the hit path), for the CLI's summary.
+  std::atomic<uint32_t> agents_filtered;
+  // usprobe -n: a launched command's process places its probes only when its name (comm, as
+  // prctl(PR_GET_NAME) gives it, up to 15 bytes) contains this; "" = every process. Each image
+  // decides once, in the agent's constructor: a filtered process places nothing and so pays
+  // nothing per hit, and an exec'd image (a new comm) decides again.
+  char comm_filter[16];
 };
 
 enum NoticeKind : uint32_t {

@@ -175,6 +175,30 @@ TEST(AttachRefused, PidAndACommandTogether) {
   expect_runs_on(target, 10);
 }
 
+// What only a launched command has (--cmd-output, --signal) and a process of another name (-n)
+// are refused before the process is touched.
+TEST(AttachRefused, CommandOnlyOptionsAndAnotherNameLeaveTheProcessAlone) {
+  TempDir dir;
+  AttachTarget target(dir);
+  ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
+  const std::string output = dir.file("out");
+  for (const auto &[extra, mentions] :
+       {std::pair<std::vector<std::string>, std::string>{{"--cmd-output", output},
+                                                         "count: --cmd-output is for a command"},
+        {{"--signal", "TERM"}, "count: --signal is what -d sends a command"}}) {
+    Output r = run(count_cmd(target.pid(), extra), 20s);
+    EXPECT_EQ(r.exit_code(), 2) << r.describe();
+    EXPECT_EQ(r.out, "") << r.describe();
+    ASSERT_EQ(lines(r.err).size(), 1u) << r.describe();
+    EXPECT_NE(r.err.find(mentions), std::string::npos) << r.err;
+  }
+  EXPECT_FALSE(file_exists(output));
+  Output r = run(count_cmd(target.pid(), {"-n", "postgres"}), 20s);
+  expect_refusal(r, target.pid(), {"-n postgres: ", "is named 'attach_target'"});
+  expect_untouched(target);
+  expect_runs_on(target, 10);
+}
+
 TEST(AttachRefused, ASecondSessionNamesTheFirstUsprobe) {
   TempDir dir;
   AttachTarget target(dir);

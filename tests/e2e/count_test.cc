@@ -111,7 +111,7 @@ TEST(CliCount, ProbesOnMallocAndFreeLeaveTheCommandWorking) {
   Output r = run({e2e::cli(), "count", "--json", "libc:malloc", "libc:free", "--", e2e::target(),
                   "calls", "10"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  EXPECT_EQ(r.out.substr(0, r.out.find('{')), "calls 10\n") << r.describe();
+  EXPECT_EQ(r.out, "calls 10\n") << r.describe();  // the report is on stderr
   Json total = only_total(r);
   EXPECT_EQ(total.value("exit_status", -1), 0) << total.dump();
   // printf allocates stdout's buffer.
@@ -620,7 +620,7 @@ TEST(CliCount, ADemangledNameWithoutParametersProbesEveryOverload) {
 }
 
 TEST(CliCount, AGlobOverCxxNamesReportsThemDemangledAndAMangledNameKeepsItsSpelling) {
-  Output r = run({e2e::cli(), "count", "exe:stacks_demo::*",
+  Output r = run({e2e::cli(), "count", "-o", "-", "exe:stacks_demo::*",
                   "uretprobe:exe:_ZN11stacks_demo5scaleEd", "--", STACKS_TARGET_CC});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   std::map<std::string, uint64_t> rows;
@@ -635,6 +635,104 @@ TEST(CliCount, AGlobOverCxxNamesReportsThemDemangledAndAMangledNameKeepsItsSpell
                                                    {"exe:stacks_demo::run<int>(int)", 1},
                                                    {"uretprobe:exe:_ZN11stacks_demo5scaleEd", 2}}))
       << r.describe() << r.out;
+}
+
+// The report never shares a stream with the command's output: by default it is on stderr and
+// stdout is exactly the command's; with -o - stdout is the report alone (each line JSON, as a
+// parser that is not ours reads it) and the command's output is on stderr, or with --cmd-output
+// in that file, byte for byte.
+TEST(CliCount, TheReportAndTheCommandsOutputNeverShareAStream) {
+  e2e::TempDir dir;
+  const Output plain = run({e2e::target(), "calls", "50"});
+  ASSERT_EQ(plain.out, "calls 50\n") << plain.describe();
+
+  Output text = run({e2e::cli(), "count", "exe:e2e_work", "--", e2e::target(), "calls", "50"});
+  ASSERT_EQ(text.exit_code(), 0) << text.describe();
+  EXPECT_EQ(text.out, plain.out) << text.describe();
+  EXPECT_TRUE(std::regex_search(text.err, std::regex(R"(\nexe:e2e_work +50 +0\n)")))
+      << text.describe();
+
+  Output json = run({e2e::cli(), "count", "--json", "-o", "-", "exe:e2e_work", "--", e2e::target(),
+                     "calls", "50"});
+  ASSERT_EQ(json.exit_code(), 0) << json.describe();
+  EXPECT_NE(json.err.find(plain.out), std::string::npos) << json.describe();
+  const std::string report = dir.file("report.json");
+  FILE *f = std::fopen(report.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(json.out.c_str(), f);
+  std::fclose(f);
+  Output parsed = run({"/usr/bin/python3", "-c",
+                       "import json, sys\n"
+                       "lines = [json.loads(l) for l in open(sys.argv[1])]\n"
+                       "print(len(lines), lines[-1]['type'], lines[-1]['probes'][0]['hits'])",
+                       report});
+  EXPECT_EQ(parsed.out, "1 total 50\n") << parsed.describe() << json.describe();
+
+  const std::string command_output = dir.file("command.txt");
+  Output file = run({e2e::cli(), "count", "--json", "-o", "-", "--cmd-output", command_output,
+                     "exe:e2e_work", "--", e2e::target(), "calls", "50"});
+  ASSERT_EQ(file.exit_code(), 0) << file.describe();
+  EXPECT_EQ(e2e::read_file(command_output), plain.out);
+  EXPECT_EQ(file.err.find(plain.out), std::string::npos) << file.describe();
+  EXPECT_EQ(hits_of(only_total(file), "exe:e2e_work"), 50u) << file.describe();
+}
+
+// -d ends the run whatever the command does with SIGINT: a command that ignores it is killed a
+// second later, the report has its hits, and usprobe exits 0 (it ended the run itself). A
+// command that ends before -d keeps its own status.
+TEST(CliCount, DurationEndsACommandThatIgnoresSigint) {
+  e2e::TempDir dir;
+  const std::string report = dir.file("report.json");
+  // usprobe started with SIGINT ignored starts the command so (an ignored signal stays ignored
+  // across exec): it ignores SIGINT from its first instruction, however late it starts.
+  Output r = run({"/bin/sh", "-c",
+                  "trap '' INT; exec \"$0\" count --json -o \"$1\" -d 0.3 exe:e2e_work -- \"$2\" "
+                  "ticks 1000 10",
+                  e2e::cli(), report, e2e::target()},
+                 std::chrono::seconds(20));
+  ASSERT_FALSE(r.timed_out) << r.describe();
+  EXPECT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.err.find("usprobe: the command did not exit 1 s after -d's signal: killing it"),
+            std::string::npos)
+      << r.describe();
+  std::vector<Json> all = e2e::reports(e2e::read_file(report));
+  ASSERT_EQ(all.size(), 1u) << e2e::read_file(report);
+  EXPECT_EQ(all[0].value("type", ""), "total");
+  EXPECT_EQ(all[0].value("exit_status", -1), 128 + SIGKILL) << all[0].dump();
+  EXPECT_GE(hits_of(all[0], "exe:e2e_work"), 100u) << all[0].dump();
+
+  Output own = run({e2e::cli(), "count", "-o", report, "-d", "5", "--signal", "SIGTERM",
+                    "exe:e2e_work", "--", e2e::target(), "exit", "3"});
+  EXPECT_EQ(own.exit_code(), 3) << own.describe();
+  EXPECT_EQ(own.err, "") << "nothing was killed";
+}
+
+// -n: in a script that runs two programs, only the named one places probes; the other pays
+// nothing and is not counted. e2e_other makes 7 calls of getppid, e2e_target (libc 5) 5.
+TEST(CliCount, CommFilterCountsOnlyTheNamedProgramOfAScript) {
+  e2e::TempDir dir;
+  const std::string report = dir.file("report.json");
+  const std::string script =
+      std::string("'") + e2e::target() + "' libc 5; '" + e2e::other() + "' 7";
+  Output all = run({e2e::cli(), "count", "--json", "--per-pid", "-o", report, "libc:getppid", "--",
+                    "/bin/sh", "-c", script});
+  ASSERT_EQ(all.exit_code(), 0) << all.describe();
+  std::vector<Json> unfiltered = e2e::reports(e2e::read_file(report));
+  ASSERT_EQ(unfiltered.size(), 1u) << all.describe();
+  const uint64_t every = hits_of(unfiltered[0], "libc:getppid");
+  EXPECT_GE(every, 12u) << unfiltered[0].dump();
+
+  Output named = run({e2e::cli(), "count", "--json", "--per-pid", "-n", "e2e_oth", "-o", report,
+                      "libc:getppid", "--", "/bin/sh", "-c", script});
+  ASSERT_EQ(named.exit_code(), 0) << named.describe();
+  EXPECT_EQ(named.out, "libc 5\nother 7\n") << named.describe();
+  EXPECT_EQ(named.err, "") << "no notice about the probes the other processes skipped";
+  std::vector<Json> filtered = e2e::reports(e2e::read_file(report));
+  ASSERT_EQ(filtered.size(), 1u) << named.describe();
+  EXPECT_EQ(hits_of(filtered[0], "libc:getppid"), 7u) << filtered[0].dump();
+  auto probe = e2e::probe_in(filtered[0], "libc:getppid");
+  ASSERT_TRUE(probe);
+  EXPECT_EQ((*probe)["pids"].size(), 1u) << "one process counted: " << probe->dump();
 }
 
 }  // namespace

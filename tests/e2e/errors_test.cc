@@ -121,7 +121,19 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"LatencyUnitAfterTheMicrosecondsFlag",
                   {"latency", "-u", "us", "exe:e2e_work"},
                   Command::kTarget,
-                  "--unit us"}),
+                  "--unit us"},
+        ErrorCase{"CommandOutputCannotBeCreated",
+                  {"count", "--cmd-output", "/nonexistent/usprobe-e2e/out", "libc:malloc"},
+                  Command::kTarget,
+                  "--cmd-output /nonexistent/usprobe-e2e/out: cannot open"},
+        ErrorCase{"UnknownSignal",
+                  {"count", "--signal", "SIGNOPE", "libc:malloc"},
+                  Command::kTarget,
+                  "--signal: expected a signal name or number"},
+        ErrorCase{"NameLongerThanAnyComm",
+                  {"count", "-n", "sixteen_letters_", "libc:malloc"},
+                  Command::kTarget,
+                  "-n 'sixteen_letters_': longer than 15 characters"}),
     NameOf);
 
 INSTANTIATE_TEST_SUITE_P(

@@ -123,20 +123,23 @@ TEST(CliFollow, StacksNameTheFramesOfALibraryUnloadedBeforeExit) {
   Output r = run({e2e::cli(), "stacks", probe, "--", dlopen_target(), dlopen_lib(), "5", "2"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   expect_rounds_ran(r, 5, 2);
-  EXPECT_NE(r.out.find(probe + ": 10 stacks, 1 distinct"), std::string::npos) << r.describe();
-  const std::vector<std::string> lines = e2e::lines(r.out);
+  // The report is on stderr, the command's own output on stdout.
+  EXPECT_NE(r.err.find(probe + ": 10 stacks, 1 distinct"), std::string::npos) << r.describe();
+  const std::vector<std::string> lines = e2e::lines(r.err);
   auto first = std::find(lines.begin(), lines.end(), "    dlopen_lib_work");
   ASSERT_NE(first, lines.end()) << r.describe();
   ASSERT_NE(first + 1, lines.end());
   EXPECT_EQ(first[1], "    main") << r.describe();
-  EXPECT_EQ(r.out.find("[unknown]"), std::string::npos) << r.describe();
+  EXPECT_EQ(r.err.find("[unknown]"), std::string::npos) << r.describe();
 }
 
 // A library the command never loads: its probe's zero means "never there", not "never called",
 // and the report says so without -v; a library it loads late gets no such line.
 TEST(CliFollow, ALibraryTheCommandNeverLoadsIsSaidSoAfterTheReport) {
   const std::string probe = std::string(dlopen_lib()) + ":dlopen_lib_work";
-  Output r = run({e2e::cli(), "count", probe, "exe:e2e_work", "--", e2e::target(), "calls", "3"});
+  // The report elsewhere: stderr holds usprobe's messages alone.
+  Output r = run({e2e::cli(), "count", "-o", "/dev/null", probe, "exe:e2e_work", "--",
+                  e2e::target(), "calls", "3"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   std::vector<std::string> err = e2e::lines(r.err);
   ASSERT_EQ(err.size(), 1u) << r.describe();

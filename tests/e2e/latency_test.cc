@@ -81,10 +81,10 @@ void expect_well_formed(const Json &p) {
 }
 
 TEST(CliLatency, TimesASleepingFunctionAndCountsAFastOneExactly) {
-  Output r = run({e2e::cli(), "latency", "--json", "exe:latency_sleep", "exe:latency_fast", "--",
-                  latency_target(), "3", "20", "2500", "4"});
+  Output r = run({e2e::cli(), "latency", "-o", "-", "--json", "exe:latency_sleep",
+                  "exe:latency_fast", "--", latency_target(), "3", "20", "2500", "4"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  EXPECT_NE(r.out.find("slept 20 fast 4 x 2500\n"), std::string::npos) << r.describe();
+  EXPECT_NE(r.err.find("slept 20 fast 4 x 2500\n"), std::string::npos) << r.describe();
   auto totals = totals_of(r);
   ASSERT_EQ(totals.size(), 2u) << r.describe();
 
@@ -108,8 +108,8 @@ TEST(CliLatency, TimesASleepingFunctionAndCountsAFastOneExactly) {
 }
 
 TEST(CliLatency, ExitStatusIsTheCommands) {
-  Output r = run({e2e::cli(), "latency", "--json", "exe:latency_fast", "--", latency_target(), "0",
-                  "0", "5", "1", "7"});
+  Output r = run({e2e::cli(), "latency", "-o", "-", "--json", "exe:latency_fast", "--",
+                  latency_target(), "0", "0", "5", "1", "7"});
   ASSERT_EQ(r.exit_code(), 7) << r.describe();
   auto totals = totals_of(r);
   ASSERT_EQ(totals.size(), 1u) << r.describe();
@@ -118,8 +118,8 @@ TEST(CliLatency, ExitStatusIsTheCommands) {
 }
 
 TEST(CliLatency, TextReportDrawsTheTableInTheChosenUnit) {
-  Output r = run({e2e::cli(), "latency", "-m", "exe:latency_sleep", "exe:latency_fast", "--",
-                  latency_target(), "3", "10", "0", "0", "3"});
+  Output r = run({e2e::cli(), "latency", "-o", "-", "-m", "exe:latency_sleep", "exe:latency_fast",
+                  "--", latency_target(), "3", "10", "0", "0", "3"});
   ASSERT_EQ(r.exit_code(), 3) << r.describe();
   EXPECT_TRUE(
       std::regex_search(r.out, std::regex(R"(Total over [0-9]+\.[0-9]{3} s \(exit status 3\):)")))

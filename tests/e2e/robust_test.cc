@@ -148,7 +148,8 @@ TEST(RobustSignals, HangupQuitAndTermAreForwardedAndTheReportPrinted) {
 // the command writes nothing usprobe would print.
 TEST(RobustSignals, AClosedOutputPipeInterruptsTheCommandAndUsprobeReports) {
   std::string script =
-      std::string("\"$0\" trace exe:robust_work -- \"$1\" pid-sleep 30 2>") + "\"$2\" | head -1";
+      std::string("\"$0\" trace -o - --cmd-output null exe:robust_work -- \"$1\" pid-sleep 30 2>") +
+      "\"$2\" | head -1";
   e2e::TempDir dir;
   Output r = run({"/bin/sh", "-c", script, e2e::cli(), robust_target(), dir.file("err")},
                  std::chrono::seconds(20));

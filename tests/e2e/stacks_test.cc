@@ -102,9 +102,9 @@ void expect_two_paths(const TextReport &r, uint64_t a, uint64_t b, const std::st
 }
 
 TEST(Stacks, CountsEachCallPathWithItsFramesInnermostFirst) {
-  Output r = run({e2e::cli(), "stacks", "exe:shared_leaf", "--", stacks_target()});
+  Output r = run({e2e::cli(), "stacks", "-o", "-", "exe:shared_leaf", "--", stacks_target()});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  EXPECT_NE(r.out.find("a 3 b 5"), std::string::npos) << r.out;  // the command's own output
+  EXPECT_NE(r.err.find("a 3 b 5"), std::string::npos) << r.err;  // the command's own output
   TextReport report = parse_report(r.out);
   ASSERT_EQ(report.probes.size(), 1u) << r.out;
   EXPECT_EQ(report.probes[0], "exe:shared_leaf: 8 stacks, 2 distinct") << r.out;
@@ -131,8 +131,8 @@ TEST(Stacks, FoldedLinesGoFromTheProcessNameToTheProbedFunction) {
 }
 
 TEST(Stacks, SeveralProbesEndFoldedLinesWithTheProbe) {
-  Output r = run(
-      {e2e::cli(), "stacks", "--folded", "exe:shared_leaf", "exe:middle", "--", stacks_target()});
+  Output r = run({e2e::cli(), "stacks", "-o", "-", "--folded", "exe:shared_leaf", "exe:middle",
+                  "--", stacks_target()});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   std::set<std::string> tails;
   for (const std::string &line : e2e::lines(r.out)) {
@@ -150,7 +150,8 @@ TEST(Stacks, SeveralProbesEndFoldedLinesWithTheProbe) {
 TEST(Stacks, SvgFlameGraphIsWellFormedXmlWithEveryFrame) {
   e2e::TempDir dir;
   std::string svg = dir.file("flame.svg");
-  Output r = run({e2e::cli(), "stacks", "--svg", svg, "exe:shared_leaf", "--", stacks_target()});
+  Output r = run(
+      {e2e::cli(), "stacks", "-o", "-", "--svg", svg, "exe:shared_leaf", "--", stacks_target()});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   // The text report still goes to stdout.
   expect_two_paths(parse_report(r.out), 3, 5, r.out);
@@ -174,7 +175,8 @@ TEST(Stacks, SvgFlameGraphIsWellFormedXmlWithEveryFrame) {
 }
 
 TEST(Stacks, FramePointerWalkOnAFramePointerBuild) {
-  Output r = run({e2e::cli(), "stacks", "--fp", "exe:shared_leaf", "--", stacks_target_fp()});
+  Output r =
+      run({e2e::cli(), "stacks", "-o", "-", "--fp", "exe:shared_leaf", "--", stacks_target_fp()});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   TextReport report = parse_report(r.out);
   ASSERT_EQ(report.stacks.size(), 2u) << r.out;
@@ -187,7 +189,8 @@ TEST(Stacks, FramePointerWalkOnAFramePointerBuild) {
 // Without frame pointers the chain ends early, but every stack still starts at the probed function
 // and its caller (the return address at the stack pointer, at a function's entry).
 TEST(Stacks, FramePointerWalkWithoutFramePointersStillStartsAtTheProbe) {
-  Output r = run({e2e::cli(), "stacks", "--fp", "exe:shared_leaf", "--", stacks_target()});
+  Output r =
+      run({e2e::cli(), "stacks", "-o", "-", "--fp", "exe:shared_leaf", "--", stacks_target()});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   TextReport report = parse_report(r.out);
   ASSERT_FALSE(report.stacks.empty()) << r.out;
@@ -205,8 +208,8 @@ TEST(Stacks, FramePointerWalkWithoutFramePointersStillStartsAtTheProbe) {
 // are far more records than a thread's ring holds between two drains. The agent counts repeated
 // stacks in the thread's stack table instead: every hit is counted, none is lost.
 TEST(Stacks, AMillionFramePointerStacksAreCountedExactlyWithNoneLost) {
-  Output r = run(
-      {e2e::cli(), "stacks", "--fp", "exe:shared_leaf", "--", stacks_target_fp(), "1000000", "0"});
+  Output r = run({e2e::cli(), "stacks", "-o", "-", "--fp", "exe:shared_leaf", "--",
+                  stacks_target_fp(), "1000000", "0"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   TextReport report = parse_report(r.out);
   ASSERT_EQ(report.stacks.size(), 1u) << r.out;
@@ -217,8 +220,8 @@ TEST(Stacks, AMillionFramePointerStacksAreCountedExactlyWithNoneLost) {
 
 // The same with DWARF unwinding, on both call paths.
 TEST(Stacks, TwoHundredThousandDwarfStacksAreCountedExactlyWithNoneLost) {
-  Output r =
-      run({e2e::cli(), "stacks", "exe:shared_leaf", "--", stacks_target(), "120000", "80000"});
+  Output r = run({e2e::cli(), "stacks", "-o", "-", "exe:shared_leaf", "--", stacks_target(),
+                  "120000", "80000"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   TextReport report = parse_report(r.out);
   expect_two_paths(report, 120000, 80000, r.out);
@@ -226,7 +229,8 @@ TEST(Stacks, TwoHundredThousandDwarfStacksAreCountedExactlyWithNoneLost) {
 }
 
 TEST(Stacks, ExitStatusPassesThrough) {
-  Output r = run({e2e::cli(), "stacks", "exe:shared_leaf", "--", stacks_target(), "2", "7", "3"});
+  Output r = run(
+      {e2e::cli(), "stacks", "-o", "-", "exe:shared_leaf", "--", stacks_target(), "2", "7", "3"});
   EXPECT_EQ(r.exit_code(), 3) << r.describe();
   expect_two_paths(parse_report(r.out), 2, 7, r.out);
 }
@@ -234,7 +238,8 @@ TEST(Stacks, ExitStatusPassesThrough) {
 // The child makes its calls and leaves with _exit: it never writes mappings of its own, and is gone
 // before the CLI could read them. Its parent's (the same image) name its stacks.
 TEST(Stacks, ForkedChildThatLeavesWithUnderscoreExitIsNamed) {
-  Output r = run({e2e::cli(), "stacks", "exe:shared_leaf", "--", stacks_target(), "fork"});
+  Output r =
+      run({e2e::cli(), "stacks", "-o", "-", "exe:shared_leaf", "--", stacks_target(), "fork"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   expect_two_paths(parse_report(r.out), 3, 5, r.out);
 }
@@ -244,15 +249,15 @@ TEST(Stacks, ForkedChildThatLeavesWithUnderscoreExitIsNamed) {
 TEST(Stacks, ExecdImageIsNamedWithItsOwnMappings) {
   std::string t = stacks_target();
   // "exe" would be the shell: the probe names the program's file.
-  Output r = run({e2e::cli(), "stacks", t + ":shared_leaf", "--", "/bin/sh", "-c",
+  Output r = run({e2e::cli(), "stacks", "-o", "-", t + ":shared_leaf", "--", "/bin/sh", "-c",
                   "'" + t + "' 1 2 && exec '" + t + "' 2 1"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   expect_two_paths(parse_report(r.out), 3, 3, r.out);
 }
 
 TEST(Stacks, CppFramesAreDemangled) {
-  Output r =
-      run({e2e::cli(), "stacks", "exe:_ZN11stacks_demo6Parser5parseEi", "--", stacks_target_cc()});
+  Output r = run({e2e::cli(), "stacks", "-o", "-", "exe:_ZN11stacks_demo6Parser5parseEi", "--",
+                  stacks_target_cc()});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   TextReport report = parse_report(r.out);
   ASSERT_EQ(report.stacks.size(), 1u) << r.out;

@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <limits>
 #include <string_view>
 #include <system_error>
@@ -42,14 +43,53 @@ first 63 bytes (--strlen), then "..." when it is longer; an unreadable one print
 event that finds it full is lost, and the count of lost events ends the run.)";
 
 constexpr const char *kDurationHelp =
-    "stop after SECONDS: the command gets SIGINT; an attached session ends";
+    "stop after SECONDS: the command gets SIGINT (--signal), and SIGKILL if it is still there "
+    "1 s later; an attached session ends";
+
+constexpr const char *kOutputHelp =
+    "write the report to FILE (-: stdout; default: stderr with a command, stdout with -p)";
+
+constexpr const char *kStreamsHelp = R"(
+
+Where output goes: with a command, the report goes to stderr (or to -o FILE) and the command's
+own stdout, stdin and stderr are left as they are: nothing mixes with what it prints. -o - puts
+the report on stdout, and the command's stdout then goes to stderr, or to --cmd-output FILE
+(null: /dev/null). With -p the report goes to stdout (or to -o FILE). usprobe's own messages
+always go to stderr.
+At -d the command gets SIGINT (or --signal SIG); if it has not exited 1 s later usprobe kills
+it (SIGKILL), prints the final report and exits with 0: usprobe ended the run itself.)";
 
 void set_footer(CLI::App *sub, std::string_view extra) {
   sub->footer(
-      std::string(kProbeHelp) + std::string(extra) +
+      std::string(kProbeHelp) + std::string(extra) + kStreamsHelp +
       "\nThe command follows \"--\"; usprobe exits with its exit status. With -p PID (once\n"
       "or more) usprobe attaches to running processes instead, and removes its probes\n"
       "from them when the session ends: on Ctrl-C, at -d, or when the last one exits.");
+}
+
+// --signal: SIGTERM, TERM, term or 15.
+// Becomes the number, which CLI11 then stores.
+CLI::Validator signal_number() {
+  return CLI::Validator(
+      [](std::string &value) -> std::string {
+        std::string name = value;
+        for (char &c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        if (name.starts_with("SIG")) name.erase(0, 3);
+        int number = 0;
+        auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), number);
+        if (ec == std::errc() && end == name.data() + name.size() && number >= 1 &&
+            number <= SIGRTMAX) {
+          value = std::to_string(number);
+          return "";
+        }
+        for (int sig = 1; sig < SIGRTMIN; ++sig)
+          if (const char *abbrev = ::sigabbrev_np(sig); abbrev && name == abbrev) {
+            value = std::to_string(sig);
+            return "";
+          }
+        return "expected a signal name or number (INT, SIGTERM, 15), not '" + value + "'";
+      },
+      "");
 }
 
 // CLI11's PositiveNumber prints the whole range of a double when it refuses a value.
@@ -169,7 +209,7 @@ int run_subcommand(int argc, char **argv) {
   count_cmd->add_option("-i,--interval", count.interval_s, "report every SECONDS")
       ->check(seconds());
   count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)->check(seconds());
-  count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
+  count_cmd->add_option("-o,--output", count.output, kOutputHelp);
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
   count_cmd->add_flag("--per-pid", count.per_pid,
                       "one row per process and probe, with the process's PID and name");
@@ -186,7 +226,7 @@ int run_subcommand(int argc, char **argv) {
   CLI::App *trace_cmd = app.add_subcommand(
       "trace", "Print each probe hit in a command: PROBESPEC... -- COMMAND [ARGS...]");
   trace_cmd->add_option("PROBESPEC", trace.probes, "probes with optional formats")->required();
-  trace_cmd->add_option("-o,--output", trace.output, "write events to FILE");
+  trace_cmd->add_option("-o,--output", trace.output, kOutputHelp);
   trace_cmd->add_flag("--json", trace.json, "events as JSON, one object per line");
   trace_cmd->add_flag("-v,--verbose", trace.verbose, "print the agent's informational notices");
   std::string buffer_text;
@@ -219,7 +259,7 @@ int run_subcommand(int argc, char **argv) {
   latency_cmd->add_option("-i,--interval", latency.interval_s, "report every SECONDS")
       ->check(seconds());
   latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)->check(seconds());
-  latency_cmd->add_option("-o,--output", latency.output, "write reports to FILE");
+  latency_cmd->add_option("-o,--output", latency.output, kOutputHelp);
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
   latency_cmd->add_flag("-v,--verbose", latency.verbose, "print the agent's informational notices");
@@ -241,7 +281,7 @@ per function, high_ns inclusive.)");
   stacks_cmd->add_flag("--fp", stacks.frame_pointers,
                        "walk frame pointers only (cheaper; stops at code built without them)");
   stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)->check(seconds());
-  stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
+  stacks_cmd->add_option("-o,--output", stacks.output, kOutputHelp);
   stacks_cmd
       ->add_option("-i,--interval", stacks.interval_s,
                    "report the stacks of every SECONDS, then those of the whole run")
@@ -273,6 +313,24 @@ the probe's name. Return probes (uretprobe:) are not supported.)");
         ->check(CLI::Range(1, std::numeric_limits<pid_t>::max()))
         ->type_name("PID")
         ->allow_extra_args(false);
+
+  // What every probing subcommand shares about its processes and its output.
+  auto add_session_options = [](CLI::App *sub, auto &o) {
+    sub->add_option("-n,--comm", o.comm,
+                    "probe only the processes whose name (comm, 15 characters) contains NAME")
+        ->type_name("NAME");
+    sub->add_option("--cmd-output", o.cmd_output,
+                    "send the command's stdout to FILE (null: /dev/null; default with -o -: "
+                    "stderr)")
+        ->type_name("FILE");
+    sub->add_option("--signal", o.stop_signal, "what -d sends the command (default SIGINT)")
+        ->transform(signal_number())
+        ->type_name("SIG");
+  };
+  add_session_options(count_cmd, count);
+  add_session_options(trace_cmd, trace);
+  add_session_options(latency_cmd, latency);
+  add_session_options(stacks_cmd, stacks);
 
   // bpftrace's name for "attach where I cannot check it is safe".
   bool unsafe = false;
@@ -340,8 +398,38 @@ the probe's name. Return probes (uretprobe:) are not supported.)");
     return 2;
   }
   if (list_cmd->parsed()) return run_list(list);
+  // What add_session_options took, checked before anything starts.
+  auto check_session_options = [&](CLI::App *sub, const auto &o) {
+    if (!pids.empty() && !o.cmd_output.empty()) {
+      fmt::print(stderr,
+                 "usprobe: {}: --cmd-output is for a command that usprobe starts: with -p the "
+                 "processes' output is not usprobe's to send\n",
+                 name);
+      return false;
+    }
+    if (!pids.empty() && sub->count("--signal") > 0) {
+      fmt::print(stderr,
+                 "usprobe: {}: --signal is what -d sends a command that usprobe starts: with -p, "
+                 "-d ends the session and leaves the processes running\n",
+                 name);
+      return false;
+    }
+    if (sub->count("--comm") > 0 && (o.comm.empty() || o.comm.size() > 15)) {
+      fmt::print(stderr, "usprobe: {}: -n '{}': {}\n", name, o.comm,
+                 o.comm.empty() ? "an empty name"
+                                : "longer than 15 characters, the most a process name (comm) "
+                                  "holds: it would match no process");
+      return false;
+    }
+    return true;
+  };
   set_unsafe_offsets(unsafe);
   set_demangle_names(!no_demangle);
+  if (!(count_cmd->parsed()     ? check_session_options(count_cmd, count)
+        : trace_cmd->parsed()   ? check_session_options(trace_cmd, trace)
+        : latency_cmd->parsed() ? check_session_options(latency_cmd, latency)
+                                : check_session_options(stacks_cmd, stacks)))
+    return 2;
   if (count_cmd->parsed()) {
     count.command = std::move(command);
     return run_count(count);

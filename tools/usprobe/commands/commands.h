@@ -4,6 +4,7 @@
 // otherwise the command's (0 for an attached session).
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -24,7 +25,12 @@ struct CountOptions {
   std::vector<std::string> command;
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> interval_s, duration_s;
-  std::string output;  // "" = stdout
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
   bool json = false, per_pid = false, verbose = false;
   bool all = false;         // --all: rows without hits too
   bool timestamps = false;  // -T: a "HH:MM:SS" line before each report (funccount -T)
@@ -44,7 +50,12 @@ struct TraceOptions {
   std::vector<std::string> command;
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> duration_s;
-  std::string output;
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
   bool json = false, verbose = false;
   uint64_t buffer_size = 0;          // --buffer-size: bytes per thread (0: kDefaultRingSize)
   uint32_t strlen = kDefaultStrlen;  // --strlen: bytes of a %s string kept, its NUL not counted
@@ -56,7 +67,12 @@ struct LatencyOptions {
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> interval_s, duration_s;
   std::string unit = "ns";  // ns, us or ms: the text report's table and numbers (-u: us, -m: ms)
-  std::string output;       // "" = stdout
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
   bool json = false, verbose = false;
   bool per_function = false;  // -F: a histogram per function (else one for all, as funclatency)
   bool timestamps = false;    // -T: a "HH:MM:SS" line before each report
@@ -67,8 +83,13 @@ struct StacksOptions {
   std::vector<std::string> command;
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> duration_s;
-  std::string output;  // "" = stdout: the text report, or the folded stacks
-  std::string svg;     // "" = none: where the flame graph goes
+  // Where things go (README "Where output goes"): -o ("" = the default: stderr with a command,
+  // stdout with -p; "-" = stdout) and --cmd-output (the command's stdout; "" = unchanged, or
+  // stderr with -o -; "null" = /dev/null).
+  std::string output, cmd_output;
+  int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
+  std::string comm;          // -n: only processes whose name contains it are probed
+  std::string svg;           // "" = none: where the flame graph goes
   bool frame_pointers = false, folded = false, verbose = false;
   std::optional<double> interval_s;  // -i: a report of the stacks seen in each interval
   size_t top = 0;                    // --top N: the N most frequent stacks of each probe (0: all)

@@ -45,16 +45,17 @@ struct Reporter {
 }  // namespace
 
 int run_count(const CountOptions &options) {
-  auto session = prepare_probes(options.probes, {options.command, options.pids});
+  auto session = prepare_probes(options.probes, {options.command, options.pids, options.comm});
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
 
-  auto output = Output::open(options.output);
+  auto output = Output::open(options.output, options.cmd_output, *session->target);
   if (!output) return report_error(output.error());
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) plan.push_back({p.location, 0});
   RegionConfig config;
   config.mode = agent::kModeCount;
+  config.comm = options.comm;
   Supervisor supervisor;
   Target &target = *session->target;
   auto region = target.start(config, plan, session->agent, supervisor);
@@ -65,8 +66,8 @@ int run_count(const CountOptions &options) {
   Reporter reporter{options, probes, **region, output->file()};
   return report_while_running(
       supervisor, target, **region, notices,
-      {kTick, options.duration_s, options.interval_s, output->file()}, Counts{},
-      [&] { return (*region)->counts(); },
+      {kTick, options.duration_s, options.interval_s, output->file(), options.stop_signal},
+      Counts{}, [&] { return (*region)->counts(); },
       [&](const Counts &c, double elapsed, bool total, const ExitInfo &exit) {
         reporter.print(c, elapsed, total, exit);
       });

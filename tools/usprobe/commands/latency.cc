@@ -165,8 +165,8 @@ int run_latency(const LatencyOptions &options) {
                                "(microseconds, milliseconds); --unit {} names a unit",
                                p, p)});
   std::vector<ProbeSpec> specs;
-  auto session =
-      prepare_probes(options.probes, {options.command, options.pids}, check_function_entry, &specs);
+  auto session = prepare_probes(options.probes, {options.command, options.pids, options.comm},
+                                check_function_entry, &specs);
   if (!session) return report_error(session.error());
   // A glob's cold parts are left out: they are jumped into, never called.
   std::vector<Probe> probes;
@@ -183,7 +183,7 @@ int run_latency(const LatencyOptions &options) {
   if (probes.empty())
     return report_error({ENOENT, "latency: the probes match only cold parts of functions"});
 
-  auto output = Output::open(options.output);
+  auto output = Output::open(options.output, options.cmd_output, *session->target);
   if (!output) return report_error(output.error());
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) plan.push_back({p.location, 0});
@@ -192,6 +192,7 @@ int run_latency(const LatencyOptions &options) {
   clock.calibrate();
   RegionConfig config;
   config.mode = agent::kModeLatency;
+  config.comm = options.comm;
   config.tsc_to_ns_mult = tsc_to_ns_mult(clock.ticks_per_ns());
   if (config.tsc_to_ns_mult == 0)
     return report_error({EINVAL, fmt::format("latency: cannot use the TSC ({} ticks per ns)",
@@ -209,7 +210,7 @@ int run_latency(const LatencyOptions &options) {
   Reporter reporter{options, probes, *unit, output->file()};
   return report_while_running(
       supervisor, target, **region, notices,
-      {kTick, options.duration_s, options.interval_s, output->file()},
+      {kTick, options.duration_s, options.interval_s, output->file(), options.stop_signal},
       Snapshot{std::vector<Histogram>(probes.size()), std::vector<uint64_t>(probes.size())},
       [&] { return take(**region, probes.size()); },
       [&](const Snapshot &s, double elapsed, bool total, const ExitInfo &exit) {

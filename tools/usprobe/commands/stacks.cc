@@ -231,16 +231,17 @@ int run_stacks(const StacksOptions &options) {
                                       spec.text));
     return {};
   };
-  auto session = prepare_probes(options.probes, {options.command, options.pids}, refuse_returns);
+  auto session =
+      prepare_probes(options.probes, {options.command, options.pids, options.comm}, refuse_returns);
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
 
-  auto output = Output::open(options.output);
+  auto output = Output::open(options.output, options.cmd_output, *session->target);
   if (!output) return report_error(output.error());
   // Created before the command starts, so that a bad path is reported before anything runs.
   std::optional<Output> svg;
   if (!options.svg.empty()) {
-    auto opened = Output::open(options.svg);
+    auto opened = Output::create(options.svg);
     if (!opened) return report_error(opened.error());
     svg.emplace(std::move(*opened));
   }
@@ -248,6 +249,7 @@ int run_stacks(const StacksOptions &options) {
   for (const Probe &p : probes) plan.push_back({p.location, 0});
   RegionConfig config;
   config.mode = agent::kModeStacks;
+  config.comm = options.comm;
   config.ring_size = kRingSize;
   config.table_entries = kTableEntries;
   config.table_arena_words = kTableArenaWords;
@@ -302,8 +304,9 @@ int run_stacks(const StacksOptions &options) {
     fmt::print(out, "\n");
     lost_reported = lost;
   };
-  ExitInfo exit = target.watch(supervisor, {kTick, options.duration_s, options.interval_s, out},
-                               tick, interval);
+  ExitInfo exit = target.watch(
+      supervisor, {kTick, options.duration_s, options.interval_s, out, options.stop_signal}, tick,
+      interval);
   // Grandchildren may still run: what they recorded so far is in their rings.
   tick();
 

@@ -137,14 +137,15 @@ class Printer {
     if (line.size() >= kWriteChunk) write();
   }
 
-  // Writes what was formatted. The command may write to the same pipe (stdout without -o): a
-  // write of at most PIPE_BUF bytes is never interleaved with another one, so pieces that size,
-  // cut after a newline, keep every line whole. A file of our own (-o) takes one write.
+  // Writes what was formatted. The command may write to the same pipe (its stderr, or the stdout
+  // of -p's processes): a write of at most PIPE_BUF bytes is never interleaved with another one,
+  // so pieces that size, cut after a newline, keep every line whole. A file of our own (-o) takes
+  // one write.
   void write() {
     const char *p = line.data();
     size_t n = line.size();
     int fd = ::fileno(out);
-    const size_t piece = out == stdout ? PIPE_BUF : n;
+    const size_t piece = out == stdout || out == stderr ? PIPE_BUF : n;
     while (n > 0) {
       size_t k = n;
       if (k > piece) {
@@ -206,10 +207,10 @@ int run_trace(const TraceOptions &options) {
     trace_specs.push_back(std::move(*trace_spec));
     specs.push_back(std::move(*spec));
   }
-  auto session = prepare_session(specs, {options.command, options.pids});
+  auto session = prepare_session(specs, {options.command, options.pids, options.comm});
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
-  auto output = Output::open(options.output);
+  auto output = Output::open(options.output, options.cmd_output, *session->target);
   if (!output) return report_error(output.error());
 
   std::vector<PlanEntry> plan;
@@ -219,6 +220,7 @@ int run_trace(const TraceOptions &options) {
   }
   RegionConfig config;
   config.mode = agent::kModeTrace;
+  config.comm = options.comm;
   config.ring_size = ring_size_for(options.buffer_size);
   config.string_size = options.strlen + 1;
   TscClock clock;
@@ -267,8 +269,8 @@ int run_trace(const TraceOptions &options) {
     notices.print(region->new_notices());
   };
   ExitInfo exit = target.watch(
-      supervisor, {kTick, options.duration_s, std::nullopt, output->file()}, [&] { tick(false); },
-      [] {});
+      supervisor, {kTick, options.duration_s, std::nullopt, output->file(), options.stop_signal},
+      [&] { tick(false); }, [] {});
   tick(true);
 
   uint64_t lost = 0;  // records dropped on full rings, and hits the engine skipped

@@ -51,6 +51,8 @@ Result<void> check_config(const RegionConfig &config) {
   if (config.ring_size != 0 &&
       (config.ring_size < sizeof(agent::Event) || std::popcount(config.ring_size) != 1))
     return refuse("ring_size", config.ring_size, "a power of two that holds an event, or 0");
+  if (config.comm.size() >= sizeof(agent::Header::comm_filter))
+    return refuse("comm", config.comm.size(), "a process name holds at most 15 bytes");
   if (latency && config.tsc_to_ns_mult == 0)
     return refuse("tsc_to_ns_mult", 0, "latency mode needs the TSC rate");
   if (stacks) {
@@ -193,6 +195,8 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   }
   hdr->process_offset = process_offset;
   hdr->max_processes = config.max_processes;
+  std::memcpy(hdr->comm_filter, config.comm.data(),
+              std::min(config.comm.size(), sizeof hdr->comm_filter - 1));
   std::memcpy(static_cast<char *>(map) + plan_offset, text.c_str(), text.size() + 1);
   // What the CLI follows from now on: its own copy, not the header the command can rewrite.
   RegionLayout layout;
@@ -218,6 +222,7 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   layout.table_arena_words = hdr->table_arena_words;
   layout.process_offset = hdr->process_offset;
   layout.max_processes = hdr->max_processes;
+  layout.comm_filter = config.comm;
   // No barrier needed for the agents: they map the region after fork and exec (or, attached, after
   // the CLI has written it and made the remote call that hands it over), which order these writes
   // before anything they read.
@@ -788,6 +793,14 @@ std::vector<ProcessEntry> Region::processes() const {
 
 uint32_t Region::agents_started() const {
   return hdr_->agents_started.load(std::memory_order_relaxed);
+}
+
+}  // namespace usprobe::cli
+
+namespace usprobe::cli {
+
+uint32_t Region::agents_filtered() const {
+  return hdr_->agents_filtered.load(std::memory_order_relaxed);
 }
 
 }  // namespace usprobe::cli

@@ -41,6 +41,8 @@ struct RegionConfig {
   // ProcessRecords (protocol/attach.h): one per process of a session on a running process. A
   // launched command's agents claim none.
   uint32_t max_processes = 256;
+  // -n: only processes whose name contains it place their probes (at most 15 bytes; "" = all).
+  std::string comm;
 };
 
 // The fixed-point multiplier for RegionConfig::tsc_to_ns_mult: 2^kTscShift / ticks_per_ns.
@@ -176,6 +178,7 @@ struct RegionLayout {
   uint32_t table_arena_words = 0;
   uint64_t process_offset = 0;
   uint32_t max_processes = 0;
+  std::string comm_filter;  // RegionConfig::comm
 };
 
 // A process that carries a session's probes (attach mode), as its ProcessRecord says.
@@ -230,6 +233,8 @@ class Region {
   std::vector<MapsMessage> new_maps();
   uint32_t maps_dropped() const;
   uint32_t agents_started() const;
+  // Processes that skipped the session: their name did not match RegionConfig::comm.
+  uint32_t agents_filtered() const;
   // Slots, ring records and stack table entries that broke the protocol and were ignored.
   uint64_t corrupt() const { return corrupt_; }
   const RegionLayout &layout() const { return layout_; }

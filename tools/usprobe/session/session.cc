@@ -1,10 +1,13 @@
 #include "session/session.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <fstream>
 #include <map>
 
 #include "resolve/library_finder.h"
@@ -12,12 +15,32 @@
 
 namespace usprobe::cli {
 
+namespace {
+
+// /proc/PID/comm without its newline ("" when it cannot be read).
+std::string process_name(pid_t pid) {
+  std::ifstream file(fmt::format("/proc/{}/comm", pid));
+  std::string name;
+  std::getline(file, name);
+  return name;
+}
+
+}  // namespace
+
 Result<Session> prepare_session(const std::vector<ProbeSpec> &specs, const TargetRequest &request) {
   Session s;
   auto target =
       request.pids.empty() ? Target::launched(request.command) : Target::attached(request.pids);
   if (!target) return std::unexpected(target.error());
   s.target = std::move(*target);
+  // -n with -p: a process of another name is refused before anything is touched.
+  for (pid_t pid : request.pids) {
+    if (request.comm.empty()) break;
+    std::string comm = process_name(pid);
+    if (comm.find(request.comm) == std::string::npos)
+      return fail(EINVAL, fmt::format("-n {}: pid {} is named '{}', which does not contain '{}'",
+                                      request.comm, pid, comm, request.comm));
+  }
   LibraryFinder finder = s.target->finder();
   auto probes = resolve_probes(specs, finder);
   if (!probes) return std::unexpected(probes.error());
@@ -139,11 +162,24 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit, const std
                corrupt);
   // Most often a set-user-ID program (the dynamic linker ignores LD_PRELOAD there) or one that
   // replaced its environment before running anything else.
+  const std::string &filter = region.layout().comm_filter;
+  if (region.agents_started() == 0 && region.agents_filtered() > 0) {
+    fmt::print(stderr,
+               "usprobe: warning: no process of {} has a name that contains '{}' (-n): nothing "
+               "was probed\n",
+               noun, filter);
+    return;
+  }
   if (region.agents_started() == 0) {
     fmt::print(stderr, "usprobe: warning: the agent never started in {}: nothing was probed\n",
                noun);
     return;
   }
+  // -n: the processes of other names placed nothing on purpose; the lines below speak of the
+  // others.
+  const std::string by = region.agents_filtered() > 0
+                             ? fmt::format("the processes of {} named like '{}'", noun, filter)
+                             : noun;
   // A library no process of the command loaded: its probes' zeros mean "never there", not "never
   // called". Probes whose failure was reported already are left out. An interrupted command may
   // not have got as far as loading it (or as the agent's placing anything): nothing is said then.
@@ -157,29 +193,61 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit, const std
   }
   for (const auto &[file, indices] : never) {
     if (indices.size() == 1)
-      fmt::print(stderr, "usprobe: {} was never loaded by {}: {} was not placed\n", file, noun,
+      fmt::print(stderr, "usprobe: {} was never loaded by {}: {} was not placed\n", file, by,
                  probes_[indices[0]].display);
     else
       fmt::print(stderr,
                  "usprobe: {} was never loaded by {}: its {} probes ({}, ...) were not "
                  "placed\n",
-                 file, noun, indices.size(), probes_[indices[0]].display);
+                 file, by, indices.size(), probes_[indices[0]].display);
   }
 }
 
-Result<Output> Output::open(const std::string &path) {
-  if (path.empty()) return Output(stdout);
+Result<Output> Output::create(const std::string &path) {
   FILE *f = std::fopen(path.c_str(), "we");  // close-on-exec: the command does not need it
   if (!f) return fail(errno, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
   return Output(f);
 }
 
+Result<Output> Output::open(const std::string &path, const std::string &cmd_output,
+                            Target &target) {
+  bool launched = !target.is_attached();
+  int command_fd = -1;
+  if (!cmd_output.empty()) {
+    const std::string file = cmd_output == "null" ? "/dev/null" : cmd_output;
+    // Close-on-exec: the command gets its own copy, on its stdout (launch.h).
+    command_fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (command_fd < 0)
+      return fail(
+          errno, fmt::format("--cmd-output {}: cannot open: {}", cmd_output, std::strerror(errno)));
+  }
+  FILE *report = path == "-" || (path.empty() && !launched) ? stdout
+                 : path.empty()                             ? stderr
+                                                            : nullptr;
+  if (!report) {
+    auto file = create(path);
+    if (!file) {
+      if (command_fd >= 0) ::close(command_fd);
+      return std::unexpected(file.error());
+    }
+    report = std::exchange(file->file_, nullptr);
+  }
+  if (launched) {
+    if (command_fd >= 0)
+      target.send_stdout_to(command_fd);
+    else if (report == stdout)
+      target.send_stdout_to(STDERR_FILENO);  // stdout is the report's alone
+  }
+  return Output(report, command_fd);
+}
+
 Output::~Output() {
-  if (file_ && file_ != stdout) std::fclose(file_);
+  if (file_ && file_ != stdout && file_ != stderr) std::fclose(file_);
+  if (command_fd_ >= 0) ::close(command_fd_);
 }
 
 int exit_status(const Target &target, const ExitInfo &exit) {
-  return target.is_attached() ? 0 : exit.status.value_or(1);
+  return target.is_attached() || exit.killed ? 0 : exit.status.value_or(1);
 }
 
 int report_error(const Error &error) {

@@ -23,6 +23,7 @@ namespace usprobe::cli {
 struct TargetRequest {
   std::vector<std::string> command;
   std::vector<pid_t> pids;
+  std::string comm;  // -n: each pid's name must contain it
 };
 
 struct Session {
@@ -74,22 +75,37 @@ class NoticePrinter {
   std::set<std::string> other_program_files_;  // the programs those processes did not run
 };
 
-// Where reports go: stdout, or the file of -o (created before the command starts).
+// Where the reports go, and the command's stdout (README, "Where output goes"). The report never
+// shares a stream with the command's output, as with perf stat and strace:
+//   launched   the report on stderr, or in the file of -o; with -o -, on stdout, and the
+//              command's stdout then goes to usprobe's stderr, or to --cmd-output FILE.
+//   attached   the report on stdout (-o - too), or in the file of -o, as bpftrace and BCC do.
+// --cmd-output FILE ("null": /dev/null) sends the command's stdout there in any case. Files are
+// created before anything starts, so that a bad path is an error before the command runs.
 class Output {
  public:
-  static Result<Output> open(const std::string &path);  // "" = stdout
-  Output(Output &&other) noexcept : file_(std::exchange(other.file_, nullptr)) {}
+  // `path`: -o ("" = the default, "-" = stdout); `cmd_output`: --cmd-output ("" = none). Tells a
+  // launched target where its stdout goes.
+  static Result<Output> open(const std::string &path, const std::string &cmd_output,
+                             Target &target);
+  // A file of usprobe's own (stacks --svg).
+  static Result<Output> create(const std::string &path);
+  Output(Output &&other) noexcept
+      : file_(std::exchange(other.file_, nullptr)),
+        command_fd_(std::exchange(other.command_fd_, -1)) {}
   Output &operator=(Output &&) = delete;
   ~Output();
   FILE *file() const { return file_; }
 
  private:
-  explicit Output(FILE *f) : file_(f) {}
+  explicit Output(FILE *f, int command_fd = -1) : file_(f), command_fd_(command_fd) {}
   FILE *file_ = nullptr;
+  int command_fd_ = -1;  // --cmd-output's file, usprobe's copy
 };
 
 // usprobe's exit status at the end of a session: a launched command's (1 when it cannot be
-// known); 0 for an attached session, which ends the way the user asked.
+// known); 0 for an attached session, which ends the way the user asked, and for a command that
+// usprobe killed at the end of -d.
 int exit_status(const Target &target, const ExitInfo &exit);
 
 // The run of count and latency, from the start of the session to its end: every tick frees the

@@ -76,7 +76,7 @@ ExitInfo Supervisor::watch(const Watched &watched, const WatchOptions &options,
                            const std::function<void()> &on_interval) {
   // time_point::max(): never (no -d, no -i).
   constexpr Clock::time_point kNever = Clock::time_point::max();
-  Clock::time_point stop_at = kNever, next_interval = kNever;
+  Clock::time_point stop_at = kNever, kill_at = kNever, next_interval = kNever;
   if (options.duration_s) stop_at = watched.started + from_seconds(*options.duration_s);
   if (options.interval_s) next_interval = watched.started + from_seconds(*options.interval_s);
   bool interrupted = false;
@@ -88,7 +88,7 @@ ExitInfo Supervisor::watch(const Watched &watched, const WatchOptions &options,
 
   while (true) {
     Clock::time_point now = Clock::now();
-    Clock::time_point wake = std::min({now + options.tick, stop_at, next_interval});
+    Clock::time_point wake = std::min({now + options.tick, stop_at, kill_at, next_interval});
     auto wait =
         std::chrono::ceil<std::chrono::milliseconds>(std::max(wake - now, Clock::duration()));
     // The output is polled for nothing but errors: a pipe whose reader closed it reports POLLERR.
@@ -116,7 +116,12 @@ ExitInfo Supervisor::watch(const Watched &watched, const WatchOptions &options,
     }
     if (stop_at != kNever && Clock::now() >= stop_at) {
       stop_at = kNever;
-      interrupt(SIGINT, false);
+      interrupt(options.stop_signal, false);
+      if (watched.escalate) kill_at = Clock::now() + kStopGrace;
+    }
+    if (kill_at != kNever && Clock::now() >= kill_at) {
+      kill_at = kNever;
+      if (watched.escalate()) info.killed = true;
     }
 
     if (watched.ended(info)) {

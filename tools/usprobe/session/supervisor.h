@@ -3,6 +3,11 @@
 // when the session is over is the target's (target/target.h): a launched command is interrupted
 // and waited for, as described below; an attached session just ends.
 //
+// -d. At the end of the duration the command gets --signal (SIGINT by default), as after a kill;
+// if it has not exited kStopGrace later, it gets SIGKILL. Then the session ends as always: the
+// final report, with everything counted up to the end, and usprobe exits with the command's status,
+// or 0 when usprobe had to kill it (the run ended as asked). An attached session just ends at -d.
+//
 // Signals. The command shares usprobe's process group, so Ctrl-C at the terminal reaches both:
 // usprobe does not forward a signal the kernel sent (si_code SI_KERNEL), the command has its own.
 // A SIGINT, SIGTERM, SIGHUP or SIGQUIT sent to usprobe alone (kill) is forwarded. Either way
@@ -31,15 +36,23 @@ namespace usprobe::cli {
 
 struct WatchOptions {
   std::chrono::milliseconds tick{100};
-  std::optional<double> duration_s;  // -d: SIGINT to the command after this long
+  std::optional<double> duration_s;  // -d: stop_signal to the command after this long
   std::optional<double> interval_s;  // -i: on_interval this often
   FILE *output = nullptr;            // where the reports go: watched for a reader that went away
+  int stop_signal = SIGINT;          // --signal: what -d sends
 };
+
+// At -d, a command that has not exited this long after stop_signal (it ignores or handles the
+// signal) is killed: -d bounds the session whatever the command does.
+inline constexpr std::chrono::seconds kStopGrace{1};
 
 struct ExitInfo {
   std::optional<int> status;  // exit code, or 128 + signal; nullopt when it cannot be known
   double elapsed_s = 0;       // from the start of the command to its exit
   bool interrupted = false;   // usprobe interrupted it (a signal, -d, its output closed)
+  // usprobe killed it (SIGKILL) kStopGrace after -d's signal: usprobe ended the run itself, and
+  // exits with 0 (`status` is still what the kill made of the command: 137).
+  bool killed = false;
   // How the session ended, for the total's heading: "exit status 0", "pid 1234 exited",
   // "detached from pid 1234".
   std::string ending;
@@ -55,7 +68,10 @@ struct Watched {
   // `from_kernel` (the terminal's, which reached a launched command's group too) or by a process;
   // `again` when this is not the first time.
   std::function<void(int sig, bool from_kernel, bool again)> interrupt;
-  // Whether the session is over; if so fills `info` but for elapsed_s and interrupted.
+  // kStopGrace after -d's signal, when the session is not over: kills what is left of it (a
+  // launched command). True when something was killed. Empty: -d alone ends the session.
+  std::function<bool()> escalate;
+  // Whether the session is over; if so fills `info` but for elapsed_s, interrupted and killed.
   std::function<bool(ExitInfo &info)> ended;
   // What a closed output leads to, for the line that says so: "interrupting the command".
   std::string output_closed;

@@ -33,6 +33,7 @@ bool readable(const std::string &path) {
 
 // The write end of the watchdog's pipe (launch.h); -1 when none was started.
 int g_watchdog_fd = -1;
+pid_t g_watchdog_pid = -1;
 
 void dismiss_watchdog() {
   if (g_watchdog_fd < 0) return;
@@ -94,6 +95,7 @@ void start_watchdog(int region_fd) {
   }
   ::close(p[0]);
   g_watchdog_fd = p[1];
+  g_watchdog_pid = pid;
   std::atexit(dismiss_watchdog);
 }
 
@@ -122,6 +124,13 @@ std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self) {
   }
   ::closedir(proc);
   return out;
+}
+
+void kill_command_processes(int region_fd) {
+  struct stat st;
+  if (::fstat(region_fd, &st) != 0) return;
+  for (pid_t pid : processes_mapping(st.st_dev, st.st_ino, ::getpid()))
+    if (pid != g_watchdog_pid) ::kill(pid, SIGKILL);
 }
 
 Result<std::string> find_agent() {
@@ -166,7 +175,7 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
 }
 
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
-                     const sigset_t &child_mask) {
+                     const sigset_t &child_mask, int stdout_fd) {
   // Everything the child needs is built before fork: between fork and exec it may only make
   // async-signal-safe calls.
   std::vector<std::string> env = command_environment(environ, agent, region_fd);
@@ -194,6 +203,12 @@ Result<Child> launch(const Command &command, const std::string &agent, int regio
   if (child.pid == 0) {
     ::close(report[0]);
     ::sigprocmask(SIG_SETMASK, &child_mask, nullptr);
+    // dup2 leaves the copy without close-on-exec: the command keeps it.
+    if (stdout_fd >= 0 && stdout_fd != STDOUT_FILENO && ::dup2(stdout_fd, STDOUT_FILENO) < 0) {
+      int err = errno;
+      [[maybe_unused]] ssize_t n = ::write(report[1], &err, sizeof err);
+      ::_exit(127);
+    }
     ::execve(command.path.c_str(), argv.data(), envp.data());
     int err = errno;
     [[maybe_unused]] ssize_t n = ::write(report[1], &err, sizeof err);

@@ -29,7 +29,8 @@ struct Child {
 std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd);
 
 // Forks and executes the command in usprobe's process group (it keeps the terminal), with
-// `child_mask` as its signal mask. Errors: the exec failed (with the reason).
+// `child_mask` as its signal mask and, when `stdout_fd` >= 0, a copy of that as its stdout (its
+// stdin and stderr are usprobe's). Errors: the exec failed (with the reason).
 //
 // First it starts the watchdog: a process of its own (its own session, no terminal, nothing open
 // but a pipe whose other end only usprobe holds) that waits for usprobe to end. When usprobe
@@ -39,11 +40,14 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
 // left (a forking command), so that no process of the command is left running probed with
 // nobody reading what its probes write.
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
-                     const sigset_t &child_mask);
+                     const sigset_t &child_mask, int stdout_fd = -1);
 
 // The processes other than `self` that map the memfd of device `dev` and inode `ino` (from
 // /proc/PID/maps): the processes of the command, for the watchdog.
 std::vector<pid_t> processes_mapping(dev_t dev, ino_t ino, pid_t self);
+// Kills (SIGKILL) every process of the command that maps the region behind `region_fd`: usprobe's
+// own watchdog, which maps it too (forked after the region was made), is left alone.
+void kill_command_processes(int region_fd);
 // Whether process `pid` maps that memfd.
 bool maps_memfd(pid_t pid, dev_t dev, ino_t ino);
 

@@ -59,13 +59,14 @@ class LaunchedTarget final : public Target {
     return out;
   }
   bool is_attached() const override { return false; }
+  void send_stdout_to(int fd) override { stdout_fd_ = fd; }
 
   Result<Region *> start(const RegionConfig &config, const std::vector<PlanEntry> &plan,
                          const std::string &agent, Supervisor &supervisor) override {
     auto region = Region::create(config, plan);
     if (!region) return std::unexpected(region.error());
     region_.emplace(std::move(*region));
-    auto child = launch(command_, agent, region_->fd(), supervisor.child_mask());
+    auto child = launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_);
     if (!child) return std::unexpected(child.error());
     child_ = *child;
     pidfd_ = open_pidfd(child_.pid);
@@ -75,7 +76,8 @@ class LaunchedTarget final : public Target {
   // Signals. The command shares usprobe's process group, so Ctrl-C at the terminal reaches both:
   // a signal the kernel sent (si_code SI_KERNEL) is not forwarded, the command has its own. One
   // sent to usprobe alone (kill) is. A second SIGINT kills the command (SIGKILL) for the user who
-  // does not want to wait; -d and a closed output send SIGINT, and SIGKILL the second time.
+  // does not want to wait; -d and a closed output send SIGINT (-d: --signal), and SIGKILL the
+  // second time. At -d, SIGKILL also comes on its own kStopGrace later (supervisor.h).
   ExitInfo watch(Supervisor &supervisor, const WatchOptions &options,
                  const std::function<void()> &on_tick,
                  const std::function<void()> &on_interval) override {
@@ -89,6 +91,21 @@ class LaunchedTarget final : public Target {
       else if (!from_kernel)
         ::kill(child_.pid, sig);
     };
+    watched.escalate = [&] {
+      // Not when it has exited already (and is not reaped yet): its status is its own.
+      siginfo_t si{};
+      if (::waitid(P_PID, static_cast<id_t>(child_.pid), &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+          si.si_pid == child_.pid)
+        return false;
+      fmt::print(stderr, "usprobe: the command did not exit {} s after -d's signal: killing it\n",
+                 kStopGrace.count());
+      std::fflush(stderr);
+      bool killed = ::kill(child_.pid, SIGKILL) == 0;
+      // And the processes of the command that carry its probes (children that ignore the signal
+      // too, a shell's running command): the run ends here, as the watchdog would end it.
+      kill_command_processes(region_->fd());
+      return killed;
+    };
     watched.ended = [&](ExitInfo &info) {
       int status = 0;
       pid_t done = ::waitpid(child_.pid, &status, WNOHANG);
@@ -97,8 +114,9 @@ class LaunchedTarget final : public Target {
         info.status = decode_status(status);
         if (WIFSIGNALED(status) && WTERMSIG(status) == SIGTRAP) explain_sigtrap();
       }
-      info.ending = info.status ? fmt::format("exit status {}", *info.status)
-                                : std::string("exit status unknown");
+      info.ending = info.killed   ? std::string("killed by usprobe at the end of -d")
+                    : info.status ? fmt::format("exit status {}", *info.status)
+                                  : std::string("exit status unknown");
       return true;
     };
     return supervisor.watch(watched, options, on_tick, on_interval);
@@ -111,6 +129,7 @@ class LaunchedTarget final : public Target {
   std::optional<Region> region_;
   Child child_;
   int pidfd_ = -1;
+  int stdout_fd_ = -1;  // the command's stdout, when not usprobe's (Output)
 };
 
 }  // namespace

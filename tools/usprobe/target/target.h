@@ -5,8 +5,9 @@
 // ends and what "the end" means is the target's business.
 //
 //   launched  fork + exec with LD_PRELOAD (launch.h); the session ends when the command exits
-//             (Ctrl-C and -d interrupt the command, which then exits); usprobe exits with its
-//             status. The probes are never removed: the processes are ending.
+//             (Ctrl-C and -d interrupt the command, which then exits, or is killed a second
+//             after -d); usprobe exits with its status (0 when usprobe killed it). The probes are
+//             never removed: the processes are ending.
 //   attached  ptrace injection (inject.h) into each PID, one after the other, all of them sharing
 //             one region (counts are tagged with their pid); a PID that cannot be attached ends
 //             the session in those attached before it. The session ends on Ctrl-C/SIGTERM, at -d,
@@ -50,6 +51,9 @@ class Target {
   virtual std::string description() const = 0;
   // Attached targets end with their probes removed, and their exit statuses are not known.
   virtual bool is_attached() const = 0;
+  // A launched command's stdout goes to `fd` (still usprobe's: the command gets a copy) instead of
+  // usprobe's stdout; called before start(). Attached processes keep theirs.
+  virtual void send_stdout_to(int /*fd*/) {}
 
   // Creates the region with `config` and `plan` and gets the agent going in every process, with
   // `agent` (libusprobe-agent.so). Launched: the region, then the command. Attached: for each pid,
