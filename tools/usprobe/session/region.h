@@ -235,6 +235,8 @@ class Region {
   const RegionLayout &layout() const { return layout_; }
   // By probe index: whether the probe has had a site in some process of the command.
   std::vector<bool> placed() const;
+  // By probe index: whether one of its sites took the int3 path (a trap per hit).
+  std::vector<bool> on_int3() const;
   // Attach mode: the claimed ProcessRecords, in record order. A record whose pid or state no agent
   // writes is left out and counted in corrupt() (once).
   std::vector<ProcessEntry> processes() const;
