@@ -156,7 +156,7 @@ CLI::Validator duration() {
         value = fmt::format("{:.17g}", *v);
         return "";
       },
-      "DURATION");
+      "");  // the options' type_name says DURATION
 }
 
 // The nearest of `candidates` to `name`, when it is close enough to be a typo (as the ELF reader's
@@ -322,8 +322,11 @@ int run_subcommand(int argc, char **argv) {
   count_cmd->add_option("PROBE", count.probes, "probes to count")->required();
   count_cmd
       ->add_option("-i,--interval", count.interval_s, "report every DURATION (2, 1.5, 500ms, 1m)")
-      ->transform(duration());
-  count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)->transform(duration());
+      ->transform(duration())
+      ->type_name("DURATION");
+  count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
   count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
   count_cmd->add_flag("--per-pid", count.per_pid, "one row per process and probe");
@@ -358,9 +361,11 @@ int run_subcommand(int argc, char **argv) {
       ->check(CLI::IsMember({"ns", "us", "ms"}));
   latency_cmd
       ->add_option("-i,--interval", latency.interval_s, "report every DURATION (2, 1.5, 500ms, 1m)")
-      ->transform(duration());
+      ->transform(duration())
+      ->type_name("DURATION");
   latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)
-      ->transform(duration());
+      ->transform(duration())
+      ->type_name("DURATION");
   latency_cmd->add_option("-o,--output", latency.output, "write reports to FILE");
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
@@ -382,7 +387,9 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
   stacks_cmd->add_option("PROBE", stacks.probes, "probes whose stacks to count")->required();
   stacks_cmd->add_flag("--fp", stacks.frame_pointers,
                        "walk frame pointers only (cheaper; stops at code built without them)");
-  stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)->transform(duration());
+  stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
   stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
   stacks_cmd->add_flag("--folded", stacks.folded,
                        "folded stacks (comm;outermost;...;innermost COUNT), one per line");
@@ -398,7 +405,9 @@ lines start with the process's name and, with several probes, end with the probe
 probes (uretprobe:) are not supported.)",
              kStacksExamples);
 
-  trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)->transform(duration());
+  trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
   for (auto [sub, pids] :
        {std::pair{count_cmd, &count.pids}, std::pair{trace_cmd, &trace.pids},
         std::pair{latency_cmd, &latency.pids}, std::pair{stacks_cmd, &stacks.pids}})
@@ -431,12 +440,16 @@ probes (uretprobe:) are not supported.)",
   if (!args.empty() && !chosen && args[0] != "-h" && args[0] != "--help" &&
       args[0] != "--version") {
     bool option = args[0].starts_with('-');
-    std::string near = option ? "" : nearest(args[0], subcommands);
-    fmt::print(stderr,
-               "usprobe: unknown {} '{}' ({}list, count, trace, latency or stacks); see usprobe "
-               "--help\n",
-               option ? "option" : "subcommand", args[0],
-               near.empty() ? "expected " : fmt::format("did you mean {}? expected ", near));
+    std::string near =
+        option ? nearest(args[0], {"--help", "--version"}) : nearest(args[0], subcommands);
+    std::string why = near.empty() ? "expected a subcommand: list, count, trace, latency or stacks"
+                      : option     ? fmt::format("did you mean {}?", near)
+                                   : fmt::format(
+                                         "did you mean {}? expected list, count, trace, "
+                                             "latency or stacks",
+                                         near);
+    fmt::print(stderr, "usprobe: unknown {} '{}' ({}); see usprobe --help\n",
+               option ? "option" : "subcommand", args[0], why);
     return 2;
   }
   if (chosen) {

@@ -137,6 +137,11 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
     s.remove_prefix(10);
     spec.returns = true;
   }
+  // bpftrace's USDT probes need the notes of .note.stapsdt and their semaphores: not yet.
+  if (s.starts_with("usdt:"))
+    return fail(EINVAL, fmt::format("bad probe '{}': USDT probes (usdt:) are not supported yet; "
+                                    "probe a function instead (FILE:SYMBOL)",
+                                    text));
   size_t colon = file_colon(s);
   if (colon == std::string_view::npos || colon == 0 || colon + 1 == s.size())
     return bad_probe(text);

@@ -77,8 +77,9 @@ class NoticePrinter {
   std::map<int32_t, std::string> not_placed_why_, int3_why_;
 };
 
-// What one hit on the int3 path costs (a trap into the kernel and a signal), to the nearest
-// microsecond or so: bench/hit_bench's usprobe/int3_entry_counter (1.9 us on the project's VM).
+// What one hit on the int3 path costs (a trap into the kernel and a signal), rounded:
+// bench/hit_bench's usprobe/int3_entry_counter, CPU time per call, 1.9 us on the project's quiet
+// 2-core VM (README), 3.1 us with that VM loaded by parallel builds (the raw trap: 3.3 us).
 inline constexpr const char *kInt3Cost = "~2 us";
 
 // At the end of a session: the probes that never got a site, and those that run on the int3 path,
