@@ -1,5 +1,6 @@
 #include "agent/slots.h"
 
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #include "os/linux/raw_syscall.h"
@@ -65,11 +66,19 @@ SlotHeader *claim_slot_as(int32_t pid, int32_t tid) {
     if (!s->state.compare_exchange_strong(expected, kSlotOwned, std::memory_order_acquire,
                                           std::memory_order_relaxed))
       continue;
+    // The thread's name, for the reports' COMM columns: one more raw system call, on the thread's
+    // first hit only, like the gettid above.
+    char name[16] = {};
+    os::raw_syscall6(SYS_prctl, PR_GET_NAME, reinterpret_cast<long>(name));
+    uint64_t words[2];
+    __builtin_memcpy(words, name, sizeof words);  // two moves: memcpy itself may be probed
+    s->comm[0].store(words[0], std::memory_order_relaxed);
+    s->comm[1].store(words[1], std::memory_order_relaxed);
     // After the CAS, as protocol.h orders it: the CLI may briefly see an owned slot whose pid and
-    // tid are still 0 (it zeroes them when it frees a slot) and leaves such a slot alone.
-    // Relaxed: nothing else is published with them.
-    s->pid.store(pid, std::memory_order_relaxed);
+    // tid are still 0 (it zeroes them when it frees a slot) and leaves such a slot alone. Release:
+    // the CLI that sees the pid sees the name; nothing else is published with them.
     s->tid.store(tid, std::memory_order_relaxed);
+    s->pid.store(pid, std::memory_order_release);
     return s;
   }
   return g_region.overflow;

@@ -120,7 +120,7 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 7;
+inline constexpr uint32_t kVersion = 8;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -228,7 +228,11 @@ struct SlotHeader {
   uint32_t reserved;
   std::atomic<uint64_t> head;  // ring: bytes written (producer)
   std::atomic<uint64_t> tail;  // ring: bytes consumed (CLI)
-  uint64_t pad[4];
+  // The owning thread's name (its comm, PR_GET_NAME: up to 15 bytes and a NUL) when it claimed the
+  // slot, for the reports' COMM columns. Stored before pid (release), read after it (acquire);
+  // the CLI takes it as untrusted bytes.
+  std::atomic<uint64_t> comm[2];
+  uint64_t pad[2];
 };
 static_assert(sizeof(SlotHeader) == 64);
 static_assert(std::atomic<int32_t>::is_always_lock_free);

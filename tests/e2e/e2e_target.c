@@ -14,7 +14,8 @@
 //   args               e2e_args("xyz", -5, 3000000000u, -1234567890123, 0xdeadbeefcafe, 'Q')
 //   sleep S            3 calls, prints "sleeping" (flushed), sleeps S seconds, prints "slept"
 //   ticks K MS         K rounds of 100 calls, each followed by a MS-millisecond sleep
-//   libc K             K calls of libc's getppid
+//   libc K             K calls of libc's getppid, then K of memmove (an IFUNC, through a pointer
+//                      so that the compiler keeps the calls)
 //   exit K             2 calls, then exit(K)
 //   raise SIG          2 calls, then raise(SIG) with the default action
 //   marker FILE        creates FILE (the tests check that a refused command never ran)
@@ -258,6 +259,9 @@ int main(int argc, char **argv) {
   } else if (strcmp(mode, "libc") == 0 && argc == 3) {
     int n = number(argv[2]);
     for (int i = 0; i < n; ++i) getppid();
+    void *(*volatile move)(void *, const void *, size_t) = memmove;
+    char bytes[16] = "abcdefgh";
+    for (int i = 0; i < n; ++i) move(bytes + 1, bytes, 8);
     printf("libc %d\n", n);
   } else if (strcmp(mode, "exit") == 0 && argc == 3) {
     int code = number(argv[2]);

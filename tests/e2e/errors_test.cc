@@ -112,7 +112,16 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"CommandPathDoesNotExist",
                   {"count", "libc:malloc"},
                   Command::kNoSuchPath,
-                  "/nonexistent/usprobe-e2e/prog"}),
+                  "/nonexistent/usprobe-e2e/prog"},
+        ErrorCase{"TopZero",
+                  {"count", "--top", "0", "exe:e2e_work"},
+                  Command::kTarget,
+                  "--top: expected a whole number from 1"},
+        // -u became funclatency's flag (microseconds): "-u us" names the unit the old way.
+        ErrorCase{"LatencyUnitAfterTheMicrosecondsFlag",
+                  {"latency", "-u", "us", "exe:e2e_work"},
+                  Command::kTarget,
+                  "--unit us"}),
     NameOf);
 
 INSTANTIATE_TEST_SUITE_P(

@@ -276,7 +276,19 @@ std::expected<usprobe::test::FileLocation, std::string> resolved_in_libc(
 // The functions are ones whose counts are the same on every run of this script. memcpy's are not
 // (they vary by a few from run to run); memset is left out because a kernel uprobe on its AVX-512
 // implementation, whose first instruction is `vpbroadcastb %esi,%zmm16`, kills sqlite3 with
-// SIGSEGV (Linux 6.18).
+// SIGSEGV (Linux 6.18). More generally, the kernel does not probe an implementation whose first
+// instruction is VEX- or EVEX-encoded (on an AVX2 machine, __strcmp_avx2 starts with `vpxor
+// %xmm15, ...`, and the kernel's uprobe counts 0 there while usprobe counts every call): such a
+// function is left out on the machine where it runs that code.
+bool kernel_probes_start_of(const std::string &path, uint64_t offset) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  unsigned char first = 0;
+  bool read = ::pread(fd, &first, 1, static_cast<off_t>(offset)) == 1;
+  ::close(fd);
+  return read && first != 0xc4 && first != 0xc5 && first != 0x62;  // VEX3, VEX2, EVEX
+}
+
 TEST(CliKernelOracle, SqliteUnderAllOfLibcMatchesKernelUprobes) {
   if (!e2e::file_exists(kSqlite)) GTEST_SKIP() << kSqlite << " is not installed (apt sqlite3)";
   const std::vector<std::string> command = sqlite_workload();
@@ -285,18 +297,24 @@ TEST(CliKernelOracle, SqliteUnderAllOfLibcMatchesKernelUprobes) {
   auto elf = usprobe::elf::ElfFile::open(libc);
   ASSERT_TRUE(elf) << libc << ": " << elf.error().message;
 
-  const std::vector<std::string> functions = {"malloc", "free",   "pthread_mutex_lock",
-                                              "strlen", "strcmp", "memcmp"};
+  std::vector<std::string> functions;
   std::vector<KernelProbe> kernel_probes;
   std::vector<std::string> runs_in;             // the implementation's name, for the printout
   std::vector<std::set<std::string>> names_of;  // every report name of the code that runs
-  for (const std::string &name : functions) {
+  for (const std::string name :
+       {"malloc", "free", "pthread_mutex_lock", "strlen", "strcmp", "memcmp"}) {
     auto fn = (*elf)->find_function(name);
     ASSERT_TRUE(fn) << fn.error().message;
     auto where = resolved_in_libc(libc, name);
     ASSERT_TRUE(where) << where.error();
     ASSERT_EQ(e2e::realpath_of(where->path), e2e::realpath_of(libc)) << name;
     EXPECT_EQ(fn->ifunc, where->offset != fn->file_offset) << name;
+    if (!kernel_probes_start_of(libc, where->offset)) {
+      std::printf("  libc:%-19s left out: its code here starts with a VEX/EVEX instruction\n",
+                  name.c_str());
+      continue;
+    }
+    functions.push_back(name);
     kernel_probes.push_back({libc, where->offset});
     const usprobe::elf::Function *impl = (*elf)->function_containing(where->offset);
     runs_in.push_back(impl ? impl->name : "?");
@@ -307,6 +325,7 @@ TEST(CliKernelOracle, SqliteUnderAllOfLibcMatchesKernelUprobes) {
     }
     names_of.push_back(std::move(names));
   }
+  ASSERT_GE(functions.size(), 4u) << "too few functions the kernel can probe on this machine";
   KernelRun kernel = run_with_kernel_uprobes(command, kernel_probes);
   if (!kernel.skip.empty()) GTEST_SKIP() << kernel.skip;
   ASSERT_EQ(kernel.output.exit_code(), 0) << kernel.output.describe();

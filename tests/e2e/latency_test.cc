@@ -42,8 +42,11 @@ std::map<std::string, Json> totals_of(const Output &r) {
 
 // Every field the CLI documents, with its type, and buckets that add up to the count.
 void expect_well_formed(const Json &p) {
-  for (const char *key : {"probe", "count", "avg_ns", "p50_ns", "p99_ns", "missed", "buckets"})
+  for (const char *key : {"probe", "aliases", "count", "avg_ns", "p50_ns", "p99_ns", "missed",
+                          "buckets", "elapsed_s", "timestamp"})
     EXPECT_TRUE(p.contains(key)) << key << " missing in " << p.dump();
+  EXPECT_TRUE(p["aliases"].is_array()) << p.dump();
+  EXPECT_TRUE(p["timestamp"].is_number()) << p.dump();
   ASSERT_TRUE(p["count"].is_number_unsigned()) << p.dump();
   ASSERT_TRUE(p["missed"].is_number_unsigned()) << p.dump();
   ASSERT_TRUE(p["buckets"].is_array()) << p.dump();
@@ -115,7 +118,7 @@ TEST(CliLatency, ExitStatusIsTheCommands) {
 }
 
 TEST(CliLatency, TextReportDrawsTheTableInTheChosenUnit) {
-  Output r = run({e2e::cli(), "latency", "-u", "ms", "exe:latency_sleep", "exe:latency_fast", "--",
+  Output r = run({e2e::cli(), "latency", "-m", "exe:latency_sleep", "exe:latency_fast", "--",
                   latency_target(), "3", "10", "0", "0", "3"});
   ASSERT_EQ(r.exit_code(), 3) << r.describe();
   EXPECT_TRUE(
@@ -156,10 +159,40 @@ TEST(CliLatency, RefusesProbesThatAreNotFunctionEntries) {
     EXPECT_TRUE(e2e::starts_with(err[0], "usprobe: latency: ")) << err[0];
     EXPECT_EQ(r.out.find("slept"), std::string::npos) << "the command ran\n" << r.describe();
   }
-  Output r = run({e2e::cli(), "latency", "-u", "s", "exe:latency_fast", "--", latency_target(), "0",
-                  "0", "1", "1"});
+  Output r = run({e2e::cli(), "latency", "--unit", "s", "exe:latency_fast", "--", latency_target(),
+                  "0", "0", "1", "1"});
   EXPECT_EQ(r.exit_code(), 2) << r.describe();
   EXPECT_EQ(e2e::lines(r.err).size(), 1u) << r.describe();
+}
+
+// BCC's funclatency: one histogram for all the functions by default, one per function with -F;
+// -u draws the table in microseconds (a flag, as -m is for milliseconds).
+TEST(CliLatency, OneHistogramForAllFunctionsUnlessPerFunction) {
+  e2e::TempDir dir;
+  const std::string combined = dir.file("combined.txt"), per_function = dir.file("per.txt");
+  const std::vector<std::string> command = {latency_target(), "1", "3", "100", "1"};
+  std::vector<std::string> argv = {e2e::cli(),          "latency",          "-u", "-o", combined,
+                                   "exe:latency_sleep", "exe:latency_fast", "--"};
+  argv.insert(argv.end(), command.begin(), command.end());
+  Output r = run(argv);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::string text = e2e::read_file(combined);
+  EXPECT_NE(text.find("\n2 functions: exe:latency_sleep, exe:latency_fast\n"), std::string::npos)
+      << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\n +usecs +: count +distribution\n)"))) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\ncount 103, avg [0-9.]+ us, )"))) << text;
+  EXPECT_EQ(text.find("count 100,"), std::string::npos) << text;
+
+  argv = {e2e::cli(),          "latency",          "-F", "-o", per_function,
+          "exe:latency_sleep", "exe:latency_fast", "--"};
+  argv.insert(argv.end(), command.begin(), command.end());
+  Output f = run(argv);
+  ASSERT_EQ(f.exit_code(), 0) << f.describe();
+  text = e2e::read_file(per_function);
+  EXPECT_NE(text.find("\nexe:latency_sleep\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nexe:latency_fast\n"), std::string::npos) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\ncount 3, avg [0-9]+ ns, )"))) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\ncount 100, avg [0-9]+ ns, )"))) << text;
 }
 
 }  // namespace

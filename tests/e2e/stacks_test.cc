@@ -6,6 +6,7 @@
 // out demangled; the command's exit status passes through. Hot probes lose nothing: a million
 // stacks are counted in the agent's stack tables, exactly.
 #include <cstdint>
+#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -260,6 +261,77 @@ TEST(Stacks, CppFramesAreDemangled) {
       report.stacks[0].frames,
       {"stacks_demo::Parser::parse(int)", "void stacks_demo::run<int>(int)", "main"}))
       << r.out;
+}
+
+// --no-demangle: frames as the ELF file names them; -f is --folded (stackcount -f).
+TEST(Stacks, NoDemangleKeepsMangledFramesInFoldedLines) {
+  e2e::TempDir dir;
+  const std::string out = dir.file("folded.txt");
+  Output r = run({e2e::cli(), "stacks", "-f", "--no-demangle", "-o", out,
+                  "exe:stacks_demo::Parser::parse", "--", stacks_target_cc()});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<std::string> lines = e2e::lines(e2e::read_file(out));
+  ASSERT_EQ(lines.size(), 1u) << e2e::read_file(out);
+  EXPECT_TRUE(lines[0].starts_with("stacks_target_c")) << lines[0];
+  EXPECT_TRUE(
+      lines[0].ends_with(";main;_ZN11stacks_demo3runIiEEvT_;_ZN11stacks_demo6Parser5parseEi 4"))
+      << lines[0];
+}
+
+// --top 1 keeps the most frequent stack (path_b's 5 of 8), and the probe's line still counts
+// both; -P lists each process's stacks apart, named "comm-PID" (stackcount -P).
+TEST(Stacks, TopKeepsTheMostFrequentStacksAndPerPidNamesTheProcess) {
+  e2e::TempDir dir;
+  const std::string out = dir.file("report.txt");
+  Output r = run({e2e::cli(), "stacks", "--top", "1", "-P", "-o", out, "exe:shared_leaf", "--",
+                  stacks_target()});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const std::string text = e2e::read_file(out);
+  TextReport report = parse_report(text);
+  ASSERT_EQ(report.probes.size(), 1u) << text;
+  EXPECT_EQ(report.probes[0], "exe:shared_leaf: 8 stacks, 2 distinct") << text;
+  ASSERT_EQ(report.stacks.size(), 1u) << text;
+  EXPECT_EQ(report.stacks[0].count, 5u) << text;
+  EXPECT_TRUE(starts_with_frames(report.stacks[0].frames, kPathB)) << text;
+  EXPECT_TRUE(std::regex_match(report.stacks[0].comm, std::regex("stacks_target-[0-9]+"))) << text;
+  EXPECT_NE(text.find("\n(1 less frequent stacks left out by --top 1)\n"), std::string::npos)
+      << text;
+}
+
+// -i: a report of each interval's stacks, then one of the whole run (e2e_target: 4 rounds of 100
+// calls of e2e_work, 150 ms apart).
+TEST(Stacks, IntervalReportsComeWhileTheCommandRunsThenTheTotal) {
+  e2e::TempDir dir;
+  const std::string out = dir.file("report.txt");
+  Output r = run({e2e::cli(), "stacks", "-i", "0.2", "-o", out, "exe:e2e_work", "--", e2e::target(),
+                  "ticks", "4", "150"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const std::string text = e2e::read_file(out);
+  const std::regex heading(R"(\[[0-9]{2}:[0-9]{2}:[0-9]{2}\] [0-9]+\.[0-9]{3} s)");
+  const std::regex probe_line(R"(exe:e2e_work: ([0-9]+) stacks, [0-9]+ distinct)");
+  int intervals = 0, with_stacks = 0;
+  uint64_t interval_sum = 0, total = 0;
+  bool in_total = false;
+  for (const std::string &line : e2e::lines(text)) {
+    std::smatch m;
+    if (std::regex_match(line, heading)) {
+      ++intervals;
+    } else if (line.starts_with("Total over ")) {
+      in_total = true;
+    } else if (std::regex_match(line, m, probe_line)) {
+      uint64_t n = std::stoull(m[1]);
+      if (in_total) {
+        total = n;
+      } else {
+        interval_sum += n;
+        with_stacks += n > 0;
+      }
+    }
+  }
+  EXPECT_GE(intervals, 2) << text;
+  EXPECT_GE(with_stacks, 2) << text;
+  EXPECT_EQ(total, 400u) << text;
+  EXPECT_LE(interval_sum, 400u) << text;  // the last calls may come after the last interval
 }
 
 TEST(Stacks, ReturnProbesAreRefusedBeforeTheCommandStarts) {

@@ -278,5 +278,39 @@ TEST(ProbeSpec, ReturnProbeAtAnOffsetIsRefused) {
   EXPECT_FALSE(parse_probe("uretprobe:/bin/true:0x1000"));
 }
 
+// memcpy and memmove are IFUNCs that this CPU resolves to one implementation, which a glob also
+// names: one patch, so one probe under the plainest name with the others as aliases; a probe
+// whose site is unknown stays apart, and a return probe at the same offset is another probe.
+TEST(MergeSameSites, OneProbePerSiteUnderItsPlainestName) {
+  auto probe = [](std::string name, std::optional<uint64_t> offset, size_t spec) {
+    Probe p{"libc:" + name, "/lib/libc.so.6:" + name, spec};
+    p.site_file = "/lib/libc.so.6";
+    p.site_offset = offset;
+    return p;
+  };
+  std::vector<Probe> in = {probe("__memmove_avx_unaligned_erms", 0x100, 0),
+                           probe("memmove", 0x100, 0),
+                           probe("strlen", std::nullopt, 0),
+                           probe("memcpy", 0x100, 0),
+                           probe("malloc", 0x200, 0),
+                           probe("memmove", 0x100, 1)};
+  Probe ret = probe("memcpy", 0x100, 2);
+  ret.display = "uretprobe:" + ret.display;
+  ret.location = "uretprobe:" + ret.location;
+  in.push_back(ret);
+  std::vector<Probe> out = merge_same_sites(in);
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_EQ(out[0].display, "libc:memcpy");
+  EXPECT_EQ(out[0].location, "/lib/libc.so.6:memcpy");
+  EXPECT_EQ(out[0].aliases,
+            (std::vector<std::string>{"libc:memmove", "libc:__memmove_avx_unaligned_erms"}));
+  EXPECT_EQ(name_with_aliases(out[0].display, out[0].aliases),
+            "libc:memcpy (also memmove, __memmove_avx_unaligned_erms)");
+  EXPECT_EQ(out[1].display, "libc:strlen");
+  EXPECT_EQ(out[2].display, "libc:malloc");
+  EXPECT_TRUE(out[2].aliases.empty());
+  EXPECT_EQ(out[3].display, "uretprobe:libc:memcpy");
+}
+
 }  // namespace
 }  // namespace usprobe::cli

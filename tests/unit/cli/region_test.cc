@@ -34,6 +34,14 @@ struct FakeThread {
     s->tid = tid;
     return {h, s};
   }
+  void name(const char *comm) {  // what the agent stores from PR_GET_NAME
+    char bytes[16] = {};
+    std::strncpy(bytes, comm, 15);
+    uint64_t words[2];
+    std::memcpy(words, bytes, sizeof words);
+    s->comm[0] = words[0];
+    s->comm[1] = words[1];
+  }
   void hit(uint32_t probe, uint64_t n = 1) { slot_hits(s)[probe] += n; }
   void miss(uint32_t probe) { slot_missed(s, h->probe_count)[probe] += 1; }
 
@@ -142,6 +150,28 @@ TEST(Region, ReclaimFreesDeadThreadsSlotsAndKeepsTheirCounts) {
   Counts counts = region.counts();
   EXPECT_EQ(counts.at({100, 0}), (Count{5, 0}));
   EXPECT_EQ(counts.at({300, 0}), (Count{2, 0}));
+}
+
+TEST(Region, ThreadNamesOutliveTheirSlotsAndUnprintableBytesReadAsQuestionMarks) {
+  Region region = make_region(kModeCount, kPlan);
+  Header *h = region.header();
+  FakeThread main_thread = FakeThread::claim(h, 0, 100, 100),
+             worker = FakeThread::claim(h, 1, 100, 101), odd = FakeThread::claim(h, 2, 200, 200);
+  main_thread.name("sqlite3");
+  worker.name("worker-1");
+  odd.name("a\tb\x80" "c");
+  worker.hit(0);
+  EXPECT_EQ(region.comm(100), "");  // no slot read yet
+  (void)region.counts();
+  EXPECT_EQ(region.comm(100, 101), "worker-1");
+  EXPECT_EQ(region.comm(100), "sqlite3");  // the main thread's
+  EXPECT_EQ(region.comm(200), "a?b?c");
+  EXPECT_EQ(region.comm(300), "");
+  TraceBatch batch;
+  region.reclaim(batch, [](int32_t, int32_t tid) { return tid != 101; });
+  EXPECT_EQ(worker.s->state.load(), kSlotFree);
+  EXPECT_EQ(worker.s->comm[0].load(), 0u);
+  EXPECT_EQ(region.comm(100, 101), "worker-1");
 }
 
 TEST(Region, ReclaimFreesOrphanedSlotsOfAnExec) {

@@ -2,6 +2,11 @@
 // object per report, every probe present).
 #include "output/report.h"
 
+#include <fmt/format.h>
+
+#include <ctime>
+#include <regex>
+
 #include <gtest/gtest.h>
 
 namespace usprobe::cli {
@@ -55,37 +60,96 @@ TEST(Subtract, GivesTheHitsOfOneInterval) {
   EXPECT_EQ(d.at({300, 2}), (Count{1, 0}));
 }
 
-TEST(TextReport, ColumnsAlignUnderTheHeader) {
-  std::string text = text_report(tally(kProbes, sample_counts()), false);
-  // Probe column: the longest name + 2; hits and missed right-aligned in 10.
+TEST(TextReport, ColumnsAlignUnderTheHeaderAndProbesNotHitAreCountedAtTheEnd) {
+  std::string text = text_report(tally(kProbes, sample_counts()), {});
+  // Probe column: the longest name shown + 2; hits and missed right-aligned in 10.
   EXPECT_EQ(text,
+            "PROBE              HITS     MISSED\n"
+            "libc:malloc          35          1\n"
+            "libc:free            12          0\n"
+            "(1 probe not hit; --all shows them)\n");
+}
+
+TEST(TextReport, AllShowsTheProbesNotHit) {
+  TableOptions all;
+  all.all = true;
+  EXPECT_EQ(text_report(tally(kProbes, sample_counts()), all),
             "PROBE              HITS     MISSED\n"
             "libc:malloc          35          1\n"
             "libc:free            12          0\n"
             "exe:never             0          0\n");
 }
 
-TEST(TextReport, PerPidRowsComeWithAPidColumn) {
-  std::string text = text_report(tally(kProbes, sample_counts()), true);
+TEST(TextReport, TopKeepsTheBusiestRowsAndSaysHowManyAreLeftOut) {
+  TableOptions top;
+  top.top = 1;
+  EXPECT_EQ(text_report(tally(kProbes, sample_counts()), top),
+            "PROBE              HITS     MISSED\n"
+            "libc:malloc          35          1\n"
+            "(1 more probe below the top 1; 1 not hit)\n");
+}
+
+TEST(TextReport, AliasesFollowTheNameWithoutTheirFile) {
+  std::vector<Probe> probes = {{"libc:memcpy", "/lib/libc.so.6:memcpy", 0}};
+  probes[0].aliases = {"libc:memmove", "libc:__memmove_avx_unaligned_erms"};
+  Counts c;
+  c[{1, 0}] = {3, 0};
+  EXPECT_EQ(text_report(tally(probes, c), {}),
+            "PROBE                                                           HITS     MISSED\n"
+            "libc:memcpy (also memmove, __memmove_avx_unaligned_erms)           3          0\n");
+}
+
+TEST(TextReport, PerPidRowsComeWithThePidAndTheProcesssName) {
+  TableOptions per_pid;
+  per_pid.per_pid = true;
+  per_pid.all = true;
+  per_pid.comm = [](int32_t pid) { return pid == 100 ? std::string("sqlite3") : std::string(); };
+  std::string text = text_report(tally(kProbes, sample_counts()), per_pid);
   EXPECT_EQ(text,
-            "PID  PROBE              HITS     MISSED\n"
-            "100  libc:malloc          30          1\n"
-            "100  libc:free            10          0\n"
-            "200  libc:malloc           5          0\n"
-            "0    libc:free             2          0\n"
-            "-    exe:never             0          0\n");
+            "PID  COMM     PROBE              HITS     MISSED\n"
+            "100  sqlite3  libc:malloc          30          1\n"
+            "100  sqlite3  libc:free            10          0\n"
+            "200  ?        libc:malloc           5          0\n"
+            "0    ?        libc:free             2          0\n"
+            "-    -        exe:never             0          0\n");
+}
+
+TEST(ReportHeading, IntervalsGiveTheTimeOfDayAndTheSecondsSinceTheStart) {
+  EXPECT_TRUE(std::regex_match(report_heading(2.5, false, ""),
+                               std::regex(R"(\[[0-9]{2}:[0-9]{2}:[0-9]{2}\] 2\.500 s\n)")))
+      << report_heading(2.5, false, "");
+  // -T: funccount's line first, in every report.
+  EXPECT_TRUE(std::regex_match(report_heading(3, true, "exit status 0", true),
+                               std::regex("[0-9]{2}:[0-9]{2}:[0-9]{2}\n"
+                                          "Total over 3\\.000 s \\(exit status 0\\):\n")))
+      << report_heading(3, true, "exit status 0", true);
 }
 
 TEST(JsonReport, TotalHasTheShapeScriptsParse) {
   auto j = json_report(tally(kProbes, sample_counts()), 1.23456, true, 0);
+  // The wall-clock time of the report, in Unix seconds.
+  ASSERT_TRUE(j.contains("timestamp") && j["timestamp"].is_number()) << j.dump();
+  const double now = static_cast<double>(std::time(nullptr));
+  EXPECT_NEAR(j["timestamp"].get<double>(), now, 5.0);
+  j.erase("timestamp");
   EXPECT_EQ(dump_line(j),
             R"({"type":"total","elapsed_s":1.235,"exit_status":0,"probes":[)"
-            R"({"probe":"libc:malloc","location":"/usr/lib/x86_64-linux-gnu/libc.so.6:malloc",)"
+            R"({"probe":"libc:malloc","aliases":[],)"
+            R"("location":"/usr/lib/x86_64-linux-gnu/libc.so.6:malloc",)"
             R"("hits":35,"missed":1,"pids":{"100":30,"200":5}},)"
-            R"({"probe":"libc:free","location":"/usr/lib/x86_64-linux-gnu/libc.so.6:free",)"
+            R"({"probe":"libc:free","aliases":[],)"
+            R"("location":"/usr/lib/x86_64-linux-gnu/libc.so.6:free",)"
             R"("hits":12,"missed":0,"pids":{"0":2,"100":10}},)"
-            R"({"probe":"exe:never","location":"/usr/bin/prog:never","hits":0,"missed":0,)"
-            R"("pids":{}}]})");
+            R"({"probe":"exe:never","aliases":[],"location":"/usr/bin/prog:never","hits":0,)"
+            R"("missed":0,"pids":{}}]})");
+}
+
+TEST(JsonReport, TopKeepsTheBusiestProbesAndPerPidAddsTheProcessesNames) {
+  auto j = json_report(tally(kProbes, sample_counts()), 1, true, 0, 1,
+                       [](int32_t pid) { return fmt::format("p{}", pid); });
+  ASSERT_EQ(j["probes"].size(), 1u) << j.dump();
+  EXPECT_EQ(j["probes"][0]["probe"], "libc:malloc");
+  EXPECT_EQ(j["probes"][0]["comms"].dump(), R"({"100":"p100","200":"p200"})");
 }
 
 TEST(JsonReport, IntervalHasNoExitStatusAndUnknownStatusIsNull) {

@@ -19,6 +19,7 @@
 #include "commands/commands.h"
 #include "core/edit_distance.h"
 #include "resolve/probe_spec.h"
+#include "resolve/symbolizer.h"
 
 namespace usprobe::cli {
 namespace {
@@ -90,10 +91,10 @@ constexpr const char *kTraceExamples =
         one JSON object per hit, without a format)";
 
 constexpr const char *kLatencyExamples =
-    R"(  usprobe latency -u us libsqlite3:sqlite3_step -- sqlite3 :memory: 'select 1'
+    R"(  usprobe latency -u libsqlite3:sqlite3_step -- sqlite3 :memory: 'select 1'
         time each sqlite3_step call, in microseconds
-  usprobe latency 'libc:str*' -- ls /
-        a table for every libc function starting with "str"
+  usprobe latency -F 'libc:str*' -- ls /
+        a table for each libc function starting with "str" (without -F: one for all)
   usprobe latency -i 1s -d 5s libc:malloc -p 1234
         attach to process 1234, report every second, stop after 5 s)";
 
@@ -229,6 +230,20 @@ std::string check_arguments(const CLI::App &sub, const std::vector<std::string> 
   return "";
 }
 
+// --top N: a whole number from 1 to 999999999 (CLI11's Range would print the whole range of
+// size_t).
+CLI::Validator positive_count() {
+  return CLI::Validator(
+      [](std::string &value) -> std::string {
+        bool digits = !value.empty() && value.size() < 10 &&
+                      value.find_first_not_of("0123456789") == std::string::npos;
+        return digits && std::stoul(value) > 0
+                   ? ""
+                   : "expected a whole number from 1 to 999999999, not '" + value + "'";
+      },
+      "N");
+}
+
 // A standard descriptor (0, 1, 2) that usprobe was started without is taken by /dev/null,
 // close-on-exec: nothing usprobe opens later (the shared region above all) can land on it, so the
 // command, which loses these at its exec, starts with exactly the descriptors it would have had
@@ -329,7 +344,14 @@ int run_subcommand(int argc, char **argv) {
       ->type_name("DURATION");
   count_cmd->add_option("-o,--output", count.output, "write reports to FILE");
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
-  count_cmd->add_flag("--per-pid", count.per_pid, "one row per process and probe");
+  count_cmd->add_flag("--per-pid", count.per_pid,
+                      "one row per process and probe, with the process's PID and name");
+  count_cmd->add_flag("--all", count.all, "also the rows of probes that were not hit");
+  count_cmd->add_option("--top", count.top, "only the N busiest rows")
+      ->check(positive_count())
+      ->type_name("N");
+  count_cmd->add_flag("-T,--timestamp", count.timestamps,
+                      "an HH:MM:SS line before each report (funccount -T)");
   count_cmd->add_flag("-v,--verbose", count.verbose, "print the agent's informational notices");
   set_footer(count_cmd, "", kCountExamples);
 
@@ -356,9 +378,17 @@ int run_subcommand(int argc, char **argv) {
       "latency", "Time the calls of functions in a command: PROBE... -- COMMAND [ARGS...]");
   latency_cmd->add_option("PROBE", latency.probes, "functions to time (FILE:SYMBOL, globs allowed)")
       ->required();
-  latency_cmd
-      ->add_option("-u,--unit", latency.unit, "unit of the text report: ns (default), us, ms")
+  latency_cmd->add_option("--unit", latency.unit, "unit of the text report: ns (default), us, ms")
       ->check(CLI::IsMember({"ns", "us", "ms"}));
+  // funclatency's -u and -m: flags; -m wins over -u, as in funclatency, and both over --unit.
+  latency_cmd->add_flag_callback(
+      "-u,--microseconds", [&latency] { latency.unit = "us"; }, "microseconds (--unit us)");
+  latency_cmd->add_flag_callback(
+      "-m,--milliseconds", [&latency] { latency.unit = "ms"; }, "milliseconds (--unit ms)");
+  latency_cmd->add_flag("-F,--function", latency.per_function,
+                        "a histogram per function (default: one for all of them, as funclatency)");
+  latency_cmd->add_flag("-T,--timestamp", latency.timestamps,
+                        "an HH:MM:SS line before each report");
   latency_cmd
       ->add_option("-i,--interval", latency.interval_s, "report every DURATION (2, 1.5, 500ms, 1m)")
       ->transform(duration())
@@ -374,10 +404,11 @@ int run_subcommand(int argc, char **argv) {
              "\n"
              R"(
 Latency probes are function entries only (no +OFF, 0xOFF or uretprobe:): each call is timed
-from its entry to its return. Text reports draw a log2 table per function, then the count, mean,
-p50 and p99; calls whose return was not seen (return depth, longjmp, exceptions) are "missed".
-JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"low_ns",
-"high_ns","count"}]} per probe, high_ns inclusive.)",
+from its entry to its return. Text reports draw one log2 table for all the functions (with -F,
+one per function), then the count, mean, p50 and p99; calls whose return was not seen (return
+depth, longjmp, exceptions) are "missed". JSON: {"probe","aliases","type","count","avg_ns",
+"p50_ns","p99_ns","missed","buckets":[{"low_ns","high_ns","count"}],"elapsed_s","timestamp"}
+per function, high_ns inclusive.)",
              kLatencyExamples);
 
   StacksOptions stacks;
@@ -391,7 +422,16 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
       ->transform(duration())
       ->type_name("DURATION");
   stacks_cmd->add_option("-o,--output", stacks.output, "write the report to FILE");
-  stacks_cmd->add_flag("--folded", stacks.folded,
+  stacks_cmd
+      ->add_option("-i,--interval", stacks.interval_s,
+                   "report the stacks of every DURATION, then those of the whole run")
+      ->transform(duration())
+      ->type_name("DURATION");
+  stacks_cmd->add_option("--top", stacks.top, "only the N most frequent stacks of each probe")
+      ->check(positive_count())
+      ->type_name("N");
+  stacks_cmd->add_flag("-P,--per-pid", stacks.per_pid, "one list of stacks per process");
+  stacks_cmd->add_flag("-f,--folded", stacks.folded,
                        "folded stacks (comm;outermost;...;innermost COUNT), one per line");
   stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE");
   stacks_cmd->add_flag("-v,--verbose", stacks.verbose, "print the agent's informational notices");
@@ -400,9 +440,9 @@ JSON: {"probe","type","count","avg_ns","p50_ns","p99_ns","missed","buckets":[{"l
              R"(
 Stacks are taken when a probe is hit, with DWARF unwinding (.eh_frame: works through code built
 without frame pointers) or, with --fp, frame pointers; at most 127 frames. The text report lists,
-per probe, each distinct stack innermost frame first, the process's name, then its count. Folded
-lines start with the process's name and, with several probes, end with the probe's name. Return
-probes (uretprobe:) are not supported.)",
+per probe, each distinct stack innermost frame first, the process's name (with -P, comm-PID),
+then its count. Folded lines start with the process's name and, with several probes, end with
+the probe's name. Return probes (uretprobe:) are not supported.)",
              kStacksExamples);
 
   trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)
@@ -431,6 +471,9 @@ probes (uretprobe:) are not supported.)",
     sub->add_flag("-r,--regex", regex,
                   "each probe's SYMBOL is an extended regular expression searched for in function "
                   "names ('libc:^str(len|cmp)$'), not a name or a glob");
+  bool no_demangle = false;
+  for (CLI::App *sub : {count_cmd, latency_cmd, stacks_cmd})
+    sub->add_flag("--no-demangle", no_demangle, "C++ names as the ELF file spells them (mangled)");
 
   // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
   const std::vector<std::string> subcommands = {"list", "count", "trace", "latency", "stacks"};
@@ -509,6 +552,7 @@ probes (uretprobe:) are not supported.)",
   if (list_cmd->parsed()) return run_list(list);
   set_unsafe_offsets(unsafe);
   set_regex_symbols(regex);
+  set_demangle_names(!no_demangle);
   if (count_cmd->parsed()) {
     count.command = std::move(command);
     return run_count(count);

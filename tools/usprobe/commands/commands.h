@@ -27,6 +27,9 @@ struct CountOptions {
   std::optional<double> interval_s, duration_s;
   std::string output;  // "" = stdout
   bool json = false, per_pid = false, verbose = false;
+  bool all = false;         // --all: rows without hits too
+  bool timestamps = false;  // -T: a "HH:MM:SS" line before each report (funccount -T)
+  size_t top = 0;           // --top N: the N busiest rows (0: all)
 };
 
 // trace: each thread's ring (trace.cc says how it was sized), and how much of a %s string the
@@ -53,9 +56,11 @@ struct LatencyOptions {
   std::vector<std::string> command;
   std::vector<pid_t> pids;  // -p: attach to these running processes instead
   std::optional<double> interval_s, duration_s;
-  std::string unit = "ns";  // ns, us or ms: the text report's table and numbers
+  std::string unit = "ns";  // ns, us or ms: the text report's table and numbers (-u: us, -m: ms)
   std::string output;       // "" = stdout
   bool json = false, verbose = false;
+  bool per_function = false;  // -F: a histogram per function (else one for all, as funclatency)
+  bool timestamps = false;    // -T: a "HH:MM:SS" line before each report
 };
 
 struct StacksOptions {
@@ -66,6 +71,9 @@ struct StacksOptions {
   std::string output;  // "" = stdout: the text report, or the folded stacks
   std::string svg;     // "" = none: where the flame graph goes
   bool frame_pointers = false, folded = false, verbose = false;
+  std::optional<double> interval_s;  // -i: a report of the stacks seen in each interval
+  size_t top = 0;                    // --top N: the N most frequent stacks of each probe (0: all)
+  bool per_pid = false;              // -P: one list per process (stackcount -P)
 };
 
 int run_list(const ListOptions &options);

@@ -1,6 +1,6 @@
-// usprobe count PROBE... [-i S] [-d S] [-o FILE] [--json] [--per-pid] -- COMMAND [ARGS...]:
-// how many times each probe was hit, by every process of the command, reported every interval
-// and once more, in total, when the command exits.
+// usprobe count PROBE... [-i S] [-d S] [-o FILE] [--json] [--per-pid] [--all] [--top N] [-T]
+// -- COMMAND [ARGS...]: how many times each probe was hit, by every process of the command,
+// reported every interval and once more, in total, when the command exits (BCC's funccount).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -21,15 +21,22 @@ constexpr std::chrono::milliseconds kTick{50};
 struct Reporter {
   const CountOptions &options;
   const std::vector<Probe> &probes;
+  const Region &region;
   FILE *out;
 
   void print(const Counts &counts, double elapsed_s, bool total, const ExitInfo &exit) {
     std::vector<ProbeTotal> rows = tally(probes, counts);
+    // The process's name as its slots gave it (they keep it after the process is gone).
+    auto comm = [this](int32_t pid) { return region.comm(pid); };
     if (options.json) {
-      fmt::print(out, "{}\n", dump_line(json_report(rows, elapsed_s, total, exit.status)));
+      fmt::print(
+          out, "{}\n",
+          dump_line(json_report(rows, elapsed_s, total, exit.status, options.top,
+                                options.per_pid ? comm : std::function<std::string(int32_t)>())));
     } else {
-      fmt::print(out, "{}{}", report_heading(elapsed_s, total, exit.ending),
-                 text_report(rows, options.per_pid));
+      TableOptions table{options.per_pid, options.all, options.top, comm};
+      fmt::print(out, "{}{}", report_heading(elapsed_s, total, exit.ending, options.timestamps),
+                 text_report(rows, table));
     }
     std::fflush(out);
   }
@@ -55,7 +62,7 @@ int run_count(const CountOptions &options) {
 
   NoticePrinter notices(probes, options.verbose);
   notices.info(target.notes());
-  Reporter reporter{options, probes, output->file()};
+  Reporter reporter{options, probes, **region, output->file()};
   return report_while_running(
       supervisor, target, **region, notices,
       {kTick, options.duration_s, options.interval_s, output->file()}, Counts{},

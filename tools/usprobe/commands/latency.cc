@@ -1,7 +1,8 @@
-// usprobe latency PROBE... [-u ns|us|ms] [-i S] [-d S] [-o FILE] [--json] -- COMMAND [ARGS...]:
-// how long each call of the probed functions took, by every process of the command, as a
-// histogram with its mean and percentiles (BCC's funclatency), reported every interval and once
-// more, in total, when the command exits.
+// usprobe latency PROBE... [-u|-m|--unit ns|us|ms] [-F] [-T] [-i S] [-d S] [-o FILE] [--json] --
+// COMMAND [ARGS...]: how long each call of the probed functions took, by every process of the
+// command, as a histogram with its mean and percentiles (BCC's funclatency: one for all the
+// functions, or with -F one per function; JSON has one object per function), reported every
+// interval and once more, in total, when the command exits.
 //
 // The agent times each call with rdtsc at the entry and at the return (agent/handlers.cc) and adds
 // the duration, converted to nanoseconds with the multiplier this file calibrates, to its thread's
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string_view>
 
 #include "commands/commands.h"
@@ -85,6 +87,15 @@ Snapshot subtract(const Snapshot &now, const Snapshot &before) {
   return d;
 }
 
+// "exe:a, exe:b, exe:c and 4 more": names for one line.
+std::string some_names(const std::vector<std::string> &names) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < kMaxIdleNamed; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > kMaxIdleNamed)
+    out += fmt::format(" and {} more", names.size() - kMaxIdleNamed);
+  return out;
+}
+
 struct Reporter {
   const LatencyOptions &options;
   const std::vector<Probe> &probes;
@@ -94,30 +105,47 @@ struct Reporter {
   void print(const Snapshot &s, double elapsed_s, bool total, const ExitInfo &exit) {
     std::vector<LatencyRow> rows;
     for (size_t i = 0; i < probes.size(); ++i)
-      rows.push_back({probes[i].display, s.histograms[i], s.missed[i]});
+      rows.push_back({probes[i].display, s.histograms[i], s.missed[i], probes[i].aliases});
     if (options.json) {
-      for (const LatencyRow &r : rows)
-        fmt::print(out, "{}\n", dump_line(latency_json(r, total ? "total" : "interval")));
+      // When the report was taken, as count's reports say it.
+      const double now =
+          std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+              .count();
+      for (const LatencyRow &r : rows) {
+        nlohmann::ordered_json j = latency_json(r, total ? "total" : "interval");
+        j["elapsed_s"] = std::round(elapsed_s * 1000.0) / 1000.0;
+        j["timestamp"] = std::round(now * 1000.0) / 1000.0;
+        fmt::print(out, "{}\n", dump_line(j));
+      }
       std::fflush(out);
       return;
     }
-    fmt::print(out, "{}", report_heading(elapsed_s, total, exit.ending));
-    std::vector<std::string> idle;
+    // In text, a function's aliases follow its name.
+    for (LatencyRow &r : rows) r.probe = name_with_aliases(r.probe, r.aliases);
+    fmt::print(out, "{}", report_heading(elapsed_s, total, exit.ending, options.timestamps));
+    std::vector<std::string> idle, timed;
+    LatencyRow combined;
     for (const LatencyRow &r : rows) {
       if (r.histogram.count == 0 && r.missed == 0) {
         idle.push_back(r.probe);
         continue;
       }
-      fmt::print(out, "\n{}", latency_text(r, unit));
+      timed.push_back(r.probe);
+      if (options.per_function) {
+        fmt::print(out, "\n{}", latency_text(r, unit));
+      } else {
+        combined.histogram.add(r.histogram);
+        combined.missed += r.missed;
+      }
     }
-    if (!idle.empty()) {
-      std::string names;
-      for (size_t i = 0; i < idle.size() && i < kMaxIdleNamed; ++i)
-        names += (i ? ", " : "") + idle[i];
-      if (idle.size() > kMaxIdleNamed)
-        names += fmt::format(" and {} more", idle.size() - kMaxIdleNamed);
-      fmt::print(out, "\nno calls: {}\n", names);
+    // funclatency's default: one histogram for every function that was called, named above it.
+    if (!options.per_function && !timed.empty()) {
+      combined.probe = timed.size() == 1
+                           ? timed[0]
+                           : fmt::format("{} functions: {}", timed.size(), some_names(timed));
+      fmt::print(out, "\n{}", latency_text(combined, unit));
     }
+    if (!idle.empty()) fmt::print(out, "\nno calls: {}\n", some_names(idle));
     std::fflush(out);
   }
 };
@@ -129,6 +157,13 @@ int run_latency(const LatencyOptions &options) {
   if (!unit)
     return report_error(
         {EINVAL, fmt::format("latency: unknown unit '{}' (expected ns, us or ms)", options.unit)});
+  // "-u us" from before -u became funclatency's flag: "us" would read as a probe.
+  for (const std::string &p : options.probes)
+    if (p == "ns" || p == "us" || p == "ms")
+      return report_error(
+          {EINVAL, fmt::format("latency: '{}' is not a probe: -u and -m are flags "
+                               "(microseconds, milliseconds); --unit {} names a unit",
+                               p, p)});
   std::vector<ProbeSpec> specs;
   auto session =
       prepare_probes(options.probes, {options.command, options.pids}, check_function_entry, &specs);

@@ -1,4 +1,5 @@
-// usprobe stacks PROBE... [--fp] [-d S] [-o FILE] [--folded] [--svg FILE] [-v] -- COMMAND:
+// usprobe stacks PROBE... [--fp] [-i S] [-d S] [-o FILE] [-f] [--svg FILE] [--top N] [-P] [-v] --
+// COMMAND:
 // the distinct user stacks that reach the probed instructions in every process of the command,
 // counted, symbolized and demangled (BCC's stackcount), as text, as folded stacks or as an SVG
 // flame graph.
@@ -23,6 +24,7 @@
 
 #include "commands/commands.h"
 #include "output/flamegraph.h"
+#include "output/report.h"
 #include "protocol/maps_lines.h"
 #include "resolve/image_maps.h"
 #include "session/region.h"
@@ -59,6 +61,7 @@ struct RawKey {
 // A stack as reported: names, innermost first.
 struct NamedKey {
   uint32_t probe;
+  int32_t pid;  // with -P; 0 otherwise
   std::string comm;
   std::vector<std::string> frames;
   auto operator<=>(const NamedKey &) const = default;
@@ -82,7 +85,7 @@ std::optional<std::string> read_live_maps(int32_t pid) {
 // Counts the raw stacks as they are drained, and keeps every image's mappings.
 class Collector {
  public:
-  explicit Collector(Region &region) : region_(region) {}
+  Collector(Region &region, bool per_pid) : region_(region), per_pid_(per_pid) {}
 
   void tick() {
     region_.drain(batch_);
@@ -94,6 +97,7 @@ class Collector {
       auto [it, inserted] =
           raw_.try_emplace(RawKey{e.pid, e.image, e.probe, std::move(e.ips)}, uint64_t{0});
       it->second += e.count;
+      since_report_[it->first] += e.count;
       if (inserted && !maps_.covers(e.pid, e.image, it->first.ips))
         unnamed.insert({e.pid, e.image});
     }
@@ -105,33 +109,64 @@ class Collector {
     }
   }
 
-  // The stacks by their names, most frequent first within each probe.
-  std::vector<NamedStack> named() const {
+  // The stacks of the whole run by their names, most frequent first within each probe (and with
+  // -P each process).
+  std::vector<NamedStack> named() const { return named(raw_); }
+  // Those since the last call (-i).
+  std::vector<NamedStack> named_since_report() {
+    std::vector<NamedStack> out = named(since_report_);
+    since_report_.clear();
+    return out;
+  }
+
+ private:
+  std::vector<NamedStack> named(const std::map<RawKey, uint64_t> &raw) const {
     std::vector<RawStack> raws;
-    for (const auto &[key, count] : raw_) raws.push_back({key.pid, key.image, key.ips});
+    for (const auto &[key, count] : raw) raws.push_back({key.pid, key.image, key.ips});
     StackNamer namer(maps_, raws);
     std::map<NamedKey, uint64_t> merged;
     size_t i = 0;
-    for (const auto &[key, count] : raw_) {
-      NamedKey named{key.probe, maps_.comm(key.pid, key.image), {}};
+    for (const auto &[key, count] : raw) {
+      NamedKey named{key.probe, per_pid_ ? key.pid : 0, maps_.comm(key.pid, key.image), {}};
       for (const Frame &f : namer.name(raws[i++])) named.frames.push_back(f.name());
       if (named.comm.empty()) named.comm = "[unknown]";
+      // stackcount -P's "comm-PID", as flame graph tools name a process.
+      if (per_pid_) named.comm += fmt::format("-{}", key.pid);
       merged[std::move(named)] += count;
     }
     std::vector<NamedStack> out;
     for (auto &[key, count] : merged) out.push_back({key, count});
     std::stable_sort(out.begin(), out.end(), [](const NamedStack &a, const NamedStack &b) {
-      return std::tie(a.key.probe, b.count) < std::tie(b.key.probe, a.count);
+      return std::tie(a.key.probe, a.key.pid, b.count) < std::tie(b.key.probe, b.key.pid, a.count);
     });
     return out;
   }
 
- private:
   Region &region_;
+  bool per_pid_;
   std::vector<StackEvent> batch_;
   std::map<RawKey, uint64_t> raw_;
+  std::map<RawKey, uint64_t> since_report_;  // -i: what the next interval report shows
   ImageMaps maps_;
 };
+
+// --top N: the first N stacks of each probe (and process, with -P); how many were left out.
+size_t keep_top(std::vector<NamedStack> &stacks, size_t top) {
+  if (top == 0) return 0;
+  std::vector<NamedStack> kept;
+  size_t in_group = 0, left_out = 0;
+  for (size_t i = 0; i < stacks.size(); ++i) {
+    bool same = i > 0 && stacks[i].key.probe == stacks[i - 1].key.probe &&
+                stacks[i].key.pid == stacks[i - 1].key.pid;
+    in_group = same ? in_group + 1 : 0;
+    if (in_group < top)
+      kept.push_back(std::move(stacks[i]));
+    else
+      ++left_out;
+  }
+  stacks = std::move(kept);
+  return left_out;
+}
 
 struct Totals {
   uint64_t stacks = 0, distinct = 0, lost = 0;
@@ -141,14 +176,16 @@ struct Totals {
 };
 
 // stackcount's layout: per probe, each stack innermost frame first, its process's name, its
-// count; a blank line between stacks.
-void print_text(FILE *out, const std::vector<Probe> &probes, const std::vector<NamedStack> &stacks,
-                const Totals &totals) {
+// count; a blank line between stacks. The probe's line counts every stack, --top or not.
+void print_text(FILE *out, const std::vector<Probe> &probes, std::vector<NamedStack> stacks,
+                const Totals &totals, size_t top) {
+  std::vector<uint64_t> count(probes.size()), distinct(probes.size());
+  for (const NamedStack &s : stacks)
+    if (s.key.probe < probes.size()) count[s.key.probe] += s.count, ++distinct[s.key.probe];
+  size_t left_out = keep_top(stacks, top);
   for (uint32_t p = 0; p < probes.size(); ++p) {
-    uint64_t count = 0, distinct = 0;
-    for (const NamedStack &s : stacks)
-      if (s.key.probe == p) count += s.count, ++distinct;
-    fmt::print(out, "{}: {} stacks, {} distinct\n", probes[p].display, count, distinct);
+    fmt::print(out, "{}: {} stacks, {} distinct\n",
+               name_with_aliases(probes[p].display, probes[p].aliases), count[p], distinct[p]);
     for (const NamedStack &s : stacks) {
       if (s.key.probe != p) continue;
       fmt::print(out, "\n");
@@ -158,6 +195,8 @@ void print_text(FILE *out, const std::vector<Probe> &probes, const std::vector<N
     }
     fmt::print(out, "\n");
   }
+  if (left_out != 0)
+    fmt::print(out, "({} less frequent stacks left out by --top {})\n", left_out, top);
   fmt::print(out, "{}\n", totals.summary());
 }
 
@@ -223,28 +262,57 @@ int run_stacks(const StacksOptions &options) {
 
   NoticePrinter notices(probes, options.verbose);
   notices.info(target.notes());
-  Collector collector(*region);
+  Collector collector(*region, options.per_pid);
   auto tick = [&] {
     collector.tick();
     notices.print(region->new_notices());
   };
-  ExitInfo exit = target.watch(
-      supervisor, {kTick, options.duration_s, std::nullopt, output->file()}, tick, [] {});
+  FILE *out = output->file();
+  auto lost_so_far = [&] {
+    uint64_t lost = 0;
+    for (const auto &[key, c] : region->counts()) lost += c.missed;
+    return lost;
+  };
+  // A report: the text (with its heading) or the folded lines of `stacks`.
+  auto report = [&](std::vector<NamedStack> stacks, uint64_t lost, const std::string &heading) {
+    Totals totals;
+    totals.distinct = stacks.size();
+    for (const NamedStack &s : stacks) totals.stacks += s.count;
+    totals.lost = lost;
+    if (options.folded) {
+      keep_top(stacks, options.top);
+      for (const std::string &line : fold(counted(probes, stacks))) fmt::print(out, "{}\n", line);
+    } else {
+      fmt::print(out, "{}", heading);
+      print_text(out, probes, std::move(stacks), totals, options.top);
+    }
+    std::fflush(out);
+    return totals;
+  };
+  uint64_t lost_reported = 0;
+  // -i: the stacks of each interval, as count's interval reports (folded: the lines alone), a
+  // blank line after each.
+  auto interval = [&] {
+    tick();
+    double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - target.started()).count();
+    uint64_t lost = lost_so_far();
+    report(collector.named_since_report(), lost - std::min(lost, lost_reported),
+           report_heading(elapsed, false, ""));
+    fmt::print(out, "\n");
+    lost_reported = lost;
+  };
+  ExitInfo exit = target.watch(supervisor, {kTick, options.duration_s, options.interval_s, out},
+                               tick, interval);
   // Grandchildren may still run: what they recorded so far is in their rings.
   tick();
 
   std::vector<NamedStack> stacks = collector.named();
-  Totals totals;
-  totals.distinct = stacks.size();
-  for (const NamedStack &s : stacks) totals.stacks += s.count;
-  for (const auto &[key, c] : region->counts()) totals.lost += c.missed;
+  // The flame graph draws every stack: --top is for the lists.
   std::vector<CountedStack> folded_input = counted(probes, stacks);
-  FILE *out = output->file();
-  if (options.folded) {
-    for (const std::string &line : fold(folded_input)) fmt::print(out, "{}\n", line);
-  } else {
-    print_text(out, probes, stacks, totals);
-  }
+  Totals totals =
+      report(std::move(stacks), lost_so_far(),
+             options.interval_s ? report_heading(exit.elapsed_s, true, exit.ending) : "");
   std::fflush(out);
   if (svg) {
     std::vector<std::string> names;

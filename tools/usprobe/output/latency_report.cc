@@ -70,6 +70,7 @@ nlohmann::ordered_json latency_json(const LatencyRow &row, std::string_view type
   const Histogram &h = row.histogram;
   nlohmann::ordered_json j;
   j["probe"] = row.probe;
+  j["aliases"] = row.aliases;
   j["type"] = type;
   j["count"] = h.count;
   j["avg_ns"] = number_or_null(mean_ns(h), 10);

@@ -27,7 +27,8 @@ UnitInfo unit_info(Unit unit);
 struct LatencyRow {
   std::string probe;  // display name
   Histogram histogram;
-  uint64_t missed = 0;  // calls not timed (recursion, returns not seen)
+  uint64_t missed = 0;                 // calls not timed (recursion, returns not seen)
+  std::vector<std::string> aliases{};  // other names of the function's site (Probe::aliases)
 };
 
 // One probe with calls:
@@ -40,7 +41,7 @@ struct LatencyRow {
 // "count 0" alone.
 std::string latency_text(const LatencyRow &row, Unit unit);
 
-// {"probe":..,"type":"interval"|"total","count":N,"avg_ns":X,"p50_ns":Y,"p99_ns":Z,"missed":M,
+// {"probe":..,"aliases":[..],"type":"interval"|"total","count":N,"avg_ns":X,"p50_ns":Y,"p99_ns":Z,"missed":M,
 //  "buckets":[{"low_ns":L,"high_ns":H,"count":C},...]}: the non-empty log2 buckets of
 // nanoseconds, high_ns inclusive; avg_ns, p50_ns and p99_ns are null without calls.
 nlohmann::ordered_json latency_json(const LatencyRow &row, std::string_view type);

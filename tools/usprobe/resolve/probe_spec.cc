@@ -207,7 +207,7 @@ std::vector<GlobMatch> select_functions(const std::vector<elf::Function> &functi
   for (auto &[offset, f] : best) {
     std::string name = callable_name(*f);
     bool by_offset = offsets_of_name[name].size() > 1;
-    out.push_back({std::move(name), offset, by_offset, shown_name(*f)});
+    out.push_back({std::move(name), offset, by_offset, shown_name(*f), f->ifunc});
   }
   return out;
 }
@@ -360,8 +360,11 @@ Result<std::vector<Probe>> resolve_demangled(const ProbeSpec &spec, const std::s
     if (auto ok = check_site(*resolved, spec.file + ":" + spec.target); !ok)
       return std::unexpected(ok.error());
     // The user's spelling when it names one function; each overload's own name otherwise.
-    std::string shown = matches.size() == 1 ? spec.target : m.shown;
-    out.push_back({prefix + spec.file + ":" + shown, prefix + location, index});
+    std::string shown = matches.size() == 1 ? spec.target : demangle_names() ? m.shown : m.name;
+    Probe probe{prefix + spec.file + ":" + shown, prefix + location, index};
+    probe.site_file = path;
+    probe.site_offset = resolved->file_offset;
+    out.push_back(std::move(probe));
   }
   return out;
 }
@@ -410,6 +413,58 @@ Error with_stripped_hint(Error error, const std::string &path) {
 }
 
 }  // namespace
+std::vector<Probe> merge_same_sites(std::vector<Probe> probes) {
+  // The symbol part of a display name ("libc:memcpy" -> "memcpy"), for better_alias.
+  auto symbol = [](const Probe &p) { return p.display.substr(file_colon(p.display) + 1); };
+  std::vector<Probe> out;
+  std::map<std::string, size_t> by_location, by_site;
+  for (Probe &p : probes) {
+    const bool returns = p.location.starts_with("uretprobe:");
+    std::string site = p.site_offset ? fmt::format("{}{}:{:#x}", returns ? "uretprobe:" : "",
+                                                   p.site_file, *p.site_offset)
+                                     : std::string();
+    size_t at = out.size();
+    if (auto it = by_location.find(p.location); it != by_location.end())
+      at = it->second;
+    else if (auto s = by_site.find(site); !site.empty() && s != by_site.end())
+      at = s->second;
+    by_location.try_emplace(p.location, at);
+    if (!site.empty()) by_site.try_emplace(site, at);
+    if (at == out.size()) {
+      out.push_back(std::move(p));
+      continue;
+    }
+    Probe &first = out[at];
+    if (p.spec_index == first.spec_index && better_alias(symbol(p), symbol(first))) {
+      // The plainer name of one spec leads; the probe keeps its place.
+      std::swap(first.display, p.display);
+      std::swap(first.location, p.location);
+      std::swap(first.entry_point, p.entry_point);
+    }
+    if (p.display != first.display &&
+        std::find(first.aliases.begin(), first.aliases.end(), p.display) == first.aliases.end())
+      first.aliases.push_back(std::move(p.display));
+  }
+  for (Probe &p : out) {
+    std::sort(p.aliases.begin(), p.aliases.end(), [&](const std::string &a, const std::string &b) {
+      return better_alias(a.substr(file_colon(a) + 1), b.substr(file_colon(b) + 1));
+    });
+    std::erase(p.aliases, p.display);
+  }
+  return out;
+}
+
+std::string name_with_aliases(const std::string &name, const std::vector<std::string> &aliases) {
+  if (aliases.empty()) return name;
+  const std::string file = name.substr(0, file_colon(name) + 1);
+  std::string out = name + " (also ";
+  for (size_t i = 0; i < aliases.size(); ++i) {
+    std::string_view a = aliases[i];
+    if (a.starts_with(file)) a.remove_prefix(file.size());
+    out += fmt::format("{}{}", i ? ", " : "", a);
+  }
+  return out + ")";
+}
 
 Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
                                           LibraryFinder &finder) {
@@ -440,7 +495,9 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
       auto loc = check_location(location, *path, spec);
       if (!loc) return std::unexpected(with_stripped_hint(loc.error(), *path));
       Probe probe{prefix + spec.file + ":" + spec.target, prefix + location, i};
+      probe.site_file = *path;
       if (*loc) {
+        probe.site_offset = (*loc)->file_offset;
         if (auto ok = check_instruction_start(**loc, spec); !ok) return std::unexpected(ok.error());
         probe.entry_point = (*loc)->file->entry_offset() == (*loc)->file_offset;
       }
@@ -462,9 +519,25 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
           Error{ENOENT, fmt::format("no function in {} matches {}'{}'", *path,
                                     spec.regex ? "the regular expression " : "", spec.symbol)},
           *path));
+    // Where its IFUNCs land, as the dynamic linker of this process (the same libc, on the same
+    // CPU, as the command's) resolves them: memcpy and memmove are one site with their
+    // implementation. An IFUNC that cannot be resolved here keeps a site of its own.
+    std::vector<std::string> ifunc_specs;
+    for (const GlobMatch &m : matches)
+      if (m.ifunc && !m.by_offset) ifunc_specs.push_back(*path + ":" + m.name);
+    std::vector<Result<elf::ResolvedLocation>> ifuncs = elf::resolve_locations(ifunc_specs);
+    size_t next_ifunc = 0;
     for (const GlobMatch &m : matches) {
       std::string target = m.by_offset ? fmt::format("{:#x}", m.offset) : m.name;
-      out.push_back({prefix + spec.file + ":" + m.shown, prefix + *path + ":" + target, i});
+      Probe probe{prefix + spec.file + ":" + (demangle_names() ? m.shown : m.name),
+                  prefix + *path + ":" + target, i};
+      probe.site_file = *path;
+      if (!m.ifunc || m.by_offset) {
+        probe.site_offset = m.offset;
+      } else if (const auto &r = ifuncs[next_ifunc++]; r) {
+        probe.site_offset = r->file_offset;
+      }
+      out.push_back(std::move(probe));
     }
     as_seen();
   }

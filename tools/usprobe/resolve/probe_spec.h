@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <regex>
 #include <string>
 #include <string_view>
@@ -58,7 +59,8 @@ struct GlobMatch {
   std::string name;  // "memcpy", or "memcpy@GLIBC_2.2.5" for a hidden (old) version
   uint64_t offset = 0;
   bool by_offset = false;
-  std::string shown;  // for reports: demangled ("ns::parse(int)"), else `name`
+  std::string shown;   // for reports: demangled ("ns::parse(int)"), else `name`
+  bool ifunc = false;  // an IFUNC: the code that runs is elsewhere, where the command's linker says
 };
 
 // The functions whose names, mangled or demangled, match `pattern`, one per file offset (aliases:
@@ -95,7 +97,27 @@ struct Probe {
   // The file's ELF entry point (_start): entered by the kernel with argc at [rsp], not called, so
   // it has no return. Globs leave it out; only a spec naming it yields it.
   bool entry_point = false;
+  // Where it lands, when usprobe can tell: the file as usprobe opens it and the file offset of the
+  // probed instruction (an IFUNC resolved to its implementation). Unknown for an IFUNC of a library
+  // usprobe does not load itself: the command resolves it.
+  std::string site_file{};
+  std::optional<uint64_t> site_offset{};
+  // Other names of the same site (libc:memcpy, libc:memmove and __memmove_avx_unaligned_erms are
+  // one patch): merge_same_sites() keeps one probe, and reports list these after its name.
+  std::vector<std::string> aliases{};
 };
+
+// One probe per site, in the order of their first names: probes with the same location, or whose
+// sites are known to be one (an IFUNC and its implementation, two names given for one function),
+// become the first of them (by spec, then the plainer name: "memcpy" over
+// "__memmove_avx_unaligned_erms"), the others its aliases. The engine places one patch per site
+// and every probe on it counts every hit: several rows for one site would count each call several
+// times over.
+std::vector<Probe> merge_same_sites(std::vector<Probe> probes);
+
+// "libc:memcpy (also memmove, __memmove_avx_unaligned_erms)": the name with its aliases, their
+// FILE: left out where it is the probe's own.
+std::string name_with_aliases(const std::string &name, const std::vector<std::string> &aliases);
 
 // The error for a return probe (or a latency probe, which times returns) on an entry point:
 // "exe:_start is the program's entry point: it is entered, not called, so it has no return to

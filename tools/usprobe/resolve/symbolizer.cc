@@ -46,6 +46,18 @@ Result<ModuleMap> read_module_map(pid_t pid) {
   return ModuleMap(*mappings);
 }
 
+namespace {
+bool g_demangle_names = true;
+}  // namespace
+
+void set_demangle_names(bool demangle) {
+  g_demangle_names = demangle;
+}
+
+bool demangle_names() {
+  return g_demangle_names;
+}
+
 std::string demangle(const std::string &name) {
   // Itanium-ABI names start with _Z; anything else (a C function, "main") is left alone, also
   // because __cxa_demangle would read a plain "i" as the type name "int".
@@ -94,7 +106,7 @@ const elf::ElfFile *Symbolizer::elf_for(const Module &module) {
 
 const std::string &Symbolizer::demangled(const std::string &name) {
   auto [it, inserted] = demangled_.try_emplace(name);
-  if (inserted) it->second = demangle(name);
+  if (inserted) it->second = demangle_names() ? demangle(name) : name;
   return it->second;
 }
 

@@ -129,4 +129,10 @@ class Symbolizer {
 // const*)"), otherwise `name` unchanged.
 std::string demangle(const std::string &name);
 
+// Whether C++ names in reports are demangled (--no-demangle turns it off): the names a glob or an
+// overloaded name gives probes, and the frames of stacks. Matching probes to demangled names does
+// not depend on it.
+void set_demangle_names(bool demangle);
+bool demangle_names();
+
 }  // namespace usprobe::cli

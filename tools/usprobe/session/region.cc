@@ -406,6 +406,7 @@ void Region::drain_slot(uint32_t index, TraceBatch &out) {
   slot->tail.store(head, std::memory_order_release);
 
   int32_t pid = index == overflow_index() ? 0 : slot->pid.load(std::memory_order_relaxed);
+  if (index != overflow_index()) note_comm(index);
   const uint32_t string_size = layout_.string_size;
   out.string_size = string_size;
   for (uint64_t at = 0; at < n;) {
@@ -440,6 +441,7 @@ void Region::drain_slot(uint32_t index, std::vector<StackEvent> &out) {
   SlotHeader *slot = slot_at(index);
   bool overflow = index == overflow_index();
   int32_t pid = -1;  // as above
+  if (!overflow) note_comm(index);
   drain_ring(slot, [&](const char *record, uint32_t size) {
     agent::StackRecord rec;
     if (size < sizeof rec) return false;
@@ -536,6 +538,7 @@ void Region::reclaim_slots(Out &out, const std::function<bool(int32_t, int32_t)>
       if (pid <= 0 || tid <= 0 || alive(pid, tid)) continue;
     }
     // Nobody writes this slot any more: its thread is gone, or exec replaced its image.
+    note_comm(i);
     drain_slot(i, out);
     add_counts(slot, pid, folded_, true);
     if (layout_.mode == agent::kModeLatency) add_histograms(slot, folded_histograms_, true);
@@ -549,6 +552,7 @@ void Region::reclaim_slots(Out &out, const std::function<bool(int32_t, int32_t)>
     slot->tail.store(0, std::memory_order_relaxed);
     slot->pid.store(0, std::memory_order_relaxed);
     slot->tid.store(0, std::memory_order_relaxed);
+    for (std::atomic<uint64_t> &word : slot->comm) word.store(0, std::memory_order_relaxed);
     // Release: pairs with the claiming thread's compare-and-swap, which then sees zeroed
     // counters and an empty ring.
     slot->state.store(agent::kSlotFree, std::memory_order_release);
@@ -572,6 +576,32 @@ void Region::reclaim(std::vector<StackEvent> &out,
     return;
   }
   reclaim_slots(out, alive);
+}
+
+void Region::note_comm(uint32_t index) const {
+  SlotHeader *slot = slot_at(index);
+  // Acquire: pairs with the owner's release store of its pid, made after it wrote its name.
+  int32_t pid = slot->pid.load(std::memory_order_acquire);
+  int32_t tid = slot->tid.load(std::memory_order_relaxed);
+  if (pid <= 0 || tid <= 0) return;
+  uint64_t words[2] = {slot->comm[0].load(std::memory_order_relaxed),
+                       slot->comm[1].load(std::memory_order_relaxed)};
+  char bytes[sizeof words];
+  std::memcpy(bytes, words, sizeof bytes);
+  std::string name;
+  for (size_t i = 0; i + 1 < sizeof bytes && bytes[i] != '\0'; ++i)
+    name += bytes[i] >= 0x20 && bytes[i] < 0x7f ? bytes[i] : '?';
+  if (!name.empty()) comms_[{pid, tid}] = std::move(name);
+}
+
+std::string Region::comm(int32_t pid, int32_t tid) const {
+  if (tid != 0) {
+    auto it = comms_.find({pid, tid});
+    return it == comms_.end() ? std::string() : it->second;
+  }
+  if (auto it = comms_.find({pid, pid}); it != comms_.end()) return it->second;
+  auto it = comms_.lower_bound({pid, 0});
+  return it != comms_.end() && it->first.first == pid ? it->second : std::string();
 }
 
 void Region::add_counts(SlotHeader *slot, int32_t pid, Counts &out, bool zero) const {
@@ -604,6 +634,7 @@ Counts Region::counts() const {
       pid = slot->pid.load(std::memory_order_relaxed);
       // Its owner has not written its pid yet; next time its counts go to the right process.
       if (pid <= 0) continue;
+      note_comm(i);
     }
     add_counts(slot, pid, out, false);
   }

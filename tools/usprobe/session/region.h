@@ -237,6 +237,10 @@ class Region {
   std::vector<bool> placed() const;
   // By probe index: whether one of its sites took the int3 path (a trap per hit).
   std::vector<bool> on_int3() const;
+  // The name (comm) thread `tid` of process `pid` had when it claimed its slot, as the slot said
+  // when last read (drains, reclaims, counts); tid 0: the process's (its main thread's, else one
+  // of its threads'). "" when no slot of it was read. Bytes that are not printable read as '?'.
+  std::string comm(int32_t pid, int32_t tid = 0) const;
   // Attach mode: the claimed ProcessRecords, in record order. A record whose pid or state no agent
   // writes is left out and counted in corrupt() (once).
   std::vector<ProcessEntry> processes() const;
@@ -265,6 +269,8 @@ class Region {
   void drain_all(Out &out);
   template <typename Out>
   void reclaim_slots(Out &out, const std::function<bool(int32_t, int32_t)> &alive);
+  // Keeps the name of the thread that owns slot `index` (not the overflow slot) for comm().
+  void note_comm(uint32_t index) const;
   // Adds a slot's counters to out[{pid, probe}]; `zero` also clears them (the slot is being freed).
   void add_counts(agent::SlotHeader *slot, int32_t pid, Counts &out, bool zero) const;
   // Latency mode: adds a slot's histograms to out[probe]; `zero` also clears them.
@@ -286,6 +292,8 @@ class Region {
   mutable uint64_t corrupt_ = 0;
   mutable std::vector<bool> bad_slots_;      // by slot: found corrupt, never read again
   mutable std::vector<bool> bad_processes_;  // by process record: found corrupt
+  // comm(): by (pid, tid), kept after the slot is freed (its events may be printed later).
+  mutable std::map<std::pair<int32_t, int32_t>, std::string> comms_;
 };
 
 }  // namespace usprobe::cli

@@ -42,11 +42,7 @@ Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
   }
   auto session = prepare_session(specs, request);
   if (!session) return std::unexpected(session.error());
-  std::vector<Probe> unique;
-  std::set<std::string> seen;
-  for (Probe &p : session->probes)
-    if (seen.insert(p.location).second) unique.push_back(std::move(p));
-  session->probes = std::move(unique);
+  session->probes = merge_same_sites(std::move(session->probes));
   if (specs_out) *specs_out = std::move(specs);
   return session;
 }

@@ -38,7 +38,8 @@ Result<Session> prepare_session(const std::vector<ProbeSpec> &specs, const Targe
 
 // The PROBE arguments of count, latency and stacks: parsed, each checked by `check` (when given:
 // a subcommand's own refusals), resolved for the command as prepare_session does, and each
-// location kept once (libc:malloc and libc:mall* name one). `specs`, when not null, receives the
+// site kept once under all its names (merge_same_sites: libc:malloc and libc:mall* name one;
+// libc:memcpy, libc:memmove and their implementation are one). `specs`, when not null, receives the
 // parsed specs (Probe::spec_index points into them).
 Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
                                const TargetRequest &request,
