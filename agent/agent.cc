@@ -251,13 +251,27 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
 
 // Marks in the region the probes placed in this process (placed_flags), for the CLI to tell a
 // library that no process loaded from one whose functions were not called.
+// Also which took the int3 path, and why (for the first few, kNoticeInt3), for the CLI to say at
+// the end which probes paid a trap per hit.
 void mark_placed() {
   if (!g_links) return;
   std::atomic<uint8_t> *placed = placed_flags(g_region.header);
-  for (uint32_t i = 0; i < g_region.probe_count; ++i)
-    if (g_links[i] && placed[i].load(std::memory_order_relaxed) == 0 &&
-        usprobe_link_sites(g_links[i]) > 0)
-      placed[i].store(1, std::memory_order_relaxed);  // nothing is published with it
+  // This process's; mapping changes of a launched command may run in several threads at once.
+  static std::atomic<unsigned> int3_notices{0};
+  constexpr unsigned kMaxInt3Notices = 8;
+  for (uint32_t i = 0; i < g_region.probe_count; ++i) {
+    if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
+    bool int3 = usprobe_link_uses_int3(g_links[i]);
+    uint8_t want = int3 ? kPlacedSite | kPlacedInt3 : kPlacedSite;
+    uint8_t had = placed[i].load(std::memory_order_relaxed);
+    if ((had & want) == want) continue;
+    // Relaxed: nothing is published with it.
+    had = placed[i].fetch_or(want, std::memory_order_relaxed);
+    if (int3 && !(had & kPlacedInt3) &&
+        int3_notices.fetch_add(1, std::memory_order_relaxed) < kMaxInt3Notices) {
+      post_notice(kNoticeInt3, static_cast<int32_t>(i), usprobe_link_int3_reason(g_links[i]));
+    }
+  }
 }
 
 // Probes on a program this process does not run: after the command's child exec'd another

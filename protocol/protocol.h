@@ -120,7 +120,7 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 7;
+inline constexpr uint32_t kVersion = 8;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -178,9 +178,11 @@ struct Header {
   uint64_t table_offset;       // within a slot, 64-byte aligned
   uint32_t table_arena_words;  // frame addresses the arena holds
   uint32_t reserved;
-  // probe_count bytes: placed[i] is 1 once probe i has had a site in some process of the command.
-  // Agents store 1 (relaxed; never 0) after attaching and after each change of their mappings
-  // (a dlopen); the CLI reads them at the end, to say which libraries were never loaded.
+  // probe_count bytes: placed[i] has kPlacedSite once probe i has had a site in some process of
+  // the command, and kPlacedInt3 too once one of its sites took the int3 path. Agents set bits
+  // (relaxed fetch_or; never cleared) after attaching and after each change of their mappings (a
+  // dlopen); the CLI reads them at the end, to say which libraries were never loaded and which
+  // probes paid a trap per hit.
   uint64_t placed_offset;
   // Attach mode (protocol/attach.h): max_processes ProcessRecords at process_offset (8-byte
   // aligned), written by agents outside the hit path. The CLI may leave room for none (0) in a
@@ -205,7 +207,15 @@ enum NoticeKind : uint32_t {
   // another program): one notice for all of them per program file. `probe` is the first such
   // probe; text is "<count> <path of the program this process runs>".
   kNoticeOtherProgram = 3,
+  // Probe `probe` took the int3 path (text: the engine's reason), posted by the agent that first
+  // set its kPlacedInt3, for the first few such probes of a process only: a forced int3 path or
+  // `libc:*` would otherwise crowd out every other notice.
+  kNoticeInt3 = 4,
 };
+
+// The bits of a placed flag (Header::placed_offset).
+inline constexpr uint8_t kPlacedSite = 1;
+inline constexpr uint8_t kPlacedInt3 = 2;
 
 struct Notice {
   std::atomic<uint32_t> ready;  // release-stored 1 when the rest is written

@@ -3,6 +3,7 @@
 // status, SIGINT forwarding, interval and duration reports, the output file and every probe form.
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -379,6 +380,46 @@ TEST(CliCount, GlobProbesEveryMatchingFunction) {
   EXPECT_EQ(hits_of(total, "exe:e2e_args"), 0u) << total.dump();
   ASSERT_FALSE(total["probes"].empty());
   EXPECT_EQ(total["probes"][0].value("probe", ""), "exe:e2e_greet") << total.dump();
+}
+
+// -r (funccount's): each SYMBOL is a regular expression, on a real library as on the program; a
+// duration with a unit is taken; a run with every probe on a jump ends without a summary line.
+TEST(CliCount, RegexSelectsExactlyTheMatchingFunctions) {
+  e2e::TempDir dir;
+  const std::string report = dir.file("report.json");
+  Output r =
+      run({e2e::cli(), "count", "--json", "-o", report, "-d", "500ms", "-r", "libc:^str(len|cmp)$",
+           "exe:^e2e_(work|greet)$", "--", e2e::target(), "calls", "10"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> all = e2e::reports(e2e::read_file(report));
+  ASSERT_EQ(all.size(), 1u) << e2e::read_file(report);
+  std::set<std::string> names;
+  for (const Json &p : all[0]["probes"]) names.insert(p.value("probe", ""));
+  EXPECT_EQ(names,
+            (std::set<std::string>{"libc:strlen", "libc:strcmp", "exe:e2e_work", "exe:e2e_greet"}))
+      << all[0].dump();
+  EXPECT_EQ(hits_of(all[0], "exe:e2e_work"), 10u) << all[0].dump();
+  EXPECT_EQ(r.err.find("int3 path"), std::string::npos) << r.describe();
+  EXPECT_EQ(r.err.find("never placed"), std::string::npos) << r.describe();
+}
+
+// Probes that pay a trap per hit are named when the session ends, with the reason and the cost.
+TEST(CliCount, ProbesOnTheInt3PathAreNamedAtTheEnd) {
+  e2e::TempDir dir;
+  const std::string report = dir.file("report.json");
+  Output r = run({"/usr/bin/env", "USPROBE_FORCE_INT3=1", e2e::cli(), "count", "--json", "-o",
+                  report, "exe:e2e_work", "exe:e2e_greet", "--", e2e::target(), "calls", "10"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<Json> all = e2e::reports(e2e::read_file(report));
+  ASSERT_EQ(all.size(), 1u) << e2e::read_file(report);
+  EXPECT_EQ(hits_of(all[0], "exe:e2e_work"), 10u) << all[0].dump();
+  std::vector<std::string> err = e2e::lines(r.err);
+  EXPECT_NE(std::find(err.begin(), err.end(),
+                      "usprobe: 2 probes run on the int3 path (a trap per hit, ~2 us each): "
+                      "exe:e2e_work, exe:e2e_greet: the int3 path was asked for "
+                      "(USPROBE_FORCE_INT3)"),
+            err.end())
+      << r.describe();
 }
 
 // The offset of e2e_work as `usprobe list --json` gives it, checked against src/elf.

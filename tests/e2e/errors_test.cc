@@ -162,6 +162,51 @@ INSTANTIATE_TEST_SUITE_P(
                   "usprobe-e2e-no-such-command"}),
     NameOf);
 
+// The command line as bpftrace and BCC users write it: a misspelt option or subcommand gets the
+// nearest right one, a bad duration or regex is named, and each points at its subcommand's help.
+INSTANTIATE_TEST_SUITE_P(
+    Habits, CliErrors,
+    testing::Values(
+        ErrorCase{"UnknownOptionSuggestsTheNearest",
+                  {"count", "--jsn", "exe:e2e_work"},
+                  Command::kTarget,
+                  "usprobe: count: unknown option '--jsn' (did you mean --json?); see usprobe "
+                  "count --help"},
+        ErrorCase{"LongOptionWithOneDash",
+                  {"trace", "-json", kGreet},
+                  Command::kTarget,
+                  "trace: unknown option '-json' (did you mean --json?); see usprobe trace --help"},
+        ErrorCase{"MisspeltSubcommand",
+                  {"cout", "exe:e2e_work"},
+                  Command::kTarget,
+                  "usprobe: unknown subcommand 'cout' (did you mean count?"},
+        ErrorCase{"BadDuration",
+                  {"count", "-d", "5x", "exe:e2e_work"},
+                  Command::kTarget,
+                  "usprobe: count: -d '5x': expected a duration (1.5, 500ms, 2s, 1m); see usprobe "
+                  "count --help"},
+        ErrorCase{"BadIntervalSpeltLong",
+                  {"latency", "--interval=0ms", "exe:e2e_work"},
+                  Command::kTarget,
+                  "latency: --interval '0ms': expected a duration"},
+        ErrorCase{"OtherParseErrorsPointAtTheSubcommandsHelp",
+                  {"trace", "--strlen", "0", kGreet},
+                  Command::kTarget,
+                  "; see usprobe trace --help"},
+        ErrorCase{"BadRegex",
+                  {"stacks", "-r", "exe:e2e_(work"},
+                  Command::kTarget,
+                  "bad probe 'exe:e2e_(work': invalid regular expression 'e2e_(work'"},
+        ErrorCase{"UsdtIsNotSupportedYet",
+                  {"count", "usdt:exe:e2e_work"},
+                  Command::kTarget,
+                  "bad probe 'usdt:exe:e2e_work': USDT probes (usdt:) are not supported yet"},
+        ErrorCase{"RegexMatchesNothing",
+                  {"count", "-r", "exe:^e2e_nosuch"},
+                  Command::kTarget,
+                  "matches the regular expression '^e2e_nosuch'"}),
+    NameOf);
+
 // A raw file offset inside an instruction is refused as the symbol's is: the CLI decodes the
 // function around it (e2e_target.c's asm_sites, read with usprobe's ELF reader).
 TEST(CliErrorsRaw, FileOffsetInsideAnInstructionIsRefusedAndTheCommandNeverStarts) {

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+#include "elf/elf_file.h"
 
 namespace {
 
@@ -35,6 +36,47 @@ TEST(CliList, TextGivesOffsetSizeAndNameSortedByOffset) {
                                    text_line("e2e_args")};
   std::sort(want.begin(), want.end());  // same width hex: text order is offset order
   EXPECT_EQ(e2e::lines(r.out), want) << r.describe();
+}
+
+// -r: the pattern is a regular expression, searched for in the names.
+TEST(CliList, RegexPatternSelectsTheNamesItMatches) {
+  Output r = run({e2e::cli(), "list", "-r", e2e::target(), "^e2e_(work|greet)$"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<std::string> want = {text_line("e2e_work"), text_line("e2e_greet")};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(e2e::lines(r.out), want) << r.describe();
+}
+
+// "exe" is the command a session starts: list has none, and says what to give instead.
+TEST(CliList, ExeWithoutACommandAsksForAPath) {
+  Output r = run({e2e::cli(), "list", "exe", "main"});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  EXPECT_EQ(r.err,
+            "usprobe: list: 'exe' is the command a session starts; give its path: usprobe list "
+            "/usr/bin/sqlite3\n");
+  EXPECT_EQ(r.out, "");
+}
+
+// A stripped program (Debian's sqlite3: only .dynsym) lists its exported functions, with a note
+// naming the package of its debug symbols; a probe on a function it does not export says the same.
+TEST(CliList, AStrippedFileSaysSoAndNamesItsDebugPackage) {
+  const std::string sqlite3 = "/usr/bin/sqlite3";
+  if (!e2e::file_exists(sqlite3)) GTEST_SKIP() << "no /usr/bin/sqlite3 (Debian sqlite3)";
+  auto file = usprobe::elf::ElfFile::open(sqlite3);
+  ASSERT_TRUE(file.has_value()) << file.error().message;
+  if (!(*file)->symtab_path().empty()) GTEST_SKIP() << "sqlite3's symbols are installed";
+  Output r = run({e2e::cli(), "list", sqlite3});
+  EXPECT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.err.find("usprobe: note: /usr/bin/sqlite3 is stripped: only its exported functions "
+                       "are listed; install sqlite3-dbgsym (debian-debug archive) for the others"),
+            std::string::npos)
+      << r.describe();
+  Output p = run({e2e::cli(), "count", "/usr/bin/sqlite3:sqlite3_no_such_function", "--", "true"});
+  EXPECT_EQ(p.exit_code(), 2) << p.describe();
+  EXPECT_NE(p.err.find("is stripped: only its exported functions are known; install "
+                       "sqlite3-dbgsym"),
+            std::string::npos)
+      << p.describe();
 }
 
 TEST(CliList, JsonGivesTheAbsolutePathAndTheFunctions) {

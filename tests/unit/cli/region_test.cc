@@ -3,6 +3,8 @@
 // exactly that, free the slots of dead threads without losing a count, and pass on notices.
 #include "session/region.h"
 
+#include "session/session.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -282,6 +284,43 @@ TEST(Region, NoticesComeInOrderOnceReady) {
   ASSERT_EQ(second.size(), 1u);
   EXPECT_EQ(second[0].kind, kNoticeInfo);
   EXPECT_TRUE(region.new_notices().empty());
+}
+
+// At the end of a session, what did not happen: the probe the agent could not place, with the
+// agent's reason, and the probe on the int3 path, with its reason and cost; the probe placed on a
+// jump is in neither line.
+TEST(Region, TheEndNamesProbesNeverPlacedAndProbesOnTheInt3Path) {
+  const std::vector<PlanEntry> plan = {
+      {"/usr/lib/libc.so.6:malloc", 0}, {"/usr/bin/prog:greet", 0}, {"/usr/bin/prog:work", 0}};
+  Region region = make_region(kModeCount, plan);
+  Header *h = region.header();
+  auto post = [&](uint32_t i, NoticeKind kind, int32_t probe, const char *text) {
+    Notice *n = notice_at(h, i);
+    n->kind = kind;
+    n->pid = 42;
+    n->probe = probe;
+    std::strcpy(n->text, text);
+    n->ready.store(1);
+  };
+  h->notice_cursor = 2;
+  post(0, kNoticeInt3, 0, "the function is 4 bytes, shorter than a 5-byte jump");
+  post(1, kNoticeProbe, 1, "cannot be probed: an indirect jump");
+  h->agents_started = 1;
+  placed_flags(h)[0].store(kPlacedSite | kPlacedInt3);
+  placed_flags(h)[2].store(kPlacedSite);
+  const std::vector<Probe> probes = {{"libc:malloc", plan[0].location, 0},
+                                     {"exe:greet", plan[1].location, 1},
+                                     {"exe:work", plan[2].location, 2}};
+  NoticePrinter notices(probes, false);
+  testing::internal::CaptureStderr();
+  notices.print(region.new_notices());
+  notices.finish(region, ExitInfo{});
+  std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err,
+            "usprobe: pid 42: exe:greet not placed: cannot be probed: an indirect jump\n"
+            "usprobe: 1 probe was never placed: exe:greet (cannot be probed: an indirect jump)\n"
+            "usprobe: 1 probe runs on the int3 path (a trap per hit, ~2 us each): libc:malloc (the "
+            "function is 4 bytes, shorter than a 5-byte jump)\n");
 }
 
 // What a process of the command can do to the header: the CLI never follows what it finds there.

@@ -13,10 +13,12 @@
 #include <cerrno>
 #include <charconv>
 #include <limits>
+#include <optional>
 #include <string_view>
 #include <system_error>
 
 #include "commands/commands.h"
+#include "core/edit_distance.h"
 #include "resolve/probe_spec.h"
 #include "resolve/symbolizer.h"
 
@@ -25,13 +27,19 @@ namespace {
 
 constexpr const char *kProbeHelp = R"(
 Probes (one argument each):
-  FILE:SYMBOL       entry of a function; SYMBOL may be a glob (libc:str*)
-  FILE:SYMBOL+OFF   OFF bytes into it (decimal or 0x hex)
-  FILE:0xOFF        a file offset
-  An optional "uprobe:" prefix (bpftrace's spelling) is ignored.
-FILE is a path, "exe" (the command itself) or a short library name (libc, libsqlite3,
-libm.so.6), found the way the command's dynamic linker finds it (with -p: among the libraries
-the process has loaded, and paths as the process sees them, in its mount namespace).)";
+  FILE:SYMBOL           entry of a function; SYMBOL may be a glob (libc:str*), or with -r an
+                        extended regular expression searched for in the names (libc:^str(len|cmp)$)
+  FILE:SYMBOL+OFF       OFF bytes into it (decimal or 0x hex)
+  FILE:0xOFF            a file offset
+  uretprobe:FILE:SYMBOL the function's returns (count, trace; trace prints them with retval)
+  An optional "uprobe:" prefix (bpftrace's spelling) is ignored. USDT probes (usdt:) are not
+  supported yet.
+FILE is a path (/usr/bin/sqlite3), "exe" (the command itself) or a short library name (libc,
+libsqlite3, libm.so.6), found the way the command's dynamic linker finds it (with -p: among the
+libraries the process has loaded, and paths as the process sees them, in its mount namespace).
+Durations (-i, -d): seconds (5, 1.5) or with a unit: 250us, 500ms, 2s, 1m.
+Probes that were never placed, and probes that run on the int3 path (a trap per hit, where a jump
+cannot be placed), are listed when the session ends.)";
 
 constexpr const char *kTraceHelp = R"(
 Trace specs: a probe, then optionally a format and its arguments, in one argument:
@@ -43,8 +51,8 @@ first 63 bytes (--strlen), then "..." when it is longer; an unreadable one print
 event that finds it full is lost, and the count of lost events ends the run.)";
 
 constexpr const char *kDurationHelp =
-    "stop after SECONDS: the command gets SIGINT (--signal), and SIGKILL if it is still there "
-    "1 s later; an attached session ends";
+    "stop after DURATION (5, 1.5, 500ms, 2s, 1m): the command gets SIGINT (--signal), and "
+    "SIGKILL if it is still there 1 s later; an attached session ends";
 
 constexpr const char *kOutputHelp =
     "write the report to FILE (-: stdout; default: stderr with a command, stdout with -p)";
@@ -59,12 +67,14 @@ always go to stderr.
 At -d the command gets SIGINT (or --signal SIG); if it has not exited 1 s later usprobe kills
 it (SIGKILL), prints the final report and exits with 0: usprobe ended the run itself.)";
 
-void set_footer(CLI::App *sub, std::string_view extra) {
+void set_footer(CLI::App *sub, std::string_view extra, std::string_view examples) {
   sub->footer(
       std::string(kProbeHelp) + std::string(extra) + kStreamsHelp +
-      "\nThe command follows \"--\"; usprobe exits with its exit status. With -p PID (once\n"
+      "\n\nThe command follows \"--\"; usprobe exits with its exit status. With -p PID (once\n"
       "or more) usprobe attaches to running processes instead, and removes its probes\n"
-      "from them when the session ends: on Ctrl-C, at -d, or when the last one exits.");
+      "from them when the session ends: on Ctrl-C, at -d, or when the last one exits.\n\n"
+      "Examples:\n" +
+      std::string(examples));
 }
 
 // --signal: SIGTERM, TERM, term or 15.
@@ -92,20 +102,171 @@ CLI::Validator signal_number() {
       "");
 }
 
-// CLI11's PositiveNumber prints the whole range of a double when it refuses a value.
-CLI::Validator seconds() {
+// Each subcommand's examples, as BCC's tools have them: a command line, then what it does.
+constexpr const char *kCountExamples =
+    R"(  usprobe count libc:malloc libc:free -- sqlite3 :memory: 'select 1'
+        count calls of malloc and free in one run of sqlite3
+  usprobe count 'libc:str*' -- ls /
+        count every libc function whose name starts with "str" (a glob)
+  usprobe count -r 'libc:^str(len|cmp)$' -- ls /
+        count strlen and strcmp, chosen by a regular expression
+  usprobe count exe:main -- ./app
+        a function of the command's own program (exe; one its symbols name)
+  usprobe count /usr/lib/x86_64-linux-gnu/libsqlite3.so.0:sqlite3_step -- sqlite3 :memory: 'select 1'
+        a function of a library given by its path
+  usprobe count uretprobe:libc:malloc -- ls /
+        count malloc's returns
+  usprobe count -i 1s -d 10s --per-pid libc:malloc -p 1234
+        attach to process 1234, report every second, per process, stop after 10 s)";
+
+constexpr const char *kTraceExamples =
+    R"(  usprobe trace 'libc:open "%s", arg0' -- cat /etc/hostname
+        print the file name each open() is given
+  usprobe trace 'uretprobe:libc:malloc "%p", retval' -- ls /
+        print what each malloc returns
+  usprobe trace 'libc:write "fd %d, %lu bytes", arg0, arg2' -d 500ms -p 1234
+        attach to process 1234 for half a second, print each write's fd and size
+  usprobe trace --json exe:main -- ./app
+        one JSON object per hit, without a format)";
+
+constexpr const char *kLatencyExamples =
+    R"(  usprobe latency -u libsqlite3:sqlite3_step -- sqlite3 :memory: 'select 1'
+        time each sqlite3_step call, in microseconds
+  usprobe latency -F 'libc:str*' -- ls /
+        a table for each libc function starting with "str" (without -F: one for all)
+  usprobe latency -i 1s -d 5s libc:malloc -p 1234
+        attach to process 1234, report every second, stop after 5 s)";
+
+constexpr const char *kStacksExamples =
+    R"(  usprobe stacks libc:malloc -- ls /
+        the distinct stacks that call malloc, most frequent first
+  usprobe stacks --svg malloc.svg libc:malloc -- ls /
+        the same, and a flame graph of them
+  usprobe stacks --folded -o malloc.folded --fp libc:malloc -d 2s -p 1234
+        two seconds of a running process, frame pointers only, folded stacks into a file)";
+
+constexpr const char *kListExamples =
+    R"(  usprobe list libc 'str*'
+        the functions of libc whose names start with "str", with offsets and sizes
+  usprobe list -r libc '^str(len|cmp)$'
+        a regular expression instead of a glob
+  usprobe list /usr/bin/sqlite3
+        every function of a program, by its path (a stripped one lists its exported ones)
+  usprobe list --json libsqlite3 'sqlite3_*'
+        one JSON object)";
+
+// -i and -d: seconds ("1.5"), or a number with a unit: us, ms, s, m or h ("500ms", "2s", "1m").
+// Empty when `text` is not one (or is not above 0, or is a billion seconds or more).
+std::optional<double> parse_duration(std::string_view text) {
+  size_t number = 0;
+  while (number < text.size() &&
+         ((text[number] >= '0' && text[number] <= '9') || text[number] == '.'))
+    ++number;
+  if (number == 0 || number > 32) return std::nullopt;
+  std::string digits(text.substr(0, number));
+  double v = 0;
+  try {
+    size_t used = 0;
+    v = std::stod(digits, &used);
+    if (used != digits.size()) return std::nullopt;
+  } catch (const std::exception &) {
+    return std::nullopt;
+  }
+  std::string_view unit = text.substr(number);
+  double scale = unit.empty() || unit == "s" ? 1
+                 : unit == "ms"              ? 1e-3
+                 : unit == "us"              ? 1e-6
+                 : unit == "m"               ? 60
+                 : unit == "h"               ? 3600
+                                             : 0;
+  v *= scale;
+  if (!(v > 0 && v < 1e9)) return std::nullopt;
+  return v;
+}
+
+constexpr const char *kDurationExpected = "expected a duration (1.5, 500ms, 2s, 1m)";
+
+// The value CLI11 stores for -i and -d: the duration in seconds (arguments() has refused a bad
+// one already, naming it as the user spelt it).
+CLI::Validator duration() {
   return CLI::Validator(
       [](std::string &value) -> std::string {
-        double v = 0;
-        try {
-          size_t used = 0;
-          v = std::stod(value, &used);
-          if (used != value.size()) v = 0;
-        } catch (const std::exception &) {
-        }
-        return v > 0 && v < 1e9 ? "" : "expected a number of seconds > 0, not '" + value + "'";
+        auto v = parse_duration(value);
+        if (!v) return "'" + value + "': " + kDurationExpected;
+        value = fmt::format("{:.17g}", *v);
+        return "";
       },
-      "SECONDS");
+      "");  // the options' type_name says DURATION
+}
+
+// The nearest of `candidates` to `name`, when it is close enough to be a typo (as the ELF reader's
+// suggestions: one edit per four characters, at least one, at most three), else "".
+std::string nearest(std::string_view name, const std::vector<std::string> &candidates) {
+  size_t limit = std::clamp<size_t>(name.size() / 4, 1, 3);
+  std::string best;
+  size_t best_d = limit + 1;
+  for (const std::string &c : candidates) {
+    size_t d = bounded_edit_distance(name, c, limit);
+    if (d < best_d) best = c, best_d = d;
+  }
+  return best;
+}
+
+// What CLI11 would say of the subcommand's arguments, said the way users of bpftrace and BCC
+// expect: an unknown option with the nearest known one ("unknown option '--jsn' (did you mean
+// --json?)"), and a bad duration as spelt ("-d '5x': expected a duration ..."). `args[0]` is the
+// subcommand; "" when the options are fine (CLI11 then checks the rest).
+std::string check_arguments(const CLI::App &sub, const std::vector<std::string> &args) {
+  std::vector<std::string> long_names;
+  for (const CLI::Option *opt : sub.get_options())
+    for (const std::string &n : opt->get_lnames()) long_names.push_back("--" + n);
+  auto find = [&](std::string_view name) -> const CLI::Option * {
+    for (const CLI::Option *opt : sub.get_options())
+      if (opt->check_name(std::string(name))) return opt;
+    return nullptr;
+  };
+  auto unknown = [&](const std::string &arg) {
+    std::string body = arg.substr(arg.find_first_not_of('-'));
+    std::vector<std::string> bare;
+    for (const std::string &n : long_names) bare.push_back(n.substr(2));
+    std::string near = nearest(body, bare);
+    return fmt::format("unknown option '{}'{}", arg,
+                       near.empty() ? "" : fmt::format(" (did you mean --{}?)", near));
+  };
+  auto check_value = [](const CLI::Option *opt, const std::string &spelt,
+                        const std::string &value) -> std::string {
+    bool is_duration = opt->check_lname("duration") || opt->check_lname("interval");
+    if (!is_duration || parse_duration(value)) return "";
+    return fmt::format("{} '{}': {}", spelt, value, kDurationExpected);
+  };
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string &arg = args[i];
+    if (arg.size() < 2 || arg[0] != '-') continue;  // a probe, a value, or "-"
+    std::string name = arg, value;
+    bool attached = false;  // --name=VALUE, -dVALUE
+    if (arg.starts_with("--")) {
+      if (size_t eq = arg.find('='); eq != std::string::npos)
+        name = arg.substr(0, eq), value = arg.substr(eq + 1), attached = true;
+    } else if (arg.size() > 2) {
+      name = arg.substr(0, 2), value = arg.substr(2), attached = true;
+    }
+    const CLI::Option *opt = find(name);
+    if (!opt) return unknown(arg.starts_with("--") ? name : arg);
+    if (opt->get_type_size_max() == 0) {  // a flag: "-v", or "-vx" with more flags
+      if (attached && !arg.starts_with("--"))
+        for (char c : value) {
+          const CLI::Option *more = find(std::string("-") + c);
+          if (!more || more->get_type_size_max() != 0) return unknown(arg);
+        }
+      continue;
+    }
+    if (!attached) {
+      if (i + 1 >= args.size()) continue;  // CLI11 says that a value is missing
+      value = args[++i];
+    }
+    if (std::string bad = check_value(opt, name, value); !bad.empty()) return bad;
+  }
+  return "";
 }
 
 // --top N: a whole number from 1 to 999999999 (CLI11's Range would print the whole range of
@@ -201,14 +362,25 @@ int run_subcommand(int argc, char **argv) {
   list_cmd->add_option("FILE", list.file, "a path or a short library name (libc)")->required();
   list_cmd->add_option("PATTERN", list.pattern, "a glob on function names (str*)");
   list_cmd->add_flag("--json", list.json, "one JSON object");
+  list_cmd->add_flag("-r,--regex", list.regex,
+                     "PATTERN is an extended regular expression ('^str(len|cmp)$'), not a glob");
+  list_cmd->footer(std::string("\nFILE is a path (/usr/bin/sqlite3) or a short library name (libc, "
+                               "libsqlite3),\nfound as the dynamic linker finds it; \"exe\" "
+                               "means nothing without a command: give the program's path.\n\n"
+                               "Examples:\n") +
+                   kListExamples);
 
   CountOptions count;
   CLI::App *count_cmd =
       app.add_subcommand("count", "Count probe hits in a command: PROBE... -- COMMAND [ARGS...]");
   count_cmd->add_option("PROBE", count.probes, "probes to count")->required();
-  count_cmd->add_option("-i,--interval", count.interval_s, "report every SECONDS")
-      ->check(seconds());
-  count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)->check(seconds());
+  count_cmd
+      ->add_option("-i,--interval", count.interval_s, "report every DURATION (2, 1.5, 500ms, 1m)")
+      ->transform(duration())
+      ->type_name("DURATION");
+  count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
   count_cmd->add_option("-o,--output", count.output, kOutputHelp);
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
   count_cmd->add_flag("--per-pid", count.per_pid,
@@ -220,7 +392,7 @@ int run_subcommand(int argc, char **argv) {
   count_cmd->add_flag("-T,--timestamp", count.timestamps,
                       "an HH:MM:SS line before each report (funccount -T)");
   count_cmd->add_flag("-v,--verbose", count.verbose, "print the agent's informational notices");
-  set_footer(count_cmd, "");
+  set_footer(count_cmd, "", kCountExamples);
 
   TraceOptions trace;
   CLI::App *trace_cmd = app.add_subcommand(
@@ -238,7 +410,7 @@ int run_subcommand(int argc, char **argv) {
       ->add_option("--strlen", trace.strlen,
                    "bytes of each %s string to keep (default 63; longer ones end in \"...\")")
       ->check(CLI::Range(1u, kMaxStrlen));
-  set_footer(trace_cmd, std::string("\n") + kTraceHelp);
+  set_footer(trace_cmd, std::string("\n") + kTraceHelp, kTraceExamples);
 
   LatencyOptions latency;
   CLI::App *latency_cmd = app.add_subcommand(
@@ -256,9 +428,13 @@ int run_subcommand(int argc, char **argv) {
                         "a histogram per function (default: one for all of them, as funclatency)");
   latency_cmd->add_flag("-T,--timestamp", latency.timestamps,
                         "an HH:MM:SS line before each report");
-  latency_cmd->add_option("-i,--interval", latency.interval_s, "report every SECONDS")
-      ->check(seconds());
-  latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)->check(seconds());
+  latency_cmd
+      ->add_option("-i,--interval", latency.interval_s, "report every DURATION (2, 1.5, 500ms, 1m)")
+      ->transform(duration())
+      ->type_name("DURATION");
+  latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
   latency_cmd->add_option("-o,--output", latency.output, kOutputHelp);
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
@@ -271,7 +447,8 @@ from its entry to its return. Text reports draw one log2 table for all the funct
 one per function), then the count, mean, p50 and p99; calls whose return was not seen (return
 depth, longjmp, exceptions) are "missed". JSON: {"probe","aliases","type","count","avg_ns",
 "p50_ns","p99_ns","missed","buckets":[{"low_ns","high_ns","count"}],"elapsed_s","timestamp"}
-per function, high_ns inclusive.)");
+per function, high_ns inclusive.)",
+             kLatencyExamples);
 
   StacksOptions stacks;
   CLI::App *stacks_cmd = app.add_subcommand(
@@ -280,12 +457,15 @@ per function, high_ns inclusive.)");
   stacks_cmd->add_option("PROBE", stacks.probes, "probes whose stacks to count")->required();
   stacks_cmd->add_flag("--fp", stacks.frame_pointers,
                        "walk frame pointers only (cheaper; stops at code built without them)");
-  stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)->check(seconds());
+  stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
   stacks_cmd->add_option("-o,--output", stacks.output, kOutputHelp);
   stacks_cmd
       ->add_option("-i,--interval", stacks.interval_s,
-                   "report the stacks of every SECONDS, then those of the whole run")
-      ->check(seconds());
+                   "report the stacks of every DURATION, then those of the whole run")
+      ->transform(duration())
+      ->type_name("DURATION");
   stacks_cmd->add_option("--top", stacks.top, "only the N most frequent stacks of each probe")
       ->check(positive_count())
       ->type_name("N");
@@ -301,9 +481,12 @@ Stacks are taken when a probe is hit, with DWARF unwinding (.eh_frame: works thr
 without frame pointers) or, with --fp, frame pointers; at most 127 frames. The text report lists,
 per probe, each distinct stack innermost frame first, the process's name (with -P, comm-PID),
 then its count. Folded lines start with the process's name and, with several probes, end with
-the probe's name. Return probes (uretprobe:) are not supported.)");
+the probe's name. Return probes (uretprobe:) are not supported.)",
+             kStacksExamples);
 
-  trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)->check(seconds());
+  trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
   for (auto [sub, pids] :
        {std::pair{count_cmd, &count.pids}, std::pair{trace_cmd, &trace.pids},
         std::pair{latency_cmd, &latency.pids}, std::pair{stacks_cmd, &stacks.pids}})
@@ -339,18 +522,41 @@ the probe's name. Return probes (uretprobe:) are not supported.)");
                   "probe a raw offset (FILE:0xOFF) even where no symbol or .eh_frame entry gives "
                   "the bounds to check that an instruction starts there");
 
+  // funccount's -r.
+  bool regex = false;
+  for (CLI::App *sub : {count_cmd, trace_cmd, latency_cmd, stacks_cmd})
+    sub->add_flag("-r,--regex", regex,
+                  "each probe's SYMBOL is an extended regular expression searched for in function "
+                  "names ('libc:^str(len|cmp)$'), not a name or a glob");
   bool no_demangle = false;
   for (CLI::App *sub : {count_cmd, latency_cmd, stacks_cmd})
     sub->add_flag("--no-demangle", no_demangle, "C++ names as the ELF file spells them (mangled)");
 
   // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
-  if (!args.empty() && args[0] != "list" && args[0] != "count" && args[0] != "trace" &&
-      args[0] != "latency" && args[0] != "stacks" && args[0] != "-h" && args[0] != "--help" &&
+  const std::vector<std::string> subcommands = {"list", "count", "trace", "latency", "stacks"};
+  CLI::App *chosen = nullptr;
+  for (CLI::App *sub : {list_cmd, count_cmd, trace_cmd, latency_cmd, stacks_cmd})
+    if (!args.empty() && args[0] == sub->get_name()) chosen = sub;
+  if (!args.empty() && !chosen && args[0] != "-h" && args[0] != "--help" &&
       args[0] != "--version") {
-    fmt::print(stderr,
-               "usprobe: unknown {} '{}' (expected list, count, trace, latency or stacks)\n",
-               args[0].starts_with('-') ? "option" : "subcommand", args[0]);
+    bool option = args[0].starts_with('-');
+    std::string near =
+        option ? nearest(args[0], {"--help", "--version"}) : nearest(args[0], subcommands);
+    std::string why = near.empty() ? "expected a subcommand: list, count, trace, latency or stacks"
+                      : option     ? fmt::format("did you mean {}?", near)
+                                   : fmt::format(
+                                         "did you mean {}? expected list, count, trace, "
+                                             "latency or stacks",
+                                         near);
+    fmt::print(stderr, "usprobe: unknown {} '{}' ({}); see usprobe --help\n",
+               option ? "option" : "subcommand", args[0], why);
     return 2;
+  }
+  if (chosen) {
+    if (std::string bad = check_arguments(*chosen, args); !bad.empty()) {
+      fmt::print(stderr, "usprobe: {}: {}; see usprobe {} --help\n", args[0], bad, args[0]);
+      return 2;
+    }
   }
   std::vector<const char *> cli_argv{argv[0]};
   for (const std::string &a : args) cli_argv.push_back(a.c_str());
@@ -358,7 +564,10 @@ the probe's name. Return probes (uretprobe:) are not supported.)");
     app.parse(static_cast<int>(cli_argv.size()), cli_argv.data());
   } catch (const CLI::ParseError &e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
-    fmt::print(stderr, "usprobe: {} (see usprobe --help)\n", e.what());
+    if (chosen)
+      fmt::print(stderr, "usprobe: {}: {}; see usprobe {} --help\n", args[0], e.what(), args[0]);
+    else
+      fmt::print(stderr, "usprobe: {}; see usprobe --help\n", e.what());
     return 2;
   }
 
@@ -424,6 +633,7 @@ the probe's name. Return probes (uretprobe:) are not supported.)");
     return true;
   };
   set_unsafe_offsets(unsafe);
+  set_regex_symbols(regex);
   set_demangle_names(!no_demangle);
   if (!(count_cmd->parsed()     ? check_session_options(count_cmd, count)
         : trace_cmd->parsed()   ? check_session_options(trace_cmd, trace)

@@ -18,6 +18,7 @@ struct ListOptions {
   std::string file;
   std::string pattern;  // "" = every function
   bool json = false;
+  bool regex = false;  // -r: pattern is a regular expression, not a glob
 };
 
 struct CountOptions {

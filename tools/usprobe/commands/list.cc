@@ -4,10 +4,13 @@
 #include <fnmatch.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
 
 #include "commands/commands.h"
 #include "elf/elf_file.h"
 #include "output/report.h"
+#include "resolve/debug_package.h"
 #include "resolve/library_finder.h"
 #include "resolve/probe_spec.h"
 #include "session/session.h"
@@ -15,6 +18,17 @@
 namespace usprobe::cli {
 
 int run_list(const ListOptions &options) {
+  // "exe" is the program a session starts, which list does not know of.
+  if (options.file == "exe")
+    return report_error({EINVAL,
+                         "list: 'exe' is the command a session starts; give its path: "
+                         "usprobe list /usr/bin/sqlite3"});
+  std::optional<std::regex> regex;
+  if (options.regex && !options.pattern.empty()) {
+    auto re = compile_regex(options.pattern);
+    if (!re) return report_error({re.error().code, "list: " + re.error().message});
+    regex = std::move(*re);
+  }
   LibraryFinder finder = LibraryFinder::for_listing();
   auto path = finder.find(options.file);
   if (!path) return report_error(path.error());
@@ -23,14 +37,26 @@ int run_list(const ListOptions &options) {
 
   // Already sorted by offset; aliases at one offset are all listed, as each can be probed.
   std::vector<const elf::Function *> selected;
+  auto matches = [&](const std::string &name) {
+    return regex ? std::regex_search(name, *regex)
+                 : ::fnmatch(options.pattern.c_str(), name.c_str(), 0) == 0;
+  };
   for (const elf::Function &f : (*file)->functions())
-    if (options.pattern.empty() || ::fnmatch(options.pattern.c_str(), f.name.c_str(), 0) == 0 ||
-        (f.name.starts_with("_Z") &&
-         ::fnmatch(options.pattern.c_str(), shown_name(f).c_str(), 0) == 0))
+    if (options.pattern.empty() || matches(f.name) ||
+        (f.name.starts_with("_Z") && matches(shown_name(f))))
       selected.push_back(&f);
+  std::string hint = stripped_hint(**file);
   if (selected.empty() && !options.pattern.empty())
     return report_error(
-        {ENOENT, fmt::format("no function in {} matches '{}'", *path, options.pattern)});
+        {ENOENT,
+         fmt::format("no function in {} matches {}'{}'{}", *path,
+                     regex ? "the regular expression " : "", options.pattern,
+                     hint.empty() ? "" : fmt::format(" ({} is stripped: {})", *path, hint))});
+  // A stripped file lists only what .dynsym has: a missing function may just be internal.
+  if (!hint.empty())
+    fmt::print(stderr,
+               "usprobe: note: {} is stripped: only its exported functions are listed; {}\n", *path,
+               hint);
 
   if (options.json) {
     nlohmann::ordered_json functions = nlohmann::ordered_json::array();

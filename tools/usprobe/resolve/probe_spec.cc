@@ -11,6 +11,7 @@
 
 #include "arch/x86_64/relocator.h"
 #include "elf/location.h"
+#include "resolve/debug_package.h"
 #include "resolve/library_finder.h"
 #include "resolve/site_check.h"
 #include "resolve/symbolizer.h"
@@ -108,6 +109,22 @@ std::string shown_name(const elf::Function &f) {
   return f.hidden_version ? name + "@" + f.version : name;
 }
 
+namespace {
+bool g_regex_symbols = false;
+}  // namespace
+
+void set_regex_symbols(bool regex) {
+  g_regex_symbols = regex;
+}
+
+Result<std::regex> compile_regex(const std::string &pattern) {
+  try {
+    return std::regex(pattern, std::regex::ECMAScript | std::regex::optimize);
+  } catch (const std::regex_error &e) {
+    return fail(EINVAL, fmt::format("invalid regular expression '{}': {}", pattern, e.what()));
+  }
+}
+
 Result<ProbeSpec> parse_probe(std::string_view text) {
   ProbeSpec spec;
   spec.text = std::string(text);
@@ -120,6 +137,11 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
     s.remove_prefix(10);
     spec.returns = true;
   }
+  // bpftrace's USDT probes need the notes of .note.stapsdt and their semaphores: not yet.
+  if (s.starts_with("usdt:"))
+    return fail(EINVAL, fmt::format("bad probe '{}': USDT probes (usdt:) are not supported yet; "
+                                    "probe a function instead (FILE:SYMBOL)",
+                                    text));
   size_t colon = file_colon(s);
   if (colon == std::string_view::npos || colon == 0 || colon + 1 == s.size())
     return bad_probe(text);
@@ -128,10 +150,17 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
   spec.target = std::string(target);
   if (target.find_first_of("\t\n\r\f\v") != std::string_view::npos || target.starts_with(' ') ||
       target.ends_with(' ') ||
-      (target.find(' ') != std::string_view::npos && !blanks_allowed(target)))
+      (target.find(' ') != std::string_view::npos && !blanks_allowed(target) && !g_regex_symbols))
     return bad_probe(text);
 
-  if (target.starts_with("0x") || target.starts_with("0X")) {
+  if (g_regex_symbols && !target.starts_with("0x") && !target.starts_with("0X")) {
+    // A regex may hold '+', blanks and parentheses: all of it is the pattern.
+    if (auto re = compile_regex(spec.target); !re)
+      return fail(EINVAL, fmt::format("bad probe '{}': {}", text, re.error().message));
+    spec.kind = ProbeSpec::Kind::kGlob;
+    spec.symbol = spec.target;
+    spec.regex = true;
+  } else if (target.starts_with("0x") || target.starts_with("0X")) {
     auto off = elf::parse_offset(target);
     if (!off) return bad_probe(text);
     spec.kind = ProbeSpec::Kind::kOffset;
@@ -238,6 +267,18 @@ std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
     if (demangled == f.name) return false;
     std::string name(without_return_type(demangled));
     return ::fnmatch(pat.c_str(), name.c_str(), 0) == 0;
+  });
+}
+
+std::vector<GlobMatch> expand_pattern(const std::vector<elf::Function> &functions,
+                                      const ProbeSpec &spec) {
+  if (!spec.regex) return expand_glob(functions, spec.symbol);
+  auto re = compile_regex(spec.symbol);
+  if (!re) return {};  // parse_probe refused it already
+  return select_functions(functions, [&](const elf::Function &f, const std::string &demangled) {
+    if (std::regex_search(f.name, *re)) return true;
+    if (demangled == f.name) return false;
+    return std::regex_search(std::string(without_return_type(demangled)), *re);
   });
 }
 
@@ -357,6 +398,21 @@ Error entered_not_called(const Probe &probe) {
                                    name)};
 }
 
+namespace {
+
+// A function not found in a stripped file may be one of its internal functions, which only its
+// debug symbols name: the error says which package has them.
+Error with_stripped_hint(Error error, const std::string &path) {
+  if (error.code != ENOENT) return error;
+  auto file = elf::ElfFile::open(path);
+  if (!file) return error;
+  if (std::string hint = stripped_hint(**file); !hint.empty())
+    error.message +=
+        fmt::format(" ({} is stripped: only its exported functions are known; {})", path, hint);
+  return error;
+}
+
+}  // namespace
 std::vector<Probe> merge_same_sites(std::vector<Probe> probes) {
   // The symbol part of a display name ("libc:memcpy" -> "memcpy"), for better_alias.
   auto symbol = [](const Probe &p) { return p.display.substr(file_colon(p.display) + 1); };
@@ -437,7 +493,7 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     if (spec.kind != ProbeSpec::Kind::kGlob) {
       std::string location = *path + ":" + spec.target;
       auto loc = check_location(location, *path, spec);
-      if (!loc) return std::unexpected(loc.error());
+      if (!loc) return std::unexpected(with_stripped_hint(loc.error(), *path));
       Probe probe{prefix + spec.file + ":" + spec.target, prefix + location, i};
       probe.site_file = *path;
       if (*loc) {
@@ -454,12 +510,15 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     if (!file) return std::unexpected(file.error());
     if ((*file)->is_static_executable())
       return fail(ENOEXEC, *path + ": statically linked: usprobe's agent cannot be loaded there");
-    auto matches = expand_glob((*file)->functions(), spec.symbol);
+    auto matches = expand_pattern((*file)->functions(), spec);
     // The entry point (_start) is entered, not called: a glob leaves it out, as it would be
     // refused for latency and for return probes, and is of no interest counted (once).
     std::erase_if(matches, [&](const GlobMatch &m) { return (*file)->entry_offset() == m.offset; });
     if (matches.empty())
-      return fail(ENOENT, fmt::format("no function in {} matches '{}'", *path, spec.symbol));
+      return std::unexpected(with_stripped_hint(
+          Error{ENOENT, fmt::format("no function in {} matches {}'{}'", *path,
+                                    spec.regex ? "the regular expression " : "", spec.symbol)},
+          *path));
     // Where its IFUNCs land, as the dynamic linker of this process (the same libc, on the same
     // CPU, as the command's) resolves them: memcpy and memmove are one site with their
     // implementation. An IFUNC that cannot be resolved here keeps a site of its own.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <regex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,7 +21,7 @@ class LibraryFinder;
 struct ProbeSpec {
   enum class Kind {
     kSymbol,        // FILE:SYMBOL
-    kGlob,          // FILE:PATTERN (fnmatch over the file's functions)
+    kGlob,          // FILE:PATTERN (fnmatch over the file's functions; with -r, a regex)
     kSymbolOffset,  // FILE:SYMBOL+OFF
     kOffset,        // FILE:0xOFF (a file offset)
   };
@@ -31,6 +32,7 @@ struct ProbeSpec {
   std::string symbol;    // kSymbol, kGlob (the pattern), kSymbolOffset
   uint64_t offset = 0;   // kSymbolOffset: bytes into the function; kOffset: file offset
   bool returns = false;  // "uretprobe:" (bpftrace's spelling): the function's returns
+  bool regex = false;    // kGlob: the pattern is a regular expression (-r), not a glob
 };
 
 // The name a probe (and the engine's find_function) takes for `f`: a hidden (old) version keeps
@@ -44,6 +46,11 @@ std::string shown_name(const elf::Function &f);
 
 // Errors: "bad probe 'xyz': expected FILE:SYMBOL, FILE:SYMBOL+OFF or FILE:0xOFF".
 Result<ProbeSpec> parse_probe(std::string_view text);
+
+// -r (funccount's): every SYMBOL that parse_probe reads afterwards is an extended regular
+// expression (ECMAScript), searched for in function names, instead of a name or a glob; FILE:0xOFF
+// stays an offset. A regex that does not compile is a bad probe.
+void set_regex_symbols(bool regex);
 
 // A function a glob selected. `by_offset` is set when another function of the file has the same
 // name at a different offset (static functions of different sources): the name alone would send
@@ -60,6 +67,14 @@ struct GlobMatch {
 // the name not starting with '_' if there is one, else the shortest), sorted by offset.
 std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
                                    std::string_view pattern);
+
+// The functions a probe's pattern selects: a glob as expand_glob, or, with spec.regex, the names
+// (mangled or demangled) in which the regex finds a match ("^str(len|cmp)$").
+std::vector<GlobMatch> expand_pattern(const std::vector<elf::Function> &functions,
+                                      const ProbeSpec &spec);
+
+// A -r pattern, compiled; errors name it ("invalid regular expression 'str(': ...").
+Result<std::regex> compile_regex(const std::string &pattern);
 
 // The functions whose demangled C++ name is `name` (a template function's return type may be
 // left out, see below): the whole name ("ns::parse(int)", one

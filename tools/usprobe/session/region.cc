@@ -698,8 +698,7 @@ std::vector<NoticeMessage> Region::new_notices() {
     if (ready == 0) break;  // keep the order: next time
     ++next_notice_;
     // What no agent writes: skipped, counted.
-    if (ready != 1 || n->kind > agent::kNoticeOtherProgram || !id_in_range(n->pid) ||
-        n->probe < -1 ||
+    if (ready != 1 || n->kind > agent::kNoticeInt3 || !id_in_range(n->pid) || n->probe < -1 ||
         (n->probe >= 0 && static_cast<uint32_t>(n->probe) >= layout_.probe_count) ||
         ::strnlen(n->text, sizeof n->text) == sizeof n->text) {
       ++corrupt_;
@@ -758,14 +757,27 @@ uint32_t Region::maps_dropped() const {
   return hdr_->maps_dropped.load(std::memory_order_relaxed);
 }
 
-std::vector<bool> Region::placed() const {
+namespace {
+
+// Which probes have `bit` in their placed flags.
+std::vector<bool> placed_bit(const agent::Header *hdr, const RegionLayout &layout, uint8_t bit) {
   // The layout snapshot, never the header's fields: the command can rewrite those.
-  std::vector<bool> out(layout_.probe_count);
+  std::vector<bool> out(layout.probe_count);
   const auto *flags = reinterpret_cast<const std::atomic<uint8_t> *>(
-      reinterpret_cast<const char *>(hdr_) + layout_.placed_offset);
-  for (uint32_t i = 0; i < layout_.probe_count; ++i)
-    out[i] = flags[i].load(std::memory_order_relaxed) != 0;
+      reinterpret_cast<const char *>(hdr) + layout.placed_offset);
+  for (uint32_t i = 0; i < layout.probe_count; ++i)
+    out[i] = (flags[i].load(std::memory_order_relaxed) & bit) != 0;
   return out;
+}
+
+}  // namespace
+
+std::vector<bool> Region::placed() const {
+  return placed_bit(hdr_, layout_, agent::kPlacedSite);
+}
+
+std::vector<bool> Region::on_int3() const {
+  return placed_bit(hdr_, layout_, agent::kPlacedInt3);
 }
 
 std::vector<ProcessEntry> Region::processes() const {

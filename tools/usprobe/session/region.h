@@ -240,6 +240,8 @@ class Region {
   const RegionLayout &layout() const { return layout_; }
   // By probe index: whether the probe has had a site in some process of the command.
   std::vector<bool> placed() const;
+  // By probe index: whether one of its sites took the int3 path (a trap per hit).
+  std::vector<bool> on_int3() const;
   // The name (comm) thread `tid` of process `pid` had when it claimed its slot, as the slot said
   // when last read (drains, reclaims, counts); tid 0: the process's (its main thread's, else one
   // of its threads'). "" when no slot of it was read. Bytes that are not printable read as '?'.

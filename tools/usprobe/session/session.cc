@@ -97,8 +97,16 @@ void NoticePrinter::print(const std::vector<NoticeMessage> &notices) {
                                ? probes_[static_cast<size_t>(n.probe)].display
                                : fmt::format("probe {}", n.probe);
         fmt::print(stderr, "usprobe: pid {}: {} not placed: {}\n", n.pid, name, n.text);
+        not_placed_why_.try_emplace(n.probe, n.text);
         break;
       }
+      case agent::kNoticeInt3:
+        // Said at the end, with the others (print_summary); as it comes with verbose.
+        int3_why_.try_emplace(n.probe, n.text);
+        if (verbose_ && n.probe >= 0 && static_cast<size_t>(n.probe) < probes_.size())
+          fmt::print(stderr, "usprobe: pid {}: {} on the int3 path: {}\n", n.pid,
+                     probes_[static_cast<size_t>(n.probe)].display, n.text);
+        break;
       case agent::kNoticeOtherProgram:
         print_other_program(n);
         break;
@@ -175,6 +183,7 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit, const std
                noun);
     return;
   }
+  print_summary(probes_, region.placed(), region.on_int3(), not_placed_why_, int3_why_, verbose_);
   // -n: the processes of other names placed nothing on purpose; the lines below speak of the
   // others.
   const std::string by = region.agents_filtered() > 0
@@ -201,6 +210,52 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit, const std
                  "placed\n",
                  file, by, indices.size(), probes_[indices[0]].display);
   }
+}
+
+void print_summary(const std::vector<Probe> &probes, const std::vector<bool> &placed,
+                   const std::vector<bool> &int3, const std::map<int32_t, std::string> &not_placed,
+                   const std::map<int32_t, std::string> &int3_why, bool verbose) {
+  // "a (why), b (why), c, and 12 more (-v lists them)"
+  auto names = [&](const std::vector<size_t> &indices, const std::map<int32_t, std::string> &why) {
+    constexpr size_t kShown = 4;
+    std::string out;
+    size_t shown = verbose ? indices.size() : std::min(indices.size(), kShown);
+    // One reason for all of them (USPROBE_FORCE_INT3, a library that failed to load) is said once.
+    std::set<std::string> reasons;
+    bool all_known = true;
+    for (size_t k = 0; k < shown; ++k) {
+      auto it = why.find(static_cast<int32_t>(indices[k]));
+      if (it == why.end())
+        all_known = false;
+      else
+        reasons.insert(it->second);
+    }
+    bool one_reason = shown > 1 && all_known && reasons.size() == 1;
+    for (size_t k = 0; k < shown; ++k) {
+      size_t i = indices[k];
+      out += (k ? ", " : "") + probes[i].display;
+      if (auto it = why.find(static_cast<int32_t>(i)); it != why.end() && !one_reason)
+        out += " (" + it->second + ")";
+    }
+    if (shown < indices.size())
+      out += fmt::format(", and {} more (-v lists them)", indices.size() - shown);
+    if (one_reason) out += ": " + *reasons.begin();
+    return out;
+  };
+  // Not placed, with the agent's reason: said as it came, maybe long before the report.
+  std::vector<size_t> never, trapped;
+  for (size_t i = 0; i < probes.size(); ++i) {
+    bool was_placed = i < placed.size() && placed[i];
+    if (!was_placed && not_placed.count(static_cast<int32_t>(i))) never.push_back(i);
+    if (was_placed && i < int3.size() && int3[i]) trapped.push_back(i);
+  }
+  if (!never.empty())
+    fmt::print(stderr, "usprobe: {} {} never placed: {}\n", never.size(),
+               never.size() == 1 ? "probe was" : "probes were", names(never, not_placed));
+  if (!trapped.empty())
+    fmt::print(stderr, "usprobe: {} {} on the int3 path (a trap per hit, {} each): {}\n",
+               trapped.size(), trapped.size() == 1 ? "probe runs" : "probes run", kInt3Cost,
+               names(trapped, int3_why));
 }
 
 Result<Output> Output::create(const std::string &path) {
