@@ -41,8 +41,8 @@ std::expected<std::vector<PlannedProbe>, std::string> parse_plan(std::string_vie
     uint32_t index = 0, mask = 0;
     if (!parse_decimal(line.substr(0, tab1), index) || index != plan.size())
       return bad(fmt::format("expected index {}", plan.size()));
-    if (!parse_decimal(line.substr(tab1 + 1, tab2 - tab1 - 1), mask) || mask >= (1u << kMaxArgs))
-      return bad(fmt::format("string_mask is not a number below {}", 1u << kMaxArgs));
+    if (!parse_decimal(line.substr(tab1 + 1, tab2 - tab1 - 1), mask) || mask >= (1u << kMaxValues))
+      return bad(fmt::format("string_mask is not a number below {}", 1u << kMaxValues));
     std::string_view location = line.substr(tab2 + 1);
     if (location.empty()) return bad("empty location");
     plan.push_back({mask, std::string(location)});

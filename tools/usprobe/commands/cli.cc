@@ -35,11 +35,19 @@ the process has loaded, and paths as the process sees them, in its mount namespa
 constexpr const char *kTraceHelp = R"(
 Trace specs: a probe, then optionally a format and its arguments, in one argument:
   'exe:greet "%s has %d", arg0, arg1'
+  'uretprobe:libc:open "%s -> %d", arg0, retval'
 Conversions: %d %i %u %x %ld %lu %lx %lld %llu %llx %p %c %s %%, with C flags, widths and
 precisions (up to 4096). %s prints the string argN points to, copied when the probe is hit: its
 first 63 bytes (--strlen), then "..." when it is longer; an unreadable one prints (null) or
-<bad 0xADDR>. Each thread of the command writes its events into a buffer of its own (-b): an
-event that finds it full is lost, and the count of lost events ends the run.)";
+<bad 0xADDR> (in --json: null in "args", and "errors": {"arg0": "bad address 0x10"}).
+In a uretprobe: spec, retval is the return value and arg0..arg5 are the arguments the call was
+made with (kept at its entry, as bpftrace's @path[tid] = arg0): a %s of one is copied at the
+return, from the pointer the call was given.
+Columns: PID TID COMM PROBE MESSAGE; -t adds TIME(s), -T the wall-clock TIME, -D a return's
+DURATION(us); -U prints the user stack under each event, a frame a line. --json: one object a
+line: time_s, pid, tid, comm, probe, args, message, and errors, duration_ns (-D), stack (-U).
+Each thread of the command writes its events into a buffer of its own (-b): an event that finds
+it full is lost, and the count of lost events ends the run.)";
 
 constexpr const char *kDurationHelp =
     "stop after SECONDS: the command gets SIGINT; an attached session ends";
@@ -198,6 +206,18 @@ int run_subcommand(int argc, char **argv) {
       ->add_option("--strlen", trace.strlen,
                    "bytes of each %s string to keep (default 63; longer ones end in \"...\")")
       ->check(CLI::Range(1u, kMaxStrlen));
+  trace_cmd->add_flag("-t,--timestamp", trace.timestamp,
+                      "print a TIME(s) column: seconds since the trace started");
+  trace_cmd->add_flag("-T,--time", trace.wall_time,
+                      "print a TIME column: the wall-clock time, HH:MM:SS");
+  trace_cmd->add_flag("-D,--durations", trace.durations,
+                      "print a DURATION(us) column: each return's time since the call's entry");
+  trace_cmd->add_flag("-U,--user-stack", trace.user_stacks,
+                      "print each event's user stack after its line");
+  trace_cmd
+      ->add_option("-M,--max-events", trace.max_events,
+                   "stop after N events, as -d stops: the command gets SIGINT")
+      ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
   set_footer(trace_cmd, std::string("\n") + kTraceHelp);
 
   LatencyOptions latency;

@@ -74,6 +74,8 @@ class Supervisor {
   const sigset_t &child_mask() const { return old_mask_; }
   // Whether the output's reader went away during watch().
   bool output_gone() const { return output_gone_; }
+  // Ends the session now, as -d does when its time is up (trace -M, from on_tick).
+  void stop() { stop_now_ = true; }
 
   // Until `watched` says the session is over: on_tick every tick, on_interval every interval.
   // A write to options.output that fails because its reader is gone (in on_tick or on_interval)
@@ -88,6 +90,7 @@ class Supervisor {
   sigset_t old_mask_;
   int signal_fd_ = -1;
   bool output_gone_ = false;
+  bool stop_now_ = false;
 };
 
 }  // namespace usprobe::cli
