@@ -243,7 +243,7 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
     if (!returning) mask &= ~(1u << kRetvalArg);
     auto size = event_size(static_cast<uint32_t>(__builtin_popcount(mask)), h->string_size);
     if (returning) size += sizeof(ReturnTail);
-    probes[i] = {mask, static_cast<uint32_t>(size)};
+    probes[i] = {mask, static_cast<uint32_t>(size), returning ? (*plan)[i].entry : 0};
   }
   g_region.probes = probes;
   return plan;
@@ -334,7 +334,8 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
     else if (g_region.mode == kModeLatency)  // function entries: the CLI plans nothing else
       consumers[i] = {latency_entry_handler, index, latency_return_handler};
     else if (plan[i].location.starts_with("uretprobe:") && trace)  // the CLI's return probe
-      consumers[i] = {trace_return_entry_handler, index, trace_return_handler};
+      consumers[i] = {plan[i].entry ? trace_return_entry_handler : nullptr, index,
+                      trace_return_handler};
     else if (plan[i].location.starts_with("uretprobe:"))
       consumers[i] = {nullptr, index, count_handler};
     else

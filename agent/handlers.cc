@@ -137,7 +137,7 @@ void trace_handler(usprobe_hit *hit, void *user) {
 }
 
 // Must never lock, allocate, make a system call or call libc.
-void trace_return_entry_handler(usprobe_hit *hit, void *) {
+void trace_return_entry_handler(usprobe_hit *hit, void *user) {
   if (t_in_agent) {
     // The agent's own call: not the command's, and its return is not traced either.
     usprobe_session_skip_return(hit);
@@ -145,10 +145,12 @@ void trace_return_entry_handler(usprobe_hit *hit, void *) {
   }
   uint64_t *session = usprobe_session(hit);
   if (!session) return;
-  for (unsigned n = 0; n < kMaxArgs; ++n) session[n] = usprobe_arg(hit, n);
+  const uint32_t entry = g_region.probes[probe_of(user)].entry;
+  if (entry & kPlanEntryArgs)
+    for (unsigned n = 0; n < kMaxArgs; ++n) session[n] = usprobe_arg(hit, n);
   // Last, so that the handler's own work is not part of the call's time (nonzero: see
   // latency_entry_handler).
-  session[kSessionTsc] = __builtin_ia32_rdtsc();
+  if (entry & kPlanEntryTime) session[kSessionTsc] = __builtin_ia32_rdtsc();
 }
 
 void trace_return_handler(usprobe_hit *hit, void *user) {

@@ -17,6 +17,7 @@ struct ProbeInfo {
   // event_size(popcount(string_mask), string_size), and a ReturnTail for a return probe; without
   // the stack of trace_stacks.
   uint32_t record_size;
+  uint32_t entry;  // a return probe's kPlanEntry* bits: what its entry handler keeps
 };
 
 // Written by the start of a session (agent.cc) before any probe is attached, read-only afterwards

@@ -29,7 +29,8 @@
 //   ...
 // index: 0..probe_count-1, in order. string_mask: decimal; bit n set = argn is a `%s` argument
 // whose string the trace handler copies (trace mode only; bit kRetvalArg: the return value of a
-// return probe). location: what usprobe_attach takes, with FILE an absolute path
+// return probe), and a return probe's kPlanEntry* bits. location: what usprobe_attach takes, with
+// FILE an absolute path
 // ("/usr/lib/x86_64-linux-gnu/libc.so.6:malloc", "/usr/bin/prog:0x1139",
 // "/usr/bin/prog:parse+0x12"); symbols are names, not offsets, so that IFUNCs resolve in the
 // process that runs them.
@@ -257,6 +258,11 @@ inline constexpr uint32_t kStringBadMask = (1u << kMaxValues) - 1;
 inline constexpr uint32_t kStringCutShift = 8;
 inline constexpr uint32_t kEventReturn = 1u << 16;  // a ReturnTail follows the Event
 inline constexpr uint32_t kEventStack = 1u << 17;   // the user stack follows the strings
+// In a return probe's string_mask (trace mode): what its entry keeps for the return's event. A
+// return probe with neither has no entry handler (its events' args and entry_tsc are 0), which
+// saves the return probes whose format prints only retval about 45 ns a call.
+inline constexpr uint32_t kPlanEntryArgs = 1u << 14;  // the format prints an argN
+inline constexpr uint32_t kPlanEntryTime = 1u << 15;  // the call's duration is printed (-D)
 struct ReturnTail {
   uint64_t retval;     // %rax at the return
   uint64_t entry_tsc;  // rdtsc at the call's entry; 0: not known

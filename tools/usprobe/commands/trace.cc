@@ -323,7 +323,16 @@ int run_trace(const TraceOptions &options) {
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) {
     const std::optional<Format> &format = trace_specs[p.spec_index].format;
-    plan.push_back({p.location, format ? format->string_mask() : 0});
+    // A return probe's entry keeps only what will be printed: each entry handler costs its call.
+    uint32_t entry = 0;
+    if (p.location.starts_with("uretprobe:")) {
+      if (format && std::ranges::any_of(format->conversions, [](const Conversion &c) {
+            return c.arg != agent::kRetvalArg;
+          }))
+        entry |= agent::kPlanEntryArgs;
+      if (options.durations) entry |= agent::kPlanEntryTime;
+    }
+    plan.push_back({p.location, format ? format->string_mask() : 0, entry});
   }
   RegionConfig config;
   config.mode = agent::kModeTrace;

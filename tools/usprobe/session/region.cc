@@ -75,7 +75,7 @@ Result<void> check_config(const RegionConfig &config) {
 std::string plan_text(const std::vector<PlanEntry> &plan) {
   std::string text = std::string(agent::kPlanFirstLine) + "\n";
   for (size_t i = 0; i < plan.size(); ++i)
-    text += fmt::format("{}\t{}\t{}\n", i, plan[i].string_mask, plan[i].location);
+    text += fmt::format("{}\t{}\t{}\n", i, plan[i].string_mask | plan[i].entry, plan[i].location);
   return text;
 }
 

@@ -52,6 +52,7 @@ uint64_t tsc_to_ns_mult(double ticks_per_ns);
 struct PlanEntry {
   std::string location;      // "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
   uint32_t string_mask = 0;  // bit n: argn is copied as a string (trace mode; kRetvalArg: retval)
+  uint32_t entry = 0;        // a return probe's kPlanEntry* bits (trace mode)
 };
 
 // A trace record, copied out of a ring. Its strings are views into the TraceBatch that holds it.
