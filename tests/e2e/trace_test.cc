@@ -525,6 +525,7 @@ TEST(CliTrace, BadBufferSizeStrlenAndWidthsAreRefusedBeforeTheCommandStarts) {
   const std::vector<std::vector<std::string>> bad = {
       {"--buffer-size", "1K"}, {"--buffer-size", "2G"}, {"--buffer-size", "lots"},
       {"-b", "16Q"},           {"--strlen", "0"},       {"--strlen", "5000"},
+      {"--max-events", "0"},   {"--max-events", "x"},
   };
   for (const std::vector<std::string> &options : bad) {
     std::vector<std::string> argv = {e2e::cli(), "trace"};

@@ -217,7 +217,17 @@ int run_subcommand(int argc, char **argv) {
   trace_cmd
       ->add_option("-M,--max-events", trace.max_events,
                    "stop after N events, as -d stops: the command gets SIGINT")
-      ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
+      ->type_name("N")
+      ->check(CLI::Validator(
+          [](std::string &value) -> std::string {
+            // CLI11's Range would print the whole of uint64_t's range in the help and the error.
+            bool digits = !value.empty() && value.size() <= 19 &&
+                          value.find_first_not_of("0123456789") == std::string::npos;
+            return digits && value.find_first_not_of('0') != std::string::npos
+                       ? std::string()
+                       : "'" + value + "' is not a count of events (1 or more)";
+          },
+          ""));
   set_footer(trace_cmd, std::string("\n") + kTraceHelp);
 
   LatencyOptions latency;
