@@ -242,8 +242,12 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
   auto *probes = new ProbeInfo[plan->size()];
   for (size_t i = 0; i < plan->size(); ++i) {
     uint32_t mask = (*plan)[i].string_mask;
+    // The return value exists at a return only.
+    const bool returning = (*plan)[i].location.starts_with("uretprobe:");
+    if (!returning) mask &= ~(1u << kRetvalArg);
     auto size = event_size(static_cast<uint32_t>(__builtin_popcount(mask)), h->string_size);
-    probes[i] = {mask, static_cast<uint32_t>(size)};
+    if (returning) size += sizeof(ReturnTail);
+    probes[i] = {mask, static_cast<uint32_t>(size), returning ? (*plan)[i].entry : 0};
   }
   g_region.probes = probes;
   return plan;
@@ -347,17 +351,21 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
       consumers[i] = {stack_handler, index, nullptr};
     else if (g_region.mode == kModeLatency)  // function entries: the CLI plans nothing else
       consumers[i] = {latency_entry_handler, index, latency_return_handler};
-    else if (plan[i].location.starts_with("uretprobe:"))  // the CLI's spelling of a return probe
-      consumers[i] = {nullptr, index, trace ? trace_return_handler : count_handler};
+    else if (plan[i].location.starts_with("uretprobe:") && trace)  // the CLI's return probe
+      consumers[i] = {plan[i].entry ? trace_return_entry_handler : nullptr, index,
+                      trace_return_handler};
+    else if (plan[i].location.starts_with("uretprobe:"))
+      consumers[i] = {nullptr, index, count_handler};
     else
       consumers[i] = {trace ? trace_handler : count_handler, index, nullptr};
   }
   g_links = new usprobe_link *[n]();
   timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  // The stacks handler calls the unwinder, which may use any register: the trampoline saves the
-  // vector state for it. The other handlers are built with -mgeneral-regs-only.
-  unsigned flags = stacks ? 0u : unsigned{USPROBE_GENERAL_REGS_ONLY};
+  // The stacks handler and the trace handlers with trace_stacks call the unwinder, which may use
+  // any register: the trampoline saves the vector state for them. The handlers are built with
+  // -mgeneral-regs-only.
+  unsigned flags = g_region.records_stacks() ? 0u : unsigned{USPROBE_GENERAL_REGS_ONLY};
   // USPROBE_FORCE_INT3=1 in the command's environment puts every probe on the int3 path: tests of
   // that path on real programs, whatever jump the engine could place.
   if (const char *force = getenv("USPROBE_FORCE_INT3"); force && std::string_view(force) == "1")
@@ -416,7 +424,7 @@ void on_mapping_change(void *) {
   auto mark = [] {
     if (!g_active.load(std::memory_order_relaxed)) return;
     mark_placed();
-    if (g_region.mode == kModeStacks) post_maps(kMapsChange);
+    if (g_region.records_stacks()) post_maps(kMapsChange);
   };
   // A launched session never ends; and the thread that starts or ends one holds the lock already.
   if (g_launched.load(std::memory_order_relaxed) || t_session_owner) {
@@ -484,6 +492,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
   g_region.hist_offset = h->hist_offset;
   g_region.tsc_to_ns_mult = h->tsc_to_ns_mult;
   g_region.stack_flags = h->stack_flags;
+  g_region.trace_stacks = h->mode == kModeTrace ? h->trace_stacks : 0;
   g_region.table_offset = h->table_offset;
   g_region.table_entries = h->table_entries;
   g_region.table_arena_words = h->table_arena_words;
@@ -493,7 +502,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
 
   mark_exec_orphans(g_region.pid, static_cast<int32_t>(gettid()));
   if (auto ok = install_once(copies_strings(*plan)); !ok) return ok;
-  if (h->mode == kModeStacks) {
+  if (g_region.records_stacks()) {
     // Relaxed: only distinct numbers are needed; before any probe of this image is attached.
     g_region.image = h->images.fetch_add(1, std::memory_order_relaxed) + 1;
     post_maps(kMapsAttach);  // before any stack of this image can be recorded
@@ -508,7 +517,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
   mark_placed();
   // A library that another thread loaded while this one attached (its listener found the lock
   // taken): named now.
-  if (attached && h->mode == kModeStacks) post_maps(kMapsChange);
+  if (attached && g_region.records_stacks()) post_maps(kMapsChange);
   // Once, after the first attach: the engine's statics that attaching constructs are destroyed
   // after this handler runs (exit handlers run in the reverse order of their registration).
   static bool exit_registered = false;

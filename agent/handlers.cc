@@ -52,8 +52,19 @@ void count_handler(usprobe_hit *, void *user) {
 
 namespace {
 
-// Must never lock, allocate, make a system call (but once per thread) or call libc.
-void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
+// The words a return probe's entry keeps in the call's session (USPROBE_SESSION_WORDS): the six
+// argument registers, then the time of the entry.
+constexpr unsigned kSessionTsc = kMaxArgs;
+static_assert(kSessionTsc < USPROBE_SESSION_WORDS);
+
+// The event of one hit in this thread's ring: `values` are arg0..arg5, then (kReturn) the return
+// value; `tsc` the time of the hit (0: read here) and `entry_tsc` that of the call's entry.
+// Must never lock, allocate, make a system call (but once per thread) or call libc (the stack walk
+// of trace_stacks excepted: see usprobe_hit_stack).
+template <bool kReturn>
+__attribute__((always_inline)) inline void record_event(usprobe_hit *hit, uint32_t probe,
+                                                        const uint64_t *values, uint64_t tsc,
+                                                        uint64_t entry_tsc) {
   SlotHeader *s = thread_slot();
   const Region &r = g_region;
   std::atomic<uint64_t> &hits = slot_hits(s)[probe];
@@ -62,25 +73,32 @@ void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
 
   const ProbeInfo &info = r.probes[probe];
   uint64_t size = info.record_size;
+  // With a stack, room for the longest one; the record is then published with its real size.
+  const uint64_t stack_room = r.trace_stacks ? 8 * (1 + uint64_t{kMaxStackFrames}) : 0;
   uint64_t next_head = 0;
   // From here on s is this thread's own slot (the overflow slot returned above).
-  char *record = ring_reserve(s, size, &next_head);
+  char *record = ring_reserve(s, size + stack_room, &next_head);
   if (!record) {
     owned_add(hits, 1);
     owned_add(missed, 1);
     return;
   }
   auto *e = reinterpret_cast<Event *>(record);
-  e->size = static_cast<uint32_t>(size);
   e->probe = probe;
-  e->tsc = __builtin_ia32_rdtsc();
+  e->tsc = kReturn ? tsc : __builtin_ia32_rdtsc();
   e->tid = s->tid.load(std::memory_order_relaxed);  // written by this thread
-  uint32_t bad = 0;
-  for (unsigned n = 0; n < kMaxArgs; ++n) e->args[n] = args[n];
+  uint32_t bad = kReturn ? kEventReturn : 0;
+  for (unsigned n = 0; n < kMaxArgs; ++n) e->args[n] = values[n];
   char *str = reinterpret_cast<char *>(e + 1);
+  if constexpr (kReturn) {
+    auto *tail = reinterpret_cast<ReturnTail *>(str);
+    tail->retval = values[kRetvalArg];
+    tail->entry_tsc = entry_tsc;
+    str += sizeof(ReturnTail);
+  }
   for (uint32_t mask = info.string_mask; mask != 0; mask &= mask - 1) {
     unsigned n = static_cast<unsigned>(__builtin_ctz(mask));
-    switch (copy_string(str, e->args[n], r.string_size)) {
+    switch (copy_string(str, values[n], r.string_size)) {
       case Copy::kWhole:
         break;
       case Copy::kCut:
@@ -92,6 +110,18 @@ void record_event(uint32_t probe, const uint64_t (&args)[kMaxArgs]) {
     }
     str += r.string_size;
   }
+  if (stack_room != 0) {
+    // Straight into the ring, after the strings (event_size's padding: at record + size).
+    auto *words = reinterpret_cast<uint64_t *>(record + size);
+    int n = usprobe_hit_stack(hit, words + 1, kMaxStackFrames, r.stack_flags);
+    if (n > 0) {
+      words[0] = static_cast<uint64_t>(n) | uint64_t{r.image} << 32;
+      size += 8 * (1 + static_cast<uint64_t>(n));
+      bad |= kEventStack;
+    }
+    next_head -= stack_room + info.record_size - size;  // what the record does not use
+  }
+  e->size = static_cast<uint32_t>(size);
   e->bad_strings = bad;
   owned_add(hits, 1);
   ring_publish(s, next_head);
@@ -103,14 +133,38 @@ void trace_handler(usprobe_hit *hit, void *user) {
   if (t_in_agent) return;
   uint64_t args[kMaxArgs];
   for (unsigned n = 0; n < kMaxArgs; ++n) args[n] = usprobe_arg(hit, n);
-  record_event(probe_of(user), args);
+  record_event<false>(hit, probe_of(user), args, 0, 0);
+}
+
+// Must never lock, allocate, make a system call or call libc.
+void trace_return_entry_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) {
+    // The agent's own call: not the command's, and its return is not traced either.
+    usprobe_session_skip_return(hit);
+    return;
+  }
+  uint64_t *session = usprobe_session(hit);
+  if (!session) return;
+  const uint32_t entry = g_region.probes[probe_of(user)].entry;
+  if (entry & kPlanEntryArgs)
+    for (unsigned n = 0; n < kMaxArgs; ++n) session[n] = usprobe_arg(hit, n);
+  // Last, so that the handler's own work is not part of the call's time (nonzero: see
+  // latency_entry_handler).
+  if (entry & kPlanEntryTime) session[kSessionTsc] = __builtin_ia32_rdtsc();
 }
 
 void trace_return_handler(usprobe_hit *hit, void *user) {
+  uint64_t now = __builtin_ia32_rdtsc();  // first: the handler's own work is not the call's
   if (t_in_agent) return;
-  // The return value where arg0 would be (the CLI's `retval`), %rdx beside it.
-  uint64_t args[kMaxArgs] = {usprobe_retval(hit), usprobe_retval_high(hit)};
-  record_event(probe_of(user), args);
+  // The entry's arguments (zero when the entry kept none), then the return value.
+  uint64_t values[kMaxValues] = {};
+  uint64_t entry_tsc = 0;
+  if (const uint64_t *session = usprobe_session(hit)) {
+    for (unsigned n = 0; n < kMaxArgs; ++n) values[n] = session[n];
+    entry_tsc = session[kSessionTsc];
+  }
+  values[kRetvalArg] = usprobe_retval(hit);
+  record_event<true>(hit, probe_of(user), values, now, entry_tsc);
 }
 
 // Must never lock, allocate, make a system call (but once per thread) or call libc.

@@ -13,7 +13,11 @@ void count_handler(usprobe_hit *hit, void *user);
 // Trace mode: an Event (time, thread, arguments, `%s` strings) in this thread's ring, and
 // hits[probe] += 1; when the ring is full the event is dropped and missed[probe] += 1.
 void trace_handler(usprobe_hit *hit, void *user);
-// The same for a return probe, with the return value (%rax, %rdx) in place of arg0 and arg1.
+// A return probe's entry: keeps the arguments and the time (rdtsc) in the call's session, those
+// its plan asks for (kPlanEntryArgs, kPlanEntryTime).
+void trace_return_entry_handler(usprobe_hit *hit, void *user);
+// Its return: an Event with the entry's arguments, a ReturnTail (the return value, %rax, and the
+// entry's time) and the strings of both, as trace_handler writes them.
 void trace_return_handler(usprobe_hit *hit, void *user);
 
 // Latency mode, at a function's entry: hits[probe] += 1, and the time (rdtsc) in the call's

@@ -44,7 +44,7 @@ std::string read_proc_file(const char *path) {
 
 void post_maps(MapsKind kind) {
   Header *h = g_region.header;
-  if (!h || g_region.mode != kModeStacks) return;
+  if (!h || !g_region.records_stacks()) return;
   std::lock_guard lock(g_mutex);
   std::string text = naming_lines(read_proc_file("/proc/self/maps"));
   size_t hash = std::hash<std::string>{}(text);

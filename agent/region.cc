@@ -51,14 +51,21 @@ std::expected<void, std::string> check_layout(const Header &h) {
       return fail(fmt::format(
           "stacks mode with a {}-byte ring (not a power of two that holds a whole stack)",
           h.ring_size));
-    if ((h.stack_flags & ~USPROBE_STACK_FP) != 0)
-      return fail(fmt::format("stack flags {:#x}", h.stack_flags));
     // The table lies between the counters and the ring; it always holds the walk's scratch words.
     if (h.table_entries > (1u << 24) || (h.table_entries & (h.table_entries - 1)) != 0 ||
         h.table_offset % 64 != 0 || h.table_offset < slot_counters_end(h.probe_count) ||
         u128{h.table_offset} + stack_table_bytes(h.table_entries, h.table_arena_words) >
             h.ring_offset)
       return fail("a slot's stack table does not fit between its counters and its ring");
+  }
+  if (h.mode == kModeStacks || (h.mode == kModeTrace && h.trace_stacks != 0)) {
+    // A trace record with its stack: the largest Event, strings and the stack's words.
+    if (h.mode == kModeTrace && h.ring_size < event_size(kMaxValues, h.string_size) +
+                                                  sizeof(ReturnTail) +
+                                                  8 * (1 + uint64_t{kMaxStackFrames}))
+      return fail(fmt::format("trace stacks with a {}-byte ring", h.ring_size));
+    if ((h.stack_flags & ~USPROBE_STACK_FP) != 0)
+      return fail(fmt::format("stack flags {:#x}", h.stack_flags));
     if (h.max_maps == 0 || h.maps_offset % alignof(MapsEntry) != 0 ||
         u128{h.maps_offset} + u128{h.max_maps} * sizeof(MapsEntry) > h.maps_text_offset ||
         u128{h.maps_text_offset} + h.maps_text_size > h.region_size)

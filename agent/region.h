@@ -13,8 +13,11 @@ namespace usprobe::agent {
 
 // What the hit path needs to know about one probe, worked out once from the plan.
 struct ProbeInfo {
-  uint32_t string_mask;  // bit n: argn is a `%s` argument (trace mode)
-  uint32_t record_size;  // event_size(popcount(string_mask), string_size)
+  uint32_t string_mask;  // bit n: argn is a `%s` argument (trace mode; bit kRetvalArg: retval)
+  // event_size(popcount(string_mask), string_size), and a ReturnTail for a return probe; without
+  // the stack of trace_stacks.
+  uint32_t record_size;
+  uint32_t entry;  // a return probe's kPlanEntry* bits: what its entry handler keeps
 };
 
 // Written by the start of a session (agent.cc) before any probe is attached, read-only afterwards
@@ -23,6 +26,10 @@ struct ProbeInfo {
 // publish()). A session on a running process (attach mode) ends: its probes are detached, which
 // returns only once no handler runs, and only then is this reset for the next session.
 struct Region {
+  // Whether this session records stacks (stacks mode, or trace mode with trace_stacks): the agent
+  // then numbers its image and writes its mappings into the region.
+  bool records_stacks() const { return mode == kModeStacks || trace_stacks != 0; }
+
   // Which session this is: 1 for the first, one more for each session after it (never reset).
   // The hit path compares it with the session of the thread's cached slot (slots.h).
   uint32_t session = 0;
@@ -37,8 +44,9 @@ struct Region {
   uint64_t tsc_to_ns_mult = 0;     // latency mode: ns = (ticks * tsc_to_ns_mult) >> kTscShift
   SlotHeader *overflow = nullptr;  // slot max_slots - 1, shared by threads that found none free
   const ProbeInfo *probes = nullptr;
-  uint32_t stack_flags = 0;  // stacks mode: for usprobe_hit_stack
-  uint32_t image = 0;        // stacks mode: this image's number, in every stack it counts
+  uint32_t stack_flags = 0;   // stacks mode and trace_stacks: for usprobe_hit_stack
+  uint32_t image = 0;         // stacks mode and trace_stacks: this image's number
+  uint32_t trace_stacks = 0;  // trace mode: each event carries its user stack (Header)
   // Stacks mode: each slot's stack table (protocol.h, "Stack tables").
   uint64_t table_offset = 0;  // within a slot
   uint32_t table_entries = 0;

@@ -28,8 +28,10 @@
 //   <index>\t<string_mask>\t<location>
 //   ...
 // index: 0..probe_count-1, in order. string_mask: decimal; bit n set = argn is a `%s` argument
-// whose string the trace handler copies (trace mode only). location: what usprobe_attach takes,
-// with FILE an absolute path ("/usr/lib/x86_64-linux-gnu/libc.so.6:malloc", "/usr/bin/prog:0x1139",
+// whose string the trace handler copies (trace mode only; bit kRetvalArg: the return value of a
+// return probe), and a return probe's kPlanEntry* bits. location: what usprobe_attach takes, with
+// FILE an absolute path
+// ("/usr/lib/x86_64-linux-gnu/libc.so.6:malloc", "/usr/bin/prog:0x1139",
 // "/usr/bin/prog:parse+0x12"); symbols are names, not offsets, so that IFUNCs resolve in the
 // process that runs them.
 //
@@ -177,7 +179,10 @@ struct Header {
   uint32_t table_entries;      // a power of two, or 0
   uint64_t table_offset;       // within a slot, 64-byte aligned
   uint32_t table_arena_words;  // frame addresses the arena holds
-  uint32_t reserved;
+  // Trace mode: nonzero when each event carries its user stack (usprobe trace -U, see "Trace
+  // records"), taken with usprobe_hit_stack(stack_flags); the agent then writes its mappings into
+  // the maps area, as in stacks mode.
+  uint32_t trace_stacks;
   // probe_count bytes: placed[i] has kPlacedSite once probe i has had a site in some process of
   // the command, and kPlacedInt3 too once one of its sites took the int3 path. Agents set bits
   // (relaxed fetch_or; never cleared) after attaching and after each change of their mappings (a
@@ -244,21 +249,41 @@ struct SlotHeader {
 static_assert(sizeof(SlotHeader) == 64);
 static_assert(std::atomic<int32_t>::is_always_lock_free);
 
-// A trace record: this header, then one string_size-byte NUL-terminated copy per set bit of the
-// probe's string_mask, lowest arg first. size is the whole record, a multiple of 8.
+// Trace records. A record is this header; then, in a return probe's record (kEventReturn), a
+// ReturnTail; then one string_size-byte NUL-terminated copy per set bit of the probe's
+// string_mask, lowest first (bit kRetvalArg: the return value's string); then, with kEventStack,
+// a word that says how many addresses follow (1..kMaxStackFrames; the high 32 bits: the agent's
+// image number, as in "Stacks mode") and the addresses (usprobe_hit_stack's order). size is the
+// whole record, a multiple of 8. In a return probe's record args are the function's arguments as
+// they were at its entry (kept in the call's session).
 struct Event {
   uint32_t size;
   uint32_t probe;  // index, or kPadProbe for padding (then only `size` is meaningful)
   uint64_t tsc;
   int32_t tid;
   // Bit n: argn's string could not be read (the copy holds ""). Bit kStringCutShift + n: argn's
-  // string was longer than the copy, which holds its first string_size - 1 bytes.
+  // string was longer than the copy, which holds its first string_size - 1 bytes. n = kRetvalArg:
+  // the return value's. And the record's kEvent* flags.
   uint32_t bad_strings;
   uint64_t args[kMaxArgs];
 };
 static_assert(sizeof(Event) == 72);
-inline constexpr uint32_t kStringBadMask = (1u << kMaxArgs) - 1;
+// The return value's number among the values a format prints (arg0..arg5, then retval).
+inline constexpr uint32_t kRetvalArg = kMaxArgs;
+inline constexpr uint32_t kMaxValues = kMaxArgs + 1;
+inline constexpr uint32_t kStringBadMask = (1u << kMaxValues) - 1;
 inline constexpr uint32_t kStringCutShift = 8;
+inline constexpr uint32_t kEventReturn = 1u << 16;  // a ReturnTail follows the Event
+inline constexpr uint32_t kEventStack = 1u << 17;   // the user stack follows the strings
+// In a return probe's string_mask (trace mode): what its entry keeps for the return's event. A
+// return probe with neither has no entry handler (its events' args and entry_tsc are 0), which
+// saves the return probes whose format prints only retval about 45 ns a call.
+inline constexpr uint32_t kPlanEntryArgs = 1u << 14;  // the format prints an argN
+inline constexpr uint32_t kPlanEntryTime = 1u << 15;  // the call's duration is printed (-D)
+struct ReturnTail {
+  uint64_t retval;     // %rax at the return
+  uint64_t entry_tsc;  // rdtsc at the call's entry; 0: not known
+};
 
 // Stacks mode: a stack record, this header then `frames` addresses: ips[0] the probed instruction,
 // then return addresses, outermost last (usprobe_hit_stack). size = sizeof(StackRecord) + 8 *

@@ -197,8 +197,10 @@ uint64_t usprobe_hit_flags(
 uint64_t usprobe_retval(const usprobe_hit *hit);      /* %rax */
 uint64_t usprobe_retval_high(const usprobe_hit *hit); /* %rdx (second word of a 16-byte struct) */
 double usprobe_retval_double(const usprobe_hit *hit); /* %xmm0's low double */
-/* Per-call session data: 16 bytes that an entry handler writes and the same consumer's return
- * handler of that call reads back (zero at entry). NULL when the probe has no return probe. */
+/* Per-call session data: USPROBE_SESSION_WORDS words (64 bytes) that an entry handler writes and
+ * the same consumer's return handler of that call reads back (zero at entry): room for the six
+ * argument registers and a timestamp. NULL when the probe has no return probe. */
+#define USPROBE_SESSION_WORDS 8
 uint64_t *usprobe_session(usprobe_hit *hit);
 /* In an entry handler: this consumer's return handler does not run for this call. */
 void usprobe_session_skip_return(usprobe_hit *hit);

@@ -41,7 +41,7 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
     if (a->return_sessions == kMaxSessions) {
       a->return_overflow = true;
     } else {
-      a->return_template[a->return_sessions++] = {e.slot, 0, {0, 0}};
+      a->return_template[a->return_sessions++] = {e.slot, 0, {}};
     }
   }
   static std::atomic<uint64_t> next_id{1};

@@ -29,11 +29,12 @@
 #include <atomic>
 #include <cstdint>
 
+#include "usprobe/usprobe.h"
+
 namespace usprobe {
 
 struct Probe;
 }
-struct usprobe_hit;
 namespace usprobe {
 
 constexpr uint32_t kDefaultReturnDepth = 64;
@@ -42,10 +43,12 @@ constexpr uint32_t kMaxReturnDepth = 1024;
 constexpr uint32_t kMaxSessions = 4;
 
 // What one consumer keeps from a call's entry to its return.
+// data: USPROBE_SESSION_WORDS (usprobe.h). An instance is about 350 bytes with it, and a thread's
+// return stack (64 deep by default, MAP_NORESERVE: pages count once touched) about 22 KiB.
 struct ReturnSession {
   uint32_t slot;  // the consumer's counter slot: identifies it at the return
   uint32_t skip;  // nonzero: its entry handler declined the return (usprobe_session_skip_return)
-  uint64_t data[2];
+  uint64_t data[USPROBE_SESSION_WORDS];
 };
 
 struct ReturnInstance {

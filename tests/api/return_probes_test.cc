@@ -281,16 +281,22 @@ struct SessionCheck {
     if (problems++ == 0) first_problem = what;
   }
 };
+constexpr unsigned kLast = USPROBE_SESSION_WORDS - 1;
+// What the entry of call #seq writes into session word w (1 <= w < kLast): every word is checked.
+uint64_t session_pattern(uint64_t seq, unsigned w) {
+  return seq * 0x9e3779b97f4a7c15ull + w;
+}
 void session_fib_entry(usprobe_hit *hit, void *user) {
   auto *s = static_cast<SessionCheck *>(user);
   ++s->entries;
   uint64_t *session = usprobe_session(hit);
   if (!session) return s->problem("entry: usprobe_session() is NULL");
-  if (session[0] != 0 || session[1] != 0)
-    s->problem(usprobe::test::strf("entry: session not zero: %#" PRIx64 " %#" PRIx64, session[0],
-                                   session[1]));
+  for (unsigned w = 0; w < USPROBE_SESSION_WORDS; ++w)
+    if (session[w] != 0)
+      s->problem(usprobe::test::strf("entry: session word %u not zero: %#" PRIx64, w, session[w]));
   session[0] = usprobe_arg(hit, 0);
-  session[1] = s->next_seq;
+  session[kLast] = s->next_seq;
+  for (unsigned w = 1; w < kLast; ++w) session[w] = session_pattern(s->next_seq, w);
   s->pending.push_back(s->next_seq++);  // reserved: no allocation here
 }
 void session_fib_return(usprobe_hit *hit, void *user) {
@@ -299,9 +305,13 @@ void session_fib_return(usprobe_hit *hit, void *user) {
   uint64_t *session = usprobe_session(hit);
   if (!session) return s->problem("return: usprobe_session() is NULL");
   if (s->pending.empty()) return s->problem("return: no call pending");
-  if (session[1] != s->pending.back())
+  if (session[kLast] != s->pending.back())
     s->problem(usprobe::test::strf("return: session of call #%" PRIu64 ", expected #%" PRIu64,
-                                   session[1], s->pending.back()));
+                                   session[kLast], s->pending.back()));
+  for (unsigned w = 1; w < kLast; ++w)
+    if (session[w] != session_pattern(s->pending.back(), w))
+      s->problem(usprobe::test::strf("return: session word %u of call #%" PRIu64 " changed", w,
+                                     s->pending.back()));
   s->pending.pop_back();
   const long n = static_cast<long>(session[0]);
   if (n < 0 || n > 20 || usprobe_retval(hit) != static_cast<uint64_t>(fib(n)))

@@ -105,7 +105,13 @@ TEST(Render, UnreadableStringShowsItsAddress) {
   TraceEvent e = event({0, 0x10});
   e.bad_strings = 1u << 1;
   EXPECT_EQ(render_message(s.format, e), "name=<bad 0x10>");
-  EXPECT_EQ(render_args(s.format, e).dump(), R"(["<bad 0x10>"])");
+  // In JSON no string that looks like data: null, and the reason beside it.
+  EXPECT_EQ(render_args(s.format, e).dump(), "[null]");
+  EXPECT_EQ(render_errors(s.format, e).dump(), R"({"arg1":"bad address 0x10"})");
+  e.args[1] = 0;
+  EXPECT_EQ(render_errors(s.format, e).dump(), R"({"arg1":"null pointer"})");
+  e.bad_strings = 0;
+  EXPECT_EQ(render_errors(s.format, e).dump(), "{}");
 }
 
 TEST(Render, EscapesInTheFormat) {
@@ -133,13 +139,17 @@ TEST(TraceSpecErrors, UnknownConversionsAndArguments) {
   EXPECT_NE(error_of(R"(exe:f "50%", arg0)").find("incomplete conversion"), std::string::npos);
 }
 
-TEST(TraceSpec, RetvalIsTheReturnProbesOnlyArgument) {
-  auto spec = parse_trace_spec(R"(uretprobe:libc:getenv "%s", retval)");
+TEST(TraceSpec, AReturnProbeTakesRetvalAndTheEntrysArguments) {
+  auto spec = parse_trace_spec(R"x(uretprobe:libc:open "%s -> %d [%s]", arg0, retval, retval)x");
   ASSERT_TRUE(spec) << spec.error().message;
   ASSERT_TRUE(spec->format);
-  EXPECT_EQ(spec->format->string_mask(), 1u);  // the agent records the return value as arg0
-  EXPECT_FALSE(parse_trace_spec(R"(uretprobe:libc:getenv "%s", arg0)"));
-  EXPECT_FALSE(parse_trace_spec(R"(libc:getenv "%s", retval)"));
+  EXPECT_EQ(spec->format->string_mask(), 1u | 1u << agent::kRetvalArg);
+  EXPECT_EQ(spec->format->conversions[1].arg, agent::kRetvalArg);
+  auto entry = parse_trace_spec(R"(libc:getenv "%s", retval)");
+  ASSERT_FALSE(entry);
+  EXPECT_NE(entry.error().message.find("'retval' is known at a return only"), std::string::npos)
+      << entry.error().message;
+  EXPECT_FALSE(parse_trace_spec(R"(uretprobe:libc:getenv "%s", arg6)"));
 }
 
 TEST(Render, AStringLongerThanTheCopyEndsInTheMarker) {

@@ -44,11 +44,19 @@ cannot be placed), are listed when the session ends.)";
 constexpr const char *kTraceHelp = R"(
 Trace specs: a probe, then optionally a format and its arguments, in one argument:
   'exe:greet "%s has %d", arg0, arg1'
+  'uretprobe:libc:open "%s -> %d", arg0, retval'
 Conversions: %d %i %u %x %ld %lu %lx %lld %llu %llx %p %c %s %%, with C flags, widths and
 precisions (up to 4096). %s prints the string argN points to, copied when the probe is hit: its
 first 63 bytes (--strlen), then "..." when it is longer; an unreadable one prints (null) or
-<bad 0xADDR>. Each thread of the command writes its events into a buffer of its own (-b): an
-event that finds it full is lost, and the count of lost events ends the run.)";
+<bad 0xADDR> (in --json: null in "args", and "errors": {"arg0": "bad address 0x10"}).
+In a uretprobe: spec, retval is the return value and arg0..arg5 are the arguments the call was
+made with (kept at its entry, as bpftrace's @path[tid] = arg0): a %s of one is copied at the
+return, from the pointer the call was given.
+Columns: PID TID COMM PROBE MESSAGE; -t adds TIME(s), -T the wall-clock TIME, -D a return's
+DURATION(us); -U prints the user stack under each event, a frame a line. --json: one object a
+line: time_s, pid, tid, comm, probe, args, message, and errors, duration_ns (-D), stack (-U).
+Each thread of the command writes its events into a buffer of its own (-b): an event that finds
+it full is lost, and the count of lost events ends the run.)";
 
 constexpr const char *kDurationHelp =
     "stop after DURATION (5, 1.5, 500ms, 2s, 1m): the command gets SIGINT (--signal), and "
@@ -65,7 +73,7 @@ the report on stdout, and the command's stdout then goes to stderr, or to --cmd-
 (null: /dev/null). With -p the report goes to stdout (or to -o FILE). usprobe's own messages
 always go to stderr.
 At -d the command gets SIGINT (or --signal SIG); if it has not exited 1 s later usprobe kills
-it (SIGKILL), prints the final report and exits with 0: usprobe ended the run itself.)";
+it (SIGKILL). It prints the final report and exits with 0: usprobe ended the run itself.)";
 
 void set_footer(CLI::App *sub, std::string_view extra, std::string_view examples) {
   sub->footer(
@@ -410,6 +418,28 @@ int run_subcommand(int argc, char **argv) {
       ->add_option("--strlen", trace.strlen,
                    "bytes of each %s string to keep (default 63; longer ones end in \"...\")")
       ->check(CLI::Range(1u, kMaxStrlen));
+  trace_cmd->add_flag("-t,--timestamp", trace.timestamp,
+                      "print a TIME(s) column: seconds since the trace started");
+  trace_cmd->add_flag("-T,--time", trace.wall_time,
+                      "print a TIME column: the wall-clock time, HH:MM:SS");
+  trace_cmd->add_flag("-D,--durations", trace.durations,
+                      "print a DURATION(us) column: each return's time since the call's entry");
+  trace_cmd->add_flag("-U,--user-stack", trace.user_stacks,
+                      "print each event's user stack after its line");
+  trace_cmd
+      ->add_option("-M,--max-events", trace.max_events,
+                   "stop after N events, as -d stops: the command gets SIGINT")
+      ->type_name("N")
+      ->check(CLI::Validator(
+          [](std::string &value) -> std::string {
+            // CLI11's Range would print the whole of uint64_t's range in the help and the error.
+            bool digits = !value.empty() && value.size() <= 19 &&
+                          value.find_first_not_of("0123456789") == std::string::npos;
+            return digits && value.find_first_not_of('0') != std::string::npos
+                       ? std::string()
+                       : "'" + value + "' is not a count of events (1 or more)";
+          },
+          ""));
   set_footer(trace_cmd, std::string("\n") + kTraceHelp, kTraceExamples);
 
   LatencyOptions latency;

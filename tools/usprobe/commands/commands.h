@@ -60,6 +60,11 @@ struct TraceOptions {
   bool json = false, verbose = false;
   uint64_t buffer_size = 0;          // --buffer-size: bytes per thread (0: kDefaultRingSize)
   uint32_t strlen = kDefaultStrlen;  // --strlen: bytes of a %s string kept, its NUL not counted
+  bool timestamp = false;            // -t: a TIME(s) column, seconds since the trace started
+  bool wall_time = false;            // -T: a TIME column, the wall-clock time (HH:MM:SS)
+  bool durations = false;            // -D: a DURATION(us) column: a return's time since its entry
+  bool user_stacks = false;          // -U: each event's user stack after its line
+  uint64_t max_events = 0;           // -M: stop after this many events (0: no limit)
 };
 
 struct LatencyOptions {

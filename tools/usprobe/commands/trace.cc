@@ -1,6 +1,7 @@
-// usprobe trace PROBESPEC... [-o FILE] [--json] [--buffer-size SIZE] [--strlen N] -- COMMAND
-// [ARGS...]: one line per hit, with the arguments printed through each probe's format, as BCC's
-// trace does.
+// usprobe trace PROBESPEC... [-o FILE] [--json] [--buffer-size SIZE] [--strlen N] [-t] [-T] [-D]
+// [-U] [-M N] -- COMMAND [ARGS...]: one line per hit, with the arguments printed through each
+// probe's format, as BCC's trace does: PID TID COMM PROBE MESSAGE, -t and -T add the time since
+// the start and the wall-clock time in front, -D a return's duration, -U the user stack below.
 //
 // Losing nothing at high rates. Each thread of the command writes its records into a ring of its
 // own (protocol/protocol.h, "Rings"); a record that finds its ring full is lost and counted. So the
@@ -19,6 +20,7 @@
 #include <fmt/format.h>
 
 #include <limits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +33,8 @@
 #include "commands/commands.h"
 #include "output/format.h"
 #include "output/report.h"
+#include "protocol/maps_lines.h"
+#include "resolve/symbolizer.h"
 #include "session/region.h"
 #include "session/session.h"
 #include "session/supervisor.h"
@@ -49,6 +53,40 @@ constexpr size_t kMaxBacklog = size_t{256} << 20;
 constexpr std::chrono::milliseconds kMaxTickWork{100};
 // Output is written in pieces of about this size.
 constexpr size_t kWriteChunk = size_t{1} << 20;
+// -U: the mappings the agents write for naming the stacks (as usprobe stacks has them).
+constexpr uint32_t kMaxMaps = 16384;
+constexpr uint64_t kMapsTextSize = uint64_t{64} << 20;
+
+// Names the addresses of -U's stacks: a Symbolizer per process image, over the mappings its agent
+// wrote into the region (or, when it found no room, /proc/PID/maps while the process lives).
+class StackNames {
+ public:
+  void add(const MapsMessage &m) {
+    if (m.text.empty()) return;
+    if (auto modules = parse_module_map(m.text))
+      by_image_.insert_or_assign({m.pid, m.image}, std::make_unique<Symbolizer>(*modules));
+  }
+
+  // "func+0x12 [/path/of/file]", innermost first.
+  std::vector<std::string> name(int32_t pid, uint32_t image, std::span<const uint64_t> ips) {
+    auto it = by_image_.find({pid, image});
+    if (it == by_image_.end()) {
+      std::unique_ptr<Symbolizer> live;
+      if (auto modules = read_module_map(pid)) live = std::make_unique<Symbolizer>(*modules);
+      it = by_image_.emplace(std::pair{pid, image}, std::move(live)).first;
+    }
+    std::vector<std::string> out;
+    if (!it->second) {
+      for (uint64_t ip : ips) out.push_back(fmt::format("[unknown] {:#x}", ip));
+      return out;
+    }
+    for (const Frame &f : it->second->symbolize_stack(ips)) out.push_back(f.name_with_offset());
+    return out;
+  }
+
+ private:
+  std::map<std::pair<int32_t, uint32_t>, std::unique_ptr<Symbolizer>> by_image_;
+};
 
 class Printer {
  public:
@@ -61,22 +99,68 @@ class Printer {
   const std::vector<TraceSpec> &specs;
   const TscClock &clock;
   FILE *out;
+  const Region *region = nullptr;  // for the threads' names, once started
+  StackNames stack_names;
   uint64_t printed = 0;
   size_t probe_width = 20;                 // the longest probe name, at least 20: messages line up
   fmt::memory_buffer line;                 // what has been formatted and not written yet
   std::vector<std::string> probe_columns;  // by probe index
-  std::string ids;                         // the pid and tid columns of ids_pid, ids_tid
+  std::string ids;                         // the pid, tid and comm columns of ids_pid, ids_tid
   int32_t ids_pid = 0, ids_tid = 0;
+  // -T: the wall-clock time at the TSC clock's time 0, and the last second printed.
+  int64_t wall_start_ns = 0;
+  time_t wall_second = -1;
+  std::string wall_text;
+
+  // Whether -M's count is reached: nothing more is printed.
+  bool full() const { return options.max_events != 0 && printed >= options.max_events; }
 
   void header() {
     for (const Probe &p : probes) probe_width = std::max(probe_width, p.display.size());
     // Each probe's column, padded, with the blank before the message: copied, not formatted.
     for (const Probe &p : probes)
       probe_columns.push_back(fmt::format("{:<{}} ", p.display, probe_width));
-    if (!options.json)
-      fmt::print(out, "{:<11} {:<7} {:<7} {:<{}} {}\n", "TIME(s)", "PID", "TID", "PROBE",
-                 probe_width, "MESSAGE");
+    if (!options.json) {
+      std::string h;
+      if (options.wall_time) h += fmt::format("{:<8} ", "TIME");
+      if (options.timestamp) h += fmt::format("{:<11} ", "TIME(s)");
+      h += fmt::format("{:<7} {:<7} {:<15} ", "PID", "TID", "COMM");
+      if (options.durations) h += fmt::format("{:<12} ", "DURATION(us)");
+      fmt::print(out, "{}{:<{}} {}\n", h, "PROBE", probe_width, "MESSAGE");
+    }
     std::fflush(out);  // from here on events are written to the descriptor directly (write())
+  }
+
+  // Time 0 of the TSC clock is now: -T's times count from the wall clock's now.
+  void mark_start() {
+    timespec now;
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    wall_start_ns = int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
+  }
+
+  // "HH:MM:SS " of the hit, local time: formatted once a second.
+  void append_wall_time(uint64_t tsc) {
+    auto ns = wall_start_ns + static_cast<int64_t>(std::llround(clock.seconds(tsc) * 1e9));
+    time_t second = static_cast<time_t>(ns / 1'000'000'000);
+    if (second != wall_second) {
+      wall_second = second;
+      tm local;
+      ::localtime_r(&second, &local);
+      wall_text = fmt::format("{:02}:{:02}:{:02} ", local.tm_hour, local.tm_min, local.tm_sec);
+    }
+    line.append(std::string_view(wall_text));
+  }
+
+  std::string comm_of(int32_t pid, int32_t tid) const {
+    std::string name = region && pid > 0 ? region->comm(pid, tid) : std::string();
+    return name.empty() ? "?" : name;
+  }
+
+  // -D: the call's time in nanoseconds, when the event is a return whose entry was seen.
+  std::optional<uint64_t> duration_ns(const TraceEvent &e) const {
+    if (!e.returning || e.entry_tsc == 0) return std::nullopt;
+    double s = clock.seconds(e.tsc) - clock.seconds(e.entry_tsc);
+    return s > 0 ? static_cast<uint64_t>(std::llround(s * 1e9)) : 0;  // a core a few ticks behind
   }
 
   void append_blanks(size_t n) {
@@ -106,6 +190,7 @@ class Printer {
   // Record i of the batch. The text of a probe without a format needs only the record's head;
   // the pid and tid columns are formatted again only when the thread changes.
   void print(const TraceBatch &batch, size_t i) {
+    if (full()) return;
     TraceBatch::Head h = batch.head(i);
     const Probe &probe = probes[h.probe];
     const std::optional<Format> &format = specs[probe.spec_index].format;
@@ -113,25 +198,48 @@ class Printer {
       TraceEvent e = batch.event(i);
       nlohmann::ordered_json j;
       j["time_s"] = std::round(clock.seconds(e.tsc) * 1e6) / 1e6;
+      if (options.wall_time) {
+        size_t at = line.size();
+        append_wall_time(e.tsc);
+        j["time"] = std::string(line.data() + at, line.size() - at - 1);
+        line.resize(at);
+      }
       j["pid"] = e.pid;
       j["tid"] = e.tid;
+      j["comm"] = comm_of(e.pid, e.tid);
       j["probe"] = probe.display;
       j["args"] = render_args(format, e);
+      if (auto errors = render_errors(format, e); !errors.empty()) j["errors"] = std::move(errors);
       j["message"] = render_message(format, e);
+      if (options.durations)
+        if (auto ns = duration_ns(e)) j["duration_ns"] = *ns;
+      if (!e.stack.empty()) j["stack"] = stack_names.name(e.pid, e.image, e.stack);
       std::string text = dump_line(j);
       line.append(std::string_view(text));
       line.push_back('\n');
     } else {
-      append_time(h.tsc);
+      if (options.wall_time) append_wall_time(h.tsc);
+      if (options.timestamp) append_time(h.tsc);
       if (h.pid != ids_pid || h.tid != ids_tid || ids.empty()) {
         ids_pid = h.pid;
         ids_tid = h.tid;
-        ids = fmt::format("{:<7} {:<7} ", h.pid, h.tid);
+        ids = fmt::format("{:<7} {:<7} {:<15} ", h.pid, h.tid, comm_of(h.pid, h.tid));
       }
       line.append(std::string_view(ids));
+      // The event is taken apart only when something needs more than its head.
+      std::optional<TraceEvent> e;
+      if (format || options.durations || options.user_stacks) e = batch.event(i);
+      if (options.durations) {
+        auto ns = duration_ns(*e);
+        std::string d = ns ? fmt::format("{:.3f}", static_cast<double>(*ns) / 1e3) : "-";
+        line.append(std::string_view(fmt::format("{:<12} ", d)));
+      }
       line.append(std::string_view(probe_columns[h.probe]));
-      if (format) append_message(line, format, batch.event(i));
+      if (format) append_message(line, format, *e);
       line.push_back('\n');
+      if (e && !e->stack.empty())
+        for (const std::string &frame : stack_names.name(e->pid, e->image, e->stack))
+          line.append(std::string_view(fmt::format("        {}\n", frame)));
     }
     ++printed;
     if (line.size() >= kWriteChunk) write();
@@ -216,13 +324,27 @@ int run_trace(const TraceOptions &options) {
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) {
     const std::optional<Format> &format = trace_specs[p.spec_index].format;
-    plan.push_back({p.location, format ? format->string_mask() : 0});
+    // A return probe's entry keeps only what will be printed: each entry handler costs its call.
+    uint32_t entry = 0;
+    if (p.location.starts_with("uretprobe:")) {
+      if (format && std::ranges::any_of(format->conversions, [](const Conversion &c) {
+            return c.arg != agent::kRetvalArg;
+          }))
+        entry |= agent::kPlanEntryArgs;
+      if (options.durations) entry |= agent::kPlanEntryTime;
+    }
+    plan.push_back({p.location, format ? format->string_mask() : 0, entry});
   }
   RegionConfig config;
   config.mode = agent::kModeTrace;
   config.comm = options.comm;
   config.ring_size = ring_size_for(options.buffer_size);
   config.string_size = options.strlen + 1;
+  if (options.user_stacks) {
+    config.trace_stacks = true;
+    config.max_maps = kMaxMaps;
+    config.maps_text_size = kMapsTextSize;
+  }
   TscClock clock;
   clock.calibrate();
   Supervisor supervisor;
@@ -230,9 +352,11 @@ int run_trace(const TraceOptions &options) {
   Target &target = *session->target;
   printer.header();
   clock.mark_start();
+  printer.mark_start();
   auto started = target.start(config, plan, session->agent, supervisor);
   if (!started) return report_error(started.error());
   Region *region = *started;
+  printer.region = region;
 
   NoticePrinter notices(probes, options.verbose);
   notices.info(target.notes());
@@ -253,6 +377,9 @@ int run_trace(const TraceOptions &options) {
     else
       drain_into(batch);
     region->reclaim(batch);  // a dead thread's last records: always taken
+    // After the drain: an image's mappings are written before its first stack.
+    if (options.user_stacks)
+      for (const MapsMessage &m : region->new_maps()) printer.stack_names.add(m);
     while (!batch.empty()) {
       order_by_time(batch, order);
       for (size_t i = 0; i < order.size(); ++i) {
@@ -267,6 +394,8 @@ int run_trace(const TraceOptions &options) {
     }
     printer.write();
     notices.print(region->new_notices());
+    // -M: the count is printed; the session ends as at -d's time.
+    if (printer.full()) supervisor.stop();
   };
   ExitInfo exit = target.watch(
       supervisor, {kTick, options.duration_s, std::nullopt, output->file(), options.stop_signal},

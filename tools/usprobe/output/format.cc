@@ -255,15 +255,17 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
     while (true) {
       size_t comma = s.find(',');
       std::string_view arg = trim(s.substr(0, comma));
+      // At a return, arg0..arg5 are the arguments the call was made with (kept at its entry)
+      // and retval is what it returned; at an entry there is no return value yet.
       const bool returning = spec.probe.starts_with("uretprobe:");
-      if (returning) {
-        // At a return the agent records the return value (%rax) where arg0 would be.
-        if (arg != "retval")
-          return bad_format(text, fmt::format("'{}' is not known at a return (retval is)", arg));
-        args.push_back(0);
+      if (arg == "retval") {
+        if (!returning)
+          return bad_format(text, "'retval' is known at a return only (a uretprobe: probe)");
+        args.push_back(agent::kRetvalArg);
+      } else if (arg.size() != 4 || !arg.starts_with("arg") || arg[3] < '0' || arg[3] > '5') {
+        return bad_format(text, fmt::format("'{}' is not an argument (arg0 to arg5{})", arg,
+                                            returning ? ", or retval" : ""));
       } else {
-        if (arg.size() != 4 || !arg.starts_with("arg") || arg[3] < '0' || arg[3] > '5')
-          return bad_format(text, fmt::format("'{}' is not an argument (arg0 to arg5)", arg));
         args.push_back(static_cast<unsigned>(arg[3] - '0'));
       }
       if (comma == std::string_view::npos) break;
@@ -361,7 +363,7 @@ nlohmann::ordered_json render_args(const std::optional<Format> &format, const Tr
         break;
       case 's':
         if (event.bad_strings & (1u << c.arg))
-          args.push_back(bad_string(v));
+          args.push_back(nullptr);  // why: render_errors
         else if (event.cut_strings & (1u << c.arg))
           args.push_back(std::string(event.strings[c.arg]) + std::string(kCutMarker));
         else
@@ -370,6 +372,22 @@ nlohmann::ordered_json render_args(const std::optional<Format> &format, const Tr
     }
   }
   return args;
+}
+
+std::string value_name(unsigned arg) {
+  return arg == agent::kRetvalArg ? "retval" : fmt::format("arg{}", arg);
+}
+
+nlohmann::ordered_json render_errors(const std::optional<Format> &format, const TraceEvent &event) {
+  nlohmann::ordered_json errors = nlohmann::ordered_json::object();
+  if (!format) return errors;
+  for (const Conversion &c : format->conversions) {
+    if (c.type != 's' || !(event.bad_strings & (1u << c.arg))) continue;
+    uint64_t v = event.args[c.arg];
+    errors[value_name(c.arg)] =
+        v == 0 ? std::string("null pointer") : fmt::format("bad address {:#x}", v);
+  }
+  return errors;
 }
 
 }  // namespace usprobe::cli

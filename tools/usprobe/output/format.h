@@ -6,6 +6,9 @@
 // The format is checked when it is parsed (conversions against arguments, every conversion
 // known), so a mistake is reported before the command starts, not as garbage at the first hit.
 // %s arguments are strings the agent copies at hit time: the format's string_mask tells it which.
+// In a return probe's spec (uretprobe:) retval is the return value and arg0..arg5 are the
+// arguments the call was made with, kept at its entry: a %s of one is copied at the return, from
+// the pointer the call was given.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +36,7 @@ struct Conversion {
   std::string spec;    // for fmt::sprintf, flags, width and length included: "%-8s", "%08lx"
   char type = 'd';     // d i u x X p c s
   bool wide = false;   // l or ll: 64 bits; otherwise d i u x X c read the low 32 (8 for c)
-  unsigned arg = 0;    // which argument register: arg0..arg5
+  unsigned arg = 0;    // which value: arg0..arg5, or agent::kRetvalArg (retval)
   bool left = false;   // the '-' flag
   unsigned width = 0;  // 0: none
   int precision = -1;  // -1: none
@@ -50,7 +53,7 @@ struct Format {
   std::vector<Piece> pieces;
   std::vector<Conversion> conversions;
 
-  // Bit n set when argn is printed with %s.
+  // Bit n set when argn is printed with %s (bit agent::kRetvalArg: retval).
   uint32_t string_mask() const;
 };
 
@@ -70,7 +73,13 @@ std::string render_message(const std::optional<Format> &format, const TraceEvent
 // The same, appended to `out` (the trace printer's line buffer).
 void append_message(fmt::memory_buffer &out, const std::optional<Format> &format,
                     const TraceEvent &event);
-// One JSON value per conversion: strings for %s and %c, numbers otherwise (signed for %d %i).
+// One JSON value per conversion: strings for %s and %c, numbers otherwise (signed for %d %i); a
+// %s whose string could not be read is null, and render_errors says why.
 nlohmann::ordered_json render_args(const std::optional<Format> &format, const TraceEvent &event);
+// The strings that could not be read, by the value's name: {"arg0": "bad address 0x10"},
+// {"retval": "null pointer"}; {} when every one was.
+nlohmann::ordered_json render_errors(const std::optional<Format> &format, const TraceEvent &event);
+// "arg0".."arg5", "retval".
+std::string value_name(unsigned arg);
 
 }  // namespace usprobe::cli

@@ -66,6 +66,9 @@ Result<void> check_config(const RegionConfig &config) {
     if (config.table_entries > (1u << 24) || std::popcount(config.table_entries) > 1)
       return refuse("table_entries", config.table_entries, "a power of two up to 2^24, or 0");
   }
+  if (config.mode == agent::kModeTrace && config.trace_stacks &&
+      (config.max_maps == 0 || config.maps_text_size == 0))
+    return refuse("maps_text_size", config.maps_text_size, "trace stacks need the maps area");
   return {};
 }
 
@@ -74,7 +77,7 @@ Result<void> check_config(const RegionConfig &config) {
 std::string plan_text(const std::vector<PlanEntry> &plan) {
   std::string text = std::string(agent::kPlanFirstLine) + "\n";
   for (size_t i = 0; i < plan.size(); ++i)
-    text += fmt::format("{}\t{}\t{}\n", i, plan[i].string_mask, plan[i].location);
+    text += fmt::format("{}\t{}\t{}\n", i, plan[i].string_mask | plan[i].entry, plan[i].location);
   return text;
 }
 
@@ -126,6 +129,7 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   }
   bool latency = config.mode == agent::kModeLatency;
   bool stacks = config.mode == agent::kModeStacks;
+  bool maps = stacks || (config.mode == agent::kModeTrace && config.trace_stacks);
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
   uint64_t plan_offset = align_up(sizeof(Header), 64);
@@ -139,7 +143,7 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
                              : agent::slot_stride_for(probe_count, config.ring_size);
   uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
   uint64_t maps_offset = 0, maps_text_offset = 0;
-  if (stacks) {
+  if (maps) {
     maps_offset = align_up(size, 64);
     maps_text_offset =
         align_up(maps_offset + uint64_t{config.max_maps} * sizeof(agent::MapsEntry), 4096);
@@ -183,12 +187,15 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   hdr->ring_size = config.ring_size;
   hdr->hist_offset = latency ? agent::latency_hist_offset(probe_count) : 0;
   hdr->tsc_to_ns_mult = latency ? config.tsc_to_ns_mult : 0;
-  if (stacks) {
+  if (maps) {
+    hdr->trace_stacks = stacks ? 0 : 1;
     hdr->stack_flags = config.stack_flags;
     hdr->max_maps = config.max_maps;
     hdr->maps_offset = maps_offset;
     hdr->maps_text_offset = maps_text_offset;
     hdr->maps_text_size = config.maps_text_size;
+  }
+  if (stacks) {
     hdr->table_entries = config.table_entries;
     hdr->table_offset = agent::stack_table_offset(probe_count);
     hdr->table_arena_words = config.table_arena_words;
@@ -359,11 +366,31 @@ TraceEvent TraceBatch::event(size_t i) const {
   e.cut_strings = (ev.bad_strings >> agent::kStringCutShift) & agent::kStringBadMask;
   std::copy(std::begin(ev.args), std::end(ev.args), e.args.begin());
   const char *s = ref.record + sizeof ev;
-  for (uint32_t m = ref.string_mask; m != 0; m &= m - 1) {
+  uint32_t mask = ref.string_mask;
+  if (ev.bad_strings & agent::kEventReturn) {
+    agent::ReturnTail tail;
+    std::memcpy(&tail, s, sizeof tail);
+    e.returning = true;
+    e.args[agent::kRetvalArg] = tail.retval;
+    e.entry_tsc = tail.entry_tsc;
+    s += sizeof tail;
+  } else {
+    mask &= ~(1u << agent::kRetvalArg);  // as the agent has it: no return value at an entry
+  }
+  for (uint32_t m = mask; m != 0; m &= m - 1) {
     auto arg = static_cast<unsigned>(std::countr_zero(m));
     // A copy ends with its NUL within string_size bytes; one without (written over) is cut there.
     e.strings[arg] = std::string_view(s, ::strnlen(s, string_size > 0 ? string_size - 1 : 0));
     s += string_size;
+  }
+  if (ev.bad_strings & agent::kEventStack) {  // checked when drained: the words are there
+    s = ref.record + (((s - ref.record) + 7) & ~size_t{7});
+    uint64_t frames = 0;
+    std::memcpy(&frames, s, sizeof frames);
+    e.image = static_cast<uint32_t>(frames >> 32);
+    frames &= 0xffff'ffffu;
+    e.stack.resize(frames);
+    std::memcpy(e.stack.data(), s + 8, 8 * frames);
   }
   return e;
 }
@@ -433,8 +460,21 @@ void Region::drain_slot(uint32_t index, TraceBatch &out) {
       ++corrupt_;
       continue;
     }
-    uint32_t mask = masks_[probe];
-    if (size < agent::event_size(static_cast<uint32_t>(std::popcount(mask)), string_size)) {
+    uint32_t mask = masks_[probe], flags = 0;
+    std::memcpy(&flags, r + offsetof(agent::Event, bad_strings), sizeof flags);
+    const bool returning = (flags & agent::kEventReturn) != 0;
+    if (!returning) mask &= ~(1u << agent::kRetvalArg);
+    uint64_t need = agent::event_size(static_cast<uint32_t>(std::popcount(mask)), string_size) +
+                    (returning ? sizeof(agent::ReturnTail) : 0);
+    if (size >= need + 8 && (flags & agent::kEventStack)) {
+      uint64_t frames = 0;
+      std::memcpy(&frames, r + need, sizeof frames);
+      frames &= 0xffff'ffffu;  // the high half: the image
+      need = frames == 0 || frames > agent::kMaxStackFrames ? size + 1 : need + 8 * (1 + frames);
+    } else if (flags & agent::kEventStack) {
+      need = size + 1;
+    }
+    if (size < need) {
       ++corrupt_;
       continue;
     }
@@ -719,7 +759,7 @@ uint32_t Region::notices_dropped() const {
 
 std::vector<MapsMessage> Region::new_maps() {
   std::vector<MapsMessage> out;
-  if (layout_.mode != agent::kModeStacks) return out;
+  if (layout_.max_maps == 0) return out;  // stacks mode, and trace mode with its stacks (-U)
   // Acquire: a claimed index may still be being written; its `ready` says when it is complete.
   uint32_t claimed = std::min(hdr_->maps_cursor.load(std::memory_order_acquire), layout_.max_maps);
   auto *entries =

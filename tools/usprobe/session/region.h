@@ -30,6 +30,9 @@ struct RegionConfig {
   uint32_t string_size = 64;
   uint64_t ring_size = 0;       // per slot; 0 in count mode, a multiple of 8
   uint64_t tsc_to_ns_mult = 0;  // latency mode (required): ns = (ticks * mult) >> kTscShift
+  // Trace mode: each event carries its user stack (trace -U); stack_flags and the maps as in
+  // stacks mode.
+  bool trace_stacks = false;
   // Stacks mode (ring_size: a power of two >= agent::kMaxStackRecord):
   uint32_t stack_flags = 0;     // for usprobe_hit_stack: 0 (DWARF) or USPROBE_STACK_FP
   uint32_t max_maps = 4096;     // MapsEntry records
@@ -50,7 +53,8 @@ uint64_t tsc_to_ns_mult(double ticks_per_ns);
 
 struct PlanEntry {
   std::string location;      // "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
-  uint32_t string_mask = 0;  // bit n: argn is copied as a string (trace mode)
+  uint32_t string_mask = 0;  // bit n: argn is copied as a string (trace mode; kRetvalArg: retval)
+  uint32_t entry = 0;        // a return probe's kPlanEntry* bits (trace mode)
 };
 
 // A trace record, copied out of a ring. Its strings are views into the TraceBatch that holds it.
@@ -60,10 +64,16 @@ struct TraceEvent {
   uint32_t probe = 0;
   uint32_t bad_strings = 0;  // bit n: argn's string could not be read
   uint64_t tsc = 0;
-  std::array<uint64_t, agent::kMaxArgs> args{};
+  // arg0..arg5 (a return probe's: as they were at the call's entry), then retval
+  // (agent::kRetvalArg) in a return probe's event.
+  std::array<uint64_t, agent::kMaxValues> args{};
   uint32_t cut_strings = 0;  // bit n: argn's string was longer than the copy (cut short)
-  std::array<std::string_view, agent::kMaxArgs>
-      strings;  // by argument number, for string_mask bits
+  std::array<std::string_view, agent::kMaxValues>
+      strings;                  // by argument number, for string_mask bits
+  bool returning = false;       // a return probe's event: retval and entry_tsc are known
+  uint64_t entry_tsc = 0;       // the call's entry (a return probe's event); 0: not known
+  std::vector<uint64_t> stack;  // trace -U: usprobe_hit_stack's addresses, innermost first
+  uint32_t image = 0;           // trace -U: the recording agent's image number
 };
 
 // Trace records drained from the rings, in drain order: the bytes copied out of the rings, and

@@ -302,7 +302,7 @@ Output::~Output() {
 }
 
 int exit_status(const Target &target, const ExitInfo &exit) {
-  return target.is_attached() || exit.killed ? 0 : exit.status.value_or(1);
+  return target.is_attached() || exit.stopped || exit.killed ? 0 : exit.status.value_or(1);
 }
 
 int report_error(const Error &error) {

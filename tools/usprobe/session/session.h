@@ -121,8 +121,8 @@ class Output {
 };
 
 // usprobe's exit status at the end of a session: a launched command's (1 when it cannot be
-// known); 0 for an attached session, which ends the way the user asked, and for a command that
-// usprobe killed at the end of -d.
+// known); 0 for an attached session, which ends the way the user asked, and for a command whose
+// run usprobe ended itself (-d, trace -M).
 int exit_status(const Target &target, const ExitInfo &exit);
 
 // The run of count and latency, from the start of the session to its end: every tick frees the

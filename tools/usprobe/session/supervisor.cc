@@ -12,6 +12,7 @@
 #include <cstdio>
 
 #include <system_error>
+#include <utility>
 
 namespace usprobe::cli {
 namespace {
@@ -88,6 +89,7 @@ ExitInfo Supervisor::watch(const Watched &watched, const WatchOptions &options,
 
   while (true) {
     Clock::time_point now = Clock::now();
+    if (std::exchange(stop_now_, false)) stop_at = std::min(stop_at, now);  // -d's way, at once
     Clock::time_point wake = std::min({now + options.tick, stop_at, kill_at, next_interval});
     auto wait =
         std::chrono::ceil<std::chrono::milliseconds>(std::max(wake - now, Clock::duration()));
@@ -116,6 +118,7 @@ ExitInfo Supervisor::watch(const Watched &watched, const WatchOptions &options,
     }
     if (stop_at != kNever && Clock::now() >= stop_at) {
       stop_at = kNever;
+      info.stopped = true;
       interrupt(options.stop_signal, false);
       if (watched.escalate) kill_at = Clock::now() + kStopGrace;
     }

@@ -50,8 +50,11 @@ struct ExitInfo {
   std::optional<int> status;  // exit code, or 128 + signal; nullopt when it cannot be known
   double elapsed_s = 0;       // from the start of the command to its exit
   bool interrupted = false;   // usprobe interrupted it (a signal, -d, its output closed)
-  // usprobe killed it (SIGKILL) kStopGrace after -d's signal: usprobe ended the run itself, and
-  // exits with 0 (`status` is still what the kill made of the command: 137).
+  // usprobe ended the run itself: -d's time came (or trace's -M count), and the command got its
+  // signal; usprobe then exits with 0, whatever the command made of the signal (`status` is still
+  // the command's: 130 for SIGINT).
+  bool stopped = false;
+  // usprobe killed it (SIGKILL) kStopGrace after -d's signal (`status`: 137).
   bool killed = false;
   // How the session ended, for the total's heading: "exit status 0", "pid 1234 exited",
   // "detached from pid 1234".
@@ -90,6 +93,8 @@ class Supervisor {
   const sigset_t &child_mask() const { return old_mask_; }
   // Whether the output's reader went away during watch().
   bool output_gone() const { return output_gone_; }
+  // Ends the session now, as -d does when its time is up (trace -M, from on_tick).
+  void stop() { stop_now_ = true; }
 
   // Until `watched` says the session is over: on_tick every tick, on_interval every interval.
   // A write to options.output that fails because its reader is gone (in on_tick or on_interval)
@@ -104,6 +109,7 @@ class Supervisor {
   sigset_t old_mask_;
   int signal_fd_ = -1;
   bool output_gone_ = false;
+  bool stop_now_ = false;
 };
 
 }  // namespace usprobe::cli
