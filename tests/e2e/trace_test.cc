@@ -286,6 +286,7 @@ TEST(CliTrace, MaxEventsPrintsThatManyAndEndsTheSession) {
                   "ticks", "3000", "10"},
                  std::chrono::seconds(20));
   ASSERT_FALSE(r.timed_out) << r.describe();
+  EXPECT_EQ(r.exit_code(), 0) << "usprobe ended the run itself\n" << r.describe();
   EXPECT_EQ(r.out.find("ticks 3000"), std::string::npos) << "the command ran to its end\n"
                                                          << r.describe();
   std::vector<std::string> lines = e2e::lines(e2e::read_file(file));
