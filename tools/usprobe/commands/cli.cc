@@ -288,7 +288,20 @@ CLI::Validator positive_count() {
                    ? ""
                    : "expected a whole number from 1 to 999999999, not '" + value + "'";
       },
-      "N");
+      "");  // the options' type_name says N
+}
+
+// -p PID: a process ID (CLI11's Range would print its whole range in the help).
+CLI::Validator process_id() {
+  return CLI::Validator(
+      [](std::string &value) -> std::string {
+        int32_t pid = 0;
+        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), pid);
+        return ec == std::errc() && end == value.data() + value.size() && pid > 0
+                   ? ""
+                   : "expected a process ID (a number from 1), not '" + value + "'";
+      },
+      "");
 }
 
 // A standard descriptor (0, 1, 2) that usprobe was started without is taken by /dev/null,
@@ -328,7 +341,7 @@ CLI::Validator buffer_size(uint64_t &out) {
         out = n;
         return "";
       },
-      "SIZE");
+      "");  // the option's type_name says SIZE
 }
 
 }  // namespace
@@ -389,7 +402,7 @@ int run_subcommand(int argc, char **argv) {
   count_cmd->add_option("-d,--duration", count.duration_s, kDurationHelp)
       ->transform(duration())
       ->type_name("DURATION");
-  count_cmd->add_option("-o,--output", count.output, kOutputHelp);
+  count_cmd->add_option("-o,--output", count.output, kOutputHelp)->type_name("FILE");
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
   count_cmd->add_flag("--per-pid", count.per_pid,
                       "one row per process and probe, with the process's PID and name");
@@ -406,18 +419,20 @@ int run_subcommand(int argc, char **argv) {
   CLI::App *trace_cmd = app.add_subcommand(
       "trace", "Print each probe hit in a command: PROBESPEC... -- COMMAND [ARGS...]");
   trace_cmd->add_option("PROBESPEC", trace.probes, "probes with optional formats")->required();
-  trace_cmd->add_option("-o,--output", trace.output, kOutputHelp);
+  trace_cmd->add_option("-o,--output", trace.output, kOutputHelp)->type_name("FILE");
   trace_cmd->add_flag("--json", trace.json, "events as JSON, one object per line");
   trace_cmd->add_flag("-v,--verbose", trace.verbose, "print the agent's informational notices");
   std::string buffer_text;
   trace_cmd
       ->add_option("-b,--buffer-size", buffer_text,
                    "each thread's buffer (default 16M, rounded up to a power of two)")
-      ->check(buffer_size(trace.buffer_size));
+      ->check(buffer_size(trace.buffer_size))
+      ->type_name("SIZE");
   trace_cmd
       ->add_option("--strlen", trace.strlen,
                    "bytes of each %s string to keep (default 63; longer ones end in \"...\")")
-      ->check(CLI::Range(1u, kMaxStrlen));
+      ->check(CLI::Range(1u, kMaxStrlen).description(""))
+      ->type_name("N");
   trace_cmd->add_flag("-t,--timestamp", trace.timestamp,
                       "print a TIME(s) column: seconds since the trace started");
   trace_cmd->add_flag("-T,--time", trace.wall_time,
@@ -448,7 +463,8 @@ int run_subcommand(int argc, char **argv) {
   latency_cmd->add_option("PROBE", latency.probes, "functions to time (FILE:SYMBOL, globs allowed)")
       ->required();
   latency_cmd->add_option("--unit", latency.unit, "unit of the text report: ns (default), us, ms")
-      ->check(CLI::IsMember({"ns", "us", "ms"}));
+      ->check(CLI::IsMember({"ns", "us", "ms"}))
+      ->type_name("UNIT");
   // funclatency's -u and -m: flags; -m wins over -u, as in funclatency, and both over --unit.
   latency_cmd->add_flag_callback(
       "-u,--microseconds", [&latency] { latency.unit = "us"; }, "microseconds (--unit us)");
@@ -465,7 +481,7 @@ int run_subcommand(int argc, char **argv) {
   latency_cmd->add_option("-d,--duration", latency.duration_s, kDurationHelp)
       ->transform(duration())
       ->type_name("DURATION");
-  latency_cmd->add_option("-o,--output", latency.output, kOutputHelp);
+  latency_cmd->add_option("-o,--output", latency.output, kOutputHelp)->type_name("FILE");
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
   latency_cmd->add_flag("-v,--verbose", latency.verbose, "print the agent's informational notices");
@@ -490,7 +506,7 @@ per function, high_ns inclusive.)",
   stacks_cmd->add_option("-d,--duration", stacks.duration_s, kDurationHelp)
       ->transform(duration())
       ->type_name("DURATION");
-  stacks_cmd->add_option("-o,--output", stacks.output, kOutputHelp);
+  stacks_cmd->add_option("-o,--output", stacks.output, kOutputHelp)->type_name("FILE");
   stacks_cmd
       ->add_option("-i,--interval", stacks.interval_s,
                    "report the stacks of every DURATION, then those of the whole run")
@@ -502,7 +518,8 @@ per function, high_ns inclusive.)",
   stacks_cmd->add_flag("-P,--per-pid", stacks.per_pid, "one list of stacks per process");
   stacks_cmd->add_flag("-f,--folded", stacks.folded,
                        "folded stacks (comm;outermost;...;innermost COUNT), one per line");
-  stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE");
+  stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE")
+      ->type_name("FILE");
   stacks_cmd->add_flag("-v,--verbose", stacks.verbose, "print the agent's informational notices");
   set_footer(stacks_cmd,
              "\n"
@@ -523,7 +540,7 @@ the probe's name. Return probes (uretprobe:) are not supported.)",
     sub->add_option("-p,--pid", *pids,
                     "attach to the running process PID instead of starting a command (may be "
                     "given several times: one session probes them all)")
-        ->check(CLI::Range(1, std::numeric_limits<pid_t>::max()))
+        ->check(process_id())
         ->type_name("PID")
         ->allow_extra_args(false);
 
