@@ -718,6 +718,25 @@ TEST(CliCount, TheReportAndTheCommandsOutputNeverShareAStream) {
   EXPECT_EQ(hits_of(only_total(file), "exe:e2e_work"), 50u) << file.describe();
 }
 
+// usprobe's own descriptors in the command (the shared region, the engine's /proc/self/mem) sit
+// near the top of the numbers: the command's own open() and pipe() get the numbers they get
+// unprobed, so a program that prints one, and a trace of open()'s returns, show what they show
+// without usprobe.
+TEST(CliCount, TheCommandsOwnDescriptorsAreNumberedAsUnprobed) {
+  const std::vector<std::string> command = {
+      "/usr/bin/python3", "-c",
+      "import os\n"
+      "print(os.open('/dev/null', os.O_RDONLY), *os.pipe(), os.open('/dev/null', os.O_RDONLY))"};
+  if (!e2e::file_exists(command[0])) GTEST_SKIP() << command[0] << " is not installed";
+  const Output plain = run(command);
+  ASSERT_EQ(plain.exit_code(), 0) << plain.describe();
+  std::vector<std::string> argv = {e2e::cli(), "count", "-o", "/dev/null", "libc:malloc", "--"};
+  argv.insert(argv.end(), command.begin(), command.end());
+  const Output probed = run(argv);
+  ASSERT_EQ(probed.exit_code(), 0) << probed.describe();
+  EXPECT_EQ(probed.out, plain.out) << probed.describe();
+}
+
 // -d ends the run whatever the command does with SIGINT: a command that ignores it is killed a
 // second later, the report has its hits, and usprobe exits 0 (it ended the run itself). A
 // command that ends before -d keeps its own status.

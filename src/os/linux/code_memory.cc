@@ -1,4 +1,5 @@
 #include "os/linux/code_memory.h"
+#include "os/linux/high_descriptor.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -129,8 +130,10 @@ int mem_fd() {
   if (fd < 0 || g_forked.exchange(false, std::memory_order_relaxed) || !registered) {
     if (fd >= 0) close(fd);
     fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
-    // Never on 0, 1 or 2: a program started with one of them closed (`prog 0<&-`) must find it
-    // closed, not reading or writing its own memory.
+    // Out of the program's way (high_descriptor.h): its next open() gets the number it gets
+    // unprobed. Never on 0, 1 or 2 in any case: a program started with one of them closed (`prog
+    // 0<&-`) must find it closed, not reading or writing its own memory.
+    fd = move_descriptor_high(fd, true);
     if (fd >= 0 && fd <= 2) {
       int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
       close(fd);

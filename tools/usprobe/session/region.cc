@@ -15,6 +15,8 @@
 #include <cstring>
 #include <new>
 
+#include "os/linux/high_descriptor.h"
+
 namespace usprobe::cli {
 namespace {
 
@@ -96,6 +98,9 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   // Not close-on-exec: the command inherits it (USPROBE_AGENT_FD), and so do its children.
   int fd = ::memfd_create("usprobe", 0);
   if (fd < 0) return fail(errno, fmt::format("memfd_create: {}", std::strerror(errno)));
+  // Near the top of the descriptor numbers (high_descriptor.h): the command's own first open()
+  // gets 3, as it does unprobed.
+  fd = os::move_descriptor_high(fd, false);
   // Never one of the standard descriptors (the CLI holds them, see cli.cc; this is for any other
   // caller): a command started without stdin would find the region on its fd 0.
   if (fd <= 2) {
