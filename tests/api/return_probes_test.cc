@@ -13,8 +13,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <sys/wait.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <array>
@@ -856,7 +856,7 @@ int coroutine_rounds(Checks &ck, const CoStack &stack, usprobe_link *link, Count
     make_coroutine(&g_co_ctx, stack, coroutine_body);
     g_co_result = 0;
     if (ret_call(switch_to_coroutine, i) != 3 * i + 1) ++wrong;  // the coroutine's call pending
-    swapcontext(&g_main_ctx, &g_co_ctx);                          // it returns; the body ends
+    swapcontext(&g_main_ctx, &g_co_ctx);                         // it returns; the body ends
     if (g_co_result != 21) ++wrong;
   }
   int local = 0;
@@ -943,8 +943,7 @@ int coroutines_fill() {
   for (int i = 0; i < kCoroutines; ++i)
     ck.expect(g_co_results[i] == kCoDepth + 1, "coroutine %d: %ld", i, g_co_results[i]);
   ck.expect(counts.entries.load() == calls, "%" PRIu64 " entries", counts.entries.load());
-  ck.expect(counts.returns.load() == 64, "%" PRIu64 " returns, expected 64",
-            counts.returns.load());
+  ck.expect(counts.returns.load() == 64, "%" PRIu64 " returns, expected 64", counts.returns.load());
   ck.expect(usprobe_link_missed(link) == calls - 64, "%" PRIu64 " missed, expected %" PRIu64,
             usprobe_link_missed(link), calls - 64);
   usprobe_detach(link);

@@ -26,8 +26,8 @@ inline int move_descriptor_high(int fd, bool cloexec) {
   rlim_t top = std::min(limit.rlim_cur, kHighDescriptorTop);
   if (top <= kHighDescriptorRoom + 3 || static_cast<rlim_t>(fd) >= top - kHighDescriptorRoom)
     return fd;
-  int high = ::fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD,
-                     static_cast<int>(top - kHighDescriptorRoom));
+  int high =
+      ::fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, static_cast<int>(top - kHighDescriptorRoom));
   if (high < 0) return fd;
   ::close(fd);
   return high;

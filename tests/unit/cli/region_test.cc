@@ -159,7 +159,9 @@ TEST(Region, ThreadNamesOutliveTheirSlotsAndUnprintableBytesReadAsQuestionMarks)
              worker = FakeThread::claim(h, 1, 100, 101), odd = FakeThread::claim(h, 2, 200, 200);
   main_thread.name("sqlite3");
   worker.name("worker-1");
-  odd.name("a\tb\x80" "c");
+  odd.name(
+      "a\tb\x80"
+      "c");
   worker.hit(0);
   EXPECT_EQ(region.comm(100), "");  // no slot read yet
   (void)region.counts();
