@@ -15,6 +15,7 @@
 //   call N    calls attach_driven N times, then prints "called N"
 //   fork N    forks a child that calls attach_driven N times, prints "child PID called N" and stays
 //             alive (pause) until it is killed
+//   open N    opens /dev/null, prints "open N fd=FD" (the number it got) and closes it
 //   exec      forks a child that execs /bin/sleep 30, then prints "exec'd PID"
 //   quit      stops the threads and prints "eintr=E short=S reads=R spins>0=B", then exits 0
 #define _GNU_SOURCE
@@ -180,6 +181,10 @@ int main(int argc, char **argv) {
         fflush(stdout);
         for (;;) pause();
       }
+    } else if (sscanf(line, "open %ld", &count) == 1) {
+      int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      printf("open %ld fd=%d\n", count, fd);
+      close(fd);
     } else if (strncmp(line, "exec", 4) == 0) {
       fflush(stdout);
       pid_t pid = fork();

@@ -68,6 +68,17 @@ void attach_twice(const char *blocker) {
   ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
   const Driven &d = target.driven();
   pid_t child = -1;
+  // The number the program's next open() gets: usprobe's descriptors in it (the region, the
+  // session's pipe, /proc/self/mem) sit near the top, out of its way.
+  auto next_fd = [&](int n) {
+    target.send("open " + std::to_string(n));
+    std::string want = "open " + std::to_string(n) + " fd=";
+    if (!target.process().wait_for_stdout(want, 10s)) return std::string("?");
+    const std::string &out = target.process().out_so_far();
+    size_t at = out.find(want) + want.size();
+    return out.substr(at, out.find('\n', at) - at);
+  };
+  const std::string unprobed_fd = next_fd(0);
   // Two sessions, one after the other, on the same process: the second finds the process as the
   // first left it.
   for (int session = 1; session <= 2; ++session) {
@@ -76,6 +87,7 @@ void attach_twice(const char *blocker) {
     Process usprobe({cli(), "count", "--json", "-v", "-p", std::to_string(target.pid()),
                      "exe:attach_driven", "exe:attach_spin"});
     ASSERT_TRUE(wait_patched(target.pid(), d, usprobe, 20s)) << end_session(usprobe).describe();
+    EXPECT_EQ(next_fd(session), unprobed_fd) << "the program's own descriptors moved";
     target.poke();  // the reader thread's read() returns once, mid-session
     target.send("call " + std::to_string(calls));
     ASSERT_TRUE(target.process().wait_for_stdout("called " + std::to_string(calls), 10s));

@@ -3,7 +3,7 @@
 // The mask and disposition calls may run in a signal handler, in any thread, while usprobe patches
 // code: no lock, no allocation; the per-thread state is initial-exec TLS; the program's SIGTRAP
 // disposition is published as immutable records. (pthread_create, not async-signal-safe itself,
-// allocates.) The calls forward to the next definitions (libc's, or a
+// may allocate.) The calls forward to the next definitions (libc's, or a
 // sanitizer's interceptor), looked up once with dlsym(RTLD_NEXT).
 #include "os/linux/signal_guard.h"
 
@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <new>
 
 #include "os/linux/raw_syscall.h"
@@ -412,26 +413,53 @@ struct Start {
   uint64_t wanted;
 };
 
+// Handed to the new thread without malloc where it can be: this runs in the program's thread, and
+// with libc:malloc probed the program's count must not include usprobe's own allocation (xz -T2,
+// whose liblzma creates its workers with every signal blocked, counted one malloc more than
+// unprobed). The creator claims a slot, the new thread gives it back once it has copied it; more
+// than kStarts creations in flight at once take the heap.
+constexpr size_t kStarts = 64;
+Start g_starts[kStarts];
+std::atomic<bool> g_start_used[kStarts];
+
+Start *claim_start() {
+  for (size_t i = 0; i < kStarts; ++i)
+    // Acquire: pairs with the release in release_start; the last reader has finished with it.
+    if (!g_start_used[i].load(std::memory_order_relaxed) &&
+        !g_start_used[i].exchange(true, std::memory_order_acquire))
+      return &g_starts[i];
+  return new (std::nothrow) Start;
+}
+
+void release_start(Start *s) {
+  auto at = reinterpret_cast<uintptr_t>(s), first = reinterpret_cast<uintptr_t>(g_starts);
+  if (at >= first && at < first + sizeof g_starts)
+    g_start_used[(at - first) / sizeof(Start)].store(false, std::memory_order_release);
+  else
+    delete s;
+}
+
 void *start_with_wanted(void *p) {
   Start s = *static_cast<Start *>(p);
-  delete static_cast<Start *>(p);
+  release_start(static_cast<Start *>(p));
   t_wanted = s.wanted;
   return s.fn(s.arg);
 }
 
-// Only a creator that "blocks" a guarded signal pays for this (one allocation); a thread whose
-// attributes give it a mask of its own starts as the attributes say, with the guarded signals
-// out (pthread_attr_setsigmask_np below) and its bits clear.
+// Only a creator that "blocks" a guarded signal pays for this (a slot, or an allocation); a thread
+// whose attributes give it a mask of its own starts as the attributes say, with the guarded
+// signals out (pthread_attr_setsigmask_np below) and its bits clear.
 USPROBE_EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
                                   void *(*fn)(void *), void *arg) noexcept {
   CreateFn real = next(g_pthread_create, "pthread_create");
   sigset_t own;
   if (!t_wanted || (attr && pthread_attr_getsigmask_np(attr, &own) == 0))
     return real(thread, attr, fn, arg);
-  auto *s = new (std::nothrow) Start{fn, arg, t_wanted};
+  Start *s = claim_start();
   if (!s) return EAGAIN;
+  *s = Start{fn, arg, t_wanted};
   int rc = real(thread, attr, start_with_wanted, s);
-  if (rc != 0) delete s;
+  if (rc != 0) release_start(s);
   return rc;
 }
 

@@ -289,8 +289,8 @@ TEST(Region, NoticesComeInOrderOnceReady) {
 }
 
 // At the end of a session, what did not happen: the probe the agent could not place, with the
-// agent's reason, and the probe on the int3 path, with its reason and cost; the probe placed on a
-// jump is in neither line.
+// agent's reason, and the probe on the int3 path, with its hits, reason and cost; the probe placed
+// on a jump is in neither line.
 TEST(Region, TheEndNamesProbesNeverPlacedAndProbesOnTheInt3Path) {
   const std::vector<PlanEntry> plan = {
       {"/usr/lib/libc.so.6:malloc", 0}, {"/usr/bin/prog:greet", 0}, {"/usr/bin/prog:work", 0}};
@@ -310,6 +310,7 @@ TEST(Region, TheEndNamesProbesNeverPlacedAndProbesOnTheInt3Path) {
   h->agents_started = 1;
   placed_flags(h)[0].store(kPlacedSite | kPlacedInt3);
   placed_flags(h)[2].store(kPlacedSite);
+  FakeThread::claim(h, 0, 42, 42).hit(0, 5);
   const std::vector<Probe> probes = {{"libc:malloc", plan[0].location, 0},
                                      {"exe:greet", plan[1].location, 1},
                                      {"exe:work", plan[2].location, 2}};
@@ -321,8 +322,8 @@ TEST(Region, TheEndNamesProbesNeverPlacedAndProbesOnTheInt3Path) {
   EXPECT_EQ(err,
             "usprobe: pid 42: exe:greet not placed: cannot be probed: an indirect jump\n"
             "usprobe: 1 probe was never placed: exe:greet (cannot be probed: an indirect jump)\n"
-            "usprobe: 1 probe runs on the int3 path (a trap per hit, ~2 us each): libc:malloc (the "
-            "function is 4 bytes, shorter than a 5-byte jump)\n");
+            "usprobe: 1 probe is on the int3 path (a trap per hit, ~2 us each; 5 traps in all): "
+            "libc:malloc (5 hits; the function is 4 bytes, shorter than a 5-byte jump)\n");
 }
 
 // What a process of the command can do to the header: the CLI never follows what it finds there.

@@ -5,7 +5,6 @@
 
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <regex>
 
 #include "commands/commands.h"
 #include "elf/elf_file.h"
@@ -23,7 +22,7 @@ int run_list(const ListOptions &options) {
     return report_error({EINVAL,
                          "list: 'exe' is the command a session starts; give its path: "
                          "usprobe list /usr/bin/sqlite3"});
-  std::optional<std::regex> regex;
+  Regex regex;
   if (options.regex && !options.pattern.empty()) {
     auto re = compile_regex(options.pattern);
     if (!re) return report_error({re.error().code, "list: " + re.error().message});
@@ -38,7 +37,7 @@ int run_list(const ListOptions &options) {
   // Already sorted by offset; aliases at one offset are all listed, as each can be probed.
   std::vector<const elf::Function *> selected;
   auto matches = [&](const std::string &name) {
-    return regex ? std::regex_search(name, *regex)
+    return regex ? regex_search(regex, name)
                  : ::fnmatch(options.pattern.c_str(), name.c_str(), 0) == 0;
   };
   for (const elf::Function &f : (*file)->functions())

@@ -117,12 +117,19 @@ void set_regex_symbols(bool regex) {
   g_regex_symbols = regex;
 }
 
-Result<std::regex> compile_regex(const std::string &pattern) {
-  try {
-    return std::regex(pattern, std::regex::ECMAScript | std::regex::optimize);
-  } catch (const std::regex_error &e) {
-    return fail(EINVAL, fmt::format("invalid regular expression '{}': {}", pattern, e.what()));
+Result<Regex> compile_regex(const std::string &pattern) {
+  Regex re(new regex_t);
+  if (int rc = ::regcomp(re.get(), pattern.c_str(), REG_EXTENDED | REG_NOSUB); rc != 0) {
+    char why[256];
+    ::regerror(rc, re.get(), why, sizeof why);
+    delete re.release();  // regcomp failed: nothing to regfree
+    return fail(EINVAL, fmt::format("invalid regular expression '{}': {}", pattern, why));
   }
+  return re;
+}
+
+bool regex_search(const Regex &re, const std::string &text) {
+  return ::regexec(re.get(), text.c_str(), 0, nullptr, 0) == 0;
 }
 
 Result<ProbeSpec> parse_probe(std::string_view text) {
@@ -276,9 +283,9 @@ std::vector<GlobMatch> expand_pattern(const std::vector<elf::Function> &function
   auto re = compile_regex(spec.symbol);
   if (!re) return {};  // parse_probe refused it already
   return select_functions(functions, [&](const elf::Function &f, const std::string &demangled) {
-    if (std::regex_search(f.name, *re)) return true;
+    if (regex_search(*re, f.name)) return true;
     if (demangled == f.name) return false;
-    return std::regex_search(std::string(without_return_type(demangled)), *re);
+    return regex_search(*re, std::string(without_return_type(demangled)));
   });
 }
 

@@ -3,9 +3,11 @@
 // expanded, every symbol and offset checked before the command starts.
 #pragma once
 
+#include <regex.h>
+
 #include <cstdint>
+#include <memory>
 #include <optional>
-#include <regex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,8 +50,8 @@ std::string shown_name(const elf::Function &f);
 Result<ProbeSpec> parse_probe(std::string_view text);
 
 // -r (funccount's): every SYMBOL that parse_probe reads afterwards is an extended regular
-// expression (ECMAScript), searched for in function names, instead of a name or a glob; FILE:0xOFF
-// stays an offset. A regex that does not compile is a bad probe.
+// expression (POSIX extended, as grep -E), searched for in function names, instead of a name or a
+// glob; FILE:0xOFF stays an offset. A regex that does not compile is a bad probe.
 void set_regex_symbols(bool regex);
 
 // A function a glob selected. `by_offset` is set when another function of the file has the same
@@ -73,8 +75,20 @@ std::vector<GlobMatch> expand_glob(const std::vector<elf::Function> &functions,
 std::vector<GlobMatch> expand_pattern(const std::vector<elf::Function> &functions,
                                       const ProbeSpec &spec);
 
-// A -r pattern, compiled; errors name it ("invalid regular expression 'str(': ...").
-Result<std::regex> compile_regex(const std::string &pattern);
+// A -r pattern, compiled: a POSIX extended regular expression (as grep -E takes it). POSIX
+// regcomp rather than std::regex: it is what grep and funccount users write, and GCC 12's
+// <regex> does not build warning-free under the sanitizers.
+struct RegexFree {
+  void operator()(regex_t *re) const {
+    ::regfree(re);
+    delete re;
+  }
+};
+using Regex = std::unique_ptr<regex_t, RegexFree>;
+// Errors name the pattern ("invalid regular expression 'str(': parentheses not balanced").
+Result<Regex> compile_regex(const std::string &pattern);
+// Whether `re` matches somewhere in `text`.
+bool regex_search(const Regex &re, const std::string &text);
 
 // The functions whose demangled C++ name is `name` (a template function's return type may be
 // left out, see below): the whole name ("ns::parse(int)", one

@@ -183,7 +183,11 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit, const std
                noun);
     return;
   }
-  print_summary(probes_, region.placed(), region.on_int3(), not_placed_why_, int3_why_, verbose_);
+  std::vector<uint64_t> hits(probes_.size(), 0);
+  for (const auto &[key, count] : region.counts())
+    if (key.second < hits.size()) hits[key.second] += count.hits;
+  print_summary(probes_, region.placed(), region.on_int3(), hits, not_placed_why_, int3_why_,
+                verbose_);
   // -n: the processes of other names placed nothing on purpose; the lines below speak of the
   // others.
   const std::string by = region.agents_filtered() > 0
@@ -213,8 +217,10 @@ void NoticePrinter::finish(const Region &region, const ExitInfo &exit, const std
 }
 
 void print_summary(const std::vector<Probe> &probes, const std::vector<bool> &placed,
-                   const std::vector<bool> &int3, const std::map<int32_t, std::string> &not_placed,
+                   const std::vector<bool> &int3, const std::vector<uint64_t> &hits,
+                   const std::map<int32_t, std::string> &not_placed,
                    const std::map<int32_t, std::string> &int3_why, bool verbose) {
+  auto hits_of = [&](size_t i) { return i < hits.size() ? hits[i] : 0; };
   // "a (why), b (why), c, and 12 more (-v lists them)"
   auto names = [&](const std::vector<size_t> &indices, const std::map<int32_t, std::string> &why) {
     constexpr size_t kShown = 4;
@@ -234,8 +240,12 @@ void print_summary(const std::vector<Probe> &probes, const std::vector<bool> &pl
     for (size_t k = 0; k < shown; ++k) {
       size_t i = indices[k];
       out += (k ? ", " : "") + probes[i].display;
+      std::string notes;
+      if (&why == &int3_why && hits_of(i) > 0)
+        notes = fmt::format("{} hit{}", hits_of(i), hits_of(i) == 1 ? "" : "s");
       if (auto it = why.find(static_cast<int32_t>(i)); it != why.end() && !one_reason)
-        out += " (" + it->second + ")";
+        notes += (notes.empty() ? "" : "; ") + it->second;
+      if (!notes.empty()) out += " (" + notes + ")";
     }
     if (shown < indices.size())
       out += fmt::format(", and {} more (-v lists them)", indices.size() - shown);
@@ -252,10 +262,16 @@ void print_summary(const std::vector<Probe> &probes, const std::vector<bool> &pl
   if (!never.empty())
     fmt::print(stderr, "usprobe: {} {} never placed: {}\n", never.size(),
                never.size() == 1 ? "probe was" : "probes were", names(never, not_placed));
-  if (!trapped.empty())
-    fmt::print(stderr, "usprobe: {} {} on the int3 path (a trap per hit, {} each): {}\n",
-               trapped.size(), trapped.size() == 1 ? "probe runs" : "probes run", kInt3Cost,
-               names(trapped, int3_why));
+  if (trapped.empty()) return;
+  // The ones that cost something first: by hits, most first.
+  std::stable_sort(trapped.begin(), trapped.end(),
+                   [&](size_t a, size_t b) { return hits_of(a) > hits_of(b); });
+  uint64_t traps = 0;
+  for (size_t i : trapped) traps += hits_of(i);
+  fmt::print(stderr, "usprobe: {} {} on the int3 path (a trap per hit, {} each; {}): {}\n",
+             trapped.size(), trapped.size() == 1 ? "probe is" : "probes are", kInt3Cost,
+             traps == 0 ? std::string("not hit") : fmt::format("{} traps in all", traps),
+             names(trapped, int3_why));
 }
 
 Result<Output> Output::create(const std::string &path) {

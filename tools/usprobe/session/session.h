@@ -85,11 +85,13 @@ class NoticePrinter {
 inline constexpr const char *kInt3Cost = "~2 us";
 
 // At the end of a session: the probes that never got a site, and those that run on the int3 path,
-// in a line each, a few names with their reasons ("usprobe: 2 probes run on the int3 path (a trap
-// per hit, ~2 us each): libc:foo (the function is 4 bytes...), ..."); every name with verbose.
-// `placed` and `int3` are Region::placed() and Region::on_int3().
+// in a line each, a few names with their reasons ("usprobe: 2 probes are on the int3 path (a trap
+// per hit, ~2 us each; 40 traps in all): libc:foo (40 hits; the function is 4 bytes...), ..."),
+// the int3 ones by hits, most first; every name with verbose. `placed` and `int3` are
+// Region::placed() and Region::on_int3(), `hits` the hits of each probe (Region::counts()).
 void print_summary(const std::vector<Probe> &probes, const std::vector<bool> &placed,
-                   const std::vector<bool> &int3, const std::map<int32_t, std::string> &not_placed,
+                   const std::vector<bool> &int3, const std::vector<uint64_t> &hits,
+                   const std::map<int32_t, std::string> &not_placed,
                    const std::map<int32_t, std::string> &int3_why, bool verbose);
 
 // Where the reports go, and the command's stdout (README, "Where output goes"). The report never

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "elf/elf_file.h"
+#include "os/linux/high_descriptor.h"
 #include "os/linux/proc_maps.h"
 #include "protocol/attach.h"
 #include "resolve/paths.h"
@@ -439,6 +441,21 @@ class Injection {
     return *r;
   }
 
+  // A descriptor the target just opened for usprobe (close-on-exec, not owned yet), moved near the
+  // top of its numbers (os/linux/high_descriptor.h), the old number closed: the program's own next
+  // open() gets the number it would have got without usprobe. Stays where it is where the target
+  // has no room up there, or the move fails.
+  int raise_fd(int fd) {
+    rlimit limit{};
+    if (::prlimit(point_.pid, RLIMIT_NOFILE, nullptr, &limit) != 0) return fd;
+    rlim_t floor = os::high_descriptor_floor(limit.rlim_cur);
+    if (floor == 0 || static_cast<rlim_t>(fd) >= floor) return fd;
+    auto high = thread_.syscall(point_.syscall_insn, SYS_fcntl,
+                                {uint64_t(fd), F_DUPFD_CLOEXEC, uint64_t{floor}});
+    if (!high || *high < 0) return fd;
+    (void)thread_.syscall(point_.syscall_insn, SYS_close, {uint64_t(fd)});
+    return static_cast<int>(*high);
+  }
   // A descriptor the target opened: closed again on failure.
   void own_fd(int fd) {
     undo_.push_back(
@@ -588,6 +605,7 @@ Result<int> Injection::give_fd(int mine, uint64_t scratch, const char *what) {
   if (header.cmsg_level != SOL_SOCKET || header.cmsg_type != SCM_RIGHTS ||
       header.cmsg_len != CMSG_LEN(sizeof(int)) || fd < 0)
     return failed(EPROTO, "recvmsg in the target received no descriptor");
+  fd = raise_fd(fd);
   own_fd(fd);
   return fd;
 }
@@ -669,8 +687,8 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
       auto fd = injection.syscall("memfd_create", SYS_memfd_create,
                                   {scratch_address + offsetof(Scratch, agent_name), MFD_CLOEXEC});
       if (!fd) return std::unexpected(fd.error());
-      injection.own_fd(static_cast<int>(*fd));
-      block.agent_fd = static_cast<int32_t>(*fd);
+      block.agent_fd = injection.raise_fd(static_cast<int>(*fd));
+      injection.own_fd(block.agent_fd);
       auto mine = injection.open_fd(block.agent_fd, O_WRONLY);
       if (!mine) return std::unexpected(mine.error());
       size_t done = 0;
@@ -693,8 +711,8 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
           injection.syscall("memfd_create", SYS_memfd_create,
                             {scratch_address + offsetof(Scratch, region_name), MFD_CLOEXEC});
       if (!region) return std::unexpected(region.error());
-      injection.own_fd(static_cast<int>(*region));
-      block.region_fd = static_cast<int32_t>(*region);
+      block.region_fd = injection.raise_fd(static_cast<int>(*region));
+      injection.own_fd(block.region_fd);
       auto mine_region = injection.open_fd(block.region_fd, O_RDWR);
       if (!mine_region) return std::unexpected(mine_region.error());
       region_fd = *mine_region;
@@ -714,6 +732,7 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
                              {reinterpret_cast<uint8_t *>(fds), sizeof fds});
         !r)
       return std::unexpected(r.error());
+    fds[0] = injection.raise_fd(fds[0]);
     injection.own_fd(fds[0]);
     block.control_fd = fds[0];
     // The write end: the CLI's own open of it, then the target's closed, so only the CLI holds one.
