@@ -10,6 +10,7 @@
 #include "agent/ring.h"
 #include "agent/safe_copy.h"
 #include "agent/slots.h"
+#include "agent/usdt_stub_tmp.h"  // TEMPORARY: usprobe.h will declare the calls
 
 namespace usprobe::agent {
 
@@ -133,6 +134,18 @@ void trace_handler(usprobe_hit *hit, void *user) {
   if (t_in_agent) return;
   uint64_t args[kMaxArgs];
   for (unsigned n = 0; n < kMaxArgs; ++n) args[n] = usprobe_arg(hit, n);
+  record_event<false>(hit, probe_of(user), args, 0, 0);
+}
+
+// The arguments are the note's, read where its spec says (a register, the stack, a global):
+// only as many as the hit site's note has, the others 0.
+void trace_usdt_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) return;
+  uint64_t args[kMaxArgs];
+  const int count = usprobe_usdt_arg_count(hit);
+  unsigned n = 0;
+  for (; n < kMaxArgs && static_cast<int>(n) < count; ++n) args[n] = usprobe_usdt_arg(hit, n);
+  for (; n < kMaxArgs; ++n) args[n] = 0;
   record_event<false>(hit, probe_of(user), args, 0, 0);
 }
 

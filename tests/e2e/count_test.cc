@@ -820,4 +820,38 @@ TEST(CliCount, CommFilterCountsOnlyTheNamedProgramOfAScript) {
   EXPECT_EQ((*probe)["pids"].size(), 1u) << "one process counted: " << probe->dump();
 }
 
+// USDT: python3.11 fires python:function__entry at every Python call, and only while the probe's
+// semaphore is raised. A script that calls a function 2,000 times counts exactly 2,000 more than
+// the same script calling it never (python's startup calls the same functions both times). The
+// rows are named as bpftrace names the probe, with FILE as given (`exe`, the short form's NAME with
+// its provider).
+TEST(CliCount, UsdtPythonFunctionEntryCountsEachCallOfAScript) {
+  const std::string python = "/usr/bin/python3.11";
+  if (!e2e::file_exists(python)) GTEST_SKIP() << python << " is not installed";
+  e2e::TempDir dir;
+  auto script = [](int calls) {
+    return "def f():\n    pass\nfor i in range(" + std::to_string(calls) + "):\n    f()\n";
+  };
+  const std::string none = dir.file("none.json");
+  Output r0 =
+      run({e2e::cli(), "count", "--json", "-o", none, "usdt:" + python + ":python:function__entry",
+           "--", python, "-I", "-S", "-c", script(0)});
+  ASSERT_EQ(r0.exit_code(), 0) << r0.describe();
+  std::vector<Json> reports = e2e::reports(e2e::read_file(none));
+  ASSERT_EQ(reports.size(), 1u) << e2e::read_file(none);
+  const uint64_t startup = hits_of(reports[0], "usdt:" + python + ":python:function__entry");
+  EXPECT_GT(startup, 0u) << "python's startup runs Python code: " << reports[0].dump();
+
+  const std::string text = dir.file("calls.txt");
+  Output r = run({e2e::cli(), "count", "-o", text, "usdt:exe:function__entry", "--", python, "-I",
+                  "-S", "-c", script(2000)});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::smatch row;
+  const std::string report = e2e::read_file(text);
+  ASSERT_TRUE(std::regex_search(report, row,
+                                std::regex(R"(\nusdt:exe:python:function__entry +([0-9]+) +0\n)")))
+      << report;
+  EXPECT_EQ(std::stoull(row[1]), startup + 2000) << report;
+}
+
 }  // namespace
