@@ -116,7 +116,7 @@ std::string read_build_id(Elf *e) {
   return {};
 }
 
-Elf_Scn *find_section(Elf *e, uint32_t type) {
+Elf_Scn *find_section_of_type(Elf *e, uint32_t type) {
   for (Elf_Scn *scn = elf_nextscn(e, nullptr); scn; scn = elf_nextscn(e, scn)) {
     GElf_Shdr sh;
     if (gelf_getshdr(scn, &sh) && sh.sh_type == type) return scn;
@@ -128,7 +128,7 @@ Elf_Scn *find_section(Elf *e, uint32_t type) {
 // file itself, not a version, and symbols pointing at it are unversioned: it is left empty.
 std::vector<std::string> read_version_definitions(Elf *e) {
   std::vector<std::string> names;
-  Elf_Scn *scn = find_section(e, SHT_GNU_verdef);
+  Elf_Scn *scn = find_section_of_type(e, SHT_GNU_verdef);
   GElf_Shdr sh;
   if (!scn || !gelf_getshdr(scn, &sh)) return names;
   Elf_Data *data = elf_getdata(scn, nullptr);
@@ -173,8 +173,16 @@ struct ElfFile::Impl {
   std::unordered_map<std::string, std::vector<uint32_t>> by_name;  // plain name -> indices
   std::unordered_set<std::string> data_names;      // objects and TLS: "is a data symbol"
   std::unordered_set<std::string> sizeless_names;  // functions with st_size 0: bounds unknown
-  std::vector<CodeRange> unwind_ranges;            // .eh_frame's FDEs, sorted by file offset
-  std::vector<uint64_t> landing_pads;              // sorted, unique
+  // The values of the symbols that are not in `functions` (data objects, sizeless functions,
+  // untyped labels), for symbol_vaddr(); with the rank that decides between duplicates.
+  struct SymbolValue {
+    uint64_t vaddr = 0;
+    int rank = 0;
+  };
+  std::unordered_map<std::string, SymbolValue> other_symbols;
+  std::vector<Section> sections;
+  std::vector<CodeRange> unwind_ranges;  // .eh_frame's FDEs, sorted by file offset
+  std::vector<uint64_t> landing_pads;    // sorted, unique
 
   ~Impl() {
     if (map) ::munmap(const_cast<uint8_t *>(map), size);
@@ -191,6 +199,8 @@ struct ElfFile::Impl {
   void read_separate_debug_symtab(std::vector<RawFunction> &out);
   void index(std::vector<RawFunction> raw);
   void read_unwind_info(Elf *e);
+  void read_sections(Elf *e);
+  void note_symbol_value(const std::string &name, uint64_t vaddr, int rank);
   std::string suggest(std::string_view name) const;
 };
 
@@ -242,7 +252,7 @@ void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
   Elf_Data *versym = nullptr;
   std::vector<std::string> version_names;
   if (dynamic) {
-    if (Elf_Scn *vs = find_section(e, SHT_GNU_versym)) versym = elf_getdata(vs, nullptr);
+    if (Elf_Scn *vs = find_section_of_type(e, SHT_GNU_versym)) versym = elf_getdata(vs, nullptr);
     version_names = read_version_definitions(e);
   }
 
@@ -270,12 +280,16 @@ void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
     if (version.empty()) hidden = false;
 
     unsigned char type = GELF_ST_TYPE(sym.st_info);
+    // .symtab over .dynsym (read first), then the stronger binding.
+    int rank = (dynamic ? 0 : 4) + binding_rank(GELF_ST_BIND(sym.st_info));
+    if (type == STT_OBJECT || type == STT_NOTYPE) note_symbol_value(name, sym.st_value, rank);
     if (type == STT_OBJECT || type == STT_TLS || type == STT_COMMON) {
       data_names.insert(std::move(name));
       continue;
     }
     if (type != STT_FUNC && type != STT_GNU_IFUNC) continue;
     if (sym.st_size == 0) {
+      note_symbol_value(name, sym.st_value, rank);
       sizeless_names.insert(std::move(name));
       continue;
     }
@@ -295,6 +309,23 @@ void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
   }
 }
 
+void ElfFile::Impl::note_symbol_value(const std::string &name, uint64_t vaddr, int rank) {
+  auto [it, added] = other_symbols.try_emplace(name, SymbolValue{vaddr, rank});
+  if (!added && rank > it->second.rank) it->second = SymbolValue{vaddr, rank};
+}
+
+void ElfFile::Impl::read_sections(Elf *e) {
+  size_t shstrndx = 0;
+  if (elf_getshdrstrndx(e, &shstrndx) != 0) return;
+  for (Elf_Scn *scn = elf_nextscn(e, nullptr); scn; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh)) continue;
+    const char *name = elf_strptr(e, shstrndx, sh.sh_name);
+    sections.push_back(
+        {name ? name : "", sh.sh_type, sh.sh_flags, sh.sh_addr, sh.sh_offset, sh.sh_size});
+  }
+}
+
 // Debian strips .symtab from its libraries and ships it in -dbg packages as a file named by the
 // build-id. Without it, libc's IFUNC implementations (__strlen_avx2, ...) and every static
 // function would have no name. Its symbol values are the stripped file's addresses: the debug
@@ -308,7 +339,7 @@ void ElfFile::Impl::read_separate_debug_symtab(std::vector<RawFunction> &out) {
   UniqueElf e(elf_begin(fd.get(), ELF_C_READ_MMAP, nullptr));
   if (!e.get() || elf_kind(e.get()) != ELF_K_ELF || !is_x86_64(e.get())) return;
   if (read_build_id(e.get()) != build_id) return;  // a stale file left by another version
-  Elf_Scn *symtab = find_section(e.get(), SHT_SYMTAB);
+  Elf_Scn *symtab = find_section_of_type(e.get(), SHT_SYMTAB);
   if (!symtab) return;
   read_symbols(e.get(), symtab, /*dynamic=*/false, out);
   symtab_path = std::move(debug_path);
@@ -490,9 +521,9 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
   im.read_segments(e.get());
   im.build_id = read_build_id(e.get());
   std::vector<RawFunction> raw;
-  if (Elf_Scn *dynsym = find_section(e.get(), SHT_DYNSYM))
+  if (Elf_Scn *dynsym = find_section_of_type(e.get(), SHT_DYNSYM))
     im.read_symbols(e.get(), dynsym, /*dynamic=*/true, raw);
-  if (Elf_Scn *symtab = find_section(e.get(), SHT_SYMTAB)) {
+  if (Elf_Scn *symtab = find_section_of_type(e.get(), SHT_SYMTAB)) {
     im.read_symbols(e.get(), symtab, /*dynamic=*/false, raw);
     im.symtab_path = path;
   } else {
@@ -500,6 +531,7 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
   }
   im.index(std::move(raw));
   im.read_unwind_info(e.get());
+  im.read_sections(e.get());
   return std::shared_ptr<const ElfFile>(std::move(file));
 }
 
@@ -621,6 +653,33 @@ const std::vector<ElfFile::CodeRange> &ElfFile::unwind_ranges() const {
 
 const std::vector<uint64_t> &ElfFile::landing_pads() const {
   return impl_->landing_pads;
+}
+
+const std::vector<ElfFile::Section> &ElfFile::sections() const {
+  return impl_->sections;
+}
+
+const ElfFile::Section *ElfFile::find_section(std::string_view name) const {
+  for (const Section &s : impl_->sections)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+std::span<const uint8_t> ElfFile::section_bytes(const Section &section) const {
+  if (section.type == SHT_NOBITS) return {};
+  return bytes(section.file_offset, section.size);
+}
+
+std::optional<uint64_t> ElfFile::symbol_vaddr(std::string_view name) const {
+  const Impl &im = *impl_;
+  std::string key(name);
+  if (auto it = im.other_symbols.find(key); it != im.other_symbols.end()) return it->second.vaddr;
+  if (auto it = im.by_name.find(key); it != im.by_name.end()) {
+    // A function: the default version's address, as find_function() picks it.
+    if (auto f = find_function(name)) return f->vaddr;
+    return im.functions[it->second.front()].vaddr;
+  }
+  return std::nullopt;
 }
 
 std::optional<uint64_t> ElfFile::vaddr_to_offset(uint64_t vaddr) const {

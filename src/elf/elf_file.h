@@ -102,6 +102,30 @@ class ElfFile {
   // `len` bytes of the file starting at `file_offset` (empty span if out of range).
   std::span<const uint8_t> bytes(uint64_t file_offset, size_t len) const;
 
+  // The section headers, in file order (strip keeps them). `name` is from .shstrtab. A SHT_NOBITS
+  // section (.bss) has no bytes in the file: its file_offset says nothing.
+  struct Section {
+    std::string name;
+    uint32_t type = 0;   // SHT_*
+    uint64_t flags = 0;  // SHF_*
+    uint64_t vaddr = 0;  // sh_addr; 0 for a section that is not loaded (.note.stapsdt)
+    uint64_t file_offset = 0;
+    uint64_t size = 0;
+  };
+  const std::vector<Section> &sections() const;
+  // The first section named `name`; nullptr when the file has none.
+  const Section *find_section(std::string_view name) const;
+  // The bytes of a section that has some in the file; empty for SHT_NOBITS or a section that
+  // claims more than the file holds.
+  std::span<const uint8_t> section_bytes(const Section &section) const;
+
+  // The value (st_value) of the symbol `name` (plain, unversioned), any kind that has an address:
+  // functions, sizeless ones included, and data objects (`NBuffers`, `environ`). .symtab (or the
+  // separate debug file's) wins over .dynsym; within one table a global over a local (two
+  // files' `static int counter` are both locals: the first one read is kept). nullopt when no
+  // symbol of that name is defined in the file.
+  std::optional<uint64_t> symbol_vaddr(std::string_view name) const;
+
   // The GNU build-id note in hex ("93ac61ec..."), empty when the file has none.
   const std::string &build_id() const;
 
