@@ -418,6 +418,31 @@ TEST(ResolveProbes, UsdtProbeIsOnePlanProbeNamedAsBpftraceNamesIt) {
       << refused.error().message;
 }
 
+#ifdef USDT_TARGETS_LIB
+// tests/targets/usdt_targets.c: "twice" is one probe inlined at two sites; "float" has an argument
+// usprobe cannot read (8f@%xmm0), which matters only to a format that prints it.
+TEST(ResolveProbes, UsdtSitesAreOneProbeAndAnUnreadableArgumentOnlyWhenPrinted) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  const std::string lib = USDT_TARGETS_LIB;
+  auto twice = resolve_probes({parsed("usdt:" + lib + ":twice")}, finder);
+  ASSERT_TRUE(twice.has_value()) << twice.error().message;
+  ASSERT_EQ(twice->size(), 1u);
+  EXPECT_EQ((*twice)[0].location, "usdt:" + lib + ":usprobe_test:twice");
+
+  ProbeSpec counted = parsed("usdt:" + lib + ":usprobe_test:float");
+  EXPECT_TRUE(resolve_probes({counted}, finder).has_value());
+  ProbeSpec printed = counted;
+  printed.usdt_args_used = 1;
+  auto refused = resolve_probes({printed}, finder);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message.find("has arguments `8f@%xmm0` that usprobe cannot read"),
+            std::string::npos)
+      << refused.error().message;
+  EXPECT_NE(refused.error().message.find("floating-point"), std::string::npos)
+      << refused.error().message;
+}
+#endif
+
 // memcpy and memmove are IFUNCs that this CPU resolves to one implementation, which a glob also
 // names: one patch, so one probe under the plainest name with the others as aliases; a probe
 // whose site is unknown stays apart, and a return probe at the same offset is another probe.

@@ -142,7 +142,7 @@ Result<ProbeSpec> parse_usdt(std::string_view text, bool file_only) {
   auto bad = [&] {
     return fail(EINVAL, fmt::format("bad probe '{}': expected usdt:FILE:PROVIDER:NAME or "
                                     "usdt:FILE:NAME{}",
-                                    text, file_only ? " (or usdt:FILE: all of its probes)" : ""));
+                                    text, file_only ? ", or usdt:FILE" : ""));
   };
   ProbeSpec spec;
   spec.text = std::string(text);
