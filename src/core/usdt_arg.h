@@ -57,6 +57,7 @@ inline uint64_t usdt_reg_value(const arch::Regs &regs, int8_t reg) {
 // `v`'s low `size` bytes, sign- or zero-extended to 64 bits.
 inline uint64_t usdt_extend(uint64_t v, uint8_t size, bool is_signed) {
   if (size >= 8) return v;
+  if (size == 0) return 0;  // (never from the parser; a shift by -1 below otherwise)
   const unsigned bits = size * 8u;
   const uint64_t low = v & ((uint64_t{1} << bits) - 1);
   if (!is_signed || !(low >> (bits - 1))) return low;

@@ -204,6 +204,7 @@ std::string parse_operand(std::string_view op, const ElfFile *file, uint64_t pc_
   }
 
   if (op[0] == '$') {
+    if (op.size() == 1) return "no value after `$`";
     // "$sym": a symbol's address as an immediate, only in non-PIE code (a position-independent
     // file cannot hold an absolute address in an instruction), so its vaddr is its address.
     Displacement d;

@@ -148,6 +148,7 @@ TEST(UsdtArgs, BadOperandsNameTheOperandAndTheReason) {
       {"8@8(%rax", "operand 1 `8@8(%rax`: expected `)` at the end"},
       {"8@(%rax,%rip,1)", "operand 1 `8@(%rax,%rip,1)`: %rip cannot be an index"},
       {"8@16(%rip)", "operand 1 `8@16(%rip)`: a %rip-relative operand without a symbol"},
+      {"8@$", "operand 1 `8@$`: no value after `$`"},
       {"8@$1z", "operand 1 `8@$1z`: cannot read the number `1z`"},
       {"8@$99999999999999999999",
        "operand 1 `8@$99999999999999999999`: cannot read the number "
@@ -608,6 +609,11 @@ TEST(UsdtProbes, PostgresHas71ProbesWithSemaphoresAndEveryArgumentParses) {
   }
   EXPECT_TRUE(saw_nbuffers);
   auto probe = by_name(*probes);
+  // A probe the compiler placed at several sites has one note each, all with one semaphore.
+  ASSERT_EQ(probe["sort__start"].size(), 4u);
+  for (const UsdtProbe &p : probe["sort__start"])
+    EXPECT_EQ(p.semaphore_vaddr, probe["sort__start"][0].semaphore_vaddr);
+  EXPECT_NE(probe["sort__start"][0].pc_vaddr, probe["sort__start"][1].pc_vaddr);
   ASSERT_EQ(probe.count("clog__checkpoint__start"), 1u);
   EXPECT_EQ(probe["clog__checkpoint__start"][0].args_text, "-4@$1");
 }
