@@ -99,7 +99,8 @@ int list_usdt(const ListOptions &options) {
     fmt::print("{}  {} site{}, {}\n", name, m.sites.size(), m.sites.size() == 1 ? "" : "s",
                first.semaphore_vaddr ? fmt::format("semaphore {:#x}", first.semaphore_vaddr)
                                      : std::string("no semaphore"));
-    // A site a line: its file offset, then the note's argument specs (what argN reads).
+    // A site a line: its file offset, then the note's argument specs (what argN reads). Room at
+    // the end of the line for what the engine would make of the site (jump or int3, and why).
     for (size_t i : m.sites) {
       const elf::UsdtProbe &n = (*notes)[i];
       std::string args;
