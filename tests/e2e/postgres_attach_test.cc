@@ -13,11 +13,14 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <regex>
 #include <string>
 #include <thread>
 
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
