@@ -21,6 +21,9 @@
  *   "FILE:SYMBOL"       the first instruction of a function        "libc:malloc"
  *   "FILE:SYMBOL+OFF"   OFF bytes into it (must start an insn)     "app:parse+0x12"
  *   "FILE:0xOFF"        a file offset                              "/bin/true:0x2a40"
+ *   "usdt:FILE:PROVIDER:NAME"  a USDT probe (.note.stapsdt), at every one of its sites
+ *                              "usdt:/usr/bin/python3.11:python:function__entry"
+ *   "usdt:FILE:NAME"    the same, when one provider of FILE has a probe NAME
  * Prefixes, bpftrace's spelling: "uprobe:" (ignored) and "uretprobe:" (a function's entry only):
  * with a NULL consumer, the built-in counter counts returns (usprobe_link_return_hits) instead of
  * entries.
@@ -210,6 +213,19 @@ int usprobe_set_return_depth(unsigned depth);
 /* At a function entry: the caller's return address, *(uint64_t *)sp. */
 uint64_t usprobe_hit_return_address(const usprobe_hit *hit);
 const char *usprobe_hit_probe_name(const usprobe_hit *hit); /* as usprobe_link_name() */
+
+/* USDT probes ("usdt:FILE:PROVIDER:NAME"). One link covers every site of the probe (the note
+ * repeated for each inlined copy; usprobe_link_sites counts them in every mapping), and each site
+ * reads its own argument specs. While a site is patched, the probe's semaphore (if it has one) is
+ * raised in that mapping, so that the program fires the probe; it is lowered when the site goes.
+ * The counter is shared with other tracers: usprobe adds and subtracts, never stores. */
+/* Argument n (0..11) of the USDT site that was hit, as its note's spec says (a register of any
+ * width, memory, a constant), sign- or zero-extended to 64 bits from the spec's size. Memory
+ * operands are read as the probed code reads them. 0 when the probe is not a USDT probe or has no
+ * argument n, and in a return handler. */
+uint64_t usprobe_usdt_arg(const usprobe_hit *hit, unsigned n);
+/* How many arguments the hit USDT site has; -1 for a probe that is not a USDT probe. */
+int usprobe_usdt_arg_count(const usprobe_hit *hit);
 
 /* The user stack at a hit, for a handler to record: ips[0] is the hit's instruction (in an entry
  * handler, the probed instruction; in a return handler, the original return address the function

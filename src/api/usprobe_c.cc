@@ -14,6 +14,7 @@
 #include "core/probe.h"
 #include "core/registry.h"
 #include "core/stack.h"
+#include "core/usdt_arg.h"
 #include "elf/elf_file.h"
 #include "elf/location.h"
 #include "usprobe/usprobe.h"
@@ -262,6 +263,30 @@ USPROBE_API int usprobe_set_return_depth(unsigned depth) {
 USPROBE_API const char *usprobe_hit_probe_name(const usprobe_hit *hit) {
   return hit ? hit->probe->name.c_str() : "";
 }
+namespace {
+// The memory operands of a USDT argument are the ones the compiler wrote for that very site (a
+// stack slot, a global, a field of a live object): read as the probed code itself would.
+bool read_plain(uint64_t addr, void *dst, size_t len) {
+  std::memcpy(dst, reinterpret_cast<const void *>(addr), len);
+  return true;
+}
+}  // namespace
+
+USPROBE_API int usprobe_usdt_arg_count(const usprobe_hit *hit) {
+  if (!hit || hit->returning) return -1;
+  // Acquire: pairs with the attach's release store, made before its consumers were published.
+  const usprobe::elf::UsdtProbe *usdt = hit->probe->usdt.load(std::memory_order_acquire);
+  return usdt ? static_cast<int>(usdt->args.size()) : -1;
+}
+
+USPROBE_API uint64_t usprobe_usdt_arg(const usprobe_hit *hit, unsigned n) {
+  if (!hit || hit->returning) return 0;
+  const usprobe::elf::UsdtProbe *usdt = hit->probe->usdt.load(std::memory_order_acquire);
+  if (!usdt || n >= usdt->args.size()) return 0;
+  uint64_t v = 0;
+  return usprobe::usdt_arg_value(usdt->args[n], *hit->regs, read_plain, &v) ? v : 0;
+}
+
 // A handler's call: no allocation, so no message in last_error() either (core/stack.h).
 USPROBE_API int usprobe_hit_stack(const usprobe_hit *hit, uint64_t *ips, size_t max,
                                   unsigned flags) {

@@ -72,6 +72,10 @@ struct Site {
   // deep in a handler it called) would come back into the middle of the jump: the patcher waits
   // for such threads to leave before writing the jump (core/patcher.cc).
   std::vector<std::pair<uint64_t, uint64_t>> stale_trampolines;
+  // A USDT site's semaphore in this mapping (elf/usdt.h), 0 when it has none; raised (one added)
+  // while the site is patched, lowered when it is unpatched (registry.cc, adjust_semaphores).
+  uint64_t semaphore = 0;
+  bool semaphore_raised = false;
 };
 
 struct Probe {
@@ -87,6 +91,12 @@ struct Probe {
   // usprobe_entry_fast first, saving only the caller-saved registers. A stale read is harmless:
   // the fast path refuses (kDispatchFull) what it cannot do, and the full path does everything.
   std::atomic<uint8_t> no_entry_handlers{0};
+
+  // A USDT site's note (its arguments for usprobe_usdt_arg, its semaphore): set once, by the first
+  // attach that names the location as a USDT probe, before that attach publishes its consumers
+  // (release; the hit path's acquire load pairs with it), and never changed while the probe lives.
+  std::atomic<const elf::UsdtProbe *> usdt{nullptr};
+  std::shared_ptr<const elf::UsdtProbe> usdt_owner;
 
   std::string name;             // "libc.so.6:malloc" (after IFUNC resolution)
   bool function_entry = false;  // the location is a function's first instruction (immutable)
@@ -121,9 +131,12 @@ struct Probe {
 }  // namespace usprobe
 
 struct usprobe_link {
-  usprobe::Probe *probe = nullptr;
+  usprobe::Probe *probe = nullptr;  // probes.front()
   uint32_t slot = 0;
   usprobe_consumer consumer{};
+  // Every probe the link's consumer is on, all with the same counter slot: one, or one per site
+  // of a USDT probe (its inlined copies), so that the link's hits are all of theirs.
+  std::vector<usprobe::Probe *> probes;
 };
 
 // What a handler receives: a view of the trampoline's saved registers and the probe hit. At a

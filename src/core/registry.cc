@@ -328,6 +328,8 @@ Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t add
   site->file = p->file;
   site->file_offset = p->file_offset;
   site->forced_int3 = forced;
+  if (loc.usdt && loc.usdt->semaphore_vaddr)
+    site->semaphore = loc.usdt->runtime_address(loc.usdt->semaphore_vaddr, addr);
   site->plan = std::move(*plan);
   p->plans.push_back(std::move(site));
   return p->plans.back().get();
@@ -417,6 +419,34 @@ Result<void> place(Probe *p, const elf::ResolvedLocation &loc, const std::vector
   return {};
 }
 
+// USDT semaphores (elf/usdt.h): the unsigned short a program tests before it computes a probe's
+// arguments, so that it pays for them only while somebody traces. Raised (one added) for each
+// patched site of a probe that has one, in its mapping, and lowered when the site is unpatched.
+// Other tracers share the counter (the kernel's uprobes add one per probe through ref_ctr_offset,
+// another usprobe session its own): add and subtract, never store. Only a counter in writable
+// memory is touched; one that is not (a file that does not follow the convention) is left as it
+// is, and the program does not fire that probe.
+void adjust_semaphores(const std::vector<Site *> &sites, bool raise) {
+  std::optional<std::vector<os::Mapping>> maps;
+  for (Site *s : sites) {
+    if (!s->semaphore || s->semaphore_raised == raise) continue;
+    if (!maps) {
+      auto m = os::read_mappings();
+      maps = m ? std::move(*m) : std::vector<os::Mapping>();
+    }
+    bool writable = std::any_of(maps->begin(), maps->end(), [&](const os::Mapping &m) {
+      return m.write && s->semaphore >= m.start && s->semaphore + 2 <= m.end;
+    });
+    if (!writable) continue;
+    auto *counter = reinterpret_cast<uint16_t *>(s->semaphore);
+    if (raise)
+      __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+    else
+      __atomic_fetch_sub(counter, 1, __ATOMIC_RELAXED);
+    s->semaphore_raised = raise;
+  }
+}
+
 // Sites whose memory is gone (their library was unmapped) leave their probe without a write: the
 // site table and the index of patched sites forget them. Their trampolines stay (Lifetimes).
 void forget(const std::vector<Site *> &lost) {
@@ -424,6 +454,7 @@ void forget(const std::vector<Site *> &lost) {
   std::vector<uint64_t> addrs;
   for (Site *s : lost) {
     s->patched = false;
+    s->semaphore_raised = false;  // gone with its mapping
     addrs.push_back(s->addr);
   }
   for (auto &[key, p] : probes())
@@ -466,6 +497,7 @@ Result<void> follow_locked(std::vector<std::function<void()>> &garbage) {
     p->follow_error = ok ? std::string() : ok.error().message;
   }
   auto installed = patcher::install(pending);
+  if (installed) adjust_semaphores(pending, true);
   if (!installed) {
     (void)patcher::remove(pending);
     for (auto &[p, addrs] : missing) {
@@ -674,7 +706,29 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       specs[i].erase(0, 7);
     }
   }
-  auto resolved = elf::resolve_locations(specs);
+  // Each location's sites: one for FILE:SYMBOL and its kin, one per note for a USDT probe (its
+  // inlined copies), all under one link.
+  std::vector<Result<std::vector<elf::ResolvedLocation>>> resolved(specs.size());
+  {
+    std::vector<std::string> plain;
+    std::vector<size_t> plain_index;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      if (elf::is_usdt_spec(specs[i])) {
+        resolved[i] = elf::resolve_usdt(specs[i]);
+      } else {
+        plain.push_back(specs[i]);
+        plain_index.push_back(i);
+      }
+    }
+    auto r = elf::resolve_locations(plain);
+    for (size_t k = 0; k < r.size(); ++k) {
+      auto &into = resolved[plain_index[k]];
+      if (r[k])
+        into = std::vector<elf::ResolvedLocation>{std::move(*r[k])};
+      else
+        into = std::unexpected(r[k].error());
+    }
+  }
 
   std::vector<std::function<void()>> garbage;
   {
@@ -695,77 +749,133 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         out[i] = std::unexpected(maps.error());
         continue;
       }
-      const elf::ResolvedLocation &loc = *resolved[i];
       const usprobe_consumer consumer = consumer_of(i);
       const bool returns = uretprobe[i] || consumer.on_return;
-      if (returns) {
-        if (loc.func_size == 0 || loc.offset_in_function() != 0) {
-          out[i] = fail(EINVAL, fmt::format("{}: a return probe needs a function's entry, and this "
-                                            "is not one",
-                                            loc.describe()));
-          continue;
+      // The probes of this location's sites. Placing them is all or nothing: when one fails, the
+      // sites the others got in this call are given up again (pending loses them).
+      std::vector<Probe *> group;
+      std::vector<Probe *> placed_here;
+      const size_t pending_mark = pending.size();
+      auto give_up = [&](Error e) {
+        for (size_t k = pending_mark; k < pending.size(); ++k)
+          pending_index.erase(pending[k]->addr);
+        pending.resize(pending_mark);
+        for (Probe *q : placed_here) q->sites.clear();
+        out[i] = std::unexpected(std::move(e));
+      };
+      bool failed = false;
+      // Highest address first: where two sites of one USDT probe lie closer than a jump (a probe
+      // inlined twice in a row), the lower one's window would cover the higher one, and placing the
+      // higher one first makes the lower one step aside (place(): the int3 path), rather than fail.
+      std::vector<const elf::ResolvedLocation *> sites;
+      for (const elf::ResolvedLocation &loc : *resolved[i]) sites.push_back(&loc);
+      std::sort(sites.begin(), sites.end(),
+                [](auto *a, auto *b) { return a->file_offset > b->file_offset; });
+      for (const elf::ResolvedLocation *site_loc : sites) {
+        const elf::ResolvedLocation &loc = *site_loc;
+        if (returns) {
+          if (loc.usdt) {
+            give_up(fail(EINVAL, fmt::format("{}: a USDT probe marks a point in the code, not a "
+                                             "function: it has no return to probe",
+                                             loc.describe()))
+                        .error());
+            failed = true;
+            break;
+          }
+          if (loc.func_size == 0 || loc.offset_in_function() != 0) {
+            give_up(fail(EINVAL, fmt::format("{}: a return probe needs a function's entry, and "
+                                             "this is not one",
+                                             loc.describe()))
+                        .error());
+            failed = true;
+            break;
+          }
+          // The kernel enters the ELF entry point (_start) with argc at [rsp]: no return address
+          // to take, and taking argc for one would break the program.
+          if (loc.file->entry_offset() == loc.file_offset) {
+            give_up(fail(EINVAL, fmt::format("{} is the file's entry point: it is entered, not "
+                                             "called, so it has no return to probe",
+                                             loc.describe()))
+                        .error());
+            failed = true;
+            break;
+          }
+          if (auto ok = ensure_return_trampoline(); !ok) {
+            give_up(ok.error());
+            failed = true;
+            break;
+          }
         }
-        // The kernel enters the ELF entry point (_start) with argc at [rsp]: no return address to
-        // take, and taking argc for one would break the program.
-        if (loc.file->entry_offset() == loc.file_offset) {
-          out[i] = fail(EINVAL, fmt::format("{} is the file's entry point: it is entered, not "
-                                            "called, so it has no return to probe",
-                                            loc.describe()));
-          continue;
+        Key key{loc.file->id(), loc.file_offset};
+        auto &slot_in_map = probes()[key];
+        bool created = !slot_in_map;
+        if (created) {
+          slot_in_map = std::make_unique<Probe>();
+          slot_in_map->name = loc.describe();
+          slot_in_map->file = key.first;
+          slot_in_map->file_offset = key.second;
+          // A USDT site is a point inside a function (its arguments are wherever the compiler
+          // left them, callee-saved registers included): the instruction flavour, which saves
+          // every register.
+          slot_in_map->function_entry =
+              !loc.usdt && loc.func_size != 0 && loc.offset_in_function() == 0;
         }
-        if (auto ok = ensure_return_trampoline(); !ok) {
-          out[i] = std::unexpected(ok.error());
-          continue;
-        }
-      }
-      Key key{loc.file->id(), loc.file_offset};
-      auto &slot_in_map = probes()[key];
-      bool created = !slot_in_map;
-      if (created) {
-        slot_in_map = std::make_unique<Probe>();
-        slot_in_map->name = loc.describe();
-        slot_in_map->file = key.first;
-        slot_in_map->file_offset = key.second;
-        slot_in_map->function_entry = loc.func_size != 0 && loc.offset_in_function() == 0;
-      }
-      Probe *p = slot_in_map.get();
-      if (p->links.empty() && !added.count(p)) {
-        // A probe without links has no sites. Its file may not be mapped yet: it then waits for
-        // the dynamic linker (or usprobe_notify_mapping) to map it (follow_locked).
-        p->sites.clear();
-        p->follow_error.clear();
-        if (auto ok = place(p, loc, wanted_addresses(p, *maps), flags, pending, pending_index);
-            !ok) {
+        Probe *p = slot_in_map.get();
+        auto drop_created = [&] {
+          if (created && p->plans.empty()) probes().erase(key);
+        };
+        if (p->links.empty() && !added.count(p) &&
+            std::find(group.begin(), group.end(), p) == group.end()) {
+          // A probe without links has no sites. Its file may not be mapped yet: it then waits
+          // for the dynamic linker (or usprobe_notify_mapping) to map it (follow_locked).
           p->sites.clear();
-          if (created && p->plans.empty()) probes().erase(key);
-          out[i] = std::unexpected(ok.error());
-          continue;
+          p->follow_error.clear();
+          placed_here.push_back(p);
+          if (auto ok = place(p, loc, wanted_addresses(p, *maps), flags, pending, pending_index);
+              !ok) {
+            drop_created();
+            give_up(ok.error());
+            failed = true;
+            break;
+          }
+          if (p->sites.empty() && loc.file->is_program()) {
+            drop_created();
+            give_up(fail(ENOENT, fmt::format("{}: {} is a program this process does not run "
+                                             "(only a library can be loaded later)",
+                                             loc.describe(), loc.file->path()))
+                        .error());
+            failed = true;
+            break;
+          }
+          if (p->sites.empty() && !loader_hook_error().empty()) {
+            drop_created();
+            give_up(fail(ENOENT, fmt::format("{}: {} is not mapped in this process, and probes "
+                                             "cannot wait for it: {}",
+                                             loc.describe(), loc.file->path(), loader_hook_error()))
+                        .error());
+            failed = true;
+            break;
+          }
+          p->location = std::make_shared<const elf::ResolvedLocation>(loc);
+          p->place_flags = flags;
         }
-        if (p->sites.empty() && loc.file->is_program()) {
-          if (created && p->plans.empty()) probes().erase(key);
-          out[i] = fail(ENOENT, fmt::format("{}: {} is a program this process does not run (only "
-                                            "a library can be loaded later)",
-                                            loc.describe(), loc.file->path()));
-          continue;
+        // Set once, before this attach publishes consumers that may read it (usprobe_usdt_arg).
+        if (loc.usdt && !p->usdt.load(std::memory_order_relaxed)) {
+          p->usdt_owner = loc.usdt;
+          p->usdt.store(p->usdt_owner.get(), std::memory_order_release);
         }
-        if (p->sites.empty() && !loader_hook_error().empty()) {
-          if (created && p->plans.empty()) probes().erase(key);
-          out[i] = fail(ENOENT, fmt::format("{}: {} is not mapped in this process, and probes "
-                                            "cannot wait for it: {}",
-                                            loc.describe(), loc.file->path(), loader_hook_error()));
-          continue;
-        }
-        p->location = std::make_shared<const elf::ResolvedLocation>(loc);
-        p->place_flags = flags;
+        group.push_back(p);
       }
+      if (failed) continue;
       auto slot = counters::alloc_slot();
       if (!slot) {
-        out[i] = fail(ENOSPC, fmt::format("{}: too many consumers", p->name));
+        give_up(fail(ENOSPC, fmt::format("{}: too many consumers", group.front()->name)).error());
         continue;
       }
-      auto *link = new usprobe_link{p, *slot, consumer};
-      added[p].push_back({*slot, consumer.on_entry, consumer.user,
-                          !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns});
+      auto *link = new usprobe_link{group.front(), *slot, consumer, group};
+      for (Probe *p : group)
+        added[p].push_back({*slot, consumer.on_entry, consumer.user,
+                            !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns});
       made.emplace_back(i, link);
     }
 
@@ -777,12 +887,13 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     }
     auto installed = patcher::install(pending);
     note_patched(pending);
+    if (installed) adjust_semaphores(pending, true);
     for (auto &[i, link] : made) {
       if (!installed) {
         out[i] = std::unexpected(installed.error());
         continue;
       }
-      link->probe->links.push_back(link);
+      for (Probe *p : link->probes) p->links.push_back(link);
       live_links().insert(link);
       out[i] = link;
     }
@@ -838,10 +949,12 @@ Result<void> detach(std::span<usprobe_link *const> links) {
     for (usprobe_link *l : links) {
       if (!l) continue;
       live_links().erase(l);
-      auto &v = l->probe->links;
-      auto it = std::find(v.begin(), v.end(), l);
-      if (it != v.end()) v.erase(it);
-      removed[l->probe].push_back(l->slot);
+      for (Probe *p : l->probes) {
+        auto &v = p->links;
+        auto it = std::find(v.begin(), v.end(), l);
+        if (it != v.end()) v.erase(it);
+        removed[p].push_back(l->slot);
+      }
       gone.push_back(l);
       uint32_t slot = l->slot;
       garbage.emplace_back([slot] { counters::free_slot(slot); });
@@ -872,6 +985,7 @@ Result<void> detach(std::span<usprobe_link *const> links) {
       }
     }
     forget(lost);
+    adjust_semaphores(unpatch, false);
     if (auto ok = patcher::remove(unpatch); !ok) result = ok;
     note_patched(unpatch);
     note_unpatched(unpatch);
@@ -911,24 +1025,40 @@ void set_mapping_listener(void (*fn)(void *), void *user) {
   g_listener = {fn, user};
 }
 
+// A link on several probes (a USDT probe's sites) answers for all of them: every site counts, and
+// an int3 site of any of them is the one reported (as Probe::path does for one probe's sites).
+
 int site_count(const usprobe_link *link) {
-  return link->probe->placed_sites.load(std::memory_order_relaxed);
+  int n = 0;
+  for (const Probe *p : link->probes) n += p->placed_sites.load(std::memory_order_relaxed);
+  return n;
 }
 
 bool uses_int3(const usprobe_link *link) {
-  return link->probe->int3_reason.load(std::memory_order_acquire) != nullptr;
+  return std::any_of(link->probes.begin(), link->probes.end(), [](const Probe *p) {
+    return p->int3_reason.load(std::memory_order_acquire) != nullptr;
+  });
 }
 
 const char *path(const usprobe_link *link) {
   // Acquire: pairs with refresh_views()' release store.
-  const std::string *path = link->probe->path.load(std::memory_order_acquire);
-  return path ? path->c_str() : "";
+  const std::string *first = nullptr;
+  for (const Probe *p : link->probes) {
+    if (p->int3_reason.load(std::memory_order_acquire)) {
+      const std::string *path = p->path.load(std::memory_order_acquire);
+      if (path) return path->c_str();
+    }
+    if (!first) first = p->path.load(std::memory_order_acquire);
+  }
+  return first ? first->c_str() : "";
 }
 
 const char *int3_reason(const usprobe_link *link) {
   // Acquire: pairs with refresh_views()' release store.
-  const std::string *why = link->probe->int3_reason.load(std::memory_order_acquire);
-  return why ? why->c_str() : "";
+  for (const Probe *p : link->probes)
+    if (const std::string *why = p->int3_reason.load(std::memory_order_acquire))
+      return why->c_str();
+  return "";
 }
 
 const char *self_deadlock(bool waits_for_readers) {

@@ -8,11 +8,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <map>
 
+#include "core/edit_distance.h"
 #include "os/linux/proc_maps.h"
 
 namespace usprobe::elf {
@@ -285,8 +287,101 @@ std::vector<Result<ResolvedLocation>> resolve_locations(std::span<const std::str
   return out;
 }
 
+bool is_usdt_spec(std::string_view spec) {
+  return spec.starts_with("usdt:");
+}
+
+Result<std::vector<ResolvedLocation>> resolve_usdt(std::string_view spec) {
+  auto bad = [&] {
+    return fail(EINVAL, "bad location `" + std::string(spec) +
+                            "`: expected usdt:FILE:PROVIDER:NAME or usdt:FILE:NAME");
+  };
+  if (!is_usdt_spec(spec)) return bad();
+  std::string_view rest = spec.substr(5);
+  // FILE may hold ':' (rarely); PROVIDER and NAME never do. usdt:FILE:NAME names a probe whose
+  // NAME alone is unique; with three parts, the middle one may be a provider or part of FILE:
+  // a provider when the whole of what precedes it opens as a file.
+  size_t last = rest.rfind(':');
+  if (last == std::string_view::npos || last == 0 || last + 1 == rest.size()) return bad();
+  std::string_view name = rest.substr(last + 1), before = rest.substr(0, last);
+  std::string_view provider;
+  std::string_view file_part = before;
+  if (size_t mid = before.rfind(':'); mid != std::string_view::npos && mid > 0) {
+    OpenedFiles probe_open;
+    if (open_file_part(before.substr(0, mid), probe_open)) {
+      file_part = before.substr(0, mid);
+      provider = before.substr(mid + 1);
+    }
+  }
+  if (name.empty() || file_part.empty()) return bad();
+  OpenedFiles opened_files;
+  auto opened = open_file_part(file_part, opened_files);
+  if (!opened) return std::unexpected(opened.error());
+  std::shared_ptr<const ElfFile> file = std::move(*opened);
+  auto notes = read_usdt_probes(*file);
+  if (!notes) return std::unexpected(notes.error());
+  if (notes->empty()) return fail(ENOENT, file->path() + ": no USDT probes (.note.stapsdt)");
+
+  std::vector<const UsdtProbe *> sites;
+  std::vector<std::string> providers;  // those that have NAME, when PROVIDER was left out
+  for (const UsdtProbe &n : *notes) {
+    if (n.name != name || (!provider.empty() && n.provider != provider)) continue;
+    sites.push_back(&n);
+    if (std::find(providers.begin(), providers.end(), n.provider) == providers.end())
+      providers.push_back(n.provider);
+  }
+  if (sites.empty()) {
+    // The nearest provider:name, for the message.
+    std::string wanted =
+        provider.empty() ? std::string(name) : std::string(provider) + ":" + std::string(name);
+    std::string best;
+    size_t best_d = std::clamp<size_t>(wanted.size() / 4, 1, 3) + 1;
+    for (const UsdtProbe &n : *notes) {
+      std::string candidate = provider.empty() ? n.name : n.provider + ":" + n.name;
+      size_t d = bounded_edit_distance(wanted, candidate, best_d - 1);
+      if (d < best_d) {
+        best = provider.empty() ? n.provider + ":" + n.name : candidate;
+        best_d = d;
+      }
+    }
+    std::string message = file->path() + ": no USDT probe `" + wanted + "`";
+    if (!best.empty()) message += " (did you mean `" + best + "`?)";
+    return fail(ENOENT, message);
+  }
+  if (providers.size() > 1) {
+    std::string list;
+    for (const std::string &p : providers) list += (list.empty() ? "" : ", ") + p;
+    return fail(EINVAL, file->path() + ": USDT probe `" + std::string(name) +
+                            "` is in several providers (" + list +
+                            "): name one, usdt:FILE:PROVIDER:NAME");
+  }
+  std::vector<ResolvedLocation> out;
+  for (const UsdtProbe *n : sites) {
+    if (!n->args_error.empty())
+      return fail(EINVAL, file->path() + ": USDT probe `" + n->provider + ":" + n->name +
+                              "`: its arguments `" + n->args_text + "`: " + n->args_error);
+    ResolvedLocation loc;
+    loc.spec = std::string(spec);
+    loc.file = file;
+    loc.file_offset = n->file_offset;
+    loc.func_offset = n->file_offset;
+    // The enclosing function's bounds: the site's analysis decodes it (branch targets).
+    if (const Function *f = file->function_containing(n->file_offset)) {
+      loc.symbol = display_name(*f);
+      loc.func_offset = f->file_offset;
+      loc.func_size = f->size;
+    } else {
+      use_unwind_bounds(loc);
+    }
+    loc.usdt = std::make_shared<const UsdtProbe>(*n);
+    out.push_back(std::move(loc));
+  }
+  return out;
+}
+
 std::string ResolvedLocation::describe() const {
   std::string base(basename_of(file ? file->path() : spec));
+  if (usdt) return "usdt:" + base + ":" + usdt->provider + ":" + usdt->name;
   if (symbol.empty()) return base + ":" + hex(file_offset);
   uint64_t off = offset_in_function();
   return base + ":" + symbol + (off != 0 ? "+" + hex(off) : "");

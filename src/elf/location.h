@@ -3,6 +3,7 @@
 //   "FILE:SYMBOL"      function entry        libc:malloc, /usr/lib/x86_64-linux-gnu/libc.so.6:free
 //   "FILE:SYMBOL+OFF"  inside a function     app:parse+0x12 (OFF decimal or 0x-hex)
 //   "FILE:0xOFF"       raw file offset       /bin/true:0x2a40
+//   "usdt:FILE:PROVIDER:NAME", "usdt:FILE:NAME"  a USDT probe (elf/usdt.h): one location per site
 //
 // FILE is a path (it contains a '/') or a short name of a library mapped in this process:
 // "libc" matches libc.so.6, "libm" libm.so.6, "libstdc++" libstdc++.so.6, "libfoo.so" itself;
@@ -20,6 +21,7 @@
 
 #include "core/error.h"
 #include "elf/elf_file.h"
+#include "elf/usdt.h"
 
 namespace usprobe::elf {
 
@@ -33,10 +35,12 @@ struct ResolvedLocation {
   // (.eh_frame); func_size is 0 when neither gives them.
   uint64_t func_size = 0;
   bool ifunc_resolved = false;  // symbol was an IFUNC and `symbol` is the chosen implementation
+  // A USDT probe's site: its note (provider, name, arguments, semaphore). Null otherwise.
+  std::shared_ptr<const UsdtProbe> usdt;
 
   uint64_t offset_in_function() const { return file_offset - func_offset; }
   // For messages: "libc.so.6:__strlen_avx2", "libc.so.6:malloc+0x4", or "libc.so.6:0x1234"
-  // when no function encloses the offset.
+  // when no function encloses the offset; "usdt:python3.11:python:audit" for a USDT site.
   std::string describe() const;
 };
 
@@ -46,6 +50,14 @@ struct ResolvedLocation {
 Result<ResolvedLocation> resolve_location(std::string_view spec);
 // The same for many specs, opening each distinct FILE once (one result per spec, in order).
 std::vector<Result<ResolvedLocation>> resolve_locations(std::span<const std::string> specs);
+
+// Whether `spec` names a USDT probe ("usdt:..."), whose locations are its sites.
+bool is_usdt_spec(std::string_view spec);
+// Every site of the USDT probe "usdt:FILE:PROVIDER:NAME" (or "usdt:FILE:NAME", when one provider
+// of the file has NAME), in note order. Errors: a bad spec, FILE as resolve_file and
+// ElfFile::open, a file without USDT notes, no such probe (with the nearest name), NAME in
+// several providers, an argument string the parser refuses.
+Result<std::vector<ResolvedLocation>> resolve_usdt(std::string_view spec);
 
 // An offset as locations spell it: "0x1f" (hex) or "31" (decimal); the whole string must be the
 // number.

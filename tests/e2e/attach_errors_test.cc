@@ -10,7 +10,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <regex>
 #include <set>
 #include <string>
 #include <thread>
@@ -20,6 +19,10 @@
 
 #include "attach_support.h"
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -317,9 +320,8 @@ TEST(AttachEnds, DurationDetachesAndSaysSo) {
   ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
   Output r = run(count_cmd(target.pid(), {"-d", "1"}), 30s);
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  EXPECT_TRUE(
-      std::regex_search(r.out, std::regex("(^|\n)Total over [0-9.]+ s \\(detached from pid " +
-                                          pid_text(target.pid()) + "\\):\n")))
+  EXPECT_TRUE(rx::regex_search(r.out, rx::regex("(^|\n)Total over [0-9.]+ s \\(detached from pid " +
+                                                pid_text(target.pid()) + "\\):\n")))
       << r.out;
   EXPECT_EQ(r.err, "") << r.describe();
   expect_untouched(target);
@@ -337,10 +339,10 @@ TEST(AttachEnds, AChildThatExecedIsNotWaitedFor) {
       << end_session(usprobe).describe();
   target.send("exec");
   ASSERT_TRUE(target.process().wait_for_stdout("exec'd ", 10s));
-  std::smatch m;
+  rx::smatch m;
   const std::string out = target.process().out_so_far();
-  ASSERT_TRUE(std::regex_search(out, m, std::regex("exec'd ([0-9]+)"))) << out;
-  pid_t child = static_cast<pid_t>(std::stol(m[1].str()));
+  ASSERT_TRUE(rx::regex_search(out, m, rx::regex("exec'd ([0-9]+)"))) << out;
+  pid_t child = static_cast<pid_t>(std::stol(m[1]));
   // The child's agent ran its fork handler (a record of its own) before the exec.
   for (int i = 0; i < 500 && read_file("/proc/" + pid_text(child) + "/comm") != "sleep\n"; ++i)
     std::this_thread::sleep_for(2ms);
@@ -367,10 +369,10 @@ TEST(AttachEnds, TheProcessExitingEndsTheSession) {
   EXPECT_NE(last.out.find(kUndisturbed), std::string::npos) << last.out;
   Output r = usprobe.finish(30s);  // no signal: it ends by itself
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  EXPECT_TRUE(std::regex_search(r.out, std::regex("(^|\n)Total over [0-9.]+ s \\(pid " +
-                                                  pid_text(target.pid()) + " exited\\):\n")))
+  EXPECT_TRUE(rx::regex_search(r.out, rx::regex("(^|\n)Total over [0-9.]+ s \\(pid " +
+                                                pid_text(target.pid()) + " exited\\):\n")))
       << r.out;
-  EXPECT_TRUE(std::regex_search(r.out, std::regex("\nexe:attach_driven +300 +0\n"))) << r.out;
+  EXPECT_TRUE(rx::regex_search(r.out, rx::regex("\nexe:attach_driven +300 +0\n"))) << r.out;
   EXPECT_EQ(r.err, "") << r.describe();
 }
 

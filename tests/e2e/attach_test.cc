@@ -16,12 +16,15 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <regex>
 #include <string>
 #include <thread>
 
 #include "attach_support.h"
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -29,9 +32,9 @@ using namespace e2e;
 
 // The pid of the child the target forked, from its "child PID called N" line.
 pid_t child_pid(const std::string &out) {
-  std::smatch m;
-  if (!std::regex_search(out, m, std::regex(R"(child ([0-9]+) called)"))) return -1;
-  return static_cast<pid_t>(std::stol(m[1].str()));
+  rx::smatch m;
+  if (!rx::regex_search(out, m, rx::regex(R"(child ([0-9]+) called)"))) return -1;
+  return static_cast<pid_t>(std::stol(m[1]));
 }
 
 // The signal mask (SigBlk) of every thread of the target, by tid, from /proc/PID/task/*/status.
@@ -105,8 +108,7 @@ void attach_twice(const char *blocker) {
     EXPECT_GT(hits_of(total, "exe:attach_spin"), 0u) << r.out;
     // Both probes on jumps: every thread answered the round (-v: "2 probes attached in N ms (0
     // int3)").
-    EXPECT_TRUE(
-        std::regex_search(r.err, std::regex(R"(2 probes attached in [0-9.]+ ms \(0 int3\))")))
+    EXPECT_TRUE(rx::regex_search(r.err, rx::regex(R"(2 probes attached in [0-9.]+ ms \(0 int3\))")))
         << r.err;
     // Every process that carried the probes has its original code again, and still runs.
     EXPECT_EQ(code_bytes(target.pid(), d.address), d.bytes);

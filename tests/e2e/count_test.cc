@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
-#include <regex>
 #include <set>
 #include <string>
 #include <tuple>
@@ -16,6 +15,10 @@
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -231,8 +234,8 @@ TEST(CliCount, ExitStatusIsTheCommands) {
 
   Output text = run({e2e::cli(), "count", "exe:e2e_work", "--", e2e::target(), "exit", "7"});
   ASSERT_EQ(text.exit_code(), 7) << text.describe();
-  EXPECT_TRUE(std::regex_search(text.out + text.err,
-                                std::regex(R"(Total over [0-9]+\.[0-9]{3} s \(exit status 7\):)")))
+  EXPECT_TRUE(rx::regex_search(text.out + text.err,
+                               rx::regex(R"(Total over [0-9]+\.[0-9]{3} s \(exit status 7\):)")))
       << text.describe();
 }
 
@@ -335,9 +338,9 @@ TEST(CliCount, TextReportHasAHeaderAndOneRowPerProbeByHits) {
   // Wherever the CLI writes it, the report is a block of lines.
   std::vector<std::string> all = e2e::lines(r.out);
   for (const std::string &line : e2e::lines(r.err)) all.push_back(line);
-  const std::regex total_line(R"(^Total over [0-9]+\.[0-9]{3} s \(exit status 0\):$)");
+  const rx::regex total_line(R"(^Total over [0-9]+\.[0-9]{3} s \(exit status 0\):$)");
   size_t at = 0;
-  while (at < all.size() && !std::regex_match(all[at], total_line)) ++at;
+  while (at < all.size() && !rx::regex_match(all[at], total_line)) ++at;
   ASSERT_LT(at, all.size()) << "no \"Total over N.NNN s (exit status 0):\" line\n" << r.describe();
   ASSERT_LT(at + 3, all.size()) << r.describe();
   EXPECT_EQ(e2e::words(all[at + 1]), (std::vector<std::string>{"PROBE", "HITS", "MISSED"}))
@@ -534,9 +537,9 @@ TEST(CliCount, TheTableShowsTheProbesHitBusiestFirstWithOneRowPerSite) {
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   Table t = table_in(e2e::read_file(file));
   ASSERT_GT(t.rows.size(), 20u) << e2e::read_file(file);
-  std::smatch hidden;
-  ASSERT_TRUE(std::regex_match(t.left_out, hidden,
-                               std::regex(R"(\(([0-9]+) probes not hit; --all shows them\))")))
+  rx::smatch hidden;
+  ASSERT_TRUE(rx::regex_match(t.left_out, hidden,
+                              rx::regex(R"(\(([0-9]+) probes not hit; --all shows them\))")))
       << t.left_out;
   EXPECT_GT(std::stoul(hidden[1]), 3000u) << t.left_out;
   std::string memcpy_row;
@@ -556,7 +559,7 @@ TEST(CliCount, TheTableShowsTheProbesHitBusiestFirstWithOneRowPerSite) {
     }
   }
   EXPECT_TRUE(
-      std::regex_match(memcpy_row, std::regex(R"(libc:memcpy \(also memmove, __mem[a-z0-9_]+\))")))
+      rx::regex_match(memcpy_row, rx::regex(R"(libc:memcpy \(also memmove, __mem[a-z0-9_]+\))")))
       << memcpy_row;
 
   Output a = run({e2e::cli(), "count", "--all", "-o", all_file, "libsqlite3:sqlite3_*", "--",
@@ -609,7 +612,7 @@ TEST(CliCount, TopPerPidAndTimestampShapeTheTable) {
   const std::string text = e2e::read_file(file);
   std::vector<std::string> lines = e2e::lines(text);
   ASSERT_GE(lines.size(), 6u) << text;
-  EXPECT_TRUE(std::regex_match(lines[0], std::regex("[0-9]{2}:[0-9]{2}:[0-9]{2}"))) << text;
+  EXPECT_TRUE(rx::regex_match(lines[0], rx::regex("[0-9]{2}:[0-9]{2}:[0-9]{2}"))) << text;
   EXPECT_TRUE(lines[1].starts_with("Total over ")) << text;
   EXPECT_EQ(e2e::words(lines[2]),
             (std::vector<std::string>{"PID", "COMM", "PROBE", "HITS", "MISSED"}))
@@ -623,8 +626,8 @@ TEST(CliCount, TopPerPidAndTimestampShapeTheTable) {
   }
   EXPECT_TRUE(names.contains("libc:getppid")) << text;
   ASSERT_EQ(lines.size(), 7u) << text;
-  EXPECT_TRUE(std::regex_match(
-      lines[6], std::regex(R"(\([0-9]+ more rows? below the top 3; [0-9]+ not hit\))")))
+  EXPECT_TRUE(rx::regex_match(
+      lines[6], rx::regex(R"(\([0-9]+ more rows? below the top 3; [0-9]+ not hit\))")))
       << text;
 }
 
@@ -698,7 +701,7 @@ TEST(CliCount, TheReportAndTheCommandsOutputNeverShareAStream) {
   Output text = run({e2e::cli(), "count", "exe:e2e_work", "--", e2e::target(), "calls", "50"});
   ASSERT_EQ(text.exit_code(), 0) << text.describe();
   EXPECT_EQ(text.out, plain.out) << text.describe();
-  EXPECT_TRUE(std::regex_search(text.err, std::regex(R"(\nexe:e2e_work +50 +0\n)")))
+  EXPECT_TRUE(rx::regex_search(text.err, rx::regex(R"(\nexe:e2e_work +50 +0\n)")))
       << text.describe();
 
   Output json = run({e2e::cli(), "count", "--json", "-o", "-", "exe:e2e_work", "--", e2e::target(),

@@ -4,13 +4,16 @@
 // the command dlopens the library, removes them at dlclose and places them again at the next
 // dlopen, so that every call is counted.
 #include <algorithm>
-#include <regex>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -52,9 +55,9 @@ TEST(CliFollow, CountsEveryCallOfALibraryLoadedAfterStartAcrossDlcloseAndDlopen)
   // The text report: the probe's row holds 2K hits and nothing is missed.
   std::vector<std::string> all = e2e::lines(r.out);
   for (const std::string &line : e2e::lines(r.err)) all.push_back(line);
-  const std::regex total_line(R"(^Total over [0-9]+\.[0-9]{3} s \(exit status 0\):$)");
+  const rx::regex total_line(R"(^Total over [0-9]+\.[0-9]{3} s \(exit status 0\):$)");
   size_t at = 0;
-  while (at < all.size() && !std::regex_match(all[at], total_line)) ++at;
+  while (at < all.size() && !rx::regex_match(all[at], total_line)) ++at;
   ASSERT_LT(at + 2, all.size()) << r.describe();
   EXPECT_EQ(e2e::words(all[at + 2]), (std::vector<std::string>{probe, std::to_string(2 * k), "0"}))
       << r.describe();

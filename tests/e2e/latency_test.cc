@@ -5,13 +5,16 @@
 // command's exit status must pass through.
 #include <cstdint>
 #include <map>
-#include <regex>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -122,27 +125,26 @@ TEST(CliLatency, TextReportDrawsTheTableInTheChosenUnit) {
                   "--", latency_target(), "3", "10", "0", "0", "3"});
   ASSERT_EQ(r.exit_code(), 3) << r.describe();
   EXPECT_TRUE(
-      std::regex_search(r.out, std::regex(R"(Total over [0-9]+\.[0-9]{3} s \(exit status 3\):)")))
+      rx::regex_search(r.out, rx::regex(R"(Total over [0-9]+\.[0-9]{3} s \(exit status 3\):)")))
       << r.describe();
   EXPECT_NE(r.out.find("\nexe:latency_sleep\n"), std::string::npos) << r.describe();
-  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\n +msecs +: count +distribution\n)")))
+  EXPECT_TRUE(rx::regex_search(r.out, rx::regex(R"(\n +msecs +: count +distribution\n)")))
       << r.describe();
   // 3 ms is in the row 2 -> 3 ms; a busy machine can push calls into later rows, never earlier
   // ones: the table starts at that row or a later one, and its counts add up to the 10 calls.
-  std::smatch row;
-  ASSERT_TRUE(std::regex_search(r.out, row,
-                                std::regex(R"(\n +msecs +: count +distribution\n +([0-9]+) -> )")))
+  rx::smatch row;
+  ASSERT_TRUE(rx::regex_search(r.out, row,
+                               rx::regex(R"(\n +msecs +: count +distribution\n +([0-9]+) -> )")))
       << r.describe();
   EXPECT_GE(std::stoi(row[1]), 2) << "no row below 2 -> 3 ms\n" << r.describe();
   int calls = 0;
-  const std::regex counted(R"(\n +[0-9]+ -> [0-9]+ +: ([0-9]+) +\|)");
-  for (std::sregex_iterator it(r.out.begin(), r.out.end(), counted), end; it != end; ++it)
-    calls += std::stoi((*it)[1]);
+  const rx::regex counted(R"(\n +[0-9]+ -> [0-9]+ +: ([0-9]+) +\|)");
+  for (const rx::smatch &m : rx::regex_find_all(r.out, counted)) calls += std::stoi(m[1]);
   EXPECT_EQ(calls, 10) << r.describe();
-  std::smatch summary;
-  ASSERT_TRUE(std::regex_search(
+  rx::smatch summary;
+  ASSERT_TRUE(rx::regex_search(
       r.out, summary,
-      std::regex(
+      rx::regex(
           R"(\ncount 10, avg ([0-9]+\.[0-9]{6}) ms, p50 ([0-9]+\.[0-9]{6}) ms, p99 [0-9.]+ ms\n)")))
       << r.describe();
   EXPECT_GE(std::stod(summary[1]), 3.0) << r.describe();
@@ -179,8 +181,8 @@ TEST(CliLatency, OneHistogramForAllFunctionsUnlessPerFunction) {
   std::string text = e2e::read_file(combined);
   EXPECT_NE(text.find("\n2 functions: exe:latency_sleep, exe:latency_fast\n"), std::string::npos)
       << text;
-  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\n +usecs +: count +distribution\n)"))) << text;
-  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\ncount 103, avg [0-9.]+ us, )"))) << text;
+  EXPECT_TRUE(rx::regex_search(text, rx::regex(R"(\n +usecs +: count +distribution\n)"))) << text;
+  EXPECT_TRUE(rx::regex_search(text, rx::regex(R"(\ncount 103, avg [0-9.]+ us, )"))) << text;
   EXPECT_EQ(text.find("count 100,"), std::string::npos) << text;
 
   argv = {e2e::cli(),          "latency",          "-F", "-o", per_function,
@@ -191,8 +193,8 @@ TEST(CliLatency, OneHistogramForAllFunctionsUnlessPerFunction) {
   text = e2e::read_file(per_function);
   EXPECT_NE(text.find("\nexe:latency_sleep\n"), std::string::npos) << text;
   EXPECT_NE(text.find("\nexe:latency_fast\n"), std::string::npos) << text;
-  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\ncount 3, avg [0-9]+ ns, )"))) << text;
-  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\ncount 100, avg [0-9]+ ns, )"))) << text;
+  EXPECT_TRUE(rx::regex_search(text, rx::regex(R"(\ncount 3, avg [0-9]+ ns, )"))) << text;
+  EXPECT_TRUE(rx::regex_search(text, rx::regex(R"(\ncount 100, avg [0-9]+ ns, )"))) << text;
 }
 
 }  // namespace

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -16,6 +15,10 @@
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -162,7 +165,7 @@ TEST(RobustSignals, AClosedOutputPipeInterruptsTheCommandAndUsprobeReports) {
   // started in the command, which usprobe then says), and nothing else.
   int summaries = 0;
   for (const std::string &line : e2e::lines(err)) {
-    if (std::regex_match(line, std::regex("usprobe: [0-9]+ events, 0 lost"))) {
+    if (rx::regex_match(line, rx::regex("usprobe: [0-9]+ events, 0 lost"))) {
       ++summaries;
       continue;
     }

@@ -6,7 +6,6 @@
 // out demangled; the command's exit status passes through. Hot probes lose nothing: a million
 // stacks are counted in the agent's stack tables, exactly.
 #include <cstdint>
-#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -14,6 +13,10 @@
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -298,7 +301,7 @@ TEST(Stacks, TopKeepsTheMostFrequentStacksAndPerPidNamesTheProcess) {
   ASSERT_EQ(report.stacks.size(), 1u) << text;
   EXPECT_EQ(report.stacks[0].count, 5u) << text;
   EXPECT_TRUE(starts_with_frames(report.stacks[0].frames, kPathB)) << text;
-  EXPECT_TRUE(std::regex_match(report.stacks[0].comm, std::regex("stacks_target-[0-9]+"))) << text;
+  EXPECT_TRUE(rx::regex_match(report.stacks[0].comm, rx::regex("stacks_target-[0-9]+"))) << text;
   EXPECT_NE(text.find("\n(1 less frequent stacks left out by --top 1)\n"), std::string::npos)
       << text;
 }
@@ -312,18 +315,18 @@ TEST(Stacks, IntervalReportsComeWhileTheCommandRunsThenTheTotal) {
                   "ticks", "4", "150"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   const std::string text = e2e::read_file(out);
-  const std::regex heading(R"(\[[0-9]{2}:[0-9]{2}:[0-9]{2}\] [0-9]+\.[0-9]{3} s)");
-  const std::regex probe_line(R"(exe:e2e_work: ([0-9]+) stacks, [0-9]+ distinct)");
+  const rx::regex heading(R"(\[[0-9]{2}:[0-9]{2}:[0-9]{2}\] [0-9]+\.[0-9]{3} s)");
+  const rx::regex probe_line(R"(exe:e2e_work: ([0-9]+) stacks, [0-9]+ distinct)");
   int intervals = 0, with_stacks = 0;
   uint64_t interval_sum = 0, total = 0;
   bool in_total = false;
   for (const std::string &line : e2e::lines(text)) {
-    std::smatch m;
-    if (std::regex_match(line, heading)) {
+    rx::smatch m;
+    if (rx::regex_match(line, heading)) {
       ++intervals;
     } else if (line.starts_with("Total over ")) {
       in_total = true;
-    } else if (std::regex_match(line, m, probe_line)) {
+    } else if (rx::regex_match(line, m, probe_line)) {
       uint64_t n = std::stoull(m[1]);
       if (in_total) {
         total = n;

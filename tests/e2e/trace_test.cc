@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,6 +15,10 @@
 #include <gtest/gtest.h>
 
 #include "e2e_support.h"
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace {
 
@@ -39,7 +42,7 @@ struct TextTrace {
 };
 
 TextTrace parse_text(const Output &r) {
-  static const std::regex event_line(
+  static const rx::regex event_line(
       R"(^\s*(?:([0-9]+\.[0-9]{6})\s+)?([0-9]+)\s+([0-9]+)\s+(\S+)\s+(\S+)\s*(.*)$)");
   TextTrace trace;
   for (const std::string *text : {&r.out, &r.err}) {
@@ -48,8 +51,8 @@ TextTrace parse_text(const Output &r) {
         if (trace.events.empty()) trace.header = true;
         continue;
       }
-      std::smatch m;
-      if (!std::regex_match(line, m, event_line)) continue;
+      rx::smatch m;
+      if (!rx::regex_match(line, m, event_line)) continue;
       trace.events.push_back(Event{m[1], std::stol(m[2]), std::stol(m[3]), m[5], m[6], m[4]});
     }
   }
@@ -202,16 +205,16 @@ TEST(CliTrace, ReturnProbeShowsItsCallsArgumentsBesideRetvalWithTimesAndDuration
   const std::string text = e2e::read_file(report);
   std::vector<std::string> lines = e2e::lines(text);
   ASSERT_FALSE(lines.empty()) << text;
-  EXPECT_TRUE(std::regex_match(lines[0], std::regex(R"(TIME +TIME\(s\) +PID +TID +COMM +)"
-                                                    R"(DURATION\(us\) +PROBE +MESSAGE)")))
+  EXPECT_TRUE(rx::regex_match(lines[0], rx::regex(R"(TIME +TIME\(s\) +PID +TID +COMM +)"
+                                                  R"(DURATION\(us\) +PROBE +MESSAGE)")))
       << lines[0];
-  static const std::regex event_line(R"(^([0-9]{2}):([0-9]{2}):([0-9]{2}) +([0-9]+\.[0-9]{6}) +)"
-                                     R"(([0-9]+) +([0-9]+) +(\S+) +([0-9]+\.[0-9]{3}) +)"
-                                     R"((uretprobe:libc:open(?:at)?) +(.*)$)");
+  static const rx::regex event_line(R"(^([0-9]{2}):([0-9]{2}):([0-9]{2}) +([0-9]+\.[0-9]{6}) +)"
+                                    R"(([0-9]+) +([0-9]+) +(\S+) +([0-9]+\.[0-9]{3}) +)"
+                                    R"((uretprobe:libc:open(?:at)?) +(.*)$)");
   int seen = 0;
   for (const std::string &line : lines) {
-    std::smatch m;
-    if (!std::regex_match(line, m, event_line)) continue;
+    rx::smatch m;
+    if (!rx::regex_match(line, m, event_line)) continue;
     const std::string message = m[10];
     if (!message.starts_with(input + " -> ")) continue;  // the loader's and libc's own opens
     ++seen;

@@ -9,9 +9,12 @@
 
 #include <cstdio>
 #include <map>
-#include <regex>
 #include <string>
 #include <vector>
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace usprobe::cli {
 namespace {
@@ -38,10 +41,10 @@ std::string svg_of(std::string_view folded, const FlameGraphOptions &options = {
 // every '&' an entity, no raw '<' or '>' in text or attribute values. Names what is wrong
 // otherwise.
 std::string xml_problem(std::string_view xml) {
-  static const std::regex entity("^&(amp|lt|gt|quot|apos|#[0-9]+|#x[0-9a-fA-F]+);");
+  static const rx::regex entity("^&(amp|lt|gt|quot|apos|#[0-9]+|#x[0-9a-fA-F]+);");
   auto bad_ampersand = [&](size_t at) {
     std::string rest(xml.substr(at, 12));
-    return !std::regex_search(rest, entity);
+    return !rx::regex_search(rest, entity);
   };
   std::vector<std::string> open;
   int roots = 0;
@@ -106,16 +109,13 @@ struct DrawnFrame {
 
 // Every frame of a rendered flame graph, in document order.
 std::vector<DrawnFrame> frames_of(const std::string &svg) {
-  static const std::regex frame(
+  static const rx::regex frame(
       "<g class=\"f\"><title>([^<]*)</title><rect x=\"([0-9.]+)\" y=\"([0-9.]+)\" "
       "width=\"([0-9.]+)\" height=\"[0-9]+\" fill=\"([^\"]+)\"[^>]*/><text "
       "[^>]*>([^<]*)</text></g>");
   std::vector<DrawnFrame> out;
-  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), frame); it != std::sregex_iterator();
-       ++it) {
-    const std::smatch &m = *it;
+  for (const rx::smatch &m : rx::regex_find_all(svg, frame))
     out.push_back({m[1], std::stod(m[2]), std::stod(m[3]), std::stod(m[4]), m[5], m[6]});
-  }
   return out;
 }
 

@@ -5,9 +5,12 @@
 #include <fmt/format.h>
 
 #include <ctime>
-#include <regex>
 
 #include <gtest/gtest.h>
+
+#include "support/text_match.h"
+
+namespace rx = usprobe::test;
 
 namespace usprobe::cli {
 namespace {
@@ -115,13 +118,13 @@ TEST(TextReport, PerPidRowsComeWithThePidAndTheProcesssName) {
 }
 
 TEST(ReportHeading, IntervalsGiveTheTimeOfDayAndTheSecondsSinceTheStart) {
-  EXPECT_TRUE(std::regex_match(report_heading(2.5, false, ""),
-                               std::regex(R"(\[[0-9]{2}:[0-9]{2}:[0-9]{2}\] 2\.500 s\n)")))
+  EXPECT_TRUE(rx::regex_match(report_heading(2.5, false, ""),
+                              rx::regex(R"(\[[0-9]{2}:[0-9]{2}:[0-9]{2}\] 2\.500 s\n)")))
       << report_heading(2.5, false, "");
   // -T: funccount's line first, in every report.
-  EXPECT_TRUE(std::regex_match(report_heading(3, true, "exit status 0", true),
-                               std::regex("[0-9]{2}:[0-9]{2}:[0-9]{2}\n"
-                                          "Total over 3\\.000 s \\(exit status 0\\):\n")))
+  EXPECT_TRUE(rx::regex_match(report_heading(3, true, "exit status 0", true),
+                              rx::regex("[0-9]{2}:[0-9]{2}:[0-9]{2}\n"
+                                        "Total over 3\\.000 s \\(exit status 0\\):\n")))
       << report_heading(3, true, "exit status 0", true);
 }
 
