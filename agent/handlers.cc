@@ -10,7 +10,6 @@
 #include "agent/ring.h"
 #include "agent/safe_copy.h"
 #include "agent/slots.h"
-#include "agent/usdt_stub_tmp.h"  // TEMPORARY: usprobe.h will declare the calls
 
 namespace usprobe::agent {
 

@@ -849,10 +849,10 @@ TEST(CliCount, UsdtPythonFunctionEntryCountsEachCallOfAScript) {
   Output r = run({e2e::cli(), "count", "-o", text, "usdt:exe:function__entry", "--", python, "-I",
                   "-S", "-c", script(2000)});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  std::smatch row;
+  rx::smatch row;
   const std::string report = e2e::read_file(text);
-  ASSERT_TRUE(std::regex_search(report, row,
-                                std::regex(R"(\nusdt:exe:python:function__entry +([0-9]+) +0\n)")))
+  ASSERT_TRUE(
+      rx::regex_search(report, row, rx::regex(R"(\nusdt:exe:python:function__entry +([0-9]+) +0\n)")))
       << report;
   EXPECT_EQ(std::stoull(row[1]), baseline + 2000) << report;
 }

@@ -420,8 +420,8 @@ TEST(ResolveProbes, UsdtProbeIsOnePlanProbeNamedAsBpftraceNamesIt) {
 
 #ifdef USDT_TARGETS_LIB
 // tests/targets/usdt_targets.c: "twice" is one probe inlined at two sites; "float" has an argument
-// usprobe cannot read (8f@%xmm0), which matters only to a format that prints it.
-TEST(ResolveProbes, UsdtSitesAreOneProbeAndAnUnreadableArgumentOnlyWhenPrinted) {
+// usprobe cannot read (8f@%xmm0): named alone it is refused, a glob leaves it out.
+TEST(ResolveProbes, UsdtSitesAreOneProbeAndAnUnreadableOneIsRefusedOrLeftOut) {
   LibraryFinder finder = LibraryFinder::for_listing();
   const std::string lib = USDT_TARGETS_LIB;
   auto twice = resolve_probes({parsed("usdt:" + lib + ":twice")}, finder);
@@ -429,17 +429,17 @@ TEST(ResolveProbes, UsdtSitesAreOneProbeAndAnUnreadableArgumentOnlyWhenPrinted) 
   ASSERT_EQ(twice->size(), 1u);
   EXPECT_EQ((*twice)[0].location, "usdt:" + lib + ":usprobe_test:twice");
 
-  ProbeSpec counted = parsed("usdt:" + lib + ":usprobe_test:float");
-  EXPECT_TRUE(resolve_probes({counted}, finder).has_value());
-  ProbeSpec printed = counted;
-  printed.usdt_args_used = 1;
-  auto refused = resolve_probes({printed}, finder);
+  auto refused = resolve_probes({parsed("usdt:" + lib + ":usprobe_test:float")}, finder);
   ASSERT_FALSE(refused.has_value());
-  EXPECT_NE(refused.error().message.find("has arguments `8f@%xmm0` that usprobe cannot read"),
+  EXPECT_NE(refused.error().message.find("has arguments `8f@%xmm0` that usprobe cannot read: "),
             std::string::npos)
       << refused.error().message;
   EXPECT_NE(refused.error().message.find("floating-point"), std::string::npos)
       << refused.error().message;
+  auto all = resolve_probes({parsed("usdt:" + lib + ":*")}, finder);
+  ASSERT_TRUE(all.has_value()) << all.error().message;
+  EXPECT_GE(all->size(), 5u);
+  for (const Probe &p : *all) EXPECT_FALSE(p.location.ends_with(":float")) << p.location;
 }
 #endif
 

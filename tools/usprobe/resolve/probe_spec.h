@@ -43,7 +43,7 @@ struct ProbeSpec {
   // whose probe NAME is, and wants it unique when NAME is no glob); NAME is in `symbol`.
   std::string provider{};
   // kUsdt in trace: bit n when the format prints argn. Resolution refuses a probe with a site
-  // whose note cannot give that argument (a spec the parser refused, or fewer arguments).
+  // whose note has fewer arguments.
   uint32_t usdt_args_used = 0;
 };
 
