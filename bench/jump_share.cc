@@ -1,21 +1,26 @@
 // usprobe_jump_share: how many sites take the jump path, and why the others take the int3 path
-// (issue 12, item 1). It asks the engine's own site analysis (arch::prepare_site, with the request
-// the registry would make: the enclosing function's bytes, the file's branch targets, the bytes
-// after the function) for each site, one site at a time, and gives each trampoline back at once.
-// Nothing is patched.
+// (issue 12, item 1; issue 15 for USDT sites). It asks the engine's own site analysis
+// (core/site_analysis.h: arch::prepare_site with the request the registry makes, the enclosing
+// function's bytes, the file's branch targets, the bytes after the function) for each site, one
+// site at a time, and gives each trampoline back at once. Nothing is patched.
 //
-//   usprobe_jump_share                      both sections with the default files and functions
+//   usprobe_jump_share                      all three sections with the default files and functions
 //   usprobe_jump_share --entries [FILE...]  every function entry of each file (aliases once)
 //   usprobe_jump_share --boundaries         every instruction boundary of the hot libc functions
 //                                           listed below (IFUNCs: the implementation this
 //                                           process uses)
-//   -v                                      also list each int3 site and its reason
+//   usprobe_jump_share --usdt [FILE...]     every USDT site of each file (default: postgres,
+//                                           python3.11, libstdc++ and the test library
+//                                           libusprobe_usdt_targets.so of this build tree)
+//   -v                                      also list each int3 site and its reason (--usdt: and
+//                                           each punned one, with the bytes around the site)
 //
 // Libraries are dlopen()ed and analysed where the dynamic linker mapped them. A program (the
-// default list has /usr/bin/python3.11, a non-PIE executable) cannot be loaded into this process:
-// its PT_LOAD segments are reserved (PROT_NONE, nothing executable) at the addresses it would run
-// at (a PIE at an address the kernel picks), so that reach and placement are decided as in the
-// real process; the analysis reads the code from the file either way.
+// default lists have /usr/bin/python3.11, a non-PIE executable, and postgres, a PIE) cannot be
+// loaded into this process: its PT_LOAD segments are reserved (PROT_NONE, nothing executable) at
+// the addresses it would run at (a PIE at an address the kernel picks), so that reach and
+// placement are decided as in the real process; the analysis reads the code from the file either
+// way.
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
@@ -212,8 +217,8 @@ std::optional<usprobe::CodeImage> load(const std::string &name) {
 
 // One site of `image` in a function of known bounds.
 usprobe::elf::ResolvedLocation location(const usprobe::CodeImage &image, const std::string &symbol,
-                                         uint64_t func_offset, uint64_t func_size,
-                                         uint64_t site_offset) {
+                                        uint64_t func_offset, uint64_t func_size,
+                                        uint64_t site_offset) {
   usprobe::elf::ResolvedLocation loc;
   loc.file = std::shared_ptr<const ElfFile>(std::shared_ptr<const ElfFile>(), &image.file());
   loc.symbol = symbol;
@@ -321,8 +326,8 @@ std::string bytes_around(const ElfFile &file, uint64_t off) {
   auto b = file.bytes(from, off + 9 - from);
   std::string s;
   for (size_t i = 0; i < b.size(); ++i)
-    s += fmt::format(fmt::runtime(from + i == off ? "{}[{:02x}]" : "{}{:02x}"), s.empty() ? "" : " ",
-                     b[i]);
+    s += fmt::format(fmt::runtime(from + i == off ? "{}[{:02x}]" : "{}{:02x}"),
+                     s.empty() ? "" : " ", b[i]);
   return s;
 }
 
@@ -348,8 +353,7 @@ void usdt(const std::vector<std::string> &files) {
       if (!v.jump) ++c.reasons[generalise(v.reason)];
       // Punned jumps too: whether their stub finds memory depends on the process.
       if (g_verbose && (!v.jump || v.path == "jump (punned)"))
-        fmt::print("  {} {}:{} at {:#x}{}{}\n      {}\n", v.path, s.provider, s.name,
-                   v.file_offset,
+        fmt::print("  {} {}:{} at {:#x}{}{}\n      {}\n", v.path, s.provider, s.name, v.file_offset,
                    v.jump ? fmt::format(" (writes {} bytes, borrows {})", v.written,
                                         v.footprint - v.written)
                           : ": ",
@@ -403,8 +407,8 @@ int main(int argc, char **argv) {
       ssize_t n = readlink("/proc/self/exe", exe.data(), exe.size());
       if (n > 0) {
         exe.resize(static_cast<size_t>(n));
-        std::string targets = exe.substr(0, exe.rfind('/')) +
-                              "/../tests/targets/libusprobe_usdt_targets.so";
+        std::string targets =
+            exe.substr(0, exe.rfind('/')) + "/../tests/targets/libusprobe_usdt_targets.so";
         if (access(targets.c_str(), R_OK) == 0) usdt_files.push_back(targets);
       }
     }

@@ -105,9 +105,9 @@ Result<CodeImage> CodeImage::map(std::shared_ptr<const elf::ElfFile> file) {
   const uint64_t lo = loads.front().p_vaddr & ~0xfffull;
   const uint64_t hi = (loads.back().p_vaddr + loads.back().p_memsz + 0xfff) & ~0xfffull;
   void *want = eh.e_type == ET_EXEC ? reinterpret_cast<void *>(lo) : nullptr;
-  void *p = ::mmap(want, hi - lo, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (want ? MAP_FIXED_NOREPLACE : 0),
-                   -1, 0);
+  void *p =
+      ::mmap(want, hi - lo, PROT_NONE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (want ? MAP_FIXED_NOREPLACE : 0), -1, 0);
   if (p == MAP_FAILED || (want && p != want)) {
     if (p != MAP_FAILED) ::munmap(p, hi - lo);
     return fail(ENOMEM, fmt::format("{}: cannot reserve its addresses {:#x}..{:#x} in this process",

@@ -408,9 +408,9 @@ std::string jump_refusal(const SiteRequest &req, const x86::FunctionScan &scan, 
   if (off + kJumpLength > req.function.size()) {
     std::string why = padding_refusal(req, scan, off, kJumpLength);
     if (off == 0 && !why.empty())
-      return fmt::format("the function is {} bytes, shorter than a 5-byte jump, and not followed "
-                         "by padding",
-                         req.function.size());
+      return fmt::format(
+          "the function is {} bytes, shorter than a 5-byte jump, and not followed by padding",
+          req.function.size());
     return why;
   }
   return "";
@@ -652,10 +652,10 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
         }
       }
       if (patch.empty())
-        refusal += fmt::format("; a punned jump over {}: {}",
-                               lengths.size() > 1 ? fmt::format("{} bytes", lengths.back())
-                                                  : "the instruction alone",
-                               why);
+        refusal += fmt::format(
+            "; a punned jump over {}: {}",
+            lengths.size() > 1 ? fmt::format("{} bytes", lengths.back()) : "the instruction alone",
+            why);
     }
     if (patch.empty()) plan.int3_reason = refusal;
   }
