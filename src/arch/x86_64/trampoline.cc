@@ -386,6 +386,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
 std::string padding_refusal(const SiteRequest &req, const x86::FunctionScan &scan, uint64_t off,
                             size_t len) {
   const size_t size = req.function.size();
+  if (scan.boundaries.empty()) return "a 5-byte window would run past the function's end";
   const uint32_t last = scan.boundaries.back();  // the function's last instruction
   if (x86::falls_through(req.function.subspan(last)))
     return "a 5-byte window would run past the function's end";
