@@ -181,7 +181,9 @@ TEST(CliList, UsdtProbesAsBpftraceNamesThemAndWithVTheirSitesArgumentsAndSemapho
   std::snprintf(head, sizeof head, "usdt:%s:python:audit  1 site, semaphore %#llx", kPython311,
                 static_cast<unsigned long long>(audit->semaphore_vaddr));
   ASSERT_EQ(audit->args.size(), 2u);
-  std::snprintf(site, sizeof site, "    0x%016llx  arg0=%s arg1=%s",
+  // Then the path the engine would give the site: python:audit's nop is followed by whole
+  // instructions that no branch enters.
+  std::snprintf(site, sizeof site, "    0x%016llx  arg0=%s arg1=%s  [jump]",
                 static_cast<unsigned long long>(audit->file_offset), audit->args[0].text.c_str(),
                 audit->args[1].text.c_str());
   EXPECT_EQ(e2e::lines(verbose.out), (std::vector<std::string>{head, site})) << verbose.describe();

@@ -4,10 +4,13 @@
 #include <fmt/format.h>
 #include <fnmatch.h>
 
+#include <algorithm>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "commands/commands.h"
+#include "core/site_analysis.h"
 #include "elf/elf_file.h"
 #include "output/report.h"
 #include "resolve/debug_package.h"
@@ -57,6 +60,36 @@ int list_usdt(const ListOptions &options) {
         {ENOENT, fmt::format("no USDT probe in {} matches {}'{}'", *path,
                              regex ? "the regular expression " : "", options.pattern)});
 
+  // With -v and --json, the path the engine would give each site (jump, or int3 and why), judged
+  // in this process's address space (core/site_analysis.h says what that cannot know).
+  std::map<uint64_t, SiteVerdict> verdicts;
+  if (options.verbose || options.json) {
+    if (auto v = analyse_usdt_sites(*path))
+      for (UsdtSiteVerdict &u : *v) verdicts[u.verdict.file_offset] = std::move(u.verdict);
+    // An attach places a probe's sites highest first, and a lower site whose window would cover
+    // a higher one steps aside to the int3 path (registry.cc); the analysis saw each site alone.
+    for (const UsdtMatch &m : probes) {
+      std::vector<uint64_t> offsets;
+      for (size_t i : m.sites) offsets.push_back((*notes)[i].file_offset);
+      std::sort(offsets.begin(), offsets.end());
+      for (size_t k = 0; k + 1 < offsets.size(); ++k) {
+        auto it = verdicts.find(offsets[k]);
+        if (it == verdicts.end() || !it->second.jump) continue;
+        SiteVerdict &v = it->second;
+        if (v.patch_offset + v.footprint > offsets[k + 1]) {
+          v.jump = false;
+          v.path = "int3";
+          v.reason = "another probe's site lies within the 5-byte window";
+        }
+      }
+    }
+  }
+  auto path_of = [&](uint64_t offset) -> std::string {
+    auto it = verdicts.find(offset);
+    if (it == verdicts.end()) return "";
+    return it->second.jump ? it->second.path : it->second.path + ": " + it->second.reason;
+  };
+
   if (options.json) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (const UsdtMatch &m : probes) {
@@ -70,6 +103,10 @@ int list_usdt(const ListOptions &options) {
         if (!n.args_error.empty()) {
           site["args_text"] = n.args_text;
           site["args_error"] = n.args_error;
+        }
+        if (auto it = verdicts.find(n.file_offset); it != verdicts.end()) {
+          site["path"] = it->second.path;
+          if (!it->second.jump) site["reason"] = it->second.reason;
         }
         sites.push_back(std::move(site));
       }
@@ -99,8 +136,8 @@ int list_usdt(const ListOptions &options) {
     fmt::print("{}  {} site{}, {}\n", name, m.sites.size(), m.sites.size() == 1 ? "" : "s",
                first.semaphore_vaddr ? fmt::format("semaphore {:#x}", first.semaphore_vaddr)
                                      : std::string("no semaphore"));
-    // A site a line: its file offset, then the note's argument specs (what argN reads). Room at
-    // the end of the line for what the engine would make of the site (jump or int3, and why).
+    // A site a line: its file offset, then the note's argument specs (what argN reads), then the
+    // path the engine would give it.
     for (size_t i : m.sites) {
       const elf::UsdtProbe &n = (*notes)[i];
       std::string args;
@@ -112,7 +149,9 @@ int list_usdt(const ListOptions &options) {
         for (size_t k = 0; k < n.args.size(); ++k)
           args += fmt::format("{}arg{}={}", k ? " " : "", k, n.args[k].text);
       }
-      fmt::print("    0x{:016x}  {}\n", n.file_offset, args);
+      std::string how = path_of(n.file_offset);
+      fmt::print("    0x{:016x}  {}{}\n", n.file_offset, args,
+                 how.empty() ? "" : "  [" + how + "]");
     }
   }
   return 0;
