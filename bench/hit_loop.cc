@@ -5,8 +5,8 @@
 //       --callgrind-out-file=/tmp/cg.MODE build/bench/usprobe_hitloop MODE 100000
 //
 // Ir(hit_loop, MODE) - Ir(hit_loop, plain, mid_plain or usdt_plain) over N = instructions a hit
-// adds (the trampoline plus dispatch plus consumers). callgrind_annotate /tmp/cg.MODE splits them by
-// function (the trampoline shows as an address in an anonymous mapping).
+// adds (the trampoline plus dispatch plus consumers). callgrind_annotate /tmp/cg.MODE splits them
+// by function (the trampoline shows as an address in an anonymous mapping).
 //
 // Modes: plain, entry (built-in counter), callback (C callback), int3 (USPROBE_FORCE_INT3; under
 // valgrind the trap is emulated, so only the user-space part counts), mid_plain, mid (instruction
@@ -21,7 +21,8 @@
 //         --callgrind-out-file=/tmp/cg.$m build/bench/usprobe_hitloop $m 100000
 //   done
 //
-// then (Ir(usdt) - Ir(usdt_plain)) / 100000 from `callgrind_annotate /tmp/cg.MODE`'s PROGRAM TOTALS.
+// and per hit (Ir(usdt) - Ir(usdt_plain)) / 100000, each Ir the PROGRAM TOTALS line of
+// `callgrind_annotate /tmp/cg.$m`.
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -60,10 +61,11 @@ extern "C" __attribute__((noinline)) long hit_loop(Fn f, long n) {
 
 int main(int argc, char **argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help")) {
-    std::fprintf(stderr,
-                 "usage: %s plain|entry|callback|int3|mid_plain|mid|return|usdt_plain|usdt|usdt_arg "
-                 "[N]\n",
-                 argv[0]);
+    std::fprintf(
+        stderr,
+        "usage: %s plain|entry|callback|int3|mid_plain|mid|return|usdt_plain|usdt|usdt_arg "
+        "[N]\n",
+        argv[0]);
     return 2;
   }
   std::string mode = argv[1];
