@@ -43,6 +43,8 @@
 //   usprobe/usdt_arg           the same probe, a C callback summing usprobe_usdt_arg(hit, 0) (the
 //                              argument's spec, -8@%rdi, evaluated at each hit: what `usprobe trace
 //                              '... "%d", arg0'` reads)
+//   usprobe/usdt_arg_gpr       the same callback attached with USPROBE_GENERAL_REGS_ONLY (what the
+//                              CLI's agent uses)
 //   kernel_uprobe/usdt_tick    the kernel's uprobe at the file offset of the USDT site's nop (what
 //                              bpftrace's usdt: probe places)
 //   (the usdt rows are left out when the build had no <sys/sdt.h>)
@@ -274,7 +276,7 @@ __attribute__((target("general-regs-only"))) void sum_arg0(usprobe_hit *hit, voi
 }
 
 // The same sum from a USDT probe's argument 0, as its note's spec says where it is.
-void sum_usdt_arg0(usprobe_hit *hit, void *) {
+__attribute__((target("general-regs-only"))) void sum_usdt_arg0(usprobe_hit *hit, void *) {
   t_arg_sum += usprobe_usdt_arg(hit, 0);
 }
 
@@ -625,6 +627,8 @@ const std::vector<Row> kRows = {
     {"usprobe/usdt_counter", "USDT probe usprobe_bench:tick, built-in counter", "plain/usdt_tick"},
     {"usprobe/usdt_arg", "USDT probe, C callback reading usprobe_usdt_arg(hit, 0)",
      "plain/usdt_tick"},
+    {"usprobe/usdt_arg_gpr", "USDT probe, the same callback, USPROBE_GENERAL_REGS_ONLY",
+     "plain/usdt_tick"},
     {"kernel_uprobe/usdt_tick", "kernel uprobe on the USDT site's nop (perf_event_open)",
      "plain/usdt_tick"},
 };
@@ -946,6 +950,8 @@ int main(int argc, char **argv) {
   const std::string usdt = "usdt:exe:usprobe_bench:tick";
   static const ProbeCase kUsdtCounter{usdt, usdt_tick, 0, false, false};
   static const ProbeCase kUsdtArg{usdt, usdt_tick, 0, true, false, Returns::none, true};
+  static const ProbeCase kUsdtArgGpr{
+      usdt, usdt_tick, USPROBE_GENERAL_REGS_ONLY, true, false, Returns::none, true};
 #endif
 
   const std::pair<const char *, const ProbeCase *> kCases[] = {
@@ -961,6 +967,7 @@ int main(int argc, char **argv) {
 #ifdef USPROBE_BENCH_USDT
       {"usprobe/usdt_counter", &kUsdtCounter},
       {"usprobe/usdt_arg", &kUsdtArg},
+      {"usprobe/usdt_arg_gpr", &kUsdtArgGpr},
 #endif
   };
   for (const auto &[name, pc] : kCases)
@@ -1005,6 +1012,7 @@ int main(int argc, char **argv) {
   reg("plain/usdt_tick", [](benchmark::State &s) { BM_Plain(s, usdt_tick); });
   reg("usprobe/usdt_counter", [](benchmark::State &s) { BM_Probe(s, kUsdtCounter); });
   reg("usprobe/usdt_arg", [](benchmark::State &s) { BM_Probe(s, kUsdtArg); });
+  reg("usprobe/usdt_arg_gpr", [](benchmark::State &s) { BM_Probe(s, kUsdtArgGpr); });
 #endif
   reg("raw_trap/via_usprobe", BM_RawTrapViaUsprobe);
 
