@@ -1,25 +1,30 @@
 // usprobe_jump_share: how many sites take the jump path, and why the others take the int3 path
-// (issue 12, item 1). It asks the engine's own site analysis (arch::prepare_site, with the request
-// the registry would make: the enclosing function's bytes, the file's branch targets, the bytes
-// after the function) for each site, one site at a time, and gives each trampoline back at once.
-// Nothing is patched.
+// (issue 12, item 1; issue 15 for USDT sites). It asks the engine's own site analysis
+// (core/site_analysis.h: arch::prepare_site with the request the registry makes, the enclosing
+// function's bytes, the file's branch targets, the bytes after the function) for each site, one
+// site at a time, and gives each trampoline back at once. Nothing is patched.
 //
-//   usprobe_jump_share                      both sections with the default files and functions
+//   usprobe_jump_share                      all three sections with the default files and functions
 //   usprobe_jump_share --entries [FILE...]  every function entry of each file (aliases once)
 //   usprobe_jump_share --boundaries         every instruction boundary of the hot libc functions
 //                                           listed below (IFUNCs: the implementation this
 //                                           process uses)
-//   -v                                      also list each int3 site and its reason
+//   usprobe_jump_share --usdt [FILE...]     every USDT site of each file (default: postgres,
+//                                           python3.11, libstdc++ and the test library
+//                                           libusprobe_usdt_targets.so of this build tree)
+//   -v                                      also list each int3 site and its reason (--usdt: and
+//                                           each punned one, with the bytes around the site)
 //
 // Libraries are dlopen()ed and analysed where the dynamic linker mapped them. A program (the
-// default list has /usr/bin/python3.11, a non-PIE executable) cannot be loaded into this process:
-// its PT_LOAD segments are reserved (PROT_NONE, nothing executable) at the addresses it would run
-// at (a PIE at an address the kernel picks), so that reach and placement are decided as in the
-// real process; the analysis reads the code from the file either way.
+// default lists have /usr/bin/python3.11, a non-PIE executable, and postgres, a PIE) cannot be
+// loaded into this process: its PT_LOAD segments are reserved (PROT_NONE, nothing executable) at
+// the addresses it would run at (a PIE at an address the kernel picks), so that reach and
+// placement are decided as in the real process; the analysis reads the code from the file either
+// way.
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
-#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -34,9 +39,9 @@
 #include "arch/x86_64/relocator.h"
 #include "core/arch.h"
 #include "core/probe.h"
+#include "core/site_analysis.h"
 #include "elf/elf_file.h"
 #include "elf/location.h"
-#include "os/linux/proc_maps.h"
 
 namespace {
 
@@ -44,6 +49,9 @@ using usprobe::elf::ElfFile;
 
 const char *const kDefaultFiles[] = {"libc.so.6", "libstdc++.so.6", "libsqlite3.so.0",
                                      "libcrypto.so.3", "/usr/bin/python3.11"};
+// Files with USDT notes (goal: >= 99% of their sites on a jump).
+const char *const kDefaultUsdtFiles[] = {"/usr/lib/postgresql/15/bin/postgres",
+                                         "/usr/bin/python3.11", "libstdc++.so.6"};
 
 // Hot libc functions: the string and memory families, the allocator, stdio, sorting and search,
 // conversions, time, environment, and a few with jump tables (fnmatch, strptime, sysconf,
@@ -180,48 +188,10 @@ std::string generalise(const std::string &reason) {
 
 bool g_verbose = false;
 
-// A file as analysed: the ELF file, its direct branch targets (as the registry computes them) and
-// where each file offset is at run time.
-struct Loaded {
-  std::shared_ptr<const ElfFile> file;
-  std::vector<uint64_t> targets;
-  // (file offset, size, runtime address) of each executable piece
-  std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> pieces;
-
-  std::optional<uint64_t> runtime(uint64_t off) const {
-    for (auto [o, n, a] : pieces)
-      if (off >= o && off < o + n) return a + (off - o);
-    return std::nullopt;
-  }
-};
-
-void compute_targets(Loaded &l) {
-  uint64_t last = ~0ull;
-  for (const auto &f : l.file->functions()) {
-    if (f.file_offset == last) continue;
-    last = f.file_offset;
-    auto code = l.file->bytes(f.file_offset, f.size);
-    if (!code.empty()) usprobe::arch::branch_targets(code, f.file_offset, l.targets);
-  }
-  std::sort(l.targets.begin(), l.targets.end());
-  l.targets.erase(std::unique(l.targets.begin(), l.targets.end()), l.targets.end());
-}
-
-// The registry's bytes_after (core/registry.cc): the code bytes after a function, up to the next
-// function's start, at most 8.
-std::span<const uint8_t> bytes_after(const ElfFile &file, uint64_t end) {
-  const auto &fns = file.functions();
-  auto next = std::lower_bound(
-      fns.begin(), fns.end(), end,
-      [](const usprobe::elf::Function &f, uint64_t o) { return f.file_offset < o; });
-  uint64_t n = 8;
-  if (next != fns.end()) n = std::min<uint64_t>(n, next->file_offset - end);
-  while (n > 0 && !file.offset_is_executable(end + n - 1)) --n;
-  return file.bytes(end, n);
-}
-
-std::optional<Loaded> load(const std::string &name) {
-  Loaded l;
+// A file as analysed: a library is dlopen()ed first (short names resolve among this process's
+// mappings, and IFUNCs to the implementation it uses), so that it is analysed where the dynamic
+// linker mapped it; a program's segments are reserved where it would run (core/site_analysis.h).
+std::optional<usprobe::CodeImage> load(const std::string &name) {
   std::string path = name;
   if (name.find('/') == std::string::npos || name.find(".so") != std::string::npos) {
     void *h = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -237,78 +207,45 @@ std::optional<Loaded> load(const std::string &name) {
     fmt::print(stderr, "{}: {}\n", path, f.error().message);
     return std::nullopt;
   }
-  l.file = *f;
-  auto maps = usprobe::os::read_mappings();
-  if (maps)
-    for (const auto &m : *maps)
-      if (m.exec && m.dev == l.file->id().dev && m.ino == l.file->id().ino)
-        l.pieces.emplace_back(m.offset, m.end - m.start, m.start);
-  if (l.pieces.empty()) {
-    // A program: reserve its PT_LOAD segments where it would run.
-    auto eh = l.file->bytes(0, sizeof(Elf64_Ehdr));
-    if (eh.size() < sizeof(Elf64_Ehdr)) return std::nullopt;
-    Elf64_Ehdr e;
-    std::memcpy(&e, eh.data(), sizeof e);
-    std::vector<Elf64_Phdr> loads;
-    for (int i = 0; i < e.e_phnum; ++i) {
-      auto b = l.file->bytes(e.e_phoff + i * sizeof(Elf64_Phdr), sizeof(Elf64_Phdr));
-      Elf64_Phdr ph;
-      std::memcpy(&ph, b.data(), sizeof ph);
-      if (ph.p_type == PT_LOAD) loads.push_back(ph);
-    }
-    if (loads.empty()) return std::nullopt;
-    const uint64_t lo = loads.front().p_vaddr & ~0xfffull;
-    const uint64_t hi = (loads.back().p_vaddr + loads.back().p_memsz + 0xfff) & ~0xfffull;
-    void *want = e.e_type == ET_EXEC ? reinterpret_cast<void *>(lo) : nullptr;
-    void *p =
-        mmap(want, hi - lo, PROT_NONE,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (want ? MAP_FIXED_NOREPLACE : 0), -1, 0);
-    if (p == MAP_FAILED || (want && p != want)) {
-      fmt::print(stderr, "{}: cannot reserve its address range\n", path);
-      return std::nullopt;
-    }
-    const uint64_t bias = reinterpret_cast<uint64_t>(p) - lo;
-    for (const auto &ph : loads)
-      if (ph.p_flags & PF_X) l.pieces.emplace_back(ph.p_offset, ph.p_filesz, ph.p_vaddr + bias);
-    fmt::print("({}: a program, its segments reserved at {:#x}, as it would be loaded)\n", path,
-               reinterpret_cast<uint64_t>(p));
+  auto image = usprobe::CodeImage::map(*f);
+  if (!image) {
+    fmt::print(stderr, "{}\n", image.error().message);
+    return std::nullopt;
   }
-  compute_targets(l);
-  return l;
+  return std::move(*image);
 }
 
-usprobe::Probe g_probe;  // the trampolines name it; nothing runs them
+// One site of `image` in a function of known bounds.
+usprobe::elf::ResolvedLocation location(const usprobe::CodeImage &image, const std::string &symbol,
+                                        uint64_t func_offset, uint64_t func_size,
+                                        uint64_t site_offset) {
+  usprobe::elf::ResolvedLocation loc;
+  loc.file = std::shared_ptr<const ElfFile>(std::shared_ptr<const ElfFile>(), &image.file());
+  loc.symbol = symbol;
+  loc.func_offset = func_offset;
+  loc.func_size = func_size;
+  loc.file_offset = site_offset;
+  return loc;
+}
 
-void analyse(const Loaded &l, uint64_t func_offset, uint64_t func_size, uint64_t site_offset,
-             const std::string &describe, Counts &c) {
-  auto addr = l.runtime(site_offset);
-  auto func_addr = l.runtime(func_offset);
-  if (!addr || !func_addr) return;
-  usprobe::arch::SiteRequest req;
-  req.site = *addr;
-  req.function = l.file->bytes(func_offset, func_size);
-  req.function_addr = *func_addr;
-  req.bounds_known = true;
-  req.probe = &g_probe;
-  req.describe = describe;
-  req.file_branch_targets = &l.targets;
-  req.site_file_offset = site_offset;
-  req.after = bytes_after(*l.file, func_offset + func_size);
+void count(const usprobe::SiteVerdict &v, const std::string &describe, Counts &c) {
   ++c.total;
-  auto plan = usprobe::arch::prepare_site(req);
-  if (!plan) {
+  ++c.paths[v.path];
+  if (v.path == "cannot be probed") {
     ++c.errors;
-    ++c.paths["cannot be probed"];
-    ++c.reasons[generalise(plan.error().message.substr(plan.error().message.find(':') + 1))];
-    if (g_verbose) fmt::print("  {}: {}\n", describe, plan.error().message);
-    return;
+    ++c.reasons[generalise(v.reason.substr(v.reason.find(':') + 1))];
+    if (g_verbose) fmt::print("  {}: {}\n", describe, v.reason);
+  } else if (!v.jump) {
+    ++c.reasons[generalise(v.reason)];
+    if (g_verbose) fmt::print("  int3 {}: {}\n", describe, v.reason);
   }
-  ++c.paths[plan->path];
-  if (!plan->jump) {
-    ++c.reasons[generalise(plan->int3_reason)];
-    if (g_verbose) fmt::print("  int3 {}: {}\n", describe, plan->int3_reason);
-  }
-  usprobe::arch::release_trampoline(*plan);
+}
+
+void analyse(const usprobe::CodeImage &image, uint64_t func_offset, uint64_t func_size,
+             uint64_t site_offset, const std::string &describe, Counts &c) {
+  if (!image.runtime(site_offset) || !image.runtime(func_offset)) return;
+  auto loc = location(image, describe, func_offset, func_size, site_offset);
+  count(usprobe::analyse_site(image, loc), describe, c);
 }
 
 void print(const std::string &title, const Counts &c, double goal = 0) {
@@ -332,24 +269,29 @@ void print(const std::string &title, const Counts &c, double goal = 0) {
   for (const auto &[n, why] : r) fmt::print("  {:>7}  {}\n", n, why);
 }
 
+void add(Counts &all, const Counts &c) {
+  all.total += c.total;
+  all.errors += c.errors;
+  for (auto &[k, v] : c.paths) all.paths[k] += v;
+  for (auto &[k, v] : c.reasons) all.reasons[k] += v;
+}
+
 void entries(const std::vector<std::string> &files) {
   Counts all;
   for (const std::string &name : files) {
     auto l = load(name);
     if (!l) continue;
+    const ElfFile &file = l->file();
     Counts c;
     uint64_t last = ~0ull;
-    for (const auto &f : l->file->functions()) {
+    for (const auto &f : file.functions()) {
       if (f.file_offset == last) continue;  // aliases
       last = f.file_offset;
-      if (!l->file->offset_is_executable(f.file_offset)) continue;
+      if (!file.offset_is_executable(f.file_offset)) continue;
       analyse(*l, f.file_offset, f.size, f.file_offset, f.name, c);
     }
-    print(fmt::format("function entries of {}", l->file->path()), c);
-    all.total += c.total;
-    all.errors += c.errors;
-    for (auto &[k, v] : c.paths) all.paths[k] += v;
-    for (auto &[k, v] : c.reasons) all.reasons[k] += v;
+    print(fmt::format("function entries of {}", file.path()), c);
+    add(all, c);
   }
   if (files.size() > 1) print("function entries, all files", all, 99.9);
 }
@@ -369,7 +311,7 @@ void boundaries() {
     if (std::find(seen.begin(), seen.end(), loc->func_offset) != seen.end()) continue;
     seen.push_back(loc->func_offset);
     ++functions;
-    auto code = libc->file->bytes(loc->func_offset, loc->func_size);
+    auto code = libc->file().bytes(loc->func_offset, loc->func_size);
     auto scan = usprobe::x86::scan_function(code, 0);
     for (uint32_t off : scan.boundaries)
       analyse(*libc, loc->func_offset, loc->func_size, loc->func_offset + off,
@@ -378,21 +320,69 @@ void boundaries() {
   print(fmt::format("instruction boundaries of {} hot libc functions", functions), c, 95);
 }
 
+// The file's bytes around a site, the site's byte in brackets: "48 89 c7 e8 12 34 56 78 [90] 48".
+std::string bytes_around(const ElfFile &file, uint64_t off) {
+  const uint64_t from = off >= 12 ? off - 12 : 0;
+  auto b = file.bytes(from, off + 9 - from);
+  std::string s;
+  for (size_t i = 0; i < b.size(); ++i)
+    s += fmt::format(fmt::runtime(from + i == off ? "{}[{:02x}]" : "{}{:02x}"),
+                     s.empty() ? "" : " ", b[i]);
+  return s;
+}
+
+// Every USDT site of each file (the notes of .note.stapsdt, elf/usdt.h), analysed as the registry
+// places a USDT probe: an instruction probe at the site's nop, bounds from the enclosing function
+// or its FDE (core/site_analysis.h).
+void usdt(const std::vector<std::string> &files) {
+  Counts all;
+  for (const std::string &name : files) {
+    auto l = load(name);
+    if (!l) continue;
+    auto sites = usprobe::analyse_usdt_sites(*l);
+    if (!sites) {
+      fmt::print(stderr, "{}\n", sites.error().message);
+      continue;
+    }
+    Counts c;
+    for (const auto &s : *sites) {
+      const auto &v = s.verdict;
+      ++c.total;
+      ++c.paths[v.path];
+      if (v.path == "cannot be probed") ++c.errors;
+      if (!v.jump) ++c.reasons[generalise(v.reason)];
+      // Punned jumps too: whether their stub finds memory depends on the process.
+      if (g_verbose && (!v.jump || v.path == "jump (punned)"))
+        fmt::print("  {} {}:{} at {:#x}{}{}\n      {}\n", v.path, s.provider, s.name, v.file_offset,
+                   v.jump ? fmt::format(" (writes {} bytes, borrows {})", v.written,
+                                        v.footprint - v.written)
+                          : ": ",
+                   v.reason, bytes_around(l->file(), v.file_offset));
+    }
+    print(fmt::format("USDT sites of {}", l->file().path()), c, 99);
+    add(all, c);
+  }
+  if (files.size() > 1) print("USDT sites, all files", all, 99);
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
-  bool want_entries = true, want_boundaries = true;
+  enum Section { kAll, kEntries, kBoundaries, kUsdt } section = kAll;
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "-v") {
       g_verbose = true;
     } else if (a == "--entries") {
-      want_boundaries = false;
+      section = kEntries;
     } else if (a == "--boundaries") {
-      want_entries = false;
+      section = kBoundaries;
+    } else if (a == "--usdt") {
+      section = kUsdt;
     } else if (a == "-h" || a == "--help") {
-      std::puts("usage: usprobe_jump_share [-v] [--entries [FILE...] | --boundaries]");
+      std::puts(
+          "usage: usprobe_jump_share [-v] [--entries [FILE...] | --boundaries | --usdt [FILE...]]");
       return 0;
     } else if (!a.empty() && a[0] == '-') {
       fmt::print(stderr, "usprobe_jump_share: unknown option {}\n", a);
@@ -401,9 +391,28 @@ int main(int argc, char **argv) {
       files.push_back(a);
     }
   }
-  if (files.empty()) files.assign(std::begin(kDefaultFiles), std::end(kDefaultFiles));
-  if (want_entries) entries(files);
-  if (want_entries && want_boundaries) std::puts("");
-  if (want_boundaries) boundaries();
+  if (section == kAll || section == kEntries)
+    entries(section == kEntries && !files.empty()
+                ? files
+                : std::vector<std::string>(std::begin(kDefaultFiles), std::end(kDefaultFiles)));
+  if (section == kAll) std::puts("");
+  if (section == kAll || section == kBoundaries) boundaries();
+  if (section == kAll) std::puts("");
+  if (section == kAll || section == kUsdt) {
+    std::vector<std::string> usdt_files = files;
+    if (section != kUsdt || usdt_files.empty()) {
+      usdt_files.assign(std::begin(kDefaultUsdtFiles), std::end(kDefaultUsdtFiles));
+      // The test library with every kind of USDT site, beside this program in the build tree.
+      std::string exe(4096, '\0');
+      ssize_t n = readlink("/proc/self/exe", exe.data(), exe.size());
+      if (n > 0) {
+        exe.resize(static_cast<size_t>(n));
+        std::string targets =
+            exe.substr(0, exe.rfind('/')) + "/../tests/targets/libusprobe_usdt_targets.so";
+        if (access(targets.c_str(), R_OK) == 0) usdt_files.push_back(targets);
+      }
+    }
+    usdt(usdt_files);
+  }
   return 0;
 }

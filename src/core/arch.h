@@ -66,9 +66,11 @@ struct SiteRequest {
   // assembly does this, e.g. glibc's mempcpy jumping into memcpy) forbids the jump path too.
   const std::vector<uint64_t> *file_branch_targets = nullptr;
   uint64_t site_file_offset = 0;
-  // The file's bytes right after the function, up to the next function's start (at most 8): a
+  // The file's bytes right after the function, up to the next function's start (at most 16): a
   // jump at the function's last short instruction may borrow them as its displacement's high
-  // bytes (instruction punning), since no other probe's patch can change them.
+  // bytes (instruction punning), and a window that ends with the function's last instruction
+  // (ret, jmp) may run on over the padding there (nops, int3), which nothing executes. Either way
+  // no other probe's patch may change them (the registry's overlap check sees the footprint).
   std::span<const uint8_t> after;
   bool force_int3 = false;  // another probe's window is too close for a jump
   std::string force_reason;

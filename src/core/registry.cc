@@ -17,6 +17,7 @@
 #include "core/patcher.h"
 #include "core/rcu.h"
 #include "core/retire.h"
+#include "core/site_analysis.h"
 #include "core/site_table.h"
 #include "elf/location.h"
 #include "os/linux/membarrier.h"
@@ -252,76 +253,19 @@ std::string site_owner(const Site *s) {
   return fmt::format("{:#x}", s->addr);
 }
 
-// Direct branch targets of every function of a file (from its symbols and its FDEs), and its
-// landing pads (where the unwinder resumes a frame: a branch target that no instruction names),
-// in file offsets, sorted; computed once per file (about 40 ms for libc) and kept for the life of
-// the process.
-const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
-  static auto *by_file = new std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>>;
-  auto &slot = (*by_file)[file.id()];
-  if (!slot) {
-    slot = std::make_unique<std::vector<uint64_t>>();
-    uint64_t last_offset = ~0ull;
-    for (const elf::Function &f : file.functions()) {
-      if (f.file_offset == last_offset) continue;  // aliases
-      last_offset = f.file_offset;
-      auto code = file.bytes(f.file_offset, f.size);
-      if (!code.empty()) arch::branch_targets(code, f.file_offset, *slot);
-    }
-    // Code that no symbol names (a stripped file's static functions and cold parts) is known by
-    // its FDE: its branches land in named code too, and its own sites get bounds from the FDE.
-    for (const elf::ElfFile::CodeRange &r : file.unwind_ranges()) {
-      if (file.function_containing(r.file_offset)) continue;
-      auto code = file.bytes(r.file_offset, r.size);
-      if (!code.empty()) arch::branch_targets(code, r.file_offset, *slot);
-    }
-    slot->insert(slot->end(), file.landing_pads().begin(), file.landing_pads().end());
-    std::sort(slot->begin(), slot->end());
-    slot->erase(std::unique(slot->begin(), slot->end()), slot->end());
-  }
-  return slot.get();
-}
-
-// The file's code bytes from `end` (a function's end) up to the next function's start, at most 8:
-// what a jump at the function's last instruction may borrow (arch.h, SiteRequest::after). Never
-// another function's bytes: a probe there would change them.
-std::span<const uint8_t> bytes_after(const elf::ElfFile &file, uint64_t end) {
-  const auto &fns = file.functions();
-  auto next = std::lower_bound(fns.begin(), fns.end(), end, [](const elf::Function &f, uint64_t o) {
-    return f.file_offset < o;
-  });
-  uint64_t n = 8;
-  if (next != fns.end()) n = std::min<uint64_t>(n, next->file_offset - end);
-  while (n > 0 && !file.offset_is_executable(end + n - 1)) --n;
-  return file.bytes(end, n);
-}
-
 // Make (or reuse) the sites of probe `p` for the current mappings. New sites go to `pending`.
 // The site plan of `p` at `addr` for one path (natural: whatever analysis chose; or a forced
 // int3), made once and kept: its trampoline stays valid for threads that may still be in it.
 Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t addr, bool forced) {
   for (auto &s : p->plans)
     if (s->addr == addr && s->forced_int3 == forced) return s.get();
-  arch::SiteRequest req;
-  req.site = addr;
-  req.bounds_known = loc.func_size > 0;
-  if (req.bounds_known) {
-    req.function = loc.file->bytes(loc.func_offset, loc.func_size);
-    req.function_addr = addr - loc.offset_in_function();
-  } else {
-    req.function = loc.file->bytes(loc.file_offset, 32);
-    req.function_addr = addr;
-  }
-  if (req.function.empty())
-    return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
-  req.probe = p;
-  req.describe = p->name;
-  req.file_branch_targets = file_branch_targets(*loc.file);
-  req.site_file_offset = loc.file_offset;
-  if (req.bounds_known) req.after = bytes_after(*loc.file, loc.func_offset + loc.func_size);
-  req.force_int3 = forced;
-  req.force_reason = forced_reason();
-  auto plan = arch::prepare_site(req);
+  auto req = site_request(loc, addr);  // core/site_analysis.h: what a report says it would do
+  if (!req) return std::unexpected(req.error());
+  req->probe = p;
+  req->describe = p->name;
+  req->force_int3 = forced;
+  req->force_reason = forced_reason();
+  auto plan = arch::prepare_site(*req);
   if (!plan) return std::unexpected(plan.error());
   auto site = std::make_unique<Site>();
   site->addr = addr;

@@ -2,9 +2,10 @@
 // target right after the probed instruction, a function that jumps indirectly through a table, a
 // 3-byte function. Each used to take the int3 path (and a thread that blocks SIGTRAP died there);
 // each now gets a jump that writes only the probed instruction's bytes (punned when it is shorter
-// than the jump: the displacement's high bytes are the next instruction's, unchanged). Counts are
-// exact, results unchanged, detach restores every byte, and live attach/detach under callers
-// running flat out keeps results exact.
+// than the jump: the displacement's high bytes are the next instruction's, unchanged), or over
+// the instruction and the next ones up to a branch target, or a plain jump whose window runs on
+// over the padding after a function's last `ret`. Counts are exact, results unchanged, detach
+// restores every byte, and live attach/detach under callers running flat out keeps results exact.
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -95,12 +96,38 @@ tac_tiny:
   ret
   .size tac_tiny, .-tac_tiny
   int3; int3; int3; int3; int3; int3; int3; int3
+
+  # tac_nop_jmp(x) -> x + 1 for x >= 0 (the nop runs once), x otherwise: the shape of a USDT site
+  # in an out-of-line block (postgres's lwlock__condacquire): `nop; jmp back`, and a branch
+  # target right after. The nop alone could only be punned with one byte written; the nop and the
+  # jmp (3 bytes) are written together, borrowing the ret and one byte of padding.
+  .globl tac_nop_jmp
+  .type tac_nop_jmp, @function
+  .p2align 4
+tac_nop_jmp:
+  mov %edi, %eax
+  test %edi, %edi
+  js 3f
+  jmp 2f
+1:
+  add $1, %eax
+  ret
+2:
+  .globl tac_nop_jmp_site
+tac_nop_jmp_site:
+  nop
+  jmp 1b
+3:
+  ret
+  .size tac_nop_jmp, .-tac_nop_jmp
+  int3; int3; int3; int3; int3; int3; int3; int3
 )");
 extern "C" {
 long tac_loop_head(long n);
 int tac_switch(long x);
 int tac_tiny();
-extern const char tac_switch_case0[], tac_switch_case1[], tac_switch_tail[];
+int tac_nop_jmp(int x);
+extern const char tac_switch_case0[], tac_switch_case1[], tac_switch_tail[], tac_nop_jmp_site[];
 }
 
 namespace {
@@ -126,6 +153,13 @@ std::string offset_of(const char *label) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "exe:tac_switch+%#" PRIxPTR,
                 reinterpret_cast<uintptr_t>(label) - reinterpret_cast<uintptr_t>(&tac_switch));
+  return buf;
+}
+std::string nop_jmp_site() {
+  char buf[64];
+  std::snprintf(
+      buf, sizeof buf, "exe:tac_nop_jmp+%#" PRIxPTR,
+      reinterpret_cast<uintptr_t>(tac_nop_jmp_site) - reinterpret_cast<uintptr_t>(&tac_nop_jmp));
   return buf;
 }
 
@@ -194,11 +228,34 @@ TEST(Tactics, ThreeByteFunctionGetsAJump) {
   usprobe_link *link = attach("exe:tac_tiny");
   ASSERT_NE(link, nullptr);
   EXPECT_EQ(usprobe_link_uses_int3(link), 0) << usprobe_link_int3_reason(link);
-  EXPECT_STREQ(usprobe_link_path(link), "jump (punned)");
+  // A plain jump: the window runs on over the int3 padding after the ret, which nothing runs.
+  EXPECT_STREQ(usprobe_link_path(link), "jump");
   int sum = 0;
   for (int i = 0; i < 1000; ++i) sum += tac_tiny();
   EXPECT_EQ(sum, 0);
   EXPECT_EQ(usprobe_link_hits(link), 1000u);
+  EXPECT_EQ(usprobe_detach(link), 0);
+  EXPECT_TRUE(before.intact());
+}
+
+TEST(Tactics, NopBeforeAJumpBackIsPunnedWithTheJump) {
+  Watchdog dog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  const auto *site = reinterpret_cast<const uint8_t *>(tac_nop_jmp_site);
+  const uint8_t jmp_rel8 = site[2];  // `jmp 1b`: eb, then this
+  Bytes before(reinterpret_cast<const void *>(&tac_nop_jmp), 32);
+  usprobe_link *link = attach(nop_jmp_site());
+  ASSERT_NE(link, nullptr);
+  EXPECT_EQ(usprobe_link_uses_int3(link), 0) << usprobe_link_int3_reason(link);
+  EXPECT_STREQ(usprobe_link_path(link), "jump (punned)");
+  // e9 LL HH over `nop; jmp 1b` (the jmp's bytes are the displacement's low ones now, where a
+  // jump over the nop alone would have kept them); the ret after it is as it was.
+  EXPECT_EQ(site[0], 0xe9);
+  EXPECT_FALSE(site[1] == 0xeb && site[2] == jmp_rel8) << "the jmp was left as it was";
+  EXPECT_EQ(site[3], 0xc3);
+  long sum = 0;
+  for (int i = -500; i < 500; ++i) sum += tac_nop_jmp(i);
+  EXPECT_EQ(sum, -500 * 501 / 2 + 500 * 501 / 2);
+  EXPECT_EQ(usprobe_link_hits(link), 500u);
   EXPECT_EQ(usprobe_detach(link), 0);
   EXPECT_TRUE(before.intact());
 }
@@ -311,6 +368,7 @@ TEST(Tactics, LiveAttachDetachUnderLoad) {
         const long x = i % 5;
         bool ok = tac_loop_head(x) == (x ? x : 1);
         ok = ok && tac_switch(x) == switch_value(x);
+        ok = ok && tac_nop_jmp(static_cast<int>(x)) == x + 1 && tac_tiny() == 0;
         if (!ok) wrong.store(true);
         done[t].calls.store(done[t].calls.load(std::memory_order_relaxed) + 1,
                             std::memory_order_release);
@@ -321,26 +379,37 @@ TEST(Tactics, LiveAttachDetachUnderLoad) {
     for (auto &d : done) s += d.calls.load(std::memory_order_acquire);
     return s;
   };
-  const std::string where[] = {"exe:tac_loop_head", offset_of(tac_switch_tail)};
-  const char *locs[] = {where[0].c_str(), where[1].c_str()};
+  // Punned over one instruction, punned over `nop; jmp` (a thread stopped at the jmp while the
+  // patch is written is moved to its copy), a window over the padding after a ret.
+  Bytes nop_jmp_bytes(reinterpret_cast<const void *>(&tac_nop_jmp), 32);
+  Bytes tiny_bytes(reinterpret_cast<const void *>(&tac_tiny), 11);
+  const std::string where[] = {"exe:tac_loop_head", offset_of(tac_switch_tail), nop_jmp_site(),
+                               "exe:tac_tiny"};
+  constexpr int kSites = 4;
+  const char *locs[kSites];
+  for (int i = 0; i < kSites; ++i) locs[i] = where[i].c_str();
   for (int cycle = 0; cycle < 300 && !wrong.load(); ++cycle) {
     const uint64_t s0 = total();
-    usprobe_link *links[2] = {};
-    ASSERT_EQ(usprobe_attach_batch(locs, 2, nullptr, links, nullptr), 2) << usprobe_last_error();
+    usprobe_link *links[kSites] = {};
+    ASSERT_EQ(usprobe_attach_batch(locs, kSites, nullptr, links, nullptr), kSites)
+        << usprobe_last_error();
     const uint64_t s1 = total();
     std::this_thread::yield();
     const uint64_t s2 = total();
-    const uint64_t h0 = usprobe_link_hits(links[0]), h1 = usprobe_link_hits(links[1]);
+    uint64_t hits[kSites];
+    for (int i = 0; i < kSites; ++i) hits[i] = usprobe_link_hits(links[i]);
     for (usprobe_link *l : links) ASSERT_EQ(usprobe_link_uses_int3(l), 0);
-    ASSERT_EQ(usprobe_detach_batch(links, 2), 0);
+    ASSERT_EQ(usprobe_detach_batch(links, kSites), 0);
     const uint64_t s3 = total();
     // Each caller may have one call in flight at either end.
-    for (uint64_t h : {h0, h1}) {
+    for (uint64_t h : hits) {
       EXPECT_GE(h + 2 * kThreads, s2 - s1) << "cycle " << cycle;
       EXPECT_LE(h, s3 - s0 + 2 * kThreads) << "cycle " << cycle;
     }
     ASSERT_TRUE(loop_bytes.intact()) << "cycle " << cycle;
     ASSERT_TRUE(switch_bytes.intact()) << "cycle " << cycle;
+    ASSERT_TRUE(nop_jmp_bytes.intact()) << "cycle " << cycle;
+    ASSERT_TRUE(tiny_bytes.intact()) << "cycle " << cycle;
   }
   stop.store(true);
   for (auto &t : callers) t.join();

@@ -8,7 +8,9 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -259,6 +261,42 @@ TEST(Usdt, OtherProbesHaveNoUsdtArguments) {
   ASSERT_EQ(link.attach(kLib + ":ust_fire_gated", &c), 0) << usprobe_last_error();
   t.fire_gated(1);
   EXPECT_EQ(g_count_seen, -1);
+}
+
+// libstdc++'s own probes (libstdcxx:throw, :catch; no semaphore): counted exactly in this
+// program, which throws a known number of exceptions, each throw with the thrown type's typeinfo as
+// its second argument.
+struct CountedError : std::runtime_error {
+  CountedError() : std::runtime_error("counted") {}
+};
+
+__attribute__((noinline)) void throw_counted(int i) {
+  if (i >= 0) throw CountedError();
+}
+
+TEST(Usdt, LibstdcxxThrowAndCatchCountedExactly) {
+  Recorded thrown;
+  usprobe_consumer c = {record, &thrown, nullptr};
+  Link throw_link, catch_link;
+  ASSERT_EQ(throw_link.attach("usdt:libstdc++:libstdcxx:throw", &c), 0) << usprobe_last_error();
+  ASSERT_EQ(catch_link.attach("usdt:libstdc++:catch"), 0) << usprobe_last_error();
+  int caught = 0;
+  for (int i = 0; i < 250; ++i) {
+    try {
+      throw_counted(i);
+    } catch (const CountedError &) {
+      ++caught;
+    }
+  }
+  EXPECT_EQ(caught, 250);
+  EXPECT_EQ(throw_link.hits(), 250u);
+  EXPECT_EQ(catch_link.hits(), 250u);
+  ASSERT_EQ(thrown.hits.size(), 250u);
+  const auto type = reinterpret_cast<uint64_t>(&typeid(CountedError));
+  for (const auto &args : thrown.hits) {
+    ASSERT_EQ(args.size(), 2u);
+    EXPECT_EQ(args[1], type) << "throw's second argument: the thrown type's typeinfo";
+  }
 }
 
 }  // namespace

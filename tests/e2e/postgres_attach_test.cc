@@ -17,6 +17,8 @@
 #include <thread>
 
 #include "e2e_support.h"
+#include "elf/elf_file.h"
+#include "elf/usdt.h"
 
 #include "support/text_match.h"
 
@@ -178,6 +180,65 @@ TEST(AttachPostgres, CountsABackendsStatementsExactlyAndPgbenchRunsClean) {
   Output log = server.stop();
   EXPECT_EQ(log.err.find("terminated by signal"), std::string::npos) << log.err;
   EXPECT_EQ(log.err.find("server process"), std::string::npos) << log.err;
+}
+
+// PostgreSQL's own USDT probe postgresql:query__start (behind a semaphore, its argument the query
+// text): traced with the text by attaching to the running postmaster. The semaphore is raised in
+// the postmaster while the session lasts (the backends it forks inherit it, so they fire the
+// probe) and lowered when it ends.
+TEST(AttachPostgres, TracesQueryStartWithItsTextBehindItsSemaphore) {
+  if (!file_exists(bin("postgres")) || !::getpwnam("postgres"))
+    GTEST_SKIP() << "PostgreSQL 15 is not installed (apt postgresql-15)";
+  const std::string exe = bin("postgres");
+  auto file = usprobe::elf::ElfFile::open(exe);
+  ASSERT_TRUE(file);
+  auto notes = usprobe::elf::read_usdt_probes(**file);
+  ASSERT_TRUE(notes);
+  uint64_t semaphore_offset = 0;
+  for (const auto &n : *notes)
+    if (n.provider == "postgresql" && n.name == "query__start") semaphore_offset = n.semaphore_offset;
+  ASSERT_NE(semaphore_offset, 0u) << "query__start has a semaphore";
+
+  Server server;
+  ASSERT_EQ(server.problem(), "");
+  const uint64_t semaphore = address_of(server.postmaster(), exe, semaphore_offset);
+  ASSERT_NE(semaphore, 0u);
+  auto semaphore_value = [&] {
+    std::string bytes = code_bytes(server.postmaster(), semaphore);
+    return bytes.size() < 2 ? -1 : static_cast<int>(static_cast<uint8_t>(bytes[0]) |
+                                                    static_cast<uint8_t>(bytes[1]) << 8);
+  };
+  ASSERT_EQ(semaphore_value(), 0);
+
+  TempDir dir;
+  const std::string report = dir.file("trace.txt");
+  Process usprobe({cli(), "trace", "-o", report, "-p", std::to_string(server.postmaster()),
+                   "usdt:" + exe + ":postgresql:query__start \"%s\", arg0"});
+  for (int i = 0; i < 2000 && semaphore_value() != 1 && ::kill(usprobe.pid(), 0) == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(semaphore_value(), 1) << usprobe.finish(1s).describe();
+
+  auto psql = server.client("psql");
+  psql.insert(psql.end(), {"-X", "-A", "-t", "-d", "postgres", "-c", "select 'usprobe-one'", "-c",
+                           "select 40 + 2 as usprobe_two", "-c", "select 'usprobe-three'"});
+  Output session = run(psql, 60s);
+  ASSERT_EQ(session.exit_code(), 0) << session.describe();
+  EXPECT_EQ(session.out, "usprobe-one\n42\nusprobe-three\n");
+
+  ::kill(usprobe.pid(), SIGINT);
+  Output r = usprobe.finish(60s);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(semaphore_value(), 0) << "lowered when the session ended";
+  // The three statements' texts, in order, each once.
+  std::vector<std::string> queries;
+  for (const std::string &line : lines(read_file(report)))
+    for (const char *q : {"select 'usprobe-one'", "select 40 + 2 as usprobe_two",
+                          "select 'usprobe-three'"})
+      if (line.ends_with(q)) queries.push_back(q);
+  EXPECT_EQ(queries, (std::vector<std::string>{"select 'usprobe-one'",
+                                               "select 40 + 2 as usprobe_two",
+                                               "select 'usprobe-three'"}))
+      << read_file(report) << r.describe();
 }
 
 }  // namespace

@@ -30,6 +30,14 @@ void ust_fire_regs(void) {
       : "rax", "r15", "r14", "r8", "rdi", "rsi", "rcx", "memory");
 }
 
+void ust_fire_string(const char *const *strings, long i) {
+  register const char *const *table __asm__("r8") = strings;
+  __asm__ __volatile__(STAP_PROBE_ASM(usprobe_test, string, 8@(%%r8,%%rdx,8) -8@%%rdx)
+                       :
+                       : "r"(table), "d"(i)
+                       : "memory");
+}
+
 void ust_fire_memory(const long *array, long i) {
   __asm__ __volatile__(
       STAP_PROBE_ASM(usprobe_test, memory,

@@ -31,6 +31,10 @@ void ust_fire_regs(void);
      -4@$-5               -5             8@$0x10   16 */
 void ust_fire_memory(const long *array, long i);
 
+/* Probe "string": a string through base+index*scale, "8@(%r8,%rdx,8) -8@%rdx" with %r8 = strings
+   and %rdx = i: strings[i] and i. */
+void ust_fire_string(const char *const *strings, long i);
+
 /* Probe "values": operands the compiler chose (-O2) for arguments of every size and sign:
    c, uc, s, us, i, u, l, ul, *p, -3 and ust_counter. */
 long ust_fire_values(signed char c, unsigned char uc, short s, unsigned short us, int i, unsigned u,

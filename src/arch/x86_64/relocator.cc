@@ -200,6 +200,17 @@ size_t instruction_length(std::span<const uint8_t> code) {
   return ins.length;
 }
 
+bool is_padding(std::span<const uint8_t> code) {
+  Insn d;
+  if (!ZYAN_SUCCESS(decode(code, d))) return false;
+  return d.ins.mnemonic == ZYDIS_MNEMONIC_NOP || d.ins.mnemonic == ZYDIS_MNEMONIC_INT3;
+}
+
+bool falls_through(std::span<const uint8_t> code) {
+  Insn d;
+  return ZYAN_SUCCESS(decode(code, d)) && !never_falls_through(d);
+}
+
 std::optional<DecodedJump> decode_jump(std::span<const uint8_t> code, uint64_t addr) {
   Insn d;
   if (!ZYAN_SUCCESS(decode(code, d)) || d.ins.mnemonic != ZYDIS_MNEMONIC_JMP) return std::nullopt;

@@ -34,6 +34,13 @@ FunctionScan scan_function(std::span<const uint8_t> code, uint64_t runtime_addr)
 // Length of the one instruction at the start of `code` (0 when it does not decode).
 size_t instruction_length(std::span<const uint8_t> code);
 
+// Whether the one instruction at the start of `code` is padding that compilers and assemblers put
+// between functions: a nop of any length (90, 66 90, 0f 1f /0, ...) or int3.
+bool is_padding(std::span<const uint8_t> code);
+// Whether execution can go on after the one instruction at the start of `code`: false for ret,
+// jmp (any form) and ud0/ud1/ud2, and for bytes that do not decode.
+bool falls_through(std::span<const uint8_t> code);
+
 // The direct jmp (rel8 or rel32, any prefixes) at the start of `code`, mapped at `addr`: its length
 // and target; nullopt when the bytes are not one.
 struct DecodedJump {

@@ -376,17 +376,63 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   for (size_t at : calls) w.patch_u32(at, static_cast<uint32_t>(w.size() - (at + 4)));
 }
 
+// Whether a window of `len` bytes at `off` may run past the function's end into the padding that
+// follows it (SiteRequest::after, which never reaches into the next function): the function's
+// last instruction must never fall through (ret, jmp, ud2), so nothing runs the bytes after it,
+// and those the window covers must be whole padding instructions (nops, int3), which nothing
+// branches to (the file's branch targets are checked against the whole window as usual). Such
+// windows are common where a USDT site's nop ends a function: `call f; nop; pop %rbp; ret`.
+// Returns "" when it may, else why not.
+std::string padding_refusal(const SiteRequest &req, const x86::FunctionScan &scan, uint64_t off,
+                            size_t len) {
+  const size_t size = req.function.size();
+  if (scan.boundaries.empty()) return "a 5-byte window would run past the function's end";
+  const uint32_t last = scan.boundaries.back();  // the function's last instruction
+  if (x86::falls_through(req.function.subspan(last)))
+    return "a 5-byte window would run past the function's end";
+  size_t at = 0;  // into `after`
+  while (size + at < off + len) {
+    const size_t n = x86::instruction_length(req.after.subspan(at));
+    if (n == 0 || at + n > req.after.size() || !x86::is_padding(req.after.subspan(at, n)))
+      return "a 5-byte window would run past the function's end, and not into padding";
+    at += n;
+  }
+  return "";
+}
+
 // Why the jump path cannot be used at this site, or "" when it can (relocation still decides).
 std::string jump_refusal(const SiteRequest &req, const x86::FunctionScan &scan, uint64_t off) {
   if (!req.bounds_known) return "no enclosing function bounds to check a 5-byte window against";
   if (!scan.complete) return "the function does not decode completely";
-  if (off + kJumpLength > req.function.size())
-    return off == 0 ? fmt::format("the function is {} bytes, shorter than a 5-byte jump",
-                                  req.function.size())
-                    : "a 5-byte window would run past the function's end";
   if (scan.has_indirect_jump && off != 0)
     return "the function jumps indirectly and the site is not its entry";
+  if (off + kJumpLength > req.function.size()) {
+    std::string why = padding_refusal(req, scan, off, kJumpLength);
+    if (off == 0 && !why.empty())
+      return fmt::format(
+          "the function is {} bytes, shorter than a 5-byte jump, and not followed by padding",
+          req.function.size());
+    return why;
+  }
   return "";
+}
+
+// The first direct branch target (of the function, or of the whole file) strictly inside
+// (site, site + len), as an offset from the site; nullopt when none.
+std::optional<uint64_t> target_inside(const SiteRequest &req, const x86::FunctionScan &scan,
+                                      uint64_t len) {
+  std::optional<uint64_t> first;
+  auto it = std::upper_bound(scan.branch_targets.begin(), scan.branch_targets.end(), req.site);
+  if (it != scan.branch_targets.end() && *it < req.site + len) first = *it - req.site;
+  if (req.file_branch_targets) {
+    const auto &ft = *req.file_branch_targets;
+    auto f = std::upper_bound(ft.begin(), ft.end(), req.site_file_offset);
+    if (f != ft.end() && *f < req.site_file_offset + len) {
+      const uint64_t d = *f - req.site_file_offset;
+      if (!first || d < *first) first = d;
+    }
+  }
+  return first;
 }
 
 // Instruction punning (E9Patch, PLDI 2020): a jmp rel32 over an instruction shorter than 5 bytes
@@ -514,10 +560,14 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
+  // The bytes from the site on, then those after the function (padding a window may run into,
+  // bytes a punned jump may borrow).
+  std::vector<uint8_t> code(from_site.begin(), from_site.end());
+  if (req.bounds_known) code.insert(code.end(), req.after.begin(), req.after.end());
 
   std::optional<x86::Relocation> rel;
   if (refusal.empty()) {
-    auto r = x86::relocate(from_site, req.site, kJumpLength, window_copy);
+    auto r = x86::relocate(code, req.site, kJumpLength, window_copy);
     if (!r) {
       refusal = r.error().message;
     } else {
@@ -566,18 +616,47 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
       plan.path = "jump (one instruction)";
       plan.footprint = static_cast<uint32_t>(len);
     } else if (single) {
-      std::vector<uint8_t> following(from_site.begin() + len, from_site.end());
-      following.insert(following.end(), req.after.begin(), req.after.end());
-      std::string why;
-      if (auto pun = punned_jump(req.site, from_site.subspan(0, len), following, w.base(), why)) {
-        patch = std::move(pun->patch);
-        stub = pun->stub;
-        plan.borrowed.assign(following.begin(), following.begin() + (pun->footprint - len));
-        plan.path = "jump (punned)";
-        plan.footprint = pun->footprint;
-      } else {
-        refusal += "; a punned jump over the instruction alone: " + why;
+      // Punned windows: the instruction alone, and, where the function may be decoded and no
+      // branch lands between them, it and the whole instructions after it up to 4 bytes. A longer
+      // window writes more of the displacement: the range its stub may lie in grows 256-fold a
+      // byte (one address for a 1-byte nop alone, 64 KB for `nop; jmp rel8`). Widest first.
+      std::vector<size_t> lengths = {len};
+      while (scan.complete && !(scan.has_indirect_jump && off != 0)) {
+        const size_t end = lengths.back();
+        if (off + end >= req.function.size()) break;
+        const size_t n = x86::instruction_length(from_site.subspan(end));
+        if (n == 0 || end + n >= kJumpLength || off + end + n > req.function.size() ||
+            target_inside(req, scan, end + n))
+          break;
+        lengths.push_back(end + n);
       }
+      std::string why;
+      for (size_t i = lengths.size(); i-- > 0;) {
+        const size_t written = lengths[i];
+        std::optional<x86::Relocation> wr;
+        if (written == len) {
+          wr = *rel;
+        } else if (auto rw = x86::relocate(from_site, req.site, written, window_copy)) {
+          wr = std::move(*rw);
+        } else {
+          continue;  // the shorter windows may still do
+        }
+        std::vector<uint8_t> following(code.begin() + written, code.end());
+        if (auto pun = punned_jump(req.site, from_site.first(written), following, w.base(), why)) {
+          patch = std::move(pun->patch);
+          stub = pun->stub;
+          plan.borrowed.assign(following.begin(), following.begin() + (pun->footprint - written));
+          plan.path = "jump (punned)";
+          plan.footprint = pun->footprint;
+          rel = std::move(wr);
+          break;
+        }
+      }
+      if (patch.empty())
+        refusal += fmt::format(
+            "; a punned jump over {}: {}",
+            lengths.size() > 1 ? fmt::format("{} bytes", lengths.back()) : "the instruction alone",
+            why);
     }
     if (patch.empty()) plan.int3_reason = refusal;
   }
@@ -607,7 +686,7 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
     patch = jw.bytes();
   }
   if (!plan.jump) patch.assign(1, trap_byte());
-  plan.original.assign(from_site.begin(), from_site.begin() + patch.size());
+  plan.original.assign(code.begin(), code.begin() + patch.size());
   plan.patch = std::move(patch);
   plan.window_length = static_cast<uint32_t>(rel->consumed);
   return plan;

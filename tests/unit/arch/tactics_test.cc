@@ -138,17 +138,116 @@ TEST(Tactics, OneInstructionJumpOverALongInstruction) {
   release_trampoline(*plan);
 }
 
-TEST(Tactics, ThreeByteFunctionBorrowsItsPadding) {
-  // 0: xor %eax,%eax; 2: ret, then int3 padding up to the next function
+TEST(Tactics, ThreeByteFunctionJumpsOverItsPadding) {
+  // 0: xor %eax,%eax; 2: ret, then int3 padding up to the next function: nothing runs the padding,
+  // so a plain 5-byte window may cover it.
   const Bytes f = {0x31, 0xc0, 0xc3};
   auto plan = plan_at(f, 0, Bytes{0xcc, 0xcc, 0xcc, 0xcc, 0xcc});
   ASSERT_TRUE(plan) << plan.error().message;
   ASSERT_TRUE(plan->jump) << plan->int3_reason;
-  EXPECT_EQ(plan->path, "jump (punned)");
-  Bytes seen = {plan->patch[0], plan->patch[1], 0xc3, 0xcc, 0xcc};
-  auto j = x86::decode_jump(seen, code_page() + 0x100);
+  EXPECT_EQ(plan->path, "jump");
+  ASSERT_EQ(plan->patch.size(), 5u);
+  EXPECT_EQ(plan->patch[0], 0xe9);
+  EXPECT_EQ(plan->original, (Bytes{0x31, 0xc0, 0xc3, 0xcc, 0xcc}));
+  EXPECT_EQ(plan->window_length, 5u);
+  EXPECT_EQ(plan->stub, 0u);
+  release_trampoline(*plan);
+}
+
+// The shape of a USDT site at a function's end (postgres's clog__checkpoint__done): the nop, then
+// `pop %rbp; ret` and the compiler's padding.
+const Bytes kUsdtAtTheEnd = {
+    0xe8, 0x00, 0x00, 0x00, 0x00,  // 0: call 5
+    0x90,                          // 5: nop               <- the site
+    0x5d,                          // 6: pop %rbp
+    0xc3,                          // 7: ret
+};
+const Bytes kSevenByteNop = {0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00};  // nopl 0x0(%rax)
+
+TEST(Tactics, WindowRunsOverThePaddingAfterTheLastInstruction) {
+  auto plan = plan_at(kUsdtAtTheEnd, 5, kSevenByteNop);
+  ASSERT_TRUE(plan) << plan.error().message;
+  ASSERT_TRUE(plan->jump) << plan->int3_reason;
+  EXPECT_EQ(plan->path, "jump");
+  EXPECT_EQ(plan->original, (Bytes{0x90, 0x5d, 0xc3, 0x0f, 0x1f}));
+  // Whole instructions: the padding's nopl is relocated too (never run: the ret comes first).
+  EXPECT_EQ(plan->window_length, 10u);
+  auto j = x86::decode_jump(plan->patch, code_page() + 0x100 + 5);
   ASSERT_TRUE(j);
+  EXPECT_EQ(j->target, plan->trampoline);
+  release_trampoline(*plan);
+}
+
+TEST(Tactics, NoWindowOverPaddingUnlessTheFunctionEndsWithAReturnOrJump) {
+  // Without the ret, `pop %rbp` falls through into the bytes after the function.
+  const Bytes falls = {0xe8, 0x00, 0x00, 0x00, 0x00, 0x90, 0x5d};
+  auto plan = plan_at(falls, 5, kSevenByteNop);
+  ASSERT_TRUE(plan) << plan.error().message;
+  EXPECT_NE(plan->path, "jump");
+  release_trampoline(*plan);
+  // Bytes after the function that are not padding: `mov %rdi,%rax` (no function, no symbol).
+  plan = plan_at(kUsdtAtTheEnd, 5, Bytes{0x48, 0x89, 0xf8, 0xc3});
+  ASSERT_TRUE(plan) << plan.error().message;
+  EXPECT_NE(plan->path, "jump");
+  release_trampoline(*plan);
+  // Padding cut off by the next function (a 7-byte nop of which 4 bytes are known): no window.
+  plan = plan_at(kUsdtAtTheEnd, 5, Bytes{0x0f, 0x1f, 0x80, 0x00});
+  ASSERT_TRUE(plan) << plan.error().message;
+  EXPECT_NE(plan->path, "jump");
+  release_trampoline(*plan);
+}
+
+// A USDT site whose next instruction is a branch target (postgres's lwlock__condacquire):
+// `call; nop; jmp back`, then the next block. The nop alone would be punned with one byte written
+// (one possible address for the stub); the nop and the jmp together are 3 bytes, all written:
+// e9 LL HH, borrowing the next block's first 2 bytes (a 64 KB range).
+const Bytes kNopJmpBeforeTarget = {
+    0x41, 0x0f, 0xb7, 0x38,        //  0: movzwl (%r8),%edi   <- the loop's head
+    0xe8, 0x00, 0x00, 0x00, 0x00,  //  4: call 9
+    0x90,                          //  9: nop                 <- the site
+    0xeb, 0xf3,                    // 10: jmp 0
+    0x41, 0x0f, 0xb7, 0x38,        // 12: movzwl (%r8),%edi   <- a branch target (from 16)
+    0xeb, 0xfa,                    // 16: jmp 12
+};
+
+TEST(Tactics, PunnedJumpOverSeveralInstructions) {
+  auto plan = plan_at(kNopJmpBeforeTarget, 9);
+  ASSERT_TRUE(plan) << plan.error().message;
+  ASSERT_TRUE(plan->jump) << plan->int3_reason;
+  EXPECT_EQ(plan->path, "jump (punned)");
+  ASSERT_EQ(plan->patch.size(), 3u);
+  EXPECT_EQ(plan->patch[0], 0xe9);
+  EXPECT_EQ(plan->original, (Bytes{0x90, 0xeb, 0xf3}));
+  EXPECT_EQ(plan->window_length, 3u);
+  EXPECT_EQ(plan->footprint, 5u);
+  EXPECT_EQ(plan->borrowed, (Bytes{0x41, 0x0f}));
+  // A thread stopped at the jmp while the patch is written is moved to its copy.
+  ASSERT_EQ(plan->window_map.size(), 2u);
+  EXPECT_EQ(plan->window_map[1].first, 1u);
+  const uint64_t site = code_page() + 0x100 + 9;
+  auto j = x86::decode_jump(patched(kNopJmpBeforeTarget, 9, *plan), site);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(j->length, 5u);
   EXPECT_EQ(j->target, plan->stub);
+  // The branch target still decodes as before.
+  EXPECT_EQ(
+      x86::instruction_length(Bytes(kNopJmpBeforeTarget.begin() + 12, kNopJmpBeforeTarget.end())),
+      4u);
+  release_trampoline(*plan);
+}
+
+TEST(Tactics, PunnedWindowStopsAtABranchTarget) {
+  // 0: nop (site); 1: nop, a branch target (from 3); 2: ret; 3: jmp 1
+  const Bytes f = {0x90, 0x90, 0xc3, 0xeb, 0xfc};
+  auto plan = plan_at(f, 0);
+  ASSERT_TRUE(plan) << plan.error().message;
+  if (plan->jump) {
+    EXPECT_EQ(plan->path, "jump (punned)");
+    EXPECT_EQ(plan->patch.size(), 1u);  // the nop alone
+  } else {
+    EXPECT_NE(plan->int3_reason.find("the instruction alone"), std::string::npos)
+        << plan->int3_reason;
+  }
   release_trampoline(*plan);
 }
 

@@ -407,8 +407,8 @@ TEST(UsdtProbes, TargetLibraryNotesSitesAndSemaphore) {
     EXPECT_TRUE(file->offset_is_executable(p.file_offset));
     EXPECT_EQ(file->offset_to_vaddr(p.file_offset), p.pc_vaddr);
   }
-  EXPECT_EQ(names, (std::vector<std::string>{"regs", "memory", "forms", "float", "values", "twice",
-                                             "twice", "gated"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"regs", "string", "memory", "forms", "float", "values",
+                                             "twice", "twice", "gated"}));
   auto probe = by_name(*probes);
   EXPECT_NE(probe["twice"][0].pc_vaddr, probe["twice"][1].pc_vaddr);
 
