@@ -286,6 +286,10 @@ class OtherPrograms {
   // Takes probe `index` at `location` if its file is a program this process does not run.
   bool add(size_t index, std::string_view location) {
     if (location.starts_with("uretprobe:")) location.remove_prefix(10);
+    if (location.starts_with("usdt:")) {  // usdt:PATH:PROVIDER:NAME
+      location.remove_prefix(5);
+      location = location.substr(0, location.rfind(':'));
+    }
     size_t colon = location.rfind(':');  // the target (a name or an offset) has no ':'
     if (colon == std::string_view::npos) return false;
     std::string file(location.substr(0, colon));
@@ -356,6 +360,8 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
                       trace_return_handler};
     else if (plan[i].location.starts_with("uretprobe:"))
       consumers[i] = {nullptr, index, count_handler};
+    else if (plan[i].location.starts_with("usdt:") && trace)  // argN: the note's argument N
+      consumers[i] = {trace_usdt_handler, index, nullptr};
     else
       consumers[i] = {trace ? trace_handler : count_handler, index, nullptr};
   }

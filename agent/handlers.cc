@@ -136,6 +136,18 @@ void trace_handler(usprobe_hit *hit, void *user) {
   record_event<false>(hit, probe_of(user), args, 0, 0);
 }
 
+// The arguments are the note's, read where its spec says (a register, the stack, a global):
+// only as many as the hit site's note has, the others 0.
+void trace_usdt_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) return;
+  uint64_t args[kMaxArgs];
+  const int count = usprobe_usdt_arg_count(hit);
+  unsigned n = 0;
+  for (; n < kMaxArgs && static_cast<int>(n) < count; ++n) args[n] = usprobe_usdt_arg(hit, n);
+  for (; n < kMaxArgs; ++n) args[n] = 0;
+  record_event<false>(hit, probe_of(user), args, 0, 0);
+}
+
 // Must never lock, allocate, make a system call or call libc.
 void trace_return_entry_handler(usprobe_hit *hit, void *user) {
   if (t_in_agent) {

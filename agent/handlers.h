@@ -13,6 +13,9 @@ void count_handler(usprobe_hit *hit, void *user);
 // Trace mode: an Event (time, thread, arguments, `%s` strings) in this thread's ring, and
 // hits[probe] += 1; when the ring is full the event is dropped and missed[probe] += 1.
 void trace_handler(usprobe_hit *hit, void *user);
+// Trace mode, a USDT probe (plan location "usdt:..."): as trace_handler, with argN the argument N
+// of the hit site's note (usprobe_usdt_arg) instead of a register.
+void trace_usdt_handler(usprobe_hit *hit, void *user);
 // A return probe's entry: keeps the arguments and the time (rdtsc) in the call's session, those
 // its plan asks for (kPlanEntryArgs, kPlanEntryTime).
 void trace_return_entry_handler(usprobe_hit *hit, void *user);

@@ -33,7 +33,11 @@
 // FILE an absolute path
 // ("/usr/lib/x86_64-linux-gnu/libc.so.6:malloc", "/usr/bin/prog:0x1139",
 // "/usr/bin/prog:parse+0x12"); symbols are names, not offsets, so that IFUNCs resolve in the
-// process that runs them.
+// process that runs them. The location's prefix says what kind of probe it is, and so which
+// handler the agent attaches: "uretprobe:" a function's returns; "usdt:" a USDT probe
+// ("usdt:/usr/bin/python3.11:python:audit", one link for all its sites), whose trace handler reads
+// argn with usprobe_usdt_arg (the note's argument n of the site hit) instead of the registers; no
+// prefix, an instruction.
 //
 // Slots. A thread takes a slot on its first hit (compare-and-swap of state kSlotFree -> kSlotOwned,
 // then it writes pid and tid) and keeps it for its life; it alone writes the slot's counters and

@@ -823,4 +823,38 @@ TEST(CliCount, CommFilterCountsOnlyTheNamedProgramOfAScript) {
   EXPECT_EQ((*probe)["pids"].size(), 1u) << "one process counted: " << probe->dump();
 }
 
+// USDT: python3.11 fires python:function__entry at each Python call while its semaphore is raised
+// and (CPython 3.11 checks it only on its tracing path) a profile function is set. A script that
+// calls a function 2,000 times under sys.setprofile counts exactly 2,000 more than the same script
+// calling it never. The rows are named as bpftrace names the probe, with FILE as given (`exe`;
+// the short form's NAME with its provider).
+TEST(CliCount, UsdtPythonFunctionEntryCountsEachCallOfAScript) {
+  const std::string python = "/usr/bin/python3.11";
+  if (!e2e::file_exists(python)) GTEST_SKIP() << python << " is not installed";
+  e2e::TempDir dir;
+  auto script = [](int calls) {
+    return "import sys\ndef f(n):\n    return n + 1\nsys.setprofile(slice)\nfor i in range(" +
+           std::to_string(calls) + "):\n    f(i)\nsys.setprofile(None)\n";
+  };
+  const std::string none = dir.file("none.json");
+  Output r0 =
+      run({e2e::cli(), "count", "--json", "-o", none, "usdt:" + python + ":python:function__entry",
+           "--", python, "-I", "-S", "-c", script(0)});
+  ASSERT_EQ(r0.exit_code(), 0) << r0.describe();
+  std::vector<Json> reports = e2e::reports(e2e::read_file(none));
+  ASSERT_EQ(reports.size(), 1u) << e2e::read_file(none);
+  const uint64_t baseline = hits_of(reports[0], "usdt:" + python + ":python:function__entry");
+
+  const std::string text = dir.file("calls.txt");
+  Output r = run({e2e::cli(), "count", "-o", text, "usdt:exe:function__entry", "--", python, "-I",
+                  "-S", "-c", script(2000)});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  rx::smatch row;
+  const std::string report = e2e::read_file(text);
+  ASSERT_TRUE(
+      rx::regex_search(report, row, rx::regex(R"(\nusdt:exe:python:function__entry +([0-9]+) +0\n)")))
+      << report;
+  EXPECT_EQ(std::stoull(row[1]), baseline + 2000) << report;
+}
+
 }  // namespace

@@ -20,6 +20,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <string>
@@ -372,6 +373,40 @@ TEST(CliKernelOracle, SqliteUnderAllOfLibcMatchesKernelUprobes) {
                 static_cast<unsigned long long>(kernel.counts[i]), runs_in[i].c_str(),
                 names_seen.c_str());
   }
+}
+
+// bpftrace as the oracle of a USDT probe: python:function__entry (behind a semaphore, which each
+// tracer raises; 1,502 here) counted by bpftrace for one run of a script and by usprobe for another run of the
+// same script: the same number. Skipped where bpftrace is absent or cannot run (it needs root).
+TEST(CliKernelOracle, UsdtPythonFunctionEntryCountsWhatBpftraceCounts) {
+  const std::string python = "/usr/bin/python3.11", bpftrace = "/usr/bin/bpftrace";
+  if (!e2e::file_exists(python)) GTEST_SKIP() << python << " is not installed";
+  if (!e2e::file_exists(bpftrace)) GTEST_SKIP() << bpftrace << " is not installed";
+  e2e::TempDir dir;
+  const std::string script = dir.file("calls.py");
+  FILE *f = std::fopen(script.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  // CPython 3.11 fires function__entry on its tracing path only: a profile function enables it.
+  std::fputs("import sys\ndef f(n):\n    return n + 1\nsys.setprofile(slice)\n"
+             "for i in range(1500):\n    f(i)\nsys.setprofile(None)\n",
+             f);
+  std::fclose(f);
+  const std::string probe = "usdt:" + python + ":python:function__entry";
+  Output b = e2e::run({bpftrace, "-e", probe + " /pid == cpid/ { @ = count(); }", "-c",
+                       python + " -I -S " + script});
+  const size_t at = b.out.find("@: ");
+  if (b.exit_code() != 0 || at == std::string::npos)
+    GTEST_SKIP() << "bpftrace could not count here: " << b.describe() << b.out;
+  const uint64_t bpftrace_count = std::stoull(b.out.substr(at + 3));
+  Output r =
+      e2e::run({e2e::cli(), "count", "--json", "-o", "-", probe, "--", python, "-I", "-S", script});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const uint64_t usprobe_count = e2e::hits_of(e2e::only_total(r), probe);
+  EXPECT_EQ(usprobe_count, bpftrace_count) << "usprobe (left) and bpftrace (right) disagree";
+  EXPECT_GT(usprobe_count, 1500u);
+  std::printf("  %-50s usprobe %8llu   bpftrace %8llu\n", probe.c_str(),
+              static_cast<unsigned long long>(usprobe_count),
+              static_cast<unsigned long long>(bpftrace_count));
 }
 
 }  // namespace

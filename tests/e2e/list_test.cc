@@ -11,6 +11,7 @@
 
 #include "e2e_support.h"
 #include "elf/elf_file.h"
+#include "elf/usdt.h"
 
 namespace {
 
@@ -141,6 +142,54 @@ TEST(CliList, CxxFunctionsShowTheirDemangledNamesAndPatternsMatchThem) {
   EXPECT_EQ(names,
             (std::vector<std::string>{"_ZN11stacks_demo5scaleEi stacks_demo::scale(int)",
                                       "_ZN11stacks_demo5scaleEd stacks_demo::scale(double)"}));
+}
+
+}  // namespace
+
+namespace {
+
+constexpr const char *kPython311 = "/usr/bin/python3.11";
+
+// usdt:FILE lists the file's USDT probes one a line, as bpftrace -l names them (CPython's eight,
+// in note order); -v adds each probe's sites, semaphore and argument specs, as the notes have them
+// (read here with usprobe's ELF reader); a file without notes says so.
+TEST(CliList, UsdtProbesAsBpftraceNamesThemAndWithVTheirSitesArgumentsAndSemaphore) {
+  if (!e2e::file_exists(kPython311)) GTEST_SKIP() << kPython311 << " is not installed";
+  Output all = run({e2e::cli(), "list", std::string("usdt:") + kPython311});
+  ASSERT_EQ(all.exit_code(), 0) << all.describe();
+  std::vector<std::string> want;
+  for (const char *name : {"audit", "gc__done", "gc__start", "line", "import__find__load__start",
+                           "import__find__load__done", "function__entry", "function__return"})
+    want.push_back(std::string("usdt:") + kPython311 + ":python:" + name);
+  std::vector<std::string> got = e2e::lines(all.out);
+  std::vector<std::string> sorted_got = got, sorted_want = want;
+  std::sort(sorted_got.begin(), sorted_got.end());
+  std::sort(sorted_want.begin(), sorted_want.end());
+  EXPECT_EQ(sorted_got, sorted_want) << all.describe();
+
+  Output verbose = run({e2e::cli(), "list", "-v", std::string("usdt:") + kPython311 + ":audit"});
+  ASSERT_EQ(verbose.exit_code(), 0) << verbose.describe();
+  auto file = usprobe::elf::ElfFile::open(kPython311);
+  ASSERT_TRUE(file.has_value());
+  auto notes = usprobe::elf::read_usdt_probes(**file);
+  ASSERT_TRUE(notes.has_value());
+  auto audit = std::find_if(notes->begin(), notes->end(),
+                            [](const usprobe::elf::UsdtProbe &n) { return n.name == "audit"; });
+  ASSERT_NE(audit, notes->end());
+  ASSERT_NE(audit->semaphore_vaddr, 0u);
+  char head[256], site[256];
+  std::snprintf(head, sizeof head, "usdt:%s:python:audit  1 site, semaphore %#llx", kPython311,
+                static_cast<unsigned long long>(audit->semaphore_vaddr));
+  ASSERT_EQ(audit->args.size(), 2u);
+  std::snprintf(site, sizeof site, "    0x%016llx  arg0=%s arg1=%s",
+                static_cast<unsigned long long>(audit->file_offset), audit->args[0].text.c_str(),
+                audit->args[1].text.c_str());
+  EXPECT_EQ(e2e::lines(verbose.out), (std::vector<std::string>{head, site})) << verbose.describe();
+
+  Output none = run({e2e::cli(), "list", std::string("usdt:") + e2e::target()});
+  EXPECT_EQ(none.exit_code(), 2) << none.describe();
+  EXPECT_EQ(none.err, "usprobe: " + e2e::realpath_of(e2e::target()) +
+                          ": no USDT probes (the file has no .note.stapsdt notes)\n");
 }
 
 }  // namespace

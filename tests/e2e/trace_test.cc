@@ -552,4 +552,54 @@ TEST(CliTrace, BadBufferSizeStrlenAndWidthsAreRefusedBeforeTheCommandStarts) {
   EXPECT_TRUE(r.out.empty()) << "the command ran: " << r.describe();
 }
 
+// USDT: python3.11 fires python:audit only while the probe's semaphore is raised (CPython's
+// PyDTrace_AUDIT_ENABLED()), with the event's name as arg0. The script's own audit hook records the
+// same events from the moment it is installed: between the script's two marker events, the names
+// traced equal the hook's, in order (before the hook, only the probe sees python's startup).
+TEST(CliTrace, UsdtPythonAuditNamesEqualThoseOfTheScriptsOwnHookInOrder) {
+  const std::string python = "/usr/bin/python3.11";
+  if (!e2e::file_exists(python)) GTEST_SKIP() << python << " is not installed";
+  e2e::TempDir dir;
+  const std::string script = dir.file("audit.py"), hooked = dir.file("hooked"),
+                    file = dir.file("trace.json");
+  {
+    std::ofstream(script) << R"(import os, sys
+events = []
+sys.addaudithook(lambda event, args: events.append(event))
+sys.audit("usprobe.begin")
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write("x")
+exec(compile("y = 6 * 7", "<usprobe>", "exec"))
+os.listdir(os.path.dirname(sys.argv[1]))
+import json
+sys.audit("usprobe.end")
+with open(sys.argv[1], "w") as f:
+    f.write("\n".join(events) + "\n")
+)";
+  }
+  Output r = run({e2e::cli(), "trace", "--json", "-o", file,
+                  "usdt:" + python + R"(:python:audit "%s", arg0)", "--", python, "-I", "-S",
+                  script, hooked});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  // Between the markers, both included.
+  auto between = [](const std::vector<std::string> &names) {
+    auto begin = std::find(names.begin(), names.end(), "usprobe.begin");
+    auto end = std::find(begin, names.end(), "usprobe.end");
+    return std::vector<std::string>(begin, end == names.end() ? end : end + 1);
+  };
+  std::vector<std::string> traced;
+  for (const Json &e : e2e::json_lines(e2e::read_file(file))) {
+    EXPECT_EQ(e.value("probe", ""), "usdt:" + python + ":python:audit") << e.dump();
+    traced.push_back(e.value("message", "?"));
+  }
+  std::vector<std::string> hook = between(e2e::lines(e2e::read_file(hooked)));
+  ASSERT_GE(hook.size(), 6u) << e2e::read_file(hooked);
+  for (const char *event : {"open", "compile", "exec", "os.listdir"})
+    EXPECT_NE(std::find(hook.begin(), hook.end(), event), hook.end()) << event;
+  EXPECT_EQ(between(traced), hook) << r.describe();
+  // Python's startup, before the hook: seen by the probe alone.
+  auto begin = std::find(traced.begin(), traced.end(), "usprobe.begin");
+  EXPECT_NE(std::find(traced.begin(), begin, "sys.addaudithook"), begin) << r.describe();
+}
+
 }  // namespace

@@ -2,6 +2,7 @@
 #include "resolve/probe_spec.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "resolve/library_finder.h"
 
@@ -9,6 +10,10 @@ namespace usprobe::cli {
 namespace {
 
 using Kind = ProbeSpec::Kind;
+
+bool readable(const char *path) {
+  return ::access(path, R_OK) == 0;
+}
 
 ProbeSpec parsed(std::string_view text) {
   auto spec = parse_probe(text);
@@ -277,6 +282,166 @@ TEST(ProbeSpec, ReturnProbeAtAnOffsetIsRefused) {
   EXPECT_NE(spec.error().message.find("return probe"), std::string::npos) << spec.error().message;
   EXPECT_FALSE(parse_probe("uretprobe:/bin/true:0x1000"));
 }
+
+// bpftrace's USDT spellings: usdt:FILE:PROVIDER:NAME, usdt:FILE:NAME, globs in both.
+TEST(ParseUsdt, ProviderAndNameOrNameAlone) {
+  ProbeSpec full = parsed("usdt:/usr/bin/python3.11:python:audit");
+  EXPECT_EQ(full.kind, Kind::kUsdt);
+  EXPECT_EQ(full.file, "/usr/bin/python3.11");
+  EXPECT_EQ(full.provider, "python");
+  EXPECT_EQ(full.symbol, "audit");
+  EXPECT_EQ(full.target, "python:audit");
+  EXPECT_FALSE(full.returns);
+
+  ProbeSpec short_form = parsed("usdt:exe:function__entry");
+  EXPECT_EQ(short_form.kind, Kind::kUsdt);
+  EXPECT_EQ(short_form.file, "exe");
+  EXPECT_EQ(short_form.provider, "");
+  EXPECT_EQ(short_form.symbol, "function__entry");
+
+  ProbeSpec globs = parsed("usdt:libstdc++:*:*throw");
+  EXPECT_EQ(globs.file, "libstdc++");
+  EXPECT_EQ(globs.provider, "*");
+  EXPECT_EQ(globs.symbol, "*throw");
+  EXPECT_EQ(parsed("usdt:libc:*").symbol, "*");
+
+  // A ':' in the path stays in FILE: PROVIDER and NAME are the last two fields.
+  ProbeSpec odd = parsed("usdt:/odd:dir/prog:p:n");
+  EXPECT_EQ(odd.file, "/odd:dir/prog");
+  EXPECT_EQ(odd.provider, "p");
+  EXPECT_EQ(odd.symbol, "n");
+}
+
+TEST(ParseUsdt, BadSpellingsAndRefusedCombinations) {
+  for (const char *bad : {"usdt:", "usdt:libc", "usdt::audit", "usdt:libc:", "usdt:libc::audit",
+                          "usdt:libc:python:", "usdt:libc:py thon:audit"}) {
+    auto spec = parse_probe(bad);
+    ASSERT_FALSE(spec.has_value()) << bad;
+    EXPECT_EQ(spec.error().message, std::string("bad probe '") + bad +
+                                        "': expected usdt:FILE:PROVIDER:NAME or usdt:FILE:NAME");
+  }
+  auto ret = parse_probe("uretprobe:usdt:/usr/bin/python3.11:python:audit");
+  ASSERT_FALSE(ret.has_value());
+  EXPECT_NE(ret.error().message.find("has no return to probe"), std::string::npos)
+      << ret.error().message;
+  set_regex_symbols(true);
+  auto regex = parse_probe("usdt:/usr/bin/python3.11:python:audit");
+  set_regex_symbols(false);
+  ASSERT_FALSE(regex.has_value());
+  EXPECT_NE(regex.error().message.find("a USDT probe takes globs"), std::string::npos)
+      << regex.error().message;
+}
+
+TEST(ParseUsdt, ListingTakesTheFileAlone) {
+  auto all = parse_usdt_listing("usdt:/usr/bin/python3.11");
+  ASSERT_TRUE(all.has_value()) << all.error().message;
+  EXPECT_EQ(all->file, "/usr/bin/python3.11");
+  EXPECT_EQ(all->provider, "*");
+  EXPECT_EQ(all->symbol, "*");
+  auto some = parse_usdt_listing("usdt:/usr/bin/python3.11:python:gc*");
+  ASSERT_TRUE(some.has_value());
+  EXPECT_EQ(some->symbol, "gc*");
+  EXPECT_FALSE(parse_usdt_listing("usdt:"));
+}
+
+elf::UsdtProbe note(std::string provider, std::string name, uint64_t offset) {
+  elf::UsdtProbe n;
+  n.provider = std::move(provider);
+  n.name = std::move(name);
+  n.file_offset = offset;
+  return n;
+}
+
+// One match per PROVIDER:NAME, in the order of first notes, with all of its sites.
+TEST(MatchUsdt, OneProbePerProviderAndNameWithEverySite) {
+  std::vector<elf::UsdtProbe> notes = {
+      note("app", "query__start", 0x10), note("app", "query__done", 0x20),
+      note("app", "query__start", 0x30), note("lib", "query__start", 0x40)};
+  auto m = match_usdt(notes, parsed("usdt:f:app:query__*"), "/f");
+  ASSERT_TRUE(m.has_value()) << m.error().message;
+  ASSERT_EQ(m->size(), 2u);
+  EXPECT_EQ((*m)[0].name, "query__start");
+  EXPECT_EQ((*m)[0].sites, (std::vector<size_t>{0, 2}));
+  EXPECT_EQ((*m)[1].name, "query__done");
+  // A glob on the name alone takes every provider.
+  auto all = match_usdt(notes, parsed("usdt:f:*start"), "/f");
+  ASSERT_TRUE(all.has_value());
+  EXPECT_EQ(all->size(), 2u);
+  // A unique name needs no provider.
+  auto done = match_usdt(notes, parsed("usdt:f:query__done"), "/f");
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ((*done)[0].provider, "app");
+}
+
+TEST(MatchUsdt, ErrorsNameTheFileAndWhatIsWrong) {
+  std::vector<elf::UsdtProbe> notes = {note("app", "query__start", 0x10),
+                                       note("lib", "query__start", 0x40)};
+  auto ambiguous = match_usdt(notes, parsed("usdt:f:query__start"), "/f");
+  ASSERT_FALSE(ambiguous.has_value());
+  EXPECT_EQ(ambiguous.error().message,
+            "/f: USDT probe `query__start` is in several providers (app, lib): write "
+            "usdt:f:PROVIDER:query__start");
+  auto typo = match_usdt(notes, parsed("usdt:f:app:query_start"), "/f");
+  ASSERT_FALSE(typo.has_value());
+  EXPECT_EQ(typo.error().message,
+            "/f: no USDT probe `app:query_start` (did you mean `app:query__start`?)");
+  auto glob = match_usdt(notes, parsed("usdt:f:app:zz*"), "/f");
+  ASSERT_FALSE(glob.has_value());
+  EXPECT_EQ(glob.error().message, "/f: no USDT probe matches 'app:zz*'");
+  auto none = match_usdt({}, parsed("usdt:f:app:x"), "/f");
+  ASSERT_FALSE(none.has_value());
+  EXPECT_EQ(none.error().message, "/f: no USDT probes (the file has no .note.stapsdt notes)");
+}
+
+// python3.11 (Debian's) has 8 USDT probes, one site each, behind semaphores.
+TEST(ResolveProbes, UsdtProbeIsOnePlanProbeNamedAsBpftraceNamesIt) {
+  if (!readable("/usr/bin/python3.11")) GTEST_SKIP() << "no /usr/bin/python3.11";
+  LibraryFinder finder = LibraryFinder::for_listing();
+  auto probes = resolve_probes({parsed("usdt:/usr/bin/python3.11:audit"),
+                                parsed("usdt:/usr/bin/python3.11:python:function__*")},
+                               finder);
+  ASSERT_TRUE(probes.has_value()) << probes.error().message;
+  ASSERT_EQ(probes->size(), 3u);
+  EXPECT_EQ((*probes)[0].display, "usdt:/usr/bin/python3.11:python:audit");
+  EXPECT_EQ((*probes)[0].location, "usdt:/usr/bin/python3.11:python:audit");
+  EXPECT_EQ((*probes)[1].display, "usdt:/usr/bin/python3.11:python:function__entry");
+  EXPECT_EQ((*probes)[2].display, "usdt:/usr/bin/python3.11:python:function__return");
+  EXPECT_EQ((*probes)[2].spec_index, 1u);
+
+  // The format's arguments must be the note's: gc__start has one.
+  ProbeSpec gc = parsed("usdt:/usr/bin/python3.11:python:gc__start");
+  gc.usdt_args_used = 0b11;
+  auto refused = resolve_probes({gc}, finder);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message.find("the format prints arg1, but the note at offset"),
+            std::string::npos)
+      << refused.error().message;
+}
+
+#ifdef USDT_TARGETS_LIB
+// tests/targets/usdt_targets.c: "twice" is one probe inlined at two sites; "float" has an argument
+// usprobe cannot read (8f@%xmm0): named alone it is refused, a glob leaves it out.
+TEST(ResolveProbes, UsdtSitesAreOneProbeAndAnUnreadableOneIsRefusedOrLeftOut) {
+  LibraryFinder finder = LibraryFinder::for_listing();
+  const std::string lib = USDT_TARGETS_LIB;
+  auto twice = resolve_probes({parsed("usdt:" + lib + ":twice")}, finder);
+  ASSERT_TRUE(twice.has_value()) << twice.error().message;
+  ASSERT_EQ(twice->size(), 1u);
+  EXPECT_EQ((*twice)[0].location, "usdt:" + lib + ":usprobe_test:twice");
+
+  auto refused = resolve_probes({parsed("usdt:" + lib + ":usprobe_test:float")}, finder);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message.find("has arguments `8f@%xmm0` that usprobe cannot read: "),
+            std::string::npos)
+      << refused.error().message;
+  EXPECT_NE(refused.error().message.find("floating-point"), std::string::npos)
+      << refused.error().message;
+  auto all = resolve_probes({parsed("usdt:" + lib + ":*")}, finder);
+  ASSERT_TRUE(all.has_value()) << all.error().message;
+  EXPECT_GE(all->size(), 5u);
+  for (const Probe &p : *all) EXPECT_FALSE(p.location.ends_with(":float")) << p.location;
+}
+#endif
 
 // memcpy and memmove are IFUNCs that this CPU resolves to one implementation, which a glob also
 // names: one patch, so one probe under the plainest name with the others as aliases; a probe

@@ -32,8 +32,9 @@ Probes (one argument each):
   FILE:SYMBOL+OFF       OFF bytes into it (decimal or 0x hex)
   FILE:0xOFF            a file offset
   uretprobe:FILE:SYMBOL the function's returns (count, trace; trace prints them with retval)
-  An optional "uprobe:" prefix (bpftrace's spelling) is ignored. USDT probes (usdt:) are not
-  supported yet.
+  usdt:FILE:PROVIDER:NAME  a USDT probe (all its sites; globs in PROVIDER and NAME; its
+                        semaphore raised while probed); usdt:FILE:NAME when NAME is unique
+  An optional "uprobe:" prefix (bpftrace's spelling) is ignored.
 FILE is a path (/usr/bin/sqlite3), "exe" (the command itself) or a short library name (libc,
 libsqlite3, libm.so.6), found the way the command's dynamic linker finds it (with -p: among the
 libraries the process has loaded, and paths as the process sees them, in its mount namespace).
@@ -51,7 +52,8 @@ first 63 bytes (--strlen), then "..." when it is longer; an unreadable one print
 <bad 0xADDR> (in --json: null in "args", and "errors": {"arg0": "bad address 0x10"}).
 In a uretprobe: spec, retval is the return value and arg0..arg5 are the arguments the call was
 made with (kept at its entry, as bpftrace's @path[tid] = arg0): a %s of one is copied at the
-return, from the pointer the call was given.
+return, from the pointer the call was given. In a usdt: spec, argN is the USDT note's argument N
+(arg0..arg5), read as the note says: 'usdt:/usr/bin/python3.11:python:audit "%s", arg0'.
 Columns: PID TID COMM PROBE MESSAGE; -t adds TIME(s), -T the wall-clock TIME, -D a return's
 DURATION(us); -U prints the user stack under each event, a frame a line. --json: one object a
 line: time_s, pid, tid, comm, probe, args, message, and errors, duration_ns (-D), stack (-U).
@@ -161,7 +163,11 @@ constexpr const char *kListExamples =
   usprobe list /usr/bin/sqlite3
         every function of a program, by its path (a stripped one lists its exported ones)
   usprobe list --json libsqlite3 'sqlite3_*'
-        one JSON object)";
+        one JSON object
+  usprobe list usdt:/usr/bin/python3.11
+        the USDT probes of a file, as bpftrace -l names them (usdt:FILE:PROVIDER:NAME)
+  usprobe list -v 'usdt:/usr/bin/python3.11:python:gc*'
+        with each probe's sites, the argument specs of each, and its semaphore)";
 
 // -i and -d: seconds ("1.5"), or a number with a unit: us, ms, s, m or h ("500ms", "2s", "1m").
 // Empty when `text` is not one (or is not above 0, or is a billion seconds or more).
@@ -385,6 +391,8 @@ int run_subcommand(int argc, char **argv) {
   list_cmd->add_flag("--json", list.json, "one JSON object");
   list_cmd->add_flag("-r,--regex", list.regex,
                      "PATTERN is an extended regular expression ('^str(len|cmp)$'), not a glob");
+  list_cmd->add_flag("-v,--verbose", list.verbose,
+                     "USDT probes (usdt:FILE): each one's sites, argument specs and semaphore");
   list_cmd->footer(std::string("\nFILE is a path (/usr/bin/sqlite3) or a short library name (libc, "
                                "libsqlite3),\nfound as the dynamic linker finds it; \"exe\" "
                                "means nothing without a command: give the program's path.\n\n"

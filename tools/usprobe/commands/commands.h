@@ -18,7 +18,8 @@ struct ListOptions {
   std::string file;
   std::string pattern;  // "" = every function
   bool json = false;
-  bool regex = false;  // -r: pattern is a regular expression, not a glob
+  bool regex = false;    // -r: pattern is a regular expression, not a glob
+  bool verbose = false;  // -v: USDT probes with their sites, arguments and semaphore
 };
 
 struct CountOptions {

@@ -48,6 +48,11 @@ Result<void> check_function_entry(const ProbeSpec &spec) {
     return fail(EINVAL, fmt::format("latency: '{}': name the function, not its return "
                                     "(latency probes its entry and its returns)",
                                     spec.text));
+  if (spec.kind == ProbeSpec::Kind::kUsdt)
+    return fail(EINVAL, fmt::format("latency: '{}': a USDT probe is a point in the code, not a "
+                                    "function: it has no return to time (count, trace or stacks "
+                                    "take it)",
+                                    spec.text));
   if (spec.kind != ProbeSpec::Kind::kSymbol && spec.kind != ProbeSpec::Kind::kGlob)
     return fail(EINVAL, fmt::format("latency: '{}' is not a function entry (expected FILE:SYMBOL "
                                     "or FILE:GLOB)",

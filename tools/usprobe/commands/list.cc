@@ -1,5 +1,6 @@
 // usprobe list FILE [PATTERN] [--json]: the functions a probe can name in an ELF file. PATTERN
-// matches a C++ function's mangled or demangled name.
+// matches a C++ function's mangled or demangled name. usprobe list usdt:FILE[:PROVIDER:NAME]
+// [-v]: its USDT probes.
 #include <fmt/format.h>
 #include <fnmatch.h>
 
@@ -15,8 +16,112 @@
 #include "session/session.h"
 
 namespace usprobe::cli {
+namespace {
+
+// usprobe list usdt:FILE[:PROVIDER[:NAME]] [PATTERN]: a line per USDT probe, as bpftrace -l names
+// it; -v (as tplist -v) adds its semaphore and a line per site with the note's argument specs.
+int list_usdt(const ListOptions &options) {
+  auto spec = parse_usdt_listing(options.file);
+  if (!spec) return report_error(spec.error());
+  if (spec->file == "exe")
+    return report_error({EINVAL,
+                         "list: 'exe' is the command a session starts; give its path: "
+                         "usprobe list usdt:/usr/bin/python3.11"});
+  Regex regex;
+  if (options.regex && !options.pattern.empty()) {
+    auto re = compile_regex(options.pattern);
+    if (!re) return report_error({re.error().code, "list: " + re.error().message});
+    regex = std::move(*re);
+  }
+  LibraryFinder finder = LibraryFinder::for_listing();
+  auto path = finder.find(spec->file);
+  if (!path) return report_error(path.error());
+  auto file = elf::ElfFile::open(*path);
+  if (!file) return report_error(file.error());
+  auto notes = elf::read_usdt_probes(**file);
+  if (!notes) return report_error(notes.error());
+  auto found = match_usdt(*notes, *spec, *path);
+  if (!found) return report_error(found.error());
+  // PATTERN, when given, filters further: on NAME or PROVIDER:NAME.
+  std::vector<UsdtMatch> probes;
+  for (UsdtMatch &m : *found) {
+    std::string full = m.provider + ":" + m.name;
+    auto matches = [&](const std::string &text) {
+      return regex ? regex_search(regex, text)
+                   : ::fnmatch(options.pattern.c_str(), text.c_str(), 0) == 0;
+    };
+    if (options.pattern.empty() || matches(m.name) || matches(full)) probes.push_back(std::move(m));
+  }
+  if (probes.empty())
+    return report_error(
+        {ENOENT, fmt::format("no USDT probe in {} matches {}'{}'", *path,
+                             regex ? "the regular expression " : "", options.pattern)});
+
+  if (options.json) {
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const UsdtMatch &m : probes) {
+      const elf::UsdtProbe &first = (*notes)[m.sites.front()];
+      nlohmann::ordered_json sites = nlohmann::ordered_json::array();
+      for (size_t i : m.sites) {
+        const elf::UsdtProbe &n = (*notes)[i];
+        nlohmann::ordered_json args = nlohmann::ordered_json::array();
+        for (const elf::UsdtArg &a : n.args) args.push_back(a.text);
+        nlohmann::ordered_json site = {{"offset", n.file_offset}, {"args", std::move(args)}};
+        if (!n.args_error.empty()) {
+          site["args_text"] = n.args_text;
+          site["args_error"] = n.args_error;
+        }
+        sites.push_back(std::move(site));
+      }
+      nlohmann::ordered_json entry = {
+          {"probe", fmt::format("usdt:{}:{}:{}", *path, m.provider, m.name)},
+          {"provider", m.provider},
+          {"name", m.name}};
+      entry["semaphore"] = first.semaphore_vaddr ? nlohmann::ordered_json(first.semaphore_vaddr)
+                                                 : nlohmann::ordered_json(nullptr);
+      entry["sites"] = std::move(sites);
+      list.push_back(std::move(entry));
+    }
+    nlohmann::ordered_json j;
+    j["file"] = *path;
+    j["usdt"] = std::move(list);
+    fmt::print("{}\n", dump_line(j));
+    return 0;
+  }
+  for (const UsdtMatch &m : probes) {
+    std::string name = fmt::format("usdt:{}:{}:{}", *path, m.provider, m.name);
+    if (!options.verbose) {
+      fmt::print("{}\n", name);
+      continue;
+    }
+    // The semaphore is the probe's (every note of a probe names the same one).
+    const elf::UsdtProbe &first = (*notes)[m.sites.front()];
+    fmt::print("{}  {} site{}, {}\n", name, m.sites.size(), m.sites.size() == 1 ? "" : "s",
+               first.semaphore_vaddr ? fmt::format("semaphore {:#x}", first.semaphore_vaddr)
+                                     : std::string("no semaphore"));
+    // A site a line: its file offset, then the note's argument specs (what argN reads). Room at
+    // the end of the line for what the engine would make of the site (jump or int3, and why).
+    for (size_t i : m.sites) {
+      const elf::UsdtProbe &n = (*notes)[i];
+      std::string args;
+      if (!n.args_error.empty()) {
+        args = fmt::format("{}  (not understood: {})", n.args_text, n.args_error);
+      } else if (n.args.empty()) {
+        args = "(no arguments)";
+      } else {
+        for (size_t k = 0; k < n.args.size(); ++k)
+          args += fmt::format("{}arg{}={}", k ? " " : "", k, n.args[k].text);
+      }
+      fmt::print("    0x{:016x}  {}\n", n.file_offset, args);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
 
 int run_list(const ListOptions &options) {
+  if (options.file.starts_with("usdt:")) return list_usdt(options);
   // "exe" is the program a session starts, which list does not know of.
   if (options.file == "exe")
     return report_error({EINVAL,

@@ -312,6 +312,10 @@ int run_trace(const TraceOptions &options) {
     if (!trace_spec) return report_error(trace_spec.error());
     auto spec = parse_probe(trace_spec->probe);
     if (!spec) return report_error(spec.error());
+    // A USDT probe's notes must give what the format prints: checked as it resolves.
+    if (spec->kind == ProbeSpec::Kind::kUsdt && trace_spec->format)
+      for (const Conversion &c : trace_spec->format->conversions)
+        spec->usdt_args_used |= 1u << c.arg;
     trace_specs.push_back(std::move(*trace_spec));
     specs.push_back(std::move(*spec));
   }

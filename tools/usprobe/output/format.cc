@@ -262,6 +262,13 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
         if (!returning)
           return bad_format(text, "'retval' is known at a return only (a uretprobe: probe)");
         args.push_back(agent::kRetvalArg);
+      } else if (spec.probe.starts_with("usdt:") &&
+                 (arg == "arg6" || arg == "arg7" || arg == "arg8" || arg == "arg9" ||
+                  arg == "arg10" || arg == "arg11")) {
+        // A note has up to 12 arguments; events carry kMaxArgs values.
+        return bad_format(text, fmt::format("'{}': usdt probes with more than {} arguments traced: "
+                                            "not yet (arg0 to arg{})",
+                                            arg, agent::kMaxArgs, agent::kMaxArgs - 1));
       } else if (arg.size() != 4 || !arg.starts_with("arg") || arg[3] < '0' || arg[3] > '5') {
         return bad_format(text, fmt::format("'{}' is not an argument (arg0 to arg5{})", arg,
                                             returning ? ", or retval" : ""));

@@ -8,7 +8,8 @@
 // %s arguments are strings the agent copies at hit time: the format's string_mask tells it which.
 // In a return probe's spec (uretprobe:) retval is the return value and arg0..arg5 are the
 // arguments the call was made with, kept at its entry: a %s of one is copied at the return, from
-// the pointer the call was given.
+// the pointer the call was given. In a USDT probe's spec (usdt:) argN is the note's argument N
+// (arg0..arg5 for now), read as the note's spec says, sign- or zero-extended.
 #pragma once
 
 #include <cstdint>

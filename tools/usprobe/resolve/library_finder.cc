@@ -281,7 +281,9 @@ LibraryFinder LibraryFinder::for_process(pid_t pid) {
 
 std::string LibraryFinder::target_location(const std::string &location) const {
   if (root_.empty()) return location;
-  std::string_view prefix = location.starts_with("uretprobe:") ? "uretprobe:" : "";
+  std::string_view prefix = location.starts_with("uretprobe:") ? "uretprobe:"
+                            : location.starts_with("usdt:")    ? "usdt:"
+                                                               : "";
   std::string_view rest = std::string_view(location).substr(prefix.size());
   if (!rest.starts_with(root_)) return location;
   return std::string(prefix) + std::string(rest.substr(root_.size()));

@@ -56,7 +56,8 @@ class LibraryFinder {
   // A path that find() returned, as usprobe opens it: the same path, or for a process in another
   // mount namespace, the path through its root (/proc/PID/root/...).
   std::string host_path(const std::string &path) const { return root_ + path; }
-  // A location ("[uretprobe:]PATH:TARGET") whose PATH host_path() made, with the process's path.
+  // A location ("[uretprobe:]PATH:TARGET", "usdt:PATH:PROVIDER:NAME") whose PATH host_path()
+  // made, with the process's path.
   std::string target_location(const std::string &location) const;
 
   // The absolute path, symbolic links resolved, of the file `file` names. Errors: "library

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "arch/x86_64/relocator.h"
+#include "core/edit_distance.h"
 #include "elf/location.h"
 #include "resolve/debug_package.h"
 #include "resolve/library_finder.h"
@@ -132,6 +133,57 @@ bool regex_search(const Regex &re, const std::string &text) {
   return ::regexec(re.get(), text.c_str(), 0, nullptr, 0) == 0;
 }
 
+namespace {
+
+// usdt:FILE:PROVIDER:NAME or usdt:FILE:NAME; with `file_only` (list), usdt:FILE too. Provider and
+// probe names never hold a ':' (they are C identifiers), so the last fields are split off from
+// the right and FILE keeps any ':' of its path.
+Result<ProbeSpec> parse_usdt(std::string_view text, bool file_only) {
+  auto bad = [&] {
+    return fail(EINVAL, fmt::format("bad probe '{}': expected usdt:FILE:PROVIDER:NAME or "
+                                    "usdt:FILE:NAME{}",
+                                    text, file_only ? ", or usdt:FILE" : ""));
+  };
+  ProbeSpec spec;
+  spec.text = std::string(text);
+  spec.kind = ProbeSpec::Kind::kUsdt;
+  std::string_view s = text.substr(5);  // after "usdt:"
+  if (s.find_first_of(" \t\n\r\f\v") != std::string_view::npos) return bad();
+  std::vector<std::string_view> fields;
+  for (size_t colon; (colon = s.find(':')) != std::string_view::npos;) {
+    fields.push_back(s.substr(0, colon));
+    s.remove_prefix(colon + 1);
+  }
+  fields.push_back(s);
+  if (fields.size() == 1 && !file_only) return bad();
+  auto last = [&](size_t k) { return fields[fields.size() - k]; };
+  std::string_view file = fields[0];
+  if (fields.size() == 1) {
+    spec.provider = "*";
+    spec.symbol = "*";
+  } else if (fields.size() == 2) {
+    spec.symbol = std::string(last(1));
+  } else {
+    spec.provider = std::string(last(2));
+    spec.symbol = std::string(last(1));
+    // A FILE with ':' in its path: all the fields before PROVIDER.
+    file = std::string_view(fields[0].data(),
+                            static_cast<size_t>(last(2).data() - 1 - fields[0].data()));
+    if (spec.provider.empty()) return bad();
+  }
+  if (file.empty() || spec.symbol.empty()) return bad();
+  spec.file = std::string(file);
+  spec.target = spec.provider.empty() ? spec.symbol : spec.provider + ":" + spec.symbol;
+  return spec;
+}
+
+}  // namespace
+
+Result<ProbeSpec> parse_usdt_listing(std::string_view text) {
+  if (!text.starts_with("usdt:")) return fail(EINVAL, fmt::format("'{}' is no usdt: spec", text));
+  return parse_usdt(text, true);
+}
+
 Result<ProbeSpec> parse_probe(std::string_view text) {
   ProbeSpec spec;
   spec.text = std::string(text);
@@ -144,11 +196,17 @@ Result<ProbeSpec> parse_probe(std::string_view text) {
     s.remove_prefix(10);
     spec.returns = true;
   }
-  // bpftrace's USDT probes need the notes of .note.stapsdt and their semaphores: not yet.
-  if (s.starts_with("usdt:"))
-    return fail(EINVAL, fmt::format("bad probe '{}': USDT probes (usdt:) are not supported yet; "
-                                    "probe a function instead (FILE:SYMBOL)",
-                                    text));
+  if (s.starts_with("usdt:")) {
+    if (spec.returns)
+      return fail(EINVAL, fmt::format("bad probe '{}': a USDT probe is a point in the code, not a "
+                                      "function: it has no return to probe",
+                                      text));
+    if (g_regex_symbols)
+      return fail(EINVAL, fmt::format("bad probe '{}': -r takes regular expressions for function "
+                                      "names; a USDT probe takes globs (usdt:FILE:PROVIDER:NAME*)",
+                                      text));
+    return parse_usdt(text, false);
+  }
   size_t colon = file_colon(s);
   if (colon == std::string_view::npos || colon == 0 || colon + 1 == s.size())
     return bad_probe(text);
@@ -473,6 +531,118 @@ std::string name_with_aliases(const std::string &name, const std::vector<std::st
   return out + ")";
 }
 
+namespace {
+
+bool has_glob(std::string_view s) {
+  return s.find_first_of("*?[") != std::string_view::npos;
+}
+
+bool glob_matches(const std::string &pattern, const std::string &name) {
+  return ::fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+}
+
+}  // namespace
+
+Result<std::vector<UsdtMatch>> match_usdt(const std::vector<elf::UsdtProbe> &notes,
+                                          const ProbeSpec &spec, const std::string &path) {
+  if (notes.empty())
+    return fail(ENOENT,
+                fmt::format("{}: no USDT probes (the file has no .note.stapsdt notes)", path));
+  std::vector<UsdtMatch> out;
+  std::map<std::pair<std::string, std::string>, size_t> index;  // (provider, name) -> out
+  for (size_t i = 0; i < notes.size(); ++i) {
+    const elf::UsdtProbe &n = notes[i];
+    if (!spec.provider.empty() && !glob_matches(spec.provider, n.provider)) continue;
+    if (!glob_matches(spec.symbol, n.name)) continue;
+    auto [it, added] = index.try_emplace({n.provider, n.name}, out.size());
+    if (added) out.push_back({n.provider, n.name, {}});
+    out[it->second].sites.push_back(i);
+  }
+  const bool glob = has_glob(spec.provider) || has_glob(spec.symbol);
+  if (out.empty()) {
+    if (glob) return fail(ENOENT, fmt::format("{}: no USDT probe matches '{}'", path, spec.target));
+    // The nearest PROVIDER:NAME (or NAME, as it was written), as for a misspelt function.
+    std::string near;
+    size_t best = std::max<size_t>(2, spec.target.size() / 3);
+    for (const elf::UsdtProbe &n : notes) {
+      std::string candidate = spec.provider.empty() ? n.name : n.provider + ":" + n.name;
+      size_t d = bounded_edit_distance(spec.target, candidate, best);
+      if (d <= best && (near.empty() || d < best)) {
+        near = candidate;
+        best = d;
+      }
+    }
+    return fail(ENOENT,
+                fmt::format("{}: no USDT probe `{}`{}", path, spec.target,
+                            near.empty() ? "" : fmt::format(" (did you mean `{}`?)", near)));
+  }
+  // usdt:FILE:NAME names one probe: a NAME of several providers needs its PROVIDER.
+  if (spec.provider.empty() && !glob && out.size() > 1) {
+    std::string providers;
+    for (const UsdtMatch &m : out) providers += (providers.empty() ? "" : ", ") + m.provider;
+    return fail(EINVAL, fmt::format("{}: USDT probe `{}` is in several providers ({}): write "
+                                    "usdt:{}:PROVIDER:{}",
+                                    path, spec.symbol, providers, spec.file, spec.symbol));
+  }
+  return out;
+}
+
+namespace {
+
+// A USDT spec's probes: one per PROVIDER:NAME, with every site. The engine refuses a probe with a
+// site whose argument specs it cannot read (a floating-point operand, "8f@%xmm0"): named alone, it
+// is refused here; a glob leaves it out (list -v shows why). Each site's note must also have the
+// arguments the trace format prints (spec.usdt_args_used).
+Result<std::vector<Probe>> resolve_usdt(const ProbeSpec &spec, const std::string &path,
+                                        size_t index) {
+  auto file = elf::ElfFile::open(path);
+  if (!file) return std::unexpected(file.error());
+  if ((*file)->is_static_executable())
+    return fail(ENOEXEC, path + ": statically linked: usprobe's agent cannot be loaded there");
+  auto notes = elf::read_usdt_probes(**file);
+  if (!notes) return std::unexpected(notes.error());
+  auto matches = match_usdt(*notes, spec, path);
+  if (!matches) return std::unexpected(matches.error());
+  const bool glob = has_glob(spec.provider) || has_glob(spec.symbol);
+  std::vector<Probe> out;
+  std::optional<Error> unreadable;  // the first probe a glob left out
+  for (const UsdtMatch &m : *matches) {
+    const std::string name = m.provider + ":" + m.name;
+    const std::string shown = "usdt:" + spec.file + ":" + name;
+    auto bad = std::find_if(m.sites.begin(), m.sites.end(),
+                            [&](size_t i) { return !(*notes)[i].args_error.empty(); });
+    if (bad != m.sites.end()) {
+      const elf::UsdtProbe &n = (*notes)[*bad];
+      Error e{EINVAL, fmt::format("{}: the note at offset {:#x} has arguments `{}` that usprobe "
+                                  "cannot read: {}",
+                                  shown, n.file_offset, n.args_text, n.args_error)};
+      if (!glob) return std::unexpected(e);
+      if (!unreadable) unreadable = std::move(e);
+      continue;
+    }
+    for (size_t site : m.sites) {
+      const elf::UsdtProbe &n = (*notes)[site];
+      for (uint32_t used = spec.usdt_args_used; used != 0; used &= used - 1) {
+        unsigned arg = static_cast<unsigned>(__builtin_ctz(used));
+        if (arg >= n.args.size())
+          return fail(
+              EINVAL,
+              fmt::format("{}: the format prints arg{}, but the note at offset "
+                          "{:#x} has {} argument{}{}",
+                          shown, arg, n.file_offset, n.args.size(), n.args.size() == 1 ? "" : "s",
+                          n.args.empty() ? "" : fmt::format(" (`{}`)", n.args_text)));
+      }
+    }
+    Probe probe{shown, "usdt:" + path + ":" + name, index};
+    probe.site_file = path;  // several sites: merge_same_sites goes by location
+    out.push_back(std::move(probe));
+  }
+  if (out.empty() && unreadable) return std::unexpected(*unreadable);
+  return out;
+}
+
+}  // namespace
+
 Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
                                           LibraryFinder &finder) {
   std::vector<Probe> out;
@@ -490,6 +660,13 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
       for (size_t k = first; k < out.size(); ++k)
         out[k].location = finder.target_location(out[k].location);
     };
+    if (spec.kind == ProbeSpec::Kind::kUsdt) {
+      auto usdt = resolve_usdt(spec, *path, i);
+      if (!usdt) return std::unexpected(usdt.error());
+      out.insert(out.end(), usdt->begin(), usdt->end());
+      as_seen();
+      continue;
+    }
     auto by_demangled = resolve_demangled(spec, *path, i);
     if (!by_demangled) return std::unexpected(by_demangled.error());
     if (!by_demangled->empty()) {

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "elf/elf_file.h"
+#include "elf/usdt.h"
 
 namespace usprobe::cli {
 
@@ -26,6 +27,9 @@ struct ProbeSpec {
     kGlob,          // FILE:PATTERN (fnmatch over the file's functions; with -r, a regex)
     kSymbolOffset,  // FILE:SYMBOL+OFF
     kOffset,        // FILE:0xOFF (a file offset)
+    // usdt:FILE:PROVIDER:NAME, or usdt:FILE:NAME (bpftrace's spelling): a USDT probe of FILE's
+    // .note.stapsdt notes, every site (note) of it; globs in PROVIDER and NAME.
+    kUsdt,
   };
   std::string text;    // as given, with any "uprobe:" prefix
   std::string file;    // FILE as written: a path, "exe" or a short library name
@@ -35,6 +39,12 @@ struct ProbeSpec {
   uint64_t offset = 0;   // kSymbolOffset: bytes into the function; kOffset: file offset
   bool returns = false;  // "uretprobe:" (bpftrace's spelling): the function's returns
   bool regex = false;    // kGlob: the pattern is a regular expression (-r), not a glob
+  // kUsdt: PROVIDER as written (a name or a glob; "" in usdt:FILE:NAME, which takes any provider
+  // whose probe NAME is, and wants it unique when NAME is no glob); NAME is in `symbol`.
+  std::string provider{};
+  // kUsdt in trace: bit n when the format prints argn. Resolution refuses a probe with a site
+  // whose note has fewer arguments.
+  uint32_t usdt_args_used = 0;
 };
 
 // The name a probe (and the engine's find_function) takes for `f`: a hidden (old) version keeps
@@ -48,6 +58,21 @@ std::string shown_name(const elf::Function &f);
 
 // Errors: "bad probe 'xyz': expected FILE:SYMBOL, FILE:SYMBOL+OFF or FILE:0xOFF".
 Result<ProbeSpec> parse_probe(std::string_view text);
+
+// `usprobe list usdt:FILE[:PROVIDER[:NAME]]`: as parse_probe reads a usdt: probe, and also
+// usdt:FILE alone (every probe of FILE: PROVIDER and NAME are "*").
+Result<ProbeSpec> parse_usdt_listing(std::string_view text);
+
+// The USDT probes of an ELF file that a kUsdt spec selects, each with all its sites (notes), in
+// the order of their first notes. Errors, naming the file: it has no USDT notes; no probe
+// matches (with the nearest probe's name when the spec had no glob); a usdt:FILE:NAME whose NAME
+// several providers have (listing them).
+struct UsdtMatch {
+  std::string provider, name;
+  std::vector<size_t> sites;  // indices into the notes read_usdt_probes gave
+};
+Result<std::vector<UsdtMatch>> match_usdt(const std::vector<elf::UsdtProbe> &notes,
+                                          const ProbeSpec &spec, const std::string &path);
 
 // -r (funccount's): every SYMBOL that parse_probe reads afterwards is an extended regular
 // expression (POSIX extended, as grep -E), searched for in function names, instead of a name or a
@@ -107,6 +132,7 @@ std::string_view without_parameters(std::string_view demangled);
 struct Probe {
   std::string display;    // in reports: "libc:malloc", "exe:parse+0x12", "/usr/bin/app:0x1139"
   std::string location;   // for the agent: "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
+                          // (a USDT probe: "usdt:/usr/bin/python3.11:python:audit")
   size_t spec_index = 0;  // which ProbeSpec it came from
   // The file's ELF entry point (_start): entered by the kernel with argc at [rsp], not called, so
   // it has no return. Globs leave it out; only a spec naming it yields it.

@@ -72,10 +72,15 @@ Result<Session> prepare_probes(const std::vector<std::string> &probe_args,
 
 namespace {
 
-// The file of a probe's location ("[uretprobe:]PATH:TARGET"; TARGET has no ':').
+// The file of a probe's location ("[uretprobe:]PATH:TARGET"; TARGET has no ':'; or
+// "usdt:PATH:PROVIDER:NAME").
 std::string probe_file(const Probe &p) {
   std::string_view loc = p.location;
   if (loc.starts_with("uretprobe:")) loc.remove_prefix(10);
+  if (loc.starts_with("usdt:")) {
+    loc.remove_prefix(5);
+    loc = loc.substr(0, loc.rfind(':'));  // PATH:PROVIDER
+  }
   return std::string(loc.substr(0, loc.rfind(':')));
 }
 
