@@ -777,26 +777,27 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
           placed_here.push_back(p);
           if (auto ok = place(p, loc, wanted_addresses(p, *maps), flags, pending, pending_index);
               !ok) {
+            give_up(ok.error());  // before the probe may go: it clears the sites of placed_here
             drop_created();
-            give_up(ok.error());
             failed = true;
             break;
           }
           if (p->sites.empty() && loc.file->is_program()) {
-            drop_created();
             give_up(fail(ENOENT, fmt::format("{}: {} is a program this process does not run "
                                              "(only a library can be loaded later)",
                                              loc.describe(), loc.file->path()))
                         .error());
+            drop_created();
             failed = true;
             break;
           }
           if (p->sites.empty() && !loader_hook_error().empty()) {
-            drop_created();
+            // (drop_created below, once give_up has cleared the sites of placed_here)
             give_up(fail(ENOENT, fmt::format("{}: {} is not mapped in this process, and probes "
                                              "cannot wait for it: {}",
                                              loc.describe(), loc.file->path(), loader_hook_error()))
                         .error());
+            drop_created();
             failed = true;
             break;
           }

@@ -138,7 +138,11 @@ std::string parse_displacement(std::string_view text, Displacement &out) {
       while (end < text.size() && text[end] != '+' && text[end] != '-') ++end;
       auto n = parse_number(text.substr(pos, end - pos));
       if (!n) return "cannot read the number `" + std::string(text.substr(pos, end - pos)) + "`";
-      out.number += negative ? -*n : *n;  // (two's complement: wraps as the assembler's sum)
+      // In unsigned arithmetic, which wraps as the assembler's sum does (and -INT64_MIN is no
+      // int64_t).
+      const uint64_t magnitude = static_cast<uint64_t>(*n);
+      out.number = static_cast<int64_t>(static_cast<uint64_t>(out.number) +
+                                        (negative ? 0 - magnitude : magnitude));
     }
     pos = end;
   }
