@@ -4,10 +4,12 @@
 #include <fmt/format.h>
 #include <fnmatch.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "commands/commands.h"
+#include "core/site_analysis.h"
 #include "elf/elf_file.h"
 #include "output/report.h"
 #include "resolve/debug_package.h"
@@ -57,6 +59,18 @@ int list_usdt(const ListOptions &options) {
         {ENOENT, fmt::format("no USDT probe in {} matches {}'{}'", *path,
                              regex ? "the regular expression " : "", options.pattern)});
 
+  // -v and --json: the path the engine would take at each site (jump or int3, and why), judged
+  // in this process (core/site_analysis.h says how that can differ from the command's).
+  std::map<uint64_t, SiteVerdict> verdicts;  // by the site's file offset
+  if (options.verbose || options.json)
+    if (auto sites = analyse_usdt_sites(*path))
+      for (UsdtSiteVerdict &v : *sites)
+        verdicts.try_emplace(v.verdict.file_offset, std::move(v.verdict));
+  auto verdict = [&](uint64_t offset) -> const SiteVerdict * {
+    auto it = verdicts.find(offset);
+    return it == verdicts.end() ? nullptr : &it->second;
+  };
+
   if (options.json) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (const UsdtMatch &m : probes) {
@@ -67,6 +81,10 @@ int list_usdt(const ListOptions &options) {
         nlohmann::ordered_json args = nlohmann::ordered_json::array();
         for (const elf::UsdtArg &a : n.args) args.push_back(a.text);
         nlohmann::ordered_json site = {{"offset", n.file_offset}, {"args", std::move(args)}};
+        if (const SiteVerdict *v = verdict(n.file_offset)) {
+          site["path"] = v->path;
+          if (!v->reason.empty()) site["reason"] = v->reason;
+        }
         if (!n.args_error.empty()) {
           site["args_text"] = n.args_text;
           site["args_error"] = n.args_error;
@@ -99,8 +117,8 @@ int list_usdt(const ListOptions &options) {
     fmt::print("{}  {} site{}, {}\n", name, m.sites.size(), m.sites.size() == 1 ? "" : "s",
                first.semaphore_vaddr ? fmt::format("semaphore {:#x}", first.semaphore_vaddr)
                                      : std::string("no semaphore"));
-    // A site a line: its file offset, then the note's argument specs (what argN reads). Room at
-    // the end of the line for what the engine would make of the site (jump or int3, and why).
+    // A site a line: its file offset, the path the engine would take there, the note's argument
+    // specs (what argN reads), and why a site is not on a jump.
     for (size_t i : m.sites) {
       const elf::UsdtProbe &n = (*notes)[i];
       std::string args;
@@ -112,7 +130,9 @@ int list_usdt(const ListOptions &options) {
         for (size_t k = 0; k < n.args.size(); ++k)
           args += fmt::format("{}arg{}={}", k ? " " : "", k, n.args[k].text);
       }
-      fmt::print("    0x{:016x}  {}\n", n.file_offset, args);
+      const SiteVerdict *v = verdict(n.file_offset);
+      fmt::print("    0x{:016x}  {:<29}  {}{}\n", n.file_offset, v ? v->path : "?", args,
+                 v && !v->reason.empty() ? fmt::format("  ({})", v->reason) : "");
     }
   }
   return 0;
