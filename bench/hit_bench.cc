@@ -37,6 +37,17 @@
 //   kernel_uretprobe/tgt_counted  the kernel's uretprobe on tgt_counted via perf_event_open
 //   raw_trap/via_usprobe       the raw trap again, now that usprobe's handler sits in front of ours
 //                              and forwards it (not a usprobe site): the toll on foreign traps
+//   plain/usdt_tick            no probe: usdt_tick (bench/usdt_tick.c: nop, lea 1(%rdi),%rax, ret),
+//                              whose nop is the one site of the USDT probe usprobe_bench:tick
+//   usprobe/usdt_counter       "usdt:exe:usprobe_bench:tick", built-in counter (consumer NULL)
+//   usprobe/usdt_arg           the same probe, a C callback summing usprobe_usdt_arg(hit, 0) (the
+//                              argument's spec, -8@%rdi, evaluated at each hit: what `usprobe trace
+//                              '... "%d", arg0'` reads)
+//   usprobe/usdt_arg_gpr       the same callback attached with USPROBE_GENERAL_REGS_ONLY (what the
+//                              CLI's agent uses)
+//   kernel_uprobe/usdt_tick    the kernel's uprobe at the file offset of the USDT site's nop (what
+//                              bpftrace's usdt: probe places)
+//   (the usdt rows are left out when the build had no <sys/sdt.h>)
 //
 // Each probe case is first tried in a forked child (1000 calls on a dirty stack): a case that
 // crashes or miscounts there is skipped here, with the reason, instead of killing the run.
@@ -73,6 +84,9 @@
 
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
+#ifdef USPROBE_BENCH_USDT
+#include "usdt_tick.h"
+#endif
 #ifdef USPROBE_BENCH_KERNEL_UPROBE
 #include "support/kernel_uprobe.h"
 #endif
@@ -261,6 +275,11 @@ __attribute__((target("general-regs-only"))) void sum_arg0(usprobe_hit *hit, voi
   t_arg_sum += usprobe_arg(hit, 0);
 }
 
+// The same sum from a USDT probe's argument 0, as its note's spec says where it is.
+__attribute__((target("general-regs-only"))) void sum_usdt_arg0(usprobe_hit *hit, void *) {
+  t_arg_sum += usprobe_usdt_arg(hit, 0);
+}
+
 // An entry handler that stamps the call with the TSC, and a return handler that adds the cycles
 // since: the shape of a latency histogram. Plain callbacks (they may use any register).
 thread_local uint64_t t_session_cycles = 0;
@@ -287,12 +306,15 @@ struct ProbeCase {
   bool callback;
   bool expect_int3;
   Returns returns = Returns::none;
+  bool usdt_arg = false;  // with callback: sum usprobe_usdt_arg(hit, 0), not usprobe_arg(hit, 0)
 };
 
 const usprobe_consumer *consumer_of(const ProbeCase &pc) {
   static const usprobe_consumer kSumArg0{sum_arg0, nullptr, nullptr};
+  static const usprobe_consumer kSumUsdtArg0{sum_usdt_arg0, nullptr, nullptr};
   static const usprobe_consumer kSession{session_stamp, nullptr, session_delta};
   if (pc.returns == Returns::session) return &kSession;
+  if (pc.callback && pc.usdt_arg) return &kSumUsdtArg0;
   return pc.callback ? &kSumArg0 : nullptr;
 }
 
@@ -323,7 +345,8 @@ std::map<std::string, std::string> g_verdicts;  // case key -> "" (ok) or why it
 std::string case_key(const ProbeCase &pc) {
   return pc.location + (pc.flags & USPROBE_FORCE_INT3 ? " (int3)" : "") +
          (pc.flags & USPROBE_GENERAL_REGS_ONLY ? " (general regs)" : "") +
-         (pc.callback ? " (callback)" : "") + (pc.returns == Returns::session ? " (session)" : "");
+         (pc.callback ? (pc.usdt_arg ? " (usdt arg callback)" : " (callback)") : "") +
+         (pc.returns == Returns::session ? " (session)" : "");
 }
 
 void try_in_child(const ProbeCase &pc) {
@@ -491,13 +514,16 @@ void BM_Int3UnderRemap(benchmark::State &state, const ProbeCase &pc, unsigned pe
 
 // ---- Kernel uprobe ------------------------------------------------------------------------------
 
-// ret: the kernel's uretprobe (counts returns) instead of its uprobe.
-void BM_KernelUprobe(benchmark::State &state, bool ret) {
+// ret: the kernel's uretprobe (counts returns) instead of its uprobe. The probe goes on `site`
+// (tgt_counted's entry, or the nop of usdt_tick's USDT site); `f` is the function called.
+void BM_KernelUprobe(benchmark::State &state, bool ret, const void *site = nullptr,
+                     Fn f = tgt_counted) {
 #ifdef USPROBE_BENCH_KERNEL_UPROBE
   using usprobe::test::KernelUprobe;
-  auto where = usprobe::test::file_location_of(reinterpret_cast<const void *>(&tgt_counted));
+  if (!site) site = reinterpret_cast<const void *>(&tgt_counted);
+  auto where = usprobe::test::file_location_of(site);
   if (!where) {
-    state.SkipWithError(("tgt_counted: " + where.error()).c_str());
+    state.SkipWithError((std::string(g_current) + ": " + where.error()).c_str());
     return;
   }
   auto probe = KernelUprobe::open(where->path, where->offset, ret);
@@ -506,10 +532,10 @@ void BM_KernelUprobe(benchmark::State &state, bool ret) {
         ((ret ? "kernel uretprobe refused: " : "kernel uprobe refused: ") + probe.error()).c_str());
     return;
   }
-  call_loop(state, tgt_counted);
+  call_loop(state, f);
   check_count(state, ret ? "kernel uretprobe hits" : "kernel uprobe hits", probe->count());
 #else
-  (void)ret;
+  (void)ret, (void)site, (void)f;
   state.SkipWithError("built without tests/support (kernel_uprobe.h)");
 #endif
 }
@@ -597,6 +623,14 @@ const std::vector<Row> kRows = {
     {"usprobe/entry_return_session", "entry + return probe, session: rdtsc delta",
      "plain/tgt_counted"},
     {"kernel_uretprobe/tgt_counted", "kernel uretprobe (perf_event_open)", "plain/tgt_counted"},
+    {"plain/usdt_tick", "plain call of usdt_tick (USDT site, no probe)", ""},
+    {"usprobe/usdt_counter", "USDT probe usprobe_bench:tick, built-in counter", "plain/usdt_tick"},
+    {"usprobe/usdt_arg", "USDT probe, C callback reading usprobe_usdt_arg(hit, 0)",
+     "plain/usdt_tick"},
+    {"usprobe/usdt_arg_gpr", "USDT probe, the same callback, USPROBE_GENERAL_REGS_ONLY",
+     "plain/usdt_tick"},
+    {"kernel_uprobe/usdt_tick", "kernel uprobe on the USDT site's nop (perf_event_open)",
+     "plain/usdt_tick"},
 };
 
 struct Goal {
@@ -665,6 +699,20 @@ std::vector<Goal> goals() {
   add("kernel uretprobe / usprobe return probe (ns per hit)", "x",
       kernel_ret / std::max(ours_ret, 0.1), false, 80,
       {"kernel_uretprobe/tgt_counted", "usprobe/return_counter", "plain/tgt_counted"});
+  // USDT (issue 15): the same few ns as a function-entry probe.
+  if (g_results.count("plain/usdt_tick")) {
+    add("USDT probe, built-in counter: ns added", "ns",
+        added("usprobe/usdt_counter", "plain/usdt_tick"), true, 5,
+        {"usprobe/usdt_counter", "plain/usdt_tick"});
+    add("USDT probe, usprobe_usdt_arg(hit, 0) callback: ns added", "ns",
+        added("usprobe/usdt_arg", "plain/usdt_tick"), true, 10,
+        {"usprobe/usdt_arg", "plain/usdt_tick"});
+    double kernel_usdt = added("kernel_uprobe/usdt_tick", "plain/usdt_tick");
+    double ours_usdt = added("usprobe/usdt_counter", "plain/usdt_tick");
+    add("kernel uprobe / usprobe USDT probe (ns per hit)", "x",
+        kernel_usdt / std::max(ours_usdt, 0.1), false, 100,
+        {"kernel_uprobe/usdt_tick", "usprobe/usdt_counter", "plain/usdt_tick"});
+  }
   return g;
 }
 
@@ -898,6 +946,13 @@ int main(int argc, char **argv) {
   static const ProbeCase kReturnCounter{"uretprobe:" + entry, tgt_counted, 0, false, false,
                                         Returns::counter};
   static const ProbeCase kEntryReturnSession{entry, tgt_counted, 0, false, false, Returns::session};
+#ifdef USPROBE_BENCH_USDT
+  const std::string usdt = "usdt:exe:usprobe_bench:tick";
+  static const ProbeCase kUsdtCounter{usdt, usdt_tick, 0, false, false};
+  static const ProbeCase kUsdtArg{usdt, usdt_tick, 0, true, false, Returns::none, true};
+  static const ProbeCase kUsdtArgGpr{
+      usdt, usdt_tick, USPROBE_GENERAL_REGS_ONLY, true, false, Returns::none, true};
+#endif
 
   const std::pair<const char *, const ProbeCase *> kCases[] = {
       {"usprobe/entry_counter", &kEntryCounter},
@@ -908,7 +963,13 @@ int main(int argc, char **argv) {
       {"usprobe/punned_entry_counter", &kPunnedCounter},
       {"usprobe/one_insn_counter", &kOneInsnCounter},
       {"usprobe/return_counter", &kReturnCounter},
-      {"usprobe/entry_return_session", &kEntryReturnSession}};
+      {"usprobe/entry_return_session", &kEntryReturnSession},
+#ifdef USPROBE_BENCH_USDT
+      {"usprobe/usdt_counter", &kUsdtCounter},
+      {"usprobe/usdt_arg", &kUsdtArg},
+      {"usprobe/usdt_arg_gpr", &kUsdtArgGpr},
+#endif
+  };
   for (const auto &[name, pc] : kCases)
     if (selected(args, name)) try_in_child(*pc);
 
@@ -924,6 +985,11 @@ int main(int argc, char **argv) {
   reg("raw_trap/under_remap", BM_RawTrapUnderRemap);
   reg("kernel_uprobe/tgt_counted", [](benchmark::State &s) { BM_KernelUprobe(s, false); });
   reg("kernel_uretprobe/tgt_counted", [](benchmark::State &s) { BM_KernelUprobe(s, true); });
+#ifdef USPROBE_BENCH_USDT
+  reg("kernel_uprobe/usdt_tick", [](benchmark::State &s) {
+    BM_KernelUprobe(s, false, reinterpret_cast<const void *>(usdt_tick_site), usdt_tick);
+  });
+#endif
   reg("plain/tgt_counted", [](benchmark::State &s) { BM_Plain(s, tgt_counted); });
   reg("usprobe/entry_counter", [](benchmark::State &s) { BM_Probe(s, kEntryCounter); });
   reg("usprobe/entry_callback", [](benchmark::State &s) { BM_Probe(s, kEntryCallback); });
@@ -942,6 +1008,12 @@ int main(int argc, char **argv) {
   reg("usprobe/return_counter", [](benchmark::State &s) { BM_Probe(s, kReturnCounter); });
   reg("usprobe/entry_return_session",
       [](benchmark::State &s) { BM_Probe(s, kEntryReturnSession); });
+#ifdef USPROBE_BENCH_USDT
+  reg("plain/usdt_tick", [](benchmark::State &s) { BM_Plain(s, usdt_tick); });
+  reg("usprobe/usdt_counter", [](benchmark::State &s) { BM_Probe(s, kUsdtCounter); });
+  reg("usprobe/usdt_arg", [](benchmark::State &s) { BM_Probe(s, kUsdtArg); });
+  reg("usprobe/usdt_arg_gpr", [](benchmark::State &s) { BM_Probe(s, kUsdtArgGpr); });
+#endif
   reg("raw_trap/via_usprobe", BM_RawTrapViaUsprobe);
 
   Collector reporter;

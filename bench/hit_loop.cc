@@ -4,14 +4,25 @@
 //   valgrind --tool=callgrind --smc-check=all --toggle-collect=hit_loop
 //       --callgrind-out-file=/tmp/cg.MODE build/bench/usprobe_hitloop MODE 100000
 //
-// Ir(hit_loop, MODE) - Ir(hit_loop, plain or mid_plain) over N = instructions a hit adds (the
-// trampoline plus dispatch plus consumers). callgrind_annotate /tmp/cg.MODE splits them by
-// function (the trampoline shows as an address in an anonymous mapping).
+// Ir(hit_loop, MODE) - Ir(hit_loop, plain, mid_plain or usdt_plain) over N = instructions a hit
+// adds (the trampoline plus dispatch plus consumers). callgrind_annotate /tmp/cg.MODE splits them
+// by function (the trampoline shows as an address in an anonymous mapping).
 //
 // Modes: plain, entry (built-in counter), callback (C callback), int3 (USPROBE_FORCE_INT3; under
 // valgrind the trap is emulated, so only the user-space part counts), mid_plain, mid (instruction
 // probe at tgt_counted_mid+0x7), return (return probe, built-in counter: the entry hit that
-// hijacks the return plus the return trampoline).
+// hijacks the return plus the return trampoline), usdt_plain (usdt_tick, bench/usdt_tick.c, whose
+// nop is the site of the USDT probe usprobe_bench:tick), usdt ("usdt:exe:usprobe_bench:tick",
+// built-in counter), usdt_arg (the same, a C callback summing usprobe_usdt_arg(hit, 0)). The usdt
+// modes are there when the build had <sys/sdt.h>. Per USDT hit:
+//
+//   for m in usdt_plain usdt usdt_arg; do
+//     valgrind --tool=callgrind --smc-check=all --toggle-collect=hit_loop
+//         --callgrind-out-file=/tmp/cg.$m build/bench/usprobe_hitloop $m 100000
+//   done
+//
+// and per hit (Ir(usdt) - Ir(usdt_plain)) / 100000, each Ir the PROGRAM TOTALS line of
+// `callgrind_annotate /tmp/cg.$m`.
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +31,9 @@
 
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
+#ifdef USPROBE_BENCH_USDT
+#include "usdt_tick.h"
+#endif
 
 namespace {
 
@@ -29,6 +43,10 @@ thread_local uint64_t t_arg_sum = 0;
 
 void sum_arg0(usprobe_hit *hit, void *) {
   t_arg_sum += usprobe_arg(hit, 0);
+}
+
+void sum_usdt_arg0(usprobe_hit *hit, void *) {
+  t_arg_sum += usprobe_usdt_arg(hit, 0);
 }
 
 }  // namespace
@@ -43,7 +61,11 @@ extern "C" __attribute__((noinline)) long hit_loop(Fn f, long n) {
 
 int main(int argc, char **argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help")) {
-    std::fprintf(stderr, "usage: %s plain|entry|callback|int3|mid_plain|mid|return [N]\n", argv[0]);
+    std::fprintf(
+        stderr,
+        "usage: %s plain|entry|callback|int3|mid_plain|mid|return|usdt_plain|usdt|usdt_arg "
+        "[N]\n",
+        argv[0]);
     return 2;
   }
   std::string mode = argv[1];
@@ -57,6 +79,7 @@ int main(int argc, char **argv) {
   const char *loc = nullptr;
   unsigned flags = 0;
   bool callback = false;
+  usprobe_consumer consumer{sum_arg0, nullptr, nullptr};
   if (mode == "plain") {
   } else if (mode == "entry") {
     loc = entry;
@@ -70,13 +93,21 @@ int main(int argc, char **argv) {
     fn = tgt_counted_mid, loc = mid;
   } else if (mode == "return") {
     loc = "uretprobe:libusprobe_targets.so:tgt_counted";
+#ifdef USPROBE_BENCH_USDT
+  } else if (mode == "usdt_plain") {
+    fn = usdt_tick;
+  } else if (mode == "usdt") {
+    fn = usdt_tick, loc = "usdt:exe:usprobe_bench:tick";
+  } else if (mode == "usdt_arg") {
+    fn = usdt_tick, loc = "usdt:exe:usprobe_bench:tick", callback = true;
+    consumer.on_entry = sum_usdt_arg0;
+#endif
   } else {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
     return 2;
   }
 
   usprobe_link *link = nullptr;
-  usprobe_consumer consumer{sum_arg0, nullptr, nullptr};
   if (loc && usprobe_attach_ex(loc, callback ? &consumer : nullptr, flags, &link) != 0) {
     std::fprintf(stderr, "usprobe_attach_ex(%s): %s\n", loc, usprobe_last_error());
     return 1;
@@ -89,6 +120,13 @@ int main(int argc, char **argv) {
     std::printf("%s: %s, %" PRIu64 " hits for %ld calls%s\n", mode.c_str(), usprobe_link_name(link),
                 hits, n + 1, usprobe_link_uses_int3(link) ? " (int3 path)" : "");
     if (hits != static_cast<uint64_t>(n) + 1) rc = 1;
+    // The callback saw argument 0 = 0 (the first call), then 0, 1, ..., n - 1.
+    if (callback && t_arg_sum != static_cast<uint64_t>(n) * static_cast<uint64_t>(n - 1) / 2) {
+      std::fprintf(stderr, "%s: the callback summed %" PRIu64 ", expected %" PRIu64 "\n",
+                   mode.c_str(), t_arg_sum,
+                   static_cast<uint64_t>(n) * static_cast<uint64_t>(n - 1) / 2);
+      rc = 1;
+    }
     usprobe_detach(link);
   } else {
     std::printf("%s: %ld calls\n", mode.c_str(), n);

@@ -19,12 +19,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "e2e_support.h"
+#include "support/text_match.h"
 
 namespace e2e {
 
@@ -53,14 +53,15 @@ class AttachTarget {
     // prefix that fails before the exec leaves it waiting; the open is then given up on).
     read_ = open_writer(read_path_);
     if (read_ < 0 || !process_->wait_for_stdout("\n", 10s)) return;
-    std::smatch m;
+    usprobe::test::smatch m;
     const std::string &out = process_->out_so_far();
-    if (std::regex_search(
+    if (usprobe::test::regex_search(
             out, m,
-            std::regex(R"(ready pid=([0-9]+) driven=0x([0-9a-f]+) bytes=([0-9a-f]{32}))")) &&
-        std::stol(m[1].str()) == process_->pid()) {
-      driven_.address = std::stoull(m[2].str(), nullptr, 16);
-      driven_.bytes = m[3].str();
+            usprobe::test::regex(
+                R"(ready pid=([0-9]+) driven=0x([0-9a-f]+) bytes=([0-9a-f]{32}))")) &&
+        std::stol(m[1]) == process_->pid()) {
+      driven_.address = std::stoull(m[2], nullptr, 16);
+      driven_.bytes = m[3];
     }
     control_ = open_writer(control_path_);
   }

@@ -90,6 +90,11 @@ void attach_twice(const char *blocker) {
     Process usprobe({cli(), "count", "--json", "-v", "-p", std::to_string(target.pid()),
                      "exe:attach_driven", "exe:attach_spin"});
     ASSERT_TRUE(wait_patched(target.pid(), d, usprobe, 20s)) << end_session(usprobe).describe();
+    // The code changes at the patch's first byte, while the attach still runs (its thread rounds
+    // and its reads of /proc/self/maps open descriptors for a moment, the lowest free): the
+    // program's next descriptor is compared once the agent has said it is done.
+    ASSERT_TRUE(usprobe.wait_for_stderr("probes attached in", 20s))
+        << end_session(usprobe).describe();
     EXPECT_EQ(next_fd(session), unprobed_fd) << "the program's own descriptors moved";
     target.poke();  // the reader thread's read() returns once, mid-session
     target.send("call " + std::to_string(calls));

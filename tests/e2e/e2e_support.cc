@@ -143,6 +143,15 @@ bool Process::wait_for_stdout(std::string_view needle, std::chrono::milliseconds
   return true;
 }
 
+bool Process::wait_for_stderr(std::string_view needle, std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (result_.err.find(needle) == std::string::npos) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    if (!pump(20) && result_.err.find(needle) == std::string::npos) return false;
+  }
+  return true;
+}
+
 Output Process::finish(std::chrono::milliseconds limit) {
   if (pid_ <= 0 || reaped_) return result_;
   const auto deadline = start_ + limit;

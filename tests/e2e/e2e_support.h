@@ -57,6 +57,8 @@ class Process {
   pid_t pid() const { return pid_; }
   // Reads output until stdout holds `needle`; false if the process exits or `limit` passes first.
   bool wait_for_stdout(std::string_view needle, std::chrono::milliseconds limit);
+  // The same for its stderr.
+  bool wait_for_stderr(std::string_view needle, std::chrono::milliseconds limit);
   // What it has written to stdout so far (as far as wait_for_stdout or finish has read).
   const std::string &out_so_far() const { return result_.out; }
   // Waits for the exit (killing the group after `limit`), then reads what is left on the pipes

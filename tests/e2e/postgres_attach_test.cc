@@ -196,7 +196,8 @@ TEST(AttachPostgres, TracesQueryStartWithItsTextBehindItsSemaphore) {
   ASSERT_TRUE(notes);
   uint64_t semaphore_offset = 0;
   for (const auto &n : *notes)
-    if (n.provider == "postgresql" && n.name == "query__start") semaphore_offset = n.semaphore_offset;
+    if (n.provider == "postgresql" && n.name == "query__start")
+      semaphore_offset = n.semaphore_offset;
   ASSERT_NE(semaphore_offset, 0u) << "query__start has a semaphore";
 
   Server server;
@@ -205,8 +206,9 @@ TEST(AttachPostgres, TracesQueryStartWithItsTextBehindItsSemaphore) {
   ASSERT_NE(semaphore, 0u);
   auto semaphore_value = [&] {
     std::string bytes = code_bytes(server.postmaster(), semaphore);
-    return bytes.size() < 2 ? -1 : static_cast<int>(static_cast<uint8_t>(bytes[0]) |
-                                                    static_cast<uint8_t>(bytes[1]) << 8);
+    return bytes.size() < 2 ? -1
+                            : static_cast<int>(static_cast<uint8_t>(bytes[0]) |
+                                               static_cast<uint8_t>(bytes[1]) << 8);
   };
   ASSERT_EQ(semaphore_value(), 0);
 
@@ -232,12 +234,12 @@ TEST(AttachPostgres, TracesQueryStartWithItsTextBehindItsSemaphore) {
   // The three statements' texts, in order, each once.
   std::vector<std::string> queries;
   for (const std::string &line : lines(read_file(report)))
-    for (const char *q : {"select 'usprobe-one'", "select 40 + 2 as usprobe_two",
-                          "select 'usprobe-three'"})
+    for (const char *q :
+         {"select 'usprobe-one'", "select 40 + 2 as usprobe_two", "select 'usprobe-three'"})
       if (line.ends_with(q)) queries.push_back(q);
-  EXPECT_EQ(queries, (std::vector<std::string>{"select 'usprobe-one'",
-                                               "select 40 + 2 as usprobe_two",
-                                               "select 'usprobe-three'"}))
+  EXPECT_EQ(queries,
+            (std::vector<std::string>{"select 'usprobe-one'", "select 40 + 2 as usprobe_two",
+                                      "select 'usprobe-three'"}))
       << read_file(report) << r.describe();
 }
 

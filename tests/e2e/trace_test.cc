@@ -602,4 +602,44 @@ with open(sys.argv[1], "w") as f:
   EXPECT_NE(std::find(traced.begin(), begin, "sys.addaudithook"), begin) << r.describe();
 }
 
+#ifdef USDT_TARGET
+// USDT arguments of the forms bpftrace 0.17 gets wrong: a string through base+index*scale
+// (8@(%r8,%rdx,8), which bpftrace prints as an empty string) and a signed register; and a probe
+// behind a semaphore, which the program fires only while it is raised: under the trace it fires
+// every time, with its argument, and the program's own count says so; unprobed, never.
+TEST(CliTrace, UsdtStringsThroughBaseIndexAndAProbeBehindItsSemaphore) {
+  const std::string lib = USDT_TARGETS_LIB;
+  e2e::TempDir dir;
+  const std::string report = dir.file("trace.txt");
+  Output r = run({e2e::cli(), "trace", "-o", report,
+                  "usdt:" + lib + R"(:usprobe_test:string "%s %d", arg0, arg1)", "--", USDT_TARGET,
+                  "strings"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, "strings 3\n");
+  std::vector<std::string> messages;
+  for (const std::string &line : e2e::lines(e2e::read_file(report)))
+    for (const char *m : {"alpha 0", "beta 1", "gamma 2"})
+      if (line.ends_with(std::string(" ") + m)) messages.push_back(m);
+  EXPECT_EQ(messages, (std::vector<std::string>{"alpha 0", "beta 1", "gamma 2"}))
+      << e2e::read_file(report);
+
+  Output plain = run({USDT_TARGET, "gated", "40"});
+  ASSERT_EQ(plain.exit_code(), 0) << plain.describe();
+  EXPECT_EQ(plain.out, "gated 40 fired 0\n") << "nobody traces: the semaphore is down";
+  const std::string gated = dir.file("gated.txt");
+  Output traced =
+      run({e2e::cli(), "trace", "-o", gated, "usdt:" + lib + R"(:usprobe_test:gated "%d", arg0)",
+           "--", USDT_TARGET, "gated", "40"});
+  ASSERT_EQ(traced.exit_code(), 0) << traced.describe();
+  EXPECT_EQ(traced.out, "gated 40 fired 40\n") << traced.describe();
+  std::vector<std::string> args;
+  for (const std::string &line : e2e::lines(e2e::read_file(gated))) {
+    size_t at = line.find("usprobe_test:gated ");
+    if (at != std::string::npos) args.push_back(line.substr(line.rfind(' ') + 1));
+  }
+  ASSERT_EQ(args.size(), 40u) << e2e::read_file(gated);
+  for (size_t i = 0; i < args.size(); ++i) EXPECT_EQ(args[i], std::to_string(i));
+}
+#endif
+
 }  // namespace

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -59,16 +60,34 @@ int list_usdt(const ListOptions &options) {
         {ENOENT, fmt::format("no USDT probe in {} matches {}'{}'", *path,
                              regex ? "the regular expression " : "", options.pattern)});
 
-  // -v and --json: the path the engine would take at each site (jump or int3, and why), judged
-  // in this process (core/site_analysis.h says how that can differ from the command's).
-  std::map<uint64_t, SiteVerdict> verdicts;  // by the site's file offset
-  if (options.verbose || options.json)
-    if (auto sites = analyse_usdt_sites(*path))
-      for (UsdtSiteVerdict &v : *sites)
-        verdicts.try_emplace(v.verdict.file_offset, std::move(v.verdict));
-  auto verdict = [&](uint64_t offset) -> const SiteVerdict * {
+  // With -v and --json, the path the engine would give each site (jump, or int3 and why), judged
+  // in this process's address space (core/site_analysis.h says what that cannot know).
+  std::map<uint64_t, SiteVerdict> verdicts;
+  if (options.verbose || options.json) {
+    if (auto v = analyse_usdt_sites(*path))
+      for (UsdtSiteVerdict &u : *v) verdicts[u.verdict.file_offset] = std::move(u.verdict);
+    // An attach places a probe's sites highest first, and a lower site whose window would cover
+    // a higher one steps aside to the int3 path (registry.cc); the analysis saw each site alone.
+    for (const UsdtMatch &m : probes) {
+      std::vector<uint64_t> offsets;
+      for (size_t i : m.sites) offsets.push_back((*notes)[i].file_offset);
+      std::sort(offsets.begin(), offsets.end());
+      for (size_t k = 0; k + 1 < offsets.size(); ++k) {
+        auto it = verdicts.find(offsets[k]);
+        if (it == verdicts.end() || !it->second.jump) continue;
+        SiteVerdict &v = it->second;
+        if (v.patch_offset + v.footprint > offsets[k + 1]) {
+          v.jump = false;
+          v.path = "int3";
+          v.reason = "another probe's site lies within the 5-byte window";
+        }
+      }
+    }
+  }
+  auto path_of = [&](uint64_t offset) -> std::string {
     auto it = verdicts.find(offset);
-    return it == verdicts.end() ? nullptr : &it->second;
+    if (it == verdicts.end()) return "";
+    return it->second.jump ? it->second.path : it->second.path + ": " + it->second.reason;
   };
 
   if (options.json) {
@@ -81,13 +100,13 @@ int list_usdt(const ListOptions &options) {
         nlohmann::ordered_json args = nlohmann::ordered_json::array();
         for (const elf::UsdtArg &a : n.args) args.push_back(a.text);
         nlohmann::ordered_json site = {{"offset", n.file_offset}, {"args", std::move(args)}};
-        if (const SiteVerdict *v = verdict(n.file_offset)) {
-          site["path"] = v->path;
-          if (!v->reason.empty()) site["reason"] = v->reason;
-        }
         if (!n.args_error.empty()) {
           site["args_text"] = n.args_text;
           site["args_error"] = n.args_error;
+        }
+        if (auto it = verdicts.find(n.file_offset); it != verdicts.end()) {
+          site["path"] = it->second.path;
+          if (!it->second.jump) site["reason"] = it->second.reason;
         }
         sites.push_back(std::move(site));
       }
@@ -117,8 +136,8 @@ int list_usdt(const ListOptions &options) {
     fmt::print("{}  {} site{}, {}\n", name, m.sites.size(), m.sites.size() == 1 ? "" : "s",
                first.semaphore_vaddr ? fmt::format("semaphore {:#x}", first.semaphore_vaddr)
                                      : std::string("no semaphore"));
-    // A site a line: its file offset, the path the engine would take there, the note's argument
-    // specs (what argN reads), and why a site is not on a jump.
+    // A site a line: its file offset, then the note's argument specs (what argN reads), then the
+    // path the engine would give it.
     for (size_t i : m.sites) {
       const elf::UsdtProbe &n = (*notes)[i];
       std::string args;
@@ -130,9 +149,9 @@ int list_usdt(const ListOptions &options) {
         for (size_t k = 0; k < n.args.size(); ++k)
           args += fmt::format("{}arg{}={}", k ? " " : "", k, n.args[k].text);
       }
-      const SiteVerdict *v = verdict(n.file_offset);
-      fmt::print("    0x{:016x}  {:<29}  {}{}\n", n.file_offset, v ? v->path : "?", args,
-                 v && !v->reason.empty() ? fmt::format("  ({})", v->reason) : "");
+      std::string how = path_of(n.file_offset);
+      fmt::print("    0x{:016x}  {}{}\n", n.file_offset, args,
+                 how.empty() ? "" : "  [" + how + "]");
     }
   }
   return 0;
