@@ -7,51 +7,15 @@
 #include <cstdint>
 
 #include "arch/x86_64/regs.h"
+#include "core/arch.h"
 #include "elf/usdt_spec.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe {
 
-// The full 64-bit register `reg` (usprobe_reg) of `regs`; 0 for none (-1) or one not saved.
+// The full 64-bit register `reg` (usprobe_reg) of `regs`; 0 for none (-1).
 inline uint64_t usdt_reg_value(const arch::Regs &regs, int8_t reg) {
-  switch (reg) {
-    case USPROBE_RAX:
-      return regs.rax;
-    case USPROBE_RBX:
-      return regs.rbx;
-    case USPROBE_RCX:
-      return regs.rcx;
-    case USPROBE_RDX:
-      return regs.rdx;
-    case USPROBE_RSI:
-      return regs.rsi;
-    case USPROBE_RDI:
-      return regs.rdi;
-    case USPROBE_RBP:
-      return regs.rbp;
-    case USPROBE_RSP:
-      return regs.rsp;
-    case USPROBE_R8:
-      return regs.r8;
-    case USPROBE_R9:
-      return regs.r9;
-    case USPROBE_R10:
-      return regs.r10;
-    case USPROBE_R11:
-      return regs.r11;
-    case USPROBE_R12:
-      return regs.r12;
-    case USPROBE_R13:
-      return regs.r13;
-    case USPROBE_R14:
-      return regs.r14;
-    case USPROBE_R15:
-      return regs.r15;
-    case USPROBE_RIP:
-      return regs.rip;
-    default:
-      return 0;
-  }
+  return reg < 0 ? 0 : arch::reg(regs, static_cast<usprobe_reg>(reg));
 }
 
 // `v`'s low `size` bytes, sign- or zero-extended to 64 bits.
