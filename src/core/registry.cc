@@ -700,14 +700,15 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       std::vector<Probe *> group;
       std::vector<Probe *> placed_here;
       const size_t pending_mark = pending.size();
+      bool failed = false;
       auto give_up = [&](Error e) {
+        failed = true;
         for (size_t k = pending_mark; k < pending.size(); ++k)
           pending_index.erase(pending[k]->addr);
         pending.resize(pending_mark);
         for (Probe *q : placed_here) q->sites.clear();
         out[i] = std::unexpected(std::move(e));
       };
-      bool failed = false;
       // Highest address first: where two sites of one USDT probe lie closer than a jump (a probe
       // inlined twice in a row), the lower one's window would cover the higher one, and placing the
       // higher one first makes the lower one step aside (place(): the int3 path), rather than fail.
@@ -723,7 +724,6 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
                                              "function: it has no return to probe",
                                              loc.describe()))
                         .error());
-            failed = true;
             break;
           }
           if (loc.func_size == 0 || loc.offset_in_function() != 0) {
@@ -731,7 +731,6 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
                                              "this is not one",
                                              loc.describe()))
                         .error());
-            failed = true;
             break;
           }
           // The kernel enters the ELF entry point (_start) with argc at [rsp]: no return address
@@ -741,12 +740,10 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
                                              "called, so it has no return to probe",
                                              loc.describe()))
                         .error());
-            failed = true;
             break;
           }
           if (auto ok = ensure_return_trampoline(); !ok) {
             give_up(ok.error());
-            failed = true;
             break;
           }
         }
@@ -779,7 +776,6 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
               !ok) {
             give_up(ok.error());  // before the probe may go: it clears the sites of placed_here
             drop_created();
-            failed = true;
             break;
           }
           if (p->sites.empty() && loc.file->is_program()) {
@@ -788,7 +784,6 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
                                              loc.describe(), loc.file->path()))
                         .error());
             drop_created();
-            failed = true;
             break;
           }
           if (p->sites.empty() && !loader_hook_error().empty()) {
@@ -798,7 +793,6 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
                                              loc.describe(), loc.file->path(), loader_hook_error()))
                         .error());
             drop_created();
-            failed = true;
             break;
           }
           p->location = std::make_shared<const elf::ResolvedLocation>(loc);

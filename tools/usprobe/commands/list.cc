@@ -21,6 +21,14 @@
 namespace usprobe::cli {
 namespace {
 
+// -r's PATTERN compiled; an empty Regex without -r or without a pattern.
+Result<Regex> pattern_regex(const ListOptions &options) {
+  if (!options.regex || options.pattern.empty()) return Regex();
+  auto re = compile_regex(options.pattern);
+  if (!re) return fail(re.error().code, "list: " + re.error().message);
+  return re;
+}
+
 // usprobe list usdt:FILE[:PROVIDER[:NAME]] [PATTERN]: a line per USDT probe, as bpftrace -l names
 // it; -v (as tplist -v) adds its semaphore and a line per site with the note's argument specs.
 int list_usdt(const ListOptions &options) {
@@ -30,12 +38,9 @@ int list_usdt(const ListOptions &options) {
     return report_error({EINVAL,
                          "list: 'exe' is the command a session starts; give its path: "
                          "usprobe list usdt:/usr/bin/python3.11"});
-  Regex regex;
-  if (options.regex && !options.pattern.empty()) {
-    auto re = compile_regex(options.pattern);
-    if (!re) return report_error({re.error().code, "list: " + re.error().message});
-    regex = std::move(*re);
-  }
+  auto compiled = pattern_regex(options);
+  if (!compiled) return report_error(compiled.error());
+  Regex regex = std::move(*compiled);
   LibraryFinder finder = LibraryFinder::for_listing();
   auto path = finder.find(spec->file);
   if (!path) return report_error(path.error());
@@ -166,12 +171,9 @@ int run_list(const ListOptions &options) {
     return report_error({EINVAL,
                          "list: 'exe' is the command a session starts; give its path: "
                          "usprobe list /usr/bin/sqlite3"});
-  Regex regex;
-  if (options.regex && !options.pattern.empty()) {
-    auto re = compile_regex(options.pattern);
-    if (!re) return report_error({re.error().code, "list: " + re.error().message});
-    regex = std::move(*re);
-  }
+  auto compiled = pattern_regex(options);
+  if (!compiled) return report_error(compiled.error());
+  Regex regex = std::move(*compiled);
   LibraryFinder finder = LibraryFinder::for_listing();
   auto path = finder.find(options.file);
   if (!path) return report_error(path.error());
