@@ -241,13 +241,21 @@ std::expected<std::vector<PlannedProbe>, std::string> load_plan(Header *h) {
     return std::unexpected(fmt::format("string_size {} with `%s` arguments", h->string_size));
   auto *probes = new ProbeInfo[plan->size()];
   for (size_t i = 0; i < plan->size(); ++i) {
-    uint32_t mask = (*plan)[i].string_mask;
-    // The return value exists at a return only.
-    const bool returning = (*plan)[i].location.starts_with("uretprobe:");
-    if (!returning) mask &= ~(1u << kRetvalArg);
+    // Only the values that the probe's handler has: a function's arg0..arg5, a USDT note's
+    // arg0..arg11 (arg6 on when asked for), and the return value at a return.
+    const PlannedProbe &p = (*plan)[i];
+    const bool returning = p.location.starts_with("uretprobe:");
+    const bool usdt = p.location.starts_with("usdt:");
+    const uint32_t flags = p.flags & (returning ? kPlanEntryArgs | kPlanEntryTime
+                                      : usdt    ? kPlanMoreArgs
+                                                : 0u);
+    uint32_t mask = p.string_mask & ((1u << kMaxArgs) - 1);
+    if (returning) mask |= p.string_mask & (1u << kRetvalArg);
+    if (flags & kPlanMoreArgs) mask |= p.string_mask & ((1u << kMaxUsdtArgs) - 1);
     auto size = event_size(static_cast<uint32_t>(__builtin_popcount(mask)), h->string_size);
     if (returning) size += sizeof(ReturnTail);
-    probes[i] = {mask, static_cast<uint32_t>(size), returning ? (*plan)[i].entry : 0};
+    if (flags & kPlanMoreArgs) size += kMoreArgsBytes;
+    probes[i] = {mask, static_cast<uint32_t>(size), flags};
   }
   g_region.probes = probes;
   return plan;
@@ -356,7 +364,7 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
     else if (g_region.mode == kModeLatency)  // function entries: the CLI plans nothing else
       consumers[i] = {latency_entry_handler, index, latency_return_handler};
     else if (plan[i].location.starts_with("uretprobe:") && trace)  // the CLI's return probe
-      consumers[i] = {plan[i].entry ? trace_return_entry_handler : nullptr, index,
+      consumers[i] = {g_region.probes[i].flags != 0 ? trace_return_entry_handler : nullptr, index,
                       trace_return_handler};
     else if (plan[i].location.starts_with("uretprobe:"))
       consumers[i] = {nullptr, index, count_handler};

@@ -57,11 +57,13 @@ namespace {
 constexpr unsigned kSessionTsc = kMaxArgs;
 static_assert(kSessionTsc < USPROBE_SESSION_WORDS);
 
-// The event of one hit in this thread's ring: `values` are arg0..arg5, then (kReturn) the return
-// value; `tsc` the time of the hit (0: read here) and `entry_tsc` that of the call's entry.
+// The event of one hit in this thread's ring: `values` are arg0..arg5, then a USDT note's
+// arg6..arg11 (read only with kPlanMoreArgs), then (kReturn) the return value at kRetvalArg; `tsc`
+// the time of the hit (0: read here) and `entry_tsc` that of the call's entry. The probe's
+// string_mask names only values that its handler has (load_plan).
 // Must never lock, allocate, make a system call (but once per thread) or call libc (the stack walk
 // of trace_stacks excepted: see usprobe_hit_stack).
-template <bool kReturn>
+template <bool kReturn, bool kUsdt = false>
 __attribute__((always_inline)) inline void record_event(usprobe_hit *hit, uint32_t probe,
                                                         const uint64_t *values, uint64_t tsc,
                                                         uint64_t entry_tsc) {
@@ -95,6 +97,11 @@ __attribute__((always_inline)) inline void record_event(usprobe_hit *hit, uint32
     tail->retval = values[kRetvalArg];
     tail->entry_tsc = entry_tsc;
     str += sizeof(ReturnTail);
+  } else if (kUsdt && (info.flags & kPlanMoreArgs)) {
+    auto *more = reinterpret_cast<uint64_t *>(str);
+    for (unsigned n = kMaxArgs; n < kMaxUsdtArgs; ++n) more[n - kMaxArgs] = values[n];
+    str += kMoreArgsBytes;
+    bad |= kEventMoreArgs;
   }
   for (uint32_t mask = info.string_mask; mask != 0; mask &= mask - 1) {
     unsigned n = static_cast<unsigned>(__builtin_ctz(mask));
@@ -137,15 +144,18 @@ void trace_handler(usprobe_hit *hit, void *user) {
 }
 
 // The arguments are the note's, read where its spec says (a register, the stack, a global):
-// only as many as the hit site's note has, the others 0.
+// only as many as the hit site's note has, the others 0; past the sixth only when the format
+// prints one of them (kPlanMoreArgs).
 void trace_usdt_handler(usprobe_hit *hit, void *user) {
   if (t_in_agent) return;
-  uint64_t args[kMaxArgs];
+  const uint32_t probe = probe_of(user);
+  const unsigned wanted = g_region.probes[probe].flags & kPlanMoreArgs ? kMaxUsdtArgs : kMaxArgs;
+  uint64_t args[kMaxUsdtArgs];
   const int count = usprobe_usdt_arg_count(hit);
   unsigned n = 0;
-  for (; n < kMaxArgs && static_cast<int>(n) < count; ++n) args[n] = usprobe_usdt_arg(hit, n);
-  for (; n < kMaxArgs; ++n) args[n] = 0;
-  record_event<false>(hit, probe_of(user), args, 0, 0);
+  for (; n < wanted && static_cast<int>(n) < count; ++n) args[n] = usprobe_usdt_arg(hit, n);
+  for (; n < kMaxUsdtArgs; ++n) args[n] = 0;
+  record_event<false, true>(hit, probe, args, 0, 0);
 }
 
 // Must never lock, allocate, make a system call or call libc.
@@ -157,7 +167,7 @@ void trace_return_entry_handler(usprobe_hit *hit, void *user) {
   }
   uint64_t *session = usprobe_session(hit);
   if (!session) return;
-  const uint32_t entry = g_region.probes[probe_of(user)].entry;
+  const uint32_t entry = g_region.probes[probe_of(user)].flags;
   if (entry & kPlanEntryArgs)
     for (unsigned n = 0; n < kMaxArgs; ++n) session[n] = usprobe_arg(hit, n);
   // Last, so that the handler's own work is not part of the call's time (nonzero: see

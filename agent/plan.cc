@@ -41,14 +41,13 @@ std::expected<std::vector<PlannedProbe>, std::string> parse_plan(std::string_vie
     uint32_t index = 0, mask = 0;
     if (!parse_decimal(line.substr(0, tab1), index) || index != plan.size())
       return bad(fmt::format("expected index {}", plan.size()));
-    constexpr uint32_t kEntryBits = kPlanEntryArgs | kPlanEntryTime;
     if (!parse_decimal(line.substr(tab1 + 1, tab2 - tab1 - 1), mask) ||
-        (mask & ~(kStringBadMask | kEntryBits)) != 0)
+        (mask & ~(kStringBadMask | kPlanFlags)) != 0)
       return bad(fmt::format("string_mask is not a number below {} (and bits {:#x})",
-                             1u << kMaxValues, kEntryBits));
+                             1u << kMaxValues, kPlanFlags));
     std::string_view location = line.substr(tab2 + 1);
     if (location.empty()) return bad("empty location");
-    plan.push_back({mask & ~kEntryBits, mask & kEntryBits, std::string(location)});
+    plan.push_back({mask & ~kPlanFlags, mask & kPlanFlags, std::string(location)});
   }
   if (line_no == 0) return std::unexpected("the plan is empty");
   if (plan.size() != probe_count)

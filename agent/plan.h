@@ -11,7 +11,7 @@ namespace usprobe::agent {
 
 struct PlannedProbe {
   uint32_t string_mask;  // bit n: argn is a `%s` argument
-  uint32_t entry;        // kPlanEntryArgs, kPlanEntryTime (protocol.h)
+  uint32_t flags;        // kPlanMoreArgs, kPlanEntryArgs, kPlanEntryTime (protocol.h)
   std::string location;  // as usprobe_attach takes it
 };
 

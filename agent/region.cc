@@ -60,8 +60,7 @@ std::expected<void, std::string> check_layout(const Header &h) {
   }
   if (h.mode == kModeStacks || (h.mode == kModeTrace && h.trace_stacks != 0)) {
     // A trace record with its stack: the largest Event, strings and the stack's words.
-    if (h.mode == kModeTrace && h.ring_size < event_size(kMaxValues, h.string_size) +
-                                                  sizeof(ReturnTail) +
+    if (h.mode == kModeTrace && h.ring_size < max_event_size(h.string_size) +
                                                   8 * (1 + uint64_t{kMaxStackFrames}))
       return fail(fmt::format("trace stacks with a {}-byte ring", h.ring_size));
     if ((h.stack_flags & ~USPROBE_STACK_FP) != 0)

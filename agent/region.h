@@ -14,10 +14,12 @@ namespace usprobe::agent {
 // What the hit path needs to know about one probe, worked out once from the plan.
 struct ProbeInfo {
   uint32_t string_mask;  // bit n: argn is a `%s` argument (trace mode; bit kRetvalArg: retval)
-  // event_size(popcount(string_mask), string_size), and a ReturnTail for a return probe; without
-  // the stack of trace_stacks.
+  // event_size(popcount(string_mask), string_size), and a ReturnTail for a return probe or
+  // kMoreArgsBytes for a USDT probe with kPlanMoreArgs; without the stack of trace_stacks.
   uint32_t record_size;
-  uint32_t entry;  // a return probe's kPlanEntry* bits: what its entry handler keeps
+  // A return probe's kPlanEntry* bits (what its entry handler keeps); a USDT probe's
+  // kPlanMoreArgs (its events carry arg6..arg11).
+  uint32_t flags;
 };
 
 // Written by the start of a session (agent.cc) before any probe is attached, read-only afterwards

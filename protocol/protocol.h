@@ -29,7 +29,8 @@
 //   ...
 // index: 0..probe_count-1, in order. string_mask: decimal; bit n set = argn is a `%s` argument
 // whose string the trace handler copies (trace mode only; bit kRetvalArg: the return value of a
-// return probe), and a return probe's kPlanEntry* bits. location: what usprobe_attach takes, with
+// return probe), and the probe's kPlan* flags (kPlanMoreArgs, kPlanEntryArgs, kPlanEntryTime).
+// location: what usprobe_attach takes, with
 // FILE an absolute path
 // ("/usr/lib/x86_64-linux-gnu/libc.so.6:malloc", "/usr/bin/prog:0x1139",
 // "/usr/bin/prog:parse+0x12"); symbols are names, not offsets, so that IFUNCs resolve in the
@@ -126,7 +127,7 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 8;
+inline constexpr uint32_t kVersion = 9;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -138,7 +139,12 @@ enum Mode : uint32_t { kModeCount = 0, kModeTrace = 1, kModeLatency = 2, kModeSt
 enum SlotState : uint32_t { kSlotFree = 0, kSlotOwned = 1, kSlotOrphan = 2 };
 
 inline constexpr uint32_t kPadProbe = 0xffff'ffffu;
+// The arguments an Event carries: a function's arg0..arg5 (its argument registers), a USDT note's
+// first six.
 inline constexpr uint32_t kMaxArgs = 6;
+// A USDT note's arguments: up to 12 (sys/sdt.h); arg6..arg11 travel after the Event when the
+// probe's plan asks for them (kPlanMoreArgs, kEventMoreArgs).
+inline constexpr uint32_t kMaxUsdtArgs = 12;
 
 struct Header {
   uint64_t magic;
@@ -254,12 +260,13 @@ static_assert(sizeof(SlotHeader) == 64);
 static_assert(std::atomic<int32_t>::is_always_lock_free);
 
 // Trace records. A record is this header; then, in a return probe's record (kEventReturn), a
-// ReturnTail; then one string_size-byte NUL-terminated copy per set bit of the probe's
-// string_mask, lowest first (bit kRetvalArg: the return value's string); then, with kEventStack,
-// a word that says how many addresses follow (1..kMaxStackFrames; the high 32 bits: the agent's
-// image number, as in "Stacks mode") and the addresses (usprobe_hit_stack's order). size is the
-// whole record, a multiple of 8. In a return probe's record args are the function's arguments as
-// they were at its entry (kept in the call's session).
+// ReturnTail; or, in a USDT probe's record (kEventMoreArgs), the note's arguments 6..11 (six words,
+// 0 past the site's count); then one string_size-byte NUL-terminated copy per set bit of the
+// probe's string_mask, lowest first (bit kRetvalArg: the return value's string); then, with
+// kEventStack, a word that says how many addresses follow (1..kMaxStackFrames; the high 32 bits:
+// the agent's image number, as in "Stacks mode") and the addresses (usprobe_hit_stack's order).
+// size is the whole record, a multiple of 8. In a return probe's record args are the function's
+// arguments as they were at its entry (kept in the call's session).
 struct Event {
   uint32_t size;
   uint32_t probe;  // index, or kPadProbe for padding (then only `size` is meaningful)
@@ -272,18 +279,27 @@ struct Event {
   uint64_t args[kMaxArgs];
 };
 static_assert(sizeof(Event) == 72);
-// The return value's number among the values a format prints (arg0..arg5, then retval).
-inline constexpr uint32_t kRetvalArg = kMaxArgs;
-inline constexpr uint32_t kMaxValues = kMaxArgs + 1;
+// The values a format prints are numbered arg0..arg11 (arg6 on: USDT notes only), then retval.
+inline constexpr uint32_t kRetvalArg = kMaxUsdtArgs;
+inline constexpr uint32_t kMaxValues = kMaxUsdtArgs + 1;
 inline constexpr uint32_t kStringBadMask = (1u << kMaxValues) - 1;
-inline constexpr uint32_t kStringCutShift = 8;
-inline constexpr uint32_t kEventReturn = 1u << 16;  // a ReturnTail follows the Event
-inline constexpr uint32_t kEventStack = 1u << 17;   // the user stack follows the strings
-// In a return probe's string_mask (trace mode): what its entry keeps for the return's event. A
-// return probe with neither has no entry handler (its events' args and entry_tsc are 0), which
-// saves the return probes whose format prints only retval about 45 ns a call.
-inline constexpr uint32_t kPlanEntryArgs = 1u << 14;  // the format prints an argN
-inline constexpr uint32_t kPlanEntryTime = 1u << 15;  // the call's duration is printed (-D)
+inline constexpr uint32_t kStringCutShift = kMaxValues;
+inline constexpr uint32_t kEventReturn = 1u << 26;    // a ReturnTail follows the Event
+inline constexpr uint32_t kEventStack = 1u << 27;     // the user stack follows the strings
+inline constexpr uint32_t kEventMoreArgs = 1u << 28;  // a USDT note's arg6..arg11 follow the Event
+static_assert(kStringCutShift + kMaxValues <= 26);
+inline constexpr uint32_t kMoreArgsBytes = 8 * (kMaxUsdtArgs - kMaxArgs);
+// In a probe's string_mask in the plan (trace mode), besides the string bits: what its handlers
+// keep. A return probe's entry keeps the arguments (kPlanEntryArgs: the format prints an argN) and
+// the time (kPlanEntryTime: -D prints the call's duration); a return probe with neither has no
+// entry handler (its events' args and entry_tsc are 0), which saves the return probes whose format
+// prints only retval about 45 ns a call. A USDT probe whose format prints one of arg6..arg11 reads
+// the note's arguments past the sixth (kPlanMoreArgs); without it, only the first six.
+inline constexpr uint32_t kPlanMoreArgs = 1u << 13;
+inline constexpr uint32_t kPlanEntryArgs = 1u << 14;
+inline constexpr uint32_t kPlanEntryTime = 1u << 15;
+inline constexpr uint32_t kPlanFlags = kPlanMoreArgs | kPlanEntryArgs | kPlanEntryTime;
+static_assert((kPlanFlags & kStringBadMask) == 0);
 struct ReturnTail {
   uint64_t retval;     // %rax at the return
   uint64_t entry_tsc;  // rdtsc at the call's entry; 0: not known
@@ -396,6 +412,12 @@ inline LatencyHistogram *slot_histograms(SlotHeader *s, uint64_t hist_offset) {
 }
 inline uint64_t event_size(uint32_t string_count, uint32_t string_size) {
   return (sizeof(Event) + uint64_t{string_count} * string_size + 7) & ~uint64_t{7};
+}
+// The largest trace record but its stack: every value a string, and the larger of a ReturnTail
+// and a USDT note's further arguments.
+inline uint64_t max_event_size(uint32_t string_size) {
+  constexpr uint64_t tail = kMoreArgsBytes > sizeof(ReturnTail) ? kMoreArgsBytes : sizeof(ReturnTail);
+  return event_size(kMaxValues, string_size) + tail;
 }
 
 // Layout helpers, used by the CLI to size the region and by both sides to find things.

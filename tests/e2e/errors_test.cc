@@ -219,10 +219,15 @@ INSTANTIATE_TEST_SUITE_P(
                   Command::kTarget,
                   "usdt:/usr/bin/python3.11:python:gc__start: the format prints arg1, but the "
                   "note at offset"},
-        ErrorCase{"UsdtArgumentsBeyondSixNotYet",
+        ErrorCase{"UsdtSeventhArgumentOfAThreeArgumentNote",
                   {"trace", R"(usdt:/usr/bin/python3.11:python:line "%d", arg7)"},
                   Command::kTarget,
-                  "'arg7': usdt probes with more than 6 arguments traced: not yet"},
+                  "usdt:/usr/bin/python3.11:python:line: the format prints arg7, but the note at "
+                  "offset"},
+        ErrorCase{"UsdtHasTwelveArgumentsAtMost",
+                  {"trace", R"(usdt:/usr/bin/python3.11:python:line "%d", arg12)"},
+                  Command::kTarget,
+                  "'arg12' is not an argument (arg0 to arg11)"},
         ErrorCase{"RegexMatchesNothing",
                   {"count", "-r", "exe:^e2e_nosuch"},
                   Command::kTarget,

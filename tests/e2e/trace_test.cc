@@ -640,6 +640,29 @@ TEST(CliTrace, UsdtStringsThroughBaseIndexAndAProbeBehindItsSemaphore) {
   ASSERT_EQ(args.size(), 40u) << e2e::read_file(gated);
   for (size_t i = 0; i < args.size(); ++i) EXPECT_EQ(args[i], std::to_string(i));
 }
+
+// A note has up to twelve arguments: usdt_targets.h's "regs" has twelve, registers of every width
+// with known values, each printed with the sign its spec gives it.
+TEST(CliTrace, UsdtTwelveArgumentsOfEveryRegisterWidth) {
+  const std::string lib = USDT_TARGETS_LIB;
+  e2e::TempDir dir;
+  const std::string report = dir.file("trace.txt");
+  Output r = run({e2e::cli(), "trace", "-o", report,
+                  "usdt:" + lib +
+                      R"(:usprobe_test:regs "%lx %d %u %d %u %ld | %d %d %u %d %u %x", )"
+                      "arg0, arg1, arg2, arg3, arg4, arg5, arg6, arg7, arg8, arg9, arg10, arg11",
+                  "--", USDT_TARGET, "regs", "3"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out, "regs 3\n");
+  const std::string want = "123456789abcdef -1985229329 52719 -17 205 -2 | -10 32645 133 -1 255 2345";
+  size_t seen = 0;
+  for (const std::string &line : e2e::lines(e2e::read_file(report))) {
+    if (line.find("usprobe_test:regs") == std::string::npos) continue;
+    ++seen;
+    EXPECT_TRUE(line.ends_with(" " + want)) << line;
+  }
+  EXPECT_EQ(seen, 3u) << e2e::read_file(report);
+}
 #endif
 
 }  // namespace

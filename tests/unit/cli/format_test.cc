@@ -2,6 +2,7 @@
 // parsed, and the messages rendered from the agent's records.
 #include "output/format.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 namespace usprobe::cli {
@@ -150,6 +151,29 @@ TEST(TraceSpec, AReturnProbeTakesRetvalAndTheEntrysArguments) {
   EXPECT_NE(entry.error().message.find("'retval' is known at a return only"), std::string::npos)
       << entry.error().message;
   EXPECT_FALSE(parse_trace_spec(R"(uretprobe:libc:getenv "%s", arg6)"));
+}
+
+TEST(TraceSpec, AUsdtProbeTakesTheNotesTwelveArguments) {
+  auto spec = parse_trace_spec(R"(usdt:/usr/bin/prog:p:n "%d %s %u", arg0, arg9, arg11)");
+  ASSERT_TRUE(spec) << spec.error().message;
+  ASSERT_TRUE(spec->format);
+  EXPECT_EQ(spec->format->conversions[1].arg, 9u);
+  EXPECT_EQ(spec->format->conversions[2].arg, 11u);
+  EXPECT_EQ(spec->format->string_mask(), 1u << 9);
+  TraceEvent e = event({7});
+  e.args[9] = 0x1000;
+  e.strings[9] = "nine";
+  e.args[11] = 0xffff'ffff'ffff'fff5;
+  EXPECT_EQ(render_message(spec->format, e), "7 nine 4294967285");
+  for (const char *arg : {"arg12", "arg01", "arg+1", "arg 1", "arg100"})
+    EXPECT_NE(error_of(fmt::format(R"(usdt:/usr/bin/prog:p:n "%d", {})", arg))
+                  .find(fmt::format("'{}' is not an argument (arg0 to arg11)", arg)),
+              std::string::npos)
+        << arg;
+  // A function has six argument registers; its return probe, retval besides.
+  EXPECT_NE(error_of(R"(exe:f "%d", arg11)").find("(arg0 to arg5)"), std::string::npos);
+  EXPECT_NE(error_of(R"(uretprobe:exe:f "%d", arg7)").find("(arg0 to arg5, or retval)"),
+            std::string::npos);
 }
 
 TEST(Render, AStringLongerThanTheCopyEndsInTheMarker) {

@@ -45,10 +45,13 @@ struct FakeThread {
   void hit(uint32_t probe, uint64_t n = 1) { slot_hits(s)[probe] += n; }
   void miss(uint32_t probe) { slot_missed(s, h->probe_count)[probe] += 1; }
 
-  // A record with `strings` copied after the header; padding first when it would wrap.
+  // A record with `strings` copied after the header; padding first when it would wrap. Args past
+  // the sixth go after the header, as a USDT probe's with kPlanMoreArgs (kEventMoreArgs).
   void event(uint32_t probe, uint64_t tsc, std::initializer_list<uint64_t> args,
              std::initializer_list<std::string> strings = {}, uint32_t bad = 0) {
-    uint64_t size = event_size(static_cast<uint32_t>(strings.size()), h->string_size);
+    const bool more = args.size() > kMaxArgs;
+    uint64_t size = event_size(static_cast<uint32_t>(strings.size()), h->string_size) +
+                    (more ? kMoreArgsBytes : 0);
     uint64_t head = s->head.load();
     uint64_t pos = head % h->ring_size;
     char *ring = ring_of(h, s);
@@ -65,10 +68,15 @@ struct FakeThread {
     e->probe = probe;
     e->tsc = tsc;
     e->tid = s->tid;
-    e->bad_strings = bad;
-    size_t i = 0;
-    for (uint64_t a : args) e->args[i++] = a;
+    e->bad_strings = bad | (more ? kEventMoreArgs : 0);
     char *str = reinterpret_cast<char *>(e + 1);
+    uint64_t values[kMaxUsdtArgs] = {};
+    std::copy(args.begin(), args.end(), values);
+    std::memcpy(e->args, values, sizeof e->args);
+    if (more) {
+      std::memcpy(str, values + kMaxArgs, kMoreArgsBytes);
+      str += kMoreArgsBytes;
+    }
     for (const std::string &text : strings) {
       std::memset(str, 0, h->string_size);
       std::memcpy(str, text.data(), std::min<size_t>(text.size(), h->string_size - 1));
@@ -237,6 +245,35 @@ TEST(Region, DrainPassesOnWhichStringsWereCut) {
   EXPECT_EQ(e.strings[0], "the first 63 bytes");
   EXPECT_EQ(e.cut_strings, 1u << 0);
   EXPECT_EQ(e.bad_strings, 1u << 2);
+}
+
+TEST(Region, AUsdtProbesEventCarriesItsNotesTwelveArguments) {
+  // arg1 and arg9 are strings; the probe's plan asks for the arguments past the sixth.
+  const std::vector<PlanEntry> plan = {{"usdt:/usr/bin/prog:prov:many", 1u << 1 | 1u << 9,
+                                        kPlanMoreArgs}};
+  Region region = make_region(kModeTrace, plan, 1024);
+  const char *text = reinterpret_cast<const char *>(region.header()) + region.header()->plan_offset;
+  EXPECT_NE(std::strstr(text, "\n0\t8706\tusdt:/usr/bin/prog:prov:many\n"), nullptr) << text;
+  FakeThread t = FakeThread::claim(region.header(), 0, 100, 101);
+  TraceBatch batch;
+  for (int round = 0; round < 8; ++round) {  // around the ring's end, and back
+    t.event(0, 1, {10, 0x1000, 12, 13, 14, 15, 16, 17, 18, 0x2000, 20, 0xffff'ffff'ffff'fff5},
+            {"one", "nine"});
+    region.drain(batch);
+  }
+  ASSERT_EQ(batch.size(), 8u);
+  EXPECT_EQ(region.corrupt(), 0u);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    TraceEvent e = batch.event(i);
+    EXPECT_EQ(e.args[0], 10u);
+    EXPECT_EQ(e.args[5], 15u);
+    EXPECT_EQ(e.args[6], 16u);
+    EXPECT_EQ(e.args[8], 18u);
+    EXPECT_EQ(e.args[11], 0xffff'ffff'ffff'fff5u);
+    EXPECT_EQ(e.strings[1], "one");
+    EXPECT_EQ(e.strings[9], "nine");
+    EXPECT_FALSE(e.returning);
+  }
 }
 
 TEST(Region, ReclaimDrainsTheRingOfADeadThreadFirst) {

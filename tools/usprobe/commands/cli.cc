@@ -53,7 +53,7 @@ first 63 bytes (--strlen), then "..." when it is longer; an unreadable one print
 In a uretprobe: spec, retval is the return value and arg0..arg5 are the arguments the call was
 made with (kept at its entry, as bpftrace's @path[tid] = arg0): a %s of one is copied at the
 return, from the pointer the call was given. In a usdt: spec, argN is the USDT note's argument N
-(arg0..arg5), read as the note says: 'usdt:/usr/bin/python3.11:python:audit "%s", arg0'.
+(arg0..arg11), read as the note says: 'usdt:/usr/bin/python3.11:python:audit "%s", arg0'.
 Columns: PID TID COMM PROBE MESSAGE; -t adds TIME(s), -T the wall-clock TIME, -D a return's
 DURATION(us); -U prints the user stack under each event, a frame a line. --json: one object a
 line: time_s, pid, tid, comm, probe, args, message, and errors, duration_ns (-D), stack (-U).

@@ -328,16 +328,22 @@ int run_trace(const TraceOptions &options) {
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) {
     const std::optional<Format> &format = trace_specs[p.spec_index].format;
+    auto prints = [&](auto which) {
+      return format && std::ranges::any_of(format->conversions,
+                                           [&](const Conversion &c) { return which(c.arg); });
+    };
     // A return probe's entry keeps only what will be printed: each entry handler costs its call.
-    uint32_t entry = 0;
+    // A USDT probe reads the note's arguments past the sixth only when they are printed.
+    uint32_t flags = 0;
     if (p.location.starts_with("uretprobe:")) {
-      if (format && std::ranges::any_of(format->conversions, [](const Conversion &c) {
-            return c.arg != agent::kRetvalArg;
-          }))
-        entry |= agent::kPlanEntryArgs;
-      if (options.durations) entry |= agent::kPlanEntryTime;
+      if (prints([](unsigned arg) { return arg != agent::kRetvalArg; }))
+        flags |= agent::kPlanEntryArgs;
+      if (options.durations) flags |= agent::kPlanEntryTime;
+    } else if (p.location.starts_with("usdt:") &&
+               prints([](unsigned arg) { return arg >= agent::kMaxArgs; })) {
+      flags |= agent::kPlanMoreArgs;
     }
-    plan.push_back({p.location, format ? format->string_mask() : 0, entry});
+    plan.push_back({p.location, format ? format->string_mask() : 0, flags});
   }
   RegionConfig config;
   config.mode = agent::kModeTrace;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 
 namespace usprobe::cli {
 namespace {
@@ -256,24 +257,24 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
       size_t comma = s.find(',');
       std::string_view arg = trim(s.substr(0, comma));
       // At a return, arg0..arg5 are the arguments the call was made with (kept at its entry)
-      // and retval is what it returned; at an entry there is no return value yet.
+      // and retval is what it returned; at an entry there is no return value yet. A USDT note
+      // has up to 12 arguments.
       const bool returning = spec.probe.starts_with("uretprobe:");
+      const unsigned count = spec.probe.starts_with("usdt:") ? agent::kMaxUsdtArgs : agent::kMaxArgs;
+      unsigned n = 0;
       if (arg == "retval") {
         if (!returning)
           return bad_format(text, "'retval' is known at a return only (a uretprobe: probe)");
         args.push_back(agent::kRetvalArg);
-      } else if (spec.probe.starts_with("usdt:") &&
-                 (arg == "arg6" || arg == "arg7" || arg == "arg8" || arg == "arg9" ||
-                  arg == "arg10" || arg == "arg11")) {
-        // A note has up to 12 arguments; events carry kMaxArgs values.
-        return bad_format(text, fmt::format("'{}': usdt probes with more than {} arguments traced: "
-                                            "not yet (arg0 to arg{})",
-                                            arg, agent::kMaxArgs, agent::kMaxArgs - 1));
-      } else if (arg.size() != 4 || !arg.starts_with("arg") || arg[3] < '0' || arg[3] > '5') {
-        return bad_format(text, fmt::format("'{}' is not an argument (arg0 to arg5{})", arg,
-                                            returning ? ", or retval" : ""));
+      } else if (!arg.starts_with("arg") || arg.size() < 4 || arg.size() > 5 ||
+                 (arg.size() == 5 && arg[3] == '0') ||
+                 std::from_chars(arg.data() + 3, arg.data() + arg.size(), n).ptr !=
+                     arg.data() + arg.size() ||
+                 n >= count) {
+        return bad_format(text, fmt::format("'{}' is not an argument (arg0 to arg{}{})", arg,
+                                            count - 1, returning ? ", or retval" : ""));
       } else {
-        args.push_back(static_cast<unsigned>(arg[3] - '0'));
+        args.push_back(n);
       }
       if (comma == std::string_view::npos) break;
       s.remove_prefix(comma + 1);

@@ -37,7 +37,8 @@ struct Conversion {
   std::string spec;    // for fmt::sprintf, flags, width and length included: "%-8s", "%08lx"
   char type = 'd';     // d i u x X p c s
   bool wide = false;   // l or ll: 64 bits; otherwise d i u x X c read the low 32 (8 for c)
-  unsigned arg = 0;    // which value: arg0..arg5, or agent::kRetvalArg (retval)
+  unsigned arg = 0;    // which value: arg0..arg5 (arg11 at a USDT probe), or agent::kRetvalArg
+                       // (retval)
   bool left = false;   // the '-' flag
   unsigned width = 0;  // 0: none
   int precision = -1;  // -1: none

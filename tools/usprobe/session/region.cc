@@ -79,7 +79,7 @@ Result<void> check_config(const RegionConfig &config) {
 std::string plan_text(const std::vector<PlanEntry> &plan) {
   std::string text = std::string(agent::kPlanFirstLine) + "\n";
   for (size_t i = 0; i < plan.size(); ++i)
-    text += fmt::format("{}\t{}\t{}\n", i, plan[i].string_mask | plan[i].entry, plan[i].location);
+    text += fmt::format("{}\t{}\t{}\n", i, plan[i].string_mask | plan[i].flags, plan[i].location);
   return text;
 }
 
@@ -343,6 +343,11 @@ char *TraceBatch::storage(size_t n) {
   return c.data.get();
 }
 
+namespace {
+// The values an event carries but for a USDT note's arg6..arg11: arg0..arg5 and retval.
+constexpr uint32_t kFunctionValues = ((1u << agent::kMaxArgs) - 1) | (1u << agent::kRetvalArg);
+}  // namespace
+
 uint64_t TraceBatch::tsc(size_t i) const {
   uint64_t t = 0;
   std::memcpy(&t, refs_[i].record + offsetof(agent::Event, tsc), sizeof t);
@@ -381,6 +386,12 @@ TraceEvent TraceBatch::event(size_t i) const {
     s += sizeof tail;
   } else {
     mask &= ~(1u << agent::kRetvalArg);  // as the agent has it: no return value at an entry
+  }
+  if ((ev.bad_strings & (agent::kEventReturn | agent::kEventMoreArgs)) == agent::kEventMoreArgs) {
+    std::memcpy(&e.args[agent::kMaxArgs], s, agent::kMoreArgsBytes);
+    s += agent::kMoreArgsBytes;
+  } else {
+    mask &= kFunctionValues;  // as the agent has it
   }
   for (uint32_t m = mask; m != 0; m &= m - 1) {
     auto arg = static_cast<unsigned>(std::countr_zero(m));
@@ -468,9 +479,12 @@ void Region::drain_slot(uint32_t index, TraceBatch &out) {
     uint32_t mask = masks_[probe], flags = 0;
     std::memcpy(&flags, r + offsetof(agent::Event, bad_strings), sizeof flags);
     const bool returning = (flags & agent::kEventReturn) != 0;
+    const bool more = !returning && (flags & agent::kEventMoreArgs) != 0;
     if (!returning) mask &= ~(1u << agent::kRetvalArg);
+    if (!more) mask &= kFunctionValues;
     uint64_t need = agent::event_size(static_cast<uint32_t>(std::popcount(mask)), string_size) +
-                    (returning ? sizeof(agent::ReturnTail) : 0);
+                    (returning ? sizeof(agent::ReturnTail) : 0) +
+                    (more ? agent::kMoreArgsBytes : 0);
     if (size >= need + 8 && (flags & agent::kEventStack)) {
       uint64_t frames = 0;
       std::memcpy(&frames, r + need, sizeof frames);

@@ -54,7 +54,8 @@ uint64_t tsc_to_ns_mult(double ticks_per_ns);
 struct PlanEntry {
   std::string location;      // "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc"
   uint32_t string_mask = 0;  // bit n: argn is copied as a string (trace mode; kRetvalArg: retval)
-  uint32_t entry = 0;        // a return probe's kPlanEntry* bits (trace mode)
+  // trace mode: a return probe's kPlanEntry* bits, a USDT probe's kPlanMoreArgs
+  uint32_t flags = 0;
 };
 
 // A trace record, copied out of a ring. Its strings are views into the TraceBatch that holds it.
@@ -64,8 +65,8 @@ struct TraceEvent {
   uint32_t probe = 0;
   uint32_t bad_strings = 0;  // bit n: argn's string could not be read
   uint64_t tsc = 0;
-  // arg0..arg5 (a return probe's: as they were at the call's entry), then retval
-  // (agent::kRetvalArg) in a return probe's event.
+  // arg0..arg5 (a return probe's: as they were at the call's entry), arg6..arg11 (a USDT probe's
+  // event with kEventMoreArgs), then retval (agent::kRetvalArg) in a return probe's event.
   std::array<uint64_t, agent::kMaxValues> args{};
   uint32_t cut_strings = 0;  // bit n: argn's string was longer than the copy (cut short)
   std::array<std::string_view, agent::kMaxValues>
