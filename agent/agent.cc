@@ -52,6 +52,7 @@
 #include <fmt/format.h>
 
 #include "agent/agent_scope.h"
+#include "agent/bt_vm.h"
 #include "agent/fault_fixup.h"
 #include "agent/handlers.h"
 #include "agent/maps.h"
@@ -361,6 +362,10 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
     void *index = reinterpret_cast<void *>(static_cast<uintptr_t>(i));
     if (stacks)  // probed instructions: the CLI plans no return probe
       consumers[i] = {stack_handler, index, nullptr};
+    else if (g_region.mode == kModeRun && plan[i].location.starts_with("uretprobe:"))
+      consumers[i] = {nullptr, index, bt_handler};
+    else if (g_region.mode == kModeRun)
+      consumers[i] = {bt_handler, index, nullptr};
     else if (g_region.mode == kModeLatency)  // function entries: the CLI plans nothing else
       consumers[i] = {latency_entry_handler, index, latency_return_handler};
     else if (plan[i].location.starts_with("uretprobe:") && trace)  // the CLI's return probe
@@ -511,6 +516,8 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
   g_region.table_entries = h->table_entries;
   g_region.table_arena_words = h->table_arena_words;
   g_region.overflow = region_slot(g_region.max_slots - 1);
+  if (h->mode == kModeRun)
+    if (std::string why = bt_load(h); !why.empty()) return std::unexpected(Failure{EPROTO, why});
   g_missed_baseline = new uint64_t[h->probe_count]();
   g_missed_at_fork = new uint64_t[h->probe_count]();
 

@@ -26,7 +26,7 @@ using u128 = unsigned __int128;
 std::expected<void, std::string> check_layout(const Header &h) {
   auto fail = [](std::string why) { return std::unexpected("bad region header: " + why); };
   if (h.mode != kModeCount && h.mode != kModeTrace && h.mode != kModeLatency &&
-      h.mode != kModeStacks)
+      h.mode != kModeStacks && h.mode != kModeRun)
     return fail(fmt::format("mode {}", h.mode));
   if (h.plan_size == 0 || u128{h.plan_offset} + h.plan_size > h.region_size)
     return fail("the plan lies outside the region");
@@ -73,6 +73,14 @@ std::expected<void, std::string> check_layout(const Header &h) {
   if (h.process_offset % alignof(ProcessRecord) != 0 ||
       u128{h.process_offset} + u128{h.max_processes} * sizeof(ProcessRecord) > h.region_size)
     return fail("the process records lie outside the region");
+  if (h.mode == kModeRun) {
+    // The program and the tables are checked by bt_load, which knows their sizes.
+    if (h.ring_size < 4096 || std::popcount(h.ring_size) != 1)
+      return fail(fmt::format("run mode with a {}-byte ring", h.ring_size));
+    if (h.tsc_to_ns_mult == 0) return fail("run mode without a TSC rate");
+    if (h.table_offset < slot_counters_end(h.probe_count) || h.table_offset > h.ring_offset)
+      return fail("a slot's table area does not fit between its counters and its ring");
+  }
   if (h.mode == kModeLatency) {
     if (h.ring_size != 0) return fail("latency mode with a ring");
     if (h.tsc_to_ns_mult == 0) return fail("latency mode without a TSC rate");

@@ -134,7 +134,15 @@ inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 inline constexpr const char *kEnvPath = "USPROBE_AGENT_REGION";
 inline constexpr const char *kPlanFirstLine = "usprobe-plan 1";
 
-enum Mode : uint32_t { kModeCount = 0, kModeTrace = 1, kModeLatency = 2, kModeStacks = 3 };
+// kModeRun: `usprobe run`, a bpftrace program (protocol/bt.h): each probe runs its code; rings
+// carry printf records, the slots' table areas (table_offset) the aggregation maps.
+enum Mode : uint32_t {
+  kModeCount = 0,
+  kModeTrace = 1,
+  kModeLatency = 2,
+  kModeStacks = 3,
+  kModeRun = 4
+};
 
 enum SlotState : uint32_t { kSlotFree = 0, kSlotOwned = 1, kSlotOrphan = 2 };
 
@@ -212,6 +220,9 @@ struct Header {
   // decides once, in the agent's constructor: a filtered process places nothing and so pays
   // nothing per hit, and an exec'd image (a new comm) decides again.
   char comm_filter[16];
+  // Run mode: the program (protocol/bt.h), written once by the CLI before the start.
+  uint64_t program_offset;
+  uint64_t program_size;
 };
 
 enum NoticeKind : uint32_t {

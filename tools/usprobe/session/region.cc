@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <type_traits>
 #include <cerrno>
 #include <cmath>
 #include <cstddef>
@@ -68,6 +69,11 @@ Result<void> check_config(const RegionConfig &config) {
     if (config.table_entries > (1u << 24) || std::popcount(config.table_entries) > 1)
       return refuse("table_entries", config.table_entries, "a power of two up to 2^24, or 0");
   }
+  if (config.mode == agent::kModeRun &&
+      (config.program.size() < sizeof(agent::bt::ProgramHeader) || config.tsc_to_ns_mult == 0 ||
+       config.ring_size < 4096))
+    return refuse("program", config.program.size(),
+                  "run mode needs a program, the TSC rate and a ring of at least 4096 bytes");
   if (config.mode == agent::kModeTrace && config.trace_stacks &&
       (config.max_maps == 0 || config.maps_text_size == 0))
     return refuse("maps_text_size", config.maps_text_size, "trace stacks need the maps area");
@@ -134,19 +140,30 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   }
   bool latency = config.mode == agent::kModeLatency;
   bool stacks = config.mode == agent::kModeStacks;
+  bool run = config.mode == agent::kModeRun;
   bool maps = stacks || (config.mode == agent::kModeTrace && config.trace_stacks);
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
   uint64_t plan_offset = align_up(sizeof(Header), 64);
-  uint64_t placed_offset = align_up(plan_offset + text.size() + 1, 64);
+  uint64_t program_offset = align_up(plan_offset + text.size() + 1, 64);
+  uint64_t placed_offset = align_up(program_offset + (run ? config.program.size() : 0), 64);
   uint64_t notice_offset = align_up(placed_offset + probe_count, 64);
   uint64_t slot_offset =
       align_up(notice_offset + uint64_t{config.max_notices} * sizeof(agent::Notice), 4096);
-  uint64_t stride = latency  ? agent::latency_stride_for(probe_count)
-                    : stacks ? agent::stacks_stride_for(probe_count, config.table_entries,
-                                                        config.table_arena_words, config.ring_size)
-                             : agent::slot_stride_for(probe_count, config.ring_size);
+  // Run mode: the table area where stacks mode has its stack table.
+  uint64_t stride = latency ? agent::latency_stride_for(probe_count)
+                    : stacks
+                        ? agent::stacks_stride_for(probe_count, config.table_entries,
+                                                   config.table_arena_words, config.ring_size)
+                    : run ? agent::stack_table_offset(probe_count) + align_up(config.tables_bytes, 64) +
+                                config.ring_size
+                          : agent::slot_stride_for(probe_count, config.ring_size);
   uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
+  uint64_t shared_offset = 0;
+  if (run) {
+    shared_offset = align_up(size, 4096);
+    size = shared_offset + config.shared_bytes;
+  }
   uint64_t maps_offset = 0, maps_text_offset = 0;
   if (maps) {
     maps_offset = align_up(size, 64);
@@ -191,7 +208,20 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   hdr->ring_offset = stride - config.ring_size;
   hdr->ring_size = config.ring_size;
   hdr->hist_offset = latency ? agent::latency_hist_offset(probe_count) : 0;
-  hdr->tsc_to_ns_mult = latency ? config.tsc_to_ns_mult : 0;
+  hdr->tsc_to_ns_mult = latency || run ? config.tsc_to_ns_mult : 0;
+  if (run) {
+    hdr->table_offset = agent::stack_table_offset(probe_count);
+    hdr->program_offset = program_offset;
+    hdr->program_size = config.program.size();
+    char *program = static_cast<char *>(map) + program_offset;
+    std::memcpy(program, config.program.data(), config.program.size());
+    agent::bt::ProgramHeader ph;
+    std::memcpy(&ph, program, sizeof ph);
+    ph.shared_offset = shared_offset;
+    ph.shared_size = config.shared_bytes;
+    ph.tables_bytes = config.tables_bytes;
+    std::memcpy(program, &ph, sizeof ph);
+  }
   if (maps) {
     hdr->trace_stacks = stacks ? 0 : 1;
     hdr->stack_flags = config.stack_flags;
@@ -235,6 +265,12 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   layout.process_offset = hdr->process_offset;
   layout.max_processes = hdr->max_processes;
   layout.comm_filter = config.comm;
+  if (run) {
+    layout.table_offset = hdr->table_offset;
+    layout.tables_bytes = config.tables_bytes;
+    layout.shared_offset = shared_offset;
+    layout.shared_bytes = config.shared_bytes;
+  }
   // No barrier needed for the agents: they map the region after fork and exec (or, attached, after
   // the CLI has written it and made the remote call that hands it over), which order these writes
   // before anything they read.
@@ -606,6 +642,8 @@ void Region::reclaim_slots(Out &out, const std::function<bool(int32_t, int32_t)>
     drain_slot(i, out);
     add_counts(slot, pid, folded_, true);
     if (layout_.mode == agent::kModeLatency) add_histograms(slot, folded_histograms_, true);
+    if constexpr (std::is_same_v<Out, RunOut>)
+      if (out.fold) out.fold(reinterpret_cast<char *>(slot) + layout_.table_offset);
     if (layout_.mode == agent::kModeStacks) {
       // Its final counts were drained just above (in stacks mode; reclaim's other overload drops
       // them, as it drops the ring's records).
@@ -640,6 +678,38 @@ void Region::reclaim(std::vector<StackEvent> &out,
     return;
   }
   reclaim_slots(out, alive);
+}
+
+void Region::drain_slot(uint32_t index, RunOut &out) {
+  SlotHeader *slot = slot_at(index);
+  int32_t pid = index == overflow_index() ? 0 : -1;
+  drain_ring(slot, [&](const char *record, uint32_t size) {
+    if (pid < 0) pid = slot->pid.load(std::memory_order_relaxed);  // after drain_ring's acquire
+    return out.record(pid, record, size);
+  });
+}
+
+void Region::drain_records(const RecordSink &record) {
+  if (layout_.mode != agent::kModeRun) return;
+  std::function<void(char *)> none;
+  RunOut out{record, none};
+  drain_all(out);
+}
+
+void Region::reclaim_run(const RecordSink &record, const std::function<void(char *tables)> &fold,
+                         const std::function<bool(int32_t, int32_t)> &alive) {
+  if (layout_.mode != agent::kModeRun) return;
+  RunOut out{record, fold};
+  reclaim_slots(out, alive);
+}
+
+void Region::for_each_live_table(const std::function<void(const char *tables)> &tables) const {
+  if (layout_.mode != agent::kModeRun) return;
+  for (uint32_t i = 0; i < overflow_index(); ++i) {
+    SlotHeader *slot = slot_at(i);
+    if (!slot_sane(i) || slot->state.load(std::memory_order_acquire) == agent::kSlotFree) continue;
+    tables(reinterpret_cast<const char *>(slot) + layout_.table_offset);
+  }
 }
 
 void Region::note_comm(uint32_t index) const {

@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "output/histogram.h"
+#include "protocol/bt.h"
 #include "protocol/protocol.h"
 #include "protocol/stack_table.h"
 
@@ -46,6 +47,11 @@ struct RegionConfig {
   uint32_t max_processes = 256;
   // -n: only processes whose name contains it place their probes (at most 15 bytes; "" = all).
   std::string comm;
+  // Run mode (tsc_to_ns_mult and ring_size required): the compiled program (protocol/bt.h), whose
+  // ProgramHeader::shared_offset create() fills in, each slot's table area and the shared area.
+  std::string program;
+  uint64_t tables_bytes = 0;
+  uint64_t shared_bytes = 0;
 };
 
 // The fixed-point multiplier for RegionConfig::tsc_to_ns_mult: 2^kTscShift / ticks_per_ns.
@@ -190,6 +196,9 @@ struct RegionLayout {
   uint64_t process_offset = 0;
   uint32_t max_processes = 0;
   std::string comm_filter;  // RegionConfig::comm
+  uint64_t tables_bytes = 0;   // run mode: a slot's table area (at table_offset)
+  uint64_t shared_offset = 0;  // run mode: the shared area
+  uint64_t shared_bytes = 0;
 };
 
 // A process that carries a session's probes (attach mode), as its ProcessRecord says.
@@ -261,6 +270,20 @@ class Region {
   // writes is left out and counted in corrupt() (once).
   std::vector<ProcessEntry> processes() const;
 
+  // Run mode. The records (printf) published since the last call, every ring: `record` gets the
+  // slot's pid and the record's bytes (at least 8, size first), and returns false for one it
+  // cannot take (counted as corrupt).
+  using RecordSink = std::function<bool(int32_t pid, const char *record, uint32_t size)>;
+  void drain_records(const RecordSink &record);
+  // Frees the slots of threads that are gone, as reclaim() does: their records go to `record`, and
+  // `fold` is called with each slot's table area before it is freed (to take its maps' values;
+  // fold then empties the tables).
+  void reclaim_run(const RecordSink &record, const std::function<void(char *tables)> &fold,
+                   const std::function<bool(int32_t, int32_t)> &alive = thread_alive);
+  // Calls `tables` with the table area of each slot a thread owns now.
+  void for_each_live_table(const std::function<void(const char *tables)> &tables) const;
+  char *shared_area() { return reinterpret_cast<char *>(hdr_) + layout_.shared_offset; }
+
  private:
   Region(int fd, agent::Header *hdr, const RegionLayout &layout, std::vector<uint32_t> masks);
   uint32_t overflow_index() const { return layout_.max_slots - 1; }
@@ -277,6 +300,11 @@ class Region {
   // Trace mode: copies the slot's new bytes out in one go, frees them, then takes the copy apart.
   void drain_slot(uint32_t index, TraceBatch &out);
   void drain_slot(uint32_t index, std::vector<StackEvent> &out);
+  struct RunOut {
+    const RecordSink &record;
+    const std::function<void(char *)> &fold;
+  };
+  void drain_slot(uint32_t index, RunOut &out);
   // Stacks mode: slot `index`'s stack table, a view of it in the region.
   agent::StackTable stack_table(uint32_t index);
   // Appends what slot `index`'s table counted since the last call (table_seen_).

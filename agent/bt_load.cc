@@ -1,0 +1,195 @@
+// `usprobe run`: the agent's check of the program the CLI compiled (protocol/bt.h), once per
+// session before any probe is attached. Not on the hit path (bt_vm.cc is).
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "agent/bt_vm.h"
+
+namespace usprobe::agent {
+
+using namespace bt;
+
+BtProgram g_bt;
+
+namespace {
+
+std::string check_program(const char *p, uint64_t size, const Header &h, BtProgram &out) {
+  if (size < sizeof(ProgramHeader)) return "too short for its header";
+  ProgramHeader ph;
+  std::memcpy(&ph, p, sizeof ph);
+  if (ph.magic != kProgramMagic) return "bad magic";
+  if (ph.probe_count != h.probe_count) return "probe count differs from the plan's";
+  auto table = [&](uint64_t offset, uint64_t count, uint64_t each) {
+    return offset % 8 == 0 && count < (uint64_t{1} << 24) && offset <= size &&
+           count * each <= size - offset;
+  };
+  if (!table(ph.probes_offset, ph.probe_count, sizeof(ProbeCode)) ||
+      !table(ph.insns_offset, ph.insn_count, sizeof(Insn)) ||
+      !table(ph.constants_offset, ph.constant_count, 8) ||
+      !table(ph.pool_offset, ph.pool_size, 1) || !table(ph.maps_offset, ph.map_count, sizeof(MapInfo)) ||
+      !table(ph.printfs_offset, ph.printf_count, sizeof(PrintfInfo)) ||
+      !table(ph.printf_args_offset, ph.printf_arg_count, sizeof(PrintfArg)))
+    return "a table lies outside the program";
+  if (ph.string_size < 2 || ph.string_size > 4096) return "bad string size";
+  if (ph.pool_size > 0 && p[ph.pool_offset + ph.pool_size - 1] != '\0')
+    return "the string pool does not end with a NUL";
+  // A private copy of everything the hit path reads.
+  char *copy = static_cast<char *>(std::malloc(size));
+  if (!copy) return "out of memory";
+  std::memcpy(copy, p, size);
+  out.head = ph;
+  out.probes = reinterpret_cast<const ProbeCode *>(copy + ph.probes_offset);
+  out.insns = reinterpret_cast<const Insn *>(copy + ph.insns_offset);
+  out.constants = reinterpret_cast<const uint64_t *>(copy + ph.constants_offset);
+  out.pool = copy + ph.pool_offset;
+  out.maps = reinterpret_cast<const MapInfo *>(copy + ph.maps_offset);
+  out.printfs = reinterpret_cast<const PrintfInfo *>(copy + ph.printfs_offset);
+  out.printf_args = reinterpret_cast<const PrintfArg *>(copy + ph.printf_args_offset);
+
+  // The shared area and the slots' table areas.
+  if (ph.shared_offset % 64 != 0 || ph.shared_offset > h.region_size ||
+      ph.shared_size > h.region_size - ph.shared_offset ||
+      ph.shared_size < shared_head_bytes(ph.map_count))
+    return "the shared area lies outside the region";
+  if (h.table_offset % 64 != 0 || h.table_offset + ph.tables_bytes > h.ring_offset)
+    return "the table area does not fit in a slot";
+  for (uint32_t i = 0; i < ph.map_count; ++i) {
+    const MapInfo &m = out.maps[i];
+    if (m.kind >= kMapKindCount || m.key_size % 8 != 0 || m.key_size > kMaxKeyBytes ||
+        m.max_entries == 0 || (m.max_entries & (m.max_entries - 1)) != 0 ||
+        m.max_entries > (1u << 20))
+      return fmt::format("map {}: bad kind, key size or entry count", i);
+    if (m.kind == kMapLhist &&
+        (m.lhist_step <= 0 || m.lhist_max <= m.lhist_min || (m.lhist_max - m.lhist_min) / m.lhist_step > 10000))
+      return fmt::format("map {}: bad lhist bounds", i);
+    if (m.value_size != map_value_size(m.kind, m.lhist_min, m.lhist_max, m.lhist_step))
+      return fmt::format("map {}: bad value size", i);
+    if (m.kind == kMapPlain) {
+      if (m.entry_size != shared_entry_size(m.key_size) || m.table_offset % 64 != 0 ||
+          m.table_offset < shared_head_bytes(ph.map_count) || m.table_offset > ph.shared_size ||
+          uint64_t{m.entry_size} * m.max_entries > ph.shared_size - m.table_offset)
+        return fmt::format("map {}: its table lies outside the shared area", i);
+    } else {
+      if (m.entry_size != sizeof(AggEntryHeader) + m.key_size + m.value_size ||
+          m.table_offset % 64 != 0 || m.table_offset > ph.tables_bytes ||
+          table_bytes(m) > ph.tables_bytes - m.table_offset)
+        return fmt::format("map {}: its table lies outside the table area", i);
+    }
+  }
+  for (uint32_t i = 0; i < ph.printf_count; ++i) {
+    const PrintfInfo &f = out.printfs[i];
+    if (f.arg_count > kMaxPrintfArgs || f.first_arg > ph.printf_arg_count ||
+        f.arg_count > ph.printf_arg_count - f.first_arg)
+      return fmt::format("printf {}: bad arguments", i);
+    uint64_t bytes = sizeof(PrintfRecord);
+    for (uint32_t a = 0; a < f.arg_count; ++a) {
+      const PrintfArg &arg = out.printf_args[f.first_arg + a];
+      if (arg.kind == kPrintfString && (arg.size == 0 || arg.size % 8 != 0 || arg.size > 4096))
+        return fmt::format("printf {}: bad string size", i);
+      bytes += arg.kind == kPrintfInt ? 8 : arg.size;
+    }
+    if (bytes != f.record_size || bytes > h.ring_size) return fmt::format("printf {}: bad size", i);
+  }
+  // Each probe's code: registers, offsets and indices in range, jumps inside, kEnd last.
+  for (uint32_t pi = 0; pi < ph.probe_count; ++pi) {
+    const ProbeCode &c = out.probes[pi];
+    if (c.count == 0 || c.first > ph.insn_count || c.count > ph.insn_count - c.first)
+      return fmt::format("probe {}: its code lies outside the program", pi);
+    if (out.insns[c.first + c.count - 1].op != kEnd)
+      return fmt::format("probe {}: its code does not end", pi);
+    for (uint32_t k = 0; k < c.count; ++k) {
+      const Insn &in = out.insns[c.first + k];
+      auto bad = [&](const char *why) {
+        return fmt::format("probe {}, instruction {}: {}", pi, k, why);
+      };
+      if (in.op >= kOpCount) return bad("unknown operation");
+      if (in.dst >= kRegisters || in.a >= kRegisters || (in.b >= kRegisters && in.b != kNoReg))
+        return bad("register out of range");
+      const auto imm = static_cast<int64_t>(in.imm);
+      const auto map_ok = [&](bool plain) {
+        return imm >= 0 && imm < ph.map_count &&
+               (out.maps[imm].kind == kMapPlain) == plain;
+      };
+      switch (in.op) {
+        case kConst:
+          if (imm < 0 || imm >= ph.constant_count) return bad("constant out of range");
+          break;
+        case kArg:
+          if (imm < 0 || imm > 5) return bad("argument out of range");
+          break;
+        case kUsdtArg:
+          if (imm < 0 || imm > 11) return bad("argument out of range");
+          break;
+        case kBuiltin:
+          if (imm < 0 || imm >= kBuiltinCount) return bad("unknown builtin");
+          break;
+        case kComm:
+          if (imm < kMaxKeyBytes || imm + 16 > kScratchBytes) return bad("scratch out of range");
+          break;
+        case kPoolString:
+          if (imm < 0 || imm >= ph.pool_size) return bad("pool offset out of range");
+          break;
+        case kStr:
+          if (imm < kMaxKeyBytes || imm + ph.string_size > kScratchBytes)
+            return bad("scratch out of range");
+          break;
+        case kJmp:
+        case kJz:
+        case kJnz:
+          if (static_cast<int64_t>(k) + 1 + imm < 0 || static_cast<int64_t>(k) + 1 + imm >= c.count)
+            return bad("jump out of the probe's code");
+          break;
+        case kKeyInt:
+          if (imm < 0 || imm + 8 > kMaxKeyBytes) return bad("key offset out of range");
+          break;
+        case kKeyStr: {
+          const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
+                         n = static_cast<uint32_t>(in.imm) >> 16;
+          if (n == 0 || at + n > kMaxKeyBytes) return bad("key offset out of range");
+          break;
+        }
+        case kAgg:
+          if (!map_ok(false)) return bad("not an aggregation map");
+          break;
+        case kLoad:
+        case kStore:
+        case kDelete:
+        case kHas:
+          if (!map_ok(true)) return bad("not a plain map");
+          break;
+        case kPrintf:
+          if (imm < 0 || imm >= ph.printf_count || in.b != out.printfs[imm].arg_count ||
+              in.a + in.b > kRegisters)
+            return bad("bad printf");
+          break;
+        default:
+          break;
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string bt_load(Header *h) {
+  if (h->program_size == 0) return "no program";
+  if (h->program_offset % 8 != 0 || h->program_offset > h->region_size ||
+      h->program_size > h->region_size - h->program_offset)
+    return "the program lies outside the region";
+  BtProgram p;
+  std::string why = check_program(reinterpret_cast<const char *>(h) + h->program_offset,
+                                  h->program_size, *h, p);
+  if (!why.empty()) return "bad program: " + why;
+  p.shared = reinterpret_cast<char *>(h) + p.head.shared_offset;
+  p.uid = static_cast<int32_t>(getuid());
+  p.gid = static_cast<int32_t>(getgid());
+  g_bt = p;
+  return "";
+}
+
+}  // namespace usprobe::agent

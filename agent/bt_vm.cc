@@ -1,0 +1,417 @@
+// The hit path of `usprobe run` (protocol/bt.h). Nothing here may lock, allocate, make a system
+// call (a thread's first hit excepted, see slots.cc), call libc (memcpy and memcmp included: they
+// may be probed; this file is built with -fno-tree-loop-distribute-patterns so that the loops below
+// stay loops) or touch a vector register.
+#include "agent/bt_vm.h"
+
+#include "agent/agent_scope.h"
+#include "agent/region.h"
+#include "agent/ring.h"
+#include "agent/safe_copy.h"
+#include "agent/slots.h"
+
+namespace usprobe::agent {
+
+using namespace bt;
+
+namespace {
+
+SharedHead *shared_head() { return reinterpret_cast<SharedHead *>(g_bt.shared); }
+std::atomic<uint32_t> &generation(uint32_t map) { return (&shared_head()->generation[0])[map]; }
+
+// FNV-1a over 64-bit words, then a final mix: keys are whole words (key_size % 8 == 0).
+inline uint32_t hash_key(const char *key, uint32_t size) {
+  uint64_t h = 0xcbf2'9ce4'8422'2325ull;
+  for (uint32_t i = 0; i < size; i += 8) {
+    uint64_t w;
+    __builtin_memcpy(&w, key + i, 8);  // one load: not a call
+    h = (h ^ w) * 0x100'0000'01b3ull;
+  }
+  h ^= h >> 29;
+  h *= 0xbf58'476d'1ce4'e5b9ull;
+  h ^= h >> 32;
+  return static_cast<uint32_t>(h) | 1u;  // never 0
+}
+
+inline bool same_key(const char *a, const char *b, uint32_t size) {
+  for (uint32_t i = 0; i < size; i += 8) {
+    uint64_t x, y;
+    __builtin_memcpy(&x, a + i, 8);
+    __builtin_memcpy(&y, b + i, 8);
+    if (x != y) return false;
+  }
+  return true;
+}
+
+inline void copy_words(char *dst, const char *src, uint32_t size) {
+  for (uint32_t i = 0; i < size; i += 8) {
+    uint64_t w;
+    __builtin_memcpy(&w, src + i, 8);
+    __builtin_memcpy(dst + i, &w, 8);
+  }
+}
+
+inline std::atomic<uint64_t> *words(char *p) { return reinterpret_cast<std::atomic<uint64_t> *>(p); }
+inline void owned_set(std::atomic<uint64_t> &w, uint64_t v) { w.store(v, std::memory_order_relaxed); }
+inline uint64_t owned_get(std::atomic<uint64_t> &w) { return w.load(std::memory_order_relaxed); }
+
+// An aggregation's update of this thread's table (protocol/bt.h, "Tables").
+void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t v) {
+  const MapInfo &m = g_bt.maps[map_index];
+  char *base = reinterpret_cast<char *>(s) + g_region.table_offset + m.table_offset;
+  auto *t = reinterpret_cast<TableHeader *>(base);
+  auto *buckets = reinterpret_cast<uint32_t *>(t + 1);
+  char *entries = base + sizeof(TableHeader) + ((8 * uint64_t{m.max_entries} + 63) & ~uint64_t{63});
+  const uint32_t mask = 2 * m.max_entries - 1;
+  const uint32_t hash = hash_key(key, m.key_size);
+  const uint32_t gen = generation(map_index).load(std::memory_order_relaxed);
+  char *e = nullptr;
+  for (uint32_t i = 0, b = hash & mask; i <= mask; ++i, b = (b + 1) & mask) {
+    uint32_t n = buckets[b];
+    if (n == 0 || n > m.max_entries) {
+      // A new key: the next entry, published before its bucket is written.
+      uint32_t used = t->used.load(std::memory_order_relaxed);  // this thread is the only writer
+      if (used >= m.max_entries) {
+        t->dropped.store(t->dropped.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return;
+      }
+      e = entries + uint64_t{used} * m.entry_size;
+      auto *h = reinterpret_cast<AggEntryHeader *>(e);
+      h->hash = hash;
+      h->bucket = b;
+      h->generation.store(gen, std::memory_order_relaxed);
+      copy_words(e + sizeof(AggEntryHeader), key, m.key_size);
+      std::atomic<uint64_t> *value = words(e + sizeof(AggEntryHeader) + m.key_size);
+      for (uint32_t w = 0; w < m.value_size / 8; ++w) owned_set(value[w], 0);
+      t->used.store(used + 1, std::memory_order_release);  // pairs with the CLI's acquire
+      buckets[b] = used + 1;
+      break;
+    }
+    char *c = entries + uint64_t{n - 1} * m.entry_size;
+    if (reinterpret_cast<AggEntryHeader *>(c)->hash == hash &&
+        same_key(c + sizeof(AggEntryHeader), key, m.key_size)) {
+      e = c;
+      break;
+    }
+  }
+  if (!e) return;
+  auto *h = reinterpret_cast<AggEntryHeader *>(e);
+  std::atomic<uint64_t> *value = words(e + sizeof(AggEntryHeader) + m.key_size);
+  if (h->generation.load(std::memory_order_relaxed) != gen) {
+    // Cleared since: start again from nothing.
+    for (uint32_t w = 0; w < m.value_size / 8; ++w) owned_set(value[w], 0);
+    h->generation.store(gen, std::memory_order_relaxed);
+  }
+  const auto sv = static_cast<int64_t>(v);
+  switch (m.kind) {
+    case kMapCount:
+      owned_set(value[0], owned_get(value[0]) + 1);
+      break;
+    case kMapSum:
+      owned_set(value[0], owned_get(value[0]) + v);
+      break;
+    case kMapAvg:
+    case kMapStats:
+      owned_set(value[0], owned_get(value[0]) + 1);
+      owned_set(value[1], owned_get(value[1]) + v);
+      break;
+    case kMapMin:
+    case kMapMax: {
+      uint64_t old = owned_get(value[0]);
+      bool less = m.is_signed ? sv < static_cast<int64_t>(old) : v < old;
+      bool better = m.kind == kMapMin ? less : (!less && v != old);
+      if (owned_get(value[1]) == 0 || better) {
+        owned_set(value[0], v);
+        owned_set(value[1], 1);
+      }
+      break;
+    }
+    case kMapHist: {
+      std::atomic<uint64_t> &c = value[hist_bucket(sv)];
+      owned_set(c, owned_get(c) + 1);
+      break;
+    }
+    case kMapLhist: {
+      std::atomic<uint64_t> &c = value[lhist_bucket(sv, m.lhist_min, m.lhist_max, m.lhist_step)];
+      owned_set(c, owned_get(c) + 1);
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+// A plain map's entry for `key` (protocol/bt.h, SharedEntryHeader), or nullptr. With `claim`, a
+// key not there yet gets an entry (state kSharedAbsent until the caller stores).
+char *shared_find(uint32_t map_index, const char *key, bool claim) {
+  const MapInfo &m = g_bt.maps[map_index];
+  char *table = g_bt.shared + m.table_offset;
+  const uint32_t mask = m.max_entries - 1;
+  const uint32_t hash = hash_key(key, m.key_size);
+  for (uint32_t i = 0, b = hash & mask; i <= mask; ++i, b = (b + 1) & mask) {
+    char *e = table + uint64_t{b} * m.entry_size;
+    auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+    // Acquire pairs with the claimer's release store of kSharedAbsent/kSharedLive: its hash and
+    // key are written.
+    uint32_t state = h->state.load(std::memory_order_acquire);
+    if (state == kSharedEmpty) {
+      if (!claim) return nullptr;
+      if (h->state.compare_exchange_strong(state, kSharedClaiming, std::memory_order_acquire)) {
+        h->hash = hash;
+        copy_words(e + sizeof(SharedEntryHeader), key, m.key_size);
+        h->value.store(0, std::memory_order_relaxed);
+        h->state.store(kSharedAbsent, std::memory_order_release);
+        return e;
+      }
+      // Another thread claimed it a moment ago: look at what it wrote.
+    }
+    // A claim in progress takes a few stores; wait that long, and no longer (a claimer stopped
+    // for good, killed by a signal, must not stall every other thread).
+    for (int spin = 0; state == kSharedClaiming && spin < 1000; ++spin) {
+      __builtin_ia32_pause();
+      state = h->state.load(std::memory_order_acquire);
+    }
+    if (state == kSharedClaiming) continue;
+    if (h->hash == hash && same_key(e + sizeof(SharedEntryHeader), key, m.key_size)) return e;
+  }
+  if (claim) shared_head()->dropped.fetch_add(1, std::memory_order_relaxed);
+  return nullptr;
+}
+
+// A string value: an offset into scratch, or past it into the pool (protocol/bt.h). Returns where
+// its bytes are and how many may be read.
+inline const char *string_at(const char *scratch, uint64_t v, uint32_t *room) {
+  if (v < kScratchBytes) {
+    *room = kScratchBytes - static_cast<uint32_t>(v);
+    return scratch + v;
+  }
+  v -= kScratchBytes;
+  if (v >= g_bt.head.pool_size) {
+    *room = 1;
+    return "";
+  }
+  *room = g_bt.head.pool_size - static_cast<uint32_t>(v);
+  return g_bt.pool + v;
+}
+
+// Copies a string of at most `size` - 1 bytes and its NUL, zero-padding to `size`.
+inline void copy_string(char *dst, const char *src, uint32_t room, uint32_t size) {
+  uint32_t i = 0;
+  for (; i + 1 < size && i < room && src[i] != '\0'; ++i) dst[i] = src[i];
+  for (; i < size; ++i) dst[i] = '\0';
+}
+
+inline uint64_t ns_of(uint64_t ticks) {
+  return static_cast<uint64_t>(
+      (static_cast<unsigned __int128>(ticks) * g_region.tsc_to_ns_mult) >> kTscShift);
+}
+
+__attribute__((noinline)) void emit_printf(SlotHeader *s, uint32_t probe, uint32_t index,
+                                           const uint64_t *r, const char *scratch) {
+  const PrintfInfo &p = g_bt.printfs[index];
+  uint64_t next_head = 0;
+  char *record = ring_reserve(s, p.record_size, &next_head);
+  if (!record) {
+    std::atomic<uint64_t> &missed = slot_missed(s, g_region.probe_count)[probe];
+    owned_add(missed, 1);
+    return;
+  }
+  auto *rec = reinterpret_cast<PrintfRecord *>(record);
+  rec->size = p.record_size;
+  rec->probe = probe;
+  rec->tsc = __builtin_ia32_rdtsc();
+  rec->tid = s->tid.load(std::memory_order_relaxed);
+  rec->printf_index = index;
+  char *out = record + sizeof(PrintfRecord);
+  for (uint32_t i = 0; i < p.arg_count; ++i) {
+    const PrintfArg &a = g_bt.printf_args[p.first_arg + i];
+    if (a.kind == kPrintfInt) {
+      __builtin_memcpy(out, &r[i], 8);
+      out += 8;
+    } else {
+      uint32_t room = 0;
+      const char *str = string_at(scratch, r[i], &room);
+      copy_string(out, str, room, a.size);
+      out += a.size;
+    }
+  }
+  ring_publish(s, next_head);
+}
+
+}  // namespace
+
+void bt_handler(usprobe_hit *hit, void *user) {
+  if (t_in_agent) return;
+  const auto probe = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(user));
+  SlotHeader *s = thread_slot();
+  std::atomic<uint64_t> &hits = slot_hits(s)[probe];
+  std::atomic<uint64_t> &missed = slot_missed(s, g_region.probe_count)[probe];
+  // The overflow slot has no tables of its own and no ring: the hit is counted, not run.
+  if (overflow_hit(s, hits, missed)) return;
+  owned_add(hits, 1);
+
+  const ProbeCode &code = g_bt.probes[probe];
+  const Insn *pc = g_bt.insns + code.first;
+  uint64_t r[kRegisters];
+  char scratch[kScratchBytes];  // not initialised: the compiler writes before it reads
+  for (;;) {
+    const Insn in = *pc++;
+    uint64_t &d = r[in.dst & (kRegisters - 1)];
+    const uint64_t a = r[in.a & (kRegisters - 1)], b = r[in.b & (kRegisters - 1)];
+    switch (static_cast<Op>(in.op)) {
+      case kEnd:
+        return;
+      case kMov: d = a; break;
+      case kConst: d = g_bt.constants[in.imm]; break;
+      case kConstSmall: d = static_cast<uint64_t>(static_cast<int64_t>(in.imm)); break;
+      case kArg: d = usprobe_arg(hit, static_cast<unsigned>(in.imm)); break;
+      case kUsdtArg: d = usprobe_usdt_arg(hit, static_cast<unsigned>(in.imm)); break;
+      case kRetval: d = usprobe_retval(hit); break;
+      case kBuiltin:
+        switch (in.imm) {
+          case kPid: d = static_cast<uint64_t>(s->pid.load(std::memory_order_relaxed)); break;
+          case kTid: d = static_cast<uint64_t>(s->tid.load(std::memory_order_relaxed)); break;
+          case kUid: d = static_cast<uint64_t>(g_bt.uid); break;
+          case kGid: d = static_cast<uint64_t>(g_bt.gid); break;
+          case kCpu: {
+            unsigned aux = 0;
+            __builtin_ia32_rdtscp(&aux);  // IA32_TSC_AUX: Linux keeps the CPU number there
+            d = aux & 0xfff;
+            break;
+          }
+          case kNsecs: d = g_bt.head.nsecs_base + ns_of(__builtin_ia32_rdtsc()); break;
+          case kElapsed: d = ns_of(__builtin_ia32_rdtsc() - g_bt.head.start_tsc); break;
+          default: d = 0; break;
+        }
+        break;
+      case kComm: {
+        for (int w = 0; w < 2; ++w) {
+          uint64_t word = s->comm[w].load(std::memory_order_relaxed);
+          __builtin_memcpy(scratch + in.imm + 8 * w, &word, 8);
+        }
+        scratch[in.imm + 15] = '\0';
+        d = static_cast<uint64_t>(in.imm);
+        break;
+      }
+      case kPoolString: d = kScratchBytes + static_cast<uint64_t>(in.imm); break;
+      case kStr: {
+        uint32_t size = g_bt.head.string_size;
+        if (in.b != kNoReg && b + 1 < size) size = static_cast<uint32_t>(b + 1);
+        char *dst = scratch + in.imm;
+        if (a < 4096 || a >= (uint64_t{1} << 56) ||
+            usprobe_agent_safe_copy(dst, reinterpret_cast<const char *>(a), size) < 0)
+          dst[0] = '\0';
+        dst[size - 1] = '\0';
+        d = static_cast<uint64_t>(in.imm);
+        break;
+      }
+      case kAdd: d = a + b; break;
+      case kSub: d = a - b; break;
+      case kMul: d = a * b; break;
+      case kDivU: d = b == 0 ? 0 : a / b; break;
+      case kDivS:
+        d = b == 0 || (static_cast<int64_t>(b) == -1 && a == uint64_t{1} << 63)
+                ? 0
+                : static_cast<uint64_t>(static_cast<int64_t>(a) / static_cast<int64_t>(b));
+        break;
+      case kModU: d = b == 0 ? 0 : a % b; break;
+      case kModS:
+        d = b == 0 || static_cast<int64_t>(b) == -1
+                ? 0
+                : static_cast<uint64_t>(static_cast<int64_t>(a) % static_cast<int64_t>(b));
+        break;
+      case kAnd: d = a & b; break;
+      case kOr: d = a | b; break;
+      case kXor: d = a ^ b; break;
+      case kShl: d = b >= 64 ? 0 : a << b; break;
+      case kShrU: d = b >= 64 ? 0 : a >> b; break;
+      case kShrS:
+        d = static_cast<uint64_t>(static_cast<int64_t>(a) >> (b >= 64 ? 63 : b));
+        break;
+      case kEq: d = a == b; break;
+      case kNe: d = a != b; break;
+      case kLtS: d = static_cast<int64_t>(a) < static_cast<int64_t>(b); break;
+      case kLeS: d = static_cast<int64_t>(a) <= static_cast<int64_t>(b); break;
+      case kLtU: d = a < b; break;
+      case kLeU: d = a <= b; break;
+      case kAddImm: d = a + static_cast<uint64_t>(static_cast<int64_t>(in.imm)); break;
+      case kNeg: d = -a; break;
+      case kNot: d = ~a; break;
+      case kLNot: d = a == 0; break;
+      case kExt: {
+        const unsigned bits = static_cast<unsigned>(in.imm) & 0xff;
+        if (bits >= 64) {
+          d = a;
+        } else if (in.imm & 0x100) {
+          d = static_cast<uint64_t>(static_cast<int64_t>(a << (64 - bits)) >> (64 - bits));
+        } else {
+          d = a & ((uint64_t{1} << bits) - 1);
+        }
+        break;
+      }
+      case kStrEq: {
+        uint32_t room_a = 0, room_b = 0;
+        const char *x = string_at(scratch, a, &room_a), *y = string_at(scratch, b, &room_b);
+        uint32_t n = static_cast<uint32_t>(in.imm);
+        bool eq = true;
+        for (uint32_t i = 0; i < n; ++i) {
+          char cx = i < room_a ? x[i] : '\0', cy = i < room_b ? y[i] : '\0';
+          if (cx != cy) {
+            eq = false;
+            break;
+          }
+          if (cx == '\0') break;
+        }
+        d = eq;
+        break;
+      }
+      case kJmp: pc += in.imm; break;
+      case kJz: if (a == 0) pc += in.imm; break;
+      case kJnz: if (a != 0) pc += in.imm; break;
+      case kKeyInt: __builtin_memcpy(scratch + in.imm, &a, 8); break;
+      case kKeyStr: {
+        uint32_t room = 0;
+        const char *str = string_at(scratch, a, &room);
+        const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
+        copy_string(scratch + at, str, room, static_cast<uint32_t>(in.imm) >> 16);
+        break;
+      }
+      case kAgg: aggregate(s, static_cast<uint32_t>(in.imm), scratch, a); break;
+      case kLoad: {
+        char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
+        auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+        d = h && h->state.load(std::memory_order_acquire) == kSharedLive
+                ? h->value.load(std::memory_order_relaxed)
+                : 0;
+        break;
+      }
+      case kHas: {
+        char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
+        auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+        d = h && h->state.load(std::memory_order_acquire) == kSharedLive;
+        break;
+      }
+      case kStore: {
+        if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, true)) {
+          auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+          h->value.store(a, std::memory_order_relaxed);
+          // Release: a reader that sees it live (acquire) sees the value.
+          h->state.store(kSharedLive, std::memory_order_release);
+        }
+        break;
+      }
+      case kDelete: {
+        if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false))
+          reinterpret_cast<SharedEntryHeader *>(e)->state.store(kSharedAbsent,
+                                                                std::memory_order_release);
+        break;
+      }
+      case kPrintf: emit_printf(s, probe, static_cast<uint32_t>(in.imm), &r[in.a], scratch); break;
+      case kExit: shared_head()->exit_requested.store(1, std::memory_order_relaxed); break;
+      default:
+        return;  // bt_load refused any other
+    }
+  }
+}
+
+}  // namespace usprobe::agent

@@ -1,0 +1,40 @@
+// `usprobe run`: the agent's half. The program the CLI compiled (protocol/bt.h) is checked once,
+// before the probes are attached (bt_load), and then run on every hit (bt_handler): no lock, no
+// allocation, no system call (a thread's first hit excepted, as for every handler), no libc.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "protocol/bt.h"
+#include "protocol/protocol.h"
+#include "usprobe/usprobe.h"
+
+namespace usprobe::agent {
+
+// The program, copied out of the region once it checked out: a process of the command can rewrite
+// the region, and the hit path follows only what was checked.
+struct BtProgram {
+  bt::ProgramHeader head;
+  const bt::ProbeCode *probes = nullptr;
+  const bt::Insn *insns = nullptr;
+  const uint64_t *constants = nullptr;
+  const char *pool = nullptr;
+  const bt::MapInfo *maps = nullptr;
+  const bt::PrintfInfo *printfs = nullptr;
+  const bt::PrintfArg *printf_args = nullptr;
+  char *shared = nullptr;  // the region's shared area
+  int32_t uid = 0, gid = 0;
+};
+extern BtProgram g_bt;
+
+
+// Checks the program at header.program_offset against the region and keeps what the hit path
+// needs. Returns "" or why the program was refused (a CLI gone wrong, or a region scribbled on).
+std::string bt_load(Header *h);
+
+// The consumer of probe `user` (its index): runs its code. Attached with
+// USPROBE_GENERAL_REGS_ONLY.
+void bt_handler(usprobe_hit *hit, void *user);
+
+}  // namespace usprobe::agent

@@ -1,0 +1,247 @@
+// `usprobe run`: a bpftrace program compiled by the CLI (tools/usprobe/bt/compile.cc) into a
+// bytecode that the agent runs on each hit (agent/bt_vm.cc), and the maps it writes, in the shared
+// region (protocol/protocol.h, mode kModeRun).
+//
+// The program (header.program_offset, program_size bytes) is ProgramHeader, then its tables at the
+// offsets it gives: one ProbeCode per probe of the plan (its instructions), the instructions, the
+// 64-bit constants, the string pool (NUL-terminated literals), one MapInfo per map, one
+// PrintfInfo per printf and the PrintfArg lists. The agent checks all of it once, before it
+// attaches (bt_verify: every jump lands inside its probe's code, every register, map, printf, pool
+// and scratch offset is in range), so that the hit path checks nothing.
+//
+// The machine: kRegisters 64-bit registers, zero at the start of each hit, and kScratchBytes of
+// scratch memory on the handler's stack (strings that str() and comm copy, map keys being built).
+// A string value is a register that holds the address of its NUL-terminated bytes (in scratch or
+// the pool). Arithmetic is 64-bit and wraps; division and remainder by zero give 0, as in BPF.
+//
+// Maps. An aggregation map (count sum avg min max stats hist lhist) is per thread: each slot holds
+// a table for it (see "Tables") that only the slot's thread writes, and the CLI merges the tables
+// of all slots when it prints, as it sums counters. A plain map (`@m[k] = v`, read back with
+// `@m[k]`, deleted with delete()) is shared by every thread, since a hit reads what another wrote:
+// one table in the region (SharedEntry), entries claimed with a compare-and-swap.
+//
+// Tables (aggregation maps; the slot's area at header.table_offset, MapInfo::table_offset within
+// it): TableHeader, then an open-addressing index of 2 * max_entries uint32 buckets (entry + 1, 0
+// = empty; linear probing from hash & (buckets - 1)) that only the owner reads, then max_entries
+// entries of entry_size bytes appended in order: AggEntryHeader, the key (key_size bytes), the
+// value (value_size bytes). A new key takes entry `used`: the owner writes its key and a zero
+// value, stores used + 1 with release, and then writes its bucket. Values change with relaxed
+// stores of 64-bit words (the owner's only), read by the CLI with relaxed loads. A map full (all
+// max_entries used) counts the update in TableHeader::dropped.
+//
+// clear(@m) in the CLI (END, interval) bumps the map's generation (ProgramHeader's shared area,
+// GenerationWords); an entry stamped with an older generation counts as empty: the owner resets its
+// value before updating it, and the CLI leaves it out when it merges.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace usprobe::agent::bt {
+
+inline constexpr uint32_t kProgramMagic = 0x3142'5355;  // "USB1"
+inline constexpr uint32_t kRegisters = 32;
+inline constexpr uint32_t kScratchBytes = 2048;
+inline constexpr uint32_t kMaxKeyBytes = 512;
+inline constexpr uint32_t kMaxPrintfArgs = 16;
+
+enum Op : uint8_t {
+  kEnd = 0,     // the hit is done
+  kMov,         // dst = a
+  kConst,       // dst = constants[imm]
+  kConstSmall,  // dst = imm (sign-extended)
+  kArg,         // dst = argument imm of the call (usprobe_arg)
+  kUsdtArg,     // dst = the USDT note's argument imm (usprobe_usdt_arg)
+  kRetval,      // dst = the return value
+  kBuiltin,     // dst = builtin imm (Builtin)
+  kComm,        // dst = &scratch[imm]: the thread's name, 16 bytes
+  kPoolString,  // dst = &pool[imm]
+  kStr,         // dst = &scratch[imm]: the string at address a, at most min(b's value, 
+                //       string_size - 1) bytes (b = kNoReg: string_size - 1), NUL-terminated
+  kAdd, kSub, kMul, kDivU, kDivS, kModU, kModS, kAnd, kOr, kXor, kShl, kShrU, kShrS,
+  kEq, kNe, kLtS, kLeS, kLtU, kLeU,  // dst = a OP b (comparisons: 0 or 1)
+  kAddImm,      // dst = a + imm
+  kNeg,         // dst = -a
+  kNot,         // dst = ~a
+  kLNot,        // dst = !a
+  kExt,         // dst = a's low (imm & 0xff) bits, sign-extended when imm & 0x100, else zero-
+  kStrEq,       // dst = the strings at a and b are equal in their first imm bytes (or to their NULs)
+  kJmp,         // pc += imm (relative to the next instruction)
+  kJz,          // if a == 0: pc += imm
+  kJnz,         // if a != 0: pc += imm
+  kKeyInt,      // key[imm .. imm + 8) = a (little-endian), key being &scratch[0]
+  kKeyStr,      // key[imm & 0xffff ...] = the string at a, (imm >> 16) bytes, zero-padded
+  kAgg,         // maps[imm] (an aggregation) at key: update with a's value
+  kLoad,        // dst = maps[imm] (plain) at key, 0 when absent
+  kStore,       // maps[imm] (plain) at key = a
+  kDelete,      // delete maps[imm] at key
+  kHas,         // dst = maps[imm] (plain) has key
+  kPrintf,      // printf imm with b registers from a on
+  kExit,        // ask the CLI to end the session (header exit flag)
+  kOpCount
+};
+
+inline constexpr uint8_t kNoReg = 0xff;
+
+enum Builtin : uint32_t {
+  kPid, kTid, kUid, kGid, kCpu, kNsecs, kElapsed, kBuiltinCount
+};
+
+struct Insn {
+  uint8_t op;
+  uint8_t dst;
+  uint8_t a;
+  uint8_t b;
+  int32_t imm;
+};
+static_assert(sizeof(Insn) == 8);
+
+enum MapKind : uint32_t {
+  kMapPlain = 0,  // shared: `@m[k] = v`
+  kMapCount, kMapSum, kMapAvg, kMapMin, kMapMax, kMapStats, kMapHist, kMapLhist,
+  kMapKindCount
+};
+
+struct MapInfo {
+  uint32_t kind;         // MapKind
+  uint32_t key_size;     // bytes, a multiple of 8, at most kMaxKeyBytes (0: no key)
+  uint32_t value_size;   // bytes, a multiple of 8 (map_value_size)
+  uint32_t max_entries;  // a power of two
+  uint32_t entry_size;   // aggregation: AggEntryHeader + key + value; plain: SharedEntry's size
+  uint32_t is_signed;    // values are signed (sum min max avg stats, plain)
+  uint64_t table_offset;  // aggregation: within a slot's table area; plain: within the region
+  int64_t lhist_min, lhist_max, lhist_step;
+};
+static_assert(sizeof(MapInfo) == 56);
+
+inline constexpr uint32_t kHistBuckets = 66;  // bt/value.h's Hist
+
+// The bytes of one value of a map of this kind.
+inline uint32_t map_value_size(uint32_t kind, int64_t lhist_min, int64_t lhist_max,
+                               int64_t lhist_step) {
+  switch (kind) {
+    case kMapAvg:
+    case kMapStats:
+    case kMapMin:
+    case kMapMax:
+      return 16;  // avg/stats: count, total; min/max: value, and whether there is one
+    case kMapHist:
+      return 8 * kHistBuckets;
+    case kMapLhist:
+      return static_cast<uint32_t>(8 * ((lhist_max - lhist_min) / lhist_step + 2));
+    default:
+      return 8;
+  }
+}
+
+// The hist() bucket of v (bt/value.h).
+inline uint32_t hist_bucket(int64_t v) {
+  if (v < 0) return 0;
+  if (v == 0) return 1;
+  return static_cast<uint32_t>(2 + 63 - __builtin_clzll(static_cast<uint64_t>(v)));
+}
+// The lhist() bucket of v: 0 below min, 1.. inside, the last at or above max.
+inline uint32_t lhist_bucket(int64_t v, int64_t min, int64_t max, int64_t step) {
+  if (v < min) return 0;
+  if (v >= max) return static_cast<uint32_t>((max - min) / step + 1);
+  return static_cast<uint32_t>((v - min) / step + 1);
+}
+
+struct TableHeader {
+  std::atomic<uint32_t> used;     // entries published (owner: release; CLI: acquire)
+  std::atomic<uint32_t> dropped;  // updates that found the table full (owner: relaxed add)
+  uint32_t reserved[14];
+};
+static_assert(sizeof(TableHeader) == 64);
+
+struct AggEntryHeader {
+  uint32_t hash;
+  uint32_t bucket;  // its index bucket, for the CLI to clear when it frees the slot
+  // The map's generation when the value was last reset (see clear() above); owner writes, CLI
+  // reads (relaxed).
+  std::atomic<uint32_t> generation;
+  uint32_t reserved;
+};
+static_assert(sizeof(AggEntryHeader) == 16);
+
+inline uint64_t table_bytes(const MapInfo &m) {
+  return sizeof(TableHeader) + ((8 * uint64_t{m.max_entries} + 63) & ~uint64_t{63}) +
+         uint64_t{m.entry_size} * m.max_entries;
+}
+
+// A plain map's entry (shared by all threads): state, hash, the key, the value. Entries are
+// claimed once and keep their key for good: delete() marks one absent, and a later store of the
+// same key makes it live again, so a key never moves and readers need no lock.
+enum SharedState : uint32_t { kSharedEmpty = 0, kSharedClaiming = 1, kSharedLive = 2,
+                              kSharedAbsent = 3 };
+struct SharedEntryHeader {
+  std::atomic<uint32_t> state;
+  uint32_t hash;
+  std::atomic<uint64_t> value;
+};
+static_assert(sizeof(SharedEntryHeader) == 16);
+// Padded to 64 bytes: threads that own different keys (@start[tid]) never share a cache line.
+inline uint32_t shared_entry_size(uint32_t key_size) {
+  return (sizeof(SharedEntryHeader) + key_size + 63) & ~63u;
+}
+
+struct ProbeCode {
+  uint32_t first;  // instruction index
+  uint32_t count;  // instructions; the last is kEnd
+  uint32_t flags;  // kProbeUsdt, kProbeReturn
+  uint32_t reserved;
+};
+inline constexpr uint32_t kProbeUsdt = 1;
+inline constexpr uint32_t kProbeReturn = 2;
+
+enum PrintfArgKind : uint32_t { kPrintfInt = 0, kPrintfString = 1 };
+struct PrintfArg {
+  uint32_t kind;  // PrintfArgKind
+  uint32_t size;  // a string's bytes in the record (its NUL included), a multiple of 8
+};
+struct PrintfInfo {
+  uint32_t first_arg;  // index into the PrintfArg table
+  uint32_t arg_count;  // at most kMaxPrintfArgs
+  uint32_t record_size;  // PrintfRecord + 8 per int + the strings' sizes
+  uint32_t reserved;
+};
+
+// A printf's record in the thread's ring: this, then the arguments in order, an int as 8 bytes and
+// a string as its PrintfArg::size bytes (NUL-terminated, zero-padded). The first two fields are
+// those of every ring record (protocol.h: size, then probe or kPadProbe).
+struct PrintfRecord {
+  uint32_t size;
+  uint32_t probe;
+  uint64_t tsc;
+  int32_t tid;
+  uint32_t printf_index;
+};
+static_assert(sizeof(PrintfRecord) == 24);
+
+struct ProgramHeader {
+  uint32_t magic;
+  uint32_t probe_count;  // = the plan's
+  uint32_t insn_count, constant_count, pool_size, map_count, printf_count, printf_arg_count;
+  uint64_t probes_offset, insns_offset, constants_offset, pool_offset, maps_offset,
+      printfs_offset, printf_args_offset;  // within the program
+  uint32_t string_size;  // str()'s default size, the NUL included (bpftrace's 64)
+  uint32_t reserved;
+  uint64_t tables_bytes;  // a slot's table area: every aggregation map's table
+  // Within the region: the shared area, GenerationWords, then the plain maps' tables.
+  uint64_t shared_offset, shared_size;
+  uint64_t start_tsc;        // elapsed = (rdtsc - start_tsc) * tsc_to_ns_mult >> kTscShift
+  uint64_t nsecs_base;       // nsecs = nsecs_base + rdtsc * tsc_to_ns_mult >> kTscShift
+};
+
+// The shared area's first words: exit requested (kExit), then one generation per map.
+struct SharedHead {
+  std::atomic<uint32_t> exit_requested;
+  std::atomic<uint32_t> dropped;  // plain-map stores that found their table full
+  std::atomic<uint32_t> generation[1];  // [map_count]
+};
+inline uint64_t shared_head_bytes(uint32_t map_count) {
+  return (8 + 4 * uint64_t{map_count} + 63) & ~uint64_t{63};
+}
+
+}  // namespace usprobe::agent::bt

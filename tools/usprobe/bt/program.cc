@@ -1,0 +1,292 @@
+#include "bt/program.h"
+
+// GCC 12 sees the std::variant of a moved MapEntry as maybe uninitialized (a known false positive
+// of its variant and vector headers).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
+
+namespace usprobe::bt {
+
+namespace ab = agent::bt;
+
+namespace {
+
+uint64_t align(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+uint32_t map_kind(ValueKind k) {
+  switch (k) {
+    case ValueKind::kScalar: return ab::kMapPlain;
+    case ValueKind::kCount: return ab::kMapCount;
+    case ValueKind::kSum: return ab::kMapSum;
+    case ValueKind::kAvg: return ab::kMapAvg;
+    case ValueKind::kMin: return ab::kMapMin;
+    case ValueKind::kMax: return ab::kMapMax;
+    case ValueKind::kStats: return ab::kMapStats;
+    case ValueKind::kHist: return ab::kMapHist;
+    case ValueKind::kLhist: return ab::kMapLhist;
+  }
+  return ab::kMapPlain;
+}
+
+}  // namespace
+
+uint32_t MapDef::key_bytes() const {
+  uint32_t n = 0;
+  for (const KeyPart &p : key) n += p.is_string ? p.size : 8;
+  return static_cast<uint32_t>(align(n, 8));
+}
+
+Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uint64_t start_tsc,
+             uint64_t nsecs_base) {
+  Laid laid;
+  const auto map_count = static_cast<uint32_t>(c.maps.size());
+  uint64_t shared = ab::shared_head_bytes(map_count);
+  for (const MapDef &d : c.maps) {
+    ab::MapInfo m{};
+    m.kind = map_kind(d.kind);
+    m.key_size = d.key_bytes();
+    m.value_size = ab::map_value_size(m.kind, d.lhist_min, d.lhist_max, d.lhist_step);
+    m.max_entries = d.max_entries;
+    m.is_signed = d.is_signed;
+    m.lhist_min = d.lhist_min;
+    m.lhist_max = d.lhist_max;
+    m.lhist_step = d.lhist_step;
+    if (m.kind == ab::kMapPlain) {
+      m.entry_size = ab::shared_entry_size(m.key_size);
+      m.table_offset = align(shared, 64);
+      shared = m.table_offset + uint64_t{m.entry_size} * m.max_entries;
+    } else {
+      m.entry_size = sizeof(ab::AggEntryHeader) + m.key_size + m.value_size;
+      m.table_offset = laid.tables_bytes;
+      laid.tables_bytes = align(m.table_offset + ab::table_bytes(m), 64);
+    }
+    laid.maps.push_back(m);
+  }
+  laid.shared_bytes = align(shared, 4096);
+
+  std::vector<ab::ProbeCode> probes;
+  for (uint32_t b : block_of_probe) {
+    const CodeBlock &block = c.blocks.at(b);
+    probes.push_back({block.first, block.count, block.flags, 0});
+  }
+  std::vector<ab::PrintfInfo> printfs;
+  std::vector<ab::PrintfArg> args;
+  for (const PrintfDef &p : c.printfs) {
+    ab::PrintfInfo info{static_cast<uint32_t>(args.size()), static_cast<uint32_t>(p.args.size()),
+                        sizeof(ab::PrintfRecord), 0};
+    for (const PrintfDef::Arg &a : p.args) {
+      args.push_back({a.is_string ? ab::kPrintfString : ab::kPrintfInt, a.is_string ? a.size : 0});
+      info.record_size += a.is_string ? a.size : 8;
+    }
+    printfs.push_back(info);
+  }
+
+  ab::ProgramHeader h{};
+  h.magic = ab::kProgramMagic;
+  h.probe_count = static_cast<uint32_t>(probes.size());
+  h.insn_count = static_cast<uint32_t>(c.insns.size());
+  h.constant_count = static_cast<uint32_t>(c.constants.size());
+  h.pool_size = static_cast<uint32_t>(c.pool.size());
+  h.map_count = map_count;
+  h.printf_count = static_cast<uint32_t>(printfs.size());
+  h.printf_arg_count = static_cast<uint32_t>(args.size());
+  h.string_size = c.string_size;
+  h.tables_bytes = laid.tables_bytes;
+  h.shared_size = laid.shared_bytes;
+  h.start_tsc = start_tsc;
+  h.nsecs_base = nsecs_base;
+  uint64_t at = align(sizeof h, 8);
+  auto place = [&](uint64_t bytes) {
+    uint64_t offset = at;
+    at = align(at + bytes, 8);
+    return offset;
+  };
+  h.probes_offset = place(probes.size() * sizeof(ab::ProbeCode));
+  h.insns_offset = place(c.insns.size() * sizeof(ab::Insn));
+  h.constants_offset = place(c.constants.size() * 8);
+  h.pool_offset = place(c.pool.size());
+  h.maps_offset = place(laid.maps.size() * sizeof(ab::MapInfo));
+  h.printfs_offset = place(printfs.size() * sizeof(ab::PrintfInfo));
+  h.printf_args_offset = place(args.size() * sizeof(ab::PrintfArg));
+  std::string &out = laid.program;
+  out.assign(at, '\0');
+  auto put = [&](uint64_t offset, const void *from, size_t bytes) {
+    if (bytes) std::memcpy(out.data() + offset, from, bytes);
+  };
+  put(0, &h, sizeof h);
+  put(h.probes_offset, probes.data(), probes.size() * sizeof(ab::ProbeCode));
+  put(h.insns_offset, c.insns.data(), c.insns.size() * sizeof(ab::Insn));
+  put(h.constants_offset, c.constants.data(), c.constants.size() * 8);
+  put(h.pool_offset, c.pool.data(), c.pool.size());
+  put(h.maps_offset, laid.maps.data(), laid.maps.size() * sizeof(ab::MapInfo));
+  put(h.printfs_offset, printfs.data(), printfs.size() * sizeof(ab::PrintfInfo));
+  put(h.printf_args_offset, args.data(), args.size() * sizeof(ab::PrintfArg));
+  return laid;
+}
+
+std::vector<Scalar> decode_key(const MapDef &m, const char *bytes) {
+  std::vector<Scalar> key;
+  for (const KeyPart &p : m.key) {
+    if (p.is_string) {
+      key.push_back(Str{std::string(bytes, ::strnlen(bytes, p.size))});
+      bytes += p.size;
+    } else {
+      uint64_t v = 0;
+      std::memcpy(&v, bytes, 8);
+      key.push_back(Int{v, p.is_signed});
+      bytes += 8;
+    }
+  }
+  return key;
+}
+
+void MapReader::merge_words(const MapDef &m, const uint64_t *from, Words &into) const {
+  switch (m.kind) {
+    case ValueKind::kMin:
+    case ValueKind::kMax: {
+      if (from[1] == 0) return;
+      if (into.empty() || into[1] == 0) {
+        into = {from[0], 1};
+        return;
+      }
+      bool less = m.is_signed ? static_cast<int64_t>(from[0]) < static_cast<int64_t>(into[0])
+                              : from[0] < into[0];
+      if (m.kind == ValueKind::kMin ? less : (!less && from[0] != into[0])) into[0] = from[0];
+      return;
+    }
+    default:
+      for (size_t i = 0; i < into.size(); ++i) into[i] += from[i];
+  }
+}
+
+void MapReader::merge_table(uint32_t map, const char *tables, Acc &into, uint64_t &dropped) const {
+  const ab::MapInfo &m = laid_.maps[map];
+  const MapDef &d = compiled_.maps[map];
+  const uint32_t generation = generation_of(map);
+  const char *base = tables + m.table_offset;
+  const auto *t = reinterpret_cast<const ab::TableHeader *>(base);
+  // Acquire: pairs with the owner's release store of `used` after it wrote the entry's key.
+  uint32_t used = std::min(t->used.load(std::memory_order_acquire), m.max_entries);
+  dropped += t->dropped.load(std::memory_order_relaxed);
+  const char *entries = base + sizeof(ab::TableHeader) + align(8 * uint64_t{m.max_entries}, 64);
+  const uint32_t value_words = m.value_size / 8;
+  std::vector<uint64_t> value(value_words);
+  for (uint32_t i = 0; i < used; ++i) {
+    const char *e = entries + uint64_t{i} * m.entry_size;
+    const auto *h = reinterpret_cast<const ab::AggEntryHeader *>(e);
+    // An entry of an older generation was cleared since (and not updated after).
+    if (h->generation.load(std::memory_order_relaxed) != generation) continue;
+    const auto *words = reinterpret_cast<const std::atomic<uint64_t> *>(
+        e + sizeof(ab::AggEntryHeader) + m.key_size);
+    for (uint32_t w = 0; w < value_words; ++w) value[w] = words[w].load(std::memory_order_relaxed);
+    Words &acc = into[std::string(e + sizeof(ab::AggEntryHeader), m.key_size)];
+    if (acc.empty()) acc.assign(value_words, 0);
+    merge_words(d, value.data(), acc);
+  }
+}
+
+uint32_t MapReader::generation_of(uint32_t map) const {
+  const auto *head = reinterpret_cast<const ab::SharedHead *>(shared_);
+  return (&head->generation[0])[map].load(std::memory_order_relaxed);
+}
+
+void MapReader::fold(char *tables) {
+  for (uint32_t i = 0; i < laid_.maps.size(); ++i) {
+    const ab::MapInfo &m = laid_.maps[i];
+    if (m.kind == ab::kMapPlain) continue;
+    merge_table(i, tables, folded_[i], folded_dropped_);
+    // Empty it for the slot's next owner: the index buckets of the used entries, then the counts.
+    char *base = tables + m.table_offset;
+    auto *t = reinterpret_cast<ab::TableHeader *>(base);
+    uint32_t used = std::min(t->used.load(std::memory_order_acquire), m.max_entries);
+    const char *entries = base + sizeof(ab::TableHeader) + align(8 * uint64_t{m.max_entries}, 64);
+    auto *buckets = reinterpret_cast<uint32_t *>(t + 1);
+    for (uint32_t k = 0; k < used; ++k) {
+      uint32_t b =
+          reinterpret_cast<const ab::AggEntryHeader *>(entries + uint64_t{k} * m.entry_size)->bucket;
+      if (b < 2 * m.max_entries) buckets[b] = 0;
+    }
+    t->dropped.store(0, std::memory_order_relaxed);
+    t->used.store(0, std::memory_order_relaxed);
+  }
+}
+
+void MapReader::clear(uint32_t map) {
+  auto *head = reinterpret_cast<ab::SharedHead *>(shared_);
+  if (laid_.maps[map].kind == ab::kMapPlain) {
+    // Plain maps: every entry absent (their keys stay where they are, see SharedEntryHeader).
+    const ab::MapInfo &m = laid_.maps[map];
+    for (uint32_t i = 0; i < m.max_entries; ++i) {
+      auto *e = reinterpret_cast<ab::SharedEntryHeader *>(shared_ + m.table_offset +
+                                                          uint64_t{i} * m.entry_size);
+      uint32_t live = ab::kSharedLive;
+      e->state.compare_exchange_strong(live, ab::kSharedAbsent, std::memory_order_release);
+    }
+    return;
+  }
+  (&head->generation[0])[map].fetch_add(1, std::memory_order_relaxed);
+  folded_[map].clear();
+}
+
+std::vector<Map> MapReader::read(const LiveTables &live, uint64_t *dropped) const {
+  std::vector<Acc> acc = folded_;
+  uint64_t lost = folded_dropped_;
+  live([&](const char *tables) {
+    for (uint32_t i = 0; i < laid_.maps.size(); ++i)
+      if (laid_.maps[i].kind != ab::kMapPlain) merge_table(i, tables, acc[i], lost);
+  });
+  std::vector<Map> maps;
+  for (uint32_t i = 0; i < laid_.maps.size(); ++i) {
+    const MapDef &d = compiled_.maps[i];
+    const ab::MapInfo &m = laid_.maps[i];
+    Map &out = maps.emplace_back();
+    out.name = d.name;
+    out.kind = d.kind;
+    out.is_signed = d.is_signed;
+    if (m.kind == ab::kMapPlain) {
+      for (uint32_t k = 0; k < m.max_entries; ++k) {
+        const char *e = shared_ + m.table_offset + uint64_t{k} * m.entry_size;
+        const auto *h = reinterpret_cast<const ab::SharedEntryHeader *>(e);
+        if (h->state.load(std::memory_order_acquire) != ab::kSharedLive) continue;
+        out.entries.push_back({decode_key(d, e + sizeof(ab::SharedEntryHeader)),
+                               Scalar{Int{h->value.load(std::memory_order_relaxed), d.is_signed}}});
+      }
+      continue;
+    }
+    for (const auto &[key, w] : acc[i]) {
+      Value v;
+      switch (d.kind) {
+        case ValueKind::kCount:
+        case ValueKind::kSum:
+          v = static_cast<int64_t>(w[0]);
+          break;
+        case ValueKind::kMin:
+        case ValueKind::kMax:
+          if (w[1] == 0) continue;
+          v = static_cast<int64_t>(w[0]);
+          break;
+        case ValueKind::kAvg:
+        case ValueKind::kStats:
+          v = Stats{w[0], static_cast<int64_t>(w[1])};
+          break;
+        case ValueKind::kHist:
+          v = Hist{w};
+          break;
+        case ValueKind::kLhist:
+          v = Lhist{d.lhist_min, d.lhist_max, d.lhist_step, w};
+          break;
+        case ValueKind::kScalar:
+          continue;
+      }
+      out.entries.push_back({decode_key(d, key.data()), std::move(v)});
+    }
+  }
+  if (dropped) *dropped = lost;
+  return maps;
+}
+
+}  // namespace usprobe::bt

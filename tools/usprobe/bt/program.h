@@ -1,0 +1,106 @@
+// `usprobe run`: a compiled bpftrace program as the CLI holds it (bt/compile.h makes it from the
+// checked AST): the code of each probe block, the maps and printfs it uses; laid out into the
+// region's program (protocol/bt.h) once the probes are resolved; and the maps read back from the
+// region, merged over every thread, as the printer takes them (bt/value.h).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "bt/value.h"
+#include "protocol/bt.h"
+
+namespace usprobe::bt {
+
+// A part of a map's key: an integer (8 bytes) or a string (size bytes, NUL-padded).
+struct KeyPart {
+  bool is_string = false;
+  bool is_signed = true;
+  uint32_t size = 8;
+};
+
+struct MapDef {
+  std::string name;  // "@", "@bytes"
+  ValueKind kind = ValueKind::kScalar;
+  bool is_signed = true;  // of the values (plain, sum min max avg stats)
+  std::vector<KeyPart> key;
+  int64_t lhist_min = 0, lhist_max = 0, lhist_step = 1;
+  uint32_t max_entries = 4096;  // bpftrace's default map size
+  uint32_t key_bytes() const;
+};
+
+struct PrintfDef {
+  std::string format;  // as written, escapes resolved
+  struct Arg {
+    bool is_string = false;
+    bool is_signed = true;
+    uint32_t size = 0;  // a string's bytes in the record (a multiple of 8)
+  };
+  std::vector<Arg> args;
+};
+
+// One block's code for one kind of probe (argN reads differ between uprobes and USDT probes).
+struct CodeBlock {
+  uint32_t first = 0;
+  uint32_t count = 0;
+  uint32_t flags = 0;  // agent::bt::kProbeUsdt, kProbeReturn
+};
+
+struct Compiled {
+  std::vector<MapDef> maps;
+  std::vector<PrintfDef> printfs;
+  std::vector<agent::bt::Insn> insns;
+  std::vector<uint64_t> constants;
+  std::string pool;  // NUL-terminated literals
+  std::vector<CodeBlock> blocks;
+  uint32_t string_size = 64;
+};
+
+// The region's program for the resolved probes: probe i runs blocks[block_of_probe[i]].
+struct Laid {
+  std::string program;  // ProgramHeader and its tables; shared_offset is the region's to fill
+  std::vector<agent::bt::MapInfo> maps;
+  uint64_t tables_bytes = 0;  // a slot's table area
+  uint64_t shared_bytes = 0;  // the shared area
+};
+Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uint64_t start_tsc,
+             uint64_t nsecs_base);
+
+// The maps' values, merged: what the slots that were freed held (fold), plus what live slots and
+// the shared area (`shared`, the region's) hold when read.
+class MapReader {
+ public:
+  MapReader(const Compiled &c, const Laid &laid, char *shared)
+      : compiled_(c), laid_(laid), shared_(shared), folded_(c.maps.size()) {}
+  // Takes (and then empties) a freed slot's tables.
+  void fold(char *tables);
+  // Every map now, in the program's order: folded values, plus those of the live slots' tables
+  // (`live` calls its argument with each), plus the shared area's plain maps. `dropped`: updates
+  // that found their table full, over all slots.
+  using LiveTables = std::function<void(const std::function<void(const char *)> &)>;
+  std::vector<Map> read(const LiveTables &live, uint64_t *dropped = nullptr) const;
+  // clear(@m): an aggregation's generation goes up (every thread's entries count as empty from
+  // then on) and its folded values are forgotten; a plain map's entries all become absent.
+  void clear(uint32_t map);
+
+ private:
+  using Words = std::vector<uint64_t>;
+  using Acc = std::map<std::string, Words>;  // by key bytes
+  void merge_table(uint32_t map, const char *tables, Acc &into, uint64_t &dropped) const;
+  void merge_words(const MapDef &m, const uint64_t *from, Words &into) const;
+  uint32_t generation_of(uint32_t map) const;
+
+  const Compiled &compiled_;
+  const Laid &laid_;
+  char *shared_;
+  std::vector<Acc> folded_;
+  uint64_t folded_dropped_ = 0;
+};
+
+// The Scalars of a key's bytes.
+std::vector<Scalar> decode_key(const MapDef &m, const char *bytes);
+
+}  // namespace usprobe::bt
