@@ -539,6 +539,41 @@ then its count. Folded lines start with the process's name and, with several pro
 the probe's name. Return probes (uretprobe:) are not supported.)",
              kStacksExamples);
 
+  RunOptions run;
+  std::string run_format = "text";
+  CLI::App *run_cmd = app.add_subcommand(
+      "run", "Run a bpftrace program on a command's probes: FILE.bt | -e PROGRAM, -- COMMAND or -p PID");
+  run_cmd->add_option("FILE", run.file, "the program, bpftrace's language")->type_name("FILE.bt");
+  run_cmd->add_option("-e", run.program, "the program, given here")->type_name("PROGRAM");
+  run_cmd->add_option("-c", run.c_command, "the command to run, as one string (bpftrace's -c)")
+      ->type_name("CMD");
+  run_cmd->add_option("-p,--pid", run.pids, "attach to the running process PID")
+      ->check(process_id())
+      ->type_name("PID")
+      ->allow_extra_args(false);
+  run_cmd->add_option("-d,--duration", run.duration_s, kDurationHelp)
+      ->transform(duration())
+      ->type_name("DURATION");
+  run_cmd->add_option("-f,--format", run_format, "output format: text or json (bpftrace's NDJSON)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->type_name("FORMAT");
+  run_cmd->add_option("-n,--comm", run.comm,
+                      "probe only the processes whose name (comm, 15 characters) contains NAME")
+      ->type_name("NAME");
+  run_cmd->add_flag("-v,--verbose", run.verbose, "print the agent's informational notices");
+  set_footer(run_cmd,
+             "\n"
+             R"(
+The program is bpftrace's language: uprobe:/u:, uretprobe:/ur:, usdt:/U: probes (FILE as in the
+other commands: a path, exe or a short library name), BEGIN, END, interval:s:N/ms:N; predicates,
+if/else, scratch variables, integer arithmetic, string comparison, casts; builtins pid tid uid gid
+comm cpu nsecs elapsed arg0..arg11 retval; maps with count() sum() avg() min() max() stats() hist()
+lhist() or plain values, delete(); printf, print, clear, exit. Its output is bpftrace's: printf
+lines as the probes fire, then every map. Each hit runs the probe's code in the probed process, at
+a few tens of nanoseconds; aggregations are kept per thread and merged when printed.)",
+             "  usprobe run -e 'uprobe:libc:malloc { @[comm] = count(); }' -- ls\n"
+             "  usprobe run -e 'uprobe:libc:malloc /arg0 > 4096/ { @sz = hist(arg0); }' -p 1234\n");
+
   trace_cmd->add_option("-d,--duration", trace.duration_s, kDurationHelp)
       ->transform(duration())
       ->type_name("DURATION");
@@ -588,9 +623,10 @@ the probe's name. Return probes (uretprobe:) are not supported.)",
     sub->add_flag("--no-demangle", no_demangle, "C++ names as the ELF file spells them (mangled)");
 
   // CLI11 would say "A subcommand is required" for a misspelt one or an unknown option.
-  const std::vector<std::string> subcommands = {"list", "count", "trace", "latency", "stacks"};
+  const std::vector<std::string> subcommands = {"list",    "count",  "trace",
+                                                "latency", "stacks", "run"};
   CLI::App *chosen = nullptr;
-  for (CLI::App *sub : {list_cmd, count_cmd, trace_cmd, latency_cmd, stacks_cmd})
+  for (CLI::App *sub : {list_cmd, count_cmd, trace_cmd, latency_cmd, stacks_cmd, run_cmd})
     if (!args.empty() && args[0] == sub->get_name()) chosen = sub;
   if (!args.empty() && !chosen && args[0] != "-h" && args[0] != "--help" &&
       args[0] != "--version") {
@@ -626,6 +662,25 @@ the probe's name. Return probes (uretprobe:) are not supported.)",
     return 2;
   }
 
+  if (run_cmd->parsed()) {
+    run.json = run_format == "json";
+    run.command = std::move(command);
+    std::sort(run.pids.begin(), run.pids.end());
+    run.pids.erase(std::unique(run.pids.begin(), run.pids.end()), run.pids.end());
+    const char *why = run.file.empty() == run.program.empty()
+                          ? "give the program as FILE or as -e PROGRAM (one of them)"
+                      : int{!run.pids.empty()} + int{!run.command.empty() || has_separator} +
+                                  int{!run.c_command.empty()} !=
+                              1
+                          ? "give the processes to probe: -- COMMAND, -c 'CMD' or -p PID (one of "
+                            "them)"
+                          : nullptr;
+    if (why) {
+      fmt::print(stderr, "usprobe: run: {}; see usprobe run --help\n", why);
+      return 2;
+    }
+    return run_run(run);
+  }
   bool needs_command =
       count_cmd->parsed() || trace_cmd->parsed() || latency_cmd->parsed() || stacks_cmd->parsed();
   const char *name = count_cmd->parsed()     ? "count"

@@ -68,6 +68,22 @@ struct TraceOptions {
   uint64_t max_events = 0;           // -M: stop after this many events (0: no limit)
 };
 
+// run: a bpftrace program (bt/), from a file or -e, on a command (-- COMMAND or -c 'CMD') or
+// running processes (-p).
+struct RunOptions {
+  std::string file;     // FILE.bt
+  std::string program;  // -e
+  std::vector<std::string> command;
+  std::string c_command;  // -c 'CMD'
+  std::vector<pid_t> pids;
+  std::optional<double> duration_s;
+  int stop_signal = SIGINT;
+  std::string comm;
+  bool json = false;  // -f json
+  bool verbose = false;
+};
+int run_run(const RunOptions &options);
+
 struct LatencyOptions {
   std::vector<std::string> probes;  // function entries: FILE:SYMBOL or FILE:GLOB
   std::vector<std::string> command;

@@ -1,0 +1,481 @@
+#include "bt/compile.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace usprobe::bt {
+
+namespace ab = agent::bt;
+
+namespace {
+
+using Fail = std::unexpected<Diagnostic>;
+
+uint32_t align8(uint32_t n) { return (n + 7) & ~7u; }
+
+// Where a string of this type lives in a key or a printf record: its size rounded up to words.
+uint32_t string_bytes(const Type &t, uint32_t string_size) {
+  return align8(std::max<uint32_t>(t.size ? t.size : string_size, 1));
+}
+
+// One block's code for one kind of probe. Registers: the block's scratch variables first, then
+// a stack of temporaries; scratch memory: the key area, then strings, bump-allocated.
+class BlockCompiler {
+ public:
+  BlockCompiler(const Program &program, const ProbeBlock &block, Compiled &out, uint32_t flags)
+      : program_(program), block_(block), out_(out), flags_(flags) {}
+
+  std::expected<void, Diagnostic> run() {
+    if (block_.variables.size() > 16)
+      return Fail(Diagnostic{block_.loc, "more than 16 scratch variables in one probe"});
+    top_ = static_cast<uint8_t>(block_.variables.size());
+    size_t end_jump = SIZE_MAX;
+    if (block_.predicate) {
+      if (auto ok = expr(*block_.predicate, top_); !ok) return ok;
+      end_jump = emit(ab::kJz, 0, top_, 0, 0);
+    }
+    if (auto ok = body(block_.body); !ok) return ok;
+    if (end_jump != SIZE_MAX) patch(end_jump);
+    emit(ab::kEnd, 0, 0, 0, 0);
+    return {};
+  }
+
+ private:
+  size_t emit(ab::Op op, uint8_t dst, uint8_t a, uint8_t b, int64_t imm) {
+    out_.insns.push_back({op, dst, a, b, static_cast<int32_t>(imm)});
+    return out_.insns.size() - 1;
+  }
+  // Makes the jump at `at` land on the next instruction emitted.
+  void patch(size_t at) {
+    out_.insns[at].imm = static_cast<int32_t>(out_.insns.size() - at - 1);
+  }
+  std::expected<uint8_t, Diagnostic> temp(const SourceLoc &loc, uint8_t at) {
+    if (at >= ab::kRegisters - 1)
+      return Fail(Diagnostic{loc, "the expression is too deep for usprobe's registers"});
+    return static_cast<uint8_t>(at);
+  }
+  std::expected<uint32_t, Diagnostic> scratch(const SourceLoc &loc, uint32_t bytes) {
+    uint32_t at = next_scratch_;
+    if (at + bytes > ab::kScratchBytes)
+      return Fail(Diagnostic{loc, "the probe's strings take more than usprobe's scratch memory"});
+    next_scratch_ += align8(bytes);
+    return at;
+  }
+  void constant(uint8_t dst, uint64_t v) {
+    auto s = static_cast<int64_t>(v);
+    if (s >= INT32_MIN && s <= INT32_MAX) {
+      emit(ab::kConstSmall, dst, 0, 0, s);
+      return;
+    }
+    out_.constants.push_back(v);
+    emit(ab::kConst, dst, 0, 0, static_cast<int64_t>(out_.constants.size() - 1));
+  }
+  uint32_t pool_string(const std::string &text) {
+    auto at = static_cast<uint32_t>(out_.pool.size());
+    out_.pool += text;
+    out_.pool += '\0';
+    return at;
+  }
+
+  std::expected<void, Diagnostic> body(const std::vector<Stmt> &stmts) {
+    for (const Stmt &s : stmts)
+      if (auto ok = stmt(s); !ok) return ok;
+    return {};
+  }
+
+  std::expected<void, Diagnostic> stmt(const Stmt &s) {
+    switch (s.kind) {
+      case StmtKind::kExpr:
+        return call_stmt(*s.expr);
+      case StmtKind::kIf: {
+        if (auto ok = expr(*s.expr, top_); !ok) return ok;
+        size_t to_else = emit(ab::kJz, 0, top_, 0, 0);
+        if (auto ok = body(s.then_body); !ok) return ok;
+        if (s.else_body.empty()) {
+          patch(to_else);
+          return {};
+        }
+        size_t to_end = emit(ab::kJmp, 0, 0, 0, 0);
+        patch(to_else);
+        if (auto ok = body(s.else_body); !ok) return ok;
+        patch(to_end);
+        return {};
+      }
+      case StmtKind::kAssign:
+        return assign(s);
+    }
+    return {};
+  }
+
+  // The value of `s.value`, or of `target op value` for a compound assignment, into `dst`.
+  std::expected<void, Diagnostic> assigned_value(const Stmt &s, uint8_t dst) {
+    if (!s.compound) return expr(*s.value, dst);
+    if (auto ok = expr(*s.target, dst); !ok) return ok;
+    auto t = temp(s.loc, dst + 1);
+    if (!t) return Fail(t.error());
+    if (auto ok = expr(*s.value, *t); !ok) return ok;
+    return binary_op(s.op, s.target->type, s.value->type, dst, dst, *t, s.loc);
+  }
+
+  std::expected<void, Diagnostic> assign(const Stmt &s) {
+    const Expr &target = *s.target;
+    if (target.kind == ExprKind::kScratch) {
+      auto reg = static_cast<uint8_t>(target.index);
+      if (auto ok = assigned_value(s, top_); !ok) return ok;
+      emit(ab::kMov, reg, top_, 0, 0);
+      return {};
+    }
+    // A map.
+    const MapInfo &m = program_.maps.at(static_cast<size_t>(target.index));
+    const auto map = static_cast<int64_t>(target.index);
+    if (m.kind != ValueKind::kScalar) {
+      // An aggregation: count() takes no value; lhist's bounds are the map's.
+      const Expr &call = *s.value;
+      uint8_t v = top_;
+      if (!call.args.empty()) {
+        if (auto ok = expr(*call.args[0], v); !ok) return ok;
+      }
+      if (auto ok = key(target, top_ + 1); !ok) return ok;
+      emit(ab::kAgg, 0, v, 0, map);
+      return {};
+    }
+    if (m.value.kind != TypeKind::kInt)
+      return Fail(Diagnostic{s.loc, fmt::format("{}: usprobe keeps integers as map values, not "
+                                                "{} (not yet)",
+                                                m.name, m.value.name())});
+    if (auto ok = assigned_value(s, top_); !ok) return ok;
+    if (auto ok = key(target, top_ + 1); !ok) return ok;
+    emit(ab::kStore, 0, top_, 0, map);
+    return {};
+  }
+
+  // Builds the key of map expression `m` (its args) in the key area; `at`: the first free register.
+  std::expected<void, Diagnostic> key(const Expr &m, uint8_t at) {
+    const MapInfo &info = program_.maps.at(static_cast<size_t>(m.index));
+    uint32_t offset = 0;
+    for (size_t i = 0; i < m.args.size(); ++i) {
+      const Expr &k = *m.args[i];
+      auto r = temp(k.loc, at);
+      if (!r) return Fail(r.error());
+      if (auto ok = expr(k, *r); !ok) return ok;
+      if (info.keys.at(i).is_string()) {
+        uint32_t n = string_bytes(info.keys[i], out_.string_size);
+        emit(ab::kKeyStr, 0, *r, 0, static_cast<int64_t>(offset | (n << 16)));
+        offset += n;
+      } else {
+        emit(ab::kKeyInt, 0, *r, 0, offset);
+        offset += 8;
+      }
+      if (offset > ab::kMaxKeyBytes)
+        return Fail(Diagnostic{m.loc, fmt::format("{}: its key takes more than {} bytes", info.name,
+                                                  ab::kMaxKeyBytes)});
+    }
+    return {};
+  }
+
+  std::expected<void, Diagnostic> call_stmt(const Expr &e) {
+    if (e.kind != ExprKind::kCall) return expr(e, top_);
+    switch (e.func) {
+      case Func::kPrintf: {
+        const PrintfInfo &p = program_.printfs.at(static_cast<size_t>(e.index));
+        const size_t n = e.args.size() - 1;  // after the format
+        if (n > ab::kMaxPrintfArgs)
+          return Fail(Diagnostic{e.loc, fmt::format("printf with more than {} arguments",
+                                                    ab::kMaxPrintfArgs)});
+        if (top_ + n >= ab::kRegisters)
+          return Fail(Diagnostic{e.loc, "printf with more arguments than usprobe has registers"});
+        for (size_t i = 0; i < n; ++i) {
+          const Type &t = p.args[i];
+          if (!t.is_int() && !t.is_string())
+            return Fail(Diagnostic{e.args[i + 1]->loc,
+                                   fmt::format("printf of a {}: not yet", t.name())});
+          if (auto ok = expr(*e.args[i + 1], static_cast<uint8_t>(top_ + i)); !ok) return ok;
+        }
+        emit(ab::kPrintf, 0, top_, static_cast<uint8_t>(n), e.index);
+        return {};
+      }
+      case Func::kExit:
+        emit(ab::kExit, 0, 0, 0, 0);
+        emit(ab::kEnd, 0, 0, 0, 0);  // bpftrace's exit() ends the action too
+        return {};
+      case Func::kDelete: {
+        const Expr &m = *e.args[0];
+        const MapInfo &info = program_.maps.at(static_cast<size_t>(m.index));
+        if (info.kind != ValueKind::kScalar)
+          return Fail(Diagnostic{e.loc, fmt::format("delete() of an entry of {} ({} map) in a "
+                                                    "probe: not yet (each thread keeps its own)",
+                                                    info.name, aggregation_name(info.kind))});
+        if (auto ok = key(m, top_); !ok) return ok;
+        emit(ab::kDelete, 0, 0, 0, m.index);
+        return {};
+      }
+      default:
+        return Fail(Diagnostic{e.loc, fmt::format("{}() in a probe: not yet (usprobe runs it in "
+                                                  "BEGIN, END and interval blocks)",
+                                                  func_name(e.func))});
+    }
+  }
+
+  std::expected<void, Diagnostic> binary_op(Op op, const Type &lt, const Type &rt, uint8_t dst,
+                                            uint8_t a, uint8_t b, const SourceLoc &loc) {
+    const bool is_signed = lt.is_signed && rt.is_signed;
+    if (lt.is_string() || rt.is_string()) {
+      if (op != Op::kEq && op != Op::kNe)
+        return Fail(Diagnostic{loc, fmt::format("'{}' of strings", op_text(op))});
+      uint32_t n = std::max(lt.size, rt.size);
+      emit(ab::kStrEq, dst, a, b, std::max<uint32_t>(n, 1));
+      if (op == Op::kNe) emit(ab::kLNot, dst, dst, 0, 0);
+      return {};
+    }
+    switch (op) {
+      case Op::kAdd: emit(ab::kAdd, dst, a, b, 0); break;
+      case Op::kSub: emit(ab::kSub, dst, a, b, 0); break;
+      case Op::kMul: emit(ab::kMul, dst, a, b, 0); break;
+      case Op::kDiv: emit(is_signed ? ab::kDivS : ab::kDivU, dst, a, b, 0); break;
+      case Op::kMod: emit(is_signed ? ab::kModS : ab::kModU, dst, a, b, 0); break;
+      case Op::kBitAnd: emit(ab::kAnd, dst, a, b, 0); break;
+      case Op::kBitOr: emit(ab::kOr, dst, a, b, 0); break;
+      case Op::kBitXor: emit(ab::kXor, dst, a, b, 0); break;
+      case Op::kShl: emit(ab::kShl, dst, a, b, 0); break;
+      case Op::kShr: emit(lt.is_signed ? ab::kShrS : ab::kShrU, dst, a, b, 0); break;
+      case Op::kEq: emit(ab::kEq, dst, a, b, 0); break;
+      case Op::kNe: emit(ab::kNe, dst, a, b, 0); break;
+      case Op::kLt: emit(is_signed ? ab::kLtS : ab::kLtU, dst, a, b, 0); break;
+      case Op::kLe: emit(is_signed ? ab::kLeS : ab::kLeU, dst, a, b, 0); break;
+      case Op::kGt: emit(is_signed ? ab::kLtS : ab::kLtU, dst, b, a, 0); break;
+      case Op::kGe: emit(is_signed ? ab::kLeS : ab::kLeU, dst, b, a, 0); break;
+      default:
+        return Fail(Diagnostic{loc, fmt::format("operator '{}'", op_text(op))});
+    }
+    return {};
+  }
+
+  // Evaluates `e` into register `dst`; registers above dst are free for its parts.
+  std::expected<void, Diagnostic> expr(const Expr &e, uint8_t dst) {
+    switch (e.kind) {
+      case ExprKind::kInt:
+        constant(dst, e.int_value);
+        return {};
+      case ExprKind::kString:
+        emit(ab::kPoolString, dst, 0, 0, pool_string(e.text));
+        return {};
+      case ExprKind::kScratch:
+        emit(ab::kMov, dst, static_cast<uint8_t>(e.index), 0, 0);
+        return {};
+      case ExprKind::kBuiltin:
+        return builtin(e, dst);
+      case ExprKind::kMap: {
+        const MapInfo &m = program_.maps.at(static_cast<size_t>(e.index));
+        if (m.kind != ValueKind::kScalar)
+          return Fail(Diagnostic{e.loc, fmt::format("reading {} ({} map) in a probe: not yet",
+                                                    m.name, aggregation_name(m.kind))});
+        if (auto ok = key(e, dst); !ok) return ok;
+        emit(ab::kLoad, dst, 0, 0, e.index);
+        return {};
+      }
+      case ExprKind::kCall:
+        return call_expr(e, dst);
+      case ExprKind::kUnary: {
+        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+        emit(e.op == Op::kNot ? ab::kLNot : e.op == Op::kBitNot ? ab::kNot : ab::kNeg, dst, dst, 0,
+             0);
+        return {};
+      }
+      case ExprKind::kBinary: {
+        if (e.op == Op::kAnd || e.op == Op::kOr) {
+          // Short-circuit, as C: the right side runs only when it decides.
+          if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+          size_t skip = emit(e.op == Op::kAnd ? ab::kJz : ab::kJnz, 0, dst, 0, 0);
+          if (auto ok = expr(*e.args[1], dst); !ok) return ok;
+          patch(skip);
+          emit(ab::kNe, dst, dst, kZero(dst), 0);
+          return {};
+        }
+        auto r = temp(e.loc, dst + 1);
+        if (!r) return Fail(r.error());
+        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+        if (auto ok = expr(*e.args[1], *r); !ok) return ok;
+        if (auto ok = binary_op(e.op, e.args[0]->type, e.args[1]->type, dst, dst, *r, e.loc); !ok)
+          return ok;
+        return narrow(e.type, dst);
+      }
+      case ExprKind::kTernary: {
+        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+        size_t to_else = emit(ab::kJz, 0, dst, 0, 0);
+        if (auto ok = expr(*e.args[1], dst); !ok) return ok;
+        size_t to_end = emit(ab::kJmp, 0, 0, 0, 0);
+        patch(to_else);
+        if (auto ok = expr(*e.args[2], dst); !ok) return ok;
+        patch(to_end);
+        return {};
+      }
+      case ExprKind::kCast:
+        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+        return narrow(e.cast_to, dst);
+    }
+    return {};
+  }
+
+  // Registers are 64 bits: a narrower int type keeps its low bits, sign-extended or not.
+  std::expected<void, Diagnostic> narrow(const Type &t, uint8_t dst) {
+    if (t.is_int() && t.bits < 64)
+      emit(ab::kExt, dst, dst, 0, t.bits | (t.is_signed ? 0x100 : 0));
+    return {};
+  }
+
+  // A register that holds 0 for `x != 0` after a short-circuit: the one after dst, zeroed here.
+  uint8_t kZero(uint8_t dst) {
+    auto z = static_cast<uint8_t>(std::min<int>(dst + 1, ab::kRegisters - 1));
+    emit(ab::kConstSmall, z, 0, 0, 0);
+    return z;
+  }
+
+  std::expected<void, Diagnostic> builtin(const Expr &e, uint8_t dst) {
+    auto simple = [&](ab::Builtin b) {
+      emit(ab::kBuiltin, dst, 0, 0, b);
+      return std::expected<void, Diagnostic>{};
+    };
+    switch (e.builtin) {
+      case Builtin::kPid: return simple(ab::kPid);
+      case Builtin::kTid: return simple(ab::kTid);
+      case Builtin::kUid: return simple(ab::kUid);
+      case Builtin::kGid: return simple(ab::kGid);
+      case Builtin::kCpu: return simple(ab::kCpu);
+      case Builtin::kNsecs: return simple(ab::kNsecs);
+      case Builtin::kElapsed: return simple(ab::kElapsed);
+      case Builtin::kArg:
+        emit(flags_ & ab::kProbeUsdt ? ab::kUsdtArg : ab::kArg, dst, 0, 0,
+             static_cast<int64_t>(e.int_value));
+        return {};
+      case Builtin::kRetval:
+        emit(ab::kRetval, dst, 0, 0, 0);
+        return {};
+      case Builtin::kComm: {
+        auto at = scratch(e.loc, 16);
+        if (!at) return Fail(at.error());
+        emit(ab::kComm, dst, 0, 0, *at);
+        return {};
+      }
+      default:
+        return Fail(Diagnostic{e.loc, fmt::format("'{}' in a probe: not yet",
+                                                  builtin_name(e.builtin))});
+    }
+  }
+
+  std::expected<void, Diagnostic> call_expr(const Expr &e, uint8_t dst) {
+    switch (e.func) {
+      case Func::kStr: {
+        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+        uint8_t len = ab::kNoReg;
+        if (e.args.size() > 1) {
+          auto r = temp(e.loc, dst + 1);
+          if (!r) return Fail(r.error());
+          if (auto ok = expr(*e.args[1], *r); !ok) return ok;
+          len = *r;
+        }
+        auto at = scratch(e.loc, out_.string_size);
+        if (!at) return Fail(at.error());
+        emit(ab::kStr, dst, dst, len, *at);
+        return {};
+      }
+      case Func::kHasKey: {
+        const Expr &m = *e.args[0];
+        const MapInfo &info = program_.maps.at(static_cast<size_t>(m.index));
+        if (info.kind != ValueKind::kScalar)
+          return Fail(Diagnostic{e.loc, "has_key() of an aggregation map in a probe: not yet"});
+        // has_key(@m, k1, k2): the keys follow the map.
+        uint32_t offset = 0;
+        for (size_t i = 1; i < e.args.size(); ++i) {
+          const Expr &k = *e.args[i];
+          if (auto ok = expr(k, dst); !ok) return ok;
+          if (info.keys.at(i - 1).is_string()) {
+            uint32_t n = string_bytes(info.keys[i - 1], out_.string_size);
+            emit(ab::kKeyStr, 0, dst, 0, static_cast<int64_t>(offset | (n << 16)));
+            offset += n;
+          } else {
+            emit(ab::kKeyInt, 0, dst, 0, offset);
+            offset += 8;
+          }
+        }
+        emit(ab::kHas, dst, 0, 0, m.index);
+        return {};
+      }
+      default:
+        return Fail(Diagnostic{e.loc, fmt::format("{}() as a value in a probe: not yet",
+                                                  func_name(e.func))});
+    }
+  }
+
+  const Program &program_;
+  const ProbeBlock &block_;
+  Compiled &out_;
+  uint32_t flags_;
+  uint8_t top_ = 0;
+  uint32_t next_scratch_ = ab::kMaxKeyBytes;
+};
+
+MapDef map_def(const MapInfo &m, uint32_t string_size) {
+  MapDef d;
+  d.name = m.name;
+  d.kind = m.kind;
+  d.is_signed = m.is_signed;
+  d.lhist_min = m.lhist_min;
+  d.lhist_max = m.lhist_max;
+  d.lhist_step = m.lhist_step;
+  for (const Type &k : m.keys)
+    d.key.push_back({k.is_string(), k.is_signed, k.is_string() ? string_bytes(k, string_size) : 8});
+  return d;
+}
+
+std::string probe_spec(const AttachPoint &p) {
+  switch (p.type) {
+    case ProbeType::kUprobe:
+      return p.offset ? fmt::format("{}:{}+{:#x}", p.target, p.function, *p.offset)
+                      : fmt::format("{}:{}", p.target, p.function);
+    case ProbeType::kUretprobe:
+      return fmt::format("uretprobe:{}:{}", p.target, p.function);
+    case ProbeType::kUsdt:
+      return p.provider.empty() ? fmt::format("usdt:{}:{}", p.target, p.name)
+                                : fmt::format("usdt:{}:{}:{}", p.target, p.provider, p.name);
+    default:
+      return "";
+  }
+}
+
+}  // namespace
+
+std::expected<CompiledProgram, Diagnostic> compile(const Program &program) {
+  CompiledProgram out;
+  Compiled &c = out.code;
+  for (const MapInfo &m : program.maps) c.maps.push_back(map_def(m, c.string_size));
+  for (const PrintfInfo &p : program.printfs) {
+    PrintfDef d;
+    d.format = p.format;
+    for (const Type &t : p.args)
+      d.args.push_back({t.is_string(), t.is_signed, t.is_string() ? string_bytes(t, c.string_size) : 0});
+    c.printfs.push_back(std::move(d));
+  }
+  for (const ProbeBlock &block : program.probes) {
+    // One code block per kind of probe this block is attached to.
+    int by_flags[4] = {-1, -1, -1, -1};
+    for (const AttachPoint &p : block.attach_points) {
+      uint32_t flags = 0;
+      if (p.type == ProbeType::kUsdt) flags = ab::kProbeUsdt;
+      else if (p.type == ProbeType::kUretprobe) flags = ab::kProbeReturn;
+      else if (p.type != ProbeType::kUprobe) continue;  // BEGIN, END, interval: the CLI's
+      if (by_flags[flags] < 0) {
+        CodeBlock code{static_cast<uint32_t>(c.insns.size()), 0, flags};
+        BlockCompiler bc(program, block, c, flags);
+        if (auto ok = bc.run(); !ok) return std::unexpected(ok.error());
+        code.count = static_cast<uint32_t>(c.insns.size()) - code.first;
+        by_flags[flags] = static_cast<int>(c.blocks.size());
+        c.blocks.push_back(code);
+      }
+      out.probes.push_back({probe_spec(p), static_cast<uint32_t>(by_flags[flags]), &p});
+    }
+  }
+  return out;
+}
+
+}  // namespace usprobe::bt
