@@ -217,7 +217,8 @@ class Checker {
   }
 
   // The map `e` names, created if `create` and unknown. Checks its keys against its earlier uses.
-  MapInfo *map_of(Expr &e, bool create, std::vector<Type> *key_types = nullptr) {
+  // `whole`: the map itself (print(@m), has_key(@m, k)), whatever its keys.
+  MapInfo *map_of(Expr &e, bool create, bool whole = false) {
     std::vector<Type> keys;
     for (ExprPtr &k : e.args) {
       Type t = value(*k);
@@ -225,7 +226,6 @@ class Checker {
         fail_at(k->loc, fmt::format("a map key can not be of type {}", t.name()));
       keys.push_back(stored(t));
     }
-    if (key_types) *key_types = keys;
     auto it = std::find_if(prog_.maps.begin(), prog_.maps.end(),
                            [&](const MapInfo &m) { return m.name == e.text; });
     if (it == prog_.maps.end()) {
@@ -239,7 +239,7 @@ class Checker {
       m.loc = e.loc;
       prog_.maps.push_back(std::move(m));
       it = prog_.maps.end() - 1;
-    } else {
+    } else if (!whole) {
       bool match = it->keys.size() == keys.size();
       for (size_t i = 0; match && i < keys.size(); ++i) match = same_kind(it->keys[i], keys[i]);
       if (!match)
@@ -464,6 +464,9 @@ class Checker {
   }
 
   [[noreturn]] void arg_count(const Expr &e, const char *how, size_t want) {
+    if (want == 0)
+      fail_at(e.loc, fmt::format("{}() requires no arguments ({} provided)", func_name(e.func),
+                                 e.args.size()));
     fail_at(e.loc, fmt::format("{}() {} {} argument{} ({} provided)", func_name(e.func), how, want,
                                want == 1 ? "" : "s", e.args.size()));
   }
@@ -482,7 +485,7 @@ class Checker {
   MapInfo *whole_map(Expr &call, Expr &arg) {
     if (arg.kind != ExprKind::kMap || !arg.args.empty())
       fail_at(call.loc, fmt::format("{}() expects a map to be provided", func_name(call.func)));
-    MapInfo *m = map_of(arg, false);
+    MapInfo *m = map_of(arg, false, true);
     arg.type = map_value_type(*m);
     return m;
   }

@@ -378,8 +378,8 @@ class Parser {
       if (s.increment) s.loc = span(s.target->loc, s.op_loc);
       return s;
     }
-    if (t.kind == TokenKind::kPunct && t.text != "(" && t.text != "-" && t.text != "!" &&
-        t.text != "~")
+    if (t.kind == TokenKind::kEnd || (t.kind == TokenKind::kPunct && t.text != "(" &&
+                                      t.text != "-" && t.text != "!" && t.text != "~"))
       unexpected(t, "a statement");
     s.kind = StmtKind::kExpr;
     s.expr = expression();

@@ -15,19 +15,30 @@ namespace ab = agent::bt;
 
 namespace {
 
-uint64_t align(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+uint64_t align(uint64_t v, uint64_t a) {
+  return (v + a - 1) & ~(a - 1);
+}
 
 uint32_t map_kind(ValueKind k) {
   switch (k) {
-    case ValueKind::kScalar: return ab::kMapPlain;
-    case ValueKind::kCount: return ab::kMapCount;
-    case ValueKind::kSum: return ab::kMapSum;
-    case ValueKind::kAvg: return ab::kMapAvg;
-    case ValueKind::kMin: return ab::kMapMin;
-    case ValueKind::kMax: return ab::kMapMax;
-    case ValueKind::kStats: return ab::kMapStats;
-    case ValueKind::kHist: return ab::kMapHist;
-    case ValueKind::kLhist: return ab::kMapLhist;
+    case ValueKind::kScalar:
+      return ab::kMapPlain;
+    case ValueKind::kCount:
+      return ab::kMapCount;
+    case ValueKind::kSum:
+      return ab::kMapSum;
+    case ValueKind::kAvg:
+      return ab::kMapAvg;
+    case ValueKind::kMin:
+      return ab::kMapMin;
+    case ValueKind::kMax:
+      return ab::kMapMax;
+    case ValueKind::kStats:
+      return ab::kMapStats;
+    case ValueKind::kHist:
+      return ab::kMapHist;
+    case ValueKind::kLhist:
+      return ab::kMapLhist;
   }
   return ab::kMapPlain;
 }
@@ -207,7 +218,8 @@ void MapReader::fold(char *tables) {
     auto *buckets = reinterpret_cast<uint32_t *>(t + 1);
     for (uint32_t k = 0; k < used; ++k) {
       uint32_t b =
-          reinterpret_cast<const ab::AggEntryHeader *>(entries + uint64_t{k} * m.entry_size)->bucket;
+          reinterpret_cast<const ab::AggEntryHeader *>(entries + uint64_t{k} * m.entry_size)
+              ->bucket;
       if (b < 2 * m.max_entries) buckets[b] = 0;
     }
     t->dropped.store(0, std::memory_order_relaxed);
