@@ -773,6 +773,49 @@ TEST(BtPrint, StacksAndUsyms) {
       "0x5596c520717e\\n\", \"2\": \"\\n        0x5596c5207159\\n        0x5596c520718a\\n\"}}}\n");
 }
 
+// The same, symbolized: bpftrace prints a frame "func+offset" and a usym the function alone.
+// (t built with -no-pie, at -O1, so foo is inlined into main; printed while t ran.)
+// bpftrace -e 'uprobe:/tmp/btp/tn:bar { @n++; @w[@n] = ustack(3); @k[ustack(2)] = count();
+//   @u[usym(reg("ip"))] = count(); @v[1] = usym(reg("ip")); @v[2] = usym(reg("ip"));
+//   if (@n == 2) { print(@k); print(@w); print(@u); print(@v); printf("%s|\n", ustack(2)); } }'
+//   -c /tmp/btp/tn
+TEST(BtPrint, SymbolizedStacksAndUsymsAsPrintShowsThem) {
+  fmt::memory_buffer out;
+  print_map(out, map("@k", ValueKind::kCount,
+                     {{{Stack{{"bar+0", "main+31"}}}, N(1)}, {{Stack{{"bar+0", "main+19"}}}, N(1)}},
+                     false));
+  print_map(out, map("@w", ValueKind::kScalar,
+                     {{{I(1)}, Stack{{"bar+0", "main+19", "__libc_start_call_main+122"}}},
+                      {{I(2)}, Stack{{"bar+0", "main+31", "__libc_start_call_main+122"}}}}));
+  print_map(out, map("@u", ValueKind::kCount, {{{Sym{"bar"}}, N(2)}}, false));
+  print_map(out, map("@v", ValueKind::kScalar, {{{I(1)}, Sym{"bar"}}, {{I(2)}, Sym{"bar"}}}));
+  std::string printed = text(out) + format_printf("%s|\n", {Stack{{"bar+0", "main+31"}}});
+  EXPECT_EQ(printed, R"bt(@k[
+    bar+0
+    main+31
+]: 1
+@k[
+    bar+0
+    main+19
+]: 1
+@w[1]: 
+        bar+0
+        main+19
+        __libc_start_call_main+122
+@w[2]: 
+        bar+0
+        main+31
+        __libc_start_call_main+122
+
+@u[bar]: 2
+@v[1]: bar@v[2]: bar
+
+        bar+0
+        main+31
+|
+)bt");
+}
+
 // bpftrace -e 'BEGIN { @x = 5; print(5); print("s"); exit(); }' (and -f json)
 TEST(BtPrint, PrintOfAValue) {
   fmt::memory_buffer out;
