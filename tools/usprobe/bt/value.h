@@ -45,10 +45,14 @@ struct Stats {
   friend bool operator==(const Stats &, const Stats &) = default;
 };
 // hist(): bpftrace's power-of-two buckets. buckets[0] counts negative values, buckets[1] zero,
-// buckets[2] 1, and buckets[k] for k >= 3 the values in [2^(k-2), 2^(k-1)) (so 2..3, 4..7, ...);
-// 66 buckets cover every int64. lhist(v, min, max, step): buckets[0] counts v < min, buckets[i]
-// for 1 <= i <= (max - min) / step the values in [min + (i-1)*step, min + i*step), and the last
-// counts v >= max.
+// buckets[2] 1, and buckets[k] for 3 <= k <= 32 the values in [2^(k-2), 2^(k-1)) (so 2..3, 4..7,
+// ...). bpftrace 0.17 takes the log2 over 32 bits (shifts of 16, 8, 4, 2 and 1), so bucket 33,
+// which it labels [2G, 4G), counts every value from 2^31 up: hist(1 << 40) prints [2G, 4G) 1.
+// usprobe does the same, so that its histograms equal bpftrace's; buckets 34..65 stay empty
+// (room for a 64-bit log2 without a change of layout).
+//
+// lhist(v, min, max, step): buckets[0] counts v < min, buckets[i] for 1 <= i <= (max - min) / step
+// the values in [min + (i-1)*step, min + i*step), and the last counts v >= max.
 struct Hist {
   std::vector<uint64_t> buckets;
   friend bool operator==(const Hist &, const Hist &) = default;
@@ -61,15 +65,20 @@ struct Lhist {
 using Value = std::variant<Scalar, int64_t /* count sum min max */, Stats, Hist, Lhist>;
 
 inline constexpr size_t kHistBuckets = 66;
+// The last bucket bpftrace 0.17's hist() fills: [2G, 4G), and everything above (see Hist).
+inline constexpr size_t kHistLastBucket = 33;
 
 // The bucket of a hist() value (see Hist).
 constexpr size_t hist_bucket(int64_t v) {
   if (v < 0) return 0;
   if (v == 0) return 1;
-  return static_cast<size_t>(2 + 63 - __builtin_clzll(static_cast<uint64_t>(v)));
+  size_t log2 = static_cast<size_t>(63 - __builtin_clzll(static_cast<uint64_t>(v)));
+  return 2 + (log2 < kHistLastBucket - 2 ? log2 : kHistLastBucket - 2);
 }
 static_assert(hist_bucket(1) == 2 && hist_bucket(2) == 3 && hist_bucket(3) == 3 &&
-              hist_bucket(4) == 4 && hist_bucket(INT64_MAX) < kHistBuckets);
+              hist_bucket(4) == 4 && hist_bucket((int64_t{1} << 31) - 1) == 32 &&
+              hist_bucket(int64_t{1} << 31) == kHistLastBucket &&
+              hist_bucket(INT64_MAX) == kHistLastBucket && kHistLastBucket < kHistBuckets);
 
 // One map: its name as written ("@", "@bytes"), what its values are, and its entries. A map
 // without keys (`@x = count()`) has one entry whose key is empty. Keys with several parts
