@@ -13,7 +13,8 @@ namespace usprobe::agent {
 
 using namespace bt;
 
-BtProgram g_bt;
+// constinit: the agent's constructor may load a program before this file's initialisers would run.
+constinit BtProgram g_bt{};
 
 namespace {
 

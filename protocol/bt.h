@@ -135,11 +135,13 @@ inline uint32_t map_value_size(uint32_t kind, int64_t lhist_min, int64_t lhist_m
   }
 }
 
-// The hist() bucket of v (bt/value.h).
+// The hist() bucket of v (bt/value.h): bpftrace 0.17's, whose log2 stops at 31 (every value from
+// 2^31 up counts in bucket 33, [2G, 4G)).
 inline uint32_t hist_bucket(int64_t v) {
   if (v < 0) return 0;
   if (v == 0) return 1;
-  return static_cast<uint32_t>(2 + 63 - __builtin_clzll(static_cast<uint64_t>(v)));
+  const auto log2 = static_cast<uint32_t>(63 - __builtin_clzll(static_cast<uint64_t>(v)));
+  return 2 + (log2 < 31 ? log2 : 31);
 }
 // The lhist() bucket of v: 0 below min, 1.. inside, the last at or above max.
 inline uint32_t lhist_bucket(int64_t v, int64_t min, int64_t max, int64_t step) {

@@ -128,9 +128,9 @@ std::vector<Map> Host::maps() const {
 void Host::print_maps_at_exit() {
   fmt::memory_buffer buf;
   if (json_)
-    print_maps_at_exit_json(buf, maps());
+    bt::print_maps_at_exit_json(buf, maps());
   else
-    print_maps_at_exit(buf, maps());
+    bt::print_maps_at_exit(buf, maps());
   write(fmt::to_string(buf));
 }
 
@@ -212,10 +212,14 @@ bool Host::stmts(const std::vector<Stmt> &body, std::vector<Val> &vars) {
             break;
           }
           uint64_t top = 0, div = 1;
-          if (e.args.size() > 1)
-            if (auto *n = std::get_if<Int>(&eval(*e.args[1], vars))) top = n->bits;
-          if (e.args.size() > 2)
-            if (auto *n = std::get_if<Int>(&eval(*e.args[2], vars))) div = n->bits;
+          if (e.args.size() > 1) {
+            Val v = eval(*e.args[1], vars);
+            if (auto *n = std::get_if<Int>(&v)) top = n->bits;
+          }
+          if (e.args.size() > 2) {
+            Val v = eval(*e.args[2], vars);
+            if (auto *n = std::get_if<Int>(&v)) div = n->bits;
+          }
           std::vector<Map> all = maps();
           fmt::memory_buffer buf;
           if (json_)

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdio>
+#include <expected>
 #include <functional>
 #include <map>
 #include <string>

@@ -21,6 +21,9 @@
 #include "session/supervisor.h"
 #include "session/tsc_clock.h"
 
+// GCC 12 sees a moved std::variant (bt::Scalar) as maybe uninitialized (a known false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace usprobe::cli {
 namespace {
 
@@ -131,7 +134,13 @@ int run_run(const RunOptions &options) {
   config.shared_bytes = laid.shared_bytes;
 
   bt::Host host(*program, compiled->code, options.json, out, now_ns);
-  host.attaching(probes.size());
+  // bpftrace counts BEGIN, END and interval among the probes it attaches.
+  size_t cli_probes = 0;
+  for (const bt::ProbeBlock &b : program->probes)
+    for (const bt::AttachPoint &p : b.attach_points)
+      cli_probes += p.type == bt::ProbeType::kBegin || p.type == bt::ProbeType::kEnd ||
+                    p.type == bt::ProbeType::kInterval;
+  host.attaching(probes.size() + cli_probes);
   host.run_blocks(bt::ProbeType::kBegin);
   Supervisor supervisor;
   Target &target = *session->target;

@@ -1,0 +1,119 @@
+// usprobe run: bpftrace programs on e2e_target, whose calls and arguments are known, so that every
+// map, printf line and exit status is known exactly (bt/ is the front end, printer and compiler;
+// agent/bt_vm.cc runs the hits).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "e2e_support.h"
+
+namespace {
+
+using e2e::Output;
+using e2e::run;
+
+// Aggregations of every kind keyed and not, a predicate, a return probe, BEGIN and END: the
+// command's output as unprobed, then bpftrace's report byte for byte.
+TEST(CliRun, MapsOfEveryAggregationPrintAsBpftracePrintsThem) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "BEGIN { printf(\"start\\n\"); } "
+                  "uprobe:exe:e2e_work /arg0 % 2 == 0/ { @[arg0 % 4] = count(); @h = hist(arg0); "
+                  "@s = sum(arg0); @l = lhist(arg0, 0, 100, 50); @mx = max(arg0); } "
+                  "uretprobe:exe:e2e_work { @r = count(); @st = stats(retval == retval ? 3 : 0); } "
+                  "END { printf(\"end %d\\n\", 7); }",
+                  "--", e2e::target(), "calls", "100"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(r.out,
+            "Attaching 4 probes...\n"
+            "start\n"
+            "calls 100\n"
+            "end 7\n"
+            "\n\n"
+            "@[0]: 25\n"
+            "@[2]: 25\n"
+            "@h: \n"
+            "[0]                    1 |@@                                                  |\n"
+            "[1]                    0 |                                                    |\n"
+            "[2, 4)                 1 |@@                                                  |\n"
+            "[4, 8)                 2 |@@@@@                                               |\n"
+            "[8, 16)                4 |@@@@@@@@@@@                                         |\n"
+            "[16, 32)               8 |@@@@@@@@@@@@@@@@@@@@@@@                             |\n"
+            "[32, 64)              16 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@      |\n"
+            "[64, 128)             18 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+            "\n"
+            "@l: \n"
+            "[0, 50)               25 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+            "[50, 100)             25 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+            "\n"
+            "@mx: 98\n"
+            "@r: 100\n"
+            "@s: 2450\n"
+            "@st: count 100, average 3, total 300\n"
+            "\n");
+}
+
+// Four threads: per-thread aggregations merged exactly, and per-thread state kept from each call's
+// entry to its return in a map every thread shares (@start[tid], deleted at the return).
+TEST(CliRun, PerThreadStateFromEntryToReturnAcrossFourThreads) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_work { @c = count(); @t[tid] = count(); @start[tid] = nsecs; } "
+                  "uretprobe:exe:e2e_work /@start[tid]/ { @timed = count(); "
+                  "@backwards = sum(nsecs < @start[tid]); delete(@start[tid]); }",
+                  "--", e2e::target(), "threads", "4", "5000"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<std::string> lines = e2e::lines(r.out);
+  ASSERT_GE(lines.size(), 2u) << r.out;
+  EXPECT_EQ(lines[0], "Attaching 2 probes...");
+  EXPECT_EQ(lines[1], "threads 4 x 5000");
+  size_t per_thread = 0;
+  for (const std::string &l : lines)
+    if (l.starts_with("@t[")) {
+      ++per_thread;
+      EXPECT_TRUE(l.ends_with("]: 5000")) << l;
+    }
+  EXPECT_EQ(per_thread, 4u) << r.out;
+  EXPECT_NE(r.out.find("\n@c: 20000\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\n@timed: 20000\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\n@backwards: 0\n"), std::string::npos) << r.out;
+  // Every entry deleted at its return: @start prints empty.
+  EXPECT_EQ(r.out.find("@start["), std::string::npos) << r.out;
+}
+
+// printf of strings the probe copies (str, comm) and a string-keyed map; an unreadable pointer
+// (0x10) reads as "", as bpftrace's str() gives it.
+TEST(CliRun, StringsFromTheProbedProcessInPrintfAndKeys) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_greet { printf(\"%s %d|%s|\\n\", str(arg0), arg1, comm); "
+                  "@n[str(arg0)] = count(); }",
+                  "-c", std::string(e2e::target()) + " greet"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  for (const char *line : {"alice 1|e2e_target|", "bob 22|e2e_target|", "carol -3|e2e_target|",
+                           " 4|e2e_target|", "dave 5|e2e_target|", "hello (bad pointer) 4",
+                           "@n[alice]: 1", "@n[]: 1", "@n[dave]: 1"})
+    EXPECT_NE(r.out.find(std::string("\n") + line + "\n"), std::string::npos) << line << "\n"
+                                                                                << r.out;
+}
+
+// A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
+TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
+  e2e::TempDir dir;
+  const std::string marker = dir.file("ran");
+  Output syntax = run({e2e::cli(), "run", "-e", "uprobe:exe:e2e_work { @x = count() exit(); }",
+                       "--", e2e::target(), "marker", marker});
+  EXPECT_EQ(syntax.exit_code(), 2) << syntax.describe();
+  EXPECT_TRUE(syntax.err.starts_with("stdin:1:")) << syntax.err;
+  EXPECT_NE(syntax.err.find("ERROR: "), std::string::npos) << syntax.err;
+  EXPECT_NE(syntax.err.find("'exit'"), std::string::npos) << syntax.err;
+  Output unknown = run({e2e::cli(), "run", "-e", "uprobe:exe:e2e_work { @x = frobnicate(); }",
+                        "--", e2e::target(), "marker", marker});
+  EXPECT_EQ(unknown.exit_code(), 2) << unknown.describe();
+  EXPECT_NE(unknown.err.find("frobnicate"), std::string::npos) << unknown.err;
+  Output arg = run({e2e::cli(), "run", "-e", "uprobe:exe:e2e_work { @x = sum(arg6); }", "--",
+                    e2e::target(), "marker", marker});
+  EXPECT_EQ(arg.exit_code(), 2) << arg.describe();
+  EXPECT_NE(arg.err.find("arg6"), std::string::npos) << arg.err;
+  EXPECT_FALSE(e2e::file_exists(marker)) << "a refused program must not start the command";
+}
+
+}  // namespace
