@@ -281,6 +281,7 @@ void bt_handler(usprobe_hit *hit, void *user) {
           }
           case kNsecs: d = g_bt.head.nsecs_base + ns_of(__builtin_ia32_rdtsc()); break;
           case kElapsed: d = ns_of(__builtin_ia32_rdtsc() - g_bt.head.start_tsc); break;
+          case kProbeIndex: d = probe; break;
           default: d = 0; break;
         }
         break;

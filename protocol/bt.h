@@ -84,8 +84,9 @@ enum Op : uint8_t {
 
 inline constexpr uint8_t kNoReg = 0xff;
 
+// kProbeIndex: the probe's index in the plan, which the CLI names (func, probe).
 enum Builtin : uint32_t {
-  kPid, kTid, kUid, kGid, kCpu, kNsecs, kElapsed, kBuiltinCount
+  kPid, kTid, kUid, kGid, kCpu, kNsecs, kElapsed, kProbeIndex, kBuiltinCount
 };
 
 struct Insn {

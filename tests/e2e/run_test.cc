@@ -95,6 +95,28 @@ TEST(CliRun, StringsFromTheProbedProcessInPrintfAndKeys) {
                                                                                 << r.out;
 }
 
+// func and probe name the function a glob matched (bpftrace 0.17 prints an address for func on
+// a PIE; usprobe its name), in keys and in printf.
+TEST(CliRun, FuncAndProbeNameTheFunctionAGlobMatched) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_* { @[func] = count(); @p[probe] = count(); "
+                  "printf(\"in %s\\n\", func); } uretprobe:exe:e2e_work { @r[probe] = count(); }",
+                  "--", e2e::target(), "calls", "3"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::vector<std::string> lines = e2e::lines(r.out);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines[0], "Attaching 4 probes...") << "three e2e_* functions and one return";
+  size_t printed = 0;
+  for (const std::string &l : lines) printed += l == "in e2e_work";
+  EXPECT_EQ(printed, 3u) << r.out;
+  EXPECT_NE(r.out.find("\n@[e2e_work]: 3\n"), std::string::npos) << r.out;
+  for (const char *m : {"\n@p[uprobe:/", "\n@r[uretprobe:/"}) {
+    size_t at = r.out.find(m);
+    ASSERT_NE(at, std::string::npos) << m << "\n" << r.out;
+    EXPECT_TRUE(r.out.substr(at).find(":e2e_work]: 3\n") < r.out.substr(at).find('\n', 1)) << r.out;
+  }
+}
+
 // A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
 TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   e2e::TempDir dir;

@@ -159,8 +159,9 @@ class BlockCompiler {
       auto r = temp(k.loc, at);
       if (!r) return Fail(r.error());
       if (auto ok = expr(k, *r); !ok) return ok;
-      if (info.keys.at(i).is_string()) {
-        uint32_t n = string_bytes(info.keys[i], out_.string_size);
+      const KeyPart &part = out_.maps.at(static_cast<size_t>(m.index)).key.at(i);
+      if (part.is_string) {
+        uint32_t n = part.size;
         emit(ab::kKeyStr, 0, *r, 0, static_cast<int64_t>(offset | (n << 16)));
         offset += n;
       } else {
@@ -187,7 +188,8 @@ class BlockCompiler {
           return Fail(Diagnostic{e.loc, "printf with more arguments than usprobe has registers"});
         for (size_t i = 0; i < n; ++i) {
           const Type &t = p.args[i];
-          if (!t.is_int() && !t.is_string())
+          if (!t.is_int() && !t.is_string() &&
+              out_.printfs.at(static_cast<size_t>(e.index)).args[i].name == ProbeName::kNone)
             return Fail(Diagnostic{e.args[i + 1]->loc,
                                    fmt::format("printf of a {}: not yet", t.name())});
           if (auto ok = expr(*e.args[i + 1], static_cast<uint8_t>(top_ + i)); !ok) return ok;
@@ -351,6 +353,11 @@ class BlockCompiler {
       case Builtin::kRetval:
         emit(ab::kRetval, dst, 0, 0, 0);
         return {};
+      case Builtin::kFunc:
+      case Builtin::kProbe:
+        // The probe's index, which the CLI names where the value is printed (a key, a printf).
+        emit(ab::kBuiltin, dst, 0, 0, ab::kProbeIndex);
+        return {};
       case Builtin::kComm: {
         auto at = scratch(e.loc, 16);
         if (!at) return Fail(at.error());
@@ -389,8 +396,9 @@ class BlockCompiler {
         for (size_t i = 1; i < e.args.size(); ++i) {
           const Expr &k = *e.args[i];
           if (auto ok = expr(k, dst); !ok) return ok;
-          if (info.keys.at(i - 1).is_string()) {
-            uint32_t n = string_bytes(info.keys[i - 1], out_.string_size);
+          const KeyPart &part = out_.maps.at(static_cast<size_t>(m.index)).key.at(i - 1);
+          if (part.is_string) {
+            uint32_t n = part.size;
             emit(ab::kKeyStr, 0, dst, 0, static_cast<int64_t>(offset | (n << 16)));
             offset += n;
           } else {
@@ -413,6 +421,73 @@ class BlockCompiler {
   uint32_t flags_;
   uint8_t top_ = 0;
   uint32_t next_scratch_ = ab::kMaxKeyBytes;
+};
+
+bool is_name(const Expr &e) {
+  return e.kind == ExprKind::kBuiltin &&
+         (e.builtin == Builtin::kFunc || e.builtin == Builtin::kProbe);
+}
+ProbeName name_of(const Expr &e) {
+  if (!is_name(e)) return ProbeName::kNone;
+  return e.builtin == Builtin::kFunc ? ProbeName::kFunc : ProbeName::kProbe;
+}
+
+// func and probe are the probe's index on the hit path, named by the CLI: they may be a map's key
+// or a printf's argument, nothing else yet. Records which key parts and printf arguments they are.
+class Names {
+ public:
+  Names(const Program &p)
+      : keys_(p.maps.size()), args_(p.printfs.size()) {
+    for (size_t i = 0; i < p.maps.size(); ++i) keys_[i].assign(p.maps[i].keys.size(), kUnseen);
+    for (size_t i = 0; i < p.printfs.size(); ++i) args_[i].assign(p.printfs[i].args.size(), 0);
+  }
+  std::expected<void, Diagnostic> walk(const std::vector<Stmt> &body) {
+    for (const Stmt &s : body) {
+      for (const Expr *e : {s.expr.get(), s.target.get(), s.value.get()})
+        if (e)
+          if (auto ok = expr(*e, false); !ok) return ok;
+      if (auto ok = walk(s.then_body); !ok) return ok;
+      if (auto ok = walk(s.else_body); !ok) return ok;
+    }
+    return {};
+  }
+  std::expected<void, Diagnostic> expr(const Expr &e, bool allowed) {
+    if (is_name(e) && !allowed)
+      return std::unexpected(Diagnostic{
+          e.loc, fmt::format("'{}' other than as a map key or a printf argument: not yet",
+                             builtin_name(e.builtin))});
+    if (e.kind == ExprKind::kMap) {
+      for (size_t i = 0; i < e.args.size(); ++i) {
+        uint8_t want = static_cast<uint8_t>(name_of(*e.args[i]));
+        uint8_t &seen = keys_.at(static_cast<size_t>(e.index)).at(i);
+        if (seen != kUnseen && seen != want)
+          return std::unexpected(Diagnostic{
+              e.args[i]->loc, fmt::format("{}: a key part that is '{}' in one place must be so "
+                                          "everywhere (not yet)",
+                                          e.text, want ? builtin_name(e.args[i]->builtin)
+                                                       : seen == 1 ? "func" : "probe")});
+        seen = want;
+        if (auto ok = expr(*e.args[i], true); !ok) return ok;
+      }
+      return {};
+    }
+    const bool printf = e.kind == ExprKind::kCall && e.func == Func::kPrintf;
+    for (size_t i = 0; i < e.args.size(); ++i) {
+      if (printf && i > 0) args_.at(static_cast<size_t>(e.index)).at(i - 1) =
+          static_cast<uint8_t>(name_of(*e.args[i]));
+      if (auto ok = expr(*e.args[i], printf && i > 0); !ok) return ok;
+    }
+    return {};
+  }
+  ProbeName key(size_t map, size_t part) const {
+    uint8_t v = keys_[map][part];
+    return v == kUnseen ? ProbeName::kNone : static_cast<ProbeName>(v);
+  }
+  ProbeName arg(size_t printf, size_t i) const { return static_cast<ProbeName>(args_[printf][i]); }
+
+ private:
+  static constexpr uint8_t kUnseen = 0xff;
+  std::vector<std::vector<uint8_t>> keys_, args_;
 };
 
 MapDef map_def(const MapInfo &m, uint32_t string_size) {
@@ -448,12 +523,31 @@ std::string probe_spec(const AttachPoint &p) {
 std::expected<CompiledProgram, Diagnostic> compile(const Program &program) {
   CompiledProgram out;
   Compiled &c = out.code;
-  for (const MapInfo &m : program.maps) c.maps.push_back(map_def(m, c.string_size));
-  for (const PrintfInfo &p : program.printfs) {
+  Names names(program);
+  for (const ProbeBlock &block : program.probes) {
+    if (block.predicate)
+      if (auto ok = names.expr(*block.predicate, false); !ok) return std::unexpected(ok.error());
+    if (auto ok = names.walk(block.body); !ok) return std::unexpected(ok.error());
+  }
+  for (size_t i = 0; i < program.maps.size(); ++i) {
+    MapDef d = map_def(program.maps[i], c.string_size);
+    for (size_t k = 0; k < d.key.size(); ++k)
+      if ((d.key[k].name = names.key(i, k)) != ProbeName::kNone) {
+        d.key[k].is_string = false;
+        d.key[k].size = 8;
+      }
+    c.maps.push_back(std::move(d));
+  }
+  for (size_t i = 0; i < program.printfs.size(); ++i) {
+    const PrintfInfo &p = program.printfs[i];
     PrintfDef d;
     d.format = p.format;
-    for (const Type &t : p.args)
-      d.args.push_back({t.is_string(), t.is_signed, t.is_string() ? string_bytes(t, c.string_size) : 0});
+    for (size_t a = 0; a < p.args.size(); ++a) {
+      const Type &t = p.args[a];
+      ProbeName name = names.arg(i, a);
+      bool str = t.is_string() && name == ProbeName::kNone;
+      d.args.push_back({str, t.is_signed, str ? string_bytes(t, c.string_size) : 0, name});
+    }
     c.printfs.push_back(std::move(d));
   }
   for (const ProbeBlock &block : program.probes) {

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <functional>
 
+#include <fmt/format.h>
+
 namespace usprobe::bt {
 
 namespace ab = agent::bt;
@@ -139,10 +141,44 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
   return laid;
 }
 
-std::vector<Scalar> decode_key(const MapDef &m, const char *bytes) {
+ProbeNames ProbeNames::of(const std::vector<std::string> &locations) {
+  ProbeNames n;
+  for (std::string_view loc : locations) {
+    std::string kind = "uprobe:";
+    if (loc.starts_with("uretprobe:")) {
+      kind = "uretprobe:";
+      loc.remove_prefix(kind.size());
+    } else if (loc.starts_with("usdt:")) {
+      kind = "usdt:";
+      loc.remove_prefix(kind.size());
+    }
+    n.probes.push_back(kind + std::string(loc));
+    // The function: after the path's ':' (a path holds none; a USDT probe's name is its last part).
+    size_t colon = loc.rfind(':');
+    std::string_view func = colon == std::string_view::npos ? loc : loc.substr(colon + 1);
+    if (size_t plus = func.find('+'); plus != std::string_view::npos && kind != "usdt:")
+      func = func.substr(0, plus);
+    n.funcs.emplace_back(func);
+  }
+  return n;
+}
+
+Scalar ProbeNames::name(ProbeName kind, uint64_t index) const {
+  const std::vector<std::string> &names = kind == ProbeName::kFunc ? funcs : probes;
+  std::string text = index < names.size() ? names[index] : fmt::format("probe {}", index);
+  if (kind == ProbeName::kFunc) return Sym{std::move(text)};
+  return Str{std::move(text)};
+}
+
+std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNames &names) {
   std::vector<Scalar> key;
   for (const KeyPart &p : m.key) {
-    if (p.is_string) {
+    if (p.name != ProbeName::kNone) {
+      uint64_t v = 0;
+      std::memcpy(&v, bytes, 8);
+      key.push_back(names.name(p.name, v));
+      bytes += 8;
+    } else if (p.is_string) {
       key.push_back(Str{std::string(bytes, ::strnlen(bytes, p.size))});
       bytes += p.size;
     } else {
@@ -264,7 +300,7 @@ std::vector<Map> MapReader::read(const LiveTables &live, uint64_t *dropped) cons
         const char *e = shared_ + m.table_offset + uint64_t{k} * m.entry_size;
         const auto *h = reinterpret_cast<const ab::SharedEntryHeader *>(e);
         if (h->state.load(std::memory_order_acquire) != ab::kSharedLive) continue;
-        out.entries.push_back({decode_key(d, e + sizeof(ab::SharedEntryHeader)),
+        out.entries.push_back({decode_key(d, e + sizeof(ab::SharedEntryHeader), names_),
                                Scalar{Int{h->value.load(std::memory_order_relaxed), d.is_signed}}});
       }
       continue;
@@ -294,7 +330,7 @@ std::vector<Map> MapReader::read(const LiveTables &live, uint64_t *dropped) cons
         case ValueKind::kScalar:
           continue;
       }
-      out.entries.push_back({decode_key(d, key.data()), std::move(v)});
+      out.entries.push_back({decode_key(d, key.data(), names_), std::move(v)});
     }
   }
   if (dropped) *dropped = lost;

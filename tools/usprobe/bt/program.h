@@ -15,11 +15,25 @@
 
 namespace usprobe::bt {
 
+// What an integer that names the probe hit (its index in the plan) stands for: its function
+// (bpftrace's func, printed as a symbol) or the probe's whole name (probe).
+enum class ProbeName : uint8_t { kNone, kFunc, kProbe };
+
 // A part of a map's key: an integer (8 bytes) or a string (size bytes, NUL-padded).
 struct KeyPart {
   bool is_string = false;
   bool is_signed = true;
   uint32_t size = 8;
+  ProbeName name = ProbeName::kNone;
+};
+
+// The names of the resolved probes, by plan index: func ("malloc") and probe
+// ("uprobe:/usr/lib/x86_64-linux-gnu/libc.so.6:malloc").
+struct ProbeNames {
+  std::vector<std::string> funcs, probes;
+  // From the plan's locations ("/path:func", "uretprobe:/path:func", "usdt:/path:prov:name").
+  static ProbeNames of(const std::vector<std::string> &locations);
+  Scalar name(ProbeName kind, uint64_t index) const;
 };
 
 struct MapDef {
@@ -38,6 +52,7 @@ struct PrintfDef {
     bool is_string = false;
     bool is_signed = true;
     uint32_t size = 0;  // a string's bytes in the record (a multiple of 8)
+    ProbeName name = ProbeName::kNone;
   };
   std::vector<Arg> args;
 };
@@ -73,8 +88,9 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
 // the shared area (`shared`, the region's) hold when read.
 class MapReader {
  public:
-  MapReader(const Compiled &c, const Laid &laid, char *shared)
-      : compiled_(c), laid_(laid), shared_(shared), folded_(c.maps.size()) {}
+  MapReader(const Compiled &c, const Laid &laid, char *shared, ProbeNames names = {})
+      : compiled_(c), laid_(laid), shared_(shared), names_(std::move(names)),
+        folded_(c.maps.size()) {}
   // Takes (and then empties) a freed slot's tables.
   void fold(char *tables);
   // Every map now, in the program's order: folded values, plus those of the live slots' tables
@@ -96,11 +112,12 @@ class MapReader {
   const Compiled &compiled_;
   const Laid &laid_;
   char *shared_;
+  ProbeNames names_;
   std::vector<Acc> folded_;
   uint64_t folded_dropped_ = 0;
 };
 
 // The Scalars of a key's bytes.
-std::vector<Scalar> decode_key(const MapDef &m, const char *bytes);
+std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNames &names = {});
 
 }  // namespace usprobe::bt

@@ -45,7 +45,8 @@ std::vector<std::string> split_words(const std::string &text) {
 }
 
 // A printf record from a ring: its values as the printer takes them.
-bool print_record(const bt::Compiled &code, bt::Host &host, const char *record, uint32_t size) {
+bool print_record(const bt::Compiled &code, const bt::ProbeNames &names, bt::Host &host,
+                  const char *record, uint32_t size) {
   agent::bt::PrintfRecord rec;
   if (size < sizeof rec) return false;
   std::memcpy(&rec, record, sizeof rec);
@@ -56,7 +57,11 @@ bool print_record(const bt::Compiled &code, bt::Host &host, const char *record, 
   for (const bt::PrintfDef::Arg &a : p.args) {
     uint32_t n = a.is_string ? a.size : 8;
     if (static_cast<size_t>(end - at) < n) return false;
-    if (a.is_string) {
+    if (a.name != bt::ProbeName::kNone) {
+      uint64_t v = 0;
+      std::memcpy(&v, at, 8);
+      args.push_back(names.name(a.name, v));
+    } else if (a.is_string) {
       args.push_back(bt::Str{std::string(at, ::strnlen(at, n))});
     } else {
       uint64_t v = 0;
@@ -147,14 +152,17 @@ int run_run(const RunOptions &options) {
   auto started = target.start(config, plan, session->agent, supervisor);
   if (!started) return report_error(started.error());
   Region *region = *started;
-  bt::MapReader reader(compiled->code, laid, region->shared_area());
+  std::vector<std::string> locations;
+  for (const Probe &p : probes) locations.push_back(p.location);
+  const bt::ProbeNames names = bt::ProbeNames::of(locations);
+  bt::MapReader reader(compiled->code, laid, region->shared_area(), names);
   host.set_maps(&reader, [region](const std::function<void(const char *)> &each) {
     region->for_each_live_table(each);
   });
   NoticePrinter notices(probes, options.verbose);
   notices.info(target.notes());
   auto record = [&](int32_t, const char *r, uint32_t size) {
-    return print_record(compiled->code, host, r, size);
+    return print_record(compiled->code, names, host, r, size);
   };
   auto shared = reinterpret_cast<agent::bt::SharedHead *>(region->shared_area());
   auto tick = [&] {
