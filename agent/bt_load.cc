@@ -107,7 +107,9 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       auto bad = [&](const char *why) {
         return fmt::format("probe {}, instruction {}: {}", pi, k, why);
       };
-      if (in.op >= kOpCount) return bad("unknown operation");
+      if ((in.op & kImmOperand) != 0 && !is_binary(in.op & ~kImmOperand))
+        return bad("an immediate operand to an operation that takes none");
+      if ((in.op & ~kImmOperand) >= kOpCount) return bad("unknown operation");
       if (in.dst >= kRegisters || in.a >= kRegisters || (in.b >= kRegisters && in.b != kNoReg))
         return bad("register out of range");
       const auto imm = static_cast<int64_t>(in.imm);
@@ -115,7 +117,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         return imm >= 0 && imm < ph.map_count &&
                (out.maps[imm].kind == kMapPlain) == plain;
       };
-      switch (in.op) {
+      switch (in.op & ~kImmOperand) {
         case kConst:
           if (imm < 0 || imm >= ph.constant_count) return bad("constant out of range");
           break;

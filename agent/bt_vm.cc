@@ -254,165 +254,182 @@ void bt_handler(usprobe_hit *hit, void *user) {
   const Insn *pc = g_bt.insns + code.first;
   uint64_t r[kRegisters];
   char scratch[kScratchBytes];  // not initialised: the compiler writes before it reads
-  for (;;) {
-    const Insn in = *pc++;
-    uint64_t &d = r[in.dst & (kRegisters - 1)];
-    const uint64_t a = r[in.a & (kRegisters - 1)], b = r[in.b & (kRegisters - 1)];
-    switch (static_cast<Op>(in.op)) {
-      case kEnd:
-        return;
-      case kMov: d = a; break;
-      case kConst: d = g_bt.constants[in.imm]; break;
-      case kConstSmall: d = static_cast<uint64_t>(static_cast<int64_t>(in.imm)); break;
-      case kArg: d = usprobe_arg(hit, static_cast<unsigned>(in.imm)); break;
-      case kUsdtArg: d = usprobe_usdt_arg(hit, static_cast<unsigned>(in.imm)); break;
-      case kRetval: d = usprobe_retval(hit); break;
-      case kBuiltin:
-        switch (in.imm) {
-          case kPid: d = static_cast<uint64_t>(s->pid.load(std::memory_order_relaxed)); break;
-          case kTid: d = static_cast<uint64_t>(s->tid.load(std::memory_order_relaxed)); break;
-          case kUid: d = static_cast<uint64_t>(g_bt.uid); break;
-          case kGid: d = static_cast<uint64_t>(g_bt.gid); break;
-          case kCpu: {
-            unsigned aux = 0;
-            __builtin_ia32_rdtscp(&aux);  // IA32_TSC_AUX: Linux keeps the CPU number there
-            d = aux & 0xfff;
-            break;
-          }
-          case kNsecs: d = g_bt.head.nsecs_base + ns_of(__builtin_ia32_rdtsc()); break;
-          case kElapsed: d = ns_of(__builtin_ia32_rdtsc() - g_bt.head.start_tsc); break;
-          case kProbeIndex: d = probe; break;
-          default: d = 0; break;
-        }
-        break;
-      case kComm: {
-        for (int w = 0; w < 2; ++w) {
-          uint64_t word = s->comm[w].load(std::memory_order_relaxed);
-          __builtin_memcpy(scratch + in.imm + 8 * w, &word, 8);
-        }
-        scratch[in.imm + 15] = '\0';
-        d = static_cast<uint64_t>(in.imm);
-        break;
-      }
-      case kPoolString: d = kScratchBytes + static_cast<uint64_t>(in.imm); break;
-      case kStr: {
-        uint32_t size = g_bt.head.string_size;
-        if (in.b != kNoReg && b + 1 < size) size = static_cast<uint32_t>(b + 1);
-        char *dst = scratch + in.imm;
-        if (a < 4096 || a >= (uint64_t{1} << 56) ||
-            usprobe_agent_safe_copy(dst, reinterpret_cast<const char *>(a), size) < 0)
-          dst[0] = '\0';
-        dst[size - 1] = '\0';
-        d = static_cast<uint64_t>(in.imm);
-        break;
-      }
-      case kAdd: d = a + b; break;
-      case kSub: d = a - b; break;
-      case kMul: d = a * b; break;
-      case kDivU: d = b == 0 ? 0 : a / b; break;
-      case kDivS:
-        d = b == 0 || (static_cast<int64_t>(b) == -1 && a == uint64_t{1} << 63)
-                ? 0
-                : static_cast<uint64_t>(static_cast<int64_t>(a) / static_cast<int64_t>(b));
-        break;
-      case kModU: d = b == 0 ? 0 : a % b; break;
-      case kModS:
-        d = b == 0 || static_cast<int64_t>(b) == -1
-                ? 0
-                : static_cast<uint64_t>(static_cast<int64_t>(a) % static_cast<int64_t>(b));
-        break;
-      case kAnd: d = a & b; break;
-      case kOr: d = a | b; break;
-      case kXor: d = a ^ b; break;
-      case kShl: d = b >= 64 ? 0 : a << b; break;
-      case kShrU: d = b >= 64 ? 0 : a >> b; break;
-      case kShrS:
-        d = static_cast<uint64_t>(static_cast<int64_t>(a) >> (b >= 64 ? 63 : b));
-        break;
-      case kEq: d = a == b; break;
-      case kNe: d = a != b; break;
-      case kLtS: d = static_cast<int64_t>(a) < static_cast<int64_t>(b); break;
-      case kLeS: d = static_cast<int64_t>(a) <= static_cast<int64_t>(b); break;
-      case kLtU: d = a < b; break;
-      case kLeU: d = a <= b; break;
-      case kAddImm: d = a + static_cast<uint64_t>(static_cast<int64_t>(in.imm)); break;
-      case kNeg: d = -a; break;
-      case kNot: d = ~a; break;
-      case kLNot: d = a == 0; break;
-      case kExt: {
-        const unsigned bits = static_cast<unsigned>(in.imm) & 0xff;
-        if (bits >= 64) {
-          d = a;
-        } else if (in.imm & 0x100) {
-          d = static_cast<uint64_t>(static_cast<int64_t>(a << (64 - bits)) >> (64 - bits));
-        } else {
-          d = a & ((uint64_t{1} << bits) - 1);
-        }
-        break;
-      }
-      case kStrEq: {
-        uint32_t room_a = 0, room_b = 0;
-        const char *x = string_at(scratch, a, &room_a), *y = string_at(scratch, b, &room_b);
-        uint32_t n = static_cast<uint32_t>(in.imm);
-        bool eq = true;
-        for (uint32_t i = 0; i < n; ++i) {
-          char cx = i < room_a ? x[i] : '\0', cy = i < room_b ? y[i] : '\0';
-          if (cx != cy) {
-            eq = false;
-            break;
-          }
-          if (cx == '\0') break;
-        }
-        d = eq;
-        break;
-      }
-      case kJmp: pc += in.imm; break;
-      case kJz: if (a == 0) pc += in.imm; break;
-      case kJnz: if (a != 0) pc += in.imm; break;
-      case kKeyInt: __builtin_memcpy(scratch + in.imm, &a, 8); break;
-      case kKeyStr: {
-        uint32_t room = 0;
-        const char *str = string_at(scratch, a, &room);
-        const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
-        copy_string(scratch + at, str, room, static_cast<uint32_t>(in.imm) >> 16);
-        break;
-      }
-      case kAgg: aggregate(s, static_cast<uint32_t>(in.imm), scratch, a); break;
-      case kLoad: {
-        char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
-        auto *h = reinterpret_cast<SharedEntryHeader *>(e);
-        d = h && h->state.load(std::memory_order_acquire) == kSharedLive
-                ? h->value.load(std::memory_order_relaxed)
-                : 0;
-        break;
-      }
-      case kHas: {
-        char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
-        auto *h = reinterpret_cast<SharedEntryHeader *>(e);
-        d = h && h->state.load(std::memory_order_acquire) == kSharedLive;
-        break;
-      }
-      case kStore: {
-        if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, true)) {
-          auto *h = reinterpret_cast<SharedEntryHeader *>(e);
-          h->value.store(a, std::memory_order_relaxed);
-          // Release: a reader that sees it live (acquire) sees the value.
-          h->state.store(kSharedLive, std::memory_order_release);
-        }
-        break;
-      }
-      case kDelete: {
-        if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false))
-          reinterpret_cast<SharedEntryHeader *>(e)->state.store(kSharedAbsent,
-                                                                std::memory_order_release);
-        break;
-      }
-      case kPrintf: emit_printf(s, probe, static_cast<uint32_t>(in.imm), &r[in.a], scratch); break;
-      case kExit: shared_head()->exit_requested.store(1, std::memory_order_relaxed); break;
-      default:
-        return;  // bt_load refused any other
+
+  // Threaded dispatch: each operation jumps straight to the next one's code (one indirect jump per
+  // operation, predicted per site), in the order of enum Op.
+  static constexpr const void *kOps[] = {
+      &&op_end,   &&op_mov,    &&op_const, &&op_const_small, &&op_arg,    &&op_usdt_arg,
+      &&op_retval, &&op_builtin, &&op_comm, &&op_pool_string, &&op_str,   &&op_add,
+      &&op_sub,   &&op_mul,    &&op_div_u, &&op_div_s,       &&op_mod_u,  &&op_mod_s,
+      &&op_and,   &&op_or,     &&op_xor,   &&op_shl,         &&op_shr_u,  &&op_shr_s,
+      &&op_eq,    &&op_ne,     &&op_lt_s,  &&op_le_s,        &&op_lt_u,   &&op_le_u,
+      &&op_gt_s,  &&op_ge_s,   &&op_gt_u,  &&op_ge_u,        &&op_add_imm, &&op_neg,
+      &&op_not,   &&op_lnot,   &&op_ext,   &&op_str_eq,      &&op_jmp,    &&op_jz,
+      &&op_jnz,   &&op_key_int, &&op_key_str, &&op_agg,      &&op_load,   &&op_store,
+      &&op_delete, &&op_has,   &&op_printf, &&op_exit};
+  static_assert(sizeof kOps / sizeof kOps[0] == kOpCount);
+  Insn in;
+  uint64_t a, b;
+#define D r[in.dst & (kRegisters - 1)]
+#define NEXT()                                                                        \
+  do {                                                                                \
+    in = *pc++;                                                                       \
+    a = r[in.a & (kRegisters - 1)];                                                   \
+    b = in.op & kImmOperand ? static_cast<uint64_t>(static_cast<int64_t>(in.imm))     \
+                            : r[in.b & (kRegisters - 1)];                             \
+    goto *kOps[in.op & ~kImmOperand];                                                 \
+  } while (0)
+  NEXT();
+
+op_end:
+  return;
+op_mov: D = a; NEXT();
+op_const: D = g_bt.constants[in.imm]; NEXT();
+op_const_small: D = static_cast<uint64_t>(static_cast<int64_t>(in.imm)); NEXT();
+op_arg: D = usprobe_arg(hit, static_cast<unsigned>(in.imm)); NEXT();
+op_usdt_arg: D = usprobe_usdt_arg(hit, static_cast<unsigned>(in.imm)); NEXT();
+op_retval: D = usprobe_retval(hit); NEXT();
+op_builtin:
+  switch (in.imm) {
+    case kPid: D = static_cast<uint64_t>(s->pid.load(std::memory_order_relaxed)); break;
+    case kTid: D = static_cast<uint64_t>(s->tid.load(std::memory_order_relaxed)); break;
+    case kUid: D = static_cast<uint64_t>(g_bt.uid); break;
+    case kGid: D = static_cast<uint64_t>(g_bt.gid); break;
+    case kCpu: {
+      unsigned aux = 0;
+      __builtin_ia32_rdtscp(&aux);  // IA32_TSC_AUX: Linux keeps the CPU number there
+      D = aux & 0xfff;
+      break;
     }
+    case kNsecs: D = g_bt.head.nsecs_base + ns_of(__builtin_ia32_rdtsc()); break;
+    case kElapsed: D = ns_of(__builtin_ia32_rdtsc() - g_bt.head.start_tsc); break;
+    case kProbeIndex: D = probe; break;
+    default: D = 0; break;
   }
+  NEXT();
+op_comm:
+  for (int w = 0; w < 2; ++w) {
+    uint64_t word = s->comm[w].load(std::memory_order_relaxed);
+    __builtin_memcpy(scratch + in.imm + 8 * w, &word, 8);
+  }
+  scratch[in.imm + 15] = '\0';
+  D = static_cast<uint64_t>(in.imm);
+  NEXT();
+op_pool_string: D = kScratchBytes + static_cast<uint64_t>(in.imm); NEXT();
+op_str: {
+  uint32_t size = g_bt.head.string_size;
+  if (in.b != kNoReg && b + 1 < size) size = static_cast<uint32_t>(b + 1);
+  char *dst = scratch + in.imm;
+  if (a < 4096 || a >= (uint64_t{1} << 56) ||
+      usprobe_agent_safe_copy(dst, reinterpret_cast<const char *>(a), size) < 0)
+    dst[0] = '\0';
+  dst[size - 1] = '\0';
+  D = static_cast<uint64_t>(in.imm);
+  NEXT();
+}
+op_add: D = a + b; NEXT();
+op_sub: D = a - b; NEXT();
+op_mul: D = a * b; NEXT();
+op_div_u: D = b == 0 ? 0 : a / b; NEXT();
+op_div_s:
+  D = b == 0 || (static_cast<int64_t>(b) == -1 && a == uint64_t{1} << 63)
+          ? 0
+          : static_cast<uint64_t>(static_cast<int64_t>(a) / static_cast<int64_t>(b));
+  NEXT();
+op_mod_u: D = b == 0 ? 0 : a % b; NEXT();
+op_mod_s:
+  D = b == 0 || static_cast<int64_t>(b) == -1
+          ? 0
+          : static_cast<uint64_t>(static_cast<int64_t>(a) % static_cast<int64_t>(b));
+  NEXT();
+op_and: D = a & b; NEXT();
+op_or: D = a | b; NEXT();
+op_xor: D = a ^ b; NEXT();
+op_shl: D = b >= 64 ? 0 : a << b; NEXT();
+op_shr_u: D = b >= 64 ? 0 : a >> b; NEXT();
+op_shr_s: D = static_cast<uint64_t>(static_cast<int64_t>(a) >> (b >= 64 ? 63 : b)); NEXT();
+op_eq: D = a == b; NEXT();
+op_ne: D = a != b; NEXT();
+op_lt_s: D = static_cast<int64_t>(a) < static_cast<int64_t>(b); NEXT();
+op_le_s: D = static_cast<int64_t>(a) <= static_cast<int64_t>(b); NEXT();
+op_lt_u: D = a < b; NEXT();
+op_le_u: D = a <= b; NEXT();
+op_gt_s: D = static_cast<int64_t>(a) > static_cast<int64_t>(b); NEXT();
+op_ge_s: D = static_cast<int64_t>(a) >= static_cast<int64_t>(b); NEXT();
+op_gt_u: D = a > b; NEXT();
+op_ge_u: D = a >= b; NEXT();
+op_add_imm: D = a + static_cast<uint64_t>(static_cast<int64_t>(in.imm)); NEXT();
+op_neg: D = -a; NEXT();
+op_not: D = ~a; NEXT();
+op_lnot: D = a == 0; NEXT();
+op_ext: {
+  const unsigned bits = static_cast<unsigned>(in.imm) & 0xff;
+  if (bits >= 64)
+    D = a;
+  else if (in.imm & 0x100)
+    D = static_cast<uint64_t>(static_cast<int64_t>(a << (64 - bits)) >> (64 - bits));
+  else
+    D = a & ((uint64_t{1} << bits) - 1);
+  NEXT();
+}
+op_str_eq: {
+  uint32_t room_a = 0, room_b = 0;
+  const char *x = string_at(scratch, a, &room_a), *y = string_at(scratch, b, &room_b);
+  const auto n = static_cast<uint32_t>(in.imm);
+  bool eq = true;
+  for (uint32_t i = 0; i < n; ++i) {
+    char cx = i < room_a ? x[i] : '\0', cy = i < room_b ? y[i] : '\0';
+    if (cx != cy) {
+      eq = false;
+      break;
+    }
+    if (cx == '\0') break;
+  }
+  D = eq;
+  NEXT();
+}
+op_jmp: pc += in.imm; NEXT();
+op_jz: if (a == 0) pc += in.imm; NEXT();
+op_jnz: if (a != 0) pc += in.imm; NEXT();
+op_key_int: __builtin_memcpy(scratch + in.imm, &a, 8); NEXT();
+op_key_str: {
+  uint32_t room = 0;
+  const char *str = string_at(scratch, a, &room);
+  const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
+  copy_string(scratch + at, str, room, static_cast<uint32_t>(in.imm) >> 16);
+  NEXT();
+}
+op_agg: aggregate(s, static_cast<uint32_t>(in.imm), scratch, a); NEXT();
+op_load: {
+  char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
+  auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+  D = h && h->state.load(std::memory_order_acquire) == kSharedLive
+          ? h->value.load(std::memory_order_relaxed)
+          : 0;
+  NEXT();
+}
+op_has: {
+  char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
+  auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+  D = h && h->state.load(std::memory_order_acquire) == kSharedLive;
+  NEXT();
+}
+op_store:
+  if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, true)) {
+    auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+    h->value.store(a, std::memory_order_relaxed);
+    // Release: a reader that sees it live (acquire) sees the value.
+    h->state.store(kSharedLive, std::memory_order_release);
+  }
+  NEXT();
+op_delete:
+  if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false))
+    reinterpret_cast<SharedEntryHeader *>(e)->state.store(kSharedAbsent, std::memory_order_release);
+  NEXT();
+op_printf: emit_printf(s, probe, static_cast<uint32_t>(in.imm), &r[in.a], scratch); NEXT();
+op_exit: shared_head()->exit_requested.store(1, std::memory_order_relaxed); NEXT();
+#undef NEXT
+#undef D
 }
 
 }  // namespace usprobe::agent

@@ -11,8 +11,10 @@
 //
 // The machine: kRegisters 64-bit registers, zero at the start of each hit, and kScratchBytes of
 // scratch memory on the handler's stack (strings that str() and comm copy, map keys being built).
-// A string value is a register that holds the address of its NUL-terminated bytes (in scratch or
-// the pool). Arithmetic is 64-bit and wraps; division and remainder by zero give 0, as in BPF.
+// A string value is a register that holds where its NUL-terminated bytes are: an offset below
+// kScratchBytes into scratch, or kScratchBytes + an offset into the pool (so that a string is
+// never an address the hit path would follow unchecked). Arithmetic is 64-bit and wraps; division
+// and remainder by zero give 0, as in BPF.
 //
 // Maps. An aggregation map (count sum avg min max stats hist lhist) is per thread: each slot holds
 // a table for it (see "Tables") that only the slot's thread writes, and the CLI merges the tables
@@ -55,12 +57,13 @@ enum Op : uint8_t {
   kUsdtArg,     // dst = the USDT note's argument imm (usprobe_usdt_arg)
   kRetval,      // dst = the return value
   kBuiltin,     // dst = builtin imm (Builtin)
-  kComm,        // dst = &scratch[imm]: the thread's name, 16 bytes
-  kPoolString,  // dst = &pool[imm]
-  kStr,         // dst = &scratch[imm]: the string at address a, at most min(b's value, 
-                //       string_size - 1) bytes (b = kNoReg: string_size - 1), NUL-terminated
+  kComm,        // dst = scratch offset imm: the thread's name copied there, 16 bytes
+  kPoolString,  // dst = the pool's string at imm
+  kStr,         // dst = scratch offset imm: the string at address a copied there, at most
+                //       min(b's value, string_size - 1) bytes (b = kNoReg: string_size - 1)
+  // dst = a OP b; comparisons give 0 or 1. With kImmOperand: b is imm (sign-extended).
   kAdd, kSub, kMul, kDivU, kDivS, kModU, kModS, kAnd, kOr, kXor, kShl, kShrU, kShrS,
-  kEq, kNe, kLtS, kLeS, kLtU, kLeU,  // dst = a OP b (comparisons: 0 or 1)
+  kEq, kNe, kLtS, kLeS, kLtU, kLeU, kGtS, kGeS, kGtU, kGeU,
   kAddImm,      // dst = a + imm
   kNeg,         // dst = -a
   kNot,         // dst = ~a
@@ -83,6 +86,9 @@ enum Op : uint8_t {
 };
 
 inline constexpr uint8_t kNoReg = 0xff;
+// Or'ed into a binary operation (kAdd..kGeU): its right operand is the instruction's imm.
+inline constexpr uint8_t kImmOperand = 0x80;
+inline constexpr bool is_binary(uint8_t op) { return op >= kAdd && op <= kGeU; }
 
 // kProbeIndex: the probe's index in the plan, which the CLI names (func, probe).
 enum Builtin : uint32_t {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 
 namespace usprobe::bt {
 
@@ -219,9 +220,17 @@ class BlockCompiler {
     }
   }
 
+  // dst = a op b, or a op imm (an integer literal that fits 32 bits).
   std::expected<void, Diagnostic> binary_op(Op op, const Type &lt, const Type &rt, uint8_t dst,
-                                            uint8_t a, uint8_t b, const SourceLoc &loc) {
+                                            uint8_t a, uint8_t b, const SourceLoc &loc,
+                                            std::optional<int32_t> imm = std::nullopt) {
     const bool is_signed = lt.is_signed && rt.is_signed;
+    auto emit = [&](ab::Op o, uint8_t d, uint8_t x, uint8_t y, int64_t) {
+      if (imm)
+        this->emit(static_cast<ab::Op>(o | ab::kImmOperand), d, x, 0, *imm);
+      else
+        this->emit(o, d, x, y, 0);
+    };
     if (lt.is_string() || rt.is_string()) {
       if (op != Op::kEq && op != Op::kNe)
         return Fail(Diagnostic{loc, fmt::format("'{}' of strings", op_text(op))});
@@ -245,8 +254,8 @@ class BlockCompiler {
       case Op::kNe: emit(ab::kNe, dst, a, b, 0); break;
       case Op::kLt: emit(is_signed ? ab::kLtS : ab::kLtU, dst, a, b, 0); break;
       case Op::kLe: emit(is_signed ? ab::kLeS : ab::kLeU, dst, a, b, 0); break;
-      case Op::kGt: emit(is_signed ? ab::kLtS : ab::kLtU, dst, b, a, 0); break;
-      case Op::kGe: emit(is_signed ? ab::kLeS : ab::kLeU, dst, b, a, 0); break;
+      case Op::kGt: emit(is_signed ? ab::kGtS : ab::kGtU, dst, a, b, 0); break;
+      case Op::kGe: emit(is_signed ? ab::kGeS : ab::kGeU, dst, a, b, 0); break;
       default:
         return Fail(Diagnostic{loc, fmt::format("operator '{}'", op_text(op))});
     }
@@ -297,8 +306,16 @@ class BlockCompiler {
         auto r = temp(e.loc, dst + 1);
         if (!r) return Fail(r.error());
         if (auto ok = expr(*e.args[0], dst); !ok) return ok;
-        if (auto ok = expr(*e.args[1], *r); !ok) return ok;
-        if (auto ok = binary_op(e.op, e.args[0]->type, e.args[1]->type, dst, dst, *r, e.loc); !ok)
+        // An integer literal on the right goes in the instruction itself.
+        const Expr &right = *e.args[1];
+        std::optional<int32_t> imm;
+        if (right.kind == ExprKind::kInt && right.type.is_int() &&
+            static_cast<int64_t>(right.int_value) >= INT32_MIN &&
+            static_cast<int64_t>(right.int_value) <= INT32_MAX)
+          imm = static_cast<int32_t>(static_cast<int64_t>(right.int_value));
+        else if (auto ok = expr(right, *r); !ok)
+          return ok;
+        if (auto ok = binary_op(e.op, e.args[0]->type, right.type, dst, dst, *r, e.loc, imm); !ok)
           return ok;
         return narrow(e.type, dst);
       }
