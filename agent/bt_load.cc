@@ -174,6 +174,11 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       }
     }
   }
+  // The interpreter's dispatch table has the immediate forms after the others (bt_vm.cc).
+  auto *insns = const_cast<Insn *>(out.insns);
+  for (uint32_t k = 0; k < ph.insn_count; ++k)
+    if (insns[k].op & kImmOperand)
+      insns[k].op = static_cast<uint8_t>((insns[k].op & ~kImmOperand) + kOpCount);
   return "";
 }
 

@@ -256,34 +256,47 @@ void bt_handler(usprobe_hit *hit, void *user) {
   char scratch[kScratchBytes];  // not initialised: the compiler writes before it reads
 
   // Threaded dispatch: each operation jumps straight to the next one's code (one indirect jump per
-  // operation, predicted per site), in the order of enum Op.
+  // operation, predicted per site). The table is enum Op's order, then the binary operations that
+  // take an immediate operand (bt_load rewrites op | kImmOperand to op + kOpCount).
+#define PLAIN(name) &&op_##name,
+#define BIN(name) &&op_##name,
   static constexpr const void *kOps[] = {
-      &&op_end,   &&op_mov,    &&op_const, &&op_const_small, &&op_arg,    &&op_usdt_arg,
-      &&op_retval, &&op_builtin, &&op_comm, &&op_pool_string, &&op_str,   &&op_add,
-      &&op_sub,   &&op_mul,    &&op_div_u, &&op_div_s,       &&op_mod_u,  &&op_mod_s,
-      &&op_and,   &&op_or,     &&op_xor,   &&op_shl,         &&op_shr_u,  &&op_shr_s,
-      &&op_eq,    &&op_ne,     &&op_lt_s,  &&op_le_s,        &&op_lt_u,   &&op_le_u,
-      &&op_gt_s,  &&op_ge_s,   &&op_gt_u,  &&op_ge_u,        &&op_add_imm, &&op_neg,
-      &&op_not,   &&op_lnot,   &&op_ext,   &&op_str_eq,      &&op_jmp,    &&op_jz,
-      &&op_jnz,   &&op_key_int, &&op_key_str, &&op_agg,      &&op_load,   &&op_store,
-      &&op_delete, &&op_has,   &&op_printf, &&op_exit};
-  static_assert(sizeof kOps / sizeof kOps[0] == kOpCount);
+      BT_OPS(PLAIN, BIN)
+#undef PLAIN
+#undef BIN
+#define PLAIN(name) &&op_end,
+#define BIN(name) &&op_##name##_i,
+      BT_OPS(PLAIN, BIN)
+#undef PLAIN
+#undef BIN
+  };
+  static_assert(sizeof kOps / sizeof kOps[0] == 2 * kOpCount);
   Insn in;
-  uint64_t a, b;
-#define D r[in.dst & (kRegisters - 1)]
-#define NEXT()                                                                        \
-  do {                                                                                \
-    in = *pc++;                                                                       \
-    a = r[in.a & (kRegisters - 1)];                                                   \
-    b = in.op & kImmOperand ? static_cast<uint64_t>(static_cast<int64_t>(in.imm))     \
-                            : r[in.b & (kRegisters - 1)];                             \
-    goto *kOps[in.op & ~kImmOperand];                                                 \
+#define D r[in.dst]
+#define A r[in.a]
+#define B r[in.b]
+#define NEXT()              \
+  do {                      \
+    in = *pc++;             \
+    goto *kOps[in.op];      \
   } while (0)
+// A binary operation, on a register (op_name) or on the instruction's immediate (op_name_i).
+#define BINARY(name, expr)                                                \
+  op_##name : {                                                           \
+    const uint64_t a = A, b = B;                                          \
+    D = (expr);                                                           \
+    NEXT();                                                               \
+  }                                                                       \
+  op_##name##_i : {                                                       \
+    const uint64_t a = A, b = static_cast<uint64_t>(int64_t{in.imm});     \
+    D = (expr);                                                           \
+    NEXT();                                                               \
+  }
   NEXT();
 
 op_end:
   return;
-op_mov: D = a; NEXT();
+op_mov: D = A; NEXT();
 op_const: D = g_bt.constants[in.imm]; NEXT();
 op_const_small: D = static_cast<uint64_t>(static_cast<int64_t>(in.imm)); NEXT();
 op_arg: D = usprobe_arg(hit, static_cast<unsigned>(in.imm)); NEXT();
@@ -318,8 +331,9 @@ op_comm:
 op_pool_string: D = kScratchBytes + static_cast<uint64_t>(in.imm); NEXT();
 op_str: {
   uint32_t size = g_bt.head.string_size;
-  if (in.b != kNoReg && b + 1 < size) size = static_cast<uint32_t>(b + 1);
+  if (in.b != kNoReg && B + 1 < size) size = static_cast<uint32_t>(B + 1);
   char *dst = scratch + in.imm;
+  const uint64_t a = A;
   if (a < 4096 || a >= (uint64_t{1} << 56) ||
       usprobe_agent_safe_copy(dst, reinterpret_cast<const char *>(a), size) < 0)
     dst[0] = '\0';
@@ -327,43 +341,37 @@ op_str: {
   D = static_cast<uint64_t>(in.imm);
   NEXT();
 }
-op_add: D = a + b; NEXT();
-op_sub: D = a - b; NEXT();
-op_mul: D = a * b; NEXT();
-op_div_u: D = b == 0 ? 0 : a / b; NEXT();
-op_div_s:
-  D = b == 0 || (static_cast<int64_t>(b) == -1 && a == uint64_t{1} << 63)
-          ? 0
-          : static_cast<uint64_t>(static_cast<int64_t>(a) / static_cast<int64_t>(b));
-  NEXT();
-op_mod_u: D = b == 0 ? 0 : a % b; NEXT();
-op_mod_s:
-  D = b == 0 || static_cast<int64_t>(b) == -1
-          ? 0
-          : static_cast<uint64_t>(static_cast<int64_t>(a) % static_cast<int64_t>(b));
-  NEXT();
-op_and: D = a & b; NEXT();
-op_or: D = a | b; NEXT();
-op_xor: D = a ^ b; NEXT();
-op_shl: D = b >= 64 ? 0 : a << b; NEXT();
-op_shr_u: D = b >= 64 ? 0 : a >> b; NEXT();
-op_shr_s: D = static_cast<uint64_t>(static_cast<int64_t>(a) >> (b >= 64 ? 63 : b)); NEXT();
-op_eq: D = a == b; NEXT();
-op_ne: D = a != b; NEXT();
-op_lt_s: D = static_cast<int64_t>(a) < static_cast<int64_t>(b); NEXT();
-op_le_s: D = static_cast<int64_t>(a) <= static_cast<int64_t>(b); NEXT();
-op_lt_u: D = a < b; NEXT();
-op_le_u: D = a <= b; NEXT();
-op_gt_s: D = static_cast<int64_t>(a) > static_cast<int64_t>(b); NEXT();
-op_ge_s: D = static_cast<int64_t>(a) >= static_cast<int64_t>(b); NEXT();
-op_gt_u: D = a > b; NEXT();
-op_ge_u: D = a >= b; NEXT();
-op_add_imm: D = a + static_cast<uint64_t>(static_cast<int64_t>(in.imm)); NEXT();
-op_neg: D = -a; NEXT();
-op_not: D = ~a; NEXT();
-op_lnot: D = a == 0; NEXT();
+BINARY(add, a + b)
+BINARY(sub, a - b)
+BINARY(mul, a * b)
+BINARY(div_u, b == 0 ? 0 : a / b)
+BINARY(div_s, b == 0 || (static_cast<int64_t>(b) == -1 && a == uint64_t{1} << 63) ? 0 : static_cast<uint64_t>(static_cast<int64_t>(a) / static_cast<int64_t>(b)))
+BINARY(mod_u, b == 0 ? 0 : a % b)
+BINARY(mod_s, b == 0 || static_cast<int64_t>(b) == -1 ? 0 : static_cast<uint64_t>(static_cast<int64_t>(a) % static_cast<int64_t>(b)))
+BINARY(and, a & b)
+BINARY(or, a | b)
+BINARY(xor, a ^ b)
+BINARY(shl, b >= 64 ? 0 : a << b)
+BINARY(shr_u, b >= 64 ? 0 : a >> b)
+BINARY(shr_s, static_cast<uint64_t>(static_cast<int64_t>(a) >> (b >= 64 ? 63 : b)))
+BINARY(eq, a == b)
+BINARY(ne, a != b)
+BINARY(lt_s, static_cast<int64_t>(a) < static_cast<int64_t>(b))
+BINARY(le_s, static_cast<int64_t>(a) <= static_cast<int64_t>(b))
+BINARY(lt_u, a < b)
+BINARY(le_u, a <= b)
+BINARY(gt_s, static_cast<int64_t>(a) > static_cast<int64_t>(b))
+BINARY(ge_s, static_cast<int64_t>(a) >= static_cast<int64_t>(b))
+BINARY(gt_u, a > b)
+BINARY(ge_u, a >= b)
+
+op_add_imm: D = A + static_cast<uint64_t>(static_cast<int64_t>(in.imm)); NEXT();
+op_neg: D = -A; NEXT();
+op_not: D = ~A; NEXT();
+op_lnot: D = A == 0; NEXT();
 op_ext: {
   const unsigned bits = static_cast<unsigned>(in.imm) & 0xff;
+  const uint64_t a = A;
   if (bits >= 64)
     D = a;
   else if (in.imm & 0x100)
@@ -374,7 +382,7 @@ op_ext: {
 }
 op_str_eq: {
   uint32_t room_a = 0, room_b = 0;
-  const char *x = string_at(scratch, a, &room_a), *y = string_at(scratch, b, &room_b);
+  const char *x = string_at(scratch, A, &room_a), *y = string_at(scratch, B, &room_b);
   const auto n = static_cast<uint32_t>(in.imm);
   bool eq = true;
   for (uint32_t i = 0; i < n; ++i) {
@@ -389,17 +397,17 @@ op_str_eq: {
   NEXT();
 }
 op_jmp: pc += in.imm; NEXT();
-op_jz: if (a == 0) pc += in.imm; NEXT();
-op_jnz: if (a != 0) pc += in.imm; NEXT();
-op_key_int: __builtin_memcpy(scratch + in.imm, &a, 8); NEXT();
+op_jz: if (A == 0) pc += in.imm; NEXT();
+op_jnz: if (A != 0) pc += in.imm; NEXT();
+op_key_int: __builtin_memcpy(scratch + in.imm, &A, 8); NEXT();
 op_key_str: {
   uint32_t room = 0;
-  const char *str = string_at(scratch, a, &room);
+  const char *str = string_at(scratch, A, &room);
   const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
   copy_string(scratch + at, str, room, static_cast<uint32_t>(in.imm) >> 16);
   NEXT();
 }
-op_agg: aggregate(s, static_cast<uint32_t>(in.imm), scratch, a); NEXT();
+op_agg: aggregate(s, static_cast<uint32_t>(in.imm), scratch, A); NEXT();
 op_load: {
   char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
   auto *h = reinterpret_cast<SharedEntryHeader *>(e);
@@ -417,7 +425,7 @@ op_has: {
 op_store:
   if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, true)) {
     auto *h = reinterpret_cast<SharedEntryHeader *>(e);
-    h->value.store(a, std::memory_order_relaxed);
+    h->value.store(A, std::memory_order_relaxed);
     // Release: a reader that sees it live (acquire) sees the value.
     h->state.store(kSharedLive, std::memory_order_release);
   }
@@ -429,7 +437,10 @@ op_delete:
 op_printf: emit_printf(s, probe, static_cast<uint32_t>(in.imm), &r[in.a], scratch); NEXT();
 op_exit: shared_head()->exit_requested.store(1, std::memory_order_relaxed); NEXT();
 #undef NEXT
+#undef BINARY
 #undef D
+#undef A
+#undef B
 }
 
 }  // namespace usprobe::agent

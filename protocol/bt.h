@@ -48,6 +48,17 @@ inline constexpr uint32_t kScratchBytes = 2048;
 inline constexpr uint32_t kMaxKeyBytes = 512;
 inline constexpr uint32_t kMaxPrintfArgs = 16;
 
+// The operations, in enum Op's order: PLAIN(name) for one, BIN(name) for a binary one (which may
+// take an immediate operand). agent/bt_vm.cc builds its dispatch table from this list.
+#define BT_OPS(PLAIN, BIN)                                                                       \
+  PLAIN(end) PLAIN(mov) PLAIN(const) PLAIN(const_small) PLAIN(arg) PLAIN(usdt_arg) PLAIN(retval) \
+  PLAIN(builtin) PLAIN(comm) PLAIN(pool_string) PLAIN(str) BIN(add) BIN(sub) BIN(mul)           \
+  BIN(div_u) BIN(div_s) BIN(mod_u) BIN(mod_s) BIN(and) BIN(or) BIN(xor) BIN(shl) BIN(shr_u)     \
+  BIN(shr_s) BIN(eq) BIN(ne) BIN(lt_s) BIN(le_s) BIN(lt_u) BIN(le_u) BIN(gt_s) BIN(ge_s)        \
+  BIN(gt_u) BIN(ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
+  PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
+  PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit)
+
 enum Op : uint8_t {
   kEnd = 0,     // the hit is done
   kMov,         // dst = a
@@ -89,6 +100,9 @@ inline constexpr uint8_t kNoReg = 0xff;
 // Or'ed into a binary operation (kAdd..kGeU): its right operand is the instruction's imm.
 inline constexpr uint8_t kImmOperand = 0x80;
 inline constexpr bool is_binary(uint8_t op) { return op >= kAdd && op <= kGeU; }
+#define BT_COUNT(name) +1
+static_assert(0 BT_OPS(BT_COUNT, BT_COUNT) == kOpCount, "BT_OPS lists every operation");
+#undef BT_COUNT
 
 // kProbeIndex: the probe's index in the plan, which the CLI names (func, probe).
 enum Builtin : uint32_t {

@@ -226,10 +226,25 @@ class BlockCompiler {
                                             std::optional<int32_t> imm = std::nullopt) {
     const bool is_signed = lt.is_signed && rt.is_signed;
     auto emit = [&](ab::Op o, uint8_t d, uint8_t x, uint8_t y, int64_t) {
-      if (imm)
-        this->emit(static_cast<ab::Op>(o | ab::kImmOperand), d, x, 0, *imm);
-      else
+      if (!imm) {
         this->emit(o, d, x, y, 0);
+        return;
+      }
+      // Unsigned division, remainder and product by a power of two: a shift or a mask, not a
+      // divide (tens of cycles: `arg0 % 8` is the common key).
+      const auto v = static_cast<uint64_t>(int64_t{*imm});
+      if (*imm > 0 && (v & (v - 1)) == 0 && (o == ab::kDivU || o == ab::kModU || o == ab::kMul)) {
+        const int log2 = __builtin_ctzll(v);
+        if (o == ab::kModU)
+          this->emit(static_cast<ab::Op>(ab::kAnd | ab::kImmOperand), d, x, 0,
+                     static_cast<int64_t>(v - 1));
+        else
+          this->emit(static_cast<ab::Op>((o == ab::kDivU ? ab::kShrU : ab::kShl) |
+                                         ab::kImmOperand),
+                     d, x, 0, log2);
+        return;
+      }
+      this->emit(static_cast<ab::Op>(o | ab::kImmOperand), d, x, 0, *imm);
     };
     if (lt.is_string() || rt.is_string()) {
       if (op != Op::kEq && op != Op::kNe)
