@@ -167,7 +167,8 @@ TEST(BtCheck, PrintfErrorsAsBpftrace) {
             "printf: %s specifier expects a value of type string (buffer supplied)");
   EXPECT_EQ(error_of("BEGIN { printf(1); }"),
             "printf() expects a string literal (integer provided)");
-  EXPECT_EQ(error_of("BEGIN { printf(); }"), "printf() requires at least one argument (0 provided)");
+  EXPECT_EQ(error_of("BEGIN { printf(); }"),
+            "printf() requires at least one argument (0 provided)");
   EXPECT_EQ(error_of("BEGIN { printf(\"%q\", 1); }"),
             "printf: unknown conversion '%q' (expected one of d i u x X o c s p r, or %% for a "
             "'%')");

@@ -329,8 +329,8 @@ class Checker {
       return Type::none();
     }
     size_t want = call.func == Func::kLhist ? 4 : 1;
-    if (n != want) fail_at(call.loc, fmt::format("{}() requires {} ({} provided)", name,
-                                                 arguments(want), n));
+    if (n != want)
+      fail_at(call.loc, fmt::format("{}() requires {} ({} provided)", name, arguments(want), n));
     Type t = value(*call.args[0]);
     if (!t.is_int())
       fail_at(call.loc, fmt::format("{}() only supports integer arguments ({} provided)", name,
@@ -478,8 +478,8 @@ class Checker {
     if (want == 0)
       fail_at(e.loc, fmt::format("{}() requires no arguments ({} provided)", func_name(e.func),
                                  e.args.size()));
-    fail_at(e.loc, fmt::format("{}() {} {} ({} provided)", func_name(e.func), how,
-                               arguments(want), e.args.size()));
+    fail_at(e.loc, fmt::format("{}() {} {} ({} provided)", func_name(e.func), how, arguments(want),
+                               e.args.size()));
   }
 
   // An integer literal argument (a length, a count).
