@@ -309,6 +309,8 @@ TEST(BtCheck, OperatorsAndCalls) {
   EXPECT_EQ(error_of("BEGIN /\"a\"/ { exit() }"),
             "the predicate must be an integer (string[2] given)");
   EXPECT_EQ(error_of("BEGIN { exit(1); }"), "exit() requires no arguments (1 provided)");
+  EXPECT_EQ(error_of("BEGIN { } BEGIN { }"), "More than one BEGIN probe defined");
+  EXPECT_EQ(error_of("END { } u:a:b { } BEGIN, END { }"), "More than one END probe defined");
   EXPECT_EQ(error_of("BEGIN { clear(1); }"), "clear() expects a map to be provided");
   EXPECT_EQ(error_of("BEGIN { @x = 1; print(@x, \"a\"); }"),
             "print() expects a integer literal (string provided)");

@@ -15,7 +15,8 @@
 namespace usprobe::bt {
 namespace {
 
-// Runs the END blocks of `src`, then prints the maps as at exit: the text written.
+// Runs the BEGIN blocks of `src`, then its END blocks, then prints the maps as at exit: the text
+// written.
 std::string end_output(std::string_view src, bool json = false) {
   auto p = parse(src);
   EXPECT_TRUE(p) << p.error().message;
@@ -28,6 +29,7 @@ std::string end_output(std::string_view src, bool json = false) {
   FILE *out = open_memstream(&data, &size);
   {
     Host host(*p, code->code, json, out, 0);
+    host.run_blocks(ProbeType::kBegin);
     host.run_blocks(ProbeType::kEnd);
     host.print_maps_at_exit();
   }
@@ -49,6 +51,14 @@ TEST(BtHost, AnEmptyCountWithoutKeysPrintsAsZero) {
             "{\"type\": \"printf\", \"data\": \"--\\n\"}\n"
             "\n\n"
             "{\"type\": \"map\", \"data\": {\"@c\": 0}}\n");
+}
+
+// exit() in BEGIN (or interval) ends the program: what follows it in the block does not run, END
+// does, as in bpftrace.
+TEST(BtHost, EndRunsAfterExitInBegin) {
+  EXPECT_EQ(end_output("BEGIN { printf(\"begin\\n\"); exit(); printf(\"no\\n\"); } "
+                       "u:a:b { @c[1] = count(); } END { printf(\"end\\n\"); }"),
+            "begin\nend\n\n\n\n");
 }
 
 }  // namespace

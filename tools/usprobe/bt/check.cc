@@ -114,6 +114,16 @@ class Checker {
   explicit Checker(Program &program) : prog_(program) {}
 
   void run() {
+    // bpftrace takes one BEGIN and one END (its underline starts where the previous token ends).
+    bool seen[2] = {false, false};
+    for (const ProbeBlock &p : prog_.probes)
+      for (const AttachPoint &ap : p.attach_points) {
+        if (ap.type != ProbeType::kBegin && ap.type != ProbeType::kEnd) continue;
+        bool &s = seen[ap.type == ProbeType::kEnd];
+        if (s)
+          fail_at(ap.loc, fmt::format("More than one {} probe defined", probe_type_name(ap.type)));
+        s = true;
+      }
     // Collect: until no statement defines a new map.
     collecting_ = true;
     for (size_t before = SIZE_MAX; before != prog_.maps.size();) {

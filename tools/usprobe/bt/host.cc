@@ -160,7 +160,11 @@ void Host::run_intervals(int64_t now_ns) {
 }
 
 void Host::block(const ProbeBlock &b) {
-  if (exit_) return;
+  // After exit() only END blocks run: they are how a program ends (`interval:s:5 { exit(); }
+  // END { ... }`), in bpftrace whichever block called exit().
+  bool end = false;
+  for (const AttachPoint &p : b.attach_points) end = end || p.type == ProbeType::kEnd;
+  if (exit_ && !end) return;
   std::vector<Val> vars(b.variables.size(), Int{0, true});
   if (b.predicate) {
     Val v = eval(*b.predicate, vars);
