@@ -5,20 +5,23 @@
 //     str(p) and str(p, 5) string[64]; "ab" string[3]; func usym; ustack ustack; buf(p, 8)
 //     buffer[9]; (uint8)1 unsigned int8 in a variable, unsigned int64 in a map; 1 and -1 int64;
 //     pid+1, -pid, !pid unsigned int64; (int8)1 < 2 int64.
-//   errors, same text here: "Type mismatch for @x: trying to assign value of type 'string[2]' when
-//     map already contains a value of type 'int64" (bpftrace drops the closing quote; ours has
-//     it), "Argument mismatch for @x: ...", "Type mismatch for $x: ..." (at the '='), "Undefined
-//     map: @x", "Undefined or undeclared variable: $x", "count() should be directly assigned to
-//     a map", "x86_64 doesn't support arg6", "The func builtin can not be used with 'usdt'
-//     probes", "printf: Not enough / Too many arguments for format string (1 supplied, 2
-//     expected)", "printf: %d specifier expects a value of type integer (string supplied)",
-//     "printf() expects a string literal (integer provided)", "lhist() ..." (4 arguments,
-//     literals, min < max, step >= 1, min >= 0), "sum() only supports integer arguments (string
-//     provided)", "count() requires no arguments (1 provided)", "exit() requires no arguments
-//     (1 provided)", "The ++ operator can not be used on expressions of type 'count'",
-//     "Ternary operator must return the same type: have 'integer' and 'string'", "Type mismatch
-//     for '+': comparing 'int64' with 'string[2]'", "The < operator can not be used on
-//     expressions of types string[2], string[2]", "clear() expects a map to be provided".
+//   errors, same text here: "Type mismatch for @x: trying to assign value of type 'string[2]'
+//     when map already contains a value of type 'int64" (bpftrace drops the closing quote; ours has
+//     it), "Argument mismatch for @x: ..." (bpftrace names every integer key "unsigned int64"),
+//     "Type mismatch for $x: ..." (at the '='), "Undefined map: @x", "Undefined or undeclared
+//     variable: $x", "count() should be directly assigned to a map", "x86_64 doesn't support arg6",
+//     "The func builtin can not be used with 'usdt' probes", "printf: Not enough / Too many
+//     arguments for format string (1 supplied, 2 expected)", "printf: %d specifier expects a value
+//     of type integer (string supplied)", "printf() expects a string literal (integer provided)",
+//     "printf() requires at least one argument (0 provided)", "hist() requires one argument (0
+//     provided)", "lhist() ..." (4 arguments, literals, min < max, step >= 1, min >= 0), "sum()
+//     only supports integer arguments (string provided)", "count() requires no arguments (1
+//     provided)", "exit() requires no arguments (1 provided)", "The ++ operator can not be used on
+//     expressions of type 'count'", "Ternary operator must return the same type: have 'integer' and
+//     'string'", "Type mismatch for '+': comparing 'int64' with 'string[2]'" (both operands
+//     underlined), "The < operator can not be used on expressions of types string[2], string[2]"
+//     and "The ~ operator can not be used on expressions of type 'string[2]'" (the operator
+//     underlined), "clear() expects a map to be provided".
 //   bpftrace's wording adapted to usprobe: arg0 outside uprobe/usdt ("...can only be used with
 //     'kprobes', 'uprobes' and 'usdt' probes"), retval outside uretprobe.
 //   bpftrace 0.17 takes and usprobe refuses, saying why: reading an aggregation map as a value
@@ -164,7 +167,8 @@ TEST(BtCheck, PrintfErrorsAsBpftrace) {
             "printf: %s specifier expects a value of type string (buffer supplied)");
   EXPECT_EQ(error_of("BEGIN { printf(1); }"),
             "printf() expects a string literal (integer provided)");
-  EXPECT_EQ(error_of("BEGIN { printf(); }"), "printf() requires at least 1 argument (0 provided)");
+  EXPECT_EQ(error_of("BEGIN { printf(); }"),
+            "printf() requires at least one argument (0 provided)");
   EXPECT_EQ(error_of("BEGIN { printf(\"%q\", 1); }"),
             "printf: unknown conversion '%q' (expected one of d i u x X o c s p r, or %% for a "
             "'%')");
@@ -206,12 +210,12 @@ TEST(BtCheck, MapsAgreeOnKeysAndValues) {
             "                ~~\n");
   EXPECT_EQ(checked("BEGIN { @x[1] = 1; @x[1,2] = 2; exit(); }"),
             "stdin:1:20-27: ERROR: Argument mismatch for @x: trying to access with arguments: "
-            "[int64, int64] when map expects arguments: [int64]\n"
+            "[unsigned int64, unsigned int64] when map expects arguments: [unsigned int64]\n"
             "BEGIN { @x[1] = 1; @x[1,2] = 2; exit(); }\n"
             "                   ~~~~~~~\n");
   EXPECT_EQ(error_of("BEGIN { @x[1] = 1; @x[\"a\"] = 2; }"),
             "Argument mismatch for @x: trying to access with arguments: [string[2]] when map "
-            "expects arguments: [int64]");
+            "expects arguments: [unsigned int64]");
   EXPECT_EQ(error_of("BEGIN { @x = count(); @x = 1; }"),
             "Type mismatch for @x: trying to assign value of type 'int64' when map already "
             "contains a value of type 'count'");
@@ -252,7 +256,7 @@ TEST(BtCheck, Aggregations) {
   EXPECT_EQ(error_of("BEGIN { @ = count(1); }"), "count() requires no arguments (1 provided)");
   EXPECT_EQ(error_of("BEGIN { @ = sum(\"a\"); }"),
             "sum() only supports integer arguments (string provided)");
-  EXPECT_EQ(error_of("BEGIN { @ = hist(); }"), "hist() requires 1 argument (0 provided)");
+  EXPECT_EQ(error_of("BEGIN { @ = hist(); }"), "hist() requires one argument (0 provided)");
   EXPECT_EQ(error_of("BEGIN { @ = lhist(5, 0, 10); }"),
             "lhist() requires 4 arguments (3 provided)");
   EXPECT_EQ(error_of("BEGIN { $a = 0; @ = lhist(5, $a, 10, 1); }"),
@@ -279,8 +283,22 @@ TEST(BtCheck, OperatorsAndCalls) {
             "stdin:1:24-38: ERROR: Type mismatch for '+': comparing 'int64' with 'string[2]'\n"
             "BEGIN { printf(\"%d\\n\", (int64)1 + \"a\"); exit(); }\n"
             "                       ~~~~~~~~~~~~~~\n");
-  EXPECT_EQ(error_of("BEGIN { @ = \"a\" < \"b\"; }"),
-            "The < operator can not be used on expressions of types string[2], string[2]");
+  // An operator that does not take its operands' types: bpftrace underlines the operator alone.
+  EXPECT_EQ(checked("BEGIN { @ = \"a\" < \"b\"; }"),
+            "stdin:1:17-18: ERROR: The < operator can not be used on expressions of types "
+            "string[2], string[2]\n"
+            "BEGIN { @ = \"a\" < \"b\"; }\n"
+            "                ~\n");
+  EXPECT_EQ(checked("BEGIN { @ = 1 + (\"a\" << \"b\"); }"),
+            "stdin:1:22-24: ERROR: The << operator can not be used on expressions of types "
+            "string[2], string[2]\n"
+            "BEGIN { @ = 1 + (\"a\" << \"b\"); }\n"
+            "                     ~~\n");
+  EXPECT_EQ(checked("BEGIN { @ = ~\"a\"; }"),
+            "stdin:1:13-14: ERROR: The ~ operator can not be used on expressions of type "
+            "'string[2]'\n"
+            "BEGIN { @ = ~\"a\"; }\n"
+            "            ~\n");
   EXPECT_EQ(error_of("BEGIN { @ = comm == \"bash\"; }"), "ok");
   EXPECT_EQ(error_of("BEGIN { @ = 1 ? 1 : \"a\"; }"),
             "Ternary operator must return the same type: have 'integer' and 'string'");
@@ -291,17 +309,19 @@ TEST(BtCheck, OperatorsAndCalls) {
   EXPECT_EQ(error_of("BEGIN /\"a\"/ { exit() }"),
             "the predicate must be an integer (string[2] given)");
   EXPECT_EQ(error_of("BEGIN { exit(1); }"), "exit() requires no arguments (1 provided)");
+  EXPECT_EQ(error_of("BEGIN { } BEGIN { }"), "More than one BEGIN probe defined");
+  EXPECT_EQ(error_of("END { } u:a:b { } BEGIN, END { }"), "More than one END probe defined");
   EXPECT_EQ(error_of("BEGIN { clear(1); }"), "clear() expects a map to be provided");
   EXPECT_EQ(error_of("BEGIN { @x = 1; print(@x, \"a\"); }"),
             "print() expects a integer literal (string provided)");
-  EXPECT_EQ(error_of("BEGIN { print(); }"), "print() requires at least 1 argument (0 provided)");
+  EXPECT_EQ(error_of("BEGIN { print(); }"), "print() requires at least one argument (0 provided)");
   EXPECT_EQ(error_of("BEGIN { @x = str(1, 2, 3); }"), "str() takes up to 2 arguments (3 provided)");
   EXPECT_EQ(error_of("BEGIN { @x = buf(1); }"),
             "buf() expects a length argument for non-array type integer");
   EXPECT_EQ(error_of("BEGIN { @x = printf(\"a\"); }"), "printf() returns no value");
   EXPECT_EQ(error_of("BEGIN { @m[1] = 1; @x = has_key(@m, 2); @y = has_key(@m, \"a\"); }"),
             "Argument mismatch for @m: trying to access with arguments: [string[2]] when map "
-            "expects arguments: [int64]");
+            "expects arguments: [unsigned int64]");
   EXPECT_EQ(error_of("BEGIN { @x = ustack(0); }"),
             "ustack() frames must be between 1 and 1024 (0 provided)");
 }

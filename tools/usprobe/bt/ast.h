@@ -147,7 +147,7 @@ struct Expr {
   Op op = Op::kAdd;
   Type cast_to;
   int index = -1;
-  SourceLoc name_loc;  // kCall
+  SourceLoc name_loc;  // kCall: its name; kUnary, kBinary: the operator
   std::vector<std::unique_ptr<Expr>> args;
 };
 using ExprPtr = std::unique_ptr<Expr>;

@@ -83,10 +83,18 @@ void widen(Type &into, const Type &t) {
   into.size = std::max(into.size, t.size);
 }
 
-std::string type_list(const std::vector<Type> &types) {
+// A map's keys as bpftrace 0.17's "Argument mismatch" names them: every integer key is "unsigned
+// int64" there, whatever its sign (the sign still decides how the key prints: @[-5]).
+std::string key_list(const std::vector<Type> &types) {
   std::string out = "[";
-  for (size_t i = 0; i < types.size(); ++i) out += (i ? ", " : "") + types[i].name();
+  for (size_t i = 0; i < types.size(); ++i)
+    out += (i ? ", " : "") + (types[i].is_int() ? std::string("unsigned int64") : types[i].name());
   return out + "]";
+}
+
+// "one argument", "2 arguments": bpftrace's words in its argument-count errors.
+std::string arguments(size_t n) {
+  return n == 1 ? std::string("one argument") : fmt::format("{} arguments", n);
 }
 
 bool is_int_literal(const Expr &e, int64_t *value) {
@@ -106,6 +114,16 @@ class Checker {
   explicit Checker(Program &program) : prog_(program) {}
 
   void run() {
+    // bpftrace takes one BEGIN and one END (its underline starts where the previous token ends).
+    bool seen[2] = {false, false};
+    for (const ProbeBlock &p : prog_.probes)
+      for (const AttachPoint &ap : p.attach_points) {
+        if (ap.type != ProbeType::kBegin && ap.type != ProbeType::kEnd) continue;
+        bool &s = seen[ap.type == ProbeType::kEnd];
+        if (s)
+          fail_at(ap.loc, fmt::format("More than one {} probe defined", probe_type_name(ap.type)));
+        s = true;
+      }
     // Collect: until no statement defines a new map.
     collecting_ = true;
     for (size_t before = SIZE_MAX; before != prog_.maps.size();) {
@@ -245,7 +263,7 @@ class Checker {
       if (!match)
         fail_at(e.loc, fmt::format("Argument mismatch for {}: trying to access with arguments: {} "
                                    "when map expects arguments: {}",
-                                   e.text, type_list(keys), type_list(it->keys)));
+                                   e.text, key_list(keys), key_list(it->keys)));
       for (size_t i = 0; i < keys.size(); ++i) widen(it->keys[i], keys[i]);
     }
     e.index = static_cast<int>(it - prog_.maps.begin());
@@ -322,8 +340,7 @@ class Checker {
     }
     size_t want = call.func == Func::kLhist ? 4 : 1;
     if (n != want)
-      fail_at(call.loc, fmt::format("{}() requires {} argument{} ({} provided)", name, want,
-                                    want == 1 ? "" : "s", n));
+      fail_at(call.loc, fmt::format("{}() requires {} ({} provided)", name, arguments(want), n));
     Type t = value(*call.args[0]);
     if (!t.is_int())
       fail_at(call.loc, fmt::format("{}() only supports integer arguments ({} provided)", name,
@@ -385,8 +402,10 @@ class Checker {
       case ExprKind::kUnary: {
         Type t = value(*e.args[0]);
         if (!t.is_int())
-          fail_at(e.loc, fmt::format("The {} operator can not be used on expressions of type '{}'",
-                                     op_text(e.op), t.name()));
+          // At the operator, as bpftrace places it.
+          fail_at(e.name_loc,
+                  fmt::format("The {} operator can not be used on expressions of type '{}'",
+                              op_text(e.op), t.name()));
         return Type::integer(64, t.is_signed);
       }
       case ExprKind::kBinary:
@@ -419,8 +438,10 @@ class Checker {
       fail_at(e.loc, fmt::format("Type mismatch for '{}': comparing '{}' with '{}'", op_text(e.op),
                                  a.name(), b.name()));
     if (a.is_string() && (e.op == Op::kEq || e.op == Op::kNe)) return Type::integer(64, true);
-    fail_at(e.loc, fmt::format("The {} operator can not be used on expressions of types {}, {}",
-                               op_text(e.op), a.name(), b.name()));
+    // At the operator, as bpftrace places it (a type mismatch spans both operands, as there).
+    fail_at(e.name_loc,
+            fmt::format("The {} operator can not be used on expressions of types {}, {}",
+                        op_text(e.op), a.name(), b.name()));
   }
 
   Type builtin(Expr &e) {
@@ -467,8 +488,8 @@ class Checker {
     if (want == 0)
       fail_at(e.loc, fmt::format("{}() requires no arguments ({} provided)", func_name(e.func),
                                  e.args.size()));
-    fail_at(e.loc, fmt::format("{}() {} {} argument{} ({} provided)", func_name(e.func), how, want,
-                               want == 1 ? "" : "s", e.args.size()));
+    fail_at(e.loc, fmt::format("{}() {} {} ({} provided)", func_name(e.func), how, arguments(want),
+                               e.args.size()));
   }
 
   // An integer literal argument (a length, a count).
@@ -534,7 +555,7 @@ class Checker {
         if (!match)
           fail_at(e.loc, fmt::format("Argument mismatch for {}: trying to access with arguments: "
                                      "{} when map expects arguments: {}",
-                                     m->name, type_list(keys), type_list(m->keys)));
+                                     m->name, key_list(keys), key_list(m->keys)));
         return Type::integer(64, true);
       }
       case Func::kExit:

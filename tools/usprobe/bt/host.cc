@@ -117,12 +117,18 @@ void Host::set_maps(MapReader *reader, MapReader::LiveTables live) {
 }
 
 std::vector<Map> Host::maps() const {
+  std::vector<Map> all;
   if (!reader_) {
-    std::vector<Map> none;
-    for (const MapDef &d : code_.maps) none.push_back({d.name, d.kind, d.is_signed, {}});
-    return none;
+    for (const MapDef &d : code_.maps) all.push_back({d.name, d.kind, d.is_signed, {}});
+  } else {
+    all = reader_->read(live_);
   }
-  return reader_->read(live_);
+  // bpftrace 0.17 prints a count() without keys that counted nothing (or was cleared) as 0
+  // ("@c: 0"), where every other empty map prints as nothing.
+  for (size_t i = 0; i < all.size() && i < program_.maps.size(); ++i)
+    if (all[i].kind == ValueKind::kCount && all[i].entries.empty() && program_.maps[i].keys.empty())
+      all[i].entries.push_back({{}, Value{int64_t{0}}});
+  return all;
 }
 
 void Host::print_maps_at_exit() {
@@ -154,7 +160,11 @@ void Host::run_intervals(int64_t now_ns) {
 }
 
 void Host::block(const ProbeBlock &b) {
-  if (exit_) return;
+  // After exit() only END blocks run: they are how a program ends (`interval:s:5 { exit(); }
+  // END { ... }`), in bpftrace whichever block called exit().
+  bool end = false;
+  for (const AttachPoint &p : b.attach_points) end = end || p.type == ProbeType::kEnd;
+  if (exit_ && !end) return;
   std::vector<Val> vars(b.variables.size(), Int{0, true});
   if (b.predicate) {
     Val v = eval(*b.predicate, vars);

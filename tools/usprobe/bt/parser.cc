@@ -445,10 +445,11 @@ class Parser {
       for (const BinaryOp &o : kLevels[level])
         if (!o.text.empty() && o.text == t.text) found = &o;
       if (!found) return lhs;
-      take();
+      SourceLoc op_loc = take().loc;
       ExprPtr rhs = binary(level + 1);
       ExprPtr e = make(ExprKind::kBinary, span(lhs->loc, rhs->loc));
       e->op = found->op;
+      e->name_loc = op_loc;
       e->args.push_back(std::move(lhs));
       e->args.push_back(std::move(rhs));
       lhs = std::move(e);
@@ -470,6 +471,7 @@ class Parser {
     ExprPtr operand = unary();
     ExprPtr e = make(ExprKind::kUnary, span(tok.loc, operand->loc));
     e->op = op;
+    e->name_loc = tok.loc;
     e->args.push_back(std::move(operand));
     return e;
   }
