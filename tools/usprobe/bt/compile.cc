@@ -225,9 +225,9 @@ class BlockCompiler {
                                             uint8_t a, uint8_t b, const SourceLoc &loc,
                                             std::optional<int32_t> imm = std::nullopt) {
     const bool is_signed = lt.is_signed && rt.is_signed;
-    auto emit = [&](ab::Op o, uint8_t d, uint8_t x, uint8_t y, int64_t) {
+    auto emit = [&](ab::Op o, uint8_t d, uint8_t x, uint8_t y, int64_t value) {
       if (!imm) {
-        this->emit(o, d, x, y, 0);
+        this->emit(o, d, x, y, value);
         return;
       }
       // Unsigned division, remainder and product by a power of two: a shift or a mask, not a
