@@ -145,13 +145,21 @@ int run_run(const RunOptions &options) {
     for (const bt::AttachPoint &p : b.attach_points)
       cli_probes += p.type == bt::ProbeType::kBegin || p.type == bt::ProbeType::kEnd ||
                     p.type == bt::ProbeType::kInterval;
-  host.attaching(probes.size() + cli_probes);
-  host.run_blocks(bt::ProbeType::kBegin);
+  // "Attaching N probes..." and BEGIN: before a command starts, so that they come before its
+  // output (bpftrace holds its command until then); on running processes, once they are attached
+  // (nothing is printed when that fails).
+  auto begin = [&] {
+    host.attaching(probes.size() + cli_probes);
+    host.run_blocks(bt::ProbeType::kBegin);
+    std::fflush(out);
+  };
+  if (options.pids.empty()) begin();
   Supervisor supervisor;
   Target &target = *session->target;
   auto started = target.start(config, plan, session->agent, supervisor);
   if (!started) return report_error(started.error());
   Region *region = *started;
+  if (!options.pids.empty()) begin();
   std::vector<std::string> locations;
   for (const Probe &p : probes) locations.push_back(p.location);
   const bt::ProbeNames names = bt::ProbeNames::of(locations);
