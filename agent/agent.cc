@@ -385,6 +385,7 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   // any register: the trampoline saves the vector state for them. The handlers are built with
   // -mgeneral-regs-only.
   unsigned flags = g_region.records_stacks() ? 0u : unsigned{USPROBE_GENERAL_REGS_ONLY};
+  if (g_region.mode == kModeRun && (g_bt.head.flags & bt::kProgramStacks)) flags = 0;
   // USPROBE_FORCE_INT3=1 in the command's environment puts every probe on the int3 path: tests of
   // that path on real programs, whatever jump the engine could place.
   if (const char *force = getenv("USPROBE_FORCE_INT3"); force && std::string_view(force) == "1")
@@ -511,7 +512,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
   g_region.hist_offset = h->hist_offset;
   g_region.tsc_to_ns_mult = h->tsc_to_ns_mult;
   g_region.stack_flags = h->stack_flags;
-  g_region.trace_stacks = h->mode == kModeTrace ? h->trace_stacks : 0;
+  g_region.trace_stacks = h->mode == kModeTrace || h->mode == kModeRun ? h->trace_stacks : 0;
   g_region.table_offset = h->table_offset;
   g_region.table_entries = h->table_entries;
   g_region.table_arena_words = h->table_arena_words;

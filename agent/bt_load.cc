@@ -149,6 +149,20 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         case kKeyInt:
           if (imm < 0 || imm + 8 > kMaxKeyBytes) return bad("key offset out of range");
           break;
+        case kUstack: {
+          const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
+                         n = static_cast<uint32_t>(in.imm) >> 16;
+          if (!(ph.flags & kProgramStacks) || n == 0 || n > kMaxUstackFrames ||
+              at < kMaxKeyBytes || at % 8 != 0 || at + ustack_bytes(n) > kScratchBytes)
+            return bad("bad ustack");
+          break;
+        }
+        case kKeyBytes: {
+          const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
+                         n = static_cast<uint32_t>(in.imm) >> 16;
+          if (n == 0 || n % 8 != 0 || at + n > kMaxKeyBytes) return bad("key offset out of range");
+          break;
+        }
         case kKeyStr: {
           const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
                          n = static_cast<uint32_t>(in.imm) >> 16;

@@ -436,6 +436,29 @@ op_delete:
   NEXT();
 op_printf: emit_printf(s, probe, static_cast<uint32_t>(in.imm), &r[in.a], scratch); NEXT();
 op_exit: shared_head()->exit_requested.store(1, std::memory_order_relaxed); NEXT();
+op_ustack: {
+  const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
+  const auto frames = static_cast<uint32_t>(in.imm) >> 16;
+  auto *w = reinterpret_cast<uint64_t *>(scratch + at);
+  int n = usprobe_hit_stack(hit, w + 2, static_cast<int>(frames), g_region.stack_flags);
+  if (n < 0) n = 0;
+  w[0] = static_cast<uint32_t>(s->pid.load(std::memory_order_relaxed)) |
+         uint64_t{g_region.image} << 32;
+  w[1] = static_cast<uint64_t>(n);
+  for (uint32_t i = static_cast<uint32_t>(n); i < frames; ++i) w[2 + i] = 0;
+  D = at;
+  NEXT();
+}
+op_key_bytes: {
+  const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
+  const auto n = static_cast<uint32_t>(in.imm) >> 16;
+  const uint64_t from = A;
+  if (from <= kScratchBytes - n)
+    copy_words(scratch + at, scratch + from, n);
+  else
+    for (uint32_t i = 0; i < n; ++i) scratch[at + i] = 0;
+  NEXT();
+}
 #undef NEXT
 #undef BINARY
 #undef D

@@ -44,8 +44,13 @@ namespace usprobe::agent::bt {
 
 inline constexpr uint32_t kProgramMagic = 0x3142'5355;  // "USB1"
 inline constexpr uint32_t kRegisters = 32;
-inline constexpr uint32_t kScratchBytes = 2048;
-inline constexpr uint32_t kMaxKeyBytes = 512;
+inline constexpr uint32_t kScratchBytes = 4096;
+inline constexpr uint32_t kMaxKeyBytes = 1536;  // room for a ustack of 127 frames
+// A user stack as ustack writes it into scratch, and as it sits in a key: the pid and the agent's
+// image number (pid | image << 32, for the CLI to name the frames with the right mappings), the
+// number of frames, then the frames (usprobe_hit_stack's order), zero past the count.
+inline constexpr uint32_t kMaxUstackFrames = 127;
+inline constexpr uint32_t ustack_bytes(uint32_t frames) { return 16 + 8 * frames; }
 inline constexpr uint32_t kMaxPrintfArgs = 16;
 
 // The operations, in enum Op's order: PLAIN(name) for one, BIN(name) for a binary one (which may
@@ -57,7 +62,7 @@ inline constexpr uint32_t kMaxPrintfArgs = 16;
   BIN(shr_s) BIN(eq) BIN(ne) BIN(lt_s) BIN(le_s) BIN(lt_u) BIN(le_u) BIN(gt_s) BIN(ge_s)        \
   BIN(gt_u) BIN(ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
-  PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit)
+  PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes)
 
 enum Op : uint8_t {
   kEnd = 0,     // the hit is done
@@ -93,6 +98,9 @@ enum Op : uint8_t {
   kHas,         // dst = maps[imm] (plain) has key
   kPrintf,      // printf imm with b registers from a on
   kExit,        // ask the CLI to end the session (header exit flag)
+  kUstack,      // dst = scratch offset imm & 0xffff: the user stack written there, at most imm >> 16
+                // frames (see ustack_bytes); the program has kProgramStacks
+  kKeyBytes,    // key[imm & 0xffff ...] = imm >> 16 bytes from scratch offset a
   kOpCount
 };
 
@@ -249,13 +257,17 @@ struct ProgramHeader {
   uint64_t probes_offset, insns_offset, constants_offset, pool_offset, maps_offset,
       printfs_offset, printf_args_offset;  // within the program
   uint32_t string_size;  // str()'s default size, the NUL included (bpftrace's 64)
-  uint32_t reserved;
+  uint32_t flags;        // kProgramStacks
   uint64_t tables_bytes;  // a slot's table area: every aggregation map's table
   // Within the region: the shared area, GenerationWords, then the plain maps' tables.
   uint64_t shared_offset, shared_size;
   uint64_t start_tsc;        // elapsed = (rdtsc - start_tsc) * tsc_to_ns_mult >> kTscShift
   uint64_t nsecs_base;       // nsecs = nsecs_base + rdtsc * tsc_to_ns_mult >> kTscShift
 };
+
+// The program takes user stacks (ustack): its probes are attached with the vector state saved
+// (the unwinder may use any register), and its agents write their mappings (header.trace_stacks).
+inline constexpr uint32_t kProgramStacks = 1;
 
 // The shared area's first words: exit requested (kExit), then one generation per map.
 struct SharedHead {

@@ -117,6 +117,25 @@ TEST(CliRun, FuncAndProbeNameTheFunctionAGlobMatched) {
   }
 }
 
+// ustack as a key: the stacks walked with DWARF (e2e_target has no frame pointers; bpftrace 0.17
+// walks frame pointers and stops after two frames here), named after the command exited from the
+// mappings its agent wrote, each frame as bpftrace prints one.
+TEST(CliRun, UstackKeysNameEveryFrameAfterTheCommandExited) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_work { @[ustack] = count(); @two[ustack(2)] = count(); }", "--",
+                  e2e::target(), "calls", "7"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const size_t whole = r.out.find("\n@[\n    e2e_work+0\n    main+");
+  ASSERT_NE(whole, std::string::npos) << r.out;
+  const std::string tail = r.out.substr(whole);
+  EXPECT_NE(tail.find("    __libc_start_main+"), std::string::npos) << r.out;
+  EXPECT_NE(tail.find("]: 7\n"), std::string::npos) << r.out;
+  const size_t two = r.out.find("\n@two[\n    e2e_work+0\n    main+");
+  ASSERT_NE(two, std::string::npos) << r.out;
+  EXPECT_EQ(r.out.substr(r.out.find('\n', r.out.find("main+", two)) + 1, 6), "]: 7\n")
+      << "two frames, then the count: " << r.out;
+}
+
 // A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
 TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   e2e::TempDir dir;

@@ -161,7 +161,10 @@ class BlockCompiler {
       if (!r) return Fail(r.error());
       if (auto ok = expr(k, *r); !ok) return ok;
       const KeyPart &part = out_.maps.at(static_cast<size_t>(m.index)).key.at(i);
-      if (part.is_string) {
+      if (part.stack_frames != 0) {
+        emit(ab::kKeyBytes, 0, *r, 0, static_cast<int64_t>(offset | (part.size << 16)));
+        offset += part.size;
+      } else if (part.is_string) {
         uint32_t n = part.size;
         emit(ab::kKeyStr, 0, *r, 0, static_cast<int64_t>(offset | (n << 16)));
         offset += n;
@@ -404,6 +407,15 @@ class BlockCompiler {
 
   std::expected<void, Diagnostic> call_expr(const Expr &e, uint8_t dst) {
     switch (e.func) {
+      case Func::kUstack: {
+        const uint32_t frames = e.type.size ? std::min(e.type.size, ab::kMaxUstackFrames)
+                                            : ab::kMaxUstackFrames;
+        auto at = scratch(e.loc, ab::ustack_bytes(frames));
+        if (!at) return Fail(at.error());
+        emit(ab::kUstack, dst, 0, 0, static_cast<int64_t>(*at | (frames << 16)));
+        out_.uses_stacks = true;
+        return {};
+      }
       case Func::kStr: {
         if (auto ok = expr(*e.args[0], dst); !ok) return ok;
         uint8_t len = ab::kNoReg;
@@ -530,8 +542,14 @@ MapDef map_def(const MapInfo &m, uint32_t string_size) {
   d.lhist_min = m.lhist_min;
   d.lhist_max = m.lhist_max;
   d.lhist_step = m.lhist_step;
-  for (const Type &k : m.keys)
+  for (const Type &k : m.keys) {
+    if (k.kind == TypeKind::kUstack) {
+      const uint32_t frames = k.size ? std::min(k.size, ab::kMaxUstackFrames) : ab::kMaxUstackFrames;
+      d.key.push_back({false, false, ab::ustack_bytes(frames), ProbeName::kNone, frames});
+      continue;
+    }
     d.key.push_back({k.is_string(), k.is_signed, k.is_string() ? string_bytes(k, string_size) : 8});
+  }
   return d;
 }
 

@@ -49,7 +49,7 @@ uint32_t map_kind(ValueKind k) {
 
 uint32_t MapDef::key_bytes() const {
   uint32_t n = 0;
-  for (const KeyPart &p : key) n += p.is_string ? p.size : 8;
+  for (const KeyPart &p : key) n += p.size;  // 8 for an integer
   return static_cast<uint32_t>(align(n, 8));
 }
 
@@ -108,6 +108,7 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
   h.printf_count = static_cast<uint32_t>(printfs.size());
   h.printf_arg_count = static_cast<uint32_t>(args.size());
   h.string_size = c.string_size;
+  h.flags = c.uses_stacks ? ab::kProgramStacks : 0;
   h.tables_bytes = laid.tables_bytes;
   h.shared_size = laid.shared_bytes;
   h.start_tsc = start_tsc;
@@ -173,7 +174,21 @@ Scalar ProbeNames::name(ProbeName kind, uint64_t index) const {
 std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNames &names) {
   std::vector<Scalar> key;
   for (const KeyPart &p : m.key) {
-    if (p.name != ProbeName::kNone) {
+    if (p.stack_frames != 0) {
+      uint64_t head[2] = {};
+      std::memcpy(head, bytes, sizeof head);
+      std::vector<uint64_t> ips(std::min<uint64_t>(head[1], p.stack_frames));
+      if (!ips.empty()) std::memcpy(ips.data(), bytes + 16, 8 * ips.size());
+      Stack st;
+      if (names.stack) {
+        st.frames = names.stack(static_cast<int32_t>(head[0] & 0xffff'ffffu),
+                                static_cast<uint32_t>(head[0] >> 32), ips);
+      } else {
+        for (uint64_t ip : ips) st.frames.push_back(fmt::format("{:#x}", ip));
+      }
+      key.push_back(std::move(st));
+      bytes += p.size;
+    } else if (p.name != ProbeName::kNone) {
       uint64_t v = 0;
       std::memcpy(&v, bytes, 8);
       key.push_back(names.name(p.name, v));

@@ -25,6 +25,7 @@ struct KeyPart {
   bool is_signed = true;
   uint32_t size = 8;
   ProbeName name = ProbeName::kNone;
+  uint32_t stack_frames = 0;  // a ustack (size: agent::bt::ustack_bytes of it), named by the CLI
 };
 
 // The names of the resolved probes, by plan index: func ("malloc") and probe
@@ -34,6 +35,11 @@ struct ProbeNames {
   // From the plan's locations ("/path:func", "uretprobe:/path:func", "usdt:/path:prov:name").
   static ProbeNames of(const std::vector<std::string> &locations);
   Scalar name(ProbeName kind, uint64_t index) const;
+  // Names a ustack's frames ("func+off", innermost first) with the mappings of process `pid`'s
+  // image `image`; without it, frames are their addresses.
+  std::function<std::vector<std::string>(int32_t pid, uint32_t image,
+                                         const std::vector<uint64_t> &ips)>
+      stack;
 };
 
 struct MapDef {
@@ -72,6 +78,7 @@ struct Compiled {
   std::string pool;  // NUL-terminated literals
   std::vector<CodeBlock> blocks;
   uint32_t string_size = 64;
+  bool uses_stacks = false;  // ustack somewhere: agent::bt::kProgramStacks
 };
 
 // The region's program for the resolved probes: probe i runs blocks[block_of_probe[i]].

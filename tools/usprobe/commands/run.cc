@@ -17,6 +17,7 @@
 #include "bt/print.h"
 #include "commands/commands.h"
 #include "session/region.h"
+#include "session/stack_names.h"
 #include "session/session.h"
 #include "session/supervisor.h"
 #include "session/tsc_clock.h"
@@ -137,6 +138,13 @@ int run_run(const RunOptions &options) {
   config.program = laid.program;
   config.tables_bytes = laid.tables_bytes;
   config.shared_bytes = laid.shared_bytes;
+  if (compiled->code.uses_stacks) {
+    // ustack: the agents write their mappings, for the frames to be named after they exit.
+    config.trace_stacks = true;
+    config.max_maps = 16384;
+    config.maps_text_size = uint64_t{64} << 20;
+  }
+  StackNames stack_names;
 
   bt::Host host(*program, compiled->code, options.json, out, now_ns);
   // bpftrace counts BEGIN, END and interval among the probes it attaches.
@@ -162,7 +170,11 @@ int run_run(const RunOptions &options) {
   if (!options.pids.empty()) begin();
   std::vector<std::string> locations;
   for (const Probe &p : probes) locations.push_back(p.location);
-  const bt::ProbeNames names = bt::ProbeNames::of(locations);
+  bt::ProbeNames names = bt::ProbeNames::of(locations);
+  names.stack = [&](int32_t pid, uint32_t image, const std::vector<uint64_t> &ips) {
+    for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
+    return stack_names.name_bpftrace(pid, image, ips);
+  };
   bt::MapReader reader(compiled->code, laid, region->shared_area(), names);
   host.set_maps(&reader, [region](const std::function<void(const char *)> &each) {
     region->for_each_live_table(each);
@@ -176,6 +188,8 @@ int run_run(const RunOptions &options) {
   auto tick = [&] {
     region->drain_records(record);
     region->reclaim_run(record, [&](char *tables) { reader.fold(tables); });
+    if (compiled->code.uses_stacks)
+      for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
     host.run_intervals(monotonic_ns());
     std::fflush(out);
     notices.print(region->new_notices());

@@ -36,6 +36,7 @@
 #include "protocol/maps_lines.h"
 #include "resolve/symbolizer.h"
 #include "session/region.h"
+#include "session/stack_names.h"
 #include "session/session.h"
 #include "session/supervisor.h"
 #include "session/tsc_clock.h"
@@ -56,37 +57,6 @@ constexpr size_t kWriteChunk = size_t{1} << 20;
 // -U: the mappings the agents write for naming the stacks (as usprobe stacks has them).
 constexpr uint32_t kMaxMaps = 16384;
 constexpr uint64_t kMapsTextSize = uint64_t{64} << 20;
-
-// Names the addresses of -U's stacks: a Symbolizer per process image, over the mappings its agent
-// wrote into the region (or, when it found no room, /proc/PID/maps while the process lives).
-class StackNames {
- public:
-  void add(const MapsMessage &m) {
-    if (m.text.empty()) return;
-    if (auto modules = parse_module_map(m.text))
-      by_image_.insert_or_assign({m.pid, m.image}, std::make_unique<Symbolizer>(*modules));
-  }
-
-  // "func+0x12 [/path/of/file]", innermost first.
-  std::vector<std::string> name(int32_t pid, uint32_t image, std::span<const uint64_t> ips) {
-    auto it = by_image_.find({pid, image});
-    if (it == by_image_.end()) {
-      std::unique_ptr<Symbolizer> live;
-      if (auto modules = read_module_map(pid)) live = std::make_unique<Symbolizer>(*modules);
-      it = by_image_.emplace(std::pair{pid, image}, std::move(live)).first;
-    }
-    std::vector<std::string> out;
-    if (!it->second) {
-      for (uint64_t ip : ips) out.push_back(fmt::format("[unknown] {:#x}", ip));
-      return out;
-    }
-    for (const Frame &f : it->second->symbolize_stack(ips)) out.push_back(f.name_with_offset());
-    return out;
-  }
-
- private:
-  std::map<std::pair<int32_t, uint32_t>, std::unique_ptr<Symbolizer>> by_image_;
-};
 
 class Printer {
  public:

@@ -141,7 +141,7 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   bool latency = config.mode == agent::kModeLatency;
   bool stacks = config.mode == agent::kModeStacks;
   bool run = config.mode == agent::kModeRun;
-  bool maps = stacks || (config.mode == agent::kModeTrace && config.trace_stacks);
+  bool maps = stacks || ((config.mode == agent::kModeTrace || run) && config.trace_stacks);
   std::string text = plan_text(plan);
   auto probe_count = static_cast<uint32_t>(plan.size());
   uint64_t plan_offset = align_up(sizeof(Header), 64);
