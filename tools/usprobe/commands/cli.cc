@@ -561,6 +561,9 @@ the probe's name. Return probes (uretprobe:) are not supported.)",
                       "probe only the processes whose name (comm, 15 characters) contains NAME")
       ->type_name("NAME");
   run_cmd->add_flag("-v,--verbose", run.verbose, "print the agent's informational notices");
+  run_cmd->add_option("-o,--output", run.output,
+                      "write the program's output to FILE (bpftrace's -o), not stdout")
+      ->type_name("FILE");
   set_footer(run_cmd,
              "\n"
              R"(

@@ -81,6 +81,7 @@ struct RunOptions {
   std::string comm;
   bool json = false;  // -f json
   bool verbose = false;
+  std::string output;  // -o FILE: the program's output ("" = stdout)
 };
 int run_run(const RunOptions &options);
 

@@ -6,7 +6,10 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <memory>
 #include <fstream>
 #include <sstream>
 
@@ -115,6 +118,13 @@ int run_run(const RunOptions &options) {
   const std::vector<Probe> &probes = session->probes;
 
   FILE *out = stdout;
+  std::unique_ptr<FILE, int (*)(FILE *)> file(nullptr, std::fclose);
+  if (!options.output.empty()) {
+    file.reset(std::fopen(options.output.c_str(), "we"));
+    if (!file)
+      return report_error({errno, fmt::format("-o {}: {}", options.output, std::strerror(errno))});
+    out = file.get();
+  }
   std::vector<PlanEntry> plan;
   std::vector<uint32_t> block_of_probe;
   for (const Probe &p : probes) {
