@@ -67,10 +67,15 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
     if (m.kind == kMapLhist &&
         (m.lhist_step <= 0 || m.lhist_max <= m.lhist_min || (m.lhist_max - m.lhist_min) / m.lhist_step > 10000))
       return fmt::format("map {}: bad lhist bounds", i);
-    if (m.value_size != map_value_size(m.kind, m.lhist_min, m.lhist_max, m.lhist_step))
+    if (m.kind != kMapPlainString &&
+        m.value_size != map_value_size(m.kind, m.lhist_min, m.lhist_max, m.lhist_step))
       return fmt::format("map {}: bad value size", i);
-    if (m.kind == kMapPlain) {
-      if (m.entry_size != shared_entry_size(m.key_size) || m.table_offset % 64 != 0 ||
+    if (m.kind == kMapPlainString && (m.value_size < 8 || m.value_size > 4096 || m.value_size % 8))
+      return fmt::format("map {}: bad string value size", i);
+    if (is_shared(m.kind)) {
+      if (m.entry_size != shared_entry_size(m.key_size,
+                                            m.kind == kMapPlainString ? m.value_size : 0) ||
+          m.table_offset % 64 != 0 ||
           m.table_offset < shared_head_bytes(ph.map_count) || m.table_offset > ph.shared_size ||
           uint64_t{m.entry_size} * m.max_entries > ph.shared_size - m.table_offset)
         return fmt::format("map {}: its table lies outside the shared area", i);
@@ -113,9 +118,14 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       if (in.dst >= kRegisters || in.a >= kRegisters || (in.b >= kRegisters && in.b != kNoReg))
         return bad("register out of range");
       const auto imm = static_cast<int64_t>(in.imm);
-      const auto map_ok = [&](bool plain) {
-        return imm >= 0 && imm < ph.map_count &&
-               (out.maps[imm].kind == kMapPlain) == plain;
+      // plain: 0 an aggregation, 1 a plain integer map, 2 a plain string map, 3 either plain.
+      const auto map_ok = [&](int plain, int64_t index) {
+        if (index < 0 || index >= ph.map_count) return false;
+        const uint32_t kind = out.maps[index].kind;
+        return plain == 0   ? !is_shared(kind)
+               : plain == 1 ? kind == kMapPlain
+               : plain == 2 ? kind == kMapPlainString
+                            : is_shared(kind);
       };
       switch (in.op & ~kImmOperand) {
         case kConst:
@@ -170,13 +180,26 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
           break;
         }
         case kAgg:
-          if (!map_ok(false)) return bad("not an aggregation map");
+          if (!map_ok(0, imm)) return bad("not an aggregation map");
           break;
         case kLoad:
         case kStore:
+          if (!map_ok(1, imm)) return bad("not a plain integer map");
+          break;
+        case kStoreStr:
+          if (!map_ok(2, imm)) return bad("not a plain string map");
+          break;
+        case kLoadStr: {
+          const int64_t map = imm & 0xffff;
+          const uint32_t at = static_cast<uint32_t>(in.imm) >> 16;
+          if (!map_ok(2, map)) return bad("not a plain string map");
+          if (at < kMaxKeyBytes || at + out.maps[map].value_size > kScratchBytes)
+            return bad("scratch out of range");
+          break;
+        }
         case kDelete:
         case kHas:
-          if (!map_ok(true)) return bad("not a plain map");
+          if (!map_ok(3, imm)) return bad("not a plain map");
           break;
         case kPrintf:
           if (imm < 0 || imm >= ph.printf_count || in.b != out.printfs[imm].arg_count ||

@@ -449,6 +449,33 @@ op_ustack: {
   D = at;
   NEXT();
 }
+op_load_str: {
+  const uint32_t map = static_cast<uint32_t>(in.imm) & 0xffff;
+  const uint32_t at = static_cast<uint32_t>(in.imm) >> 16;
+  const MapInfo &m = g_bt.maps[map];
+  char *e = shared_find(map, scratch, false);
+  auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+  if (h && h->state.load(std::memory_order_acquire) == kSharedLive)
+    copy_string(scratch + at, e + sizeof(SharedEntryHeader) + m.key_size, m.value_size,
+                m.value_size);
+  else
+    scratch[at] = '\0';
+  D = at;
+  NEXT();
+}
+op_store_str: {
+  const auto map = static_cast<uint32_t>(in.imm);
+  if (char *e = shared_find(map, scratch, true)) {
+    const MapInfo &m = g_bt.maps[map];
+    uint32_t room = 0;
+    const char *str = string_at(scratch, A, &room);
+    copy_string(e + sizeof(SharedEntryHeader) + m.key_size, str, room, m.value_size);
+    // Release: a reader that sees it live (acquire) sees the string (a writer of the same key at
+    // the same moment may tear it: see kMapPlainString).
+    reinterpret_cast<SharedEntryHeader *>(e)->state.store(kSharedLive, std::memory_order_release);
+  }
+  NEXT();
+}
 op_key_bytes: {
   const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
   const auto n = static_cast<uint32_t>(in.imm) >> 16;

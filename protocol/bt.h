@@ -62,7 +62,8 @@ inline constexpr uint32_t kMaxPrintfArgs = 16;
   BIN(shr_s) BIN(eq) BIN(ne) BIN(lt_s) BIN(le_s) BIN(lt_u) BIN(le_u) BIN(gt_s) BIN(ge_s)        \
   BIN(gt_u) BIN(ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
-  PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes)
+  PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes) \
+  PLAIN(load_str) PLAIN(store_str)
 
 enum Op : uint8_t {
   kEnd = 0,     // the hit is done
@@ -101,6 +102,9 @@ enum Op : uint8_t {
   kUstack,      // dst = scratch offset imm & 0xffff: the user stack written there, at most imm >> 16
                 // frames (see ustack_bytes); the program has kProgramStacks
   kKeyBytes,    // key[imm & 0xffff ...] = imm >> 16 bytes from scratch offset a
+  kLoadStr,     // dst = scratch offset imm >> 16: the string value of maps[imm & 0xffff] (a plain
+                // string map) at key copied there, "" when absent
+  kStoreStr,    // maps[imm] (a plain string map) at key = the string a
   kOpCount
 };
 
@@ -129,6 +133,10 @@ static_assert(sizeof(Insn) == 8);
 enum MapKind : uint32_t {
   kMapPlain = 0,  // shared: `@m[k] = v`
   kMapCount, kMapSum, kMapAvg, kMapMin, kMapMax, kMapStats, kMapHist, kMapLhist,
+  // Shared, with string values (`@name[tid] = str(arg0)`): value_size bytes after the key, NUL-
+  // terminated. Written in place, so a reader may see a string torn by a writer of the same key
+  // at the same moment (keys are usually the writer's own: tid).
+  kMapPlainString,
   kMapKindCount
 };
 
@@ -213,9 +221,10 @@ struct SharedEntryHeader {
 };
 static_assert(sizeof(SharedEntryHeader) == 16);
 // Padded to 64 bytes: threads that own different keys (@start[tid]) never share a cache line.
-inline uint32_t shared_entry_size(uint32_t key_size) {
-  return (sizeof(SharedEntryHeader) + key_size + 63) & ~63u;
+inline uint32_t shared_entry_size(uint32_t key_size, uint32_t string_value_size = 0) {
+  return (sizeof(SharedEntryHeader) + key_size + string_value_size + 63) & ~63u;
 }
+inline bool is_shared(uint32_t kind) { return kind == kMapPlain || kind == kMapPlainString; }
 
 struct ProbeCode {
   uint32_t first;  // instruction index

@@ -136,6 +136,28 @@ TEST(CliRun, UstackKeysNameEveryFrameAfterTheCommandExited) {
       << "two frames, then the count: " << r.out;
 }
 
+// Strings kept in a map from a call's entry to its return (@name[tid] = str(arg0), the pattern of
+// opensnoop-like tools), a keyless string and a string per key: bpftrace's output, byte for byte.
+TEST(CliRun, StringValuesKeptFromEntryToReturn) {
+  e2e::TempDir dir;
+  const std::string report = dir.file("out.txt");
+  Output r = run({e2e::cli(), "run", "-o", report, "-e",
+                  "uprobe:exe:e2e_greet { @name[tid] = str(arg0); @last = str(arg0); "
+                  "@who[arg1] = comm; } "
+                  "uretprobe:exe:e2e_greet { printf(\"%s done\\n\", @name[tid]); "
+                  "delete(@name[tid]); }",
+                  "--", e2e::target(), "greet"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_EQ(e2e::read_file(report),
+            "Attaching 2 probes...\n"
+            "alice done\nbob done\ncarol done\n done\ndave done\n"
+            "\n\n"
+            "@last: dave\n"
+            "\n"
+            "@who[1]: e2e_target\n@who[4]: e2e_target\n@who[5]: e2e_target\n"
+            "@who[22]: e2e_target\n@who[4294967293]: e2e_target\n");
+}
+
 // A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
 TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   e2e::TempDir dir;

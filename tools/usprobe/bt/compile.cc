@@ -141,9 +141,15 @@ class BlockCompiler {
       emit(ab::kAgg, 0, v, 0, map);
       return {};
     }
+    if (m.value.is_string()) {
+      if (auto ok = expr(*s.value, top_); !ok) return ok;
+      if (auto ok = key(target, top_ + 1); !ok) return ok;
+      emit(ab::kStoreStr, 0, top_, 0, map);
+      return {};
+    }
     if (m.value.kind != TypeKind::kInt)
-      return Fail(Diagnostic{s.loc, fmt::format("{}: usprobe keeps integers as map values, not "
-                                                "{} (not yet)",
+      return Fail(Diagnostic{s.loc, fmt::format("{}: usprobe keeps integers and strings as map "
+                                                "values, not {} (not yet)",
                                                 m.name, m.value.name())});
     if (auto ok = assigned_value(s, top_); !ok) return ok;
     if (auto ok = key(target, top_ + 1); !ok) return ok;
@@ -300,6 +306,12 @@ class BlockCompiler {
           return Fail(Diagnostic{e.loc, fmt::format("reading {} ({} map) in a probe: not yet",
                                                     m.name, aggregation_name(m.kind))});
         if (auto ok = key(e, dst); !ok) return ok;
+        if (m.value.is_string()) {
+          auto at = scratch(e.loc, out_.maps.at(static_cast<size_t>(e.index)).string_value);
+          if (!at) return Fail(at.error());
+          emit(ab::kLoadStr, dst, 0, 0, static_cast<int64_t>(e.index | (*at << 16)));
+          return {};
+        }
         emit(ab::kLoad, dst, 0, 0, e.index);
         return {};
       }
@@ -538,6 +550,8 @@ MapDef map_def(const MapInfo &m, uint32_t string_size) {
   MapDef d;
   d.name = m.name;
   d.kind = m.kind;
+  if (m.kind == ValueKind::kScalar && m.value.is_string())
+    d.string_value = string_bytes(m.value, string_size);
   d.is_signed = m.is_signed;
   d.lhist_min = m.lhist_min;
   d.lhist_max = m.lhist_max;

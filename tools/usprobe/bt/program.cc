@@ -60,16 +60,18 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
   uint64_t shared = ab::shared_head_bytes(map_count);
   for (const MapDef &d : c.maps) {
     ab::MapInfo m{};
-    m.kind = map_kind(d.kind);
+    m.kind = d.string_value ? ab::kMapPlainString : map_kind(d.kind);
     m.key_size = d.key_bytes();
-    m.value_size = ab::map_value_size(m.kind, d.lhist_min, d.lhist_max, d.lhist_step);
+    m.value_size = d.string_value ? d.string_value
+                                  : ab::map_value_size(m.kind, d.lhist_min, d.lhist_max,
+                                                       d.lhist_step);
     m.max_entries = d.max_entries;
     m.is_signed = d.is_signed;
     m.lhist_min = d.lhist_min;
     m.lhist_max = d.lhist_max;
     m.lhist_step = d.lhist_step;
-    if (m.kind == ab::kMapPlain) {
-      m.entry_size = ab::shared_entry_size(m.key_size);
+    if (ab::is_shared(m.kind)) {
+      m.entry_size = ab::shared_entry_size(m.key_size, d.string_value);
       m.table_offset = align(shared, 64);
       shared = m.table_offset + uint64_t{m.entry_size} * m.max_entries;
     } else {
@@ -259,7 +261,7 @@ uint32_t MapReader::generation_of(uint32_t map) const {
 void MapReader::fold(char *tables) {
   for (uint32_t i = 0; i < laid_.maps.size(); ++i) {
     const ab::MapInfo &m = laid_.maps[i];
-    if (m.kind == ab::kMapPlain) continue;
+    if (ab::is_shared(m.kind)) continue;
     merge_table(i, tables, folded_[i], folded_dropped_);
     // Empty it for the slot's next owner: the index buckets of the used entries, then the counts.
     char *base = tables + m.table_offset;
@@ -280,7 +282,7 @@ void MapReader::fold(char *tables) {
 
 void MapReader::clear(uint32_t map) {
   auto *head = reinterpret_cast<ab::SharedHead *>(shared_);
-  if (laid_.maps[map].kind == ab::kMapPlain) {
+  if (ab::is_shared(laid_.maps[map].kind)) {
     // Plain maps: every entry absent (their keys stay where they are, see SharedEntryHeader).
     const ab::MapInfo &m = laid_.maps[map];
     for (uint32_t i = 0; i < m.max_entries; ++i) {
@@ -300,7 +302,7 @@ std::vector<Map> MapReader::read(const LiveTables &live, uint64_t *dropped) cons
   uint64_t lost = folded_dropped_;
   live([&](const char *tables) {
     for (uint32_t i = 0; i < laid_.maps.size(); ++i)
-      if (laid_.maps[i].kind != ab::kMapPlain) merge_table(i, tables, acc[i], lost);
+      if (!ab::is_shared(laid_.maps[i].kind)) merge_table(i, tables, acc[i], lost);
   });
   std::vector<Map> maps;
   for (uint32_t i = 0; i < laid_.maps.size(); ++i) {
@@ -310,13 +312,16 @@ std::vector<Map> MapReader::read(const LiveTables &live, uint64_t *dropped) cons
     out.name = d.name;
     out.kind = d.kind;
     out.is_signed = d.is_signed;
-    if (m.kind == ab::kMapPlain) {
+    if (ab::is_shared(m.kind)) {
       for (uint32_t k = 0; k < m.max_entries; ++k) {
         const char *e = shared_ + m.table_offset + uint64_t{k} * m.entry_size;
         const auto *h = reinterpret_cast<const ab::SharedEntryHeader *>(e);
         if (h->state.load(std::memory_order_acquire) != ab::kSharedLive) continue;
-        out.entries.push_back({decode_key(d, e + sizeof(ab::SharedEntryHeader), names_),
-                               Scalar{Int{h->value.load(std::memory_order_relaxed), d.is_signed}}});
+        const char *key = e + sizeof(ab::SharedEntryHeader);
+        Scalar value = Int{h->value.load(std::memory_order_relaxed), d.is_signed};
+        if (m.kind == ab::kMapPlainString)  // bytes any process may write: bounded, never trusted
+          value = Str{std::string(key + m.key_size, ::strnlen(key + m.key_size, m.value_size))};
+        out.entries.push_back({decode_key(d, key, names_), std::move(value)});
       }
       continue;
     }

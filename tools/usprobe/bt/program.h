@@ -49,6 +49,7 @@ struct MapDef {
   std::vector<KeyPart> key;
   int64_t lhist_min = 0, lhist_max = 0, lhist_step = 1;
   uint32_t max_entries = 4096;  // bpftrace's default map size
+  uint32_t string_value = 0;    // a plain map of strings: their bytes (a multiple of 8)
   uint32_t key_bytes() const;
 };
 
