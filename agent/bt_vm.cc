@@ -141,9 +141,35 @@ void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t v) {
   }
 }
 
+// This thread's last plain-map entry found, per map (modulo kCachedMaps): an entry keeps its key
+// for good (SharedEntryHeader), so a cached one whose key still equals the one looked up is the
+// entry, with no hash and no probing (`@start[tid]` is looked up three or four times a call). The
+// session number invalidates entries of an earlier session's region (attach mode).
+constexpr uint32_t kCachedMaps = 4;
+struct CachedEntry {
+  char *entry;
+  uint32_t map;
+  uint32_t session;
+};
+constinit thread_local CachedEntry t_cached[kCachedMaps] __attribute__((tls_model("initial-exec"))) =
+    {};
+
+char *shared_find_slow(uint32_t map_index, const char *key, bool claim);
+
 // A plain map's entry for `key` (protocol/bt.h, SharedEntryHeader), or nullptr. With `claim`, a
 // key not there yet gets an entry (state kSharedAbsent until the caller stores).
-char *shared_find(uint32_t map_index, const char *key, bool claim) {
+inline char *shared_find(uint32_t map_index, const char *key, bool claim) {
+  CachedEntry &c = t_cached[map_index % kCachedMaps];
+  const uint32_t key_size = g_bt.maps[map_index].key_size;
+  if (c.entry && c.map == map_index && c.session == g_region.session &&
+      same_key(c.entry + sizeof(SharedEntryHeader), key, key_size))
+    return c.entry;
+  char *e = shared_find_slow(map_index, key, claim);
+  if (e) c = {e, map_index, g_region.session};
+  return e;
+}
+
+char *shared_find_slow(uint32_t map_index, const char *key, bool claim) {
   const MapInfo &m = g_bt.maps[map_index];
   char *table = g_bt.shared + m.table_offset;
   const uint32_t mask = m.max_entries - 1;
