@@ -94,7 +94,8 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
     uint64_t bytes = sizeof(PrintfRecord);
     for (uint32_t a = 0; a < f.arg_count; ++a) {
       const PrintfArg &arg = out.printf_args[f.first_arg + a];
-      if (arg.kind == kPrintfString && (arg.size == 0 || arg.size % 8 != 0 || arg.size > 4096))
+      if (arg.kind > kPrintfBytes) return fmt::format("printf {}: bad argument kind", i);
+      if (arg.kind != kPrintfInt && (arg.size == 0 || arg.size % 8 != 0 || arg.size > 4096))
         return fmt::format("printf {}: bad string size", i);
       bytes += arg.kind == kPrintfInt ? 8 : arg.size;
     }
@@ -167,6 +168,11 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
             return bad("bad ustack");
           break;
         }
+        case kUsym:
+          if (!(ph.flags & kProgramMaps) || imm < kMaxKeyBytes || imm % 8 != 0 ||
+              imm + kUsymBytes > kScratchBytes)
+            return bad("bad usym");
+          break;
         case kKeyBytes: {
           const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
                          n = static_cast<uint32_t>(in.imm) >> 16;

@@ -254,6 +254,12 @@ __attribute__((noinline)) void emit_printf(SlotHeader *s, uint32_t probe, uint32
     if (a.kind == kPrintfInt) {
       __builtin_memcpy(out, &r[i], 8);
       out += 8;
+    } else if (a.kind == kPrintfBytes) {
+      if (r[i] <= kScratchBytes - a.size)
+        copy_words(out, scratch + r[i], a.size);
+      else
+        for (uint32_t k = 0; k < a.size; ++k) out[k] = 0;
+      out += a.size;
     } else {
       uint32_t room = 0;
       const char *str = string_at(scratch, r[i], &room);
@@ -500,6 +506,14 @@ op_store_str: {
     // the same moment may tear it: see kMapPlainString).
     reinterpret_cast<SharedEntryHeader *>(e)->state.store(kSharedLive, std::memory_order_release);
   }
+  NEXT();
+}
+op_usym: {
+  auto *w = reinterpret_cast<uint64_t *>(scratch + in.imm);
+  w[0] = static_cast<uint32_t>(s->pid.load(std::memory_order_relaxed)) |
+         uint64_t{g_region.image} << 32;
+  w[1] = A;
+  D = static_cast<uint64_t>(in.imm);
   NEXT();
 }
 op_key_bytes: {

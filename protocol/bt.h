@@ -63,7 +63,7 @@ inline constexpr uint32_t kMaxPrintfArgs = 16;
   BIN(gt_u) BIN(ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
   PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes) \
-  PLAIN(load_str) PLAIN(store_str)
+  PLAIN(load_str) PLAIN(store_str) PLAIN(usym)
 
 enum Op : uint8_t {
   kEnd = 0,     // the hit is done
@@ -105,6 +105,8 @@ enum Op : uint8_t {
   kLoadStr,     // dst = scratch offset imm >> 16: the string value of maps[imm & 0xffff] (a plain
                 // string map) at key copied there, "" when absent
   kStoreStr,    // maps[imm] (a plain string map) at key = the string a
+  kUsym,        // dst = scratch offset imm: usym(a) written there, 16 bytes: pid | image << 32,
+                // then the address (the CLI names it with that image's mappings); kProgramMaps
   kOpCount
 };
 
@@ -235,7 +237,8 @@ struct ProbeCode {
 inline constexpr uint32_t kProbeUsdt = 1;
 inline constexpr uint32_t kProbeReturn = 2;
 
-enum PrintfArgKind : uint32_t { kPrintfInt = 0, kPrintfString = 1 };
+// kPrintfBytes: size bytes copied as they are from the scratch offset the register holds (a usym).
+enum PrintfArgKind : uint32_t { kPrintfInt = 0, kPrintfString = 1, kPrintfBytes = 2 };
 struct PrintfArg {
   uint32_t kind;  // PrintfArgKind
   uint32_t size;  // a string's bytes in the record (its NUL included), a multiple of 8
@@ -277,6 +280,9 @@ struct ProgramHeader {
 // The program takes user stacks (ustack): its probes are attached with the vector state saved
 // (the unwinder may use any register), and its agents write their mappings (header.trace_stacks).
 inline constexpr uint32_t kProgramStacks = 1;
+// The program names addresses (usym): its agents write their mappings (header.trace_stacks).
+inline constexpr uint32_t kProgramMaps = 2;
+inline constexpr uint32_t kUsymBytes = 16;
 
 // The shared area's first words: exit requested (kExit), then one generation per map.
 struct SharedHead {

@@ -158,6 +158,19 @@ TEST(CliRun, StringValuesKeptFromEntryToReturn) {
             "@who[22]: e2e_target\n@who[4294967293]: e2e_target\n");
 }
 
+// usym names an address with the mappings of the process that recorded it, in a key and in printf:
+// __libc_start_main registers the dynamic linker's _dl_fini with __cxa_atexit in every dynamically
+// linked program (bpftrace 0.17 prints its address).
+TEST(CliRun, UsymNamesAFunctionPointerArgument) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:libc:__cxa_atexit { @[usym(arg0)] = count(); "
+                  "printf(\"registered %s\\n\", usym(arg0)); }",
+                  "--", e2e::target(), "calls", "1"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("\nregistered _dl_fini\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\n@[_dl_fini]: 1\n"), std::string::npos) << r.out;
+}
+
 // A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
 TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   e2e::TempDir dir;

@@ -167,7 +167,7 @@ class BlockCompiler {
       if (!r) return Fail(r.error());
       if (auto ok = expr(k, *r); !ok) return ok;
       const KeyPart &part = out_.maps.at(static_cast<size_t>(m.index)).key.at(i);
-      if (part.stack_frames != 0) {
+      if (part.stack_frames != 0 || part.usym) {
         emit(ab::kKeyBytes, 0, *r, 0, static_cast<int64_t>(offset | (part.size << 16)));
         offset += part.size;
       } else if (part.is_string) {
@@ -198,8 +198,8 @@ class BlockCompiler {
           return Fail(Diagnostic{e.loc, "printf with more arguments than usprobe has registers"});
         for (size_t i = 0; i < n; ++i) {
           const Type &t = p.args[i];
-          if (!t.is_int() && !t.is_string() &&
-              out_.printfs.at(static_cast<size_t>(e.index)).args[i].name == ProbeName::kNone)
+          const PrintfDef::Arg &def = out_.printfs.at(static_cast<size_t>(e.index)).args[i];
+          if (!t.is_int() && !t.is_string() && def.name == ProbeName::kNone && !def.usym)
             return Fail(Diagnostic{e.args[i + 1]->loc,
                                    fmt::format("printf of a {}: not yet", t.name())});
           if (auto ok = expr(*e.args[i + 1], static_cast<uint8_t>(top_ + i)); !ok) return ok;
@@ -419,6 +419,14 @@ class BlockCompiler {
 
   std::expected<void, Diagnostic> call_expr(const Expr &e, uint8_t dst) {
     switch (e.func) {
+      case Func::kUsym: {
+        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+        auto at = scratch(e.loc, ab::kUsymBytes);
+        if (!at) return Fail(at.error());
+        emit(ab::kUsym, dst, dst, 0, *at);
+        out_.uses_symbols = true;
+        return {};
+      }
       case Func::kUstack: {
         const uint32_t frames = e.type.size ? std::min(e.type.size, ab::kMaxUstackFrames)
                                             : ab::kMaxUstackFrames;
@@ -557,6 +565,10 @@ MapDef map_def(const MapInfo &m, uint32_t string_size) {
   d.lhist_max = m.lhist_max;
   d.lhist_step = m.lhist_step;
   for (const Type &k : m.keys) {
+    if (k.kind == TypeKind::kUsym) {  // func is too, but Names makes it the probe's name
+      d.key.push_back({false, false, ab::kUsymBytes, ProbeName::kNone, 0, true});
+      continue;
+    }
     if (k.kind == TypeKind::kUstack) {
       const uint32_t frames = k.size ? std::min(k.size, ab::kMaxUstackFrames) : ab::kMaxUstackFrames;
       d.key.push_back({false, false, ab::ustack_bytes(frames), ProbeName::kNone, frames});
@@ -598,6 +610,7 @@ std::expected<CompiledProgram, Diagnostic> compile(const Program &program) {
     for (size_t k = 0; k < d.key.size(); ++k)
       if ((d.key[k].name = names.key(i, k)) != ProbeName::kNone) {
         d.key[k].is_string = false;
+        d.key[k].usym = false;
         d.key[k].size = 8;
       }
     c.maps.push_back(std::move(d));
@@ -610,7 +623,12 @@ std::expected<CompiledProgram, Diagnostic> compile(const Program &program) {
       const Type &t = p.args[a];
       ProbeName name = names.arg(i, a);
       bool str = t.is_string() && name == ProbeName::kNone;
-      d.args.push_back({str, t.is_signed, str ? string_bytes(t, c.string_size) : 0, name});
+      bool usym = t.kind == TypeKind::kUsym && name == ProbeName::kNone;
+      d.args.push_back({str, t.is_signed,
+                        str    ? string_bytes(t, c.string_size)
+                        : usym ? ab::kUsymBytes
+                               : 0,
+                        name, usym});
     }
     c.printfs.push_back(std::move(d));
   }

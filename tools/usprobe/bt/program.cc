@@ -94,8 +94,12 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
     ab::PrintfInfo info{static_cast<uint32_t>(args.size()), static_cast<uint32_t>(p.args.size()),
                         sizeof(ab::PrintfRecord), 0};
     for (const PrintfDef::Arg &a : p.args) {
-      args.push_back({a.is_string ? ab::kPrintfString : ab::kPrintfInt, a.is_string ? a.size : 0});
-      info.record_size += a.is_string ? a.size : 8;
+      const bool bytes = a.is_string || a.usym;
+      args.push_back({a.usym        ? ab::kPrintfBytes
+                      : a.is_string ? ab::kPrintfString
+                                    : ab::kPrintfInt,
+                      bytes ? a.size : 0});
+      info.record_size += bytes ? a.size : 8;
     }
     printfs.push_back(info);
   }
@@ -110,7 +114,7 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
   h.printf_count = static_cast<uint32_t>(printfs.size());
   h.printf_arg_count = static_cast<uint32_t>(args.size());
   h.string_size = c.string_size;
-  h.flags = c.uses_stacks ? ab::kProgramStacks : 0;
+  h.flags = (c.uses_stacks ? ab::kProgramStacks : 0) | (c.uses_symbols ? ab::kProgramMaps : 0);
   h.tables_bytes = laid.tables_bytes;
   h.shared_size = laid.shared_bytes;
   h.start_tsc = start_tsc;
@@ -173,10 +177,21 @@ Scalar ProbeNames::name(ProbeName kind, uint64_t index) const {
   return Str{std::move(text)};
 }
 
+Scalar ProbeNames::usym(const char *bytes) const {
+  uint64_t w[2] = {};
+  std::memcpy(w, bytes, sizeof w);
+  if (!symbol) return Sym{fmt::format("{:#x}", w[1])};
+  return Sym{symbol(static_cast<int32_t>(w[0] & 0xffff'ffffu), static_cast<uint32_t>(w[0] >> 32),
+                    w[1])};
+}
+
 std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNames &names) {
   std::vector<Scalar> key;
   for (const KeyPart &p : m.key) {
-    if (p.stack_frames != 0) {
+    if (p.usym) {
+      key.push_back(names.usym(bytes));
+      bytes += p.size;
+    } else if (p.stack_frames != 0) {
       uint64_t head[2] = {};
       std::memcpy(head, bytes, sizeof head);
       std::vector<uint64_t> ips(std::min<uint64_t>(head[1], p.stack_frames));

@@ -26,6 +26,7 @@ struct KeyPart {
   uint32_t size = 8;
   ProbeName name = ProbeName::kNone;
   uint32_t stack_frames = 0;  // a ustack (size: agent::bt::ustack_bytes of it), named by the CLI
+  bool usym = false;          // usym(addr) (size: agent::bt::kUsymBytes), named by the CLI
 };
 
 // The names of the resolved probes, by plan index: func ("malloc") and probe
@@ -40,6 +41,9 @@ struct ProbeNames {
   std::function<std::vector<std::string>(int32_t pid, uint32_t image,
                                          const std::vector<uint64_t> &ips)>
       stack;
+  // Names one address (usym) as bpftrace does: the function's name, or the address in hex.
+  std::function<std::string(int32_t pid, uint32_t image, uint64_t address)> symbol;
+  Scalar usym(const char *bytes) const;  // the kUsymBytes of a usym value
 };
 
 struct MapDef {
@@ -60,6 +64,7 @@ struct PrintfDef {
     bool is_signed = true;
     uint32_t size = 0;  // a string's bytes in the record (a multiple of 8)
     ProbeName name = ProbeName::kNone;
+    bool usym = false;  // kUsymBytes in the record, named by the CLI
   };
   std::vector<Arg> args;
 };
@@ -80,6 +85,7 @@ struct Compiled {
   std::vector<CodeBlock> blocks;
   uint32_t string_size = 64;
   bool uses_stacks = false;  // ustack somewhere: agent::bt::kProgramStacks
+  bool uses_symbols = false;  // usym somewhere: agent::bt::kProgramMaps
 };
 
 // The region's program for the resolved probes: probe i runs blocks[block_of_probe[i]].

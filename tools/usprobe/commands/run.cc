@@ -59,9 +59,11 @@ bool print_record(const bt::Compiled &code, const bt::ProbeNames &names, bt::Hos
   std::vector<bt::Scalar> args;
   const char *at = record + sizeof rec, *end = record + size;
   for (const bt::PrintfDef::Arg &a : p.args) {
-    uint32_t n = a.is_string ? a.size : 8;
+    uint32_t n = a.is_string || a.usym ? a.size : 8;
     if (static_cast<size_t>(end - at) < n) return false;
-    if (a.name != bt::ProbeName::kNone) {
+    if (a.usym) {
+      args.push_back(names.usym(at));
+    } else if (a.name != bt::ProbeName::kNone) {
       uint64_t v = 0;
       std::memcpy(&v, at, 8);
       args.push_back(names.name(a.name, v));
@@ -148,8 +150,9 @@ int run_run(const RunOptions &options) {
   config.program = laid.program;
   config.tables_bytes = laid.tables_bytes;
   config.shared_bytes = laid.shared_bytes;
-  if (compiled->code.uses_stacks) {
-    // ustack: the agents write their mappings, for the frames to be named after they exit.
+  const bool names_addresses = compiled->code.uses_stacks || compiled->code.uses_symbols;
+  if (names_addresses) {
+    // ustack, usym: the agents write their mappings, for addresses to be named after they exit.
     config.trace_stacks = true;
     config.max_maps = 16384;
     config.maps_text_size = uint64_t{64} << 20;
@@ -185,6 +188,10 @@ int run_run(const RunOptions &options) {
     for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
     return stack_names.name_bpftrace(pid, image, ips);
   };
+  names.symbol = [&](int32_t pid, uint32_t image, uint64_t address) {
+    for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
+    return stack_names.symbol_bpftrace(pid, image, address);
+  };
   bt::MapReader reader(compiled->code, laid, region->shared_area(), names);
   host.set_maps(&reader, [region](const std::function<void(const char *)> &each) {
     region->for_each_live_table(each);
@@ -198,7 +205,7 @@ int run_run(const RunOptions &options) {
   auto tick = [&] {
     region->drain_records(record);
     region->reclaim_run(record, [&](char *tables) { reader.fold(tables); });
-    if (compiled->code.uses_stacks)
+    if (names_addresses)
       for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
     host.run_intervals(monotonic_ns());
     std::fflush(out);

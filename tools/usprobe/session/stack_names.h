@@ -54,6 +54,16 @@ class StackNames {
     return out;
   }
 
+  // As bpftrace prints usym(address): the function's name, or the address in hex.
+  std::string symbol_bpftrace(int32_t pid, uint32_t image, uint64_t address) {
+    Symbolizer *sym = symbolizer(pid, image);
+    if (sym) {
+      Frame f = sym->symbolize(address);
+      if (!f.function.empty()) return f.function;
+    }
+    return fmt::format("{:#x}", address);
+  }
+
  private:
   Symbolizer *symbolizer(int32_t pid, uint32_t image) {
     auto it = by_image_.find({pid, image});
