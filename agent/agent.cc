@@ -518,7 +518,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
   g_region.table_arena_words = h->table_arena_words;
   g_region.overflow = region_slot(g_region.max_slots - 1);
   if (h->mode == kModeRun)
-    if (std::string why = bt_load(h); !why.empty()) return std::unexpected(Failure{EPROTO, why});
+    if (std::string why = bt_load(h, !attached); !why.empty()) return std::unexpected(Failure{EPROTO, why});
   g_missed_baseline = new uint64_t[h->probe_count]();
   g_missed_at_fork = new uint64_t[h->probe_count]();
 

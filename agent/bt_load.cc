@@ -227,7 +227,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
 
 }  // namespace
 
-std::string bt_load(Header *h) {
+std::string bt_load(Header *h, bool launched) {
   if (h->program_size == 0) return "no program";
   if (h->program_offset % 8 != 0 || h->program_offset > h->region_size ||
       h->program_size > h->region_size - h->program_offset)
@@ -240,6 +240,11 @@ std::string bt_load(Header *h) {
   p.uid = static_cast<int32_t>(getuid());
   p.gid = static_cast<int32_t>(getgid());
   g_bt = p;
+  if (launched) {
+    int32_t none = 0;  // relaxed: read on the hit path as a plain number, published by nothing
+    reinterpret_cast<SharedHead *>(p.shared)->cpid.compare_exchange_strong(
+        none, static_cast<int32_t>(getpid()), std::memory_order_relaxed);
+  }
   return "";
 }
 

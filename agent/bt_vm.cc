@@ -349,6 +349,7 @@ op_builtin:
     case kNsecs: D = g_bt.head.nsecs_base + ns_of(__builtin_ia32_rdtsc()); break;
     case kElapsed: D = ns_of(__builtin_ia32_rdtsc() - g_bt.head.start_tsc); break;
     case kProbeIndex: D = probe; break;
+    case kCpid: D = static_cast<uint64_t>(shared_head()->cpid.load(std::memory_order_relaxed)); break;
     default: D = 0; break;
   }
   NEXT();

@@ -31,7 +31,8 @@ extern BtProgram g_bt;
 
 // Checks the program at header.program_offset against the region and keeps what the hit path
 // needs. Returns "" or why the program was refused (a CLI gone wrong, or a region scribbled on).
-std::string bt_load(Header *h);
+// `launched`: a command usprobe started, whose first process to get here is its cpid.
+std::string bt_load(Header *h, bool launched);
 
 // The consumer of probe `user` (its index): runs its code. Attached with
 // USPROBE_GENERAL_REGS_ONLY.

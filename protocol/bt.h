@@ -120,7 +120,7 @@ static_assert(0 BT_OPS(BT_COUNT, BT_COUNT) == kOpCount, "BT_OPS lists every oper
 
 // kProbeIndex: the probe's index in the plan, which the CLI names (func, probe).
 enum Builtin : uint32_t {
-  kPid, kTid, kUid, kGid, kCpu, kNsecs, kElapsed, kProbeIndex, kBuiltinCount
+  kPid, kTid, kUid, kGid, kCpu, kNsecs, kElapsed, kProbeIndex, kCpid, kBuiltinCount
 };
 
 struct Insn {
@@ -288,10 +288,14 @@ inline constexpr uint32_t kUsymBytes = 16;
 struct SharedHead {
   std::atomic<uint32_t> exit_requested;
   std::atomic<uint32_t> dropped;  // plain-map stores that found their table full
+  // cpid: the first process whose agent loaded the program (compare-and-swap from 0, outside the
+  // hit path): a launched command's own process, which starts before any it creates. 0 with -p.
+  std::atomic<int32_t> cpid;
+  uint32_t reserved;
   std::atomic<uint32_t> generation[1];  // [map_count]
 };
 inline uint64_t shared_head_bytes(uint32_t map_count) {
-  return (8 + 4 * uint64_t{map_count} + 63) & ~uint64_t{63};
+  return (offsetof(SharedHead, generation) + 4 * uint64_t{map_count} + 63) & ~uint64_t{63};
 }
 
 }  // namespace usprobe::agent::bt

@@ -171,6 +171,18 @@ TEST(CliRun, UsymNamesAFunctionPointerArgument) {
   EXPECT_NE(r.out.find("\n@[_dl_fini]: 1\n"), std::string::npos) << r.out;
 }
 
+// cpid, as bpftrace programs written for -c use it (/pid == cpid/): the command's own process, not
+// the child it forks.
+TEST(CliRun, CpidIsTheCommandsProcessNotItsChildren) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_work /pid == cpid/ { @mine = count(); } "
+                  "uprobe:exe:e2e_work /pid != cpid/ { @child = count(); } "
+                  "END { printf(\"cpid known: %d\\n\", cpid != 0); }",
+                  "--", e2e::target(), "fork", "10", "6"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("\ncpid known: 1\n\n\n@child: 6\n@mine: 10\n"), std::string::npos) << r.out;
+}
+
 // A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
 TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   e2e::TempDir dir;

@@ -116,6 +116,8 @@ const char *builtin_name(Builtin b) {
       return "func";
     case Builtin::kProbe:
       return "probe";
+    case Builtin::kCpid:
+      return "cpid";
   }
   return "?";
 }

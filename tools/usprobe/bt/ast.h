@@ -67,7 +67,8 @@ enum class Builtin {
   kArg,
   kRetval,
   kFunc,
-  kProbe
+  kProbe,
+  kCpid,  // the command's process (the first that ran the session's agent); 0 with -p
 };
 
 // Functions usprobe supports. kUstack is also the bare `ustack` (no arguments).

@@ -393,6 +393,7 @@ class BlockCompiler {
       case Builtin::kCpu: return simple(ab::kCpu);
       case Builtin::kNsecs: return simple(ab::kNsecs);
       case Builtin::kElapsed: return simple(ab::kElapsed);
+      case Builtin::kCpid: return simple(ab::kCpid);
       case Builtin::kArg:
         emit(flags_ & ab::kProbeUsdt ? ab::kUsdtArg : ab::kArg, dst, 0, 0,
              static_cast<int64_t>(e.int_value));

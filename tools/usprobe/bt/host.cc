@@ -32,7 +32,7 @@ std::expected<void, Diagnostic> validate_expr(const Expr &e) {
     case ExprKind::kBuiltin:
       if (e.builtin != Builtin::kPid && e.builtin != Builtin::kNsecs &&
           e.builtin != Builtin::kElapsed && e.builtin != Builtin::kUid &&
-          e.builtin != Builtin::kGid)
+          e.builtin != Builtin::kGid && e.builtin != Builtin::kCpid)
         return refuse(fmt::format("'{}'", builtin_name(e.builtin)));
       break;
     case ExprKind::kCall:
@@ -279,6 +279,7 @@ Host::Val Host::eval(const Expr &e, std::vector<Val> &vars) {
         case Builtin::kGid: return Int{getgid(), true};
         case Builtin::kNsecs: return Int{static_cast<uint64_t>(now), false};
         case Builtin::kElapsed: return Int{static_cast<uint64_t>(now - start_ns_), false};
+        case Builtin::kCpid: return Int{static_cast<uint64_t>(cpid_ ? cpid_() : 0), false};
         default: return Int{0, true};
       }
     }

@@ -38,6 +38,9 @@ class Host {
   void set_maps(MapReader *reader, MapReader::LiveTables live);
   void print_maps_at_exit();
   bool exit_requested() const { return exit_; }
+  // cpid in BEGIN, END and interval: the command's process, once it started (0 before, and with
+  // -p).
+  void set_cpid(std::function<int32_t()> cpid) { cpid_ = std::move(cpid); }
 
  private:
   using Val = std::variant<Int, Str>;
@@ -55,6 +58,7 @@ class Host {
   MapReader *reader_ = nullptr;
   MapReader::LiveTables live_;
   bool exit_ = false;
+  std::function<int32_t()> cpid_;
   std::vector<int64_t> next_interval_;  // by probe block: when it runs next (0: not an interval)
 };
 

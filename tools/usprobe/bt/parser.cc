@@ -27,7 +27,7 @@ struct NamedBuiltin {
   std::string_view name;
   Builtin builtin;
 };
-constexpr std::array<NamedBuiltin, 11> kBuiltins = {{
+constexpr std::array<NamedBuiltin, 12> kBuiltins = {{
     {"pid", Builtin::kPid},
     {"tid", Builtin::kTid},
     {"uid", Builtin::kUid},
@@ -39,11 +39,12 @@ constexpr std::array<NamedBuiltin, 11> kBuiltins = {{
     {"retval", Builtin::kRetval},
     {"func", Builtin::kFunc},
     {"probe", Builtin::kProbe},
+    {"cpid", Builtin::kCpid},
 }};
 
 // bpftrace builtins that make no sense, or are not implemented, in user space.
 constexpr std::string_view kUnsupportedBuiltins[] = {
-    "cgroup", "curtask", "kstack", "cpid",  "rand",  "username",   "args",
+    "cgroup", "curtask", "kstack", "rand",  "username",   "args",
     "ctx",    "jiffies", "numaid", "sarg0", "sarg1", "ustack_mode"};
 
 struct NamedFunc {

@@ -193,6 +193,9 @@ int run_run(const RunOptions &options) {
     return stack_names.symbol_bpftrace(pid, image, address);
   };
   bt::MapReader reader(compiled->code, laid, region->shared_area(), names);
+  host.set_cpid([shared = reinterpret_cast<agent::bt::SharedHead *>(region->shared_area())] {
+    return shared->cpid.load(std::memory_order_relaxed);
+  });
   host.set_maps(&reader, [region](const std::function<void(const char *)> &each) {
     region->for_each_live_table(each);
   });
