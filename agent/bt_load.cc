@@ -31,7 +31,8 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
   if (!table(ph.probes_offset, ph.probe_count, sizeof(ProbeCode)) ||
       !table(ph.insns_offset, ph.insn_count, sizeof(Insn)) ||
       !table(ph.constants_offset, ph.constant_count, 8) ||
-      !table(ph.pool_offset, ph.pool_size, 1) || !table(ph.maps_offset, ph.map_count, sizeof(MapInfo)) ||
+      !table(ph.pool_offset, ph.pool_size, 1) ||
+      !table(ph.maps_offset, ph.map_count, sizeof(MapInfo)) ||
       !table(ph.printfs_offset, ph.printf_count, sizeof(PrintfInfo)) ||
       !table(ph.printf_args_offset, ph.printf_arg_count, sizeof(PrintfArg)))
     return "a table lies outside the program";
@@ -64,8 +65,8 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         m.max_entries == 0 || (m.max_entries & (m.max_entries - 1)) != 0 ||
         m.max_entries > (1u << 20))
       return fmt::format("map {}: bad kind, key size or entry count", i);
-    if (m.kind == kMapLhist &&
-        (m.lhist_step <= 0 || m.lhist_max <= m.lhist_min || (m.lhist_max - m.lhist_min) / m.lhist_step > 10000))
+    if (m.kind == kMapLhist && (m.lhist_step <= 0 || m.lhist_max <= m.lhist_min ||
+                                (m.lhist_max - m.lhist_min) / m.lhist_step > 10000))
       return fmt::format("map {}: bad lhist bounds", i);
     if (m.kind != kMapPlainString &&
         m.value_size != map_value_size(m.kind, m.lhist_min, m.lhist_max, m.lhist_step))
@@ -73,10 +74,10 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
     if (m.kind == kMapPlainString && (m.value_size < 8 || m.value_size > 4096 || m.value_size % 8))
       return fmt::format("map {}: bad string value size", i);
     if (is_shared(m.kind)) {
-      if (m.entry_size != shared_entry_size(m.key_size,
-                                            m.kind == kMapPlainString ? m.value_size : 0) ||
-          m.table_offset % 64 != 0 ||
-          m.table_offset < shared_head_bytes(ph.map_count) || m.table_offset > ph.shared_size ||
+      if (m.entry_size !=
+              shared_entry_size(m.key_size, m.kind == kMapPlainString ? m.value_size : 0) ||
+          m.table_offset % 64 != 0 || m.table_offset < shared_head_bytes(ph.map_count) ||
+          m.table_offset > ph.shared_size ||
           uint64_t{m.entry_size} * m.max_entries > ph.shared_size - m.table_offset)
         return fmt::format("map {}: its table lies outside the shared area", i);
     } else {
@@ -163,8 +164,8 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         case kUstack: {
           const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
                          n = static_cast<uint32_t>(in.imm) >> 16;
-          if (!(ph.flags & kProgramStacks) || n == 0 || n > kMaxUstackFrames ||
-              at < kMaxKeyBytes || at % 8 != 0 || at + ustack_bytes(n) > kScratchBytes)
+          if (!(ph.flags & kProgramStacks) || n == 0 || n > kMaxUstackFrames || at < kMaxKeyBytes ||
+              at % 8 != 0 || at + ustack_bytes(n) > kScratchBytes)
             return bad("bad ustack");
           break;
         }
@@ -233,8 +234,8 @@ std::string bt_load(Header *h, bool launched) {
       h->program_size > h->region_size - h->program_offset)
     return "the program lies outside the region";
   BtProgram p;
-  std::string why = check_program(reinterpret_cast<const char *>(h) + h->program_offset,
-                                  h->program_size, *h, p);
+  std::string why =
+      check_program(reinterpret_cast<const char *>(h) + h->program_offset, h->program_size, *h, p);
   if (!why.empty()) return "bad program: " + why;
   p.shared = reinterpret_cast<char *>(h) + p.head.shared_offset;
   p.uid = static_cast<int32_t>(getuid());

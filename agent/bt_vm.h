@@ -28,7 +28,6 @@ struct BtProgram {
 };
 extern BtProgram g_bt;
 
-
 // Checks the program at header.program_offset against the region and keeps what the hit path
 // needs. Returns "" or why the program was refused (a CLI gone wrong, or a region scribbled on).
 // `launched`: a command usprobe started, whose first process to get here is its cpid.

@@ -88,11 +88,11 @@ TEST(CliRun, StringsFromTheProbedProcessInPrintfAndKeys) {
                   "@n[str(arg0)] = count(); }",
                   "-c", std::string(e2e::target()) + " greet"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  for (const char *line : {"alice 1|e2e_target|", "bob 22|e2e_target|", "carol -3|e2e_target|",
-                           " 4|e2e_target|", "dave 5|e2e_target|", "hello (bad pointer) 4",
-                           "@n[alice]: 1", "@n[]: 1", "@n[dave]: 1"})
+  for (const char *line :
+       {"alice 1|e2e_target|", "bob 22|e2e_target|", "carol -3|e2e_target|", " 4|e2e_target|",
+        "dave 5|e2e_target|", "hello (bad pointer) 4", "@n[alice]: 1", "@n[]: 1", "@n[dave]: 1"})
     EXPECT_NE(r.out.find(std::string("\n") + line + "\n"), std::string::npos) << line << "\n"
-                                                                                << r.out;
+                                                                              << r.out;
 }
 
 // func and probe name the function a glob matched (bpftrace 0.17 prints an address for func on
@@ -193,8 +193,8 @@ TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   EXPECT_TRUE(syntax.err.starts_with("stdin:1:")) << syntax.err;
   EXPECT_NE(syntax.err.find("ERROR: "), std::string::npos) << syntax.err;
   EXPECT_NE(syntax.err.find("'exit'"), std::string::npos) << syntax.err;
-  Output unknown = run({e2e::cli(), "run", "-e", "uprobe:exe:e2e_work { @x = frobnicate(); }",
-                        "--", e2e::target(), "marker", marker});
+  Output unknown = run({e2e::cli(), "run", "-e", "uprobe:exe:e2e_work { @x = frobnicate(); }", "--",
+                        e2e::target(), "marker", marker});
   EXPECT_EQ(unknown.exit_code(), 2) << unknown.describe();
   EXPECT_NE(unknown.err.find("frobnicate"), std::string::npos) << unknown.err;
   Output arg = run({e2e::cli(), "run", "-e", "uprobe:exe:e2e_work { @x = sum(arg6); }", "--",

@@ -13,7 +13,9 @@ namespace {
 
 using Fail = std::unexpected<Diagnostic>;
 
-uint32_t align8(uint32_t n) { return (n + 7) & ~7u; }
+uint32_t align8(uint32_t n) {
+  return (n + 7) & ~7u;
+}
 
 // Where a string of this type lives in a key or a printf record: its size rounded up to words.
 uint32_t string_bytes(const Type &t, uint32_t string_size) {
@@ -48,9 +50,7 @@ class BlockCompiler {
     return out_.insns.size() - 1;
   }
   // Makes the jump at `at` land on the next instruction emitted.
-  void patch(size_t at) {
-    out_.insns[at].imm = static_cast<int32_t>(out_.insns.size() - at - 1);
-  }
+  void patch(size_t at) { out_.insns[at].imm = static_cast<int32_t>(out_.insns.size() - at - 1); }
   std::expected<uint8_t, Diagnostic> temp(const SourceLoc &loc, uint8_t at) {
     if (at >= ab::kRegisters - 1)
       return Fail(Diagnostic{loc, "the expression is too deep for usprobe's registers"});
@@ -192,16 +192,16 @@ class BlockCompiler {
         const PrintfInfo &p = program_.printfs.at(static_cast<size_t>(e.index));
         const size_t n = e.args.size() - 1;  // after the format
         if (n > ab::kMaxPrintfArgs)
-          return Fail(Diagnostic{e.loc, fmt::format("printf with more than {} arguments",
-                                                    ab::kMaxPrintfArgs)});
+          return Fail(Diagnostic{
+              e.loc, fmt::format("printf with more than {} arguments", ab::kMaxPrintfArgs)});
         if (top_ + n >= ab::kRegisters)
           return Fail(Diagnostic{e.loc, "printf with more arguments than usprobe has registers"});
         for (size_t i = 0; i < n; ++i) {
           const Type &t = p.args[i];
           const PrintfDef::Arg &def = out_.printfs.at(static_cast<size_t>(e.index)).args[i];
           if (!t.is_int() && !t.is_string() && def.name == ProbeName::kNone && !def.usym)
-            return Fail(Diagnostic{e.args[i + 1]->loc,
-                                   fmt::format("printf of a {}: not yet", t.name())});
+            return Fail(
+                Diagnostic{e.args[i + 1]->loc, fmt::format("printf of a {}: not yet", t.name())});
           if (auto ok = expr(*e.args[i + 1], static_cast<uint8_t>(top_ + i)); !ok) return ok;
         }
         emit(ab::kPrintf, 0, top_, static_cast<uint8_t>(n), e.index);
@@ -248,8 +248,7 @@ class BlockCompiler {
           this->emit(static_cast<ab::Op>(ab::kAnd | ab::kImmOperand), d, x, 0,
                      static_cast<int64_t>(v - 1));
         else
-          this->emit(static_cast<ab::Op>((o == ab::kDivU ? ab::kShrU : ab::kShl) |
-                                         ab::kImmOperand),
+          this->emit(static_cast<ab::Op>((o == ab::kDivU ? ab::kShrU : ab::kShl) | ab::kImmOperand),
                      d, x, 0, log2);
         return;
       }
@@ -264,22 +263,54 @@ class BlockCompiler {
       return {};
     }
     switch (op) {
-      case Op::kAdd: emit(ab::kAdd, dst, a, b, 0); break;
-      case Op::kSub: emit(ab::kSub, dst, a, b, 0); break;
-      case Op::kMul: emit(ab::kMul, dst, a, b, 0); break;
-      case Op::kDiv: emit(is_signed ? ab::kDivS : ab::kDivU, dst, a, b, 0); break;
-      case Op::kMod: emit(is_signed ? ab::kModS : ab::kModU, dst, a, b, 0); break;
-      case Op::kBitAnd: emit(ab::kAnd, dst, a, b, 0); break;
-      case Op::kBitOr: emit(ab::kOr, dst, a, b, 0); break;
-      case Op::kBitXor: emit(ab::kXor, dst, a, b, 0); break;
-      case Op::kShl: emit(ab::kShl, dst, a, b, 0); break;
-      case Op::kShr: emit(lt.is_signed ? ab::kShrS : ab::kShrU, dst, a, b, 0); break;
-      case Op::kEq: emit(ab::kEq, dst, a, b, 0); break;
-      case Op::kNe: emit(ab::kNe, dst, a, b, 0); break;
-      case Op::kLt: emit(is_signed ? ab::kLtS : ab::kLtU, dst, a, b, 0); break;
-      case Op::kLe: emit(is_signed ? ab::kLeS : ab::kLeU, dst, a, b, 0); break;
-      case Op::kGt: emit(is_signed ? ab::kGtS : ab::kGtU, dst, a, b, 0); break;
-      case Op::kGe: emit(is_signed ? ab::kGeS : ab::kGeU, dst, a, b, 0); break;
+      case Op::kAdd:
+        emit(ab::kAdd, dst, a, b, 0);
+        break;
+      case Op::kSub:
+        emit(ab::kSub, dst, a, b, 0);
+        break;
+      case Op::kMul:
+        emit(ab::kMul, dst, a, b, 0);
+        break;
+      case Op::kDiv:
+        emit(is_signed ? ab::kDivS : ab::kDivU, dst, a, b, 0);
+        break;
+      case Op::kMod:
+        emit(is_signed ? ab::kModS : ab::kModU, dst, a, b, 0);
+        break;
+      case Op::kBitAnd:
+        emit(ab::kAnd, dst, a, b, 0);
+        break;
+      case Op::kBitOr:
+        emit(ab::kOr, dst, a, b, 0);
+        break;
+      case Op::kBitXor:
+        emit(ab::kXor, dst, a, b, 0);
+        break;
+      case Op::kShl:
+        emit(ab::kShl, dst, a, b, 0);
+        break;
+      case Op::kShr:
+        emit(lt.is_signed ? ab::kShrS : ab::kShrU, dst, a, b, 0);
+        break;
+      case Op::kEq:
+        emit(ab::kEq, dst, a, b, 0);
+        break;
+      case Op::kNe:
+        emit(ab::kNe, dst, a, b, 0);
+        break;
+      case Op::kLt:
+        emit(is_signed ? ab::kLtS : ab::kLtU, dst, a, b, 0);
+        break;
+      case Op::kLe:
+        emit(is_signed ? ab::kLeS : ab::kLeU, dst, a, b, 0);
+        break;
+      case Op::kGt:
+        emit(is_signed ? ab::kGtS : ab::kGtU, dst, a, b, 0);
+        break;
+      case Op::kGe:
+        emit(is_signed ? ab::kGeS : ab::kGeU, dst, a, b, 0);
+        break;
       default:
         return Fail(Diagnostic{loc, fmt::format("operator '{}'", op_text(op))});
     }
@@ -319,8 +350,10 @@ class BlockCompiler {
         return call_expr(e, dst);
       case ExprKind::kUnary: {
         if (auto ok = expr(*e.args[0], dst); !ok) return ok;
-        emit(e.op == Op::kNot ? ab::kLNot : e.op == Op::kBitNot ? ab::kNot : ab::kNeg, dst, dst, 0,
-             0);
+        emit(e.op == Op::kNot      ? ab::kLNot
+             : e.op == Op::kBitNot ? ab::kNot
+                                   : ab::kNeg,
+             dst, dst, 0, 0);
         return {};
       }
       case ExprKind::kBinary: {
@@ -368,8 +401,7 @@ class BlockCompiler {
 
   // Registers are 64 bits: a narrower int type keeps its low bits, sign-extended or not.
   std::expected<void, Diagnostic> narrow(const Type &t, uint8_t dst) {
-    if (t.is_int() && t.bits < 64)
-      emit(ab::kExt, dst, dst, 0, t.bits | (t.is_signed ? 0x100 : 0));
+    if (t.is_int() && t.bits < 64) emit(ab::kExt, dst, dst, 0, t.bits | (t.is_signed ? 0x100 : 0));
     return {};
   }
 
@@ -386,14 +418,22 @@ class BlockCompiler {
       return std::expected<void, Diagnostic>{};
     };
     switch (e.builtin) {
-      case Builtin::kPid: return simple(ab::kPid);
-      case Builtin::kTid: return simple(ab::kTid);
-      case Builtin::kUid: return simple(ab::kUid);
-      case Builtin::kGid: return simple(ab::kGid);
-      case Builtin::kCpu: return simple(ab::kCpu);
-      case Builtin::kNsecs: return simple(ab::kNsecs);
-      case Builtin::kElapsed: return simple(ab::kElapsed);
-      case Builtin::kCpid: return simple(ab::kCpid);
+      case Builtin::kPid:
+        return simple(ab::kPid);
+      case Builtin::kTid:
+        return simple(ab::kTid);
+      case Builtin::kUid:
+        return simple(ab::kUid);
+      case Builtin::kGid:
+        return simple(ab::kGid);
+      case Builtin::kCpu:
+        return simple(ab::kCpu);
+      case Builtin::kNsecs:
+        return simple(ab::kNsecs);
+      case Builtin::kElapsed:
+        return simple(ab::kElapsed);
+      case Builtin::kCpid:
+        return simple(ab::kCpid);
       case Builtin::kArg:
         emit(flags_ & ab::kProbeUsdt ? ab::kUsdtArg : ab::kArg, dst, 0, 0,
              static_cast<int64_t>(e.int_value));
@@ -413,8 +453,8 @@ class BlockCompiler {
         return {};
       }
       default:
-        return Fail(Diagnostic{e.loc, fmt::format("'{}' in a probe: not yet",
-                                                  builtin_name(e.builtin))});
+        return Fail(
+            Diagnostic{e.loc, fmt::format("'{}' in a probe: not yet", builtin_name(e.builtin))});
     }
   }
 
@@ -429,8 +469,8 @@ class BlockCompiler {
         return {};
       }
       case Func::kUstack: {
-        const uint32_t frames = e.type.size ? std::min(e.type.size, ab::kMaxUstackFrames)
-                                            : ab::kMaxUstackFrames;
+        const uint32_t frames =
+            e.type.size ? std::min(e.type.size, ab::kMaxUstackFrames) : ab::kMaxUstackFrames;
         auto at = scratch(e.loc, ab::ustack_bytes(frames));
         if (!at) return Fail(at.error());
         emit(ab::kUstack, dst, 0, 0, static_cast<int64_t>(*at | (frames << 16)));
@@ -475,8 +515,8 @@ class BlockCompiler {
         return {};
       }
       default:
-        return Fail(Diagnostic{e.loc, fmt::format("{}() as a value in a probe: not yet",
-                                                  func_name(e.func))});
+        return Fail(Diagnostic{
+            e.loc, fmt::format("{}() as a value in a probe: not yet", func_name(e.func))});
     }
   }
 
@@ -501,8 +541,7 @@ ProbeName name_of(const Expr &e) {
 // or a printf's argument, nothing else yet. Records which key parts and printf arguments they are.
 class Names {
  public:
-  Names(const Program &p)
-      : keys_(p.maps.size()), args_(p.printfs.size()) {
+  Names(const Program &p) : keys_(p.maps.size()), args_(p.printfs.size()) {
     for (size_t i = 0; i < p.maps.size(); ++i) keys_[i].assign(p.maps[i].keys.size(), kUnseen);
     for (size_t i = 0; i < p.printfs.size(); ++i) args_[i].assign(p.printfs[i].args.size(), 0);
   }
@@ -529,8 +568,10 @@ class Names {
           return std::unexpected(Diagnostic{
               e.args[i]->loc, fmt::format("{}: a key part that is '{}' in one place must be so "
                                           "everywhere (not yet)",
-                                          e.text, want ? builtin_name(e.args[i]->builtin)
-                                                       : seen == 1 ? "func" : "probe")});
+                                          e.text,
+                                          want        ? builtin_name(e.args[i]->builtin)
+                                          : seen == 1 ? "func"
+                                                      : "probe")});
         seen = want;
         if (auto ok = expr(*e.args[i], true); !ok) return ok;
       }
@@ -538,8 +579,9 @@ class Names {
     }
     const bool printf = e.kind == ExprKind::kCall && e.func == Func::kPrintf;
     for (size_t i = 0; i < e.args.size(); ++i) {
-      if (printf && i > 0) args_.at(static_cast<size_t>(e.index)).at(i - 1) =
-          static_cast<uint8_t>(name_of(*e.args[i]));
+      if (printf && i > 0)
+        args_.at(static_cast<size_t>(e.index)).at(i - 1) =
+            static_cast<uint8_t>(name_of(*e.args[i]));
       if (auto ok = expr(*e.args[i], printf && i > 0); !ok) return ok;
     }
     return {};
@@ -571,7 +613,8 @@ MapDef map_def(const MapInfo &m, uint32_t string_size) {
       continue;
     }
     if (k.kind == TypeKind::kUstack) {
-      const uint32_t frames = k.size ? std::min(k.size, ab::kMaxUstackFrames) : ab::kMaxUstackFrames;
+      const uint32_t frames =
+          k.size ? std::min(k.size, ab::kMaxUstackFrames) : ab::kMaxUstackFrames;
       d.key.push_back({false, false, ab::ustack_bytes(frames), ProbeName::kNone, frames});
       continue;
     }
@@ -638,9 +681,12 @@ std::expected<CompiledProgram, Diagnostic> compile(const Program &program) {
     int by_flags[4] = {-1, -1, -1, -1};
     for (const AttachPoint &p : block.attach_points) {
       uint32_t flags = 0;
-      if (p.type == ProbeType::kUsdt) flags = ab::kProbeUsdt;
-      else if (p.type == ProbeType::kUretprobe) flags = ab::kProbeReturn;
-      else if (p.type != ProbeType::kUprobe) continue;  // BEGIN, END, interval: the CLI's
+      if (p.type == ProbeType::kUsdt)
+        flags = ab::kProbeUsdt;
+      else if (p.type == ProbeType::kUretprobe)
+        flags = ab::kProbeReturn;
+      else if (p.type != ProbeType::kUprobe)
+        continue;  // BEGIN, END, interval: the CLI's
       if (by_flags[flags] < 0) {
         CodeBlock code{static_cast<uint32_t>(c.insns.size()), 0, flags};
         BlockCompiler bc(program, block, c, flags);

@@ -15,8 +15,7 @@ namespace {
 
 bool is_cli_block(const ProbeBlock &b) {
   for (const AttachPoint &p : b.attach_points)
-    if (p.type != ProbeType::kBegin && p.type != ProbeType::kEnd &&
-        p.type != ProbeType::kInterval)
+    if (p.type != ProbeType::kBegin && p.type != ProbeType::kEnd && p.type != ProbeType::kInterval)
       return false;
   return true;
 }
@@ -62,8 +61,9 @@ std::expected<void, Diagnostic> validate_stmts(const std::vector<Stmt> &body) {
     if (s.kind == StmtKind::kAssign) {
       if (s.target->kind == ExprKind::kMap)
         return std::unexpected(Diagnostic{
-            s.loc, "writing a map in BEGIN, END or interval: not yet (usprobe runs these in the "
-                   "CLI)"});
+            s.loc,
+            "writing a map in BEGIN, END or interval: not yet (usprobe runs these in the "
+            "CLI)"});
       if (auto ok = validate_expr(*s.value); !ok) return ok;
     } else if (s.kind == StmtKind::kIf) {
       if (auto ok = validate_expr(*s.expr); !ok) return ok;
@@ -183,7 +183,8 @@ bool Host::stmts(const std::vector<Stmt> &body, std::vector<Val> &vars) {
           const auto *a = std::get_if<Int>(&var), *b = std::get_if<Int>(&v);
           if (a && b) {
             uint64_t x = a->bits, y = b->bits;
-            uint64_t r = s.op == Op::kAdd ? x + y : s.op == Op::kSub ? x - y
+            uint64_t r = s.op == Op::kAdd   ? x + y
+                         : s.op == Op::kSub ? x - y
                          : s.op == Op::kMul ? x * y
                                             : x;
             var = Int{r, a->is_signed};
@@ -210,8 +211,10 @@ bool Host::stmts(const std::vector<Stmt> &body, std::vector<Val> &vars) {
           std::vector<Scalar> args;
           for (size_t i = 1; i < e.args.size(); ++i) {
             Val v = eval(*e.args[i], vars);
-            if (auto *n = std::get_if<Int>(&v)) args.push_back(*n);
-            else args.push_back(std::get<Str>(v));
+            if (auto *n = std::get_if<Int>(&v))
+              args.push_back(*n);
+            else
+              args.push_back(std::get<Str>(v));
           }
           printf(e.args[0]->text, args);
         } else if ((e.func == Func::kPrint || e.func == Func::kClear) &&
@@ -239,8 +242,8 @@ bool Host::stmts(const std::vector<Stmt> &body, std::vector<Val> &vars) {
           write(fmt::to_string(buf));
         } else if (e.func == Func::kPrint) {
           Val v = eval(*e.args[0], vars);
-          Scalar sc = std::holds_alternative<Int>(v) ? Scalar{std::get<Int>(v)}
-                                                     : Scalar{std::get<Str>(v)};
+          Scalar sc =
+              std::holds_alternative<Int>(v) ? Scalar{std::get<Int>(v)} : Scalar{std::get<Str>(v)};
           if (json_) {
             write(value_json(sc));
           } else {
@@ -274,13 +277,20 @@ Host::Val Host::eval(const Expr &e, std::vector<Val> &vars) {
       clock_gettime(CLOCK_MONOTONIC, &ts);
       int64_t now = int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
       switch (e.builtin) {
-        case Builtin::kPid: return Int{static_cast<uint64_t>(getpid()), true};
-        case Builtin::kUid: return Int{getuid(), true};
-        case Builtin::kGid: return Int{getgid(), true};
-        case Builtin::kNsecs: return Int{static_cast<uint64_t>(now), false};
-        case Builtin::kElapsed: return Int{static_cast<uint64_t>(now - start_ns_), false};
-        case Builtin::kCpid: return Int{static_cast<uint64_t>(cpid_ ? cpid_() : 0), false};
-        default: return Int{0, true};
+        case Builtin::kPid:
+          return Int{static_cast<uint64_t>(getpid()), true};
+        case Builtin::kUid:
+          return Int{getuid(), true};
+        case Builtin::kGid:
+          return Int{getgid(), true};
+        case Builtin::kNsecs:
+          return Int{static_cast<uint64_t>(now), false};
+        case Builtin::kElapsed:
+          return Int{static_cast<uint64_t>(now - start_ns_), false};
+        case Builtin::kCpid:
+          return Int{static_cast<uint64_t>(cpid_ ? cpid_() : 0), false};
+        default:
+          return Int{0, true};
       }
     }
     case ExprKind::kUnary: {
@@ -313,25 +323,62 @@ Host::Val Host::eval(const Expr &e, std::vector<Val> &vars) {
       const auto sa = static_cast<int64_t>(a.bits), sb = static_cast<int64_t>(b.bits);
       uint64_t x = a.bits, y = b.bits, r = 0;
       switch (e.op) {
-        case Op::kAdd: r = x + y; break;
-        case Op::kSub: r = x - y; break;
-        case Op::kMul: r = x * y; break;
-        case Op::kDiv: r = y == 0 ? 0 : s && !(sb == -1) ? static_cast<uint64_t>(sa / sb) : x / y; break;
-        case Op::kMod: r = y == 0 ? 0 : s && !(sb == -1) ? static_cast<uint64_t>(sa % sb) : x % y; break;
-        case Op::kBitAnd: r = x & y; break;
-        case Op::kBitOr: r = x | y; break;
-        case Op::kBitXor: r = x ^ y; break;
-        case Op::kShl: r = y >= 64 ? 0 : x << y; break;
-        case Op::kShr: r = y >= 64 ? 0 : a.is_signed ? static_cast<uint64_t>(sa >> y) : x >> y; break;
-        case Op::kEq: r = x == y; break;
-        case Op::kNe: r = x != y; break;
-        case Op::kLt: r = s ? sa < sb : x < y; break;
-        case Op::kLe: r = s ? sa <= sb : x <= y; break;
-        case Op::kGt: r = s ? sa > sb : x > y; break;
-        case Op::kGe: r = s ? sa >= sb : x >= y; break;
-        case Op::kAnd: r = x != 0 && y != 0; break;
-        case Op::kOr: r = x != 0 || y != 0; break;
-        default: break;
+        case Op::kAdd:
+          r = x + y;
+          break;
+        case Op::kSub:
+          r = x - y;
+          break;
+        case Op::kMul:
+          r = x * y;
+          break;
+        case Op::kDiv:
+          r = y == 0 ? 0 : s && !(sb == -1) ? static_cast<uint64_t>(sa / sb) : x / y;
+          break;
+        case Op::kMod:
+          r = y == 0 ? 0 : s && !(sb == -1) ? static_cast<uint64_t>(sa % sb) : x % y;
+          break;
+        case Op::kBitAnd:
+          r = x & y;
+          break;
+        case Op::kBitOr:
+          r = x | y;
+          break;
+        case Op::kBitXor:
+          r = x ^ y;
+          break;
+        case Op::kShl:
+          r = y >= 64 ? 0 : x << y;
+          break;
+        case Op::kShr:
+          r = y >= 64 ? 0 : a.is_signed ? static_cast<uint64_t>(sa >> y) : x >> y;
+          break;
+        case Op::kEq:
+          r = x == y;
+          break;
+        case Op::kNe:
+          r = x != y;
+          break;
+        case Op::kLt:
+          r = s ? sa < sb : x < y;
+          break;
+        case Op::kLe:
+          r = s ? sa <= sb : x <= y;
+          break;
+        case Op::kGt:
+          r = s ? sa > sb : x > y;
+          break;
+        case Op::kGe:
+          r = s ? sa >= sb : x >= y;
+          break;
+        case Op::kAnd:
+          r = x != 0 && y != 0;
+          break;
+        case Op::kOr:
+          r = x != 0 || y != 0;
+          break;
+        default:
+          break;
       }
       return Int{r, e.type.is_signed};
     }

@@ -62,9 +62,9 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
     ab::MapInfo m{};
     m.kind = d.string_value ? ab::kMapPlainString : map_kind(d.kind);
     m.key_size = d.key_bytes();
-    m.value_size = d.string_value ? d.string_value
-                                  : ab::map_value_size(m.kind, d.lhist_min, d.lhist_max,
-                                                       d.lhist_step);
+    m.value_size = d.string_value
+                       ? d.string_value
+                       : ab::map_value_size(m.kind, d.lhist_min, d.lhist_max, d.lhist_step);
     m.max_entries = d.max_entries;
     m.is_signed = d.is_signed;
     m.lhist_min = d.lhist_min;
@@ -181,8 +181,8 @@ Scalar ProbeNames::usym(const char *bytes) const {
   uint64_t w[2] = {};
   std::memcpy(w, bytes, sizeof w);
   if (!symbol) return Sym{fmt::format("{:#x}", w[1])};
-  return Sym{symbol(static_cast<int32_t>(w[0] & 0xffff'ffffu), static_cast<uint32_t>(w[0] >> 32),
-                    w[1])};
+  return Sym{
+      symbol(static_cast<int32_t>(w[0] & 0xffff'ffffu), static_cast<uint32_t>(w[0] >> 32), w[1])};
 }
 
 std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNames &names) {

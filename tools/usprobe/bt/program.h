@@ -84,7 +84,7 @@ struct Compiled {
   std::string pool;  // NUL-terminated literals
   std::vector<CodeBlock> blocks;
   uint32_t string_size = 64;
-  bool uses_stacks = false;  // ustack somewhere: agent::bt::kProgramStacks
+  bool uses_stacks = false;   // ustack somewhere: agent::bt::kProgramStacks
   bool uses_symbols = false;  // usym somewhere: agent::bt::kProgramMaps
 };
 
@@ -103,7 +103,10 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
 class MapReader {
  public:
   MapReader(const Compiled &c, const Laid &laid, char *shared, ProbeNames names = {})
-      : compiled_(c), laid_(laid), shared_(shared), names_(std::move(names)),
+      : compiled_(c),
+        laid_(laid),
+        shared_(shared),
+        names_(std::move(names)),
         folded_(c.maps.size()) {}
   // Takes (and then empties) a freed slot's tables.
   void fold(char *tables);

@@ -636,12 +636,12 @@ a few tens of nanoseconds; aggregations are kept per thread and merged when prin
     bool option = args[0].starts_with('-');
     std::string near =
         option ? nearest(args[0], {"--help", "--version"}) : nearest(args[0], subcommands);
-    std::string why = near.empty() ? "expected a subcommand: list, count, trace, latency or stacks"
-                      : option     ? fmt::format("did you mean {}?", near)
-                                   : fmt::format(
-                                         "did you mean {}? expected list, count, trace, "
-                                             "latency or stacks",
-                                         near);
+    std::string why =
+        near.empty() ? "expected a subcommand: list, count, trace, latency, stacks or run"
+        : option     ? fmt::format("did you mean {}?", near)
+                     : fmt::format(
+                       "did you mean {}? expected list, count, trace, latency, stacks or run",
+                       near);
     fmt::print(stderr, "usprobe: unknown {} '{}' ({}); see usprobe --help\n",
                option ? "option" : "subcommand", args[0], why);
     return 2;

@@ -9,8 +9,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <memory>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "bt/check.h"
@@ -20,8 +20,8 @@
 #include "bt/print.h"
 #include "commands/commands.h"
 #include "session/region.h"
-#include "session/stack_names.h"
 #include "session/session.h"
+#include "session/stack_names.h"
 #include "session/supervisor.h"
 #include "session/tsc_clock.h"
 
@@ -87,7 +87,8 @@ int run_run(const RunOptions &options) {
   std::string source = options.program, name = "stdin";
   if (!options.file.empty()) {
     std::ifstream in(options.file);
-    if (!in) return report_error({ENOENT, fmt::format("{}: cannot read the program", options.file)});
+    if (!in)
+      return report_error({ENOENT, fmt::format("{}: cannot read the program", options.file)});
     std::stringstream text;
     text << in.rdbuf();
     source = text.str();
@@ -113,8 +114,9 @@ int run_run(const RunOptions &options) {
   std::vector<std::string> command = options.command;
   if (!options.c_command.empty()) command = split_words(options.c_command);
   if (specs.empty())
-    return report_error({EINVAL, "the program has no uprobe, uretprobe or usdt probe: usprobe "
-                                 "runs programs on the probes of a command or a process"});
+    return report_error({EINVAL,
+                         "the program has no uprobe, uretprobe or usdt probe: usprobe "
+                         "runs programs on the probes of a command or a process"});
   auto session = prepare_session(specs, {command, options.pids, options.comm});
   if (!session) return report_error(session.error());
   const std::vector<Probe> &probes = session->probes;
@@ -140,8 +142,8 @@ int run_run(const RunOptions &options) {
   const int64_t now_ns = monotonic_ns();
   const auto tsc_ns =
       static_cast<uint64_t>((static_cast<unsigned __int128>(now_tsc) * mult) >> agent::kTscShift);
-  bt::Laid laid = bt::lay_out(compiled->code, block_of_probe, now_tsc,
-                              static_cast<uint64_t>(now_ns) - tsc_ns);
+  bt::Laid laid =
+      bt::lay_out(compiled->code, block_of_probe, now_tsc, static_cast<uint64_t>(now_ns) - tsc_ns);
   RegionConfig config;
   config.mode = agent::kModeRun;
   config.comm = options.comm;
@@ -227,8 +229,10 @@ int run_run(const RunOptions &options) {
   uint64_t missed = 0;
   for (const auto &[key, c] : region->counts()) missed += c.missed;
   if (missed > 0)
-    fmt::print(stderr, "usprobe: {} hits not run or printf records lost (no free slot, or a full "
-                       "ring)\n", missed);
+    fmt::print(stderr,
+               "usprobe: {} hits not run or printf records lost (no free slot, or a full "
+               "ring)\n",
+               missed);
   notices.finish(*region, exit, target.noun());
   return exit_status(target, exit);
 }
