@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <span>
 
 namespace usprobe::bt {
 
@@ -158,29 +159,32 @@ class BlockCompiler {
   }
 
   // Builds the key of map expression `m` (its args) in the key area; `at`: the first free register.
+  // Builds the key of map expression `m` (its args) in the key area; `at`: the first free register.
   std::expected<void, Diagnostic> key(const Expr &m, uint8_t at) {
-    const MapInfo &info = program_.maps.at(static_cast<size_t>(m.index));
+    return key_of(m.index, std::span(m.args), m.loc, at);
+  }
+
+  // Builds map `map`'s key from `parts` in the key area (the map expression's args, or has_key's
+  // after the map).
+  std::expected<void, Diagnostic> key_of(int map, std::span<const ExprPtr> parts,
+                                         const SourceLoc &loc, uint8_t at) {
+    const MapDef &def = out_.maps.at(static_cast<size_t>(map));
     uint32_t offset = 0;
-    for (size_t i = 0; i < m.args.size(); ++i) {
-      const Expr &k = *m.args[i];
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const Expr &k = *parts[i];
       auto r = temp(k.loc, at);
       if (!r) return Fail(r.error());
       if (auto ok = expr(k, *r); !ok) return ok;
-      const KeyPart &part = out_.maps.at(static_cast<size_t>(m.index)).key.at(i);
-      if (part.stack_frames != 0 || part.usym) {
-        emit(ab::kKeyBytes, 0, *r, 0, static_cast<int64_t>(offset | (part.size << 16)));
-        offset += part.size;
-      } else if (part.is_string) {
-        uint32_t n = part.size;
-        emit(ab::kKeyStr, 0, *r, 0, static_cast<int64_t>(offset | (n << 16)));
-        offset += n;
-      } else {
-        emit(ab::kKeyInt, 0, *r, 0, offset);
-        offset += 8;
-      }
+      const KeyPart &part = def.key.at(i);
+      const ab::Op op = part.stack_frames != 0 || part.usym ? ab::kKeyBytes
+                        : part.is_string                    ? ab::kKeyStr
+                                                            : ab::kKeyInt;
+      emit(op, 0, *r, 0,
+           op == ab::kKeyInt ? offset : static_cast<int64_t>(offset | (part.size << 16)));
+      offset += part.size;
       if (offset > ab::kMaxKeyBytes)
-        return Fail(Diagnostic{m.loc, fmt::format("{}: its key takes more than {} bytes", info.name,
-                                                  ab::kMaxKeyBytes)});
+        return Fail(Diagnostic{
+            loc, fmt::format("{}: its key takes more than {} bytes", def.name, ab::kMaxKeyBytes)});
     }
     return {};
   }
@@ -497,20 +501,7 @@ class BlockCompiler {
         if (info.kind != ValueKind::kScalar)
           return Fail(Diagnostic{e.loc, "has_key() of an aggregation map in a probe: not yet"});
         // has_key(@m, k1, k2): the keys follow the map.
-        uint32_t offset = 0;
-        for (size_t i = 1; i < e.args.size(); ++i) {
-          const Expr &k = *e.args[i];
-          if (auto ok = expr(k, dst); !ok) return ok;
-          const KeyPart &part = out_.maps.at(static_cast<size_t>(m.index)).key.at(i - 1);
-          if (part.is_string) {
-            uint32_t n = part.size;
-            emit(ab::kKeyStr, 0, dst, 0, static_cast<int64_t>(offset | (n << 16)));
-            offset += n;
-          } else {
-            emit(ab::kKeyInt, 0, dst, 0, offset);
-            offset += 8;
-          }
-        }
+        if (auto ok = key_of(m.index, std::span(e.args).subspan(1), e.loc, dst); !ok) return ok;
         emit(ab::kHas, dst, 0, 0, m.index);
         return {};
       }
