@@ -186,18 +186,21 @@ int run_run(const RunOptions &options) {
   std::vector<std::string> locations;
   for (const Probe &p : probes) locations.push_back(p.location);
   bt::ProbeNames names = bt::ProbeNames::of(locations);
-  names.stack = [&](int32_t pid, uint32_t image, const std::vector<uint64_t> &ips) {
+  // The mappings the agents wrote since last asked, before an address is named.
+  auto take_maps = [&] {
     for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
+  };
+  names.stack = [&](int32_t pid, uint32_t image, const std::vector<uint64_t> &ips) {
+    take_maps();
     return stack_names.name_bpftrace(pid, image, ips);
   };
   names.symbol = [&](int32_t pid, uint32_t image, uint64_t address) {
-    for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
+    take_maps();
     return stack_names.symbol_bpftrace(pid, image, address);
   };
   bt::MapReader reader(compiled->code, laid, region->shared_area(), names);
-  host.set_cpid([shared = reinterpret_cast<agent::bt::SharedHead *>(region->shared_area())] {
-    return shared->cpid.load(std::memory_order_relaxed);
-  });
+  auto *shared = reinterpret_cast<agent::bt::SharedHead *>(region->shared_area());
+  host.set_cpid([shared] { return shared->cpid.load(std::memory_order_relaxed); });
   host.set_maps(&reader, [region](const std::function<void(const char *)> &each) {
     region->for_each_live_table(each);
   });
@@ -206,12 +209,10 @@ int run_run(const RunOptions &options) {
   auto record = [&](int32_t, const char *r, uint32_t size) {
     return print_record(compiled->code, names, host, r, size);
   };
-  auto shared = reinterpret_cast<agent::bt::SharedHead *>(region->shared_area());
   auto tick = [&] {
     region->drain_records(record);
     region->reclaim_run(record, [&](char *tables) { reader.fold(tables); });
-    if (names_addresses)
-      for (const MapsMessage &m : region->new_maps()) stack_names.add(m);
+    if (names_addresses) take_maps();
     host.run_intervals(monotonic_ns());
     std::fflush(out);
     notices.print(region->new_notices());
