@@ -87,6 +87,21 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         return fmt::format("map {}: its table lies outside the table area", i);
     }
   }
+  auto *agg = static_cast<AggTable *>(std::calloc(ph.map_count + 1, sizeof(AggTable)));
+  if (!agg) return "out of memory";
+  for (uint32_t i = 0; i < ph.map_count; ++i) {
+    const MapInfo &m = out.maps[i];
+    const uint64_t header = h.table_offset + m.table_offset;
+    agg[i] = {header,
+              header + sizeof(TableHeader) + ((8 * uint64_t{m.max_entries} + 63) & ~uint64_t{63}),
+              2 * m.max_entries - 1,
+              m.max_entries,
+              m.entry_size,
+              m.key_size,
+              m.value_size / 8,
+              m.kind};
+  }
+  out.agg = agg;
   for (uint32_t i = 0; i < ph.printf_count; ++i) {
     const PrintfInfo &f = out.printfs[i];
     if (f.arg_count > kMaxPrintfArgs || f.first_arg > ph.printf_arg_count ||
@@ -116,9 +131,20 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       };
       if ((in.op & kImmOperand) != 0 && !is_binary(in.op & ~kImmOperand))
         return bad("an immediate operand to an operation that takes none");
-      if ((in.op & ~kImmOperand) >= kOpCount) return bad("unknown operation");
-      if (in.dst >= kRegisters || in.a >= kRegisters || (in.b >= kRegisters && in.b != kNoReg))
+      if ((in.op & ~kImmOperand) >= kOpCount || in.op == kReg) return bad("unknown operation");
+      // A fused jump with an immediate keeps its offset where dst and b would be.
+      const bool offset_in_regs = is_fused_jump(in.op) && (in.op & kImmOperand);
+      if (in.a >= kRegisters ||
+          (!offset_in_regs &&
+           (in.dst >= kRegisters || (in.b >= kRegisters && in.b != kNoReg))))
         return bad("register out of range");
+      if (is_fused_jump(in.op)) {
+        if (!offset_in_regs && in.b == kNoReg) return bad("register out of range");
+        const int64_t offset = jump_offset(in);
+        if (static_cast<int64_t>(k) + 1 + offset < 0 ||
+            static_cast<int64_t>(k) + 1 + offset >= c.count)
+          return bad("jump out of the probe's code");
+      }
       const auto imm = static_cast<int64_t>(in.imm);
       // plain: 0 an aggregation, 1 a plain integer map, 2 a plain string map, 3 either plain.
       const auto map_ok = [&](int plain, int64_t index) {
@@ -135,6 +161,10 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
           break;
         case kArg:
           if (imm < 0 || imm > 5) return bad("argument out of range");
+          if (c.flags & (kProbeUsdt | kProbeReturn)) return bad("an argument at a return or a USDT probe");
+          break;
+        case kRetval:
+          if (!(c.flags & kProbeReturn)) return bad("a return value at an entry");
           break;
         case kUsdtArg:
           if (imm < 0 || imm > 11) return bad("argument out of range");
@@ -188,6 +218,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         }
         case kAgg:
           if (!map_ok(0, imm)) return bad("not an aggregation map");
+          if (in.b != kNoReg && out.maps[imm].key_size != 8) return bad("a key in a register");
           break;
         case kLoad:
         case kStore:
@@ -218,11 +249,19 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       }
     }
   }
-  // The interpreter's dispatch table has the immediate forms after the others (bt_vm.cc).
+  // The interpreter's dispatch table has the immediate forms after the others (bt_vm.cc). An
+  // argument and the return value are words of the saved registers (usprobe_hit_regs).
   auto *insns = const_cast<Insn *>(out.insns);
-  for (uint32_t k = 0; k < ph.insn_count; ++k)
-    if (insns[k].op & kImmOperand)
-      insns[k].op = static_cast<uint8_t>((insns[k].op & ~kImmOperand) + kOpCount);
+  static constexpr usprobe_reg kArgRegs[6] = {USPROBE_RDI, USPROBE_RSI, USPROBE_RDX,
+                                              USPROBE_RCX, USPROBE_R8,  USPROBE_R9};
+  for (uint32_t k = 0; k < ph.insn_count; ++k) {
+    Insn &in = insns[k];
+    if (in.op & kImmOperand) in.op = static_cast<uint8_t>((in.op & ~kImmOperand) + kOpCount);
+    if (in.op == kArg || in.op == kRetval) {
+      in.imm = usprobe_reg_index(in.op == kArg ? kArgRegs[in.imm] : USPROBE_RAX);
+      in.op = kReg;
+    }
+  }
   return "";
 }
 

@@ -55,51 +55,77 @@ inline std::atomic<uint64_t> *words(char *p) { return reinterpret_cast<std::atom
 inline void owned_set(std::atomic<uint64_t> &w, uint64_t v) { w.store(v, std::memory_order_relaxed); }
 inline uint64_t owned_get(std::atomic<uint64_t> &w) { return w.load(std::memory_order_relaxed); }
 
-// An aggregation's update of this thread's table (protocol/bt.h, "Tables").
-void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t v) {
-  const MapInfo &m = g_bt.maps[map_index];
-  char *base = reinterpret_cast<char *>(s) + g_region.table_offset + m.table_offset;
-  auto *t = reinterpret_cast<TableHeader *>(base);
+// One 64-bit key word's hash (the same as hash_key of those 8 bytes).
+inline uint32_t hash_word(uint64_t w) {
+  uint64_t h = (0xcbf2'9ce4'8422'2325ull ^ w) * 0x100'0000'01b3ull;
+  h ^= h >> 29;
+  h *= 0xbf58'476d'1ce4'e5b9ull;
+  h ^= h >> 32;
+  return static_cast<uint32_t>(h) | 1u;
+}
+
+// An aggregation's update of this thread's table (protocol/bt.h, "Tables"). kWordKey: the key is
+// the 8 bytes of `key_word` (an 8-byte key held in a register), else the map's key_size bytes at
+// `key`.
+template <bool kWordKey>
+inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t key_word,
+                      uint64_t v) {
+  const AggTable &m = g_bt.agg[map_index];
+  char *slot = reinterpret_cast<char *>(s);
+  auto *t = reinterpret_cast<TableHeader *>(slot + m.header);
   auto *buckets = reinterpret_cast<uint32_t *>(t + 1);
-  char *entries = base + sizeof(TableHeader) + ((8 * uint64_t{m.max_entries} + 63) & ~uint64_t{63});
-  const uint32_t mask = 2 * m.max_entries - 1;
-  const uint32_t hash = hash_key(key, m.key_size);
+  char *entries = slot + m.entries;
+  const uint32_t key_size = kWordKey ? 8 : m.key_size;
+  const uint32_t hash = kWordKey ? hash_word(key_word) : hash_key(key, key_size);
+  const auto matches = [&](const char *entry_key) {
+    if constexpr (kWordKey) {
+      uint64_t w;
+      __builtin_memcpy(&w, entry_key, 8);
+      return w == key_word;
+    } else {
+      return same_key(entry_key, key, key_size);
+    }
+  };
   const uint32_t gen = generation(map_index).load(std::memory_order_relaxed);
   char *e = nullptr;
-  for (uint32_t i = 0, b = hash & mask; i <= mask; ++i, b = (b + 1) & mask) {
-    uint32_t n = buckets[b];
-    if (n == 0 || n > m.max_entries) {
-      // A new key: the next entry, published before its bucket is written.
-      uint32_t used = t->used.load(std::memory_order_relaxed);  // this thread is the only writer
-      if (used >= m.max_entries) {
-        t->dropped.store(t->dropped.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        return;
+  for (uint32_t i = 0, b = hash & m.mask; i <= m.mask; ++i, b = (b + 1) & m.mask) {
+    const uint32_t n = buckets[b];
+    if (__builtin_expect(n != 0 && n <= m.max_entries, 1)) {
+      char *c = entries + uint64_t{n - 1} * m.entry_size;
+      if (reinterpret_cast<AggEntryHeader *>(c)->hash == hash &&
+          matches(c + sizeof(AggEntryHeader))) {
+        e = c;
+        break;
       }
-      e = entries + uint64_t{used} * m.entry_size;
-      auto *h = reinterpret_cast<AggEntryHeader *>(e);
-      h->hash = hash;
-      h->bucket = b;
-      h->generation.store(gen, std::memory_order_relaxed);
-      copy_words(e + sizeof(AggEntryHeader), key, m.key_size);
-      std::atomic<uint64_t> *value = words(e + sizeof(AggEntryHeader) + m.key_size);
-      for (uint32_t w = 0; w < m.value_size / 8; ++w) owned_set(value[w], 0);
-      t->used.store(used + 1, std::memory_order_release);  // pairs with the CLI's acquire
-      buckets[b] = used + 1;
-      break;
+      continue;
     }
-    char *c = entries + uint64_t{n - 1} * m.entry_size;
-    if (reinterpret_cast<AggEntryHeader *>(c)->hash == hash &&
-        same_key(c + sizeof(AggEntryHeader), key, m.key_size)) {
-      e = c;
-      break;
+    // A new key: the next entry, published before its bucket is written.
+    const uint32_t used = t->used.load(std::memory_order_relaxed);  // this thread is the only writer
+    if (used >= m.max_entries) {
+      t->dropped.store(t->dropped.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return;
     }
+    e = entries + uint64_t{used} * m.entry_size;
+    auto *h = reinterpret_cast<AggEntryHeader *>(e);
+    h->hash = hash;
+    h->bucket = b;
+    h->generation.store(gen, std::memory_order_relaxed);
+    if constexpr (kWordKey)
+      __builtin_memcpy(e + sizeof(AggEntryHeader), &key_word, 8);
+    else
+      copy_words(e + sizeof(AggEntryHeader), key, key_size);
+    std::atomic<uint64_t> *value = words(e + sizeof(AggEntryHeader) + key_size);
+    for (uint32_t w = 0; w < m.value_words; ++w) owned_set(value[w], 0);
+    t->used.store(used + 1, std::memory_order_release);  // pairs with the CLI's acquire
+    buckets[b] = used + 1;
+    break;
   }
   if (!e) return;
   auto *h = reinterpret_cast<AggEntryHeader *>(e);
-  std::atomic<uint64_t> *value = words(e + sizeof(AggEntryHeader) + m.key_size);
-  if (h->generation.load(std::memory_order_relaxed) != gen) {
+  std::atomic<uint64_t> *value = words(e + sizeof(AggEntryHeader) + key_size);
+  if (__builtin_expect(h->generation.load(std::memory_order_relaxed) != gen, 0)) {
     // Cleared since: start again from nothing.
-    for (uint32_t w = 0; w < m.value_size / 8; ++w) owned_set(value[w], 0);
+    for (uint32_t w = 0; w < m.value_words; ++w) owned_set(value[w], 0);
     h->generation.store(gen, std::memory_order_relaxed);
   }
   const auto sv = static_cast<int64_t>(v);
@@ -117,8 +143,9 @@ void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t v) {
       break;
     case kMapMin:
     case kMapMax: {
+      const MapInfo &info = g_bt.maps[map_index];
       uint64_t old = owned_get(value[0]);
-      bool less = m.is_signed ? sv < static_cast<int64_t>(old) : v < old;
+      bool less = info.is_signed ? sv < static_cast<int64_t>(old) : v < old;
       bool better = m.kind == kMapMin ? less : (!less && v != old);
       if (owned_get(value[1]) == 0 || better) {
         owned_set(value[0], v);
@@ -132,7 +159,9 @@ void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t v) {
       break;
     }
     case kMapLhist: {
-      std::atomic<uint64_t> &c = value[lhist_bucket(sv, m.lhist_min, m.lhist_max, m.lhist_step)];
+      const MapInfo &info = g_bt.maps[map_index];
+      std::atomic<uint64_t> &c =
+          value[lhist_bucket(sv, info.lhist_min, info.lhist_max, info.lhist_step)];
       owned_set(c, owned_get(c) + 1);
       break;
     }
@@ -282,6 +311,7 @@ void bt_handler(usprobe_hit *hit, void *user) {
   if (overflow_hit(s, hits, missed)) return;
   owned_add(hits, 1);
 
+  const uint64_t *regs = usprobe_hit_regs(hit);
   const ProbeCode &code = g_bt.probes[probe];
   const Insn *pc = g_bt.insns + code.first;
   uint64_t r[kRegisters];
@@ -303,14 +333,14 @@ void bt_handler(usprobe_hit *hit, void *user) {
 #undef BIN
   };
   static_assert(sizeof kOps / sizeof kOps[0] == 2 * kOpCount);
-  Insn in;
-#define D r[in.dst]
-#define A r[in.a]
-#define B r[in.b]
+  const Insn *in = nullptr;
+#define D r[in->dst]
+#define A r[in->a]
+#define B r[in->b]
 #define NEXT()              \
   do {                      \
-    in = *pc++;             \
-    goto *kOps[in.op];      \
+    in = pc++;              \
+    goto *kOps[in->op];      \
   } while (0)
 // A binary operation, on a register (op_name) or on the instruction's immediate (op_name_i).
 #define BINARY(name, expr)                                                \
@@ -320,22 +350,34 @@ void bt_handler(usprobe_hit *hit, void *user) {
     NEXT();                                                               \
   }                                                                       \
   op_##name##_i : {                                                       \
-    const uint64_t a = A, b = static_cast<uint64_t>(int64_t{in.imm});     \
+    const uint64_t a = A, b = static_cast<uint64_t>(int64_t{in->imm});     \
     D = (expr);                                                           \
     NEXT();                                                               \
+  }
+// A fused compare-and-jump: unless the comparison holds, jump (bt.h, kJfEq).
+#define JUMP_UNLESS(name, expr)                                          \
+  op_jf_##name : {                                                      \
+    const uint64_t a = A, b = B;                                        \
+    if (!(expr)) pc += in->imm;                                          \
+    NEXT();                                                             \
+  }                                                                     \
+  op_jf_##name##_i : {                                                  \
+    const uint64_t a = A, b = static_cast<uint64_t>(int64_t{in->imm});   \
+    if (!(expr)) pc += in->dst | in->b << 8;                              \
+    NEXT();                                                             \
   }
   NEXT();
 
 op_end:
   return;
 op_mov: D = A; NEXT();
-op_const: D = g_bt.constants[in.imm]; NEXT();
-op_const_small: D = static_cast<uint64_t>(static_cast<int64_t>(in.imm)); NEXT();
-op_arg: D = usprobe_arg(hit, static_cast<unsigned>(in.imm)); NEXT();
-op_usdt_arg: D = usprobe_usdt_arg(hit, static_cast<unsigned>(in.imm)); NEXT();
+op_const: D = g_bt.constants[in->imm]; NEXT();
+op_const_small: D = static_cast<uint64_t>(static_cast<int64_t>(in->imm)); NEXT();
+op_arg: D = usprobe_arg(hit, static_cast<unsigned>(in->imm)); NEXT();
+op_usdt_arg: D = usprobe_usdt_arg(hit, static_cast<unsigned>(in->imm)); NEXT();
 op_retval: D = usprobe_retval(hit); NEXT();
 op_builtin:
-  switch (in.imm) {
+  switch (in->imm) {
     case kPid: D = static_cast<uint64_t>(s->pid.load(std::memory_order_relaxed)); break;
     case kTid: D = static_cast<uint64_t>(s->tid.load(std::memory_order_relaxed)); break;
     case kUid: D = static_cast<uint64_t>(g_bt.uid); break;
@@ -356,22 +398,22 @@ op_builtin:
 op_comm:
   for (int w = 0; w < 2; ++w) {
     uint64_t word = s->comm[w].load(std::memory_order_relaxed);
-    __builtin_memcpy(scratch + in.imm + 8 * w, &word, 8);
+    __builtin_memcpy(scratch + in->imm + 8 * w, &word, 8);
   }
-  scratch[in.imm + 15] = '\0';
-  D = static_cast<uint64_t>(in.imm);
+  scratch[in->imm + 15] = '\0';
+  D = static_cast<uint64_t>(in->imm);
   NEXT();
-op_pool_string: D = kScratchBytes + static_cast<uint64_t>(in.imm); NEXT();
+op_pool_string: D = kScratchBytes + static_cast<uint64_t>(in->imm); NEXT();
 op_str: {
   uint32_t size = g_bt.head.string_size;
-  if (in.b != kNoReg && B + 1 < size) size = static_cast<uint32_t>(B + 1);
-  char *dst = scratch + in.imm;
+  if (in->b != kNoReg && B + 1 < size) size = static_cast<uint32_t>(B + 1);
+  char *dst = scratch + in->imm;
   const uint64_t a = A;
   if (a < 4096 || a >= (uint64_t{1} << 56) ||
       usprobe_agent_safe_copy(dst, reinterpret_cast<const char *>(a), size) < 0)
     dst[0] = '\0';
   dst[size - 1] = '\0';
-  D = static_cast<uint64_t>(in.imm);
+  D = static_cast<uint64_t>(in->imm);
   NEXT();
 }
 BINARY(add, a + b)
@@ -398,16 +440,28 @@ BINARY(ge_s, static_cast<int64_t>(a) >= static_cast<int64_t>(b))
 BINARY(gt_u, a > b)
 BINARY(ge_u, a >= b)
 
-op_add_imm: D = A + static_cast<uint64_t>(static_cast<int64_t>(in.imm)); NEXT();
+JUMP_UNLESS(eq, a == b)
+JUMP_UNLESS(ne, a != b)
+JUMP_UNLESS(lt_s, static_cast<int64_t>(a) < static_cast<int64_t>(b))
+JUMP_UNLESS(le_s, static_cast<int64_t>(a) <= static_cast<int64_t>(b))
+JUMP_UNLESS(lt_u, a < b)
+JUMP_UNLESS(le_u, a <= b)
+JUMP_UNLESS(gt_s, static_cast<int64_t>(a) > static_cast<int64_t>(b))
+JUMP_UNLESS(ge_s, static_cast<int64_t>(a) >= static_cast<int64_t>(b))
+JUMP_UNLESS(gt_u, a > b)
+JUMP_UNLESS(ge_u, a >= b)
+
+op_reg: D = regs[in->imm]; NEXT();
+op_add_imm: D = A + static_cast<uint64_t>(static_cast<int64_t>(in->imm)); NEXT();
 op_neg: D = -A; NEXT();
 op_not: D = ~A; NEXT();
 op_lnot: D = A == 0; NEXT();
 op_ext: {
-  const unsigned bits = static_cast<unsigned>(in.imm) & 0xff;
+  const unsigned bits = static_cast<unsigned>(in->imm) & 0xff;
   const uint64_t a = A;
   if (bits >= 64)
     D = a;
-  else if (in.imm & 0x100)
+  else if (in->imm & 0x100)
     D = static_cast<uint64_t>(static_cast<int64_t>(a << (64 - bits)) >> (64 - bits));
   else
     D = a & ((uint64_t{1} << bits) - 1);
@@ -416,7 +470,7 @@ op_ext: {
 op_str_eq: {
   uint32_t room_a = 0, room_b = 0;
   const char *x = string_at(scratch, A, &room_a), *y = string_at(scratch, B, &room_b);
-  const auto n = static_cast<uint32_t>(in.imm);
+  const auto n = static_cast<uint32_t>(in->imm);
   bool eq = true;
   for (uint32_t i = 0; i < n; ++i) {
     char cx = i < room_a ? x[i] : '\0', cy = i < room_b ? y[i] : '\0';
@@ -429,20 +483,25 @@ op_str_eq: {
   D = eq;
   NEXT();
 }
-op_jmp: pc += in.imm; NEXT();
-op_jz: if (A == 0) pc += in.imm; NEXT();
-op_jnz: if (A != 0) pc += in.imm; NEXT();
-op_key_int: __builtin_memcpy(scratch + in.imm, &A, 8); NEXT();
+op_jmp: pc += in->imm; NEXT();
+op_jz: if (A == 0) pc += in->imm; NEXT();
+op_jnz: if (A != 0) pc += in->imm; NEXT();
+op_key_int: __builtin_memcpy(scratch + in->imm, &A, 8); NEXT();
 op_key_str: {
   uint32_t room = 0;
   const char *str = string_at(scratch, A, &room);
-  const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
-  copy_string(scratch + at, str, room, static_cast<uint32_t>(in.imm) >> 16);
+  const auto at = static_cast<uint32_t>(in->imm) & 0xffff;
+  copy_string(scratch + at, str, room, static_cast<uint32_t>(in->imm) >> 16);
   NEXT();
 }
-op_agg: aggregate(s, static_cast<uint32_t>(in.imm), scratch, A); NEXT();
+op_agg:
+  if (in->b != kNoReg)
+    aggregate<true>(s, static_cast<uint32_t>(in->imm), nullptr, B, A);
+  else
+    aggregate<false>(s, static_cast<uint32_t>(in->imm), scratch, 0, A);
+  NEXT();
 op_load: {
-  char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
+  char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, false);
   auto *h = reinterpret_cast<SharedEntryHeader *>(e);
   D = h && h->state.load(std::memory_order_acquire) == kSharedLive
           ? h->value.load(std::memory_order_relaxed)
@@ -450,13 +509,13 @@ op_load: {
   NEXT();
 }
 op_has: {
-  char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false);
+  char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, false);
   auto *h = reinterpret_cast<SharedEntryHeader *>(e);
   D = h && h->state.load(std::memory_order_acquire) == kSharedLive;
   NEXT();
 }
 op_store:
-  if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, true)) {
+  if (char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, true)) {
     auto *h = reinterpret_cast<SharedEntryHeader *>(e);
     h->value.store(A, std::memory_order_relaxed);
     // Release: a reader that sees it live (acquire) sees the value.
@@ -464,14 +523,14 @@ op_store:
   }
   NEXT();
 op_delete:
-  if (char *e = shared_find(static_cast<uint32_t>(in.imm), scratch, false))
+  if (char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, false))
     reinterpret_cast<SharedEntryHeader *>(e)->state.store(kSharedAbsent, std::memory_order_release);
   NEXT();
-op_printf: emit_printf(s, probe, static_cast<uint32_t>(in.imm), &r[in.a], scratch); NEXT();
+op_printf: emit_printf(s, probe, static_cast<uint32_t>(in->imm), &r[in->a], scratch); NEXT();
 op_exit: shared_head()->exit_requested.store(1, std::memory_order_relaxed); NEXT();
 op_ustack: {
-  const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
-  const auto frames = static_cast<uint32_t>(in.imm) >> 16;
+  const auto at = static_cast<uint32_t>(in->imm) & 0xffff;
+  const auto frames = static_cast<uint32_t>(in->imm) >> 16;
   auto *w = reinterpret_cast<uint64_t *>(scratch + at);
   int n = usprobe_hit_stack(hit, w + 2, static_cast<int>(frames), g_region.stack_flags);
   if (n < 0) n = 0;
@@ -483,8 +542,8 @@ op_ustack: {
   NEXT();
 }
 op_load_str: {
-  const uint32_t map = static_cast<uint32_t>(in.imm) & 0xffff;
-  const uint32_t at = static_cast<uint32_t>(in.imm) >> 16;
+  const uint32_t map = static_cast<uint32_t>(in->imm) & 0xffff;
+  const uint32_t at = static_cast<uint32_t>(in->imm) >> 16;
   const MapInfo &m = g_bt.maps[map];
   char *e = shared_find(map, scratch, false);
   auto *h = reinterpret_cast<SharedEntryHeader *>(e);
@@ -497,7 +556,7 @@ op_load_str: {
   NEXT();
 }
 op_store_str: {
-  const auto map = static_cast<uint32_t>(in.imm);
+  const auto map = static_cast<uint32_t>(in->imm);
   if (char *e = shared_find(map, scratch, true)) {
     const MapInfo &m = g_bt.maps[map];
     uint32_t room = 0;
@@ -510,16 +569,16 @@ op_store_str: {
   NEXT();
 }
 op_usym: {
-  auto *w = reinterpret_cast<uint64_t *>(scratch + in.imm);
+  auto *w = reinterpret_cast<uint64_t *>(scratch + in->imm);
   w[0] = static_cast<uint32_t>(s->pid.load(std::memory_order_relaxed)) |
          uint64_t{g_region.image} << 32;
   w[1] = A;
-  D = static_cast<uint64_t>(in.imm);
+  D = static_cast<uint64_t>(in->imm);
   NEXT();
 }
 op_key_bytes: {
-  const auto at = static_cast<uint32_t>(in.imm) & 0xffff;
-  const auto n = static_cast<uint32_t>(in.imm) >> 16;
+  const auto at = static_cast<uint32_t>(in->imm) & 0xffff;
+  const auto n = static_cast<uint32_t>(in->imm) >> 16;
   const uint64_t from = A;
   if (from <= kScratchBytes - n)
     copy_words(scratch + at, scratch + from, n);
@@ -529,6 +588,7 @@ op_key_bytes: {
 }
 #undef NEXT
 #undef BINARY
+#undef JUMP_UNLESS
 #undef D
 #undef A
 #undef B

@@ -12,6 +12,19 @@
 
 namespace usprobe::agent {
 
+// What the hit path needs of an aggregation map's table in a slot, worked out once (protocol/bt.h,
+// "Tables"): offsets from the slot's start.
+struct AggTable {
+  uint64_t header;   // its TableHeader
+  uint64_t entries;  // its first entry (the buckets lie between)
+  uint32_t mask;     // buckets - 1
+  uint32_t max_entries;
+  uint32_t entry_size;
+  uint32_t key_size;
+  uint32_t value_words;
+  uint32_t kind;  // MapKind
+};
+
 // The program, copied out of the region once it checked out: a process of the command can rewrite
 // the region, and the hit path follows only what was checked.
 struct BtProgram {
@@ -21,6 +34,7 @@ struct BtProgram {
   const uint64_t *constants = nullptr;
   const char *pool = nullptr;
   const bt::MapInfo *maps = nullptr;
+  const AggTable *agg = nullptr;  // [map_count]; only the aggregations' are used
   const bt::PrintfInfo *printfs = nullptr;
   const bt::PrintfArg *printf_args = nullptr;
   char *shared = nullptr;  // the region's shared area

@@ -60,10 +60,11 @@ inline constexpr uint32_t kMaxPrintfArgs = 16;
   PLAIN(builtin) PLAIN(comm) PLAIN(pool_string) PLAIN(str) BIN(add) BIN(sub) BIN(mul)           \
   BIN(div_u) BIN(div_s) BIN(mod_u) BIN(mod_s) BIN(and) BIN(or) BIN(xor) BIN(shl) BIN(shr_u)     \
   BIN(shr_s) BIN(eq) BIN(ne) BIN(lt_s) BIN(le_s) BIN(lt_u) BIN(le_u) BIN(gt_s) BIN(ge_s)        \
-  BIN(gt_u) BIN(ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
+  BIN(gt_u) BIN(ge_u) BIN(jf_eq) BIN(jf_ne) BIN(jf_lt_s) BIN(jf_le_s) BIN(jf_lt_u) BIN(jf_le_u) \
+  BIN(jf_gt_s) BIN(jf_ge_s) BIN(jf_gt_u) BIN(jf_ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
   PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes) \
-  PLAIN(load_str) PLAIN(store_str) PLAIN(usym)
+  PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(reg)
 
 enum Op : uint8_t {
   kEnd = 0,     // the hit is done
@@ -81,6 +82,9 @@ enum Op : uint8_t {
   // dst = a OP b; comparisons give 0 or 1. With kImmOperand: b is imm (sign-extended).
   kAdd, kSub, kMul, kDivU, kDivS, kModU, kModS, kAnd, kOr, kXor, kShl, kShrU, kShrS,
   kEq, kNe, kLtS, kLeS, kLtU, kLeU, kGtS, kGeS, kGtU, kGeU,
+  // A comparison and a conditional jump in one (a predicate, an if): unless a OP b, jump forward
+  // (jump_offset: imm; with kImmOperand b is imm and the offset is dst | b << 8).
+  kJfEq, kJfNe, kJfLtS, kJfLeS, kJfLtU, kJfLeU, kJfGtS, kJfGeS, kJfGtU, kJfGeU,
   kAddImm,      // dst = a + imm
   kNeg,         // dst = -a
   kNot,         // dst = ~a
@@ -92,7 +96,8 @@ enum Op : uint8_t {
   kJnz,         // if a != 0: pc += imm
   kKeyInt,      // key[imm .. imm + 8) = a (little-endian), key being &scratch[0]
   kKeyStr,      // key[imm & 0xffff ...] = the string at a, (imm >> 16) bytes, zero-padded
-  kAgg,         // maps[imm] (an aggregation) at key: update with a's value
+  kAgg,         // maps[imm] (an aggregation) at key: update with a's value; b: kNoReg, or the
+                // register that holds the whole key (an 8-byte key: one integer)
   kLoad,        // dst = maps[imm] (plain) at key, 0 when absent
   kStore,       // maps[imm] (plain) at key = a
   kDelete,      // delete maps[imm] at key
@@ -107,13 +112,22 @@ enum Op : uint8_t {
   kStoreStr,    // maps[imm] (a plain string map) at key = the string a
   kUsym,        // dst = scratch offset imm: usym(a) written there, 16 bytes: pid | image << 32,
                 // then the address (the CLI names it with that image's mappings); kProgramMaps
+  kReg,         // dst = the hit's saved register word imm (usprobe_hit_regs): the agent's loader
+                // writes it for kArg and kRetval; a program from the CLI never has it
   kOpCount
 };
 
 inline constexpr uint8_t kNoReg = 0xff;
 // Or'ed into a binary operation (kAdd..kGeU): its right operand is the instruction's imm.
 inline constexpr uint8_t kImmOperand = 0x80;
-inline constexpr bool is_binary(uint8_t op) { return op >= kAdd && op <= kGeU; }
+inline constexpr bool is_binary(uint8_t op) { return op >= kAdd && op <= kJfGeU; }
+inline constexpr bool is_fused_jump(uint8_t op) {
+  return (op & ~kImmOperand) >= kJfEq && (op & ~kImmOperand) <= kJfGeU;
+}
+// The comparison's fused jump: kEq..kGeU to kJfEq..kJfGeU.
+inline constexpr uint8_t fused_jump_of(uint8_t compare) {
+  return static_cast<uint8_t>(compare - kEq + kJfEq);
+}
 #define BT_COUNT(name) +1
 static_assert(0 BT_OPS(BT_COUNT, BT_COUNT) == kOpCount, "BT_OPS lists every operation");
 #undef BT_COUNT
@@ -131,6 +145,11 @@ struct Insn {
   int32_t imm;
 };
 static_assert(sizeof(Insn) == 8);
+// Where a jump lands, relative to the next instruction.
+inline int64_t jump_offset(const Insn &in) {
+  if (is_fused_jump(in.op) && (in.op & kImmOperand)) return in.dst | in.b << 8;
+  return in.imm;
+}
 
 enum MapKind : uint32_t {
   kMapPlain = 0,  // shared: `@m[k] = v`

@@ -192,6 +192,12 @@ typedef enum usprobe_reg {
   USPROBE_RFLAGS
 } usprobe_reg;
 uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg);
+/* The hit's saved registers as one array of words, for a handler that reads many of them at places
+ * it works out once (an interpreter): usprobe_hit_regs(hit)[usprobe_reg_index(reg)] is
+ * usprobe_hit_reg(hit, reg). Valid until the handler returns; NULL for a NULL hit.
+ * usprobe_reg_index returns -1 for a value that is no usprobe_reg. */
+const uint64_t *usprobe_hit_regs(const usprobe_hit *hit);
+int usprobe_reg_index(usprobe_reg reg);
 uint64_t usprobe_hit_ip(const usprobe_hit *hit); /* the probed instruction's address */
 uint64_t usprobe_hit_sp(const usprobe_hit *hit); /* %rsp at the probed instruction */
 uint64_t usprobe_hit_flags(

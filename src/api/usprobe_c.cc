@@ -219,6 +219,12 @@ USPROBE_API void usprobe_set_arg(usprobe_hit *hit, unsigned n, uint64_t value) {
 USPROBE_API uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg) {
   return hit ? usprobe::arch::reg(*hit->regs, reg) : 0;
 }
+USPROBE_API const uint64_t *usprobe_hit_regs(const usprobe_hit *hit) {
+  return hit ? reinterpret_cast<const uint64_t *>(hit->regs) : nullptr;
+}
+USPROBE_API int usprobe_reg_index(usprobe_reg reg) {
+  return usprobe::arch::reg_index(reg);
+}
 USPROBE_API uint64_t usprobe_hit_ip(const usprobe_hit *hit) {
   if (!hit) return 0;
   if (hit->returning) return hit->returning->entry_ip;

@@ -26,6 +26,9 @@ namespace usprobe::arch {
 // The registers of one hit as the trampoline saved them (layout: arch/<arch>/regs.h).
 struct Regs;
 uint64_t reg(const Regs &r, usprobe_reg which);
+// Where reg(r, which) reads: a word index into the Regs seen as uint64_t words; -1 for a value
+// that is no usprobe_reg.
+int reg_index(usprobe_reg which);
 uint64_t arg(const Regs &r, unsigned n);
 void set_arg(Regs &r, unsigned n, uint64_t value);
 

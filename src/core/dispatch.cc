@@ -315,6 +315,32 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot) {
   return original;
 }
 
+// The common case of a hit with a handler: a thread outside any handler, and one consumer with an
+// entry handler and no return probe (ConsumerArray::single_entry_callback). What dispatch_general
+// would do, without its loops; kDispatchFull, having done nothing, for anything else.
+inline int entry_callback(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
+                          int vector_saved) {
+  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+    return kDispatchFull;
+  int result = kDispatchFull;
+  rec->depth.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // a signal handler on this thread sees it
+  {
+    rcu::ReadGuard guard(rec);
+    const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
+    if (a && a->single_entry_callback && (vector_saved || !a->wants_vector_state)) {
+      const ConsumerEntry &c = a->entries[0];
+      bump(rec->counters[kCounterWords * c.slot + kHits]);
+      usprobe_hit hit{regs, probe};
+      c.on_entry(&hit, c.user);
+      result = kDispatchDone;
+    }
+  }
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->depth.store(0, std::memory_order_relaxed);
+  return result;
+}
+
 }  // namespace
 
 // The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
@@ -323,8 +349,11 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot) {
 extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved,
                                 uint64_t landing, uint64_t landing_counted) {
   ThreadRecord *rec = t_record;
-  const int r = entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
-                               landing_counted);
+  // A stale hint costs only the general path.
+  const int r = probe->no_entry_handlers.load(std::memory_order_relaxed)
+                    ? entry_counters(rec, probe, arch::return_address_slot(*regs),
+                                     arch::hit_ip(*regs), landing_counted)
+                    : entry_callback(rec, regs, probe, vector_saved);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;
   return dispatch_general(rec, regs, probe, vector_saved, landing, landing_counted);
 }

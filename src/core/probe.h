@@ -49,6 +49,9 @@ struct ConsumerArray {
   bool has_returns = false;                // some entry is a return probe (count_returns)
   bool has_return_callbacks = false;       // some entry has on_return
   bool return_wants_vector_state = false;  // some on_return may touch vector registers
+  // One consumer, with an entry handler and no return probe: usprobe_dispatch runs it straight
+  // (the case of every `usprobe run` and `trace` probe that is alone at its site).
+  bool single_entry_callback = false;
   ReturnSession return_template[kMaxSessions] = {};
   ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
 

@@ -37,6 +37,7 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
       std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr; });
   a->return_wants_vector_state = std::any_of(
       v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr && e.wants_vector_state; });
+  a->single_entry_callback = v.size() == 1 && v[0].on_entry != nullptr && !v[0].count_returns;
   for (const ConsumerEntry &e : v) {
     if (!e.count_returns) continue;
     if (a->return_sessions == kMaxSessions) {

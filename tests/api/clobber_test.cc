@@ -536,6 +536,7 @@ INSTANTIATE_TEST_SUITE_P(Handlers, Clobber,
 struct MidSeen {
   uint64_t calls = 0;
   uint64_t regs[18] = {};
+  uint64_t by_index[18] = {};  // the same, read through usprobe_hit_regs
   uint64_t ip = 0, sp = 0, flags = 0;
   uint64_t redzone[17] = {};
 };
@@ -543,6 +544,9 @@ void observe_mid(usprobe_hit *hit, void *user) {
   auto *s = static_cast<MidSeen *>(user);
   ++s->calls;
   for (int r = 0; r <= USPROBE_RFLAGS; ++r) s->regs[r] = usprobe_hit_reg(hit, usprobe_reg(r));
+  const uint64_t *words = usprobe_hit_regs(hit);
+  for (int r = 0; r <= USPROBE_RFLAGS; ++r)
+    s->by_index[r] = words[usprobe_reg_index(usprobe_reg(r))];
   s->ip = usprobe_hit_ip(hit);
   s->sp = usprobe_hit_sp(hit);
   s->flags = usprobe_hit_flags(hit);
@@ -584,6 +588,8 @@ TEST(ClobberObserve, InstructionSiteRegistersAreTheProbedCodes) {
         << std::hex << "rflags " << seen.flags;
     EXPECT_EQ(seen.flags & 0x400, 0u) << "DF";
     EXPECT_EQ(seen.regs[USPROBE_RFLAGS], seen.flags);
+    for (int r = 0; r <= USPROBE_RFLAGS; ++r)
+      EXPECT_EQ(seen.by_index[r], seen.regs[r]) << "usprobe_hit_regs, register " << r;
     for (int i = 1; i <= 16; ++i)
       EXPECT_EQ(seen.redzone[i], TGT_REDZONE_PATTERN + i) << "red zone quad -" << 8 * i;
     EXPECT_EQ(usprobe_detach(second), 0);

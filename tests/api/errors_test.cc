@@ -518,6 +518,8 @@ TEST_F(Errors, HitAccessorsAnswerANullHit) {
   EXPECT_EQ(usprobe_arg(nullptr, 0), 0u);
   usprobe_set_arg(nullptr, 0, 1);
   EXPECT_EQ(usprobe_hit_reg(nullptr, USPROBE_RAX), 0u);
+  EXPECT_EQ(usprobe_hit_regs(nullptr), nullptr);
+  EXPECT_EQ(usprobe_reg_index(static_cast<usprobe_reg>(99)), -1);
   EXPECT_EQ(usprobe_hit_ip(nullptr), 0u);
   EXPECT_EQ(usprobe_hit_sp(nullptr), 0u);
   EXPECT_EQ(usprobe_hit_flags(nullptr), 0u);

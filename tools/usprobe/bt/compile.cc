@@ -34,14 +34,18 @@ class BlockCompiler {
     if (block_.variables.size() > 16)
       return Fail(Diagnostic{block_.loc, "more than 16 scratch variables in one probe"});
     top_ = static_cast<uint8_t>(block_.variables.size());
-    size_t end_jump = SIZE_MAX;
+    const size_t first = out_.insns.size();
+    std::vector<size_t> to_end;
     if (block_.predicate) {
-      if (auto ok = expr(*block_.predicate, top_); !ok) return ok;
-      end_jump = emit(ab::kJz, 0, top_, 0, 0);
+      if (auto ok = jump_unless(*block_.predicate, top_, to_end); !ok) return ok;
     }
     if (auto ok = body(block_.body); !ok) return ok;
-    if (end_jump != SIZE_MAX) patch(end_jump);
+    for (size_t at : to_end) patch(at);
     emit(ab::kEnd, 0, 0, 0, 0);
+    // A fused jump with an immediate has 16 bits for its offset (protocol/bt.h).
+    if (out_.insns.size() - first > 0xffff)
+      return Fail(Diagnostic{block_.loc, "the probe's action compiles to more than 65535 "
+                                         "instructions"});
     return {};
   }
 
@@ -51,7 +55,65 @@ class BlockCompiler {
     return out_.insns.size() - 1;
   }
   // Makes the jump at `at` land on the next instruction emitted.
-  void patch(size_t at) { out_.insns[at].imm = static_cast<int32_t>(out_.insns.size() - at - 1); }
+  void patch(size_t at) {
+    ab::Insn &in = out_.insns[at];
+    const size_t offset = out_.insns.size() - at - 1;
+    if (ab::is_fused_jump(in.op) && (in.op & ab::kImmOperand)) {
+      in.dst = static_cast<uint8_t>(offset);  // run() refuses code too long for 16 bits
+      in.b = static_cast<uint8_t>(offset >> 8);
+    } else {
+      in.imm = static_cast<int32_t>(offset);
+    }
+  }
+  // Jumps to be patched unless `cond` holds: one fused compare-and-jump for an integer
+  // comparison, one per side of an `&&`, else the value and a jump if zero. `dst` and the
+  // registers above it are free.
+  std::expected<void, Diagnostic> jump_unless(const Expr &cond, uint8_t dst,
+                                              std::vector<size_t> &jumps) {
+    if (cond.kind == ExprKind::kBinary && cond.op == Op::kAnd) {
+      if (auto ok = jump_unless(*cond.args[0], dst, jumps); !ok) return ok;
+      return jump_unless(*cond.args[1], dst, jumps);
+    }
+    const bool compare = cond.kind == ExprKind::kBinary &&
+                         (cond.op == Op::kEq || cond.op == Op::kNe || cond.op == Op::kLt ||
+                          cond.op == Op::kLe || cond.op == Op::kGt || cond.op == Op::kGe) &&
+                         cond.args[0]->type.is_int() && cond.args[1]->type.is_int();
+    if (!compare) {
+      if (auto ok = expr(cond, dst); !ok) return ok;
+      jumps.push_back(emit(ab::kJz, 0, dst, 0, 0));
+      return {};
+    }
+    const Expr &left = *cond.args[0], &right = *cond.args[1];
+    const bool is_signed = left.type.is_signed && right.type.is_signed;
+    ab::Op op{};
+    switch (cond.op) {
+      case Op::kEq: op = ab::kEq; break;
+      case Op::kNe: op = ab::kNe; break;
+      case Op::kLt: op = is_signed ? ab::kLtS : ab::kLtU; break;
+      case Op::kLe: op = is_signed ? ab::kLeS : ab::kLeU; break;
+      case Op::kGt: op = is_signed ? ab::kGtS : ab::kGtU; break;
+      default: op = is_signed ? ab::kGeS : ab::kGeU; break;
+    }
+    const auto jf = static_cast<ab::Op>(ab::fused_jump_of(op));
+    if (auto ok = expr(left, dst); !ok) return ok;
+    if (const auto imm = immediate(right)) {
+      jumps.push_back(emit(static_cast<ab::Op>(jf | ab::kImmOperand), 0, dst, 0, *imm));
+      return {};
+    }
+    auto r = temp(cond.loc, dst + 1);
+    if (!r) return Fail(r.error());
+    if (auto ok = expr(right, *r); !ok) return ok;
+    jumps.push_back(emit(jf, 0, dst, *r, 0));
+    return {};
+  }
+  // An integer literal that fits an instruction's immediate.
+  static std::optional<int32_t> immediate(const Expr &e) {
+    if (e.kind == ExprKind::kInt && e.type.is_int() &&
+        static_cast<int64_t>(e.int_value) >= INT32_MIN &&
+        static_cast<int64_t>(e.int_value) <= INT32_MAX)
+      return static_cast<int32_t>(static_cast<int64_t>(e.int_value));
+    return std::nullopt;
+  }
   std::expected<uint8_t, Diagnostic> temp(const SourceLoc &loc, uint8_t at) {
     if (at >= ab::kRegisters - 1)
       return Fail(Diagnostic{loc, "the expression is too deep for usprobe's registers"});
@@ -91,15 +153,15 @@ class BlockCompiler {
       case StmtKind::kExpr:
         return call_stmt(*s.expr);
       case StmtKind::kIf: {
-        if (auto ok = expr(*s.expr, top_); !ok) return ok;
-        size_t to_else = emit(ab::kJz, 0, top_, 0, 0);
+        std::vector<size_t> to_else;
+        if (auto ok = jump_unless(*s.expr, top_, to_else); !ok) return ok;
         if (auto ok = body(s.then_body); !ok) return ok;
         if (s.else_body.empty()) {
-          patch(to_else);
+          for (size_t at : to_else) patch(at);
           return {};
         }
         size_t to_end = emit(ab::kJmp, 0, 0, 0, 0);
-        patch(to_else);
+        for (size_t at : to_else) patch(at);
         if (auto ok = body(s.else_body); !ok) return ok;
         patch(to_end);
         return {};
@@ -138,8 +200,18 @@ class BlockCompiler {
       if (!call.args.empty()) {
         if (auto ok = expr(*call.args[0], v); !ok) return ok;
       }
+      // A key of one integer stays in its register (the common `@[arg0 % 8] = count()`).
+      const MapDef &def = out_.maps.at(static_cast<size_t>(target.index));
+      if (target.args.size() == 1 && def.key.size() == 1 && def.key[0].stack_frames == 0 &&
+          !def.key[0].usym && !def.key[0].is_string && def.key[0].size == 8) {
+        auto r = temp(target.loc, top_ + 1);
+        if (!r) return Fail(r.error());
+        if (auto ok = expr(*target.args[0], *r); !ok) return ok;
+        emit(ab::kAgg, 0, v, *r, map);
+        return {};
+      }
       if (auto ok = key(target, top_ + 1); !ok) return ok;
-      emit(ab::kAgg, 0, v, 0, map);
+      emit(ab::kAgg, 0, v, ab::kNoReg, map);
       return {};
     }
     if (m.value.is_string()) {
@@ -375,23 +447,19 @@ class BlockCompiler {
         if (auto ok = expr(*e.args[0], dst); !ok) return ok;
         // An integer literal on the right goes in the instruction itself.
         const Expr &right = *e.args[1];
-        std::optional<int32_t> imm;
-        if (right.kind == ExprKind::kInt && right.type.is_int() &&
-            static_cast<int64_t>(right.int_value) >= INT32_MIN &&
-            static_cast<int64_t>(right.int_value) <= INT32_MAX)
-          imm = static_cast<int32_t>(static_cast<int64_t>(right.int_value));
-        else if (auto ok = expr(right, *r); !ok)
-          return ok;
+        const std::optional<int32_t> imm = immediate(right);
+        if (!imm)
+          if (auto ok = expr(right, *r); !ok) return ok;
         if (auto ok = binary_op(e.op, e.args[0]->type, right.type, dst, dst, *r, e.loc, imm); !ok)
           return ok;
         return narrow(e.type, dst);
       }
       case ExprKind::kTernary: {
-        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
-        size_t to_else = emit(ab::kJz, 0, dst, 0, 0);
+        std::vector<size_t> to_else;
+        if (auto ok = jump_unless(*e.args[0], dst, to_else); !ok) return ok;
         if (auto ok = expr(*e.args[1], dst); !ok) return ok;
         size_t to_end = emit(ab::kJmp, 0, 0, 0, 0);
-        patch(to_else);
+        for (size_t at : to_else) patch(at);
         if (auto ok = expr(*e.args[2], dst); !ok) return ok;
         patch(to_end);
         return {};

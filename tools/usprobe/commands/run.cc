@@ -104,6 +104,16 @@ int run_run(const RunOptions &options) {
   auto compiled = bt::compile(*program);
   if (!compiled) return diagnose(compiled.error());
   if (auto ok = bt::Host::validate(*program); !ok) return diagnose(ok.error());
+  if (std::getenv("USPROBE_DUMP_BT")) {  // for the people who work on the compiler
+    const bt::Compiled &c = compiled->code;
+    for (size_t b = 0; b < c.blocks.size(); ++b)
+      for (uint32_t k = 0; k < c.blocks[b].count; ++k) {
+        const agent::bt::Insn &in = c.insns[c.blocks[b].first + k];
+        fmt::print(stderr, "block {} {:3}: op {:2}{} dst {} a {} b {} imm {}\n", b, k,
+                   in.op & ~agent::bt::kImmOperand, in.op & agent::bt::kImmOperand ? "i" : " ",
+                   in.dst, in.a, in.b, in.imm);
+      }
+  }
 
   std::vector<ProbeSpec> specs;
   for (const bt::CompiledProbe &p : compiled->probes) {
