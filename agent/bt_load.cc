@@ -131,7 +131,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       };
       if ((in.op & kImmOperand) != 0 && !is_binary(in.op & ~kImmOperand))
         return bad("an immediate operand to an operation that takes none");
-      if ((in.op & ~kImmOperand) >= kOpCount || in.op == kReg) return bad("unknown operation");
+      if ((in.op & ~kImmOperand) >= kReg) return bad("unknown operation");
       // A fused jump with an immediate keeps its offset where dst and b would be.
       const bool offset_in_regs = is_fused_jump(in.op) && (in.op & kImmOperand);
       if (in.a >= kRegisters ||
@@ -260,6 +260,16 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
     if (in.op == kArg || in.op == kRetval) {
       in.imm = usprobe_reg_index(in.op == kArg ? kArgRegs[in.imm] : USPROBE_RAX);
       in.op = kReg;
+    }
+    if (in.op == kBuiltin) {
+      switch (in.imm) {
+        case kTid: in.op = kTidOp; break;
+        case kPid: in.op = kPidOp; break;
+        case kNsecs: in.op = kNsecsOp; break;
+        case kElapsed: in.op = kElapsedOp; break;
+        case kProbeIndex: in.op = kProbeIndexOp; break;
+        default: break;
+      }
     }
   }
   return "";

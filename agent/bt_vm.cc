@@ -452,6 +452,11 @@ JUMP_UNLESS(gt_u, a > b)
 JUMP_UNLESS(ge_u, a >= b)
 
 op_reg: D = regs[in->imm]; NEXT();
+op_tid: D = static_cast<uint64_t>(s->tid.load(std::memory_order_relaxed)); NEXT();
+op_pid: D = static_cast<uint64_t>(s->pid.load(std::memory_order_relaxed)); NEXT();
+op_nsecs: D = g_bt.head.nsecs_base + ns_of(__builtin_ia32_rdtsc()); NEXT();
+op_elapsed: D = ns_of(__builtin_ia32_rdtsc() - g_bt.head.start_tsc); NEXT();
+op_probe_index: D = probe; NEXT();
 op_add_imm: D = A + static_cast<uint64_t>(static_cast<int64_t>(in->imm)); NEXT();
 op_neg: D = -A; NEXT();
 op_not: D = ~A; NEXT();

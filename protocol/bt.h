@@ -64,7 +64,8 @@ inline constexpr uint32_t kMaxPrintfArgs = 16;
   BIN(jf_gt_s) BIN(jf_ge_s) BIN(jf_gt_u) BIN(jf_ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
   PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes) \
-  PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(reg)
+  PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(reg) PLAIN(tid) PLAIN(pid) PLAIN(nsecs)   \
+  PLAIN(elapsed) PLAIN(probe_index)
 
 enum Op : uint8_t {
   kEnd = 0,     // the hit is done
@@ -112,8 +113,12 @@ enum Op : uint8_t {
   kStoreStr,    // maps[imm] (a plain string map) at key = the string a
   kUsym,        // dst = scratch offset imm: usym(a) written there, 16 bytes: pid | image << 32,
                 // then the address (the CLI names it with that image's mappings); kProgramMaps
+  // From here on, operations that only the agent's loader writes (never in a program from the CLI).
   kReg,         // dst = the hit's saved register word imm (usprobe_hit_regs): the agent's loader
                 // writes it for kArg and kRetval; a program from the CLI never has it
+  // dst = one builtin, without kBuiltin's switch: the loader's rewrite of kBuiltin (never from
+  // the CLI either).
+  kTidOp, kPidOp, kNsecsOp, kElapsedOp, kProbeIndexOp,
   kOpCount
 };
 

@@ -341,6 +341,16 @@ inline int entry_callback(ThreadRecord *rec, arch::Regs *regs, const Probe *prob
   return result;
 }
 
+// Out of line, so that usprobe_dispatch saves no register for the counters' path (and this one
+// only what the callback needs kept).
+__attribute__((noinline)) int callback_path(ThreadRecord *rec, arch::Regs *regs,
+                                            const Probe *probe, int vector_saved, uint64_t landing,
+                                            uint64_t landing_counted) {
+  const int r = entry_callback(rec, regs, probe, vector_saved);
+  if (__builtin_expect(r != kDispatchFull, 1)) return r;
+  return dispatch_general(rec, regs, probe, vector_saved, landing, landing_counted);
+}
+
 }  // namespace
 
 // The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
@@ -350,10 +360,10 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
                                 uint64_t landing, uint64_t landing_counted) {
   ThreadRecord *rec = t_record;
   // A stale hint costs only the general path.
-  const int r = probe->no_entry_handlers.load(std::memory_order_relaxed)
-                    ? entry_counters(rec, probe, arch::return_address_slot(*regs),
-                                     arch::hit_ip(*regs), landing_counted)
-                    : entry_callback(rec, regs, probe, vector_saved);
+  if (!probe->no_entry_handlers.load(std::memory_order_relaxed))
+    return callback_path(rec, regs, probe, vector_saved, landing, landing_counted);
+  const int r = entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
+                               landing_counted);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;
   return dispatch_general(rec, regs, probe, vector_saved, landing, landing_counted);
 }

@@ -234,6 +234,20 @@ const std::vector<Case> &cases() {
        "uprobe:$T:e2e_work /arg0 == 2/ { printf(\"exiting at %d\\n\", arg0); exit(); } "
        "uprobe:$T:e2e_work /arg0 < 2/ { @c = count(); } END { printf(\"end\\n\"); }",
        "sleep 5"},
+      // print() and clear() in a probe are carried out by the tool when it reads them (bpftrace's
+      // asynchronous actions), in order: the maps printed here no call changes after arg0 == 10.
+      {"print and clear in a probe",
+       "uprobe:$T:e2e_work /arg0 < 10/ { @early = count(); @e[arg0 % 2] = sum(arg0); } "
+       "uprobe:$T:e2e_work /arg0 == 10/ { print(@early); print(@e, 1); clear(@early); "
+       "print(arg0 * 3); print(\"ten\"); }",
+       "calls 20"},
+      {"json: print and clear in a probe",
+       "uprobe:$T:e2e_work /arg0 < 10/ { @early = count(); @e[arg0 % 2] = sum(arg0); } "
+       "uprobe:$T:e2e_work /arg0 == 10/ { print(@early); print(@e, 1); clear(@early); "
+       "print(arg0 * 3); print(\"ten\"); }",
+       "calls 20",
+       {},
+       true},
       {"json: aggregations",
        "BEGIN { printf(\"hi %d\\n\", 1); } uprobe:$T:e2e_work { @a[arg0 % 3] = count(); "
        "@h = hist(arg0); @l = lhist(arg0, 0, 20, 5); @st = stats(arg0); @av = avg(arg0); "

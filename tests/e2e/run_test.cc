@@ -209,6 +209,32 @@ TEST(CliRun, ConditionsBranchAsTheirValuesSay) {
     EXPECT_NE(r.out.find(line), std::string::npos) << line << r.out;
 }
 
+// print() and clear() in a probe: carried out by the CLI when it reads the hit's records, in their
+// order (bpftrace's asynchronous actions). The maps printed here change no more after arg0 == 10.
+TEST(CliRun, PrintAndClearInAProbeInTheirOrder) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_work /arg0 < 10/ { @early = count(); @e[arg0 % 2] = sum(arg0); } "
+                  "uprobe:exe:e2e_work /arg0 == 10/ { print(@early); print(@e, 1); clear(@early); "
+                  "print(arg0 * 3); print(\"ten\"); }",
+                  "--", e2e::target(), "calls", "100"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  // The command's own line comes whenever its stdout is flushed: not among the tool's lines.
+  std::string out = r.out;
+  const size_t command_line = out.find("calls 100\n");
+  ASSERT_NE(command_line, std::string::npos) << out;
+  out.erase(command_line, 10);
+  EXPECT_EQ(out,
+            "Attaching 2 probes...\n"
+            "@early: 10\n"
+            "@e[1]: 25\n"
+            "30\n"
+            "ten\n"
+            "\n\n"
+            "@e[0]: 20\n"
+            "@e[1]: 25\n"
+            "@early: 0\n");
+}
+
 // A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
 TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   e2e::TempDir dir;

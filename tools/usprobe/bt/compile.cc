@@ -287,6 +287,41 @@ class BlockCompiler {
         emit(ab::kExit, 0, 0, 0, 0);
         emit(ab::kEnd, 0, 0, 0, 0);  // bpftrace's exit() ends the action too
         return {};
+      case Func::kPrint: {
+        // A record that the CLI prints when it reads it (PrintfDef::print_map).
+        PrintfDef def;
+        const Expr &what = *e.args[0];
+        if (what.kind == ExprKind::kMap && what.args.empty()) {
+          def.print_map = what.index;
+          if (e.args.size() > 1) def.top = e.args[1]->int_value;
+          if (e.args.size() > 2) def.div = e.args[2]->int_value;
+        } else {
+          const Type &t = what.type;
+          const bool named = what.kind == ExprKind::kBuiltin &&
+                             (what.builtin == Builtin::kFunc || what.builtin == Builtin::kProbe);
+          if ((!t.is_int() && !t.is_string()) || named)
+            return Fail(Diagnostic{what.loc, fmt::format("print() of a {} in a probe: not yet",
+                                                         named ? "probe name" : t.name())});
+          def.print_value = true;
+          def.args.push_back({t.is_string(), t.is_signed,
+                              t.is_string() ? string_bytes(t, out_.string_size) : 0,
+                              ProbeName::kNone, false});
+          if (auto ok = expr(what, top_); !ok) return ok;
+        }
+        const auto index = static_cast<int64_t>(out_.printfs.size());
+        const auto n = static_cast<uint8_t>(def.args.size());
+        out_.printfs.push_back(std::move(def));
+        emit(ab::kPrintf, 0, top_, n, index);
+        return {};
+      }
+      case Func::kClear: {
+        PrintfDef def;
+        def.clear_map = e.args[0]->index;
+        const auto index = static_cast<int64_t>(out_.printfs.size());
+        out_.printfs.push_back(std::move(def));
+        emit(ab::kPrintf, 0, top_, 0, index);
+        return {};
+      }
       case Func::kDelete: {
         const Expr &m = *e.args[0];
         const MapInfo &info = program_.maps.at(static_cast<size_t>(m.index));

@@ -131,6 +131,31 @@ std::vector<Map> Host::maps() const {
   return all;
 }
 
+void Host::print_map(size_t map, uint64_t top, uint64_t div) {
+  std::vector<Map> all = maps();
+  if (map >= all.size()) return;
+  fmt::memory_buffer buf;
+  if (json_)
+    print_map_json(buf, all[map], top, div);
+  else
+    bt::print_map(buf, all[map], top, div);
+  write(fmt::to_string(buf));
+}
+
+void Host::clear_map(size_t map) {
+  if (reader_ && map < code_.maps.size()) reader_->clear(static_cast<uint32_t>(map));
+}
+
+void Host::print_value(const Scalar &value) {
+  if (json_) {
+    write(value_json(value));
+    return;
+  }
+  fmt::memory_buffer buf;
+  bt::print_value(buf, value);
+  write(fmt::to_string(buf));
+}
+
 void Host::print_maps_at_exit() {
   fmt::memory_buffer buf;
   if (json_)
@@ -221,7 +246,7 @@ bool Host::stmts(const std::vector<Stmt> &body, std::vector<Val> &vars) {
                    e.args[0]->kind == ExprKind::kMap) {
           auto index = static_cast<size_t>(e.args[0]->index);
           if (e.func == Func::kClear) {
-            if (reader_) reader_->clear(static_cast<uint32_t>(index));
+            clear_map(index);
             break;
           }
           uint64_t top = 0, div = 1;
@@ -233,24 +258,11 @@ bool Host::stmts(const std::vector<Stmt> &body, std::vector<Val> &vars) {
             Val v = eval(*e.args[2], vars);
             if (auto *n = std::get_if<Int>(&v)) div = n->bits;
           }
-          std::vector<Map> all = maps();
-          fmt::memory_buffer buf;
-          if (json_)
-            print_map_json(buf, all.at(index), top, div);
-          else
-            print_map(buf, all.at(index), top, div);
-          write(fmt::to_string(buf));
+          print_map(index, top, div);
         } else if (e.func == Func::kPrint) {
           Val v = eval(*e.args[0], vars);
-          Scalar sc =
-              std::holds_alternative<Int>(v) ? Scalar{std::get<Int>(v)} : Scalar{std::get<Str>(v)};
-          if (json_) {
-            write(value_json(sc));
-          } else {
-            fmt::memory_buffer buf;
-            print_value(buf, sc);
-            write(fmt::to_string(buf));
-          }
+          print_value(std::holds_alternative<Int>(v) ? Scalar{std::get<Int>(v)}
+                                                     : Scalar{std::get<Str>(v)});
         }
         break;
       }

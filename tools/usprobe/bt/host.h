@@ -35,6 +35,10 @@ class Host {
   void run_intervals(int64_t now_ns);
   // A hit's printf, its values decoded.
   void printf(const std::string &format, const std::vector<Scalar> &args);
+  // print(@m, top, div) and print(value), from a block here or a hit's record.
+  void print_map(size_t map, uint64_t top, uint64_t div);
+  void print_value(const Scalar &value);
+  void clear_map(size_t map);
   void set_maps(MapReader *reader, MapReader::LiveTables live);
   void print_maps_at_exit();
   bool exit_requested() const { return exit_; }

@@ -67,6 +67,13 @@ struct PrintfDef {
     bool usym = false;  // kUsymBytes in the record, named by the CLI
   };
   std::vector<Arg> args;
+  // Not a printf: a probe's print(@m, top, div) (print_map >= 0; no arguments in the record), its
+  // print(value) (one argument) or its clear(@m) (clear_map >= 0), which the CLI carries out when
+  // it reads the record, in the order of the thread's records (bpftrace's are asynchronous too).
+  int print_map = -1;
+  uint64_t top = 0, div = 1;
+  bool print_value = false;
+  int clear_map = -1;
 };
 
 // One block's code for one kind of probe (argN reads differ between uprobes and USDT probes).

@@ -76,7 +76,14 @@ bool print_record(const bt::Compiled &code, const bt::ProbeNames &names, bt::Hos
     }
     at += n;
   }
-  host.printf(p.format, args);
+  if (p.print_map >= 0)
+    host.print_map(static_cast<size_t>(p.print_map), p.top, p.div);
+  else if (p.clear_map >= 0)
+    host.clear_map(static_cast<size_t>(p.clear_map));
+  else if (p.print_value && args.size() == 1)
+    host.print_value(args[0]);
+  else
+    host.printf(p.format, args);
   return true;
 }
 
