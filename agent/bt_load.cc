@@ -135,8 +135,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       // A fused jump with an immediate keeps its offset where dst and b would be.
       const bool offset_in_regs = is_fused_jump(in.op) && (in.op & kImmOperand);
       if (in.a >= kRegisters ||
-          (!offset_in_regs &&
-           (in.dst >= kRegisters || (in.b >= kRegisters && in.b != kNoReg))))
+          (!offset_in_regs && (in.dst >= kRegisters || (in.b >= kRegisters && in.b != kNoReg))))
         return bad("register out of range");
       if (is_fused_jump(in.op)) {
         if (!offset_in_regs && in.b == kNoReg) return bad("register out of range");
@@ -161,7 +160,8 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
           break;
         case kArg:
           if (imm < 0 || imm > 5) return bad("argument out of range");
-          if (c.flags & (kProbeUsdt | kProbeReturn)) return bad("an argument at a return or a USDT probe");
+          if (c.flags & (kProbeUsdt | kProbeReturn))
+            return bad("an argument at a return or a USDT probe");
           break;
         case kRetval:
           if (!(c.flags & kProbeReturn)) return bad("a return value at an entry");
@@ -263,12 +263,23 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
     }
     if (in.op == kBuiltin) {
       switch (in.imm) {
-        case kTid: in.op = kTidOp; break;
-        case kPid: in.op = kPidOp; break;
-        case kNsecs: in.op = kNsecsOp; break;
-        case kElapsed: in.op = kElapsedOp; break;
-        case kProbeIndex: in.op = kProbeIndexOp; break;
-        default: break;
+        case kTid:
+          in.op = kTidOp;
+          break;
+        case kPid:
+          in.op = kPidOp;
+          break;
+        case kNsecs:
+          in.op = kNsecsOp;
+          break;
+        case kElapsed:
+          in.op = kElapsedOp;
+          break;
+        case kProbeIndex:
+          in.op = kProbeIndexOp;
+          break;
+        default:
+          break;
       }
     }
   }

@@ -343,8 +343,8 @@ inline int entry_callback(ThreadRecord *rec, arch::Regs *regs, const Probe *prob
 
 // Out of line, so that usprobe_dispatch saves no register for the counters' path (and this one
 // only what the callback needs kept).
-__attribute__((noinline)) int callback_path(ThreadRecord *rec, arch::Regs *regs,
-                                            const Probe *probe, int vector_saved, uint64_t landing,
+__attribute__((noinline)) int callback_path(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
+                                            int vector_saved, uint64_t landing,
                                             uint64_t landing_counted) {
   const int r = entry_callback(rec, regs, probe, vector_saved);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;

@@ -188,24 +188,25 @@ TEST(CliRun, CpidIsTheCommandsProcessNotItsChildren) {
 // does not (!, ||): each branch counts what the same comparison gives as a value (sum), and what
 // the 80 calls with arguments 10..89 give.
 TEST(CliRun, ConditionsBranchAsTheirValuesSay) {
-  Output r = run({e2e::cli(), "run", "-e",
-                  "uprobe:exe:e2e_work /arg0 >= 10 && arg0 < 90/ { @a = count(); $x = 30; "
-                  "if (arg0 == 50) { @eq = count(); } "
-                  "if (arg0 != 50) { @ne = count(); } else { @else = count(); } "
-                  "if ((int64)arg0 - 60 < -20) { @lt = count(); } @vlt = sum((int64)arg0 - 60 < -20); "
-                  "if (arg0 > $x) { @gt = count(); } @vgt = sum(arg0 > $x); "
-                  "if (arg0 >= $x && arg0 <= 40) { @range = count(); } "
-                  "@vrange = sum(arg0 >= $x && arg0 <= 40); "
-                  "if (arg0 >= 85) { @ge = count(); } "
-                  "if (!(arg0 < 88)) { @not = count(); } "
-                  "if (arg0 == 10 || arg0 == 89) { @or = count(); } "
-                  "@t[arg0 <= 20 ? 1 : 2] = count(); }",
-                  "--", e2e::target(), "calls", "100"});
+  Output r =
+      run({e2e::cli(), "run", "-e",
+           "uprobe:exe:e2e_work /arg0 >= 10 && arg0 < 90/ { @a = count(); $x = 30; "
+           "if (arg0 == 50) { @eq = count(); } "
+           "if (arg0 != 50) { @ne = count(); } else { @else = count(); } "
+           "if ((int64)arg0 - 60 < -20) { @lt = count(); } @vlt = sum((int64)arg0 - 60 < -20); "
+           "if (arg0 > $x) { @gt = count(); } @vgt = sum(arg0 > $x); "
+           "if (arg0 >= $x && arg0 <= 40) { @range = count(); } "
+           "@vrange = sum(arg0 >= $x && arg0 <= 40); "
+           "if (arg0 >= 85) { @ge = count(); } "
+           "if (!(arg0 < 88)) { @not = count(); } "
+           "if (arg0 == 10 || arg0 == 89) { @or = count(); } "
+           "@t[arg0 <= 20 ? 1 : 2] = count(); }",
+           "--", e2e::target(), "calls", "100"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   for (const char *line :
-       {"\n@a: 80\n", "\n@eq: 1\n", "\n@ne: 79\n", "\n@else: 1\n", "\n@lt: 30\n",
-        "\n@vlt: 30\n", "\n@gt: 59\n", "\n@vgt: 59\n", "\n@range: 11\n", "\n@vrange: 11\n",
-        "\n@ge: 5\n", "\n@not: 2\n", "\n@or: 2\n", "\n@t[1]: 11\n@t[2]: 69\n"})
+       {"\n@a: 80\n", "\n@eq: 1\n", "\n@ne: 79\n", "\n@else: 1\n", "\n@lt: 30\n", "\n@vlt: 30\n",
+        "\n@gt: 59\n", "\n@vgt: 59\n", "\n@range: 11\n", "\n@vrange: 11\n", "\n@ge: 5\n",
+        "\n@not: 2\n", "\n@or: 2\n", "\n@t[1]: 11\n@t[2]: 69\n"})
     EXPECT_NE(r.out.find(line), std::string::npos) << line << r.out;
 }
 

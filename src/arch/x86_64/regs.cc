@@ -52,24 +52,42 @@ uint64_t reg(const Regs &r, usprobe_reg which) {
 int reg_index(usprobe_reg which) {
   constexpr auto word = [](size_t offset) { return static_cast<int>(offset / 8); };
   switch (which) {
-    case USPROBE_RAX: return word(offsetof(Regs, rax));
-    case USPROBE_RBX: return word(offsetof(Regs, rbx));
-    case USPROBE_RCX: return word(offsetof(Regs, rcx));
-    case USPROBE_RDX: return word(offsetof(Regs, rdx));
-    case USPROBE_RSI: return word(offsetof(Regs, rsi));
-    case USPROBE_RDI: return word(offsetof(Regs, rdi));
-    case USPROBE_RBP: return word(offsetof(Regs, rbp));
-    case USPROBE_RSP: return word(offsetof(Regs, rsp));
-    case USPROBE_R8: return word(offsetof(Regs, r8));
-    case USPROBE_R9: return word(offsetof(Regs, r9));
-    case USPROBE_R10: return word(offsetof(Regs, r10));
-    case USPROBE_R11: return word(offsetof(Regs, r11));
-    case USPROBE_R12: return word(offsetof(Regs, r12));
-    case USPROBE_R13: return word(offsetof(Regs, r13));
-    case USPROBE_R14: return word(offsetof(Regs, r14));
-    case USPROBE_R15: return word(offsetof(Regs, r15));
-    case USPROBE_RIP: return word(offsetof(Regs, rip));
-    case USPROBE_RFLAGS: return word(offsetof(Regs, rflags));
+    case USPROBE_RAX:
+      return word(offsetof(Regs, rax));
+    case USPROBE_RBX:
+      return word(offsetof(Regs, rbx));
+    case USPROBE_RCX:
+      return word(offsetof(Regs, rcx));
+    case USPROBE_RDX:
+      return word(offsetof(Regs, rdx));
+    case USPROBE_RSI:
+      return word(offsetof(Regs, rsi));
+    case USPROBE_RDI:
+      return word(offsetof(Regs, rdi));
+    case USPROBE_RBP:
+      return word(offsetof(Regs, rbp));
+    case USPROBE_RSP:
+      return word(offsetof(Regs, rsp));
+    case USPROBE_R8:
+      return word(offsetof(Regs, r8));
+    case USPROBE_R9:
+      return word(offsetof(Regs, r9));
+    case USPROBE_R10:
+      return word(offsetof(Regs, r10));
+    case USPROBE_R11:
+      return word(offsetof(Regs, r11));
+    case USPROBE_R12:
+      return word(offsetof(Regs, r12));
+    case USPROBE_R13:
+      return word(offsetof(Regs, r13));
+    case USPROBE_R14:
+      return word(offsetof(Regs, r14));
+    case USPROBE_R15:
+      return word(offsetof(Regs, r15));
+    case USPROBE_RIP:
+      return word(offsetof(Regs, rip));
+    case USPROBE_RFLAGS:
+      return word(offsetof(Regs, rflags));
   }
   return -1;
 }

@@ -44,8 +44,9 @@ class BlockCompiler {
     emit(ab::kEnd, 0, 0, 0, 0);
     // A fused jump with an immediate has 16 bits for its offset (protocol/bt.h).
     if (out_.insns.size() - first > 0xffff)
-      return Fail(Diagnostic{block_.loc, "the probe's action compiles to more than 65535 "
-                                         "instructions"});
+      return Fail(Diagnostic{block_.loc,
+                             "the probe's action compiles to more than 65535 "
+                             "instructions"});
     return {};
   }
 
@@ -87,12 +88,24 @@ class BlockCompiler {
     const bool is_signed = left.type.is_signed && right.type.is_signed;
     ab::Op op{};
     switch (cond.op) {
-      case Op::kEq: op = ab::kEq; break;
-      case Op::kNe: op = ab::kNe; break;
-      case Op::kLt: op = is_signed ? ab::kLtS : ab::kLtU; break;
-      case Op::kLe: op = is_signed ? ab::kLeS : ab::kLeU; break;
-      case Op::kGt: op = is_signed ? ab::kGtS : ab::kGtU; break;
-      default: op = is_signed ? ab::kGeS : ab::kGeU; break;
+      case Op::kEq:
+        op = ab::kEq;
+        break;
+      case Op::kNe:
+        op = ab::kNe;
+        break;
+      case Op::kLt:
+        op = is_signed ? ab::kLtS : ab::kLtU;
+        break;
+      case Op::kLe:
+        op = is_signed ? ab::kLeS : ab::kLeU;
+        break;
+      case Op::kGt:
+        op = is_signed ? ab::kGtS : ab::kGtU;
+        break;
+      default:
+        op = is_signed ? ab::kGeS : ab::kGeU;
+        break;
     }
     const auto jf = static_cast<ab::Op>(ab::fused_jump_of(op));
     if (auto ok = expr(left, dst); !ok) return ok;
