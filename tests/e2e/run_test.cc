@@ -136,6 +136,25 @@ TEST(CliRun, UstackKeysNameEveryFrameAfterTheCommandExited) {
       << "two frames, then the count: " << r.out;
 }
 
+// ustack in printf: bpftrace's layout (a newline, then each frame on a line of its own, indented by
+// 8 spaces), frames named while the command runs; ustack(N) stops at N.
+// bpftrace 0.17 walks frame pointers and leaves out main here; usprobe walks with DWARF.
+TEST(CliRun, UstackInPrintfAsBpftraceLaysItOut) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_work /arg0 == 3/ { printf(\"at %d:%s|\\n\", arg0, ustack(2)); "
+                  "printf(\"whole:%s|\\n\", ustack); }",
+                  "--", e2e::target(), "calls", "5"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const size_t two = r.out.find("at 3:\n        e2e_work+0\n        main+");
+  ASSERT_NE(two, std::string::npos) << r.out;
+  EXPECT_EQ(r.out.substr(r.out.find('\n', r.out.find("main+", two)) + 1, 2), "|\n")
+      << "two frames, then the format's next character: " << r.out;
+  const size_t whole = r.out.find("whole:\n        e2e_work+0\n        main+");
+  ASSERT_NE(whole, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("        __libc_start_main+", whole), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\n|\n", whole), std::string::npos) << r.out;
+}
+
 // Strings kept in a map from a call's entry to its return (@name[tid] = str(arg0), the pattern of
 // opensnoop-like tools), a keyless string and a string per key: bpftrace's output, byte for byte.
 TEST(CliRun, StringValuesKeptFromEntryToReturn) {

@@ -288,7 +288,8 @@ class BlockCompiler {
         for (size_t i = 0; i < n; ++i) {
           const Type &t = p.args[i];
           const PrintfDef::Arg &def = out_.printfs.at(static_cast<size_t>(e.index)).args[i];
-          if (!t.is_int() && !t.is_string() && def.name == ProbeName::kNone && !def.usym)
+          if (!t.is_int() && !t.is_string() && def.name == ProbeName::kNone && !def.usym &&
+              def.stack_frames == 0)
             return Fail(
                 Diagnostic{e.args[i + 1]->loc, fmt::format("printf of a {}: not yet", t.name())});
           if (auto ok = expr(*e.args[i + 1], static_cast<uint8_t>(top_ + i)); !ok) return ok;
@@ -775,11 +776,17 @@ std::expected<CompiledProgram, Diagnostic> compile(const Program &program) {
       ProbeName name = names.arg(i, a);
       bool str = t.is_string() && name == ProbeName::kNone;
       bool usym = t.kind == TypeKind::kUsym && name == ProbeName::kNone;
+      const uint32_t frames =
+          t.kind != TypeKind::kUstack ? 0
+          : t.size                    ? std::min(t.size, ab::kMaxUstackFrames)
+                                      : ab::kMaxUstackFrames;
       d.args.push_back({str, t.is_signed,
-                        str    ? string_bytes(t, c.string_size)
-                        : usym ? ab::kUsymBytes
-                               : 0,
-                        name, usym});
+                        str      ? string_bytes(t, c.string_size)
+                        : usym   ? ab::kUsymBytes
+                        : frames ? ab::ustack_bytes(frames)
+                                 : 0,
+                        name, usym, frames});
+      if (frames) c.uses_stacks = true;
     }
     c.printfs.push_back(std::move(d));
   }

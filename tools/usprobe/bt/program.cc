@@ -94,8 +94,8 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
     ab::PrintfInfo info{static_cast<uint32_t>(args.size()), static_cast<uint32_t>(p.args.size()),
                         sizeof(ab::PrintfRecord), 0};
     for (const PrintfDef::Arg &a : p.args) {
-      const bool bytes = a.is_string || a.usym;
-      args.push_back({a.usym        ? ab::kPrintfBytes
+      const bool bytes = a.is_string || a.usym || a.stack_frames != 0;
+      args.push_back({a.usym || a.stack_frames != 0 ? ab::kPrintfBytes
                       : a.is_string ? ab::kPrintfString
                                     : ab::kPrintfInt,
                       bytes ? a.size : 0});
@@ -185,6 +185,21 @@ Scalar ProbeNames::usym(const char *bytes) const {
       symbol(static_cast<int32_t>(w[0] & 0xffff'ffffu), static_cast<uint32_t>(w[0] >> 32), w[1])};
 }
 
+Scalar ProbeNames::ustack(const char *bytes, uint32_t frames) const {
+  uint64_t head[2] = {};
+  std::memcpy(head, bytes, sizeof head);
+  std::vector<uint64_t> ips(std::min<uint64_t>(head[1], frames));
+  if (!ips.empty()) std::memcpy(ips.data(), bytes + 16, 8 * ips.size());
+  Stack st;
+  if (stack) {
+    st.frames = stack(static_cast<int32_t>(head[0] & 0xffff'ffffu),
+                      static_cast<uint32_t>(head[0] >> 32), ips);
+  } else {
+    for (uint64_t ip : ips) st.frames.push_back(fmt::format("{:#x}", ip));
+  }
+  return st;
+}
+
 std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNames &names) {
   std::vector<Scalar> key;
   for (const KeyPart &p : m.key) {
@@ -192,18 +207,7 @@ std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNa
       key.push_back(names.usym(bytes));
       bytes += p.size;
     } else if (p.stack_frames != 0) {
-      uint64_t head[2] = {};
-      std::memcpy(head, bytes, sizeof head);
-      std::vector<uint64_t> ips(std::min<uint64_t>(head[1], p.stack_frames));
-      if (!ips.empty()) std::memcpy(ips.data(), bytes + 16, 8 * ips.size());
-      Stack st;
-      if (names.stack) {
-        st.frames = names.stack(static_cast<int32_t>(head[0] & 0xffff'ffffu),
-                                static_cast<uint32_t>(head[0] >> 32), ips);
-      } else {
-        for (uint64_t ip : ips) st.frames.push_back(fmt::format("{:#x}", ip));
-      }
-      key.push_back(std::move(st));
+      key.push_back(names.ustack(bytes, p.stack_frames));
       bytes += p.size;
     } else if (p.name != ProbeName::kNone) {
       uint64_t v = 0;

@@ -44,6 +44,8 @@ struct ProbeNames {
   // Names one address (usym) as bpftrace does: the function's name, or the address in hex.
   std::function<std::string(int32_t pid, uint32_t image, uint64_t address)> symbol;
   Scalar usym(const char *bytes) const;  // the kUsymBytes of a usym value
+  // A ustack value of at most `frames` frames (agent::bt::ustack_bytes(frames) bytes), named.
+  Scalar ustack(const char *bytes, uint32_t frames) const;
 };
 
 struct MapDef {
@@ -65,6 +67,7 @@ struct PrintfDef {
     uint32_t size = 0;  // a string's bytes in the record (a multiple of 8)
     ProbeName name = ProbeName::kNone;
     bool usym = false;  // kUsymBytes in the record, named by the CLI
+    uint32_t stack_frames = 0;  // a ustack: ustack_bytes of it in the record, named by the CLI
   };
   std::vector<Arg> args;
   // Not a printf: a probe's print(@m, top, div) (print_map >= 0; no arguments in the record), its
