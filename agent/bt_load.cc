@@ -204,6 +204,14 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
               imm + kUsymBytes > kScratchBytes)
             return bad("bad usym");
           break;
+        case kBuf: {
+          const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
+                         n = static_cast<uint32_t>(in.imm) >> 16;
+          if (n == 0 || n > kMaxBufBytes || at < kMaxKeyBytes || at % 8 != 0 ||
+              at + ((n + 7) & ~7u) > kScratchBytes)
+            return bad("bad buf");
+          break;
+        }
         case kKeyBytes: {
           const uint32_t at = static_cast<uint32_t>(in.imm) & 0xffff,
                          n = static_cast<uint32_t>(in.imm) >> 16;

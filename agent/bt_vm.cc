@@ -581,6 +581,26 @@ op_usym: {
   D = static_cast<uint64_t>(in->imm);
   NEXT();
 }
+op_buf: {
+  const auto at = static_cast<uint32_t>(in->imm) & 0xffff;
+  const auto n = static_cast<uint32_t>(in->imm) >> 16;
+  char *dst = scratch + at;
+  const uint32_t padded = (n + 7) & ~7u;
+  for (uint32_t i = 0; i < padded; ++i) dst[i] = 0;
+  // Byte by byte through the string copy (a NUL is a byte here): at most kMaxBufBytes of them.
+  // Any fault zeroes the whole buffer, as bpftrace's failed read does.
+  const uint64_t a = A;
+  bool readable = a >= 4096 && a < (uint64_t{1} << 56);
+  for (uint32_t i = 0; readable && i < n; ++i) {
+    char byte[2];
+    readable = usprobe_agent_safe_copy(byte, reinterpret_cast<const char *>(a + i), 2) >= 0;
+    dst[i] = byte[0];
+  }
+  if (!readable)
+    for (uint32_t i = 0; i < n; ++i) dst[i] = 0;
+  D = at;
+  NEXT();
+}
 op_key_bytes: {
   const auto at = static_cast<uint32_t>(in->imm) & 0xffff;
   const auto n = static_cast<uint32_t>(in->imm) >> 16;

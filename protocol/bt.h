@@ -52,6 +52,7 @@ inline constexpr uint32_t kMaxKeyBytes = 1536;  // room for a ustack of 127 fram
 inline constexpr uint32_t kMaxUstackFrames = 127;
 inline constexpr uint32_t ustack_bytes(uint32_t frames) { return 16 + 8 * frames; }
 inline constexpr uint32_t kMaxPrintfArgs = 16;
+inline constexpr uint32_t kMaxBufBytes = 64;  // buf(p, n): bpftrace's limit
 
 // The operations, in enum Op's order: PLAIN(name) for one, BIN(name) for a binary one (which may
 // take an immediate operand). agent/bt_vm.cc builds its dispatch table from this list.
@@ -64,7 +65,7 @@ inline constexpr uint32_t kMaxPrintfArgs = 16;
   BIN(jf_gt_s) BIN(jf_ge_s) BIN(jf_gt_u) BIN(jf_ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
   PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes) \
-  PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(reg) PLAIN(tid) PLAIN(pid) PLAIN(nsecs)   \
+  PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(buf) PLAIN(reg) PLAIN(tid) PLAIN(pid) PLAIN(nsecs)   \
   PLAIN(elapsed) PLAIN(probe_index)
 
 enum Op : uint8_t {
@@ -113,6 +114,8 @@ enum Op : uint8_t {
   kStoreStr,    // maps[imm] (a plain string map) at key = the string a
   kUsym,        // dst = scratch offset imm: usym(a) written there, 16 bytes: pid | image << 32,
                 // then the address (the CLI names it with that image's mappings); kProgramMaps
+  kBuf,         // dst = scratch offset imm & 0xffff: imm >> 16 bytes (at most kMaxBufBytes) copied
+                // there from address a, zero-padded to a word; all zero when a is not readable
   // From here on, operations that only the agent's loader writes (never in a program from the CLI).
   kReg,         // dst = the hit's saved register word imm (usprobe_hit_regs): the agent's loader
                 // writes it for kArg and kRetval; a program from the CLI never has it

@@ -248,6 +248,17 @@ const std::vector<Case> &cases() {
        "calls 20",
        {},
        true},
+      // buf(): printable bytes as they are, the others (NULs included) as \xNN; a pointer that
+      // cannot be read (greet's fourth name) gives zeros.
+      {"buf in printf and keys",
+       "uprobe:$T:e2e_greet { printf(\"[%r] [%r] %d\\n\", buf(arg0, 3), buf(arg0, 10), arg1); "
+       "@[buf(arg0, 2)] = count(); @k[buf(arg0, 1), arg1 % 2] = count(); }",
+       "greet"},
+      {"json: buf in printf and keys",
+       "uprobe:$T:e2e_greet { printf(\"[%r]\\n\", buf(arg0, 7)); @[buf(arg0, 2)] = count(); }",
+       "greet",
+       {},
+       true},
       {"json: aggregations",
        "BEGIN { printf(\"hi %d\\n\", 1); } uprobe:$T:e2e_work { @a[arg0 % 3] = count(); "
        "@h = hist(arg0); @l = lhist(arg0, 0, 20, 5); @st = stats(arg0); @av = avg(arg0); "

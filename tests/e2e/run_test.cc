@@ -155,6 +155,22 @@ TEST(CliRun, UstackInPrintfAsBpftraceLaysItOut) {
   EXPECT_NE(r.out.find("\n|\n", whole), std::string::npos) << r.out;
 }
 
+// buf(p, n) in printf (%r) and in keys: n bytes as they are in memory, NULs included, printed as
+// bpftrace prints them (printable ASCII as is, other bytes as \xNN); a pointer that cannot be read
+// (greet's fourth name) gives n zeros.
+TEST(CliRun, BufPrintsTheBytesAsBpftraceDoes) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_greet { printf(\"[%r] %d\\n\", buf(arg0, 10), arg1); "
+                  "@[buf(arg0, 2)] = count(); }",
+                  "--", e2e::target(), "greet"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  for (const char *line :
+       {"\n[alice\\x00bob\\x00] 1\n", "\n[bob\\x00carol\\x00] 22\n", "\n[carol\\x00hell] -3\n",
+        "\n[\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00] 4\n",
+        "\n@[\\x00\\x00]: 1\n@[al]: 1\n@[bo]: 1\n@[ca]: 1\n@[da]: 1\n"})
+    EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
+}
+
 // Strings kept in a map from a call's entry to its return (@name[tid] = str(arg0), the pattern of
 // opensnoop-like tools), a keyless string and a string per key: bpftrace's output, byte for byte.
 TEST(CliRun, StringValuesKeptFromEntryToReturn) {

@@ -215,8 +215,7 @@ class BlockCompiler {
       }
       // A key of one integer stays in its register (the common `@[arg0 % 8] = count()`).
       const MapDef &def = out_.maps.at(static_cast<size_t>(target.index));
-      if (target.args.size() == 1 && def.key.size() == 1 && def.key[0].stack_frames == 0 &&
-          !def.key[0].usym && !def.key[0].is_string && def.key[0].size == 8) {
+      if (target.args.size() == 1 && def.key.size() == 1 && def.key[0].is_integer()) {
         auto r = temp(target.loc, top_ + 1);
         if (!r) return Fail(r.error());
         if (auto ok = expr(*target.args[0], *r); !ok) return ok;
@@ -261,9 +260,9 @@ class BlockCompiler {
       if (!r) return Fail(r.error());
       if (auto ok = expr(k, *r); !ok) return ok;
       const KeyPart &part = def.key.at(i);
-      const ab::Op op = part.stack_frames != 0 || part.usym ? ab::kKeyBytes
-                        : part.is_string                    ? ab::kKeyStr
-                                                            : ab::kKeyInt;
+      const ab::Op op = part.is_integer() ? ab::kKeyInt
+                        : part.is_string  ? ab::kKeyStr
+                                          : ab::kKeyBytes;
       emit(op, 0, *r, 0,
            op == ab::kKeyInt ? offset : static_cast<int64_t>(offset | (part.size << 16)));
       offset += part.size;
@@ -289,7 +288,7 @@ class BlockCompiler {
           const Type &t = p.args[i];
           const PrintfDef::Arg &def = out_.printfs.at(static_cast<size_t>(e.index)).args[i];
           if (!t.is_int() && !t.is_string() && def.name == ProbeName::kNone && !def.usym &&
-              def.stack_frames == 0)
+              def.stack_frames == 0 && def.buf_len == 0)
             return Fail(
                 Diagnostic{e.args[i + 1]->loc, fmt::format("printf of a {}: not yet", t.name())});
           if (auto ok = expr(*e.args[i + 1], static_cast<uint8_t>(top_ + i)); !ok) return ok;
@@ -598,6 +597,14 @@ class BlockCompiler {
         out_.uses_stacks = true;
         return {};
       }
+      case Func::kBuf: {
+        if (auto ok = expr(*e.args[0], dst); !ok) return ok;
+        const uint32_t n = e.type.size - 1;  // a buf type's size is n + 1 (at most 64)
+        auto at = scratch(e.loc, align8(n));
+        if (!at) return Fail(at.error());
+        emit(ab::kBuf, dst, dst, 0, static_cast<int64_t>(*at | (n << 16)));
+        return {};
+      }
       case Func::kStr: {
         if (auto ok = expr(*e.args[0], dst); !ok) return ok;
         uint8_t len = ab::kNoReg;
@@ -726,6 +733,11 @@ MapDef map_def(const MapInfo &m, uint32_t string_size) {
       d.key.push_back({false, false, ab::ustack_bytes(frames), ProbeName::kNone, frames});
       continue;
     }
+    if (k.kind == TypeKind::kBuf) {
+      const uint32_t n = k.size - 1;  // a buf type's size is n + 1
+      d.key.push_back({false, false, align8(n), ProbeName::kNone, 0, false, n});
+      continue;
+    }
     d.key.push_back({k.is_string(), k.is_signed, k.is_string() ? string_bytes(k, string_size) : 8});
   }
   return d;
@@ -776,16 +788,17 @@ std::expected<CompiledProgram, Diagnostic> compile(const Program &program) {
       ProbeName name = names.arg(i, a);
       bool str = t.is_string() && name == ProbeName::kNone;
       bool usym = t.kind == TypeKind::kUsym && name == ProbeName::kNone;
-      const uint32_t frames =
-          t.kind != TypeKind::kUstack ? 0
-          : t.size                    ? std::min(t.size, ab::kMaxUstackFrames)
-                                      : ab::kMaxUstackFrames;
+      const uint32_t frames = t.kind != TypeKind::kUstack ? 0
+                              : t.size                    ? std::min(t.size, ab::kMaxUstackFrames)
+                                                          : ab::kMaxUstackFrames;
+      const uint32_t buf = t.kind == TypeKind::kBuf ? t.size - 1 : 0;  // its size: n + 1
       d.args.push_back({str, t.is_signed,
                         str      ? string_bytes(t, c.string_size)
                         : usym   ? ab::kUsymBytes
                         : frames ? ab::ustack_bytes(frames)
+                        : buf    ? align8(buf)
                                  : 0,
-                        name, usym, frames});
+                        name, usym, frames, buf});
       if (frames) c.uses_stacks = true;
     }
     c.printfs.push_back(std::move(d));

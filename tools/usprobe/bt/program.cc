@@ -94,10 +94,10 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
     ab::PrintfInfo info{static_cast<uint32_t>(args.size()), static_cast<uint32_t>(p.args.size()),
                         sizeof(ab::PrintfRecord), 0};
     for (const PrintfDef::Arg &a : p.args) {
-      const bool bytes = a.is_string || a.usym || a.stack_frames != 0;
-      args.push_back({a.usym || a.stack_frames != 0 ? ab::kPrintfBytes
-                      : a.is_string ? ab::kPrintfString
-                                    : ab::kPrintfInt,
+      const bool bytes = a.in_bytes();
+      args.push_back({a.is_string ? ab::kPrintfString
+                      : bytes     ? ab::kPrintfBytes
+                                  : ab::kPrintfInt,
                       bytes ? a.size : 0});
       info.record_size += bytes ? a.size : 8;
     }
@@ -185,6 +185,18 @@ Scalar ProbeNames::usym(const char *bytes) const {
       symbol(static_cast<int32_t>(w[0] & 0xffff'ffffu), static_cast<uint32_t>(w[0] >> 32), w[1])};
 }
 
+std::string buf_text(const char *bytes, uint32_t n) {
+  std::string out;
+  for (uint32_t i = 0; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    if (c >= 0x20 && c < 0x7f)
+      out += static_cast<char>(c);
+    else
+      out += fmt::format("\\x{:02x}", c);
+  }
+  return out;
+}
+
 Scalar ProbeNames::ustack(const char *bytes, uint32_t frames) const {
   uint64_t head[2] = {};
   std::memcpy(head, bytes, sizeof head);
@@ -208,6 +220,9 @@ std::vector<Scalar> decode_key(const MapDef &m, const char *bytes, const ProbeNa
       bytes += p.size;
     } else if (p.stack_frames != 0) {
       key.push_back(names.ustack(bytes, p.stack_frames));
+      bytes += p.size;
+    } else if (p.buf_len != 0) {
+      key.push_back(Str{buf_text(bytes, p.buf_len)});
       bytes += p.size;
     } else if (p.name != ProbeName::kNone) {
       uint64_t v = 0;

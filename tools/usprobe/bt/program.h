@@ -27,7 +27,13 @@ struct KeyPart {
   ProbeName name = ProbeName::kNone;
   uint32_t stack_frames = 0;  // a ustack (size: agent::bt::ustack_bytes of it), named by the CLI
   bool usym = false;          // usym(addr) (size: agent::bt::kUsymBytes), named by the CLI
+  uint32_t buf_len = 0;       // buf(p, n): n bytes (size: n rounded up to words)
+  // An integer (a probe name too): 8 bytes, the register's value; the others are bytes in scratch.
+  bool is_integer() const { return !is_string && stack_frames == 0 && !usym && buf_len == 0; }
 };
+
+// A buf's bytes as bpftrace prints them: printable ASCII as it is, any other byte as \xNN.
+std::string buf_text(const char *bytes, uint32_t n);
 
 // The names of the resolved probes, by plan index: func ("malloc") and probe
 // ("uprobe:/usr/lib/x86_64-linux-gnu/libc.so.6:malloc").
@@ -66,8 +72,11 @@ struct PrintfDef {
     bool is_signed = true;
     uint32_t size = 0;  // a string's bytes in the record (a multiple of 8)
     ProbeName name = ProbeName::kNone;
-    bool usym = false;  // kUsymBytes in the record, named by the CLI
+    bool usym = false;          // kUsymBytes in the record, named by the CLI
     uint32_t stack_frames = 0;  // a ustack: ustack_bytes of it in the record, named by the CLI
+    uint32_t buf_len = 0;       // a buf(p, n): n bytes (size: n rounded up to words), as %r
+    // In the record as `size` bytes; else an 8-byte integer.
+    bool in_bytes() const { return is_string || usym || stack_frames != 0 || buf_len != 0; }
   };
   std::vector<Arg> args;
   // Not a printf: a probe's print(@m, top, div) (print_map >= 0; no arguments in the record), its

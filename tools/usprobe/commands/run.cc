@@ -59,12 +59,14 @@ bool print_record(const bt::Compiled &code, const bt::ProbeNames &names, bt::Hos
   std::vector<bt::Scalar> args;
   const char *at = record + sizeof rec, *end = record + size;
   for (const bt::PrintfDef::Arg &a : p.args) {
-    uint32_t n = a.is_string || a.usym || a.stack_frames != 0 ? a.size : 8;
+    uint32_t n = a.in_bytes() ? a.size : 8;
     if (static_cast<size_t>(end - at) < n) return false;
     if (a.usym) {
       args.push_back(names.usym(at));
     } else if (a.stack_frames != 0) {
       args.push_back(names.ustack(at, a.stack_frames));
+    } else if (a.buf_len != 0) {
+      args.push_back(bt::Str{bt::buf_text(at, a.buf_len)});
     } else if (a.name != bt::ProbeName::kNone) {
       uint64_t v = 0;
       std::memcpy(&v, at, 8);
