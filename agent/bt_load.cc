@@ -231,6 +231,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         case kLoad:
         case kStore:
           if (!map_ok(1, imm)) return bad("not a plain integer map");
+          if (in.b != kNoReg && out.maps[imm].key_size != 8) return bad("a key in a register");
           break;
         case kStoreStr:
           if (!map_ok(2, imm)) return bad("not a plain string map");
@@ -246,6 +247,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
         case kDelete:
         case kHas:
           if (!map_ok(3, imm)) return bad("not a plain map");
+          if (in.b != kNoReg && out.maps[imm].key_size != 8) return bad("a key in a register");
           break;
         case kPrintf:
           if (imm < 0 || imm >= ph.printf_count || in.b != out.printfs[imm].arg_count ||

@@ -186,16 +186,35 @@ constinit thread_local CachedEntry t_cached[kCachedMaps] __attribute__((tls_mode
 char *shared_find_slow(uint32_t map_index, const char *key, bool claim);
 
 // A plain map's entry for `key` (protocol/bt.h, SharedEntryHeader), or nullptr. With `claim`, a
-// key not there yet gets an entry (state kSharedAbsent until the caller stores).
-inline char *shared_find(uint32_t map_index, const char *key, bool claim) {
+// key not there yet gets an entry (state kSharedAbsent until the caller stores). kWordKey: the key
+// is the 8 bytes of `key_word` (held in a register), else the map's key_size bytes at `key`.
+template <bool kWordKey>
+inline char *shared_find(uint32_t map_index, const char *key, uint64_t key_word, bool claim) {
   CachedEntry &c = t_cached[map_index % kCachedMaps];
-  const uint32_t key_size = g_bt.maps[map_index].key_size;
-  if (c.entry && c.map == map_index && c.session == g_region.session &&
-      same_key(c.entry + sizeof(SharedEntryHeader), key, key_size))
-    return c.entry;
+  if (c.entry && c.map == map_index && c.session == g_region.session) {
+    const char *cached_key = c.entry + sizeof(SharedEntryHeader);
+    if constexpr (kWordKey) {
+      uint64_t w;
+      __builtin_memcpy(&w, cached_key, 8);
+      if (w == key_word) return c.entry;
+    } else if (same_key(cached_key, key, g_bt.maps[map_index].key_size)) {
+      return c.entry;
+    }
+  }
+  char word[8];
+  if constexpr (kWordKey) {
+    __builtin_memcpy(word, &key_word, 8);
+    key = word;
+  }
   char *e = shared_find_slow(map_index, key, claim);
   if (e) c = {e, map_index, g_region.session};
   return e;
+}
+// The plain map's entry for an instruction's key (kLoad..kHas: in register b, or the key area).
+inline char *shared_find_for(uint32_t map_index, uint8_t key_reg, const uint64_t *r,
+                             const char *scratch, bool claim) {
+  return key_reg != kNoReg ? shared_find<true>(map_index, nullptr, r[key_reg], claim)
+                           : shared_find<false>(map_index, scratch, 0, claim);
 }
 
 char *shared_find_slow(uint32_t map_index, const char *key, bool claim) {
@@ -506,7 +525,7 @@ op_agg:
     aggregate<false>(s, static_cast<uint32_t>(in->imm), scratch, 0, A);
   NEXT();
 op_load: {
-  char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, false);
+  char *e = shared_find_for(static_cast<uint32_t>(in->imm), in->b, r, scratch, false);
   auto *h = reinterpret_cast<SharedEntryHeader *>(e);
   D = h && h->state.load(std::memory_order_acquire) == kSharedLive
           ? h->value.load(std::memory_order_relaxed)
@@ -514,13 +533,13 @@ op_load: {
   NEXT();
 }
 op_has: {
-  char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, false);
+  char *e = shared_find_for(static_cast<uint32_t>(in->imm), in->b, r, scratch, false);
   auto *h = reinterpret_cast<SharedEntryHeader *>(e);
   D = h && h->state.load(std::memory_order_acquire) == kSharedLive;
   NEXT();
 }
 op_store:
-  if (char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, true)) {
+  if (char *e = shared_find_for(static_cast<uint32_t>(in->imm), in->b, r, scratch, true)) {
     auto *h = reinterpret_cast<SharedEntryHeader *>(e);
     h->value.store(A, std::memory_order_relaxed);
     // Release: a reader that sees it live (acquire) sees the value.
@@ -528,7 +547,7 @@ op_store:
   }
   NEXT();
 op_delete:
-  if (char *e = shared_find(static_cast<uint32_t>(in->imm), scratch, false))
+  if (char *e = shared_find_for(static_cast<uint32_t>(in->imm), in->b, r, scratch, false))
     reinterpret_cast<SharedEntryHeader *>(e)->state.store(kSharedAbsent, std::memory_order_release);
   NEXT();
 op_printf: emit_printf(s, probe, static_cast<uint32_t>(in->imm), &r[in->a], scratch); NEXT();
@@ -550,7 +569,7 @@ op_load_str: {
   const uint32_t map = static_cast<uint32_t>(in->imm) & 0xffff;
   const uint32_t at = static_cast<uint32_t>(in->imm) >> 16;
   const MapInfo &m = g_bt.maps[map];
-  char *e = shared_find(map, scratch, false);
+  char *e = shared_find<false>(map, scratch, 0, false);
   auto *h = reinterpret_cast<SharedEntryHeader *>(e);
   if (h && h->state.load(std::memory_order_acquire) == kSharedLive)
     copy_string(scratch + at, e + sizeof(SharedEntryHeader) + m.key_size, m.value_size,
@@ -562,7 +581,7 @@ op_load_str: {
 }
 op_store_str: {
   const auto map = static_cast<uint32_t>(in->imm);
-  if (char *e = shared_find(map, scratch, true)) {
+  if (char *e = shared_find<false>(map, scratch, 0, true)) {
     const MapInfo &m = g_bt.maps[map];
     uint32_t room = 0;
     const char *str = string_at(scratch, A, &room);

@@ -100,6 +100,8 @@ enum Op : uint8_t {
   kKeyStr,      // key[imm & 0xffff ...] = the string at a, (imm >> 16) bytes, zero-padded
   kAgg,         // maps[imm] (an aggregation) at key: update with a's value; b: kNoReg, or the
                 // register that holds the whole key (an 8-byte key: one integer)
+  // kLoad..kHas: b is kNoReg (the key is in the key area) or, as for kAgg, the register that holds
+  // the whole 8-byte key.
   kLoad,        // dst = maps[imm] (plain) at key, 0 when absent
   kStore,       // maps[imm] (plain) at key = a
   kDelete,      // delete maps[imm] at key

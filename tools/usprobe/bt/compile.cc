@@ -213,17 +213,9 @@ class BlockCompiler {
       if (!call.args.empty()) {
         if (auto ok = expr(*call.args[0], v); !ok) return ok;
       }
-      // A key of one integer stays in its register (the common `@[arg0 % 8] = count()`).
-      const MapDef &def = out_.maps.at(static_cast<size_t>(target.index));
-      if (target.args.size() == 1 && def.key.size() == 1 && def.key[0].is_integer()) {
-        auto r = temp(target.loc, top_ + 1);
-        if (!r) return Fail(r.error());
-        if (auto ok = expr(*target.args[0], *r); !ok) return ok;
-        emit(ab::kAgg, 0, v, *r, map);
-        return {};
-      }
-      if (auto ok = key(target, top_ + 1); !ok) return ok;
-      emit(ab::kAgg, 0, v, ab::kNoReg, map);
+      auto k = map_key(target, top_ + 1);
+      if (!k) return Fail(k.error());
+      emit(ab::kAgg, 0, v, *k, map);
       return {};
     }
     if (m.value.is_string()) {
@@ -237,9 +229,28 @@ class BlockCompiler {
                                                 "values, not {} (not yet)",
                                                 m.name, m.value.name())});
     if (auto ok = assigned_value(s, top_); !ok) return ok;
-    if (auto ok = key(target, top_ + 1); !ok) return ok;
-    emit(ab::kStore, 0, top_, 0, map);
+    auto k = map_key(target, top_ + 1);
+    if (!k) return Fail(k.error());
+    emit(ab::kStore, 0, top_, *k, map);
     return {};
+  }
+
+  // A map access's key: one integer (`@start[tid]`, `@[arg0 % 8]`) in register `at` (returned),
+  // anything else built in the key area (kNoReg returned).
+  std::expected<uint8_t, Diagnostic> map_key(const Expr &m, uint8_t at) {
+    return map_key_of(m.index, std::span(m.args), m.loc, at);
+  }
+  std::expected<uint8_t, Diagnostic> map_key_of(int map, std::span<const ExprPtr> parts,
+                                                const SourceLoc &loc, uint8_t at) {
+    const MapDef &def = out_.maps.at(static_cast<size_t>(map));
+    if (parts.size() == 1 && def.key.size() == 1 && def.key[0].is_integer()) {
+      auto r = temp(loc, at);
+      if (!r) return Fail(r.error());
+      if (auto ok = expr(*parts[0], *r); !ok) return Fail(ok.error());
+      return *r;
+    }
+    if (auto ok = key_of(map, parts, loc, at); !ok) return Fail(ok.error());
+    return ab::kNoReg;
   }
 
   // Builds the key of map expression `m` (its args) in the key area; `at`: the first free register.
@@ -342,8 +353,9 @@ class BlockCompiler {
           return Fail(Diagnostic{e.loc, fmt::format("delete() of an entry of {} ({} map) in a "
                                                     "probe: not yet (each thread keeps its own)",
                                                     info.name, aggregation_name(info.kind))});
-        if (auto ok = key(m, top_); !ok) return ok;
-        emit(ab::kDelete, 0, 0, 0, m.index);
+        auto k = map_key(m, top_);
+        if (!k) return Fail(k.error());
+        emit(ab::kDelete, 0, 0, *k, m.index);
         return {};
       }
       default:
@@ -460,14 +472,16 @@ class BlockCompiler {
         if (m.kind != ValueKind::kScalar)
           return Fail(Diagnostic{e.loc, fmt::format("reading {} ({} map) in a probe: not yet",
                                                     m.name, aggregation_name(m.kind))});
-        if (auto ok = key(e, dst); !ok) return ok;
         if (m.value.is_string()) {
+          if (auto ok = key(e, dst); !ok) return ok;
           auto at = scratch(e.loc, out_.maps.at(static_cast<size_t>(e.index)).string_value);
           if (!at) return Fail(at.error());
           emit(ab::kLoadStr, dst, 0, 0, static_cast<int64_t>(e.index | (*at << 16)));
           return {};
         }
-        emit(ab::kLoad, dst, 0, 0, e.index);
+        auto k = map_key(e, dst);
+        if (!k) return Fail(k.error());
+        emit(ab::kLoad, dst, 0, *k, e.index);
         return {};
       }
       case ExprKind::kCall:
@@ -625,8 +639,9 @@ class BlockCompiler {
         if (info.kind != ValueKind::kScalar)
           return Fail(Diagnostic{e.loc, "has_key() of an aggregation map in a probe: not yet"});
         // has_key(@m, k1, k2): the keys follow the map.
-        if (auto ok = key_of(m.index, std::span(e.args).subspan(1), e.loc, dst); !ok) return ok;
-        emit(ab::kHas, dst, 0, 0, m.index);
+        auto k = map_key_of(m.index, std::span(e.args).subspan(1), e.loc, dst);
+        if (!k) return Fail(k.error());
+        emit(ab::kHas, dst, 0, *k, m.index);
         return {};
       }
       default:
