@@ -293,6 +293,15 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       }
     }
   }
+  // Ready to run: each instruction with its operation's code address.
+  auto *threaded = static_cast<ThreadedInsn *>(std::calloc(ph.insn_count + 1, sizeof(ThreadedInsn)));
+  if (!threaded) return "out of memory";
+  const void *const *operations = bt_operations();
+  for (uint32_t k = 0; k < ph.insn_count; ++k) {
+    const Insn &in = insns[k];
+    threaded[k] = {operations[in.op], in.op, in.dst, in.a, in.b, in.imm};
+  }
+  out.threaded = threaded;
   return "";
 }
 

@@ -321,24 +321,11 @@ __attribute__((noinline)) void emit_printf(SlotHeader *s, uint32_t probe, uint32
 }  // namespace
 
 void bt_handler(usprobe_hit *hit, void *user) {
-  if (t_in_agent) return;
-  const auto probe = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(user));
-  SlotHeader *s = thread_slot();
-  std::atomic<uint64_t> &hits = slot_hits(s)[probe];
-  std::atomic<uint64_t> &missed = slot_missed(s, g_region.probe_count)[probe];
-  // The overflow slot has no tables of its own and no ring: the hit is counted, not run.
-  if (overflow_hit(s, hits, missed)) return;
-  owned_add(hits, 1);
-
-  const uint64_t *regs = usprobe_hit_regs(hit);
-  const ProbeCode &code = g_bt.probes[probe];
-  const Insn *pc = g_bt.insns + code.first;
-  uint64_t r[kRegisters];
-  char scratch[kScratchBytes];  // not initialised: the compiler writes before it reads
-
-  // Threaded dispatch: each operation jumps straight to the next one's code (one indirect jump per
-  // operation, predicted per site). The table is enum Op's order, then the binary operations that
-  // take an immediate operand (bt_load rewrites op | kImmOperand to op + kOpCount).
+  // Direct threading: each operation jumps straight to the next one's code, whose address its
+  // ThreadedInsn holds (one indirect jump per operation, predicted per site). The table is enum
+  // Op's order, then the binary operations that take an immediate operand (bt_load rewrites
+  // op | kImmOperand to op + kOpCount); bt_load reads it through bt_operations, which calls this
+  // with no hit.
 #define PLAIN(name) &&op_##name,
 #define BIN(name) &&op_##name,
   static constexpr const void *kOps[] = {
@@ -352,14 +339,33 @@ void bt_handler(usprobe_hit *hit, void *user) {
 #undef BIN
   };
   static_assert(sizeof kOps / sizeof kOps[0] == 2 * kOpCount);
-  const Insn *in = nullptr;
+  if (__builtin_expect(hit == nullptr, 0)) {
+    *static_cast<const void *const **>(user) = kOps;
+    return;
+  }
+  if (t_in_agent) return;
+  const auto probe = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(user));
+  SlotHeader *s = thread_slot();
+  std::atomic<uint64_t> &hits = slot_hits(s)[probe];
+  std::atomic<uint64_t> &missed = slot_missed(s, g_region.probe_count)[probe];
+  // The overflow slot has no tables of its own and no ring: the hit is counted, not run.
+  if (overflow_hit(s, hits, missed)) return;
+  owned_add(hits, 1);
+
+  const uint64_t *regs = usprobe_hit_regs(hit);
+  const ProbeCode &code = g_bt.probes[probe];
+  const ThreadedInsn *pc = g_bt.threaded + code.first;
+  uint64_t r[kRegisters];
+  char scratch[kScratchBytes];  // not initialised: the compiler writes before it reads
+
+  const ThreadedInsn *in = nullptr;
 #define D r[in->dst]
 #define A r[in->a]
 #define B r[in->b]
 #define NEXT()              \
   do {                      \
     in = pc++;              \
-    goto *kOps[in->op];      \
+    goto *in->code;         \
   } while (0)
 // A binary operation, on a register (op_name) or on the instruction's immediate (op_name_i).
 #define BINARY(name, expr)                                                \
@@ -636,6 +642,12 @@ op_key_bytes: {
 #undef D
 #undef A
 #undef B
+}
+
+const void *const *bt_operations() {
+  const void *const *table = nullptr;
+  bt_handler(nullptr, &table);
+  return table;
 }
 
 }  // namespace usprobe::agent

@@ -25,12 +25,22 @@ struct AggTable {
   uint32_t kind;  // MapKind
 };
 
+// An instruction as bt_handler runs it: the checked Insn with the address of its operation's code
+// (direct threading: one load and one jump from an operation to the next). bt_load writes them.
+struct ThreadedInsn {
+  const void *code;
+  uint8_t op, dst, a, b;
+  int32_t imm;
+};
+static_assert(sizeof(ThreadedInsn) == 16);
+
 // The program, copied out of the region once it checked out: a process of the command can rewrite
 // the region, and the hit path follows only what was checked.
 struct BtProgram {
   bt::ProgramHeader head;
   const bt::ProbeCode *probes = nullptr;
   const bt::Insn *insns = nullptr;
+  const ThreadedInsn *threaded = nullptr;  // [insn_count]: insns, ready to run
   const uint64_t *constants = nullptr;
   const char *pool = nullptr;
   const bt::MapInfo *maps = nullptr;
@@ -50,5 +60,8 @@ std::string bt_load(Header *h, bool launched);
 // The consumer of probe `user` (its index): runs its code. Attached with
 // USPROBE_GENERAL_REGS_ONLY.
 void bt_handler(usprobe_hit *hit, void *user);
+// The code address of each operation in bt_handler (indexed as ThreadedInsn::op after bt_load's
+// rewrites: the immediate forms at op + kOpCount).
+const void *const *bt_operations();
 
 }  // namespace usprobe::agent
