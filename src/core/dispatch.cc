@@ -282,12 +282,15 @@ inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t 
 }
 
 // The common case of a return: the newest instance is this return's (its return address lived at
-// `slot`), and its consumers are the ones its entry saw, with built-in counters only. Returns the
-// original return address, or 0, having written nothing, for anything else. The recursion guard
-// is set: a signal handler that interrupted a counter's load and store and counted the same
-// return would lose a count. Such a handler pushes and pops its own instances above `top` and
-// leaves it as it was.
-inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot) {
+// `slot`), and its consumers are the ones its entry saw, with built-in counters only (kHandlers:
+// or return handlers too, run with `regs` and `vectors`, when they need no vector state that was
+// not saved). Returns the original return address, or 0, having written nothing, for anything
+// else. The recursion guard is set: a signal handler that interrupted a counter's load and store
+// and counted the same return would lose a count. Such a handler pushes and pops its own instances
+// above `top` and leaves it as it was.
+template <bool kHandlers>
+inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *regs = nullptr,
+                                const void *vectors = nullptr) {
   const uint32_t top = rec->return_top;
   if (__builtin_expect(top == 0, 0)) return 0;
   ReturnInstance &inst = rec->returns[top - 1];
@@ -299,10 +302,14 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot) {
   {
     rcu::ReadGuard guard(rec);
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
-    if (a && a->id == inst.array_id && !a->has_return_callbacks) {
+    if (a && a->id == inst.array_id &&
+        (kHandlers ? vectors != nullptr || !a->return_wants_vector_state
+                   : !a->has_return_callbacks)) {
       for (uint32_t k = 0; k < inst.sessions; ++k)
         if (!inst.session[k].skip)
           bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
+      if constexpr (kHandlers)
+        if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, vectors);
       counted = true;
     }
   }
@@ -374,7 +381,7 @@ extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint
 }
 
 extern "C" uint64_t usprobe_return_fast(uint64_t slot) {
-  return return_counters(t_record, slot);
+  return return_counters<false>(t_record, slot);
 }
 
 namespace {
@@ -437,7 +444,9 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
 extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vectors) {
   ThreadRecord *rec = t_record;
   const uint64_t sp = arch::returned_from_sp(*regs);
-  if (const uint64_t original = return_counters(rec, sp); __builtin_expect(original != 0, 1))
+  // The common return, handlers and all; return_general for the rest.
+  if (const uint64_t original = return_counters<true>(rec, sp, regs, vectors);
+      __builtin_expect(original != 0, 1))
     return original;
   return return_general(rec, regs, vectors, sp);
 }
