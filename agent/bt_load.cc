@@ -271,6 +271,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       in.imm = usprobe_reg_index(in.op == kArg ? kArgRegs[in.imm] : USPROBE_RAX);
       in.op = kReg;
     }
+    if (in.op == kAgg && in.b != kNoReg && out.maps[in.imm].kind == kMapCount) in.op = kAggCountWord;
     if (in.op == kBuiltin) {
       switch (in.imm) {
         case kTid:
@@ -302,6 +303,11 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
     threaded[k] = {operations[in.op], in.op, in.dst, in.a, in.b, in.imm};
   }
   out.threaded = threaded;
+  auto *starts =
+      static_cast<const ThreadedInsn **>(std::calloc(ph.probe_count + 1, sizeof(ThreadedInsn *)));
+  if (!starts) return "out of memory";
+  for (uint32_t pi = 0; pi < ph.probe_count; ++pi) starts[pi] = threaded + out.probes[pi].first;
+  out.starts = starts;
   return "";
 }
 

@@ -67,7 +67,7 @@ inline uint32_t hash_word(uint64_t w) {
 // An aggregation's update of this thread's table (protocol/bt.h, "Tables"). kWordKey: the key is
 // the 8 bytes of `key_word` (an 8-byte key held in a register), else the map's key_size bytes at
 // `key`.
-template <bool kWordKey>
+template <bool kWordKey, uint32_t kKind = kMapKindCount>
 inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t key_word,
                       uint64_t v) {
   const AggTable &m = g_bt.agg[map_index];
@@ -129,7 +129,8 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
     h->generation.store(gen, std::memory_order_relaxed);
   }
   const auto sv = static_cast<int64_t>(v);
-  switch (m.kind) {
+  // kKind: the map's kind known where the operation was chosen (kMapKindCount: read it here).
+  switch (kKind != kMapKindCount ? kKind : m.kind) {
     case kMapCount:
       owned_set(value[0], owned_get(value[0]) + 1);
       break;
@@ -353,8 +354,7 @@ void bt_handler(usprobe_hit *hit, void *user) {
   owned_add(hits, 1);
 
   const uint64_t *regs = usprobe_hit_regs(hit);
-  const ProbeCode &code = g_bt.probes[probe];
-  const ThreadedInsn *pc = g_bt.threaded + code.first;
+  const ThreadedInsn *pc = g_bt.starts[probe];
   uint64_t r[kRegisters];
   char scratch[kScratchBytes];  // not initialised: the compiler writes before it reads
 
@@ -529,6 +529,9 @@ op_agg:
     aggregate<true>(s, static_cast<uint32_t>(in->imm), nullptr, B, A);
   else
     aggregate<false>(s, static_cast<uint32_t>(in->imm), scratch, 0, A);
+  NEXT();
+op_agg_count_word:
+  aggregate<true, kMapCount>(s, static_cast<uint32_t>(in->imm), nullptr, B, 0);
   NEXT();
 op_load: {
   char *e = shared_find_for(static_cast<uint32_t>(in->imm), in->b, r, scratch, false);

@@ -41,6 +41,7 @@ struct BtProgram {
   const bt::ProbeCode *probes = nullptr;
   const bt::Insn *insns = nullptr;
   const ThreadedInsn *threaded = nullptr;  // [insn_count]: insns, ready to run
+  const ThreadedInsn *const *starts = nullptr;  // [probe_count]: each probe's first
   const uint64_t *constants = nullptr;
   const char *pool = nullptr;
   const bt::MapInfo *maps = nullptr;
