@@ -19,8 +19,20 @@ namespace {
 SharedHead *shared_head() { return reinterpret_cast<SharedHead *>(g_bt.shared); }
 std::atomic<uint32_t> &generation(uint32_t map) { return (&shared_head()->generation[0])[map]; }
 
-// FNV-1a over 64-bit words, then a final mix: keys are whole words (key_size % 8 == 0).
+// One 64-bit key word's hash (an integer key, the common one): a multiply, its high half.
+inline uint32_t hash_word(uint64_t w) {
+  return static_cast<uint32_t>((w * 0x9e37'79b9'7f4a'7c15ull) >> 32) | 1u;  // never 0
+}
+
+// A key's hash: an 8-byte key's as hash_word (a key looked up from a register or from the key
+// area must land in the same bucket), longer ones FNV-1a over 64-bit words, then a final mix.
+// Keys are whole words (key_size % 8 == 0). Only the agents hash: the CLI reads entries in order.
 inline uint32_t hash_key(const char *key, uint32_t size) {
+  if (size == 8) {
+    uint64_t w;
+    __builtin_memcpy(&w, key, 8);
+    return hash_word(w);
+  }
   uint64_t h = 0xcbf2'9ce4'8422'2325ull;
   for (uint32_t i = 0; i < size; i += 8) {
     uint64_t w;
@@ -54,15 +66,6 @@ inline void copy_words(char *dst, const char *src, uint32_t size) {
 inline std::atomic<uint64_t> *words(char *p) { return reinterpret_cast<std::atomic<uint64_t> *>(p); }
 inline void owned_set(std::atomic<uint64_t> &w, uint64_t v) { w.store(v, std::memory_order_relaxed); }
 inline uint64_t owned_get(std::atomic<uint64_t> &w) { return w.load(std::memory_order_relaxed); }
-
-// One 64-bit key word's hash (the same as hash_key of those 8 bytes).
-inline uint32_t hash_word(uint64_t w) {
-  uint64_t h = (0xcbf2'9ce4'8422'2325ull ^ w) * 0x100'0000'01b3ull;
-  h ^= h >> 29;
-  h *= 0xbf58'476d'1ce4'e5b9ull;
-  h ^= h >> 32;
-  return static_cast<uint32_t>(h) | 1u;
-}
 
 // An aggregation's update of this thread's table (protocol/bt.h, "Tables"). kWordKey: the key is
 // the 8 bytes of `key_word` (an 8-byte key held in a register), else the map's key_size bytes at
@@ -340,11 +343,11 @@ void bt_handler(usprobe_hit *hit, void *user) {
 #undef BIN
   };
   static_assert(sizeof kOps / sizeof kOps[0] == 2 * kOpCount);
-  if (__builtin_expect(hit == nullptr, 0)) {
-    *static_cast<const void *const **>(user) = kOps;
+  if (t_in_agent) {
+    // bt_operations asks for the table this way (from the agent's own code, t_in_agent set).
+    if (hit == nullptr) *static_cast<const void *const **>(user) = kOps;
     return;
   }
-  if (t_in_agent) return;
   const auto probe = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(user));
   SlotHeader *s = thread_slot();
   std::atomic<uint64_t> &hits = slot_hits(s)[probe];
@@ -648,6 +651,7 @@ op_key_bytes: {
 }
 
 const void *const *bt_operations() {
+  AgentScope scope;  // bt_handler answers only the agent's own calls (t_in_agent)
   const void *const *table = nullptr;
   bt_handler(nullptr, &table);
   return table;
