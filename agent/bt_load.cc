@@ -272,6 +272,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       in.op = kReg;
     }
     if (in.op == kAgg && in.b != kNoReg && out.maps[in.imm].kind == kMapCount) in.op = kAggCountWord;
+    if (in.op == kAgg && in.b == kNoReg && out.maps[in.imm].key_size == 0) in.op = kAggKeyless;
     if (in.op == kBuiltin) {
       switch (in.imm) {
         case kTid:

@@ -69,8 +69,8 @@ inline uint64_t owned_get(std::atomic<uint64_t> &w) { return w.load(std::memory_
 
 // An aggregation's update of this thread's table (protocol/bt.h, "Tables"). kWordKey: the key is
 // the 8 bytes of `key_word` (an 8-byte key held in a register), else the map's key_size bytes at
-// `key`.
-template <bool kWordKey, uint32_t kKind = kMapKindCount>
+// `key`; kKeyless: the map has no key (`@h = hist(x)`), so its one entry is the table's first.
+template <bool kWordKey, uint32_t kKind = kMapKindCount, bool kKeyless = false>
 inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t key_word,
                       uint64_t v) {
   const AggTable &m = g_bt.agg[map_index];
@@ -78,7 +78,7 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
   auto *t = reinterpret_cast<TableHeader *>(slot + m.header);
   auto *buckets = reinterpret_cast<uint32_t *>(t + 1);
   char *entries = slot + m.entries;
-  const uint32_t key_size = kWordKey ? 8 : m.key_size;
+  const uint32_t key_size = kWordKey ? 8 : kKeyless ? 0 : m.key_size;
   const uint32_t hash = kWordKey ? hash_word(key_word) : hash_key(key, key_size);
   const auto matches = [&](const char *entry_key) {
     if constexpr (kWordKey) {
@@ -91,7 +91,9 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
   };
   const uint32_t gen = generation(map_index).load(std::memory_order_relaxed);
   char *e = nullptr;
-  for (uint32_t i = 0, b = hash & m.mask; i <= m.mask; ++i, b = (b + 1) & m.mask) {
+  if constexpr (kKeyless)
+    if (__builtin_expect(t->used.load(std::memory_order_relaxed) != 0, 1)) e = entries;
+  for (uint32_t i = 0, b = hash & m.mask; !e && i <= m.mask; ++i, b = (b + 1) & m.mask) {
     const uint32_t n = buckets[b];
     if (__builtin_expect(n != 0 && n <= m.max_entries, 1)) {
       char *c = entries + uint64_t{n - 1} * m.entry_size;
@@ -532,6 +534,9 @@ op_agg:
     aggregate<true>(s, static_cast<uint32_t>(in->imm), nullptr, B, A);
   else
     aggregate<false>(s, static_cast<uint32_t>(in->imm), scratch, 0, A);
+  NEXT();
+op_agg_keyless:
+  aggregate<false, kMapKindCount, true>(s, static_cast<uint32_t>(in->imm), nullptr, 0, A);
   NEXT();
 op_agg_count_word:
   aggregate<true, kMapCount>(s, static_cast<uint32_t>(in->imm), nullptr, B, 0);

@@ -66,7 +66,7 @@ inline constexpr uint32_t kMaxBufBytes = 64;  // buf(p, n): bpftrace's limit
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
   PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes) \
   PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(buf) PLAIN(reg) PLAIN(tid) PLAIN(pid) PLAIN(nsecs)   \
-  PLAIN(elapsed) PLAIN(probe_index) PLAIN(agg_count_word)
+  PLAIN(elapsed) PLAIN(probe_index) PLAIN(agg_count_word) PLAIN(agg_keyless)
 
 enum Op : uint8_t {
   kEnd = 0,     // the hit is done
@@ -125,6 +125,7 @@ enum Op : uint8_t {
   // the CLI either).
   kTidOp, kPidOp, kNsecsOp, kElapsedOp, kProbeIndexOp,
   kAggCountWord,  // kAgg of a count() whose key is in a register: the commonest update, alone
+  kAggKeyless,    // kAgg of a map without a key (`@h = hist(x)`): its one entry, no lookup
   kOpCount
 };
 
