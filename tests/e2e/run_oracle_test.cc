@@ -180,6 +180,16 @@ const std::vector<Case> &cases() {
        "arg1 > 5, (int32)arg1 > -10, (int32)arg2 < 0); printf(\"%d %d %d %d\\n\", arg2 > "
        "2000000000, arg1 == 4294967291, (int32)arg1 == -5, arg1 > 5 ? 100 : 200); }",
        "args"},
+      // The same comparisons deciding branches (one compare-and-jump each in usprobe's code), with
+      // an immediate and with a register on the right.
+      {"comparisons as predicates and ifs, signed and unsigned",
+       "uprobe:$T:e2e_args /(int32)arg1 < 0 && arg2 > 2000000000/ { @a = count(); } "
+       "uprobe:$T:e2e_args { if (arg1 > 5) { @b = count(); } if ((int32)arg1 > -10) { @c = "
+       "count(); } if ((int32)arg2 < 0) { @d = count(); } if (arg1 == 4294967291) { @e = count(); "
+       "} if ((int64)arg3 <= -1234567890123) { @f = count(); } if (arg1 != arg2) { @g = count(); "
+       "} $x = (int32)arg1; if ($x >= -5) { @h = count(); } if (arg2 < arg4) { @i = count(); } "
+       "@t = sum((int32)arg1 >= -5 ? 1 : 2); }",
+       "args"},
       {"casts int8..uint64",
        "uprobe:$T:e2e_args { printf(\"%d %d %d %d %d %d %ld %lu\\n\", (int8)arg4, (uint8)arg4, "
        "(int16)arg4, (uint16)arg4, (int32)arg4, (uint32)arg4, (int64)arg3, (uint64)arg3); "
