@@ -188,7 +188,9 @@ const std::vector<Case> &cases() {
        "count(); } if ((int32)arg2 < 0) { @d = count(); } if (arg1 == 4294967291) { @e = count(); "
        "} if ((int64)arg3 <= -1234567890123) { @f = count(); } if (arg1 != arg2) { @g = count(); "
        "} $x = (int32)arg1; if ($x >= -5) { @h = count(); } if (arg2 < arg4) { @i = count(); } "
-       "@t = sum((int32)arg1 >= -5 ? 1 : 2); }",
+       "@t = sum((int32)arg1 >= -5 ? 1 : 2); if (arg1 < 5) { @n1 = count(); } if ((int32)arg1 < "
+       "-10) { @n2 = count(); } if (arg2 <= 2999999999) { @n3 = count(); } if ($x > -5) { @n4 = "
+       "count(); } if (arg2 >= arg4) { @n5 = count(); } @u = sum(arg1 < 5 ? 1 : 2); }",
        "args"},
       {"casts int8..uint64",
        "uprobe:$T:e2e_args { printf(\"%d %d %d %d %d %d %ld %lu\\n\", (int8)arg4, (uint8)arg4, "
