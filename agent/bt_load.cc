@@ -86,6 +86,11 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
           table_bytes(m) > ph.tables_bytes - m.table_offset)
         return fmt::format("map {}: its table lies outside the table area", i);
     }
+    if (m.tomb_offset != 0 &&
+        (is_shared(m.kind) || m.tomb_offset % 64 != 0 ||
+         m.tomb_offset < shared_head_bytes(ph.map_count) || m.tomb_offset > ph.shared_size ||
+         uint64_t{shared_entry_size(m.key_size)} * m.max_entries > ph.shared_size - m.tomb_offset))
+      return fmt::format("map {}: its tombstones lie outside the shared area", i);
   }
   auto *agg = static_cast<AggTable *>(std::calloc(ph.map_count + 1, sizeof(AggTable)));
   if (!agg) return "out of memory";
@@ -99,7 +104,9 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
               m.entry_size,
               m.key_size,
               m.value_size / 8,
-              m.kind};
+              m.kind,
+              m.tomb_offset != 0,
+              0};
   }
   out.agg = agg;
   for (uint32_t i = 0; i < ph.printf_count; ++i) {
@@ -224,6 +231,11 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
           if (n == 0 || at + n > kMaxKeyBytes) return bad("key offset out of range");
           break;
         }
+        case kAggDelete:
+          if (!map_ok(0, imm) || out.maps[imm].tomb_offset == 0)
+            return bad("not an aggregation map with tombstones");
+          if (in.b != kNoReg && out.maps[imm].key_size != 8) return bad("a key in a register");
+          break;
         case kAgg:
           if (!map_ok(0, imm)) return bad("not an aggregation map");
           if (in.b != kNoReg && out.maps[imm].key_size != 8) return bad("a key in a register");
@@ -271,7 +283,8 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       in.imm = usprobe_reg_index(in.op == kArg ? kArgRegs[in.imm] : USPROBE_RAX);
       in.op = kReg;
     }
-    if (in.op == kAgg && in.b != kNoReg && out.maps[in.imm].kind == kMapCount) in.op = kAggCountWord;
+    if (in.op == kAgg && in.b != kNoReg && out.maps[in.imm].kind == kMapCount)
+      in.op = kAggCountWord;
     if (in.op == kAgg && in.b == kNoReg && out.maps[in.imm].key_size == 0) in.op = kAggKeyless;
     if (in.op == kBuiltin) {
       switch (in.imm) {
@@ -296,7 +309,8 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
     }
   }
   // Ready to run: each instruction with its operation's code address.
-  auto *threaded = static_cast<ThreadedInsn *>(std::calloc(ph.insn_count + 1, sizeof(ThreadedInsn)));
+  auto *threaded =
+      static_cast<ThreadedInsn *>(std::calloc(ph.insn_count + 1, sizeof(ThreadedInsn)));
   if (!threaded) return "out of memory";
   const void *const *operations = bt_operations();
   for (uint32_t k = 0; k < ph.insn_count; ++k) {

@@ -67,6 +67,105 @@ inline std::atomic<uint64_t> *words(char *p) { return reinterpret_cast<std::atom
 inline void owned_set(std::atomic<uint64_t> &w, uint64_t v) { w.store(v, std::memory_order_relaxed); }
 inline uint64_t owned_get(std::atomic<uint64_t> &w) { return w.load(std::memory_order_relaxed); }
 
+// This thread's last plain-map entry found, per map (modulo kCachedMaps): an entry keeps its key
+// for good (SharedEntryHeader), so a cached one whose key still equals the one looked up is the
+// entry, with no hash and no probing (`@start[tid]` is looked up three or four times a call). The
+// session number invalidates entries of an earlier session's region (attach mode).
+constexpr uint32_t kCachedMaps = 4;
+struct CachedEntry {
+  char *entry;
+  uint32_t map;
+  uint32_t session;
+};
+constinit thread_local CachedEntry t_cached[kCachedMaps] __attribute__((tls_model("initial-exec"))) =
+    {};
+
+// A table of the shared area: a plain map's (table id: the map's index) or an aggregation's
+// tombstones (map_count + the map's index); both are SharedEntryHeader tables.
+struct SharedTable {
+  char *base;
+  uint32_t key_size, entry_size, max_entries;
+};
+inline SharedTable table_of(uint32_t id) {
+  const uint32_t n = g_bt.head.map_count;
+  if (id < n) {
+    const MapInfo &m = g_bt.maps[id];
+    return {g_bt.shared + m.table_offset, m.key_size, m.entry_size, m.max_entries};
+  }
+  const MapInfo &m = g_bt.maps[id - n];
+  return {g_bt.shared + m.tomb_offset, m.key_size, shared_entry_size(m.key_size), m.max_entries};
+}
+
+char *shared_find_slow(uint32_t map_index, const char *key, bool claim);
+
+// A plain map's entry for `key` (protocol/bt.h, SharedEntryHeader), or nullptr; map_index is a
+// table id (table_of). With `claim`, a key not there yet gets an entry (state kSharedAbsent until
+// the caller stores). kWordKey: the key is the 8 bytes of `key_word` (held in a register), else
+// the map's key_size bytes at `key`.
+template <bool kWordKey>
+inline char *shared_find(uint32_t map_index, const char *key, uint64_t key_word, bool claim) {
+  CachedEntry &c = t_cached[map_index % kCachedMaps];
+  if (c.entry && c.map == map_index && c.session == g_region.session) {
+    const char *cached_key = c.entry + sizeof(SharedEntryHeader);
+    if constexpr (kWordKey) {
+      uint64_t w;
+      __builtin_memcpy(&w, cached_key, 8);
+      if (w == key_word) return c.entry;
+    } else if (same_key(cached_key, key, table_of(map_index).key_size)) {
+      return c.entry;
+    }
+  }
+  char word[8];
+  if constexpr (kWordKey) {
+    __builtin_memcpy(word, &key_word, 8);
+    key = word;
+  }
+  char *e = shared_find_slow(map_index, key, claim);
+  if (e) c = {e, map_index, g_region.session};
+  return e;
+}
+// The plain map's entry for an instruction's key (kLoad..kHas: in register b, or the key area).
+inline char *shared_find_for(uint32_t map_index, uint8_t key_reg, const uint64_t *r,
+                             const char *scratch, bool claim) {
+  return key_reg != kNoReg ? shared_find<true>(map_index, nullptr, r[key_reg], claim)
+                           : shared_find<false>(map_index, scratch, 0, claim);
+}
+
+char *shared_find_slow(uint32_t map_index, const char *key, bool claim) {
+  const SharedTable m = table_of(map_index);
+  char *table = m.base;
+  const uint32_t mask = m.max_entries - 1;
+  const uint32_t hash = hash_key(key, m.key_size);
+  for (uint32_t i = 0, b = hash & mask; i <= mask; ++i, b = (b + 1) & mask) {
+    char *e = table + uint64_t{b} * m.entry_size;
+    auto *h = reinterpret_cast<SharedEntryHeader *>(e);
+    // Acquire pairs with the claimer's release store of kSharedAbsent/kSharedLive: its hash and
+    // key are written.
+    uint32_t state = h->state.load(std::memory_order_acquire);
+    if (state == kSharedEmpty) {
+      if (!claim) return nullptr;
+      if (h->state.compare_exchange_strong(state, kSharedClaiming, std::memory_order_acquire)) {
+        h->hash = hash;
+        copy_words(e + sizeof(SharedEntryHeader), key, m.key_size);
+        h->value.store(0, std::memory_order_relaxed);
+        h->state.store(kSharedAbsent, std::memory_order_release);
+        return e;
+      }
+      // Another thread claimed it a moment ago: look at what it wrote.
+    }
+    // A claim in progress takes a few stores; wait that long, and no longer (a claimer stopped
+    // for good, killed by a signal, must not stall every other thread).
+    for (int spin = 0; state == kSharedClaiming && spin < 1000; ++spin) {
+      __builtin_ia32_pause();
+      state = h->state.load(std::memory_order_acquire);
+    }
+    if (state == kSharedClaiming) continue;
+    if (h->hash == hash && same_key(e + sizeof(SharedEntryHeader), key, m.key_size)) return e;
+  }
+  if (claim) shared_head()->dropped.fetch_add(1, std::memory_order_relaxed);
+  return nullptr;
+}
+
 // An aggregation's update of this thread's table (protocol/bt.h, "Tables"). kWordKey: the key is
 // the 8 bytes of `key_word` (an 8-byte key held in a register), else the map's key_size bytes at
 // `key`; kKeyless: the map has no key (`@h = hist(x)`), so its one entry is the table's first.
@@ -115,6 +214,7 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
     h->hash = hash;
     h->bucket = b;
     h->generation.store(gen, std::memory_order_relaxed);
+    h->deleted_seen.store(0, std::memory_order_relaxed);
     if constexpr (kWordKey)
       __builtin_memcpy(e + sizeof(AggEntryHeader), &key_word, 8);
     else
@@ -132,6 +232,21 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
     // Cleared since: start again from nothing.
     for (uint32_t w = 0; w < m.value_words; ++w) owned_set(value[w], 0);
     h->generation.store(gen, std::memory_order_relaxed);
+  }
+  if (__builtin_expect(m.tombs, 0)) {
+    // Deleted since (protocol/bt.h, "delete()"): start again from nothing.
+    const char *tomb = shared_find<false>(g_bt.head.map_count + map_index,
+                                          e + sizeof(AggEntryHeader), 0, false);
+    if (tomb) {
+      const auto *th = reinterpret_cast<const SharedEntryHeader *>(tomb);
+      if (th->state.load(std::memory_order_acquire) == kSharedLive) {
+        const auto stamp = static_cast<uint32_t>(th->value.load(std::memory_order_relaxed));
+        if (stamp != h->deleted_seen.load(std::memory_order_relaxed)) {
+          for (uint32_t w = 0; w < m.value_words; ++w) owned_set(value[w], 0);
+          h->deleted_seen.store(stamp, std::memory_order_relaxed);
+        }
+      }
+    }
   }
   const auto sv = static_cast<int64_t>(v);
   // kKind: the map's kind known where the operation was chosen (kMapKindCount: read it here).
@@ -174,88 +289,6 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
     default:
       break;
   }
-}
-
-// This thread's last plain-map entry found, per map (modulo kCachedMaps): an entry keeps its key
-// for good (SharedEntryHeader), so a cached one whose key still equals the one looked up is the
-// entry, with no hash and no probing (`@start[tid]` is looked up three or four times a call). The
-// session number invalidates entries of an earlier session's region (attach mode).
-constexpr uint32_t kCachedMaps = 4;
-struct CachedEntry {
-  char *entry;
-  uint32_t map;
-  uint32_t session;
-};
-constinit thread_local CachedEntry t_cached[kCachedMaps] __attribute__((tls_model("initial-exec"))) =
-    {};
-
-char *shared_find_slow(uint32_t map_index, const char *key, bool claim);
-
-// A plain map's entry for `key` (protocol/bt.h, SharedEntryHeader), or nullptr. With `claim`, a
-// key not there yet gets an entry (state kSharedAbsent until the caller stores). kWordKey: the key
-// is the 8 bytes of `key_word` (held in a register), else the map's key_size bytes at `key`.
-template <bool kWordKey>
-inline char *shared_find(uint32_t map_index, const char *key, uint64_t key_word, bool claim) {
-  CachedEntry &c = t_cached[map_index % kCachedMaps];
-  if (c.entry && c.map == map_index && c.session == g_region.session) {
-    const char *cached_key = c.entry + sizeof(SharedEntryHeader);
-    if constexpr (kWordKey) {
-      uint64_t w;
-      __builtin_memcpy(&w, cached_key, 8);
-      if (w == key_word) return c.entry;
-    } else if (same_key(cached_key, key, g_bt.maps[map_index].key_size)) {
-      return c.entry;
-    }
-  }
-  char word[8];
-  if constexpr (kWordKey) {
-    __builtin_memcpy(word, &key_word, 8);
-    key = word;
-  }
-  char *e = shared_find_slow(map_index, key, claim);
-  if (e) c = {e, map_index, g_region.session};
-  return e;
-}
-// The plain map's entry for an instruction's key (kLoad..kHas: in register b, or the key area).
-inline char *shared_find_for(uint32_t map_index, uint8_t key_reg, const uint64_t *r,
-                             const char *scratch, bool claim) {
-  return key_reg != kNoReg ? shared_find<true>(map_index, nullptr, r[key_reg], claim)
-                           : shared_find<false>(map_index, scratch, 0, claim);
-}
-
-char *shared_find_slow(uint32_t map_index, const char *key, bool claim) {
-  const MapInfo &m = g_bt.maps[map_index];
-  char *table = g_bt.shared + m.table_offset;
-  const uint32_t mask = m.max_entries - 1;
-  const uint32_t hash = hash_key(key, m.key_size);
-  for (uint32_t i = 0, b = hash & mask; i <= mask; ++i, b = (b + 1) & mask) {
-    char *e = table + uint64_t{b} * m.entry_size;
-    auto *h = reinterpret_cast<SharedEntryHeader *>(e);
-    // Acquire pairs with the claimer's release store of kSharedAbsent/kSharedLive: its hash and
-    // key are written.
-    uint32_t state = h->state.load(std::memory_order_acquire);
-    if (state == kSharedEmpty) {
-      if (!claim) return nullptr;
-      if (h->state.compare_exchange_strong(state, kSharedClaiming, std::memory_order_acquire)) {
-        h->hash = hash;
-        copy_words(e + sizeof(SharedEntryHeader), key, m.key_size);
-        h->value.store(0, std::memory_order_relaxed);
-        h->state.store(kSharedAbsent, std::memory_order_release);
-        return e;
-      }
-      // Another thread claimed it a moment ago: look at what it wrote.
-    }
-    // A claim in progress takes a few stores; wait that long, and no longer (a claimer stopped
-    // for good, killed by a signal, must not stall every other thread).
-    for (int spin = 0; state == kSharedClaiming && spin < 1000; ++spin) {
-      __builtin_ia32_pause();
-      state = h->state.load(std::memory_order_acquire);
-    }
-    if (state == kSharedClaiming) continue;
-    if (h->hash == hash && same_key(e + sizeof(SharedEntryHeader), key, m.key_size)) return e;
-  }
-  if (claim) shared_head()->dropped.fetch_add(1, std::memory_order_relaxed);
-  return nullptr;
 }
 
 // A string value: an offset into scratch, or past it into the pool (protocol/bt.h). Returns where
@@ -615,6 +648,21 @@ op_usym: {
          uint64_t{g_region.image} << 32;
   w[1] = A;
   D = static_cast<uint64_t>(in->imm);
+  NEXT();
+}
+op_agg_delete: {
+  // A new stamp, then the key's tombstone carries it: every thread's entry of the key that has not
+  // seen it counts as deleted.
+  const auto map = static_cast<uint32_t>(in->imm);
+  const uint32_t stamp = shared_head()->delete_clock.fetch_add(1, std::memory_order_relaxed) + 1;
+  const uint32_t tombs = g_bt.head.map_count + map;
+  char *e = in->b != kNoReg ? shared_find<true>(tombs, nullptr, B, true)
+                            : shared_find<false>(tombs, scratch, 0, true);
+  if (e) {
+    auto *t = reinterpret_cast<SharedEntryHeader *>(e);
+    t->value.store(stamp, std::memory_order_relaxed);
+    t->state.store(kSharedLive, std::memory_order_release);
+  }
   NEXT();
 }
 op_buf: {

@@ -22,7 +22,9 @@ struct AggTable {
   uint32_t entry_size;
   uint32_t key_size;
   uint32_t value_words;
-  uint32_t kind;  // MapKind
+  uint32_t kind;   // MapKind
+  uint32_t tombs;  // nonzero: a probe deletes its entries (MapInfo::tomb_offset)
+  uint32_t reserved;
 };
 
 // An instruction as bt_handler runs it: the checked Insn with the address of its operation's code
@@ -40,7 +42,7 @@ struct BtProgram {
   bt::ProgramHeader head;
   const bt::ProbeCode *probes = nullptr;
   const bt::Insn *insns = nullptr;
-  const ThreadedInsn *threaded = nullptr;  // [insn_count]: insns, ready to run
+  const ThreadedInsn *threaded = nullptr;       // [insn_count]: insns, ready to run
   const ThreadedInsn *const *starts = nullptr;  // [probe_count]: each probe's first
   const uint64_t *constants = nullptr;
   const char *pool = nullptr;

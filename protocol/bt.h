@@ -34,6 +34,13 @@
 // clear(@m) in the CLI (END, interval) bumps the map's generation (ProgramHeader's shared area,
 // GenerationWords); an entry stamped with an older generation counts as empty: the owner resets its
 // value before updating it, and the CLI leaves it out when it merges.
+//
+// delete(@m[k]) of an aggregation in a probe takes a stamp from the shared delete clock
+// (SharedHead::delete_clock) and writes it as k's tombstone (MapInfo::tomb_offset). Every entry
+// remembers the newest tombstone of its key that it has seen (AggEntryHeader::deleted_seen): an
+// owner that finds a newer one resets the value before updating it, and the CLI leaves out an
+// entry (or a folded value) that has not seen its key's tombstone. So a delete takes the key's
+// values out of every thread's table at once, as bpftrace's delete of a per-CPU map's key does.
 #pragma once
 
 #include <atomic>
@@ -65,7 +72,7 @@ inline constexpr uint32_t kMaxBufBytes = 64;  // buf(p, n): bpftrace's limit
   BIN(jf_gt_s) BIN(jf_ge_s) BIN(jf_gt_u) BIN(jf_ge_u) PLAIN(add_imm) PLAIN(neg) PLAIN(not) PLAIN(lnot) PLAIN(ext) PLAIN(str_eq) \
   PLAIN(jmp) PLAIN(jz) PLAIN(jnz) PLAIN(key_int) PLAIN(key_str) PLAIN(agg) PLAIN(load)          \
   PLAIN(store) PLAIN(delete) PLAIN(has) PLAIN(printf) PLAIN(exit) PLAIN(ustack) PLAIN(key_bytes) \
-  PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(buf) PLAIN(reg) PLAIN(tid) PLAIN(pid) PLAIN(nsecs)   \
+  PLAIN(load_str) PLAIN(store_str) PLAIN(usym) PLAIN(buf) PLAIN(agg_delete) PLAIN(reg) PLAIN(tid) PLAIN(pid) PLAIN(nsecs)   \
   PLAIN(elapsed) PLAIN(probe_index) PLAIN(agg_count_word) PLAIN(agg_keyless)
 
 enum Op : uint8_t {
@@ -118,6 +125,7 @@ enum Op : uint8_t {
                 // then the address (the CLI names it with that image's mappings); kProgramMaps
   kBuf,         // dst = scratch offset imm & 0xffff: imm >> 16 bytes (at most kMaxBufBytes) copied
                 // there from address a, zero-padded to a word; all zero when a is not readable
+  kAggDelete,   // delete maps[imm] (an aggregation with tombstones) at key (b as for kLoad)
   // From here on, operations that only the agent's loader writes (never in a program from the CLI).
   kReg,         // dst = the hit's saved register word imm (usprobe_hit_regs): the agent's loader
                 // writes it for kArg and kRetval; a program from the CLI never has it
@@ -182,8 +190,12 @@ struct MapInfo {
   uint32_t is_signed;    // values are signed (sum min max avg stats, plain)
   uint64_t table_offset;  // aggregation: within a slot's table area; plain: within the region
   int64_t lhist_min, lhist_max, lhist_step;
+  // An aggregation whose entries a probe deletes (kAggDelete): its tombstones, a table of the
+  // shared area laid out as a plain map's (same key, max_entries entries), each entry's value the
+  // delete clock's stamp when the key was last deleted; 0: none. See "delete()" below.
+  uint64_t tomb_offset;
 };
-static_assert(sizeof(MapInfo) == 56);
+static_assert(sizeof(MapInfo) == 64);
 
 inline constexpr uint32_t kHistBuckets = 66;  // bt/value.h's Hist
 
@@ -233,7 +245,8 @@ struct AggEntryHeader {
   // The map's generation when the value was last reset (see clear() above); owner writes, CLI
   // reads (relaxed).
   std::atomic<uint32_t> generation;
-  uint32_t reserved;
+  // The newest tombstone stamp of this key the owner has seen (see delete() above); same rules.
+  std::atomic<uint32_t> deleted_seen;
 };
 static_assert(sizeof(AggEntryHeader) == 16);
 
@@ -322,7 +335,7 @@ struct SharedHead {
   // cpid: the first process whose agent loaded the program (compare-and-swap from 0, outside the
   // hit path): a launched command's own process, which starts before any it creates. 0 with -p.
   std::atomic<int32_t> cpid;
-  uint32_t reserved;
+  std::atomic<uint32_t> delete_clock;  // the last stamp given to a tombstone (kAggDelete)
   std::atomic<uint32_t> generation[1];  // [map_count]
 };
 inline uint64_t shared_head_bytes(uint32_t map_count) {

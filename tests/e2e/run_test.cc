@@ -271,6 +271,43 @@ TEST(CliRun, PrintAndClearInAProbeInTheirOrder) {
             "@early: 0\n");
 }
 
+// delete() of an aggregation's entry in a probe: what the key counted before is gone, what it
+// counts after is there. A hist's whole entry goes (bpftrace 0.17 deletes only the bucket of the
+// last value it bucketed: CliRunOracle leaves hist out).
+TEST(CliRun, DeleteOfAnAggregationsEntryInAProbe) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_work { @c[arg0 % 2] = count(); @all = count(); "
+                  "@k[arg0 % 3] = hist(arg0); "
+                  "if (arg0 == 60) { delete(@c[0]); delete(@all); delete(@k[2]); } }",
+                  "--", e2e::target(), "calls", "100"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  // Calls 61..99 after the delete: 19 of them even (62..98), and 39 in all.
+  EXPECT_NE(r.out.find("\n@all: 39\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\n@c[0]: 19\n@c[1]: 50\n"), std::string::npos) << r.out;
+  // Key 2 after the delete: 62 alone below 64, then 65, 68, ..., 98.
+  EXPECT_NE(
+      r.out.find(
+          "\n@k[2]: \n"
+          "[32, 64)               1 |@@@@                                                |\n"
+          "[64, 128)             12 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"),
+      std::string::npos)
+      << r.out;
+}
+
+// A delete takes the key's values out of every thread's table at once (a tombstone that each
+// thread's entry checks), as bpftrace's delete of a per-CPU map's key does on every CPU. Four
+// threads each delete @c[1] at their last call: whichever deletes last does so after every call of
+// every thread, so nothing of @c is left, though each thread counted into its own table.
+TEST(CliRun, DeleteInOneThreadEmptiesEveryThreadsEntry) {
+  Output r = run({e2e::cli(), "run", "-e",
+                  "uprobe:exe:e2e_work { @c[1] = count(); @n = count(); "
+                  "if (arg0 == 1999) { delete(@c[1]); } }",
+                  "--", e2e::target(), "threads", "4", "2000"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find("\n@n: 8000\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("@c["), std::string::npos) << r.out;
+}
+
 // A program with an error: bpftrace's message, place and underline; exit 2 and nothing started.
 TEST(CliRun, ErrorsAsACompilerGivesThemAndNothingStarts) {
   e2e::TempDir dir;

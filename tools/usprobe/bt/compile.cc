@@ -349,12 +349,14 @@ class BlockCompiler {
       case Func::kDelete: {
         const Expr &m = *e.args[0];
         const MapInfo &info = program_.maps.at(static_cast<size_t>(m.index));
-        if (info.kind != ValueKind::kScalar)
-          return Fail(Diagnostic{e.loc, fmt::format("delete() of an entry of {} ({} map) in a "
-                                                    "probe: not yet (each thread keeps its own)",
-                                                    info.name, aggregation_name(info.kind))});
         auto k = map_key(m, top_);
         if (!k) return Fail(k.error());
+        if (info.kind != ValueKind::kScalar) {
+          // Out of every thread's table at once: a tombstone (protocol/bt.h, "delete()").
+          out_.maps.at(static_cast<size_t>(m.index)).deleted_in_probe = true;
+          emit(ab::kAggDelete, 0, 0, *k, m.index);
+          return {};
+        }
         emit(ab::kDelete, 0, 0, *k, m.index);
         return {};
       }

@@ -78,6 +78,10 @@ Laid lay_out(const Compiled &c, const std::vector<uint32_t> &block_of_probe, uin
       m.entry_size = sizeof(ab::AggEntryHeader) + m.key_size + m.value_size;
       m.table_offset = laid.tables_bytes;
       laid.tables_bytes = align(m.table_offset + ab::table_bytes(m), 64);
+      if (d.deleted_in_probe) {
+        m.tomb_offset = align(shared, 64);
+        shared = m.tomb_offset + uint64_t{ab::shared_entry_size(m.key_size)} * m.max_entries;
+      }
     }
     laid.maps.push_back(m);
   }
@@ -261,7 +265,23 @@ void MapReader::merge_words(const MapDef &m, const uint64_t *from, Words &into) 
   }
 }
 
-void MapReader::merge_table(uint32_t map, const char *tables, Acc &into, uint64_t &dropped) const {
+MapReader::Stamps MapReader::tombstones(uint32_t map) const {
+  Stamps tombs;
+  const ab::MapInfo &m = laid_.maps[map];
+  if (m.tomb_offset == 0) return tombs;
+  const uint32_t entry_size = ab::shared_entry_size(m.key_size);
+  for (uint32_t k = 0; k < m.max_entries; ++k) {
+    const char *e = shared_ + m.tomb_offset + uint64_t{k} * entry_size;
+    const auto *h = reinterpret_cast<const ab::SharedEntryHeader *>(e);
+    if (h->state.load(std::memory_order_acquire) != ab::kSharedLive) continue;
+    tombs[std::string(e + sizeof(ab::SharedEntryHeader), m.key_size)] =
+        static_cast<uint32_t>(h->value.load(std::memory_order_relaxed));
+  }
+  return tombs;
+}
+
+void MapReader::merge_table(uint32_t map, const char *tables, const Stamps &tombs, Acc &into,
+                            uint64_t &dropped, Stamps *seen) const {
   const ab::MapInfo &m = laid_.maps[map];
   const MapDef &d = compiled_.maps[map];
   const uint32_t generation = generation_of(map);
@@ -278,10 +298,18 @@ void MapReader::merge_table(uint32_t map, const char *tables, Acc &into, uint64_
     const auto *h = reinterpret_cast<const ab::AggEntryHeader *>(e);
     // An entry of an older generation was cleared since (and not updated after).
     if (h->generation.load(std::memory_order_relaxed) != generation) continue;
+    std::string key(e + sizeof(ab::AggEntryHeader), m.key_size);
+    // One whose key was deleted since (a tombstone it has not seen) counts as empty too.
+    const uint32_t saw = h->deleted_seen.load(std::memory_order_relaxed);
+    if (auto tomb = tombs.find(key); tomb != tombs.end() && saw < tomb->second) continue;
     const auto *words = reinterpret_cast<const std::atomic<uint64_t> *>(
         e + sizeof(ab::AggEntryHeader) + m.key_size);
     for (uint32_t w = 0; w < value_words; ++w) value[w] = words[w].load(std::memory_order_relaxed);
-    Words &acc = into[std::string(e + sizeof(ab::AggEntryHeader), m.key_size)];
+    if (seen) {
+      uint32_t &s = (*seen)[key];
+      s = std::max(s, saw);
+    }
+    Words &acc = into[std::move(key)];
     if (acc.empty()) acc.assign(value_words, 0);
     merge_words(d, value.data(), acc);
   }
@@ -296,7 +324,14 @@ void MapReader::fold(char *tables) {
   for (uint32_t i = 0; i < laid_.maps.size(); ++i) {
     const ab::MapInfo &m = laid_.maps[i];
     if (ab::is_shared(m.kind)) continue;
-    merge_table(i, tables, folded_[i], folded_dropped_);
+    const Stamps tombs = tombstones(i);
+    // Folded values of a key deleted since go first.
+    for (const auto &[key, stamp] : tombs)
+      if (auto s = folded_seen_[i].find(key); s != folded_seen_[i].end() && s->second < stamp) {
+        folded_[i].erase(key);
+        folded_seen_[i].erase(s);
+      }
+    merge_table(i, tables, tombs, folded_[i], folded_dropped_, &folded_seen_[i]);
     // Empty it for the slot's next owner: the index buckets of the used entries, then the counts.
     char *base = tables + m.table_offset;
     auto *t = reinterpret_cast<ab::TableHeader *>(base);
@@ -329,14 +364,24 @@ void MapReader::clear(uint32_t map) {
   }
   (&head->generation[0])[map].fetch_add(1, std::memory_order_relaxed);
   folded_[map].clear();
+  folded_seen_[map].clear();
 }
 
 std::vector<Map> MapReader::read(const LiveTables &live, uint64_t *dropped) const {
   std::vector<Acc> acc = folded_;
   uint64_t lost = folded_dropped_;
+  std::vector<Stamps> tombs(laid_.maps.size());
+  for (uint32_t i = 0; i < laid_.maps.size(); ++i) {
+    if (ab::is_shared(laid_.maps[i].kind)) continue;
+    tombs[i] = tombstones(i);
+    // Folded values of a key deleted since they were folded are gone.
+    for (const auto &[key, stamp] : tombs[i])
+      if (auto s = folded_seen_[i].find(key); s != folded_seen_[i].end() && s->second < stamp)
+        acc[i].erase(key);
+  }
   live([&](const char *tables) {
     for (uint32_t i = 0; i < laid_.maps.size(); ++i)
-      if (!ab::is_shared(laid_.maps[i].kind)) merge_table(i, tables, acc[i], lost);
+      if (!ab::is_shared(laid_.maps[i].kind)) merge_table(i, tables, tombs[i], acc[i], lost);
   });
   std::vector<Map> maps;
   for (uint32_t i = 0; i < laid_.maps.size(); ++i) {

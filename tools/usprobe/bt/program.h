@@ -60,8 +60,9 @@ struct MapDef {
   bool is_signed = true;  // of the values (plain, sum min max avg stats)
   std::vector<KeyPart> key;
   int64_t lhist_min = 0, lhist_max = 0, lhist_step = 1;
-  uint32_t max_entries = 4096;  // bpftrace's default map size
-  uint32_t string_value = 0;    // a plain map of strings: their bytes (a multiple of 8)
+  uint32_t max_entries = 4096;    // bpftrace's default map size
+  uint32_t string_value = 0;      // a plain map of strings: their bytes (a multiple of 8)
+  bool deleted_in_probe = false;  // an aggregation a probe deletes entries of: it has tombstones
   uint32_t key_bytes() const;
 };
 
@@ -126,7 +127,8 @@ class MapReader {
         laid_(laid),
         shared_(shared),
         names_(std::move(names)),
-        folded_(c.maps.size()) {}
+        folded_(c.maps.size()),
+        folded_seen_(c.maps.size()) {}
   // Takes (and then empties) a freed slot's tables.
   void fold(char *tables);
   // Every map now, in the program's order: folded values, plus those of the live slots' tables
@@ -140,8 +142,13 @@ class MapReader {
 
  private:
   using Words = std::vector<uint64_t>;
-  using Acc = std::map<std::string, Words>;  // by key bytes
-  void merge_table(uint32_t map, const char *tables, Acc &into, uint64_t &dropped) const;
+  using Acc = std::map<std::string, Words>;        // by key bytes
+  using Stamps = std::map<std::string, uint32_t>;  // by key bytes: tombstones (protocol/bt.h)
+  // Merges a slot's table of `map` into `into`, leaving out the entries its tombstones deleted;
+  // `seen`: the newest tombstone each merged key had seen, kept where given.
+  void merge_table(uint32_t map, const char *tables, const Stamps &tombs, Acc &into,
+                   uint64_t &dropped, Stamps *seen = nullptr) const;
+  Stamps tombstones(uint32_t map) const;
   void merge_words(const MapDef &m, const uint64_t *from, Words &into) const;
   uint32_t generation_of(uint32_t map) const;
 
@@ -150,6 +157,7 @@ class MapReader {
   char *shared_;
   ProbeNames names_;
   std::vector<Acc> folded_;
+  std::vector<Stamps> folded_seen_;  // by map: the newest tombstone each folded key had seen
   uint64_t folded_dropped_ = 0;
 };
 
