@@ -28,6 +28,22 @@ bool has_slot(const ConsumerArray *a, uint32_t slot) {
   return false;
 }
 
+// Runs fn() as this thread's handler section (the thread is outside any handler): the recursion
+// guard set, which a signal handler on this thread sees, and an RCU read section held. Returns what
+// fn returns.
+template <typename F>
+inline auto handler_section(ThreadRecord *rec, F &&fn) {
+  rec->depth.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  const auto result = [&] {
+    rcu::ReadGuard guard(rec);
+    return fn();
+  }();
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->depth.store(0, std::memory_order_relaxed);
+  return result;
+}
+
 // An instance whose call will never come back (longjmp left its frame, or the stack lost it):
 // its return probes count a miss, for the consumers still attached.
 void drop(uint64_t *counters, const ReturnInstance &inst) {
@@ -215,29 +231,21 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
         bump(counters[kCounterWords * a->entries[i].slot + kMissed]);
     return kDispatchDone;
   }
-  int result = kDispatchDone;
-  rec->depth.store(1, std::memory_order_relaxed);
-  std::atomic_signal_fence(std::memory_order_seq_cst);  // a signal handler on this thread sees it
-  {
-    rcu::ReadGuard guard(rec);
+  return handler_section(rec, [&] {
     // Acquire pairs with the release store that published the array (registry's publish()).
-    if (const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire)) {
-      if (a->wants_vector_state && !vector_saved) {
-        result = kDispatchNeedsVectorSave;  // nothing counted yet: the retry counts
-      } else {
-        for (uint32_t i = 0; i < a->count; ++i)
-          bump(counters[kCounterWords * a->entries[i].slot + kHits]);
-        ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
-        if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
-        if (inst && finish_return(rec, inst, regs, probe, a->has_callbacks,
-                                  a->has_return_callbacks ? landing : landing_counted))
-          result = a->has_return_callbacks ? kDispatchReturnProbe : kDispatchReturnCounted;
-      }
-    }
-  }
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->depth.store(0, std::memory_order_relaxed);
-  return result;
+    const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
+    if (!a) return kDispatchDone;
+    if (a->wants_vector_state && !vector_saved)
+      return kDispatchNeedsVectorSave;  // nothing counted yet: the retry counts
+    for (uint32_t i = 0; i < a->count; ++i)
+      bump(counters[kCounterWords * a->entries[i].slot + kHits]);
+    ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
+    if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
+    if (inst && finish_return(rec, inst, regs, probe, a->has_callbacks,
+                              a->has_return_callbacks ? landing : landing_counted))
+      return a->has_return_callbacks ? kDispatchReturnProbe : kDispatchReturnCounted;
+    return kDispatchDone;
+  });
 }
 
 }  // namespace
@@ -254,31 +262,21 @@ inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t 
                           uint64_t landing_counted) {
   if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
-  int result = kDispatchFull;
-  rec->depth.store(1, std::memory_order_relaxed);
-  std::atomic_signal_fence(std::memory_order_seq_cst);  // a signal handler on this thread sees it
-  {
-    rcu::ReadGuard guard(rec);
+  return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
-    if (!a) {
-      result = kDispatchDone;
-    } else if (!a->has_callbacks && !a->has_return_callbacks &&
-               (!a->has_returns || (rec->return_top < rec->return_depth && !a->return_overflow))) {
-      uint64_t *counters = rec->counters;
-      for (uint32_t i = 0; i < a->count; ++i)
-        bump(counters[kCounterWords * a->entries[i].slot + kHits]);
-      result = kDispatchDone;
-      if (a->has_returns) {
-        ReturnInstance *inst = &rec->returns[rec->return_top];
-        init_sessions(rec, a, inst);
-        push_instance(rec, inst, slot, ip, probe, landing_counted);
-        result = kDispatchReturnCounted;
-      }
-    }
-  }
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->depth.store(0, std::memory_order_relaxed);
-  return result;
+    if (!a) return kDispatchDone;
+    if (a->has_callbacks || a->has_return_callbacks ||
+        (a->has_returns && (rec->return_top >= rec->return_depth || a->return_overflow)))
+      return kDispatchFull;
+    uint64_t *counters = rec->counters;
+    for (uint32_t i = 0; i < a->count; ++i)
+      bump(counters[kCounterWords * a->entries[i].slot + kHits]);
+    if (!a->has_returns) return kDispatchDone;
+    ReturnInstance *inst = &rec->returns[rec->return_top];
+    init_sessions(rec, a, inst);
+    push_instance(rec, inst, slot, ip, probe, landing_counted);
+    return kDispatchReturnCounted;
+  });
 }
 
 // The common case of a return: the newest instance is this return's (its return address lived at
@@ -296,25 +294,19 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
   ReturnInstance &inst = rec->returns[top - 1];
   if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return 0;
-  bool counted = false;
-  rec->depth.store(1, std::memory_order_relaxed);
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  {
-    rcu::ReadGuard guard(rec);
+  const bool counted = handler_section(rec, [&] {
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
-    if (a && a->id == inst.array_id &&
-        (kHandlers ? vectors != nullptr || !a->return_wants_vector_state
-                   : !a->has_return_callbacks)) {
-      for (uint32_t k = 0; k < inst.sessions; ++k)
-        if (!inst.session[k].skip)
-          bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
-      if constexpr (kHandlers)
-        if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, vectors);
-      counted = true;
-    }
-  }
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->depth.store(0, std::memory_order_relaxed);
+    if (!a || a->id != inst.array_id ||
+        !(kHandlers ? vectors != nullptr || !a->return_wants_vector_state
+                    : !a->has_return_callbacks))
+      return false;
+    for (uint32_t k = 0; k < inst.sessions; ++k)
+      if (!inst.session[k].skip)
+        bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
+    if constexpr (kHandlers)
+      if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, vectors);
+    return true;
+  });
   if (!counted) return 0;
   const uint64_t original = inst.return_address;
   std::atomic_signal_fence(std::memory_order_seq_cst);
@@ -329,23 +321,16 @@ inline int entry_callback(ThreadRecord *rec, arch::Regs *regs, const Probe *prob
                           int vector_saved) {
   if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
-  int result = kDispatchFull;
-  rec->depth.store(1, std::memory_order_relaxed);
-  std::atomic_signal_fence(std::memory_order_seq_cst);  // a signal handler on this thread sees it
-  {
-    rcu::ReadGuard guard(rec);
+  return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
-    if (a && a->single_entry_callback && (vector_saved || !a->wants_vector_state)) {
-      const ConsumerEntry &c = a->entries[0];
-      bump(rec->counters[kCounterWords * c.slot + kHits]);
-      usprobe_hit hit{regs, probe};
-      c.on_entry(&hit, c.user);
-      result = kDispatchDone;
-    }
-  }
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->depth.store(0, std::memory_order_relaxed);
-  return result;
+    if (!a || !a->single_entry_callback || (!vector_saved && a->wants_vector_state))
+      return kDispatchFull;
+    const ConsumerEntry &c = a->entries[0];
+    bump(rec->counters[kCounterWords * c.slot + kHits]);
+    usprobe_hit hit{regs, probe};
+    c.on_entry(&hit, c.user);
+    return kDispatchDone;
+  });
 }
 
 // Out of line, so that usprobe_dispatch saves no register for the counters' path (and this one
@@ -402,23 +387,16 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
   ReturnInstance &returning = rec->returns[last];
   const uint64_t original = returning.return_address;
   if (rec->depth.load(std::memory_order_relaxed) == 0) {
-    rec->depth.store(1, std::memory_order_relaxed);
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    bool need_vector = false;
-    {
-      rcu::ReadGuard guard(rec);
-      if (const ConsumerArray *a = returning.probe->consumers.load(std::memory_order_acquire)) {
-        need_vector = !vectors && a->return_wants_vector_state;
-        if (!need_vector) {
-          for (uint32_t k = 0; k < returning.sessions; ++k)
-            if (!returning.session[k].skip && has_slot(a, returning.session[k].slot))
-              bump(rec->counters[kCounterWords * returning.session[k].slot + kReturns]);
-          if (a->has_return_callbacks) run_return_callbacks(a, regs, returning, vectors);
-        }
-      }
-    }
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    rec->depth.store(0, std::memory_order_relaxed);
+    const bool need_vector = handler_section(rec, [&] {
+      const ConsumerArray *a = returning.probe->consumers.load(std::memory_order_acquire);
+      if (!a) return false;
+      if (!vectors && a->return_wants_vector_state) return true;
+      for (uint32_t k = 0; k < returning.sessions; ++k)
+        if (!returning.session[k].skip && has_slot(a, returning.session[k].slot))
+          bump(rec->counters[kCounterWords * returning.session[k].slot + kReturns]);
+      if (a->has_return_callbacks) run_return_callbacks(a, regs, returning, vectors);
+      return false;
+    });
     if (need_vector) return kDispatchNeedsVectorSave;  // nothing done yet: the retry does it
   }
   // Pop it. Newer instances of this stack whose return address lived below this frame were left by
