@@ -492,27 +492,21 @@ BINARY(xor, a ^ b)
 BINARY(shl, b >= 64 ? 0 : a << b)
 BINARY(shr_u, b >= 64 ? 0 : a >> b)
 BINARY(shr_s, static_cast<uint64_t>(static_cast<int64_t>(a) >> (b >= 64 ? 63 : b)))
-BINARY(eq, a == b)
-BINARY(ne, a != b)
-BINARY(lt_s, static_cast<int64_t>(a) < static_cast<int64_t>(b))
-BINARY(le_s, static_cast<int64_t>(a) <= static_cast<int64_t>(b))
-BINARY(lt_u, a < b)
-BINARY(le_u, a <= b)
-BINARY(gt_s, static_cast<int64_t>(a) > static_cast<int64_t>(b))
-BINARY(ge_s, static_cast<int64_t>(a) >= static_cast<int64_t>(b))
-BINARY(gt_u, a > b)
-BINARY(ge_u, a >= b)
+// The comparisons, as values (op_eq) and as fused jumps (op_jf_eq): one list.
+#define COMPARISONS(X)                                              \
+  X(eq, a == b)                                                     \
+  X(ne, a != b)                                                     \
+  X(lt_s, static_cast<int64_t>(a) < static_cast<int64_t>(b))        \
+  X(le_s, static_cast<int64_t>(a) <= static_cast<int64_t>(b))       \
+  X(lt_u, a < b)                                                    \
+  X(le_u, a <= b)                                                   \
+  X(gt_s, static_cast<int64_t>(a) > static_cast<int64_t>(b))        \
+  X(ge_s, static_cast<int64_t>(a) >= static_cast<int64_t>(b))       \
+  X(gt_u, a > b)                                                    \
+  X(ge_u, a >= b)
+COMPARISONS(BINARY)
 
-JUMP_UNLESS(eq, a == b)
-JUMP_UNLESS(ne, a != b)
-JUMP_UNLESS(lt_s, static_cast<int64_t>(a) < static_cast<int64_t>(b))
-JUMP_UNLESS(le_s, static_cast<int64_t>(a) <= static_cast<int64_t>(b))
-JUMP_UNLESS(lt_u, a < b)
-JUMP_UNLESS(le_u, a <= b)
-JUMP_UNLESS(gt_s, static_cast<int64_t>(a) > static_cast<int64_t>(b))
-JUMP_UNLESS(ge_s, static_cast<int64_t>(a) >= static_cast<int64_t>(b))
-JUMP_UNLESS(gt_u, a > b)
-JUMP_UNLESS(ge_u, a >= b)
+COMPARISONS(JUMP_UNLESS)
 
 op_reg: D = regs[in->imm]; NEXT();
 op_tid: D = static_cast<uint64_t>(s->tid.load(std::memory_order_relaxed)); NEXT();
@@ -698,6 +692,7 @@ op_key_bytes: {
 #undef NEXT
 #undef BINARY
 #undef JUMP_UNLESS
+#undef COMPARISONS
 #undef D
 #undef A
 #undef B
