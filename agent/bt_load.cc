@@ -283,9 +283,11 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
       in.imm = usprobe_reg_index(in.op == kArg ? kArgRegs[in.imm] : USPROBE_RAX);
       in.op = kReg;
     }
-    if (in.op == kAgg && in.b != kNoReg && out.maps[in.imm].kind == kMapCount)
-      in.op = kAggCountWord;
-    if (in.op == kAgg && in.b == kNoReg && out.maps[in.imm].key_size == 0) in.op = kAggKeyless;
+    // The specialised updates are for maps without tombstones (no delete in a probe).
+    if (in.op == kAgg && out.maps[in.imm].tomb_offset == 0) {
+      if (in.b != kNoReg && out.maps[in.imm].kind == kMapCount) in.op = kAggCountWord;
+      if (in.b == kNoReg && out.maps[in.imm].key_size == 0) in.op = kAggKeyless;
+    }
     if (in.op == kBuiltin) {
       switch (in.imm) {
         case kTid:

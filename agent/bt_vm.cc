@@ -169,7 +169,9 @@ char *shared_find_slow(uint32_t map_index, const char *key, bool claim) {
 // An aggregation's update of this thread's table (protocol/bt.h, "Tables"). kWordKey: the key is
 // the 8 bytes of `key_word` (an 8-byte key held in a register), else the map's key_size bytes at
 // `key`; kKeyless: the map has no key (`@h = hist(x)`), so its one entry is the table's first.
-template <bool kWordKey, uint32_t kKind = kMapKindCount, bool kKeyless = false>
+// kMayDelete: the map may have tombstones (the specialised operations are for maps without).
+template <bool kWordKey, uint32_t kKind = kMapKindCount, bool kKeyless = false,
+          bool kMayDelete = true>
 inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64_t key_word,
                       uint64_t v) {
   const AggTable &m = g_bt.agg[map_index];
@@ -233,7 +235,7 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
     for (uint32_t w = 0; w < m.value_words; ++w) owned_set(value[w], 0);
     h->generation.store(gen, std::memory_order_relaxed);
   }
-  if (__builtin_expect(m.tombs, 0)) {
+  if (kMayDelete && __builtin_expect(m.tombs, 0)) {
     // Deleted since (protocol/bt.h, "delete()"): start again from nothing.
     const char *tomb = shared_find<false>(g_bt.head.map_count + map_index,
                                           e + sizeof(AggEntryHeader), 0, false);
@@ -563,10 +565,10 @@ op_agg:
     aggregate<false>(s, static_cast<uint32_t>(in->imm), scratch, 0, A);
   NEXT();
 op_agg_keyless:
-  aggregate<false, kMapKindCount, true>(s, static_cast<uint32_t>(in->imm), nullptr, 0, A);
+  aggregate<false, kMapKindCount, true, false>(s, static_cast<uint32_t>(in->imm), nullptr, 0, A);
   NEXT();
 op_agg_count_word:
-  aggregate<true, kMapCount>(s, static_cast<uint32_t>(in->imm), nullptr, B, 0);
+  aggregate<true, kMapCount, false, false>(s, static_cast<uint32_t>(in->imm), nullptr, B, 0);
   NEXT();
 op_load: {
   char *e = shared_find_for(static_cast<uint32_t>(in->imm), in->b, r, scratch, false);
