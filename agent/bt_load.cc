@@ -42,6 +42,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
   // A private copy of everything the hit path reads.
   char *copy = static_cast<char *>(std::malloc(size));
   if (!copy) return "out of memory";
+  out.copy = copy;
   std::memcpy(copy, p, size);
   out.head = ph;
   out.probes = reinterpret_cast<const ProbeCode *>(copy + ph.probes_offset);
@@ -94,6 +95,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
   }
   auto *agg = static_cast<AggTable *>(std::calloc(ph.map_count + 1, sizeof(AggTable)));
   if (!agg) return "out of memory";
+  out.agg = agg;
   for (uint32_t i = 0; i < ph.map_count; ++i) {
     const MapInfo &m = out.maps[i];
     const uint64_t header = h.table_offset + m.table_offset;
@@ -314,6 +316,7 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
   auto *threaded =
       static_cast<ThreadedInsn *>(std::calloc(ph.insn_count + 1, sizeof(ThreadedInsn)));
   if (!threaded) return "out of memory";
+  out.threaded = threaded;
   const void *const *operations = bt_operations();
   for (uint32_t k = 0; k < ph.insn_count; ++k) {
     const Insn &in = insns[k];
@@ -323,12 +326,25 @@ std::string check_program(const char *p, uint64_t size, const Header &h, BtProgr
   auto *starts =
       static_cast<const ThreadedInsn **>(std::calloc(ph.probe_count + 1, sizeof(ThreadedInsn *)));
   if (!starts) return "out of memory";
+  out.starts = starts;
   for (uint32_t pi = 0; pi < ph.probe_count; ++pi) starts[pi] = threaded + out.probes[pi].first;
   out.starts = starts;
   return "";
 }
 
+void free_program(BtProgram &p) {
+  std::free(p.copy);
+  std::free(const_cast<AggTable *>(p.agg));
+  std::free(const_cast<ThreadedInsn *>(p.threaded));
+  std::free(const_cast<const ThreadedInsn **>(p.starts));
+  p = BtProgram{};
+}
+
 }  // namespace
+
+void bt_unload() {
+  free_program(g_bt);
+}
 
 std::string bt_load(Header *h, bool launched) {
   if (h->program_size == 0) return "no program";
@@ -338,7 +354,10 @@ std::string bt_load(Header *h, bool launched) {
   BtProgram p;
   std::string why =
       check_program(reinterpret_cast<const char *>(h) + h->program_offset, h->program_size, *h, p);
-  if (!why.empty()) return "bad program: " + why;
+  if (!why.empty()) {
+    free_program(p);
+    return "bad program: " + why;
+  }
   p.shared = reinterpret_cast<char *>(h) + p.head.shared_offset;
   p.uid = static_cast<int32_t>(getuid());
   p.gid = static_cast<int32_t>(getgid());

@@ -51,14 +51,19 @@ struct BtProgram {
   const bt::PrintfInfo *printfs = nullptr;
   const bt::PrintfArg *printf_args = nullptr;
   char *shared = nullptr;  // the region's shared area
+  char *copy = nullptr;    // the private copy the tables above point into (malloc'd)
   int32_t uid = 0, gid = 0;
 };
 extern BtProgram g_bt;
 
 // Checks the program at header.program_offset against the region and keeps what the hit path
-// needs. Returns "" or why the program was refused (a CLI gone wrong, or a region scribbled on).
-// `launched`: a command usprobe started, whose first process to get here is its cpid.
+// needs. Returns "" or why the program was refused (a CLI gone wrong, or a region scribbled on),
+// having kept nothing. `launched`: a command usprobe started, whose first process to get here is
+// its cpid. A later load replaces the program and keeps the earlier one's memory, which a handler
+// of the earlier session may still be reading.
 std::string bt_load(Header *h, bool launched);
+// Frees the loaded program: for tests, where no handler can be running it.
+void bt_unload();
 
 // The consumer of probe `user` (its index): runs its code. Attached with
 // USPROBE_GENERAL_REGS_ONLY.
