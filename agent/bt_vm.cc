@@ -433,14 +433,14 @@ void bt_handler(usprobe_hit *hit, void *user) {
   }
   NEXT();
 
+op_arg:     // bt_load rewrites an argument and the return value to kReg: never reached
+op_retval:  // (their labels keep the table in enum Op's order)
 op_end:
   return;
 op_mov: D = A; NEXT();
 op_const: D = g_bt.constants[in->imm]; NEXT();
 op_const_small: D = static_cast<uint64_t>(static_cast<int64_t>(in->imm)); NEXT();
-op_arg: D = usprobe_arg(hit, static_cast<unsigned>(in->imm)); NEXT();
 op_usdt_arg: D = usprobe_usdt_arg(hit, static_cast<unsigned>(in->imm)); NEXT();
-op_retval: D = usprobe_retval(hit); NEXT();
 op_builtin:
   switch (in->imm) {
     case kPid: D = static_cast<uint64_t>(s->pid.load(std::memory_order_relaxed)); break;

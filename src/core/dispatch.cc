@@ -303,8 +303,18 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
     for (uint32_t k = 0; k < inst.sessions; ++k)
       if (!inst.session[k].skip)
         bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
-    if constexpr (kHandlers)
-      if (a->has_return_callbacks) run_return_callbacks(a, regs, inst, vectors);
+    if constexpr (kHandlers) {
+      if (a->has_return_callbacks && a->simple_handlers) {
+        // The instance's only session is the return handler's (simple_handlers, the same array).
+        if (!inst.session[0].skip) {
+          const ConsumerEntry &c = a->entries[a->return_handler];
+          usprobe_hit hit{regs, inst.probe, &inst.session[0], &inst, vectors};
+          c.on_return(&hit, c.user);
+        }
+      } else if (a->has_return_callbacks) {
+        run_return_callbacks(a, regs, inst, vectors);
+      }
+    }
     return true;
   });
   if (!counted) return 0;
@@ -314,31 +324,46 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
   return original;
 }
 
-// The common case of a hit with a handler: a thread outside any handler, and one consumer with an
-// entry handler and no return probe (ConsumerArray::single_entry_callback). What dispatch_general
-// would do, without its loops; kDispatchFull, having done nothing, for anything else.
-inline int entry_callback(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
-                          int vector_saved) {
+// The common case of a hit with handlers: a thread outside any handler, consumers with simple
+// handlers (ConsumerArray::simple_handlers: one entry handler at most, one return probe at most),
+// and room on the return stack. What dispatch_general would do, without its loops over sessions;
+// kDispatchFull, having done nothing, for anything else.
+inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
+                          int vector_saved, uint64_t landing, uint64_t landing_counted) {
   if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
-    if (!a || !a->single_entry_callback || (!vector_saved && a->wants_vector_state))
+    if (!a || !a->simple_handlers || (!vector_saved && a->wants_vector_state) ||
+        (a->has_returns && rec->return_top >= rec->return_depth))
       return kDispatchFull;
-    const ConsumerEntry &c = a->entries[0];
-    bump(rec->counters[kCounterWords * c.slot + kHits]);
-    usprobe_hit hit{regs, probe};
-    c.on_entry(&hit, c.user);
-    return kDispatchDone;
+    for (uint32_t i = 0; i < a->count; ++i)
+      bump(rec->counters[kCounterWords * a->entries[i].slot + kHits]);
+    ReturnInstance *inst = nullptr;
+    if (a->has_returns) {
+      inst = &rec->returns[rec->return_top];
+      init_sessions(rec, a, inst);
+    }
+    if (a->entry_handler != ConsumerArray::kNoHandler) {
+      const ConsumerEntry &c = a->entries[a->entry_handler];
+      usprobe_hit hit{regs, probe};
+      if (a->entry_session) hit.session = &inst->session[0];
+      c.on_entry(&hit, c.user);
+      if (a->entry_session && inst->session[0].skip) return kDispatchDone;  // declined the return
+    }
+    if (!inst) return kDispatchDone;
+    push_instance(rec, inst, arch::return_address_slot(*regs), arch::hit_ip(*regs), probe,
+                  a->has_return_callbacks ? landing : landing_counted);
+    return a->has_return_callbacks ? kDispatchReturnProbe : kDispatchReturnCounted;
   });
 }
 
 // Out of line, so that usprobe_dispatch saves no register for the counters' path (and this one
-// only what the callback needs kept).
-__attribute__((noinline)) int callback_path(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
-                                            int vector_saved, uint64_t landing,
+// only what the handlers need kept).
+__attribute__((noinline)) int handlers_path(ThreadRecord *rec, arch::Regs *regs,
+                                            const Probe *probe, int vector_saved, uint64_t landing,
                                             uint64_t landing_counted) {
-  const int r = entry_callback(rec, regs, probe, vector_saved);
+  const int r = entry_handlers(rec, regs, probe, vector_saved, landing, landing_counted);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;
   return dispatch_general(rec, regs, probe, vector_saved, landing, landing_counted);
 }
@@ -353,11 +378,12 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
   ThreadRecord *rec = t_record;
   // A stale hint costs only the general path.
   if (!probe->no_entry_handlers.load(std::memory_order_relaxed))
-    return callback_path(rec, regs, probe, vector_saved, landing, landing_counted);
+    return handlers_path(rec, regs, probe, vector_saved, landing, landing_counted);
   const int r = entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
                                landing_counted);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;
-  return dispatch_general(rec, regs, probe, vector_saved, landing, landing_counted);
+  // Return handlers only (a uretprobe alone), or the general path.
+  return handlers_path(rec, regs, probe, vector_saved, landing, landing_counted);
 }
 
 extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,

@@ -49,9 +49,18 @@ struct ConsumerArray {
   bool has_returns = false;                // some entry is a return probe (count_returns)
   bool has_return_callbacks = false;       // some entry has on_return
   bool return_wants_vector_state = false;  // some on_return may touch vector registers
-  // One consumer, with an entry handler and no return probe: usprobe_dispatch runs it straight
-  // (the case of every `usprobe run` and `trace` probe that is alone at its site).
-  bool single_entry_callback = false;
+  // At most one entry handler, at most one return probe (which alone may have a return handler),
+  // none beyond an instance's sessions: usprobe_dispatch and the common return run the handlers
+  // straight, without the general path's loops (the case of every `usprobe run` and `trace` probe
+  // alone at its site, of a `run` program's uprobe and uretprobe on one function, of `latency`).
+  // entry_handler / return_handler: the index in `entries` of the consumer with on_entry /
+  // on_return, or kNoHandler; entry_session: whether the entry handler's consumer is the return
+  // probe (its hit gets the instance's only session).
+  static constexpr uint32_t kNoHandler = ~0u;
+  bool simple_handlers = false;
+  bool entry_session = false;
+  uint32_t entry_handler = kNoHandler;
+  uint32_t return_handler = kNoHandler;
   ReturnSession return_template[kMaxSessions] = {};
   ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
 

@@ -37,15 +37,29 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
       std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr; });
   a->return_wants_vector_state = std::any_of(
       v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr && e.wants_vector_state; });
-  a->single_entry_callback = v.size() == 1 && v[0].on_entry != nullptr && !v[0].count_returns;
-  for (const ConsumerEntry &e : v) {
+  uint32_t entry_handlers = 0, return_handlers = 0, returns = 0;
+  for (uint32_t i = 0; i < a->count; ++i) {
+    const ConsumerEntry &e = v[i];
+    if (e.on_entry) {
+      ++entry_handlers;
+      a->entry_handler = i;
+      a->entry_session = e.count_returns;
+    }
+    if (e.on_return) {
+      ++return_handlers;
+      a->return_handler = i;
+    }
     if (!e.count_returns) continue;
+    ++returns;
     if (a->return_sessions == kMaxSessions) {
       a->return_overflow = true;
     } else {
       a->return_template[a->return_sessions++] = {e.slot, 0, {}};
     }
   }
+  a->simple_handlers = entry_handlers <= 1 && return_handlers <= 1 && returns <= 1 &&
+                       entry_handlers + return_handlers > 0;
+  if (!a->simple_handlers) a->entry_handler = a->return_handler = kNoHandler;
   static std::atomic<uint64_t> next_id{1};
   a->id = next_id.fetch_add(1, std::memory_order_relaxed);
   std::copy(v.begin(), v.end(), a->entries);

@@ -375,7 +375,13 @@ struct Skipper {
 void skip_even_entry(usprobe_hit *hit, void *user) {
   static_cast<Skipper *>(user)->entries.fetch_add(1);
   const uint64_t x = usprobe_arg(hit, 0);
-  if (uint64_t *s = usprobe_session(hit)) s[0] = x;
+  if (uint64_t *s = usprobe_session(hit)) {
+    // Zero at entry: nothing left over from the previous call's instance.
+    for (int i = 0; i < USPROBE_SESSION_WORDS; ++i)
+      if (s[i] != 0) static_cast<Skipper *>(user)->wrong.fetch_add(1);
+    s[0] = x;
+    s[USPROBE_SESSION_WORDS - 1] = ~x;
+  }
   if (x % 2 == 0) usprobe_session_skip_return(hit);
 }
 void skip_even_return(usprobe_hit *hit, void *user) {
@@ -398,6 +404,20 @@ TEST(ReturnProbes, SkipReturnFromTheEntryHandlerSkipsThatCallsReturnHandler) {
   EXPECT_EQ(k.returns.load(), 500u);
   EXPECT_EQ(k.wrong.load(), 0u);
   EXPECT_EQ(other.returns.load(), 1000u);
+}
+
+// The same consumer alone at its probe: the engine's path for one entry handler and one return
+// probe (ConsumerArray::simple_handlers) skips and zeroes the same way.
+TEST(ReturnProbes, SkipReturnOfTheProbesOnlyConsumer) {
+  Skipper k;
+  const usprobe_consumer c{skip_even_entry, &k, skip_even_return};
+  Link link;
+  ASSERT_ATTACHED(link.attach(loc("ret_int"), &c));
+  for (long x = 0; x < 1000; ++x) ASSERT_EQ(ret_int(x), x * 3 + 1);
+  EXPECT_EQ(k.entries.load(), 1000u);
+  EXPECT_EQ(k.returns.load(), 500u);
+  EXPECT_EQ(k.wrong.load(), 0u);
+  EXPECT_EQ(link.hits(), 1000u);
 }
 
 // A consumer without a return handler has no session.
