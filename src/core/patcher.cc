@@ -33,10 +33,24 @@ struct Piece {
   std::span<const uint8_t> data;
 };
 
+// Copies n bytes without calling libc: memcpy and memmove may be among the functions a batch
+// patches, and a call into one of them while its int3 stands costs a trap (about 5 us; a batch
+// over libc's string functions made tens of thousands). The volatile store keeps the compiler from
+// turning the loop back into a call.
+void copy_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
+  volatile uint8_t *d = dst;
+  for (size_t i = 0; i < n; ++i) d[i] = src[i];
+}
+
 Result<void> write_pieces(std::vector<Piece> pieces) {
   std::sort(pieces.begin(), pieces.end(),
             [](const Piece &a, const Piece &b) { return a.addr < b.addr; });
-  std::vector<uint8_t> run;
+  struct Run {
+    size_t first, last;  // pieces [first, last)
+    uint64_t start, end;
+  };
+  std::vector<Run> runs;
+  size_t longest = 0;
   for (size_t i = 0; i < pieces.size();) {
     size_t j = i + 1;
     uint64_t end = pieces[i].addr + pieces[i].data.size();
@@ -44,13 +58,18 @@ Result<void> write_pieces(std::vector<Piece> pieces) {
       end = pieces[j].addr + pieces[j].data.size();
       ++j;
     }
-    const uint64_t start = pieces[i].addr;
-    run.assign(reinterpret_cast<const uint8_t *>(start), reinterpret_cast<const uint8_t *>(end));
-    for (size_t k = i; k < j; ++k)
-      std::copy(pieces[k].data.begin(), pieces[k].data.end(),
-                run.begin() + (pieces[k].addr - start));
-    if (auto ok = os::write_code(start, run); !ok) return ok;
+    runs.push_back({i, j, pieces[i].addr, end});
+    longest = std::max<size_t>(longest, end - pieces[i].addr);
     i = j;
+  }
+  std::vector<uint8_t> buffer(longest);
+  for (const Run &r : runs) {
+    copy_bytes(buffer.data(), reinterpret_cast<const uint8_t *>(r.start), r.end - r.start);
+    for (size_t k = r.first; k < r.last; ++k)
+      copy_bytes(buffer.data() + (pieces[k].addr - r.start), pieces[k].data.data(),
+                 pieces[k].data.size());
+    if (auto ok = os::write_code(r.start, std::span(buffer).first(r.end - r.start)); !ok)
+      return ok;
   }
   return {};
 }
@@ -110,9 +129,18 @@ enum class StackFinding { kNothing, kSignalFrameIntoWindow, kReturnIntoStaleTram
 //   handler);
 // - a thread running a handler called from a stale trampoline (Site::stale_trampolines) has a
 //   return address into it. A stale word that merely looks like one only makes us wait.
-StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const RoundContext &c) {
+// `maps`: the mappings as read before the batch's int3s went in (parsing them now would call
+// libc functions that may trap); read again only for a stack pointer that none of them holds.
+StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const RoundContext &c,
+                         Result<std::vector<os::Mapping>> maps) {
   constexpr size_t kScan = 64 * 1024;  // a handler's own frames, then its signal frame
-  auto maps = os::read_mappings();
+  auto holds = [&](uint64_t sp) {
+    return maps && std::any_of(maps->begin(), maps->end(), [&](const os::Mapping &m) {
+             return sp >= m.start && sp < m.end;
+           });
+  };
+  if (!std::all_of(stack_pointers.begin(), stack_pointers.end(), holds))
+    maps = os::read_mappings();
   for (uint64_t sp : stack_pointers) {
     size_t len = kScan;
     if (maps)
@@ -164,12 +192,15 @@ Result<void> install(const std::vector<Site *> &sites) {
     entries.push_back({s->addr, s->plan.trampoline, s->file.dev, s->file.ino, s->file_offset});
   site_table::insert(entries);
 
-  if (auto ok = write_traps(sites); !ok) return ok;
-  os::membarrier_sync_core();
-
   std::vector<Site *> jumps;
   for (Site *s : sites)
     if (s->plan.jump) jumps.push_back(s);
+  Result<std::vector<os::Mapping>> maps_before =
+      jumps.empty() ? Result<std::vector<os::Mapping>>() : os::read_mappings();
+
+  if (auto ok = write_traps(sites); !ok) return ok;
+  os::membarrier_sync_core();
+
   if (!jumps.empty()) {
     // No thread can enter a window now (its first byte traps), but one may be stopped inside it.
     RoundContext ctx;
@@ -195,7 +226,7 @@ Result<void> install(const std::vector<Site *> &sites) {
             round->unreached);
         break;
       }
-      StackFinding found = scan_stacks(round->stack_pointers, ctx);
+      StackFinding found = scan_stacks(round->stack_pointers, ctx, maps_before);
       if (found == StackFinding::kSignalFrameIntoWindow) {
         why = "a thread's signal handler interrupted it inside the window and has not returned";
         break;

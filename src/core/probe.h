@@ -68,8 +68,11 @@ struct ConsumerArray {
   static void destroy(const ConsumerArray *a);
 };
 
+struct Probe;
+
 struct Site {
   uint64_t addr = 0;
+  const Probe *owner = nullptr;  // the probe whose plans hold it
   elf::FileId file;  // the probe's location, mapped at `addr` when the site was made
   uint64_t file_offset = 0;
   arch::SitePlan plan;

@@ -262,10 +262,7 @@ const Site *overlapping(uint64_t addr, uint64_t len, const SiteIndex &pending) {
 }
 
 std::string site_owner(const Site *s) {
-  for (auto &[key, p] : probes())
-    for (Site *x : p->sites)
-      if (x == s) return p->name;
-  return fmt::format("{:#x}", s->addr);
+  return s->owner ? s->owner->name : fmt::format("{:#x}", s->addr);
 }
 
 // Make (or reuse) the sites of probe `p` for the current mappings. New sites go to `pending`.
@@ -284,6 +281,7 @@ Result<Site *> plan_for(Probe *p, const elf::ResolvedLocation &loc, uint64_t add
   if (!plan) return std::unexpected(plan.error());
   auto site = std::make_unique<Site>();
   site->addr = addr;
+  site->owner = p;
   site->file = p->file;
   site->file_offset = p->file_offset;
   site->forced_int3 = forced;

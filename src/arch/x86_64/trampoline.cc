@@ -28,6 +28,9 @@
 #include <cpuid.h>
 
 #include <algorithm>
+#include <cstring>
+#include <memory>
+#include <mutex>
 #include <optional>
 
 #include <fmt/format.h>
@@ -525,11 +528,52 @@ void release_trampoline(const SitePlan &plan) {
   if (plan.stub) os::free_code_within(plan.stub, plan.stub_size);
 }
 
+namespace {
+
+// The scan of the function a site is in, decoded once for all the sites of that function that are
+// prepared one after another (a batch of instruction probes in one function, the sites of a
+// function's several probes): the scans of the last few functions are kept, each with a copy of
+// the bytes it decoded, and a request finds its function's scan when the address and the bytes
+// are the same. Without it, every site re-decoded its whole function (1.4 ms a site in
+// __vfscanf_internal's 35 KB).
+std::shared_ptr<const x86::FunctionScan> function_scan(std::span<const uint8_t> code,
+                                                       uint64_t addr) {
+  struct Entry {
+    uint64_t addr;
+    std::vector<uint8_t> bytes;
+    std::shared_ptr<const x86::FunctionScan> scan;
+  };
+  static constexpr size_t kKept = 8;
+  static std::mutex mutex;
+  static std::vector<Entry> *kept = new std::vector<Entry>;  // never destroyed: see registry.cc
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (size_t i = 0; i < kept->size(); ++i) {
+      Entry &e = (*kept)[i];
+      if (e.addr == addr && e.bytes.size() == code.size() &&
+          std::memcmp(e.bytes.data(), code.data(), code.size()) == 0) {
+        std::rotate(kept->begin(), kept->begin() + static_cast<ptrdiff_t>(i),
+                    kept->begin() + static_cast<ptrdiff_t>(i) + 1);  // to the front
+        return kept->front().scan;
+      }
+    }
+  }
+  auto scan = std::make_shared<const x86::FunctionScan>(x86::scan_function(code, addr));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (kept->size() == kKept) kept->pop_back();
+  kept->insert(kept->begin(), Entry{addr, std::vector<uint8_t>(code.begin(), code.end()), scan});
+  return scan;
+}
+
+}  // namespace
+
 Result<SitePlan> prepare_site(const SiteRequest &req) {
   const uint64_t off = req.site - req.function_addr;
-  x86::FunctionScan scan;
+  static const x86::FunctionScan kNoScan;
+  std::shared_ptr<const x86::FunctionScan> scanned;
+  if (req.bounds_known) scanned = function_scan(req.function, req.function_addr);
+  const x86::FunctionScan &scan = scanned ? *scanned : kNoScan;
   if (req.bounds_known) {
-    scan = x86::scan_function(req.function, req.function_addr);
     bool decoded_past = !scan.boundaries.empty() && scan.boundaries.back() >= off;
     if (!scan.is_boundary(static_cast<uint32_t>(off)) && (scan.complete || decoded_past))
       return fail(EINVAL,
@@ -560,10 +604,16 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
-  // The bytes from the site on, then those after the function (padding a window may run into,
-  // bytes a punned jump may borrow).
-  std::vector<uint8_t> code(from_site.begin(), from_site.end());
-  if (req.bounds_known) code.insert(code.end(), req.after.begin(), req.after.end());
+  // The bytes from the site on that a window may cover (a window is whole instructions over 5
+  // bytes, and a punned jump borrows 4 bytes at most after it), then, when the function ends
+  // within them, those after it (padding a window may run into, bytes a punned jump may borrow).
+  // Not the rest of the function: copied at every site, that made a batch quadratic in the size of
+  // a big function.
+  constexpr size_t kCodeReach = 64;
+  std::vector<uint8_t> code(from_site.begin(),
+                            from_site.begin() + std::min(from_site.size(), kCodeReach));
+  if (req.bounds_known && from_site.size() <= kCodeReach)
+    code.insert(code.end(), req.after.begin(), req.after.end());
 
   std::optional<x86::Relocation> rel;
   if (refusal.empty()) {

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "os/linux/proc_maps.h"
+#include "os/linux/raw_syscall.h"
 
 namespace usprobe::os {
 namespace {
@@ -214,27 +216,24 @@ void free_code(uint64_t addr, size_t size) {
   }
 }
 
-Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size) {
-  if (size == 0 || size > 64) return fail(EINVAL, "constrained code block too large");
-  lo = std::max(lo, mmap_min_addr());
-  hi = std::min(hi, kUserTop - size);
-  if (lo >= hi || hi < lo) return fail(ENOMEM, "the range is outside user space");
-  std::lock_guard lock(g_mutex);
-  auto take = [&](uint64_t page, uint64_t a) {
-    auto &used = g_constrained[page];
-    used.emplace_back(a, size);
-    std::sort(used.begin(), used.end());
-    return a;
-  };
-  // Pages already mapped for other blocks first.
-  for (auto it = g_constrained.lower_bound((lo & ~(kPage - 1)));
-       it != g_constrained.end() && it->first < hi; ++it)
-    if (uint64_t a = fit_in_page(it->first, it->second, lo, hi, size)) return take(it->first, a);
-  // Then free pages of the range, found from the mappings. The main stack's growth room (its
-  // rlimit below it) counts as taken: a page there would stop the stack from growing.
+// The address space as alloc_code_within judges it: every mapping, and the main stack's growth
+// room (its rlimit below it: a page there would stop the stack from growing), as [start, end)
+// sorted by start. A batch asks for stubs site after site, so a view read in the last 100 ms is
+// used again: a page it calls free that has been mapped since only makes the MAP_FIXED_NOREPLACE
+// mmap fail and the search go on, and one unmapped since by the program is only not used (our own
+// unmaps, free_code_within, drop the view). Guarded by g_mutex.
+using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+uint64_t g_taken_read_at = 0;  // 0: no view
+Result<const Ranges *> taken_ranges() {
+  static Ranges *taken = new Ranges;  // never destroyed, as the slabs
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t ns = static_cast<uint64_t>(now.tv_sec) * 1000000000u +
+                      static_cast<uint64_t>(now.tv_nsec);
+  if (g_taken_read_at != 0 && ns - g_taken_read_at < 100000000u) return taken;
   auto maps = read_mappings();
   if (!maps) return std::unexpected(maps.error());
-  std::vector<std::pair<uint64_t, uint64_t>> taken;
+  taken->clear();
   for (const auto &m : *maps) {
     uint64_t start = m.start;
     if (m.path == "[stack]") {
@@ -244,9 +243,16 @@ Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size) {
         room = rl.rlim_cur == RLIM_INFINITY ? 1ull << 30 : std::max<uint64_t>(room, rl.rlim_cur);
       start = start > room ? start - room : 0;
     }
-    taken.emplace_back(start & ~(kPage - 1), m.end);
+    taken->emplace_back(start & ~(kPage - 1), m.end);
   }
-  std::sort(taken.begin(), taken.end());
+  std::sort(taken->begin(), taken->end());
+  g_taken_read_at = ns;
+  return taken;
+}
+
+// Maps a page of [lo, hi) that `taken` leaves free and returns the address of a `size`-byte block
+// in it within [lo, hi); 0 when none could be mapped.
+uint64_t map_free_page(const Ranges &taken, uint64_t lo, uint64_t hi, size_t size) {
   auto is_taken = [&](uint64_t page) {
     auto it = std::upper_bound(taken.begin(), taken.end(),
                                std::pair<uint64_t, uint64_t>(page, ~uint64_t{0}));
@@ -272,8 +278,31 @@ Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size) {
       munmap(p, kPage);
       continue;
     }
-    return take(page, a);
+    return a;
   }
+  return 0;
+}
+
+Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size) {
+  if (size == 0 || size > 64) return fail(EINVAL, "constrained code block too large");
+  lo = std::max(lo, mmap_min_addr());
+  hi = std::min(hi, kUserTop - size);
+  if (lo >= hi || hi < lo) return fail(ENOMEM, "the range is outside user space");
+  std::lock_guard lock(g_mutex);
+  auto take = [&](uint64_t page, uint64_t a) {
+    auto &used = g_constrained[page];
+    used.emplace_back(a, size);
+    std::sort(used.begin(), used.end());
+    return a;
+  };
+  // Pages already mapped for other blocks first.
+  for (auto it = g_constrained.lower_bound((lo & ~(kPage - 1)));
+       it != g_constrained.end() && it->first < hi; ++it)
+    if (uint64_t a = fit_in_page(it->first, it->second, lo, hi, size)) return take(it->first, a);
+  // Then free pages of the range, found from the mappings.
+  auto taken = taken_ranges();
+  if (!taken) return std::unexpected(taken.error());
+  if (uint64_t a = map_free_page(**taken, lo, hi, size)) return take(a & ~(kPage - 1), a);
   return fail(ENOMEM, fmt::format("no free address space in [{:#x}, {:#x})", lo, hi));
 }
 
@@ -285,6 +314,7 @@ void free_code_within(uint64_t addr, size_t size) {
   std::erase(it->second, std::pair<uint64_t, size_t>(addr, size));
   if (it->second.empty()) {
     munmap(reinterpret_cast<void *>(it->first), kPage);
+    g_taken_read_at = 0;
     g_constrained.erase(it);
   }
 }
@@ -305,8 +335,11 @@ std::vector<uint8_t> read_memory(uint64_t addr, size_t len) {
 Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes) {
   int fd = mem_fd();
   if (fd < 0) return fail(errno, std::string("/proc/self/mem: ") + strerror(errno));
-  ssize_t n = pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(addr));
-  if (n != static_cast<ssize_t>(bytes.size()))
+  // Not libc's pwrite: it may be among the functions a batch patches (patcher.cc, copy_bytes).
+  long n = raw_syscall6(SYS_pwrite64, fd, reinterpret_cast<long>(bytes.data()),
+                        static_cast<long>(bytes.size()), static_cast<long>(addr));
+  if (n < 0) errno = static_cast<int>(-n);
+  if (n != static_cast<long>(bytes.size()))
     return fail(n < 0 ? errno : EIO,
                 fmt::format("writing {} bytes of code at {:#x}: {}", bytes.size(), addr,
                             n < 0 ? strerror(errno) : "short write"));
