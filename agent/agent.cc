@@ -31,6 +31,7 @@
 //
 // Nothing here writes to stdout: the command's output is the user's.
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -61,11 +62,13 @@
 #include "agent/region.h"
 #include "agent/slots.h"
 #include "agent/stack_handler.h"
+#include "core/site_analysis.h"
 #include "elf/elf_file.h"
 #include "os/linux/signal_guard.h"
 #include "os/linux/thread_round.h"
 #include "protocol/attach.h"
 #include "protocol/protocol.h"
+#include "protocol/targets.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::agent {
@@ -636,6 +639,47 @@ bool name_matches(const Header &h) {
   return std::string_view(comm).find(filter) != std::string_view::npos;
 }
 
+// The branch targets that the CLI computed for the probed files (protocol/targets.h), handed to
+// the engine, so that this process does not decode those files again. Anything unexpected (no
+// such memfd, its seals missing, a count beyond its size) and nothing is handed: the engine
+// decodes the files itself, as it would without the table.
+void take_branch_targets(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  constexpr int kSeals = F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK;
+  struct stat st{};
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || (seals & kSeals) != kSeals || fstat(fd, &st) != 0 ||
+      st.st_size < static_cast<off_t>(sizeof(TargetsHead))) {
+    close(fd);
+    return;
+  }
+  const auto size = static_cast<uint64_t>(st.st_size);
+  void *mem = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (mem == MAP_FAILED) return;
+  const auto *head = static_cast<const TargetsHead *>(mem);
+  const uint64_t records = sizeof(TargetsHead) + uint64_t{head->files} * sizeof(TargetsFile);
+  if (head->magic == kTargetsMagic && head->version == kTargetsVersion &&
+      head->files <= kTargetsMaxFiles && records <= size &&
+      head->words <= (size - records) / sizeof(uint64_t)) {
+    const auto *files = reinterpret_cast<const TargetsFile *>(head + 1);
+    const auto *words = reinterpret_cast<const uint64_t *>(static_cast<const char *>(mem) + records);
+    for (uint32_t i = 0; i < head->files; ++i) {
+      const TargetsFile &f = files[i];
+      const size_t id_length = strnlen(f.build_id, sizeof f.build_id);
+      if (id_length == sizeof f.build_id || f.first > head->words ||
+          f.count > head->words - f.first)
+        continue;
+      provide_file_branch_targets(
+          elf::FileId{static_cast<dev_t>(f.dev), static_cast<ino_t>(f.ino)},
+          std::string(f.build_id, id_length),
+          std::vector<uint64_t>(words + f.first, words + f.first + f.count));
+    }
+  }
+  munmap(mem, size);
+}
+
 // Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt
 // links the engine first for that). A launched command: any problem is one line on stderr (and a
 // notice when the region is mapped), and the process runs as if the agent were not there.
@@ -658,6 +702,7 @@ __attribute__((constructor)) void agent_start() {
     munmap(mapping->header, mapping->length);
     return;
   }
+  if (const char *targets = getenv(kEnvTargets)) take_branch_targets(targets);
   SessionLock lock;
   if (auto ok = start_session(*mapping, false); !ok) report_error(ok.error().message);
 }

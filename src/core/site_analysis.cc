@@ -18,12 +18,36 @@
 
 namespace usprobe {
 
+namespace {
+
+struct Provided {
+  std::string build_id;
+  std::vector<uint64_t> targets;
+};
+std::mutex g_targets_mutex;  // guards the two maps below
+// Never destroyed: a probe's site requests point into them for the life of the process.
+auto *g_targets = new std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>>;
+auto *g_provided = new std::map<elf::FileId, Provided>;
+
+}  // namespace
+
+void provide_file_branch_targets(const elf::FileId &id, std::string build_id,
+                                 std::vector<uint64_t> targets) {
+  if (build_id.empty()) return;
+  std::lock_guard lock(g_targets_mutex);
+  (*g_provided)[id] = Provided{std::move(build_id), std::move(targets)};
+}
+
 const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
-  static std::mutex mutex;
-  static auto *by_file = new std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>>;
-  std::lock_guard lock(mutex);
-  auto &slot = (*by_file)[file.id()];
+  std::lock_guard lock(g_targets_mutex);
+  auto &slot = (*g_targets)[file.id()];
   if (!slot) {
+    if (auto it = g_provided->find(file.id());
+        it != g_provided->end() && it->second.build_id == file.build_id()) {
+      slot = std::make_unique<std::vector<uint64_t>>(std::move(it->second.targets));
+      g_provided->erase(it);
+      return slot.get();
+    }
     slot = std::make_unique<std::vector<uint64_t>>();
     uint64_t last_offset = ~0ull;
     for (const elf::Function &f : file.functions()) {

@@ -37,6 +37,11 @@ namespace usprobe {
 // file offsets, sorted; computed once per file (about 40 ms for libc) and kept for the life of the
 // process. Thread-safe.
 const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file);
+// The branch targets of a file as another process computed them (the CLI, once for every process
+// of a command: protocol/targets.h): file_branch_targets takes them for a file of this identity
+// and build id (not empty) instead of decoding it, if it has not computed its own yet.
+void provide_file_branch_targets(const elf::FileId &id, std::string build_id,
+                                 std::vector<uint64_t> targets);
 
 // The file's code bytes from `end` (a function's end) up to the next function's start, at most 16
 // (the longest padding instruction, 15 bytes, fits): what a jump at the function's last

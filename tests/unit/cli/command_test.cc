@@ -1,15 +1,20 @@
 // The checks made before a command is started, the libraries its dynamic linker would load, and
 // the environment it gets.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
+#include "core/site_analysis.h"
+#include "elf/location.h"
+#include "protocol/targets.h"
 #include "resolve/library_finder.h"
 #include "target/command.h"
 #include "target/launch.h"
@@ -145,6 +150,57 @@ TEST(Launch, EnvironmentPreloadsTheAgentFirstAndNamesTheRegion) {
                      "PATH=/bin", "LD_PRELOAD=/opt/libusprobe-agent.so:/lib/libother.so",
                      "USPROBE_AGENT_FD=7",
                      "USPROBE_AGENT_REGION=/proc/" + std::to_string(getpid()) + "/fd/7"}));
+}
+
+TEST(Launch, EnvironmentNamesTheTargetsTableAndDropsAnOldOne) {
+  std::vector<std::string> env_text = {"PATH=/bin", "USPROBE_AGENT_TARGETS=/old"};
+  std::vector<char *> env;
+  for (std::string &s : env_text) env.push_back(s.data());
+  env.push_back(nullptr);
+  const std::string here = "/proc/" + std::to_string(getpid()) + "/fd/";
+  EXPECT_EQ(command_environment(env.data(), "/a.so", 7, 9),
+            (std::vector<std::string>{"PATH=/bin", "LD_PRELOAD=/a.so", "USPROBE_AGENT_FD=7",
+                                      "USPROBE_AGENT_REGION=" + here + "7",
+                                      "USPROBE_AGENT_TARGETS=" + here + "9"}));
+  EXPECT_EQ(command_environment(env.data(), "/a.so", 7),
+            (std::vector<std::string>{"PATH=/bin", "LD_PRELOAD=/a.so", "USPROBE_AGENT_FD=7",
+                                      "USPROBE_AGENT_REGION=" + here + "7"}));
+}
+
+// The table of the probed files' branch targets (protocol/targets.h): libc once for an entry and
+// a return probe on it, its targets as the engine computes them, and no process can change it.
+TEST(Launch, BranchTargetsTableIsSealedAndHoldsEachProbedFileOnce) {
+  auto libc = elf::resolve_location("libc:malloc");
+  ASSERT_TRUE(libc) << libc.error().message;
+  if (libc->file->build_id().empty()) GTEST_SKIP() << "libc has no build id";
+  const std::string path = libc->file->path();
+  const int fd = branch_targets_memfd({path + ":malloc", "uretprobe:" + path + ":free"});
+  ASSERT_GE(fd, 0);
+  const int seals = fcntl(fd, F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL),
+            F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
+  EXPECT_EQ(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), MAP_FAILED);
+  struct stat st{};
+  ASSERT_EQ(fstat(fd, &st), 0);
+  void *mem = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  const auto *head = static_cast<const agent::TargetsHead *>(mem);
+  EXPECT_EQ(head->magic, agent::kTargetsMagic);
+  ASSERT_EQ(head->files, 1u);
+  const auto *file = reinterpret_cast<const agent::TargetsFile *>(head + 1);
+  EXPECT_EQ(file->dev, libc->file->id().dev);
+  EXPECT_EQ(file->ino, libc->file->id().ino);
+  EXPECT_EQ(std::string(file->build_id), libc->file->build_id());
+  const std::vector<uint64_t> *expected = file_branch_targets(*libc->file);
+  ASSERT_NE(expected, nullptr);
+  ASSERT_EQ(file->count, expected->size());
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size),
+            sizeof *head + sizeof *file + file->count * sizeof(uint64_t));
+  const auto *words = reinterpret_cast<const uint64_t *>(file + 1);
+  EXPECT_TRUE(std::equal(expected->begin(), expected->end(), words + file->first));
+  munmap(mem, static_cast<size_t>(st.st_size));
+  close(fd);
+  EXPECT_EQ(branch_targets_memfd({}), -1);
 }
 
 // The watchdog's search (launch.h): the processes that map the region, found by its inode.

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 
 #include "elf/usdt.h"
@@ -68,6 +69,29 @@ TEST(SiteAnalysis, FileWithoutNotesHasNoSites) {
   auto sites = analyse_usdt_sites("/proc/self/exe");
   ASSERT_TRUE(sites) << sites.error().message;
   EXPECT_TRUE(sites->empty());
+}
+
+// Branch targets that another process computed (the CLI's table, protocol/targets.h) are taken for
+// the file they name, and only for a file of that identity and build id. Two files that no other
+// test of this binary asks about: a file's targets are computed once per process.
+TEST(SiteAnalysis, ProvidedBranchTargetsAreTakenOnlyForTheSameFileAndBuildId) {
+  auto taken = elf::ElfFile::open("/usr/bin/true");
+  auto refused = elf::ElfFile::open("/usr/bin/false");
+  if (!taken || !refused || (*taken)->build_id().empty() || (*refused)->build_id().empty() ||
+      (*taken)->id() == (*refused)->id())
+    GTEST_SKIP() << "needs /usr/bin/true and /usr/bin/false, two files with build ids";
+  const std::vector<uint64_t> fake = {0x11, 0x22, 0x33};
+  provide_file_branch_targets((*taken)->id(), (*taken)->build_id(), fake);
+  provide_file_branch_targets((*refused)->id(), "00" + (*refused)->build_id(), fake);
+  provide_file_branch_targets((*refused)->id(), "", fake);  // no build id: never taken
+  const std::vector<uint64_t> *t = file_branch_targets(**taken);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(*t, fake);
+  const std::vector<uint64_t> *r = file_branch_targets(**refused);
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(*r, fake);
+  EXPECT_GT(r->size(), 100u);  // decoded: a program has many
+  EXPECT_TRUE(std::is_sorted(r->begin(), r->end()));
 }
 
 }  // namespace

@@ -2,12 +2,14 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -17,7 +19,10 @@
 
 #include <fmt/format.h>
 
+#include "core/site_analysis.h"
+#include "elf/location.h"
 #include "protocol/protocol.h"
+#include "protocol/targets.h"
 #include "resolve/paths.h"
 
 extern char **environ;
@@ -154,7 +159,8 @@ Result<std::string> find_agent() {
   return fail(ENOENT, "agent library not found (looked in " + looked + ")");
 }
 
-std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd) {
+std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd,
+                                             int targets_fd) {
   std::string preload = agent;
   std::vector<std::string> out;
   for (char **e = env; e && *e; ++e) {
@@ -166,19 +172,84 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
     }
     if (var.starts_with(std::string(agent::kEnvFd) + "=")) continue;
     if (var.starts_with(std::string(agent::kEnvPath) + "=")) continue;
+    if (var.starts_with(std::string(agent::kEnvTargets) + "=")) continue;
     out.emplace_back(var);
   }
   out.push_back("LD_PRELOAD=" + preload);
   out.push_back(std::string(agent::kEnvFd) + "=" + std::to_string(region_fd));
   out.push_back(fmt::format("{}=/proc/{}/fd/{}", agent::kEnvPath, getpid(), region_fd));
+  if (targets_fd >= 0)
+    out.push_back(fmt::format("{}=/proc/{}/fd/{}", agent::kEnvTargets, getpid(), targets_fd));
   return out;
 }
 
+int branch_targets_memfd(const std::vector<std::string> &locations) {
+  // The probed files, each once: the engine's own resolution, as the agent's attach makes it.
+  std::vector<std::string> specs;
+  std::vector<std::shared_ptr<const elf::ElfFile>> files;
+  auto add = [&](const std::shared_ptr<const elf::ElfFile> &f) {
+    if (f && !f->build_id().empty() &&
+        std::none_of(files.begin(), files.end(), [&](const auto &g) { return g->id() == f->id(); }))
+      files.push_back(f);
+  };
+  for (std::string_view l : locations) {
+    if (l.starts_with("uretprobe:")) l.remove_prefix(10);
+    if (elf::is_usdt_spec(l)) {
+      if (auto sites = elf::resolve_usdt(l); sites && !sites->empty()) add(sites->front().file);
+    } else {
+      specs.emplace_back(l);
+    }
+  }
+  for (const auto &r : elf::resolve_locations(specs))
+    if (r) add(r->file);
+  if (files.empty()) return -1;
+
+  agent::TargetsHead head{agent::kTargetsMagic, agent::kTargetsVersion, 0, 0};
+  std::vector<agent::TargetsFile> records;
+  std::vector<const std::vector<uint64_t> *> targets;
+  for (const auto &f : files) {
+    if (records.size() == agent::kTargetsMaxFiles) break;
+    const std::vector<uint64_t> *t = file_branch_targets(*f);
+    if (!t || f->build_id().size() >= sizeof agent::TargetsFile::build_id) continue;
+    agent::TargetsFile r{};
+    r.dev = f->id().dev;
+    r.ino = f->id().ino;
+    std::memcpy(r.build_id, f->build_id().data(), f->build_id().size());
+    r.first = head.words;
+    r.count = t->size();
+    head.words += t->size();
+    records.push_back(r);
+    targets.push_back(t);
+  }
+  head.files = static_cast<uint32_t>(records.size());
+  int fd = ::memfd_create("usprobe-targets", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return -1;
+  auto put = [&](const void *data, size_t n) {
+    const auto *p = static_cast<const char *>(data);
+    while (n > 0) {
+      ssize_t w = ::write(fd, p, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return false;
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  };
+  bool ok = put(&head, sizeof head) && put(records.data(), records.size() * sizeof records[0]);
+  for (const auto *t : targets) ok = ok && put(t->data(), t->size() * sizeof(uint64_t));
+  ok = ok && ::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) == 0;
+  if (!ok) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
-                     const sigset_t &child_mask, int stdout_fd) {
+                     const sigset_t &child_mask, int stdout_fd, int targets_fd) {
   // Everything the child needs is built before fork: between fork and exec it may only make
   // async-signal-safe calls.
-  std::vector<std::string> env = command_environment(environ, agent, region_fd);
+  std::vector<std::string> env = command_environment(environ, agent, region_fd, targets_fd);
   std::vector<char *> envp, argv;
   for (std::string &e : env) envp.push_back(e.data());
   envp.push_back(nullptr);

@@ -24,9 +24,16 @@ struct Child {
   std::chrono::steady_clock::time_point started;
 };
 
-// The environment the command gets: `env` with LD_PRELOAD=<agent>[:<old LD_PRELOAD>] and
-// USPROBE_AGENT_FD=<fd>.
-std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd);
+// The environment the command gets: `env` with LD_PRELOAD=<agent>[:<old LD_PRELOAD>],
+// USPROBE_AGENT_FD=<fd> and, with targets_fd >= 0, USPROBE_AGENT_TARGETS naming that memfd
+// (protocol/targets.h).
+std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd,
+                                             int targets_fd = -1);
+
+// The branch targets of every file that `locations` (the plan's) probe, computed here once for
+// all the processes of the command, in a memfd sealed against any change (protocol/targets.h);
+// -1 when there is nothing to share or it could not be made (each process decodes its files then).
+int branch_targets_memfd(const std::vector<std::string> &locations);
 
 // Forks and executes the command in usprobe's process group (it keeps the terminal), with
 // `child_mask` as its signal mask and, when `stdout_fd` >= 0, a copy of that as its stdout (its
@@ -40,7 +47,7 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
 // left (a forking command), so that no process of the command is left running probed with
 // nobody reading what its probes write.
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
-                     const sigset_t &child_mask, int stdout_fd = -1);
+                     const sigset_t &child_mask, int stdout_fd = -1, int targets_fd = -1);
 
 // The processes other than `self` that map the memfd of device `dev` and inode `ino` (from
 // /proc/PID/maps): the processes of the command, for the watchdog.

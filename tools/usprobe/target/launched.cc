@@ -47,6 +47,7 @@ class LaunchedTarget final : public Target {
   explicit LaunchedTarget(Command command) : command_(std::move(command)) {}
   ~LaunchedTarget() override {
     if (pidfd_ >= 0) ::close(pidfd_);
+    if (targets_fd_ >= 0) ::close(targets_fd_);
   }
 
   LibraryFinder finder() const override {
@@ -66,7 +67,11 @@ class LaunchedTarget final : public Target {
     auto region = Region::create(config, plan);
     if (!region) return std::unexpected(region.error());
     region_.emplace(std::move(*region));
-    auto child = launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_);
+    std::vector<std::string> locations;
+    for (const PlanEntry &e : plan) locations.push_back(e.location);
+    targets_fd_ = branch_targets_memfd(locations);
+    auto child = launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_,
+                        targets_fd_);
     if (!child) return std::unexpected(child.error());
     child_ = *child;
     pidfd_ = open_pidfd(child_.pid);
@@ -129,6 +134,7 @@ class LaunchedTarget final : public Target {
   std::optional<Region> region_;
   Child child_;
   int pidfd_ = -1;
+  int targets_fd_ = -1;  // the probed files' branch targets, for the command (protocol/targets.h)
   int stdout_fd_ = -1;  // the command's stdout, when not usprobe's (Output)
 };
 
