@@ -494,7 +494,8 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
   // The file's bytes are read into anonymous memory, not mapped: the kernel writes its uprobes'
   // int3 into every mapping of a file that could execute, a read-only one included, and the
   // bytes here are what "the file says" when usprobe checks a site for someone else's patch.
-  void *map = ::mmap(nullptr, im.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void *map = ::mmap(nullptr, im.size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (map == MAP_FAILED) {
     int err = errno;
     return fail(err, path + ": cannot read the file: " + std::strerror(err));

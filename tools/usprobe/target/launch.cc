@@ -183,7 +183,8 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
   return out;
 }
 
-int branch_targets_memfd(const std::vector<std::string> &locations) {
+int branch_targets_memfd(const std::vector<std::string> &locations,
+                         const std::vector<std::string> &files_too) {
   // The probed files, each once: the engine's own resolution, as the agent's attach makes it.
   std::vector<std::string> specs;
   std::vector<std::shared_ptr<const elf::ElfFile>> files;
@@ -202,6 +203,8 @@ int branch_targets_memfd(const std::vector<std::string> &locations) {
   }
   for (const auto &r : elf::resolve_locations(specs))
     if (r) add(r->file);
+  for (const std::string &path : files_too)
+    if (auto f = elf::ElfFile::open(path)) add(*f);
   if (files.empty()) return -1;
 
   agent::TargetsHead head{agent::kTargetsMagic, agent::kTargetsVersion, 0, 0};

@@ -30,10 +30,12 @@ struct Child {
 std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd,
                                              int targets_fd = -1);
 
-// The branch targets of every file that `locations` (the plan's) probe, computed here once for
-// all the processes of the command, in a memfd sealed against any change (protocol/targets.h);
-// -1 when there is nothing to share or it could not be made (each process decodes its files then).
-int branch_targets_memfd(const std::vector<std::string> &locations);
+// The branch targets of every file that `locations` (the plan's) probe, and of `files` (the
+// dynamic linker, where the engine places its own probe), computed here once for all the
+// processes of the command, in a memfd sealed against any change (protocol/targets.h); -1 when
+// there is nothing to share or it could not be made (each process decodes its files then).
+int branch_targets_memfd(const std::vector<std::string> &locations,
+                         const std::vector<std::string> &files = {});
 
 // Forks and executes the command in usprobe's process group (it keeps the terminal), with
 // `child_mask` as its signal mask and, when `stdout_fd` >= 0, a copy of that as its stdout (its

@@ -69,7 +69,9 @@ class LaunchedTarget final : public Target {
     region_.emplace(std::move(*region));
     std::vector<std::string> locations;
     for (const PlanEntry &e : plan) locations.push_back(e.location);
-    targets_fd_ = branch_targets_memfd(locations);
+    std::vector<std::string> files;  // the dynamic linker: the engine follows it with a probe
+    if (!command_.interp.empty()) files.push_back(command_.interp);
+    targets_fd_ = branch_targets_memfd(locations, files);
     auto child = launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_,
                         targets_fd_);
     if (!child) return std::unexpected(child.error());
