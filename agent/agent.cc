@@ -521,7 +521,8 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
   g_region.table_arena_words = h->table_arena_words;
   g_region.overflow = region_slot(g_region.max_slots - 1);
   if (h->mode == kModeRun)
-    if (std::string why = bt_load(h, !attached); !why.empty()) return std::unexpected(Failure{EPROTO, why});
+    if (std::string why = bt_load(h, !attached); !why.empty())
+      return std::unexpected(Failure{EPROTO, why});
   g_missed_baseline = new uint64_t[h->probe_count]();
   g_missed_at_fork = new uint64_t[h->probe_count]();
 
@@ -647,7 +648,7 @@ void take_branch_targets(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;
   constexpr int kSeals = F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK;
-  struct stat st{};
+  struct stat st {};
   const int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0 || (seals & kSeals) != kSeals || fstat(fd, &st) != 0 ||
       st.st_size < static_cast<off_t>(sizeof(TargetsHead))) {
@@ -664,7 +665,8 @@ void take_branch_targets(const char *path) {
       head->files <= kTargetsMaxFiles && records <= size &&
       head->words <= (size - records) / sizeof(uint64_t)) {
     const auto *files = reinterpret_cast<const TargetsFile *>(head + 1);
-    const auto *words = reinterpret_cast<const uint64_t *>(static_cast<const char *>(mem) + records);
+    const auto *words =
+        reinterpret_cast<const uint64_t *>(static_cast<const char *>(mem) + records);
     for (uint32_t i = 0; i < head->files; ++i) {
       const TargetsFile &f = files[i];
       const size_t id_length = strnlen(f.build_id, sizeof f.build_id);

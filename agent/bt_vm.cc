@@ -16,8 +16,12 @@ using namespace bt;
 
 namespace {
 
-SharedHead *shared_head() { return reinterpret_cast<SharedHead *>(g_bt.shared); }
-std::atomic<uint32_t> &generation(uint32_t map) { return (&shared_head()->generation[0])[map]; }
+SharedHead *shared_head() {
+  return reinterpret_cast<SharedHead *>(g_bt.shared);
+}
+std::atomic<uint32_t> &generation(uint32_t map) {
+  return (&shared_head()->generation[0])[map];
+}
 
 // One 64-bit key word's hash (an integer key, the common one): a multiply, its high half.
 inline uint32_t hash_word(uint64_t w) {
@@ -63,9 +67,15 @@ inline void copy_words(char *dst, const char *src, uint32_t size) {
   }
 }
 
-inline std::atomic<uint64_t> *words(char *p) { return reinterpret_cast<std::atomic<uint64_t> *>(p); }
-inline void owned_set(std::atomic<uint64_t> &w, uint64_t v) { w.store(v, std::memory_order_relaxed); }
-inline uint64_t owned_get(std::atomic<uint64_t> &w) { return w.load(std::memory_order_relaxed); }
+inline std::atomic<uint64_t> *words(char *p) {
+  return reinterpret_cast<std::atomic<uint64_t> *>(p);
+}
+inline void owned_set(std::atomic<uint64_t> &w, uint64_t v) {
+  w.store(v, std::memory_order_relaxed);
+}
+inline uint64_t owned_get(std::atomic<uint64_t> &w) {
+  return w.load(std::memory_order_relaxed);
+}
 
 // This thread's last plain-map entry found, per map (modulo kCachedMaps): an entry keeps its key
 // for good (SharedEntryHeader), so a cached one whose key still equals the one looked up is the
@@ -77,8 +87,8 @@ struct CachedEntry {
   uint32_t map;
   uint32_t session;
 };
-constinit thread_local CachedEntry t_cached[kCachedMaps] __attribute__((tls_model("initial-exec"))) =
-    {};
+constinit thread_local CachedEntry t_cached[kCachedMaps]
+    __attribute__((tls_model("initial-exec"))) = {};
 
 // A table of the shared area: a plain map's (table id: the map's index) or an aggregation's
 // tombstones (map_count + the map's index); both are SharedEntryHeader tables.
@@ -206,7 +216,8 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
       continue;
     }
     // A new key: the next entry, published before its bucket is written.
-    const uint32_t used = t->used.load(std::memory_order_relaxed);  // this thread is the only writer
+    const uint32_t used =
+        t->used.load(std::memory_order_relaxed);  // this thread is the only writer
     if (used >= m.max_entries) {
       t->dropped.store(t->dropped.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       return;
@@ -237,8 +248,8 @@ inline void aggregate(SlotHeader *s, uint32_t map_index, const char *key, uint64
   }
   if (kMayDelete && __builtin_expect(m.tombs, 0)) {
     // Deleted since (protocol/bt.h, "delete()"): start again from nothing.
-    const char *tomb = shared_find<false>(g_bt.head.map_count + map_index,
-                                          e + sizeof(AggEntryHeader), 0, false);
+    const char *tomb =
+        shared_find<false>(g_bt.head.map_count + map_index, e + sizeof(AggEntryHeader), 0, false);
     if (tomb) {
       const auto *th = reinterpret_cast<const SharedEntryHeader *>(tomb);
       if (th->state.load(std::memory_order_acquire) == kSharedLive) {
@@ -317,8 +328,8 @@ inline void copy_string(char *dst, const char *src, uint32_t room, uint32_t size
 }
 
 inline uint64_t ns_of(uint64_t ticks) {
-  return static_cast<uint64_t>(
-      (static_cast<unsigned __int128>(ticks) * g_region.tsc_to_ns_mult) >> kTscShift);
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(ticks) * g_region.tsc_to_ns_mult) >>
+                               kTscShift);
 }
 
 __attribute__((noinline)) void emit_printf(SlotHeader *s, uint32_t probe, uint32_t index,
@@ -361,6 +372,8 @@ __attribute__((noinline)) void emit_printf(SlotHeader *s, uint32_t probe, uint32
 
 }  // namespace
 
+// The interpreter is laid out as a table of its operations, one line each where it fits:
+// clang-format off
 void bt_handler(usprobe_hit *hit, void *user) {
   // Direct threading: each operation jumps straight to the next one's code, whose address its
   // ThreadedInsn holds (one indirect jump per operation, predicted per site). The table is enum
@@ -699,6 +712,7 @@ op_key_bytes: {
 #undef A
 #undef B
 }
+// clang-format on
 
 const void *const *bt_operations() {
   AgentScope scope;  // bt_handler answers only the agent's own calls (t_in_agent)

@@ -58,10 +58,11 @@ std::expected<void, std::string> check_layout(const Header &h) {
             h.ring_offset)
       return fail("a slot's stack table does not fit between its counters and its ring");
   }
-  if (h.mode == kModeStacks || ((h.mode == kModeTrace || h.mode == kModeRun) && h.trace_stacks != 0)) {
+  if (h.mode == kModeStacks ||
+      ((h.mode == kModeTrace || h.mode == kModeRun) && h.trace_stacks != 0)) {
     // A trace record with its stack: the largest Event, strings and the stack's words.
-    if (h.mode == kModeTrace && h.ring_size < max_event_size(h.string_size) +
-                                                  8 * (1 + uint64_t{kMaxStackFrames}))
+    if (h.mode == kModeTrace &&
+        h.ring_size < max_event_size(h.string_size) + 8 * (1 + uint64_t{kMaxStackFrames}))
       return fail(fmt::format("trace stacks with a {}-byte ring", h.ring_size));
     if ((h.stack_flags & ~USPROBE_STACK_FP) != 0)
       return fail(fmt::format("stack flags {:#x}", h.stack_flags));

@@ -1,9 +1,10 @@
 // The hit path of stacks mode. Nothing here may lock, allocate, make a system call (the first hit
 // of a thread excepted, see slots.cc) or call libc, memcpy included (it may itself be probed: the
 // copies are hand-written loops, and agent/CMakeLists.txt keeps GCC from turning them back into
-// calls); usprobe_hit_stack may, on a thread's first walk (libunwind's caches: see its comment in
-// usprobe.h), which is the unwinder's cost, not ours. Every shared write goes to this thread's own
-// slot, except in the overflow slot, which threads share with fetch_add.
+// calls); usprobe_hit_stack may, on a thread's first walk (it reads /proc/self/maps for the
+// stack's bounds: see its comment in usprobe.h), which is the unwinder's cost, not ours. Every
+// shared write goes to this thread's own slot, except in the overflow slot, which threads share
+// with fetch_add.
 #include "agent/stack_handler.h"
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 // Stacks mode's consumer (protocol/protocol.h, "Stacks mode"). Unlike the handlers of handlers.h it
 // is compiled normally and attached without USPROBE_GENERAL_REGS_ONLY: it calls the unwinder
-// (libunwind), which may use any register, so the trampoline must save the vector state for it.
+// (usprobe_hit_stack), which may use any register, so the trampoline must save the vector state
+// for it.
 #pragma once
 
 #include "usprobe/usprobe.h"

@@ -382,8 +382,9 @@ int attach_boundaries(const std::vector<std::string> &only) {
   fmt::print(
       "instruction boundaries of {} {}libc functions: {} probes, {} attached in one batch in "
       "{:.0f} ms ({:.1f} us a probe), detached in {:.0f} ms{}; {} hits meanwhile\n",
-      functions, list.size() == std::size(kHotFunctions) ? "hot " : "", names.size(), attached, attach_ms, attach_ms * 1e3 / double(names.size()),
-      detach_ms, detached == 0 ? "" : " (detach FAILED)", hits);
+      functions, list.size() == std::size(kHotFunctions) ? "hot " : "", names.size(), attached,
+      attach_ms, attach_ms * 1e3 / double(names.size()), detach_ms,
+      detached == 0 ? "" : " (detach FAILED)", hits);
   if (names.size() >= 31788)  // issue 17's count: 31,788 boundary probes in <= 1 s
     fmt::print("  goal: a batch of 31,788 probes or more in <= 1,000 ms: {}\n",
                attach_ms <= 1000 ? "met" : "MISSED");

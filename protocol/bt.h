@@ -57,12 +57,16 @@ inline constexpr uint32_t kMaxKeyBytes = 1536;  // room for a ustack of 127 fram
 // image number (pid | image << 32, for the CLI to name the frames with the right mappings), the
 // number of frames, then the frames (usprobe_hit_stack's order), zero past the count.
 inline constexpr uint32_t kMaxUstackFrames = 127;
-inline constexpr uint32_t ustack_bytes(uint32_t frames) { return 16 + 8 * frames; }
+inline constexpr uint32_t ustack_bytes(uint32_t frames) {
+  return 16 + 8 * frames;
+}
 inline constexpr uint32_t kMaxPrintfArgs = 16;
 inline constexpr uint32_t kMaxBufBytes = 64;  // buf(p, n): bpftrace's limit
 
 // The operations, in enum Op's order: PLAIN(name) for one, BIN(name) for a binary one (which may
-// take an immediate operand). agent/bt_vm.cc builds its dispatch table from this list.
+// take an immediate operand). agent/bt_vm.cc builds its dispatch table from this list. The list
+// and the enum keep their hand layout:
+// clang-format off
 #define BT_OPS(PLAIN, BIN)                                                                       \
   PLAIN(end) PLAIN(mov) PLAIN(const) PLAIN(const_small) PLAIN(arg) PLAIN(usdt_arg) PLAIN(retval) \
   PLAIN(builtin) PLAIN(comm) PLAIN(pool_string) PLAIN(str) BIN(add) BIN(sub) BIN(mul)           \
@@ -136,11 +140,14 @@ enum Op : uint8_t {
   kAggKeyless,    // kAgg of a map without a key (`@h = hist(x)`): its one entry, no lookup
   kOpCount
 };
+// clang-format on
 
 inline constexpr uint8_t kNoReg = 0xff;
 // Or'ed into a binary operation (kAdd..kGeU): its right operand is the instruction's imm.
 inline constexpr uint8_t kImmOperand = 0x80;
-inline constexpr bool is_binary(uint8_t op) { return op >= kAdd && op <= kJfGeU; }
+inline constexpr bool is_binary(uint8_t op) {
+  return op >= kAdd && op <= kJfGeU;
+}
 inline constexpr bool is_fused_jump(uint8_t op) {
   return (op & ~kImmOperand) >= kJfEq && (op & ~kImmOperand) <= kJfGeU;
 }
@@ -154,7 +161,16 @@ static_assert(0 BT_OPS(BT_COUNT, BT_COUNT) == kOpCount, "BT_OPS lists every oper
 
 // kProbeIndex: the probe's index in the plan, which the CLI names (func, probe).
 enum Builtin : uint32_t {
-  kPid, kTid, kUid, kGid, kCpu, kNsecs, kElapsed, kProbeIndex, kCpid, kBuiltinCount
+  kPid,
+  kTid,
+  kUid,
+  kGid,
+  kCpu,
+  kNsecs,
+  kElapsed,
+  kProbeIndex,
+  kCpid,
+  kBuiltinCount
 };
 
 struct Insn {
@@ -173,7 +189,14 @@ inline int64_t jump_offset(const Insn &in) {
 
 enum MapKind : uint32_t {
   kMapPlain = 0,  // shared: `@m[k] = v`
-  kMapCount, kMapSum, kMapAvg, kMapMin, kMapMax, kMapStats, kMapHist, kMapLhist,
+  kMapCount,
+  kMapSum,
+  kMapAvg,
+  kMapMin,
+  kMapMax,
+  kMapStats,
+  kMapHist,
+  kMapLhist,
   // Shared, with string values (`@name[tid] = str(arg0)`): value_size bytes after the key, NUL-
   // terminated. Written in place, so a reader may see a string torn by a writer of the same key
   // at the same moment (keys are usually the writer's own: tid).
@@ -182,12 +205,12 @@ enum MapKind : uint32_t {
 };
 
 struct MapInfo {
-  uint32_t kind;         // MapKind
-  uint32_t key_size;     // bytes, a multiple of 8, at most kMaxKeyBytes (0: no key)
-  uint32_t value_size;   // bytes, a multiple of 8 (map_value_size)
-  uint32_t max_entries;  // a power of two
-  uint32_t entry_size;   // aggregation: AggEntryHeader + key + value; plain: SharedEntry's size
-  uint32_t is_signed;    // values are signed (sum min max avg stats, plain)
+  uint32_t kind;          // MapKind
+  uint32_t key_size;      // bytes, a multiple of 8, at most kMaxKeyBytes (0: no key)
+  uint32_t value_size;    // bytes, a multiple of 8 (map_value_size)
+  uint32_t max_entries;   // a power of two
+  uint32_t entry_size;    // aggregation: AggEntryHeader + key + value; plain: SharedEntry's size
+  uint32_t is_signed;     // values are signed (sum min max avg stats, plain)
   uint64_t table_offset;  // aggregation: within a slot's table area; plain: within the region
   int64_t lhist_min, lhist_max, lhist_step;
   // An aggregation whose entries a probe deletes (kAggDelete): its tombstones, a table of the
@@ -258,8 +281,12 @@ inline uint64_t table_bytes(const MapInfo &m) {
 // A plain map's entry (shared by all threads): state, hash, the key, the value. Entries are
 // claimed once and keep their key for good: delete() marks one absent, and a later store of the
 // same key makes it live again, so a key never moves and readers need no lock.
-enum SharedState : uint32_t { kSharedEmpty = 0, kSharedClaiming = 1, kSharedLive = 2,
-                              kSharedAbsent = 3 };
+enum SharedState : uint32_t {
+  kSharedEmpty = 0,
+  kSharedClaiming = 1,
+  kSharedLive = 2,
+  kSharedAbsent = 3
+};
 struct SharedEntryHeader {
   std::atomic<uint32_t> state;
   uint32_t hash;
@@ -270,7 +297,9 @@ static_assert(sizeof(SharedEntryHeader) == 16);
 inline uint32_t shared_entry_size(uint32_t key_size, uint32_t string_value_size = 0) {
   return (sizeof(SharedEntryHeader) + key_size + string_value_size + 63) & ~63u;
 }
-inline bool is_shared(uint32_t kind) { return kind == kMapPlain || kind == kMapPlainString; }
+inline bool is_shared(uint32_t kind) {
+  return kind == kMapPlain || kind == kMapPlainString;
+}
 
 struct ProbeCode {
   uint32_t first;  // instruction index
@@ -288,8 +317,8 @@ struct PrintfArg {
   uint32_t size;  // a string's bytes in the record (its NUL included), a multiple of 8
 };
 struct PrintfInfo {
-  uint32_t first_arg;  // index into the PrintfArg table
-  uint32_t arg_count;  // at most kMaxPrintfArgs
+  uint32_t first_arg;    // index into the PrintfArg table
+  uint32_t arg_count;    // at most kMaxPrintfArgs
   uint32_t record_size;  // PrintfRecord + 8 per int + the strings' sizes
   uint32_t reserved;
 };
@@ -310,15 +339,15 @@ struct ProgramHeader {
   uint32_t magic;
   uint32_t probe_count;  // = the plan's
   uint32_t insn_count, constant_count, pool_size, map_count, printf_count, printf_arg_count;
-  uint64_t probes_offset, insns_offset, constants_offset, pool_offset, maps_offset,
-      printfs_offset, printf_args_offset;  // within the program
-  uint32_t string_size;  // str()'s default size, the NUL included (bpftrace's 64)
-  uint32_t flags;        // kProgramStacks
-  uint64_t tables_bytes;  // a slot's table area: every aggregation map's table
+  uint64_t probes_offset, insns_offset, constants_offset, pool_offset, maps_offset, printfs_offset,
+      printf_args_offset;  // within the program
+  uint32_t string_size;    // str()'s default size, the NUL included (bpftrace's 64)
+  uint32_t flags;          // kProgramStacks
+  uint64_t tables_bytes;   // a slot's table area: every aggregation map's table
   // Within the region: the shared area, GenerationWords, then the plain maps' tables.
   uint64_t shared_offset, shared_size;
-  uint64_t start_tsc;        // elapsed = (rdtsc - start_tsc) * tsc_to_ns_mult >> kTscShift
-  uint64_t nsecs_base;       // nsecs = nsecs_base + rdtsc * tsc_to_ns_mult >> kTscShift
+  uint64_t start_tsc;   // elapsed = (rdtsc - start_tsc) * tsc_to_ns_mult >> kTscShift
+  uint64_t nsecs_base;  // nsecs = nsecs_base + rdtsc * tsc_to_ns_mult >> kTscShift
 };
 
 // The program takes user stacks (ustack): its probes are attached with the vector state saved
@@ -335,7 +364,7 @@ struct SharedHead {
   // cpid: the first process whose agent loaded the program (compare-and-swap from 0, outside the
   // hit path): a launched command's own process, which starts before any it creates. 0 with -p.
   std::atomic<int32_t> cpid;
-  std::atomic<uint32_t> delete_clock;  // the last stamp given to a tombstone (kAggDelete)
+  std::atomic<uint32_t> delete_clock;   // the last stamp given to a tombstone (kAggDelete)
   std::atomic<uint32_t> generation[1];  // [map_count]
 };
 inline uint64_t shared_head_bytes(uint32_t map_count) {

@@ -427,7 +427,8 @@ inline uint64_t event_size(uint32_t string_count, uint32_t string_size) {
 // The largest trace record but its stack: every value a string, and the larger of a ReturnTail
 // and a USDT note's further arguments.
 inline uint64_t max_event_size(uint32_t string_size) {
-  constexpr uint64_t tail = kMoreArgsBytes > sizeof(ReturnTail) ? kMoreArgsBytes : sizeof(ReturnTail);
+  constexpr uint64_t tail =
+      kMoreArgsBytes > sizeof(ReturnTail) ? kMoreArgsBytes : sizeof(ReturnTail);
   return event_size(kMaxValues, string_size) + tail;
 }
 

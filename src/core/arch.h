@@ -147,8 +147,9 @@ struct WindowMove {
 };
 // Returns the interrupted stack pointer.
 uint64_t move_out_of_windows(ucontext_t *uc, std::span<const WindowMove> windows);
-// The instruction pointer a signal interrupted.
+// The instruction pointer and the stack pointer a signal interrupted.
 uint64_t interrupted_pc(const ucontext_t *uc);
+uint64_t interrupted_sp(const ucontext_t *uc);
 // Scan `stack` (a copy of the memory at stack_addr, above a thread's stack pointer) for signal
 // frames whose saved instruction pointer lies strictly inside a window: a thread that will
 // sigreturn into the middle of a patch. Stale frames may be reported too; callers must only ever

@@ -328,8 +328,8 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
 // handlers (ConsumerArray::simple_handlers: one entry handler at most, one return probe at most),
 // and room on the return stack. What dispatch_general would do, without its loops over sessions;
 // kDispatchFull, having done nothing, for anything else.
-inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
-                          int vector_saved, uint64_t landing, uint64_t landing_counted) {
+inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const Probe *probe, int vector_saved,
+                          uint64_t landing, uint64_t landing_counted) {
   if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section(rec, [&] {
@@ -360,8 +360,8 @@ inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const Probe *prob
 
 // Out of line, so that usprobe_dispatch saves no register for the counters' path (and this one
 // only what the handlers need kept).
-__attribute__((noinline)) int handlers_path(ThreadRecord *rec, arch::Regs *regs,
-                                            const Probe *probe, int vector_saved, uint64_t landing,
+__attribute__((noinline)) int handlers_path(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
+                                            int vector_saved, uint64_t landing,
                                             uint64_t landing_counted) {
   const int r = entry_handlers(rec, regs, probe, vector_saved, landing, landing_counted);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;

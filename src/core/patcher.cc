@@ -68,8 +68,7 @@ Result<void> write_pieces(std::vector<Piece> pieces) {
     for (size_t k = r.first; k < r.last; ++k)
       copy_bytes(buffer.data() + (pieces[k].addr - r.start), pieces[k].data.data(),
                  pieces[k].data.size());
-    if (auto ok = os::write_code(r.start, std::span(buffer).first(r.end - r.start)); !ok)
-      return ok;
+    if (auto ok = os::write_code(r.start, std::span(buffer).first(r.end - r.start)); !ok) return ok;
   }
   return {};
 }
@@ -88,7 +87,7 @@ Result<void> write_all(const std::vector<Site *> &sites, size_t from, size_t to,
 
 // An int3 on the first byte of each site.
 Result<void> write_traps(const std::vector<Site *> &sites) {
-  static const uint8_t kTrap[1] = {0xCC};
+  static const uint8_t kTrap[1] = {arch::trap_byte()};
   std::vector<Piece> pieces;
   for (Site *s : sites) pieces.push_back({s->addr, kTrap});
   return write_pieces(std::move(pieces));
@@ -135,12 +134,10 @@ StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const Roun
                          Result<std::vector<os::Mapping>> maps) {
   constexpr size_t kScan = 64 * 1024;  // a handler's own frames, then its signal frame
   auto holds = [&](uint64_t sp) {
-    return maps && std::any_of(maps->begin(), maps->end(), [&](const os::Mapping &m) {
-             return sp >= m.start && sp < m.end;
-           });
+    return maps && std::any_of(maps->begin(), maps->end(),
+                               [&](const os::Mapping &m) { return sp >= m.start && sp < m.end; });
   };
-  if (!std::all_of(stack_pointers.begin(), stack_pointers.end(), holds))
-    maps = os::read_mappings();
+  if (!std::all_of(stack_pointers.begin(), stack_pointers.end(), holds)) maps = os::read_mappings();
   for (uint64_t sp : stack_pointers) {
     size_t len = kScan;
     if (maps)

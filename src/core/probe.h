@@ -73,7 +73,7 @@ struct Probe;
 struct Site {
   uint64_t addr = 0;
   const Probe *owner = nullptr;  // the probe whose plans hold it
-  elf::FileId file;  // the probe's location, mapped at `addr` when the site was made
+  elf::FileId file;              // the probe's location, mapped at `addr` when the site was made
   uint64_t file_offset = 0;
   arch::SitePlan plan;
   bool forced_int3 = false;  // planned for the int3 path whatever analysis says

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "core/arch.h"
 #include "core/return_stack.h"
 #include "core/thread_record.h"
 #include "os/linux/code_memory.h"
@@ -26,9 +27,8 @@ struct Round {
 
 uint64_t look(ucontext_t *uc, void *arg) {
   auto *r = static_cast<Round *>(arg);
-  if (in(static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RIP]), *r->code))
-    r->inside.store(true, std::memory_order_relaxed);
-  return static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RSP]);
+  if (in(arch::interrupted_pc(uc), *r->code)) r->inside.store(true, std::memory_order_relaxed);
+  return arch::interrupted_sp(uc);
 }
 bool outside(uint64_t pc, void *arg) {
   return !in(pc, *static_cast<Round *>(arg)->code);

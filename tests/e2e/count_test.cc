@@ -393,8 +393,8 @@ TEST(CliCount, RegexSelectsExactlyTheMatchingFunctions) {
   e2e::TempDir dir;
   const std::string report = dir.file("report.json");
   Output r =
-      run({e2e::cli(), "count", "--json", "-o", report, "-d", "30000ms", "-r", "libc:^str(len|cmp)$",
-           "exe:^e2e_(work|greet)$", "--", e2e::target(), "calls", "10"});
+      run({e2e::cli(), "count", "--json", "-o", report, "-d", "30000ms", "-r",
+           "libc:^str(len|cmp)$", "exe:^e2e_(work|greet)$", "--", e2e::target(), "calls", "10"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   std::vector<Json> all = e2e::reports(e2e::read_file(report));
   ASSERT_EQ(all.size(), 1u) << e2e::read_file(report);
@@ -853,8 +853,8 @@ TEST(CliCount, UsdtPythonFunctionEntryCountsEachCallOfAScript) {
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   rx::smatch row;
   const std::string report = e2e::read_file(text);
-  ASSERT_TRUE(
-      rx::regex_search(report, row, rx::regex(R"(\nusdt:exe:python:function__entry +([0-9]+) +0\n)")))
+  ASSERT_TRUE(rx::regex_search(report, row,
+                               rx::regex(R"(\nusdt:exe:python:function__entry +([0-9]+) +0\n)")))
       << report;
   EXPECT_EQ(std::stoull(row[1]), baseline + 2000) << report;
 }

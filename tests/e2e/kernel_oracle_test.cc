@@ -376,8 +376,9 @@ TEST(CliKernelOracle, SqliteUnderAllOfLibcMatchesKernelUprobes) {
 }
 
 // bpftrace as the oracle of a USDT probe: python:function__entry (behind a semaphore, which each
-// tracer raises; 1,502 here) counted by bpftrace for one run of a script and by usprobe for another run of the
-// same script: the same number. Skipped where bpftrace is absent or cannot run (it needs root).
+// tracer raises; 1,502 here) counted by bpftrace for one run of a script and by usprobe for another
+// run of the same script: the same number. Skipped where bpftrace is absent or cannot run (it needs
+// root).
 TEST(CliKernelOracle, UsdtPythonFunctionEntryCountsWhatBpftraceCounts) {
   const std::string python = "/usr/bin/python3.11", bpftrace = "/usr/bin/bpftrace";
   if (!e2e::file_exists(python)) GTEST_SKIP() << python << " is not installed";
@@ -387,9 +388,10 @@ TEST(CliKernelOracle, UsdtPythonFunctionEntryCountsWhatBpftraceCounts) {
   FILE *f = std::fopen(script.c_str(), "w");
   ASSERT_NE(f, nullptr);
   // CPython 3.11 fires function__entry on its tracing path only: a profile function enables it.
-  std::fputs("import sys\ndef f(n):\n    return n + 1\nsys.setprofile(slice)\n"
-             "for i in range(1500):\n    f(i)\nsys.setprofile(None)\n",
-             f);
+  std::fputs(
+      "import sys\ndef f(n):\n    return n + 1\nsys.setprofile(slice)\n"
+      "for i in range(1500):\n    f(i)\nsys.setprofile(None)\n",
+      f);
   std::fclose(f);
   const std::string probe = "usdt:" + python + ":python:function__entry";
   Output b = e2e::run({bpftrace, "-e", probe + " /pid == cpid/ { @ = count(); }", "-c",

@@ -654,7 +654,8 @@ TEST(CliTrace, UsdtTwelveArgumentsOfEveryRegisterWidth) {
                   "--", USDT_TARGET, "regs", "3"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   EXPECT_EQ(r.out, "regs 3\n");
-  const std::string want = "123456789abcdef -1985229329 52719 -17 205 -2 | -10 32645 133 -1 255 2345";
+  const std::string want =
+      "123456789abcdef -1985229329 52719 -17 205 -2 | -10 32645 133 -1 255 2345";
   size_t seen = 0;
   for (const std::string &line : e2e::lines(e2e::read_file(report))) {
     if (line.find("usprobe_test:regs") == std::string::npos) continue;

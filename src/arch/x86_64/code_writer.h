@@ -12,9 +12,11 @@
 namespace usprobe::x86 {
 
 // Register numbers as the hardware encodes them (ModRM.reg / REX.B).
+// clang-format off
 enum Reg : uint8_t {
   RAX = 0, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15
 };
+// clang-format on
 
 class CodeWriter {
  public:

@@ -18,12 +18,16 @@
 namespace usprobe::x86 {
 
 struct FunctionScan {
-  std::vector<uint32_t> boundaries;             // offsets (from the function start) where instructions start, ascending
-  std::vector<uint64_t> branch_targets;         // absolute targets of every direct jmp/jcc/call/loop/jrcxz in the function
-  bool has_indirect_jump = false;               // any `jmp reg` / `jmp [mem]` (jump tables, tail calls through pointers)
-  bool complete = true;                         // false when decoding stopped on bytes Zydis cannot decode
+  // Offsets (from the function start) where instructions start, ascending.
+  std::vector<uint32_t> boundaries;
+  // Absolute targets of every direct jmp/jcc/call/loop/jrcxz in the function.
+  std::vector<uint64_t> branch_targets;
+  // Any `jmp reg` / `jmp [mem]` (jump tables, tail calls through pointers).
+  bool has_indirect_jump = false;
+  // False when decoding stopped on bytes Zydis cannot decode.
+  bool complete = true;
 
-  bool is_boundary(uint32_t off) const;         // binary search in boundaries
+  bool is_boundary(uint32_t off) const;  // binary search in boundaries
 };
 
 // Decode `code`, which is mapped at `runtime_addr`, linearly from its start to its end.
@@ -50,10 +54,12 @@ struct DecodedJump {
 std::optional<DecodedJump> decode_jump(std::span<const uint8_t> code, uint64_t addr);
 
 struct Relocation {
-  std::vector<uint8_t> code;                         // relocated instructions, to be placed at dst_addr
-  size_t consumed = 0;                               // original bytes covered: whole instructions, >= min_len
-  std::vector<std::pair<uint32_t, uint32_t>> map;    // (original offset, relocated offset) of each instruction start
-  bool falls_through = true;                         // false when the last relocated instruction never falls through (ret, jmp): no jump back needed
+  std::vector<uint8_t> code;  // relocated instructions, to be placed at dst_addr
+  size_t consumed = 0;        // original bytes covered: whole instructions, >= min_len
+  // (original offset, relocated offset) of each instruction start.
+  std::vector<std::pair<uint32_t, uint32_t>> map;
+  // False when the last relocated instruction never falls through (ret, jmp): no jump back needed.
+  bool falls_through = true;
 };
 
 // Relocate whole instructions from `src` (mapped at src_addr) until at least `min_len` bytes are

@@ -121,6 +121,10 @@ uint64_t interrupted_pc(const ucontext_t *uc) {
   return static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RIP]);
 }
 
+uint64_t interrupted_sp(const ucontext_t *uc) {
+  return static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RSP]);
+}
+
 bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows) {
   for (const WindowMove &w : windows)
     if (pc > w.site && pc < w.site + w.length) return false;

@@ -228,8 +228,8 @@ Result<const Ranges *> taken_ranges() {
   static Ranges *taken = new Ranges;  // never destroyed, as the slabs
   timespec now{};
   clock_gettime(CLOCK_MONOTONIC, &now);
-  const uint64_t ns = static_cast<uint64_t>(now.tv_sec) * 1000000000u +
-                      static_cast<uint64_t>(now.tv_nsec);
+  const uint64_t ns =
+      static_cast<uint64_t>(now.tv_sec) * 1000000000u + static_cast<uint64_t>(now.tv_nsec);
   if (g_taken_read_at != 0 && ns - g_taken_read_at < 100000000u) return taken;
   auto maps = read_mappings();
   if (!maps) return std::unexpected(maps.error());
@@ -317,11 +317,6 @@ void free_code_within(uint64_t addr, size_t size) {
     g_taken_read_at = 0;
     g_constrained.erase(it);
   }
-}
-
-size_t code_memory_mapped() {
-  std::lock_guard lock(g_mutex);
-  return g_slabs.size() * kSlabSize;
 }
 
 std::vector<uint8_t> read_memory(uint64_t addr, size_t len) {

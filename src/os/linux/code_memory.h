@@ -30,9 +30,6 @@ void free_code(uint64_t addr, size_t size);
 Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size);
 void free_code_within(uint64_t addr, size_t size);
 
-// Bytes of code memory mapped now (slabs), for tests of memory use.
-size_t code_memory_mapped();
-
 // Read up to `len` bytes at `addr` of this process through /proc/self/mem: memory that may be
 // unmapped meanwhile (another thread's stack) reads short instead of faulting.
 std::vector<uint8_t> read_memory(uint64_t addr, size_t len);

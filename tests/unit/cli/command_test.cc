@@ -180,7 +180,7 @@ TEST(Launch, BranchTargetsTableIsSealedAndHoldsEachProbedFileOnce) {
   EXPECT_EQ(seals & (F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL),
             F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
   EXPECT_EQ(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), MAP_FAILED);
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(fstat(fd, &st), 0);
   void *mem = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
   ASSERT_NE(mem, MAP_FAILED);

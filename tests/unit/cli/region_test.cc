@@ -249,8 +249,8 @@ TEST(Region, DrainPassesOnWhichStringsWereCut) {
 
 TEST(Region, AUsdtProbesEventCarriesItsNotesTwelveArguments) {
   // arg1 and arg9 are strings; the probe's plan asks for the arguments past the sixth.
-  const std::vector<PlanEntry> plan = {{"usdt:/usr/bin/prog:prov:many", 1u << 1 | 1u << 9,
-                                        kPlanMoreArgs}};
+  const std::vector<PlanEntry> plan = {
+      {"usdt:/usr/bin/prog:prov:many", 1u << 1 | 1u << 9, kPlanMoreArgs}};
   Region region = make_region(kModeTrace, plan, 1024);
   const char *text = reinterpret_cast<const char *>(region.header()) + region.header()->plan_offset;
   EXPECT_NE(std::strstr(text, "\n0\t8706\tusdt:/usr/bin/prog:prov:many\n"), nullptr) << text;

@@ -44,8 +44,8 @@ constexpr std::array<NamedBuiltin, 12> kBuiltins = {{
 
 // bpftrace builtins that make no sense, or are not implemented, in user space.
 constexpr std::string_view kUnsupportedBuiltins[] = {
-    "cgroup", "curtask", "kstack", "rand",  "username",   "args",
-    "ctx",    "jiffies", "numaid", "sarg0", "sarg1", "ustack_mode"};
+    "cgroup", "curtask", "kstack", "rand",  "username", "args",
+    "ctx",    "jiffies", "numaid", "sarg0", "sarg1",    "ustack_mode"};
 
 struct NamedFunc {
   std::string_view name;

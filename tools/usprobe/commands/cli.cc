@@ -542,7 +542,8 @@ the probe's name. Return probes (uretprobe:) are not supported.)",
   RunOptions run;
   std::string run_format = "text";
   CLI::App *run_cmd = app.add_subcommand(
-      "run", "Run a bpftrace program on a command's probes: FILE.bt | -e PROGRAM, -- COMMAND or -p PID");
+      "run",
+      "Run a bpftrace program on a command's probes: FILE.bt | -e PROGRAM, -- COMMAND or -p PID");
   run_cmd->add_option("FILE", run.file, "the program, bpftrace's language")->type_name("FILE.bt");
   run_cmd->add_option("-e", run.program, "the program, given here")->type_name("PROGRAM");
   run_cmd->add_option("-c", run.c_command, "the command to run, as one string (bpftrace's -c)")
@@ -557,12 +558,14 @@ the probe's name. Return probes (uretprobe:) are not supported.)",
   run_cmd->add_option("-f,--format", run_format, "output format: text or json (bpftrace's NDJSON)")
       ->check(CLI::IsMember({"text", "json"}))
       ->type_name("FORMAT");
-  run_cmd->add_option("-n,--comm", run.comm,
-                      "probe only the processes whose name (comm, 15 characters) contains NAME")
+  run_cmd
+      ->add_option("-n,--comm", run.comm,
+                   "probe only the processes whose name (comm, 15 characters) contains NAME")
       ->type_name("NAME");
   run_cmd->add_flag("-v,--verbose", run.verbose, "print the agent's informational notices");
-  run_cmd->add_option("-o,--output", run.output,
-                      "write the program's output to FILE (bpftrace's -o), not stdout")
+  run_cmd
+      ->add_option("-o,--output", run.output,
+                   "write the program's output to FILE (bpftrace's -o), not stdout")
       ->type_name("FILE");
   set_footer(run_cmd,
              "\n"
@@ -638,10 +641,10 @@ a few tens of nanoseconds; aggregations are kept per thread and merged when prin
         option ? nearest(args[0], {"--help", "--version"}) : nearest(args[0], subcommands);
     std::string why =
         near.empty() ? "expected a subcommand: list, count, trace, latency, stacks or run"
-        : option     ? fmt::format("did you mean {}?", near)
-                     : fmt::format(
-                       "did you mean {}? expected list, count, trace, latency, stacks or run",
-                       near);
+        : option
+            ? fmt::format("did you mean {}?", near)
+            : fmt::format("did you mean {}? expected list, count, trace, latency, stacks or run",
+                          near);
     fmt::print(stderr, "usprobe: unknown {} '{}' ({}); see usprobe --help\n",
                option ? "option" : "subcommand", args[0], why);
     return 2;

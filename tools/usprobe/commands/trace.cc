@@ -36,8 +36,8 @@
 #include "protocol/maps_lines.h"
 #include "resolve/symbolizer.h"
 #include "session/region.h"
-#include "session/stack_names.h"
 #include "session/session.h"
+#include "session/stack_names.h"
 #include "session/supervisor.h"
 #include "session/tsc_clock.h"
 

@@ -260,7 +260,8 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
       // and retval is what it returned; at an entry there is no return value yet. A USDT note
       // has up to 12 arguments.
       const bool returning = spec.probe.starts_with("uretprobe:");
-      const unsigned count = spec.probe.starts_with("usdt:") ? agent::kMaxUsdtArgs : agent::kMaxArgs;
+      const unsigned count =
+          spec.probe.starts_with("usdt:") ? agent::kMaxUsdtArgs : agent::kMaxArgs;
       unsigned n = 0;
       if (arg == "retval") {
         if (!returning)

@@ -9,12 +9,12 @@
 
 #include <algorithm>
 #include <bit>
-#include <type_traits>
 #include <cerrno>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "os/linux/high_descriptor.h"
 
@@ -69,9 +69,8 @@ Result<void> check_config(const RegionConfig &config) {
     if (config.table_entries > (1u << 24) || std::popcount(config.table_entries) > 1)
       return refuse("table_entries", config.table_entries, "a power of two up to 2^24, or 0");
   }
-  if (config.mode == agent::kModeRun &&
-      (config.program.size() < sizeof(agent::bt::ProgramHeader) || config.tsc_to_ns_mult == 0 ||
-       config.ring_size < 4096))
+  if (config.mode == agent::kModeRun && (config.program.size() < sizeof(agent::bt::ProgramHeader) ||
+                                         config.tsc_to_ns_mult == 0 || config.ring_size < 4096))
     return refuse("program", config.program.size(),
                   "run mode needs a program, the TSC rate and a ring of at least 4096 bytes");
   if (config.mode == agent::kModeTrace && config.trace_stacks &&
@@ -151,12 +150,11 @@ Result<Region> Region::create(const RegionConfig &config, const std::vector<Plan
   uint64_t slot_offset =
       align_up(notice_offset + uint64_t{config.max_notices} * sizeof(agent::Notice), 4096);
   // Run mode: the table area where stacks mode has its stack table.
-  uint64_t stride = latency ? agent::latency_stride_for(probe_count)
-                    : stacks
-                        ? agent::stacks_stride_for(probe_count, config.table_entries,
-                                                   config.table_arena_words, config.ring_size)
-                    : run ? agent::stack_table_offset(probe_count) + align_up(config.tables_bytes, 64) +
-                                config.ring_size
+  uint64_t stride = latency  ? agent::latency_stride_for(probe_count)
+                    : stacks ? agent::stacks_stride_for(probe_count, config.table_entries,
+                                                        config.table_arena_words, config.ring_size)
+                    : run    ? agent::stack_table_offset(probe_count) +
+                                align_up(config.tables_bytes, 64) + config.ring_size
                           : agent::slot_stride_for(probe_count, config.ring_size);
   uint64_t size = slot_offset + uint64_t{config.max_slots} * stride;
   uint64_t shared_offset = 0;

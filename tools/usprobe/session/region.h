@@ -195,7 +195,7 @@ struct RegionLayout {
   uint32_t table_arena_words = 0;
   uint64_t process_offset = 0;
   uint32_t max_processes = 0;
-  std::string comm_filter;  // RegionConfig::comm
+  std::string comm_filter;     // RegionConfig::comm
   uint64_t tables_bytes = 0;   // run mode: a slot's table area (at table_offset)
   uint64_t shared_offset = 0;  // run mode: the shared area
   uint64_t shared_bytes = 0;

@@ -1,6 +1,6 @@
-// What the commands share: everything checked before the session starts (the command or the
-// processes to attach to, the probes, the agent), the agent's notices printed while it runs, and
-// the run of count and latency.
+// What the commands share (count, latency, trace, stacks and run): everything checked before the
+// session starts (the command or the processes to attach to, the probes, the agent), the agent's
+// notices printed while it runs, and the run of count and latency.
 #pragma once
 
 #include <cstdio>

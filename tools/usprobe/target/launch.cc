@@ -240,7 +240,8 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
   };
   bool ok = put(&head, sizeof head) && put(records.data(), records.size() * sizeof records[0]);
   for (const auto *t : targets) ok = ok && put(t->data(), t->size() * sizeof(uint64_t));
-  ok = ok && ::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) == 0;
+  ok =
+      ok && ::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) == 0;
   if (!ok) {
     ::close(fd);
     return -1;

@@ -72,8 +72,8 @@ class LaunchedTarget final : public Target {
     std::vector<std::string> files;  // the dynamic linker: the engine follows it with a probe
     if (!command_.interp.empty()) files.push_back(command_.interp);
     targets_fd_ = branch_targets_memfd(locations, files);
-    auto child = launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_,
-                        targets_fd_);
+    auto child =
+        launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_, targets_fd_);
     if (!child) return std::unexpected(child.error());
     child_ = *child;
     pidfd_ = open_pidfd(child_.pid);
@@ -137,7 +137,7 @@ class LaunchedTarget final : public Target {
   Child child_;
   int pidfd_ = -1;
   int targets_fd_ = -1;  // the probed files' branch targets, for the command (protocol/targets.h)
-  int stdout_fd_ = -1;  // the command's stdout, when not usprobe's (Output)
+  int stdout_fd_ = -1;   // the command's stdout, when not usprobe's (Output)
 };
 
 }  // namespace
