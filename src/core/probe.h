@@ -58,6 +58,9 @@ struct ConsumerArray {
   // probe (its hit gets the instance's only session).
   static constexpr uint32_t kNoHandler = ~0u;
   bool simple_handlers = false;
+  // Of those, one consumer with an entry handler and no return probe: the commonest, which
+  // usprobe_dispatch runs in the fewest instructions.
+  bool single_entry_callback = false;
   bool entry_session = false;
   uint32_t entry_handler = kNoHandler;
   uint32_t return_handler = kNoHandler;
@@ -106,6 +109,10 @@ struct Probe {
   // usprobe_entry_fast first, saving only the caller-saved registers. A stale read is harmless:
   // the fast path refuses (kDispatchFull) what it cannot do, and the full path does everything.
   std::atomic<uint8_t> no_entry_handlers{0};
+  // Nonzero while the consumers are one entry handler alone (ConsumerArray::single_entry_callback):
+  // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the
+  // next one does it.
+  std::atomic<uint8_t> single_entry_callback{0};
 
   // A USDT site's note (its arguments for usprobe_usdt_arg, its semaphore): set once, by the first
   // attach that names the location as a USDT probe, before that attach publishes its consumers

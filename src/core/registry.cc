@@ -60,6 +60,7 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
   a->simple_handlers = entry_handlers <= 1 && return_handlers <= 1 && returns <= 1 &&
                        entry_handlers + return_handlers > 0;
   if (!a->simple_handlers) a->entry_handler = a->return_handler = kNoHandler;
+  a->single_entry_callback = v.size() == 1 && v[0].on_entry != nullptr && !v[0].count_returns;
   static std::atomic<uint64_t> next_id{1};
   a->id = next_id.fetch_add(1, std::memory_order_relaxed);
   std::copy(v.begin(), v.end(), a->entries);
@@ -199,6 +200,7 @@ void publish(Probe *p, std::vector<ConsumerEntry> entries,
   const ConsumerArray *old = p->consumers.exchange(next, std::memory_order_acq_rel);
   if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
   p->no_entry_handlers.store(!next || !next->has_callbacks, std::memory_order_relaxed);
+  p->single_entry_callback.store(next && next->single_entry_callback, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
 }
 
