@@ -7,19 +7,15 @@
 #include <string>
 #include <string_view>
 
+#include "os/linux/maps_line.h"
+
 namespace usprobe::agent {
 
 // The path field of a maps line: what follows the inode, after the padding ("" for anonymous
-// memory). The first five fields are separated by single spaces.
+// memory, and for a line that is not in the kernel's format).
 inline std::string_view maps_line_path(std::string_view line) {
-  size_t pos = 0;
-  for (int field = 0; field < 5; ++field) {
-    pos = line.find(' ', pos);
-    if (pos == std::string_view::npos) return {};
-    ++pos;
-  }
-  size_t start = line.find_first_not_of(' ', pos);
-  return start == std::string_view::npos ? std::string_view() : line.substr(start);
+  os::MapsLine l;
+  return os::parse_maps_line(line, l) ? l.path : std::string_view();
 }
 
 inline std::string naming_lines(std::string_view maps_text) {

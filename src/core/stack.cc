@@ -15,6 +15,7 @@
 #include "core/probe.h"
 #include "core/return_stack.h"
 #include "core/thread_record.h"
+#include "os/linux/maps_line.h"
 #include "os/linux/raw_syscall.h"
 #include "usprobe/usprobe.h"
 
@@ -74,43 +75,23 @@ struct StackRange {
 // costs no system call. Initial-exec and constinit, as t_record: no __tls_get_addr, no wrapper.
 constinit thread_local StackRange t_stack __attribute__((tls_model("initial-exec")));
 
-uint64_t parse_hex(const char *&p, const char *end) {
-  uint64_t v = 0;
-  for (; p < end; ++p) {
-    const char c = *p;
-    if (c >= '0' && c <= '9') {
-      v = v * 16 + static_cast<uint64_t>(c - '0');
-    } else if (c >= 'a' && c <= 'f') {
-      v = v * 16 + static_cast<uint64_t>(c - 'a' + 10);
-    } else {
-      break;
-    }
-  }
-  return v;
-}
-
 struct Mapping {
   uint64_t start = 0, end = 0;
   bool readable = false;
   bool main_stack = false;  // "[stack]": the main thread's
 };
 
-// One line of /proc/self/maps, "start-end perms offset dev inode [path]"; `line` may be the start
-// of a line too long for the buffer (its path is then not "[stack]" anyway).
+// One line of /proc/self/maps (os/linux/maps_line.h: no allocation, no libc); `line` may be the
+// start of a line too long for the buffer (its path is then not "[stack]" anyway). A line that
+// does not parse holds nothing.
 Mapping parse_maps_line(const char *p, const char *end) {
   Mapping m;
-  m.start = parse_hex(p, end);
-  if (p < end && *p == '-') ++p;
-  m.end = parse_hex(p, end);
-  if (p < end && *p == ' ') ++p;
-  m.readable = p < end && *p == 'r';
-  // Skip perms, offset, dev and inode, then the spaces before the path.
-  for (int field = 0; field < 4 && p < end; ++field) {
-    while (p < end && *p != ' ') ++p;
-    while (p < end && *p == ' ') ++p;
-  }
-  constexpr std::string_view kStack = "[stack]";
-  m.main_stack = std::string_view(p, static_cast<size_t>(end - p)) == kStack;
+  os::MapsLine l;
+  if (!os::parse_maps_line(std::string_view(p, static_cast<size_t>(end - p)), l)) return m;
+  m.start = l.start;
+  m.end = l.end;
+  m.readable = l.read;
+  m.main_stack = l.path == "[stack]";
   return m;
 }
 

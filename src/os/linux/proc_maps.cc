@@ -1,10 +1,4 @@
-// Parsing /proc/self/maps. A line is
-//
-//   7f6adcaaf000-7f6adcc05000 r-xp 00026000 fe:00 332835      /usr/lib/x86_64-linux-gnu/libc.so.6
-//
-// Every field before the path is a run of non-space characters separated by one space; the
-// kernel then pads with spaces up to a column and prints the path, which may itself contain
-// spaces (everything up to the end of the line belongs to it) or be missing (anonymous memory).
+// Reading /proc/self/maps into Mappings; each line as os/linux/maps_line.h parses it.
 #include "os/linux/proc_maps.h"
 
 #include <fcntl.h>
@@ -12,9 +6,10 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <string_view>
+
+#include "os/linux/maps_line.h"
 
 namespace usprobe::os {
 namespace {
@@ -44,63 +39,17 @@ Result<std::string> read_whole_file(const char *path) {
   return text;
 }
 
-// A cursor over one line; each take_* consumes a field and reports whether it was well formed.
-class LineReader {
- public:
-  explicit LineReader(std::string_view line) : rest_(line) {}
-
-  bool take_hex(uint64_t &out) {
-    auto [ptr, ec] = std::from_chars(rest_.data(), rest_.data() + rest_.size(), out, 16);
-    if (ec != std::errc() || ptr == rest_.data()) return false;
-    rest_.remove_prefix(static_cast<size_t>(ptr - rest_.data()));
-    return true;
-  }
-  bool take_dec(uint64_t &out) {
-    auto [ptr, ec] = std::from_chars(rest_.data(), rest_.data() + rest_.size(), out, 10);
-    if (ec != std::errc() || ptr == rest_.data()) return false;
-    rest_.remove_prefix(static_cast<size_t>(ptr - rest_.data()));
-    return true;
-  }
-  bool take_char(char c) {
-    if (rest_.empty() || rest_.front() != c) return false;
-    rest_.remove_prefix(1);
-    return true;
-  }
-  bool take_perms(Mapping &m) {
-    if (rest_.size() < 4) return false;
-    std::string_view p = rest_.substr(0, 4);
-    if ((p[0] != 'r' && p[0] != '-') || (p[1] != 'w' && p[1] != '-') ||
-        (p[2] != 'x' && p[2] != '-') || (p[3] != 'p' && p[3] != 's'))
-      return false;
-    m.read = p[0] == 'r';
-    m.write = p[1] == 'w';
-    m.exec = p[2] == 'x';
-    m.priv = p[3] == 'p';
-    rest_.remove_prefix(4);
-    return true;
-  }
-  // The inode must be followed by the padding or the end of the line.
-  bool at_field_end() const { return rest_.empty() || rest_.front() == ' '; }
-  // Whatever follows the inode, without the padding; empty for anonymous mappings.
-  std::string_view take_rest() {
-    size_t first = rest_.find_first_not_of(' ');
-    return first == std::string_view::npos ? std::string_view() : rest_.substr(first);
-  }
-
- private:
-  std::string_view rest_;
-};
-
 bool parse_line(std::string_view line, Mapping &m) {
-  LineReader r(line);
-  uint64_t major = 0, minor = 0, ino = 0;
-  if (!r.take_hex(m.start) || !r.take_char('-') || !r.take_hex(m.end) || !r.take_char(' ') ||
-      !r.take_perms(m) || !r.take_char(' ') || !r.take_hex(m.offset) || !r.take_char(' ') ||
-      !r.take_hex(major) || !r.take_char(':') || !r.take_hex(minor) || !r.take_char(' ') ||
-      !r.take_dec(ino) || !r.at_field_end())
-    return false;
-  if (m.end < m.start) return false;
-  std::string_view path = r.take_rest();
+  MapsLine l;
+  if (!parse_maps_line(line, l)) return false;
+  m.start = l.start;
+  m.end = l.end;
+  m.read = l.read;
+  m.write = l.write;
+  m.exec = l.exec;
+  m.priv = l.priv;
+  m.offset = l.offset;
+  std::string_view path = l.path;
   // The kernel appends " (deleted)" to the path of an unlinked file. A file whose real name ends
   // that way is indistinguishable; treating it as deleted only costs a failed lookup.
   constexpr std::string_view kDeleted = " (deleted)";
@@ -108,8 +57,8 @@ bool parse_line(std::string_view line, Mapping &m) {
     path.remove_suffix(kDeleted.size());
     m.deleted = true;
   }
-  m.dev = makedev(static_cast<unsigned>(major), static_cast<unsigned>(minor));
-  m.ino = static_cast<ino_t>(ino);
+  m.dev = makedev(l.major, l.minor);
+  m.ino = static_cast<ino_t>(l.ino);
   m.path = std::string(path);
   return true;
 }

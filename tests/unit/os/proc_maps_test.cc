@@ -2,6 +2,8 @@
 // process's own /proc/self/maps.
 #include "os/linux/proc_maps.h"
 
+#include "os/linux/maps_line.h"
+
 #include <gtest/gtest.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -136,3 +138,33 @@ TEST(ProcMaps, OwnMapsListThisCodeAsAnExecutableMappingOfTheProgram) {
 
 }  // namespace
 }  // namespace usprobe::os
+
+// The line parser itself (os/linux/maps_line.h), which the stack walk and the symbolizer's maps
+// lines use without read_mappings: the path as the kernel printed it, a line cut short after its
+// fields, and numbers that do not fit.
+TEST(MapsLine, ParsesAFileLineAndKeepsThePathAsPrinted) {
+  usprobe::os::MapsLine l;
+  ASSERT_TRUE(usprobe::os::parse_maps_line(
+      "7f6adcaaf000-7f6adcc05000 r-xp 00026000 fe:0a 332835      /tmp/a b (deleted)", l));
+  EXPECT_EQ(l.start, 0x7f6adcaaf000u);
+  EXPECT_EQ(l.end, 0x7f6adcc05000u);
+  EXPECT_TRUE(l.read && l.exec && l.priv && !l.write);
+  EXPECT_EQ(l.offset, 0x26000u);
+  EXPECT_EQ(l.major, 0xfeu);
+  EXPECT_EQ(l.minor, 0x0au);
+  EXPECT_EQ(l.ino, 332835u);
+  EXPECT_EQ(l.path, "/tmp/a b (deleted)");
+  ASSERT_TRUE(usprobe::os::parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0", l));
+  EXPECT_EQ(l.path, "");
+  ASSERT_TRUE(usprobe::os::parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [sta", l));
+  EXPECT_EQ(l.path, "[sta");  // cut short by a reader's buffer: the fields before it are whole
+}
+
+TEST(MapsLine, RefusesWhatIsNotTheKernelsFormat) {
+  usprobe::os::MapsLine l;
+  for (const char *bad :
+       {"", "7f00-", "7f00-7e00 r-xp 0 fe:00 1", "7f00-7f10 rxp 0 fe:00 1",
+        "7f00-7f10 r-xq 0 fe:00 1", "7f00-7f10 r-xp 0 fe00 1", "7f00-7f10 r-xp 0 fe:00 1x",
+        "7f00-17f10000000000000 r-xp 0 fe:00 1", "7f00-7f10 r-xp 0 fe:00"})
+    EXPECT_FALSE(usprobe::os::parse_maps_line(bad, l)) << bad;
+}
