@@ -227,19 +227,24 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
   head.files = static_cast<uint32_t>(records.size());
   int fd = ::memfd_create("usprobe-targets", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
-  auto put = [&](const void *data, size_t n) {
-    const auto *p = static_cast<const char *>(data);
-    while (n > 0) {
-      ssize_t w = ::write(fd, p, n);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return false;
-      p += w;
-      n -= static_cast<size_t>(w);
+  // Written through a mapping, which is gone before the seals go on (F_SEAL_WRITE refuses a file
+  // with a writable mapping).
+  const size_t size = sizeof head + records.size() * sizeof records[0] + head.words * 8;
+  bool ok = ::ftruncate(fd, static_cast<off_t>(size)) == 0;
+  void *mem = ok ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+  ok = mem != MAP_FAILED;
+  if (ok) {
+    char *at = static_cast<char *>(mem);
+    std::memcpy(at, &head, sizeof head);
+    at += sizeof head;
+    if (!records.empty()) std::memcpy(at, records.data(), records.size() * sizeof records[0]);
+    at += records.size() * sizeof records[0];
+    for (const auto *t : targets) {
+      if (!t->empty()) std::memcpy(at, t->data(), t->size() * sizeof(uint64_t));
+      at += t->size() * sizeof(uint64_t);
     }
-    return true;
-  };
-  bool ok = put(&head, sizeof head) && put(records.data(), records.size() * sizeof records[0]);
-  for (const auto *t : targets) ok = ok && put(t->data(), t->size() * sizeof(uint64_t));
+    ::munmap(mem, size);
+  }
   ok =
       ok && ::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) == 0;
   if (!ok) {
