@@ -671,12 +671,20 @@ void take_branch_targets(const char *path) {
       const TargetsFile &f = files[i];
       const size_t id_length = strnlen(f.build_id, sizeof f.build_id);
       if (id_length == sizeof f.build_id || f.first > head->words ||
-          f.count > head->words - f.first)
+          f.count > head->words - f.first || f.ranges_first > head->words ||
+          f.ranges > (head->words - f.ranges_first) / 2)
         continue;
-      provide_file_branch_targets(
-          elf::FileId{static_cast<dev_t>(f.dev), static_cast<ino_t>(f.ino)},
-          std::string(f.build_id, id_length),
-          std::vector<uint64_t>(words + f.first, words + f.first + f.count));
+      std::vector<std::pair<uint64_t, uint64_t>> ranges(f.ranges);
+      for (uint64_t k = 0; k < f.ranges; ++k)
+        ranges[k] = {words[f.ranges_first + 2 * k], words[f.ranges_first + 2 * k + 1]};
+      // The engine binary-searches both: a table that is not sorted is not used.
+      if (!std::is_sorted(ranges.begin(), ranges.end()) ||
+          !std::is_sorted(words + f.first, words + f.first + f.count))
+        continue;
+      provide_file_branch_targets(elf::FileId{static_cast<dev_t>(f.dev), static_cast<ino_t>(f.ino)},
+                                  std::string(f.build_id, id_length),
+                                  std::vector<uint64_t>(words + f.first, words + f.first + f.count),
+                                  std::move(ranges));
     }
   }
   munmap(mem, size);

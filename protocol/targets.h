@@ -1,4 +1,6 @@
-// The branch targets of the probed files, computed once by the CLI for every process of a command.
+// The branch targets of the probed files, computed once by the CLI for every process of a command,
+// and the code ranges that decoded completely (at whose function entries prepare_site need not
+// decode again).
 //
 // Before a probe's first site in a file is placed, the engine decodes the whole file for the
 // direct branch targets it holds (core/site_analysis.h, file_branch_targets): no window may cover
@@ -11,8 +13,10 @@
 // same identity and build id. A process that cannot open it (another user, a closed /proc), or
 // finds anything wrong, decodes as before: the table saves time, never decides anything alone.
 //
-// Layout: TargetsHead, then `files` TargetsFile records, then `words` uint64_t file offsets; each
-// file's targets are words[first, first + count), sorted.
+// Layout: TargetsHead, then `files` TargetsFile records, then `words` uint64_t words. A file's
+// targets are words[first, first + count), sorted file offsets; the code ranges that decoded
+// completely (core/site_analysis.h, file_complete_ranges) are `ranges` (offset, size) pairs from
+// words[ranges_first] on, sorted.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +25,7 @@ namespace usprobe::agent {
 
 inline constexpr const char *kEnvTargets = "USPROBE_AGENT_TARGETS";
 inline constexpr uint64_t kTargetsMagic = 0x3154'4752'5450'5355ull;  // "USPTRGT1", little-endian
-inline constexpr uint32_t kTargetsVersion = 1;
+inline constexpr uint32_t kTargetsVersion = 2;
 inline constexpr uint32_t kTargetsMaxFiles = 4096;
 
 struct TargetsHead {
@@ -37,8 +41,10 @@ struct TargetsFile {
   char build_id[128];  // hex, NUL-terminated
   uint64_t first;
   uint64_t count;
+  uint64_t ranges_first;
+  uint64_t ranges;
 };
 
-static_assert(sizeof(TargetsHead) == 24 && sizeof(TargetsFile) == 160);
+static_assert(sizeof(TargetsHead) == 24 && sizeof(TargetsFile) == 176);
 
 }  // namespace usprobe::agent

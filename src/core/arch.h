@@ -69,6 +69,12 @@ struct SiteRequest {
   // assembly does this, e.g. glibc's mempcpy jumping into memcpy) forbids the jump path too.
   const std::vector<uint64_t> *file_branch_targets = nullptr;
   uint64_t site_file_offset = 0;
+  // The code ranges (file offset, size), sorted, that file_branch_targets came from and that
+  // decoded completely, and the function's own file offset: at the entry of a function listed
+  // there with these bounds, the file's targets hold the function's own, and prepare_site need
+  // not decode the function again (unless the jump needs more than a plain window).
+  const std::vector<std::pair<uint64_t, uint64_t>> *complete_ranges = nullptr;
+  uint64_t function_file_offset = 0;
   // The file's bytes right after the function, up to the next function's start (at most 16): a
   // jump at the function's last short instruction may borrow them as its displacement's high
   // bytes (instruction punning), and a window that ends with the function's last instruction
@@ -116,8 +122,9 @@ Result<SitePlan> prepare_site(const SiteRequest &req);
 void release_trampoline(const SitePlan &plan);
 
 // Append to `out` the targets of every direct branch in `code`, an instruction stream that starts
-// at `base` (any coordinate system: the targets come out in the same one).
-void branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out);
+// at `base` (any coordinate system: the targets come out in the same one). Returns whether `code`
+// decoded completely.
+bool branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out);
 
 // A spin-wait hint (x86: pause).
 void cpu_relax();

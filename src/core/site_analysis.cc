@@ -20,54 +20,72 @@ namespace usprobe {
 
 namespace {
 
+// What decoding a whole file gives (file_branch_targets): its branch targets, and the code ranges
+// that decoded completely.
+struct FileCode {
+  std::vector<uint64_t> targets;
+  std::vector<std::pair<uint64_t, uint64_t>> complete;
+};
 struct Provided {
   std::string build_id;
-  std::vector<uint64_t> targets;
+  FileCode code;
 };
 std::mutex g_targets_mutex;  // guards the two maps below
 // Never destroyed: a probe's site requests point into them for the life of the process.
-auto *g_targets = new std::map<elf::FileId, std::unique_ptr<std::vector<uint64_t>>>;
+auto *g_files = new std::map<elf::FileId, std::unique_ptr<FileCode>>;
 auto *g_provided = new std::map<elf::FileId, Provided>;
+
+const FileCode &file_code(const elf::ElfFile &file) {
+  std::lock_guard lock(g_targets_mutex);
+  auto &slot = (*g_files)[file.id()];
+  if (slot) return *slot;
+  if (auto it = g_provided->find(file.id());
+      it != g_provided->end() && it->second.build_id == file.build_id()) {
+    slot = std::make_unique<FileCode>(std::move(it->second.code));
+    g_provided->erase(it);
+    return *slot;
+  }
+  slot = std::make_unique<FileCode>();
+  auto decode = [&](uint64_t offset, uint64_t size) {
+    auto code = file.bytes(offset, size);
+    if (!code.empty() && arch::branch_targets(code, offset, slot->targets))
+      slot->complete.emplace_back(offset, size);
+  };
+  uint64_t last_offset = ~0ull;
+  for (const elf::Function &f : file.functions()) {
+    if (f.file_offset == last_offset) continue;  // aliases
+    last_offset = f.file_offset;
+    decode(f.file_offset, f.size);
+  }
+  // Code that no symbol names (a stripped file's static functions and cold parts) is known by
+  // its FDE: its branches land in named code too, and its own sites get bounds from the FDE.
+  for (const elf::ElfFile::CodeRange &r : file.unwind_ranges())
+    if (!file.function_containing(r.file_offset)) decode(r.file_offset, r.size);
+  auto &t = slot->targets;
+  t.insert(t.end(), file.landing_pads().begin(), file.landing_pads().end());
+  std::sort(t.begin(), t.end());
+  t.erase(std::unique(t.begin(), t.end()), t.end());
+  std::sort(slot->complete.begin(), slot->complete.end());
+  return *slot;
+}
 
 }  // namespace
 
 void provide_file_branch_targets(const elf::FileId &id, std::string build_id,
-                                 std::vector<uint64_t> targets) {
+                                 std::vector<uint64_t> targets,
+                                 std::vector<std::pair<uint64_t, uint64_t>> complete) {
   if (build_id.empty()) return;
   std::lock_guard lock(g_targets_mutex);
-  (*g_provided)[id] = Provided{std::move(build_id), std::move(targets)};
+  (*g_provided)[id] =
+      Provided{std::move(build_id), FileCode{std::move(targets), std::move(complete)}};
 }
 
 const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file) {
-  std::lock_guard lock(g_targets_mutex);
-  auto &slot = (*g_targets)[file.id()];
-  if (!slot) {
-    if (auto it = g_provided->find(file.id());
-        it != g_provided->end() && it->second.build_id == file.build_id()) {
-      slot = std::make_unique<std::vector<uint64_t>>(std::move(it->second.targets));
-      g_provided->erase(it);
-      return slot.get();
-    }
-    slot = std::make_unique<std::vector<uint64_t>>();
-    uint64_t last_offset = ~0ull;
-    for (const elf::Function &f : file.functions()) {
-      if (f.file_offset == last_offset) continue;  // aliases
-      last_offset = f.file_offset;
-      auto code = file.bytes(f.file_offset, f.size);
-      if (!code.empty()) arch::branch_targets(code, f.file_offset, *slot);
-    }
-    // Code that no symbol names (a stripped file's static functions and cold parts) is known by
-    // its FDE: its branches land in named code too, and its own sites get bounds from the FDE.
-    for (const elf::ElfFile::CodeRange &r : file.unwind_ranges()) {
-      if (file.function_containing(r.file_offset)) continue;
-      auto code = file.bytes(r.file_offset, r.size);
-      if (!code.empty()) arch::branch_targets(code, r.file_offset, *slot);
-    }
-    slot->insert(slot->end(), file.landing_pads().begin(), file.landing_pads().end());
-    std::sort(slot->begin(), slot->end());
-    slot->erase(std::unique(slot->begin(), slot->end()), slot->end());
-  }
-  return slot.get();
+  return &file_code(file).targets;
+}
+
+const std::vector<std::pair<uint64_t, uint64_t>> *file_complete_ranges(const elf::ElfFile &file) {
+  return &file_code(file).complete;
 }
 
 std::span<const uint8_t> bytes_after(const elf::ElfFile &file, uint64_t end) {
@@ -95,7 +113,9 @@ Result<arch::SiteRequest> site_request(const elf::ResolvedLocation &loc, uint64_
   if (req.function.empty())
     return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
   req.file_branch_targets = file_branch_targets(*loc.file);
+  req.complete_ranges = file_complete_ranges(*loc.file);
   req.site_file_offset = loc.file_offset;
+  req.function_file_offset = loc.func_offset;
   if (req.bounds_known) req.after = bytes_after(*loc.file, loc.func_offset + loc.func_size);
   return req;
 }

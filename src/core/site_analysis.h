@@ -37,11 +37,17 @@ namespace usprobe {
 // file offsets, sorted; computed once per file (about 40 ms for libc) and kept for the life of the
 // process. Thread-safe.
 const std::vector<uint64_t> *file_branch_targets(const elf::ElfFile &file);
-// The branch targets of a file as another process computed them (the CLI, once for every process
-// of a command: protocol/targets.h): file_branch_targets takes them for a file of this identity
-// and build id (not empty) instead of decoding it, if it has not computed its own yet.
+// The code ranges (file offset, size) that file_branch_targets decoded completely, sorted: the
+// functions (the first alias at an offset) and the FDEs of unnamed code (arch.h,
+// SiteRequest::complete_ranges).
+const std::vector<std::pair<uint64_t, uint64_t>> *file_complete_ranges(const elf::ElfFile &file);
+// The branch targets and complete ranges of a file as another process computed them (the CLI,
+// once for every process of a command: protocol/targets.h): the two functions above take them
+// for a file of this identity and build id (not empty) instead of decoding it, if they have not
+// decoded it already.
 void provide_file_branch_targets(const elf::FileId &id, std::string build_id,
-                                 std::vector<uint64_t> targets);
+                                 std::vector<uint64_t> targets,
+                                 std::vector<std::pair<uint64_t, uint64_t>> complete);
 
 // The file's code bytes from `end` (a function's end) up to the next function's start, at most 16
 // (the longest padding instruction, 15 bytes, fits): what a jump at the function's last

@@ -514,9 +514,10 @@ std::optional<Pun> punned_jump(uint64_t site, std::span<const uint8_t> insn,
 
 }  // namespace
 
-void branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out) {
+bool branch_targets(std::span<const uint8_t> code, uint64_t base, std::vector<uint64_t> &out) {
   x86::FunctionScan scan = x86::scan_function(code, base);
   out.insert(out.end(), scan.branch_targets.begin(), scan.branch_targets.end());
+  return scan.complete;
 }
 
 uint8_t trap_byte() {
@@ -570,9 +571,21 @@ std::shared_ptr<const x86::FunctionScan> function_scan(std::span<const uint8_t> 
 Result<SitePlan> prepare_site(const SiteRequest &req) {
   const uint64_t off = req.site - req.function_addr;
   static const x86::FunctionScan kNoScan;
+  // A function's entry, where the whole file was decoded already and this function with it,
+  // completely (SiteRequest::complete_ranges): its own branch targets are among the file's, which
+  // every window is checked against, its entry is an instruction's start, and at an entry nothing
+  // else of the scan matters when the function holds a whole 5-byte window (the padding rules are
+  // for shorter ones). That is what this scan says, without decoding the function again.
+  static const x86::FunctionScan kKnownEntry{{0}, {}, false, true};
+  const bool known_entry =
+      req.bounds_known && off == 0 && req.function.size() >= kJumpLength &&
+      req.file_branch_targets && req.complete_ranges &&
+      std::binary_search(
+          req.complete_ranges->begin(), req.complete_ranges->end(),
+          std::pair<uint64_t, uint64_t>(req.function_file_offset, req.function.size()));
   std::shared_ptr<const x86::FunctionScan> scanned;
-  if (req.bounds_known) scanned = function_scan(req.function, req.function_addr);
-  const x86::FunctionScan &scan = scanned ? *scanned : kNoScan;
+  if (req.bounds_known && !known_entry) scanned = function_scan(req.function, req.function_addr);
+  const x86::FunctionScan &scan = known_entry ? kKnownEntry : scanned ? *scanned : kNoScan;
   if (req.bounds_known) {
     bool decoded_past = !scan.boundaries.empty() && scan.boundaries.back() >= off;
     if (!scan.is_boundary(static_cast<uint32_t>(off)) && (scan.complete || decoded_past))

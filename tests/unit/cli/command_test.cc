@@ -168,7 +168,8 @@ TEST(Launch, EnvironmentNamesTheTargetsTableAndDropsAnOldOne) {
 }
 
 // The table of the probed files' branch targets (protocol/targets.h): libc once for an entry and
-// a return probe on it, its targets as the engine computes them, and no process can change it.
+// a return probe on it, its targets and complete ranges as the engine computes them, and no
+// process can change it.
 TEST(Launch, BranchTargetsTableIsSealedAndHoldsEachProbedFileOnce) {
   auto libc = elf::resolve_location("libc:malloc");
   ASSERT_TRUE(libc) << libc.error().message;
@@ -194,10 +195,16 @@ TEST(Launch, BranchTargetsTableIsSealedAndHoldsEachProbedFileOnce) {
   const std::vector<uint64_t> *expected = file_branch_targets(*libc->file);
   ASSERT_NE(expected, nullptr);
   ASSERT_EQ(file->count, expected->size());
+  const auto &ranges = *file_complete_ranges(*libc->file);
+  ASSERT_EQ(file->ranges, ranges.size());
   EXPECT_EQ(static_cast<uint64_t>(st.st_size),
-            sizeof *head + sizeof *file + file->count * sizeof(uint64_t));
+            sizeof *head + sizeof *file + (file->count + 2 * file->ranges) * sizeof(uint64_t));
   const auto *words = reinterpret_cast<const uint64_t *>(file + 1);
   EXPECT_TRUE(std::equal(expected->begin(), expected->end(), words + file->first));
+  for (size_t k = 0; k < ranges.size(); ++k) {
+    EXPECT_EQ(words[file->ranges_first + 2 * k], ranges[k].first);
+    EXPECT_EQ(words[file->ranges_first + 2 * k + 1], ranges[k].second);
+  }
   munmap(mem, static_cast<size_t>(st.st_size));
   close(fd);
   EXPECT_EQ(branch_targets_memfd({}), -1);

@@ -2,12 +2,15 @@
 // probed process (what `usprobe list -v usdt:FILE` and usprobe_jump_share report).
 #include "core/site_analysis.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <string>
 
+#include "core/probe.h"
+#include "elf/location.h"
 #include "elf/usdt.h"
 
 namespace usprobe {
@@ -81,17 +84,68 @@ TEST(SiteAnalysis, ProvidedBranchTargetsAreTakenOnlyForTheSameFileAndBuildId) {
       (*taken)->id() == (*refused)->id())
     GTEST_SKIP() << "needs /usr/bin/true and /usr/bin/false, two files with build ids";
   const std::vector<uint64_t> fake = {0x11, 0x22, 0x33};
-  provide_file_branch_targets((*taken)->id(), (*taken)->build_id(), fake);
-  provide_file_branch_targets((*refused)->id(), "00" + (*refused)->build_id(), fake);
-  provide_file_branch_targets((*refused)->id(), "", fake);  // no build id: never taken
+  const std::vector<std::pair<uint64_t, uint64_t>> fake_ranges = {{0x10, 0x40}};
+  provide_file_branch_targets((*taken)->id(), (*taken)->build_id(), fake, fake_ranges);
+  provide_file_branch_targets((*refused)->id(), "00" + (*refused)->build_id(), fake, fake_ranges);
+  provide_file_branch_targets((*refused)->id(), "", fake, fake_ranges);  // no build id: never
   const std::vector<uint64_t> *t = file_branch_targets(**taken);
   ASSERT_NE(t, nullptr);
   EXPECT_EQ(*t, fake);
+  EXPECT_EQ(*file_complete_ranges(**taken), fake_ranges);
+  EXPECT_NE(*file_complete_ranges(**refused), fake_ranges);
   const std::vector<uint64_t> *r = file_branch_targets(**refused);
   ASSERT_NE(r, nullptr);
   EXPECT_NE(*r, fake);
   EXPECT_GT(r->size(), 100u);  // decoded: a program has many
   EXPECT_TRUE(std::is_sorted(r->begin(), r->end()));
+}
+
+// A function entry whose function the file's decoding covered completely is planned without
+// decoding the function again (arch.h, SiteRequest::complete_ranges): the plan must be the one the
+// function's own decoding gives, for every function entry of libc (jump or int3, the reason, the
+// bytes written and relied on).
+TEST(SiteAnalysis, EntriesOfCompletelyDecodedFunctionsArePlannedAsADecodingPlansThem) {
+  auto libc = elf::resolve_location("libc:malloc");
+  ASSERT_TRUE(libc) << libc.error().message;
+  auto image = CodeImage::map(libc->file);
+  ASSERT_TRUE(image) << image.error().message;
+  const elf::ElfFile &file = image->file();
+  ASSERT_FALSE(file_complete_ranges(file)->empty());
+  static Probe probe;
+  size_t compared = 0, known = 0;
+  uint64_t last = ~0ull;
+  for (const elf::Function &f : file.functions()) {
+    if (f.file_offset == last || f.size == 0) continue;
+    last = f.file_offset;
+    auto loc = elf::resolve_location(fmt::format("{}:{:#x}", file.path(), f.file_offset));
+    if (!loc) continue;
+    auto addr = image->runtime(loc->file_offset);
+    if (!addr) continue;
+    auto req = site_request(*loc, *addr);
+    ASSERT_TRUE(req) << req.error().message;
+    req->probe = &probe;
+    req->describe = loc->describe();
+    known += std::binary_search(req->complete_ranges->begin(), req->complete_ranges->end(),
+                                std::pair<uint64_t, uint64_t>(loc->func_offset, loc->func_size));
+    auto with = arch::prepare_site(*req);
+    req->complete_ranges = nullptr;  // the function decoded again
+    auto without = arch::prepare_site(*req);
+    ASSERT_EQ(bool(with), bool(without)) << loc->describe();
+    if (!with) continue;
+    EXPECT_EQ(with->path, without->path) << loc->describe();
+    EXPECT_EQ(with->int3_reason, without->int3_reason) << loc->describe();
+    // The patch bytes name each plan's own trampoline or stub: their length and what they replace.
+    EXPECT_EQ(with->patch.size(), without->patch.size()) << loc->describe();
+    EXPECT_EQ(with->original, without->original) << loc->describe();
+    EXPECT_EQ(with->footprint, without->footprint) << loc->describe();
+    EXPECT_EQ(with->window_length, without->window_length) << loc->describe();
+    EXPECT_EQ(with->borrowed, without->borrowed) << loc->describe();
+    arch::release_trampoline(*with);
+    arch::release_trampoline(*without);
+    ++compared;
+  }
+  EXPECT_GT(compared, 1000u);
+  EXPECT_GT(known, compared / 2);  // most take the path without decoding
 }
 
 }  // namespace

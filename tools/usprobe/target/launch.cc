@@ -209,21 +209,28 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
 
   agent::TargetsHead head{agent::kTargetsMagic, agent::kTargetsVersion, 0, 0};
   std::vector<agent::TargetsFile> records;
-  std::vector<const std::vector<uint64_t> *> targets;
+  std::vector<uint64_t> words;  // every file's targets, then its complete ranges as pairs
   for (const auto &f : files) {
     if (records.size() == agent::kTargetsMaxFiles) break;
-    const std::vector<uint64_t> *t = file_branch_targets(*f);
-    if (!t || f->build_id().size() >= sizeof agent::TargetsFile::build_id) continue;
+    if (f->build_id().size() >= sizeof agent::TargetsFile::build_id) continue;
+    const std::vector<uint64_t> &t = *file_branch_targets(*f);
+    const auto &ranges = *file_complete_ranges(*f);
     agent::TargetsFile r{};
     r.dev = f->id().dev;
     r.ino = f->id().ino;
     std::memcpy(r.build_id, f->build_id().data(), f->build_id().size());
-    r.first = head.words;
-    r.count = t->size();
-    head.words += t->size();
+    r.first = words.size();
+    r.count = t.size();
+    words.insert(words.end(), t.begin(), t.end());
+    r.ranges_first = words.size();
+    r.ranges = ranges.size();
+    for (const auto &[offset, size] : ranges) {
+      words.push_back(offset);
+      words.push_back(size);
+    }
     records.push_back(r);
-    targets.push_back(t);
   }
+  head.words = words.size();
   head.files = static_cast<uint32_t>(records.size());
   int fd = ::memfd_create("usprobe-targets", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
@@ -239,10 +246,7 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
     at += sizeof head;
     if (!records.empty()) std::memcpy(at, records.data(), records.size() * sizeof records[0]);
     at += records.size() * sizeof records[0];
-    for (const auto *t : targets) {
-      if (!t->empty()) std::memcpy(at, t->data(), t->size() * sizeof(uint64_t));
-      at += t->size() * sizeof(uint64_t);
-    }
+    if (!words.empty()) std::memcpy(at, words.data(), words.size() * sizeof words[0]);
     ::munmap(mem, size);
   }
   ok =
