@@ -304,15 +304,13 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
       if (!inst.session[k].skip)
         bump(rec->counters[kCounterWords * inst.session[k].slot + kReturns]);
     if constexpr (kHandlers) {
-      if (a->has_return_callbacks && a->simple_handlers) {
-        // The instance's only session is the return handler's (simple_handlers, the same array).
-        if (!inst.session[0].skip) {
-          const ConsumerEntry &c = a->entries[a->return_handler];
-          usprobe_hit hit{regs, inst.probe, &inst.session[0], &inst, vectors};
-          c.on_return(&hit, c.user);
-        }
-      } else if (a->has_return_callbacks) {
+      if (a->has_return_callbacks && !a->simple_handlers) {
         run_return_callbacks(a, regs, inst, vectors);
+      } else if (a->has_return_callbacks && !inst.session[0].skip) {
+        // The instance's only session is the return handler's (simple_handlers, the same array).
+        const ConsumerEntry &c = a->entries[a->return_handler];
+        usprobe_hit hit{regs, inst.probe, &inst.session[0], &inst, vectors};
+        c.on_return(&hit, c.user);
       }
     }
     return true;

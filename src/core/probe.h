@@ -58,12 +58,12 @@ struct ConsumerArray {
   // probe (its hit gets the instance's only session).
   static constexpr uint32_t kNoHandler = ~0u;
   bool simple_handlers = false;
-  // Of those, one consumer with an entry handler and no return probe: the commonest, which
-  // usprobe_dispatch runs in the fewest instructions.
-  bool single_entry_callback = false;
   bool entry_session = false;
   uint32_t entry_handler = kNoHandler;
   uint32_t return_handler = kNoHandler;
+  // Of those, one consumer with an entry handler and no return probe: the commonest, which
+  // usprobe_dispatch runs in the fewest instructions.
+  bool single_entry_callback = false;
   ReturnSession return_template[kMaxSessions] = {};
   ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
 
