@@ -107,6 +107,13 @@ struct SitePlan {
   // The bytes after `original` that the patch relies on (a punned jump's borrowed bytes), as they
   // are in the file: they must be so in memory too when the patch is written.
   std::vector<uint8_t> borrowed;
+  // A function entry's counter path (core/thread_record.h): its instructions from the load of the
+  // probe's counter word to the increment, at counter_window, with the offset of each and where a
+  // thread stopped there restarts (the load, offset 0: retire::counter_windows_clear). Length 0
+  // when the trampoline has none.
+  uint64_t counter_window = 0;
+  uint32_t counter_window_length = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> counter_window_map;
   // A small piece of code the patch enters first (a punned jump's target must lie in a range its
   // borrowed bytes fix; the stub there jumps on to the trampoline). 0 when none. Released with the
   // trampoline, under the same rules.

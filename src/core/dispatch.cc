@@ -33,6 +33,7 @@ bool has_slot(const ConsumerArray *a, uint32_t slot) {
 // fn returns.
 template <typename F>
 inline auto handler_section(ThreadRecord *rec, F &&fn) {
+  CounterPathOff counter_path_off;  // first on, last off: the depth guards all between
   rec->depth.store(1, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   const auto result = [&] {

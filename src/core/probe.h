@@ -109,6 +109,13 @@ struct Probe {
   // usprobe_entry_fast first, saving only the caller-saved registers. A stale read is harmless:
   // the fast path refuses (kDispatchFull) what it cannot do, and the full path does everything.
   std::atomic<uint8_t> no_entry_handlers{0};
+  // The counter path's word (core/thread_record.h): counter_word(slot) while the consumers are one
+  // built-in entry counter alone (no handler, no return probe), else 0. A function-entry
+  // trampoline reads it at its absolute address and counts without calling anything. Cleared
+  // before any other consumer is published (publish()); a thread that read it before that counts
+  // one more hit into that slot, which is still the consumer's own: only a slot that is freed needs
+  // the threads to be past their increment first (retire::counter_windows_clear).
+  std::atomic<uint64_t> counter_word{0};
   // Nonzero while the consumers are one entry handler alone (ConsumerArray::single_entry_callback):
   // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the
   // next one does it.

@@ -189,10 +189,20 @@ void refresh_views() {
   }
 }
 
-// Replace a probe's consumer array; the old one goes to `garbage`.
-void publish(Probe *p, std::vector<ConsumerEntry> entries,
+// Replace a probe's consumer array; the old one goes to `garbage`. Returns whether the counter
+// path may still count into a slot it counted into before (it did, and counts no more, or into
+// another): a slot of those that is freed must wait for retire::counter_windows_clear.
+bool publish(Probe *p, std::vector<ConsumerEntry> entries,
              std::vector<std::function<void()>> &garbage) {
   const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
+  const uint64_t word = next && next->count == 1 && !next->has_callbacks && !next->has_returns
+                            ? counter_word(next->entries[0].slot)
+                            : 0;
+  // Off before the array changes (relaxed: the exchange's release orders it first; a thread that
+  // read the word before counts a hit that the old array's consumer would count too), on once the
+  // new array is published.
+  const uint64_t old_word = p->counter_word.load(std::memory_order_relaxed);
+  if (old_word != word) p->counter_word.store(0, std::memory_order_relaxed);
   // The trampoline's hint first when callbacks arrive, last when they go; a trampoline that reads
   // it stale is corrected by dispatch (kDispatchNeedsVectorSave).
   if (next && next->wants_vector_state) p->wants_vector_state.store(1, std::memory_order_relaxed);
@@ -201,7 +211,9 @@ void publish(Probe *p, std::vector<ConsumerEntry> entries,
   if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
   p->no_entry_handlers.store(!next || !next->has_callbacks, std::memory_order_relaxed);
   p->single_entry_callback.store(next && next->single_entry_callback, std::memory_order_relaxed);
+  if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
+  return old_word != 0 && old_word != word;
 }
 
 std::vector<ConsumerEntry> entries_of(const Probe *p) {
@@ -549,6 +561,9 @@ class InternalWork {
  private:
   ThreadRecord *rec_;
   uint32_t saved_ = 0;
+  // Made after the record (a first registration turns the counter path on), undone after the
+  // depth is restored (members go after the destructor's body), as handler sections do.
+  CounterPathOff counter_path_off_;
 };
 
 void on_loader_event(usprobe_hit *, void *) {
@@ -856,17 +871,18 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       (void)patcher::remove(pending);
       note_patched(pending);
       note_unpatched(pending);
+      bool counted = false;  // the counter path counted into them: they are kept (detach)
       for (auto &[p, add] : added) {
         auto entries = entries_of(p);
         std::erase_if(entries, [&](const ConsumerEntry &e) {
           return std::any_of(add.begin(), add.end(), [&](auto &a) { return a.slot == e.slot; });
         });
-        publish(p, std::move(entries), garbage);
+        counted |= publish(p, std::move(entries), garbage);
       }
       for (auto &[i, link] : made) {
         uint32_t s = link->slot;
         delete link;
-        garbage.emplace_back([s] { counters::free_slot(s); });
+        if (!counted) garbage.emplace_back([s] { counters::free_slot(s); });
       }
     }
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
@@ -900,6 +916,7 @@ Result<void> detach(std::span<usprobe_link *const> links) {
       }
     }
     std::map<Probe *, std::vector<uint32_t>> removed;
+    std::vector<uint32_t> freed_slots;
     for (usprobe_link *l : links) {
       if (!l) continue;
       live_links().erase(l);
@@ -910,8 +927,7 @@ Result<void> detach(std::span<usprobe_link *const> links) {
         removed[p].push_back(l->slot);
       }
       gone.push_back(l);
-      uint32_t slot = l->slot;
-      garbage.emplace_back([slot] { counters::free_slot(slot); });
+      freed_slots.push_back(l->slot);
     }
     // A site whose mapping went away without a word to usprobe (code unmapped by hand, no
     // usprobe_notify_mapping) is forgotten, not written: the original bytes would land on
@@ -922,12 +938,23 @@ Result<void> detach(std::span<usprobe_link *const> links) {
                     [](const auto &kv) { return kv.first->links.empty(); }))
       if (auto m = refresh_mappings(garbage)) by_file = std::move(*m);
     std::vector<Site *> unpatch, lost;
+    std::vector<uint32_t> counted_slots;  // slots the counter path may still count into
+    std::vector<arch::WindowMove> counter_windows;
     for (auto &[p, slots] : removed) {
       auto entries = entries_of(p);
       std::erase_if(entries, [&](const ConsumerEntry &e) {
         return std::find(slots.begin(), slots.end(), e.slot) != slots.end();
       });
-      publish(p, std::move(entries), garbage);
+      if (const uint64_t word = p->counter_word.load(std::memory_order_relaxed);
+          publish(p, std::move(entries), garbage)) {
+        counted_slots.push_back(counter_word_slot(word));
+        for (const auto &plan : p->plans)
+          if (plan->plan.counter_window_length)
+            counter_windows.push_back({plan->plan.counter_window, plan->plan.counter_window_length,
+                                       plan->plan.counter_window,
+                                       plan->plan.counter_window_map.data(),
+                                       plan->plan.counter_window_map.size()});
+      }
       if (!p->links.empty()) continue;
       const std::vector<uint64_t> mapped =
           by_file ? wanted_addresses(p, *by_file) : std::vector<uint64_t>();
@@ -946,6 +973,13 @@ Result<void> detach(std::span<usprobe_link *const> links) {
     for (auto &g : site_table::take_retired()) garbage.push_back(std::move(g));
     refresh_views();
     unpatched_before = g_unpatch_gen;
+    // A slot the counter path counted into is reused only once no thread can still increment it
+    // with a word it read before (retire.h); otherwise it is kept, unused, for the process's life.
+    if (!counted_slots.empty() && !retire::counter_windows_clear(counter_windows))
+      std::erase_if(freed_slots, [&](uint32_t s) {
+        return std::find(counted_slots.begin(), counted_slots.end(), s) != counted_slots.end();
+      });
+    for (uint32_t slot : freed_slots) garbage.emplace_back([slot] { counters::free_slot(slot); });
   }
   // After this grace period no thread runs (or will run) a handler of the detached consumers.
   rcu::synchronize();

@@ -55,25 +55,51 @@ bool return_stacks_clear(const std::vector<Range> &code, const std::vector<const
   return true;
 }
 
-// Point 3.
-bool stacks_clear(const std::vector<uint64_t> &stack_pointers, const std::vector<Range> &code) {
+// Threads' stacks (from each stack pointer up, as far as its mapping goes, kStackScan at most),
+// as os::read_memory gives them: (address, bytes).
+std::vector<std::pair<uint64_t, std::vector<uint8_t>>> read_stacks(
+    const std::vector<uint64_t> &stack_pointers) {
+  std::vector<std::pair<uint64_t, std::vector<uint8_t>>> stacks;
   auto maps = os::read_mappings();
   for (uint64_t sp : stack_pointers) {
     size_t len = kStackScan;
     if (maps)
       for (const os::Mapping &m : *maps)
         if (sp >= m.start && sp < m.end) len = std::min<size_t>(kStackScan, m.end - sp);
-    const std::vector<uint8_t> stack = os::read_memory(sp & ~uint64_t{7}, len);
+    const uint64_t at = sp & ~uint64_t{7};
+    stacks.emplace_back(at, os::read_memory(at, len));
+  }
+  return stacks;
+}
+
+// Point 3.
+bool stacks_clear(const std::vector<uint64_t> &stack_pointers, const std::vector<Range> &code) {
+  for (const auto &[at, stack] : read_stacks(stack_pointers))
     for (size_t off = 0; off + 8 <= stack.size(); off += 8) {
       uint64_t word;
       std::memcpy(&word, stack.data() + off, 8);
       if (in(word, code)) return false;
     }
-  }
   return true;
 }
 
+uint64_t restart_counter_window(ucontext_t *uc, void *arg) {
+  return arch::move_out_of_windows(uc, *static_cast<std::span<const arch::WindowMove> *>(arg));
+}
+bool outside_counter_windows(uint64_t pc, void *arg) {
+  return arch::pc_outside_windows(pc, *static_cast<std::span<const arch::WindowMove> *>(arg));
+}
+
 }  // namespace
+
+bool counter_windows_clear(std::span<const arch::WindowMove> windows) {
+  if (windows.empty()) return true;
+  auto r = os::run_thread_round(restart_counter_window, outside_counter_windows, &windows);
+  if (!r || r->unreached > 0) return false;
+  for (const auto &[at, stack] : read_stacks(r->stack_pointers))
+    if (arch::signal_frame_in_windows(stack, at, windows)) return false;
+  return true;
+}
 
 bool idle(const std::vector<Range> &code, const std::vector<const Probe *> &probes) {
   if (!return_stacks_clear(code, probes)) return false;

@@ -23,9 +23,11 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <utility>
 #include <vector>
 
+#include "core/arch.h"
 #include "core/error.h"
 
 namespace usprobe {
@@ -43,5 +45,16 @@ constexpr size_t kStackScan = 64 * 1024;
 // `probes`. Preconditions: the sites are unpatched and a grace period began after that. Blocks
 // (a thread round); not from a signal handler or a read section.
 bool idle(const std::vector<Range> &code, const std::vector<const Probe *> &probes);
+
+// Retiring a counter slot the counter path counted into (core/thread_record.h): once the probe's
+// counter word no longer names it, a thread may still sit between its load of the word and its
+// increment, for as long as the scheduler leaves it there, and would count into the slot's next
+// consumer. Run right after the words are cleared (with the registry's mutex held, so that the
+// trampolines stay), it moves every thread stopped strictly inside one of `windows` (the plans'
+// counter windows: their maps send every instruction back to the load) to the window's start,
+// where it reads the cleared word; and it looks for signal frames that would resume inside one.
+// True when no thread can increment with a word read before the call; false (threads that did not
+// answer, or such a frame) leaves the slots to be kept, never reused. Blocks (a thread round).
+bool counter_windows_clear(std::span<const arch::WindowMove> windows);
 
 }  // namespace usprobe::retire

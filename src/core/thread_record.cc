@@ -13,9 +13,19 @@
 namespace usprobe {
 
 constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local uint64_t t_counter_base __attribute__((tls_model("initial-exec"))) = 0;
 std::atomic<uint32_t> g_return_depth{kDefaultReturnDepth};
 
 namespace {
+
+// The thread's record is set: the counter path may count for it (thread_record.h), unless its
+// counters lie where the bias trick cannot tell them from none.
+ThreadRecord *adopt(ThreadRecord *r) {
+  t_record = r;
+  const auto base = reinterpret_cast<uint64_t>(r->counters);
+  if (base >= kCounterBias) t_counter_base = base;
+  return r;
+}
 
 std::atomic<ThreadRecord *> g_records{nullptr};  // head of the list; pushes only (CAS)
 
@@ -34,9 +44,19 @@ ThreadRecord *new_record() {
   // and that may be mmap itself.
   void *mem = os::raw_mmap_anon(4096, PROT_READ | PROT_WRITE, 0);
   if (!mem) return nullptr;
-  // Counters: reserved, not committed; pages appear as slots are first used.
-  void *ctr = os::raw_mmap_anon(sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots,
-                                PROT_READ | PROT_WRITE, MAP_NORESERVE);
+  // Counters: reserved, not committed; pages appear as slots are first used. Above kCounterBias,
+  // for the counter path: where the kernel puts mappings anyway, but not under valgrind, whose
+  // own layout starts low (and whose instruction counts measure the counter path).
+  constexpr size_t kCounterBytes = sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots;
+  void *ctr = os::raw_mmap_anon(kCounterBytes, PROT_READ | PROT_WRITE, MAP_NORESERVE);
+  if (ctr && reinterpret_cast<uint64_t>(ctr) < kCounterBias) {
+    void *high =
+        os::raw_mmap_anon(kCounterBytes, PROT_READ | PROT_WRITE, MAP_NORESERVE, 4 * kCounterBias);
+    if (high) {
+      os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(ctr), kCounterBytes);
+      ctr = high;
+    }
+  }
   if (!ctr) {
     os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(mem), 4096);
     return nullptr;
@@ -47,8 +67,7 @@ ThreadRecord *new_record() {
   void *ret =
       os::raw_mmap_anon(sizeof(ReturnInstance) * depth, PROT_READ | PROT_WRITE, MAP_NORESERVE);
   if (!ret) {
-    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(ctr),
-                     sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots);
+    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(ctr), kCounterBytes);
     os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(mem), 4096);
     return nullptr;
   }
@@ -74,8 +93,7 @@ ThreadRecord *register_current_thread() {
         r->tid.compare_exchange_strong(expected, self, std::memory_order_acquire)) {
       r->return_top = 0;  // the dead owner's pending returns will never come
       r->stack_key = 0;
-      t_record = r;
-      return r;
+      return adopt(r);
     }
   }
   ThreadRecord *r = new_record();
@@ -87,8 +105,7 @@ ThreadRecord *register_current_thread() {
     // Release: a walker that sees r also sees its initialised fields (pairs with all_records()).
   } while (!g_records.compare_exchange_weak(head, r, std::memory_order_release,
                                             std::memory_order_relaxed));
-  t_record = r;
-  return r;
+  return adopt(r);
 }
 
 }  // namespace usprobe

@@ -54,6 +54,50 @@ struct alignas(64) ThreadRecord {
 // constinit: no dynamic initialisation, so no TLS wrapper call on the hit path.
 extern constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec")));
 
+// The counter path: the code at a function entry that counts a probe whose only consumer is one
+// built-in entry counter (Probe::counter_word) without calling anything. It reads two words, this
+// thread's t_counter_base and the probe's counter word, adds them, and increments the word at
+// kCounterBias past the sum:
+//
+//   t_counter_base   the record's `counters` while the thread runs no handler (depth 0), else 0;
+//                    also 0 before the thread's first hit, and for a record whose counters lie
+//                    below kCounterBias (then the thread always takes the full path).
+//   counter word     -kCounterBias + the byte offset of the slot's hits word, or 0.
+//
+// The sum carries out of 64 bits exactly when both are set (base >= kCounterBias > offset): one
+// `add` and one `jnc` tell the counter path from the full path, which counts everything else.
+// Zeroing the base inside handlers is what makes a hit there a miss, as the full path counts it.
+constexpr uint64_t kCounterBias = uint64_t{1} << 30;
+static_assert(sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots < kCounterBias);
+inline uint64_t counter_word(uint32_t slot) {
+  return (0 - kCounterBias) + sizeof(uint64_t) * (kCounterWords * slot + kHits);
+}
+inline uint32_t counter_word_slot(uint64_t word) {
+  return static_cast<uint32_t>((word + kCounterBias) / sizeof(uint64_t) / kCounterWords);
+}
+extern constinit thread_local uint64_t t_counter_base __attribute__((tls_model("initial-exec")));
+
+// While this thread runs a handler (or usprobe's own work), the counter path is off: hits go to
+// the full path, which counts them as missed (or not at all). Nests, as handler sections do in
+// signal handlers: each restores what it found.
+class CounterPathOff {
+ public:
+  CounterPathOff() : saved_(t_counter_base) {
+    t_counter_base = 0;
+    // The counter path of this thread (a signal handler's hit) sees 0 before the handler runs.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~CounterPathOff() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    t_counter_base = saved_;
+  }
+  CounterPathOff(const CounterPathOff &) = delete;
+  CounterPathOff &operator=(const CounterPathOff &) = delete;
+
+ private:
+  uint64_t saved_;
+};
+
 // Slow path of the first hit of a thread: take a free record or make one. Async-signal-safe.
 // Returns nullptr only when memory cannot be mapped (the hit is then not counted).
 ThreadRecord *register_current_thread();

@@ -16,10 +16,12 @@
 //     <the displaced instructions, relocated>
 //     jmp site+length               (absent when the last one never falls through)
 //
-// A function-entry trampoline starts with a fast path for probes whose consumers are all built-in
-// counters: it saves only the caller-saved registers and calls usprobe_entry_fast, which needs no
-// Regs view; anything that needs more falls through to the full path above. The shared return
-// code (make_return_trampoline) has the same two paths.
+// A function-entry trampoline starts with two shorter paths. The counter path (emit_counter_path)
+// counts a probe whose only consumer is one built-in entry counter in a handful of instructions,
+// calling nothing. The fast path, for probes whose consumers are all built-in counters, saves only
+// the caller-saved registers and calls usprobe_entry_fast, which needs no Regs view. Anything that
+// needs more falls through to the full path above. The shared return code
+// (make_return_trampoline) has the fast path and the full path.
 //
 // Flavours: at a function entry the System V ABI says what is live: argument registers, %rax
 // (vararg count), %r10 (static chain), %r11, xmm0-7; flags and the other vector registers are
@@ -41,6 +43,7 @@
 #include "core/arch.h"
 #include "core/dispatch.h"
 #include "core/probe.h"
+#include "core/thread_record.h"
 #include "os/linux/code_memory.h"
 
 namespace usprobe::arch {
@@ -218,6 +221,74 @@ void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
   w.patch_u32(at + 4, static_cast<uint32_t>(v >> 32));
 }
 
+// %fs-relative offset of t_counter_base (core/thread_record.h), the same in every thread:
+// initial-exec TLS lies in the static TLS block, at a fixed distance below the thread pointer.
+// nullopt when it is farther than a disp32 reaches (the trampolines then have no counter path).
+std::optional<int32_t> counter_base_offset() {
+  uint64_t tp;
+  asm("mov %%fs:0,%0" : "=r"(tp));  // the TCB's self pointer: the thread pointer
+  const int64_t off = static_cast<int64_t>(reinterpret_cast<uint64_t>(&t_counter_base) - tp);
+  if (off < INT32_MIN || off > INT32_MAX) return std::nullopt;
+  return static_cast<int32_t>(off);
+}
+
+// The counter path, first in a function-entry trampoline (core/thread_record.h says what the two
+// words hold). It counts a probe whose only consumer is one built-in entry counter, saving nothing
+// but %r11, in the slot below %rsp (at a function's entry nothing lives below %rsp, and signal
+// frames skip the red zone); %r11 is free by the ABI, but callers built with -fipa-ra may keep a
+// value in it across a call to a function that leaves it alone:
+//
+//     mov %r11,-8(%rsp)
+//   counter window:
+//     movabs $&probe->counter_word,%r11
+//     mov (%r11),%r11
+//     add %fs:t_counter_base,%r11       carries when both words are set
+//     jnc full
+//     incq kCounterBias(%r11)           this thread's hits of the slot
+//   (end of the window)
+//     mov -8(%rsp),%r11
+//     jmp relocated instructions        (patched once the window follows, `to_window`)
+//   full:
+//     mov -8(%rsp),%r11
+//
+// A thread stopped inside the counter window when the probe's slot goes is sent back to its start
+// (SitePlan::counter_window_map), where it reads the word again.
+void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset, SitePlan &plan,
+                       size_t &to_window) {
+  const uint8_t save_r11[] = {0x4C, 0x89, 0x5C, 0x24, 0xF8};  // mov %r11,-8(%rsp)
+  const uint8_t load_r11[] = {0x4C, 0x8B, 0x5C, 0x24, 0xF8};  // mov -8(%rsp),%r11
+  w.put_bytes(save_r11, sizeof save_r11);
+  const size_t window = w.size();
+  plan.counter_window = w.pc();
+  auto instruction = [&] {
+    plan.counter_window_map.emplace_back(static_cast<uint32_t>(w.size() - window), 0);
+  };
+  instruction();
+  w.put_mov_reg_imm64(x86::R11, reinterpret_cast<uint64_t>(&probe->counter_word));
+  instruction();
+  const uint8_t load_word[] = {0x4D, 0x8B, 0x1B};  // mov (%r11),%r11
+  w.put_bytes(load_word, sizeof load_word);
+  instruction();
+  const uint8_t add_base[] = {0x64, 0x4C, 0x03, 0x1C, 0x25};  // add %fs:disp32,%r11
+  w.put_bytes(add_base, sizeof add_base);
+  w.put_u32(static_cast<uint32_t>(base_offset));
+  instruction();
+  w.put_u8(0x0F), w.put_u8(0x83);  // jnc full (rel32, patched below)
+  const size_t to_full = w.size();
+  w.put_u32(0);
+  instruction();
+  const uint8_t increment[] = {0x49, 0xFF, 0x83};  // incq disp32(%r11)
+  w.put_bytes(increment, sizeof increment);
+  w.put_u32(static_cast<uint32_t>(kCounterBias));
+  plan.counter_window_length = static_cast<uint32_t>(w.size() - window);
+  w.put_bytes(load_r11, sizeof load_r11);
+  w.put_u8(0xE9);  // jmp window (rel32, patched by the caller)
+  to_window = w.size();
+  w.put_u32(0);
+  w.patch_u32(to_full, static_cast<uint32_t>(w.size() - (to_full + 4)));
+  w.put_bytes(load_r11, sizeof load_r11);
+}
+
 // Everything up to the window, which follows at w.pc().
 //
 //   save GPRs and flags (the Regs view); %rbx = Regs*; align the stack
@@ -242,9 +313,12 @@ void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
 // address over the return address instead costs a mispredicted `ret` on every return, about as
 // much as the rest of the return probe.)
 void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry,
-                                const ReturnCode &return_code) {
+                                const ReturnCode &return_code, SitePlan &plan) {
   LandingPatches landings;
   size_t fast_to_tail = 0;
+  size_t counter_to_window = 0;
+  static const std::optional<int32_t> base_offset = counter_base_offset();
+  if (entry && base_offset) emit_counter_path(w, probe, *base_offset, plan, counter_to_window);
   if (entry) {
     // Flags are dead at a function entry (usprobe_hit_flags says so): their slot is only made
     // room for, and later holds dispatch's result. pushfq costs more than a store.
@@ -376,6 +450,8 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   w.patch_u32(to_counted, static_cast<uint32_t>(w.size() - (to_counted + 4)));
   put_call_window(return_code.counted, landings.counted);
   w.patch_u32(to_window, static_cast<uint32_t>(w.size() - (to_window + 4)));
+  if (counter_to_window)
+    w.patch_u32(counter_to_window, static_cast<uint32_t>(w.size() - (counter_to_window + 4)));
   for (size_t at : calls) w.patch_u32(at, static_cast<uint32_t>(w.size() - (at + 4)));
 }
 
@@ -614,7 +690,7 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   } unused{*mem};
   x86::CodeWriter w(*mem);
   w.bytes().reserve(kTrampolineSize);  // one allocation, not one per doubling
-  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code);
+  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code, plan);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
   // The bytes from the site on that a window may cover (a window is whole instructions over 5

@@ -33,8 +33,9 @@ inline int raw_gettid() {
 }
 
 // mmap of anonymous private memory; nullptr on failure.
-inline void *raw_mmap_anon(size_t len, int prot, int extra_flags) {
-  long r = raw_syscall6(SYS_mmap, 0, static_cast<long>(len), prot,
+// `hint`: where the mapping should go if that is free (no MAP_FIXED: elsewhere if not).
+inline void *raw_mmap_anon(size_t len, int prot, int extra_flags, uint64_t hint = 0) {
+  long r = raw_syscall6(SYS_mmap, static_cast<long>(hint), static_cast<long>(len), prot,
                         0x22 /*PRIVATE|ANONYMOUS*/ | extra_flags, -1, 0);
   return r < 0 && r > -4096 ? nullptr : reinterpret_cast<void *>(r);
 }
