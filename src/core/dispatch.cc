@@ -396,6 +396,17 @@ __attribute__((noinline)) int callback_path(ThreadRecord *rec, arch::Regs *regs,
   return handlers_path(rec, regs, probe, vector_saved, landing, landing_counted);
 }
 
+// Out of line, so that usprobe_dispatch saves no register for its other paths: only tail calls.
+__attribute__((noinline)) int counters_path(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
+                                            int vector_saved, uint64_t landing,
+                                            uint64_t landing_counted) {
+  const int r = entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
+                               landing_counted);
+  if (__builtin_expect(r != kDispatchFull, 1)) return r;
+  // Return handlers only (a uretprobe alone), or the general path.
+  return handlers_path(rec, regs, probe, vector_saved, landing, landing_counted);
+}
+
 }  // namespace
 
 // The hit path. It must never lock, allocate, make a system call (beyond a thread's first hit,
@@ -410,11 +421,7 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
       return callback_path(rec, regs, probe, vector_saved, landing, landing_counted);
     return handlers_path(rec, regs, probe, vector_saved, landing, landing_counted);
   }
-  const int r = entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
-                               landing_counted);
-  if (__builtin_expect(r != kDispatchFull, 1)) return r;
-  // Return handlers only (a uretprobe alone), or the general path.
-  return handlers_path(rec, regs, probe, vector_saved, landing, landing_counted);
+  return counters_path(rec, regs, probe, vector_saved, landing, landing_counted);
 }
 
 extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,

@@ -668,17 +668,14 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     return out;
   }
   ensure_loader_hook();
-  // bpftrace's prefixes: "uprobe:" says nothing more; "uretprobe:" makes the built-in counter
-  // count returns.
-  std::vector<std::string> specs(locations.begin(), locations.end());
+  // bpftrace's prefixes (elf::split_probe_type): "uprobe:" says nothing more; "uretprobe:" makes
+  // the built-in counter count returns.
+  std::vector<std::string> specs(locations.size());
   std::vector<bool> uretprobe(specs.size(), false);
   for (size_t i = 0; i < specs.size(); ++i) {
-    if (specs[i].starts_with("uretprobe:")) {
-      specs[i].erase(0, 10);
-      uretprobe[i] = true;
-    } else if (specs[i].starts_with("uprobe:")) {
-      specs[i].erase(0, 7);
-    }
+    const elf::ProbeType type = elf::split_probe_type(locations[i]);
+    specs[i] = type.location;
+    uretprobe[i] = type.returns;
   }
   // Each location's sites: one for FILE:SYMBOL and its kin, one per note for a USDT probe (its
   // inlined copies), all under one link.

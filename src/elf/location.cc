@@ -287,6 +287,35 @@ std::vector<Result<ResolvedLocation>> resolve_locations(std::span<const std::str
   return out;
 }
 
+size_t file_colon(std::string_view s) {
+  int depth = 0;
+  for (size_t i = s.size(); i-- > 0;) {
+    const char c = s[i];
+    if (c == ')' || c == ']' || c == '}') {
+      ++depth;
+    } else if (c == '(' || c == '[' || c == '{') {
+      depth = depth > 0 ? depth - 1 : 0;
+    } else if (c == ':' && depth == 0) {
+      if (i > 0 && s[i - 1] == ':') {  // "::" of a qualified name
+        --i;
+        continue;
+      }
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
+ProbeType split_probe_type(std::string_view spec) {
+  for (auto [prefix, returns] : {std::pair{std::string_view("uprobe:"), false},
+                                 std::pair{std::string_view("uretprobe:"), true}}) {
+    if (!spec.starts_with(prefix)) continue;
+    const std::string_view rest = spec.substr(prefix.size());
+    if (file_colon(rest) != std::string_view::npos) return {returns, rest};
+  }
+  return {false, spec};
+}
+
 bool is_usdt_spec(std::string_view spec) {
   return spec.starts_with("usdt:");
 }

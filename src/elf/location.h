@@ -51,6 +51,22 @@ Result<ResolvedLocation> resolve_location(std::string_view spec);
 // The same for many specs, opening each distinct FILE once (one result per spec, in order).
 std::vector<Result<ResolvedLocation>> resolve_locations(std::span<const std::string> specs);
 
+// bpftrace's probe types before a location: "uprobe:" (a function's entry, or an instruction, as
+// without it) and "uretprobe:" (the function's return). One rule for the engine and the CLI: the
+// prefix counts only when a whole location follows it, FILE:..., so that a library really called
+// "uprobe" can still be named ("uprobe:malloc" is the symbol malloc of a file named uprobe).
+struct ProbeType {
+  bool returns = false;       // "uretprobe:"
+  std::string_view location;  // what follows the prefix, or the whole spec
+};
+ProbeType split_probe_type(std::string_view spec);
+
+// Where FILE ends in "FILE:SYMBOL" (npos: nowhere): at the last ':' that is neither half of a "::"
+// nor inside (), [] or {}, so that a demangled C++ name ("ns::parse(int)", "f[abi:cxx11]()",
+// "{lambda()#1}::operator()") stays whole after it, and a path with ':' in it
+// ("/odd:dir/lib.so:fn") stays whole before it.
+size_t file_colon(std::string_view spec);
+
 // Whether `spec` names a USDT probe ("usdt:..."), whose locations are its sites.
 bool is_usdt_spec(std::string_view spec);
 // Every site of the USDT probe "usdt:FILE:PROVIDER:NAME" (or "usdt:FILE:NAME", when one provider

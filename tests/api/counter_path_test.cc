@@ -129,7 +129,8 @@ void call_in_handler(int) {
 TEST(CounterPath, SignalHandlerHitsAddToTheInterruptedOnes) {
   Link link;
   ASSERT_ATTACHED(link.attach(loc("tgt_counted")));
-  struct sigaction sa {}, old {};
+  struct sigaction sa {
+  }, old{};
   sa.sa_handler = call_in_handler;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
@@ -176,7 +177,8 @@ TEST(CounterPath, AFreedSlotNeverCountsForItsNextConsumer) {
   for (auto &t : threads) t.join();
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(counted, 0u);
-  EXPECT_EQ(stray, 0u) << "hits of the busy function were counted for the next consumer of its slot";
+  EXPECT_EQ(stray, 0u)
+      << "hits of the busy function were counted for the next consumer of its slot";
 }
 
 }  // namespace

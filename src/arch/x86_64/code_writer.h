@@ -18,6 +18,32 @@ enum Reg : uint8_t {
 };
 // clang-format on
 
+// Condition codes (the low nibble of jcc's opcode); they come in pairs that differ in bit 0.
+enum Cond : uint8_t {
+  kBelow = 0x2,         // jb / jc
+  kAboveOrEqual = 0x3,  // jae / jnc
+  kEqual = 0x4,         // je / jz
+  kNotEqual = 0x5,      // jne / jnz
+};
+
+// A place in the code that branches (and 64-bit immediates) may name before it is bound: each use
+// is filled in when bind() gives the label its place, or at once when it has one already (Frida's
+// x86 writer has the same). A label is bound once, in the writer whose code uses it.
+class Label {
+ public:
+  Label() = default;
+  Label(const Label &) = delete;
+  Label &operator=(const Label &) = delete;
+  bool bound() const { return at_ != kUnbound; }
+
+ private:
+  friend class CodeWriter;
+  static constexpr size_t kUnbound = ~size_t{0};
+  size_t at_ = kUnbound;       // offset in the writer's buffer
+  std::vector<size_t> rel32_;  // rel32 fields to fill (relative to the end of each field)
+  std::vector<size_t> abs64_;  // 64-bit immediates to fill with the label's address
+};
+
 class CodeWriter {
  public:
   explicit CodeWriter(uint64_t base) : base_(base) {}
@@ -33,6 +59,36 @@ class CodeWriter {
     return d >= std::numeric_limits<int32_t>::min() && d <= std::numeric_limits<int32_t>::max();
   }
 
+  // Labels: give `l` the next byte's place, and fill every use made so far.
+  void bind(Label &l) {
+    l.at_ = size();
+    for (size_t at : l.rel32_) patch_u32(at, static_cast<uint32_t>(l.at_ - (at + 4)));
+    for (size_t at : l.abs64_) patch_u64(at, base_ + l.at_);
+    l.rel32_.clear();
+    l.abs64_.clear();
+  }
+  // jmp rel32 / jcc rel32 / call rel32 to a label (in this buffer: always in range).
+  void put_jmp(Label &l) {
+    put_u8(0xE9);
+    put_rel32(l);
+  }
+  void put_jcc(Cond cc, Label &l) {
+    put_u8(0x0F), put_u8(0x80 | cc);
+    put_rel32(l);
+  }
+  void put_call(Label &l) {
+    put_u8(0xE8);
+    put_rel32(l);
+  }
+  // movabs $address of the label, %reg
+  void put_mov_reg_address(Reg r, Label &l) {
+    put_mov_reg_imm64(r, 0);
+    if (l.bound())
+      patch_u64(size() - 8, base_ + l.at_);
+    else
+      l.abs64_.push_back(size() - 8);
+  }
+
   void put_u8(uint8_t b) { buf_.push_back(b); }
   void put_bytes(const void *p, size_t n) {
     auto *b = static_cast<const uint8_t *>(p);
@@ -41,6 +97,7 @@ class CodeWriter {
   void put_u32(uint32_t v) { put_bytes(&v, 4); }
   void put_u64(uint64_t v) { put_bytes(&v, 8); }
   void patch_u32(size_t at, uint32_t v) { std::memcpy(&buf_[at], &v, 4); }
+  void patch_u64(size_t at, uint64_t v) { std::memcpy(&buf_[at], &v, 8); }
 
   // jmp rel32 to target; the caller checks fits_rel32(pc() + 5, target).
   void put_jmp_rel32(uint64_t target) {
@@ -130,6 +187,70 @@ class CodeWriter {
     put_u8(0x48 | (r >= R8 ? 4 : 0)), put_u8(0x8D), put_u8(0x84 | ((r & 7) << 3)), put_u8(0x24);
     put_u32(static_cast<uint32_t>(disp));
   }
+  // Memory operands disp(%base), 64-bit operations. The shortest displacement that holds `disp`
+  // (none for 0, except with %rbp and %r13 as the base, whose no-displacement form means another
+  // thing), and the SIB byte that %rsp and %r12 as the base need.
+  //
+  // mov %src,disp(%base)
+  void put_mov_mem_reg(Reg base, int32_t disp, Reg src) { put_op_mem(0x89, src, base, disp); }
+  // mov disp(%base),%dst
+  void put_mov_reg_mem(Reg dst, Reg base, int32_t disp) { put_op_mem(0x8B, dst, base, disp); }
+  // incq disp(%base)
+  void put_incq_mem(Reg base, int32_t disp) { put_op_mem(0xFF, RAX, base, disp); }  // FF /0
+  // movq $imm32,disp(%base) (sign-extended)
+  void put_movq_mem_imm32(Reg base, int32_t disp, int32_t imm) {
+    put_op_mem(0xC7, RAX, base, disp);  // C7 /0
+    put_u32(static_cast<uint32_t>(imm));
+  }
+  // cmpq $imm8,disp(%base) (sign-extended)
+  void put_cmpq_mem_imm8(Reg base, int32_t disp, int8_t imm) {
+    put_op_mem(0x83, RDI, base, disp);  // 83 /7
+    put_u8(static_cast<uint8_t>(imm));
+  }
+  // cmpb $imm8,disp(%base)
+  void put_cmpb_mem_imm8(Reg base, int32_t disp, int8_t imm) {
+    put_modrm_mem(0x80, RDI, base, disp, false);  // 80 /7
+    put_u8(static_cast<uint8_t>(imm));
+  }
+  // add %fs:disp32,%dst: a word at a fixed distance from the thread pointer (initial-exec TLS)
+  void put_add_reg_fs_abs(Reg dst, int32_t disp) {
+    put_u8(0x64);  // %fs
+    put_u8(0x48 | (dst >= R8 ? 4 : 0)), put_u8(0x03);
+    put_u8(0x04 | ((dst & 7) << 3)), put_u8(0x25);  // SIB: no base, no index: disp32 alone
+    put_u32(static_cast<uint32_t>(disp));
+  }
+  // cmp $imm8,%reg (64-bit, sign-extended) and the 32-bit form
+  void put_cmp_reg_imm8(Reg r, int8_t imm) {
+    put_u8(0x48 | (r >= R8 ? 1 : 0)), put_u8(0x83), put_u8(0xF8 | (r & 7));
+    put_u8(static_cast<uint8_t>(imm));
+  }
+  void put_cmp_reg32_imm8(Reg r, int8_t imm) {
+    if (r >= R8) put_u8(0x41);
+    put_u8(0x83), put_u8(0xF8 | (r & 7));
+    put_u8(static_cast<uint8_t>(imm));
+  }
+  // test %reg,%reg (64-bit)
+  void put_test_reg_reg(Reg a, Reg b) {
+    put_u8(0x48 | (b >= R8 ? 4 : 0) | (a >= R8 ? 1 : 0)), put_u8(0x85);
+    put_u8(0xC0 | ((b & 7) << 3) | (a & 7));
+  }
+  // xor %reg32,%reg32 (zeroes the whole register) and mov $imm32,%reg32 (zero-extended)
+  void put_xor_reg32_reg32(Reg a, Reg b) {
+    if (a >= R8 || b >= R8) put_u8(0x40 | (b >= R8 ? 4 : 0) | (a >= R8 ? 1 : 0));
+    put_u8(0x31), put_u8(0xC0 | ((b & 7) << 3) | (a & 7));
+  }
+  void put_mov_reg32_imm32(Reg r, uint32_t imm) {
+    if (r >= R8) put_u8(0x41);
+    put_u8(0xB8 | (r & 7));
+    put_u32(imm);
+  }
+  // and $imm8,%rsp (sign-extended): aligns the stack down
+  void put_and_rsp_imm8(int8_t imm) {
+    put_u8(0x48), put_u8(0x83), put_u8(0xE4), put_u8(static_cast<uint8_t>(imm));
+  }
+  // push $imm8 (sign-extended to 64 bits)
+  void put_push_imm8(int8_t imm) { put_u8(0x6A), put_u8(static_cast<uint8_t>(imm)); }
+  void put_cld() { put_u8(0xFC); }
   void put_pushfq() { put_u8(0x9C); }
   void put_popfq() { put_u8(0x9D); }
   void put_ret() { put_u8(0xC3); }
@@ -151,6 +272,31 @@ class CodeWriter {
   }
 
  private:
+  void put_rel32(Label &l) {
+    if (l.bound()) {
+      put_u32(static_cast<uint32_t>(l.at_ - (size() + 4)));
+    } else {
+      l.rel32_.push_back(size());
+      put_u32(0);
+    }
+  }
+  // REX.W, `opcode`, and ModRM (+ SIB, displacement) for `reg_field` and disp(%base).
+  void put_op_mem(uint8_t opcode, Reg reg_field, Reg base, int32_t disp) {
+    put_modrm_mem(opcode, reg_field, base, disp, true);
+  }
+  void put_modrm_mem(uint8_t opcode, Reg reg_field, Reg base, int32_t disp, bool wide) {
+    const uint8_t rex = (wide ? 0x48 : 0x40) | (reg_field >= R8 ? 4 : 0) | (base >= R8 ? 1 : 0);
+    if (rex != 0x40) put_u8(rex);
+    put_u8(opcode);
+    const bool none = disp == 0 && (base & 7) != RBP;
+    const bool short_disp = disp >= -128 && disp <= 127;
+    const uint8_t mod = none ? 0x00 : short_disp ? 0x40 : 0x80;
+    put_u8(static_cast<uint8_t>(mod | ((reg_field & 7) << 3) | (base & 7)));
+    if ((base & 7) == RSP) put_u8(0x24);  // SIB: base only
+    if (mod == 0x40) put_u8(static_cast<uint8_t>(disp));
+    if (mod == 0x80) put_u32(static_cast<uint32_t>(disp));
+  }
+
   uint64_t base_;
   std::vector<uint8_t> buf_;
 };

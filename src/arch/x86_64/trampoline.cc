@@ -131,13 +131,9 @@ void put_vec_move(x86::CodeWriter &w, VecWidth v, int n, bool store) {
     }
   }
 }
-void put_and_rsp_imm8(x86::CodeWriter &w, int8_t imm) {
-  const uint8_t b[] = {0x48, 0x83, 0xE4, static_cast<uint8_t>(imm)};
-  w.put_bytes(b, sizeof b);
-}
 void put_mov_eax_edx_mask(x86::CodeWriter &w, uint64_t mask) {
-  w.put_u8(0xB8), w.put_u32(static_cast<uint32_t>(mask));        // mov $lo,%eax
-  w.put_u8(0xBA), w.put_u32(static_cast<uint32_t>(mask >> 32));  // mov $hi,%edx
+  w.put_mov_reg32_imm32(x86::RAX, static_cast<uint32_t>(mask));
+  w.put_mov_reg32_imm32(x86::RDX, static_cast<uint32_t>(mask >> 32));
 }
 
 // Make room below %rsp and save the whole extended state there (%rsp ends 64-byte aligned and
@@ -145,15 +141,10 @@ void put_mov_eax_edx_mask(x86::CodeWriter &w, uint64_t mask) {
 void put_xsave(x86::CodeWriter &w) {
   const XsaveInfo &x = xsave_info();
   w.put_lea_rsp_rsp(-static_cast<int32_t>(x.size + 64));
-  put_and_rsp_imm8(w, -64);
+  w.put_and_rsp_imm8(-64);
   // xrstor faults unless header bytes 16..63 are zero, and neither xsave nor xsavec writes
   // them (xsavec writes bytes 0..15): clear the whole 64-byte header first.
-  for (int off = 512; off < 512 + 64; off += 8) {
-    const uint8_t b[] = {0x48, 0xC7, 0x84, 0x24};  // movq $0,disp32(%rsp)
-    w.put_bytes(b, sizeof b);
-    w.put_u32(static_cast<uint32_t>(off));
-    w.put_u32(0);
-  }
+  for (int off = 512; off < 512 + 64; off += 8) w.put_movq_mem_imm32(x86::RSP, off, 0);
   put_mov_eax_edx_mask(w, x.mask);
   const uint8_t save_c[] = {0x48, 0x0F, 0xC7, 0x24, 0x24};  // xsavec64 (%rsp)
   const uint8_t save[] = {0x48, 0x0F, 0xAE, 0x24, 0x24};    // xsave64 (%rsp)
@@ -173,6 +164,7 @@ constexpr x86::Reg kCallerSaved[] = {x86::RAX, x86::RCX, x86::RDX, x86::RSI, x86
                                      x86::R8,  x86::R9,  x86::R10, x86::R11};
 constexpr x86::Reg kCalleeSaved[] = {x86::RBX, x86::RBP, x86::R12, x86::R13, x86::R14, x86::R15};
 constexpr int32_t kCallerSavedBytes = 8 * std::size(kCallerSaved);
+constexpr int32_t kCalleeSavedBytes = 8 * std::size(kCalleeSaved);
 
 void push_caller_saved(x86::CodeWriter &w) {
   for (x86::Reg r : kCallerSaved) w.put_push_reg(r);
@@ -195,30 +187,24 @@ constexpr bool kDispatchIsGprOnly = false;
 constexpr bool kDispatchIsGprOnly = true;
 #endif
 
-// Where the landing addresses go in the code, to be patched in once known.
-struct LandingPatches {
-  std::vector<size_t> full, counted;
+// The two landings of a function-entry trampoline (arch.h, return probes): the return addresses of
+// its two `call window`s.
+struct Landings {
+  x86::Label full, counted;
 };
 
-// dispatch(regs, probe, vector_saved, landing, landing_counted), the landings patched in later.
+// dispatch(regs, probe, vector_saved, landing, landing_counted)
 void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved,
-                       LandingPatches &patches) {
+                       Landings &landings) {
   w.put_mov_reg_reg(x86::RDI, x86::RBX);
   w.put_mov_reg_imm64(x86::RSI, reinterpret_cast<uint64_t>(probe));
-  if (vector_saved) {
-    w.put_u8(0xBA), w.put_u32(1);  // mov $1,%edx
-  } else {
-    w.put_u8(0x31), w.put_u8(0xD2);  // xor %edx,%edx
-  }
-  w.put_mov_reg_imm64(x86::RCX, 0);
-  patches.full.push_back(w.size() - 8);
-  w.put_mov_reg_imm64(x86::R8, 0);
-  patches.counted.push_back(w.size() - 8);
+  if (vector_saved)
+    w.put_mov_reg32_imm32(x86::RDX, 1);
+  else
+    w.put_xor_reg32_reg32(x86::RDX, x86::RDX);
+  w.put_mov_reg_address(x86::RCX, landings.full);
+  w.put_mov_reg_address(x86::R8, landings.counted);
   w.put_call(reinterpret_cast<uint64_t>(&usprobe_dispatch), x86::RAX);
-}
-void patch_u64(x86::CodeWriter &w, size_t at, uint64_t v) {
-  w.patch_u32(at, static_cast<uint32_t>(v));
-  w.patch_u32(at + 4, static_cast<uint32_t>(v >> 32));
 }
 
 // %fs-relative offset of t_counter_base (core/thread_record.h), the same in every thread:
@@ -247,46 +233,36 @@ std::optional<int32_t> counter_base_offset() {
 //     incq kCounterBias(%r11)           this thread's hits of the slot
 //   (end of the window)
 //     mov -8(%rsp),%r11
-//     jmp relocated instructions        (patched once the window follows, `to_window`)
+//     jmp window                        the relocated instructions
 //   full:
 //     mov -8(%rsp),%r11
 //
 // A thread stopped inside the counter window when the probe's slot goes is sent back to its start
 // (SitePlan::counter_window_map), where it reads the word again.
 void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset, SitePlan &plan,
-                       size_t &to_window) {
-  const uint8_t save_r11[] = {0x4C, 0x89, 0x5C, 0x24, 0xF8};  // mov %r11,-8(%rsp)
-  const uint8_t load_r11[] = {0x4C, 0x8B, 0x5C, 0x24, 0xF8};  // mov -8(%rsp),%r11
-  w.put_bytes(save_r11, sizeof save_r11);
-  const size_t window = w.size();
+                       x86::Label &window) {
+  x86::Label full;
+  w.put_mov_mem_reg(x86::RSP, -8, x86::R11);
+  const size_t start = w.size();
   plan.counter_window = w.pc();
   auto instruction = [&] {
-    plan.counter_window_map.emplace_back(static_cast<uint32_t>(w.size() - window), 0);
+    plan.counter_window_map.emplace_back(static_cast<uint32_t>(w.size() - start), 0);
   };
   instruction();
   w.put_mov_reg_imm64(x86::R11, reinterpret_cast<uint64_t>(&probe->counter_word));
   instruction();
-  const uint8_t load_word[] = {0x4D, 0x8B, 0x1B};  // mov (%r11),%r11
-  w.put_bytes(load_word, sizeof load_word);
+  w.put_mov_reg_mem(x86::R11, x86::R11, 0);
   instruction();
-  const uint8_t add_base[] = {0x64, 0x4C, 0x03, 0x1C, 0x25};  // add %fs:disp32,%r11
-  w.put_bytes(add_base, sizeof add_base);
-  w.put_u32(static_cast<uint32_t>(base_offset));
+  w.put_add_reg_fs_abs(x86::R11, base_offset);
   instruction();
-  w.put_u8(0x0F), w.put_u8(0x83);  // jnc full (rel32, patched below)
-  const size_t to_full = w.size();
-  w.put_u32(0);
+  w.put_jcc(x86::kAboveOrEqual, full);  // no carry
   instruction();
-  const uint8_t increment[] = {0x49, 0xFF, 0x83};  // incq disp32(%r11)
-  w.put_bytes(increment, sizeof increment);
-  w.put_u32(static_cast<uint32_t>(kCounterBias));
-  plan.counter_window_length = static_cast<uint32_t>(w.size() - window);
-  w.put_bytes(load_r11, sizeof load_r11);
-  w.put_u8(0xE9);  // jmp window (rel32, patched by the caller)
-  to_window = w.size();
-  w.put_u32(0);
-  w.patch_u32(to_full, static_cast<uint32_t>(w.size() - (to_full + 4)));
-  w.put_bytes(load_r11, sizeof load_r11);
+  w.put_incq_mem(x86::R11, static_cast<int32_t>(kCounterBias));
+  plan.counter_window_length = static_cast<uint32_t>(w.size() - start);
+  w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
+  w.put_jmp(window);
+  w.bind(full);
+  w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
 }
 
 // Everything up to the window, which follows at w.pc().
@@ -313,12 +289,11 @@ void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offs
 // address over the return address instead costs a mispredicted `ret` on every return, about as
 // much as the rest of the return probe.)
 void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry,
-                                const ReturnCode &return_code, SitePlan &plan) {
-  LandingPatches landings;
-  size_t fast_to_tail = 0;
-  size_t counter_to_window = 0;
+                                const ReturnCode &return_code, SitePlan &plan, x86::Label &window) {
+  Landings landings;
+  x86::Label full, tail;
   static const std::optional<int32_t> base_offset = counter_base_offset();
-  if (entry && base_offset) emit_counter_path(w, probe, *base_offset, plan, counter_to_window);
+  if (entry && base_offset) emit_counter_path(w, probe, *base_offset, plan, window);
   if (entry) {
     // Flags are dead at a function entry (usprobe_hit_flags says so): their slot is only made
     // room for, and later holds dispatch's result. pushfq costs more than a store.
@@ -328,6 +303,8 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     w.put_pushfq();
   }
   push_caller_saved(w);
+  // The result's slot (the flags' in the Regs view), above the caller-saved registers.
+  constexpr int32_t kResultSlot = kCallerSavedBytes;
   if (entry && kDispatchIsGprOnly) {
     // The fast path, for probes with built-in counters only (Probe::no_entry_handlers): no more
     // of a Regs view than the caller-saved registers just pushed, which is all usprobe_entry_fast
@@ -340,62 +317,46 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     //     mov r,result; pop %r11 .. %rax; jmp tail
     //   full: <the rest of the Regs view, dispatch, ...; then tail>
     w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->no_entry_handlers));
-    w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
-    w.put_u8(0x0F), w.put_u8(0x84);                  // je full (rel32, patched below)
-    const size_t to_full_a = w.size();
-    w.put_u32(0);
+    w.put_cmpb_mem_imm8(x86::RAX, 0, 0);
+    w.put_jcc(x86::kEqual, full);
     w.put_mov_reg_imm64(x86::RDI, reinterpret_cast<uint64_t>(probe));
     w.put_lea_reg_rsp(x86::RSI, kCallerSavedBytes + kRedZone + 8);
     w.put_mov_reg_imm64(x86::RDX, site);
-    w.put_mov_reg_imm64(x86::RCX, 0);
-    landings.counted.push_back(w.size() - 8);
+    w.put_mov_reg_address(x86::RCX, landings.counted);
     w.put_call(reinterpret_cast<uint64_t>(&usprobe_entry_fast), x86::RAX);
-    const uint8_t cmp_full[] = {0x83, 0xF8, kDispatchFull};  // cmp $3,%eax
-    w.put_bytes(cmp_full, sizeof cmp_full);
-    w.put_u8(0x0F), w.put_u8(0x84);  // je full (rel32, patched below)
-    const size_t to_full_b = w.size();
-    w.put_u32(0);
-    const uint8_t keep_result[] = {0x48, 0x89, 0x44, 0x24,  // mov %rax,disp8(%rsp)
-                                   static_cast<uint8_t>(kCallerSavedBytes)};
-    w.put_bytes(keep_result, sizeof keep_result);
+    w.put_cmp_reg32_imm8(x86::RAX, kDispatchFull);
+    w.put_jcc(x86::kEqual, full);
+    w.put_mov_mem_reg(x86::RSP, kResultSlot, x86::RAX);
     pop_caller_saved(w);
-    w.put_u8(0xE9);  // jmp tail (rel32, patched below)
-    fast_to_tail = w.size();
-    w.put_u32(0);
-    w.patch_u32(to_full_a, static_cast<uint32_t>(w.size() - (to_full_a + 4)));
-    w.patch_u32(to_full_b, static_cast<uint32_t>(w.size() - (to_full_b + 4)));
+    w.put_jmp(tail);
+    w.bind(full);
   }
   push_callee_saved(w);
-  // The site's %rsp: 15 GPRs + rflags + the red zone above us.
-  w.put_lea_reg_rsp(x86::RAX, 16 * 8 + kRedZone);
+  // The site's %rsp: above the registers, the flags slot and the red zone.
+  w.put_lea_reg_rsp(x86::RAX, kCalleeSavedBytes + kCallerSavedBytes + 8 + kRedZone);
   w.put_push_reg(x86::RAX);
   w.put_mov_reg_imm64(x86::RAX, site);
   w.put_push_reg(x86::RAX);
   w.put_mov_reg_reg(x86::RBX, x86::RSP);  // %rbx = Regs*, callee-saved across the calls
-  if (!entry) w.put_u8(0xFC);  // cld: the ABI wants DF clear at a call; popfq restores it
-  put_and_rsp_imm8(w, -16);
+  if (!entry) w.put_cld();                // the ABI wants DF clear at a call; popfq restores it
+  w.put_and_rsp_imm8(-16);
 
-  size_t to_restore = 0;
+  x86::Label save, restore;
   if (kDispatchIsGprOnly) {
     w.put_mov_reg_imm64(x86::RAX, reinterpret_cast<uint64_t>(&probe->wants_vector_state));
-    w.put_u8(0x80), w.put_u8(0x38), w.put_u8(0x00);  // cmpb $0,(%rax)
-    w.put_u8(0x0F), w.put_u8(0x85);                  // jne save (rel32, patched below)
-    size_t to_save = w.size();
-    w.put_u32(0);
+    w.put_cmpb_mem_imm8(x86::RAX, 0, 0);
+    w.put_jcc(x86::kNotEqual, save);
     put_call_dispatch(w, probe, false, landings);
-    const uint8_t cmp[] = {0x83, 0xF8, kDispatchNeedsVectorSave};  // cmp $1,%eax
-    w.put_bytes(cmp, sizeof cmp);
-    w.put_u8(0x0F), w.put_u8(0x85);  // jne restore (rel32, patched below)
-    to_restore = w.size();
-    w.put_u32(0);
-    w.patch_u32(to_save, static_cast<uint32_t>(w.size() - (to_save + 4)));
+    w.put_cmp_reg32_imm8(x86::RAX, kDispatchNeedsVectorSave);
+    w.put_jcc(x86::kNotEqual, restore);
+    w.bind(save);
   }
 
   // The saving path.
   const VecWidth vw = argument_width();
   if (entry) {
     w.put_lea_rsp_rsp(-static_cast<int32_t>(8 * width_bytes(vw)));
-    put_and_rsp_imm8(w, -64);
+    w.put_and_rsp_imm8(-64);
     for (int n = 0; n < 8; ++n) put_vec_move(w, vw, n, true);
   } else {
     put_xsave(w);
@@ -407,13 +368,8 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     put_xrstor(w);
   }
 
-  if (kDispatchIsGprOnly)
-    w.patch_u32(to_restore, static_cast<uint32_t>(w.size() - (to_restore + 4)));
-  if (entry) {
-    const uint8_t keep_result[] = {0x48, 0x89, 0x83};  // mov %rax,disp32(%rbx): Regs::rflags
-    w.put_bytes(keep_result, sizeof keep_result);
-    w.put_u32(17 * 8);
-  }
+  if (kDispatchIsGprOnly) w.bind(restore);
+  if (entry) w.put_mov_mem_reg(x86::RBX, offsetof(Regs, rflags), x86::RAX);  // the result
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);  // the site and %rsp slots: handlers cannot move them
   pop_callee_saved(w);
@@ -424,35 +380,24 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     return;
   }
   // Flags are dead at a function entry (popfq costs ~20 cycles): the slot holds dispatch's result.
-  if (fast_to_tail) w.patch_u32(fast_to_tail, static_cast<uint32_t>(w.size() - (fast_to_tail + 4)));
+  w.bind(tail);
   static_assert(kDispatchDone < kDispatchReturnProbe &&
                 kDispatchReturnCounted > kDispatchReturnProbe);
-  const uint8_t cmp_result[] = {0x48, 0x83, 0x3C, 0x24, kDispatchReturnProbe};  // cmpq $2,(%rsp)
-  w.put_bytes(cmp_result, sizeof cmp_result);
+  w.put_cmpq_mem_imm8(x86::RSP, 0, kDispatchReturnProbe);
   w.put_lea_rsp_rsp(8 + kRedZone);
-  w.put_u8(0x0F), w.put_u8(0x82);  // jb window: no return taken (rel32, patched below)
-  const size_t to_window = w.size();
-  w.put_u32(0);
-  w.put_u8(0x0F), w.put_u8(0x85);  // jne counted: kDispatchReturnCounted (rel32, patched below)
-  const size_t to_counted = w.size();
-  w.put_u32(0);
+  w.put_jcc(x86::kBelow, window);  // no return taken
+  x86::Label counted;
+  w.put_jcc(x86::kNotEqual, counted);  // kDispatchReturnCounted
   // Each landing is the return address of its own `call window`, and jumps to its return code.
-  std::vector<size_t> calls;
-  auto put_call_window = [&](uint64_t code, const std::vector<size_t> &patch_at) {
+  auto put_call_window = [&](uint64_t code, x86::Label &landing) {
     w.put_lea_rsp_rsp(8);  // the original return address: dispatch keeps it in the instance
-    w.put_u8(0xE8);        // call window (rel32, patched below)
-    calls.push_back(w.size());
-    w.put_u32(0);
-    for (size_t at : patch_at) patch_u64(w, at, w.pc());  // the landing
+    w.put_call(window);
+    w.bind(landing);
     w.put_jmp(code);
   };
   put_call_window(return_code.full, landings.full);
-  w.patch_u32(to_counted, static_cast<uint32_t>(w.size() - (to_counted + 4)));
+  w.bind(counted);
   put_call_window(return_code.counted, landings.counted);
-  w.patch_u32(to_window, static_cast<uint32_t>(w.size() - (to_window + 4)));
-  if (counter_to_window)
-    w.patch_u32(counter_to_window, static_cast<uint32_t>(w.size() - (counter_to_window + 4)));
-  for (size_t at : calls) w.patch_u32(at, static_cast<uint32_t>(w.size() - (at + 4)));
 }
 
 // Whether a window of `len` bytes at `off` may run past the function's end into the padding that
@@ -690,7 +635,10 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   } unused{*mem};
   x86::CodeWriter w(*mem);
   w.bytes().reserve(kTrampolineSize);  // one allocation, not one per doubling
-  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code, plan);
+  x86::Label window;
+  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code, plan,
+                             window);
+  w.bind(window);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
   // The bytes from the site on that a window may cover (a window is whole instructions over 5
@@ -872,20 +820,18 @@ Result<ReturnCode> return_code_made() {
   if (!mem) return std::unexpected(mem.error());
   x86::CodeWriter w(*mem);
   ReturnCode code;
-  size_t to_rest = 0;
+  // Above the caller-saved registers: the flags slot, the pad, the original return address's slot.
+  constexpr int32_t kReturnSlot = kCallerSavedBytes + 16;
+  x86::Label rest;
   if (kDispatchIsGprOnly) {
     code.counted = w.pc();
     w.put_lea_rsp_rsp(-24);
     push_caller_saved(w);
-    w.put_lea_reg_rsp(x86::RDI, kCallerSavedBytes + 16);  // caller's %rsp - 8
+    w.put_lea_reg_rsp(x86::RDI, kReturnSlot);  // caller's %rsp - 8
     w.put_call(reinterpret_cast<uint64_t>(&usprobe_return_fast), x86::RAX);
-    w.put_u8(0x48), w.put_u8(0x85), w.put_u8(0xC0);  // test %rax,%rax
-    w.put_u8(0x0F), w.put_u8(0x84);                  // je rest (rel32, patched below)
-    to_rest = w.size();
-    w.put_u32(0);
-    const uint8_t keep_original[] = {0x48, 0x89, 0x44, 0x24,  // mov %rax,disp8(%rsp)
-                                     static_cast<uint8_t>(kCallerSavedBytes + 16)};
-    w.put_bytes(keep_original, sizeof keep_original);
+    w.put_test_reg_reg(x86::RAX, x86::RAX);
+    w.put_jcc(x86::kEqual, rest);
+    w.put_mov_mem_reg(x86::RSP, kReturnSlot, x86::RAX);  // the original return address
     pop_caller_saved(w);
     w.put_lea_rsp_rsp(16);
     w.put_ret();
@@ -894,45 +840,39 @@ Result<ReturnCode> return_code_made() {
   if (!kDispatchIsGprOnly) code.counted = code.full;
   w.put_lea_rsp_rsp(-24);
   push_caller_saved(w);
-  if (to_rest) w.patch_u32(to_rest, static_cast<uint32_t>(w.size() - (to_rest + 4)));
+  if (kDispatchIsGprOnly) w.bind(rest);
   push_callee_saved(w);
-  // The caller's %rsp: 15 GPRs, the flags slot, the pad, the original return address's slot.
-  w.put_lea_reg_rsp(x86::RAX, 18 * 8);
+  // The caller's %rsp: above the registers, the flags slot, the pad, the return address's slot.
+  w.put_lea_reg_rsp(x86::RAX, kCalleeSavedBytes + kReturnSlot + 8);
   w.put_push_reg(x86::RAX);
-  const uint8_t push_zero[] = {0x6A, 0x00};  // push $0
-  w.put_bytes(push_zero, sizeof push_zero);  // Regs::rip
+  w.put_push_imm8(0);  // Regs::rip
   w.put_mov_reg_reg(x86::RBX, x86::RSP);
-  put_and_rsp_imm8(w, -16);
+  w.put_and_rsp_imm8(-16);
   auto put_call = [&](bool with_area) {
     w.put_mov_reg_reg(x86::RDI, x86::RBX);
-    if (with_area) {
+    if (with_area)
       w.put_mov_reg_reg(x86::RSI, x86::RSP);
-    } else {
-      w.put_u8(0x31), w.put_u8(0xF6);  // xor %esi,%esi
-    }
+    else
+      w.put_xor_reg32_reg32(x86::RSI, x86::RSI);
     w.put_call(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), x86::RAX);
   };
-  size_t to_done = 0;
+  x86::Label done;
   if (kDispatchIsGprOnly) {
     put_call(false);
-    const uint8_t cmp[] = {0x48, 0x83, 0xF8, kDispatchNeedsVectorSave};  // cmp $1,%rax
-    w.put_bytes(cmp, sizeof cmp);
-    w.put_u8(0x0F), w.put_u8(0x85);  // jne done (rel32, patched below)
-    to_done = w.size();
-    w.put_u32(0);
+    w.put_cmp_reg_imm8(x86::RAX, kDispatchNeedsVectorSave);
+    w.put_jcc(x86::kNotEqual, done);
   }
   // The vector return registers, xmm0-1 at their full width (a __m512 comes back in zmm0); the
   // others are dead at a return, as the entry flavour treats all but the argument registers.
   const VecWidth vw = argument_width();
   w.put_lea_rsp_rsp(-static_cast<int32_t>(2 * width_bytes(vw)));
-  put_and_rsp_imm8(w, -64);
+  w.put_and_rsp_imm8(-64);
   for (int n = 0; n < 2; ++n) put_vec_move(w, vw, n, true);
   put_call(true);
   for (int n = 0; n < 2; ++n) put_vec_move(w, vw, n, false);
-  if (kDispatchIsGprOnly) w.patch_u32(to_done, static_cast<uint32_t>(w.size() - (to_done + 4)));
-  const uint8_t store_slot[] = {0x48, 0x89, 0x83};  // mov %rax,disp32(%rbx)
-  w.put_bytes(store_slot, sizeof store_slot);
-  w.put_u32(19 * 8);  // above the Regs view (rip, rsp, 15 GPRs, flags) and the pad
+  if (kDispatchIsGprOnly) w.bind(done);
+  // The original return address, into its slot above the Regs view and the pad.
+  w.put_mov_mem_reg(x86::RBX, sizeof(Regs) + 8, x86::RAX);
   w.put_mov_reg_reg(x86::RSP, x86::RBX);
   w.put_lea_rsp_rsp(16);
   pop_callee_saved(w);
@@ -941,7 +881,7 @@ Result<ReturnCode> return_code_made() {
   // stack's top entry is the caller's own (the probed function's `ret` used the landing's), so
   // this `ret` is predicted.
   w.put_lea_rsp_rsp(16);
-  w.put_u8(0xC3);  // ret
+  w.put_ret();
   if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
   made = code;
   return made;

@@ -47,6 +47,39 @@ extern "C" [[gnu::noinline]] int usprobe_location_test_target(int x) {
   return x * 3 + 1;
 }
 
+// The one parser of bpftrace's probe types, which the engine and the CLI share.
+TEST(ProbeType, PrefixesCountOnlyBeforeAWholeLocation) {
+  struct Case {
+    const char *spec;
+    bool returns;
+    const char *location;
+  } cases[] = {
+      {"libc:malloc", false, "libc:malloc"},
+      {"uprobe:libc:malloc", false, "libc:malloc"},
+      {"uretprobe:libc:malloc", true, "libc:malloc"},
+      {"uretprobe:/usr/bin/odd:dir/prog:main", true, "/usr/bin/odd:dir/prog:main"},
+      {"uprobe:libstdc++:std::ostream::flush()", false, "libstdc++:std::ostream::flush()"},
+      {"uprobe:usdt:libpq:query__start", false, "usdt:libpq:query__start"},
+      // No FILE: after the prefix: the prefix is the file's name.
+      {"uprobe:malloc", false, "uprobe:malloc"},
+      {"uretprobe:std::vector<int>::size()", false, "uretprobe:std::vector<int>::size()"},
+  };
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.spec);
+    const ProbeType t = split_probe_type(c.spec);
+    EXPECT_EQ(t.returns, c.returns);
+    EXPECT_EQ(t.location, c.location);
+  }
+}
+
+TEST(ProbeType, FileColonSkipsCxxNamesAndBrackets) {
+  EXPECT_EQ(file_colon("libc:malloc"), 4u);
+  EXPECT_EQ(file_colon("libstdc++:std::vector<int>::push_back(int const&)"), 9u);
+  EXPECT_EQ(file_colon("app:f[abi:cxx11]()"), 3u);
+  EXPECT_EQ(file_colon("app:{lambda()#1}::operator()"), 3u);
+  EXPECT_EQ(file_colon("std::string::size()"), std::string_view::npos);
+}
+
 TEST(Location, ShortNameFindsTheMappedLibrary) {
   auto libc = resolve_file("libc");
   ASSERT_TRUE(libc) << libc.error().message;

@@ -7,6 +7,8 @@
 #include <cctype>
 #include <charconv>
 
+#include "elf/location.h"
+
 namespace usprobe::cli {
 namespace {
 
@@ -259,7 +261,7 @@ Result<TraceSpec> parse_trace_spec(std::string_view text) {
       // At a return, arg0..arg5 are the arguments the call was made with (kept at its entry)
       // and retval is what it returned; at an entry there is no return value yet. A USDT note
       // has up to 12 arguments.
-      const bool returning = spec.probe.starts_with("uretprobe:");
+      const bool returning = elf::split_probe_type(spec.probe).returns;
       const unsigned count =
           spec.probe.starts_with("usdt:") ? agent::kMaxUsdtArgs : agent::kMaxArgs;
       unsigned n = 0;

@@ -18,6 +18,7 @@
 #include "resolve/symbolizer.h"
 
 namespace usprobe::cli {
+using elf::file_colon;
 namespace {
 
 std::unexpected<Error> bad_probe(std::string_view text) {
@@ -49,28 +50,6 @@ bool is_glob(std::string_view s) {
     }
   }
   return false;
-}
-
-// Where FILE ends: at the last ':' that is neither half of a "::" nor inside (), [] or {}, so
-// that a demangled C++ name ("ns::parse(int)", "f[abi:cxx11]()", "{lambda()#1}::operator()")
-// stays whole after it, and a path with ':' in it ("/odd:dir/lib.so:fn") stays whole before it.
-size_t file_colon(std::string_view s) {
-  int depth = 0;
-  for (size_t i = s.size(); i-- > 0;) {
-    char c = s[i];
-    if (c == ')' || c == ']' || c == '}') {
-      ++depth;
-    } else if (c == '(' || c == '[' || c == '{') {
-      depth = std::max(depth - 1, 0);
-    } else if (c == ':' && depth == 0) {
-      if (i > 0 && s[i - 1] == ':') {  // "::" of a qualified name
-        --i;
-        continue;
-      }
-      return i;
-    }
-  }
-  return std::string_view::npos;
 }
 
 // A C++ name may hold blanks ("f(int, char)", "operator new", "unsigned long"): they are allowed
@@ -187,15 +166,9 @@ Result<ProbeSpec> parse_usdt_listing(std::string_view text) {
 Result<ProbeSpec> parse_probe(std::string_view text) {
   ProbeSpec spec;
   spec.text = std::string(text);
-  std::string_view s = text;
-  // bpftrace's spelling; kept when nothing but SYMBOL would follow, so that a library really
-  // called "uprobe" can still be named.
-  if (s.starts_with("uprobe:") && file_colon(s.substr(7)) != std::string_view::npos) {
-    s.remove_prefix(7);
-  } else if (s.starts_with("uretprobe:") && file_colon(s.substr(10)) != std::string_view::npos) {
-    s.remove_prefix(10);
-    spec.returns = true;
-  }
+  const elf::ProbeType type = elf::split_probe_type(text);
+  std::string_view s = type.location;
+  spec.returns = type.returns;
   if (s.starts_with("usdt:")) {
     if (spec.returns)
       return fail(EINVAL, fmt::format("bad probe '{}': a USDT probe is a point in the code, not a "
