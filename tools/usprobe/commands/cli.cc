@@ -152,6 +152,8 @@ constexpr const char *kStacksExamples =
         the distinct stacks that call malloc, most frequent first
   usprobe stacks --svg malloc.svg libc:malloc -- ls /
         the same, and a flame graph of them
+  usprobe stacks --pprof malloc.pb.gz libc:malloc -- ls /
+        the same as a pprof profile: go tool pprof -top malloc.pb.gz
   usprobe stacks --folded -o malloc.folded --fp libc:malloc -d 2s -p 1234
         two seconds of a running process, frame pointers only, folded stacks into a file)";
 
@@ -492,6 +494,10 @@ int run_subcommand(int argc, char **argv) {
   latency_cmd->add_option("-o,--output", latency.output, kOutputHelp)->type_name("FILE");
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
+  latency_cmd
+      ->add_option("--pprof", latency.pprof,
+                   "also write each function's calls and total time as a gzipped pprof profile")
+      ->type_name("FILE");
   latency_cmd->add_flag("-v,--verbose", latency.verbose, "print the agent's informational notices");
   set_footer(latency_cmd,
              "\n"
@@ -501,7 +507,8 @@ from its entry to its return. Text reports draw one log2 table for all the funct
 one per function), then the count, mean, p50 and p99; calls whose return was not seen (return
 depth, longjmp, exceptions) are "missed". JSON: {"probe","aliases","type","count","avg_ns",
 "p50_ns","p99_ns","missed","buckets":[{"low_ns","high_ns","count"}],"elapsed_s","timestamp"}
-per function, high_ns inclusive.)",
+per function, high_ns inclusive. --pprof FILE: a profile.proto (pprof's format, gzipped) with a
+sample per function: calls/count and latency/nanoseconds, their total.)",
              kLatencyExamples);
 
   StacksOptions stacks;
@@ -528,6 +535,10 @@ per function, high_ns inclusive.)",
                        "folded stacks (comm;outermost;...;innermost COUNT), one per line");
   stacks_cmd->add_option("--svg", stacks.svg, "also write an SVG flame graph to FILE")
       ->type_name("FILE");
+  stacks_cmd
+      ->add_option("--pprof", stacks.pprof,
+                   "also write the stacks as a gzipped pprof profile (go tool pprof reads it)")
+      ->type_name("FILE");
   stacks_cmd->add_flag("-v,--verbose", stacks.verbose, "print the agent's informational notices");
   set_footer(stacks_cmd,
              "\n"
@@ -536,7 +547,10 @@ Stacks are taken when a probe is hit, with DWARF unwinding (.eh_frame: works thr
 without frame pointers) or, with --fp, frame pointers; at most 127 frames. The text report lists,
 per probe, each distinct stack innermost frame first, the process's name (with -P, comm-PID),
 then its count. Folded lines start with the process's name and, with several probes, end with
-the probe's name. Return probes (uretprobe:) are not supported.)",
+the probe's name. --pprof FILE: a profile.proto (pprof's format, gzipped) with a sample per
+distinct stack (calls/count), labelled comm, probe with several probes, and pid with -P; its
+locations carry their mapping (file, build-id, offset) for pprof to symbolize again. Return probes
+(uretprobe:) are not supported.)",
              kStacksExamples);
 
   RunOptions run;

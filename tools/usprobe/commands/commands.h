@@ -100,6 +100,7 @@ struct LatencyOptions {
   bool json = false, verbose = false;
   bool per_function = false;  // -F: a histogram per function (else one for all, as funclatency)
   bool timestamps = false;    // -T: a "HH:MM:SS" line before each report
+  std::string pprof;          // --pprof: "" = none: where the pprof profile of the run goes
 };
 
 struct StacksOptions {
@@ -114,6 +115,7 @@ struct StacksOptions {
   int stop_signal = SIGINT;  // --signal: what -d sends the command (SIGKILL 1 s later)
   std::string comm;          // -n: only processes whose name contains it are probed
   std::string svg;           // "" = none: where the flame graph goes
+  std::string pprof;         // "" = none: where the pprof profile goes (output/pprof.h)
   bool frame_pointers = false, folded = false, verbose = false;
   std::optional<double> interval_s;  // -i: a report of the stacks seen in each interval
   size_t top = 0;                    // --top N: the N most frequent stacks of each probe (0: all)

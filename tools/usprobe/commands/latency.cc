@@ -1,8 +1,9 @@
-// usprobe latency PROBE... [-u|-m|--unit ns|us|ms] [-F] [-T] [-i S] [-d S] [-o FILE] [--json] --
-// COMMAND [ARGS...]: how long each call of the probed functions took, by every process of the
-// command, as a histogram with its mean and percentiles (BCC's funclatency: one for all the
-// functions, or with -F one per function; JSON has one object per function), reported every
-// interval and once more, in total, when the command exits.
+// usprobe latency PROBE... [-u|-m|--unit ns|us|ms] [-F] [-T] [-i S] [-d S] [-o FILE] [--json]
+// [--pprof FILE] -- COMMAND [ARGS...]: how long each call of the probed functions took, by every
+// process of the command, as a histogram with its mean and percentiles (BCC's funclatency: one for
+// all the functions, or with -F one per function; JSON has one object per function), reported
+// every interval and once more, in total, when the command exits; and with --pprof, the total
+// calls and time of each function as a pprof profile.
 //
 // The agent times each call with rdtsc at the entry and at the return (agent/handlers.cc) and adds
 // the duration, converted to nanoseconds with the multiplier this file calibrates, to its thread's
@@ -12,11 +13,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <map>
+#include <memory>
 #include <string_view>
 
 #include "commands/commands.h"
+#include "elf/elf_file.h"
 #include "output/latency_report.h"
+#include "output/pprof.h"
 #include "output/report.h"
+#include "resolve/symbolizer.h"
 #include "session/region.h"
 #include "session/session.h"
 #include "session/supervisor.h"
@@ -101,13 +108,54 @@ std::string some_names(const std::vector<std::string> &names) {
   return out;
 }
 
+// The calls of the whole run as a pprof profile: a sample per probe that saw calls, its values the
+// calls timed and their total nanoseconds. Its one location is the probed function in its file,
+// named by the file's symbols (the demangled name, and the name as is for system_name). There is no
+// process's address to give: every process may load the file elsewhere. So the mapping is the file
+// itself at address 0 (memory_start 0, file_offset 0): a location's address is its file offset,
+// which is what a profiler that names it again from the file computes from any mapping.
+PprofProfile latency_profile(const std::vector<Probe> &probes, const Snapshot &total) {
+  PprofProfile profile({{"calls", "count"}, {"latency", "nanoseconds"}});
+  std::map<std::string, std::shared_ptr<const elf::ElfFile>> files;
+  for (size_t i = 0; i < probes.size() && i < total.histograms.size(); ++i) {
+    const Histogram &h = total.histograms[i];
+    if (h.count == 0) continue;
+    const Probe &p = probes[i];
+    uint64_t mapping = 0, function = 0, address = 0;
+    if (!p.site_file.empty() && p.site_offset) {
+      auto [it, inserted] = files.try_emplace(p.site_file);
+      if (inserted)
+        if (auto opened = elf::ElfFile::open(p.site_file)) it->second = std::move(*opened);
+      std::error_code ec;
+      uint64_t size = std::filesystem::file_size(p.site_file, ec);
+      const elf::ElfFile *elf = it->second.get();
+      mapping = profile.add_mapping(
+          {0, ec ? 0 : size, 0, p.site_file, elf ? elf->build_id() : std::string()});
+      address = *p.site_offset;
+      if (const elf::Function *f = elf ? elf->function_containing(address) : nullptr)
+        function = profile.add_function(demangle_names() ? demangle(f->name) : f->name, f->name);
+    }
+    // An IFUNC that the command resolves itself: no file known, the probe's name alone.
+    if (function == 0) function = profile.add_function(p.display, "");
+    const int64_t values[] = {static_cast<int64_t>(h.count), static_cast<int64_t>(h.sum_ns)};
+    profile.add_sample({profile.add_location(mapping, address, function)}, values);
+  }
+  return profile;
+}
+
 struct Reporter {
   const LatencyOptions &options;
   const std::vector<Probe> &probes;
   Unit unit;
   FILE *out;
+  std::optional<Snapshot> last_total{};  // the total report's snapshot, for --pprof
+  double last_total_elapsed_s = 0;
 
   void print(const Snapshot &s, double elapsed_s, bool total, const ExitInfo &exit) {
+    if (total) {
+      last_total = s;
+      last_total_elapsed_s = elapsed_s;
+    }
     std::vector<LatencyRow> rows;
     for (size_t i = 0; i < probes.size(); ++i)
       rows.push_back({probes[i].display, s.histograms[i], s.missed[i], probes[i].aliases});
@@ -190,6 +238,13 @@ int run_latency(const LatencyOptions &options) {
 
   auto output = Output::open(options.output, options.cmd_output, *session->target);
   if (!output) return report_error(output.error());
+  // Created before the command starts, so that a bad path is reported before anything runs.
+  std::optional<Output> pprof;
+  if (!options.pprof.empty()) {
+    auto opened = Output::create(options.pprof);
+    if (!opened) return report_error({opened.error().code, "--pprof: " + opened.error().message});
+    pprof.emplace(std::move(*opened));
+  }
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) plan.push_back({p.location, 0});
 
@@ -213,7 +268,7 @@ int run_latency(const LatencyOptions &options) {
   NoticePrinter notices(probes, options.verbose);
   notices.info(target.notes());
   Reporter reporter{options, probes, *unit, output->file()};
-  return report_while_running(
+  int status = report_while_running(
       supervisor, target, **region, notices,
       {kTick, options.duration_s, options.interval_s, output->file(), options.stop_signal},
       Snapshot{std::vector<Histogram>(probes.size()), std::vector<uint64_t>(probes.size())},
@@ -221,6 +276,19 @@ int run_latency(const LatencyOptions &options) {
       [&](const Snapshot &s, double elapsed, bool total, const ExitInfo &exit) {
         reporter.print(s, elapsed, total, exit);
       });
+  if (pprof && reporter.last_total) {
+    PprofProfile profile = latency_profile(probes, *reporter.last_total);
+    profile.set_time(unix_nanos(target.started()),
+                     static_cast<int64_t>(reporter.last_total_elapsed_s * 1e9));
+    std::string names;
+    for (const Probe &p : probes) names += " " + p.display;
+    profile.add_comment("usprobe latency" + names);
+    profile.add_comment(target.description());
+    if (auto written = write_pprof(pprof->file(), options.pprof, profile); !written)
+      return report_error(written.error());
+    fmt::print(stderr, "usprobe: pprof profile written to {}\n", options.pprof);
+  }
+  return status;
 }
 
 }  // namespace usprobe::cli

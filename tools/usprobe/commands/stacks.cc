@@ -1,8 +1,8 @@
-// usprobe stacks PROBE... [--fp] [-i S] [-d S] [-o FILE] [-f] [--svg FILE] [--top N] [-P] [-v] --
-// COMMAND:
+// usprobe stacks PROBE... [--fp] [-i S] [-d S] [-o FILE] [-f] [--svg FILE] [--pprof FILE] [--top N]
+// [-P] [-v] -- COMMAND:
 // the distinct user stacks that reach the probed instructions in every process of the command,
-// counted, symbolized and demangled (BCC's stackcount), as text, as folded stacks or as an SVG
-// flame graph.
+// counted, symbolized and demangled (BCC's stackcount), as text, as folded stacks, as an SVG
+// flame graph or as a pprof profile.
 //
 // The agent takes each hit's stack with usprobe_hit_stack (agent/stack_handler.cc) and counts it
 // in its thread's stack table (protocol/stack_table.h), tagged with its process image; a new stack
@@ -24,6 +24,7 @@
 
 #include "commands/commands.h"
 #include "output/flamegraph.h"
+#include "output/pprof.h"
 #include "output/report.h"
 #include "protocol/maps_lines.h"
 #include "resolve/image_maps.h"
@@ -112,6 +113,8 @@ class Collector {
   // The stacks of the whole run by their names, most frequent first within each probe (and with
   // -P each process).
   std::vector<NamedStack> named() const { return named(raw_); }
+  // The same as a pprof profile (stacks_profile below says what is in it).
+  PprofProfile profile(const std::vector<Probe> &probes) const;
   // Those since the last call (-i).
   std::vector<NamedStack> named_since_report() {
     std::vector<NamedStack> out = named(since_report_);
@@ -149,6 +152,55 @@ class Collector {
   std::map<RawKey, uint64_t> since_report_;  // -i: what the next interval report shows
   ImageMaps maps_;
 };
+
+// One sample per distinct stack and probe (with -P, per process too), its value the count; the
+// stacks with the same addresses, not the same names: a profiler may name them again. A location
+// is an address in the process's own mapping of a file (its real addresses, file offset, path and
+// build-id, so that pprof can symbolize it from the file), named by usprobe's symbolizer: the
+// probed instruction's address for the leaf, a return address - 1 for its callers, inside the call
+// instruction as profile.proto expects of a caller's address and where the symbolizer looks it up
+// (a call that ends a function returns to the next function's first byte).
+//
+// Labels: "comm", the process's name (the root frame of folded stacks); "probe" with several
+// probes (their leaf frame); with -P "pid", a number. A label rather than a frame per process
+// because pprof selects and groups by labels (-tagfocus pid=1234, -tags, -tagroot pid) and the
+// continuous profilers make series of them, where a root frame would split every call tree.
+PprofProfile Collector::profile(const std::vector<Probe> &probes) const {
+  PprofProfile profile({{"calls", "count"}});
+  std::vector<RawStack> raws;
+  for (const auto &[key, count] : raw_) raws.push_back({key.pid, key.image, key.ips});
+  StackNamer namer(maps_, raws);
+  auto mapping_id = [&](const Module *m) -> uint64_t {
+    if (!m) return 0;
+    return profile.add_mapping({m->start, m->end, m->offset, m->path, namer.build_id(*m)});
+  };
+  // pprof takes the first mapping for the program's (its "File:"): the outermost frame's file,
+  // _start's.
+  for (const RawStack &r : raws)
+    if (!r.ips.empty()) mapping_id(namer.module_of(r, r.ips.size() - 1));
+  size_t i = 0;
+  for (const auto &[key, count] : raw_) {
+    const RawStack &r = raws[i++];
+    std::vector<Frame> frames = namer.name(r);
+    std::vector<uint64_t> locations;
+    for (size_t f = 0; f < frames.size(); ++f) {
+      uint64_t address = f > 0 && r.ips[f] > 0 ? r.ips[f] - 1 : r.ips[f];
+      uint64_t function = frames[f].function.empty()
+                              ? 0
+                              : profile.add_function(frames[f].function, frames[f].symbol);
+      locations.push_back(
+          profile.add_location(mapping_id(namer.module_of(r, f)), address, function));
+    }
+    std::string comm = maps_.comm(key.pid, key.image);
+    std::vector<PprofLabel> labels{{.key = "comm", .str = comm.empty() ? "[unknown]" : comm}};
+    if (probes.size() > 1 && key.probe < probes.size())
+      labels.push_back({.key = "probe", .str = probes[key.probe].display});
+    if (per_pid_) labels.push_back({.key = "pid", .num = key.pid});
+    const int64_t value = static_cast<int64_t>(count);
+    profile.add_sample(std::move(locations), {&value, 1}, std::move(labels));
+  }
+  return profile;
+}
 
 // --top N: the first N stacks of each probe (and process, with -P); how many were left out.
 size_t keep_top(std::vector<NamedStack> &stacks, size_t top) {
@@ -245,6 +297,12 @@ int run_stacks(const StacksOptions &options) {
     if (!opened) return report_error(opened.error());
     svg.emplace(std::move(*opened));
   }
+  std::optional<Output> pprof;
+  if (!options.pprof.empty()) {
+    auto opened = Output::create(options.pprof);
+    if (!opened) return report_error({opened.error().code, "--pprof: " + opened.error().message});
+    pprof.emplace(std::move(*opened));
+  }
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) plan.push_back({p.location, 0});
   RegionConfig config;
@@ -330,9 +388,20 @@ int run_stacks(const StacksOptions &options) {
         std::fflush(svg->file()) != 0)
       return report_error({EIO, fmt::format("cannot write {}", options.svg)});
   }
+  if (pprof) {
+    PprofProfile profile = collector.profile(probes);
+    profile.set_time(unix_nanos(target.started()), static_cast<int64_t>(exit.elapsed_s * 1e9));
+    std::vector<std::string> names;
+    for (const Probe &p : probes) names.push_back(p.display);
+    profile.add_comment("usprobe stacks " + joined(names));
+    profile.add_comment(target.description());
+    if (auto written = write_pprof(pprof->file(), options.pprof, profile); !written)
+      return report_error(written.error());
+  }
   // The text report ends with the summary; folded stacks are for programs, the summary is not.
   if (options.folded) fmt::print(stderr, "usprobe: {}\n", totals.summary());
   if (svg) fmt::print(stderr, "usprobe: flame graph written to {}\n", options.svg);
+  if (pprof) fmt::print(stderr, "usprobe: pprof profile written to {}\n", options.pprof);
   if (uint32_t dropped = region->maps_dropped())
     fmt::print(stderr, "usprobe: {} mapping snapshots found no room: some frames may be unnamed\n",
                dropped);

@@ -78,11 +78,13 @@ class StackNamer {
   StackNamer(const ImageMaps &maps, std::span<const RawStack> stacks);
   // Frames innermost first, as Symbolizer::symbolize_stack gives them, with the real addresses.
   std::vector<Frame> name(const RawStack &stack);
-
- private:
-  // The mapping that names ips[i] (return addresses are looked up at address - 1).
+  // The process's mapping that names ips[i] (return addresses are looked up at address - 1), with
+  // its real addresses; nullptr when none does.
   const Module *module_of(const RawStack &stack, size_t i) const;
-  // The base of a module's file (or pseudo mapping) in file space.
+  // The build-id of a module's file, in hex ("" when none: Symbolizer::build_id).
+  std::string build_id(const Module &module) { return symbolizer_.build_id(module); }
+
+ private:  // The base of a module's file (or pseudo mapping) in file space.
   uint64_t base_of(const Module &m) const;
 
   const ImageMaps &maps_;

@@ -104,6 +104,12 @@ const elf::ElfFile *Symbolizer::elf_for(const Module &module) {
   return it->second.get();
 }
 
+std::string Symbolizer::build_id(const Module &module) {
+  if (!module.is_file() || module.deleted) return {};
+  const elf::ElfFile *elf = elf_for(module);
+  return elf ? elf->build_id() : std::string();
+}
+
 const std::string &Symbolizer::demangled(const std::string &name) {
   auto [it, inserted] = demangled_.try_emplace(name);
   if (inserted) it->second = demangle_names() ? demangle(name) : name;
@@ -129,6 +135,7 @@ Frame Symbolizer::symbolize(uint64_t address, bool return_address) {
   if (!elf) return frame;
   if (const elf::Function *f = elf->function_containing(module->file_offset(lookup))) {
     frame.function = demangled(f->name);
+    frame.symbol = f->name;
     frame.function_offset = frame.file_offset - f->file_offset;
   }
   return frame;

@@ -92,6 +92,7 @@ struct Frame {
   std::string module;            // path of the mapping holding the address; empty when none
   uint64_t file_offset = 0;      // of `address` in `module`, when that is a file
   std::string function;          // demangled; empty when no function holds the address
+  std::string symbol;            // the function's name in the file, as is (mangled); or empty
   uint64_t function_offset = 0;  // address - the function's first byte
 
   // The name a flame graph or a folded stack uses, the same for every address of a function:
@@ -113,6 +114,9 @@ class Symbolizer {
   std::vector<Frame> symbolize_stack(std::span<const uint64_t> ips);
 
   const ModuleMap &modules() const { return modules_; }
+  // The GNU build-id of the ELF file of `module`, in hex; empty when it has none, is not a file
+  // that can be opened, or was unlinked (its path may name another file now).
+  std::string build_id(const Module &module);
 
  private:
   // The ELF file behind `module`, opened once per path; nullptr when it cannot be opened or is
