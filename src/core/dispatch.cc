@@ -8,6 +8,8 @@
 
 #include <sys/syscall.h>
 
+#include <optional>
+
 using namespace usprobe;
 
 std::atomic<uint64_t> usprobe::g_return_trampoline{0};
@@ -31,9 +33,16 @@ bool has_slot(const ConsumerArray *a, uint32_t slot) {
 // Runs fn() as this thread's handler section (the thread is outside any handler): the recursion
 // guard set, which a signal handler on this thread sees, and an RCU read section held. Returns what
 // fn returns.
-template <typename F>
+//
+// kHandlers: fn may run handlers, whose calls are not the program's: the counter path is off
+// meanwhile (thread_record.h), so that a probed function they call counts a miss there too. A
+// section that only counts leaves it on: what runs inside it is usprobe's own code, and a signal
+// handler that interrupts it runs the program's (its hits count, into words that bump() changes
+// in one instruction each).
+template <bool kHandlers = true, typename F>
 inline auto handler_section(ThreadRecord *rec, F &&fn) {
-  CounterPathOff counter_path_off;  // first on, last off: the depth guards all between
+  std::optional<CounterPathOff> counter_path_off;  // first on, last off: the depth guards all
+  if constexpr (kHandlers) counter_path_off.emplace();
   rec->depth.store(1, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   const auto result = [&] {
@@ -263,7 +272,7 @@ inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t 
                           uint64_t landing_counted) {
   if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
-  return handler_section(rec, [&] {
+  return handler_section<false>(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
     if (!a) return kDispatchDone;
     if (a->has_callbacks || a->has_return_callbacks ||
@@ -295,7 +304,7 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
   ReturnInstance &inst = rec->returns[top - 1];
   if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return 0;
-  const bool counted = handler_section(rec, [&] {
+  const bool counted = handler_section<kHandlers>(rec, [&] {
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
     if (!a || a->id != inst.array_id ||
         !(kHandlers ? vectors != nullptr || !a->return_wants_vector_state

@@ -16,6 +16,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "core/arch.h"
+
 namespace usprobe {
 
 constexpr uint32_t kMaxConsumerSlots = 1u << 20;
@@ -111,11 +113,13 @@ inline ThreadRecord *current_record() {
 // The head of the list of all records (walk with ->next).
 ThreadRecord *all_records();
 
-// One-word increment of a per-thread counter: the owner is its only writer, so a relaxed load and
-// store suffice, and the word is never torn for readers on other threads.
+// One-word increment of a per-thread counter: the owner is its only writer, so no atomic
+// read-modify-write is needed, and the word is never torn for readers on other threads. One
+// instruction where the architecture has it, as the counter path's increment is: a signal handler
+// of the owner that counts into the same word (the counter path does, inside a section that only
+// counts) is never lost between a load and a store.
 inline void bump(uint64_t &counter) {
-  std::atomic_ref<uint64_t> c(counter);
-  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  arch::increment_own_word(counter);
 }
 
 }  // namespace usprobe

@@ -3,6 +3,7 @@
 // the access.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "arch/x86_64/regs.h"
@@ -20,6 +21,18 @@ inline uint64_t *return_address_slot(const Regs &r) {
 }
 inline uint64_t returned_from_sp(const Regs &r) {
   return r.rsp - 8;  // `ret` popped the return address from there
+}
+
+// Adds one to a word that only this thread writes, in one instruction (not locked): a signal
+// handler of this thread that adds to it too is never lost between a load and a store, and other
+// threads read it whole. ThreadSanitizer builds see a relaxed load and store.
+inline void increment_own_word(uint64_t &word) {
+#if defined(__SANITIZE_THREAD__)
+  std::atomic_ref<uint64_t> w(word);
+  w.store(w.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+#else
+  asm volatile("incq %0" : "+m"(word));
+#endif
 }
 
 }  // namespace usprobe::arch
