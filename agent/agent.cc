@@ -62,7 +62,9 @@
 #include "agent/region.h"
 #include "agent/slots.h"
 #include "agent/stack_handler.h"
+#include "core/registry.h"
 #include "core/site_analysis.h"
+#include "core/thread_record.h"
 #include "elf/elf_file.h"
 #include "os/linux/signal_guard.h"
 #include "os/linux/thread_round.h"
@@ -141,6 +143,9 @@ void before_fork() {
   // In this order, so that a signal handler that hits a probe in between finds a usable slot. A
   // slot of an earlier session (t_slot_session) is not this session's: a hit takes a new one.
   t_slot_at_fork = thread_slot_current() ? t_slot : nullptr;
+  // Hits inside fork() take the full path (its slot is found through t_forking); the next one
+  // after it sets the home again, in the parent and in the child (its own slot).
+  set_counter_home(0);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   t_forking = true;
   std::atomic_signal_fence(std::memory_order_seq_cst);
@@ -211,6 +216,7 @@ void add_engine_missed() {
 // destroyed, and the process is leaving with its probes.
 void at_exit() {
   t_in_agent = true;
+  set_counter_home(0);
   auto finish = [] {
     post_maps(kMapsExit);  // stacks mode: a library loaded since the start names its addresses
     add_engine_missed();
@@ -436,6 +442,30 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   return {};
 }
 
+// `usprobe count` of a launched command: each entry probe alone at its function is counted by the
+// engine's counter path (core/thread_record.h) straight into the hitting thread's slot, the
+// counter count_handler adds to, in a few instructions and no call. count_handler counts what
+// the full path sees and sets each thread's home to its slot (g_counter_path_homes), where the
+// slot is the thread's own for good: not the overflow slot, not inside fork() or a vfork child.
+// A session that ends (attached, -p) would leave the threads' homes pointing into a region that
+// is gone, and other threads' TLS cannot be reached to clear them: attached sessions count with
+// count_handler alone.
+void count_on_counter_path(const std::vector<PlannedProbe> &plan) {
+  size_t counted = 0, placed = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
+    ++placed;
+    if (plan[i].location.starts_with("uretprobe:")) continue;
+    auto everywhere = registry::count_on_counter_path(
+        g_links[i], static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)));
+    counted += everywhere && *everywhere;
+  }
+  g_counter_path_homes.store(true, std::memory_order_relaxed);
+  post_notice(kNoticeInfo, -1,
+              fmt::format("{} of {} placed probes count on the counter path (no call a hit)",
+                          counted, placed));
+}
+
 // The engine's mapping listener (registered once): after a dlopen, the probes on the library it
 // loaded are placed now; and (stacks mode) a library loaded later, and unloaded before the process
 // ends, is named from the mappings written right after its dlopen. It runs inside the engine's
@@ -540,6 +570,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
     g_active.store(false, std::memory_order_relaxed);
     return ok;
   }
+  if (!attached && h->mode == kModeCount) count_on_counter_path(*plan);
   mark_placed();
   // A library that another thread loaded while this one attached (its listener found the lock
   // taken): named now.
@@ -696,6 +727,8 @@ void take_branch_targets(const char *path) {
 // Without USPROBE_AGENT_FD the agent was loaded some other way, normally by usprobe -p's injector,
 // which starts a session with usprobe_agent_attach: it stays silent and dormant until then.
 __attribute__((constructor)) void agent_start() {
+  // The engine's counters in this process are the agent's slots (count_on_counter_path).
+  counter_path_external();
   AgentScope scope;
   const char *fd = getenv(kEnvFd);
   if (!fd) return;

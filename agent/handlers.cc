@@ -10,6 +10,7 @@
 #include "agent/ring.h"
 #include "agent/safe_copy.h"
 #include "agent/slots.h"
+#include "core/thread_record.h"
 
 namespace usprobe::agent {
 
@@ -43,11 +44,17 @@ Copy copy_string(char *dst, uint64_t addr, uint32_t string_size) {
 
 }  // namespace
 
+std::atomic<bool> g_counter_path_homes{false};
+
 // Must never lock, allocate, make a system call (but once per thread) or call libc.
 void count_handler(usprobe_hit *, void *user) {
   if (t_in_agent) return;
   SlotHeader *s = thread_slot();
   slot_add(s, slot_hits(s)[probe_of(user)], 1);
+  // After thread_slot(), which ends a vfork's marking in the parent.
+  if (g_counter_path_homes.load(std::memory_order_relaxed) && s == t_slot && !t_forking &&
+      t_vfork_parent == 0 && s != g_region.overflow)
+    set_counter_home(reinterpret_cast<uint64_t>(slot_hits(s)));
 }
 
 namespace {

@@ -4,12 +4,18 @@
 // vector state for them).
 #pragma once
 
+#include <atomic>
+
 #include "usprobe/usprobe.h"
 
 namespace usprobe::agent {
 
-// Count mode: hits[probe] += 1 in this thread's slot.
+// Count mode: hits[probe] += 1 in this thread's slot. With g_counter_path_homes, also sets the
+// thread's counter home (core/thread_record.h) to its slot's hits, when the slot is its own for
+// good: the engine's counter path then counts the probes alone at their functions into it
+// (agent.cc, count_on_counter_path).
 void count_handler(usprobe_hit *hit, void *user);
+extern std::atomic<bool> g_counter_path_homes;
 // Trace mode: an Event (time, thread, arguments, `%s` strings) in this thread's ring, and
 // hits[probe] += 1; when the ring is full the event is dropped and missed[probe] += 1.
 void trace_handler(usprobe_hit *hit, void *user);

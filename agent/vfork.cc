@@ -10,12 +10,16 @@
 
 #include "agent/agent_scope.h"
 #include "agent/slots.h"
+#include "core/thread_record.h"
 #include "os/linux/raw_syscall.h"
 
 namespace usprobe::agent {
 namespace {
 
 void mark_vfork() {
+  // The child runs on this thread's TLS: its hits take the full path (the counter path would count
+  // them into this thread's slot), as do the parent's until its next one sets the home again.
+  set_counter_home(0);
   t_vfork_parent = os::raw_gettid();
 }
 

@@ -30,6 +30,11 @@ struct ConsumerEntry {
   bool wants_vector_state;  // its handlers may touch vector registers (not GENERAL_REGS_ONLY)
   void (*on_return)(usprobe_hit *, void *);
   bool count_returns;  // a return probe: on_return set, or "uretprobe:" with the built-in counter
+  // A counter kept outside the engine (registry::count_on_counter_path): alone at its probe, its
+  // entry hits are counted by the counter path at this offset from the thread's home, and by
+  // on_entry on the full path; the engine's own hits of the slot then count the full path's only.
+  bool external_counter = false;
+  uint32_t external_offset = 0;
 };
 
 // Immutable once published; replaced whole, old copies freed after a grace period.
@@ -110,12 +115,15 @@ struct Probe {
   // the fast path refuses (kDispatchFull) what it cannot do, and the full path does everything.
   std::atomic<uint8_t> no_entry_handlers{0};
   // The counter path's word (core/thread_record.h): counter_word(slot) while the consumers are one
-  // built-in entry counter alone (no handler, no return probe), else 0. A function-entry
-  // trampoline reads it at its absolute address and counts without calling anything. Cleared
-  // before any other consumer is published (publish()); a thread that read it before that counts
-  // one more hit into that slot, which is still the consumer's own: only a slot that is freed needs
-  // the threads to be past their increment first (retire::counter_windows_clear).
+  // built-in entry counter alone (no handler, no return probe), counter_word_at(offset) while they
+  // are one external counter alone (ConsumerEntry::external_counter), else 0. Written under the
+  // registry's mutex, as is counter_word_external (the word names an external counter). A
+  // function-entry trampoline reads it at its absolute address and counts without calling anything.
+  // Cleared before any other consumer is published (publish()); a thread that read it before that
+  // counts one more hit into that slot, which is still the consumer's own: only a slot that is
+  // freed needs the threads to be past their increment first (retire::counter_windows_clear).
   std::atomic<uint64_t> counter_word{0};
+  bool counter_word_external = false;
   // Nonzero while the consumers are one entry handler alone (ConsumerArray::single_entry_callback):
   // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the
   // next one does it.

@@ -190,14 +190,23 @@ void refresh_views() {
 }
 
 // Replace a probe's consumer array; the old one goes to `garbage`. Returns whether the counter
-// path may still count into a slot it counted into before (it did, and counts no more, or into
-// another): a slot of those that is freed must wait for retire::counter_windows_clear.
+// path may still count into an engine slot it counted into before (it did, and counts no more, or
+// into another): a slot of those that is freed must wait for retire::counter_windows_clear. An
+// external counter's owner keeps its counters as long as its threads may count into them.
 bool publish(Probe *p, std::vector<ConsumerEntry> entries,
              std::vector<std::function<void()>> &garbage) {
   const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
-  const uint64_t word = next && next->count == 1 && !next->has_callbacks && !next->has_returns
-                            ? counter_word(next->entries[0].slot)
-                            : 0;
+  uint64_t word = 0;
+  bool external = false;
+  if (next && next->count == 1 && !next->has_returns) {
+    const ConsumerEntry &e = next->entries[0];
+    if (e.external_counter) {
+      word = counter_word_at(e.external_offset);
+      external = true;
+    } else if (!next->has_callbacks && !counter_path_is_external()) {
+      word = counter_word(e.slot);
+    }
+  }
   // Off before the array changes (relaxed: the exchange's release orders it first; a thread that
   // read the word before counts a hit that the old array's consumer would count too), on once the
   // new array is published.
@@ -211,9 +220,11 @@ bool publish(Probe *p, std::vector<ConsumerEntry> entries,
   if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
   p->no_entry_handlers.store(!next || !next->has_callbacks, std::memory_order_relaxed);
   p->single_entry_callback.store(next && next->single_entry_callback, std::memory_order_relaxed);
+  const bool old_external = p->counter_word_external;
+  p->counter_word_external = external;
   if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
-  return old_word != 0 && old_word != word;
+  return old_word != 0 && old_word != word && !old_external;
 }
 
 std::vector<ConsumerEntry> entries_of(const Probe *p) {
@@ -984,6 +995,27 @@ Result<void> detach(std::span<usprobe_link *const> links) {
   for (usprobe_link *l : gone) delete l;
   retire_idle(unpatched_before);
   return result;
+}
+
+Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset) {
+  std::vector<std::function<void()>> garbage;
+  bool everywhere = !link->probes.empty();
+  {
+    Locked lock;
+    if (!live_links().count(link))
+      return fail(EINVAL, "count_on_counter_path: the link is not attached");
+    for (Probe *p : link->probes) {
+      auto entries = entries_of(p);
+      for (ConsumerEntry &e : entries)
+        if (e.slot == link->slot) e.external_counter = true, e.external_offset = offset;
+      publish(p, std::move(entries), garbage);
+      everywhere &= p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
+                    std::all_of(p->sites.begin(), p->sites.end(),
+                                [](const Site *s) { return s->plan.counter_window_length != 0; });
+    }
+  }
+  free_later(std::move(garbage), false);
+  return everywhere;
 }
 
 Result<void> notify_mapping() {

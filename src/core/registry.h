@@ -21,6 +21,15 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
 // are skipped; a link that is not attached fails the whole batch (EINVAL), detaching none.
 Result<void> detach(std::span<usprobe_link *const> links);
 
+// The link's consumer (on_entry set, no return probe) counts into a counter kept outside the
+// engine, `offset` bytes from each thread's counter home (core/thread_record.h,
+// set_counter_home; counter_path_external() first): where it is its probe's only consumer, the
+// counter path increments that counter on entry hits without calling on_entry, and on_entry
+// counts the full path's hits (it sets the thread's home). For the agent's `usprobe count`.
+// Returns whether every site of the link has the counter path now (a function's entry, the
+// link's consumer alone there).
+Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset);
+
 // Code was mapped or unmapped outside the dynamic linker: bring every probe in line with the
 // mappings (sites for new mappings of probed files, none for mappings that are gone).
 Result<void> notify_mapping();

@@ -13,17 +13,18 @@
 namespace usprobe {
 
 constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
-constinit thread_local uint64_t t_counter_base __attribute__((tls_model("initial-exec"))) = 0;
+constinit thread_local CounterPathState t_counter_path __attribute__((tls_model("initial-exec")));
 std::atomic<uint32_t> g_return_depth{kDefaultReturnDepth};
 
 namespace {
 
-// The thread's record is set: the counter path may count for it (thread_record.h), unless its
-// counters lie where the bias trick cannot tell them from none.
+std::atomic<bool> g_counters_external{false};
+
+// The thread's record is set: the counter path may count into its counters (thread_record.h).
 ThreadRecord *adopt(ThreadRecord *r) {
   t_record = r;
-  const auto base = reinterpret_cast<uint64_t>(r->counters);
-  if (base >= kCounterBias) t_counter_base = base;
+  if (!g_counters_external.load(std::memory_order_relaxed))
+    set_counter_home(reinterpret_cast<uint64_t>(r->counters));
   return r;
 }
 
@@ -79,6 +80,13 @@ ThreadRecord *new_record() {
 }
 
 }  // namespace
+
+void counter_path_external() {
+  g_counters_external.store(true, std::memory_order_relaxed);
+}
+bool counter_path_is_external() {
+  return g_counters_external.load(std::memory_order_relaxed);
+}
 
 ThreadRecord *all_records() {
   return g_records.load(std::memory_order_acquire);

@@ -57,48 +57,79 @@ struct alignas(64) ThreadRecord {
 extern constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec")));
 
 // The counter path: the code at a function entry that counts a probe whose only consumer is one
-// built-in entry counter (Probe::counter_word) without calling anything. It reads two words, this
-// thread's t_counter_base and the probe's counter word, adds them, and increments the word at
-// kCounterBias past the sum:
+// counter without calling anything (Probe::counter_word). It reads two words, this thread's
+// counter base (t_counter_path.base) and the probe's counter word, adds them, and increments the
+// word at kCounterBias past the sum:
 //
-//   t_counter_base   the record's `counters` while the thread runs no handler (depth 0), else 0;
-//                    also 0 before the thread's first hit, and for a record whose counters lie
-//                    below kCounterBias (then the thread always takes the full path).
-//   counter word     -kCounterBias + the byte offset of the slot's hits word, or 0.
+//   base          where this thread's counters are, while it runs no handler; else 0. Its home
+//                 (t_counter_path.home) is the engine's counters of the thread's record (set on
+//                 its first hit), or, for counters kept elsewhere (counter_path_external()), what
+//                 their owner sets with set_counter_home(); 0 for none. A home below kCounterBias
+//                 is none: the bias trick could not tell it from 0.
+//   counter word  -kCounterBias + the byte offset of the counter from the base, or 0.
 //
 // The sum carries out of 64 bits exactly when both are set (base >= kCounterBias > offset): one
 // `add` and one `jnc` tell the counter path from the full path, which counts everything else.
 // Zeroing the base inside handlers is what makes a hit there a miss, as the full path counts it.
 constexpr uint64_t kCounterBias = uint64_t{1} << 30;
 static_assert(sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots < kCounterBias);
+// The word of a counter `offset` bytes from the base.
+inline uint64_t counter_word_at(uint64_t offset) {
+  return (0 - kCounterBias) + offset;
+}
+// The word of an engine consumer's hits counter, and back.
 inline uint64_t counter_word(uint32_t slot) {
-  return (0 - kCounterBias) + sizeof(uint64_t) * (kCounterWords * slot + kHits);
+  return counter_word_at(sizeof(uint64_t) * (kCounterWords * slot + kHits));
 }
 inline uint32_t counter_word_slot(uint64_t word) {
   return static_cast<uint32_t>((word + kCounterBias) / sizeof(uint64_t) / kCounterWords);
 }
-extern constinit thread_local uint64_t t_counter_base __attribute__((tls_model("initial-exec")));
+
+// This thread's counter path state, one initial-exec TLS block: the trampolines read `base` at
+// its %fs-relative offset.
+struct CounterPathState {
+  uint64_t base = 0;      // what the counter path adds: `home`, or 0 inside handler sections
+  uint64_t home = 0;      // the base outside handler sections
+  uint32_t sections = 0;  // CounterPathOff scopes open on this thread (signal handlers' included)
+};
+extern constinit thread_local CounterPathState t_counter_path
+    __attribute__((tls_model("initial-exec")));
 
 // While this thread runs a handler (or usprobe's own work), the counter path is off: hits go to
 // the full path, which counts them as missed (or not at all). Nests, as handler sections do in
-// signal handlers: each restores what it found.
+// signal handlers: the last one to close turns the path back on, to the home as it is then.
 class CounterPathOff {
  public:
-  CounterPathOff() : saved_(t_counter_base) {
-    t_counter_base = 0;
+  CounterPathOff() {
+    CounterPathState &s = t_counter_path;
+    ++s.sections;
+    s.base = 0;
     // The counter path of this thread (a signal handler's hit) sees 0 before the handler runs.
     std::atomic_signal_fence(std::memory_order_seq_cst);
   }
   ~CounterPathOff() {
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    t_counter_base = saved_;
+    CounterPathState &s = t_counter_path;
+    if (--s.sections == 0) s.base = s.home;
   }
   CounterPathOff(const CounterPathOff &) = delete;
   CounterPathOff &operator=(const CounterPathOff &) = delete;
-
- private:
-  uint64_t saved_;
 };
+
+// Counters kept outside the engine (the agent's, in memory its command reads): the engine's own
+// built-in counters then never take the counter path, a thread's first hit sets no home, and the
+// counters' owner sets each thread's home itself. Call before the first attach.
+void counter_path_external();
+bool counter_path_is_external();
+// This thread's home (0: the counter path off for it until set again). Takes effect at once
+// outside handler sections, else when the last one closes. Inline: handlers built with
+// -mgeneral-regs-only call it, and so it is compiled as they are.
+inline void set_counter_home(uint64_t home) {
+  CounterPathState &s = t_counter_path;
+  s.home = home >= kCounterBias ? home : 0;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (s.sections == 0) s.base = s.home;
+}
 
 // Slow path of the first hit of a thread: take a free record or make one. Async-signal-safe.
 // Returns nullptr only when memory cannot be mapped (the hit is then not counted).

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -219,6 +220,31 @@ TEST(RobustSignals, AfterUsprobeIsKilledTheCommandIsEnded) {
   if (!gone) kill(command, SIGKILL);
   EXPECT_TRUE(gone) << "the command ran on for 10 s after usprobe was killed";
   p.finish(std::chrono::seconds(5));
+}
+
+// sh -c vforks each command. The shell's own hits (malloc) have put its thread on the counter
+// path; a vfork child runs on that thread's TLS, and its hits must still be its own: each child's
+// execve is counted under the child's pid, none under the shell's.
+TEST(RobustCount, AVforkChildsHitsAreItsOwnWhileItsParentIsOnTheCounterPath) {
+  std::string t = robust_target();
+  std::string script = t + " getpids 1; " + t + " getpids 1; " + t + " getpids 1";
+  Output r = run({e2e::cli(), "count", "--json", "--per-pid", "libc:malloc", "libc:execve", "--",
+                  "/bin/sh", "-c", script});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  std::set<long> printed;
+  for (const std::string &line : e2e::lines(r.out))
+    if (line.rfind("pid ", 0) == 0) printed.insert(std::stol(line.substr(4)));
+  ASSERT_EQ(printed.size(), 3u) << r.describe();
+  Json total = only_total(r);
+  auto p = e2e::probe_in(total, "libc:execve");
+  ASSERT_TRUE(p) << total.dump();
+  std::map<long, uint64_t> execs;
+  for (auto &[key, value] : (*p)["pids"].items()) execs[std::stol(key)] = value.get<uint64_t>();
+  // The three children that ran the target, one execve each (`true` is the shell's own).
+  std::map<long, uint64_t> expected;
+  for (long pid : printed) expected[pid] = 1;
+  EXPECT_EQ(execs, expected) << total.dump();
+  EXPECT_GT(hits_of(total, "libc:malloc"), 0u) << total.dump();
 }
 
 // Item 15: sh -c vforks each command; the execve in each child is that child's, not its parent's

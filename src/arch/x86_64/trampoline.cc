@@ -207,13 +207,13 @@ void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved
   w.put_call(reinterpret_cast<uint64_t>(&usprobe_dispatch), x86::RAX);
 }
 
-// %fs-relative offset of t_counter_base (core/thread_record.h), the same in every thread:
+// %fs-relative offset of t_counter_path.base (core/thread_record.h), the same in every thread:
 // initial-exec TLS lies in the static TLS block, at a fixed distance below the thread pointer.
 // nullopt when it is farther than a disp32 reaches (the trampolines then have no counter path).
 std::optional<int32_t> counter_base_offset() {
   uint64_t tp;
   asm("mov %%fs:0,%0" : "=r"(tp));  // the TCB's self pointer: the thread pointer
-  const int64_t off = static_cast<int64_t>(reinterpret_cast<uint64_t>(&t_counter_base) - tp);
+  const int64_t off = static_cast<int64_t>(reinterpret_cast<uint64_t>(&t_counter_path.base) - tp);
   if (off < INT32_MIN || off > INT32_MAX) return std::nullopt;
   return static_cast<int32_t>(off);
 }
@@ -228,7 +228,7 @@ std::optional<int32_t> counter_base_offset() {
 //   counter window:
 //     movabs $&probe->counter_word,%r11
 //     mov (%r11),%r11
-//     add %fs:t_counter_base,%r11       carries when both words are set
+//     add %fs:t_counter_path.base,%r11  carries when both words are set
 //     jnc full
 //     incq kCounterBias(%r11)           this thread's hits of the slot
 //   (end of the window)
