@@ -256,6 +256,7 @@ void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
     version_names = read_version_definitions(e);
   }
 
+  out.reserve(out.size() + count);
   for (size_t i = 1; i < count; ++i) {
     GElf_Sym sym;
     if (!gelf_getsym(data, static_cast<int>(i), &sym)) continue;
@@ -350,20 +351,38 @@ void ElfFile::Impl::read_separate_debug_symtab(std::vector<RawFunction> &out) {
 // hold a local unversioned alias of a versioned symbol (libc's local IFUNC "memcpy"): at one
 // offset, an unversioned name is dropped when a versioned one of the same name exists.
 void ElfFile::Impl::index(std::vector<RawFunction> raw) {
-  std::sort(raw.begin(), raw.end(), [](const RawFunction &a, const RawFunction &b) {
-    return std::tie(a.fn.file_offset, a.fn.name, a.fn.version) <
-           std::tie(b.fn.file_offset, b.fn.name, b.fn.version);
+  // Sorted through a permutation: moving the symbols themselves (two strings each) is what took
+  // the time, most of a process's first open of libc.
+  std::vector<uint32_t> order(raw.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  // By offset first (integers), then each run of one offset (a few aliases) by name and version.
+  std::sort(order.begin(), order.end(), [&raw](uint32_t x, uint32_t y) {
+    return raw[x].fn.file_offset < raw[y].fn.file_offset;
   });
-  for (size_t i = 0; i < raw.size();) {
+  for (size_t i = 0, j; i < order.size(); i = j) {
+    for (j = i + 1;
+         j < order.size() && raw[order[j]].fn.file_offset == raw[order[i]].fn.file_offset;)
+      ++j;
+    if (j - i > 1)
+      std::sort(order.begin() + static_cast<ptrdiff_t>(i),
+                order.begin() + static_cast<ptrdiff_t>(j), [&raw](uint32_t x, uint32_t y) {
+                  const Function &a = raw[x].fn, &b = raw[y].fn;
+                  return std::tie(a.name, a.version) < std::tie(b.name, b.version);
+                });
+  }
+  functions.reserve(raw.size());
+  bindings.reserve(raw.size());
+  for (size_t i = 0; i < order.size();) {
+    const Function &first = raw[order[i]].fn;
     size_t j = i;
     bool any_versioned = false;
-    while (j < raw.size() && raw[j].fn.file_offset == raw[i].fn.file_offset &&
-           raw[j].fn.name == raw[i].fn.name) {
-      any_versioned |= !raw[j].fn.version.empty();
+    while (j < order.size() && raw[order[j]].fn.file_offset == first.file_offset &&
+           raw[order[j]].fn.name == first.name) {
+      any_versioned |= !raw[order[j]].fn.version.empty();
       ++j;
     }
     for (size_t k = i; k < j; ++k) {
-      RawFunction &r = raw[k];
+      RawFunction &r = raw[order[k]];
       if (any_versioned && r.fn.version.empty()) continue;
       if (!functions.empty() && functions.back().file_offset == r.fn.file_offset &&
           functions.back().name == r.fn.name && functions.back().version == r.fn.version) {
@@ -380,6 +399,7 @@ void ElfFile::Impl::index(std::vector<RawFunction> raw) {
     i = j;
   }
   max_end.reserve(functions.size());
+  by_name.reserve(functions.size());
   uint64_t end = 0;
   for (size_t i = 0; i < functions.size(); ++i) {
     end = std::max(end, functions[i].file_offset + functions[i].size);
