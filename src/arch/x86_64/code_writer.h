@@ -39,9 +39,20 @@ class Label {
  private:
   friend class CodeWriter;
   static constexpr size_t kUnbound = ~size_t{0};
-  size_t at_ = kUnbound;       // offset in the writer's buffer
-  std::vector<size_t> rel32_;  // rel32 fields to fill (relative to the end of each field)
-  std::vector<size_t> abs64_;  // 64-bit immediates to fill with the label's address
+  // Uses made before the label is bound: a trampoline template has a few per label, and a batch
+  // writes thousands of trampolines, so they are kept in place rather than allocated.
+  static constexpr size_t kMaxUses = 8;
+  struct Uses {
+    uint32_t at[kMaxUses];
+    uint32_t count = 0;
+    void add(size_t offset) {
+      if (count == kMaxUses) __builtin_trap();  // a template with more: raise kMaxUses
+      at[count++] = static_cast<uint32_t>(offset);
+    }
+  };
+  size_t at_ = kUnbound;  // offset in the writer's buffer
+  Uses rel32_;            // rel32 fields to fill (relative to the end of each field)
+  Uses abs64_;            // 64-bit immediates to fill with the label's address
 };
 
 class CodeWriter {
@@ -62,10 +73,10 @@ class CodeWriter {
   // Labels: give `l` the next byte's place, and fill every use made so far.
   void bind(Label &l) {
     l.at_ = size();
-    for (size_t at : l.rel32_) patch_u32(at, static_cast<uint32_t>(l.at_ - (at + 4)));
-    for (size_t at : l.abs64_) patch_u64(at, base_ + l.at_);
-    l.rel32_.clear();
-    l.abs64_.clear();
+    for (uint32_t i = 0; i < l.rel32_.count; ++i)
+      patch_u32(l.rel32_.at[i], static_cast<uint32_t>(l.at_ - (l.rel32_.at[i] + 4)));
+    for (uint32_t i = 0; i < l.abs64_.count; ++i) patch_u64(l.abs64_.at[i], base_ + l.at_);
+    l.rel32_.count = l.abs64_.count = 0;
   }
   // jmp rel32 / jcc rel32 / call rel32 to a label (in this buffer: always in range).
   void put_jmp(Label &l) {
@@ -86,7 +97,7 @@ class CodeWriter {
     if (l.bound())
       patch_u64(size() - 8, base_ + l.at_);
     else
-      l.abs64_.push_back(size() - 8);
+      l.abs64_.add(size() - 8);
   }
 
   void put_u8(uint8_t b) { buf_.push_back(b); }
@@ -276,7 +287,7 @@ class CodeWriter {
     if (l.bound()) {
       put_u32(static_cast<uint32_t>(l.at_ - (size() + 4)));
     } else {
-      l.rel32_.push_back(size());
+      l.rel32_.add(size());
       put_u32(0);
     }
   }
