@@ -8,7 +8,7 @@
 //
 // - The DWARF walk (the default) reads the code's own call frame information: the object holding
 //   a pc comes from glibc's _dl_find_object (lock-free), its FDE from a binary search of its
-//   .eh_frame_hdr, and the CFA program (core/cfi.h) says where the caller's return address and
+//   .eh_frame_hdr, and the CFA program (elf/cfi.h) says where the caller's return address and
 //   registers are. Rows are kept in a process-wide cache of sequence-checked entries, so a frame
 //   seen before costs a few loads. It sees through code built without frame pointers (all of
 //   Debian). A frame without usable CFI (JIT code, a PLT entry's CFA expression) takes one

@@ -1,4 +1,4 @@
-// The x86-64 DWARF walk (core/stack.h): from the hit's registers, each frame's CFI row (core/cfi.h)
+// The x86-64 DWARF walk (core/stack.h): from the hit's registers, each frame's CFI row (elf/cfi.h)
 // gives its caller's stack pointer (the CFA), return address and callee-saved registers.
 //
 // DWARF numbers the x86-64 registers rax 0, rdx 1, rcx 2, rbx 3, rsi 4, rdi 5, rbp 6, rsp 7,
@@ -29,8 +29,8 @@
 #include <utility>
 
 #include "arch/x86_64/regs.h"
-#include "core/cfi.h"
 #include "core/stack.h"
+#include "elf/cfi.h"
 
 namespace usprobe::arch {
 namespace {

@@ -1,6 +1,6 @@
-// core/cfi.h on hand-written bytes: pointer encodings, CIE/FDE parsing, the CFA program and the
+// elf/cfi.h on hand-written bytes: pointer encodings, CIE/FDE parsing, the CFA program and the
 // .eh_frame_hdr search; and the search on this binary's own .eh_frame.
-#include "core/cfi.h"
+#include "elf/cfi.h"
 
 #include <cstdint>
 #include <cstring>

@@ -1,6 +1,6 @@
-// DWARF call frame information (core/cfi.h). Never allocates, locks or makes a system call: it
+// DWARF call frame information (elf/cfi.h). Never allocates, locks or makes a system call: it
 // runs on the hit path of usprobe_hit_stack, from any handler.
-#include "core/cfi.h"
+#include "elf/cfi.h"
 
 #include <dlfcn.h>
 

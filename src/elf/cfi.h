@@ -48,9 +48,11 @@ bool read_pointer(Reader &r, uint8_t encoding, uint64_t data_base, uint64_t &out
 // a walk does not need).
 bool skip_pointer(Reader &r, uint8_t encoding);
 
-// The columns a walk tracks: DWARF register numbers below this. On x86-64, 0-15 are the
-// general-purpose registers and 16 the return address; rules for higher columns (vector
-// registers) are parsed and dropped: no caller's return address depends on them.
+// The columns a walk tracks: DWARF register numbers below this. The parser is the file format's;
+// this number is the one thing in it that is the architecture's, x86-64's (the only unwinder,
+// arch/x86_64/dwarf_unwind.cc): 0-15 are the general-purpose registers and 16 the return address;
+// rules for higher columns (vector registers) are parsed and dropped: no caller's return address
+// depends on them. A second architecture makes it a parameter of the walk.
 inline constexpr unsigned kColumns = 17;
 
 // Where a caller's register is (DWARF 5, 6.4.1).
