@@ -35,13 +35,17 @@ void set_arg(Regs &r, unsigned n, uint64_t value);
 }  // namespace usprobe::arch
 
 // The accessors every return probe uses twice, inline: arch_inline.h is the chosen
-// architecture's (CMake puts its directory on the include path). It defines
+// architecture's, included here, the one place core names an architecture. It defines
 //   uint64_t hit_ip(const Regs &r), hit_sp(const Regs &r)   the probed instruction, its %rsp
 //   uint64_t *return_address_slot(const Regs &r)  at a function's entry: where its return
 //                                                 address is on the stack
 //   uint64_t returned_from_sp(const Regs &r)      in the return trampoline's view: where the
 //                                                 return address was (the function's entry %rsp)
-#include "arch_inline.h"
+#if defined(__x86_64__)
+#include "arch/x86_64/arch_inline.h"
+#else
+#error "usprobe has an architecture for x86-64 only (src/arch/)"
+#endif
 
 namespace usprobe::arch {
 
@@ -173,5 +177,37 @@ bool signal_frame_in_windows(std::span<const uint8_t> stack, uint64_t stack_addr
 // True when an instruction pointer is not strictly inside any window (a thread there needs no
 // move).
 bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows);
+
+// Stack walks (usprobe_hit_stack, core/stack.h): src/arch/<arch>/stack_walk.cc and
+// dwarf_unwind.cc.
+//
+// Maps a return address read from its stack slot to the one to report: the original where the
+// slot holds a pending return's landing, or 0 to end the walk.
+using ReturnFixup = uint64_t (*)(const void *ctx, uint64_t slot, uint64_t value);
+
+// The frame pointer of the code that hit the probe.
+uint64_t frame_pointer(const Regs &r);
+
+// Follow the frame-pointer chain from `fp`, storing each frame's return address (through `fixup`)
+// in ips[0..max); returns how many. Reads memory only inside [lo, hi), at aligned frames that go
+// strictly up the stack: a chain broken by code without frame pointers ends the walk, never
+// faults. Never allocates, locks or makes a system call.
+size_t frame_pointer_walk(uint64_t fp, uint64_t lo, uint64_t hi, uint64_t *ips, size_t max,
+                          ReturnFixup fixup, const void *ctx);
+
+// Where a DWARF walk starts: the hit's registers, with the instruction pointer `ip` (the next
+// instruction the code runs: looked up as it is, not as a return address) and stack pointer `sp`.
+// `entry`: ip is a function's first instruction, whose return address is at sp.
+struct WalkStart {
+  const Regs *regs;
+  uint64_t ip, sp;
+  bool entry;
+};
+
+// Unwind by the DWARF CFI of each frame's code, storing the callers' return addresses (through
+// `fixup`) in ips[0..max); returns how many. Stack reads stay inside [start.sp, hi). Never
+// allocates, locks or makes a system call; never faults.
+size_t dwarf_walk(const WalkStart &start, uint64_t hi, uint64_t *ips, size_t max, ReturnFixup fixup,
+                  const void *ctx);
 
 }  // namespace usprobe::arch

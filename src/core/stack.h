@@ -33,39 +33,3 @@ namespace usprobe::stack {
 int walk(const usprobe_hit *hit, uint64_t *ips, size_t max, unsigned flags);
 
 }  // namespace usprobe::stack
-
-// The architecture's half of the stack walk (src/arch/<arch>/stack_walk.cc, dwarf_unwind.cc).
-namespace usprobe::arch {
-
-struct Regs;
-
-// Maps a return address read from its stack slot to the one to report: the original where the
-// slot holds a pending return's landing, or 0 to end the walk.
-using ReturnFixup = uint64_t (*)(const void *ctx, uint64_t slot, uint64_t value);
-
-// The frame pointer of the code that hit the probe.
-uint64_t frame_pointer(const Regs &r);
-
-// Follow the frame-pointer chain from `fp`, storing each frame's return address (through `fixup`)
-// in ips[0..max); returns how many. Reads memory only inside [lo, hi), at aligned frames that go
-// strictly up the stack: a chain broken by code without frame pointers ends the walk, never
-// faults. Never allocates, locks or makes a system call.
-size_t frame_pointer_walk(uint64_t fp, uint64_t lo, uint64_t hi, uint64_t *ips, size_t max,
-                          ReturnFixup fixup, const void *ctx);
-
-// Where a DWARF walk starts: the hit's registers, with the instruction pointer `ip` (the next
-// instruction the code runs: looked up as it is, not as a return address) and stack pointer `sp`.
-// `entry`: ip is a function's first instruction, whose return address is at sp.
-struct WalkStart {
-  const Regs *regs;
-  uint64_t ip, sp;
-  bool entry;
-};
-
-// Unwind by the DWARF CFI of each frame's code, storing the callers' return addresses (through
-// `fixup`) in ips[0..max); returns how many. Stack reads stay inside [start.sp, hi). Never
-// allocates, locks or makes a system call; never faults.
-size_t dwarf_walk(const WalkStart &start, uint64_t hi, uint64_t *ips, size_t max, ReturnFixup fixup,
-                  const void *ctx);
-
-}  // namespace usprobe::arch

@@ -29,6 +29,7 @@
 #include <utility>
 
 #include "arch/x86_64/regs.h"
+#include "core/arch.h"
 #include "core/stack.h"
 #include "elf/cfi.h"
 

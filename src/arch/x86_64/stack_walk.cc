@@ -5,6 +5,7 @@
 // frame; the bounds checks are what keep a broken chain (code built without frame pointers uses
 // %rbp as an ordinary register) from reading memory that is not there.
 #include "arch/x86_64/regs.h"
+#include "core/arch.h"
 #include "core/stack.h"
 
 namespace usprobe::arch {
