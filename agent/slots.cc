@@ -3,7 +3,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
-#include "os/linux/raw_syscall.h"
+#include "os/linux/os_inline.h"
 
 namespace usprobe::agent {
 

@@ -11,7 +11,7 @@
 #include "agent/agent_scope.h"
 #include "agent/slots.h"
 #include "core/thread_record.h"
-#include "os/linux/raw_syscall.h"
+#include "os/linux/os_inline.h"
 
 namespace usprobe::agent {
 namespace {

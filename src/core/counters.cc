@@ -1,7 +1,6 @@
 #include "core/counters.h"
 
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,8 +8,8 @@
 #include <mutex>
 #include <vector>
 
+#include "core/os.h"
 #include "core/thread_record.h"
-#include "os/linux/raw_syscall.h"
 
 namespace usprobe::counters {
 namespace {

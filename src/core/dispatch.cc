@@ -1,12 +1,10 @@
 #include "core/dispatch.h"
 
+#include "core/os.h"
 #include "core/probe.h"
 #include "core/rcu.h"
 #include "core/return_stack.h"
 #include "core/thread_record.h"
-#include "os/linux/raw_syscall.h"
-
-#include <sys/syscall.h>
 
 #include <optional>
 
@@ -454,7 +452,7 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
     // is no address to go back to.
     static const char kMessage[] =
         "usprobe: a hijacked return has no return instance on this thread's stack; aborting\n";
-    os::raw_syscall6(SYS_write, 2, reinterpret_cast<long>(kMessage), sizeof kMessage - 1);
+    os::raw_write(2, kMessage, sizeof kMessage - 1);
     __builtin_trap();
   }
   ReturnInstance &returning = rec->returns[last];

@@ -54,7 +54,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "os/linux/proc_maps.h"
+#include "core/os.h"
 
 namespace usprobe {
 

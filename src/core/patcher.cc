@@ -9,11 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "core/os.h"
 #include "core/site_table.h"
-#include "os/linux/code_memory.h"
-#include "os/linux/membarrier.h"
-#include "os/linux/proc_maps.h"
-#include "os/linux/thread_round.h"
 
 namespace usprobe::patcher {
 namespace {

@@ -1,7 +1,6 @@
 #include "core/rcu.h"
 
 #include <signal.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -11,8 +10,7 @@
 #include <vector>
 
 #include "core/arch.h"
-#include "os/linux/membarrier.h"
-#include "os/linux/raw_syscall.h"
+#include "core/os.h"
 
 namespace usprobe::rcu {
 

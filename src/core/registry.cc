@@ -14,14 +14,13 @@
 
 #include "core/counters.h"
 #include "core/mapping_table.h"
+#include "core/os.h"
 #include "core/patcher.h"
 #include "core/rcu.h"
 #include "core/retire.h"
 #include "core/site_analysis.h"
 #include "core/site_table.h"
 #include "elf/location.h"
-#include "os/linux/membarrier.h"
-#include "os/linux/proc_maps.h"
 
 namespace usprobe {
 

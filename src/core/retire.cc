@@ -5,12 +5,9 @@
 #include <cstring>
 
 #include "core/arch.h"
+#include "core/os.h"
 #include "core/return_stack.h"
 #include "core/thread_record.h"
-#include "os/linux/code_memory.h"
-#include "os/linux/proc_maps.h"
-#include "os/linux/raw_syscall.h"
-#include "os/linux/thread_round.h"
 
 namespace usprobe::retire {
 namespace {

@@ -12,9 +12,9 @@
 
 #include <fmt/format.h>
 
+#include "core/os.h"
 #include "core/probe.h"
 #include "elf/usdt.h"
-#include "os/linux/proc_maps.h"
 
 namespace usprobe {
 

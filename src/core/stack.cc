@@ -2,21 +2,15 @@
 // their frames and the bounds of the thread's stack, for the architecture's two walkers.
 #include "core/stack.h"
 
-#include <fcntl.h>
 #include <pthread.h>
-#include <sys/syscall.h>
 
-#include <cerrno>
 #include <climits>
-#include <cstring>
-#include <string_view>
 
 #include "core/arch.h"
+#include "core/os.h"
 #include "core/probe.h"
 #include "core/return_stack.h"
 #include "core/thread_record.h"
-#include "os/linux/maps_line.h"
-#include "os/linux/raw_syscall.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::stack {
@@ -75,75 +69,6 @@ struct StackRange {
 // costs no system call. Initial-exec and constinit, as t_record: no __tls_get_addr, no wrapper.
 constinit thread_local StackRange t_stack __attribute__((tls_model("initial-exec")));
 
-struct Mapping {
-  uint64_t start = 0, end = 0;
-  bool readable = false;
-  bool main_stack = false;  // "[stack]": the main thread's
-};
-
-// One line of /proc/self/maps (os/linux/maps_line.h: no allocation, no libc); `line` may be the
-// start of a line too long for the buffer (its path is then not "[stack]" anyway). A line that
-// does not parse holds nothing.
-Mapping parse_maps_line(const char *p, const char *end) {
-  Mapping m;
-  os::MapsLine l;
-  if (!os::parse_maps_line(std::string_view(p, static_cast<size_t>(end - p)), l)) return m;
-  m.start = l.start;
-  m.end = l.end;
-  m.readable = l.read;
-  m.main_stack = l.path == "[stack]";
-  return m;
-}
-
-// The mapping of this process that contains `addr`, read from /proc/self/maps with raw system
-// calls into a buffer on this stack: no allocation, and no libc function a probe may sit on.
-bool find_mapping(uint64_t addr, Mapping &out) {
-  const long fd = os::raw_syscall6(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/maps"),
-                                   O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool found = false, done = false;
-  // Lines come sorted by address: stop at the one that holds addr, or at the first past it.
-  auto look = [&](const char *line, const char *end) {
-    const Mapping m = parse_maps_line(line, end);
-    if (m.start > addr) {
-      done = true;
-    } else if (addr < m.end) {
-      out = m;
-      found = m.readable;
-      done = true;
-    }
-  };
-  char buf[4096];
-  size_t have = 0;
-  bool rest_of_long_line = false;  // dropping the tail of a line longer than buf
-  while (!done) {
-    const long r = os::raw_syscall6(SYS_read, fd, reinterpret_cast<long>(buf + have),
-                                    static_cast<long>(sizeof buf - have));
-    if (r == -EINTR) continue;
-    if (r <= 0) break;  // the end (the kernel ends every line with a newline) or an error
-    have += static_cast<size_t>(r);
-    size_t begin = 0;
-    for (size_t i = 0; i < have && !done; ++i) {
-      if (buf[i] != '\n') continue;
-      if (!rest_of_long_line) look(buf + begin, buf + i);
-      rest_of_long_line = false;
-      begin = i + 1;
-    }
-    if (done) break;
-    if (begin == 0 && have == sizeof buf) {
-      // A line longer than the buffer (a long path): its start holds all that is needed.
-      if (!rest_of_long_line) look(buf, buf + have);
-      rest_of_long_line = true;
-      have = 0;
-    } else {
-      std::memmove(buf, buf + begin, have - begin);
-      have -= begin;
-    }
-  }
-  os::raw_syscall6(SYS_close, fd);
-  return found;
-}
-
 // The top of the readable stack above `sp`, for the frame-pointer walk's bounds. The thread's own
 // stack is remembered; another one (a sigaltstack, a coroutine's) is looked up on every walk,
 // since it may be unmapped and its addresses reused once the walk is over.
@@ -152,8 +77,8 @@ bool stack_top(uint64_t sp, uint64_t &hi) {
     hi = t_stack.hi;
     return true;
   }
-  Mapping m;
-  if (!find_mapping(sp, m)) return false;
+  os::MappedRange m;
+  if (!os::find_mapped_range(sp, m)) return false;
   // glibc puts a thread's descriptor (pthread_self()) and its static TLS at the top of the
   // thread's stack mapping, above every frame: when it lies there, the mapping is this thread's
   // own stack, and the frames end below it. The main thread's stack is "[stack]".

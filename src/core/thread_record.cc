@@ -2,13 +2,12 @@
 
 #include <pthread.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <new>
 
+#include "core/os.h"
 #include "core/return_stack.h"
-#include "os/linux/raw_syscall.h"
 
 namespace usprobe {
 
@@ -54,12 +53,12 @@ ThreadRecord *new_record() {
     void *high =
         os::raw_mmap_anon(kCounterBytes, PROT_READ | PROT_WRITE, MAP_NORESERVE, 4 * kCounterBias);
     if (high) {
-      os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(ctr), kCounterBytes);
+      os::raw_munmap(ctr, kCounterBytes);
       ctr = high;
     }
   }
   if (!ctr) {
-    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(mem), 4096);
+    os::raw_munmap(mem, 4096);
     return nullptr;
   }
   // The return stack: its depth is fixed for the record's life (usprobe_set_return_depth applies
@@ -68,8 +67,8 @@ ThreadRecord *new_record() {
   void *ret =
       os::raw_mmap_anon(sizeof(ReturnInstance) * depth, PROT_READ | PROT_WRITE, MAP_NORESERVE);
   if (!ret) {
-    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(ctr), kCounterBytes);
-    os::raw_syscall6(SYS_munmap, reinterpret_cast<long>(mem), 4096);
+    os::raw_munmap(ctr, kCounterBytes);
+    os::raw_munmap(mem, 4096);
     return nullptr;
   }
   auto *r = new (mem) ThreadRecord;

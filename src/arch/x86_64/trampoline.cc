@@ -42,9 +42,9 @@
 #include "arch/x86_64/relocator.h"
 #include "core/arch.h"
 #include "core/dispatch.h"
+#include "core/os.h"
 #include "core/probe.h"
 #include "core/thread_record.h"
-#include "os/linux/code_memory.h"
 
 namespace usprobe::arch {
 namespace {

@@ -1,4 +1,6 @@
-#include "os/linux/code_memory.h"
+// Code memory (core/os.h) on Linux: slabs mapped near the code they serve, and every write of
+// code through /proc/self/mem (the kernel writes with FOLL_FORCE: pages stay read+execute).
+#include "core/os.h"
 #include "os/linux/high_descriptor.h"
 
 #include <fcntl.h>
@@ -18,8 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "os/linux/proc_maps.h"
-#include "os/linux/raw_syscall.h"
+#include "os/linux/os_inline.h"
 
 namespace usprobe::os {
 namespace {

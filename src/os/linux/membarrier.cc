@@ -1,4 +1,5 @@
-#include "os/linux/membarrier.h"
+// The barriers of core/os.h: membarrier(2), private expedited (sync-core and plain).
+#include "core/os.h"
 
 #include <linux/membarrier.h>
 #include <sys/syscall.h>

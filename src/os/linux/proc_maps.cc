@@ -1,4 +1,4 @@
-// Reading /proc/self/maps into Mappings; each line as os/linux/maps_line.h parses it.
+// This process's mappings (core/os.h) from /proc/self/maps; each line as maps_line.h parses it.
 #include "os/linux/proc_maps.h"
 
 #include <fcntl.h>
@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "os/linux/maps_line.h"
+#include "os/linux/os_inline.h"
 
 namespace usprobe::os {
 namespace {
@@ -63,7 +64,70 @@ bool parse_line(std::string_view line, Mapping &m) {
   return true;
 }
 
+// One line of /proc/self/maps (maps_line.h: no allocation, no libc); `line` may be the
+// start of a line too long for the buffer (its path is then not "[stack]" anyway). A line that
+// does not parse holds nothing.
+MappedRange parse_range(const char *p, const char *end) {
+  MappedRange m;
+  MapsLine l;
+  if (!parse_maps_line(std::string_view(p, static_cast<size_t>(end - p)), l)) return m;
+  m.start = l.start;
+  m.end = l.end;
+  m.readable = l.read;
+  m.main_stack = l.path == "[stack]";
+  return m;
+}
+
 }  // namespace
+
+// /proc/self/maps read with raw system calls into a buffer on this stack: no allocation, and no
+// libc function a probe may sit on.
+bool find_mapped_range(uint64_t addr, MappedRange &out) {
+  const long fd = raw_syscall6(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/maps"),
+                               O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool found = false, done = false;
+  // Lines come sorted by address: stop at the one that holds addr, or at the first past it.
+  auto look = [&](const char *line, const char *end) {
+    const MappedRange m = parse_range(line, end);
+    if (m.start > addr) {
+      done = true;
+    } else if (addr < m.end) {
+      out = m;
+      found = m.readable;
+      done = true;
+    }
+  };
+  char buf[4096];
+  size_t have = 0;
+  bool rest_of_long_line = false;  // dropping the tail of a line longer than buf
+  while (!done) {
+    const long r = raw_syscall6(SYS_read, fd, reinterpret_cast<long>(buf + have),
+                                static_cast<long>(sizeof buf - have));
+    if (r == -EINTR) continue;
+    if (r <= 0) break;  // the end (the kernel ends every line with a newline) or an error
+    have += static_cast<size_t>(r);
+    size_t begin = 0;
+    for (size_t i = 0; i < have && !done; ++i) {
+      if (buf[i] != '\n') continue;
+      if (!rest_of_long_line) look(buf + begin, buf + i);
+      rest_of_long_line = false;
+      begin = i + 1;
+    }
+    if (done) break;
+    if (begin == 0 && have == sizeof buf) {
+      // A line longer than the buffer (a long path): its start holds all that is needed.
+      if (!rest_of_long_line) look(buf, buf + have);
+      rest_of_long_line = true;
+      have = 0;
+    } else {
+      std::memmove(buf, buf + begin, have - begin);
+      have -= begin;
+    }
+  }
+  raw_syscall6(SYS_close, fd);
+  return found;
+}
 
 Result<std::vector<Mapping>> read_mappings(const char *maps_path) {
   auto text = read_whole_file(maps_path);

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <new>
 
-#include "os/linux/raw_syscall.h"
+#include "os/linux/os_inline.h"
 
 namespace usprobe::os {
 namespace {

@@ -18,7 +18,7 @@
 
 #include <fmt/format.h>
 
-#include "os/linux/raw_syscall.h"
+#include "os/linux/os_inline.h"
 #include "os/linux/signal_guard.h"
 
 namespace usprobe::os {

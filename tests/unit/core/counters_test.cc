@@ -6,8 +6,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/os.h"
 #include "core/thread_record.h"
-#include "os/linux/raw_syscall.h"
 
 namespace usprobe {
 namespace {

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "os/linux/membarrier.h"
+#include "core/os.h"
 
 namespace usprobe {
 namespace {

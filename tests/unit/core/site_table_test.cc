@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "core/mapping_table.h"
+#include "core/os.h"
 #include "core/rcu.h"
-#include "os/linux/membarrier.h"
 
 namespace usprobe {
 namespace {

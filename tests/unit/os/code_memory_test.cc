@@ -6,8 +6,7 @@
 
 #include <gtest/gtest.h>
 
-#include "os/linux/code_memory.h"
-#include "os/linux/proc_maps.h"
+#include "core/os.h"
 
 namespace usprobe::os {
 namespace {
