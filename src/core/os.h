@@ -141,7 +141,8 @@ bool find_mapped_range(uint64_t addr, MappedRange &out);
 // return with no instance reports itself), inline. This is the one line of core that names an OS:
 // the alternative, the directory of the OS's inline part put on the include path by CMake, hides
 // which file is read behind the build; an explicit path (as core/arch.h has for the architecture)
-// is found by grep and by an editor, and a port to another OS changes this line. It defines, in usprobe::os:
+// is found by grep and by an editor, and a port to another OS changes this line. It defines, in
+// usprobe::os:
 //   int  raw_gettid()                          the calling thread's id
 //   bool thread_exited(int tid)                thread `tid` of this process no longer exists
 //   void *raw_mmap_anon(len, prot, extra_flags, hint = 0)
