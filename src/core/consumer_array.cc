@@ -1,0 +1,105 @@
+// A probe's consumers as dispatch reads them: one immutable array per probe, replaced whole
+// (publish) and freed after a grace period.
+#include "core/registry_internal.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "core/probe.h"
+
+namespace usprobe {
+
+ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
+  void *mem = ::operator new(sizeof(ConsumerArray) + v.size() * sizeof(ConsumerEntry));
+  auto *a = new (mem) ConsumerArray;
+  a->count = static_cast<uint32_t>(v.size());
+  a->has_callbacks = std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr; });
+  a->wants_vector_state = std::any_of(
+      v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr && e.wants_vector_state; });
+  a->has_returns = std::any_of(v.begin(), v.end(), [](auto &e) { return e.count_returns; });
+  a->has_return_callbacks =
+      std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr; });
+  a->return_wants_vector_state = std::any_of(
+      v.begin(), v.end(), [](auto &e) { return e.on_return != nullptr && e.wants_vector_state; });
+  uint32_t entry_handlers = 0, return_handlers = 0, returns = 0;
+  for (uint32_t i = 0; i < a->count; ++i) {
+    const ConsumerEntry &e = v[i];
+    if (e.on_entry) {
+      ++entry_handlers;
+      a->entry_handler = i;
+      a->entry_session = e.count_returns;
+    }
+    if (e.on_return) {
+      ++return_handlers;
+      a->return_handler = i;
+    }
+    if (!e.count_returns) continue;
+    ++returns;
+    if (a->return_sessions == kMaxSessions) {
+      a->return_overflow = true;
+    } else {
+      a->return_template[a->return_sessions++] = {e.slot, 0, {}};
+    }
+  }
+  a->simple_handlers = entry_handlers <= 1 && return_handlers <= 1 && returns <= 1 &&
+                       entry_handlers + return_handlers > 0;
+  if (!a->simple_handlers) a->entry_handler = a->return_handler = kNoHandler;
+  a->single_entry_callback = v.size() == 1 && v[0].on_entry != nullptr && !v[0].count_returns;
+  static std::atomic<uint64_t> next_id{1};
+  a->id = next_id.fetch_add(1, std::memory_order_relaxed);
+  std::copy(v.begin(), v.end(), a->entries);
+  return a;
+}
+void ConsumerArray::destroy(const ConsumerArray *a) {
+  ::operator delete(const_cast<ConsumerArray *>(a));
+}
+
+namespace registry::internal {
+
+// Replace a probe's consumer array; the old one goes to `garbage`. Returns whether the counter
+// path may still count into an engine slot it counted into before (it did, and counts no more, or
+// into another): a slot of those that is freed must wait for retire::counter_windows_clear. An
+// external counter's owner keeps its counters as long as its threads may count into them.
+bool publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
+             std::vector<std::function<void()>> &garbage) {
+  const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
+  uint64_t word = 0;
+  bool external = false;
+  if (next && next->count == 1 && !next->has_returns) {
+    const ConsumerEntry &e = next->entries[0];
+    if (e.external_counter) {
+      word = counter_word_at(e.external_offset);
+      external = true;
+    } else if (!next->has_callbacks && !counter_path_is_external()) {
+      word = counter_word(e.slot);
+    }
+  }
+  // Off before the array changes (relaxed: the exchange's release orders it first; a thread that
+  // read the word before counts a hit that the old array's consumer would count too), on once the
+  // new array is published.
+  const uint64_t old_word = p->counter_word.load(std::memory_order_relaxed);
+  if (old_word != word) p->counter_word.store(0, std::memory_order_relaxed);
+  // The trampoline's hint first when callbacks arrive, last when they go; a trampoline that reads
+  // it stale is corrected by dispatch (kDispatchNeedsVectorSave).
+  if (next && next->wants_vector_state) p->wants_vector_state.store(1, std::memory_order_relaxed);
+  // Release: dispatch's acquire load sees a fully built array.
+  const ConsumerArray *old = p->consumers.exchange(next, std::memory_order_acq_rel);
+  if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
+  p->no_entry_handlers.store(!next || !next->has_callbacks, std::memory_order_relaxed);
+  p->single_entry_callback.store(next && next->single_entry_callback, std::memory_order_relaxed);
+  const bool old_external = p->counter_word_external;
+  p->counter_word_external = external;
+  if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);
+  if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
+  return old_word != 0 && old_word != word && !old_external;
+}
+
+std::vector<ConsumerEntry> entries_of(const Locked &, const Probe *p) {
+  std::vector<ConsumerEntry> v;
+  if (const ConsumerArray *a = p->consumers.load(std::memory_order_relaxed))
+    v.assign(a->entries, a->entries + a->count);
+  return v;
+}
+
+}  // namespace registry::internal
+}  // namespace usprobe
