@@ -5,7 +5,8 @@
 // than the jump: the displacement's high bytes are the next instruction's, unchanged), or over
 // the instruction and the next ones up to a branch target, or a plain jump whose window runs on
 // over the padding after a function's last `ret`. Counts are exact, results unchanged, detach
-// restores every byte, and live attach/detach under callers running flat out keeps results exact.
+// restores every byte. Live attach/detach under callers running flat out is tortured in
+// tests/stress/tactics_test.cc.
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -25,129 +26,12 @@
 #include <gtest/gtest.h>
 
 #include "support/watchdog.h"
+#include "targets/tactics_targets.h"
 #include "usprobe/usprobe.h"
-
-// The targets, with exact bytes, in this executable ("exe:NAME").
-asm(R"(
-  .text
-  # tac_loop_head(n) -> max(n, 1): the loop's head is the second instruction, so a branch lands
-  # 2 bytes into any 5-byte window at the entry.
-  .globl tac_loop_head
-  .type tac_loop_head, @function
-  .p2align 4
-tac_loop_head:
-  xor %eax, %eax          # +0, 2 bytes
-1:
-  inc %rax                # +2, the loop's head
-  cmp %rdi, %rax
-  jb 1b
-  ret
-  .size tac_loop_head, .-tac_loop_head
-  int3; int3; int3; int3; int3; int3; int3; int3
-
-  # tac_switch(x) -> 10, x + 20, 2x, 7 for x = 0..3, -1 otherwise; plus 1 (the common tail).
-  # A jump table: the function jumps indirectly, so no site past its entry may cover another
-  # instruction start.
-  .globl tac_switch
-  .type tac_switch, @function
-  .p2align 4
-tac_switch:
-  cmp $3, %rdi
-  ja 5f
-  lea 9f(%rip), %rax
-  movslq (%rax,%rdi,4), %rcx
-  add %rcx, %rax
-  jmp *%rax
-  .globl tac_switch_case0
-tac_switch_case0:
-  mov $10, %eax           # 5 bytes: one-instruction jump
-  jmp 6f
-  .globl tac_switch_case1
-tac_switch_case1:
-  lea 20(%rdi), %eax      # 3 bytes: punned
-  jmp 6f
-2:
-  lea (%rdi,%rdi), %eax
-  jmp 6f
-3:
-  mov $7, %eax
-  jmp 6f
-5:
-  mov $-1, %eax
-  .globl tac_switch_tail
-tac_switch_tail:
-6:
-  add $1, %eax            # 3 bytes, every case's way out: punned over `ret` and the padding
-  ret
-  .size tac_switch, .-tac_switch
-  int3; int3; int3; int3; int3; int3; int3; int3
-  .section .rodata
-  .p2align 2
-9:
-  .long tac_switch_case0 - 9b, tac_switch_case1 - 9b, 2b - 9b, 3b - 9b
-  .text
-
-  # tac_tiny() -> 0: 3 bytes.
-  .globl tac_tiny
-  .type tac_tiny, @function
-  .p2align 4
-tac_tiny:
-  xor %eax, %eax
-  ret
-  .size tac_tiny, .-tac_tiny
-  int3; int3; int3; int3; int3; int3; int3; int3
-
-  # tac_nop_jmp(x) -> x + 1 for x >= 0 (the nop runs once), x otherwise: the shape of a USDT site
-  # in an out-of-line block (postgres's lwlock__condacquire): `nop; jmp back`, and a branch
-  # target right after. The nop alone could only be punned with one byte written; the nop and the
-  # jmp (3 bytes) are written together, borrowing the ret and one byte of padding.
-  .globl tac_nop_jmp
-  .type tac_nop_jmp, @function
-  .p2align 4
-tac_nop_jmp:
-  mov %edi, %eax
-  test %edi, %edi
-  js 3f
-  jmp 2f
-1:
-  add $1, %eax
-  ret
-2:
-  .globl tac_nop_jmp_site
-tac_nop_jmp_site:
-  nop
-  jmp 1b
-3:
-  ret
-  .size tac_nop_jmp, .-tac_nop_jmp
-  int3; int3; int3; int3; int3; int3; int3; int3
-)");
-extern "C" {
-long tac_loop_head(long n);
-int tac_switch(long x);
-int tac_tiny();
-int tac_nop_jmp(int x);
-extern const char tac_switch_case0[], tac_switch_case1[], tac_switch_tail[], tac_nop_jmp_site[];
-}
 
 namespace {
 
 using usprobe::test::Watchdog;
-
-long switch_value(long x) {
-  switch (x) {
-    case 0:
-      return 10 + 1;
-    case 1:
-      return x + 20 + 1;
-    case 2:
-      return 2 * x + 1;
-    case 3:
-      return 7 + 1;
-    default:
-      return -1 + 1;
-  }
-}
 
 std::string offset_of(const char *label) {
   char buf[64];
@@ -347,73 +231,6 @@ TEST(Tactics, BreakpointOnBorrowedBytesIsSeen) {
   ASSERT_NE(link, nullptr);
   EXPECT_STREQ(usprobe_link_path(link), "jump (punned)");
   EXPECT_EQ(usprobe_detach(link), 0);
-}
-
-// Live attach and detach while threads call the punned sites flat out: every result exact, every
-// hit counted between attach and detach, nothing invented, every byte back after each detach.
-TEST(Tactics, LiveAttachDetachUnderLoad) {
-  Watchdog dog("LiveAttachDetachUnderLoad", std::chrono::seconds(120));
-  Bytes loop_bytes(reinterpret_cast<const void *>(&tac_loop_head), 24);
-  Bytes switch_bytes(reinterpret_cast<const void *>(&tac_switch), 64);
-  constexpr int kThreads = 3;
-  std::atomic<bool> stop{false}, wrong{false};
-  struct alignas(64) Done {
-    std::atomic<uint64_t> calls{0};
-  };
-  std::array<Done, kThreads> done;
-  std::vector<std::thread> callers;
-  for (int t = 0; t < kThreads; ++t)
-    callers.emplace_back([&, t] {
-      for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
-        const long x = i % 5;
-        bool ok = tac_loop_head(x) == (x ? x : 1);
-        ok = ok && tac_switch(x) == switch_value(x);
-        ok = ok && tac_nop_jmp(static_cast<int>(x)) == x + 1 && tac_tiny() == 0;
-        if (!ok) wrong.store(true);
-        done[t].calls.store(done[t].calls.load(std::memory_order_relaxed) + 1,
-                            std::memory_order_release);
-      }
-    });
-  auto total = [&] {
-    uint64_t s = 0;
-    for (auto &d : done) s += d.calls.load(std::memory_order_acquire);
-    return s;
-  };
-  // Punned over one instruction, punned over `nop; jmp` (a thread stopped at the jmp while the
-  // patch is written is moved to its copy), a window over the padding after a ret.
-  Bytes nop_jmp_bytes(reinterpret_cast<const void *>(&tac_nop_jmp), 32);
-  Bytes tiny_bytes(reinterpret_cast<const void *>(&tac_tiny), 11);
-  const std::string where[] = {"exe:tac_loop_head", offset_of(tac_switch_tail), nop_jmp_site(),
-                               "exe:tac_tiny"};
-  constexpr int kSites = 4;
-  const char *locs[kSites];
-  for (int i = 0; i < kSites; ++i) locs[i] = where[i].c_str();
-  for (int cycle = 0; cycle < 300 && !wrong.load(); ++cycle) {
-    const uint64_t s0 = total();
-    usprobe_link *links[kSites] = {};
-    ASSERT_EQ(usprobe_attach_batch(locs, kSites, nullptr, links, nullptr), kSites)
-        << usprobe_last_error();
-    const uint64_t s1 = total();
-    std::this_thread::yield();
-    const uint64_t s2 = total();
-    uint64_t hits[kSites];
-    for (int i = 0; i < kSites; ++i) hits[i] = usprobe_link_hits(links[i]);
-    for (usprobe_link *l : links) ASSERT_EQ(usprobe_link_uses_int3(l), 0);
-    ASSERT_EQ(usprobe_detach_batch(links, kSites), 0);
-    const uint64_t s3 = total();
-    // Each caller may have one call in flight at either end.
-    for (uint64_t h : hits) {
-      EXPECT_GE(h + 2 * kThreads, s2 - s1) << "cycle " << cycle;
-      EXPECT_LE(h, s3 - s0 + 2 * kThreads) << "cycle " << cycle;
-    }
-    ASSERT_TRUE(loop_bytes.intact()) << "cycle " << cycle;
-    ASSERT_TRUE(switch_bytes.intact()) << "cycle " << cycle;
-    ASSERT_TRUE(nop_jmp_bytes.intact()) << "cycle " << cycle;
-    ASSERT_TRUE(tiny_bytes.intact()) << "cycle " << cycle;
-  }
-  stop.store(true);
-  for (auto &t : callers) t.join();
-  EXPECT_FALSE(wrong.load()) << "a probed function returned a wrong value";
 }
 
 }  // namespace

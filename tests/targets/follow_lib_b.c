@@ -1,5 +1,6 @@
-// libusprobe_follow_lib_b.so: the second library of follow_test's DlopenDlcloseStress, the one
-// that only its dlopen/dlclose thread holds, so that every round really maps and unmaps it.
+// libusprobe_follow_lib_b.so: the second library of DlopenDlcloseStress
+// (tests/stress/follow_test.cc), the one that only its dlopen/dlclose thread holds, so that every
+// round really maps and unmaps it.
 // Built like follow_lib.c: -nostdlib, no sanitizers, pure leaf functions.
 
 #define FOLLOW_API __attribute__((noinline, visibility("default")))

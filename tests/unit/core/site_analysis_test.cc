@@ -128,6 +128,9 @@ TEST(SiteAnalysis, EntriesOfCompletelyDecodedFunctionsArePlannedAsADecodingPlans
     known += std::binary_search(req->complete_ranges->begin(), req->complete_ranges->end(),
                                 std::pair<uint64_t, uint64_t>(loc->func_offset, loc->func_size));
     auto with = arch::prepare_site(*req);
+    // Given back before the second plan is made: a punned jump's stub may have to lie at one
+    // address (the range its borrowed bytes fix), which the first plan's stub would still hold.
+    if (with) arch::release_trampoline(*with);
     req->complete_ranges = nullptr;  // the function decoded again
     auto without = arch::prepare_site(*req);
     ASSERT_EQ(bool(with), bool(without)) << loc->describe();
@@ -140,7 +143,6 @@ TEST(SiteAnalysis, EntriesOfCompletelyDecodedFunctionsArePlannedAsADecodingPlans
     EXPECT_EQ(with->footprint, without->footprint) << loc->describe();
     EXPECT_EQ(with->window_length, without->window_length) << loc->describe();
     EXPECT_EQ(with->borrowed, without->borrowed) << loc->describe();
-    arch::release_trampoline(*with);
     arch::release_trampoline(*without);
     ++compared;
   }

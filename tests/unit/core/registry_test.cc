@@ -1,0 +1,230 @@
+// core/registry.h without the C API: attach and detach transactions on functions of this binary
+// ("exe:reg_add_one" and its neighbours, below), counted by the built-in counter (read straight
+// from the link's slot). The registry's own contracts: every call counted while attached and the
+// original bytes back byte for byte after detach; one probe and one patch per location, shared by
+// its links and kept until the last of them goes; a detach batch checked whole before anything is
+// detached; an attach batch that answers each location on its own; a freed counter slot given to
+// the next link, at zero; and the int3 path's site holding the trap byte.
+#include "core/registry.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/arch.h"
+#include "core/counters.h"
+#include "core/probe.h"
+
+// reg_add_one(x) = x + 1, reg_add_two(x) = x + 2, reg_add_three(x) = x + 3: plain jump sites.
+asm(R"(
+  .text
+  .globl reg_add_one
+  .type reg_add_one, @function
+  .p2align 4
+reg_add_one:
+  push %rbp
+  mov %rsp, %rbp
+  lea 1(%rdi), %rax
+  pop %rbp
+  ret
+  .size reg_add_one, .-reg_add_one
+  int3; int3; int3; int3; int3; int3; int3; int3
+
+  .globl reg_add_two
+  .type reg_add_two, @function
+  .p2align 4
+reg_add_two:
+  push %rbp
+  mov %rsp, %rbp
+  lea 2(%rdi), %rax
+  pop %rbp
+  ret
+  .size reg_add_two, .-reg_add_two
+  int3; int3; int3; int3; int3; int3; int3; int3
+
+  .globl reg_add_three
+  .type reg_add_three, @function
+  .p2align 4
+reg_add_three:
+  push %rbp
+  mov %rsp, %rbp
+  lea 3(%rdi), %rax
+  pop %rbp
+  ret
+  .size reg_add_three, .-reg_add_three
+  int3; int3; int3; int3; int3; int3; int3; int3
+)");
+extern "C" {
+long reg_add_one(long x);
+long reg_add_two(long x);
+long reg_add_three(long x);
+}
+
+namespace usprobe {
+namespace {
+
+long (*volatile g_add_one)(long) = reg_add_one;
+long (*volatile g_add_two)(long) = reg_add_two;
+long (*volatile g_add_three)(long) = reg_add_three;
+
+using Code = std::array<uint8_t, 16>;
+Code code_at(long (*fn)(long)) {
+  Code c;
+  std::memcpy(c.data(), reinterpret_cast<const void *>(fn), c.size());
+  return c;
+}
+
+uint64_t hits(const usprobe_link *link) {
+  return counters::read(link->slot).hits;
+}
+
+// One attach of the built-in counter; null (with the test failed) when it was refused.
+usprobe_link *attach_one(const std::string &where, unsigned flags = 0) {
+  const std::string locations[] = {where};
+  auto r = registry::attach(locations, {}, flags);
+  EXPECT_EQ(r.size(), 1u);
+  if (r.size() != 1 || !r[0]) {
+    ADD_FAILURE() << where << ": " << (r.empty() ? "no result" : r[0].error().message);
+    return nullptr;
+  }
+  return *r[0];
+}
+
+Result<void> detach(std::vector<usprobe_link *> links) {
+  return registry::detach(links);
+}
+
+TEST(Registry, CountsEveryCallWhileAttachedAndDetachRestoresTheBytes) {
+  const Code before = code_at(reg_add_one);
+  usprobe_link *link = attach_one("exe:reg_add_one");
+  ASSERT_NE(link, nullptr);
+  EXPECT_NE(code_at(reg_add_one), before) << "attach did not patch the function";
+  EXPECT_EQ(registry::site_count(link), 1);
+  EXPECT_FALSE(registry::uses_int3(link)) << registry::int3_reason(link);
+  EXPECT_STREQ(registry::path(link), "jump");
+  for (long i = 0; i < 1000; ++i) ASSERT_EQ(g_add_one(i), i + 1);
+  EXPECT_EQ(hits(link), 1000u);
+  ASSERT_TRUE(detach({link}));
+  EXPECT_EQ(code_at(reg_add_one), before) << "detach did not restore every byte";
+  EXPECT_EQ(g_add_one(41), 42);
+}
+
+TEST(Registry, LinksOnOneLocationShareOneProbeAndItsPatchUntilTheLastGoes) {
+  const Code before = code_at(reg_add_two);
+  usprobe_link *first = attach_one("exe:reg_add_two");
+  ASSERT_NE(first, nullptr);
+  const Code patched = code_at(reg_add_two);
+  // A second attach of the location finds the probe the first made.
+  usprobe_link *second = attach_one("exe:reg_add_two");
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second->probe, first->probe) << "a second probe for one location";
+  EXPECT_NE(second->slot, first->slot) << "each link has its own counters";
+  EXPECT_EQ(code_at(reg_add_two), patched) << "the second attach rewrote the patch";
+  for (long i = 0; i < 10; ++i) ASSERT_EQ(g_add_two(i), i + 2);
+  EXPECT_EQ(hits(first), 10u);
+  EXPECT_EQ(hits(second), 10u);
+
+  ASSERT_TRUE(detach({first}));
+  EXPECT_EQ(code_at(reg_add_two), patched) << "the patch went with a link that was not the last";
+  for (long i = 0; i < 5; ++i) ASSERT_EQ(g_add_two(i), i + 2);
+  EXPECT_EQ(hits(second), 15u);
+  ASSERT_TRUE(detach({second}));
+  EXPECT_EQ(code_at(reg_add_two), before);
+}
+
+TEST(Registry, ADetachBatchWithALinkNotAttachedDetachesNone) {
+  const Code before = code_at(reg_add_one);
+  usprobe_link *gone = attach_one("exe:reg_add_two");
+  usprobe_link *kept = attach_one("exe:reg_add_one");
+  ASSERT_NE(gone, nullptr);
+  ASSERT_NE(kept, nullptr);
+  ASSERT_TRUE(detach({gone}));
+  const Code patched = code_at(reg_add_one);
+
+  auto twice = detach({gone});  // `gone` is only compared, never followed
+  ASSERT_FALSE(twice);
+  EXPECT_EQ(twice.error().code, EINVAL);
+  auto mixed = detach({kept, gone});
+  ASSERT_FALSE(mixed);
+  EXPECT_EQ(mixed.error().code, EINVAL) << mixed.error().message;
+  auto repeated = detach({kept, kept});
+  ASSERT_FALSE(repeated);
+  EXPECT_EQ(repeated.error().code, EINVAL) << repeated.error().message;
+
+  // Neither refused batch detached `kept`.
+  EXPECT_EQ(code_at(reg_add_one), patched);
+  EXPECT_EQ(g_add_one(1), 2);
+  EXPECT_EQ(hits(kept), 1u);
+  ASSERT_TRUE(detach({nullptr, kept, nullptr})) << "null entries are skipped";
+  EXPECT_EQ(code_at(reg_add_one), before);
+}
+
+TEST(Registry, AnAttachBatchAnswersEachLocationAndABadOneLeavesTheOthersAttached) {
+  const Code one = code_at(reg_add_one), three = code_at(reg_add_three);
+  const std::string locations[] = {"exe:reg_add_one", "exe:reg_no_such_function",
+                                   "exe:reg_add_three"};
+  auto r = registry::attach(locations, {});
+  ASSERT_EQ(r.size(), 3u);
+  ASSERT_TRUE(r[0]) << r[0].error().message;
+  ASSERT_FALSE(r[1]);
+  ASSERT_TRUE(r[2]) << r[2].error().message;
+  EXPECT_EQ(r[1].error().code, ENOENT);
+  EXPECT_NE(r[1].error().message.find("reg_no_such_function"), std::string::npos)
+      << r[1].error().message;
+  EXPECT_EQ(g_add_one(1), 2);
+  EXPECT_EQ(g_add_three(1), 4);
+  EXPECT_EQ(g_add_three(2), 5);
+  EXPECT_EQ(hits(*r[0]), 1u);
+  EXPECT_EQ(hits(*r[2]), 2u) << "results out of order";
+  ASSERT_TRUE(detach({*r[0], *r[2]}));
+  EXPECT_EQ(code_at(reg_add_one), one);
+  EXPECT_EQ(code_at(reg_add_three), three);
+}
+
+// A link alone on a function entry counts on the counter path (the trampoline increments its slot
+// without a call): its slot must come back, at zero, and count only for the link that gets it.
+TEST(Registry, AFreedCounterSlotGoesToTheNextLinkAtZero) {
+  usprobe_link *first = attach_one("exe:reg_add_one");
+  ASSERT_NE(first, nullptr);
+  for (long i = 0; i < 5; ++i) ASSERT_EQ(g_add_one(i), i + 1);
+  ASSERT_EQ(hits(first), 5u);
+  const uint32_t slot = first->slot;
+  ASSERT_TRUE(detach({first}));
+
+  usprobe_link *next = attach_one("exe:reg_add_three");
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(next->slot, slot) << "the detached link's slot was not given back";
+  EXPECT_EQ(hits(next), 0u);
+  for (long i = 0; i < 3; ++i) ASSERT_EQ(g_add_one(i), i + 1);  // no longer probed
+  EXPECT_EQ(hits(next), 0u);
+  EXPECT_EQ(g_add_three(0), 3);
+  EXPECT_EQ(hits(next), 1u);
+  ASSERT_TRUE(detach({next}));
+}
+
+TEST(Registry, ForcedInt3SiteHoldsTheTrapByteAndCountsEveryCall) {
+  const Code before = code_at(reg_add_two);
+  usprobe_link *link = attach_one("exe:reg_add_two", USPROBE_FORCE_INT3);
+  ASSERT_NE(link, nullptr);
+  EXPECT_TRUE(registry::uses_int3(link));
+  EXPECT_STREQ(registry::path(link), "int3");
+  EXPECT_NE(std::string(registry::int3_reason(link)).find("USPROBE_FORCE_INT3"), std::string::npos)
+      << registry::int3_reason(link);
+  const Code now = code_at(reg_add_two);
+  EXPECT_EQ(now[0], arch::trap_byte());
+  EXPECT_TRUE(std::equal(now.begin() + 1, now.end(), before.begin() + 1))
+      << "the int3 path writes one byte";
+  for (long i = 0; i < 50; ++i) ASSERT_EQ(g_add_two(i), i + 2);
+  EXPECT_EQ(hits(link), 50u);
+  ASSERT_TRUE(detach({link}));
+  EXPECT_EQ(code_at(reg_add_two), before);
+}
+
+}  // namespace
+}  // namespace usprobe
