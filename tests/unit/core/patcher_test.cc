@@ -26,11 +26,10 @@
 #include "core/arch.h"
 #include "core/counters.h"
 #include "core/mapping_table.h"
+#include "core/os.h"
 #include "core/probe.h"
 #include "core/rcu.h"
 #include "core/site_table.h"
-#include "os/linux/membarrier.h"
-#include "os/linux/proc_maps.h"
 
 // pt_add_one(x) = x + 1 and pt_times_two(x) = 2x, with exact bytes: a 5-byte jump at the entry
 // covers push, mov and the lea (whole instructions), and nothing branches into them.

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "core/arch.h"
-#include "os/linux/membarrier.h"
+#include "core/os.h"
 
 namespace usprobe {
 namespace {
