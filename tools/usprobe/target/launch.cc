@@ -145,7 +145,9 @@ Result<std::string> find_agent() {
   } else {
     if (auto self = real_path("/proc/self/exe")) {
       std::string dir = self->substr(0, self->rfind('/'));
-      candidates.push_back(dir + "/" + kAgentName);                          // the build tree
+      candidates.push_back(dir + "/" + kAgentName);  // the build tree
+      // An installed tree, wherever its prefix is: PREFIX/bin/usprobe, PREFIX/LIBDIR/the agent.
+      candidates.push_back(dir + "/../" + USPROBE_RELATIVE_LIBDIR + "/" + kAgentName);
       candidates.push_back(dir + "/../lib/x86_64-linux-gnu/" + kAgentName);  // Debian layout
     }
     candidates.push_back(std::string(USPROBE_INSTALL_LIBDIR) + "/" + kAgentName);
