@@ -414,6 +414,11 @@ int run_subcommand(int argc, char **argv) {
       ->type_name("DURATION");
   count_cmd->add_option("-o,--output", count.output, kOutputHelp)->type_name("FILE");
   count_cmd->add_flag("--json", count.json, "reports as JSON, one object per line");
+  count_cmd
+      ->add_option("--serve", count.serve,
+                   "while it runs, serve the counts at http://HOST:PORT/metrics in Prometheus's "
+                   "text format (usprobe_hits_total{probe,pid}, usprobe_missed_total)")
+      ->type_name("HOST:PORT");
   count_cmd->add_flag("--per-pid", count.per_pid,
                       "one row per process and probe, with the process's PID and name");
   count_cmd->add_flag("--all", count.all, "also the rows of probes that were not hit");

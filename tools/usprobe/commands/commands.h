@@ -37,6 +37,7 @@ struct CountOptions {
   bool all = false;         // --all: rows without hits too
   bool timestamps = false;  // -T: a "HH:MM:SS" line before each report (funccount -T)
   size_t top = 0;           // --top N: the N busiest rows (0: all)
+  std::string serve;        // --serve HOST:PORT: /metrics for Prometheus while it runs
 };
 
 // trace: each thread's ring (trace.cc says how it was sized), and how much of a %s string the

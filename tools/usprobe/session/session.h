@@ -131,16 +131,18 @@ int exit_status(const Target &target, const ExitInfo &exit);
 // slots of threads that have exited and prints the agents' notices; every interval (-i) reports
 // what changed since the last report; at the end, the totals. `take()` reads a Snapshot from the
 // region, `subtract(a, b)` is what a holds beyond b, and `print(snapshot, elapsed_s, total,
-// ending)` reports one. `reported` starts as an empty snapshot. Returns usprobe's exit status: a
-// launched command's (1 when it cannot be known), 0 for an attached session.
+// ending)` reports one. `reported` starts as an empty snapshot. `every_tick`, when set, runs at
+// every tick and once more at the end (--serve publishes the counts). Returns usprobe's exit
+// status: a launched command's (1 when it cannot be known), 0 for an attached session.
 template <typename Snapshot, typename Take, typename Print>
 int report_while_running(Supervisor &supervisor, Target &target, Region &region,
                          NoticePrinter &notices, WatchOptions watch, Snapshot reported, Take take,
-                         Print print) {
+                         Print print, const std::function<void()> &every_tick = {}) {
   TraceBatch no_events;  // these modes have no rings
   auto tick = [&] {
     region.reclaim(no_events);
     notices.print(region.new_notices());
+    if (every_tick) every_tick();
   };
   auto interval = [&] {
     Snapshot now = take();
