@@ -132,6 +132,70 @@ TEST(CliServe, MetricsDuringTheRunEqualTheFinalReport) {
   EXPECT_EQ(hits.begin()->second, 1000u);
 }
 
+// latency --serve: a Prometheus histogram per function, its buckets cumulative at powers of two of
+// nanoseconds, equal to the final report's count.
+TEST(CliServe, LatencyIsAHistogramWithCumulativeBucketsAndTheReportsCount) {
+  e2e::TempDir dir;
+  const int port = free_port();
+  const std::string target = LATENCY_TARGET;
+  const std::string probe = target + ":latency_sleep";
+  Process usprobe(
+      {e2e::cli(), "latency", "--json", "--serve", fmt::format("127.0.0.1:{}", port), probe, "--",
+       "/bin/sh", "-c",
+       fmt::format("{} 2 3 0 0; while [ ! -e {} ]; do sleep 0.05; done", target, dir.file("go"))});
+  ASSERT_TRUE(usprobe.wait_for_stdout("slept 3", 30s)) << usprobe.finish().describe();
+  std::map<std::string, uint64_t> count, buckets;
+  std::string page;
+  for (int i = 0; i < 200; ++i) {
+    page = http_get(port, "/metrics").body;
+    count = series(page, "usprobe_latency_seconds_count");
+    if (!count.empty() && count.begin()->second == 3) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(count.size(), 1u) << page;
+  EXPECT_EQ(count.begin()->second, 3u) << page;
+  EXPECT_NE(page.find("# TYPE usprobe_latency_seconds histogram"), std::string::npos) << page;
+  // In the page's order: le grows, and so does the count up to it; +Inf last, all 3 calls. Each
+  // call slept 2 ms: none is at or under 2^20 - 1 ns.
+  double last_le = -1;
+  uint64_t last_count = 0;
+  bool inf = false;
+  for (const std::string &line : e2e::lines(page)) {
+    if (line.rfind("usprobe_latency_seconds_bucket{", 0) != 0) continue;
+    ASSERT_FALSE(inf) << "a bucket after +Inf: " << page;
+    const size_t at = line.find("le=\"") + 4;
+    const std::string le = line.substr(at, line.find('"', at) - at);
+    const uint64_t n = std::stoull(line.substr(line.rfind(' ') + 1));
+    EXPECT_GE(n, last_count) << line;
+    last_count = n;
+    if (le == "+Inf") {
+      inf = true;
+      EXPECT_EQ(n, 3u) << line;
+      continue;
+    }
+    const double seconds = std::stod(le);
+    EXPECT_GT(seconds, last_le) << line;
+    last_le = seconds;
+    if (seconds <= 0.001048575) {
+      EXPECT_EQ(n, 0u) << line;
+    }
+  }
+  EXPECT_TRUE(inf) << page;
+  const auto sum_at = page.find("usprobe_latency_seconds_sum{");
+  ASSERT_NE(sum_at, std::string::npos) << page;
+  EXPECT_GE(std::stod(page.substr(page.find("} ", sum_at) + 2)), 0.006) << page;
+  std::ofstream(dir.file("go")).put('\n');
+  Output done = usprobe.finish();
+  ASSERT_EQ(done.exit_code(), 0) << done.describe();
+  bool reported = false;
+  for (const Json &j : e2e::json_lines(done.err))
+    if (j.value("probe", "") == probe) {
+      EXPECT_EQ(j.value("count", 0u), 3u) << j.dump();
+      reported = true;
+    }
+  EXPECT_TRUE(reported) << done.err;
+}
+
 TEST(CliServe, ATakenAddressIsAnErrorBeforeTheCommandStarts) {
   e2e::TempDir dir;
   int fd = socket(AF_INET, SOCK_STREAM, 0);

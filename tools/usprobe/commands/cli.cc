@@ -500,6 +500,11 @@ int run_subcommand(int argc, char **argv) {
   latency_cmd->add_flag("--json", latency.json,
                         "one JSON object per probe per report, one per line");
   latency_cmd
+      ->add_option("--serve", latency.serve,
+                   "while it runs, serve the latencies at http://HOST:PORT/metrics in Prometheus's "
+                   "text format (the histogram usprobe_latency_seconds{probe})")
+      ->type_name("HOST:PORT");
+  latency_cmd
       ->add_option("--pprof", latency.pprof,
                    "also write each function's calls and total time as a gzipped pprof profile")
       ->type_name("FILE");

@@ -102,6 +102,7 @@ struct LatencyOptions {
   bool per_function = false;  // -F: a histogram per function (else one for all, as funclatency)
   bool timestamps = false;    // -T: a "HH:MM:SS" line before each report
   std::string pprof;          // --pprof: "" = none: where the pprof profile of the run goes
+  std::string serve;          // --serve HOST:PORT: /metrics for Prometheus while it runs
 };
 
 struct StacksOptions {

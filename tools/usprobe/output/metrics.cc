@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include "protocol/protocol.h"
+
 namespace usprobe::cli {
 
 std::string metric_label_value(std::string_view value) {
@@ -46,6 +48,42 @@ std::string count_metrics(const std::vector<ProbeTotal> &rows) {
       missed += fmt::format("usprobe_missed_total{} {}\n", labels, count.missed);
     }
   return hits + missed;
+}
+
+std::string latency_metrics(const std::vector<LatencyMetricsRow> &rows) {
+  std::string out =
+      "# HELP usprobe_latency_seconds Time from a function's entry to its return.\n"
+      "# TYPE usprobe_latency_seconds histogram\n";
+  std::string missed =
+      "# HELP usprobe_latency_missed_total Calls that were not timed (recursion, returns not "
+      "seen).\n"
+      "# TYPE usprobe_latency_missed_total counter\n";
+  for (const LatencyMetricsRow &row : rows) {
+    const std::string probe = metric_label_value(row.probe);
+    const Histogram &h = *row.histogram;
+    // The buckets' boundaries fall on powers of two of nanoseconds: bucket i holds the calls of
+    // [low(i), high(i)], so the calls of at most 2^k - 1 ns are those of every bucket below 2^k.
+    uint32_t last = 0;  // one past the last nonempty bucket
+    for (uint32_t i = 0; i < h.buckets.size(); ++i)
+      if (h.buckets[i]) last = i + 1;
+    uint64_t cumulative = 0;
+    uint32_t i = 0;
+    for (uint32_t k = 1; k < 64; ++k) {
+      const uint64_t le_ns = (uint64_t{1} << k) - 1;
+      for (; i < h.buckets.size() && agent::latency_bucket_high(i) <= le_ns; ++i)
+        cumulative += h.buckets[i];
+      out += fmt::format("usprobe_latency_seconds_bucket{{probe=\"{}\",le=\"{:.9f}\"}} {}\n", probe,
+                         static_cast<double>(le_ns) / 1e9, cumulative);
+      if (i >= last) break;  // every call counted: the next boundaries say nothing new
+    }
+    out += fmt::format("usprobe_latency_seconds_bucket{{probe=\"{}\",le=\"+Inf\"}} {}\n", probe,
+                       h.count);
+    out += fmt::format("usprobe_latency_seconds_sum{{probe=\"{}\"}} {:.9f}\n", probe,
+                       static_cast<double>(h.sum_ns) / 1e9);
+    out += fmt::format("usprobe_latency_seconds_count{{probe=\"{}\"}} {}\n", probe, h.count);
+    missed += fmt::format("usprobe_latency_missed_total{{probe=\"{}\"}} {}\n", probe, row.missed);
+  }
+  return out + missed;
 }
 
 namespace {

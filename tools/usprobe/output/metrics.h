@@ -19,12 +19,23 @@
 #include <vector>
 
 #include "core/error.h"
+#include "output/histogram.h"
 #include "output/report.h"
 
 namespace usprobe::cli {
 
 // usprobe_hits_total and usprobe_missed_total, one series per (probe, process) that was hit.
 std::string count_metrics(const std::vector<ProbeTotal> &rows);
+
+// latency --serve: usprobe_latency_seconds, a histogram per probe (`_bucket{le}` cumulative, at
+// each power of two of nanoseconds up to the slowest call, then +Inf; `_sum`, `_count`), and
+// usprobe_latency_missed_total. `rows`: (probe as spelled, its histogram, its missed calls).
+struct LatencyMetricsRow {
+  std::string probe;
+  const Histogram *histogram;
+  uint64_t missed;
+};
+std::string latency_metrics(const std::vector<LatencyMetricsRow> &rows);
 
 // A label value as the text format writes it: backslash, double quote and newline escaped.
 std::string metric_label_value(std::string_view value);
