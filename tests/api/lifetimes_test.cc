@@ -18,6 +18,8 @@
 
 #include <gtest/gtest.h>
 
+#include "support/code_bytes.h"
+
 #include "support/test_link.h"
 #include "usprobe/usprobe.h"
 
@@ -33,23 +35,7 @@ extern "C" __attribute__((noinline)) long lt_blocker(long x, std::atomic<int> *s
 
 namespace {
 
-// Bytes of anonymous executable memory mapped: usprobe's trampoline slabs (this test makes no
-// other code at run time).
-size_t anonymous_code_bytes() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  size_t total = 0;
-  while (std::getline(maps, line)) {
-    std::istringstream in(line);
-    std::string range, perms, offset, dev, inode, path;
-    in >> range >> perms >> offset >> dev >> inode >> path;
-    if (perms.size() < 3 || perms[2] != 'x' || inode != "0" || !path.empty()) continue;
-    const size_t dash = range.find('-');
-    total += std::stoull(range.substr(dash + 1), nullptr, 16) -
-             std::stoull(range.substr(0, dash), nullptr, 16);
-  }
-  return total;
-}
+using usprobe::test::anonymous_code_bytes;
 
 TEST(Lifetimes, TrampolineOfADetachedReturnProbeLivesUntilItsCallReturns) {
   // many_fn_1 .. many_fn_4 are probed below (and the reference keeps libusprobe_many.so linked).

@@ -41,6 +41,8 @@
 #include <gtest/gtest.h>
 
 #include "support/child_process.h"
+#include "support/code_bytes.h"
+#include "support/live_target.h"
 #include "support/watchdog.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
@@ -70,48 +72,10 @@ std::string run_in_child(const char *name, std::chrono::seconds limit) {
 }
 using usprobe::test::strf;
 
-// The first 16 bytes of a function, to check that detach restored them exactly.
-struct CodeCopy {
-  const uint8_t *at;
-  std::array<uint8_t, 16> bytes;
+using CodeCopy = usprobe::test::CodeBytes;  // a function's first 16 bytes
 
-  explicit CodeCopy(const void *fn) : at(static_cast<const uint8_t *>(fn)) {
-    std::memcpy(bytes.data(), at, bytes.size());
-  }
-  bool intact() const { return std::memcmp(bytes.data(), at, bytes.size()) == 0; }
-  std::string now() const {
-    std::string s;
-    for (size_t i = 0; i < bytes.size(); ++i) s += strf("%02x ", at[i]);
-    return s;
-  }
-};
-
-// A function the callers run, with its probe location and a check of its result.
-struct Target {
-  const char *name;
-  std::string location;
-  const void *code;           // first byte of the function, for the byte check
-  long (*call)(long i);       // calls the target with an argument derived from i
-  long (*expected)(long i);   // what it must return
-  uintptr_t site_offset = 0;  // of the probed instruction in the function
-};
-long call_counted_mid(long i) {
-  return tgt_counted_mid(i);
-}
-long plus_one(long i) {
-  return i + 1;
-}
-
-const std::string kLib = "libusprobe_targets.so:";
-
-Target counted_mid_target() {
-  return {"tgt_counted_mid+0x7",
-          kLib + strf("tgt_counted_mid+%#" PRIx64, tgt_counted_mid_site_offset),
-          reinterpret_cast<const void *>(&tgt_counted_mid),
-          call_counted_mid,
-          plus_one,
-          static_cast<uintptr_t>(tgt_counted_mid_site_offset)};
-}
+using Target = usprobe::test::LiveTarget;
+using usprobe::test::counted_mid_target;
 
 // Scenarios that may crash run in a fresh process: this test binary started again with
 // USPROBE_LIVE_PATCHING_CHILD=<name>, which a static initializer (at the end of this file) turns
@@ -356,7 +320,7 @@ TEST(LivePatching, ThreadStoppedInWindowWithSignalsBlockedRefusesAttach) {
 // (The parent's code is the parent's: a child's probe must neither appear there nor be missing in
 // the child.) Forked, not spawned: inheriting the parent's usprobe state is the point.
 TEST(LivePatching, ForkedChildPatchesItsOwnCodeNotItsParents) {
-  const std::string location = kLib + "tgt_counted";
+  const std::string location = "libusprobe_targets.so:tgt_counted";
   usprobe_link *link = nullptr;
   ASSERT_EQ(usprobe_attach(location.c_str(), nullptr, &link), 0) << usprobe_last_error();
   EXPECT_EQ(tgt_counted(1), 2);

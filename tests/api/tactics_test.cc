@@ -25,6 +25,7 @@
 
 #include <gtest/gtest.h>
 
+#include "support/code_bytes.h"
 #include "support/watchdog.h"
 #include "targets/tactics_targets.h"
 #include "usprobe/usprobe.h"
@@ -33,29 +34,8 @@ namespace {
 
 using usprobe::test::Watchdog;
 
-std::string offset_of(const char *label) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "exe:tac_switch+%#" PRIxPTR,
-                reinterpret_cast<uintptr_t>(label) - reinterpret_cast<uintptr_t>(&tac_switch));
-  return buf;
-}
-std::string nop_jmp_site() {
-  char buf[64];
-  std::snprintf(
-      buf, sizeof buf, "exe:tac_nop_jmp+%#" PRIxPTR,
-      reinterpret_cast<uintptr_t>(tac_nop_jmp_site) - reinterpret_cast<uintptr_t>(&tac_nop_jmp));
-  return buf;
-}
-
 // The bytes a patch may write or borrow: the function's first 16 and the 8 after its end.
-struct Bytes {
-  const uint8_t *at;
-  size_t n;
-  std::vector<uint8_t> copy;
-  Bytes(const void *p, size_t len)
-      : at(static_cast<const uint8_t *>(p)), n(len), copy(at, at + len) {}
-  bool intact() const { return std::memcmp(copy.data(), at, n) == 0; }
-};
+using Bytes = usprobe::test::CodeBytes;
 
 usprobe_link *attach(const std::string &where) {
   usprobe_link *link = nullptr;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "support/code_bytes.h"
 #include "support/test_link.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
@@ -24,14 +25,7 @@ namespace {
 
 constexpr const char *kLib = "libusprobe_targets.so";
 
-std::string loc(const char *symbol) {
-  return std::string(kLib) + ":" + symbol;
-}
-std::string loc(const char *symbol, uint64_t offset) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "%s:%s+%#" PRIx64, kLib, symbol, offset);
-  return buf;
-}
+using usprobe::test::loc;
 
 template <typename F>
 const uint8_t *code(F *fn) {

@@ -17,6 +17,8 @@
 
 #include <gtest/gtest.h>
 
+#include "support/code_bytes.h"
+
 #if defined(__SANITIZE_ADDRESS__)
 // From the sanitizer runtime (<sanitizer/allocator_interface.h>, which GCC 12 does not install).
 extern "C" size_t __sanitizer_get_current_allocated_bytes(void);
@@ -47,23 +49,7 @@ constexpr size_t kProbes = 1000;
 // or glibc cache on the way (stdio buffers, a locale facet); far below one cycle's worth.
 constexpr size_t kHeapSlack = 64 * 1024;
 
-// Bytes of anonymous executable memory mapped: usprobe's trampoline slabs (this test makes no
-// other code at run time).
-size_t anonymous_code_bytes() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  size_t total = 0;
-  while (std::getline(maps, line)) {
-    std::istringstream in(line);
-    std::string range, perms, offset, dev, inode, path;
-    in >> range >> perms >> offset >> dev >> inode >> path;
-    if (perms.size() < 3 || perms[2] != 'x' || inode != "0" || !path.empty()) continue;
-    const size_t dash = range.find('-');
-    total += std::stoull(range.substr(dash + 1), nullptr, 16) -
-             std::stoull(range.substr(0, dash), nullptr, 16);
-  }
-  return total;
-}
+using usprobe::test::anonymous_code_bytes;
 
 // many_fn_<first> .. many_fn_<first + kProbes - 1>.
 std::vector<std::string> many_locations(size_t first) {

@@ -50,6 +50,8 @@
 #include <gtest/gtest.h>
 
 #include "support/child_process.h"
+#include "support/code_bytes.h"
+#include "support/live_target.h"
 #include "support/watchdog.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
@@ -71,37 +73,14 @@ constexpr int kThreads = 3;
 
 using usprobe::test::Watchdog;
 
-// The first 16 bytes of a function, to check that detach restored them exactly.
-struct CodeCopy {
-  const uint8_t *at;
-  std::array<uint8_t, 16> bytes;
+using CodeCopy = usprobe::test::CodeBytes;  // a function's first 16 bytes
 
-  explicit CodeCopy(const void *fn) : at(static_cast<const uint8_t *>(fn)) {
-    std::memcpy(bytes.data(), at, bytes.size());
-  }
-  bool intact() const { return std::memcmp(bytes.data(), at, bytes.size()) == 0; }
-  std::string now() const {
-    std::string s;
-    for (size_t i = 0; i < bytes.size(); ++i) s += strf("%02x ", at[i]);
-    return s;
-  }
-};
-
-// A function the callers run, with its probe location and a check of its result.
-struct Target {
-  const char *name;
-  std::string location;
-  const void *code;           // first byte of the function, for the byte check
-  long (*call)(long i);       // calls the target with an argument derived from i
-  long (*expected)(long i);   // what it must return
-  uintptr_t site_offset = 0;  // of the probed instruction in the function
-};
+using Target = usprobe::test::LiveTarget;
+using usprobe::test::counted_mid_target;
+using usprobe::test::plus_one;
 
 long call_counted(long i) {
   return tgt_counted(i);
-}
-long call_counted_mid(long i) {
-  return tgt_counted_mid(i);
 }
 long call_endbr64(long i) {
   return tgt_endbr64(i, 7);
@@ -117,9 +96,6 @@ long call_jcc(long i) {
 }
 long call_first(long i) {
   return tgt_call_first(i);
-}
-long plus_one(long i) {
-  return i + 1;
 }
 long plus_seven(long i) {
   return i + 7;
@@ -143,14 +119,6 @@ const std::string kLib = "libusprobe_targets.so:";
 Target counted_target() {
   return {"tgt_counted", kLib + "tgt_counted", reinterpret_cast<const void *>(&tgt_counted),
           call_counted, plus_one};
-}
-Target counted_mid_target() {
-  return {"tgt_counted_mid+0x7",
-          kLib + strf("tgt_counted_mid+%#" PRIx64, tgt_counted_mid_site_offset),
-          reinterpret_cast<const void *>(&tgt_counted_mid),
-          call_counted_mid,
-          plus_one,
-          static_cast<uintptr_t>(tgt_counted_mid_site_offset)};
 }
 Target endbr64_target() {
   return {"tgt_endbr64", kLib + "tgt_endbr64", reinterpret_cast<const void *>(&tgt_endbr64),

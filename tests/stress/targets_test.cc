@@ -16,22 +16,14 @@
 #include <thread>
 #include <vector>
 
+#include "support/code_bytes.h"
 #include "support/test_link.h"
 #include "targets/targets.h"
 #include "usprobe/usprobe.h"
 
 namespace {
 
-constexpr const char *kLib = "libusprobe_targets.so";
-
-std::string loc(const char *symbol) {
-  return std::string(kLib) + ":" + symbol;
-}
-std::string loc(const char *symbol, uint64_t offset) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "%s:%s+%#" PRIx64, kLib, symbol, offset);
-  return buf;
-}
+using usprobe::test::loc;
 
 using usprobe::test::Link;
 

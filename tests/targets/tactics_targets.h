@@ -2,6 +2,11 @@
 // there), linked into the test executables that probe them as "exe:NAME".
 #pragma once
 
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
 extern "C" {
 long tac_loop_head(long n);
 int tac_switch(long x);
@@ -24,4 +29,19 @@ inline long switch_value(long x) {
     default:
       return -1 + 1;
   }
+}
+
+// The location of a label inside tac_switch ("exe:tac_switch+0x..."), and of tac_nop_jmp's site.
+inline std::string offset_of(const char *label) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "exe:tac_switch+%#" PRIxPTR,
+                reinterpret_cast<uintptr_t>(label) - reinterpret_cast<uintptr_t>(&tac_switch));
+  return buf;
+}
+inline std::string nop_jmp_site() {
+  char buf[64];
+  std::snprintf(
+      buf, sizeof buf, "exe:tac_nop_jmp+%#" PRIxPTR,
+      reinterpret_cast<uintptr_t>(tac_nop_jmp_site) - reinterpret_cast<uintptr_t>(&tac_nop_jmp));
+  return buf;
 }
