@@ -442,22 +442,25 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   return {};
 }
 
-// `usprobe count` of a launched command: each entry probe alone at its function is counted by the
-// engine's counter path (core/thread_record.h) straight into the hitting thread's slot, the
-// counter count_handler adds to, in a few instructions and no call. count_handler counts what
-// the full path sees and sets each thread's home to its slot (g_counter_path_homes), where the
-// slot is the thread's own for good: not the overflow slot, not inside fork() or a vfork child.
-// A session that ends (attached, -p) would leave the threads' homes pointing into a region that
-// is gone, and other threads' TLS cannot be reached to clear them: attached sessions count with
-// count_handler alone.
+// `usprobe count`: each entry probe alone at its function is counted by the engine's counter path
+// (core/thread_record.h) straight into the hitting thread's slot, the counter count_handler adds
+// to, in a few instructions and no call. count_handler counts what the full path sees and sets
+// each thread's home to its slot (g_counter_path_homes), where the slot is the thread's own for
+// good: not the overflow slot, not inside fork() or a vfork child. Homes and words carry the
+// session's number as their tag: a session that ends (attached, -p) leaves threads' homes pointing
+// into a region that is unmapped, and other threads' TLS cannot be reached to clear them; with the
+// next session's tag the counter path does not take such a home, and the thread's next hit, on the
+// full path, sets its home in the new region.
 void count_on_counter_path(const std::vector<PlannedProbe> &plan) {
+  if (g_region.session > kMaxCounterTag) return;  // tags used up: count_handler counts alone
+  g_counter_tag.store(g_region.session, std::memory_order_relaxed);
   size_t counted = 0, placed = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
     ++placed;
     if (plan[i].location.starts_with("uretprobe:")) continue;
     auto everywhere = registry::count_on_counter_path(
-        g_links[i], static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)));
+        g_links[i], static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)), g_region.session);
     counted += everywhere && *everywhere;
   }
   g_counter_path_homes.store(true, std::memory_order_relaxed);
@@ -570,7 +573,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
     g_active.store(false, std::memory_order_relaxed);
     return ok;
   }
-  if (!attached && h->mode == kModeCount) count_on_counter_path(*plan);
+  if (h->mode == kModeCount) count_on_counter_path(*plan);
   mark_placed();
   // A library that another thread loaded while this one attached (its listener found the lock
   // taken): named now.
@@ -621,6 +624,10 @@ bool stop_session() {
   // unmapping it is safe. Release: the CLI reads the state with acquire, and then sees every count
   // this process wrote.
   if (g_record) g_record->state.store(kProcessDetached, std::memory_order_release);
+  g_counter_path_homes.store(false, std::memory_order_relaxed);
+  // A thread that could not be shown past the counter path's increment may still write into this
+  // region's slots (registry::external_counters_maybe_in_use): the mapping stays, unused.
+  if (registry::external_counters_maybe_in_use()) g_region.header = nullptr;
   forget_session();
   return true;
 }

@@ -45,6 +45,7 @@ Copy copy_string(char *dst, uint64_t addr, uint32_t string_size) {
 }  // namespace
 
 std::atomic<bool> g_counter_path_homes{false};
+std::atomic<uint64_t> g_counter_tag{0};
 
 // Must never lock, allocate, make a system call (but once per thread) or call libc.
 void count_handler(usprobe_hit *, void *user) {
@@ -54,7 +55,8 @@ void count_handler(usprobe_hit *, void *user) {
   // After thread_slot(), which ends a vfork's marking in the parent.
   if (g_counter_path_homes.load(std::memory_order_relaxed) && s == t_slot && !t_forking &&
       t_vfork_parent == 0 && s != g_region.overflow)
-    set_counter_home(reinterpret_cast<uint64_t>(slot_hits(s)));
+    set_counter_home(tagged_counter_home(reinterpret_cast<uint64_t>(slot_hits(s)),
+                                         g_counter_tag.load(std::memory_order_relaxed)));
 }
 
 namespace {

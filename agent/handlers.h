@@ -16,6 +16,7 @@ namespace usprobe::agent {
 // (agent.cc, count_on_counter_path).
 void count_handler(usprobe_hit *hit, void *user);
 extern std::atomic<bool> g_counter_path_homes;
+extern std::atomic<uint64_t> g_counter_tag;  // the session's tag for homes (agent.cc)
 // Trace mode: an Event (time, thread, arguments, `%s` strings) in this thread's ring, and
 // hits[probe] += 1; when the ring is full the event is dropped and missed[probe] += 1.
 void trace_handler(usprobe_hit *hit, void *user);

@@ -56,19 +56,19 @@ void ConsumerArray::destroy(const ConsumerArray *a) {
 
 namespace registry::internal {
 
-// Replace a probe's consumer array; the old one goes to `garbage`. Returns whether the counter
-// path may still count into an engine slot it counted into before (it did, and counts no more, or
-// into another): a slot of those that is freed must wait for retire::counter_windows_clear. An
-// external counter's owner keeps its counters as long as its threads may count into them.
-bool publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
-             std::vector<std::function<void()>> &garbage) {
+// Replace a probe's consumer array; the old one goes to `garbage`. Says whether the counter path
+// may still count with the word it had before (it did, and counts no more, or into another
+// counter): a slot of the engine's that it named is freed, and an external counter's memory
+// given back, only once retire::counter_windows_clear has shown no thread can.
+Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
+                  std::vector<std::function<void()>> &garbage) {
   const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
   uint64_t word = 0;
   bool external = false;
   if (next && next->count == 1 && !next->has_returns) {
     const ConsumerEntry &e = next->entries[0];
     if (e.external_counter) {
-      word = counter_word_at(e.external_offset);
+      word = tagged_counter_word(e.external_offset, e.external_tag);
       external = true;
     } else if (!next->has_callbacks && !counter_path_is_external()) {
       word = counter_word(e.slot);
@@ -91,7 +91,8 @@ bool publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   p->counter_word_external = external;
   if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
-  return old_word != 0 && old_word != word && !old_external;
+  const bool stale = old_word != 0 && old_word != word;
+  return {stale && !old_external, stale && old_external};
 }
 
 std::vector<ConsumerEntry> entries_of(const Locked &, const Probe *p) {

@@ -35,6 +35,7 @@ struct ConsumerEntry {
   // on_entry on the full path; the engine's own hits of the slot then count the full path's only.
   bool external_counter = false;
   uint32_t external_offset = 0;
+  uint64_t external_tag = 0;  // its owner's tag (core/thread_record.h, tagged_counter_word)
 };
 
 // Immutable once published; replaced whole, old copies freed after a grace period.

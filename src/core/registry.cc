@@ -142,6 +142,11 @@ void refresh_views(const Locked &lock) {
 
 using namespace internal;
 
+namespace {
+// A detach could not show the counter path out of an external counter (counter_windows_clear).
+std::atomic<bool> g_external_in_use{false};
+}  // namespace
+
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
                                            std::span<const usprobe_consumer> consumers,
                                            unsigned flags) {
@@ -362,7 +367,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         std::erase_if(entries, [&](const ConsumerEntry &e) {
           return std::any_of(add.begin(), add.end(), [&](auto &a) { return a.slot == e.slot; });
         });
-        counted |= publish(lock, p, std::move(entries), garbage);
+        counted |= publish(lock, p, std::move(entries), garbage).stale();
       }
       for (auto &[i, link] : made) {
         uint32_t s = link->slot;
@@ -424,15 +429,17 @@ Result<void> detach(std::span<usprobe_link *const> links) {
       if (auto m = refresh_mappings(lock, garbage)) by_file = std::move(*m);
     std::vector<Site *> unpatch, lost;
     std::vector<uint32_t> counted_slots;  // slots the counter path may still count into
+    bool external_counted = false;        // and external counters
     std::vector<arch::WindowMove> counter_windows;
     for (auto &[p, slots] : removed) {
       auto entries = entries_of(lock, p);
       std::erase_if(entries, [&](const ConsumerEntry &e) {
         return std::find(slots.begin(), slots.end(), e.slot) != slots.end();
       });
-      if (const uint64_t word = p->counter_word.load(std::memory_order_relaxed);
-          publish(lock, p, std::move(entries), garbage)) {
-        counted_slots.push_back(counter_word_slot(word));
+      const uint64_t word = p->counter_word.load(std::memory_order_relaxed);
+      if (const Published was = publish(lock, p, std::move(entries), garbage); was.stale()) {
+        if (was.engine_slot) counted_slots.push_back(counter_word_slot(word));
+        external_counted |= was.external;
         for (const auto &plan : p->plans)
           if (plan->plan.counter_window_length)
             counter_windows.push_back({plan->plan.counter_window, plan->plan.counter_window_length,
@@ -460,10 +467,15 @@ Result<void> detach(std::span<usprobe_link *const> links) {
     unpatched_before = unpatch_generation(lock);
     // A slot the counter path counted into is reused only once no thread can still increment it
     // with a word it read before (retire.h); otherwise it is kept, unused, for the process's life.
-    if (!counted_slots.empty() && !retire::counter_windows_clear(counter_windows))
+    // An external counter's memory is its owner's to keep in that case
+    // (external_counters_maybe_in_use).
+    if ((!counted_slots.empty() || external_counted) &&
+        !retire::counter_windows_clear(counter_windows)) {
       std::erase_if(freed_slots, [&](uint32_t s) {
         return std::find(counted_slots.begin(), counted_slots.end(), s) != counted_slots.end();
       });
+      if (external_counted) g_external_in_use.store(true, std::memory_order_relaxed);
+    }
     for (uint32_t slot : freed_slots) garbage.emplace_back([slot] { counters::free_slot(slot); });
   }
   // After this grace period no thread runs (or will run) a handler of the detached consumers.
@@ -474,7 +486,11 @@ Result<void> detach(std::span<usprobe_link *const> links) {
   return result;
 }
 
-Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset) {
+bool external_counters_maybe_in_use() {
+  return g_external_in_use.load(std::memory_order_relaxed);
+}
+
+Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset, uint64_t tag) {
   std::vector<std::function<void()>> garbage;
   bool everywhere = !link->probes.empty();
   {
@@ -484,7 +500,11 @@ Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset) {
     for (Probe *p : link->probes) {
       auto entries = entries_of(lock, p);
       for (ConsumerEntry &e : entries)
-        if (e.slot == link->slot) e.external_counter = true, e.external_offset = offset;
+        if (e.slot == link->slot) {
+          e.external_counter = true;
+          e.external_offset = offset;
+          e.external_tag = tag;
+        }
       publish(lock, p, std::move(entries), garbage);
       everywhere &= p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
                     std::all_of(p->sites.begin(), p->sites.end(),

@@ -28,7 +28,11 @@ Result<void> detach(std::span<usprobe_link *const> links);
 // counts the full path's hits (it sets the thread's home). For the agent's `usprobe count`.
 // Returns whether every site of the link has the counter path now (a function's entry, the
 // link's consumer alone there).
-Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset);
+Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset, uint64_t tag = 0);
+// Whether a detach could not show that every thread is past the counter path's increment into an
+// external counter it read the word of before the detach (core/retire.h,
+// counter_windows_clear): the owner must then keep that counter's memory, never unmap it.
+bool external_counters_maybe_in_use();
 
 // Code was mapped or unmapped outside the dynamic linker: bring every probe in line with the
 // mappings (sites for new mappings of probed files, none for mappings that are gone).

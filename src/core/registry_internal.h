@@ -74,7 +74,14 @@ void guard_unwinders();
 void refresh_views(const Locked &lock);
 
 // consumer_array.cc: a probe's consumers, published for dispatch.
-bool publish(const Locked &lock, Probe *p, std::vector<ConsumerEntry> entries, Garbage &garbage);
+// What the counter path may still count with after a publish (a word read before it).
+struct Published {
+  bool engine_slot = false;  // the old word named a slot of the engine's (counter_word_slot)
+  bool external = false;     // the old word named an external counter
+  bool stale() const { return engine_slot || external; }
+};
+Published publish(const Locked &lock, Probe *p, std::vector<ConsumerEntry> entries,
+                  Garbage &garbage);
 std::vector<ConsumerEntry> entries_of(const Locked &lock, const Probe *p);
 
 // site_overlap.cc: which sites a patch would overlap.

@@ -77,6 +77,22 @@ static_assert(sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots < kCounterBia
 inline uint64_t counter_word_at(uint64_t offset) {
   return (0 - kCounterBias) + offset;
 }
+// Tags, for counters kept outside the engine whose owner comes and goes (the agent's sessions on a
+// running process, whose regions are unmapped at their end while threads' homes still point
+// there, and no thread's TLS can be reached to clear them): a home may carry its owner's tag above
+// the address bits, home = address | tag << kCounterTagShift, and a word the same tag subtracted,
+// counter_word_at(offset) - (tag << kCounterTagShift). The sum still carries exactly when both are
+// set and the tags are equal (address + offset >= kCounterBias); a home of an older owner (a
+// smaller tag: user addresses are below 2^47) does not carry, and the hit takes the full path,
+// which sets the home again. Tag 0 is the untagged engine's own.
+constexpr unsigned kCounterTagShift = 47;
+constexpr uint64_t kMaxCounterTag = (uint64_t{1} << (64 - kCounterTagShift)) - 1;
+inline uint64_t tagged_counter_word(uint64_t offset, uint64_t tag) {
+  return counter_word_at(offset) - (tag << kCounterTagShift);
+}
+inline uint64_t tagged_counter_home(uint64_t address, uint64_t tag) {
+  return address < (uint64_t{1} << kCounterTagShift) ? address | (tag << kCounterTagShift) : 0;
+}
 // The word of an engine consumer's hits counter, and back.
 inline uint64_t counter_word(uint32_t slot) {
   return counter_word_at(sizeof(uint64_t) * (kCounterWords * slot + kHits));

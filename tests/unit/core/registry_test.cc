@@ -20,6 +20,7 @@
 #include "core/arch.h"
 #include "core/counters.h"
 #include "core/probe.h"
+#include "core/thread_record.h"
 
 // reg_add_one(x) = x + 1, reg_add_two(x) = x + 2, reg_add_three(x) = x + 3: plain jump sites.
 asm(R"(
@@ -206,6 +207,52 @@ TEST(Registry, AFreedCounterSlotGoesToTheNextLinkAtZero) {
   EXPECT_EQ(g_add_three(0), 3);
   EXPECT_EQ(hits(next), 1u);
   ASSERT_TRUE(detach({next}));
+}
+
+// A counter kept outside the engine (registry::count_on_counter_path), as the agent keeps its
+// sessions' counts: its handler counts the full path's hits and sets the thread's home, as
+// count_handler does, and the counter path counts the others there. A home set under an older tag
+// (a session that ended) is not taken: the hit goes to the handler, which sets the new one.
+struct ExternalCounter {
+  uint64_t *home = nullptr;
+  uint64_t tag = 0;
+  uint64_t handler_hits = 0;
+};
+ExternalCounter g_external;
+void count_externally(usprobe_hit *, void *) {
+  ++g_external.handler_hits;
+  set_counter_home(
+      tagged_counter_home(reinterpret_cast<uint64_t>(g_external.home), g_external.tag));
+}
+
+TEST(Registry, AnExternalCounterCountsAtItsTagsHomeAndAStaleHomeTakesTheFullPath) {
+  const uint64_t saved_home = t_counter_path.home;
+  alignas(64) static uint64_t first[4], second[4];
+  const std::string locations[] = {"exe:reg_add_three"};
+  const usprobe_consumer consumer{count_externally, nullptr, nullptr};
+  auto r = registry::attach(locations, std::span(&consumer, 1), 0);
+  ASSERT_TRUE(r.size() == 1 && r[0]) << (r.empty() ? "" : r[0].error().message);
+  usprobe_link *link = *r[0];
+  constexpr uint32_t kOffset = 2 * sizeof(uint64_t);  // the counter is word 2 of the home
+
+  g_external = {first, 1, 0};
+  set_counter_home(0);  // this thread has no home yet
+  ASSERT_TRUE(registry::count_on_counter_path(link, kOffset, 1));
+  for (long i = 0; i < 10; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+  EXPECT_EQ(g_external.handler_hits, 1u) << "the first hit sets the home, the others count there";
+  EXPECT_EQ(first[2], 9u);
+
+  // The next owner's tag: the home of tag 1 is stale, and only the handler may set the new one.
+  g_external = {second, 2, 0};
+  ASSERT_TRUE(registry::count_on_counter_path(link, kOffset, 2));
+  for (long i = 0; i < 10; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+  EXPECT_EQ(g_external.handler_hits, 1u);
+  EXPECT_EQ(second[2], 9u);
+  EXPECT_EQ(first[2], 9u) << "a hit counted into the stale home";
+  EXPECT_EQ(first[0] + first[1] + first[3] + second[0] + second[1] + second[3], 0u);
+
+  ASSERT_TRUE(detach({link}));
+  set_counter_home(saved_home);
 }
 
 TEST(Registry, ForcedInt3SiteHoldsTheTrapByteAndCountsEveryCall) {
