@@ -52,13 +52,8 @@ int run_count(const CountOptions &options) {
 
   auto output = Output::open(options.output, options.cmd_output, *session->target);
   if (!output) return report_error(output.error());
-  // Listening before anything starts: an address that is taken is an error before the command runs.
-  std::unique_ptr<MetricsServer> server;
-  if (!options.serve.empty()) {
-    auto listening = MetricsServer::listen(options.serve);
-    if (!listening) return report_error(listening.error());
-    server = std::move(*listening);
-  }
+  auto server = MetricsServer::for_option(options.serve);
+  if (!server) return report_error(server.error());
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) plan.push_back({p.location, 0});
   RegionConfig config;
@@ -79,9 +74,9 @@ int run_count(const CountOptions &options) {
       [&](const Counts &c, double elapsed, bool total, const ExitInfo &exit) {
         reporter.print(c, elapsed, total, exit);
       },
-      server ? std::function<void()>(
-                   [&] { server->publish(count_metrics(tally(probes, (*region)->counts()))); })
-             : std::function<void()>());
+      *server ? std::function<void()>(
+                    [&] { (*server)->publish(count_metrics(tally(probes, (*region)->counts()))); })
+              : std::function<void()>());
 }
 
 }  // namespace usprobe::cli

@@ -246,12 +246,8 @@ int run_latency(const LatencyOptions &options) {
     if (!opened) return report_error({opened.error().code, "--pprof: " + opened.error().message});
     pprof.emplace(std::move(*opened));
   }
-  std::unique_ptr<MetricsServer> server;
-  if (!options.serve.empty()) {
-    auto listening = MetricsServer::listen(options.serve);
-    if (!listening) return report_error(listening.error());
-    server = std::move(*listening);
-  }
+  auto server = MetricsServer::for_option(options.serve);
+  if (!server) return report_error(server.error());
   std::vector<PlanEntry> plan;
   for (const Probe &p : probes) plan.push_back({p.location, 0});
 
@@ -283,14 +279,14 @@ int run_latency(const LatencyOptions &options) {
       [&](const Snapshot &s, double elapsed, bool total, const ExitInfo &exit) {
         reporter.print(s, elapsed, total, exit);
       },
-      server ? std::function<void()>([&] {
+      *server ? std::function<void()>([&] {
         const Snapshot now = take(**region, probes.size());
         std::vector<LatencyMetricsRow> rows;
         for (size_t i = 0; i < probes.size(); ++i)
           rows.push_back({probes[i].display, &now.histograms[i], now.missed[i]});
-        server->publish(latency_metrics(rows));
+        (*server)->publish(latency_metrics(rows));
       })
-             : std::function<void()>());
+              : std::function<void()>());
   if (pprof && reporter.last_total) {
     PprofProfile profile = latency_profile(probes, *reporter.last_total);
     profile.set_time(unix_nanos(target.started()),

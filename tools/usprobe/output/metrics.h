@@ -45,6 +45,12 @@ class MetricsServer {
   // Listens on HOST:PORT (an IPv4 address, or "localhost"); errors name the address and the reason
   // ("--serve 127.0.0.1:9100: Address already in use").
   static Result<std::unique_ptr<MetricsServer>> listen(const std::string &host_port);
+  // --serve as the commands take it: no server for "", else listen(host_port). Called before
+  // anything starts, so that an address that is taken is an error before the command runs.
+  static Result<std::unique_ptr<MetricsServer>> for_option(const std::string &serve) {
+    if (serve.empty()) return std::unique_ptr<MetricsServer>();
+    return listen(serve);
+  }
   ~MetricsServer();
   MetricsServer(const MetricsServer &) = delete;
   MetricsServer &operator=(const MetricsServer &) = delete;
