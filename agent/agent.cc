@@ -69,8 +69,8 @@
 #include "os/linux/signal_guard.h"
 #include "os/linux/thread_round.h"
 #include "protocol/attach.h"
+#include "protocol/prepared.h"
 #include "protocol/protocol.h"
-#include "protocol/targets.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe::agent {
@@ -678,18 +678,20 @@ bool name_matches(const Header &h) {
   return std::string_view(comm).find(filter) != std::string_view::npos;
 }
 
-// The branch targets that the CLI computed for the probed files (protocol/targets.h), handed to
-// the engine, so that this process does not decode those files again. Anything unexpected (no
-// such memfd, its seals missing, a count beyond its size) and nothing is handed: the engine
-// decodes the files itself, as it would without the table.
-void take_branch_targets(const char *path) {
+// The probed files as the CLI prepared them (protocol/prepared.h), handed to the engine, so that
+// this process neither reads and indexes nor decodes those files again. Anything unexpected (no
+// such memfd, its seals missing, a count or a place beyond its size) and that file, or all, is not
+// handed: the engine reads and decodes the files itself, as it would without the table. The
+// memfd stays mapped (read-only, pages shared with every other process of the command) for as long
+// as an ElfFile made from it lives.
+void take_prepared_files(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;
   constexpr int kSeals = F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK;
   struct stat st {};
   const int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0 || (seals & kSeals) != kSeals || fstat(fd, &st) != 0 ||
-      st.st_size < static_cast<off_t>(sizeof(TargetsHead))) {
+      st.st_size < static_cast<off_t>(sizeof(PreparedHead))) {
     close(fd);
     return;
   }
@@ -697,35 +699,41 @@ void take_branch_targets(const char *path) {
   void *mem = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   close(fd);
   if (mem == MAP_FAILED) return;
-  const auto *head = static_cast<const TargetsHead *>(mem);
-  const uint64_t records = sizeof(TargetsHead) + uint64_t{head->files} * sizeof(TargetsFile);
-  if (head->magic == kTargetsMagic && head->version == kTargetsVersion &&
-      head->files <= kTargetsMaxFiles && records <= size &&
-      head->words <= (size - records) / sizeof(uint64_t)) {
-    const auto *files = reinterpret_cast<const TargetsFile *>(head + 1);
-    const auto *words =
-        reinterpret_cast<const uint64_t *>(static_cast<const char *>(mem) + records);
-    for (uint32_t i = 0; i < head->files; ++i) {
-      const TargetsFile &f = files[i];
-      const size_t id_length = strnlen(f.build_id, sizeof f.build_id);
-      if (id_length == sizeof f.build_id || f.first > head->words ||
-          f.count > head->words - f.first || f.ranges_first > head->words ||
-          f.ranges > (head->words - f.ranges_first) / 2)
-        continue;
-      std::vector<std::pair<uint64_t, uint64_t>> ranges(f.ranges);
-      for (uint64_t k = 0; k < f.ranges; ++k)
-        ranges[k] = {words[f.ranges_first + 2 * k], words[f.ranges_first + 2 * k + 1]};
-      // The engine binary-searches both: a table that is not sorted is not used.
-      if (!std::is_sorted(ranges.begin(), ranges.end()) ||
-          !std::is_sorted(words + f.first, words + f.first + f.count))
-        continue;
-      provide_file_branch_targets(elf::FileId{static_cast<dev_t>(f.dev), static_cast<ino_t>(f.ino)},
-                                  std::string(f.build_id, id_length),
-                                  std::vector<uint64_t>(words + f.first, words + f.first + f.count),
-                                  std::move(ranges));
-    }
+  std::shared_ptr<const void> keep(mem,
+                                   [size](const void *p) { munmap(const_cast<void *>(p), size); });
+  const auto *base = static_cast<const uint8_t *>(mem);
+  const auto *head = static_cast<const PreparedHead *>(mem);
+  const uint64_t records = sizeof(PreparedHead) + uint64_t{head->files} * sizeof(PreparedFile);
+  if (head->magic != kPreparedMagic || head->version != kPreparedVersion ||
+      head->files > kPreparedMaxFiles || records > size ||
+      head->words > (size - records) / sizeof(uint64_t))
+    return;
+  const auto *files = reinterpret_cast<const PreparedFile *>(head + 1);
+  const auto *words = reinterpret_cast<const uint64_t *>(base + records);
+  auto inside = [size](uint64_t at, uint64_t n) { return at <= size && n <= size - at; };
+  for (uint32_t i = 0; i < head->files; ++i) {
+    const PreparedFile &f = files[i];
+    const size_t id_length = strnlen(f.build_id, sizeof f.build_id);
+    if (id_length == sizeof f.build_id || f.first > head->words ||
+        f.count > head->words - f.first || f.ranges_first > head->words ||
+        f.ranges > (head->words - f.ranges_first) / 2)
+      continue;
+    const elf::FileId id{static_cast<dev_t>(f.dev), static_cast<ino_t>(f.ino)};
+    if (f.image_size != 0 && inside(f.bytes_at, f.size) && inside(f.image_at, f.image_size))
+      elf::ElfFile::provide_prepared({f.dev, f.ino, f.size, f.mtime_sec, f.mtime_nsec},
+                                     {base + f.bytes_at, f.size}, {base + f.image_at, f.image_size},
+                                     keep);
+    std::vector<std::pair<uint64_t, uint64_t>> ranges(f.ranges);
+    for (uint64_t k = 0; k < f.ranges; ++k)
+      ranges[k] = {words[f.ranges_first + 2 * k], words[f.ranges_first + 2 * k + 1]};
+    // The engine binary-searches both: a table that is not sorted is not used.
+    if (!std::is_sorted(ranges.begin(), ranges.end()) ||
+        !std::is_sorted(words + f.first, words + f.first + f.count))
+      continue;
+    provide_file_branch_targets(id, std::string(f.build_id, id_length),
+                                std::vector<uint64_t>(words + f.first, words + f.first + f.count),
+                                std::move(ranges));
   }
-  munmap(mem, size);
 }
 
 // Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt
@@ -752,7 +760,7 @@ __attribute__((constructor)) void agent_start() {
     munmap(mapping->header, mapping->length);
     return;
   }
-  if (const char *targets = getenv(kEnvTargets)) take_branch_targets(targets);
+  if (const char *prepared = getenv(kEnvPrepared)) take_prepared_files(prepared);
   SessionLock lock;
   if (auto ok = start_session(*mapping, false); !ok) report_error(ok.error().message);
 }

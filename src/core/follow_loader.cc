@@ -19,6 +19,8 @@
 #include <link.h>
 
 #include <atomic>
+#include <tuple>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -45,6 +47,32 @@ bool loader_consistent() {
   return true;
 }
 
+// What the linker has loaded, every namespace's objects in list order: a follow that finds the
+// same list as the last one has nothing to do (a dlopen of a loaded library, RTLD_NOLOAD, or a
+// dlclose that unloads nothing: each calls the hook all the same). An object unloaded and loaded
+// again in between shows as two changes, each at its own RT_CONSISTENT.
+using LoadedList = std::vector<std::tuple<const link_map *, uint64_t, const char *, const void *>>;
+LoadedList loaded_list() {
+  LoadedList out;
+  const r_debug *r = &_r_debug;
+  for (int guard = 0; guard < 64; ++guard) {
+    for (const link_map *m = r->r_map; m && out.size() < 65536; m = m->l_next)
+      out.emplace_back(m, m->l_addr, m->l_name, m->l_ld);
+    if (r->r_version < 2) break;
+    const r_debug_extended *next = reinterpret_cast<const r_debug_extended *>(r)->r_next;
+    if (!next || &next->base == &_r_debug) break;
+    r = &next->base;
+    out.emplace_back(nullptr, 0, nullptr, nullptr);  // between namespaces
+  }
+  return out;
+}
+
+// The list as the last follow saw it.
+LoadedList &followed(const Locked &) {
+  static auto *list = new LoadedList;  // never destroyed: hooks may fire during exit
+  return *list;
+}
+
 void on_loader_event(usprobe_hit *, void *) {
   InternalWork internal;
   // This thread is inside the registry itself (it made the linker load something): nothing can be
@@ -63,7 +91,10 @@ void on_loader_event(usprobe_hit *, void *) {
   Listener copy;
   {
     Locked lock(Locked::kTakeOver);
+    LoadedList now = loaded_list();
+    if (now == followed(lock)) return;
     (void)follow_locked(lock, garbage);
+    followed(lock).swap(now);
     copy = listener(lock);
   }
   if (copy.fn) copy.fn(copy.user);
@@ -87,10 +118,18 @@ void ensure_loader_hook() {
   if (placed.exchange(true)) return;
   const uint64_t brk = _r_debug.r_brk;
   std::string where;
-  if (auto maps = os::read_mappings())
-    for (const os::Mapping &m : *maps)
-      if (brk >= m.start && brk < m.end && !m.path.empty() && m.path.front() == '/')
-        where = fmt::format("{}:{:#x}", m.path, brk - m.start + m.offset);
+  // Through the linker's link map first: a launched command's every process places this probe, and
+  // reading /proc/self/maps costs more than the rest of it.
+  if (auto object = os::loaded_object_at(brk))
+    if (auto file = elf::ElfFile::open(object->path))
+      if (auto off = (*file)->vaddr_to_offset(brk - object->bias);
+          off && (*file)->offset_is_executable(*off))
+        where = fmt::format("{}:{:#x}", object->path, *off);
+  if (where.empty())
+    if (auto maps = os::read_mappings())
+      for (const os::Mapping &m : *maps)
+        if (brk >= m.start && brk < m.end && !m.path.empty() && m.path.front() == '/')
+          where = fmt::format("{}:{:#x}", m.path, brk - m.start + m.offset);
   if (where.empty()) {
     loader_hook_error() = fmt::format(
         "the dynamic linker's debugger hook (_r_debug.r_brk = {:#x}) is in no mapped file", brk);
@@ -99,6 +138,9 @@ void ensure_loader_hook() {
   const usprobe_consumer hook{on_loader_event, nullptr, nullptr};
   auto r = attach(std::span(&where, 1), std::span(&hook, 1));
   loader_hook_error() = r[0] ? std::string() : r[0].error().message;
+  // No other probe exists yet (this is the first attach): what is loaded now has nothing to follow.
+  Locked lock;
+  followed(lock) = loaded_list();
 }
 
 }  // namespace usprobe::registry::internal

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -108,6 +109,10 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg,
 // Threads of this process (the caller included) whose blocked-signal mask holds `sig`.
 std::vector<int> threads_blocking(int sig);
 
+// Whether the calling thread is this process's only one (as when a launched command's agent
+// starts, before main). No other thread can then appear until this one makes it.
+bool only_thread();
+
 // ---- This process's mappings (os/linux/proc_maps.cc) -------------------------------------------
 
 struct Mapping {
@@ -134,6 +139,16 @@ struct MappedRange {
 };
 // True when a readable mapping holds `addr`; `out` is then that mapping.
 bool find_mapped_range(uint64_t addr, MappedRange &out);
+
+// The object that the dynamic linker loaded and that holds `addr`, as the linker's own link map
+// tells it (no /proc/self/maps to read): its path and its load bias (a file's vaddr + bias is
+// where it is). nullopt when no object holds it (the vDSO, anonymous code) or the path the linker
+// knows is not absolute.
+struct LoadedObject {
+  std::string path;
+  uint64_t bias = 0;
+};
+std::optional<LoadedObject> loaded_object_at(uint64_t addr);
 
 }  // namespace usprobe::os
 

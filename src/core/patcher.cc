@@ -186,6 +186,17 @@ Result<void> install(const std::vector<Site *> &sites) {
     entries.push_back({s->addr, s->plan.trampoline, s->file.dev, s->file.ino, s->file_offset});
   site_table::insert(entries);
 
+  // Alone in the process (a launched command's agent, before main), nothing can see a site
+  // half-written but this thread, and it is in the kernel while each write lands: every patch goes
+  // out whole, with no int3 first, no thread round and no call trapping meanwhile (the int3s would
+  // stand while this thread runs libc, whose functions may be among the probed: a trap each).
+  if (os::only_thread()) {
+    if (auto ok = write_all(sites, 0, SIZE_MAX, &arch::SitePlan::patch); !ok) return ok;
+    os::membarrier_sync_core();
+    for (Site *s : sites) s->patched = true;
+    return {};
+  }
+
   std::vector<Site *> jumps;
   for (Site *s : sites)
     if (s->plan.jump) jumps.push_back(s);

@@ -89,12 +89,8 @@ const std::vector<std::pair<uint64_t, uint64_t>> *file_complete_ranges(const elf
 }
 
 std::span<const uint8_t> bytes_after(const elf::ElfFile &file, uint64_t end) {
-  const auto &fns = file.functions();
-  auto next = std::lower_bound(fns.begin(), fns.end(), end, [](const elf::Function &f, uint64_t o) {
-    return f.file_offset < o;
-  });
   uint64_t n = 16;
-  if (next != fns.end()) n = std::min<uint64_t>(n, next->file_offset - end);
+  if (auto next = file.next_function_start(end)) n = std::min<uint64_t>(n, *next - end);
   while (n > 0 && !file.offset_is_executable(end + n - 1)) --n;
   return file.bytes(end, n);
 }

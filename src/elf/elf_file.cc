@@ -60,15 +60,146 @@ class UniqueElf {
   Elf *elf_;
 };
 
+// The index is made of plain records, its strings in one buffer (Impl::strings), so that it
+// copies as a few arrays: into another process (index_image, open_prepared) at the cost of a
+// memcpy, where reading and indexing the file again costs milliseconds.
 struct Segment {
   uint64_t vaddr = 0, offset = 0, filesz = 0;
-  bool exec = false;
+  uint32_t exec = 0;  // PF_X
+  uint32_t pad = 0;
+};
+
+struct NameRef {
+  uint32_t off = 0, len = 0;  // in Impl::strings
+};
+
+// A Function, as the index keeps it.
+struct FnRecord {
+  uint64_t vaddr = 0;
+  uint64_t file_offset = 0;
+  uint64_t size = 0;
+  uint64_t max_end = 0;  // max(file_offset + size) over this record and every one before it
+  NameRef name, version;
+  uint8_t bind = STB_LOCAL;
+  uint8_t ifunc = 0, hidden_version = 0, exported = 0;
+  uint32_t pad = 0;
+};
+
+struct ValueRecord {
+  NameRef name;
+  uint64_t vaddr = 0;
+};
+
+struct SectionRecord {
+  NameRef name;
+  uint32_t type = 0, pad = 0;
+  uint64_t flags = 0, vaddr = 0, file_offset = 0, size = 0;
 };
 
 // A function symbol as read, before .symtab and .dynsym are merged.
 struct RawFunction {
   Function fn;
   unsigned char bind = STB_LOCAL;
+};
+
+// index_image's format: a head, then each part as its length and its bytes, in the order of
+// ElfFile::Impl::parts().
+constexpr uint64_t kImageMagic = 0x3149'4645'4c45'5355ull;  // "USELFEI1", little-endian
+struct ImageHead {
+  uint64_t magic = kImageMagic;
+  uint32_t flags = 0;  // kImage* below
+  uint32_t pad = 0;
+  uint64_t entry = 0;
+  uint64_t file_size = 0;
+};
+constexpr uint32_t kImageStatic = 1, kImageProgram = 2, kImageEntry = 4;
+
+class ImageWriter {
+ public:
+  template <class T>
+  void pod(const T &v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    append(&v, sizeof v);
+  }
+  // Each part 8-aligned, so that a reader can use the tables where they lie (ImageReader::view).
+  template <class T>
+  void part(std::span<const T> v) {
+    static_assert(std::is_trivially_copyable_v<T> && alignof(T) <= 8);
+    pod(uint64_t{v.size()});
+    append(v.data(), v.size() * sizeof(T));
+    out_.resize((out_.size() + 7) & ~size_t{7});
+  }
+  template <class T>
+  void part(const std::vector<T> &v) {
+    part(std::span<const T>(v));
+  }
+  void part(std::string_view s) { part(std::span<const char>(s.data(), s.size())); }
+  std::vector<uint8_t> take() { return std::move(out_); }
+
+ private:
+  void append(const void *p, size_t n) {
+    const auto *b = static_cast<const uint8_t *>(p);
+    out_.insert(out_.end(), b, b + n);
+  }
+  std::vector<uint8_t> out_;
+};
+
+// Reads what ImageWriter wrote; false at the first part that runs past the end.
+class ImageReader {
+ public:
+  explicit ImageReader(std::span<const uint8_t> in) : in_(in) {}
+  template <class T>
+  bool pod(T &v) {
+    if (in_.size() < sizeof v) return false;
+    std::memcpy(&v, in_.data(), sizeof v);
+    in_ = in_.subspan(sizeof v);
+    return true;
+  }
+  // The next part where it lies, when it is aligned for T (the image mapped at a page, as the
+  // writer aligned it); otherwise a copy into `copy`. The image must outlive the view.
+  template <class T>
+  bool view(std::span<const T> &v, std::vector<T> &copy) {
+    uint64_t n = 0;
+    if (!pod(n) || n > in_.size() / sizeof(T)) return false;
+    if (reinterpret_cast<uintptr_t>(in_.data()) % alignof(T) == 0) {
+      v = {reinterpret_cast<const T *>(in_.data()), n};
+    } else {
+      copy.resize(n);
+      if (n) std::memcpy(copy.data(), in_.data(), n * sizeof(T));
+      v = copy;
+    }
+    return skip(n * sizeof(T));
+  }
+  bool view(std::string_view &v) {
+    uint64_t n = 0;
+    if (!pod(n) || n > in_.size()) return false;
+    v = {reinterpret_cast<const char *>(in_.data()), n};
+    return skip(n);
+  }
+  template <class T>
+  bool part(std::vector<T> &v) {
+    std::span<const T> at;
+    if (!view(at, v)) return false;
+    if (at.data() != v.data()) v.assign(at.begin(), at.end());
+    return true;
+  }
+  bool part(std::string &s) {
+    std::string_view at;
+    if (!view(at)) return false;
+    s.assign(at);
+    return true;
+  }
+  bool done() const { return in_.empty(); }
+
+ private:
+  // Past n bytes and the padding after them.
+  bool skip(uint64_t n) {
+    in_ = in_.subspan(n);
+    const size_t pad = std::min<size_t>((8 - n % 8) % 8, in_.size());
+    in_ = in_.subspan(pad);
+    return true;
+  }
+  std::span<const uint8_t> in_;
 };
 
 // Where several symbols name one address, the higher rank is the better name.
@@ -156,9 +287,11 @@ std::vector<std::string> read_version_definitions(Elf *e) {
 
 struct ElfFile::Impl {
   std::string path;
-  FileId id;
+  FileVersion file_version;
   const uint8_t *map = nullptr;  // the whole file, PROT_READ, for bytes()
   size_t size = 0;
+  // A prepared file's bytes and index belong to `keep` (open_prepared); otherwise `map` is ours.
+  std::shared_ptr<const void> keep;
   bool is_static = false;
   bool is_program = false;
   std::string interpreter;        // PT_INTERP's path; empty when none
@@ -167,25 +300,44 @@ struct ElfFile::Impl {
   std::string symtab_path;
   std::vector<Segment> loads;
 
-  std::vector<Function> functions;      // sorted by file offset, then name
-  std::vector<unsigned char> bindings;  // STB_* of functions[i]
-  std::vector<uint64_t> max_end;        // max(file_offset + size) over functions[0..i]
-  std::unordered_map<std::string, std::vector<uint32_t>> by_name;  // plain name -> indices
-  std::unordered_set<std::string> data_names;      // objects and TLS: "is a data symbol"
-  std::unordered_set<std::string> sizeless_names;  // functions with st_size 0: bounds unknown
-  // The values of the symbols that are not in `functions` (data objects, sizeless functions,
-  // untyped labels), for symbol_vaddr(); with the rank that decides between duplicates.
+  // The index, as every lookup reads it: views of the tables open() built (own_*, below), or of
+  // a prepared file's image, in place (adopt).
+  std::string_view strings;                 // every NameRef's characters
+  std::span<const FnRecord> fns;            // sorted by file offset, then name
+  std::span<const uint32_t> by_name;        // indices of fns, sorted by name, then index
+  std::span<const NameRef> data_names;      // objects and TLS: "is a data symbol"; sorted, unique
+  std::span<const NameRef> sizeless_names;  // functions with st_size 0: bounds unknown; likewise
+  // The values of the symbols that are not in `fns` (data objects, sizeless functions, untyped
+  // labels), for symbol_vaddr(); sorted by name, unique.
+  std::span<const ValueRecord> other_symbols;
+  std::vector<SectionRecord> section_records;
+
+  // The tables themselves, where this process built (or copied) them.
+  std::string own_strings;
+  std::vector<FnRecord> own_fns;
+  std::vector<uint32_t> own_by_name;
+  std::vector<NameRef> own_data_names, own_sizeless_names;
+  std::vector<ValueRecord> own_other_symbols;
+  std::vector<CodeRange> unwind_ranges;  // .eh_frame's FDEs, sorted by file offset
+  std::vector<uint64_t> landing_pads;    // sorted, unique
+
+  std::vector<Section> sections;  // made from section_records
+  mutable std::once_flag functions_made;
+  mutable std::vector<Function> functions;  // made from fns on the first functions()
+
+  // Only while open() reads the file: the symbols that end up in the sorted tables above.
   struct SymbolValue {
     uint64_t vaddr = 0;
     int rank = 0;
   };
-  std::unordered_map<std::string, SymbolValue> other_symbols;
-  std::vector<Section> sections;
-  std::vector<CodeRange> unwind_ranges;  // .eh_frame's FDEs, sorted by file offset
-  std::vector<uint64_t> landing_pads;    // sorted, unique
+  struct Reading {
+    std::unordered_set<std::string> data_names, sizeless_names;
+    std::unordered_map<std::string, SymbolValue> other_symbols;
+  };
+  std::unique_ptr<Reading> reading = std::make_unique<Reading>();
 
   ~Impl() {
-    if (map) ::munmap(const_cast<uint8_t *>(map), size);
+    if (map && !keep) ::munmap(const_cast<uint8_t *>(map), size);
   }
 
   std::optional<uint64_t> vaddr_to_offset(uint64_t vaddr) const {
@@ -193,15 +345,68 @@ struct ElfFile::Impl {
       if (vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz) return s.offset + (vaddr - s.vaddr);
     return std::nullopt;
   }
+  std::string_view str(NameRef r) const { return strings.substr(r.off, r.len); }
+  // While building: a name into own_strings, and back.
+  NameRef intern(std::string_view s) {
+    NameRef r{static_cast<uint32_t>(own_strings.size()), static_cast<uint32_t>(s.size())};
+    own_strings.append(s);
+    return r;
+  }
+  std::string_view built(NameRef r) const {
+    return std::string_view(own_strings).substr(r.off, r.len);
+  }
+  // The views, onto the tables built.
+  void view_own() {
+    strings = own_strings;
+    fns = own_fns;
+    by_name = own_by_name;
+    data_names = own_data_names;
+    sizeless_names = own_sizeless_names;
+    other_symbols = own_other_symbols;
+  }
+  Function function(size_t i) const {
+    const FnRecord &r = fns[i];
+    return Function{std::string(str(r.name)),
+                    std::string(str(r.version)),
+                    r.vaddr,
+                    r.file_offset,
+                    r.size,
+                    r.ifunc != 0,
+                    r.hidden_version != 0,
+                    r.exported != 0};
+  }
+  // The indices of fns named `name` (plain), in increasing order.
+  std::span<const uint32_t> named(std::string_view name) const {
+    auto [lo, hi] = std::equal_range(by_name.begin(), by_name.end(), name, NameLess{this});
+    return {lo, hi};
+  }
+  struct NameLess {
+    const Impl *im;
+    bool operator()(uint32_t i, std::string_view n) const { return im->str(im->fns[i].name) < n; }
+    bool operator()(std::string_view n, uint32_t i) const { return n < im->str(im->fns[i].name); }
+  };
+  bool listed(std::span<const NameRef> names, std::string_view name) const {
+    return std::binary_search(names.begin(), names.end(), name, RefLess{this});
+  }
+  struct RefLess {
+    const Impl *im;
+    bool operator()(NameRef a, std::string_view b) const { return im->str(a) < b; }
+    bool operator()(std::string_view a, NameRef b) const { return a < im->str(b); }
+    bool operator()(NameRef a, NameRef b) const { return im->str(a) < im->str(b); }
+  };
 
   void read_segments(Elf *e);
   void read_symbols(Elf *e, Elf_Scn *scn, bool dynamic, std::vector<RawFunction> &out);
   void read_separate_debug_symtab(std::vector<RawFunction> &out);
   void index(std::vector<RawFunction> raw);
+  void finish_reading();
   void read_unwind_info(Elf *e);
   void read_sections(Elf *e);
+  void make_sections();
   void note_symbol_value(const std::string &name, uint64_t vaddr, int rank);
   std::string suggest(std::string_view name) const;
+  std::vector<uint8_t> image() const;
+  bool adopt(std::span<const uint8_t> image);
 };
 
 void ElfFile::Impl::read_segments(Elf *e) {
@@ -215,7 +420,7 @@ void ElfFile::Impl::read_segments(Elf *e) {
     GElf_Phdr ph;
     if (!gelf_getphdr(e, static_cast<int>(i), &ph)) continue;
     if (ph.p_type == PT_LOAD)
-      loads.push_back({ph.p_vaddr, ph.p_offset, ph.p_filesz, (ph.p_flags & PF_X) != 0});
+      loads.push_back({ph.p_vaddr, ph.p_offset, ph.p_filesz, (ph.p_flags & PF_X) ? 1u : 0u, 0});
     else if (ph.p_type == PT_INTERP && ph.p_offset <= size && ph.p_filesz <= size - ph.p_offset) {
       has_interp = true;
       const auto *text = reinterpret_cast<const char *>(map + ph.p_offset);
@@ -285,13 +490,13 @@ void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
     int rank = (dynamic ? 0 : 4) + binding_rank(GELF_ST_BIND(sym.st_info));
     if (type == STT_OBJECT || type == STT_NOTYPE) note_symbol_value(name, sym.st_value, rank);
     if (type == STT_OBJECT || type == STT_TLS || type == STT_COMMON) {
-      data_names.insert(std::move(name));
+      reading->data_names.insert(std::move(name));
       continue;
     }
     if (type != STT_FUNC && type != STT_GNU_IFUNC) continue;
     if (sym.st_size == 0) {
       note_symbol_value(name, sym.st_value, rank);
-      sizeless_names.insert(std::move(name));
+      reading->sizeless_names.insert(std::move(name));
       continue;
     }
     auto offset = vaddr_to_offset(sym.st_value);
@@ -311,7 +516,7 @@ void ElfFile::Impl::read_symbols(Elf *e, Elf_Scn *scn, bool dynamic,
 }
 
 void ElfFile::Impl::note_symbol_value(const std::string &name, uint64_t vaddr, int rank) {
-  auto [it, added] = other_symbols.try_emplace(name, SymbolValue{vaddr, rank});
+  auto [it, added] = reading->other_symbols.try_emplace(name, SymbolValue{vaddr, rank});
   if (!added && rank > it->second.rank) it->second = SymbolValue{vaddr, rank};
 }
 
@@ -322,9 +527,15 @@ void ElfFile::Impl::read_sections(Elf *e) {
     GElf_Shdr sh;
     if (!gelf_getshdr(scn, &sh)) continue;
     const char *name = elf_strptr(e, shstrndx, sh.sh_name);
-    sections.push_back(
-        {name ? name : "", sh.sh_type, sh.sh_flags, sh.sh_addr, sh.sh_offset, sh.sh_size});
+    section_records.push_back({intern(name ? name : ""), sh.sh_type, 0, sh.sh_flags, sh.sh_addr,
+                               sh.sh_offset, sh.sh_size});
   }
+}
+
+void ElfFile::Impl::make_sections() {
+  sections.reserve(section_records.size());
+  for (const SectionRecord &r : section_records)
+    sections.push_back({std::string(str(r.name)), r.type, r.flags, r.vaddr, r.file_offset, r.size});
 }
 
 // Debian strips .symtab from its libraries and ships it in -dbg packages as a file named by the
@@ -370,8 +581,7 @@ void ElfFile::Impl::index(std::vector<RawFunction> raw) {
                   return std::tie(a.name, a.version) < std::tie(b.name, b.version);
                 });
   }
-  functions.reserve(raw.size());
-  bindings.reserve(raw.size());
+  own_fns.reserve(raw.size());
   for (size_t i = 0; i < order.size();) {
     const Function &first = raw[order[i]].fn;
     size_t j = i;
@@ -384,28 +594,60 @@ void ElfFile::Impl::index(std::vector<RawFunction> raw) {
     for (size_t k = i; k < j; ++k) {
       RawFunction &r = raw[order[k]];
       if (any_versioned && r.fn.version.empty()) continue;
-      if (!functions.empty() && functions.back().file_offset == r.fn.file_offset &&
-          functions.back().name == r.fn.name && functions.back().version == r.fn.version) {
-        Function &kept = functions.back();  // the same symbol, seen in both tables
+      if (!own_fns.empty() && own_fns.back().file_offset == r.fn.file_offset &&
+          built(own_fns.back().name) == r.fn.name &&
+          built(own_fns.back().version) == r.fn.version) {
+        FnRecord &kept = own_fns.back();  // the same symbol, seen in both tables
         kept.exported |= r.fn.exported;
         kept.ifunc |= r.fn.ifunc;
         kept.size = std::max(kept.size, r.fn.size);
-        if (binding_rank(r.bind) > binding_rank(bindings.back())) bindings.back() = r.bind;
+        if (binding_rank(r.bind) > binding_rank(kept.bind)) kept.bind = r.bind;
         continue;
       }
-      functions.push_back(std::move(r.fn));
-      bindings.push_back(r.bind);
+      FnRecord rec;
+      rec.vaddr = r.fn.vaddr;
+      rec.file_offset = r.fn.file_offset;
+      rec.size = r.fn.size;
+      rec.name = intern(r.fn.name);
+      rec.version = intern(r.fn.version);
+      rec.bind = r.bind;
+      rec.ifunc = r.fn.ifunc;
+      rec.hidden_version = r.fn.hidden_version;
+      rec.exported = r.fn.exported;
+      own_fns.push_back(rec);
     }
     i = j;
   }
-  max_end.reserve(functions.size());
-  by_name.reserve(functions.size());
   uint64_t end = 0;
-  for (size_t i = 0; i < functions.size(); ++i) {
-    end = std::max(end, functions[i].file_offset + functions[i].size);
-    max_end.push_back(end);
-    by_name[functions[i].name].push_back(static_cast<uint32_t>(i));
+  own_by_name.resize(own_fns.size());
+  for (size_t i = 0; i < own_fns.size(); ++i) {
+    end = std::max(end, own_fns[i].file_offset + own_fns[i].size);
+    own_fns[i].max_end = end;
+    own_by_name[i] = static_cast<uint32_t>(i);
   }
+  std::stable_sort(own_by_name.begin(), own_by_name.end(), [this](uint32_t a, uint32_t b) {
+    return built(own_fns[a].name) < built(own_fns[b].name);
+  });
+}
+
+// The symbols read beside the functions, into the sorted tables; then the views onto them all.
+void ElfFile::Impl::finish_reading() {
+  auto by_text = [this](NameRef a, NameRef b) { return built(a) < built(b); };
+  auto sorted = [&](const std::unordered_set<std::string> &names) {
+    std::vector<NameRef> out;
+    out.reserve(names.size());
+    for (const std::string &n : names) out.push_back(intern(n));
+    std::sort(out.begin(), out.end(), by_text);
+    return out;
+  };
+  own_data_names = sorted(reading->data_names);
+  own_sizeless_names = sorted(reading->sizeless_names);
+  own_other_symbols.reserve(reading->other_symbols.size());
+  for (const auto &[name, value] : reading->other_symbols)
+    own_other_symbols.push_back({intern(name), value.vaddr});
+  std::sort(own_other_symbols.begin(), own_other_symbols.end(),
+            [&](const ValueRecord &a, const ValueRecord &b) { return by_text(a.name, b.name); });
+  reading.reset();
 }
 
 // .eh_frame is found by its section name (strip keeps section headers). Its FDEs give code
@@ -445,23 +687,85 @@ void ElfFile::Impl::read_unwind_info(Elf *e) {
 // does not depend on hash order.
 std::string ElfFile::Impl::suggest(std::string_view name) const {
   size_t limit = std::clamp<size_t>(name.size() / 4, 1, 3);
-  std::string best;
-  auto key = [&](const std::string &n, size_t d) {
-    const std::vector<uint32_t> &indices = by_name.at(n);
-    bool exported = std::any_of(indices.begin(), indices.end(),
-                                [&](uint32_t i) { return functions[i].exported; });
-    return std::make_tuple(d, !exported, n.starts_with('_'), std::string_view(n));
+  std::string_view best;
+  bool best_exported = false;
+  auto key = [](std::string_view n, size_t d, bool exported) {
+    return std::make_tuple(d, !exported, n.starts_with('_'), n);
   };
   size_t best_d = limit + 1;
-  for (const auto &[candidate, indices] : by_name) {
+  // Each name once: a run of by_name.
+  for (size_t i = 0, j; i < by_name.size(); i = j) {
+    const std::string_view candidate = str(fns[by_name[i]].name);
+    bool exported = false;
+    for (j = i; j < by_name.size() && str(fns[by_name[j]].name) == candidate; ++j)
+      exported |= fns[by_name[j]].exported != 0;
     size_t d = bounded_edit_distance(name, candidate, std::min(limit, best_d));
     if (d > limit) continue;  // (d == 0: differs only in case; never identical, or found)
-    if (best.empty() || key(candidate, d) < key(best, best_d)) {
+    if (best.empty() || key(candidate, d, exported) < key(best, best_d, best_exported)) {
       best = candidate;
       best_d = d;
+      best_exported = exported;
     }
   }
-  return best;
+  return std::string(best);
+}
+
+// Every part, in one order for writing and reading.
+std::vector<uint8_t> ElfFile::Impl::image() const {
+  ImageWriter w;
+  ImageHead head;
+  head.flags =
+      (is_static ? kImageStatic : 0) | (is_program ? kImageProgram : 0) | (entry ? kImageEntry : 0);
+  head.entry = entry.value_or(0);
+  head.file_size = size;
+  w.pod(head);
+  w.part(interpreter);
+  w.part(build_id);
+  w.part(symtab_path);
+  w.part(loads);
+  w.part(strings);
+  w.part(fns);
+  w.part(by_name);
+  w.part(data_names);
+  w.part(sizeless_names);
+  w.part(other_symbols);
+  w.part(section_records);
+  w.part(unwind_ranges);
+  w.part(landing_pads);
+  return w.take();
+}
+
+// Takes what image() wrote; false when it does not read back whole, or a name or an index points
+// outside its table (the caller then reads the file itself).
+bool ElfFile::Impl::adopt(std::span<const uint8_t> in) {
+  ImageReader r(in);
+  ImageHead head;
+  if (!r.pod(head) || head.magic != kImageMagic || head.file_size != size) return false;
+  if (!(r.part(interpreter) && r.part(build_id) && r.part(symtab_path) && r.part(loads) &&
+        r.view(strings) && r.view(fns, own_fns) && r.view(by_name, own_by_name) &&
+        r.view(data_names, own_data_names) && r.view(sizeless_names, own_sizeless_names) &&
+        r.view(other_symbols, own_other_symbols) && r.part(section_records) &&
+        r.part(unwind_ranges) && r.part(landing_pads) && r.done()))
+    return false;
+  auto fits = [this](NameRef n) { return uint64_t{n.off} + n.len <= strings.size(); };
+  if (by_name.size() != fns.size()) return false;
+  for (const FnRecord &f : fns)
+    if (!fits(f.name) || !fits(f.version)) return false;
+  for (uint32_t i : by_name)
+    if (i >= fns.size()) return false;
+  for (const auto *names : {&data_names, &sizeless_names})
+    for (NameRef n : *names)
+      if (!fits(n)) return false;
+  for (const ValueRecord &v : other_symbols)
+    if (!fits(v.name)) return false;
+  for (const SectionRecord &sr : section_records)
+    if (!fits(sr.name)) return false;
+  is_static = head.flags & kImageStatic;
+  is_program = head.flags & kImageProgram;
+  if (head.flags & kImageEntry) entry = head.entry;
+  reading.reset();
+  make_sections();
+  return true;
 }
 
 ElfFile::ElfFile() : impl_(std::make_unique<Impl>()) {}
@@ -486,16 +790,16 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string &path) {
 
   // Opened files are kept, keyed by identity and version, so that resolving a thousand symbols
   // of one library indexes it once. A file rewritten in place gets a new key.
-  using Key = std::tuple<dev_t, ino_t, off_t, time_t, long>;
   static std::mutex cache_mutex;
-  static std::map<Key, std::shared_ptr<const ElfFile>> cache;
-  const Key key{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+  static std::map<FileVersion, std::shared_ptr<const ElfFile>> cache;
+  const FileVersion key = FileVersion::of(st);
   {
     std::lock_guard lock(cache_mutex);
     if (auto it = cache.find(key); it != cache.end() && it->second->path() == path)
       return it->second;
   }
-  auto opened = open_uncached(path, fd.get(), st);
+  Result<std::shared_ptr<const ElfFile>> opened = open_prepared(path, st);
+  if (!*opened) opened = open_uncached(path, fd.get(), st);
   if (opened) {
     std::lock_guard lock(cache_mutex);
     if (cache.size() >= 64) cache.erase(cache.begin());
@@ -509,7 +813,7 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
   std::shared_ptr<ElfFile> file(new ElfFile());
   Impl &im = *file->impl_;
   im.path = path;
-  im.id = FileId{st.st_dev, st.st_ino};
+  im.file_version = FileVersion::of(st);
   im.size = static_cast<size_t>(st.st_size);
   // The file's bytes are read into anonymous memory, not mapped: the kernel writes its uprobes'
   // int3 into every mapping of a file that could execute, a read-only one included, and the
@@ -551,16 +855,77 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
     im.read_separate_debug_symtab(raw);
   }
   im.index(std::move(raw));
+  im.finish_reading();
   im.read_unwind_info(e.get());
   im.read_sections(e.get());
+  im.view_own();
+  im.make_sections();
   return std::shared_ptr<const ElfFile>(std::move(file));
+}
+
+namespace {
+
+struct Prepared {
+  std::span<const uint8_t> bytes, image;
+  std::shared_ptr<const void> keep;
+};
+std::mutex g_prepared_mutex;                             // guards g_prepared
+auto *g_prepared = new std::map<FileVersion, Prepared>;  // never destroyed (agents' exit)
+
+}  // namespace
+
+FileVersion FileVersion::of(const struct stat &st) {
+  return {st.st_dev, st.st_ino, static_cast<uint64_t>(st.st_size), st.st_mtim.tv_sec,
+          st.st_mtim.tv_nsec};
+}
+
+std::vector<uint8_t> ElfFile::index_image() const {
+  return impl_->image();
+}
+
+void ElfFile::provide_prepared(const FileVersion &version, std::span<const uint8_t> bytes,
+                               std::span<const uint8_t> image, std::shared_ptr<const void> keep) {
+  if (bytes.size() != version.size) return;
+  std::lock_guard lock(g_prepared_mutex);
+  (*g_prepared)[version] = Prepared{bytes, image, std::move(keep)};
+}
+
+// The file of `st` as another process prepared it, if one did; null otherwise (or when its image
+// does not read back: it is dropped, and open() reads the file).
+std::shared_ptr<const ElfFile> ElfFile::open_prepared(const std::string &path,
+                                                      const struct stat &st) {
+  Prepared p;
+  {
+    std::lock_guard lock(g_prepared_mutex);
+    if (g_prepared->empty()) return nullptr;
+    auto it = g_prepared->find(FileVersion::of(st));
+    if (it == g_prepared->end()) return nullptr;
+    p = it->second;
+  }
+  std::shared_ptr<ElfFile> file(new ElfFile());
+  Impl &im = *file->impl_;
+  im.path = path;
+  im.file_version = FileVersion::of(st);
+  im.size = p.bytes.size();
+  im.map = p.bytes.data();
+  im.keep = p.keep;
+  if (std::memcmp(im.map, ELFMAG, SELFMAG) != 0 || !im.adopt(p.image)) {
+    std::lock_guard lock(g_prepared_mutex);
+    g_prepared->erase(FileVersion::of(st));
+    return nullptr;
+  }
+  return file;
 }
 
 const std::string &ElfFile::path() const {
   return impl_->path;
 }
 FileId ElfFile::id() const {
-  return impl_->id;
+  return FileId{static_cast<dev_t>(impl_->file_version.dev),
+                static_cast<ino_t>(impl_->file_version.ino)};
+}
+FileVersion ElfFile::version() const {
+  return impl_->file_version;
 }
 bool ElfFile::is_static_executable() const {
   return impl_->is_static;
@@ -575,7 +940,12 @@ const std::string &ElfFile::interpreter() const {
   return impl_->interpreter;
 }
 const std::vector<Function> &ElfFile::functions() const {
-  return impl_->functions;
+  const Impl &im = *impl_;
+  std::call_once(im.functions_made, [&im] {
+    im.functions.reserve(im.fns.size());
+    for (size_t i = 0; i < im.fns.size(); ++i) im.functions.push_back(im.function(i));
+  });
+  return im.functions;
 }
 const std::string &ElfFile::build_id() const {
   return impl_->build_id;
@@ -599,29 +969,30 @@ Result<Function> ElfFile::find_function(std::string_view query) const {
     }
   }
   std::string plain_name(plain);
-  if (auto it = im.by_name.find(plain_name); it != im.by_name.end()) {
+  if (std::span<const uint32_t> same = im.named(plain); !same.empty()) {
     // For a plain name: the default version (what a program linking today gets), then exported
     // over local, then the stronger binding; the lowest offset settles the rest.
     auto rank = [&](uint32_t i) {
-      const Function &f = im.functions[i];
-      return std::make_tuple(!f.hidden_version, f.exported, binding_rank(im.bindings[i]));
+      const FnRecord &f = im.fns[i];
+      return std::make_tuple(!f.hidden_version, f.exported != 0, binding_rank(f.bind));
     };
     std::optional<uint32_t> best;
     std::string known;
-    for (uint32_t i : it->second) {
-      const Function &f = im.functions[i];
-      known += (known.empty() ? "" : ", ") + (f.version.empty() ? "(none)" : f.version);
-      if (versioned && (f.version != version || (want_default && f.hidden_version))) continue;
+    for (uint32_t i : same) {
+      const FnRecord &f = im.fns[i];
+      const std::string_view v = im.str(f.version);
+      known += (known.empty() ? "" : ", ") + (v.empty() ? std::string("(none)") : std::string(v));
+      if (versioned && (v != version || (want_default && f.hidden_version))) continue;
       if (!best || rank(i) > rank(*best)) best = i;
     }
-    if (best) return im.functions[*best];
+    if (best) return im.function(*best);
     return fail(ENOENT, im.path + ": no function `" + std::string(query) + "` (`" + plain_name +
                             "` has versions " + known + ")");
   }
-  if (im.data_names.contains(plain_name))
+  if (im.listed(im.data_names, plain))
     return fail(EINVAL,
                 im.path + ": `" + std::string(query) + "` is a data symbol, not a function");
-  if (im.sizeless_names.contains(plain_name))
+  if (im.listed(im.sizeless_names, plain))
     return fail(EINVAL, im.path + ": `" + std::string(query) +
                             "` has no size in the symbol table, so its bounds are unknown; "
                             "probe it by file offset");
@@ -631,30 +1002,39 @@ Result<Function> ElfFile::find_function(std::string_view query) const {
   return fail(ENOENT, std::move(message));
 }
 
-const Function *ElfFile::function_containing(uint64_t file_offset) const {
+std::optional<Function> ElfFile::function_containing(uint64_t file_offset) const {
   const Impl &im = *impl_;
   // Innermost first (the latest start), then the aliases' best name: global binding, default
   // version, shortest, alphabetical.
   auto key = [&](size_t i) {
-    const Function &f = im.functions[i];
-    return std::make_tuple(f.file_offset, binding_rank(im.bindings[i]), !f.hidden_version,
-                           -static_cast<int64_t>(f.name.size()));
+    const FnRecord &f = im.fns[i];
+    return std::make_tuple(f.file_offset, binding_rank(f.bind), !f.hidden_version,
+                           -static_cast<int64_t>(f.name.len));
   };
   auto better = [&](size_t a, size_t b) {
     if (key(a) != key(b)) return key(a) > key(b);
-    return im.functions[a].name < im.functions[b].name;
+    return im.str(im.fns[a].name) < im.str(im.fns[b].name);
   };
-  auto it = std::upper_bound(im.functions.begin(), im.functions.end(), file_offset,
-                             [](uint64_t off, const Function &f) { return off < f.file_offset; });
+  auto it = std::upper_bound(im.fns.begin(), im.fns.end(), file_offset,
+                             [](uint64_t off, const FnRecord &f) { return off < f.file_offset; });
   std::optional<size_t> best;
   // Walk back from the last function starting at or before the offset; max_end says when no
   // earlier function can reach it any more.
-  for (size_t i = static_cast<size_t>(it - im.functions.begin()); i-- > 0;) {
-    if (im.max_end[i] <= file_offset) break;
-    const Function &f = im.functions[i];
+  for (size_t i = static_cast<size_t>(it - im.fns.begin()); i-- > 0;) {
+    if (im.fns[i].max_end <= file_offset) break;
+    const FnRecord &f = im.fns[i];
     if (file_offset - f.file_offset < f.size && (!best || better(i, *best))) best = i;
   }
-  return best ? &im.functions[*best] : nullptr;
+  if (!best) return std::nullopt;
+  return im.function(*best);
+}
+
+std::optional<uint64_t> ElfFile::next_function_start(uint64_t file_offset) const {
+  const auto &fns = impl_->fns;
+  auto it = std::lower_bound(fns.begin(), fns.end(), file_offset,
+                             [](const FnRecord &f, uint64_t o) { return f.file_offset < o; });
+  if (it == fns.end()) return std::nullopt;
+  return it->file_offset;
 }
 
 std::optional<ElfFile::CodeRange> ElfFile::unwind_range_containing(uint64_t file_offset) const {
@@ -693,12 +1073,14 @@ std::span<const uint8_t> ElfFile::section_bytes(const Section &section) const {
 
 std::optional<uint64_t> ElfFile::symbol_vaddr(std::string_view name) const {
   const Impl &im = *impl_;
-  std::string key(name);
-  if (auto it = im.other_symbols.find(key); it != im.other_symbols.end()) return it->second.vaddr;
-  if (auto it = im.by_name.find(key); it != im.by_name.end()) {
+  auto it = std::lower_bound(
+      im.other_symbols.begin(), im.other_symbols.end(), name,
+      [&im](const ValueRecord &v, std::string_view n) { return im.str(v.name) < n; });
+  if (it != im.other_symbols.end() && im.str(it->name) == name) return it->vaddr;
+  if (std::span<const uint32_t> same = im.named(name); !same.empty()) {
     // A function: the default version's address, as find_function() picks it.
     if (auto f = find_function(name)) return f->vaddr;
-    return im.functions[it->second.front()].vaddr;
+    return im.fns[same.front()].vaddr;
   }
   return std::nullopt;
 }

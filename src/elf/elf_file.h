@@ -27,6 +27,17 @@ struct FileId {
   auto operator<=>(const FileId &) const = default;
 };
 
+// A file's version, as stat() tells it: a file rewritten in place has another (size or mtime).
+struct FileVersion {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  uint64_t size = 0;
+  int64_t mtime_sec = 0;
+  int64_t mtime_nsec = 0;
+  static FileVersion of(const struct stat &st);
+  auto operator<=>(const FileVersion &) const = default;
+};
+
 struct Function {
   std::string name;     // plain name, version suffix removed ("memcpy", not "memcpy@@GLIBC_2.14")
   std::string version;  // "GLIBC_2.14" or empty
@@ -46,6 +57,7 @@ class ElfFile {
 
   const std::string &path() const;
   FileId id() const;
+  FileVersion version() const;
   // An executable with no PT_INTERP: ET_EXEC (gcc -static) or ET_DYN flagged DF_1_PIE
   // (gcc -static-pie). No dynamic linker ever runs in it, so nothing can load usprobe there.
   // Shared libraries are not executables, even libc.so.6, which has a PT_INTERP so it can run.
@@ -63,7 +75,8 @@ class ElfFile {
   const std::string &interpreter() const;
 
   // Every function with a nonzero size, from .symtab and .dynsym, one entry per (offset, name),
-  // sorted by file offset. Aliases at one offset are all listed.
+  // sorted by file offset. Aliases at one offset are all listed. (Made on the first call: the
+  // lookups below do not need it.)
   const std::vector<Function> &functions() const;
 
   // Find a function by name: plain ("memcpy") or versioned ("memcpy@@GLIBC_2.14",
@@ -72,10 +85,12 @@ class ElfFile {
   //         "FILE: `environ` is a data symbol, not a function".
   Result<Function> find_function(std::string_view name) const;
 
-  // The function whose [file_offset, file_offset+size) holds `file_offset`; nullptr if none.
+  // The function whose [file_offset, file_offset+size) holds `file_offset`; nullopt if none.
   // Where aliases overlap, the one with a global binding and the shortest name wins. (Where
   // functions of different starts overlap, the innermost, the one starting last, wins first.)
-  const Function *function_containing(uint64_t file_offset) const;
+  std::optional<Function> function_containing(uint64_t file_offset) const;
+  // Where the first function that starts at or after `file_offset` starts; nullopt if none does.
+  std::optional<uint64_t> next_function_start(uint64_t file_offset) const;
 
   // Code bounds from .eh_frame, which a stripped file keeps: the FDE whose
   // [file_offset, file_offset+size) holds `file_offset`; nullopt if none. An FDE covers one
@@ -134,10 +149,25 @@ class ElfFile {
   // packages install them). Empty when neither has one: then only .dynsym is known.
   const std::string &symtab_path() const;
 
+  // A file prepared in another process. Opening and indexing a file costs milliseconds (libc:
+  // 6 ms), paid by every process that a probed command execs; the CLI opens each probed file once
+  // and hands its index and bytes to them all (protocol/targets.h).
+  //
+  // The index, everything open() read from the file but its bytes, as bytes.
+  std::vector<uint8_t> index_image() const;
+  // Offers this process a prepared file: the next open() of a file of `version` takes its index
+  // from `image` and its bytes from `bytes` (version.size of them) instead of reading the file.
+  // `keep` keeps both alive as long as any ElfFile made from them. An image that does not read
+  // back whole is not used: open() reads the file then, as without it.
+  static void provide_prepared(const FileVersion &version, std::span<const uint8_t> bytes,
+                               std::span<const uint8_t> image, std::shared_ptr<const void> keep);
+
  private:
   ElfFile();
   static Result<std::shared_ptr<const ElfFile>> open_uncached(const std::string &path, int fd,
                                                               const struct stat &st);
+  static std::shared_ptr<const ElfFile> open_prepared(const std::string &path,
+                                                      const struct stat &st);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

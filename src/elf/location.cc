@@ -5,6 +5,7 @@
 #include "elf/location.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -106,9 +107,18 @@ Result<Implementation> resolve_ifunc(const std::shared_ptr<const ElfFile> &file,
   // dlvsym for a versioned symbol: the hidden versions are only reachable that way.
   void *addr = f.version.empty() ? ::dlsym(handle, f.name.c_str())
                                  : ::dlvsym(handle, f.name.c_str(), f.version.c_str());
+  // Most implementations are in the file itself (libc's __strlen_avx2): its link map's load bias
+  // says where without reading /proc/self/maps. An address inside one of the file's segments is
+  // the file's: the dynamic linker maps the whole image at the bias, and nothing else there.
+  std::optional<uint64_t> own_offset;
+  if (link_map *lm = nullptr; addr && ::dlinfo(handle, RTLD_DI_LINKMAP, &lm) == 0 && lm)
+    if (auto off = file->vaddr_to_offset(reinterpret_cast<uintptr_t>(addr) - lm->l_addr);
+        off && file->offset_is_executable(*off))
+      own_offset = off;
   // The object stays loaded: RTLD_NOLOAD only took one more reference, given back here.
   ::dlclose(handle);
   if (!addr) return fail(ENOENT, file->path() + ": the dynamic linker cannot find `" + what + "`");
+  if (own_offset) return Implementation{file, *own_offset};
   return map_address_to_file(file, reinterpret_cast<uintptr_t>(addr), what);
 }
 
@@ -225,7 +235,7 @@ Result<ResolvedLocation> resolve_one(std::string_view spec, OpenedFiles &opened_
     loc.file = file;
     loc.file_offset = *raw_offset;
     loc.func_offset = *raw_offset;
-    if (const Function *f = file->function_containing(*raw_offset)) {
+    if (std::optional<Function> f = file->function_containing(*raw_offset)) {
       loc.symbol = display_name(*f);
       loc.func_offset = f->file_offset;
       loc.func_size = f->size;
@@ -248,7 +258,7 @@ Result<ResolvedLocation> resolve_one(std::string_view spec, OpenedFiles &opened_
     loc.file = impl->file;
     loc.ifunc_resolved = true;
     entry = impl->file_offset;
-    if (const Function *f = loc.file->function_containing(entry)) {
+    if (std::optional<Function> f = loc.file->function_containing(entry)) {
       loc.symbol = display_name(*f);
       loc.func_offset = f->file_offset;
       loc.func_size = f->size;
@@ -395,7 +405,7 @@ Result<std::vector<ResolvedLocation>> resolve_usdt(std::string_view spec) {
     loc.file_offset = n->file_offset;
     loc.func_offset = n->file_offset;
     // The enclosing function's bounds: the site's analysis decodes it (branch targets).
-    if (const Function *f = file->function_containing(n->file_offset)) {
+    if (std::optional<Function> f = file->function_containing(n->file_offset)) {
       loc.symbol = display_name(*f);
       loc.func_offset = f->file_offset;
       loc.func_size = f->size;

@@ -317,7 +317,7 @@ TEST(CliKernelOracle, SqliteUnderAllOfLibcMatchesKernelUprobes) {
     }
     functions.push_back(name);
     kernel_probes.push_back({libc, where->offset});
-    const usprobe::elf::Function *impl = (*elf)->function_containing(where->offset);
+    std::optional<usprobe::elf::Function> impl = (*elf)->function_containing(where->offset);
     runs_in.push_back(impl ? impl->name : "?");
     std::set<std::string> names;
     for (const usprobe::elf::Function &f : (*elf)->functions()) {
@@ -386,7 +386,7 @@ TEST(CliKernelOracle, UsdtPythonFunctionEntryCountsWhatBpftraceCounts) {
   e2e::TempDir dir;
   const std::string script = dir.file("calls.py");
   FILE *f = std::fopen(script.c_str(), "w");
-  ASSERT_NE(f, nullptr);
+  ASSERT_TRUE(f);
   // CPython 3.11 fires function__entry on its tracing path only: a profile function enables it.
   std::fputs(
       "import sys\ndef f(n):\n    return n + 1\nsys.setprofile(slice)\n"

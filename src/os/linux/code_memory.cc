@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "os/linux/os_inline.h"
+#include "os/linux/proc_maps.h"
 
 namespace usprobe::os {
 namespace {
@@ -51,6 +52,74 @@ bool within(uint64_t a, uint64_t b, uint64_t reach) {
   return (a > b ? a - b : b - a) <= reach;
 }
 
+// The address space as the allocator judges it: every mapping, and the main stack's growth room
+// (its rlimit below it: a page there would stop the stack from growing), as [start, end) sorted by
+// start. A batch asks for slabs and stubs site after site, so a view read in the last 100 ms is
+// used again: a page it calls free that has been mapped since only makes the MAP_FIXED_NOREPLACE
+// mmap fail and the search go on, and one unmapped since by the program is only not used (our own
+// unmaps, free_code_within, drop the view). Every read of /proc/self/maps (the registry's, at each
+// attach) leaves its view here (note_address_space).
+using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+
+uint64_t now_ns() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1000000000u + static_cast<uint64_t>(now.tv_nsec);
+}
+
+Ranges ranges_of(const std::vector<Mapping> &maps) {
+  Ranges out;
+  out.reserve(maps.size());
+  for (const auto &m : maps) {
+    uint64_t start = m.start;
+    if (m.path == "[stack]") {
+      rlimit rl{};
+      uint64_t room = 8ull << 20;
+      if (getrlimit(RLIMIT_STACK, &rl) == 0)
+        room = rl.rlim_cur == RLIM_INFINITY ? 1ull << 30 : std::max<uint64_t>(room, rl.rlim_cur);
+      start = start > room ? start - room : 0;
+    }
+    out.emplace_back(start & ~(kPage - 1), m.end);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+constexpr uint64_t kViewLife = 100'000'000;  // ns
+// The last view noted by a read of the mappings, under its own lock (the reads come from anywhere,
+// g_mutex held or not).
+std::mutex g_noted_mutex;
+Ranges *g_noted = new Ranges;  // never destroyed, as the slabs
+uint64_t g_noted_at = 0;       // 0: none
+
+// The view, guarded by g_mutex.
+uint64_t g_taken_read_at = 0;  // 0: no view
+Result<const Ranges *> taken_ranges() {
+  static Ranges *taken = new Ranges;  // never destroyed, as the slabs
+  const uint64_t ns = now_ns();
+  if (g_taken_read_at != 0 && ns - g_taken_read_at < kViewLife) return taken;
+  {
+    std::lock_guard noted(g_noted_mutex);
+    if (g_noted_at != 0 && ns - g_noted_at < kViewLife) {
+      *taken = *g_noted;
+      g_taken_read_at = g_noted_at;
+      return taken;
+    }
+  }
+  auto maps = read_mappings();
+  if (!maps) return std::unexpected(maps.error());
+  *taken = ranges_of(*maps);
+  g_taken_read_at = ns;
+  return taken;
+}
+
+// Our own unmap: neither view holds any more.
+void drop_views() {
+  g_taken_read_at = 0;
+  std::lock_guard noted(g_noted_mutex);
+  g_noted_at = 0;
+}
+
 // Map a new slab in a free gap of the address space near `near`.
 void *map_slab_at(uint64_t addr) {
   void *p = mmap(reinterpret_cast<void *>(addr), kSlabSize, PROT_READ | PROT_EXEC,
@@ -70,13 +139,13 @@ Result<uint64_t> map_slab_near(uint64_t near, uint64_t reach) {
                                                within(next + kSlabSize, near, reach) &&
                                                next + kSlabSize <= 0x7ffffffff000ull)
     if (map_slab_at(next)) return next;
-  auto maps = read_mappings();
-  if (!maps) return std::unexpected(maps.error());
+  auto taken = taken_ranges();
+  if (!taken) return std::unexpected(taken.error());
   // Candidate addresses: just after and just before every mapping within reach, closest first.
   std::vector<uint64_t> candidates;
-  for (const auto &m : *maps) {
-    candidates.push_back((m.end + kPage - 1) & ~(kPage - 1));
-    if (m.start >= kSlabSize) candidates.push_back((m.start - kSlabSize) & ~(kPage - 1));
+  for (const auto &[start, end] : **taken) {
+    candidates.push_back((end + kPage - 1) & ~(kPage - 1));
+    if (start >= kSlabSize) candidates.push_back((start - kSlabSize) & ~(kPage - 1));
   }
   std::sort(candidates.begin(), candidates.end(), [near](uint64_t a, uint64_t b) {
     return (a > near ? a - near : near - a) < (b > near ? b - near : near - b);
@@ -217,40 +286,6 @@ void free_code(uint64_t addr, size_t size) {
   }
 }
 
-// The address space as alloc_code_within judges it: every mapping, and the main stack's growth
-// room (its rlimit below it: a page there would stop the stack from growing), as [start, end)
-// sorted by start. A batch asks for stubs site after site, so a view read in the last 100 ms is
-// used again: a page it calls free that has been mapped since only makes the MAP_FIXED_NOREPLACE
-// mmap fail and the search go on, and one unmapped since by the program is only not used (our own
-// unmaps, free_code_within, drop the view). Guarded by g_mutex.
-using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
-uint64_t g_taken_read_at = 0;  // 0: no view
-Result<const Ranges *> taken_ranges() {
-  static Ranges *taken = new Ranges;  // never destroyed, as the slabs
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  const uint64_t ns =
-      static_cast<uint64_t>(now.tv_sec) * 1000000000u + static_cast<uint64_t>(now.tv_nsec);
-  if (g_taken_read_at != 0 && ns - g_taken_read_at < 100000000u) return taken;
-  auto maps = read_mappings();
-  if (!maps) return std::unexpected(maps.error());
-  taken->clear();
-  for (const auto &m : *maps) {
-    uint64_t start = m.start;
-    if (m.path == "[stack]") {
-      rlimit rl{};
-      uint64_t room = 8ull << 20;
-      if (getrlimit(RLIMIT_STACK, &rl) == 0)
-        room = rl.rlim_cur == RLIM_INFINITY ? 1ull << 30 : std::max<uint64_t>(room, rl.rlim_cur);
-      start = start > room ? start - room : 0;
-    }
-    taken->emplace_back(start & ~(kPage - 1), m.end);
-  }
-  std::sort(taken->begin(), taken->end());
-  g_taken_read_at = ns;
-  return taken;
-}
-
 // Maps a page of [lo, hi) that `taken` leaves free and returns the address of a `size`-byte block
 // in it within [lo, hi); 0 when none could be mapped.
 uint64_t map_free_page(const Ranges &taken, uint64_t lo, uint64_t hi, size_t size) {
@@ -315,7 +350,7 @@ void free_code_within(uint64_t addr, size_t size) {
   std::erase(it->second, std::pair<uint64_t, size_t>(addr, size));
   if (it->second.empty()) {
     munmap(reinterpret_cast<void *>(it->first), kPage);
-    g_taken_read_at = 0;
+    drop_views();
     g_constrained.erase(it);
   }
 }
@@ -340,6 +375,13 @@ Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes) {
                 fmt::format("writing {} bytes of code at {:#x}: {}", bytes.size(), addr,
                             n < 0 ? strerror(errno) : "short write"));
   return {};
+}
+
+void note_address_space(const std::vector<Mapping> &maps) {
+  Ranges ranges = ranges_of(maps);
+  std::lock_guard noted(g_noted_mutex);
+  g_noted->swap(ranges);
+  g_noted_at = now_ns();
 }
 
 }  // namespace usprobe::os

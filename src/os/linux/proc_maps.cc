@@ -1,7 +1,9 @@
 // This process's mappings (core/os.h) from /proc/self/maps; each line as maps_line.h parses it.
 #include "os/linux/proc_maps.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <link.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -132,7 +134,9 @@ bool find_mapped_range(uint64_t addr, MappedRange &out) {
 Result<std::vector<Mapping>> read_mappings(const char *maps_path) {
   auto text = read_whole_file(maps_path);
   if (!text) return std::unexpected(text.error());
-  return parse_mappings(*text, maps_path);
+  auto maps = parse_mappings(*text, maps_path);
+  if (maps && std::string_view(maps_path) == "/proc/self/maps") note_address_space(*maps);
+  return maps;
 }
 
 Result<std::vector<Mapping>> parse_mappings(std::string_view text, std::string_view source) {
@@ -152,6 +156,16 @@ Result<std::vector<Mapping>> parse_mappings(std::string_view text, std::string_v
     out.push_back(std::move(m));
   }
   return out;
+}
+
+std::optional<LoadedObject> loaded_object_at(uint64_t addr) {
+  Dl_info info{};
+  link_map *lm = nullptr;
+  if (!::dladdr1(reinterpret_cast<const void *>(addr), &info, reinterpret_cast<void **>(&lm),
+                 RTLD_DL_LINKMAP) ||
+      !lm || !info.dli_fname || info.dli_fname[0] != '/')
+    return std::nullopt;
+  return LoadedObject{info.dli_fname, lm->l_addr};
 }
 
 }  // namespace usprobe::os

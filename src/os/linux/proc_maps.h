@@ -14,4 +14,8 @@ namespace usprobe::os {
 // line is not in the kernel's format ("start-end perms offset major:minor inode [path]").
 Result<std::vector<Mapping>> parse_mappings(std::string_view text, std::string_view source);
 
+// Every read of this process's own mappings hands them to the code allocator (code_memory.cc),
+// whose search for free address space then need not read them again for a while.
+void note_address_space(const std::vector<Mapping> &maps);
+
 }  // namespace usprobe::os

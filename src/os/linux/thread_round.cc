@@ -154,6 +154,11 @@ bool thread_blocks(pid_t tid, int sig) {
 
 }  // namespace
 
+bool only_thread() {
+  const std::vector<pid_t> tids = list_threads();
+  return tids.size() == 1 && tids.front() == os::raw_gettid();
+}
+
 std::vector<int> threads_blocking(int sig) {
   std::vector<int> out;
   for (pid_t tid : list_threads()) {

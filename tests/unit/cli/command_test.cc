@@ -14,7 +14,7 @@
 
 #include "core/site_analysis.h"
 #include "elf/location.h"
-#include "protocol/targets.h"
+#include "protocol/prepared.h"
 #include "resolve/library_finder.h"
 #include "target/command.h"
 #include "target/launch.h"
@@ -152,8 +152,8 @@ TEST(Launch, EnvironmentPreloadsTheAgentFirstAndNamesTheRegion) {
                      "USPROBE_AGENT_REGION=/proc/" + std::to_string(getpid()) + "/fd/7"}));
 }
 
-TEST(Launch, EnvironmentNamesTheTargetsTableAndDropsAnOldOne) {
-  std::vector<std::string> env_text = {"PATH=/bin", "USPROBE_AGENT_TARGETS=/old"};
+TEST(Launch, EnvironmentNamesThePreparedFilesAndDropsAnOldOne) {
+  std::vector<std::string> env_text = {"PATH=/bin", "USPROBE_AGENT_PREPARED=/old"};
   std::vector<char *> env;
   for (std::string &s : env_text) env.push_back(s.data());
   env.push_back(nullptr);
@@ -161,21 +161,21 @@ TEST(Launch, EnvironmentNamesTheTargetsTableAndDropsAnOldOne) {
   EXPECT_EQ(command_environment(env.data(), "/a.so", 7, 9),
             (std::vector<std::string>{"PATH=/bin", "LD_PRELOAD=/a.so", "USPROBE_AGENT_FD=7",
                                       "USPROBE_AGENT_REGION=" + here + "7",
-                                      "USPROBE_AGENT_TARGETS=" + here + "9"}));
+                                      "USPROBE_AGENT_PREPARED=" + here + "9"}));
   EXPECT_EQ(command_environment(env.data(), "/a.so", 7),
             (std::vector<std::string>{"PATH=/bin", "LD_PRELOAD=/a.so", "USPROBE_AGENT_FD=7",
                                       "USPROBE_AGENT_REGION=" + here + "7"}));
 }
 
-// The table of the probed files' branch targets (protocol/targets.h): libc once for an entry and
-// a return probe on it, its targets and complete ranges as the engine computes them, and no
-// process can change it.
-TEST(Launch, BranchTargetsTableIsSealedAndHoldsEachProbedFileOnce) {
+// The probed files, prepared (protocol/prepared.h): libc once for an entry and a return probe on
+// it, its targets and complete ranges as the engine computes them, its bytes, and an index image
+// from which an ElfFile answers as the opened one; and no process can change any of it.
+TEST(Launch, PreparedFilesAreSealedAndHoldEachProbedFileOnce) {
   auto libc = elf::resolve_location("libc:malloc");
   ASSERT_TRUE(libc) << libc.error().message;
   if (libc->file->build_id().empty()) GTEST_SKIP() << "libc has no build id";
   const std::string path = libc->file->path();
-  const int fd = branch_targets_memfd({path + ":malloc", "uretprobe:" + path + ":free"});
+  const int fd = prepared_files_memfd({path + ":malloc", "uretprobe:" + path + ":free"});
   ASSERT_GE(fd, 0);
   const int seals = fcntl(fd, F_GET_SEALS);
   EXPECT_EQ(seals & (F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL),
@@ -183,12 +183,14 @@ TEST(Launch, BranchTargetsTableIsSealedAndHoldsEachProbedFileOnce) {
   EXPECT_EQ(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), MAP_FAILED);
   struct stat st {};
   ASSERT_EQ(fstat(fd, &st), 0);
-  void *mem = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  const auto size = static_cast<size_t>(st.st_size);
+  void *mem = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   ASSERT_NE(mem, MAP_FAILED);
-  const auto *head = static_cast<const agent::TargetsHead *>(mem);
-  EXPECT_EQ(head->magic, agent::kTargetsMagic);
+  const auto *base = static_cast<const uint8_t *>(mem);
+  const auto *head = static_cast<const agent::PreparedHead *>(mem);
+  EXPECT_EQ(head->magic, agent::kPreparedMagic);
   ASSERT_EQ(head->files, 1u);
-  const auto *file = reinterpret_cast<const agent::TargetsFile *>(head + 1);
+  const auto *file = reinterpret_cast<const agent::PreparedFile *>(head + 1);
   EXPECT_EQ(file->dev, libc->file->id().dev);
   EXPECT_EQ(file->ino, libc->file->id().ino);
   EXPECT_EQ(std::string(file->build_id), libc->file->build_id());
@@ -197,17 +199,27 @@ TEST(Launch, BranchTargetsTableIsSealedAndHoldsEachProbedFileOnce) {
   ASSERT_EQ(file->count, expected->size());
   const auto &ranges = *file_complete_ranges(*libc->file);
   ASSERT_EQ(file->ranges, ranges.size());
-  EXPECT_EQ(static_cast<uint64_t>(st.st_size),
-            sizeof *head + sizeof *file + (file->count + 2 * file->ranges) * sizeof(uint64_t));
   const auto *words = reinterpret_cast<const uint64_t *>(file + 1);
   EXPECT_TRUE(std::equal(expected->begin(), expected->end(), words + file->first));
   for (size_t k = 0; k < ranges.size(); ++k) {
     EXPECT_EQ(words[file->ranges_first + 2 * k], ranges[k].first);
     EXPECT_EQ(words[file->ranges_first + 2 * k + 1], ranges[k].second);
   }
-  munmap(mem, static_cast<size_t>(st.st_size));
+  // The bytes are the file's, and the image the index's, where the record says.
+  const elf::FileVersion version = libc->file->version();
+  EXPECT_EQ(file->size, version.size);
+  EXPECT_EQ(file->mtime_sec, version.mtime_sec);
+  EXPECT_EQ(file->mtime_nsec, version.mtime_nsec);
+  ASSERT_LE(file->bytes_at + file->size, size);
+  ASSERT_LE(file->image_at + file->image_size, size);
+  std::span<const uint8_t> bytes = libc->file->bytes(0, file->size);
+  EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), base + file->bytes_at));
+  const std::vector<uint8_t> image = libc->file->index_image();
+  ASSERT_EQ(file->image_size, image.size());
+  EXPECT_TRUE(std::equal(image.begin(), image.end(), base + file->image_at));
+  munmap(mem, size);
   close(fd);
-  EXPECT_EQ(branch_targets_memfd({}), -1);
+  EXPECT_EQ(prepared_files_memfd({}), -1);
 }
 
 // The watchdog's search (launch.h): the processes that map the region, found by its inode.

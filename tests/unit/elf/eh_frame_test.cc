@@ -140,7 +140,7 @@ std::optional<PadBelow> pad_below(const ElfFile &file, uint64_t offset) {
   auto it = std::upper_bound(pads.begin(), pads.end(), offset);
   if (it == pads.begin()) return std::nullopt;
   --it;
-  const Function *f = file.function_containing(*it);
+  std::optional<Function> f = file.function_containing(*it);
   return PadBelow{*it, f ? f->name : ""};
 }
 
@@ -177,8 +177,8 @@ TEST(LandingPads, FunctionWithoutCleanupsHasNone) {
   ASSERT_TRUE(self);
   auto file = ElfFile::open(self->path);
   ASSERT_TRUE(file) << file.error().message;
-  const Function *f = (*file)->function_containing(self->offset);
-  ASSERT_NE(f, nullptr);
+  std::optional<Function> f = (*file)->function_containing(self->offset);
+  ASSERT_TRUE(f);
   const auto &pads = (*file)->landing_pads();
   auto in = std::lower_bound(pads.begin(), pads.end(), f->file_offset);
   EXPECT_TRUE(in == pads.end() || *in >= f->file_offset + f->size);
@@ -189,8 +189,8 @@ TEST(UnwindRanges, FdeBoundsAreTheSymbolsBounds) {
   ASSERT_TRUE(self);
   auto file = ElfFile::open(self->path);
   ASSERT_TRUE(file) << file.error().message;
-  const Function *f = (*file)->function_containing(self->offset);
-  ASSERT_NE(f, nullptr);
+  std::optional<Function> f = (*file)->function_containing(self->offset);
+  ASSERT_TRUE(f);
   auto range = (*file)->unwind_range_containing(self->offset + 1);
   ASSERT_TRUE(range);
   EXPECT_EQ(range->file_offset, f->file_offset);

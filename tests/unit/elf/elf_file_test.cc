@@ -187,14 +187,15 @@ TEST(ElfFile, FunctionContainingNamesTheEnclosingFunction) {
   auto malloc_fn = libc().find_function("malloc");
   ASSERT_TRUE(malloc_fn);
   // malloc has aliases at its address (__libc_malloc, ...): the shortest global name wins.
-  const Function *inside = libc().function_containing(malloc_fn->file_offset + 1);
-  ASSERT_NE(inside, nullptr);
+  std::optional<Function> inside = libc().function_containing(malloc_fn->file_offset + 1);
+  ASSERT_TRUE(inside);
   EXPECT_EQ(inside->name, "malloc");
   EXPECT_EQ(inside->file_offset, malloc_fn->file_offset);
-  const Function *last = libc().function_containing(malloc_fn->file_offset + malloc_fn->size - 1);
-  ASSERT_NE(last, nullptr);
+  std::optional<Function> last =
+      libc().function_containing(malloc_fn->file_offset + malloc_fn->size - 1);
+  ASSERT_TRUE(last);
   EXPECT_EQ(last->file_offset, malloc_fn->file_offset);
-  EXPECT_EQ(libc().function_containing(0), nullptr);  // the ELF header
+  EXPECT_FALSE(libc().function_containing(0));  // the ELF header
 }
 
 TEST(ElfFile, OffsetsAndAddressesTranslateThroughLoadSegments) {
@@ -313,8 +314,8 @@ TEST(ElfFile, SymbolVersionsOfALibraryBuiltHere) {
   EXPECT_EQ(old->file_offset, impl_old->file_offset);
   EXPECT_TRUE(old->hidden_version);
   // Where a global versioned name and a local one share an address, the global one names it.
-  const Function *at_old = (*f)->function_containing(impl_old->file_offset);
-  ASSERT_NE(at_old, nullptr);
+  std::optional<Function> at_old = (*f)->function_containing(impl_old->file_offset);
+  ASSERT_TRUE(at_old);
   EXPECT_EQ(at_old->name, "foo");
   EXPECT_EQ(at_old->version, "V1");
   for (const Function &fn : (*f)->functions())
@@ -322,6 +323,101 @@ TEST(ElfFile, SymbolVersionsOfALibraryBuiltHere) {
   auto counter = (*f)->find_function("counter");
   ASSERT_FALSE(counter);
   EXPECT_EQ(counter.error().message, lib + ": `counter` is a data symbol, not a function");
+}
+
+// A file prepared in another process (index_image, provide_prepared, as the CLI hands libc to
+// every process of a command) answers every question as the file opened here does. The bytes
+// handed over differ from the file's in one byte, which bytes() shows: proof that the prepared
+// file, not the file itself, answered.
+TEST(ElfFile, PreparedFileAnswersAsTheOpenedOne) {
+  const ElfFile &opened = libc();
+  const FileVersion version = opened.version();
+  std::span<const uint8_t> file_bytes = opened.bytes(0, version.size);
+  ASSERT_EQ(file_bytes.size(), version.size);
+  auto bytes = std::make_shared<std::vector<uint8_t>>(file_bytes.begin(), file_bytes.end());
+  const uint64_t marked = opened.sections().back().file_offset;  // not code, not the header
+  (*bytes)[marked] ^= 0xff;
+  auto image = std::make_shared<std::vector<uint8_t>>(opened.index_image());
+  ElfFile::provide_prepared(version, *bytes, *image, image);
+  // Another path to the same file: the cache of opened files keys on the path too.
+  const std::string link = (fs::path(::testing::TempDir()) / "prepared-libc.so.6").string();
+  fs::remove(link);
+  fs::create_symlink(libc_path(), link);
+  auto f = ElfFile::open(link);
+  ASSERT_TRUE(f) << f.error().message;
+  const ElfFile &prepared = **f;
+  ASSERT_EQ(prepared.bytes(marked, 1)[0], (*bytes)[marked]);
+  EXPECT_NE(prepared.bytes(marked, 1)[0], opened.bytes(marked, 1)[0]);
+
+  EXPECT_EQ(prepared.path(), link);
+  EXPECT_EQ(prepared.id(), opened.id());
+  EXPECT_EQ(prepared.build_id(), opened.build_id());
+  EXPECT_EQ(prepared.symtab_path(), opened.symtab_path());
+  EXPECT_EQ(prepared.is_program(), opened.is_program());
+  EXPECT_EQ(prepared.is_static_executable(), opened.is_static_executable());
+  EXPECT_EQ(prepared.entry_offset(), opened.entry_offset());
+  EXPECT_EQ(prepared.interpreter(), opened.interpreter());
+  ASSERT_EQ(prepared.functions().size(), opened.functions().size());
+  for (size_t i = 0; i < opened.functions().size(); ++i) {
+    const Function &a = prepared.functions()[i], &b = opened.functions()[i];
+    ASSERT_EQ(std::tie(a.name, a.version, a.vaddr, a.file_offset, a.size, a.ifunc, a.hidden_version,
+                       a.exported),
+              std::tie(b.name, b.version, b.vaddr, b.file_offset, b.size, b.ifunc, b.hidden_version,
+                       b.exported))
+        << i;
+  }
+  for (const char *name : {"malloc", "memcpy", "memcpy@GLIBC_2.2.5", "memcpy@@GLIBC_2.14", "mallok",
+                           "environ", "__libc_start_main", "_nl_C_locobj"}) {
+    auto a = prepared.find_function(name), b = opened.find_function(name);
+    ASSERT_EQ(a.has_value(), b.has_value()) << name;
+    if (a) {
+      EXPECT_EQ(a->file_offset, b->file_offset) << name;
+      EXPECT_EQ(a->version, b->version) << name;
+    } else {
+      // The same message but for the path it names.
+      std::string expected = b.error().message;
+      expected.replace(0, libc_path().size(), link);
+      EXPECT_EQ(a.error().message, expected) << name;
+    }
+    EXPECT_EQ(prepared.symbol_vaddr(name), opened.symbol_vaddr(name)) << name;
+  }
+  for (uint64_t off = 0; off < version.size; off += 997) {
+    auto a = prepared.function_containing(off), b = opened.function_containing(off);
+    ASSERT_EQ(a.has_value(), b.has_value()) << off;
+    if (a) {
+      ASSERT_EQ(a->name, b->name) << off;
+    }
+    ASSERT_EQ(prepared.next_function_start(off), opened.next_function_start(off)) << off;
+    ASSERT_EQ(prepared.offset_is_executable(off), opened.offset_is_executable(off)) << off;
+  }
+  ASSERT_EQ(prepared.sections().size(), opened.sections().size());
+  for (size_t i = 0; i < opened.sections().size(); ++i)
+    EXPECT_EQ(prepared.sections()[i].name, opened.sections()[i].name);
+  EXPECT_EQ(prepared.unwind_ranges().size(), opened.unwind_ranges().size());
+  EXPECT_EQ(prepared.landing_pads(), opened.landing_pads());
+  fs::remove(link);
+}
+
+// An image that does not read back whole (cut short here) is not used: open() reads the file.
+TEST(ElfFile, PreparedImageCutShortIsNotUsed) {
+  REQUIRE_GCC();
+  const std::string lib =
+      build_with_gcc("libcut.so", "-shared -fPIC", "int cut_fn(int x) { return x + 1; }\n");
+  ASSERT_FALSE(lib.empty());
+  auto f = ElfFile::open(lib);
+  ASSERT_TRUE(f) << f.error().message;
+  auto image = std::make_shared<std::vector<uint8_t>>((*f)->index_image());
+  image->resize(image->size() / 2);
+  std::span<const uint8_t> bytes = (*f)->bytes(0, (*f)->version().size);
+  ElfFile::provide_prepared((*f)->version(), bytes, *image, image);
+  const std::string link = lib + ".link";
+  fs::remove(link);
+  fs::create_symlink(lib, link);
+  auto g = ElfFile::open(link);
+  ASSERT_TRUE(g) << g.error().message;
+  auto fn = (*g)->find_function("cut_fn");
+  ASSERT_TRUE(fn) << fn.error().message;
+  EXPECT_EQ(fn->file_offset, (*f)->find_function("cut_fn")->file_offset);
 }
 
 }  // namespace

@@ -133,7 +133,7 @@ PprofProfile latency_profile(const std::vector<Probe> &probes, const Snapshot &t
       mapping = profile.add_mapping(
           {0, ec ? 0 : size, 0, p.site_file, elf ? elf->build_id() : std::string()});
       address = *p.site_offset;
-      if (const elf::Function *f = elf ? elf->function_containing(address) : nullptr)
+      if (std::optional<elf::Function> f = elf ? elf->function_containing(address) : std::nullopt)
         function = profile.add_function(demangle_names() ? demangle(f->name) : f->name, f->name);
     }
     // An IFUNC that the command resolves itself: no file known, the probe's name alone.

@@ -133,7 +133,7 @@ Frame Symbolizer::symbolize(uint64_t address, bool return_address) {
   if (module->deleted) return frame;
   const elf::ElfFile *elf = elf_for(*module);
   if (!elf) return frame;
-  if (const elf::Function *f = elf->function_containing(module->file_offset(lookup))) {
+  if (std::optional<elf::Function> f = elf->function_containing(module->file_offset(lookup))) {
     frame.function = demangled(f->name);
     frame.symbol = f->name;
     frame.function_offset = frame.file_offset - f->file_offset;

@@ -21,8 +21,8 @@
 
 #include "core/site_analysis.h"
 #include "elf/location.h"
+#include "protocol/prepared.h"
 #include "protocol/protocol.h"
-#include "protocol/targets.h"
 #include "resolve/paths.h"
 
 extern char **environ;
@@ -162,7 +162,7 @@ Result<std::string> find_agent() {
 }
 
 std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd,
-                                             int targets_fd) {
+                                             int prepared_fd) {
   std::string preload = agent;
   std::vector<std::string> out;
   for (char **e = env; e && *e; ++e) {
@@ -174,18 +174,18 @@ std::vector<std::string> command_environment(char **env, const std::string &agen
     }
     if (var.starts_with(std::string(agent::kEnvFd) + "=")) continue;
     if (var.starts_with(std::string(agent::kEnvPath) + "=")) continue;
-    if (var.starts_with(std::string(agent::kEnvTargets) + "=")) continue;
+    if (var.starts_with(std::string(agent::kEnvPrepared) + "=")) continue;
     out.emplace_back(var);
   }
   out.push_back("LD_PRELOAD=" + preload);
   out.push_back(std::string(agent::kEnvFd) + "=" + std::to_string(region_fd));
   out.push_back(fmt::format("{}=/proc/{}/fd/{}", agent::kEnvPath, getpid(), region_fd));
-  if (targets_fd >= 0)
-    out.push_back(fmt::format("{}=/proc/{}/fd/{}", agent::kEnvTargets, getpid(), targets_fd));
+  if (prepared_fd >= 0)
+    out.push_back(fmt::format("{}=/proc/{}/fd/{}", agent::kEnvPrepared, getpid(), prepared_fd));
   return out;
 }
 
-int branch_targets_memfd(const std::vector<std::string> &locations,
+int prepared_files_memfd(const std::vector<std::string> &locations,
                          const std::vector<std::string> &files_too) {
   // The probed files, each once: the engine's own resolution, as the agent's attach makes it.
   std::vector<std::string> specs;
@@ -196,7 +196,7 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
       files.push_back(f);
   };
   for (std::string_view l : locations) {
-    if (l.starts_with("uretprobe:")) l.remove_prefix(10);
+    l = elf::split_probe_type(l).location;
     if (elf::is_usdt_spec(l)) {
       if (auto sites = elf::resolve_usdt(l); sites && !sites->empty()) add(sites->front().file);
     } else {
@@ -209,15 +209,17 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
     if (auto f = elf::ElfFile::open(path)) add(*f);
   if (files.empty()) return -1;
 
-  agent::TargetsHead head{agent::kTargetsMagic, agent::kTargetsVersion, 0, 0};
-  std::vector<agent::TargetsFile> records;
+  agent::PreparedHead head{agent::kPreparedMagic, agent::kPreparedVersion, 0, 0};
+  std::vector<agent::PreparedFile> records;
   std::vector<uint64_t> words;  // every file's targets, then its complete ranges as pairs
+  std::vector<std::vector<uint8_t>> images;
+  std::vector<const elf::ElfFile *> kept;  // the file of each record
   for (const auto &f : files) {
-    if (records.size() == agent::kTargetsMaxFiles) break;
-    if (f->build_id().size() >= sizeof agent::TargetsFile::build_id) continue;
+    if (records.size() == agent::kPreparedMaxFiles) break;
+    if (f->build_id().size() >= sizeof agent::PreparedFile::build_id) continue;
     const std::vector<uint64_t> &t = *file_branch_targets(*f);
     const auto &ranges = *file_complete_ranges(*f);
-    agent::TargetsFile r{};
+    agent::PreparedFile r{};
     r.dev = f->id().dev;
     r.ino = f->id().ino;
     std::memcpy(r.build_id, f->build_id().data(), f->build_id().size());
@@ -230,25 +232,50 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
       words.push_back(offset);
       words.push_back(size);
     }
+    const elf::FileVersion v = f->version();
+    r.size = v.size;
+    r.mtime_sec = v.mtime_sec;
+    r.mtime_nsec = v.mtime_nsec;
     records.push_back(r);
+    images.push_back(f->index_image());
+    kept.push_back(f.get());
   }
   head.words = words.size();
   head.files = static_cast<uint32_t>(records.size());
-  int fd = ::memfd_create("usprobe-targets", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  // Each file's bytes, then its image, after the words, 8-aligned.
+  size_t size = sizeof head + records.size() * sizeof records[0] + head.words * 8;
+  auto align8 = [](size_t n) { return (n + 7) & ~size_t{7}; };
+  for (size_t i = 0; i < records.size(); ++i) {
+    records[i].bytes_at = size;
+    size = align8(size + records[i].size);
+    records[i].image_at = size;
+    records[i].image_size = images[i].size();
+    size = align8(size + images[i].size());
+  }
+  int fd = ::memfd_create("usprobe-prepared", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
   // Written through a mapping, which is gone before the seals go on (F_SEAL_WRITE refuses a file
   // with a writable mapping).
-  const size_t size = sizeof head + records.size() * sizeof records[0] + head.words * 8;
   bool ok = ::ftruncate(fd, static_cast<off_t>(size)) == 0;
   void *mem = ok ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
   ok = mem != MAP_FAILED;
   if (ok) {
-    char *at = static_cast<char *>(mem);
+    char *base = static_cast<char *>(mem), *at = base;
     std::memcpy(at, &head, sizeof head);
     at += sizeof head;
     if (!records.empty()) std::memcpy(at, records.data(), records.size() * sizeof records[0]);
     at += records.size() * sizeof records[0];
     if (!words.empty()) std::memcpy(at, words.data(), words.size() * sizeof words[0]);
+    for (size_t i = 0; i < records.size(); ++i) {
+      std::span<const uint8_t> bytes = kept[i]->bytes(0, records[i].size);
+      if (bytes.size() != records[i].size) {
+        ok = false;
+        break;
+      }
+      std::memcpy(base + records[i].bytes_at, bytes.data(), bytes.size());
+      if (!images[i].empty())
+        std::memcpy(base + records[i].image_at, images[i].data(), images[i].size());
+    }
     ::munmap(mem, size);
   }
   ok =
@@ -261,10 +288,10 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
 }
 
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
-                     const sigset_t &child_mask, int stdout_fd, int targets_fd) {
+                     const sigset_t &child_mask, int stdout_fd, int prepared_fd) {
   // Everything the child needs is built before fork: between fork and exec it may only make
   // async-signal-safe calls.
-  std::vector<std::string> env = command_environment(environ, agent, region_fd, targets_fd);
+  std::vector<std::string> env = command_environment(environ, agent, region_fd, prepared_fd);
   std::vector<char *> envp, argv;
   for (std::string &e : env) envp.push_back(e.data());
   envp.push_back(nullptr);

@@ -25,16 +25,17 @@ struct Child {
 };
 
 // The environment the command gets: `env` with LD_PRELOAD=<agent>[:<old LD_PRELOAD>],
-// USPROBE_AGENT_FD=<fd> and, with targets_fd >= 0, USPROBE_AGENT_TARGETS naming that memfd
-// (protocol/targets.h).
+// USPROBE_AGENT_FD=<fd> and, with prepared_fd >= 0, USPROBE_AGENT_PREPARED naming that memfd
+// (protocol/prepared.h).
 std::vector<std::string> command_environment(char **env, const std::string &agent, int region_fd,
-                                             int targets_fd = -1);
+                                             int prepared_fd = -1);
 
-// The branch targets of every file that `locations` (the plan's) probe, and of `files` (the
-// dynamic linker, where the engine places its own probe), computed here once for all the
-// processes of the command, in a memfd sealed against any change (protocol/targets.h); -1 when
-// there is nothing to share or it could not be made (each process decodes its files then).
-int branch_targets_memfd(const std::vector<std::string> &locations,
+// Every file that `locations` (the plan's) probe, and `files` (the dynamic linker, where the
+// engine places its own probe), prepared here once for all the processes of the command (its
+// index, bytes and branch targets), in a memfd sealed against any change (protocol/prepared.h);
+// -1 when there is nothing to share or it could not be made (each process reads and decodes its
+// files then).
+int prepared_files_memfd(const std::vector<std::string> &locations,
                          const std::vector<std::string> &files = {});
 
 // Forks and executes the command in usprobe's process group (it keeps the terminal), with
@@ -49,7 +50,7 @@ int branch_targets_memfd(const std::vector<std::string> &locations,
 // left (a forking command), so that no process of the command is left running probed with
 // nobody reading what its probes write.
 Result<Child> launch(const Command &command, const std::string &agent, int region_fd,
-                     const sigset_t &child_mask, int stdout_fd = -1, int targets_fd = -1);
+                     const sigset_t &child_mask, int stdout_fd = -1, int prepared_fd = -1);
 
 // The processes other than `self` that map the memfd of device `dev` and inode `ino` (from
 // /proc/PID/maps): the processes of the command, for the watchdog.

@@ -47,7 +47,7 @@ class LaunchedTarget final : public Target {
   explicit LaunchedTarget(Command command) : command_(std::move(command)) {}
   ~LaunchedTarget() override {
     if (pidfd_ >= 0) ::close(pidfd_);
-    if (targets_fd_ >= 0) ::close(targets_fd_);
+    if (prepared_fd_ >= 0) ::close(prepared_fd_);
   }
 
   LibraryFinder finder() const override {
@@ -71,9 +71,9 @@ class LaunchedTarget final : public Target {
     for (const PlanEntry &e : plan) locations.push_back(e.location);
     std::vector<std::string> files;  // the dynamic linker: the engine follows it with a probe
     if (!command_.interp.empty()) files.push_back(command_.interp);
-    targets_fd_ = branch_targets_memfd(locations, files);
+    prepared_fd_ = prepared_files_memfd(locations, files);
     auto child =
-        launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_, targets_fd_);
+        launch(command_, agent, region_->fd(), supervisor.child_mask(), stdout_fd_, prepared_fd_);
     if (!child) return std::unexpected(child.error());
     child_ = *child;
     pidfd_ = open_pidfd(child_.pid);
@@ -136,8 +136,8 @@ class LaunchedTarget final : public Target {
   std::optional<Region> region_;
   Child child_;
   int pidfd_ = -1;
-  int targets_fd_ = -1;  // the probed files' branch targets, for the command (protocol/targets.h)
-  int stdout_fd_ = -1;   // the command's stdout, when not usprobe's (Output)
+  int prepared_fd_ = -1;  // the probed files, prepared for the command (protocol/prepared.h)
+  int stdout_fd_ = -1;    // the command's stdout, when not usprobe's (Output)
 };
 
 }  // namespace
