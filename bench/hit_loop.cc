@@ -49,6 +49,16 @@ void sum_usdt_arg0(usprobe_hit *hit, void *) {
   t_arg_sum += usprobe_usdt_arg(hit, 0);
 }
 
+// A timing pair's work without the clock (usprobe latency's handlers read rdtsc): the entry keeps a
+// word in the call's session, the return adds it up. Neither reads a register.
+thread_local uint64_t t_calls = 0;
+void keep_entry(usprobe_hit *hit, void *) {
+  if (uint64_t *session = usprobe_session(hit)) session[0] = ++t_calls;
+}
+void sum_return(usprobe_hit *hit, void *) {
+  if (const uint64_t *session = usprobe_session(hit)) t_arg_sum += session[0];
+}
+
 }  // namespace
 
 // Not static, not inlined: callgrind's --toggle-collect names it.
@@ -63,8 +73,8 @@ int main(int argc, char **argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help")) {
     std::fprintf(
         stderr,
-        "usage: %s plain|entry|callback|int3|mid_plain|mid|return|usdt_plain|usdt|usdt_arg "
-        "[N]\n",
+        "usage: %s plain|entry|callback|int3|mid_plain|mid|return|pair|pair_regs|usdt_plain|usdt|"
+        "usdt_arg [N]\n",
         argv[0]);
     return 2;
   }
@@ -93,6 +103,12 @@ int main(int argc, char **argv) {
     fn = tgt_counted_mid, loc = mid;
   } else if (mode == "return") {
     loc = "uretprobe:libusprobe_targets.so:tgt_counted";
+  } else if (mode == "pair" || mode == "pair_regs") {
+    // Entry and return handlers that read no register (pair: USPROBE_NO_REGS, on the fast
+    // path; pair_regs: without it, the full path), as usprobe latency's.
+    loc = entry, callback = true;
+    consumer = {keep_entry, nullptr, sum_return};
+    flags = USPROBE_GENERAL_REGS_ONLY | (mode == "pair" ? USPROBE_NO_REGS : 0u);
 #ifdef USPROBE_BENCH_USDT
   } else if (mode == "usdt_plain") {
     fn = usdt_tick;
@@ -121,7 +137,16 @@ int main(int argc, char **argv) {
                 hits, n + 1, usprobe_link_uses_int3(link) ? " (int3 path)" : "");
     if (hits != static_cast<uint64_t>(n) + 1) rc = 1;
     // The callback saw argument 0 = 0 (the first call), then 0, 1, ..., n - 1.
-    if (callback && t_arg_sum != static_cast<uint64_t>(n) * static_cast<uint64_t>(n - 1) / 2) {
+    const bool pair = mode == "pair" || mode == "pair_regs";
+    // The pair's entries numbered the calls 1, 2, ..., n + 1; the returns summed those.
+    if (pair && t_arg_sum != static_cast<uint64_t>(n + 1) * static_cast<uint64_t>(n + 2) / 2) {
+      std::fprintf(stderr, "%s: the returns summed %" PRIu64 ", expected %" PRIu64 "\n",
+                   mode.c_str(), t_arg_sum,
+                   static_cast<uint64_t>(n + 1) * static_cast<uint64_t>(n + 2) / 2);
+      rc = 1;
+    }
+    if (callback && !pair &&
+        t_arg_sum != static_cast<uint64_t>(n) * static_cast<uint64_t>(n - 1) / 2) {
       std::fprintf(stderr, "%s: the callback summed %" PRIu64 ", expected %" PRIu64 "\n",
                    mode.c_str(), t_arg_sum,
                    static_cast<uint64_t>(n) * static_cast<uint64_t>(n - 1) / 2);

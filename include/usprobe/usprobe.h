@@ -100,6 +100,15 @@ int usprobe_attach(const char *location, const usprobe_consumer *consumer, uspro
  * -mgeneral-regs-only and call nothing that is not): the trampoline may skip saving the vector
  * state for them, as it does for the built-in counter. Applies per link. */
 #define USPROBE_GENERAL_REGS_ONLY 0x2u
+/* The consumer's handlers read no register of the hit: they count, keep a time in the call's
+ * session, and the like. The trampolines' fast paths, which save only the registers a call may
+ * change and build no register view, then run them (with USPROBE_GENERAL_REGS_ONLY too, and where
+ * the location has one entry handler and one return probe at most). When a handler runs there,
+ * usprobe_arg, usprobe_retval, usprobe_hit_reg, usprobe_hit_ip (at an entry), usprobe_hit_sp (at
+ * an entry) and the other register readers answer 0 (usprobe_hit_regs NULL, usprobe_hit_stack
+ * -EINVAL), on the jump and the int3 path alike; a hit that the fast path leaves to the full one
+ * (a thread's first, or beside a consumer without the flag) has them as usual. Applies per link. */
+#define USPROBE_NO_REGS 0x4u
 
 int usprobe_attach_ex(const char *location, const usprobe_consumer *consumer, unsigned flags,
                       usprobe_link **link);

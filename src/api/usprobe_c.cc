@@ -64,16 +64,17 @@ void set_messages(std::string messages) {
   last_error() = std::move(messages);
 }
 
-constexpr unsigned kKnownFlags = USPROBE_FORCE_INT3 | USPROBE_GENERAL_REGS_ONLY;
+constexpr unsigned kKnownFlags = USPROBE_FORCE_INT3 | USPROBE_GENERAL_REGS_ONLY | USPROBE_NO_REGS;
 
 // The checks every attach makes before it touches anything; 0 or a reported negative errno.
 int check_attach(const char *what, unsigned flags) {
   if (flags & ~kKnownFlags)
     return report(
-        {EINVAL,
-         fmt::format("{}: unknown flag bits {:#x} (the flags are "
-                     "USPROBE_FORCE_INT3 {:#x} and USPROBE_GENERAL_REGS_ONLY {:#x})",
-                     what, flags & ~kKnownFlags, USPROBE_FORCE_INT3, USPROBE_GENERAL_REGS_ONLY)});
+        {EINVAL, fmt::format("{}: unknown flag bits {:#x} (the flags are "
+                             "USPROBE_FORCE_INT3 {:#x}, USPROBE_GENERAL_REGS_ONLY {:#x} and "
+                             "USPROBE_NO_REGS {:#x})",
+                             what, flags & ~kKnownFlags, USPROBE_FORCE_INT3,
+                             USPROBE_GENERAL_REGS_ONLY, USPROBE_NO_REGS)});
   if (const char *why = usprobe::registry::self_deadlock(false)) return report_fixed(EDEADLK, why);
   return 0;
 }
@@ -208,16 +209,18 @@ USPROBE_API int usprobe_notify_mapping(void) {
   return ok ? 0 : report(ok.error());
 }
 
+// A hit without registers: an entry handler of USPROBE_NO_REGS run on the fast path.
 USPROBE_API uint64_t usprobe_arg(const usprobe_hit *hit, unsigned n) {
-  if (!hit || hit->returning) return 0;  // the argument registers are long gone at a return
+  // The argument registers are long gone at a return.
+  if (!hit || hit->returning || !hit->regs) return 0;
   return usprobe::arch::arg(*hit->regs, n);
 }
 USPROBE_API void usprobe_set_arg(usprobe_hit *hit, unsigned n, uint64_t value) {
-  if (!hit || hit->returning) return;
+  if (!hit || hit->returning || !hit->regs) return;
   usprobe::arch::set_arg(*hit->regs, n, value);
 }
 USPROBE_API uint64_t usprobe_hit_reg(const usprobe_hit *hit, usprobe_reg reg) {
-  return hit ? usprobe::arch::reg(*hit->regs, reg) : 0;
+  return hit && hit->regs ? usprobe::arch::reg(*hit->regs, reg) : 0;
 }
 USPROBE_API const uint64_t *usprobe_hit_regs(const usprobe_hit *hit) {
   return hit ? reinterpret_cast<const uint64_t *>(hit->regs) : nullptr;
@@ -228,26 +231,27 @@ USPROBE_API int usprobe_reg_index(usprobe_reg reg) {
 USPROBE_API uint64_t usprobe_hit_ip(const usprobe_hit *hit) {
   if (!hit) return 0;
   if (hit->returning) return hit->returning->entry_ip;
-  return usprobe::arch::reg(*hit->regs, USPROBE_RIP);
+  return hit->regs ? usprobe::arch::reg(*hit->regs, USPROBE_RIP) : 0;
 }
 USPROBE_API uint64_t usprobe_hit_sp(const usprobe_hit *hit) {
   if (!hit) return 0;
   if (hit->returning) return hit->returning->sp;  // the function's entry %rsp
-  return usprobe::arch::reg(*hit->regs, USPROBE_RSP);
+  return hit->regs ? usprobe::arch::reg(*hit->regs, USPROBE_RSP) : 0;
 }
 USPROBE_API uint64_t usprobe_hit_flags(const usprobe_hit *hit) {
-  return hit ? usprobe::arch::reg(*hit->regs, USPROBE_RFLAGS) : 0;
+  return hit && hit->regs ? usprobe::arch::reg(*hit->regs, USPROBE_RFLAGS) : 0;
 }
 USPROBE_API uint64_t usprobe_hit_return_address(const usprobe_hit *hit) {
   if (!hit) return 0;
   if (hit->returning) return hit->returning->return_address;
+  if (!hit->regs) return 0;
   return *reinterpret_cast<const uint64_t *>(usprobe_hit_sp(hit));
 }
 USPROBE_API uint64_t usprobe_retval(const usprobe_hit *hit) {
-  return hit && hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RAX) : 0;
+  return hit && hit->returning && hit->regs ? usprobe::arch::reg(*hit->regs, USPROBE_RAX) : 0;
 }
 USPROBE_API uint64_t usprobe_retval_high(const usprobe_hit *hit) {
-  return hit && hit->returning ? usprobe::arch::reg(*hit->regs, USPROBE_RDX) : 0;
+  return hit && hit->returning && hit->regs ? usprobe::arch::reg(*hit->regs, USPROBE_RDX) : 0;
 }
 USPROBE_API double usprobe_retval_double(const usprobe_hit *hit) {
   if (!hit || !hit->returning || !hit->vectors) return __builtin_nan("");
@@ -286,7 +290,7 @@ USPROBE_API int usprobe_usdt_arg_count(const usprobe_hit *hit) {
 }
 
 USPROBE_API uint64_t usprobe_usdt_arg(const usprobe_hit *hit, unsigned n) {
-  if (!hit || hit->returning) return 0;
+  if (!hit || hit->returning || !hit->regs) return 0;
   const usprobe::elf::UsdtProbe *usdt = hit->probe->usdt.load(std::memory_order_acquire);
   if (!usdt || n >= usdt->args.size()) return 0;
   uint64_t v = 0;

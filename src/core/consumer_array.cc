@@ -44,6 +44,12 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
   a->simple_handlers = entry_handlers <= 1 && return_handlers <= 1 && returns <= 1 &&
                        entry_handlers + return_handlers > 0;
   if (!a->simple_handlers) a->entry_handler = a->return_handler = kNoHandler;
+  a->fast_callbacks =
+      a->has_callbacks && a->simple_handlers && !a->wants_vector_state &&
+      std::all_of(v.begin(), v.end(), [](auto &e) { return !e.on_entry || e.without_regs; });
+  a->fast_return_callbacks =
+      a->has_return_callbacks && a->simple_handlers && !a->return_wants_vector_state &&
+      std::all_of(v.begin(), v.end(), [](auto &e) { return !e.on_return || e.without_regs; });
   a->single_entry_callback = v.size() == 1 && v[0].on_entry != nullptr && !v[0].count_returns;
   static std::atomic<uint64_t> next_id{1};
   a->id = next_id.fetch_add(1, std::memory_order_relaxed);
@@ -85,7 +91,10 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   // Release: dispatch's acquire load sees a fully built array.
   const ConsumerArray *old = p->consumers.exchange(next, std::memory_order_acq_rel);
   if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
-  p->no_entry_handlers.store(!next || !next->has_callbacks, std::memory_order_relaxed);
+  p->no_entry_handlers.store(!next || !next->has_callbacks || next->fast_callbacks,
+                             std::memory_order_relaxed);
+  p->fast_entry_handlers.store(next && next->fast_callbacks, std::memory_order_relaxed);
+  p->fast_return_handlers.store(next && next->fast_return_callbacks, std::memory_order_relaxed);
   p->single_entry_callback.store(next && next->single_entry_callback, std::memory_order_relaxed);
   const bool old_external = p->counter_word_external;
   p->counter_word_external = external;

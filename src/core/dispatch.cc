@@ -153,6 +153,12 @@ bool finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, co
   return true;
 }
 
+// Whether the return goes to the full return code (`landing`): return handlers that the fast
+// return path cannot run (ConsumerArray::fast_return_callbacks).
+inline bool full_return(const ConsumerArray *a) {
+  return a->has_return_callbacks && !a->fast_return_callbacks;
+}
+
 // Out of line: the indirect calls would otherwise make every hit save callee-saved registers.
 __attribute__((noinline)) void run_callbacks(const ConsumerArray *a, arch::Regs *regs,
                                              const Probe *probe, ReturnInstance *inst) {
@@ -250,8 +256,8 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
     ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
     if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
     if (inst && finish_return(rec, inst, regs, probe, a->has_callbacks,
-                              a->has_return_callbacks ? landing : landing_counted))
-      return a->has_return_callbacks ? kDispatchReturnProbe : kDispatchReturnCounted;
+                              full_return(a) ? landing : landing_counted))
+      return full_return(a) ? kDispatchReturnProbe : kDispatchReturnCounted;
     return kDispatchDone;
   });
 }
@@ -305,7 +311,8 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
   const bool counted = handler_section<kHandlers>(rec, [&] {
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
     if (!a || a->id != inst.array_id ||
-        !(kHandlers ? vectors != nullptr || !a->return_wants_vector_state
+        !(kHandlers ? (vectors != nullptr || !a->return_wants_vector_state) &&
+                          (regs != nullptr || a->fast_return_callbacks)
                     : !a->has_return_callbacks))
       return false;
     for (uint32_t k = 0; k < inst.sessions; ++k)
@@ -334,14 +341,17 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
 // handlers (ConsumerArray::simple_handlers: one entry handler at most, one return probe at most),
 // and room on the return stack. What dispatch_general would do, without its loops over sessions;
 // kDispatchFull, having done nothing, for anything else.
-inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const Probe *probe, int vector_saved,
-                          uint64_t landing, uint64_t landing_counted) {
+// `regs` null: the fast path's call, for handlers that read no register (ConsumerArray::
+// fast_callbacks); `slot` and `ip` are the return address's slot and the probed address.
+inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const uint64_t *slot, uint64_t ip,
+                          const Probe *probe, int vector_saved, uint64_t landing,
+                          uint64_t landing_counted) {
   if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
     if (!a || !a->simple_handlers || (!vector_saved && a->wants_vector_state) ||
-        (a->has_returns && rec->return_top >= rec->return_depth))
+        (!regs && !a->fast_callbacks) || (a->has_returns && rec->return_top >= rec->return_depth))
       return kDispatchFull;
     for (uint32_t i = 0; i < a->count; ++i)
       bump(rec->counters[kCounterWords * a->entries[i].slot + kHits]);
@@ -358,9 +368,8 @@ inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const Probe *prob
       if (a->entry_session && inst->session[0].skip) return kDispatchDone;  // declined the return
     }
     if (!inst) return kDispatchDone;
-    push_instance(rec, inst, arch::return_address_slot(*regs), arch::hit_ip(*regs), probe,
-                  a->has_return_callbacks ? landing : landing_counted);
-    return a->has_return_callbacks ? kDispatchReturnProbe : kDispatchReturnCounted;
+    push_instance(rec, inst, slot, ip, probe, full_return(a) ? landing : landing_counted);
+    return full_return(a) ? kDispatchReturnProbe : kDispatchReturnCounted;
   });
 }
 
@@ -368,7 +377,8 @@ inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const Probe *prob
 __attribute__((noinline)) int handlers_path(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
                                             int vector_saved, uint64_t landing,
                                             uint64_t landing_counted) {
-  const int r = entry_handlers(rec, regs, probe, vector_saved, landing, landing_counted);
+  const int r = entry_handlers(rec, regs, arch::return_address_slot(*regs), arch::hit_ip(*regs),
+                               probe, vector_saved, landing, landing_counted);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;
   return dispatch_general(rec, regs, probe, vector_saved, landing, landing_counted);
 }
@@ -431,13 +441,46 @@ extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector
   return counters_path(rec, regs, probe, vector_saved, landing, landing_counted);
 }
 
-extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,
-                                  uint64_t landing_counted) {
-  return entry_counters(t_record, probe, slot, ip, landing_counted);
+namespace {
+
+// Out of line, so that usprobe_entry_fast saves no register for the counters: entry handlers that
+// read no register (USPROBE_NO_REGS), run by entry_handlers without a register view.
+__attribute__((noinline)) int fast_handlers_path(ThreadRecord *rec, const Probe *probe,
+                                                 const uint64_t *slot, uint64_t ip,
+                                                 uint64_t landing_counted, uint64_t landing) {
+  return entry_handlers(rec, nullptr, slot, ip, probe, 0, landing, landing_counted);
 }
 
+}  // namespace
+
+extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,
+                                  uint64_t landing_counted, uint64_t landing) {
+  ThreadRecord *rec = t_record;
+  // A stale hint costs the full path (each refuses what is not its own).
+  if (__builtin_expect(probe->fast_entry_handlers.load(std::memory_order_relaxed), 0))
+    return fast_handlers_path(rec, probe, slot, ip, landing_counted, landing);
+  return entry_counters(rec, probe, slot, ip, landing_counted);
+}
+
+namespace {
+
+// Out of line, so that usprobe_return_fast saves no register for the counters: a return handler
+// that reads no register (USPROBE_NO_REGS), run by return_counters without a register view.
+__attribute__((noinline)) uint64_t fast_return_path(ThreadRecord *rec, uint64_t slot) {
+  return return_counters<true>(rec, slot);
+}
+
+}  // namespace
+
 extern "C" uint64_t usprobe_return_fast(uint64_t slot) {
-  return return_counters<false>(t_record, slot);
+  ThreadRecord *rec = t_record;
+  // The newest instance's probe says (a stale hint costs the full return code).
+  if (const uint32_t top = rec->return_top;
+      top != 0 &&
+      __builtin_expect(
+          rec->returns[top - 1].probe->fast_return_handlers.load(std::memory_order_relaxed), 0))
+    return fast_return_path(rec, slot);
+  return return_counters<false>(rec, slot);
 }
 
 namespace {

@@ -28,15 +28,15 @@ enum : int {
 extern "C" int usprobe_dispatch(usprobe::arch::Regs *regs, const usprobe::Probe *probe,
                                 int vector_saved, uint64_t landing, uint64_t landing_counted);
 
-// The trampolines' fast paths, for probes whose consumers are built-in counters only
-// (Probe::no_entry_handlers): called with only the caller-saved registers saved, no Regs view.
-// usprobe_entry_fast: `slot` is where the return address is (the function's entry %rsp), `ip`
-// the probed address; returns kDispatchDone, kDispatchReturnCounted (from `landing_counted`), or
-// kDispatchFull having done nothing. usprobe_return_fast: `slot` is where the returned-from return
-// address was; returns the original return address, or 0 having done nothing (then the full return
-// code runs).
+// The trampolines' fast paths, for probes whose consumers are built-in counters, or entry handlers
+// that read no register (Probe::no_entry_handlers): called with only the caller-saved registers
+// saved, no Regs view. usprobe_entry_fast: `slot` is where the return address is (the function's
+// entry %rsp), `ip` the probed address; returns kDispatchDone, kDispatchReturnCounted (from
+// `landing_counted`), kDispatchReturnProbe (from `landing`), or kDispatchFull having done nothing.
+// usprobe_return_fast: `slot` is where the returned-from return address was; returns the original
+// return address, or 0 having done nothing (then the full return code runs).
 extern "C" int usprobe_entry_fast(const usprobe::Probe *probe, const uint64_t *slot, uint64_t ip,
-                                  uint64_t landing_counted);
+                                  uint64_t landing_counted, uint64_t landing);
 extern "C" uint64_t usprobe_return_fast(uint64_t slot);
 
 // Called by the shared return code (arch::make_return_trampoline) with the return registers. Pops

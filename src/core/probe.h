@@ -30,6 +30,7 @@ struct ConsumerEntry {
   bool wants_vector_state;  // its handlers may touch vector registers (not GENERAL_REGS_ONLY)
   void (*on_return)(usprobe_hit *, void *);
   bool count_returns;  // a return probe: on_return set, or "uretprobe:" with the built-in counter
+  bool without_regs = false;  // USPROBE_NO_REGS: its handlers read no register
   // A counter kept outside the engine (registry::count_on_counter_path): alone at its probe, its
   // entry hits are counted by the counter path at this offset from the thread's home, and by
   // on_entry on the full path; the engine's own hits of the slot then count the full path's only.
@@ -50,7 +51,13 @@ struct ConsumerArray {
   // misses).
   uint32_t return_sessions = 0;
   bool return_overflow = false;
-  bool has_callbacks = false;              // some entry has on_entry
+  bool has_callbacks = false;  // some entry has on_entry
+  // Simple handlers (below) whose on_entry reads no register and no vector state
+  // (USPROBE_NO_REGS with GENERAL_REGS_ONLY): the fast path (usprobe_entry_fast) runs them.
+  bool fast_callbacks = false;
+  // Likewise for the return handler (usprobe_return_fast runs it): the entry then takes the
+  // return from landing_counted, whose return tries the fast path first.
+  bool fast_return_callbacks = false;
   bool wants_vector_state = false;         // some entry's on_entry may touch vector registers
   bool has_returns = false;                // some entry is a return probe (count_returns)
   bool has_return_callbacks = false;       // some entry has on_return
@@ -111,10 +118,17 @@ struct Probe {
   // vector registers (-mgeneral-regs-only). A stale read is harmless: dispatch asks for a retry
   // with the state saved when it meets a callback that wants it.
   std::atomic<uint8_t> wants_vector_state{0};
-  // Nonzero while no consumer has an entry handler: the function-entry trampoline then tries
-  // usprobe_entry_fast first, saving only the caller-saved registers. A stale read is harmless:
+  // Nonzero while no consumer has an entry handler that reads registers (none, or all
+  // USPROBE_NO_REGS): the function-entry trampoline then tries usprobe_entry_fast first,
+  // saving only the caller-saved registers. A stale read is harmless:
   // the fast path refuses (kDispatchFull) what it cannot do, and the full path does everything.
   std::atomic<uint8_t> no_entry_handlers{0};
+  // Nonzero while the consumers' entry handlers read no register (ConsumerArray::fast_callbacks):
+  // usprobe_entry_fast runs them without a register view. Stale, it costs the full path.
+  std::atomic<uint8_t> fast_entry_handlers{0};
+  // Likewise for its return handler (ConsumerArray::fast_return_callbacks): usprobe_return_fast
+  // runs it.
+  std::atomic<uint8_t> fast_return_handlers{0};
   // The counter path's word (core/thread_record.h): counter_word(slot) while the consumers are one
   // built-in entry counter alone (no handler, no return probe), counter_word_at(offset) while they
   // are one external counter alone (ConsumerEntry::external_counter), else 0. Written under the

@@ -334,7 +334,8 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       auto *link = new usprobe_link{group.front(), *slot, consumer, group};
       for (Probe *p : group)
         added[p].push_back({*slot, consumer.on_entry, consumer.user,
-                            !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns});
+                            !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns,
+                            (flags & USPROBE_NO_REGS) != 0});
       made.emplace_back(i, link);
     }
 

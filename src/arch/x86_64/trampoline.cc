@@ -306,13 +306,14 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   // The result's slot (the flags' in the Regs view), above the caller-saved registers.
   constexpr int32_t kResultSlot = kCallerSavedBytes;
   if (entry && kDispatchIsGprOnly) {
-    // The fast path, for probes with built-in counters only (Probe::no_entry_handlers): no more
+    // The fast path, for probes with built-in counters, or entry handlers that read no register
+    // (Probe::no_entry_handlers): no more
     // of a Regs view than the caller-saved registers just pushed, which is all usprobe_entry_fast
     // can change (it keeps the others and calls nothing). The call is aligned: red zone, result
     // slot and nine registers.
     //
     //     if (!probe->no_entry_handlers) goto full
-    //     r = usprobe_entry_fast(probe, site rsp, site, landing_counted)
+    //     r = usprobe_entry_fast(probe, site rsp, site, landing_counted, landing)
     //     if (r == kDispatchFull) goto full          nothing done; the saved registers are intact
     //     mov r,result; pop %r11 .. %rax; jmp tail
     //   full: <the rest of the Regs view, dispatch, ...; then tail>
@@ -323,6 +324,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     w.put_lea_reg_rsp(x86::RSI, kCallerSavedBytes + kRedZone + 8);
     w.put_mov_reg_imm64(x86::RDX, site);
     w.put_mov_reg_address(x86::RCX, landings.counted);
+    w.put_mov_reg_address(x86::R8, landings.full);
     w.put_call(reinterpret_cast<uint64_t>(&usprobe_entry_fast), x86::RAX);
     w.put_cmp_reg32_imm8(x86::RAX, kDispatchFull);
     w.put_jcc(x86::kEqual, full);
