@@ -3,7 +3,8 @@
 // The core speaks in probes, sites and consumers; the architecture speaks in instructions. For a
 // site it decides between the jump path and the int3 path, relocates the instructions the patch
 // displaces, emits the site's trampoline, says which bytes make the patch, and owns the trap
-// handler and the register view of a hit.
+// handler and the register view of a hit. It takes its code memory from the core (CodeSpace,
+// core/code_space.h), never from the OS: the architecture and the OS never meet.
 #pragma once
 
 #include <ucontext.h>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "core/code_space.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe {
@@ -58,8 +60,9 @@ double return_double(const void *vectors);
 // on the first function-entry trampoline, and kept for the life of the process) saves the return
 // registers (the counted entry first tries usprobe_return_fast with the caller-saved ones only),
 // calls usprobe_return_dispatch (core/dispatch.h), restores them and returns to the address
-// dispatch returns. make_return_trampoline gives the full entry.
-Result<uint64_t> make_return_trampoline();
+// dispatch returns. make_return_trampoline gives the full entry; `space` gives its memory the first
+// time (every call hands the process's one CodeSpace).
+Result<uint64_t> make_return_trampoline(CodeSpace &space);
 
 struct SiteRequest {
   uint64_t site = 0;                  // runtime address of the probed instruction
@@ -125,12 +128,14 @@ struct SitePlan {
   uint32_t stub_size = 0;
 };
 
-// Decide the path, relocate, allocate and write the trampoline near the site. Errors: the offset is
-// inside an instruction; the instruction cannot be relocated even alone (then no probe can be
-// placed there); no memory within reach.
-Result<SitePlan> prepare_site(const SiteRequest &req);
-// Free the plan's trampoline (core/retire.h says when no thread can be inside it).
-void release_trampoline(const SitePlan &plan);
+// Decide the path, relocate, allocate the trampoline near the site from `space` and write it there
+// with the batch (CodeSpace::write_later). Errors: the offset is inside an instruction; the
+// instruction cannot be relocated even alone (then no probe can be placed there); no memory within
+// reach.
+Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space);
+// Give the plan's trampoline and stub back to the CodeSpace they came from (core/retire.h says
+// when no thread can be inside them).
+void release_trampoline(const SitePlan &plan, CodeSpace &space);
 
 // Append to `out` the targets of every direct branch in `code`, an instruction stream that starts
 // at `base` (any coordinate system: the targets come out in the same one). Returns whether `code`

@@ -32,7 +32,7 @@ namespace usprobe::os {
 // targets; and the one way usprobe writes code. Code is written without ever making a page
 // writable (on Linux: through /proc/self/mem, which the kernel writes with FOLL_FORCE), so page
 // protections end as they were by construction, and no other thread ever sees a writable code
-// page.
+// page. The architecture gets this memory from the core (core/code_space.h), never from here.
 
 // `size` bytes of read+execute memory (16-byte aligned) whose every byte is within
 // `reach` bytes of `near`. Freed with free_code once no thread can run it (core/retire.h).
