@@ -141,7 +141,7 @@ StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const Roun
       for (const auto &m : *maps)
         if (sp >= m.start && sp < m.end) len = std::min<size_t>(kScan, m.end - sp);
     auto stack = os::read_memory(sp, len);
-    if (arch::signal_frame_in_windows(stack, sp, c.moves))
+    if (arch::signal_frame_in_windows(stack, sp, c.moves, os::signal_return_address()))
       return StackFinding::kSignalFrameIntoWindow;
     if (!c.stale.empty())
       for (size_t off = 0; off + 8 <= stack.size(); off += 8) {

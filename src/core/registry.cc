@@ -62,7 +62,7 @@ std::unordered_set<const usprobe_link *> &live_links(const Locked &) {
 Result<void> init() {
   static Result<void> result = []() -> Result<void> {
     if (auto ok = os::membarrier_init(); !ok) return ok;
-    return arch::install_trap_handler(site_table::redirect);
+    return os::install_trap_handler(site_table::take_trap);
   }();
   return result;
 }

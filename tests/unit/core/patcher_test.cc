@@ -89,7 +89,7 @@ Code code_at(const void *fn) {
 // where this binary is mapped (the site table answers only for a file mapped at the site).
 void prepare_process() {
   ASSERT_TRUE(os::membarrier_init());
-  ASSERT_TRUE(arch::install_trap_handler(site_table::redirect));
+  ASSERT_TRUE(os::install_trap_handler(site_table::take_trap));
   ASSERT_TRUE(MappingTable::process().update_from_proc());
 }
 
