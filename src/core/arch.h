@@ -2,10 +2,13 @@
 //
 // The core speaks in probes, sites and consumers; the architecture speaks in instructions. For a
 // site it decides between the jump path and the int3 path, relocates the instructions the patch
-// displaces, emits the site's trampoline, says which bytes make the patch, and owns the trap
-// handler and the register view of a hit.
+// displaces, emits the site's trampoline, says which bytes make the patch, reads a trap, and owns
+// the register view of a hit. The architecture and the OS never meet: it takes its code memory
+// from the core (CodeSpace, core/code_space.h), and the traps the OS's handler catches through the
+// core (take_trap).
 #pragma once
 
+#include <signal.h>
 #include <ucontext.h>
 
 #include <cstdint>
@@ -14,7 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
+#include "core/code_space.h"
 #include "usprobe/usprobe.h"
 
 namespace usprobe {
@@ -58,8 +62,9 @@ double return_double(const void *vectors);
 // on the first function-entry trampoline, and kept for the life of the process) saves the return
 // registers (the counted entry first tries usprobe_return_fast with the caller-saved ones only),
 // calls usprobe_return_dispatch (core/dispatch.h), restores them and returns to the address
-// dispatch returns. make_return_trampoline gives the full entry.
-Result<uint64_t> make_return_trampoline();
+// dispatch returns. make_return_trampoline gives the full entry; `space` gives its memory the first
+// time (every call hands the process's one CodeSpace).
+Result<uint64_t> make_return_trampoline(CodeSpace &space);
 
 struct SiteRequest {
   uint64_t site = 0;                  // runtime address of the probed instruction
@@ -125,12 +130,14 @@ struct SitePlan {
   uint32_t stub_size = 0;
 };
 
-// Decide the path, relocate, allocate and write the trampoline near the site. Errors: the offset is
-// inside an instruction; the instruction cannot be relocated even alone (then no probe can be
-// placed there); no memory within reach.
-Result<SitePlan> prepare_site(const SiteRequest &req);
-// Free the plan's trampoline (core/retire.h says when no thread can be inside it).
-void release_trampoline(const SitePlan &plan);
+// Decide the path, relocate, allocate the trampoline near the site from `space` and write it there
+// with the batch (CodeSpace::write_later). Errors: the offset is inside an instruction; the
+// instruction cannot be relocated even alone (then no probe can be placed there); no memory within
+// reach.
+Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space);
+// Give the plan's trampoline and stub back to the CodeSpace they came from (core/retire.h says
+// when no thread can be inside them).
+void release_trampoline(const SitePlan &plan, CodeSpace &space);
 
 // Append to `out` the targets of every direct branch in `code`, an instruction stream that starts
 // at `base` (any coordinate system: the targets come out in the same one). Returns whether `code`
@@ -143,16 +150,19 @@ void cpu_relax();
 // The byte that makes a trap (x86: 0xCC, int3).
 uint8_t trap_byte();
 
-// Trap handling. `redirect(site, pc)`: when `site` is a patched site, stores its trampoline's
-// address into *pc (the interrupted context's instruction pointer, 8 bytes) and returns true; it
-// is called from the signal handler and must be async-signal-safe. It stores inside its read
-// section, so that once a grace period has passed, every thread sent to a trampoline has that
-// address in its signal frame, where a retirement check sees it (core/retire.cc). Traps that are
-// not usprobe's go to the program's current SIGTRAP disposition, which the interposed sigaction
-// records (os/linux/signal_guard.h). The handler itself is installed when the library is loaded;
-// this call only connects `redirect`.
+// Trap handling. The SIGTRAP handler is the OS's (core/os.h, install_trap_handler), and the core
+// passes each trap it catches to take_trap, which reads what only the architecture knows: whether
+// the trap is an int3's, at which site, and where the thread resumes. `redirect(site, pc)`: when
+// `site` is a patched site, stores its trampoline's address into *pc (the interrupted context's
+// instruction pointer, 8 bytes) and returns true; it is called from the signal handler and must be
+// async-signal-safe. It stores inside its read section, so that once a grace period has passed,
+// every thread sent to a trampoline has that address in its signal frame, where a retirement check
+// sees it (core/retire.cc).
 using TrapRedirect = bool (*)(uint64_t site, void *pc);
-Result<void> install_trap_handler(TrapRedirect redirect);
+// True when the trap is usprobe's: an int3 at a site `redirect` knows (uc then resumes at its
+// trampoline), or at a site whose int3 is gone (a probe removed while this thread was trapping: uc
+// then resumes at the site, to run the original instruction). Async-signal-safe.
+bool take_trap(const siginfo_t *info, ucontext_t *uc, TrapRedirect redirect);
 
 // While a patch is half written, move a thread stopped inside a window to the same instruction in
 // the window's relocated copy. `windows` lists the sites being patched; called in a signal handler.
@@ -170,10 +180,11 @@ uint64_t interrupted_pc(const ucontext_t *uc);
 uint64_t interrupted_sp(const ucontext_t *uc);
 // Scan `stack` (a copy of the memory at stack_addr, above a thread's stack pointer) for signal
 // frames whose saved instruction pointer lies strictly inside a window: a thread that will
-// sigreturn into the middle of a patch. Stale frames may be reported too; callers must only ever
-// become more careful on a report.
+// sigreturn into the middle of a patch. A frame starts with `signal_return`, the address usprobe's
+// signal handlers return through (os::signal_return_address(); none is found when it is 0). Stale
+// frames may be reported too; callers must only ever become more careful on a report.
 bool signal_frame_in_windows(std::span<const uint8_t> stack, uint64_t stack_addr,
-                             std::span<const WindowMove> windows);
+                             std::span<const WindowMove> windows, uint64_t signal_return);
 // True when an instruction pointer is not strictly inside any window (a thread there needs no
 // move).
 bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows);

@@ -53,7 +53,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/os.h"
 
 namespace usprobe {

@@ -4,13 +4,14 @@
 // The core speaks in probes, sites and consumers; the OS side knows how this process's memory,
 // threads and mappings are reached: code memory written while other threads run it, the barriers
 // that make other threads see new code and new pointers, a round over every other thread, the
-// process's file mappings, and the few system calls a thread makes on its first hit (without
-// libc, which a probe may sit on). Core files include this header and never os/<os>/*: the build
-// picks the implementation (CMake compiles src/os/linux/*.cc), so core has no #ifdef and no
-// Linux system-call number. The OS side may add what only its other users need (the agent's
-// signal guard, the CLI's maps text parser) in its own headers, next to its implementation.
+// SIGTRAP handler, the process's file mappings, and the few system calls a thread makes on its
+// first hit (without libc, which a probe may sit on). Core files include this header and never
+// os/<os>/*: the build picks the implementation (CMake compiles src/os/linux/*.cc), so core has no
+// #ifdef and no Linux system-call number. The OS side may add what only its other users need (the
+// agent's signal guard, the CLI's maps text parser) in its own headers, next to its implementation.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 #include <ucontext.h>
 
@@ -21,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace usprobe::os {
 
@@ -32,7 +33,7 @@ namespace usprobe::os {
 // targets; and the one way usprobe writes code. Code is written without ever making a page
 // writable (on Linux: through /proc/self/mem, which the kernel writes with FOLL_FORCE), so page
 // protections end as they were by construction, and no other thread ever sees a writable code
-// page.
+// page. The architecture gets this memory from the core (core/code_space.h), never from here.
 
 // `size` bytes of read+execute memory (16-byte aligned) whose every byte is within
 // `reach` bytes of `near`. Freed with free_code once no thread can run it (core/retire.h).
@@ -112,6 +113,25 @@ std::vector<int> threads_blocking(int sig);
 // Whether the calling thread is this process's only one (as when a launched command's agent
 // starts, before main). No other thread can then appear until this one makes it.
 bool only_thread();
+
+// ---- Traps (os/linux/trap_handler.cc) ----------------------------------------------------------
+//
+// usprobe's SIGTRAP handler, installed when the library is loaded (before the program can block
+// SIGTRAP or set its own disposition, both of which the interposed calls then only record:
+// os/linux/signal_guard.h). Each trap goes first to `take`, the core's (site_table::take_trap);
+// one it does not take goes where it would go without usprobe: to the program's current SIGTRAP
+// disposition, or to the kernel's default end.
+
+// Async-signal-safe: true when the trap was usprobe's and `uc` says where the thread resumes.
+using TrapTake = bool (*)(const siginfo_t *info, ucontext_t *uc);
+// Connects `take` (the handler itself is installed already). Errors: the handler could not be
+// installed.
+Result<void> install_trap_handler(TrapTake take);
+
+// The address usprobe's signal handlers return through when they are done (on Linux: their
+// sa_restorer, glibc's __restore_rt): a signal frame on a thread's stack starts with it
+// (arch::signal_frame_in_windows). 0 when it cannot be told.
+uint64_t signal_return_address();
 
 // ---- This process's mappings (os/linux/proc_maps.cc) -------------------------------------------
 

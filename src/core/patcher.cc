@@ -141,7 +141,7 @@ StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const Roun
       for (const auto &m : *maps)
         if (sp >= m.start && sp < m.end) len = std::min<size_t>(kScan, m.end - sp);
     auto stack = os::read_memory(sp, len);
-    if (arch::signal_frame_in_windows(stack, sp, c.moves))
+    if (arch::signal_frame_in_windows(stack, sp, c.moves, os::signal_return_address()))
       return StackFinding::kSignalFrameIntoWindow;
     if (!c.stale.empty())
       for (size_t off = 0; off + 8 <= stack.size(); off += 8) {
@@ -156,7 +156,8 @@ StackFinding scan_stacks(const std::vector<uint64_t> &stack_pointers, const Roun
 }  // namespace
 
 Result<void> install(const std::vector<Site *> &sites) {
-  // The batch's new trampolines (arch::prepare_site wrote them with os::write_code_later).
+  // The batch's new trampolines (arch::prepare_site wrote them with code_space()'s write_later:
+  // os::write_code_later).
   if (auto ok = os::flush_code(); !ok) return ok;
   if (sites.empty()) return {};
   // Every patch starts with an int3, and a thread that executes an int3 while it blocks SIGTRAP

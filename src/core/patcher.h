@@ -14,7 +14,7 @@
 
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/probe.h"
 
 namespace usprobe::patcher {

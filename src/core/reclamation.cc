@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "core/code_space.h"
 #include "core/rcu.h"
 #include "core/retire.h"
 
@@ -50,7 +51,7 @@ void retire_idle(uint64_t unpatched_before) {
   }
   if (plans.empty() || !retire::idle(code, unlinked)) return;
   for (auto &[p, s] : plans) {
-    arch::release_trampoline(s->plan);
+    arch::release_trampoline(s->plan, code_space());
     std::erase(p->sites, s);
     std::erase_if(p->plans, [s = s](const std::unique_ptr<Site> &x) { return x.get() == s; });
   }

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "core/code_space.h"
 #include "core/counters.h"
 #include "core/mapping_table.h"
 #include "core/os.h"
@@ -61,7 +62,7 @@ std::unordered_set<const usprobe_link *> &live_links(const Locked &) {
 Result<void> init() {
   static Result<void> result = []() -> Result<void> {
     if (auto ok = os::membarrier_init(); !ok) return ok;
-    return arch::install_trap_handler(site_table::redirect);
+    return os::install_trap_handler(site_table::take_trap);
   }();
   return result;
 }
@@ -71,7 +72,7 @@ Result<void> init() {
 // orders it.
 Result<void> ensure_return_trampoline(const Locked &) {
   if (g_return_trampoline.load(std::memory_order_relaxed)) return {};
-  auto t = arch::make_return_trampoline();
+  auto t = arch::make_return_trampoline(code_space());
   if (!t) return std::unexpected(t.error());
   g_return_trampoline.store(*t, std::memory_order_relaxed);
   return {};

@@ -94,7 +94,8 @@ bool counter_windows_clear(std::span<const arch::WindowMove> windows) {
   auto r = os::run_thread_round(restart_counter_window, outside_counter_windows, &windows);
   if (!r || r->unreached > 0) return false;
   for (const auto &[at, stack] : read_stacks(r->stack_pointers))
-    if (arch::signal_frame_in_windows(stack, at, windows)) return false;
+    if (arch::signal_frame_in_windows(stack, at, windows, os::signal_return_address()))
+      return false;
   return true;
 }
 

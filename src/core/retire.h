@@ -27,8 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include "base/error.h"
 #include "core/arch.h"
-#include "core/error.h"
 
 namespace usprobe {
 struct Probe;

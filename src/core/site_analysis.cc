@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "core/code_space.h"
 #include "core/os.h"
 #include "core/probe.h"
 #include "elf/usdt.h"
@@ -196,7 +197,7 @@ SiteVerdict analyse_site(const CodeImage &image, const elf::ResolvedLocation &lo
   }
   req->probe = &probe;
   req->describe = loc.describe();
-  auto plan = arch::prepare_site(*req);
+  auto plan = arch::prepare_site(*req, code_space());
   if (!plan) {
     v.path = "cannot be probed";
     v.reason = plan.error().message;
@@ -208,7 +209,7 @@ SiteVerdict analyse_site(const CodeImage &image, const elf::ResolvedLocation &lo
   v.written = static_cast<uint32_t>(plan->patch.size());
   v.footprint = plan->jump ? std::max<uint32_t>({plan->footprint, plan->window_length, v.written})
                            : v.written;
-  arch::release_trampoline(*plan);
+  arch::release_trampoline(*plan, code_space());
   return v;
 }
 

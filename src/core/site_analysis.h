@@ -25,8 +25,8 @@
 #include <tuple>
 #include <vector>
 
+#include "base/error.h"
 #include "core/arch.h"
-#include "core/error.h"
 #include "elf/elf_file.h"
 #include "elf/location.h"
 

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "core/code_space.h"
 #include "core/site_analysis.h"
 
 namespace usprobe::registry::internal {
@@ -30,7 +31,7 @@ Result<Site *> plan_for(const Locked &, Probe *p, const elf::ResolvedLocation &l
   req->describe = p->name;
   req->force_int3 = forced;
   req->force_reason = forced_reason();
-  auto plan = arch::prepare_site(*req);
+  auto plan = arch::prepare_site(*req, code_space());
   if (!plan) return std::unexpected(plan.error());
   auto site = std::make_unique<Site>();
   site->addr = addr;

@@ -118,4 +118,8 @@ bool redirect(uint64_t addr, void *pc) {
   return trampoline != 0;
 }
 
+bool take_trap(const siginfo_t *info, ucontext_t *uc) {
+  return arch::take_trap(info, uc, redirect);
+}
+
 }  // namespace usprobe::site_table

@@ -4,7 +4,9 @@
 // and never lock: they run in signal handlers. Writers hold the registry mutex.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
+#include <ucontext.h>
 
 #include <cstdint>
 #include <functional>
@@ -34,5 +36,9 @@ uint64_t lookup(uint64_t addr);
 // Async-signal-safe (the trap handler's arch::TrapRedirect): when `addr` is a site, store its
 // trampoline into the 8 bytes at `pc` before the read section ends, and return true.
 bool redirect(uint64_t addr, void *pc);
+// Async-signal-safe: what the OS's SIGTRAP handler asks first (os::TrapTake, connected by the
+// registry's init). The core knows both sides: the architecture reads the trap (arch::take_trap)
+// and this table says where a site's trampoline is.
+bool take_trap(const siginfo_t *info, ucontext_t *uc);
 
 }  // namespace usprobe::site_table

@@ -19,7 +19,7 @@
 #include <string_view>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "elf/elf_file.h"
 #include "elf/usdt.h"
 

@@ -42,7 +42,6 @@
 #include "arch/x86_64/relocator.h"
 #include "core/arch.h"
 #include "core/dispatch.h"
-#include "core/os.h"
 #include "core/probe.h"
 #include "core/thread_record.h"
 
@@ -54,7 +53,7 @@ namespace {
 struct ReturnCode {
   uint64_t full = 0, counted = 0;
 };
-Result<ReturnCode> return_code_made();
+Result<ReturnCode> return_code_made(CodeSpace &space);
 
 constexpr size_t kJumpLength = 5;        // e9 rel32
 constexpr size_t kTrampolineSize = 768;  // fast path, prologue, epilogue, window and jump back
@@ -488,7 +487,7 @@ struct Pun {
 
 std::optional<Pun> punned_jump(uint64_t site, std::span<const uint8_t> insn,
                                std::span<const uint8_t> following, uint64_t trampoline,
-                               std::string &why) {
+                               CodeSpace &space, std::string &why) {
   const size_t len = insn.size();
   why = "no byte follows it";
   for (size_t p = 0; p < len; ++p) {
@@ -504,7 +503,7 @@ std::optional<Pun> punned_jump(uint64_t site, std::span<const uint8_t> insn,
     const uint64_t lo =
         next + static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(high)));
     const uint64_t width = uint64_t{1} << (8 * chosen);
-    auto at = os::alloc_code_within(lo, lo + width, kStubSize);
+    auto at = space.alloc_within(lo, lo + width, kStubSize);
     if (!at) {
       why = fmt::format("no free memory at the {}-byte range {:#x} its borrowed bytes fix", width,
                         lo);
@@ -520,7 +519,7 @@ std::optional<Pun> punned_jump(uint64_t site, std::span<const uint8_t> insn,
     seen.insert(seen.end(), following.begin(), following.begin() + borrowed);
     auto j = x86::decode_jump(seen, site);
     if (!j || j->length != p + kJumpLength || j->target != *at) {
-      os::free_code_within(*at, kStubSize);
+      space.free_within(*at, kStubSize);
       why = "the punned bytes do not decode as the jump";
       continue;
     }
@@ -547,9 +546,9 @@ uint8_t trap_byte() {
   return 0xCC;
 }
 
-void release_trampoline(const SitePlan &plan) {
-  if (plan.trampoline) os::free_code(plan.trampoline, kTrampolineSize);
-  if (plan.stub) os::free_code_within(plan.stub, plan.stub_size);
+void release_trampoline(const SitePlan &plan, CodeSpace &space) {
+  if (plan.trampoline) space.free_near(plan.trampoline, kTrampolineSize);
+  if (plan.stub) space.free_within(plan.stub, plan.stub_size);
 }
 
 namespace {
@@ -591,7 +590,7 @@ std::shared_ptr<const x86::FunctionScan> function_scan(std::span<const uint8_t> 
 
 }  // namespace
 
-Result<SitePlan> prepare_site(const SiteRequest &req) {
+Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space) {
   const uint64_t off = req.site - req.function_addr;
   static const x86::FunctionScan kNoScan;
   // A function's entry, where the whole file was decoded already and this function with it,
@@ -622,19 +621,20 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 
   ReturnCode return_code;
   if (plan.function_entry) {
-    auto r = return_code_made();
+    auto r = return_code_made(space);
     if (!r) return std::unexpected(r.error());
     return_code = *r;
   }
-  auto mem = os::alloc_code_near(req.site, kTrampolineSize);
+  auto mem = space.alloc_near(req.site, kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
   // Given back unless the plan is made (nothing has run or can run it yet).
   struct Unused {
+    CodeSpace &space;
     uint64_t block;
     ~Unused() {
-      if (block) os::free_code(block, kTrampolineSize);
+      if (block) space.free_near(block, kTrampolineSize);
     }
-  } unused{*mem};
+  } unused{space, *mem};
   x86::CodeWriter w(*mem);
   w.bytes().reserve(kTrampolineSize);  // one allocation, not one per doubling
   x86::Label window;
@@ -731,7 +731,8 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
           continue;  // the shorter windows may still do
         }
         std::vector<uint8_t> following(code.begin() + written, code.end());
-        if (auto pun = punned_jump(req.site, from_site.first(written), following, w.base(), why)) {
+        if (auto pun =
+                punned_jump(req.site, from_site.first(written), following, w.base(), space, why)) {
           patch = std::move(pun->patch);
           stub = pun->stub;
           plan.borrowed.assign(following.begin(), following.begin() + (pun->footprint - written));
@@ -755,12 +756,12 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
   w.put_bytes(rel->code.data(), rel->code.size());
   if (rel->falls_through) w.put_jmp(req.site + rel->consumed);
   if (w.size() > kTrampolineSize) {
-    if (stub.addr) os::free_code_within(stub.addr, kStubSize);
+    if (stub.addr) space.free_within(stub.addr, kStubSize);
     return fail(E2BIG, fmt::format("{}: trampoline too large ({} bytes)", req.describe, w.size()));
   }
   // Written with the batch's other trampolines before any site is patched (patcher::install).
-  os::write_code_later(w.base(), w.bytes(), kTrampolineSize);
-  if (stub.addr) os::write_code_later(stub.addr, stub.code, kStubSize);
+  space.write_later(w.base(), w.bytes(), kTrampolineSize);
+  if (stub.addr) space.write_later(stub.addr, stub.code, kStubSize);
   unused.block = 0;
 
   plan.trampoline = w.base();
@@ -806,19 +807,19 @@ Result<SitePlan> prepare_site(const SiteRequest &req) {
 //     mov r,slot; mov %rbx,%rsp; pop ...
 //     lea 16(%rsp),%rsp; ret        to the original return address
 // Made once, on the first function-entry trampoline, and kept for the life of the process.
-Result<uint64_t> make_return_trampoline() {
-  auto r = return_code_made();
+Result<uint64_t> make_return_trampoline(CodeSpace &space) {
+  auto r = return_code_made(space);
   if (!r) return std::unexpected(r.error());
   return r->full;
 }
 
 namespace {
 
-Result<ReturnCode> return_code_made() {
+Result<ReturnCode> return_code_made(CodeSpace &space) {
   static ReturnCode made;  // callers hold the registry's lock
   if (made.full) return made;
   auto mem =
-      os::alloc_code_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
+      space.alloc_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
   if (!mem) return std::unexpected(mem.error());
   x86::CodeWriter w(*mem);
   ReturnCode code;
@@ -884,7 +885,7 @@ Result<ReturnCode> return_code_made() {
   // this `ret` is predicted.
   w.put_lea_rsp_rsp(16);
   w.put_ret();
-  if (auto ok = os::write_code(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
+  if (auto ok = space.write_now(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
   made = code;
   return made;
 }

@@ -16,7 +16,7 @@
 //    oldact);
 //  - for SIGTRAP, sigaction/signal/bsd_signal/sysv_signal/sigset/sigignore do not touch the
 //    kernel's disposition (usprobe's handler stays installed): they record the program's, which
-//    usprobe's handler applies to every trap that is not usprobe's (src/arch/x86_64/trap.cc);
+//    usprobe's handler applies to every trap that is not usprobe's (os/linux/trap_handler.cc);
 //  - a SIGTRAP sent (kill, raise, sigqueue) to a thread that "blocks" it stays pending in that
 //    thread (program_blocks, defer_signal) and is sent again when the program unblocks it; the
 //    sigwait family and sigpending see it.

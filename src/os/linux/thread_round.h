@@ -7,7 +7,7 @@
 // answer (signal_guard.h keeps the program from blocking it through libc).
 #pragma once
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/os.h"
 
 namespace usprobe::os {

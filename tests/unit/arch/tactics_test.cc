@@ -1,13 +1,16 @@
 // Site tactics of arch::prepare_site (issue 12, item 1): which jump a site gets when a jump over a
 // whole 5-byte window cannot stand, and the bytes it writes. Nothing is patched: the plans are
 // made for code at a synthetic address (a reserved, inaccessible page), read back and released.
+// Their code memory is the core's (code_space()), or one that counts what the plan takes.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <set>
 #include <vector>
 
 #include "arch/x86_64/relocator.h"
 #include "core/arch.h"
+#include "core/code_space.h"
 #include "core/probe.h"
 
 namespace usprobe::arch {
@@ -27,7 +30,8 @@ uint64_t code_page() {
 Probe g_probe;
 
 Result<SitePlan> plan_at(const Bytes &function, uint32_t off, const Bytes &after = {},
-                         const std::vector<uint64_t> &file_targets = {}) {
+                         const std::vector<uint64_t> &file_targets = {},
+                         CodeSpace &space = code_space()) {
   SiteRequest req;
   req.function_addr = code_page() + 0x100;
   req.site = req.function_addr + off;
@@ -38,7 +42,7 @@ Result<SitePlan> plan_at(const Bytes &function, uint32_t off, const Bytes &after
   req.file_branch_targets = &file_targets;
   req.site_file_offset = 0x100000 + off;
   req.after = after;
-  return prepare_site(req);
+  return prepare_site(req, space);
 }
 
 // What a thread decodes at the site once the patch is written: the patch, then the original bytes
@@ -69,7 +73,7 @@ TEST(Tactics, PlainJumpWhereTheWindowIsClear) {
   EXPECT_EQ(plan->patch.size(), 5u);
   EXPECT_EQ(plan->window_length, 5u);
   EXPECT_EQ(plan->stub, 0u);
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 TEST(Tactics, PunnedJumpWhenABranchTargetFollowsTheFirstInstruction) {
@@ -93,7 +97,72 @@ TEST(Tactics, PunnedJumpWhenABranchTargetFollowsTheFirstInstruction) {
   EXPECT_EQ(j->target - (site + 5), 0xffffffffc0ff4800ull + plan->patch[1]);
   // The loop's head decodes as before.
   EXPECT_EQ(x86::instruction_length(Bytes(kLoopAfterEntry.begin() + 2, kLoopAfterEntry.end())), 3u);
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
+}
+
+// The core's code memory, lent with a count of what is held and what is written: the architecture
+// must take its code from the CodeSpace it is handed (core/code_space.h), and give it all back.
+class CountingSpace final : public CodeSpace {
+ public:
+  std::set<uint64_t> near_blocks, within_blocks;  // held
+  std::vector<uint64_t> written;                  // write_later's addresses
+
+  Result<uint64_t> alloc_near(uint64_t near, size_t size) override {
+    auto r = code_space().alloc_near(near, size);
+    if (r) near_blocks.insert(*r);
+    return r;
+  }
+  void free_near(uint64_t addr, size_t size) override {
+    EXPECT_EQ(near_blocks.erase(addr), 1u) << "not from alloc_near";
+    code_space().free_near(addr, size);
+  }
+  Result<uint64_t> alloc_within(uint64_t lo, uint64_t hi, size_t size) override {
+    auto r = code_space().alloc_within(lo, hi, size);
+    if (r) within_blocks.insert(*r);
+    return r;
+  }
+  void free_within(uint64_t addr, size_t size) override {
+    EXPECT_EQ(within_blocks.erase(addr), 1u) << "not from alloc_within";
+    code_space().free_within(addr, size);
+  }
+  void write_later(uint64_t addr, std::span<const uint8_t> bytes, size_t block_size) override {
+    written.push_back(addr);
+    code_space().write_later(addr, bytes, block_size);
+  }
+  Result<void> write_now(uint64_t addr, std::span<const uint8_t> bytes) override {
+    ADD_FAILURE() << "a site's code is written with its batch";
+    return code_space().write_now(addr, bytes);
+  }
+};
+
+TEST(Tactics, ATrampolineComesFromTheCodeSpaceItIsGivenAndGoesBackToIt) {
+  // The shared return code, made once in a process by its first function entry, is not the
+  // site's: made here first, from the core's code memory.
+  ASSERT_TRUE(make_return_trampoline(code_space()));
+  CountingSpace space;
+  const Bytes f = {0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3};  // push %rbp; mov %rsp,%rbp; pop; ret
+  auto plan = plan_at(f, 0, {}, {}, space);
+  ASSERT_TRUE(plan) << plan.error().message;
+  EXPECT_EQ(plan->path, "jump");
+  EXPECT_EQ(space.near_blocks, std::set<uint64_t>{plan->trampoline});
+  EXPECT_TRUE(space.within_blocks.empty());
+  EXPECT_EQ(space.written, std::vector<uint64_t>{plan->trampoline});
+  release_trampoline(*plan, space);
+  EXPECT_TRUE(space.near_blocks.empty());
+}
+
+TEST(Tactics, APunnedJumpsStubComesFromTheCodeSpaceToo) {
+  ASSERT_TRUE(make_return_trampoline(code_space()));
+  CountingSpace space;
+  auto plan = plan_at(kLoopAfterEntry, 0, {}, {}, space);
+  ASSERT_TRUE(plan) << plan.error().message;
+  ASSERT_EQ(plan->path, "jump (punned)") << plan->int3_reason;
+  EXPECT_EQ(space.near_blocks, std::set<uint64_t>{plan->trampoline});
+  EXPECT_EQ(space.within_blocks, std::set<uint64_t>{plan->stub});
+  EXPECT_EQ(space.written, (std::vector<uint64_t>{plan->trampoline, plan->stub}));
+  release_trampoline(*plan, space);
+  EXPECT_TRUE(space.near_blocks.empty());
+  EXPECT_TRUE(space.within_blocks.empty());
 }
 
 TEST(Tactics, OneInstructionJumpInsideAFunctionThatJumpsIndirectly) {
@@ -109,7 +178,7 @@ TEST(Tactics, OneInstructionJumpInsideAFunctionThatJumpsIndirectly) {
   auto plan = plan_at(f, 0);
   ASSERT_TRUE(plan) << plan.error().message;
   EXPECT_EQ(plan->path, "jump");  // the entry: a plain window, as before
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
   plan = plan_at(f, 7);  // movslq, 4 bytes: punned, borrowing 1 byte of the add
   ASSERT_TRUE(plan) << plan.error().message;
   ASSERT_TRUE(plan->jump) << plan->int3_reason;
@@ -118,7 +187,7 @@ TEST(Tactics, OneInstructionJumpInsideAFunctionThatJumpsIndirectly) {
   auto j = x86::decode_jump(patched(f, 7, *plan), code_page() + 0x100 + 7);
   ASSERT_TRUE(j);
   EXPECT_EQ(j->target, plan->stub);
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 TEST(Tactics, OneInstructionJumpOverALongInstruction) {
@@ -135,7 +204,7 @@ TEST(Tactics, OneInstructionJumpOverALongInstruction) {
   EXPECT_EQ(plan->patch.size(), 5u);
   EXPECT_EQ(plan->patch[0], 0xe9);
   EXPECT_EQ(plan->window_length, 5u);
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 TEST(Tactics, ThreeByteFunctionJumpsOverItsPadding) {
@@ -151,7 +220,7 @@ TEST(Tactics, ThreeByteFunctionJumpsOverItsPadding) {
   EXPECT_EQ(plan->original, (Bytes{0x31, 0xc0, 0xc3, 0xcc, 0xcc}));
   EXPECT_EQ(plan->window_length, 5u);
   EXPECT_EQ(plan->stub, 0u);
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 // The shape of a USDT site at a function's end (postgres's clog__checkpoint__done): the nop, then
@@ -175,7 +244,7 @@ TEST(Tactics, WindowRunsOverThePaddingAfterTheLastInstruction) {
   auto j = x86::decode_jump(plan->patch, code_page() + 0x100 + 5);
   ASSERT_TRUE(j);
   EXPECT_EQ(j->target, plan->trampoline);
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 TEST(Tactics, NoWindowOverPaddingUnlessTheFunctionEndsWithAReturnOrJump) {
@@ -184,17 +253,17 @@ TEST(Tactics, NoWindowOverPaddingUnlessTheFunctionEndsWithAReturnOrJump) {
   auto plan = plan_at(falls, 5, kSevenByteNop);
   ASSERT_TRUE(plan) << plan.error().message;
   EXPECT_NE(plan->path, "jump");
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
   // Bytes after the function that are not padding: `mov %rdi,%rax` (no function, no symbol).
   plan = plan_at(kUsdtAtTheEnd, 5, Bytes{0x48, 0x89, 0xf8, 0xc3});
   ASSERT_TRUE(plan) << plan.error().message;
   EXPECT_NE(plan->path, "jump");
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
   // Padding cut off by the next function (a 7-byte nop of which 4 bytes are known): no window.
   plan = plan_at(kUsdtAtTheEnd, 5, Bytes{0x0f, 0x1f, 0x80, 0x00});
   ASSERT_TRUE(plan) << plan.error().message;
   EXPECT_NE(plan->path, "jump");
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 // A USDT site whose next instruction is a branch target (postgres's lwlock__condacquire):
@@ -233,7 +302,7 @@ TEST(Tactics, PunnedJumpOverSeveralInstructions) {
   EXPECT_EQ(
       x86::instruction_length(Bytes(kNopJmpBeforeTarget.begin() + 12, kNopJmpBeforeTarget.end())),
       4u);
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 TEST(Tactics, PunnedWindowStopsAtABranchTarget) {
@@ -248,7 +317,7 @@ TEST(Tactics, PunnedWindowStopsAtABranchTarget) {
     EXPECT_NE(plan->int3_reason.find("the instruction alone"), std::string::npos)
         << plan->int3_reason;
   }
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 TEST(Tactics, NoBorrowingPastTheNextFunction) {
@@ -259,7 +328,7 @@ TEST(Tactics, NoBorrowingPastTheNextFunction) {
   EXPECT_FALSE(plan->jump);
   EXPECT_EQ(plan->path, "int3");
   EXPECT_NE(plan->int3_reason.find("punned"), std::string::npos) << plan->int3_reason;
-  release_trampoline(*plan);
+  release_trampoline(*plan, code_space());
 }
 
 TEST(Tactics, PrefixesShiftTheBorrowedBytes) {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/arch.h"
+#include "core/code_space.h"
 #include "core/counters.h"
 #include "core/mapping_table.h"
 #include "core/os.h"
@@ -88,7 +89,7 @@ Code code_at(const void *fn) {
 // where this binary is mapped (the site table answers only for a file mapped at the site).
 void prepare_process() {
   ASSERT_TRUE(os::membarrier_init());
-  ASSERT_TRUE(arch::install_trap_handler(site_table::redirect));
+  ASSERT_TRUE(os::install_trap_handler(site_table::take_trap));
   ASSERT_TRUE(MappingTable::process().update_from_proc());
 }
 
@@ -130,7 +131,7 @@ class ProbedFunction {
     req.function_file_offset = site_.file_offset;
     req.force_int3 = force_int3;
     req.force_reason = "forced by the test";
-    auto plan = arch::prepare_site(req);
+    auto plan = arch::prepare_site(req, code_space());
     if (!plan) {
       error_ = plan.error().message;
       return;
@@ -145,7 +146,7 @@ class ProbedFunction {
     auto garbage = site_table::take_retired();
     rcu::synchronize();
     for (auto &g : garbage) g();
-    if (planned_) arch::release_trampoline(site_.plan);
+    if (planned_) arch::release_trampoline(site_.plan, code_space());
     ConsumerArray::destroy(probe_.consumers.load());
     if (error_.empty()) counters::free_slot(slot_);
   }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <string>
 
+#include "core/code_space.h"
 #include "core/probe.h"
 #include "elf/location.h"
 #include "elf/usdt.h"
@@ -127,12 +128,12 @@ TEST(SiteAnalysis, EntriesOfCompletelyDecodedFunctionsArePlannedAsADecodingPlans
     req->describe = loc->describe();
     known += std::binary_search(req->complete_ranges->begin(), req->complete_ranges->end(),
                                 std::pair<uint64_t, uint64_t>(loc->func_offset, loc->func_size));
-    auto with = arch::prepare_site(*req);
+    auto with = arch::prepare_site(*req, code_space());
     // Given back before the second plan is made: a punned jump's stub may have to lie at one
     // address (the range its borrowed bytes fix), which the first plan's stub would still hold.
-    if (with) arch::release_trampoline(*with);
+    if (with) arch::release_trampoline(*with, code_space());
     req->complete_ranges = nullptr;  // the function decoded again
-    auto without = arch::prepare_site(*req);
+    auto without = arch::prepare_site(*req, code_space());
     ASSERT_EQ(bool(with), bool(without)) << loc->describe();
     if (!with) continue;
     EXPECT_EQ(with->path, without->path) << loc->describe();
@@ -143,7 +144,7 @@ TEST(SiteAnalysis, EntriesOfCompletelyDecodedFunctionsArePlannedAsADecodingPlans
     EXPECT_EQ(with->footprint, without->footprint) << loc->describe();
     EXPECT_EQ(with->window_length, without->window_length) << loc->describe();
     EXPECT_EQ(with->borrowed, without->borrowed) << loc->describe();
-    arch::release_trampoline(*without);
+    arch::release_trampoline(*without, code_space());
     ++compared;
   }
   EXPECT_GT(compared, 1000u);

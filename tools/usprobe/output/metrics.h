@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "output/histogram.h"
 #include "output/report.h"
 

@@ -46,7 +46,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "elf/elf_file.h"
 #include "os/linux/proc_maps.h"
 

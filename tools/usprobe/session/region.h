@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "output/histogram.h"
 #include "protocol/bt.h"
 #include "protocol/protocol.h"

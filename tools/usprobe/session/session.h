@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "resolve/probe_spec.h"
 #include "session/region.h"
 #include "session/supervisor.h"

@@ -28,7 +28,7 @@
 #include <functional>
 #include <string>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace usprobe::cli {
 

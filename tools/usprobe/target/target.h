@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "resolve/library_finder.h"
 #include "session/region.h"
 #include "session/supervisor.h"
