@@ -334,7 +334,7 @@ struct ElfFile::Impl {
     std::unordered_set<std::string> data_names, sizeless_names;
     std::unordered_map<std::string, SymbolValue> other_symbols;
   };
-  std::unique_ptr<Reading> reading = std::make_unique<Reading>();
+  std::unique_ptr<Reading> reading;  // made by open_uncached, gone by the end of open()
 
   ~Impl() {
     if (map && !keep) ::munmap(const_cast<uint8_t *>(map), size);
@@ -763,7 +763,6 @@ bool ElfFile::Impl::adopt(std::span<const uint8_t> in) {
   is_static = head.flags & kImageStatic;
   is_program = head.flags & kImageProgram;
   if (head.flags & kImageEntry) entry = head.entry;
-  reading.reset();
   make_sections();
   return true;
 }
@@ -815,6 +814,7 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open_uncached(const std::string 
   im.path = path;
   im.file_version = FileVersion::of(st);
   im.size = static_cast<size_t>(st.st_size);
+  im.reading = std::make_unique<Impl::Reading>();
   // The file's bytes are read into anonymous memory, not mapped: the kernel writes its uprobes'
   // int3 into every mapping of a file that could execute, a read-only one included, and the
   // bytes here are what "the file says" when usprobe checks a site for someone else's patch.
@@ -894,24 +894,25 @@ void ElfFile::provide_prepared(const FileVersion &version, std::span<const uint8
 // does not read back: it is dropped, and open() reads the file).
 std::shared_ptr<const ElfFile> ElfFile::open_prepared(const std::string &path,
                                                       const struct stat &st) {
+  const FileVersion version = FileVersion::of(st);
   Prepared p;
   {
     std::lock_guard lock(g_prepared_mutex);
     if (g_prepared->empty()) return nullptr;
-    auto it = g_prepared->find(FileVersion::of(st));
+    auto it = g_prepared->find(version);
     if (it == g_prepared->end()) return nullptr;
     p = it->second;
   }
   std::shared_ptr<ElfFile> file(new ElfFile());
   Impl &im = *file->impl_;
   im.path = path;
-  im.file_version = FileVersion::of(st);
+  im.file_version = version;
   im.size = p.bytes.size();
   im.map = p.bytes.data();
   im.keep = p.keep;
   if (std::memcmp(im.map, ELFMAG, SELFMAG) != 0 || !im.adopt(p.image)) {
     std::lock_guard lock(g_prepared_mutex);
-    g_prepared->erase(FileVersion::of(st));
+    g_prepared->erase(version);
     return nullptr;
   }
   return file;

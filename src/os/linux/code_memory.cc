@@ -106,10 +106,11 @@ Result<const Ranges *> taken_ranges() {
       return taken;
     }
   }
-  auto maps = read_mappings();
-  if (!maps) return std::unexpected(maps.error());
-  *taken = ranges_of(*maps);
-  g_taken_read_at = ns;
+  // The read leaves its view (note_address_space): taken from there, not made again.
+  if (auto maps = read_mappings(); !maps) return std::unexpected(maps.error());
+  std::lock_guard noted(g_noted_mutex);
+  *taken = *g_noted;
+  g_taken_read_at = g_noted_at;
   return taken;
 }
 
