@@ -189,6 +189,23 @@ bool signal_frame_in_windows(std::span<const uint8_t> stack, uint64_t stack_addr
 // move).
 bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows);
 
+// A signal with a handler that reaches a thread asleep in a wait (nanosleep, poll, select,
+// epoll_wait, futex, ...) makes the call fail with EINTR, whatever SA_RESTART says: a thread round
+// would make a program see an error that its unprobed run never sees. Both are called from the
+// round's signal handler with the interrupted context, which the kernel has already turned into
+// the call's EINTR return (the number it was made with is lost by then).
+//
+// Whether `uc` may be such a return (x86: %rax holds -EINTR, %rcx the pc). The caller then reads
+// the code before the pc, as much of the last kWaitCodeBefore bytes as it safely can.
+constexpr size_t kWaitCodeBefore = 32;
+bool returned_eintr(const ucontext_t *uc);
+// When `before` (the bytes up to uc's pc) ends with a system call that the code made with a
+// constant number, and that call is a wait, sets uc to make the same call again with the same
+// arguments, as the kernel makes it when no handler runs, and returns true. A timeout the call
+// does not update in place starts again: the thread waits longer, as it does when it is scheduled
+// late, but never returns early.
+bool restart_wait(ucontext_t *uc, std::span<const uint8_t> before);
+
 // Stack walks (usprobe_hit_stack, core/stack.h): src/arch/<arch>/stack_walk.cc and
 // dwarf_unwind.cc.
 //

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 
 #include "arch/x86_64/code_writer.h"
@@ -217,6 +218,47 @@ std::optional<DecodedJump> decode_jump(std::span<const uint8_t> code, uint64_t a
   const ZydisDecodedOperand *imm = relative_imm(d);
   if (!imm) return std::nullopt;
   return DecodedJump{d.ins.length, addr + d.ins.length + static_cast<uint64_t>(imm->imm.value.s)};
+}
+
+std::optional<uint32_t> constant_syscall_number(std::span<const uint8_t> before) {
+  const size_t n = before.size();
+  if (n < 2 || before[n - 2] != 0x0f || before[n - 1] != 0x05) return std::nullopt;
+  const size_t syscall_at = n - 2;
+  // The nearest load wins: walking back, each candidate `mov $imm32, %eax` (b8) or `mov $imm32,
+  // %rax` (48 c7 c0) must decode, with what follows it, exactly up to the syscall.
+  for (size_t back = 5; back <= syscall_at; ++back) {
+    const size_t at = syscall_at - back;
+    size_t mov_len = 0;
+    if (before[at] == 0xb8)
+      mov_len = 5;
+    else if (at + 3 <= syscall_at && before[at] == 0x48 && before[at + 1] == 0xc7 &&
+             before[at + 2] == 0xc0)
+      mov_len = 7;
+    if (mov_len == 0 || at + mov_len > syscall_at) continue;
+    uint32_t nr;
+    std::memcpy(&nr, &before[at + mov_len - 4], 4);
+    size_t pos = at + mov_len;
+    bool clean = true;
+    while (clean && pos < syscall_at) {
+      Insn d;
+      if (!ZYAN_SUCCESS(decode(before.subspan(pos, syscall_at - pos), d)) ||
+          d.ins.meta.branch_type != ZYDIS_BRANCH_TYPE_NONE) {
+        clean = false;
+        break;
+      }
+      for (unsigned i = 0; i < d.ins.operand_count; ++i) {
+        const ZydisDecodedOperand &op = d.ops[i];
+        if (op.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+            (op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) &&
+            ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, op.reg.value) ==
+                ZYDIS_REGISTER_RAX)
+          clean = false;
+      }
+      pos += d.ins.length;
+    }
+    if (clean && pos == syscall_at) return nr;
+  }
+  return std::nullopt;
 }
 
 namespace {

@@ -53,6 +53,13 @@ struct DecodedJump {
 };
 std::optional<DecodedJump> decode_jump(std::span<const uint8_t> code, uint64_t addr);
 
+// The number a system call was made with, when the code loaded it as a constant. `before` holds
+// the bytes up to a pc that follows a `syscall` (0f 05, its last two bytes); the answer is the
+// immediate of the nearest `mov $n, %eax` (or %rax) from which the bytes decode exactly up to the
+// syscall, with no instruction between that branches or writes %rax. nullopt when there is none
+// (the number came from a register or memory, as in a generic syscall() wrapper).
+std::optional<uint32_t> constant_syscall_number(std::span<const uint8_t> before);
+
 struct Relocation {
   std::vector<uint8_t> code;  // relocated instructions, to be placed at dst_addr
   size_t consumed = 0;        // original bytes covered: whole instructions, >= min_len

@@ -6,11 +6,14 @@
 // dispatch with the registers the probed code had (the kernel restores them from the ucontext) and
 // resumes after the displaced instruction. So handlers never run in signal context, and the int3
 // path costs one trap round trip plus a trampoline.
+#include <errno.h>
 #include <signal.h>
+#include <sys/syscall.h>
 
 #include <algorithm>
 #include <cstring>
 
+#include "arch/x86_64/relocator.h"
 #include "core/arch.h"
 
 namespace usprobe::arch {
@@ -30,6 +33,54 @@ bool take_trap(const siginfo_t *info, ucontext_t *uc, TrapRedirect redirect) {
     return true;
   }
   return false;
+}
+
+bool returned_eintr(const ucontext_t *uc) {
+  // The syscall instruction leaves its return address in %rcx, and the kernel returns with it
+  // there: code that a signal interrupts elsewhere seldom has its own pc in %rcx.
+  const greg_t *g = uc->uc_mcontext.gregs;
+  return g[REG_RAX] == -EINTR && g[REG_RCX] == g[REG_RIP];
+}
+
+namespace {
+
+// The calls that only wait, and that the kernel makes again when a signal interrupts them and no
+// handler runs (or that fail with EINTR even under SA_RESTART): made again, they do what they
+// would have done. Calls that do work (read, write, accept...) are restarted by the kernel itself
+// under the round's SA_RESTART, and are not listed.
+bool is_wait(uint32_t nr) {
+  switch (nr) {
+    case SYS_poll:
+    case SYS_select:
+    case SYS_pause:
+    case SYS_nanosleep:
+    case SYS_rt_sigtimedwait:
+    case SYS_rt_sigsuspend:
+    case SYS_futex:
+    case SYS_io_getevents:
+    case SYS_clock_nanosleep:
+    case SYS_epoll_wait:
+    case SYS_pselect6:
+    case SYS_ppoll:
+    case SYS_epoll_pwait:
+    case SYS_epoll_pwait2:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool restart_wait(ucontext_t *uc, std::span<const uint8_t> before) {
+  if (!returned_eintr(uc)) return false;
+  std::optional<uint32_t> nr = x86::constant_syscall_number(before);
+  if (!nr || !is_wait(*nr)) return false;
+  // The arguments are where the call found them: a system call keeps every register but %rax,
+  // %rcx and %r11.
+  uc->uc_mcontext.gregs[REG_RIP] -= 2;
+  uc->uc_mcontext.gregs[REG_RAX] = static_cast<greg_t>(*nr);
+  return true;
 }
 
 uint64_t interrupted_pc(const ucontext_t *uc) {

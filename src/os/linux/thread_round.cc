@@ -5,9 +5,11 @@
 #include <linux/futex.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +20,7 @@
 
 #include <fmt/format.h>
 
+#include "core/arch.h"
 #include "os/linux/os_inline.h"
 #include "os/linux/signal_guard.h"
 
@@ -43,25 +46,66 @@ uint64_t g_sp[kMaxThreads];  // written by thread i's handler before its ack (re
 // handler that runs late (after its round gave up on it) sees nullptr or a later round, in which
 // it is either not listed or legitimately a member: fn is idempotent.
 std::atomic<Round *> g_active{nullptr};
+// Handlers between their first and last instruction. A round ends when they are done: a thread
+// still inside one has the handler's signal mask, and a caller that looks at the threads next (an
+// injector putting back the masks it changed for the session) would see that one.
+std::atomic<int> g_handlers_running{0};
 // Bumped by each ack, and the futex the waiting patcher sleeps on.
 std::atomic<uint32_t> g_ack_count{0};
 static_assert(sizeof(g_ack_count) == sizeof(uint32_t) &&
               std::atomic<uint32_t>::is_always_lock_free);
 
+// The code before the pc of a context that may have returned from a system call, read with a
+// system call, which fails instead of faulting where the process has no memory: from the start of
+// the page that holds pc - 2 at the lowest (that page was just executed), at most
+// arch::kWaitCodeBefore bytes.
+std::span<const uint8_t> code_before(uint64_t pc, uint8_t (&buf)[arch::kWaitCodeBefore]) {
+  if (pc < 2) return {};
+  const uint64_t page_start = (pc - 2) & ~uint64_t{4095};
+  const uint64_t from = std::max(page_start, pc >= sizeof buf ? pc - sizeof buf : 0);
+  const size_t len = pc - from;
+  iovec local{buf, len};
+  iovec remote{reinterpret_cast<void *>(from), len};
+  long got =
+      os::raw_syscall6(SYS_process_vm_readv, os::raw_syscall6(SYS_getpid),
+                       reinterpret_cast<long>(&local), 1, reinterpret_cast<long>(&remote), 1, 0);
+  return got == static_cast<long>(len) ? std::span<const uint8_t>(buf, len)
+                                       : std::span<const uint8_t>();
+}
+
 // Calls nothing in libc (no errno, no syscall()): any libc function may be mid-patch right now.
-void round_handler(int, siginfo_t *, void *ctx) {
+void round_handler(int sig, siginfo_t *, void *ctx) {
+  g_handlers_running.fetch_add(1, std::memory_order_relaxed);
+  auto *uc = static_cast<ucontext_t *>(ctx);
+  // The signal may have reached the thread asleep in a wait, in the moment between the round's
+  // last look and the signal: the call would fail with EINTR. Made again, the thread never knows.
+  // Unless a signal of the program's is pending too (this handler blocks them all): its handler
+  // runs next, and the program may count on the EINTR to see what that handler did. (One that was
+  // taken just before this handler, in the same return to user space, is not seen: the kernel
+  // takes a thread's own signals, as this one is, before those sent to the whole process.)
+  if (arch::returned_eintr(uc)) {
+    uint64_t pending = 0;
+    const uint64_t ours = uint64_t{1} << (sig - 1);
+    if (os::raw_syscall6(SYS_rt_sigpending, reinterpret_cast<long>(&pending), sizeof pending) ==
+            0 &&
+        (pending & ~ours) == 0) {
+      uint8_t buf[arch::kWaitCodeBefore];
+      (void)arch::restart_wait(uc, code_before(arch::interrupted_pc(uc), buf));
+    }
+  }
   Round *r = g_active.load(std::memory_order_acquire);
   if (r) {
     pid_t self = os::raw_gettid();
     for (size_t i = 0; i < r->count; ++i) {
       if (r->tids[i] != self) continue;
-      g_sp[i] = r->fn(static_cast<ucontext_t *>(ctx), r->arg);
+      g_sp[i] = r->fn(uc, r->arg);
       r->acked[i].store(1, std::memory_order_release);  // pairs with the acquire in wait loop
       g_ack_count.fetch_add(1, std::memory_order_release);
       os::raw_syscall6(SYS_futex, reinterpret_cast<long>(&g_ack_count), FUTEX_WAKE_PRIVATE, 1);
       break;
     }
   }
+  g_handlers_running.fetch_sub(1, std::memory_order_release);
 }
 
 // The round's signal: a real-time signal that the application leaves at its default, with our
@@ -116,15 +160,12 @@ std::vector<pid_t> list_threads() {
   return tids;
 }
 
-// The user-space pc (and sp) of a thread blocked in a system call; pc 0 when it is running (or
-// unknown).
-uint64_t blocked_pc(pid_t tid, uint64_t *sp) {
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
+// The user-space pc (and sp) of a thread blocked in a system call, from its open
+// /proc/self/task/TID/syscall (read again from the start at each call: the kernel makes the text
+// anew); pc 0 when it is running (or unknown).
+uint64_t blocked_pc_at(int fd, uint64_t *sp) {
+  char buf[256];
+  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
   if (n <= 0) return 0;
   buf[n] = 0;
   if (strncmp(buf, "running", 7) == 0) return 0;
@@ -134,6 +175,41 @@ uint64_t blocked_pc(pid_t tid, uint64_t *sp) {
   *last = 0;
   if (char *prev = strrchr(buf, ' ')) *sp = strtoull(prev + 1, nullptr, 16);
   return strtoull(last + 1, nullptr, 16);
+}
+
+int open_syscall_file(pid_t tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+  return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+uint64_t blocked_pc(pid_t tid, uint64_t *sp) {
+  int fd = open_syscall_file(tid);
+  if (fd < 0) return 0;
+  uint64_t pc = blocked_pc_at(fd, sp);
+  close(fd);
+  return pc;
+}
+
+// What became of a thread that the round meant to signal.
+enum class Reach { kSignalled, kAsleep, kGone };
+
+// Signals thread `tid` unless it is asleep in a system call at a safe pc (then *sp is its stack
+// pointer). A signal with a handler that reaches a thread asleep in nanosleep, poll, select or
+// epoll_wait makes the call fail with EINTR whatever SA_RESTART says. So the thread's state is
+// read again just before the signal, from a file already open. It may still go to sleep before
+// the signal lands (the interrupt that delivers it to a running thread's core takes microseconds,
+// and a thread that traps at a site being written runs slowly): round_handler then makes the
+// call again.
+Reach signal_unless_asleep(pid_t pid, pid_t tid, int sig, PcCheck pc_is_safe, void *arg,
+                           uint64_t *sp) {
+  int fd = open_syscall_file(tid);
+  uint64_t pc = fd >= 0 ? blocked_pc_at(fd, sp) : 0;
+  Reach reach = Reach::kAsleep;
+  if (pc == 0 || !pc_is_safe(pc, arg))
+    reach = syscall(SYS_tgkill, pid, tid, sig) == 0 ? Reach::kSignalled : Reach::kGone;
+  if (fd >= 0) close(fd);
+  return reach;
 }
 
 // Whether thread `tid` has `sig` in its blocked mask (from its /proc status); false when unknown.
@@ -222,12 +298,28 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
   // running process, or by a raw system call) would never answer: it is not signalled (a queued
   // real-time signal per round would pile up), only looked at again and again below, until it
   // is seen in a system call at a safe pc, or no longer blocking the signal.
-  std::vector<bool> done(targets.size(), false), polled(targets.size(), false);
+  enum class State { kPolled, kSignalled, kDone };
+  std::vector<State> state(targets.size(), State::kSignalled);
+  auto reach = [&](size_t i) {
+    uint64_t sp = 0;
+    switch (signal_unless_asleep(pid, targets[i], *sig, pc_is_safe, arg, &sp)) {
+      case Reach::kSignalled:
+        state[i] = State::kSignalled;
+        return;
+      case Reach::kAsleep:
+        ++res.blocked;
+        if (sp) res.stack_pointers.push_back(sp);
+        break;
+      case Reach::kGone:
+        break;  // exited already: it is in no window
+    }
+    state[i] = State::kDone;
+  };
   for (size_t i = 0; i < targets.size(); ++i) {
     if (thread_blocks(targets[i], *sig))
-      polled[i] = true;
-    else if (syscall(SYS_tgkill, pid, targets[i], *sig) != 0)
-      done[i] = true;  // exited already
+      state[i] = State::kPolled;
+    else
+      reach(i);
   }
 
   timespec start{};
@@ -238,33 +330,27 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
     const uint32_t seen = g_ack_count.load(std::memory_order_acquire);
     size_t pending = 0;
     for (size_t i = 0; i < targets.size(); ++i) {
-      if (done[i]) continue;
-      if (acked[i].load(std::memory_order_acquire)) {
-        done[i] = true;
+      if (state[i] == State::kDone) continue;
+      if (state[i] == State::kSignalled && acked[i].load(std::memory_order_acquire)) {
+        state[i] = State::kDone;
         ++res.signalled;
         res.stack_pointers.push_back(g_sp[i]);
       } else if (thread_exited(targets[i])) {
-        done[i] = true;  // the thread exited: it is in no window
-      } else if (uint64_t sp = 0, pc = polled[i] ? blocked_pc(targets[i], &sp) : 0;
+        state[i] = State::kDone;  // the thread exited: it is in no window
+      } else if (uint64_t sp = 0, pc = state[i] == State::kPolled ? blocked_pc(targets[i], &sp) : 0;
                  pc != 0 && pc_is_safe(pc, arg)) {
         // In a system call, outside every window: it returns to that pc, and from there it
         // cannot get inside a window any more (each window's first byte traps by now, and
         // nothing jumps into a window's middle).
-        done[i] = true;
+        state[i] = State::kDone;
         ++res.blocked;
         if (sp) res.stack_pointers.push_back(sp);
       } else {
         // A thread seen blocking the signal may only have been inside a handler then (a
         // handler runs with its sa_mask: the previous round's, finishing after its ack): once it
         // no longer blocks it, it is signalled after all.
-        if (polled[i] && !thread_blocks(targets[i], *sig)) {
-          polled[i] = false;
-          if (syscall(SYS_tgkill, pid, targets[i], *sig) != 0) {
-            done[i] = true;
-            continue;
-          }
-        }
-        ++pending;
+        if (state[i] == State::kPolled && !thread_blocks(targets[i], *sig)) reach(i);
+        if (state[i] != State::kDone) ++pending;
       }
     }
     if (pending == 0) break;
@@ -283,6 +369,14 @@ Result<RoundResult> run_thread_round(RoundFn fn, PcCheck pc_is_safe, void *arg, 
             &one_ms, nullptr, 0);
   }
   g_active.store(nullptr, std::memory_order_release);
+  // An answered thread is still on its way out of the handler (its futex wake, its return); a
+  // preempted one may take a while. Up to the round's timeout.
+  for (int waited_us = 0;
+       g_handlers_running.load(std::memory_order_acquire) > 0 && waited_us < timeout_ms * 1000;
+       waited_us += 50) {
+    timespec pause{0, 50 * 1000};
+    nanosleep(&pause, nullptr);
+  }
   return res;
 }
 

@@ -3,8 +3,11 @@
 //
 // A thread blocked in a system call is not signalled (that would interrupt its sleep): its user
 // instruction pointer is read from /proc/self/task/TID/syscall and given to `pc_is_safe`; only
-// when that says no is the thread signalled. A thread that blocks the round's signal does not
-// answer (signal_guard.h keeps the program from blocking it through libc).
+// when that says no is the thread signalled. A thread seen running may go to sleep in a wait
+// before the signal lands, which fails the wait with EINTR: the handler makes the wait again when
+// the code made it with a constant number (arch::restart_wait), as glibc's wrappers do. A thread
+// that blocks the round's signal does not answer (signal_guard.h keeps the program from blocking
+// it through libc).
 #pragma once
 
 #include "base/error.h"

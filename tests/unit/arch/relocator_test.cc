@@ -10,8 +10,12 @@
 #include <gtest/gtest.h>
 #include <link.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +24,7 @@
 #include <vector>
 
 #include "arch/x86_64/code_writer.h"
+#include "core/arch.h"
 
 namespace usprobe::x86 {
 namespace {
@@ -944,6 +949,114 @@ TEST(Relocator, RelocatedLibcProloguesExecute) {
     ASSERT_NE(v, nullptr);
     EXPECT_STREQ(v, "yes");
   }
+}
+
+// ---- The number a system call was made with --------------------------------------------------
+
+std::optional<uint32_t> NumberOf(const Bytes &b) {
+  return constant_syscall_number(b);
+}
+
+TEST(SyscallNumber, TheMovJustBeforeTheSyscall) {
+  EXPECT_EQ(NumberOf({0xb8, 0xe6, 0x00, 0x00, 0x00, 0x0f, 0x05}), 230u);  // clock_nanosleep
+  EXPECT_EQ(NumberOf({0x48, 0xc7, 0xc0, 0x07, 0x00, 0x00, 0x00, 0x0f, 0x05}), 7u);  // mov $7,%rax
+}
+
+TEST(SyscallNumber, InstructionsBetweenThatLeaveRaxAlone) {
+  // glibc's epoll_pwait: mov $0x119,%eax; mov 0x4(%rsp),%edi; syscall
+  EXPECT_EQ(NumberOf({0xb8, 0x19, 0x01, 0x00, 0x00, 0x8b, 0x7c, 0x24, 0x04, 0x0f, 0x05}), 281u);
+  // Bytes before the mov that do not decode do not matter.
+  EXPECT_EQ(NumberOf({0xff, 0xff, 0x4d, 0x89, 0xc2, 0xb8, 0x17, 0x00, 0x00, 0x00, 0x0f, 0x05}),
+            23u);
+}
+
+TEST(SyscallNumber, NoneWhenRaxIsWrittenAfterTheMovOrTheCodeBranches) {
+  // mov $7,%eax; mov %edx,%eax; syscall
+  EXPECT_EQ(NumberOf({0xb8, 0x07, 0x00, 0x00, 0x00, 0x89, 0xd0, 0x0f, 0x05}), std::nullopt);
+  // mov $7,%eax; cltq (writes %rax implicitly); syscall
+  EXPECT_EQ(NumberOf({0xb8, 0x07, 0x00, 0x00, 0x00, 0x48, 0x98, 0x0f, 0x05}), std::nullopt);
+  // mov $7,%eax; jmp +0; syscall: something may jump to the syscall with another number
+  EXPECT_EQ(NumberOf({0xb8, 0x07, 0x00, 0x00, 0x00, 0xeb, 0x00, 0x0f, 0x05}), std::nullopt);
+  // A generic wrapper: mov %rdi,%rax; syscall
+  EXPECT_EQ(NumberOf({0x48, 0x89, 0xf8, 0x0f, 0x05}), std::nullopt);
+  // No syscall at the end, or nothing before it.
+  EXPECT_EQ(NumberOf({0xb8, 0xe6, 0x00, 0x00, 0x00, 0x90}), std::nullopt);
+  EXPECT_EQ(NumberOf({0x0f, 0x05}), std::nullopt);
+  EXPECT_EQ(NumberOf({}), std::nullopt);
+}
+
+// Every syscall instruction of libc's wait functions on this machine: the number found is the
+// call the function makes. (nanosleep is not among them: glibc's calls clock_nanosleep.)
+TEST(SyscallNumber, LibcsWaitFunctions) {
+  struct Case {
+    const char *name;
+    std::vector<uint32_t> numbers;  // any of these (libc versions differ)
+  };
+  const Case cases[] = {
+      {"clock_nanosleep", {SYS_clock_nanosleep}},
+      {"poll", {SYS_poll, SYS_ppoll}},
+      {"epoll_wait", {SYS_epoll_wait, SYS_epoll_pwait}},
+      {"epoll_pwait", {SYS_epoll_pwait}},
+      {"select", {SYS_select, SYS_pselect6}},
+  };
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.name);
+    const uint64_t addr = LibcSymbol(c.name);
+    ASSERT_NE(addr, 0u);
+    Dl_info info{};
+    void *entry = nullptr;
+    ASSERT_NE(dladdr1(reinterpret_cast<void *>(addr), &info, &entry, RTLD_DL_SYMENT), 0);
+    const auto *sym = static_cast<const ElfW(Sym) *>(entry);
+    ASSERT_NE(sym, nullptr);
+    const auto *code = reinterpret_cast<const uint8_t *>(addr);
+    const FunctionScan scan = scan_function({code, sym->st_size}, addr);
+    int syscalls = 0;
+    for (uint32_t off : scan.boundaries) {
+      if (off + 2 > sym->st_size || code[off] != 0x0f || code[off + 1] != 0x05) continue;
+      ++syscalls;
+      const size_t from = off >= 32 ? off - 32 : 0;
+      const std::optional<uint32_t> nr = constant_syscall_number({code + from, code + off + 2});
+      ASSERT_TRUE(nr.has_value()) << "the syscall at +" << off;
+      EXPECT_NE(std::find(c.numbers.begin(), c.numbers.end(), *nr), c.numbers.end())
+          << "the syscall at +" << off << " found " << *nr;
+    }
+    // A libc that makes its system calls elsewhere (a shared cancellable-syscall helper) has none
+    // here; this one inlines them.
+    EXPECT_GT(syscalls, 0);
+  }
+}
+
+// The round's handler makes a wait again: back to its syscall instruction, with its number.
+TEST(SyscallNumber, RestartWaitRewindsToTheSyscallWithItsNumber) {
+  const Bytes clock_nanosleep = {0xb8, 0xe6, 0x00, 0x00, 0x00, 0x0f, 0x05};
+  const Bytes read = {0x31, 0xc0, 0x0f, 0x05};                     // xor %eax,%eax: read
+  const Bytes write = {0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0x05};  // mov $1,%eax: write
+  ucontext_t uc{};
+  auto reset = [&](greg_t rax) {
+    uc.uc_mcontext.gregs[REG_RIP] = 0x401007;
+    uc.uc_mcontext.gregs[REG_RCX] = 0x401007;  // where the syscall instruction leaves it
+    uc.uc_mcontext.gregs[REG_RAX] = rax;
+    uc.uc_mcontext.gregs[REG_RDI] = 1;
+  };
+  reset(-EINTR);
+  EXPECT_TRUE(arch::returned_eintr(&uc));
+  ASSERT_TRUE(arch::restart_wait(&uc, clock_nanosleep));
+  EXPECT_EQ(uc.uc_mcontext.gregs[REG_RIP], 0x401005);
+  EXPECT_EQ(uc.uc_mcontext.gregs[REG_RAX], SYS_clock_nanosleep);
+  EXPECT_EQ(uc.uc_mcontext.gregs[REG_RDI], 1);  // the arguments stay
+  // Not an EINTR, a call that does work, a number that is not a constant: left as they are.
+  reset(0);
+  EXPECT_FALSE(arch::returned_eintr(&uc));
+  EXPECT_FALSE(arch::restart_wait(&uc, clock_nanosleep));
+  reset(-EINTR);
+  uc.uc_mcontext.gregs[REG_RCX] = 0;  // not after a syscall
+  EXPECT_FALSE(arch::returned_eintr(&uc));
+  EXPECT_FALSE(arch::restart_wait(&uc, clock_nanosleep));
+  reset(-EINTR);
+  EXPECT_FALSE(arch::restart_wait(&uc, write));
+  EXPECT_FALSE(arch::restart_wait(&uc, read));
+  EXPECT_EQ(uc.uc_mcontext.gregs[REG_RIP], 0x401007);
+  EXPECT_EQ(uc.uc_mcontext.gregs[REG_RAX], -EINTR);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "target/ptrace.h"
 
@@ -24,9 +25,13 @@ std::optional<uint64_t> blocked_mask(pid_t pid, pid_t tid) {
   return std::nullopt;
 }
 
+constexpr std::chrono::milliseconds kHandlerWait{100};
+
 // Seizes `tid` and takes `remove` out of its mask, or puts `add` into it; the signals that changed
-// (0 when none did, or the thread is gone).
-Result<uint64_t> change(pid_t pid, pid_t tid, uint64_t remove, uint64_t add) {
+// (0 when none did, or the thread is gone). While the thread's mask holds any of `busy` (it runs a
+// handler that blocks them), up to kHandlerWait, it is let go and seized again.
+Result<uint64_t> change(pid_t pid, pid_t tid, uint64_t remove, uint64_t add, uint64_t busy = 0) {
+  const auto give_up = std::chrono::steady_clock::now() + kHandlerWait;
   auto thread = SeizedThread::seize(pid, tid, kSeizeTimeout);
   if (!thread) {
     if (thread.error().code == ESRCH) return 0;  // it exited meanwhile
@@ -34,6 +39,18 @@ Result<uint64_t> change(pid_t pid, pid_t tid, uint64_t remove, uint64_t add) {
   }
   auto mask = (*thread)->signal_mask();
   if (!mask) return std::unexpected(mask.error());
+  while ((*mask & busy) && std::chrono::steady_clock::now() < give_up) {
+    if (auto ok = (*thread)->release(); !ok) return std::unexpected(ok.error());
+    thread->reset();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    thread = SeizedThread::seize(pid, tid, kSeizeTimeout);
+    if (!thread) {
+      if (thread.error().code == ESRCH) return 0;
+      return std::unexpected(thread.error());
+    }
+    mask = (*thread)->signal_mask();
+    if (!mask) return std::unexpected(mask.error());
+  }
   uint64_t changed = (*mask & remove) | (~*mask & add);
   if (changed == 0) return 0;  // released by the destructor
   if (auto ok = (*thread)->set_signal_mask((*mask & ~remove) | add); !ok)
@@ -67,7 +84,7 @@ Result<std::vector<MaskChange>> unblock_signals(pid_t pid, uint64_t signals) {
       block_again(pid, changes);
       return std::unexpected(changed.error());
     }
-    if (*changed) changes.push_back({tid, *changed});
+    if (*changed) changes.push_back({tid, *changed, signals});
   }
   return changes;
 }
@@ -75,7 +92,7 @@ Result<std::vector<MaskChange>> unblock_signals(pid_t pid, uint64_t signals) {
 size_t block_again(pid_t pid, const std::vector<MaskChange> &changes) {
   size_t n = 0;
   for (const MaskChange &c : changes) {
-    auto changed = change(pid, c.tid, 0, c.signals);
+    auto changed = change(pid, c.tid, 0, c.signals, c.session);
     if (changed && *changed) ++n;
   }
   return n;

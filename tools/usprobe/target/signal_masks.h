@@ -43,6 +43,7 @@ inline uint64_t signal_bit(int sig) {
 struct MaskChange {
   pid_t tid = 0;
   uint64_t signals = 0;
+  uint64_t session = 0;  // every signal the session keeps unblocked: SIGTRAP and the round's
 };
 
 // Threads of `pid` whose mask holds any of `signals`, from /proc/PID/task/*/status.
@@ -55,6 +56,12 @@ Result<std::vector<MaskChange>> unblock_signals(pid_t pid, uint64_t signals);
 
 // Puts back what `changes` took out, in the threads that still run (best effort: a thread that
 // exited, or one that cannot be seized now, is left). The number of threads changed back.
+//
+// A thread found inside one of the engine's signal handlers (a round's handler that has answered
+// and not yet returned) blocks a session signal for the handler's run, and its return would set
+// the mask back to the session's, undoing the change: such a thread is let go and seized again a
+// moment later (up to 100 ms; then it is changed anyway, in case the program blocked the signal
+// itself).
 size_t block_again(pid_t pid, const std::vector<MaskChange> &changes);
 
 }  // namespace usprobe::cli
