@@ -19,7 +19,8 @@
 // own and passes any other to the program's disposition) or sent on purpose; the round's signal is
 // a real-time signal the program leaves at its default, which only the engine sends, to threads
 // it sees running user code (not to a thread sleeping in a system call, whose sleep it would cut
-// short). Every other signal stays as the program set it.
+// short; a wait it cuts short all the same, the thread having gone to sleep as it was sent, is
+// made again by its handler). Every other signal stays as the program set it.
 //
 // What stays: a thread that blocks SIGTRAP again during the session by its own mask call (an
 // agent injected into a running process cannot interpose libc's calls) and then reaches an int3.
