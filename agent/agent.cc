@@ -30,6 +30,7 @@
 // the fault fixup) is registered by the first session and does nothing while none is active.
 //
 // Nothing here writes to stdout: the command's output is the user's.
+#include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -739,6 +740,30 @@ void take_prepared_files(const char *path) {
   }
 }
 
+// usprobe -p: the prepared files, handed over by the injector as a descriptor of this process
+// whose memfd is named kPreparedMemfdName (protocol/prepared.h). The newest such descriptor is
+// taken; every one is closed (one left by an injection that failed after handing it over, too).
+void take_handed_prepared_files() {
+  DIR *dir = opendir("/proc/self/fd");
+  if (!dir) return;
+  const std::string name = fmt::format("/memfd:{} (deleted)", kPreparedMemfdName);
+  std::vector<int> handed;
+  while (dirent *e = readdir(dir)) {
+    char *end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == dirfd(dir)) continue;
+    char link[128];
+    const ssize_t n = readlink(fmt::format("/proc/self/fd/{}", fd).c_str(), link, sizeof link - 1);
+    if (n > 0 && std::string_view(link, static_cast<size_t>(n)) == name)
+      handed.push_back(static_cast<int>(fd));
+  }
+  closedir(dir);
+  if (handed.empty()) return;
+  std::sort(handed.begin(), handed.end());
+  take_prepared_files(fmt::format("/proc/self/fd/{}", handed.back()).c_str());
+  for (int fd : handed) close(fd);
+}
+
 // Runs before main, and after the engine's static objects are constructed (agent/CMakeLists.txt
 // links the engine first for that). A launched command: any problem is one line on stderr (and a
 // notice when the region is mapped), and the process runs as if the agent were not there.
@@ -818,6 +843,7 @@ extern "C" __attribute__((visibility("default"))) int usprobe_agent_attach(int r
     return refuse(EBUSY, fmt::format("pid {} is probed by another usprobe session (it was started "
                                      "by usprobe, whose agent it carries)",
                                      getpid()));
+  take_handed_prepared_files();
   auto mapping = map_region_fd(region_fd, fmt::format("region fd {}", region_fd));
   if (!mapping) return refuse(EPROTO, mapping.error());
   if (mapping->header->max_processes == 0) {

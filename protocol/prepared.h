@@ -15,6 +15,12 @@
 // or finds anything wrong, reads and decodes as before: the table saves time, never decides
 // anything alone.
 //
+// A running process (usprobe -p) gets the same memfd as a descriptor of its own: the injector
+// hands it over (SCM_RIGHTS) while it holds the thread it runs its calls in, and the agent's
+// usprobe_agent_attach takes it by its name (kPreparedMemfdName, as /proc/self/fd shows it), maps
+// it and closes every such descriptor before it attaches, so that the decoding is the CLI's and
+// not the service's (PostgreSQL's binary: 300 ms of the target's time).
+//
 // Layout: PreparedHead, then `files` PreparedFile records, then `words` uint64_t words, then the
 // files' bytes and images wherever their records say. A file's targets are words[first, first +
 // count), sorted file offsets; its complete ranges are `ranges` (offset, size) pairs from
@@ -27,6 +33,7 @@
 namespace usprobe::agent {
 
 inline constexpr const char *kEnvPrepared = "USPROBE_AGENT_PREPARED";
+inline constexpr const char *kPreparedMemfdName = "usprobe-prepared";
 inline constexpr uint64_t kPreparedMagic = 0x3150'5250'5450'5355ull;  // "USPTPRP1", little-endian
 inline constexpr uint32_t kPreparedVersion = 3;
 inline constexpr uint32_t kPreparedMaxFiles = 4096;

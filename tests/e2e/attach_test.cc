@@ -96,6 +96,16 @@ void attach_twice(const char *blocker) {
     ASSERT_TRUE(usprobe.wait_for_stderr("probes attached in", 20s))
         << end_session(usprobe).describe();
     EXPECT_EQ(next_fd(session), unprobed_fd) << "the program's own descriptors moved";
+    // The probed files came prepared by the CLI (protocol/prepared.h): the agent maps the memfd
+    // it was handed and keeps no descriptor of it.
+    const std::string proc = "/proc/" + std::to_string(target.pid());
+    EXPECT_NE(read_file(proc + "/maps").find("/memfd:usprobe-prepared"), std::string::npos);
+    for (const auto &entry : std::filesystem::directory_iterator(proc + "/fd")) {
+      std::error_code ec;
+      EXPECT_EQ(std::filesystem::read_symlink(entry.path(), ec).string().find("usprobe-prepared"),
+                std::string::npos)
+          << entry.path();
+    }
     target.poke();  // the reader thread's read() returns once, mid-session
     target.send("call " + std::to_string(calls));
     ASSERT_TRUE(target.process().wait_for_stdout("called " + std::to_string(calls), 10s));

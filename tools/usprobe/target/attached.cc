@@ -89,10 +89,21 @@ class AttachedTarget final : public Target {
   // session counts into it. A failed injection ends the session in the processes done so far.
   Result<Region *> start(const RegionConfig &config, const std::vector<PlanEntry> &plan,
                          const std::string &agent, Supervisor &) override {
+    // The probed files, read, indexed and decoded here once rather than in each target
+    // (protocol/prepared.h); each target gets its own descriptor of the memfd.
+    std::vector<std::string> locations;
+    for (const PlanEntry &e : plan) locations.push_back(e.location);
+    struct Prepared {
+      int fd;
+      ~Prepared() {
+        if (fd >= 0) ::close(fd);
+      }
+    } prepared{prepared_files_memfd(locations, {})};
     for (Process &p : processes_) {
       // Threads that block SIGTRAP or the round's signal could not be patched around: they are
       // unblocked once the agent is loaded, before it attaches (signal_masks.h).
       InjectOptions options;
+      options.prepared_fd = prepared.fd;
       options.on_prepared = [&p](int round_signal) {
         uint64_t signals = signal_bit(SIGTRAP) | (round_signal > 0 ? signal_bit(round_signal) : 0);
         if (auto changes = unblock_signals(p.point.pid, signals)) p.unblocked = std::move(*changes);

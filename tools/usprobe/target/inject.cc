@@ -723,6 +723,13 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
       block.region_fd = static_cast<int32_t>(*given);
     }
 
+    // The prepared files: a descriptor in the target, which the agent finds by its memfd's name
+    // and closes. Without it the agent reads and decodes the files itself.
+    // (A failure here only costs the target that time.)
+    if (options.prepared_fd >= 0)
+      (void)injection.give_fd(options.prepared_fd, scratch_address + offsetof(Scratch, passing),
+                              "the prepared files");
+
     if (auto p = injection.syscall("pipe2", SYS_pipe2,
                                    {scratch_address + offsetof(Scratch, pipe_fds), O_CLOEXEC});
         !p)

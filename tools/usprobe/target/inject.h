@@ -79,6 +79,9 @@ struct InjectOptions {
   // and SIGTRAP deliverable in the threads that block them (signal_masks.h). The agent attaches
   // when this returns.
   std::function<void(int round_signal)> on_prepared;
+  // The probed files as the CLI prepared them (prepared_files_memfd, protocol/prepared.h), or -1:
+  // handed to the target as a descriptor of its own, which the agent takes at its attach.
+  int prepared_fd = -1;
 };
 
 // Seizes a thread, has the target create the agent memfd (skipped when the agent is loaded

@@ -252,7 +252,7 @@ int prepared_files_memfd(const std::vector<std::string> &locations,
     records[i].image_size = images[i].size();
     size = align8(size + images[i].size());
   }
-  int fd = ::memfd_create("usprobe-prepared", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  int fd = ::memfd_create(agent::kPreparedMemfdName, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
   // Written through a mapping, which is gone before the seals go on (F_SEAL_WRITE refuses a file
   // with a writable mapping).
