@@ -71,6 +71,15 @@ struct Status {
   uint64_t cap_eff = 0;
 };
 
+// The slots of `pid`'s descriptor table ("FDSize:" in its status); 0 when unknown.
+rlim_t fd_table_size(pid_t pid) {
+  std::ifstream status(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(status, line))
+    if (line.starts_with("FDSize:")) return std::strtoull(line.c_str() + 7, nullptr, 10);
+  return 0;
+}
+
 std::optional<Status> read_status(pid_t pid) {
   std::ifstream in(fmt::format("/proc/{}/status", pid));
   if (!in) return std::nullopt;
@@ -445,10 +454,19 @@ class Injection {
   // top of its numbers (os/linux/high_descriptor.h), the old number closed: the program's own next
   // open() gets the number it would have got without usprobe. Stays where it is where the target
   // has no room up there, or the move fails.
+  //
+  // Near the top of the descriptor table the target has now (FDSize in its status, 64 slots in a
+  // small process), when that is below the usual place: a table that grows while the thread is
+  // held makes it wait for an RCU grace period (the kernel's expand_fdtable, in a process of more
+  // than one thread: 10 to 15 ms on these VMs, the attach's whole stop before). The program's own
+  // numbers stay as they are unprobed up to the last 16 slots of the table it has.
   int raise_fd(int fd) {
     rlimit limit{};
     if (::prlimit(point_.pid, RLIMIT_NOFILE, nullptr, &limit) != 0) return fd;
     rlim_t floor = os::high_descriptor_floor(limit.rlim_cur);
+    if (table_size_ == 0) table_size_ = fd_table_size(point_.pid);
+    if (table_size_ >= 32 && floor + os::kHighDescriptorRoom > table_size_)
+      floor = table_size_ - 16;
     if (floor == 0 || static_cast<rlim_t>(fd) >= floor) return fd;
     auto high = thread_.syscall(point_.syscall_insn, SYS_fcntl,
                                 {uint64_t(fd), F_DUPFD_CLOEXEC, uint64_t{floor}});
@@ -488,6 +506,7 @@ class Injection {
   const AttachPoint &point_;
   SeizedThread &thread_;
   std::string who_;
+  rlim_t table_size_ = 0;  // the target's descriptor table when first asked (0: unknown)
   std::vector<std::function<void()>> undo_;
 };
 
