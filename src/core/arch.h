@@ -199,6 +199,10 @@ bool pc_outside_windows(uint64_t pc, std::span<const WindowMove> windows);
 // the code before the pc, as much of the last kWaitCodeBefore bytes as it safely can.
 constexpr size_t kWaitCodeBefore = 32;
 bool returned_eintr(const ucontext_t *uc);
+// Whether system call `nr` only waits (nanosleep, poll, select, epoll_wait, futex and their
+// kind): made again with the same arguments, it does what it would have done. For whoever finds
+// one that usprobe cut short: the round's handler (restart_wait), the CLI's ptrace interrupt.
+bool is_wait_syscall(uint64_t nr);
 // When `before` (the bytes up to uc's pc) ends with a system call that the code made with a
 // constant number, and that call is a wait, sets uc to make the same call again with the same
 // arguments, as the kernel makes it when no handler runs, and returns true. A timeout the call

@@ -10,8 +10,9 @@
 // that blocks every signal (pthread_sigmask) and sleeps (or, with ATTACH_TARGET_BLOCKER=spin, calls
 // attach_spin without pause, as liblzma's compressing workers run). The main thread prints
 //   ready pid=PID driven=0xADDR bytes=HEX32
-// (attach_driven's address and its first 16 code bytes, before anything is probed), then reads
-// lines from CONTROL_FIFO:
+// (attach_driven's address and its first 16 code bytes, before anything is probed), then waits in
+// epoll_wait (an EINTR is counted: the thread usprobe -p seizes sits there) for lines from
+// CONTROL_FIFO:
 //   call N    calls attach_driven N times, then prints "called N"
 //   fork N    forks a child that calls attach_driven N times, prints "child PID called N" and stays
 //             alive (pause) until it is killed
@@ -30,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -152,6 +154,12 @@ int main(int argc, char **argv) {
   if (blocks)
     pthread_create(&threads[n++], NULL, blocker, strcmp(blocks, "spin") == 0 ? (void *)1 : NULL);
 
+  // Made before the ready line: a test may lower RLIMIT_NOFILE once it has seen it.
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) {
+    perror("epoll_create1");
+    return 1;
+  }
   // The ready line says every thread is where it will be: glibc blocks every signal in a new
   // thread until it runs its own code.
   while (atomic_load(&g_started) < n) sched_yield();
@@ -166,8 +174,25 @@ int main(int argc, char **argv) {
     perror(argv[1]);
     return 1;
   }
+  // The main thread, the one usprobe -p seizes, waits in epoll_wait for each command: a call that
+  // fails with EINTR when anything interrupts it, even with no handler to run (the kernel does not
+  // restart it). Unbuffered, so that a second line that came with the first is still in the pipe
+  // for epoll to see.
+  setvbuf(control, NULL, _IONBF, 0);
+  struct epoll_event want = {.events = EPOLLIN};
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, fileno(control), &want) != 0) {
+    perror("epoll_ctl");
+    return 1;
+  }
   char line[128];
-  while (fgets(line, sizeof line, control)) {
+  for (;;) {
+    struct epoll_event got;
+    int ready = epoll_wait(ep, &got, 1, -1);
+    if (ready < 0) {
+      if (errno == EINTR) atomic_fetch_add(&g_eintr, 1);
+      continue;
+    }
+    if (!fgets(line, sizeof line, control)) break;
     long count = 0;
     if (sscanf(line, "call %ld", &count) == 1) {
       for (long i = 0; i < count; ++i) attach_driven(i);

@@ -42,13 +42,11 @@ bool returned_eintr(const ucontext_t *uc) {
   return g[REG_RAX] == -EINTR && g[REG_RCX] == g[REG_RIP];
 }
 
-namespace {
-
 // The calls that only wait, and that the kernel makes again when a signal interrupts them and no
 // handler runs (or that fail with EINTR even under SA_RESTART): made again, they do what they
 // would have done. Calls that do work (read, write, accept...) are restarted by the kernel itself
 // under the round's SA_RESTART, and are not listed.
-bool is_wait(uint32_t nr) {
+bool is_wait_syscall(uint64_t nr) {
   switch (nr) {
     case SYS_poll:
     case SYS_select:
@@ -70,12 +68,10 @@ bool is_wait(uint32_t nr) {
   }
 }
 
-}  // namespace
-
 bool restart_wait(ucontext_t *uc, std::span<const uint8_t> before) {
   if (!returned_eintr(uc)) return false;
   std::optional<uint32_t> nr = x86::constant_syscall_number(before);
-  if (!nr || !is_wait(*nr)) return false;
+  if (!nr || !is_wait_syscall(*nr)) return false;
   // The arguments are where the call found them: a system call keeps every register but %rax,
   // %rcx and %r11.
   uc->uc_mcontext.gregs[REG_RIP] -= 2;

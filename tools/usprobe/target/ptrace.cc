@@ -9,9 +9,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
+
+#include "core/arch.h"
 
 namespace usprobe::cli {
 
@@ -291,11 +295,53 @@ Result<void> SeizedThread::interrupt_and_wait(Clock::time_point deadline) {
   }
 }
 
+namespace {
+
+// The signals pending for thread `tid` (its own and the process's) that it does not block, from
+// its status; all ones when unknown.
+uint64_t deliverable_signals(pid_t pid, pid_t tid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tid);
+  FILE *f = std::fopen(path, "re");
+  if (!f) return ~0ull;
+  uint64_t pending = 0, blocked = 0;
+  int seen = 0;
+  char line[256];
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "SigPnd:", 7) == 0 || std::strncmp(line, "ShdPnd:", 7) == 0) {
+      pending |= std::strtoull(line + 7, nullptr, 16);
+      ++seen;
+    } else if (std::strncmp(line, "SigBlk:", 7) == 0) {
+      blocked = std::strtoull(line + 7, nullptr, 16);
+      ++seen;
+    }
+  }
+  std::fclose(f);
+  return seen == 3 ? pending & ~blocked : ~0ull;
+}
+
+}  // namespace
+
+void SeizedThread::restart_cut_wait() {
+  user_regs_struct regs{};
+  if (ptrace_request(PTRACE_GETREGS, tid_, 0, reinterpret_cast<uint64_t>(&regs)) != 0) return;
+  if (static_cast<int64_t>(regs.rax) != -EINTR || regs.orig_rax == ~0ull ||
+      !arch::is_wait_syscall(regs.orig_rax) || !pending_.empty() ||
+      deliverable_signals(pid_, tid_) != 0)
+    return;
+  uint8_t insn[2] = {};
+  if (!read_memory(pid_, regs.rip - 2, insn) || insn[0] != 0x0f || insn[1] != 0x05) return;
+  regs.rax = regs.orig_rax;
+  regs.rip -= 2;
+  (void)ptrace_request(PTRACE_SETREGS, tid_, 0, reinterpret_cast<uint64_t>(&regs));
+}
+
 Result<void> SeizedThread::release() {
   if (!attached_) return {};
   attached_ = false;
   released_at_ = Clock::now();
   if (gone_) return {};
+  restart_cut_wait();
   // In a signal-delivery-stop, the detach delivers one signal with its own siginfo; the others
   // (and any, from an event stop) are sent again with tgkill (their siginfo becomes SI_TKILL).
   size_t first = 0;

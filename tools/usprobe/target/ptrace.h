@@ -18,7 +18,11 @@
 //   restore()   registers, xstate and signal mask as saved. A system call the thread was in
 //               (read, nanosleep, futex) has its saved state (rax = -ERESTART..., orig_rax) back,
 //               so it restarts as if nothing happened, nanosleep with its remaining time.
-//   release()   PTRACE_DETACH, giving back the signal kept at seize or arrived meanwhile.
+//   release()   PTRACE_DETACH, giving back the signal kept at seize or arrived meanwhile. A wait
+//               that the interrupt cut short with EINTR (epoll_wait returns it, not a restart
+//               code, even when no handler runs) is set to be made again, as the kernel makes
+//               nanosleep or read again, unless a signal is pending that the program may count
+//               on that EINTR for.
 //
 // Every call must come from the thread that seized (ptrace's tracer is a thread).
 #pragma once
@@ -79,6 +83,7 @@ class SeizedThread {
   double stopped_ms() const;
 
  private:
+  void restart_cut_wait();
   SeizedThread(pid_t pid, pid_t tid) : pid_(pid), tid_(tid) {}
   enum class Stop { kEvent, kSignal };
   // Resumes with `request` (PTRACE_CONT or PTRACE_SINGLESTEP) until a signal-delivery-stop for
