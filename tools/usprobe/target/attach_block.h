@@ -63,7 +63,10 @@ struct AttachBlock {
   int32_t round_signal;
   uint32_t prepared;
   uint32_t go;
-  uint32_t pad;
+  /* Set by the CLI (release) once the agent's bytes are in its memfd, which it writes after it has
+   * let the seized thread go: 1, or 2 when it could not (the bootstrap then ends as a failed
+   * dlopen would). The bootstrap waits for it, boundedly, before its dlopen. */
+  uint32_t agent_written;
 };
 
 #endif

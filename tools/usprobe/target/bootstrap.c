@@ -63,7 +63,13 @@ __attribute__((used, noinline, noclone)) static void usprobe_bootstrap_main(stru
   attach_fn attach = (attach_fn)b->attach;
   prepare_fn prepare = (prepare_fn)b->prepare;
   if (!attach) {
-    void *handle = ((dlopen_fn)b->dlopen)(b->agent_path, BOOTSTRAP_RTLD_NOW);
+    for (uint32_t i = 0; i < b->max_polls && !__atomic_load_n(&b->agent_written, __ATOMIC_ACQUIRE);
+         i++)
+      ((nanosleep_fn)b->nanosleep)(&b->poll_sec, 0);
+    /* Not written (2, or never): the dlopen of what is there fails, and says why. */
+    void *handle = __atomic_load_n(&b->agent_written, __ATOMIC_ACQUIRE) == 1
+                       ? ((dlopen_fn)b->dlopen)(b->agent_path, BOOTSTRAP_RTLD_NOW)
+                       : 0;
     /* Loaded or not, the memfd is no longer needed: the mapping keeps the agent's pages. */
     if (b->agent_fd >= 0) ((close_fn)b->close)(b->agent_fd);
     if (!handle) {

@@ -20,6 +20,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "elf/elf_file.h"
@@ -670,10 +671,11 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
   SeizedThread &thread = **seized;
   if (auto s = thread.save(); !s) return std::unexpected(s.error());
 
-  int region_fd = -1, control_fd = -1;
+  int region_fd = -1, control_fd = -1, agent_writer = -1;
   auto close_mine = [&] {
     if (region_fd >= 0) ::close(region_fd);
     if (control_fd >= 0) ::close(control_fd);
+    if (agent_writer >= 0) ::close(std::exchange(agent_writer, -1));
   };
   uint64_t block_address = 0;
   uint64_t mapping_size = 0;
@@ -708,20 +710,10 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
       if (!fd) return std::unexpected(fd.error());
       block.agent_fd = injection.raise_fd(static_cast<int>(*fd));
       injection.own_fd(block.agent_fd);
+      // Its bytes go in once the thread is let go (agent_written): 1.4 ms of the stop, for 2.2 MB.
       auto mine = injection.open_fd(block.agent_fd, O_WRONLY);
       if (!mine) return std::unexpected(mine.error());
-      size_t done = 0;
-      while (done < agent_bytes.size()) {
-        ssize_t w = ::write(*mine, agent_bytes.data() + done, agent_bytes.size() - done);
-        if (w <= 0) {
-          int e = w < 0 ? errno : EIO;
-          ::close(*mine);
-          return fail(
-              e, fmt::format("{}: writing the agent into its memfd: {}", who, std::strerror(e)));
-        }
-        done += static_cast<size_t>(w);
-      }
-      ::close(*mine);
+      agent_writer = *mine;
       std::snprintf(block.agent_path, sizeof block.agent_path, "/proc/self/fd/%d", block.agent_fd);
     }
 
@@ -834,6 +826,25 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
     return std::unexpected(!restored ? restored.error() : released.error());
   }
 
+  // The agent's bytes, the thread running again; then the bootstrap may load them.
+  std::optional<Error> write_error;
+  if (agent_writer >= 0) {
+    for (size_t done = 0; done < agent_bytes.size();) {
+      ssize_t w = ::write(agent_writer, agent_bytes.data() + done, agent_bytes.size() - done);
+      if (w <= 0) {
+        int e = w < 0 ? errno : EIO;
+        write_error = Error{
+            e, fmt::format("{}: writing the agent into its memfd: {}", who, std::strerror(e))};
+        break;
+      }
+      done += static_cast<size_t>(w);
+    }
+    ::close(std::exchange(agent_writer, -1));
+    const uint32_t written = write_error ? 2 : 1;
+    (void)write_memory(point.pid, block_address + offsetof(AttachBlock, agent_written),
+                       {reinterpret_cast<const uint8_t *>(&written), sizeof written});
+  }
+
   // The bootstrap's answer. Its block stays mapped until `ack` says the CLI has read it.
   auto deadline = Clock::now() + options.answer_timeout;
   auto interval = std::chrono::microseconds(50);
@@ -895,6 +906,10 @@ Result<Injected> inject(const AttachPoint &point, const std::string &agent_path,
   }
 
   std::string message = untrusted_text(answer.message, sizeof answer.message);
+  if (write_error && answer.stage == USPROBE_STAGE_DLOPEN) {
+    close_mine();
+    return std::unexpected(*write_error);
+  }
   if (answer.stage == USPROBE_STAGE_DLOPEN || answer.stage == USPROBE_STAGE_DLSYM) {
     close_mine();
     return fail(ENOEXEC, fmt::format("{}: the agent could not be loaded: {}", who,
