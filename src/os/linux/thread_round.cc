@@ -160,12 +160,15 @@ std::vector<pid_t> list_threads() {
   return tids;
 }
 
-// The user-space pc (and sp) of a thread blocked in a system call, from its open
-// /proc/self/task/TID/syscall (read again from the start at each call: the kernel makes the text
-// anew); pc 0 when it is running (or unknown).
-uint64_t blocked_pc_at(int fd, uint64_t *sp) {
-  char buf[256];
-  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+// The user-space pc (and sp) of a thread blocked in a system call; pc 0 when it is running (or
+// unknown).
+uint64_t blocked_pc(pid_t tid, uint64_t *sp) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
   if (n <= 0) return 0;
   buf[n] = 0;
   if (strncmp(buf, "running", 7) == 0) return 0;
@@ -177,39 +180,20 @@ uint64_t blocked_pc_at(int fd, uint64_t *sp) {
   return strtoull(last + 1, nullptr, 16);
 }
 
-int open_syscall_file(pid_t tid) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
-  return open(path, O_RDONLY | O_CLOEXEC);
-}
-
-uint64_t blocked_pc(pid_t tid, uint64_t *sp) {
-  int fd = open_syscall_file(tid);
-  if (fd < 0) return 0;
-  uint64_t pc = blocked_pc_at(fd, sp);
-  close(fd);
-  return pc;
-}
-
 // What became of a thread that the round meant to signal.
 enum class Reach { kSignalled, kAsleep, kGone };
 
 // Signals thread `tid` unless it is asleep in a system call at a safe pc (then *sp is its stack
 // pointer). A signal with a handler that reaches a thread asleep in nanosleep, poll, select or
 // epoll_wait makes the call fail with EINTR whatever SA_RESTART says. So the thread's state is
-// read again just before the signal, from a file already open. It may still go to sleep before
-// the signal lands (the interrupt that delivers it to a running thread's core takes microseconds,
-// and a thread that traps at a site being written runs slowly): round_handler then makes the
-// call again.
+// read again just before the signal. It may still go to sleep before the signal lands (the
+// interrupt that delivers it to a running thread's core takes microseconds, and a thread that
+// traps at a site being written runs slowly): round_handler then makes the call again.
 Reach signal_unless_asleep(pid_t pid, pid_t tid, int sig, PcCheck pc_is_safe, void *arg,
                            uint64_t *sp) {
-  int fd = open_syscall_file(tid);
-  uint64_t pc = fd >= 0 ? blocked_pc_at(fd, sp) : 0;
-  Reach reach = Reach::kAsleep;
-  if (pc == 0 || !pc_is_safe(pc, arg))
-    reach = syscall(SYS_tgkill, pid, tid, sig) == 0 ? Reach::kSignalled : Reach::kGone;
-  if (fd >= 0) close(fd);
-  return reach;
+  const uint64_t pc = blocked_pc(tid, sp);
+  if (pc != 0 && pc_is_safe(pc, arg)) return Reach::kAsleep;
+  return syscall(SYS_tgkill, pid, tid, sig) == 0 ? Reach::kSignalled : Reach::kGone;
 }
 
 // Whether thread `tid` has `sig` in its blocked mask (from its /proc status); false when unknown.

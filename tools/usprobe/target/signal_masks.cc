@@ -32,31 +32,26 @@ constexpr std::chrono::milliseconds kHandlerWait{100};
 // handler that blocks them), up to kHandlerWait, it is let go and seized again.
 Result<uint64_t> change(pid_t pid, pid_t tid, uint64_t remove, uint64_t add, uint64_t busy = 0) {
   const auto give_up = std::chrono::steady_clock::now() + kHandlerWait;
-  auto thread = SeizedThread::seize(pid, tid, kSeizeTimeout);
-  if (!thread) {
-    if (thread.error().code == ESRCH) return 0;  // it exited meanwhile
-    return std::unexpected(thread.error());
-  }
-  auto mask = (*thread)->signal_mask();
-  if (!mask) return std::unexpected(mask.error());
-  while ((*mask & busy) && std::chrono::steady_clock::now() < give_up) {
-    if (auto ok = (*thread)->release(); !ok) return std::unexpected(ok.error());
-    thread->reset();
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    thread = SeizedThread::seize(pid, tid, kSeizeTimeout);
+  for (;;) {
+    auto thread = SeizedThread::seize(pid, tid, kSeizeTimeout);
     if (!thread) {
-      if (thread.error().code == ESRCH) return 0;
+      if (thread.error().code == ESRCH) return 0;  // it exited meanwhile
       return std::unexpected(thread.error());
     }
-    mask = (*thread)->signal_mask();
+    auto mask = (*thread)->signal_mask();
     if (!mask) return std::unexpected(mask.error());
+    if ((*mask & busy) && std::chrono::steady_clock::now() < give_up) {
+      if (auto ok = (*thread)->release(); !ok) return std::unexpected(ok.error());
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    uint64_t changed = (*mask & remove) | (~*mask & add);
+    if (changed == 0) return 0;  // released by the destructor
+    if (auto ok = (*thread)->set_signal_mask((*mask & ~remove) | add); !ok)
+      return std::unexpected(ok.error());
+    if (auto ok = (*thread)->release(); !ok) return std::unexpected(ok.error());
+    return changed;
   }
-  uint64_t changed = (*mask & remove) | (~*mask & add);
-  if (changed == 0) return 0;  // released by the destructor
-  if (auto ok = (*thread)->set_signal_mask((*mask & ~remove) | add); !ok)
-    return std::unexpected(ok.error());
-  if (auto ok = (*thread)->release(); !ok) return std::unexpected(ok.error());
-  return changed;
 }
 
 }  // namespace
