@@ -221,20 +221,8 @@ bool only_thread() {
 
 std::vector<int> threads_blocking(int sig) {
   std::vector<int> out;
-  for (pid_t tid : list_threads()) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/task/%d/status", tid);
-    FILE *f = fopen(path, "re");
-    if (!f) continue;
-    char line[256];
-    while (fgets(line, sizeof line, f)) {
-      if (strncmp(line, "SigBlk:", 7) != 0) continue;
-      unsigned long long mask = strtoull(line + 7, nullptr, 16);
-      if (mask & (1ull << (sig - 1))) out.push_back(tid);
-      break;
-    }
-    fclose(f);
-  }
+  for (pid_t tid : list_threads())
+    if (thread_blocks(tid, sig)) out.push_back(tid);
   return out;
 }
 

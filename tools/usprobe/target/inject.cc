@@ -63,23 +63,16 @@ std::string comm_of(pid_t pid) {
   return c.empty() ? "?" : c;
 }
 
-// What /proc/PID/status says that decides whether ptrace may attach.
+// What /proc/PID/status says that decides whether ptrace may attach, and the size of the
+// descriptor table (Injection::raise_fd).
 struct Status {
   char state = '?';
   pid_t tgid = 0, ppid = 0, tracer = 0;
   uid_t uid[4] = {};  // real, effective, saved, fs
   gid_t gid[4] = {};
   uint64_t cap_eff = 0;
+  rlim_t fd_size = 0;  // the slots of its descriptor table
 };
-
-// The slots of `pid`'s descriptor table ("FDSize:" in its status); 0 when unknown.
-rlim_t fd_table_size(pid_t pid) {
-  std::ifstream status(fmt::format("/proc/{}/status", pid));
-  std::string line;
-  while (std::getline(status, line))
-    if (line.starts_with("FDSize:")) return std::strtoull(line.c_str() + 7, nullptr, 10);
-  return 0;
-}
 
 std::optional<Status> read_status(pid_t pid) {
   std::ifstream in(fmt::format("/proc/{}/status", pid));
@@ -102,6 +95,8 @@ std::optional<Status> read_status(pid_t pid) {
       f >> s.gid[0] >> s.gid[1] >> s.gid[2] >> s.gid[3];
     else if (line.starts_with("CapEff:"))
       f >> std::hex >> s.cap_eff;
+    else if (line.starts_with("FDSize:"))
+      f >> s.fd_size;
   }
   return s;
 }
@@ -465,7 +460,8 @@ class Injection {
     rlimit limit{};
     if (::prlimit(point_.pid, RLIMIT_NOFILE, nullptr, &limit) != 0) return fd;
     rlim_t floor = os::high_descriptor_floor(limit.rlim_cur);
-    if (table_size_ == 0) table_size_ = fd_table_size(point_.pid);
+    if (table_size_ == 0)
+      if (auto status = read_status(point_.pid)) table_size_ = status->fd_size;
     if (table_size_ >= 32 && floor + os::kHighDescriptorRoom > table_size_)
       floor = table_size_ - 16;
     if (floor == 0 || static_cast<rlim_t>(fd) >= floor) return fd;
