@@ -125,6 +125,18 @@ class AttachedTarget final : public Target {
                          options)
                    : inject_agent(p.point, agent, region_->fd(), options);
       if (!injected) {
+        // The process exited right after its agent attached (its record in the region says so),
+        // before usprobe read the answer: the attach took place, its counts are in the region,
+        // and the session sees the exit.
+        if (injected.error().code == ESRCH && region_ && !running(p.point.pid)) {
+          const std::vector<ProcessEntry> records = region_->processes();
+          if (std::any_of(records.begin(), records.end(), [&](const ProcessEntry &r) {
+                return r.pid == p.point.pid && r.state != 0;
+              })) {
+            p.exited = true;
+            continue;
+          }
+        }
         block_again(p.point.pid, std::exchange(p.unblocked, {}));
         end_session();  // the processes attached before this one
         region_.reset();
