@@ -63,6 +63,7 @@
 #include "agent/region.h"
 #include "agent/slots.h"
 #include "agent/stack_handler.h"
+#include "api/attach_batch.h"
 #include "core/registry.h"
 #include "core/site_analysis.h"
 #include "core/thread_record.h"
@@ -403,8 +404,19 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   // that path on real programs, whatever jump the engine could place.
   if (const char *force = getenv("USPROBE_FORCE_INT3"); force && std::string_view(force) == "1")
     flags |= USPROBE_FORCE_INT3;
-  int attached =
-      usprobe_attach_batch_ex(locations.data(), n, consumers.data(), flags, g_links, errors.data());
+  // `usprobe count`: each entry probe counts on the counter path where it can (count_on_counter_path
+  // below), set up with the consumers: no second publication of each probe.
+  std::vector<registry::ExternalCounter> external;
+  if (g_region.mode == kModeCount && g_region.session <= kMaxCounterTag) {
+    g_counter_tag.store(g_region.session, std::memory_order_relaxed);
+    external.resize(n);
+    for (size_t i = 0; i < n; ++i)
+      if (!plan[i].location.starts_with("uretprobe:"))
+        external[i] = {true, static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)),
+                       g_region.session};
+  }
+  int attached = api::attach_batch(locations.data(), n, consumers.data(), flags, g_links,
+                                   errors.data(), external);
   double ms = ms_since(t0);
   if (attached < 0)
     return std::unexpected(
@@ -457,16 +469,14 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
 // full path, sets its home in the new region.
 void count_on_counter_path(const std::vector<PlannedProbe> &plan) {
   if (g_region.session > kMaxCounterTag) return;  // tags used up: count_handler counts alone
-  g_counter_tag.store(g_region.session, std::memory_order_relaxed);
-  size_t counted = 0, placed = 0;
+  size_t placed = 0;
+  std::vector<usprobe_link *> entries;
   for (size_t i = 0; i < plan.size(); ++i) {
     if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
     ++placed;
-    if (plan[i].location.starts_with("uretprobe:")) continue;
-    auto everywhere = registry::count_on_counter_path(
-        g_links[i], static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)), g_region.session);
-    counted += everywhere && *everywhere;
+    if (!plan[i].location.starts_with("uretprobe:")) entries.push_back(g_links[i]);
   }
+  const size_t counted = registry::on_counter_path(entries);
   g_counter_path_homes.store(true, std::memory_order_relaxed);
   post_notice(kNoticeInfo, -1,
               fmt::format("{} of {} placed probes count on the counter path (no call a hit)",

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "api/attach_batch.h"
 #include "core/counters.h"
 #include "core/probe.h"
 #include "core/registry.h"
@@ -101,9 +102,10 @@ USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *con
   return usprobe_attach_ex(location, consumer, 0, link);
 }
 
-USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
-                                        const usprobe_consumer *consumers, unsigned flags,
-                                        usprobe_link **links, int *errors) {
+int usprobe::api::attach_batch(const char *const *locations, size_t n,
+                               const usprobe_consumer *consumers, unsigned flags,
+                               usprobe_link **links, int *errors,
+                               std::span<const registry::ExternalCounter> external) {
   if ((!locations || !links) && n > 0)
     return report_fixed(EINVAL, "usprobe_attach_batch: locations and links are required");
   if (n > INT_MAX)
@@ -121,14 +123,16 @@ USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
   // NULL locations fail one by one; the others are attached together.
   std::vector<std::string> locs;
   std::vector<usprobe_consumer> per_location;
+  std::vector<registry::ExternalCounter> counters;
   std::vector<size_t> index;  // locs[k] is locations[index[k]]
   for (size_t i = 0; i < n; ++i) {
     if (!locations[i]) continue;
     locs.emplace_back(locations[i]);
     if (consumers) per_location.push_back(consumers[i]);
+    if (!external.empty()) counters.push_back(external[i]);
     index.push_back(i);
   }
-  auto results = usprobe::registry::attach(locs, per_location, flags);
+  auto results = usprobe::registry::attach(locs, per_location, flags, counters);
   std::vector<const usprobe::Result<usprobe_link *> *> result_of(n, nullptr);
   for (size_t k = 0; k < index.size(); ++k) result_of[index[k]] = &results[k];
   int attached = 0;
@@ -148,6 +152,12 @@ USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
   }
   set_messages(std::move(messages));
   return attached;
+}
+
+USPROBE_API int usprobe_attach_batch_ex(const char *const *locations, size_t n,
+                                        const usprobe_consumer *consumers, unsigned flags,
+                                        usprobe_link **links, int *errors) {
+  return usprobe::api::attach_batch(locations, n, consumers, flags, links, errors, {});
 }
 
 USPROBE_API int usprobe_attach_batch(const char *const *locations, size_t n,

@@ -150,7 +150,8 @@ std::atomic<bool> g_external_in_use{false};
 
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
                                            std::span<const usprobe_consumer> consumers,
-                                           unsigned flags) {
+                                           unsigned flags,
+                                           std::span<const ExternalCounter> external) {
   std::vector<Result<usprobe_link *>> out(locations.size(), nullptr);
   auto consumer_of = [&](size_t i) {
     if (consumers.empty()) return usprobe_consumer{};
@@ -333,10 +334,13 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         continue;
       }
       auto *link = new usprobe_link{group.front(), *slot, consumer, group};
+      const ExternalCounter counter =
+          i < external.size() && !returns && consumer.on_entry ? external[i] : ExternalCounter{};
       for (Probe *p : group)
         added[p].push_back({*slot, consumer.on_entry, consumer.user,
                             !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns,
-                            (flags & USPROBE_NO_REGS) != 0});
+                            (flags & USPROBE_NO_REGS) != 0, counter.used, counter.offset,
+                            counter.tag});
       made.emplace_back(i, link);
     }
 
@@ -492,29 +496,18 @@ bool external_counters_maybe_in_use() {
   return g_external_in_use.load(std::memory_order_relaxed);
 }
 
-Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset, uint64_t tag) {
-  std::vector<std::function<void()>> garbage;
-  bool everywhere = !link->probes.empty();
-  {
-    Locked lock;
-    if (!live_links(lock).count(link))
-      return fail(EINVAL, "count_on_counter_path: the link is not attached");
-    for (Probe *p : link->probes) {
-      auto entries = entries_of(lock, p);
-      for (ConsumerEntry &e : entries)
-        if (e.slot == link->slot) {
-          e.external_counter = true;
-          e.external_offset = offset;
-          e.external_tag = tag;
-        }
-      publish(lock, p, std::move(entries), garbage);
-      everywhere &= p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
-                    std::all_of(p->sites.begin(), p->sites.end(),
-                                [](const Site *s) { return s->plan.counter_window_length != 0; });
-    }
+size_t on_counter_path(std::span<usprobe_link *const> links) {
+  Locked lock;
+  size_t n = 0;
+  for (const usprobe_link *link : links) {
+    if (!link || link->probes.empty()) continue;
+    n += std::all_of(link->probes.begin(), link->probes.end(), [](const Probe *p) {
+      return p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
+             std::all_of(p->sites.begin(), p->sites.end(),
+                         [](const Site *s) { return s->plan.counter_window_length != 0; });
+    });
   }
-  free_later(std::move(garbage), false);
-  return everywhere;
+  return n;
 }
 
 Result<void> notify_mapping() {

@@ -12,23 +12,33 @@
 
 namespace usprobe::registry {
 
+// A consumer whose entry hits count into a counter kept outside the engine (the agent's `usprobe
+// count`): `offset` bytes from each thread's counter home (core/thread_record.h, set_counter_home;
+// counter_path_external() first), homes and words carrying its owner's `tag`. Where the consumer is
+// its probe's only one, the counter path increments that counter on entry hits without calling
+// on_entry, and on_entry counts the full path's hits (it sets the thread's home).
+struct ExternalCounter {
+  bool used = false;
+  uint32_t offset = 0;
+  uint64_t tag = 0;
+};
+
 // One result per location, in order. `consumers`: empty (built-in counter only), one for every
 // location, or one per location. flags: USPROBE_FORCE_INT3, USPROBE_GENERAL_REGS_ONLY.
+// `external`: empty, or one per location (its consumer's on_entry set, no return probe), published
+// with the consumers, before the first patched byte: no second publication of each probe.
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
                                            std::span<const usprobe_consumer> consumers,
-                                           unsigned flags = 0);
+                                           unsigned flags = 0,
+                                           std::span<const ExternalCounter> external = {});
 // When this returns, no handler of these links runs or will run; the links are freed. Null entries
 // are skipped; a link that is not attached fails the whole batch (EINVAL), detaching none.
 Result<void> detach(std::span<usprobe_link *const> links);
 
-// The link's consumer (on_entry set, no return probe) counts into a counter kept outside the
-// engine, `offset` bytes from each thread's counter home (core/thread_record.h,
-// set_counter_home; counter_path_external() first): where it is its probe's only consumer, the
-// counter path increments that counter on entry hits without calling on_entry, and on_entry
-// counts the full path's hits (it sets the thread's home). For the agent's `usprobe count`.
-// Returns whether every site of the link has the counter path now (a function's entry, the
-// link's consumer alone there).
-Result<bool> count_on_counter_path(usprobe_link *link, uint32_t offset, uint64_t tag = 0);
+// How many of the links count on the counter path at every site (each site a function's entry,
+// the link's consumer alone at its probe, counting into the engine's counter or an external one).
+// Null entries are skipped.
+size_t on_counter_path(std::span<usprobe_link *const> links);
 // Whether a detach could not show that every thread is past the counter path's increment into an
 // external counter it read the word of before the detach (core/retire.h,
 // counter_windows_clear): the owner must then keep that counter's memory, never unmap it.

@@ -4,6 +4,7 @@
 // where each byte will sit (base + offset) and computes displacements itself.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -60,10 +61,19 @@ class CodeWriter {
   explicit CodeWriter(uint64_t base) : base_(base) {}
 
   uint64_t base() const { return base_; }
-  uint64_t pc() const { return base_ + buf_.size(); }  // address of the next byte
-  size_t size() const { return buf_.size(); }
-  const std::vector<uint8_t> &bytes() const { return buf_; }
-  std::vector<uint8_t> &bytes() { return buf_; }
+  uint64_t pc() const { return base_ + size_; }  // address of the next byte
+  size_t size() const { return size_; }
+  // The code written so far. The buffer runs ahead of the code (a trampoline is written a byte at
+  // a time, thousands per batch: an append is a store, not a vector's push_back); this trims it,
+  // and writing on afterwards is fine.
+  std::vector<uint8_t> &bytes() {
+    buf_.resize(size_);
+    return buf_;
+  }
+  // Room for n bytes of code in one allocation.
+  void reserve(size_t n) {
+    if (buf_.size() < n) buf_.resize(n);
+  }
 
   static bool fits_rel32(uint64_t from_next, uint64_t target) {
     int64_t d = static_cast<int64_t>(target - from_next);
@@ -100,10 +110,14 @@ class CodeWriter {
       l.abs64_.add(size() - 8);
   }
 
-  void put_u8(uint8_t b) { buf_.push_back(b); }
+  void put_u8(uint8_t b) {
+    if (size_ == buf_.size()) grow(1);
+    buf_[size_++] = b;
+  }
   void put_bytes(const void *p, size_t n) {
-    auto *b = static_cast<const uint8_t *>(p);
-    buf_.insert(buf_.end(), b, b + n);
+    if (buf_.size() - size_ < n) grow(n);
+    std::memcpy(buf_.data() + size_, p, n);
+    size_ += n;
   }
   void put_u32(uint32_t v) { put_bytes(&v, 4); }
   void put_u64(uint64_t v) { put_bytes(&v, 8); }
@@ -308,8 +322,13 @@ class CodeWriter {
     if (mod == 0x80) put_u32(static_cast<uint32_t>(disp));
   }
 
+  __attribute__((noinline)) void grow(size_t n) {
+    buf_.resize(std::max(2 * buf_.size(), size_ + n + 64));
+  }
+
   uint64_t base_;
-  std::vector<uint8_t> buf_;
+  std::vector<uint8_t> buf_;  // the code is its first size_ bytes
+  size_t size_ = 0;
 };
 
 }  // namespace usprobe::x86

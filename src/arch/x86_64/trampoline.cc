@@ -524,7 +524,7 @@ std::optional<Pun> punned_jump(uint64_t site, std::span<const uint8_t> insn,
       continue;
     }
     x86::CodeWriter sw(*at);
-    sw.bytes().reserve(kStubSize);
+    sw.reserve(kStubSize);
     sw.put_jmp(trampoline);
     pun.stub.addr = *at;
     pun.stub.code.swap(sw.bytes());
@@ -636,7 +636,7 @@ Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space) {
     }
   } unused{space, *mem};
   x86::CodeWriter w(*mem);
-  w.bytes().reserve(kTrampolineSize);  // one allocation, not one per doubling
+  w.reserve(kTrampolineSize);  // one allocation, not one per doubling
   x86::Label window;
   emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code, plan,
                              window);

@@ -209,16 +209,16 @@ TEST(Registry, AFreedCounterSlotGoesToTheNextLinkAtZero) {
   ASSERT_TRUE(detach({next}));
 }
 
-// A counter kept outside the engine (registry::count_on_counter_path), as the agent keeps its
-// sessions' counts: its handler counts the full path's hits and sets the thread's home, as
-// count_handler does, and the counter path counts the others there. A home set under an older tag
-// (a session that ended) is not taken: the hit goes to the handler, which sets the new one.
-struct ExternalCounter {
+// A counter kept outside the engine (registry::ExternalCounter), as the agent keeps its sessions'
+// counts: its handler counts the full path's hits and sets the thread's home, as count_handler
+// does, and the counter path counts the others there. A home set under an older tag (a session
+// that ended) is not taken: the hit goes to the handler, which sets the new one.
+struct ExternalHome {
   uint64_t *home = nullptr;
   uint64_t tag = 0;
   uint64_t handler_hits = 0;
 };
-ExternalCounter g_external;
+ExternalHome g_external;
 void count_externally(usprobe_hit *, void *) {
   ++g_external.handler_hits;
   set_counter_home(
@@ -230,27 +230,44 @@ TEST(Registry, AnExternalCounterCountsAtItsTagsHomeAndAStaleHomeTakesTheFullPath
   alignas(64) static uint64_t first[4], second[4];
   const std::string locations[] = {"exe:reg_add_three"};
   const usprobe_consumer consumer{count_externally, nullptr, nullptr};
-  auto r = registry::attach(locations, std::span(&consumer, 1), 0);
-  ASSERT_TRUE(r.size() == 1 && r[0]) << (r.empty() ? "" : r[0].error().message);
-  usprobe_link *link = *r[0];
   constexpr uint32_t kOffset = 2 * sizeof(uint64_t);  // the counter is word 2 of the home
+  auto attach_counting = [&](uint64_t tag) -> usprobe_link * {
+    const registry::ExternalCounter counter{true, kOffset, tag};
+    auto r = registry::attach(locations, std::span(&consumer, 1), 0, std::span(&counter, 1));
+    EXPECT_TRUE(r.size() == 1 && r[0]) << (r.empty() || r[0] ? "" : r[0].error().message);
+    return r.size() == 1 && r[0] ? *r[0] : nullptr;
+  };
 
   g_external = {first, 1, 0};
   set_counter_home(0);  // this thread has no home yet
-  ASSERT_TRUE(registry::count_on_counter_path(link, kOffset, 1));
+  usprobe_link *link = attach_counting(1);
+  ASSERT_NE(link, nullptr);
+  EXPECT_EQ(registry::on_counter_path(std::span(&link, 1)), 1u);
   for (long i = 0; i < 10; ++i) ASSERT_EQ(g_add_three(i), i + 3);
   EXPECT_EQ(g_external.handler_hits, 1u) << "the first hit sets the home, the others count there";
   EXPECT_EQ(first[2], 9u);
+  ASSERT_TRUE(detach({link}));
 
   // The next owner's tag: the home of tag 1 is stale, and only the handler may set the new one.
   g_external = {second, 2, 0};
-  ASSERT_TRUE(registry::count_on_counter_path(link, kOffset, 2));
+  link = attach_counting(2);
+  ASSERT_NE(link, nullptr);
   for (long i = 0; i < 10; ++i) ASSERT_EQ(g_add_three(i), i + 3);
   EXPECT_EQ(g_external.handler_hits, 1u);
   EXPECT_EQ(second[2], 9u);
   EXPECT_EQ(first[2], 9u) << "a hit counted into the stale home";
   EXPECT_EQ(first[0] + first[1] + first[3] + second[0] + second[1] + second[3], 0u);
 
+  // Without one, the same consumer is a handler: every hit calls it.
+  ASSERT_TRUE(detach({link}));
+  auto r = registry::attach(locations, std::span(&consumer, 1), 0);
+  ASSERT_TRUE(r.size() == 1 && r[0]);
+  link = *r[0];
+  EXPECT_EQ(registry::on_counter_path(std::span(&link, 1)), 0u);
+  g_external.handler_hits = 0;
+  for (long i = 0; i < 10; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+  EXPECT_EQ(g_external.handler_hits, 10u);
+  EXPECT_EQ(second[2], 9u);
   ASSERT_TRUE(detach({link}));
   set_counter_home(saved_home);
 }
