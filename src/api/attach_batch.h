@@ -1,4 +1,5 @@
-// usprobe_attach_batch_ex with what the C API does not offer: for the agent, which links the engine.
+// usprobe_attach_batch_ex with what the C API does not offer: for the agent, which links the
+// engine.
 #pragma once
 
 #include <cstddef>
