@@ -415,8 +415,24 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
         external[i] = {true, static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)),
                        g_region.session};
   }
-  int attached = api::attach_batch(locations.data(), n, consumers.data(), flags, g_links,
-                                   errors.data(), external);
+  // Once the first sites are patched, the agent's own calls of probed functions (its allocations
+  // and frees, 130,000 in a libc:* attach) hit them. They are not the program's: count_handler
+  // drops them (t_in_agent), at the cost of the full path each. In count mode they take the counter
+  // path into a sink instead (CounterPathSink). Mapped: a home lies above kCounterBias, which a
+  // non-PIE program's heap does not.
+  const size_t sink_size = (n + 1) * sizeof(uint64_t);
+  void *sink = external.empty() ? MAP_FAILED
+                                : mmap(nullptr, sink_size, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  int attached;
+  {
+    CounterPathSink sunk(sink == MAP_FAILED ? 0
+                                            : tagged_counter_home(reinterpret_cast<uint64_t>(sink),
+                                                                  g_region.session));
+    attached = api::attach_batch(locations.data(), n, consumers.data(), flags, g_links,
+                                 errors.data(), external);
+  }
+  if (sink != MAP_FAILED) munmap(sink, sink_size);
   double ms = ms_since(t0);
   if (attached < 0)
     return std::unexpected(

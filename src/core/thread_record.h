@@ -106,7 +106,9 @@ inline uint32_t counter_word_slot(uint64_t word) {
 struct CounterPathState {
   uint64_t base = 0;      // what the counter path adds: `home`, or 0 inside handler sections
   uint64_t home = 0;      // the base outside handler sections
+  uint64_t sink = 0;      // nonzero: the base everywhere (CounterPathSink)
   uint32_t sections = 0;  // CounterPathOff scopes open on this thread (signal handlers' included)
+  uint64_t current() const { return sink ? sink : sections ? 0 : home; }
 };
 extern constinit thread_local CounterPathState t_counter_path
     __attribute__((tls_model("initial-exec")));
@@ -119,17 +121,42 @@ class CounterPathOff {
   CounterPathOff() {
     CounterPathState &s = t_counter_path;
     ++s.sections;
-    s.base = 0;
+    s.base = s.sink;
     // The counter path of this thread (a signal handler's hit) sees 0 before the handler runs.
     std::atomic_signal_fence(std::memory_order_seq_cst);
   }
   ~CounterPathOff() {
     std::atomic_signal_fence(std::memory_order_seq_cst);
     CounterPathState &s = t_counter_path;
-    if (--s.sections == 0) s.base = s.home;
+    --s.sections;
+    s.base = s.current();
   }
   CounterPathOff(const CounterPathOff &) = delete;
   CounterPathOff &operator=(const CounterPathOff &) = delete;
+};
+
+// While it lives, this thread's counter path counts into `sink` (a home: a tagged address above
+// kCounterBias, of a block as large as the counters' offsets reach, that no one reads), inside
+// handler sections too. For usprobe's own work that calls probed functions whose hits are not the
+// program's, and would each take the full path only to be dropped there (the agent's attach, once
+// its first sites are patched, allocates and frees). Not nested; a signal handler's hits on this
+// thread meanwhile count into the sink too.
+class CounterPathSink {
+ public:
+  explicit CounterPathSink(uint64_t sink) {
+    CounterPathState &s = t_counter_path;
+    s.sink = sink >= kCounterBias ? sink : 0;
+    s.base = s.current();
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~CounterPathSink() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    CounterPathState &s = t_counter_path;
+    s.sink = 0;
+    s.base = s.current();
+  }
+  CounterPathSink(const CounterPathSink &) = delete;
+  CounterPathSink &operator=(const CounterPathSink &) = delete;
 };
 
 // Counters kept outside the engine (the agent's, in memory its command reads): the engine's own
@@ -144,7 +171,7 @@ inline void set_counter_home(uint64_t home) {
   CounterPathState &s = t_counter_path;
   s.home = home >= kCounterBias ? home : 0;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  if (s.sections == 0) s.base = s.home;
+  s.base = s.current();
 }
 
 // Slow path of the first hit of a thread: take a free record or make one. Async-signal-safe.

@@ -110,11 +110,11 @@ class CodeWriter {
       l.abs64_.add(size() - 8);
   }
 
-  void put_u8(uint8_t b) {
+  __attribute__((always_inline)) void put_u8(uint8_t b) {
     if (size_ == buf_.size()) grow(1);
     buf_[size_++] = b;
   }
-  void put_bytes(const void *p, size_t n) {
+  __attribute__((always_inline)) void put_bytes(const void *p, size_t n) {
     if (buf_.size() - size_ < n) grow(n);
     std::memcpy(buf_.data() + size_, p, n);
     size_ += n;

@@ -53,6 +53,25 @@ ZyanStatus decode(std::span<const uint8_t> code, Insn &out) {
                                 &out.ins, out.ops);
 }
 
+// decode(), but the operands only where relocating reads them: branches and calls, and RIP- (or
+// EIP-) relative memory, which ModRM encodes as mod 0, r/m 5. Any other instruction is copied as
+// it is, and decoding its operands was most of the cost of a batch's windows. Without them,
+// operand_count is 0: messages decode again (disassemble needs them).
+ZyanStatus decode_for_copy(std::span<const uint8_t> code, Insn &out) {
+  ZydisDecoderContext ctx;
+  const ZyanStatus st = ZydisDecoderDecodeInstruction(
+      &decoder(), &ctx, code.data(), std::min(code.size(), kMaxInsnLen), &out.ins);
+  if (!ZYAN_SUCCESS(st)) return st;
+  const ZydisDecodedInstruction &i = out.ins;
+  const bool ip_relative = (i.attributes & ZYDIS_ATTRIB_HAS_MODRM) && i.raw.modrm.mod == 0 &&
+                           i.raw.modrm.rm == 5;
+  if (ip_relative || (i.attributes & ZYDIS_ATTRIB_IS_RELATIVE) ||
+      i.meta.branch_type != ZYDIS_BRANCH_TYPE_NONE || i.mnemonic == ZYDIS_MNEMONIC_CALL)
+    return ZydisDecoderDecodeOperands(&decoder(), &ctx, &out.ins, out.ops, i.operand_count);
+  out.ins.operand_count = out.ins.operand_count_visible = 0;
+  return ZYAN_STATUS_SUCCESS;
+}
+
 std::string hex(uint64_t v) {
   char buf[24];
   std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
@@ -76,6 +95,13 @@ std::string disassemble(const Insn &d, uint64_t addr) {
           &fmt, &d.ins, d.ops, d.ins.operand_count_visible, buf, sizeof buf, addr, nullptr)))
     return "(unformattable instruction)";
   return buf;
+}
+
+// "`instruction` at address", for messages: the instruction that starts `code`.
+std::string describe(std::span<const uint8_t> code, uint64_t addr) {
+  Insn d;
+  if (!ZYAN_SUCCESS(decode(code, d))) return "the instruction at " + hex(addr);
+  return "`" + disassemble(d, addr) + "` at " + hex(addr);
 }
 
 std::string bytes_text(std::span<const uint8_t> b) {
@@ -327,7 +353,7 @@ Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, siz
   CodeWriter w(dst_addr);
   struct Branch {
     uint64_t target;
-    std::string what;
+    size_t off;  // of the instruction, described only if it is refused
   };
   std::vector<Branch> branches;  // checked against the window once its end is known
 
@@ -342,7 +368,7 @@ Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, siz
     };
     if (rest.empty()) return too_short();
     Insn d;
-    ZyanStatus st = decode(rest, d);
+    ZyanStatus st = decode_for_copy(rest, d);
     if (!ZYAN_SUCCESS(st)) {
       if (st == ZYDIS_STATUS_NO_MORE_DATA && rest.size() < kMaxInsnLen) return too_short();
       return fail(EINVAL, "bytes `" + bytes_text(rest.first(std::min(rest.size(), size_t{8}))) +
@@ -351,7 +377,7 @@ Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, siz
     auto bytes = rest.first(d.ins.length);
     uint64_t next = addr + d.ins.length;
     bool last = off + d.ins.length >= min_len;
-    auto what = [&] { return "`" + disassemble(d, addr) + "` at " + hex(addr); };
+    auto what = [rest, addr] { return describe(rest, addr); };
 
     if (auto why = refusal(d)) return fail(EINVAL, what() + ": " + *why);
     bool is_call = d.ins.mnemonic == ZYDIS_MNEMONIC_CALL;
@@ -369,7 +395,7 @@ Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, siz
       uint64_t target = 0;
       if (!ZYAN_SUCCESS(ZydisCalcAbsoluteAddress(&d.ins, rel, addr, &target)))
         return fail(EINVAL, what() + ": cannot compute the branch target");
-      branches.push_back({target, what()});
+      branches.push_back({target, off});
       if (d.ins.mnemonic == ZYDIS_MNEMONIC_JMP) {
         w.put_jmp(target);
       } else if (is_jcc(d)) {
@@ -408,7 +434,8 @@ Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, siz
   // the instruction that was there.
   for (const auto &b : branches)
     if (b.target >= src_addr && b.target < src_addr + out.consumed)
-      return fail(EINVAL, b.what + ": branches into the patched window " + hex(src_addr) + ".." +
+      return fail(EINVAL, describe(src.subspan(b.off), src_addr + b.off) +
+                              ": branches into the patched window " + hex(src_addr) + ".." +
                               hex(src_addr + out.consumed));
   out.code = std::move(w.bytes());
   return out;

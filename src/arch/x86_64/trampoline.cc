@@ -244,6 +244,7 @@ void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offs
   w.put_mov_mem_reg(x86::RSP, -8, x86::R11);
   const size_t start = w.size();
   plan.counter_window = w.pc();
+  plan.counter_window_map.reserve(5);  // its five instructions
   auto instruction = [&] {
     plan.counter_window_map.emplace_back(static_cast<uint32_t>(w.size() - start), 0);
   };

@@ -263,7 +263,12 @@ void write_code_later(uint64_t addr, std::span<const uint8_t> bytes, size_t bloc
     r.next_block = addr + block_size;
     return;
   }
-  g_runs.push_back({addr, addr + block_size, std::vector<uint8_t>(bytes.begin(), bytes.end())});
+  // A slab's room at once: a batch's trampolines fill slab after slab, and a run grown by doubling
+  // copied each slab's code several times over into fresh memory.
+  Run r{addr, addr + block_size, {}};
+  r.bytes.reserve(std::max(kSlabSize, bytes.size()));
+  r.bytes.assign(bytes.begin(), bytes.end());
+  g_runs.push_back(std::move(r));
 }
 
 Result<void> flush_code() {
