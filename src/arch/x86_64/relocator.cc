@@ -59,12 +59,12 @@ ZyanStatus decode(std::span<const uint8_t> code, Insn &out) {
 // operand_count is 0: messages decode again (disassemble needs them).
 ZyanStatus decode_for_copy(std::span<const uint8_t> code, Insn &out) {
   ZydisDecoderContext ctx;
-  const ZyanStatus st = ZydisDecoderDecodeInstruction(
-      &decoder(), &ctx, code.data(), std::min(code.size(), kMaxInsnLen), &out.ins);
+  const ZyanStatus st = ZydisDecoderDecodeInstruction(&decoder(), &ctx, code.data(),
+                                                      std::min(code.size(), kMaxInsnLen), &out.ins);
   if (!ZYAN_SUCCESS(st)) return st;
   const ZydisDecodedInstruction &i = out.ins;
-  const bool ip_relative = (i.attributes & ZYDIS_ATTRIB_HAS_MODRM) && i.raw.modrm.mod == 0 &&
-                           i.raw.modrm.rm == 5;
+  const bool ip_relative =
+      (i.attributes & ZYDIS_ATTRIB_HAS_MODRM) && i.raw.modrm.mod == 0 && i.raw.modrm.rm == 5;
   if (ip_relative || (i.attributes & ZYDIS_ATTRIB_IS_RELATIVE) ||
       i.meta.branch_type != ZYDIS_BRANCH_TYPE_NONE || i.mnemonic == ZYDIS_MNEMONIC_CALL)
     return ZydisDecoderDecodeOperands(&decoder(), &ctx, &out.ins, out.ops, i.operand_count);
