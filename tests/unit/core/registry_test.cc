@@ -8,6 +8,7 @@
 #include "core/registry.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <array>
@@ -270,6 +271,58 @@ TEST(Registry, AnExternalCounterCountsAtItsTagsHomeAndAStaleHomeTakesTheFullPath
   EXPECT_EQ(second[2], 9u);
   ASSERT_TRUE(detach({link}));
   set_counter_home(saved_home);
+}
+
+// usprobe's own work that calls probed functions (the agent's attach) sinks this thread's hits:
+// inside the sink's scope they count into a block no one reads, on the counter path, handler
+// sections included, and neither the counter nor its handler sees them; after it the thread counts
+// at its home again.
+TEST(Registry, ASinkTakesThisThreadsHitsAndGivesTheHomeBack) {
+  const uint64_t saved_home = t_counter_path.home;
+  void *blocks =
+      mmap(nullptr, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(blocks, MAP_FAILED);
+  auto *home = static_cast<uint64_t *>(blocks);
+  auto *sink = home + 4096 / sizeof(uint64_t);
+  constexpr uint32_t kOffset = 2 * sizeof(uint64_t);
+  constexpr uint64_t kTag = 3;
+  const std::string locations[] = {"exe:reg_add_three"};
+  const usprobe_consumer consumer{count_externally, nullptr, nullptr};
+  const registry::ExternalCounter counter{true, kOffset, kTag};
+  auto r = registry::attach(locations, std::span(&consumer, 1), 0, std::span(&counter, 1));
+  ASSERT_TRUE(r.size() == 1 && r[0]) << (r.empty() || r[0] ? "" : r[0].error().message);
+  usprobe_link *link = *r[0];
+
+  g_external = {home, kTag, 0};
+  set_counter_home(0);
+  for (long i = 0; i < 4; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+  EXPECT_EQ(g_external.handler_hits, 1u);
+  EXPECT_EQ(home[2], 3u);
+  {
+    CounterPathSink sunk(tagged_counter_home(reinterpret_cast<uint64_t>(sink), kTag));
+    for (long i = 0; i < 5; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+    {
+      CounterPathOff off;  // a handler section (the registry's lock holds one)
+      for (long i = 0; i < 6; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+    }
+    for (long i = 0; i < 7; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+  }
+  EXPECT_EQ(sink[2], 18u);
+  EXPECT_EQ(home[2], 3u) << "a sunk hit counted at the home";
+  EXPECT_EQ(g_external.handler_hits, 1u) << "a sunk hit took the full path";
+  for (long i = 0; i < 8; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+  EXPECT_EQ(home[2], 11u) << "the home was not given back";
+  {
+    CounterPathOff off;  // without a sink, a handler section's hits take the full path
+    for (long i = 0; i < 2; ++i) ASSERT_EQ(g_add_three(i), i + 3);
+  }
+  EXPECT_EQ(g_external.handler_hits, 3u);
+  EXPECT_EQ(home[2], 11u);
+  EXPECT_EQ(sink[2], 18u);
+
+  ASSERT_TRUE(detach({link}));
+  set_counter_home(saved_home);
+  munmap(blocks, 2 * 4096);
 }
 
 TEST(Registry, ForcedInt3SiteHoldsTheTrapByteAndCountsEveryCall) {
