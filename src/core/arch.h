@@ -135,6 +135,9 @@ struct SitePlan {
 // instruction cannot be relocated even alone (then no probe can be placed there); no memory within
 // reach.
 Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space);
+// Tests: the next function entry's code is written out afresh (prepare_site copies it from the
+// last one written where it can), so that a copy can be compared with it.
+void forget_trampoline_template();
 // Give the plan's trampoline and stub back to the CodeSpace they came from (core/retire.h says
 // when no thread can be inside them).
 void release_trampoline(const SitePlan &plan, CodeSpace &space);

@@ -56,9 +56,32 @@ class Label {
   Uses abs64_;            // 64-bit immediates to fill with the label's address
 };
 
+// What a writer that records (CodeWriter::record) notes of the code it writes, for code that is
+// written once and copied to other places with its addresses fixed up (a trampoline template):
+// every 64-bit immediate (movabs, and a label's address), every rel32 to an absolute target, and
+// every choice between a rel32 form and an absolute one, which holds at another place only when
+// the same choice would be made there.
+struct WrittenAddresses {
+  std::vector<uint32_t> imm64;  // offsets of 64-bit immediates
+  struct Rel32 {
+    uint32_t at;  // offset of the field; the displacement counts from at + 4
+    uint64_t target;
+  };
+  std::vector<Rel32> rel32;
+  struct Choice {
+    uint32_t next;  // the offset that reach was judged from (the end of the rel32 form)
+    uint64_t target;
+    bool rel32;
+  };
+  std::vector<Choice> choices;
+};
+
 class CodeWriter {
  public:
   explicit CodeWriter(uint64_t base) : base_(base) {}
+
+  // Note what later code writes into `into` (null: stop).
+  void record(WrittenAddresses *into) { record_ = into; }
 
   uint64_t base() const { return base_; }
   uint64_t pc() const { return base_ + size_; }  // address of the next byte
@@ -127,16 +150,17 @@ class CodeWriter {
   // jmp rel32 to target; the caller checks fits_rel32(pc() + 5, target).
   void put_jmp_rel32(uint64_t target) {
     put_u8(0xE9);
-    put_u32(static_cast<uint32_t>(target - (pc() + 4)));
+    put_rel32_to(target);
   }
   // jmp *0(%rip); .quad target — reaches anywhere, 14 bytes, clobbers nothing.
   void put_jmp_abs(uint64_t target) {
     put_u8(0xFF), put_u8(0x25), put_u32(0);
+    if (record_) record_->imm64.push_back(static_cast<uint32_t>(size()));
     put_u64(target);
   }
   // jmp rel32 when in range, otherwise the absolute form.
   void put_jmp(uint64_t target) {
-    if (fits_rel32(pc() + 5, target))
+    if (choose_rel32(5, target))
       put_jmp_rel32(target);
     else
       put_jmp_abs(target);
@@ -144,7 +168,7 @@ class CodeWriter {
   // jcc rel32 (cc = low nibble of the condition code, e.g. 0x4 for je).
   void put_jcc_rel32(uint8_t cc, uint64_t target) {
     put_u8(0x0F), put_u8(0x80 | (cc & 0xF));
-    put_u32(static_cast<uint32_t>(target - (pc() + 4)));
+    put_rel32_to(target);
   }
   // jcc rel8; the caller checks that target lies within -128..127 of pc() + 2.
   void put_jcc_rel8(uint8_t cc, uint64_t target) {
@@ -154,7 +178,7 @@ class CodeWriter {
   // jcc rel32 when in range, otherwise the inverted jcc rel8 over the 14-byte absolute jmp
   // (condition codes come in pairs that differ in bit 0: je/jne, jb/jae, ...).
   void put_jcc(uint8_t cc, uint64_t target) {
-    if (fits_rel32(pc() + 6, target)) {
+    if (choose_rel32(6, target)) {
       put_jcc_rel32(cc, target);
     } else {
       put_jcc_rel8(cc ^ 1, pc() + 2 + 14);
@@ -195,6 +219,7 @@ class CodeWriter {
   // movabs $imm, %reg
   void put_mov_reg_imm64(Reg r, uint64_t imm) {
     put_u8(0x48 | (r >= R8 ? 1 : 0)), put_u8(0xB8 | (r & 7));
+    if (record_) record_->imm64.push_back(static_cast<uint32_t>(size()));
     put_u64(imm);
   }
   // mov %src, %dst (64-bit)
@@ -287,9 +312,9 @@ class CodeWriter {
   }
   // call target: rel32 when in range, otherwise through `scratch` (movabs; call *%scratch).
   void put_call(uint64_t target, Reg scratch) {
-    if (fits_rel32(pc() + 5, target)) {
+    if (choose_rel32(5, target)) {
       put_u8(0xE8);
-      put_u32(static_cast<uint32_t>(target - (pc() + 4)));
+      put_rel32_to(target);
     } else {
       put_mov_reg_imm64(scratch, target);
       put_call_reg(scratch);
@@ -297,6 +322,16 @@ class CodeWriter {
   }
 
  private:
+  // Whether a branch whose rel32 form is `length` bytes reaches `target` from here (noted).
+  bool choose_rel32(size_t length, uint64_t target) {
+    const bool fits = fits_rel32(pc() + length, target);
+    if (record_) record_->choices.push_back({static_cast<uint32_t>(size() + length), target, fits});
+    return fits;
+  }
+  void put_rel32_to(uint64_t target) {
+    if (record_) record_->rel32.push_back({static_cast<uint32_t>(size()), target});
+    put_u32(static_cast<uint32_t>(target - (pc() + 4)));
+  }
   void put_rel32(Label &l) {
     if (l.bound()) {
       put_u32(static_cast<uint32_t>(l.at_ - (size() + 4)));
@@ -329,6 +364,7 @@ class CodeWriter {
   uint64_t base_;
   std::vector<uint8_t> buf_;  // the code is its first size_ bytes
   size_t size_ = 0;
+  WrittenAddresses *record_ = nullptr;
 };
 
 }  // namespace usprobe::x86

@@ -402,6 +402,107 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   put_call_window(return_code.counted, landings.counted);
 }
 
+// The code before a function entry's window is the same for every function entry of the process
+// but for the addresses in it: the probe's fields, the site, the trampoline's own landings (each a
+// 64-bit immediate), and the rel32s of its calls and jumps to code outside it. So the first one is
+// written out with the writer noting those places (x86::WrittenAddresses), and later ones copy it
+// and write their own addresses there. A libc:* batch writes 3,656 of them, each about 5,600
+// instructions written out and 300 copied. A copy is only made where every choice between a rel32
+// and an absolute form comes out as it did for the template; otherwise the code is written out.
+class EntryTemplate {
+ public:
+  // Writes `w`'s code up to the window (empty so far) from the template, and the counter window's
+  // part of `plan`; false (nothing written) where the template does not hold there.
+  bool copy(x86::CodeWriter &w, uint64_t site, const Probe *probe, const ReturnCode &return_code,
+            SitePlan &plan) const {
+    if (code_.empty() || return_code.full != return_code_.full ||
+        return_code.counted != return_code_.counted || w.size() != 0)
+      return false;
+    for (const auto &c : written_.choices)
+      if (x86::CodeWriter::fits_rel32(w.base() + c.next, c.target) != c.rel32) return false;
+    w.put_bytes(code_.data(), code_.size());
+    for (const Address &a : addresses_) {
+      const uint64_t v = a.kind == kProbe  ? reinterpret_cast<uint64_t>(probe) + a.offset
+                         : a.kind == kSite ? site
+                                           : w.base() + a.offset;
+      w.patch_u64(a.at, v);
+    }
+    for (const auto &r : written_.rel32)
+      w.patch_u32(r.at, static_cast<uint32_t>(r.target - (w.base() + r.at + 4)));
+    if (counter_window_length_) {
+      plan.counter_window = w.base() + counter_window_;
+      plan.counter_window_length = counter_window_length_;
+      plan.counter_window_map = counter_window_map_;
+    }
+    return true;
+  }
+  // Writes `w`'s code up to the window afresh, and keeps it as the template.
+  void write(x86::CodeWriter &w, uint64_t site, const Probe *probe, const ReturnCode &return_code,
+             SitePlan &plan);
+
+ private:
+  enum Kind : uint8_t { kProbe, kSite, kTrampoline };
+  struct Address {
+    uint32_t at;
+    Kind kind;
+    uint64_t offset;  // from the probe's address, or the trampoline's
+  };
+  std::vector<uint8_t> code_;
+  ReturnCode return_code_;
+  x86::WrittenAddresses written_;
+  std::vector<Address> addresses_;  // the 64-bit immediates that change; the others are constants
+  uint64_t counter_window_ = 0;     // from the trampoline's start
+  uint32_t counter_window_length_ = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> counter_window_map_;
+};
+
+void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
+                          const ReturnCode &return_code, SitePlan &plan) {
+  x86::WrittenAddresses written;
+  w.record(&written);
+  x86::Label window;
+  emit_prologue_and_epilogue(w, site, probe, true, return_code, plan, window);
+  w.bind(window);
+  w.record(nullptr);
+  code_ = w.bytes();
+  return_code_ = return_code;
+  addresses_.clear();
+  const uint64_t p = reinterpret_cast<uint64_t>(probe);
+  for (uint32_t at : written.imm64) {
+    uint64_t v;
+    std::memcpy(&v, code_.data() + at, sizeof v);
+    // A probe's field, the site, a place in this trampoline; anything else (code outside it, the
+    // return code) is the same for every trampoline.
+    if (v >= p && v < p + sizeof(Probe))
+      addresses_.push_back({at, kProbe, v - p});
+    else if (v == site)
+      addresses_.push_back({at, kSite, 0});
+    else if (v >= w.base() && v < w.base() + kTrampolineSize)
+      addresses_.push_back({at, kTrampoline, v - w.base()});
+  }
+  written_ = std::move(written);
+  counter_window_length_ = plan.counter_window_length;
+  counter_window_ = counter_window_length_ ? plan.counter_window - w.base() : 0;
+  counter_window_map_ = plan.counter_window_map;
+}
+
+std::mutex g_entry_template_mutex;
+EntryTemplate *g_entry_template = new EntryTemplate;  // never destroyed: see registry.cc
+
+// The code up to the window: a function entry's from the template where it holds.
+void write_prologue(x86::CodeWriter &w, uint64_t site, const Probe *probe, bool entry,
+                    const ReturnCode &return_code, SitePlan &plan) {
+  if (!entry) {
+    x86::Label window;
+    emit_prologue_and_epilogue(w, site, probe, false, return_code, plan, window);
+    w.bind(window);
+    return;
+  }
+  std::lock_guard lock(g_entry_template_mutex);
+  if (!g_entry_template->copy(w, site, probe, return_code, plan))
+    g_entry_template->write(w, site, probe, return_code, plan);
+}
+
 // Whether a window of `len` bytes at `off` may run past the function's end into the padding that
 // follows it (SiteRequest::after, which never reaches into the next function): the function's
 // last instruction must never fall through (ret, jmp, ud2), so nothing runs the bytes after it,
@@ -591,6 +692,11 @@ std::shared_ptr<const x86::FunctionScan> function_scan(std::span<const uint8_t> 
 
 }  // namespace
 
+void forget_trampoline_template() {
+  std::lock_guard lock(g_entry_template_mutex);
+  *g_entry_template = EntryTemplate();
+}
+
 Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space) {
   const uint64_t off = req.site - req.function_addr;
   static const x86::FunctionScan kNoScan;
@@ -638,10 +744,7 @@ Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space) {
   } unused{space, *mem};
   x86::CodeWriter w(*mem);
   w.reserve(kTrampolineSize);  // one allocation, not one per doubling
-  x86::Label window;
-  emit_prologue_and_epilogue(w, req.site, req.probe, plan.function_entry, return_code, plan,
-                             window);
-  w.bind(window);
+  write_prologue(w, req.site, req.probe, plan.function_entry, return_code, plan);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
   // The bytes from the site on that a window may cover (a window is whole instructions over 5

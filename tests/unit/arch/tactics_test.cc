@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <cstring>
 #include <set>
 #include <vector>
 
@@ -318,6 +319,83 @@ TEST(Tactics, PunnedWindowStopsAtABranchTarget) {
         << plan->int3_reason;
   }
   release_trampoline(*plan, code_space());
+}
+
+// A code space that gives the same block every time and keeps what is written into it, unwritten:
+// two plans made at one place, to compare their code.
+class SamePlaceSpace final : public CodeSpace {
+ public:
+  uint64_t block = 0;
+  size_t block_size = 0;
+  Bytes written;
+  ~SamePlaceSpace() {
+    if (block) code_space().free_near(block, block_size);
+  }
+  Result<uint64_t> alloc_near(uint64_t near, size_t size) override {
+    if (!block) {
+      auto r = code_space().alloc_near(near, size);
+      if (!r) return r;
+      block = *r, block_size = size;
+    }
+    return block;
+  }
+  void free_near(uint64_t, size_t) override {}
+  Result<uint64_t> alloc_within(uint64_t, uint64_t, size_t) override {
+    return fail(ENOMEM, "no stubs here");
+  }
+  void free_within(uint64_t, size_t) override {}
+  void write_later(uint64_t addr, std::span<const uint8_t> bytes, size_t) override {
+    EXPECT_EQ(addr, block);
+    written.assign(bytes.begin(), bytes.end());
+  }
+  Result<void> write_now(uint64_t, std::span<const uint8_t>) override {
+    return fail(EINVAL, "a site's code is written with its batch");
+  }
+};
+
+// A function entry's code up to its window is copied from the one written before it, with its own
+// probe, site and trampoline addresses (EntryTemplate): byte for byte the code written out for it.
+TEST(Tactics, AFunctionEntryCopiedFromTheTemplateIsTheCodeWrittenOut) {
+  ASSERT_TRUE(make_return_trampoline(code_space()));
+  static Probe first, second;
+  const Bytes f = {0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3};  // push %rbp; mov %rsp,%rbp; pop; ret
+  auto request = [&](uint32_t at, const Probe *probe) {
+    SiteRequest req;
+    req.function_addr = req.site = code_page() + at;
+    req.function = f;
+    req.bounds_known = true;
+    req.probe = probe;
+    req.describe = "test";
+    return req;
+  };
+  forget_trampoline_template();
+  auto written_out = prepare_site(request(0x100, &first), code_space());  // the template
+  ASSERT_TRUE(written_out) << written_out.error().message;
+
+  SamePlaceSpace space;
+  auto copied = prepare_site(request(0x400, &second), space);
+  ASSERT_TRUE(copied) << copied.error().message;
+  const Bytes copy = space.written;
+  forget_trampoline_template();
+  auto fresh = prepare_site(request(0x400, &second), space);
+  ASSERT_TRUE(fresh) << fresh.error().message;
+  ASSERT_EQ(copied->trampoline, fresh->trampoline);
+  EXPECT_NE(copied->trampoline, written_out->trampoline);
+  EXPECT_EQ(copy, space.written) << "the copy differs from the code written out";
+  EXPECT_EQ(copied->counter_window, fresh->counter_window);
+  EXPECT_EQ(copied->counter_window_length, fresh->counter_window_length);
+  EXPECT_EQ(copied->counter_window_map, fresh->counter_window_map);
+  EXPECT_EQ(copied->window_copy, fresh->window_copy);
+  // Not the template's addresses: the second probe's own.
+  const auto has = [&](uint64_t v) {
+    for (size_t i = 0; i + 8 <= copy.size(); ++i)
+      if (std::memcmp(copy.data() + i, &v, 8) == 0) return true;
+    return false;
+  };
+  EXPECT_TRUE(has(reinterpret_cast<uint64_t>(&second.counter_word)));
+  EXPECT_FALSE(has(reinterpret_cast<uint64_t>(&first.counter_word)));
+  EXPECT_TRUE(has(code_page() + 0x400));
+  release_trampoline(*written_out, code_space());
 }
 
 TEST(Tactics, NoBorrowingPastTheNextFunction) {
