@@ -969,7 +969,6 @@ Result<Function> ElfFile::find_function(std::string_view query) const {
       version.remove_prefix(1);
     }
   }
-  std::string plain_name(plain);
   if (std::span<const uint32_t> same = im.named(plain); !same.empty()) {
     // For a plain name: the default version (what a program linking today gets), then exported
     // over local, then the stronger binding; the lowest offset settles the rest.
@@ -978,17 +977,20 @@ Result<Function> ElfFile::find_function(std::string_view query) const {
       return std::make_tuple(!f.hidden_version, f.exported != 0, binding_rank(f.bind));
     };
     std::optional<uint32_t> best;
-    std::string known;
     for (uint32_t i : same) {
       const FnRecord &f = im.fns[i];
       const std::string_view v = im.str(f.version);
-      known += (known.empty() ? "" : ", ") + (v.empty() ? std::string("(none)") : std::string(v));
       if (versioned && (v != version || (want_default && f.hidden_version))) continue;
       if (!best || rank(i) > rank(*best)) best = i;
     }
     if (best) return im.function(*best);
-    return fail(ENOENT, im.path + ": no function `" + std::string(query) + "` (`" + plain_name +
-                            "` has versions " + known + ")");
+    std::string known;
+    for (uint32_t i : same) {
+      const std::string_view v = im.str(im.fns[i].version);
+      known += (known.empty() ? "" : ", ") + (v.empty() ? std::string("(none)") : std::string(v));
+    }
+    return fail(ENOENT, im.path + ": no function `" + std::string(query) + "` (`" +
+                            std::string(plain) + "` has versions " + known + ")");
   }
   if (im.listed(im.data_names, plain))
     return fail(EINVAL,

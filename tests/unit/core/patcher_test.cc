@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -99,7 +100,7 @@ class ProbedFunction {
   ProbedFunction(const void *fn, const uint8_t *end, bool force_int3)
       : addr_(reinterpret_cast<uint64_t>(fn)),
         bytes_(static_cast<const uint8_t *>(fn), end),
-        before_(code_at(fn)) {
+        before_(bytes_) {
     auto slot = counters::alloc_slot();
     if (!slot) {
       error_ = "no counter slot";
@@ -162,12 +163,15 @@ class ProbedFunction {
     const auto *p = reinterpret_cast<const uint8_t *>(addr_);
     return {p, p + site_.plan.patch.size()};
   }
-  bool restored() const { return code_at(reinterpret_cast<const void *>(addr_)) == before_; }
+  bool restored() const {
+    const auto *p = reinterpret_cast<const uint8_t *>(addr_);
+    return std::equal(before_.begin(), before_.end(), p);
+  }
 
  private:
   uint64_t addr_;
   std::vector<uint8_t> bytes_;
-  Code before_;
+  std::vector<uint8_t> before_;
   std::vector<uint64_t> no_targets_;
   uint32_t slot_ = 0;
   Probe probe_;
@@ -239,6 +243,37 @@ TEST(Patcher, OneBatchPatchesEverySiteAndRemovesThemAll) {
   ASSERT_TRUE(patcher::remove({jump.site(), trap.site()}));
   EXPECT_TRUE(jump.restored());
   EXPECT_TRUE(trap.restored());
+}
+
+// Sites close together go out in one write, with the code between them written back as it was;
+// but never across a page with no site in it, which may be a hole between two mappings (reading
+// it to write it back would fault). Here the first site's piece ends where a page ends, the page
+// after it is a hole, and the second site starts the page after that, 4096 bytes on.
+TEST(Patcher, OneWriteNeverSpansAHoleBetweenTwoSites) {
+  ASSERT_NO_FATAL_FAILURE(prepare_process());
+  constexpr size_t kPage = 4096;
+  auto *pages = static_cast<uint8_t *>(
+      mmap(nullptr, 3 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(pages, MAP_FAILED);
+  pages[kPage - 1] = 0xc3;  // ret, the last byte of the first page: its int3 piece ends there
+  const auto *add_one = reinterpret_cast<const uint8_t *>(&pt_add_one);
+  std::copy(add_one, pt_add_one_end, pages + 2 * kPage);
+  ASSERT_EQ(mprotect(pages, 3 * kPage, PROT_READ | PROT_EXEC), 0);
+  ASSERT_EQ(munmap(pages + kPage, kPage), 0);
+  {
+    ProbedFunction last(pages + kPage - 1, pages + kPage, true);
+    ProbedFunction next(pages + 2 * kPage, pages + 2 * kPage + (pt_add_one_end - add_one), false);
+    ASSERT_EQ(last.error(), "");
+    ASSERT_EQ(next.error(), "");
+    ASSERT_TRUE(patcher::install({last.site(), next.site()}));
+    EXPECT_EQ(last.at_site(), std::vector<uint8_t>{arch::trap_byte()});
+    EXPECT_EQ(next.at_site(), next.plan().patch);
+    ASSERT_TRUE(patcher::remove({last.site(), next.site()}));
+    EXPECT_TRUE(last.restored());
+    EXPECT_TRUE(next.restored());
+  }
+  munmap(pages, kPage);
+  munmap(pages + 2 * kPage, kPage);
 }
 
 // A thread that blocks SIGTRAP behind usprobe's back (a raw system call: the interposed mask calls
