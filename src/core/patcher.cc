@@ -20,7 +20,7 @@ namespace {
 // one write through /proc/self/mem, with the code between them written back as it is: each write
 // costs a system call and a page-table walk, and a batch of 10,000 sites in one library would
 // otherwise make 30,000 of them to install and as many to remove (libc:*, 3,656 sites: 1,047
-// writes with a gap of 256 bytes, XXX with a page). Rewriting a byte with its own value changes
+// writes with a gap of 256 bytes, 122 with a page). Rewriting a byte with its own value changes
 // nothing a thread can execute, and nothing else writes this process's code meanwhile (the
 // registry mutex is held; DESIGN.md: never a kernel uprobe on the same code at once). A write
 // never spans a page without a piece: that page could be a hole between two mappings.
