@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -189,7 +190,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     for (size_t k = 0; k < r.size(); ++k) {
       auto &into = resolved[plain_index[k]];
       if (r[k])
-        into = std::vector<elf::ResolvedLocation>{std::move(*r[k])};
+        into->push_back(std::move(*r[k]));  // a Result made by default holds an empty vector
       else
         into = std::unexpected(r[k].error());
     }
@@ -202,7 +203,8 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     auto maps = refresh_mappings(lock, garbage);
     std::vector<Site *> pending;
     SiteIndex pending_index;
-    std::map<Probe *, std::vector<ConsumerEntry>> added;
+    std::unordered_map<Probe *, std::vector<ConsumerEntry>> added;
+    added.reserve(locations.size());
     std::vector<std::pair<size_t, usprobe_link *>> made;
 
     for (size_t i = 0; i < locations.size(); ++i) {
@@ -353,6 +355,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     auto installed = patcher::install(pending);
     note_patched(lock, pending);
     if (installed) adjust_semaphores(lock, pending, true);
+    live_links(lock).reserve(live_links(lock).size() + made.size());
     for (auto &[i, link] : made) {
       if (!installed) {
         out[i] = std::unexpected(installed.error());
