@@ -25,6 +25,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <optional>
 
 #include "arch/x86_64/code_writer.h"
@@ -57,7 +58,7 @@ ZyanStatus decode(std::span<const uint8_t> code, Insn &out) {
 // EIP-) relative memory, which ModRM encodes as mod 0, r/m 5. Any other instruction is copied as
 // it is, and decoding its operands was most of the cost of a batch's windows. Without them,
 // operand_count is 0: messages decode again (disassemble needs them).
-ZyanStatus decode_for_copy(std::span<const uint8_t> code, Insn &out) {
+ZyanStatus decode_for_copy_uncached(std::span<const uint8_t> code, Insn &out) {
   ZydisDecoderContext ctx;
   const ZyanStatus st = ZydisDecoderDecodeInstruction(&decoder(), &ctx, code.data(),
                                                       std::min(code.size(), kMaxInsnLen), &out.ins);
@@ -70,6 +71,57 @@ ZyanStatus decode_for_copy(std::span<const uint8_t> code, Insn &out) {
     return ZydisDecoderDecodeOperands(&decoder(), &ctx, &out.ins, out.ops, i.operand_count);
   out.ins.operand_count = out.ins.operand_count_visible = 0;
   return ZYAN_STATUS_SUCCESS;
+}
+
+// decode_for_copy's instructions, kept by their bytes: a batch decodes the same few instructions at
+// function entries thousands of times (endbr64, push %rbp, mov %rsp,%rbp, sub $n,%rsp), most of the
+// cost of relocating its windows. An instruction decodes from its own bytes alone, so code that
+// starts with a kept instruction's bytes starts with that instruction. Kept in the slot of its
+// first byte, first two or first three (its length, up to three); a miss decodes and takes the
+// slot.
+class DecodeCache {
+ public:
+  ZyanStatus decode(std::span<const uint8_t> code, Insn &out) {
+    std::lock_guard lock(mutex_);
+    for (size_t n = 1; n <= std::min<size_t>(code.size(), 3); ++n) {
+      const Entry &e = entries_[slot(code, n)];
+      if (e.length != 0 && e.length <= code.size() &&
+          std::memcmp(e.bytes, code.data(), e.length) == 0) {
+        out.ins = e.insn.ins;  // the operands only as far as decoded
+        std::copy_n(e.insn.ops, e.insn.ins.operand_count, out.ops);
+        return ZYAN_STATUS_SUCCESS;
+      }
+    }
+    const ZyanStatus st = decode_for_copy_uncached(code, out);
+    if (ZYAN_SUCCESS(st)) {
+      Entry &e = entries_[slot(code, std::min<size_t>(out.ins.length, 3))];
+      e.length = out.ins.length;
+      std::memcpy(e.bytes, code.data(), e.length);
+      e.insn.ins = out.ins;
+      std::copy_n(out.ops, out.ins.operand_count, e.insn.ops);
+    }
+    return st;
+  }
+
+ private:
+  static constexpr size_t kEntries = 256;
+  static size_t slot(std::span<const uint8_t> code, size_t n) {
+    uint32_t key = static_cast<uint32_t>(n);
+    for (size_t i = 0; i < n; ++i) key = key * 131 + code[i];
+    return key % kEntries;
+  }
+  struct Entry {
+    uint8_t length = 0;  // 0: empty
+    uint8_t bytes[kMaxInsnLen];
+    Insn insn;
+  };
+  std::mutex mutex_;
+  Entry entries_[kEntries];
+};
+
+ZyanStatus decode_for_copy(std::span<const uint8_t> code, Insn &out) {
+  static DecodeCache *cache = new DecodeCache;  // never destroyed: an exit handler may relocate
+  return cache->decode(code, out);
 }
 
 std::string hex(uint64_t v) {

@@ -677,6 +677,41 @@ TEST(Relocator, PushMovPrologueCopied) {
   EXPECT_TRUE(rel.falls_through);
 }
 
+// Windows are decoded through a cache of instructions kept by their bytes (an instruction decodes
+// from its own bytes alone): windows that share their first bytes, or whole first instructions,
+// each still decode as themselves, the second time round too.
+TEST(Relocator, WindowsThatShareLeadingBytesEachDecodeAsThemselves) {
+  struct Case {
+    Bytes code;
+    size_t consumed;
+    Map map;
+  };
+  const Case cases[] = {
+      // push %rbp; mov %rsp,%rbp; push %r15
+      {{0x55, 0x48, 0x89, 0xe5, 0x41, 0x57}, 6, {{0, 0}, {1, 1}, {4, 4}}},
+      // push %rbp; push %r15; push %r14
+      {{0x55, 0x41, 0x57, 0x41, 0x56, 0x53}, 5, {{0, 0}, {1, 1}, {3, 3}}},
+      // mov %rsp,%rbp; sub $0x10,%rsp
+      {{0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10}, 7, {{0, 0}, {3, 3}}},
+      // mov %rdi,%rbx; mov %rsi,%r12
+      {{0x48, 0x89, 0xfb, 0x49, 0x89, 0xf4}, 6, {{0, 0}, {3, 3}}},
+  };
+  for (int round = 0; round < 2; ++round)
+    for (const Case &c : cases) {
+      auto r = MustRelocate(c.code, kSrc, 5, kNear);
+      EXPECT_EQ(r.consumed, c.consumed) << Hex(c.code[0]) << " round " << round;
+      EXPECT_EQ(r.map, c.map) << Hex(c.code[0]) << " round " << round;
+      EXPECT_EQ(r.code, Bytes(c.code.begin(), c.code.begin() + c.consumed));
+    }
+  // `mov %rcx,(%rbx)` (48 89 0b) and a RIP-relative `mov 0x10(%rip),%rax` (48 8b 05 ...) share the
+  // cache's slot for their first three bytes: the second is still itself, 7 bytes, relocated.
+  MustRelocate({0x48, 0x89, 0x0b, 0x48, 0x89, 0xe5}, kSrc, 5, kNear);
+  const Bytes rip = {0x48, 0x8b, 0x05, 0x10, 0x00, 0x00, 0x00};
+  auto r = MustRelocate(rip, kSrc, 5, kNear);
+  EXPECT_EQ(r.consumed, 7u);
+  ExpectSameMeaning(rip, kSrc, r, kNear);
+}
+
 TEST(Relocator, RetAndUd2DoNotFallThrough) {
   const Bytes rets[] = {
       {0xc3},              // ret
