@@ -30,10 +30,12 @@ namespace usprobe::os {
 //
 // Executable memory for trampolines, placed within +-2 GB of the code it serves so that a 5-byte
 // `jmp rel32` reaches it and RIP-relative operands of relocated instructions still reach their
-// targets; and the one way usprobe writes code. Code is written without ever making a page
-// writable (on Linux: through /proc/self/mem, which the kernel writes with FOLL_FORCE), so page
-// protections end as they were by construction, and no other thread ever sees a writable code
-// page. The architecture gets this memory from the core (core/code_space.h), never from here.
+// targets; and the one way usprobe writes code. Code that may run is written without ever making
+// a page writable (on Linux: through /proc/self/mem, which the kernel writes with FOLL_FORCE), so
+// page protections end as they were by construction, and no thread ever runs a writable page.
+// Only memory mapped for a batch's new trampolines, which nothing refers to yet, is written in
+// place: mapped read+write, made read+execute by the flush (never both). The architecture gets
+// this memory from the core (core/code_space.h), never from here.
 
 // `size` bytes of read+execute memory (16-byte aligned) whose every byte is within
 // `reach` bytes of `near`. Freed with free_code once no thread can run it (core/retire.h).
@@ -59,8 +61,9 @@ Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes);
 // Trampolines of a batch, written together: `bytes` go to `addr`, the start of a block of
 // `block_size` bytes from alloc_code_near, at the next flush_code(). Blocks that follow each other
 // in a slab go out in one write (the unused tail of each block filled with int3), so a batch of
-// 10,000 new trampolines costs a few hundred writes instead of 10,000. Nothing may run the code
-// before flush_code() returns.
+// 10,000 new trampolines costs a few hundred writes instead of 10,000; blocks of memory mapped
+// since the last flush are written at once, in place. Nothing may run the code before
+// flush_code() returns.
 void write_code_later(uint64_t addr, std::span<const uint8_t> bytes, size_t block_size);
 Result<void> flush_code();
 

@@ -1,5 +1,7 @@
-// Code memory (core/os.h) on Linux: slabs mapped near the code they serve, and every write of
-// code through /proc/self/mem (the kernel writes with FOLL_FORCE: pages stay read+execute).
+// Code memory (core/os.h) on Linux: slabs mapped near the code they serve. A slab mapped for a
+// batch is written in place while nothing refers to it (read+write, not executable) and made
+// read+execute at the batch's flush, before any site can jump there; every later write of code
+// goes through /proc/self/mem (the kernel writes with FOLL_FORCE: pages stay read+execute).
 #include "core/os.h"
 #include "os/linux/high_descriptor.h"
 
@@ -34,6 +36,8 @@ struct Slab {
   size_t live = 0;       // blocks handed out and not freed
   // Freed blocks, by size, for reuse: (address, size).
   std::vector<std::pair<uint64_t, size_t>> free;
+  // Mapped read+write since the last flush, and never executable yet: written in place.
+  bool open = false;
 };
 
 std::mutex g_mutex;
@@ -123,7 +127,7 @@ void drop_views() {
 
 // Map a new slab in a free gap of the address space near `near`.
 void *map_slab_at(uint64_t addr) {
-  void *p = mmap(reinterpret_cast<void *>(addr), kSlabSize, PROT_READ | PROT_EXEC,
+  void *p = mmap(reinterpret_cast<void *>(addr), kSlabSize, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (p == MAP_FAILED) return nullptr;
   if (reinterpret_cast<uint64_t>(p) != addr) {  // very old kernels ignore MAP_FIXED_NOREPLACE
@@ -217,6 +221,13 @@ int mem_fd() {
 }
 
 Result<void> flush_locked() {
+  for (Slab &s : g_slabs) {
+    if (!s.open) continue;
+    if (mprotect(reinterpret_cast<void *>(s.start), kSlabSize, PROT_READ | PROT_EXEC) != 0)
+      return fail(errno, fmt::format("mprotect of a trampoline slab at {:#x}: {}", s.start,
+                                     std::strerror(errno)));
+    s.open = false;
+  }
   std::vector<Run> runs = std::move(g_runs);
   g_runs.clear();
   for (const Run &r : runs)
@@ -249,13 +260,22 @@ Result<uint64_t> alloc_code_near(uint64_t near, size_t size, uint64_t reach) {
   }
   auto slab = map_slab_near(near, reach);
   if (!slab) return slab;
-  g_slabs.push_back({*slab, size, 1, {}});
+  g_slabs.push_back({*slab, size, 1, {}, true});
   g_last_slab = *slab;
   return *slab;
 }
 
 void write_code_later(uint64_t addr, std::span<const uint8_t> bytes, size_t block_size) {
   std::lock_guard lock(g_mutex);
+  // A block of a slab mapped since the last flush: in place (the block's unused tail: int3s).
+  for (const Slab &s : g_slabs)
+    if (s.open && addr >= s.start && addr + block_size <= s.start + kSlabSize &&
+        bytes.size() <= block_size) {
+      auto *at = reinterpret_cast<uint8_t *>(addr);
+      std::memcpy(at, bytes.data(), bytes.size());
+      std::memset(at + bytes.size(), 0xcc, block_size - bytes.size());
+      return;
+    }
   if (!g_runs.empty() && g_runs.back().next_block == addr) {
     Run &r = g_runs.back();
     r.bytes.resize(addr - r.start, 0xcc);  // the previous block's unused tail: int3s
@@ -263,12 +283,7 @@ void write_code_later(uint64_t addr, std::span<const uint8_t> bytes, size_t bloc
     r.next_block = addr + block_size;
     return;
   }
-  // A slab's room at once: a batch's trampolines fill slab after slab, and a run grown by doubling
-  // copied each slab's code several times over into fresh memory.
-  Run r{addr, addr + block_size, {}};
-  r.bytes.reserve(std::max(kSlabSize, bytes.size()));
-  r.bytes.assign(bytes.begin(), bytes.end());
-  g_runs.push_back(std::move(r));
+  g_runs.push_back({addr, addr + block_size, std::vector<uint8_t>(bytes.begin(), bytes.end())});
 }
 
 Result<void> flush_code() {

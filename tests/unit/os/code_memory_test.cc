@@ -1,8 +1,10 @@
 // alloc_code_within(): code memory at an address constrained to a range (a punned jump's target).
+// alloc_code_near() and write_code_later(): a batch's trampolines, in slabs near the code.
 #include <sys/mman.h>
 
 #include <cerrno>
 #include <cstdint>
+#include <optional>
 
 #include <gtest/gtest.h>
 
@@ -25,6 +27,53 @@ bool mapped(uint64_t addr) {
   for (const auto &m : *maps)
     if (addr >= m.start && addr < m.end) return true;
   return false;
+}
+
+// The mapping that holds addr, or none.
+std::optional<Mapping> mapping_of(uint64_t addr) {
+  auto maps = read_mappings();
+  if (!maps) return std::nullopt;
+  for (const auto &m : *maps)
+    if (addr >= m.start && addr < m.end) return m;
+  return std::nullopt;
+}
+
+// A batch's first trampolines go to a new slab, written in place while nothing can run it: it is
+// never writable and executable at once, and the flush makes it read+execute before any site can
+// jump there. A block whose slab was flushed already is written through /proc/self/mem, and its
+// page stays read+execute.
+TEST(CodeMemoryNear, ANewSlabIsWrittenInPlaceAndExecutableOnlyOnceFlushed) {
+  // Within 1 MB of a place no slab serves yet, at the top of a free stretch (slabs go next to
+  // mappings): a new slab.
+  const uint64_t near = free_range(1 << 24) + (1 << 24) - (1 << 19), reach = 1 << 20;
+  auto a = alloc_code_near(near, 64, reach);
+  ASSERT_TRUE(a) << a.error().message;
+  auto before = mapping_of(*a);
+  ASSERT_TRUE(before);
+  EXPECT_TRUE(before->write && !before->exec) << "a new slab is read+write until the flush";
+  const uint8_t mov_ret[] = {0xb8, 0x2a, 0x00, 0x00, 0x00, 0xc3};  // mov $42,%eax; ret
+  write_code_later(*a, mov_ret, 64);
+  ASSERT_TRUE(flush_code());
+  auto after = mapping_of(*a);
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(after->exec && !after->write) << "not read+execute after the flush";
+  EXPECT_EQ(reinterpret_cast<int (*)()>(*a)(), 42);
+  const auto *tail = reinterpret_cast<const uint8_t *>(*a) + sizeof mov_ret;
+  for (size_t i = 0; i < 64 - sizeof mov_ret; ++i) ASSERT_EQ(tail[i], 0xcc) << "tail byte " << i;
+
+  auto b = alloc_code_near(near, 64, reach);  // in the flushed slab: through /proc/self/mem
+  ASSERT_TRUE(b) << b.error().message;
+  const uint8_t mov_ret_b[] = {0xb8, 0x07, 0x00, 0x00, 0x00, 0xc3};  // mov $7,%eax; ret
+  write_code_later(*b, mov_ret_b, 64);
+  ASSERT_TRUE(flush_code());
+  EXPECT_EQ(*b & ~uint64_t{0xffff}, *a & ~uint64_t{0xffff}) << "not the same slab";
+  auto now = mapping_of(*b);
+  ASSERT_TRUE(now);
+  EXPECT_TRUE(now->exec && !now->write);
+  EXPECT_EQ(reinterpret_cast<int (*)()>(*b)(), 7);
+  EXPECT_EQ(reinterpret_cast<int (*)()>(*a)(), 42);
+  free_code(*a, 64);
+  free_code(*b, 64);
 }
 
 TEST(CodeMemoryWithin, PlacesBlocksInTheRangeAndSharesPages) {
