@@ -3,6 +3,9 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
+#include <algorithm>
+#include <atomic>
+
 #include "os/linux/os_inline.h"
 
 namespace usprobe::agent {
@@ -79,6 +82,12 @@ SlotHeader *claim_slot_as(int32_t pid, int32_t tid) {
     // the CLI that sees the pid sees the name; nothing else is published with them.
     s->tid.store(tid, std::memory_order_relaxed);
     s->pid.store(pid, std::memory_order_release);
+    // Relaxed: an exec'd image of this process reads it after the exec, which orders it; other
+    // processes never need it.
+    std::atomic<uint32_t> &bound = g_region.header->slots_bound;
+    uint32_t seen = bound.load(std::memory_order_relaxed);
+    while (seen < i + 1 && !bound.compare_exchange_weak(seen, i + 1, std::memory_order_relaxed)) {
+    }
     return s;
   }
   return g_region.overflow;
@@ -111,7 +120,9 @@ SlotHeader *first_or_fork_slot() {
 }
 
 void mark_exec_orphans(int32_t pid, int32_t tid) {
-  for (uint32_t i = 0; i + 1 < g_region.max_slots; ++i) {
+  const uint32_t bound = std::min(g_region.header->slots_bound.load(std::memory_order_relaxed),
+                                  g_region.max_slots - 1);
+  for (uint32_t i = 0; i < bound; ++i) {
     SlotHeader *s = region_slot(i);
     if (s->state.load(std::memory_order_acquire) != kSlotOwned) continue;
     if (s->pid.load(std::memory_order_relaxed) != pid ||

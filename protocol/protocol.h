@@ -127,7 +127,7 @@
 namespace usprobe::agent {
 
 inline constexpr uint64_t kMagic = 0x3142'4f52'5053'5555ull;  // "UUSPROB1", little-endian
-inline constexpr uint32_t kVersion = 10;
+inline constexpr uint32_t kVersion = 11;
 inline constexpr const char *kEnvFd = "USPROBE_AGENT_FD";
 // "/proc/<CLI pid>/fd/<fd>": a second way to the same memfd, for a process whose parent closed
 // the inherited descriptor before running it (Python's subprocess closes every fd by default).
@@ -223,6 +223,11 @@ struct Header {
   // Run mode: the program (protocol/bt.h), written once by the CLI before the start.
   uint64_t program_offset;
   uint64_t program_size;
+  // One more than the highest slot index an agent has claimed: agents raise it (relaxed CAS, after
+  // the claim, outside the hit path but a thread's first hit) and never lower it, and an exec'd
+  // image looks for its previous image's slots below it, not through all max_slots headers (a page
+  // each: 512 page faults a process).
+  std::atomic<uint32_t> slots_bound;
 };
 
 enum NoticeKind : uint32_t {

@@ -43,9 +43,15 @@ std::optional<Mapping> mapping_of(uint64_t addr) {
 // jump there. A block whose slab was flushed already is written through /proc/self/mem, and its
 // page stays read+execute.
 TEST(CodeMemoryNear, ANewSlabIsWrittenInPlaceAndExecutableOnlyOnceFlushed) {
-  // Within 1 MB of a place no slab serves yet, at the top of a free stretch (slabs go next to
-  // mappings): a new slab.
-  const uint64_t near = free_range(1 << 24) + (1 << 24) - (1 << 19), reach = 1 << 20;
+  // Within 1 MB of a place no slab serves yet: below a page of our own at the top of a free
+  // stretch (slabs go next to mappings), a new slab.
+  constexpr size_t kStretch = 1 << 24;
+  void *stretch = mmap(nullptr, kStretch, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(stretch, MAP_FAILED);
+  const uint64_t anchor = reinterpret_cast<uint64_t>(stretch) + kStretch - 4096;
+  munmap(stretch, kStretch - 4096);
+  ASSERT_TRUE(read_mappings());  // the allocator's view of the address space, with the anchor
+  const uint64_t near = anchor - (1 << 18), reach = 1 << 20;
   auto a = alloc_code_near(near, 64, reach);
   ASSERT_TRUE(a) << a.error().message;
   auto before = mapping_of(*a);
@@ -74,6 +80,7 @@ TEST(CodeMemoryNear, ANewSlabIsWrittenInPlaceAndExecutableOnlyOnceFlushed) {
   EXPECT_EQ(reinterpret_cast<int (*)()>(*a)(), 42);
   free_code(*a, 64);
   free_code(*b, 64);
+  munmap(reinterpret_cast<void *>(anchor), 4096);
 }
 
 TEST(CodeMemoryWithin, PlacesBlocksInTheRangeAndSharesPages) {
