@@ -267,10 +267,12 @@ Result<uint64_t> alloc_code_near(uint64_t near, size_t size, uint64_t reach) {
 
 void write_code_later(uint64_t addr, std::span<const uint8_t> bytes, size_t block_size) {
   std::lock_guard lock(g_mutex);
-  // A block of a slab mapped since the last flush: in place (the block's unused tail: int3s).
-  for (const Slab &s : g_slabs)
-    if (s.open && addr >= s.start && addr + block_size <= s.start + kSlabSize &&
-        bytes.size() <= block_size) {
+  // A block of a slab mapped since the last flush: in place (the block's unused tail: int3s). The
+  // newest slab first: a batch fills one slab after another.
+  for (auto it = g_slabs.rbegin(); it != g_slabs.rend(); ++it)
+    if (const Slab &s = *it; s.open && addr >= s.start &&
+                             addr + block_size <= s.start + kSlabSize &&
+                             bytes.size() <= block_size) {
       auto *at = reinterpret_cast<uint8_t *>(addr);
       std::memcpy(at, bytes.data(), bytes.size());
       std::memset(at + bytes.size(), 0xcc, block_size - bytes.size());
