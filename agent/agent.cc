@@ -406,7 +406,7 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
     flags |= USPROBE_FORCE_INT3;
   // `usprobe count`: each entry probe counts on the counter path where it can
   // (count_on_counter_path below), set up with the consumers: no second publication of each probe.
-  std::vector<registry::ExternalCounter> external;
+  std::vector<ExternalCounter> external;
   if (g_region.mode == kModeCount && g_region.session <= kMaxCounterTag) {
     g_counter_tag.store(g_region.session, std::memory_order_relaxed);
     external.resize(n);

@@ -15,6 +15,6 @@ namespace usprobe::api {
 // location).
 int attach_batch(const char *const *locations, size_t n, const usprobe_consumer *consumers,
                  unsigned flags, usprobe_link **links, int *errors,
-                 std::span<const registry::ExternalCounter> external);
+                 std::span<const ExternalCounter> external);
 
 }  // namespace usprobe::api

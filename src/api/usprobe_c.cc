@@ -105,7 +105,7 @@ USPROBE_API int usprobe_attach(const char *location, const usprobe_consumer *con
 int usprobe::api::attach_batch(const char *const *locations, size_t n,
                                const usprobe_consumer *consumers, unsigned flags,
                                usprobe_link **links, int *errors,
-                               std::span<const registry::ExternalCounter> external) {
+                               std::span<const ExternalCounter> external) {
   if ((!locations || !links) && n > 0)
     return report_fixed(EINVAL, "usprobe_attach_batch: locations and links are required");
   if (n > INT_MAX)
@@ -123,7 +123,7 @@ int usprobe::api::attach_batch(const char *const *locations, size_t n,
   // NULL locations fail one by one; the others are attached together.
   std::vector<std::string> locs;
   std::vector<usprobe_consumer> per_location;
-  std::vector<registry::ExternalCounter> counters;
+  std::vector<ExternalCounter> counters;
   std::vector<size_t> index;  // locs[k] is locations[index[k]]
   for (size_t i = 0; i < n; ++i) {
     if (!locations[i]) continue;

@@ -73,8 +73,8 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   bool external = false;
   if (next && next->count == 1 && !next->has_returns) {
     const ConsumerEntry &e = next->entries[0];
-    if (e.external_counter) {
-      word = tagged_counter_word(e.external_offset, e.external_tag);
+    if (e.external.used) {
+      word = tagged_counter_word(e.external.offset, e.external.tag);
       external = true;
     } else if (!next->has_callbacks && !counter_path_is_external()) {
       word = counter_word(e.slot);

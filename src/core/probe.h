@@ -23,6 +23,18 @@
 
 namespace usprobe {
 
+// A consumer whose entry hits count into a counter kept outside the engine (the agent's `usprobe
+// count`, registry::attach): `offset` bytes from each thread's counter home (core/thread_record.h,
+// set_counter_home; counter_path_external() first), homes and words carrying its owner's `tag`
+// (tagged_counter_word). Where the consumer is its probe's only one, the counter path increments
+// that counter on entry hits without calling on_entry, and on_entry counts the full path's hits
+// (it sets the thread's home); the engine's own hits of the slot then count the full path's only.
+struct ExternalCounter {
+  bool used = false;
+  uint32_t offset = 0;
+  uint64_t tag = 0;
+};
+
 struct ConsumerEntry {
   uint32_t slot;  // counters (core/counters.h)
   void (*on_entry)(usprobe_hit *, void *);
@@ -31,12 +43,7 @@ struct ConsumerEntry {
   void (*on_return)(usprobe_hit *, void *);
   bool count_returns;  // a return probe: on_return set, or "uretprobe:" with the built-in counter
   bool without_regs = false;  // USPROBE_NO_REGS: its handlers read no register
-  // A counter kept outside the engine (registry::count_on_counter_path): alone at its probe, its
-  // entry hits are counted by the counter path at this offset from the thread's home, and by
-  // on_entry on the full path; the engine's own hits of the slot then count the full path's only.
-  bool external_counter = false;
-  uint32_t external_offset = 0;
-  uint64_t external_tag = 0;  // its owner's tag (core/thread_record.h, tagged_counter_word)
+  ExternalCounter external;   // used: its entry hits count outside the engine
 };
 
 // Immutable once published; replaced whole, old copies freed after a grace period.

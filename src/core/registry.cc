@@ -341,8 +341,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       for (Probe *p : group)
         added[p].push_back({*slot, consumer.on_entry, consumer.user,
                             !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns,
-                            (flags & USPROBE_NO_REGS) != 0, counter.used, counter.offset,
-                            counter.tag});
+                            (flags & USPROBE_NO_REGS) != 0, counter});
       made.emplace_back(i, link);
     }
 

@@ -12,17 +12,6 @@
 
 namespace usprobe::registry {
 
-// A consumer whose entry hits count into a counter kept outside the engine (the agent's `usprobe
-// count`): `offset` bytes from each thread's counter home (core/thread_record.h, set_counter_home;
-// counter_path_external() first), homes and words carrying its owner's `tag`. Where the consumer is
-// its probe's only one, the counter path increments that counter on entry hits without calling
-// on_entry, and on_entry counts the full path's hits (it sets the thread's home).
-struct ExternalCounter {
-  bool used = false;
-  uint32_t offset = 0;
-  uint64_t tag = 0;
-};
-
 // One result per location, in order. `consumers`: empty (built-in counter only), one for every
 // location, or one per location. flags: USPROBE_FORCE_INT3, USPROBE_GENERAL_REGS_ONLY.
 // `external`: empty, or one per location (its consumer's on_entry set, no return probe), published

@@ -109,7 +109,8 @@ class ProbedFunction {
     slot_ = *slot;
     probe_.function_entry = true;
     probe_.no_entry_handlers.store(1);
-    probe_.consumers.store(ConsumerArray::make({{slot_, nullptr, nullptr, false, nullptr, false}}));
+    probe_.consumers.store(
+        ConsumerArray::make({{slot_, nullptr, nullptr, false, nullptr, false, false, {}}}));
 
     auto maps = os::read_mappings();
     if (!maps) {

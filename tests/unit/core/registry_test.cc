@@ -210,7 +210,7 @@ TEST(Registry, AFreedCounterSlotGoesToTheNextLinkAtZero) {
   ASSERT_TRUE(detach({next}));
 }
 
-// A counter kept outside the engine (registry::ExternalCounter), as the agent keeps its sessions'
+// A counter kept outside the engine (ExternalCounter), as the agent keeps its sessions'
 // counts: its handler counts the full path's hits and sets the thread's home, as count_handler
 // does, and the counter path counts the others there. A home set under an older tag (a session
 // that ended) is not taken: the hit goes to the handler, which sets the new one.
@@ -233,7 +233,7 @@ TEST(Registry, AnExternalCounterCountsAtItsTagsHomeAndAStaleHomeTakesTheFullPath
   const usprobe_consumer consumer{count_externally, nullptr, nullptr};
   constexpr uint32_t kOffset = 2 * sizeof(uint64_t);  // the counter is word 2 of the home
   auto attach_counting = [&](uint64_t tag) -> usprobe_link * {
-    const registry::ExternalCounter counter{true, kOffset, tag};
+    const ExternalCounter counter{true, kOffset, tag};
     auto r = registry::attach(locations, std::span(&consumer, 1), 0, std::span(&counter, 1));
     EXPECT_TRUE(r.size() == 1 && r[0]) << (r.empty() || r[0] ? "" : r[0].error().message);
     return r.size() == 1 && r[0] ? *r[0] : nullptr;
@@ -288,7 +288,7 @@ TEST(Registry, ASinkTakesThisThreadsHitsAndGivesTheHomeBack) {
   constexpr uint64_t kTag = 3;
   const std::string locations[] = {"exe:reg_add_three"};
   const usprobe_consumer consumer{count_externally, nullptr, nullptr};
-  const registry::ExternalCounter counter{true, kOffset, kTag};
+  const ExternalCounter counter{true, kOffset, kTag};
   auto r = registry::attach(locations, std::span(&consumer, 1), 0, std::span(&counter, 1));
   ASSERT_TRUE(r.size() == 1 && r[0]) << (r.empty() || r[0] ? "" : r[0].error().message);
   usprobe_link *link = *r[0];
