@@ -51,6 +51,13 @@ void free_code(uint64_t addr, size_t size);
 Result<uint64_t> alloc_code_within(uint64_t lo, uint64_t hi, size_t size);
 void free_code_within(uint64_t addr, size_t size);
 
+// `size` bytes of address space that nothing may use (no access, no memory behind them), at `at`
+// exactly, or anywhere for 0: where a file that is not mapped here would be, for the code memory
+// near it (core/site_analysis.cc). The trampolines' allocator sees them taken at once. ENOMEM when
+// the addresses are not free. Given back with release_addresses.
+Result<uint64_t> reserve_addresses(uint64_t at, size_t size);
+void release_addresses(uint64_t addr, size_t size);
+
 // Read up to `len` bytes at `addr` of this process: memory that may be unmapped meanwhile
 // (another thread's stack) reads short instead of faulting.
 std::vector<uint8_t> read_memory(uint64_t addr, size_t len);

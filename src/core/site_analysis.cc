@@ -1,7 +1,6 @@
 #include "core/site_analysis.h"
 
 #include <elf.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -145,16 +144,11 @@ Result<CodeImage> CodeImage::map(std::shared_ptr<const elf::ElfFile> file) {
             [](const Elf64_Phdr &a, const Elf64_Phdr &b) { return a.p_vaddr < b.p_vaddr; });
   const uint64_t lo = loads.front().p_vaddr & ~0xfffull;
   const uint64_t hi = (loads.back().p_vaddr + loads.back().p_memsz + 0xfff) & ~0xfffull;
-  void *want = eh.e_type == ET_EXEC ? reinterpret_cast<void *>(lo) : nullptr;
-  void *p =
-      ::mmap(want, hi - lo, PROT_NONE,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (want ? MAP_FIXED_NOREPLACE : 0), -1, 0);
-  if (p == MAP_FAILED || (want && p != want)) {
-    if (p != MAP_FAILED) ::munmap(p, hi - lo);
+  auto p = os::reserve_addresses(eh.e_type == ET_EXEC ? lo : 0, hi - lo);
+  if (!p)
     return fail(ENOMEM, fmt::format("{}: cannot reserve its addresses {:#x}..{:#x} in this process",
                                     f.path(), lo, hi));
-  }
-  image.reserved_ = reinterpret_cast<uint64_t>(p);
+  image.reserved_ = *p;
   image.reserved_size_ = hi - lo;
   const uint64_t bias = image.reserved_ - lo;
   for (const Elf64_Phdr &ph : loads)
@@ -169,7 +163,7 @@ CodeImage::CodeImage(CodeImage &&other) noexcept
       reserved_size_(std::exchange(other.reserved_size_, 0)) {}
 
 CodeImage::~CodeImage() {
-  if (reserved_) ::munmap(reinterpret_cast<void *>(reserved_), reserved_size_);
+  if (reserved_) os::release_addresses(reserved_, reserved_size_);
 }
 
 std::optional<uint64_t> CodeImage::runtime(uint64_t off) const {

@@ -400,6 +400,29 @@ Result<void> write_code(uint64_t addr, std::span<const uint8_t> bytes) {
   return {};
 }
 
+Result<uint64_t> reserve_addresses(uint64_t at, size_t size) {
+  void *want = reinterpret_cast<void *>(at);
+  void *p =
+      mmap(want, size, PROT_NONE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (at ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+  if (p == MAP_FAILED || (at && p != want)) {
+    const int e = p == MAP_FAILED ? errno : EEXIST;
+    if (p != MAP_FAILED) munmap(p, size);
+    return fail(e == EEXIST ? ENOMEM : e, strerror(e));
+  }
+  // A view of the address space read before this (a read of the mappings leaves one, and the
+  // caller has just made one) would not see these addresses taken, nor search for slabs near them.
+  std::lock_guard lock(g_mutex);
+  drop_views();
+  return reinterpret_cast<uint64_t>(p);
+}
+
+void release_addresses(uint64_t addr, size_t size) {
+  munmap(reinterpret_cast<void *>(addr), size);
+  std::lock_guard lock(g_mutex);
+  drop_views();
+}
+
 void note_address_space(const std::vector<Mapping> &maps) {
   Ranges ranges = ranges_of(maps);
   std::lock_guard noted(g_noted_mutex);

@@ -83,6 +83,30 @@ TEST(CodeMemoryNear, ANewSlabIsWrittenInPlaceAndExecutableOnlyOnceFlushed) {
   munmap(reinterpret_cast<void *>(anchor), 4096);
 }
 
+// Addresses reserved where a file that is not mapped here would be (the CLI's look at another
+// program's sites, core/site_analysis.cc) are taken for the allocator at once, though a read of the
+// mappings just before left it a view without them: a slab goes next to them, and the next
+// reservation there fails.
+TEST(CodeMemoryNear, ASlabGoesNextToAddressesJustReserved) {
+  constexpr size_t kStretch = 1 << 26, kReserved = 1 << 20;
+  const uint64_t at = free_range(kStretch) + kStretch / 2;  // 32 MB of free space either side
+  ASSERT_TRUE(read_mappings());  // the allocator's view, before the reservation
+  auto reserved = reserve_addresses(at, kReserved);
+  ASSERT_TRUE(reserved) << reserved.error().message;
+  EXPECT_EQ(*reserved, at);
+  constexpr uint64_t kReach = 1 << 22;  // nothing else within reach
+  auto a = alloc_code_near(at + 4096, 64, kReach);
+  ASSERT_TRUE(a) << a.error().message;
+  EXPECT_TRUE(mapped(at));  // (a read of the mappings, which leaves the allocator a new view)
+  EXPECT_LE(*a > at ? *a - at : at - *a, kReach);
+  auto again = reserve_addresses(at, 4096);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, ENOMEM);
+  free_code(*a, 64);
+  release_addresses(at, kReserved);
+  EXPECT_FALSE(mapped(at));
+}
+
 TEST(CodeMemoryWithin, PlacesBlocksInTheRangeAndSharesPages) {
   const uint64_t base = free_range(1 << 20);
   // A 256-byte range in the middle of a page.
