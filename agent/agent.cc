@@ -361,6 +361,33 @@ struct Failure {
   std::string message;
 };
 
+// Latency mode's timers, one per probe (core/probe.h, ExternalTimer): offsets from a slot's hits,
+// the home that latency_entry_handler sets, of the probe's hits, returns and histogram. None when
+// a slot is larger than 32-bit offsets reach.
+static_assert(kTscShift == 32 && kLatencySubBits == kTimerSubBits);
+std::vector<ExternalCounter> latency_timers(size_t n) {
+  SlotHeader *s = g_region.overflow;  // every slot has the same layout
+  const char *home = reinterpret_cast<const char *>(slot_hits(s));
+  auto offset = [&](const void *p) {
+    return static_cast<uint64_t>(static_cast<const char *>(p) - home);
+  };
+  std::vector<ExternalCounter> timers(n);
+  for (size_t i = 0; i < n; ++i) {
+    const LatencyHistogram &h = slot_histograms(s, g_region.hist_offset)[i];
+    const uint64_t hits = offset(&slot_hits(s)[i]),
+                   returns = offset(&slot_returns(s, g_region.probe_count)[i]),
+                   sum = offset(&h.sum_ns), buckets = offset(&h.buckets[0]);
+    if (std::max({hits, returns, sum, buckets}) + sizeof h > UINT32_MAX) return {};
+    timers[i] = {true,
+                 static_cast<uint32_t>(hits),
+                 g_region.session,
+                 {true, static_cast<uint32_t>(returns), static_cast<uint32_t>(sum),
+                  static_cast<uint32_t>(buckets), g_region.tsc_to_ns_mult}};
+  }
+  g_counter_tag.store(g_region.session, std::memory_order_relaxed);
+  return timers;
+}
+
 std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   size_t n = plan.size();
   bool trace = g_region.mode == kModeTrace;
@@ -412,18 +439,23 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
     external.resize(n);
     for (size_t i = 0; i < n; ++i)
       if (!plan[i].location.starts_with("uretprobe:"))
-        external[i] = {true, static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)),
-                       g_region.session};
+        external[i] = {
+            true, static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)), g_region.session, {}};
   }
+  // `usprobe latency`: the engine times each call itself (ExternalTimer) into the thread's slot,
+  // the counters and histogram the handlers add to, where the thread's home is set.
+  if (g_region.mode == kModeLatency && g_region.session <= kMaxCounterTag)
+    external = latency_timers(n);
   // Once the first sites are patched, the agent's own calls of probed functions (its allocations
   // and frees, 130,000 in a libc:* attach) hit them. They are not the program's: count_handler
   // drops them (t_in_agent), at the cost of the full path each. In count mode they take the counter
   // path into a sink instead (CounterPathSink). Mapped: a home lies above kCounterBias, which a
   // non-PIE program's heap does not.
   const size_t sink_size = (n + 1) * sizeof(uint64_t);
-  void *sink = external.empty() ? MAP_FAILED
-                                : mmap(nullptr, sink_size, PROT_READ | PROT_WRITE,
-                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void *sink =
+      external.empty() || g_region.mode != kModeCount
+          ? MAP_FAILED
+          : mmap(nullptr, sink_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   int attached;
   {
     CounterPathSink sunk(sink == MAP_FAILED ? 0
@@ -604,6 +636,9 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
     return ok;
   }
   if (h->mode == kModeCount) count_on_counter_path(*plan);
+  // Latency mode: the handlers set the homes the engine's timers count into (latency_timers).
+  if (h->mode == kModeLatency && g_region.session <= kMaxCounterTag)
+    g_counter_path_homes.store(true, std::memory_order_relaxed);
   mark_placed();
   // A library that another thread loaded while this one attached (its listener found the lock
   // taken): named now.

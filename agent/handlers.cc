@@ -48,15 +48,24 @@ std::atomic<bool> g_counter_path_homes{false};
 std::atomic<uint64_t> g_counter_tag{0};
 
 // Must never lock, allocate, make a system call (but once per thread) or call libc.
-void count_handler(usprobe_hit *, void *user) {
-  if (t_in_agent) return;
-  SlotHeader *s = thread_slot();
-  slot_add(s, slot_hits(s)[probe_of(user)], 1);
-  // After thread_slot(), which ends a vfork's marking in the parent.
+namespace {
+
+// Sets this thread's counter home to its slot's hits when the slot is its own for good. After
+// thread_slot(), which ends a vfork's marking in the parent.
+inline void set_home(SlotHeader *s) {
   if (g_counter_path_homes.load(std::memory_order_relaxed) && s == t_slot && !t_forking &&
       t_vfork_parent == 0 && s != g_region.overflow)
     set_counter_home(tagged_counter_home(reinterpret_cast<uint64_t>(slot_hits(s)),
                                          g_counter_tag.load(std::memory_order_relaxed)));
+}
+
+}  // namespace
+
+void count_handler(usprobe_hit *, void *user) {
+  if (t_in_agent) return;
+  SlotHeader *s = thread_slot();
+  slot_add(s, slot_hits(s)[probe_of(user)], 1);
+  set_home(s);
 }
 
 namespace {
@@ -207,6 +216,7 @@ void latency_entry_handler(usprobe_hit *hit, void *user) {
   }
   SlotHeader *s = thread_slot();
   slot_add(s, slot_hits(s)[probe_of(user)], 1);
+  set_home(s);
   // Last, so that the handler's own work is not part of the call's time. The session is zero at
   // entry (usprobe.h), and rdtsc never reads 0 on a running machine: the return handler takes a
   // zero as "not timed".

@@ -31,7 +31,9 @@ void trace_return_entry_handler(usprobe_hit *hit, void *user);
 void trace_return_handler(usprobe_hit *hit, void *user);
 
 // Latency mode, at a function's entry: hits[probe] += 1, and the time (rdtsc) in the call's
-// session.
+// session. With g_counter_path_homes, sets the thread's counter home as count_handler does: the
+// engine then times the calls of the probes alone at their functions itself, into the same
+// counters and histograms as these handlers (agent.cc, attach_all's ExternalTimer).
 void latency_entry_handler(usprobe_hit *hit, void *user);
 // Latency mode, at its return: the call's duration, in nanoseconds, into this thread's histogram of
 // the probe (protocol.h, "Latency mode").

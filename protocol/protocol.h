@@ -55,13 +55,15 @@
 // the call's session (usprobe_session) and a return handler that adds the call's duration, in
 // nanoseconds, to this thread's slot: returns[probe] += 1, then histogram[probe].sum_ns += ns and
 // histogram[probe].buckets[latency_bucket(ns)] += 1, with the same owned increments as hits (the
-// overflow slot: fetch_add). hits[probe] counts entries; missed[probe] gets, at exit, the engine's
-// missed count (usprobe_link_missed: calls skipped as recursion and returns not seen, through
-// return-depth overflow, longjmp or an exception), as in count mode. returns[] sits with the other
-// counters so that the CLI reads a histogram (about a page each) only when its returns count is
-// nonzero, and never faults in the pages of histograms no thread touched. Ticks become nanoseconds
-// with integer math only: ns = (ticks * header.tsc_to_ns_mult) >> kTscShift, the multiplier
-// calibrated by the CLI against CLOCK_MONOTONIC (2^32 / ticks per ns).
+// overflow slot: fetch_add). The engine does the same itself, without calling the handlers, for a
+// thread whose slot is its own for good (the entry handler sets its counter home, as count mode's
+// handler does; agent.cc, latency_timers). hits[probe] counts entries; missed[probe] gets, at exit,
+// the engine's missed count (usprobe_link_missed: calls skipped as recursion and returns not seen,
+// through return-depth overflow, longjmp or an exception), as in count mode. returns[] sits with
+// the other counters so that the CLI reads a histogram (about a page each) only when its returns
+// count is nonzero, and never faults in the pages of histograms no thread touched. Ticks become
+// nanoseconds with integer math only: ns = (ticks * header.tsc_to_ns_mult) >> kTscShift, the
+// multiplier calibrated by the CLI against CLOCK_MONOTONIC (2^32 / ticks per ns).
 //
 // Buckets are log-linear: 8 sub-buckets per power of two of nanoseconds, so a bucket is at most
 // 1/8 of its lower bound wide (12.5%), and a percentile read from them is within about 6% of the
@@ -122,6 +124,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "base/log_linear.h"
 #include "protocol/attach.h"
 
 namespace usprobe::agent {
@@ -387,12 +390,12 @@ inline constexpr uint32_t kLatencySubBits = 3;  // 2^3 = 8 sub-buckets per power
 inline constexpr uint32_t kLatencyBuckets = 8 * (63 - 2) + 8;  // up to the highest bit, 63
 inline constexpr uint32_t kTscShift = 32;
 
-// The bucket of a duration. On the hit path: no branch but the one for small values.
+// The bucket of a duration (base/log_linear.h). On the hit path: no branch but the one for small
+// values.
 constexpr uint32_t latency_bucket(uint64_t ns) {
-  if (ns < 16) return static_cast<uint32_t>(ns);
-  uint32_t p = 63u - static_cast<uint32_t>(__builtin_clzll(ns));
-  return 8 * (p - 2) + static_cast<uint32_t>((ns >> (p - kLatencySubBits)) & 7);
+  return log_linear_bucket<kLatencySubBits>(ns);
 }
+static_assert(log_linear_buckets<kLatencySubBits>() == kLatencyBuckets);
 // The smallest duration in bucket i (i < kLatencyBuckets).
 constexpr uint64_t latency_bucket_low(uint32_t i) {
   if (i < 16) return i;

@@ -45,6 +45,10 @@ void set_arg(Regs &r, unsigned n, uint64_t value);
 //                                                 address is on the stack
 //   uint64_t returned_from_sp(const Regs &r)      in the return trampoline's view: where the
 //                                                 return address was (the function's entry %rsp)
+//   void increment_own_word(uint64_t &w)          w += 1, and add_own_word(w, n): w += n, each
+//                                                 one instruction that a signal handler of the
+//                                                 same thread cannot split (w: this thread's own)
+//   uint64_t timestamp()                          a clock that the cores share, in ticks
 #if defined(__x86_64__)
 #include "arch/x86_64/arch_inline.h"
 #else

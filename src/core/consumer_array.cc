@@ -51,6 +51,8 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
       a->has_return_callbacks && a->simple_handlers && !a->return_wants_vector_state &&
       std::all_of(v.begin(), v.end(), [](auto &e) { return !e.on_return || e.without_regs; });
   a->single_entry_callback = v.size() == 1 && v[0].on_entry != nullptr && !v[0].count_returns;
+  a->timer_only =
+      v.size() == 1 && v[0].count_returns && v[0].external.used && v[0].external.timer.used;
   static std::atomic<uint64_t> next_id{1};
   a->id = next_id.fetch_add(1, std::memory_order_relaxed);
   std::copy(v.begin(), v.end(), a->entries);
@@ -96,6 +98,7 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   p->fast_entry_handlers.store(next && next->fast_callbacks, std::memory_order_relaxed);
   p->fast_return_handlers.store(next && next->fast_return_callbacks, std::memory_order_relaxed);
   p->single_entry_callback.store(next && next->single_entry_callback, std::memory_order_relaxed);
+  p->timed.store(next && next->timer_only, std::memory_order_relaxed);
   const bool old_external = p->counter_word_external;
   p->counter_word_external = external;
   if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);

@@ -1,5 +1,6 @@
 #include "core/dispatch.h"
 
+#include "base/log_linear.h"
 #include "core/os.h"
 #include "core/probe.h"
 #include "core/rcu.h"
@@ -451,12 +452,67 @@ __attribute__((noinline)) int fast_handlers_path(ThreadRecord *rec, const Probe 
   return entry_handlers(rec, nullptr, slot, ip, probe, 0, landing, landing_counted);
 }
 
+// The thread's counter home as an external timer with `tag` may count into (ExternalTimer), or
+// null: none set, another owner's, or a handler section or sink in the way.
+inline char *timer_home(uint64_t tag) {
+  const CounterPathState &s = t_counter_path;
+  const uint64_t home = s.base;
+  if (home == 0 || s.sink != 0 || (home >> kCounterTagShift) != tag) return nullptr;
+  return reinterpret_cast<char *>(home & ((uint64_t{1} << kCounterTagShift) - 1));
+}
+
+inline uint64_t &word_at(char *home, uint32_t offset) {
+  return *reinterpret_cast<uint64_t *>(home + offset);
+}
+
+// An entry of a call that an external timer alone times (ConsumerArray::timer_only): what its
+// entry handler would do, without calling it. kDispatchFull, having done nothing, for anything
+// else. Its handler section only counts, as entry_counters'.
+inline int entry_timer(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
+                       uint64_t landing_counted) {
+  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+    return kDispatchFull;
+  return handler_section<false>(rec, [&] {
+    const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
+    if (!a || !a->timer_only || rec->return_top >= rec->return_depth) return kDispatchFull;
+    const ExternalCounter &timer = a->entries[0].external;
+    // The home's memory stays while the array is published: its owner detaches before it unmaps.
+    char *home = timer_home(timer.tag);
+    if (!home) return kDispatchFull;
+    bump(word_at(home, timer.offset));
+    // init_sessions for the array's one session, written straight: its words zero as an entry
+    // handler finds them, but the time.
+    ReturnInstance *inst = &rec->returns[rec->return_top];
+    inst->array_id = a->id;
+    inst->stack_key = rec->stack_key;
+    inst->sessions = 1;
+    ReturnSession &session = inst->session[0];
+    session.slot = a->entries[0].slot;
+    session.skip = 0;
+    for (uint32_t i = 1; i < USPROBE_SESSION_WORDS; ++i) session.data[i] = 0;
+    session.data[0] = arch::timestamp();  // last: the engine's own work is not the call's
+    push_instance(rec, inst, slot, ip, probe, landing_counted);
+    return kDispatchReturnCounted;
+  });
+}
+
+// Out of line, so that usprobe_entry_fast saves no register for the counters.
+__attribute__((noinline)) int timer_path(ThreadRecord *rec, const Probe *probe,
+                                         const uint64_t *slot, uint64_t ip,
+                                         uint64_t landing_counted, uint64_t landing) {
+  const int r = entry_timer(rec, probe, slot, ip, landing_counted);
+  if (__builtin_expect(r != kDispatchFull, 1)) return r;
+  return fast_handlers_path(rec, probe, slot, ip, landing_counted, landing);
+}
+
 }  // namespace
 
 extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,
                                   uint64_t landing_counted, uint64_t landing) {
   ThreadRecord *rec = t_record;
   // A stale hint costs the full path (each refuses what is not its own).
+  if (__builtin_expect(probe->timed.load(std::memory_order_relaxed), 0))
+    return timer_path(rec, probe, slot, ip, landing_counted, landing);
   if (__builtin_expect(probe->fast_entry_handlers.load(std::memory_order_relaxed), 0))
     return fast_handlers_path(rec, probe, slot, ip, landing_counted, landing);
   return entry_counters(rec, probe, slot, ip, landing_counted);
@@ -470,16 +526,61 @@ __attribute__((noinline)) uint64_t fast_return_path(ThreadRecord *rec, uint64_t 
   return return_counters<true>(rec, slot);
 }
 
+// The return of a call that an external timer alone times (entry_timer's or its handler's entry):
+// what its return handler would do, without calling it, with the time `now`. The original return
+// address, or 0, having written nothing, for anything else. As return_counters otherwise.
+inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
+  const uint32_t top = rec->return_top;
+  if (__builtin_expect(top == 0, 0)) return 0;
+  ReturnInstance &inst = rec->returns[top - 1];
+  if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+    return 0;
+  const bool counted = handler_section<false>(rec, [&] {
+    const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
+    if (!a || a->id != inst.array_id || !a->timer_only) return false;
+    const ExternalCounter &timer = a->entries[0].external;
+    char *home = timer_home(timer.tag);
+    if (!home) return false;
+    const uint64_t entered = inst.session[0].data[0];
+    if (inst.session[0].skip || entered == 0) return true;  // not timed: nothing to count
+    // The cores' clocks agree, but a thread that moved may read one a few ticks behind: such a
+    // call took no time rather than 2^64 ticks.
+    const uint64_t ticks = now > entered ? now - entered : 0;
+    const auto ns = static_cast<uint64_t>(
+        (static_cast<unsigned __int128>(ticks) * timer.timer.tsc_to_ns_mult) >> 32);
+    bump(word_at(home, timer.timer.returns));
+    arch::add_own_word(word_at(home, timer.timer.sum), ns);
+    bump(word_at(home, timer.timer.buckets + static_cast<uint32_t>(sizeof(uint64_t)) *
+                                                 log_linear_bucket<kTimerSubBits>(ns)));
+    return true;
+  });
+  if (!counted) return 0;
+  const uint64_t original = inst.return_address;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->return_top = top - 1;
+  return original;
+}
+
+// Out of line, so that usprobe_return_fast saves no register for the counters.
+__attribute__((noinline)) uint64_t timed_return_path(ThreadRecord *rec, uint64_t slot) {
+  const uint64_t now = arch::timestamp();  // first: the engine's own work is not the call's
+  if (const uint64_t original = return_timer(rec, slot, now); __builtin_expect(original != 0, 1))
+    return original;
+  return fast_return_path(rec, slot);  // a call: the path above saves no register
+}
+
 }  // namespace
 
 extern "C" uint64_t usprobe_return_fast(uint64_t slot) {
   ThreadRecord *rec = t_record;
   // The newest instance's probe says (a stale hint costs the full return code).
-  if (const uint32_t top = rec->return_top;
-      top != 0 &&
-      __builtin_expect(
-          rec->returns[top - 1].probe->fast_return_handlers.load(std::memory_order_relaxed), 0))
-    return fast_return_path(rec, slot);
+  if (const uint32_t top = rec->return_top; top != 0) {
+    const Probe *probe = rec->returns[top - 1].probe;
+    if (__builtin_expect(probe->fast_return_handlers.load(std::memory_order_relaxed), 0)) {
+      if (probe->timed.load(std::memory_order_relaxed)) return timed_return_path(rec, slot);
+      return fast_return_path(rec, slot);
+    }
+  }
   return return_counters<false>(rec, slot);
 }
 

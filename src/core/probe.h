@@ -29,10 +29,30 @@ namespace usprobe {
 // (tagged_counter_word). Where the consumer is its probe's only one, the counter path increments
 // that counter on entry hits without calling on_entry, and on_entry counts the full path's hits
 // (it sets the thread's home); the engine's own hits of the slot then count the full path's only.
+//
+// With `timer.used` the consumer is a return probe that times its calls (the agent's `usprobe
+// latency`): its handlers still count whatever the engine does not, but where it is its probe's
+// only consumer and the thread's home carries `tag` (core/thread_record.h, t_counter_path), the
+// fast paths count without calling them. The entry adds one to the counter at `offset` and keeps
+// the time (arch::timestamp) in the call's session, word 0, where on_entry keeps it too; the return
+// adds one at `timer.returns`, the call's duration in nanoseconds, ns = (ticks *
+// timer.tsc_to_ns_mult) >> 32, at `timer.sum`, and one to buckets[log_linear_bucket<kTimerSubBits>(
+// ns)] of the 64-bit words at `timer.buckets` (base/log_linear.h). A session word 0 of 0 (the
+// entry not timed) or a skipped return (usprobe_session_skip_return) counts nothing, as on_return
+// would. Offsets are from the home, as `offset` is; the engine's own counters of the consumer count
+// the handlers' hits only.
+struct ExternalTimer {
+  bool used = false;
+  uint32_t returns = 0, sum = 0, buckets = 0;
+  uint64_t tsc_to_ns_mult = 0;
+};
+constexpr uint32_t kTimerSubBits = 3;
+
 struct ExternalCounter {
   bool used = false;
   uint32_t offset = 0;
   uint64_t tag = 0;
+  ExternalTimer timer;
 };
 
 struct ConsumerEntry {
@@ -84,6 +104,9 @@ struct ConsumerArray {
   // Of those, one consumer with an entry handler and no return probe: the commonest, which
   // usprobe_dispatch runs in the fewest instructions.
   bool single_entry_callback = false;
+  // One consumer alone, an external timer (ExternalTimer) with a session: the fast paths time its
+  // calls without calling its handlers where the thread's home allows.
+  bool timer_only = false;
   ReturnSession return_template[kMaxSessions] = {};
   ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
 
@@ -150,6 +173,10 @@ struct Probe {
   // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the
   // next one does it.
   std::atomic<uint8_t> single_entry_callback{0};
+  // Nonzero while the consumers are one external timer alone (ConsumerArray::timer_only):
+  // usprobe_entry_fast and usprobe_return_fast try the timer's path first. Stale: that path
+  // refuses.
+  std::atomic<uint8_t> timed{0};
 
   // A USDT site's note (its arguments for usprobe_usdt_arg, its semaphore): set once, by the first
   // attach that names the location as a USDT probe, before that attach publishes its consumers

@@ -336,8 +336,11 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         continue;
       }
       auto *link = new usprobe_link{group.front(), *slot, consumer, group};
+      // An external counter counts entries alone; a timer needs the return.
       const ExternalCounter counter =
-          i < external.size() && !returns && consumer.on_entry ? external[i] : ExternalCounter{};
+          i < external.size() && consumer.on_entry && returns == external[i].timer.used
+              ? external[i]
+              : ExternalCounter{};
       for (Probe *p : group)
         added[p].push_back({*slot, consumer.on_entry, consumer.user,
                             !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns,

@@ -14,8 +14,9 @@ namespace usprobe::registry {
 
 // One result per location, in order. `consumers`: empty (built-in counter only), one for every
 // location, or one per location. flags: USPROBE_FORCE_INT3, USPROBE_GENERAL_REGS_ONLY.
-// `external`: empty, or one per location (its consumer's on_entry set, no return probe), published
-// with the consumers, before the first patched byte: no second publication of each probe.
+// `external`: empty, or one per location (its consumer's on_entry set; a return probe exactly when
+// it is a timer), published with the consumers, before the first patched byte: no second
+// publication of each probe.
 std::vector<Result<usprobe_link *>> attach(std::span<const std::string> locations,
                                            std::span<const usprobe_consumer> consumers,
                                            unsigned flags = 0,

@@ -1,6 +1,6 @@
-// x86-64's inline part of the arch contract (core/arch.h includes it): register accessors that
-// the return-probe hit path calls on every hit, where an out-of-line call would cost more than
-// the access.
+// x86-64's inline part of the arch contract (core/arch.h includes it): register accessors, own-word
+// arithmetic and the clock that the hit path uses on every hit, where an out-of-line call would
+// cost more than the work.
 #pragma once
 
 #include <atomic>
@@ -33,6 +33,21 @@ inline void increment_own_word(uint64_t &word) {
 #else
   asm volatile("incq %0" : "+m"(word));
 #endif
+}
+// Adds n to such a word, in one instruction too.
+inline void add_own_word(uint64_t &word, uint64_t n) {
+#if defined(__SANITIZE_THREAD__)
+  std::atomic_ref<uint64_t> w(word);
+  w.store(w.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+#else
+  asm volatile("addq %1,%0" : "+m"(word) : "r"(n));
+#endif
+}
+
+// The time stamp counter: ticks of a clock that the cores share (the engine's timers,
+// core/probe.h's ExternalTimer, count in these).
+inline uint64_t timestamp() {
+  return __builtin_ia32_rdtsc();
 }
 
 }  // namespace usprobe::arch

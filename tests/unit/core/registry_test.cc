@@ -13,11 +13,13 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "base/log_linear.h"
 #include "core/arch.h"
 #include "core/counters.h"
 #include "core/probe.h"
@@ -61,11 +63,34 @@ reg_add_three:
   ret
   .size reg_add_three, .-reg_add_three
   int3; int3; int3; int3; int3; int3; int3; int3
+
+  .globl reg_spin
+  .type reg_spin, @function
+  .p2align 4
+reg_spin:
+  push %rbp
+  mov %rsp, %rbp
+  rdtsc
+  shl $32, %rdx
+  or %rdx, %rax
+  lea (%rax,%rdi), %rcx
+1:
+  rdtsc
+  shl $32, %rdx
+  or %rdx, %rax
+  cmp %rcx, %rax
+  jb 1b
+  mov %rdi, %rax
+  pop %rbp
+  ret
+  .size reg_spin, .-reg_spin
+  int3; int3; int3; int3; int3; int3; int3; int3
 )");
 extern "C" {
 long reg_add_one(long x);
 long reg_add_two(long x);
 long reg_add_three(long x);
+long reg_spin(long ticks);  // returns ticks once the time stamp counter has advanced that much
 }
 
 namespace usprobe {
@@ -74,6 +99,7 @@ namespace {
 long (*volatile g_add_one)(long) = reg_add_one;
 long (*volatile g_add_two)(long) = reg_add_two;
 long (*volatile g_add_three)(long) = reg_add_three;
+long (*volatile g_spin)(long) = reg_spin;
 
 using Code = std::array<uint8_t, 16>;
 Code code_at(long (*fn)(long)) {
@@ -233,7 +259,7 @@ TEST(Registry, AnExternalCounterCountsAtItsTagsHomeAndAStaleHomeTakesTheFullPath
   const usprobe_consumer consumer{count_externally, nullptr, nullptr};
   constexpr uint32_t kOffset = 2 * sizeof(uint64_t);  // the counter is word 2 of the home
   auto attach_counting = [&](uint64_t tag) -> usprobe_link * {
-    const ExternalCounter counter{true, kOffset, tag};
+    const ExternalCounter counter{true, kOffset, tag, {}};
     auto r = registry::attach(locations, std::span(&consumer, 1), 0, std::span(&counter, 1));
     EXPECT_TRUE(r.size() == 1 && r[0]) << (r.empty() || r[0] ? "" : r[0].error().message);
     return r.size() == 1 && r[0] ? *r[0] : nullptr;
@@ -288,7 +314,7 @@ TEST(Registry, ASinkTakesThisThreadsHitsAndGivesTheHomeBack) {
   constexpr uint64_t kTag = 3;
   const std::string locations[] = {"exe:reg_add_three"};
   const usprobe_consumer consumer{count_externally, nullptr, nullptr};
-  const ExternalCounter counter{true, kOffset, kTag};
+  const ExternalCounter counter{true, kOffset, kTag, {}};
   auto r = registry::attach(locations, std::span(&consumer, 1), 0, std::span(&counter, 1));
   ASSERT_TRUE(r.size() == 1 && r[0]) << (r.empty() || r[0] ? "" : r[0].error().message);
   usprobe_link *link = *r[0];
@@ -323,6 +349,86 @@ TEST(Registry, ASinkTakesThisThreadsHitsAndGivesTheHomeBack) {
   ASSERT_TRUE(detach({link}));
   set_counter_home(saved_home);
   munmap(blocks, 2 * 4096);
+}
+
+// An external timer (ExternalTimer), as the agent's `usprobe latency` keeps its histograms: its
+// handlers time what the engine does not and set the thread's home; the engine times the other
+// calls there, and every call is counted once, by one or the other.
+struct TimerHome {
+  uint64_t hits, returns, sum;
+  uint64_t buckets[log_linear_buckets<kTimerSubBits>()];
+};
+struct TimerHandlers {
+  TimerHome *home = nullptr;
+  uint64_t tag = 0;
+  uint64_t entries = 0, returns = 0;
+};
+TimerHandlers g_timer;
+void time_entry(usprobe_hit *hit, void *) {
+  ++g_timer.entries;
+  set_counter_home(tagged_counter_home(reinterpret_cast<uint64_t>(g_timer.home), g_timer.tag));
+  if (hit->session) hit->session->data[0] = arch::timestamp();  // as usprobe_session(hit)[0]
+}
+void time_return(usprobe_hit *, void *) {
+  ++g_timer.returns;
+}
+
+TEST(Registry, AnExternalTimerTimesEachCallAtItsHomeAndItsHandlersTheOthers) {
+  const uint64_t saved_home = t_counter_path.home;
+  static TimerHome home;
+  constexpr uint64_t kTag = 4;
+  constexpr long kTicks = 20000;  // a call's time, at least
+  const std::string locations[] = {"exe:reg_spin"};
+  const usprobe_consumer consumer{time_entry, nullptr, time_return};
+  const ExternalCounter timer{true,
+                              offsetof(TimerHome, hits),
+                              kTag,
+                              {true, offsetof(TimerHome, returns), offsetof(TimerHome, sum),
+                               offsetof(TimerHome, buckets), uint64_t{1} << 32}};  // ns = ticks
+  auto r = registry::attach(locations, std::span(&consumer, 1),
+                            USPROBE_GENERAL_REGS_ONLY | USPROBE_NO_REGS, std::span(&timer, 1));
+  ASSERT_TRUE(r.size() == 1 && r[0]) << (r.empty() || r[0] ? "" : r[0].error().message);
+  usprobe_link *link = *r[0];
+
+  g_timer = {&home, kTag, 0, 0};
+  set_counter_home(0);
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(g_spin(kTicks), kTicks);
+  // The first entry found no home: its handler set it and timed the call's entry; the engine
+  // timed the rest, that call's return included.
+  EXPECT_EQ(g_timer.entries, 1u);
+  EXPECT_EQ(g_timer.returns, 0u);
+  EXPECT_EQ(home.hits, 9u);
+  EXPECT_EQ(home.returns, 10u);
+  EXPECT_GE(home.sum, 10u * kTicks);
+  uint64_t bucketed = 0, below = 0;
+  for (uint32_t b = 0; b < std::size(home.buckets); ++b) {
+    bucketed += home.buckets[b];
+    if (b < log_linear_bucket<kTimerSubBits>(kTicks)) below += home.buckets[b];
+  }
+  EXPECT_EQ(bucketed, 10u);
+  EXPECT_EQ(below, 0u) << "a call counted in a bucket below its time";
+
+  // Inside a handler section the engine leaves the calls to the handlers.
+  {
+    CounterPathOff off;
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(g_spin(kTicks), kTicks);
+  }
+  EXPECT_EQ(g_timer.entries, 4u);
+  EXPECT_EQ(g_timer.returns, 3u);
+  EXPECT_EQ(home.hits, 9u);
+  EXPECT_EQ(home.returns, 10u);
+
+  // A home of another owner (an older tag) is not taken: the handler sets this one's again.
+  set_counter_home(tagged_counter_home(reinterpret_cast<uint64_t>(&home), kTag - 1));
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(g_spin(kTicks), kTicks);
+  EXPECT_EQ(g_timer.entries, 5u);
+  EXPECT_EQ(home.hits, 10u);
+  EXPECT_EQ(home.returns, 12u);
+
+  ASSERT_TRUE(detach({link}));
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(g_spin(1), 1);
+  EXPECT_EQ(home.returns, 12u);
+  set_counter_home(saved_home);
 }
 
 TEST(Registry, ForcedInt3SiteHoldsTheTrapByteAndCountsEveryCall) {
