@@ -95,10 +95,11 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   if (!next || !next->wants_vector_state) p->wants_vector_state.store(0, std::memory_order_relaxed);
   p->no_entry_handlers.store(!next || !next->has_callbacks || next->fast_callbacks,
                              std::memory_order_relaxed);
-  p->fast_entry_handlers.store(next && next->fast_callbacks, std::memory_order_relaxed);
-  p->fast_return_handlers.store(next && next->fast_return_callbacks, std::memory_order_relaxed);
+  const uint8_t fast = next && next->timer_only ? Probe::kTimedHandlers : Probe::kFastHandlers;
+  p->fast_entry_handlers.store(next && next->fast_callbacks ? fast : 0, std::memory_order_relaxed);
+  p->fast_return_handlers.store(next && next->fast_return_callbacks ? fast : 0,
+                                std::memory_order_relaxed);
   p->single_entry_callback.store(next && next->single_entry_callback, std::memory_order_relaxed);
-  p->timed.store(next && next->timer_only, std::memory_order_relaxed);
   const bool old_external = p->counter_word_external;
   p->counter_word_external = external;
   if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);

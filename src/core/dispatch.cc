@@ -511,10 +511,12 @@ extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint
                                   uint64_t landing_counted, uint64_t landing) {
   ThreadRecord *rec = t_record;
   // A stale hint costs the full path (each refuses what is not its own).
-  if (__builtin_expect(probe->timed.load(std::memory_order_relaxed), 0))
-    return timer_path(rec, probe, slot, ip, landing_counted, landing);
-  if (__builtin_expect(probe->fast_entry_handlers.load(std::memory_order_relaxed), 0))
+  if (const uint8_t fast = probe->fast_entry_handlers.load(std::memory_order_relaxed);
+      __builtin_expect(fast != 0, 0)) {
+    if (fast == Probe::kTimedHandlers)
+      return timer_path(rec, probe, slot, ip, landing_counted, landing);
     return fast_handlers_path(rec, probe, slot, ip, landing_counted, landing);
+  }
   return entry_counters(rec, probe, slot, ip, landing_counted);
 }
 
@@ -574,13 +576,12 @@ __attribute__((noinline)) uint64_t timed_return_path(ThreadRecord *rec, uint64_t
 extern "C" uint64_t usprobe_return_fast(uint64_t slot) {
   ThreadRecord *rec = t_record;
   // The newest instance's probe says (a stale hint costs the full return code).
-  if (const uint32_t top = rec->return_top; top != 0) {
-    const Probe *probe = rec->returns[top - 1].probe;
-    if (__builtin_expect(probe->fast_return_handlers.load(std::memory_order_relaxed), 0)) {
-      if (probe->timed.load(std::memory_order_relaxed)) return timed_return_path(rec, slot);
-      return fast_return_path(rec, slot);
-    }
-  }
+  if (const uint32_t top = rec->return_top; top != 0)
+    if (const uint8_t fast =
+            rec->returns[top - 1].probe->fast_return_handlers.load(std::memory_order_relaxed);
+        __builtin_expect(fast != 0, 0))
+      return fast == Probe::kTimedHandlers ? timed_return_path(rec, slot)
+                                           : fast_return_path(rec, slot);
   return return_counters<false>(rec, slot);
 }
 

@@ -32,10 +32,11 @@ namespace usprobe {
 //
 // With `timer.used` the consumer is a return probe that times its calls (the agent's `usprobe
 // latency`): its handlers still count whatever the engine does not, but where it is its probe's
-// only consumer and the thread's home carries `tag` (core/thread_record.h, t_counter_path), the
-// fast paths count without calling them. The entry adds one to the counter at `offset` and keeps
-// the time (arch::timestamp) in the call's session, word 0, where on_entry keeps it too; the return
-// adds one at `timer.returns`, the call's duration in nanoseconds, ns = (ticks *
+// only consumer, its handlers read no register (USPROBE_NO_REGS and USPROBE_GENERAL_REGS_ONLY: the
+// fast paths run them) and the thread's home carries `tag` (core/thread_record.h, t_counter_path),
+// the fast paths count without calling them. The entry adds one to the counter at `offset` and
+// keeps the time (arch::timestamp) in the call's session, word 0, where on_entry keeps it too; the
+// return adds one at `timer.returns`, the call's duration in nanoseconds, ns = (ticks *
 // timer.tsc_to_ns_mult) >> 32, at `timer.sum`, and one to buckets[log_linear_bucket<kTimerSubBits>(
 // ns)] of the 64-bit words at `timer.buckets` (base/log_linear.h). A session word 0 of 0 (the
 // entry not timed) or a skipped return (usprobe_session_skip_return) counts nothing, as on_return
@@ -154,7 +155,10 @@ struct Probe {
   // the fast path refuses (kDispatchFull) what it cannot do, and the full path does everything.
   std::atomic<uint8_t> no_entry_handlers{0};
   // Nonzero while the consumers' entry handlers read no register (ConsumerArray::fast_callbacks):
-  // usprobe_entry_fast runs them without a register view. Stale, it costs the full path.
+  // usprobe_entry_fast runs them without a register view; kTimedHandlers while they are one
+  // external timer alone (ConsumerArray::timer_only), whose path it tries first. Stale, it costs
+  // the full path.
+  static constexpr uint8_t kFastHandlers = 1, kTimedHandlers = 2;
   std::atomic<uint8_t> fast_entry_handlers{0};
   // Likewise for its return handler (ConsumerArray::fast_return_callbacks): usprobe_return_fast
   // runs it.
@@ -173,10 +177,6 @@ struct Probe {
   // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the
   // next one does it.
   std::atomic<uint8_t> single_entry_callback{0};
-  // Nonzero while the consumers are one external timer alone (ConsumerArray::timer_only):
-  // usprobe_entry_fast and usprobe_return_fast try the timer's path first. Stale: that path
-  // refuses.
-  std::atomic<uint8_t> timed{0};
 
   // A USDT site's note (its arguments for usprobe_usdt_arg, its semaphore): set once, by the first
   // attach that names the location as a USDT probe, before that attach publishes its consumers
