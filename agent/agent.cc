@@ -361,6 +361,25 @@ struct Failure {
   std::string message;
 };
 
+// `usprobe latency`: each probe alone at its function is timed by the engine (latency_timers), in
+// the fast paths, straight into the thread's slot, where latency_entry_handler has set the
+// thread's home (g_counter_path_homes, as count mode's handler does); the handlers time the rest.
+void time_in_the_engine(const std::vector<PlannedProbe> &plan) {
+  if (g_region.session > kMaxCounterTag) return;  // tags used up: the handlers time alone
+  size_t placed = 0;
+  std::vector<usprobe_link *> links;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
+    ++placed;
+    links.push_back(g_links[i]);
+  }
+  const size_t timed = registry::timed_by_engine(links);
+  g_counter_path_homes.store(true, std::memory_order_relaxed);
+  post_notice(kNoticeInfo, -1,
+              fmt::format("{} of {} placed probes are timed by the engine (no handler call a hit)",
+                          timed, placed));
+}
+
 // Latency mode's timers, one per probe (core/probe.h, ExternalTimer): offsets from a slot's hits,
 // the home that latency_entry_handler sets, of the probe's hits, returns and histogram. None when
 // a slot is larger than 32-bit offsets reach.
@@ -636,9 +655,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
     return ok;
   }
   if (h->mode == kModeCount) count_on_counter_path(*plan);
-  // Latency mode: the handlers set the homes the engine's timers count into (latency_timers).
-  if (h->mode == kModeLatency && g_region.session <= kMaxCounterTag)
-    g_counter_path_homes.store(true, std::memory_order_relaxed);
+  if (h->mode == kModeLatency) time_in_the_engine(*plan);
   mark_placed();
   // A library that another thread loaded while this one attached (its listener found the lock
   // taken): named now.

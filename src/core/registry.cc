@@ -515,6 +515,19 @@ size_t on_counter_path(std::span<usprobe_link *const> links) {
   return n;
 }
 
+size_t timed_by_engine(std::span<usprobe_link *const> links) {
+  Locked lock;
+  size_t n = 0;
+  for (const usprobe_link *link : links) {
+    if (!link || link->probes.empty()) continue;
+    n += std::all_of(link->probes.begin(), link->probes.end(), [](const Probe *p) {
+      return p->fast_entry_handlers.load(std::memory_order_relaxed) == Probe::kTimedHandlers &&
+             p->fast_return_handlers.load(std::memory_order_relaxed) == Probe::kTimedHandlers;
+    });
+  }
+  return n;
+}
+
 Result<void> notify_mapping() {
   if (auto ok = init(); !ok) return ok;
   std::vector<std::function<void()>> garbage;

@@ -29,6 +29,10 @@ Result<void> detach(std::span<usprobe_link *const> links);
 // the link's consumer alone at its probe, counting into the engine's counter or an external one).
 // Null entries are skipped.
 size_t on_counter_path(std::span<usprobe_link *const> links);
+// How many of the links are timed by the engine wherever the thread's home allows (each the
+// external timer alone at its probes: core/probe.h, ExternalTimer; its handlers read no register).
+// Null entries are skipped.
+size_t timed_by_engine(std::span<usprobe_link *const> links);
 // Whether a detach could not show that every thread is past the counter path's increment into an
 // external counter it read the word of before the detach (core/retire.h,
 // counter_windows_clear): the owner must then keep that counter's memory, never unmap it.

@@ -110,6 +110,27 @@ TEST(CliLatency, TimesASleepingFunctionAndCountsAFastOneExactly) {
   EXPECT_LT(fast.value("p50_ns", 1e9), 1e6) << "a call that does nothing: " << fast.dump();
 }
 
+// A function's probe alone at it is timed by the engine itself, in the trampoline's fast paths,
+// without a handler call: -v says how many are, and every thread's calls are timed exactly once.
+TEST(CliLatency, ProbesAloneAtTheirFunctionsAreTimedByTheEngine) {
+  Output r = run({e2e::cli(), "latency", "-v", "-o", "-", "--json", "exe:latency_sleep",
+                  "exe:latency_fast", "--", latency_target(), "1", "5", "2500", "4"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.err.find("2 of 2 placed probes are timed by the engine"), std::string::npos)
+      << r.describe();
+  auto totals = totals_of(r);
+  ASSERT_EQ(totals.size(), 2u) << r.describe();
+  const Json &fast = totals["exe:latency_fast"];
+  expect_well_formed(fast);
+  EXPECT_EQ(fast.value("count", 0u), 10000u) << fast.dump();
+  EXPECT_EQ(fast.value("missed", 1u), 0u) << fast.dump();
+  const Json &sleep = totals["exe:latency_sleep"];
+  EXPECT_EQ(sleep.value("count", 0u), 5u) << sleep.dump();
+  // 1 ms lies in the log2 bucket [2^19, 2^20) ns: no call lands below it.
+  for (const Json &b : sleep["buckets"])
+    EXPECT_GE(b.value("low_ns", 0u), 1u << 19) << "a call shorter than its sleep: " << sleep.dump();
+}
+
 TEST(CliLatency, ExitStatusIsTheCommands) {
   Output r = run({e2e::cli(), "latency", "-o", "-", "--json", "exe:latency_fast", "--",
                   latency_target(), "0", "0", "5", "1", "7"});
