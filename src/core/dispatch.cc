@@ -530,7 +530,9 @@ __attribute__((noinline)) uint64_t fast_return_path(ThreadRecord *rec, uint64_t 
 
 // The return of a call that an external timer alone times (entry_timer's or its handler's entry):
 // what its return handler would do, without calling it, with the time `now`. The original return
-// address, or 0, having written nothing, for anything else. As return_counters otherwise.
+// address, or 0, having written nothing, for anything else. As return_counters otherwise, and
+// written out as it is: one helper for both, taking the section as a lambda, cost their returns 4
+// to 17 more instructions (callgrind).
 inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
   const uint32_t top = rec->return_top;
   if (__builtin_expect(top == 0, 0)) return 0;
