@@ -294,6 +294,95 @@ inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t 
   });
 }
 
+// The thread's counter home as an external timer with `tag` may count into (ExternalTimer), or
+// null: none set, another owner's, or a handler section or sink in the way. `base`: the thread's
+// counter base (t_counter_path) as it was before the caller's own handler section began, which
+// turns it off.
+inline char *timer_home(uint64_t tag, uint64_t base) {
+  if (base == 0 || t_counter_path.sink != 0 || (base >> kCounterTagShift) != tag) return nullptr;
+  return reinterpret_cast<char *>(base & ((uint64_t{1} << kCounterTagShift) - 1));
+}
+
+inline uint64_t &word_at(char *home, uint32_t offset) {
+  return *reinterpret_cast<uint64_t *>(home + offset);
+}
+
+// An entry of a call that an external timer alone times (ConsumerArray::timer_only): what its
+// entry handler would do, without calling it. kDispatchFull, having done nothing, for anything
+// else. Its handler section only counts, as entry_counters'.
+inline int entry_timer(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
+                       uint64_t landing_counted) {
+  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+    return kDispatchFull;
+  return handler_section<false>(rec, [&] {
+    const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
+    if (!a || !a->timer_only || rec->return_top >= rec->return_depth) return kDispatchFull;
+    const ExternalCounter &timer = a->entries[0].external;
+    // The home's memory stays while the array is published: its owner detaches before it unmaps.
+    char *home = timer_home(timer.tag, t_counter_path.base);  // a section that leaves it on
+    if (!home) return kDispatchFull;
+    bump(word_at(home, timer.offset));
+    // init_sessions for the array's one session, written straight: its words zero as an entry
+    // handler finds them, but the time.
+    ReturnInstance *inst = &rec->returns[rec->return_top];
+    inst->array_id = a->id;
+    inst->stack_key = rec->stack_key;
+    inst->sessions = 1;
+    ReturnSession &session = inst->session[0];
+    session.slot = a->entries[0].slot;
+    session.skip = 0;
+    for (uint32_t i = 1; i < USPROBE_SESSION_WORDS; ++i) session.data[i] = 0;
+    session.data[0] = arch::timestamp();  // last: the engine's own work is not the call's
+    push_instance(rec, inst, slot, ip, probe, landing_counted);
+    return kDispatchReturnCounted;
+  });
+}
+
+// A timed call's return (`a` timer_only, the instance its entry's), at the time `now`: counted at
+// the thread's home, as the timer's return handler would count it. False, having counted nothing,
+// where the home is not the timer's.
+inline bool time_return(const ConsumerArray *a, const ReturnInstance &inst, uint64_t now,
+                        uint64_t base) {
+  const ExternalCounter &timer = a->entries[0].external;
+  char *home = timer_home(timer.tag, base);
+  if (!home) return false;
+  const uint64_t entered = inst.session[0].data[0];
+  if (inst.session[0].skip || entered == 0) return true;  // not timed: nothing to count
+  // The cores' clocks agree, but a thread that moved may read one a few ticks behind: such a call
+  // took no time rather than 2^64 ticks.
+  const uint64_t ticks = now > entered ? now - entered : 0;
+  const auto ns = static_cast<uint64_t>(
+      (static_cast<unsigned __int128>(ticks) * timer.timer.tsc_to_ns_mult) >> 32);
+  bump(word_at(home, timer.timer.returns));
+  arch::add_own_word(word_at(home, timer.timer.sum), ns);
+  bump(word_at(home, timer.timer.buckets + static_cast<uint32_t>(sizeof(uint64_t)) *
+                                               log_linear_bucket<kTimerSubBits>(ns)));
+  return true;
+}
+
+// The return of a call that an external timer alone times (entry_timer's or its handler's entry):
+// what its return handler would do, without calling it, with the time `now`. The original return
+// address, or 0, having written nothing, for anything else. As return_counters otherwise, and
+// written out as it is: one helper for both, taking the section as a lambda, cost their returns 4
+// to 17 more instructions (callgrind).
+inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
+  const uint32_t top = rec->return_top;
+  if (__builtin_expect(top == 0, 0)) return 0;
+  ReturnInstance &inst = rec->returns[top - 1];
+  if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+    return 0;
+  const bool counted = handler_section<false>(rec, [&] {
+    const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
+    return a && a->id == inst.array_id && a->timer_only &&
+           time_return(a, inst, now, t_counter_path.base);  // a section that leaves it on
+  });
+  if (!counted) return 0;
+  const uint64_t original = inst.return_address;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  rec->return_top = top - 1;
+  return original;
+}
+
 // The common case of a return: the newest instance is this return's (its return address lived at
 // `slot`), and its consumers are the ones its entry saw, with built-in counters only (kHandlers:
 // or return handlers too, run with `regs` and `vectors`, when they need no vector state that was
@@ -309,10 +398,14 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
   ReturnInstance &inst = rec->returns[top - 1];
   if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
     return 0;
+  const uint64_t base = t_counter_path.base;  // before the section turns the counter path off
   const bool counted = handler_section<kHandlers>(rec, [&] {
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
-    if (!a || a->id != inst.array_id ||
-        !(kHandlers ? (vectors != nullptr || !a->return_wants_vector_state) &&
+    if (!a || a->id != inst.array_id) return false;
+    // An external timer's return where its entry was the handler's (a thread's first call), or on
+    // the full path (a sanitizer build's trampolines have none other).
+    if (kHandlers && a->timer_only && time_return(a, inst, arch::timestamp(), base)) return true;
+    if (!(kHandlers ? (vectors != nullptr || !a->return_wants_vector_state) &&
                           (regs != nullptr || a->fast_return_callbacks)
                     : !a->has_return_callbacks))
       return false;
@@ -418,6 +511,12 @@ __attribute__((noinline)) int callback_path(ThreadRecord *rec, arch::Regs *regs,
 __attribute__((noinline)) int counters_path(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
                                             int vector_saved, uint64_t landing,
                                             uint64_t landing_counted) {
+  // An external timer's calls on this path too (a sanitizer build's trampolines have no fast path).
+  if (probe->fast_entry_handlers.load(std::memory_order_relaxed) == Probe::kTimedHandlers)
+    if (const int r = entry_timer(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
+                                  landing_counted);
+        r != kDispatchFull)
+      return r;
   const int r = entry_counters(rec, probe, arch::return_address_slot(*regs), arch::hit_ip(*regs),
                                landing_counted);
   if (__builtin_expect(r != kDispatchFull, 1)) return r;
@@ -452,50 +551,6 @@ __attribute__((noinline)) int fast_handlers_path(ThreadRecord *rec, const Probe 
   return entry_handlers(rec, nullptr, slot, ip, probe, 0, landing, landing_counted);
 }
 
-// The thread's counter home as an external timer with `tag` may count into (ExternalTimer), or
-// null: none set, another owner's, or a handler section or sink in the way.
-inline char *timer_home(uint64_t tag) {
-  const CounterPathState &s = t_counter_path;
-  const uint64_t home = s.base;
-  if (home == 0 || s.sink != 0 || (home >> kCounterTagShift) != tag) return nullptr;
-  return reinterpret_cast<char *>(home & ((uint64_t{1} << kCounterTagShift) - 1));
-}
-
-inline uint64_t &word_at(char *home, uint32_t offset) {
-  return *reinterpret_cast<uint64_t *>(home + offset);
-}
-
-// An entry of a call that an external timer alone times (ConsumerArray::timer_only): what its
-// entry handler would do, without calling it. kDispatchFull, having done nothing, for anything
-// else. Its handler section only counts, as entry_counters'.
-inline int entry_timer(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
-                       uint64_t landing_counted) {
-  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
-    return kDispatchFull;
-  return handler_section<false>(rec, [&] {
-    const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
-    if (!a || !a->timer_only || rec->return_top >= rec->return_depth) return kDispatchFull;
-    const ExternalCounter &timer = a->entries[0].external;
-    // The home's memory stays while the array is published: its owner detaches before it unmaps.
-    char *home = timer_home(timer.tag);
-    if (!home) return kDispatchFull;
-    bump(word_at(home, timer.offset));
-    // init_sessions for the array's one session, written straight: its words zero as an entry
-    // handler finds them, but the time.
-    ReturnInstance *inst = &rec->returns[rec->return_top];
-    inst->array_id = a->id;
-    inst->stack_key = rec->stack_key;
-    inst->sessions = 1;
-    ReturnSession &session = inst->session[0];
-    session.slot = a->entries[0].slot;
-    session.skip = 0;
-    for (uint32_t i = 1; i < USPROBE_SESSION_WORDS; ++i) session.data[i] = 0;
-    session.data[0] = arch::timestamp();  // last: the engine's own work is not the call's
-    push_instance(rec, inst, slot, ip, probe, landing_counted);
-    return kDispatchReturnCounted;
-  });
-}
-
 // Out of line, so that usprobe_entry_fast saves no register for the counters.
 __attribute__((noinline)) int timer_path(ThreadRecord *rec, const Probe *probe,
                                          const uint64_t *slot, uint64_t ip,
@@ -526,43 +581,6 @@ namespace {
 // that reads no register (USPROBE_NO_REGS), run by return_counters without a register view.
 __attribute__((noinline)) uint64_t fast_return_path(ThreadRecord *rec, uint64_t slot) {
   return return_counters<true>(rec, slot);
-}
-
-// The return of a call that an external timer alone times (entry_timer's or its handler's entry):
-// what its return handler would do, without calling it, with the time `now`. The original return
-// address, or 0, having written nothing, for anything else. As return_counters otherwise, and
-// written out as it is: one helper for both, taking the section as a lambda, cost their returns 4
-// to 17 more instructions (callgrind).
-inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
-  const uint32_t top = rec->return_top;
-  if (__builtin_expect(top == 0, 0)) return 0;
-  ReturnInstance &inst = rec->returns[top - 1];
-  if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
-    return 0;
-  const bool counted = handler_section<false>(rec, [&] {
-    const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
-    if (!a || a->id != inst.array_id || !a->timer_only) return false;
-    const ExternalCounter &timer = a->entries[0].external;
-    char *home = timer_home(timer.tag);
-    if (!home) return false;
-    const uint64_t entered = inst.session[0].data[0];
-    if (inst.session[0].skip || entered == 0) return true;  // not timed: nothing to count
-    // The cores' clocks agree, but a thread that moved may read one a few ticks behind: such a
-    // call took no time rather than 2^64 ticks.
-    const uint64_t ticks = now > entered ? now - entered : 0;
-    const auto ns = static_cast<uint64_t>(
-        (static_cast<unsigned __int128>(ticks) * timer.timer.tsc_to_ns_mult) >> 32);
-    bump(word_at(home, timer.timer.returns));
-    arch::add_own_word(word_at(home, timer.timer.sum), ns);
-    bump(word_at(home, timer.timer.buckets + static_cast<uint32_t>(sizeof(uint64_t)) *
-                                                 log_linear_bucket<kTimerSubBits>(ns)));
-    return true;
-  });
-  if (!counted) return 0;
-  const uint64_t original = inst.return_address;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->return_top = top - 1;
-  return original;
 }
 
 // Out of line, so that usprobe_return_fast saves no register for the counters.
