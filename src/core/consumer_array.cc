@@ -38,7 +38,7 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
     if (a->return_sessions == kMaxSessions) {
       a->return_overflow = true;
     } else {
-      a->return_slots[a->return_sessions++] = e.slot;
+      a->return_template[a->return_sessions++] = {e.slot, 0, {}};
     }
   }
   a->simple_handlers = entry_handlers <= 1 && return_handlers <= 1 && returns <= 1 &&

@@ -96,7 +96,7 @@ inline void init_sessions(const ThreadRecord *rec, const ConsumerArray *a, Retur
   inst->array_id = a->id;
   inst->stack_key = rec->stack_key;
   inst->sessions = a->return_sessions;
-  for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = {a->return_slots[i], 0, {}};
+  for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = a->return_template[i];
 }
 
 // Return probes beyond the kMaxSessions an instance holds run without one: each counts a miss.

@@ -75,8 +75,8 @@ struct ConsumerArray {
   uint64_t id = 0;
   uint32_t count = 0;
   // The return instance's sessions as begin_return sets them up: one per return probe (the first
-  // kMaxSessions), in entry order, each {return_slots[i], not skipped, data zero}.
-  // return_overflow: more return probes than that (they count misses).
+  // kMaxSessions), in entry order. return_overflow: more return probes than that (they count
+  // misses).
   uint32_t return_sessions = 0;
   bool return_overflow = false;
   bool has_callbacks = false;  // some entry has on_entry
@@ -108,7 +108,7 @@ struct ConsumerArray {
   // One consumer alone, an external timer (ExternalTimer) with a session: the fast paths time its
   // calls without calling its handlers where the thread's home allows.
   bool timer_only = false;
-  uint32_t return_slots[kMaxSessions] = {};
+  ReturnSession return_template[kMaxSessions] = {};
   ConsumerEntry entries[];  // NOLINT: flexible array member (GNU extension)
 
   static ConsumerArray *make(const std::vector<ConsumerEntry> &v);
