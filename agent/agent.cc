@@ -361,25 +361,6 @@ struct Failure {
   std::string message;
 };
 
-// `usprobe latency`: each probe alone at its function is timed by the engine (latency_timers), in
-// the fast paths, straight into the thread's slot, where latency_entry_handler has set the
-// thread's home (g_counter_path_homes, as count mode's handler does); the handlers time the rest.
-void time_in_the_engine(const std::vector<PlannedProbe> &plan) {
-  if (g_region.session > kMaxCounterTag) return;  // tags used up: the handlers time alone
-  size_t placed = 0;
-  std::vector<usprobe_link *> links;
-  for (size_t i = 0; i < plan.size(); ++i) {
-    if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
-    ++placed;
-    links.push_back(g_links[i]);
-  }
-  const size_t timed = registry::timed_by_engine(links);
-  g_counter_path_homes.store(true, std::memory_order_relaxed);
-  post_notice(kNoticeInfo, -1,
-              fmt::format("{} of {} placed probes are timed by the engine (no handler call a hit)",
-                          timed, placed));
-}
-
 // Latency mode's timers, one per probe (core/probe.h, ExternalTimer): offsets from a slot's hits,
 // the home that latency_entry_handler sets, of the probe's hits, returns and histogram. None when
 // a slot is larger than 32-bit offsets reach.
@@ -451,7 +432,7 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   if (const char *force = getenv("USPROBE_FORCE_INT3"); force && std::string_view(force) == "1")
     flags |= USPROBE_FORCE_INT3;
   // `usprobe count`: each entry probe counts on the counter path where it can
-  // (count_on_counter_path below), set up with the consumers: no second publication of each probe.
+  // (count_in_the_engine below), set up with the consumers: no second publication of each probe.
   std::vector<ExternalCounter> external;
   if (g_region.mode == kModeCount && g_region.session <= kMaxCounterTag) {
     g_counter_tag.store(g_region.session, std::memory_order_relaxed);
@@ -534,20 +515,25 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
 // into a region that is unmapped, and other threads' TLS cannot be reached to clear them; with the
 // next session's tag the counter path does not take such a home, and the thread's next hit, on the
 // full path, sets its home in the new region.
-void count_on_counter_path(const std::vector<PlannedProbe> &plan) {
-  if (g_region.session > kMaxCounterTag) return;  // tags used up: count_handler counts alone
+//
+// `usprobe latency` likewise: each probe alone at its function is timed by the engine
+// (latency_timers) into the thread's slot, where latency_entry_handler has set its home; the
+// handlers time the rest.
+void count_in_the_engine(const std::vector<PlannedProbe> &plan) {
+  if (g_region.session > kMaxCounterTag) return;  // tags used up: the handlers count alone
+  const bool latency = g_region.mode == kModeLatency;
   size_t placed = 0;
-  std::vector<usprobe_link *> entries;
+  std::vector<usprobe_link *> links;  // count mode's return probes count with their handler
   for (size_t i = 0; i < plan.size(); ++i) {
     if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
     ++placed;
-    if (!plan[i].location.starts_with("uretprobe:")) entries.push_back(g_links[i]);
+    if (latency || !plan[i].location.starts_with("uretprobe:")) links.push_back(g_links[i]);
   }
-  const size_t counted = registry::on_counter_path(entries);
+  const size_t n = latency ? registry::timed_by_engine(links) : registry::on_counter_path(links);
   g_counter_path_homes.store(true, std::memory_order_relaxed);
-  post_notice(kNoticeInfo, -1,
-              fmt::format("{} of {} placed probes count on the counter path (no call a hit)",
-                          counted, placed));
+  const char *how = latency ? "are timed by the engine (no handler call a hit)"
+                            : "count on the counter path (no call a hit)";
+  post_notice(kNoticeInfo, -1, fmt::format("{} of {} placed probes {}", n, placed, how));
 }
 
 // The engine's mapping listener (registered once): after a dlopen, the probes on the library it
@@ -654,8 +640,7 @@ std::expected<void, Failure> start_session(const Mapping &m, bool attached) {
     g_active.store(false, std::memory_order_relaxed);
     return ok;
   }
-  if (h->mode == kModeCount) count_on_counter_path(*plan);
-  if (h->mode == kModeLatency) time_in_the_engine(*plan);
+  if (h->mode == kModeCount || h->mode == kModeLatency) count_in_the_engine(*plan);
   mark_placed();
   // A library that another thread loaded while this one attached (its listener found the lock
   // taken): named now.
@@ -848,7 +833,7 @@ void take_handed_prepared_files() {
 // Without USPROBE_AGENT_FD the agent was loaded some other way, normally by usprobe -p's injector,
 // which starts a session with usprobe_agent_attach: it stays silent and dormant until then.
 __attribute__((constructor)) void agent_start() {
-  // The engine's counters in this process are the agent's slots (count_on_counter_path).
+  // The engine's counters in this process are the agent's slots (count_in_the_engine).
   counter_path_external();
   AgentScope scope;
   const char *fd = getenv(kEnvFd);

@@ -13,7 +13,7 @@ namespace usprobe::agent {
 // Count mode: hits[probe] += 1 in this thread's slot. With g_counter_path_homes, also sets the
 // thread's counter home (core/thread_record.h) to its slot's hits, when the slot is its own for
 // good: the engine's counter path then counts the probes alone at their functions into it
-// (agent.cc, count_on_counter_path).
+// (agent.cc, count_in_the_engine).
 void count_handler(usprobe_hit *hit, void *user);
 extern std::atomic<bool> g_counter_path_homes;
 extern std::atomic<uint64_t> g_counter_tag;  // the session's tag for homes (agent.cc)

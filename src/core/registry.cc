@@ -501,31 +501,34 @@ bool external_counters_maybe_in_use() {
   return g_external_in_use.load(std::memory_order_relaxed);
 }
 
-size_t on_counter_path(std::span<usprobe_link *const> links) {
+namespace {
+
+// How many of the links have probes, every one of which `every_probe` says yes to (the mutex held).
+template <typename Pred>
+size_t links_whose_probes(std::span<usprobe_link *const> links, Pred every_probe) {
   Locked lock;
   size_t n = 0;
-  for (const usprobe_link *link : links) {
-    if (!link || link->probes.empty()) continue;
-    n += std::all_of(link->probes.begin(), link->probes.end(), [](const Probe *p) {
-      return p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
-             std::all_of(p->sites.begin(), p->sites.end(),
-                         [](const Site *s) { return s->plan.counter_window_length != 0; });
-    });
-  }
+  for (const usprobe_link *link : links)
+    if (link && !link->probes.empty())
+      n += std::all_of(link->probes.begin(), link->probes.end(), every_probe);
   return n;
 }
 
+}  // namespace
+
+size_t on_counter_path(std::span<usprobe_link *const> links) {
+  return links_whose_probes(links, [](const Probe *p) {
+    return p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
+           std::all_of(p->sites.begin(), p->sites.end(),
+                       [](const Site *s) { return s->plan.counter_window_length != 0; });
+  });
+}
+
 size_t timed_by_engine(std::span<usprobe_link *const> links) {
-  Locked lock;
-  size_t n = 0;
-  for (const usprobe_link *link : links) {
-    if (!link || link->probes.empty()) continue;
-    n += std::all_of(link->probes.begin(), link->probes.end(), [](const Probe *p) {
-      return p->fast_entry_handlers.load(std::memory_order_relaxed) == Probe::kTimedHandlers &&
-             p->fast_return_handlers.load(std::memory_order_relaxed) == Probe::kTimedHandlers;
-    });
-  }
-  return n;
+  return links_whose_probes(links, [](const Probe *p) {
+    return p->fast_entry_handlers.load(std::memory_order_relaxed) == Probe::kTimedHandlers &&
+           p->fast_return_handlers.load(std::memory_order_relaxed) == Probe::kTimedHandlers;
+  });
 }
 
 Result<void> notify_mapping() {
