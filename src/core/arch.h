@@ -98,6 +98,15 @@ struct SiteRequest {
   std::string force_reason;
 };
 
+// Code that loads a probe's counter word and ends with the increment of the counter it names, at
+// `start`: `map` has each instruction's offset and where a thread stopped there restarts (offset 0,
+// the load), which is where a thread goes when the word's slot is freed (WindowMove).
+struct CounterWindow {
+  uint64_t start = 0;
+  uint32_t length = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> map;
+};
+
 // A prepared site: its trampoline is written and executable; nothing at the site is changed yet.
 struct SitePlan {
   bool jump = false;        // jump path; false: int3 path
@@ -120,13 +129,11 @@ struct SitePlan {
   // The bytes after `original` that the patch relies on (a punned jump's borrowed bytes), as they
   // are in the file: they must be so in memory too when the patch is written.
   std::vector<uint8_t> borrowed;
-  // A function entry's counter path (core/thread_record.h): its instructions from the load of the
-  // probe's counter word to the increment, at counter_window, with the offset of each and where a
-  // thread stopped there restarts (the load, offset 0: retire::counter_windows_clear). Length 0
-  // when the trampoline has none.
-  uint64_t counter_window = 0;
-  uint32_t counter_window_length = 0;
-  std::vector<std::pair<uint32_t, uint32_t>> counter_window_map;
+  // A function entry's counter windows (core/thread_record.h): the instructions of its counter
+  // path, and of its return counter path's entry and return, from the load of a counter word of the
+  // probe's to the increment it names; a thread stopped inside one restarts at the load
+  // (retire::counter_windows_clear). Empty when the trampoline has no counter path.
+  std::vector<CounterWindow> counter_windows;
   // A small piece of code the patch enters first (a punned jump's target must lie in a range its
   // borrowed bytes fix; the stub there jumps on to the trampoline). 0 when none. Released with the
   // trampoline, under the same rules.
@@ -142,6 +149,9 @@ Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space);
 // Tests: the next function entry's code is written out afresh (prepare_site copies it from the
 // last one written where it can), so that a copy can be compared with it.
 void forget_trampoline_template();
+// The window of the return counter path's shared return code (arch/x86_64/trampoline.cc), which
+// every function-entry trampoline's return counter path returns through; null before any.
+const CounterWindow *counter_return_window();
 // Give the plan's trampoline and stub back to the CodeSpace they came from (core/retire.h says
 // when no thread can be inside them).
 void release_trampoline(const SitePlan &plan, CodeSpace &space);

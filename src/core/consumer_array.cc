@@ -82,11 +82,18 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
       word = counter_word(e.slot);
     }
   }
+  uint64_t return_word = 0;
+  if (next && next->count == 1 && next->has_returns && !next->has_callbacks &&
+      !next->has_return_callbacks && next->return_sessions == 1 && !next->entries[0].external.used &&
+      !counter_path_is_external())
+    return_word = counter_word(next->entries[0].slot);
   // Off before the array changes (relaxed: the exchange's release orders it first; a thread that
   // read the word before counts a hit that the old array's consumer would count too), on once the
   // new array is published.
   const uint64_t old_word = p->counter_word.load(std::memory_order_relaxed);
   if (old_word != word) p->counter_word.store(0, std::memory_order_relaxed);
+  const uint64_t old_return_word = p->return_word.load(std::memory_order_relaxed);
+  if (old_return_word != return_word) p->return_word.store(0, std::memory_order_relaxed);
   // The trampoline's hint first when callbacks arrive, last when they go; a trampoline that reads
   // it stale is corrected by dispatch (kDispatchNeedsVectorSave).
   if (next && next->wants_vector_state) p->wants_vector_state.store(1, std::memory_order_relaxed);
@@ -103,9 +110,19 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   const bool old_external = p->counter_word_external;
   p->counter_word_external = external;
   if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);
+  if (return_word != old_return_word) p->return_word.store(return_word, std::memory_order_relaxed);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
-  const bool stale = old_word != 0 && old_word != word;
-  return {stale && !old_external, stale && old_external};
+  Published was;
+  if (old_word != 0 && old_word != word) {
+    was.external = old_external;
+    was.engine_slot = !old_external;
+    was.slot = counter_word_slot(old_word);
+  }
+  if (old_return_word != 0 && old_return_word != return_word) {
+    was.engine_slot = true;
+    was.slot = counter_word_slot(old_return_word);
+  }
+  return was;
 }
 
 std::vector<ConsumerEntry> entries_of(const Locked &, const Probe *p) {

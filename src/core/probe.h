@@ -173,6 +173,14 @@ struct Probe {
   // freed needs the threads to be past their increment first (retire::counter_windows_clear).
   std::atomic<uint64_t> counter_word{0};
   bool counter_word_external = false;
+  // The return counter path's word (arch/x86_64/trampoline.cc, emit_return_counter_path):
+  // counter_word(slot) while the consumers are one built-in counter alone that is a return probe
+  // (no handler; the engine's own counters, not counter_path_external()), else 0. A function-entry
+  // trampoline then counts the entry at the slot's hits, pushes the return instance and counts the
+  // return at the slot's returns itself, calling nothing; the instance keeps the word as its
+  // array_id, which no ConsumerArray's id equals, and its return is counted there only while the
+  // word is still the probe's. Written under the registry's mutex, cleared and set as counter_word.
+  std::atomic<uint64_t> return_word{0};
   // Nonzero while the consumers are one entry handler alone (ConsumerArray::single_entry_callback):
   // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the
   // next one does it.

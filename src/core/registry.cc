@@ -447,16 +447,14 @@ Result<void> detach(std::span<usprobe_link *const> links) {
       std::erase_if(entries, [&](const ConsumerEntry &e) {
         return std::find(slots.begin(), slots.end(), e.slot) != slots.end();
       });
-      const uint64_t word = p->counter_word.load(std::memory_order_relaxed);
       if (const Published was = publish(lock, p, std::move(entries), garbage); was.stale()) {
-        if (was.engine_slot) counted_slots.push_back(counter_word_slot(word));
+        if (was.engine_slot) counted_slots.push_back(was.slot);
         external_counted |= was.external;
         for (const auto &plan : p->plans)
-          if (plan->plan.counter_window_length)
-            counter_windows.push_back({plan->plan.counter_window, plan->plan.counter_window_length,
-                                       plan->plan.counter_window,
-                                       plan->plan.counter_window_map.data(),
-                                       plan->plan.counter_window_map.size()});
+          for (const arch::CounterWindow &w : plan->plan.counter_windows)
+            counter_windows.push_back({w.start, w.length, w.start, w.map.data(), w.map.size()});
+        if (const arch::CounterWindow *w = arch::counter_return_window(); w && was.engine_slot)
+          counter_windows.push_back({w->start, w->length, w->start, w->map.data(), w->map.size()});
       }
       if (!p->links.empty()) continue;
       const std::vector<uint64_t> mapped =
@@ -520,7 +518,7 @@ size_t on_counter_path(std::span<usprobe_link *const> links) {
   return links_whose_probes(links, [](const Probe *p) {
     return p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
            std::all_of(p->sites.begin(), p->sites.end(),
-                       [](const Site *s) { return s->plan.counter_window_length != 0; });
+                       [](const Site *s) { return !s->plan.counter_windows.empty(); });
   });
 }
 

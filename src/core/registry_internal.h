@@ -76,8 +76,9 @@ void refresh_views(const Locked &lock);
 // consumer_array.cc: a probe's consumers, published for dispatch.
 // What the counter path may still count with after a publish (a word read before it).
 struct Published {
-  bool engine_slot = false;  // the old word named a slot of the engine's (counter_word_slot)
-  bool external = false;     // the old word named an external counter
+  bool engine_slot = false;  // an old word named a slot of the engine's: `slot`
+  uint32_t slot = 0;
+  bool external = false;  // the old word named an external counter
   bool stale() const { return engine_slot || external; }
 };
 Published publish(const Locked &lock, Probe *p, std::vector<ConsumerEntry> entries,

@@ -269,6 +269,65 @@ class CodeWriter {
     put_u8(0x04 | ((dst & 7) << 3)), put_u8(0x25);  // SIB: no base, no index: disp32 alone
     put_u32(static_cast<uint32_t>(disp));
   }
+  // mov %fs:disp32,%dst (64-bit)
+  void put_mov_reg_fs_abs(Reg dst, int32_t disp) {
+    put_u8(0x64);
+    put_u8(0x48 | (dst >= R8 ? 4 : 0)), put_u8(0x8B);
+    put_u8(0x04 | ((dst & 7) << 3)), put_u8(0x25);
+    put_u32(static_cast<uint32_t>(disp));
+  }
+  // lea label(%rip),%dst
+  void put_lea_reg_rip(Reg dst, Label &l) {
+    put_u8(0x48 | (dst >= R8 ? 4 : 0)), put_u8(0x8D), put_u8(0x05 | ((dst & 7) << 3));
+    put_rel32(l);
+  }
+  // add disp(%base),%dst / add %src,%dst / add $imm32,%dst (64-bit)
+  void put_add_reg_mem(Reg dst, Reg base, int32_t disp) { put_op_mem(0x03, dst, base, disp); }
+  void put_add_reg_reg(Reg dst, Reg src) {
+    put_u8(0x48 | (src >= R8 ? 4 : 0) | (dst >= R8 ? 1 : 0)), put_u8(0x01);
+    put_u8(0xC0 | ((src & 7) << 3) | (dst & 7));
+  }
+  void put_add_reg_imm32(Reg dst, int32_t imm) {
+    put_u8(0x48 | (dst >= R8 ? 1 : 0)), put_u8(0x81), put_u8(0xC0 | (dst & 7));
+    put_u32(static_cast<uint32_t>(imm));
+  }
+  // shr $imm8,%dst (64-bit)
+  void put_shr_reg_imm8(Reg dst, uint8_t imm) {
+    put_u8(0x48 | (dst >= R8 ? 1 : 0)), put_u8(0xC1), put_u8(0xE8 | (dst & 7));
+    put_u8(imm);
+  }
+  // imul $imm32,%src,%dst (64-bit)
+  void put_imul_reg_reg_imm32(Reg dst, Reg src, int32_t imm) {
+    put_u8(0x48 | (dst >= R8 ? 4 : 0) | (src >= R8 ? 1 : 0)), put_u8(0x69);
+    put_u8(0xC0 | ((dst & 7) << 3) | (src & 7));
+    put_u32(static_cast<uint32_t>(imm));
+  }
+  // cmp %src,disp(%base) (64-bit: flags of disp(%base) - %src)
+  void put_cmp_mem_reg(Reg base, int32_t disp, Reg src) { put_op_mem(0x39, src, base, disp); }
+  // 32-bit memory operands: mov disp(%base),%dst32; cmp disp(%base),%reg32 (flags of %reg32 -
+  // disp(%base)); cmpl $imm8; movl $imm32; incl; decl
+  void put_mov_reg32_mem(Reg dst, Reg base, int32_t disp) {
+    put_modrm_mem(0x8B, dst, base, disp, false);
+  }
+  void put_cmp_reg32_mem(Reg r, Reg base, int32_t disp) {
+    put_modrm_mem(0x3B, r, base, disp, false);
+  }
+  void put_cmpl_mem_imm8(Reg base, int32_t disp, int8_t imm) {
+    put_modrm_mem(0x83, RDI, base, disp, false);  // 83 /7
+    put_u8(static_cast<uint8_t>(imm));
+  }
+  void put_movl_mem_imm32(Reg base, int32_t disp, uint32_t imm) {
+    put_modrm_mem(0xC7, RAX, base, disp, false);  // C7 /0
+    put_u32(imm);
+  }
+  void put_incl_mem(Reg base, int32_t disp) { put_modrm_mem(0xFF, RAX, base, disp, false); }
+  void put_decl_mem(Reg base, int32_t disp) { put_modrm_mem(0xFF, RCX, base, disp, false); }
+  // sub $imm8,%reg32 (sets CF when it borrows)
+  void put_sub_reg32_imm8(Reg r, int8_t imm) {
+    if (r >= R8) put_u8(0x41);
+    put_u8(0x83), put_u8(0xE8 | (r & 7));
+    put_u8(static_cast<uint8_t>(imm));
+  }
   // cmp $imm8,%reg (64-bit, sign-extended) and the 32-bit form
   void put_cmp_reg_imm8(Reg r, int8_t imm) {
     put_u8(0x48 | (r >= R8 ? 1 : 0)), put_u8(0x83), put_u8(0xF8 | (r & 7));

@@ -52,11 +52,12 @@ namespace {
 // by built-in counters only), `full` builds the Regs view for return handlers.
 struct ReturnCode {
   uint64_t full = 0, counted = 0;
+  uint64_t counter_return = 0;  // the return counter path's return (emit_return_counter_path)
 };
 Result<ReturnCode> return_code_made(CodeSpace &space);
 
 constexpr size_t kJumpLength = 5;        // e9 rel32
-constexpr size_t kTrampolineSize = 768;  // fast path, prologue, epilogue, window and jump back
+constexpr size_t kTrampolineSize = 1088;  // fast path, prologue, epilogue, window and jump back
 constexpr int32_t kRedZone = 128;
 
 struct XsaveInfo {
@@ -217,6 +218,23 @@ std::optional<int32_t> counter_base_offset() {
   return static_cast<int32_t>(off);
 }
 
+// Notes a counter window (arch.h, CounterWindow) in `plan` as its instructions are written: next()
+// before each, end() after the increment.
+class CounterWindowWriter {
+ public:
+  CounterWindowWriter(x86::CodeWriter &w, SitePlan &plan)
+      : w_(w), window_(plan.counter_windows.emplace_back()), start_(w.size()) {
+    window_.start = w.pc();
+  }
+  void next() { window_.map.emplace_back(static_cast<uint32_t>(w_.size() - start_), 0); }
+  void end() { window_.length = static_cast<uint32_t>(w_.size() - start_); }
+
+ private:
+  x86::CodeWriter &w_;
+  CounterWindow &window_;
+  size_t start_;
+};
+
 // The counter path, first in a function-entry trampoline (core/thread_record.h says what the two
 // words hold). It counts a probe whose only consumer is one built-in entry counter, saving nothing
 // but %r11, in the slot below %rsp (at a function's entry nothing lives below %rsp, and signal
@@ -239,30 +257,152 @@ std::optional<int32_t> counter_base_offset() {
 // A thread stopped inside the counter window when the probe's slot goes is sent back to its start
 // (SitePlan::counter_window_map), where it reads the word again.
 void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset, SitePlan &plan,
-                       x86::Label &window) {
-  x86::Label full;
+                       x86::Label &window, x86::Label &full) {
   w.put_mov_mem_reg(x86::RSP, -8, x86::R11);
-  const size_t start = w.size();
-  plan.counter_window = w.pc();
-  plan.counter_window_map.reserve(5);  // its five instructions
-  auto instruction = [&] {
-    plan.counter_window_map.emplace_back(static_cast<uint32_t>(w.size() - start), 0);
-  };
-  instruction();
+  CounterWindowWriter cw(w, plan);
+  cw.next();
   w.put_mov_reg_imm64(x86::R11, reinterpret_cast<uint64_t>(&probe->counter_word));
-  instruction();
+  cw.next();
   w.put_mov_reg_mem(x86::R11, x86::R11, 0);
-  instruction();
+  cw.next();
   w.put_add_reg_fs_abs(x86::R11, base_offset);
-  instruction();
+  cw.next();
   w.put_jcc(x86::kAboveOrEqual, full);  // no carry
-  instruction();
+  cw.next();
   w.put_incq_mem(x86::R11, static_cast<int32_t>(kCounterBias));
-  plan.counter_window_length = static_cast<uint32_t>(w.size() - start);
+  cw.end();
   w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
   w.put_jmp(window);
-  w.bind(full);
-  w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
+}
+
+// %fs-relative offset of t_record (core/thread_record.h), as counter_base_offset's.
+std::optional<int32_t> record_offset() {
+  uint64_t tp;
+  asm("mov %%fs:0,%0" : "=r"(tp));
+  const int64_t off = static_cast<int64_t>(reinterpret_cast<uint64_t>(&t_record) - tp);
+  if (off < INT32_MIN || off > INT32_MAX) return std::nullopt;
+  return static_cast<int32_t>(off);
+}
+
+constexpr int32_t kRecordDepth = offsetof(ThreadRecord, depth);
+constexpr int32_t kRecordInstances = offsetof(ThreadRecord, returns);
+constexpr int32_t kRecordReturnTop = offsetof(ThreadRecord, return_top);
+constexpr int32_t kRecordReturnDepth = offsetof(ThreadRecord, return_depth);
+constexpr int32_t kRecordStackKey = offsetof(ThreadRecord, stack_key);
+constexpr int32_t kRecordCounters = offsetof(ThreadRecord, counters);
+static_assert(sizeof(ReturnInstance) < INT32_MAX);
+
+// The return counter path, after the counter path in a function-entry trampoline, for a probe
+// whose only consumer is one built-in counter that is a return probe (Probe::return_word). What
+// entry_counters and return_counters (core/dispatch.cc) do for it, calling nothing, with four
+// registers kept below %rsp (the counter path's %r11 first) where nothing lives at a function's
+// entry, nor at a return:
+//
+//   full:                                     (the counter path's word is 0: %r11 is free)
+//     if (!(probe->return_word + base carries)) goto fast   no such consumer, or no home here
+//     save %rax %rcx %rdx; %rax = t_record       a home is set: the thread has a record
+//     if (rec->depth || rec->return_top >= rec->return_depth) goto restore
+//     rec->depth = 1                             the recursion guard, as handler_section's: a
+//                                                signal handler's hits meanwhile count as missed
+//   entry window:
+//     %r11 = probe->return_word; if (!(%r11 + base carries)) goto unguard
+//     incq hits                                  (the counter word's counter)
+//     inst = &rec->returns[top]: return_address, sp, entry_ip, probe, array_id = %r11,
+//       stack_key, sessions = 1, landing, session[0] = {slot, not skipped}
+//     ++rec->return_top; rec->depth = 0
+//     restore; lea 8(%rsp),%rsp; call window     as the other returns taken (emit_epilogue)
+//   landing:                                   the function returned: %rax, %rdx hold its result
+//     save %rcx %rsi %r11; %rcx = t_record
+//     if (rec->depth || !rec->return_top) goto back
+//     inst = &rec->returns[top - 1]; if (inst->sp != %rsp - 8) goto back   not this call's
+//     rec->depth = 1
+//   return window:
+//     if (probe->return_word != inst->array_id) goto unguard_back    detached since the entry
+//     incq returns (rec->counters + word)
+//     --rec->return_top; the original return address into its slot; rec->depth = 0
+//     restore; lea -8(%rsp),%rsp; ret            predicted: the caller's own return
+//   back: restore; jmp return_code.counted       the C++ return path does the rest
+//
+// A thread stopped in a window when the word's slot goes restarts at its load (plan's windows).
+void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset,
+                              int32_t record, uint64_t site, const ReturnCode &return_code,
+                              SitePlan &plan, x86::Label &window) {
+  using namespace x86;
+  Label restore, unguard, landing, fast;
+  const auto bias = static_cast<int32_t>(kCounterBias);
+  const auto word = reinterpret_cast<uint64_t>(&probe->return_word);
+  w.put_mov_reg_imm64(R11, word);
+  w.put_mov_reg_mem(R11, R11, 0);
+  w.put_add_reg_fs_abs(R11, base_offset);
+  w.put_jcc(kAboveOrEqual, fast);
+  w.put_mov_mem_reg(RSP, -16, RAX);
+  w.put_mov_mem_reg(RSP, -24, RCX);
+  w.put_mov_mem_reg(RSP, -32, RDX);
+  w.put_mov_reg_fs_abs(RAX, record);
+  w.put_cmpl_mem_imm8(RAX, kRecordDepth, 0);
+  w.put_jcc(kNotEqual, restore);
+  w.put_mov_reg32_mem(RCX, RAX, kRecordReturnTop);
+  w.put_cmp_reg32_mem(RCX, RAX, kRecordReturnDepth);
+  w.put_jcc(kAboveOrEqual, restore);
+  w.put_movl_mem_imm32(RAX, kRecordDepth, 1);
+  {
+    CounterWindowWriter cw(w, plan);
+    cw.next();
+    w.put_mov_reg_imm64(R11, word);
+    cw.next();
+    w.put_mov_reg_mem(R11, R11, 0);
+    cw.next();
+    w.put_mov_reg_fs_abs(RDX, base_offset);
+    cw.next();
+    w.put_add_reg_reg(RDX, R11);
+    cw.next();
+    w.put_jcc(kAboveOrEqual, unguard);
+    cw.next();
+    w.put_incq_mem(RDX, bias);
+    cw.end();
+  }
+  // The instance, complete before return_top counts it (a signal handler's readers see it whole).
+  w.put_imul_reg_reg_imm32(RCX, RCX, static_cast<int32_t>(sizeof(ReturnInstance)));
+  w.put_add_reg_mem(RCX, RAX, kRecordInstances);
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, array_id), R11);
+  w.put_add_reg_imm32(R11, bias);  // the slot's hits offset: kCounterWords words a slot
+  static_assert(kHits == 0 && sizeof(uint64_t) * kCounterWords == 32);
+  w.put_shr_reg_imm8(R11, 5);
+  static_assert(offsetof(ReturnSession, skip) == offsetof(ReturnSession, slot) + 4);
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, session) + offsetof(ReturnSession, slot), R11);
+  w.put_mov_reg_mem(RDX, RSP, 0);
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, return_address), RDX);
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, sp), RSP);
+  w.put_mov_reg_mem(RDX, RAX, kRecordStackKey);
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, stack_key), RDX);
+  w.put_lea_reg_rip(RDX, landing);
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, landing), RDX);
+  w.put_mov_reg_imm64(RDX, reinterpret_cast<uint64_t>(probe));
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, probe), RDX);
+  w.put_mov_reg_imm64(RDX, site);
+  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, entry_ip), RDX);
+  w.put_movl_mem_imm32(RCX, offsetof(ReturnInstance, sessions), 1);
+  w.put_incl_mem(RAX, kRecordReturnTop);
+  w.put_movl_mem_imm32(RAX, kRecordDepth, 0);
+  w.put_mov_reg_mem(RAX, RSP, -16);
+  w.put_mov_reg_mem(RCX, RSP, -24);
+  w.put_mov_reg_mem(RDX, RSP, -32);
+  w.put_mov_reg_mem(R11, RSP, -8);
+  w.put_lea_rsp_rsp(8);  // the original return address: the instance keeps it
+  w.put_call(window);
+
+  // The return: the shared return counter code (return_code_made) counts it.
+  w.bind(landing);
+  w.put_jmp(return_code.counter_return);
+
+  w.bind(unguard);
+  w.put_movl_mem_imm32(RAX, kRecordDepth, 0);
+  w.bind(restore);
+  w.put_mov_reg_mem(RAX, RSP, -16);
+  w.put_mov_reg_mem(RCX, RSP, -24);
+  w.put_mov_reg_mem(RDX, RSP, -32);
+  w.bind(fast);
+  w.put_mov_reg_mem(R11, RSP, -8);
 }
 
 // Everything up to the window, which follows at w.pc().
@@ -293,7 +433,16 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   Landings landings;
   x86::Label full, tail;
   static const std::optional<int32_t> base_offset = counter_base_offset();
-  if (entry && base_offset) emit_counter_path(w, probe, *base_offset, plan, window);
+  static const std::optional<int32_t> record = record_offset();
+  if (entry && base_offset && record) {
+    x86::Label not_counted;
+    emit_counter_path(w, probe, *base_offset, plan, window, not_counted);
+    w.bind(not_counted);
+    if (return_code.counter_return)
+      emit_return_counter_path(w, probe, *base_offset, *record, site, return_code, plan, window);
+    else
+      w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
+  }
   if (entry) {
     // Flags are dead at a function entry (usprobe_hit_flags says so): their slot is only made
     // room for, and later holds dispatch's result. pushfq costs more than a store.
@@ -430,11 +579,8 @@ class EntryTemplate {
     }
     for (const auto &r : written_.rel32)
       w.patch_u32(r.at, static_cast<uint32_t>(r.target - (w.base() + r.at + 4)));
-    if (counter_window_length_) {
-      plan.counter_window = w.base() + counter_window_;
-      plan.counter_window_length = counter_window_length_;
-      plan.counter_window_map = counter_window_map_;
-    }
+    plan.counter_windows = counter_windows_;
+    for (CounterWindow &cw : plan.counter_windows) cw.start += w.base();
     return true;
   }
   // Writes `w`'s code up to the window afresh, and keeps it as the template.
@@ -452,9 +598,7 @@ class EntryTemplate {
   ReturnCode return_code_;
   x86::WrittenAddresses written_;
   std::vector<Address> addresses_;  // the 64-bit immediates that change; the others are constants
-  uint64_t counter_window_ = 0;     // from the trampoline's start
-  uint32_t counter_window_length_ = 0;
-  std::vector<std::pair<uint32_t, uint32_t>> counter_window_map_;
+  std::vector<CounterWindow> counter_windows_;  // starts from the trampoline's start
 };
 
 void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
@@ -482,9 +626,8 @@ void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
       addresses_.push_back({at, kTrampoline, v - w.base()});
   }
   written_ = std::move(written);
-  counter_window_length_ = plan.counter_window_length;
-  counter_window_ = counter_window_length_ ? plan.counter_window - w.base() : 0;
-  counter_window_map_ = plan.counter_window_map;
+  counter_windows_ = plan.counter_windows;
+  for (CounterWindow &cw : counter_windows_) cw.start -= w.base();
 }
 
 std::mutex g_entry_template_mutex;
@@ -921,6 +1064,77 @@ Result<uint64_t> make_return_trampoline(CodeSpace &space) {
 
 namespace {
 
+CounterWindow g_counter_return_window;  // written once, before any return probe is published
+
+// The return counter path's return (emit_return_counter_path): the function returned to its
+// trampoline's landing, which jumped here. %rax and %rdx hold its result; below %rsp, the slot the
+// landing's address was in. Counts the return at its slot's returns where the newest instance is
+// this call's and its probe's return word is still the one its entry saw; else `counted`, the C++
+// return path, does what is to be done.
+uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &counted) {
+  using namespace x86;
+  const uint64_t start = w.pc();
+  Label back, unguard;
+  w.put_mov_mem_reg(RSP, -16, RCX);
+  w.put_mov_mem_reg(RSP, -24, RSI);
+  w.put_mov_mem_reg(RSP, -32, R11);
+  w.put_mov_reg_fs_abs(RCX, record);
+  w.put_cmpl_mem_imm8(RCX, kRecordDepth, 0);
+  w.put_jcc(kNotEqual, back);
+  w.put_mov_reg32_mem(RSI, RCX, kRecordReturnTop);
+  w.put_sub_reg32_imm8(RSI, 1);
+  w.put_jcc(kBelow, back);  // none
+  w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
+  w.put_add_reg_mem(R11, RCX, kRecordInstances);
+  w.put_lea_reg_rsp(RSI, -8);
+  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RSI);
+  w.put_jcc(kNotEqual, back);  // not this call's
+  w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
+  {
+    SitePlan plan;
+    CounterWindowWriter cw(w, plan);
+    cw.next();
+    w.put_mov_reg_mem(RSI, R11, offsetof(ReturnInstance, probe));
+    cw.next();
+    w.put_mov_reg_mem(RSI, RSI, offsetof(Probe, return_word));
+    cw.next();
+    w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, array_id), RSI);
+    cw.next();
+    w.put_jcc(kNotEqual, unguard);
+    cw.next();
+    w.put_add_reg_mem(RSI, RCX, kRecordCounters);
+    cw.next();
+    w.put_incq_mem(RSI, static_cast<int32_t>(kCounterBias + sizeof(uint64_t) * kReturns));
+    cw.end();
+    g_counter_return_window = std::move(plan.counter_windows[0]);
+  }
+  w.put_decl_mem(RCX, kRecordReturnTop);
+  w.put_mov_reg_mem(RSI, R11, offsetof(ReturnInstance, return_address));
+  w.put_mov_mem_reg(RSP, -8, RSI);
+  w.put_movl_mem_imm32(RCX, kRecordDepth, 0);
+  w.put_mov_reg_mem(RCX, RSP, -16);
+  w.put_mov_reg_mem(RSI, RSP, -24);
+  w.put_mov_reg_mem(R11, RSP, -32);
+  w.put_lea_rsp_rsp(-8);
+  w.put_ret();  // predicted: the caller's own return
+  w.bind(unguard);
+  w.put_movl_mem_imm32(RCX, kRecordDepth, 0);
+  w.bind(back);
+  w.put_mov_reg_mem(RCX, RSP, -16);
+  w.put_mov_reg_mem(RSI, RSP, -24);
+  w.put_mov_reg_mem(R11, RSP, -32);
+  w.put_jmp(counted);
+  return start;
+}
+
+}  // namespace
+
+const CounterWindow *counter_return_window() {
+  return g_counter_return_window.length ? &g_counter_return_window : nullptr;
+}
+
+namespace {
+
 Result<ReturnCode> return_code_made(CodeSpace &space) {
   static ReturnCode made;  // callers hold the registry's lock
   if (made.full) return made;
@@ -931,8 +1145,9 @@ Result<ReturnCode> return_code_made(CodeSpace &space) {
   ReturnCode code;
   // Above the caller-saved registers: the flags slot, the pad, the original return address's slot.
   constexpr int32_t kReturnSlot = kCallerSavedBytes + 16;
-  x86::Label rest;
+  x86::Label rest, counted;
   if (kDispatchIsGprOnly) {
+    w.bind(counted);
     code.counted = w.pc();
     w.put_lea_rsp_rsp(-24);
     push_caller_saved(w);
@@ -945,6 +1160,8 @@ Result<ReturnCode> return_code_made(CodeSpace &space) {
     w.put_lea_rsp_rsp(16);
     w.put_ret();
   }
+  static const std::optional<int32_t> record = record_offset();
+  if (kDispatchIsGprOnly && record) code.counter_return = emit_counter_return(w, *record, counted);
   code.full = w.pc();
   if (!kDispatchIsGprOnly) code.counted = code.full;
   w.put_lea_rsp_rsp(-24);

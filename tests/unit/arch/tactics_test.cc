@@ -382,9 +382,12 @@ TEST(Tactics, AFunctionEntryCopiedFromTheTemplateIsTheCodeWrittenOut) {
   ASSERT_EQ(copied->trampoline, fresh->trampoline);
   EXPECT_NE(copied->trampoline, written_out->trampoline);
   EXPECT_EQ(copy, space.written) << "the copy differs from the code written out";
-  EXPECT_EQ(copied->counter_window, fresh->counter_window);
-  EXPECT_EQ(copied->counter_window_length, fresh->counter_window_length);
-  EXPECT_EQ(copied->counter_window_map, fresh->counter_window_map);
+  ASSERT_EQ(copied->counter_windows.size(), fresh->counter_windows.size());
+  for (size_t i = 0; i < fresh->counter_windows.size(); ++i) {
+    EXPECT_EQ(copied->counter_windows[i].start, fresh->counter_windows[i].start);
+    EXPECT_EQ(copied->counter_windows[i].length, fresh->counter_windows[i].length);
+    EXPECT_EQ(copied->counter_windows[i].map, fresh->counter_windows[i].map);
+  }
   EXPECT_EQ(copied->window_copy, fresh->window_copy);
   // Not the template's addresses: the second probe's own.
   const auto has = [&](uint64_t v) {
