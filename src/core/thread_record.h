@@ -32,6 +32,12 @@ struct alignas(64) ThreadRecord {
   // core/rcu.h: 0 when quiescent, else (epoch << 8) | nesting. Written only by the owner thread
   // (including its signal handlers), read by grace-period waiters.
   std::atomic<uint64_t> rcu_word{0};
+  // Pending return probes, a stack of return_depth instances (core/return_stack.h); entries
+  // [0, return_top) are live. Owner only; a record reused by a new thread starts empty.
+  // return_top and depth are one 64-bit word, depth the high half, and return_depth one too: the
+  // return counter path (arch/x86_64/trampoline.cc) tells "outside handlers, with room" by one
+  // compare, word < return_depth.
+  uint32_t return_top = 0;
   // Dispatch depth of this thread: nonzero while a handler of this thread runs. Owner only.
   // kDepthInternal while usprobe's own work runs in a handler (following the dynamic linker): hits
   // there are not the program's, and are neither counted nor missed.
@@ -41,11 +47,8 @@ struct alignas(64) ThreadRecord {
   // counters[kCounterWords * slot + kHits, kMissed, kReturns]. Written by the owner only
   // (relaxed load + relaxed store, no read-modify-write); summed by others with relaxed loads.
   uint64_t *counters = nullptr;
-  // Pending return probes, a stack of return_depth instances (core/return_stack.h); entries
-  // [0, return_top) are live. Owner only; a record reused by a new thread starts empty.
   ReturnInstance *returns = nullptr;
-  uint32_t return_top = 0;
-  uint32_t return_depth = 0;
+  uint64_t return_depth = 0;
   // Which stack the thread runs on (return_stack.h, "Stacks"): 0 for its own, else the address of
   // the ucontext_t it last switched to. Owner only.
   uint64_t stack_key = 0;

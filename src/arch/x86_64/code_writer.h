@@ -304,28 +304,18 @@ class CodeWriter {
   }
   // cmp %src,disp(%base) (64-bit: flags of disp(%base) - %src)
   void put_cmp_mem_reg(Reg base, int32_t disp, Reg src) { put_op_mem(0x39, src, base, disp); }
-  // 32-bit memory operands: mov disp(%base),%dst32; cmp disp(%base),%reg32 (flags of %reg32 -
-  // disp(%base)); cmpl $imm8; movl $imm32; incl; decl
-  void put_mov_reg32_mem(Reg dst, Reg base, int32_t disp) {
-    put_modrm_mem(0x8B, dst, base, disp, false);
-  }
-  void put_cmp_reg32_mem(Reg r, Reg base, int32_t disp) {
-    put_modrm_mem(0x3B, r, base, disp, false);
-  }
-  void put_cmpl_mem_imm8(Reg base, int32_t disp, int8_t imm) {
-    put_modrm_mem(0x83, RDI, base, disp, false);  // 83 /7
-    put_u8(static_cast<uint8_t>(imm));
-  }
+  // 32-bit memory operands: movl $imm32; incl; decl
   void put_movl_mem_imm32(Reg base, int32_t disp, uint32_t imm) {
     put_modrm_mem(0xC7, RAX, base, disp, false);  // C7 /0
     put_u32(imm);
   }
   void put_incl_mem(Reg base, int32_t disp) { put_modrm_mem(0xFF, RAX, base, disp, false); }
   void put_decl_mem(Reg base, int32_t disp) { put_modrm_mem(0xFF, RCX, base, disp, false); }
-  // sub $imm8,%reg32 (sets CF when it borrows)
-  void put_sub_reg32_imm8(Reg r, int8_t imm) {
-    if (r >= R8) put_u8(0x41);
-    put_u8(0x83), put_u8(0xE8 | (r & 7));
+  // cmp disp(%base),%reg (64-bit: flags of %reg - disp(%base))
+  void put_cmp_reg_mem(Reg r, Reg base, int32_t disp) { put_op_mem(0x3B, r, base, disp); }
+  // sub $imm8,%reg (64-bit)
+  void put_sub_reg_imm8(Reg r, int8_t imm) {
+    put_u8(0x48 | (r >= R8 ? 1 : 0)), put_u8(0x83), put_u8(0xE8 | (r & 7));
     put_u8(static_cast<uint8_t>(imm));
   }
   // cmp $imm8,%reg (64-bit, sign-extended) and the 32-bit form

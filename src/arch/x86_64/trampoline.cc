@@ -285,6 +285,10 @@ std::optional<int32_t> record_offset() {
 }
 
 constexpr int32_t kRecordDepth = offsetof(ThreadRecord, depth);
+// return_top and depth, one word (thread_record.h): below return_depth outside handlers with room.
+constexpr int32_t kRecordTopAndDepth = offsetof(ThreadRecord, return_top);
+static_assert(offsetof(ThreadRecord, depth) == offsetof(ThreadRecord, return_top) + 4 &&
+              sizeof(ThreadRecord::return_depth) == 8);
 constexpr int32_t kRecordInstances = offsetof(ThreadRecord, returns);
 constexpr int32_t kRecordReturnTop = offsetof(ThreadRecord, return_top);
 constexpr int32_t kRecordReturnDepth = offsetof(ThreadRecord, return_depth);
@@ -301,7 +305,7 @@ static_assert(sizeof(ReturnInstance) < INT32_MAX);
 //   full:                                     (the counter path's word is 0: %r11 is free)
 //     if (!(probe->return_word + base carries)) goto fast   no such consumer, or no home here
 //     save %rax %rcx %rdx; %rax = t_record       a home is set: the thread has a record
-//     if (rec->depth || rec->return_top >= rec->return_depth) goto restore
+//     if (rec->depth || rec->return_top >= rec->return_depth) goto restore    one compare
 //     rec->depth = 1                             the recursion guard, as handler_section's: a
 //                                                signal handler's hits meanwhile count as missed
 //   entry window:
@@ -313,7 +317,7 @@ static_assert(sizeof(ReturnInstance) < INT32_MAX);
 //     restore; lea 8(%rsp),%rsp; call window     as the other returns taken (emit_epilogue)
 //   landing:                                   the function returned: %rax, %rdx hold its result
 //     save %rcx %rsi %r11; %rcx = t_record
-//     if (rec->depth || !rec->return_top) goto back
+//     if (rec->depth || !rec->return_top) goto back                           one compare
 //     inst = &rec->returns[top - 1]; if (inst->sp != %rsp - 8) goto back   not this call's
 //     rec->depth = 1
 //   return window:
@@ -339,11 +343,9 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   w.put_mov_mem_reg(RSP, -24, RCX);
   w.put_mov_mem_reg(RSP, -32, RDX);
   w.put_mov_reg_fs_abs(RAX, record);
-  w.put_cmpl_mem_imm8(RAX, kRecordDepth, 0);
-  w.put_jcc(kNotEqual, restore);
-  w.put_mov_reg32_mem(RCX, RAX, kRecordReturnTop);
-  w.put_cmp_reg32_mem(RCX, RAX, kRecordReturnDepth);
-  w.put_jcc(kAboveOrEqual, restore);
+  w.put_mov_reg_mem(RCX, RAX, kRecordTopAndDepth);
+  w.put_cmp_reg_mem(RCX, RAX, kRecordReturnDepth);
+  w.put_jcc(kAboveOrEqual, restore);  // inside a handler, or no room; else %rcx = return_top
   w.put_movl_mem_imm32(RAX, kRecordDepth, 1);
   {
     CounterWindowWriter cw(w, plan);
@@ -1079,11 +1081,10 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
   w.put_mov_mem_reg(RSP, -24, RSI);
   w.put_mov_mem_reg(RSP, -32, R11);
   w.put_mov_reg_fs_abs(RCX, record);
-  w.put_cmpl_mem_imm8(RCX, kRecordDepth, 0);
-  w.put_jcc(kNotEqual, back);
-  w.put_mov_reg32_mem(RSI, RCX, kRecordReturnTop);
-  w.put_sub_reg32_imm8(RSI, 1);
-  w.put_jcc(kBelow, back);  // none
+  w.put_mov_reg_mem(RSI, RCX, kRecordTopAndDepth);
+  w.put_sub_reg_imm8(RSI, 1);
+  w.put_cmp_reg_mem(RSI, RCX, kRecordReturnDepth);
+  w.put_jcc(kAboveOrEqual, back);  // inside a handler, or none; else %rsi = return_top - 1
   w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
   w.put_add_reg_mem(R11, RCX, kRecordInstances);
   w.put_lea_reg_rsp(RSI, -8);
