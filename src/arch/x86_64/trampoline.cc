@@ -363,29 +363,32 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
     w.put_incq_mem(RDX, bias);
     cw.end();
   }
-  // The instance, complete before return_top counts it (a signal handler's readers see it whole).
-  w.put_imul_reg_reg_imm32(RCX, RCX, static_cast<int32_t>(sizeof(ReturnInstance)));
-  w.put_add_reg_mem(RCX, RAX, kRecordInstances);
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, array_id), R11);
+  // The instance (%rdx), complete before return_top counts it: a signal handler's readers see it
+  // whole.
+  w.put_imul_reg_reg_imm32(RDX, RCX, static_cast<int32_t>(sizeof(ReturnInstance)));
+  w.put_add_reg_mem(RDX, RAX, kRecordInstances);
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, array_id), R11);
   w.put_add_reg_imm32(R11, bias);  // the slot's hits offset: kCounterWords words a slot
   static_assert(kHits == 0 && sizeof(uint64_t) * kCounterWords == 32);
   w.put_shr_reg_imm8(R11, 5);
   static_assert(offsetof(ReturnSession, skip) == offsetof(ReturnSession, slot) + 4);
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, session) + offsetof(ReturnSession, slot), R11);
-  w.put_mov_reg_mem(RDX, RSP, 0);
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, return_address), RDX);
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, sp), RSP);
-  w.put_mov_reg_mem(RDX, RAX, kRecordStackKey);
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, stack_key), RDX);
-  w.put_lea_reg_rip(RDX, landing);
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, landing), RDX);
-  w.put_mov_reg_imm64(RDX, reinterpret_cast<uint64_t>(probe));
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, probe), RDX);
-  w.put_mov_reg_imm64(RDX, site);
-  w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, entry_ip), RDX);
-  w.put_movl_mem_imm32(RCX, offsetof(ReturnInstance, sessions), 1);
-  w.put_incl_mem(RAX, kRecordReturnTop);
-  w.put_movl_mem_imm32(RAX, kRecordDepth, 0);
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, session) + offsetof(ReturnSession, slot), R11);
+  w.put_mov_reg_mem(R11, RSP, 0);
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, return_address), R11);
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, sp), RSP);
+  w.put_mov_reg_mem(R11, RAX, kRecordStackKey);
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, stack_key), R11);
+  w.put_lea_reg_rip(R11, landing);
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, landing), R11);
+  w.put_mov_reg_imm64(R11, reinterpret_cast<uint64_t>(probe));
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, probe), R11);
+  w.put_mov_reg_imm64(R11, site);
+  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, entry_ip), R11);
+  w.put_movl_mem_imm32(RDX, offsetof(ReturnInstance, sessions), 1);
+  // return_top + 1 and depth 0 in one store: the next 64-bit load of the word (this call's return,
+  // the next entry) is then forwarded from it, where two 32-bit stores would stall it.
+  w.put_add_reg_imm32(RCX, 1);
+  w.put_mov_mem_reg(RAX, kRecordTopAndDepth, RCX);
   w.put_mov_reg_mem(RAX, RSP, -16);
   w.put_mov_reg_mem(RCX, RSP, -24);
   w.put_mov_reg_mem(RDX, RSP, -32);
@@ -1077,9 +1080,16 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
   using namespace x86;
   const uint64_t start = w.pc();
   Label back, unguard;
+  auto restore = [&] {
+    w.put_mov_reg_mem(RCX, RSP, -16);
+    w.put_mov_reg_mem(RSI, RSP, -24);
+    w.put_mov_reg_mem(RDI, RSP, -32);
+    w.put_mov_reg_mem(R11, RSP, -40);
+  };
   w.put_mov_mem_reg(RSP, -16, RCX);
   w.put_mov_mem_reg(RSP, -24, RSI);
-  w.put_mov_mem_reg(RSP, -32, R11);
+  w.put_mov_mem_reg(RSP, -32, RDI);
+  w.put_mov_mem_reg(RSP, -40, R11);
   w.put_mov_reg_fs_abs(RCX, record);
   w.put_mov_reg_mem(RSI, RCX, kRecordTopAndDepth);
   w.put_sub_reg_imm8(RSI, 1);
@@ -1087,43 +1097,38 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
   w.put_jcc(kAboveOrEqual, back);  // inside a handler, or none; else %rsi = return_top - 1
   w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
   w.put_add_reg_mem(R11, RCX, kRecordInstances);
-  w.put_lea_reg_rsp(RSI, -8);
-  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RSI);
+  w.put_lea_reg_rsp(RDI, -8);
+  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RDI);
   w.put_jcc(kNotEqual, back);  // not this call's
   w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
   {
     SitePlan plan;
     CounterWindowWriter cw(w, plan);
     cw.next();
-    w.put_mov_reg_mem(RSI, R11, offsetof(ReturnInstance, probe));
+    w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, probe));
     cw.next();
-    w.put_mov_reg_mem(RSI, RSI, offsetof(Probe, return_word));
+    w.put_mov_reg_mem(RDI, RDI, offsetof(Probe, return_word));
     cw.next();
-    w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, array_id), RSI);
+    w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, array_id), RDI);
     cw.next();
     w.put_jcc(kNotEqual, unguard);
     cw.next();
-    w.put_add_reg_mem(RSI, RCX, kRecordCounters);
+    w.put_add_reg_mem(RDI, RCX, kRecordCounters);
     cw.next();
-    w.put_incq_mem(RSI, static_cast<int32_t>(kCounterBias + sizeof(uint64_t) * kReturns));
+    w.put_incq_mem(RDI, static_cast<int32_t>(kCounterBias + sizeof(uint64_t) * kReturns));
     cw.end();
     g_counter_return_window = std::move(plan.counter_windows[0]);
   }
-  w.put_decl_mem(RCX, kRecordReturnTop);
-  w.put_mov_reg_mem(RSI, R11, offsetof(ReturnInstance, return_address));
-  w.put_mov_mem_reg(RSP, -8, RSI);
-  w.put_movl_mem_imm32(RCX, kRecordDepth, 0);
-  w.put_mov_reg_mem(RCX, RSP, -16);
-  w.put_mov_reg_mem(RSI, RSP, -24);
-  w.put_mov_reg_mem(R11, RSP, -32);
+  w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, return_address));
+  w.put_mov_mem_reg(RSP, -8, RDI);
+  w.put_mov_mem_reg(RCX, kRecordTopAndDepth, RSI);  // popped, depth 0: one store (as the entry's)
+  restore();
   w.put_lea_rsp_rsp(-8);
   w.put_ret();  // predicted: the caller's own return
   w.bind(unguard);
   w.put_movl_mem_imm32(RCX, kRecordDepth, 0);
   w.bind(back);
-  w.put_mov_reg_mem(RCX, RSP, -16);
-  w.put_mov_reg_mem(RSI, RSP, -24);
-  w.put_mov_reg_mem(R11, RSP, -32);
+  restore();
   w.put_jmp(counted);
   return start;
 }
