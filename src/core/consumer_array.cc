@@ -65,7 +65,7 @@ void ConsumerArray::destroy(const ConsumerArray *a) {
 namespace registry::internal {
 
 // Replace a probe's consumer array; the old one goes to `garbage`. Says whether the counter path
-// may still count with the word it had before (it did, and counts no more, or into another
+// (or the return counter path) may still count with the word it had before (it did, and counts no more, or into another
 // counter): a slot of the engine's that it named is freed, and an external counter's memory
 // given back, only once retire::counter_windows_clear has shown no thread can.
 Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
@@ -84,8 +84,8 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   }
   uint64_t return_word = 0;
   if (next && next->count == 1 && next->has_returns && !next->has_callbacks &&
-      !next->has_return_callbacks && next->return_sessions == 1 && !next->entries[0].external.used &&
-      !counter_path_is_external())
+      !next->has_return_callbacks && next->return_sessions == 1 &&
+      !next->entries[0].external.used && !counter_path_is_external())
     return_word = counter_word(next->entries[0].slot);
   // Off before the array changes (relaxed: the exchange's release orders it first; a thread that
   // read the word before counts a hit that the old array's consumer would count too), on once the

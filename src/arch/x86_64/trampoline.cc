@@ -56,7 +56,7 @@ struct ReturnCode {
 };
 Result<ReturnCode> return_code_made(CodeSpace &space);
 
-constexpr size_t kJumpLength = 5;        // e9 rel32
+constexpr size_t kJumpLength = 5;         // e9 rel32
 constexpr size_t kTrampolineSize = 1088;  // fast path, prologue, epilogue, window and jump back
 constexpr int32_t kRedZone = 128;
 
