@@ -65,9 +65,9 @@ void ConsumerArray::destroy(const ConsumerArray *a) {
 namespace registry::internal {
 
 // Replace a probe's consumer array; the old one goes to `garbage`. Says whether the counter path
-// (or the return counter path) may still count with the word it had before (it did, and counts no more, or into another
-// counter): a slot of the engine's that it named is freed, and an external counter's memory
-// given back, only once retire::counter_windows_clear has shown no thread can.
+// (or the return counter path) may still count with the word it had before (it did, and counts no
+// more, or into another counter): a slot of the engine's that it named is freed, and an external
+// counter's memory given back, only once retire::counter_windows_clear has shown no thread can.
 Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
                   std::vector<std::function<void()>> &garbage) {
   const ConsumerArray *next = entries.empty() ? nullptr : ConsumerArray::make(entries);
