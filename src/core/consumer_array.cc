@@ -94,6 +94,24 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   if (old_word != word) p->counter_word.store(0, std::memory_order_relaxed);
   const uint64_t old_return_word = p->return_word.load(std::memory_order_relaxed);
   if (old_return_word != return_word) p->return_word.store(0, std::memory_order_relaxed);
+  uint64_t timer_word = 0;
+  if (next && next->timer_only && next->return_sessions == 1) {
+    const ExternalCounter &e = next->entries[0].external;
+    timer_word = tagged_counter_word(e.offset, e.tag);
+  }
+  const uint64_t old_timer_word = p->timer_word.load(std::memory_order_relaxed);
+  if (old_timer_word != timer_word) {
+    p->timer_word.store(0, std::memory_order_relaxed);
+    if (timer_word) {
+      // The word's fields, before the word (release below).
+      const ConsumerEntry &e = next->entries[0];
+      p->timer_session = e.slot;
+      p->timer_returns = int64_t{e.external.timer.returns} - e.external.offset;
+      p->timer_sum = int64_t{e.external.timer.sum} - e.external.offset;
+      p->timer_buckets = int64_t{e.external.timer.buckets} - e.external.offset;
+      p->timer_mult = e.external.timer.tsc_to_ns_mult;
+    }
+  }
   // The trampoline's hint first when callbacks arrive, last when they go; a trampoline that reads
   // it stale is corrected by dispatch (kDispatchNeedsVectorSave).
   if (next && next->wants_vector_state) p->wants_vector_state.store(1, std::memory_order_relaxed);
@@ -111,6 +129,7 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   p->counter_word_external = external;
   if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);
   if (return_word != old_return_word) p->return_word.store(return_word, std::memory_order_relaxed);
+  if (timer_word != old_timer_word) p->timer_word.store(timer_word, std::memory_order_release);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
   Published was;
   if (old_word != 0 && old_word != word) {
@@ -122,6 +141,7 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
     was.engine_slot = true;
     was.slot = counter_word_slot(old_return_word);
   }
+  if (old_timer_word != 0 && old_timer_word != timer_word) was.external = true;
   return was;
 }
 

@@ -181,6 +181,19 @@ struct Probe {
   // array_id, which no ConsumerArray's id equals, and its return is counted there only while the
   // word is still the probe's. Written under the registry's mutex, cleared and set as counter_word.
   std::atomic<uint64_t> return_word{0};
+  // The return timer path's (the same path, for an external timer alone: ExternalTimer): its word,
+  // tagged_counter_word(offset, tag) of the timer's hits counter while the consumers are one
+  // external timer alone (ConsumerArray::timer_only), else 0; the session the instance gets (the
+  // consumer's slot); and the timer's counters as offsets from the hits counter, with its clock's
+  // multiplier. Those are set before the word, and the word is cleared and set as counter_word.
+  // A trampoline has one of the two paths (timed_return, set when the probe is made: the attach
+  // that made it had a timer for it): a probe whose consumers change to the other kind goes
+  // through dispatch.
+  std::atomic<uint64_t> timer_word{0};
+  uint64_t timer_session = 0;
+  int64_t timer_returns = 0, timer_sum = 0, timer_buckets = 0;
+  uint64_t timer_mult = 0;
+  bool timed_return = false;
   // Nonzero while the consumers are one entry handler alone (ConsumerArray::single_entry_callback):
   // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the
   // next one does it.

@@ -283,6 +283,9 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
           // every register.
           slot_in_map->function_entry =
               !loc.usdt && loc.func_size != 0 && loc.offset_in_function() == 0;
+          // Its trampolines' return path: the timer's where this attach times the calls.
+          slot_in_map->timed_return =
+              returns && consumer.on_entry && i < external.size() && external[i].timer.used;
         }
         Probe *p = slot_in_map.get();
         auto drop_created = [&] {

@@ -313,6 +313,50 @@ class CodeWriter {
   void put_decl_mem(Reg base, int32_t disp) { put_modrm_mem(0xFF, RCX, base, disp, false); }
   // cmp disp(%base),%reg (64-bit: flags of %reg - disp(%base))
   void put_cmp_reg_mem(Reg r, Reg base, int32_t disp) { put_op_mem(0x3B, r, base, disp); }
+  // rdtsc; shl $imm8,%reg; or %src,%dst; mul disp(%base) (%rdx:%rax = %rax * the word);
+  // shrd $imm8,%src,%dst; bsr %src,%dst (64-bit); and $imm8,%reg32
+  void put_rdtsc() { put_u8(0x0F), put_u8(0x31); }
+  void put_shl_reg_imm8(Reg dst, uint8_t imm) {
+    put_u8(0x48 | (dst >= R8 ? 1 : 0)), put_u8(0xC1), put_u8(0xE0 | (dst & 7));
+    put_u8(imm);
+  }
+  void put_or_reg_reg(Reg dst, Reg src) {
+    put_u8(0x48 | (src >= R8 ? 4 : 0) | (dst >= R8 ? 1 : 0)), put_u8(0x09);
+    put_u8(0xC0 | ((src & 7) << 3) | (dst & 7));
+  }
+  void put_mul_mem(Reg base, int32_t disp) { put_op_mem(0xF7, RSP, base, disp); }  // F7 /4
+  void put_shrd_reg_reg_imm8(Reg dst, Reg src, uint8_t imm) {
+    put_u8(0x48 | (src >= R8 ? 4 : 0) | (dst >= R8 ? 1 : 0)), put_u8(0x0F), put_u8(0xAC);
+    put_u8(0xC0 | ((src & 7) << 3) | (dst & 7));
+    put_u8(imm);
+  }
+  void put_bsr_reg_reg(Reg dst, Reg src) {
+    put_u8(0x48 | (dst >= R8 ? 4 : 0) | (src >= R8 ? 1 : 0)), put_u8(0x0F), put_u8(0xBD);
+    put_u8(0xC0 | ((dst & 7) << 3) | (src & 7));
+  }
+  void put_and_reg32_imm8(Reg r, int8_t imm) {
+    if (r >= R8) put_u8(0x41);
+    put_u8(0x83), put_u8(0xE0 | (r & 7));
+    put_u8(static_cast<uint8_t>(imm));
+  }
+  // shr %cl,%reg (64-bit)
+  void put_shr_reg_cl(Reg r) {
+    put_u8(0x48 | (r >= R8 ? 1 : 0)), put_u8(0xD3), put_u8(0xE8 | (r & 7));
+  }
+  // add %src,disp(%base,%index) / incq disp(%base,%index) / incq disp(%base,%index,8) /
+  // lea disp(%base,%index,scale),%dst (64-bit)
+  void put_add_sib_reg(Reg base, Reg index, int32_t disp, Reg src) {
+    put_sib(0x01, src, base, index, 1, disp);
+  }
+  void put_incq_sib(Reg base, Reg index, uint8_t scale, int32_t disp) {
+    put_sib(0xFF, RAX, base, index, scale, disp);
+  }
+  void put_lea_sib(Reg dst, Reg base, Reg index, uint8_t scale, int32_t disp) {
+    put_sib(0x8D, dst, base, index, scale, disp);
+  }
+  // lea disp(%base),%dst; sub disp(%base),%dst (64-bit)
+  void put_lea_reg_mem(Reg dst, Reg base, int32_t disp) { put_op_mem(0x8D, dst, base, disp); }
+  void put_sub_reg_mem(Reg dst, Reg base, int32_t disp) { put_op_mem(0x2B, dst, base, disp); }
   // sub $imm8,%reg (64-bit)
   void put_sub_reg_imm8(Reg r, int8_t imm) {
     put_u8(0x48 | (r >= R8 ? 1 : 0)), put_u8(0x83), put_u8(0xE8 | (r & 7));
@@ -388,6 +432,18 @@ class CodeWriter {
       l.rel32_.add(size());
       put_u32(0);
     }
+  }
+  // REX.W, `opcode`, ModRM, SIB and a 32-bit displacement for `reg_field` and
+  // disp(%base,%index,scale). %rsp cannot be an index; %rbp and %r13 as the base are fine with a
+  // displacement, which this always has.
+  void put_sib(uint8_t opcode, Reg reg_field, Reg base, Reg index, uint8_t scale, int32_t disp) {
+    if (index == RSP) __builtin_trap();
+    put_u8(0x48 | (reg_field >= R8 ? 4 : 0) | (index >= R8 ? 2 : 0) | (base >= R8 ? 1 : 0));
+    put_u8(opcode);
+    put_u8(static_cast<uint8_t>(0x84 | ((reg_field & 7) << 3)));  // mod 10: disp32, rm 100: SIB
+    const uint8_t ss = scale == 8 ? 3 : scale == 4 ? 2 : scale == 2 ? 1 : 0;
+    put_u8(static_cast<uint8_t>((ss << 6) | ((index & 7) << 3) | (base & 7)));
+    put_u32(static_cast<uint32_t>(disp));
   }
   // REX.W, `opcode`, and ModRM (+ SIB, displacement) for `reg_field` and disp(%base).
   void put_op_mem(uint8_t opcode, Reg reg_field, Reg base, int32_t disp) {

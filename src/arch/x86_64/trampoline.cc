@@ -43,6 +43,7 @@
 #include "core/arch.h"
 #include "core/dispatch.h"
 #include "core/probe.h"
+#include "core/rcu.h"
 #include "core/thread_record.h"
 
 namespace usprobe::arch {
@@ -52,7 +53,8 @@ namespace {
 // by built-in counters only), `full` builds the Regs view for return handlers.
 struct ReturnCode {
   uint64_t full = 0, counted = 0;
-  uint64_t counter_return = 0;  // the return counter path's return (emit_return_counter_path)
+  // The return counter path's returns (emit_return_counter_path): a built-in counter's, a timer's.
+  uint64_t counter_return = 0, timer_return = 0;
 };
 Result<ReturnCode> return_code_made(CodeSpace &space);
 
@@ -334,7 +336,8 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   using namespace x86;
   Label restore, unguard, landing, fast;
   const auto bias = static_cast<int32_t>(kCounterBias);
-  const auto word = reinterpret_cast<uint64_t>(&probe->return_word);
+  const bool timer = probe->timed_return;
+  const auto word = reinterpret_cast<uint64_t>(timer ? &probe->timer_word : &probe->return_word);
   w.put_mov_reg_imm64(R11, word);
   w.put_mov_reg_mem(R11, R11, 0);
   w.put_add_reg_fs_abs(R11, base_offset);
@@ -368,11 +371,14 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   w.put_imul_reg_reg_imm32(RDX, RCX, static_cast<int32_t>(sizeof(ReturnInstance)));
   w.put_add_reg_mem(RDX, RAX, kRecordInstances);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, array_id), R11);
-  w.put_add_reg_imm32(R11, bias);  // the slot's hits offset: kCounterWords words a slot
-  static_assert(kHits == 0 && sizeof(uint64_t) * kCounterWords == 32);
-  w.put_shr_reg_imm8(R11, 5);
   static_assert(offsetof(ReturnSession, skip) == offsetof(ReturnSession, slot) + 4);
-  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, session) + offsetof(ReturnSession, slot), R11);
+  constexpr int32_t kSession = offsetof(ReturnInstance, session) + offsetof(ReturnSession, slot);
+  if (!timer) {
+    w.put_add_reg_imm32(R11, bias);  // the slot's hits offset: kCounterWords words a slot
+    static_assert(kHits == 0 && sizeof(uint64_t) * kCounterWords == 32);
+    w.put_shr_reg_imm8(R11, 5);
+    w.put_mov_mem_reg(RDX, kSession, R11);
+  }
   w.put_mov_reg_mem(R11, RSP, 0);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, return_address), R11);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, sp), RSP);
@@ -382,6 +388,10 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, landing), R11);
   w.put_mov_reg_imm64(R11, reinterpret_cast<uint64_t>(probe));
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, probe), R11);
+  if (timer) {  // the consumer's slot, the word's field
+    w.put_mov_reg_mem(R11, R11, offsetof(Probe, timer_session));
+    w.put_mov_mem_reg(RDX, kSession, R11);
+  }
   w.put_mov_reg_imm64(R11, site);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, entry_ip), R11);
   w.put_movl_mem_imm32(RDX, offsetof(ReturnInstance, sessions), 1);
@@ -389,6 +399,15 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   // the next entry) is then forwarded from it, where two 32-bit stores would stall it.
   w.put_add_reg_imm32(RCX, 1);
   w.put_mov_mem_reg(RAX, kRecordTopAndDepth, RCX);
+  if (timer) {
+    // The time, last: the engine's own work is not the call's. In session word 0, where
+    // time_return (core/dispatch.cc) and the timer's return handler read it.
+    w.put_mov_reg_reg(RCX, RDX);
+    w.put_rdtsc();
+    w.put_shl_reg_imm8(RDX, 32);
+    w.put_or_reg_reg(RAX, RDX);
+    w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, session) + offsetof(ReturnSession, data), RAX);
+  }
   w.put_mov_reg_mem(RAX, RSP, -16);
   w.put_mov_reg_mem(RCX, RSP, -24);
   w.put_mov_reg_mem(RDX, RSP, -32);
@@ -396,9 +415,9 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   w.put_lea_rsp_rsp(8);  // the original return address: the instance keeps it
   w.put_call(window);
 
-  // The return: the shared return counter code (return_code_made) counts it.
+  // The return: the shared return code (return_code_made) counts it.
   w.bind(landing);
-  w.put_jmp(return_code.counter_return);
+  w.put_jmp(timer ? return_code.timer_return : return_code.counter_return);
 
   w.bind(unguard);
   w.put_movl_mem_imm32(RAX, kRecordDepth, 0);
@@ -443,7 +462,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     x86::Label not_counted;
     emit_counter_path(w, probe, *base_offset, plan, window, not_counted);
     w.bind(not_counted);
-    if (return_code.counter_return)
+    if (return_code.counter_return && return_code.timer_return)
       emit_return_counter_path(w, probe, *base_offset, *record, site, return_code, plan, window);
     else
       w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
@@ -571,7 +590,8 @@ class EntryTemplate {
   bool copy(x86::CodeWriter &w, uint64_t site, const Probe *probe, const ReturnCode &return_code,
             SitePlan &plan) const {
     if (code_.empty() || return_code.full != return_code_.full ||
-        return_code.counted != return_code_.counted || w.size() != 0)
+        return_code.counted != return_code_.counted || probe->timed_return != timed_return_ ||
+        w.size() != 0)
       return false;
     for (const auto &c : written_.choices)
       if (x86::CodeWriter::fits_rel32(w.base() + c.next, c.target) != c.rel32) return false;
@@ -604,6 +624,7 @@ class EntryTemplate {
   x86::WrittenAddresses written_;
   std::vector<Address> addresses_;  // the 64-bit immediates that change; the others are constants
   std::vector<CounterWindow> counter_windows_;  // starts from the trampoline's start
+  bool timed_return_ = false;                   // the return path's kind (Probe::timed_return)
 };
 
 void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
@@ -616,6 +637,7 @@ void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
   w.record(nullptr);
   code_ = w.bytes();
   return_code_ = return_code;
+  timed_return_ = probe->timed_return;
   addresses_.clear();
   const uint64_t p = reinterpret_cast<uint64_t>(probe);
   for (uint32_t at : written.imm64) {
@@ -1133,6 +1155,107 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
   return start;
 }
 
+// The return timer path's return (emit_return_counter_path, a probe whose trampolines have the
+// timer's path): what time_return (core/dispatch.cc) does, calling nothing. The clock first (the
+// engine's own work is not the call's); then, where the newest instance is this call's and its
+// probe's timer word is still the one its entry saw and the thread's home carries its tag, one
+// return, the call's duration in nanoseconds, and one in its log-linear bucket, at the home. An
+// RCU read section around the counts (not a counter window: three increments cannot restart), as
+// the C++ path holds one: the timer's owner detaches, which waits for it, before unmapping them.
+// Seven registers below %rsp, %rax and %rdx among them (the result, and rdtsc's).
+uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t base_offset,
+                           x86::Label &counted) {
+  using namespace x86;
+  const uint64_t start = w.pc();
+  const auto bias = static_cast<int32_t>(kCounterBias);
+  constexpr Reg kSaved[] = {RAX, RDX, RCX, RSI, RDI, R8, R11};
+  auto save = [&] {
+    for (size_t i = 0; i < std::size(kSaved); ++i)
+      w.put_mov_mem_reg(RSP, -16 - 8 * static_cast<int32_t>(i), kSaved[i]);
+  };
+  auto restore = [&] {
+    for (size_t i = 0; i < std::size(kSaved); ++i)
+      w.put_mov_reg_mem(kSaved[i], RSP, -16 - 8 * static_cast<int32_t>(i));
+  };
+  Label back, unguard, nested, entered, not_late, small;
+  save();
+  w.put_rdtsc();
+  w.put_shl_reg_imm8(RDX, 32);
+  w.put_or_reg_reg(RAX, RDX);  // now
+  w.put_mov_reg_fs_abs(RCX, record);
+  w.put_mov_reg_mem(RSI, RCX, kRecordTopAndDepth);
+  w.put_sub_reg_imm8(RSI, 1);
+  w.put_cmp_reg_mem(RSI, RCX, kRecordReturnDepth);
+  w.put_jcc(kAboveOrEqual, back);  // inside a handler, or none; else %rsi = return_top - 1
+  w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
+  w.put_add_reg_mem(R11, RCX, kRecordInstances);
+  w.put_lea_reg_rsp(RDI, -8);
+  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RDI);
+  w.put_jcc(kNotEqual, back);  // not this call's
+  w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
+  // The read section (rcu::ReadGuard): %r8 keeps the word to put back.
+  static_assert(offsetof(ThreadRecord, rcu_word) == 0);
+  w.put_mov_reg_mem(R8, RCX, 0);
+  w.put_test_reg_reg(R8, R8);
+  w.put_jcc(kNotEqual, nested);
+  w.put_mov_reg_imm64(RDI, reinterpret_cast<uint64_t>(&rcu::g_epoch));
+  w.put_mov_reg_mem(RDI, RDI, 0);
+  w.put_shl_reg_imm8(RDI, 8);
+  w.put_add_reg_imm32(RDI, 1);
+  w.put_jmp(entered);
+  w.bind(nested);
+  w.put_lea_reg_mem(RDI, R8, 1);
+  w.bind(entered);
+  w.put_mov_mem_reg(RCX, 0, RDI);
+  w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, probe));
+  w.put_mov_reg_mem(RDX, RDI, offsetof(Probe, timer_word));
+  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, array_id), RDX);
+  w.put_jcc(kNotEqual, unguard);  // another consumer since the entry
+  w.put_add_reg_fs_abs(RDX, base_offset);
+  w.put_jcc(kAboveOrEqual, unguard);  // no home of the timer's here: %rdx = hits - kCounterBias
+  // ticks = now - entered, 0 where a thread that moved read a clock a few ticks behind
+  w.put_sub_reg_mem(RAX, R11, offsetof(ReturnInstance, session) + offsetof(ReturnSession, data));
+  w.put_jcc(kAboveOrEqual, not_late);
+  w.put_xor_reg32_reg32(RAX, RAX);
+  w.bind(not_late);
+  w.put_mov_reg_mem(R11, R11, offsetof(ReturnInstance, return_address));
+  w.put_mov_mem_reg(RSP, -8, R11);  // into its slot (the C++ path writes it again if it runs)
+  w.put_mov_reg_reg(R11, RDX);
+  w.put_mul_mem(RDI, offsetof(Probe, timer_mult));
+  w.put_shrd_reg_reg_imm8(RAX, RDX, 32);  // ns = ticks * mult >> 32
+  w.put_mov_reg_mem(RDX, RDI, offsetof(Probe, timer_returns));
+  w.put_incq_sib(R11, RDX, 1, bias);
+  w.put_mov_reg_mem(RDX, RDI, offsetof(Probe, timer_sum));
+  w.put_add_sib_reg(R11, RDX, bias, RAX);
+  // The bucket (base/log_linear.h): ns below 2 << kTimerSubBits is its own; else, its highest bit
+  // p, 2^kTimerSubBits * (p - kTimerSubBits + 1) + the kTimerSubBits bits below p.
+  static_assert(kTimerSubBits == 3);
+  w.put_mov_reg_reg(RDX, RAX);
+  w.put_cmp_reg_imm8(RAX, 2 << kTimerSubBits);
+  w.put_jcc(kBelow, small);
+  w.put_bsr_reg_reg(RCX, RAX);
+  w.put_sub_reg_imm8(RCX, kTimerSubBits);
+  w.put_shr_reg_cl(RDX);
+  w.put_and_reg32_imm8(RDX, (1 << kTimerSubBits) - 1);
+  w.put_lea_sib(RDX, RDX, RCX, 1 << kTimerSubBits, 1 << kTimerSubBits);
+  w.bind(small);
+  w.put_add_reg_mem(R11, RDI, offsetof(Probe, timer_buckets));
+  w.put_incq_sib(R11, RDX, 8, bias);
+  w.put_mov_reg_fs_abs(RCX, record);
+  w.put_mov_mem_reg(RCX, 0, R8);                    // the read section's end
+  w.put_mov_mem_reg(RCX, kRecordTopAndDepth, RSI);  // popped, depth 0: one store
+  restore();
+  w.put_lea_rsp_rsp(-8);
+  w.put_ret();  // predicted: the caller's own return
+  w.bind(unguard);
+  w.put_mov_mem_reg(RCX, 0, R8);
+  w.put_movl_mem_imm32(RCX, kRecordDepth, 0);
+  w.bind(back);
+  restore();
+  w.put_jmp(counted);
+  return start;
+}
+
 }  // namespace
 
 const CounterWindow *counter_return_window() {
@@ -1167,7 +1290,11 @@ Result<ReturnCode> return_code_made(CodeSpace &space) {
     w.put_ret();
   }
   static const std::optional<int32_t> record = record_offset();
-  if (kDispatchIsGprOnly && record) code.counter_return = emit_counter_return(w, *record, counted);
+  static const std::optional<int32_t> base_offset = counter_base_offset();
+  if (kDispatchIsGprOnly && record && base_offset) {
+    code.counter_return = emit_counter_return(w, *record, counted);
+    code.timer_return = emit_timer_return(w, *record, *base_offset, counted);
+  }
   code.full = w.pc();
   if (!kDispatchIsGprOnly) code.counted = code.full;
   w.put_lea_rsp_rsp(-24);
