@@ -407,6 +407,24 @@ TEST(Registry, AnExternalTimerTimesEachCallAtItsHomeAndItsHandlersTheOthers) {
   }
   EXPECT_EQ(bucketed, 10u);
   EXPECT_EQ(below, 0u) << "a call counted in a bucket below its time";
+  // Each call's bucket holds its time: the sum of the times lies between the sum of the buckets'
+  // lowest values and that of their highest.
+  uint64_t lowest = 0, highest = 0;
+  for (uint32_t b = 0; b < std::size(home.buckets); ++b) {
+    if (!home.buckets[b]) continue;
+    uint64_t lo = b, hi = b;  // the values of bucket b (base/log_linear.h)
+    if (b >= (2u << kTimerSubBits)) {
+      const uint32_t p = b / (1u << kTimerSubBits) + kTimerSubBits - 1;
+      lo = (uint64_t{(1u << kTimerSubBits) + b % (1u << kTimerSubBits)}) << (p - kTimerSubBits);
+      hi = lo + (uint64_t{1} << (p - kTimerSubBits)) - 1;
+    }
+    ASSERT_EQ(log_linear_bucket<kTimerSubBits>(lo), b);
+    ASSERT_EQ(log_linear_bucket<kTimerSubBits>(hi), b);
+    lowest += home.buckets[b] * lo;
+    highest += home.buckets[b] * hi;
+  }
+  EXPECT_LE(lowest, home.sum) << "calls counted in buckets above their times";
+  EXPECT_GE(highest, home.sum) << "calls counted in buckets below their times";
 
   // Inside a handler section the engine leaves the calls to the handlers.
   {
