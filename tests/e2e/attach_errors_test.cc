@@ -294,6 +294,27 @@ TEST(AttachCommands, LatencyTimesEveryCall) {
   expect_runs_on(target, 10);
 }
 
+// Sessions that end while a thread calls the timed function without pause: each end unmaps the
+// session's region while that thread may be in the middle of timing a call (the engine's return
+// code counts into it). Five sessions in a row time the spinner's calls; the process runs on
+// undisturbed, and its code is the file's again.
+TEST(AttachCommands, LatencySessionsEndingUnderASpinningThreadLeaveItRunning) {
+  TempDir dir;
+  AttachTarget target(dir);
+  ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
+  for (int session = 0; session < 5; ++session) {
+    Output r = run({cli(), "latency", "--json", "-d", "0.3", "-p", pid_text(target.pid()),
+                    "exe:attach_spin"},
+                   30s);
+    ASSERT_EQ(r.exit_code(), 0) << r.describe();
+    std::vector<Json> all = json_lines(r.out);
+    ASSERT_EQ(all.size(), 1u) << r.out;
+    EXPECT_GT(all[0].value("count", 0u), 0u) << "session " << session << ": " << all[0].dump();
+  }
+  expect_untouched(target);
+  expect_runs_on(target, 10);
+}
+
 TEST(AttachCommands, StacksCountsEveryCallWithItsCaller) {
   TempDir dir;
   AttachTarget target(dir);
