@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <ucontext.h>
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -101,10 +102,12 @@ struct SiteRequest {
 // Code that loads a probe's counter word and ends with the increment of the counter it names, at
 // `start`: `map` has each instruction's offset and where a thread stopped there restarts (offset 0,
 // the load), which is where a thread goes when the word's slot is freed (WindowMove).
+// The maps are the same for every trampoline written from one template, and kept for the process's
+// life (a plan holds no copy).
 struct CounterWindow {
   uint64_t start = 0;
-  uint32_t length = 0;
-  std::vector<std::pair<uint32_t, uint32_t>> map;
+  uint32_t length = 0;  // 0: none
+  std::span<const std::pair<uint32_t, uint32_t>> map;
 };
 
 // A prepared site: its trampoline is written and executable; nothing at the site is changed yet.
@@ -119,6 +122,7 @@ struct SitePlan {
   std::vector<uint8_t> patch;     // the patch: same length; patch[0] is the trap byte
   uint64_t trampoline = 0;        // entry: save, dispatch, restore, window, jump back
   uint32_t trampoline_size = 0;   // bytes from `trampoline` on
+  uint32_t trampoline_block = 0;  // bytes of the block it was given (CodeSpace::alloc_near)
   uint64_t window_copy = 0;       // the relocated instructions inside the trampoline
   uint32_t window_length = 0;     // original bytes relocated (whole instructions, >= patch)
   std::vector<std::pair<uint32_t, uint32_t>> window_map;  // (site offset, window_copy offset)
@@ -133,7 +137,7 @@ struct SitePlan {
   // path, and of its return counter path's entry and return, from the load of a counter word of the
   // probe's to the increment it names; a thread stopped inside one restarts at the load
   // (retire::counter_windows_clear). Empty when the trampoline has no counter path.
-  std::vector<CounterWindow> counter_windows;
+  std::array<CounterWindow, 2> counter_windows;  // the counter path's, the return path's entry
   // A small piece of code the patch enters first (a punned jump's target must lie in a range its
   // borrowed bytes fix; the stub there jumps on to the trampoline). 0 when none. Released with the
   // trampoline, under the same rules.

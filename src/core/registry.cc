@@ -283,9 +283,11 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
           // every register.
           slot_in_map->function_entry =
               !loc.usdt && loc.func_size != 0 && loc.offset_in_function() == 0;
-          // Its trampolines' return path: the timer's where this attach times the calls.
-          slot_in_map->timed_return =
-              returns && consumer.on_entry && i < external.size() && external[i].timer.used;
+          // Its trampolines' return path (Probe::return_path), for what this attach puts there.
+          if (returns && consumer.on_entry && i < external.size() && external[i].timer.used)
+            slot_in_map->return_path = Probe::kReturnTimerPath;
+          else if (returns && !consumer.on_entry && !consumer.on_return)
+            slot_in_map->return_path = Probe::kReturnCounterPath;
         }
         Probe *p = slot_in_map.get();
         auto drop_created = [&] {
@@ -455,7 +457,8 @@ Result<void> detach(std::span<usprobe_link *const> links) {
         external_counted |= was.external;
         for (const auto &plan : p->plans)
           for (const arch::CounterWindow &w : plan->plan.counter_windows)
-            counter_windows.push_back({w.start, w.length, w.start, w.map.data(), w.map.size()});
+            if (w.length)
+              counter_windows.push_back({w.start, w.length, w.start, w.map.data(), w.map.size()});
         if (const arch::CounterWindow *w = arch::counter_return_window(); w && was.engine_slot)
           counter_windows.push_back({w->start, w->length, w->start, w->map.data(), w->map.size()});
       }
@@ -521,7 +524,7 @@ size_t on_counter_path(std::span<usprobe_link *const> links) {
   return links_whose_probes(links, [](const Probe *p) {
     return p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
            std::all_of(p->sites.begin(), p->sites.end(),
-                       [](const Site *s) { return !s->plan.counter_windows.empty(); });
+                       [](const Site *s) { return s->plan.counter_windows[0].length != 0; });
   });
 }
 

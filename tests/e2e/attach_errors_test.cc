@@ -303,9 +303,9 @@ TEST(AttachCommands, LatencySessionsEndingUnderASpinningThreadLeaveItRunning) {
   AttachTarget target(dir);
   ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
   for (int session = 0; session < 5; ++session) {
-    Output r = run({cli(), "latency", "--json", "-d", "0.3", "-p", pid_text(target.pid()),
-                    "exe:attach_spin"},
-                   30s);
+    Output r = run(
+        {cli(), "latency", "--json", "-d", "0.3", "-p", pid_text(target.pid()), "exe:attach_spin"},
+        30s);
     ASSERT_EQ(r.exit_code(), 0) << r.describe();
     std::vector<Json> all = json_lines(r.out);
     ASSERT_EQ(all.size(), 1u) << r.out;

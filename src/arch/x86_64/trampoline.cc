@@ -58,8 +58,14 @@ struct ReturnCode {
 };
 Result<ReturnCode> return_code_made(CodeSpace &space);
 
-constexpr size_t kJumpLength = 5;         // e9 rel32
-constexpr size_t kTrampolineSize = 1088;  // fast path, prologue, epilogue, window and jump back
+constexpr size_t kJumpLength = 5;  // e9 rel32
+// A trampoline's block: the fast paths, prologue, epilogue, window and jump back; a function entry
+// with a return path (Probe::return_path) has about 300 bytes more.
+constexpr size_t kTrampolineSize = 768, kReturnPathTrampolineSize = 1088;
+size_t block_size(const Probe *probe) {
+  return probe && probe->return_path != Probe::kNoReturnPath ? kReturnPathTrampolineSize
+                                                             : kTrampolineSize;
+}
 constexpr int32_t kRedZone = 128;
 
 struct XsaveInfo {
@@ -220,21 +226,38 @@ std::optional<int32_t> counter_base_offset() {
   return static_cast<int32_t>(off);
 }
 
-// Notes a counter window (arch.h, CounterWindow) in `plan` as its instructions are written: next()
-// before each, end() after the increment.
+// The map of a counter window, kept for the process's life: one per distinct map (the maps of
+// trampolines written from one template are the same).
+std::span<const std::pair<uint32_t, uint32_t>> kept_map(
+    std::vector<std::pair<uint32_t, uint32_t>> map) {
+  static std::mutex mutex;
+  static auto *kept = new std::vector<std::unique_ptr<std::vector<std::pair<uint32_t, uint32_t>>>>;
+  std::lock_guard lock(mutex);
+  for (const auto &m : *kept)
+    if (*m == map) return *m;
+  kept->push_back(std::make_unique<std::vector<std::pair<uint32_t, uint32_t>>>(std::move(map)));
+  return *kept->back();
+}
+
+// Notes a counter window (arch.h, CounterWindow) in `window` as its instructions are written:
+// next() before each, end() after the increment.
 class CounterWindowWriter {
  public:
-  CounterWindowWriter(x86::CodeWriter &w, SitePlan &plan)
-      : w_(w), window_(plan.counter_windows.emplace_back()), start_(w.size()) {
+  CounterWindowWriter(x86::CodeWriter &w, CounterWindow &window)
+      : w_(w), window_(window), start_(w.size()) {
     window_.start = w.pc();
   }
-  void next() { window_.map.emplace_back(static_cast<uint32_t>(w_.size() - start_), 0); }
-  void end() { window_.length = static_cast<uint32_t>(w_.size() - start_); }
+  void next() { map_.emplace_back(static_cast<uint32_t>(w_.size() - start_), 0); }
+  void end() {
+    window_.length = static_cast<uint32_t>(w_.size() - start_);
+    window_.map = kept_map(std::move(map_));
+  }
 
  private:
   x86::CodeWriter &w_;
   CounterWindow &window_;
   size_t start_;
+  std::vector<std::pair<uint32_t, uint32_t>> map_;
 };
 
 // The counter path, first in a function-entry trampoline (core/thread_record.h says what the two
@@ -261,7 +284,7 @@ class CounterWindowWriter {
 void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset, SitePlan &plan,
                        x86::Label &window, x86::Label &full) {
   w.put_mov_mem_reg(x86::RSP, -8, x86::R11);
-  CounterWindowWriter cw(w, plan);
+  CounterWindowWriter cw(w, plan.counter_windows[0]);
   cw.next();
   w.put_mov_reg_imm64(x86::R11, reinterpret_cast<uint64_t>(&probe->counter_word));
   cw.next();
@@ -336,7 +359,7 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   using namespace x86;
   Label restore, unguard, landing, fast;
   const auto bias = static_cast<int32_t>(kCounterBias);
-  const bool timer = probe->timed_return;
+  const bool timer = probe->return_path == Probe::kReturnTimerPath;
   const auto word = reinterpret_cast<uint64_t>(timer ? &probe->timer_word : &probe->return_word);
   w.put_mov_reg_imm64(R11, word);
   w.put_mov_reg_mem(R11, R11, 0);
@@ -351,7 +374,7 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   w.put_jcc(kAboveOrEqual, restore);  // inside a handler, or no room; else %rcx = return_top
   w.put_movl_mem_imm32(RAX, kRecordDepth, 1);
   {
-    CounterWindowWriter cw(w, plan);
+    CounterWindowWriter cw(w, plan.counter_windows[1]);
     cw.next();
     w.put_mov_reg_imm64(R11, word);
     cw.next();
@@ -462,7 +485,8 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     x86::Label not_counted;
     emit_counter_path(w, probe, *base_offset, plan, window, not_counted);
     w.bind(not_counted);
-    if (return_code.counter_return && return_code.timer_return)
+    if (probe->return_path != Probe::kNoReturnPath && return_code.counter_return &&
+        return_code.timer_return)
       emit_return_counter_path(w, probe, *base_offset, *record, site, return_code, plan, window);
     else
       w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
@@ -590,7 +614,7 @@ class EntryTemplate {
   bool copy(x86::CodeWriter &w, uint64_t site, const Probe *probe, const ReturnCode &return_code,
             SitePlan &plan) const {
     if (code_.empty() || return_code.full != return_code_.full ||
-        return_code.counted != return_code_.counted || probe->timed_return != timed_return_ ||
+        return_code.counted != return_code_.counted || probe->return_path != return_path_ ||
         w.size() != 0)
       return false;
     for (const auto &c : written_.choices)
@@ -605,7 +629,8 @@ class EntryTemplate {
     for (const auto &r : written_.rel32)
       w.patch_u32(r.at, static_cast<uint32_t>(r.target - (w.base() + r.at + 4)));
     plan.counter_windows = counter_windows_;
-    for (CounterWindow &cw : plan.counter_windows) cw.start += w.base();
+    for (CounterWindow &cw : plan.counter_windows)
+      if (cw.length) cw.start += w.base();
     return true;
   }
   // Writes `w`'s code up to the window afresh, and keeps it as the template.
@@ -623,8 +648,8 @@ class EntryTemplate {
   ReturnCode return_code_;
   x86::WrittenAddresses written_;
   std::vector<Address> addresses_;  // the 64-bit immediates that change; the others are constants
-  std::vector<CounterWindow> counter_windows_;  // starts from the trampoline's start
-  bool timed_return_ = false;                   // the return path's kind (Probe::timed_return)
+  std::array<CounterWindow, 2> counter_windows_;  // starts from the trampoline's start
+  uint8_t return_path_ = Probe::kNoReturnPath;    // the return path's kind (Probe::return_path)
 };
 
 void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
@@ -637,7 +662,7 @@ void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
   w.record(nullptr);
   code_ = w.bytes();
   return_code_ = return_code;
-  timed_return_ = probe->timed_return;
+  return_path_ = probe->return_path;
   addresses_.clear();
   const uint64_t p = reinterpret_cast<uint64_t>(probe);
   for (uint32_t at : written.imm64) {
@@ -649,12 +674,13 @@ void EntryTemplate::write(x86::CodeWriter &w, uint64_t site, const Probe *probe,
       addresses_.push_back({at, kProbe, v - p});
     else if (v == site)
       addresses_.push_back({at, kSite, 0});
-    else if (v >= w.base() && v < w.base() + kTrampolineSize)
+    else if (v >= w.base() && v <= w.pc())
       addresses_.push_back({at, kTrampoline, v - w.base()});
   }
   written_ = std::move(written);
   counter_windows_ = plan.counter_windows;
-  for (CounterWindow &cw : counter_windows_) cw.start -= w.base();
+  for (CounterWindow &cw : counter_windows_)
+    if (cw.length) cw.start -= w.base();
 }
 
 std::mutex g_entry_template_mutex;
@@ -821,7 +847,7 @@ uint8_t trap_byte() {
 }
 
 void release_trampoline(const SitePlan &plan, CodeSpace &space) {
-  if (plan.trampoline) space.free_near(plan.trampoline, kTrampolineSize);
+  if (plan.trampoline) space.free_near(plan.trampoline, plan.trampoline_block);
   if (plan.stub) space.free_within(plan.stub, plan.stub_size);
 }
 
@@ -904,18 +930,20 @@ Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space) {
     if (!r) return std::unexpected(r.error());
     return_code = *r;
   }
-  auto mem = space.alloc_near(req.site, kTrampolineSize);
+  const size_t block = block_size(req.probe);
+  auto mem = space.alloc_near(req.site, block);
   if (!mem) return std::unexpected(mem.error());
   // Given back unless the plan is made (nothing has run or can run it yet).
   struct Unused {
     CodeSpace &space;
-    uint64_t block;
+    uint64_t at;
+    size_t size;
     ~Unused() {
-      if (block) space.free_near(block, kTrampolineSize);
+      if (at) space.free_near(at, size);
     }
-  } unused{space, *mem};
+  } unused{space, *mem, block};
   x86::CodeWriter w(*mem);
-  w.reserve(kTrampolineSize);  // one allocation, not one per doubling
+  w.reserve(block);  // one allocation, not one per doubling
   write_prologue(w, req.site, req.probe, plan.function_entry, return_code, plan);
   const uint64_t window_copy = w.pc();
   std::span<const uint8_t> from_site = req.function.subspan(off);
@@ -1031,17 +1059,18 @@ Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space) {
 
   w.put_bytes(rel->code.data(), rel->code.size());
   if (rel->falls_through) w.put_jmp(req.site + rel->consumed);
-  if (w.size() > kTrampolineSize) {
+  if (w.size() > block) {
     if (stub.addr) space.free_within(stub.addr, kStubSize);
     return fail(E2BIG, fmt::format("{}: trampoline too large ({} bytes)", req.describe, w.size()));
   }
   // Written with the batch's other trampolines before any site is patched (patcher::install).
-  space.write_later(w.base(), w.bytes(), kTrampolineSize);
+  space.write_later(w.base(), w.bytes(), block);
   if (stub.addr) space.write_later(stub.addr, stub.code, kStubSize);
-  unused.block = 0;
+  unused.at = 0;
 
   plan.trampoline = w.base();
   plan.trampoline_size = static_cast<uint32_t>(w.size());
+  plan.trampoline_block = static_cast<uint32_t>(block);
   plan.window_copy = window_copy;
   plan.window_map = rel->map;
   plan.stub = stub.addr;
@@ -1124,8 +1153,7 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
   w.put_jcc(kNotEqual, back);  // not this call's
   w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
   {
-    SitePlan plan;
-    CounterWindowWriter cw(w, plan);
+    CounterWindowWriter cw(w, g_counter_return_window);
     cw.next();
     w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, probe));
     cw.next();
@@ -1139,7 +1167,6 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
     cw.next();
     w.put_incq_mem(RDI, static_cast<int32_t>(kCounterBias + sizeof(uint64_t) * kReturns));
     cw.end();
-    g_counter_return_window = std::move(plan.counter_windows[0]);
   }
   w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, return_address));
   w.put_mov_mem_reg(RSP, -8, RDI);
@@ -1267,8 +1294,9 @@ namespace {
 Result<ReturnCode> return_code_made(CodeSpace &space) {
   static ReturnCode made;  // callers hold the registry's lock
   if (made.full) return made;
+  constexpr size_t kReturnCodeSize = 1024;  // the four entries' code
   auto mem =
-      space.alloc_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kTrampolineSize);
+      space.alloc_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kReturnCodeSize);
   if (!mem) return std::unexpected(mem.error());
   x86::CodeWriter w(*mem);
   ReturnCode code;
@@ -1341,6 +1369,9 @@ Result<ReturnCode> return_code_made(CodeSpace &space) {
   // this `ret` is predicted.
   w.put_lea_rsp_rsp(16);
   w.put_ret();
+  if (w.size() > kReturnCodeSize)
+    return fail(E2BIG, fmt::format("the shared return code is {} bytes, its block {}", w.size(),
+                                   kReturnCodeSize));
   if (auto ok = space.write_now(w.base(), w.bytes()); !ok) return std::unexpected(ok.error());
   made = code;
   return made;

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -354,51 +355,61 @@ class SamePlaceSpace final : public CodeSpace {
 };
 
 // A function entry's code up to its window is copied from the one written before it, with its own
-// probe, site and trampoline addresses (EntryTemplate): byte for byte the code written out for it.
+// probe, site and trampoline addresses (EntryTemplate): byte for byte the code written out for it,
+// with each kind of return path (Probe::return_path).
 TEST(Tactics, AFunctionEntryCopiedFromTheTemplateIsTheCodeWrittenOut) {
   ASSERT_TRUE(make_return_trampoline(code_space()));
-  static Probe first, second;
-  const Bytes f = {0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3};  // push %rbp; mov %rsp,%rbp; pop; ret
-  auto request = [&](uint32_t at, const Probe *probe) {
-    SiteRequest req;
-    req.function_addr = req.site = code_page() + at;
-    req.function = f;
-    req.bounds_known = true;
-    req.probe = probe;
-    req.describe = "test";
-    return req;
-  };
-  forget_trampoline_template();
-  auto written_out = prepare_site(request(0x100, &first), code_space());  // the template
-  ASSERT_TRUE(written_out) << written_out.error().message;
+  for (const uint8_t kind :
+       {Probe::kNoReturnPath, Probe::kReturnCounterPath, Probe::kReturnTimerPath}) {
+    SCOPED_TRACE(testing::Message() << "return path " << int{kind});
+    static Probe first, second;
+    first.return_path = second.return_path = kind;
+    const Bytes f = {0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3};  // push %rbp; mov %rsp,%rbp; pop; ret
+    auto request = [&](uint32_t at, const Probe *probe) {
+      SiteRequest req;
+      req.function_addr = req.site = code_page() + at;
+      req.function = f;
+      req.bounds_known = true;
+      req.probe = probe;
+      req.describe = "test";
+      return req;
+    };
+    forget_trampoline_template();
+    auto written_out = prepare_site(request(0x100, &first), code_space());  // the template
+    ASSERT_TRUE(written_out) << written_out.error().message;
 
-  SamePlaceSpace space;
-  auto copied = prepare_site(request(0x400, &second), space);
-  ASSERT_TRUE(copied) << copied.error().message;
-  const Bytes copy = space.written;
-  forget_trampoline_template();
-  auto fresh = prepare_site(request(0x400, &second), space);
-  ASSERT_TRUE(fresh) << fresh.error().message;
-  ASSERT_EQ(copied->trampoline, fresh->trampoline);
-  EXPECT_NE(copied->trampoline, written_out->trampoline);
-  EXPECT_EQ(copy, space.written) << "the copy differs from the code written out";
-  ASSERT_EQ(copied->counter_windows.size(), fresh->counter_windows.size());
-  for (size_t i = 0; i < fresh->counter_windows.size(); ++i) {
-    EXPECT_EQ(copied->counter_windows[i].start, fresh->counter_windows[i].start);
-    EXPECT_EQ(copied->counter_windows[i].length, fresh->counter_windows[i].length);
-    EXPECT_EQ(copied->counter_windows[i].map, fresh->counter_windows[i].map);
+    SamePlaceSpace space;
+    auto copied = prepare_site(request(0x400, &second), space);
+    ASSERT_TRUE(copied) << copied.error().message;
+    const Bytes copy = space.written;
+    forget_trampoline_template();
+    auto fresh = prepare_site(request(0x400, &second), space);
+    ASSERT_TRUE(fresh) << fresh.error().message;
+    ASSERT_EQ(copied->trampoline, fresh->trampoline);
+    EXPECT_NE(copied->trampoline, written_out->trampoline);
+    EXPECT_EQ(copy, space.written) << "the copy differs from the code written out";
+    for (size_t i = 0; i < fresh->counter_windows.size(); ++i) {
+      EXPECT_EQ(copied->counter_windows[i].start, fresh->counter_windows[i].start);
+      EXPECT_EQ(copied->counter_windows[i].length, fresh->counter_windows[i].length);
+      EXPECT_TRUE(
+          std::ranges::equal(copied->counter_windows[i].map, fresh->counter_windows[i].map));
+    }
+    EXPECT_EQ(fresh->counter_windows[1].length != 0, kind != Probe::kNoReturnPath);
+    EXPECT_EQ(copied->window_copy, fresh->window_copy);
+    // Not the template's addresses: the second probe's own.
+    const auto has = [&](uint64_t v) {
+      for (size_t i = 0; i + 8 <= copy.size(); ++i)
+        if (std::memcmp(copy.data() + i, &v, 8) == 0) return true;
+      return false;
+    };
+    EXPECT_TRUE(has(reinterpret_cast<uint64_t>(&second.counter_word)));
+    EXPECT_FALSE(has(reinterpret_cast<uint64_t>(&first.counter_word)));
+    EXPECT_TRUE(has(code_page() + 0x400));
+    EXPECT_EQ(has(reinterpret_cast<uint64_t>(&second.return_word)),
+              kind == Probe::kReturnCounterPath);
+    EXPECT_EQ(has(reinterpret_cast<uint64_t>(&second.timer_word)), kind == Probe::kReturnTimerPath);
+    release_trampoline(*written_out, code_space());
   }
-  EXPECT_EQ(copied->window_copy, fresh->window_copy);
-  // Not the template's addresses: the second probe's own.
-  const auto has = [&](uint64_t v) {
-    for (size_t i = 0; i + 8 <= copy.size(); ++i)
-      if (std::memcmp(copy.data() + i, &v, 8) == 0) return true;
-    return false;
-  };
-  EXPECT_TRUE(has(reinterpret_cast<uint64_t>(&second.counter_word)));
-  EXPECT_FALSE(has(reinterpret_cast<uint64_t>(&first.counter_word)));
-  EXPECT_TRUE(has(code_page() + 0x400));
-  release_trampoline(*written_out, code_space());
 }
 
 TEST(Tactics, NoBorrowingPastTheNextFunction) {
