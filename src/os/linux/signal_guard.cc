@@ -40,11 +40,17 @@ using PselectFn = int (*)(int, fd_set *, fd_set *, fd_set *, const struct timesp
 // The next definition of `name`, looked up on first use (normally by the constructor below, before
 // the program runs; dlsym is not async-signal-safe, the loads after it are).
 // (Every name looked up exists in glibc; the System V calls are deprecated there but exported.)
+// Where libusprobe comes after libc in the search order (a dependency of a preloaded library, or of
+// one that is dlopened), nothing after it defines the name: libc's own, then, which is the one the
+// program calls anyway (usprobe's come later and are not its).
 template <typename Fn>
 Fn next(std::atomic<Fn> &slot, const char *name) {
   Fn fn = slot.load(std::memory_order_acquire);  // pairs with the release below
   if (!fn) {
     fn = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, name));
+    if (!fn)
+      if (void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD))
+        fn = reinterpret_cast<Fn>(dlsym(libc, name));
     slot.store(fn, std::memory_order_release);
   }
   return fn;
