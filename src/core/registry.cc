@@ -265,6 +265,10 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
                         .error());
             break;
           }
+          if (elf::returns_twice(*loc.file, loc.file_offset)) {
+            give_up(fail(EINVAL, elf::returns_twice_refusal(loc.describe())).error());
+            break;
+          }
           if (auto ok = ensure_return_trampoline(lock); !ok) {
             give_up(ok.error());
             break;

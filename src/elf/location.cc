@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -416,6 +418,25 @@ Result<std::vector<ResolvedLocation>> resolve_usdt(std::string_view spec) {
     out.push_back(std::move(loc));
   }
   return out;
+}
+
+bool returns_twice(const ElfFile &file, uint64_t file_offset) {
+  static constexpr std::string_view kNames[] = {"setjmp",    "_setjmp",  "__sigsetjmp",
+                                                "sigsetjmp", "__setjmp", "getcontext",
+                                                "vfork",     "__vfork"};
+  // symbol_vaddr, not find_function: a name the file lacks costs a lookup, not a search for
+  // suggestions (a glob asks for each of its functions).
+  for (std::string_view name : kNames)
+    if (auto v = file.symbol_vaddr(name); v && file.vaddr_to_offset(*v) == file_offset) return true;
+  return false;
+}
+
+std::string returns_twice_refusal(std::string_view function) {
+  return fmt::format(
+      "{} returns twice (as setjmp, getcontext and vfork do): its second return would "
+      "come back to a return probe's landing with no call of its own there, so it "
+      "cannot have a return probe",
+      function);
 }
 
 std::string ResolvedLocation::describe() const {

@@ -44,6 +44,15 @@ struct ResolvedLocation {
   std::string describe() const;
 };
 
+// Whether the function that starts at `file_offset` of `file` returns twice: setjmp's kind (its
+// second return comes from longjmp, to the return address it saved, which a return probe had made
+// its landing), getcontext (from setcontext) and vfork (once in the child, on the parent's stack,
+// then in the parent). Known by name, aliases included: ELF does not mark them. Such a function
+// can have no return probe.
+bool returns_twice(const ElfFile &file, uint64_t file_offset);
+// The reason, for messages: "libc:setjmp returns twice (...)".
+std::string returns_twice_refusal(std::string_view function);
+
 // Parse and resolve. Errors name the file and the thing: unknown file, non-ELF file, static
 // executable ("statically linked"), unknown symbol (with a suggestion), data symbol, offset outside
 // the file's executable segments.

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <setjmp.h>
 
 #include "support/child_process.h"
 #include "support/test_link.h"
@@ -1103,6 +1104,33 @@ TEST(ReturnProbes, DetachWhileAnotherThreadHasTheReturnPending) {
 
 // A return probe only goes at a function's entry: "uretprobe:" and a consumer with on_return are
 // refused elsewhere, and nothing is patched.
+// A function that returns twice (setjmp's second return comes from longjmp, to the address it
+// saved: a return probe's landing with no call there) gets no return probe, by any of its names;
+// its entry may still be counted. A setjmp and longjmp afterwards behave as they always do.
+TEST(ReturnProbes, ReturnProbeOnAFunctionThatReturnsTwiceIsRefused) {
+  for (const char *name : {"libc.so.6:_setjmp", "libc.so.6:setjmp", "libc.so.6:__sigsetjmp",
+                           "libc.so.6:getcontext", "libc.so.6:vfork"}) {
+    SCOPED_TRACE(name);
+    usprobe_link *link = nullptr;
+    const int rc = usprobe_attach(("uretprobe:" + std::string(name)).c_str(), nullptr, &link);
+    EXPECT_EQ(rc, -EINVAL);
+    if (rc == 0) usprobe_detach(link);
+    EXPECT_NE(std::string(usprobe_last_error()).find("returns twice"), std::string::npos)
+        << usprobe_last_error();
+  }
+  usprobe_link *entry = nullptr;
+  ASSERT_EQ(usprobe_attach("libc.so.6:_setjmp", nullptr, &entry), 0) << usprobe_last_error();
+  jmp_buf env;
+  volatile int jumps = 0;
+  if (_setjmp(env) == 0) {
+    jumps = jumps + 1;
+    _longjmp(env, 1);
+  }
+  EXPECT_EQ(jumps, 1);
+  EXPECT_EQ(usprobe_link_hits(entry), 1u);
+  EXPECT_EQ(usprobe_detach(entry), 0);
+}
+
 TEST(ReturnProbes, ReturnProbeInsideAFunctionIsRefused) {
   char where[160];
   std::snprintf(where, sizeof where, "%s:tgt_counted_mid+%#" PRIx64, kLib,

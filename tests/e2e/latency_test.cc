@@ -188,6 +188,27 @@ TEST(CliLatency, RefusesProbesThatAreNotFunctionEntries) {
   EXPECT_EQ(e2e::lines(r.err).size(), 1u) << r.describe();
 }
 
+// A function that returns twice (setjmp: its second return comes from longjmp, to the landing it
+// saved) cannot be timed: named, it is refused before anything runs; in a glob, it is left out,
+// and a shell that longjmps on its errors (bash's `[` with a missing argument) runs as it does
+// alone.
+TEST(CliLatency, FunctionsThatReturnTwiceAreRefusedByNameAndLeftOutOfGlobs) {
+  Output named = run({e2e::cli(), "latency", "libc:_setjmp", "--", "/bin/true"});
+  EXPECT_EQ(named.exit_code(), 2) << named.describe();
+  std::vector<std::string> err = e2e::lines(named.err);
+  ASSERT_EQ(err.size(), 1u) << named.describe();
+  EXPECT_NE(err[0].find("libc:_setjmp returns twice"), std::string::npos) << err[0];
+
+  const std::string script = "[ -n \"$UNSET\" -a ]; echo after";
+  Output alone = run({"/bin/bash", "-c", script});
+  Output timed =
+      run({e2e::cli(), "latency", "-o", "/dev/null", "libc:*", "--", "/bin/bash", "-c", script});
+  EXPECT_EQ(timed.exit_code(), alone.exit_code()) << timed.describe();
+  EXPECT_EQ(timed.out, alone.out) << timed.describe();
+  EXPECT_EQ(timed.out, "after\n") << timed.describe();
+  EXPECT_EQ(timed.err.find("aborting"), std::string::npos) << timed.describe();
+}
+
 // BCC's funclatency: one histogram for all the functions by default, one per function with -F;
 // -u draws the table in microseconds (a flag, as -m is for milliseconds).
 TEST(CliLatency, OneHistogramForAllFunctionsUnlessPerFunction) {

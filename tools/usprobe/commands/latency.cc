@@ -231,8 +231,14 @@ int run_latency(const LatencyOptions &options) {
       e.message = "latency: " + e.message;
       return report_error(e);
     }
-    if (specs[p.spec_index].kind != ProbeSpec::Kind::kGlob || !is_cold_part(p.display))
-      probes.push_back(std::move(p));
+    // Nor a function that returns twice (setjmp, vfork): a glob leaves it out, a name is refused.
+    const bool glob = specs[p.spec_index].kind == ProbeSpec::Kind::kGlob;
+    if (p.returns_twice && !glob) {
+      Error e = returned_twice(p);
+      e.message = "latency: " + e.message;
+      return report_error(e);
+    }
+    if (!glob || (!is_cold_part(p.display) && !p.returns_twice)) probes.push_back(std::move(p));
   }
   if (probes.empty())
     return report_error({ENOENT, "latency: the probes match only cold parts of functions"});

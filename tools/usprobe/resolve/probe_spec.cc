@@ -436,6 +436,12 @@ Error entered_not_called(const Probe &probe) {
                                    name)};
 }
 
+Error returned_twice(const Probe &probe) {
+  std::string name = probe.display;
+  if (name.starts_with("uretprobe:")) name.erase(0, 10);
+  return Error{EINVAL, elf::returns_twice_refusal(name)};
+}
+
 namespace {
 
 // A function not found in a stripped file may be one of its internal functions, which only its
@@ -478,6 +484,7 @@ std::vector<Probe> merge_same_sites(std::vector<Probe> probes) {
       std::swap(first.display, p.display);
       std::swap(first.location, p.location);
       std::swap(first.entry_point, p.entry_point);
+      std::swap(first.returns_twice, p.returns_twice);
     }
     if (p.display != first.display &&
         std::find(first.aliases.begin(), first.aliases.end(), p.display) == first.aliases.end())
@@ -657,8 +664,10 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
         probe.site_offset = (*loc)->file_offset;
         if (auto ok = check_instruction_start(**loc, spec); !ok) return std::unexpected(ok.error());
         probe.entry_point = (*loc)->file->entry_offset() == (*loc)->file_offset;
+        probe.returns_twice = elf::returns_twice(*(*loc)->file, (*loc)->file_offset);
       }
       if (probe.entry_point && spec.returns) return std::unexpected(entered_not_called(probe));
+      if (probe.returns_twice && spec.returns) return std::unexpected(returned_twice(probe));
       out.push_back(std::move(probe));
       as_seen();
       continue;
@@ -671,6 +680,10 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
     // The entry point (_start) is entered, not called: a glob leaves it out, as it would be
     // refused for latency and for return probes, and is of no interest counted (once).
     std::erase_if(matches, [&](const GlobMatch &m) { return (*file)->entry_offset() == m.offset; });
+    // So are the functions that return twice from a glob of return probes (setjmp, vfork).
+    if (spec.returns)
+      std::erase_if(matches,
+                    [&](const GlobMatch &m) { return elf::returns_twice(**file, m.offset); });
     if (matches.empty())
       return std::unexpected(with_stripped_hint(
           Error{ENOENT, fmt::format("no function in {} matches {}'{}'", *path,
@@ -689,6 +702,7 @@ Result<std::vector<Probe>> resolve_probes(const std::vector<ProbeSpec> &specs,
       Probe probe{prefix + spec.file + ":" + (demangle_names() ? m.shown : m.name),
                   prefix + *path + ":" + target, i};
       probe.site_file = *path;
+      probe.returns_twice = elf::returns_twice(**file, m.offset);
       if (!m.ifunc || m.by_offset) {
         probe.site_offset = m.offset;
       } else if (const auto &r = ifuncs[next_ifunc++]; r) {

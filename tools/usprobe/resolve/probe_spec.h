@@ -137,6 +137,9 @@ struct Probe {
   // The file's ELF entry point (_start): entered by the kernel with argc at [rsp], not called, so
   // it has no return. Globs leave it out; only a spec naming it yields it.
   bool entry_point = false;
+  // A function that returns twice (elf::returns_twice: setjmp, getcontext, vfork): no return
+  // probe. A glob of return probes leaves it out; `latency` leaves it out of a glob too.
+  bool returns_twice = false;
   // Where it lands, when usprobe can tell: the file as usprobe opens it and the file offset of the
   // probed instruction (an IFUNC resolved to its implementation). Unknown for an IFUNC of a library
   // usprobe does not load itself: the command resolves it.
@@ -163,6 +166,8 @@ std::string name_with_aliases(const std::string &name, const std::vector<std::st
 // "exe:_start is the program's entry point: it is entered, not called, so it has no return to
 // probe".
 Error entered_not_called(const Probe &probe);
+// The error for a return probe (or `latency`) on a function that returns twice.
+Error returned_twice(const Probe &probe);
 
 // --unsafe: a raw offset whose instruction boundaries nothing can check (no symbol and no FDE
 // covers it) is probed as given instead of refused.
