@@ -41,6 +41,11 @@ Ended run_preloaded() {
 }
 
 TEST(Preload, AProgramPreloadingALibraryThatLinksUsprobeRunsAndIsProbed) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // An instrumented library preloaded into a program that is not: the sanitizer's runtime refuses
+  // to start (it must come first). The Release build runs this test.
+  GTEST_SKIP() << "a sanitizer build's libusprobe cannot be preloaded into /usr/bin/false";
+#endif
   const Ended e = run_preloaded();
   ASSERT_TRUE(WIFEXITED(e.status)) << "status " << e.status << ": " << e.err;
   EXPECT_EQ(WEXITSTATUS(e.status), 1) << e.err;
