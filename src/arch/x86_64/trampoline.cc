@@ -1122,6 +1122,26 @@ namespace {
 
 CounterWindow g_counter_return_window;  // written once, before any return probe is published
 
+// The start of a return path's shared return: %rcx = t_record; where the thread is outside any
+// handler and the newest instance of its return stack is this call's (its return address lived
+// right below %rsp), %rsi = return_top - 1, %r11 = that instance, and the recursion guard set (the
+// return path's one store of return_top and depth clears it); else `back`, having written nothing.
+// Clobbers %rdi.
+void put_this_calls_instance(x86::CodeWriter &w, int32_t record, x86::Label &back) {
+  using namespace x86;
+  w.put_mov_reg_fs_abs(RCX, record);
+  w.put_mov_reg_mem(RSI, RCX, kRecordTopAndDepth);
+  w.put_sub_reg_imm8(RSI, 1);
+  w.put_cmp_reg_mem(RSI, RCX, kRecordReturnDepth);
+  w.put_jcc(kAboveOrEqual, back);  // inside a handler, or none
+  w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
+  w.put_add_reg_mem(R11, RCX, kRecordInstances);
+  w.put_lea_reg_rsp(RDI, -8);
+  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RDI);
+  w.put_jcc(kNotEqual, back);  // not this call's
+  w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
+}
+
 // The return counter path's return (emit_return_counter_path): the function returned to its
 // trampoline's landing, which jumped here. %rax and %rdx hold its result; below %rsp, the slot the
 // landing's address was in. Counts the return at its slot's returns where the newest instance is
@@ -1141,17 +1161,7 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
   w.put_mov_mem_reg(RSP, -24, RSI);
   w.put_mov_mem_reg(RSP, -32, RDI);
   w.put_mov_mem_reg(RSP, -40, R11);
-  w.put_mov_reg_fs_abs(RCX, record);
-  w.put_mov_reg_mem(RSI, RCX, kRecordTopAndDepth);
-  w.put_sub_reg_imm8(RSI, 1);
-  w.put_cmp_reg_mem(RSI, RCX, kRecordReturnDepth);
-  w.put_jcc(kAboveOrEqual, back);  // inside a handler, or none; else %rsi = return_top - 1
-  w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
-  w.put_add_reg_mem(R11, RCX, kRecordInstances);
-  w.put_lea_reg_rsp(RDI, -8);
-  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RDI);
-  w.put_jcc(kNotEqual, back);  // not this call's
-  w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
+  put_this_calls_instance(w, record, back);
   {
     CounterWindowWriter cw(w, g_counter_return_window);
     cw.next();
@@ -1209,17 +1219,7 @@ uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t base_offs
   w.put_rdtsc();
   w.put_shl_reg_imm8(RDX, 32);
   w.put_or_reg_reg(RAX, RDX);  // now
-  w.put_mov_reg_fs_abs(RCX, record);
-  w.put_mov_reg_mem(RSI, RCX, kRecordTopAndDepth);
-  w.put_sub_reg_imm8(RSI, 1);
-  w.put_cmp_reg_mem(RSI, RCX, kRecordReturnDepth);
-  w.put_jcc(kAboveOrEqual, back);  // inside a handler, or none; else %rsi = return_top - 1
-  w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
-  w.put_add_reg_mem(R11, RCX, kRecordInstances);
-  w.put_lea_reg_rsp(RDI, -8);
-  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RDI);
-  w.put_jcc(kNotEqual, back);  // not this call's
-  w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
+  put_this_calls_instance(w, record, back);
   // The read section (rcu::ReadGuard): %r8 keeps the word to put back.
   static_assert(offsetof(ThreadRecord, rcu_word) == 0);
   w.put_mov_reg_mem(R8, RCX, 0);
