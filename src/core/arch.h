@@ -134,9 +134,9 @@ struct SitePlan {
   // are in the file: they must be so in memory too when the patch is written.
   std::vector<uint8_t> borrowed;
   // A function entry's counter windows (core/thread_record.h): the instructions of its counter
-  // path, and of its return counter path's entry and return, from the load of a counter word of the
-  // probe's to the increment it names; a thread stopped inside one restarts at the load
-  // (retire::counter_windows_clear). Empty when the trampoline has no counter path.
+  // path, and of its return path's entry (the return's is shared: counter_return_window()), from
+  // the load of a counter word of the probe's to the increment it names; a thread stopped inside
+  // one restarts at the load (retire::counter_windows_clear). Length 0 where there is none.
   std::array<CounterWindow, 2> counter_windows;  // the counter path's, the return path's entry
   // A small piece of code the patch enters first (a punned jump's target must lie in a range its
   // borrowed bytes fix; the stub there jumps on to the trampoline). 0 when none. Released with the

@@ -186,14 +186,14 @@ struct Probe {
   // external timer alone (ConsumerArray::timer_only), else 0; the session the instance gets (the
   // consumer's slot); and the timer's counters as offsets from the hits counter, with its clock's
   // multiplier. Those are set before the word, and the word is cleared and set as counter_word.
-  // A function entry's trampolines have one of the two paths, or neither (return_path, set when the
-  // probe is made, by the consumer of the attach that made it: a return probe with the built-in
-  // counter, an external timer, anything else): a probe whose consumers change to another kind
-  // goes through dispatch, and one made without a return probe keeps smaller trampolines.
   std::atomic<uint64_t> timer_word{0};
   uint64_t timer_session = 0;
   int64_t timer_returns = 0, timer_sum = 0, timer_buckets = 0;
   uint64_t timer_mult = 0;
+  // A function entry's trampolines have one of the two paths, or neither (return_path, set when the
+  // probe is made, by the consumer of the attach that made it: a return probe with the built-in
+  // counter, an external timer, anything else): a probe whose consumers change to another kind
+  // goes through dispatch, and one made without a return probe keeps smaller trampolines.
   static constexpr uint8_t kNoReturnPath = 0, kReturnCounterPath = 1, kReturnTimerPath = 2;
   uint8_t return_path = kNoReturnPath;
   // Nonzero while the consumers are one entry handler alone (ConsumerArray::single_entry_callback):

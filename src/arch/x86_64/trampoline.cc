@@ -280,7 +280,7 @@ class CounterWindowWriter {
 //     mov -8(%rsp),%r11
 //
 // A thread stopped inside the counter window when the probe's slot goes is sent back to its start
-// (SitePlan::counter_window_map), where it reads the word again.
+// (SitePlan::counter_windows[0]), where it reads the word again.
 void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset, SitePlan &plan,
                        x86::Label &window, x86::Label &full) {
   w.put_mov_mem_reg(x86::RSP, -8, x86::R11);
@@ -315,7 +315,6 @@ constexpr int32_t kRecordTopAndDepth = offsetof(ThreadRecord, return_top);
 static_assert(offsetof(ThreadRecord, depth) == offsetof(ThreadRecord, return_top) + 4 &&
               sizeof(ThreadRecord::return_depth) == 8);
 constexpr int32_t kRecordInstances = offsetof(ThreadRecord, returns);
-constexpr int32_t kRecordReturnTop = offsetof(ThreadRecord, return_top);
 constexpr int32_t kRecordReturnDepth = offsetof(ThreadRecord, return_depth);
 constexpr int32_t kRecordStackKey = offsetof(ThreadRecord, stack_key);
 constexpr int32_t kRecordCounters = offsetof(ThreadRecord, counters);
@@ -338,19 +337,24 @@ static_assert(sizeof(ReturnInstance) < INT32_MAX);
 //     incq hits                                  (the counter word's counter)
 //     inst = &rec->returns[top]: return_address, sp, entry_ip, probe, array_id = %r11,
 //       stack_key, sessions = 1, landing, session[0] = {slot, not skipped}
-//     ++rec->return_top; rec->depth = 0
+//     ++rec->return_top, rec->depth = 0          one store (the word's)
 //     restore; lea 8(%rsp),%rsp; call window     as the other returns taken (emit_epilogue)
 //   landing:                                   the function returned: %rax, %rdx hold its result
-//     save %rcx %rsi %r11; %rcx = t_record
-//     if (rec->depth || !rec->return_top) goto back                           one compare
-//     inst = &rec->returns[top - 1]; if (inst->sp != %rsp - 8) goto back   not this call's
-//     rec->depth = 1
-//   return window:
-//     if (probe->return_word != inst->array_id) goto unguard_back    detached since the entry
-//     incq returns (rec->counters + word)
-//     --rec->return_top; the original return address into its slot; rec->depth = 0
-//     restore; lea -8(%rsp),%rsp; ret            predicted: the caller's own return
-//   back: restore; jmp return_code.counted       the C++ return path does the rest
+//     jmp return_code.counter_return             shared (emit_counter_return):
+//       save %rcx %rsi %rdi %r11; %rcx = t_record
+//       if (rec->depth || !rec->return_top) goto back                         one compare
+//       inst = &rec->returns[top - 1]; if (inst->sp != %rsp - 8) goto back   not this call's
+//       rec->depth = 1
+//     return window:
+//       if (inst->probe->return_word != inst->array_id) goto unguard   detached since the entry
+//       incq returns (rec->counters + word)
+//       the original return address into its slot; --rec->return_top, rec->depth = 0 (one store)
+//       restore; lea -8(%rsp),%rsp; ret          predicted: the caller's own return
+//     back: restore; jmp return_code.counted     the C++ return path does the rest
+//
+// With the timer's path (Probe::return_path), the word is the timer's, the session the timer
+// consumer's slot, the entry ends keeping rdtsc in the session, and the landing jumps to
+// return_code.timer_return (emit_timer_return).
 //
 // A thread stopped in a window when the word's slot goes restarts at its load (plan's windows).
 void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset,
