@@ -100,8 +100,9 @@ struct SiteRequest {
 };
 
 // Code that loads a probe's counter word and ends with the increment of the counter it names, at
-// `start`: `map` has each instruction's offset and where a thread stopped there restarts (offset 0,
-// the load), which is where a thread goes when the word's slot is freed (WindowMove).
+// `start`: `map` has each instruction's offset and where a thread stopped there restarts (an
+// offset from `start`: 0, the load, or a stub that loads the word again), which is where a thread
+// goes when the word's slot is freed (WindowMove).
 // The maps are the same for every trampoline written from one template, and kept for the process's
 // life (a plan holds no copy).
 struct CounterWindow {
@@ -134,10 +135,11 @@ struct SitePlan {
   // are in the file: they must be so in memory too when the patch is written.
   std::vector<uint8_t> borrowed;
   // A function entry's counter windows (core/thread_record.h): the instructions of its counter
-  // path, and of its return path's entry (the return's is shared: counter_return_window()), from
-  // the load of a counter word of the probe's to the increment it names; a thread stopped inside
-  // one restarts at the load (retire::counter_windows_clear). Length 0 where there is none.
-  std::array<CounterWindow, 2> counter_windows;  // the counter path's, the return path's entry
+  // path, or of its return path's entry and that entry's restart stubs (the return's is shared:
+  // counter_return_window()), from the load of a counter word of the probe's to the increment it
+  // names; a thread stopped inside one restarts where the window's map says
+  // (retire::counter_windows_clear). Length 0 where there is none.
+  std::array<CounterWindow, 2> counter_windows;
   // A small piece of code the patch enters first (a punned jump's target must lie in a range its
   // borrowed bytes fix; the stub there jumps on to the trampoline). 0 when none. Released with the
   // trampoline, under the same rules.
@@ -156,6 +158,9 @@ void forget_trampoline_template();
 // The window of the return counter path's shared return code (arch/x86_64/trampoline.cc), which
 // every function-entry trampoline's return counter path returns through; null before any.
 const CounterWindow *counter_return_window();
+// The probed address whose return counter path's entry took a return with `landing`: an instance
+// that path writes keeps no entry_ip (core/dispatch.cc completes it).
+uint64_t landing_entry_ip(uint64_t landing);
 // Give the plan's trampoline and stub back to the CodeSpace they came from (core/retire.h says
 // when no thread can be inside them).
 void release_trampoline(const SitePlan &plan, CodeSpace &space);

@@ -53,7 +53,7 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
   a->single_entry_callback = v.size() == 1 && v[0].on_entry != nullptr && !v[0].count_returns;
   a->timer_only =
       v.size() == 1 && v[0].count_returns && v[0].external.used && v[0].external.timer.used;
-  static std::atomic<uint64_t> next_id{1};
+  static std::atomic<uint64_t> next_id{kFirstConsumerArrayId};
   a->id = next_id.fetch_add(1, std::memory_order_relaxed);
   std::copy(v.begin(), v.end(), a->entries);
   return a;

@@ -85,7 +85,6 @@ void reclaim_dead_threads() {
     // Give the pages back; they read as zero when the record is reused.
     madvise(r->counters, sizeof(uint64_t) * kCounterWords * kMaxConsumerSlots, MADV_DONTNEED);
     r->rcu_word.store(0, std::memory_order_relaxed);
-    r->depth.store(0, std::memory_order_relaxed);
     // Release: the record is zeroed before another thread can claim it (its CAS acquires).
     r->tid.store(0, std::memory_order_release);
   }

@@ -42,20 +42,38 @@ template <bool kHandlers = true, typename F>
 inline auto handler_section(ThreadRecord *rec, F &&fn) {
   std::optional<CounterPathOff> counter_path_off;  // first on, last off: the depth guards all
   if constexpr (kHandlers) counter_path_off.emplace();
-  rec->depth.store(1, std::memory_order_relaxed);
+  t_returns.depth.store(1, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   const auto result = [&] {
     rcu::ReadGuard guard(rec);
     return fn();
   }();
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->depth.store(0, std::memory_order_relaxed);
+  t_returns.depth.store(0, std::memory_order_relaxed);
   return result;
+}
+
+// An instance that the return counter path wrote (arch/x86_64/trampoline.cc,
+// emit_return_counter_path) keeps as its array_id the sum of its probe's return word and this
+// thread's counter base, below any ConsumerArray's id, and writes neither sessions nor entry_ip:
+// its one session is the built-in counter's, whose hits counter in `counters` (this thread's) the
+// sum names less kCounterBias, and its landing is followed by its site. The C++ paths complete it
+// before they read those (the timer's path writes them).
+void complete(ReturnInstance &inst, const uint64_t *counters) {
+  if (inst.array_id >= kFirstConsumerArrayId ||
+      inst.probe->return_path != Probe::kReturnCounterPath)
+    return;
+  const uint64_t hits = inst.array_id + kCounterBias - reinterpret_cast<uint64_t>(counters);
+  inst.sessions = 1;
+  inst.session[0].slot = static_cast<uint32_t>(hits / (sizeof(uint64_t) * kCounterWords));
+  inst.session[0].skip = 0;
+  inst.entry_ip = arch::landing_entry_ip(inst.landing);
 }
 
 // An instance whose call will never come back (longjmp left its frame, or the stack lost it):
 // its return probes count a miss, for the consumers still attached.
-void drop(uint64_t *counters, const ReturnInstance &inst) {
+void drop(uint64_t *counters, ReturnInstance &inst) {
+  complete(inst, counters);
   const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
   if (!a) return;
   for (uint32_t i = 0; i < inst.sessions; ++i)
@@ -64,9 +82,9 @@ void drop(uint64_t *counters, const ReturnInstance &inst) {
 }
 
 // The newest instance whose return address lived at `sp`, or -1.
-int find_instance(const ThreadRecord *rec, uint32_t top, uint64_t sp) {
+int find_instance(uint32_t top, uint64_t sp) {
   for (uint32_t i = top; i-- > 0;)
-    if (rec->returns[i].sp == sp) return static_cast<int>(i);
+    if (t_returns.returns[i].sp == sp) return static_cast<int>(i);
   return -1;
 }
 
@@ -75,26 +93,26 @@ int find_instance(const ThreadRecord *rec, uint32_t top, uint64_t sp) {
 // from that very frame, whose slot still holds that frame's landing) was left by longjmp. Only when
 // full: a signal handler on a sigaltstack above the thread's stack would break the rule (README).
 void make_room(ThreadRecord *rec, uint64_t sp) {
-  const int owner = find_instance(rec, rec->return_top, sp);
+  const int owner = find_instance(t_returns.return_top, sp);
   const bool tail_call =
-      owner >= 0 && *reinterpret_cast<const uint64_t *>(sp) == rec->returns[owner].landing;
+      owner >= 0 && *reinterpret_cast<const uint64_t *>(sp) == t_returns.returns[owner].landing;
   uint32_t kept = 0;
-  for (uint32_t i = 0; i < rec->return_top; ++i) {
-    const ReturnInstance &inst = rec->returns[i];
-    if (inst.stack_key == rec->stack_key && (inst.sp < sp || (inst.sp == sp && !tail_call))) {
+  for (uint32_t i = 0; i < t_returns.return_top; ++i) {
+    ReturnInstance &inst = t_returns.returns[i];
+    if (inst.stack_key == t_returns.stack_key && (inst.sp < sp || (inst.sp == sp && !tail_call))) {
       drop(rec->counters, inst);
     } else {
-      if (kept != i) rec->returns[kept] = inst;
+      if (kept != i) t_returns.returns[kept] = inst;
       ++kept;
     }
   }
-  rec->return_top = kept;
+  t_returns.return_top = kept;
 }
 
 // The next instance's sessions, as the consumer array has them ready.
-inline void init_sessions(const ThreadRecord *rec, const ConsumerArray *a, ReturnInstance *inst) {
+inline void init_sessions(const ConsumerArray *a, ReturnInstance *inst) {
   inst->array_id = a->id;
-  inst->stack_key = rec->stack_key;
+  inst->stack_key = t_returns.stack_key;
   inst->sessions = a->return_sessions;
   for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = a->return_template[i];
 }
@@ -111,9 +129,9 @@ __attribute__((noinline, cold)) void count_overflow_misses(ThreadRecord *rec,
 // The next instance of this thread's return stack, its sessions ready for the entry handlers;
 // null (each return probe counting a miss) when the stack is full.
 ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Regs *regs) {
-  if (__builtin_expect(rec->return_top == rec->return_depth, 0)) {
+  if (__builtin_expect(t_returns.return_top == t_returns.return_depth, 0)) {
     make_room(rec, arch::hit_sp(*regs));
-    if (rec->return_top == rec->return_depth) {
+    if (t_returns.return_top == t_returns.return_depth) {
       for (uint32_t i = 0; i < a->count; ++i)
         if (a->entries[i].count_returns)
           bump(rec->counters[kCounterWords * a->entries[i].slot + kMissed]);
@@ -121,21 +139,21 @@ ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Re
     }
   }
   if (__builtin_expect(a->return_overflow, 0)) count_overflow_misses(rec, a);
-  ReturnInstance *inst = &rec->returns[rec->return_top];
-  init_sessions(rec, a, inst);
+  ReturnInstance *inst = &t_returns.returns[t_returns.return_top];
+  init_sessions(a, inst);
   return inst;
 }
 
 // `slot`: where the return address is; `ip`: the probed function.
-inline void push_instance(ThreadRecord *rec, ReturnInstance *inst, const uint64_t *slot,
-                          uint64_t ip, const Probe *probe, uint64_t landing) {
+inline void push_instance(ReturnInstance *inst, const uint64_t *slot, uint64_t ip,
+                          const Probe *probe, uint64_t landing) {
   inst->return_address = *slot;
   inst->sp = reinterpret_cast<uint64_t>(slot);
   inst->landing = landing;
   inst->entry_ip = ip;
   inst->probe = probe;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  ++rec->return_top;
+  ++t_returns.return_top;
 }
 
 // Take the return: push the instance, complete, so that a signal handler on this thread never sees
@@ -143,14 +161,14 @@ inline void push_instance(ThreadRecord *rec, ReturnInstance *inst, const uint64_
 // the return address. A tail call from a function whose return is taken already finds its landing
 // in the slot: that is the address this call returns to, and the two return one after the other.
 // False when every consumer declined the return.
-bool finish_return(ThreadRecord *rec, ReturnInstance *inst, arch::Regs *regs, const Probe *probe,
+bool finish_return(ReturnInstance *inst, arch::Regs *regs, const Probe *probe,
                    bool entry_handlers_ran, uint64_t landing) {
   if (entry_handlers_ran) {  // only they can decline (usprobe_session_skip_return)
     bool wanted = false;
     for (uint32_t i = 0; i < inst->sessions; ++i) wanted |= inst->session[i].skip == 0;
     if (!wanted) return false;
   }
-  push_instance(rec, inst, arch::return_address_slot(*regs), arch::hit_ip(*regs), probe, landing);
+  push_instance(inst, arch::return_address_slot(*regs), arch::hit_ip(*regs), probe, landing);
   return true;
 }
 
@@ -191,33 +209,33 @@ __attribute__((noinline)) void run_return_callbacks(const ConsumerArray *a, arch
 void usprobe::restore_pending_returns(usprobe_hit *hit, void *) {
   ThreadRecord *rec = t_record;  // set: this thread is running a handler
   const uint64_t sp = arch::hit_sp(*hit->regs);
-  uint32_t kept = rec->return_top;
-  for (uint32_t i = rec->return_top; i-- > 0;) {
-    const ReturnInstance &inst = rec->returns[i];
-    if (inst.stack_key != rec->stack_key) continue;
+  uint32_t kept = t_returns.return_top;
+  for (uint32_t i = t_returns.return_top; i-- > 0;) {
+    ReturnInstance &inst = t_returns.returns[i];
+    if (inst.stack_key != t_returns.stack_key) continue;
     auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
     // A slot below the unwinder's own frame belongs to a frame that is gone (longjmp): leave it.
     if (inst.sp > sp && *slot == inst.landing) *slot = inst.return_address;
     drop(rec->counters, inst);
     --kept;
-    for (uint32_t j = i; j < kept; ++j) rec->returns[j] = rec->returns[j + 1];
+    for (uint32_t j = i; j < kept; ++j) t_returns.returns[j] = t_returns.returns[j + 1];
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->return_top = kept;
+  t_returns.return_top = kept;
 }
 
 // The thread switches stacks. The instances of the stack it leaves take that stack's new key (the
 // context it is saved in), so that they are found again when a later switch resumes it.
 void usprobe::note_context_switch(usprobe_hit *hit, void *user) {
-  ThreadRecord *rec = t_record;  // set: this thread is running a handler
+  ThreadReturns &rs = t_returns;  // this thread is running a handler: it has a record
   if (user == kSwapContext) {
     const uint64_t saved_in = arch::arg(*hit->regs, 0), resumed = arch::arg(*hit->regs, 1);
-    if (saved_in != rec->stack_key)
-      for (uint32_t i = 0; i < rec->return_top; ++i)
-        if (rec->returns[i].stack_key == rec->stack_key) rec->returns[i].stack_key = saved_in;
-    rec->stack_key = resumed;
+    if (saved_in != rs.stack_key)
+      for (uint32_t i = 0; i < rs.return_top; ++i)
+        if (rs.returns[i].stack_key == rs.stack_key) rs.returns[i].stack_key = saved_in;
+    rs.stack_key = resumed;
   } else {
-    rec->stack_key = arch::arg(*hit->regs, 0);
+    rs.stack_key = arch::arg(*hit->regs, 0);
   }
 }
 
@@ -235,7 +253,7 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
   }
   uint64_t *counters = rec->counters;
 
-  if (const uint32_t depth = rec->depth.load(std::memory_order_relaxed); depth != 0) {
+  if (const uint32_t depth = t_returns.depth.load(std::memory_order_relaxed); depth != 0) {
     // A hit while a handler of this thread runs (the handler, or a signal handler that interrupted
     // it, executed a probed instruction): count it as missed and skip the consumers (and its
     // return probes: the return is not hijacked). usprobe's own calls are not the program's.
@@ -256,7 +274,7 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
       bump(counters[kCounterWords * a->entries[i].slot + kHits]);
     ReturnInstance *inst = a->has_returns ? begin_return(rec, a, regs) : nullptr;
     if (a->has_callbacks) run_callbacks(a, regs, probe, inst);
-    if (inst && finish_return(rec, inst, regs, probe, a->has_callbacks,
+    if (inst && finish_return(inst, regs, probe, a->has_callbacks,
                               full_return(a) ? landing : landing_counted))
       return full_return(a) ? kDispatchReturnProbe : kDispatchReturnCounted;
     return kDispatchDone;
@@ -275,21 +293,21 @@ namespace {
 // having written nothing, for anything else.
 inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
                           uint64_t landing_counted) {
-  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section<false>(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
     if (!a) return kDispatchDone;
     if (a->has_callbacks || a->has_return_callbacks ||
-        (a->has_returns && (rec->return_top >= rec->return_depth || a->return_overflow)))
+        (a->has_returns && (t_returns.return_top >= t_returns.return_depth || a->return_overflow)))
       return kDispatchFull;
     uint64_t *counters = rec->counters;
     for (uint32_t i = 0; i < a->count; ++i)
       bump(counters[kCounterWords * a->entries[i].slot + kHits]);
     if (!a->has_returns) return kDispatchDone;
-    ReturnInstance *inst = &rec->returns[rec->return_top];
-    init_sessions(rec, a, inst);
-    push_instance(rec, inst, slot, ip, probe, landing_counted);
+    ReturnInstance *inst = &t_returns.returns[t_returns.return_top];
+    init_sessions(a, inst);
+    push_instance(inst, slot, ip, probe, landing_counted);
     return kDispatchReturnCounted;
   });
 }
@@ -312,11 +330,12 @@ inline uint64_t &word_at(char *home, uint32_t offset) {
 // else. Its handler section only counts, as entry_counters'.
 inline int entry_timer(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
                        uint64_t landing_counted) {
-  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section<false>(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
-    if (!a || !a->timer_only || rec->return_top >= rec->return_depth) return kDispatchFull;
+    if (!a || !a->timer_only || t_returns.return_top >= t_returns.return_depth)
+      return kDispatchFull;
     const ExternalCounter &timer = a->entries[0].external;
     // The home's memory stays while the array is published: its owner detaches before it unmaps.
     char *home = timer_home(timer.tag, t_counter_path.base);  // a section that leaves it on
@@ -324,16 +343,16 @@ inline int entry_timer(ThreadRecord *rec, const Probe *probe, const uint64_t *sl
     bump(word_at(home, timer.offset));
     // init_sessions for the array's one session, written straight: its words zero as an entry
     // handler finds them, but the time.
-    ReturnInstance *inst = &rec->returns[rec->return_top];
+    ReturnInstance *inst = &t_returns.returns[t_returns.return_top];
     inst->array_id = a->id;
-    inst->stack_key = rec->stack_key;
+    inst->stack_key = t_returns.stack_key;
     inst->sessions = 1;
     ReturnSession &session = inst->session[0];
     session.slot = a->entries[0].slot;
     session.skip = 0;
     for (uint32_t i = 1; i < USPROBE_SESSION_WORDS; ++i) session.data[i] = 0;
     session.data[0] = arch::timestamp();  // last: the engine's own work is not the call's
-    push_instance(rec, inst, slot, ip, probe, landing_counted);
+    push_instance(inst, slot, ip, probe, landing_counted);
     return kDispatchReturnCounted;
   });
 }
@@ -366,10 +385,10 @@ inline bool time_return(const ConsumerArray *a, const ReturnInstance &inst, uint
 // written out as it is: one helper for both, taking the section as a lambda, cost their returns 4
 // to 17 more instructions (callgrind).
 inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
-  const uint32_t top = rec->return_top;
+  const uint32_t top = t_returns.return_top;
   if (__builtin_expect(top == 0, 0)) return 0;
-  ReturnInstance &inst = rec->returns[top - 1];
-  if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+  ReturnInstance &inst = t_returns.returns[top - 1];
+  if (__builtin_expect(inst.sp != slot || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return 0;
   const bool counted = handler_section<false>(rec, [&] {
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
@@ -379,7 +398,7 @@ inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
   if (!counted) return 0;
   const uint64_t original = inst.return_address;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->return_top = top - 1;
+  t_returns.return_top = top - 1;
   return original;
 }
 
@@ -393,10 +412,10 @@ inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
 template <bool kHandlers>
 inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *regs = nullptr,
                                 const void *vectors = nullptr) {
-  const uint32_t top = rec->return_top;
+  const uint32_t top = t_returns.return_top;
   if (__builtin_expect(top == 0, 0)) return 0;
-  ReturnInstance &inst = rec->returns[top - 1];
-  if (__builtin_expect(inst.sp != slot || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+  ReturnInstance &inst = t_returns.returns[top - 1];
+  if (__builtin_expect(inst.sp != slot || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return 0;
   const uint64_t base = t_counter_path.base;  // before the section turns the counter path off
   const bool counted = handler_section<kHandlers>(rec, [&] {
@@ -427,7 +446,7 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
   if (!counted) return 0;
   const uint64_t original = inst.return_address;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->return_top = top - 1;
+  t_returns.return_top = top - 1;
   return original;
 }
 
@@ -440,19 +459,20 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
 inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const uint64_t *slot, uint64_t ip,
                           const Probe *probe, int vector_saved, uint64_t landing,
                           uint64_t landing_counted) {
-  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
     if (!a || !a->simple_handlers || (!vector_saved && a->wants_vector_state) ||
-        (!regs && !a->fast_callbacks) || (a->has_returns && rec->return_top >= rec->return_depth))
+        (!regs && !a->fast_callbacks) ||
+        (a->has_returns && t_returns.return_top >= t_returns.return_depth))
       return kDispatchFull;
     for (uint32_t i = 0; i < a->count; ++i)
       bump(rec->counters[kCounterWords * a->entries[i].slot + kHits]);
     ReturnInstance *inst = nullptr;
     if (a->has_returns) {
-      inst = &rec->returns[rec->return_top];
-      init_sessions(rec, a, inst);
+      inst = &t_returns.returns[t_returns.return_top];
+      init_sessions(a, inst);
     }
     if (a->entry_handler != ConsumerArray::kNoHandler) {
       const ConsumerEntry &c = a->entries[a->entry_handler];
@@ -462,7 +482,7 @@ inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const uint64_t *s
       if (a->entry_session && inst->session[0].skip) return kDispatchDone;  // declined the return
     }
     if (!inst) return kDispatchDone;
-    push_instance(rec, inst, slot, ip, probe, full_return(a) ? landing : landing_counted);
+    push_instance(inst, slot, ip, probe, full_return(a) ? landing : landing_counted);
     return full_return(a) ? kDispatchReturnProbe : kDispatchReturnCounted;
   });
 }
@@ -483,7 +503,7 @@ __attribute__((noinline)) int handlers_path(ThreadRecord *rec, arch::Regs *regs,
 // for anything else.
 inline int entry_callback(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
                           int vector_saved) {
-  if (__builtin_expect(rec == nullptr || rec->depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
@@ -596,9 +616,9 @@ __attribute__((noinline)) uint64_t timed_return_path(ThreadRecord *rec, uint64_t
 extern "C" uint64_t usprobe_return_fast(uint64_t slot) {
   ThreadRecord *rec = t_record;
   // The newest instance's probe says (a stale hint costs the full return code).
-  if (const uint32_t top = rec->return_top; top != 0)
+  if (const uint32_t top = t_returns.return_top; top != 0)
     if (const uint8_t fast =
-            rec->returns[top - 1].probe->fast_return_handlers.load(std::memory_order_relaxed);
+            t_returns.returns[top - 1].probe->fast_return_handlers.load(std::memory_order_relaxed);
         __builtin_expect(fast != 0, 0))
       return fast == Probe::kTimedHandlers ? timed_return_path(rec, slot)
                                            : fast_return_path(rec, slot);
@@ -611,7 +631,7 @@ namespace {
 // consumers attached or detached since the entry, return handlers.
 __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs *regs,
                                                   const void *vectors, uint64_t sp) {
-  const int last = find_instance(rec, rec->return_top, sp);
+  const int last = find_instance(t_returns.return_top, sp);
   if (__builtin_expect(last < 0, 0)) {
     // No instance for this return: the stack was corrupted, or lost it (README, caveats). There
     // is no address to go back to.
@@ -620,9 +640,10 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
     os::raw_write(2, kMessage, sizeof kMessage - 1);
     __builtin_trap();
   }
-  ReturnInstance &returning = rec->returns[last];
+  ReturnInstance &returning = t_returns.returns[last];
+  complete(returning, rec->counters);
   const uint64_t original = returning.return_address;
-  if (rec->depth.load(std::memory_order_relaxed) == 0) {
+  if (t_returns.depth.load(std::memory_order_relaxed) == 0) {
     const bool need_vector = handler_section(rec, [&] {
       const ConsumerArray *a = returning.probe->consumers.load(std::memory_order_acquire);
       if (!a) return false;
@@ -639,16 +660,16 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
   // longjmp: dropped. Newer ones above it belong to another stack (a signal handler's on a
   // sigaltstack), as do those of another stack key (a suspended coroutine's), and stay.
   uint32_t kept = static_cast<uint32_t>(last);
-  for (uint32_t i = static_cast<uint32_t>(last) + 1; i < rec->return_top; ++i) {
-    const ReturnInstance &inst = rec->returns[i];
-    if (inst.stack_key == rec->stack_key && inst.sp < sp) {
+  for (uint32_t i = static_cast<uint32_t>(last) + 1; i < t_returns.return_top; ++i) {
+    ReturnInstance &inst = t_returns.returns[i];
+    if (inst.stack_key == t_returns.stack_key && inst.sp < sp) {
       drop(rec->counters, inst);
     } else {
-      rec->returns[kept++] = inst;
+      t_returns.returns[kept++] = inst;
     }
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  rec->return_top = kept;
+  t_returns.return_top = kept;
   return original;
 }
 

@@ -67,11 +67,15 @@ struct ConsumerEntry {
   ExternalCounter external;   // used: its entry hits count outside the engine
 };
 
+// ConsumerArray::id's first value: above any address (core/return_stack.h, ReturnInstance).
+constexpr uint64_t kFirstConsumerArrayId = uint64_t{1} << 63;
+
 // Immutable once published; replaced whole, old copies freed after a grace period.
 struct ConsumerArray {
   // Unique for the life of the process (arrays are never reused under the same id): a return
   // instance keeps the id of the array its entry saw, and its return, finding the same id, knows
-  // every session's consumer is still attached without searching the array.
+  // every session's consumer is still attached without searching the array. From
+  // kFirstConsumerArrayId on: an instance that a return path wrote keeps a sum below it instead.
   uint64_t id = 0;
   uint32_t count = 0;
   // The return instance's sessions as begin_return sets them up: one per return probe (the first

@@ -31,14 +31,21 @@ bool outside(uint64_t pc, void *arg) {
   return !in(pc, *static_cast<Round *>(arg)->code);
 }
 
-// Point 1. The records' return stacks are written by their owners only; a stale read can only
-// show an instance that is gone (the caller waits for nothing), never hide one pushed before the
-// grace period (the grace period's barriers order it before this read).
+// Point 1. Return stacks are written by their owners only, in their TLS (ThreadReturns), read
+// here by a copy that fails safely where the owner has just exited. A stale read can only show an
+// instance that is gone (the caller waits for nothing), never hide one pushed before the grace
+// period (the grace period's barriers order it before this read).
 bool return_stacks_clear(const std::vector<Range> &code, const std::vector<const Probe *> &probes) {
   for (ThreadRecord *r = all_records(); r; r = r->next) {
     const pid_t tid = r->tid.load(std::memory_order_acquire);
     if (tid == 0 || os::thread_exited(tid)) continue;
-    const uint32_t top = std::atomic_ref<uint32_t>(r->return_top).load(std::memory_order_relaxed);
+    const ThreadReturns *owner = r->owner_returns.load(std::memory_order_acquire);
+    if (!owner) continue;
+    const std::vector<uint8_t> top_bytes =
+        os::read_memory(reinterpret_cast<uint64_t>(&owner->return_top), sizeof(uint32_t));
+    if (top_bytes.size() != sizeof(uint32_t)) continue;  // the owner is gone
+    uint32_t top;
+    std::memcpy(&top, top_bytes.data(), sizeof top);
     for (uint32_t i = 0; i < top && i < r->return_depth; ++i) {
       const ReturnInstance &inst = r->returns[i];
       const uint64_t landing =

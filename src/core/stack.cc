@@ -52,8 +52,8 @@ Pending pending_returns() {
 uint64_t original_return(const void *ctx, uint64_t slot, uint64_t value) {
   const auto *p = static_cast<const Pending *>(ctx);
   if (p->rec)
-    for (uint32_t i = p->rec->return_top; i-- > 0;) {
-      const ReturnInstance &inst = p->rec->returns[i];
+    for (uint32_t i = t_returns.return_top; i-- > 0;) {
+      const ReturnInstance &inst = t_returns.returns[i];
       if (inst.sp == slot && value == inst.landing) value = inst.return_address;
     }
   return value;

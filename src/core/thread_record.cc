@@ -13,6 +13,7 @@ namespace usprobe {
 
 constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
 constinit thread_local CounterPathState t_counter_path __attribute__((tls_model("initial-exec")));
+constinit thread_local ThreadReturns t_returns __attribute__((tls_model("initial-exec")));
 std::atomic<uint32_t> g_return_depth{kDefaultReturnDepth};
 
 namespace {
@@ -21,6 +22,12 @@ std::atomic<bool> g_counters_external{false};
 
 // The thread's record is set: the counter path may count into its counters (thread_record.h).
 ThreadRecord *adopt(ThreadRecord *r) {
+  ThreadReturns &rs = t_returns;
+  rs.return_top = 0;  // a dead owner's pending returns will never come
+  rs.stack_key = 0;
+  rs.returns = r->returns;
+  rs.return_depth = r->return_depth;
+  r->owner_returns.store(&rs, std::memory_order_release);
   t_record = r;
   if (!g_counters_external.load(std::memory_order_relaxed))
     set_counter_home(reinterpret_cast<uint64_t>(r->counters));
@@ -98,8 +105,6 @@ ThreadRecord *register_current_thread() {
     pid_t expected = 0;
     if (r->tid.load(std::memory_order_relaxed) == 0 &&
         r->tid.compare_exchange_strong(expected, self, std::memory_order_acquire)) {
-      r->return_top = 0;  // the dead owner's pending returns will never come
-      r->stack_key = 0;
       return adopt(r);
     }
   }

@@ -25,35 +25,51 @@ constexpr uint32_t kMaxConsumerSlots = 1u << 20;
 constexpr uint32_t kCounterWords = 4, kHits = 0, kMissed = 1, kReturns = 2;
 
 struct ReturnInstance;  // core/return_stack.h
+struct ThreadReturns;
 
-constexpr uint32_t kDepthInternal = 2;  // ThreadRecord::depth
+constexpr uint32_t kDepthInternal = 2;  // ThreadReturns::depth
 
 struct alignas(64) ThreadRecord {
   // core/rcu.h: 0 when quiescent, else (epoch << 8) | nesting. Written only by the owner thread
   // (including its signal handlers), read by grace-period waiters.
   std::atomic<uint64_t> rcu_word{0};
-  // Pending return probes, a stack of return_depth instances (core/return_stack.h); entries
-  // [0, return_top) are live. Owner only; a record reused by a new thread starts empty.
-  // return_top and depth are one 64-bit word, depth the high half, and return_depth one too: the
-  // return counter path (arch/x86_64/trampoline.cc) tells "outside handlers, with room" by one
-  // compare, word < return_depth.
-  uint32_t return_top = 0;
-  // Dispatch depth of this thread: nonzero while a handler of this thread runs. Owner only.
-  // kDepthInternal while usprobe's own work runs in a handler (following the dynamic linker): hits
-  // there are not the program's, and are neither counted nor missed.
-  std::atomic<uint32_t> depth{0};
   // Thread id of the owner; 0 when the record is free. Set by the owner with a CAS from 0.
   std::atomic<pid_t> tid{0};
   // counters[kCounterWords * slot + kHits, kMissed, kReturns]. Written by the owner only
   // (relaxed load + relaxed store, no read-modify-write); summed by others with relaxed loads.
   uint64_t *counters = nullptr;
+  // The memory of the owner's return stack (ThreadReturns), return_depth instances, kept with the
+  // record for the next thread that takes it.
   ReturnInstance *returns = nullptr;
   uint64_t return_depth = 0;
-  // Which stack the thread runs on (return_stack.h, "Stacks"): 0 for its own, else the address of
-  // the ucontext_t it last switched to. Owner only.
-  uint64_t stack_key = 0;
+  // The owner's ThreadReturns, in its TLS: for retire.cc, which reads another thread's return
+  // stack by a copy that fails safely once the thread is gone.
+  std::atomic<const ThreadReturns *> owner_returns{nullptr};
   ThreadRecord *next = nullptr;  // the list of all records; immutable once published
 };
+
+// This thread's return stack and dispatch depth, one initial-exec TLS block: the return paths
+// (arch/x86_64/trampoline.cc) reach every field at its %fs-relative offset, with no register
+// holding the record. Owner only (its signal handlers included): nothing else reads it. A thread
+// that takes a record starts with an empty stack over the record's memory
+// (register_current_thread).
+struct ThreadReturns {
+  // Pending return probes, a stack of return_depth instances (core/return_stack.h); entries
+  // [0, return_top) are live.
+  // return_top and depth are one 64-bit word, depth the high half, and return_depth one too: the
+  // return paths tell "outside handlers, with room" by one compare, word < return_depth.
+  uint32_t return_top = 0;
+  // Dispatch depth of this thread: nonzero while a handler of this thread runs.
+  // kDepthInternal while usprobe's own work runs in a handler (following the dynamic linker): hits
+  // there are not the program's, and are neither counted nor missed.
+  std::atomic<uint32_t> depth{0};
+  uint64_t return_depth = 0;
+  ReturnInstance *returns = nullptr;
+  // Which stack the thread runs on (return_stack.h, "Stacks"): 0 for its own, else the address of
+  // the ucontext_t it last switched to.
+  uint64_t stack_key = 0;
+};
+extern constinit thread_local ThreadReturns t_returns __attribute__((tls_model("initial-exec")));
 
 // Initial-exec TLS: one %fs-relative load on the hit path, never __tls_get_addr.
 // constinit: no dynamic initialisation, so no TLS wrapper call on the hit path.

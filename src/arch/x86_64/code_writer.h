@@ -262,19 +262,30 @@ class CodeWriter {
     put_modrm_mem(0x80, RDI, base, disp, false);  // 80 /7
     put_u8(static_cast<uint8_t>(imm));
   }
-  // add %fs:disp32,%dst: a word at a fixed distance from the thread pointer (initial-exec TLS)
-  void put_add_reg_fs_abs(Reg dst, int32_t disp) {
+  // op with a memory operand at %fs:disp32, a word at a fixed distance from the thread pointer
+  // (initial-exec TLS); `reg` is the ModRM reg field (a register or an opcode extension).
+  void put_op_fs_abs(uint8_t opcode, Reg reg, int32_t disp, bool wide = true) {
     put_u8(0x64);  // %fs
-    put_u8(0x48 | (dst >= R8 ? 4 : 0)), put_u8(0x03);
-    put_u8(0x04 | ((dst & 7) << 3)), put_u8(0x25);  // SIB: no base, no index: disp32 alone
+    if (wide || reg >= R8) put_u8((wide ? 0x48 : 0x40) | (reg >= R8 ? 4 : 0));
+    put_u8(opcode);
+    put_u8(0x04 | ((reg & 7) << 3)), put_u8(0x25);  // SIB: no base, no index: disp32 alone
     put_u32(static_cast<uint32_t>(disp));
   }
-  // mov %fs:disp32,%dst (64-bit)
-  void put_mov_reg_fs_abs(Reg dst, int32_t disp) {
-    put_u8(0x64);
-    put_u8(0x48 | (dst >= R8 ? 4 : 0)), put_u8(0x8B);
-    put_u8(0x04 | ((dst & 7) << 3)), put_u8(0x25);
-    put_u32(static_cast<uint32_t>(disp));
+  // add %fs:disp32,%dst
+  void put_add_reg_fs_abs(Reg dst, int32_t disp) { put_op_fs_abs(0x03, dst, disp); }
+  // mov %fs:disp32,%dst; mov %src,%fs:disp32; cmp %fs:disp32,%reg (64-bit);
+  // movl $imm32,%fs:disp32
+  void put_mov_reg_fs_abs(Reg dst, int32_t disp) { put_op_fs_abs(0x8B, dst, disp); }
+  void put_mov_fs_abs_reg(int32_t disp, Reg src) { put_op_fs_abs(0x89, src, disp); }
+  void put_cmp_reg_fs_abs(Reg r, int32_t disp) { put_op_fs_abs(0x3B, r, disp); }
+  void put_movl_fs_abs_imm32(int32_t disp, uint32_t imm) {
+    put_op_fs_abs(0xC7, RAX, disp, false);  // C7 /0
+    put_u32(imm);
+  }
+  // A quadword of data (never executed), noted as a 64-bit immediate when recording.
+  void put_data_u64(uint64_t v) {
+    if (record_) record_->imm64.push_back(static_cast<uint32_t>(size()));
+    put_u64(v);
   }
   // lea label(%rip),%dst
   void put_lea_reg_rip(Reg dst, Label &l) {

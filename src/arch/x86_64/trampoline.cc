@@ -300,132 +300,135 @@ void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offs
   w.put_jmp(window);
 }
 
-// %fs-relative offset of t_record (core/thread_record.h), as counter_base_offset's.
-std::optional<int32_t> record_offset() {
+// %fs-relative offsets of t_record and t_returns (core/thread_record.h), as counter_base_offset's.
+std::optional<int32_t> tls_offset(const void *p) {
   uint64_t tp;
   asm("mov %%fs:0,%0" : "=r"(tp));
-  const int64_t off = static_cast<int64_t>(reinterpret_cast<uint64_t>(&t_record) - tp);
+  const int64_t off = static_cast<int64_t>(reinterpret_cast<uint64_t>(p) - tp);
   if (off < INT32_MIN || off > INT32_MAX) return std::nullopt;
   return static_cast<int32_t>(off);
 }
+std::optional<int32_t> record_offset() {
+  return tls_offset(&t_record);
+}
+std::optional<int32_t> returns_offset() {
+  return tls_offset(&t_returns);
+}
 
-constexpr int32_t kRecordDepth = offsetof(ThreadRecord, depth);
+// Fields of ThreadReturns, from t_returns.
+constexpr int32_t kDepth = offsetof(ThreadReturns, depth);
 // return_top and depth, one word (thread_record.h): below return_depth outside handlers with room.
-constexpr int32_t kRecordTopAndDepth = offsetof(ThreadRecord, return_top);
-static_assert(offsetof(ThreadRecord, depth) == offsetof(ThreadRecord, return_top) + 4 &&
-              sizeof(ThreadRecord::return_depth) == 8);
-constexpr int32_t kRecordInstances = offsetof(ThreadRecord, returns);
-constexpr int32_t kRecordReturnDepth = offsetof(ThreadRecord, return_depth);
-constexpr int32_t kRecordStackKey = offsetof(ThreadRecord, stack_key);
-constexpr int32_t kRecordCounters = offsetof(ThreadRecord, counters);
+constexpr int32_t kTopAndDepth = offsetof(ThreadReturns, return_top);
+static_assert(offsetof(ThreadReturns, depth) == offsetof(ThreadReturns, return_top) + 4 &&
+              sizeof(ThreadReturns::return_depth) == 8);
+constexpr int32_t kInstances = offsetof(ThreadReturns, returns);
+constexpr int32_t kReturnDepth = offsetof(ThreadReturns, return_depth);
+constexpr int32_t kStackKey = offsetof(ThreadReturns, stack_key);
 static_assert(sizeof(ReturnInstance) < INT32_MAX);
 
-// The return counter path, after the counter path in a function-entry trampoline, for a probe
-// whose only consumer is one built-in counter that is a return probe (Probe::return_word). What
-// entry_counters and return_counters (core/dispatch.cc) do for it, calling nothing, with four
-// registers kept below %rsp (the counter path's %r11 first) where nothing lives at a function's
-// entry, nor at a return:
+// A landing of the return counter path is followed, at this distance, by its site's address
+// (landing_entry_ip): an instance that path wrote keeps no entry_ip of its own.
+constexpr int32_t kLandingEntryIp = 16;
+
+// The return counter path, first in a function-entry trampoline whose probe was made for it
+// (Probe::return_path), for a probe whose only consumer is one built-in counter that is a return
+// probe (Probe::return_word). What entry_counters and return_counters (core/dispatch.cc) do for
+// it, calling nothing, with %r11, %rcx and %rdx kept below %rsp, where nothing lives at a
+// function's entry, nor at a return. The thread's return stack is its t_returns (ThreadReturns),
+// reached at %fs-relative offsets:
 //
-//   full:                                     (the counter path's word is 0: %r11 is free)
-//     if (!(probe->return_word + base carries)) goto fast   no such consumer, or no home here
-//     save %rax %rcx %rdx; %rax = t_record       a home is set: the thread has a record
-//     if (rec->depth || rec->return_top >= rec->return_depth) goto restore    one compare
-//     rec->depth = 1                             the recursion guard, as handler_section's: a
-//                                                signal handler's hits meanwhile count as missed
-//   entry window:
-//     %r11 = probe->return_word; if (!(%r11 + base carries)) goto unguard
-//     incq hits                                  (the counter word's counter)
-//     inst = &rec->returns[top]: return_address, sp, entry_ip, probe, array_id = %r11,
-//       stack_key, sessions = 1, landing, session[0] = {slot, not skipped}
-//     ++rec->return_top, rec->depth = 0          one store (the word's)
-//     restore; lea 8(%rsp),%rsp; call window     as the other returns taken (emit_epilogue)
+//     mov %r11,-8(%rsp)                     (written by the caller)
+//   window 0:
+//     %r11 = probe->return_word + base; if no carry goto fast   no such consumer, or no home here
+//     save %rcx %rdx
+//     %rcx = t_returns.return_top|depth                restart: stub A
+//     if (%rcx >= t_returns.return_depth) goto restore inside a handler, or no room: one compare
+//     t_returns.depth = 1                              the recursion guard, as handler_section's:
+//                                                      a signal handler's hits count as missed
+//     incq kCounterBias(%r11)                          restart: stub B; the slot's hits
+//   (end of window 0)
+//     inst = &t_returns.returns[top]: array_id = %r11 (the sum: never a ConsumerArray's id),
+//       return_address, sp, stack_key, landing, probe (sessions, entry_ip: core/dispatch.cc
+//       completes them from array_id and the landing where it needs them)
+//     t_returns.return_top|depth = top + 1             one store (the word's), the guard off
+//     restore; lea 8(%rsp),%rsp; call window           as the other returns taken (emit_epilogue)
 //   landing:                                   the function returned: %rax, %rdx hold its result
 //     jmp return_code.counter_return             shared (emit_counter_return):
-//       save %rcx %rsi %rdi %r11; %rcx = t_record
-//       if (rec->depth || !rec->return_top) goto back                         one compare
-//       inst = &rec->returns[top - 1]; if (inst->sp != %rsp - 8) goto back   not this call's
-//       rec->depth = 1
+//       lea -8(%rsp),%rsp; save %rsi %rdi %r11 below it
+//       if (t_returns.return_top|depth - 1 >= return_depth) goto back      one compare
+//       inst = &returns[top - 1]; if (inst->sp != %rsp) goto back          not this call's
+//       t_returns.depth = 1
 //     return window:
-//       if (inst->probe->return_word != inst->array_id) goto unguard   detached since the entry
-//       incq returns (rec->counters + word)
-//       the original return address into its slot; --rec->return_top, rec->depth = 0 (one store)
-//       restore; lea -8(%rsp),%rsp; ret          predicted: the caller's own return
-//     back: restore; jmp return_code.counted     the C++ return path does the rest
+//       if (inst->probe->return_word + base != inst->array_id) goto unguard  detached since
+//       incq returns (of the sum)
+//       the original return address into (%rsp); t_returns.return_top|depth = top - 1 (one store)
+//       restore; ret                             predicted: the caller's own return
+//     back: restore; lea 8(%rsp),%rsp; jmp return_code.counted   the C++ return path does the rest
+//   .quad site                                 at landing + kLandingEntryIp
+//   window 1 (stubs A and B: where a thread stopped in window 0 after its saves restarts when the
+//   word's slot goes):
+//     A: %r11 = probe->return_word + base; if no carry goto restore; jmp (the return_top load)
+//     B: %r11 = probe->return_word + base; if no carry goto unguard; jmp (the incq)
 //
-// With the timer's path (Probe::return_path), the word is the timer's, the session the timer
-// consumer's slot, the entry ends keeping rdtsc in the session, and the landing jumps to
-// return_code.timer_return (emit_timer_return).
-//
-// A thread stopped in a window when the word's slot goes restarts at its load (plan's windows).
+// With the timer's path (Probe::return_path), the word is the timer's, %rax is saved too, the
+// instance gets its session (the timer consumer's slot) and entry_ip, the entry ends keeping rdtsc
+// in the session, and the landing jumps to return_code.timer_return (emit_timer_return).
 void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset,
-                              int32_t record, uint64_t site, const ReturnCode &return_code,
+                              int32_t returns, uint64_t site, const ReturnCode &return_code,
                               SitePlan &plan, x86::Label &window) {
   using namespace x86;
-  Label restore, unguard, landing, fast;
+  Label restore, unguard, landing, fast, check, inc, stub_a, stub_b;
   const auto bias = static_cast<int32_t>(kCounterBias);
   const bool timer = probe->return_path == Probe::kReturnTimerPath;
   const auto word = reinterpret_cast<uint64_t>(timer ? &probe->timer_word : &probe->return_word);
-  w.put_mov_reg_imm64(R11, word);
-  w.put_mov_reg_mem(R11, R11, 0);
-  w.put_add_reg_fs_abs(R11, base_offset);
-  w.put_jcc(kAboveOrEqual, fast);
-  w.put_mov_mem_reg(RSP, -16, RAX);
-  w.put_mov_mem_reg(RSP, -24, RCX);
-  w.put_mov_mem_reg(RSP, -32, RDX);
-  w.put_mov_reg_fs_abs(RAX, record);
-  w.put_mov_reg_mem(RCX, RAX, kRecordTopAndDepth);
-  w.put_cmp_reg_mem(RCX, RAX, kRecordReturnDepth);
-  w.put_jcc(kAboveOrEqual, restore);  // inside a handler, or no room; else %rcx = return_top
-  w.put_movl_mem_imm32(RAX, kRecordDepth, 1);
-  {
-    CounterWindowWriter cw(w, plan.counter_windows[1]);
-    cw.next();
-    w.put_mov_reg_imm64(R11, word);
-    cw.next();
-    w.put_mov_reg_mem(R11, R11, 0);
-    cw.next();
-    w.put_mov_reg_fs_abs(RDX, base_offset);
-    cw.next();
-    w.put_add_reg_reg(RDX, R11);
-    cw.next();
-    w.put_jcc(kAboveOrEqual, unguard);
-    cw.next();
-    w.put_incq_mem(RDX, bias);
-    cw.end();
-  }
+  // Window 0's instructions: (offset from its start, restart 0 / stub A / stub B).
+  enum Restart : uint8_t { kStart, kStubA, kStubB };
+  const uint64_t start = w.pc();
+  std::vector<std::pair<uint32_t, Restart>> marks;
+  auto mark = [&](Restart r) { marks.emplace_back(static_cast<uint32_t>(w.pc() - start), r); };
+  constexpr int32_t kRcx = -16, kRdx = -24, kRax = -32;
+  mark(kStart), w.put_mov_reg_imm64(R11, word);
+  mark(kStart), w.put_mov_reg_mem(R11, R11, 0);
+  mark(kStart), w.put_add_reg_fs_abs(R11, base_offset);
+  mark(kStart), w.put_jcc(kAboveOrEqual, fast);
+  mark(kStart), w.put_mov_mem_reg(RSP, kRcx, RCX);
+  mark(kStart), w.put_mov_mem_reg(RSP, kRdx, RDX);
+  if (timer) mark(kStart), w.put_mov_mem_reg(RSP, kRax, RAX);
+  w.bind(check);
+  mark(kStubA), w.put_mov_reg_fs_abs(RCX, returns + kTopAndDepth);
+  mark(kStubA), w.put_cmp_reg_fs_abs(RCX, returns + kReturnDepth);
+  mark(kStubA), w.put_jcc(kAboveOrEqual, restore);  // inside a handler, or no room
+  mark(kStubA), w.put_movl_fs_abs_imm32(returns + kDepth, 1);
+  w.bind(inc);
+  mark(kStubB), w.put_incq_mem(R11, bias);
+  const auto length = static_cast<uint32_t>(w.pc() - start);
   // The instance (%rdx), complete before return_top counts it: a signal handler's readers see it
   // whole.
   w.put_imul_reg_reg_imm32(RDX, RCX, static_cast<int32_t>(sizeof(ReturnInstance)));
-  w.put_add_reg_mem(RDX, RAX, kRecordInstances);
+  w.put_add_reg_fs_abs(RDX, returns + kInstances);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, array_id), R11);
-  static_assert(offsetof(ReturnSession, skip) == offsetof(ReturnSession, slot) + 4);
-  constexpr int32_t kSession = offsetof(ReturnInstance, session) + offsetof(ReturnSession, slot);
-  if (!timer) {
-    w.put_add_reg_imm32(R11, bias);  // the slot's hits offset: kCounterWords words a slot
-    static_assert(kHits == 0 && sizeof(uint64_t) * kCounterWords == 32);
-    w.put_shr_reg_imm8(R11, 5);
-    w.put_mov_mem_reg(RDX, kSession, R11);
-  }
   w.put_mov_reg_mem(R11, RSP, 0);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, return_address), R11);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, sp), RSP);
-  w.put_mov_reg_mem(R11, RAX, kRecordStackKey);
+  w.put_mov_reg_fs_abs(R11, returns + kStackKey);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, stack_key), R11);
   w.put_lea_reg_rip(R11, landing);
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, landing), R11);
   w.put_mov_reg_imm64(R11, reinterpret_cast<uint64_t>(probe));
   w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, probe), R11);
-  if (timer) {  // the consumer's slot, the word's field
+  if (timer) {  // the consumer's slot, the word's field; the site
+    static_assert(offsetof(ReturnSession, skip) == offsetof(ReturnSession, slot) + 4);
+    constexpr int32_t kSession = offsetof(ReturnInstance, session) + offsetof(ReturnSession, slot);
     w.put_mov_reg_mem(R11, R11, offsetof(Probe, timer_session));
     w.put_mov_mem_reg(RDX, kSession, R11);
+    w.put_movl_mem_imm32(RDX, offsetof(ReturnInstance, sessions), 1);
+    w.put_mov_reg_imm64(R11, site);
+    w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, entry_ip), R11);
   }
-  w.put_mov_reg_imm64(R11, site);
-  w.put_mov_mem_reg(RDX, offsetof(ReturnInstance, entry_ip), R11);
-  w.put_movl_mem_imm32(RDX, offsetof(ReturnInstance, sessions), 1);
   // return_top + 1 and depth 0 in one store: the next 64-bit load of the word (this call's return,
   // the next entry) is then forwarded from it, where two 32-bit stores would stall it.
   w.put_add_reg_imm32(RCX, 1);
-  w.put_mov_mem_reg(RAX, kRecordTopAndDepth, RCX);
+  w.put_mov_fs_abs_reg(returns + kTopAndDepth, RCX);
   if (timer) {
     // The time, last: the engine's own work is not the call's. In session word 0, where
     // time_return (core/dispatch.cc) and the timer's return handler read it.
@@ -434,24 +437,51 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
     w.put_shl_reg_imm8(RDX, 32);
     w.put_or_reg_reg(RAX, RDX);
     w.put_mov_mem_reg(RCX, offsetof(ReturnInstance, session) + offsetof(ReturnSession, data), RAX);
+    w.put_mov_reg_mem(RAX, RSP, kRax);
   }
-  w.put_mov_reg_mem(RAX, RSP, -16);
-  w.put_mov_reg_mem(RCX, RSP, -24);
-  w.put_mov_reg_mem(RDX, RSP, -32);
+  w.put_mov_reg_mem(RCX, RSP, kRcx);
+  w.put_mov_reg_mem(RDX, RSP, kRdx);
   w.put_mov_reg_mem(R11, RSP, -8);
   w.put_lea_rsp_rsp(8);  // the original return address: the instance keeps it
   w.put_call(window);
 
-  // The return: the shared return code (return_code_made) counts it.
+  // The return: the shared return code (return_code_made) counts it. The site follows at
+  // kLandingEntryIp, after the jump (14 bytes at most) and int3 padding.
   w.bind(landing);
+  const uint64_t landed = w.pc();
   w.put_jmp(timer ? return_code.timer_return : return_code.counter_return);
+  while (w.pc() < landed + kLandingEntryIp) w.put_u8(0xCC);
+  w.put_data_u64(site);
+
+  // Window 1: the stubs, each restarting at its own start.
+  const uint64_t stubs = w.pc();
+  std::vector<std::pair<uint32_t, uint32_t>> stub_map;
+  auto stub_mark = [&](uint64_t restart) {
+    stub_map.emplace_back(static_cast<uint32_t>(w.pc() - stubs),
+                          static_cast<uint32_t>(restart - stubs));
+  };
+  uint64_t stub_at[2];
+  for (Label *stub : {&stub_a, &stub_b}) {
+    w.bind(*stub);
+    const uint64_t at = stub_at[stub == &stub_b] = w.pc();
+    stub_mark(at), w.put_mov_reg_imm64(R11, word);
+    stub_mark(at), w.put_mov_reg_mem(R11, R11, 0);
+    stub_mark(at), w.put_add_reg_fs_abs(R11, base_offset);
+    stub_mark(at), w.put_jcc(kAboveOrEqual, stub == &stub_a ? restore : unguard);
+    stub_mark(at), w.put_jmp(stub == &stub_a ? check : inc);
+  }
+  plan.counter_windows[1] = {stubs, static_cast<uint32_t>(w.pc() - stubs), kept_map(stub_map)};
+  std::vector<std::pair<uint32_t, uint32_t>> map;
+  for (const auto &[off, r] : marks)
+    map.emplace_back(off, r == kStart ? 0 : static_cast<uint32_t>(stub_at[r == kStubB] - start));
+  plan.counter_windows[0] = {start, length, kept_map(map)};
 
   w.bind(unguard);
-  w.put_movl_mem_imm32(RAX, kRecordDepth, 0);
+  w.put_movl_fs_abs_imm32(returns + kDepth, 0);
   w.bind(restore);
-  w.put_mov_reg_mem(RAX, RSP, -16);
-  w.put_mov_reg_mem(RCX, RSP, -24);
-  w.put_mov_reg_mem(RDX, RSP, -32);
+  w.put_mov_reg_mem(RCX, RSP, kRcx);
+  w.put_mov_reg_mem(RDX, RSP, kRdx);
+  if (timer) w.put_mov_reg_mem(RAX, RSP, kRax);
   w.bind(fast);
   w.put_mov_reg_mem(R11, RSP, -8);
 }
@@ -484,16 +514,20 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
   Landings landings;
   x86::Label full, tail;
   static const std::optional<int32_t> base_offset = counter_base_offset();
-  static const std::optional<int32_t> record = record_offset();
-  if (entry && base_offset && record) {
-    x86::Label not_counted;
-    emit_counter_path(w, probe, *base_offset, plan, window, not_counted);
-    w.bind(not_counted);
+  static const std::optional<int32_t> returns = returns_offset();
+  if (entry && base_offset && returns) {
+    // A probe made for a return path has it instead of the counter path: its consumers are return
+    // probes (a later entry-only counter goes through dispatch).
     if (probe->return_path != Probe::kNoReturnPath && return_code.counter_return &&
-        return_code.timer_return)
-      emit_return_counter_path(w, probe, *base_offset, *record, site, return_code, plan, window);
-    else
+        return_code.timer_return) {
+      w.put_mov_mem_reg(x86::RSP, -8, x86::R11);
+      emit_return_counter_path(w, probe, *base_offset, *returns, site, return_code, plan, window);
+    } else {
+      x86::Label not_counted;
+      emit_counter_path(w, probe, *base_offset, plan, window, not_counted);
+      w.bind(not_counted);
       w.put_mov_reg_mem(x86::R11, x86::RSP, -8);
+    }
   }
   if (entry) {
     // Flags are dead at a function entry (usprobe_hit_flags says so): their slot is only made
@@ -1126,46 +1160,45 @@ namespace {
 
 CounterWindow g_counter_return_window;  // written once, before any return probe is published
 
-// The start of a return path's shared return: %rcx = t_record; where the thread is outside any
-// handler and the newest instance of its return stack is this call's (its return address lived
-// right below %rsp), %rsi = return_top - 1, %r11 = that instance, and the recursion guard set (the
-// return path's one store of return_top and depth clears it); else `back`, having written nothing.
-// Clobbers %rdi.
-void put_this_calls_instance(x86::CodeWriter &w, int32_t record, x86::Label &back) {
+// The start of a return path's shared return, with %rsp lowered onto the slot the landing's
+// address was in: where the thread is outside any handler and the newest instance of its return
+// stack is this call's (its return address lived at %rsp), %rsi = return_top - 1, %r11 = that
+// instance, and the recursion guard set (the return path's one store of return_top and depth
+// clears it); else `back`, having written nothing.
+void put_this_calls_instance(x86::CodeWriter &w, int32_t returns, x86::Label &back) {
   using namespace x86;
-  w.put_mov_reg_fs_abs(RCX, record);
-  w.put_mov_reg_mem(RSI, RCX, kRecordTopAndDepth);
+  w.put_mov_reg_fs_abs(RSI, returns + kTopAndDepth);
   w.put_sub_reg_imm8(RSI, 1);
-  w.put_cmp_reg_mem(RSI, RCX, kRecordReturnDepth);
+  w.put_cmp_reg_fs_abs(RSI, returns + kReturnDepth);
   w.put_jcc(kAboveOrEqual, back);  // inside a handler, or none
   w.put_imul_reg_reg_imm32(R11, RSI, static_cast<int32_t>(sizeof(ReturnInstance)));
-  w.put_add_reg_mem(R11, RCX, kRecordInstances);
-  w.put_lea_reg_rsp(RDI, -8);
-  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RDI);
+  w.put_add_reg_fs_abs(R11, returns + kInstances);
+  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, sp), RSP);
   w.put_jcc(kNotEqual, back);  // not this call's
-  w.put_movl_mem_imm32(RCX, kRecordDepth, 1);
+  w.put_movl_fs_abs_imm32(returns + kDepth, 1);
 }
 
 // The return counter path's return (emit_return_counter_path): the function returned to its
 // trampoline's landing, which jumped here. %rax and %rdx hold its result; below %rsp, the slot the
-// landing's address was in. Counts the return at its slot's returns where the newest instance is
-// this call's and its probe's return word is still the one its entry saw; else `counted`, the C++
-// return path, does what is to be done.
-uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &counted) {
+// landing's address was in, which %rsp is lowered onto (the registers kept below it stay in the
+// red zone, which signal frames skip). Counts the return at its slot's returns where the newest
+// instance is this call's and its probe's return word, added to the thread's base, is still the
+// sum its entry kept; else `counted`, the C++ return path, does what is to be done.
+uint64_t emit_counter_return(x86::CodeWriter &w, int32_t returns, int32_t base_offset,
+                             x86::Label &counted) {
   using namespace x86;
   const uint64_t start = w.pc();
   Label back, unguard;
   auto restore = [&] {
-    w.put_mov_reg_mem(RCX, RSP, -16);
-    w.put_mov_reg_mem(RSI, RSP, -24);
-    w.put_mov_reg_mem(RDI, RSP, -32);
-    w.put_mov_reg_mem(R11, RSP, -40);
+    w.put_mov_reg_mem(RSI, RSP, -8);
+    w.put_mov_reg_mem(RDI, RSP, -16);
+    w.put_mov_reg_mem(R11, RSP, -24);
   };
-  w.put_mov_mem_reg(RSP, -16, RCX);
-  w.put_mov_mem_reg(RSP, -24, RSI);
-  w.put_mov_mem_reg(RSP, -32, RDI);
-  w.put_mov_mem_reg(RSP, -40, R11);
-  put_this_calls_instance(w, record, back);
+  w.put_lea_rsp_rsp(-8);
+  w.put_mov_mem_reg(RSP, -8, RSI);
+  w.put_mov_mem_reg(RSP, -16, RDI);
+  w.put_mov_mem_reg(RSP, -24, R11);
+  put_this_calls_instance(w, returns, back);
   {
     CounterWindowWriter cw(w, g_counter_return_window);
     cw.next();
@@ -1173,25 +1206,25 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
     cw.next();
     w.put_mov_reg_mem(RDI, RDI, offsetof(Probe, return_word));
     cw.next();
+    w.put_add_reg_fs_abs(RDI, base_offset);
+    cw.next();
     w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, array_id), RDI);
     cw.next();
     w.put_jcc(kNotEqual, unguard);
     cw.next();
-    w.put_add_reg_mem(RDI, RCX, kRecordCounters);
-    cw.next();
     w.put_incq_mem(RDI, static_cast<int32_t>(kCounterBias + sizeof(uint64_t) * kReturns));
     cw.end();
   }
-  w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, return_address));
-  w.put_mov_mem_reg(RSP, -8, RDI);
-  w.put_mov_mem_reg(RCX, kRecordTopAndDepth, RSI);  // popped, depth 0: one store (as the entry's)
+  w.put_mov_reg_mem(R11, R11, offsetof(ReturnInstance, return_address));
+  w.put_mov_mem_reg(RSP, 0, R11);
+  w.put_mov_fs_abs_reg(returns + kTopAndDepth, RSI);  // popped, depth 0: one store (the entry's)
   restore();
-  w.put_lea_rsp_rsp(-8);
   w.put_ret();  // predicted: the caller's own return
   w.bind(unguard);
-  w.put_movl_mem_imm32(RCX, kRecordDepth, 0);
+  w.put_movl_fs_abs_imm32(returns + kDepth, 0);
   w.bind(back);
   restore();
+  w.put_lea_rsp_rsp(8);
   w.put_jmp(counted);
   return start;
 }
@@ -1204,7 +1237,7 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t record, x86::Label &cou
 // RCU read section around the counts (not a counter window: three increments cannot restart), as
 // the C++ path holds one: the timer's owner detaches, which waits for it, before unmapping them.
 // Seven registers below %rsp, %rax and %rdx among them (the result, and rdtsc's).
-uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t base_offset,
+uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t returns, int32_t base_offset,
                            x86::Label &counted) {
   using namespace x86;
   const uint64_t start = w.pc();
@@ -1212,20 +1245,22 @@ uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t base_offs
   constexpr Reg kSaved[] = {RAX, RDX, RCX, RSI, RDI, R8, R11};
   auto save = [&] {
     for (size_t i = 0; i < std::size(kSaved); ++i)
-      w.put_mov_mem_reg(RSP, -16 - 8 * static_cast<int32_t>(i), kSaved[i]);
+      w.put_mov_mem_reg(RSP, -8 - 8 * static_cast<int32_t>(i), kSaved[i]);
   };
   auto restore = [&] {
     for (size_t i = 0; i < std::size(kSaved); ++i)
-      w.put_mov_reg_mem(kSaved[i], RSP, -16 - 8 * static_cast<int32_t>(i));
+      w.put_mov_reg_mem(kSaved[i], RSP, -8 - 8 * static_cast<int32_t>(i));
   };
   Label back, unguard, nested, entered, not_late, small;
+  w.put_lea_rsp_rsp(-8);  // onto the landing's slot, as emit_counter_return
   save();
   w.put_rdtsc();
   w.put_shl_reg_imm8(RDX, 32);
   w.put_or_reg_reg(RAX, RDX);  // now
-  put_this_calls_instance(w, record, back);
+  put_this_calls_instance(w, returns, back);
   // The read section (rcu::ReadGuard): %r8 keeps the word to put back.
   static_assert(offsetof(ThreadRecord, rcu_word) == 0);
+  w.put_mov_reg_fs_abs(RCX, record);
   w.put_mov_reg_mem(R8, RCX, 0);
   w.put_test_reg_reg(R8, R8);
   w.put_jcc(kNotEqual, nested);
@@ -1240,17 +1275,17 @@ uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t base_offs
   w.put_mov_mem_reg(RCX, 0, RDI);
   w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, probe));
   w.put_mov_reg_mem(RDX, RDI, offsetof(Probe, timer_word));
-  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, array_id), RDX);
-  w.put_jcc(kNotEqual, unguard);  // another consumer since the entry
   w.put_add_reg_fs_abs(RDX, base_offset);
   w.put_jcc(kAboveOrEqual, unguard);  // no home of the timer's here: %rdx = hits - kCounterBias
+  w.put_cmp_mem_reg(R11, offsetof(ReturnInstance, array_id), RDX);
+  w.put_jcc(kNotEqual, unguard);  // another consumer or home since the entry
   // ticks = now - entered, 0 where a thread that moved read a clock a few ticks behind
   w.put_sub_reg_mem(RAX, R11, offsetof(ReturnInstance, session) + offsetof(ReturnSession, data));
   w.put_jcc(kAboveOrEqual, not_late);
   w.put_xor_reg32_reg32(RAX, RAX);
   w.bind(not_late);
   w.put_mov_reg_mem(R11, R11, offsetof(ReturnInstance, return_address));
-  w.put_mov_mem_reg(RSP, -8, R11);  // into its slot (the C++ path writes it again if it runs)
+  w.put_mov_mem_reg(RSP, 0, R11);  // into its slot (the C++ path writes it again if it runs)
   w.put_mov_reg_reg(R11, RDX);
   w.put_mul_mem(RDI, offsetof(Probe, timer_mult));
   w.put_shrd_reg_reg_imm8(RAX, RDX, 32);  // ns = ticks * mult >> 32
@@ -1273,21 +1308,27 @@ uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t base_offs
   w.put_add_reg_mem(R11, RDI, offsetof(Probe, timer_buckets));
   w.put_incq_sib(R11, RDX, 8, bias);
   w.put_mov_reg_fs_abs(RCX, record);
-  w.put_mov_mem_reg(RCX, 0, R8);                    // the read section's end
-  w.put_mov_mem_reg(RCX, kRecordTopAndDepth, RSI);  // popped, depth 0: one store
+  w.put_mov_mem_reg(RCX, 0, R8);                      // the read section's end
+  w.put_mov_fs_abs_reg(returns + kTopAndDepth, RSI);  // popped, depth 0: one store
   restore();
-  w.put_lea_rsp_rsp(-8);
   w.put_ret();  // predicted: the caller's own return
   w.bind(unguard);
   w.put_mov_mem_reg(RCX, 0, R8);
-  w.put_movl_mem_imm32(RCX, kRecordDepth, 0);
+  w.put_movl_fs_abs_imm32(returns + kDepth, 0);
   w.bind(back);
   restore();
+  w.put_lea_rsp_rsp(8);
   w.put_jmp(counted);
   return start;
 }
 
 }  // namespace
+
+uint64_t landing_entry_ip(uint64_t landing) {
+  uint64_t site;
+  std::memcpy(&site, reinterpret_cast<const void *>(landing + kLandingEntryIp), sizeof site);
+  return site;
+}
 
 const CounterWindow *counter_return_window() {
   return g_counter_return_window.length ? &g_counter_return_window : nullptr;
@@ -1322,10 +1363,11 @@ Result<ReturnCode> return_code_made(CodeSpace &space) {
     w.put_ret();
   }
   static const std::optional<int32_t> record = record_offset();
+  static const std::optional<int32_t> returns = returns_offset();
   static const std::optional<int32_t> base_offset = counter_base_offset();
-  if (kDispatchIsGprOnly && record && base_offset) {
-    code.counter_return = emit_counter_return(w, *record, counted);
-    code.timer_return = emit_timer_return(w, *record, *base_offset, counted);
+  if (kDispatchIsGprOnly && record && returns && base_offset) {
+    code.counter_return = emit_counter_return(w, *returns, *base_offset, counted);
+    code.timer_return = emit_timer_return(w, *record, *returns, *base_offset, counted);
   }
   code.full = w.pc();
   if (!kDispatchIsGprOnly) code.counted = code.full;

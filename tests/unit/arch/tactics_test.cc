@@ -401,6 +401,8 @@ TEST(Tactics, AFunctionEntryCopiedFromTheTemplateIsTheCodeWrittenOut) {
     constexpr bool kReturnPaths = true;
 #endif
     const bool return_path = kReturnPaths && kind != Probe::kNoReturnPath;
+    // The counter path's window alone, or the return path's entry and its restart stubs.
+    EXPECT_NE(fresh->counter_windows[0].length, 0u);
     EXPECT_EQ(fresh->counter_windows[1].length != 0, return_path);
     EXPECT_EQ(copied->window_copy, fresh->window_copy);
     // Not the template's addresses: the second probe's own.
@@ -409,7 +411,8 @@ TEST(Tactics, AFunctionEntryCopiedFromTheTemplateIsTheCodeWrittenOut) {
         if (std::memcmp(copy.data() + i, &v, 8) == 0) return true;
       return false;
     };
-    EXPECT_TRUE(has(reinterpret_cast<uint64_t>(&second.counter_word)));
+    // A probe made for a return path has it instead of the counter path.
+    EXPECT_EQ(has(reinterpret_cast<uint64_t>(&second.counter_word)), !return_path);
     EXPECT_FALSE(has(reinterpret_cast<uint64_t>(&first.counter_word)));
     EXPECT_TRUE(has(code_page() + 0x400));
     EXPECT_EQ(has(reinterpret_cast<uint64_t>(&second.return_word)),
