@@ -181,9 +181,10 @@ struct Probe {
   // counter_word(slot) while the consumers are one built-in counter alone that is a return probe
   // (no handler; the engine's own counters, not counter_path_external()), else 0. A function-entry
   // trampoline then counts the entry at the slot's hits, pushes the return instance and counts the
-  // return at the slot's returns itself, calling nothing; the instance keeps the word as its
-  // array_id, which no ConsumerArray's id equals, and its return is counted there only while the
-  // word is still the probe's. Written under the registry's mutex, cleared and set as counter_word.
+  // return at the slot's returns itself, calling nothing; the instance keeps the sum of the word
+  // and the thread's counter base as its array_id, which no ConsumerArray's id equals, and its
+  // return is counted there only while they still add up to it. Written under the registry's
+  // mutex, cleared and set as counter_word.
   std::atomic<uint64_t> return_word{0};
   // The return timer path's (the same path, for an external timer alone: ExternalTimer): its word,
   // tagged_counter_word(offset, tag) of the timer's hits counter while the consumers are one

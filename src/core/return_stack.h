@@ -18,7 +18,7 @@
 // Stacks. That rule holds on one stack only. A thread that switches stacks (swapcontext-style
 // coroutines) has calls pending on several, and a suspended coroutine's frames may lie below the
 // current stack pointer while still alive. So each instance carries the key of the stack it was
-// made on (ThreadRecord::stack_key), and only instances of the current stack are judged by stack
+// made on (ThreadReturns::stack_key), and only instances of the current stack are judged by stack
 // pointer. The key follows libc's context switches: an entry probe on swapcontext(oucp, ucp)
 // (note_context_switch) gives the instances of the stack being left the key `oucp`, where that
 // stack's context is saved, and makes `ucp` current; setcontext(ucp) makes `ucp` current. A
@@ -56,7 +56,9 @@ struct ReturnInstance {
   uint64_t sp;              // where it lived on the stack (%rsp at the function's entry)
   uint64_t entry_ip;        // the probed function's address, for usprobe_hit_ip
   const Probe *probe;
-  uint64_t array_id;   // the id of the probe's ConsumerArray at the entry
+  // The id of the probe's ConsumerArray at the entry; below kFirstConsumerArrayId where a return
+  // path wrote the instance (core/dispatch.cc, complete).
+  uint64_t array_id;
   uint64_t stack_key;  // the thread's stack_key at the entry
   uint32_t sessions;   // used entries of `session`
   uint64_t landing;    // what the return address was replaced by: one of the trampoline's landings
