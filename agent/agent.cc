@@ -432,15 +432,18 @@ std::expected<void, Failure> attach_all(const std::vector<PlannedProbe> &plan) {
   if (const char *force = getenv("USPROBE_FORCE_INT3"); force && std::string_view(force) == "1")
     flags |= USPROBE_FORCE_INT3;
   // `usprobe count`: each entry probe counts on the counter path where it can
-  // (count_in_the_engine below), set up with the consumers: no second publication of each probe.
+  // (count_in_the_engine below), set up with the consumers: no second publication of each probe;
+  // each return probe on the return path, its returns into the same counter (at_return).
   std::vector<ExternalCounter> external;
   if (g_region.mode == kModeCount && g_region.session <= kMaxCounterTag) {
     g_counter_tag.store(g_region.session, std::memory_order_relaxed);
     external.resize(n);
     for (size_t i = 0; i < n; ++i)
-      if (!plan[i].location.starts_with("uretprobe:"))
-        external[i] = {
-            true, static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)), g_region.session, {}};
+      external[i] = {true,
+                     static_cast<uint32_t>(i * sizeof(std::atomic<uint64_t>)),
+                     g_region.session,
+                     {},
+                     plan[i].location.starts_with("uretprobe:")};
   }
   // `usprobe latency`: the engine times each call itself (ExternalTimer) into the thread's slot,
   // the counters and histogram the handlers add to, where the thread's home is set.
@@ -523,16 +526,18 @@ void count_in_the_engine(const std::vector<PlannedProbe> &plan) {
   if (g_region.session > kMaxCounterTag) return;  // tags used up: the handlers count alone
   const bool latency = g_region.mode == kModeLatency;
   size_t placed = 0;
-  std::vector<usprobe_link *> links;  // count mode's return probes count with their handler
+  std::vector<usprobe_link *> links, returns;  // count mode's return probes: the return path
   for (size_t i = 0; i < plan.size(); ++i) {
     if (!g_links[i] || usprobe_link_sites(g_links[i]) == 0) continue;
     ++placed;
-    if (latency || !plan[i].location.starts_with("uretprobe:")) links.push_back(g_links[i]);
+    (latency || !plan[i].location.starts_with("uretprobe:") ? links : returns)
+        .push_back(g_links[i]);
   }
-  const size_t n = latency ? registry::timed_by_engine(links) : registry::on_counter_path(links);
+  const size_t n = latency ? registry::timed_by_engine(links)
+                           : registry::on_counter_path(links) + registry::on_return_path(returns);
   g_counter_path_homes.store(true, std::memory_order_relaxed);
   const char *how = latency ? "are timed by the engine (no handler call a hit)"
-                            : "count on the counter path (no call a hit)";
+                            : "count on the counter path or the return path (no call a hit)";
   post_notice(kNoticeInfo, -1, fmt::format("{} of {} placed probes {}", n, placed, how));
 }
 

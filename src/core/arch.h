@@ -156,8 +156,12 @@ Result<SitePlan> prepare_site(const SiteRequest &req, CodeSpace &space);
 // last one written where it can), so that a copy can be compared with it.
 void forget_trampoline_template();
 // The window of the return counter path's shared return code (arch/x86_64/trampoline.cc), which
-// every function-entry trampoline's return counter path returns through; null before any.
-const CounterWindow *counter_return_window();
+// every function-entry trampoline's return counter path returns through, or of its external
+// return counter's; null before any.
+const CounterWindow *counter_return_window(bool external);
+// Whether function-entry trampolines get the return paths their probes were made for
+// (Probe::return_path): false in sanitizer builds, whose trampolines have no fast paths.
+bool return_paths();
 // The probed address whose return counter path's entry took a return with `landing`: an instance
 // that path writes keeps no entry_ip (core/dispatch.cc completes it).
 uint64_t landing_entry_ip(uint64_t landing);

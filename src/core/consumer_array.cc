@@ -99,6 +99,18 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
     const ExternalCounter &e = next->entries[0].external;
     timer_word = tagged_counter_word(e.offset, e.tag);
   }
+  uint64_t external_return_word = 0;
+  if (next && next->count == 1 && next->has_returns && !next->has_callbacks &&
+      next->return_sessions == 1 && next->entries[0].external.used &&
+      next->entries[0].external.at_return) {
+    const ExternalCounter &e = next->entries[0].external;
+    external_return_word = tagged_counter_word(e.offset, e.tag);
+  }
+  const uint64_t old_external_return_word = p->external_return_word.load(std::memory_order_relaxed);
+  if (old_external_return_word != external_return_word) {
+    p->external_return_word.store(0, std::memory_order_relaxed);
+    if (external_return_word) p->external_return_session = next->entries[0].slot;  // before it
+  }
   const uint64_t old_timer_word = p->timer_word.load(std::memory_order_relaxed);
   if (old_timer_word != timer_word) {
     p->timer_word.store(0, std::memory_order_relaxed);
@@ -130,6 +142,8 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
   if (word != old_word) p->counter_word.store(word, std::memory_order_relaxed);
   if (return_word != old_return_word) p->return_word.store(return_word, std::memory_order_relaxed);
   if (timer_word != old_timer_word) p->timer_word.store(timer_word, std::memory_order_release);
+  if (external_return_word != old_external_return_word)
+    p->external_return_word.store(external_return_word, std::memory_order_release);
   if (old) garbage.emplace_back([old] { ConsumerArray::destroy(old); });
   Published was;
   if (old_word != 0 && old_word != word) {
@@ -142,6 +156,8 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
     was.slot = counter_word_slot(old_return_word);
   }
   if (old_timer_word != 0 && old_timer_word != timer_word) was.external = true;
+  if (old_external_return_word != 0 && old_external_return_word != external_return_word)
+    was.external = true;
   return was;
 }
 

@@ -57,15 +57,20 @@ inline auto handler_section(ThreadRecord *rec, F &&fn) {
 // emit_return_counter_path) keeps as its array_id the sum of its probe's return word and this
 // thread's counter base, below any ConsumerArray's id, and writes neither sessions nor entry_ip:
 // its one session is the built-in counter's, whose hits counter in `counters` (this thread's) the
-// sum names less kCounterBias, and its landing is followed by its site. The C++ paths complete it
-// before they read those (the timer's path writes them).
+// sum names less kCounterBias (an external return counter's: its consumer's,
+// Probe::external_return_session), and its landing is followed by its site. The C++ paths
+// complete it before they read those (the timer's path writes them).
 void complete(ReturnInstance &inst, const uint64_t *counters) {
+  const uint8_t path = inst.probe->return_path;
   if (inst.array_id >= kFirstConsumerArrayId ||
-      inst.probe->return_path != Probe::kReturnCounterPath)
+      (path != Probe::kReturnCounterPath && path != Probe::kReturnExternalCounterPath))
     return;
   const uint64_t hits = inst.array_id + kCounterBias - reinterpret_cast<uint64_t>(counters);
   inst.sessions = 1;
-  inst.session[0].slot = static_cast<uint32_t>(hits / (sizeof(uint64_t) * kCounterWords));
+  // An external return counter's session is its consumer's (the sum names its external counter).
+  inst.session[0].slot = path == Probe::kReturnExternalCounterPath
+                             ? inst.probe->external_return_session
+                             : static_cast<uint32_t>(hits / (sizeof(uint64_t) * kCounterWords));
   inst.session[0].skip = 0;
   inst.entry_ip = arch::landing_entry_ip(inst.landing);
 }

@@ -54,6 +54,11 @@ struct ExternalCounter {
   uint32_t offset = 0;
   uint64_t tag = 0;
   ExternalTimer timer;
+  // The consumer is a return probe whose returns count at `offset` (`usprobe count`'s uretprobes),
+  // its entries nowhere: on_return counts the full path's returns (and sets the thread's home);
+  // where it is its probe's only consumer, the return path (Probe::external_return_word) counts
+  // the others without calling it.
+  bool at_return = false;
 };
 
 struct ConsumerEntry {
@@ -195,11 +200,19 @@ struct Probe {
   uint64_t timer_session = 0;
   int64_t timer_returns = 0, timer_sum = 0, timer_buckets = 0;
   uint64_t timer_mult = 0;
-  // A function entry's trampolines have one of the two paths, or neither (return_path, set when the
+  // The external return counter's (the same path, for one external counter at_return alone):
+  // tagged_counter_word(offset, tag) of its counter, else 0, and the session its instance gets
+  // where the C++ paths complete it (the consumer's slot), set before the word. The entry counts
+  // nothing; the return counts at the word's counter. Cleared and set as counter_word.
+  std::atomic<uint64_t> external_return_word{0};
+  uint32_t external_return_session = 0;
+  // A function entry's trampolines have one of the three paths, or none (return_path, set when the
   // probe is made, by the consumer of the attach that made it: a return probe with the built-in
-  // counter, an external timer, anything else): a probe whose consumers change to another kind
-  // goes through dispatch, and one made without a return probe keeps smaller trampolines.
-  static constexpr uint8_t kNoReturnPath = 0, kReturnCounterPath = 1, kReturnTimerPath = 2;
+  // counter, an external timer, an external return counter, anything else): a probe whose
+  // consumers change to another kind goes through dispatch, and one made without a return probe
+  // keeps smaller trampolines.
+  static constexpr uint8_t kNoReturnPath = 0, kReturnCounterPath = 1, kReturnTimerPath = 2,
+                           kReturnExternalCounterPath = 3;
   uint8_t return_path = kNoReturnPath;
   // Nonzero while the consumers are one entry handler alone (ConsumerArray::single_entry_callback):
   // dispatch takes its shortest handler path straight. Stale: the path it takes refuses, and the

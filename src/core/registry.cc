@@ -290,6 +290,9 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
           // Its trampolines' return path (Probe::return_path), for what this attach puts there.
           if (returns && consumer.on_entry && i < external.size() && external[i].timer.used)
             slot_in_map->return_path = Probe::kReturnTimerPath;
+          else if (returns && !consumer.on_entry && i < external.size() && external[i].used &&
+                   external[i].at_return)
+            slot_in_map->return_path = Probe::kReturnExternalCounterPath;
           else if (returns && !consumer.on_entry && !consumer.on_return)
             slot_in_map->return_path = Probe::kReturnCounterPath;
         }
@@ -345,11 +348,14 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
         continue;
       }
       auto *link = new usprobe_link{group.front(), *slot, consumer, group};
-      // An external counter counts entries alone; a timer needs the return.
-      const ExternalCounter counter =
-          i < external.size() && consumer.on_entry && returns == external[i].timer.used
-              ? external[i]
-              : ExternalCounter{};
+      // An external counter counts entries alone, or returns alone (at_return: with its return
+      // handler and no entry handler); a timer needs the return.
+      const bool counts =
+          i < external.size() &&
+          (external[i].at_return
+               ? returns && !consumer.on_entry && consumer.on_return && !external[i].timer.used
+               : consumer.on_entry && returns == external[i].timer.used);
+      const ExternalCounter counter = counts ? external[i] : ExternalCounter{};
       for (Probe *p : group)
         added[p].push_back({*slot, consumer.on_entry, consumer.user,
                             !(flags & USPROBE_GENERAL_REGS_ONLY), consumer.on_return, returns,
@@ -463,8 +469,11 @@ Result<void> detach(std::span<usprobe_link *const> links) {
           for (const arch::CounterWindow &w : plan->plan.counter_windows)
             if (w.length)
               counter_windows.push_back({w.start, w.length, w.start, w.map.data(), w.map.size()});
-        if (const arch::CounterWindow *w = arch::counter_return_window(); w && was.engine_slot)
-          counter_windows.push_back({w->start, w->length, w->start, w->map.data(), w->map.size()});
+        for (const bool external : {false, true})
+          if (const arch::CounterWindow *w = arch::counter_return_window(external);
+              w && (external ? was.external : was.engine_slot))
+            counter_windows.push_back(
+                {w->start, w->length, w->start, w->map.data(), w->map.size()});
       }
       if (!p->links.empty()) continue;
       const std::vector<uint64_t> mapped =
@@ -526,9 +535,20 @@ size_t links_whose_probes(std::span<usprobe_link *const> links, Pred every_probe
 
 size_t on_counter_path(std::span<usprobe_link *const> links) {
   return links_whose_probes(links, [](const Probe *p) {
-    return p->counter_word.load(std::memory_order_relaxed) != 0 && !p->sites.empty() &&
+    return p->counter_word.load(std::memory_order_relaxed) != 0 &&
+           p->return_path == Probe::kNoReturnPath && !p->sites.empty() &&
            std::all_of(p->sites.begin(), p->sites.end(),
                        [](const Site *s) { return s->plan.counter_windows[0].length != 0; });
+  });
+}
+
+size_t on_return_path(std::span<usprobe_link *const> links) {
+  return links_whose_probes(links, [](const Probe *p) {
+    return p->external_return_word.load(std::memory_order_relaxed) != 0 &&
+           p->return_path == Probe::kReturnExternalCounterPath && arch::return_paths() &&
+           !p->sites.empty() && std::all_of(p->sites.begin(), p->sites.end(), [](const Site *s) {
+             return s->plan.function_entry;
+           });
   });
 }
 

@@ -29,6 +29,10 @@ Result<void> detach(std::span<usprobe_link *const> links);
 // the link's consumer alone at its probe, counting into the engine's counter or an external one).
 // Null entries are skipped.
 size_t on_counter_path(std::span<usprobe_link *const> links);
+// How many of the links count their returns on the return path at every site (each site a
+// function's entry whose trampoline has it, the link's consumer an external return counter alone
+// at its probe: core/probe.h, ExternalCounter::at_return). Null entries are skipped.
+size_t on_return_path(std::span<usprobe_link *const> links);
 // How many of the links are timed by the engine wherever the thread's home allows (each the
 // external timer alone at its probes: core/probe.h, ExternalTimer; its handlers read no register).
 // Null entries are skipped.

@@ -315,6 +315,28 @@ TEST(AttachCommands, LatencySessionsEndingUnderASpinningThreadLeaveItRunning) {
   expect_runs_on(target, 10);
 }
 
+// The same with `count` and a return probe, which the return path counts into the region: each
+// session's end unmaps it while the spinner may be between a return's load of the word and its
+// increment.
+TEST(AttachCommands, ReturnCountSessionsEndingUnderASpinningThreadLeaveItRunning) {
+  TempDir dir;
+  AttachTarget target(dir);
+  ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
+  for (int session = 0; session < 5; ++session) {
+    Output r = run({cli(), "count", "--json", "-d", "0.3", "-p", pid_text(target.pid()),
+                    "uretprobe:exe:attach_spin"},
+                   30s);
+    ASSERT_EQ(r.exit_code(), 0) << r.describe();
+    std::vector<Json> all = json_lines(r.out);
+    ASSERT_FALSE(all.empty()) << r.out;
+    const Json &probes = all.back()["probes"];
+    ASSERT_EQ(probes.size(), 1u) << all.back().dump();
+    EXPECT_GT(probes[0].value("hits", 0u), 0u) << "session " << session << ": " << r.out;
+  }
+  expect_untouched(target);
+  expect_runs_on(target, 10);
+}
+
 TEST(AttachCommands, StacksCountsEveryCallWithItsCaller) {
   TempDir dir;
   AttachTarget target(dir);

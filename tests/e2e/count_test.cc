@@ -135,16 +135,20 @@ TEST(CliCount, CountsCallsFromEveryThread) {
 }
 
 // A probe alone at a function's entry is counted by the engine's counter path, straight into the
-// thread's slot (no handler call): -v says how many probes do, and every thread's calls count.
-TEST(CliCount, ProbesAloneAtTheirFunctionsCountOnTheCounterPath) {
-  Output r = run({e2e::cli(), "count", "-v", "--json", "exe:e2e_work", "uretprobe:exe:e2e_greet",
-                  "--", e2e::target(), "threads", "4", "2500"});
-  ASSERT_EQ(r.exit_code(), 0) << r.describe();
-  // The return probe is counted by its handler.
-  EXPECT_NE(r.err.find("1 of 2 placed probes count on the counter path"), std::string::npos)
-      << r.describe();
-  Json total = only_total(r);
-  EXPECT_EQ(hits_of(total, "exe:e2e_work"), 10000u) << total.dump();
+// thread's slot (no handler call), and a return probe alone at its function by the return path:
+// -v says how many probes do, and every thread's calls count.
+TEST(CliCount, ProbesAloneAtTheirFunctionsCountOnTheCounterPathOrTheReturnPath) {
+  for (const char *probe : {"exe:e2e_work", "uretprobe:exe:e2e_work"}) {
+    SCOPED_TRACE(probe);
+    Output r = run(
+        {e2e::cli(), "count", "-v", "--json", probe, "--", e2e::target(), "threads", "4", "2500"});
+    ASSERT_EQ(r.exit_code(), 0) << r.describe();
+    EXPECT_NE(r.err.find("1 of 1 placed probes count on the counter path or the return path"),
+              std::string::npos)
+        << r.describe();
+    Json total = only_total(r);
+    EXPECT_EQ(hits_of(total, probe), 10000u) << total.dump();
+  }
 }
 
 TEST(CliCount, CountsAForkedChildUnderItsOwnPid) {

@@ -53,8 +53,9 @@ namespace {
 // by built-in counters only), `full` builds the Regs view for return handlers.
 struct ReturnCode {
   uint64_t full = 0, counted = 0;
-  // The return counter path's returns (emit_return_counter_path): a built-in counter's, a timer's.
-  uint64_t counter_return = 0, timer_return = 0;
+  // The return counter path's returns (emit_return_counter_path): a built-in counter's, a timer's,
+  // an external counter's.
+  uint64_t counter_return = 0, timer_return = 0, external_counter_return = 0;
 };
 Result<ReturnCode> return_code_made(CodeSpace &space);
 
@@ -372,7 +373,10 @@ constexpr int32_t kLandingEntryIp = 16;
 //
 // With the timer's path (Probe::return_path), the word is the timer's, %rax is saved too, the
 // instance gets its session (the timer consumer's slot) and entry_ip, the entry ends keeping rdtsc
-// in the session, and the landing jumps to return_code.timer_return (emit_timer_return).
+// in the session, and the landing jumps to return_code.timer_return (emit_timer_return). With the
+// external return counter's, the word is Probe::external_return_word, the entry counts nothing
+// (no window, no stubs: nothing to restart) and the landing jumps to
+// return_code.external_counter_return, which counts the return at the word's counter.
 void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offset,
                               int32_t returns, uint64_t site, const ReturnCode &return_code,
                               SitePlan &plan, x86::Label &window) {
@@ -380,7 +384,10 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   Label restore, unguard, landing, fast, check, inc, stub_a, stub_b;
   const auto bias = static_cast<int32_t>(kCounterBias);
   const bool timer = probe->return_path == Probe::kReturnTimerPath;
-  const auto word = reinterpret_cast<uint64_t>(timer ? &probe->timer_word : &probe->return_word);
+  const bool external = probe->return_path == Probe::kReturnExternalCounterPath;
+  const auto word = reinterpret_cast<uint64_t>(timer      ? &probe->timer_word
+                                               : external ? &probe->external_return_word
+                                                          : &probe->return_word);
   // Window 0's instructions: (offset from its start, restart 0 / stub A / stub B).
   enum Restart : uint8_t { kStart, kStubA, kStubB };
   const uint64_t start = w.pc();
@@ -400,7 +407,7 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   mark(kStubA), w.put_jcc(kAboveOrEqual, restore);  // inside a handler, or no room
   mark(kStubA), w.put_movl_fs_abs_imm32(returns + kDepth, 1);
   w.bind(inc);
-  mark(kStubB), w.put_incq_mem(R11, bias);
+  if (!external) mark(kStubB), w.put_incq_mem(R11, bias);
   const auto length = static_cast<uint32_t>(w.pc() - start);
   // The instance (%rdx), complete before return_top counts it: a signal handler's readers see it
   // whole.
@@ -449,32 +456,36 @@ void emit_return_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t ba
   // kLandingEntryIp, after the jump (14 bytes at most) and int3 padding.
   w.bind(landing);
   const uint64_t landed = w.pc();
-  w.put_jmp(timer ? return_code.timer_return : return_code.counter_return);
+  w.put_jmp(timer      ? return_code.timer_return
+            : external ? return_code.external_counter_return
+                       : return_code.counter_return);
   while (w.pc() < landed + kLandingEntryIp) w.put_u8(0xCC);
   w.put_data_u64(site);
 
-  // Window 1: the stubs, each restarting at its own start.
-  const uint64_t stubs = w.pc();
-  std::vector<std::pair<uint32_t, uint32_t>> stub_map;
-  auto stub_mark = [&](uint64_t restart) {
-    stub_map.emplace_back(static_cast<uint32_t>(w.pc() - stubs),
-                          static_cast<uint32_t>(restart - stubs));
-  };
-  uint64_t stub_at[2];
-  for (Label *stub : {&stub_a, &stub_b}) {
-    w.bind(*stub);
-    const uint64_t at = stub_at[stub == &stub_b] = w.pc();
-    stub_mark(at), w.put_mov_reg_imm64(R11, word);
-    stub_mark(at), w.put_mov_reg_mem(R11, R11, 0);
-    stub_mark(at), w.put_add_reg_fs_abs(R11, base_offset);
-    stub_mark(at), w.put_jcc(kAboveOrEqual, stub == &stub_a ? restore : unguard);
-    stub_mark(at), w.put_jmp(stub == &stub_a ? check : inc);
+  if (!external) {
+    // Window 1: the stubs, each restarting at its own start.
+    const uint64_t stubs = w.pc();
+    std::vector<std::pair<uint32_t, uint32_t>> stub_map;
+    auto stub_mark = [&](uint64_t restart) {
+      stub_map.emplace_back(static_cast<uint32_t>(w.pc() - stubs),
+                            static_cast<uint32_t>(restart - stubs));
+    };
+    uint64_t stub_at[2];
+    for (Label *stub : {&stub_a, &stub_b}) {
+      w.bind(*stub);
+      const uint64_t at = stub_at[stub == &stub_b] = w.pc();
+      stub_mark(at), w.put_mov_reg_imm64(R11, word);
+      stub_mark(at), w.put_mov_reg_mem(R11, R11, 0);
+      stub_mark(at), w.put_add_reg_fs_abs(R11, base_offset);
+      stub_mark(at), w.put_jcc(kAboveOrEqual, stub == &stub_a ? restore : unguard);
+      stub_mark(at), w.put_jmp(stub == &stub_a ? check : inc);
+    }
+    plan.counter_windows[1] = {stubs, static_cast<uint32_t>(w.pc() - stubs), kept_map(stub_map)};
+    std::vector<std::pair<uint32_t, uint32_t>> map;
+    for (const auto &[off, r] : marks)
+      map.emplace_back(off, r == kStart ? 0 : static_cast<uint32_t>(stub_at[r == kStubB] - start));
+    plan.counter_windows[0] = {start, length, kept_map(map)};
   }
-  plan.counter_windows[1] = {stubs, static_cast<uint32_t>(w.pc() - stubs), kept_map(stub_map)};
-  std::vector<std::pair<uint32_t, uint32_t>> map;
-  for (const auto &[off, r] : marks)
-    map.emplace_back(off, r == kStart ? 0 : static_cast<uint32_t>(stub_at[r == kStubB] - start));
-  plan.counter_windows[0] = {start, length, kept_map(map)};
 
   w.bind(unguard);
   w.put_movl_fs_abs_imm32(returns + kDepth, 0);
@@ -519,7 +530,7 @@ void emit_prologue_and_epilogue(x86::CodeWriter &w, uint64_t site, const Probe *
     // A probe made for a return path has it instead of the counter path: its consumers are return
     // probes (a later entry-only counter goes through dispatch).
     if (probe->return_path != Probe::kNoReturnPath && return_code.counter_return &&
-        return_code.timer_return) {
+        return_code.timer_return && return_code.external_counter_return) {
       w.put_mov_mem_reg(x86::RSP, -8, x86::R11);
       emit_return_counter_path(w, probe, *base_offset, *returns, site, return_code, plan, window);
     } else {
@@ -1158,7 +1169,8 @@ Result<uint64_t> make_return_trampoline(CodeSpace &space) {
 
 namespace {
 
-CounterWindow g_counter_return_window;  // written once, before any return probe is published
+// Written once, before any return probe is published.
+CounterWindow g_counter_return_window, g_external_return_window;
 
 // The start of a return path's shared return, with %rsp lowered onto the slot the landing's
 // address was in: where the thread is outside any handler and the newest instance of its return
@@ -1185,8 +1197,11 @@ void put_this_calls_instance(x86::CodeWriter &w, int32_t returns, x86::Label &ba
 // instance is this call's and its probe's return word, added to the thread's base, is still the
 // sum its entry kept; else `counted`, the C++ return path, does what is to be done.
 uint64_t emit_counter_return(x86::CodeWriter &w, int32_t returns, int32_t base_offset,
-                             x86::Label &counted) {
+                             bool external, x86::Label &counted) {
   using namespace x86;
+  // The built-in counter's returns lie kReturns words past its hits; an external return counter's
+  // is the word's own counter.
+  const auto at = static_cast<int32_t>(kCounterBias + (external ? 0 : sizeof(uint64_t) * kReturns));
   const uint64_t start = w.pc();
   Label back, unguard;
   auto restore = [&] {
@@ -1200,11 +1215,12 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t returns, int32_t base_o
   w.put_mov_mem_reg(RSP, -24, R11);
   put_this_calls_instance(w, returns, back);
   {
-    CounterWindowWriter cw(w, g_counter_return_window);
+    CounterWindowWriter cw(w, external ? g_external_return_window : g_counter_return_window);
     cw.next();
     w.put_mov_reg_mem(RDI, R11, offsetof(ReturnInstance, probe));
     cw.next();
-    w.put_mov_reg_mem(RDI, RDI, offsetof(Probe, return_word));
+    w.put_mov_reg_mem(
+        RDI, RDI, external ? offsetof(Probe, external_return_word) : offsetof(Probe, return_word));
     cw.next();
     w.put_add_reg_fs_abs(RDI, base_offset);
     cw.next();
@@ -1212,7 +1228,7 @@ uint64_t emit_counter_return(x86::CodeWriter &w, int32_t returns, int32_t base_o
     cw.next();
     w.put_jcc(kNotEqual, unguard);
     cw.next();
-    w.put_incq_mem(RDI, static_cast<int32_t>(kCounterBias + sizeof(uint64_t) * kReturns));
+    w.put_incq_mem(RDI, at);
     cw.end();
   }
   w.put_mov_reg_mem(R11, R11, offsetof(ReturnInstance, return_address));
@@ -1324,14 +1340,19 @@ uint64_t emit_timer_return(x86::CodeWriter &w, int32_t record, int32_t returns, 
 
 }  // namespace
 
+bool return_paths() {
+  return kDispatchIsGprOnly && counter_base_offset() && returns_offset() && record_offset();
+}
+
 uint64_t landing_entry_ip(uint64_t landing) {
   uint64_t site;
   std::memcpy(&site, reinterpret_cast<const void *>(landing + kLandingEntryIp), sizeof site);
   return site;
 }
 
-const CounterWindow *counter_return_window() {
-  return g_counter_return_window.length ? &g_counter_return_window : nullptr;
+const CounterWindow *counter_return_window(bool external) {
+  const CounterWindow &w = external ? g_external_return_window : g_counter_return_window;
+  return w.length ? &w : nullptr;
 }
 
 namespace {
@@ -1339,7 +1360,7 @@ namespace {
 Result<ReturnCode> return_code_made(CodeSpace &space) {
   static ReturnCode made;  // callers hold the registry's lock
   if (made.full) return made;
-  constexpr size_t kReturnCodeSize = 1024;  // the four entries' code
+  constexpr size_t kReturnCodeSize = 2048;  // the five entries' code
   auto mem =
       space.alloc_near(reinterpret_cast<uint64_t>(&usprobe_return_dispatch), kReturnCodeSize);
   if (!mem) return std::unexpected(mem.error());
@@ -1366,7 +1387,8 @@ Result<ReturnCode> return_code_made(CodeSpace &space) {
   static const std::optional<int32_t> returns = returns_offset();
   static const std::optional<int32_t> base_offset = counter_base_offset();
   if (kDispatchIsGprOnly && record && returns && base_offset) {
-    code.counter_return = emit_counter_return(w, *returns, *base_offset, counted);
+    code.counter_return = emit_counter_return(w, *returns, *base_offset, false, counted);
+    code.external_counter_return = emit_counter_return(w, *returns, *base_offset, true, counted);
     code.timer_return = emit_timer_return(w, *record, *returns, *base_offset, counted);
   }
   code.full = w.pc();
