@@ -42,14 +42,14 @@ template <bool kHandlers = true, typename F>
 inline auto handler_section(ThreadRecord *rec, F &&fn) {
   std::optional<CounterPathOff> counter_path_off;  // first on, last off: the depth guards all
   if constexpr (kHandlers) counter_path_off.emplace();
-  t_returns.depth.store(1, std::memory_order_relaxed);
+  t_thread.returns.depth.store(1, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   const auto result = [&] {
     rcu::ReadGuard guard(rec);
     return fn();
   }();
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_returns.depth.store(0, std::memory_order_relaxed);
+  t_thread.returns.depth.store(0, std::memory_order_relaxed);
   return result;
 }
 
@@ -89,7 +89,7 @@ void drop(uint64_t *counters, ReturnInstance &inst) {
 // The newest instance whose return address lived at `sp`, or -1.
 int find_instance(uint32_t top, uint64_t sp) {
   for (uint32_t i = top; i-- > 0;)
-    if (t_returns.returns[i].sp == sp) return static_cast<int>(i);
+    if (t_thread.returns.returns[i].sp == sp) return static_cast<int>(i);
   return -1;
 }
 
@@ -98,26 +98,27 @@ int find_instance(uint32_t top, uint64_t sp) {
 // from that very frame, whose slot still holds that frame's landing) was left by longjmp. Only when
 // full: a signal handler on a sigaltstack above the thread's stack would break the rule (README).
 void make_room(ThreadRecord *rec, uint64_t sp) {
-  const int owner = find_instance(t_returns.return_top, sp);
-  const bool tail_call =
-      owner >= 0 && *reinterpret_cast<const uint64_t *>(sp) == t_returns.returns[owner].landing;
+  const int owner = find_instance(t_thread.returns.return_top, sp);
+  const bool tail_call = owner >= 0 && *reinterpret_cast<const uint64_t *>(sp) ==
+                                           t_thread.returns.returns[owner].landing;
   uint32_t kept = 0;
-  for (uint32_t i = 0; i < t_returns.return_top; ++i) {
-    ReturnInstance &inst = t_returns.returns[i];
-    if (inst.stack_key == t_returns.stack_key && (inst.sp < sp || (inst.sp == sp && !tail_call))) {
+  for (uint32_t i = 0; i < t_thread.returns.return_top; ++i) {
+    ReturnInstance &inst = t_thread.returns.returns[i];
+    if (inst.stack_key == t_thread.returns.stack_key &&
+        (inst.sp < sp || (inst.sp == sp && !tail_call))) {
       drop(rec->counters, inst);
     } else {
-      if (kept != i) t_returns.returns[kept] = inst;
+      if (kept != i) t_thread.returns.returns[kept] = inst;
       ++kept;
     }
   }
-  t_returns.return_top = kept;
+  t_thread.returns.return_top = kept;
 }
 
 // The next instance's sessions, as the consumer array has them ready.
 inline void init_sessions(const ConsumerArray *a, ReturnInstance *inst) {
   inst->array_id = a->id;
-  inst->stack_key = t_returns.stack_key;
+  inst->stack_key = t_thread.returns.stack_key;
   inst->sessions = a->return_sessions;
   for (uint32_t i = 0; i < a->return_sessions; ++i) inst->session[i] = a->return_template[i];
 }
@@ -134,9 +135,9 @@ __attribute__((noinline, cold)) void count_overflow_misses(ThreadRecord *rec,
 // The next instance of this thread's return stack, its sessions ready for the entry handlers;
 // null (each return probe counting a miss) when the stack is full.
 ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Regs *regs) {
-  if (__builtin_expect(t_returns.return_top == t_returns.return_depth, 0)) {
+  if (__builtin_expect(t_thread.returns.return_top == t_thread.returns.return_depth, 0)) {
     make_room(rec, arch::hit_sp(*regs));
-    if (t_returns.return_top == t_returns.return_depth) {
+    if (t_thread.returns.return_top == t_thread.returns.return_depth) {
       for (uint32_t i = 0; i < a->count; ++i)
         if (a->entries[i].count_returns)
           bump(rec->counters[kCounterWords * a->entries[i].slot + kMissed]);
@@ -144,7 +145,7 @@ ReturnInstance *begin_return(ThreadRecord *rec, const ConsumerArray *a, arch::Re
     }
   }
   if (__builtin_expect(a->return_overflow, 0)) count_overflow_misses(rec, a);
-  ReturnInstance *inst = &t_returns.returns[t_returns.return_top];
+  ReturnInstance *inst = &t_thread.returns.returns[t_thread.returns.return_top];
   init_sessions(a, inst);
   return inst;
 }
@@ -158,7 +159,7 @@ inline void push_instance(ReturnInstance *inst, const uint64_t *slot, uint64_t i
   inst->entry_ip = ip;
   inst->probe = probe;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  ++t_returns.return_top;
+  ++t_thread.returns.return_top;
 }
 
 // Take the return: push the instance, complete, so that a signal handler on this thread never sees
@@ -212,27 +213,28 @@ __attribute__((noinline)) void run_return_callbacks(const ConsumerArray *a, arch
 // Only the current stack's instances: the unwinder walks this stack, and a suspended coroutine's
 // calls will still return through their instances.
 void usprobe::restore_pending_returns(usprobe_hit *hit, void *) {
-  ThreadRecord *rec = t_record;  // set: this thread is running a handler
+  ThreadRecord *rec = t_thread.record;  // set: this thread is running a handler
   const uint64_t sp = arch::hit_sp(*hit->regs);
-  uint32_t kept = t_returns.return_top;
-  for (uint32_t i = t_returns.return_top; i-- > 0;) {
-    ReturnInstance &inst = t_returns.returns[i];
-    if (inst.stack_key != t_returns.stack_key) continue;
+  uint32_t kept = t_thread.returns.return_top;
+  for (uint32_t i = t_thread.returns.return_top; i-- > 0;) {
+    ReturnInstance &inst = t_thread.returns.returns[i];
+    if (inst.stack_key != t_thread.returns.stack_key) continue;
     auto *slot = reinterpret_cast<uint64_t *>(inst.sp);
     // A slot below the unwinder's own frame belongs to a frame that is gone (longjmp): leave it.
     if (inst.sp > sp && *slot == inst.landing) *slot = inst.return_address;
     drop(rec->counters, inst);
     --kept;
-    for (uint32_t j = i; j < kept; ++j) t_returns.returns[j] = t_returns.returns[j + 1];
+    for (uint32_t j = i; j < kept; ++j)
+      t_thread.returns.returns[j] = t_thread.returns.returns[j + 1];
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_returns.return_top = kept;
+  t_thread.returns.return_top = kept;
 }
 
 // The thread switches stacks. The instances of the stack it leaves take that stack's new key (the
 // context it is saved in), so that they are found again when a later switch resumes it.
 void usprobe::note_context_switch(usprobe_hit *hit, void *user) {
-  ThreadReturns &rs = t_returns;  // this thread is running a handler: it has a record
+  ThreadReturns &rs = t_thread.returns;  // this thread is running a handler: it has a record
   if (user == kSwapContext) {
     const uint64_t saved_in = arch::arg(*hit->regs, 0), resumed = arch::arg(*hit->regs, 1);
     if (saved_in != rs.stack_key)
@@ -258,7 +260,7 @@ __attribute__((noinline)) int dispatch_general(ThreadRecord *rec, arch::Regs *re
   }
   uint64_t *counters = rec->counters;
 
-  if (const uint32_t depth = t_returns.depth.load(std::memory_order_relaxed); depth != 0) {
+  if (const uint32_t depth = t_thread.returns.depth.load(std::memory_order_relaxed); depth != 0) {
     // A hit while a handler of this thread runs (the handler, or a signal handler that interrupted
     // it, executed a probed instruction): count it as missed and skip the consumers (and its
     // return probes: the return is not hijacked). usprobe's own calls are not the program's.
@@ -298,19 +300,21 @@ namespace {
 // having written nothing, for anything else.
 inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
                           uint64_t landing_counted) {
-  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(
+          rec == nullptr || t_thread.returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section<false>(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
     if (!a) return kDispatchDone;
     if (a->has_callbacks || a->has_return_callbacks ||
-        (a->has_returns && (t_returns.return_top >= t_returns.return_depth || a->return_overflow)))
+        (a->has_returns &&
+         (t_thread.returns.return_top >= t_thread.returns.return_depth || a->return_overflow)))
       return kDispatchFull;
     uint64_t *counters = rec->counters;
     for (uint32_t i = 0; i < a->count; ++i)
       bump(counters[kCounterWords * a->entries[i].slot + kHits]);
     if (!a->has_returns) return kDispatchDone;
-    ReturnInstance *inst = &t_returns.returns[t_returns.return_top];
+    ReturnInstance *inst = &t_thread.returns.returns[t_thread.returns.return_top];
     init_sessions(a, inst);
     push_instance(inst, slot, ip, probe, landing_counted);
     return kDispatchReturnCounted;
@@ -319,10 +323,11 @@ inline int entry_counters(ThreadRecord *rec, const Probe *probe, const uint64_t 
 
 // The thread's counter home as an external timer with `tag` may count into (ExternalTimer), or
 // null: none set, another owner's, or a handler section or sink in the way. `base`: the thread's
-// counter base (t_counter_path) as it was before the caller's own handler section began, which
-// turns it off.
+// counter base (t_thread.counter_path) as it was before the caller's own handler section began,
+// which turns it off.
 inline char *timer_home(uint64_t tag, uint64_t base) {
-  if (base == 0 || t_counter_path.sink != 0 || (base >> kCounterTagShift) != tag) return nullptr;
+  if (base == 0 || t_thread.counter_path.sink != 0 || (base >> kCounterTagShift) != tag)
+    return nullptr;
   return reinterpret_cast<char *>(base & ((uint64_t{1} << kCounterTagShift) - 1));
 }
 
@@ -335,22 +340,23 @@ inline uint64_t &word_at(char *home, uint32_t offset) {
 // else. Its handler section only counts, as entry_counters'.
 inline int entry_timer(ThreadRecord *rec, const Probe *probe, const uint64_t *slot, uint64_t ip,
                        uint64_t landing_counted) {
-  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(
+          rec == nullptr || t_thread.returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section<false>(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
-    if (!a || !a->timer_only || t_returns.return_top >= t_returns.return_depth)
+    if (!a || !a->timer_only || t_thread.returns.return_top >= t_thread.returns.return_depth)
       return kDispatchFull;
     const ExternalCounter &timer = a->entries[0].external;
     // The home's memory stays while the array is published: its owner detaches before it unmaps.
-    char *home = timer_home(timer.tag, t_counter_path.base);  // a section that leaves it on
+    char *home = timer_home(timer.tag, t_thread.counter_path.base);  // a section that leaves it on
     if (!home) return kDispatchFull;
     bump(word_at(home, timer.offset));
     // init_sessions for the array's one session, written straight: its words zero as an entry
     // handler finds them, but the time.
-    ReturnInstance *inst = &t_returns.returns[t_returns.return_top];
+    ReturnInstance *inst = &t_thread.returns.returns[t_thread.returns.return_top];
     inst->array_id = a->id;
-    inst->stack_key = t_returns.stack_key;
+    inst->stack_key = t_thread.returns.stack_key;
     inst->sessions = 1;
     ReturnSession &session = inst->session[0];
     session.slot = a->entries[0].slot;
@@ -390,20 +396,21 @@ inline bool time_return(const ConsumerArray *a, const ReturnInstance &inst, uint
 // written out as it is: one helper for both, taking the section as a lambda, cost their returns 4
 // to 17 more instructions (callgrind).
 inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
-  const uint32_t top = t_returns.return_top;
+  const uint32_t top = t_thread.returns.return_top;
   if (__builtin_expect(top == 0, 0)) return 0;
-  ReturnInstance &inst = t_returns.returns[top - 1];
-  if (__builtin_expect(inst.sp != slot || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
+  ReturnInstance &inst = t_thread.returns.returns[top - 1];
+  if (__builtin_expect(
+          inst.sp != slot || t_thread.returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return 0;
   const bool counted = handler_section<false>(rec, [&] {
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
     return a && a->id == inst.array_id && a->timer_only &&
-           time_return(a, inst, now, t_counter_path.base);  // a section that leaves it on
+           time_return(a, inst, now, t_thread.counter_path.base);  // a section that leaves it on
   });
   if (!counted) return 0;
   const uint64_t original = inst.return_address;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_returns.return_top = top - 1;
+  t_thread.returns.return_top = top - 1;
   return original;
 }
 
@@ -417,12 +424,14 @@ inline uint64_t return_timer(ThreadRecord *rec, uint64_t slot, uint64_t now) {
 template <bool kHandlers>
 inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *regs = nullptr,
                                 const void *vectors = nullptr) {
-  const uint32_t top = t_returns.return_top;
+  const uint32_t top = t_thread.returns.return_top;
   if (__builtin_expect(top == 0, 0)) return 0;
-  ReturnInstance &inst = t_returns.returns[top - 1];
-  if (__builtin_expect(inst.sp != slot || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
+  ReturnInstance &inst = t_thread.returns.returns[top - 1];
+  if (__builtin_expect(
+          inst.sp != slot || t_thread.returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return 0;
-  const uint64_t base = t_counter_path.base;  // before the section turns the counter path off
+  const uint64_t base =
+      t_thread.counter_path.base;  // before the section turns the counter path off
   const bool counted = handler_section<kHandlers>(rec, [&] {
     const ConsumerArray *a = inst.probe->consumers.load(std::memory_order_acquire);
     if (!a || a->id != inst.array_id) return false;
@@ -451,7 +460,7 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
   if (!counted) return 0;
   const uint64_t original = inst.return_address;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_returns.return_top = top - 1;
+  t_thread.returns.return_top = top - 1;
   return original;
 }
 
@@ -464,19 +473,20 @@ inline uint64_t return_counters(ThreadRecord *rec, uint64_t slot, arch::Regs *re
 inline int entry_handlers(ThreadRecord *rec, arch::Regs *regs, const uint64_t *slot, uint64_t ip,
                           const Probe *probe, int vector_saved, uint64_t landing,
                           uint64_t landing_counted) {
-  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(
+          rec == nullptr || t_thread.returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
     if (!a || !a->simple_handlers || (!vector_saved && a->wants_vector_state) ||
         (!regs && !a->fast_callbacks) ||
-        (a->has_returns && t_returns.return_top >= t_returns.return_depth))
+        (a->has_returns && t_thread.returns.return_top >= t_thread.returns.return_depth))
       return kDispatchFull;
     for (uint32_t i = 0; i < a->count; ++i)
       bump(rec->counters[kCounterWords * a->entries[i].slot + kHits]);
     ReturnInstance *inst = nullptr;
     if (a->has_returns) {
-      inst = &t_returns.returns[t_returns.return_top];
+      inst = &t_thread.returns.returns[t_thread.returns.return_top];
       init_sessions(a, inst);
     }
     if (a->entry_handler != ConsumerArray::kNoHandler) {
@@ -508,7 +518,8 @@ __attribute__((noinline)) int handlers_path(ThreadRecord *rec, arch::Regs *regs,
 // for anything else.
 inline int entry_callback(ThreadRecord *rec, arch::Regs *regs, const Probe *probe,
                           int vector_saved) {
-  if (__builtin_expect(rec == nullptr || t_returns.depth.load(std::memory_order_relaxed) != 0, 0))
+  if (__builtin_expect(
+          rec == nullptr || t_thread.returns.depth.load(std::memory_order_relaxed) != 0, 0))
     return kDispatchFull;
   return handler_section(rec, [&] {
     const ConsumerArray *a = probe->consumers.load(std::memory_order_acquire);
@@ -556,7 +567,7 @@ __attribute__((noinline)) int counters_path(ThreadRecord *rec, arch::Regs *regs,
 // to this thread's own record (and, for a return probe, to its own stack).
 extern "C" int usprobe_dispatch(arch::Regs *regs, const Probe *probe, int vector_saved,
                                 uint64_t landing, uint64_t landing_counted) {
-  ThreadRecord *rec = t_record;
+  ThreadRecord *rec = t_thread.record;
   // Stale hints cost only the next path (in the end, the general path).
   if (!probe->no_entry_handlers.load(std::memory_order_relaxed)) {
     if (probe->single_entry_callback.load(std::memory_order_relaxed))
@@ -589,7 +600,7 @@ __attribute__((noinline)) int timer_path(ThreadRecord *rec, const Probe *probe,
 
 extern "C" int usprobe_entry_fast(const Probe *probe, const uint64_t *slot, uint64_t ip,
                                   uint64_t landing_counted, uint64_t landing) {
-  ThreadRecord *rec = t_record;
+  ThreadRecord *rec = t_thread.record;
   // A stale hint costs the full path (each refuses what is not its own).
   if (const uint8_t fast = probe->fast_entry_handlers.load(std::memory_order_relaxed);
       __builtin_expect(fast != 0, 0)) {
@@ -619,11 +630,11 @@ __attribute__((noinline)) uint64_t timed_return_path(ThreadRecord *rec, uint64_t
 }  // namespace
 
 extern "C" uint64_t usprobe_return_fast(uint64_t slot) {
-  ThreadRecord *rec = t_record;
+  ThreadRecord *rec = t_thread.record;
   // The newest instance's probe says (a stale hint costs the full return code).
-  if (const uint32_t top = t_returns.return_top; top != 0)
-    if (const uint8_t fast =
-            t_returns.returns[top - 1].probe->fast_return_handlers.load(std::memory_order_relaxed);
+  if (const uint32_t top = t_thread.returns.return_top; top != 0)
+    if (const uint8_t fast = t_thread.returns.returns[top - 1].probe->fast_return_handlers.load(
+            std::memory_order_relaxed);
         __builtin_expect(fast != 0, 0))
       return fast == Probe::kTimedHandlers ? timed_return_path(rec, slot)
                                            : fast_return_path(rec, slot);
@@ -636,7 +647,7 @@ namespace {
 // consumers attached or detached since the entry, return handlers.
 __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs *regs,
                                                   const void *vectors, uint64_t sp) {
-  const int last = find_instance(t_returns.return_top, sp);
+  const int last = find_instance(t_thread.returns.return_top, sp);
   if (__builtin_expect(last < 0, 0)) {
     // No instance for this return: the stack was corrupted, or lost it (README, caveats). There
     // is no address to go back to.
@@ -645,10 +656,10 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
     os::raw_write(2, kMessage, sizeof kMessage - 1);
     __builtin_trap();
   }
-  ReturnInstance &returning = t_returns.returns[last];
+  ReturnInstance &returning = t_thread.returns.returns[last];
   complete(returning, rec->counters);
   const uint64_t original = returning.return_address;
-  if (t_returns.depth.load(std::memory_order_relaxed) == 0) {
+  if (t_thread.returns.depth.load(std::memory_order_relaxed) == 0) {
     const bool need_vector = handler_section(rec, [&] {
       const ConsumerArray *a = returning.probe->consumers.load(std::memory_order_acquire);
       if (!a) return false;
@@ -665,16 +676,16 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
   // longjmp: dropped. Newer ones above it belong to another stack (a signal handler's on a
   // sigaltstack), as do those of another stack key (a suspended coroutine's), and stay.
   uint32_t kept = static_cast<uint32_t>(last);
-  for (uint32_t i = static_cast<uint32_t>(last) + 1; i < t_returns.return_top; ++i) {
-    ReturnInstance &inst = t_returns.returns[i];
-    if (inst.stack_key == t_returns.stack_key && inst.sp < sp) {
+  for (uint32_t i = static_cast<uint32_t>(last) + 1; i < t_thread.returns.return_top; ++i) {
+    ReturnInstance &inst = t_thread.returns.returns[i];
+    if (inst.stack_key == t_thread.returns.stack_key && inst.sp < sp) {
       drop(rec->counters, inst);
     } else {
-      t_returns.returns[kept++] = inst;
+      t_thread.returns.returns[kept++] = inst;
     }
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_returns.return_top = kept;
+  t_thread.returns.return_top = kept;
   return original;
 }
 
@@ -682,7 +693,7 @@ __attribute__((noinline)) uint64_t return_general(ThreadRecord *rec, arch::Regs 
 
 // The return path, with the same rules. The thread has a record: it pushed the instance.
 extern "C" uint64_t usprobe_return_dispatch(arch::Regs *regs, const void *vectors) {
-  ThreadRecord *rec = t_record;
+  ThreadRecord *rec = t_thread.record;
   const uint64_t sp = arch::returned_from_sp(*regs);
   // The common return, handlers and all; return_general for the rest.
   if (const uint64_t original = return_counters<true>(rec, sp, regs, vectors);

@@ -33,15 +33,15 @@ namespace usprobe {
 // With `timer.used` the consumer is a return probe that times its calls (the agent's `usprobe
 // latency`): its handlers still count whatever the engine does not, but where it is its probe's
 // only consumer, its handlers read no register (USPROBE_NO_REGS and USPROBE_GENERAL_REGS_ONLY: the
-// fast paths run them) and the thread's home carries `tag` (core/thread_record.h, t_counter_path),
-// the fast paths count without calling them. The entry adds one to the counter at `offset` and
-// keeps the time (arch::timestamp) in the call's session, word 0, where on_entry keeps it too; the
-// return adds one at `timer.returns`, the call's duration in nanoseconds, ns = (ticks *
-// timer.tsc_to_ns_mult) >> 32, at `timer.sum`, and one to buckets[log_linear_bucket<kTimerSubBits>(
-// ns)] of the 64-bit words at `timer.buckets` (base/log_linear.h). A session word 0 of 0 (the
-// entry not timed) or a skipped return (usprobe_session_skip_return) counts nothing, as on_return
-// would. Offsets are from the home, as `offset` is; the engine's own counters of the consumer count
-// the handlers' hits only.
+// fast paths run them) and the thread's home carries `tag` (core/thread_record.h,
+// t_thread.counter_path), the fast paths count without calling them. The entry adds one to the
+// counter at `offset` and keeps the time (arch::timestamp) in the call's session, word 0, where
+// on_entry keeps it too; the return adds one at `timer.returns`, the call's duration in
+// nanoseconds, ns = (ticks * timer.tsc_to_ns_mult) >> 32, at `timer.sum`, and one to
+// buckets[log_linear_bucket<kTimerSubBits>( ns)] of the 64-bit words at `timer.buckets`
+// (base/log_linear.h). A session word 0 of 0 (the entry not timed) or a skipped return
+// (usprobe_session_skip_return) counts nothing, as on_return would. Offsets are from the home, as
+// `offset` is; the engine's own counters of the consumer count the handlers' hits only.
 struct ExternalTimer {
   bool used = false;
   uint32_t returns = 0, sum = 0, buckets = 0;

@@ -103,7 +103,7 @@ size_t reclaim(bool self_quiescent) {
   // As synchronize()'s first barrier: a reader that may still use deferred state has its word
   // visible to the loads below.
   os::membarrier_memory_barrier();
-  ThreadRecord *self = self_quiescent ? t_record : nullptr;
+  ThreadRecord *self = self_quiescent ? t_thread.record : nullptr;
   // Every target up to `done` is passed by every record: the oldest running read section's epoch
   // bounds it (a reader at epoch e began after every defer() whose target is <= e).
   uint64_t done = g_epoch.load(std::memory_order_acquire);

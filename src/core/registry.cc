@@ -624,7 +624,7 @@ const char *self_deadlock(bool waits_for_readers) {
     return "called on a thread that is inside usprobe's registry (from a handler that runs inside "
            "an attach, a detach or a dlopen that usprobe follows), which would wait for itself; "
            "call it after the handler returns";
-  const ThreadRecord *rec = t_record;
+  const ThreadRecord *rec = t_thread.record;
   if (waits_for_readers && rec && rec->rcu_word.load(std::memory_order_relaxed) != 0)
     return "called from a handler (or a signal handler that interrupted one): detaching waits "
            "until no handler of the link runs, this one included, so it would wait for itself; "

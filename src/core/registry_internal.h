@@ -132,11 +132,11 @@ class InternalWork {
  public:
   InternalWork() : rec_(current_record()) {
     if (!rec_) return;
-    saved_ = t_returns.depth.load(std::memory_order_relaxed);
-    t_returns.depth.store(kDepthInternal, std::memory_order_relaxed);
+    saved_ = t_thread.returns.depth.load(std::memory_order_relaxed);
+    t_thread.returns.depth.store(kDepthInternal, std::memory_order_relaxed);
   }
   ~InternalWork() {
-    if (rec_) t_returns.depth.store(saved_, std::memory_order_relaxed);
+    if (rec_) t_thread.returns.depth.store(saved_, std::memory_order_relaxed);
   }
   InternalWork(const InternalWork &) = delete;
   InternalWork &operator=(const InternalWork &) = delete;

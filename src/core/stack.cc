@@ -36,14 +36,15 @@ Start start_of(const usprobe_hit &hit) {
 
 // ---- Return addresses the trampolines took over -------------------------------------------------
 
-// This thread's pending returns (it is running a handler: t_record is set and only it changes its
-// return stack). A pending return's slot holds its trampoline's landing (core/return_stack.h).
+// This thread's pending returns (it is running a handler: t_thread.record is set and only it
+// changes its return stack). A pending return's slot holds its trampoline's landing
+// (core/return_stack.h).
 struct Pending {
   const ThreadRecord *rec;
 };
 
 Pending pending_returns() {
-  return {t_record};
+  return {t_thread.record};
 }
 
 // arch::ReturnFixup: the original return address of a slot that holds a pending return's landing,
@@ -52,8 +53,8 @@ Pending pending_returns() {
 uint64_t original_return(const void *ctx, uint64_t slot, uint64_t value) {
   const auto *p = static_cast<const Pending *>(ctx);
   if (p->rec)
-    for (uint32_t i = t_returns.return_top; i-- > 0;) {
-      const ReturnInstance &inst = t_returns.returns[i];
+    for (uint32_t i = t_thread.returns.return_top; i-- > 0;) {
+      const ReturnInstance &inst = t_thread.returns.returns[i];
       if (inst.sp == slot && value == inst.landing) value = inst.return_address;
     }
   return value;
@@ -66,7 +67,8 @@ struct StackRange {
 };
 
 // The thread's own stack, once found: the frame-pointer walk of every later hit on that stack
-// costs no system call. Initial-exec and constinit, as t_record: no __tls_get_addr, no wrapper.
+// costs no system call. Initial-exec and constinit, as t_thread.record: no __tls_get_addr, no
+// wrapper.
 constinit thread_local StackRange t_stack __attribute__((tls_model("initial-exec")));
 
 // The top of the readable stack above `sp`, for the frame-pointer walk's bounds. The thread's own

@@ -11,9 +11,7 @@
 
 namespace usprobe {
 
-constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec"))) = nullptr;
-constinit thread_local CounterPathState t_counter_path __attribute__((tls_model("initial-exec")));
-constinit thread_local ThreadReturns t_returns __attribute__((tls_model("initial-exec")));
+constinit thread_local ThreadLocals t_thread __attribute__((tls_model("initial-exec")));
 std::atomic<uint32_t> g_return_depth{kDefaultReturnDepth};
 
 namespace {
@@ -22,13 +20,13 @@ std::atomic<bool> g_counters_external{false};
 
 // The thread's record is set: the counter path may count into its counters (thread_record.h).
 ThreadRecord *adopt(ThreadRecord *r) {
-  ThreadReturns &rs = t_returns;
+  ThreadReturns &rs = t_thread.returns;
   rs.return_top = 0;  // a dead owner's pending returns will never come
   rs.stack_key = 0;
   rs.returns = r->returns;
   rs.return_depth = r->return_depth;
   r->owner_returns.store(&rs, std::memory_order_release);
-  t_record = r;
+  t_thread.record = r;
   if (!g_counters_external.load(std::memory_order_relaxed))
     set_counter_home(reinterpret_cast<uint64_t>(r->counters));
   return r;
@@ -38,7 +36,7 @@ std::atomic<ThreadRecord *> g_records{nullptr};  // head of the list; pushes onl
 
 // After fork the child's only thread keeps its record but has a new thread id.
 void after_fork_in_child() {
-  if (ThreadRecord *r = t_record) r->tid.store(os::raw_gettid(), std::memory_order_relaxed);
+  if (ThreadRecord *r = t_thread.record) r->tid.store(os::raw_gettid(), std::memory_order_relaxed);
 }
 
 __attribute__((constructor)) void install_atfork() {

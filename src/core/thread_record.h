@@ -48,7 +48,7 @@ struct alignas(64) ThreadRecord {
   ThreadRecord *next = nullptr;  // the list of all records; immutable once published
 };
 
-// This thread's return stack and dispatch depth, one initial-exec TLS block: the return paths
+// This thread's return stack and dispatch depth (ThreadLocals::returns): the return paths
 // (arch/x86_64/trampoline.cc) reach every field at its %fs-relative offset, with no register
 // holding the record. Owner only (its signal handlers included): nothing else reads it. A thread
 // that takes a record starts with an empty stack over the record's memory
@@ -69,22 +69,17 @@ struct ThreadReturns {
   // the ucontext_t it last switched to.
   uint64_t stack_key = 0;
 };
-extern constinit thread_local ThreadReturns t_returns __attribute__((tls_model("initial-exec")));
-
-// Initial-exec TLS: one %fs-relative load on the hit path, never __tls_get_addr.
-// constinit: no dynamic initialisation, so no TLS wrapper call on the hit path.
-extern constinit thread_local ThreadRecord *t_record __attribute__((tls_model("initial-exec")));
 
 // The counter path: the code at a function entry that counts a probe whose only consumer is one
 // counter without calling anything (Probe::counter_word). It reads two words, this thread's
-// counter base (t_counter_path.base) and the probe's counter word, adds them, and increments the
-// word at kCounterBias past the sum:
+// counter base (t_thread.counter_path.base) and the probe's counter word, adds them, and increments
+// the word at kCounterBias past the sum:
 //
 //   base          where this thread's counters are, while it runs no handler; else 0. Its home
-//                 (t_counter_path.home) is the engine's counters of the thread's record (set on
-//                 its first hit), or, for counters kept elsewhere (counter_path_external()), what
-//                 their owner sets with set_counter_home(); 0 for none. A home below kCounterBias
-//                 is none: the bias trick could not tell it from 0.
+//                 (t_thread.counter_path.home) is the engine's counters of the thread's record (set
+//                 on its first hit), or, for counters kept elsewhere (counter_path_external()),
+//                 what their owner sets with set_counter_home(); 0 for none. A home below
+//                 kCounterBias is none: the bias trick could not tell it from 0.
 //   counter word  -kCounterBias + the byte offset of the counter from the base, or 0.
 //
 // The sum carries out of 64 bits exactly when both are set (base >= kCounterBias > offset): one
@@ -120,8 +115,8 @@ inline uint32_t counter_word_slot(uint64_t word) {
   return static_cast<uint32_t>((word + kCounterBias) / sizeof(uint64_t) / kCounterWords);
 }
 
-// This thread's counter path state, one initial-exec TLS block: the trampolines read `base` at
-// its %fs-relative offset.
+// This thread's counter path state (ThreadLocals::counter_path): the trampolines read `base` at its
+// %fs-relative offset.
 struct CounterPathState {
   uint64_t base = 0;      // what the counter path adds: `home`, or 0 inside handler sections
   uint64_t home = 0;      // the base outside handler sections
@@ -129,8 +124,17 @@ struct CounterPathState {
   uint32_t sections = 0;  // CounterPathOff scopes open on this thread (signal handlers' included)
   uint64_t current() const { return sink ? sink : sections ? 0 : home; }
 };
-extern constinit thread_local CounterPathState t_counter_path
-    __attribute__((tls_model("initial-exec")));
+// This thread's TLS: its record (set on its first hit), its counter path's state and its return
+// stack. Initial-exec: one %fs-relative load on the hit path, never __tls_get_addr; constinit: no
+// dynamic initialisation, so no TLS wrapper call on the hit path. One block: a
+// position-independent library reaches initial-exec TLS through an offset it loads from its GOT,
+// once for each block a function touches.
+struct ThreadLocals {
+  ThreadRecord *record = nullptr;
+  CounterPathState counter_path;
+  ThreadReturns returns;
+};
+extern constinit thread_local ThreadLocals t_thread __attribute__((tls_model("initial-exec")));
 
 // While this thread runs a handler (or usprobe's own work), the counter path is off: hits go to
 // the full path, which counts them as missed (or not at all). Nests, as handler sections do in
@@ -138,7 +142,7 @@ extern constinit thread_local CounterPathState t_counter_path
 class CounterPathOff {
  public:
   CounterPathOff() {
-    CounterPathState &s = t_counter_path;
+    CounterPathState &s = t_thread.counter_path;
     ++s.sections;
     s.base = s.sink;
     // The counter path of this thread (a signal handler's hit) sees 0 before the handler runs.
@@ -146,7 +150,7 @@ class CounterPathOff {
   }
   ~CounterPathOff() {
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    CounterPathState &s = t_counter_path;
+    CounterPathState &s = t_thread.counter_path;
     --s.sections;
     s.base = s.current();
   }
@@ -163,14 +167,14 @@ class CounterPathOff {
 class CounterPathSink {
  public:
   explicit CounterPathSink(uint64_t sink) {
-    CounterPathState &s = t_counter_path;
+    CounterPathState &s = t_thread.counter_path;
     s.sink = sink >= kCounterBias ? sink : 0;
     s.base = s.current();
     std::atomic_signal_fence(std::memory_order_seq_cst);
   }
   ~CounterPathSink() {
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    CounterPathState &s = t_counter_path;
+    CounterPathState &s = t_thread.counter_path;
     s.sink = 0;
     s.base = s.current();
   }
@@ -187,7 +191,7 @@ bool counter_path_is_external();
 // outside handler sections, else when the last one closes. Inline: handlers built with
 // -mgeneral-regs-only call it, and so it is compiled as they are.
 inline void set_counter_home(uint64_t home) {
-  CounterPathState &s = t_counter_path;
+  CounterPathState &s = t_thread.counter_path;
   s.home = home >= kCounterBias ? home : 0;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   s.base = s.current();
@@ -198,7 +202,7 @@ inline void set_counter_home(uint64_t home) {
 ThreadRecord *register_current_thread();
 
 inline ThreadRecord *current_record() {
-  ThreadRecord *r = t_record;
+  ThreadRecord *r = t_thread.record;
   if (__builtin_expect(r == nullptr, 0)) r = register_current_thread();
   return r;
 }

@@ -216,13 +216,15 @@ void put_call_dispatch(x86::CodeWriter &w, const Probe *probe, bool vector_saved
   w.put_call(reinterpret_cast<uint64_t>(&usprobe_dispatch), x86::RAX);
 }
 
-// %fs-relative offset of t_counter_path.base (core/thread_record.h), the same in every thread:
-// initial-exec TLS lies in the static TLS block, at a fixed distance below the thread pointer.
-// nullopt when it is farther than a disp32 reaches (the trampolines then have no counter path).
+// %fs-relative offset of t_thread.counter_path.base (core/thread_record.h), the same in every
+// thread: initial-exec TLS lies in the static TLS block, at a fixed distance below the thread
+// pointer. nullopt when it is farther than a disp32 reaches (the trampolines then have no counter
+// path).
 std::optional<int32_t> counter_base_offset() {
   uint64_t tp;
   asm("mov %%fs:0,%0" : "=r"(tp));  // the TCB's self pointer: the thread pointer
-  const int64_t off = static_cast<int64_t>(reinterpret_cast<uint64_t>(&t_counter_path.base) - tp);
+  const int64_t off =
+      static_cast<int64_t>(reinterpret_cast<uint64_t>(&t_thread.counter_path.base) - tp);
   if (off < INT32_MIN || off > INT32_MAX) return std::nullopt;
   return static_cast<int32_t>(off);
 }
@@ -271,7 +273,7 @@ class CounterWindowWriter {
 //   counter window:
 //     movabs $&probe->counter_word,%r11
 //     mov (%r11),%r11
-//     add %fs:t_counter_path.base,%r11  carries when both words are set
+//     add %fs:t_thread.counter_path.base,%r11  carries when both words are set
 //     jnc full
 //     incq kCounterBias(%r11)           this thread's hits of the slot
 //   (end of the window)
@@ -301,7 +303,8 @@ void emit_counter_path(x86::CodeWriter &w, const Probe *probe, int32_t base_offs
   w.put_jmp(window);
 }
 
-// %fs-relative offsets of t_record and t_returns (core/thread_record.h), as counter_base_offset's.
+// %fs-relative offsets of t_thread.record and t_thread.returns (core/thread_record.h), as
+// counter_base_offset's.
 std::optional<int32_t> tls_offset(const void *p) {
   uint64_t tp;
   asm("mov %%fs:0,%0" : "=r"(tp));
@@ -310,13 +313,13 @@ std::optional<int32_t> tls_offset(const void *p) {
   return static_cast<int32_t>(off);
 }
 std::optional<int32_t> record_offset() {
-  return tls_offset(&t_record);
+  return tls_offset(&t_thread.record);
 }
 std::optional<int32_t> returns_offset() {
-  return tls_offset(&t_returns);
+  return tls_offset(&t_thread.returns);
 }
 
-// Fields of ThreadReturns, from t_returns.
+// Fields of ThreadReturns, from t_thread.returns.
 constexpr int32_t kDepth = offsetof(ThreadReturns, depth);
 // return_top and depth, one word (thread_record.h): below return_depth outside handlers with room.
 constexpr int32_t kTopAndDepth = offsetof(ThreadReturns, return_top);
@@ -335,35 +338,36 @@ constexpr int32_t kLandingEntryIp = 16;
 // (Probe::return_path), for a probe whose only consumer is one built-in counter that is a return
 // probe (Probe::return_word). What entry_counters and return_counters (core/dispatch.cc) do for
 // it, calling nothing, with %r11, %rcx and %rdx kept below %rsp, where nothing lives at a
-// function's entry, nor at a return. The thread's return stack is its t_returns (ThreadReturns),
-// reached at %fs-relative offsets:
+// function's entry, nor at a return. The thread's return stack is its t_thread.returns
+// (ThreadReturns), reached at %fs-relative offsets:
 //
 //     mov %r11,-8(%rsp)                     (written by the caller)
 //   window 0:
 //     %r11 = probe->return_word + base; if no carry goto fast   no such consumer, or no home here
 //     save %rcx %rdx
-//     %rcx = t_returns.return_top|depth                restart: stub A
-//     if (%rcx >= t_returns.return_depth) goto restore inside a handler, or no room: one compare
-//     t_returns.depth = 1                              the recursion guard, as handler_section's:
+//     %rcx = t_thread.returns.return_top|depth                restart: stub A
+//     if (%rcx >= t_thread.returns.return_depth) goto restore inside a handler, or no room: one
+//     compare t_thread.returns.depth = 1                              the recursion guard, as
+//     handler_section's:
 //                                                      a signal handler's hits count as missed
 //     incq kCounterBias(%r11)                          restart: stub B; the slot's hits
 //   (end of window 0)
-//     inst = &t_returns.returns[top]: array_id = %r11 (the sum: never a ConsumerArray's id),
+//     inst = &t_thread.returns.returns[top]: array_id = %r11 (the sum: never a ConsumerArray's id),
 //       return_address, sp, stack_key, landing, probe (sessions, entry_ip: core/dispatch.cc
 //       completes them from array_id and the landing where it needs them)
-//     t_returns.return_top|depth = top + 1             one store (the word's), the guard off
+//     t_thread.returns.return_top|depth = top + 1             one store (the word's), the guard off
 //     restore; lea 8(%rsp),%rsp; call window           as the other returns taken (emit_epilogue)
 //   landing:                                   the function returned: %rax, %rdx hold its result
 //     jmp return_code.counter_return             shared (emit_counter_return):
 //       lea -8(%rsp),%rsp; save %rsi %rdi %r11 below it
-//       if (t_returns.return_top|depth - 1 >= return_depth) goto back      one compare
+//       if (t_thread.returns.return_top|depth - 1 >= return_depth) goto back      one compare
 //       inst = &returns[top - 1]; if (inst->sp != %rsp) goto back          not this call's
-//       t_returns.depth = 1
+//       t_thread.returns.depth = 1
 //     return window:
 //       if (inst->probe->return_word + base != inst->array_id) goto unguard  detached since
 //       incq returns (of the sum)
-//       the original return address into (%rsp); t_returns.return_top|depth = top - 1 (one store)
-//       restore; ret                             predicted: the caller's own return
+//       the original return address into (%rsp); t_thread.returns.return_top|depth = top - 1 (one
+//       store) restore; ret                             predicted: the caller's own return
 //     back: restore; lea 8(%rsp),%rsp; jmp return_code.counted   the C++ return path does the rest
 //   .quad site                                 at landing + kLandingEntryIp
 //   window 1 (stubs A and B: where a thread stopped in window 0 after its saves restarts when the

@@ -253,7 +253,7 @@ void count_externally(usprobe_hit *, void *) {
 }
 
 TEST(Registry, AnExternalCounterCountsAtItsTagsHomeAndAStaleHomeTakesTheFullPath) {
-  const uint64_t saved_home = t_counter_path.home;
+  const uint64_t saved_home = t_thread.counter_path.home;
   alignas(64) static uint64_t first[4], second[4];
   const std::string locations[] = {"exe:reg_add_three"};
   const usprobe_consumer consumer{count_externally, nullptr, nullptr};
@@ -304,7 +304,7 @@ TEST(Registry, AnExternalCounterCountsAtItsTagsHomeAndAStaleHomeTakesTheFullPath
 // sections included, and neither the counter nor its handler sees them; after it the thread counts
 // at its home again.
 TEST(Registry, ASinkTakesThisThreadsHitsAndGivesTheHomeBack) {
-  const uint64_t saved_home = t_counter_path.home;
+  const uint64_t saved_home = t_thread.counter_path.home;
   void *blocks =
       mmap(nullptr, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(blocks, MAP_FAILED);
@@ -374,7 +374,7 @@ void time_return(usprobe_hit *, void *) {
 }
 
 TEST(Registry, AnExternalTimerTimesEachCallAtItsHomeAndItsHandlersTheOthers) {
-  const uint64_t saved_home = t_counter_path.home;
+  const uint64_t saved_home = t_thread.counter_path.home;
   static TimerHome home;
   constexpr uint64_t kTag = 4;
   constexpr long kTicks = 20000;  // a call's time, at least
