@@ -10,8 +10,14 @@
 namespace usprobe {
 
 ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
-  void *mem = ::operator new(sizeof(ConsumerArray) + v.size() * sizeof(ConsumerEntry));
+  const size_t sessions = std::min<size_t>(
+      kMaxSessions, std::count_if(v.begin(), v.end(), [](auto &e) { return e.count_returns; }));
+  static_assert(sizeof(ConsumerEntry) % alignof(ReturnSession) == 0);
+  void *mem = ::operator new(sizeof(ConsumerArray) + v.size() * sizeof(ConsumerEntry) +
+                             sessions * sizeof(ReturnSession));
   auto *a = new (mem) ConsumerArray;
+  auto *sessions_at = reinterpret_cast<ReturnSession *>(a->entries + v.size());
+  a->return_template = sessions_at;
   a->count = static_cast<uint32_t>(v.size());
   a->has_callbacks = std::any_of(v.begin(), v.end(), [](auto &e) { return e.on_entry != nullptr; });
   a->wants_vector_state = std::any_of(
@@ -38,7 +44,7 @@ ConsumerArray *ConsumerArray::make(const std::vector<ConsumerEntry> &v) {
     if (a->return_sessions == kMaxSessions) {
       a->return_overflow = true;
     } else {
-      a->return_template[a->return_sessions++] = {e.slot, 0, {}};
+      new (&sessions_at[a->return_sessions++]) ReturnSession{e.slot, 0, {}};
     }
   }
   a->simple_handlers = entry_handlers <= 1 && return_handlers <= 1 && returns <= 1 &&
