@@ -512,6 +512,17 @@ __attribute__((noinline)) long leave_by_longjmp(long n) {
   return v;
 }
 
+// `rounds` rounds of a call chain left by longjmp and one that returns; the wrong results.
+long longjmp_rounds(long rounds) {
+  long wrong = 0;
+  jmp_buf unused;
+  for (long i = 0; i < rounds; ++i) {
+    if (leave_by_longjmp(2 * i + 1) != 2 * i + 1) ++wrong;
+    if (ret_jump_outer(&unused, 2 * i) != 2 * i + 111) ++wrong;
+  }
+  return wrong;
+}
+
 int longjmp_out() {
   Checks ck;
   Counts outer, mid, inner;
@@ -522,12 +533,7 @@ int longjmp_out() {
   usprobe_link *l_inner = attach_or_report(loc("ret_jump_inner"), &c_inner);
   if (!l_outer || !l_mid || !l_inner) return 3;
   constexpr long kRounds = 1000;
-  long wrong = 0;
-  jmp_buf unused;
-  for (long i = 0; i < kRounds; ++i) {
-    if (leave_by_longjmp(2 * i + 1) != 2 * i + 1) ++wrong;
-    if (ret_jump_outer(&unused, 2 * i) != 2 * i + 111) ++wrong;
-  }
+  const long wrong = longjmp_rounds(kRounds);
   std::printf(
       "%ld rounds: outer %" PRIu64 "/%" PRIu64 ", mid %" PRIu64 "/%" PRIu64 ", inner %" PRIu64
       "/%" PRIu64 " entries/returns; missed %" PRIu64 "\n",
@@ -563,12 +569,7 @@ int longjmp_out_counted() {
   for (int i = 0; i < 3; ++i)
     if (usprobe_attach(uretprobe(names[i]).c_str(), nullptr, &links[i]) != 0) return 3;
   constexpr long kRounds = 1000;
-  long wrong = 0;
-  jmp_buf unused;
-  for (long i = 0; i < kRounds; ++i) {
-    if (leave_by_longjmp(2 * i + 1) != 2 * i + 1) ++wrong;
-    if (ret_jump_outer(&unused, 2 * i) != 2 * i + 111) ++wrong;
-  }
+  const long wrong = longjmp_rounds(kRounds);
   ck.expect(wrong == 0, "%ld wrong results", wrong);
   for (int i = 0; i < 3; ++i) {
     const uint64_t hits = usprobe_link_hits(links[i]), returns = usprobe_link_return_hits(links[i]),
