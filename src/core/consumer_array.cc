@@ -88,10 +88,12 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
       word = counter_word(e.slot);
     }
   }
+  // One return probe alone, without an entry handler: the return paths' case.
+  const bool lone_return = next && next->count == 1 && next->has_returns && !next->has_callbacks &&
+                           next->return_sessions == 1;
   uint64_t return_word = 0;
-  if (next && next->count == 1 && next->has_returns && !next->has_callbacks &&
-      !next->has_return_callbacks && next->return_sessions == 1 &&
-      !next->entries[0].external.used && !counter_path_is_external())
+  if (lone_return && !next->has_return_callbacks && !next->entries[0].external.used &&
+      !counter_path_is_external())
     return_word = counter_word(next->entries[0].slot);
   // Off before the array changes (relaxed: the exchange's release orders it first; a thread that
   // read the word before counts a hit that the old array's consumer would count too), on once the
@@ -106,9 +108,7 @@ Published publish(const Locked &, Probe *p, std::vector<ConsumerEntry> entries,
     timer_word = tagged_counter_word(e.offset, e.tag);
   }
   uint64_t external_return_word = 0;
-  if (next && next->count == 1 && next->has_returns && !next->has_callbacks &&
-      next->return_sessions == 1 && next->entries[0].external.used &&
-      next->entries[0].external.at_return) {
+  if (lone_return && next->entries[0].external.used && next->entries[0].external.at_return) {
     const ExternalCounter &e = next->entries[0].external;
     external_return_word = tagged_counter_word(e.offset, e.tag);
   }

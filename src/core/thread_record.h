@@ -50,8 +50,9 @@ struct alignas(64) ThreadRecord {
 
 // This thread's return stack and dispatch depth (ThreadLocals::returns): the return paths
 // (arch/x86_64/trampoline.cc) reach every field at its %fs-relative offset, with no register
-// holding the record. Owner only (its signal handlers included): nothing else reads it. A thread
-// that takes a record starts with an empty stack over the record's memory
+// holding the record. Written by the owner only (its signal handlers included); other threads
+// read only return_top, by a copy that fails safely (retire.cc, ThreadRecord::owner_returns). A
+// thread that takes a record starts with an empty stack over the record's memory
 // (register_current_thread).
 struct ThreadReturns {
   // Pending return probes, a stack of return_depth instances (core/return_stack.h); entries
