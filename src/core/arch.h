@@ -239,6 +239,11 @@ bool is_wait_syscall(uint64_t nr);
 // does not update in place starts again: the thread waits longer, as it does when it is scheduled
 // late, but never returns early.
 bool restart_wait(ucontext_t *uc, std::span<const uint8_t> before);
+// The same wait's EINTR return, seen by a handler of the program's: that EINTR is the program's
+// to see. Sets uc so that it no longer looks like a cut-short wait to returned_eintr (x86: %rcx,
+// which the system call wrote, is cleared), and returns true; false when uc is no such return. A
+// round's signal delivered as the program's handler returns then leaves the EINTR alone.
+bool keep_wait_interrupted(ucontext_t *uc, std::span<const uint8_t> before);
 
 // Stack walks (usprobe_hit_stack, core/stack.h): src/arch/<arch>/stack_walk.cc and
 // dwarf_unwind.cc.

@@ -13,6 +13,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/select.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -506,6 +507,123 @@ int own_signal_still_interrupts() {
                                                                                                : 1;
 }
 
+// A handler of the program's that returns to a wait its signal cut short: that EINTR is the
+// program's. Were the round's signal delivered just then, as the handler returns, the context it
+// interrupts looks like a wait that the round cut short itself, and the round's handler would make
+// the call again: the program would sleep through its own signal. The handler here makes that
+// happen every time: it blocks the round's signal with the raw system call (which the interposed
+// calls cannot stop) and sends it to its own thread, so that the kernel delivers it as the
+// handler's return unblocks it. The wait must still end with EINTR, not run to its timeout.
+int g_round_sig = 0;
+std::atomic<int> g_usr1_returning{0};
+void on_usr1_then_round(int) {
+  uint64_t set = uint64_t{1} << (g_round_sig - 1);
+  syscall(SYS_rt_sigprocmask, SIG_BLOCK, &set, nullptr, sizeof set);
+  syscall(SYS_tgkill, getpid(), gettid(), g_round_sig);
+  g_usr1_returning.fetch_add(1);
+}
+int own_handler_keeps_its_eintr() {
+  // The round's signal: the first real-time signal from the top with a handler, in a process
+  // that set none of its own.
+  for (int sig = SIGRTMAX - 1; sig >= SIGRTMIN && !g_round_sig; --sig) {
+    struct sigaction now {};
+    sigaction(sig, nullptr, &now);
+    if (now.sa_handler != SIG_DFL && now.sa_handler != SIG_IGN) g_round_sig = sig;
+  }
+  if (!g_round_sig) {
+    std::printf("no handler on any real-time signal\n");
+    return 1;
+  }
+  struct sigaction sa {};
+  sa.sa_handler = on_usr1_then_round;  // no SA_RESTART: epoll_pwait fails with EINTR anyway
+  sigaction(SIGUSR1, &sa, nullptr);
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &usr1, nullptr);  // the waiter inherits it
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  int rounds_eintr = 0, rounds = 0;
+  for (int round = 0; round < 5; ++round) {
+    int rc = 0, err = 0;
+    std::thread waiter([&] {
+      sigset_t during;
+      pthread_sigmask(SIG_SETMASK, nullptr, &during);
+      sigdelset(&during, SIGUSR1);
+      epoll_event ev{};
+      rc = epoll_pwait(ep, &ev, 1, 2000, &during);
+      err = errno;
+    });
+    pthread_kill(waiter.native_handle(), SIGUSR1);  // taken in the wait, or as it starts
+    waiter.join();
+    ++rounds;
+    rounds_eintr += rc == -1 && err == EINTR;
+  }
+  close(ep);
+  std::printf("%d of %d waits ended by EINTR; the handler ran %d times\n", rounds_eintr, rounds,
+              g_usr1_returning.load());
+  return rounds_eintr == rounds && g_usr1_returning.load() == rounds ? 0 : 1;
+}
+
+// usprobe runs each handler of the program's behind one of its own (that is what lets it tell
+// the program's EINTR from its own, above): the program still reads back what it set, through
+// sigaction, signal and sigset, and its handlers get what the kernel gives them.
+std::atomic<int> g_plain_sig{0}, g_info_value{0};
+void on_plain(int sig) {
+  g_plain_sig = sig;
+}
+void on_info(int, siginfo_t *info, void *) {
+  g_info_value = info->si_value.sival_int;
+}
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+int handlers_read_back_as_set() {
+  int wrong = 0;
+  struct sigaction sa {
+  }, back{};
+  sa.sa_sigaction = on_info;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigaction(SIGUSR1, &sa, nullptr);
+  sigaction(SIGUSR1, nullptr, &back);
+  wrong += back.sa_sigaction != on_info || !(back.sa_flags & SA_SIGINFO) ||
+           !(back.sa_flags & SA_RESTART);
+  struct {
+    void *handler;
+    unsigned long flags;
+    void *restorer;
+    uint64_t mask;
+  } kernel{};
+  syscall(SYS_rt_sigaction, SIGUSR1, nullptr, &kernel, sizeof kernel.mask);
+  const bool shimmed = kernel.handler != reinterpret_cast<void *>(on_info);
+  sigqueue(getpid(), SIGUSR1, sigval{.sival_int = 42});
+  wrong += g_info_value.load() != 42;
+
+  sa = {};
+  sa.sa_handler = on_plain;
+  struct sigaction previous {};
+  sigaction(SIGUSR1, &sa, &previous);
+  wrong += previous.sa_sigaction != on_info || !(previous.sa_flags & SA_SIGINFO);
+  sigaction(SIGUSR1, nullptr, &back);
+  wrong += back.sa_handler != on_plain || (back.sa_flags & SA_SIGINFO);
+  raise(SIGUSR1);
+  wrong += g_plain_sig.load() != SIGUSR1;
+
+  // signal() and sigset() go to glibc's own sigaction; what they return is still the program's.
+  wrong += signal(SIGUSR1, SIG_DFL) != on_plain;
+  wrong += signal(SIGUSR2, on_plain) != SIG_DFL;
+  wrong += signal(SIGUSR2, SIG_IGN) != on_plain;
+  wrong += sigset(SIGHUP, on_plain) != SIG_DFL;
+  sigaction(SIGHUP, nullptr, &back);
+  wrong += back.sa_handler != on_plain;
+  g_plain_sig = 0;
+  raise(SIGHUP);
+  wrong += g_plain_sig.load() != SIGHUP;
+  wrong += sigset(SIGHUP, SIG_DFL) != on_plain;
+  std::printf("%d read back wrong; the kernel has %s\n", wrong,
+              shimmed ? "usprobe's handler" : "the program's");
+  return wrong == 0 && shimmed ? 0 : 1;
+}
+#pragma GCC diagnostic pop
+
 const usprobe::test::Scenario kScenarios[] = {
     {"blocked-threads", blocked_threads_are_counted},
     {"dlopen-blocked", dlopen_with_signals_blocked},
@@ -521,6 +639,8 @@ const usprobe::test::Scenario kScenarios[] = {
     {"round-signal-reset", round_signal_reset_by_program},
     {"waits-made-again", waits_are_made_again},
     {"own-signal-interrupts", own_signal_still_interrupts},
+    {"own-handler-keeps-eintr", own_handler_keeps_its_eintr},
+    {"handlers-read-back", handlers_read_back_as_set},
 };
 const bool g_child_dispatched = usprobe::test::run_scenario_if_child(kChildEnv, kScenarios);
 
@@ -576,6 +696,14 @@ TEST(Signals, WaitsTheRoundInterruptsAreMadeAgain) {
 
 TEST(Signals, TheProgramsOwnSignalStillInterruptsItsWaits) {
   EXPECT_EQ(run_in_child("own-signal-interrupts"), "");
+}
+
+TEST(Signals, AWaitThatTheProgramsHandlerCutShortIsNotMadeAgain) {
+  EXPECT_EQ(run_in_child("own-handler-keeps-eintr"), "");
+}
+
+TEST(Signals, TheProgramReadsBackTheHandlersItSet) {
+  EXPECT_EQ(run_in_child("handlers-read-back"), "");
 }
 
 TEST(Signals, SystemVCallsKeepTheInt3PathWorking) {

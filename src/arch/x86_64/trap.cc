@@ -68,14 +68,33 @@ bool is_wait_syscall(uint64_t nr) {
   }
 }
 
-bool restart_wait(ucontext_t *uc, std::span<const uint8_t> before) {
-  if (!returned_eintr(uc)) return false;
+namespace {
+
+// The number of the wait that `uc` returns from with EINTR, when the code made it with a constant
+// number.
+std::optional<uint32_t> cut_wait(const ucontext_t *uc, std::span<const uint8_t> before) {
+  if (!returned_eintr(uc)) return std::nullopt;
   std::optional<uint32_t> nr = x86::constant_syscall_number(before);
-  if (!nr || !is_wait_syscall(*nr)) return false;
+  if (!nr || !is_wait_syscall(*nr)) return std::nullopt;
+  return nr;
+}
+
+}  // namespace
+
+bool restart_wait(ucontext_t *uc, std::span<const uint8_t> before) {
+  std::optional<uint32_t> nr = cut_wait(uc, before);
+  if (!nr) return false;
   // The arguments are where the call found them: a system call keeps every register but %rax,
   // %rcx and %r11.
   uc->uc_mcontext.gregs[REG_RIP] -= 2;
   uc->uc_mcontext.gregs[REG_RAX] = static_cast<greg_t>(*nr);
+  return true;
+}
+
+bool keep_wait_interrupted(ucontext_t *uc, std::span<const uint8_t> before) {
+  if (!cut_wait(uc, before)) return false;
+  // The syscall instruction wrote %rcx (its return address): nothing after it reads that.
+  uc->uc_mcontext.gregs[REG_RCX] = 0;
   return true;
 }
 

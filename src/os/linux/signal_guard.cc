@@ -20,6 +20,7 @@
 #include <new>
 
 #include "os/linux/os_inline.h"
+#include "os/linux/thread_round.h"
 
 namespace usprobe::os {
 namespace {
@@ -228,7 +229,75 @@ bool take_pending(const sigset_t *set, siginfo_t *info) {
   return true;
 }
 
-// sigaction, with guarded signals out of sa_mask and SIGTRAP's disposition recorded.
+// The program's handlers, each behind program_handler_shim: by signal, the function with bit 63
+// set when it takes three arguments (SA_SIGINFO); 0 when none was recorded. One word, so that a
+// handler running while the program changes it reads one whole record.
+std::atomic<uint64_t> g_program_handler[65];
+constexpr uint64_t kSiginfo = uint64_t{1} << 63;
+
+uint64_t encode(const struct sigaction &act) {
+  return reinterpret_cast<uint64_t>(act.sa_sigaction) | (act.sa_flags & SA_SIGINFO ? kSiginfo : 0);
+}
+
+// Runs the program's handler, then tells the thread round when the signal cut a wait short: that
+// EINTR is the program's (thread_round.h). Every handler the program installs through sigaction
+// or signal runs behind it, but those of the synchronous faults (whose handlers fix up the
+// context), SIGTRAP (usprobe's handler forwards to the program's) and glibc's own signals.
+void program_handler_shim(int sig, siginfo_t *info, void *ctx) {
+  const uint64_t h = g_program_handler[sig].load(std::memory_order_acquire);
+  const uint64_t fn = h & ~kSiginfo;
+  if (fn == 0) return;
+  if (h & kSiginfo)
+    reinterpret_cast<void (*)(int, siginfo_t *, void *)>(fn)(sig, info, ctx);
+  else
+    reinterpret_cast<void (*)(int)>(fn)(sig);
+  keep_wait_interrupted(static_cast<ucontext_t *>(ctx));
+}
+
+bool wrappable(int sig) {
+  switch (sig) {
+    case SIGTRAP:
+    case SIGSEGV:
+    case SIGBUS:
+    case SIGILL:
+    case SIGFPE:
+    case SIGKILL:
+    case SIGSTOP:
+      return false;
+    default:
+      return sig >= 1 && sig <= 64 && !(sig >= 32 && sig < SIGRTMIN);
+  }
+}
+
+bool is_handler(const struct sigaction &act) {
+  return act.sa_handler != SIG_DFL && act.sa_handler != SIG_IGN;
+}
+
+// What the kernel reports (`old`) as the program set it: its handler, not the shim.
+void unwrap(struct sigaction *old, uint64_t recorded) {
+  if (old->sa_sigaction != program_handler_shim) return;
+  old->sa_sigaction = reinterpret_cast<void (*)(int, siginfo_t *, void *)>(recorded & ~kSiginfo);
+  if (!(recorded & kSiginfo)) old->sa_flags &= ~SA_SIGINFO;
+}
+
+// Puts the shim in front of the program's handler that the kernel has for `sig` now, installed
+// where the interposed calls did not see it: glibc's signal() and sigset() (which call glibc's own
+// sigaction), or before usprobe was loaded into the process.
+void adopt(int sig) {
+  if (!wrappable(sig) || (g_guarded.load(std::memory_order_acquire) & bit(sig))) return;
+  SigactionFn real = next(g_sigaction, "sigaction");
+  struct sigaction now;
+  if (real(sig, nullptr, &now) != 0 || !is_handler(now) || now.sa_sigaction == program_handler_shim)
+    return;
+  g_program_handler[sig].store(encode(now), std::memory_order_release);  // pairs with the shim
+  struct sigaction wrapped = now;
+  wrapped.sa_sigaction = program_handler_shim;
+  wrapped.sa_flags |= SA_SIGINFO;
+  real(sig, &wrapped, nullptr);
+}
+
+// sigaction, with guarded signals out of sa_mask, the shim in front of the program's handler and
+// SIGTRAP's disposition recorded.
 int guarded_sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
   if (sig == SIGTRAP && g_sigtrap_taken.load(std::memory_order_acquire)) {
     struct sigaction prev;
@@ -238,21 +307,34 @@ int guarded_sigaction(int sig, const struct sigaction *act, struct sigaction *ol
     return 0;
   }
   SigactionFn real = next(g_sigaction, "sigaction");
+  if (sig < 1 || sig > 64) return real(sig, act, old);
   const uint64_t guarded = g_guarded.load(std::memory_order_acquire);
-  if (sig < 1 || sig > 64 || !guarded) return real(sig, act, old);
   struct sigaction pass;
   const struct sigaction *p = act;
   uint64_t asked = 0;
+  const bool wrap = act && is_handler(*act) && wrappable(sig);
   if (act) {
     asked = word(act->sa_mask) & guarded;
-    if (asked) {
+    if (asked || wrap) {
       pass = *act;
       word(pass.sa_mask) &= ~guarded;
+      if (wrap) {
+        pass.sa_sigaction = program_handler_shim;
+        pass.sa_flags |= SA_SIGINFO;
+      }
       p = &pass;
     }
   }
+  // Recorded before the kernel has the shim: a signal that comes in between finds its handler.
+  const uint64_t recorded =
+      wrap ? g_program_handler[sig].exchange(encode(*act), std::memory_order_acq_rel)
+           : g_program_handler[sig].load(std::memory_order_acquire);
   int rc = real(sig, p, old);
-  if (rc != 0) return rc;
+  if (rc != 0) {
+    if (wrap) g_program_handler[sig].store(recorded, std::memory_order_release);
+    return rc;
+  }
+  if (old) unwrap(old, recorded);
   // The program sets a disposition of its own for a guarded signal (any, SIG_DFL included: the
   // kernel's now is not usprobe's handler): usprobe lets it go.
   if (act && (guarded & bit(sig))) {
@@ -325,6 +407,10 @@ void reset_program_sigtrap_action() {
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
   record(dfl);
+}
+
+void adopt_program_handlers() {
+  for (int sig = 1; sig <= 64; ++sig) adopt(sig);
 }
 
 bool program_blocks(int sig) {
@@ -483,7 +569,14 @@ USPROBE_EXPORT sighandler_t signal(int sig, sighandler_t handler) noexcept {
   // glibc's signal() calls its own sigaction internally: a signal usprobe watches must not go
   // there. Others keep glibc's exact semantics (siginterrupt's flags).
   if (watched(sig)) return signal_via_sigaction(sig, handler, false);
-  return next(g_signal, "signal")(sig, handler);
+  const uint64_t recorded =
+      sig >= 1 && sig <= 64 ? g_program_handler[sig].load(std::memory_order_acquire) : 0;
+  sighandler_t old = next(g_signal, "signal")(sig, handler);
+  if (old == SIG_ERR) return old;
+  if (reinterpret_cast<void *>(old) == reinterpret_cast<void *>(program_handler_shim))
+    old = reinterpret_cast<sighandler_t>(recorded & ~kSiginfo);
+  adopt(sig);
+  return old;
 }
 
 USPROBE_EXPORT sighandler_t bsd_signal(int sig, sighandler_t handler) noexcept {
@@ -509,7 +602,16 @@ static int mask_one(int how, int sig, sigset_t *old) {
 }
 
 USPROBE_EXPORT sighandler_t sigset(int sig, sighandler_t disp) noexcept {
-  if (!watched(sig)) return next(g_sigset, "sigset")(sig, disp);
+  if (!watched(sig)) {
+    const uint64_t recorded =
+        sig >= 1 && sig <= 64 ? g_program_handler[sig].load(std::memory_order_acquire) : 0;
+    sighandler_t old = next(g_sigset, "sigset")(sig, disp);
+    if (old == SIG_ERR) return old;
+    if (reinterpret_cast<void *>(old) == reinterpret_cast<void *>(program_handler_shim))
+      old = reinterpret_cast<sighandler_t>(recorded & ~kSiginfo);
+    adopt(sig);
+    return old;
+  }
   sigset_t old;
   struct sigaction oact {};
   if (disp == SIG_HOLD) {

@@ -14,6 +14,10 @@
 //    per-thread bit, which is what it reads back as its old mask;
 //  - sigaction leaves guarded signals out of every handler's sa_mask (and gives them back in
 //    oldact);
+//  - every other handler the program installs (sigaction, signal, sigset, and at load the ones
+//    already installed) runs behind program_handler_shim, which tells the thread round when the
+//    handler returns to a wait that its signal cut short (thread_round.h); sigaction and signal
+//    give back the program's handler and flags;
 //  - for SIGTRAP, sigaction/signal/bsd_signal/sysv_signal/sigset/sigignore do not touch the
 //    kernel's disposition (usprobe's handler stays installed): they record the program's, which
 //    usprobe's handler applies to every trap that is not usprobe's (os/linux/trap_handler.cc);
@@ -74,6 +78,10 @@ void take_over_sigtrap(const struct sigaction &previous);
 void program_sigtrap_action(struct sigaction *out);
 // SA_RESETHAND: the program's SIGTRAP disposition goes back to SIG_DFL. Async-signal-safe.
 void reset_program_sigtrap_action();
+
+// Puts usprobe's shim in front of each handler of the program's that the kernel has now (those
+// installed before usprobe was loaded into the process): see program_handler_shim.
+void adopt_program_handlers();
 
 // Whether the calling thread's program believes it blocks `sig`. Async-signal-safe.
 bool program_blocks(int sig);

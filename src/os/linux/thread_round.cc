@@ -73,22 +73,36 @@ std::span<const uint8_t> code_before(uint64_t pc, uint8_t (&buf)[arch::kWaitCode
                                        : std::span<const uint8_t>();
 }
 
+}  // namespace
+
+void keep_wait_interrupted(ucontext_t *uc) {
+  uint8_t buf[arch::kWaitCodeBefore];
+  if (arch::returned_eintr(uc))
+    (void)arch::keep_wait_interrupted(uc, code_before(arch::interrupted_pc(uc), buf));
+}
+
+namespace {
+
 // Calls nothing in libc (no errno, no syscall()): any libc function may be mid-patch right now.
 void round_handler(int sig, siginfo_t *, void *ctx) {
   g_handlers_running.fetch_add(1, std::memory_order_relaxed);
   auto *uc = static_cast<ucontext_t *>(ctx);
   // The signal may have reached the thread asleep in a wait, in the moment between the round's
   // last look and the signal: the call would fail with EINTR. Made again, the thread never knows.
-  // Unless a signal of the program's is pending too (this handler blocks them all): its handler
-  // runs next, and the program may count on the EINTR to see what that handler did. (One that was
-  // taken just before this handler, in the same return to user space, is not seen: the kernel
-  // takes a thread's own signals, as this one is, before those sent to the whole process.)
+  // Unless a signal of the program's is pending too (this handler blocks them all) that the
+  // interrupted code does not block: its handler runs next, and the program may count on the EINTR
+  // to see what that handler did. One that the code blocks (a wait with a mask of its own, as
+  // epoll_pwait, unblocks it for the wait only) ends the wait made again. A handler of the
+  // program's that ran before this one, and saw the EINTR, has made it look like no cut-short
+  // wait (keep_wait_interrupted).
   if (arch::returned_eintr(uc)) {
     uint64_t pending = 0;
     const uint64_t ours = uint64_t{1} << (sig - 1);
+    uint64_t blocked = 0;
+    std::memcpy(&blocked, &uc->uc_sigmask, sizeof blocked);
     if (os::raw_syscall6(SYS_rt_sigpending, reinterpret_cast<long>(&pending), sizeof pending) ==
             0 &&
-        (pending & ~ours) == 0) {
+        (pending & ~ours & ~blocked) == 0) {
       uint8_t buf[arch::kWaitCodeBefore];
       (void)arch::restart_wait(uc, code_before(arch::interrupted_pc(uc), buf));
     }
@@ -148,6 +162,7 @@ Result<int> install_handler() {
 
 __attribute__((constructor)) void install_at_load() {
   (void)install_handler();
+  adopt_program_handlers();  // after: the round's signal is guarded by now
 }
 
 std::vector<pid_t> list_threads() {

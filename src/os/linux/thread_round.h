@@ -10,6 +10,8 @@
 // it through libc).
 #pragma once
 
+#include <ucontext.h>
+
 #include "base/error.h"
 #include "core/os.h"
 
@@ -19,5 +21,10 @@ namespace usprobe::os {
 // program leaves at its default). For an injector that must make it deliverable in threads that
 // block it (protocol/attach.h).
 Result<int> round_signal();
+
+// Called as a handler of the program's returns (signal_guard.cc puts one in front of each): when
+// the signal cut a wait short, the EINTR is the program's, and the round's handler must not make
+// that wait again, were its signal delivered as the program's handler returns. Async-signal-safe.
+void keep_wait_interrupted(ucontext_t *uc);
 
 }  // namespace usprobe::os
