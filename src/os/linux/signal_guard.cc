@@ -282,18 +282,30 @@ void unwrap(struct sigaction *old, uint64_t recorded) {
 
 // Puts the shim in front of the program's handler that the kernel has for `sig` now, installed
 // where the interposed calls did not see it: glibc's signal() and sigset() (which call glibc's own
-// sigaction), or before usprobe was loaded into the process.
+// sigaction), or before usprobe was loaded into the process. With the system call itself, which
+// keeps the restorer, mask and flags as they are: a probe on libc's sigaction counts only the
+// program's calls.
 void adopt(int sig) {
   if (!wrappable(sig) || (g_guarded.load(std::memory_order_acquire) & bit(sig))) return;
-  SigactionFn real = next(g_sigaction, "sigaction");
-  struct sigaction now;
-  if (real(sig, nullptr, &now) != 0 || !is_handler(now) || now.sa_sigaction == program_handler_shim)
+  struct KernelAction {
+    void (*handler)(int, siginfo_t *, void *);
+    unsigned long flags;
+    void (*restorer)();
+    uint64_t mask;
+  } now{};
+  if (raw_syscall6(SYS_rt_sigaction, sig, 0, reinterpret_cast<long>(&now), sizeof now.mask) != 0)
     return;
-  g_program_handler[sig].store(encode(now), std::memory_order_release);  // pairs with the shim
-  struct sigaction wrapped = now;
-  wrapped.sa_sigaction = program_handler_shim;
-  wrapped.sa_flags |= SA_SIGINFO;
-  real(sig, &wrapped, nullptr);
+  const auto handler = reinterpret_cast<uint64_t>(now.handler);
+  if (handler == reinterpret_cast<uint64_t>(SIG_DFL) ||
+      handler == reinterpret_cast<uint64_t>(SIG_IGN) || now.handler == program_handler_shim)
+    return;
+  // Recorded before the kernel has the shim: a signal that comes in between finds its handler.
+  g_program_handler[sig].store(handler | (now.flags & SA_SIGINFO ? kSiginfo : 0),
+                               std::memory_order_release);  // pairs with the shim
+  KernelAction wrapped = now;
+  wrapped.handler = program_handler_shim;
+  wrapped.flags |= SA_SIGINFO;
+  raw_syscall6(SYS_rt_sigaction, sig, reinterpret_cast<long>(&wrapped), 0, sizeof wrapped.mask);
 }
 
 // sigaction, with guarded signals out of sa_mask, the shim in front of the program's handler and
