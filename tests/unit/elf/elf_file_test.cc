@@ -140,6 +140,31 @@ TEST(ElfFile, VersionedNameFindsDefaultVersion) {
   EXPECT_TRUE(old->hidden_version);
 }
 
+// Lookups by name: a binary search for the first ones, a hash table made for the rest (a
+// `libc:*` session looks up every name). Every function of libc, looked up by name thousands of
+// times over, is found under that name, and a name that is not there is not found.
+TEST(ElfFile, EveryFunctionIsFoundByItsNameLookupAfterLookup) {
+  size_t looked = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const Function &f : libc().functions()) {
+      auto found = libc().find_function(f.name);
+      ++looked;
+      ASSERT_TRUE(found) << f.name << ": " << found.error().message;
+      ASSERT_EQ(found->name, f.name);
+      if (f.name == "memcpy") {
+        EXPECT_EQ(found->version, "GLIBC_2.14");
+      }
+    }
+  }
+  EXPECT_GT(looked, 2000u);
+  auto missing = libc().find_function("malloc_not_in_libc");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ENOENT);
+  auto old = libc().find_function("memcpy@GLIBC_2.2.5");
+  ASSERT_TRUE(old) << old.error().message;
+  EXPECT_TRUE(old->hidden_version);
+}
+
 TEST(ElfFile, HiddenVersionIsNotTheDefault) {
   auto f = libc().find_function("memcpy@@GLIBC_2.2.5");
   ASSERT_FALSE(f);
