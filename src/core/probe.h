@@ -254,7 +254,8 @@ struct Probe {
   // its last link is detached): a pointer handed out stays valid however the sites change.
   std::atomic<const std::string *> int3_reason{nullptr};
   // How the probe is entered (SitePlan::path): an int3 site's when it has one, else its first
-  // site's; null while it has no site. Points into `reasons` too.
+  // site's; null while it has no site. Points to one of a few names shared by every probe and
+  // never freed (registry.cc, path_name).
   std::atomic<const std::string *> path{nullptr};
   std::vector<std::unique_ptr<const std::string>> reasons;  // append-only; guarded by the mutex
 };

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -110,6 +111,16 @@ void guard_unwinders() {
   }
 }
 
+// The few names of a site's path ("jump", "jump (punned)", "int3", ...), one immutable copy each
+// for every probe, never freed: a `libc:*` batch no longer makes two allocations a probe for its
+// "jump". Guarded by the registry's mutex, as refresh_views.
+namespace {
+const std::string *path_name(const std::string &text) {
+  static auto *names = new std::set<std::string, std::less<>>;
+  return &*names->insert(text).first;
+}
+}  // namespace
+
 // Brings what the lock-free queries read (Probe::placed_sites, Probe::int3_reason) in line with
 // every probe's sites. Called by each writer before it lets go of the mutex.
 void refresh_views(const Locked &lock) {
@@ -136,7 +147,7 @@ void refresh_views(const Locked &lock) {
     // Release: pairs with the acquire loads in int3_reason() and path(), which then read a
     // complete string.
     p->int3_reason.store(intern(why), std::memory_order_release);
-    p->path.store(intern(path), std::memory_order_release);
+    p->path.store(path ? path_name(*path) : nullptr, std::memory_order_release);
   }
 }
 
@@ -206,6 +217,9 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
     std::unordered_map<Probe *, std::vector<ConsumerEntry>> added;
     added.reserve(locations.size());
     std::vector<std::pair<size_t, usprobe_link *>> made;
+    // Each location's, emptied for the next (a batch of thousands: not three allocations each).
+    std::vector<Probe *> group, placed_here;
+    std::vector<const elf::ResolvedLocation *> sites;
 
     for (size_t i = 0; i < locations.size(); ++i) {
       if (!resolved[i]) {
@@ -220,8 +234,8 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       const bool returns = uretprobe[i] || consumer.on_return;
       // The probes of this location's sites. Placing them is all or nothing: when one fails, the
       // sites the others got in this call are given up again (pending loses them).
-      std::vector<Probe *> group;
-      std::vector<Probe *> placed_here;
+      group.clear();
+      placed_here.clear();
       const size_t pending_mark = pending.size();
       bool failed = false;
       auto give_up = [&](Error e) {
@@ -235,7 +249,7 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
       // Highest address first: where two sites of one USDT probe lie closer than a jump (a probe
       // inlined twice in a row), the lower one's window would cover the higher one, and placing the
       // higher one first makes the lower one step aside (place(): the int3 path), rather than fail.
-      std::vector<const elf::ResolvedLocation *> sites;
+      sites.clear();
       for (const elf::ResolvedLocation &loc : *resolved[i]) sites.push_back(&loc);
       std::sort(sites.begin(), sites.end(),
                 [](auto *a, auto *b) { return a->file_offset > b->file_offset; });

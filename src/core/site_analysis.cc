@@ -108,8 +108,9 @@ Result<arch::SiteRequest> site_request(const elf::ResolvedLocation &loc, uint64_
   }
   if (req.function.empty())
     return fail(EINVAL, fmt::format("{}: offset is past the end of the file", loc.describe()));
-  req.file_branch_targets = file_branch_targets(*loc.file);
-  req.complete_ranges = file_complete_ranges(*loc.file);
+  const FileCode &code = file_code(*loc.file);
+  req.file_branch_targets = &code.targets;
+  req.complete_ranges = &code.complete;
   req.site_file_offset = loc.file_offset;
   req.function_file_offset = loc.func_offset;
   if (req.bounds_known) req.after = bytes_after(*loc.file, loc.func_offset + loc.func_size);

@@ -440,11 +440,25 @@ std::string returns_twice_refusal(std::string_view function) {
 }
 
 std::string ResolvedLocation::describe() const {
-  std::string base(basename_of(file ? file->path() : spec));
-  if (usdt) return "usdt:" + base + ":" + usdt->provider + ":" + usdt->name;
-  if (symbol.empty()) return base + ":" + hex(file_offset);
-  uint64_t off = offset_in_function();
-  return base + ":" + symbol + (off != 0 ? "+" + hex(off) : "");
+  const std::string_view base = basename_of(file ? file->path() : spec);
+  std::string out;
+  if (usdt) {
+    out.reserve(8 + base.size() + usdt->provider.size() + usdt->name.size());
+    out.append("usdt:")
+        .append(base)
+        .append(":")
+        .append(usdt->provider)
+        .append(":")
+        .append(usdt->name);
+    return out;
+  }
+  // Made for every probe a batch places (its name): appended in one buffer.
+  out.reserve(base.size() + symbol.size() + 20);
+  out.append(base).append(":");
+  if (symbol.empty()) return out.append(hex(file_offset));
+  out.append(symbol);
+  if (uint64_t off = offset_in_function(); off != 0) out.append("+").append(hex(off));
+  return out;
 }
 
 std::optional<uint64_t> parse_offset(std::string_view s) {
