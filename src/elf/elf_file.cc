@@ -76,6 +76,12 @@ struct NameRef {
 };
 
 // A Function, as the index keeps it.
+// A slot of a file's name hash table (ElfFile::Impl::named).
+struct NameSlot {
+  uint32_t hash;
+  uint32_t first_plus_one;  // 1 + the position in by_name of the first fn of that name; 0: free
+};
+
 struct FnRecord {
   uint64_t vaddr = 0;
   uint64_t file_offset = 0;
@@ -106,7 +112,7 @@ struct RawFunction {
 
 // index_image's format: a head, then each part as its length and its bytes, in the order of
 // ElfFile::Impl::parts().
-constexpr uint64_t kImageMagic = 0x3149'4645'4c45'5355ull;  // "USELFEI1", little-endian
+constexpr uint64_t kImageMagic = 0x3249'4645'4c45'5355ull;  // "USELFEI2", little-endian
 struct ImageHead {
   uint64_t magic = kImageMagic;
   uint32_t flags = 0;  // kImage* below
@@ -382,7 +388,11 @@ struct ElfFile::Impl {
   // names in every process it starts in, where the search cost 1,200 instructions a name.
   std::span<const uint32_t> named(std::string_view name) const {
     size_t first;
-    if (name_lookups.fetch_add(1, std::memory_order_relaxed) < kNameSearches) {
+    if (name_hash_prepared) {
+      std::optional<size_t> at = hashed(name);
+      if (!at) return {};
+      first = *at;
+    } else if (name_lookups.fetch_add(1, std::memory_order_relaxed) < kNameSearches) {
       first = static_cast<size_t>(
           std::lower_bound(by_name.begin(), by_name.end(), name, NameLess{this}) - by_name.begin());
       if (first == by_name.size() || str(fns[by_name[first]].name) != name) return {};
@@ -400,8 +410,11 @@ struct ElfFile::Impl {
   mutable std::atomic<uint32_t> name_lookups{0};
   mutable std::once_flag name_hash_made;
   // Open addressing, at most half full: (the name's hash, 1 + the position in by_name of the
-  // first fn of that name); 0 marks a free slot.
-  mutable std::vector<std::pair<uint32_t, uint32_t>> name_hash;
+  // first fn of that name); 0 marks a free slot. Made here (name_hash_made), or part of a
+  // prepared file's image: then set before the file is shared, and used from the first lookup.
+  mutable std::span<const NameSlot> name_hash;
+  mutable std::vector<NameSlot> own_name_hash;
+  bool name_hash_prepared = false;
   static uint32_t hash_of(std::string_view s) {
     uint32_t h = 2166136261u;  // FNV-1a
     for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
@@ -410,22 +423,23 @@ struct ElfFile::Impl {
   void make_name_hash() const {
     size_t slots = 2;
     while (slots < 2 * by_name.size()) slots *= 2;
-    name_hash.assign(slots, {0, 0});
+    own_name_hash.assign(slots, {0, 0});
     for (size_t i = 0; i < by_name.size(); ++i) {
       const std::string_view n = str(fns[by_name[i]].name);
       if (i > 0 && str(fns[by_name[i - 1]].name) == n) continue;
       const uint32_t h = hash_of(n);
       size_t k = h & (slots - 1);
-      while (name_hash[k].second != 0) k = (k + 1) & (slots - 1);
-      name_hash[k] = {h, static_cast<uint32_t>(i + 1)};
+      while (own_name_hash[k].first_plus_one != 0) k = (k + 1) & (slots - 1);
+      own_name_hash[k] = {h, static_cast<uint32_t>(i + 1)};
     }
+    name_hash = own_name_hash;
   }
   std::optional<size_t> hashed(std::string_view name) const {
     const uint32_t h = hash_of(name);
     const size_t mask = name_hash.size() - 1;
-    for (size_t k = h & mask; name_hash[k].second != 0; k = (k + 1) & mask) {
-      const size_t at = name_hash[k].second - 1;
-      if (name_hash[k].first == h && str(fns[by_name[at]].name) == name) return at;
+    for (size_t k = h & mask; name_hash[k].first_plus_one != 0; k = (k + 1) & mask) {
+      const size_t at = name_hash[k].first_plus_one - 1;
+      if (name_hash[k].hash == h && str(fns[by_name[at]].name) == name) return at;
     }
     return std::nullopt;
   }
@@ -781,6 +795,8 @@ std::vector<uint8_t> ElfFile::Impl::image() const {
   w.part(section_records);
   w.part(unwind_ranges);
   w.part(landing_pads);
+  std::call_once(name_hash_made, [this] { make_name_hash(); });
+  w.part(name_hash);
   return w.take();
 }
 
@@ -794,7 +810,8 @@ bool ElfFile::Impl::adopt(std::span<const uint8_t> in) {
         r.view(strings) && r.view(fns, own_fns) && r.view(by_name, own_by_name) &&
         r.view(data_names, own_data_names) && r.view(sizeless_names, own_sizeless_names) &&
         r.view(other_symbols, own_other_symbols) && r.part(section_records) &&
-        r.part(unwind_ranges) && r.part(landing_pads) && r.done()))
+        r.part(unwind_ranges) && r.part(landing_pads) && r.view(name_hash, own_name_hash) &&
+        r.done()))
     return false;
   auto fits = [this](NameRef n) { return uint64_t{n.off} + n.len <= strings.size(); };
   if (by_name.size() != fns.size()) return false;
@@ -809,6 +826,17 @@ bool ElfFile::Impl::adopt(std::span<const uint8_t> in) {
     if (!fits(v.name)) return false;
   for (const SectionRecord &sr : section_records)
     if (!fits(sr.name)) return false;
+  // A table at most half full, each slot a position in by_name (a wrong hash only misses).
+  if (name_hash.size() < 2 || (name_hash.size() & (name_hash.size() - 1)) != 0 ||
+      name_hash.size() < 2 * by_name.size())
+    return false;
+  size_t used = 0;
+  for (const NameSlot &slot : name_hash) {
+    if (slot.first_plus_one > by_name.size()) return false;
+    used += slot.first_plus_one != 0;
+  }
+  if (used > by_name.size()) return false;  // a free slot ends every search
+  name_hash_prepared = true;
   is_static = head.flags & kImageStatic;
   is_program = head.flags & kImageProgram;
   if (head.flags & kImageEntry) entry = head.entry;

@@ -390,6 +390,10 @@ TEST(ElfFile, PreparedFileAnswersAsTheOpenedOne) {
               std::tie(b.name, b.version, b.vaddr, b.file_offset, b.size, b.ifunc, b.hidden_version,
                        b.exported))
         << i;
+    // By name, through the image's hash table from the first lookup.
+    auto by_name = prepared.find_function(b.name), there = opened.find_function(b.name);
+    ASSERT_TRUE(by_name && there) << b.name;
+    ASSERT_EQ(by_name->file_offset, there->file_offset) << b.name;
   }
   for (const char *name : {"malloc", "memcpy", "memcpy@GLIBC_2.2.5", "memcpy@@GLIBC_2.14", "mallok",
                            "environ", "__libc_start_main", "_nl_C_locobj"}) {
