@@ -222,7 +222,9 @@ Result<ResolvedLocation> resolve_one(std::string_view spec, OpenedFiles &opened_
     if (!off || symbol.empty()) return bad_spec(spec);
     delta = *off;
   }
-  if (!raw_offset && symbol.find_first_of(" \t\n") != std::string_view::npos) return bad_spec(spec);
+  if (!raw_offset && std::any_of(symbol.begin(), symbol.end(),
+                                 [](char c) { return c == ' ' || c == '\t' || c == '\n'; }))
+    return bad_spec(spec);
 
   auto opened = open_file_part(file_part, opened_files);
   if (!opened) return std::unexpected(opened.error());
