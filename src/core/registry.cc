@@ -187,17 +187,21 @@ std::vector<Result<usprobe_link *>> attach(std::span<const std::string> location
   // inlined copies), all under one link.
   std::vector<Result<std::vector<elf::ResolvedLocation>>> resolved(specs.size());
   {
+    // The plain locations are resolved together, the USDT probes one by one. A batch without
+    // USDT probes (most) passes its specs as they are, not copied.
+    const bool any_usdt = std::any_of(specs.begin(), specs.end(),
+                                      [](const std::string &s) { return elf::is_usdt_spec(s); });
     std::vector<std::string> plain;
     std::vector<size_t> plain_index;
     for (size_t i = 0; i < specs.size(); ++i) {
-      if (elf::is_usdt_spec(specs[i])) {
+      if (any_usdt && elf::is_usdt_spec(specs[i])) {
         resolved[i] = elf::resolve_usdt(specs[i]);
-      } else {
-        plain.push_back(specs[i]);
-        plain_index.push_back(i);
+        continue;
       }
+      if (any_usdt) plain.push_back(specs[i]);
+      plain_index.push_back(i);
     }
-    auto r = elf::resolve_locations(plain);
+    auto r = elf::resolve_locations(any_usdt ? plain : specs);
     for (size_t k = 0; k < r.size(); ++k) {
       auto &into = resolved[plain_index[k]];
       if (r[k])

@@ -402,6 +402,7 @@ Result<void> put_indirect_jump_of_call(CodeWriter &w, std::span<const uint8_t> b
 Result<Relocation> relocate(std::span<const uint8_t> src, uint64_t src_addr, size_t min_len,
                             uint64_t dst_addr) {
   Relocation out;
+  out.map.reserve(4);  // a window is a few instructions: one allocation, not one per doubling
   CodeWriter w(dst_addr);
   struct Branch {
     uint64_t target;
