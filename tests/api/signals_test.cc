@@ -459,14 +459,19 @@ std::atomic<int> g_usr1{0};
 void on_usr1(int) {
   g_usr1.fetch_add(1);
 }
-int own_signal_still_interrupts() {
+// SIGUSR1 to `handler` (no SA_RESTART), and blocked in this thread: the threads it makes next
+// inherit that, and unblock it for their waits alone.
+void usr1_for_waits_only(void (*handler)(int)) {
   struct sigaction sa {};
-  sa.sa_handler = on_usr1;  // no SA_RESTART
+  sa.sa_handler = handler;
   sigaction(SIGUSR1, &sa, nullptr);
   sigset_t usr1;
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &usr1, nullptr);  // the waiter inherits it
+  pthread_sigmask(SIG_BLOCK, &usr1, nullptr);
+}
+int own_signal_still_interrupts() {
+  usr1_for_waits_only(on_usr1);
   const int ep = epoll_create1(EPOLL_CLOEXEC);
   std::atomic<bool> stop{false};
   std::atomic<long> eintr{0}, other{0};
@@ -534,13 +539,7 @@ int own_handler_keeps_its_eintr() {
     std::printf("no handler on any real-time signal\n");
     return 1;
   }
-  struct sigaction sa {};
-  sa.sa_handler = on_usr1_then_round;  // no SA_RESTART: epoll_pwait fails with EINTR anyway
-  sigaction(SIGUSR1, &sa, nullptr);
-  sigset_t usr1;
-  sigemptyset(&usr1);
-  sigaddset(&usr1, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &usr1, nullptr);  // the waiter inherits it
+  usr1_for_waits_only(on_usr1_then_round);  // (epoll_pwait fails with EINTR under SA_RESTART too)
   const int ep = epoll_create1(EPOLL_CLOEXEC);
   int rounds_eintr = 0, rounds = 0;
   for (int round = 0; round < 5; ++round) {

@@ -308,6 +308,19 @@ void adopt(int sig) {
   raw_syscall6(SYS_rt_sigaction, sig, reinterpret_cast<long>(&wrapped), 0, sizeof wrapped.mask);
 }
 
+// glibc's signal() or sigset() (`call`), which install through glibc's own sigaction: the
+// handler then goes behind the shim, and what the call gives back is the program's.
+sighandler_t through_glibc(int sig, sighandler_t disp, SignalFn call) {
+  const uint64_t recorded =
+      sig >= 1 && sig <= 64 ? g_program_handler[sig].load(std::memory_order_acquire) : 0;
+  sighandler_t old = call(sig, disp);
+  if (old == SIG_ERR) return old;
+  if (reinterpret_cast<void *>(old) == reinterpret_cast<void *>(program_handler_shim))
+    old = reinterpret_cast<sighandler_t>(recorded & ~kSiginfo);
+  adopt(sig);
+  return old;
+}
+
 // sigaction, with guarded signals out of sa_mask, the shim in front of the program's handler and
 // SIGTRAP's disposition recorded.
 int guarded_sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
@@ -581,14 +594,7 @@ USPROBE_EXPORT sighandler_t signal(int sig, sighandler_t handler) noexcept {
   // glibc's signal() calls its own sigaction internally: a signal usprobe watches must not go
   // there. Others keep glibc's exact semantics (siginterrupt's flags).
   if (watched(sig)) return signal_via_sigaction(sig, handler, false);
-  const uint64_t recorded =
-      sig >= 1 && sig <= 64 ? g_program_handler[sig].load(std::memory_order_acquire) : 0;
-  sighandler_t old = next(g_signal, "signal")(sig, handler);
-  if (old == SIG_ERR) return old;
-  if (reinterpret_cast<void *>(old) == reinterpret_cast<void *>(program_handler_shim))
-    old = reinterpret_cast<sighandler_t>(recorded & ~kSiginfo);
-  adopt(sig);
-  return old;
+  return through_glibc(sig, handler, next(g_signal, "signal"));
 }
 
 USPROBE_EXPORT sighandler_t bsd_signal(int sig, sighandler_t handler) noexcept {
@@ -614,16 +620,7 @@ static int mask_one(int how, int sig, sigset_t *old) {
 }
 
 USPROBE_EXPORT sighandler_t sigset(int sig, sighandler_t disp) noexcept {
-  if (!watched(sig)) {
-    const uint64_t recorded =
-        sig >= 1 && sig <= 64 ? g_program_handler[sig].load(std::memory_order_acquire) : 0;
-    sighandler_t old = next(g_sigset, "sigset")(sig, disp);
-    if (old == SIG_ERR) return old;
-    if (reinterpret_cast<void *>(old) == reinterpret_cast<void *>(program_handler_shim))
-      old = reinterpret_cast<sighandler_t>(recorded & ~kSiginfo);
-    adopt(sig);
-    return old;
-  }
+  if (!watched(sig)) return through_glibc(sig, disp, next(g_sigset, "sigset"));
   sigset_t old;
   struct sigaction oact {};
   if (disp == SIG_HOLD) {
