@@ -18,6 +18,9 @@
 //             alive (pause) until it is killed
 //   open N    opens /dev/null, prints "open N fd=FD" (the number it got) and closes it
 //   exec      forks a child that execs /bin/sleep 30, then prints "exec'd PID"
+//   handler N raises SIGUSR2, whose handler main installed before the ready line, and prints
+//             "handler N ran=R own=O kernel=K": R the handler's runs so far, O whether sigaction
+//             gives back that handler, K whether the kernel has it (the rt_sigaction system call)
 //   quit      stops the threads and prints "eintr=E short=S reads=R spins>0=B", then exits 0
 #define _GNU_SOURCE
 #include <errno.h>
@@ -54,6 +57,12 @@ __attribute__((noinline, used)) long attach_spin(long x) {
   g_sink ^= x;
   __asm__ volatile("" ::: "memory");
   return g_sink;
+}
+
+static atomic_int g_usr2;
+static void on_usr2(int sig) {
+  (void)sig;
+  atomic_fetch_add(&g_usr2, 1);
 }
 
 static double now_s(void) {
@@ -144,6 +153,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   g_read_fifo = argv[2];
+  struct sigaction usr2 = {.sa_handler = on_usr2};
+  sigaction(SIGUSR2, &usr2, NULL);
   const char *blocks = getenv("ATTACH_TARGET_BLOCKER");
   pthread_t threads[5];
   int n = 0;
@@ -210,6 +221,19 @@ int main(int argc, char **argv) {
       int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
       printf("open %ld fd=%d\n", count, fd);
       close(fd);
+    } else if (sscanf(line, "handler %ld", &count) == 1) {
+      raise(SIGUSR2);
+      struct sigaction back;
+      sigaction(SIGUSR2, NULL, &back);
+      struct {
+        void *handler;
+        unsigned long flags;
+        void *restorer;
+        uint64_t mask;
+      } kernel = {0};
+      syscall(SYS_rt_sigaction, SIGUSR2, NULL, &kernel, sizeof kernel.mask);
+      printf("handler %ld ran=%d own=%d kernel=%d\n", count, atomic_load(&g_usr2),
+             back.sa_handler == on_usr2, kernel.handler == (void *)on_usr2);
     } else if (strncmp(line, "exec", 4) == 0) {
       fflush(stdout);
       pid_t pid = fork();

@@ -82,6 +82,23 @@ void attach_twice(const char *blocker) {
     return out.substr(at, out.find('\n', at) - at);
   };
   const std::string unprobed_fd = next_fd(0);
+  // The program's SIGUSR2 handler, installed before any session, stays as it is: it runs, and it
+  // is what sigaction gives back and what the kernel has, before, during and after the sessions
+  // (the program's calls reach libc's sigaction, not the agent's: signal_guard.h). What the
+  // target prints.
+  int handler_runs = 0;
+  auto handler_untouched = [&] {
+    const std::string n = std::to_string(++handler_runs);
+    target.send("handler " + n);
+    std::string want = "handler " + n + " ";
+    if (!target.process().wait_for_stdout(want, 10s)) return std::string("?");
+    const std::string &out = target.process().out_so_far();
+    size_t at = out.find(want) + want.size();
+    return out.substr(at, out.find('\n', at) - at);
+  };
+  auto untouched = [&] { return "ran=" + std::to_string(handler_runs) + " own=1 kernel=1"; };
+  std::string seen = handler_untouched();
+  EXPECT_EQ(seen, untouched());
   // Two sessions, one after the other, on the same process: the second finds the process as the
   // first left it.
   for (int session = 1; session <= 2; ++session) {
@@ -96,6 +113,8 @@ void attach_twice(const char *blocker) {
     ASSERT_TRUE(usprobe.wait_for_stderr("probes attached in", 20s))
         << end_session(usprobe).describe();
     EXPECT_EQ(next_fd(session), unprobed_fd) << "the program's own descriptors moved";
+    seen = handler_untouched();
+    EXPECT_EQ(seen, untouched());
     // The probed files came prepared by the CLI (protocol/prepared.h): the agent maps the memfd
     // it was handed and keeps no descriptor of it.
     const std::string proc = "/proc/" + std::to_string(target.pid());
@@ -143,6 +162,8 @@ void attach_twice(const char *blocker) {
     EXPECT_EQ(after, masks);
   }
   if (child > 0) ::kill(child, SIGKILL);
+  seen = handler_untouched();
+  EXPECT_EQ(seen, untouched());
   Output last = target.quit();
   ASSERT_EQ(last.exit_code(), 0) << last.describe();
   EXPECT_NE(last.out.find("eintr=0 short=0 reads=2 spins>0=1"), std::string::npos) << last.out;

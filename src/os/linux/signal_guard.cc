@@ -22,6 +22,11 @@
 #include "os/linux/os_inline.h"
 #include "os/linux/thread_round.h"
 
+// signal_guard's own sigaction (defined with the interposed calls, below).
+extern "C" int usprobe_own_sigaction(int sig, const struct sigaction *act,
+                                     struct sigaction *old) noexcept
+    __attribute__((visibility("hidden")));
+
 namespace usprobe::os {
 namespace {
 
@@ -435,6 +440,11 @@ void reset_program_sigtrap_action() {
 }
 
 void adopt_program_handlers() {
+  // Only where the program's sigaction is this one, which gives back its handlers: in a process
+  // usprobe attached to (the agent loaded late, after libc in every lookup) the program's calls
+  // reach libc's, which would give back the shim, and a program calling what it got back as a
+  // one-argument handler would hand the shim no context.
+  if (dlsym(RTLD_DEFAULT, "sigaction") != reinterpret_cast<void *>(&usprobe_own_sigaction)) return;
   for (int sig = 1; sig <= 64; ++sig) adopt(sig);
 }
 
@@ -589,6 +599,9 @@ USPROBE_EXPORT int pthread_attr_setsigmask_np(pthread_attr_t *attr, const sigset
 USPROBE_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old) noexcept {
   return guarded_sigaction(sig, act, old);
 }
+// The definition above, by a name that binds here whatever the lookups find first.
+extern "C" __attribute__((visibility("hidden"), alias("sigaction"))) int usprobe_own_sigaction(
+    int sig, const struct sigaction *act, struct sigaction *old) noexcept;
 
 USPROBE_EXPORT sighandler_t signal(int sig, sighandler_t handler) noexcept {
   // glibc's signal() calls its own sigaction internally: a signal usprobe watches must not go

@@ -15,9 +15,11 @@
 //  - sigaction leaves guarded signals out of every handler's sa_mask (and gives them back in
 //    oldact);
 //  - every other handler the program installs (sigaction, signal, sigset, and at load the ones
-//    already installed) runs behind program_handler_shim, which tells the thread round when the
-//    handler returns to a wait that its signal cut short (thread_round.h); sigaction and signal
-//    give back the program's handler and flags;
+//    already installed, where the program's sigaction is this one) runs behind
+//    program_handler_shim, which tells the thread round when the handler returns to a wait that
+//    its signal cut short (thread_round.h); sigaction and signal give back the program's handler
+//    and flags. An agent injected into a running process is not in the program's lookups: its
+//    handlers stay as they are;
 //  - for SIGTRAP, sigaction/signal/bsd_signal/sysv_signal/sigset/sigignore do not touch the
 //    kernel's disposition (usprobe's handler stays installed): they record the program's, which
 //    usprobe's handler applies to every trap that is not usprobe's (os/linux/trap_handler.cc);
