@@ -296,26 +296,35 @@ TEST(AttachCommands, LatencyTimesEveryCall) {
 
 // Sessions that end while a thread calls the timed function without pause: each end unmaps the
 // session's region while that thread may be in the middle of timing a call (the engine's return
-// code counts into it). Five sessions in a row time the spinner's calls; the process runs on
-// undisturbed, and its code is the file's again.
+// code counts into it). Five sessions in a row time the spinner's calls, and the main thread's,
+// which it makes as told (so that each session has timed calls however busy the machine); the
+// process runs on undisturbed, and its code is the file's again.
 TEST(AttachCommands, LatencySessionsEndingUnderASpinningThreadLeaveItRunning) {
   TempDir dir;
   AttachTarget target(dir);
   ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
   for (int session = 0; session < 5; ++session) {
-    Output r = run(
-        {cli(), "latency", "--json", "-d", "0.3", "-p", pid_text(target.pid()), "exe:attach_spin"},
-        30s);
+    SCOPED_TRACE("session " + std::to_string(session));
+    Process usprobe({cli(), "latency", "--json", "-p", pid_text(target.pid()), "exe:attach_spin",
+                     "exe:attach_driven"});
+    ASSERT_TRUE(wait_patched(target.pid(), target.driven(), usprobe, 20s))
+        << end_session(usprobe).describe();
+    ASSERT_TRUE(target.call(50));
+    Output r = end_session(usprobe);
     ASSERT_EQ(r.exit_code(), 0) << r.describe();
     std::vector<Json> all = json_lines(r.out);
-    ASSERT_EQ(all.size(), 1u) << r.out;
-    EXPECT_GT(all[0].value("count", 0u), 0u) << "session " << session << ": " << all[0].dump();
+    ASSERT_EQ(all.size(), 2u) << r.out;
+    for (const Json &probe : all) {
+      if (probe.value("probe", "") == "exe:attach_driven") {
+        EXPECT_EQ(probe.value("count", 0u), 50u) << probe.dump();
+      }
+    }
   }
   expect_untouched(target);
   expect_runs_on(target, 10);
 }
 
-// The same with `count` and a return probe, which the return path counts into the region: each
+// The same with `count` and return probes, which the return path counts into the region: each
 // session's end unmaps it while the spinner may be between a return's load of the word and its
 // increment.
 TEST(AttachCommands, ReturnCountSessionsEndingUnderASpinningThreadLeaveItRunning) {
@@ -323,15 +332,17 @@ TEST(AttachCommands, ReturnCountSessionsEndingUnderASpinningThreadLeaveItRunning
   AttachTarget target(dir);
   ASSERT_TRUE(target.ready()) << target.process().finish(1s).describe();
   for (int session = 0; session < 5; ++session) {
-    Output r = run({cli(), "count", "--json", "-d", "0.3", "-p", pid_text(target.pid()),
-                    "uretprobe:exe:attach_spin"},
-                   30s);
+    SCOPED_TRACE("session " + std::to_string(session));
+    // The main thread's calls, made as told, give each session returns to count however busy
+    // the machine.
+    Process usprobe({cli(), "count", "--json", "-p", pid_text(target.pid()),
+                     "uretprobe:exe:attach_spin", "uretprobe:exe:attach_driven"});
+    ASSERT_TRUE(wait_patched(target.pid(), target.driven(), usprobe, 20s))
+        << end_session(usprobe).describe();
+    ASSERT_TRUE(target.call(50));
+    Output r = end_session(usprobe);
     ASSERT_EQ(r.exit_code(), 0) << r.describe();
-    std::vector<Json> all = json_lines(r.out);
-    ASSERT_FALSE(all.empty()) << r.out;
-    const Json &probes = all.back()["probes"];
-    ASSERT_EQ(probes.size(), 1u) << all.back().dump();
-    EXPECT_GT(probes[0].value("hits", 0u), 0u) << "session " << session << ": " << r.out;
+    EXPECT_EQ(hits_of(only_total(r), "uretprobe:exe:attach_driven"), 50u) << r.out;
   }
   expect_untouched(target);
   expect_runs_on(target, 10);
