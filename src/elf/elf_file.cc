@@ -75,13 +75,13 @@ struct NameRef {
   uint32_t off = 0, len = 0;  // in Impl::strings
 };
 
-// A Function, as the index keeps it.
 // A slot of a file's name hash table (ElfFile::Impl::named).
 struct NameSlot {
   uint32_t hash;
   uint32_t first_plus_one;  // 1 + the position in by_name of the first fn of that name; 0: free
 };
 
+// A Function, as the index keeps it.
 struct FnRecord {
   uint64_t vaddr = 0;
   uint64_t file_offset = 0;
@@ -383,25 +383,23 @@ struct ElfFile::Impl {
                     r.hidden_version != 0,
                     r.exported != 0};
   }
-  // The indices of fns named `name` (plain), in increasing order. A binary search for the first
-  // lookups; from the 64th on, a hash table made then: a `libc:*` session looks up each of 3,656
-  // names in every process it starts in, where the search cost 1,200 instructions a name.
+  // The indices of fns named `name` (plain), in increasing order. In a hash table: a prepared
+  // file's image carries one; a file opened here makes one at its 64th lookup, and searches by_name
+  // for the lookups before. (A `libc:*` session looks up each of 3,656 names in every process it
+  // starts in, where the search cost 1,200 instructions a name.)
   std::span<const uint32_t> named(std::string_view name) const {
-    size_t first;
-    if (name_hash_prepared) {
-      std::optional<size_t> at = hashed(name);
-      if (!at) return {};
-      first = *at;
-    } else if (name_lookups.fetch_add(1, std::memory_order_relaxed) < kNameSearches) {
-      first = static_cast<size_t>(
+    std::optional<size_t> at;
+    if (!name_hash_prepared &&
+        name_lookups.fetch_add(1, std::memory_order_relaxed) < kNameSearches) {
+      const size_t i = static_cast<size_t>(
           std::lower_bound(by_name.begin(), by_name.end(), name, NameLess{this}) - by_name.begin());
-      if (first == by_name.size() || str(fns[by_name[first]].name) != name) return {};
+      if (i < by_name.size() && str(fns[by_name[i]].name) == name) at = i;
     } else {
-      std::call_once(name_hash_made, [this] { make_name_hash(); });
-      std::optional<size_t> at = hashed(name);
-      if (!at) return {};
-      first = *at;
+      if (!name_hash_prepared) std::call_once(name_hash_made, [this] { make_name_hash(); });
+      at = hashed(name);
     }
+    if (!at) return {};
+    const size_t first = *at;
     size_t end = first + 1;
     while (end < by_name.size() && str(fns[by_name[end]].name) == name) ++end;
     return by_name.subspan(first, end - first);

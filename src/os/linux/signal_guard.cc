@@ -240,8 +240,8 @@ bool take_pending(const sigset_t *set, siginfo_t *info) {
 std::atomic<uint64_t> g_program_handler[65];
 constexpr uint64_t kSiginfo = uint64_t{1} << 63;
 
-uint64_t encode(const struct sigaction &act) {
-  return reinterpret_cast<uint64_t>(act.sa_sigaction) | (act.sa_flags & SA_SIGINFO ? kSiginfo : 0);
+uint64_t encode(void (*handler)(int, siginfo_t *, void *), unsigned long flags) {
+  return reinterpret_cast<uint64_t>(handler) | (flags & SA_SIGINFO ? kSiginfo : 0);
 }
 
 // Runs the program's handler, then tells the thread round when the signal cut a wait short: that
@@ -305,7 +305,7 @@ void adopt(int sig) {
       handler == reinterpret_cast<uint64_t>(SIG_IGN) || now.handler == program_handler_shim)
     return;
   // Recorded before the kernel has the shim: a signal that comes in between finds its handler.
-  g_program_handler[sig].store(handler | (now.flags & SA_SIGINFO ? kSiginfo : 0),
+  g_program_handler[sig].store(encode(now.handler, now.flags),
                                std::memory_order_release);  // pairs with the shim
   KernelAction wrapped = now;
   wrapped.handler = program_handler_shim;
@@ -357,7 +357,8 @@ int guarded_sigaction(int sig, const struct sigaction *act, struct sigaction *ol
   }
   // Recorded before the kernel has the shim: a signal that comes in between finds its handler.
   const uint64_t recorded =
-      wrap ? g_program_handler[sig].exchange(encode(*act), std::memory_order_acq_rel)
+      wrap ? g_program_handler[sig].exchange(encode(act->sa_sigaction, act->sa_flags),
+                                             std::memory_order_acq_rel)
            : g_program_handler[sig].load(std::memory_order_acquire);
   int rc = real(sig, p, old);
   if (rc != 0) {
